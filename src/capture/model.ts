@@ -1,0 +1,112 @@
+// The rule model shared by the planner, both renderers, the iptables-save parser, explain and drift checks.
+// It names exactly the netfilter features meshctl uses; a rule outside it cannot be planned by mistake.
+
+export type Family = 'ipv4' | 'ipv6';
+export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
+
+/** Tables in the order iptables-save prints them; also the order we apply them. */
+export type Table = 'raw' | 'mangle' | 'nat' | 'filter';
+export const TABLES: readonly Table[] = ['raw', 'mangle', 'nat', 'filter'];
+
+/** A parsed CIDR: `address` is the canonical network address (host bits cleared, IPv6 compressed). */
+export interface Cidr {
+  readonly family: Family;
+  readonly address: string;
+  readonly prefix: number;
+}
+
+/** An inclusive port range; a single port has from === to. */
+export interface PortRange {
+  readonly from: number;
+  readonly to: number;
+}
+
+export type CtState = 'INVALID' | 'NEW' | 'ESTABLISHED' | 'RELATED' | 'UNTRACKED';
+
+export type Match =
+  | { readonly kind: 'protocol'; readonly protocol: 'tcp' | 'udp'; readonly negate?: boolean }
+  | { readonly kind: 'source'; readonly cidr: Cidr; readonly negate?: boolean }
+  | { readonly kind: 'destination'; readonly cidr: Cidr; readonly negate?: boolean }
+  | { readonly kind: 'inInterface'; readonly name: string; readonly negate?: boolean }
+  | { readonly kind: 'outInterface'; readonly name: string; readonly negate?: boolean }
+  /** Needs a `protocol` match in the same rule. More than one range renders as `-m multiport`. */
+  | { readonly kind: 'destinationPort'; readonly ports: readonly PortRange[]; readonly negate?: boolean }
+  | { readonly kind: 'sourcePort'; readonly ports: readonly PortRange[]; readonly negate?: boolean }
+  | { readonly kind: 'uidOwner'; readonly uid: number; readonly negate?: boolean }
+  | { readonly kind: 'gidOwner'; readonly gid: number; readonly negate?: boolean }
+  | { readonly kind: 'ctState'; readonly states: readonly CtState[]; readonly negate?: boolean }
+  /** `-m socket --transparent`: an established transparent socket exists for the packet. */
+  | { readonly kind: 'socketTransparent' }
+  | { readonly kind: 'mark'; readonly value: number; readonly mask: number; readonly negate?: boolean };
+
+export type Target =
+  | { readonly kind: 'jump'; readonly chain: string }
+  | { readonly kind: 'return' }
+  | { readonly kind: 'accept' }
+  | { readonly kind: 'drop' }
+  | { readonly kind: 'reject'; readonly with: 'tcp-reset' }
+  | { readonly kind: 'redirect'; readonly toPort: number }
+  | { readonly kind: 'tproxy'; readonly toPort: number; readonly mark: number; readonly mask: number }
+  | { readonly kind: 'setMark'; readonly value: number; readonly mask: number }
+  | { readonly kind: 'ctZone'; readonly zone: number };
+
+export interface Rule {
+  readonly table: Table;
+  readonly chain: string;
+  readonly matches: readonly Match[];
+  readonly target: Target;
+  /** Rendered as the comment `meshctl:<purpose>`; the ownership marker and the name explain prints. */
+  readonly purpose: string;
+  /** The config field that produced the rule (`capture.outbound.excludeCidrs[1]`), or `built-in`. */
+  readonly origin: string;
+}
+
+/** A chain meshctl creates and owns (always prefixed MESHCTL_). */
+export interface ChainDecl {
+  readonly table: Table;
+  readonly name: string;
+}
+
+/** Everything planned for one address family: owned chains, and rules in order (per chain). */
+export interface FamilyPlan {
+  readonly family: Family;
+  readonly chains: readonly ChainDecl[];
+  readonly rules: readonly Rule[];
+}
+
+/** Policy routing that TPROXY needs: `ip rule add fwmark M/MASK lookup T` + `ip route add local default dev lo table T`. */
+export interface PolicyRoute {
+  readonly family: Family;
+  readonly mark: number;
+  readonly mask: number;
+  readonly table: number;
+  readonly priority: number;
+}
+
+/** An address the proxy must be able to bind on `lo` (IPv6 has only ::1 there; the passthrough source ::6 is added). */
+export interface LoopbackAddress {
+  readonly family: Family;
+  readonly cidr: Cidr;
+}
+
+export interface CapturePlan {
+  /** Only the families that get rules (ipv6: off leaves IPv6 out). */
+  readonly families: readonly FamilyPlan[];
+  readonly routes: readonly PolicyRoute[];
+  readonly loopbackAddresses: readonly LoopbackAddress[];
+}
+
+export const CHAIN_PREFIX = 'MESHCTL_';
+export const COMMENT_PREFIX = 'meshctl:';
+
+/** The built-in chains of each table (the ones a rule of ours may jump from). */
+export const BUILTIN_CHAINS: Readonly<Record<Table, readonly string[]>> = {
+  raw: ['PREROUTING', 'OUTPUT'],
+  mangle: ['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING'],
+  nat: ['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'],
+  filter: ['INPUT', 'FORWARD', 'OUTPUT'],
+};
+
+export function isOwnedChain(name: string): boolean {
+  return name.startsWith(CHAIN_PREFIX);
+}

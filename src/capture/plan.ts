@@ -1,0 +1,313 @@
+// Plans the capture: Config → CapturePlan, per address family. Pure; no I/O.
+//
+// Packet paths (nat unless noted; first match wins in each chain):
+//
+//   inbound  PREROUTING ⤸ MESHCTL_INBOUND: excluded iface / SSH session / SSH ports / proxy ports / excluded ports → RETURN
+//                          └─ included ports ⤸ MESHCTL_IN_REDIRECT → REDIRECT :inbound
+//            (tproxy mode: mangle PREROUTING ⤸ MESHCTL_INBOUND ... ⤸ MESHCTL_TPROXY → TPROXY :inbound, mark;
+//             established transparent sockets ⤸ MESHCTL_DIVERT → mark, ACCEPT)
+//   outbound OUTPUT ⤸ MESHCTL_OUTPUT:
+//              excluded iface → RETURN
+//              src 127.0.0.6 over lo (proxy → local app, inbound passthrough) → RETURN
+//              proxy uid/gid over lo to a non-127.0.0.1 address (an app called its own address) ⤸ inbound chain
+//              other lo traffic (not the proxy) → RETURN;  proxy uid / gid → RETURN (no loops);  127.0.0.1 → RETURN
+//              excluded uids / gids, groups outside includeGids → RETURN
+//              DNS over TCP → REDIRECT :dns
+//              excluded CIDRs / ports → RETURN
+//              included CIDRs × ports ⤸ MESHCTL_REDIRECT → REDIRECT :outbound
+//   IPv6 block: filter OUTPUT/INPUT ⤸ MESHCTL_BLOCK_OUT/IN → REJECT tcp-reset for exactly what intercept would capture.
+//
+// The order follows istio-iptables (tools/istio-iptables/pkg/capture/run.go), which has carried it for years.
+import type { Config } from '../config/types.js';
+import type { Cidr, ChainDecl, CapturePlan, Family, FamilyPlan, Match, PolicyRoute, PortRange, Rule, Table, Target, LoopbackAddress } from './model.js';
+import { hostCidr } from './ip.js';
+
+export const CHAINS = {
+  inbound: 'MESHCTL_INBOUND',
+  localInbound: 'MESHCTL_LOCAL_INBOUND',
+  inRedirect: 'MESHCTL_IN_REDIRECT',
+  tproxy: 'MESHCTL_TPROXY',
+  divert: 'MESHCTL_DIVERT',
+  output: 'MESHCTL_OUTPUT',
+  redirect: 'MESHCTL_REDIRECT',
+  dns: 'MESHCTL_DNS',
+  dnsZoneOut: 'MESHCTL_DNS_ZONE_OUT',
+  dnsZonePre: 'MESHCTL_DNS_ZONE_PRE',
+  dropInvalid: 'MESHCTL_DROP_INVALID',
+  blockOut: 'MESHCTL_BLOCK_OUT',
+  blockIn: 'MESHCTL_BLOCK_IN',
+} as const;
+
+/** Conntrack zones for DNS capture: 1 = the proxy's upstream queries and their replies, 2 = apps' queries. */
+export const DNS_ZONES = { upstream: 1, app: 2 } as const;
+const DNS_PORT = 53;
+/** iptables multiport takes at most 15 ports, a range counting as two. */
+const MULTIPORT_SLOTS = 15;
+
+const LOCALHOST: Record<Family, string> = { ipv4: '127.0.0.1', ipv6: '::1' };
+
+const tcp: Match = { kind: 'protocol', protocol: 'tcp' };
+const udp: Match = { kind: 'protocol', protocol: 'udp' };
+const dport = (ports: readonly PortRange[], negate = false): Match => ({ kind: 'destinationPort', ports, ...(negate ? { negate } : {}) });
+const port = (p: number): PortRange => ({ from: p, to: p });
+
+/** Splits port ranges into groups that each fit one multiport match. */
+export function chunkPorts(ranges: readonly PortRange[]): PortRange[][] {
+  const chunks: PortRange[][] = [];
+  let current: PortRange[] = [];
+  let used = 0;
+  for (const range of ranges) {
+    const cost = range.from === range.to ? 1 : 2;
+    if (used + cost > MULTIPORT_SLOTS) {
+      chunks.push(current);
+      current = [];
+      used = 0;
+    }
+    current.push(range);
+    used += cost;
+  }
+  if (current.length > 0) chunks.push(current);
+  return chunks;
+}
+
+class FamilyBuilder {
+  readonly chains: ChainDecl[] = [];
+  readonly rules: Rule[] = [];
+  constructor(readonly family: Family) {}
+
+  chain(table: Table, name: string): string {
+    if (!this.chains.some((c) => c.table === table && c.name === name)) this.chains.push({ table, name });
+    return name;
+  }
+
+  add(table: Table, chain: string, matches: Match[], target: Target, purpose: string, origin: string): void {
+    this.rules.push({ table, chain, matches, target, purpose, origin });
+  }
+
+  cidrs(list: readonly Cidr[]): { cidr: Cidr; index: number }[] {
+    return list.map((cidr, index) => ({ cidr, index })).filter((c) => c.cidr.family === this.family);
+  }
+
+  plan(): FamilyPlan {
+    return { family: this.family, chains: this.chains, rules: this.rules };
+  }
+}
+
+/** Rules shared by inbound capture in every mode: what is never captured, then what is. */
+function addInboundFilter(b: FamilyBuilder, config: Config, table: Table, chain: string, capture: Target, purpose: string): void {
+  const { capture: cap, safety, proxy } = config;
+  cap.excludeInterfaces.forEach((name, i) =>
+    b.add(table, chain, [{ kind: 'inInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
+  const peer = safety.sshPeer;
+  if (peer && hostCidr(peer.address).family === b.family) {
+    b.add(table, chain, [tcp, { kind: 'source', cidr: hostCidr(peer.address) }, { kind: 'sourcePort', ports: [port(peer.port)] }], { kind: 'return' },
+      'skip-ssh-session', 'safety.sshPeer (SSH_CONNECTION)');
+  }
+  if (!safety.unsafeCaptureSsh) {
+    for (const chunk of chunkPorts(safety.sshPorts.map(port))) b.add(table, chain, [tcp, dport(chunk)], { kind: 'return' }, 'skip-ssh', `safety.sshPorts (${safety.sshPortsSource})`);
+  }
+  const own = [proxy.adminPort, proxy.outboundPort, proxy.inboundPort, ...(cap.dns.enabled ? [cap.dns.port] : [])].sort((x, y) => x - y);
+  b.add(table, chain, [tcp, dport(own.map(port))], { kind: 'return' }, 'skip-proxy-ports', 'proxy.adminPort, proxy.outboundPort, proxy.inboundPort');
+  cap.inbound.excludePorts.forEach((range, i) =>
+    b.add(table, chain, [tcp, dport([range])], { kind: 'return' }, 'skip-inbound-port', `capture.inbound.excludePorts[${i}]`));
+  if (cap.inbound.includePorts === 'all') {
+    b.add(table, chain, [tcp], capture, purpose, 'capture.inbound.includePorts');
+  } else {
+    for (const chunk of chunkPorts(cap.inbound.includePorts)) b.add(table, chain, [tcp, dport(chunk)], capture, purpose, 'capture.inbound.includePorts');
+  }
+}
+
+function planInbound(b: FamilyBuilder, config: Config): string | null {
+  const { inbound } = config.capture;
+  if (!inbound.enabled) return null;
+  const inRedirect = b.chain('nat', CHAINS.inRedirect);
+  b.add('nat', inRedirect, [tcp], { kind: 'redirect', toPort: config.proxy.inboundPort }, 'redirect-inbound', 'proxy.inboundPort');
+  if (inbound.mode === 'redirect') {
+    const chain = b.chain('nat', CHAINS.inbound);
+    addInboundFilter(b, config, 'nat', chain, { kind: 'jump', chain: inRedirect }, 'inbound-to-proxy');
+    b.add('nat', 'PREROUTING', [tcp], { kind: 'jump', chain }, 'inbound-capture', 'capture.inbound.enabled');
+    return chain;
+  }
+  // TPROXY keeps the peer's source address; packets of established transparent sockets are marked and accepted.
+  const mark = inbound.tproxyMark;
+  const divert = b.chain('mangle', CHAINS.divert);
+  const tproxy = b.chain('mangle', CHAINS.tproxy);
+  const chain = b.chain('mangle', CHAINS.inbound);
+  b.add('mangle', divert, [], { kind: 'setMark', value: mark, mask: 0xffffffff }, 'tproxy-mark-established', 'capture.inbound.tproxyMark');
+  b.add('mangle', divert, [], { kind: 'accept' }, 'tproxy-accept-established', 'capture.inbound.mode');
+  b.add('mangle', tproxy, [tcp, { kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]), negate: true }],
+    { kind: 'tproxy', toPort: config.proxy.inboundPort, mark, mask: 0xffffffff }, 'tproxy-inbound', 'capture.inbound.mode');
+  b.add('mangle', chain, [tcp, { kind: 'socketTransparent' }], { kind: 'jump', chain: divert }, 'tproxy-established', 'capture.inbound.mode');
+  addInboundFilter(b, config, 'mangle', chain, { kind: 'jump', chain: tproxy }, 'inbound-to-proxy');
+  b.add('mangle', 'PREROUTING', [tcp], { kind: 'jump', chain }, 'inbound-capture', 'capture.inbound.enabled');
+  // The proxy calling a local app's own address over lo still enters through the inbound listener (nat).
+  const local = b.chain('nat', CHAINS.localInbound);
+  addInboundFilter(b, config, 'nat', local, { kind: 'jump', chain: inRedirect }, 'inbound-to-proxy');
+  return local;
+}
+
+/** Exemptions by socket owner that outbound capture, DNS capture and IPv6 block share. */
+function addOwnerExemptions(b: FamilyBuilder, config: Config, table: Table, chain: string, extra: Match[]): void {
+  const out = config.capture.outbound;
+  out.excludeUids.forEach((uid, i) => b.add(table, chain, [...extra, { kind: 'uidOwner', uid }], { kind: 'return' }, 'skip-uid', `capture.outbound.excludeUids[${i}]`));
+  out.excludeGids.forEach((gid, i) => b.add(table, chain, [...extra, { kind: 'gidOwner', gid }], { kind: 'return' }, 'skip-gid', `capture.outbound.excludeGids[${i}]`));
+  if (out.includeGids !== 'all') {
+    b.add(table, chain, [...extra, ...out.includeGids.map((gid): Match => ({ kind: 'gidOwner', gid, negate: true }))], { kind: 'return' },
+      'skip-gid-not-included', 'capture.outbound.includeGids');
+  }
+}
+
+function addProxyExemption(b: FamilyBuilder, config: Config, table: Table, chain: string, extra: Match[]): void {
+  const { uid, gid } = config.proxy.user;
+  b.add(table, chain, [...extra, { kind: 'uidOwner', uid }], { kind: 'return' }, 'skip-proxy-uid', 'proxy.user');
+  b.add(table, chain, [...extra, { kind: 'gidOwner', gid }], { kind: 'return' }, 'skip-proxy-gid', config.proxy.user.name === null ? 'proxy.group' : 'proxy.user (primary group)');
+}
+
+/** Destinations and ports outbound capture applies to, as (matches, origin) pairs. */
+function outboundIncludes(b: FamilyBuilder, config: Config): { matches: Match[]; origin: string }[] {
+  const out = config.capture.outbound;
+  const cidrs: { matches: Match[]; origin: string }[] =
+    out.includeCidrs === 'all'
+      ? [{ matches: [], origin: 'capture.outbound.includeCidrs' }]
+      : b.cidrs(out.includeCidrs).map(({ cidr, index }) => ({ matches: [{ kind: 'destination', cidr }], origin: `capture.outbound.includeCidrs[${index}]` }));
+  const ports: { matches: Match[]; origin: string }[] =
+    out.includePorts === 'all'
+      ? [{ matches: [], origin: '' }]
+      : chunkPorts(out.includePorts).map((chunk) => ({ matches: [dport(chunk)], origin: 'capture.outbound.includePorts' }));
+  return cidrs.flatMap((c) => ports.map((p) => ({ matches: [tcp, ...c.matches, ...p.matches], origin: [c.origin, p.origin].filter(Boolean).join(' × ') })));
+}
+
+function addOutboundExclusions(b: FamilyBuilder, config: Config, table: Table, chain: string): void {
+  const out = config.capture.outbound;
+  for (const { cidr, index } of b.cidrs(out.excludeCidrs)) {
+    b.add(table, chain, [{ kind: 'destination', cidr }], { kind: 'return' }, 'skip-cidr', `capture.outbound.excludeCidrs[${index}]`);
+  }
+  out.excludePorts.forEach((range, i) => b.add(table, chain, [tcp, dport([range])], { kind: 'return' }, 'skip-port', `capture.outbound.excludePorts[${i}]`));
+}
+
+function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: string | null): void {
+  const { capture: cap, proxy } = config;
+  if (!cap.outbound.enabled) return;
+  const chain = b.chain('nat', CHAINS.output);
+  const redirect = b.chain('nat', CHAINS.redirect);
+  const lo: Match = { kind: 'outInterface', name: 'lo' };
+  const notLocalhost: Match = { kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]), negate: true };
+  const { uid, gid } = proxy.user;
+
+  cap.excludeInterfaces.forEach((name, i) =>
+    b.add('nat', chain, [{ kind: 'outInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
+  b.add('nat', chain, [{ kind: 'source', cidr: hostCidr(proxy.inboundPassthroughSource[b.family]) }, lo], { kind: 'return' }, 'skip-inbound-passthrough', 'built-in (proxy inbound passthrough source)');
+  if (localInboundChain) {
+    b.add('nat', chain, [notLocalhost, lo, tcp, { kind: 'uidOwner', uid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
+    b.add('nat', chain, [notLocalhost, lo, tcp, { kind: 'gidOwner', gid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
+  }
+  b.add('nat', chain, [lo, { kind: 'uidOwner', uid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+  b.add('nat', chain, [lo, { kind: 'gidOwner', gid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+  addProxyExemption(b, config, 'nat', chain, []);
+  b.add('nat', chain, [{ kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]) }], { kind: 'return' }, 'skip-localhost', 'built-in (localhost)');
+  addOwnerExemptions(b, config, 'nat', chain, []);
+  if (cap.dns.enabled) {
+    for (const server of dnsServers(b, config)) {
+      b.add('nat', chain, [tcp, ...server.matches, dport([port(DNS_PORT)])], { kind: 'redirect', toPort: cap.dns.port }, 'dns-tcp-to-proxy', server.origin);
+    }
+  }
+  addOutboundExclusions(b, config, 'nat', chain);
+  for (const include of outboundIncludes(b, config)) b.add('nat', chain, include.matches, { kind: 'jump', chain: redirect }, 'outbound-to-proxy', include.origin);
+  b.add('nat', redirect, [tcp], { kind: 'redirect', toPort: proxy.outboundPort }, 'redirect-outbound', 'proxy.outboundPort');
+  b.add('nat', 'OUTPUT', [tcp], { kind: 'jump', chain }, 'outbound-capture', 'capture.outbound.enabled');
+}
+
+function dnsServers(b: FamilyBuilder, config: Config): { matches: Match[]; origin: string }[] {
+  const servers = config.capture.dns.servers;
+  if (servers === 'all') return [{ matches: [], origin: 'capture.dns.enabled' }];
+  return b.cidrs(servers).map(({ cidr, index }) => ({ matches: [{ kind: 'destination', cidr }], origin: `capture.dns.servers[${index}]` }));
+}
+
+/** UDP DNS redirect (nat) plus conntrack zones (raw) so the proxy's upstream queries never match apps' NAT entries. */
+function planDns(b: FamilyBuilder, config: Config): void {
+  const { dns } = config.capture;
+  if (!dns.enabled) return;
+  const servers = dnsServers(b, config);
+  if (servers.length === 0) return;
+  const chain = b.chain('nat', CHAINS.dns);
+  addProxyExemption(b, config, 'nat', chain, []);
+  addOwnerExemptions(b, config, 'nat', chain, []);
+  for (const server of servers) b.add('nat', chain, [udp, ...server.matches], { kind: 'redirect', toPort: dns.port }, 'dns-udp-to-proxy', server.origin);
+  b.add('nat', 'OUTPUT', [udp, dport([port(DNS_PORT)])], { kind: 'jump', chain }, 'dns-capture', 'capture.dns.enabled');
+
+  const { uid, gid } = config.proxy.user;
+  const zoneOut = b.chain('raw', CHAINS.dnsZoneOut);
+  const zonePre = b.chain('raw', CHAINS.dnsZonePre);
+  const upstream: Target = { kind: 'ctZone', zone: DNS_ZONES.upstream };
+  const app: Target = { kind: 'ctZone', zone: DNS_ZONES.app };
+  // CT sets a packet's zone once; the first matching rule wins, so the proxy's own packets come first.
+  b.add('raw', zoneOut, [udp, dport([port(DNS_PORT)]), { kind: 'uidOwner', uid }], upstream, 'dns-zone-proxy-query', 'capture.dns.enabled');
+  b.add('raw', zoneOut, [udp, { kind: 'sourcePort', ports: [port(dns.port)] }, { kind: 'uidOwner', uid }], app, 'dns-zone-proxy-reply', 'capture.dns.port');
+  b.add('raw', zoneOut, [udp, dport([port(DNS_PORT)]), { kind: 'gidOwner', gid }], upstream, 'dns-zone-proxy-query', 'capture.dns.enabled');
+  b.add('raw', zoneOut, [udp, { kind: 'sourcePort', ports: [port(dns.port)] }, { kind: 'gidOwner', gid }], app, 'dns-zone-proxy-reply', 'capture.dns.port');
+  for (const server of servers) b.add('raw', zoneOut, [udp, ...server.matches, dport([port(DNS_PORT)])], app, 'dns-zone-app-query', server.origin);
+  b.add('raw', zonePre, [udp, { kind: 'sourcePort', ports: [port(DNS_PORT)] }], upstream, 'dns-zone-upstream-reply', 'capture.dns.enabled');
+  b.add('raw', 'OUTPUT', [udp], { kind: 'jump', chain: zoneOut }, 'dns-zones', 'capture.dns.enabled');
+  b.add('raw', 'PREROUTING', [udp], { kind: 'jump', chain: zonePre }, 'dns-zones', 'capture.dns.enabled');
+}
+
+function planDropInvalid(b: FamilyBuilder, config: Config): void {
+  if (!config.capture.dropInvalid) return;
+  const chain = b.chain('mangle', CHAINS.dropInvalid);
+  b.add('mangle', chain, [{ kind: 'ctState', states: ['INVALID'] }], { kind: 'drop' }, 'drop-invalid', 'capture.dropInvalid');
+  b.add('mangle', 'PREROUTING', [tcp], { kind: 'jump', chain }, 'drop-invalid', 'capture.dropInvalid');
+}
+
+/** IPv6 block: reject (tcp-reset) exactly the new TCP connections that intercept mode would have captured. */
+function planBlock(b: FamilyBuilder, config: Config): void {
+  const { capture: cap } = config;
+  const reject: Target = { kind: 'reject', with: 'tcp-reset' };
+  const notNew: Match = { kind: 'ctState', states: ['NEW'], negate: true };
+  if (cap.outbound.enabled) {
+    const chain = b.chain('filter', CHAINS.blockOut);
+    cap.excludeInterfaces.forEach((name, i) => b.add('filter', chain, [{ kind: 'outInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
+    b.add('filter', chain, [notNew], { kind: 'return' }, 'skip-established', 'built-in (established connections)');
+    b.add('filter', chain, [{ kind: 'outInterface', name: 'lo' }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+    addProxyExemption(b, config, 'filter', chain, []);
+    addOwnerExemptions(b, config, 'filter', chain, []);
+    addOutboundExclusions(b, config, 'filter', chain);
+    for (const include of outboundIncludes(b, config)) b.add('filter', chain, include.matches, reject, 'ipv6-block-outbound', `capture.ipv6 (block) × ${include.origin}`);
+    b.add('filter', 'OUTPUT', [tcp], { kind: 'jump', chain }, 'ipv6-block', 'capture.ipv6');
+  }
+  if (cap.inbound.enabled) {
+    const chain = b.chain('filter', CHAINS.blockIn);
+    b.add('filter', chain, [notNew], { kind: 'return' }, 'skip-established', 'built-in (established connections)');
+    b.add('filter', chain, [{ kind: 'inInterface', name: 'lo' }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+    addInboundFilter(b, config, 'filter', chain, reject, 'ipv6-block-inbound');
+    b.add('filter', 'INPUT', [tcp], { kind: 'jump', chain }, 'ipv6-block', 'capture.ipv6');
+  }
+}
+
+function planFamily(config: Config, family: Family): FamilyPlan {
+  const b = new FamilyBuilder(family);
+  if (family === 'ipv6' && config.capture.ipv6 === 'block') {
+    planBlock(b, config);
+    return b.plan();
+  }
+  planDropInvalid(b, config);
+  planDns(b, config);
+  const localInbound = planInbound(b, config);
+  planOutbound(b, config, localInbound);
+  return b.plan();
+}
+
+/** Plans every rule, chain, policy route and loopback address the config needs. Pure; never throws for a valid Config. */
+export function planCapture(config: Config): CapturePlan {
+  const families: Family[] = config.capture.ipv6 === 'off' ? ['ipv4'] : ['ipv4', 'ipv6'];
+  const plans = families.map((family) => planFamily(config, family));
+  const tproxy = config.capture.inbound.enabled && config.capture.inbound.mode === 'tproxy';
+  const intercepting = families.filter((f) => f === 'ipv4' || config.capture.ipv6 === 'intercept');
+  const routes: PolicyRoute[] = tproxy
+    ? intercepting.map((family) => ({ family, mark: config.capture.inbound.tproxyMark, mask: 0xffffffff, table: config.capture.inbound.tproxyRouteTable, priority: 32000 }))
+    : [];
+  const loopbackAddresses: LoopbackAddress[] =
+    config.capture.ipv6 === 'intercept' && config.capture.inbound.enabled
+      ? [{ family: 'ipv6', cidr: hostCidr(config.proxy.inboundPassthroughSource.ipv6) }]
+      : [];
+  return { families: plans.filter((p) => p.rules.length > 0), routes, loopbackAddresses };
+}

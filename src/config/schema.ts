@@ -1,0 +1,107 @@
+// The JSON Schema (rules/meshctl.schema.json, the single source of truth) compiled with ajv, plus the custom
+// formats it uses and the translation of ajv errors into messages that name the path, the value and the source.
+import { readFileSync } from 'node:fs';
+import { Ajv, type ErrorObject } from 'ajv';
+import { parseCidr } from '../capture/ip.js';
+import { parseDuration, parsePortRange } from './values.js';
+
+const schemaUrl = new URL('../../rules/meshctl.schema.json', import.meta.url);
+export const configSchema: Record<string, unknown> = JSON.parse(readFileSync(schemaUrl, 'utf8'));
+
+const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true });
+ajv.addFormat('cidr', { type: 'string', validate: (s: string) => typeof parseCidr(s) !== 'string' });
+ajv.addFormat('port-range', { type: 'string', validate: (s: string) => typeof parsePortRange(s) !== 'string' });
+ajv.addFormat('duration', { type: 'string', validate: (s: string) => typeof parseDuration(s) !== 'string' });
+// The schema's $id is a name, not a location: nothing is fetched.
+const validate = ajv.compile(configSchema);
+
+/** `/capture/outbound/excludeCidrs/2` → `capture.outbound.excludeCidrs[2]`. */
+export function jsonPointerToPath(pointer: string, extra?: string): string {
+  const parts = pointer.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  if (extra !== undefined) parts.push(extra);
+  let out = '';
+  for (const part of parts) out += /^\d+$/.test(part) ? `[${part}]` : out === '' ? part : `.${part}`;
+  return out === '' ? '(top level)' : out;
+}
+
+function show(value: unknown): string {
+  return JSON.stringify(value) ?? String(value);
+}
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0]![j] = j;
+  for (let i = 1; i <= a.length; i++)
+    for (let j = 1; j <= b.length; j++)
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+  return d[a.length]![b.length]!;
+}
+
+function formatMessage(error: ErrorObject): string {
+  const value = error.data;
+  switch (error.keyword) {
+    case 'additionalProperties': {
+      const key = (error.params as { additionalProperty: string }).additionalProperty;
+      const known = Object.keys(((error.parentSchema as { properties?: object }).properties ?? {}) as object);
+      const near = known.filter((k) => editDistance(k.toLowerCase(), key.toLowerCase()) <= 2);
+      return `unknown key "${key}"${near.length > 0 ? ` (did you mean "${near[0]}"?)` : ''}; allowed: ${known.join(', ')}`;
+    }
+    case 'format': {
+      const format = (error.params as { format: string }).format;
+      const text = String(value);
+      if (format === 'cidr') return `${show(value)} is not a CIDR (${parseCidr(text) as string})`;
+      if (format === 'port-range') return `${show(value)} is not a port range (${parsePortRange(text) as string})`;
+      return `${show(value)} is not a duration (${parseDuration(text) as string})`;
+    }
+    case 'enum':
+      return `must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.map(show).join(', ')}; got ${show(value)}`;
+    case 'oneOf':
+    case 'const':
+    case 'type': {
+      const description = (error.parentSchema as { description?: string }).description;
+      const expected = error.keyword === 'type' ? `must be ${(error.params as { type: string }).type}` : description ? `must be ${description.replace(/\.$/, '')}` : (error.message ?? 'is invalid');
+      return `${expected}; got ${show(value)}`;
+    }
+    case 'minimum':
+    case 'maximum':
+      return `${error.message ?? 'out of range'}, got ${show(value)}`;
+    case 'pattern':
+      return `${show(value)} is not allowed here (must match ${(error.params as { pattern: string }).pattern})`;
+    case 'uniqueItems':
+      return `has a duplicate: items ${(error.params as { j: number; i: number }).j} and ${(error.params as { i: number }).i} are equal`;
+    default:
+      return `${error.message ?? 'is invalid'}, got ${show(value)}`;
+  }
+}
+
+const PRIORITY: Record<string, number> = { additionalProperties: 0, format: 1, minimum: 2, maximum: 2, pattern: 2, minLength: 2, minItems: 2, uniqueItems: 2, enum: 3, type: 4, const: 5, oneOf: 6 };
+
+/**
+ * Validates raw config against the schema. Returns one problem per offending path, the most specific first:
+ * errors from oneOf branches are folded so that `70000` in a port list reports "must be <= 65535", not three
+ * branch failures. Each problem is `{ path, message }` with `path` in dotted form.
+ */
+export function validateSchema(raw: unknown): { path: string; message: string }[] {
+  if (validate(raw)) return [];
+  const errors = validate.errors ?? [];
+  const paths = new Set(errors.map((e) => e.instancePath));
+  const deeper = (p: string) => [...paths].some((q) => q !== p && q.startsWith(`${p}/`));
+  const byPath = new Map<string, ErrorObject[]>();
+  for (const error of errors) {
+    if (error.keyword !== 'additionalProperties' && deeper(error.instancePath)) continue;
+    const list = byPath.get(error.instancePath) ?? [];
+    list.push(error);
+    byPath.set(error.instancePath, list);
+  }
+  const problems: { path: string; message: string }[] = [];
+  for (const [pointer, list] of byPath) {
+    list.sort((a, b) => (PRIORITY[a.keyword] ?? 9) - (PRIORITY[b.keyword] ?? 9));
+    const best = list[0]!;
+    const group = best.keyword === 'additionalProperties' ? list.filter((e) => e.keyword === 'additionalProperties') : [best];
+    for (const error of group) {
+      const extra = error.keyword === 'additionalProperties' ? (error.params as { additionalProperty: string }).additionalProperty : undefined;
+      problems.push({ path: jsonPointerToPath(pointer, extra), message: formatMessage(error) });
+    }
+  }
+  return problems;
+}
