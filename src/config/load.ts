@@ -165,7 +165,7 @@ export function configFromObject(raw: unknown, options: { file?: string | null; 
       'set proxy.group to the gid the proxy runs with, or create the user');
   }
   if (uid === 0) problems.push({ path: 'proxy.user', message: 'the proxy must not run as root (uid 0): exempting uid 0 from capture would let every root process bypass the mesh; use a dedicated user such as "meshproxy"' });
-  if (gid === 0) problems.push({ path: groupRef !== undefined ? 'proxy.group' : 'proxy.user', message: 'the proxy\'s group is root (gid 0): exempting gid 0 would let root-group processes bypass the mesh; give the proxy user its own group' });
+  if (gid === 0 && uid !== 0) problems.push({ path: groupRef !== undefined ? 'proxy.group' : 'proxy.user', message: 'the proxy\'s group is root (gid 0): exempting gid 0 would let root-group processes bypass the mesh; give the proxy user its own group' });
 
   const outboundPort = v('proxy.outboundPort', 15001) as number;
   const inboundPort = v('proxy.inboundPort', 15006) as number;
@@ -211,7 +211,8 @@ export function configFromObject(raw: unknown, options: { file?: string | null; 
     problems.push({ path: 'capture.outbound.includeGids', message: 'cannot be combined with capture.outbound.excludeGids: with an allow-list of groups, every other group is already excluded' });
   }
   for (const [path, range] of (inboundInclude === 'all' ? [] : inboundInclude).map((r, i) => [`capture.inbound.includePorts[${i}]`, r] as const)) {
-    for (const [name, port] of named) if (portInRanges(port, [range])) problems.push({ path, message: `includes ${name} ${port}: the proxy's own ports are never captured` });
+    const hits = named.filter(([, port]) => portInRanges(port, [range])).map(([name, port]) => `${name} ${port}`);
+    if (hits.length > 0) problems.push({ path, message: `includes ${hits.join(', ')}: the proxy's own ports are never captured` });
   }
 
   // SSH: the configured ports, else the ports sshd really listens on.

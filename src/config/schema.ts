@@ -96,7 +96,9 @@ export function validateSchema(raw: unknown): { path: string; message: string }[
   const problems: { path: string; message: string }[] = [];
   for (const [pointer, list] of byPath) {
     list.sort((a, b) => (PRIORITY[a.keyword] ?? 9) - (PRIORITY[b.keyword] ?? 9));
-    const best = list[0]!;
+    const oneOf = list.find((e) => e.keyword === 'oneOf');
+    // A type/const failure inside a oneOf branch says less than the oneOf's own description.
+    const best = oneOf && (list[0]!.keyword === 'type' || list[0]!.keyword === 'const') ? oneOf : list[0]!;
     const group = best.keyword === 'additionalProperties' ? list.filter((e) => e.keyword === 'additionalProperties') : [best];
     for (const error of group) {
       const extra = error.keyword === 'additionalProperties' ? (error.params as { additionalProperty: string }).additionalProperty : undefined;

@@ -1,0 +1,106 @@
+// `meshctl explain`: what the planned rules do with one connection, and why.
+import type { Command } from 'commander';
+import { Option } from 'commander';
+import { MeshctlError } from '../errors.js';
+import { explainFlow, type Explanation, type Flow } from '../capture/explain.js';
+import { parseIp } from '../capture/ip.js';
+import { planCapture } from '../capture/plan.js';
+import { systemUserDb } from '../config/host-facts.js';
+import { readHostContext } from '../netfilter/host-context.js';
+import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
+
+/** Parses `1.2.3.4:80`, `[fd00::1]:80` (port required) or, with `portOptional`, a bare address. */
+export function parseEndpoint(text: string, flag: string, portOptional = false): { address: string; port?: number } {
+  const bracketed = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
+  const plain = /^([^:]+)(?::(\d+))?$/.exec(text);
+  const bare = parseIp(text) ? [text, text, undefined] : null;
+  const m = bracketed ?? plain ?? bare;
+  const address = m?.[1];
+  const port = m?.[2] === undefined ? undefined : Number(m[2]);
+  if (!address || !parseIp(address) || (port !== undefined && (port < 1 || port > 65535)) || (!portOptional && port === undefined)) {
+    throw new MeshctlError('EXPLAIN_INPUT', `${flag} "${text}" is not ${portOptional ? 'an address or ADDRESS:PORT' : 'ADDRESS:PORT'}`,
+      'write IPv4 as 10.0.0.5:443 and IPv6 as [fd00::5]:443');
+  }
+  return port === undefined ? { address } : { address, port };
+}
+
+function resolveOwner(options: Record<string, unknown>): { uid: number; gid: number; note: string | null } {
+  if (options.user !== undefined) {
+    const entry = systemUserDb.user(String(options.user));
+    if (!entry) throw new MeshctlError('EXPLAIN_INPUT', `--user "${String(options.user)}" does not exist`, 'give an existing user name, or --uid N');
+    return { uid: entry.uid, gid: options.gid !== undefined ? Number(options.gid) : entry.gid, note: null };
+  }
+  if (options.uid !== undefined) {
+    const uid = Number(options.uid);
+    if (!Number.isInteger(uid) || uid < 0) throw new MeshctlError('EXPLAIN_INPUT', `--uid "${String(options.uid)}" is not a uid`, 'give a non-negative integer');
+    const entry = systemUserDb.user(uid);
+    return { uid, gid: options.gid !== undefined ? Number(options.gid) : (entry?.gid ?? uid), note: entry || options.gid !== undefined ? null : `gid ${uid} assumed (uid ${uid} has no passwd entry; pass --gid)` };
+  }
+  const uid = process.getuid?.() ?? 0;
+  const gid = options.gid !== undefined ? Number(options.gid) : (process.getgid?.() ?? 0);
+  return { uid, gid, note: `socket owner defaults to you (uid ${uid}, gid ${gid}); pass --uid/--user for another` };
+}
+
+const MARK = { redirected: 'INTERCEPTED', tproxied: 'INTERCEPTED', bypassed: 'NOT INTERCEPTED', rejected: 'REJECTED', dropped: 'DROPPED' } as const;
+
+export function formatExplanation(flow: Flow, e: Explanation): string {
+  const p = e.packet;
+  const src = p.source ? `${p.source}${p.sourcePort ? `:${p.sourcePort}` : ''}` : '?';
+  const who = p.uid !== null ? `  uid ${p.uid} gid ${p.gid}` : '';
+  const iface = flow.direction === 'outbound' ? (p.outInterface ? `  out ${p.outInterface}` : '') : p.inInterface ? `  in ${p.inInterface}` : '';
+  const lines = [
+    `${flow.direction} ${flow.protocol} ${src} → ${p.destination.includes(':') ? `[${p.destination}]` : p.destination}:${p.destinationPort}${who}${iface}`,
+    `verdict: ${MARK[e.verdict]}${e.toPort !== null ? ` → proxy port ${e.toPort}` : ''}`,
+    `why:     ${e.reason}`,
+  ];
+  if (e.decidedBy) lines.push(`rule:    ${e.decidedBy.table} ${e.decidedBy.chain}: ${e.decidedBy.rule}`);
+  if (e.trace.length > 0) {
+    lines.push('trace (✓ matched, · not matched):');
+    const width = Math.max(...e.trace.map((t) => `${t.table} ${t.chain}`.length));
+    for (const t of e.trace) lines.push(`  ${t.matched ? '✓' : '·'} ${`${t.table} ${t.chain}`.padEnd(width)}  meshctl:${t.purpose.padEnd(30)} ${t.origin}`);
+  }
+  for (const a of e.assumptions) lines.push(`note:    ${a}`);
+  return `${lines.join('\n')}\n`;
+}
+
+export function register(program: Command): void {
+  addConfigOptions(
+    program
+      .command('explain')
+      .description('show whether a connection would be intercepted, every rule it meets, and the config field that decides')
+      .option('--out', 'an outbound connection made by a local process')
+      .option('--in', 'an inbound connection arriving from a peer')
+      .requiredOption('--dst <address:port>', 'destination, e.g. 10.0.3.4:5432 or [fd00::4]:5432')
+      .option('--src <address[:port]>', 'source: the peer (inbound) or the local address (outbound)')
+      .option('--uid <uid>', 'outbound socket owner uid (default: yours)')
+      .option('--user <name>', 'outbound socket owner by name')
+      .option('--gid <gid>', 'outbound socket owner gid (default: the user\'s primary group)')
+      .option('--iface <name>', 'interface: arrival (inbound) or egress (outbound); default from the routing table')
+      .addOption(new Option('--proto <protocol>', 'protocol').choices(['tcp', 'udp']).default('tcp'))
+      .option('--netns <name>', 'read local addresses and routes inside this network namespace')
+      .option('--json', 'print { intercepted, toPort, verdict, trace, ... } as JSON'),
+  ).action(async (options: Record<string, unknown>) => {
+    if (Boolean(options.out) === Boolean(options.in)) {
+      throw new MeshctlError('EXPLAIN_INPUT', 'say which direction: exactly one of --out or --in', 'e.g. `meshctl explain --in --dst 10.0.0.5:22`');
+    }
+    const direction = options.out ? 'outbound' : 'inbound';
+    const dst = parseEndpoint(String(options.dst), '--dst') as { address: string; port: number };
+    const src = options.src !== undefined ? parseEndpoint(String(options.src), '--src', true) : undefined;
+    if (src && parseIp(src.address)!.family !== parseIp(dst.address)!.family) {
+      throw new MeshctlError('EXPLAIN_INPUT', `--src ${String(options.src)} and --dst ${String(options.dst)} are of different address families`, 'use two IPv4 or two IPv6 endpoints');
+    }
+    const owner = direction === 'outbound' ? resolveOwner(options) : null;
+    const config = await loadConfigFromOptions(options);
+    const flow: Flow = {
+      direction,
+      protocol: options.proto as 'tcp' | 'udp',
+      destination: dst,
+      ...(src ? { source: src } : {}),
+      ...(owner ? { uid: owner.uid, gid: owner.gid } : {}),
+      ...(options.iface !== undefined ? (direction === 'outbound' ? { outInterface: String(options.iface) } : { inInterface: String(options.iface) }) : {}),
+    };
+    const explanation = explainFlow(planCapture(config), flow, readHostContext(options.netns as string | undefined));
+    const withNote = owner?.note ? { ...explanation, assumptions: [owner.note, ...explanation.assumptions] } : explanation;
+    process.stdout.write(options.json ? `${JSON.stringify(withNote, null, 2)}\n` : formatExplanation(flow, withNote));
+  });
+}
