@@ -19,7 +19,7 @@ import {
 export interface SavedChain {
   readonly name: string;
   readonly builtin: boolean;
-  /** ACCEPT / DROP for built-in chains; null for user chains (`-`). */
+  /** ACCEPT / DROP for built-in chains; null for user chains (`-`) and for built-ins restore input leaves implicit. */
   readonly policy: string | null;
 }
 
@@ -492,7 +492,12 @@ export function parseSave(text: string): SaveDump {
         current.otherLines.push(`-A ${chain} ${raw}`.trimEnd());
         continue;
       }
-      if (!current.chainNames.has(chain)) fail(lineNo, original, `rule in undeclared chain ${chain}`);
+      if (!current.chainNames.has(chain)) {
+        // iptables-save declares every chain; restore input (--noflush) may leave built-in chains implicit.
+        if (!BUILTIN_CHAINS[current.table].includes(chain)) fail(lineNo, original, `rule in undeclared chain ${chain}`);
+        current.chains.push({ name: chain, builtin: true, policy: null });
+        current.chainNames.add(chain);
+      }
       let tokens: string[];
       try {
         tokens = tokenizeSaveLine(raw);
