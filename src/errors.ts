@@ -24,6 +24,8 @@ export const ERROR_CODES = {
   PROXY_NOT_READY: 'the proxy admin endpoint does not report ready',
   ADDON_UNAVAILABLE: 'the native addon is not built',
   INTERNAL: 'a bug in meshctl',
+  LISTEN_FAILED: 'a proxy listener could not be opened (port in use, missing address, bad socket-activation fds)',
+  PROXY_USER_MISMATCH: 'the proxy runs as a uid/gid that the capture rules do not exempt, so its own connections would loop',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
