@@ -32,7 +32,14 @@ export function createIsolatedNs(name: string, addresses: { ipv4?: string; ipv6?
   sh('ip', ['netns', 'add', name]);
   const ip = (...args: string[]) => sh('ip', ['-n', name, ...args]);
   ip('link', 'set', 'lo', 'up');
-  ip('link', 'add', 'dummy0', 'type', 'dummy');
+  try {
+    ip('link', 'add', 'dummy0', 'type', 'dummy');
+  } catch {
+    // Kernels built without the dummy driver ("Unknown device type"): a veth pair with both ends inside the
+    // namespace behaves the same here (packets routed out of dummy0 go nowhere useful, the OUTPUT hook still runs).
+    ip('link', 'add', 'dummy0', 'type', 'veth', 'peer', 'name', 'dummy0p');
+    ip('link', 'set', 'dummy0p', 'up');
+  }
   ip('link', 'set', 'dummy0', 'up');
   const v4 = addresses.ipv4 ?? '10.99.0.1/24';
   ip('addr', 'add', v4, 'dev', 'dummy0');
