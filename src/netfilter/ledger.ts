@@ -1,0 +1,181 @@
+// The ledger: what meshctl installed, exactly, so status, repair and uninstall work from facts instead of from the
+// current config. One JSON file per state scope, written atomically (temp file, fsync, rename, fsync of the
+// directory), mode 0600 in a 0700 directory. `in-progress` means a transaction did not finish; the next command
+// completes or rolls it back before doing anything else.
+import { randomBytes } from 'node:crypto';
+import { chmodSync, closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { CapturePlan, Family, Table } from '../capture/model.js';
+import type { Backend, Config } from '../config/types.js';
+import { MeshctlError } from '../errors.js';
+import type { HostExtras } from './routes.js';
+
+export const LEDGER_FORMAT = 1;
+
+/** One rule as the kernel prints it: chain plus the arguments after `-A CHAIN` (counters stripped). */
+export interface RuleLine {
+  readonly chain: string;
+  readonly raw: string;
+}
+
+/** Our objects in one table: MESHCTL_ chains (name order as saved) and every rule we own, in save order. */
+export interface TableObjects {
+  readonly table: Table;
+  readonly chains: readonly string[];
+  readonly rules: readonly RuleLine[];
+}
+
+export interface FamilyObjects {
+  readonly family: Family;
+  readonly tables: readonly TableObjects[];
+}
+
+/** What meshctl owns on the host: per family and table for iptables, or the `table inet meshctl` listing. */
+export type OwnedObjects =
+  | { readonly kind: 'xtables'; readonly families: readonly FamilyObjects[] }
+  | { readonly kind: 'nftables'; readonly listing: string };
+
+/** The tables as they were before the first install: iptables-save text per family and table, or the nft ruleset. */
+export type Snapshot =
+  | { readonly kind: 'xtables'; readonly families: readonly { readonly family: Family; readonly tables: readonly { readonly table: string; readonly text: string }[] }[] }
+  | { readonly kind: 'nftables'; readonly ruleset: string };
+
+export type LedgerState = 'in-progress' | 'installed';
+export type LedgerOperation = 'install' | 'reinstall' | 'uninstall';
+
+/** An installed (or being installed) generation: the config it came from, its plan and what it created. */
+export interface Generation {
+  readonly configHash: string;
+  readonly configFile: string | null;
+  readonly config: Config;
+  readonly plan: CapturePlan;
+  /** Exactly what the kernel reported after applying (for an in-progress transaction: null until read back). */
+  readonly objects: OwnedObjects | null;
+  /** Policy routes and loopback addresses meshctl added (not those that already existed). */
+  readonly extras: HostExtras;
+}
+
+export interface ConfirmArm {
+  readonly deadline: string;
+  readonly mechanism: 'systemd-timer' | 'detached-process';
+  /** systemd unit name (…timer) or the pid of the detached reverter. */
+  readonly unit: string | null;
+  readonly pid: number | null;
+  readonly pidStartTime: string | null;
+  readonly confirmedAt: string | null;
+}
+
+export interface Ledger {
+  readonly format: number;
+  readonly installId: string;
+  readonly state: LedgerState;
+  /** For `in-progress`: what was being done, so recovery knows which way to go. */
+  readonly operation: LedgerOperation;
+  readonly backend: Backend;
+  readonly netns: string | null;
+  readonly toolVersion: string;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  /** The generation installed (or being installed). */
+  readonly current: Generation;
+  /** For an in-progress reinstall: the generation to go back to. Null otherwise. */
+  readonly previous: Generation | null;
+  /** Owned objects that existed before the first install (normally none): what a rollback of it restores. */
+  readonly before: OwnedObjects;
+  readonly snapshot: Snapshot;
+  readonly confirm: ConfirmArm | null;
+}
+
+/** The directory holding the ledger, lock and revert log of one scope: the host, or one named namespace. */
+export function scopeDir(stateDir: string, netns: string | null): string {
+  return netns === null ? join(stateDir, 'host') : join(stateDir, 'netns', netns);
+}
+
+export function ledgerPath(dir: string): string {
+  return join(dir, 'ledger.json');
+}
+
+/** Creates `dir` (and parents) with mode 0700 and tightens an existing one. Throws COMMAND_FAILED. */
+export function ensureStateDir(dir: string, stateDir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    for (let d = dir; d.startsWith(stateDir) && d.length >= stateDir.length; d = dirname(d)) {
+      if ((statSync(d).mode & 0o077) !== 0) chmodSync(d, 0o700);
+      if (d === stateDir) break;
+    }
+  } catch (error) {
+    throw new MeshctlError('COMMAND_FAILED', `cannot create the state directory ${dir}: ${(error as Error).message}`,
+      'run as root, or pass --state-dir pointing to a writable directory', { cause: error });
+  }
+}
+
+export function newInstallId(): string {
+  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*$/, '');
+  return `${stamp}-${randomBytes(4).toString('hex')}`;
+}
+
+/** Reads the ledger of a scope, or null when there is none. Throws LEDGER_CORRUPT for unreadable content. */
+export function readLedger(dir: string): Ledger | null {
+  const path = ledgerPath(dir);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new MeshctlError('LEDGER_CORRUPT', `cannot read the ledger ${path}: ${(error as Error).message}`, 'run as root', { cause: error });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${path} is not valid JSON (${(error as Error).message})`,
+      'it was written atomically, so this means it was edited by hand; restore it from a backup, or remove it and clean up MESHCTL_ chains by hand', { cause: error });
+  }
+  const ledger = parsed as Partial<Ledger>;
+  if (ledger.format !== LEDGER_FORMAT || typeof ledger.installId !== 'string' || (ledger.state !== 'in-progress' && ledger.state !== 'installed') || !ledger.current || !ledger.snapshot) {
+    throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${path} has format ${String(ledger.format)} or lacks install id, state or generation`,
+      `this meshctl reads ledger format ${LEDGER_FORMAT}; use the meshctl version that wrote it (toolVersion in the file) to uninstall`);
+  }
+  return ledger as Ledger;
+}
+
+/** Replaces the ledger atomically: a reader sees the old or the new file, never a torn one, even after a crash. */
+export function writeLedger(dir: string, ledger: Ledger): void {
+  const path = ledgerPath(dir);
+  const temp = join(dir, `.ledger.json.${process.pid}.${randomBytes(3).toString('hex')}.tmp`);
+  try {
+    const fd = openSync(temp, 'wx', 0o600);
+    try {
+      writeSync(fd, `${JSON.stringify(ledger, null, 2)}\n`);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temp, path);
+    const dirFd = openSync(dir, 'r');
+    try {
+      fsyncSync(dirFd);
+    } finally {
+      closeSync(dirFd);
+    }
+  } catch (error) {
+    try {
+      unlinkSync(temp);
+    } catch {
+      // not created
+    }
+    throw new MeshctlError('COMMAND_FAILED', `cannot write the ledger ${path}: ${(error as Error).message}`,
+      'check free space and permissions of the state directory', { cause: error });
+  }
+}
+
+export function removeLedger(dir: string): void {
+  rmSync(ledgerPath(dir), { force: true });
+  try {
+    const dirFd = openSync(dir, 'r');
+    fsyncSync(dirFd);
+    closeSync(dirFd);
+  } catch {
+    // best effort: the removal itself is done
+  }
+}

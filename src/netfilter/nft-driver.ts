@@ -1,0 +1,120 @@
+// The native nftables backend: everything of ours is `table inet meshctl`, replaced or deleted by one `nft -f`
+// transaction (add + delete + define), so both families change in one atomic step.
+import type { CapturePlan } from '../capture/model.js';
+import { NFT_TABLE, normalizeNftListing, renderNft, renderNftDelete, renderNftTable } from '../capture/render-nft.js';
+import type { Logger } from '../log.js';
+import type { ApplyStep, BackendDriver, DriftReport, KernelState, TransitionTarget } from './driver.js';
+import type { OwnedObjects, Snapshot } from './ledger.js';
+import type { NetfilterRunner } from './runner.js';
+
+interface NftState extends KernelState {
+  readonly ruleset: string;
+  /** Our table as listed (`table inet meshctl { … }`), '' when absent. */
+  readonly table: string;
+}
+
+const HEADER = `table inet ${NFT_TABLE} {`;
+
+/** Splits `nft list ruleset` into our table block and everything else. */
+export function splitRuleset(ruleset: string): { ours: string; rest: string } {
+  const ours: string[] = [];
+  const rest: string[] = [];
+  let inside = false;
+  for (const line of ruleset.split('\n')) {
+    if (!inside && line.trim() === HEADER && !line.startsWith('\t')) {
+      inside = true;
+      ours.push(line);
+      continue;
+    }
+    if (inside) {
+      ours.push(line);
+      if (line === '}') inside = false;
+      continue;
+    }
+    rest.push(line);
+  }
+  return { ours: ours.length > 0 ? `${ours.join('\n')}\n` : '', rest: rest.join('\n') };
+}
+
+/** Multiset difference of lines: what `a` has that `b` lacks. */
+function linesMinus(a: readonly string[], b: readonly string[]): string[] {
+  const left = new Map<string, number>();
+  for (const line of b) left.set(line, (left.get(line) ?? 0) + 1);
+  return a.filter((line) => {
+    const n = left.get(line) ?? 0;
+    if (n > 0) {
+      left.set(line, n - 1);
+      return false;
+    }
+    return true;
+  });
+}
+
+export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDriver {
+  const dlog = log.child({ component: 'nftables' });
+  const asNft = (state: KernelState): NftState => state as NftState;
+  const replaceWith = (table: string): string => `${renderNftDelete()}${table}`;
+  const step = (text: string): ApplyStep[] => [{ label: 'inet', family: null, text }];
+
+  return {
+    backend: 'nftables',
+    async read() {
+      const ruleset = await runner.list();
+      const state: NftState = { backend: 'nftables', texts: new Map([['inet', ruleset]]), ruleset, table: splitRuleset(ruleset).ours };
+      return state;
+    },
+    stepsTo(state, target: TransitionTarget) {
+      const exists = asNft(state).table !== '';
+      if (target.kind === 'plan' && target.plan.families.length > 0) return step(renderNft(target.plan));
+      if (target.kind === 'objects' && target.objects.kind === 'nftables' && target.objects.listing !== '') return step(replaceWith(target.objects.listing));
+      return exists ? step(renderNftDelete()) : [];
+    },
+    stepsRemoving(state) {
+      return asNft(state).table !== '' ? step(renderNftDelete()) : [];
+    },
+    async check(s) {
+      await runner.nft(s.text, { check: true });
+    },
+    async apply(s) {
+      await runner.nft(s.text, { check: false });
+      dlog.info({ lines: s.text.split('\n').length - 1 }, 'applied');
+    },
+    owned(state): OwnedObjects {
+      return { kind: 'nftables', listing: asNft(state).table };
+    },
+    remaining(state, objects) {
+      return objects.kind === 'nftables' && objects.listing !== '' && asNft(state).table !== '' ? [`table inet ${NFT_TABLE}`] : [];
+    },
+    drift(state, plan: CapturePlan): DriftReport[] {
+      const actualText = asNft(state).table;
+      if (plan.families.length === 0 && actualText === '') return [];
+      const expected = plan.families.length > 0 ? normalizeNftListing(renderNftTable(plan)).split('\n') : [];
+      const actual = actualText === '' ? [] : normalizeNftListing(actualText).split('\n');
+      if (expected.join('\n') === actual.join('\n')) return [{ label: 'inet', inSync: true, missingChains: [], extraChains: [], missing: [], extra: [], outOfOrder: [] }];
+      const missing = linesMinus(expected, actual);
+      const extra = linesMinus(actual, expected);
+      const isChain = (l: string) => l.startsWith('chain ') || l.startsWith('table ');
+      return [{
+        label: 'inet',
+        inSync: false,
+        missingChains: missing.filter(isChain),
+        extraChains: extra.filter(isChain),
+        missing: missing.filter((l) => !isChain(l) && l !== '}'),
+        extra: extra.filter((l) => !isChain(l) && l !== '}'),
+        outOfOrder: missing.length === 0 && extra.length === 0 ? [`table inet ${NFT_TABLE}: the rules are all there but in another order`] : [],
+      }];
+    },
+    foreign(state) {
+      return normalizeNftListing(splitRuleset(asNft(state).ruleset).rest);
+    },
+    snapshot(state): Snapshot {
+      return { kind: 'nftables', ruleset: asNft(state).ruleset };
+    },
+    foreignOfSnapshot(snapshot) {
+      return snapshot.kind === 'nftables' ? normalizeNftListing(splitRuleset(snapshot.ruleset).rest) : '';
+    },
+    ownedInSnapshot(snapshot) {
+      return { kind: 'nftables', listing: snapshot.kind === 'nftables' ? splitRuleset(snapshot.ruleset).ours : '' };
+    },
+  };
+}

@@ -1,0 +1,138 @@
+// The one injected interface through which meshctl touches netfilter: iptables-save/-restore for either xtables
+// backend, nft, and the few read-only helpers (ip, sysctl files) the transaction and doctor need. Backed by execa;
+// with a namespace every command runs as `ip netns exec NAME …`, so the host's own rules are never involved.
+import { existsSync } from 'node:fs';
+import { execa, ExecaError } from 'execa';
+import type { Family, Table } from '../capture/model.js';
+import type { Backend } from '../config/types.js';
+import { MeshctlError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+
+export type XtablesBackend = Exclude<Backend, 'nftables'>;
+/** `test`: parse and check only; `noflush`: apply on top of what is there; `replace`: replace each table given. */
+export type RestoreMode = 'test' | 'noflush' | 'replace';
+
+export interface ExecResult {
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly exitCode: number;
+}
+
+export interface NetfilterRunner {
+  /** The namespace every command runs in, or null for the current one. */
+  readonly netns: string | null;
+  /** `iptables-save -t TABLE` (or the whole family when table is omitted) through the backend's own binary. */
+  save(backend: XtablesBackend, family: Family, table?: Table): Promise<string>;
+  /** `iptables-restore --wait` in the given mode with `text` on stdin. Throws RESTORE_FAILED. */
+  restore(backend: XtablesBackend, family: Family, text: string, options: { mode: RestoreMode }): Promise<void>;
+  /** `nft -f -` (or `nft -c -f -` with check). Throws RESTORE_FAILED. */
+  nft(script: string, options: { check: boolean }): Promise<void>;
+  /** `nft list ruleset`, or one table with `nft list table inet meshctl`; '' when that table does not exist. */
+  list(table?: { family: string; name: string }): Promise<string>;
+  /** Any other read-only command in the namespace (ip, cat of a /proc/sys file). Never throws on exit status. */
+  exec(command: string, args: readonly string[], options?: { input?: string }): Promise<ExecResult>;
+}
+
+export interface RunnerOptions {
+  readonly netns?: string | null;
+  /** Environment for every command (tests put fault-injecting wrappers first on PATH). Defaults to process.env. */
+  readonly env?: NodeJS.ProcessEnv;
+  readonly log?: Logger;
+}
+
+/** The binaries of one xtables backend; the suffixed names exist on Debian, Ubuntu, Fedora, RHEL and Alpine. */
+export function xtablesBinary(backend: XtablesBackend, family: Family, tool: 'save' | 'restore'): string {
+  const base = family === 'ipv4' ? 'iptables' : 'ip6tables';
+  return `${base}-${backend === 'iptables-legacy' ? 'legacy' : 'nft'}-${tool}`;
+}
+
+/** The path `ip netns` keeps a named namespace under. */
+export function netnsPath(name: string): string {
+  return `/run/netns/${name}`;
+}
+
+/** Throws NETNS_NOT_FOUND unless `ip netns list` would show `name`. */
+export function assertNetnsExists(name: string): void {
+  if (!/^[A-Za-z0-9_.-]+$/.test(name) || name === '.' || name === '..' || !existsSync(netnsPath(name))) {
+    throw new MeshctlError('NETNS_NOT_FOUND', `network namespace "${name}" (from --netns) does not exist: ${netnsPath(name)} is missing`,
+      'list namespaces with `ip netns list`, or create it with `ip netns add NAME`');
+  }
+}
+
+function commandLine(command: string, args: readonly string[]): string {
+  return [command, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`)).join(' ');
+}
+
+function firstLines(text: string, max: number): string[] {
+  const lines = text.trim().split('\n').filter((l) => l.length > 0);
+  return lines.length > max ? [...lines.slice(0, max), `… ${lines.length - max} more lines`] : lines;
+}
+
+/** Creates the execa-backed runner. Throws NETNS_NOT_FOUND when `netns` is given and does not exist. */
+export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
+  const netns = options.netns ?? null;
+  if (netns !== null) assertNetnsExists(netns);
+  const env = options.env ?? process.env;
+  const log = (options.log ?? silentLogger).child({ component: 'runner', netns });
+
+  const wrap = (command: string, args: readonly string[]): [string, string[]] =>
+    netns === null ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]];
+
+  async function run(command: string, args: readonly string[], input: string | undefined, failCode: 'RESTORE_FAILED' | 'COMMAND_FAILED', what: string): Promise<string> {
+    const [file, argv] = wrap(command, args);
+    const started = Date.now();
+    try {
+      const result = await execa(file, argv, { input: input ?? '', env, extendEnv: false, stripFinalNewline: false });
+      log.debug({ command: commandLine(command, args), ms: Date.now() - started }, 'ran');
+      return result.stdout;
+    } catch (error) {
+      if (!(error instanceof ExecaError)) throw error;
+      const stderr = typeof error.stderr === 'string' ? error.stderr : '';
+      const missing = error.code === 'ENOENT' || /No such file or directory|exec of ".*" failed/i.test(stderr);
+      log.debug({ command: commandLine(command, args), exitCode: error.exitCode, stderr }, 'command failed');
+      const details = [`command: ${commandLine(file, argv)}`, ...firstLines(stderr, 12).map((l, i) => `${i === 0 ? 'stderr:  ' : '         '}${l}`)];
+      if (missing) {
+        throw new MeshctlError('BACKEND_UNAVAILABLE', `${command} is not installed${netns ? ` (looked up on PATH for namespace ${netns})` : ''}, so meshctl cannot ${what}`,
+          `install it (Debian/Ubuntu: apt-get install ${command.startsWith('nft') ? 'nftables' : 'iptables'}) or choose another backend with --backend`,
+          { cause: error, details });
+      }
+      throw new MeshctlError(failCode, `${command} failed while meshctl tried to ${what} (${error.exitCode === undefined ? error.shortMessage : `exit ${error.exitCode}`})`,
+        failCode === 'RESTORE_FAILED' ? 'run `meshctl install --dry-run` and check the line named in stderr' : 'check the stderr shown above; `meshctl doctor` lists missing privileges and kernel features',
+        { cause: error, details });
+    }
+  }
+
+  return {
+    netns,
+    async save(backend, family, table) {
+      const bin = xtablesBinary(backend, family, 'save');
+      return run(bin, table ? ['-t', table] : [], undefined, 'COMMAND_FAILED', `read the ${family} ${table ?? ''} rules`.replace('  ', ' '));
+    },
+    async restore(backend, family, text, { mode }) {
+      const bin = xtablesBinary(backend, family, 'restore');
+      const args = ['--wait'];
+      if (mode === 'test') args.push('--test', '--noflush');
+      if (mode === 'noflush') args.push('--noflush');
+      const verb = mode === 'test' ? 'check' : mode === 'noflush' ? 'apply' : 'restore';
+      await run(bin, args, text, 'RESTORE_FAILED', `${verb} the ${family} rules`);
+    },
+    async nft(script, { check }) {
+      await run('nft', check ? ['-c', '-f', '-'] : ['-f', '-'], script, 'RESTORE_FAILED', check ? 'check the nftables script' : 'apply the nftables script');
+    },
+    async list(table) {
+      if (!table) return run('nft', ['list', 'ruleset'], undefined, 'COMMAND_FAILED', 'list the nftables ruleset');
+      const [file, argv] = wrap('nft', ['list', 'table', table.family, table.name]);
+      const result = await execa(file, argv, { env, extendEnv: false, reject: false, stripFinalNewline: false });
+      if (result.exitCode === 0) return result.stdout;
+      if (/No such file or directory|does not exist/i.test(result.stderr)) return '';
+      return run('nft', ['list', 'table', table.family, table.name], undefined, 'COMMAND_FAILED', `list table ${table.family} ${table.name}`);
+    },
+    async exec(command, args, execOptions = {}) {
+      const [file, argv] = wrap(command, args);
+      const result = await execa(file, argv, { input: execOptions.input ?? '', env, extendEnv: false, reject: false, stripFinalNewline: false });
+      const text = (v: unknown): string => (typeof v === 'string' ? v : '');
+      return { stdout: text(result.stdout), stderr: text(result.stderr), exitCode: result.exitCode ?? (result.failed ? 127 : 0) };
+    },
+  };
+}

@@ -1,0 +1,163 @@
+// The iptables backends (legacy and nft flavours of iptables-restore): one `--noflush` restore per family holding a
+// COMMIT per table, built by transition.ts from the family's iptables-save dump.
+import { FAMILIES, type Family, type FamilyPlan } from '../capture/model.js';
+import { diffFamily, foreignView } from '../capture/diff.js';
+import { parseSave, type SaveDump } from '../capture/parse-save.js';
+import { renderRule } from '../capture/render-iptables.js';
+import type { Logger } from '../log.js';
+import type { ApplyStep, BackendDriver, DriftReport, KernelState, TransitionTarget } from './driver.js';
+import type { FamilyObjects, OwnedObjects, Snapshot, TableObjects } from './ledger.js';
+import type { NetfilterRunner, XtablesBackend } from './runner.js';
+import { buildTransition, ownedInDump, planObjects, presentIn } from './transition.js';
+
+interface XtablesState extends KernelState {
+  readonly dumps: ReadonlyMap<Family, SaveDump>;
+  /** Families whose save failed (no IPv6 in the kernel): usable only when nothing is planned for them. */
+  readonly unreadable: ReadonlyMap<Family, unknown>;
+}
+
+function asXt(state: KernelState): XtablesState {
+  return state as XtablesState;
+}
+
+/** Splits iptables-save text into `*table … COMMIT` sections (comments dropped). */
+export function splitTables(text: string): { table: string; text: string }[] {
+  const out: { table: string; text: string }[] = [];
+  let current: string[] | null = null;
+  let name = '';
+  for (const line of text.split('\n')) {
+    if (line.startsWith('*')) {
+      current = [line];
+      name = line.slice(1).trim();
+    } else if (current) {
+      if (line.startsWith('#')) continue;
+      current.push(line);
+      if (line.trim() === 'COMMIT') {
+        out.push({ table: name, text: `${current.join('\n')}\n` });
+        current = null;
+      }
+    }
+  }
+  return out;
+}
+
+function familyObjects(objects: OwnedObjects, family: Family): readonly TableObjects[] {
+  if (objects.kind !== 'xtables') return [];
+  return objects.families.find((f) => f.family === family)?.tables ?? [];
+}
+
+function describe(family: Family, tables: readonly TableObjects[]): string[] {
+  return tables.flatMap((t) => [...t.chains.map((c) => `${family} ${t.table} chain ${c}`), ...t.rules.map((r) => `${family} ${t.table} -A ${r.chain} ${r.raw}`)]);
+}
+
+export function createXtablesDriver(backend: XtablesBackend, runner: NetfilterRunner, log: Logger): BackendDriver {
+  const dlog = log.child({ component: 'xtables', backend });
+  const emptyPlan = (family: Family): FamilyPlan => ({ family, chains: [], rules: [] });
+
+  const dumpOf = (state: KernelState, family: Family): SaveDump => asXt(state).dumps.get(family) ?? { tables: [] };
+  const requireReadable = (state: KernelState, family: Family): void => {
+    const error = asXt(state).unreadable.get(family);
+    if (error !== undefined) throw error;
+  };
+  const stepFor = (family: Family, text: string): ApplyStep[] => (text === '' ? [] : [{ label: family, family, text }]);
+
+  return {
+    backend,
+    async read() {
+      const texts = new Map<string, string>();
+      const dumps = new Map<Family, SaveDump>();
+      const unreadable = new Map<Family, unknown>();
+      await Promise.all(
+        FAMILIES.map(async (family) => {
+          try {
+            const text = await runner.save(backend, family);
+            texts.set(family, text);
+            dumps.set(family, parseSave(text));
+          } catch (error) {
+            if (family === 'ipv4') throw error;
+            dlog.warn({ family, err: error }, 'cannot read the IPv6 rules; treating them as empty');
+            unreadable.set(family, error);
+          }
+        }),
+      );
+      const state: XtablesState = { backend, texts, dumps, unreadable };
+      return state;
+    },
+    stepsTo(state, target: TransitionTarget) {
+      return FAMILIES.flatMap((family) => {
+        const dump = dumpOf(state, family);
+        const wanted =
+          target.kind === 'plan' ? planObjects(target.plan.families.find((f) => f.family === family) ?? emptyPlan(family))
+          : target.kind === 'objects' ? familyObjects(target.objects, family)
+          : [];
+        if (wanted.length > 0) requireReadable(state, family);
+        return stepFor(family, buildTransition(dump, ownedInDump(dump), wanted));
+      });
+    },
+    stepsRemoving(state, objects) {
+      return FAMILIES.flatMap((family) => {
+        const dump = dumpOf(state, family);
+        return stepFor(family, buildTransition(dump, presentIn(dump, familyObjects(objects, family)), []));
+      });
+    },
+    async check(step) {
+      await runner.restore(backend, step.family!, step.text, { mode: 'test' });
+    },
+    async apply(step) {
+      await runner.restore(backend, step.family!, step.text, { mode: 'noflush' });
+      dlog.info({ family: step.family, lines: step.text.split('\n').length - 1 }, 'applied');
+    },
+    owned(state) {
+      const families: FamilyObjects[] = FAMILIES.map((family) => ({ family, tables: ownedInDump(dumpOf(state, family)) }));
+      return { kind: 'xtables', families };
+    },
+    remaining(state, objects) {
+      return FAMILIES.flatMap((family) => describe(family, presentIn(dumpOf(state, family), familyObjects(objects, family))));
+    },
+    drift(state, plan) {
+      const reports: DriftReport[] = [];
+      for (const family of FAMILIES) {
+        const planned = plan.families.find((f) => f.family === family);
+        const dump = dumpOf(state, family);
+        if (!planned && ownedInDump(dump).length === 0) continue;
+        const diff = diffFamily(planned ?? emptyPlan(family), dump);
+        reports.push({
+          label: family,
+          inSync: diff.inSync,
+          missingChains: diff.missingChains.map((c) => `${c.table} ${c.name}`),
+          extraChains: diff.extraChains.map((c) => `${c.table} ${c.name}`),
+          missing: diff.missing.map((r) => `${r.table} -A ${r.chain} ${renderRule(r, family)}`),
+          extra: diff.extra.map((r) => `${r.table} -A ${r.chain} ${r.raw}`),
+          outOfOrder: diff.outOfOrder.map((o) => `${o.table} ${o.chain}: expected [${o.expected.join(' | ')}], found [${o.actual.join(' | ')}]`),
+        });
+      }
+      return reports;
+    },
+    foreign(state) {
+      return FAMILIES.map((family) => `# ${family}\n${foreignView(dumpOf(state, family))}`).join('');
+    },
+    snapshot(state): Snapshot {
+      return {
+        kind: 'xtables',
+        families: FAMILIES.map((family) => ({
+          family,
+          tables: splitTables(asXt(state).texts.get(family) ?? '').map((t) => ({ table: t.table, text: t.text })),
+        })),
+      };
+    },
+    foreignOfSnapshot(snapshot) {
+      if (snapshot.kind !== 'xtables') return '';
+      return FAMILIES.map((family) => {
+        const text = snapshot.families.find((f) => f.family === family)?.tables.map((t) => t.text).join('') ?? '';
+        return `# ${family}\n${foreignView(parseSave(text))}`;
+      }).join('');
+    },
+    ownedInSnapshot(snapshot) {
+      if (snapshot.kind !== 'xtables') return { kind: 'xtables', families: [] };
+      return {
+        kind: 'xtables',
+        families: snapshot.families.map((f) => ({ family: f.family, tables: ownedInDump(parseSave(f.tables.map((t) => t.text).join(''))) })),
+      };
+    },
+  };
+}
