@@ -1,0 +1,96 @@
+// The admin HTTP server on 127.0.0.1:15000 (excluded from capture): readiness, stats, Prometheus metrics,
+// the effective config, the live connection table and drain. Handlers come from the lifecycle; this file
+// only maps routes to them.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { MeshctlError } from '../errors.js';
+
+export interface AdminHandlers {
+  ready(): { ready: boolean; reason: string };
+  stats(): Promise<unknown>;
+  metrics(): Promise<string>;
+  config(): unknown;
+  connections(limit: number): Promise<unknown>;
+  /** Starts a drain (idempotent); resolves at once, the drain runs on. */
+  drain(): { alreadyDraining: boolean; timeoutMs: number };
+}
+
+const DEFAULT_CONNECTIONS_LIMIT = 1000;
+const MAX_CONNECTIONS_LIMIT = 100_000;
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body, null, 2)}\n`;
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(text);
+}
+
+function sendText(res: ServerResponse, status: number, text: string, type = 'text/plain; charset=utf-8'): void {
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+  res.end(text);
+}
+
+async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const url = new URL(req.url ?? '/', 'http://admin');
+  const method = req.method ?? 'GET';
+  const only = (allowed: string): boolean => {
+    if (method === allowed || (allowed === 'GET' && method === 'HEAD')) return true;
+    res.setHeader('allow', allowed);
+    sendText(res, 405, `${url.pathname} accepts ${allowed} only\n`);
+    return false;
+  };
+  switch (url.pathname) {
+    case '/ready': {
+      if (!only('GET')) return;
+      const { ready, reason } = handlers.ready();
+      sendText(res, ready ? 200 : 503, `${ready ? 'ready' : `not ready: ${reason}`}\n`);
+      return;
+    }
+    case '/stats':
+      if (only('GET')) sendJson(res, 200, await handlers.stats());
+      return;
+    case '/metrics':
+      if (only('GET')) sendText(res, 200, await handlers.metrics(), 'text/plain; version=0.0.4; charset=utf-8');
+      return;
+    case '/config':
+      if (only('GET')) sendJson(res, 200, handlers.config());
+      return;
+    case '/connections': {
+      if (!only('GET')) return;
+      const raw = url.searchParams.get('limit');
+      const limit = raw === null ? DEFAULT_CONNECTIONS_LIMIT : Number(raw);
+      if (!Number.isInteger(limit) || limit < 1 || limit > MAX_CONNECTIONS_LIMIT) {
+        sendText(res, 400, `limit must be an integer from 1 to ${MAX_CONNECTIONS_LIMIT}, got ${raw}\n`);
+        return;
+      }
+      sendJson(res, 200, await handlers.connections(limit));
+      return;
+    }
+    case '/drain': {
+      if (!only('POST')) return;
+      const { alreadyDraining, timeoutMs } = handlers.drain();
+      sendJson(res, 202, { draining: true, alreadyDraining, timeoutMs });
+      return;
+    }
+    case '/':
+      if (only('GET')) sendText(res, 200, 'meshctl proxy admin: /ready /stats /metrics /config /connections POST /drain\n');
+      return;
+    default:
+      sendText(res, 404, `no such admin endpoint: ${url.pathname}\n`);
+  }
+}
+
+/** Starts the admin server; rejects with MeshctlError LISTEN_FAILED when the port is taken. */
+export function startAdminServer(handlers: AdminHandlers, address: string, port: number): Promise<Server> {
+  const server = createServer((req, res) => {
+    route(handlers, req, res).catch((error: unknown) => {
+      if (!res.headersSent) sendText(res, 500, `admin handler failed: ${(error as Error).message}\n`);
+      else res.destroy();
+    });
+  });
+  server.keepAliveTimeout = 5000;
+  return new Promise((resolve, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) =>
+      reject(new MeshctlError('LISTEN_FAILED', `cannot start the admin server on ${address}:${port}: ${error.code ?? error.message}`,
+        `another process holds port ${port}; stop it or change proxy.adminPort`, { cause: error })));
+    server.listen({ host: address, port }, () => resolve(server));
+  });
+}

@@ -1,0 +1,278 @@
+// The proxy process from start to exit: user check, listeners, workers, admin server, then reload (SIGHUP or
+// a changed config file: the new config applies to new connections, open ones are never dropped; an invalid
+// one is logged and the old one stays) and drain (SIGTERM/SIGINT or POST /drain: stop accepting, let open
+// connections finish up to proxy.drainTimeout, then close them; a second signal forces the stop).
+import { watch, type FSWatcher } from 'node:fs';
+import type { Server } from 'node:http';
+import { availableParallelism } from 'node:os';
+import { basename, dirname } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type { Config } from '../config/types.js';
+import { MeshctlError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { isAddonAvailable } from '../native/addon.js';
+import { startAdminServer, type AdminHandlers } from './admin.js';
+import { listenerLabel, planListeners, type ListenerSpec } from './listeners.js';
+import { mergeSnapshots, renderPrometheus } from './metrics.js';
+import { ClusterPool, LocalPool, type WorkerPool } from './workers.js';
+
+export interface ProxyRunOptions {
+  readonly config: Config;
+  /** Loads the config again (same file and flags) for a reload; throws MeshctlError when it is invalid. */
+  readonly reloadConfig: () => Promise<Config>;
+  readonly log: Logger;
+  readonly env?: NodeJS.ProcessEnv;
+  /** Watch the config file for changes (default true when the config came from a file). */
+  readonly watchConfig?: boolean;
+}
+
+export interface ProxyExit {
+  /** True when a second signal cut the drain short. */
+  readonly forced: boolean;
+}
+
+const RELOAD_DEBOUNCE_MS = 200;
+
+export function workerCount(config: Config): number {
+  return config.proxy.workers === 'auto' ? availableParallelism() : config.proxy.workers;
+}
+
+/**
+ * Checks that this process's own connections are exempt from capture (its uid or gid is the proxy user's);
+ * as root, switches to the proxy user first. Throws MeshctlError PROXY_USER_MISMATCH otherwise.
+ */
+export function assumeProxyUser(config: Config, log: Logger): void {
+  const { uid, gid, name } = config.proxy.user;
+  const who = name ? `${name} (uid ${uid}, gid ${gid})` : `uid ${uid}, gid ${gid}`;
+  if (process.getuid?.() === 0 && uid !== 0) {
+    process.setgroups?.([]);
+    process.setgid?.(gid);
+    process.setuid?.(uid);
+    log.info({ uid, gid }, `dropped root: running as ${who}`);
+    return;
+  }
+  if (process.getuid?.() !== uid && process.getgid?.() !== gid) {
+    throw new MeshctlError('PROXY_USER_MISMATCH',
+      `the proxy runs as uid ${process.getuid?.()} gid ${process.getgid?.()}, but proxy.user is ${who}: the capture rules would redirect the proxy's own upstream connections back to it`,
+      `run it as ${name ?? `uid ${uid}`} (systemd User=, or start it as root and it switches), or set proxy.user to the user it runs as`);
+  }
+}
+
+export class ProxySupervisor {
+  private config: Config;
+  private specs: ListenerSpec[] = [];
+  private activated = false;
+  private pool: WorkerPool | null = null;
+  private admin: Server | null = null;
+  private watcher: FSWatcher | null = null;
+  private reloadTimer: NodeJS.Timeout | null = null;
+  private reloading: Promise<boolean> | null = null;
+  private reloadAgain = false;
+  private draining: Promise<void> | null = null;
+  private readonly reloads = { ok: 0, failed: 0 };
+  private readonly startedAt = performance.now();
+  private readonly log: Logger;
+  private resolveExit: (exit: ProxyExit) => void = () => {};
+  /** Settles when the proxy has stopped (after a drain or a forced stop). */
+  readonly exited: Promise<ProxyExit> = new Promise((resolve) => (this.resolveExit = resolve));
+
+  constructor(private readonly options: ProxyRunOptions) {
+    this.config = options.config;
+    this.log = options.log.child({ component: 'proxy' });
+  }
+
+  /** Starts everything; rejects (after cleaning up) if a listener, the admin server or the addon is unavailable. */
+  async start(): Promise<void> {
+    if (!isAddonAvailable()) {
+      throw new MeshctlError('ADDON_UNAVAILABLE', 'the native addon (build/Release/meshctl_native.node) is not built; the proxy cannot read original destinations',
+        'run `npm ci` (or `npx node-gyp rebuild`) in the meshctl directory');
+    }
+    const env = this.options.env ?? process.env;
+    this.specs = planListeners(this.config, env, process.pid);
+    this.activated = this.specs.some((s) => s.fd !== null);
+    assumeProxyUser(this.config, this.log);
+    const count = workerCount(this.config);
+    this.pool = count <= 1 ? new LocalPool(this.log) : new ClusterPool(count, this.log);
+    try {
+      await this.pool.start(this.config, this.specs);
+      this.admin = await startAdminServer(this.handlers(), this.config.proxy.adminAddress, this.config.proxy.adminPort);
+    } catch (error) {
+      this.pool.forceStop();
+      this.admin?.close();
+      throw error;
+    }
+    if (this.options.watchConfig ?? this.config.file !== null) this.watchConfigFile();
+    this.log.info({
+      workers: count,
+      listeners: this.specs.map(listenerLabel),
+      admin: `${this.config.proxy.adminAddress}:${this.config.proxy.adminPort}`,
+      socketActivation: this.activated,
+      config: this.config.file,
+      hash: this.config.hash,
+    }, 'proxy ready');
+  }
+
+  private watchConfigFile(): void {
+    const file = this.config.file;
+    if (file === null) return;
+    try {
+      // The directory, not the file: editors and config managers replace files by rename.
+      this.watcher = watch(dirname(file), (_event, name) => {
+        if (name !== null && name.toString() !== basename(file)) return;
+        if (this.reloadTimer) clearTimeout(this.reloadTimer);
+        this.reloadTimer = setTimeout(() => void this.reload('file-change'), RELOAD_DEBOUNCE_MS);
+      });
+      this.watcher.on('error', (error) => this.log.warn({ err: error, file }, 'config watch failed; reload with SIGHUP'));
+    } catch (error) {
+      this.log.warn({ err: error, file }, 'cannot watch the config file; reload with SIGHUP');
+    }
+  }
+
+  /** Reloads the config; resolves true when applied (or unchanged), false when rejected (old config kept). */
+  reload(trigger: string): Promise<boolean> {
+    if (this.draining) return Promise.resolve(false);
+    if (this.reloading) {
+      this.reloadAgain = true;
+      return this.reloading;
+    }
+    this.reloading = this.doReload(trigger).finally(() => {
+      this.reloading = null;
+      if (this.reloadAgain) {
+        this.reloadAgain = false;
+        void this.reload(trigger);
+      }
+    });
+    return this.reloading;
+  }
+
+  private async doReload(trigger: string): Promise<boolean> {
+    let next: Config;
+    try {
+      next = await this.options.reloadConfig();
+    } catch (error) {
+      this.reloads.failed++;
+      const e = error as MeshctlError;
+      this.log.error({ trigger, code: e.code, err: error, details: e.details }, `config reload rejected, keeping the running config: ${e.message}`);
+      return false;
+    }
+    if (next.hash === this.config.hash) {
+      this.log.info({ trigger, hash: next.hash }, 'config unchanged');
+      return true;
+    }
+    try {
+      const current = this.config.proxy;
+      if (next.proxy.user.uid !== current.user.uid || next.proxy.user.gid !== current.user.gid) {
+        throw new MeshctlError('CONFIG_INVALID', `proxy.user changed to uid ${next.proxy.user.uid} gid ${next.proxy.user.gid}; a running proxy cannot change its user`, 'restart the proxy to change proxy.user');
+      }
+      let specs = this.specs;
+      if (this.activated) {
+        if (next.proxy.outboundPort !== current.outboundPort || next.proxy.inboundPort !== current.inboundPort) {
+          this.log.warn({ trigger }, 'listener ports come from systemd socket activation; change them in the socket unit');
+        }
+      } else {
+        specs = planListeners(next, {}, process.pid);
+      }
+      await this.pool!.reload(next, specs);
+      if (next.proxy.adminPort !== current.adminPort || next.proxy.adminAddress !== current.adminAddress) {
+        const admin = await startAdminServer(this.handlers(), next.proxy.adminAddress, next.proxy.adminPort);
+        this.admin?.close();
+        this.admin = admin;
+      }
+      const workers = workerCount(next);
+      if (workers !== workerCount(this.config)) await this.pool!.resize(workers);
+      this.specs = specs;
+      this.config = next;
+      this.reloads.ok++;
+      this.log.info({ trigger, hash: next.hash }, 'config reloaded');
+      return true;
+    } catch (error) {
+      this.reloads.failed++;
+      this.log.error({ trigger, err: error }, `config reload failed, keeping the running config: ${(error as Error).message}`);
+      // Workers that did apply it go back to the running config.
+      await this.pool!.reload(this.config, this.specs).catch(() => {});
+      return false;
+    }
+  }
+
+  /** Starts a drain (idempotent). With `exit`, the proxy stops when it is done; otherwise it stays up, not ready. */
+  drain(trigger: string, exit: boolean): Promise<void> {
+    if (!this.draining) {
+      const timeoutMs = this.config.proxy.drainTimeoutMs;
+      this.log.info({ trigger, timeoutMs }, 'drain started: not accepting new connections');
+      this.watcher?.close();
+      if (this.reloadTimer) clearTimeout(this.reloadTimer);
+      this.draining = this.pool!.drain(timeoutMs).then(() => this.log.info({ trigger }, 'drain complete'));
+    }
+    if (exit) void this.draining.then(() => this.stop(false));
+    return this.draining;
+  }
+
+  /** A second signal during a drain: close everything now. */
+  forceStop(): void {
+    this.log.warn('second signal: stopping now');
+    this.pool?.forceStop();
+    this.stop(true);
+  }
+
+  get isDraining(): boolean {
+    return this.draining !== null;
+  }
+
+  private stop(forced: boolean): void {
+    this.watcher?.close();
+    this.admin?.close();
+    this.admin?.closeAllConnections();
+    this.resolveExit({ forced });
+  }
+
+  private handlers(): AdminHandlers {
+    return {
+      ready: () => {
+        if (this.draining) return { ready: false, reason: 'draining' };
+        if (!this.pool?.ready()) return { ready: false, reason: 'listeners not all accepting' };
+        return { ready: true, reason: '' };
+      },
+      stats: async () => {
+        const workers = await this.pool!.stats();
+        const totals = mergeSnapshots(workers.map((w) => w.metrics));
+        return {
+          ready: this.handlers().ready().ready,
+          draining: this.draining !== null,
+          uptimeSeconds: Math.round(performance.now() - this.startedAt) / 1000,
+          config: { file: this.config.file, hash: this.config.hash },
+          reloads: this.reloads,
+          listeners: this.specs.map(listenerLabel),
+          workers: workers.map((w) => ({ index: w.index, pid: w.pid, active: w.active, listening: w.listening, draining: w.draining })),
+          connections: {
+            active: { outbound: totals.directions.outbound.active, inbound: totals.directions.inbound.active },
+            accepted: { outbound: totals.directions.outbound.accepted, inbound: totals.directions.inbound.accepted },
+            closed: { outbound: totals.directions.outbound.closed, inbound: totals.directions.inbound.closed },
+          },
+          refusals: totals.refusals,
+          bytes: {
+            outbound: { clientToUpstream: totals.directions.outbound.bytesFromClient, upstreamToClient: totals.directions.outbound.bytesFromUpstream },
+            inbound: { clientToUpstream: totals.directions.inbound.bytesFromClient, upstreamToClient: totals.directions.inbound.bytesFromUpstream },
+          },
+          connectLatency: { outbound: totals.directions.outbound.connectLatency, inbound: totals.directions.inbound.connectLatency },
+        };
+      },
+      metrics: async () => {
+        const workers = await this.pool!.stats();
+        return renderPrometheus(mergeSnapshots(workers.map((w) => w.metrics)), {
+          ready: this.handlers().ready().ready,
+          draining: this.draining !== null,
+          workers: workers.length,
+          reloads: this.reloads,
+          uptimeSeconds: (performance.now() - this.startedAt) / 1000,
+        });
+      },
+      config: () => this.config,
+      connections: (limit) => this.pool!.connections(limit),
+      drain: () => {
+        const alreadyDraining = this.draining !== null;
+        void this.drain('admin', false);
+        return { alreadyDraining, timeoutMs: this.config.proxy.drainTimeoutMs };
+      },
+    };
+  }
+}

@@ -1,0 +1,303 @@
+// One proxied connection: the upstream connect and the relay of both directions. Backpressure by
+// pause/resume, FIN mirrored per direction (allowHalfOpen on both legs), RST mirrored with resetAndDestroy.
+// The event handlers are module-level functions that find their Connection through a symbol on the
+// socket, so a connection costs no closures; byte counts come from the sockets at close, never per chunk.
+import { connect, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { ProxyConfig } from '../config/types.js';
+import type { AccessRecord } from './access-log.js';
+import type { Direction, EndResult, ProxyMetrics, RefusalReason } from './metrics.js';
+import type { OriginalDst } from './original-dst.js';
+import type { Route } from './routing.js';
+import { expiredTimer, type TimerVerdict } from './timers.js';
+
+export type ConnState = 'connecting' | 'open' | 'half-closed' | 'closed';
+
+/** What a connection needs from the process that accepted it. */
+export interface ConnectionOwner {
+  readonly metrics: ProxyMetrics;
+  connectionClosed(conn: Connection): void;
+  /** The passthrough source (127.0.0.6 / ::6) is not assigned on this host; called once per failure. */
+  passthroughSourceMissing(address: string, error: NodeJS.ErrnoException): void;
+}
+
+/** A row of the admin `/connections` table. */
+export interface ConnectionInfo {
+  readonly id: string;
+  readonly direction: Direction;
+  readonly state: ConnState;
+  readonly source: string;
+  readonly originalDst: string | null;
+  readonly upstream: string | null;
+  readonly ageMs: number;
+  readonly bytesFromClient: number;
+  readonly bytesFromUpstream: number;
+}
+
+const kConn = Symbol('meshctl.connection');
+type Tagged = Socket & { [kConn]: Connection };
+
+export function endpoint(address: string | undefined, port: number | undefined): string {
+  if (address === undefined) return '?';
+  return address.includes(':') ? `[${address}]:${port ?? '?'}` : `${address}:${port ?? '?'}`;
+}
+
+function onClientData(this: Tagged, chunk: Buffer): void {
+  if (!this[kConn].upstream!.write(chunk)) this.pause();
+}
+function onUpstreamData(this: Tagged, chunk: Buffer): void {
+  if (!this[kConn].client.write(chunk)) this.pause();
+}
+function onClientDrain(this: Tagged): void {
+  this[kConn].upstream?.resume();
+}
+function onUpstreamDrain(this: Tagged): void {
+  this[kConn].client.resume();
+}
+function onClientEnd(this: Tagged): void {
+  this[kConn].finReceived('client');
+}
+function onUpstreamEnd(this: Tagged): void {
+  this[kConn].finReceived('upstream');
+}
+function onClientError(this: Tagged, error: NodeJS.ErrnoException): void {
+  this[kConn].socketError('client', error);
+}
+function onUpstreamError(this: Tagged, error: NodeJS.ErrnoException): void {
+  this[kConn].socketError('upstream', error);
+}
+function onClientClose(this: Tagged): void {
+  this[kConn].socketClosed('client');
+}
+function onUpstreamClose(this: Tagged): void {
+  this[kConn].socketClosed('upstream');
+}
+function onUpstreamConnect(this: Tagged): void {
+  this[kConn].upstreamConnected();
+}
+
+export class Connection {
+  upstream: Socket | null = null;
+  dst: OriginalDst | null = null;
+  state: ConnState = 'connecting';
+  readonly startedAt = performance.now();
+  connectedAt = 0;
+  halfClosedAt = 0;
+  lastActiveAt = this.startedAt;
+  nextProgressAt = 0;
+  result: EndResult | null = null;
+  detail = '';
+  readonly source: string;
+  private route: Extract<Route, { kind: 'connect' }> | null = null;
+  private clientEnded = false;
+  private upstreamEnded = false;
+  private firstFin: 'client-first' | 'upstream-first' | '' = '';
+  private lastActivity = 0;
+  private openSockets = 1;
+  private closedAt = 0;
+  private upstreamLocal: string | null = null;
+
+  constructor(
+    readonly id: string,
+    readonly direction: Direction,
+    readonly client: Socket,
+    readonly cfg: ProxyConfig,
+    private readonly owner: ConnectionOwner,
+  ) {
+    this.source = endpoint(client.remoteAddress, client.remotePort);
+    (client as Tagged)[kConn] = this;
+    client.on('error', onClientError);
+    client.on('close', onClientClose);
+    if (cfg.keepaliveDelayMs !== null) client.setKeepAlive(true, cfg.keepaliveDelayMs);
+  }
+
+  /** Refuses without connecting anywhere: the client gets an immediate RST. */
+  refuse(reason: RefusalReason, detail?: string): void {
+    this.setResult('refused', detail ?? reason);
+    this.owner.metrics.refused(reason);
+    if (!this.client.destroyed) this.client.resetAndDestroy();
+  }
+
+  /** Opens the upstream leg; the client stays paused until it is established. */
+  connect(route: Extract<Route, { kind: 'connect' }>): void {
+    this.route = route;
+    const keepAlive = this.cfg.keepaliveDelayMs !== null;
+    let upstream: Socket;
+    try {
+      upstream = connect({
+        host: route.host,
+        port: route.port,
+        ...(route.localAddress !== null ? { localAddress: route.localAddress } : {}),
+        allowHalfOpen: true,
+        noDelay: true,
+        keepAlive,
+        keepAliveInitialDelay: this.cfg.keepaliveDelayMs ?? 0,
+      });
+    } catch (error) {
+      this.setResult('connect-failed', (error as NodeJS.ErrnoException).code ?? 'error');
+      this.client.resetAndDestroy();
+      return;
+    }
+    (upstream as Tagged)[kConn] = this;
+    this.upstream = upstream;
+    this.openSockets++;
+    upstream.on('connect', onUpstreamConnect);
+    upstream.on('error', onUpstreamError);
+    upstream.on('close', onUpstreamClose);
+  }
+
+  upstreamConnected(): void {
+    const client = this.client;
+    const upstream = this.upstream!;
+    this.connectedAt = performance.now();
+    this.lastActiveAt = this.connectedAt;
+    this.owner.metrics.connected(this.direction, this.connectedAt - this.startedAt);
+    this.upstreamLocal = endpoint(upstream.localAddress, upstream.localPort);
+    if (client.destroyed) {
+      upstream.destroy();
+      return;
+    }
+    this.state = 'open';
+    client.on('data', onClientData);
+    client.on('end', onClientEnd);
+    client.on('drain', onClientDrain);
+    upstream.on('data', onUpstreamData);
+    upstream.on('end', onUpstreamEnd);
+    upstream.on('drain', onUpstreamDrain);
+    client.resume();
+  }
+
+  /** A FIN arrived from `side`: pass it on (after the queued bytes) and start the half-close bound. */
+  finReceived(side: 'client' | 'upstream'): void {
+    const other = side === 'client' ? this.upstream : this.client;
+    if (side === 'client') this.clientEnded = true;
+    else this.upstreamEnded = true;
+    if (this.firstFin === '') this.firstFin = side === 'client' ? 'client-first' : 'upstream-first';
+    if (other && !other.destroyed) other.end();
+    if (!(this.clientEnded && this.upstreamEnded)) {
+      this.state = 'half-closed';
+      this.halfClosedAt = performance.now();
+    }
+  }
+
+  socketError(side: 'client' | 'upstream', error: NodeJS.ErrnoException): void {
+    const code = error.code ?? 'error';
+    if (side === 'upstream' && this.state === 'connecting') {
+      if (code === 'EADDRNOTAVAIL' && this.route?.localAddress && this.retryWithoutSource(error)) return;
+      this.setResult('connect-failed', code);
+      if (!this.client.destroyed) this.client.resetAndDestroy();
+      return;
+    }
+    if (code === 'ECONNRESET' || code === 'EPIPE') this.setResult('RST', `${side}-reset`);
+    else if (code === 'ETIMEDOUT') this.setResult('timeout', `${side}-keepalive`);
+    else this.setResult('RST', `${side}-${code}`);
+    const other = side === 'client' ? this.upstream : this.client;
+    if (other && !other.destroyed) {
+      if (other.connecting) other.destroy();
+      else other.resetAndDestroy();
+    }
+  }
+
+  private retryWithoutSource(error: NodeJS.ErrnoException): boolean {
+    const route = this.route!;
+    this.owner.passthroughSourceMissing(route.localAddress!, error);
+    const old = this.upstream!;
+    old.removeListener('close', onUpstreamClose);
+    old.destroy();
+    this.openSockets--;
+    this.connect({ ...route, localAddress: null });
+    return true;
+  }
+
+  socketClosed(side: 'client' | 'upstream'): void {
+    this.openSockets--;
+    // A client gone while the upstream is still connecting: nothing will ever use that upstream.
+    if (side === 'client' && this.upstream && this.upstream.connecting && !this.upstream.destroyed) this.upstream.destroy();
+    if (this.openSockets === 0) this.finish();
+  }
+
+  /** Ends the connection for a reason of ours (timers, drain): RST for `reset`, FIN otherwise. */
+  abort(result: EndResult, detail: string, mode: 'reset' | 'close'): void {
+    this.setResult(result, detail);
+    for (const socket of [this.client, this.upstream]) {
+      if (!socket || socket.destroyed) continue;
+      if (mode === 'reset' && !socket.connecting) socket.resetAndDestroy();
+      else socket.destroy();
+    }
+  }
+
+  /** Called by the sweep: refreshes the idle clock from the byte counters and applies any expired bound. */
+  sweep(now: number): TimerVerdict | null {
+    if (this.state !== 'connecting') {
+      const activity = this.client.bytesRead + (this.upstream?.bytesRead ?? 0);
+      if (activity !== this.lastActivity) {
+        this.lastActivity = activity;
+        this.lastActiveAt = now;
+      }
+    }
+    const verdict = expiredTimer(this, this.cfg, now);
+    if (verdict) this.abort(verdict.result, verdict.detail, verdict.mode);
+    return verdict;
+  }
+
+  private setResult(result: EndResult, detail: string): void {
+    if (this.result !== null) return;
+    this.result = result;
+    this.detail = detail;
+  }
+
+  private finish(): void {
+    this.state = 'closed';
+    this.closedAt = performance.now();
+    if (this.result === null) this.setResult('FIN', this.firstFin);
+    this.owner.connectionClosed(this);
+  }
+
+  get bytesFromClient(): number {
+    return this.client.bytesRead;
+  }
+
+  get bytesFromUpstream(): number {
+    return this.upstream?.bytesRead ?? 0;
+  }
+
+  private get dstText(): string | null {
+    return this.dst ? endpoint(this.dst.address, this.dst.port) : null;
+  }
+
+  private get upstreamText(): string | null {
+    return this.route ? endpoint(this.route.host, this.route.port) : null;
+  }
+
+  info(now: number): ConnectionInfo {
+    return {
+      id: this.id,
+      direction: this.direction,
+      state: this.state,
+      source: this.source,
+      originalDst: this.dstText,
+      upstream: this.upstreamText,
+      ageMs: Math.round(now - this.startedAt),
+      bytesFromClient: this.bytesFromClient,
+      bytesFromUpstream: this.bytesFromUpstream,
+    };
+  }
+
+  /** The access-log record (valid once closed; before that, a progress snapshot). */
+  record(now = this.closedAt || performance.now()): AccessRecord {
+    return {
+      id: this.id,
+      direction: this.direction,
+      source: this.source,
+      originalDst: this.dstText,
+      upstream: this.upstreamText,
+      upstreamLocal: this.upstreamLocal,
+      bytesFromClient: this.bytesFromClient,
+      bytesFromUpstream: this.bytesFromUpstream,
+      durationMs: Math.round((now - this.startedAt) * 1000) / 1000,
+      connectMs: this.connectedAt > 0 ? Math.round((this.connectedAt - this.startedAt) * 1000) / 1000 : null,
+      result: this.result ?? 'FIN',
+      detail: this.detail,
+    };
+  }
+}

@@ -1,0 +1,72 @@
+// Decides where an accepted connection goes: outbound to its original destination, inbound to the local app
+// (from the passthrough source address), or nowhere when it was not redirected or points back at the proxy.
+// Pure: the caller passes the host's local addresses; nothing here touches a socket.
+import { isIPv4 } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import type { ProxyConfig } from '../config/types.js';
+import type { Direction, RefusalReason } from './metrics.js';
+import type { OriginalDst } from './original-dst.js';
+
+export type Route =
+  | { readonly kind: 'connect'; readonly host: string; readonly port: number; readonly localAddress: string | null }
+  | { readonly kind: 'refuse'; readonly reason: RefusalReason };
+
+/** The addresses that reach this host: every interface address plus the loopback and unspecified ranges. */
+export class LocalAddresses {
+  private set = new Set<string>();
+
+  constructor(addresses: Iterable<string> = []) {
+    for (const a of addresses) this.set.add(normalize(a));
+  }
+
+  /** Reads the current interface addresses (os.networkInterfaces); call again after an address change. */
+  static fromHost(): LocalAddresses {
+    const list: string[] = [];
+    for (const entries of Object.values(networkInterfaces())) for (const e of entries ?? []) list.push(e.address);
+    return new LocalAddresses(list);
+  }
+
+  has(address: string): boolean {
+    const a = normalize(address);
+    if (a === '0.0.0.0' || a === '::' || a === '::1') return true;
+    if (isIPv4(a) && a.startsWith('127.')) return true;
+    return this.set.has(a);
+  }
+}
+
+function normalize(address: string): string {
+  const lower = address.toLowerCase();
+  const mapped = lower.startsWith('::ffff:') ? lower.slice(7) : lower;
+  const zone = mapped.indexOf('%');
+  return zone >= 0 ? mapped.slice(0, zone) : mapped;
+}
+
+export interface AcceptedOn {
+  readonly localAddress: string;
+  readonly localPort: number;
+}
+
+/**
+ * Where to connect a redirected connection. `ownPorts` are every port the proxy listens on (outbound, inbound,
+ * admin); a destination on one of them at a local address is the proxy itself and is refused, never looped.
+ * A destination equal to the socket's own local endpoint means netfilter did not rewrite it (not redirected).
+ */
+export function routeConnection(
+  direction: Direction,
+  dst: OriginalDst,
+  acceptedOn: AcceptedOn,
+  ownPorts: ReadonlySet<number>,
+  local: LocalAddresses,
+  proxy: Pick<ProxyConfig, 'inboundPassthroughSource'>,
+): Route {
+  if (dst.port === acceptedOn.localPort && normalize(dst.address) === normalize(acceptedOn.localAddress)) {
+    return { kind: 'refuse', reason: 'not-redirected' };
+  }
+  if (ownPorts.has(dst.port) && local.has(dst.address)) return { kind: 'refuse', reason: 'self-loop' };
+  if (direction === 'inbound') {
+    // The app sees 127.0.0.6 / ::6 as the peer; the capture plan lets that source through on lo (DESIGN.md §3).
+    const source = dst.family === 'ipv6' ? proxy.inboundPassthroughSource.ipv6 : proxy.inboundPassthroughSource.ipv4;
+    return { kind: 'connect', host: dst.address, port: dst.port, localAddress: source };
+  }
+  return { kind: 'connect', host: dst.address, port: dst.port, localAddress: null };
+}

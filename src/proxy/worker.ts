@@ -1,0 +1,237 @@
+// The data plane of one process: listeners → accept → original destination → route → relay, with the
+// connection registry that the sweep, the admin tables, drain and reload work on.
+import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { Config } from '../config/types.js';
+import { isMeshctlError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { AccessLog } from './access-log.js';
+import { listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
+import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
+import { readOriginalDst } from './original-dst.js';
+import { Connection, type ConnectionInfo, type ConnectionOwner } from './relay.js';
+import { LocalAddresses, routeConnection } from './routing.js';
+import { Sweeper, sweepIntervalMs } from './timers.js';
+
+export interface WorkerStats {
+  readonly index: number;
+  readonly pid: number;
+  readonly listening: readonly string[];
+  readonly draining: boolean;
+  readonly active: number;
+  readonly metrics: MetricsSnapshot;
+}
+
+function specKey(spec: ListenerSpec): string {
+  return `${spec.name}|${spec.host}|${spec.port}|${spec.fd ?? ''}`;
+}
+
+export class ProxyWorker implements ConnectionOwner {
+  readonly metrics = new ProxyMetrics();
+  private config: Config;
+  private listeners: OpenListener[] = [];
+  private readonly connections = new Set<Connection>();
+  private readonly accessLog: AccessLog;
+  private readonly sweeper: Sweeper;
+  private ownPorts: Set<number>;
+  private local: LocalAddresses | null = null;
+  private nextId = 0;
+  private draining = false;
+  private emptyWaiters: (() => void)[] = [];
+  private readonly warnedSources = new Set<string>();
+
+  constructor(
+    config: Config,
+    private specs: readonly ListenerSpec[],
+    private readonly log: Logger,
+    readonly index = 0,
+  ) {
+    this.config = config;
+    this.ownPorts = this.portsOf(config);
+    this.accessLog = new AccessLog(config.proxy.accessLog, { worker: index });
+    this.sweeper = new Sweeper(() => this.sweep());
+  }
+
+  private portsOf(config: Config): Set<number> {
+    return new Set([config.proxy.outboundPort, config.proxy.inboundPort, config.proxy.adminPort, ...this.specs.map((s) => s.port)]);
+  }
+
+  /** Opens every listener; on failure closes the ones already open and rethrows (MeshctlError LISTEN_FAILED). */
+  async start(): Promise<void> {
+    this.listeners = await this.openAll(this.specs);
+    this.sweeper.start(sweepIntervalMs(this.config.proxy));
+    this.log.info({ listeners: this.listeners.map((l) => listenerLabel(l.spec)) }, 'listening');
+  }
+
+  private async openAll(specs: readonly ListenerSpec[]): Promise<OpenListener[]> {
+    const opened: OpenListener[] = [];
+    try {
+      for (const spec of specs) opened.push(await openListener(spec, this.onConnection));
+    } catch (error) {
+      for (const l of opened) l.server.close();
+      throw error;
+    }
+    return opened;
+  }
+
+  private readonly onConnection = (socket: Socket, spec: ListenerSpec): void => {
+    const direction: Direction = spec.direction;
+    this.metrics.accepted(direction);
+    const conn = new Connection(`${this.index}.${++this.nextId}`, direction, socket, this.config.proxy, this);
+    this.connections.add(conn);
+    if (this.draining) {
+      conn.abort('drain', 'refused-while-draining', 'reset');
+      return;
+    }
+    const periodic = this.accessLog.periodicIntervalMs;
+    if (periodic !== null) conn.nextProgressAt = conn.startedAt + periodic;
+    let dst;
+    try {
+      dst = readOriginalDst(socket);
+    } catch (error) {
+      if (isMeshctlError(error, 'NO_ORIGINAL_DST')) {
+        const code = (error.cause as { code?: string } | undefined)?.code;
+        conn.refuse(code === undefined ? 'no-fd' : 'not-redirected', code ?? 'no-fd');
+        return;
+      }
+      // Never let one connection take the process down (e.g. an unexpected addon error).
+      this.log.error({ err: error, source: conn.source }, 'reading the original destination failed');
+      conn.refuse('no-fd', 'internal-error');
+      return;
+    }
+    conn.dst = dst;
+    if (this.ownPorts.has(dst.port)) this.local = LocalAddresses.fromHost();
+    const route = routeConnection(
+      direction,
+      dst,
+      { localAddress: socket.localAddress ?? '', localPort: socket.localPort ?? 0 },
+      this.ownPorts,
+      this.local ?? new LocalAddresses(),
+      this.config.proxy,
+    );
+    if (route.kind === 'refuse') conn.refuse(route.reason);
+    else conn.connect(route);
+  };
+
+  connectionClosed(conn: Connection): void {
+    this.connections.delete(conn);
+    this.metrics.closed(conn.direction, conn.result!, conn.bytesFromClient, conn.bytesFromUpstream);
+    this.accessLog.closed(conn.record());
+    if (this.connections.size === 0 && this.emptyWaiters.length > 0) {
+      for (const resolve of this.emptyWaiters.splice(0)) resolve();
+    }
+  }
+
+  passthroughSourceMissing(address: string, error: NodeJS.ErrnoException): void {
+    if (this.warnedSources.has(address)) return;
+    this.warnedSources.add(address);
+    this.log.warn({ address, code: error.code }, 'inbound passthrough source address is not assigned on this host; connecting to local apps without it (add it to lo, e.g. `ip -6 addr add ::6/128 dev lo`)');
+  }
+
+  private sweep(): void {
+    const now = performance.now();
+    for (const conn of this.connections) {
+      if (conn.sweep(now)) continue;
+      if (conn.nextProgressAt > 0 && now >= conn.nextProgressAt && conn.state !== 'closed') {
+        const periodic = this.accessLog.periodicIntervalMs;
+        conn.nextProgressAt = periodic === null ? 0 : now + periodic;
+        this.accessLog.progress({ ...conn.record(now), state: conn.state });
+      }
+    }
+  }
+
+  /**
+   * Applies a new config: new connections use it at once (open ones keep the bounds they started with),
+   * listeners are opened/closed only where the set changed. Throws (and keeps the old state) if a new
+   * listener cannot be opened.
+   */
+  async reload(config: Config, specs: readonly ListenerSpec[]): Promise<void> {
+    const keep = new Set(specs.map(specKey));
+    const have = new Set(this.listeners.map((l) => specKey(l.spec)));
+    const added = await this.openAll(specs.filter((s) => !have.has(specKey(s))));
+    const removed = this.listeners.filter((l) => !keep.has(specKey(l.spec)));
+    for (const l of removed) l.server.close();
+    this.listeners = [...this.listeners.filter((l) => keep.has(specKey(l.spec))), ...added];
+    this.specs = specs;
+    this.config = config;
+    this.ownPorts = this.portsOf(config);
+    this.accessLog.reconfigure(config.proxy.accessLog);
+    if (!this.draining) this.sweeper.start(sweepIntervalMs(config.proxy));
+    if (added.length > 0 || removed.length > 0) {
+      this.log.info({ opened: added.map((l) => listenerLabel(l.spec)), closed: removed.map((l) => listenerLabel(l.spec)) }, 'listeners changed');
+    }
+  }
+
+  /**
+   * Stops accepting, lets open connections finish for up to `timeoutMs`, then closes the rest (result `drain`).
+   * Resolves when no connection is left.
+   */
+  async drain(timeoutMs: number): Promise<{ cut: number }> {
+    if (!this.draining) {
+      this.draining = true;
+      for (const l of this.listeners) l.server.close();
+      this.log.info({ open: this.connections.size, timeoutMs }, 'draining: listeners closed');
+    }
+    if (this.connections.size === 0) return { cut: 0 };
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'deadline'>((resolve) => {
+      timer = setTimeout(() => resolve('deadline'), timeoutMs);
+    });
+    const outcome = await Promise.race([this.whenEmpty().then(() => 'empty' as const), deadline]);
+    clearTimeout(timer);
+    if (outcome === 'empty') return { cut: 0 };
+    const cut = this.connections.size;
+    this.log.warn({ open: cut }, 'drain bound reached: closing the remaining connections');
+    for (const conn of [...this.connections]) conn.abort('drain', 'deadline', 'close');
+    await this.whenEmpty();
+    return { cut };
+  }
+
+  private whenEmpty(): Promise<void> {
+    if (this.connections.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.emptyWaiters.push(resolve));
+  }
+
+  /** Closes everything now (RST to open connections) and flushes the access log. */
+  close(): void {
+    this.sweeper.stop();
+    for (const l of this.listeners) l.server.close();
+    for (const conn of [...this.connections]) conn.abort('drain', 'forced', 'reset');
+    this.accessLog.close();
+  }
+
+  flushLogs(): void {
+    this.accessLog.flush();
+  }
+
+  get isListening(): boolean {
+    return !this.draining && this.listeners.length === this.specs.length && this.listeners.every((l) => l.server.listening);
+  }
+
+  stats(): WorkerStats {
+    const live = { outbound: { fromClient: 0, fromUpstream: 0 }, inbound: { fromClient: 0, fromUpstream: 0 } };
+    for (const c of this.connections) {
+      live[c.direction].fromClient += c.bytesFromClient;
+      live[c.direction].fromUpstream += c.bytesFromUpstream;
+    }
+    const metrics = this.metrics.snapshot(live);
+    return {
+      index: this.index,
+      pid: process.pid,
+      listening: this.draining ? [] : this.listeners.map((l) => listenerLabel(l.spec)),
+      draining: this.draining,
+      active: DIRECTIONS.reduce((n, d) => n + metrics.directions[d].active, 0),
+      metrics,
+    };
+  }
+
+  connectionTable(limit: number): ConnectionInfo[] {
+    const now = performance.now();
+    const rows: ConnectionInfo[] = [];
+    for (const c of this.connections) {
+      if (rows.length >= limit) break;
+      rows.push(c.info(now));
+    }
+    return rows;
+  }
+}

@@ -1,0 +1,268 @@
+// Running the data plane on N cores: one in-process ProxyWorker when workers = 1, otherwise node:cluster
+// workers sharing the listeners (the primary binds each port, or wraps the systemd fd, once). The primary
+// talks to workers over the cluster IPC channel with small request/response messages.
+import cluster, { type Worker } from 'node:cluster';
+import { fileURLToPath } from 'node:url';
+import type { Config } from '../config/types.js';
+import { MeshctlError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { ListenerSpec } from './listeners.js';
+import type { ConnectionInfo } from './relay.js';
+import { ProxyWorker, type WorkerStats } from './worker.js';
+
+/** Messages from the primary to a cluster worker. */
+export type ToWorker =
+  | { t: 'start'; config: Config; specs: ListenerSpec[]; index: number }
+  | { t: 'reload'; seq: number; config: Config; specs: ListenerSpec[] }
+  | { t: 'stats'; seq: number }
+  | { t: 'connections'; seq: number; limit: number }
+  | { t: 'drain'; timeoutMs: number };
+
+/** Messages from a cluster worker to the primary. */
+export type FromWorker =
+  | { t: 'started' }
+  | { t: 'start-failed'; code: string; message: string; hint?: string }
+  | { t: 'reply'; seq: number; ok: true; data?: unknown }
+  | { t: 'reply'; seq: number; ok: false; message: string }
+  | { t: 'drained'; cut: number };
+
+export interface WorkerPool {
+  readonly size: number;
+  start(config: Config, specs: readonly ListenerSpec[]): Promise<void>;
+  /** Applies a config in every worker; rejects if any worker refused it. */
+  reload(config: Config, specs: readonly ListenerSpec[]): Promise<void>;
+  /** Changes the number of workers (a no-op for the in-process pool, which logs why). */
+  resize(count: number): Promise<void>;
+  /** Stops accepting, waits for open connections up to timeoutMs, then cuts them; resolves when all are done. */
+  drain(timeoutMs: number): Promise<void>;
+  stats(): Promise<WorkerStats[]>;
+  connections(limit: number): Promise<Array<ConnectionInfo & { worker: number }>>;
+  ready(): boolean;
+  /** Immediate stop: RST everything, kill workers. */
+  forceStop(): void;
+}
+
+/** workers = 1: the data plane runs inside the primary. */
+export class LocalPool implements WorkerPool {
+  readonly size = 1;
+  private worker: ProxyWorker | null = null;
+
+  constructor(private readonly log: Logger) {}
+
+  async start(config: Config, specs: readonly ListenerSpec[]): Promise<void> {
+    const worker = new ProxyWorker(config, specs, this.log.child({ worker: 0 }), 0);
+    await worker.start();
+    this.worker = worker;
+  }
+
+  async reload(config: Config, specs: readonly ListenerSpec[]): Promise<void> {
+    await this.worker?.reload(config, specs);
+  }
+
+  async resize(count: number): Promise<void> {
+    if (count !== 1) this.log.warn({ workers: count }, 'proxy.workers changed from 1: restart the proxy to run several processes');
+  }
+
+  async drain(timeoutMs: number): Promise<void> {
+    if (!this.worker) return;
+    await this.worker.drain(timeoutMs);
+    this.worker.close();
+  }
+
+  async stats(): Promise<WorkerStats[]> {
+    return this.worker ? [this.worker.stats()] : [];
+  }
+
+  async connections(limit: number): Promise<Array<ConnectionInfo & { worker: number }>> {
+    return (this.worker?.connectionTable(limit) ?? []).map((c) => ({ ...c, worker: 0 }));
+  }
+
+  ready(): boolean {
+    return this.worker?.isListening ?? false;
+  }
+
+  forceStop(): void {
+    this.worker?.close();
+  }
+}
+
+interface Pending {
+  resolve(data: unknown): void;
+  reject(error: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+interface Slot {
+  index: number;
+  worker: Worker;
+  started: boolean;
+  exited: Promise<void>;
+}
+
+const QUERY_TIMEOUT_MS = 5000;
+const RESPAWN_DELAY_MS = 1000;
+
+/** workers > 1: node:cluster processes running src/proxy/worker-main.ts. */
+export class ClusterPool implements WorkerPool {
+  private slots: Slot[] = [];
+  private config: Config | null = null;
+  private specs: readonly ListenerSpec[] = [];
+  private seq = 0;
+  private readonly pending = new Map<number, Pending>();
+  private stopping = false;
+
+  constructor(
+    private count: number,
+    private readonly log: Logger,
+  ) {
+    // Kernel load balancing: every worker accepts on the shared socket itself (no accept + handle passing
+    // in the primary). NODE_CLUSTER_SCHED_POLICY=rr still selects Node's round-robin.
+    if (process.env.NODE_CLUSTER_SCHED_POLICY === undefined) cluster.schedulingPolicy = cluster.SCHED_NONE;
+    cluster.setupPrimary({ exec: fileURLToPath(new URL('./worker-main.js', import.meta.url)), args: [], silent: false });
+  }
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  async start(config: Config, specs: readonly ListenerSpec[]): Promise<void> {
+    this.config = config;
+    this.specs = specs;
+    const started = await Promise.allSettled(Array.from({ length: this.count }, (_, i) => this.spawn(i)));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      this.forceStop();
+      throw failed.reason;
+    }
+  }
+
+  private spawn(index: number): Promise<void> {
+    // LISTEN_* belong to the primary (it owns the activated fds); a worker must not interpret them.
+    const worker = cluster.fork({ MESHCTL_WORKER_INDEX: String(index), LISTEN_FDS: undefined, LISTEN_PID: undefined, LISTEN_FDNAMES: undefined });
+    let markExited: () => void = () => {};
+    const slot: Slot = { index, worker, started: false, exited: new Promise((resolve) => (markExited = resolve)) };
+    this.slots.push(slot);
+    return new Promise((resolve, reject) => {
+      worker.on('online', () => worker.send({ t: 'start', config: this.config!, specs: [...this.specs], index } satisfies ToWorker));
+      worker.on('message', (message: FromWorker) => {
+        if (message.t === 'started') {
+          slot.started = true;
+          resolve();
+        } else if (message.t === 'start-failed') {
+          reject(new MeshctlError(message.code as 'LISTEN_FAILED', `worker ${index}: ${message.message}`, message.hint));
+        } else if (message.t === 'reply') {
+          const p = this.pending.get(message.seq);
+          if (!p) return;
+          this.pending.delete(message.seq);
+          clearTimeout(p.timer);
+          if (message.ok) p.resolve(message.data);
+          else p.reject(new Error(`worker ${index}: ${message.message}`));
+        }
+      });
+      worker.on('exit', (code, signal) => {
+        markExited();
+        this.slots = this.slots.filter((s) => s !== slot);
+        if (!slot.started) reject(new MeshctlError('INTERNAL', `worker ${index} exited during start (code ${code}, signal ${signal ?? 'none'})`, 're-run with MESHCTL_LOG_LEVEL=debug'));
+        if (!this.stopping) {
+          this.log.error({ worker: index, pid: worker.process.pid, code, signal }, 'worker exited unexpectedly; starting a new one');
+          setTimeout(() => {
+            if (!this.stopping) this.spawn(index).catch((error: unknown) => this.log.error({ err: error, worker: index }, 'worker restart failed'));
+          }, RESPAWN_DELAY_MS).unref();
+        }
+      });
+    });
+  }
+
+  private request<T>(slot: Slot, build: (seq: number) => ToWorker, timeoutMs = QUERY_TIMEOUT_MS): Promise<T> {
+    const seq = ++this.seq;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(seq);
+        reject(new Error(`worker ${slot.index} did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(seq, { resolve: resolve as (d: unknown) => void, reject, timer });
+      try {
+        slot.worker.send(build(seq));
+      } catch (error) {
+        clearTimeout(timer);
+        this.pending.delete(seq);
+        reject(error as Error);
+      }
+    });
+  }
+
+  async reload(config: Config, specs: readonly ListenerSpec[]): Promise<void> {
+    const previous = { config: this.config, specs: this.specs };
+    this.config = config;
+    this.specs = specs;
+    const results = await Promise.allSettled(this.slots.filter((s) => s.started).map((s) => this.request(s, (seq) => ({ t: 'reload', seq, config, specs: [...specs] }))));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      this.config = previous.config;
+      this.specs = previous.specs;
+      throw failed.reason;
+    }
+  }
+
+  async resize(count: number): Promise<void> {
+    this.count = count;
+    const live = [...this.slots].sort((a, b) => a.index - b.index);
+    if (count > live.length) {
+      const used = new Set(live.map((s) => s.index));
+      const spawns: Promise<void>[] = [];
+      for (let i = 0; spawns.length < count - live.length; i++) if (!used.has(i)) spawns.push(this.spawn(i));
+      await Promise.all(spawns);
+    } else if (count < live.length) {
+      const retire = live.slice(count);
+      for (const s of retire) {
+        this.slots = this.slots.filter((x) => x !== s);
+        s.worker.removeAllListeners('exit');
+        s.worker.send({ t: 'drain', timeoutMs: this.config!.proxy.drainTimeoutMs } satisfies ToWorker);
+      }
+    }
+    this.log.info({ workers: count }, 'worker count changed');
+  }
+
+  async drain(timeoutMs: number): Promise<void> {
+    this.stopping = true;
+    const slots = [...this.slots];
+    for (const s of slots) {
+      try {
+        s.worker.send({ t: 'drain', timeoutMs } satisfies ToWorker);
+      } catch {
+        // already gone
+      }
+    }
+    // Workers exit by themselves once drained; the extra second covers flushing logs and exiting.
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<'bound'>((resolve) => {
+      timer = setTimeout(() => resolve('bound'), timeoutMs + 1000);
+    });
+    const outcome = await Promise.race([Promise.all(slots.map((s) => s.exited)).then(() => 'exited' as const), bound]);
+    clearTimeout(timer);
+    if (outcome === 'bound') {
+      this.log.warn({ workers: this.slots.map((s) => s.worker.process.pid) }, 'workers did not exit within the drain bound; killing them');
+      this.forceStop();
+    }
+  }
+
+  async stats(): Promise<WorkerStats[]> {
+    const results = await Promise.allSettled(this.slots.filter((s) => s.started).map((s) => this.request<WorkerStats>(s, (seq) => ({ t: 'stats', seq }))));
+    return results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  }
+
+  async connections(limit: number): Promise<Array<ConnectionInfo & { worker: number }>> {
+    const started = this.slots.filter((s) => s.started);
+    const results = await Promise.allSettled(started.map((s) => this.request<ConnectionInfo[]>(s, (seq) => ({ t: 'connections', seq, limit }))));
+    return results.flatMap((r, i) => (r.status === 'fulfilled' ? r.value.map((c) => ({ ...c, worker: started[i]!.index })) : [])).slice(0, limit);
+  }
+
+  ready(): boolean {
+    return !this.stopping && this.slots.length === this.count && this.slots.every((s) => s.started);
+  }
+
+  forceStop(): void {
+    this.stopping = true;
+    for (const s of this.slots) s.worker.process.kill('SIGKILL');
+  }
+}
