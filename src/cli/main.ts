@@ -12,6 +12,7 @@ const modules = await Promise.all([
   import('./render.js'),
   import('./explain.js'),
   import('./config.js'),
+  import('./proxy.js'),
 ]);
 for (const mod of modules) mod.register(program);
 
