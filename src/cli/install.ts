@@ -1,0 +1,123 @@
+// `meshctl install`: flags → Config → installCapture; prints what was done (or, with --dry-run, exactly the input
+// iptables-restore / nft would get). Also the flags and helpers the other capture commands share.
+import { existsSync } from 'node:fs';
+import { Option, type Command } from 'commander';
+import { DEFAULT_CONFIG_FILE, loadConfig } from '../config/load.js';
+import { parseDuration } from '../config/values.js';
+import { MeshctlError } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import type { Recovery } from '../netfilter/recovery.js';
+import { installCapture, type InstallResult } from '../netfilter/install.js';
+import { requireProxyReady } from '../service/readiness.js';
+import { xtablesBinary } from '../netfilter/runner.js';
+import { DEFAULT_STATE_DIR } from '../netfilter/scope.js';
+import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
+
+/** --netns and --log-level, shared by every capture command. */
+export function addScopeOptions(command: Command, options: { stateDir: boolean; config: boolean }): Command {
+  command.option('--netns <name>', 'run every kernel-facing command inside this network namespace (ip netns exec)');
+  if (options.stateDir) command.option('--state-dir <dir>', `ledger directory (${DEFAULT_STATE_DIR}; or stateDir from the config)`);
+  if (options.config) command.option('-c, --config <file>', `config file (default ${DEFAULT_CONFIG_FILE} if present), for its stateDir`);
+  command.addOption(new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
+  return command;
+}
+
+export function cliLogger(options: Record<string, unknown>, fallback = 'warn'): Logger {
+  return createLogger({ level: (options.logLevel as string | undefined) ?? process.env.MESHCTL_LOG_LEVEL ?? fallback });
+}
+
+/** --state-dir, else stateDir of --config (or of the default config file when it loads), else /var/lib/meshctl. */
+export async function resolveStateDir(options: Record<string, unknown>): Promise<string> {
+  if (typeof options.stateDir === 'string') return options.stateDir;
+  if (typeof options.config === 'string') return (await loadConfig({ file: options.config })).stateDir;
+  if (existsSync(DEFAULT_CONFIG_FILE)) {
+    try {
+      return (await loadConfig({})).stateDir;
+    } catch {
+      return DEFAULT_STATE_DIR;
+    }
+  }
+  return DEFAULT_STATE_DIR;
+}
+
+export function recoveryLine(recovered: Recovery | null): string[] {
+  if (!recovered) return [];
+  return [`recovered: an interrupted ${recovered.operation} of install ${recovered.installId} was ${recovered.outcome === 'completed' ? 'completed' : 'rolled back'} first (${recovered.changed.join(', ') || 'no rule changes needed'})`];
+}
+
+export function where(netns: string | null): string {
+  return netns ? ` in namespace ${netns}` : '';
+}
+
+function parseConfirmWithin(text: string | undefined): number | null {
+  if (text === undefined) return null;
+  const ms = parseDuration(text);
+  if (typeof ms !== 'number') {
+    throw new MeshctlError('CONFIG_INVALID', `--confirm-within ${JSON.stringify(text)}: ${typeof ms === 'string' ? ms : '"off" is not allowed here'}`, 'give a duration such as 60s or 5m');
+  }
+  return ms;
+}
+
+function commandFor(result: InstallResult, label: string): string {
+  const tool = result.backend === 'nftables' ? 'nft -f -' : `${xtablesBinary(result.backend, label === 'ipv6' ? 'ipv6' : 'ipv4', 'restore')} --wait --noflush`;
+  return `${result.netns ? `ip netns exec ${result.netns} ` : ''}${tool}`;
+}
+
+function describe(result: InstallResult): string {
+  const lines: string[] = [...recoveryLine(result.recovered)];
+  const verb = { installed: 'installed capture', updated: 'updated capture', repaired: 'repaired drifted capture', unchanged: 'already installed and in sync; nothing changed', 'dry-run': 'dry run' }[result.action];
+  lines.push(`${verb}${where(result.netns)} with ${result.backend}${result.installId ? ` (install ${result.installId})` : ''}`);
+  for (const reason of result.backendReasons) lines.push(`  backend: ${reason}`);
+  for (const warning of result.warnings) lines.push(`  warning: ${warning}`);
+  for (const drift of result.action === 'repaired' ? result.driftBefore.filter((d) => !d.inSync) : []) {
+    lines.push(`  repaired ${drift.label}: ${[...drift.missing.map((m) => `missing ${m}`), ...drift.extra.map((e) => `extra ${e}`), ...drift.outOfOrder.map((o) => `out of order ${o}`), ...drift.missingChains.map((c) => `missing chain ${c}`)].join('; ')}`);
+  }
+  if (result.steps.length > 0) lines.push(`  ${result.action === 'dry-run' ? 'would apply' : 'applied'}: ${result.steps.map((s) => `${s.label} (${s.text.split('\n').filter(Boolean).length} lines, one ${result.backend === 'nftables' ? 'nft transaction' : 'restore'})`).join(', ')}`);
+  lines.push(`  ledger: ${result.ledgerPath}`);
+  if (result.confirm && result.confirm.confirmedAt === null) {
+    const how = result.confirm.mechanism === 'systemd-timer' ? `systemd timer ${result.confirm.unit}` : `detached process ${result.confirm.pid}`;
+    lines.push(`  confirm: run \`meshctl confirm${result.netns ? ` --netns ${result.netns}` : ''}\` before ${result.confirm.deadline}, or the rules are removed (${how})`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+export function register(program: Command): void {
+  const command = program
+    .command('install')
+    .description('apply the capture rules as one transaction (snapshot, check, apply both families, verify, ledger)');
+  addConfigOptions(command);
+  command
+    .option('--netns <name>', 'run every kernel-facing command inside this network namespace (ip netns exec)')
+    .option('--dry-run', 'print exactly what would be fed to iptables-restore / nft, change nothing')
+    .option('--without-proxy', 'apply even when no proxy is ready on the admin port (labs and tests only: traffic is redirected to nothing)')
+    .option('--confirm-within <duration>', 'remove the rules again unless `meshctl confirm` arrives within this time (e.g. 60s)')
+    .option('--json', 'print the result as JSON')
+    .addOption(new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
+  command.action(async (options: Record<string, unknown>) => {
+    const confirmWithinMs = parseConfirmWithin(options.confirmWithin as string | undefined);
+    // The loader reads SSH_CONNECTION from this environment, so the current SSH session is exempt from capture.
+    const config = await loadConfigFromOptions(options);
+    // Capture must never redirect traffic to a port where nothing accepts it (src/service/readiness.ts).
+    if (options.dryRun !== true && options.withoutProxy !== true) {
+      await requireProxyReady({ address: config.proxy.adminAddress, port: config.proxy.adminPort }, { netns: (options.netns as string | undefined) ?? null });
+    }
+    const result = await installCapture({
+      config,
+      netns: (options.netns as string | undefined) ?? null,
+      dryRun: options.dryRun === true,
+      confirmWithinMs,
+      log: cliLogger(options),
+    });
+    if (options.json) {
+      process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+      return;
+    }
+    if (result.action === 'dry-run') {
+      if (result.steps.length === 0) process.stdout.write(`# already installed${where(result.netns)} with this config and in sync: nothing would change\n`);
+      for (const step of result.steps) process.stdout.write(`# ${step.label}: ${commandFor(result, step.label)}\n${step.text}`);
+      process.stderr.write(describe(result));
+      return;
+    }
+    process.stdout.write(describe(result));
+  });
+}
