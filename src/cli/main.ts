@@ -13,6 +13,13 @@ const modules = await Promise.all([
   import('./explain.js'),
   import('./config.js'),
   import('./proxy.js'),
+  import('./install.js'),
+  import('./uninstall.js'),
+  import('./confirm.js'),
+  import('./status.js'),
+  import('./doctor.js'),
+  import('./verify.js'),
+  import('./service.js'),
 ]);
 for (const mod of modules) mod.register(program);
 
