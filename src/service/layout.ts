@@ -1,0 +1,120 @@
+// Where `meshctl service install` puts things, and the drop-ins it derives from the config. Pure: paths and text only.
+// The shipped unit files in systemd/ carry the defaults; the drop-ins carry what the config changes (ports, IPv6,
+// drain bound, fail-open coupling), so the units never disagree with the config the proxy and capture load.
+import { isAbsolute, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Config } from '../config/types.js';
+
+export const UNITS = {
+  socket: 'meshctl-proxy.socket',
+  proxy: 'meshctl-proxy.service',
+  capture: 'meshctl-capture.service',
+} as const;
+export type UnitKey = keyof typeof UNITS;
+/** Start order; stop order is the reverse. */
+export const UNIT_ORDER: readonly UnitKey[] = ['socket', 'proxy', 'capture'];
+
+/** The package's own root (where bin/, dist/ and systemd/ are): same relative path from src/service and dist/service. */
+export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const SHIPPED_UNIT_DIR = join(PACKAGE_ROOT, 'systemd');
+export const SHIPPED_SYSUSERS = join(SHIPPED_UNIT_DIR, 'meshctl.sysusers.conf');
+
+/** Absolute paths on the target system (inside `root`). */
+export interface ServiceLayout {
+  /** `/` for the running system; another directory for an offline install into an image (`--root`). */
+  readonly root: string;
+  readonly unitDir: string;
+  readonly sysusersFile: string;
+  readonly configFile: string;
+  /** The `meshctl` the units run (ExecStart=/usr/local/bin/meshctl). */
+  readonly binLink: string;
+  /** Extra `meshctl install` arguments for the next capture start only (--confirm-within); under /run, so not kept across reboots. */
+  readonly captureEnvFile: string;
+}
+
+export const DEFAULT_LAYOUT: ServiceLayout = {
+  root: '/',
+  unitDir: '/etc/systemd/system',
+  sysusersFile: '/etc/sysusers.d/meshctl.conf',
+  configFile: '/etc/meshctl/config.yaml',
+  binLink: '/usr/local/bin/meshctl',
+  captureEnvFile: '/run/meshctl/capture.env',
+};
+
+/** A path of the layout as seen from this process (prefixed by root). */
+export function onHost(layout: ServiceLayout, path: string): string {
+  return layout.root === '/' ? path : join(layout.root, path);
+}
+
+export const DROP_IN_NAME = '10-meshctl-config.conf';
+
+export interface DropIn {
+  readonly unit: string;
+  /** Path on the target system: <unitDir>/<unit>.d/10-meshctl-config.conf */
+  readonly path: string;
+  readonly text: string;
+}
+
+const HEADER = '# Written by `meshctl service install` from the config; it is rewritten on every install. Edit the config, not this file.\n';
+
+/** Directories that ProtectHome=yes hides; a tree there needs ProtectHome=read-only to stay readable. */
+function underHome(dir: string): boolean {
+  return ['/home', '/root', '/run/user'].some((h) => {
+    const rel = relative(h, dir);
+    return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
+  });
+}
+
+/** Seconds systemd waits for a stop: the proxy's drain bound plus 5 s to close, flush logs and exit. */
+export function stopTimeoutSeconds(config: Pick<Config, 'proxy'>): number {
+  return Math.ceil(config.proxy.drainTimeoutMs / 1000) + 5;
+}
+
+/** The listening sockets, in the order `meshctl proxy` reads LISTEN_FDS positionally (outbound, inbound, outbound6, inbound6). */
+export function listenStreams(config: Pick<Config, 'proxy' | 'capture'>): string[] {
+  const { outboundPort, inboundPort } = config.proxy;
+  const streams = [`127.0.0.1:${outboundPort}`, `0.0.0.0:${inboundPort}`];
+  if (config.capture.ipv6 === 'intercept') streams.push(`[::1]:${outboundPort}`, `[::]:${inboundPort}`);
+  return streams;
+}
+
+/** The drop-ins for `config` with meshctl's tree at `packageRoot`. */
+export function renderDropIns(config: Pick<Config, 'proxy' | 'capture' | 'safety'>, layout: ServiceLayout, packageRoot: string = PACKAGE_ROOT): DropIn[] {
+  const at = (unit: string): string => join(layout.unitDir, `${unit}.d`, DROP_IN_NAME);
+  const socket = [HEADER, '[Socket]', '# proxy.outboundPort, proxy.inboundPort, capture.ipv6', 'ListenStream=', ...listenStreams(config).map((s) => `ListenStream=${s}`)];
+  const proxy = [HEADER, '[Service]', `# proxy.drainTimeout = ${config.proxy.drainTimeoutMs} ms: stop = drain, then 5 s to exit`, `TimeoutStopSec=${stopTimeoutSeconds(config)}s`];
+  if (underHome(packageRoot)) {
+    proxy.push(`# meshctl runs from ${packageRoot}, which ProtectHome=yes would hide`, 'ProtectHome=read-only');
+  }
+  const capture = [HEADER];
+  if (config.safety.onProxyDown === 'open') {
+    capture.push('[Unit]', '# safety.onProxyDown = open: remove capture when the proxy is stopped or fails for good, so traffic flows direct',
+      `BindsTo=${UNITS.proxy}`);
+  } else {
+    capture.push('# safety.onProxyDown = closed: capture stays while systemd restarts the proxy (connections wait in the socket backlog)');
+  }
+  return [
+    { unit: UNITS.socket, path: at(UNITS.socket), text: `${socket.join('\n')}\n` },
+    { unit: UNITS.proxy, path: at(UNITS.proxy), text: `${proxy.join('\n')}\n` },
+    { unit: UNITS.capture, path: at(UNITS.capture), text: `${capture.join('\n')}\n` },
+  ];
+}
+
+/** The config written when none exists and none was given: the defaults, spelled out where a newcomer looks first. */
+export const DEFAULT_CONFIG_TEXT = `# meshctl config (YAML or JSON). \`meshctl config schema\` prints every field; \`meshctl config show\` the effective values.
+# After editing: \`sudo meshctl service install\` applies it (proxy reload, capture updated in one transaction).
+proxy:
+  user: meshproxy        # created by /etc/sysusers.d/meshctl.conf; its uid/gid are exempt from capture
+  outboundPort: 15001
+  inboundPort: 15006
+  adminPort: 15000
+capture:
+  ipv6: intercept
+safety:
+  onProxyDown: closed    # closed: capture stays while the proxy restarts; open: traffic flows direct when it is down
+`;
+
+/** Arguments for the capture unit's next start (EnvironmentFile MESHCTL_INSTALL_ARGS). */
+export function captureEnvText(confirmWithin: string | null): string {
+  return `# Written by \`meshctl service install\`; read once by ${UNITS.capture} (under /run: gone after a reboot).\nMESHCTL_INSTALL_ARGS=${confirmWithin ? `--confirm-within ${confirmWithin}` : ''}\n`;
+}

@@ -1,0 +1,95 @@
+// Is a proxy ready on the admin port? One probe of GET /ready, or a bounded wait for it. Used by `meshctl install`
+// (it refuses to redirect traffic to nothing), `meshctl proxy-ready` (the proxy unit's ExecStartPost, so the unit is
+// "active" only once the proxy takes connections) and `meshctl service install|status`.
+import { request } from 'node:http';
+import { execa } from 'execa';
+import { MeshctlError } from '../errors.js';
+import { MESHCTL_BIN } from '../netfilter/confirm.js';
+
+export interface AdminEndpoint {
+  readonly address: string;
+  readonly port: number;
+}
+
+export interface ReadyProbe {
+  readonly ready: boolean;
+  /** What the admin port said (`ready`, `not ready: draining`) or why nothing answered (ECONNREFUSED). */
+  readonly detail: string;
+}
+
+export function endpointText(endpoint: AdminEndpoint): string {
+  return `${endpoint.address.includes(':') ? `[${endpoint.address}]` : endpoint.address}:${endpoint.port}`;
+}
+
+/** One GET /ready; never throws: a refused or silent port is a probe that says why. */
+export function probeReady(endpoint: AdminEndpoint, timeoutMs = 1000): Promise<ReadyProbe> {
+  return new Promise((resolve) => {
+    const req = request({ host: endpoint.address, port: endpoint.port, path: '/ready', method: 'GET', timeout: timeoutMs, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        if (body.length < 512) body += chunk;
+      });
+      res.on('end', () => {
+        const text = body.trim().split('\n')[0] ?? '';
+        resolve({ ready: res.statusCode === 200, detail: res.statusCode === 200 ? text || 'ready' : `HTTP ${res.statusCode}${text ? `: ${text}` : ''}` });
+      });
+      res.on('error', (error) => resolve({ ready: false, detail: `response failed: ${error.message}` }));
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.on('error', (error: NodeJS.ErrnoException) => {
+      const what = error.code === 'ECONNREFUSED' ? 'nothing listens there (ECONNREFUSED)' : (error.code ?? error.message);
+      resolve({ ready: false, detail: what });
+    });
+    req.end();
+  });
+}
+
+/** Polls /ready until it answers 200 or `timeoutMs` passes; returns the last probe (ready or not). */
+export async function waitReady(endpoint: AdminEndpoint, options: { timeoutMs: number; intervalMs?: number }): Promise<ReadyProbe> {
+  const deadline = Date.now() + options.timeoutMs;
+  const interval = options.intervalMs ?? 100;
+  for (;;) {
+    const left = deadline - Date.now();
+    const probe = await probeReady(endpoint, Math.max(100, Math.min(1000, left)));
+    if (probe.ready || Date.now() + interval > deadline) return probe;
+    await new Promise((resolve) => setTimeout(resolve, interval));
+  }
+}
+
+/**
+ * Waits for /ready inside network namespace `netns` (Node cannot enter one itself, so this runs
+ * `ip netns exec NETNS node bin/meshctl proxy-ready`). Returns the probe; throws COMMAND_FAILED when the
+ * helper cannot run at all (NETNS_NOT_FOUND when the namespace does not exist).
+ */
+export async function waitReadyInNetns(netns: string, endpoint: AdminEndpoint, options: { timeoutMs: number }): Promise<ReadyProbe> {
+  const args = ['netns', 'exec', netns, process.execPath, MESHCTL_BIN, 'proxy-ready', '--admin', endpointText(endpoint), '--timeout', `${options.timeoutMs}ms`, '--json'];
+  const result = await execa('ip', args, { reject: false, timeout: options.timeoutMs + 15_000 });
+  const line = result.stdout.trim().split('\n').pop() ?? '';
+  try {
+    const parsed = JSON.parse(line) as { ready?: unknown; detail?: unknown };
+    if (typeof parsed.ready === 'boolean' && typeof parsed.detail === 'string') return { ready: parsed.ready, detail: parsed.detail };
+  } catch {
+    // fall through: the helper did not get as far as probing
+  }
+  const stderr = result.stderr.trim();
+  if (/Cannot open network namespace|No such file or directory/.test(stderr) && stderr.includes(netns)) {
+    throw new MeshctlError('NETNS_NOT_FOUND', `network namespace ${netns} does not exist (checking the proxy's admin port there)`, 'create it (`ip netns add`) or fix --netns');
+  }
+  throw new MeshctlError('COMMAND_FAILED', `could not probe the proxy admin port ${endpointText(endpoint)} in namespace ${netns} (exit ${result.exitCode ?? 'none'})`,
+    'check that `ip netns exec` works here', { details: [`command: ip ${args.join(' ')}`, ...(stderr ? [`stderr:  ${stderr.split('\n')[0]}`] : [])] });
+}
+
+/**
+ * Throws PROXY_NOT_READY unless a proxy answers ready on the admin endpoint (inside `netns` when given) within
+ * `timeoutMs`: capture must never redirect traffic to a port where nothing accepts it.
+ */
+export async function requireProxyReady(endpoint: AdminEndpoint, options: { netns?: string | null; timeoutMs?: number } = {}): Promise<ReadyProbe> {
+  const timeoutMs = options.timeoutMs ?? 2000;
+  const probe = options.netns ? await waitReadyInNetns(options.netns, endpoint, { timeoutMs }) : await waitReady(endpoint, { timeoutMs });
+  if (probe.ready) return probe;
+  const where = options.netns ? ` in network namespace ${options.netns}` : '';
+  throw new MeshctlError('PROXY_NOT_READY',
+    `no proxy is ready on the admin port ${endpointText(endpoint)}${where} (proxy.adminPort; waited ${timeoutMs} ms: ${probe.detail}), so capture would redirect traffic to nothing`,
+    `start the proxy first (\`systemctl start meshctl-proxy\`, or \`meshctl proxy --config F\`${options.netns ? ` inside ${options.netns}` : ''}); pass --without-proxy only for labs and tests`);
+}

@@ -1,0 +1,74 @@
+// `meshctl service status` as a library call: the three units, the proxy's /ready, the capture ledger against the
+// kernel, and one verdict: is this host protected (every TCP flow the config captures goes through a ready proxy)?
+import { existsSync } from 'node:fs';
+import { loadConfig } from '../config/load.js';
+import type { Config } from '../config/types.js';
+import { isMeshctlError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { captureStatus, type StatusReport } from '../netfilter/status.js';
+import { DEFAULT_LAYOUT, UNITS, UNIT_ORDER, onHost, type ServiceLayout } from './layout.js';
+import { endpointText, probeReady, type ReadyProbe } from './readiness.js';
+import { createSystemd, type Systemd, type UnitState } from './systemctl.js';
+
+export type Verdict = 'protected' | 'not-protected' | 'not-installed';
+
+export interface ServiceStatus {
+  readonly verdict: Verdict;
+  /** Why not protected, one reason a line, most important first. */
+  readonly problems: readonly string[];
+  /** Worth knowing, but the host is still protected. */
+  readonly notes: readonly string[];
+  readonly units: readonly UnitState[];
+  readonly configFile: string;
+  readonly configError: string | null;
+  readonly onProxyDown: Config['safety']['onProxyDown'] | null;
+  readonly admin: string | null;
+  readonly ready: ReadyProbe | null;
+  readonly capture: StatusReport | null;
+  readonly captureError: string | null;
+}
+
+export async function serviceStatus(options: { layout?: ServiceLayout; systemd?: Systemd; log: Logger }): Promise<ServiceStatus> {
+  const layout = options.layout ?? DEFAULT_LAYOUT;
+  const systemd = options.systemd ?? createSystemd();
+  const booted = existsSync('/run/systemd/system');
+  const units = booted ? await Promise.all(UNIT_ORDER.map((k) => systemd.show(UNITS[k]))) : [];
+  const configFile = onHost(layout, layout.configFile);
+  let config: Config | null = null;
+  let configError: string | null = null;
+  if (existsSync(configFile)) {
+    try {
+      config = await loadConfig({ file: configFile });
+    } catch (error) {
+      configError = isMeshctlError(error) ? `${error.code}: ${error.message}` : String(error);
+    }
+  } else {
+    configError = `${configFile} does not exist`;
+  }
+  const admin = config ? { address: config.proxy.adminAddress, port: config.proxy.adminPort } : null;
+  const ready = admin ? await probeReady(admin, 2000) : null;
+  let capture: StatusReport | null = null;
+  let captureError: string | null = null;
+  try {
+    capture = await captureStatus({ ...(config ? { stateDir: config.stateDir, config } : {}), log: options.log });
+  } catch (error) {
+    captureError = isMeshctlError(error) ? `${error.code}: ${error.message}` : String(error);
+  }
+
+  const problems: string[] = [];
+  if (!booted) problems.push('systemd is not PID 1 here: the meshctl units cannot run');
+  const installed = units.some((u) => u.loadState === 'loaded');
+  for (const u of units) {
+    if (u.loadState !== 'loaded') problems.push(`${u.unit} is not installed (run \`sudo meshctl service install\`)`);
+    else if (u.activeState !== 'active') problems.push(`${u.unit} is ${u.activeState} (${u.subState}${u.result && u.result !== 'success' ? `, result ${u.result}` : ''})`);
+  }
+  if (configError) problems.push(`config: ${configError}`);
+  if (ready && !ready.ready) problems.push(`the proxy is not ready on ${endpointText(admin!)}: ${ready.detail}`);
+  if (captureError) problems.push(`capture: ${captureError}`);
+  else if (capture && !capture.installed) problems.push('no capture rules are installed: traffic is not intercepted');
+  else if (capture && !capture.inSync) problems.push('the capture rules have DRIFTED from the installed plan (`systemctl reload meshctl-capture` repairs them)');
+  const notes: string[] = [];
+  if (capture?.configChanged) notes.push(`the installed rules come from an older config than ${configFile} (\`systemctl reload meshctl-capture\` applies it)`);
+  const verdict: Verdict = !installed && !(capture?.installed ?? false) ? 'not-installed' : problems.length === 0 ? 'protected' : 'not-protected';
+  return { verdict, problems, notes, units, configFile, configError, onProxyDown: config?.safety.onProxyDown ?? null, admin: admin ? endpointText(admin) : null, ready, capture, captureError };
+}
