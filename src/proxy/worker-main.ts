@@ -13,7 +13,8 @@ let drainTimeoutMs = 20_000;
 let draining: Promise<void> | null = null;
 
 function send(message: FromWorker): void {
-  if (process.connected) process.send?.(message);
+  // The primary may be gone (EPIPE); a worker then only has its own drain left to do.
+  if (process.connected) process.send?.(message, undefined, undefined, () => {});
 }
 
 function drainAndExit(timeoutMs: number): Promise<void> {
@@ -70,3 +71,4 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => vo
 // SIGHUP goes to the primary, which reloads the config and tells every worker; a worker ignores its own copy.
 process.on('SIGHUP', () => {});
 process.on('disconnect', () => void drainAndExit(drainTimeoutMs));
+send({ t: 'hello' });

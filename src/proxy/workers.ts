@@ -20,6 +20,7 @@ export type ToWorker =
 
 /** Messages from a cluster worker to the primary. */
 export type FromWorker =
+  | { t: 'hello' }
   | { t: 'started' }
   | { t: 'start-failed'; code: string; message: string; hint?: string }
   | { t: 'reply'; seq: number; ok: true; data?: unknown }
@@ -143,9 +144,11 @@ export class ClusterPool implements WorkerPool {
     const slot: Slot = { index, worker, started: false, exited: new Promise((resolve) => (markExited = resolve)) };
     this.slots.push(slot);
     return new Promise((resolve, reject) => {
-      worker.on('online', () => worker.send({ t: 'start', config: this.config!, specs: [...this.specs], index } satisfies ToWorker));
       worker.on('message', (message: FromWorker) => {
-        if (message.t === 'started') {
+        // 'hello', not cluster's 'online': a message sent before the ESM entry has loaded would be lost.
+        if (message.t === 'hello') {
+          worker.send({ t: 'start', config: this.config!, specs: [...this.specs], index } satisfies ToWorker);
+        } else if (message.t === 'started') {
           slot.started = true;
           resolve();
         } else if (message.t === 'start-failed') {
