@@ -54,8 +54,11 @@ function countRules(saveText: string): number {
   return saveText.split('\n').filter((line) => /^(\[\d+:\d+\]\s+)?-A\s/.test(line)).length;
 }
 
-/** Collects the inventory. Never changes a rule; a failing read is recorded as null, not thrown. */
-export async function inspectBackends(runner: NetfilterRunner, env: NodeJS.ProcessEnv = process.env): Promise<BackendInventory> {
+/**
+ * Collects the inventory. Never changes a rule; a failing read is recorded as null, not thrown. With
+ * `countRules: false` only the binaries are looked up (enough when the ledger already fixes the backend).
+ */
+export async function inspectBackends(runner: NetfilterRunner, env: NodeJS.ProcessEnv = process.env, options: { countRules?: boolean } = {}): Promise<BackendInventory> {
   const missingBinaries: Record<Backend, string[]> = { 'iptables-legacy': [], 'iptables-nft': [], nftables: [] };
   for (const backend of ['iptables-legacy', 'iptables-nft'] as const) {
     for (const family of ['ipv4', 'ipv6'] as const) {
@@ -72,8 +75,9 @@ export async function inspectBackends(runner: NetfilterRunner, env: NodeJS.Proce
     nftables: missingBinaries.nftables.length === 0,
   };
 
+  const counting = options.countRules !== false;
   const count = async (backend: XtablesBackend, family: Family): Promise<number | null> => {
-    if (!findOnPath(xtablesBinary(backend, family, 'save'), env)) return null;
+    if (!counting || !findOnPath(xtablesBinary(backend, family, 'save'), env)) return null;
     try {
       return countRules(await runner.save(backend, family));
     } catch {
@@ -85,7 +89,7 @@ export async function inspectBackends(runner: NetfilterRunner, env: NodeJS.Proce
   ]);
 
   let nativeTables: string[] | null = null;
-  if (available.nftables) {
+  if (available.nftables && counting) {
     const listed = await runner.exec('nft', ['list', 'tables']);
     if (listed.exitCode === 0) {
       nativeTables = listed.stdout.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('table ')).map((l) => l.slice(6)).filter((t) => !XTABLES_NFT_TABLES.has(t));
@@ -93,7 +97,7 @@ export async function inspectBackends(runner: NetfilterRunner, env: NodeJS.Proce
   }
 
   let defaultIptables: XtablesBackend | null = null;
-  if (findOnPath('iptables', env)) {
+  if (counting && findOnPath('iptables', env)) {
     const version = await runner.exec('iptables', ['--version']);
     if (/nf_tables/.test(version.stdout)) defaultIptables = 'iptables-nft';
     else if (/legacy/.test(version.stdout)) defaultIptables = 'iptables-legacy';
@@ -127,7 +131,8 @@ export function chooseBackend(inventory: BackendInventory, requested: BackendCho
   const nft = total(inventory.ruleCounts['iptables-nft']);
   const have = BACKENDS.filter((b) => inventory.available[b]);
   reasons.push(`installed: ${have.length > 0 ? have.join(', ') : 'none of iptables-legacy, iptables-nft, nftables'}`);
-  reasons.push(`rules held: iptables-legacy ${legacy}, iptables-nft ${nft}${inventory.nativeTables ? `, native nftables tables ${inventory.nativeTables.length > 0 ? inventory.nativeTables.join(', ') : 'none'}` : ''}`);
+  const counted = inventory.ruleCounts['iptables-legacy'].ipv4 !== null || inventory.ruleCounts['iptables-nft'].ipv4 !== null;
+  if (counted) reasons.push(`rules held: iptables-legacy ${legacy}, iptables-nft ${nft}${inventory.nativeTables ? `, native nftables tables ${inventory.nativeTables.length > 0 ? inventory.nativeTables.join(', ') : 'none'}` : ''}`);
   if (legacy > 0 && nft > 0) {
     warnings.push(`both iptables-legacy (${legacy} rules) and iptables-nft (${nft} rules) hold rules: both sets run and neither tool shows the other's; move everything to one backend`);
   }

@@ -59,7 +59,8 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
     const ledger = options.dryRun ? safeReadLedger(scope.dir) : readLedger(scope.dir);
     const warnings: string[] = [];
     if (ledger?.state === 'in-progress') warnings.push(`an interrupted ${ledger.operation} is recorded in ${ledgerPath(scope.dir)}; the next command that changes rules finishes it first`);
-    const inventory = await inspectBackends(scope.runner, scope.env);
+    // With a ledger the backend is fixed; counting every backend's rules again would only cost time.
+    const inventory = await inspectBackends(scope.runner, scope.env, { countRules: ledger === null });
     const decision = chooseBackend(inventory, options.backend ?? config.capture.backend, ledger?.backend ?? null);
     warnings.push(...decision.warnings);
     const driver = createDriver(decision.backend, scope.runner, log);
