@@ -154,7 +154,8 @@ export interface ProxyLab {
   readonly peer: Agent;
   /** Builds the config, writes it to `name`.json, installs nothing (see installCapture). */
   writeConfig(raw: Record<string, unknown>, name?: string): { file: string; config: Config };
-  startProxy(configFile: string, extraArgs?: readonly string[]): Promise<RunningProxy>;
+  /** Starts `meshctl proxy --config FILE` as nobody; `prefix` runs before node (e.g. systemd-socket-activate). */
+  startProxy(configFile: string, extraArgs?: readonly string[], prefix?: readonly string[]): Promise<RunningProxy>;
   destroy(): Promise<void>;
 }
 
@@ -202,8 +203,8 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
   }
   const [app, peer] = agents as [Agent, Agent];
 
-  const startProxy = async (configFile: string, extraArgs: readonly string[] = []): Promise<RunningProxy> => {
-    const child = spawn('ip', nsCommand(client, [process.execPath, MESHCTL, 'proxy', '--config', configFile, ...extraArgs], { uid: PROXY_UID, gid: PROXY_GID }), {
+  const startProxy = async (configFile: string, extraArgs: readonly string[] = [], prefix: readonly string[] = []): Promise<RunningProxy> => {
+    const child = spawn('ip', nsCommand(client, [...prefix, process.execPath, MESHCTL, 'proxy', '--config', configFile, ...extraArgs], { uid: PROXY_UID, gid: PROXY_GID }), {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, MESHCTL_LOG_LEVEL: 'info' },
     });
