@@ -1,0 +1,185 @@
+// The three candidates measured on the same lab: direct (no rules, the physical limit), HAProxy transparent
+// behind the same iptables REDIRECT rules, and meshctl (capture installed by meshctl, `meshctl proxy` with the
+// native SO_ORIGINAL_DST addon). HAProxy gets as many threads as the proxy has workers.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { NOFILE, PORTS, waitListening, type Lab } from './lab.js';
+import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
+import { REPO_ROOT } from './tools.js';
+
+export type CandidateName = 'direct' | 'haproxy' | 'meshctl';
+export const CANDIDATES: readonly CandidateName[] = ['direct', 'haproxy', 'meshctl'];
+
+/** The proxy runs as `nobody`; the capture rules exempt its uid and gid (loop prevention). */
+export const PROXY_USER = { name: 'nobody', uid: 65534, gid: 65534 } as const;
+
+/** What the bench needs from a running candidate. */
+export interface RunningCandidate {
+  readonly name: CandidateName;
+  /** CPU and RSS of the proxy's processes (all workers/threads); null for direct. */
+  usage(): TreeUsage | null;
+  stop(): Promise<void>;
+}
+
+export interface CandidateOptions {
+  readonly workers: number;
+  /** meshctl's access log: off by default so that both proxies do the same work (HAProxy logs nothing here). */
+  readonly accessLog: boolean;
+  /** Extra environment for the meshctl proxy (e.g. NODE_OPTIONS=--cpu-prof for profiling). */
+  readonly proxyEnv?: NodeJS.ProcessEnv;
+  readonly cwd?: string;
+}
+
+/** The raw config both proxies are measured with (and the capture rules are planned from). */
+export function benchRawConfig(options: CandidateOptions, stateDir: string): Record<string, unknown> {
+  return {
+    proxy: {
+      user: PROXY_USER.name,
+      workers: options.workers,
+      accessLog: { enabled: options.accessLog },
+    },
+    stateDir,
+  };
+}
+
+/**
+ * Installs the capture rules in the lab's client namespace with the real CLI: `meshctl install --netns` (one
+ * transaction, verified, with a ledger under the candidate's state directory). Throws with the CLI's output.
+ */
+export function installCapture(lab: Lab, configFile: string, proxy: 'meshctl' | 'other'): string {
+  // install checks that a meshctl proxy answers on the admin port; HAProxy has none.
+  const argv = [join(REPO_ROOT, 'bin', 'meshctl'), 'install', '--netns', lab.clientNs, '--config', configFile, ...(proxy === 'other' ? ['--without-proxy'] : [])];
+  try {
+    return execFileSync(process.execPath, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (error) {
+    const e = error as { stdout?: string; stderr?: string; message: string };
+    throw new Error(`meshctl install --netns ${lab.clientNs} failed: ${e.stderr || e.stdout || e.message}`);
+  }
+}
+
+function haproxyConfig(workers: number): string {
+  // Each proxied connection is two fds; HAProxy refuses to start when maxconn needs more than RLIMIT_NOFILE.
+  const maxconn = Math.floor(NOFILE / 2) - 100;
+  return [
+    '# HAProxy as a transparent L4 proxy behind iptables REDIRECT: `server 0.0.0.0:0` connects to the',
+    '# original destination (SO_ORIGINAL_DST). It drops to nobody after binding, so the capture rules exempt it.',
+    'global',
+    `  nbthread ${workers}`,
+    `  maxconn ${maxconn}`,
+    `  uid ${PROXY_USER.uid}`,
+    `  gid ${PROXY_USER.gid}`,
+    'defaults',
+    '  mode tcp',
+    `  maxconn ${maxconn}`,
+    '  timeout connect 10s',
+    '  timeout client 1h',
+    '  timeout server 1h',
+    'frontend outbound',
+    `  bind 0.0.0.0:15001`,
+    '  default_backend original_dst',
+    'backend original_dst',
+    '  server original 0.0.0.0:0',
+    '',
+  ].join('\n');
+}
+
+/** Polls the meshctl admin /ready endpoint inside the namespace. */
+async function waitReady(lab: Lab, proc: Proc, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (!proc.alive()) throw new Error(`meshctl proxy exited during start:\n${proc.output()}`);
+    try {
+      const out = execFileSync('ip', ['netns', 'exec', lab.clientNs, 'curl', '-s', '--max-time', '1', 'http://127.0.0.1:15000/ready'], { encoding: 'utf8' });
+      if (out.startsWith('ready')) return;
+    } catch {
+      // not up yet
+    }
+    await sleep(100);
+  }
+  throw new Error(`meshctl proxy not ready after ${timeoutMs} ms:\n${proc.output()}`);
+}
+
+/** Starts `name` in a fresh client namespace. */
+export async function startCandidate(name: CandidateName, lab: Lab, options: CandidateOptions): Promise<RunningCandidate> {
+  await lab.freshClient();
+  if (name === 'direct') {
+    const direct: RunningCandidate = { name, usage: () => null, stop: async () => {} };
+    await verifyIntercepted(lab, direct);
+    return direct;
+  }
+
+  const dir = join(lab.options.workDir, name);
+  mkdirSync(dir, { recursive: true });
+  const stateDir = join(dir, 'state');
+  const raw = benchRawConfig(options, stateDir);
+  const configFile = join(dir, 'meshctl.json');
+  writeFileSync(configFile, `${JSON.stringify(raw, null, 2)}\n`);
+  const pin = lab.options.pin.proxy;
+
+  let proc: Proc;
+  if (name === 'haproxy') {
+    const cfg = join(dir, 'haproxy.cfg');
+    writeFileSync(cfg, haproxyConfig(options.workers));
+    proc = startProc('haproxy', ['haproxy', '-f', cfg, '-db'], { ns: lab.clientNs, nofile: NOFILE, ...(pin ? { cpus: pin } : {}) });
+    await waitListening(lab.clientNs, 15001, proc);
+    installCapture(lab, configFile, 'other');
+  } else {
+    proc = startProc('meshctl proxy', [process.execPath, join(REPO_ROOT, 'bin', 'meshctl'), 'proxy', '--config', configFile, '--log-level', 'warn'], {
+      ns: lab.clientNs,
+      nofile: NOFILE,
+      user: PROXY_USER,
+      ...(pin ? { cpus: pin } : {}),
+      env: { ...process.env, ...options.proxyEnv },
+      ...(options.cwd ? { cwd: options.cwd } : {}),
+    });
+    await waitReady(lab, proc);
+    installCapture(lab, configFile, 'meshctl');
+  }
+  const running: RunningCandidate = {
+    name,
+    usage: () => treeUsage(proc.pid),
+    stop: async () => {
+      await stopProc(proc, 5000);
+    },
+  };
+  try {
+    await verifyIntercepted(lab, running);
+  } catch (error) {
+    await running.stop();
+    throw error;
+  }
+  return running;
+}
+
+/**
+ * Proves the candidate is really in the path: opens one connection from the client namespace to the echo
+ * server and looks at who owns the server-facing socket (`ss -p`). Direct: the load generator. Proxies: one of
+ * the proxy's processes, while the load generator's socket is redirected to :15001.
+ */
+export async function verifyIntercepted(lab: Lab, candidate: RunningCandidate): Promise<void> {
+  const hold = startProc('interception probe', [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, 'conns=1', 'size=64'], {
+    ns: lab.clientNs,
+    stdin: 'pipe',
+  });
+  try {
+    const deadline = Date.now() + 10_000;
+    while (!hold.output().includes('"held":1')) {
+      if (!hold.alive() || Date.now() > deadline) throw new Error(`interception probe failed for ${candidate.name}:\n${hold.output()}`);
+      await sleep(20);
+    }
+    const ss = execFileSync('ip', ['netns', 'exec', lab.clientNs, 'ss', '-Htnp', 'state', 'established', 'dst', `${lab.serverAddr}:${PORTS.echo}`], { encoding: 'utf8' });
+    const owners = [...ss.matchAll(/pid=(\d+)/g)].map((m) => Number(m[1]));
+    const proxyPids = candidate.usage()?.pids ?? [];
+    // REDIRECT is invisible to the client socket (it still names the server as its peer), so through a proxy ss
+    // lists two sockets: the load generator's and the proxy's own upstream connection.
+    const expected = candidate.name === 'direct' ? [hold.pid] : [hold.pid, owners.find((p) => proxyPids.includes(p)) ?? -1];
+    if (owners.length !== expected.length || !expected.every((p) => owners.includes(p))) {
+      const who = candidate.name === 'direct' ? `only the load generator (pid ${hold.pid})` : `the load generator (pid ${hold.pid}) and the proxy (pids ${proxyPids.join(', ')})`;
+      throw new Error(`${candidate.name}: expected connections to the echo server from ${who}; ss shows:\n${ss}`);
+    }
+  } finally {
+    hold.child.stdin?.end();
+    await stopProc(hold, 2000);
+  }
+}

@@ -1,0 +1,196 @@
+// The bench lab: a server namespace (echo server, nginx, iperf3) and a client namespace (load generators, capture
+// rules, the proxy under test) joined by a veth pair. The client namespace is created afresh for every candidate,
+// so no rule, conntrack entry or socket of one candidate is left when the next one is measured.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { sleep, startProc, stopProc, type Proc } from './procs.js';
+
+/** CPU lists (taskset) per role; a role without a list is not pinned. */
+export interface Pinning {
+  readonly loadgen?: string;
+  readonly servers?: string;
+  readonly proxy?: string;
+}
+
+export interface LabOptions {
+  /** Namespace and interface prefix (`mb-b` → `mb-b-cli`, `mb-b-srv`, veth `mb-b-c`/`mb-b-s`). */
+  readonly prefix: string;
+  /** Addresses are 10.<subnet>.0.1 (client) and 10.<subnet>.0.2 (server). */
+  readonly subnet: number;
+  /** Scratch directory for configs and logs. */
+  readonly workDir: string;
+  readonly pin: Pinning;
+  readonly tcpbench: string;
+}
+
+export const PORTS = { echo: 7000, http: 8080, iperf: 5201 } as const;
+/**
+ * Every bench process gets this fd limit (5,000 held connections are 10,000 sockets in the proxy): 65,536, or the
+ * hard limit when lower (without CAP_SYS_RESOURCE, as in some containers, root cannot raise it).
+ */
+export const NOFILE = Math.min(65536, hardNofile());
+
+function hardNofile(): number {
+  try {
+    const n = Number(execFileSync('sh', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim());
+    return Number.isFinite(n) && n > 0 ? n : 65536;
+  } catch {
+    return 65536;
+  }
+}
+
+function ip(...args: string[]): string {
+  return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function tryIp(...args: string[]): void {
+  try {
+    ip(...args);
+  } catch {
+    // already gone
+  }
+}
+
+export function nsExists(name: string): boolean {
+  return ip('netns', 'list').split('\n').some((line) => line.split(' ')[0] === name);
+}
+
+/** Polls `ss` inside `ns` until something listens on TCP `port`; throws after `timeoutMs`. */
+export async function waitListening(ns: string, port: number, what: Proc | string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const out = ip('netns', 'exec', ns, 'ss', '-Hltn', `sport = :${port}`);
+    if (out.trim() !== '') return;
+    if (typeof what !== 'string' && !what.alive()) throw new Error(`${what.name} exited before listening on :${port}:\n${what.output()}`);
+    await sleep(50);
+  }
+  const detail = typeof what === 'string' ? what : `${what.name}:\n${what.output()}`;
+  throw new Error(`nothing listens on :${port} in ${ns} after ${timeoutMs} ms (${detail})`);
+}
+
+export class Lab {
+  readonly clientNs: string;
+  readonly serverNs: string;
+  readonly clientAddr: string;
+  readonly serverAddr: string;
+  private readonly vethClient: string;
+  private readonly vethServer: string;
+  private servers: Proc[] = [];
+
+  private constructor(readonly options: LabOptions) {
+    this.clientNs = `${options.prefix}-cli`;
+    this.serverNs = `${options.prefix}-srv`;
+    this.vethClient = `${options.prefix}-c`.slice(0, 15);
+    this.vethServer = `${options.prefix}-s`.slice(0, 15);
+    this.clientAddr = `10.${options.subnet}.0.1`;
+    this.serverAddr = `10.${options.subnet}.0.2`;
+  }
+
+  /** Creates both namespaces and starts the long-running servers (echo, nginx). Destroy it in a finally. */
+  static async create(options: LabOptions): Promise<Lab> {
+    const lab = new Lab(options);
+    try {
+      lab.removeNamespaces();
+      ip('netns', 'add', lab.serverNs);
+      ip('-n', lab.serverNs, 'link', 'set', 'lo', 'up');
+      await lab.freshClient();
+      await lab.startServers();
+    } catch (error) {
+      await lab.destroy();
+      throw error;
+    }
+    return lab;
+  }
+
+  /**
+   * (Re)creates the client namespace and the veth pair: no rules, empty conntrack, and sysctls that let the
+   * connect+close workload run for minutes without running out of ports or conntrack entries.
+   */
+  async freshClient(): Promise<void> {
+    tryIp('netns', 'del', this.clientNs);
+    // The kernel destroys a deleted namespace's devices asynchronously: wait for the server end of the old pair.
+    const deadline = Date.now() + 10_000;
+    while (this.serverHasVeth()) {
+      if (Date.now() > deadline) throw new Error(`${this.vethServer} still exists in ${this.serverNs} 10 s after deleting ${this.clientNs}`);
+      await sleep(20);
+    }
+    ip('netns', 'add', this.clientNs);
+    ip('link', 'add', this.vethClient, 'netns', this.clientNs, 'type', 'veth', 'peer', 'name', this.vethServer, 'netns', this.serverNs);
+    ip('-n', this.clientNs, 'link', 'set', 'lo', 'up');
+    ip('-n', this.clientNs, 'addr', 'add', `${this.clientAddr}/24`, 'dev', this.vethClient);
+    ip('-n', this.clientNs, 'link', 'set', this.vethClient, 'up');
+    ip('-n', this.serverNs, 'addr', 'add', `${this.serverAddr}/24`, 'dev', this.vethServer);
+    ip('-n', this.serverNs, 'link', 'set', this.vethServer, 'up');
+    const sysctl = (ns: string, ...settings: string[]) => execFileSync('ip', ['netns', 'exec', ns, 'sysctl', '-qw', ...settings], { stdio: 'ignore' });
+    // Client sockets close first (TIME_WAIT on this side): reuse them, and use a wide port range that avoids 15000-15006.
+    sysctl(this.clientNs, 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=20000 65000');
+    // With capture rules, every connection is tracked; short TIME_WAIT entries keep the (host-wide) table small.
+    try {
+      sysctl(this.clientNs, 'net.netfilter.nf_conntrack_tcp_timeout_time_wait=5');
+    } catch {
+      // nf_conntrack is loaded lazily with the first nat rule; the default then applies (120 s).
+    }
+  }
+
+  private serverHasVeth(): boolean {
+    try {
+      ip('-n', this.serverNs, 'link', 'show', this.vethServer);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private async startServers(): Promise<void> {
+    const { tcpbench, workDir, pin } = this.options;
+    const echo = startProc('echo server', [tcpbench, 'serve', `port=${PORTS.echo}`], { ns: this.serverNs, nofile: NOFILE, ...(pin.servers ? { cpus: pin.servers } : {}) });
+    this.servers.push(echo);
+    await waitListening(this.serverNs, PORTS.echo, echo);
+
+    const nginxDir = join(workDir, 'nginx');
+    mkdirSync(join(nginxDir, 'logs'), { recursive: true });
+    const conf = join(nginxDir, 'nginx.conf');
+    writeFileSync(conf, [
+      'daemon off;',
+      'master_process on;',
+      'worker_processes 1;',
+      'user nobody nogroup;',
+      `pid ${join(nginxDir, 'nginx.pid')};`,
+      `error_log ${join(nginxDir, 'logs', 'error.log')} warn;`,
+      `worker_rlimit_nofile ${NOFILE};`,
+      `events { worker_connections ${Math.floor(NOFILE / 2)}; }`,
+      'http {',
+      '  access_log off;',
+      `  client_body_temp_path ${nginxDir}/body; proxy_temp_path ${nginxDir}/proxy; fastcgi_temp_path ${nginxDir}/fcgi;`,
+      `  uwsgi_temp_path ${nginxDir}/uwsgi; scgi_temp_path ${nginxDir}/scgi;`,
+      '  keepalive_requests 100000000;',
+      '  keepalive_timeout 300s;',
+      '  server {',
+      `    listen ${PORTS.http} reuseport backlog=4096;`,
+      `    location / { default_type text/plain; return 200 "${'x'.repeat(63)}\\n"; }`,
+      '  }',
+      '}',
+      '',
+    ].join('\n'));
+    const nginx = startProc('nginx', ['nginx', '-p', nginxDir, '-c', conf, '-e', join(nginxDir, 'logs', 'error.log')], {
+      ns: this.serverNs,
+      nofile: NOFILE,
+      ...(pin.servers ? { cpus: pin.servers } : {}),
+    });
+    this.servers.push(nginx);
+    await waitListening(this.serverNs, PORTS.http, nginx);
+  }
+
+  private removeNamespaces(): void {
+    tryIp('netns', 'del', this.clientNs);
+    tryIp('netns', 'del', this.serverNs);
+  }
+
+  /** Stops the servers and deletes both namespaces (which also removes the veth pair and every rule). */
+  async destroy(): Promise<void> {
+    await Promise.all(this.servers.map((p) => stopProc(p)));
+    this.servers = [];
+    this.removeNamespaces();
+  }
+}

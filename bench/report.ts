@@ -1,0 +1,196 @@
+// Turns the measurements into the markdown report: one row per workload metric with the median and the spread
+// (min–max) over repetitions for each candidate, the ratios meshctl ÷ direct and meshctl ÷ HAProxy, the issue's
+// targets with a verdict, and the checks that the load generator was not the bottleneck.
+import type { CandidateName } from './candidates.js';
+import type { MachineInfo } from './tools.js';
+import type { Measurement, Profile, WorkloadName } from './workloads.js';
+
+export interface Stat {
+  readonly median: number;
+  readonly min: number;
+  readonly max: number;
+  readonly n: number;
+}
+
+export function stat(values: readonly number[]): Stat | null {
+  const finite = values.filter((v) => Number.isFinite(v));
+  if (finite.length === 0) return null;
+  const s = [...finite].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  const median = s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+  return { median, min: s[0]!, max: s[s.length - 1]!, n: s.length };
+}
+
+type Unit = 'Gbit/s' | 'ops/s' | 'conn/s' | 'req/s' | 'µs' | 'µs CPU/op' | 'CPU s/GB' | 'MiB' | 'bytes' | '% core';
+
+interface Target {
+  /** Against HAProxy's median (ratio meshctl ÷ HAProxy), or an absolute bound on meshctl's median. */
+  readonly kind: 'ratio-min' | 'ratio-max' | 'abs-max';
+  readonly value: number;
+  readonly text: string;
+}
+
+interface RowSpec {
+  readonly workload: WorkloadName;
+  readonly metric: string;
+  readonly label: string;
+  readonly unit: Unit;
+  /** Latency added over direct's median (per repetition), instead of the raw value. */
+  readonly addedOverDirect?: boolean;
+  readonly target?: Target;
+  readonly noDirect?: boolean;
+}
+
+export const ROWS: readonly RowSpec[] = [
+  { workload: 'bulk-1', metric: 'gbps', label: 'bulk, 1 stream (iperf3)', unit: 'Gbit/s', target: { kind: 'ratio-min', value: 0.9, text: '≥ 0.9× HAProxy' } },
+  { workload: 'bulk-1', metric: 'proxyCpuPerGB', label: 'bulk, 1 stream: proxy CPU', unit: 'CPU s/GB', noDirect: true },
+  { workload: 'bulk-8', metric: 'gbps', label: 'bulk, 8 streams (iperf3)', unit: 'Gbit/s', target: { kind: 'ratio-min', value: 0.9, text: '≥ 0.9× HAProxy' } },
+  { workload: 'bulk-8', metric: 'proxyCpuPerGB', label: 'bulk, 8 streams: proxy CPU', unit: 'CPU s/GB', noDirect: true },
+  { workload: 'rr-1', metric: 'rate', label: 'RR 64 B, c=1', unit: 'ops/s' },
+  { workload: 'rr-1', metric: 'p50', label: 'RR 64 B, c=1: p50', unit: 'µs' },
+  { workload: 'rr-1', metric: 'p99', label: 'RR 64 B, c=1: p99', unit: 'µs' },
+  { workload: 'rr-32', metric: 'rate', label: 'RR 64 B, c=32', unit: 'ops/s', target: { kind: 'ratio-min', value: 0.8, text: '≥ 0.8× HAProxy' } },
+  { workload: 'rr-32', metric: 'p50', label: 'RR 64 B, c=32: p50', unit: 'µs' },
+  { workload: 'rr-32', metric: 'p99', label: 'RR 64 B, c=32: p99', unit: 'µs' },
+  { workload: 'rr-32', metric: 'proxyCpuPerOp', label: 'RR 64 B, c=32: proxy CPU', unit: 'µs CPU/op', noDirect: true },
+  { workload: 'paced', metric: 'p50', label: 'paced: p50', unit: 'µs' },
+  { workload: 'paced', metric: 'p99', label: 'paced: p99', unit: 'µs' },
+  { workload: 'paced', metric: 'p50', label: 'paced: p50 added over direct', unit: 'µs', addedOverDirect: true, noDirect: true },
+  { workload: 'paced', metric: 'p99', label: 'paced: p99 added over direct', unit: 'µs', addedOverDirect: true, noDirect: true, target: { kind: 'ratio-max', value: 1.5, text: '≤ 1.5× HAProxy' } },
+  { workload: 'connect-32', metric: 'rate', label: 'connect+request+close, c=32', unit: 'conn/s', target: { kind: 'ratio-min', value: 0.9, text: '≥ 0.9× HAProxy' } },
+  { workload: 'connect-32', metric: 'p99', label: 'connect+request+close, c=32: p99', unit: 'µs' },
+  { workload: 'connect-32', metric: 'proxyCpuPerOp', label: 'connect+request+close: proxy CPU', unit: 'µs CPU/op', noDirect: true },
+  { workload: 'http-32', metric: 'rate', label: 'HTTP/1.1 wrk → nginx, c=32', unit: 'req/s' },
+  { workload: 'http-32', metric: 'p99', label: 'HTTP/1.1 wrk → nginx, c=32: p99', unit: 'µs' },
+  { workload: 'http-32', metric: 'proxyCpuPerOp', label: 'HTTP/1.1: proxy CPU', unit: 'µs CPU/op', noDirect: true },
+  { workload: 'idle', metric: 'rssIdle', label: 'proxy RSS, idle', unit: 'MiB', noDirect: true },
+  { workload: 'idle', metric: 'rssHeld', label: 'proxy RSS, N idle connections', unit: 'MiB', noDirect: true },
+  { workload: 'idle', metric: 'bytesPerConn', label: 'RSS per idle proxied connection (both legs)', unit: 'bytes', noDirect: true, target: { kind: 'abs-max', value: 6144, text: '≤ 6 KiB' } },
+];
+
+function scale(unit: Unit, v: number): number {
+  return unit === 'MiB' ? v / 2 ** 20 : unit === '% core' ? v * 100 : v;
+}
+
+function fmt(v: number): string {
+  const a = Math.abs(v);
+  if (a >= 100_000) return `${(v / 1000).toFixed(0)}k`;
+  if (a >= 10_000) return `${(v / 1000).toFixed(1)}k`;
+  if (a >= 100) return v.toFixed(0);
+  if (a >= 10) return v.toFixed(1);
+  return v.toFixed(2);
+}
+
+function cell(s: Stat | null, unit: Unit): string {
+  if (!s) return '–';
+  const [m, lo, hi] = [s.median, s.min, s.max].map((v) => scale(unit, v)) as [number, number, number];
+  return s.n > 1 ? `${fmt(m)} (${fmt(lo)}–${fmt(hi)})` : fmt(m);
+}
+
+export interface Summary {
+  readonly workload: WorkloadName;
+  readonly metric: string;
+  readonly label: string;
+  readonly unit: string;
+  readonly stats: Partial<Record<CandidateName, Stat | null>>;
+  readonly vsDirect: number | null;
+  readonly vsHaproxy: number | null;
+  readonly target: string | null;
+  /** true = met, false = missed, null = no target or not measurable. */
+  readonly met: boolean | null;
+}
+
+function valuesOf(ms: readonly Measurement[], workload: WorkloadName, candidate: CandidateName, metric: string): number[] {
+  return ms.filter((m) => m.workload === workload && m.candidate === candidate && m.values[metric] !== undefined).map((m) => m.values[metric]!);
+}
+
+/** One summary per row, from all repetitions. */
+export function summarise(measurements: readonly Measurement[], candidates: readonly CandidateName[]): Summary[] {
+  const out: Summary[] = [];
+  for (const row of ROWS) {
+    if (!measurements.some((m) => m.workload === row.workload)) continue;
+    const directMedian = stat(valuesOf(measurements, row.workload, 'direct', row.metric))?.median ?? null;
+    const stats: Partial<Record<CandidateName, Stat | null>> = {};
+    for (const c of candidates) {
+      if (c === 'direct' && row.noDirect) continue;
+      let values = valuesOf(measurements, row.workload, c, row.metric);
+      if (row.addedOverDirect) values = directMedian === null ? [] : values.map((v) => v - directMedian);
+      stats[c] = stat(values);
+    }
+    const mesh = stats.meshctl?.median ?? null;
+    const ha = stats.haproxy?.median ?? null;
+    const direct = stats.direct?.median ?? null;
+    const vsDirect = mesh !== null && direct !== null && direct !== 0 ? mesh / direct : null;
+    const vsHaproxy = mesh !== null && ha !== null && ha !== 0 ? mesh / ha : null;
+    let met: boolean | null = null;
+    if (row.target) {
+      if (row.target.kind === 'abs-max') met = mesh === null ? null : mesh <= row.target.value;
+      else if (row.target.kind === 'ratio-min') met = vsHaproxy === null ? null : vsHaproxy >= row.target.value;
+      else if (mesh !== null && ha !== null) met = ha > 0 ? mesh / ha <= row.target.value : mesh <= ha;
+    }
+    out.push({ workload: row.workload, metric: row.metric, label: row.label, unit: row.unit, stats, vsDirect, vsHaproxy, target: row.target?.text ?? null, met });
+  }
+  return out;
+}
+
+export interface ReportInput {
+  readonly info: MachineInfo;
+  readonly profile: Profile;
+  readonly candidates: readonly CandidateName[];
+  readonly measurements: readonly Measurement[];
+  readonly setup: readonly string[];
+  readonly notes?: readonly string[];
+}
+
+const NAMES: Record<CandidateName, string> = { direct: 'direct', haproxy: 'HAProxy', meshctl: 'meshctl' };
+
+export function renderReport(input: ReportInput): string {
+  const { info, profile, candidates, measurements } = input;
+  const summaries = summarise(measurements, candidates);
+  const lines: string[] = [];
+  lines.push(`# meshctl benchmark — ${info.date.slice(0, 10)}`, '');
+  lines.push(`- Machine: ${info.cpu}, ${info.cores} cores, ${info.memoryGiB} GiB, Linux ${info.kernel}`);
+  lines.push(`- Versions: meshctl ${info.commit}, Node ${info.node}, ${Object.entries(info.versions).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
+  lines.push(`- Run: ${profile.repetitions} repetition(s) × ${profile.secs} s measured (+${profile.warmup} s warm-up) per workload and candidate; candidates interleaved per repetition; cells are median (min–max).`);
+  for (const s of input.setup) lines.push(`- ${s}`);
+  lines.push('');
+  const head = ['workload', 'unit', ...candidates.map((c) => NAMES[c]), 'meshctl ÷ direct', 'meshctl ÷ HAProxy', 'target', ''];
+  lines.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
+  for (const s of summaries) {
+    const unit = s.unit === 'MiB' || s.unit === 'bytes' ? s.unit : s.unit;
+    const ratio = (r: number | null) => (r === null ? '–' : `${r.toFixed(2)}×`);
+    const verdict = s.met === null ? '' : s.met ? 'met' : '**missed**';
+    lines.push(`| ${[s.label, unit, ...candidates.map((c) => (c in s.stats ? cell(s.stats[c] ?? null, s.unit as Unit) : '–')), ratio(s.vsDirect), ratio(s.vsHaproxy), s.target ?? '', verdict].join(' | ')} |`);
+  }
+  lines.push('');
+  lines.push('## Checks', '');
+  lines.push(...loadgenChecks(measurements, candidates));
+  if (input.notes && input.notes.length > 0) lines.push('', '## Notes', '', ...input.notes);
+  lines.push('');
+  return lines.join('\n');
+}
+
+const RATE_METRIC: Partial<Record<WorkloadName, string>> = { 'bulk-1': 'gbps', 'bulk-8': 'gbps', 'rr-1': 'rate', 'rr-32': 'rate', paced: 'rate', 'connect-32': 'rate', 'http-32': 'rate' };
+
+/**
+ * The load generator is not the bottleneck of a proxied run when direct (same generator, no proxy) reaches a
+ * higher rate: the generator could have gone faster. Its own CPU use is shown too (one core = 100 %).
+ */
+export function loadgenChecks(measurements: readonly Measurement[], candidates: readonly CandidateName[]): string[] {
+  const lines = ['Load generator headroom: the same generator against direct vs against each proxy, and its CPU use (one thread = at most 100 % of a core; wrk and iperf3 also single-threaded).', '',
+    '| workload | direct rate ÷ best proxy rate | load generator CPU: ' + candidates.map((c) => NAMES[c]).join(' / ') + ' | verdict |', '|---|---|---|---|'];
+  for (const [workload, metric] of Object.entries(RATE_METRIC) as [WorkloadName, string][]) {
+    if (!measurements.some((m) => m.workload === workload)) continue;
+    const direct = stat(valuesOf(measurements, workload, 'direct', metric))?.median;
+    const proxied = candidates.filter((c) => c !== 'direct').map((c) => stat(valuesOf(measurements, workload, c, metric))?.median ?? 0);
+    const best = Math.max(0, ...proxied);
+    const cpu = candidates.map((c) => {
+      const s = stat(valuesOf(measurements, workload, c, 'loadgenCpu'));
+      return s ? `${(s.median * 100).toFixed(0)} %` : '–';
+    });
+    const headroom = direct !== undefined && best > 0 ? direct / best : null;
+    const verdict = workload === 'paced' ? 'fixed rate (open loop): rates equal by design' : headroom === null ? '–' : headroom > 1.05 ? 'not the bottleneck' : '**generator may limit the proxies**';
+    lines.push(`| ${workload} | ${headroom === null ? '–' : `${headroom.toFixed(2)}×`} | ${cpu.join(' / ')} | ${verdict} |`);
+  }
+  return lines;
+}

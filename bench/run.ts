@@ -1,0 +1,188 @@
+// `npm run bench`: builds the lab, measures every candidate on every workload (repetitions interleaved across
+// candidates), and writes the markdown report to bench/results/<date>.md and bench/results/latest.md (raw JSON
+// under bench/results/raw/). `runBench` is also what the CI smoke test calls, with the smoke profile.
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { CANDIDATES, startCandidate, type CandidateName, type RunningCandidate } from './candidates.js';
+import { Lab, nsExists, type Pinning } from './lab.js';
+import { renderReport } from './report.js';
+import { buildTcpbench, machineInfo, missingCommands, REPO_ROOT } from './tools.js';
+import { PROFILES, WORKLOADS, runWorkload, type Measurement, type Profile, type WorkloadName } from './workloads.js';
+
+export interface BenchOptions {
+  readonly profile: Profile;
+  readonly candidates: readonly CandidateName[];
+  readonly workloads: readonly WorkloadName[];
+  /** Proxy workers = HAProxy threads. */
+  readonly workers: number;
+  readonly pin: Pinning;
+  /** Where the report goes; null = do not write files. */
+  readonly outDir: string | null;
+  /** Namespace prefix (mb-…) and subnet, so a smoke test and a full run never collide. */
+  readonly prefix: string;
+  readonly subnet: number;
+  readonly accessLog: boolean;
+  /** meshctl proxy with --cpu-prof into this directory. */
+  readonly cpuProfDir?: string;
+  readonly progress?: (line: string) => void;
+  /** Checked between workloads: an aborted run stops there and tears the lab down. */
+  readonly signal?: AbortSignal;
+}
+
+export interface BenchResult {
+  readonly measurements: Measurement[];
+  readonly markdown: string;
+  readonly files: string[];
+}
+
+export const DEFAULT_PIN: Pinning = {};
+
+/** Runs the whole benchmark; the lab (namespaces, servers, proxies) is torn down also on failure. */
+export async function runBench(options: BenchOptions): Promise<BenchResult> {
+  const missing = missingCommands();
+  if (missing.length > 0) throw new Error(`the bench needs ${missing.join(', ')}: apt-get install haproxy iperf3 wrk nginx util-linux iproute2 gcc (see .ci/run)`);
+  const say = options.progress ?? (() => {});
+  const tcpbench = buildTcpbench();
+  const info = machineInfo();
+  const workDir = mkdtempSync(join(tmpdir(), 'meshctl-bench-'));
+  chmodSync(workDir, 0o755); // the proxy runs as nobody and reads its config from here
+  const measurements: Measurement[] = [];
+  let lab: Lab | null = null;
+  let running: RunningCandidate | null = null;
+  const candidateOptions = {
+    workers: options.workers,
+    accessLog: options.accessLog,
+    cwd: workDir,
+    ...(options.cpuProfDir ? { proxyEnv: { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${options.cpuProfDir}` } } : {}),
+  };
+  try {
+    lab = await Lab.create({ prefix: options.prefix, subnet: options.subnet, workDir, pin: options.pin, tcpbench });
+    for (let rep = 1; rep <= options.profile.repetitions; rep++) {
+      for (const candidate of options.candidates) {
+        say(`rep ${rep}/${options.profile.repetitions}: starting ${candidate}`);
+        running = await startCandidate(candidate, lab, candidateOptions);
+        for (const workload of options.workloads) {
+          options.signal?.throwIfAborted();
+          const values = await runWorkload(workload, lab, running, options.profile);
+          if (values === null) continue;
+          measurements.push({ workload, candidate, rep, values });
+          say(`  ${candidate} ${workload}: ${Object.entries(values).map(([k, v]) => `${k}=${Number(v.toPrecision(4))}`).join(' ')}`);
+        }
+        await running.stop();
+        running = null;
+      }
+    }
+  } finally {
+    if (running) await running.stop();
+    if (lab) await lab.destroy();
+    rmSync(workDir, { recursive: true, force: true });
+  }
+  const setup = [
+    `Lab: client netns (load generators, capture rules, proxy) ↔ veth ↔ server netns (C echo server, nginx 1 worker, iperf3 -s); a fresh client netns per candidate run.`,
+    `Candidates: direct (no rules); HAProxy ${options.workers} threads (\`nbthread\`), transparent via \`server 0.0.0.0:0\`; meshctl proxy ${options.workers} workers (\`proxy.workers\`), access log ${options.accessLog ? 'on' : 'off'}. Both proxies run as nobody behind the same capture rules, installed by \`meshctl install --netns\` (default capture config, proxy.user nobody).`,
+    `Load generators: bench/tcpbench.c (epoll, one thread; RR, paced open-loop with latency from the intended send time, connect+close, hold), iperf3, wrk -t1 -c32.`,
+    `CPU pinning (taskset): ${Object.entries(options.pin).map(([k, v]) => `${k} on CPU ${v}`).join(', ') || 'none — the kernel schedules load generator, servers and proxy across all cores'}.`,
+    `Proxy CPU per op/GB = the proxy's processes' utime+stime over the run ÷ operations (warm-up included) or GB moved.`,
+  ];
+  const markdown = renderReport({ info, profile: options.profile, candidates: options.candidates, measurements, setup });
+  const files: string[] = [];
+  if (options.outDir) {
+    mkdirSync(join(options.outDir, 'raw'), { recursive: true });
+    const stamp = info.date.slice(0, 10);
+    for (const name of [`${stamp}.md`, 'latest.md']) {
+      writeFileSync(join(options.outDir, name), markdown);
+      files.push(join(options.outDir, name));
+    }
+    const raw = join(options.outDir, 'raw', `${info.date.replace(/[:.]/g, '-')}.json`);
+    writeFileSync(raw, `${JSON.stringify({ info, options: { ...options, progress: undefined }, measurements }, null, 2)}\n`);
+    files.push(raw);
+  }
+  return { measurements, markdown, files };
+}
+
+function parseArgs(argv: readonly string[]): BenchOptions {
+  const get = (flag: string): string | undefined => {
+    const i = argv.indexOf(flag);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const profileName = get('--profile') ?? 'full';
+  if (!(profileName in PROFILES)) throw new Error(`--profile ${profileName}: expected one of ${Object.keys(PROFILES).join(', ')}`);
+  const base: Profile = PROFILES[profileName as keyof typeof PROFILES];
+  const num = (flag: string, fallback: number) => {
+    const v = get(flag);
+    if (v === undefined) return fallback;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`${flag} ${v}: expected a positive number`);
+    return n;
+  };
+  const list = <T extends string>(flag: string, all: readonly T[]): T[] => {
+    const v = get(flag);
+    if (v === undefined) return [...all];
+    const items = v.split(',');
+    const bad = items.filter((i) => !(all as readonly string[]).includes(i));
+    if (bad.length > 0) throw new Error(`${flag}: unknown ${bad.join(', ')}; expected some of ${all.join(', ')}`);
+    return items as T[];
+  };
+  const pin: Record<string, string> = {};
+  for (const role of ['loadgen', 'servers', 'proxy'] as const) {
+    const v = get(`--pin-${role}`);
+    if (v !== undefined) pin[role] = v;
+  }
+  const profile: Profile = {
+    secs: num('--secs', base.secs),
+    warmup: get('--warmup') === '0' ? 0 : num('--warmup', base.warmup),
+    repetitions: Math.round(num('--reps', base.repetitions)),
+    idleConns: Math.round(num('--idle-conns', base.idleConns)),
+    pacedRate: num('--paced-rate', base.pacedRate),
+  };
+  const out = get('--out');
+  return {
+    profile,
+    candidates: list('--candidates', CANDIDATES),
+    workloads: list('--workloads', WORKLOADS),
+    workers: Math.round(num('--workers', 2)),
+    pin: Object.keys(pin).length > 0 ? pin : DEFAULT_PIN,
+    outDir: out === '-' ? null : (out ?? join(REPO_ROOT, 'bench', 'results')),
+    prefix: 'mb-b',
+    subnet: 77,
+    accessLog: argv.includes('--access-log'),
+    ...(get('--cpu-prof') ? { cpuProfDir: get('--cpu-prof')! } : {}),
+  };
+}
+
+const USAGE = `usage: npm run bench -- [--profile full|smoke] [--reps N] [--secs S] [--warmup S] [--idle-conns N] [--paced-rate R]
+  [--candidates direct,haproxy,meshctl] [--workloads ${WORKLOADS.join(',')}] [--workers N]
+  [--pin-loadgen CPUS] [--pin-servers CPUS] [--pin-proxy CPUS] [--access-log] [--cpu-prof DIR] [--out DIR|-]
+Runs as root (network namespaces). Writes bench/results/<date>.md and latest.md.`;
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  if (process.getuid?.() !== 0) throw new Error('the bench needs root: it creates network namespaces and installs capture rules inside them');
+  const options = parseArgs(argv);
+  if (nsExists(`${options.prefix}-cli`) || nsExists(`${options.prefix}-srv`)) process.stderr.write(`bench: removing namespaces left by an earlier run (${options.prefix}-*)\n`);
+  const started = Date.now();
+  // Ctrl-C / SIGTERM: stop after the current workload; runBench's finally tears the lab down.
+  const abort = new AbortController();
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`bench: ${sig}, stopping after the current workload and cleaning up…\n`);
+      abort.abort(new Error(`interrupted by ${sig}`));
+    });
+  }
+  const result = await runBench({ ...options, signal: abort.signal, progress: (line) => process.stderr.write(`${line}\n`) });
+  process.stdout.write(result.markdown);
+  process.stderr.write(`bench: done in ${Math.round((Date.now() - started) / 1000)} s; wrote ${result.files.join(', ') || 'nothing'}\n`);
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().catch((error: unknown) => {
+    process.stderr.write(`bench: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exitCode = 1;
+  });
+}

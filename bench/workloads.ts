@@ -1,0 +1,213 @@
+// The workloads, each bounded in time: bulk throughput (iperf3, 1 and 8 streams), 64-byte ping-pong at
+// concurrency 1 and 32, the same paced at a fixed rate, connect + request + close, HTTP/1.1 (wrk → nginx), and the
+// proxy's memory with idle connections. Every run also reads the proxy's CPU time, so cost per GB / per op follows.
+import { NOFILE, PORTS, waitListening, type Lab } from './lab.js';
+import type { RunningCandidate } from './candidates.js';
+import { runClient, sleep, startProc, stopProc, type Completed } from './procs.js';
+
+export type WorkloadName = 'idle' | 'bulk-1' | 'bulk-8' | 'rr-1' | 'rr-32' | 'paced' | 'connect-32' | 'http-32';
+/** Run order inside one candidate session: idle first, so its baseline is a freshly started proxy. */
+export const WORKLOADS: readonly WorkloadName[] = ['idle', 'bulk-1', 'bulk-8', 'rr-1', 'rr-32', 'paced', 'connect-32', 'http-32'];
+
+export interface Profile {
+  /** Measured seconds per run. */
+  readonly secs: number;
+  /** Seconds before measuring starts (tcpbench workloads). */
+  readonly warmup: number;
+  readonly repetitions: number;
+  /** Held connections for the memory workload (5,000 in the full run). */
+  readonly idleConns: number;
+  /** Requests per second of the paced workload (10,000 in the full run). */
+  readonly pacedRate: number;
+}
+
+export const PROFILES = {
+  full: { secs: 5, warmup: 1, repetitions: 5, idleConns: 5000, pacedRate: 10_000 },
+  smoke: { secs: 1, warmup: 0.2, repetitions: 1, idleConns: 200, pacedRate: 2000 },
+} as const satisfies Record<string, Profile>;
+
+/** Named numbers from one run of one workload against one candidate. Latencies in µs, CPU in seconds. */
+export type Values = Record<string, number>;
+
+export interface Measurement {
+  readonly workload: WorkloadName;
+  readonly candidate: RunningCandidate['name'];
+  readonly rep: number;
+  readonly values: Values;
+}
+
+interface TcpbenchResult {
+  mode: string;
+  ops: number;
+  secs: number;
+  rate: number;
+  p50_us: number;
+  p90_us: number;
+  p99_us: number;
+  p999_us: number;
+  max_us: number;
+  errors: number;
+  unfinished: number;
+  cpu_s: number;
+  total_ops: number;
+}
+
+function parseJsonLine<T>(what: string, out: Completed): T {
+  const line = out.stdout.trim().split('\n').pop() ?? '';
+  try {
+    return JSON.parse(line) as T;
+  } catch {
+    throw new Error(`${what}: no JSON result in output:\n${out.stdout.slice(-2000)}\n${out.stderr.slice(-2000)}`);
+  }
+}
+
+/** Runs `fn` while reading the proxy's CPU time before and after. */
+async function withProxyCpu<T>(candidate: RunningCandidate, fn: () => Promise<T>): Promise<{ result: T; proxyCpu: number | null; wall: number }> {
+  const before = candidate.usage();
+  const started = performance.now();
+  const result = await fn();
+  const wall = (performance.now() - started) / 1000;
+  const after = candidate.usage();
+  return { result, proxyCpu: before && after ? after.cpuSeconds - before.cpuSeconds : null, wall };
+}
+
+function loadgenOptions(lab: Lab) {
+  return { ns: lab.clientNs, nofile: NOFILE, ...(lab.options.pin.loadgen ? { cpus: lab.options.pin.loadgen } : {}) };
+}
+
+async function tcpbench(lab: Lab, candidate: RunningCandidate, mode: 'rr' | 'paced' | 'cc', args: Record<string, number>, profile: Profile): Promise<Values> {
+  const argv = [lab.options.tcpbench, mode, `host=${lab.serverAddr}`, `port=${PORTS.echo}`, 'size=64', `secs=${profile.secs}`, `warmup=${profile.warmup}`,
+    ...Object.entries(args).map(([k, v]) => `${k}=${v}`)];
+  const { result, proxyCpu } = await withProxyCpu(candidate, () => runClient(`tcpbench ${mode}`, argv, loadgenOptions(lab), (profile.secs + profile.warmup) * 1000 + 20_000));
+  const r = parseJsonLine<TcpbenchResult>(`tcpbench ${mode}`, result);
+  if (r.errors > 0) throw new Error(`tcpbench ${mode} against ${candidate.name}: ${r.errors} connection errors\n${result.stderr.slice(-1000)}`);
+  const values: Values = {
+    rate: r.rate,
+    p50: r.p50_us,
+    p99: r.p99_us,
+    p999: r.p999_us,
+    unfinished: r.unfinished,
+    loadgenCpu: r.cpu_s / r.secs,
+  };
+  if (proxyCpu !== null && r.total_ops > 0) values.proxyCpuPerOp = (proxyCpu / r.total_ops) * 1e6; // µs of CPU per op
+  return values;
+}
+
+interface IperfJson {
+  end?: { sum_received?: { bytes: number; seconds: number; bits_per_second: number }; sum_sent?: { retransmits?: number } };
+  error?: string;
+}
+
+async function bulk(lab: Lab, candidate: RunningCandidate, streams: number, profile: Profile): Promise<Values> {
+  const pin = lab.options.pin.servers;
+  const server = startProc('iperf3 server', ['iperf3', '-s', '-1', '-p', String(PORTS.iperf)], { ns: lab.serverNs, ...(pin ? { cpus: pin } : {}) });
+  try {
+    await waitListening(lab.serverNs, PORTS.iperf, server);
+    const secs = Math.max(1, Math.round(profile.secs + profile.warmup));
+    const argv = ['iperf3', '-c', lab.serverAddr, '-p', String(PORTS.iperf), '-t', String(secs), '-P', String(streams), '-J'];
+    const { result, proxyCpu } = await withProxyCpu(candidate, () => runClient('iperf3', argv, loadgenOptions(lab), secs * 1000 + 20_000));
+    const json = JSON.parse(result.stdout) as IperfJson;
+    const sum = json.end?.sum_received;
+    if (!sum || json.error) throw new Error(`iperf3 against ${candidate.name}: ${json.error ?? 'no sum_received in its JSON'}`);
+    const values: Values = {
+      gbps: sum.bits_per_second / 1e9,
+      retransmits: json.end?.sum_sent?.retransmits ?? 0,
+      loadgenCpu: result.cpuSeconds / result.wallSeconds,
+    };
+    if (proxyCpu !== null) values.proxyCpuPerGB = proxyCpu / (sum.bytes / 1e9);
+    return values;
+  } finally {
+    await stopProc(server, 1000);
+  }
+}
+
+/** Parses wrk's "--latency" report: Requests/sec, total requests and the 50/99th percentiles. */
+export function parseWrk(text: string): { reqPerSec: number; requests: number; p50: number; p99: number; errors: number } {
+  const unit = (value: string, u: string) => Number(value) * ({ us: 1, ms: 1000, s: 1e6 } as Record<string, number>)[u]!;
+  const pct = (p: string) => {
+    const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(text);
+    if (!m) throw new Error(`wrk output has no ${p}% latency line:\n${text}`);
+    return unit(m[1]!, m[2]!);
+  };
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(text);
+  const total = /(\d+) requests in/.exec(text);
+  if (!rps || !total) throw new Error(`cannot parse wrk output:\n${text}`);
+  const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
+  const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(text);
+  const errors = (socketErrors ? socketErrors.slice(1).reduce((n, v) => n + Number(v), 0) : 0) + (non2xx ? Number(non2xx[1]) : 0);
+  return { reqPerSec: Number(rps[1]), requests: Number(total[1]), p50: pct('50'), p99: pct('99'), errors };
+}
+
+async function http(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values> {
+  const secs = Math.max(1, Math.round(profile.secs));
+  const argv = ['wrk', '-t1', '-c32', `-d${secs}s`, '--latency', `http://${lab.serverAddr}:${PORTS.http}/`];
+  const { result, proxyCpu } = await withProxyCpu(candidate, () => runClient('wrk', argv, loadgenOptions(lab), secs * 1000 + 20_000));
+  const w = parseWrk(result.stdout);
+  if (w.errors > 0) throw new Error(`wrk against ${candidate.name}: ${w.errors} errors\n${result.stdout}`);
+  const values: Values = { rate: w.reqPerSec, p50: w.p50, p99: w.p99, loadgenCpu: result.cpuSeconds / result.wallSeconds };
+  if (proxyCpu !== null && w.requests > 0) values.proxyCpuPerOp = (proxyCpu / w.requests) * 1e6;
+  return values;
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/** Median of a few RSS samples: one sample can land mid-GC. */
+async function sampleRss(candidate: RunningCandidate): Promise<number> {
+  const samples: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    samples.push(candidate.usage()!.rssBytes);
+    await sleep(200);
+  }
+  return median(samples);
+}
+
+/** RSS of the proxy idle and while N connections (one ping-pong each, so both legs are open) are held. */
+async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values | null> {
+  if (candidate.usage() === null) return null; // direct: no proxy, nothing to weigh
+  const rssIdle = await sampleRss(candidate);
+  const n = profile.idleConns;
+  const hold = startProc('tcpbench hold', [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, `conns=${n}`, 'size=64'], {
+    ...loadgenOptions(lab),
+    stdin: 'pipe',
+  });
+  try {
+    const deadline = Date.now() + 60_000;
+    while (!hold.output().includes(`"held":${n}`)) {
+      if (!hold.alive()) throw new Error(`tcpbench hold against ${candidate.name} failed:\n${hold.output()}`);
+      if (Date.now() > deadline) throw new Error(`tcpbench hold: ${n} connections not established within 60 s:\n${hold.output()}`);
+      await sleep(50);
+    }
+    await sleep(1000);
+    const rssHeld = await sampleRss(candidate);
+    return { rssIdle, rssHeld, bytesPerConn: (rssHeld - rssIdle) / n };
+  } finally {
+    hold.child.stdin?.end();
+    await stopProc(hold, 5000);
+    await sleep(500); // let the proxy close both legs before the next workload
+  }
+}
+
+/** Runs one workload once; null when it does not apply to the candidate (memory of `direct`). */
+export async function runWorkload(name: WorkloadName, lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values | null> {
+  switch (name) {
+    case 'idle':
+      return idle(lab, candidate, profile);
+    case 'bulk-1':
+      return bulk(lab, candidate, 1, profile);
+    case 'bulk-8':
+      return bulk(lab, candidate, 8, profile);
+    case 'rr-1':
+      return tcpbench(lab, candidate, 'rr', { conns: 1 }, profile);
+    case 'rr-32':
+      return tcpbench(lab, candidate, 'rr', { conns: 32 }, profile);
+    case 'paced':
+      return tcpbench(lab, candidate, 'paced', { conns: 32, rate: profile.pacedRate }, profile);
+    case 'connect-32':
+      return tcpbench(lab, candidate, 'cc', { conns: 32 }, profile);
+    case 'http-32':
+      return http(lab, candidate, profile);
+  }
+}
