@@ -1,7 +1,7 @@
 // Shared pieces for the netfilter tests: configs resolved against the fixed test host, private state directories and
 // xtables lock, whole-ruleset reads of a namespace per backend, and a Docker-like set of foreign rules.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -133,4 +133,114 @@ export function meshctlDetached(args: readonly string[], env: NodeJS.ProcessEnv 
 
 export function nsSysctl(ns: string, key: string, value: string): void {
   inNs(ns, 'sysctl', ['-q', '-w', `${key}=${value}`]);
+}
+
+/**
+ * A ruleset compared the way the issue means "equal": counters ignored, and a table holding nothing but empty
+ * built-in chains with policy ACCEPT dropped (iptables-legacy cannot unload a table once used, so "never used" and
+ * "used, now empty" must compare equal). Our objects are NOT filtered out: residue shows up as a difference.
+ */
+export function normalizedRuleset(ns: string, backend: Backend): string {
+  const text = rulesetOf(ns, backend);
+  if (backend === 'nftables') return text.split('\n').map((l) => l.trimEnd()).filter((l) => l.trim() !== '').join('\n');
+  const out: string[] = [];
+  let section: string[] = [];
+  for (const line of text.split('\n')) {
+    if (line.startsWith('*')) section = [line];
+    else if (section.length > 0) {
+      section.push(line);
+      if (line === 'COMMIT') {
+        const empty = section.slice(1, -1).every((l) => /^:[A-Z]+ ACCEPT$/.test(l));
+        if (!empty) out.push(...section);
+        section = [];
+      }
+    } else if (line.trim() !== '') out.push(line);
+  }
+  return out.join('\n');
+}
+
+const WRAPPED = ['iptables', 'ip6tables'].flatMap((base) => ['legacy', 'nft'].flatMap((v) => ['save', 'restore'].map((t) => `${base}-${v}-${t}`))).concat(['nft']);
+const WRAPPER = join(ROOT, 'test/fixtures/bin/fault-wrapper');
+
+export interface FaultBin {
+  readonly env: NodeJS.ProcessEnv;
+  readonly paused: string;
+  /** Every wrapped call so far, as "name args". */
+  calls(): string[];
+}
+
+/** A PATH with test/fixtures/bin/fault-wrapper in front of every iptables-*-save/-restore and nft. */
+export function faultBin(options: { fail?: string; pauseAt?: number; pauseWhen?: 'before' | 'after' } = {}): FaultBin {
+  const dir = mkdtempSync(join(tmpdir(), 'mn-fault-'));
+  stateDirs.push(dir);
+  for (const name of WRAPPED) symlinkSync(WRAPPER, join(dir, name));
+  const log = join(dir, 'calls.log');
+  const paused = join(dir, 'paused');
+  const env: NodeJS.ProcessEnv = {
+    ...labEnv,
+    PATH: `${dir}:${labEnv.PATH ?? ''}`,
+    MESHCTL_FAKE_REAL_PATH: labEnv.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin',
+    MESHCTL_FAKE_LOG: log,
+    MESHCTL_FAKE_COUNTER: join(dir, 'counter'),
+    MESHCTL_FAKE_PAUSED: paused,
+    ...(options.fail ? { MESHCTL_FAKE_FAIL: options.fail } : {}),
+    ...(options.pauseAt !== undefined ? { MESHCTL_FAKE_PAUSE_AT: String(options.pauseAt), MESHCTL_FAKE_PAUSE_WHEN: options.pauseWhen ?? 'before' } : {}),
+  };
+  return { env, paused, calls: () => (existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : []) };
+}
+
+/** Waits until `predicate` holds, polling; throws with `what` after `ms`. */
+export async function waitFor(predicate: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** The nat chain that holds our outbound rules, as the backend names it. */
+function outputChain(backend: Backend, family: 'ipv4' | 'ipv6'): string {
+  return backend === 'nftables' ? `${family === 'ipv4' ? 'v4' : 'v6'}_nat_MESHCTL_OUTPUT` : 'MESHCTL_OUTPUT';
+}
+
+/** Finds our rule with `comment` in the outbound chain: its raw text (xtables) or its listing line and handle (nft). */
+function findOurRule(ns: string, backend: Backend, family: 'ipv4' | 'ipv6', comment: string): { raw: string; handle: string | null } {
+  const chain = outputChain(backend, family);
+  if (backend === 'nftables') {
+    const line = run(ns, 'nft', ['-a', 'list', 'chain', 'inet', 'meshctl', chain]).split('\n').find((l) => l.includes(`"${comment}"`));
+    if (!line) throw new Error(`no rule ${comment} in ${chain}`);
+    const handle = /# handle (\d+)/.exec(line)![1]!;
+    return { raw: line.replace(/\s*# handle \d+\s*$/, '').trim(), handle };
+  }
+  const line = run(ns, xt(backend, family, 'save'), ['-t', 'nat']).split('\n').find((l) => l.startsWith(`-A ${chain} `) && l.includes(`"${comment}"`));
+  if (!line) throw new Error(`no rule ${comment} in ${chain}`);
+  return { raw: line.slice(`-A ${chain} `.length), handle: null };
+}
+
+/** Deletes one of our outbound rules behind meshctl's back (drift). */
+export function deleteOurRule(ns: string, backend: Backend, family: 'ipv4' | 'ipv6', comment: string): void {
+  const rule = findOurRule(ns, backend, family, comment);
+  const chain = outputChain(backend, family);
+  if (backend === 'nftables') run(ns, 'nft', ['delete', 'rule', 'inet', 'meshctl', chain, 'handle', rule.handle!]);
+  else run(ns, xt(backend, family, 'restore'), ['--wait', '--noflush'], `*nat\n-D ${chain} ${rule.raw}\nCOMMIT\n`);
+}
+
+/** Moves one of our outbound rules to the end of its chain (drift: out of order). */
+export function moveOurRuleToEnd(ns: string, backend: Backend, family: 'ipv4' | 'ipv6', comment: string): void {
+  const rule = findOurRule(ns, backend, family, comment);
+  const chain = outputChain(backend, family);
+  if (backend === 'nftables') nftForeign(ns, `delete rule inet meshctl ${chain} handle ${rule.handle!}\nadd rule inet meshctl ${chain} ${rule.raw}\n`);
+  else run(ns, xt(backend, family, 'restore'), ['--wait', '--noflush'], `*nat\n-D ${chain} ${rule.raw}\n-A ${chain} ${rule.raw}\nCOMMIT\n`);
+}
+
+/** Deletes the jump from nat OUTPUT into our outbound chain (capture silently off). */
+export function deleteOutboundJump(ns: string, backend: Backend, family: 'ipv4' | 'ipv6'): void {
+  if (backend === 'nftables') {
+    const chain = `${family === 'ipv4' ? 'v4' : 'v6'}_nat_OUTPUT`;
+    const line = run(ns, 'nft', ['-a', 'list', 'chain', 'inet', 'meshctl', chain]).split('\n').find((l) => l.includes('"meshctl:outbound-capture"'))!;
+    run(ns, 'nft', ['delete', 'rule', 'inet', 'meshctl', chain, 'handle', /# handle (\d+)/.exec(line)![1]!]);
+    return;
+  }
+  const line = run(ns, xt(backend, family, 'save'), ['-t', 'nat']).split('\n').find((l) => l.startsWith('-A OUTPUT ') && l.includes('meshctl:outbound-capture'))!;
+  run(ns, xt(backend, family, 'restore'), ['--wait', '--noflush'], `*nat\n-D ${line.slice(3)}\nCOMMIT\n`);
 }
