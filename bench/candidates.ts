@@ -84,13 +84,15 @@ function haproxyConfig(workers: number): string {
   ].join('\n');
 }
 
+const READY_PROBE = "fetch('http://127.0.0.1:15000/ready', { signal: AbortSignal.timeout(1000) }).then((r) => r.text()).then((t) => process.stdout.write(t), () => {})";
+
 /** Polls the meshctl admin /ready endpoint inside the namespace. */
 async function waitReady(lab: Lab, proc: Proc, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (!proc.alive()) throw new Error(`meshctl proxy exited during start:\n${proc.output()}`);
     try {
-      const out = execFileSync('ip', ['netns', 'exec', lab.clientNs, 'curl', '-s', '--max-time', '1', 'http://127.0.0.1:15000/ready'], { encoding: 'utf8' });
+      const out = execFileSync('ip', ['netns', 'exec', lab.clientNs, process.execPath, '-e', READY_PROBE], { encoding: 'utf8', timeout: 5000 });
       if (out.startsWith('ready')) return;
     } catch {
       // not up yet

@@ -1,0 +1,104 @@
+// CI smoke of the benchmark harness (issue 6): every workload for about a second against every candidate, on the
+// real lab (namespaces mb-s-*), so `npm run bench` keeps working. Numbers are not judged here, only that each
+// candidate was really measured (interception is verified inside the harness) and the report is complete.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { integrationEnabled } from '../helpers/integration.js';
+import { deleteNs } from '../helpers/netns.js';
+import { CANDIDATES } from '../../bench/candidates.js';
+import { runBench, type BenchResult } from '../../bench/run.js';
+import { ROWS } from '../../bench/report.js';
+import { PROFILES, WORKLOADS } from '../../bench/workloads.js';
+
+const PREFIX = 'mb-s';
+
+describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () => {
+  let outDir = '';
+  let result: BenchResult;
+
+  beforeAll(async () => {
+    for (const file of ['dist/cli/main.js', 'build/Release/meshctl_native.node']) {
+      if (!existsSync(join(process.cwd(), file))) throw new Error(`${file} is missing: run \`npm run build\` (and \`npm ci\` for the addon) first`);
+    }
+    outDir = mkdtempSync(join(tmpdir(), 'mb-smoke-'));
+    result = await runBench({
+      profile: PROFILES.smoke,
+      candidates: CANDIDATES,
+      workloads: WORKLOADS,
+      workers: 2,
+      pin: {},
+      outDir,
+      prefix: PREFIX,
+      subnet: 78,
+      accessLog: false,
+    });
+  }, 240_000);
+
+  afterAll(() => {
+    deleteNs(`${PREFIX}-cli`);
+    deleteNs(`${PREFIX}-srv`);
+    if (outDir) rmSync(outDir, { recursive: true, force: true });
+  });
+
+  it('measures every workload against every candidate, except memory for direct', () => {
+    for (const candidate of CANDIDATES) {
+      for (const workload of WORKLOADS) {
+        const found = result.measurements.filter((m) => m.candidate === candidate && m.workload === workload);
+        expect(found.length, `${candidate} ${workload}`).toBe(candidate === 'direct' && workload === 'idle' ? 0 : 1);
+      }
+    }
+  });
+
+  it('reports positive rates and latencies and the proxies’ CPU per op', () => {
+    for (const m of result.measurements) {
+      const v = m.values;
+      if (m.workload === 'idle') {
+        expect(v.rssIdle, `${m.candidate} idle RSS`).toBeGreaterThan(1 << 20);
+        expect(v.rssHeld, `${m.candidate} RSS with connections`).toBeGreaterThan(v.rssIdle! * 0.9);
+        continue;
+      }
+      if (m.workload.startsWith('bulk')) {
+        expect(v.gbps, `${m.candidate} ${m.workload}`).toBeGreaterThan(0.01);
+      } else {
+        expect(v.rate, `${m.candidate} ${m.workload}`).toBeGreaterThan(10);
+        expect(v.p50, `${m.candidate} ${m.workload} p50`).toBeGreaterThan(0);
+        expect(v.p99, `${m.candidate} ${m.workload} p99`).toBeGreaterThanOrEqual(v.p50!);
+      }
+      if (m.candidate !== 'direct') {
+        const cost = m.workload.startsWith('bulk') ? v.proxyCpuPerGB : v.proxyCpuPerOp;
+        expect(cost, `${m.candidate} ${m.workload} proxy CPU`).toBeGreaterThan(0);
+      }
+    }
+  });
+
+  it('paces the fixed-rate workload at the requested rate for every candidate', () => {
+    for (const m of result.measurements.filter((x) => x.workload === 'paced')) {
+      expect(m.values.rate, m.candidate).toBeGreaterThan(PROFILES.smoke.pacedRate * 0.9);
+      expect(m.values.unfinished, m.candidate).toBe(0);
+    }
+  });
+
+  it('writes the dated report, latest.md and the raw JSON, with a ratio for every target row', () => {
+    const date = new Date().toISOString().slice(0, 10);
+    const latest = readFileSync(join(outDir, 'latest.md'), 'utf8');
+    expect(readFileSync(join(outDir, `${date}.md`), 'utf8')).toBe(latest);
+    expect(latest).toBe(result.markdown);
+    expect(latest).toContain('| workload | unit | direct | HAProxy | meshctl | meshctl ÷ direct | meshctl ÷ HAProxy | target |');
+    for (const row of ROWS) {
+      const line = latest.split('\n').find((l) => l.startsWith(`| ${row.label} |`));
+      expect(line, row.label).toBeDefined();
+      if (row.target && row.target.kind !== 'abs-max') expect(line, row.label).toMatch(/\d\.\d\d× \| [≥≤]/);
+    }
+    expect(latest).toContain('## Checks');
+    const raw = result.files.find((f) => f.endsWith('.json'))!;
+    expect(JSON.parse(readFileSync(raw, 'utf8')).measurements).toHaveLength(result.measurements.length);
+  });
+
+  it('leaves no namespace of the lab behind', () => {
+    const left = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n').filter((l) => l.startsWith(`${PREFIX}-`));
+    expect(left).toEqual([]);
+  });
+});
