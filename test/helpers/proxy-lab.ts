@@ -6,9 +6,8 @@ import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { planCapture } from '../../src/capture/plan.js';
-import { renderIptablesRestore } from '../../src/capture/render-iptables.js';
 import { configFromObject } from '../../src/config/load.js';
+import { installCapture } from '../../src/netfilter/install.js';
 import type { Config } from '../../src/config/types.js';
 import { createVethPair, deleteNs, inNs } from './netns.js';
 
@@ -101,15 +100,11 @@ export function labConfigObject(overrides: { proxy?: Record<string, unknown>; ca
 }
 
 /**
- * Installs the capture rules for `config` inside `ns`: the planner's iptables-restore text per family, fed to the
- * real iptables-restore / ip6tables-restore. The one place to switch to the netfilter installer.
+ * Installs the capture rules for `config` inside `ns` with meshctl's own installer (the same transaction as
+ * `meshctl install --netns`): real iptables-restore / ip6tables-restore (or nft), ledger under config.stateDir.
  */
-export function installLabCapture(ns: string, config: Config, lockFile: string): void {
-  const env = { ...process.env, XTABLES_LOCKFILE: lockFile };
-  for (const plan of planCapture(config).families) {
-    const tool = plan.family === 'ipv4' ? 'iptables-restore' : 'ip6tables-restore';
-    execFileSync('ip', ['netns', 'exec', ns, tool, '--wait', '--noflush'], { input: renderIptablesRestore(plan), env, stdio: ['pipe', 'pipe', 'pipe'] });
-  }
+export async function installLabCapture(ns: string, config: Config, lockFile: string): Promise<void> {
+  await installCapture({ config, netns: ns, env: { ...process.env, XTABLES_LOCKFILE: lockFile } });
 }
 
 export interface AccessLine {
@@ -191,7 +186,7 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
   try {
     // The proxy's passthrough source for IPv6 inbound (IPv4's 127.0.0.6 is on lo already).
     inNs(client, 'ip', ['-6', 'addr', 'add', '::6/128', 'dev', 'lo']);
-    if (capture) installLabCapture(client, writeConfig(capture, 'capture').config, lockFile);
+    if (capture) await installLabCapture(client, writeConfig({ ...capture, stateDir: join(dir, 'state') }, 'capture').config, lockFile);
     agents.push(await startAgent(client, { uid: APP_UID, gid: APP_UID }));
     agents.push(await startAgent(server));
   } catch (error) {

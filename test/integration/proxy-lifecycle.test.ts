@@ -3,6 +3,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
+import { inNs } from '../helpers/netns.js';
 import { createProxyLab, labConfigObject, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
 
 interface Outcome {
@@ -64,6 +65,23 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     expect(metrics.body).toContain('meshctl_proxy_connections_active{direction="outbound"} 3');
     expect(metrics.body).toContain('meshctl_proxy_ready 1');
     await lab.app.call('closeHeld', { tag: 'admin' });
+    await stop(proxy);
+  });
+
+  it('writes periodic lines for long-lived connections, keeps TCP keepalive on both legs, and takes flags', async () => {
+    const { file } = lab.writeConfig(labConfigObject({ proxy: { keepalive: '30s', accessLog: { periodicInterval: '200ms' } } }), 'periodic');
+    const proxy = await lab.startProxy(file, ['--proxy-idle-timeout', '5m']);
+    await proxy.waitReady();
+    expect((await proxy.adminJson('/config')).proxy).toMatchObject({ idleTimeoutMs: 300_000, keepaliveDelayMs: 30_000 });
+    await lab.app.call('hold', { tag: 'periodic', host: lab.addrs.b4, port: ECHO, count: 2 });
+    const progress = await proxy.waitForAccess((l) => l.msg === 'connection open' && l.originalDst === `${lab.addrs.b4}:${ECHO}`);
+    expect(progress).toMatchObject({ state: 'open', bytesFromClient: 6, bytesFromUpstream: 6 });
+    expect(progress.durationMs).toBeGreaterThanOrEqual(150);
+    // Both legs of both connections are the proxy's sockets (uid 65534), each with a keepalive timer.
+    const ss = inNs(lab.client, 'ss', ['-tnoeH', 'state', 'established']).split('\n').filter((l) => l.includes('uid:65534'));
+    expect(ss).toHaveLength(4);
+    for (const line of ss) expect(line).toContain('timer:(keepalive');
+    await lab.app.call('closeHeld', { tag: 'periodic' });
     await stop(proxy);
   });
 

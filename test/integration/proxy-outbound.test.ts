@@ -75,8 +75,9 @@ describe.skipIf(!integrationEnabled)('outbound interception', () => {
     const before = await proxy.adminJson('/stats');
     for (const host of ['127.0.0.1', '::1']) {
       const r = await lab.app.call<Outcome>('connectOutcome', { host, port: 15001, send: 'GET / HTTP/1.0\r\n\r\n' });
-      expect(r.connected).toBe(true);
-      expect(['reset', 'end', 'closed']).toContain(r.outcome);
+      // The listener accepts, then the proxy resets at once: the client sees a reset (sometimes before its own
+      // connect callback ran, so `connected` is not asserted), never ECONNREFUSED and never a hang.
+      expect(['reset', 'end', 'closed'], host).toContain(r.outcome);
       expect(r.ms).toBeLessThan(1000);
     }
     const lines = await Promise.all([
