@@ -178,6 +178,20 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     await lab.app.call('closeHeld', { tag: 'bound' });
   });
 
+  it('stops at once on a second SIGTERM during a drain, with exit status 1', async () => {
+    const { proxy } = await start({ workers: 2, drainTimeout: '30s' }, 'forced');
+    await lab.app.call('hold', { tag: 'forced', host: lab.addrs.b4, port: ECHO, count: 3 });
+    proxy.child.kill('SIGTERM');
+    await proxy.waitForStderr(/drain started/);
+    const sentAt = performance.now();
+    proxy.child.kill('SIGTERM');
+    const exit = await proxy.exited;
+    expect(exit.code).toBe(1);
+    expect(exit.atMs - sentAt).toBeLessThan(2000);
+    await proxy.waitForStderr(/second signal: stopping now/);
+    await lab.app.call('closeHeld', { tag: 'forced' });
+  });
+
   it('stops accepting on POST /drain but stays up until SIGTERM', async () => {
     const { proxy } = await start({}, 'postdrain');
     const r = await proxy.admin('/drain', 'POST');
