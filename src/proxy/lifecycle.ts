@@ -90,6 +90,9 @@ export class ProxySupervisor {
     const env = this.options.env ?? process.env;
     this.specs = planListeners(this.config, env, process.pid);
     this.activated = this.specs.some((s) => s.fd !== null);
+    if (this.activated && this.config.capture.ipv6 === 'intercept' && !this.specs.some((s) => s.family === 'ipv6')) {
+      this.log.warn({ listeners: this.specs.map(listenerLabel) }, 'capture.ipv6 is "intercept" but socket activation passed no IPv6 listener (outbound6, inbound6): redirected IPv6 connections will be refused');
+    }
     assumeProxyUser(this.config, this.log);
     const count = workerCount(this.config);
     this.pool = count <= 1 ? new LocalPool(this.log) : new ClusterPool(count, this.log);

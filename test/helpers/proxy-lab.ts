@@ -150,7 +150,7 @@ export interface ProxyLab {
   /** Builds the config, writes it to `name`.json, installs nothing (see installCapture). */
   writeConfig(raw: Record<string, unknown>, name?: string): { file: string; config: Config };
   /** Starts `meshctl proxy --config FILE` as nobody; `prefix` runs before node (e.g. systemd-socket-activate). */
-  startProxy(configFile: string, extraArgs?: readonly string[], prefix?: readonly string[]): Promise<RunningProxy>;
+  startProxy(configFile: string, extraArgs?: readonly string[], prefix?: readonly string[], user?: { uid: number; gid: number }): Promise<RunningProxy>;
   destroy(): Promise<void>;
 }
 
@@ -198,8 +198,13 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
   }
   const [app, peer] = agents as [Agent, Agent];
 
-  const startProxy = async (configFile: string, extraArgs: readonly string[] = [], prefix: readonly string[] = []): Promise<RunningProxy> => {
-    const child = spawn('ip', nsCommand(client, [...prefix, process.execPath, MESHCTL, 'proxy', '--config', configFile, ...extraArgs], { uid: PROXY_UID, gid: PROXY_GID }), {
+  const startProxy = async (
+    configFile: string,
+    extraArgs: readonly string[] = [],
+    prefix: readonly string[] = [],
+    user: { uid: number; gid: number } = { uid: PROXY_UID, gid: PROXY_GID },
+  ): Promise<RunningProxy> => {
+    const child = spawn('ip', nsCommand(client, [...prefix, process.execPath, MESHCTL, 'proxy', '--config', configFile, ...extraArgs], user), {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, MESHCTL_LOG_LEVEL: 'info' },
     });

@@ -85,6 +85,36 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     await stop(proxy);
   });
 
+  it('replaces a worker that dies, and is ready again with the same number of workers', async () => {
+    const { proxy } = await start({ workers: 2 }, 'respawn');
+    const before = await proxy.adminJson('/stats');
+    const victim = before.workers[0].pid as number;
+    process.kill(victim, 'SIGKILL');
+    await proxy.waitForStderr(/worker exited unexpectedly; starting a new one/);
+    let after = await proxy.adminJson('/stats');
+    for (let i = 0; i < 100 && !(after.ready && after.workers.length === 2); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      after = await proxy.adminJson('/stats');
+    }
+    expect(after.ready).toBe(true);
+    expect(after.workers.map((w: { pid: number }) => w.pid)).not.toContain(victim);
+    expect(after.workers).toHaveLength(2);
+    expect((await lab.app.call<{ status: number }>('http', { host: lab.addrs.b4, port: 8080 })).status).toBe(200);
+    await stop(proxy);
+  });
+
+  it('refuses to start when a listener port is taken (LISTEN_FAILED) or its uid would be captured (PROXY_USER_MISMATCH)', async () => {
+    const { proxy: first } = await start({}, 'first');
+    const { file } = lab.writeConfig(labConfigObject(), 'second');
+    const second = await lab.startProxy(file);
+    expect((await second.exited).code).toBe(1);
+    expect(second.stderr()).toMatch(/meshctl: LISTEN_FAILED: cannot listen on outbound 127\.0\.0\.1:15001: EADDRINUSE/);
+    await stop(first);
+    const asApp = await lab.startProxy(file, [], [], { uid: 1000, gid: 1000 });
+    expect((await asApp.exited).code).toBe(1);
+    expect(asApp.stderr()).toMatch(/meshctl: PROXY_USER_MISMATCH: the proxy runs as uid 1000 gid 1000, but proxy.user is nobody \(uid 65534/);
+  });
+
   it('reloads a changed config while 100 connections are open and drops none of them', async () => {
     const { proxy, file } = await start({ workers: 2 }, 'reload');
     const held = await lab.app.call<{ open: number; errors: string[] }>('hold', { tag: 'reload', host: lab.addrs.b4, port: ECHO, count: 100 });

@@ -1,0 +1,99 @@
+// The admin server's routes, methods and status codes, with handlers that record what they were asked.
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startAdminServer, type AdminHandlers } from '../../src/proxy/admin.js';
+import { isMeshctlError } from '../../src/errors.js';
+
+let server: Server | undefined;
+afterEach(() => {
+  server?.close();
+  server = undefined;
+});
+
+async function serve(overrides: Partial<AdminHandlers> = {}) {
+  const calls: string[] = [];
+  let ready = true;
+  const handlers: AdminHandlers = {
+    ready: () => (ready ? { ready: true, reason: '' } : { ready: false, reason: 'draining' }),
+    stats: async () => ({ connections: { active: { outbound: 1, inbound: 0 } } }),
+    metrics: async () => 'meshctl_proxy_ready 1\n',
+    config: () => ({ proxy: { outboundPort: 15001 } }),
+    connections: async (limit) => {
+      calls.push(`connections:${limit}`);
+      return [{ id: '0.1' }];
+    },
+    drain: () => {
+      calls.push('drain');
+      const already = !ready;
+      ready = false;
+      return { alreadyDraining: already, timeoutMs: 20_000 };
+    },
+    ...overrides,
+  };
+  server = await startAdminServer(handlers, '127.0.0.1', 0);
+  const port = (server.address() as AddressInfo).port;
+  const get = async (path: string, method = 'GET') => {
+    const r = await fetch(`http://127.0.0.1:${port}${path}`, { method });
+    return { status: r.status, type: r.headers.get('content-type'), body: await r.text() };
+  };
+  return { get, calls };
+}
+
+describe('admin server', () => {
+  it('reports ready with 200 and not ready with 503 and the reason', async () => {
+    const { get } = await serve();
+    expect(await get('/ready')).toMatchObject({ status: 200, body: 'ready\n' });
+    await get('/drain', 'POST');
+    expect(await get('/ready')).toMatchObject({ status: 503, body: 'not ready: draining\n' });
+  });
+
+  it('serves stats and config as JSON and metrics as Prometheus text', async () => {
+    const { get } = await serve();
+    const stats = await get('/stats');
+    expect(stats.type).toContain('application/json');
+    expect(JSON.parse(stats.body)).toEqual({ connections: { active: { outbound: 1, inbound: 0 } } });
+    expect(JSON.parse((await get('/config')).body)).toEqual({ proxy: { outboundPort: 15001 } });
+    const metrics = await get('/metrics');
+    expect(metrics.type).toContain('text/plain; version=0.0.4');
+    expect(metrics.body).toBe('meshctl_proxy_ready 1\n');
+  });
+
+  it('limits /connections, 1000 rows by default, and rejects a bad limit', async () => {
+    const { get, calls } = await serve();
+    expect(JSON.parse((await get('/connections')).body)).toEqual([{ id: '0.1' }]);
+    await get('/connections?limit=5');
+    expect(calls).toEqual(['connections:1000', 'connections:5']);
+    for (const bad of ['0', '-1', 'x', '1.5', '100001']) expect((await get(`/connections?limit=${bad}`)).status).toBe(400);
+  });
+
+  it('drains only on POST, answering 202 and whether a drain was already running', async () => {
+    const { get, calls } = await serve();
+    expect((await get('/drain')).status).toBe(405);
+    expect(calls).toEqual([]);
+    const first = await get('/drain', 'POST');
+    expect(first.status).toBe(202);
+    expect(JSON.parse(first.body)).toEqual({ draining: true, alreadyDraining: false, timeoutMs: 20_000 });
+    expect(JSON.parse((await get('/drain', 'POST')).body).alreadyDraining).toBe(true);
+  });
+
+  it('answers 404 for unknown paths, 405 for writes to read-only ones, 500 when a handler fails', async () => {
+    const { get } = await serve({ stats: async () => Promise.reject(new Error('worker 1 did not answer')) });
+    expect((await get('/nope')).status).toBe(404);
+    expect((await get('/stats', 'POST')).status).toBe(405);
+    expect(await get('/stats')).toMatchObject({ status: 500, body: 'admin handler failed: worker 1 did not answer\n' });
+  });
+
+  it('fails with LISTEN_FAILED naming the port when it is taken', async () => {
+    await serve();
+    const port = (server!.address() as AddressInfo).port;
+    let caught: unknown;
+    try {
+      await startAdminServer({} as AdminHandlers, '127.0.0.1', port);
+    } catch (error) {
+      caught = error;
+    }
+    expect(isMeshctlError(caught, 'LISTEN_FAILED')).toBe(true);
+    expect((caught as Error).message).toContain(`127.0.0.1:${port}: EADDRINUSE`);
+  });
+});
