@@ -1,0 +1,77 @@
+// The drop-ins and default config `meshctl service install` writes, checked against the shipped units and the
+// proxy's own reading of socket activation (positional LISTEN_FDS order).
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { describe, expect, it } from 'vitest';
+import { configFromObject } from '../../src/config/load.js';
+import type { HostFacts } from '../../src/config/host-facts.js';
+import { planListeners } from '../../src/proxy/listeners.js';
+import { DEFAULT_CONFIG_TEXT, DEFAULT_LAYOUT, PACKAGE_ROOT, SHIPPED_UNIT_DIR, UNITS, captureEnvText, listenStreams, renderDropIns, stopTimeoutSeconds } from '../../src/service/layout.js';
+
+const host: HostFacts = {
+  userDb: { user: (ref) => (ref === 'meshproxy' || ref === 997 ? { name: 'meshproxy', uid: 997, gid: 997 } : null), group: () => ({ name: 'meshproxy', gid: 997 }) },
+  detectSshPorts: () => ({ ports: [22], source: 'default' }),
+};
+const config = (raw: Record<string, unknown> = {}) => configFromObject({ ...raw, proxy: { user: 'meshproxy', ...(raw.proxy as object | undefined) } }, { host });
+const shipped = (unit: string) => readFileSync(join(SHIPPED_UNIT_DIR, unit), 'utf8');
+const values = (text: string, key: string) => text.split('\n').filter((l) => l.startsWith(`${key}=`)).map((l) => l.slice(key.length + 1));
+
+describe('service layout', () => {
+  it('lists the shipped socket unit\'s listeners in the order the proxy reads them positionally', () => {
+    const defaults = config();
+    expect(values(shipped(UNITS.socket), 'ListenStream')).toEqual(listenStreams(defaults));
+    const specs = planListeners(defaults, { LISTEN_PID: '42', LISTEN_FDS: '4', LISTEN_FDNAMES: 'meshctl-proxy.socket:meshctl-proxy.socket:meshctl-proxy.socket:meshctl-proxy.socket' }, 42);
+    expect(specs.map((s) => `${s.name}:${s.port}:${s.fd}`)).toEqual(['outbound:15001:3', 'inbound:15006:4', 'outbound6:15001:5', 'inbound6:15006:6']);
+    // Each ListenStream's port is the port of the listener at the same position.
+    expect(values(shipped(UNITS.socket), 'ListenStream').map((s) => Number(s.split(':').pop()))).toEqual(specs.map((s) => s.port));
+  });
+
+  it('opens IPv4 listeners only when IPv6 is not intercepted, on the configured ports', () => {
+    const c = config({ proxy: { outboundPort: 16001, inboundPort: 16006 }, capture: { ipv6: 'block' } });
+    const socket = renderDropIns(c, DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!;
+    expect(socket.path).toBe('/etc/systemd/system/meshctl-proxy.socket.d/10-meshctl-config.conf');
+    expect(values(socket.text, 'ListenStream')).toEqual(['', '127.0.0.1:16001', '0.0.0.0:16006']);
+  });
+
+  it('binds capture to the proxy only in fail-open mode', () => {
+    const capture = (mode: 'open' | 'closed') => renderDropIns(config({ safety: { onProxyDown: mode } }), DEFAULT_LAYOUT).find((d) => d.unit === UNITS.capture)!.text;
+    expect(values(capture('open'), 'BindsTo')).toEqual(['meshctl-proxy.service']);
+    expect(capture('closed')).not.toMatch(/^(BindsTo|Requires|PartOf)=/m);
+    // The shipped unit itself only Wants= the proxy, so a proxy restart never takes capture down in closed mode.
+    expect(shipped(UNITS.capture)).not.toMatch(/^(BindsTo|Requires|PartOf)=/m);
+    expect(values(shipped(UNITS.capture), 'Wants')).toEqual(['meshctl-proxy.service']);
+    expect(values(shipped(UNITS.capture), 'After')[0]).toContain('meshctl-proxy.service');
+  });
+
+  it('bounds the proxy stop by the drain timeout plus 5 s, in the shipped unit and the drop-in', () => {
+    expect(values(shipped(UNITS.proxy), 'TimeoutStopSec')).toEqual([`${stopTimeoutSeconds(config())}s`]);
+    const long = config({ proxy: { drainTimeout: '90s' } });
+    const proxy = renderDropIns(long, DEFAULT_LAYOUT).find((d) => d.unit === UNITS.proxy)!.text;
+    expect(values(proxy, 'TimeoutStopSec')).toEqual(['95s']);
+  });
+
+  it('relaxes ProtectHome only when meshctl itself lives under a home directory', () => {
+    const proxyDropIn = (root: string) => renderDropIns(config(), DEFAULT_LAYOUT, root).find((d) => d.unit === UNITS.proxy)!.text;
+    expect(values(proxyDropIn('/root/meshctl/'), 'ProtectHome')).toEqual(['read-only']);
+    expect(values(proxyDropIn('/home/ann/src/meshctl'), 'ProtectHome')).toEqual(['read-only']);
+    expect(values(proxyDropIn('/opt/meshctl/'), 'ProtectHome')).toEqual([]);
+    expect(values(proxyDropIn('/homework/meshctl/'), 'ProtectHome')).toEqual([]);
+  });
+
+  it('writes a default config that loads and names the sysusers user', () => {
+    const c = configFromObject(parse(DEFAULT_CONFIG_TEXT), { host });
+    expect(c.proxy.user.name).toBe('meshproxy');
+    expect(c.safety.onProxyDown).toBe('closed');
+    expect(readFileSync(join(SHIPPED_UNIT_DIR, 'meshctl.sysusers.conf'), 'utf8')).toMatch(/^u\s+meshproxy\s/m);
+    expect(values(shipped(UNITS.proxy), 'User')).toEqual(['meshproxy']);
+  });
+
+  it('passes --confirm-within to the next capture start only through the /run environment file', () => {
+    expect(captureEnvText('60s')).toContain('MESHCTL_INSTALL_ARGS=--confirm-within 60s\n');
+    expect(captureEnvText(null)).toMatch(/^MESHCTL_INSTALL_ARGS=$/m);
+    expect(DEFAULT_LAYOUT.captureEnvFile.startsWith('/run/')).toBe(true);
+    expect(values(shipped(UNITS.capture), 'EnvironmentFile')).toEqual([`-${DEFAULT_LAYOUT.captureEnvFile}`]);
+    expect(PACKAGE_ROOT.endsWith('/')).toBe(true);
+  });
+});
