@@ -66,7 +66,11 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
     stepsTo(state, target: TransitionTarget) {
       const exists = asNft(state).table !== '';
       if (target.kind === 'plan' && target.plan.families.length > 0) return step(renderNft(target.plan));
-      if (target.kind === 'objects' && target.objects.kind === 'nftables' && target.objects.listing !== '') return step(replaceWith(target.objects.listing));
+      if (target.kind === 'objects' && target.objects.kind === 'nftables' && target.objects.listing !== '') {
+        // Already exactly the recorded table (a rollback of an untouched table): nothing to do.
+        if (normalizeNftListing(asNft(state).table) === normalizeNftListing(target.objects.listing)) return [];
+        return step(replaceWith(target.objects.listing));
+      }
       return exists ? step(renderNftDelete()) : [];
     },
     stepsRemoving(state) {

@@ -2,7 +2,7 @@
 // COMMIT per table, built by transition.ts from the family's iptables-save dump.
 import { FAMILIES, type Family, type FamilyPlan } from '../capture/model.js';
 import { diffFamily, foreignView } from '../capture/diff.js';
-import { parseSave, type SaveDump } from '../capture/parse-save.js';
+import { parseSave, tokenizeSaveLine, type SaveDump } from '../capture/parse-save.js';
 import { renderRule } from '../capture/render-iptables.js';
 import type { Logger } from '../log.js';
 import type { ApplyStep, BackendDriver, DriftReport, KernelState, TransitionTarget } from './driver.js';
@@ -39,6 +39,21 @@ export function splitTables(text: string): { table: string; text: string }[] {
     }
   }
   return out;
+}
+
+function canonicalObjects(tables: readonly TableObjects[]): string {
+  const canon = (raw: string): string => {
+    try {
+      return JSON.stringify(tokenizeSaveLine(raw));
+    } catch {
+      return raw;
+    }
+  };
+  return JSON.stringify(tables.filter((t) => t.chains.length + t.rules.length > 0).map((t) => [t.table, [...t.chains].sort(), t.rules.map((r) => [r.chain, canon(r.raw)])]));
+}
+
+function sameObjects(a: readonly TableObjects[], b: readonly TableObjects[]): boolean {
+  return canonicalObjects(a) === canonicalObjects(b);
 }
 
 function familyObjects(objects: OwnedObjects, family: Family): readonly TableObjects[] {
@@ -91,7 +106,10 @@ export function createXtablesDriver(backend: XtablesBackend, runner: NetfilterRu
           : target.kind === 'objects' ? familyObjects(target.objects, family)
           : [];
         if (wanted.length > 0) requireReadable(state, family);
-        return stepFor(family, buildTransition(dump, ownedInDump(dump), wanted));
+        const current = ownedInDump(dump);
+        // Going back to recorded objects that are already there is nothing to do (a rollback of an untouched family).
+        if (target.kind === 'objects' && sameObjects(current, wanted)) return [];
+        return stepFor(family, buildTransition(dump, current, wanted));
       });
     },
     stepsRemoving(state, objects) {
