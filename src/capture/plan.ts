@@ -138,6 +138,10 @@ function planInbound(b: FamilyBuilder, config: Config): string | null {
   b.add('mangle', tproxy, [tcp, { kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]), negate: true }],
     { kind: 'tproxy', toPort: config.proxy.inboundPort, mark, mask: 0xffffffff }, 'tproxy-inbound', 'capture.inbound.mode');
   b.add('mangle', chain, [tcp, { kind: 'socketTransparent' }], { kind: 'jump', chain: divert }, 'tproxy-established', 'capture.inbound.mode');
+  // Replies to this host's own outbound connections also pass mangle PREROUTING; TPROXY would find their ordinary
+  // socket and drop them. Loopback never needs TPROXY (the proxy's own-address calls take the nat path below).
+  b.add('mangle', chain, [{ kind: 'inInterface', name: 'lo' }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+  b.add('mangle', chain, [tcp, { kind: 'ctState', states: ['RELATED', 'ESTABLISHED'] }], { kind: 'jump', chain: divert }, 'tproxy-established', 'capture.inbound.mode');
   addInboundFilter(b, config, 'mangle', chain, { kind: 'jump', chain: tproxy }, 'inbound-to-proxy');
   b.add('mangle', 'PREROUTING', [tcp], { kind: 'jump', chain }, 'inbound-capture', 'capture.inbound.enabled');
   // The proxy calling a local app's own address over lo still enters through the inbound listener (nat).

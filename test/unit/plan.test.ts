@@ -57,7 +57,7 @@ describe('planCapture', () => {
       { family: 'ipv6', mark: 7, mask: 0xffffffff, table: 77, priority: 32000 },
     ]);
     const v4 = fam(plan, 'ipv4');
-    expect(purposes(v4, 'MESHCTL_INBOUND')[0]).toBe('tproxy-established');
+    expect(purposes(v4, 'MESHCTL_INBOUND').slice(0, 3)).toEqual(['tproxy-established', 'skip-loopback', 'tproxy-established']);
     expect(v4.rules.find((r) => r.target.kind === 'tproxy')?.target).toEqual({ kind: 'tproxy', toPort: 15006, mark: 7, mask: 0xffffffff });
     expect(v4.rules.find((r) => r.purpose === 'proxy-to-own-address-inbound')?.target).toEqual({ kind: 'jump', chain: 'MESHCTL_LOCAL_INBOUND' });
   });
