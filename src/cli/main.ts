@@ -20,6 +20,7 @@ const modules = await Promise.all([
   import('./doctor.js'),
   import('./verify.js'),
   import('./service.js'),
+  import('./demo.js'),
 ]);
 for (const mod of modules) mod.register(program);
 
