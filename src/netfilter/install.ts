@@ -3,15 +3,14 @@
 // changed config (or drifted rules) our chains are replaced by one restore per family, never delete-then-add.
 import { planCapture } from '../capture/plan.js';
 import type { Backend, BackendChoice, Config } from '../config/types.js';
-import { MeshctlError } from '../errors.js';
-import { armRevert } from './confirm.js';
+import { armRevert, disarmRevert } from './confirm.js';
 import { chooseBackend, inspectBackends } from './detect.js';
 import { createDriver, type ApplyStep, type DriftReport } from './driver.js';
 import { newInstallId, readLedger, removeLedger, writeLedger, LEDGER_FORMAT, ledgerPath, type ConfirmArm, type Generation, type Ledger } from './ledger.js';
 import { recoverInterrupted, type Recovery } from './recovery.js';
 import { NO_EXTRAS, missingExtras, reconcileExtras, type HostExtras } from './routes.js';
 import { openScope, toolVersion, withScopeLock, type ScopeOptions } from './scope.js';
-import { rollBack, runTransaction } from './transaction.js';
+import { runTransaction } from './transaction.js';
 
 export interface InstallOptions extends Omit<ScopeOptions, 'stateDir'> {
   readonly config: Config;
@@ -76,6 +75,7 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
     if (installed && installed.current.configHash === config.hash && driftBefore.every((d) => d.inSync) && (await missingExtras(scope.runner, installed.current.extras)).length === 0) {
       let confirm = installed.confirm;
       if (!options.dryRun && options.confirmWithinMs) {
+        if (confirm && confirm.confirmedAt === null) disarmRevert(confirm, log);
         confirm = armRevert({ scope, installId: installed.installId, withinMs: options.confirmWithinMs, ...(options.meshctlCommand ? { command: options.meshctlCommand } : {}), ...(options.confirmMechanism ? { mechanism: options.confirmMechanism } : {}) });
         writeLedger(scope.dir, { ...installed, confirm, updatedAt: new Date().toISOString() });
       }
@@ -97,9 +97,16 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
       loopbackAddresses: [...(previous?.extras.loopbackAddresses ?? []), ...wantExtras.loopbackAddresses],
     };
     const generation: Generation = { configHash: config.hash, configFile: config.file, config, plan, objects: null, extras: pendingExtras };
+    // --confirm-within is armed before the first change and recorded with it, so no crash can leave the new rules
+    // without their revert: if meshctl dies before "installed", recovery rolls back and the reverter finds nothing.
+    let confirm = installed?.confirm ?? null;
+    if (options.confirmWithinMs) {
+      if (confirm && confirm.confirmedAt === null) disarmRevert(confirm, log);
+      confirm = armRevert({ scope, installId, withinMs: options.confirmWithinMs, ...(options.meshctlCommand ? { command: options.meshctlCommand } : {}), ...(options.confirmMechanism ? { mechanism: options.confirmMechanism } : {}) });
+    }
     const inProgress: Ledger = {
       format: LEDGER_FORMAT, installId, state: 'in-progress', operation: installed ? 'reinstall' : 'install', backend: decision.backend, netns: scope.netns,
-      toolVersion: toolVersion(), createdAt: installed?.createdAt ?? now, updatedAt: now, current: generation, previous, before, snapshot, confirm: installed?.confirm ?? null,
+      toolVersion: toolVersion(), createdAt: installed?.createdAt ?? now, updatedAt: now, current: generation, previous, before, snapshot, confirm,
     };
     writeLedger(scope.dir, inProgress);
     const fallback = previous?.objects ? { kind: 'objects' as const, objects: previous.objects } : { kind: 'objects' as const, objects: before };
@@ -107,12 +114,14 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
 
     let ownedExtras: HostExtras = previous?.extras ?? NO_EXTRAS;
     const undo = async (error: unknown): Promise<never> => {
-      // Put back the ledger as it was: the previous generation, or no ledger at all.
+      // Put back the ledger as it was: the previous generation, or no ledger at all; a revert armed for this
+      // attempt has nothing to revert.
       try {
         await reconcileExtras(scope.runner, previous?.extras ?? NO_EXTRAS, pendingExtras, log);
       } catch (extrasError) {
         log.error({ err: extrasError }, 'could not restore policy routes / loopback addresses');
       }
+      if (confirm && confirm !== installed?.confirm) disarmRevert(confirm, log);
       if (installed) writeLedger(scope.dir, { ...installed, updatedAt: new Date().toISOString() });
       else removeLedger(scope.dir);
       throw error;
@@ -132,21 +141,8 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
       return undo(error);
     }
 
-    let confirm = installed?.confirm ?? null;
     const done: Ledger = { ...inProgress, state: 'installed', operation: 'install', updatedAt: new Date().toISOString(), current: { ...generation, objects: driver.owned(verified), extras: ownedExtras }, previous: null, confirm };
     writeLedger(scope.dir, done);
-    if (options.confirmWithinMs) {
-      try {
-        confirm = armRevert({ scope, installId, withinMs: options.confirmWithinMs, ...(options.meshctlCommand ? { command: options.meshctlCommand } : {}), ...(options.confirmMechanism ? { mechanism: options.confirmMechanism } : {}) });
-      } catch (error) {
-        // No safety net: do not leave rules the operator asked to be reverted automatically.
-        await rollBack(driver, fallback, steps.map((s) => s.label), log, error);
-        writeLedger(scope.dir, inProgress);
-        await undo(new MeshctlError('COMMAND_FAILED', `could not arm the --confirm-within revert, so the ${what} was rolled back`, 'run without --confirm-within, or fix the error below',
-          { cause: error, details: error instanceof MeshctlError ? [error.message, ...error.details] : [String(error)] }));
-      }
-      writeLedger(scope.dir, { ...done, confirm, updatedAt: new Date().toISOString() });
-    }
     log.info({ installId, backend: decision.backend, action: what, families: steps.map((s) => s.label) }, `${what} done`);
     return result(installed ? (what === 'repair' ? 'repaired' : 'updated') : 'installed', steps, installId, confirm);
   };
