@@ -6,6 +6,7 @@ import { parseDocument } from 'yaml';
 import { MeshctlError } from '../errors.js';
 import type { Cidr, PortRange } from '../capture/model.js';
 import { cidrText, parseCidr } from '../capture/ip.js';
+import { POLICY_SECTIONS, resolvePolicy } from '../policy/config.js';
 import { systemHostFacts, type HostFacts, type UserEntry } from './host-facts.js';
 import { validateSchema } from './schema.js';
 import type { Config, PortSelection, CidrSelection, SafetyConfig } from './types.js';
@@ -26,6 +27,15 @@ export interface LoadOptions {
   readonly flags?: readonly FlagOverride[];
   readonly env?: NodeJS.ProcessEnv;
   readonly host?: HostFacts;
+  /** Policy sections from a control plane, replacing the file's sections of the same name. */
+  readonly overlay?: PolicyOverlay | null;
+}
+
+/** A control-plane document: only the policy sections (services, outbound, inbound), and where it came from. */
+export interface PolicyOverlay {
+  readonly raw: Readonly<Record<string, unknown>>;
+  /** Named in error messages instead of the file, e.g. `control plane http://10.0.0.2/policy (etag "v7")`. */
+  readonly origin: string;
 }
 
 interface Problem {
@@ -81,7 +91,7 @@ function deepFreeze<T>(value: T): T {
 }
 
 /** Builds a Config from an already-parsed object; the loader's core, exported for tests and the proxy's reload. */
-export function configFromObject(raw: unknown, options: { file?: string | null; flags?: readonly FlagOverride[]; env?: NodeJS.ProcessEnv; host?: HostFacts } = {}): Config {
+export function configFromObject(raw: unknown, options: { file?: string | null; flags?: readonly FlagOverride[]; env?: NodeJS.ProcessEnv; host?: HostFacts; overlay?: PolicyOverlay | null } = {}): Config {
   const host = options.host ?? systemHostFacts;
   const env = options.env ?? process.env;
   const sourceFile = options.file ?? null;
@@ -94,8 +104,18 @@ export function configFromObject(raw: unknown, options: { file?: string | null; 
     setPath(merged, flag.path, flag.value);
     flagByPath.set(flag.path, flag.flag);
   }
+  const overlay = options.overlay ?? null;
+  if (overlay) {
+    const foreign = Object.keys(overlay.raw).filter((k) => !(POLICY_SECTIONS as readonly string[]).includes(k));
+    if (foreign.length > 0) {
+      throw new MeshctlError('CONFIG_INVALID', `${overlay.origin}: a control-plane document may only hold ${POLICY_SECTIONS.join(', ')}; it has ${foreign.join(', ')}`,
+        'serve only the policy sections; proxy, capture and safety settings stay in the local config file');
+    }
+    for (const [key, value] of Object.entries(overlay.raw)) merged[key] = structuredClone(value);
+  }
   const where = (path: string): string => {
     for (const [flagPath, flag] of flagByPath) if (path === flagPath || path.startsWith(`${flagPath}[`) || path.startsWith(`${flagPath}.`)) return `flag ${flag}`;
+    if (overlay) for (const key of Object.keys(overlay.raw)) if (path === key || path.startsWith(`${key}[`) || path.startsWith(`${key}.`)) return overlay.origin;
     return sourceFile ?? 'built-in defaults';
   };
   const fail = (problems: Problem[]): never => {
@@ -289,9 +309,15 @@ export function configFromObject(raw: unknown, options: { file?: string | null; 
     safety,
     stateDir: v('stateDir', '/var/lib/meshctl') as string,
   };
+  const policy = resolvePolicy(
+    { services: merged.services, outbound: merged.outbound, inbound: merged.inbound, controlPlane: merged.controlPlane },
+    { connectTimeoutMs: body.proxy.connectTimeoutMs },
+    problems,
+  );
   if (problems.length > 0) fail(problems);
-  const hash = createHash('sha256').update(JSON.stringify(body)).digest('hex');
-  return deepFreeze({ file: sourceFile, hash, ...body });
+  const full = { ...body, ...policy };
+  const hash = createHash('sha256').update(JSON.stringify(full)).digest('hex');
+  return deepFreeze({ file: sourceFile, hash, ...full });
 }
 
 /** SSH_CONNECTION is "client_ip client_port server_ip server_port"; anything else is ignored. */
@@ -311,6 +337,7 @@ export async function loadConfig(options: LoadOptions = {}): Promise<Config> {
   const raw = readRaw(file, explicit);
   return configFromObject(raw ?? {}, {
     file: raw === undefined ? null : file,
+    ...(options.overlay ? { overlay: options.overlay } : {}),
     ...(options.flags ? { flags: options.flags } : {}),
     ...(options.env ? { env: options.env } : {}),
     ...(options.host ? { host: options.host } : {}),

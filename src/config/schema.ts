@@ -3,6 +3,8 @@
 import { readFileSync } from 'node:fs';
 import { Ajv, type ErrorObject } from 'ajv';
 import { parseCidr } from '../capture/ip.js';
+import { checkSrvName, parseHostPort, parseResolverServer, parseServiceAddress } from '../policy/addresses.js';
+import { checkHttpUrl } from '../policy/control-plane-url.js';
 import { parseDuration, parsePortRange } from './values.js';
 
 const schemaUrl = new URL('../../rules/meshctl.schema.json', import.meta.url);
@@ -12,6 +14,11 @@ const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTy
 ajv.addFormat('cidr', { type: 'string', validate: (s: string) => typeof parseCidr(s) !== 'string' });
 ajv.addFormat('port-range', { type: 'string', validate: (s: string) => typeof parsePortRange(s) !== 'string' });
 ajv.addFormat('duration', { type: 'string', validate: (s: string) => typeof parseDuration(s) !== 'string' });
+ajv.addFormat('service-address', { type: 'string', validate: (s: string) => typeof parseServiceAddress(s) !== 'string' });
+ajv.addFormat('endpoint-address', { type: 'string', validate: (s: string) => typeof parseHostPort(s) !== 'string' });
+ajv.addFormat('dns-name', { type: 'string', validate: (s: string) => checkSrvName(s) === null });
+ajv.addFormat('resolver-server', { type: 'string', validate: (s: string) => typeof parseResolverServer(s) !== 'string' });
+ajv.addFormat('http-url', { type: 'string', validate: (s: string) => checkHttpUrl(s) === null });
 // The schema's $id is a name, not a location: nothing is fetched.
 const validate = ajv.compile(configSchema);
 
@@ -51,6 +58,11 @@ function formatMessage(error: ErrorObject): string {
       const text = String(value);
       if (format === 'cidr') return `${show(value)} is not a CIDR (${parseCidr(text) as string})`;
       if (format === 'port-range') return `${show(value)} is not a port range (${parsePortRange(text) as string})`;
+      if (format === 'service-address') return `${show(value)} is not a service address (${parseServiceAddress(text) as string})`;
+      if (format === 'endpoint-address') return `${show(value)} is not an endpoint (${parseHostPort(text) as string})`;
+      if (format === 'dns-name') return checkSrvName(text)!;
+      if (format === 'resolver-server') return `${show(value)} is not a DNS server (${parseResolverServer(text) as string})`;
+      if (format === 'http-url') return checkHttpUrl(text)!;
       return `${show(value)} is not a duration (${parseDuration(text) as string})`;
     }
     case 'enum':

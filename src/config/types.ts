@@ -1,6 +1,6 @@
 // Validated configuration: what every part of meshctl consumes after src/config has checked the input.
 // Raw input (YAML/JSON + flags) has other types (RawConfig); nothing downstream re-parses strings.
-import type { Cidr, PortRange } from '../capture/model.js';
+import type { Cidr, Family, PortRange } from '../capture/model.js';
 
 export type Backend = 'iptables-legacy' | 'iptables-nft' | 'nftables';
 export type BackendChoice = 'auto' | Backend;
@@ -99,6 +99,123 @@ export interface SafetyConfig {
   readonly onProxyDown: 'closed' | 'open';
 }
 
+/** How a service's connections are spread over its endpoints. */
+export type LoadBalancerPolicy = 'round-robin' | 'least-connections' | 'random' | 'source-hash';
+export const LOAD_BALANCER_POLICIES: readonly LoadBalancerPolicy[] = ['round-robin', 'least-connections', 'random', 'source-hash'];
+
+/** One virtual address of a service: what an app dials (its original destination). */
+export type ServiceAddress =
+  | { readonly kind: 'ip'; readonly address: string; readonly family: Family; readonly port: number }
+  | { readonly kind: 'cidr'; readonly cidr: Cidr; readonly port: number }
+  /** A hostname the proxy resolves (A/AAAA, re-resolved on TTL); its addresses join the exact table. */
+  | { readonly kind: 'hostname'; readonly hostname: string; readonly port: number };
+
+/** Where a service's endpoints come from. `subset` labels endpoints for weighted subsets (canary). */
+export type EndpointSource =
+  | { readonly kind: 'static'; readonly address: string; readonly family: Family; readonly port: number; readonly subset: string | null }
+  /** A/AAAA records of `hostname`, each address an endpoint on `port`. */
+  | { readonly kind: 'dns'; readonly hostname: string; readonly port: number; readonly subset: string | null }
+  /** SRV records of `name`: each target's A/AAAA addresses on the record's port. */
+  | { readonly kind: 'srv'; readonly name: string; readonly subset: string | null };
+
+export interface RetryPolicy {
+  /** Connect attempts in total (1 = no retry); each retry goes to a different endpoint when there is one. */
+  readonly attempts: number;
+  /** First backoff; doubles per retry (full jitter), capped at maxBackoffMs. */
+  readonly backoffMs: number;
+  readonly maxBackoffMs: number;
+}
+
+export interface OutlierDetectionPolicy {
+  readonly enabled: boolean;
+  /** Eject an endpoint after this many connect failures in a row. */
+  readonly consecutiveFailures: number;
+  /** Ejection time = base × the number of times the endpoint was ejected (decays while it behaves). */
+  readonly baseEjectionMs: number;
+  /** Never eject more than this share of a service's endpoints (at least one may always be ejected). */
+  readonly maxEjectionPercent: number;
+}
+
+export interface CircuitBreakerPolicy {
+  /** Connections to the service open or opening at once; beyond it, new ones are refused at accept. */
+  readonly maxConnections: number | null;
+  /** Connections waiting for an upstream connect (including backoff and injected delay). */
+  readonly maxPending: number | null;
+}
+
+export interface HealthCheckPolicy {
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  readonly unhealthyThreshold: number;
+  readonly healthyThreshold: number;
+}
+
+export interface FaultPolicy {
+  readonly delay: { readonly percent: number; readonly durationMs: number } | null;
+  readonly abort: { readonly percent: number } | null;
+}
+
+export interface ServiceConfig {
+  readonly name: string;
+  readonly addresses: readonly ServiceAddress[];
+  readonly endpoints: readonly EndpointSource[];
+  readonly loadBalancer: LoadBalancerPolicy;
+  /** Weighted endpoint subsets in config order; empty = one implicit subset holding every endpoint. */
+  readonly subsets: readonly { readonly name: string; readonly weight: number }[];
+  /** Per-attempt connect timeout (default proxy.connectTimeout). */
+  readonly connectTimeoutMs: number;
+  readonly retries: RetryPolicy;
+  readonly outlierDetection: OutlierDetectionPolicy;
+  readonly circuitBreaker: CircuitBreakerPolicy;
+  readonly healthCheck: HealthCheckPolicy | null;
+  readonly faults: FaultPolicy;
+}
+
+export interface ResolverConfig {
+  /** DNS servers (`address` and port) the proxy asks; empty = the system's (/etc/resolv.conf). */
+  readonly servers: readonly { readonly address: string; readonly port: number }[];
+  readonly timeoutMs: number;
+  /** Bounds on how long an answer is used before it is resolved again (its TTL, clamped). */
+  readonly minTtlMs: number;
+  readonly maxTtlMs: number;
+}
+
+export interface OutboundPolicyConfig {
+  /** passthrough: unknown destinations are connected as dialled; registry-only: refused (counted, logged). */
+  readonly policy: 'passthrough' | 'registry-only';
+  readonly resolver: ResolverConfig;
+}
+
+export interface TokenBucketConfig {
+  /** Tokens (connections) added per `perMs`. */
+  readonly connections: number;
+  readonly perMs: number;
+  readonly burst: number;
+}
+
+export interface InboundPortPolicy {
+  /** The local ports this entry covers ('all' = the catch-all entry). */
+  readonly ports: 'all' | PortRange;
+  readonly maxConnections: number | null;
+  readonly rateLimit: TokenBucketConfig | null;
+  readonly sourceRateLimit: TokenBucketConfig | null;
+  /** Sources allowed ('all' = any); deny wins over allow. */
+  readonly allow: CidrSelection;
+  readonly deny: readonly Cidr[];
+}
+
+export interface InboundPolicyConfig {
+  readonly ports: readonly InboundPortPolicy[];
+}
+
+export interface ControlPlaneConfig {
+  readonly url: string;
+  readonly pollIntervalMs: number;
+  readonly timeoutMs: number;
+  /** Extra CA certificates (PEM file) for an https URL; null = the system's. */
+  readonly caFile: string | null;
+}
+
 export interface Config {
   /** Where the config came from: a file path, or null when built-in defaults were used. */
   readonly file: string | null;
@@ -108,4 +225,10 @@ export interface Config {
   readonly capture: CaptureConfig;
   readonly safety: SafetyConfig;
   readonly stateDir: string;
+  /** The mesh's services (outbound policy); empty when none are configured. */
+  readonly services: readonly ServiceConfig[];
+  readonly outbound: OutboundPolicyConfig;
+  readonly inbound: InboundPolicyConfig;
+  /** Where the proxy polls for services/outbound/inbound (null = the file only). */
+  readonly controlPlane: ControlPlaneConfig | null;
 }
