@@ -1,4 +1,4 @@
-# The one native addon: originalDst(fd, family) over getsockopt(SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST).
+# The one native addon: originalDst (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST) and transparent listeners (IP_TRANSPARENT).
 # Built by `npm ci` (npm runs `node-gyp rebuild` when this file sits at the package root).
 {
   "targets": [

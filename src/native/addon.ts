@@ -1,7 +1,9 @@
-// Typed loader for the native addon (build/Release/meshctl_native.node, built by `npm ci` through node-gyp).
+// Typed loader for the native addon (build/Release/meshctl_native.node, built by `npm ci` through node-gyp):
+// originalDst for REDIRECTed connections, transparentListen / isTransparent for TPROXY's inbound listeners.
 // All argument validation happens here, before the C++ side sees a value; the addon's own errors carry
 // `errno` and `syscall`, and this module adds Node's usual `code` ('ENOENT', ...) to them.
 import { createRequire } from 'node:module';
+import { isIPv4, isIPv6 } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { MeshctlError } from '../errors.js';
@@ -22,6 +24,8 @@ export interface NativeSystemError extends Error {
 
 interface NativeBinding {
   originalDst(fd: number, family: AddonFamily): OriginalDstResult;
+  transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
+  isTransparent(fd: number, family: AddonFamily): boolean;
 }
 
 // Same relative path from src/native (vitest) and dist/native (built CLI): both sit two levels below the root.
@@ -62,14 +66,56 @@ export function isAddonAvailable(): boolean {
  * system error (`errno`, `code`, `syscall`) from the kernel otherwise (ENOENT: the connection was not NATed).
  */
 export function originalDst(fd: number, family: AddonFamily): OriginalDstResult {
+  checkFd('originalDst', fd);
+  checkFamily('originalDst', family);
+  return withErrnoCode(() => loadBinding().originalDst(fd, family));
+}
+
+/**
+ * A listening TCP socket with IP_TRANSPARENT (family 4) or IPV6_TRANSPARENT (family 6; also IPV6_V6ONLY), the
+ * only kind TPROXY delivers to: SO_REUSEADDR, non-blocking, close-on-exec, bound to address:port, listening.
+ * Returns the fd for `server.listen({ fd })`; the caller owns it. Setting the option needs CAP_NET_ADMIN (or
+ * CAP_NET_RAW): create these sockets before dropping root. Throws TypeError for bad arguments and the system
+ * error otherwise (`syscall` 'setsockopt(IP_TRANSPARENT)' with EPERM without the capability, 'bind' with
+ * EADDRINUSE, ...).
+ */
+export function transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number {
+  checkFamily('transparentListen', family);
+  if (typeof address !== 'string' || !(family === 4 ? isIPv4(address) : isIPv6(address))) {
+    throw new TypeError(`transparentListen: address must be an IPv${family} address, got ${String(address)}`);
+  }
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new TypeError(`transparentListen: port must be an integer between 0 and 65535, got ${String(port)}`);
+  }
+  if (typeof backlog !== 'number' || !Number.isInteger(backlog) || backlog < 1 || backlog > 0x7fffffff) {
+    throw new TypeError(`transparentListen: backlog must be a positive integer, got ${String(backlog)}`);
+  }
+  return withErrnoCode(() => loadBinding().transparentListen(family, address, port, backlog));
+}
+
+/** Whether the socket `fd` has IP_TRANSPARENT (family 4) or IPV6_TRANSPARENT (family 6) set. */
+export function isTransparent(fd: number, family: AddonFamily): boolean {
+  checkFd('isTransparent', fd);
+  checkFamily('isTransparent', family);
+  return withErrnoCode(() => loadBinding().isTransparent(fd, family));
+}
+
+function checkFd(fn: string, fd: number): void {
   if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0 || fd > 0x7fffffff) {
-    throw new TypeError(`originalDst: fd must be an integer between 0 and 2147483647, got ${String(fd)}`);
+    throw new TypeError(`${fn}: fd must be an integer between 0 and 2147483647, got ${String(fd)}`);
   }
+}
+
+function checkFamily(fn: string, family: AddonFamily): void {
   if (family !== 4 && family !== 6) {
-    throw new TypeError(`originalDst: family must be 4 or 6, got ${String(family)}`);
+    throw new TypeError(`${fn}: family must be 4 or 6, got ${String(family)}`);
   }
+}
+
+/** Runs an addon call, adding Node's `code` ('ENOENT', 'EPERM', ...) to a system error it throws. */
+function withErrnoCode<T>(call: () => T): T {
   try {
-    return loadBinding().originalDst(fd, family);
+    return call();
   } catch (error) {
     if (error instanceof Error && typeof (error as Partial<NativeSystemError>).errno === 'number') {
       const systemError = error as NativeSystemError;

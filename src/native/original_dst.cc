@@ -1,15 +1,18 @@
-// originalDst(fd, family): the destination a connection had before netfilter REDIRECT rewrote it.
-// One export, no state. Arguments are validated in TypeScript (src/native/addon.ts); the checks here only
+// originalDst(fd, family): the destination a connection had before netfilter REDIRECT rewrote it;
+// transparentListen(family, address, port, backlog): a listening socket that TPROXY can deliver to;
+// isTransparent(fd, family): whether a socket (e.g. one systemd passed) has IP_TRANSPARENT set. No state. Arguments are validated in TypeScript (src/native/addon.ts); the checks here only
 // guarantee that a wrong call becomes a JS exception instead of undefined behaviour. Never aborts: every
 // failure is thrown as an Error carrying `errno` and `syscall`, like Node's own system errors.
 #include <napi.h>
 
 #include <arpa/inet.h>
 #include <cerrno>
+#include <fcntl.h>
 #include <cstring>
 #include <netinet/in.h>
 #include <string>
 #include <sys/socket.h>
+#include <unistd.h>
 
 // From <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>; those headers do not compile
 // cleanly next to the libc ones in C++, and the values are kernel ABI.
@@ -18,6 +21,13 @@
 #endif
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
+#endif
+// From <linux/in.h> and <linux/in6.h> (glibc's <netinet/in.h> has them too, older libcs may not).
+#ifndef IP_TRANSPARENT
+#define IP_TRANSPARENT 19
+#endif
+#ifndef IPV6_TRANSPARENT
+#define IPV6_TRANSPARENT 75
 #endif
 
 namespace {
@@ -71,8 +81,86 @@ Napi::Value OriginalDst(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// transparentListen(family: 4 | 6, address: string, port: 0..65535, backlog: int >= 1) -> fd
+// socket(SOCK_NONBLOCK | SOCK_CLOEXEC), SO_REUSEADDR, IP_TRANSPARENT / IPV6_TRANSPARENT (needs CAP_NET_ADMIN or
+// CAP_NET_RAW), IPV6_V6ONLY for family 6 (the IPv4 listener owns the port for IPv4), bind, listen. The caller
+// owns the returned fd (Node wraps it with server.listen({ fd })). On failure nothing is left open.
+Napi::Value TransparentListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 4 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsNumber()) {
+    return ThrowTypeError(env, "transparentListen(family, address, port, backlog) expects a number, a string and two numbers");
+  }
+  const int family = info[0].As<Napi::Number>().Int32Value();
+  const std::string address = info[1].As<Napi::String>().Utf8Value();
+  const int port = info[2].As<Napi::Number>().Int32Value();
+  const int backlog = info[3].As<Napi::Number>().Int32Value();
+  if (family != 4 && family != 6) return ThrowTypeError(env, "transparentListen: family must be 4 or 6");
+  if (port < 0 || port > 65535) return ThrowTypeError(env, "transparentListen: port must be between 0 and 65535");
+  if (backlog < 1) return ThrowTypeError(env, "transparentListen: backlog must be a positive integer");
+
+  sockaddr_storage storage;
+  std::memset(&storage, 0, sizeof(storage));
+  socklen_t addrLen = 0;
+  if (family == 4) {
+    sockaddr_in* addr = reinterpret_cast<sockaddr_in*>(&storage);
+    addr->sin_family = AF_INET;
+    addr->sin_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET, address.c_str(), &addr->sin_addr) != 1) return ThrowTypeError(env, "transparentListen: address is not an IPv4 address");
+    addrLen = sizeof(sockaddr_in);
+  } else {
+    sockaddr_in6* addr = reinterpret_cast<sockaddr_in6*>(&storage);
+    addr->sin6_family = AF_INET6;
+    addr->sin6_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET6, address.c_str(), &addr->sin6_addr) != 1) return ThrowTypeError(env, "transparentListen: address is not an IPv6 address");
+    addrLen = sizeof(sockaddr_in6);
+  }
+
+  const int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) return ThrowSystemError(env, errno, "socket");
+  const int on = 1;
+  const char* failed = nullptr;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0) {
+    failed = "setsockopt(SO_REUSEADDR)";
+  } else if (family == 4 && setsockopt(fd, SOL_IP, IP_TRANSPARENT, &on, sizeof(on)) != 0) {
+    failed = "setsockopt(IP_TRANSPARENT)";
+  } else if (family == 6 && setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &on, sizeof(on)) != 0) {
+    failed = "setsockopt(IPV6_TRANSPARENT)";
+  } else if (family == 6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) {
+    failed = "setsockopt(IPV6_V6ONLY)";
+  } else if (bind(fd, reinterpret_cast<sockaddr*>(&storage), addrLen) != 0) {
+    failed = "bind";
+  } else if (listen(fd, backlog) != 0) {
+    failed = "listen";
+  }
+  if (failed != nullptr) {
+    const int err = errno;
+    close(fd);
+    return ThrowSystemError(env, err, failed);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// isTransparent(fd: int32 >= 0, family: 4 | 6) -> boolean: getsockopt(IP_TRANSPARENT / IPV6_TRANSPARENT).
+Napi::Value IsTransparent(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
+    return ThrowTypeError(env, "isTransparent(fd, family) expects two numbers");
+  }
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  const int family = info[1].As<Napi::Number>().Int32Value();
+  if (fd < 0) return ThrowTypeError(env, "isTransparent: fd must be a non-negative integer");
+  if (family != 4 && family != 6) return ThrowTypeError(env, "isTransparent: family must be 4 or 6");
+  int value = 0;
+  socklen_t len = sizeof(value);
+  const int rc = family == 4 ? getsockopt(fd, SOL_IP, IP_TRANSPARENT, &value, &len) : getsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &value, &len);
+  if (rc != 0) return ThrowSystemError(env, errno, "getsockopt");
+  return Napi::Boolean::New(env, value != 0);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("originalDst", Napi::Function::New(env, OriginalDst, "originalDst"));
+  exports.Set("transparentListen", Napi::Function::New(env, TransparentListen, "transparentListen"));
+  exports.Set("isTransparent", Napi::Function::New(env, IsTransparent, "isTransparent"));
   return exports;
 }
 

@@ -12,7 +12,7 @@ import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isAddonAvailable } from '../native/addon.js';
 import { startAdminServer, type AdminHandlers } from './admin.js';
-import { listenerLabel, planListeners, type ListenerSpec } from './listeners.js';
+import { listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
 import { mergeSnapshots, renderPrometheus } from './metrics.js';
 import { ClusterPool, LocalPool, type WorkerPool } from './workers.js';
 
@@ -93,6 +93,8 @@ export class ProxySupervisor {
     if (this.activated && this.config.capture.ipv6 === 'intercept' && !this.specs.some((s) => s.family === 'ipv6')) {
       this.log.warn({ listeners: this.specs.map(listenerLabel) }, 'capture.ipv6 is "intercept" but socket activation passed no IPv6 listener (outbound6, inbound6): redirected IPv6 connections will be refused');
     }
+    // Transparent (TPROXY) sockets need CAP_NET_ADMIN, which the proxy gives up with root right after.
+    this.specs = openTransparentListeners(this.config, this.specs);
     assumeProxyUser(this.config, this.log);
     const count = workerCount(this.config);
     this.pool = count <= 1 ? new LocalPool(this.log) : new ClusterPool(count, this.log);
@@ -175,6 +177,9 @@ export class ProxySupervisor {
       } else {
         specs = planListeners(next, {}, process.pid);
       }
+      // Keeps the transparent listeners; a new one (tproxy switched on, inbound port moved) needs the privilege
+      // dropped at start, so such a reload usually fails here with LISTEN_FAILED and the running config stays.
+      specs = openTransparentListeners(next, specs, this.specs);
       await this.pool!.reload(next, specs);
       if (next.proxy.adminPort !== current.adminPort || next.proxy.adminAddress !== current.adminAddress) {
         const admin = await startAdminServer(this.handlers(), next.proxy.adminAddress, next.proxy.adminPort);

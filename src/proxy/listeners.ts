@@ -1,10 +1,14 @@
 // The proxy's listening sockets: which ones to open (bound ports, or fds handed over by systemd socket
 // activation) and opening them. Under node:cluster a worker's listen() is served by the primary, which binds
 // the port (or wraps the inherited fd) once and shares it, so the same code runs with 1 or N processes.
+// TPROXY inbound needs IP_TRANSPARENT listeners, which Node cannot make: the addon makes them (as root, before
+// the proxy drops to proxy.user) and they travel as fds, exactly like socket-activated ones.
+import { closeSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Config } from '../config/types.js';
 import type { Family } from '../capture/model.js';
 import { MeshctlError } from '../errors.js';
+import { isTransparent, transparentListen } from '../native/addon.js';
 import type { Direction } from './metrics.js';
 
 export type ListenerName = 'outbound' | 'inbound' | 'outbound6' | 'inbound6';
@@ -17,8 +21,10 @@ export interface ListenerSpec {
   /** Bind address and port; for an activated fd, the port the config expects (informational). */
   readonly host: string;
   readonly port: number;
-  /** A listening fd inherited from systemd (LISTEN_FDS), or null to bind host:port. */
+  /** A listening fd inherited from systemd (LISTEN_FDS) or made by openTransparentListeners, or null to bind host:port. */
   readonly fd: number | null;
+  /** True when `fd` is an IP_TRANSPARENT socket this process made for TPROXY (bound to host:port). */
+  readonly transparent?: boolean;
 }
 
 /** First fd systemd passes (SD_LISTEN_FDS_START). */
@@ -75,8 +81,80 @@ export function sameListeners(a: readonly ListenerSpec[], b: readonly ListenerSp
 }
 
 export function listenerLabel(spec: ListenerSpec): string {
+  const bound = `${spec.name} ${spec.family === 'ipv6' ? `[${spec.host}]` : spec.host}:${spec.port}`;
+  if (spec.transparent) return `${bound} (transparent, fd ${spec.fd})`;
   if (spec.fd !== null) return `${spec.name} (fd ${spec.fd})`;
-  return `${spec.name} ${spec.family === 'ipv6' ? `[${spec.host}]` : spec.host}:${spec.port}`;
+  return bound;
+}
+
+/** The addon calls openTransparentListeners uses (injectable for tests). */
+export interface TransparentSocketOps {
+  listen(family: 4 | 6, address: string, port: number, backlog: number): number;
+  isTransparent(fd: number, family: 4 | 6): boolean;
+  close(fd: number): void;
+}
+
+/**
+ * For capture.inbound.mode `tproxy`: TPROXY delivers only to sockets with IP_TRANSPARENT, so the bound inbound
+ * listeners become transparent sockets made by the addon (this needs CAP_NET_ADMIN or CAP_NET_RAW: call it
+ * before dropping root). A transparent listener in `current` with the same name, host and port is kept as it
+ * is, in any mode (a reload after root was dropped; it serves REDIRECTed connections just as well). Outbound
+ * listeners are returned unchanged; socket-activated inbound fds are checked instead (the socket unit must set
+ * Transparent=yes). Throws MeshctlError LISTEN_FAILED, after closing the sockets it made, when a socket cannot
+ * be made or an activated one is not transparent.
+ */
+export function openTransparentListeners(
+  config: Pick<Config, 'proxy' | 'capture'>,
+  specs: readonly ListenerSpec[],
+  current: readonly ListenerSpec[] = [],
+  ops: TransparentSocketOps = { listen: transparentListen, isTransparent, close: closeFd },
+): ListenerSpec[] {
+  const tproxy = config.capture.inbound.enabled && config.capture.inbound.mode === 'tproxy';
+  const made: number[] = [];
+  try {
+    return specs.map((spec) => {
+      if (spec.direction !== 'inbound') return spec;
+      const family = spec.family === 'ipv6' ? 6 : 4;
+      if (spec.fd !== null) {
+        if (tproxy && !ops.isTransparent(spec.fd, family)) {
+          throw new MeshctlError('LISTEN_FAILED',
+            `the socket-activated ${listenerLabel(spec)} is not transparent, but capture.inbound.mode is "tproxy": TPROXY would drop every inbound connection`,
+            'add Transparent=yes to the [Socket] section of the proxy socket unit (meshctl-proxy.socket) and restart the socket');
+        }
+        return spec;
+      }
+      const kept = current.find((c) => c.transparent && c.name === spec.name && c.host === spec.host && c.port === spec.port);
+      if (kept) return kept;
+      if (!tproxy) return spec;
+      let fd: number;
+      try {
+        fd = ops.listen(family, spec.host, spec.port, BACKLOG);
+      } catch (error) {
+        const e = error as NodeJS.ErrnoException;
+        const code = e.code ?? e.message;
+        const denied = code === 'EPERM' || code === 'EACCES';
+        throw new MeshctlError('LISTEN_FAILED',
+          `cannot open the transparent inbound listener ${listenerLabel(spec)} for capture.inbound.mode "tproxy": ${e.syscall ?? 'socket'} ${code}`,
+          denied
+            ? 'IP_TRANSPARENT needs CAP_NET_ADMIN: start the proxy as root (it switches to proxy.user after opening its listeners), grant it AmbientCapabilities=CAP_NET_ADMIN, or use systemd socket activation with Transparent=yes; a running proxy cannot switch to tproxy on reload, restart it'
+            : code === 'EADDRINUSE' ? `another process holds port ${spec.port}; stop it or change proxy.inboundPort` : 'check that the address exists on this host',
+          { cause: error });
+      }
+      made.push(fd);
+      return { ...spec, fd, transparent: true };
+    });
+  } catch (error) {
+    for (const fd of made) ops.close(fd);
+    throw error;
+  }
+}
+
+function closeFd(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
 }
 
 export interface OpenListener {

@@ -9,6 +9,8 @@ export interface OriginalDst {
   readonly address: string;
   readonly port: number;
   readonly family: Family;
+  /** 'tproxy': the accepted socket's own local endpoint (TPROXY rewrites nothing); absent: SO_ORIGINAL_DST. */
+  readonly via?: 'tproxy';
 }
 
 /** The OS file descriptor of a connected socket, or -1 when it has none (closed, or not a TCP handle). */

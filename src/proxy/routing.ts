@@ -1,5 +1,6 @@
 // Decides where an accepted connection goes: outbound to its original destination, inbound to the local app
 // (from the passthrough source address), or nowhere when it was not redirected or points back at the proxy.
+// Under TPROXY (capture.inbound.mode tproxy) an inbound connection's destination is its own local endpoint.
 // Pure: the caller passes the host's local addresses; nothing here touches a socket.
 import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
@@ -47,9 +48,22 @@ export interface AcceptedOn {
 }
 
 /**
+ * The original destination of a connection accepted on an inbound listener in tproxy mode: TPROXY delivers the
+ * peer's packets unchanged, so the accepted socket's local endpoint is where the peer was going. Null when the
+ * connection arrived on the inbound port itself: then it is either the proxy calling its own address (the capture
+ * plan sends that through nat REDIRECT, so SO_ORIGINAL_DST answers) or a direct, uncaptured connection to the
+ * listener (no NAT record: refused as not redirected, never looped). Outbound always uses SO_ORIGINAL_DST.
+ */
+export function transparentDestination(acceptedOn: AcceptedOn, family: OriginalDst['family'], inboundPort: number): OriginalDst | null {
+  if (acceptedOn.localPort === inboundPort || acceptedOn.localAddress === '') return null;
+  return { address: normalize(acceptedOn.localAddress), port: acceptedOn.localPort, family, via: 'tproxy' };
+}
+
+/**
  * Where to connect a redirected connection. `ownPorts` are every port the proxy listens on (outbound, inbound,
  * admin); a destination on one of them at a local address is the proxy itself and is refused, never looped.
- * A destination equal to the socket's own local endpoint means netfilter did not rewrite it (not redirected).
+ * A destination equal to the socket's own local endpoint means netfilter did not rewrite it (not redirected),
+ * unless it came from TPROXY, where that is the rule (transparentDestination).
  */
 export function routeConnection(
   direction: Direction,
@@ -59,7 +73,7 @@ export function routeConnection(
   local: LocalAddresses,
   proxy: Pick<ProxyConfig, 'inboundPassthroughSource'>,
 ): Route {
-  if (dst.port === acceptedOn.localPort && normalize(dst.address) === normalize(acceptedOn.localAddress)) {
+  if (dst.via !== 'tproxy' && dst.port === acceptedOn.localPort && normalize(dst.address) === normalize(acceptedOn.localAddress)) {
     return { kind: 'refuse', reason: 'not-redirected' };
   }
   if (ownPorts.has(dst.port) && local.has(dst.address)) return { kind: 'refuse', reason: 'self-loop' };

@@ -10,7 +10,7 @@ import { listenerLabel, openListener, type ListenerSpec, type OpenListener } fro
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
 import { readOriginalDst } from './original-dst.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './relay.js';
-import { LocalAddresses, routeConnection } from './routing.js';
+import { LocalAddresses, routeConnection, transparentDestination } from './routing.js';
 import { Sweeper, sweepIntervalMs } from './timers.js';
 
 export interface WorkerStats {
@@ -85,26 +85,32 @@ export class ProxyWorker implements ConnectionOwner {
     }
     const periodic = this.accessLog.periodicIntervalMs;
     if (periodic !== null) conn.nextProgressAt = conn.startedAt + periodic;
-    let dst;
-    try {
-      dst = readOriginalDst(socket);
-    } catch (error) {
-      if (isMeshctlError(error, 'NO_ORIGINAL_DST')) {
-        const code = (error.cause as { code?: string } | undefined)?.code;
-        conn.refuse(code === undefined ? 'no-fd' : 'not-redirected', code ?? 'no-fd');
+    const acceptedOn = { localAddress: socket.localAddress ?? '', localPort: socket.localPort ?? 0 };
+    // TPROXY rewrites nothing: the local endpoint is the original destination (see transparentDestination).
+    let dst = direction === 'inbound' && this.config.capture.inbound.mode === 'tproxy'
+      ? transparentDestination(acceptedOn, spec.family, this.config.proxy.inboundPort)
+      : null;
+    if (dst === null) {
+      try {
+        dst = readOriginalDst(socket);
+      } catch (error) {
+        if (isMeshctlError(error, 'NO_ORIGINAL_DST')) {
+          const code = (error.cause as { code?: string } | undefined)?.code;
+          conn.refuse(code === undefined ? 'no-fd' : 'not-redirected', code ?? 'no-fd');
+          return;
+        }
+        // Never let one connection take the process down (e.g. an unexpected addon error).
+        this.log.error({ err: error, source: conn.source }, 'reading the original destination failed');
+        conn.refuse('no-fd', 'internal-error');
         return;
       }
-      // Never let one connection take the process down (e.g. an unexpected addon error).
-      this.log.error({ err: error, source: conn.source }, 'reading the original destination failed');
-      conn.refuse('no-fd', 'internal-error');
-      return;
     }
     conn.dst = dst;
     if (this.ownPorts.has(dst.port)) this.local = LocalAddresses.fromHost();
     const route = routeConnection(
       direction,
       dst,
-      { localAddress: socket.localAddress ?? '', localPort: socket.localPort ?? 0 },
+      acceptedOn,
       this.ownPorts,
       this.local ?? new LocalAddresses(),
       this.config.proxy,
