@@ -33,7 +33,8 @@ export function register(program: Command): void {
       process.on('SIGTERM', onSignal);
       process.on('SIGHUP', onSignal);
       const progress = options.quiet ? () => {} : (line: string) => process.stderr.write(`  · ${line}\n`);
-      const result = await runDemo({ prefix: options.prefix, subnet, proxyUser: options.proxyUser, progress, onLab: (l) => (lab = l) });
+      const notice = (line: string) => process.stderr.write(`  · ${line}\n`);
+      const result = await runDemo({ prefix: options.prefix, subnet, proxyUser: options.proxyUser, progress, notice, onLab: (l) => (lab = l) });
       process.stdout.write(result.report);
       process.stdout.write(result.leftovers.length === 0
         ? 'Lab torn down: capture removed, proxy stopped, namespaces deleted. Nothing was left behind.\n'

@@ -7,6 +7,8 @@ import { formatReport, parseAccessLog, recordFor, stepOk, type AccessLine, type 
 export interface DemoOptions extends LabOptions {
   /** Register the lab's teardown so a signal handler can run it (Ctrl-C). */
   readonly onLab?: (lab: DemoLab) => void;
+  /** Things the user should see even with --quiet (leftovers of an interrupted run). Default: progress. */
+  readonly notice?: (line: string) => void;
 }
 
 export interface DemoResult {
@@ -39,7 +41,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   requireDemoRoot();
   const stale = DemoLab.leftovers(options.prefix);
   if (stale.length > 0) {
-    options.progress(`removing what an interrupted earlier demo left behind: ${stale.join(', ')}`);
+    (options.notice ?? options.progress)(`removing what an interrupted earlier demo left behind: ${stale.join(', ')}`);
     DemoLab.removeLeftovers(options.prefix);
   }
   const lab = new DemoLab(options);
