@@ -17,10 +17,9 @@ const SUBNET = 213;
 const MESHCTL = '/opt/meshctl/bin/meshctl';
 const NODE = '/usr/local/bin/node';
 
-const CONFIG = `# lab config: the defaults, one worker, a short drain so restarts are quick
+const CONFIG = `# lab config: the defaults (one worker process per core), a short drain so restarts are quick
 proxy:
   user: meshproxy
-  workers: 1
   drainTimeout: 5s
 capture:
   ipv6: intercept
