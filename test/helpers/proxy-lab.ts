@@ -165,13 +165,14 @@ function childPids(pid: number): number[] {
 /**
  * Creates `mp-<name>-c` (client) and `mp-<name>-s` (server), an app agent (uid 1000) in the client and a peer agent
  * (root) in the server namespace. `capture` installs the rules of the given lab config in the client namespace.
+ * `prefix` replaces `mp` in the namespace and directory names (each test file owner has their own).
  */
-export async function createProxyLab(name: string, subnet: number, capture: Record<string, unknown> | null): Promise<ProxyLab> {
+export async function createProxyLab(name: string, subnet: number, capture: Record<string, unknown> | null, prefix = 'mp'): Promise<ProxyLab> {
   assertBuilt();
-  const client = `mp-${name}-c`;
-  const server = `mp-${name}-s`;
+  const client = `${prefix}-${name}-c`;
+  const server = `${prefix}-${name}-s`;
   const addrs = createVethPair(client, server, subnet);
-  const dir = mkdtempSync(join(tmpdir(), `mp-${name}-`));
+  const dir = mkdtempSync(join(tmpdir(), `${prefix}-${name}-`));
   chmodSync(dir, 0o755);
   const lockFile = join(dir, 'xtables.lock');
   const proxies: RunningProxy[] = [];
