@@ -8,9 +8,20 @@ export const DIRECTIONS: readonly Direction[] = ['outbound', 'inbound'];
 export type EndResult = 'FIN' | 'RST' | 'timeout' | 'refused' | 'connect-failed' | 'drain';
 export const END_RESULTS: readonly EndResult[] = ['FIN', 'RST', 'timeout', 'refused', 'connect-failed', 'drain'];
 
-/** Why a connection was refused without connecting anywhere. */
-export type RefusalReason = 'not-redirected' | 'self-loop' | 'no-fd';
-export const REFUSAL_REASONS: readonly RefusalReason[] = ['not-redirected', 'self-loop', 'no-fd'];
+/**
+ * Why a connection was refused without connecting anywhere: not redirected, aimed at the proxy itself, no fd, or
+ * by mesh policy (src/policy): registry-only (no service matched), circuit-open, fault-abort, no-endpoint (outbound
+ * services); denied, rate-limited, over-capacity (inbound ports).
+ */
+export type RefusalReason =
+  | 'not-redirected' | 'self-loop' | 'no-fd'
+  | 'registry-only' | 'circuit-open' | 'fault-abort' | 'no-endpoint'
+  | 'denied' | 'rate-limited' | 'over-capacity';
+export const REFUSAL_REASONS: readonly RefusalReason[] = [
+  'not-redirected', 'self-loop', 'no-fd',
+  'registry-only', 'circuit-open', 'fault-abort', 'no-endpoint',
+  'denied', 'rate-limited', 'over-capacity',
+];
 
 /** Upper bounds (seconds) of the upstream connect latency histogram. */
 export const CONNECT_BUCKETS_S: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -165,7 +176,7 @@ export function renderPrometheus(s: MetricsSnapshot, gauges: ProcessGauges): str
     out.push(`meshctl_proxy_upstream_connect_seconds_sum{direction="${dir}"} ${formatNumber(h.sum)}`);
     out.push(`meshctl_proxy_upstream_connect_seconds_count{direction="${dir}"} ${h.count}`);
   }
-  family('meshctl_proxy_refused_total', 'counter', 'Connections refused without an upstream (not redirected, or aimed at the proxy itself).');
+  family('meshctl_proxy_refused_total', 'counter', 'Connections refused without an upstream (not redirected, aimed at the proxy itself, or refused by mesh policy).');
   for (const r of REFUSAL_REASONS) out.push(`meshctl_proxy_refused_total{reason="${r}"} ${s.refusals[r]}`);
   family('meshctl_proxy_ready', 'gauge', '1 when every listener accepts and the config is loaded.');
   out.push(`meshctl_proxy_ready ${gauges.ready ? 1 : 0}`);
