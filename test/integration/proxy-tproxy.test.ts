@@ -3,6 +3,7 @@
 // listeners with IP_TRANSPARENT, drops to nobody, and reads each connection's destination from its local endpoint.
 // A peer in the server namespace dials apps in the client namespace.
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import { inNs } from '../helpers/netns.js';
@@ -22,6 +23,7 @@ interface Outcome {
 }
 
 const ROOT = { uid: 0, gid: 0 };
+const ACTIVATE = fileURLToPath(new URL('../helpers/transparent-activate.mjs', import.meta.url));
 const APP = 8080;
 const APP6 = 8086;
 const ECHO = 7070;
@@ -212,5 +214,47 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     const stats = await proxy.adminJson('/stats');
     expect(stats.listeners.filter((l: string) => l.includes('transparent'))).toHaveLength(2);
     expect(stats.ready).toBe(true);
+  });
+  // The last two replace the proxy (the capture sends TPROXY to :15006, which only one proxy can hold).
+  it('refuses socket-activated inbound sockets without Transparent=yes instead of letting TPROXY drop every connection', async () => {
+    proxy.child.kill('SIGTERM');
+    expect((await proxy.exited).code).toBe(0);
+    const { file: activatedFile } = lab.writeConfig(tproxyConfig({ workers: 1 }), 'activated-plain');
+    const prefix = ['systemd-socket-activate', '-l', '0.0.0.0:15006', '-l', '127.0.0.1:15001', '--fdname=inbound:outbound', '-E', 'MESHCTL_LOG_LEVEL=info'];
+    const plain = await lab.startProxy(activatedFile, [], prefix);
+    await plain.waitForStderr(/Listening on 127\.0\.0\.1:15001/);
+    // systemd-socket-activate execs the proxy on the first connection.
+    await lab.app.call<Outcome>('connectOutcome', { host: '127.0.0.1', port: 15001, timeoutMs: 10_000 });
+    expect((await plain.exited).code).toBe(1);
+    expect(plain.stderr()).toMatch(/meshctl: LISTEN_FAILED: the socket-activated inbound \(fd 3\) is not transparent, but capture\.inbound\.mode is "tproxy"/);
+    expect(plain.stderr()).toMatch(/Transparent=yes/);
+  });
+
+  it('serves transparent sockets handed over by socket activation, as nobody from the start (the systemd path)', async () => {
+    const { addrs } = lab;
+    const { file: activatedFile } = lab.writeConfig(tproxyConfig({ workers: 1 }), 'activated');
+    const sockets = ['outbound=127.0.0.1:15001', 'inbound=0.0.0.0:15006', 'outbound6=[::1]:15001', 'inbound6=[::]:15006'];
+    const prefix = [process.execPath, ACTIVATE, ...sockets, '--', 'setpriv', `--reuid=${PROXY_UID}`, `--regid=${PROXY_GID}`, '--clear-groups'];
+    const activated = await lab.startProxy(activatedFile, [], prefix, ROOT);
+    await activated.waitReady();
+    expect((await activated.adminJson('/stats')).listeners).toEqual(['outbound (fd 3)', 'inbound (fd 4)', 'outbound6 (fd 5)', 'inbound6 (fd 6)']);
+    expect(activated.stderr()).not.toMatch(/dropped root/);
+
+    const r4 = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a4, port: APP, path: '/activated' });
+    expect(JSON.parse(r4.body) as Seen).toMatchObject({ remote: '127.0.0.6', localPort: APP });
+    const r6 = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a6, port: APP6, path: '/activated6' });
+    expect(JSON.parse(r6.body) as Seen).toMatchObject({ remote: '::6', localPort: APP6 });
+    const out = await lab.app.call<{ status: number; body: string }>('http', { host: addrs.b4, port: 80, path: '/activated-out' });
+    expect(out.status).toBe(200);
+    const lines = await Promise.all([
+      activated.waitForAccess((l) => l.originalDst === `${addrs.a4}:${APP}`),
+      activated.waitForAccess((l) => l.originalDst === `[${addrs.a6}]:${APP6}`),
+      activated.waitForAccess((l) => l.originalDst === `${addrs.b4}:80`),
+    ]);
+    expect(lines.map((l) => [l.direction, l.result])).toEqual([['inbound', 'FIN'], ['inbound', 'FIN'], ['outbound', 'FIN']]);
+    expect(lines[0].source.startsWith(`${addrs.b4}:`)).toBe(true);
+    expect(lines[1].source.startsWith(`[${addrs.b6}]:`)).toBe(true);
+    activated.child.kill('SIGTERM');
+    expect((await activated.exited).code).toBe(0);
   });
 });
