@@ -51,7 +51,8 @@ describe.skipIf(!integrationEnabled)('verify', () => {
       const bad = await verifyCapture({ stateDir, netns: ns, env: labEnv });
       expect(bad.ok).toBe(false);
       expect(bad.probes.filter((p) => p.status === 'fail').map((p) => `${p.family} ${p.name}`)).toEqual(['ipv4 outbound from an ordinary uid']);
-      expect(probe(bad, 'ipv4', 'outbound from an ordinary uid').detail).toBe('expected to arrive at :15001, but it did not (connect ETIMEDOUT): it was not redirected');
+      // Going direct over the dummy link ends in a timeout or an unreachable error, depending on neighbour discovery.
+      expect(probe(bad, 'ipv4', 'outbound from an ordinary uid').detail).toMatch(/^expected to arrive at :15001, but it did not \(connect E[A-Z]+\): it was not redirected$/);
       expect(bad.drift.join('\n')).toContain('meshctl:outbound-capture');
       try {
         assertVerified(bad);
