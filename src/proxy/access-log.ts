@@ -23,6 +23,9 @@ export interface AccessRecord {
   readonly result: EndResult;
   /** Why, in a word: `client-first`, `upstream-reset`, `ECONNREFUSED`, `idle`, `not-redirected`... */
   readonly detail: string;
+  /** The mesh service the connection matched (src/policy), and its upstream connect attempts; absent otherwise. */
+  readonly service?: string | undefined;
+  readonly attempts?: number | undefined;
 }
 
 type Destination = ReturnType<typeof pino.destination>;

@@ -5,11 +5,15 @@
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { ProxyConfig } from '../config/types.js';
+import type { ConnectionLease } from '../policy/lease.js';
 import type { AccessRecord } from './access-log.js';
 import type { Direction, EndResult, ProxyMetrics, RefusalReason } from './metrics.js';
 import type { OriginalDst } from './original-dst.js';
 import type { Route } from './routing.js';
 import { expiredTimer, type TimerVerdict } from './timers.js';
+
+/** The per-attempt connect timeout of a leased connection (its retries are the lease's business). */
+const ATTEMPT_TIMEOUT: TimerVerdict = { result: 'timeout', detail: 'connect', mode: 'reset' };
 
 export type ConnState = 'connecting' | 'open' | 'half-closed' | 'closed';
 
@@ -32,6 +36,8 @@ export interface ConnectionInfo {
   readonly ageMs: number;
   readonly bytesFromClient: number;
   readonly bytesFromUpstream: number;
+  /** The mesh service the connection was routed to, when it matched one. */
+  readonly service?: string;
 }
 
 const kConn = Symbol('meshctl.connection');
@@ -75,6 +81,7 @@ function onUpstreamClose(this: Tagged): void {
 function onUpstreamConnect(this: Tagged): void {
   this[kConn].upstreamConnected();
 }
+function ignoreError(): void {}
 
 export class Connection {
   upstream: Socket | null = null;
@@ -96,6 +103,10 @@ export class Connection {
   private openSockets = 1;
   private closedAt = 0;
   private upstreamLocal: string | null = null;
+  /** Mesh policy attached at accept (src/policy): retries failed connects, released at close. */
+  lease: ConnectionLease | null = null;
+  /** When the current upstream connect attempt started (0 while none runs). */
+  private attemptStartedAt = 0;
 
   constructor(
     readonly id: string,
@@ -121,6 +132,7 @@ export class Connection {
   /** Opens the upstream leg; the client stays paused until it is established. */
   connect(route: Extract<Route, { kind: 'connect' }>): void {
     this.route = route;
+    this.attemptStartedAt = performance.now();
     const keepAlive = this.cfg.keepaliveDelayMs !== null;
     let upstream: Socket;
     try {
@@ -150,6 +162,8 @@ export class Connection {
     const client = this.client;
     const upstream = this.upstream!;
     this.connectedAt = performance.now();
+    this.attemptStartedAt = 0;
+    this.lease?.connected(this);
     this.lastActiveAt = this.connectedAt;
     this.owner.metrics.connected(this.direction, this.connectedAt - this.startedAt);
     this.upstreamLocal = endpoint(upstream.localAddress, upstream.localPort);
@@ -184,6 +198,10 @@ export class Connection {
     const code = error.code ?? 'error';
     if (side === 'upstream' && this.state === 'connecting') {
       if (code === 'EADDRNOTAVAIL' && this.route?.localAddress && this.retryWithoutSource(error)) return;
+      if (this.lease !== null && this.lease.connectFailed(this, code)) {
+        this.discardUpstream();
+        return;
+      }
       this.setResult('connect-failed', code);
       if (!this.client.destroyed) this.client.resetAndDestroy();
       return;
@@ -207,6 +225,25 @@ export class Connection {
     this.openSockets--;
     this.connect({ ...route, localAddress: null });
     return true;
+  }
+
+  /** Drops a failed upstream attempt (the lease retries elsewhere): its late events no longer reach us. */
+  private discardUpstream(): void {
+    const old = this.upstream;
+    this.attemptStartedAt = 0;
+    if (old === null) return;
+    old.removeListener('close', onUpstreamClose);
+    old.removeListener('connect', onUpstreamConnect);
+    old.removeListener('error', onUpstreamError);
+    old.on('error', ignoreError);
+    old.destroy();
+    this.upstream = null;
+    this.openSockets--;
+  }
+
+  /** The client has closed or been reset (a lease waiting on a backoff or an injected delay gives up). */
+  get clientGone(): boolean {
+    return this.client.destroyed;
   }
 
   socketClosed(side: 'client' | 'upstream'): void {
@@ -234,6 +271,15 @@ export class Connection {
         this.lastActivity = activity;
         this.lastActiveAt = now;
       }
+    } else if (this.lease !== null && this.lease.connectTimeoutMs > 0) {
+      // A leased connection times out per attempt (none runs during a backoff or an injected delay).
+      if (this.attemptStartedAt === 0 || now - this.attemptStartedAt < this.lease.connectTimeoutMs) return null;
+      if (this.lease.connectFailed(this, 'ETIMEDOUT')) {
+        this.discardUpstream();
+        return null;
+      }
+      this.abort(ATTEMPT_TIMEOUT.result, ATTEMPT_TIMEOUT.detail, ATTEMPT_TIMEOUT.mode);
+      return ATTEMPT_TIMEOUT;
     }
     const verdict = expiredTimer(this, this.cfg, now);
     if (verdict) this.abort(verdict.result, verdict.detail, verdict.mode);
@@ -250,6 +296,7 @@ export class Connection {
     this.state = 'closed';
     this.closedAt = performance.now();
     if (this.result === null) this.setResult('FIN', this.firstFin);
+    this.lease?.release();
     this.owner.connectionClosed(this);
   }
 
@@ -280,6 +327,7 @@ export class Connection {
       ageMs: Math.round(now - this.startedAt),
       bytesFromClient: this.bytesFromClient,
       bytesFromUpstream: this.bytesFromUpstream,
+      ...(this.lease?.service ? { service: this.lease.service } : {}),
     };
   }
 
@@ -298,6 +346,8 @@ export class Connection {
       connectMs: this.connectedAt > 0 ? Math.round((this.connectedAt - this.startedAt) * 1000) / 1000 : null,
       result: this.result ?? 'FIN',
       detail: this.detail,
+      service: this.lease?.service ?? undefined,
+      attempts: this.lease?.service ? this.lease.attempts : undefined,
     };
   }
 }

@@ -5,6 +5,8 @@ import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/types.js';
 import { isMeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { PolicySnapshot } from '../policy/metrics.js';
+import { PolicyRuntime } from '../policy/runtime.js';
 import { AccessLog } from './access-log.js';
 import { listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
@@ -20,6 +22,7 @@ export interface WorkerStats {
   readonly draining: boolean;
   readonly active: number;
   readonly metrics: MetricsSnapshot;
+  readonly policy: PolicySnapshot;
 }
 
 function specKey(spec: ListenerSpec): string {
@@ -39,6 +42,7 @@ export class ProxyWorker implements ConnectionOwner {
   private draining = false;
   private emptyWaiters: (() => void)[] = [];
   private readonly warnedSources = new Set<string>();
+  private policy: PolicyRuntime;
 
   constructor(
     config: Config,
@@ -50,6 +54,14 @@ export class ProxyWorker implements ConnectionOwner {
     this.ownPorts = this.portsOf(config);
     this.accessLog = new AccessLog(config.proxy.accessLog, { worker: index });
     this.sweeper = new Sweeper(() => this.sweep());
+    this.policy = new PolicyRuntime(config, null, log);
+  }
+
+  /** The sweep must also run often enough for the shortest per-attempt connect timeout of a service. */
+  private sweepInterval(config: Config): number {
+    const base = sweepIntervalMs(config.proxy);
+    const attempt = this.policy.minConnectTimeoutMs;
+    return attempt === null ? base : Math.min(base, Math.max(25, Math.floor(attempt / 4)));
   }
 
   private portsOf(config: Config): Set<number> {
@@ -58,8 +70,10 @@ export class ProxyWorker implements ConnectionOwner {
 
   /** Opens every listener; on failure closes the ones already open and rethrows (MeshctlError LISTEN_FAILED). */
   async start(): Promise<void> {
+    // Endpoints resolved and first health checks done before the first connection is accepted.
+    await this.policy.start();
     this.listeners = await this.openAll(this.specs);
-    this.sweeper.start(sweepIntervalMs(this.config.proxy));
+    this.sweeper.start(this.sweepInterval(this.config));
     this.log.info({ listeners: this.listeners.map((l) => listenerLabel(l.spec)) }, 'listening');
   }
 
@@ -115,8 +129,25 @@ export class ProxyWorker implements ConnectionOwner {
       this.local ?? new LocalAddresses(),
       this.config.proxy,
     );
-    if (route.kind === 'refuse') conn.refuse(route.reason);
-    else conn.connect(route);
+    if (route.kind === 'refuse') {
+      conn.refuse(route.reason);
+      return;
+    }
+    const policy = this.policy;
+    if (policy.active) {
+      // Mesh policy: a service's lease, a refusal, or null (connect as dialled).
+      const decision = direction === 'outbound' ? policy.outbound(dst.address, dst.port, socket.remoteAddress) : policy.admitInbound(dst.port, socket.remoteAddress);
+      if (decision !== null) {
+        if (typeof decision === 'string') {
+          conn.refuse(decision);
+        } else {
+          conn.lease = decision;
+          decision.begin(conn, route);
+        }
+        return;
+      }
+    }
+    conn.connect(route);
   };
 
   connectionClosed(conn: Connection): void {
@@ -155,6 +186,10 @@ export class ProxyWorker implements ConnectionOwner {
     const keep = new Set(specs.map(specKey));
     const have = new Set(this.listeners.map((l) => specKey(l.spec)));
     const added = await this.openAll(specs.filter((s) => !have.has(specKey(s))));
+    // The new policy adopts the old one's state (counts, ejections, DNS answers) and is swapped in whole.
+    const policy = new PolicyRuntime(config, this.policy, this.log);
+    await policy.start();
+    this.policy = policy;
     const removed = this.listeners.filter((l) => !keep.has(specKey(l.spec)));
     for (const l of removed) l.server.close();
     this.listeners = [...this.listeners.filter((l) => keep.has(specKey(l.spec))), ...added];
@@ -162,7 +197,7 @@ export class ProxyWorker implements ConnectionOwner {
     this.config = config;
     this.ownPorts = this.portsOf(config);
     this.accessLog.reconfigure(config.proxy.accessLog);
-    if (!this.draining) this.sweeper.start(sweepIntervalMs(config.proxy));
+    if (!this.draining) this.sweeper.start(this.sweepInterval(config));
     if (added.length > 0 || removed.length > 0) {
       this.log.info({ opened: added.map((l) => listenerLabel(l.spec)), closed: removed.map((l) => listenerLabel(l.spec)) }, 'listeners changed');
     }
@@ -201,6 +236,7 @@ export class ProxyWorker implements ConnectionOwner {
   /** Closes everything now (RST to open connections) and flushes the access log. */
   close(): void {
     this.sweeper.stop();
+    this.policy.stop();
     for (const l of this.listeners) l.server.close();
     for (const conn of [...this.connections]) conn.abort('drain', 'forced', 'reset');
     this.accessLog.close();
@@ -228,6 +264,7 @@ export class ProxyWorker implements ConnectionOwner {
       draining: this.draining,
       active: DIRECTIONS.reduce((n, d) => n + metrics.directions[d].active, 0),
       metrics,
+      policy: this.policy.snapshot(),
     };
   }
 
