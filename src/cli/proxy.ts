@@ -1,7 +1,7 @@
 // `meshctl proxy`: runs the transparent proxy (the data plane the capture rules redirect to) until SIGTERM.
 // Signals: SIGTERM/SIGINT drain and exit 0 (a second one stops at once, exit 1); SIGHUP reloads the config.
 import { Option, type Command } from 'commander';
-import { loadConfig, type FlagOverride } from '../config/load.js';
+import { loadConfig, type FlagOverride, type PolicyOverlay } from '../config/load.js';
 import { createLogger } from '../log.js';
 import { ProxySupervisor } from '../proxy/lifecycle.js';
 import { addConfigOptions, configOverrides } from './config-flags.js';
@@ -54,7 +54,7 @@ export function register(program: Command): void {
     const log = createLogger(options.logLevel !== undefined ? { level: String(options.logLevel) } : {});
     const file = options.config as string | undefined;
     const flags = proxyOverrides(options);
-    const load = () => loadConfig({ ...(file !== undefined ? { file } : {}), flags });
+    const load = (overlay: PolicyOverlay | null = null) => loadConfig({ ...(file !== undefined ? { file } : {}), flags, overlay });
     const supervisor = new ProxySupervisor({ config: await load(), reloadConfig: load, log });
     await supervisor.start();
 

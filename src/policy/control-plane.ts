@@ -107,7 +107,12 @@ export class ControlPlanePoller {
   /** Polls once now (awaited, so a reachable control plane's policy is in place before the proxy is ready), then every pollInterval. */
   async start(): Promise<void> {
     await this.poll();
-    this.schedule();
+    this.startPolling();
+  }
+
+  /** Polls every pollInterval from now on (after a first poll made with poll()). */
+  startPolling(): void {
+    if (this.timer === null) this.schedule();
   }
 
   private schedule(): void {

@@ -5,7 +5,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { MeshctlError } from '../errors.js';
 
 export interface AdminHandlers {
-  ready(): { ready: boolean; reason: string };
+  /** `detail`: extra lines after the first (e.g. the control plane's state), shown whether ready or not. */
+  ready(): { ready: boolean; reason: string; detail?: readonly string[] };
   stats(): Promise<unknown>;
   metrics(): Promise<string>;
   config(): unknown;
@@ -40,8 +41,8 @@ async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerR
   switch (url.pathname) {
     case '/ready': {
       if (!only('GET')) return;
-      const { ready, reason } = handlers.ready();
-      sendText(res, ready ? 200 : 503, `${ready ? 'ready' : `not ready: ${reason}`}\n`);
+      const { ready, reason, detail = [] } = handlers.ready();
+      sendText(res, ready ? 200 : 503, [ready ? 'ready' : `not ready: ${reason}`, ...detail].map((l) => `${l}\n`).join(''));
       return;
     }
     case '/stats':

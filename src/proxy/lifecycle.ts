@@ -7,10 +7,13 @@ import type { Server } from 'node:http';
 import { availableParallelism } from 'node:os';
 import { basename, dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import type { PolicyOverlay } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isAddonAvailable } from '../native/addon.js';
+import { ControlPlanePoller, controlPlaneReadyDetail, renderControlPlanePrometheus } from '../policy/control-plane.js';
+import { mergePolicySnapshots, renderPolicyPrometheus } from '../policy/metrics.js';
 import { startAdminServer, type AdminHandlers } from './admin.js';
 import { listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
 import { mergeSnapshots, renderPrometheus } from './metrics.js';
@@ -18,8 +21,11 @@ import { ClusterPool, LocalPool, type WorkerPool } from './workers.js';
 
 export interface ProxyRunOptions {
   readonly config: Config;
-  /** Loads the config again (same file and flags) for a reload; throws MeshctlError when it is invalid. */
-  readonly reloadConfig: () => Promise<Config>;
+  /**
+   * Loads the config again (same file and flags) for a reload, with the control plane's policy sections over the
+   * file's when `overlay` is given; throws MeshctlError when it is invalid.
+   */
+  readonly reloadConfig: (overlay: PolicyOverlay | null) => Promise<Config>;
   readonly log: Logger;
   readonly env?: NodeJS.ProcessEnv;
   /** Watch the config file for changes (default true when the config came from a file). */
@@ -70,6 +76,13 @@ export class ProxySupervisor {
   private reloadAgain = false;
   private draining: Promise<void> | null = null;
   private readonly reloads = { ok: 0, failed: 0 };
+  /** The control plane's last good policy document (null: the file's policy sections apply). */
+  private overlay: PolicyOverlay | null = null;
+  private poller: ControlPlanePoller | null = null;
+  private lastReloadError: Error | null = null;
+  /** 1 at start, +1 per applied config change (shown at /config, /stats, /metrics). */
+  private version = 1;
+  private appliedAt = new Date().toISOString();
   private readonly startedAt = performance.now();
   private readonly log: Logger;
   private resolveExit: (exit: ProxyExit) => void = () => {};
@@ -96,6 +109,12 @@ export class ProxySupervisor {
     // Transparent (TPROXY) sockets need CAP_NET_ADMIN, which the proxy gives up with root right after.
     this.specs = openTransparentListeners(this.config, this.specs);
     assumeProxyUser(this.config, this.log);
+    // First control-plane poll after dropping root (root's own connections would be captured), before the
+    // workers start, so that a reachable control plane's policy is what they start with.
+    if (this.config.controlPlane !== null) {
+      this.poller = this.createPoller(this.config);
+      await this.poller.poll();
+    }
     const count = workerCount(this.config);
     this.pool = count <= 1 ? new LocalPool(this.log) : new ClusterPool(count, this.log);
     try {
@@ -107,6 +126,7 @@ export class ProxySupervisor {
       throw error;
     }
     if (this.options.watchConfig ?? this.config.file !== null) this.watchConfigFile();
+    this.poller?.startPolling();
     this.log.info({
       workers: count,
       listeners: this.specs.map(listenerLabel),
@@ -115,6 +135,30 @@ export class ProxySupervisor {
       config: this.config.file,
       hash: this.config.hash,
     }, 'proxy ready');
+  }
+
+  private createPoller(config: Config): ControlPlanePoller {
+    return new ControlPlanePoller(config.controlPlane!, (overlay) => this.applyOverlay(overlay), this.log.child({ component: 'control-plane' }));
+  }
+
+  /** Applies a control-plane document (validated like the file, applied like a reload); throws when rejected. */
+  private async applyOverlay(overlay: PolicyOverlay): Promise<void> {
+    if (this.pool === null) {
+      // Before the workers start: validation only, they start with it.
+      this.config = await this.options.reloadConfig(overlay);
+      this.overlay = overlay;
+      return;
+    }
+    while (this.reloading) await this.reloading;
+    if (this.draining) throw new Error('the proxy is draining');
+    this.reloading = this.doReload('control-plane', overlay).finally(() => {
+      this.reloading = null;
+      if (this.reloadAgain) {
+        this.reloadAgain = false;
+        void this.reload('queued');
+      }
+    });
+    if (!(await this.reloading)) throw this.lastReloadError ?? new Error('reload failed');
   }
 
   private watchConfigFile(): void {
@@ -150,17 +194,26 @@ export class ProxySupervisor {
     return this.reloading;
   }
 
-  private async doReload(trigger: string): Promise<boolean> {
+  private async doReload(trigger: string, overlay?: PolicyOverlay): Promise<boolean> {
     let next: Config;
+    let candidate = overlay ?? this.overlay;
+    this.lastReloadError = null;
     try {
-      next = await this.options.reloadConfig();
+      next = await this.options.reloadConfig(candidate);
+      if (next.controlPlane === null && candidate !== null) {
+        // The file no longer names a control plane: its policy no longer applies.
+        candidate = null;
+        next = await this.options.reloadConfig(null);
+      }
     } catch (error) {
       this.reloads.failed++;
+      this.lastReloadError = error as Error;
       const e = error as MeshctlError;
       this.log.error({ trigger, code: e.code, err: error, details: e.details }, `config reload rejected, keeping the running config: ${e.message}`);
       return false;
     }
     if (next.hash === this.config.hash) {
+      this.overlay = candidate;
       this.log.info({ trigger, hash: next.hash }, 'config unchanged');
       return true;
     }
@@ -189,11 +242,17 @@ export class ProxySupervisor {
       const workers = workerCount(next);
       if (workers !== workerCount(this.config)) await this.pool!.resize(workers);
       this.specs = specs;
+      const previous = this.config;
       this.config = next;
+      this.overlay = candidate;
+      this.version++;
+      this.appliedAt = new Date().toISOString();
       this.reloads.ok++;
-      this.log.info({ trigger, hash: next.hash }, 'config reloaded');
+      this.log.info({ trigger, hash: next.hash, version: this.version }, 'config reloaded');
+      if (JSON.stringify(previous.controlPlane) !== JSON.stringify(next.controlPlane)) this.restartPoller();
       return true;
     } catch (error) {
+      this.lastReloadError = error as Error;
       this.reloads.failed++;
       this.log.error({ trigger, err: error }, `config reload failed, keeping the running config: ${(error as Error).message}`);
       // Workers that did apply it go back to the running config.
@@ -202,12 +261,22 @@ export class ProxySupervisor {
     }
   }
 
+  /** The file's controlPlane section changed: poll the new URL (the last good policy stays until it answers). */
+  private restartPoller(): void {
+    this.poller?.stop();
+    this.poller = null;
+    if (this.config.controlPlane === null || this.draining) return;
+    this.poller = this.createPoller(this.config);
+    void this.poller.start();
+  }
+
   /** Starts a drain (idempotent). With `exit`, the proxy stops when it is done; otherwise it stays up, not ready. */
   drain(trigger: string, exit: boolean): Promise<void> {
     if (!this.draining) {
       const timeoutMs = this.config.proxy.drainTimeoutMs;
       this.log.info({ trigger, timeoutMs }, 'drain started: not accepting new connections');
       this.watcher?.close();
+      this.poller?.stop();
       if (this.reloadTimer) clearTimeout(this.reloadTimer);
       this.draining = this.pool!.drain(timeoutMs).then(() => this.log.info({ trigger }, 'drain complete'));
     }
@@ -228,6 +297,7 @@ export class ProxySupervisor {
 
   private stop(forced: boolean): void {
     this.watcher?.close();
+    this.poller?.stop();
     this.admin?.close();
     this.admin?.closeAllConnections();
     this.resolveExit({ forced });
@@ -236,9 +306,10 @@ export class ProxySupervisor {
   private handlers(): AdminHandlers {
     return {
       ready: () => {
-        if (this.draining) return { ready: false, reason: 'draining' };
-        if (!this.pool?.ready()) return { ready: false, reason: 'listeners not all accepting' };
-        return { ready: true, reason: '' };
+        const detail = this.poller ? controlPlaneReadyDetail(this.poller.status(), this.version) : [];
+        if (this.draining) return { ready: false, reason: 'draining', detail };
+        if (!this.pool?.ready()) return { ready: false, reason: 'listeners not all accepting', detail };
+        return { ready: true, reason: '', detail };
       },
       stats: async () => {
         const workers = await this.pool!.stats();
@@ -247,7 +318,8 @@ export class ProxySupervisor {
           ready: this.handlers().ready().ready,
           draining: this.draining !== null,
           uptimeSeconds: Math.round(performance.now() - this.startedAt) / 1000,
-          config: { file: this.config.file, hash: this.config.hash },
+          config: { file: this.config.file, hash: this.config.hash, version: this.version, appliedAt: this.appliedAt },
+          controlPlane: this.poller?.status() ?? null,
           reloads: this.reloads,
           listeners: this.specs.map(listenerLabel),
           workers: workers.map((w) => ({ index: w.index, pid: w.pid, active: w.active, listening: w.listening, draining: w.draining })),
@@ -262,6 +334,7 @@ export class ProxySupervisor {
             inbound: { clientToUpstream: totals.directions.inbound.bytesFromClient, upstreamToClient: totals.directions.inbound.bytesFromUpstream },
           },
           connectLatency: { outbound: totals.directions.outbound.connectLatency, inbound: totals.directions.inbound.connectLatency },
+          policy: mergePolicySnapshots(workers.map((w) => w.policy)),
         };
       },
       metrics: async () => {
@@ -272,9 +345,9 @@ export class ProxySupervisor {
           workers: workers.length,
           reloads: this.reloads,
           uptimeSeconds: (performance.now() - this.startedAt) / 1000,
-        });
+        }) + renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) + renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy)));
       },
-      config: () => this.config,
+      config: () => ({ version: this.version, appliedAt: this.appliedAt, ...this.config, controlPlaneStatus: this.poller?.status() ?? null }),
       connections: (limit) => this.pool!.connections(limit),
       drain: () => {
         const alreadyDraining = this.draining !== null;
