@@ -26,8 +26,8 @@ export interface CandidateOptions {
   readonly workers: number;
   /** meshctl's access log: off by default so that both proxies do the same work (HAProxy logs nothing here). */
   readonly accessLog: boolean;
-  /** Extra environment for the meshctl proxy (e.g. NODE_OPTIONS=--cpu-prof for profiling). */
-  readonly proxyEnv?: NodeJS.ProcessEnv;
+  /** Extra node flags for the meshctl proxy (e.g. --cpu-prof; cluster workers inherit them). */
+  readonly nodeArgs?: readonly string[];
   readonly cwd?: string;
 }
 
@@ -127,12 +127,11 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
     await waitListening(lab.clientNs, 15001, proc);
     installCapture(lab, configFile, 'other');
   } else {
-    proc = startProc('meshctl proxy', [process.execPath, join(REPO_ROOT, 'bin', 'meshctl'), 'proxy', '--config', configFile, '--log-level', 'warn'], {
+    proc = startProc('meshctl proxy', [process.execPath, ...(options.nodeArgs ?? []), join(REPO_ROOT, 'bin', 'meshctl'), 'proxy', '--config', configFile, '--log-level', 'warn'], {
       ns: lab.clientNs,
       nofile: NOFILE,
       user: PROXY_USER,
       ...(pin ? { cpus: pin } : {}),
-      env: { ...process.env, ...options.proxyEnv },
       ...(options.cwd ? { cwd: options.cwd } : {}),
     });
     await waitReady(lab, proc);

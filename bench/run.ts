@@ -55,7 +55,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     workers: options.workers,
     accessLog: options.accessLog,
     cwd: workDir,
-    ...(options.cpuProfDir ? { proxyEnv: { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${options.cpuProfDir}` } } : {}),
+    ...(options.cpuProfDir ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] } : {}),
   };
   try {
     lab = await Lab.create({ prefix: options.prefix, subnet: options.subnet, workDir, pin: options.pin, tcpbench });
