@@ -57,7 +57,9 @@ export interface BackendDriver {
   drift(state: KernelState, plan: CapturePlan): DriftReport[];
   /** The kernel state minus our objects, normalised (counters, handles, comments dropped): what uninstall must keep. */
   foreign(state: KernelState): string;
-  snapshot(state: KernelState): Snapshot;
+  snapshot(state: KernelState): Promise<Snapshot>;
+  /** After everything of ours is gone: removes empty leftovers the backend created behind our back (nft-tidy.ts). */
+  tidy(snapshot: Snapshot): Promise<string[]>;
   /** The foreign view of a pre-install snapshot, to compare with `foreign(read())`. */
   foreignOfSnapshot(snapshot: Snapshot): string;
   /** Our objects inside a snapshot (normally none): what rolling back a first install restores. */

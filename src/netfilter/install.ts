@@ -87,7 +87,7 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
     if (options.dryRun) return result('dry-run', steps, installed?.installId ?? null, installed?.confirm ?? null);
 
     const now = new Date().toISOString();
-    const snapshot = installed?.snapshot ?? driver.snapshot(state);
+    const snapshot = installed?.snapshot ?? (await driver.snapshot(state));
     const before = installed?.before ?? driver.ownedInSnapshot(snapshot);
     const previous: Generation | null = installed ? installed.current : null;
     const installId = installed?.installId ?? newInstallId();
@@ -122,8 +122,12 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
         log.error({ err: extrasError }, 'could not restore policy routes / loopback addresses');
       }
       if (confirm && confirm !== installed?.confirm) disarmRevert(confirm, log);
-      if (installed) writeLedger(scope.dir, { ...installed, updatedAt: new Date().toISOString() });
-      else removeLedger(scope.dir);
+      if (installed) {
+        writeLedger(scope.dir, { ...installed, updatedAt: new Date().toISOString() });
+      } else {
+        await driver.tidy(snapshot);
+        removeLedger(scope.dir);
+      }
       throw error;
     };
 

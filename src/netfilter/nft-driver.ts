@@ -111,8 +111,11 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
     foreign(state) {
       return normalizeNftListing(splitRuleset(asNft(state).ruleset).rest);
     },
-    snapshot(state): Snapshot {
+    async snapshot(state): Promise<Snapshot> {
       return { kind: 'nftables', ruleset: asNft(state).ruleset };
+    },
+    async tidy() {
+      return [];
     },
     foreignOfSnapshot(snapshot) {
       return snapshot.kind === 'nftables' ? normalizeNftListing(splitRuleset(snapshot.ruleset).rest) : '';

@@ -32,6 +32,7 @@ export async function recoverInterrupted(scope: Scope): Promise<Recovery | null>
       const objects = ledger.current.objects ?? driver.owned(state);
       const steps = driver.stepsRemoving(state, objects);
       for (const step of steps) await driver.apply(step);
+      await driver.tidy(ledger.snapshot);
       await reconcileExtras(scope.runner, NO_EXTRAS, ledger.current.extras, log);
       if (ledger.confirm && ledger.confirm.confirmedAt === null) disarmRevert(ledger.confirm, log);
       removeLedger(scope.dir);
@@ -46,6 +47,7 @@ export async function recoverInterrupted(scope: Scope): Promise<Recovery | null>
     if (previous) {
       writeLedger(scope.dir, { ...ledger, state: 'installed', operation: 'install', current: previous, previous: null, updatedAt: new Date().toISOString() });
     } else {
+      await driver.tidy(ledger.snapshot);
       if (ledger.confirm && ledger.confirm.confirmedAt === null) disarmRevert(ledger.confirm, log);
       removeLedger(scope.dir);
     }

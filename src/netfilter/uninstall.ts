@@ -110,6 +110,7 @@ export async function uninstallCapture(options: UninstallOptions): Promise<Unins
       writeLedger(scope.dir, { ...ledger, updatedAt: new Date().toISOString() });
       throw error;
     }
+    const tidied = await driver.tidy(ledger.snapshot);
     await reconcileExtras(scope.runner, NO_EXTRAS, ledger.current.extras, log);
     const extrasLeft = await remainingExtras(scope.runner, ledger.current.extras);
     if (extrasLeft.length > 0) {
@@ -122,7 +123,7 @@ export async function uninstallCapture(options: UninstallOptions): Promise<Unins
     const leftovers = describeLeftovers(driver.owned(after));
     const result: UninstallResult = {
       ...base, action: 'uninstalled', reason: options.ifUnconfirmed ? `not confirmed by ${ledger.confirm?.deadline ?? '?'}` : null,
-      installId: ledger.installId, backend: ledger.backend, removed: describeObjects(ledger),
+      installId: ledger.installId, backend: ledger.backend, removed: [...describeObjects(ledger), ...tidied.map((c) => `nft: ${c} (empty, created by iptables-nft at install)`)],
       foreignChanges: { added: minus(lines(foreignNow), lines(foreignThen)), removed: minus(lines(foreignThen), lines(foreignNow)) }, leftovers,
     };
     log.info({ installId: ledger.installId, removed: result.removed.length, foreignAdded: result.foreignChanges.added.length, foreignRemoved: result.foreignChanges.removed.length }, options.ifUnconfirmed ? 'reverted (not confirmed)' : 'uninstalled');

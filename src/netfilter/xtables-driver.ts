@@ -8,6 +8,7 @@ import type { Logger } from '../log.js';
 import type { ApplyStep, BackendDriver, DriftReport, KernelState, TransitionTarget } from './driver.js';
 import type { FamilyObjects, OwnedObjects, Snapshot, TableObjects } from './ledger.js';
 import type { NetfilterRunner, XtablesBackend } from './runner.js';
+import { tidyXtablesNft, xtablesNftInventory } from './nft-tidy.js';
 import { buildTransition, ownedInDump, planObjects, presentIn } from './transition.js';
 
 interface XtablesState extends KernelState {
@@ -154,14 +155,19 @@ export function createXtablesDriver(backend: XtablesBackend, runner: NetfilterRu
     foreign(state) {
       return FAMILIES.map((family) => `# ${family}\n${foreignView(dumpOf(state, family))}`).join('');
     },
-    snapshot(state): Snapshot {
+    async snapshot(state): Promise<Snapshot> {
       return {
         kind: 'xtables',
+        nftInventory: backend === 'iptables-nft' ? await xtablesNftInventory(runner) : null,
         families: FAMILIES.map((family) => ({
           family,
           tables: splitTables(asXt(state).texts.get(family) ?? '').map((t) => ({ table: t.table, text: t.text })),
         })),
       };
+    },
+    async tidy(snapshot) {
+      if (backend !== 'iptables-nft' || snapshot.kind !== 'xtables' || !snapshot.nftInventory) return [];
+      return tidyXtablesNft(runner, snapshot.nftInventory, dlog);
     },
     foreignOfSnapshot(snapshot) {
       if (snapshot.kind !== 'xtables') return '';

@@ -15,6 +15,7 @@ export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const MESHCTL = join(ROOT, 'bin/meshctl');
 
 const lockDir = mkdtempSync(join(tmpdir(), 'mn-xtables-'));
+process.on('exit', () => rmSync(lockDir, { recursive: true, force: true }));
 /** Environment with a private xtables lock, so tests never wait on the host's /run/xtables.lock. */
 export const labEnv: NodeJS.ProcessEnv = { ...process.env, XTABLES_LOCKFILE: join(lockDir, 'xtables.lock') };
 

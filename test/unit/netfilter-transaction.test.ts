@@ -39,7 +39,8 @@ class FakeDriver implements BackendDriver {
   remaining() { return []; }
   drift() { return []; }
   foreign() { return ''; }
-  snapshot() { return { kind: 'nftables' as const, ruleset: '' }; }
+  async snapshot() { return { kind: 'nftables' as const, ruleset: '' }; }
+  async tidy() { return []; }
   foreignOfSnapshot() { return ''; }
   ownedInSnapshot() { return { kind: 'nftables' as const, listing: '' }; }
 }

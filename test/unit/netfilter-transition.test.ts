@@ -143,3 +143,38 @@ describe('splitTables', () => {
     ]);
   });
 });
+
+describe('parseXtablesNftTables', () => {
+  it('finds the iptables-nft tables and tells empty accept base chains from the rest', async () => {
+    const { parseXtablesNftTables } = await import('../../src/netfilter/nft-tidy.js');
+    const tables = parseXtablesNftTables([
+      '# Warning: table ip nat is managed by iptables-nft, do not touch!',
+      'table ip nat {',
+      '\tchain OUTPUT {',
+      '\t\ttype nat hook output priority -100; policy accept;',
+      '\t}',
+      '',
+      '\tchain PREROUTING {',
+      '\t\ttype nat hook prerouting priority dstnat; policy accept;',
+      '\t\tfib daddr type local counter packets 0 bytes 0 jump DOCKER',
+      '\t}',
+      '\tchain DOCKER {',
+      '\t}',
+      '}',
+      'table inet meshctl {',
+      '\tchain nat_output {',
+      '\t\ttype nat hook output priority -100; policy accept;',
+      '\t}',
+      '}',
+      'table ip6 filter {',
+      '\tchain INPUT {',
+      '\t\ttype filter hook input priority filter; policy drop;',
+      '\t}',
+      '}',
+    ].join('\n'));
+    expect(tables).toEqual([
+      { family: 'ip', name: 'nat', chains: [{ name: 'OUTPUT', base: true, policyAccept: true, rules: 0 }, { name: 'PREROUTING', base: true, policyAccept: true, rules: 1 }, { name: 'DOCKER', base: false, policyAccept: true, rules: 0 }] },
+      { family: 'ip6', name: 'filter', chains: [{ name: 'INPUT', base: true, policyAccept: false, rules: 0 }] },
+    ]);
+  });
+});
