@@ -65,6 +65,11 @@ export class AccessLog {
     this.open();
   }
 
+  /** Whether records are written (callers skip building them otherwise). */
+  get enabled(): boolean {
+    return this.logger !== null;
+  }
+
   get periodicIntervalMs(): number | null {
     return this.config.enabled ? this.config.periodicIntervalMs : null;
   }

@@ -31,12 +31,13 @@ export function socketFamily(socket: Socket): Family {
  * (the error's `cause` is the system error, `code` 'ENOENT' for a connection that was not tracked), and
  * ADDON_UNAVAILABLE when the addon is not built.
  */
-export function readOriginalDst(socket: Socket): OriginalDst {
+export function readOriginalDst(socket: Socket, knownFamily?: Family): OriginalDst {
   const fd = socketFd(socket);
-  const family = socketFamily(socket);
-  const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+  // The caller may know the family (its listener's): socketFamily() costs a getsockname() per connection.
+  const family = knownFamily ?? socketFamily(socket);
+  const peer = () => `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
   if (fd < 0) {
-    throw new MeshctlError('NO_ORIGINAL_DST', `the connection from ${peer} has no file descriptor (already closed?)`);
+    throw new MeshctlError('NO_ORIGINAL_DST', `the connection from ${peer()} has no file descriptor (already closed?)`);
   }
   try {
     const { address, port } = originalDst(fd, family === 'ipv6' ? 6 : 4);
@@ -46,7 +47,7 @@ export function readOriginalDst(socket: Socket): OriginalDst {
     if (typeof code === 'string' && code.startsWith('E')) {
       throw new MeshctlError(
         'NO_ORIGINAL_DST',
-        `no original destination for the connection from ${peer} to ${socket.localAddress ?? '?'}:${socket.localPort ?? '?'} (${code})`,
+        `no original destination for the connection from ${peer()} to ${socket.localAddress ?? '?'}:${socket.localPort ?? '?'} (${code})`,
         'only connections redirected by the meshctl capture rules can be proxied; check `meshctl status`',
         { cause: error },
       );

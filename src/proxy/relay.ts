@@ -21,6 +21,11 @@ export type ConnState = 'connecting' | 'open' | 'half-closed' | 'closed';
 export interface ConnectionOwner {
   readonly metrics: ProxyMetrics;
   connectionClosed(conn: Connection): void;
+  /**
+   * Whether closed connections are logged (default true). The strings only the access log needs (peer address,
+   * upstream local address: a getpeername()/getsockname() and a string each) are read eagerly only then.
+   */
+  readonly recordsAccess?: boolean;
   /** The passthrough source (127.0.0.6 / ::6) is not assigned on this host; called once per failure. */
   passthroughSourceMissing(address: string, error: NodeJS.ErrnoException): void;
 }
@@ -94,7 +99,8 @@ export class Connection {
   nextProgressAt = 0;
   result: EndResult | null = null;
   detail = '';
-  readonly source: string;
+  private sourceText: string | null = null;
+  private keepAliveArmed = false;
   private route: Extract<Route, { kind: 'connect' }> | null = null;
   private clientEnded = false;
   private upstreamEnded = false;
@@ -115,11 +121,30 @@ export class Connection {
     readonly cfg: ProxyConfig,
     private readonly owner: ConnectionOwner,
   ) {
-    this.source = endpoint(client.remoteAddress, client.remotePort);
+    // After close the socket cannot tell its peer any more: read it now when the access log will want it.
+    if (owner.recordsAccess !== false) this.sourceText = endpoint(client.remoteAddress, client.remotePort);
     (client as Tagged)[kConn] = this;
     client.on('error', onClientError);
     client.on('close', onClientClose);
-    if (cfg.keepaliveDelayMs !== null) client.setKeepAlive(true, cfg.keepaliveDelayMs);
+  }
+
+  /** The client's address:port as the proxy saw it (read on first use; '?' if the socket was gone by then). */
+  get source(): string {
+    this.sourceText ??= this.client.destroyed ? '?' : endpoint(this.client.remoteAddress, this.client.remotePort);
+    return this.sourceText;
+  }
+
+  /**
+   * TCP keepalive on both legs, armed by the first sweep that sees the connection established (within one sweep
+   * interval, at most 1 s) rather than at accept and connect: it matters only for connections idle for
+   * keepaliveDelay (30 s by default), and short connections thus skip its four setsockopt() calls per leg.
+   */
+  private armKeepAlive(): void {
+    this.keepAliveArmed = true;
+    const delay = this.cfg.keepaliveDelayMs;
+    if (delay === null) return;
+    if (!this.client.destroyed) this.client.setKeepAlive(true, delay);
+    if (this.upstream && !this.upstream.destroyed && !this.upstream.connecting) this.upstream.setKeepAlive(true, delay);
   }
 
   /** Refuses without connecting anywhere: the client gets an immediate RST. */
@@ -133,7 +158,6 @@ export class Connection {
   connect(route: Extract<Route, { kind: 'connect' }>): void {
     this.route = route;
     this.attemptStartedAt = performance.now();
-    const keepAlive = this.cfg.keepaliveDelayMs !== null;
     let upstream: Socket;
     try {
       upstream = connect({
@@ -142,8 +166,6 @@ export class Connection {
         ...(route.localAddress !== null ? { localAddress: route.localAddress } : {}),
         allowHalfOpen: true,
         noDelay: true,
-        keepAlive,
-        keepAliveInitialDelay: this.cfg.keepaliveDelayMs ?? 0,
       });
     } catch (error) {
       this.setResult('connect-failed', (error as NodeJS.ErrnoException).code ?? 'error');
@@ -166,7 +188,7 @@ export class Connection {
     this.lease?.connected(this);
     this.lastActiveAt = this.connectedAt;
     this.owner.metrics.connected(this.direction, this.connectedAt - this.startedAt);
-    this.upstreamLocal = endpoint(upstream.localAddress, upstream.localPort);
+    if (this.owner.recordsAccess !== false) this.upstreamLocal = endpoint(upstream.localAddress, upstream.localPort);
     if (client.destroyed) {
       upstream.destroy();
       return;
@@ -266,6 +288,7 @@ export class Connection {
   /** Called by the sweep: refreshes the idle clock from the byte counters and applies any expired bound. */
   sweep(now: number): TimerVerdict | null {
     if (this.state !== 'connecting') {
+      if (!this.keepAliveArmed) this.armKeepAlive();
       const activity = this.client.bytesRead + (this.upstream?.bytesRead ?? 0);
       if (activity !== this.lastActivity) {
         this.lastActivity = activity;

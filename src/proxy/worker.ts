@@ -12,7 +12,7 @@ import { listenerLabel, openListener, type ListenerSpec, type OpenListener } fro
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
 import { readOriginalDst } from './original-dst.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './relay.js';
-import { LocalAddresses, routeConnection, transparentDestination } from './routing.js';
+import { LocalAddresses, routeConnection, transparentDestination, type AcceptedOn } from './routing.js';
 import { Sweeper, sweepIntervalMs } from './timers.js';
 
 export interface WorkerStats {
@@ -27,6 +27,27 @@ export interface WorkerStats {
 
 function specKey(spec: ListenerSpec): string {
   return `${spec.name}|${spec.host}|${spec.port}|${spec.fd ?? ''}`;
+}
+
+/**
+ * Where a connection was accepted, read on demand: every socket a bound listener accepts has its port, and the
+ * local address (a getsockname() per connection) is needed only for TPROXY or when the original destination has
+ * that same port.
+ */
+class AcceptedSocket implements AcceptedOn {
+  constructor(
+    private readonly socket: Socket,
+    private readonly spec: ListenerSpec,
+  ) {}
+
+  get localAddress(): string {
+    return this.socket.localAddress ?? '';
+  }
+
+  get localPort(): number {
+    // Activated fds may not be bound to the configured port; transparent (TPROXY) sockets keep the peer's target.
+    return this.spec.fd === null && !this.spec.transparent ? this.spec.port : (this.socket.localPort ?? 0);
+  }
 }
 
 export class ProxyWorker implements ConnectionOwner {
@@ -99,14 +120,15 @@ export class ProxyWorker implements ConnectionOwner {
     }
     const periodic = this.accessLog.periodicIntervalMs;
     if (periodic !== null) conn.nextProgressAt = conn.startedAt + periodic;
-    const acceptedOn = { localAddress: socket.localAddress ?? '', localPort: socket.localPort ?? 0 };
+    const acceptedOn = new AcceptedSocket(socket, spec);
     // TPROXY rewrites nothing: the local endpoint is the original destination (see transparentDestination).
     let dst = direction === 'inbound' && this.config.capture.inbound.mode === 'tproxy'
       ? transparentDestination(acceptedOn, spec.family, this.config.proxy.inboundPort)
       : null;
     if (dst === null) {
       try {
-        dst = readOriginalDst(socket);
+        // A bound listener is v4-only or v6-only, so its family is the socket's; an activated fd may be dual-stack.
+        dst = readOriginalDst(socket, spec.fd === null && !spec.transparent ? spec.family : undefined);
       } catch (error) {
         if (isMeshctlError(error, 'NO_ORIGINAL_DST')) {
           const code = (error.cause as { code?: string } | undefined)?.code;
@@ -153,10 +175,14 @@ export class ProxyWorker implements ConnectionOwner {
   connectionClosed(conn: Connection): void {
     this.connections.delete(conn);
     this.metrics.closed(conn.direction, conn.result!, conn.bytesFromClient, conn.bytesFromUpstream);
-    this.accessLog.closed(conn.record());
+    if (this.accessLog.enabled) this.accessLog.closed(conn.record());
     if (this.connections.size === 0 && this.emptyWaiters.length > 0) {
       for (const resolve of this.emptyWaiters.splice(0)) resolve();
     }
+  }
+
+  get recordsAccess(): boolean {
+    return this.accessLog.enabled;
   }
 
   passthroughSourceMissing(address: string, error: NodeJS.ErrnoException): void {
