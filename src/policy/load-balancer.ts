@@ -47,6 +47,9 @@ export class RoundRobinBalancer implements Balancer {
     if (n === 0) return null;
     const start = this.next % n;
     const i = scan(endpoints, start, tried, now);
+    // A retry takes the next endpoint in the rotation without moving it: otherwise every connection after one
+    // that failed over would start on the failing endpoint again.
+    if (tried !== null) return i >= 0 ? endpoints[i]! : anyUntried(endpoints, start, tried);
     if (i >= 0) {
       this.next = i + 1;
       return endpoints[i]!;
