@@ -28,8 +28,8 @@ export interface NetfilterRunner {
   restore(backend: XtablesBackend, family: Family, text: string, options: { mode: RestoreMode }): Promise<void>;
   /** `nft -f -` (or `nft -c -f -` with check). Throws RESTORE_FAILED. */
   nft(script: string, options: { check: boolean }): Promise<void>;
-  /** `nft list ruleset`, or one table with `nft list table inet meshctl`; '' when that table does not exist. */
-  list(table?: { family: string; name: string }): Promise<string>;
+  /** `nft list ruleset`. */
+  list(): Promise<string>;
   /** Any other read-only command in the namespace (ip, cat of a /proc/sys file). Never throws on exit status. */
   exec(command: string, args: readonly string[], options?: { input?: string }): Promise<ExecResult>;
 }
@@ -89,7 +89,8 @@ export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
     } catch (error) {
       if (!(error instanceof ExecaError)) throw error;
       const stderr = typeof error.stderr === 'string' ? error.stderr : '';
-      const missing = error.code === 'ENOENT' || /No such file or directory|exec of ".*" failed/i.test(stderr);
+      // The binary itself is missing: execa could not spawn it, or `ip netns exec` could not exec it.
+      const missing = error.code === 'ENOENT' || /^exec of ".*" failed: No such file or directory/m.test(stderr);
       log.debug({ command: commandLine(command, args), exitCode: error.exitCode, stderr }, 'command failed');
       const details = [`command: ${commandLine(file, argv)}`, ...firstLines(stderr, 12).map((l, i) => `${i === 0 ? 'stderr:  ' : '         '}${l}`)];
       if (missing) {
@@ -120,13 +121,8 @@ export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
     async nft(script, { check }) {
       await run('nft', check ? ['-c', '-f', '-'] : ['-f', '-'], script, 'RESTORE_FAILED', check ? 'check the nftables script' : 'apply the nftables script');
     },
-    async list(table) {
-      if (!table) return run('nft', ['list', 'ruleset'], undefined, 'COMMAND_FAILED', 'list the nftables ruleset');
-      const [file, argv] = wrap('nft', ['list', 'table', table.family, table.name]);
-      const result = await execa(file, argv, { env, extendEnv: false, reject: false, stripFinalNewline: false });
-      if (result.exitCode === 0) return result.stdout;
-      if (/No such file or directory|does not exist/i.test(result.stderr)) return '';
-      return run('nft', ['list', 'table', table.family, table.name], undefined, 'COMMAND_FAILED', `list table ${table.family} ${table.name}`);
+    async list() {
+      return run('nft', ['list', 'ruleset'], undefined, 'COMMAND_FAILED', 'list the nftables ruleset');
     },
     async exec(command, args, execOptions = {}) {
       const [file, argv] = wrap(command, args);

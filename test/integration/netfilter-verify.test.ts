@@ -7,7 +7,7 @@ import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { assertVerified, verifyCapture, type VerifyReport } from '../../src/netfilter/verify.js';
 import { isMeshctlError } from '../../src/errors.js';
 import { integrationEnabled } from '../helpers/integration.js';
-import { createIsolatedNs, createVethPair, deleteNs, sh } from '../helpers/netns.js';
+import { createIsolatedNs, createVethPair, deleteNs, sh, spawnInNs } from '../helpers/netns.js';
 import { BACKENDS, builtCli, deleteOutboundJump, labConfig, labEnv, meshctl, removeStateDirs, tempStateDir } from '../helpers/netfilter-lab.js';
 
 const created = new Set<string>();
@@ -86,6 +86,24 @@ describe.skipIf(!integrationEnabled)('verify', () => {
     expect(report.ok).toBe(false);
     const failed = report.probes.find((p) => p.status === 'fail')!;
     expect(failed.detail).toMatch(/^IPv4 has no route to 192\.0\.2\.10 here \(ip route get: .*unreachable.*\), so connect\(\) fails with ENETUNREACH before the nat OUTPUT hook and no probe can run; add a default route \(e\.g\. `ip -n mn-vf-noroute route add default dev IFACE`\)$/i);
+  });
+
+  it('judges by connection alone when the outbound port is taken (a running proxy), and says so', async () => {
+    const ns = 'mn-vf-busy';
+    created.add(ns);
+    createIsolatedNs(ns);
+    const stateDir = tempStateDir();
+    await installCapture({ config: labConfig(stateDir, 'iptables-nft', { capture: { ipv6: 'off' } }), netns: ns, env: labEnv });
+    const proxy = spawnInNs(ns, process.execPath, ['-e', "require('net').createServer((s) => s.end()).listen(15001, '0.0.0.0', () => console.log('ready'))"], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve) => proxy.stdout!.once('data', () => resolve()));
+      const report = await verifyCapture({ stateDir, netns: ns, env: labEnv });
+      expect(report.ok, JSON.stringify(report.probes, null, 1)).toBe(true);
+      expect(probe(report, 'ipv4', 'outbound from an ordinary uid').detail).toBe('connected (port 15001 is in use, probably by the proxy, so the original destination was not checked)');
+      expect(probe(report, 'ipv4', 'outbound from the proxy\'s uid').detail).toMatch(/^went direct/);
+    } finally {
+      proxy.kill();
+    }
   });
 
   it('probes inbound capture from a peer namespace, and the SSH port going direct', async () => {
