@@ -209,7 +209,13 @@ export class Connection {
     if (side === 'client') this.clientEnded = true;
     else this.upstreamEnded = true;
     if (this.firstFin === '') this.firstFin = side === 'client' ? 'client-first' : 'upstream-first';
-    if (other && !other.destroyed) other.end();
+    if (other && !other.destroyed) {
+      // The second FIN: `other` has sent its own and we read it to the end, so its receive queue is empty and
+      // close() ends it with a FIN after the bytes already handed to the kernel; end() would first add a
+      // shutdown() and another trip through the stream machinery.
+      if (this.clientEnded && this.upstreamEnded && other.writableLength === 0) other.destroy();
+      else other.end();
+    }
     if (!(this.clientEnded && this.upstreamEnded)) {
       this.state = 'half-closed';
       this.halfClosedAt = performance.now();
