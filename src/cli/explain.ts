@@ -6,6 +6,9 @@ import { explainFlow, type Explanation, type Flow } from '../capture/explain.js'
 import { parseIp } from '../capture/ip.js';
 import { planCapture } from '../capture/plan.js';
 import { systemUserDb } from '../config/host-facts.js';
+import type { Config } from '../config/types.js';
+import { DnsClient, resolveAddresses } from '../policy/dns-client.js';
+import { explainProxy, type ProxyExplanation } from '../policy/explain.js';
 import { readHostContext } from '../netfilter/host-context.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
 
@@ -43,7 +46,33 @@ function resolveOwner(options: Record<string, unknown>): { uid: number; gid: num
 
 const MARK = { redirected: 'INTERCEPTED', tproxied: 'INTERCEPTED', bypassed: 'NOT INTERCEPTED', rejected: 'REJECTED', dropped: 'DROPPED' } as const;
 
-export function formatExplanation(flow: Flow, e: Explanation): string {
+/** Resolves the hostname service addresses of `config` (best effort, bounded), for explain's service match. */
+async function resolveServiceHostnames(config: Config): Promise<{ resolved: Map<string, string[]>; notes: string[] }> {
+  const names = [...new Set(config.services.flatMap((s) => s.addresses.flatMap((a) => (a.kind === 'hostname' ? [a.hostname] : []))))];
+  const resolved = new Map<string, string[]>();
+  const notes: string[] = [];
+  if (names.length === 0) return { resolved, notes };
+  const client = new DnsClient(config.outbound.resolver.servers, Math.min(config.outbound.resolver.timeoutMs, 1000));
+  await Promise.all(names.map(async (name) => {
+    try {
+      resolved.set(name, (await resolveAddresses(client, name)).addresses.map((a) => a.address));
+    } catch (error) {
+      notes.push(`resolving ${name} failed (${(error as Error).message})`);
+    }
+  }));
+  return { resolved, notes };
+}
+
+const PROXY_MARK = { service: 'TO A SERVICE ENDPOINT', passthrough: 'AS DIALLED', refused: 'REFUSED', admitted: 'ADMITTED' } as const;
+
+function formatProxy(e: Explanation, p: ProxyExplanation): string[] {
+  const lines = [`proxy:   ${e.intercepted ? '' : '(not intercepted, so the proxy never sees it; if it were) '}${PROXY_MARK[p.verdict]}: ${p.reason}`];
+  for (const l of p.summary) lines.push(`         ${l}`);
+  for (const a of p.assumptions) lines.push(`note:    ${a}`);
+  return lines;
+}
+
+export function formatExplanation(flow: Flow, e: Explanation & { proxy?: ProxyExplanation }): string {
   const p = e.packet;
   const src = p.source ? `${p.source}${p.sourcePort ? `:${p.sourcePort}` : ''}` : '?';
   const who = p.uid !== null ? `  uid ${p.uid} gid ${p.gid}` : '';
@@ -54,6 +83,7 @@ export function formatExplanation(flow: Flow, e: Explanation): string {
     `why:     ${e.reason}`,
   ];
   if (e.decidedBy) lines.push(`rule:    ${e.decidedBy.table} ${e.decidedBy.chain}: ${e.decidedBy.rule}`);
+  if (e.proxy) lines.push(...formatProxy(e, e.proxy));
   if (e.trace.length > 0) {
     lines.push('trace (✓ matched, · not matched):');
     const width = Math.max(...e.trace.map((t) => `${t.table} ${t.chain}`.length));
@@ -67,7 +97,7 @@ export function register(program: Command): void {
   addConfigOptions(
     program
       .command('explain')
-      .description('show whether a connection would be intercepted, every rule it meets, and the config field that decides')
+      .description('show whether a connection would be intercepted, every rule it meets, the config field that decides, and what the proxy would do with it (service, endpoint choice, limits)')
       .option('--out', 'an outbound connection made by a local process')
       .option('--in', 'an inbound connection arriving from a peer')
       .requiredOption('--dst <address:port>', 'destination, e.g. 10.0.3.4:5432 or [fd00::4]:5432')
@@ -100,7 +130,13 @@ export function register(program: Command): void {
       ...(options.iface !== undefined ? (direction === 'outbound' ? { outInterface: String(options.iface) } : { inInterface: String(options.iface) }) : {}),
     };
     const explanation = explainFlow(planCapture(config), flow, readHostContext(options.netns as string | undefined));
-    const withNote = owner?.note ? { ...explanation, assumptions: [owner.note, ...explanation.assumptions] } : explanation;
+    let proxy: ProxyExplanation | undefined;
+    if (flow.protocol === 'tcp') {
+      const { resolved, notes } = await resolveServiceHostnames(config);
+      const p = explainProxy(config, { direction, destination: dst, source: src }, resolved);
+      proxy = { ...p, assumptions: [...notes, ...p.assumptions] };
+    }
+    const withNote = { ...(owner?.note ? { ...explanation, assumptions: [owner.note, ...explanation.assumptions] } : explanation), ...(proxy ? { proxy } : {}) };
     process.stdout.write(options.json ? `${JSON.stringify(withNote, null, 2)}\n` : formatExplanation(flow, withNote));
   });
 }
