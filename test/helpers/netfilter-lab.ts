@@ -14,10 +14,11 @@ export const BACKENDS: readonly Backend[] = ['iptables-legacy', 'iptables-nft', 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const MESHCTL = join(ROOT, 'bin/meshctl');
 
-const lockDir = mkdtempSync(join(tmpdir(), 'mn-xtables-'));
-process.on('exit', () => rmSync(lockDir, { recursive: true, force: true }));
-/** Environment with a private xtables lock, so tests never wait on the host's /run/xtables.lock. */
-export const labEnv: NodeJS.ProcessEnv = { ...process.env, XTABLES_LOCKFILE: join(lockDir, 'xtables.lock') };
+/**
+ * Environment with a private xtables lock (one file shared by these test files), so tests never wait on, or block,
+ * the host's /run/xtables.lock.
+ */
+export const labEnv: NodeJS.ProcessEnv = { ...process.env, XTABLES_LOCKFILE: join(tmpdir(), 'mn-xtables.lock') };
 
 const stateDirs: string[] = [];
 
