@@ -8,8 +8,15 @@ import { NOFILE, PORTS, waitListening, type Lab } from './lab.js';
 import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
 import { REPO_ROOT } from './tools.js';
 
-export type CandidateName = 'direct' | 'haproxy' | 'meshctl';
+export type CandidateName = 'direct' | 'haproxy' | 'meshctl' | 'meshctl-policy100';
 export const CANDIDATES: readonly CandidateName[] = ['direct', 'haproxy', 'meshctl'];
+/**
+ * meshctl with 100 services configured, the bench's own destinations among them (so every connection takes the
+ * service path: registry lookup, balancer, lease): the issue's "within 5 % of none" check. Opt-in for the smoke
+ * test; part of the full run's default candidates.
+ */
+export const POLICY_CANDIDATE: CandidateName = 'meshctl-policy100';
+export const POLICY_SERVICES = 100;
 
 /** The proxy runs as `nobody`; the capture rules exempt its uid and gid (loop prevention). */
 export const PROXY_USER = { name: 'nobody', uid: 65534, gid: 65534 } as const;
@@ -31,8 +38,23 @@ export interface CandidateOptions {
   readonly cwd?: string;
 }
 
+/**
+ * `count` services: one per bench destination (the echo, HTTP and iperf3 ports of the server, each its own only
+ * endpoint, so traffic still reaches the same server), the rest on addresses nothing dials, spread over exact
+ * addresses and CIDRs like a real registry.
+ */
+export function policyServices(serverAddr: string, count: number): Record<string, unknown>[] {
+  const own = [PORTS.echo, PORTS.http, PORTS.iperf].map((port) => ({ name: `bench-${port}`, addresses: [`${serverAddr}:${port}`], endpoints: [`${serverAddr}:${port}`] }));
+  const others = Array.from({ length: count - own.length }, (_, i) => ({
+    name: `svc-${i}`,
+    addresses: i % 10 === 9 ? [`10.${200 + (i % 50)}.${i}.0/24:${8000 + (i % 7)}`] : [`10.254.${i >> 8}.${i & 255}:${80 + (i % 3)}`],
+    endpoints: [`10.253.${i >> 8}.${i & 255}:8080`, `10.253.${i >> 8}.${i & 255}:8081`],
+  }));
+  return [...own, ...others];
+}
+
 /** The raw config both proxies are measured with (and the capture rules are planned from). */
-export function benchRawConfig(options: CandidateOptions, stateDir: string): Record<string, unknown> {
+export function benchRawConfig(options: CandidateOptions, stateDir: string, services: readonly Record<string, unknown>[] = []): Record<string, unknown> {
   return {
     proxy: {
       user: PROXY_USER.name,
@@ -40,6 +62,7 @@ export function benchRawConfig(options: CandidateOptions, stateDir: string): Rec
       accessLog: { enabled: options.accessLog },
     },
     stateDir,
+    ...(services.length > 0 ? { services } : {}),
   };
 }
 
@@ -114,7 +137,7 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
   const dir = join(lab.options.workDir, name);
   mkdirSync(dir, { recursive: true });
   const stateDir = join(dir, 'state');
-  const raw = benchRawConfig(options, stateDir);
+  const raw = benchRawConfig(options, stateDir, name === POLICY_CANDIDATE ? policyServices(lab.serverAddr, POLICY_SERVICES) : []);
   const configFile = join(dir, 'meshctl.json');
   writeFileSync(configFile, `${JSON.stringify(raw, null, 2)}\n`);
   const pin = lab.options.pin.proxy;
@@ -146,11 +169,27 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
   };
   try {
     await verifyIntercepted(lab, running);
+    if (name === POLICY_CANDIDATE) verifyPolicyPath(lab);
   } catch (error) {
     await running.stop();
     throw error;
   }
   return running;
+}
+
+const STATS_PROBE = "fetch('http://127.0.0.1:15000/stats', { signal: AbortSignal.timeout(2000) }).then((r) => r.text()).then((t) => process.stdout.write(t))";
+
+/**
+ * For the policy variant: the proxy runs all the services, and the interception probe's connection to the echo
+ * server went through the service path (matched `bench-<echo port>`), not passthrough.
+ */
+function verifyPolicyPath(lab: Lab): void {
+  const stats = JSON.parse(execFileSync('ip', ['netns', 'exec', lab.clientNs, process.execPath, '-e', STATS_PROBE], { encoding: 'utf8', timeout: 5000 })) as { policy: { services: Record<string, { connections: number }> } };
+  const services = Object.keys(stats.policy.services);
+  const echo = stats.policy.services[`bench-${PORTS.echo}`];
+  if (services.length !== POLICY_SERVICES || !echo || echo.connections < 1) {
+    throw new Error(`${POLICY_CANDIDATE}: expected ${POLICY_SERVICES} services with the echo probe routed through bench-${PORTS.echo}; /stats has ${services.length} services, bench-${PORTS.echo}: ${JSON.stringify(echo)}`);
+  }
 }
 
 /**

@@ -142,7 +142,7 @@ export interface ReportInput {
   readonly notes?: readonly string[];
 }
 
-const NAMES: Record<CandidateName, string> = { direct: 'direct', haproxy: 'HAProxy', meshctl: 'meshctl' };
+const NAMES: Record<CandidateName, string> = { direct: 'direct', haproxy: 'HAProxy', meshctl: 'meshctl', 'meshctl-policy100': 'meshctl, 100 services' };
 
 export function renderReport(input: ReportInput): string {
   const { info, profile, candidates, measurements } = input;
@@ -165,9 +165,37 @@ export function renderReport(input: ReportInput): string {
   lines.push('');
   lines.push('## Checks', '');
   lines.push(...loadgenChecks(measurements, candidates));
+  const policy = policyChecks(measurements, candidates);
+  if (policy.length > 0) lines.push('', ...policy);
   if (input.notes && input.notes.length > 0) lines.push('', '## Notes', '', ...input.notes);
   lines.push('');
   return lines.join('\n');
+}
+
+/** The rows the mesh-policy issue bounds: request/response and connect rates with 100 services vs none. */
+export const POLICY_ROWS: readonly { workload: WorkloadName; metric: string; label: string }[] = [
+  { workload: 'rr-1', metric: 'rate', label: 'RR 64 B, 1 connection: rate' },
+  { workload: 'rr-32', metric: 'rate', label: 'RR 64 B, 32 connections: rate' },
+  { workload: 'connect-32', metric: 'rate', label: 'connect + close, 32 at a time: rate' },
+];
+
+/**
+ * Policy cost: meshctl with 100 services (every bench connection matched to a service) ÷ meshctl with none, for
+ * the RR and connect-rate rows; the target is within 5 %. Empty unless both candidates ran.
+ */
+export function policyChecks(measurements: readonly Measurement[], candidates: readonly CandidateName[]): string[] {
+  if (!candidates.includes('meshctl') || !candidates.includes('meshctl-policy100')) return [];
+  const lines = ['Policy cost: meshctl with 100 services configured (the bench destinations among them, so every connection takes the service path) ÷ meshctl with none.', '',
+    '| row | meshctl | meshctl, 100 services | ratio | target | |', '|---|---|---|---|---|---|'];
+  for (const row of POLICY_ROWS) {
+    const none = stat(valuesOf(measurements, row.workload, 'meshctl', row.metric))?.median;
+    const hundred = stat(valuesOf(measurements, row.workload, 'meshctl-policy100', row.metric))?.median;
+    if (none === undefined || hundred === undefined) continue;
+    const ratio = none > 0 ? hundred / none : null;
+    const verdict = ratio === null ? '' : ratio >= 0.95 ? 'met' : '**missed**';
+    lines.push(`| ${row.label} | ${fmt(none)} | ${fmt(hundred)} | ${ratio === null ? '–' : `${ratio.toFixed(3)}×`} | ≥ 0.95× | ${verdict} |`);
+  }
+  return lines;
 }
 
 const RATE_METRIC: Partial<Record<WorkloadName, string>> = { 'bulk-1': 'gbps', 'bulk-8': 'gbps', 'rr-1': 'rate', 'rr-32': 'rate', paced: 'rate', 'connect-32': 'rate', 'http-32': 'rate' };

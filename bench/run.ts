@@ -5,7 +5,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CANDIDATES, startCandidate, type CandidateName, type RunningCandidate } from './candidates.js';
+import { CANDIDATES, POLICY_CANDIDATE, startCandidate, type CandidateName, type RunningCandidate } from './candidates.js';
 import { Lab, nsExists, type Pinning } from './lab.js';
 import { renderReport } from './report.js';
 import { buildTcpbench, machineInfo, missingCommands, REPO_ROOT } from './tools.js';
@@ -140,7 +140,7 @@ function parseArgs(argv: readonly string[]): BenchOptions {
   const out = get('--out');
   return {
     profile,
-    candidates: list('--candidates', CANDIDATES),
+    candidates: list('--candidates', [...CANDIDATES, POLICY_CANDIDATE]),
     workloads: list('--workloads', WORKLOADS),
     workers: Math.round(num('--workers', 2)),
     pin: Object.keys(pin).length > 0 ? pin : DEFAULT_PIN,
@@ -153,7 +153,7 @@ function parseArgs(argv: readonly string[]): BenchOptions {
 }
 
 const USAGE = `usage: npm run bench -- [--profile full|smoke] [--reps N] [--secs S] [--warmup S] [--idle-conns N] [--paced-rate R]
-  [--candidates direct,haproxy,meshctl] [--workloads ${WORKLOADS.join(',')}] [--workers N]
+  [--candidates direct,haproxy,meshctl,meshctl-policy100] [--workloads ${WORKLOADS.join(',')}] [--workers N]
   [--pin-loadgen CPUS] [--pin-servers CPUS] [--pin-proxy CPUS] [--access-log] [--cpu-prof DIR] [--out DIR|-]
 Runs as root (network namespaces). Writes bench/results/<date>.md and latest.md.`;
 
