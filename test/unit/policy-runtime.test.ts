@@ -136,3 +136,22 @@ describe('explainProxy', () => {
     expect(explainProxy(config, { direction: 'inbound', destination: { address: '10.0.0.5', port: 8080 } }).assumptions[0]).toContain('pass --src');
   });
 });
+
+describe('meshctl explain output', () => {
+  it('prints the proxy side under the capture verdict', async () => {
+    const { formatExplanation } = await import('../../src/cli/explain.js');
+    const { explainFlow } = await import('../../src/capture/explain.js');
+    const { planCapture } = await import('../../src/capture/plan.js');
+    const config = load(base);
+    const flow = { direction: 'outbound' as const, protocol: 'tcp' as const, destination: { address: '10.96.0.10', port: 80 }, uid: 1000, gid: 1000 };
+    const capture = explainFlow(planCapture(config), flow, { localAddresses: ['10.0.0.5'], route: () => ({ interface: 'eth0', source: '10.0.0.5' }) });
+    const text = formatExplanation(flow, { ...capture, proxy: explainProxy(config, flow) });
+    expect(text).toContain('verdict: INTERCEPTED → proxy port 15001\n');
+    expect(text).toContain('proxy:   TO A SERVICE ENDPOINT: 10.96.0.10:80 is an address of service "api": connects to one of its endpoints instead\n');
+    expect(text).toContain('         service "api" (services[0]), matched by 10.96.0.10:80 (services[0].addresses[0])\n');
+    expect(text).toContain('         choice: round robin\n');
+    const bypassed = { ...flow, uid: 1337, gid: 1337 };
+    const notCaptured = explainFlow(planCapture(config), bypassed, { localAddresses: ['10.0.0.5'], route: () => ({ interface: 'eth0', source: '10.0.0.5' }) });
+    expect(formatExplanation(bypassed, { ...notCaptured, proxy: explainProxy(config, bypassed) })).toContain('proxy:   (not intercepted, so the proxy never sees it; if it were) TO A SERVICE ENDPOINT');
+  });
+});
