@@ -20,6 +20,12 @@ import { ServiceState } from './service-state.js';
 import { UpstreamLease, type EjectionListener } from './upstream.js';
 
 const MAINTENANCE_MS = 5000;
+/**
+ * How long start() waits for first DNS answers and the first health-check round. They go on in the background
+ * after it (and rebuild the endpoints when they land); the bound keeps a start or reload from hanging on a silent
+ * DNS server, and a worker's reload answer well within the primary's query timeout.
+ */
+const START_WAIT_MS = 3000;
 
 export class PolicyRuntime implements EjectionListener {
   readonly services: readonly ServiceRuntime[];
@@ -65,7 +71,15 @@ export class PolicyRuntime implements EjectionListener {
    * starts the timers. Resolves when the runtime is ready to be swapped in; stops the previous runtime's timers.
    */
   async start(): Promise<void> {
-    await this.discovery.start(this.previous?.discovery ?? null);
+    const deadline = performance.now() + START_WAIT_MS;
+    const bounded = async (work: Promise<unknown>, what: string) => {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), Math.max(0, deadline - performance.now()))));
+      const outcome = await Promise.race([work.then(() => 'done' as const), late]);
+      clearTimeout(timer);
+      if (outcome === 'late') this.log.warn({ waitedMs: START_WAIT_MS }, `${what} still running; continuing in the background`);
+    };
+    await bounded(this.discovery.start(this.previous?.discovery ?? null), 'first DNS resolution');
     this.rebuild();
     const checks: Promise<void>[] = [];
     for (const svc of this.services) {
@@ -74,7 +88,7 @@ export class PolicyRuntime implements EjectionListener {
       this.checkers.push(checker);
       checks.push(checker.start());
     }
-    await Promise.all(checks);
+    await bounded(Promise.all(checks), 'first health-check round');
     this.maintenance = setInterval(() => this.maintain(), MAINTENANCE_MS);
     this.maintenance.unref();
     this.previous?.stop();

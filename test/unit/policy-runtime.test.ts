@@ -71,6 +71,30 @@ describe('PolicyRuntime', () => {
   });
 });
 
+describe('PolicyRuntime start with a silent DNS server', () => {
+  it('stops waiting for first answers after 3 s and picks the endpoints up when they arrive', async () => {
+    const { startDnsServer } = await import('../helpers/policy-dns.js');
+    const dns = await startDnsServer({ 'slow.mesh': { ttl: 60, A: ['10.8.0.1'] } });
+    dns.silent = true;
+    const config = load({
+      services: [{ name: 'slow', addresses: ['10.96.1.1:80'], endpoints: [{ dns: 'slow.mesh:80' }] }],
+      outbound: { resolver: { servers: [`127.0.0.1:${dns.port}`], timeout: '4s', minTtl: '100ms' } },
+    });
+    const rt = new PolicyRuntime(config, null, silentLogger);
+    const started = performance.now();
+    await rt.start();
+    expect(performance.now() - started).toBeGreaterThanOrEqual(2900);
+    expect(performance.now() - started).toBeLessThan(3900);
+    expect(rt.snapshot().services.slow!.endpoints).toEqual([]);
+    dns.silent = false;
+    // The query in flight times out at 4 s, the retry 100 ms later is answered.
+    for (let i = 0; i < 40 && rt.snapshot().services.slow!.endpoints.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(rt.snapshot().services.slow!.endpoints.map((e) => e.endpoint)).toEqual(['10.8.0.1:80']);
+    rt.stop();
+    await dns.close();
+  }, 15_000);
+});
+
 describe('policy metrics', () => {
   it('sums workers (endpoints by address) and renders Prometheus families', () => {
     const one = {
