@@ -147,8 +147,6 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
     const cfg = join(dir, 'haproxy.cfg');
     writeFileSync(cfg, haproxyConfig(options.workers));
     proc = startProc('haproxy', ['haproxy', '-f', cfg, '-db'], { ns: lab.clientNs, nofile: NOFILE, ...(pin ? { cpus: pin } : {}) });
-    await waitListening(lab.clientNs, 15001, proc);
-    installCapture(lab, configFile, 'other');
   } else {
     proc = startProc('meshctl proxy', [process.execPath, ...(options.nodeArgs ?? []), join(REPO_ROOT, 'bin', 'meshctl'), 'proxy', '--config', configFile, '--log-level', 'warn'], {
       ns: lab.clientNs,
@@ -157,8 +155,6 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
       ...(pin ? { cpus: pin } : {}),
       ...(options.cwd ? { cwd: options.cwd } : {}),
     });
-    await waitReady(lab, proc);
-    installCapture(lab, configFile, 'meshctl');
   }
   const running: RunningCandidate = {
     name,
@@ -168,9 +164,17 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
     },
   };
   try {
+    if (name === 'haproxy') {
+      await waitListening(lab.clientNs, 15001, proc);
+      installCapture(lab, configFile, 'other');
+    } else {
+      await waitReady(lab, proc);
+      installCapture(lab, configFile, 'meshctl');
+    }
     await verifyIntercepted(lab, running);
     if (name === POLICY_CANDIDATE) verifyPolicyPath(lab);
   } catch (error) {
+    // Never leave a proxy behind: the caller only stops candidates that started.
     await running.stop();
     throw error;
   }
