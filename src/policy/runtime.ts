@@ -131,10 +131,11 @@ export class PolicyRuntime implements EjectionListener {
   }
 
   /**
-   * Policy for an outbound connection to `address:port` from `source`: null to connect as dialled (no service,
-   * passthrough), a refusal reason, or the lease that connects it to one of the service's endpoints.
+   * Policy for an outbound connection to `address:port` from `client` (its address is read only for source-hash
+   * balancing): null to connect as dialled (no service, passthrough), a refusal reason, or the lease that connects
+   * it to one of the service's endpoints.
    */
-  outbound(address: string, port: number, source: string | undefined): UpstreamLease | RefusalReason | null {
+  outbound(address: string, port: number, client: { readonly remoteAddress?: string | undefined }): UpstreamLease | RefusalReason | null {
     const svc = this.matcher.lookup(address, port);
     if (svc === null) return this.registryOnly ? 'registry-only' : null;
     const state = svc.state;
@@ -148,7 +149,7 @@ export class PolicyRuntime implements EjectionListener {
       state.refused['fault-abort']++;
       return 'fault-abort';
     }
-    const hash = svc.config.loadBalancer === 'source-hash' ? hashString(source ?? '') : 0;
+    const hash = svc.config.loadBalancer === 'source-hash' ? hashString(client.remoteAddress ?? '') : 0;
     return new UpstreamLease(svc, hash, fault, this, this.random);
   }
 

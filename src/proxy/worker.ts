@@ -158,7 +158,8 @@ export class ProxyWorker implements ConnectionOwner {
     const policy = this.policy;
     if (policy.active) {
       // Mesh policy: a service's lease, a refusal, or null (connect as dialled).
-      const decision = direction === 'outbound' ? policy.outbound(dst.address, dst.port, socket.remoteAddress) : policy.admitInbound(dst.port, socket.remoteAddress);
+      // The socket, not its peer address: only source-hash and inbound policy read it (one getpeername).
+      const decision = direction === 'outbound' ? policy.outbound(dst.address, dst.port, socket) : policy.admitInbound(dst.port, socket.remoteAddress);
       if (decision !== null) {
         if (typeof decision === 'string') {
           conn.refuse(decision);

@@ -20,12 +20,12 @@ describe('bench policy100 variant', () => {
     const runtime = new PolicyRuntime(config, null, silentLogger);
     await runtime.start();
     for (const port of [PORTS.echo, PORTS.http, PORTS.iperf]) {
-      const lease = runtime.outbound('10.77.0.2', port, '10.77.0.1') as UpstreamLease;
+      const lease = runtime.outbound('10.77.0.2', port, { remoteAddress: '10.77.0.1' }) as UpstreamLease;
       expect(lease.service).toBe(`bench-${port}`);
       expect(lease.svc.endpoints.map((e) => e.text)).toEqual([`10.77.0.2:${port}`]);
       lease.release();
     }
-    expect(runtime.outbound('10.77.0.3', PORTS.echo, '10.77.0.1')).toBeNull();
+    expect(runtime.outbound('10.77.0.3', PORTS.echo, { remoteAddress: '10.77.0.1' })).toBeNull();
     runtime.stop();
   });
 

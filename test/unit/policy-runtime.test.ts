@@ -25,7 +25,7 @@ describe('PolicyRuntime', () => {
     const rt = new PolicyRuntime(load({}), null, silentLogger);
     await rt.start();
     expect(rt.active).toBe(false);
-    expect(rt.outbound('10.0.0.1', 80, '10.0.0.5')).toBeNull();
+    expect(rt.outbound('10.0.0.1', 80, { remoteAddress: '10.0.0.5' })).toBeNull();
     expect(rt.admitInbound(8080, '10.0.0.5')).toBeNull();
     rt.stop();
   });
@@ -33,15 +33,15 @@ describe('PolicyRuntime', () => {
   it('hands out leases for service addresses, refuses by circuit breaker, fault, registry-only and inbound policy', async () => {
     const rt = new PolicyRuntime(load({ ...base, outbound: { policy: 'registry-only' } }), null, silentLogger);
     await rt.start();
-    const a = rt.outbound('10.96.0.10', 80, '10.0.0.5');
-    const b = rt.outbound('10.96.77.1', 8080, '10.0.0.5');
+    const a = rt.outbound('10.96.0.10', 80, { remoteAddress: '10.0.0.5' });
+    const b = rt.outbound('10.96.77.1', 8080, { remoteAddress: '10.0.0.5' });
     expect(a).toBeInstanceOf(UpstreamLease);
     expect((b as UpstreamLease).service).toBe('api');
-    expect(rt.outbound('10.96.0.10', 80, '10.0.0.5')).toBe('circuit-open');
+    expect(rt.outbound('10.96.0.10', 80, { remoteAddress: '10.0.0.5' })).toBe('circuit-open');
     (a as UpstreamLease).release();
-    expect(rt.outbound('10.96.0.10', 80, '10.0.0.5')).toBeInstanceOf(UpstreamLease);
-    expect(rt.outbound('10.96.0.11', 80, '10.0.0.5')).toBe('fault-abort');
-    expect(rt.outbound('10.97.0.1', 80, '10.0.0.5')).toBe('registry-only');
+    expect(rt.outbound('10.96.0.10', 80, { remoteAddress: '10.0.0.5' })).toBeInstanceOf(UpstreamLease);
+    expect(rt.outbound('10.96.0.11', 80, { remoteAddress: '10.0.0.5' })).toBe('fault-abort');
+    expect(rt.outbound('10.97.0.1', 80, { remoteAddress: '10.0.0.5' })).toBe('registry-only');
     expect(rt.admitInbound(8080, '192.0.2.9')).toBe('denied');
     const admitted = rt.admitInbound(8080, '198.51.100.1');
     expect(admitted).toBeInstanceOf(InboundEntry);
@@ -57,12 +57,12 @@ describe('PolicyRuntime', () => {
   it('carries counts, endpoint state and open connections\' limits over a reload', async () => {
     const first = new PolicyRuntime(load(base), null, silentLogger);
     await first.start();
-    const lease = first.outbound('10.96.0.10', 80, 'x') as UpstreamLease;
+    const lease = first.outbound('10.96.0.10', 80, { remoteAddress: 'x' }) as UpstreamLease;
     lease.begin({ connect: () => {}, refuse: () => {}, clientGone: false });
-    first.outbound('10.96.0.10', 80, 'x');
+    first.outbound('10.96.0.10', 80, { remoteAddress: 'x' });
     const second = new PolicyRuntime(load({ services: [{ ...base.services[0], loadBalancer: 'least-connections' }] }), first, silentLogger);
     await second.start();
-    expect(second.outbound('10.96.0.10', 80, 'x')).toBe('circuit-open');
+    expect(second.outbound('10.96.0.10', 80, { remoteAddress: 'x' })).toBe('circuit-open');
     expect(second.snapshot().services.api!.endpoints.map((e) => e.active)).toEqual([1, 0]);
     lease.release();
     expect(second.snapshot().services.api).toMatchObject({ active: 1, connections: 2 });
