@@ -217,7 +217,10 @@ export function loadgenChecks(measurements: readonly Measurement[], candidates: 
       return s ? `${(s.median * 100).toFixed(0)} %` : '–';
     });
     const headroom = direct !== undefined && best > 0 ? direct / best : null;
-    const verdict = workload === 'paced' ? 'fixed rate (open loop): rates equal by design' : headroom === null ? '–' : headroom > 1.05 ? 'not the bottleneck' : '**generator may limit the proxies**';
+    const late = candidates.map((c) => stat(valuesOf(measurements, workload, c, 'generatorLateP99'))).map((s) => (s ? fmt(s.median) : '–'));
+    const verdict = workload === 'paced'
+      ? `fixed rate (open loop): rates equal by design; the generator's own send lateness p99 (this machine's wake-up latency, in every latency above): ${late.join(' / ')} µs`
+      : headroom === null ? '–' : headroom > 1.05 ? 'not the bottleneck' : '**generator may limit the proxies**';
     lines.push(`| ${workload} | ${headroom === null ? '–' : `${headroom.toFixed(2)}×`} | ${cpu.join(' / ')} | ${verdict} |`);
   }
   return lines;

@@ -26,6 +26,8 @@ export interface BenchOptions {
   readonly accessLog: boolean;
   /** meshctl proxy with --cpu-prof into this directory. */
   readonly cpuProfDir?: string;
+  /** Extra node flags for the meshctl proxy (space-separated), e.g. V8 GC flags for an experiment. */
+  readonly proxyNodeArgs?: readonly string[];
   readonly progress?: (line: string) => void;
   /** Checked between workloads: an aborted run stops there and tears the lab down. */
   readonly signal?: AbortSignal;
@@ -55,7 +57,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     workers: options.workers,
     accessLog: options.accessLog,
     cwd: workDir,
-    ...(options.cpuProfDir ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] } : {}),
+    nodeArgs: [...(options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : []), ...(options.proxyNodeArgs ?? [])],
   };
   try {
     lab = await Lab.create({ prefix: options.prefix, subnet: options.subnet, workDir, pin: options.pin, tcpbench });
@@ -149,12 +151,13 @@ function parseArgs(argv: readonly string[]): BenchOptions {
     subnet: 77,
     accessLog: argv.includes('--access-log'),
     ...(get('--cpu-prof') ? { cpuProfDir: get('--cpu-prof')! } : {}),
+    ...(get('--proxy-node-args') ? { proxyNodeArgs: get('--proxy-node-args')!.split(' ').filter(Boolean) } : {}),
   };
 }
 
 const USAGE = `usage: npm run bench -- [--profile full|smoke] [--reps N] [--secs S] [--warmup S] [--idle-conns N] [--paced-rate R]
   [--candidates direct,haproxy,meshctl,meshctl-policy100] [--workloads ${WORKLOADS.join(',')}] [--workers N]
-  [--pin-loadgen CPUS] [--pin-servers CPUS] [--pin-proxy CPUS] [--access-log] [--cpu-prof DIR] [--out DIR|-]
+  [--pin-loadgen CPUS] [--pin-servers CPUS] [--pin-proxy CPUS] [--access-log] [--cpu-prof DIR] [--proxy-node-args "FLAGS"] [--out DIR|-]
 Runs as root (network namespaces). Writes bench/results/<date>.md and latest.md.`;
 
 async function main(): Promise<void> {

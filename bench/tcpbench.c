@@ -13,7 +13,8 @@
 //          no coordinated omission) to the last byte of its echo;
 //   cc:    from socket() to close() after the echo arrived.
 // The load generator's own CPU time over the measured window is reported (cpu_s) so the harness can show that
-// it was not the bottleneck.
+// it was not the bottleneck; paced also reports how late the generator itself issued requests (late_p50_us,
+// late_p99_us: the machine's timer wake-up latency, which no proxy can be blamed for).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -92,6 +93,20 @@ static void record(uint64_t ns) {
     if (!samples) die("realloc");
   }
   samples[nsamples++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
+}
+
+/* paced only: how late the generator itself issued requests that found an idle connection (timer wake-up
+ * latency of this machine), so a report can tell the environment's stalls from the proxy's. */
+static uint32_t *late;
+static size_t nlate, caplate;
+
+static void record_late(uint64_t ns) {
+  if (nlate == caplate) {
+    caplate = caplate ? caplate * 2 : 1 << 16;
+    late = realloc(late, caplate * sizeof *late);
+    if (!late) die("realloc");
+  }
+  late[nlate++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
 }
 
 static int cmp_u32(const void *a, const void *b) {
@@ -215,13 +230,15 @@ static int on_event(struct conn *c, uint32_t events) {
   return 0;
 }
 
+static double late_p50_us = -1, late_p99_us = -1;
+
 static void print_result(const char *mode, double secs, double cpu, long ops, long extra_unfinished) {
   qsort(samples, nsamples, sizeof *samples, cmp_u32);
   printf("{\"mode\":\"%s\",\"ops\":%ld,\"secs\":%.6f,\"rate\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,"
          "\"p999_us\":%.1f,\"max_us\":%.1f,\"errors\":%ld,\"unfinished\":%ld,\"cpu_s\":%.4f,\"conns\":%ld,\"size\":%zu,"
-         "\"total_ops\":%ld}\n",
+         "\"total_ops\":%ld,\"late_p50_us\":%.1f,\"late_p99_us\":%.1f}\n",
          mode, ops, secs, secs > 0 ? ops / secs : 0, pct_us(0.50), pct_us(0.90), pct_us(0.99), pct_us(0.999),
-         nsamples ? samples[nsamples - 1] / 1000.0 : 0, errors, extra_unfinished, cpu, nconns, size, total_ops);
+         nsamples ? samples[nsamples - 1] / 1000.0 : 0, errors, extra_unfinished, cpu, nconns, size, total_ops, late_p50_us, late_p99_us);
   fflush(stdout);
 }
 
@@ -414,6 +431,7 @@ static int run_paced(void) {
         struct conn *c = idle;
         idle = c->next_idle;
         c->t_intended = due;
+        if (due >= t_measure) record_late(now - due);
         if (start_request(c) < 0) {
           errors++;
           close_conn(c);
@@ -428,6 +446,9 @@ static int run_paced(void) {
     if (now > t_end + 2000000000ull) break;
   }
   double cpu = cpu_seconds() - cpu0;
+  qsort(late, nlate, sizeof *late, cmp_u32);
+  late_p50_us = nlate ? late[(size_t)(0.50 * (double)(nlate - 1) + 0.5)] / 1000.0 : 0;
+  late_p99_us = nlate ? late[(size_t)(0.99 * (double)(nlate - 1) + 0.5)] / 1000.0 : 0;
   print_result("paced", secs, cpu, ops, outstanding + (long)(qtail - qhead));
   return 0;
 }

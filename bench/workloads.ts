@@ -50,6 +50,7 @@ interface TcpbenchResult {
   unfinished: number;
   cpu_s: number;
   total_ops: number;
+  late_p99_us: number;
 }
 
 function parseJsonLine<T>(what: string, out: Completed): T {
@@ -90,6 +91,7 @@ async function tcpbench(lab: Lab, candidate: RunningCandidate, mode: 'rr' | 'pac
     loadgenCpu: r.cpu_s / r.secs,
   };
   if (proxyCpu !== null && r.total_ops > 0) values.proxyCpuPerOp = (proxyCpu / r.total_ops) * 1e6; // µs of CPU per op
+  if (mode === 'paced') values.generatorLateP99 = r.late_p99_us;
   return values;
 }
 
