@@ -1,7 +1,7 @@
 // `npm run bench`: builds the lab, measures every candidate on every workload (repetitions interleaved across
 // candidates), and writes the markdown report to bench/results/<date>.md and bench/results/latest.md (raw JSON
 // under bench/results/raw/). `runBench` is also what the CI smoke test calls, with the smoke profile.
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -88,7 +88,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     `CPU pinning (taskset): ${Object.entries(options.pin).map(([k, v]) => `${k} on CPU ${v}`).join(', ') || 'none — the kernel schedules load generator, servers and proxy across all cores'}.`,
     `Proxy CPU per op/GB = the proxy's processes' utime+stime over the run ÷ operations (warm-up included) or GB moved.`,
   ];
-  const markdown = renderReport({ info, profile: options.profile, candidates: options.candidates, measurements, setup });
+  const markdown = renderReport({ info, profile: options.profile, candidates: options.candidates, measurements, setup, notes: readNotes() });
   const files: string[] = [];
   if (options.outDir) {
     mkdirSync(join(options.outDir, 'raw'), { recursive: true });
@@ -102,6 +102,15 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     files.push(raw);
   }
   return { measurements, markdown, files };
+}
+
+/** bench/notes.md: the profiling analysis (where meshctl's time goes, what would close the gaps), in every report. */
+function readNotes(): string[] {
+  try {
+    return readFileSync(join(REPO_ROOT, 'bench', 'notes.md'), 'utf8').trimEnd().split('\n');
+  } catch {
+    return [];
+  }
 }
 
 function parseArgs(argv: readonly string[]): BenchOptions {
