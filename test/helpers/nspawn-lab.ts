@@ -87,7 +87,7 @@ export class Container {
     this.consoleLog = `${options.root}.console.log`;
   }
 
-  async boot(timeoutMs = 60_000): Promise<void> {
+  async boot(timeoutMs = 120_000): Promise<void> {
     const args = ['-q', '-D', this.options.root, '-M', this.options.name, '--register=no', '--keep-unit', '-b',
       // nspawn keeps CAP_NET_ADMIN only with --private-network; the container owns its netns, so give it back.
       '--capability=CAP_NET_ADMIN', `--network-namespace-path=/run/netns/${this.options.netns}`,
@@ -98,19 +98,31 @@ export class Container {
     this.proc = proc;
     this.exit = new Promise((resolve) => proc.once('exit', (code) => resolve(code)));
     const deadline = Date.now() + timeoutMs;
+    // The container's PID 1 is the child of nspawn that runs systemd (nspawn forks short-lived helpers first).
     while (this.leader === 0) {
       if (proc.exitCode !== null) throw new Error(`systemd-nspawn exited with ${proc.exitCode}: ${this.console()}`);
       try {
-        this.leader = Number(execFileSync('pgrep', ['-P', String(proc.pid)], { encoding: 'utf8' }).trim().split('\n')[0]);
+        const children = execFileSync('pgrep', ['-P', String(proc.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+        this.leader = children.find((pid) => {
+          try {
+            return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'systemd';
+          } catch {
+            return false;
+          }
+        }) ?? 0;
       } catch {
-        await sleep(50);
+        // no child yet
       }
+      if (this.leader === 0) await sleep(50);
       if (Date.now() > deadline) throw new Error(`container ${this.options.name} did not start: ${this.console()}`);
     }
     for (;;) {
       const state = this.exec('systemctl', ['is-system-running']).stdout.trim();
       if (state === 'running' || state === 'degraded') return;
-      if (Date.now() > deadline) throw new Error(`container ${this.options.name} stuck in state ${state}: ${this.exec('systemctl', ['--failed', '--no-pager']).stdout}`);
+      if (Date.now() > deadline) {
+        const failed = this.exec('systemctl', ['--failed', '--no-pager']);
+        throw new Error(`container ${this.options.name} stuck in state "${state}": ${failed.stdout}${failed.stderr}\nconsole:\n${this.console()}`);
+      }
       await sleep(100);
     }
   }
