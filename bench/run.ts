@@ -48,6 +48,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const say = options.progress ?? (() => {});
   const tcpbench = buildTcpbench();
   const info = machineInfo();
+  const loadStart = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   const workDir = mkdtempSync(join(tmpdir(), 'meshctl-bench-'));
   chmodSync(workDir, 0o755); // the proxy runs as nobody and reads its config from here
   const measurements: Measurement[] = [];
@@ -81,7 +82,9 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     if (lab) await lab.destroy();
     rmSync(workDir, { recursive: true, force: true });
   }
+  const loadEnd = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   const setup = [
+    `Machine load (1/5/15-min load average) at start: ${loadStart}; at end: ${loadEnd}. Other work on the machine shares its ${info.cores} cores with the lab: compare rows within one run, not across runs.`,
     `Lab: client netns (load generators, capture rules, proxy) ↔ veth ↔ server netns (C echo server, nginx 1 worker, iperf3 -s); a fresh client netns per candidate run.`,
     `Candidates: direct (no rules); HAProxy ${options.workers} threads (\`nbthread\`), transparent via \`server 0.0.0.0:0\`; meshctl proxy ${options.workers} workers (\`proxy.workers\`), access log ${options.accessLog ? 'on' : 'off'}. Both proxies run as nobody behind the same capture rules, installed by \`meshctl install --netns\` (default capture config, proxy.user nobody).`,
     `Load generators: bench/tcpbench.c (epoll, one thread; RR, paced open-loop with latency from the intended send time, connect+close, hold), iperf3, wrk -t1 -c32.`,
