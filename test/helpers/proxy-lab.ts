@@ -1,19 +1,18 @@
 // The proxy's netns lab: a client namespace (apps as uid 1000, the capture rules, the proxy as `nobody`) and a
 // server namespace (real servers) joined by veth. Agents (test/helpers/proxy-agent.mjs) run inside the namespaces
 // and are driven over IPC; the proxy is the real CLI (`bin/meshctl proxy`, built into dist/).
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { configFromObject } from '../../src/config/load.js';
 import { installCapture } from '../../src/netfilter/install.js';
 import type { Config } from '../../src/config/types.js';
-import { createVethPair, deleteNs, inNs } from './netns.js';
+import { destroyLab, spawnLabProxy, startLabAgent, type Agent, type LabProxy, type NsUser } from './lab-process.js';
+import { createVethPair, inNs } from './netns.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const AGENT = fileURLToPath(new URL('./proxy-agent.mjs', import.meta.url));
-const MESHCTL = join(ROOT, 'bin', 'meshctl');
 
 export const PROXY_UID = 65534; // nobody
 export const PROXY_GID = 65534; // nogroup
@@ -26,67 +25,11 @@ export function assertBuilt(): void {
   }
 }
 
-/** Runs `argv` inside `ns` with a raised fd limit, optionally as uid/gid (setpriv drops root after ulimit). */
-function nsCommand(ns: string, argv: readonly string[], user?: { uid: number; gid: number }): string[] {
-  const drop = user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups'] : [];
-  return ['netns', 'exec', ns, 'sh', '-c', 'ulimit -n "$(ulimit -Hn)" && exec "$@"', 'sh', ...drop, ...argv];
-}
+export type { Agent, AgentError } from './lab-process.js';
 
-export interface AgentError {
-  message: string;
-  code?: string;
-  errno?: number;
-  syscall?: string;
-  causeCode?: string;
-}
-
-export interface Agent {
-  readonly ns: string;
-  readonly pid: number;
-  call<T = unknown>(op: string, args?: Record<string, unknown>): Promise<T>;
-  stop(): void;
-}
-
-/** Starts an agent in `ns` (as `user` when given) and waits until it answers. */
-export async function startAgent(ns: string, user?: { uid: number; gid: number }): Promise<Agent> {
-  const child = spawn('ip', nsCommand(ns, [process.execPath, AGENT], user), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  let nextId = 1;
-  let ready: () => void = () => {};
-  let failed: (e: Error) => void = () => {};
-  const started = new Promise<void>((resolve, reject) => {
-    ready = resolve;
-    failed = reject;
-  });
-  child.on('message', (message: { id: number; ok: boolean; result?: unknown; error?: AgentError }) => {
-    if (message.id === 0) return ready();
-    const p = pending.get(message.id);
-    if (!p) return;
-    pending.delete(message.id);
-    if (message.ok) p.resolve(message.result);
-    else p.reject(Object.assign(new Error(`agent in ${ns}: ${message.error?.message}`), message.error));
-  });
-  child.on('exit', (code, signal) => {
-    const error = new Error(`agent in ${ns} exited (code ${code}, signal ${signal})`);
-    failed(error);
-    for (const p of pending.values()) p.reject(error);
-    pending.clear();
-  });
-  await started;
-  return {
-    ns,
-    pid: child.pid!,
-    call<T>(op: string, args: Record<string, unknown> = {}): Promise<T> {
-      const id = nextId++;
-      return new Promise<T>((resolve, reject) => {
-        pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-        child.send({ id, op, args });
-      });
-    },
-    stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    },
-  };
+/** Starts a proxy agent (test/helpers/proxy-agent.mjs) in `ns` (as `user` when given) and waits until it answers. */
+export function startAgent(ns: string, user?: NsUser): Promise<Agent> {
+  return startLabAgent(AGENT, ns, user);
 }
 
 /** A lab config object: the proxy runs as nobody; SSH port 22 is the only excluded port. */
@@ -124,21 +67,7 @@ export interface AccessLine {
   state?: string;
 }
 
-export interface RunningProxy {
-  readonly child: ChildProcess;
-  readonly pid: number;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; atMs: number }>;
-  accessLog(): AccessLine[];
-  stderr(): string;
-  /** Waits until an access-log line matches (polling the collected stdout). */
-  waitForAccess(match: (line: AccessLine) => boolean, timeoutMs?: number): Promise<AccessLine>;
-  waitForStderr(pattern: RegExp, timeoutMs?: number): Promise<void>;
-  admin(path: string, method?: string): Promise<{ status: number; body: string }>;
-  adminJson<T = any>(path: string): Promise<T>;
-  waitReady(timeoutMs?: number): Promise<void>;
-  /** SIGKILL to the proxy and its workers (cleanup). */
-  kill(): void;
-}
+export type RunningProxy = LabProxy<AccessLine>;
 
 export interface ProxyLab {
   readonly client: string;
@@ -152,14 +81,6 @@ export interface ProxyLab {
   /** Starts `meshctl proxy --config FILE` as nobody; `prefix` runs before node (e.g. systemd-socket-activate). */
   startProxy(configFile: string, extraArgs?: readonly string[], prefix?: readonly string[], user?: { uid: number; gid: number }): Promise<RunningProxy>;
   destroy(): Promise<void>;
-}
-
-function childPids(pid: number): number[] {
-  try {
-    return execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' }).split('\n').map((s) => Number(s.trim())).filter((n) => n > 0);
-  } catch {
-    return [];
-  }
 }
 
 /**
@@ -191,10 +112,7 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
     agents.push(await startAgent(client, { uid: APP_UID, gid: APP_UID }));
     agents.push(await startAgent(server));
   } catch (error) {
-    for (const a of agents) a.stop();
-    deleteNs(client);
-    deleteNs(server);
-    rmSync(dir, { recursive: true, force: true });
+    await destroyLab({ proxies: [], agents, namespaces: [client, server], dir });
     throw error;
   }
   const [app, peer] = agents as [Agent, Agent];
@@ -205,77 +123,7 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
     prefix: readonly string[] = [],
     user: { uid: number; gid: number } = { uid: PROXY_UID, gid: PROXY_GID },
   ): Promise<RunningProxy> => {
-    const child = spawn('ip', nsCommand(client, [...prefix, process.execPath, MESHCTL, 'proxy', '--config', configFile, ...extraArgs], user), {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, MESHCTL_LOG_LEVEL: 'info' },
-    });
-    let out = '';
-    let err = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; atMs: number }>((resolve) =>
-      child.on('exit', (code, signal) => resolve({ code, signal, atMs: performance.now() })),
-    );
-    const parse = (): AccessLine[] =>
-      out.split('\n').filter((l) => l.startsWith('{')).flatMap((l) => {
-        try {
-          return [JSON.parse(l) as AccessLine];
-        } catch {
-          return [];
-        }
-      });
-    const admin = async (path: string, method = 'GET') => {
-      const r = await app.call<{ status: number; body: string }>('http', { host: '127.0.0.1', port: 15000, path, method });
-      return { status: r.status, body: r.body };
-    };
-    const proxy: RunningProxy = {
-      child,
-      pid: child.pid!,
-      exited,
-      accessLog: parse,
-      stderr: () => err,
-      async waitForAccess(match, timeoutMs = 5000) {
-        const deadline = performance.now() + timeoutMs;
-        for (;;) {
-          const hit = parse().find(match);
-          if (hit) return hit;
-          if (performance.now() > deadline) throw new Error(`no matching access-log line within ${timeoutMs} ms; have:\n${out}`);
-          await new Promise((r) => setTimeout(r, 25));
-        }
-      },
-      async waitForStderr(pattern, timeoutMs = 5000) {
-        const deadline = performance.now() + timeoutMs;
-        while (!pattern.test(err)) {
-          if (performance.now() > deadline) throw new Error(`stderr did not match ${pattern} within ${timeoutMs} ms:\n${err}`);
-          await new Promise((r) => setTimeout(r, 25));
-        }
-      },
-      admin,
-      async adminJson(path) {
-        const r = await admin(path);
-        if (r.status !== 200) throw new Error(`admin ${path}: ${r.status} ${r.body}`);
-        return JSON.parse(r.body);
-      },
-      async waitReady(timeoutMs = 15000) {
-        const deadline = performance.now() + timeoutMs;
-        for (;;) {
-          if (child.exitCode !== null) throw new Error(`proxy exited with ${child.exitCode}:\n${err}`);
-          const r = await admin('/ready').catch(() => null);
-          if (r?.status === 200) return;
-          if (performance.now() > deadline) throw new Error(`proxy not ready within ${timeoutMs} ms:\n${err}`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      },
-      kill() {
-        for (const pid of [...childPids(child.pid!), child.pid!]) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            // already gone
-          }
-        }
-      },
-    };
+    const proxy = spawnLabProxy<AccessLine>(client, ['--config', configFile, ...extraArgs], { user, adminVia: app, prefix });
     proxies.push(proxy);
     return proxy;
   };
@@ -290,12 +138,7 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
     writeConfig,
     startProxy,
     async destroy() {
-      for (const p of proxies) p.kill();
-      for (const a of agents) a.stop();
-      await Promise.all(proxies.map((p) => Promise.race([p.exited, new Promise((r) => setTimeout(r, 2000))])));
-      deleteNs(client);
-      deleteNs(server);
-      rmSync(dir, { recursive: true, force: true });
+      await destroyLab({ proxies, agents, namespaces: [client, server], dir });
     },
   };
 }
