@@ -1,10 +1,11 @@
 // A test agent for the policy labs, living inside a network namespace (apps run it as uid 1000): endpoint servers
 // that name themselves on connect, clients that count which endpoint served them, a control-plane HTTP server with
 // ETags and a DNS server (the proxy's own wire codec, from dist/). Driven over IPC by test/helpers/policy-lab.ts.
-import { createServer as createHttpServer, request as httpRequest } from 'node:http';
+import { createServer as createHttpServer } from 'node:http';
 import { createSocket } from 'node:dgram';
 import { connect, createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { runAgent } from './agent-core.mjs';
 
 const servers = new Map(); // name -> { close(), records }
 const held = new Map(); // tag -> Set<socket>
@@ -42,10 +43,6 @@ function dialForId({ host, port, localAddress, timeoutMs = 5000, keep }) {
 }
 
 const ops = {
-  async ping() {
-    return { pid: process.pid, uid: process.getuid() };
-  },
-
   /** A TCP server that writes `${id}\n` on every connection, then echoes. Records each accepted connection. */
   async serve({ name, host, port, id }) {
     const sockets = new Set();
@@ -177,20 +174,6 @@ const ops = {
     return { attempts: results.length, served, errors, elapsedMs: performance.now() - started };
   },
 
-  async http({ host, port, path = '/', method = 'GET', timeoutMs = 5000 }) {
-    return new Promise((resolve, reject) => {
-      const req = httpRequest({ host, port, path, method, agent: false, timeout: timeoutMs }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (d) => { body += d; });
-        res.on('end', () => resolve({ status: res.statusCode, body }));
-      });
-      req.on('timeout', () => req.destroy(new Error(`http ${host}:${port}${path} timed out`)));
-      req.on('error', reject);
-      req.end();
-    });
-  },
-
   /** An HTTP server serving one document with an ETag (304 on If-None-Match); `setDocument` changes it. */
   async serveDocument({ name, host, port, body, etag, status = 200 }) {
     const state = { body, etag, status, requests: [] };
@@ -288,15 +271,4 @@ const ops = {
   },
 };
 
-process.on('message', async (message) => {
-  const { id, op, args } = message;
-  try {
-    if (!ops[op]) throw new Error(`unknown agent op ${op}`);
-    const result = await ops[op](args ?? {});
-    process.send({ id, ok: true, result });
-  } catch (error) {
-    process.send({ id, ok: false, error: errorInfo(error) });
-  }
-});
-process.on('disconnect', () => process.exit(0));
-process.send({ id: 0, ok: true, result: 'ready' });
+runAgent(ops, errorInfo);

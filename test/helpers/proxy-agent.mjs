@@ -2,9 +2,10 @@
 // clients driven by the test over the Node IPC channel. Plain JS because it runs under `ip netns exec` + setpriv
 // with the system node; test/helpers/proxy-lab.ts starts it and wraps its operations in typed calls.
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer as createHttpServer, request as httpRequest } from 'node:http';
+import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { runAgent } from './agent-core.mjs';
 
 const servers = new Map(); // name -> { server, records: [] }
 const held = new Map(); // tag -> Set<socket>
@@ -92,10 +93,6 @@ const serverKinds = {
 };
 
 const ops = {
-  async ping() {
-    return { pid: process.pid, uid: process.getuid() };
-  },
-
   /** Listens, connects to `connect` (which the namespace's rules may redirect), and reads the accepted socket's original destination. */
   async originalDst({ listen, connect: target }) {
     const { readOriginalDst } = await import(new URL('../../dist/proxy/original-dst.js', import.meta.url));
@@ -168,20 +165,6 @@ const ops = {
     if (s) await new Promise((resolve) => s.server.close(() => resolve()));
     servers.delete(name);
     return {};
-  },
-
-  async http({ host, port, path = '/', method = 'GET', timeoutMs = 5000 }) {
-    return new Promise((resolve, reject) => {
-      const req = httpRequest({ host, port, path, method, agent: false, timeout: timeoutMs }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (d) => { body += d; });
-        res.on('end', () => resolve({ status: res.statusCode, body, headers: res.headers }));
-      });
-      req.on('timeout', () => req.destroy(new Error(`http ${host}:${port}${path} timed out`)));
-      req.on('error', reject);
-      req.end();
-    });
   },
 
   /** Connects and measures the time from the established connection to the server's first bytes. */
@@ -374,15 +357,4 @@ const ops = {
   },
 };
 
-process.on('message', async (message) => {
-  const { id, op, args } = message;
-  try {
-    if (!ops[op]) throw new Error(`unknown agent op ${op}`);
-    const result = await ops[op](args ?? {});
-    process.send({ id, ok: true, result });
-  } catch (error) {
-    process.send({ id, ok: false, error: errorInfo(error) });
-  }
-});
-process.on('disconnect', () => process.exit(0));
-process.send({ id: 0, ok: true, result: 'ready' });
+runAgent(ops, errorInfo);
