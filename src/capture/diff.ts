@@ -69,6 +69,8 @@ function matchKey(match: Match): string | null {
       return `${not}ctState=${[...new Set(match.states)].sort().join(',')}`;
     case 'socketTransparent':
       return 'socketTransparent';
+    case 'tcpSyn':
+      return `${not}tcpSyn`;
     case 'mark':
       return `${not}mark=${hex(match.value & match.mask)}/${hex(match.mask)}`;
   }

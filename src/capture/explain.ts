@@ -106,6 +106,8 @@ function matches(match: Match, p: Packet): boolean {
         return match.states.includes('NEW');
       case 'socketTransparent':
         return false; // a new connection has no established socket yet
+      case 'tcpSyn':
+        return p.protocol === 'tcp'; // the first packet of a new TCP connection is its SYN
       case 'mark':
         return (0 & match.mask) === match.value;
     }

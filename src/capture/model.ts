@@ -37,6 +37,8 @@ export type Match =
   | { readonly kind: 'ctState'; readonly states: readonly CtState[]; readonly negate?: boolean }
   /** `-m socket --transparent`: an established transparent socket exists for the packet. */
   | { readonly kind: 'socketTransparent' }
+  /** `--syn` (`--tcp-flags FIN,SYN,RST,ACK SYN`): the packet opens a TCP connection. Needs `protocol: tcp`. */
+  | { readonly kind: 'tcpSyn'; readonly negate?: boolean }
   | { readonly kind: 'mark'; readonly value: number; readonly mask: number; readonly negate?: boolean };
 
 export type Target =

@@ -255,6 +255,19 @@ function parseRuleArgs(table: Table, chain: string, tokens: readonly string[], k
         matches.push({ kind: 'ctState', states, ...neg() });
         break;
       }
+      case '--syn':
+      case '--tcp-flags': {
+        // iptables-save prints `--syn` as `--tcp-flags FIN,SYN,RST,ACK SYN`; only that form is in the model.
+        if (module === 'multiport') throw new Unsupported(`${token} inside -m multiport`);
+        if (protocol !== 'tcp' || protocolNegated) throw new Unsupported(`${token} without -p tcp`);
+        if (token === '--tcp-flags') {
+          const mask = next(token);
+          const comp = next(token);
+          if (mask.split(',').sort().join(',') !== 'ACK,FIN,RST,SYN' || comp !== 'SYN') throw new Unsupported(`--tcp-flags ${mask} ${comp}`);
+        }
+        matches.push({ kind: 'tcpSyn', ...neg() });
+        break;
+      }
       case '--transparent': {
         if (module !== 'socket' || negate) throw new Unsupported(negate ? '! --transparent' : '--transparent outside -m socket');
         socketPending = false;

@@ -93,6 +93,14 @@ class FamilyBuilder {
   }
 }
 
+/**
+ * Only a SYN may start capture. A connection that existed before the rules (an SSH session on a host whose
+ * conntrack was not loaded yet) is picked up mid-stream as "new" by conntrack; NATing or rejecting it would cut it.
+ */
+function addSkipMidstream(b: FamilyBuilder, table: Table, chain: string): void {
+  b.add(table, chain, [tcp, { kind: 'tcpSyn', negate: true }], { kind: 'return' }, 'skip-midstream', 'built-in (connections older than the rules)');
+}
+
 /** Rules shared by inbound capture in every mode: what is never captured, then what is. */
 function addInboundFilter(b: FamilyBuilder, config: Config, table: Table, chain: string, capture: Target, purpose: string): void {
   const { capture: cap, safety, proxy } = config;
@@ -124,6 +132,7 @@ function planInbound(b: FamilyBuilder, config: Config): string | null {
   b.add('nat', inRedirect, [tcp], { kind: 'redirect', toPort: config.proxy.inboundPort }, 'redirect-inbound', 'proxy.inboundPort');
   if (inbound.mode === 'redirect') {
     const chain = b.chain('nat', CHAINS.inbound);
+    addSkipMidstream(b, 'nat', chain);
     addInboundFilter(b, config, 'nat', chain, { kind: 'jump', chain: inRedirect }, 'inbound-to-proxy');
     b.add('nat', 'PREROUTING', [tcp], { kind: 'jump', chain }, 'inbound-capture', 'capture.inbound.enabled');
     return chain;
@@ -141,6 +150,7 @@ function planInbound(b: FamilyBuilder, config: Config): string | null {
   // Replies to this host's own outbound connections also pass mangle PREROUTING; TPROXY would find their ordinary
   // socket and drop them. Loopback never needs TPROXY (the proxy's own-address calls take the nat path below).
   b.add('mangle', chain, [{ kind: 'inInterface', name: 'lo' }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+  addSkipMidstream(b, 'mangle', chain);
   b.add('mangle', chain, [tcp, { kind: 'ctState', states: ['RELATED', 'ESTABLISHED'] }], { kind: 'jump', chain: divert }, 'tproxy-established', 'capture.inbound.mode');
   addInboundFilter(b, config, 'mangle', chain, { kind: 'jump', chain: tproxy }, 'inbound-to-proxy');
   b.add('mangle', 'PREROUTING', [tcp], { kind: 'jump', chain }, 'inbound-capture', 'capture.inbound.enabled');
@@ -198,6 +208,7 @@ function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: strin
   const notLocalhost: Match = { kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]), negate: true };
   const { uid, gid } = proxy.user;
 
+  addSkipMidstream(b, 'nat', chain);
   cap.excludeInterfaces.forEach((name, i) =>
     b.add('nat', chain, [{ kind: 'outInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
   b.add('nat', chain, [{ kind: 'source', cidr: hostCidr(proxy.inboundPassthroughSource[b.family]) }, lo], { kind: 'return' }, 'skip-inbound-passthrough', 'built-in (proxy inbound passthrough source)');
@@ -269,6 +280,7 @@ function planBlock(b: FamilyBuilder, config: Config): void {
   const notNew: Match = { kind: 'ctState', states: ['NEW'], negate: true };
   if (cap.outbound.enabled) {
     const chain = b.chain('filter', CHAINS.blockOut);
+    addSkipMidstream(b, 'filter', chain);
     cap.excludeInterfaces.forEach((name, i) => b.add('filter', chain, [{ kind: 'outInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
     b.add('filter', chain, [notNew], { kind: 'return' }, 'skip-established', 'built-in (established connections)');
     b.add('filter', chain, [{ kind: 'outInterface', name: 'lo' }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
@@ -280,6 +292,7 @@ function planBlock(b: FamilyBuilder, config: Config): void {
   }
   if (cap.inbound.enabled) {
     const chain = b.chain('filter', CHAINS.blockIn);
+    addSkipMidstream(b, 'filter', chain);
     b.add('filter', chain, [notNew], { kind: 'return' }, 'skip-established', 'built-in (established connections)');
     b.add('filter', chain, [{ kind: 'inInterface', name: 'lo' }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
     addInboundFilter(b, config, 'filter', chain, reject, 'ipv6-block-inbound');

@@ -22,7 +22,7 @@ function renderPorts(flag: 'dport' | 'sport', ranges: readonly PortRange[], nega
 /** Matches that live in the fixed ipt_entry header come first, as iptables-save prints them. */
 const MATCH_ORDER: Record<Match['kind'], number> = {
   source: 0, destination: 1, inInterface: 2, outInterface: 3, protocol: 4,
-  destinationPort: 5, sourcePort: 6, uidOwner: 7, gidOwner: 8, ctState: 9, socketTransparent: 10, mark: 11,
+  destinationPort: 5, sourcePort: 6, tcpSyn: 7, uidOwner: 8, gidOwner: 9, ctState: 10, socketTransparent: 11, mark: 12,
 };
 
 function renderMatch(match: Match): string {
@@ -49,6 +49,8 @@ function renderMatch(match: Match): string {
       return `-m conntrack ${not(match.negate)}--ctstate ${match.states.join(',')}`;
     case 'socketTransparent':
       return '-m socket --transparent';
+    case 'tcpSyn':
+      return `${not(match.negate)}--syn`;
     case 'mark':
       return `-m mark ${not(match.negate)}--mark ${hex(match.value)}/${hex(match.mask)}`;
   }

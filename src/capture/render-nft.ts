@@ -117,6 +117,8 @@ function renderMatch(match: Match, family: Family, protocol: 'tcp' | 'udp' | nul
     }
     case 'socketTransparent':
       return 'socket transparent 1';
+    case 'tcpSyn':
+      return `tcp flags ${op}syn / fin,syn,rst,ack`;
     case 'mark':
       if (match.mask >>> 0 === 0xffffffff) return `meta mark ${op}${hex8(match.value)}`;
       return `meta mark & ${hex8(match.mask)} ${op ? '!=' : '=='} ${hex8(match.value & match.mask)}`;
@@ -173,7 +175,7 @@ function commentText(purpose: string): string {
 export function renderNftRule(rule: Rule, family: Family): string[] {
   const protocolMatch = rule.matches.find((m): m is Extract<Match, { kind: 'protocol' }> => m.kind === 'protocol' && !m.negate);
   const protocol = protocolMatch?.protocol ?? null;
-  const impliedProtocol = rule.matches.some((m) => m.kind === 'destinationPort' || m.kind === 'sourcePort');
+  const impliedProtocol = rule.matches.some((m) => m.kind === 'destinationPort' || m.kind === 'sourcePort' || m.kind === 'tcpSyn');
   const matches = rule.matches.map((m) => renderMatch(m, family, protocol, impliedProtocol)).filter((t): t is string => t !== null);
   const protocolShown = protocol !== null;
   const comment = commentText(rule.purpose);

@@ -30,7 +30,8 @@ describe('planCapture', () => {
     const order = purposes(p, 'MESHCTL_OUTPUT');
     expect(order.indexOf('skip-proxy-uid')).toBeLessThan(order.indexOf('outbound-to-proxy'));
     expect(order.indexOf('skip-proxy-gid')).toBeLessThan(order.indexOf('outbound-to-proxy'));
-    expect(order.indexOf('skip-inbound-passthrough')).toBe(0);
+    expect(order.indexOf('skip-midstream')).toBe(0);
+    expect(order.indexOf('skip-inbound-passthrough')).toBe(1);
     expect(order.indexOf('skip-inbound-passthrough')).toBeLessThan(order.indexOf('proxy-to-own-address-inbound'));
   });
 
@@ -57,7 +58,7 @@ describe('planCapture', () => {
       { family: 'ipv6', mark: 7, mask: 0xffffffff, table: 77, priority: 32000 },
     ]);
     const v4 = fam(plan, 'ipv4');
-    expect(purposes(v4, 'MESHCTL_INBOUND').slice(0, 3)).toEqual(['tproxy-established', 'skip-loopback', 'tproxy-established']);
+    expect(purposes(v4, 'MESHCTL_INBOUND').slice(0, 4)).toEqual(['tproxy-established', 'skip-loopback', 'skip-midstream', 'tproxy-established']);
     expect(v4.rules.find((r) => r.target.kind === 'tproxy')?.target).toEqual({ kind: 'tproxy', toPort: 15006, mark: 7, mask: 0xffffffff });
     expect(v4.rules.find((r) => r.purpose === 'proxy-to-own-address-inbound')?.target).toEqual({ kind: 'jump', chain: 'MESHCTL_LOCAL_INBOUND' });
   });
@@ -87,6 +88,18 @@ describe('planCapture', () => {
     const v4 = fam(planCapture(loadCase('t', { proxy: { user: 'meshproxy' }, capture: { outbound: { includeGids: ['apps', 2100] } } })), 'ipv4');
     const rule = v4.rules.find((r) => r.purpose === 'skip-gid-not-included');
     expect(rule?.matches).toEqual([{ kind: 'gidOwner', gid: 2000, negate: true }, { kind: 'gidOwner', gid: 2100, negate: true }]);
+  });
+
+  it('lets only a SYN start capture, so connections older than the rules are never cut', () => {
+    for (const ipv6 of ['intercept', 'block'] as const) {
+      const plan = planCapture(loadCase('t', { proxy: { user: 'meshproxy' }, capture: { ipv6 } }));
+      for (const f of plan.families) {
+        const entry = f.rules.filter((r) => r.target.kind === 'jump' && !r.chain.startsWith('MESHCTL_')).map((r) => (r.target as { chain: string }).chain);
+        for (const chain of entry.filter((c) => !c.startsWith('MESHCTL_DNS') && c !== 'MESHCTL_DROP_INVALID')) {
+          expect(f.rules.find((r) => r.chain === chain && r.purpose === 'skip-midstream'), `${f.family} ${chain}`).toBeDefined();
+        }
+      }
+    }
   });
 
   it('plans nothing but what is enabled', () => {
