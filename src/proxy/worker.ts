@@ -114,10 +114,9 @@ export class ProxyWorker implements ConnectionOwner {
     this.metrics.accepted(direction);
     const conn = new Connection(`${this.index}.${++this.nextId}`, direction, socket, this.config.proxy, this);
     this.connections.add(conn);
-    if (this.draining) {
-      conn.abort('drain', 'refused-while-draining', 'reset');
-      return;
-    }
+    // A connection accepted in the same moment the drain closed the listeners is served, not reset: the drain
+    // waits for it like any other open connection, and under socket activation the next instance would have
+    // served it from the backlog anyway.
     const periodic = this.accessLog.periodicIntervalMs;
     if (periodic !== null) conn.nextProgressAt = conn.startedAt + periodic;
     const acceptedOn = new AcceptedSocket(socket, spec);
