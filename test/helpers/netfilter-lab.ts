@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { Backend } from '../../src/config/types.js';
 import type { Config } from '../../src/config/types.js';
 import { loadCase } from '../cases.js';
-import { inNs } from './netns.js';
+import { createIsolatedNs, deleteNs, inNs } from './netns.js';
 
 export const BACKENDS: readonly Backend[] = ['iptables-legacy', 'iptables-nft', 'nftables'];
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -31,6 +31,37 @@ export function tempStateDir(): string {
 
 export function removeStateDirs(): void {
   for (const dir of stateDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+}
+
+/** Short backend names for namespace names (which, with a veth suffix, must fit in 15 characters). */
+export const BACKEND_SHORT = { 'iptables-legacy': 'leg', 'iptables-nft': 'ipn', nftables: 'nft' } as const satisfies Record<Backend, string>;
+
+export interface LabNamespaces {
+  /** Creates the isolated namespace `name` (see createIsolatedNs) and remembers it for cleanup. */
+  freshNs(name: string): string;
+  /** Remembers namespaces created otherwise (a veth pair, say) for cleanup. */
+  track(...names: string[]): void;
+  /** For afterAll: deletes every remembered namespace, then the state directories (removeStateDirs). */
+  cleanup(): void;
+}
+
+/** The namespaces of one test file, deleted together in its afterAll (also after a failed test). */
+export function labNamespaces(): LabNamespaces {
+  const created = new Set<string>();
+  return {
+    freshNs(name) {
+      created.add(name);
+      createIsolatedNs(name);
+      return name;
+    },
+    track(...names) {
+      for (const name of names) created.add(name);
+    },
+    cleanup() {
+      for (const ns of created) deleteNs(ns);
+      removeStateDirs();
+    },
+  };
 }
 
 /** A config for the test host (proxy uid 1337, sshd on 22), with the given state dir and backend. */

@@ -6,23 +6,17 @@ import { installCapture } from '../../src/netfilter/install.js';
 import { captureStatus } from '../../src/netfilter/status.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
-import { createIsolatedNs, deleteNs, inNs } from '../helpers/netns.js';
-import { builtCli, deleteOurRule, labConfig, labEnv, meshctl, meshctlResidue, normalizedRuleset, removeStateDirs, tempStateDir } from '../helpers/netfilter-lab.js';
+import { inNs } from '../helpers/netns.js';
+import {
+  builtCli, deleteOurRule, labConfig, labEnv, labNamespaces, meshctl, meshctlResidue, normalizedRuleset, tempStateDir,
+} from '../helpers/netfilter-lab.js';
 
-const created = new Set<string>();
-function freshNs(name: string): string {
-  created.add(name);
-  createIsolatedNs(name);
-  return name;
-}
+const { freshNs, cleanup } = labNamespaces();
 const base = (ns: string, stateDir: string, backend = 'iptables-nft') => ['--netns', ns, '--state-dir', stateDir, '--backend', backend, '--proxy-user', 'nobody', '--ssh-ports', '22,2222', '--without-proxy'];
 
 describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () => {
   beforeAll(() => builtCli());
-  afterAll(() => {
-    for (const ns of created) deleteNs(ns);
-    removeStateDirs();
-  });
+  afterAll(cleanup);
 
   it('exempts the current SSH session (SSH_CONNECTION) and the SSH ports from inbound capture', () => {
     const ns = freshNs('mn-cli-ssh');

@@ -7,15 +7,12 @@ import { readLedger, scopeDir } from '../../src/netfilter/ledger.js';
 import { processStartTime } from '../../src/netfilter/lock.js';
 import { revertLogPath } from '../../src/netfilter/confirm.js';
 import { integrationEnabled } from '../helpers/integration.js';
-import { createIsolatedNs, deleteNs } from '../helpers/netns.js';
-import { addDockerLike, builtCli, faultBin, labEnv, meshctl, meshctlDetached, meshctlResidue, normalizedRuleset, removeStateDirs, tempStateDir, waitFor } from '../helpers/netfilter-lab.js';
+import {
+  addDockerLike, builtCli, faultBin, labEnv, labNamespaces, meshctl, meshctlDetached, meshctlResidue, normalizedRuleset,
+  tempStateDir, waitFor,
+} from '../helpers/netfilter-lab.js';
 
-const created = new Set<string>();
-function freshNs(name: string): string {
-  created.add(name);
-  createIsolatedNs(name);
-  return name;
-}
+const { freshNs, cleanup } = labNamespaces();
 /** Pids of processes running `uninstall --if-unconfirmed … --state-dir DIR`. */
 function reverters(stateDir: string): number[] {
   return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((pid) => {
@@ -32,10 +29,7 @@ const alive = (pid: number, start: string | null): boolean => start !== null && 
 
 describe.skipIf(!integrationEnabled)('install --confirm-within', () => {
   beforeAll(() => builtCli());
-  afterAll(() => {
-    for (const ns of created) deleteNs(ns);
-    removeStateDirs();
-  });
+  afterAll(cleanup);
 
   const args = (ns: string, stateDir: string) => ['--netns', ns, '--state-dir', stateDir, '--backend', 'iptables-nft', '--proxy-user', 'nobody', '--ssh-ports', '22', '--without-proxy'];
 

@@ -4,15 +4,9 @@ import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runDoctor, type DoctorReport } from '../../src/netfilter/doctor.js';
 import { integrationEnabled } from '../helpers/integration.js';
-import { createIsolatedNs, deleteNs } from '../helpers/netns.js';
-import { MESHCTL, addDockerLike, builtCli, labConfig, labEnv, nsSysctl, removeStateDirs, restoreForeign, tempStateDir } from '../helpers/netfilter-lab.js';
+import { MESHCTL, addDockerLike, builtCli, labConfig, labEnv, labNamespaces, nsSysctl, restoreForeign, tempStateDir } from '../helpers/netfilter-lab.js';
 
-const created = new Set<string>();
-function freshNs(name: string): string {
-  created.add(name);
-  createIsolatedNs(name);
-  return name;
-}
+const { freshNs, cleanup } = labNamespaces();
 function finding(report: DoctorReport, id: string) {
   const found = report.findings.find((f) => f.id === id);
   if (!found) throw new Error(`no finding ${id}: ${report.findings.map((f) => f.id).join(', ')}`);
@@ -21,10 +15,7 @@ function finding(report: DoctorReport, id: string) {
 
 describe.skipIf(!integrationEnabled)('doctor', () => {
   beforeAll(() => builtCli());
-  afterAll(() => {
-    for (const ns of created) deleteNs(ns);
-    removeStateDirs();
-  });
+  afterAll(cleanup);
 
   it('finds nothing blocking in a clean namespace as root', async () => {
     const ns = freshNs('mn-dr-clean');

@@ -11,19 +11,12 @@ import { readLedger, scopeDir } from '../../src/netfilter/ledger.js';
 import { captureStatus } from '../../src/netfilter/status.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
-import { createIsolatedNs, deleteNs } from '../helpers/netns.js';
 import {
-  BACKENDS, addDockerLike, builtCli, faultBin, labConfig, labEnv, meshctl, meshctlDetached, meshctlResidue, normalizedRuleset, removeStateDirs,
-  rulesetOf, tempStateDir, waitFor,
+  BACKEND_SHORT, BACKENDS, addDockerLike, builtCli, faultBin, labConfig, labEnv, labNamespaces, meshctl, meshctlDetached,
+  meshctlResidue, normalizedRuleset, rulesetOf, tempStateDir, waitFor,
 } from '../helpers/netfilter-lab.js';
 
-const created = new Set<string>();
-function freshNs(name: string): string {
-  created.add(name);
-  createIsolatedNs(name);
-  return name;
-}
-const short = { 'iptables-legacy': 'leg', 'iptables-nft': 'ipn', nftables: 'nft' } as const;
+const { freshNs, cleanup } = labNamespaces();
 /** The config the CLI builds from the flags in args() (proxy user nobody, sshd on 22), for in-process resets. */
 function cliConfig(stateDir: string, backend: Backend, excludePort: number) {
   return configFromObject({ proxy: { user: 'nobody' }, safety: { sshPorts: [22] }, stateDir, capture: { backend, outbound: { excludePorts: [excludePort] } } }, { env: {} });
@@ -34,14 +27,11 @@ const variant = (backend: Backend) => (backend === 'iptables-legacy' ? 'legacy' 
 
 describe.skipIf(!integrationEnabled)('fault injection', () => {
   beforeAll(() => builtCli());
-  afterAll(() => {
-    for (const ns of created) deleteNs(ns);
-    removeStateDirs();
-  });
+  afterAll(cleanup);
 
   describe.each(['iptables-legacy', 'iptables-nft'] as const)('%s: a failing IPv6 restore', (backend) => {
     it('leaves IPv4 exactly as before a fresh install and says it restored it', async () => {
-      const ns = freshNs(`mn-ft-${short[backend]}-v6`);
+      const ns = freshNs(`mn-ft-${BACKEND_SHORT[backend]}-v6`);
       const stateDir = tempStateDir();
       addDockerLike(ns, backend);
       const before = rulesetOf(ns, backend);
@@ -60,7 +50,7 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
     });
 
     it('leaves IPv4 on the previous generation when an update fails in IPv6', async () => {
-      const ns = freshNs(`mn-ft-${short[backend]}-v6u`);
+      const ns = freshNs(`mn-ft-${BACKEND_SHORT[backend]}-v6u`);
       const stateDir = tempStateDir();
       addDockerLike(ns, backend);
       const first = labConfig(stateDir, backend, { capture: { outbound: { excludePorts: [5432] } } });
@@ -109,7 +99,7 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
     }
 
     it('leaves the host fully before or fully after an install killed at any kernel call', async () => {
-      const ns = freshNs(`mn-ft-${short[backend]}-kill`);
+      const ns = freshNs(`mn-ft-${BACKEND_SHORT[backend]}-kill`);
       const stateDir = tempStateDir();
       addDockerLike(ns, backend);
       const before = normalizedRuleset(ns, backend);
@@ -148,7 +138,7 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
     });
 
     it('leaves the previous or the new generation when an update is killed, and installed-or-gone when an uninstall is', async () => {
-      const ns = freshNs(`mn-ft-${short[backend]}-kup`);
+      const ns = freshNs(`mn-ft-${BACKEND_SHORT[backend]}-kup`);
       const stateDir = tempStateDir();
       addDockerLike(ns, backend);
       const before = normalizedRuleset(ns, backend);

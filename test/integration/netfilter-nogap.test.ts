@@ -6,8 +6,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { installCapture } from '../../src/netfilter/install.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
-import { createVethPair, deleteNs, inNs, sh, spawnInNs } from '../helpers/netns.js';
-import { BACKENDS, labConfig, labEnv, removeStateDirs, tempStateDir } from '../helpers/netfilter-lab.js';
+import { createVethPair, inNs, sh, spawnInNs } from '../helpers/netns.js';
+import { BACKEND_SHORT, BACKENDS, labConfig, labEnv, labNamespaces, tempStateDir } from '../helpers/netfilter-lab.js';
 import type { ChildProcess } from 'node:child_process';
 
 /** Listens on each host:port and answers every connection with one tag byte. Prints "ready" once listening. */
@@ -43,9 +43,8 @@ const one = (t) => new Promise((resolve) => {
 })();
 `;
 
-const created = new Set<string>();
+const { track, cleanup } = labNamespaces();
 const children: ChildProcess[] = [];
-const short = { 'iptables-legacy': 'leg', 'iptables-nft': 'ipn', nftables: 'nft' } as const;
 
 async function waitLine(child: ChildProcess, text: string): Promise<void> {
   let buffer = '';
@@ -66,15 +65,13 @@ async function waitLine(child: ChildProcess, text: string): Promise<void> {
 describe.skipIf(!integrationEnabled)('re-installing under load', () => {
   afterAll(() => {
     for (const child of children) child.kill('SIGKILL');
-    for (const ns of created) deleteNs(ns);
-    removeStateDirs();
+    cleanup();
   });
 
   it.each(BACKENDS.map((backend, i) => ({ backend, subnet: 181 + i })))('redirects every connection while $backend re-applies the config 50 times', async ({ backend, subnet }) => {
-    const a = `mn-gap-${short[backend]}`;
-    const b = `mn-gap-${short[backend]}-p`;
-    created.add(a);
-    created.add(b);
+    const a = `mn-gap-${BACKEND_SHORT[backend]}`;
+    const b = `mn-gap-${BACKEND_SHORT[backend]}-p`;
+    track(a, b);
     const addrs = createVethPair(a, b, subnet);
     const ifB = `${b}-v`.slice(0, 15);
     sh('ip', ['-n', a, 'route', 'add', 'default', 'via', addrs.b4]);

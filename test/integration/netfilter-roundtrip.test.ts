@@ -8,31 +8,22 @@ import { readLedger, scopeDir } from '../../src/netfilter/ledger.js';
 import { captureStatus } from '../../src/netfilter/status.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
-import { createIsolatedNs, deleteNs, inNs } from '../helpers/netns.js';
+import { inNs } from '../helpers/netns.js';
 import {
-  BACKENDS, addDockerLike, addForeignLater, deleteOurRule, faultBin, labConfig, labEnv, meshctlResidue, moveOurRuleToEnd,
-  normalizedRuleset, removeStateDirs, restoreForeign, rulesetOf, tempStateDir,
+  BACKEND_SHORT, BACKENDS, addDockerLike, addForeignLater, deleteOurRule, faultBin, labConfig, labEnv, labNamespaces,
+  meshctlResidue, moveOurRuleToEnd, normalizedRuleset, restoreForeign, rulesetOf, tempStateDir,
 } from '../helpers/netfilter-lab.js';
 
-const created = new Set<string>();
-function freshNs(name: string): string {
-  created.add(name);
-  createIsolatedNs(name);
-  return name;
-}
+const { freshNs, cleanup } = labNamespaces();
 
-const short = { 'iptables-legacy': 'leg', 'iptables-nft': 'ipn', nftables: 'nft' } as const;
 
 describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', () => {
-  afterAll(() => {
-    for (const ns of created) deleteNs(ns);
-    removeStateDirs();
-  });
+  afterAll(cleanup);
 
   describe.each(BACKENDS)('%s', (backend) => {
     it('leaves the ruleset equal to pre-install plus the foreign rules added after install', async () => {
-      const ns = freshNs(`mn-rt-${short[backend]}`);
-      const twin = freshNs(`mn-rt-${short[backend]}-twin`);
+      const ns = freshNs(`mn-rt-${BACKEND_SHORT[backend]}`);
+      const twin = freshNs(`mn-rt-${BACKEND_SHORT[backend]}-twin`);
       const stateDir = tempStateDir();
       addDockerLike(ns, backend);
       addDockerLike(twin, backend);
@@ -62,7 +53,7 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
     });
 
     it('makes a re-install with the same config a verified no-op, without a single restore', async () => {
-      const ns = freshNs(`mn-rt-${short[backend]}-same`);
+      const ns = freshNs(`mn-rt-${BACKEND_SHORT[backend]}-same`);
       const stateDir = tempStateDir();
       const config = labConfig(stateDir, backend);
       await installCapture({ config, netns: ns, env: labEnv });
@@ -78,8 +69,8 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
     });
 
     it('replaces our chains with one atomic restore per family when the config changes', async () => {
-      const ns = freshNs(`mn-rt-${short[backend]}-upd`);
-      const twin = freshNs(`mn-rt-${short[backend]}-updt`);
+      const ns = freshNs(`mn-rt-${BACKEND_SHORT[backend]}-upd`);
+      const twin = freshNs(`mn-rt-${BACKEND_SHORT[backend]}-updt`);
       const stateDir = tempStateDir();
       addDockerLike(ns, backend);
       addDockerLike(twin, backend);
@@ -89,7 +80,7 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
       const updated = await installCapture({ config: changed, netns: ns, env: bin.env });
       expect(updated.action).toBe('updated');
       const applies = bin.calls().filter((c) => /-restore --wait --noflush$|^nft -f -$/.test(c));
-      expect(applies).toEqual(backend === 'nftables' ? ['nft -f -'] : [`iptables-${short[backend] === 'leg' ? 'legacy' : 'nft'}-restore --wait --noflush`, `ip6tables-${short[backend] === 'leg' ? 'legacy' : 'nft'}-restore --wait --noflush`]);
+      expect(applies).toEqual(backend === 'nftables' ? ['nft -f -'] : [`iptables-${BACKEND_SHORT[backend] === 'leg' ? 'legacy' : 'nft'}-restore --wait --noflush`, `ip6tables-${BACKEND_SHORT[backend] === 'leg' ? 'legacy' : 'nft'}-restore --wait --noflush`]);
       if (backend !== 'nftables') {
         // IPv4 keeps its chains: they are redeclared (flushed and refilled) in the same COMMIT, never deleted.
         const v4 = updated.steps.find((s) => s.label === 'ipv4')!.text;
@@ -109,7 +100,7 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
     });
 
     it('reports a deleted and a reordered rule as drift, and install repairs both', async () => {
-      const ns = freshNs(`mn-rt-${short[backend]}-drift`);
+      const ns = freshNs(`mn-rt-${BACKEND_SHORT[backend]}-drift`);
       const stateDir = tempStateDir();
       const config = labConfig(stateDir, backend, { capture: { outbound: { excludePorts: [5432] } } });
       await installCapture({ config, netns: ns, env: labEnv });
@@ -143,7 +134,7 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
 
   describe.each(['iptables-legacy', 'iptables-nft'] as const)('%s ownership', (backend) => {
     it('leaves a MESHCTL_ chain it did not create in place and reports it', async () => {
-      const ns = freshNs(`mn-rt-${short[backend]}-own`);
+      const ns = freshNs(`mn-rt-${BACKEND_SHORT[backend]}-own`);
       const stateDir = tempStateDir();
       await installCapture({ config: labConfig(stateDir, backend), netns: ns, env: labEnv });
       restoreForeign(ns, backend, 'ipv4', '*filter\n:MESHCTL_SOMEONE_ELSE - [0:0]\n-A MESHCTL_SOMEONE_ELSE -j RETURN\nCOMMIT\n');
@@ -153,7 +144,7 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
     });
 
     it('refuses to uninstall while a foreign rule jumps into one of its chains, and changes nothing', async () => {
-      const ns = freshNs(`mn-rt-${short[backend]}-ref`);
+      const ns = freshNs(`mn-rt-${BACKEND_SHORT[backend]}-ref`);
       const stateDir = tempStateDir();
       await installCapture({ config: labConfig(stateDir, backend), netns: ns, env: labEnv });
       restoreForeign(ns, backend, 'ipv4', '*nat\n:HOOK - [0:0]\n-A HOOK -j MESHCTL_REDIRECT\nCOMMIT\n');
