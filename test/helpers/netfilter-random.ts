@@ -1,14 +1,15 @@
 // The randomized install → (re-install with a changed config)* → uninstall test, shared by one test file per backend
 // (so vitest can run the backends in parallel). Configs are random but valid: a small seeded generator picks each
 // feature, with include and exclude sets drawn from disjoint ranges so the loader never rejects them.
-import { expect } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { Backend } from '../../src/config/types.js';
 import { installCapture } from '../../src/netfilter/install.js';
 import { captureStatus } from '../../src/netfilter/status.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { loadCase } from '../cases.js';
-import { createIsolatedNs, inNs } from './netns.js';
-import { addDockerLike, labEnv, meshctlResidue, normalizedRuleset, tempStateDir } from './netfilter-lab.js';
+import { integrationEnabled } from './integration.js';
+import { createIsolatedNs, deleteNs, inNs } from './netns.js';
+import { addDockerLike, labEnv, meshctlResidue, normalizedRuleset, removeStateDirs, tempStateDir } from './netfilter-lab.js';
 
 /** mulberry32: a tiny seeded PRNG, so a failing run can be replayed with MESHCTL_RANDOM_SEED. */
 export function seededRandom(seed: number): () => number {
@@ -108,3 +109,23 @@ export async function runRandomCycles(backend: Backend, ns: string, cycles: numb
 }
 
 export const RANDOM_CYCLES = Number(process.env.MESHCTL_RANDOM_CYCLES ?? 200);
+
+/**
+ * The whole test of one backend's file: RANDOM_CYCLES cycles in the namespace `ns`, which is deleted afterwards
+ * (with the state directories), also when a cycle fails.
+ */
+export function describeRandomCycles(backend: Backend, ns: string): void {
+  describe.skipIf(!integrationEnabled)(`randomized cycles on ${backend}`, () => {
+    afterAll(() => {
+      deleteNs(ns);
+      removeStateDirs();
+    });
+
+    it(`leaves zero meshctl objects and no foreign damage after ${RANDOM_CYCLES} random cycles`, async () => {
+      const { installs, actions } = await runRandomCycles(backend, ns, RANDOM_CYCLES);
+      expect(installs).toBeGreaterThanOrEqual(RANDOM_CYCLES);
+      expect(actions.installed).toBe(RANDOM_CYCLES);
+      expect(actions.updated ?? 0).toBeGreaterThan(0);
+    }, 600_000);
+  });
+}

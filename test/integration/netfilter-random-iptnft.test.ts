@@ -1,24 +1,6 @@
 // Randomized cycles on iptables-nft: install → (re-install with a changed random config)* → uninstall, in one shared namespace
 // with Docker-like foreign rules; after every cycle no MESHCTL_/meshctl: object is left and nothing foreign changed.
 // The seed is printed (MESHCTL_RANDOM_SEED replays it); MESHCTL_RANDOM_CYCLES changes the count (default 200).
-import { afterAll, describe, expect, it } from 'vitest';
-import { integrationEnabled } from '../helpers/integration.js';
-import { deleteNs } from '../helpers/netns.js';
-import { removeStateDirs } from '../helpers/netfilter-lab.js';
-import { RANDOM_CYCLES, runRandomCycles } from '../helpers/netfilter-random.js';
+import { describeRandomCycles } from '../helpers/netfilter-random.js';
 
-const NS = 'mn-rand-iptnft';
-
-describe.skipIf(!integrationEnabled)('randomized cycles on iptables-nft', () => {
-  afterAll(() => {
-    deleteNs(NS);
-    removeStateDirs();
-  });
-
-  it(`leaves zero meshctl objects and no foreign damage after ${RANDOM_CYCLES} random cycles`, async () => {
-    const { installs, actions } = await runRandomCycles('iptables-nft', NS, RANDOM_CYCLES);
-    expect(installs).toBeGreaterThanOrEqual(RANDOM_CYCLES);
-    expect(actions.installed).toBe(RANDOM_CYCLES);
-    expect(actions.updated ?? 0).toBeGreaterThan(0);
-  }, 600_000);
-});
+describeRandomCycles('iptables-nft', 'mn-rand-iptnft');
