@@ -39,25 +39,9 @@ UNIT
 
 if [ "$role" = app ]; then
   server_unit app 8080
-  # Workaround for a meshctl capture bug (reported; remove once its rules skip non-SYN packets): a connection
-  # established before the capture rules exist - such as this provisioning SSH session - is not yet tracked by
-  # conntrack, so its next outgoing packet is taken for a new connection and redirected to the proxy, which resets it.
-  # This foreign rule, in place at every boot before meshctl, lets established sessions be; meshctl leaves it alone.
-  cat > /etc/systemd/system/lab-keep-established.service <<'UNIT'
-[Unit]
-Description=meshctl lab: never redirect packets of already established TCP sessions
-Before=meshctl-capture.service
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/sbin/iptables -t nat -I OUTPUT 1 -p tcp ! --syn -m comment --comment lab-keep-established -j RETURN
-ExecStart=/usr/sbin/ip6tables -t nat -I OUTPUT 1 -p tcp ! --syn -m comment --comment lab-keep-established -j RETURN
-[Install]
-WantedBy=multi-user.target
-UNIT
+  # This provisioning SSH session predates the capture rules; meshctl's skip-midstream rule keeps it alive.
   systemctl daemon-reload
-  systemctl enable --now lab-keep-established.service lab-app.service
-  sleep 1 # let this session's packets pass the new rule once
+  systemctl enable --now lab-app.service
   # The ruleset before meshctl, for the uninstall check.
   install -d /var/lib/lab
   { iptables-save; ip6tables-save; } | grep -v '^#' | sed 's/ \[[0-9]*:[0-9]*\]$//' > /var/lib/lab/rules-before.txt

@@ -59,16 +59,8 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     const strip = (text: string) => text.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.replace(/\[\d+:\d+\]$/, '')).join('\n');
     return ['iptables-save', 'ip6tables-save'].map((c) => strip(ct.run(c))).join('\n---\n');
   };
-  /**
-   * `nft list ruleset`, less base chains that are empty with policy accept (they match nothing). iptables-nft creates
-   * such a chain for every built-in chain an `iptables-restore` names, and meshctl uninstall leaves them: inert,
-   * but not byte-identical (reported to the netfilter owner; drop this filter once uninstall deletes them).
-   */
-  const nftRules = (): string =>
-    ct.run('nft', ['list', 'ruleset'])
-      .replace(/\n\tchain [A-Z]+ \{\n\t\ttype nat hook \w+ priority [\w-]+; policy accept;\n\t\}\n/g, '\n')
-      .replace(/\{\n\n/g, '{\n')
-      .replace(/\n\n\}/g, '\n}');
+  // Exact: uninstall also removes the empty base chains iptables-nft created for our rules (src/netfilter/nft-tidy.ts).
+  const nftRules = (): string => ct.run('nft', ['list', 'ruleset']);
   const ruleset = (): string => `${xtablesRules()}\n---\n${nftRules()}`;
   const stats = (): { accepted: { outbound: number; inbound: number } } => {
     const text = ct.run(NODE, ['-e', "fetch('http://127.0.0.1:15000/stats').then((r) => r.text()).then((t) => process.stdout.write(t))"]);
@@ -190,8 +182,9 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
   });
 
   it('in closed mode, connections made while a kill -9ed proxy restarts wait and then succeed', async () => {
-    // One process: with cluster workers a kill -9 of the primary leaves its workers draining, and the proxy resets a
-    // connection a draining worker had already accepted (src/proxy/worker.ts 'refused-while-draining'; reported).
+    // One process: with cluster workers a kill -9 of the primary leaves its workers draining while systemd stops the
+    // cgroup; a connection handed to a worker in that window is still occasionally lost (open issue, noted in the
+    // README). A worker no longer resets a connection it accepted while draining, which was one cause.
     ct.run('sed', ['-i', 's/workers: 2/workers: 1/', '/etc/meshctl/config.yaml']);
     ct.run('systemctl', ['restart', 'meshctl-proxy.service']);
     expect(ct.run('journalctl', ['-u', 'meshctl-proxy', '-o', 'cat', '--no-pager', '-n', '5'])).toContain('"workers":1');
