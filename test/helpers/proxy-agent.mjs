@@ -33,6 +33,28 @@ function errorInfo(error) {
   return { message: error.message, code: error.code, errno: error.errno, syscall: error.syscall, name: error.name, causeCode: error.cause?.code, causeErrno: error.cause?.errno, causeSyscall: error.cause?.syscall };
 }
 
+/** Counts and hashes what the client sends into `record`; `then` runs after the client's EOF. */
+function recordInbound(socket, record, then = () => {}) {
+  const inHash = createHash('sha256');
+  let received = 0;
+  socket.on('data', (d) => { received += d.length; inHash.update(d); });
+  socket.on('end', () => {
+    record.received = received;
+    record.receivedHash = inHash.digest('hex');
+    then();
+  });
+}
+
+/** Sends `bytes` random bytes, records their count and hash in `record`, then shuts down the write side. */
+function sendRecorded(socket, bytes, record) {
+  const outHash = createHash('sha256');
+  sendRandom(socket, bytes, outHash, () => {
+    record.sentHash = outHash.digest('hex');
+    record.sent = bytes;
+    socket.end();
+  });
+}
+
 const serverKinds = {
   echo(socket) {
     socket.pipe(socket);
@@ -43,52 +65,17 @@ const serverKinds = {
   },
   // Reads to EOF, then replies with replyBytes and closes its side.
   'reply-after-eof'(socket, opts, record) {
-    const inHash = createHash('sha256');
-    let received = 0;
-    socket.on('data', (d) => { received += d.length; inHash.update(d); });
-    socket.on('end', () => {
-      record.received = received;
-      record.receivedHash = inHash.digest('hex');
-      const outHash = createHash('sha256');
-      sendRandom(socket, opts.replyBytes, outHash, () => {
-        record.sentHash = outHash.digest('hex');
-        record.sent = opts.replyBytes;
-        socket.end();
-      });
-    });
+    recordInbound(socket, record, () => sendRecorded(socket, opts.replyBytes, record));
   },
   // Sends sendBytes and shuts down its write side first; keeps reading until the client's EOF.
   'send-first'(socket, opts, record) {
-    const inHash = createHash('sha256');
-    let received = 0;
-    socket.on('data', (d) => { received += d.length; inHash.update(d); });
-    socket.on('end', () => {
-      record.received = received;
-      record.receivedHash = inHash.digest('hex');
-      record.clientEndedAt = performance.now();
-    });
-    const outHash = createHash('sha256');
-    sendRandom(socket, opts.sendBytes, outHash, () => {
-      record.sentHash = outHash.digest('hex');
-      record.sent = opts.sendBytes;
-      socket.end();
-    });
+    recordInbound(socket, record, () => { record.clientEndedAt = performance.now(); });
+    sendRecorded(socket, opts.sendBytes, record);
   },
   // Both directions at once: sends sendBytes while reading everything the client sends.
   stream(socket, opts, record) {
-    const inHash = createHash('sha256');
-    let received = 0;
-    socket.on('data', (d) => { received += d.length; inHash.update(d); });
-    socket.on('end', () => {
-      record.received = received;
-      record.receivedHash = inHash.digest('hex');
-    });
-    const outHash = createHash('sha256');
-    sendRandom(socket, opts.sendBytes, outHash, () => {
-      record.sentHash = outHash.digest('hex');
-      record.sent = opts.sendBytes;
-      socket.end();
-    });
+    recordInbound(socket, record);
+    sendRecorded(socket, opts.sendBytes, record);
   },
 };
 
