@@ -1,6 +1,6 @@
-// Node flags of the cluster workers (src/proxy/workers.ts): a small young generation unless the operator chose one.
+// Node flags and malloc settings of the cluster workers (src/proxy/workers.ts), unless the operator chose their own.
 import { describe, expect, it } from 'vitest';
-import { workerExecArgv } from '../../src/proxy/workers.js';
+import { workerExecArgv, workerMallocTunables } from '../../src/proxy/workers.js';
 
 describe('worker node flags', () => {
   it('adds 1 MiB semi-spaces to the primary’s flags', () => {
@@ -9,5 +9,15 @@ describe('worker node flags', () => {
 
   it('keeps an operator’s own semi-space size', () => {
     expect(workerExecArgv(['--max-semi-space-size=8'])).toEqual(['--max-semi-space-size=8']);
+  });
+});
+
+describe('worker malloc tunables', () => {
+  it('keeps freed heap mapped (64 MiB trim threshold, 16 MiB top pad) by default', () => {
+    expect(workerMallocTunables({})).toBe('glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216');
+  });
+
+  it('leaves an operator’s GLIBC_TUNABLES alone', () => {
+    expect(workerMallocTunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' })).toBe('glibc.malloc.arena_max=2');
   });
 });
