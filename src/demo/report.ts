@@ -1,21 +1,11 @@
 // Turns what the demo saw (client results, the proxy's access-log records, /stats) into a report a newcomer can
 // read: for every scripted connection, intercepted or not, the original destination the proxy recovered, bytes.
 // Pure: text in, text out.
+import type { AccessRecord } from '../proxy/access-log.js';
 import type { ClientResult, LabAddresses } from './lab.js';
 
-/** The fields of an access-log line (src/proxy/access-log.ts) the report uses. */
-export interface AccessLine {
-  readonly direction: 'outbound' | 'inbound';
-  readonly source: string;
-  readonly originalDst: string | null;
-  readonly upstream: string | null;
-  readonly upstreamLocal: string | null;
-  readonly bytesFromClient: number;
-  readonly bytesFromUpstream: number;
-  readonly durationMs: number;
-  readonly result: string;
-  readonly detail: string;
-}
+/** The fields of an access-log line the report uses: the proxy's own record type, not a copy of it. */
+export type AccessLine = Pick<AccessRecord, 'direction' | 'source' | 'originalDst' | 'upstream' | 'upstreamLocal' | 'bytesFromClient' | 'bytesFromUpstream' | 'durationMs' | 'result' | 'detail'>;
 
 export interface DemoStep {
   readonly title: string;
