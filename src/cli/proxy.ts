@@ -26,6 +26,7 @@ const PROXY_FLAGS: readonly ProxyFlag[] = [
   { flag: 'proxy-half-close-timeout', key: 'proxyHalfCloseTimeout', path: 'proxy.halfCloseTimeout', help: 'close connections half-closed this long ("60s")', parse: String },
   { flag: 'proxy-drain-timeout', key: 'proxyDrainTimeout', path: 'proxy.drainTimeout', help: 'how long open connections may finish on SIGTERM ("20s")', parse: String },
   { flag: 'proxy-keepalive', key: 'proxyKeepalive', path: 'proxy.keepalive', help: 'TCP keepalive delay on both legs, or "off" ("30s")', parse: String },
+  { flag: 'proxy-relay', key: 'proxyRelay', path: 'proxy.relay', help: 'what relays established connections: "native" (addon thread) or "node" (streams)', parse: String },
   { flag: 'proxy-access-log-path', key: 'proxyAccessLogPath', path: 'proxy.accessLog.path', help: 'access log file ("-" = stdout)', parse: (t) => (t === '-' ? null : t) },
   { flag: 'proxy-access-log-sample-ratio', key: 'proxyAccessLogSampleRatio', path: 'proxy.accessLog.sampleRatio', help: 'share of successful connections logged (0..1)', parse: asNumber },
   { flag: 'proxy-access-log-periodic-interval', key: 'proxyAccessLogPeriodicInterval', path: 'proxy.accessLog.periodicInterval', help: 'progress line for long-lived connections ("off")', parse: String },

@@ -273,6 +273,7 @@ export function configFromObject(raw: unknown, options: { file?: string | null; 
       halfCloseTimeoutMs: duration('proxy.halfCloseTimeout', '60s', false) as number,
       drainTimeoutMs: duration('proxy.drainTimeout', '20s', false) as number,
       keepaliveDelayMs: duration('proxy.keepalive', '30s', true),
+      relay: v('proxy.relay', 'native') as 'native' | 'node',
       accessLog: {
         enabled: v('proxy.accessLog.enabled', true) as boolean,
         path: (get(merged, 'proxy.accessLog.path') as string | null | undefined) ?? null,

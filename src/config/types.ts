@@ -43,6 +43,8 @@ export interface ProxyConfig {
   readonly halfCloseTimeoutMs: number;
   readonly drainTimeoutMs: number;
   readonly keepaliveDelayMs: number | null;
+  /** What moves the bytes of established connections: the addon's relay thread, or Node streams. */
+  readonly relay: 'native' | 'node';
   readonly accessLog: AccessLogConfig;
   /** Source address for inbound connections handed to local apps over lo (Istio's 127.0.0.6 / ::6). */
   readonly inboundPassthroughSource: { readonly ipv4: string; readonly ipv6: string };

@@ -1,5 +1,6 @@
 // Typed loader for the native addon (build/Release/meshctl_native.node, built by `npm ci` through node-gyp):
-// originalDst for REDIRECTed connections, transparentListen / isTransparent for TPROXY's inbound listeners.
+// originalDst for REDIRECTed connections, transparentListen / isTransparent for TPROXY's inbound listeners, and
+// the Relay thread (src/native/relay.cc) that moves the bytes of established connections.
 // All argument validation happens here, before the C++ side sees a value; the addon's own errors carry
 // `errno` and `syscall`, and this module adds Node's usual `code` ('ENOENT', ...) to them.
 import { createRequire } from 'node:module';
@@ -22,7 +23,26 @@ export interface NativeSystemError extends Error {
   syscall: string;
 }
 
+/**
+ * The addon's relay thread (src/native/relay.cc). `onEnded` receives finished pairs as a flat Float64Array, six
+ * numbers each: id, bytes from client, bytes from upstream, end code, side (0 client, 1 upstream), errno.
+ */
+export interface NativeRelay {
+  /** Takes duplicates of both fds (the caller closes its own); bounds in ms, -1 = none; keepalive in s, -1 = off. */
+  adopt(id: number, clientFd: number, upstreamFd: number, maxRemainingMs: number, idleMs: number, halfCloseMs: number, keepaliveSec: number): void;
+  /** Closes the pair now (RST to both peers when `reset`); false if it had already ended. */
+  abort(id: number, reset: boolean): boolean;
+  /** Fills `out` with [bytes from client, bytes from upstream, 1 if one direction ended]; false if it has ended. */
+  snapshot(id: number, out: Float64Array): boolean;
+  setSweepInterval(ms: number): void;
+  ref(): void;
+  unref(): void;
+  size(): number;
+  close(): void;
+}
+
 interface NativeBinding {
+  Relay: new (onEnded: (records: Float64Array) => void, sweepMs: number) => NativeRelay;
   originalDst(fd: number, family: AddonFamily): OriginalDstResult;
   transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
   isTransparent(fd: number, family: AddonFamily): boolean;
@@ -123,4 +143,16 @@ function withErrnoCode<T>(call: () => T): T {
     }
     throw error;
   }
+}
+
+/** Starts a relay thread; its system errors (epoll_create1, eventfd) carry `code` like Node's. */
+export function createRelay(onEnded: (records: Float64Array) => void, sweepMs: number): NativeRelay {
+  if (!Number.isInteger(sweepMs) || sweepMs < 1) throw new TypeError(`createRelay: sweepMs must be a positive integer, got ${String(sweepMs)}`);
+  const Relay = loadBinding().Relay;
+  return withErrnoCode(() => new Relay(onEnded, sweepMs));
+}
+
+/** Adds Node's `code` to a system error thrown by a relay method (adopt: EMFILE, ...). */
+export function withRelayErrno<T>(call: () => T): T {
+  return withErrnoCode(call);
 }

@@ -5,6 +5,8 @@
 // failure is thrown as an Error carrying `errno` and `syscall`, like Node's own system errors.
 #include <napi.h>
 
+#include "relay.h"
+
 #include <arpa/inet.h>
 #include <cerrno>
 #include <fcntl.h>
@@ -161,6 +163,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("originalDst", Napi::Function::New(env, OriginalDst, "originalDst"));
   exports.Set("transparentListen", Napi::Function::New(env, TransparentListen, "transparentListen"));
   exports.Set("isTransparent", Napi::Function::New(env, IsTransparent, "isTransparent"));
+  meshctl::InitRelay(env, exports);
   return exports;
 }
 

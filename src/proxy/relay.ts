@@ -1,4 +1,7 @@
-// One proxied connection: the upstream connect and the relay of both directions. Backpressure by
+// One proxied connection: the upstream connect, then the relay of both directions. Once both legs are up the
+// pair goes to the worker's relay thread (src/native/relay.cc, proxy.relay: native), which moves the bytes
+// outside JS and reports how the connection ended; Node's sockets are closed then (the thread holds duplicates).
+// Without a relay thread (proxy.relay: node, or the handoff failed) Node streams relay here: backpressure by
 // pause/resume, FIN mirrored per direction (allowHalfOpen on both legs), RST mirrored with resetAndDestroy.
 // The event handlers are module-level functions that find their Connection through a symbol on the
 // socket, so a connection costs no closures; byte counts come from the sockets at close, never per chunk.
@@ -8,7 +11,8 @@ import type { ProxyConfig } from '../config/types.js';
 import type { ConnectionLease } from '../policy/lease.js';
 import type { AccessRecord } from './access-log.js';
 import type { Direction, EndResult, ProxyMetrics, RefusalReason } from './metrics.js';
-import type { OriginalDst } from './original-dst.js';
+import { socketFd, type OriginalDst } from './original-dst.js';
+import { relayBounds, type RelayedConnection, type RelayThread } from './relay-thread.js';
 import type { Route } from './routing.js';
 import { expiredTimer, type TimerVerdict } from './timers.js';
 
@@ -28,6 +32,10 @@ export interface ConnectionOwner {
   readonly recordsAccess?: boolean;
   /** The passthrough source (127.0.0.6 / ::6) is not assigned on this host; called once per failure. */
   passthroughSourceMissing(address: string, error: NodeJS.ErrnoException): void;
+  /** The relay thread that takes established connections (null: Node streams relay them). */
+  readonly relayThread: RelayThread | null;
+  /** A handoff to the relay thread failed (e.g. EMFILE); the connection stays on Node streams. */
+  relayHandoffFailed(error: unknown): void;
 }
 
 /** A row of the admin `/connections` table. */
@@ -57,13 +65,13 @@ function onClientData(this: Tagged, chunk: Buffer): void {
   if (!this[kConn].upstream!.write(chunk)) this.pause();
 }
 function onUpstreamData(this: Tagged, chunk: Buffer): void {
-  if (!this[kConn].client.write(chunk)) this.pause();
+  if (!this[kConn].client!.write(chunk)) this.pause();
 }
 function onClientDrain(this: Tagged): void {
   this[kConn].upstream?.resume();
 }
 function onUpstreamDrain(this: Tagged): void {
-  this[kConn].client.resume();
+  this[kConn].client!.resume();
 }
 function onClientEnd(this: Tagged): void {
   this[kConn].finReceived('client');
@@ -88,7 +96,9 @@ function onUpstreamConnect(this: Tagged): void {
 }
 function ignoreError(): void {}
 
-export class Connection {
+export class Connection implements RelayedConnection {
+  /** Node's sockets; both null once the relay thread has the connection (or, for the upstream, before connect). */
+  client: Socket | null;
   upstream: Socket | null = null;
   dst: OriginalDst | null = null;
   state: ConnState = 'connecting';
@@ -113,14 +123,21 @@ export class Connection {
   lease: ConnectionLease | null = null;
   /** When the current upstream connect attempt started (0 while none runs). */
   private attemptStartedAt = 0;
+  /** The relay thread carrying this connection and its id there (-1 while Node streams carry it). */
+  private relayThread: RelayThread | null = null;
+  private relayId = -1;
+  /** Bytes per direction as last read from the relay thread (final once it reported the end). */
+  private relayedFromClient = 0;
+  private relayedFromUpstream = 0;
 
   constructor(
     readonly id: string,
     readonly direction: Direction,
-    readonly client: Socket,
+    client: Socket,
     readonly cfg: ProxyConfig,
     private readonly owner: ConnectionOwner,
   ) {
+    this.client = client;
     // After close the socket cannot tell its peer any more: read it now when the access log will want it.
     if (owner.recordsAccess !== false) this.sourceText = endpoint(client.remoteAddress, client.remotePort);
     (client as Tagged)[kConn] = this;
@@ -130,7 +147,7 @@ export class Connection {
 
   /** The client's address:port as the proxy saw it (read on first use; '?' if the socket was gone by then). */
   get source(): string {
-    this.sourceText ??= this.client.destroyed ? '?' : endpoint(this.client.remoteAddress, this.client.remotePort);
+    this.sourceText ??= this.client === null || this.client.destroyed ? '?' : endpoint(this.client.remoteAddress, this.client.remotePort);
     return this.sourceText;
   }
 
@@ -143,7 +160,7 @@ export class Connection {
     this.keepAliveArmed = true;
     const delay = this.cfg.keepaliveDelayMs;
     if (delay === null) return;
-    if (!this.client.destroyed) this.client.setKeepAlive(true, delay);
+    if (this.client && !this.client.destroyed) this.client.setKeepAlive(true, delay);
     if (this.upstream && !this.upstream.destroyed && !this.upstream.connecting) this.upstream.setKeepAlive(true, delay);
   }
 
@@ -151,7 +168,7 @@ export class Connection {
   refuse(reason: RefusalReason, detail?: string): void {
     this.setResult('refused', detail ?? reason);
     this.owner.metrics.refused(reason);
-    if (!this.client.destroyed) this.client.resetAndDestroy();
+    if (this.client && !this.client.destroyed) this.client.resetAndDestroy();
   }
 
   /** Opens the upstream leg; the client stays paused until it is established. */
@@ -169,7 +186,7 @@ export class Connection {
       });
     } catch (error) {
       this.setResult('connect-failed', (error as NodeJS.ErrnoException).code ?? 'error');
-      this.client.resetAndDestroy();
+      this.client?.resetAndDestroy();
       return;
     }
     (upstream as Tagged)[kConn] = this;
@@ -181,7 +198,7 @@ export class Connection {
   }
 
   upstreamConnected(): void {
-    const client = this.client;
+    const client = this.client!;
     const upstream = this.upstream!;
     this.connectedAt = performance.now();
     this.attemptStartedAt = 0;
@@ -194,6 +211,8 @@ export class Connection {
       return;
     }
     this.state = 'open';
+    const thread = this.owner.relayThread;
+    if (thread !== null && this.handOff(thread, client, upstream)) return;
     client.on('data', onClientData);
     client.on('end', onClientEnd);
     client.on('drain', onClientDrain);
@@ -201,6 +220,53 @@ export class Connection {
     upstream.on('end', onUpstreamEnd);
     upstream.on('drain', onUpstreamDrain);
     client.resume();
+  }
+
+  /**
+   * Gives the established pair to the relay thread and closes Node's sockets (the thread took duplicates, so
+   * closing them sends nothing). False, with the sockets untouched, when the thread cannot take it.
+   */
+  private handOff(thread: RelayThread, client: Socket, upstream: Socket): boolean {
+    const clientFd = socketFd(client);
+    const upstreamFd = socketFd(upstream);
+    if (clientFd < 0 || upstreamFd < 0) return false;
+    // Read now what the admin table and the access log may ask later: the socket will be gone.
+    this.sourceText ??= endpoint(client.remoteAddress, client.remotePort);
+    try {
+      this.relayId = thread.adopt(this, clientFd, upstreamFd, relayBounds(this.cfg, performance.now() - this.startedAt));
+    } catch (error) {
+      this.owner.relayHandoffFailed(error);
+      return false;
+    }
+    this.relayThread = thread;
+    for (const socket of [client, upstream]) {
+      socket.removeAllListeners();
+      socket.on('error', ignoreError);
+      socket.destroy();
+    }
+    this.client = null;
+    this.upstream = null;
+    this.openSockets = 0;
+    return true;
+  }
+
+  /** The relay thread's report: the connection has ended (result null: we asked it to, the result is set). */
+  relayEnded(fromClient: number, fromUpstream: number, result: EndResult | null, detail: string): void {
+    this.relayedFromClient = fromClient;
+    this.relayedFromUpstream = fromUpstream;
+    this.relayId = -1;
+    if (result !== null) this.setResult(result, detail);
+    this.finish();
+  }
+
+  /** Reads the relay thread's live counters into the cached ones (and the state it implies). */
+  private refreshRelayed(): void {
+    if (this.relayId < 0 || this.relayThread === null) return;
+    const snapshot = this.relayThread.snapshot(this.relayId);
+    if (snapshot === null) return;
+    this.relayedFromClient = snapshot.fromClient;
+    this.relayedFromUpstream = snapshot.fromUpstream;
+    if (snapshot.halfClosed && this.state === 'open') this.state = 'half-closed';
   }
 
   /** A FIN arrived from `side`: pass it on (after the queued bytes) and start the half-close bound. */
@@ -231,7 +297,7 @@ export class Connection {
         return;
       }
       this.setResult('connect-failed', code);
-      if (!this.client.destroyed) this.client.resetAndDestroy();
+      if (this.client && !this.client.destroyed) this.client.resetAndDestroy();
       return;
     }
     if (code === 'ECONNRESET' || code === 'EPIPE') this.setResult('RST', `${side}-reset`);
@@ -271,7 +337,7 @@ export class Connection {
 
   /** The client has closed or been reset (a lease waiting on a backoff or an injected delay gives up). */
   get clientGone(): boolean {
-    return this.client.destroyed;
+    return this.client === null ? this.state === 'closed' : this.client.destroyed;
   }
 
   socketClosed(side: 'client' | 'upstream'): void {
@@ -284,6 +350,10 @@ export class Connection {
   /** Ends the connection for a reason of ours (timers, drain): RST for `reset`, FIN otherwise. */
   abort(result: EndResult, detail: string, mode: 'reset' | 'close'): void {
     this.setResult(result, detail);
+    if (this.relayId >= 0) {
+      this.relayThread!.abort(this.relayId, mode === 'reset');
+      return;
+    }
     for (const socket of [this.client, this.upstream]) {
       if (!socket || socket.destroyed) continue;
       if (mode === 'reset' && !socket.connecting) socket.resetAndDestroy();
@@ -293,9 +363,11 @@ export class Connection {
 
   /** Called by the sweep: refreshes the idle clock from the byte counters and applies any expired bound. */
   sweep(now: number): TimerVerdict | null {
+    // The relay thread applies the bounds and arms keepalive itself.
+    if (this.relayId >= 0) return null;
     if (this.state !== 'connecting') {
       if (!this.keepAliveArmed) this.armKeepAlive();
-      const activity = this.client.bytesRead + (this.upstream?.bytesRead ?? 0);
+      const activity = this.bytesFromClient + this.bytesFromUpstream;
       if (activity !== this.lastActivity) {
         this.lastActivity = activity;
         this.lastActiveAt = now;
@@ -330,11 +402,15 @@ export class Connection {
   }
 
   get bytesFromClient(): number {
-    return this.client.bytesRead;
+    if (this.client !== null) return this.client.bytesRead;
+    this.refreshRelayed();
+    return this.relayedFromClient;
   }
 
   get bytesFromUpstream(): number {
-    return this.upstream?.bytesRead ?? 0;
+    if (this.upstream !== null) return this.upstream.bytesRead;
+    if (this.client === null) this.refreshRelayed();
+    return this.relayedFromUpstream;
   }
 
   private get dstText(): string | null {
@@ -346,6 +422,7 @@ export class Connection {
   }
 
   info(now: number): ConnectionInfo {
+    this.refreshRelayed();
     return {
       id: this.id,
       direction: this.direction,

@@ -12,6 +12,7 @@ import { listenerLabel, openListener, type ListenerSpec, type OpenListener } fro
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
 import { readOriginalDst } from './original-dst.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './relay.js';
+import { RelayThread } from './relay-thread.js';
 import { LocalAddresses, routeConnection, transparentDestination, type AcceptedOn } from './routing.js';
 import { Sweeper, sweepIntervalMs } from './timers.js';
 
@@ -64,6 +65,9 @@ export class ProxyWorker implements ConnectionOwner {
   private emptyWaiters: (() => void)[] = [];
   private readonly warnedSources = new Set<string>();
   private policy: PolicyRuntime;
+  /** Started when the config asks for the native relay; kept across reloads for the connections it carries. */
+  private relay: RelayThread | null = null;
+  private readonly handoffFailures = new Set<string>();
 
   constructor(
     config: Config,
@@ -85,6 +89,33 @@ export class ProxyWorker implements ConnectionOwner {
     return attempt === null ? base : Math.min(base, Math.max(25, Math.floor(attempt / 4)));
   }
 
+  /** The relay thread, when the config asks for it (proxy.relay: native); otherwise Node streams relay. */
+  private startRelay(config: Config): void {
+    if (config.proxy.relay !== 'native') return;
+    const sweepMs = sweepIntervalMs(config.proxy);
+    if (this.relay !== null) {
+      this.relay.setSweepInterval(sweepMs);
+      return;
+    }
+    try {
+      this.relay = new RelayThread(sweepMs);
+    } catch (error) {
+      this.log.warn({ err: error }, 'the native relay thread could not start; relaying with Node streams (as with proxy.relay: node)');
+    }
+  }
+
+  get relayThread(): RelayThread | null {
+    return this.config.proxy.relay === 'native' ? this.relay : null;
+  }
+
+  relayHandoffFailed(error: unknown): void {
+    const code = (error as { code?: unknown }).code;
+    const key = typeof code === 'string' ? code : 'error';
+    if (this.handoffFailures.has(key)) return;
+    this.handoffFailures.add(key);
+    this.log.warn({ err: error, code: key }, 'a connection could not be handed to the relay thread; Node streams relay it (logged once per error code)');
+  }
+
   private portsOf(config: Config): Set<number> {
     return new Set([config.proxy.outboundPort, config.proxy.inboundPort, config.proxy.adminPort, ...this.specs.map((s) => s.port)]);
   }
@@ -93,6 +124,7 @@ export class ProxyWorker implements ConnectionOwner {
   async start(): Promise<void> {
     // Endpoints resolved and first health checks done before the first connection is accepted.
     await this.policy.start();
+    this.startRelay(this.config);
     this.listeners = await this.openAll(this.specs);
     this.sweeper.start(this.sweepInterval(this.config));
     this.log.info({ listeners: this.listeners.map((l) => listenerLabel(l.spec)) }, 'listening');
@@ -223,6 +255,7 @@ export class ProxyWorker implements ConnectionOwner {
     this.config = config;
     this.ownPorts = this.portsOf(config);
     this.accessLog.reconfigure(config.proxy.accessLog);
+    this.startRelay(config);
     if (!this.draining) this.sweeper.start(this.sweepInterval(config));
     if (added.length > 0 || removed.length > 0) {
       this.log.info({ opened: added.map((l) => listenerLabel(l.spec)), closed: removed.map((l) => listenerLabel(l.spec)) }, 'listeners changed');

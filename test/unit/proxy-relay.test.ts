@@ -1,5 +1,7 @@
-// The relay on real loopback sockets, in-process (no namespace, no addon): FIN per direction, RST mirroring,
-// backpressure, connect failures and the sweep's bounds. The netns lab repeats the key cases through iptables.
+// The relay on real loopback sockets, in-process (no namespace): FIN per direction, RST mirroring, backpressure,
+// connect failures and the bounds, once with Node streams and once with the addon's relay thread (which also
+// gets the cases only it has: abort, max duration, failed handoff). The netns lab repeats the key cases through
+// iptables.
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -8,6 +10,9 @@ import { configFromObject } from '../../src/config/load.js';
 import type { ProxyConfig } from '../../src/config/types.js';
 import { ProxyMetrics } from '../../src/proxy/metrics.js';
 import { Connection, type ConnectionOwner } from '../../src/proxy/relay.js';
+import { RelayThread } from '../../src/proxy/relay-thread.js';
+
+type Engine = 'node' | 'native';
 
 const base = configFromObject({ proxy: { user: 'nobody' }, safety: { sshPorts: [22] } }).proxy;
 
@@ -17,11 +22,14 @@ interface Harness {
   conns: Connection[];
   metrics: ProxyMetrics;
   whenClosed(n?: number): Promise<Connection>;
+  handoffFailures: unknown[];
 }
 
 const servers: Server[] = [];
 const sockets: Socket[] = [];
+const threads: RelayThread[] = [];
 afterEach(() => {
+  for (const t of threads.splice(0)) t.close();
   for (const s of sockets.splice(0)) s.destroy();
   for (const s of servers.splice(0)) s.close();
 });
@@ -32,11 +40,17 @@ function listen(server: Server): Promise<number> {
 }
 
 /** A proxy front door on loopback that relays every accepted socket to 127.0.0.1:upstreamPort. */
-async function harness(upstreamPort: number, cfg: ProxyConfig = base): Promise<Harness> {
+async function makeHarness(upstreamPort: number, cfg: ProxyConfig, engine: Engine, thread?: RelayThread): Promise<Harness> {
   const metrics = new ProxyMetrics();
   const closed: Connection[] = [];
   const conns: Connection[] = [];
   const waiters: (() => void)[] = [];
+  const handoffFailures: unknown[] = [];
+  let relayThread: RelayThread | null = null;
+  if (engine === 'native') {
+    relayThread = thread ?? new RelayThread(25);
+    threads.push(relayThread);
+  }
   const owner: ConnectionOwner = {
     metrics,
     connectionClosed(c) {
@@ -44,6 +58,10 @@ async function harness(upstreamPort: number, cfg: ProxyConfig = base): Promise<H
       for (const w of waiters.splice(0)) w();
     },
     passthroughSourceMissing() {},
+    relayThread,
+    relayHandoffFailed(error) {
+      handoffFailures.push(error);
+    },
   };
   const front = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => {
     metrics.accepted('outbound');
@@ -56,7 +74,7 @@ async function harness(upstreamPort: number, cfg: ProxyConfig = base): Promise<H
     while (closed.length < n) await new Promise<void>((r) => waiters.push(r));
     return closed[n - 1]!;
   };
-  return { proxyPort, closed, conns, metrics, whenClosed };
+  return { proxyPort, closed, conns, metrics, whenClosed, handoffFailures };
 }
 
 function client(port: number): Socket {
@@ -76,7 +94,9 @@ function readAll(socket: Socket): Promise<Buffer> {
   });
 }
 
-describe('relay', () => {
+describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
+  const harness = (port: number, cfg: ProxyConfig = base) => makeHarness(port, cfg, engine);
+
   it('mirrors the client\'s FIN: the client shuts down writing and still receives the whole reply', async () => {
     const request = randomBytes(1 << 20);
     const reply = randomBytes(1 << 20);
@@ -187,12 +207,20 @@ describe('relay', () => {
     c.write('ping');
     await new Promise((r) => c.once('data', r));
     const conn = h.conns[0]!;
-    const t0 = performance.now();
-    expect(conn.sweep(t0)).toBeNull(); // records the bytes seen so far as activity at t0
-    expect(conn.sweep(t0 + 150)).toBeNull();
-    expect(conn.sweep(t0 + 250)).toMatchObject({ detail: 'idle' });
+    if (engine === 'node') {
+      const t0 = performance.now();
+      expect(conn.sweep(t0)).toBeNull(); // records the bytes seen so far as activity at t0
+      expect(conn.sweep(t0 + 150)).toBeNull();
+      expect(conn.sweep(t0 + 250)).toMatchObject({ detail: 'idle' });
+    } else {
+      // The thread sweeps on its own (every 25 ms here): still open well before the bound, closed after it.
+      expect(conn.sweep(performance.now() + 10_000)).toBeNull();
+      await new Promise((r) => setTimeout(r, 100));
+      expect(conn.state).not.toBe('closed');
+    }
     await new Promise((r) => c.on('end', r));
-    expect((await h.whenClosed()).result).toBe('timeout');
+    const done = await h.whenClosed();
+    expect([done.result, done.detail]).toEqual(['timeout', 'idle']);
   });
 
   it('closes a connection left half-closed past halfCloseTimeout', async () => {
@@ -202,9 +230,98 @@ describe('relay', () => {
     c.end('bye');
     await new Promise((r) => setTimeout(r, 50));
     const conn = h.conns[0]!;
-    expect(conn.state).toBe('half-closed');
-    expect(conn.sweep(performance.now() + 200)).toMatchObject({ detail: 'half-close' });
+    expect(conn.info(performance.now()).state).toBe('half-closed');
+    if (engine === 'node') expect(conn.sweep(performance.now() + 200)).toMatchObject({ detail: 'half-close' });
     const done = await h.whenClosed();
     expect([done.result, done.detail]).toEqual(['timeout', 'half-close']);
+  });
+});
+
+describe('relay thread only', () => {
+  it('hands every established connection to the thread and closes Node\'s sockets', async () => {
+    const upstream = createServer({ allowHalfOpen: true }, (s) => s.pipe(s));
+    const h = await makeHarness(await listen(upstream), base, 'native');
+    const c = client(h.proxyPort);
+    c.write('ping');
+    await new Promise((r) => c.once('data', r));
+    const conn = h.conns[0]!;
+    expect(conn.client).toBeNull();
+    expect(conn.upstream).toBeNull();
+    expect(conn.info(performance.now())).toMatchObject({ state: 'open', bytesFromClient: 4, bytesFromUpstream: 4, source: `127.0.0.1:${c.localPort}` });
+    c.end();
+    const done = await h.whenClosed();
+    expect(done.record()).toMatchObject({ result: 'FIN', detail: 'client-first', bytesFromClient: 4, bytesFromUpstream: 4 });
+  });
+
+  it('aborts on request: FIN to both peers for a drain, RST for a forced stop', async () => {
+    const upstreamEnds: Promise<string>[] = [];
+    const upstream = createServer({ allowHalfOpen: true }, (s) => {
+      upstreamEnds.push(new Promise((resolve) => {
+        s.on('end', () => resolve('FIN'));
+        s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+      }));
+      s.pipe(s);
+    });
+    const h = await makeHarness(await listen(upstream), base, 'native');
+    const gentle = client(h.proxyPort);
+    const forced = client(h.proxyPort);
+    for (const c of [gentle, forced]) {
+      c.write('x');
+      await new Promise((r) => c.once('data', r));
+    }
+    const gentleEnd = new Promise((r) => gentle.on('end', () => r('FIN')));
+    const forcedEnd = new Promise((r) => forced.on('error', (e: NodeJS.ErrnoException) => r(e.code)));
+    h.conns[0]!.abort('drain', 'deadline', 'close');
+    h.conns[1]!.abort('drain', 'forced', 'reset');
+    expect(await gentleEnd).toBe('FIN');
+    expect(await forcedEnd).toBe('ECONNRESET');
+    expect(await upstreamEnds[0]).toBe('FIN');
+    expect(await upstreamEnds[1]).toBe('ECONNRESET');
+    await h.whenClosed(2);
+    expect(h.closed.map((c) => [c.result, c.detail]).sort()).toEqual([['drain', 'deadline'], ['drain', 'forced']]);
+  });
+
+  it('ends a connection at maxConnectionDuration although it is busy', async () => {
+    const upstream = createServer({ allowHalfOpen: true }, (s) => s.pipe(s));
+    const h = await makeHarness(await listen(upstream), { ...base, maxConnectionDurationMs: 300 }, 'native');
+    const c = client(h.proxyPort);
+    const timer = setInterval(() => c.write('tick'), 20);
+    const done = await h.whenClosed();
+    clearInterval(timer);
+    expect([done.result, done.detail]).toEqual(['timeout', 'max-duration']);
+    expect(done.record().bytesFromClient).toBeGreaterThan(0);
+    expect(done.record().durationMs).toBeGreaterThanOrEqual(300);
+  });
+
+  it('relays 64 MiB each way at once through the thread with equal checksums', async () => {
+    const up = randomBytes(64 << 20);
+    const down = randomBytes(64 << 20);
+    let serverGot: Promise<string> | undefined;
+    const upstream = createServer({ allowHalfOpen: true }, (s) => {
+      serverGot = readAll(s).then(sha);
+      s.end(down);
+    });
+    const h = await makeHarness(await listen(upstream), base, 'native');
+    const c = client(h.proxyPort);
+    const got = readAll(c).then(sha);
+    c.end(up);
+    expect(await got).toBe(sha(down));
+    expect(await serverGot).toBe(sha(up));
+    const done = await h.whenClosed();
+    expect(done.record()).toMatchObject({ result: 'FIN', bytesFromClient: up.length, bytesFromUpstream: down.length });
+  });
+
+  it('keeps a connection on Node streams, and says so, when the thread cannot take it', async () => {
+    const closedThread = new RelayThread(25);
+    closedThread.close();
+    const upstream = createServer({ allowHalfOpen: true }, (s) => s.pipe(s));
+    const h = await makeHarness(await listen(upstream), base, 'native', closedThread);
+    const c = client(h.proxyPort);
+    c.write('ping');
+    await new Promise((r) => c.once('data', r));
+    expect(h.handoffFailures).toHaveLength(1);
+    expect(h.conns[0]!.client).not.toBeNull();
+    c.end();
+    expect((await h.whenClosed()).result).toBe('FIN');
   });
 });

@@ -1,0 +1,142 @@
+// The worker's side of the addon's relay thread (src/native/relay.cc): gives each handed-off connection an id,
+// keeps the event loop alive while any is relayed, and turns the thread's end reports back into the
+// connections' results. Payload never crosses into JS; only one report per connection does, in batches.
+import { constants as osConstants } from 'node:os';
+import { createRelay, withRelayErrno, type NativeRelay } from '../native/addon.js';
+import type { EndResult } from './metrics.js';
+
+/** A connection the relay thread carries: told once how it ended. `result` null: ended on our own request. */
+export interface RelayedConnection {
+  relayEnded(fromClient: number, fromUpstream: number, result: EndResult | null, detail: string): void;
+}
+
+/** The bounds a connection takes to the thread (ms, -1 = none; keepalive in whole seconds, -1 = off). */
+export interface RelayBounds {
+  readonly maxRemainingMs: number;
+  readonly idleMs: number;
+  readonly halfCloseMs: number;
+  readonly keepaliveSec: number;
+}
+
+/** Live counters of a relayed connection. */
+export interface RelaySnapshot {
+  readonly fromClient: number;
+  readonly fromUpstream: number;
+  readonly halfClosed: boolean;
+}
+
+// Mirrors EndCode in src/native/relay.cc.
+const END_FIN = 0;
+const END_RESET = 1;
+const END_ERROR = 2;
+const END_KEEPALIVE = 3;
+const END_IDLE = 4;
+const END_HALF_CLOSE = 5;
+const END_MAX_DURATION = 6;
+const END_ABORTED = 7;
+const RECORD_SIZE = 6;
+
+const SIDES = ['client', 'upstream'] as const;
+const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, value]) => [value, name]));
+
+/** How a pair ended, in the words of the access log (the same results and details as the stream relay). */
+export function describeEnd(code: number, side: number, errno: number): { result: EndResult; detail: string } | null {
+  const who = SIDES[side === 1 ? 1 : 0];
+  switch (code) {
+    case END_FIN:
+      return { result: 'FIN', detail: `${who}-first` };
+    case END_RESET:
+      return { result: 'RST', detail: `${who}-reset` };
+    case END_ERROR:
+      return { result: 'RST', detail: `${who}-${errnoNames.get(errno) ?? `E${errno}`}` };
+    case END_KEEPALIVE:
+      return { result: 'timeout', detail: `${who}-keepalive` };
+    case END_IDLE:
+      return { result: 'timeout', detail: 'idle' };
+    case END_HALF_CLOSE:
+      return { result: 'timeout', detail: 'half-close' };
+    case END_MAX_DURATION:
+      return { result: 'timeout', detail: 'max-duration' };
+    case END_ABORTED:
+      return null;
+    default:
+      return { result: 'RST', detail: `relay-code-${code}` };
+  }
+}
+
+/** Converts a configured bound to what the thread takes. */
+export function relayBounds(
+  cfg: { readonly maxConnectionDurationMs: number | null; readonly idleTimeoutMs: number | null; readonly halfCloseTimeoutMs: number; readonly keepaliveDelayMs: number | null },
+  ageMs: number,
+): RelayBounds {
+  return {
+    maxRemainingMs: cfg.maxConnectionDurationMs === null ? -1 : Math.max(0, Math.round(cfg.maxConnectionDurationMs - ageMs)),
+    idleMs: cfg.idleTimeoutMs ?? -1,
+    halfCloseMs: cfg.halfCloseTimeoutMs,
+    keepaliveSec: cfg.keepaliveDelayMs === null ? -1 : Math.max(1, Math.ceil(cfg.keepaliveDelayMs / 1000)),
+  };
+}
+
+export class RelayThread {
+  private readonly relay: NativeRelay;
+  private readonly open = new Map<number, RelayedConnection>();
+  private nextId = 0;
+  private readonly counters = new Float64Array(3);
+
+  /** Starts the thread; throws (ADDON_UNAVAILABLE, or a system error with `code`) when it cannot. */
+  constructor(sweepMs: number) {
+    this.relay = createRelay(this.onEnded, sweepMs);
+  }
+
+  /**
+   * Hands a connected pair to the thread, which duplicates both fds: the caller then closes its sockets.
+   * Returns the pair's id. Throws the system error (EMFILE when the fd limit is reached, ...) and keeps nothing.
+   */
+  adopt(conn: RelayedConnection, clientFd: number, upstreamFd: number, bounds: RelayBounds): number {
+    let id = this.nextId;
+    while (this.open.has(id)) id = (id + 1) >>> 0;
+    withRelayErrno(() => this.relay.adopt(id, clientFd, upstreamFd, bounds.maxRemainingMs, bounds.idleMs, bounds.halfCloseMs, bounds.keepaliveSec));
+    this.nextId = (id + 1) >>> 0;
+    if (this.open.size === 0) this.relay.ref();
+    this.open.set(id, conn);
+    return id;
+  }
+
+  /** Ends a relayed connection now (RST to both peers when `reset`); its report follows as usual. */
+  abort(id: number, reset: boolean): void {
+    this.relay.abort(id, reset);
+  }
+
+  /** Live counters, or null once the thread has ended the pair (its report is on the way). */
+  snapshot(id: number): RelaySnapshot | null {
+    const out = this.counters;
+    if (!this.relay.snapshot(id, out)) return null;
+    return { fromClient: out[0]!, fromUpstream: out[1]!, halfClosed: out[2] === 1 };
+  }
+
+  setSweepInterval(ms: number): void {
+    this.relay.setSweepInterval(Math.max(1, Math.round(ms)));
+  }
+
+  get size(): number {
+    return this.open.size;
+  }
+
+  /** Stops the thread; pairs still open are closed without a report. */
+  close(): void {
+    this.relay.close();
+    this.open.clear();
+  }
+
+  private readonly onEnded = (records: Float64Array): void => {
+    for (let i = 0; i + RECORD_SIZE <= records.length; i += RECORD_SIZE) {
+      const id = records[i]!;
+      const conn = this.open.get(id);
+      if (conn === undefined) continue;
+      this.open.delete(id);
+      const end = describeEnd(records[i + 3]!, records[i + 4]!, records[i + 5]!);
+      conn.relayEnded(records[i + 1]!, records[i + 2]!, end?.result ?? null, end?.detail ?? '');
+    }
+    if (this.open.size === 0) this.relay.unref();
+  };
+}
