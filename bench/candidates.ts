@@ -8,7 +8,7 @@ import { NOFILE, PORTS, waitListening, type Lab } from './lab.js';
 import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
 import { REPO_ROOT } from './tools.js';
 
-export type CandidateName = 'direct' | 'haproxy' | 'meshctl' | 'meshctl-policy100';
+export type CandidateName = 'direct' | 'haproxy' | 'meshctl' | 'meshctl-policy100' | 'meshctl-node';
 export const CANDIDATES: readonly CandidateName[] = ['direct', 'haproxy', 'meshctl'];
 /**
  * meshctl with 100 services configured, the bench's own destinations among them (so every connection takes the
@@ -16,6 +16,8 @@ export const CANDIDATES: readonly CandidateName[] = ['direct', 'haproxy', 'meshc
  * test; part of the full run's default candidates.
  */
 export const POLICY_CANDIDATE: CandidateName = 'meshctl-policy100';
+/** meshctl relaying with Node streams (proxy.relay: node) instead of the addon's relay thread; on request only. */
+export const NODE_RELAY_CANDIDATE: CandidateName = 'meshctl-node';
 export const POLICY_SERVICES = 100;
 
 /** The proxy runs as `nobody`; the capture rules exempt its uid and gid (loop prevention). */
@@ -26,6 +28,8 @@ export interface RunningCandidate {
   readonly name: CandidateName;
   /** CPU and RSS of the proxy's processes (all workers/threads); null for direct. */
   usage(): TreeUsage | null;
+  /** The tail of the proxy's own output (empty for direct), for errors. */
+  output(): string;
   stop(): Promise<void>;
 }
 
@@ -54,12 +58,13 @@ export function policyServices(serverAddr: string, count: number): Record<string
 }
 
 /** The raw config both proxies are measured with (and the capture rules are planned from). */
-export function benchRawConfig(options: CandidateOptions, stateDir: string, services: readonly Record<string, unknown>[] = []): Record<string, unknown> {
+export function benchRawConfig(options: CandidateOptions, stateDir: string, services: readonly Record<string, unknown>[] = [], relay: 'native' | 'node' = 'native'): Record<string, unknown> {
   return {
     proxy: {
       user: PROXY_USER.name,
       workers: options.workers,
       accessLog: { enabled: options.accessLog },
+      relay,
     },
     stateDir,
     ...(services.length > 0 ? { services } : {}),
@@ -129,7 +134,7 @@ async function waitReady(lab: Lab, proc: Proc, timeoutMs = 20_000): Promise<void
 export async function startCandidate(name: CandidateName, lab: Lab, options: CandidateOptions): Promise<RunningCandidate> {
   await lab.freshClient();
   if (name === 'direct') {
-    const direct: RunningCandidate = { name, usage: () => null, stop: async () => {} };
+    const direct: RunningCandidate = { name, usage: () => null, output: () => '', stop: async () => {} };
     await verifyIntercepted(lab, direct);
     return direct;
   }
@@ -137,7 +142,7 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
   const dir = join(lab.options.workDir, name);
   mkdirSync(dir, { recursive: true });
   const stateDir = join(dir, 'state');
-  const raw = benchRawConfig(options, stateDir, name === POLICY_CANDIDATE ? policyServices(lab.serverAddr, POLICY_SERVICES) : []);
+  const raw = benchRawConfig(options, stateDir, name === POLICY_CANDIDATE ? policyServices(lab.serverAddr, POLICY_SERVICES) : [], name === NODE_RELAY_CANDIDATE ? 'node' : 'native');
   const configFile = join(dir, 'meshctl.json');
   writeFileSync(configFile, `${JSON.stringify(raw, null, 2)}\n`);
   const pin = lab.options.pin.proxy;
@@ -159,6 +164,7 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
   const running: RunningCandidate = {
     name,
     usage: () => treeUsage(proc.pid),
+    output: () => proc.output(),
     stop: async () => {
       await stopProc(proc, 5000);
     },

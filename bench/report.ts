@@ -142,7 +142,7 @@ export interface ReportInput {
   readonly notes?: readonly string[];
 }
 
-const NAMES: Record<CandidateName, string> = { direct: 'direct', haproxy: 'HAProxy', meshctl: 'meshctl', 'meshctl-policy100': 'meshctl, 100 services' };
+const NAMES: Record<CandidateName, string> = { direct: 'direct', haproxy: 'HAProxy', meshctl: 'meshctl', 'meshctl-policy100': 'meshctl, 100 services', 'meshctl-node': 'meshctl, Node streams relay' };
 
 export function renderReport(input: ReportInput): string {
   const { info, profile, candidates, measurements } = input;

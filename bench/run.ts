@@ -5,7 +5,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CANDIDATES, POLICY_CANDIDATE, startCandidate, type CandidateName, type RunningCandidate } from './candidates.js';
+import { CANDIDATES, NODE_RELAY_CANDIDATE, POLICY_CANDIDATE, startCandidate, type CandidateName, type RunningCandidate } from './candidates.js';
 import { Lab, nsExists, type Pinning } from './lab.js';
 import { renderReport } from './report.js';
 import { buildTcpbench, machineInfo, missingCommands, REPO_ROOT } from './tools.js';
@@ -131,9 +131,9 @@ function parseArgs(argv: readonly string[]): BenchOptions {
     if (!Number.isFinite(n) || n <= 0) throw new Error(`${flag} ${v}: expected a positive number`);
     return n;
   };
-  const list = <T extends string>(flag: string, all: readonly T[]): T[] => {
+  const list = <T extends string>(flag: string, all: readonly T[], byDefault: readonly T[] = all): T[] => {
     const v = get(flag);
-    if (v === undefined) return [...all];
+    if (v === undefined) return [...byDefault];
     const items = v.split(',');
     const bad = items.filter((i) => !(all as readonly string[]).includes(i));
     if (bad.length > 0) throw new Error(`${flag}: unknown ${bad.join(', ')}; expected some of ${all.join(', ')}`);
@@ -154,7 +154,7 @@ function parseArgs(argv: readonly string[]): BenchOptions {
   const out = get('--out');
   return {
     profile,
-    candidates: list('--candidates', [...CANDIDATES, POLICY_CANDIDATE]),
+    candidates: list('--candidates', [...CANDIDATES, POLICY_CANDIDATE, NODE_RELAY_CANDIDATE], [...CANDIDATES, POLICY_CANDIDATE]),
     workloads: list('--workloads', WORKLOADS),
     workers: Math.round(num('--workers', 2)),
     pin: Object.keys(pin).length > 0 ? pin : DEFAULT_PIN,
@@ -168,7 +168,7 @@ function parseArgs(argv: readonly string[]): BenchOptions {
 }
 
 const USAGE = `usage: npm run bench -- [--profile full|smoke] [--reps N] [--secs S] [--warmup S] [--idle-conns N] [--paced-rate R]
-  [--candidates direct,haproxy,meshctl,meshctl-policy100] [--workloads ${WORKLOADS.join(',')}] [--workers N]
+  [--candidates direct,haproxy,meshctl,meshctl-policy100[,meshctl-node]] [--workloads ${WORKLOADS.join(',')}] [--workers N]
   [--pin-loadgen CPUS] [--pin-servers CPUS] [--pin-proxy CPUS] [--access-log] [--cpu-prof DIR] [--proxy-node-args "FLAGS"] [--out DIR|-]
 Runs as root (network namespaces). Writes bench/results/<date>.md and latest.md.`;
 

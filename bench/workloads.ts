@@ -81,7 +81,10 @@ async function tcpbench(lab: Lab, candidate: RunningCandidate, mode: 'rr' | 'pac
     ...Object.entries(args).map(([k, v]) => `${k}=${v}`)];
   const { result, proxyCpu } = await withProxyCpu(candidate, () => runClient(`tcpbench ${mode}`, argv, loadgenOptions(lab), (profile.secs + profile.warmup) * 1000 + 20_000));
   const r = parseJsonLine<TcpbenchResult>(`tcpbench ${mode}`, result);
-  if (r.errors > 0) throw new Error(`tcpbench ${mode} against ${candidate.name}: ${r.errors} connection errors\n${result.stderr.slice(-1000)}`);
+  if (r.errors > 0) {
+    const proxy = candidate.output().slice(-2000);
+    throw new Error(`tcpbench ${mode} against ${candidate.name}: ${r.errors} connection errors\n${result.stderr.slice(-1000)}${proxy ? `\nproxy output:\n${proxy}` : ''}`);
+  }
   const values: Values = {
     rate: r.rate,
     p50: r.p50_us,

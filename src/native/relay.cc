@@ -9,9 +9,9 @@
 // its destination has not taken yet (and then that direction stops reading, which is the backpressure).
 //
 // Threading: the loop thread holds `mu` while it touches pairs, except while blocked in epoll_wait; the JS
-// calls (adopt, abort, snapshot) take it too. A pair closed by either thread is moved to `graveyard` and freed
-// only by the loop thread before its next epoll_wait, so an event harvested before the close never points to
-// freed memory (its pair is marked closed and skipped).
+// calls (adopt, abort, snapshot) take it too. A pair closed by either thread is deregistered from epoll, moved
+// to `graveyard` and freed only by the loop thread before its next epoll_wait, so an event harvested before the
+// close never points to freed memory (its pair is marked closed and skipped) and no later wait can report one.
 #include <napi.h>
 
 #include <cerrno>
@@ -469,6 +469,10 @@ class Core {
     p->closed = true;
     for (int s = 0; s < 2; s++) {
       if (reset) SetLingerZero(p->fd[s]);
+      // Deregister before close: close() alone leaves the registration in place while another descriptor of the
+      // same socket is open (Node's own, in the moment between adopt and Node closing it), and a later wait
+      // would then report an event for a pair already freed.
+      if (!p->parked[s]) epoll_ctl(epfd_, EPOLL_CTL_DEL, p->fd[s], nullptr);
       close(p->fd[s]);
       p->fd[s] = -1;
       if (p->flow[s].buf != nullptr) {

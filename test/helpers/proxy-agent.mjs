@@ -342,6 +342,39 @@ const ops = {
     clearTimeout(guard);
     return { count, echoed, peakOpen, errors: errors.slice(0, 20), errorCount: errors.length };
   },
+
+  /**
+   * Connection churn: `count` short connections, `parallel` at a time, each connecting, writing `bytes`, reading
+   * the echo and closing (the cycle that ends relayed pairs while new ones are being handed over).
+   */
+  async churn({ host, port, family, count, parallel = 32, bytes = 64, timeoutMs = 60000 }) {
+    const payload = randomBytes(bytes);
+    const errors = [];
+    let done = 0;
+    let started = 0;
+    const one = () => new Promise((resolve) => {
+      const socket = connect({ host, port, family, noDelay: true });
+      let got = 0;
+      const timer = setTimeout(() => { errors.push('timeout'); socket.destroy(); }, timeoutMs);
+      socket.on('connect', () => socket.write(payload));
+      socket.on('data', (d) => { got += d.length; if (got >= bytes) socket.end(); });
+      socket.on('error', (e) => errors.push(e.code ?? e.message));
+      socket.on('close', () => {
+        clearTimeout(timer);
+        if (got === bytes) done++;
+        else errors.push(`short:${got}`);
+        resolve();
+      });
+    });
+    const lane = async () => {
+      while (started < count) {
+        started++;
+        await one();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(parallel, count) }, lane));
+    return { count, done, errors: errors.slice(0, 20), errorCount: errors.length };
+  },
 };
 
 runAgent(ops, errorInfo);

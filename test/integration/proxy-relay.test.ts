@@ -1,5 +1,5 @@
 // Relay correctness through the real rules and the real proxy: half-close in both orders, 200 MiB each way with
-// equal checksums, and 2,000 connections open at the same time.
+// equal checksums, 2,000 connections open at the same time, and 6,000 short ones 32 at a time with no worker lost.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createProxyLab, labConfigObject, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
@@ -107,5 +107,24 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
     const records = await lab.peer.call<ServerRecord[]>('records', { name: 'echo' });
     expect(records.length).toBe(2000);
     expect(records.filter((x) => x.error)).toEqual([]);
+  }, 120_000);
+
+  it('carries 6,000 short connections, 32 at a time, without an error or a worker lost', async () => {
+    // Pairs end on the relay thread while new ones are handed over: the churn that once crashed a worker.
+    const before = await proxy.adminJson('/stats');
+    const pidsBefore = before.workers.map((w: { pid: number }) => w.pid);
+    const r = await lab.app.call<{ done: number; errorCount: number; errors: string[] }>('churn', {
+      host: lab.addrs.b4, port: 7004, count: 6000, parallel: 32, bytes: 64, timeoutMs: 60_000,
+    });
+    expect(r.errors).toEqual([]);
+    expect(r.done).toBe(6000);
+    let after = await proxy.adminJson('/stats');
+    for (let i = 0; i < 40 && after.connections.active.outbound > 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      after = await proxy.adminJson('/stats');
+    }
+    expect(after.workers.map((w: { pid: number }) => w.pid)).toEqual(pidsBefore);
+    expect(after.connections.closed.outbound.FIN - before.connections.closed.outbound.FIN).toBe(6000);
+    expect(proxy.stderr()).not.toContain('worker exited unexpectedly');
   }, 120_000);
 });
