@@ -115,15 +115,17 @@ export function workerExecArgv(parent: readonly string[]): string[] {
 }
 
 /**
- * glibc malloc settings for the workers. Every socket read gets a fresh 64 KiB buffer from malloc; once a burst
+ * glibc malloc settings for workers that relay with Node streams (proxy.relay: node; the relay thread reuses its
+ * own chunks and needs none). There every socket read gets a fresh 64 KiB buffer from malloc; once a burst
  * of connections has come and gone (the freed sockets leave a large free top chunk), glibc's default 128 KiB trim
  * threshold hands memory back to the kernel and takes it again read after read, and each buffer's pages fault
  * anew: ~200,000 minor faults per GB relayed, bulk throughput down by a third (bench/, bulk after the idle
  * workload). A 64 MiB trim threshold and 16 MiB top pad keep that memory mapped. An operator's own
  * GLIBC_TUNABLES wins; other C libraries ignore the variable.
  */
-export function workerMallocTunables(env: NodeJS.ProcessEnv): string {
-  return env.GLIBC_TUNABLES ?? 'glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216';
+export function workerMallocTunables(env: NodeJS.ProcessEnv, relay: 'native' | 'node'): string | undefined {
+  if (env.GLIBC_TUNABLES !== undefined || relay === 'native') return env.GLIBC_TUNABLES;
+  return 'glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216';
 }
 
 /** workers > 1: node:cluster processes running src/proxy/worker-main.ts. */
@@ -167,7 +169,7 @@ export class ClusterPool implements WorkerPool {
       LISTEN_FDS: undefined,
       LISTEN_PID: undefined,
       LISTEN_FDNAMES: undefined,
-      GLIBC_TUNABLES: workerMallocTunables(process.env),
+      GLIBC_TUNABLES: workerMallocTunables(process.env, this.config?.proxy.relay ?? 'native'),
     });
     let markExited: () => void = () => {};
     const slot: Slot = { index, worker, started: false, exited: new Promise((resolve) => (markExited = resolve)) };

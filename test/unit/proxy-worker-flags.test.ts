@@ -14,10 +14,13 @@ describe('worker node flags', () => {
 
 describe('worker malloc tunables', () => {
   it('keeps freed heap mapped (64 MiB trim threshold, 16 MiB top pad) by default', () => {
-    expect(workerMallocTunables({})).toBe('glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216');
+    expect(workerMallocTunables({}, 'node')).toBe('glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216');
   });
 
   it('leaves an operator’s GLIBC_TUNABLES alone', () => {
-    expect(workerMallocTunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' })).toBe('glibc.malloc.arena_max=2');
+    expect(workerMallocTunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }, 'node')).toBe('glibc.malloc.arena_max=2');
+    // The relay thread reuses its own chunks: glibc keeps its defaults unless the operator set something.
+    expect(workerMallocTunables({}, 'native')).toBeUndefined();
+    expect(workerMallocTunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }, 'native')).toBe('glibc.malloc.arena_max=2');
   });
 });
