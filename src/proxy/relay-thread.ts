@@ -102,9 +102,9 @@ export class RelayThread {
     return id;
   }
 
-  /** Ends a relayed connection now (RST to both peers when `reset`); its report follows as usual. */
-  abort(id: number, reset: boolean): void {
-    this.relay.abort(id, reset);
+  /** Ends a relayed connection now (RST to both peers when `reset`); its report follows as usual. False if it had already ended. */
+  abort(id: number, reset: boolean): boolean {
+    return this.relay.abort(id, reset);
   }
 
   /** Live counters, or null once the thread has ended the pair (its report is on the way). */

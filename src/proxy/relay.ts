@@ -349,11 +349,12 @@ export class Connection implements RelayedConnection {
 
   /** Ends the connection for a reason of ours (timers, drain): RST for `reset`, FIN otherwise. */
   abort(result: EndResult, detail: string, mode: 'reset' | 'close'): void {
-    this.setResult(result, detail);
     if (this.relayId >= 0) {
-      this.relayThread!.abort(this.relayId, mode === 'reset');
+      // False: the thread ended it first and its report (with the real result) is on the way.
+      if (this.relayThread!.abort(this.relayId, mode === 'reset')) this.setResult(result, detail);
       return;
     }
+    this.setResult(result, detail);
     for (const socket of [this.client, this.upstream]) {
       if (!socket || socket.destroyed) continue;
       if (mode === 'reset' && !socket.connecting) socket.resetAndDestroy();
