@@ -200,6 +200,9 @@ class Core {
       ev.data.u64 = Tag(p, s);
       if (epoll_ctl(epfd_, EPOLL_CTL_ADD, p->fd[s], &ev) != 0) {
         const int err = errno;
+        // Node's descriptors of these sockets stay open (the caller keeps relaying them itself), so close()
+        // alone would leave the first registration behind, pointing at the pair deleted here.
+        if (s == 1) epoll_ctl(epfd_, EPOLL_CTL_DEL, a, nullptr);
         close(a);
         close(b);
         delete p;
