@@ -263,7 +263,11 @@ export class Connection implements RelayedConnection {
   private refreshRelayed(): void {
     if (this.relayId < 0 || this.relayThread === null) return;
     const snapshot = this.relayThread.snapshot(this.relayId);
-    if (snapshot === null) return;
+    if (snapshot === null) {
+      // Ended on the thread; its report (with the final counts) is on the way.
+      this.state = 'closed';
+      return;
+    }
     this.relayedFromClient = snapshot.fromClient;
     this.relayedFromUpstream = snapshot.fromUpstream;
     if (snapshot.halfClosed && this.state === 'open') this.state = 'half-closed';

@@ -213,14 +213,15 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
       expect(conn.sweep(t0 + 150)).toBeNull();
       expect(conn.sweep(t0 + 250)).toMatchObject({ detail: 'idle' });
     } else {
-      // The thread sweeps on its own (every 25 ms here): still open well before the bound, closed after it.
+      // The thread sweeps on its own (every 25 ms here); the JS sweep leaves relayed connections to it.
       expect(conn.sweep(performance.now() + 10_000)).toBeNull();
-      await new Promise((r) => setTimeout(r, 100));
-      expect(conn.state).not.toBe('closed');
     }
+    const lastActivity = performance.now();
     await new Promise((r) => c.on('end', r));
     const done = await h.whenClosed();
     expect([done.result, done.detail]).toEqual(['timeout', 'idle']);
+    // Never before the bound (less one sweep: the thread dates activity by the sweep that saw it).
+    if (engine === 'native') expect(performance.now() - lastActivity).toBeGreaterThanOrEqual(175);
   });
 
   it('closes a connection left half-closed past halfCloseTimeout', async () => {
@@ -230,7 +231,8 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
     c.end('bye');
     await new Promise((r) => setTimeout(r, 50));
     const conn = h.conns[0]!;
-    expect(conn.info(performance.now()).state).toBe('half-closed');
+    // The relay thread may already have applied the bound on a loaded machine; until then it is half-closed.
+    if (engine === 'node' || conn.state !== 'closed') expect(conn.info(performance.now()).state).toMatch(engine === 'node' ? /^half-closed$/ : /^(half-closed|closed)$/);
     if (engine === 'node') expect(conn.sweep(performance.now() + 200)).toMatchObject({ detail: 'half-close' });
     const done = await h.whenClosed();
     expect([done.result, done.detail]).toEqual(['timeout', 'half-close']);
