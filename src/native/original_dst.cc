@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include "relay.h"
+#include "system_error.h"
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -34,13 +35,7 @@
 
 namespace {
 
-Napi::Value ThrowSystemError(Napi::Env env, int err, const char* syscall) {
-  Napi::Error error = Napi::Error::New(env, std::string(syscall) + " failed: " + std::strerror(err));
-  error.Set("errno", Napi::Number::New(env, err));
-  error.Set("syscall", Napi::String::New(env, syscall));
-  error.ThrowAsJavaScriptException();
-  return env.Undefined();
-}
+using meshctl::ThrowSystemError;
 
 Napi::Value ThrowTypeError(Napi::Env env, const char* message) {
   Napi::TypeError::New(env, message).ThrowAsJavaScriptException();

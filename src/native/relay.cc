@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "relay.h"
+#include "system_error.h"
 
 namespace meshctl {
 namespace {
@@ -554,14 +555,6 @@ class Core {
   char* scratch_ = nullptr;
 };
 
-Napi::Value ThrowErrno(Napi::Env env, int err, const char* syscall) {
-  Napi::Error error = Napi::Error::New(env, std::string(syscall) + " failed: " + std::strerror(err));
-  error.Set("errno", Napi::Number::New(env, err));
-  error.Set("syscall", Napi::String::New(env, syscall));
-  error.ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
 class Relay : public Napi::ObjectWrap<Relay> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -590,7 +583,7 @@ class Relay : public Napi::ObjectWrap<Relay> {
     if (err != 0) {
       delete core_;
       core_ = nullptr;
-      ThrowErrno(env, err, "epoll_create1");
+      ThrowSystemError(env, err, "epoll_create1");
       return;
     }
     core_->SetSweep(static_cast<int64_t>(info[1].As<Napi::Number>().Int64Value()));
@@ -652,7 +645,7 @@ class Relay : public Napi::ObjectWrap<Relay> {
     }
     const int err = core_->Adopt(static_cast<uint32_t>(v[0]), static_cast<int>(v[1]), static_cast<int>(v[2]), v[3], v[4], v[5],
                                  static_cast<int>(v[6]));
-    if (err != 0) return ThrowErrno(env, err, "adopt");
+    if (err != 0) return ThrowSystemError(env, err, "adopt");
     return env.Undefined();
   }
 
