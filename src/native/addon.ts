@@ -37,7 +37,6 @@ export interface NativeRelay {
   setSweepInterval(ms: number): void;
   ref(): void;
   unref(): void;
-  size(): number;
   close(): void;
 }
 
@@ -133,13 +132,13 @@ function checkFamily(fn: string, family: AddonFamily): void {
 }
 
 /** Runs an addon call, adding Node's `code` ('ENOENT', 'EPERM', ...) to a system error it throws. */
-function withErrnoCode<T>(call: () => T): T {
+export function withErrnoCode<T>(call: () => T): T {
   try {
     return call();
   } catch (error) {
     if (error instanceof Error && typeof (error as Partial<NativeSystemError>).errno === 'number') {
       const systemError = error as NativeSystemError;
-      systemError.code = errnoNames.get(systemError.errno) ?? `E${systemError.errno}`;
+      systemError.code = errnoCode(systemError.errno);
     }
     throw error;
   }
@@ -152,7 +151,7 @@ export function createRelay(onEnded: (records: Float64Array) => void, sweepMs: n
   return withErrnoCode(() => new Relay(onEnded, sweepMs));
 }
 
-/** Adds Node's `code` to a system error thrown by a relay method (adopt: EMFILE, ...). */
-export function withRelayErrno<T>(call: () => T): T {
-  return withErrnoCode(call);
+/** Node's name for an errno value ('ECONNRESET', ...), or `E<n>` when this platform has none. */
+export function errnoCode(errno: number): string {
+  return errnoNames.get(errno) ?? `E${errno}`;
 }

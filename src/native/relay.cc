@@ -239,10 +239,6 @@ class Core {
     return true;
   }
 
-  size_t Size() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return byId_.size();
-  }
 
   // On the JS thread: hands the finished pairs to `fn` as one flat Float64Array (6 numbers per pair).
   void Deliver(Napi::Env env, Napi::Function fn) {
@@ -566,7 +562,6 @@ class Relay : public Napi::ObjectWrap<Relay> {
                            InstanceMethod<&Relay::SetSweepJs>("setSweepInterval"),
                            InstanceMethod<&Relay::RefJs>("ref"),
                            InstanceMethod<&Relay::UnrefJs>("unref"),
-                           InstanceMethod<&Relay::SizeJs>("size"),
                            InstanceMethod<&Relay::CloseJs>("close"),
                        });
   }
@@ -709,10 +704,6 @@ class Relay : public Napi::ObjectWrap<Relay> {
     return info.Env().Undefined();
   }
 
-  Napi::Value SizeJs(const Napi::CallbackInfo& info) {
-    if (!Check(info.Env())) return info.Env().Undefined();
-    return Napi::Number::New(info.Env(), static_cast<double>(core_->Size()));
-  }
 
   Napi::Value CloseJs(const Napi::CallbackInfo& info) {
     Shutdown();

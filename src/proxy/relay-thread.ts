@@ -1,8 +1,7 @@
 // The worker's side of the addon's relay thread (src/native/relay.cc): gives each handed-off connection an id,
 // keeps the event loop alive while any is relayed, and turns the thread's end reports back into the
 // connections' results. Payload never crosses into JS; only one report per connection does, in batches.
-import { constants as osConstants } from 'node:os';
-import { createRelay, withRelayErrno, type NativeRelay } from '../native/addon.js';
+import { createRelay, errnoCode, withErrnoCode, type NativeRelay } from '../native/addon.js';
 import type { EndResult } from './metrics.js';
 
 /** A connection the relay thread carries: told once how it ended. `result` null: ended on our own request. */
@@ -37,7 +36,6 @@ const END_ABORTED = 7;
 const RECORD_SIZE = 6;
 
 const SIDES = ['client', 'upstream'] as const;
-const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, value]) => [value, name]));
 
 /** How a pair ended, in the words of the access log (the same results and details as the stream relay). */
 export function describeEnd(code: number, side: number, errno: number): { result: EndResult; detail: string } | null {
@@ -48,7 +46,7 @@ export function describeEnd(code: number, side: number, errno: number): { result
     case END_RESET:
       return { result: 'RST', detail: `${who}-reset` };
     case END_ERROR:
-      return { result: 'RST', detail: `${who}-${errnoNames.get(errno) ?? `E${errno}`}` };
+      return { result: 'RST', detail: `${who}-${errnoCode(errno)}` };
     case END_KEEPALIVE:
       return { result: 'timeout', detail: `${who}-keepalive` };
     case END_IDLE:
@@ -95,7 +93,7 @@ export class RelayThread {
   adopt(conn: RelayedConnection, clientFd: number, upstreamFd: number, bounds: RelayBounds): number {
     let id = this.nextId;
     while (this.open.has(id)) id = (id + 1) >>> 0;
-    withRelayErrno(() => this.relay.adopt(id, clientFd, upstreamFd, bounds.maxRemainingMs, bounds.idleMs, bounds.halfCloseMs, bounds.keepaliveSec));
+    withErrnoCode(() => this.relay.adopt(id, clientFd, upstreamFd, bounds.maxRemainingMs, bounds.idleMs, bounds.halfCloseMs, bounds.keepaliveSec));
     this.nextId = (id + 1) >>> 0;
     if (this.open.size === 0) this.relay.ref();
     this.open.set(id, conn);
