@@ -104,14 +104,24 @@ const QUERY_TIMEOUT_MS = 5000;
 const RESPAWN_DELAY_MS = 1000;
 
 /**
- * Node flags of the data-plane workers: the primary's, plus a small young generation. V8 grows each semi-space
- * up to 16 MiB when many objects survive a scavenge — as they do while thousands of connections open — and those
- * pages stay resident: about 12 KiB of RSS per idle proxied connection, against about 5 KiB with 1 MiB
- * semi-spaces (bench/, idle workload, 5,000 connections). Per-chunk garbage dies young at either size, and the
- * relay's CPU per operation did not change measurably. An operator's own --max-semi-space-size wins.
+ * Node flags of the data-plane workers: the primary's, plus
+ * - a small young generation. V8 grows each semi-space up to 16 MiB when many objects survive a scavenge — as
+ *   they do while thousands of connections open — and those pages stay resident: about 12 KiB of RSS per idle
+ *   proxied connection, against about 5 KiB with 1 MiB semi-spaces (bench/, idle workload, 5,000 connections).
+ *   Per-chunk garbage dies young at either size, and the relay's CPU per operation did not change measurably.
+ * - with the relay thread, no memory reducer. After each major GC, V8's memory reducer waits for the allocation
+ *   rate to drop and then runs two or three compacting GCs to shrink the heap. With the relay thread the JS heap
+ *   holds no per-chunk garbage, so they free about 1 MiB, but every worker runs them at once (they become idle
+ *   together) and they take both cores for ~10 ms while relayed traffic waits: the paced workload's p99 added
+ *   went from 1.3× to 1.5–1.6× HAProxy's when they fell in the measurement (bench/notes.md). The streams relay
+ *   (proxy.relay: node) keeps them: its heap does churn, and shrinks back after a burst.
+ * An operator's own choice of either flag wins.
  */
-export function workerExecArgv(parent: readonly string[]): string[] {
-  return parent.some((a) => a.startsWith('--max-semi-space-size')) ? [...parent] : [...parent, '--max-semi-space-size=1'];
+export function workerExecArgv(parent: readonly string[], relay: 'native' | 'node'): string[] {
+  const flags = [...parent];
+  if (!parent.some((a) => a.startsWith('--max-semi-space-size'))) flags.push('--max-semi-space-size=1');
+  if (relay === 'native' && !parent.some((a) => /^--(no-)?memory-reducer\b/.test(a))) flags.push('--no-memory-reducer');
+  return flags;
 }
 
 /**
@@ -144,7 +154,6 @@ export class ClusterPool implements WorkerPool {
     // Kernel load balancing: every worker accepts on the shared socket itself (no accept + handle passing
     // in the primary). NODE_CLUSTER_SCHED_POLICY=rr still selects Node's round-robin.
     if (process.env.NODE_CLUSTER_SCHED_POLICY === undefined) cluster.schedulingPolicy = cluster.SCHED_NONE;
-    cluster.setupPrimary({ exec: fileURLToPath(new URL('./worker-main.js', import.meta.url)), args: [], execArgv: workerExecArgv(process.execArgv), silent: false });
   }
 
   get size(): number {
@@ -163,13 +172,16 @@ export class ClusterPool implements WorkerPool {
   }
 
   private spawn(index: number): Promise<void> {
+    // Flags follow the relay of the config this worker starts with (setupPrimary affects later forks only).
+    const relay = this.config?.proxy.relay ?? 'native';
+    cluster.setupPrimary({ exec: fileURLToPath(new URL('./worker-main.js', import.meta.url)), args: [], execArgv: workerExecArgv(process.execArgv, relay), silent: false });
     // LISTEN_* belong to the primary (it owns the activated fds); a worker must not interpret them.
     const worker = cluster.fork({
       MESHCTL_WORKER_INDEX: String(index),
       LISTEN_FDS: undefined,
       LISTEN_PID: undefined,
       LISTEN_FDNAMES: undefined,
-      GLIBC_TUNABLES: workerMallocTunables(process.env, this.config?.proxy.relay ?? 'native'),
+      GLIBC_TUNABLES: workerMallocTunables(process.env, relay),
     });
     let markExited: () => void = () => {};
     const slot: Slot = { index, worker, started: false, exited: new Promise((resolve) => (markExited = resolve)) };

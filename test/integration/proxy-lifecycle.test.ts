@@ -85,9 +85,12 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     await stop(proxy);
   });
 
-  it('replaces a worker that dies, and is ready again with the same number of workers', async () => {
+  it('replaces a worker that dies, and is ready again with the same number of workers and the same flags', async () => {
     const { proxy } = await start({ workers: 2 }, 'respawn');
     const before = await proxy.adminJson('/stats');
+    // Workers run with small semi-spaces and, relaying natively, without V8's memory reducer (workerExecArgv).
+    const flagsOf = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    for (const w of before.workers as { pid: number }[]) expect(flagsOf(w.pid)).toEqual(expect.arrayContaining(['--max-semi-space-size=1', '--no-memory-reducer']));
     const victim = before.workers[0].pid as number;
     process.kill(victim, 'SIGKILL');
     await proxy.waitForStderr(/worker exited unexpectedly; starting a new one/);
@@ -99,6 +102,7 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     expect(after.ready).toBe(true);
     expect(after.workers.map((w: { pid: number }) => w.pid)).not.toContain(victim);
     expect(after.workers).toHaveLength(2);
+    for (const w of after.workers as { pid: number }[]) expect(flagsOf(w.pid)).toContain('--no-memory-reducer');
     expect((await lab.app.call<{ status: number }>('http', { host: lab.addrs.b4, port: 8080 })).status).toBe(200);
     await stop(proxy);
   });

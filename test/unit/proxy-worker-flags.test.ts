@@ -3,12 +3,18 @@ import { describe, expect, it } from 'vitest';
 import { workerExecArgv, workerMallocTunables } from '../../src/proxy/workers.js';
 
 describe('worker node flags', () => {
-  it('adds 1 MiB semi-spaces to the primary’s flags', () => {
-    expect(workerExecArgv(['--enable-source-maps'])).toEqual(['--enable-source-maps', '--max-semi-space-size=1']);
+  it('adds 1 MiB semi-spaces to the primary’s flags, and no memory reducer with the relay thread', () => {
+    expect(workerExecArgv(['--enable-source-maps'], 'native')).toEqual(['--enable-source-maps', '--max-semi-space-size=1', '--no-memory-reducer']);
   });
 
-  it('keeps an operator’s own semi-space size', () => {
-    expect(workerExecArgv(['--max-semi-space-size=8'])).toEqual(['--max-semi-space-size=8']);
+  it('keeps the memory reducer for the streams relay, whose heap churns', () => {
+    expect(workerExecArgv([], 'node')).toEqual(['--max-semi-space-size=1']);
+  });
+
+  it('keeps an operator’s own semi-space size and memory reducer choice', () => {
+    expect(workerExecArgv(['--max-semi-space-size=8'], 'node')).toEqual(['--max-semi-space-size=8']);
+    expect(workerExecArgv(['--memory-reducer'], 'native')).toEqual(['--memory-reducer', '--max-semi-space-size=1']);
+    expect(workerExecArgv(['--no-memory-reducer', '--max-semi-space-size=2'], 'native')).toEqual(['--no-memory-reducer', '--max-semi-space-size=2']);
   });
 });
 
