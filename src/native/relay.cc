@@ -8,12 +8,17 @@
 // Memory: an idle pair costs its Pair struct and a map node; a buffer is held only while a direction has bytes
 // its destination has not taken yet (and then that direction stops reading, which is the backpressure).
 //
-// Threading: the loop thread holds `mu` while it touches pairs, except while blocked in epoll_wait; the JS
-// calls (adopt, abort, snapshot) take it too. A pair closed by either thread is deregistered from epoll, moved
-// to `graveyard` and freed only by the loop thread before its next epoll_wait, so an event harvested before the
-// close never points to freed memory (its pair is marked closed and skipped) and no later wait can report one.
+// Threading: the loop thread holds `mu` while it touches pairs, except while blocked in epoll_wait. The hot JS
+// calls never wait for it: adopt() queues the new pair in `inbox` (its own short lock) and wakes the loop only
+// when it sleeps; end records go out through `outbox` (another short lock). Holding `mu` across a whole batch
+// of events (sends that run the peer's network stack, closes) made adopt() wait behind it: ~4 futex calls per
+// proxied connection under connect+close load. The rare calls (abort, snapshot) take `mu` and first register
+// whatever the inbox holds. A pair closed by either thread is deregistered from epoll, moved to `graveyard` and
+// freed only by the loop thread before its next epoll_wait, so an event harvested before the close never
+// points to freed memory (its pair is marked closed and skipped) and no later wait can report one.
 #include <napi.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -55,6 +60,7 @@ enum EndCode : int {
   kHalfClose = 5,
   kMaxDuration = 6,
   kAborted = 7,      // closed on request from JS (drain, shutdown)
+  kAdoptFailed = 8,  // the loop could not register the pair (errno); both peers were reset
 };
 
 int64_t NowMs() {
@@ -150,6 +156,15 @@ class Core {
     Wake();
     if (thread_.joinable()) thread_.join();
     std::lock_guard<std::mutex> lock(mu_);
+    {
+      std::lock_guard<std::mutex> in(inboxMu_);
+      for (Pair* p : inbox_) {
+        close(p->fd[kClient]);
+        close(p->fd[kUpstream]);
+        delete p;
+      }
+      inbox_.clear();
+    }
     while (head_ != nullptr) ClosePair(head_, kAborted, 0, 0, false);
     FreeGraveyard();
     for (char* b : pool_) std::free(b);
@@ -168,7 +183,9 @@ class Core {
     Wake();
   }
 
-  // Takes duplicates of both sockets (the caller then closes its own); 0 or an errno.
+  // Takes duplicates of both sockets (the caller then closes its own) and queues the pair for the loop; 0 or an
+  // errno (the duplicates are the only step that can fail here: a registration the loop cannot make ends the
+  // pair with kAdoptFailed).
   int Adopt(uint32_t id, int clientFd, int upstreamFd, int64_t maxRemainingMs, int64_t idleMs, int64_t halfCloseMs,
             int keepaliveSec) {
     const int a = fcntl(clientFd, F_DUPFD_CLOEXEC, 0);
@@ -178,12 +195,6 @@ class Core {
       const int err = errno;
       close(a);
       return err;
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_ || byId_.count(id) != 0) {
-      close(a);
-      close(b);
-      return stopping_ ? ESHUTDOWN : EEXIST;
     }
     Pair* p = new Pair();
     p->id = id;
@@ -195,32 +206,55 @@ class Core {
     p->idleMs = idleMs;
     p->halfCloseMs = halfCloseMs;
     p->keepaliveSec = keepaliveSec;
+    {
+      std::lock_guard<std::mutex> in(inboxMu_);
+      inbox_.push_back(p);
+    }
+    // Dekker-style with the loop (both seq_cst): either the loop sees the flag before it sleeps, or we see it
+    // asleep and wake it. A busy loop picks the pair up at the top of its next pass without a wake-up.
+    inboxPending_.store(true);
+    if (sleeping_.load()) Wake();
+    return 0;
+  }
+
+  // With mu_ held: registers the queued pairs. On the loop thread before each wait, and on the JS thread before
+  // abort/snapshot, so a pair adopted a moment ago is found.
+  void DrainInbox() {
+    if (!inboxPending_.exchange(false)) return;
+    std::vector<Pair*> batch;
+    {
+      std::lock_guard<std::mutex> in(inboxMu_);
+      batch.swap(inbox_);
+    }
+    for (Pair* p : batch) Register(p);
+  }
+
+  // Ids are unique among open pairs by construction: JS reuses an id only after this pair's end record has
+  // reached it, and the record is written after the id has left byId_.
+  void Register(Pair* p) {
+    p->next = head_;
+    if (head_ != nullptr) head_->prev = p;
+    head_ = p;
+    byId_.emplace(p->id, p);
     for (int s = 0; s < 2; s++) {
       epoll_event ev{};
       ev.events = EPOLLIN;
       ev.data.u64 = Tag(p, s);
       if (epoll_ctl(epfd_, EPOLL_CTL_ADD, p->fd[s], &ev) != 0) {
+        // JS has closed its descriptors already: reset both peers, as for any other socket error, and say why.
         const int err = errno;
-        // Node's descriptors of these sockets stay open (the caller keeps relaying them itself), so close()
-        // alone would leave the first registration behind, pointing at the pair deleted here.
-        if (s == 1) epoll_ctl(epfd_, EPOLL_CTL_DEL, a, nullptr);
-        close(a);
-        close(b);
-        delete p;
-        return err;
+        for (int u = s; u < 2; u++) p->parked[u] = true;
+        ClosePair(p, kAdoptFailed, s, err, true);
+        return;
       }
       p->events[s] = EPOLLIN;
     }
-    p->next = head_;
-    if (head_ != nullptr) head_->prev = p;
-    head_ = p;
-    byId_.emplace(id, p);
-    return 0;
   }
 
   // Closes a pair now on JS's request (RST to both peers when `reset`); false if it is not (or no longer) here.
   bool Abort(uint32_t id, bool reset) {
     std::lock_guard<std::mutex> lock(mu_);
+    DrainInbox();
     auto it = byId_.find(id);
     if (it == byId_.end()) return false;
     ClosePair(it->second, kAborted, 0, 0, reset);
@@ -231,6 +265,7 @@ class Core {
   // Live byte counts and whether one direction has ended; false if the pair is gone.
   bool Snapshot(uint32_t id, uint64_t* fromClient, uint64_t* fromUpstream, bool* halfClosed) {
     std::lock_guard<std::mutex> lock(mu_);
+    DrainInbox();
     auto it = byId_.find(id);
     if (it == byId_.end()) return false;
     *fromClient = it->second->flow[kClient].bytes;
@@ -244,8 +279,8 @@ class Core {
   void Deliver(Napi::Env env, Napi::Function fn) {
     std::vector<Record> batch;
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      batch.swap(records_);
+      std::lock_guard<std::mutex> out(outMu_);
+      batch.swap(outbox_);
       signalled_ = false;
     }
     if (batch.empty() || env == nullptr || fn.IsEmpty()) return;
@@ -275,9 +310,14 @@ class Core {
     nextSweep_ = NowMs() + sweepMs_;
     while (!stopping_) {
       FreeGraveyard();
-      const int64_t wait = nextSweep_ - NowMs();
+      DrainInbox();
+      SignalRecords();  // ends found while registering
+      int64_t wait = nextSweep_ - NowMs();
       lock.unlock();
+      sleeping_.store(true);
+      if (inboxPending_.load()) wait = 0;
       const int n = epoll_wait(epfd_, events, kMaxEvents, wait < 0 ? 0 : static_cast<int>(wait));
+      sleeping_.store(false);
       lock.lock();
       if (stopping_) break;
       for (int i = 0; i < n; i++) {
@@ -300,9 +340,19 @@ class Core {
     }
   }
 
+  // With mu_ held: moves this pass's end records to the outbox and asks JS for one delivery per batch.
   void SignalRecords() {
-    if (records_.empty() || signalled_ || stopping_) return;
-    signalled_ = true;
+    if (records_.empty() || stopping_) return;
+    bool call = false;
+    {
+      std::lock_guard<std::mutex> out(outMu_);
+      if (outbox_.empty()) outbox_.swap(records_);
+      else outbox_.insert(outbox_.end(), records_.begin(), records_.end());
+      call = !signalled_;
+      signalled_ = true;
+    }
+    records_.clear();
+    if (!call) return;
     Core* self = this;
     tsfn_.NonBlockingCall([self](Napi::Env env, Napi::Function fn) { self->Deliver(env, fn); });
   }
@@ -535,6 +585,12 @@ class Core {
   }
 
   std::mutex mu_;
+  std::mutex inboxMu_;  // guards inbox_
+  std::vector<Pair*> inbox_;
+  std::atomic<bool> inboxPending_{false};
+  std::atomic<bool> sleeping_{false};
+  std::mutex outMu_;  // guards outbox_ and signalled_
+  std::vector<Record> outbox_;
   std::thread thread_;
   Napi::ThreadSafeFunction tsfn_;
   int epfd_ = -1;

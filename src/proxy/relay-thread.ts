@@ -33,6 +33,7 @@ const END_IDLE = 4;
 const END_HALF_CLOSE = 5;
 const END_MAX_DURATION = 6;
 const END_ABORTED = 7;
+const END_ADOPT_FAILED = 8;
 const RECORD_SIZE = 6;
 
 const SIDES = ['client', 'upstream'] as const;
@@ -57,6 +58,9 @@ export function describeEnd(code: number, side: number, errno: number): { result
       return { result: 'timeout', detail: 'max-duration' };
     case END_ABORTED:
       return null;
+    case END_ADOPT_FAILED:
+      // The thread could not watch the sockets (epoll_ctl: ENOMEM, ENOSPC at fs.epoll.max_user_watches).
+      return { result: 'RST', detail: `relay-${errnoCode(errno)}` };
     default:
       return { result: 'RST', detail: `relay-code-${code}` };
   }
@@ -89,6 +93,8 @@ export class RelayThread {
   /**
    * Hands a connected pair to the thread, which duplicates both fds: the caller then closes its sockets.
    * Returns the pair's id. Throws the system error (EMFILE when the fd limit is reached, ...) and keeps nothing.
+   * The thread registers the pair on its next pass; if it cannot, the pair ends at once with both peers reset
+   * (detail `relay-<errno>`).
    */
   adopt(conn: RelayedConnection, clientFd: number, upstreamFd: number, bounds: RelayBounds): number {
     let id = this.nextId;

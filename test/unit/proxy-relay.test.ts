@@ -10,7 +10,7 @@ import { configFromObject } from '../../src/config/load.js';
 import type { ProxyConfig } from '../../src/config/types.js';
 import { ProxyMetrics } from '../../src/proxy/metrics.js';
 import { Connection, type ConnectionOwner } from '../../src/proxy/relay.js';
-import { RelayThread } from '../../src/proxy/relay-thread.js';
+import { describeEnd, RelayThread } from '../../src/proxy/relay-thread.js';
 
 type Engine = 'node' | 'native';
 
@@ -325,5 +325,39 @@ describe('relay thread only', () => {
     expect(h.conns[0]!.client).not.toBeNull();
     c.end();
     expect((await h.whenClosed()).result).toBe('FIN');
+  });
+
+  it('finds a pair adopted a moment ago: snapshot and abort do not miss one the loop has not registered yet', async () => {
+    // adopt() only queues the pair; the loop registers it on its next pass. Snapshot and abort register what is
+    // queued first, so asking at once, many times over, must always find the pair.
+    const accepted: Socket[] = [];
+    const server = createServer((s) => accepted.push(s));
+    const port = await listen(server);
+    const thread = new RelayThread(25);
+    threads.push(thread);
+    for (let i = 0; i < 50; i++) {
+      const a = client(port);
+      const b = client(port);
+      await Promise.all([a, b].map((s) => new Promise((r) => s.once('connect', r))));
+      while (accepted.length < 2 * (i + 1)) await new Promise((r) => setTimeout(r, 1));
+      const [x, y] = accepted.slice(-2) as [Socket, Socket];
+      const fd = (s: Socket) => (s as unknown as { _handle: { fd: number } })._handle.fd;
+      const ended = new Promise<unknown[]>((resolve) => {
+        const id = thread.adopt({ relayEnded: (...args) => resolve(args) }, fd(x), fd(y), { maxRemainingMs: -1, idleMs: -1, halfCloseMs: -1, keepaliveSec: -1 });
+        expect(thread.snapshot(id)).toEqual({ fromClient: 0, fromUpstream: 0, halfClosed: false });
+        expect(thread.abort(id, true)).toBe(true);
+        expect(thread.abort(id, true)).toBe(false);
+      });
+      x.destroy();
+      y.destroy();
+      const [, , result] = await ended;
+      expect(result).toBeNull(); // ended on our own request
+      const reset = await Promise.all([a, b].map((s) => new Promise((r) => s.once('error', (e: NodeJS.ErrnoException) => r(e.code)))));
+      expect(reset).toEqual(['ECONNRESET', 'ECONNRESET']);
+    }
+  });
+
+  it('names a pair the thread could not watch: RST with the errno', () => {
+    expect(describeEnd(8, 1, 12)).toEqual({ result: 'RST', detail: 'relay-ENOMEM' });
   });
 });
