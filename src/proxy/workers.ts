@@ -113,7 +113,7 @@ const RESPAWN_DELAY_MS = 1000;
  *   rate to drop and then runs two or three compacting GCs to shrink the heap. With the relay thread the JS heap
  *   holds no per-chunk garbage, so they free about 1 MiB, but every worker runs them at once (they become idle
  *   together) and they take both cores for ~10 ms while relayed traffic waits: the paced workload's p99 added
- *   went from 1.3× to 1.5–1.6× HAProxy's when they fell in the measurement (bench/notes.md). The streams relay
+ *   was 1.5–1.6× HAProxy's with them in the measurement, 1.1–1.3× without (bench/notes.md). The streams relay
  *   (proxy.relay: node) keeps them: its heap does churn, and shrinks back after a burst.
  * An operator's own choice of either flag wins.
  */
