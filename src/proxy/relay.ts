@@ -259,7 +259,7 @@ export class Connection implements RelayedConnection {
     this.finish();
   }
 
-  /** Reads the relay thread's live counters into the cached ones (and the state it implies). */
+  /** Reads the relay thread's live counters into the cached ones (and the state it implies); one native call. */
   private refreshRelayed(): void {
     if (this.relayId < 0 || this.relayThread === null) return;
     const snapshot = this.relayThread.snapshot(this.relayId);
@@ -372,7 +372,7 @@ export class Connection implements RelayedConnection {
     if (this.relayId >= 0) return null;
     if (this.state !== 'connecting') {
       if (!this.keepAliveArmed) this.armKeepAlive();
-      const activity = this.bytesFromClient + this.bytesFromUpstream;
+      const activity = this.clientBytes() + this.upstreamBytes();
       if (activity !== this.lastActivity) {
         this.lastActivity = activity;
         this.lastActiveAt = now;
@@ -406,16 +406,29 @@ export class Connection implements RelayedConnection {
     this.owner.connectionClosed(this);
   }
 
-  get bytesFromClient(): number {
-    if (this.client !== null) return this.client.bytesRead;
+  /** Both byte counts, live, with one read of the relay thread's counters for a relayed connection. */
+  byteCounts(): { fromClient: number; fromUpstream: number } {
     this.refreshRelayed();
-    return this.relayedFromClient;
+    return { fromClient: this.clientBytes(), fromUpstream: this.upstreamBytes() };
+  }
+
+  get bytesFromClient(): number {
+    this.refreshRelayed();
+    return this.clientBytes();
   }
 
   get bytesFromUpstream(): number {
+    this.refreshRelayed();
+    return this.upstreamBytes();
+  }
+
+  private clientBytes(): number {
+    return this.client !== null ? this.client.bytesRead : this.relayedFromClient;
+  }
+
+  private upstreamBytes(): number {
     if (this.upstream !== null) return this.upstream.bytesRead;
-    if (this.client === null) this.refreshRelayed();
-    return this.relayedFromUpstream;
+    return this.client !== null ? 0 : this.relayedFromUpstream;
   }
 
   private get dstText(): string | null {
@@ -427,7 +440,7 @@ export class Connection implements RelayedConnection {
   }
 
   info(now: number): ConnectionInfo {
-    this.refreshRelayed();
+    const bytes = this.byteCounts();
     return {
       id: this.id,
       direction: this.direction,
@@ -436,14 +449,15 @@ export class Connection implements RelayedConnection {
       originalDst: this.dstText,
       upstream: this.upstreamText,
       ageMs: Math.round(now - this.startedAt),
-      bytesFromClient: this.bytesFromClient,
-      bytesFromUpstream: this.bytesFromUpstream,
+      bytesFromClient: bytes.fromClient,
+      bytesFromUpstream: bytes.fromUpstream,
       ...(this.lease?.service ? { service: this.lease.service } : {}),
     };
   }
 
   /** The access-log record (valid once closed; before that, a progress snapshot). */
   record(now = this.closedAt || performance.now()): AccessRecord {
+    const bytes = this.byteCounts();
     return {
       id: this.id,
       direction: this.direction,
@@ -451,8 +465,8 @@ export class Connection implements RelayedConnection {
       originalDst: this.dstText,
       upstream: this.upstreamText,
       upstreamLocal: this.upstreamLocal,
-      bytesFromClient: this.bytesFromClient,
-      bytesFromUpstream: this.bytesFromUpstream,
+      bytesFromClient: bytes.fromClient,
+      bytesFromUpstream: bytes.fromUpstream,
       durationMs: Math.round((now - this.startedAt) * 1000) / 1000,
       connectMs: this.connectedAt > 0 ? Math.round((this.connectedAt - this.startedAt) * 1000) / 1000 : null,
       result: this.result ?? 'FIN',

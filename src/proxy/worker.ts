@@ -312,8 +312,9 @@ export class ProxyWorker implements ConnectionOwner {
   stats(): WorkerStats {
     const live = { outbound: { fromClient: 0, fromUpstream: 0 }, inbound: { fromClient: 0, fromUpstream: 0 } };
     for (const c of this.connections) {
-      live[c.direction].fromClient += c.bytesFromClient;
-      live[c.direction].fromUpstream += c.bytesFromUpstream;
+      const bytes = c.byteCounts();
+      live[c.direction].fromClient += bytes.fromClient;
+      live[c.direction].fromUpstream += bytes.fromUpstream;
     }
     const metrics = this.metrics.snapshot(live);
     return {

@@ -88,6 +88,16 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
     expect(line).toMatchObject({ result: 'FIN', bytesFromClient: 200 * MiB, bytesFromUpstream: 200 * MiB });
   }, 120_000);
 
+  /** /stats once no outbound connection is open any more (or after 2 s, for the assertions to report). */
+  async function statsOnceIdle(): Promise<any> {
+    let stats = await proxy.adminJson('/stats');
+    for (let i = 0; i < 40 && stats.connections.active.outbound > 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      stats = await proxy.adminJson('/stats');
+    }
+    return stats;
+  }
+
   it('carries 2,000 connections open at the same time without an error', async () => {
     const before = await proxy.adminJson('/stats');
     const r = await lab.app.call<{ count: number; echoed: number; errorCount: number; errors: string[] }>('concurrent', {
@@ -96,11 +106,7 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
     expect(r.errors).toEqual([]);
     expect(r.echoed).toBe(2000);
     // Every one of them went through the proxy and ended cleanly.
-    let after = await proxy.adminJson('/stats');
-    for (let i = 0; i < 40 && after.connections.active.outbound > 0; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      after = await proxy.adminJson('/stats');
-    }
+    const after = await statsOnceIdle();
     expect(after.connections.accepted.outbound - before.connections.accepted.outbound).toBe(2000);
     expect(after.connections.closed.outbound.FIN - before.connections.closed.outbound.FIN).toBe(2000);
     expect(after.connections.active.outbound).toBe(0);
@@ -118,11 +124,7 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
     });
     expect(r.errors).toEqual([]);
     expect(r.done).toBe(6000);
-    let after = await proxy.adminJson('/stats');
-    for (let i = 0; i < 40 && after.connections.active.outbound > 0; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      after = await proxy.adminJson('/stats');
-    }
+    const after = await statsOnceIdle();
     expect(after.workers.map((w: { pid: number }) => w.pid)).toEqual(pidsBefore);
     expect(after.connections.closed.outbound.FIN - before.connections.closed.outbound.FIN).toBe(6000);
     expect(proxy.stderr()).not.toContain('worker exited unexpectedly');
