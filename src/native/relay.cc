@@ -573,11 +573,13 @@ class Core {
         p->lastBytes = total;
         p->lastActive = now;
       }
-      if (p->maxDeadline >= 0 && now >= p->maxDeadline) {
+      // Strict comparisons: the clock is whole milliseconds (truncated), so a difference of exactly the bound can
+      // be up to 1 ms short of it, and a bound must never end a connection early.
+      if (p->maxDeadline >= 0 && now > p->maxDeadline) {
         ClosePair(p, kMaxDuration, 0, 0, false);
-      } else if (p->halfClosedAt > 0 && p->halfCloseMs >= 0 && now - p->halfClosedAt >= p->halfCloseMs) {
+      } else if (p->halfClosedAt > 0 && p->halfCloseMs >= 0 && now - p->halfClosedAt > p->halfCloseMs) {
         ClosePair(p, kHalfClose, 0, 0, false);
-      } else if (p->idleMs >= 0 && now - p->lastActive >= p->idleMs) {
+      } else if (p->idleMs >= 0 && now - p->lastActive > p->idleMs) {
         ClosePair(p, kIdle, 0, 0, false);
       }
       p = next;

@@ -66,13 +66,13 @@ export function describeEnd(code: number, side: number, errno: number): { result
   }
 }
 
-/** Converts a configured bound to what the thread takes. */
+/** Converts a configured bound to what the thread takes (rounded up: a bound never ends a connection early). */
 export function relayBounds(
   cfg: { readonly maxConnectionDurationMs: number | null; readonly idleTimeoutMs: number | null; readonly halfCloseTimeoutMs: number; readonly keepaliveDelayMs: number | null },
   ageMs: number,
 ): RelayBounds {
   return {
-    maxRemainingMs: cfg.maxConnectionDurationMs === null ? -1 : Math.max(0, Math.round(cfg.maxConnectionDurationMs - ageMs)),
+    maxRemainingMs: cfg.maxConnectionDurationMs === null ? -1 : Math.max(0, Math.ceil(cfg.maxConnectionDurationMs - ageMs)),
     idleMs: cfg.idleTimeoutMs ?? -1,
     halfCloseMs: cfg.halfCloseTimeoutMs,
     keepaliveSec: cfg.keepaliveDelayMs === null ? -1 : Math.max(1, Math.ceil(cfg.keepaliveDelayMs / 1000)),

@@ -10,7 +10,7 @@ import { configFromObject } from '../../src/config/load.js';
 import type { ProxyConfig } from '../../src/config/types.js';
 import { ProxyMetrics } from '../../src/proxy/metrics.js';
 import { Connection, type ConnectionOwner } from '../../src/proxy/relay.js';
-import { describeEnd, RelayThread } from '../../src/proxy/relay-thread.js';
+import { describeEnd, relayBounds, RelayThread } from '../../src/proxy/relay-thread.js';
 
 type Engine = 'node' | 'native';
 
@@ -359,5 +359,11 @@ describe('relay thread only', () => {
 
   it('names a pair the thread could not watch: RST with the errno', () => {
     expect(describeEnd(8, 1, 12)).toEqual({ result: 'RST', detail: 'relay-ENOMEM' });
+  });
+
+  it('rounds the remaining max duration up, so the thread never ends a connection before the bound', () => {
+    const cfg = { maxConnectionDurationMs: 300, idleTimeoutMs: null, halfCloseTimeoutMs: 60_000, keepaliveDelayMs: 30_000 };
+    expect(relayBounds(cfg, 0.6)).toEqual({ maxRemainingMs: 300, idleMs: -1, halfCloseMs: 60_000, keepaliveSec: 30 });
+    expect(relayBounds(cfg, 400).maxRemainingMs).toBe(0);
   });
 });
