@@ -1,11 +1,22 @@
 // CLI entry: builds the commander program from one module per command. Only src/cli prints or exits.
 import { Command } from 'commander';
+import { assertNetnsExists } from '../netfilter/runner.js';
+import { toolVersion } from '../netfilter/scope.js';
 import { runMain } from './output.js';
 
 const program = new Command('meshctl')
   .description('Transparent TCP interception for Linux hosts: netfilter capture plus a local sidecar proxy')
+  .version(toolVersion(), '-V, --version', 'print the meshctl version')
   .option('--debug', 'show stack traces on errors')
   .showHelpAfterError();
+
+// Every command that takes a namespace (--netns, verify's --peer-netns) checks it here, before its action runs:
+// a malformed name is CONFIG_INVALID, a missing namespace NETNS_NOT_FOUND, and nothing has been read or changed yet.
+program.hook('preAction', (_program, command) => {
+  const options = command.opts<{ netns?: unknown; peerNetns?: unknown }>();
+  if (typeof options.netns === 'string') assertNetnsExists(options.netns, '--netns');
+  if (typeof options.peerNetns === 'string') assertNetnsExists(options.peerNetns, '--peer-netns');
+});
 
 // One line per command module; each exports `register(program)`.
 const modules = await Promise.all([

@@ -21,8 +21,18 @@ export function formatError(error: unknown, debug: boolean): string {
   return `meshctl: INTERNAL: ${String(error)}`;
 }
 
+/** Makes commander throw instead of exiting, on `command` and every subcommand (they do not inherit it once made). */
+function overrideExits(command: Command): void {
+  command.exitOverride();
+  for (const sub of command.commands) overrideExits(sub);
+}
+
+/**
+ * Parses argv and runs the command. Usage errors (unknown command or option, missing required option, bad choice)
+ * exit 2 after commander's message; --help and --version exit 0; a thrown error is printed by formatError, exit 1.
+ */
 export async function runMain(program: Command): Promise<void> {
-  program.exitOverride();
+  overrideExits(program);
   try {
     await program.parseAsync(process.argv);
   } catch (error) {
