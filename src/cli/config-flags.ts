@@ -85,8 +85,12 @@ export function configOverrides(options: Record<string, unknown>): FlagOverride[
   return overrides;
 }
 
-/** Loads the config named by --config (or the default) with the command's flag overrides applied. */
+/**
+ * Loads the config named by --config (or the default) with the command's flag overrides applied; with --netns,
+ * the SSH ports are detected inside that namespace, where the rules go.
+ */
 export function loadConfigFromOptions(options: Record<string, unknown>): Promise<Config> {
   const file = options.config as string | undefined;
-  return loadConfig({ ...(file !== undefined ? { file } : {}), flags: configOverrides(options) });
+  const netns = typeof options.netns === 'string' ? options.netns : null;
+  return loadConfig({ ...(file !== undefined ? { file } : {}), flags: configOverrides(options), netns });
 }

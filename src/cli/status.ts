@@ -43,7 +43,7 @@ export function register(program: Command): void {
   addScopeOptions(command, { stateDir: true, config: true }).option('--json', 'print the report as JSON');
   command.action(async (options: Record<string, unknown>) => {
     let config: Config | undefined;
-    if (typeof options.config === 'string') config = await loadConfig({ file: options.config });
+    if (typeof options.config === 'string') config = await loadConfig({ file: options.config, netns: (options.netns as string | undefined) ?? null });
     const report = await captureStatus({
       stateDir: await resolveStateDir(options),
       netns: (options.netns as string | undefined) ?? null,

@@ -29,6 +29,8 @@ export interface LoadOptions {
   readonly host?: HostFacts;
   /** Policy sections from a control plane, replacing the file's sections of the same name. */
   readonly overlay?: PolicyOverlay | null;
+  /** The network namespace the rules go to (--netns): sshd's listening ports are detected there. */
+  readonly netns?: string | null;
 }
 
 /** A control-plane document: only the policy sections (services, outbound, inbound), and where it came from. */
@@ -91,7 +93,7 @@ function deepFreeze<T>(value: T): T {
 }
 
 /** Builds a Config from an already-parsed object; the loader's core, exported for tests and the proxy's reload. */
-export function configFromObject(raw: unknown, options: { file?: string | null; flags?: readonly FlagOverride[]; env?: NodeJS.ProcessEnv; host?: HostFacts; overlay?: PolicyOverlay | null } = {}): Config {
+export function configFromObject(raw: unknown, options: { file?: string | null; flags?: readonly FlagOverride[]; env?: NodeJS.ProcessEnv; host?: HostFacts; overlay?: PolicyOverlay | null; netns?: string | null } = {}): Config {
   const host = options.host ?? systemHostFacts;
   const env = options.env ?? process.env;
   const sourceFile = options.file ?? null;
@@ -235,9 +237,9 @@ export function configFromObject(raw: unknown, options: { file?: string | null; 
     if (hits.length > 0) problems.push({ path, message: `includes ${hits.join(', ')}: the proxy's own ports are never captured` });
   }
 
-  // SSH: the configured ports, else the ports sshd really listens on.
+  // SSH: the configured ports, else the ports sshd really listens on (in the namespace the rules go to).
   const configuredSsh = get(merged, 'safety.sshPorts') as number[] | undefined;
-  const ssh = configuredSsh ? { ports: configuredSsh, source: 'config' as const } : host.detectSshPorts();
+  const ssh = configuredSsh ? { ports: configuredSsh, source: 'config' as const } : host.detectSshPorts(options.netns ?? null);
   const unsafeCaptureSsh = v('safety.unsafeCaptureSsh', false) as boolean;
   if (!unsafeCaptureSsh && inboundInclude !== 'all') {
     inboundInclude.forEach((range, i) => {
@@ -342,5 +344,6 @@ export async function loadConfig(options: LoadOptions = {}): Promise<Config> {
     ...(options.flags ? { flags: options.flags } : {}),
     ...(options.env ? { env: options.env } : {}),
     ...(options.host ? { host: options.host } : {}),
+    ...(options.netns ? { netns: options.netns } : {}),
   });
 }

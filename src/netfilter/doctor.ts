@@ -266,8 +266,8 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
   const safety = options.config?.safety;
   if (safety) {
     findings.push(safety.sshPortsSource === 'default'
-      ? { id: 'ssh-ports', severity: 'warn', message: `no listening sshd found; assuming SSH on port ${safety.sshPorts.join(', ')} (never captured inbound)`, fix: 'if sshd listens elsewhere, set safety.sshPorts (or --ssh-ports) before installing' }
-      : { id: 'ssh-ports', severity: 'ok', message: `SSH ports ${safety.sshPorts.join(', ')} (from ${safety.sshPortsSource}) are never captured inbound${safety.unsafeCaptureSsh ? ' — EXCEPT: safety.unsafeCaptureSsh is set' : ''}`, fix: safety.unsafeCaptureSsh ? 'unset safety.unsafeCaptureSsh unless you have console access' : null });
+      ? { id: 'ssh-ports', severity: 'warn', message: `no listening sshd found${scope.netns ? ` in namespace ${scope.netns}` : ''}; assuming SSH on port ${safety.sshPorts.join(', ')} (never captured inbound)`, fix: 'if sshd listens elsewhere, set safety.sshPorts (or --ssh-ports) before installing' }
+      : { id: 'ssh-ports', severity: 'ok', message: `SSH ports ${safety.sshPorts.join(', ')} (from ${safety.sshPortsSource}${safety.sshPortsSource === 'sshd-listening' && scope.netns ? ` in namespace ${scope.netns}` : ''}) are never captured inbound${safety.unsafeCaptureSsh ? ' — EXCEPT: safety.unsafeCaptureSsh is set' : ''}`, fix: safety.unsafeCaptureSsh ? 'unset safety.unsafeCaptureSsh unless you have console access' : null });
     if (safety.sshPeer) findings.push({ id: 'ssh-session', severity: 'ok', message: `this SSH session (${safety.sshPeer.address}:${safety.sshPeer.port}) is exempt from capture`, fix: null });
   }
   findings.push(systemdAvailable(scope.env)
