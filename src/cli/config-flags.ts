@@ -45,10 +45,15 @@ export const CONFIG_FLAGS: readonly FlagSpec[] = [
 const camel = (flag: string): string => flag.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 const numeric = (text: string): string | number => (/^\d+$/.test(text) ? Number(text) : text);
 
-/** Adds --config and every config flag to a command. */
-export function addConfigOptions(command: Command): Command {
+/**
+ * Adds --config and the config flags to a command: all of them, or those whose config path is in `only` (a command
+ * lists only the flags whose values it reads; the file may still set every field).
+ */
+export function addConfigOptions(command: Command, select: { only?: readonly string[] } = {}): Command {
+  const unknown = select.only?.filter((path) => !CONFIG_FLAGS.some((spec) => spec.path === path)) ?? [];
+  if (unknown.length > 0) throw new Error(`addConfigOptions: no config flag for ${unknown.join(', ')}`);
   command.option('-c, --config <file>', 'config file (YAML or JSON; default /etc/meshctl/config.yaml if present)');
-  for (const spec of CONFIG_FLAGS) {
+  for (const spec of CONFIG_FLAGS.filter((s) => select.only === undefined || select.only.includes(s.path))) {
     const option = new Option(spec.kind === 'true' ? `--${spec.flag}` : `--${spec.flag} <value>`, spec.help);
     if (spec.choices) option.choices(spec.choices);
     command.addOption(option);

@@ -32,6 +32,15 @@ const PROXY_FLAGS: readonly ProxyFlag[] = [
   { flag: 'proxy-access-log-periodic-interval', key: 'proxyAccessLogPeriodicInterval', path: 'proxy.accessLog.periodicInterval', help: 'progress line for long-lived connections ("off")', parse: String },
 ];
 
+/**
+ * The config flags whose values the proxy reads: its user and ports, which families it listens on (capture.ipv6),
+ * and whether inbound connections arrive by TPROXY (capture.inbound.mode). Every other capture flag only shapes
+ * the rules, which `meshctl install` applies.
+ */
+export const PROXY_CONFIG_PATHS = [
+  'proxy.user', 'proxy.group', 'proxy.outboundPort', 'proxy.inboundPort', 'proxy.adminPort', 'capture.ipv6', 'capture.inbound.mode',
+] as const;
+
 function proxyOverrides(options: Record<string, unknown>): FlagOverride[] {
   const overrides = configOverrides(options);
   for (const f of PROXY_FLAGS) {
@@ -46,7 +55,7 @@ export function register(program: Command): void {
   const command = program
     .command('proxy')
     .description('run the transparent proxy: outbound :15001, inbound :15006, admin on 127.0.0.1:15000');
-  addConfigOptions(command);
+  addConfigOptions(command, { only: PROXY_CONFIG_PATHS });
   for (const f of PROXY_FLAGS) command.addOption(new Option(`--${f.flag} <value>`, f.help));
   command
     .option('--no-proxy-access-log', 'disable the access log')

@@ -37,6 +37,21 @@ describe('bin/meshctl exit statuses for its own arguments', () => {
     expect(result.status).toBe(2);
   });
 
+  it('lists in `meshctl proxy --help` only the config flags the proxy reads, and refuses the others', () => {
+    const help = meshctl(['proxy', '--help']);
+    expect(help.status).toBe(0);
+    const flags = [...help.stdout.matchAll(/^\s+(?:-\w, )?(--[\w-]+)/gm)].map((m) => m[1]);
+    for (const flag of ['--config', '--proxy-user', '--proxy-group', '--proxy-outbound-port', '--proxy-inbound-port', '--proxy-admin-port', '--ipv6', '--inbound-mode', '--proxy-workers']) {
+      expect(flags).toContain(flag);
+    }
+    for (const flag of ['--backend', '--outbound-exclude-ports', '--inbound-include-ports', '--exclude-uids', '--dns', '--dns-port', '--ssh-ports', '--unsafe-capture-ssh', '--state-dir', '--drop-invalid']) {
+      expect(flags).not.toContain(flag);
+    }
+    const refused = meshctl(['proxy', '--outbound-exclude-ports', '22']);
+    expect(refused.stderr).toContain("error: unknown option '--outbound-exclude-ports'");
+    expect(refused.status).toBe(2);
+  });
+
   it('keeps exit 1 for an error of the command itself', () => {
     const result = meshctl(['render', '--config', '/nonexistent/hc-meshctl.yaml']);
     expect(result.stderr).toContain('meshctl: CONFIG_NOT_FOUND: cannot read config file /nonexistent/hc-meshctl.yaml');
