@@ -26,6 +26,8 @@ export const ERROR_CODES = {
   INTERNAL: 'a bug in meshctl',
   LISTEN_FAILED: 'a proxy listener could not be opened (port in use, missing address, bad socket-activation fds)',
   PROXY_USER_MISMATCH: 'the proxy runs as a uid/gid that the capture rules do not exempt, so its own connections would loop',
+  PROXY_UNREADABLE: 'the proxy user cannot read meshctl\'s own files (worker entry, addon), so no worker process can start',
+  PROXY_MISMATCH: 'the running proxy does not keep the contract the capture rules need (exempt user, ports per family, inbound mode, DNS)',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

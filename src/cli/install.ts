@@ -8,7 +8,9 @@ import { MeshctlError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
 import type { Recovery } from '../netfilter/recovery.js';
 import { installCapture, type InstallResult } from '../netfilter/install.js';
-import { requireProxyReady } from '../service/readiness.js';
+import { contractOf } from '../config/contract.js';
+import type { ProxyCheck } from '../netfilter/ledger.js';
+import { requireProxyContract } from '../service/proxy-contract.js';
 import { xtablesBinary } from '../netfilter/runner.js';
 import { DEFAULT_STATE_DIR } from '../netfilter/scope.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
@@ -97,11 +99,16 @@ export function register(program: Command): void {
     const confirmWithinMs = parseConfirmWithin(options.confirmWithin as string | undefined);
     // The loader reads SSH_CONNECTION from this environment, so the current SSH session is exempt from capture.
     const config = await loadConfigFromOptions(options);
-    // Capture must never redirect traffic to a port where nothing accepts it (src/service/readiness.ts).
+    // Capture must never redirect traffic to a port where nothing accepts it, nor exempt another user than the
+    // one the proxy runs as: the live proxy must keep the plan's contract (src/service/proxy-contract.ts).
+    let proxyCheck: ProxyCheck = { kind: 'skipped', reason: options.dryRun === true ? 'dry-run' : 'without-proxy' };
     if (options.dryRun !== true && options.withoutProxy !== true) {
-      await requireProxyReady({ address: config.proxy.adminAddress, port: config.proxy.adminPort }, { netns: (options.netns as string | undefined) ?? null });
+      const report = await requireProxyContract(contractOf(config), { address: config.proxy.adminAddress, port: config.proxy.adminPort }, { netns: (options.netns as string | undefined) ?? null });
+      const live = report.contract!;
+      proxyCheck = { kind: 'checked', at: new Date().toISOString(), pid: live.pid, uid: live.uid, gid: live.gid, configHash: live.config.hash };
     }
     const result = await installCapture({
+      proxyCheck,
       config,
       netns: (options.netns as string | undefined) ?? null,
       dryRun: options.dryRun === true,

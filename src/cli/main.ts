@@ -27,6 +27,7 @@ const modules = await Promise.all([
   import('./install.js'),
   import('./uninstall.js'),
   import('./confirm.js'),
+  import('./recover.js'),
   import('./status.js'),
   import('./doctor.js'),
   import('./verify.js'),

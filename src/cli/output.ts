@@ -4,7 +4,7 @@ import { CommanderError } from 'commander';
 import { isMeshctlError } from '../errors.js';
 
 /** Exit statuses shared by all commands; documented in README.md. */
-export const EXIT = { ok: 0, error: 1, usage: 2, notInstalled: 3, drifted: 4 } as const;
+export const EXIT = { ok: 0, error: 1, usage: 2, notInstalled: 3, drifted: 4, proxyNotReady: 5 } as const;
 
 export function formatError(error: unknown, debug: boolean): string {
   if (isMeshctlError(error)) {

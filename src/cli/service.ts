@@ -6,7 +6,7 @@ import { parseDuration } from '../config/values.js';
 import { MeshctlError } from '../errors.js';
 import { installService, uninstallService, type ServiceInstallResult, type ServiceUninstallResult } from '../service/install.js';
 import { UNITS } from '../service/layout.js';
-import { endpointText, waitReady, type AdminEndpoint } from '../service/readiness.js';
+import { endpointText, fetchContract, waitReady, type AdminEndpoint } from '../service/readiness.js';
 import { serviceStatus, type ServiceStatus } from '../service/status.js';
 import type { UnitState } from '../service/systemctl.js';
 import { cliLogger } from './install.js';
@@ -128,6 +128,7 @@ export function register(program: Command): void {
     .option('--admin <host:port>', 'probe this admin endpoint instead of the config\'s')
     .option('--timeout <duration>', 'how long to wait', '10s')
     .option('--json', 'print {"ready": …, "detail": …} and exit 0 either way')
+    .option('--contract', 'with --json: also fetch the proxy\'s live contract (GET /contract) as "contract"')
     .action(async (options: Record<string, unknown>) => {
       const timeoutMs = durationFlag('--timeout', String(options.timeout));
       let endpoint: AdminEndpoint;
@@ -138,7 +139,8 @@ export function register(program: Command): void {
       }
       const probe = await waitReady(endpoint, { timeoutMs });
       if (options.json) {
-        process.stdout.write(`${JSON.stringify({ ...probe, admin: endpointText(endpoint) })}\n`);
+        const contract = options.contract === true ? { contract: await fetchContract(endpoint) } : {};
+        process.stdout.write(`${JSON.stringify({ ...probe, admin: endpointText(endpoint), ...contract })}\n`);
         return;
       }
       if (!probe.ready) {

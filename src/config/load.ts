@@ -320,7 +320,9 @@ export function configFromObject(raw: unknown, options: { file?: string | null; 
   if (problems.length > 0) fail(problems);
   const full = { ...body, ...policy };
   const hash = createHash('sha256').update(JSON.stringify(full)).digest('hex');
-  return deepFreeze({ file: sourceFile, hash, ...full });
+  // The flags are where values came from, not values: two routes to the same config have the same hash.
+  const flags = (options.flags ?? []).map((f) => (f.value === true ? f.flag : `${f.flag} ${Array.isArray(f.value) ? f.value.join(',') : String(f.value)}`));
+  return deepFreeze({ file: sourceFile, flags, hash, ...full });
 }
 
 /** SSH_CONNECTION is "client_ip client_port server_ip server_port"; anything else is ignored. */

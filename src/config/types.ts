@@ -221,6 +221,8 @@ export interface ControlPlaneConfig {
 export interface Config {
   /** Where the config came from: a file path, or null when built-in defaults were used. */
   readonly file: string | null;
+  /** The command-line flags that overrode the file, as given (`--outbound-exclude-ports 9999`). */
+  readonly flags: readonly string[];
   /** sha256 of the effective config (after flags and defaults), for the ledger and status. */
   readonly hash: string;
   readonly proxy: ProxyConfig;

@@ -1,6 +1,7 @@
 // Typed loader for the native addon (build/Release/meshctl_native.node, built by `npm ci` through node-gyp):
-// originalDst for REDIRECTed connections, transparentListen / isTransparent for TPROXY's inbound listeners, and
-// the Relay thread (src/native/relay.cc) that moves the bytes of established connections.
+// originalDst for REDIRECTed connections, transparentListen / isTransparent for TPROXY's inbound listeners,
+// peerOwner (who made a connection: the proxy's self-loop check), and the Relay thread (src/native/relay.cc)
+// that moves the bytes of established connections.
 // All argument validation happens here, before the C++ side sees a value; the addon's own errors carry
 // `errno` and `syscall`, and this module adds Node's usual `code` ('ENOENT', ...) to them.
 import { createRequire } from 'node:module';
@@ -45,10 +46,11 @@ interface NativeBinding {
   originalDst(fd: number, family: AddonFamily): OriginalDstResult;
   transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
   isTransparent(fd: number, family: AddonFamily): boolean;
+  peerOwner(fd: number, family: AddonFamily, dstAddress: string, dstPort: number): number;
 }
 
 // Same relative path from src/native (vitest) and dist/native (built CLI): both sit two levels below the root.
-const ADDON_PATH = fileURLToPath(new URL('../../build/Release/meshctl_native.node', import.meta.url));
+export const ADDON_PATH = fileURLToPath(new URL('../../build/Release/meshctl_native.node', import.meta.url));
 
 const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, value]) => [value, name]));
 
@@ -117,6 +119,24 @@ export function isTransparent(fd: number, family: AddonFamily): boolean {
   checkFd('isTransparent', fd);
   checkFamily('isTransparent', family);
   return withErrnoCode(() => loadBinding().isTransparent(fd, family));
+}
+
+/**
+ * The uid owning the local socket at the other end of the accepted connection `fd`, whose other end sees it as
+ * going to dstAddress:dstPort (its original destination): one exact sock_diag lookup. -1 when the other end is
+ * not a socket of this network namespace (a remote peer) or is gone. Throws TypeError for bad arguments and the
+ * system error otherwise (getpeername ENOTCONN for a connection already reset).
+ */
+export function peerOwner(fd: number, family: AddonFamily, dstAddress: string, dstPort: number): number {
+  checkFd('peerOwner', fd);
+  checkFamily('peerOwner', family);
+  if (typeof dstAddress !== 'string' || !(family === 4 ? isIPv4(dstAddress) : isIPv6(dstAddress))) {
+    throw new TypeError(`peerOwner: dstAddress must be an IPv${family} address, got ${String(dstAddress)}`);
+  }
+  if (typeof dstPort !== 'number' || !Number.isInteger(dstPort) || dstPort < 1 || dstPort > 65535) {
+    throw new TypeError(`peerOwner: dstPort must be an integer between 1 and 65535, got ${String(dstPort)}`);
+  }
+  return withErrnoCode(() => loadBinding().peerOwner(fd, family, dstAddress, dstPort));
 }
 
 function checkFd(fn: string, fd: number): void {

@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include "relay.h"
+#include "socket_owner.h"
 #include "system_error.h"
 
 #include <arpa/inet.h>
@@ -159,6 +160,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("transparentListen", Napi::Function::New(env, TransparentListen, "transparentListen"));
   exports.Set("isTransparent", Napi::Function::New(env, IsTransparent, "isTransparent"));
   meshctl::InitRelay(env, exports);
+  meshctl::InitSocketOwner(env, exports);
   return exports;
 }
 

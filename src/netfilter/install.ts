@@ -6,7 +6,7 @@ import type { Backend, BackendChoice, Config } from '../config/types.js';
 import { armRevert, disarmRevert } from './confirm.js';
 import { chooseBackend, inspectBackends } from './detect.js';
 import { createDriver, type ApplyStep, type DriftReport } from './driver.js';
-import { newInstallId, readLedger, removeLedger, writeLedger, LEDGER_FORMAT, ledgerPath, type ConfirmArm, type Generation, type Ledger } from './ledger.js';
+import { newInstallId, readLedger, removeLedger, writeLedger, LEDGER_FORMAT, ledgerPath, type ConfirmArm, type Generation, type Ledger, type ProxyCheck } from './ledger.js';
 import { recoverInterrupted, type Recovery } from './recovery.js';
 import { NO_EXTRAS, missingExtras, reconcileExtras, type HostExtras } from './routes.js';
 import { openScope, toolVersion, withScopeLock, type ScopeOptions } from './scope.js';
@@ -23,6 +23,8 @@ export interface InstallOptions extends Omit<ScopeOptions, 'stateDir'> {
   /** How the reverter runs meshctl (default: this node + bin/meshctl). */
   readonly meshctlCommand?: readonly string[];
   readonly confirmMechanism?: ConfirmArm['mechanism'];
+  /** What was checked of the live proxy before this install (recorded in the ledger for status). */
+  readonly proxyCheck?: ProxyCheck;
 }
 
 export type InstallAction = 'installed' | 'updated' | 'repaired' | 'unchanged' | 'dry-run';
@@ -77,7 +79,11 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
       if (!options.dryRun && options.confirmWithinMs) {
         if (confirm && confirm.confirmedAt === null) disarmRevert(confirm, log);
         confirm = armRevert({ scope, installId: installed.installId, withinMs: options.confirmWithinMs, ...(options.meshctlCommand ? { command: options.meshctlCommand } : {}), ...(options.confirmMechanism ? { mechanism: options.confirmMechanism } : {}) });
-        writeLedger(scope.dir, { ...installed, confirm, updatedAt: new Date().toISOString() });
+      }
+      // A no-op install still records what it checked of the proxy (status reports against the latest check).
+      if (!options.dryRun && (confirm !== installed.confirm || options.proxyCheck !== undefined)) {
+        const current = options.proxyCheck ? { ...installed.current, proxyCheck: options.proxyCheck } : installed.current;
+        writeLedger(scope.dir, { ...installed, current, confirm, updatedAt: new Date().toISOString() });
       }
       log.info({ installId: installed.installId }, 'already installed with this config and in sync; nothing to do');
       return result(options.dryRun ? 'dry-run' : 'unchanged', [], installed.installId, confirm);
@@ -96,7 +102,9 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
       routes: [...(previous?.extras.routes ?? []), ...wantExtras.routes],
       loopbackAddresses: [...(previous?.extras.loopbackAddresses ?? []), ...wantExtras.loopbackAddresses],
     };
-    const generation: Generation = { configHash: config.hash, configFile: config.file, config, plan, objects: null, extras: pendingExtras };
+    const generation: Generation = {
+      configHash: config.hash, configFile: config.file, config, plan, objects: null, extras: pendingExtras, ...(options.proxyCheck ? { proxyCheck: options.proxyCheck } : {}),
+    };
     // --confirm-within is armed before the first change and recorded with it, so no crash can leave the new rules
     // without their revert: if meshctl dies before "installed", recovery rolls back and the reverter finds nothing.
     let confirm = installed?.confirm ?? null;

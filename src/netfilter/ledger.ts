@@ -58,7 +58,14 @@ export interface Generation {
   readonly objects: OwnedObjects | null;
   /** Policy routes and loopback addresses meshctl added (not those that already existed). */
   readonly extras: HostExtras;
+  /** The proxy check install made (absent in ledgers written before the contract existed). */
+  readonly proxyCheck?: ProxyCheck;
 }
+
+/** What install knew of the proxy when it applied a generation: the live contract it checked, or that it was told not to. */
+export type ProxyCheck =
+  | { readonly kind: 'checked'; readonly at: string; readonly pid: number; readonly uid: number; readonly gid: number; readonly configHash: string }
+  | { readonly kind: 'skipped'; readonly reason: 'without-proxy' | 'dry-run' };
 
 export interface ConfirmArm {
   readonly deadline: string;

@@ -1,12 +1,20 @@
-// `meshctl status` as a library call: is capture installed here, with which backend and config, and do the
-// kernel's rules still match what was installed (missing, extra, out of order)? Drift is measured against the plan
-// recorded in the ledger, not against whatever the config file says today.
+// `meshctl status`, the rules half, as a library call: is capture installed here, with which backend and which
+// config (file and flags, as the ledger recorded them), and do the kernel's rules still match what was installed
+// (missing, extra, out of order)? Drift is measured against the plan recorded in the ledger, not against whatever
+// the config file says today. Read-only: no lock, no state directory created, and an interrupted transaction is
+// reported with the command that finishes it, never finished here (recovery belongs to commands that change rules).
 import type { Config } from '../config/types.js';
 import { createDriver, type DriftReport } from './driver.js';
-import { readLedger, ledgerPath, type ConfirmArm, type Ledger } from './ledger.js';
-import { recoverInterrupted, type Recovery } from './recovery.js';
+import { readLedger, ledgerPath, type ConfirmArm, type Ledger, type ProxyCheck } from './ledger.js';
 import { missingExtras } from './routes.js';
-import { openScope, withScopeLock, type ScopeOptions } from './scope.js';
+import { openScope, type ScopeOptions } from './scope.js';
+
+/** A transaction that did not finish: what it was, and the command that finishes or rolls it back. */
+export interface Interrupted {
+  readonly operation: Ledger['operation'];
+  readonly since: string;
+  readonly command: string;
+}
 
 export interface StatusReport {
   readonly installed: boolean;
@@ -16,6 +24,10 @@ export interface StatusReport {
   readonly backend: Ledger['backend'] | null;
   readonly configHash: string | null;
   readonly configFile: string | null;
+  /** The flags that overrode the file at install (`--outbound-exclude-ports 9999`). */
+  readonly configFlags: readonly string[];
+  /** The config the rules were installed from (for the proxy's admin endpoint and the contract). */
+  readonly installedConfig: Config | null;
   readonly installedAt: string | null;
   readonly updatedAt: string | null;
   readonly toolVersion: string | null;
@@ -27,7 +39,9 @@ export interface StatusReport {
   /** When a config was given: whether it differs from the installed one (`meshctl install` would update). */
   readonly configChanged: boolean | null;
   readonly confirm: ConfirmArm | null;
-  readonly recovered: Recovery | null;
+  /** What install checked of the proxy (null in ledgers older than the contract). */
+  readonly proxyCheck: ProxyCheck | null;
+  readonly interrupted: Interrupted | null;
 }
 
 export interface StatusOptions extends ScopeOptions {
@@ -35,38 +49,49 @@ export interface StatusOptions extends ScopeOptions {
   readonly config?: Config;
 }
 
-/** Reports the installed state. Finishes an interrupted transaction first. Throws LOCKED, LEDGER_CORRUPT. */
+function recoveringCommand(ledger: Ledger, netns: string | null): string {
+  const scope = netns ? ` --netns ${netns}` : '';
+  const outcome = ledger.operation === 'uninstall' ? 'completes the uninstall' : `rolls the ${ledger.operation} back`;
+  return `\`meshctl recover${scope}\` (it ${outcome}; any install or uninstall does so first too)`;
+}
+
+/** Reports the installed state without changing anything. Throws NETNS_NOT_FOUND, LEDGER_CORRUPT. */
 export async function captureStatus(options: StatusOptions): Promise<StatusReport> {
   const scope = openScope(options);
-  return withScopeLock(scope, 'status', async () => {
-    const recovered = await recoverInterrupted(scope);
-    const ledger = readLedger(scope.dir);
-    const base = { netns: scope.netns, ledgerPath: ledgerPath(scope.dir), recovered };
-    if (ledger === null) {
-      return {
-        ...base, installed: false, installId: null, backend: null, configHash: null, configFile: null, installedAt: null, updatedAt: null, toolVersion: null,
-        inSync: false, drift: [], missingExtras: [], configChanged: null, confirm: null,
-      };
-    }
-    const driver = createDriver(ledger.backend, scope.runner, scope.log);
-    const state = await driver.read();
-    const drift = driver.drift(state, ledger.current.plan);
-    const missing = await missingExtras(scope.runner, ledger.current.extras);
+  const ledger = readLedger(scope.dir);
+  const base = { netns: scope.netns, ledgerPath: ledgerPath(scope.dir) };
+  if (ledger === null) {
     return {
-      ...base,
-      installed: true,
-      installId: ledger.installId,
-      backend: ledger.backend,
-      configHash: ledger.current.configHash,
-      configFile: ledger.current.configFile,
-      installedAt: ledger.createdAt,
-      updatedAt: ledger.updatedAt,
-      toolVersion: ledger.toolVersion,
-      inSync: drift.every((d) => d.inSync) && missing.length === 0,
-      drift,
-      missingExtras: missing,
-      configChanged: options.config ? options.config.hash !== ledger.current.configHash : null,
-      confirm: ledger.confirm,
+      ...base, installed: false, installId: null, backend: null, configHash: null, configFile: null, configFlags: [], installedConfig: null, installedAt: null,
+      updatedAt: null, toolVersion: null, inSync: false, drift: [], missingExtras: [], configChanged: null, confirm: null, proxyCheck: null, interrupted: null,
     };
-  });
+  }
+  const interrupted = ledger.state === 'in-progress'
+    ? { operation: ledger.operation, since: ledger.updatedAt, command: recoveringCommand(ledger, scope.netns) }
+    : null;
+  const driver = createDriver(ledger.backend, scope.runner, scope.log);
+  const state = await driver.read();
+  // An interrupted transaction's plan may be half-applied: drift against it would say nothing useful.
+  const drift = interrupted ? [] : driver.drift(state, ledger.current.plan);
+  const missing = interrupted ? [] : await missingExtras(scope.runner, ledger.current.extras);
+  return {
+    ...base,
+    installed: true,
+    installId: ledger.installId,
+    backend: ledger.backend,
+    configHash: ledger.current.configHash,
+    configFile: ledger.current.configFile,
+    configFlags: ledger.current.config.flags ?? [],
+    installedConfig: ledger.current.config,
+    installedAt: ledger.createdAt,
+    updatedAt: ledger.updatedAt,
+    toolVersion: ledger.toolVersion,
+    inSync: interrupted === null && drift.every((d) => d.inSync) && missing.length === 0,
+    drift,
+    missingExtras: missing,
+    configChanged: options.config ? options.config.hash !== ledger.current.configHash : null,
+    confirm: ledger.confirm,
+    proxyCheck: ledger.current.proxyCheck ?? null,
+    interrupted,
+  };
 }

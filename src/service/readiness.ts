@@ -3,6 +3,7 @@
 // "active" only once the proxy takes connections) and `meshctl service install|status`.
 import { request } from 'node:http';
 import { execa } from 'execa';
+import type { LiveContract } from '../config/contract.js';
 import { MeshctlError } from '../errors.js';
 import { MESHCTL_BIN } from '../netfilter/confirm.js';
 
@@ -15,6 +16,8 @@ export interface ReadyProbe {
   readonly ready: boolean;
   /** What the admin port said (`ready`, `not ready: draining`) or why nothing answered (ECONNREFUSED). */
   readonly detail: string;
+  /** The proxy's live contract (GET /contract), when asked for and it answered. */
+  readonly contract?: LiveContract | null;
 }
 
 export function endpointText(endpoint: AdminEndpoint): string {
@@ -45,6 +48,31 @@ export function probeReady(endpoint: AdminEndpoint, timeoutMs = 1000): Promise<R
   });
 }
 
+/** GET /contract: the running proxy as the kernel sees it; null when nothing answers or the answer is not one. */
+export function fetchContract(endpoint: AdminEndpoint, timeoutMs = 2000): Promise<LiveContract | null> {
+  return new Promise((resolve) => {
+    const req = request({ host: endpoint.address, port: endpoint.port, path: '/contract', method: 'GET', timeout: timeoutMs, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        if (body.length < 1 << 20) body += chunk;
+      });
+      res.on('end', () => {
+        try {
+          const parsed = JSON.parse(body) as Partial<LiveContract>;
+          resolve(res.statusCode === 200 && typeof parsed.uid === 'number' && parsed.tcp !== undefined && parsed.expects !== undefined ? (parsed as LiveContract) : null);
+        } catch {
+          resolve(null);
+        }
+      });
+      res.on('error', () => resolve(null));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', () => resolve(null));
+    req.end();
+  });
+}
+
 /** Polls /ready until it answers 200 or `timeoutMs` passes; returns the last probe (ready or not). */
 export async function waitReady(endpoint: AdminEndpoint, options: { timeoutMs: number; intervalMs?: number }): Promise<ReadyProbe> {
   const deadline = Date.now() + options.timeoutMs;
@@ -62,13 +90,16 @@ export async function waitReady(endpoint: AdminEndpoint, options: { timeoutMs: n
  * `ip netns exec NETNS node bin/meshctl proxy-ready`). Returns the probe; throws COMMAND_FAILED when the
  * helper cannot run at all (NETNS_NOT_FOUND when the namespace does not exist).
  */
-export async function waitReadyInNetns(netns: string, endpoint: AdminEndpoint, options: { timeoutMs: number }): Promise<ReadyProbe> {
-  const args = ['netns', 'exec', netns, process.execPath, MESHCTL_BIN, 'proxy-ready', '--admin', endpointText(endpoint), '--timeout', `${options.timeoutMs}ms`, '--json'];
+export async function waitReadyInNetns(netns: string, endpoint: AdminEndpoint, options: { timeoutMs: number; contract?: boolean }): Promise<ReadyProbe> {
+  const args = ['netns', 'exec', netns, process.execPath, MESHCTL_BIN, 'proxy-ready', '--admin', endpointText(endpoint), '--timeout', `${options.timeoutMs}ms`, '--json',
+    ...(options.contract ? ['--contract'] : [])];
   const result = await execa('ip', args, { reject: false, timeout: options.timeoutMs + 15_000 });
   const line = result.stdout.trim().split('\n').pop() ?? '';
   try {
-    const parsed = JSON.parse(line) as { ready?: unknown; detail?: unknown };
-    if (typeof parsed.ready === 'boolean' && typeof parsed.detail === 'string') return { ready: parsed.ready, detail: parsed.detail };
+    const parsed = JSON.parse(line) as { ready?: unknown; detail?: unknown; contract?: LiveContract | null };
+    if (typeof parsed.ready === 'boolean' && typeof parsed.detail === 'string') {
+      return { ready: parsed.ready, detail: parsed.detail, ...(options.contract ? { contract: parsed.contract ?? null } : {}) };
+    }
   } catch {
     // fall through: the helper did not get as far as probing
   }
@@ -80,13 +111,21 @@ export async function waitReadyInNetns(netns: string, endpoint: AdminEndpoint, o
     'check that `ip netns exec` works here', { details: [`command: ip ${args.join(' ')}`, ...(stderr ? [`stderr:  ${stderr.split('\n')[0]}`] : [])] });
 }
 
+/** /ready (waiting up to timeoutMs) and, with `contract`, GET /contract, inside `netns` when given. Never throws for a silent port. */
+export async function probeProxy(endpoint: AdminEndpoint, options: { netns: string | null; timeoutMs: number; contract: boolean }): Promise<ReadyProbe> {
+  if (options.netns) return waitReadyInNetns(options.netns, endpoint, { timeoutMs: options.timeoutMs, contract: options.contract });
+  const probe = await waitReady(endpoint, { timeoutMs: options.timeoutMs });
+  if (!options.contract) return probe;
+  return { ...probe, contract: probe.detail.startsWith('nothing listens') ? null : await fetchContract(endpoint) };
+}
+
 /**
  * Throws PROXY_NOT_READY unless a proxy answers ready on the admin endpoint (inside `netns` when given) within
  * `timeoutMs`: capture must never redirect traffic to a port where nothing accepts it.
  */
-export async function requireProxyReady(endpoint: AdminEndpoint, options: { netns?: string | null; timeoutMs?: number } = {}): Promise<ReadyProbe> {
+export async function requireProxyReady(endpoint: AdminEndpoint, options: { netns?: string | null; timeoutMs?: number; contract?: boolean } = {}): Promise<ReadyProbe> {
   const timeoutMs = options.timeoutMs ?? 2000;
-  const probe = options.netns ? await waitReadyInNetns(options.netns, endpoint, { timeoutMs }) : await waitReady(endpoint, { timeoutMs });
+  const probe = await probeProxy(endpoint, { netns: options.netns ?? null, timeoutMs, contract: options.contract === true });
   if (probe.ready) return probe;
   const where = options.netns ? ` in network namespace ${options.netns}` : '';
   throw new MeshctlError('PROXY_NOT_READY',

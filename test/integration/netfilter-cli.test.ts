@@ -48,14 +48,19 @@ describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () 
     expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
   });
 
-  it('exits 0 in sync, 4 drifted (naming the rule), 3 not installed', async () => {
+  it('exits 5 in sync with no proxy (rules fine, proxy not), 4 drifted (naming the rule), 3 not installed', async () => {
     const ns = freshNs('mn-cli-status');
     const stateDir = tempStateDir();
     expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(3);
     expect(meshctl(['install', ...base(ns, stateDir)]).status).toBe(0);
     const ok = meshctl(['status', '--netns', ns, '--state-dir', stateDir, '--json']);
-    expect(ok.status).toBe(0);
-    expect(JSON.parse(ok.stdout)).toMatchObject({ installed: true, inSync: true, backend: 'iptables-nft', exitCode: 0 });
+    expect(ok.status).toBe(5);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ installed: true, inSync: true, backend: 'iptables-nft', exitCode: 5, verdict: 'proxy-unreachable', proxy: { state: 'unreachable' } });
+    const text = meshctl(['status', '--netns', ns, '--state-dir', stateDir]);
+    expect(text.stdout).toContain('rules: in sync with the installed plan');
+    expect(text.stdout).toMatch(/proxy: UNREACHABLE on 127\.0\.0\.1:15000: nothing listens there/);
+    expect(text.stdout).toContain('note: installed with --without-proxy: the proxy was not checked at install');
+    expect(text.stdout).toContain('verdict: NOT PROTECTED: the rules are in place but no proxy answers');
     deleteOurRule(ns, 'iptables-nft', 'ipv6', 'meshctl:skip-proxy-gid');
     const drifted = meshctl(['status', '--netns', ns, '--state-dir', stateDir]);
     expect(drifted.status).toBe(4);
@@ -63,7 +68,7 @@ describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () 
     expect(drifted.stdout).toMatch(/ipv6: missing nat -A MESHCTL_OUTPUT -m owner --gid-owner 65534 -m comment --comment "meshctl:skip-proxy-gid" -j RETURN/);
     const repaired = meshctl(['install', ...base(ns, stateDir)]);
     expect(repaired.stdout).toContain('repaired drifted capture in namespace mn-cli-status');
-    expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
+    expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(5);
     expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
     expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(3);
   });

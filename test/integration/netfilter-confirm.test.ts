@@ -57,7 +57,7 @@ describe.skipIf(!integrationEnabled)('install --confirm-within', () => {
     expect(alive(reverter.pid, reverter.start)).toBe(true);
     expect(normalizedRuleset(ns, 'iptables-nft')).not.toBe(before);
     const status = meshctl(['status', '--netns', ns, '--state-dir', stateDir]);
-    expect(status.status).toBe(0);
+    expect(status.status).toBe(5); // rules in sync, no proxy (--without-proxy)
     expect(status.stdout).toMatch(/UNCONFIRMED: reverted at \S+ unless `meshctl confirm` runs first/);
 
     await waitFor(() => meshctlResidue(ns).length === 0, Date.parse(ledger.confirm!.deadline) - Date.now() + 15_000, 'the revert');
@@ -88,7 +88,7 @@ describe.skipIf(!integrationEnabled)('install --confirm-within', () => {
     await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(arm.deadline) - Date.now()) + 1500));
     expect(normalizedRuleset(ns, 'iptables-nft')).toBe(rules);
     expect(readLedger(dir)?.confirm?.confirmedAt).not.toBeNull();
-    expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
+    expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(5);
     expect(meshctl(['confirm', '--netns', ns, '--state-dir', stateDir]).stdout).toContain('was already confirmed');
     expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
     expect(existsSync(revertLogPath(dir))).toBe(true);

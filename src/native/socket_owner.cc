@@ -1,0 +1,128 @@
+// peerOwner(fd, family, dstAddress, dstPort): the uid that owns the local socket at the other end of an accepted
+// connection, found with one exact sock_diag (NETLINK_SOCK_DIAG, inet_diag) lookup, or -1 when the other end is
+// not a socket of this host's network namespace (a remote peer) or is already gone.
+//
+// Why: a connection REDIRECTed to the proxy has, as its peer, the socket that made it. When that socket belongs
+// to the proxy's own uid, the capture rules sent the proxy's own upstream connection back to it (a mismatched
+// exemption, a foreign rule, a second proxy), and proxying it again would loop until fds run out. The peer socket
+// sees the connection as (its local = our remote) -> (the original destination), so that is the 4-tuple looked up.
+// The netlink socket is opened once per process and used from the JS thread only; replies are read with
+// MSG_DONTWAIT (the kernel answers a non-dump request before sendmsg returns), so this never blocks.
+#include "socket_owner.h"
+
+#include "system_error.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstring>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <string>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace meshctl {
+namespace {
+
+int diagFd = -1;
+uint32_t diagSeq = 0;
+
+Napi::Value ThrowTypeError(Napi::Env env, const char* message) {
+  Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+struct DiagRequest {
+  nlmsghdr header;
+  inet_diag_req_v2 body;
+};
+
+// peerOwner(fd: int32 >= 0, family: 4 | 6, dstAddress: string, dstPort: 1..65535) -> uid | -1
+Napi::Value PeerOwner(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsString() || !info[3].IsNumber()) {
+    return ThrowTypeError(env, "peerOwner(fd, family, dstAddress, dstPort) expects a number, a number, a string and a number");
+  }
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  const int family = info[1].As<Napi::Number>().Int32Value();
+  const std::string dst = info[2].As<Napi::String>().Utf8Value();
+  const int dstPort = info[3].As<Napi::Number>().Int32Value();
+  if (fd < 0) return ThrowTypeError(env, "peerOwner: fd must be a non-negative integer");
+  if (family != 4 && family != 6) return ThrowTypeError(env, "peerOwner: family must be 4 or 6");
+  if (dstPort < 1 || dstPort > 65535) return ThrowTypeError(env, "peerOwner: dstPort must be between 1 and 65535");
+
+  DiagRequest req;
+  std::memset(&req, 0, sizeof(req));
+  req.header.nlmsg_len = sizeof(req);
+  req.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.header.nlmsg_flags = NLM_F_REQUEST;
+  req.header.nlmsg_seq = ++diagSeq;
+  req.body.sdiag_family = family == 4 ? AF_INET : AF_INET6;
+  req.body.sdiag_protocol = IPPROTO_TCP;
+  req.body.idiag_states = ~0U;
+  req.body.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+  req.body.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  req.body.id.idiag_dport = htons(static_cast<uint16_t>(dstPort));
+
+  sockaddr_storage peer;
+  std::memset(&peer, 0, sizeof(peer));
+  socklen_t peerLen = sizeof(peer);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peerLen) != 0) return ThrowSystemError(env, errno, "getpeername");
+  if (family == 4) {
+    if (peer.ss_family != AF_INET) return ThrowTypeError(env, "peerOwner: the socket is not IPv4");
+    const sockaddr_in* p = reinterpret_cast<const sockaddr_in*>(&peer);
+    req.body.id.idiag_sport = p->sin_port;
+    std::memcpy(req.body.id.idiag_src, &p->sin_addr, sizeof(p->sin_addr));
+    if (inet_pton(AF_INET, dst.c_str(), req.body.id.idiag_dst) != 1) return ThrowTypeError(env, "peerOwner: dstAddress is not an IPv4 address");
+  } else {
+    if (peer.ss_family != AF_INET6) return ThrowTypeError(env, "peerOwner: the socket is not IPv6");
+    const sockaddr_in6* p = reinterpret_cast<const sockaddr_in6*>(&peer);
+    req.body.id.idiag_sport = p->sin6_port;
+    std::memcpy(req.body.id.idiag_src, &p->sin6_addr, sizeof(p->sin6_addr));
+    if (inet_pton(AF_INET6, dst.c_str(), req.body.id.idiag_dst) != 1) return ThrowTypeError(env, "peerOwner: dstAddress is not an IPv6 address");
+  }
+
+  if (diagFd < 0) {
+    diagFd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (diagFd < 0) return ThrowSystemError(env, errno, "socket(NETLINK_SOCK_DIAG)");
+  }
+  sockaddr_nl kernel;
+  std::memset(&kernel, 0, sizeof(kernel));
+  kernel.nl_family = AF_NETLINK;
+  ssize_t sent;
+  do {
+    sent = sendto(diagFd, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel));
+  } while (sent < 0 && errno == EINTR);
+  if (sent < 0) return ThrowSystemError(env, errno, "sendto(NETLINK_SOCK_DIAG)");
+
+  // Replies to earlier requests that were never read (none should be) are skipped by their sequence number.
+  alignas(nlmsghdr) char buffer[1024];
+  for (;;) {
+    const ssize_t got = recv(diagFd, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
+      return ThrowSystemError(env, errno, "recv(NETLINK_SOCK_DIAG)");
+    }
+    int left = static_cast<int>(got);
+    for (nlmsghdr* msg = reinterpret_cast<nlmsghdr*>(buffer); NLMSG_OK(msg, left); msg = NLMSG_NEXT(msg, left)) {
+      if (msg->nlmsg_seq != req.header.nlmsg_seq) continue;
+      if (msg->nlmsg_type == NLMSG_ERROR) return Napi::Number::New(env, -1);  // ENOENT: no such local socket
+      if (msg->nlmsg_type == SOCK_DIAG_BY_FAMILY && msg->nlmsg_len >= NLMSG_LENGTH(sizeof(inet_diag_msg))) {
+        const inet_diag_msg* found = reinterpret_cast<const inet_diag_msg*>(NLMSG_DATA(msg));
+        return Napi::Number::New(env, found->idiag_uid);
+      }
+      return Napi::Number::New(env, -1);
+    }
+  }
+}
+
+}  // namespace
+
+void InitSocketOwner(Napi::Env env, Napi::Object exports) {
+  exports.Set("peerOwner", Napi::Function::New(env, PeerOwner, "peerOwner"));
+}
+
+}  // namespace meshctl
