@@ -18,6 +18,7 @@ import { startAdminServer, type AdminHandlers } from './admin.js';
 import { listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
 import { mergeSnapshots, renderPrometheus } from './metrics.js';
 import { ClusterPool, LocalPool, type WorkerPool } from './workers.js';
+import { assertWorkerFilesReadable } from './worker-files.js';
 
 export interface ProxyRunOptions {
   readonly config: Config;
@@ -116,6 +117,7 @@ export class ProxySupervisor {
       await this.poller.poll();
     }
     const count = workerCount(this.config);
+    if (count > 1) assertWorkerFilesReadable(this.config.proxy.user);
     this.pool = count <= 1 ? new LocalPool(this.log) : new ClusterPool(count, this.log);
     try {
       await this.pool.start(this.config, this.specs);

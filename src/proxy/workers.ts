@@ -2,12 +2,12 @@
 // workers sharing the listeners (the primary binds each port, or wraps the systemd fd, once). The primary
 // talks to workers over the cluster IPC channel with small request/response messages.
 import cluster, { type Worker } from 'node:cluster';
-import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/types.js';
 import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ListenerSpec } from './listeners.js';
 import type { ConnectionInfo } from './relay.js';
+import { WORKER_ENTRY } from './worker-files.js';
 import { ProxyWorker, type WorkerStats } from './worker.js';
 
 /** Messages from the primary to a cluster worker. */
@@ -174,7 +174,7 @@ export class ClusterPool implements WorkerPool {
   private spawn(index: number): Promise<void> {
     // Flags follow the relay of the config this worker starts with (setupPrimary affects later forks only).
     const relay = this.config?.proxy.relay ?? 'native';
-    cluster.setupPrimary({ exec: fileURLToPath(new URL('./worker-main.js', import.meta.url)), args: [], execArgv: workerExecArgv(process.execArgv, relay), silent: false });
+    cluster.setupPrimary({ exec: WORKER_ENTRY, args: [], execArgv: workerExecArgv(process.execArgv, relay), silent: false });
     // LISTEN_* belong to the primary (it owns the activated fds); a worker must not interpret them.
     const worker = cluster.fork({
       MESHCTL_WORKER_INDEX: String(index),
