@@ -3,6 +3,7 @@
 // only maps routes to them.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { MeshctlError } from '../errors.js';
+import { parseSourceQuery } from './recent-connections.js';
 
 export interface AdminHandlers {
   /** `detail`: extra lines after the first (e.g. the control plane's state), shown whether ready or not. */
@@ -11,6 +12,8 @@ export interface AdminHandlers {
   metrics(): Promise<string>;
   config(): unknown;
   connections(limit: number): Promise<unknown>;
+  /** The open and recently closed connections from `source` (canonical ADDR:PORT or [ADDR]:PORT). */
+  lookup(source: string): Promise<unknown>;
   /** Starts a drain (idempotent); resolves at once, the drain runs on. */
   drain(): { alreadyDraining: boolean; timeoutMs: number };
 }
@@ -65,6 +68,16 @@ async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerR
       sendJson(res, 200, await handlers.connections(limit));
       return;
     }
+    case '/lookup': {
+      if (!only('GET')) return;
+      const query = parseSourceQuery(url.searchParams.get('source') ?? '');
+      if (typeof query === 'string') {
+        sendText(res, 400, `${query} (ask /lookup?source=ADDR:PORT)\n`);
+        return;
+      }
+      sendJson(res, 200, await handlers.lookup(query.text));
+      return;
+    }
     case '/drain': {
       if (!only('POST')) return;
       const { alreadyDraining, timeoutMs } = handlers.drain();
@@ -72,7 +85,7 @@ async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerR
       return;
     }
     case '/':
-      if (only('GET')) sendText(res, 200, 'meshctl proxy admin: /ready /stats /metrics /config /connections POST /drain\n');
+      if (only('GET')) sendText(res, 200, 'meshctl proxy admin: /ready /stats /metrics /config /connections /lookup?source=ADDR:PORT POST /drain\n');
       return;
     default:
       sendText(res, 404, `no such admin endpoint: ${url.pathname}\n`);

@@ -17,6 +17,7 @@ import { mergePolicySnapshots, renderPolicyPrometheus } from '../policy/metrics.
 import { startAdminServer, type AdminHandlers } from './admin.js';
 import { listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
 import { mergeSnapshots, renderPrometheus } from './metrics.js';
+import { RECENT_CAPACITY } from './recent-connections.js';
 import { ClusterPool, LocalPool, type WorkerPool } from './workers.js';
 import { assertWorkerFilesReadable } from './worker-files.js';
 
@@ -351,6 +352,7 @@ export class ProxySupervisor {
       },
       config: () => ({ version: this.version, appliedAt: this.appliedAt, ...this.config, controlPlaneStatus: this.poller?.status() ?? null }),
       connections: (limit) => this.pool!.connections(limit),
+      lookup: async (source) => ({ source, recentPerWorker: RECENT_CAPACITY, connections: await this.pool!.lookup(source) }),
       drain: () => {
         const alreadyDraining = this.draining !== null;
         void this.drain('admin', false);

@@ -152,6 +152,15 @@ export class Connection implements RelayedConnection {
   }
 
   /**
+   * Reads the client's address while its socket is still open, on the paths where the proxy ends a connection
+   * itself (refusal, failed connect, timers, errors): the worker's ring of recent closes (recent-connections.ts)
+   * keeps it for the admin `/lookup` that `meshctl verify` asks. Connections that end normally are not read here.
+   */
+  private keepSource(): void {
+    void this.source;
+  }
+
+  /**
    * TCP keepalive on both legs, armed by the first sweep that sees the connection established (within one sweep
    * interval, at most 1 s) rather than at accept and connect: it matters only for connections idle for
    * keepaliveDelay (30 s by default), and short connections thus skip its four setsockopt() calls per leg.
@@ -168,6 +177,7 @@ export class Connection implements RelayedConnection {
   refuse(reason: RefusalReason, detail?: string): void {
     this.setResult('refused', detail ?? reason);
     this.owner.metrics.refused(reason);
+    this.keepSource();
     if (this.client && !this.client.destroyed) this.client.resetAndDestroy();
   }
 
@@ -186,6 +196,7 @@ export class Connection implements RelayedConnection {
       });
     } catch (error) {
       this.setResult('connect-failed', (error as NodeJS.ErrnoException).code ?? 'error');
+      this.keepSource();
       this.client?.resetAndDestroy();
       return;
     }
@@ -294,6 +305,7 @@ export class Connection implements RelayedConnection {
 
   socketError(side: 'client' | 'upstream', error: NodeJS.ErrnoException): void {
     const code = error.code ?? 'error';
+    this.keepSource();
     if (side === 'upstream' && this.state === 'connecting') {
       if (code === 'EADDRNOTAVAIL' && this.route?.localAddress && this.retryWithoutSource(error)) return;
       if (this.lease !== null && this.lease.connectFailed(this, code)) {
@@ -359,6 +371,7 @@ export class Connection implements RelayedConnection {
       return;
     }
     this.setResult(result, detail);
+    this.keepSource();
     for (const socket of [this.client, this.upstream]) {
       if (!socket || socket.destroyed) continue;
       if (mode === 'reset' && !socket.connecting) socket.resetAndDestroy();

@@ -60,6 +60,9 @@ process.on('message', (message: ToWorker) => {
       case 'connections':
         send({ t: 'reply', seq: message.seq, ok: true, data: worker?.connectionTable(message.limit) ?? [] });
         return;
+      case 'lookup':
+        send({ t: 'reply', seq: message.seq, ok: true, data: worker?.lookupSource(message.source) ?? [] });
+        return;
       case 'drain':
         await drainAndExit(message.timeoutMs);
         return;

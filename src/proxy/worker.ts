@@ -13,6 +13,7 @@ import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from '
 import { readOriginalDst } from './original-dst.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './relay.js';
 import { RelayThread } from './relay-thread.js';
+import { lookupRows, parseSourceQuery, RecentConnections, type SourceLookupRow } from './recent-connections.js';
 import { LocalAddresses, routeConnection, transparentDestination, type AcceptedOn } from './routing.js';
 import { Sweeper, sweepIntervalMs } from './timers.js';
 
@@ -68,6 +69,8 @@ export class ProxyWorker implements ConnectionOwner {
   /** Started when the config asks for the native relay; kept across reloads for the connections it carries. */
   private relay: RelayThread | null = null;
   private readonly handoffFailures = new Set<string>();
+  /** The last closed connections, for the admin /lookup (fixed size; see recent-connections.ts). */
+  private readonly recent = new RecentConnections();
 
   constructor(
     config: Config,
@@ -206,6 +209,7 @@ export class ProxyWorker implements ConnectionOwner {
 
   connectionClosed(conn: Connection): void {
     this.connections.delete(conn);
+    this.recent.add(conn, performance.now());
     this.metrics.closed(conn.direction, conn.result!, conn.bytesFromClient, conn.bytesFromUpstream);
     if (this.accessLog.enabled) this.accessLog.closed(conn.record());
     if (this.connections.size === 0 && this.emptyWaiters.length > 0) {
@@ -326,6 +330,12 @@ export class ProxyWorker implements ConnectionOwner {
       metrics,
       policy: this.policy.snapshot(),
     };
+  }
+
+  /** The open and recently closed connections from `source` (canonical ADDR:PORT, as the admin API checked it). */
+  lookupSource(source: string): SourceLookupRow[] {
+    const query = parseSourceQuery(source);
+    return typeof query === 'string' ? [] : lookupRows(this.connections, this.recent, query, performance.now());
   }
 
   connectionTable(limit: number): ConnectionInfo[] {

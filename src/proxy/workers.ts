@@ -6,6 +6,7 @@ import type { Config } from '../config/types.js';
 import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ListenerSpec } from './listeners.js';
+import { newestFirst, type SourceLookupRow } from './recent-connections.js';
 import type { ConnectionInfo } from './relay.js';
 import { WORKER_ENTRY } from './worker-files.js';
 import { ProxyWorker, type WorkerStats } from './worker.js';
@@ -16,6 +17,7 @@ export type ToWorker =
   | { t: 'reload'; seq: number; config: Config; specs: ListenerSpec[] }
   | { t: 'stats'; seq: number }
   | { t: 'connections'; seq: number; limit: number }
+  | { t: 'lookup'; seq: number; source: string }
   | { t: 'drain'; timeoutMs: number };
 
 /** Messages from a cluster worker to the primary. */
@@ -38,6 +40,8 @@ export interface WorkerPool {
   drain(timeoutMs: number): Promise<void>;
   stats(): Promise<WorkerStats[]>;
   connections(limit: number): Promise<Array<ConnectionInfo & { worker: number }>>;
+  /** Every worker's open and recently closed connections from `source` (canonical ADDR:PORT), newest first. */
+  lookup(source: string): Promise<Array<SourceLookupRow & { worker: number }>>;
   ready(): boolean;
   /** Immediate stop: RST everything, kill workers. */
   forceStop(): void;
@@ -76,6 +80,10 @@ export class LocalPool implements WorkerPool {
 
   async connections(limit: number): Promise<Array<ConnectionInfo & { worker: number }>> {
     return (this.worker?.connectionTable(limit) ?? []).map((c) => ({ ...c, worker: 0 }));
+  }
+
+  async lookup(source: string): Promise<Array<SourceLookupRow & { worker: number }>> {
+    return (this.worker?.lookupSource(source) ?? []).map((c) => ({ ...c, worker: 0 }));
   }
 
   ready(): boolean {
@@ -301,6 +309,15 @@ export class ClusterPool implements WorkerPool {
     const started = this.slots.filter((s) => s.started);
     const results = await Promise.allSettled(started.map((s) => this.request<ConnectionInfo[]>(s, (seq) => ({ t: 'connections', seq, limit }))));
     return results.flatMap((r, i) => (r.status === 'fulfilled' ? r.value.map((c) => ({ ...c, worker: started[i]!.index })) : [])).slice(0, limit);
+  }
+
+  async lookup(source: string): Promise<Array<SourceLookupRow & { worker: number }>> {
+    const started = this.slots.filter((s) => s.started);
+    const results = await Promise.allSettled(started.map((s) => this.request<SourceLookupRow[]>(s, (seq) => ({ t: 'lookup', seq, source }))));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    // A worker that did not answer may hold the connection asked for: no partial answer.
+    if (failed) throw failed.reason;
+    return newestFirst(results.flatMap((r, i) => (r.status === 'fulfilled' ? r.value.map((c) => ({ ...c, worker: started[i]!.index })) : [])));
   }
 
   ready(): boolean {

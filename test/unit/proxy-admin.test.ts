@@ -23,6 +23,10 @@ async function serve(overrides: Partial<AdminHandlers> = {}) {
       calls.push(`connections:${limit}`);
       return [{ id: '0.1' }];
     },
+    lookup: async (source) => {
+      calls.push(`lookup:${source}`);
+      return { source, connections: [] };
+    },
     drain: () => {
       calls.push('drain');
       const already = !ready;
@@ -65,6 +69,18 @@ describe('admin server', () => {
     await get('/connections?limit=5');
     expect(calls).toEqual(['connections:1000', 'connections:5']);
     for (const bad of ['0', '-1', 'x', '1.5', '100001']) expect((await get(`/connections?limit=${bad}`)).status).toBe(400);
+  });
+
+  it('looks a source up in its canonical spelling, and rejects a missing or malformed one with 400', async () => {
+    const { get, calls } = await serve();
+    expect(JSON.parse((await get('/lookup?source=10.1.0.1:40000')).body)).toEqual({ source: '10.1.0.1:40000', connections: [] });
+    await get(`/lookup?source=${encodeURIComponent('[2001:DB8:0::1]:40001')}`);
+    await get(`/lookup?source=${encodeURIComponent('[::ffff:10.1.0.1]:40002')}`);
+    expect(calls).toEqual(['lookup:10.1.0.1:40000', 'lookup:[2001:db8::1]:40001', 'lookup:10.1.0.1:40002']);
+    expect(await get('/lookup')).toMatchObject({ status: 400, body: 'source must be ADDR:PORT or [IPV6]:PORT, got "" (ask /lookup?source=ADDR:PORT)\n' });
+    for (const bad of ['10.1.0.1', '10.1.0.1:0', '10.1.0.1:70000', '2001:db8::1:80', 'host:80']) expect((await get(`/lookup?source=${encodeURIComponent(bad)}`)).status).toBe(400);
+    expect((await get('/lookup?source=10.1.0.1:1', 'POST')).status).toBe(405);
+    expect(calls).toHaveLength(3);
   });
 
   it('drains only on POST, answering 202 and whether a drain was already running', async () => {
