@@ -1,29 +1,72 @@
 // The helper process `meshctl verify` runs inside the namespace under test. Node cannot enter a network namespace,
 // so a small agent started with `ip netns exec NS node -e …` does the namespace-bound work: it opens listening
 // sockets there and hands them to the parent over the IPC channel (the parent accepts and reads SO_ORIGINAL_DST),
-// and it starts probe clients there as a given uid/gid (the owner match uses the creating process's ids).
+// it starts probe clients there as a given uid/gid (the owner match uses the creating process's ids), and it asks
+// a running proxy's admin API (on the namespace's loopback) about a probe's connection.
+// A probe client binds its source address and port before it connects, so the source is known even when the
+// connection is reset before connect() returns; after reporting, it keeps its connection open until the agent
+// exits, so that a proxy still holds it (in its live table) when verify asks about it.
 // The sources below are plain CommonJS run by `node -e`, identical from src/ (vitest) and dist/ (the CLI).
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Server } from 'node:net';
 import { MeshctlError } from '../errors.js';
 
-/** Runs in a child with dropped privileges: one connection attempt, reported as JSON on stdout. */
+/**
+ * Runs in a child with dropped privileges: one connection attempt, reported as one JSON line on stdout; then it
+ * holds the connection until its stdin ends (the agent exited) or HOLD_MS pass.
+ */
 const CLIENT_SOURCE = String.raw`
 const net = require('net');
+const dgram = require('dgram');
 const p = JSON.parse(process.env.MESHCTL_PROBE);
+const HOLD_MS = 30000;
+const family = p.family === 'ipv6' ? 6 : 4;
 let info = { connected: false };
-const done = (extra) => { process.stdout.write(JSON.stringify(Object.assign(info, extra))); process.exit(0); };
-const s = net.connect({ host: p.host, port: p.port, family: p.family === 'ipv6' ? 6 : 4 });
-const timer = setTimeout(() => done(info.connected ? { marker: null } : { error: 'ETIMEDOUT' }), p.timeoutMs);
-s.on('connect', () => { info = { connected: true, localAddress: s.localAddress, localPort: s.localPort }; });
-s.on('data', (d) => { clearTimeout(timer); done({ marker: String(d) }); });
-s.on('end', () => { clearTimeout(timer); done({ marker: null }); });
-s.on('error', (e) => { clearTimeout(timer); done({ error: e.code || String(e) }); });
+let reported = false;
+let timer = null;
+const done = (extra) => {
+  if (reported) return;
+  reported = true;
+  clearTimeout(timer);
+  process.stdout.write(JSON.stringify(Object.assign(info, extra)) + '\n');
+  process.stdin.on('end', () => process.exit(0)).on('error', () => process.exit(0)).resume();
+  setTimeout(() => process.exit(0), HOLD_MS);
+};
+// The address routing picks for the destination (connecting a UDP socket sends nothing), and a free port.
+const sourceAddress = (next) => {
+  const u = dgram.createSocket(family === 6 ? 'udp6' : 'udp4');
+  u.on('error', () => { u.close(); next(null); });
+  u.connect(p.port, p.host, () => { const a = u.address().address; u.close(); next(a); });
+};
+const freePort = (address, next) => {
+  const server = net.createServer();
+  server.on('error', () => next(null));
+  server.listen({ host: address, port: 0, exclusive: true }, () => { const port = server.address().port; server.close(() => next(port)); });
+};
+const start = (address, port, attempt) => {
+  const bound = address !== null && port !== null;
+  if (bound) info = { connected: false, localAddress: address, localPort: port };
+  const s = net.connect(Object.assign({ host: p.host, port: p.port, family }, bound ? { localAddress: address, localPort: port } : {}));
+  timer = setTimeout(() => done(info.connected ? { marker: null } : { error: 'ETIMEDOUT' }), p.timeoutMs);
+  s.on('connect', () => { info = { connected: true, localAddress: s.localAddress, localPort: s.localPort }; });
+  s.on('data', (d) => done({ marker: String(d) }));
+  s.on('end', () => done({ marker: null }));
+  s.on('error', (e) => {
+    // Another process took the port between freePort() and bind(): take another one.
+    if (bound && e.code === 'EADDRINUSE' && attempt < 5 && !reported) {
+      clearTimeout(timer);
+      return freePort(address, (next) => start(address, next, attempt + 1));
+    }
+    done({ error: e.code || String(e) });
+  });
+};
+sourceAddress((address) => (address === null ? start(null, null, 0) : freePort(address, (port) => start(address, port, 0))));
 `;
 
 /** Runs as root in the namespace: listens on request (passing the server to the parent) and starts clients. */
 const AGENT_SOURCE = String.raw`
 const net = require('net');
+const http = require('http');
 const { spawn } = require('child_process');
 const CLIENT = ${JSON.stringify(CLIENT_SOURCE)};
 process.on('message', (m) => {
@@ -34,17 +77,29 @@ process.on('message', (m) => {
       process.send({ type: 'listened', id: m.id }, server, () => server.close());
     });
   } else if (m.type === 'connect') {
-    const child = spawn(process.execPath, ['-e', CLIENT], { uid: m.uid, gid: m.gid, stdio: ['ignore', 'pipe', 'pipe'], env: { MESHCTL_PROBE: JSON.stringify(m) } });
+    const child = spawn(process.execPath, ['-e', CLIENT], { uid: m.uid, gid: m.gid, stdio: ['pipe', 'pipe', 'pipe'], env: { MESHCTL_PROBE: JSON.stringify(m) } });
     let out = '';
     let err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
-    child.on('error', (e) => process.send({ type: 'connected', id: m.id, result: { connected: false, error: 'spawn ' + (e.code || String(e)) } }));
-    child.on('close', () => {
-      let result;
-      try { result = JSON.parse(out); } catch { result = { connected: false, error: 'probe client failed: ' + err.trim().split('\n').pop() }; }
-      process.send({ type: 'connected', id: m.id, result });
+    let sent = false;
+    const reply = (result) => { if (!sent) { sent = true; process.send({ type: 'connected', id: m.id, result }); } };
+    child.stdin.on('error', () => {});
+    child.stdout.on('data', (d) => {
+      out += d;
+      const line = out.indexOf('\n');
+      if (line < 0) return;
+      try { reply(JSON.parse(out.slice(0, line))); } catch { reply({ connected: false, error: 'probe client wrote ' + out.slice(0, line) }); }
     });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('error', (e) => reply({ connected: false, error: 'spawn ' + (e.code || String(e)) }));
+    child.on('close', () => reply({ connected: false, error: 'probe client failed: ' + err.trim().split('\n').pop() }));
+  } else if (m.type === 'get') {
+    const req = http.get({ host: m.host, port: m.port, path: m.path, timeout: m.timeoutMs, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d) => { body += d; });
+      res.on('end', () => process.send({ type: 'got', id: m.id, result: { status: res.statusCode, body } }));
+    });
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    req.on('error', (e) => process.send({ type: 'got', id: m.id, error: e.code || String(e) }));
   } else if (m.type === 'exit') {
     process.exit(0);
   }
@@ -54,6 +109,7 @@ process.send({ type: 'ready' });
 
 export interface ClientResult {
   readonly connected: boolean;
+  /** The client's source, bound before connecting (absent only when no source could be bound). */
   readonly localAddress?: string;
   readonly localPort?: number;
   /** What the listener wrote back (our marker when the connection reached verify's own listener). */
@@ -64,7 +120,11 @@ export interface ClientResult {
 export interface ProbeAgent {
   /** Listens on host:port inside the namespace; the server lives in this process. Null with the errno when busy. */
   listen(host: string, port: number): Promise<{ server: Server } | { error: string }>;
+  /** One probe connection; the client holds it open until close(). */
   connect(probe: { host: string; port: number; family: 'ipv4' | 'ipv6'; uid: number; gid: number; timeoutMs: number }): Promise<ClientResult>;
+  /** An HTTP GET from inside the namespace (as root): the status and body, or the errno of a failed request. */
+  get(host: string, port: number, path: string, timeoutMs: number): Promise<{ status: number; body: string } | { error: string }>;
+  /** Ends the agent and with it every probe client still holding a connection. */
   close(): void;
 }
 
@@ -76,9 +136,10 @@ export async function startProbeAgent(netns: string | null, env: NodeJS.ProcessE
     : spawn('ip', ['netns', 'exec', netns, ...argv], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], env });
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
-  const pending = new Map<number, (message: { result?: ClientResult; error?: string }, handle: unknown) => void>();
+  type Reply = { result?: ClientResult | { status: number; body: string }; error?: string };
+  const pending = new Map<number, (message: Reply, handle: unknown) => void>();
   let nextId = 1;
-  child.on('message', (message: { type: string; id?: number; result?: ClientResult; error?: string }, handle: unknown) => {
+  child.on('message', (message: Reply & { type: string; id?: number }, handle: unknown) => {
     if (message.id !== undefined) {
       const resolve = pending.get(message.id);
       pending.delete(message.id);
@@ -93,7 +154,7 @@ export async function startProbeAgent(netns: string | null, env: NodeJS.ProcessE
     child.once('message', (m: { type: string }) => (m.type === 'ready' ? resolve() : fail(`unexpected message ${m.type}`)));
   });
   child.removeAllListeners('exit');
-  const request = <T>(payload: Record<string, unknown>, map: (message: { result?: ClientResult; error?: string }, handle: unknown) => T): Promise<T> =>
+  const request = <T>(payload: Record<string, unknown>, map: (message: Reply, handle: unknown) => T): Promise<T> =>
     new Promise((resolve) => {
       const id = nextId++;
       pending.set(id, (message, handle) => resolve(map(message, handle)));
@@ -101,7 +162,8 @@ export async function startProbeAgent(netns: string | null, env: NodeJS.ProcessE
     });
   return {
     listen: (host, port) => request({ type: 'listen', host, port }, (m, handle) => (m.error ? { error: m.error } : { server: handle as Server })),
-    connect: (probe) => request({ type: 'connect', ...probe }, (m) => m.result ?? { connected: false, error: 'no result' }),
+    connect: (probe) => request({ type: 'connect', ...probe }, (m) => (m.result as ClientResult | undefined) ?? { connected: false, error: 'no result' }),
+    get: (host, port, path, timeoutMs) => request({ type: 'get', host, port, path, timeoutMs }, (m) => (m.error !== undefined || m.result === undefined ? { error: m.error ?? 'no result' } : (m.result as { status: number; body: string }))),
     close() {
       if (child.connected) child.send({ type: 'exit' });
       setTimeout(() => child.kill('SIGKILL'), 2000).unref();

@@ -1,15 +1,22 @@
-// `meshctl verify`: a live probe through the installed rules, with no proxy needed. verify listens on the proxy's
-// ports itself (inside the namespace, through the probe agent), then connects as an ordinary uid to a TEST-NET
-// address and checks that the connection arrives with the right SO_ORIGINAL_DST; connects as the proxy's uid and
-// to an excluded port and checks that those go direct; and, given a peer namespace, checks inbound capture.
+// `meshctl verify`: a live probe through the installed rules, with or without a running proxy. verify listens on the
+// proxy's ports itself (inside the namespace, through the probe agent), then connects as an ordinary uid to a
+// TEST-NET address and checks that the connection arrives with the right SO_ORIGINAL_DST; connects as the proxy's
+// uid and to an excluded port and checks that those go direct; and, given a peer namespace, checks inbound capture.
+// When a proxy already holds a port, verify cannot listen there: it asks the proxy instead. Each probe client binds
+// its source first and holds its connection open; verify then asks the proxy's admin API (`/lookup?source=`, on
+// the namespace's loopback) for the connection from that source, open or among the ones it closed recently, and
+// checks its original destination. A connection the proxy accepted but could not forward (connect-failed, refused,
+// timeout) was redirected all the same; one the proxy never saw was not.
 // What each probe should do is not hard-coded: explainFlow walks the installed plan for the same flow.
 import type { Server, Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import type { CapturePlan, Family } from '../capture/model.js';
 import { cidrText, formatIp, parseIp } from '../capture/ip.js';
 import { explainFlow, type Explanation, type Flow, type HostContext } from '../capture/explain.js';
 import type { Config } from '../config/types.js';
 import { MeshctlError, isMeshctlError } from '../errors.js';
 import { readOriginalDst } from '../proxy/original-dst.js';
+import { parseSourceQuery, RECENT_CAPACITY, type SourceLookupRow } from '../proxy/recent-connections.js';
 import { createDriver } from './driver.js';
 import { readLedger, type Ledger } from './ledger.js';
 import { startProbeAgent, type ClientResult, type ProbeAgent } from './probe-agent.js';
@@ -54,6 +61,9 @@ const TEST_NET: Record<Family, readonly string[]> = { ipv4: ['192.0.2.10', '198.
 const APP_IDS = [4242, 4343, 54321];
 const PORTS = [80, 443, 8080, 5000, 9];
 const MARKER = 'meshctl-verify';
+/** How long verify keeps asking a proxy about a connection that something accepted but the proxy does not list yet. */
+const LOOKUP_GRACE_MS = 1000;
+const LOOKUP_POLL_MS = 50;
 
 interface Arrival {
   readonly listenerPort: number;
@@ -104,6 +114,7 @@ function hostPort(family: Family, address: string, port: number): string {
 interface PlannedProbe {
   readonly name: string;
   readonly family: Family;
+  readonly direction: 'outbound' | 'inbound';
   readonly flow: string;
   readonly explanation: Explanation;
   readonly run: () => Promise<ClientResult>;
@@ -136,7 +147,8 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
     const peer = options.peerNetns ? await startProbeAgent(options.peerNetns, scope.env) : null;
     const servers: Server[] = [];
     const arrivals = new Map<number, Arrival>();
-    const busy = new Set<number>();
+    /** `family:port` of the ports another process (normally the proxy) holds. */
+    const busy = new Set<string>();
     try {
       for (const family of plan.families.map((f) => f.family)) {
         if (family === 'ipv6' && facts.ipv6Disabled) {
@@ -151,7 +163,7 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
         for (const host of ['0.0.0.0', ...(facts.ipv6Disabled ? [] : ['::'])]) {
           const listened = await agent.listen(host, port);
           if ('error' in listened) {
-            if (listened.error === 'EADDRINUSE') busy.add(port);
+            if (listened.error === 'EADDRINUSE') busy.add(`${host === '::' ? 'ipv6' : 'ipv4'}:${port}`);
             else throw new MeshctlError('COMMAND_FAILED', `verify could not listen on ${host === '::' ? '[::]' : host}:${port}: ${listened.error}`, 'run verify as root');
             continue;
           }
@@ -171,8 +183,14 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
           });
         }
       }
-      const outcomes = await Promise.all(planned.map(async (probe) => ({ probe, client: await probe.run() })));
-      for (const { probe, client } of outcomes) results.push(judge(probe, client, arrivals, busy));
+      const outcomes = await Promise.all(planned.map(async (probe) => {
+        const startedAt = performance.now();
+        const client = await probe.run();
+        // Asked while the client still holds its connection (the agent ends the clients at close()).
+        const seen = busy.size > 0 && arrivalOf(client, arrivals) === undefined ? await askProxy(agent, config, probe, client, startedAt) : null;
+        return { probe, client, seen };
+      }));
+      for (const { probe, client, seen } of outcomes) results.push(judge(probe, client, arrivals, busy, seen));
     } finally {
       for (const server of servers) server.close();
       agent.close();
@@ -183,26 +201,97 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
   });
 }
 
-function judge(probe: PlannedProbe, client: ClientResult, arrivals: ReadonlyMap<number, Arrival>, busy: ReadonlySet<number>): ProbeResult {
+/** What the proxy holding a port says about a probe's connection: its connections from the probe's source. */
+type ProxyView = { readonly rows: readonly SourceLookupRow[] } | { readonly unavailable: string };
+
+function arrivalOf(client: ClientResult, arrivals: ReadonlyMap<number, Arrival>): Arrival | undefined {
+  return client.localPort !== undefined && client.marker === MARKER ? arrivals.get(client.localPort) : undefined;
+}
+
+function sameEndpoint(a: string, b: string): boolean {
+  const x = parseSourceQuery(a);
+  const y = parseSourceQuery(b);
+  return typeof x !== 'string' && typeof y !== 'string' && x.text === y.text;
+}
+
+/**
+ * Asks the proxy's admin API (from inside the namespace) for its connections from the probe's source that began
+ * after the probe did. When the probe was captured and something accepted it, asks again for up to
+ * LOOKUP_GRACE_MS while the proxy has not listed it yet.
+ */
+async function askProxy(agent: ProbeAgent, config: Config, probe: PlannedProbe, client: ClientResult, startedAt: number): Promise<ProxyView> {
+  if (client.localAddress === undefined || client.localPort === undefined) return { unavailable: `the probe has no known source (${client.error ?? 'not bound'})` };
+  const source = hostPort(probe.family, client.localAddress, client.localPort);
+  const { adminAddress, adminPort } = config.proxy;
+  const host = adminAddress === '0.0.0.0' ? '127.0.0.1' : adminAddress === '::' ? '::1' : adminAddress;
+  const where = `${hostPort(host.includes(':') ? 'ipv6' : 'ipv4', host, adminPort)}/lookup`;
+  const accepted = client.connected || client.error === 'ECONNRESET';
+  const deadline = performance.now() + LOOKUP_GRACE_MS;
+  for (;;) {
+    const answer = await agent.get(host, adminPort, `/lookup?source=${encodeURIComponent(source)}`, LOOKUP_GRACE_MS);
+    if ('error' in answer) return { unavailable: `no meshctl proxy answered at ${where} (${answer.error})` };
+    if (answer.status === 404) return { unavailable: `the process answering at ${where} has no /lookup (a meshctl proxy older than this verify?)` };
+    if (answer.status !== 200) return { unavailable: `${where} answered ${answer.status}: ${answer.body.trim()}` };
+    let rows: SourceLookupRow[];
+    try {
+      rows = (JSON.parse(answer.body) as { connections: SourceLookupRow[] }).connections;
+    } catch {
+      return { unavailable: `${where} answered something that is not a lookup: ${answer.body.slice(0, 200)}` };
+    }
+    // A connection of an earlier run from the same source port began before this probe: not ours.
+    const elapsed = performance.now() - startedAt;
+    const ours = rows.filter((r) => r.ageMs <= elapsed + 1);
+    if (ours.length > 0 || !(probe.explanation.intercepted && accepted) || performance.now() >= deadline) return { rows: ours };
+    await new Promise((resolve) => setTimeout(resolve, LOOKUP_POLL_MS));
+  }
+}
+
+function rowState(row: SourceLookupRow): string {
+  const result = row.result === null ? '' : `${row.result}${row.detail ? ` ${row.detail}` : ''}`;
+  if (row.state === 'closed') return `closed: ${result}`;
+  return result ? `${row.state}, ${result}` : row.state;
+}
+
+function judgeByProxy(base: Omit<ProbeResult, 'status' | 'detail'>, probe: PlannedProbe, row: SourceLookupRow, wanted: string, port: number): ProbeResult {
+  const state = rowState(row);
+  if (row.direction !== probe.direction) return { ...base, status: 'fail', detail: `reached the proxy's ${row.direction} listener instead of :${port} (${state})` };
+  if (row.originalDst === null) return { ...base, status: 'fail', detail: `reached the proxy at :${port}, which found no original destination (${state}): it was not redirected by the rules` };
+  if (!sameEndpoint(row.originalDst, wanted)) return { ...base, status: 'fail', detail: `the proxy at :${port} saw original destination ${row.originalDst}, expected ${wanted} (${state})` };
+  return { ...base, status: 'pass', detail: `the proxy at :${port} accepted it with original destination ${row.originalDst} (${state})` };
+}
+
+function judge(probe: PlannedProbe, client: ClientResult, arrivals: ReadonlyMap<number, Arrival>, busy: ReadonlySet<string>, seen: ProxyView | null): ProbeResult {
   const e = probe.explanation;
   const base = { name: probe.name, family: probe.family, flow: probe.flow, expected: expectation(e) };
-  const arrival = client.localPort !== undefined && client.marker === MARKER ? arrivals.get(client.localPort) : undefined;
+  const arrival = arrivalOf(client, arrivals);
   const how = client.connected ? (client.marker === MARKER ? 'reached verify\'s listener' : 'connected to something else') : `connect ${client.error ?? 'failed'}`;
   const wanted = hostPort(probe.family, probe.destination, probe.port);
+  const row = seen !== null && 'rows' in seen ? seen.rows[0] : undefined;
+  const source = client.localAddress !== undefined && client.localPort !== undefined ? hostPort(probe.family, client.localAddress, client.localPort) : 'the probe';
   if (e.intercepted) {
     const port = e.toPort!;
-    if (busy.has(port)) {
-      return client.connected
-        ? { ...base, status: 'pass', detail: `connected (port ${port} is in use, probably by the proxy, so the original destination was not checked)` }
-        : { ...base, status: 'fail', detail: `did not connect (${how}); port ${port} is in use by another process, which never accepted it: the connection was not redirected` };
+    if (arrival) {
+      if (arrival.listenerPort !== port) return { ...base, status: 'fail', detail: `arrived at :${arrival.listenerPort} instead of :${port}` };
+      if (arrival.originalDst === null) return { ...base, status: 'pass', detail: `arrived at :${port} (${arrival.note})` };
+      if (arrival.originalDst !== wanted) return { ...base, status: 'fail', detail: `arrived at :${port} but SO_ORIGINAL_DST is ${arrival.originalDst}, expected ${wanted}` };
+      return { ...base, status: 'pass', detail: `arrived at :${port} with original destination ${arrival.originalDst}` };
     }
-    if (!arrival) return { ...base, status: 'fail', detail: `expected to arrive at :${port}, but it did not (${how}): it was not redirected` };
-    if (arrival.listenerPort !== port) return { ...base, status: 'fail', detail: `arrived at :${arrival.listenerPort} instead of :${port}` };
-    if (arrival.originalDst === null) return { ...base, status: 'pass', detail: `arrived at :${port} (${arrival.note})` };
-    if (arrival.originalDst !== wanted) return { ...base, status: 'fail', detail: `arrived at :${port} but SO_ORIGINAL_DST is ${arrival.originalDst}, expected ${wanted}` };
-    return { ...base, status: 'pass', detail: `arrived at :${port} with original destination ${arrival.originalDst}` };
+    if (row) return judgeByProxy(base, probe, row, wanted, port);
+    if (busy.has(`${probe.family}:${port}`)) {
+      if (seen !== null && 'rows' in seen) {
+        return { ...base, status: 'fail', detail: `the proxy holding :${port} has no connection from ${source}, open or among the last ${RECENT_CAPACITY} it closed per worker (${how}): it was not redirected` };
+      }
+      const why = seen === null ? 'no proxy was asked' : seen.unavailable;
+      return client.connected
+        ? { ...base, status: 'pass', detail: `connected, but port ${port} is held by another process and ${why}, so the original destination was not checked` }
+        : { ...base, status: 'fail', detail: `did not connect (${how}); port ${port} is held by another process and ${why}, so whether it was redirected is unknown` };
+    }
+    return { ...base, status: 'fail', detail: `expected to arrive at :${port}, but it did not (${how}): it was not redirected` };
   }
   if (arrival) return { ...base, status: 'fail', detail: `expected to go direct, but it arrived at :${arrival.listenerPort} (original destination ${arrival.originalDst ?? '?'}): it was captured` };
+  if (row) {
+    return { ...base, status: 'fail', detail: `expected to ${e.verdict === 'rejected' ? 'be refused' : 'go direct'}, but the proxy's ${row.direction} listener accepted it (original destination ${row.originalDst ?? 'none'}, ${rowState(row)}): it was captured` };
+  }
   if (e.verdict === 'rejected') {
     return client.error === 'ECONNREFUSED'
       ? { ...base, status: 'pass', detail: 'refused with a TCP reset, as planned' }
@@ -249,7 +338,7 @@ async function outboundProbes(runner: NetfilterRunner, agent: ProbeAgent, plan: 
     return [];
   }
   const probe = (name: string, address: string, port: number, uid: number, gid: number): PlannedProbe => ({
-    name, family, destination: address, port,
+    name, family, direction: 'outbound', destination: address, port,
     flow: `uid ${uid} gid ${gid} → ${hostPort(family, address, port)}`,
     explanation: explain(address, port, uid, gid),
     run: () => agent.connect({ host: address, port, family, uid, gid, timeoutMs }),
@@ -296,7 +385,7 @@ function inboundProbes(peer: ProbeAgent | null, options: VerifyOptions, plan: Ca
   const explain = (port: number): Explanation =>
     explainFlow(plan, { direction: 'inbound', protocol: 'tcp', destination: { address: target.address, port }, ...(target.iface ? { inInterface: target.iface } : {}) }, host);
   const probe = (name: string, port: number): PlannedProbe => ({
-    name, family, destination: target.address, port,
+    name, family, direction: 'inbound', destination: target.address, port,
     flow: `peer ${options.peerNetns} → ${hostPort(family, target.address, port)}`,
     explanation: explain(port),
     run: () => peer.connect({ host: target.address, port, family, uid: 0, gid: 0, timeoutMs }),

@@ -88,7 +88,7 @@ describe.skipIf(!integrationEnabled)('verify', () => {
     expect(failed.detail).toMatch(/^IPv4 has no route to 192\.0\.2\.10 here \(ip route get: .*unreachable.*\), so connect\(\) fails with ENETUNREACH before the nat OUTPUT hook and no probe can run; add a default route \(e\.g\. `ip -n mn-vf-noroute route add default dev IFACE`\)$/i);
   });
 
-  it('judges by connection alone when the outbound port is taken (a running proxy), and says so', async () => {
+  it('judges by connection alone when the outbound port is held by a process that is not a meshctl proxy, and says so', async () => {
     const ns = 'mn-vf-busy';
     created.add(ns);
     createIsolatedNs(ns);
@@ -99,7 +99,7 @@ describe.skipIf(!integrationEnabled)('verify', () => {
       await new Promise<void>((resolve) => proxy.stdout!.once('data', () => resolve()));
       const report = await verifyCapture({ stateDir, netns: ns, env: labEnv });
       expect(report.ok, JSON.stringify(report.probes, null, 1)).toBe(true);
-      expect(probe(report, 'ipv4', 'outbound from an ordinary uid').detail).toBe('connected (port 15001 is in use, probably by the proxy, so the original destination was not checked)');
+      expect(probe(report, 'ipv4', 'outbound from an ordinary uid').detail).toBe('connected, but port 15001 is held by another process and no meshctl proxy answered at 127.0.0.1:15000/lookup (ECONNREFUSED), so the original destination was not checked');
       expect(probe(report, 'ipv4', 'outbound from the proxy\'s uid').detail).toMatch(/^went direct/);
     } finally {
       proxy.kill();
