@@ -1,5 +1,7 @@
 // Walks a CapturePlan the way netfilter walks a new TCP/UDP connection's first packet and reports the verdict,
 // every rule evaluated, and the rule (and config field) that decided. Pure; the CLI supplies host facts.
+// The plan is either the config's (planCapture) or the kernel's (live-plan.ts): the kernel's also holds foreign
+// rules, the hook chains in the order the kernel runs them, and chain policies.
 import type { CapturePlan, Family, FamilyPlan, Match, Rule, Table } from './model.js';
 import { cidrContains, formatIp, isLoopback, parseIp, type IpAddress } from './ip.js';
 import { renderRule } from './render-iptables.js';
@@ -34,6 +36,48 @@ export interface HostContext {
 
 export type Verdict = 'redirected' | 'tproxied' | 'bypassed' | 'rejected' | 'dropped';
 
+/** Whose a kernel rule is: meshctl's and recorded by the install, meshctl's but not recorded, or someone else's. */
+export type RuleOwner = 'meshctl' | 'unrecorded' | 'foreign';
+
+/** What explain knows about a rule read from the kernel. */
+export interface KernelRuleFacts {
+  readonly owner: RuleOwner;
+  /** The rule as the kernel lists it: iptables-save arguments after `-A CHAIN`, or the nft rule. */
+  readonly text: string;
+  /**
+   * For a rule outside the model: `continue` (no verdict: LOG, counters), `nat` (someone else's DNAT rewrites the
+   * destination, so later NAT rules never see the connection), `unevaluable` (explain assumes it does not match and
+   * says so). `why` names what is outside the model (`-m addrtype`, `goto`).
+   */
+  readonly effect?: { readonly kind: 'continue' | 'nat' | 'unevaluable'; readonly why: string };
+}
+
+/** A rule as explain walks it: planned from the config, or read from the kernel (then `kernel` is set). */
+export interface ExplainRule extends Rule {
+  readonly kernel?: KernelRuleFacts;
+}
+
+/** A chain the kernel enters on its own (an iptables built-in chain, an nft base chain), in the order it runs. */
+export interface HookEntry {
+  readonly table: Table;
+  readonly chain: string;
+  /** What happens to a packet that reaches the end of the chain (or a RETURN in it). */
+  readonly policy: 'accept' | 'drop';
+}
+
+export interface ExplainFamilyPlan extends FamilyPlan {
+  readonly rules: readonly ExplainRule[];
+  /** The chains the kernel enters per direction, in order; default: the iptables built-in chains (PATHS). */
+  readonly entries?: { readonly outbound: readonly HookEntry[]; readonly inbound: readonly HookEntry[] };
+}
+
+/** A CapturePlan, optionally with kernel facts: foreign rules, unrecorded rules, hook order and policies. */
+export interface ExplainPlan extends CapturePlan {
+  readonly families: readonly ExplainFamilyPlan[];
+  /** `kernel` when read from the kernel (live-plan.ts): then every family read is present, even without rules. */
+  readonly source?: 'kernel' | 'config';
+}
+
 export interface TraceStep {
   readonly table: Table;
   readonly chain: string;
@@ -41,6 +85,10 @@ export interface TraceStep {
   readonly purpose: string;
   readonly origin: string;
   readonly matched: boolean;
+  /** Kernel plans only: whose rule it is. */
+  readonly owner?: RuleOwner;
+  /** False for a rule outside the model, which explain could not evaluate (it assumed no match). */
+  readonly evaluated?: boolean;
 }
 
 export interface Explanation {
@@ -50,7 +98,7 @@ export interface Explanation {
   readonly family: Family;
   /** What the packet looked like to the rules (defaults filled in). */
   readonly packet: { source: string | null; sourcePort: number | null; destination: string; destinationPort: number; inInterface: string | null; outInterface: string | null; uid: number | null; gid: number | null };
-  readonly decidedBy: { purpose: string; origin: string; table: Table; chain: string; rule: string } | null;
+  readonly decidedBy: { purpose: string; origin: string; table: Table; chain: string; rule: string; owner?: RuleOwner } | null;
   readonly reason: string;
   readonly assumptions: readonly string[];
   readonly trace: readonly TraceStep[];
@@ -70,7 +118,7 @@ interface Packet {
 }
 
 /** The built-in chain a new connection's first packet passes, per table, in hook order. */
-const PATHS: Record<Flow['direction'], readonly (readonly [Table, string])[]> = {
+export const PATHS: Record<Flow['direction'], readonly (readonly [Table, string])[]> = {
   outbound: [['raw', 'OUTPUT'], ['mangle', 'OUTPUT'], ['nat', 'OUTPUT'], ['filter', 'OUTPUT']],
   inbound: [['raw', 'PREROUTING'], ['mangle', 'PREROUTING'], ['nat', 'PREROUTING'], ['filter', 'INPUT']],
 };
@@ -79,6 +127,12 @@ function ipOrThrow(text: string, what: string): IpAddress {
   const ip = parseIp(text);
   if (!ip) throw new TypeError(`${what} "${text}" is not an IP address`);
   return ip;
+}
+
+/** iptables' `eth+` matches every name starting with `eth`. */
+function interfaceIs(actual: string | null, name: string): boolean {
+  if (actual === null) return false;
+  return name.endsWith('+') ? actual.startsWith(name.slice(0, -1)) : actual === name;
 }
 
 function matches(match: Match, p: Packet): boolean {
@@ -91,9 +145,9 @@ function matches(match: Match, p: Packet): boolean {
       case 'destination':
         return cidrContains(match.cidr, p.destination);
       case 'inInterface':
-        return p.inInterface === match.name;
+        return interfaceIs(p.inInterface, match.name);
       case 'outInterface':
-        return p.outInterface === match.name;
+        return interfaceIs(p.outInterface, match.name);
       case 'destinationPort':
         return portInRanges(p.destinationPort, match.ports);
       case 'sourcePort':
@@ -119,56 +173,145 @@ function matches(match: Match, p: Packet): boolean {
 }
 
 type Outcome =
-  | { kind: 'terminal'; verdict: Verdict; toPort: number | null; rule: Rule }
-  | { kind: 'accept'; rule: Rule }
-  | { kind: 'return'; rule: Rule | null };
+  | { kind: 'terminal'; verdict: Verdict; toPort: number | null; rule: ExplainRule }
+  | { kind: 'nat'; rule: ExplainRule }
+  | { kind: 'accept'; rule: ExplainRule }
+  | { kind: 'return'; rule: ExplainRule | null };
 
-function walk(plan: FamilyPlan, table: Table, chain: string, p: Packet, trace: TraceStep[], stack: Rule[], returns: Rule[]): Outcome {
-  for (const rule of plan.rules) {
-    if (rule.table !== table || rule.chain !== chain) continue;
-    const matched = rule.matches.every((m) => matches(m, p));
-    trace.push({ table, chain, rule: renderRule(rule, plan.family), purpose: rule.purpose, origin: rule.origin, matched });
-    if (!matched) continue;
-    const t = rule.target;
-    switch (t.kind) {
-      case 'jump': {
-        const outcome = walk(plan, table, t.chain, p, trace, [...stack, rule], returns);
-        if (outcome.kind !== 'return') return outcome;
-        continue;
-      }
-      case 'return':
-        returns.push(rule);
-        return { kind: 'return', rule };
-      case 'accept':
-        return { kind: 'accept', rule };
-      case 'drop':
-        return { kind: 'terminal', verdict: 'dropped', toPort: null, rule: decider(rule, stack) };
-      case 'reject':
-        return { kind: 'terminal', verdict: 'rejected', toPort: null, rule: decider(rule, stack) };
-      case 'redirect':
-        return { kind: 'terminal', verdict: 'redirected', toPort: t.toPort, rule: decider(rule, stack) };
-      case 'tproxy':
-        return { kind: 'terminal', verdict: 'tproxied', toPort: t.toPort, rule: decider(rule, stack) };
-      case 'setMark':
-      case 'ctZone':
-        continue; // non-terminating targets
+/** One chain being walked: its rules and the index of the rule being evaluated (for what a verdict skips). */
+interface Frame {
+  readonly rules: readonly ExplainRule[];
+  index: number;
+}
+
+/** Jumps deeper than this are a loop the kernel would have refused; stop instead of recursing forever. */
+const MAX_DEPTH = 64;
+
+class Walker {
+  readonly trace: TraceStep[] = [];
+  readonly returns: ExplainRule[] = [];
+  /** Foreign rules that ended a chain before meshctl rules in it (or its callers) were reached. */
+  readonly preempted: { rule: ExplainRule; skipped: ExplainRule }[] = [];
+  readonly unevaluated: ExplainRule[] = [];
+  private readonly chains = new Map<string, ExplainRule[]>();
+
+  constructor(readonly plan: ExplainFamilyPlan, private readonly p: Packet) {
+    for (const rule of plan.rules) {
+      const key = chainKey(rule.table, rule.chain);
+      const list = this.chains.get(key);
+      if (list) list.push(rule);
+      else this.chains.set(key, [rule]);
     }
   }
-  return { kind: 'return', rule: null };
+
+  walk(table: Table, chain: string, stack: ExplainRule[], frames: Frame[]): Outcome {
+    const rules = this.chains.get(chainKey(table, chain)) ?? [];
+    const frame: Frame = { rules, index: 0 };
+    for (; frame.index < rules.length; frame.index++) {
+      const rule = rules[frame.index]!;
+      const effect = rule.kernel?.effect;
+      if (effect?.kind === 'unevaluable') {
+        this.trace.push({ ...step(rule, this.plan), matched: false, evaluated: false });
+        this.unevaluated.push(rule);
+        continue;
+      }
+      const matched = rule.matches.every((m) => matches(m, this.p));
+      this.trace.push({ ...step(rule, this.plan), matched });
+      if (!matched || effect?.kind === 'continue') continue;
+      if (effect?.kind === 'nat') return { kind: 'nat', rule };
+      const t = rule.target;
+      switch (t.kind) {
+        case 'jump': {
+          if (stack.length >= MAX_DEPTH) return { kind: 'return', rule: null };
+          const outcome = this.walk(table, t.chain, [...stack, rule], [...frames, frame]);
+          if (outcome.kind !== 'return') return outcome;
+          continue;
+        }
+        case 'return':
+          // RETURN in a hook chain ends it (the policy applies); in a jumped-to chain it resumes the caller.
+          if (stack.length === 0) this.notePreempted(rule, [frame]);
+          this.returns.push(rule);
+          return { kind: 'return', rule };
+        case 'accept':
+          this.notePreempted(rule, [...frames, frame]);
+          return { kind: 'accept', rule };
+        case 'drop':
+          return { kind: 'terminal', verdict: 'dropped', toPort: null, rule: decider(rule, stack) };
+        case 'reject':
+          return { kind: 'terminal', verdict: 'rejected', toPort: null, rule: decider(rule, stack) };
+        case 'redirect':
+          return { kind: 'terminal', verdict: 'redirected', toPort: t.toPort, rule: decider(rule, stack) };
+        case 'tproxy':
+          return { kind: 'terminal', verdict: 'tproxied', toPort: t.toPort, rule: decider(rule, stack) };
+        case 'setMark':
+        case 'ctZone':
+          continue; // non-terminating targets
+      }
+    }
+    return { kind: 'return', rule: null };
+  }
+
+  /** A foreign verdict that ends chains still holding meshctl rules decides instead of them. */
+  private notePreempted(rule: ExplainRule, frames: readonly Frame[]): void {
+    if (rule.kernel?.owner !== 'foreign') return;
+    for (const f of frames) {
+      const skipped = f.rules.slice(f.index + 1).find((r) => r.kernel?.owner !== 'foreign');
+      if (skipped) {
+        this.preempted.push({ rule, skipped });
+        return;
+      }
+    }
+  }
+}
+
+const chainKey = (table: Table, chain: string): string => `${table}\u0000${chain}`;
+
+function ruleText(rule: ExplainRule, plan: FamilyPlan): string {
+  return rule.kernel?.text ?? renderRule(rule, plan.family);
+}
+
+function step(rule: ExplainRule, plan: FamilyPlan): Omit<TraceStep, 'matched'> {
+  return {
+    table: rule.table, chain: rule.chain, rule: ruleText(rule, plan), purpose: rule.purpose, origin: rule.origin,
+    ...(rule.kernel ? { owner: rule.kernel.owner, evaluated: true } : {}),
+  };
 }
 
 /** A terminal rule in a one-purpose chain (MESHCTL_REDIRECT) says less than the rule that jumped there. */
-function decider(rule: Rule, stack: Rule[]): Rule {
+function decider(rule: ExplainRule, stack: ExplainRule[]): ExplainRule {
+  if (rule.kernel?.owner === 'foreign') return rule;
   const caller = stack[stack.length - 1];
   return caller && !caller.chain.startsWith('MESHCTL_') ? rule : (caller ?? rule);
 }
 
-function describe(rule: Rule, plan: FamilyPlan) {
-  return { purpose: rule.purpose, origin: rule.origin, table: rule.table, chain: rule.chain, rule: renderRule(rule, plan.family) };
+function describe(rule: ExplainRule, plan: FamilyPlan): NonNullable<Explanation['decidedBy']> {
+  return {
+    purpose: rule.purpose, origin: rule.origin, table: rule.table, chain: rule.chain, rule: ruleText(rule, plan),
+    ...(rule.kernel ? { owner: rule.kernel.owner } : {}),
+  };
+}
+
+/** How a reason names a rule: `meshctl:<purpose> (<origin>)`, or a foreign rule by its place and text. */
+function nameRule(rule: ExplainRule, plan: FamilyPlan): string {
+  if (rule.kernel?.owner === 'foreign') return `a foreign rule in ${rule.table} ${rule.chain} (${ruleText(rule, plan)})`;
+  const unrecorded = rule.kernel?.owner === 'unrecorded' ? ', not recorded by the install' : '';
+  return `meshctl:${rule.purpose} (${rule.origin}${unrecorded})`;
+}
+
+function entriesOf(plan: ExplainFamilyPlan, direction: Flow['direction']): readonly HookEntry[] {
+  return plan.entries?.[direction] ?? PATHS[direction].map(([table, chain]) => ({ table, chain, policy: 'accept' as const }));
+}
+
+/** A stand-in rule for a chain policy that decided, so decidedBy and the trace can name it. */
+function policyRule(entry: HookEntry): ExplainRule {
+  return {
+    table: entry.table, chain: entry.chain, matches: [], target: { kind: 'drop' }, purpose: 'policy', origin: `the ${entry.chain} chain's policy`,
+    kernel: { owner: 'foreign', text: `policy ${entry.policy}` },
+  };
 }
 
 /** Explains what the planned rules do with the first packet of `flow`. Throws TypeError for malformed addresses. */
-export function explainFlow(plan: CapturePlan, flow: Flow, host: HostContext): Explanation {
+export function explainFlow(plan: ExplainPlan, flow: Flow, host: HostContext): Explanation {
   const destination = ipOrThrow(flow.destination.address, 'destination');
   const family = destination.family;
   const assumptions: string[] = [];
@@ -223,28 +366,67 @@ export function explainFlow(plan: CapturePlan, flow: Flow, host: HostContext): E
   if (!familyPlan) {
     return {
       intercepted: false, toPort: null, verdict: 'bypassed', family, packet: view, decidedBy: null, assumptions, trace: [],
-      reason: `there are no ${family} rules (capture.ipv6 is "off"): this connection goes direct`,
+      reason: plan.source === 'kernel'
+        ? `the ${family} rules could not be read from the kernel: explain cannot say what happens to this connection`
+        : `there are no ${family} rules (capture.ipv6 is "off"): this connection goes direct`,
     };
   }
-  const trace: TraceStep[] = [];
-  const returns: Rule[] = [];
-  for (const [table, chain] of PATHS[flow.direction]) {
-    const outcome = walk(familyPlan, table, chain, packet, trace, [], returns);
+  const walker = new Walker(familyPlan, packet);
+  const entries = entriesOf(familyPlan, flow.direction);
+  const finish = (): string[] => {
+    const seen = new Set<ExplainRule>();
+    const notes = walker.unevaluated.filter((r) => !seen.has(r) && seen.add(r)).map((r) =>
+      `${r.kernel?.owner === 'foreign' ? 'foreign' : `meshctl:${r.purpose}`} rule in ${r.table} ${r.chain} could not be evaluated (${r.kernel?.effect?.why}); assumed not to match: ${ruleText(r, familyPlan)}`);
+    return [...assumptions, ...notes];
+  };
+  for (const [index, entry] of entries.entries()) {
+    const outcome = walker.walk(entry.table, entry.chain, [], []);
     if (outcome.kind === 'terminal') {
       const intercepted = outcome.verdict === 'redirected' || outcome.verdict === 'tproxied';
       const reason = intercepted
-        ? `${outcome.verdict} to the proxy's port ${outcome.toPort} by meshctl:${outcome.rule.purpose} (${outcome.rule.origin})`
-        : `${outcome.verdict} by meshctl:${outcome.rule.purpose} (${outcome.rule.origin})`;
-      return { intercepted, toPort: outcome.toPort, verdict: outcome.verdict, family, packet: view, decidedBy: describe(outcome.rule, familyPlan), reason, assumptions, trace };
+        ? `${outcome.verdict} to the proxy's port ${outcome.toPort} by ${nameRule(outcome.rule, familyPlan)}`
+        : `${outcome.verdict} by ${nameRule(outcome.rule, familyPlan)}`;
+      // After a NAT binding exists, later NAT chains on the hook are skipped; other chains still see the packet.
+      const later = entries.slice(index + 1)
+        .filter((e) => !(outcome.verdict === 'redirected' && e.table === 'nat'))
+        .filter((e) => e.policy === 'drop' || familyPlan.rules.some((r) => r.table === e.table && r.chain === e.chain && r.kernel?.owner === 'foreign'));
+      const notes = intercepted && later.length > 0
+        ? [`foreign rules in ${later.map((e) => `${e.table} ${e.chain}`).join(', ')} run after the redirect (they see the proxy's port) and were not evaluated`]
+        : [];
+      return { intercepted, toPort: outcome.toPort, verdict: outcome.verdict, family, packet: view, decidedBy: describe(outcome.rule, familyPlan), reason, assumptions: [...finish(), ...notes], trace: walker.trace };
+    }
+    if (outcome.kind === 'nat') {
+      return {
+        intercepted: false, toPort: null, verdict: 'bypassed', family, packet: view, decidedBy: describe(outcome.rule, familyPlan), assumptions: finish(), trace: walker.trace,
+        reason: `not captured: ${nameRule(outcome.rule, familyPlan)} rewrites the destination (${outcome.rule.kernel?.effect?.why}); it goes there instead`,
+      };
+    }
+    if (outcome.kind === 'return' && entry.policy === 'drop') {
+      const rule = policyRule(entry);
+      return {
+        intercepted: false, toPort: null, verdict: 'dropped', family, packet: view, decidedBy: describe(rule, familyPlan), assumptions: finish(), trace: walker.trace,
+        reason: `dropped by the policy of ${entry.table} ${entry.chain} (no rule in it accepted the connection)`,
+      };
     }
   }
-  const lastReturn = returns[returns.length - 1] ?? null;
+  const preempted = walker.preempted[0];
+  if (preempted) {
+    const verb = preempted.rule.target.kind === 'accept' ? 'accepted' : 'returned';
+    return {
+      intercepted: false, toPort: null, verdict: 'bypassed', family, packet: view, decidedBy: describe(preempted.rule, familyPlan), assumptions: finish(), trace: walker.trace,
+      reason: `not captured: ${nameRule(preempted.rule, familyPlan)} ${verb} it before meshctl:${preempted.skipped.purpose} was reached; it goes direct`,
+    };
+  }
+  const lastReturn = walker.returns.filter((r) => r.kernel?.owner !== 'foreign').at(-1) ?? null;
+  const noneOfOurs = plan.source === 'kernel' && !walker.trace.some((t) => t.owner !== 'foreign');
   return {
     intercepted: false, toPort: null, verdict: 'bypassed', family, packet: view,
     decidedBy: lastReturn ? describe(lastReturn, familyPlan) : null,
     reason: lastReturn
-      ? `not captured: meshctl:${lastReturn.purpose} (${lastReturn.origin}) returned it; it goes direct`
-      : 'not captured: no capture rule matched (check the include lists); it goes direct',
-    assumptions, trace,
+      ? `not captured: ${nameRule(lastReturn, familyPlan)} returned it; it goes direct`
+      : noneOfOurs
+        ? `not captured: no meshctl ${family} rule in the kernel applies to it; it goes direct`
+        : 'not captured: no capture rule matched (check the include lists); it goes direct',
+    assumptions: finish(), trace: walker.trace,
   };
 }

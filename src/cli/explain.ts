@@ -1,15 +1,16 @@
-// `meshctl explain`: what the planned rules do with one connection, and why.
+// `meshctl explain`: what the rules do with one connection, and why. The rules are the kernel's when capture is
+// installed (the scope's ledger names the backend; read-only), otherwise, or with --plan, the current config's plan.
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { MeshctlError } from '../errors.js';
 import { explainFlow, type Explanation, type Flow } from '../capture/explain.js';
 import { parseIp } from '../capture/ip.js';
-import { planCapture } from '../capture/plan.js';
 import { systemUserDb } from '../config/host-facts.js';
 import type { Config } from '../config/types.js';
 import { DnsClient, resolveAddresses } from '../policy/dns-client.js';
 import { explainProxy, type ProxyExplanation } from '../policy/explain.js';
 import { readHostContext } from '../netfilter/host-context.js';
+import { readExplainRules, type ExplainRules } from '../netfilter/live-plan.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
 
 /** Parses `1.2.3.4:80`, `[fd00::1]:80` (port required) or, with `portOptional`, a bare address. */
@@ -72,22 +73,58 @@ function formatProxy(e: Explanation, p: ProxyExplanation): string[] {
   return lines;
 }
 
-export function formatExplanation(flow: Flow, e: Explanation & { proxy?: ProxyExplanation }): string {
+/** Where the rules came from, as printed and as the JSON fields `source`, `installId`, `backend`, `differences`. */
+export type RulesSummary = Pick<ExplainRules, 'source' | 'installId' | 'backend' | 'netns' | 'differences'>;
+
+/** At most this many lines per list of differences; the rest is counted. */
+const MAX_DIFF_LINES = 6;
+
+function capped(lines: readonly string[]): string[] {
+  const shown = lines.slice(0, MAX_DIFF_LINES).map((l) => `         ${l}`);
+  return lines.length > MAX_DIFF_LINES ? [...shown, `         … ${lines.length - MAX_DIFF_LINES} more`] : shown;
+}
+
+function formatRules(r: RulesSummary): string[] {
+  if (r.source === 'config') return ['rules:   the current config\'s plan (not read from the kernel)'];
+  const lines = [`rules:   the kernel's (install ${r.installId}, backend ${r.backend}${r.netns ? `, namespace ${r.netns}` : ''})`];
+  const d = r.differences;
+  if (d?.differs) {
+    lines.push('differs: the installed rules differ from the current config (`meshctl explain --plan` explains the config; `meshctl install` applies it):');
+    if (d.configFields.length > 0) {
+      lines.push(...capped(d.configFields.map((f) => `${f.path}: installed ${f.installed}, config ${f.config}`)));
+    } else {
+      lines.push(...capped([...d.kernelOnly.map((l) => `installed, not in the config: ${l}`), ...d.configOnly.map((l) => `in the config, not installed: ${l}`)]));
+    }
+  }
+  if (d && d.drift.kernelOnly.length + d.drift.recordedOnly.length > 0) {
+    lines.push(`drift:   meshctl's rules in the kernel differ from what install ${r.installId} recorded (${d.drift.kernelOnly.length} not recorded, ${d.drift.recordedOnly.length} missing): \`meshctl status\` lists them, \`meshctl install\` repairs them`);
+  }
+  return lines;
+}
+
+function traceLabel(t: Explanation['trace'][number]): string {
+  if (t.owner === 'foreign') return `${'foreign'.padEnd(38)} ${t.rule}`;
+  return `meshctl:${t.purpose.padEnd(30)} ${t.origin}`;
+}
+
+export function formatExplanation(flow: Flow, e: Explanation & { proxy?: ProxyExplanation; rules?: RulesSummary }): string {
   const p = e.packet;
   const src = p.source ? `${p.source}${p.sourcePort ? `:${p.sourcePort}` : ''}` : '?';
   const who = p.uid !== null ? `  uid ${p.uid} gid ${p.gid}` : '';
   const iface = flow.direction === 'outbound' ? (p.outInterface ? `  out ${p.outInterface}` : '') : p.inInterface ? `  in ${p.inInterface}` : '';
   const lines = [
     `${flow.direction} ${flow.protocol} ${src} → ${p.destination.includes(':') ? `[${p.destination}]` : p.destination}:${p.destinationPort}${who}${iface}`,
+    ...(e.rules ? formatRules(e.rules) : []),
     `verdict: ${MARK[e.verdict]}${e.toPort !== null ? ` → proxy port ${e.toPort}` : ''}`,
     `why:     ${e.reason}`,
   ];
   if (e.decidedBy) lines.push(`rule:    ${e.decidedBy.table} ${e.decidedBy.chain}: ${e.decidedBy.rule}`);
   if (e.proxy) lines.push(...formatProxy(e, e.proxy));
   if (e.trace.length > 0) {
-    lines.push('trace (✓ matched, · not matched):');
+    const unevaluated = e.trace.some((t) => t.evaluated === false);
+    lines.push(`trace (✓ matched, · not matched${unevaluated ? ', ? not evaluated' : ''}):`);
     const width = Math.max(...e.trace.map((t) => `${t.table} ${t.chain}`.length));
-    for (const t of e.trace) lines.push(`  ${t.matched ? '✓' : '·'} ${`${t.table} ${t.chain}`.padEnd(width)}  meshctl:${t.purpose.padEnd(30)} ${t.origin}`);
+    for (const t of e.trace) lines.push(`  ${t.evaluated === false ? '?' : t.matched ? '✓' : '·'} ${`${t.table} ${t.chain}`.padEnd(width)}  ${traceLabel(t)}`);
   }
   for (const a of e.assumptions) lines.push(`note:    ${a}`);
   return `${lines.join('\n')}\n`;
@@ -97,7 +134,7 @@ export function register(program: Command): void {
   addConfigOptions(
     program
       .command('explain')
-      .description('show whether a connection would be intercepted, every rule it meets, the config field that decides, and what the proxy would do with it (service, endpoint choice, limits)')
+      .description('show whether a connection is intercepted by the rules in the kernel (the config\'s plan when nothing is installed, or with --plan), every rule it meets, the config field that decides, and what the proxy would do with it (service, endpoint choice, limits)')
       .option('--out', 'an outbound connection made by a local process')
       .option('--in', 'an inbound connection arriving from a peer')
       .requiredOption('--dst <address:port>', 'destination, e.g. 10.0.3.4:5432 or [fd00::4]:5432')
@@ -107,8 +144,9 @@ export function register(program: Command): void {
       .option('--gid <gid>', 'outbound socket owner gid (default: the user\'s primary group)')
       .option('--iface <name>', 'interface: arrival (inbound) or egress (outbound); default from the routing table')
       .addOption(new Option('--proto <protocol>', 'protocol').choices(['tcp', 'udp']).default('tcp'))
-      .option('--netns <name>', 'read local addresses and routes inside this network namespace')
-      .option('--json', 'print { intercepted, toPort, verdict, trace, ... } as JSON'),
+      .option('--netns <name>', 'read the installed rules, local addresses and routes inside this network namespace')
+      .option('--plan', 'explain the current config\'s plan instead of the rules in the kernel (what the config would do)')
+      .option('--json', 'print { intercepted, toPort, verdict, trace, source, installId, backend, differences, ... } as JSON'),
   ).action(async (options: Record<string, unknown>) => {
     if (Boolean(options.out) === Boolean(options.in)) {
       throw new MeshctlError('EXPLAIN_INPUT', 'say which direction: exactly one of --out or --in', 'e.g. `meshctl explain --in --dst 10.0.0.5:22`');
@@ -129,14 +167,18 @@ export function register(program: Command): void {
       ...(owner ? { uid: owner.uid, gid: owner.gid } : {}),
       ...(options.iface !== undefined ? (direction === 'outbound' ? { outInterface: String(options.iface) } : { inInterface: String(options.iface) }) : {}),
     };
-    const explanation = explainFlow(planCapture(config), flow, readHostContext(options.netns as string | undefined));
+    const netns = options.netns as string | undefined;
+    const rules = await readExplainRules({ config, netns: netns ?? null, from: options.plan ? 'config' : 'kernel' });
+    const explanation = explainFlow(rules.plan, flow, readHostContext(netns));
     let proxy: ProxyExplanation | undefined;
     if (flow.protocol === 'tcp') {
       const { resolved, notes } = await resolveServiceHostnames(config);
       const p = explainProxy(config, { direction, destination: dst, source: src }, resolved);
       proxy = { ...p, assumptions: [...notes, ...p.assumptions] };
     }
-    const withNote = { ...(owner?.note ? { ...explanation, assumptions: [owner.note, ...explanation.assumptions] } : explanation), ...(proxy ? { proxy } : {}) };
-    process.stdout.write(options.json ? `${JSON.stringify(withNote, null, 2)}\n` : formatExplanation(flow, withNote));
+    const notes = [...rules.notes, ...(owner?.note ? [owner.note] : [])];
+    const summary: RulesSummary = { source: rules.source, installId: rules.installId, backend: rules.backend, netns: rules.netns, differences: rules.differences };
+    const withNote = { ...explanation, assumptions: [...notes, ...explanation.assumptions], ...(proxy ? { proxy } : {}) };
+    process.stdout.write(options.json ? `${JSON.stringify({ ...withNote, ...summary }, null, 2)}\n` : formatExplanation(flow, { ...withNote, rules: summary }));
   });
 }

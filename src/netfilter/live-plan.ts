@@ -1,0 +1,94 @@
+// Where `meshctl explain` gets its rules: the kernel (read through the installed backend's driver, origins from the
+// ledger's recorded plan) or the config. Read-only: no state lock, no recovery, no state directory created; an
+// interrupted transaction is reported, not finished.
+import { describeDifferences, planFromNftRuleset, planFromSave, type RuleDifferences } from '../capture/live-plan.js';
+import type { ExplainPlan } from '../capture/explain.js';
+import { FAMILIES } from '../capture/model.js';
+import { planCapture } from '../capture/plan.js';
+import type { Backend, Config } from '../config/types.js';
+import { isMeshctlError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import { createDriver } from './driver.js';
+import { ledgerPath, readLedger, scopeDir, type Ledger } from './ledger.js';
+import { assertNetnsExists, createRunner, type NetfilterRunner } from './runner.js';
+
+export interface ExplainRules {
+  /** `kernel`: the rules installed now; `config`: the plan of the current config (nothing installed, or asked for). */
+  readonly source: 'kernel' | 'config';
+  readonly plan: ExplainPlan;
+  readonly installId: string | null;
+  readonly backend: Backend | null;
+  readonly netns: string | null;
+  readonly ledgerPath: string;
+  /** Why the source is what it is, and what explain could not see. */
+  readonly notes: readonly string[];
+  /** Kernel only: how the installed rules differ from the current config's plan. */
+  readonly differences: RuleDifferences | null;
+}
+
+export interface ExplainRulesOptions {
+  readonly config: Config;
+  /** `kernel` (default): the installed rules when there are any, else the config's plan; `config`: the config's plan. */
+  readonly from?: 'kernel' | 'config';
+  readonly netns?: string | null;
+  /** Default: config.stateDir. */
+  readonly stateDir?: string;
+  readonly runner?: NetfilterRunner;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly log?: Logger;
+}
+
+/** The ledger, or why it cannot be read without privileges (then explain falls back to the config). */
+function readLedgerReadOnly(dir: string): Ledger | null | { denied: string } {
+  try {
+    return readLedger(dir);
+  } catch (error) {
+    const code = (error as { cause?: { code?: unknown } }).cause?.code;
+    if (isMeshctlError(error, 'LEDGER_CORRUPT') && (code === 'EACCES' || code === 'EPERM')) return { denied: error.message };
+    throw error;
+  }
+}
+
+/**
+ * The rules explain walks: what is installed (read from the kernel with the ledger's backend), or the config's
+ * plan when nothing is installed or `from: 'config'`. Throws NETNS_NOT_FOUND, LEDGER_CORRUPT, COMMAND_FAILED (a
+ * save/list failed), BACKEND_UNAVAILABLE, PARSE_SAVE.
+ */
+export async function readExplainRules(options: ExplainRulesOptions): Promise<ExplainRules> {
+  const { config } = options;
+  const netns = options.netns ?? null;
+  if (netns !== null) assertNetnsExists(netns);
+  const stateDir = options.stateDir ?? config.stateDir;
+  const dir = scopeDir(stateDir, netns);
+  const path = ledgerPath(dir);
+  const fromConfig = (notes: string[]): ExplainRules => ({
+    source: 'config', plan: { ...planCapture(config), source: 'config' }, installId: null, backend: null, netns, ledgerPath: path, notes, differences: null,
+  });
+  if (options.from === 'config') return fromConfig(['explaining the current config\'s plan (--plan), not the rules in the kernel']);
+
+  const ledger = readLedgerReadOnly(dir);
+  if (ledger === null) {
+    return fromConfig([`no capture is installed${netns ? ` in namespace ${netns}` : ''} (no ledger at ${path}): explaining the current config's plan instead`]);
+  }
+  if ('denied' in ledger) {
+    return fromConfig([`cannot read the ledger (${ledger.denied}): explaining the current config's plan instead; run as root to explain the installed rules`]);
+  }
+
+  const log = (options.log ?? silentLogger).child({ component: 'explain', netns });
+  const runner = options.runner ?? createRunner({ netns, env: options.env ?? process.env, log });
+  const state = await createDriver(ledger.backend, runner, log).read();
+  const notes: string[] = [];
+  if (ledger.state === 'in-progress') {
+    notes.push(`an interrupted ${ledger.operation} is recorded in ${path}; these are the rules as the kernel holds them now (the next meshctl command that changes rules finishes it)`);
+  }
+  let plan: ExplainPlan;
+  if (ledger.backend === 'nftables') {
+    plan = planFromNftRuleset(state.texts.get('inet') ?? '', ledger.current.plan);
+  } else {
+    const families = FAMILIES.map((family) => ({ family, text: state.texts.get(family) ?? null }));
+    for (const f of families) if (f.text === null) notes.push(`the ${f.family} rules could not be read (${ledger.backend}); explain cannot evaluate ${f.family} connections`);
+    plan = planFromSave(families, ledger.current.plan);
+  }
+  const differences = describeDifferences(plan, planCapture(config), ledger.current.plan, ledger.current.config, config);
+  return { source: 'kernel', plan, installId: ledger.installId, backend: ledger.backend, netns, ledgerPath: path, notes, differences };
+}
