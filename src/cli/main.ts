@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { assertNetnsExists } from '../netfilter/runner.js';
 import { toolVersion } from '../netfilter/scope.js';
 import { runMain } from './output.js';
+import { assertMayRun } from './privileges.js';
 
 const program = new Command('meshctl')
   .description('Transparent TCP interception for Linux hosts: netfilter capture plus a local sidecar proxy')
@@ -10,9 +11,11 @@ const program = new Command('meshctl')
   .option('--debug', 'show stack traces on errors')
   .showHelpAfterError();
 
-// Every command that takes a namespace (--netns, verify's --peer-netns) checks it here, before its action runs:
-// a malformed name is CONFIG_INVALID, a missing namespace NETNS_NOT_FOUND, and nothing has been read or changed yet.
+// Before any action has read or changed anything: a command that changes rules or state refuses a non-root user
+// (NOT_ROOT), and every command that takes a namespace (--netns, verify's --peer-netns) checks it here: a malformed
+// name is CONFIG_INVALID, a missing namespace NETNS_NOT_FOUND.
 program.hook('preAction', (_program, command) => {
+  assertMayRun(command);
   const options = command.opts<{ netns?: unknown; peerNetns?: unknown }>();
   if (typeof options.netns === 'string') assertNetnsExists(options.netns, '--netns');
   if (typeof options.peerNetns === 'string') assertNetnsExists(options.peerNetns, '--peer-netns');

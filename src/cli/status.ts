@@ -11,6 +11,7 @@ import { captureStatus, type StatusReport } from '../netfilter/status.js';
 import { inspectProxy, type ProxyReport } from '../service/proxy-contract.js';
 import { addScopeOptions, cliLogger, resolveStateDir, where } from './install.js';
 import { EXIT } from './output.js';
+import { assertUnprivilegedStatus } from './privileges.js';
 
 export type StatusVerdict = 'protected' | 'not-installed' | 'rules-drifted' | 'interrupted' | 'proxy-not-ready' | 'proxy-unreachable' | 'proxy-mismatched';
 
@@ -137,10 +138,12 @@ export function register(program: Command): void {
   addScopeOptions(command, { stateDir: true, config: true }).option('--json', 'print the report as JSON');
   command.action(async (options: Record<string, unknown>) => {
     let config: Config | undefined;
-    if (typeof options.config === 'string') config = await loadConfig({ file: options.config });
     const netns = (options.netns as string | undefined) ?? null;
+    if (typeof options.config === 'string') config = await loadConfig({ file: options.config, netns });
+    const stateDir = await resolveStateDir(options);
+    assertUnprivilegedStatus(stateDir, netns);
     const rules = await captureStatus({
-      stateDir: await resolveStateDir(options),
+      stateDir,
       netns,
       log: cliLogger(options),
       ...(config ? { config } : {}),
