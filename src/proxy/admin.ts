@@ -11,6 +11,8 @@ export interface AdminHandlers {
   stats(): Promise<unknown>;
   metrics(): Promise<string>;
   config(): unknown;
+  /** What this proxy is as the kernel sees it, and the capture contract its config derives (LiveContract). */
+  contract(): Promise<unknown>;
   connections(limit: number): Promise<unknown>;
   /** The open and recently closed connections from `source` (canonical ADDR:PORT or [ADDR]:PORT). */
   lookup(source: string): Promise<unknown>;
@@ -57,6 +59,9 @@ async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerR
     case '/config':
       if (only('GET')) sendJson(res, 200, handlers.config());
       return;
+    case '/contract':
+      if (only('GET')) sendJson(res, 200, await handlers.contract());
+      return;
     case '/connections': {
       if (!only('GET')) return;
       const raw = url.searchParams.get('limit');
@@ -85,7 +90,7 @@ async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerR
       return;
     }
     case '/':
-      if (only('GET')) sendText(res, 200, 'meshctl proxy admin: /ready /stats /metrics /config /connections /lookup?source=ADDR:PORT POST /drain\n');
+      if (only('GET')) sendText(res, 200, 'meshctl proxy admin: /ready /stats /metrics /config /contract /connections /lookup?source=ADDR:PORT POST /drain\n');
       return;
     default:
       sendText(res, 404, `no such admin endpoint: ${url.pathname}\n`);

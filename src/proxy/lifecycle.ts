@@ -8,16 +8,20 @@ import { availableParallelism } from 'node:os';
 import { basename, dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { PolicyOverlay } from '../config/load.js';
+import { contractOf, describeContract, type CaptureContract, type LiveContract } from '../config/contract.js';
+import { systemUserDb } from '../config/host-facts.js';
 import type { Config } from '../config/types.js';
 import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { isAddonAvailable } from '../native/addon.js';
+import { isAddonAvailable, isTransparent } from '../native/addon.js';
 import { ControlPlanePoller, controlPlaneReadyDetail, renderControlPlanePrometheus } from '../policy/control-plane.js';
 import { mergePolicySnapshots, renderPolicyPrometheus } from '../policy/metrics.js';
 import { startAdminServer, type AdminHandlers } from './admin.js';
 import { listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
+import { readListeningPorts, readProcessIds } from './live-contract.js';
 import { mergeSnapshots, renderPrometheus } from './metrics.js';
 import { RECENT_CAPACITY } from './recent-connections.js';
+import type { SelfLoopEvent } from './worker.js';
 import { ClusterPool, LocalPool, type WorkerPool } from './workers.js';
 import { assertWorkerFilesReadable } from './worker-files.js';
 
@@ -40,6 +44,8 @@ export interface ProxyExit {
 }
 
 const RELOAD_DEBOUNCE_MS = 200;
+/** /ready stays not-ready this long after the last refused self-loop (they recur while the rules are wrong). */
+export const SELF_LOOP_UNREADY_MS = 10_000;
 
 export function workerCount(config: Config): number {
   return config.proxy.workers === 'auto' ? availableParallelism() : config.proxy.workers;
@@ -86,6 +92,8 @@ export class ProxySupervisor {
   private version = 1;
   private appliedAt = new Date().toISOString();
   private readonly startedAt = performance.now();
+  /** The last refused self-loop (any worker), for /ready, /stats and one rate-limited error log. */
+  private selfLoop: { at: number; loggedAt: number; total: number; last: SelfLoopEvent & { worker: number } } | null = null;
   private readonly log: Logger;
   private resolveExit: (exit: ProxyExit) => void = () => {};
   /** Settles when the proxy has stopped (after a drain or a forced stop). */
@@ -120,6 +128,7 @@ export class ProxySupervisor {
     const count = workerCount(this.config);
     if (count > 1) assertWorkerFilesReadable(this.config.proxy.user);
     this.pool = count <= 1 ? new LocalPool(this.log) : new ClusterPool(count, this.log);
+    this.pool.onSelfLoop = (event) => this.selfLoopRefused(event);
     try {
       await this.pool.start(this.config, this.specs);
       this.admin = await startAdminServer(this.handlers(), this.config.proxy.adminAddress, this.config.proxy.adminPort);
@@ -225,6 +234,13 @@ export class ProxySupervisor {
       if (next.proxy.user.uid !== current.user.uid || next.proxy.user.gid !== current.user.gid) {
         throw new MeshctlError('CONFIG_INVALID', `proxy.user changed to uid ${next.proxy.user.uid} gid ${next.proxy.user.gid}; a running proxy cannot change its user`, 'restart the proxy to change proxy.user');
       }
+      // The installed capture rules were checked against this proxy's contract (meshctl install); a reload that
+      // moved a port or a family away from them would silently send traffic to nothing.
+      const changed = contractChanges(contractOf(this.config), contractOf(next));
+      if (changed.length > 0) {
+        throw new MeshctlError('CONFIG_INVALID', `the new config changes the capture contract (${changed.join('; ')}), which the installed rules depend on; a reload keeps it`,
+          'restart the proxy with the new config, then run `meshctl install` so the rules match it (`meshctl status` shows both)');
+      }
       let specs = this.specs;
       if (this.activated) {
         if (next.proxy.outboundPort !== current.outboundPort || next.proxy.inboundPort !== current.inboundPort) {
@@ -262,6 +278,51 @@ export class ProxySupervisor {
       await this.pool!.reload(this.config, this.specs).catch(() => {});
       return false;
     }
+  }
+
+  private selfLoopRefused(event: SelfLoopEvent & { worker: number }): void {
+    const now = Date.now();
+    const first = this.selfLoop === null;
+    const loggedAt = this.selfLoop?.loggedAt ?? 0;
+    this.selfLoop = { at: now, loggedAt, total: (this.selfLoop?.total ?? 0) + 1, last: event };
+    if (first || now - loggedAt >= SELF_LOOP_UNREADY_MS) {
+      this.selfLoop.loggedAt = now;
+      const expects = contractOf(this.config);
+      this.log.error({ uid: event.uid, source: event.source, originalDst: event.originalDst, worker: event.worker, expects: describeContract(expects) },
+        `refused the proxy's own connection to ${event.originalDst}: it came back to the proxy (its socket, uid ${event.uid}, was captured). ` +
+        `The capture rules do not exempt the user this proxy runs as (installed with another --proxy-user?), or a foreign rule or a second proxy redirects it. ` +
+        'Not ready until this stops; run `meshctl status` (logged at most every 10 s)');
+    }
+  }
+
+  /** Why /ready is not ready because of self-loops, or null. */
+  private selfLoopReason(): string | null {
+    if (this.selfLoop === null || Date.now() - this.selfLoop.at >= SELF_LOOP_UNREADY_MS) return null;
+    const l = this.selfLoop.last;
+    return `self-loop: the proxy's own connections (uid ${l.uid}) are captured and sent back to it (last to ${l.originalDst}); the capture rules do not exempt its user`;
+  }
+
+  /** The live contract: this proxy as the kernel sees it (uid/gid of every process, listening sockets). */
+  private async liveContract(): Promise<LiveContract> {
+    const workers = await this.pool!.stats();
+    const pids = [process.pid, ...workers.map((w) => w.pid).filter((p) => p !== process.pid)];
+    const processes = pids.map(readProcessIds).filter((p): p is NonNullable<typeof p> => p !== null);
+    const self = processes[0] ?? { pid: process.pid, uid: process.geteuid?.() ?? -1, gid: process.getegid?.() ?? -1 };
+    const { tcp, udp } = readListeningPorts(pids);
+    const transparentPorts = this.specs.filter((s) => s.direction === 'inbound' && s.fd !== null && (s.transparent === true || safeIsTransparent(s.fd, s.family))).map((s) => s.port);
+    const user = self.uid === this.config.proxy.user.uid ? this.config.proxy.user.name : (systemUserDb.user(self.uid)?.name ?? null);
+    return {
+      pid: process.pid,
+      processes,
+      uid: self.uid,
+      gid: self.gid,
+      user,
+      tcp,
+      udp,
+      transparentPorts,
+      config: { file: this.config.file, hash: this.config.hash, version: this.version },
+      expects: contractOf(this.config),
+    };
   }
 
   /** The file's controlPlane section changed: poll the new URL (the last good policy stays until it answers). */
@@ -312,6 +373,8 @@ export class ProxySupervisor {
         const detail = this.poller ? controlPlaneReadyDetail(this.poller.status(), this.version) : [];
         if (this.draining) return { ready: false, reason: 'draining', detail };
         if (!this.pool?.ready()) return { ready: false, reason: 'listeners not all accepting', detail };
+        const loop = this.selfLoopReason();
+        if (loop !== null) return { ready: false, reason: loop, detail };
         return { ready: true, reason: '', detail };
       },
       stats: async () => {
@@ -332,6 +395,7 @@ export class ProxySupervisor {
             closed: { outbound: totals.directions.outbound.closed, inbound: totals.directions.inbound.closed },
           },
           refusals: totals.refusals,
+          selfLoop: this.selfLoop === null ? null : { total: this.selfLoop.total, lastAt: new Date(this.selfLoop.at).toISOString(), last: this.selfLoop.last },
           bytes: {
             outbound: { clientToUpstream: totals.directions.outbound.bytesFromClient, upstreamToClient: totals.directions.outbound.bytesFromUpstream },
             inbound: { clientToUpstream: totals.directions.inbound.bytesFromClient, upstreamToClient: totals.directions.inbound.bytesFromUpstream },
@@ -351,6 +415,7 @@ export class ProxySupervisor {
         }) + renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) + renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy)));
       },
       config: () => ({ version: this.version, appliedAt: this.appliedAt, ...this.config, controlPlaneStatus: this.poller?.status() ?? null }),
+      contract: () => this.liveContract(),
       connections: (limit) => this.pool!.connections(limit),
       lookup: async (source) => ({ source, recentPerWorker: RECENT_CAPACITY, connections: await this.pool!.lookup(source) }),
       drain: () => {
@@ -360,4 +425,25 @@ export class ProxySupervisor {
       },
     };
   }
+}
+
+function safeIsTransparent(fd: number, family: 'ipv4' | 'ipv6'): boolean {
+  try {
+    return isTransparent(fd, family === 'ipv6' ? 6 : 4);
+  } catch {
+    return false;
+  }
+}
+
+/** The contract fields that differ between a running config and a reloaded one, as `field a → b`. */
+export function contractChanges(running: CaptureContract, next: CaptureContract): string[] {
+  const out: string[] = [];
+  const text = (v: unknown) => (v === null ? 'off' : Array.isArray(v) ? v.join(',') : String(v));
+  for (const [field, path] of [
+    ['outboundPort', 'proxy.outboundPort'], ['inboundPort', 'proxy.inboundPort'], ['inboundMode', 'capture.inbound.mode'],
+    ['dnsPort', 'capture.dns.port'], ['families', 'capture.ipv6'],
+  ] as const) {
+    if (text(running[field]) !== text(next[field])) out.push(`${path} ${text(running[field])} → ${text(next[field])}`);
+  }
+  return out;
 }

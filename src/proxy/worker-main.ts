@@ -11,6 +11,9 @@ const log = createLogger().child({ component: 'proxy', worker: index });
 let worker: ProxyWorker | null = null;
 let drainTimeoutMs = 20_000;
 let draining: Promise<void> | null = null;
+/** Self-loop reports to the primary are at most one per SELF_LOOP_REPORT_MS: it only needs to know they go on. */
+const SELF_LOOP_REPORT_MS = 250;
+let lastSelfLoopReport = 0;
 
 function send(message: FromWorker): void {
   // The primary may be gone (EPIPE); a worker then only has its own drain left to do.
@@ -34,6 +37,12 @@ process.on('message', (message: ToWorker) => {
       case 'start': {
         drainTimeoutMs = message.config.proxy.drainTimeoutMs;
         const w = new ProxyWorker(message.config, message.specs, log, message.index);
+        w.onSelfLoop = (event) => {
+          const now = Date.now();
+          if (now - lastSelfLoopReport < SELF_LOOP_REPORT_MS) return;
+          lastSelfLoopReport = now;
+          send({ t: 'self-loop', event });
+        };
         try {
           await w.start();
           worker = w;

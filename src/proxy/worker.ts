@@ -10,12 +10,22 @@ import { PolicyRuntime } from '../policy/runtime.js';
 import { AccessLog } from './access-log.js';
 import { listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
-import { readOriginalDst } from './original-dst.js';
+import { readOriginalDst, socketFd, type OriginalDst } from './original-dst.js';
+import { peerOwner } from '../native/addon.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './relay.js';
 import { RelayThread } from './relay-thread.js';
 import { lookupRows, parseSourceQuery, RecentConnections, type SourceLookupRow } from './recent-connections.js';
 import { LocalAddresses, routeConnection, transparentDestination, type AcceptedOn } from './routing.js';
 import { Sweeper, sweepIntervalMs } from './timers.js';
+
+/** One of the proxy's own connections came back to it (the capture rules did not exempt its uid). */
+export interface SelfLoopEvent {
+  readonly uid: number;
+  readonly source: string;
+  readonly originalDst: string;
+  /** Self-loops this worker refused so far. */
+  readonly count: number;
+}
 
 export interface WorkerStats {
   readonly index: number;
@@ -71,6 +81,11 @@ export class ProxyWorker implements ConnectionOwner {
   private readonly handoffFailures = new Set<string>();
   /** The last closed connections, for the admin /lookup (fixed size; see recent-connections.ts). */
   private readonly recent = new RecentConnections();
+  /** The uid this process's sockets are owned by: a connection whose peer socket has it is our own, looped. */
+  private readonly ownUid = process.geteuid?.() ?? -1;
+  private selfLoops = 0;
+  /** Told about every refused self-loop (the primary turns /ready not-ready and logs the likely cause). */
+  onSelfLoop: ((event: SelfLoopEvent) => void) | null = null;
 
   constructor(
     config: Config,
@@ -176,6 +191,12 @@ export class ProxyWorker implements ConnectionOwner {
       }
     }
     conn.dst = dst;
+    if (direction === 'outbound' && dst.via === undefined && this.isOwnConnection(socket, dst)) {
+      conn.refuse('self-loop', 'own-uid');
+      this.selfLoops++;
+      this.onSelfLoop?.({ uid: this.ownUid, source: conn.source, originalDst: `${dst.family === 'ipv6' ? `[${dst.address}]` : dst.address}:${dst.port}`, count: this.selfLoops });
+      return;
+    }
     if (this.ownPorts.has(dst.port)) this.local = LocalAddresses.fromHost();
     const route = routeConnection(
       direction,
@@ -206,6 +227,21 @@ export class ProxyWorker implements ConnectionOwner {
     }
     conn.connect(route);
   };
+
+  /**
+   * Whether the socket that made this redirected connection is owned by this proxy's own uid: then the capture
+   * rules sent one of the proxy's upstream connections back to it, and proxying it again would loop until fds run
+   * out. One sock_diag lookup (src/native/socket_owner.cc); a lookup that fails counts as not ours.
+   */
+  private isOwnConnection(socket: Socket, dst: OriginalDst): boolean {
+    const fd = socketFd(socket);
+    if (fd < 0 || this.ownUid < 0) return false;
+    try {
+      return peerOwner(fd, dst.family === 'ipv6' ? 6 : 4, dst.address, dst.port) === this.ownUid;
+    } catch {
+      return false;
+    }
+  }
 
   connectionClosed(conn: Connection): void {
     this.connections.delete(conn);

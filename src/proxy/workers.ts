@@ -9,7 +9,7 @@ import type { ListenerSpec } from './listeners.js';
 import { newestFirst, type SourceLookupRow } from './recent-connections.js';
 import type { ConnectionInfo } from './relay.js';
 import { WORKER_ENTRY } from './worker-files.js';
-import { ProxyWorker, type WorkerStats } from './worker.js';
+import { ProxyWorker, type SelfLoopEvent, type WorkerStats } from './worker.js';
 
 /** Messages from the primary to a cluster worker. */
 export type ToWorker =
@@ -27,7 +27,8 @@ export type FromWorker =
   | { t: 'start-failed'; code: string; message: string; hint?: string }
   | { t: 'reply'; seq: number; ok: true; data?: unknown }
   | { t: 'reply'; seq: number; ok: false; message: string }
-  | { t: 'drained'; cut: number };
+  | { t: 'drained'; cut: number }
+  | { t: 'self-loop'; event: SelfLoopEvent };
 
 export interface WorkerPool {
   readonly size: number;
@@ -43,6 +44,8 @@ export interface WorkerPool {
   /** Every worker's open and recently closed connections from `source` (canonical ADDR:PORT), newest first. */
   lookup(source: string): Promise<Array<SourceLookupRow & { worker: number }>>;
   ready(): boolean;
+  /** Called when a worker refuses one of the proxy's own connections (at most a few times a second per worker). */
+  onSelfLoop: ((event: SelfLoopEvent & { worker: number }) => void) | null;
   /** Immediate stop: RST everything, kill workers. */
   forceStop(): void;
 }
@@ -51,11 +54,13 @@ export interface WorkerPool {
 export class LocalPool implements WorkerPool {
   readonly size = 1;
   private worker: ProxyWorker | null = null;
+  onSelfLoop: ((event: SelfLoopEvent & { worker: number }) => void) | null = null;
 
   constructor(private readonly log: Logger) {}
 
   async start(config: Config, specs: readonly ListenerSpec[]): Promise<void> {
     const worker = new ProxyWorker(config, specs, this.log.child({ worker: 0 }), 0);
+    worker.onSelfLoop = (event) => this.onSelfLoop?.({ ...event, worker: 0 });
     await worker.start();
     this.worker = worker;
   }
@@ -154,6 +159,7 @@ export class ClusterPool implements WorkerPool {
   private seq = 0;
   private readonly pending = new Map<number, Pending>();
   private stopping = false;
+  onSelfLoop: ((event: SelfLoopEvent & { worker: number }) => void) | null = null;
 
   constructor(
     private count: number,
@@ -204,6 +210,8 @@ export class ClusterPool implements WorkerPool {
           resolve();
         } else if (message.t === 'start-failed') {
           reject(new MeshctlError(message.code as 'LISTEN_FAILED', `worker ${index}: ${message.message}`, message.hint));
+        } else if (message.t === 'self-loop') {
+          this.onSelfLoop?.({ ...message.event, worker: index });
         } else if (message.t === 'reply') {
           const p = this.pending.get(message.seq);
           if (!p) return;

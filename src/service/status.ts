@@ -5,7 +5,9 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { isMeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { contractOf } from '../config/contract.js';
 import { captureStatus, type StatusReport } from '../netfilter/status.js';
+import { inspectProxy } from './proxy-contract.js';
 import { DEFAULT_LAYOUT, UNITS, UNIT_ORDER, onHost, type ServiceLayout } from './layout.js';
 import { endpointText, probeReady, type ReadyProbe } from './readiness.js';
 import { createSystemd, type Systemd, type UnitState } from './systemctl.js';
@@ -64,6 +66,12 @@ export async function serviceStatus(options: { layout?: ServiceLayout; systemd?:
   }
   if (configError) problems.push(`config: ${configError}`);
   if (ready && !ready.ready) problems.push(`the proxy is not ready on ${endpointText(admin!)}: ${ready.detail}`);
+  // The proxy must keep the contract of the rules that are installed (the ledger's config), not just answer.
+  const installedConfig = capture?.installedConfig ?? null;
+  if (ready?.ready && installedConfig) {
+    const proxy = await inspectProxy(contractOf(installedConfig), { address: installedConfig.proxy.adminAddress, port: installedConfig.proxy.adminPort }, { netns: null, timeoutMs: 2000 });
+    for (const m of proxy.mismatches) problems.push(`the proxy does not keep the installed rules' contract: ${m.message} (fix: ${m.fix})`);
+  }
   if (captureError) problems.push(`capture: ${captureError}`);
   else if (capture && !capture.installed) problems.push('no capture rules are installed: traffic is not intercepted');
   else if (capture && !capture.inSync) problems.push('the capture rules have DRIFTED from the installed plan (`systemctl reload meshctl-capture` repairs them)');

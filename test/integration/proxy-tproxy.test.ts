@@ -197,7 +197,7 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     expect(unprivileged.stderr()).toMatch(/CAP_NET_ADMIN/);
   });
 
-  it('keeps its transparent listeners across a reload, and rejects one that would need a new transparent socket', async () => {
+  it('keeps its transparent listeners across a reload, and rejects one that would move the inbound port', async () => {
     const { addrs } = lab;
     lab.writeConfig(tproxyConfig({ connectTimeout: '5s' }));
     await proxy.waitForStderr(/"trigger":"file-change".*"msg":"config reloaded"/);
@@ -205,9 +205,10 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     const r = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a4, port: APP, path: '/after-reload' });
     expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: '127.0.0.6', localPort: APP });
 
-    // Moving the inbound port needs a new IP_TRANSPARENT socket, and the proxy no longer has the privilege.
+    // Moving the inbound port would leave the installed TPROXY rule pointing at nothing (and need a new
+    // IP_TRANSPARENT socket, which the proxy no longer has the privilege for): the capture contract refuses it.
     lab.writeConfig(tproxyConfig({ connectTimeout: '5s', inboundPort: 16006 }));
-    await proxy.waitForStderr(/config reload failed, keeping the running config: cannot open the transparent inbound listener inbound 0\.0\.0\.0:16006.*setsockopt\(IP_TRANSPARENT\) EPERM/);
+    await proxy.waitForStderr(/config reload failed, keeping the running config: the new config changes the capture contract \(proxy\.inboundPort 15006 → 16006\)/);
     expect((await proxy.adminJson('/config')).proxy.inboundPort).toBe(15006);
     const again = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a4, port: APP, path: '/after-failed-reload' });
     expect(JSON.parse(again.body) as Seen).toMatchObject({ remote: '127.0.0.6', localPort: APP });

@@ -19,6 +19,7 @@ async function serve(overrides: Partial<AdminHandlers> = {}) {
     stats: async () => ({ connections: { active: { outbound: 1, inbound: 0 } } }),
     metrics: async () => 'meshctl_proxy_ready 1\n',
     config: () => ({ proxy: { outboundPort: 15001 } }),
+    contract: async () => ({ pid: 1, uid: 998 }),
     connections: async (limit) => {
       calls.push(`connections:${limit}`);
       return [{ id: '0.1' }];
@@ -58,6 +59,7 @@ describe('admin server', () => {
     expect(stats.type).toContain('application/json');
     expect(JSON.parse(stats.body)).toEqual({ connections: { active: { outbound: 1, inbound: 0 } } });
     expect(JSON.parse((await get('/config')).body)).toEqual({ proxy: { outboundPort: 15001 } });
+    expect(JSON.parse((await get('/contract')).body)).toEqual({ pid: 1, uid: 998 });
     const metrics = await get('/metrics');
     expect(metrics.type).toContain('text/plain; version=0.0.4');
     expect(metrics.body).toBe('meshctl_proxy_ready 1\n');
