@@ -34,11 +34,13 @@ const PROXY_FLAGS: readonly ProxyFlag[] = [
 
 /**
  * The config flags whose values the proxy reads: its user and ports, which families it listens on (capture.ipv6),
- * and whether inbound connections arrive by TPROXY (capture.inbound.mode). Every other capture flag only shapes
+ * whether inbound connections arrive by TPROXY (capture.inbound.mode), and the DNS port, which is part of the
+ * contract it publishes and holds across reloads (src/config/contract.ts). Every other capture flag only shapes
  * the rules, which `meshctl install` applies.
  */
 export const PROXY_CONFIG_PATHS = [
   'proxy.user', 'proxy.group', 'proxy.outboundPort', 'proxy.inboundPort', 'proxy.adminPort', 'capture.ipv6', 'capture.inbound.mode',
+  'capture.dns.enabled', 'capture.dns.port',
 ] as const;
 
 function proxyOverrides(options: Record<string, unknown>): FlagOverride[] {

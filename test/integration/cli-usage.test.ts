@@ -41,10 +41,10 @@ describe('bin/meshctl exit statuses for its own arguments', () => {
     const help = meshctl(['proxy', '--help']);
     expect(help.status).toBe(0);
     const flags = [...help.stdout.matchAll(/^\s+(?:-\w, )?(--[\w-]+)/gm)].map((m) => m[1]);
-    for (const flag of ['--config', '--proxy-user', '--proxy-group', '--proxy-outbound-port', '--proxy-inbound-port', '--proxy-admin-port', '--ipv6', '--inbound-mode', '--proxy-workers']) {
+    for (const flag of ['--config', '--proxy-user', '--proxy-group', '--proxy-outbound-port', '--proxy-inbound-port', '--proxy-admin-port', '--ipv6', '--inbound-mode', '--dns', '--dns-port', '--proxy-workers']) {
       expect(flags).toContain(flag);
     }
-    for (const flag of ['--backend', '--outbound-exclude-ports', '--inbound-include-ports', '--exclude-uids', '--dns', '--dns-port', '--ssh-ports', '--unsafe-capture-ssh', '--state-dir', '--drop-invalid']) {
+    for (const flag of ['--backend', '--outbound-exclude-ports', '--inbound-include-ports', '--exclude-uids', '--ssh-ports', '--unsafe-capture-ssh', '--state-dir', '--drop-invalid']) {
       expect(flags).not.toContain(flag);
     }
     const refused = meshctl(['proxy', '--outbound-exclude-ports', '22']);
