@@ -3,7 +3,7 @@
 // interrupted transaction is reported, not finished.
 import { describeDifferences, planFromNftRuleset, planFromSave, type RuleDifferences } from '../capture/live-plan.js';
 import type { ExplainPlan } from '../capture/explain.js';
-import { FAMILIES } from '../capture/model.js';
+import { FAMILIES, type CapturePlan } from '../capture/model.js';
 import { planCapture } from '../capture/plan.js';
 import type { Backend, Config } from '../config/types.js';
 import { isMeshctlError } from '../errors.js';
@@ -50,6 +50,18 @@ function readLedgerReadOnly(dir: string): Ledger | null | { denied: string } {
 }
 
 /**
+ * The rules in the kernel of `backend` as the plan explain walks, with origins from `recorded` (the ledger's plan).
+ * Throws COMMAND_FAILED, BACKEND_UNAVAILABLE, PARSE_SAVE.
+ */
+export async function readKernelPlan(backend: Backend, runner: NetfilterRunner, recorded: CapturePlan | null, log: Logger = silentLogger): Promise<{ plan: ExplainPlan; notes: string[] }> {
+  const state = await createDriver(backend, runner, log).read();
+  if (backend === 'nftables') return { plan: planFromNftRuleset(state.texts.get('inet') ?? '', recorded), notes: [] };
+  const families = FAMILIES.map((family) => ({ family, text: state.texts.get(family) ?? null }));
+  const notes = families.filter((f) => f.text === null).map((f) => `the ${f.family} rules could not be read (${backend}); explain cannot evaluate ${f.family} connections`);
+  return { plan: planFromSave(families, recorded), notes };
+}
+
+/**
  * The rules explain walks: what is installed (read from the kernel with the ledger's backend), or the config's
  * plan when nothing is installed or `from: 'config'`. Throws NETNS_NOT_FOUND, LEDGER_CORRUPT, COMMAND_FAILED (a
  * save/list failed), BACKEND_UNAVAILABLE, PARSE_SAVE.
@@ -76,18 +88,9 @@ export async function readExplainRules(options: ExplainRulesOptions): Promise<Ex
 
   const log = (options.log ?? silentLogger).child({ component: 'explain', netns });
   const runner = options.runner ?? createRunner({ netns, env: options.env ?? process.env, log });
-  const state = await createDriver(ledger.backend, runner, log).read();
-  const notes: string[] = [];
+  const { plan, notes } = await readKernelPlan(ledger.backend, runner, ledger.current.plan, log);
   if (ledger.state === 'in-progress') {
-    notes.push(`an interrupted ${ledger.operation} is recorded in ${path}; these are the rules as the kernel holds them now (the next meshctl command that changes rules finishes it)`);
-  }
-  let plan: ExplainPlan;
-  if (ledger.backend === 'nftables') {
-    plan = planFromNftRuleset(state.texts.get('inet') ?? '', ledger.current.plan);
-  } else {
-    const families = FAMILIES.map((family) => ({ family, text: state.texts.get(family) ?? null }));
-    for (const f of families) if (f.text === null) notes.push(`the ${f.family} rules could not be read (${ledger.backend}); explain cannot evaluate ${f.family} connections`);
-    plan = planFromSave(families, ledger.current.plan);
+    notes.unshift(`an interrupted ${ledger.operation} is recorded in ${path}; these are the rules as the kernel holds them now (the next meshctl command that changes rules finishes it)`);
   }
   const differences = describeDifferences(plan, planCapture(config), ledger.current.plan, ledger.current.config, config);
   return { source: 'kernel', plan, installId: ledger.installId, backend: ledger.backend, netns, ledgerPath: path, notes, differences };
