@@ -133,8 +133,12 @@ export function readLedger(dir: string): Ledger | null {
   try {
     text = readFileSync(path, 'utf8');
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new MeshctlError('LEDGER_CORRUPT', `cannot read the ledger ${path}: ${(error as Error).message}`, 'run as root', { cause: error });
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return null;
+    if (code === 'EACCES' || code === 'EPERM') {
+      throw new MeshctlError('NOT_ROOT', `cannot read the ledger ${path} as uid ${process.getuid?.() ?? '?'} (${code}): it is readable by root only`, 'run it with sudo', { cause: error });
+    }
+    throw new MeshctlError('LEDGER_CORRUPT', `cannot read the ledger ${path}: ${(error as Error).message}`, 'check the file and the state directory (--state-dir)', { cause: error });
   }
   let parsed: unknown;
   try {
