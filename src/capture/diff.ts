@@ -1,20 +1,9 @@
 // Normalises rules and compares a planned family against what iptables-save reports: drift, status and verify.
 // Pure. Identity is semantic (match order, port lists, CIDR spelling and counters do not matter) plus the comment.
-import { cidrText } from './ip.js';
-import {
-  BUILTIN_CHAINS,
-  COMMENT_PREFIX,
-  TABLES,
-  isOwnedChain,
-  type ChainDecl,
-  type Family,
-  type FamilyPlan,
-  type Match,
-  type PortRange,
-  type Rule,
-  type Table,
-  type Target,
-} from './model.js';
+import { cidrText } from '../values/ip.js';
+import { BUILTIN_CHAINS, COMMENT_PREFIX, TABLES, isOwnedChain, type ChainDecl, type FamilyPlan, type Match, type Rule, type Table, type Target } from './model.js';
+import { type Family } from '../values/ip.js';
+import { type PortRange } from '../values/ports.js';
 import { isOwnedRule, type SaveDump, type SavedRule, type SavedRuleShape } from './parse-save.js';
 
 export interface FamilyDiff {

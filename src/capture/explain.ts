@@ -2,10 +2,11 @@
 // every rule evaluated, and the rule (and config field) that decided. Pure; the CLI supplies host facts.
 // The plan is either the config's (planCapture) or the kernel's (live-plan.ts): the kernel's also holds foreign
 // rules, the hook chains in the order the kernel runs them, and chain policies.
-import type { CapturePlan, Family, FamilyPlan, Match, Rule, Table } from './model.js';
-import { cidrContains, formatIp, isLoopback, parseIp, type IpAddress } from './ip.js';
+import type { CapturePlan, FamilyPlan, Match, Rule, Table } from './model.js';
+import type { Family } from '../values/ip.js';
+import { cidrContains, formatIp, isLoopback, parseIp, type IpAddress } from '../values/ip.js';
 import { renderRule } from './render-iptables.js';
-import { portInRanges } from '../config/values.js';
+import { portInRanges } from '../values/ports.js';
 
 export interface Endpoint {
   readonly address: string;

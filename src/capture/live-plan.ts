@@ -11,10 +11,8 @@
 import type { Config } from '../config/types.js';
 import { ruleKey } from './diff.js';
 import { PATHS, type ExplainFamilyPlan, type ExplainPlan, type ExplainRule, type HookEntry, type KernelRuleFacts } from './explain.js';
-import {
-  COMMENT_PREFIX, FAMILIES, isOwnedChain,
-  type CapturePlan, type ChainDecl, type Family, type FamilyPlan, type Match, type Rule, type Table, type Target,
-} from './model.js';
+import { COMMENT_PREFIX, isOwnedChain, type CapturePlan, type ChainDecl, type FamilyPlan, type Match, type Rule, type Table, type Target } from './model.js';
+import { FAMILIES, type Family } from '../values/ip.js';
 import { parseNftRule, parseNftRuleset, type NftChain, type NftHook, type NftTable } from './parse-nft.js';
 import { isOwnedRule, parseSave, tokenizeSaveLine, type SaveDump, type SavedRule } from './parse-save.js';
 import { NFT_TABLE } from './render-nft.js';

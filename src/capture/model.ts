@@ -1,25 +1,11 @@
 // The rule model shared by the planner, both renderers, the iptables-save parser, explain and drift checks.
 // It names exactly the netfilter features meshctl uses; a rule outside it cannot be planned by mistake.
-
-export type Family = 'ipv4' | 'ipv6';
-export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
+import type { Cidr, Family } from '../values/ip.js';
+import type { PortRange } from '../values/ports.js';
 
 /** Tables in the order iptables-save prints them; also the order we apply them. */
 export type Table = 'raw' | 'mangle' | 'nat' | 'filter';
 export const TABLES: readonly Table[] = ['raw', 'mangle', 'nat', 'filter'];
-
-/** A parsed CIDR: `address` is the canonical network address (host bits cleared, IPv6 compressed). */
-export interface Cidr {
-  readonly family: Family;
-  readonly address: string;
-  readonly prefix: number;
-}
-
-/** An inclusive port range; a single port has from === to. */
-export interface PortRange {
-  readonly from: number;
-  readonly to: number;
-}
 
 export type CtState = 'INVALID' | 'NEW' | 'ESTABLISHED' | 'RELATED' | 'UNTRACKED';
 

@@ -1,8 +1,10 @@
 // Parses `nft list ruleset` output (nft 1.0.x) into tables, chains and rule texts, and one nft rule into the rule
 // model, for explain to walk what the kernel holds. Pure. Lenient where parse-save is strict: a rule outside the
 // model is not an error here but a rule explain cannot evaluate, and the parse says which token it stopped at.
-import { parseCidr } from './ip.js';
-import type { CtState, Family, Match, PortRange, Target } from './model.js';
+import { parseCidr } from '../values/ip.js';
+import type { CtState, Match, Target } from './model.js';
+import type { Family } from '../values/ip.js';
+import type { PortRange } from '../values/ports.js';
 
 export interface NftHook {
   /** `filter`, `nat` or `route`. */

@@ -1,20 +1,10 @@
 // Parses iptables-save / ip6tables-save output (legacy and nft variants, v1.8.x) into the rule model. Pure.
 // Strict about line shapes and about our own rules; foreign rules outside the model are kept as raw text.
 import { MeshctlError } from '../errors.js';
-import { parseCidr, parseIp } from './ip.js';
-import {
-  BUILTIN_CHAINS,
-  COMMENT_PREFIX,
-  TABLES,
-  isOwnedChain,
-  type Cidr,
-  type CtState,
-  type Match,
-  type PortRange,
-  type Rule,
-  type Table,
-  type Target,
-} from './model.js';
+import { parseCidr, parseIp } from '../values/ip.js';
+import { BUILTIN_CHAINS, COMMENT_PREFIX, TABLES, isOwnedChain, type CtState, type Match, type Rule, type Table, type Target } from './model.js';
+import { type Cidr } from '../values/ip.js';
+import { type PortRange } from '../values/ports.js';
 
 export interface SavedChain {
   readonly name: string;

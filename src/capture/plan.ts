@@ -19,8 +19,10 @@
 //
 // The order follows istio-iptables (tools/istio-iptables/pkg/capture/run.go), which has carried it for years.
 import type { Config } from '../config/types.js';
-import type { Cidr, ChainDecl, CapturePlan, Family, FamilyPlan, Match, PolicyRoute, PortRange, Rule, Table, Target, LoopbackAddress } from './model.js';
-import { hostCidr } from './ip.js';
+import type { Cidr, Family } from '../values/ip.js';
+import type { ChainDecl, CapturePlan, FamilyPlan, Match, PolicyRoute, Rule, Table, Target, LoopbackAddress } from './model.js';
+import type { PortRange } from '../values/ports.js';
+import { hostCidr } from '../values/ip.js';
 
 export const CHAINS = {
   inbound: 'MESHCTL_INBOUND',

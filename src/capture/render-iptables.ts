@@ -1,8 +1,9 @@
 // Renders a FamilyPlan as iptables-restore input (one `*table … COMMIT` section per table). Pure; no I/O.
 // The same text serves iptables-legacy and iptables-nft: both read the iptables-restore format.
-import type { FamilyPlan, Match, PortRange, Rule, Target, Table } from './model.js';
+import type { FamilyPlan, Match, Rule, Target, Table } from './model.js';
+import type { PortRange } from '../values/ports.js';
 import { BUILTIN_CHAINS, COMMENT_PREFIX, TABLES } from './model.js';
-import { cidrText } from './ip.js';
+import { cidrText } from '../values/ip.js';
 
 const not = (negate: boolean | undefined): string => (negate ? '! ' : '');
 

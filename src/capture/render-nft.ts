@@ -14,7 +14,8 @@
 // normalizeNftListing(list) === normalizeNftListing(render).
 import { MeshctlError } from '../errors.js';
 import { normalizePorts } from './diff.js';
-import { BUILTIN_CHAINS, COMMENT_PREFIX, TABLES, type CapturePlan, type CtState, type Family, type Match, type Rule, type Table, type Target } from './model.js';
+import { BUILTIN_CHAINS, COMMENT_PREFIX, TABLES, type CapturePlan, type CtState, type Match, type Rule, type Table, type Target } from './model.js';
+import { type Family } from '../values/ip.js';
 
 export const NFT_TABLE = 'meshctl';
 export const NFT_FAMILY_TAG: Readonly<Record<Family, string>> = { ipv4: 'v4', ipv6: 'v6' };

@@ -1,8 +1,8 @@
 // `meshctl confirm`: keeps an install made with --confirm-within by disarming its pending revert.
 import type { Command } from 'commander';
 import { confirmInstall } from '../netfilter/confirm.js';
-import { openScope } from '../netfilter/scope.js';
-import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './install.js';
+import { openScope } from '../netfilter/transaction/scope.js';
+import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './shared.js';
 
 export function register(program: Command): void {
   const command = program.command('confirm').description('keep the rules of an install made with --confirm-within (disarms the revert)');

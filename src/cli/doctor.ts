@@ -2,9 +2,9 @@
 // be unsafe here), else 0.
 import type { Command } from 'commander';
 import type { Config } from '../config/types.js';
-import { runDoctor, type DoctorReport } from '../netfilter/doctor.js';
+import { runDoctor, type DoctorReport } from '../netfilter/host/doctor.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
-import { cliLogger, where } from './install.js';
+import { cliLogger, where } from './shared.js';
 import { EXIT } from './output.js';
 
 const MARK = { ok: 'ok   ', info: 'info ', warn: 'WARN ', error: 'ERROR' } as const;

@@ -4,13 +4,13 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { MeshctlError } from '../errors.js';
 import { explainFlow, type Explanation, type Flow } from '../capture/explain.js';
-import { parseIp } from '../capture/ip.js';
+import { parseIp } from '../values/ip.js';
 import { systemUserDb } from '../config/host-facts.js';
 import type { Config } from '../config/types.js';
 import { DnsClient, resolveAddresses } from '../policy/dns-client.js';
 import { explainProxy, type ProxyExplanation } from '../policy/explain.js';
-import { readHostContext } from '../netfilter/host-context.js';
-import { readExplainRules, type ExplainRules } from '../netfilter/live-plan.js';
+import { readHostContext } from '../netfilter/host/host-context.js';
+import { readExplainRules, type ExplainRules } from '../netfilter/host/live-plan.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
 
 /** Parses `1.2.3.4:80`, `[fd00::1]:80` (port required) or, with `portOptional`, a bare address. */

@@ -1,55 +1,15 @@
 // `meshctl install`: flags → Config → installCapture; prints what was done (or, with --dry-run, exactly the input
-// iptables-restore / nft would get). Also the flags and helpers the other capture commands share.
-import { existsSync } from 'node:fs';
+// iptables-restore / nft would get).
 import { Option, type Command } from 'commander';
-import { DEFAULT_CONFIG_FILE, loadConfig } from '../config/load.js';
-import { parseDuration } from '../config/values.js';
+import { parseDuration } from '../values/duration.js';
 import { MeshctlError } from '../errors.js';
-import { createLogger, type Logger } from '../log.js';
-import type { Recovery } from '../netfilter/recovery.js';
 import { installCapture, type InstallResult } from '../netfilter/install.js';
 import { contractOf } from '../config/contract.js';
-import type { ProxyCheck } from '../netfilter/ledger.js';
+import type { ProxyCheck } from '../netfilter/transaction/ledger.js';
 import { requireProxyContract } from '../service/proxy-contract.js';
-import { xtablesBinary } from '../netfilter/runner.js';
-import { DEFAULT_STATE_DIR } from '../netfilter/scope.js';
+import { xtablesBinary } from '../netfilter/drivers/runner.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
-
-/** --netns and --log-level, shared by every capture command. */
-export function addScopeOptions(command: Command, options: { stateDir: boolean; config: boolean }): Command {
-  command.option('--netns <name>', 'run every kernel-facing command inside this network namespace (ip netns exec)');
-  if (options.stateDir) command.option('--state-dir <dir>', `ledger directory (${DEFAULT_STATE_DIR}; or stateDir from the config)`);
-  if (options.config) command.option('-c, --config <file>', `config file (default ${DEFAULT_CONFIG_FILE} if present), for its stateDir`);
-  command.addOption(new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
-  return command;
-}
-
-export function cliLogger(options: Record<string, unknown>, fallback = 'warn'): Logger {
-  return createLogger({ level: (options.logLevel as string | undefined) ?? process.env.MESHCTL_LOG_LEVEL ?? fallback });
-}
-
-/** --state-dir, else stateDir of --config (or of the default config file when it loads), else /var/lib/meshctl. */
-export async function resolveStateDir(options: Record<string, unknown>): Promise<string> {
-  if (typeof options.stateDir === 'string') return options.stateDir;
-  if (typeof options.config === 'string') return (await loadConfig({ file: options.config })).stateDir;
-  if (existsSync(DEFAULT_CONFIG_FILE)) {
-    try {
-      return (await loadConfig({})).stateDir;
-    } catch {
-      return DEFAULT_STATE_DIR;
-    }
-  }
-  return DEFAULT_STATE_DIR;
-}
-
-export function recoveryLine(recovered: Recovery | null): string[] {
-  if (!recovered) return [];
-  return [`recovered: an interrupted ${recovered.operation} of install ${recovered.installId} was ${recovered.outcome === 'completed' ? 'completed' : 'rolled back'} first (${recovered.changed.join(', ') || 'no rule changes needed'})`];
-}
-
-export function where(netns: string | null): string {
-  return netns ? ` in namespace ${netns}` : '';
-}
+import { cliLogger, recoveryLine, where } from './shared.js';
 
 function parseConfirmWithin(text: string | undefined): number | null {
   if (text === undefined) return null;

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { MeshctlError } from '../errors.js';
-import { ledgerPath, readLedger, scopeDir } from '../netfilter/ledger.js';
+import { ledgerPath, readLedger, scopeDir } from '../netfilter/transaction/ledger.js';
 
 /** The commands that change rules or state (by their path under `meshctl`), and what they do that needs root. */
 const NEEDS_ROOT: Readonly<Record<string, string>> = {

@@ -2,9 +2,9 @@
 // nothing else: an install or update is rolled back, an uninstall is completed. Every command that changes rules
 // does this first anyway; `status`, which changes nothing, names this command when it finds one.
 import type { Command } from 'commander';
-import { recoverInterrupted } from '../netfilter/recovery.js';
-import { openScope, withScopeLock } from '../netfilter/scope.js';
-import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './install.js';
+import { recoverInterrupted } from '../netfilter/transaction/recovery.js';
+import { openScope, withScopeLock } from '../netfilter/transaction/scope.js';
+import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './shared.js';
 
 export function register(program: Command): void {
   const command = program.command('recover').description('finish an interrupted install, update or uninstall (roll back or complete it) and change nothing else');

@@ -2,14 +2,14 @@
 // unit's ExecStartPost: the unit becomes "active" only once /ready answers, so capture never starts before it).
 import { Option, type Command } from 'commander';
 import { loadConfig } from '../config/load.js';
-import { parseDuration } from '../config/values.js';
+import { parseDuration } from '../values/duration.js';
 import { MeshctlError } from '../errors.js';
 import { installService, uninstallService, type ServiceInstallResult, type ServiceUninstallResult } from '../service/install.js';
 import { UNITS } from '../service/layout.js';
 import { endpointText, fetchContract, waitReady, type AdminEndpoint } from '../service/readiness.js';
 import { serviceStatus, type ServiceStatus } from '../service/status.js';
 import type { UnitState } from '../service/systemctl.js';
-import { cliLogger } from './install.js';
+import { cliLogger } from './shared.js';
 import { EXIT } from './output.js';
 
 function durationFlag(flag: string, text: string): number {

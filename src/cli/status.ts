@@ -9,7 +9,7 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { captureStatus, type StatusReport } from '../netfilter/status.js';
 import { inspectProxy, type ProxyReport } from '../service/proxy-contract.js';
-import { addScopeOptions, cliLogger, resolveStateDir, where } from './install.js';
+import { addScopeOptions, cliLogger, resolveStateDir, where } from './shared.js';
 import { EXIT } from './output.js';
 import { assertUnprivilegedStatus } from './privileges.js';
 

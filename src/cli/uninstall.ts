@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Option, type Command } from 'commander';
 import { MeshctlError } from '../errors.js';
 import { uninstallCapture, type UninstallResult } from '../netfilter/uninstall.js';
-import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './install.js';
+import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './shared.js';
 
 function describe(result: UninstallResult, revert: boolean): string {
   const stamp = revert ? `${new Date().toISOString()} ` : '';

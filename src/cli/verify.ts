@@ -1,8 +1,8 @@
 // `meshctl verify`: live probes through the installed rules (no proxy needed); exit 0 when every probe behaves as the
 // installed plan says, 1 (VERIFY_FAILED, naming each failed probe and the drift behind it) otherwise.
 import type { Command } from 'commander';
-import { assertVerified, verifyCapture, type VerifyReport } from '../netfilter/verify.js';
-import { addScopeOptions, cliLogger, resolveStateDir, where } from './install.js';
+import { assertVerified, verifyCapture, type VerifyReport } from '../probes/verify.js';
+import { addScopeOptions, cliLogger, resolveStateDir, where } from './shared.js';
 
 const MARK = { pass: 'pass', fail: 'FAIL', skip: 'skip' } as const;
 

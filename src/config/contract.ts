@@ -3,7 +3,7 @@
 // and the proxy both derive from the same config, and the comparison of that value with what a running proxy
 // really is (its kernel uid/gid, the sockets it listens on). Pure: the facts about the live proxy are read
 // elsewhere (src/proxy/live-contract.ts) and passed in.
-import type { Family } from '../capture/model.js';
+import type { Family } from '../values/ip.js';
 import type { Config, InboundMode } from './types.js';
 
 /** What the rules of one config assume about the proxy. */

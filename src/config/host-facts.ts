@@ -2,7 +2,7 @@
 // Injected into loadConfig so tests can supply their own; the defaults read the real system.
 import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
-import { netnsPath } from '../netfilter/runner.js';
+import { netnsPath } from '../values/netns.js';
 import type { SshPortsSource } from './types.js';
 
 export interface UserEntry {

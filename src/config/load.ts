@@ -4,13 +4,15 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { MeshctlError } from '../errors.js';
-import type { Cidr, PortRange } from '../capture/model.js';
-import { cidrText, parseCidr } from '../capture/ip.js';
-import { POLICY_SECTIONS, resolvePolicy } from '../policy/config.js';
+import type { Cidr } from '../values/ip.js';
+import type { PortRange } from '../values/ports.js';
+import { cidrText, parseCidr } from '../values/ip.js';
+import { POLICY_SECTIONS, resolvePolicy } from './policy.js';
 import { systemHostFacts, type HostFacts, type UserEntry } from './host-facts.js';
 import { validateSchema } from './schema.js';
 import type { Config, PortSelection, CidrSelection, SafetyConfig } from './types.js';
-import { parseDuration, parsePortRange, portInRanges, portText, rangesOverlap } from './values.js';
+import { parseDuration } from '../values/duration.js';
+import { parsePortRange, portInRanges, portText, rangesOverlap } from '../values/ports.js';
 
 export const DEFAULT_CONFIG_FILE = '/etc/meshctl/config.yaml';
 

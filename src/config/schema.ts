@@ -2,10 +2,11 @@
 // formats it uses and the translation of ajv errors into messages that name the path, the value and the source.
 import { readFileSync } from 'node:fs';
 import { Ajv, type ErrorObject } from 'ajv';
-import { parseCidr } from '../capture/ip.js';
-import { checkSrvName, parseHostPort, parseResolverServer, parseServiceAddress } from '../policy/addresses.js';
-import { checkHttpUrl } from '../policy/control-plane-url.js';
-import { parseDuration, parsePortRange } from './values.js';
+import { parseCidr } from '../values/ip.js';
+import { checkSrvName, parseHostPort, parseResolverServer, parseServiceAddress } from '../values/addresses.js';
+import { checkHttpUrl } from '../values/http-url.js';
+import { parseDuration } from '../values/duration.js';
+import { parsePortRange } from '../values/ports.js';
 
 const schemaUrl = new URL('../../rules/meshctl.schema.json', import.meta.url);
 export const configSchema: Record<string, unknown> = JSON.parse(readFileSync(schemaUrl, 'utf8'));

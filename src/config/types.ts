@@ -1,6 +1,7 @@
 // Validated configuration: what every part of meshctl consumes after src/config has checked the input.
 // Raw input (YAML/JSON + flags) has other types (RawConfig); nothing downstream re-parses strings.
-import type { Cidr, Family, PortRange } from '../capture/model.js';
+import type { Cidr, Family } from '../values/ip.js';
+import type { PortRange } from '../values/ports.js';
 
 export type Backend = 'iptables-legacy' | 'iptables-nft' | 'nftables';
 export type BackendChoice = 'auto' | Backend;

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MeshctlError } from '../errors.js';
-import { MESHCTL_BIN } from '../netfilter/confirm.js';
+import { MESHCTL_BIN } from '../netfilter/transaction/revert.js';
 import { CLIENT_SCRIPT, SERVER_SCRIPT } from './scripts.js';
 
 export interface LabOptions {

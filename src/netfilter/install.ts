@@ -3,14 +3,15 @@
 // changed config (or drifted rules) our chains are replaced by one restore per family, never delete-then-add.
 import { planCapture } from '../capture/plan.js';
 import type { Backend, BackendChoice, Config } from '../config/types.js';
-import { armRevert, disarmRevert } from './confirm.js';
-import { chooseBackend, inspectBackends } from './detect.js';
-import { createDriver, type ApplyStep, type DriftReport } from './driver.js';
-import { newInstallId, readLedger, removeLedger, writeLedger, LEDGER_FORMAT, ledgerPath, type ConfirmArm, type Generation, type Ledger, type ProxyCheck } from './ledger.js';
-import { recoverInterrupted, type Recovery } from './recovery.js';
-import { NO_EXTRAS, missingExtras, reconcileExtras, type HostExtras } from './routes.js';
-import { openScope, toolVersion, withScopeLock, type ScopeOptions } from './scope.js';
-import { runTransaction } from './transaction.js';
+import { armRevert, disarmRevert } from './transaction/revert.js';
+import { chooseBackend, inspectBackends } from './host/detect.js';
+import { createDriver } from './drivers/create-driver.js';
+import { type ApplyStep, type DriftReport } from './drivers/driver.js';
+import { newInstallId, readLedger, removeLedger, writeLedger, LEDGER_FORMAT, ledgerPath, type ConfirmArm, type Generation, type Ledger, type ProxyCheck } from './transaction/ledger.js';
+import { recoverInterrupted, type Recovery } from './transaction/recovery.js';
+import { NO_EXTRAS, missingExtras, reconcileExtras, type HostExtras } from './drivers/routes.js';
+import { openScope, toolVersion, withScopeLock, type ScopeOptions } from './transaction/scope.js';
+import { runTransaction } from './transaction/transaction.js';
 
 export interface InstallOptions extends Omit<ScopeOptions, 'stateDir'> {
   readonly config: Config;

@@ -4,10 +4,11 @@
 // the config file says today. Read-only: no lock, no state directory created, and an interrupted transaction is
 // reported with the command that finishes it, never finished here (recovery belongs to commands that change rules).
 import type { Config } from '../config/types.js';
-import { createDriver, type DriftReport } from './driver.js';
-import { readLedger, ledgerPath, type ConfirmArm, type Ledger, type ProxyCheck } from './ledger.js';
-import { missingExtras } from './routes.js';
-import { openScope, type ScopeOptions } from './scope.js';
+import { createDriver } from './drivers/create-driver.js';
+import { type DriftReport } from './drivers/driver.js';
+import { readLedger, ledgerPath, type ConfirmArm, type Ledger, type ProxyCheck } from './transaction/ledger.js';
+import { missingExtras } from './drivers/routes.js';
+import { openScope, type ScopeOptions } from './transaction/scope.js';
 
 /** A transaction that did not finish: what it was, and the command that finishes or rolls it back. */
 export interface Interrupted {

@@ -2,13 +2,13 @@
 // current config would create, leaves every foreign rule alone (also those added after install), verifies that
 // nothing but our objects changed, and removes the ledger. `ifUnconfirmed` is the --confirm-within reverter.
 import { MeshctlError } from '../errors.js';
-import { revertLogPath, disarmRevert } from './confirm.js';
-import { createDriver } from './driver.js';
-import { readLedger, removeLedger, writeLedger, ledgerPath, type Ledger } from './ledger.js';
-import { recoverInterrupted, type Recovery } from './recovery.js';
-import { NO_EXTRAS, reconcileExtras, remainingExtras } from './routes.js';
-import { openScope, withScopeLock, type ScopeOptions } from './scope.js';
-import { runTransaction } from './transaction.js';
+import { revertLogPath, disarmRevert } from './transaction/revert.js';
+import { createDriver } from './drivers/create-driver.js';
+import { readLedger, removeLedger, writeLedger, ledgerPath, type Ledger } from './transaction/ledger.js';
+import { recoverInterrupted, type Recovery } from './transaction/recovery.js';
+import { NO_EXTRAS, reconcileExtras, remainingExtras } from './drivers/routes.js';
+import { openScope, withScopeLock, type ScopeOptions } from './transaction/scope.js';
+import { runTransaction } from './transaction/transaction.js';
 
 export interface UninstallOptions extends ScopeOptions {
   /** Act only if this install is still installed and its --confirm-within revert is armed, unconfirmed and due. */

@@ -1,8 +1,8 @@
 // Longest-prefix lookup of an address in a set of CIDRs, for the per-connection paths (service CIDR addresses,
 // inbound allow/deny): one Map per prefix length, longest first, so a lookup costs one masked Map.get per distinct
 // prefix length and no allocation for IPv4. IPv6 (bigint) is only parsed when IPv6 CIDRs exist.
-import type { Cidr } from '../capture/model.js';
-import { parseIp } from '../capture/ip.js';
+import type { Cidr } from '../values/ip.js';
+import { parseIp } from '../values/ip.js';
 
 /** Dotted-quad text → unsigned 32-bit value, or -1 when it is not one. Accepts the IPv4-mapped `::ffff:a.b.c.d`. */
 export function ipv4ToInt(text: string): number {

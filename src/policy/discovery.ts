@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import type { ResolverConfig } from '../config/types.js';
 import type { Logger } from '../log.js';
 import { DnsClient, resolveAddresses, resolveSrv } from './dns-client.js';
-import type { Family } from '../capture/model.js';
+import type { Family } from '../values/ip.js';
 
 export type WatchKind = 'addresses' | 'srv';
 

@@ -6,9 +6,9 @@ import { getServers } from 'node:dns';
 import { connect as tcpConnect } from 'node:net';
 import { randomInt } from 'node:crypto';
 import { isIPv6 } from 'node:net';
-import { parseResolverServer } from './addresses.js';
+import { parseResolverServer } from '../values/addresses.js';
 import { RCODE, RR, decodeMessage, encodeQuery, normalizeDnsName, type Message, type ResourceRecord } from './dns-wire.js';
-import type { Family } from '../capture/model.js';
+import type { Family } from '../values/ip.js';
 
 export interface DnsServer {
   readonly address: string;

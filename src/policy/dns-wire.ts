@@ -1,7 +1,7 @@
 // DNS messages on the wire (RFC 1035, AAAA RFC 3596, SRV RFC 2782): encoding queries and responses, decoding
 // responses with name compression. Node's resolver (c-ares) gives no TTL for SRV records, and discovery must
 // re-resolve on the TTL of every answer, so the proxy speaks DNS itself. Pure: buffers in, values out.
-import { formatIp } from '../capture/ip.js';
+import { formatIp } from '../values/ip.js';
 
 export const RR = { A: 1, NS: 2, CNAME: 5, SOA: 6, AAAA: 28, SRV: 33 } as const;
 export type RecordType = (typeof RR)[keyof typeof RR];

@@ -2,8 +2,8 @@
 // least-connections and the admin view), passive failure state (outlier detection) and active health. Endpoint
 // objects outlive config reloads and DNS refreshes (matched by service and address), so the counts open
 // connections decrement stay right.
-import type { Family } from '../capture/model.js';
-import { hostPortText } from './addresses.js';
+import type { Family } from '../values/ip.js';
+import { hostPortText } from '../values/addresses.js';
 
 /** What relay.ts connects to: created once per endpoint, so picking an endpoint allocates nothing. */
 export interface EndpointRoute {

@@ -2,9 +2,9 @@
 // address), how the endpoint is chosen and which limits apply; for an inbound flow, the port's entry and whether
 // the source is admitted. Pure: it compiles the same matcher and admission tables the proxy uses; hostname
 // addresses are matched against the addresses the caller resolved for them.
-import { cidrText } from '../capture/ip.js';
+import { cidrText } from '../values/ip.js';
 import type { Config, EndpointSource, ServiceAddress, ServiceConfig, TokenBucketConfig } from '../config/types.js';
-import { hostPortText } from './addresses.js';
+import { hostPortText } from '../values/addresses.js';
 import { CidrSet } from './cidr-table.js';
 import { inboundLabel, InboundPolicy } from './inbound.js';
 import { ServiceMatcher, type RegistryEntry } from './registry.js';

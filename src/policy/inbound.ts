@@ -3,7 +3,7 @@
 // through a 64 Ki table of entry indexes (one typed-array read); refusals allocate nothing.
 import { performance } from 'node:perf_hooks';
 import type { InboundPolicyConfig, InboundPortPolicy } from '../config/types.js';
-import { portText } from '../config/values.js';
+import { portText } from '../values/ports.js';
 import { CidrSet } from './cidr-table.js';
 import type { ConnectionLease, LeasedConnection, LeaseRoute } from './lease.js';
 import { SourceBuckets, TokenBucket } from './token-bucket.js';

@@ -2,8 +2,8 @@
 // connection costs two Map lookups for an exact `ip:port` (port, then address text) and, only for ports that have
 // CIDR addresses, one masked lookup per prefix length. Hostname addresses are resolved elsewhere and enter the
 // exact table; the whole matcher is rebuilt and swapped when they change (never on the connection path).
-import type { Cidr } from '../capture/model.js';
-import { formatIp, parseIp } from '../capture/ip.js';
+import type { Cidr } from '../values/ip.js';
+import { formatIp, parseIp } from '../values/ip.js';
 import { CidrTable } from './cidr-table.js';
 
 export type RegistryEntry<T> =

@@ -6,7 +6,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Config, ServiceConfig } from '../config/types.js';
 import type { Logger } from '../log.js';
-import type { RefusalReason } from '../proxy/metrics.js';
+import type { RefusalReason } from './refusals.js';
 import { Discovery } from './discovery.js';
 import type { Endpoint } from './endpoint.js';
 import { injectFault } from './faults.js';

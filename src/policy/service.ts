@@ -1,7 +1,7 @@
 // One service inside one proxy process: its current endpoints (from static entries and discovery) grouped into
 // weighted subsets, a balancer per subset, and the choice of the endpoint for an attempt — the first one by subset
 // weight, a retry preferably in the same subset and never on an endpoint this connection already tried.
-import type { Family } from '../capture/model.js';
+import type { Family } from '../values/ip.js';
 import type { ServiceConfig } from '../config/types.js';
 import { Endpoint, endpointKey } from './endpoint.js';
 import { createBalancer, type Balancer, type Random } from './load-balancer.js';

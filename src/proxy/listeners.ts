@@ -6,7 +6,7 @@
 import { closeSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Config } from '../config/types.js';
-import type { Family } from '../capture/model.js';
+import type { Family } from '../values/ip.js';
 import { MeshctlError } from '../errors.js';
 import { isTransparent, transparentListen } from '../native/addon.js';
 import type { Direction } from './metrics.js';

@@ -3,7 +3,7 @@
 // processes listen on, per family. Served at GET /contract and compared by `meshctl install` and `status` with
 // the contract the rules need (src/config/contract.ts). The parsers are pure; reading /proc is the thin shell.
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
-import type { Family } from '../capture/model.js';
+import type { Family } from '../values/ip.js';
 import type { ListeningPorts } from '../config/contract.js';
 
 /** The real, effective, saved and file-system ids of a `Uid:` or `Gid:` line of /proc/PID/status. */

@@ -1,5 +1,6 @@
 // Connection counters of one proxy process, their JSON snapshot, the sum over worker processes, and the
 // Prometheus text exposition. Counters are plain numbers bumped at accept, connect and close — never per chunk.
+import { REFUSAL_REASONS, type RefusalReason } from '../policy/refusals.js';
 
 export type Direction = 'outbound' | 'inbound';
 export const DIRECTIONS: readonly Direction[] = ['outbound', 'inbound'];
@@ -7,21 +8,6 @@ export const DIRECTIONS: readonly Direction[] = ['outbound', 'inbound'];
 /** How a connection ended (the access log's `result`). */
 export type EndResult = 'FIN' | 'RST' | 'timeout' | 'refused' | 'connect-failed' | 'drain';
 export const END_RESULTS: readonly EndResult[] = ['FIN', 'RST', 'timeout', 'refused', 'connect-failed', 'drain'];
-
-/**
- * Why a connection was refused without connecting anywhere: not redirected, aimed at the proxy itself, no fd, or
- * by mesh policy (src/policy): registry-only (no service matched), circuit-open, fault-abort, no-endpoint (outbound
- * services); denied, rate-limited, over-capacity (inbound ports).
- */
-export type RefusalReason =
-  | 'not-redirected' | 'self-loop' | 'no-fd'
-  | 'registry-only' | 'circuit-open' | 'fault-abort' | 'no-endpoint'
-  | 'denied' | 'rate-limited' | 'over-capacity';
-export const REFUSAL_REASONS: readonly RefusalReason[] = [
-  'not-redirected', 'self-loop', 'no-fd',
-  'registry-only', 'circuit-open', 'fault-abort', 'no-endpoint',
-  'denied', 'rate-limited', 'over-capacity',
-];
 
 /** Upper bounds (seconds) of the upstream connect latency histogram. */
 export const CONNECT_BUCKETS_S: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];

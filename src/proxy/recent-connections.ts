@@ -4,10 +4,10 @@
 // keeps its last RECENT_CAPACITY closes here. The ring is columns of preallocated arrays written in place: a close
 // costs a few stores of values the connection already holds (no allocation, whatever the access log does), and a
 // slot is simply overwritten when the ring comes round. Matching parses only the rows whose port matches.
-import { formatIp, parseIp, type IpAddress } from '../capture/ip.js';
+import { formatIp, parseIp, type IpAddress } from '../values/ip.js';
 import type { Direction, EndResult } from './metrics.js';
-import type { OriginalDst } from './original-dst.js';
-import { endpoint, type ConnState } from './relay.js';
+import type { OriginalDst } from '../native/original-dst.js';
+import { endpoint, type ConnState } from './connection.js';
 
 /** Closed connections kept per worker. */
 export const RECENT_CAPACITY = 256;

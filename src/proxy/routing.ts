@@ -5,8 +5,9 @@
 import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { ProxyConfig } from '../config/types.js';
-import type { Direction, RefusalReason } from './metrics.js';
-import type { OriginalDst } from './original-dst.js';
+import type { Direction } from './metrics.js';
+import type { RefusalReason } from '../policy/refusals.js';
+import type { OriginalDst } from '../native/original-dst.js';
 
 export type Route =
   | { readonly kind: 'connect'; readonly host: string; readonly port: number; readonly localAddress: string | null }

@@ -7,7 +7,7 @@ import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ListenerSpec } from './listeners.js';
 import { newestFirst, type SourceLookupRow } from './recent-connections.js';
-import type { ConnectionInfo } from './relay.js';
+import type { ConnectionInfo } from './connection.js';
 import { WORKER_ENTRY } from './worker-files.js';
 import { ProxyWorker, type SelfLoopEvent, type WorkerStats } from './worker.js';
 

@@ -1,5 +1,7 @@
 // `meshctl service install` / `uninstall` as library calls: put the units, sysusers file, drop-ins and config in
 // place, then let systemd run socket → proxy (active once /ready answers) → capture; and the exact reverse.
+// In a tree the Debian package installed, the package already placed the units, the sysusers file, the launcher
+// and the config (PACKAGED_LAYOUT): only the drop-ins are written and removed here, never a second copy in /etc.
 import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { loadConfig } from '../config/load.js';
@@ -9,8 +11,8 @@ import type { Logger } from '../log.js';
 import { captureStatus } from '../netfilter/status.js';
 import { uninstallCapture, type UninstallResult } from '../netfilter/uninstall.js';
 import {
-  DEFAULT_CONFIG_TEXT, DEFAULT_LAYOUT, DROP_IN_NAME, PACKAGE_ROOT, SHIPPED_SYSUSERS, SHIPPED_UNIT_DIR, UNITS, UNIT_ORDER,
-  captureEnvText, onHost, renderDropIns, type ServiceLayout,
+  DEFAULT_CONFIG_TEXT, DROP_IN_NAME, PACKAGED_LAYOUT, PACKAGED_MARKER, PACKAGE_ROOT, SHIPPED_SYSUSERS, SHIPPED_UNIT_DIR, UNITS,
+  UNIT_ORDER, captureEnvText, layoutFor, onHost, renderDropIns, renderShipped, type ServiceLayout,
 } from './layout.js';
 import { probeReady, waitReady, endpointText, type ReadyProbe } from './readiness.js';
 import { createSystemd, type Systemd, type UnitState } from './systemctl.js';
@@ -75,12 +77,33 @@ function writeIfChanged(path: string, text: string, mode = 0o644): FileAction {
   return before === null ? 'created' : 'updated';
 }
 
-function readShipped(path: string): string {
+/** The layout of this meshctl tree: the Debian package's when its build left the marker, else the default. */
+export function installedLayout(): ServiceLayout {
+  let packagedBy: string | null = null;
   try {
-    return readFileSync(path, 'utf8');
+    packagedBy = readFileSync(PACKAGED_MARKER, 'utf8').trim();
+  } catch {
+    // not installed by a package
+  }
+  return layoutFor(packagedBy);
+}
+
+/** A file from systemd/, as installed in `layout` (its launcher and sysusers paths). */
+function readShipped(path: string, layout: ServiceLayout): string {
+  try {
+    return renderShipped(readFileSync(path, 'utf8'), layout);
   } catch (error) {
     throw new MeshctlError('INTERNAL', `the shipped unit file ${path} is missing from the meshctl package at ${PACKAGE_ROOT}`, 'reinstall meshctl (the systemd/ folder ships with it)', { cause: error });
   }
+}
+
+/** A file the package placed (a unit, the sysusers file): it must be there; meshctl never writes it. */
+function requirePackaged(path: string): FileChange {
+  if (!existsSync(path)) {
+    throw new MeshctlError('INTERNAL', `${path} is missing, but the meshctl package installs it (this meshctl runs from ${PACKAGE_ROOT})`,
+      'reinstall the package: sudo apt-get install --reinstall meshctl');
+  }
+  return { path, action: 'unchanged' };
 }
 
 /** A symlink at `path` that points into this package. */
@@ -99,7 +122,8 @@ function ownLink(path: string): boolean {
 export async function installService(options: ServiceInstallOptions): Promise<ServiceInstallResult> {
   requireRoot('service install');
   requireSystemd('service install');
-  const layout = options.layout ?? DEFAULT_LAYOUT;
+  const layout = options.layout ?? installedLayout();
+  const ownFiles = layout.owner === 'meshctl';
   const systemd = options.systemd ?? createSystemd();
   const log = options.log.child({ component: 'service' });
   const files: FileChange[] = [];
@@ -107,7 +131,7 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
 
   // The proxy user first: the config names it, and validating the config resolves it.
   const sysusers = onHost(layout, layout.sysusersFile);
-  files.push({ path: sysusers, action: writeIfChanged(sysusers, readShipped(SHIPPED_SYSUSERS)) });
+  files.push(ownFiles ? { path: sysusers, action: writeIfChanged(sysusers, readShipped(SHIPPED_SYSUSERS, layout)) } : requirePackaged(sysusers));
   await systemd.sysusers(sysusers);
 
   const configPath = onHost(layout, layout.configFile);
@@ -140,9 +164,15 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
   for (const key of UNIT_ORDER) {
     const unit = UNITS[key];
     const path = join(onHost(layout, layout.unitDir), unit);
-    const action = writeIfChanged(path, readShipped(join(SHIPPED_UNIT_DIR, unit)));
+    if (!ownFiles) {
+      files.push(requirePackaged(path)); // the package's postinst restarts what an upgrade changed
+      continue;
+    }
+    const action = writeIfChanged(path, readShipped(join(SHIPPED_UNIT_DIR, unit), layout));
     files.push({ path, action });
     if (action !== 'unchanged') unitFilesChanged.add(unit);
+    const packaged = onHost(layout, join(PACKAGED_LAYOUT.unitDir, unit));
+    if (existsSync(packaged)) warnings.push(`${path} now overrides the meshctl package's ${packaged}: these units run ${layout.binLink}, not the package's meshctl`);
   }
   for (const dropIn of renderDropIns(config, layout)) {
     const path = onHost(layout, dropIn.path);
@@ -152,7 +182,9 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
   }
 
   const bin = onHost(layout, layout.binLink);
-  if (!existsSync(bin) && !(lstatSync(bin, { throwIfNoEntry: false })?.isSymbolicLink() ?? false)) {
+  if (!ownFiles) {
+    files.push(requirePackaged(bin));
+  } else if (!existsSync(bin) && !(lstatSync(bin, { throwIfNoEntry: false })?.isSymbolicLink() ?? false)) {
     mkdirSync(dirname(bin), { recursive: true });
     symlinkSync(join(PACKAGE_ROOT, 'bin', 'meshctl'), bin);
     files.push({ path: bin, action: 'created' });
@@ -216,7 +248,7 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
 }
 
 export interface ServiceUninstallOptions {
-  /** Also remove /etc/meshctl/config.yaml and the state directory. */
+  /** Also remove /etc/meshctl/config.yaml (unless the package owns it) and the state directory. */
   readonly purge?: boolean;
   readonly layout?: ServiceLayout;
   readonly systemd?: Systemd;
@@ -244,13 +276,15 @@ async function tryLoadInstalledConfig(path: string, warnings: string[]): Promise
 }
 
 /**
- * Stops capture (removing exactly the rules it installed), the proxy and its sockets; disables and removes the
- * units, drop-ins, sysusers file and the /usr/local/bin link. The proxy user stays (files may belong to it); the
- * config stays unless `purge`. Throws NOT_ROOT, COMMAND_FAILED, and capture uninstall errors (rules left in place).
+ * Stops capture (removing exactly the rules it installed), the proxy and its sockets; disables the units and
+ * removes the drop-ins, and (unless the package owns them) the units, sysusers file and the /usr/local/bin link.
+ * The proxy user stays (files may belong to it); the config stays unless `purge`. The package's prerm runs this
+ * on removal. Throws NOT_ROOT, COMMAND_FAILED, and capture uninstall errors (rules left in place).
  */
 export async function uninstallService(options: ServiceUninstallOptions): Promise<ServiceUninstallResult> {
   requireRoot('service uninstall');
-  const layout = options.layout ?? DEFAULT_LAYOUT;
+  const layout = options.layout ?? installedLayout();
+  const ownFiles = layout.owner === 'meshctl';
   const booted = existsSync('/run/systemd/system');
   const systemd = options.systemd ?? createSystemd();
   const log = options.log.child({ component: 'service' });
@@ -292,8 +326,8 @@ export async function uninstallService(options: ServiceUninstallOptions): Promis
   };
   for (const key of UNIT_ORDER) {
     const unit = UNITS[key];
-    remove(join(onHost(layout, layout.unitDir), unit));
-    const dropInDir = join(onHost(layout, layout.unitDir), `${unit}.d`);
+    if (ownFiles) remove(join(onHost(layout, layout.unitDir), unit));
+    const dropInDir = join(onHost(layout, layout.dropInDir ?? layout.unitDir), `${unit}.d`);
     remove(join(dropInDir, DROP_IN_NAME));
     try {
       rmSync(dropInDir, { recursive: false }); // only when empty: an admin's own drop-ins stay
@@ -301,20 +335,23 @@ export async function uninstallService(options: ServiceUninstallOptions): Promis
       // not empty or absent
     }
   }
-  remove(onHost(layout, layout.sysusersFile));
+  if (ownFiles) remove(onHost(layout, layout.sysusersFile));
   remove(onHost(layout, layout.captureEnvFile));
   const bin = onHost(layout, layout.binLink);
-  if (ownLink(bin)) remove(bin);
+  if (!ownFiles) {
+    // The units, sysusers file and launcher belong to the package: `apt-get remove meshctl` removes them.
+  } else if (ownLink(bin)) remove(bin);
   else if (existsSync(bin)) warnings.push(`kept ${bin}: it is not a link into ${PACKAGE_ROOT}`);
   if (options.purge) {
-    remove(configPath);
+    if (ownFiles) remove(configPath);
+    else warnings.push(`kept ${configPath}: it is the meshctl package's conffile (\`apt-get purge meshctl\` removes it)`);
     if (stateDir) remove(stateDir, true);
   }
   if (booted) {
     await systemd.systemctl(['daemon-reload']);
     await systemd.systemctl(['reset-failed', ...UNIT_ORDER.map((k) => UNITS[k])]).catch(() => undefined); // fails when none is failed
   }
-  return { files, capture, stopped, keptConfig: options.purge || !existsSync(configPath) ? null : configPath, warnings };
+  return { files, capture, stopped, keptConfig: existsSync(configPath) ? configPath : null, warnings };
 }
 
 export { probeReady };

@@ -1,6 +1,9 @@
 // Where `meshctl service install` puts things, and the drop-ins it derives from the config. Pure: paths and text only.
 // The shipped unit files in systemd/ carry the defaults; the drop-ins carry what the config changes (ports, IPv6,
 // drain bound, fail-open coupling), so the units never disagree with the config the proxy and capture load.
+// Two layouts: a tree installed from source or npm, where `service install` writes the units, sysusers file and
+// launcher link itself (DEFAULT_LAYOUT), and the Debian package, whose build renders the same files from here into
+// /usr (PACKAGED_LAYOUT; packaging/deb/render-files.mjs) so that `service install` only adds the drop-ins.
 import { isAbsolute, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/types.js';
@@ -23,7 +26,14 @@ export const SHIPPED_SYSUSERS = join(SHIPPED_UNIT_DIR, 'meshctl.sysusers.conf');
 export interface ServiceLayout {
   /** `/` for the running system; another directory for an offline install into an image (`--root`). */
   readonly root: string;
+  /**
+   * Who owns the units, the sysusers file and the launcher: `meshctl` (`service install` writes them and
+   * `service uninstall` removes them) or `package` (dpkg placed them; meshctl checks they are there and leaves them).
+   */
+  readonly owner: 'meshctl' | 'package';
   readonly unitDir: string;
+  /** Where the drop-ins go (`<dir>/<unit>.d/10-meshctl-config.conf`); the unit directory when absent. */
+  readonly dropInDir?: string;
   readonly sysusersFile: string;
   readonly configFile: string;
   /** The `meshctl` the units run (ExecStart=/usr/local/bin/meshctl). */
@@ -34,12 +44,44 @@ export interface ServiceLayout {
 
 export const DEFAULT_LAYOUT: ServiceLayout = {
   root: '/',
+  owner: 'meshctl',
   unitDir: '/etc/systemd/system',
   sysusersFile: '/etc/sysusers.d/meshctl.conf',
   configFile: '/etc/meshctl/config.yaml',
   binLink: '/usr/local/bin/meshctl',
   captureEnvFile: '/run/meshctl/capture.env',
 };
+
+/**
+ * The Debian package's layout: units and sysusers.d in the vendor directories under /usr/lib, the launcher in
+ * /usr/bin, the config a conffile. The drop-ins are the admin's (derived from the config), so they go to /etc.
+ */
+export const PACKAGED_LAYOUT: ServiceLayout = {
+  root: '/',
+  owner: 'package',
+  unitDir: '/usr/lib/systemd/system',
+  dropInDir: '/etc/systemd/system',
+  sysusersFile: '/usr/lib/sysusers.d/meshctl.conf',
+  configFile: '/etc/meshctl/config.yaml',
+  binLink: '/usr/bin/meshctl',
+  captureEnvFile: '/run/meshctl/capture.env',
+};
+
+/** Present in a tree the Debian package installed (it holds the package format, "deb"): PACKAGED_LAYOUT applies. */
+export const PACKAGED_MARKER = join(PACKAGE_ROOT, 'packaged-by');
+
+/** The layout of a tree: PACKAGED_LAYOUT when the package build left its marker (`packagedBy`), else DEFAULT_LAYOUT. */
+export function layoutFor(packagedBy: string | null): ServiceLayout {
+  return packagedBy === null ? DEFAULT_LAYOUT : PACKAGED_LAYOUT;
+}
+
+/**
+ * A file shipped in systemd/ (or the default config) as installed in `layout`: the shipped text names the default
+ * layout's launcher and sysusers paths, which become the layout's. Everything else stays as written.
+ */
+export function renderShipped(text: string, layout: Pick<ServiceLayout, 'binLink' | 'sysusersFile'>): string {
+  return text.replaceAll(DEFAULT_LAYOUT.binLink, layout.binLink).replaceAll(DEFAULT_LAYOUT.sysusersFile, layout.sysusersFile);
+}
 
 /** A path of the layout as seen from this process (prefixed by root). */
 export function onHost(layout: ServiceLayout, path: string): string {
@@ -80,7 +122,7 @@ export function listenStreams(config: Pick<Config, 'proxy' | 'capture'>): string
 
 /** The drop-ins for `config` with meshctl's tree at `packageRoot`. */
 export function renderDropIns(config: Pick<Config, 'proxy' | 'capture' | 'safety'>, layout: ServiceLayout, packageRoot: string = PACKAGE_ROOT): DropIn[] {
-  const at = (unit: string): string => join(layout.unitDir, `${unit}.d`, DROP_IN_NAME);
+  const at = (unit: string): string => join(layout.dropInDir ?? layout.unitDir, `${unit}.d`, DROP_IN_NAME);
   const socket = [HEADER, '[Socket]', '# proxy.outboundPort, proxy.inboundPort, capture.ipv6', 'ListenStream=', ...listenStreams(config).map((s) => `ListenStream=${s}`)];
   const proxy = [HEADER, '[Service]', `# proxy.drainTimeout = ${config.proxy.drainTimeoutMs} ms: stop = drain, then 5 s to exit`, `TimeoutStopSec=${stopTimeoutSeconds(config)}s`];
   if (underHome(packageRoot)) {

@@ -5,7 +5,7 @@ import { request } from 'node:http';
 import { execa } from 'execa';
 import type { LiveContract } from '../config/contract.js';
 import { MeshctlError } from '../errors.js';
-import { MESHCTL_BIN } from '../netfilter/confirm.js';
+import { MESHCTL_BIN } from '../netfilter/transaction/revert.js';
 
 export interface AdminEndpoint {
   readonly address: string;

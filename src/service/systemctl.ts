@@ -27,7 +27,7 @@ export interface Systemd {
 }
 
 /** True when systemd is PID 1 here (sd_booted(): /run/systemd/system exists). */
-export { systemdAvailable } from '../netfilter/confirm.js';
+export { systemdAvailable } from '../netfilter/transaction/revert.js';
 
 /** systemctl and friends for the running system, or with `root` for an offline image (`systemctl --root`). */
 export function createSystemd(options: { root?: string; env?: NodeJS.ProcessEnv } = {}): Systemd {

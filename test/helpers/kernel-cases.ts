@@ -2,7 +2,7 @@
 // extra configs that reach features the examples do not combine, and one hand-built plan using every model feature.
 import type { CapturePlan, FamilyPlan, Match, Rule, Target } from '../../src/capture/model.js';
 import { planCapture } from '../../src/capture/plan.js';
-import { hostCidr } from '../../src/capture/ip.js';
+import { hostCidr } from '../../src/values/ip.js';
 import { cases, loadCase } from '../cases.js';
 
 /** Configs beyond the examples: TPROXY + DNS + IPv6 intercept + wildcard interfaces + group allow-list together. */

@@ -3,8 +3,8 @@
 // namespace over veth), how explain's verdict reads in the words of an observed landing, where each connection
 // really landed, and running them all against a lab with observers standing in for the proxy and the servers.
 import type { Explanation, Flow, HostContext } from '../../src/capture/explain.js';
-import { cidrContains, formatIp, parseCidr, parseIp } from '../../src/capture/ip.js';
-import type { Cidr } from '../../src/capture/model.js';
+import { cidrContains, formatIp, parseCidr, parseIp } from '../../src/values/ip.js';
+import type { Cidr } from '../../src/values/ip.js';
 import type { Config } from '../../src/config/types.js';
 import type { ClientResult } from './kernel-client.js';
 import { runClient, startObserver, type Lab, type Observer } from './kernel-lab.js';

@@ -4,7 +4,7 @@
 // readOriginalDst (SO_ORIGINAL_DST through the project's addon). Run with kernel-ts-register.mjs; argv[2] is the spec.
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { readOriginalDst } from '../../src/proxy/original-dst.js';
+import { readOriginalDst } from '../../src/native/original-dst.js';
 
 export interface ObserverSpec {
   readonly where: 'host' | 'peer';

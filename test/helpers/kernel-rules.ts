@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Family } from '../../src/capture/model.js';
+import type { Family } from '../../src/values/ip.js';
 
 export type IptablesVariant = 'nft' | 'legacy';
 export const IPTABLES_VARIANTS: readonly IptablesVariant[] = ['nft', 'legacy'];

@@ -222,11 +222,14 @@ export function faultBin(options: { fail?: string; pauseAt?: number; pauseWhen?:
   return { env, paused, calls: () => (existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : []) };
 }
 
-/** Waits until `predicate` holds, polling; throws with `what` after `ms`. */
-export async function waitFor(predicate: () => boolean, ms: number, what: string): Promise<void> {
+/**
+ * Waits until `predicate` holds, polling; throws with `what` after `ms`. A function for `what` is called at the
+ * timeout, so it can show what was seen last (output so far, say).
+ */
+export async function waitFor(predicate: () => boolean, ms: number, what: string | (() => string)): Promise<void> {
   const deadline = Date.now() + ms;
   while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${typeof what === 'function' ? what() : what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
 }

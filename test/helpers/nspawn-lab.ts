@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { deleteNs, sh } from './netns.js';
+import { waitUntil } from './wait.js';
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const PATH_INSIDE = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -316,10 +317,13 @@ export async function loopDuring(start: (stopFile: string) => ChildProcess, stop
       rmSync(`${stopFile}.pause`, { force: true });
     },
   };
+  const progressLines = () => (out.match(/progress/g) ?? []).length;
   try {
     await during(control);
     control.resume();
-    await sleep(1000); // connections after the event, too
+    // Connections after the event, too: 20 more attempts (a progress line every 10), or the loop ended by itself.
+    const until = progressLines() + 2;
+    await waitUntil('20 more connections in the loop after the event', () => progressLines() >= until || child.exitCode !== null, 60_000, { seen: () => out.slice(-300) });
   } finally {
     control.resume();
     writeFileSync(stopFile, 'stop');

@@ -82,7 +82,7 @@ const serverKinds = {
 const ops = {
   /** Listens, connects to `connect` (which the namespace's rules may redirect), and reads the accepted socket's original destination. */
   async originalDst({ listen, connect: target }) {
-    const { readOriginalDst } = await import(new URL('../../dist/proxy/original-dst.js', import.meta.url));
+    const { readOriginalDst } = await import(new URL('../../dist/native/original-dst.js', import.meta.url));
     const server = createServer();
     await new Promise((resolve, reject) => {
       server.once('error', reject);

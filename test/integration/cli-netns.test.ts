@@ -72,7 +72,7 @@ describe.skipIf(!integrationEnabled)('--netns through bin/meshctl', () => {
       let out = '';
       child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
       child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-      await waitFor(() => out.includes('listening'), 10_000, `${argv0} listening on :${port} in ${ns} (output so far: ${JSON.stringify(out)})`);
+      await waitFor(() => out.includes('listening'), 10_000, () => `${argv0} listening on :${port} in ${ns} (output so far: ${JSON.stringify(out)})`);
     }
 
     /** Connects from the peer namespace; the greeting received, or the connect error code. */

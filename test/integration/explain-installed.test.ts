@@ -4,7 +4,7 @@
 // explain says from the kernel's rules (readExplainRules, the call the CLI makes). The CLI shows where the rules came
 // from and how they differ from the config; --plan explains the config instead, which gets :9999 wrong on purpose.
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,7 +14,7 @@ import { loadConfig } from '../../src/config/load.js';
 import type { Backend } from '../../src/config/types.js';
 import { isMeshctlError } from '../../src/errors.js';
 import { isAddonAvailable } from '../../src/native/addon.js';
-import { readExplainRules } from '../../src/netfilter/live-plan.js';
+import { readExplainRules } from '../../src/netfilter/host/live-plan.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { flowTable, hostContext, observed, owners, predicted, REMOTE, runFlows, toExplainFlow, WG_ROUTES, type LabFlow } from '../helpers/kernel-flows.js';
 import { createLab, destroyLab, warmChildScripts, type Lab } from '../helpers/kernel-lab.js';
@@ -38,8 +38,10 @@ const INSTALL_FLAGS = ['--outbound-exclude-ports', '5432,9999', '--outbound-incl
 const work = mkdtempSync(join(tmpdir(), 'hx-explain-'));
 const labs = new Set<Lab>();
 
-function cli(args: readonly string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [MESHCTL, ...args], { env: labEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+function cli(args: readonly string[], asUser?: number): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const argv = [process.execPath, MESHCTL, ...args];
+  const [file, ...rest] = asUser === undefined ? argv : ['setpriv', `--reuid=${asUser}`, `--regid=${asUser}`, '--clear-groups', ...argv];
+  const child = spawn(file!, rest, { env: labEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -76,7 +78,9 @@ describe.skipIf(!integrationEnabled)('explain reads the installed rules from the
     if (!isAddonAvailable()) throw new Error('the native addon is not built (build/Release/meshctl_native.node): run `npm ci` or `npx node-gyp rebuild`');
     builtCli();
     warmChildScripts();
-    writeFileSync(join(work, 'config.json'), JSON.stringify(FILE));
+    // Readable by everyone: one case runs explain as nobody.
+    chmodSync(work, 0o755);
+    writeFileSync(join(work, 'config.json'), JSON.stringify(FILE), { mode: 0o644 });
   });
   afterAll(() => {
     for (const lab of labs) destroyLab(lab);
@@ -172,6 +176,16 @@ describe.skipIf(!integrationEnabled)('explain reads the installed rules from the
     expect(e).toMatchObject({ source: 'config', installId: null, backend: null, intercepted: true });
     expect(e.assumptions[0]).toBe(`no capture is installed in namespace hx-exp-empty (no ledger at ${stateDir}/netns/hx-exp-empty/ledger.json): explaining the current config's plan instead`);
     expect(existsSync(stateDir)).toBe(false);
+
+    // A user who cannot read root's ledger still gets an answer, from the config, and is told why.
+    const rootOnly = join(work, 'root-only');
+    mkdirSync(join(rootOnly, 'netns', 'hx-exp-empty'), { recursive: true, mode: 0o700 });
+    writeFileSync(join(rootOnly, 'netns', 'hx-exp-empty', 'ledger.json'), '{}');
+    const asNobody = await cli(['explain', ...args.map((a) => (a === stateDir ? rootOnly : a))], 65534);
+    expect(asNobody.status, asNobody.stderr).toBe(0);
+    const n = JSON.parse(asNobody.stdout) as Explanation & Record<string, unknown>;
+    expect(n.source).toBe('config');
+    expect(n.assumptions[0]).toMatch(/^cannot read the ledger .*ledger\.json as uid 65534 \(EACCES\).*: explaining the current config's plan instead; run as root to explain the installed rules$/);
 
     const missing = await cli(['explain', ...args.map((a) => (a === 'hx-exp-empty' ? 'hx-exp-nope' : a))]);
     expect(missing.status).toBe(1);

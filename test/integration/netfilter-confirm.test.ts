@@ -3,9 +3,9 @@
 // and logs what it did.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readLedger, scopeDir } from '../../src/netfilter/ledger.js';
-import { processStartTime } from '../../src/netfilter/lock.js';
-import { revertLogPath } from '../../src/netfilter/confirm.js';
+import { readLedger, scopeDir } from '../../src/netfilter/transaction/ledger.js';
+import { processStartTime } from '../../src/netfilter/transaction/lock.js';
+import { revertLogPath } from '../../src/netfilter/transaction/revert.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import {
   addDockerLike, builtCli, faultBin, labEnv, labNamespaces, meshctl, meshctlDetached, meshctlResidue, normalizedRuleset,
@@ -84,7 +84,8 @@ describe.skipIf(!integrationEnabled)('install --confirm-within', () => {
     expect(confirmed.stdout).toContain(`confirmed install ${readLedger(dir)!.installId} in namespace ${ns}`);
     await waitFor(() => !alive(arm.pid!, arm.pidStartTime), 10_000, 'the reverter to stop');
 
-    // Past the deadline the rules are still there and in sync.
+    // Past the deadline the rules are still there and in sync. A bound on a negative (nothing may revert them),
+    // so this one waits a fixed time: until the deadline has passed, plus a margin.
     await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(arm.deadline) - Date.now()) + 1500));
     expect(normalizedRuleset(ns, 'iptables-nft')).toBe(rules);
     expect(readLedger(dir)?.confirm?.confirmedAt).not.toBeNull();

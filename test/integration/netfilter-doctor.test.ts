@@ -2,7 +2,7 @@
 // disabled in the namespace, rules held by the other iptables backend, and other rule owners.
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runDoctor, type DoctorReport } from '../../src/netfilter/doctor.js';
+import { runDoctor, type DoctorReport } from '../../src/netfilter/host/doctor.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { MESHCTL, addDockerLike, builtCli, labConfig, labEnv, labNamespaces, nsSysctl, restoreForeign, tempStateDir } from '../helpers/netfilter-lab.js';
 

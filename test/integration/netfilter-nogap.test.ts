@@ -8,6 +8,7 @@ import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createVethPair, inNs, sh, spawnInNs } from '../helpers/netns.js';
 import { BACKEND_SHORT, BACKENDS, labConfig, labEnv, labNamespaces, tempStateDir } from '../helpers/netfilter-lab.js';
+import { waitUntil } from '../helpers/wait.js';
 import type { ChildProcess } from 'node:child_process';
 
 /** Listens on each host:port and answers every connection with one tag byte. Prints "ready" once listening. */
@@ -96,10 +97,7 @@ describe.skipIf(!integrationEnabled)('re-installing under load', () => {
     let output = '';
     client.stdout!.setEncoding('utf8');
     client.stdout!.on('data', (d: string) => { output += d; });
-    await new Promise<void>((resolve) => {
-      const check = () => (output.includes('started') ? resolve() : setTimeout(check, 10));
-      check();
-    });
+    await waitUntil('the client loop to print "started"', () => output.includes('started') || client.exitCode !== null, 15_000, { seen: () => output });
 
     const actions: string[] = [];
     for (let i = 1; i <= 50; i++) actions.push((await installCapture({ config: configs[i % 2]!, netns: a, env: labEnv })).action);

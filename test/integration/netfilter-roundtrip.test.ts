@@ -4,7 +4,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { isMeshctlError } from '../../src/errors.js';
 import { installCapture } from '../../src/netfilter/install.js';
-import { readLedger, scopeDir } from '../../src/netfilter/ledger.js';
+import { readLedger, scopeDir } from '../../src/netfilter/transaction/ledger.js';
 import { captureStatus } from '../../src/netfilter/status.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Backend } from '../../src/config/types.js';
-import { assertVerified, verifyCapture, type ProbeResult, type VerifyReport } from '../../src/netfilter/verify.js';
+import { assertVerified, verifyCapture, type ProbeResult, type VerifyReport } from '../../src/probes/verify.js';
 import { isMeshctlError } from '../../src/errors.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { meshctl } from '../helpers/netfilter-lab.js';

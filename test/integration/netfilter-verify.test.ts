@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { installCapture } from '../../src/netfilter/install.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
-import { assertVerified, verifyCapture, type VerifyReport } from '../../src/netfilter/verify.js';
+import { assertVerified, verifyCapture, type VerifyReport } from '../../src/probes/verify.js';
 import { isMeshctlError } from '../../src/errors.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createIsolatedNs, createVethPair, deleteNs, sh, spawnInNs } from '../helpers/netns.js';

@@ -11,6 +11,7 @@ import {
   Container, REPO_ROOT, createLabTopology, deleteLabTopology, loopDuring, removeRootfs, resetLabTopology, rootfsTarball, sleep,
   unpackRootfs, writeLabScripts, type LabTopology,
 } from '../helpers/nspawn-lab.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const PREFIX = 'ms-sys';
 const SUBNET = 213;
@@ -69,7 +70,9 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
   const show = (unit: string, prop: string): string => ct.run('systemctl', ['show', unit, `--property=${prop}`, '--value']).trim();
   const startInboundServer = (): void => {
     ct.run('systemd-run', ['--unit=lab-echo', '-p', 'DynamicUser=yes', NODE, '/opt/lab/echo-server.mjs', '::', '9090']);
-    for (let i = 0; i < 100 && !ct.run('ss', ['-Hltn', 'sport = :9090']).includes('9090'); i++) spawnSync('sleep', ['0.05']);
+    const listening = () => ct.run('ss', ['-Hltn', 'sport = :9090']);
+    for (let i = 0; i < 200 && !listening().includes('9090'); i++) spawnSync('sleep', ['0.05']);
+    if (!listening().includes('9090')) throw new Error(`lab-echo not listening on :9090 after 10 s; ss shows: ${JSON.stringify(listening())}, unit: ${show('lab-echo.service', 'ActiveState')}`);
   };
   /** One connection from `where`; returns the greeting line (peer=… local=…). */
   const connectOnce = (where: 'client' | 'container', host: string, port: number): string => {
@@ -160,13 +163,23 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
   it('keeps every connection working while systemctl restart meshctl-proxy runs under load', async () => {
     const restartsBefore = Number(show('meshctl-proxy.service', 'NRestarts'));
     const pidBefore = show('meshctl-proxy.service', 'MainPID');
+    // Both loops are going before the restart, and the outbound one runs until it is over (then 20 more each).
+    let outboundGoing!: () => void;
+    let restartDone!: () => void;
+    const outboundStarted = new Promise<void>((resolve) => (outboundGoing = resolve));
+    const restarted = new Promise<void>((resolve) => (restartDone = resolve));
     const [inbound, outbound] = await Promise.all([
       loopDuring(clientLoop(topo.ct4, 9090), join(labDir, 'stop-in'), async () => {
-        await sleep(300);
-        ct.run('systemctl', ['restart', 'meshctl-proxy.service']);
+        try {
+          await outboundStarted;
+          ct.run('systemctl', ['restart', 'meshctl-proxy.service']);
+        } finally {
+          restartDone();
+        }
       }),
       loopDuring(containerLoop(topo.client4, 8080), join(labDir, 'stop-out'), async () => {
-        await sleep(2500);
+        outboundGoing();
+        await restarted;
       }),
     ]);
     expect(show('meshctl-proxy.service', 'MainPID')).not.toBe(pidBefore);
@@ -197,7 +210,7 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
       await quiesce();
       ct.run('kill', ['-9', pidBefore]);
       resume();
-      for (let i = 0; i < 200 && show('meshctl-proxy.service', 'ActiveState') !== 'active'; i++) await sleep(50);
+      await waitUntil('meshctl-proxy active again after the kill', () => show('meshctl-proxy.service', 'ActiveState') === 'active', 20_000, { seen: () => show('meshctl-proxy.service', 'ActiveState'), intervalMs: 50 });
     });
     expect(Number(show('meshctl-proxy.service', 'NRestarts'))).toBe(restartsBefore + 1);
     expect(show('meshctl-proxy.service', 'MainPID')).not.toBe(pidBefore);
@@ -215,8 +228,7 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     outboundServer?.kill('SIGKILL');
     outboundServer = spawn('ip', ['netns', 'exec', topo.clientNs, process.execPath, join(labDir, 'echo-server.mjs'), '::', '8080'], { stdio: 'ignore' });
     await ct.boot();
-    for (let i = 0; i < 100 && show('meshctl-capture.service', 'ActiveState') !== 'active'; i++) await sleep(100);
-    expect(show('meshctl-capture.service', 'ActiveState')).toBe('active');
+    await waitUntil('meshctl-capture active after the boot', () => show('meshctl-capture.service', 'ActiveState') === 'active', 20_000, { seen: () => show('meshctl-capture.service', 'ActiveState'), intervalMs: 100 });
     const status = ct.exec(MESHCTL, ['status', '--config', '/etc/meshctl/config.yaml']);
     expect(status.stdout).toContain('in sync');
     expect(status.status).toBe(0);
@@ -264,14 +276,14 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     expect(out).toContain('run `meshctl confirm` within 3s');
     expect(ct.run('iptables-save', ['-t', 'nat'])).toContain('MESHCTL_OUTPUT');
     // Nobody confirms: the revert timer (a transient systemd timer) removes the rules.
-    for (let i = 0; i < 100 && ct.run('iptables-save', ['-t', 'nat']).includes('MESHCTL'); i++) await sleep(100);
-    expect(ct.run('iptables-save', ['-t', 'nat'])).not.toContain('MESHCTL');
+    await waitUntil('the revert timer to remove the rules', () => !ct.run('iptables-save', ['-t', 'nat']).includes('MESHCTL'), 20_000, { seen: () => ct.run('iptables-save', ['-t', 'nat']), intervalMs: 100 });
     const status = ct.exec(MESHCTL, ['service', 'status']);
     expect(status.stdout).toContain('no capture rules are installed');
     expect(status.status).toBe(1);
     // Again, and confirmed: the rules stay past the deadline; the next start has no deadline (the env file is reset).
     ct.run(MESHCTL, ['service', 'install', '--confirm-within', '3s']);
     expect(ct.run(MESHCTL, ['confirm'])).toMatch(/confirm/i);
+    // A bound on a negative (the confirmed install must not be reverted), so a fixed wait: past the 3 s deadline.
     await sleep(4500);
     expect(ct.run('iptables-save', ['-t', 'nat'])).toContain('MESHCTL_OUTPUT');
     expect(ct.run('cat', ['/run/meshctl/capture.env'])).toMatch(/^MESHCTL_INSTALL_ARGS=$/m);

@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createPolicyLab, policyConfig, type PolicyLab, type PolicyProxy } from '../helpers/policy-lab.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const POLL_MS = 500;
 
@@ -54,7 +55,11 @@ describe.skipIf(!integrationEnabled)('control plane: policy from an HTTP URL', (
   });
 
   it('polls with If-None-Match and gets 304 while the document is unchanged', async () => {
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS * 2.5));
+    let fetches: Record<string, number> = {};
+    await waitUntil('two 304 answers counted by the proxy', async () => {
+      fetches = (await config()).controlPlaneStatus.fetches;
+      return (fetches['not-modified'] ?? 0) >= 2;
+    }, 10 * POLL_MS + 5000, { seen: () => fetches });
     const seen = await requests();
     expect(seen[0]!.ifNoneMatch).toBeNull();
     expect(seen.length).toBeGreaterThanOrEqual(3);
@@ -92,7 +97,13 @@ describe.skipIf(!integrationEnabled)('control plane: policy from an HTTP URL', (
     expect(metrics).toMatch(/meshctl_control_plane_fetches_total\{result="rejected"\} [1-9]/);
     expect(metrics).toContain('meshctl_proxy_config_version 2');
     // The server answers 304 to the rejected ETag from now on; the document is still reported as rejected.
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS * 2));
+    // A 304 to the rejected ETag counts as rejected again (src/policy/control-plane.ts), so wait for one more.
+    const rejected = status.fetches.rejected ?? 0;
+    let fetches: Record<string, number> = status.fetches;
+    await waitUntil('a 304 answer to the rejected ETag', async () => {
+      fetches = (await config()).controlPlaneStatus.fetches;
+      return (fetches.rejected ?? 0) > rejected;
+    }, 10 * POLL_MS + 5000, { seen: () => fetches });
     expect((await config()).controlPlaneStatus).toMatchObject({ state: 'failing', appliedEtag: '"v2"' });
   });
 

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import { inNs } from '../helpers/netns.js';
 import { createPolicyLab, policyConfig, tally, type PolicyLab, type PolicyProxy } from '../helpers/policy-lab.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const PORT = 8080;
 const DROP_PORT = 9999;
@@ -118,7 +119,8 @@ describe.skipIf(!integrationEnabled)('resilience: retries, outlier detection, ci
     const start = performance.now();
     const during = await dial(100, 12);
     if (performance.now() - start < ejectedForMs - 50) expect(during.ids).not.toContain(C);
-    await new Promise((resolve) => setTimeout(resolve, Math.max(0, ejectedForMs - (performance.now() - start)) + 100));
+    let row: EndpointRow | undefined;
+    await waitUntil(`C back in rotation once its ${ejectedForMs} ms ejection is over`, async () => !(row = await endpoint('flaky', C)).ejected, ejectedForMs + 10_000, { seen: () => row, intervalMs: 50 });
     expect(await endpoint('flaky', C)).toMatchObject({ ejected: false, ejectedForMs: 0 });
     const after = tally((await dial(100, 30)).ids);
     expect(after[C]).toBeGreaterThanOrEqual(9);

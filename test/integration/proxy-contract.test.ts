@@ -6,7 +6,7 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readLedger, scopeDir } from '../../src/netfilter/ledger.js';
+import { readLedger, scopeDir } from '../../src/netfilter/transaction/ledger.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { builtCli, meshctl, normalizedRuleset } from '../helpers/netfilter-lab.js';
 import { createProxyLab, labConfigObject, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';

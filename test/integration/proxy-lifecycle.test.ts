@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import { inNs } from '../helpers/netns.js';
 import { createProxyLab, labConfigObject, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
+import { waitUntil } from '../helpers/wait.js';
 
 interface Outcome {
   outcome: string;
@@ -94,11 +95,11 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     const victim = before.workers[0].pid as number;
     process.kill(victim, 'SIGKILL');
     await proxy.waitForStderr(/worker exited unexpectedly; starting a new one/);
-    let after = await proxy.adminJson('/stats');
-    for (let i = 0; i < 100 && !(after.ready && after.workers.length === 2); i++) {
-      await new Promise((r) => setTimeout(r, 50));
-      after = await proxy.adminJson('/stats');
-    }
+    let seen: any;
+    const after = await waitUntil('ready again with 2 workers', async () => {
+      seen = await proxy.adminJson('/stats');
+      return seen.ready && seen.workers.length === 2 ? seen : null;
+    }, 15_000, { seen: () => ({ ready: seen?.ready, workers: seen?.workers }), intervalMs: 50 });
     expect(after.ready).toBe(true);
     expect(after.workers.map((w: { pid: number }) => w.pid)).not.toContain(victim);
     expect(after.workers).toHaveLength(2);

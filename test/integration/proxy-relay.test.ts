@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createProxyLab, labConfigObject, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
+import { waitUntil } from '../helpers/wait.js';
 
 interface Exchange {
   sent: number;
@@ -45,11 +46,11 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
 
   /** The server's record of its first connection, once it has seen the client's EOF (it may lag the client a little). */
   async function serverRecord(name: string): Promise<ServerRecord> {
-    for (let i = 0; ; i++) {
-      const [record] = await lab.peer.call<ServerRecord[]>('records', { name });
-      if ((record?.received !== undefined && record.sentHash !== undefined) || i >= 100) return record!;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+    let last: ServerRecord | undefined;
+    return waitUntil(`server ${name}'s record of the client's EOF`, async () => {
+      [last] = await lab.peer.call<ServerRecord[]>('records', { name });
+      return last?.received !== undefined && last.sentHash !== undefined ? last : null;
+    }, 10_000, { seen: () => last, intervalMs: 50 });
   }
 
   it('delivers the full reply to a client that wrote 1 MiB and shut down its write side', async () => {
@@ -88,14 +89,13 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
     expect(line).toMatchObject({ result: 'FIN', bytesFromClient: 200 * MiB, bytesFromUpstream: 200 * MiB });
   }, 120_000);
 
-  /** /stats once no outbound connection is open any more (or after 2 s, for the assertions to report). */
+  /** /stats once no outbound connection is open any more. */
   async function statsOnceIdle(): Promise<any> {
-    let stats = await proxy.adminJson('/stats');
-    for (let i = 0; i < 40 && stats.connections.active.outbound > 0; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
+    let stats: any;
+    return waitUntil('no open outbound connection in /stats', async () => {
       stats = await proxy.adminJson('/stats');
-    }
-    return stats;
+      return stats.connections.active.outbound === 0 ? stats : null;
+    }, 10_000, { seen: () => stats?.connections, intervalMs: 50 });
   }
 
   it('carries 2,000 connections open at the same time without an error', async () => {

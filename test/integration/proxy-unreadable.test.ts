@@ -53,7 +53,7 @@ describe.skipIf(!integrationEnabled)('meshctl proxy from a tree the proxy user c
     child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
     try {
-      await waitFor(() => out.includes('"msg":"proxy ready"') || child.exitCode !== null, 20_000, `"proxy ready" from the proxy (output so far: ${out.slice(-2000)})`);
+      await waitFor(() => out.includes('"msg":"proxy ready"') || child.exitCode !== null, 20_000, () => `"proxy ready" from the proxy (output so far: ${out.slice(-2000)})`);
       expect(out).toContain('"msg":"proxy ready"');
     } finally {
       child.kill('SIGTERM');

@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createIsolatedNs, deleteNs, inNs } from '../helpers/netns.js';
-import { REPO_ROOT, sleep } from '../helpers/nspawn-lab.js';
+import { REPO_ROOT } from '../helpers/nspawn-lab.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const NS = 'ms-ready';
 const MESHCTL = join(REPO_ROOT, 'bin/meshctl');
@@ -33,7 +34,8 @@ describe.skipIf(!integrationEnabled)('proxy readiness before capture', () => {
   afterAll(async () => {
     if (proxy && proxy.exitCode === null) {
       proxy.kill('SIGKILL');
-      await sleep(100);
+      const killed = proxy;
+      await waitUntil('the killed proxy to exit', () => killed.exitCode !== null || killed.signalCode !== null, 10_000);
     }
     meshctl(['uninstall', '--netns', NS, '--config', configFile]);
     deleteNs(NS);

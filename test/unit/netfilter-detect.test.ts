@@ -1,7 +1,7 @@
 // chooseBackend: the read-only heuristic (kube-proxy's and Istio's): the ledger's backend, then an explicit request,
 // then the backend holding the most rules, then what `iptables` points to. Pure given an inventory.
 import { describe, expect, it } from 'vitest';
-import { chooseBackend, type BackendInventory } from '../../src/netfilter/detect.js';
+import { chooseBackend, type BackendInventory } from '../../src/netfilter/host/detect.js';
 import { isMeshctlError } from '../../src/errors.js';
 
 function inventory(overrides: { legacy?: number; nft?: number; available?: Partial<BackendInventory['available']>; defaultIptables?: BackendInventory['defaultIptables'] } = {}): BackendInventory {

@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isMeshctlError } from '../../src/errors.js';
-import { ensureStateDir, LEDGER_FORMAT, ledgerPath, readLedger, removeLedger, scopeDir, writeLedger, type Ledger } from '../../src/netfilter/ledger.js';
-import { acquireStateLock, processStartTime } from '../../src/netfilter/lock.js';
+import { ensureStateDir, LEDGER_FORMAT, ledgerPath, readLedger, removeLedger, scopeDir, writeLedger, type Ledger } from '../../src/netfilter/transaction/ledger.js';
+import { acquireStateLock, processStartTime } from '../../src/netfilter/transaction/lock.js';
 import { planCapture } from '../../src/capture/plan.js';
 import { loadCase } from '../cases.js';
 

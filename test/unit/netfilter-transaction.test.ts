@@ -3,8 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { isMeshctlError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
-import type { ApplyStep, BackendDriver, KernelState, TransitionTarget } from '../../src/netfilter/driver.js';
-import { runTransaction } from '../../src/netfilter/transaction.js';
+import type { ApplyStep, BackendDriver, KernelState, TransitionTarget } from '../../src/netfilter/drivers/driver.js';
+import { runTransaction } from '../../src/netfilter/transaction/transaction.js';
 
 type Values = Record<'ipv4' | 'ipv6', string>;
 

@@ -5,8 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { parseSave } from '../../src/capture/parse-save.js';
 import { planCapture } from '../../src/capture/plan.js';
 import { isMeshctlError } from '../../src/errors.js';
-import { buildTransition, ownedInDump, planObjects, presentIn } from '../../src/netfilter/transition.js';
-import { splitTables } from '../../src/netfilter/xtables-driver.js';
+import { buildTransition, ownedInDump, planObjects, presentIn } from '../../src/netfilter/drivers/xtables-transition.js';
+import { splitTables } from '../../src/netfilter/drivers/xtables-driver.js';
 import { loadCase } from '../cases.js';
 
 function dedent(text: string): string {
@@ -146,7 +146,7 @@ describe('splitTables', () => {
 
 describe('parseXtablesNftTables', () => {
   it('finds the iptables-nft tables and tells empty accept base chains from the rest', async () => {
-    const { parseXtablesNftTables } = await import('../../src/netfilter/nft-tidy.js');
+    const { parseXtablesNftTables } = await import('../../src/netfilter/drivers/nft-tidy.js');
     const tables = parseXtablesNftTables([
       '# Warning: table ip nat is managed by iptables-nft, do not touch!',
       'table ip nat {',

@@ -2,7 +2,7 @@
 // CONFIG_INVALID naming the flag and the value; a well-formed name that `ip netns` does not know is NETNS_NOT_FOUND.
 import { describe, expect, it } from 'vitest';
 import { isMeshctlError } from '../../src/errors.js';
-import { assertNetnsExists, assertNetnsName } from '../../src/netfilter/runner.js';
+import { assertNetnsExists, assertNetnsName } from '../../src/values/netns.js';
 
 function failure(fn: () => void): { code: string; message: string } {
   try {

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
 import { MeshctlError } from '../../src/errors.js';
-import { parseHostPort, parseResolverServer, parseServiceAddress } from '../../src/policy/addresses.js';
+import { parseHostPort, parseResolverServer, parseServiceAddress } from '../../src/values/addresses.js';
 import { testHost } from '../cases.js';
 
 const load = (raw: Record<string, unknown>, overlay?: { raw: Record<string, unknown>; origin: string }) =>

@@ -7,6 +7,7 @@ import { DnsClient, resolveAddresses, resolveSrv } from '../../src/policy/dns-cl
 import { DnsWireError, RR, decodeMessage, encodeMessage, encodeQuery } from '../../src/policy/dns-wire.js';
 import { Discovery } from '../../src/policy/discovery.js';
 import { startDnsServer, type TestDnsServer } from '../helpers/policy-dns.js';
+import { waitUntil } from '../helpers/wait.js';
 
 let servers: TestDnsServer[] = [];
 const server = async (zone: Parameters<typeof startDnsServer>[0]) => {
@@ -146,7 +147,7 @@ describe('Discovery', () => {
     expect(info.nextRefreshInMs).toBeGreaterThan(800);
     expect(info.nextRefreshInMs).toBeLessThanOrEqual(1000);
     dns.zone = { 'svc.mesh': { ttl: 1, A: ['10.6.0.2', '10.6.0.3'] } };
-    await new Promise((resolve) => setTimeout(resolve, 1300));
+    await waitUntil('the re-resolved answer after the 1 s TTL', () => changes === 2, 5000, { seen: () => ({ changes, info: d.info(), queries: dns.queries.length }) });
     expect(d.get('addresses', 'svc.mesh')!.map((a) => a.address)).toEqual(['10.6.0.2', '10.6.0.3']);
     expect(changes).toBe(2);
     expect(dns.queries.filter((q) => q.type === RR.A)).toHaveLength(2);
@@ -161,7 +162,7 @@ describe('Discovery', () => {
     await d.start(null);
     expect(d.get('srv', '_s._tcp.mesh')).toEqual([{ address: '10.7.0.1', family: 'ipv4', port: 81 }]);
     dns.silent = true;
-    await new Promise((resolve) => setTimeout(resolve, 1400));
+    await waitUntil('a failed refresh of svc.mesh', () => (d.info().find((w) => w.name === 'svc.mesh')?.failures ?? 0) >= 1, 5000, { seen: () => d.info() });
     expect(d.get('addresses', 'svc.mesh')).toEqual([{ address: '10.7.0.1', family: 'ipv4', port: null }]);
     const failed = d.info().find((w) => w.name === 'svc.mesh')!;
     expect(failed.failures).toBeGreaterThanOrEqual(1);

@@ -1,8 +1,8 @@
 // Matching original destinations to services and sources to CIDRs: fast IPv4 parsing, longest-prefix tables,
 // exact-before-CIDR, IPv6 canonical forms.
 import { describe, expect, it } from 'vitest';
-import { parseCidr } from '../../src/capture/ip.js';
-import type { Cidr } from '../../src/capture/model.js';
+import { parseCidr } from '../../src/values/ip.js';
+import type { Cidr } from '../../src/values/ip.js';
 import { CidrSet, CidrTable, ipv4ToInt } from '../../src/policy/cidr-table.js';
 import { ServiceMatcher, type RegistryEntry } from '../../src/policy/registry.js';
 

@@ -1,8 +1,8 @@
 // Resilience and admission logic without sockets: outlier ejection, backoff, faults, the upstream lease's retries
 // and counts (against a recording connection), token buckets, inbound admission and health-check thresholds.
 import { describe, expect, it } from 'vitest';
-import { parseCidr } from '../../src/capture/ip.js';
-import type { Cidr } from '../../src/capture/model.js';
+import { parseCidr } from '../../src/values/ip.js';
+import type { Cidr } from '../../src/values/ip.js';
 import type { InboundPortPolicy, OutlierDetectionPolicy, ServiceConfig } from '../../src/config/types.js';
 import { Endpoint } from '../../src/policy/endpoint.js';
 import { injectFault } from '../../src/policy/faults.js';
@@ -15,6 +15,7 @@ import { ServiceRuntime } from '../../src/policy/service.js';
 import { ServiceState } from '../../src/policy/service-state.js';
 import { SourceBuckets, TokenBucket } from '../../src/policy/token-bucket.js';
 import { UpstreamLease } from '../../src/policy/upstream.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const od = (extra: Partial<OutlierDetectionPolicy> = {}): OutlierDetectionPolicy => ({ enabled: true, consecutiveFailures: 3, baseEjectionMs: 1000, maxEjectionPercent: 50, ...extra });
 const eps = (n: number) => Array.from({ length: n }, (_, i) => new Endpoint(`10.0.0.${i + 1}`, 80, 'ipv4', null));
@@ -120,7 +121,8 @@ describe('UpstreamLease', () => {
   };
   const ejections: string[] = [];
   const listener = { ejected: (_s: ServiceRuntime, ep: Endpoint) => void ejections.push(ep.text) };
-  const tick = () => new Promise((resolve) => setTimeout(resolve, 10));
+  /** The retry is scheduled after a backoff timer: wait for the connection's n-th route. */
+  const routed = (conn: FakeConnection, n: number) => waitUntil(`route ${n} after the backoff`, () => conn.routes.length >= n, 5000, { seen: () => conn.routes });
 
   it('connects to an endpoint, retries failed attempts on other endpoints after a backoff, and gives back every count', async () => {
     const svc = service();
@@ -131,7 +133,7 @@ describe('UpstreamLease', () => {
     expect(conn.routes).toEqual(['10.0.0.1:80']);
     expect(lease.connectFailed(conn, 'ECONNREFUSED')).toBe(true);
     expect(svc.endpoints[0]!.active).toBe(0);
-    await tick();
+    await routed(conn, 2);
     expect(conn.routes).toEqual(['10.0.0.1:80', '10.0.0.2:80']);
     expect(svc.endpoints[1]!.active).toBe(1);
     lease.connected();
@@ -150,7 +152,7 @@ describe('UpstreamLease', () => {
     lease.begin(conn);
     for (let i = 0; i < 2; i++) {
       expect(lease.connectFailed(conn, 'ETIMEDOUT')).toBe(true);
-      await tick();
+      await routed(conn, i + 2);
     }
     expect(lease.connectFailed(conn, 'ETIMEDOUT')).toBe(false);
     expect(conn.routes).toHaveLength(3);
@@ -177,17 +179,18 @@ describe('UpstreamLease', () => {
 
   it('connects only after an injected delay, and not at all if released first', async () => {
     const svc = service({ faults: { delay: { percent: 100, durationMs: 30 }, abort: null } });
-    const conn = new FakeConnection();
-    const lease = new UpstreamLease(svc, 0, 30, listener);
-    lease.begin(conn);
-    expect(conn.routes).toEqual([]);
-    await new Promise((resolve) => setTimeout(resolve, 60));
-    expect(conn.routes).toHaveLength(1);
+    // The released lease's delay timer is armed first; timers of equal length fire in order, so once the second
+    // lease has connected, the first one's timer has fired too (and must not have connected).
     const conn2 = new FakeConnection();
     const early = new UpstreamLease(svc, 0, 30, listener);
     early.begin(conn2);
     early.release();
-    await new Promise((resolve) => setTimeout(resolve, 60));
+    const conn = new FakeConnection();
+    const lease = new UpstreamLease(svc, 0, 30, listener);
+    lease.begin(conn);
+    expect(conn.routes).toEqual([]);
+    await routed(conn, 1);
+    expect(conn.routes).toHaveLength(1);
     expect(conn2.routes).toEqual([]);
     expect(svc.state.delayed).toBe(2);
   });

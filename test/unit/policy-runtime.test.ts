@@ -9,6 +9,7 @@ import { mergePolicySnapshots, renderPolicyPrometheus } from '../../src/policy/m
 import { PolicyRuntime } from '../../src/policy/runtime.js';
 import { UpstreamLease } from '../../src/policy/upstream.js';
 import { testHost } from '../cases.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const load = (raw: Record<string, unknown>) => configFromObject({ proxy: { user: 'meshproxy' }, ...raw }, { file: 'mesh.yaml', host: testHost, env: {} });
 
@@ -88,7 +89,7 @@ describe('PolicyRuntime start with a silent DNS server', () => {
     expect(rt.snapshot().services.slow!.endpoints).toEqual([]);
     dns.silent = false;
     // The query in flight times out at 4 s, the retry 100 ms later is answered.
-    for (let i = 0; i < 40 && rt.snapshot().services.slow!.endpoints.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    await waitUntil('the endpoint from the answered retry', () => rt.snapshot().services.slow!.endpoints.length > 0, 4000, { seen: () => rt.snapshot().services.slow });
     expect(rt.snapshot().services.slow!.endpoints.map((e) => e.endpoint)).toEqual(['10.8.0.1:80']);
     rt.stop();
     await dns.close();

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AccessLog, type AccessRecord } from '../../src/proxy/access-log.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -22,10 +23,18 @@ const record = (over: Partial<AccessRecord>): AccessRecord => ({
   bytesFromClient: 10, bytesFromUpstream: 20, durationMs: 3.5, connectMs: 0.4, result: 'FIN', detail: 'client-first', ...over,
 });
 
+/**
+ * Closes the log and returns its lines once all are on disk. The destination opens and writes asynchronously, so
+ * a last record that is always kept (an RST, never sampled out) marks the end: wait for it, then drop it.
+ */
 async function lines(file: string, log: AccessLog): Promise<Record<string, unknown>[]> {
+  log.closed(record({ id: 'end-marker', result: 'RST', detail: 'end-marker' }));
   log.close();
-  await new Promise((r) => setTimeout(r, 50));
-  return readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  const read = () => readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  const all = await waitUntil(`the end marker as the last line of ${file}`, () => (read().at(-1)?.id === 'end-marker' ? read() : null), 10_000, {
+    seen: () => (existsSync(file) ? readFileSync(file, 'utf8').slice(-500) : 'no file yet'),
+  });
+  return all.slice(0, -1);
 }
 
 describe('AccessLog', () => {

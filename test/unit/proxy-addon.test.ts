@@ -6,7 +6,7 @@ import { constants } from 'node:os';
 import { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { isAddonAvailable, originalDst } from '../../src/native/addon.js';
-import { readOriginalDst } from '../../src/proxy/original-dst.js';
+import { readOriginalDst } from '../../src/native/original-dst.js';
 import { isMeshctlError } from '../../src/errors.js';
 
 const binding = createRequire(import.meta.url)('../../build/Release/meshctl_native.node') as {

@@ -9,8 +9,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
 import type { ProxyConfig } from '../../src/config/types.js';
 import { ProxyMetrics } from '../../src/proxy/metrics.js';
-import { Connection, type ConnectionOwner } from '../../src/proxy/relay.js';
+import { Connection, type ConnectionOwner } from '../../src/proxy/connection.js';
 import { describeEnd, relayBounds, RelayThread } from '../../src/proxy/relay-thread.js';
+import { waitUntil } from '../helpers/wait.js';
 
 type Engine = 'node' | 'native';
 
@@ -151,14 +152,15 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
 
   it('mirrors a client RST to the upstream as a reset', async () => {
     let upstreamError: Promise<NodeJS.ErrnoException> | undefined;
+    let upstreamGotData = false;
     const upstream = createServer((s) => {
       upstreamError = new Promise((resolve) => s.on('error', resolve));
-      s.once('data', () => {});
+      s.once('data', () => (upstreamGotData = true));
     });
     const h = await harness(await listen(upstream));
     const c = client(h.proxyPort);
     c.write('x');
-    await new Promise((r) => setTimeout(r, 50));
+    await waitUntil('the client\'s byte at the upstream (the relay established)', () => upstreamGotData, 10_000, { seen: () => h.conns[0]?.state ?? 'no connection accepted' });
     c.resetAndDestroy();
     const conn = await h.whenClosed();
     expect([conn.result, conn.detail]).toEqual(['RST', 'client-reset']);
@@ -190,8 +192,9 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
     // Queue 128 MiB at once: without backpressure the proxy would read all of it within the wait below.
     const chunk = Buffer.alloc(1 << 20);
     for (let i = 0; i < 128; i++) c.write(chunk);
+    const conn = await waitUntil('the proxy to relay the first bytes', () => (h.conns[0] && h.conns[0].bytesFromClient > 0 ? h.conns[0] : null), 10_000, { seen: () => h.conns[0]?.state ?? 'no connection accepted' });
+    // A bound on a negative, so a fixed wait: in 500 ms more an unbounded reader would have taken all 128 MiB.
     await new Promise((r) => setTimeout(r, 500));
-    const conn = h.conns[0]!;
     // Kernel socket buffers plus one stream highWaterMark per leg; nowhere near what the client tried to send.
     expect(conn.bytesFromClient).toBeGreaterThan(0);
     expect(conn.bytesFromClient).toBeLessThan(32 << 20);
@@ -225,11 +228,12 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
   });
 
   it('closes a connection left half-closed past halfCloseTimeout', async () => {
-    const upstream = createServer({ allowHalfOpen: true }, (s) => s.on('data', () => {}));
+    let upstreamGotFin = false;
+    const upstream = createServer({ allowHalfOpen: true }, (s) => s.on('data', () => {}).on('end', () => (upstreamGotFin = true)));
     const h = await harness(await listen(upstream), { ...base, halfCloseTimeoutMs: 100 });
     const c = client(h.proxyPort);
     c.end('bye');
-    await new Promise((r) => setTimeout(r, 50));
+    await waitUntil('the client\'s FIN at the upstream', () => upstreamGotFin, 10_000, { seen: () => h.conns[0]?.state ?? 'no connection accepted' });
     const conn = h.conns[0]!;
     // The relay thread may already have applied the bound on a loaded machine; until then it is half-closed.
     if (engine === 'node' || conn.state !== 'closed') expect(conn.info(performance.now()).state).toMatch(engine === 'node' ? /^half-closed$/ : /^(half-closed|closed)$/);
@@ -339,7 +343,7 @@ describe('relay thread only', () => {
       const a = client(port);
       const b = client(port);
       await Promise.all([a, b].map((s) => new Promise((r) => s.once('connect', r))));
-      while (accepted.length < 2 * (i + 1)) await new Promise((r) => setTimeout(r, 1));
+      await waitUntil(`the server to accept pair ${i}`, () => accepted.length >= 2 * (i + 1), 10_000, { seen: () => `${accepted.length} accepted`, intervalMs: 1 });
       const [x, y] = accepted.slice(-2) as [Socket, Socket];
       const fd = (s: Socket) => (s as unknown as { _handle: { fd: number } })._handle.fd;
       const ended = new Promise<unknown[]>((resolve) => {

@@ -2,7 +2,7 @@
 // passthrough source, refused when not redirected or aimed at the proxy's own ports.
 import { describe, expect, it } from 'vitest';
 import { LocalAddresses, routeConnection } from '../../src/proxy/routing.js';
-import type { OriginalDst } from '../../src/proxy/original-dst.js';
+import type { OriginalDst } from '../../src/native/original-dst.js';
 
 const proxy = { inboundPassthroughSource: { ipv4: '127.0.0.6', ipv6: '::6' } };
 const ownPorts = new Set([15001, 15006, 15000]);

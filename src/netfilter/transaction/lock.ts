@@ -4,7 +4,7 @@
 import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { MeshctlError } from '../errors.js';
+import { MeshctlError } from '../../errors.js';
 
 export interface LockOwner {
   readonly pid: number;

@@ -3,11 +3,11 @@
 // in noflush mode) and refilled, our jumps in built-in chains are deleted and re-inserted at the same position,
 // and chains no longer wanted are flushed and deleted after their jumps are gone: the kernel swaps the table in
 // one step, so there is never a moment without capture (istio's iptables-restore flow, kuma's RestoreWithFlush).
-import { renderRule } from '../capture/render-iptables.js';
-import { TABLES, isOwnedChain, type FamilyPlan } from '../capture/model.js';
-import { isOwnedRule, tokenizeSaveLine, type SaveDump } from '../capture/parse-save.js';
-import { MeshctlError } from '../errors.js';
-import type { RuleLine, TableObjects } from './ledger.js';
+import { renderRule } from '../../capture/render-iptables.js';
+import { TABLES, isOwnedChain, type FamilyPlan } from '../../capture/model.js';
+import { isOwnedRule, tokenizeSaveLine, type SaveDump } from '../../capture/parse-save.js';
+import { MeshctlError } from '../../errors.js';
+import type { RuleLine, TableObjects } from './objects.js';
 
 /** The objects a plan creates, rendered the way `iptables-restore` takes them. */
 export function planObjects(plan: FamilyPlan): TableObjects[] {

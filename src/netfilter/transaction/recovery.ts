@@ -2,12 +2,13 @@
 // resolved by the next command before it does anything else: an install or update is rolled back to the previous
 // generation (or to nothing), an uninstall is completed. Both directions are idempotent, so a crash during the
 // recovery itself is recovered the same way next time.
-import { MeshctlError } from '../errors.js';
-import { createDriver, type TransitionTarget } from './driver.js';
+import { MeshctlError } from '../../errors.js';
+import { createDriver } from '../drivers/create-driver.js';
+import { type TransitionTarget } from '../drivers/driver.js';
 import { readLedger, removeLedger, writeLedger, type Ledger } from './ledger.js';
-import { NO_EXTRAS, reconcileExtras } from './routes.js';
+import { NO_EXTRAS, reconcileExtras } from '../drivers/routes.js';
 import type { Scope } from './scope.js';
-import { disarmRevert } from './confirm.js';
+import { disarmRevert } from './revert.js';
 
 export interface Recovery {
   readonly installId: string;

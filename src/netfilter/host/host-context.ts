@@ -1,7 +1,7 @@
 // Read-only host facts for `meshctl explain`: local addresses and the kernel's route choice, optionally inside a
 // network namespace (`ip -n NAME`). Never changes anything.
 import { execaSync } from 'execa';
-import type { HostContext } from '../capture/explain.js';
+import type { HostContext } from '../../capture/explain.js';
 
 function ipJson(netns: string | undefined, args: string[]): unknown {
   const full = [...(netns ? ['-n', netns] : []), '-j', ...args];

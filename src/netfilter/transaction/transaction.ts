@@ -1,9 +1,9 @@
 // The transaction: check every step (iptables-restore --test / nft -c), apply them one family at a time, read the
 // kernel back and verify; on any failure put every family already touched back where the fallback says, and say so.
 // The ledger around it (in-progress before the first change, installed after the read-back) is the caller's.
-import { MeshctlError, isMeshctlError } from '../errors.js';
-import type { Logger } from '../log.js';
-import type { ApplyStep, BackendDriver, KernelState, TransitionTarget } from './driver.js';
+import { MeshctlError, isMeshctlError } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import type { ApplyStep, BackendDriver, KernelState, TransitionTarget } from '../drivers/driver.js';
 
 export interface TransactionSpec {
   readonly driver: BackendDriver;

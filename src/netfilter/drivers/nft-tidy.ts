@@ -3,7 +3,7 @@
 // leaves both behind, empty. So that `nft list ruleset` after uninstall equals the pre-install ruleset too, the
 // install snapshot records which of these tables and base chains existed, and uninstall deletes the ones that did
 // not and are empty again (no rules, policy accept). Nothing with a rule in it is ever deleted.
-import type { Logger } from '../log.js';
+import type { Logger } from '../../log.js';
 import type { NetfilterRunner } from './runner.js';
 
 const XT_FAMILIES = new Set(['ip', 'ip6']);

@@ -5,45 +5,13 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { CapturePlan, Family, Table } from '../capture/model.js';
-import type { Backend, Config } from '../config/types.js';
-import { MeshctlError } from '../errors.js';
-import type { HostExtras } from './routes.js';
+import type { CapturePlan } from '../../capture/model.js';
+import type { Backend, Config } from '../../config/types.js';
+import { MeshctlError } from '../../errors.js';
+import type { OwnedObjects, Snapshot } from '../drivers/objects.js';
+import type { HostExtras } from '../drivers/routes.js';
 
 export const LEDGER_FORMAT = 1;
-
-/** One rule as the kernel prints it: chain plus the arguments after `-A CHAIN` (counters stripped). */
-export interface RuleLine {
-  readonly chain: string;
-  readonly raw: string;
-}
-
-/** Our objects in one table: MESHCTL_ chains (name order as saved) and every rule we own, in save order. */
-export interface TableObjects {
-  readonly table: Table;
-  readonly chains: readonly string[];
-  readonly rules: readonly RuleLine[];
-}
-
-export interface FamilyObjects {
-  readonly family: Family;
-  readonly tables: readonly TableObjects[];
-}
-
-/** What meshctl owns on the host: per family and table for iptables, or the `table inet meshctl` listing. */
-export type OwnedObjects =
-  | { readonly kind: 'xtables'; readonly families: readonly FamilyObjects[] }
-  | { readonly kind: 'nftables'; readonly listing: string };
-
-/** The tables as they were before the first install: iptables-save text per family and table, or the nft ruleset. */
-export type Snapshot =
-  | {
-    readonly kind: 'xtables';
-    readonly families: readonly { readonly family: Family; readonly tables: readonly { readonly table: string; readonly text: string }[] }[];
-    /** iptables-nft only: the nftables tables and base chains (`ip nat`, `ip nat OUTPUT`) that existed (nft-tidy.ts). */
-    readonly nftInventory?: readonly string[] | null;
-  }
-  | { readonly kind: 'nftables'; readonly ruleset: string };
 
 export type LedgerState = 'in-progress' | 'installed';
 export type LedgerOperation = 'install' | 'reinstall' | 'uninstall';

@@ -4,14 +4,14 @@
 // ledger. Read-only: it never adds a probe rule; a check that cannot run becomes a finding, not a crash.
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { planCapture } from '../capture/plan.js';
-import type { Config } from '../config/types.js';
-import { isMeshctlError } from '../errors.js';
-import { systemdAvailable } from './confirm.js';
+import { planCapture } from '../../capture/plan.js';
+import type { Config } from '../../config/types.js';
+import { isMeshctlError } from '../../errors.js';
+import { systemdAvailable } from '../transaction/revert.js';
 import { chooseBackend, inspectBackends, type BackendInventory } from './detect.js';
-import { readLedger, type Ledger } from './ledger.js';
-import type { NetfilterRunner } from './runner.js';
-import { openScope, type ScopeOptions } from './scope.js';
+import { readLedger, type Ledger } from '../transaction/ledger.js';
+import type { NetfilterRunner } from '../drivers/runner.js';
+import { openScope, type ScopeOptions } from '../transaction/scope.js';
 
 export type Severity = 'ok' | 'info' | 'warn' | 'error';
 

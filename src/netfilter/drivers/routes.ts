@@ -2,10 +2,11 @@
 // `local default dev lo table T`) and loopback addresses (`::6` for the proxy's IPv6 inbound passthrough). They are
 // added before the rules go live and removed after the rules are gone; only what meshctl added is recorded as ours,
 // so an address or route that already existed is never removed.
-import type { Family, LoopbackAddress, PolicyRoute } from '../capture/model.js';
-import { cidrText } from '../capture/ip.js';
-import { MeshctlError } from '../errors.js';
-import type { Logger } from '../log.js';
+import type { Family } from '../../values/ip.js';
+import type { LoopbackAddress, PolicyRoute } from '../../capture/model.js';
+import { cidrText } from '../../values/ip.js';
+import { MeshctlError } from '../../errors.js';
+import type { Logger } from '../../log.js';
 import type { NetfilterRunner } from './runner.js';
 
 export interface HostExtras {

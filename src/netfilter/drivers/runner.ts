@@ -1,13 +1,16 @@
 // The one injected interface through which meshctl touches netfilter: iptables-save/-restore for either xtables
 // backend, nft, and the few read-only helpers (ip, sysctl files) the transaction and doctor need. Backed by execa;
 // with a namespace every command runs as `ip netns exec NAME …`, so the host's own rules are never involved.
-import { existsSync } from 'node:fs';
+import { assertNetnsExists } from '../../values/netns.js';
+import { accessSync, constants } from 'node:fs';
+import { delimiter, join } from 'node:path';
 import { execa, ExecaError } from 'execa';
-import type { Family, Table } from '../capture/model.js';
-import type { Backend } from '../config/types.js';
-import { MeshctlError } from '../errors.js';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import type { Family } from '../../values/ip.js';
+import type { Table } from '../../capture/model.js';
+import type { Backend } from '../../config/types.js';
+import { MeshctlError } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import { silentLogger } from '../../log.js';
 
 export type XtablesBackend = Exclude<Backend, 'nftables'>;
 /** `test`: parse and check only; `noflush`: apply on top of what is there; `replace`: replace each table given. */
@@ -45,40 +48,6 @@ export interface RunnerOptions {
 export function xtablesBinary(backend: XtablesBackend, family: Family, tool: 'save' | 'restore'): string {
   const base = family === 'ipv4' ? 'iptables' : 'ip6tables';
   return `${base}-${backend === 'iptables-legacy' ? 'legacy' : 'nft'}-${tool}`;
-}
-
-/** The path `ip netns` keeps a named namespace under. */
-export function netnsPath(name: string): string {
-  return `/run/netns/${name}`;
-}
-
-/**
- * Throws CONFIG_INVALID unless `name` is a plain namespace name: one `ip netns add` accepts (no "/", not "." or
- * "..", at most NAME_MAX bytes) and that stays one path component under /run/netns and the state directory, one
- * argument to `ip`, and one word in a systemd unit's command line. `flag` names where the value came from.
- */
-export function assertNetnsName(name: string, flag = '--netns'): void {
-  const problem =
-    name === '' ? 'it is empty'
-      : name === '.' || name === '..' ? `"${name}" names a directory, not a namespace`
-        : name.includes('/') ? 'it contains "/"'
-          : Buffer.byteLength(name) > 255 ? `it is ${Buffer.byteLength(name)} bytes long (at most 255)`
-            : name.startsWith('-') ? 'it starts with "-" (ip would read it as an option)'
-              : /[^A-Za-z0-9_.@+:-]/.test(name) ? `it contains ${JSON.stringify(/[^A-Za-z0-9_.@+:-]/.exec(name)![0])}`
-                : null;
-  if (problem !== null) {
-    throw new MeshctlError('CONFIG_INVALID', `${flag} ${JSON.stringify(name)} is not a network namespace name: ${problem}`,
-      'give the name as `ip netns list` shows it: letters, digits and _ . - @ + : (not "." or "..", no "/", not starting with "-")');
-  }
-}
-
-/** Throws CONFIG_INVALID for a malformed name (assertNetnsName), NETNS_NOT_FOUND unless `ip netns list` would show it. */
-export function assertNetnsExists(name: string, flag = '--netns'): void {
-  assertNetnsName(name, flag);
-  if (!existsSync(netnsPath(name))) {
-    throw new MeshctlError('NETNS_NOT_FOUND', `network namespace "${name}" (from ${flag}) does not exist: ${netnsPath(name)} is missing`,
-      'list namespaces with `ip netns list`, or create it with `ip netns add NAME`');
-  }
 }
 
 function commandLine(command: string, args: readonly string[]): string {
@@ -152,4 +121,19 @@ export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
       return { stdout: text(result.stdout), stderr: text(result.stderr), exitCode: result.exitCode ?? (result.failed ? 127 : 0) };
     },
   };
+}
+
+/** Whether `name` is an executable file on PATH (the namespace shares the filesystem, so this holds inside it too). */
+export function findOnPath(name: string, env: NodeJS.ProcessEnv = process.env): string | null {
+  for (const dir of (env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(delimiter)) {
+    if (!dir) continue;
+    const candidate = join(dir, name);
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return null;
 }

@@ -1,15 +1,16 @@
 // The iptables backends (legacy and nft flavours of iptables-restore): one `--noflush` restore per family holding a
 // COMMIT per table, built by transition.ts from the family's iptables-save dump.
-import { FAMILIES, type Family, type FamilyPlan } from '../capture/model.js';
-import { diffFamily, foreignView } from '../capture/diff.js';
-import { parseSave, tokenizeSaveLine, type SaveDump } from '../capture/parse-save.js';
-import { renderRule } from '../capture/render-iptables.js';
-import type { Logger } from '../log.js';
+import { FAMILIES, type Family } from '../../values/ip.js';
+import { type FamilyPlan } from '../../capture/model.js';
+import { diffFamily, foreignView } from '../../capture/diff.js';
+import { parseSave, tokenizeSaveLine, type SaveDump } from '../../capture/parse-save.js';
+import { renderRule } from '../../capture/render-iptables.js';
+import type { Logger } from '../../log.js';
 import type { ApplyStep, BackendDriver, DriftReport, KernelState, TransitionTarget } from './driver.js';
-import type { FamilyObjects, OwnedObjects, Snapshot, TableObjects } from './ledger.js';
+import type { FamilyObjects, OwnedObjects, Snapshot, TableObjects } from './objects.js';
 import type { NetfilterRunner, XtablesBackend } from './runner.js';
 import { tidyXtablesNft, xtablesNftInventory } from './nft-tidy.js';
-import { buildTransition, ownedInDump, planObjects, presentIn } from './transition.js';
+import { buildTransition, ownedInDump, planObjects, presentIn } from './xtables-transition.js';
 
 interface XtablesState extends KernelState {
   readonly dumps: ReadonlyMap<Family, SaveDump>;

@@ -1,11 +1,12 @@
 // A state scope: the host, or one named network namespace. Bundles the runner, the state directory of the scope
 // and the logger every command in src/netfilter works with, and runs a command under the scope's lock.
 import { createRequire } from 'node:module';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import type { Logger } from '../../log.js';
+import { silentLogger } from '../../log.js';
 import { ensureStateDir, scopeDir } from './ledger.js';
 import { acquireStateLock, type LockOwner } from './lock.js';
-import { assertNetnsExists, createRunner, type NetfilterRunner } from './runner.js';
+import { assertNetnsExists } from '../../values/netns.js';
+import { createRunner, type NetfilterRunner } from '../drivers/runner.js';
 
 export const DEFAULT_STATE_DIR = '/var/lib/meshctl';
 
@@ -63,8 +64,8 @@ let version: string | undefined;
 export function toolVersion(): string {
   if (version === undefined) {
     try {
-      // Same relative path from src/netfilter (vitest) and dist/netfilter (the built CLI).
-      version = (createRequire(import.meta.url)('../../package.json') as { version?: string }).version ?? 'unknown';
+      // Same relative path from src/netfilter/transaction (vitest) and dist/netfilter/transaction (the built CLI).
+      version = (createRequire(import.meta.url)('../../../package.json') as { version?: string }).version ?? 'unknown';
     } catch {
       version = 'unknown';
     }

@@ -10,20 +10,21 @@
 // What each probe should do is not hard-coded: explainFlow walks the installed plan for the same flow.
 import type { Server, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import type { CapturePlan, Family } from '../capture/model.js';
-import { cidrText, formatIp, parseIp } from '../capture/ip.js';
+import type { CapturePlan } from '../capture/model.js';
+import type { Family } from '../values/ip.js';
+import { cidrText, formatIp, parseIp } from '../values/ip.js';
 import { explainFlow, type Explanation, type Flow, type HostContext } from '../capture/explain.js';
 import type { Config } from '../config/types.js';
 import { MeshctlError, isMeshctlError } from '../errors.js';
-import { readOriginalDst } from '../proxy/original-dst.js';
+import { readOriginalDst } from '../native/original-dst.js';
 import { parseSourceQuery, RECENT_CAPACITY, type SourceLookupRow } from '../proxy/recent-connections.js';
-import { createDriver } from './driver.js';
-import { readLedger, type Ledger } from './ledger.js';
+import { createDriver } from '../netfilter/drivers/create-driver.js';
+import { readLedger, type Ledger } from '../netfilter/transaction/ledger.js';
 import { startProbeAgent, type ClientResult, type ProbeAgent } from './probe-agent.js';
-import { recoverInterrupted } from './recovery.js';
-import type { NetfilterRunner } from './runner.js';
-import { assertNetnsExists } from './runner.js';
-import { openScope, withScopeLock, type ScopeOptions } from './scope.js';
+import { recoverInterrupted } from '../netfilter/transaction/recovery.js';
+import type { NetfilterRunner } from '../netfilter/drivers/runner.js';
+import { assertNetnsExists } from '../values/netns.js';
+import { openScope, withScopeLock, type ScopeOptions } from '../netfilter/transaction/scope.js';
 
 export interface VerifyOptions extends ScopeOptions {
   /** A namespace that can reach this one, to probe inbound capture from a peer. */

@@ -1,10 +1,10 @@
 // The native nftables backend: everything of ours is `table inet meshctl`, replaced or deleted by one `nft -f`
 // transaction (add + delete + define), so both families change in one atomic step.
-import type { CapturePlan } from '../capture/model.js';
-import { NFT_TABLE, normalizeNftListing, renderNft, renderNftDelete, renderNftTable } from '../capture/render-nft.js';
-import type { Logger } from '../log.js';
+import type { CapturePlan } from '../../capture/model.js';
+import { NFT_TABLE, normalizeNftListing, renderNft, renderNftDelete, renderNftTable } from '../../capture/render-nft.js';
+import type { Logger } from '../../log.js';
 import type { ApplyStep, BackendDriver, DriftReport, KernelState, TransitionTarget } from './driver.js';
-import type { OwnedObjects, Snapshot } from './ledger.js';
+import type { OwnedObjects, Snapshot } from './objects.js';
 import type { NetfilterRunner } from './runner.js';
 
 interface NftState extends KernelState {

@@ -1,6 +1,11 @@
-// Parsers for the scalar value formats of the config (ports, port ranges, durations). Each returns the value or a
-// reason string, so the caller names its own field in the error.
-import type { PortRange } from '../capture/model.js';
+// Ports and port ranges: the value type, its parser (the value or a reason string, so the caller names its own
+// field in the error) and the few operations on ranges that config checks and the planner share.
+
+/** An inclusive port range; a single port has from === to. */
+export interface PortRange {
+  readonly from: number;
+  readonly to: number;
+}
 
 export function parsePortRange(text: string): PortRange | string {
   const m = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(text.trim());
@@ -10,18 +15,6 @@ export function parsePortRange(text: string): PortRange | string {
   if (from < 1 || from > 65535 || to < 1 || to > 65535) return 'ports must be 1..65535';
   if (to < from) return `range end ${to} is below its start ${from}`;
   return { from, to };
-}
-
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** "500ms" | "10s" | "1.5m" | "2h" → milliseconds; "off" → null. */
-export function parseDuration(text: string): number | null | string {
-  if (text === 'off') return null;
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(text);
-  if (!m) return 'expected a number with a unit (ms, s, m, h) such as "10s", or "off"';
-  const ms = Math.round(Number(m[1]) * UNIT_MS[m[2]!]!);
-  if (ms <= 0) return 'must be greater than zero (use "off" to disable)';
-  return ms;
 }
 
 export function portText(range: PortRange): string {

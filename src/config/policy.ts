@@ -1,8 +1,9 @@
 // Resolves the policy sections of a schema-valid raw config (services, outbound, inbound, controlPlane) into the
 // typed values of src/config/types.ts, with the cross-field checks the schema cannot express: unique names and
 // addresses, subsets that exist, backoff bounds, overlapping inbound port entries. Problems name their path.
-import type { Cidr, PortRange } from '../capture/model.js';
-import { cidrText, parseCidr } from '../capture/ip.js';
+import type { Cidr } from '../values/ip.js';
+import type { PortRange } from '../values/ports.js';
+import { cidrText, parseCidr } from '../values/ip.js';
 import type {
   CidrSelection,
   ControlPlaneConfig,
@@ -14,9 +15,10 @@ import type {
   ServiceAddress,
   ServiceConfig,
   TokenBucketConfig,
-} from '../config/types.js';
-import { parseDuration, parsePortRange, portText, rangesOverlap } from '../config/values.js';
-import { hostPortText, parseHostPort, parseResolverServer, parseServiceAddress, parseSrvName } from './addresses.js';
+} from './types.js';
+import { parseDuration } from '../values/duration.js';
+import { parsePortRange, portText, rangesOverlap } from '../values/ports.js';
+import { hostPortText, parseHostPort, parseResolverServer, parseServiceAddress, parseSrvName } from '../values/addresses.js';
 
 export interface PolicyProblem {
   readonly path: string;

@@ -1,8 +1,8 @@
 // Parsers for the address forms of the policy config: service addresses (`ip:port`, `cidr:port`, `host:port`),
 // endpoints (`ip:port` or `host:port`), SRV names and resolver servers. Each returns the value or a reason
 // string, so the schema's formats and the loader name their own field in the error.
-import type { Cidr, Family } from '../capture/model.js';
-import { formatIp, parseCidr, parseIp } from '../capture/ip.js';
+import type { Cidr, Family } from './ip.js';
+import { formatIp, parseCidr, parseIp } from './ip.js';
 
 export type HostPort =
   | { readonly kind: 'ip'; readonly address: string; readonly family: Family; readonly port: number }

@@ -2,12 +2,11 @@
 // Read-only (saves and listings, never a probe rule). The heuristic is kube-proxy's and Istio's: use the backend
 // that already holds the most rules, because mixing iptables-legacy and iptables-nft on one host makes both
 // sets of rules run and neither tool sees the other's.
-import { accessSync, constants } from 'node:fs';
-import { delimiter, join } from 'node:path';
-import type { Family } from '../capture/model.js';
-import type { Backend, BackendChoice } from '../config/types.js';
-import { MeshctlError } from '../errors.js';
-import { xtablesBinary, type NetfilterRunner, type XtablesBackend } from './runner.js';
+import { findOnPath } from '../drivers/runner.js';
+import type { Family } from '../../values/ip.js';
+import type { Backend, BackendChoice } from '../../config/types.js';
+import { MeshctlError } from '../../errors.js';
+import { xtablesBinary, type NetfilterRunner, type XtablesBackend } from '../drivers/runner.js';
 
 export const BACKENDS: readonly Backend[] = ['iptables-legacy', 'iptables-nft', 'nftables'];
 
@@ -33,21 +32,6 @@ export interface BackendDecision {
   /** Problems worth a warning even though a choice was made (mixing legacy and nft). */
   readonly warnings: readonly string[];
   readonly inventory: BackendInventory;
-}
-
-/** Whether `name` is an executable file on PATH (the namespace shares the filesystem, so this holds inside it too). */
-export function findOnPath(name: string, env: NodeJS.ProcessEnv = process.env): string | null {
-  for (const dir of (env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(delimiter)) {
-    if (!dir) continue;
-    const candidate = join(dir, name);
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not here
-    }
-  }
-  return null;
 }
 
 function countRules(saveText: string): number {

@@ -1,13 +1,10 @@
 // What a netfilter backend must offer the transaction: read the kernel, plan the steps from what we own now to a
 // target, check and apply a step, and compare with a plan. Two implementations: xtables (iptables-legacy and
 // iptables-nft, one restore per family) and nftables (one `nft -f` for `table inet meshctl`).
-import type { CapturePlan, Family } from '../capture/model.js';
-import type { Backend } from '../config/types.js';
-import type { Logger } from '../log.js';
-import type { OwnedObjects, Snapshot } from './ledger.js';
-import type { NetfilterRunner } from './runner.js';
-import { createNftDriver } from './nft-driver.js';
-import { createXtablesDriver } from './xtables-driver.js';
+import type { CapturePlan } from '../../capture/model.js';
+import type { Family } from '../../values/ip.js';
+import type { Backend } from '../../config/types.js';
+import type { OwnedObjects, Snapshot } from './objects.js';
 
 /** One atomic kernel update: an iptables-restore --noflush input for one family, or one nft script. */
 export interface ApplyStep {
@@ -64,10 +61,6 @@ export interface BackendDriver {
   foreignOfSnapshot(snapshot: Snapshot): string;
   /** Our objects inside a snapshot (normally none): what rolling back a first install restores. */
   ownedInSnapshot(snapshot: Snapshot): OwnedObjects;
-}
-
-export function createDriver(backend: Backend, runner: NetfilterRunner, log: Logger): BackendDriver {
-  return backend === 'nftables' ? createNftDriver(runner, log) : createXtablesDriver(backend, runner, log);
 }
 
 /** A drift report with nothing in it. */

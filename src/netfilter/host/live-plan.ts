@@ -1,16 +1,18 @@
 // Where `meshctl explain` gets its rules: the kernel (read through the installed backend's driver, origins from the
 // ledger's recorded plan) or the config. Read-only: no state lock, no recovery, no state directory created; an
 // interrupted transaction is reported, not finished.
-import { describeDifferences, planFromNftRuleset, planFromSave, type RuleDifferences } from '../capture/live-plan.js';
-import type { ExplainPlan } from '../capture/explain.js';
-import { FAMILIES, type CapturePlan } from '../capture/model.js';
-import { planCapture } from '../capture/plan.js';
-import type { Backend, Config } from '../config/types.js';
-import { isMeshctlError } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import { createDriver } from './driver.js';
-import { ledgerPath, readLedger, scopeDir, type Ledger } from './ledger.js';
-import { assertNetnsExists, createRunner, type NetfilterRunner } from './runner.js';
+import { describeDifferences, planFromNftRuleset, planFromSave, type RuleDifferences } from '../../capture/live-plan.js';
+import type { ExplainPlan } from '../../capture/explain.js';
+import { FAMILIES } from '../../values/ip.js';
+import { type CapturePlan } from '../../capture/model.js';
+import { planCapture } from '../../capture/plan.js';
+import type { Backend, Config } from '../../config/types.js';
+import { isMeshctlError } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import { createDriver } from '../drivers/create-driver.js';
+import { ledgerPath, readLedger, scopeDir, type Ledger } from '../transaction/ledger.js';
+import { assertNetnsExists } from '../../values/netns.js';
+import { createRunner, type NetfilterRunner } from '../drivers/runner.js';
 
 export interface ExplainRules {
   /** `kernel`: the rules installed now; `config`: the plan of the current config (nothing installed, or asked for). */
@@ -43,8 +45,7 @@ function readLedgerReadOnly(dir: string): Ledger | null | { denied: string } {
   try {
     return readLedger(dir);
   } catch (error) {
-    const code = (error as { cause?: { code?: unknown } }).cause?.code;
-    if (isMeshctlError(error, 'LEDGER_CORRUPT') && (code === 'EACCES' || code === 'EPERM')) return { denied: error.message };
+    if (isMeshctlError(error, 'NOT_ROOT')) return { denied: error.message };
     throw error;
   }
 }
@@ -83,7 +84,7 @@ export async function readExplainRules(options: ExplainRulesOptions): Promise<Ex
     return fromConfig([`no capture is installed${netns ? ` in namespace ${netns}` : ''} (no ledger at ${path}): explaining the current config's plan instead`]);
   }
   if ('denied' in ledger) {
-    return fromConfig([`cannot read the ledger (${ledger.denied}): explaining the current config's plan instead; run as root to explain the installed rules`]);
+    return fromConfig([`${ledger.denied}: explaining the current config's plan instead; run as root to explain the installed rules`]);
   }
 
   const log = (options.log ?? silentLogger).child({ component: 'explain', netns });

@@ -1,9 +1,9 @@
 // Reads where an accepted, REDIRECTed connection was originally going: the one place touching Node internals.
 // net.Socket has no public fd accessor (nodejs/node#4763, #8974), so `_handle.fd` is read here and nowhere else.
 import { isIPv6, type Socket } from 'node:net';
-import type { Family } from '../capture/model.js';
+import type { Family } from '../values/ip.js';
 import { MeshctlError } from '../errors.js';
-import { originalDst } from '../native/addon.js';
+import { originalDst } from './addon.js';
 
 export interface OriginalDst {
   readonly address: string;

@@ -1,7 +1,17 @@
 // IP address and CIDR arithmetic for planning and explain. Pure; addresses become bigints so that
 // containment and canonical forms (host bits cleared, RFC 5952 IPv6 text) are exact.
 import { isIPv4, isIPv6 } from 'node:net';
-import type { Cidr, Family } from './model.js';
+
+export type Family = 'ipv4' | 'ipv6';
+
+export const FAMILIES: readonly Family[] = ['ipv4', 'ipv6'];
+
+/** A parsed CIDR: `address` is the canonical network address (host bits cleared, IPv6 compressed). */
+export interface Cidr {
+  readonly family: Family;
+  readonly address: string;
+  readonly prefix: number;
+}
 
 export interface IpAddress {
   readonly family: Family;

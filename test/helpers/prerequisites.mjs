@@ -1,0 +1,104 @@
+// What the test suite needs on the machine, checked once before any test file runs, so that a missing tool fails
+// the run in one line naming the Debian package instead of skipping tests or failing deep inside one.
+// Plain JS: `npm test` runs it with node before the typecheck and the build (`node test/helpers/prerequisites.mjs`),
+// and vitest loads it as its globalSetup (vitest.config.ts) for every run, `npx vitest run FILE` included.
+import { execFileSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+
+/** Command → the Debian 12 package that ships it, for every command the tests (and the bench smoke) run. */
+export const TOOLS = {
+  ip: 'iproute2',
+  ss: 'iproute2',
+  'iptables-restore': 'iptables',
+  'ip6tables-restore': 'iptables',
+  'iptables-legacy-restore': 'iptables',
+  'ip6tables-legacy-restore': 'iptables',
+  'iptables-nft-restore': 'iptables',
+  'ip6tables-nft-restore': 'iptables',
+  nft: 'nftables',
+  setpriv: 'util-linux',
+  nsenter: 'util-linux',
+  prlimit: 'util-linux',
+  taskset: 'util-linux',
+  pgrep: 'procps',
+  sysctl: 'procps',
+  'systemd-run': 'systemd',
+  'systemd-socket-activate': 'systemd',
+  'systemd-nspawn': 'systemd-container',
+  debootstrap: 'debootstrap',
+  zstd: 'zstd',
+  vagrant: 'vagrant',
+  haproxy: 'haproxy',
+  iperf3: 'iperf3',
+  wrk: 'wrk',
+  nginx: 'nginx',
+  cc: 'gcc',
+  'g++': 'g++',
+  make: 'make',
+  python3: 'python3',
+};
+
+/** The one apt-get line for all of them (README, first screen). */
+export const APT_LINE = `apt-get install ${[...new Set(Object.values(TOOLS))].filter((p) => p !== 'util-linux' && p !== 'systemd').join(' ')}`;
+
+function have(command) {
+  try {
+    execFileSync('sh', ['-c', 'command -v "$1"', 'sh', command], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether the integration tests run (same rule as test/helpers/integration.ts): as root on Linux, unless
+ * MESHCTL_INTEGRATION=0; MESHCTL_INTEGRATION=1 insists.
+ */
+export function integrationWanted(env = process.env) {
+  if (env.MESHCTL_INTEGRATION === '0') return false;
+  return env.MESHCTL_INTEGRATION === '1' || (process.platform === 'linux' && process.getuid?.() === 0);
+}
+
+/**
+ * The one line saying what is missing, or null when nothing is. `requireRoot` (for `npm test`) also refuses a
+ * non-root user, who would otherwise get the unit tests only.
+ */
+export function missingPrerequisite({ env = process.env, requireRoot = false } = {}) {
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  if (major < 20 || (major === 20 && minor < 5)) {
+    return `missing prerequisite: Node.js >= 20.5 (this is ${process.version}; see the README's first screen for Debian 12)`;
+  }
+  if (env.MESHCTL_INTEGRATION === '0') return null;
+  const root = process.platform === 'linux' && process.getuid?.() === 0;
+  if (!root && (requireRoot || env.MESHCTL_INTEGRATION === '1')) {
+    return process.platform !== 'linux'
+      ? `the integration tests need Linux (network namespaces, netfilter); run \`npm run test:unit\` for the unit tests alone`
+      : `the integration tests need root (they create network namespaces): run \`sudo npm test\`, or \`npm run test:unit\` for the unit tests alone`;
+  }
+  if (!root) return null;
+  const missing = Object.keys(TOOLS).filter((command) => !have(command));
+  if (missing.length === 0) return null;
+  const packages = [...new Set(missing.map((command) => TOOLS[command]))].join(' ');
+  return `missing prerequisite${missing.length > 1 ? 's' : ''}: ${missing.join(', ')} (apt-get install ${packages})`;
+}
+
+/** vitest globalSetup: fails the whole run at once, in one line, when something is missing. */
+export default function setup() {
+  const problem = missingPrerequisite();
+  if (problem !== null) {
+    process.stderr.write(`${problem}\n`);
+    process.exit(1);
+  }
+  // Said once, and only when not asked for: MESHCTL_INTEGRATION=0 (`npm run test:unit`) skips them quietly.
+  if (!integrationWanted() && process.env.MESHCTL_INTEGRATION !== '0') {
+    process.stderr.write('[meshctl] integration tests skipped: they need root (`sudo npm test` runs everything)\n');
+  }
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const problem = missingPrerequisite({ requireRoot: true });
+  if (problem !== null) {
+    process.stderr.write(`${problem}\n`);
+    process.exit(1);
+  }
+}
