@@ -2,8 +2,19 @@
 // the effective config, the live connection table and drain. Handlers come from the lifecycle; this file
 // only maps routes to them.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { MeshctlError } from '../errors.js';
 import { parseSourceQuery } from './recent-connections.js';
+
+/**
+ * Who may use the endpoints that change the proxy or reveal more than health: /config (the whole config),
+ * /connections and /lookup (every app's peers and destinations), POST /drain. Read-only health and metrics
+ * (/ready, /stats, /metrics, /contract) stay open to every local user, for probes and Prometheus.
+ */
+export const PRIVILEGED_PATHS: ReadonlySet<string> = new Set(['/config', '/connections', '/lookup', '/drain']);
+
+/** The uid owning the client's socket (its peer credentials), and whether that uid may use privileged paths. */
+export type AdminAuthorizer = (socket: Socket) => { readonly allowed: boolean; readonly uid: number; readonly who: string };
 
 export interface AdminHandlers {
   /** `detail`: extra lines after the first (e.g. the control plane's state), shown whether ready or not. */
@@ -34,9 +45,16 @@ function sendText(res: ServerResponse, status: number, text: string, type = 'tex
   res.end(text);
 }
 
-async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerResponse, authorize: AdminAuthorizer | null): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://admin');
   const method = req.method ?? 'GET';
+  if (authorize !== null && PRIVILEGED_PATHS.has(url.pathname)) {
+    const peer = authorize(req.socket);
+    if (!peer.allowed) {
+      sendText(res, 403, `${url.pathname} is only for ${peer.who}; this request came from ${peer.uid < 0 ? 'a socket whose owner is unknown' : `uid ${peer.uid}`} (ask as root, e.g. with sudo)\n`);
+      return;
+    }
+  }
   const only = (allowed: string): boolean => {
     if (method === allowed || (allowed === 'GET' && method === 'HEAD')) return true;
     res.setHeader('allow', allowed);
@@ -97,10 +115,13 @@ async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerR
   }
 }
 
-/** Starts the admin server; rejects with MeshctlError LISTEN_FAILED when the port is taken. */
-export function startAdminServer(handlers: AdminHandlers, address: string, port: number): Promise<Server> {
+/**
+ * Starts the admin server; rejects with MeshctlError LISTEN_FAILED when the port is taken. With `authorize`, the
+ * PRIVILEGED_PATHS answer 403 to a client whose socket the authorizer does not allow.
+ */
+export function startAdminServer(handlers: AdminHandlers, address: string, port: number, authorize: AdminAuthorizer | null = null): Promise<Server> {
   const server = createServer((req, res) => {
-    route(handlers, req, res).catch((error: unknown) => {
+    route(handlers, req, res, authorize).catch((error: unknown) => {
       if (!res.headersSent) sendText(res, 500, `admin handler failed: ${(error as Error).message}\n`);
       else res.destroy();
     });

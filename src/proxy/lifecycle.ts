@@ -13,10 +13,11 @@ import { systemUserDb } from '../config/host-facts.js';
 import type { Config } from '../config/types.js';
 import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { isAddonAvailable, isTransparent } from '../native/addon.js';
+import { isAddonAvailable, isTransparent, peerOwner } from '../native/addon.js';
+import { socketFd } from '../native/original-dst.js';
 import { ControlPlanePoller, controlPlaneReadyDetail, renderControlPlanePrometheus } from '../policy/control-plane.js';
 import { mergePolicySnapshots, renderPolicyPrometheus } from '../policy/metrics.js';
-import { startAdminServer, type AdminHandlers } from './admin.js';
+import { startAdminServer, type AdminAuthorizer, type AdminHandlers } from './admin.js';
 import { listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
 import { readListeningPorts, readProcessIds } from './live-contract.js';
 import { mergeSnapshots, renderPrometheus } from './metrics.js';
@@ -131,7 +132,7 @@ export class ProxySupervisor {
     this.pool.onSelfLoop = (event) => this.selfLoopRefused(event);
     try {
       await this.pool.start(this.config, this.specs);
-      this.admin = await startAdminServer(this.handlers(), this.config.proxy.adminAddress, this.config.proxy.adminPort);
+      this.admin = await startAdminServer(this.handlers(), this.config.proxy.adminAddress, this.config.proxy.adminPort, adminAuthorizer(this.log));
     } catch (error) {
       this.pool.forceStop();
       this.admin?.close();
@@ -254,7 +255,7 @@ export class ProxySupervisor {
       specs = openTransparentListeners(next, specs, this.specs);
       await this.pool!.reload(next, specs);
       if (next.proxy.adminPort !== current.adminPort || next.proxy.adminAddress !== current.adminAddress) {
-        const admin = await startAdminServer(this.handlers(), next.proxy.adminAddress, next.proxy.adminPort);
+        const admin = await startAdminServer(this.handlers(), next.proxy.adminAddress, next.proxy.adminPort, adminAuthorizer(this.log));
         this.admin?.close();
         this.admin = admin;
       }
@@ -446,4 +447,25 @@ export function contractChanges(running: CaptureContract, next: CaptureContract)
     if (text(running[field]) !== text(next[field])) out.push(`${path} ${text(running[field])} → ${text(next[field])}`);
   }
   return out;
+}
+
+/**
+ * Root and the proxy's own user may use the admin API's privileged paths; every other local user (each app the
+ * mesh serves) may not. The client's uid comes from its socket, by the same sock_diag lookup as the self-loop
+ * check: the client's socket sees the connection as going to our local address and port.
+ */
+export function adminAuthorizer(log: Logger): AdminAuthorizer {
+  const own = process.geteuid?.() ?? -1;
+  const who = own === 0 ? 'root' : `root and the proxy's user (uid ${own})`;
+  return (socket) => {
+    const fd = socketFd(socket);
+    const local = socket.localAddress ?? '';
+    let uid = -1;
+    try {
+      if (fd >= 0 && local !== '') uid = peerOwner(fd, local.includes(':') && !local.startsWith('::ffff:') ? 6 : 4, local.replace(/^::ffff:/, ''), socket.localPort ?? 0);
+    } catch (error) {
+      log.warn({ err: error }, 'admin: could not read the client socket\'s owner; refusing the privileged request');
+    }
+    return { allowed: uid === 0 || (uid >= 0 && uid === own), uid, who };
+  };
 }

@@ -89,14 +89,17 @@ export async function createPolicyLab(name: string, subnet: number, options: { e
     await installLabCapture(client, writeConfig(policyConfig({ dir }), 'capture').config, join(dir, 'xtables.lock'));
     agents.push(await startPolicyAgent(client, { uid: APP_UID, gid: APP_UID }));
     agents.push(await startPolicyAgent(server));
+    // Root in the client namespace: the admin API's privileged paths (/config, /connections, /drain) answer only
+    // root and the proxy's user, not the apps (uid 1000).
+    agents.push(await startPolicyAgent(client));
   } catch (error) {
     await destroyLab({ proxies: [], agents, namespaces: [client, server], dir });
     throw error;
   }
-  const [app, peer] = agents as [PolicyAgent, PolicyAgent];
+  const [app, peer, admin] = agents as [PolicyAgent, PolicyAgent, PolicyAgent];
 
   const startProxy = async (configFile: string): Promise<PolicyProxy> => {
-    const proxy = spawnLabProxy<PolicyAccessLine>(client, ['--config', configFile], { user: { uid: PROXY_UID, gid: PROXY_GID }, adminVia: app });
+    const proxy = spawnLabProxy<PolicyAccessLine>(client, ['--config', configFile], { user: { uid: PROXY_UID, gid: PROXY_GID }, adminVia: admin });
     proxies.push(proxy);
     return proxy;
   };

@@ -111,11 +111,14 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
     if (capture) await installLabCapture(client, writeConfig({ ...capture, stateDir: join(dir, 'state') }, 'capture').config, lockFile);
     agents.push(await startAgent(client, { uid: APP_UID, gid: APP_UID }));
     agents.push(await startAgent(server));
+    // Root in the client namespace: the admin API's privileged paths (/config, /connections, /drain) answer only
+    // root and the proxy's user, not the apps (uid 1000).
+    agents.push(await startAgent(client));
   } catch (error) {
     await destroyLab({ proxies: [], agents, namespaces: [client, server], dir });
     throw error;
   }
-  const [app, peer] = agents as [Agent, Agent];
+  const [app, peer, admin] = agents as [Agent, Agent, Agent];
 
   const startProxy = async (
     configFile: string,
@@ -123,7 +126,7 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
     prefix: readonly string[] = [],
     user: { uid: number; gid: number } = { uid: PROXY_UID, gid: PROXY_GID },
   ): Promise<RunningProxy> => {
-    const proxy = spawnLabProxy<AccessLine>(client, ['--config', configFile, ...extraArgs], { user, adminVia: app, prefix });
+    const proxy = spawnLabProxy<AccessLine>(client, ['--config', configFile, ...extraArgs], { user, adminVia: admin, prefix });
     proxies.push(proxy);
     return proxy;
   };

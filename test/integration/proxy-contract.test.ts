@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readLedger, scopeDir } from '../../src/netfilter/transaction/ledger.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { builtCli, meshctl, normalizedRuleset } from '../helpers/netfilter-lab.js';
-import { createProxyLab, labConfigObject, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
+import { createProxyLab, labConfigObject, startAgent, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
 
 interface Outcome {
   outcome: 'reset' | 'end' | 'refused' | 'timeout' | 'closed' | 'error';
@@ -57,6 +57,26 @@ describe.skipIf(!integrationEnabled)('the capture contract between install and a
       config: { file: configFile, version: 1 },
       expects: { proxyUser: { uid: 65534 }, outboundPort: 15001, inboundPort: 15006, families: ['ipv4', 'ipv6'], dnsPort: null },
     });
+  });
+
+  it('opens the admin API\'s health and metrics to every local user, and its config, connections and drain only to root and the proxy user', async () => {
+    const asApp = (path: string, method = 'GET') => lab.app.call<{ status: number; body: string }>('http', { host: '127.0.0.1', port: 15000, path, method });
+    for (const path of ['/ready', '/stats', '/metrics', '/contract']) expect((await asApp(path)).status, path).toBe(200);
+    for (const [path, method] of [['/config', 'GET'], ['/connections', 'GET'], ['/lookup?source=127.0.0.1:1', 'GET'], ['/drain', 'POST']] as const) {
+      const r = await asApp(path, method);
+      expect(r.status, path).toBe(403);
+      expect(r.body).toBe(`${path.split('?')[0]} is only for root and the proxy's user (uid 65534); this request came from uid 1000 (ask as root, e.g. with sudo)\n`);
+    }
+    // The refused drain changed nothing; root (the lab's admin agent) and the proxy's own user are let in.
+    expect((await proxy.admin('/ready')).status).toBe(200);
+    expect((await proxy.adminJson('/config')).proxy.user.uid).toBe(65534);
+    const asProxyUser = await startAgent(lab.client, { uid: 65534, gid: 65534 });
+    try {
+      const r = await asProxyUser.call<{ status: number }>('http', { host: '127.0.0.1', port: 15000, path: '/connections' });
+      expect(r.status).toBe(200);
+    } finally {
+      asProxyUser.stop();
+    }
   });
 
   it('refuses rules that would exempt another user than the proxy runs as, naming both and the fix, and changes nothing', () => {

@@ -95,6 +95,32 @@ describe('admin server', () => {
     expect(JSON.parse((await get('/drain', 'POST')).body).alreadyDraining).toBe(true);
   });
 
+  it('answers 403 on the privileged paths to a client the authorizer refuses, and never calls their handlers', async () => {
+    const calls: string[] = [];
+    server = await startAdminServer({
+      ready: () => ({ ready: true, reason: '' }),
+      stats: async () => ({}),
+      metrics: async () => '',
+      config: () => calls.push('config'),
+      contract: async () => ({}),
+      connections: async () => calls.push('connections'),
+      lookup: async () => calls.push('lookup'),
+      drain: () => {
+        calls.push('drain');
+        return { alreadyDraining: false, timeoutMs: 1 };
+      },
+    }, '127.0.0.1', 0, () => ({ allowed: false, uid: 1000, who: 'root and the proxy\'s user (uid 998)' }));
+    const port = (server.address() as AddressInfo).port;
+    const status = async (path: string, method = 'GET') => (await fetch(`http://127.0.0.1:${port}${path}`, { method })).status;
+    for (const path of ['/ready', '/stats', '/metrics', '/contract']) expect(await status(path), path).toBe(200);
+    expect(await status('/config')).toBe(403);
+    expect(await status('/connections')).toBe(403);
+    expect(await status('/lookup?source=10.0.0.1:1')).toBe(403);
+    expect(await status('/drain', 'POST')).toBe(403);
+    expect(await (await fetch(`http://127.0.0.1:${port}/config`)).text()).toBe("/config is only for root and the proxy's user (uid 998); this request came from uid 1000 (ask as root, e.g. with sudo)\n");
+    expect(calls).toEqual([]);
+  });
+
   it('answers 404 for unknown paths, 405 for writes to read-only ones, 500 when a handler fails', async () => {
     const { get } = await serve({ stats: async () => Promise.reject(new Error('worker 1 did not answer')) });
     expect((await get('/nope')).status).toBe(404);
