@@ -13,13 +13,19 @@ export interface SavedChain {
   readonly policy: string | null;
 }
 
-/** A rule as the kernel reports it. `rule` is null for foreign rules that use features outside the model. */
+/** A rule's matches and target as the kernel holds them: a Rule without what only the plan knows (purpose, origin). */
+export type SavedRuleShape = Omit<Rule, 'purpose' | 'origin'>;
+
+/**
+ * A rule as the kernel reports it. Not a Rule, because a foreign rule may use features outside the model: its text
+ * is always there, its shape (`rule`) only when it parses. The ledger keeps just chain and text (RuleLine).
+ */
 export interface SavedRule {
   readonly table: Table;
   readonly chain: string;
   /** The text after `-A CHAIN `, counters stripped. */
   readonly raw: string;
-  readonly rule: Omit<Rule, 'purpose' | 'origin'> | null;
+  readonly rule: SavedRuleShape | null;
   readonly comment: string | null;
 }
 
@@ -40,8 +46,6 @@ export interface SaveDump {
   /** Tables outside the model, in input order; absent or empty when there are none. */
   readonly otherTables?: readonly OtherTable[];
 }
-
-export type SavedRuleShape = Omit<Rule, 'purpose' | 'origin'>;
 
 /** Thrown inside the rule parser when a token is outside the model; turned into null or PARSE_SAVE by the caller. */
 class Unsupported extends Error {}
@@ -131,169 +135,193 @@ interface RuleParse {
   readonly comment: string | null;
 }
 
+/** One rule's arguments as they are read: the tokens, the position, and what the options so far have set. */
+class RuleArgs {
+  readonly matches: Match[] = [];
+  protocol: 'tcp' | 'udp' | null = null;
+  protocolNegated = false;
+  /** The `-m` module whose options may follow. */
+  module: string | null = null;
+  /** `-m socket` was read and its `--transparent` not yet. */
+  socketPending = false;
+  comment: string | null = null;
+  target: Target | null = null;
+  /** A `!` was read; it applies to the next option. */
+  negate = false;
+  i = 0;
+
+  constructor(readonly tokens: readonly string[], readonly knownChains: ReadonlySet<string>) {}
+
+  /** The value after `option`, moving past it. */
+  next(option: string): string {
+    const value = this.tokens[++this.i];
+    if (value === undefined) throw new Unsupported(`${option} without a value`);
+    return value;
+  }
+
+  neg(): { negate?: true } {
+    return this.negate ? { negate: true } : {};
+  }
+
+  requireModule(option: string, name: string): void {
+    if (this.module !== name) throw new Unsupported(`${option} outside -m ${name}`);
+  }
+
+  /** --dport/--sport belong to -m tcp|udp, which iptables loads implicitly after -p (restore input may omit it). */
+  requirePortModule(option: string): void {
+    if (this.module === 'multiport') throw new Unsupported(`${option} inside -m multiport`);
+  }
+
+  requireProtocol(option: string): void {
+    if (this.protocol === null || this.protocolNegated) throw new Unsupported(`${option} without -p tcp|udp`);
+  }
+
+  closeModule(): void {
+    if (this.socketPending) throw new Unsupported('-m socket without --transparent');
+    this.module = null;
+  }
+}
+
+/** Reads `option` (the token at args.i) and its values into args. Throws Unsupported for what is outside the model. */
+type OptionParser = (args: RuleArgs, option: string) => void;
+
+const addressOption: OptionParser = (args, option) => {
+  const cidr = parseAddress(args.next(option), option);
+  args.matches.push({ kind: option === '-s' || option === '--source' ? 'source' : 'destination', cidr, ...args.neg() });
+};
+
+const interfaceOption: OptionParser = (args, option) => {
+  const name = args.next(option);
+  args.matches.push({ kind: option === '-i' || option === '--in-interface' ? 'inInterface' : 'outInterface', name, ...args.neg() });
+};
+
+const protocolOption: OptionParser = (args, option) => {
+  const value = args.next(option);
+  if (value !== 'tcp' && value !== 'udp') throw new Unsupported(`-p ${value}`);
+  if (args.protocol !== null) throw new Unsupported(`a second -p ${value}`);
+  args.protocol = value;
+  args.protocolNegated = args.negate;
+  args.matches.push({ kind: 'protocol', protocol: value, ...args.neg() });
+};
+
+const matchModule: OptionParser = (args, option) => {
+  if (args.negate) throw new Unsupported(`! ${option}`);
+  args.closeModule();
+  const name = args.next(option);
+  if (!MODULES.has(name)) throw new Unsupported(`-m ${name}`);
+  if ((name === 'tcp' || name === 'udp') && (args.protocol !== name || args.protocolNegated)) throw new Unsupported(`-m ${name} without -p ${name}`);
+  args.module = name;
+  if (name === 'socket') args.socketPending = true;
+};
+
+const portOption: OptionParser = (args, option) => {
+  args.requirePortModule(option);
+  args.requireProtocol(option);
+  const range = parsePortRangeText(args.next(option));
+  args.matches.push({ kind: option.startsWith('--d') ? 'destinationPort' : 'sourcePort', ports: [range], ...args.neg() });
+};
+
+const multiportOption: OptionParser = (args, option) => {
+  args.requireModule(option, 'multiport');
+  args.requireProtocol(option);
+  const ports = args.next(option).split(',').map(parsePortRangeText);
+  args.matches.push({ kind: option.startsWith('--d') ? 'destinationPort' : 'sourcePort', ports, ...args.neg() });
+};
+
+const ownerOption: OptionParser = (args, option) => {
+  args.requireModule(option, 'owner');
+  const id = parseNumber(args.next(option), option, 0xffffffff);
+  args.matches.push(option === '--uid-owner' ? { kind: 'uidOwner', uid: id, ...args.neg() } : { kind: 'gidOwner', gid: id, ...args.neg() });
+};
+
+const ctStateOption: OptionParser = (args, option) => {
+  args.requireModule(option, 'conntrack');
+  const states = args.next(option).split(',').map((s) => {
+    if (!(CT_STATES as readonly string[]).includes(s)) throw new Unsupported(`--ctstate ${s}`);
+    return s as CtState;
+  });
+  args.matches.push({ kind: 'ctState', states, ...args.neg() });
+};
+
+/** iptables-save prints `--syn` as `--tcp-flags FIN,SYN,RST,ACK SYN`; only that form is in the model. */
+const synOption: OptionParser = (args, option) => {
+  if (args.module === 'multiport') throw new Unsupported(`${option} inside -m multiport`);
+  if (args.protocol !== 'tcp' || args.protocolNegated) throw new Unsupported(`${option} without -p tcp`);
+  if (option === '--tcp-flags') {
+    const mask = args.next(option);
+    const comp = args.next(option);
+    if (mask.split(',').sort().join(',') !== 'ACK,FIN,RST,SYN' || comp !== 'SYN') throw new Unsupported(`--tcp-flags ${mask} ${comp}`);
+  }
+  args.matches.push({ kind: 'tcpSyn', ...args.neg() });
+};
+
+const transparentOption: OptionParser = (args) => {
+  if (args.module !== 'socket' || args.negate) throw new Unsupported(args.negate ? '! --transparent' : '--transparent outside -m socket');
+  args.socketPending = false;
+  args.matches.push({ kind: 'socketTransparent' });
+};
+
+const markOption: OptionParser = (args, option) => {
+  args.requireModule(option, 'mark');
+  const { value, mask } = parseMark(args.next(option), '--mark');
+  args.matches.push({ kind: 'mark', value, mask, ...args.neg() });
+};
+
+const commentOption: OptionParser = (args, option) => {
+  if (args.module !== 'comment' || args.negate) throw new Unsupported(option);
+  args.comment = args.next(option);
+};
+
+/** `-j NAME [target options]`: the rest of the rule belongs to the target. */
+const jumpOption: OptionParser = (args, option) => {
+  if (args.negate) throw new Unsupported(`! ${option}`);
+  args.closeModule();
+  const name = args.next(option);
+  args.target = parseTarget(name, args.tokens.slice(args.i + 1), args.knownChains);
+  args.i = args.tokens.length;
+};
+
+/** Every option of the model, under each spelling iptables-save or restore input may use. */
+const OPTIONS: ReadonlyMap<string, OptionParser> = new Map(
+  ([
+    [addressOption, '-s', '--source', '-d', '--destination'],
+    [interfaceOption, '-i', '--in-interface', '-o', '--out-interface'],
+    [protocolOption, '-p', '--protocol'],
+    [matchModule, '-m', '--match'],
+    [portOption, '--dport', '--destination-port', '--sport', '--source-port'],
+    [multiportOption, '--dports', '--destination-ports', '--sports', '--source-ports'],
+    [ownerOption, '--uid-owner', '--gid-owner'],
+    [ctStateOption, '--ctstate'],
+    [synOption, '--syn', '--tcp-flags'],
+    [transparentOption, '--transparent'],
+    [markOption, '--mark'],
+    [commentOption, '--comment'],
+    [jumpOption, '-j', '--jump'],
+  ] as const).flatMap(([parse, ...spellings]) => spellings.map((s) => [s, parse] as const)),
+);
+
 /**
  * Parses the arguments of one rule (after `-A CHAIN`). Throws Unsupported naming the first token outside the model;
  * the comment is found even then (so ownership can be decided for foreign-looking rules).
  */
 function parseRuleArgs(table: Table, chain: string, tokens: readonly string[], knownChains: ReadonlySet<string>): RuleParse {
-  const matches: Match[] = [];
-  let protocol: 'tcp' | 'udp' | null = null;
-  let protocolNegated = false;
-  let module: string | null = null;
-  let socketPending = false;
-  let comment: string | null = null;
-  let target: Target | null = null;
-  let negate = false;
-  let i = 0;
-
-  const next = (option: string): string => {
-    const value = tokens[++i];
-    if (value === undefined) throw new Unsupported(`${option} without a value`);
-    return value;
-  };
-  const neg = (): { negate?: true } => (negate ? { negate: true } : {});
-  // --dport/--sport belong to -m tcp|udp, which iptables loads implicitly after -p (restore input may omit it).
-  const requirePortModule = (option: string) => {
-    if (module === 'multiport') throw new Unsupported(`${option} inside -m multiport`);
-  };
-  const requireProtocol = (option: string) => {
-    if (protocol === null || protocolNegated) throw new Unsupported(`${option} without -p tcp|udp`);
-  };
-  const closeModule = () => {
-    if (socketPending) throw new Unsupported('-m socket without --transparent');
-    module = null;
-  };
-
-  for (; i < tokens.length; i++) {
-    const token = tokens[i]!;
+  const args = new RuleArgs(tokens, knownChains);
+  for (; args.i < tokens.length; args.i++) {
+    const token = tokens[args.i]!;
     if (token === '!') {
-      if (negate) throw new Unsupported('! !');
-      negate = true;
+      if (args.negate) throw new Unsupported('! !');
+      args.negate = true;
       continue;
     }
-    switch (token) {
-      case '-s':
-      case '--source':
-      case '-d':
-      case '--destination': {
-        const cidr = parseAddress(next(token), token);
-        matches.push({ kind: token === '-s' || token === '--source' ? 'source' : 'destination', cidr, ...neg() });
-        break;
-      }
-      case '-i':
-      case '--in-interface':
-      case '-o':
-      case '--out-interface': {
-        const name = next(token);
-        matches.push({ kind: token === '-i' || token === '--in-interface' ? 'inInterface' : 'outInterface', name, ...neg() });
-        break;
-      }
-      case '-p':
-      case '--protocol': {
-        const value = next(token);
-        if (value !== 'tcp' && value !== 'udp') throw new Unsupported(`-p ${value}`);
-        if (protocol !== null) throw new Unsupported(`a second -p ${value}`);
-        protocol = value;
-        protocolNegated = negate;
-        matches.push({ kind: 'protocol', protocol: value, ...neg() });
-        break;
-      }
-      case '-m':
-      case '--match': {
-        if (negate) throw new Unsupported(`! ${token}`);
-        closeModule();
-        const name = next(token);
-        if (!MODULES.has(name)) throw new Unsupported(`-m ${name}`);
-        if ((name === 'tcp' || name === 'udp') && (protocol !== name || protocolNegated)) throw new Unsupported(`-m ${name} without -p ${name}`);
-        module = name;
-        if (name === 'socket') socketPending = true;
-        break;
-      }
-      case '--dport':
-      case '--destination-port':
-      case '--sport':
-      case '--source-port': {
-        requirePortModule(token);
-        requireProtocol(token);
-        const range = parsePortRangeText(next(token));
-        matches.push({ kind: token.startsWith('--d') ? 'destinationPort' : 'sourcePort', ports: [range], ...neg() });
-        break;
-      }
-      case '--dports':
-      case '--destination-ports':
-      case '--sports':
-      case '--source-ports': {
-        if (module !== 'multiport') throw new Unsupported(`${token} outside -m multiport`);
-        requireProtocol(token);
-        const ports = next(token).split(',').map(parsePortRangeText);
-        matches.push({ kind: token.startsWith('--d') ? 'destinationPort' : 'sourcePort', ports, ...neg() });
-        break;
-      }
-      case '--uid-owner':
-      case '--gid-owner': {
-        if (module !== 'owner') throw new Unsupported(`${token} outside -m owner`);
-        const id = parseNumber(next(token), token, 0xffffffff);
-        matches.push(token === '--uid-owner' ? { kind: 'uidOwner', uid: id, ...neg() } : { kind: 'gidOwner', gid: id, ...neg() });
-        break;
-      }
-      case '--ctstate': {
-        if (module !== 'conntrack') throw new Unsupported(`${token} outside -m conntrack`);
-        const states = next(token).split(',').map((s) => {
-          if (!(CT_STATES as readonly string[]).includes(s)) throw new Unsupported(`--ctstate ${s}`);
-          return s as CtState;
-        });
-        matches.push({ kind: 'ctState', states, ...neg() });
-        break;
-      }
-      case '--syn':
-      case '--tcp-flags': {
-        // iptables-save prints `--syn` as `--tcp-flags FIN,SYN,RST,ACK SYN`; only that form is in the model.
-        if (module === 'multiport') throw new Unsupported(`${token} inside -m multiport`);
-        if (protocol !== 'tcp' || protocolNegated) throw new Unsupported(`${token} without -p tcp`);
-        if (token === '--tcp-flags') {
-          const mask = next(token);
-          const comp = next(token);
-          if (mask.split(',').sort().join(',') !== 'ACK,FIN,RST,SYN' || comp !== 'SYN') throw new Unsupported(`--tcp-flags ${mask} ${comp}`);
-        }
-        matches.push({ kind: 'tcpSyn', ...neg() });
-        break;
-      }
-      case '--transparent': {
-        if (module !== 'socket' || negate) throw new Unsupported(negate ? '! --transparent' : '--transparent outside -m socket');
-        socketPending = false;
-        matches.push({ kind: 'socketTransparent' });
-        break;
-      }
-      case '--mark': {
-        if (module !== 'mark') throw new Unsupported(`${token} outside -m mark`);
-        const { value, mask } = parseMark(next(token), '--mark');
-        matches.push({ kind: 'mark', value, mask, ...neg() });
-        break;
-      }
-      case '--comment': {
-        if (module !== 'comment' || negate) throw new Unsupported(token);
-        comment = next(token);
-        break;
-      }
-      case '-j':
-      case '--jump': {
-        if (negate) throw new Unsupported(`! ${token}`);
-        closeModule();
-        const name = next(token);
-        const rest = tokens.slice(i + 1);
-        target = parseTarget(name, rest, knownChains);
-        i = tokens.length;
-        break;
-      }
-      default:
-        throw new Unsupported(token);
-    }
-    negate = false;
+    const parse = OPTIONS.get(token);
+    if (!parse) throw new Unsupported(token);
+    parse(args, token);
+    args.negate = false;
   }
-  if (negate) throw new Unsupported('a trailing !');
-  closeModule();
-  if (target === null) throw new Unsupported('a rule without -j');
-  return { rule: { table, chain, matches, target }, comment };
+  if (args.negate) throw new Unsupported('a trailing !');
+  args.closeModule();
+  if (args.target === null) throw new Unsupported('a rule without -j');
+  return { rule: { table, chain, matches: args.matches, target: args.target }, comment: args.comment };
 }
 
 function parseTarget(name: string, args: readonly string[], knownChains: ReadonlySet<string>): Target {
@@ -421,114 +449,138 @@ interface TableBuilder {
   otherLines: string[];
 }
 
+/** One input line: its number, the line as given (for messages) and trimmed. */
+interface SaveLine {
+  readonly no: number;
+  readonly original: string;
+  readonly text: string;
+}
+
+/** The tables read so far and the one being read; parseSave hands it each line by shape. */
+class SaveReader {
+  private readonly tables = new Map<Table, { chains: SavedChain[]; rules: SavedRule[]; chainNames: Set<string> }>();
+  private readonly others: OtherTable[] = [];
+  private current: TableBuilder | null = null;
+
+  /** `*nat`: starts a table; a table seen before (restore input may repeat one) continues where it was. */
+  tableHeader(at: SaveLine): void {
+    if (this.current) fail(at.no, at.original, `table *${at.text.slice(1)} starts before COMMIT of *${this.current.name}`);
+    const name = at.text.slice(1);
+    if (!/^[a-z]+$/.test(name)) fail(at.no, at.original, 'not a table header');
+    const table = (TABLES as readonly string[]).includes(name) ? (name as Table) : null;
+    const existing = table ? this.tables.get(table) : undefined;
+    this.current = {
+      table,
+      name,
+      chains: existing?.chains ?? [],
+      chainNames: existing?.chainNames ?? new Set(),
+      rules: existing?.rules ?? [],
+      otherLines: [],
+    };
+  }
+
+  commit(at: SaveLine): void {
+    const current = this.current;
+    if (!current) fail(at.no, at.original, 'COMMIT outside a table');
+    if (current.table) {
+      this.tables.set(current.table, { chains: current.chains, rules: current.rules, chainNames: current.chainNames });
+    } else {
+      this.others.push({ name: current.name, lines: current.otherLines });
+    }
+    this.current = null;
+  }
+
+  /** `:CHAIN POLICY [packets:bytes]`. */
+  chainDeclaration(at: SaveLine): void {
+    const current = this.current;
+    if (!current) fail(at.no, at.original, 'chain declaration outside a table');
+    const m = CHAIN_RE.exec(at.text);
+    if (!m) fail(at.no, at.original, 'malformed chain declaration');
+    const [, name, policy] = m as unknown as [string, string, string];
+    if (!current.table) {
+      current.otherLines.push(`:${name} ${policy}`);
+      return;
+    }
+    const builtin = BUILTIN_CHAINS[current.table].includes(name);
+    if (builtin === (policy === '-')) {
+      fail(at.no, at.original, builtin ? `built-in chain ${name} without a policy` : `user chain ${name} with policy ${policy}`);
+    }
+    if (policy !== '-' && !/^[A-Z]+$/.test(policy)) fail(at.no, at.original, `unknown policy ${policy}`);
+    if (!current.chainNames.has(name)) {
+      current.chains.push({ name, builtin, policy: policy === '-' ? null : policy });
+      current.chainNames.add(name);
+    }
+  }
+
+  /** `-A CHAIN args` (counters already stripped): ours must parse into the model, foreign ones may stay raw. */
+  rule(at: SaveLine, ruleLine: string): void {
+    const current = this.current;
+    if (!current) fail(at.no, at.original, 'rule outside a table');
+    const m = /^-A\s+(\S+)\s*(.*)$/.exec(ruleLine);
+    if (!m) fail(at.no, at.original, 'malformed rule');
+    const chain = m[1]!;
+    const raw = m[2]!.trim();
+    if (!current.table) {
+      current.otherLines.push(`-A ${chain} ${raw}`.trimEnd());
+      return;
+    }
+    if (!current.chainNames.has(chain)) {
+      // iptables-save declares every chain; restore input (--noflush) may leave built-in chains implicit.
+      if (!BUILTIN_CHAINS[current.table].includes(chain)) fail(at.no, at.original, `rule in undeclared chain ${chain}`);
+      current.chains.push({ name: chain, builtin: true, policy: null });
+      current.chainNames.add(chain);
+    }
+    let tokens: string[];
+    try {
+      tokens = tokenizeSaveLine(raw);
+    } catch (error) {
+      fail(at.no, at.original, (error as Error).message);
+    }
+    const comment = findComment(tokens);
+    try {
+      const parsed = parseRuleArgs(current.table, chain, tokens, current.chainNames);
+      current.rules.push({ table: current.table, chain, raw, rule: parsed.rule, comment: parsed.comment });
+    } catch (error) {
+      if (!(error instanceof Unsupported)) throw error;
+      if (isMarkedOurs(chain, comment)) {
+        fail(at.no, at.original, `meshctl rule uses ${error.message}, which meshctl never renders`,
+          'the rule was changed outside meshctl; run `meshctl status` to see the drift and re-install to repair it');
+      }
+      current.rules.push({ table: current.table, chain, raw, rule: null, comment });
+    }
+  }
+
+  /** The tables in TABLES order; throws when the last table has no COMMIT. */
+  finish(last: SaveLine): SaveDump {
+    if (this.current) fail(last.no, last.original, `table *${this.current.name} has no COMMIT`);
+    const ordered: SavedTable[] = [];
+    for (const table of TABLES) {
+      const t = this.tables.get(table);
+      if (t) ordered.push({ table, chains: t.chains, rules: t.rules });
+    }
+    return this.others.length > 0 ? { tables: ordered, otherTables: this.others } : { tables: ordered };
+  }
+}
+
 /**
  * Parses iptables-save / ip6tables-save text. Throws MeshctlError PARSE_SAVE for an unknown line shape, a rule
  * outside a table, a table without COMMIT, or one of our rules (MESHCTL_ chain or `meshctl:` comment) that
  * uses anything outside the model. Foreign rules outside the model are kept with `rule: null`.
  */
 export function parseSave(text: string): SaveDump {
-  const tables = new Map<Table, { chains: SavedChain[]; rules: SavedRule[]; chainNames: Set<string> }>();
-  const others: OtherTable[] = [];
-  let current: TableBuilder | null = null;
+  const reader = new SaveReader();
   const lines = text.split('\n');
-
   for (let n = 0; n < lines.length; n++) {
-    const lineNo = n + 1;
     const original = lines[n]!.replace(/\r$/, '');
     const line = original.trim();
     if (line === '' || line.startsWith('#')) continue;
-
-    if (line.startsWith('*')) {
-      if (current) fail(lineNo, original, `table *${line.slice(1)} starts before COMMIT of *${current.name}`);
-      const name = line.slice(1);
-      if (!/^[a-z]+$/.test(name)) fail(lineNo, original, 'not a table header');
-      const table = (TABLES as readonly string[]).includes(name) ? (name as Table) : null;
-      const existing = table ? tables.get(table) : undefined;
-      current = {
-        table,
-        name,
-        chains: existing?.chains ?? [],
-        chainNames: existing?.chainNames ?? new Set(),
-        rules: existing?.rules ?? [],
-        otherLines: [],
-      };
-      continue;
-    }
-    if (line === 'COMMIT') {
-      if (!current) fail(lineNo, original, 'COMMIT outside a table');
-      if (current.table) {
-        tables.set(current.table, { chains: current.chains, rules: current.rules, chainNames: current.chainNames });
-      } else {
-        others.push({ name: current.name, lines: current.otherLines });
-      }
-      current = null;
-      continue;
-    }
-    if (line.startsWith(':')) {
-      if (!current) fail(lineNo, original, 'chain declaration outside a table');
-      const m = CHAIN_RE.exec(line);
-      if (!m) fail(lineNo, original, 'malformed chain declaration');
-      const [, name, policy] = m as unknown as [string, string, string];
-      if (!current.table) {
-        current.otherLines.push(`:${name} ${policy}`);
-        continue;
-      }
-      const builtin = BUILTIN_CHAINS[current.table].includes(name);
-      if (builtin === (policy === '-')) {
-        fail(lineNo, original, builtin ? `built-in chain ${name} without a policy` : `user chain ${name} with policy ${policy}`);
-      }
-      if (policy !== '-' && !/^[A-Z]+$/.test(policy)) fail(lineNo, original, `unknown policy ${policy}`);
-      if (!current.chainNames.has(name)) {
-        current.chains.push({ name, builtin, policy: policy === '-' ? null : policy });
-        current.chainNames.add(name);
-      }
-      continue;
-    }
+    const at: SaveLine = { no: n + 1, original, text: line };
     const ruleLine = line.replace(COUNTERS_RE, '');
-    if (ruleLine.startsWith('-A ')) {
-      if (!current) fail(lineNo, original, 'rule outside a table');
-      const m = /^-A\s+(\S+)\s*(.*)$/.exec(ruleLine);
-      if (!m) fail(lineNo, original, 'malformed rule');
-      const chain = m[1]!;
-      const raw = m[2]!.trim();
-      if (!current.table) {
-        current.otherLines.push(`-A ${chain} ${raw}`.trimEnd());
-        continue;
-      }
-      if (!current.chainNames.has(chain)) {
-        // iptables-save declares every chain; restore input (--noflush) may leave built-in chains implicit.
-        if (!BUILTIN_CHAINS[current.table].includes(chain)) fail(lineNo, original, `rule in undeclared chain ${chain}`);
-        current.chains.push({ name: chain, builtin: true, policy: null });
-        current.chainNames.add(chain);
-      }
-      let tokens: string[];
-      try {
-        tokens = tokenizeSaveLine(raw);
-      } catch (error) {
-        fail(lineNo, original, (error as Error).message);
-      }
-      const comment = findComment(tokens);
-      try {
-        const parsed = parseRuleArgs(current.table, chain, tokens, current.chainNames);
-        current.rules.push({ table: current.table, chain, raw, rule: parsed.rule, comment: parsed.comment });
-      } catch (error) {
-        if (!(error instanceof Unsupported)) throw error;
-        if (isMarkedOurs(chain, comment)) {
-          fail(lineNo, original, `meshctl rule uses ${error.message}, which meshctl never renders`,
-            'the rule was changed outside meshctl; run `meshctl status` to see the drift and re-install to repair it');
-        }
-        current.rules.push({ table: current.table, chain, raw, rule: null, comment });
-      }
-      continue;
-    }
-    fail(lineNo, original, 'unknown line (expected #comment, *table, :CHAIN POLICY [p:b], -A CHAIN ..., or COMMIT)');
+    if (line.startsWith('*')) reader.tableHeader(at);
+    else if (line === 'COMMIT') reader.commit(at);
+    else if (line.startsWith(':')) reader.chainDeclaration(at);
+    else if (ruleLine.startsWith('-A ')) reader.rule(at, ruleLine);
+    else fail(at.no, original, 'unknown line (expected #comment, *table, :CHAIN POLICY [p:b], -A CHAIN ..., or COMMIT)');
   }
-  if (current) fail(lines.length, lines[lines.length - 1] ?? '', `table *${current.name} has no COMMIT`);
-
-  const ordered: SavedTable[] = [];
-  for (const table of TABLES) {
-    const t = tables.get(table);
-    if (t) ordered.push({ table, chains: t.chains, rules: t.rules });
-  }
-  return others.length > 0 ? { tables: ordered, otherTables: others } : { tables: ordered };
+  return reader.finish({ no: lines.length, original: lines[lines.length - 1] ?? '', text: '' });
 }

@@ -1,13 +1,11 @@
 // What meshctl owns in the kernel as the drivers read it back (per family and table for iptables, the `table inet
 // meshctl` listing for nftables) and the snapshot of the tables before the first install. The ledger records both.
 import type { Table } from '../../capture/model.js';
+import type { SavedRule } from '../../capture/parse-save.js';
 import type { Family } from '../../values/ip.js';
 
-/** One rule as the kernel prints it: chain plus the arguments after `-A CHAIN` (counters stripped). */
-export interface RuleLine {
-  readonly chain: string;
-  readonly raw: string;
-}
+/** A SavedRule as the ledger records it: chain and text are enough to find, compare and delete the rule again. */
+export type RuleLine = Pick<SavedRule, 'chain' | 'raw'>;
 
 /** Our objects in one table: MESHCTL_ chains (name order as saved) and every rule we own, in save order. */
 export interface TableObjects {
