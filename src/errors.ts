@@ -15,6 +15,7 @@ export const ERROR_CODES = {
   LOCKED: 'another meshctl command holds the state lock',
   RESTORE_FAILED: 'iptables-restore or nft rejected the rules; the previous rules were restored',
   ROLLBACK_FAILED: 'restoring the previous rules failed; the host may be half-changed',
+  REVERT_FAILED: 'the --confirm-within revert kept failing until its hard deadline; capture is still installed',
   VERIFY_FAILED: 'the rules read back from the kernel differ from the plan, or a live probe failed',
   NOT_OWNED: 'a rule or chain meshctl would remove does not carry meshctl ownership markers',
   NOT_INSTALLED: 'there is no meshctl capture installed here',
@@ -27,6 +28,7 @@ export const ERROR_CODES = {
   LISTEN_FAILED: 'a proxy listener could not be opened (port in use, missing address, bad socket-activation fds)',
   PROXY_USER_MISMATCH: 'the proxy runs as a uid/gid that the capture rules do not exempt, so its own connections would loop',
   PROXY_UNREADABLE: 'the proxy user cannot read meshctl\'s own files (worker entry, addon), so no worker process can start',
+  STATE_UNSAFE: 'the state directory, or a file in it, is not what meshctl made: a symlink, another owner, writable by others, or not a regular file',
   PROXY_MISMATCH: 'the running proxy does not keep the contract the capture rules need (exempt user, ports per family, inbound mode, DNS)',
 } as const;
 

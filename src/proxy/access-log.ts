@@ -49,7 +49,8 @@ export class AccessLog {
     // PIPE_BUF so lines of different workers never interleave; sonic-boom never splits a line across writes.
     this.destination = this.config.path === null
       ? pino.destination({ dest: 1, sync: false, maxWrite: 4096 })
-      : pino.destination({ dest: this.config.path, sync: false, mkdir: true, append: true });
+      // 0640: the log names every app's peers and destinations; it is no business of other local users.
+      : pino.destination({ dest: this.config.path, sync: false, mkdir: true, append: true, mode: 0o640 });
     this.logger = pino(
       { base: this.base, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'msg' },
       this.destination,

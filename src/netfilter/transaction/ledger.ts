@@ -3,7 +3,7 @@
 // directory), mode 0600 in a 0700 directory. `in-progress` means a transaction did not finish; the next command
 // completes or rolls it back before doing anything else.
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { CapturePlan } from '../../capture/model.js';
 import type { Backend, Config } from '../../config/types.js';
@@ -43,6 +43,16 @@ export interface ConfirmArm {
   readonly pid: number | null;
   readonly pidStartTime: string | null;
   readonly confirmedAt: string | null;
+  /** Set when the reverter gave up at its hard deadline: capture stayed installed (status and confirm show it). */
+  readonly revertFailed?: RevertFailure | null;
+}
+
+/** The reverter's last word when it could not remove capture before its hard deadline. */
+export interface RevertFailure {
+  readonly at: string;
+  readonly attempts: number;
+  /** The last attempt's error: `CODE: message`. */
+  readonly error: string;
 }
 
 export interface Ledger {
@@ -75,17 +85,37 @@ export function ledgerPath(dir: string): string {
   return join(dir, 'ledger.json');
 }
 
-/** Creates `dir` (and parents) with mode 0700 and tightens an existing one. Throws COMMAND_FAILED. */
+/**
+ * Creates `dir` (and parents up to `stateDir`) with mode 0700. Each directory from `stateDir` down must be a real
+ * directory (not a symlink, which is not followed) owned by this user and writable by no one else: a ledger another
+ * user can replace would let them choose what uninstall removes. Read bits for others are tightened. Throws
+ * STATE_UNSAFE, or COMMAND_FAILED when a directory cannot be created.
+ */
 export function ensureStateDir(dir: string, stateDir: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    for (let d = dir; d.startsWith(stateDir) && d.length >= stateDir.length; d = dirname(d)) {
-      if ((statSync(d).mode & 0o077) !== 0) chmodSync(d, 0o700);
-      if (d === stateDir) break;
-    }
   } catch (error) {
     throw new MeshctlError('COMMAND_FAILED', `cannot create the state directory ${dir}: ${(error as Error).message}`,
       'run as root, or pass --state-dir pointing to a writable directory', { cause: error });
+  }
+  const me = process.geteuid?.() ?? 0;
+  const chain: string[] = [];
+  for (let d = dir; d.startsWith(stateDir) && d.length >= stateDir.length; d = dirname(d)) {
+    chain.unshift(d);
+    if (d === stateDir) break;
+  }
+  for (const d of chain) {
+    const st = lstatSync(d);
+    const problem = st.isSymbolicLink() ? 'is a symlink (not followed)'
+      : !st.isDirectory() ? 'is not a directory'
+        : st.uid !== me ? `is owned by uid ${st.uid}, not by uid ${me} who runs meshctl`
+          : (st.mode & 0o022) !== 0 ? `is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode ${(st.mode & 0o777).toString(8)})`
+            : null;
+    if (problem !== null) {
+      throw new MeshctlError('STATE_UNSAFE', `the state directory ${d} ${problem}: another user could change the ledger meshctl trusts`,
+        `use a directory only root controls (the default /var/lib/meshctl), or fix it: \`chown root:root ${d} && chmod 0700 ${d}\``);
+    }
+    if ((st.mode & 0o077) !== 0) chmodSync(d, 0o700);
   }
 }
 

@@ -1,7 +1,7 @@
 // The state lock: one meshctl command at a time per state scope (host, or one --netns), so two installs, or an
 // install and the --confirm-within revert, never interleave. iptables' own xtables lock (--wait) only covers a
 // single restore; this one covers the whole transaction. A lock left by a killed process is taken over.
-import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, lstatSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { MeshctlError } from '../../errors.js';
@@ -42,6 +42,15 @@ function readOwner(path: string): LockOwner | null {
   }
 }
 
+function lockKind(path: string): 'file' | 'gone' | 'a directory' | 'a symlink' | 'not a regular file' {
+  try {
+    const st = lstatSync(path);
+    return st.isSymbolicLink() ? 'a symlink' : st.isDirectory() ? 'a directory' : st.isFile() ? 'file' : 'not a regular file';
+  } catch {
+    return 'gone';
+  }
+}
+
 function ownerAlive(owner: LockOwner): boolean {
   return processStartTime(owner.pid) === owner.startTime;
 }
@@ -77,6 +86,12 @@ export async function acquireStateLock(dir: string, command: string, waitMs = 15
           'check that the state directory is writable by the invoking user (root)', { cause: error });
       }
     }
+    // Only a regular file is a lock (a directory or symlink there would otherwise be retried forever).
+    const kind = lockKind(path);
+    if (kind !== 'file' && kind !== 'gone') {
+      throw new MeshctlError('STATE_UNSAFE', `the state lock ${path} is ${kind}, not a lock file meshctl made`,
+        `remove it (\`rm -r ${path}\`) if nothing of yours is there; meshctl creates a regular file`);
+    }
     const owner = readOwner(path);
     if (owner === null || !ownerAlive(owner)) {
       // Stale (its process is gone) or half-written by a process killed between open and write. Re-read right
@@ -86,7 +101,9 @@ export async function acquireStateLock(dir: string, command: string, waitMs = 15
         try {
           unlinkSync(path);
         } catch {
-          // someone else took it over first; loop and look again
+          // someone else took it over first; loop and look again (after a pause, bounded by the deadline)
+          if (Date.now() >= deadline) throw new MeshctlError('LOCKED', `cannot take over the stale state lock ${path}`, 'remove the file by hand if no meshctl command runs');
+          await sleep(50);
         }
         if (owner) takenOverFrom = owner;
       }
