@@ -28,21 +28,31 @@ export function parseEndpoint(text: string, flag: string, portOptional = false):
   return port === undefined ? { address } : { address, port };
 }
 
+/** A uid or gid given on the command line: a whole number the kernel can hold (0 to 2^32-2; -1 means "none"). */
+function parseId(raw: unknown, flag: '--uid' | '--gid'): number {
+  const text = String(raw);
+  const id = /^\d{1,10}$/.test(text) ? Number(text) : NaN;
+  if (!Number.isInteger(id) || id > 0xfffffffe) {
+    throw new MeshctlError('EXPLAIN_INPUT', `${flag} "${text}" is not a ${flag === '--uid' ? 'uid' : 'gid'}`, 'give a whole number from 0 to 4294967294 (or --user NAME)');
+  }
+  return id;
+}
+
 function resolveOwner(options: Record<string, unknown>): { uid: number; gid: number; note: string | null } {
+  const gid = options.gid !== undefined ? parseId(options.gid, '--gid') : undefined;
   if (options.user !== undefined) {
     const entry = systemUserDb.user(String(options.user));
     if (!entry) throw new MeshctlError('EXPLAIN_INPUT', `--user "${String(options.user)}" does not exist`, 'give an existing user name, or --uid N');
-    return { uid: entry.uid, gid: options.gid !== undefined ? Number(options.gid) : entry.gid, note: null };
+    return { uid: entry.uid, gid: gid ?? entry.gid, note: null };
   }
   if (options.uid !== undefined) {
-    const uid = Number(options.uid);
-    if (!Number.isInteger(uid) || uid < 0) throw new MeshctlError('EXPLAIN_INPUT', `--uid "${String(options.uid)}" is not a uid`, 'give a non-negative integer');
+    const uid = parseId(options.uid, '--uid');
     const entry = systemUserDb.user(uid);
-    return { uid, gid: options.gid !== undefined ? Number(options.gid) : (entry?.gid ?? uid), note: entry || options.gid !== undefined ? null : `gid ${uid} assumed (uid ${uid} has no passwd entry; pass --gid)` };
+    return { uid, gid: gid ?? entry?.gid ?? uid, note: entry || gid !== undefined ? null : `gid ${uid} assumed (uid ${uid} has no passwd entry; pass --gid)` };
   }
   const uid = process.getuid?.() ?? 0;
-  const gid = options.gid !== undefined ? Number(options.gid) : (process.getgid?.() ?? 0);
-  return { uid, gid, note: `socket owner defaults to you (uid ${uid}, gid ${gid}); pass --uid/--user for another` };
+  const own = gid ?? process.getgid?.() ?? 0;
+  return { uid, gid: own, note: `socket owner defaults to you (uid ${uid}, gid ${own}); pass --uid/--user for another` };
 }
 
 const MARK = { redirected: 'INTERCEPTED', tproxied: 'INTERCEPTED', bypassed: 'NOT INTERCEPTED', rejected: 'REJECTED', dropped: 'DROPPED' } as const;

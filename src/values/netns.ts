@@ -1,6 +1,6 @@
 // Network namespace names as `ip netns` keeps them: the rules for a plain name, its path under /run/netns, and
 // the check that it exists (the one read of the host here: a stat of that path).
-import { existsSync } from 'node:fs';
+import { existsSync, statfsSync } from 'node:fs';
 import { MeshctlError } from '../errors.js';
 
 /** The path `ip netns` keeps a named namespace under. */
@@ -35,4 +35,21 @@ export function assertNetnsExists(name: string, flag = '--netns'): void {
     throw new MeshctlError('NETNS_NOT_FOUND', `network namespace "${name}" (from ${flag}) does not exist: ${netnsPath(name)} is missing`,
       'list namespaces with `ip netns list`, or create it with `ip netns add NAME`');
   }
+  // `ip netns add` bind-mounts the namespace there (nsfs; procfs before Linux 3.19): a plain file of that name is
+  // not a namespace, and `ip netns exec` would fail on it later, half-way through a command.
+  let type = -1;
+  try {
+    type = statfsSync(netnsPath(name)).type;
+  } catch {
+    // unreadable: let `ip netns exec` say why
+    return;
+  }
+  if (type !== NSFS_MAGIC && type !== PROC_SUPER_MAGIC) {
+    throw new MeshctlError('NETNS_NOT_FOUND', `network namespace "${name}" (from ${flag}) does not exist: ${netnsPath(name)} is a file, not a namespace mount`,
+      `remove the stray file (\`rm ${netnsPath(name)}\`) or create the namespace with \`ip netns add ${name}\``);
+  }
 }
+
+/** statfs f_type of the namespace filesystem and of procfs (which held namespace files before Linux 3.19). */
+const NSFS_MAGIC = 0x6e736673;
+const PROC_SUPER_MAGIC = 0x9fa0;

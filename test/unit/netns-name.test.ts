@@ -1,5 +1,6 @@
 // The one check every --netns value passes before a command does anything: a plain namespace name, else
 // CONFIG_INVALID naming the flag and the value; a well-formed name that `ip netns` does not know is NETNS_NOT_FOUND.
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { isMeshctlError } from '../../src/errors.js';
 import { assertNetnsExists, assertNetnsName } from '../../src/values/netns.js';
@@ -45,5 +46,20 @@ describe('assertNetnsExists', () => {
   it('names a well-formed namespace that does not exist, and the flag it came from', () => {
     const error = failure(() => assertNetnsExists('hc-unit-no-such-ns', '--netns'));
     expect(error).toEqual({ code: 'NETNS_NOT_FOUND', message: 'network namespace "hc-unit-no-such-ns" (from --netns) does not exist: /run/netns/hc-unit-no-such-ns is missing' });
+  });
+});
+
+describe('a stray file under /run/netns', () => {
+  it.skipIf(process.getuid?.() !== 0)('is not taken for a namespace', () => {
+    const name = `hs-stray-${process.pid}`;
+    mkdirSync('/run/netns', { recursive: true });
+    writeFileSync(`/run/netns/${name}`, '');
+    try {
+      const error = failure(() => assertNetnsExists(name));
+      expect(error.code).toBe('NETNS_NOT_FOUND');
+      expect(error.message).toBe(`network namespace "${name}" (from --netns) does not exist: /run/netns/${name} is a file, not a namespace mount`);
+    } finally {
+      rmSync(`/run/netns/${name}`, { force: true });
+    }
   });
 });
