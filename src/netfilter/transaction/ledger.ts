@@ -8,6 +8,7 @@ import { dirname, join } from 'node:path';
 import type { CapturePlan } from '../../capture/model.js';
 import type { Backend, Config } from '../../config/types.js';
 import { MeshctlError } from '../../errors.js';
+import { ledgerProblem } from './ledger-schema.js';
 import type { OwnedObjects, Snapshot } from '../drivers/objects.js';
 import type { HostExtras } from '../drivers/routes.js';
 
@@ -145,11 +146,17 @@ export function readLedger(dir: string): Ledger | null {
     throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${path} is not valid JSON (${(error as Error).message})`,
       'it was written atomically, so this means it was edited by hand; restore it from a backup, or remove it and clean up MESHCTL_ chains by hand', { cause: error });
   }
-  const ledger = parsed as Partial<Ledger>;
-  if (ledger.format !== LEDGER_FORMAT || typeof ledger.installId !== 'string' || (ledger.state !== 'in-progress' && ledger.state !== 'installed') || !ledger.current || !ledger.snapshot) {
-    throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${path} has format ${String(ledger.format)} or lacks install id, state or generation`,
+  const format = typeof parsed === 'object' && parsed !== null ? (parsed as { format?: unknown }).format : undefined;
+  if (format !== LEDGER_FORMAT) {
+    throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${path} has format ${JSON.stringify(format) ?? 'none'}, not ${LEDGER_FORMAT}`,
       `this meshctl reads ledger format ${LEDGER_FORMAT}; use the meshctl version that wrote it (toolVersion in the file) to uninstall`);
   }
+  const problem = ledgerProblem(parsed);
+  if (problem !== null) {
+    throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${path} is not one meshctl wrote: ${problem}`,
+      'it was written atomically, so this means it was edited by hand; restore it from a backup, or move it away and remove MESHCTL_ chains (or the meshctl nft table) by hand');
+  }
+  const ledger = parsed as Ledger;
   return ledger as Ledger;
 }
 
