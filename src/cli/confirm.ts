@@ -16,6 +16,8 @@ export function register(program: Command): void {
       return;
     }
     const lines = recoveryLine(result.recovered);
+    const failed = result.revertFailed;
+    if (failed) lines.push(`REVERT FAILED at ${failed.at} after ${failed.attempts} attempts: ${failed.error}`);
     if (result.action === 'confirmed') lines.push(`confirmed install ${result.installId}${where(netns)}: the revert due at ${result.deadline} is disarmed; the rules stay`);
     else if (result.action === 'already-confirmed') lines.push(`install ${result.installId}${where(netns)} was already confirmed`);
     else lines.push(`install ${result.installId}${where(netns)} has no pending revert (it was installed without --confirm-within)`);

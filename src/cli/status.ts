@@ -123,7 +123,9 @@ function describe(status: FullStatus): string {
     for (const e of report.missingExtras) lines.push(`    missing ${e}`);
     lines.push(...proxyLines(report, status.proxy));
     if (report.confirm) {
-      lines.push(report.confirm.confirmedAt ? `  confirmed at ${report.confirm.confirmedAt}` : `  UNCONFIRMED: reverted at ${report.confirm.deadline} unless \`meshctl confirm\` runs first`);
+      const failed = report.confirm.revertFailed;
+      if (failed && !report.confirm.confirmedAt) lines.push(`  REVERT FAILED at ${failed.at} after ${failed.attempts} attempts: ${failed.error} (capture is still installed: \`meshctl uninstall\` removes it, \`meshctl confirm\` keeps it)`);
+      else lines.push(report.confirm.confirmedAt ? `  confirmed at ${report.confirm.confirmedAt}` : `  UNCONFIRMED: reverted at ${report.confirm.deadline} unless \`meshctl confirm\` runs first`);
     }
   }
   for (const n of status.notes) lines.push(`  note: ${n}`);

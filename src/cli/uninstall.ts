@@ -3,10 +3,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Option, type Command } from 'commander';
 import { MeshctlError } from '../errors.js';
-import { uninstallCapture, type UninstallResult } from '../netfilter/uninstall.js';
+import { revertUnconfirmed, uninstallCapture, type UninstallResult } from '../netfilter/uninstall.js';
 import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './shared.js';
 
-function describe(result: UninstallResult, revert: boolean): string {
+function describe(result: UninstallResult & { attempts?: number }, revert: boolean): string {
   const stamp = revert ? `${new Date().toISOString()} ` : '';
   const lines: string[] = recoveryLine(result.recovered).map((l) => `${stamp}${l}`);
   if (result.action === 'not-installed') {
@@ -21,7 +21,13 @@ function describe(result: UninstallResult, revert: boolean): string {
     if (result.foreignChanges.added.length + result.foreignChanges.removed.length > 0) {
       lines.push(`  kept foreign changes made since install: ${result.foreignChanges.added.length} lines added, ${result.foreignChanges.removed.length} removed`);
     }
-    lines.push('  verified: every other rule is exactly as before the uninstall');
+    if (result.raced.added.length + result.raced.removed.length > 0) {
+      lines.push(`  tolerated: another writer changed foreign rules while this ran (${result.raced.added.length} lines added, ${result.raced.removed.length} removed); not a reason to put capture back`);
+      for (const l of result.raced.added) lines.push(`    added meanwhile:   ${l}`);
+      for (const l of result.raced.removed) lines.push(`    removed meanwhile: ${l}`);
+    }
+    lines.push('  verified: none of meshctl\'s objects are left, and every foreign rule present before the uninstall that it could touch is still there');
+    if (result.attempts !== undefined && result.attempts > 1) lines.push(`  took ${result.attempts} attempts (see the revert log ${result.revertLog})`);
     for (const left of result.leftovers) lines.push(`  warning: left in place (meshctl markers, but not in the ledger): ${left}`);
   }
   return `${lines.join('\n')}\n`;
@@ -46,12 +52,9 @@ export function register(program: Command): void {
       // A long sleep in slices: the timer keeps the process alive; SIGTERM from `meshctl confirm` ends it.
       while (Date.now() < at) await sleep(Math.min(at - Date.now(), 60_000));
     }
-    const result = await uninstallCapture({
-      stateDir: await resolveStateDir(options),
-      netns: (options.netns as string | undefined) ?? null,
-      log,
-      ...(revert ? { ifUnconfirmed: options.ifUnconfirmed as string } : {}),
-    });
+    const scope = { stateDir: await resolveStateDir(options), netns: (options.netns as string | undefined) ?? null, log };
+    // The reverter retries until capture is gone or its hard deadline passes (REVERT_FAILED, recorded in the ledger).
+    const result = revert ? await revertUnconfirmed({ ...scope, installId: options.ifUnconfirmed as string }) : await uninstallCapture(scope);
     if (options.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     else process.stdout.write(describe(result, revert));
   });

@@ -64,28 +64,43 @@ export async function xtablesNftInventory(runner: NetfilterRunner): Promise<stri
   return parseXtablesNftTables(listed.stdout).flatMap((t) => [`${t.family} ${t.name}`, ...t.chains.filter((c) => c.base).map((c) => `${t.family} ${t.name} ${c.name}`)]);
 }
 
-/**
- * Deletes the empty iptables-nft tables and base chains that `before` (the inventory at install) lacks. Returns what
- * was deleted. Best effort: a failure is logged, never thrown (the rules themselves are already gone).
- */
-export async function tidyXtablesNft(runner: NetfilterRunner, before: readonly string[], log: Logger): Promise<string[]> {
-  const listed = await runner.exec('nft', ['list', 'ruleset']);
-  if (listed.exitCode !== 0) return [];
+/** The `nft` commands deleting what `tidyXtablesNft` may delete in `ruleset`: chains first, so that a table is only ever deleted empty. */
+export function tidyCommands(ruleset: string, before: readonly string[]): string[] {
   const existed = new Set(before);
   const commands: string[] = [];
-  for (const table of parseXtablesNftTables(listed.stdout)) {
+  for (const table of parseXtablesNftTables(ruleset)) {
     const id = `${table.family} ${table.name}`;
     const removable = table.chains.filter((c) => c.base && c.policyAccept && c.rules === 0 && !existed.has(`${id} ${c.name}`));
+    for (const chain of removable) commands.push(`delete chain ${id} ${chain.name}`);
     if (!existed.has(id) && removable.length === table.chains.length) commands.push(`delete table ${id}`);
-    else for (const chain of removable) commands.push(`delete chain ${id} ${chain.name}`);
   }
-  if (commands.length === 0) return [];
-  try {
-    await runner.nft(`${commands.join('\n')}\n`, { check: false });
-    log.info({ deleted: commands }, 'deleted empty iptables-nft tables and base chains created by install');
-    return commands;
-  } catch (error) {
-    log.warn({ err: error, commands }, 'could not delete the empty iptables-nft tables/base chains install created');
-    return [];
+  return commands;
+}
+
+/** How often tidy lists and tries again when another writer put a rule into a chain between the list and the delete. */
+export const TIDY_ATTEMPTS = 3;
+
+/**
+ * Deletes the empty iptables-nft tables and base chains that `before` (the inventory at install) lacks. Returns what
+ * was deleted. Best effort: a failure is logged, never thrown (the rules themselves are already gone). Another
+ * writer racing it cannot lose a rule: every chain is deleted by name (the kernel refuses a chain that is not empty,
+ * EBUSY, and the whole batch with it) before its table, so a table is only deleted once it has nothing in it.
+ */
+export async function tidyXtablesNft(runner: NetfilterRunner, before: readonly string[], log: Logger): Promise<string[]> {
+  let last = '';
+  for (let attempt = 1; attempt <= TIDY_ATTEMPTS; attempt++) {
+    const listed = await runner.exec('nft', ['list', 'ruleset']);
+    if (listed.exitCode !== 0) return [];
+    const commands = tidyCommands(listed.stdout, before);
+    if (commands.length === 0) return [];
+    const result = await runner.exec('nft', ['-f', '-'], { input: `${commands.join('\n')}\n` });
+    if (result.exitCode === 0) {
+      log.info({ deleted: commands, attempt }, 'deleted empty iptables-nft tables and base chains created by install');
+      return commands;
+    }
+    last = result.stderr.trim();
+    log.info({ commands, attempt, stderr: last }, 'deleting empty iptables-nft tables/base chains was refused (another writer changed them?); listing again');
   }
+  log.warn({ stderr: last }, 'could not delete the empty iptables-nft tables/base chains install created');
+  return [];
 }

@@ -3,6 +3,7 @@
 // with a namespace every command runs as `ip netns exec NAME …`, so the host's own rules are never involved.
 import { assertNetnsExists } from '../../values/netns.js';
 import { accessSync, constants } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { delimiter, join } from 'node:path';
 import { execa, ExecaError } from 'execa';
 import type { Family } from '../../values/ip.js';
@@ -59,6 +60,22 @@ function firstLines(text: string, max: number): string[] {
   return lines.length > max ? [...lines.slice(0, max), `… ${lines.length - max} more lines`] : lines;
 }
 
+/**
+ * Retrying transient conflicts with other netfilter writers (Docker, kube-proxy, fail2ban …): the xtables lock held
+ * past --wait, an nftables generation change (EBUSY / ERESTART) and EAGAIN. Each is a refused atomic update (nothing
+ * changed), so the same command is run again after a growing pause, at most `attempts` times in all.
+ */
+export const TRANSIENT_RETRY = { attempts: 8, firstDelayMs: 25, maxDelayMs: 800 } as const;
+
+/** stderr of a command that another writer's concurrent update made fail; running it again may succeed. */
+export const TRANSIENT_STDERR = /Another app is currently holding the xtables lock|Resource temporarily unavailable|Device or resource busy|Interrupted system call|\bEAGAIN\b|\bEBUSY\b|\bERESTART\b|generation ID|changed by another/i;
+
+/** The pause before retry number `retry` (1-based): doubling from firstDelayMs, capped, with jitter. */
+export function transientDelayMs(retry: number, policy: { firstDelayMs: number; maxDelayMs: number } = TRANSIENT_RETRY): number {
+  const base = Math.min(policy.maxDelayMs, policy.firstDelayMs * 2 ** (retry - 1));
+  return Math.round(base / 2 + Math.random() * (base / 2));
+}
+
 /** Creates the execa-backed runner. Throws NETNS_NOT_FOUND when `netns` is given and does not exist. */
 export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
   const netns = options.netns ?? null;
@@ -72,25 +89,33 @@ export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
   async function run(command: string, args: readonly string[], input: string | undefined, failCode: 'RESTORE_FAILED' | 'COMMAND_FAILED', what: string): Promise<string> {
     const [file, argv] = wrap(command, args);
     const started = Date.now();
-    try {
-      const result = await execa(file, argv, { input: input ?? '', env, extendEnv: false, stripFinalNewline: false });
-      log.debug({ command: commandLine(command, args), ms: Date.now() - started }, 'ran');
-      return result.stdout;
-    } catch (error) {
-      if (!(error instanceof ExecaError)) throw error;
-      const stderr = typeof error.stderr === 'string' ? error.stderr : '';
-      // The binary itself is missing: execa could not spawn it, or `ip netns exec` could not exec it.
-      const missing = error.code === 'ENOENT' || /^exec of ".*" failed: No such file or directory/m.test(stderr);
-      log.debug({ command: commandLine(command, args), exitCode: error.exitCode, stderr }, 'command failed');
-      const details = [`command: ${commandLine(file, argv)}`, ...firstLines(stderr, 12).map((l, i) => `${i === 0 ? 'stderr:  ' : '         '}${l}`)];
-      if (missing) {
-        throw new MeshctlError('BACKEND_UNAVAILABLE', `${command} is not installed${netns ? ` (looked up on PATH for namespace ${netns})` : ''}, so meshctl cannot ${what}`,
-          `install it (Debian/Ubuntu: apt-get install ${command.startsWith('nft') ? 'nftables' : 'iptables'}) or choose another backend with --backend`,
-          { cause: error, details });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const result = await execa(file, argv, { input: input ?? '', env, extendEnv: false, stripFinalNewline: false });
+        log.debug({ command: commandLine(command, args), ms: Date.now() - started, attempt }, 'ran');
+        return result.stdout;
+      } catch (error) {
+        if (!(error instanceof ExecaError)) throw error;
+        const stderr = typeof error.stderr === 'string' ? error.stderr : '';
+        if (attempt < TRANSIENT_RETRY.attempts && error.exitCode !== undefined && TRANSIENT_STDERR.test(stderr)) {
+          const pause = transientDelayMs(attempt);
+          log.warn({ command: commandLine(command, args), attempt, pauseMs: pause, stderr: stderr.trim() }, 'transient conflict with another netfilter writer; retrying');
+          await sleep(pause);
+          continue;
+        }
+        // The binary itself is missing: execa could not spawn it, or `ip netns exec` could not exec it.
+        const missing = error.code === 'ENOENT' || /^exec of ".*" failed: No such file or directory/m.test(stderr);
+        log.debug({ command: commandLine(command, args), exitCode: error.exitCode, stderr }, 'command failed');
+        const details = [`command: ${commandLine(file, argv)}`, ...firstLines(stderr, 12).map((l, i) => `${i === 0 ? 'stderr:  ' : '         '}${l}`)];
+        if (missing) {
+          throw new MeshctlError('BACKEND_UNAVAILABLE', `${command} is not installed${netns ? ` (looked up on PATH for namespace ${netns})` : ''}, so meshctl cannot ${what}`,
+            `install it (Debian/Ubuntu: apt-get install ${command.startsWith('nft') ? 'nftables' : 'iptables'}) or choose another backend with --backend`,
+            { cause: error, details });
+        }
+        throw new MeshctlError(failCode, `${command} failed while meshctl tried to ${what} (${error.exitCode === undefined ? error.shortMessage : `exit ${error.exitCode}`})`,
+          failCode === 'RESTORE_FAILED' ? 'run `meshctl install --dry-run` and check the line named in stderr' : 'check the stderr shown above; `meshctl doctor` lists missing privileges and kernel features',
+          { cause: error, details: attempt > 1 ? [...details, `attempts: ${attempt} (transient conflicts retried)`] : details });
       }
-      throw new MeshctlError(failCode, `${command} failed while meshctl tried to ${what} (${error.exitCode === undefined ? error.shortMessage : `exit ${error.exitCode}`})`,
-        failCode === 'RESTORE_FAILED' ? 'run `meshctl install --dry-run` and check the line named in stderr' : 'check the stderr shown above; `meshctl doctor` lists missing privileges and kernel features',
-        { cause: error, details });
     }
   }
 
