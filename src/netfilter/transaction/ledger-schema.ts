@@ -88,7 +88,8 @@ const generation = {
 const confirm = {
   type: 'object',
   required: ['deadline', 'mechanism', 'unit', 'pid', 'pidStartTime', 'confirmedAt'],
-  properties: { deadline: text, mechanism: { enum: ['systemd-timer', 'detached-process'] }, unit: nullableText, pid: { type: ['integer', 'null'] }, pidStartTime: nullableText, confirmedAt: nullableText },
+  properties: { deadline: text, mechanism: { enum: ['systemd-timer', 'detached-process'] }, unit: nullableText, pid: { type: ['integer', 'null'] }, pidStartTime: nullableText, confirmedAt: nullableText,
+    revertFailed: { oneOf: [{ type: 'null' }, { type: 'object', required: ['at', 'attempts', 'error'], properties: { at: text, attempts: { type: 'integer' }, error: text } }] } },
 };
 
 export const LEDGER_SCHEMA = {
