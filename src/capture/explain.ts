@@ -311,34 +311,59 @@ function policyRule(entry: HookEntry): ExplainRule {
   };
 }
 
+/** The verdict part of an Explanation: everything but the packet, the assumptions and the trace. */
+interface Decision {
+  readonly intercepted: boolean;
+  readonly toPort: number | null;
+  readonly verdict: Verdict;
+  readonly decidedBy: Explanation['decidedBy'];
+  readonly reason: string;
+  /** Notes about what explain did not evaluate, after the assumptions. */
+  readonly notes?: readonly string[];
+}
+
 /** Explains what the planned rules do with the first packet of `flow`. Throws TypeError for malformed addresses. */
 export function explainFlow(plan: ExplainPlan, flow: Flow, host: HostContext): Explanation {
+  const { packet, assumptions } = packetOf(flow, host);
+  const family = packet.family;
+  const explanation = (d: Decision, notes: readonly string[], trace: readonly TraceStep[]): Explanation => ({
+    intercepted: d.intercepted, toPort: d.toPort, verdict: d.verdict, family, packet: viewOf(packet), decidedBy: d.decidedBy, reason: d.reason,
+    assumptions: [...notes, ...(d.notes ?? [])], trace,
+  });
+  const familyPlan = plan.families.find((f) => f.family === family);
+  if (!familyPlan) {
+    const reason = plan.source === 'kernel'
+      ? `the ${family} rules could not be read from the kernel: explain cannot say what happens to this connection`
+      : `there are no ${family} rules (capture.ipv6 is "off"): this connection goes direct`;
+    return explanation({ intercepted: false, toPort: null, verdict: 'bypassed', decidedBy: null, reason }, assumptions, []);
+  }
+  const walker = new Walker(familyPlan, packet);
+  const entries = entriesOf(familyPlan, flow.direction);
+  const notes = (): string[] => [...assumptions, ...unevaluatedNotes(walker, familyPlan)];
+  for (const [index, entry] of entries.entries()) {
+    const decided = decisionOf(walker.walk(entry.table, entry.chain, [], []), entry, entries.slice(index + 1), familyPlan);
+    if (decided) return explanation(decided, notes(), walker.trace);
+  }
+  return explanation(undecided(walker, plan, familyPlan), notes(), walker.trace);
+}
+
+/** The packet the flow's first packet is, with what explain assumed where the flow does not say. */
+function packetOf(flow: Flow, host: HostContext): { packet: Packet; assumptions: string[] } {
   const destination = ipOrThrow(flow.destination.address, 'destination');
   const family = destination.family;
+  const given = flow.source ? ipOrThrow(flow.source.address, 'source') : null;
+  if (given && given.family !== family) throw new TypeError(`source ${flow.source!.address} and destination ${flow.destination.address} are of different address families`);
   const assumptions: string[] = [];
-  const local = host.localAddresses.map((a) => parseIp(a)).filter((a): a is IpAddress => a !== null);
-  const isLocal = isLoopback(destination) || local.some((a) => a.family === family && a.value === destination.value);
-
-  let source: IpAddress | null = flow.source ? ipOrThrow(flow.source.address, 'source') : null;
-  if (source && source.family !== family) throw new TypeError(`source ${flow.source!.address} and destination ${flow.destination.address} are of different address families`);
+  let source = given;
   let inInterface: string | null = null;
   let outInterface: string | null = null;
   if (flow.direction === 'outbound') {
-    const route = isLocal ? null : (host.route?.(flow.destination.address) ?? null);
-    outInterface = flow.outInterface ?? (isLocal ? 'lo' : (route?.interface ?? null));
-    if (!flow.outInterface && !isLocal && !route) assumptions.push('outgoing interface unknown (no route); interface rules cannot match — pass --iface');
-    if (!source) {
-      if (isLoopback(destination)) source = parseIp(family === 'ipv4' ? '127.0.0.1' : '::1');
-      else if (isLocal) source = destination;
-      else if (route) source = parseIp(route.source);
-      if (source) assumptions.push(`source address ${formatIp(source)} (as the kernel would pick; pass --src to override)`);
-    }
+    ({ source, outInterface } = outboundRoute(flow, host, destination, given, assumptions));
   } else {
     inInterface = flow.inInterface ?? null;
     if (!inInterface) assumptions.push('arrival interface not given; interface rules cannot match — pass --iface');
     if (!source) assumptions.push('peer address not given; rules on the source address cannot match — pass --src');
   }
-
   const packet: Packet = {
     family,
     protocol: flow.protocol,
@@ -352,82 +377,96 @@ export function explainFlow(plan: ExplainPlan, flow: Flow, host: HostContext): E
     gid: flow.direction === 'outbound' ? (flow.gid ?? flow.uid ?? null) : null,
   };
   if (flow.direction === 'outbound' && flow.uid === undefined) assumptions.push('socket owner unknown; uid/gid rules cannot match — pass --uid/--gid');
+  return { packet, assumptions };
+}
 
-  const view = {
-    source: source ? formatIp(source) : null,
+/** Outbound: the interface and source address the kernel would pick (lo for local destinations), unless given. */
+function outboundRoute(flow: Flow, host: HostContext, destination: IpAddress, given: IpAddress | null, assumptions: string[]): { source: IpAddress | null; outInterface: string | null } {
+  const local = host.localAddresses.map((a) => parseIp(a)).filter((a): a is IpAddress => a !== null);
+  const isLocal = isLoopback(destination) || local.some((a) => a.family === destination.family && a.value === destination.value);
+  const route = isLocal ? null : (host.route?.(flow.destination.address) ?? null);
+  const outInterface = flow.outInterface ?? (isLocal ? 'lo' : (route?.interface ?? null));
+  if (!flow.outInterface && !isLocal && !route) assumptions.push('outgoing interface unknown (no route); interface rules cannot match — pass --iface');
+  let source = given;
+  if (!source) {
+    if (isLoopback(destination)) source = parseIp(destination.family === 'ipv4' ? '127.0.0.1' : '::1');
+    else if (isLocal) source = destination;
+    else if (route) source = parseIp(route.source);
+    if (source) assumptions.push(`source address ${formatIp(source)} (as the kernel would pick; pass --src to override)`);
+  }
+  return { source, outInterface };
+}
+
+function viewOf(packet: Packet): Explanation['packet'] {
+  return {
+    source: packet.source ? formatIp(packet.source) : null,
     sourcePort: packet.sourcePort,
-    destination: formatIp(destination),
+    destination: formatIp(packet.destination),
     destinationPort: packet.destinationPort,
-    inInterface,
-    outInterface,
+    inInterface: packet.inInterface,
+    outInterface: packet.outInterface,
     uid: packet.uid,
     gid: packet.gid,
   };
-  const familyPlan = plan.families.find((f) => f.family === family);
-  if (!familyPlan) {
+}
+
+/** One note per rule outside the model that the walk met (each once): explain assumed it does not match. */
+function unevaluatedNotes(walker: Walker, plan: FamilyPlan): string[] {
+  const seen = new Set<ExplainRule>();
+  return walker.unevaluated.filter((r) => !seen.has(r) && seen.add(r)).map((r) =>
+    `${r.kernel?.owner === 'foreign' ? 'foreign' : `meshctl:${r.purpose}`} rule in ${r.table} ${r.chain} could not be evaluated (${r.kernel?.effect?.why}); assumed not to match: ${ruleText(r, plan)}`);
+}
+
+/** What walking one hook chain decided: a verdict, someone's NAT, the chain's drop policy; null to go on. */
+function decisionOf(outcome: Outcome, entry: HookEntry, later: readonly HookEntry[], plan: ExplainFamilyPlan): Decision | null {
+  if (outcome.kind === 'terminal') {
+    const intercepted = outcome.verdict === 'redirected' || outcome.verdict === 'tproxied';
+    const reason = intercepted
+      ? `${outcome.verdict} to the proxy's port ${outcome.toPort} by ${nameRule(outcome.rule, plan)}`
+      : `${outcome.verdict} by ${nameRule(outcome.rule, plan)}`;
+    // After a NAT binding exists, later NAT chains on the hook are skipped; other chains still see the packet.
+    const after = later
+      .filter((e) => !(outcome.verdict === 'redirected' && e.table === 'nat'))
+      .filter((e) => e.policy === 'drop' || plan.rules.some((r) => r.table === e.table && r.chain === e.chain && r.kernel?.owner === 'foreign'));
+    const notes = intercepted && after.length > 0
+      ? [`foreign rules in ${after.map((e) => `${e.table} ${e.chain}`).join(', ')} run after the redirect (they see the proxy's port) and were not evaluated`]
+      : [];
+    return { intercepted, toPort: outcome.toPort, verdict: outcome.verdict, decidedBy: describe(outcome.rule, plan), reason, notes };
+  }
+  if (outcome.kind === 'nat') {
     return {
-      intercepted: false, toPort: null, verdict: 'bypassed', family, packet: view, decidedBy: null, assumptions, trace: [],
-      reason: plan.source === 'kernel'
-        ? `the ${family} rules could not be read from the kernel: explain cannot say what happens to this connection`
-        : `there are no ${family} rules (capture.ipv6 is "off"): this connection goes direct`,
+      intercepted: false, toPort: null, verdict: 'bypassed', decidedBy: describe(outcome.rule, plan),
+      reason: `not captured: ${nameRule(outcome.rule, plan)} rewrites the destination (${outcome.rule.kernel?.effect?.why}); it goes there instead`,
     };
   }
-  const walker = new Walker(familyPlan, packet);
-  const entries = entriesOf(familyPlan, flow.direction);
-  const finish = (): string[] => {
-    const seen = new Set<ExplainRule>();
-    const notes = walker.unevaluated.filter((r) => !seen.has(r) && seen.add(r)).map((r) =>
-      `${r.kernel?.owner === 'foreign' ? 'foreign' : `meshctl:${r.purpose}`} rule in ${r.table} ${r.chain} could not be evaluated (${r.kernel?.effect?.why}); assumed not to match: ${ruleText(r, familyPlan)}`);
-    return [...assumptions, ...notes];
-  };
-  for (const [index, entry] of entries.entries()) {
-    const outcome = walker.walk(entry.table, entry.chain, [], []);
-    if (outcome.kind === 'terminal') {
-      const intercepted = outcome.verdict === 'redirected' || outcome.verdict === 'tproxied';
-      const reason = intercepted
-        ? `${outcome.verdict} to the proxy's port ${outcome.toPort} by ${nameRule(outcome.rule, familyPlan)}`
-        : `${outcome.verdict} by ${nameRule(outcome.rule, familyPlan)}`;
-      // After a NAT binding exists, later NAT chains on the hook are skipped; other chains still see the packet.
-      const later = entries.slice(index + 1)
-        .filter((e) => !(outcome.verdict === 'redirected' && e.table === 'nat'))
-        .filter((e) => e.policy === 'drop' || familyPlan.rules.some((r) => r.table === e.table && r.chain === e.chain && r.kernel?.owner === 'foreign'));
-      const notes = intercepted && later.length > 0
-        ? [`foreign rules in ${later.map((e) => `${e.table} ${e.chain}`).join(', ')} run after the redirect (they see the proxy's port) and were not evaluated`]
-        : [];
-      return { intercepted, toPort: outcome.toPort, verdict: outcome.verdict, family, packet: view, decidedBy: describe(outcome.rule, familyPlan), reason, assumptions: [...finish(), ...notes], trace: walker.trace };
-    }
-    if (outcome.kind === 'nat') {
-      return {
-        intercepted: false, toPort: null, verdict: 'bypassed', family, packet: view, decidedBy: describe(outcome.rule, familyPlan), assumptions: finish(), trace: walker.trace,
-        reason: `not captured: ${nameRule(outcome.rule, familyPlan)} rewrites the destination (${outcome.rule.kernel?.effect?.why}); it goes there instead`,
-      };
-    }
-    if (outcome.kind === 'return' && entry.policy === 'drop') {
-      const rule = policyRule(entry);
-      return {
-        intercepted: false, toPort: null, verdict: 'dropped', family, packet: view, decidedBy: describe(rule, familyPlan), assumptions: finish(), trace: walker.trace,
-        reason: `dropped by the policy of ${entry.table} ${entry.chain} (no rule in it accepted the connection)`,
-      };
-    }
+  if (outcome.kind === 'return' && entry.policy === 'drop') {
+    return {
+      intercepted: false, toPort: null, verdict: 'dropped', decidedBy: describe(policyRule(entry), plan),
+      reason: `dropped by the policy of ${entry.table} ${entry.chain} (no rule in it accepted the connection)`,
+    };
   }
+  return null;
+}
+
+/** No chain decided: a foreign rule ended ours early, one of ours returned it, or nothing applied. */
+function undecided(walker: Walker, plan: ExplainPlan, familyPlan: ExplainFamilyPlan): Decision {
   const preempted = walker.preempted[0];
   if (preempted) {
     const verb = preempted.rule.target.kind === 'accept' ? 'accepted' : 'returned';
     return {
-      intercepted: false, toPort: null, verdict: 'bypassed', family, packet: view, decidedBy: describe(preempted.rule, familyPlan), assumptions: finish(), trace: walker.trace,
+      intercepted: false, toPort: null, verdict: 'bypassed', decidedBy: describe(preempted.rule, familyPlan),
       reason: `not captured: ${nameRule(preempted.rule, familyPlan)} ${verb} it before meshctl:${preempted.skipped.purpose} was reached; it goes direct`,
     };
   }
   const lastReturn = walker.returns.filter((r) => r.kernel?.owner !== 'foreign').at(-1) ?? null;
   const noneOfOurs = plan.source === 'kernel' && !walker.trace.some((t) => t.owner !== 'foreign');
   return {
-    intercepted: false, toPort: null, verdict: 'bypassed', family, packet: view,
+    intercepted: false, toPort: null, verdict: 'bypassed',
     decidedBy: lastReturn ? describe(lastReturn, familyPlan) : null,
     reason: lastReturn
       ? `not captured: ${nameRule(lastReturn, familyPlan)} returned it; it goes direct`
       : noneOfOurs
-        ? `not captured: no meshctl ${family} rule in the kernel applies to it; it goes direct`
+        ? `not captured: no meshctl ${familyPlan.family} rule in the kernel applies to it; it goes direct`
         : 'not captured: no capture rule matched (check the include lists); it goes direct',
-    assumptions: finish(), trace: walker.trace,
   };
 }

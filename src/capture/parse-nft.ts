@@ -229,245 +229,290 @@ export function parseNftRule(text: string, family: Family, chainRef: (name: stri
 
 const OTHER_FAMILY = '\u0000other-family';
 
-function parseTokens(tokens: readonly Token[], family: Family, chainRef: (name: string) => string, comment: string | null): NftRuleParse {
-  const matches: Match[] = [];
-  // Assigned inside the helpers below; `as` keeps TypeScript from narrowing them to null for good.
-  let protocol = null as 'tcp' | 'udp' | null;
-  let verdict = null as Target | null;
-  let tproxyPort = null as number | null;
-  let setMark = null as { value: number; mask: number } | null;
-  let ctZone = null as number | null;
-  let effect = null as NftRuleEffect | null;
-  let i = 0;
+/** One nft rule being read: the tokens, the position, the matches so far and the statements that make the target. */
+class NftRuleReader {
+  readonly matches: Match[] = [];
+  protocol: 'tcp' | 'udp' | null = null;
+  verdict: Target | null = null;
+  tproxyPort: number | null = null;
+  setMark: { value: number; mask: number } | null = null;
+  ctZone: number | null = null;
+  effect: NftRuleEffect | null = null;
+  i = 0;
 
-  const word = (k = i): string => tokens[k]?.value ?? '';
-  const expect = (what: string): Token => {
-    const t = tokens[i++];
+  constructor(readonly tokens: readonly Token[], readonly family: Family, readonly chainRef: (name: string) => string) {}
+
+  word(k = this.i): string {
+    return this.tokens[k]?.value ?? '';
+  }
+
+  /** The token at the position, moving past it. */
+  expect(what: string): Token {
+    const t = this.tokens[this.i++];
     if (!t) throw new Outside(`${what} without a value`);
     return t;
-  };
+  }
+
   /** `!=` / `==` before a value; returns whether the match is negated. */
-  const op = (): boolean => {
-    if (word() === '!=') {
-      i++;
+  op(): boolean {
+    if (this.word() === '!=') {
+      this.i++;
       return true;
     }
-    if (word() === '==') i++;
+    if (this.word() === '==') this.i++;
     return false;
-  };
-  const single = (t: Token, what: string): string => {
+  }
+
+  /** The one value of a token: a word, or an anonymous set of one; a named set is outside the model. */
+  single(t: Token, what: string): string {
     if (t.set) {
       if (t.set.length !== 1) throw new Outside(`${what} ${t.value}`);
       return t.set[0]!;
     }
     if (t.value.startsWith('@') || t.value.startsWith('$')) throw new Outside(`${what} ${t.value} (a named set)`);
     return t.value;
-  };
-  const neg = (negate: boolean): { negate?: true } => (negate ? { negate: true } : {});
-  const setProtocol = (p: 'tcp' | 'udp', negate: boolean) => {
-    if (!negate) {
-      if (protocol !== null && protocol !== p) throw new Outside(`both ${protocol} and ${p}`);
-      protocol = p;
-    }
-    matches.push({ kind: 'protocol', protocol: p, ...neg(negate) });
-  };
-  const needFamily = (f: Family) => {
-    if (f !== family) throw new Outside(OTHER_FAMILY);
-  };
-  const setVerdict = (t: Target) => {
-    if (verdict) throw new Outside('two verdicts');
-    verdict = t;
-  };
-
-  while (i < tokens.length) {
-    const key = word();
-    i++;
-    switch (key) {
-      case 'meta': {
-        const what = word();
-        i++;
-        if (what === 'mark' && word() === 'set') {
-          i++;
-          const m = parseMarkSet(tokens, i);
-          setMark = { value: m.value, mask: m.mask };
-          i = m.next;
-          break;
-        }
-        if (what === 'mark') {
-          let mask = 0xffffffff;
-          let negate: boolean;
-          if (word() === '&') {
-            i++;
-            mask = parseNumber(single(expect('meta mark &'), 'meta mark &'), 'mark mask', 0xffffffff);
-            negate = op();
-          } else {
-            negate = op();
-          }
-          const value = parseNumber(single(expect('meta mark'), 'meta mark'), 'mark', 0xffffffff);
-          matches.push({ kind: 'mark', value, mask, ...neg(negate) });
-          break;
-        }
-        const negate = op();
-        const value = single(expect(`meta ${what}`), `meta ${what}`);
-        if (what === 'l4proto') {
-          if (value !== 'tcp' && value !== 'udp') throw new Outside(`meta l4proto ${value}`);
-          setProtocol(value, negate);
-        } else if (what === 'nfproto') {
-          if (value !== 'ipv4' && value !== 'ipv6') throw new Outside(`meta nfproto ${value}`);
-          if ((value === family) === negate) throw new Outside(OTHER_FAMILY);
-        } else if (what === 'skuid' || what === 'skgid') {
-          const id = parseNumber(value, `meta ${what}`, 0xffffffff);
-          matches.push(what === 'skuid' ? { kind: 'uidOwner', uid: id, ...neg(negate) } : { kind: 'gidOwner', gid: id, ...neg(negate) });
-        } else if (what === 'iifname' || what === 'oifname') {
-          matches.push(interfaceMatch(what, value, negate));
-        } else {
-          throw new Outside(`meta ${what}`);
-        }
-        break;
-      }
-      case 'ip':
-      case 'ip6': {
-        needFamily(key === 'ip' ? 'ipv4' : 'ipv6');
-        const what = word();
-        i++;
-        const negate = op();
-        const value = single(expect(`${key} ${what}`), `${key} ${what}`);
-        if (what === 'saddr' || what === 'daddr') {
-          const cidr = parseCidr(value);
-          if (typeof cidr === 'string' || cidr.family !== family) throw new Outside(`${key} ${what} ${value}`);
-          matches.push({ kind: what === 'saddr' ? 'source' : 'destination', cidr, ...neg(negate) });
-        } else if ((what === 'protocol' && key === 'ip') || (what === 'nexthdr' && key === 'ip6')) {
-          if (value !== 'tcp' && value !== 'udp') throw new Outside(`${key} ${what} ${value}`);
-          setProtocol(value, negate);
-        } else {
-          throw new Outside(`${key} ${what}`);
-        }
-        break;
-      }
-      case 'iifname':
-      case 'oifname':
-      case 'iif':
-      case 'oif': {
-        const negate = op();
-        matches.push(interfaceMatch(key, single(expect(key), key), negate));
-        break;
-      }
-      case 'tcp':
-      case 'udp': {
-        const what = word();
-        i++;
-        if (what === 'dport' || what === 'sport') {
-          const negate = op();
-          const t = expect(`${key} ${what}`);
-          if (t.value.startsWith('@')) throw new Outside(`${key} ${what} ${t.value} (a named set)`);
-          const ports = (t.set ?? [t.value]).map(parsePortText);
-          setProtocol(key, false);
-          matches.push({ kind: what === 'dport' ? 'destinationPort' : 'sourcePort', ports, ...neg(negate) });
-        } else if (what === 'flags' && key === 'tcp') {
-          const negate = op();
-          const flags = single(expect('tcp flags'), 'tcp flags');
-          if (flags !== 'syn' || word() !== '/' || word(i + 1).split(',').sort().join(',') !== 'ack,fin,rst,syn') {
-            throw new Outside(`tcp flags ${flags} ${word()} ${word(i + 1)}`.trim());
-          }
-          i += 2;
-          setProtocol('tcp', false);
-          matches.push({ kind: 'tcpSyn', ...neg(negate) });
-        } else {
-          throw new Outside(`${key} ${what}`);
-        }
-        break;
-      }
-      case 'ct': {
-        const what = word();
-        i++;
-        if (what === 'state') {
-          const negate = op();
-          const t = expect('ct state');
-          const states = (t.set ?? t.value.split(',')).map((s) => {
-            const state = s.trim().toUpperCase();
-            if (!(CT_STATES as readonly string[]).includes(state)) throw new Outside(`ct state ${s}`);
-            return state as CtState;
-          });
-          matches.push({ kind: 'ctState', states, ...neg(negate) });
-        } else if (what === 'zone' && word() === 'set') {
-          i++;
-          ctZone = parseNumber(expect('ct zone set').value, 'ct zone', 65535);
-        } else {
-          throw new Outside(`ct ${what}`);
-        }
-        break;
-      }
-      case 'socket':
-        if (word() !== 'transparent' || word(i + 1) !== '1') throw new Outside(`socket ${word()} ${word(i + 1)}`.trim());
-        i += 2;
-        matches.push({ kind: 'socketTransparent' });
-        break;
-      case 'counter':
-        if (word() === 'packets') i += 4;
-        break;
-      case 'comment':
-        i++;
-        break;
-      case 'log':
-        while (LOG_OPTIONS.has(word())) i += 2;
-        effect ??= { kind: 'continue', why: 'log' };
-        break;
-      case 'notrack':
-        effect ??= { kind: 'continue', why: 'notrack' };
-        break;
-      case 'accept':
-      case 'drop':
-      case 'return':
-        setVerdict({ kind: key });
-        break;
-      case 'jump':
-        setVerdict({ kind: 'jump', chain: chainRef(expect('jump').value) });
-        break;
-      case 'reject':
-        // Any reject refuses a TCP connect (RST or ICMP port unreachable); the model names one form.
-        while (i < tokens.length && word() !== 'comment') i++;
-        setVerdict({ kind: 'reject', with: 'tcp-reset' });
-        break;
-      case 'redirect': {
-        if (word() !== 'to') throw new Outside('redirect without a port');
-        i++;
-        const port = expect('redirect to').value.replace(/^:/, '');
-        setVerdict({ kind: 'redirect', toPort: parseNumber(port, 'redirect to', 65535) });
-        break;
-      }
-      case 'tproxy': {
-        if (word() === 'ip' || word() === 'ip6') i++;
-        if (word() !== 'to') throw new Outside('tproxy without a port');
-        i++;
-        const to = expect('tproxy to').value;
-        if (!to.startsWith(':')) throw new Outside(`tproxy to ${to}`);
-        tproxyPort = parseNumber(to.slice(1), 'tproxy to', 65535);
-        break;
-      }
-      case 'dnat':
-      case 'snat':
-      case 'masquerade':
-        // Someone else's NAT: what it maps to does not matter to explain, only that it happens.
-        effect = { kind: 'nat', why: key };
-        while (i < tokens.length && word() !== 'comment') i++;
-        break;
-      default:
-        throw new Outside(key);
-    }
   }
 
+  neg(negate: boolean): { negate?: true } {
+    return negate ? { negate: true } : {};
+  }
+
+  setProtocol(p: 'tcp' | 'udp', negate: boolean): void {
+    if (!negate) {
+      if (this.protocol !== null && this.protocol !== p) throw new Outside(`both ${this.protocol} and ${p}`);
+      this.protocol = p;
+    }
+    this.matches.push({ kind: 'protocol', protocol: p, ...this.neg(negate) });
+  }
+
+  needFamily(f: Family): void {
+    if (f !== this.family) throw new Outside(OTHER_FAMILY);
+  }
+
+  setVerdict(t: Target): void {
+    if (this.verdict) throw new Outside('two verdicts');
+    this.verdict = t;
+  }
+
+  /** Skips the rest of a statement whose arguments do not matter (up to the rule's comment). */
+  skipToComment(): void {
+    while (this.i < this.tokens.length && this.word() !== 'comment') this.i++;
+  }
+}
+
+/** Reads the statement that starts with `key` (already consumed). Throws Outside for what the model lacks. */
+type StatementParser = (r: NftRuleReader, key: string) => void;
+
+/** `meta mark set …`, `meta mark [& M] [!=] V`, `meta l4proto|nfproto|skuid|skgid|iifname|oifname [!=] V`. */
+const metaStatement: StatementParser = (r) => {
+  const what = r.word();
+  r.i++;
+  if (what === 'mark' && r.word() === 'set') {
+    r.i++;
+    const m = parseMarkSet(r.tokens, r.i);
+    r.setMark = { value: m.value, mask: m.mask };
+    r.i = m.next;
+    return;
+  }
+  if (what === 'mark') return metaMarkMatch(r);
+  const negate = r.op();
+  const value = r.single(r.expect(`meta ${what}`), `meta ${what}`);
+  if (what === 'l4proto') {
+    if (value !== 'tcp' && value !== 'udp') throw new Outside(`meta l4proto ${value}`);
+    r.setProtocol(value, negate);
+  } else if (what === 'nfproto') {
+    if (value !== 'ipv4' && value !== 'ipv6') throw new Outside(`meta nfproto ${value}`);
+    if ((value === r.family) === negate) throw new Outside(OTHER_FAMILY);
+  } else if (what === 'skuid' || what === 'skgid') {
+    const id = parseNumber(value, `meta ${what}`, 0xffffffff);
+    r.matches.push(what === 'skuid' ? { kind: 'uidOwner', uid: id, ...r.neg(negate) } : { kind: 'gidOwner', gid: id, ...r.neg(negate) });
+  } else if (what === 'iifname' || what === 'oifname') {
+    r.matches.push(interfaceMatch(what, value, negate));
+  } else {
+    throw new Outside(`meta ${what}`);
+  }
+};
+
+function metaMarkMatch(r: NftRuleReader): void {
+  let mask = 0xffffffff;
+  if (r.word() === '&') {
+    r.i++;
+    mask = parseNumber(r.single(r.expect('meta mark &'), 'meta mark &'), 'mark mask', 0xffffffff);
+  }
+  const negate = r.op();
+  const value = parseNumber(r.single(r.expect('meta mark'), 'meta mark'), 'mark', 0xffffffff);
+  r.matches.push({ kind: 'mark', value, mask, ...r.neg(negate) });
+}
+
+/** `ip|ip6 saddr|daddr [!=] CIDR`, `ip protocol` / `ip6 nexthdr tcp|udp`; the other family's header never matches. */
+const ipHeaderStatement: StatementParser = (r, key) => {
+  r.needFamily(key === 'ip' ? 'ipv4' : 'ipv6');
+  const what = r.word();
+  r.i++;
+  const negate = r.op();
+  const value = r.single(r.expect(`${key} ${what}`), `${key} ${what}`);
+  if (what === 'saddr' || what === 'daddr') {
+    const cidr = parseCidr(value);
+    if (typeof cidr === 'string' || cidr.family !== r.family) throw new Outside(`${key} ${what} ${value}`);
+    r.matches.push({ kind: what === 'saddr' ? 'source' : 'destination', cidr, ...r.neg(negate) });
+  } else if ((what === 'protocol' && key === 'ip') || (what === 'nexthdr' && key === 'ip6')) {
+    if (value !== 'tcp' && value !== 'udp') throw new Outside(`${key} ${what} ${value}`);
+    r.setProtocol(value, negate);
+  } else {
+    throw new Outside(`${key} ${what}`);
+  }
+};
+
+const interfaceStatement: StatementParser = (r, key) => {
+  const negate = r.op();
+  r.matches.push(interfaceMatch(key, r.single(r.expect(key), key), negate));
+};
+
+/** `tcp|udp dport|sport [!=] PORTS`, `tcp flags [!=] syn / fin,syn,rst,ack`. */
+const transportStatement: StatementParser = (r, key) => {
+  const proto = key as 'tcp' | 'udp';
+  const what = r.word();
+  r.i++;
+  if (what === 'dport' || what === 'sport') {
+    const negate = r.op();
+    const t = r.expect(`${key} ${what}`);
+    if (t.value.startsWith('@')) throw new Outside(`${key} ${what} ${t.value} (a named set)`);
+    const ports = (t.set ?? [t.value]).map(parsePortText);
+    r.setProtocol(proto, false);
+    r.matches.push({ kind: what === 'dport' ? 'destinationPort' : 'sourcePort', ports, ...r.neg(negate) });
+  } else if (what === 'flags' && key === 'tcp') {
+    const negate = r.op();
+    const flags = r.single(r.expect('tcp flags'), 'tcp flags');
+    if (flags !== 'syn' || r.word() !== '/' || r.word(r.i + 1).split(',').sort().join(',') !== 'ack,fin,rst,syn') {
+      throw new Outside(`tcp flags ${flags} ${r.word()} ${r.word(r.i + 1)}`.trim());
+    }
+    r.i += 2;
+    r.setProtocol('tcp', false);
+    r.matches.push({ kind: 'tcpSyn', ...r.neg(negate) });
+  } else {
+    throw new Outside(`${key} ${what}`);
+  }
+};
+
+/** `ct state [!=] STATES`, `ct zone set N`. */
+const ctStatement: StatementParser = (r) => {
+  const what = r.word();
+  r.i++;
+  if (what === 'state') {
+    const negate = r.op();
+    const t = r.expect('ct state');
+    const states = (t.set ?? t.value.split(',')).map((s) => {
+      const state = s.trim().toUpperCase();
+      if (!(CT_STATES as readonly string[]).includes(state)) throw new Outside(`ct state ${s}`);
+      return state as CtState;
+    });
+    r.matches.push({ kind: 'ctState', states, ...r.neg(negate) });
+  } else if (what === 'zone' && r.word() === 'set') {
+    r.i++;
+    r.ctZone = parseNumber(r.expect('ct zone set').value, 'ct zone', 65535);
+  } else {
+    throw new Outside(`ct ${what}`);
+  }
+};
+
+const socketStatement: StatementParser = (r) => {
+  if (r.word() !== 'transparent' || r.word(r.i + 1) !== '1') throw new Outside(`socket ${r.word()} ${r.word(r.i + 1)}`.trim());
+  r.i += 2;
+  r.matches.push({ kind: 'socketTransparent' });
+};
+
+/** Statements that neither match nor decide: counters, the comment (read before), log and notrack. */
+const passiveStatement: StatementParser = (r, key) => {
+  if (key === 'counter') {
+    if (r.word() === 'packets') r.i += 4;
+  } else if (key === 'comment') {
+    r.i++;
+  } else if (key === 'log') {
+    while (LOG_OPTIONS.has(r.word())) r.i += 2;
+    r.effect ??= { kind: 'continue', why: 'log' };
+  } else {
+    r.effect ??= { kind: 'continue', why: key };
+  }
+};
+
+const verdictStatement: StatementParser = (r, key) => {
+  if (key === 'jump') {
+    r.setVerdict({ kind: 'jump', chain: r.chainRef(r.expect('jump').value) });
+  } else if (key === 'reject') {
+    // Any reject refuses a TCP connect (RST or ICMP port unreachable); the model names one form.
+    r.skipToComment();
+    r.setVerdict({ kind: 'reject', with: 'tcp-reset' });
+  } else {
+    r.setVerdict({ kind: key as 'accept' | 'drop' | 'return' });
+  }
+};
+
+const redirectStatement: StatementParser = (r) => {
+  if (r.word() !== 'to') throw new Outside('redirect without a port');
+  r.i++;
+  const port = r.expect('redirect to').value.replace(/^:/, '');
+  r.setVerdict({ kind: 'redirect', toPort: parseNumber(port, 'redirect to', 65535) });
+};
+
+const tproxyStatement: StatementParser = (r) => {
+  if (r.word() === 'ip' || r.word() === 'ip6') r.i++;
+  if (r.word() !== 'to') throw new Outside('tproxy without a port');
+  r.i++;
+  const to = r.expect('tproxy to').value;
+  if (!to.startsWith(':')) throw new Outside(`tproxy to ${to}`);
+  r.tproxyPort = parseNumber(to.slice(1), 'tproxy to', 65535);
+};
+
+/** Someone else's NAT: what it maps to does not matter to explain, only that it happens. */
+const natStatement: StatementParser = (r, key) => {
+  r.effect = { kind: 'nat', why: key };
+  r.skipToComment();
+};
+
+/** The first word of every statement the model covers. */
+const STATEMENTS: ReadonlyMap<string, StatementParser> = new Map(
+  ([
+    [metaStatement, 'meta'],
+    [ipHeaderStatement, 'ip', 'ip6'],
+    [interfaceStatement, 'iifname', 'oifname', 'iif', 'oif'],
+    [transportStatement, 'tcp', 'udp'],
+    [ctStatement, 'ct'],
+    [socketStatement, 'socket'],
+    [passiveStatement, 'counter', 'comment', 'log', 'notrack'],
+    [verdictStatement, 'accept', 'drop', 'return', 'jump', 'reject'],
+    [redirectStatement, 'redirect'],
+    [tproxyStatement, 'tproxy'],
+    [natStatement, 'dnat', 'snat', 'masquerade'],
+  ] as const).flatMap(([parse, ...keys]) => keys.map((k) => [k, parse] as const)),
+);
+
+function parseTokens(tokens: readonly Token[], family: Family, chainRef: (name: string) => string, comment: string | null): NftRuleParse {
+  const r = new NftRuleReader(tokens, family, chainRef);
+  while (r.i < tokens.length) {
+    const key = r.word();
+    r.i++;
+    const parse = STATEMENTS.get(key);
+    if (!parse) throw new Outside(key);
+    parse(r, key);
+  }
+  return ruleOf(r, comment);
+}
+
+/** The rule the statements make: TPROXY (with its mark), a verdict, someone's NAT, a mark or zone, or no verdict. */
+function ruleOf(r: NftRuleReader, comment: string | null): NftRuleParse {
+  const { matches, effect, setMark } = r;
   let target: Target;
-  if (tproxyPort !== null) {
-    if (verdict !== null && verdict.kind !== 'accept') throw new Outside('tproxy with a verdict other than accept');
-    target = { kind: 'tproxy', toPort: tproxyPort, mark: setMark?.value ?? 0, mask: setMark?.mask ?? 0 };
-  } else if (verdict !== null) {
-    target = verdict;
+  if (r.tproxyPort !== null) {
+    if (r.verdict !== null && r.verdict.kind !== 'accept') throw new Outside('tproxy with a verdict other than accept');
+    target = { kind: 'tproxy', toPort: r.tproxyPort, mark: setMark?.value ?? 0, mask: setMark?.mask ?? 0 };
+  } else if (r.verdict !== null) {
+    target = r.verdict;
   } else if (effect?.kind === 'nat') {
     return { kind: 'rule', matches, target: { kind: 'accept' }, comment, effect };
   } else if (setMark !== null) {
     target = { kind: 'setMark', value: setMark.value, mask: setMark.mask };
-  } else if (ctZone !== null) {
-    target = { kind: 'ctZone', zone: ctZone };
+  } else if (r.ctZone !== null) {
+    target = { kind: 'ctZone', zone: r.ctZone };
   } else {
     return { kind: 'rule', matches, target: { kind: 'accept' }, comment, effect: effect ?? { kind: 'continue', why: 'no verdict' } };
   }
