@@ -1,7 +1,7 @@
 // The iptables backends (legacy and nft flavours of iptables-restore): one `--noflush` restore per family holding a
 // COMMIT per table, built by transition.ts from the family's iptables-save dump.
 import { FAMILIES, type Family } from '../../values/ip.js';
-import { type FamilyPlan } from '../../capture/model.js';
+import { type CapturePlan, type FamilyPlan } from '../../capture/model.js';
 import { diffFamily, foreignView } from '../../capture/diff.js';
 import { parseSave, tokenizeSaveLine, type SaveDump } from '../../capture/parse-save.js';
 import { renderRule } from '../../capture/render-iptables.js';
@@ -67,53 +67,112 @@ function describe(family: Family, tables: readonly TableObjects[]): string[] {
   return tables.flatMap((t) => [...t.chains.map((c) => `${family} ${t.table} chain ${c}`), ...t.rules.map((r) => `${family} ${t.table} -A ${r.chain} ${r.raw}`)]);
 }
 
+const emptyPlan = (family: Family): FamilyPlan => ({ family, chains: [], rules: [] });
+
+function dumpOf(state: KernelState, family: Family): SaveDump {
+  return asXt(state).dumps.get(family) ?? { tables: [] };
+}
+
+function requireReadable(state: KernelState, family: Family): void {
+  const error = asXt(state).unreadable.get(family);
+  if (error !== undefined) throw error;
+}
+
+function stepFor(family: Family, text: string): ApplyStep[] {
+  return text === '' ? [] : [{ label: family, family, text }];
+}
+
+/** iptables-save of every family; only IPv4 must be readable (a kernel without IPv6 has no ip6tables tables). */
+async function readFamilies(backend: XtablesBackend, runner: NetfilterRunner, dlog: Logger): Promise<XtablesState> {
+  const texts = new Map<string, string>();
+  const dumps = new Map<Family, SaveDump>();
+  const unreadable = new Map<Family, unknown>();
+  await Promise.all(
+    FAMILIES.map(async (family) => {
+      try {
+        const text = await runner.save(backend, family);
+        texts.set(family, text);
+        dumps.set(family, parseSave(text));
+      } catch (error) {
+        if (family === 'ipv4') throw error;
+        dlog.warn({ family, err: error }, 'cannot read the IPv6 rules; treating them as empty');
+        unreadable.set(family, error);
+      }
+    }),
+  );
+  return { backend, texts, dumps, unreadable };
+}
+
+function stepsTo(state: KernelState, target: TransitionTarget): ApplyStep[] {
+  return FAMILIES.flatMap((family) => {
+    const dump = dumpOf(state, family);
+    const wanted =
+      target.kind === 'plan' ? planObjects(target.plan.families.find((f) => f.family === family) ?? emptyPlan(family))
+      : target.kind === 'objects' ? familyObjects(target.objects, family)
+      : [];
+    if (wanted.length > 0) requireReadable(state, family);
+    const current = ownedInDump(dump);
+    // Going back to recorded objects that are already there is nothing to do (a rollback of an untouched family).
+    if (target.kind === 'objects' && sameObjects(current, wanted)) return [];
+    return stepFor(family, buildTransition(dump, current, wanted));
+  });
+}
+
+/** Drift per family that has a plan or any of our objects: capture/diff's FamilyDiff as the text status prints. */
+function driftReports(state: KernelState, plan: CapturePlan): DriftReport[] {
+  const reports: DriftReport[] = [];
+  for (const family of FAMILIES) {
+    const planned = plan.families.find((f) => f.family === family);
+    const dump = dumpOf(state, family);
+    if (!planned && ownedInDump(dump).length === 0) continue;
+    const diff = diffFamily(planned ?? emptyPlan(family), dump);
+    reports.push({
+      label: family,
+      inSync: diff.inSync,
+      missingChains: diff.missingChains.map((c) => `${c.table} ${c.name}`),
+      extraChains: diff.extraChains.map((c) => `${c.table} ${c.name}`),
+      missing: diff.missing.map((r) => `${r.table} -A ${r.chain} ${renderRule(r, family)}`),
+      extra: diff.extra.map((r) => `${r.table} -A ${r.chain} ${r.raw}`),
+      outOfOrder: diff.outOfOrder.map((o) => `${o.table} ${o.chain}: expected [${o.expected.join(' | ')}], found [${o.actual.join(' | ')}]`),
+    });
+  }
+  return reports;
+}
+
+/** The save text of each family, table by table; with iptables-nft also which nftables tables and chains existed. */
+async function snapshotOf(backend: XtablesBackend, runner: NetfilterRunner, state: KernelState): Promise<Snapshot> {
+  return {
+    kind: 'xtables',
+    nftInventory: backend === 'iptables-nft' ? await xtablesNftInventory(runner) : null,
+    families: FAMILIES.map((family) => ({
+      family,
+      tables: splitTables(asXt(state).texts.get(family) ?? '').map((t) => ({ table: t.table, text: t.text })),
+    })),
+  };
+}
+
+function foreignOfSnapshot(snapshot: Snapshot): string {
+  if (snapshot.kind !== 'xtables') return '';
+  return FAMILIES.map((family) => {
+    const text = snapshot.families.find((f) => f.family === family)?.tables.map((t) => t.text).join('') ?? '';
+    return `# ${family}\n${foreignView(parseSave(text))}`;
+  }).join('');
+}
+
+function ownedInSnapshot(snapshot: Snapshot): OwnedObjects {
+  if (snapshot.kind !== 'xtables') return { kind: 'xtables', families: [] };
+  return {
+    kind: 'xtables',
+    families: snapshot.families.map((f) => ({ family: f.family, tables: ownedInDump(parseSave(f.tables.map((t) => t.text).join(''))) })),
+  };
+}
+
 export function createXtablesDriver(backend: XtablesBackend, runner: NetfilterRunner, log: Logger): BackendDriver {
   const dlog = log.child({ component: 'xtables', backend });
-  const emptyPlan = (family: Family): FamilyPlan => ({ family, chains: [], rules: [] });
-
-  const dumpOf = (state: KernelState, family: Family): SaveDump => asXt(state).dumps.get(family) ?? { tables: [] };
-  const requireReadable = (state: KernelState, family: Family): void => {
-    const error = asXt(state).unreadable.get(family);
-    if (error !== undefined) throw error;
-  };
-  const stepFor = (family: Family, text: string): ApplyStep[] => (text === '' ? [] : [{ label: family, family, text }]);
-
   return {
     backend,
-    async read() {
-      const texts = new Map<string, string>();
-      const dumps = new Map<Family, SaveDump>();
-      const unreadable = new Map<Family, unknown>();
-      await Promise.all(
-        FAMILIES.map(async (family) => {
-          try {
-            const text = await runner.save(backend, family);
-            texts.set(family, text);
-            dumps.set(family, parseSave(text));
-          } catch (error) {
-            if (family === 'ipv4') throw error;
-            dlog.warn({ family, err: error }, 'cannot read the IPv6 rules; treating them as empty');
-            unreadable.set(family, error);
-          }
-        }),
-      );
-      const state: XtablesState = { backend, texts, dumps, unreadable };
-      return state;
-    },
-    stepsTo(state, target: TransitionTarget) {
-      return FAMILIES.flatMap((family) => {
-        const dump = dumpOf(state, family);
-        const wanted =
-          target.kind === 'plan' ? planObjects(target.plan.families.find((f) => f.family === family) ?? emptyPlan(family))
-          : target.kind === 'objects' ? familyObjects(target.objects, family)
-          : [];
-        if (wanted.length > 0) requireReadable(state, family);
-        const current = ownedInDump(dump);
-        // Going back to recorded objects that are already there is nothing to do (a rollback of an untouched family).
-        if (target.kind === 'objects' && sameObjects(current, wanted)) return [];
-        return stepFor(family, buildTransition(dump, current, wanted));
-      });
-    },
+    read: () => readFamilies(backend, runner, dlog),
+    stepsTo,
     stepsRemoving(state, objects) {
       return FAMILIES.flatMap((family) => {
         const dump = dumpOf(state, family);
@@ -134,55 +193,16 @@ export function createXtablesDriver(backend: XtablesBackend, runner: NetfilterRu
     remaining(state, objects) {
       return FAMILIES.flatMap((family) => describe(family, presentIn(dumpOf(state, family), familyObjects(objects, family))));
     },
-    drift(state, plan) {
-      const reports: DriftReport[] = [];
-      for (const family of FAMILIES) {
-        const planned = plan.families.find((f) => f.family === family);
-        const dump = dumpOf(state, family);
-        if (!planned && ownedInDump(dump).length === 0) continue;
-        const diff = diffFamily(planned ?? emptyPlan(family), dump);
-        reports.push({
-          label: family,
-          inSync: diff.inSync,
-          missingChains: diff.missingChains.map((c) => `${c.table} ${c.name}`),
-          extraChains: diff.extraChains.map((c) => `${c.table} ${c.name}`),
-          missing: diff.missing.map((r) => `${r.table} -A ${r.chain} ${renderRule(r, family)}`),
-          extra: diff.extra.map((r) => `${r.table} -A ${r.chain} ${r.raw}`),
-          outOfOrder: diff.outOfOrder.map((o) => `${o.table} ${o.chain}: expected [${o.expected.join(' | ')}], found [${o.actual.join(' | ')}]`),
-        });
-      }
-      return reports;
-    },
+    drift: driftReports,
     foreign(state) {
       return FAMILIES.map((family) => `# ${family}\n${foreignView(dumpOf(state, family))}`).join('');
     },
-    async snapshot(state): Promise<Snapshot> {
-      return {
-        kind: 'xtables',
-        nftInventory: backend === 'iptables-nft' ? await xtablesNftInventory(runner) : null,
-        families: FAMILIES.map((family) => ({
-          family,
-          tables: splitTables(asXt(state).texts.get(family) ?? '').map((t) => ({ table: t.table, text: t.text })),
-        })),
-      };
-    },
+    snapshot: (state) => snapshotOf(backend, runner, state),
     async tidy(snapshot) {
       if (backend !== 'iptables-nft' || snapshot.kind !== 'xtables' || !snapshot.nftInventory) return [];
       return tidyXtablesNft(runner, snapshot.nftInventory, dlog);
     },
-    foreignOfSnapshot(snapshot) {
-      if (snapshot.kind !== 'xtables') return '';
-      return FAMILIES.map((family) => {
-        const text = snapshot.families.find((f) => f.family === family)?.tables.map((t) => t.text).join('') ?? '';
-        return `# ${family}\n${foreignView(parseSave(text))}`;
-      }).join('');
-    },
-    ownedInSnapshot(snapshot) {
-      if (snapshot.kind !== 'xtables') return { kind: 'xtables', families: [] };
-      return {
-        kind: 'xtables',
-        families: snapshot.families.map((f) => ({ family: f.family, tables: ownedInDump(parseSave(f.tables.map((t) => t.text).join(''))) })),
-      };
-    },
+    foreignOfSnapshot,
+    ownedInSnapshot,
   };
 }
