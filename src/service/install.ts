@@ -14,7 +14,7 @@ import {
   DEFAULT_CONFIG_TEXT, DROP_IN_NAME, PACKAGED_LAYOUT, PACKAGED_MARKER, PACKAGE_ROOT, SHIPPED_SYSUSERS, SHIPPED_UNIT_DIR, UNITS,
   UNIT_ORDER, captureEnvText, layoutFor, onHost, renderDropIns, renderShipped, type ServiceLayout,
 } from './layout.js';
-import { probeReady, waitReady, endpointText, type ReadyProbe } from './readiness.js';
+import { probeReady, waitReady, endpointText, type AdminEndpoint, type ReadyProbe } from './readiness.js';
 import { createSystemd, type Systemd, type UnitState } from './systemctl.js';
 
 export type FileAction = 'created' | 'updated' | 'unchanged' | 'removed' | 'absent' | 'kept';
@@ -134,6 +134,31 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
   files.push(ownFiles ? { path: sysusers, action: writeIfChanged(sysusers, readShipped(SHIPPED_SYSUSERS, layout)) } : requirePackaged(sysusers));
   await systemd.sysusers(sysusers);
 
+  const { config, configPath, configAction } = await installConfig(layout, options, warnings);
+  files.push({ path: configPath, action: configAction === 'kept' || configAction === 'kept-differs' ? 'kept' : 'created' });
+  const unitFilesChanged = installUnitFiles(layout, config, files, warnings);
+  installBinLink(layout, files, warnings);
+
+  const envFile = onHost(layout, layout.captureEnvFile);
+  writeIfChanged(envFile, captureEnvText(options.confirmWithin ?? null));
+
+  await systemd.systemctl(['daemon-reload']);
+  await systemd.systemctl(['enable', ...UNIT_ORDER.map((k) => UNITS[k])]);
+  log.info({ units: UNIT_ORDER.map((k) => UNITS[k]), changed: [...unitFilesChanged] }, 'units installed and enabled');
+
+  const actions = await startUnits(systemd, unitFilesChanged, log);
+  // The deadline applied to this start only; later restarts (a reboot, BindsTo in open mode) install without it.
+  writeIfChanged(envFile, captureEnvText(null));
+
+  const { admin, ready, units } = await checkStarted(systemd, config, options);
+  return {
+    files, config: { path: configPath, action: configAction, source: options.configFile ?? null }, proxyUser: config.proxy.user,
+    onProxyDown: config.safety.onProxyDown, actions, units, ready, admin: endpointText(admin), confirmWithin: options.confirmWithin ?? null, warnings,
+  };
+}
+
+/** The config at layout.configFile: kept when there is one, else copied from --config, else the default; validated. */
+async function installConfig(layout: ServiceLayout, options: ServiceInstallOptions, warnings: string[]): Promise<{ config: Config; configPath: string; configAction: ServiceInstallResult['config']['action'] }> {
   const configPath = onHost(layout, layout.configFile);
   let configAction: ServiceInstallResult['config']['action'];
   let config: Config;
@@ -158,8 +183,12 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
     config = await loadConfig({ file: configPath });
     configAction = 'created-default';
   }
-  files.push({ path: configPath, action: configAction === 'kept' || configAction === 'kept-differs' ? 'kept' : 'created' });
+  return { config, configPath, configAction };
+}
 
+/** The units (ours, or the package's checked in place) and the drop-ins for `config`; returns the units whose files changed. */
+function installUnitFiles(layout: ServiceLayout, config: Config, files: FileChange[], warnings: string[]): Set<string> {
+  const ownFiles = layout.owner === 'meshctl';
   const unitFilesChanged = new Set<string>();
   for (const key of UNIT_ORDER) {
     const unit = UNITS[key];
@@ -180,9 +209,13 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
     files.push({ path, action });
     if (action !== 'unchanged') unitFilesChanged.add(dropIn.unit);
   }
+  return unitFilesChanged;
+}
 
+/** The launcher the units run: a link into this package (created when absent), or the package's own. */
+function installBinLink(layout: ServiceLayout, files: FileChange[], warnings: string[]): void {
   const bin = onHost(layout, layout.binLink);
-  if (!ownFiles) {
+  if (layout.owner !== 'meshctl') {
     files.push(requirePackaged(bin));
   } else if (!existsSync(bin) && !(lstatSync(bin, { throwIfNoEntry: false })?.isSymbolicLink() ?? false)) {
     mkdirSync(dirname(bin), { recursive: true });
@@ -194,17 +227,14 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
     files.push({ path: bin, action: 'kept' });
     warnings.push(`${bin} exists and is not a link into ${PACKAGE_ROOT}: the units run that meshctl`);
   }
+}
 
-  const envFile = onHost(layout, layout.captureEnvFile);
-  writeIfChanged(envFile, captureEnvText(options.confirmWithin ?? null));
-
-  await systemd.systemctl(['daemon-reload']);
-  await systemd.systemctl(['enable', ...UNIT_ORDER.map((k) => UNITS[k])]);
-  log.info({ units: UNIT_ORDER.map((k) => UNITS[k]), changed: [...unitFilesChanged] }, 'units installed and enabled');
-
+/**
+ * socket and proxy: a restart when their files changed (the socket keeps queueing while the proxy restarts);
+ * otherwise a reload (SIGHUP: the proxy re-reads the config, open connections stay).
+ */
+async function startUnits(systemd: Systemd, unitFilesChanged: ReadonlySet<string>, log: Logger): Promise<Record<string, 'started' | 'restarted' | 'reloaded'>> {
   const actions: Record<string, 'started' | 'restarted' | 'reloaded'> = {};
-  // socket and proxy: a restart when their files changed (the socket keeps queueing while the proxy restarts);
-  // otherwise a reload (SIGHUP: the proxy re-reads the config, open connections stay).
   for (const key of UNIT_ORDER) {
     const unit = UNITS[key];
     const before = await systemd.show(unit);
@@ -226,9 +256,11 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
     actions[unit] = verb === 'start' ? 'started' : verb === 'restart' ? 'restarted' : 'reloaded';
     log.info({ unit, action: actions[unit] }, 'unit up');
   }
-  // The deadline applied to this start only; later restarts (a reboot, BindsTo in open mode) install without it.
-  writeIfChanged(envFile, captureEnvText(null));
+  return actions;
+}
 
+/** After starting: the proxy's /ready answers and every unit is active. Throws PROXY_NOT_READY, COMMAND_FAILED. */
+async function checkStarted(systemd: Systemd, config: Config, options: ServiceInstallOptions): Promise<{ admin: AdminEndpoint; ready: ReadyProbe; units: UnitState[] }> {
   const admin = { address: config.proxy.adminAddress, port: config.proxy.adminPort };
   const ready = await waitReady(admin, { timeoutMs: options.readyTimeoutMs ?? 20_000 });
   if (!ready.ready) {
@@ -241,10 +273,7 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
     throw new MeshctlError('COMMAND_FAILED', `after starting, ${down.map((u) => `${u.unit} is ${u.activeState} (${u.subState})`).join(', ')}`,
       `see \`systemctl status ${down.map((u) => u.unit).join(' ')}\``);
   }
-  return {
-    files, config: { path: configPath, action: configAction, source: options.configFile ?? null }, proxyUser: config.proxy.user,
-    onProxyDown: config.safety.onProxyDown, actions, units, ready, admin: endpointText(admin), confirmWithin: options.confirmWithin ?? null, warnings,
-  };
+  return { admin, ready, units };
 }
 
 export interface ServiceUninstallOptions {
