@@ -2,7 +2,7 @@
 // place, then let systemd run socket → proxy (active once /ready answers) → capture; and the exact reverse.
 // In a tree the Debian package installed, the package already placed the units, the sysusers file, the launcher
 // and the config (PACKAGED_LAYOUT): only the drop-ins are written and removed here, never a second copy in /etc.
-import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, rmdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
@@ -359,7 +359,7 @@ export async function uninstallService(options: ServiceUninstallOptions): Promis
     const dropInDir = join(onHost(layout, layout.dropInDir ?? layout.unitDir), `${unit}.d`);
     remove(join(dropInDir, DROP_IN_NAME));
     try {
-      rmSync(dropInDir, { recursive: false }); // only when empty: an admin's own drop-ins stay
+      rmdirSync(dropInDir); // only when empty: an admin's own drop-ins stay
     } catch {
       // not empty or absent
     }
