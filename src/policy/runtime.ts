@@ -14,6 +14,7 @@ import { HealthChecker } from './health-check.js';
 import { InboundPolicy, type InboundEntry } from './inbound.js';
 import { hashString, type Random } from './load-balancer.js';
 import type { EndpointStats, PolicySnapshot } from './metrics.js';
+import { meshNames, normalizeHostname, type MeshName } from './mesh-names.js';
 import { ServiceMatcher, type RegistryEntry } from './registry.js';
 import { ServiceRuntime, type EndpointSpec } from './service.js';
 import { ServiceState } from './service-state.js';
@@ -33,6 +34,8 @@ export class PolicyRuntime implements EjectionListener {
   /** False when there is nothing to decide per connection (no services, passthrough, no inbound entries). */
   readonly active: boolean;
   private matcher: ServiceMatcher<ServiceRuntime>;
+  /** Hostname addresses and their answers; a VIP is matched like a fixed address of its service. */
+  readonly meshNames: ReadonlyMap<string, MeshName>;
   private readonly registryOnly: boolean;
   private readonly discovery: Discovery;
   private readonly checkers: HealthChecker[] = [];
@@ -54,6 +57,7 @@ export class PolicyRuntime implements EjectionListener {
     this.inboundPolicy = new InboundPolicy(config.inbound, previous?.inboundPolicy ?? null);
     this.registryOnly = config.outbound.policy === 'registry-only';
     this.active = this.services.length > 0 || this.registryOnly || !this.inboundPolicy.empty;
+    this.meshNames = meshNames(config.services);
     this.discovery = new Discovery(config.outbound.resolver, () => this.rebuild(), this.log);
     for (const s of config.services) {
       for (const a of s.addresses) if (a.kind === 'hostname') this.discovery.watch('addresses', a.hostname);
@@ -109,7 +113,11 @@ export class PolicyRuntime implements EjectionListener {
       for (const a of svc.config.addresses) {
         if (a.kind === 'ip') entries.push({ kind: 'ip', address: a.address, port: a.port, value: svc });
         else if (a.kind === 'cidr') entries.push({ kind: 'cidr', cidr: a.cidr, port: a.port, value: svc });
-        else for (const r of this.discovery.get('addresses', a.hostname) ?? []) entries.push({ kind: 'ip', address: r.address, port: a.port, value: svc });
+        else {
+          for (const r of this.discovery.get('addresses', a.hostname) ?? []) entries.push({ kind: 'ip', address: r.address, port: a.port, value: svc });
+          const mesh = this.meshNames.get(normalizeHostname(a.hostname));
+          if (mesh?.vip) for (const address of [...mesh.ipv4, ...mesh.ipv6]) entries.push({ kind: 'ip', address, port: a.port, value: svc });
+        }
       }
     }
     this.matcher = new ServiceMatcher(entries);

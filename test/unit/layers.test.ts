@@ -21,11 +21,12 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   'netfilter/host': ['netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
   netfilter: ['netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
   policy: ['config', 'values', 'errors', 'log'],
-  proxy: ['policy', 'native', 'config', 'values', 'errors', 'log'],
-  probes: ['proxy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
-  service: ['probes', 'proxy', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
-  demo: ['service', 'probes', 'proxy', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
-  cli: ['demo', 'service', 'probes', 'proxy', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
+  dns: ['policy', 'config', 'values', 'errors', 'log'],
+  proxy: ['dns', 'policy', 'native', 'config', 'values', 'errors', 'log'],
+  probes: ['proxy', 'dns', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
+  service: ['probes', 'proxy', 'dns', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
+  demo: ['service', 'probes', 'proxy', 'dns', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
+  cli: ['demo', 'service', 'probes', 'proxy', 'dns', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
 };
 
 function sources(dir: string): string[] {
