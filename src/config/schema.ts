@@ -23,13 +23,63 @@ ajv.addFormat('http-url', { type: 'string', validate: (s: string) => checkHttpUr
 // The schema's $id is a name, not a location: nothing is fetched.
 const validate = ajv.compile(configSchema);
 
+/** One object of the schema (a property, a definition). */
+export type SchemaNode = Readonly<Record<string, unknown>>;
+
+function isNode(value: unknown): value is SchemaNode {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** The node of a dotted path through `properties` (`proxy.accessLog.path`), from the root or from `from`. */
+export function schemaNodeAt(path: string, from: SchemaNode = configSchema): SchemaNode | null {
+  let node: SchemaNode | null = from;
+  for (const key of path.split('.')) {
+    const next: unknown = node !== null && isNode(node.properties) ? node.properties[key] : undefined;
+    node = isNode(next) ? next : null;
+  }
+  return node;
+}
+
+/** A named entry of the schema's `definitions` (`service`, `tokenBucket`). */
+export function schemaDefinition(name: string): SchemaNode {
+  const found: unknown = isNode(configSchema.definitions) ? configSchema.definitions[name] : undefined;
+  if (!isNode(found)) throw new Error(`rules/meshctl.schema.json has no definition "${name}"`);
+  return found;
+}
+
+/**
+ * The `default` keyword of a field (a copy, so nobody changes the schema through it): the one place a default is
+ * written. Undefined when the field has none (its absence means something: detected SSH ports, the user's group).
+ */
+export function schemaDefault(path: string, from: SchemaNode = configSchema): unknown {
+  const node = schemaNodeAt(path, from);
+  return node !== null && 'default' in node ? structuredClone(node.default) : undefined;
+}
+
+/** The dotted paths of the leaves under `properties`: every field a config file can set (lists count as one). */
+export function schemaLeaves(from: SchemaNode = configSchema, prefix = ''): string[] {
+  const props = isNode(from.properties) ? from.properties : {};
+  return Object.entries(props).flatMap(([key, node]) => {
+    const path = prefix === '' ? key : `${prefix}.${key}`;
+    return isNode(node) && isNode(node.properties) ? schemaLeaves(node, path) : [path];
+  });
+}
+
 /** `/capture/outbound/excludeCidrs/2` → `capture.outbound.excludeCidrs[2]`. */
 export function jsonPointerToPath(pointer: string, extra?: string): string {
-  const parts = pointer.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-  if (extra !== undefined) parts.push(extra);
+  const parts = pointer.split('/').slice(1).map((p) => shownKey(p.replace(/~1/g, '/').replace(/~0/g, '~')));
+  if (extra !== undefined) parts.push(shownKey(extra));
   let out = '';
   for (const part of parts) out += /^\d+$/.test(part) ? `[${part}]` : out === '' ? part : `.${part}`;
   return out === '' ? '(top level)' : out;
+}
+
+/**
+ * A key as error messages show it: config keys are short identifiers, so anything else (a line of /etc/shadow
+ * given to --config by mistake, say) is described, never echoed.
+ */
+export function shownKey(key: string): string {
+  return /^[A-Za-z0-9_-]{1,64}$/.test(key) ? key : `(a key of ${[...key].length} characters that is no config key, not shown)`;
 }
 
 function show(value: unknown): string {
@@ -50,6 +100,7 @@ function formatMessage(error: ErrorObject): string {
   switch (error.keyword) {
     case 'additionalProperties': {
       const key = (error.params as { additionalProperty: string }).additionalProperty;
+      if (shownKey(key) !== key) return `unknown key ${shownKey(key)}; allowed: ${Object.keys(((error.parentSchema as { properties?: object }).properties ?? {}) as object).join(', ')}`;
       const known = Object.keys(((error.parentSchema as { properties?: object }).properties ?? {}) as object);
       const near = known.filter((k) => editDistance(k.toLowerCase(), key.toLowerCase()) <= 2);
       return `unknown key "${key}"${near.length > 0 ? ` (did you mean "${near[0]}"?)` : ''}; allowed: ${known.join(', ')}`;
