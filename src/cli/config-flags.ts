@@ -1,46 +1,35 @@
 // Flags that mirror config paths (--proxy-outbound-port ↔ proxy.outboundPort), shared by every command that
-// loads the config. Flag values become typed overrides; validation happens in src/config with the flag named.
+// loads the config; generated from the config's field table. Flag values become raw overrides; validation happens
+// in src/config with the flag named.
 import { Option, type Command } from 'commander';
+import { FIELD_TABLE, type FlagDoc } from '../config/fields.js';
 import type { FlagOverride } from '../config/load.js';
 import { loadConfig } from '../config/load.js';
+import type { FlagKind } from '../config/parsers.js';
+import { schemaDefault } from '../config/schema.js';
 import type { Config } from '../config/types.js';
-
-type Kind = 'string' | 'id' | 'port' | 'list' | 'true';
 
 interface FlagSpec {
   readonly flag: string;
   readonly path: string;
-  readonly kind: Kind;
+  readonly kind: FlagKind;
   readonly help: string;
   readonly choices?: readonly string[];
 }
 
-export const CONFIG_FLAGS: readonly FlagSpec[] = [
-  { flag: 'proxy-user', path: 'proxy.user', kind: 'id', help: 'user the proxy runs as (name or uid; exempt from capture)' },
-  { flag: 'proxy-group', path: 'proxy.group', kind: 'id', help: 'group exempt from capture (default: the user\'s primary group)' },
-  { flag: 'proxy-outbound-port', path: 'proxy.outboundPort', kind: 'port', help: 'outbound listener port (15001)' },
-  { flag: 'proxy-inbound-port', path: 'proxy.inboundPort', kind: 'port', help: 'inbound listener port (15006)' },
-  { flag: 'proxy-admin-port', path: 'proxy.adminPort', kind: 'port', help: 'admin port on 127.0.0.1 (15000)' },
-  { flag: 'backend', path: 'capture.backend', kind: 'string', help: 'netfilter backend', choices: ['auto', 'iptables-legacy', 'iptables-nft', 'nftables'] },
-  { flag: 'ipv6', path: 'capture.ipv6', kind: 'string', help: 'IPv6 handling', choices: ['intercept', 'block', 'off'] },
-  { flag: 'drop-invalid', path: 'capture.dropInvalid', kind: 'true', help: 'drop conntrack-INVALID TCP packets' },
-  { flag: 'inbound-mode', path: 'capture.inbound.mode', kind: 'string', help: 'inbound capture mode', choices: ['redirect', 'tproxy'] },
-  { flag: 'inbound-include-ports', path: 'capture.inbound.includePorts', kind: 'list', help: '"*" or ports/ranges captured inbound (comma-separated)' },
-  { flag: 'inbound-exclude-ports', path: 'capture.inbound.excludePorts', kind: 'list', help: 'ports never captured inbound' },
-  { flag: 'outbound-include-cidrs', path: 'capture.outbound.includeCidrs', kind: 'list', help: '"*" or destination CIDRs captured' },
-  { flag: 'outbound-exclude-cidrs', path: 'capture.outbound.excludeCidrs', kind: 'list', help: 'destination CIDRs never captured' },
-  { flag: 'outbound-include-ports', path: 'capture.outbound.includePorts', kind: 'list', help: '"*" or destination ports captured' },
-  { flag: 'outbound-exclude-ports', path: 'capture.outbound.excludePorts', kind: 'list', help: 'destination ports never captured' },
-  { flag: 'exclude-uids', path: 'capture.outbound.excludeUids', kind: 'list', help: 'users (names or uids) never captured' },
-  { flag: 'exclude-gids', path: 'capture.outbound.excludeGids', kind: 'list', help: 'groups never captured' },
-  { flag: 'include-gids', path: 'capture.outbound.includeGids', kind: 'list', help: '"*" or the only groups captured' },
-  { flag: 'exclude-interfaces', path: 'capture.excludeInterfaces', kind: 'list', help: 'interfaces never captured' },
-  { flag: 'dns', path: 'capture.dns.enabled', kind: 'true', help: 'capture DNS (UDP/TCP 53) to the proxy DNS port' },
-  { flag: 'dns-port', path: 'capture.dns.port', kind: 'port', help: 'proxy DNS port (15053)' },
-  { flag: 'ssh-ports', path: 'safety.sshPorts', kind: 'list', help: 'SSH ports never captured (default: detected from sshd)' },
-  { flag: 'unsafe-capture-ssh', path: 'safety.unsafeCaptureSsh', kind: 'true', help: 'DANGER: allow inbound capture of the SSH ports (can lock you out)' },
-  { flag: 'state-dir', path: 'stateDir', kind: 'string', help: 'ledger directory (/var/lib/meshctl)' },
-];
+const helpOf = (path: string, flag: FlagDoc): string => (flag.showDefault ? `${flag.help} (${String(schemaDefault(path))})` : flag.help);
+
+/** The flags of the field table (src/config/fields.ts), in its order; choices and shown defaults from the schema. */
+export const CONFIG_FLAGS: readonly FlagSpec[] = FIELD_TABLE.flatMap((entry) =>
+  entry.kind === 'field' && entry.flag !== null
+    ? [{
+        flag: entry.flag.name,
+        path: entry.path,
+        kind: entry.parser.flag,
+        help: helpOf(entry.path, entry.flag),
+        ...(entry.parser.choices ? { choices: entry.parser.choices } : {}),
+      }]
+    : []);
 
 const camel = (flag: string): string => flag.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 const numeric = (text: string): string | number => (/^\d+$/.test(text) ? Number(text) : text);

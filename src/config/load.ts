@@ -1,18 +1,19 @@
-// Loads the config: file (YAML or JSON) + flag overrides → schema validation → defaults → resolution of users,
-// groups, CIDRs, ports and durations → cross-field checks → a frozen Config. All problems are reported at once.
+// Loads the config as a short pipeline: file (YAML or JSON) + flag overrides + control-plane overlay → schema
+// validation → the field table (./fields.ts: defaults from the schema, users, groups, CIDRs, ports, durations) →
+// the named cross-field checks (./checks.ts) → the policy sections (./policy.ts) → a frozen Config with its hash.
+// All problems are reported at once.
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { MeshctlError } from '../errors.js';
-import type { Cidr } from '../values/ip.js';
-import type { PortRange } from '../values/ports.js';
-import { cidrText, parseCidr } from '../values/ip.js';
-import { POLICY_SECTIONS, resolvePolicy } from './policy.js';
-import { systemHostFacts, type HostFacts, type UserEntry } from './host-facts.js';
+import { parseCidr } from '../values/ip.js';
+import { runChecks } from './checks.js';
+import { PROXY_GROUP, PROXY_USER, readField, resolveFields, SSH_PORTS, type ConfigBody, type DerivedValues, type ReadContext } from './fields.js';
+import { systemHostFacts, type HostFacts, type UserDb } from './host-facts.js';
+import { setPath, valueAt } from './paths.js';
+import { POLICY_SECTIONS, resolvePolicy, type ResolvedPolicy } from './policy.js';
 import { validateSchema } from './schema.js';
-import type { Config, PortSelection, CidrSelection, SafetyConfig } from './types.js';
-import { parseDuration } from '../values/duration.js';
-import { parsePortRange, portInRanges, portText, rangesOverlap } from '../values/ports.js';
+import type { Config, ProxyUser, SafetyConfig } from './types.js';
 
 export const DEFAULT_CONFIG_FILE = '/etc/meshctl/config.yaml';
 
@@ -23,9 +24,10 @@ export interface FlagOverride {
   readonly flag: string;
 }
 
-export interface LoadOptions {
-  /** Explicit --config; when absent the default file is used if it exists, else built-in defaults. */
-  readonly file?: string;
+/** Everything besides the raw object that resolution depends on. */
+export interface ResolveOptions {
+  /** The file the raw object came from (named in errors); null or absent for built-in defaults. */
+  readonly file?: string | null;
   readonly flags?: readonly FlagOverride[];
   readonly env?: NodeJS.ProcessEnv;
   readonly host?: HostFacts;
@@ -33,6 +35,11 @@ export interface LoadOptions {
   readonly overlay?: PolicyOverlay | null;
   /** The network namespace the rules go to (--netns): sshd's listening ports are detected there. */
   readonly netns?: string | null;
+}
+
+export interface LoadOptions extends Omit<ResolveOptions, 'file'> {
+  /** Explicit --config; when absent the default file is used if it exists, else built-in defaults. */
+  readonly file?: string;
 }
 
 /** A control-plane document: only the policy sections (services, outbound, inbound), and where it came from. */
@@ -47,11 +54,24 @@ interface Problem {
   readonly message: string;
 }
 
+/** A config file is small; anything larger is not one (and is not read into memory). */
+const MAX_CONFIG_BYTES = 1 << 20;
+
 function readRaw(file: string, explicit: boolean): unknown {
   let text: string;
   try {
+    // Only a regular file: a FIFO or a device (/dev/zero, /dev/urandom) would block or never end.
+    const st = statSync(file);
+    if (!st.isFile()) {
+      throw new MeshctlError('CONFIG_NOT_FOUND', `cannot read config file ${file}: it is not a regular file (${st.isFIFO() ? 'a FIFO' : st.isDirectory() ? 'a directory' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : st.isSocket() ? 'a socket' : 'not a file'})`,
+        'give --config the path of a YAML or JSON file');
+    }
+    if (st.size > MAX_CONFIG_BYTES) {
+      throw new MeshctlError('CONFIG_INVALID', `config file ${file} is ${st.size} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, 'check that --config names the config file');
+    }
     text = readFileSync(file, 'utf8');
   } catch (error) {
+    if (error instanceof MeshctlError) throw error;
     const code = (error as NodeJS.ErrnoException).code;
     if (!explicit && code === 'ENOENT') return undefined;
     throw new MeshctlError('CONFIG_NOT_FOUND', `cannot read config file ${file}: ${code ?? String(error)}`,
@@ -63,27 +83,13 @@ function readRaw(file: string, explicit: boolean): unknown {
     throw new MeshctlError('CONFIG_PARSE', `${file} is not valid YAML/JSON`, 'fix the syntax at the line shown; `meshctl config schema` prints what is allowed',
       { details: doc.errors.map((e) => e.message.split('\n')[0] ?? e.message) });
   }
-  return doc.toJS() ?? {};
-}
-
-function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
-  const keys = path.split('.');
-  let node = target;
-  for (const key of keys.slice(0, -1)) {
-    const next = node[key];
-    if (typeof next !== 'object' || next === null || Array.isArray(next)) node[key] = {};
-    node = node[key] as Record<string, unknown>;
+  try {
+    // The yaml library bounds alias expansion (a "billion laughs" document throws instead of exhausting memory).
+    return doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (error) {
+    throw new MeshctlError('CONFIG_PARSE', `${file} is not a config meshctl can read: ${(error as Error).message}`,
+      'write the config without YAML aliases that expand into large structures', { cause: error });
   }
-  node[keys[keys.length - 1]!] = value;
-}
-
-function get(raw: unknown, path: string): unknown {
-  let node = raw;
-  for (const key of path.split('.')) {
-    if (typeof node !== 'object' || node === null) return undefined;
-    node = (node as Record<string, unknown>)[key];
-  }
-  return node;
 }
 
 function deepFreeze<T>(value: T): T {
@@ -94,18 +100,24 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
-/** Builds a Config from an already-parsed object; the loader's core, exported for tests and the proxy's reload. */
-export function configFromObject(raw: unknown, options: { file?: string | null; flags?: readonly FlagOverride[]; env?: NodeJS.ProcessEnv; host?: HostFacts; overlay?: PolicyOverlay | null; netns?: string | null } = {}): Config {
-  const host = options.host ?? systemHostFacts;
-  const env = options.env ?? process.env;
+/** The raw config after flags and overlay, and `where`: the origin of the value at a path, for messages. */
+interface Sources {
+  readonly merged: Record<string, unknown>;
+  where(path: string): string;
+}
+
+const under = (path: string, prefix: string): boolean => path === prefix || path.startsWith(`${prefix}[`) || path.startsWith(`${prefix}.`);
+
+function mergeSources(raw: unknown, options: ResolveOptions): Sources {
   const sourceFile = options.file ?? null;
-  const merged: Record<string, unknown> = structuredClone((raw ?? {}) as Record<string, unknown>);
+  const merged: unknown = structuredClone(raw ?? {});
   if (typeof merged !== 'object' || merged === null || Array.isArray(merged)) {
     throw new MeshctlError('CONFIG_INVALID', `${sourceFile ?? 'config'}: the top level must be a mapping of sections (proxy, capture, safety)`, 'see `meshctl config schema`');
   }
+  const mapping = merged as Record<string, unknown>;
   const flagByPath = new Map<string, string>();
   for (const flag of options.flags ?? []) {
-    setPath(merged, flag.path, flag.value);
+    setPath(mapping, flag.path, flag.value);
     flagByPath.set(flag.path, flag.flag);
   }
   const overlay = options.overlay ?? null;
@@ -115,70 +127,42 @@ export function configFromObject(raw: unknown, options: { file?: string | null; 
       throw new MeshctlError('CONFIG_INVALID', `${overlay.origin}: a control-plane document may only hold ${POLICY_SECTIONS.join(', ')}; it has ${foreign.join(', ')}`,
         'serve only the policy sections; proxy, capture and safety settings stay in the local config file');
     }
-    for (const [key, value] of Object.entries(overlay.raw)) merged[key] = structuredClone(value);
+    for (const [key, value] of Object.entries(overlay.raw)) mapping[key] = structuredClone(value);
   }
   const where = (path: string): string => {
-    for (const [flagPath, flag] of flagByPath) if (path === flagPath || path.startsWith(`${flagPath}[`) || path.startsWith(`${flagPath}.`)) return `flag ${flag}`;
-    if (overlay) for (const key of Object.keys(overlay.raw)) if (path === key || path.startsWith(`${key}[`) || path.startsWith(`${key}.`)) return overlay.origin;
+    for (const [flagPath, flag] of flagByPath) if (under(path, flagPath)) return `flag ${flag}`;
+    if (overlay) for (const key of Object.keys(overlay.raw)) if (under(path, key)) return overlay.origin;
     return sourceFile ?? 'built-in defaults';
   };
-  const fail = (problems: Problem[]): never => {
-    const lines = problems.map((p) => `${p.path} (${where(p.path)}): ${p.message}`);
-    throw new MeshctlError('CONFIG_INVALID', problems.length === 1 ? lines[0]! : `${problems.length} problems in the config`,
-      'fix the values named above; `meshctl config schema` prints every field with what it allows',
-      { details: problems.length === 1 ? [] : lines });
-  };
+  return { merged: mapping, where };
+}
 
-  const schemaProblems = validateSchema(merged);
-  if (schemaProblems.length > 0) fail(schemaProblems);
+/** Throws CONFIG_INVALID naming every problem with its origin; returns when there are none. */
+function failOnProblems(problems: readonly Problem[], where: (path: string) => string): void {
+  if (problems.length === 0) return;
+  const lines = problems.map((p) => `${p.path} (${where(p.path)}): ${p.message}`);
+  throw new MeshctlError('CONFIG_INVALID', problems.length === 1 ? lines[0]! : `${problems.length} problems in the config`,
+    'fix the values named above; `meshctl config schema` prints every field with what it allows',
+    { details: problems.length === 1 ? [] : lines });
+}
 
-  const problems: Problem[] = [];
-  const v = (path: string, fallback: unknown): unknown => get(merged, path) ?? fallback;
-
-  const ports = (list: unknown[]): PortRange[] =>
-    list.map((item) => (typeof item === 'number' ? { from: item, to: item } : (parsePortRange(String(item)) as PortRange)));
-  const portSelection = (path: string): PortSelection => {
-    const value = v(path, '*');
-    return value === '*' ? 'all' : ports(value as unknown[]);
-  };
-  const cidrs = (list: unknown[]): Cidr[] => list.map((item) => parseCidr(String(item)) as Cidr);
-  const cidrSelection = (path: string): CidrSelection => {
-    const value = v(path, '*');
-    return value === '*' ? 'all' : cidrs(value as unknown[]);
-  };
-  const duration = (path: string, fallback: string, allowOff: boolean): number | null => {
-    const ms = parseDuration(String(v(path, fallback))) as number | null;
-    if (ms === null && !allowOff) problems.push({ path, message: '"off" is not allowed here; give a duration such as "30s"' });
-    return ms;
-  };
-  const ids = (path: string, kind: 'user' | 'group'): number[] =>
-    ((v(path, []) as unknown[]) ?? []).flatMap((ref, i) => {
-      if (typeof ref === 'number') return [ref];
-      const entry = kind === 'user' ? host.userDb.user(ref as string) : host.userDb.group(ref as string);
-      if (entry === null) {
-        problems.push({ path: `${path}[${i}]`, message: `${kind} "${String(ref)}" does not exist in the ${kind === 'user' ? 'passwd' : 'group'} database; use a numeric id or create it` });
-        return [];
-      }
-      return [kind === 'user' ? (entry as UserEntry).uid : entry.gid];
-    });
-
-  // Proxy user: its uid AND its real primary gid are exempt from capture, so both must be known.
-  const userRef = v('proxy.user', 'meshproxy') as string | number;
-  const groupRef = get(merged, 'proxy.group') as string | number | undefined;
-  const userEntry = host.userDb.user(userRef);
+/**
+ * The proxy user's uid and real primary gid (or proxy.group): both are exempt from capture, so both must be known.
+ * Throws USER_NOT_FOUND for a name the database lacks, or a uid without passwd entry and no proxy.group.
+ */
+function resolveProxyUser(userRef: string | number, groupRef: string | number | undefined, userDb: UserDb, where: (path: string) => string): ProxyUser {
+  const userEntry = userDb.user(userRef);
   let uid = typeof userRef === 'number' ? userRef : -1;
   let gid = -1;
-  let userName: string | null = null;
+  let name: string | null = null;
   if (userEntry) {
-    uid = userEntry.uid;
-    gid = userEntry.gid;
-    userName = userEntry.name;
+    ({ uid, gid, name } = userEntry);
   } else if (typeof userRef === 'string') {
     throw new MeshctlError('USER_NOT_FOUND', `proxy.user (${where('proxy.user')}): user "${userRef}" does not exist`,
       userRef === 'meshproxy' ? 'create it (`meshctl service install` does, via sysusers.d) or set proxy.user to an existing non-root user' : 'create the user, or set proxy.user to an existing non-root user or uid');
   }
   if (groupRef !== undefined) {
-    const groupEntry = typeof groupRef === 'number' ? { gid: groupRef } : host.userDb.group(groupRef);
+    const groupEntry = typeof groupRef === 'number' ? { gid: groupRef } : userDb.group(groupRef);
     if (!groupEntry) {
       throw new MeshctlError('USER_NOT_FOUND', `proxy.group (${where('proxy.group')}): group "${String(groupRef)}" does not exist`, 'create the group or give a numeric gid');
     }
@@ -188,143 +172,48 @@ export function configFromObject(raw: unknown, options: { file?: string | null; 
     throw new MeshctlError('USER_NOT_FOUND', `proxy.user (${where('proxy.user')}): uid ${uid} has no passwd entry, so its primary group is unknown`,
       'set proxy.group to the gid the proxy runs with, or create the user');
   }
-  if (uid === 0) problems.push({ path: 'proxy.user', message: 'the proxy must not run as root (uid 0): exempting uid 0 from capture would let every root process bypass the mesh; use a dedicated user such as "meshproxy"' });
-  if (gid === 0 && uid !== 0) problems.push({ path: groupRef !== undefined ? 'proxy.group' : 'proxy.user', message: 'the proxy\'s group is root (gid 0): exempting gid 0 would let root-group processes bypass the mesh; give the proxy user its own group' });
+  return { name, uid, gid };
+}
 
-  const outboundPort = v('proxy.outboundPort', 15001) as number;
-  const inboundPort = v('proxy.inboundPort', 15006) as number;
-  const adminPort = v('proxy.adminPort', 15000) as number;
-  const dnsPort = v('capture.dns.port', 15053) as number;
-  const dnsEnabled = v('capture.dns.enabled', false) as boolean;
-  const named: [string, number][] = [['proxy.outboundPort', outboundPort], ['proxy.inboundPort', inboundPort], ['proxy.adminPort', adminPort]];
-  if (dnsEnabled) named.push(['capture.dns.port', dnsPort]);
-  for (let i = 0; i < named.length; i++)
-    for (let j = i + 1; j < named.length; j++)
-      if (named[i]![1] === named[j]![1]) problems.push({ path: named[j]![0], message: `port ${named[j]![1]} is also ${named[i]![0]}; each proxy port must be distinct` });
-
-  const inboundInclude = portSelection('capture.inbound.includePorts');
-  const inboundExclude = ports(v('capture.inbound.excludePorts', []) as unknown[]);
-  const outboundIncludePorts = portSelection('capture.outbound.includePorts');
-  const outboundExcludePorts = ports(v('capture.outbound.excludePorts', []) as unknown[]);
-  const includeCidrs = cidrSelection('capture.outbound.includeCidrs');
-  const excludeCidrs = cidrs(v('capture.outbound.excludeCidrs', []) as unknown[]);
-  const excludeUids = ids('capture.outbound.excludeUids', 'user');
-  const excludeGids = ids('capture.outbound.excludeGids', 'group');
-  const includeGidsRaw = v('capture.outbound.includeGids', '*');
-  const includeGids = includeGidsRaw === '*' ? ('all' as const) : ids('capture.outbound.includeGids', 'group');
-  const dnsServers = cidrSelection('capture.dns.servers');
-  const ipv6 = v('capture.ipv6', 'intercept') as Config['capture']['ipv6'];
-
-  const conflictPorts = (includePath: string, include: PortSelection, excludePath: string, exclude: readonly PortRange[]) => {
-    if (include === 'all') return;
-    include.forEach((inc, i) =>
-      exclude.forEach((exc, j) => {
-        if (rangesOverlap(inc, exc)) problems.push({ path: `${includePath}[${i}]`, message: `port ${portText(inc)} is also excluded by ${excludePath}[${j}] (${portText(exc)}); a port cannot be both included and excluded` });
-      }),
-    );
+/** The Config values no single field gives: the proxy user, the SSH ports (configured, else detected) and session. */
+function resolveDerived(sources: Sources, options: ResolveOptions, host: HostFacts, context: ReadContext): DerivedValues {
+  const user = resolveProxyUser(readField(PROXY_USER, sources.merged, context), readField(PROXY_GROUP, sources.merged, context), host.userDb, sources.where);
+  // The configured ports, else the ports sshd really listens on (in the namespace the rules go to).
+  const configured = readField(SSH_PORTS, sources.merged, context);
+  const ssh = configured ? { ports: configured, source: 'config' as const } : host.detectSshPorts(options.netns ?? null);
+  return {
+    'proxy.user': user,
+    'safety.sshPorts': [...ssh.ports],
+    'safety.sshPortsSource': ssh.source,
+    'safety.sshPeer': parseSshConnection((options.env ?? process.env).SSH_CONNECTION),
   };
-  conflictPorts('capture.inbound.includePorts', inboundInclude, 'capture.inbound.excludePorts', inboundExclude);
-  conflictPorts('capture.outbound.includePorts', outboundIncludePorts, 'capture.outbound.excludePorts', outboundExcludePorts);
-  if (includeCidrs !== 'all') {
-    includeCidrs.forEach((inc, i) => {
-      const j = excludeCidrs.findIndex((exc) => exc.family === inc.family && exc.address === inc.address && exc.prefix === inc.prefix);
-      if (j >= 0) problems.push({ path: `capture.outbound.includeCidrs[${i}]`, message: `${cidrText(inc)} is also in capture.outbound.excludeCidrs[${j}]; a CIDR cannot be both included and excluded` });
-    });
-  }
-  if (includeGids !== 'all' && excludeGids.length > 0) {
-    problems.push({ path: 'capture.outbound.includeGids', message: 'cannot be combined with capture.outbound.excludeGids: with an allow-list of groups, every other group is already excluded' });
-  }
-  for (const [path, range] of (inboundInclude === 'all' ? [] : inboundInclude).map((r, i) => [`capture.inbound.includePorts[${i}]`, r] as const)) {
-    const hits = named.filter(([, port]) => portInRanges(port, [range])).map(([name, port]) => `${name} ${port}`);
-    if (hits.length > 0) problems.push({ path, message: `includes ${hits.join(', ')}: the proxy's own ports are never captured` });
-  }
+}
 
-  // SSH: the configured ports, else the ports sshd really listens on (in the namespace the rules go to).
-  const configuredSsh = get(merged, 'safety.sshPorts') as number[] | undefined;
-  const ssh = configuredSsh ? { ports: configuredSsh, source: 'config' as const } : host.detectSshPorts(options.netns ?? null);
-  const unsafeCaptureSsh = v('safety.unsafeCaptureSsh', false) as boolean;
-  if (!unsafeCaptureSsh && inboundInclude !== 'all') {
-    inboundInclude.forEach((range, i) => {
-      const hit = ssh.ports.find((p) => portInRanges(p, [range]));
-      if (hit !== undefined) {
-        throw new MeshctlError('UNSAFE_CONFIG', `capture.inbound.includePorts[${i}] (${where(`capture.inbound.includePorts[${i}]`)}): ${portText(range)} includes SSH port ${hit} (safety.sshPorts from ${ssh.source}); capturing it can lock you out`,
-          'remove the SSH port from includePorts; only if you are sure, pass --unsafe-capture-ssh (safety.unsafeCaptureSsh: true)');
-      }
-    });
-  }
-  const sshPeer = parseSshConnection(env.SSH_CONNECTION);
-
-  if (problems.length > 0) fail(problems);
-
-  const safety: SafetyConfig = {
-    sshPorts: [...ssh.ports],
-    sshPortsSource: ssh.source,
-    unsafeCaptureSsh,
-    sshPeer,
-    onProxyDown: v('safety.onProxyDown', 'closed') as SafetyConfig['onProxyDown'],
-  };
-  const body = {
-    proxy: {
-      user: { name: userName, uid, gid },
-      outboundPort,
-      inboundPort,
-      adminPort,
-      adminAddress: '127.0.0.1',
-      workers: v('proxy.workers', 'auto') as number | 'auto',
-      connectTimeoutMs: duration('proxy.connectTimeout', '10s', false) as number,
-      idleTimeoutMs: duration('proxy.idleTimeout', 'off', true),
-      maxConnectionDurationMs: duration('proxy.maxConnectionDuration', 'off', true),
-      halfCloseTimeoutMs: duration('proxy.halfCloseTimeout', '60s', false) as number,
-      drainTimeoutMs: duration('proxy.drainTimeout', '20s', false) as number,
-      keepaliveDelayMs: duration('proxy.keepalive', '30s', true),
-      relay: v('proxy.relay', 'native') as 'native' | 'node',
-      accessLog: {
-        enabled: v('proxy.accessLog.enabled', true) as boolean,
-        path: (get(merged, 'proxy.accessLog.path') as string | null | undefined) ?? null,
-        sampleRatio: v('proxy.accessLog.sampleRatio', 1) as number,
-        periodicIntervalMs: duration('proxy.accessLog.periodicInterval', 'off', true),
-      },
-      inboundPassthroughSource: { ipv4: '127.0.0.6', ipv6: '::6' },
-    },
-    capture: {
-      backend: v('capture.backend', 'auto') as Config['capture']['backend'],
-      ipv6,
-      dropInvalid: v('capture.dropInvalid', false) as boolean,
-      excludeInterfaces: v('capture.excludeInterfaces', []) as string[],
-      inbound: {
-        enabled: v('capture.inbound.enabled', true) as boolean,
-        mode: v('capture.inbound.mode', 'redirect') as 'redirect' | 'tproxy',
-        includePorts: inboundInclude,
-        excludePorts: inboundExclude,
-        tproxyMark: v('capture.inbound.tproxyMark', 1337) as number,
-        tproxyRouteTable: v('capture.inbound.tproxyRouteTable', 133) as number,
-      },
-      outbound: {
-        enabled: v('capture.outbound.enabled', true) as boolean,
-        includeCidrs,
-        excludeCidrs,
-        includePorts: outboundIncludePorts,
-        excludePorts: outboundExcludePorts,
-        excludeUids,
-        excludeGids,
-        includeGids,
-      },
-      dns: { enabled: dnsEnabled, port: dnsPort, servers: dnsServers },
-    },
-    safety,
-    stateDir: v('stateDir', '/var/lib/meshctl') as string,
-  };
-  const policy = resolvePolicy(
-    { services: merged.services, outbound: merged.outbound, inbound: merged.inbound, controlPlane: merged.controlPlane },
-    { connectTimeoutMs: body.proxy.connectTimeoutMs },
-    problems,
-  );
-  if (problems.length > 0) fail(problems);
+/** Freezes the resolved config and adds its hash (over the values, not where they came from). */
+function sealConfig(body: ConfigBody, policy: ResolvedPolicy, options: ResolveOptions): Config {
   const full = { ...body, ...policy };
   const hash = createHash('sha256').update(JSON.stringify(full)).digest('hex');
   // The flags are where values came from, not values: two routes to the same config have the same hash.
   const flags = (options.flags ?? []).map((f) => (f.value === true ? f.flag : `${f.flag} ${Array.isArray(f.value) ? f.value.join(',') : String(f.value)}`));
-  return deepFreeze({ file: sourceFile, flags, hash, ...full });
+  return deepFreeze({ file: options.file ?? null, flags, hash, ...full });
+}
+
+/** Builds a Config from an already-parsed object; the loader's core, exported for tests and the proxy's reload. */
+export function configFromObject(raw: unknown, options: ResolveOptions = {}): Config {
+  const sources = mergeSources(raw, options);
+  failOnProblems(validateSchema(sources.merged), sources.where);
+  const host = options.host ?? systemHostFacts;
+  const problems: Problem[] = [];
+  const context: ReadContext = { userDb: host.userDb, problem: (path, message) => problems.push({ path, message }) };
+  const body = resolveFields(sources.merged, resolveDerived(sources, options, host, context), context);
+  const checked = runChecks({ config: body, given: (path) => valueAt(sources.merged, path) !== undefined });
+  const unsafe = checked.find((p) => p.unsafe !== undefined);
+  if (unsafe?.unsafe) throw new MeshctlError('UNSAFE_CONFIG', `${unsafe.path} (${sources.where(unsafe.path)}): ${unsafe.message}`, unsafe.unsafe.hint);
+  problems.push(...checked);
+  const { services, outbound, inbound, controlPlane } = sources.merged;
+  const policy = resolvePolicy({ services, outbound, inbound, controlPlane }, { connectTimeoutMs: body.proxy.connectTimeoutMs }, problems);
+  failOnProblems(problems, sources.where);
+  return sealConfig(body, policy, options);
 }
 
 /** SSH_CONNECTION is "client_ip client_port server_ip server_port"; anything else is ignored. */

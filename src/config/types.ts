@@ -7,6 +7,17 @@ export type Backend = 'iptables-legacy' | 'iptables-nft' | 'nftables';
 export type BackendChoice = 'auto' | Backend;
 export type Ipv6Mode = 'intercept' | 'block' | 'off';
 export type InboundMode = 'redirect' | 'tproxy';
+/** What moves the bytes of established connections: the addon's relay thread, or Node streams. */
+export type RelayKind = 'native' | 'node';
+export type OnProxyDown = 'closed' | 'open';
+export type OutboundPolicy = 'passthrough' | 'registry-only';
+// The values of each enum at run time; test/unit/config-fields.test.ts holds them equal to the schema's `enum`.
+export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'iptables-legacy', 'iptables-nft', 'nftables'];
+export const IPV6_MODES: readonly Ipv6Mode[] = ['intercept', 'block', 'off'];
+export const INBOUND_MODES: readonly InboundMode[] = ['redirect', 'tproxy'];
+export const RELAY_KINDS: readonly RelayKind[] = ['native', 'node'];
+export const ON_PROXY_DOWN: readonly OnProxyDown[] = ['closed', 'open'];
+export const OUTBOUND_POLICIES: readonly OutboundPolicy[] = ['passthrough', 'registry-only'];
 /** `all` means no restriction; a list restricts to its members. */
 export type PortSelection = 'all' | readonly PortRange[];
 export type CidrSelection = 'all' | readonly Cidr[];
@@ -44,8 +55,7 @@ export interface ProxyConfig {
   readonly halfCloseTimeoutMs: number;
   readonly drainTimeoutMs: number;
   readonly keepaliveDelayMs: number | null;
-  /** What moves the bytes of established connections: the addon's relay thread, or Node streams. */
-  readonly relay: 'native' | 'node';
+  readonly relay: RelayKind;
   readonly accessLog: AccessLogConfig;
   /** Source address for inbound connections handed to local apps over lo (Istio's 127.0.0.6 / ::6). */
   readonly inboundPassthroughSource: { readonly ipv4: string; readonly ipv6: string };
@@ -99,7 +109,7 @@ export interface SafetyConfig {
   readonly unsafeCaptureSsh: boolean;
   /** The current SSH session's peer (from SSH_CONNECTION), exempted from inbound capture. */
   readonly sshPeer: { readonly address: string; readonly port: number; readonly localAddress: string; readonly localPort: number } | null;
-  readonly onProxyDown: 'closed' | 'open';
+  readonly onProxyDown: OnProxyDown;
 }
 
 /** How a service's connections are spread over its endpoints. */
@@ -185,7 +195,7 @@ export interface ResolverConfig {
 
 export interface OutboundPolicyConfig {
   /** passthrough: unknown destinations are connected as dialled; registry-only: refused (counted, logged). */
-  readonly policy: 'passthrough' | 'registry-only';
+  readonly policy: OutboundPolicy;
   readonly resolver: ResolverConfig;
 }
 
