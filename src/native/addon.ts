@@ -1,7 +1,7 @@
 // Typed loader for the native addon (build/Release/meshctl_native.node, built by `npm ci` through node-gyp):
 // originalDst for REDIRECTed connections, transparentListen / isTransparent for TPROXY's inbound listeners,
 // peerOwner (who made a connection: the proxy's self-loop check), and the Relay thread (src/native/relay.cc)
-// that moves the bytes of established connections.
+// that moves the bytes of established connections, with its table of end codes.
 // All argument validation happens here, before the C++ side sees a value; the addon's own errors carry
 // `errno` and `syscall`, and this module adds Node's usual `code` ('ENOENT', ...) to them.
 import { createRequire } from 'node:module';
@@ -25,8 +25,9 @@ export interface NativeSystemError extends Error {
 }
 
 /**
- * The addon's relay thread (src/native/relay.cc). `onEnded` receives finished pairs as a flat Float64Array, six
- * numbers each: id, bytes from client, bytes from upstream, end code, side (0 client, 1 upstream), errno.
+ * The addon's relay thread (src/native/relay.cc). `onEnded` receives finished pairs as a flat Float64Array,
+ * relayRecordFields() numbers each: id, bytes from client, bytes from upstream, end code, side (0 client,
+ * 1 upstream), errno.
  */
 export interface NativeRelay {
   /** Takes duplicates of both fds (the caller closes its own); bounds in ms, -1 = none; keepalive in s, -1 = off. */
@@ -41,8 +42,15 @@ export interface NativeRelay {
   close(): void;
 }
 
+/** How the relay thread says a pair ended. The names are the contract; the numbers come from the addon (relayEndCodes). */
+export const RELAY_ENDS = ['fin', 'reset', 'error', 'keepalive', 'idle', 'halfClose', 'maxDuration', 'aborted', 'adoptFailed'] as const;
+export type RelayEnd = (typeof RELAY_ENDS)[number];
+
 interface NativeBinding {
   Relay: new (onEnded: (records: Float64Array) => void, sweepMs: number) => NativeRelay;
+  /** relay.cc's EndCode by name. */
+  relayEndCodes: unknown;
+  relayRecordFields: number;
   originalDst(fd: number, family: AddonFamily): OriginalDstResult;
   transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
   isTransparent(fd: number, family: AddonFamily): boolean;
@@ -162,6 +170,37 @@ export function withErrnoCode<T>(call: () => T): T {
     }
     throw error;
   }
+}
+
+/**
+ * The addon's end codes by name (relay.cc's EndCode). Throws ADDON_UNAVAILABLE when the addon is not built, or
+ * when its table is not exactly RELAY_ENDS with distinct numbers (an addon built from other sources).
+ */
+export function relayEndCodes(): Readonly<Record<RelayEnd, number>> {
+  return checkEndCodes(loadBinding().relayEndCodes, ADDON_PATH);
+}
+
+/** Numbers per end record that the relay thread hands to `onEnded`. Throws ADDON_UNAVAILABLE. */
+export function relayRecordFields(): number {
+  return loadBinding().relayRecordFields;
+}
+
+/** `table` as end codes by name, or ADDON_UNAVAILABLE naming what differs from RELAY_ENDS. */
+export function checkEndCodes(table: unknown, source: string): Readonly<Record<RelayEnd, number>> {
+  const entries = table !== null && typeof table === 'object' ? Object.entries(table) : [];
+  const names = entries.map(([name]) => name);
+  const codes = entries.map(([, code]) => code);
+  const problems = [
+    ...RELAY_ENDS.filter((name) => !names.includes(name)).map((name) => `no code for "${name}"`),
+    ...names.filter((name) => !(RELAY_ENDS as readonly string[]).includes(name)).map((name) => `an unknown end "${name}"`),
+    ...entries.filter(([, code]) => !Number.isInteger(code)).map(([name, code]) => `"${name}" is ${String(code)}, not an integer`),
+    ...entries.filter(([, code], i) => codes.indexOf(code) !== i).map(([name, code]) => `"${name}" repeats code ${String(code)}`),
+  ];
+  if (problems.length > 0) {
+    throw new MeshctlError('ADDON_UNAVAILABLE', `the relay end codes of the native addon at ${source} do not match this meshctl: ${problems.join('; ')}`,
+      'rebuild the addon from this checkout: `npx node-gyp rebuild` in the meshctl directory');
+  }
+  return Object.fromEntries(entries) as Record<RelayEnd, number>;
 }
 
 /** Starts a relay thread; its system errors (epoll_create1, eventfd) carry `code` like Node's. */

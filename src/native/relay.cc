@@ -50,7 +50,8 @@ constexpr int kMaxEvents = 256;
 constexpr int kClient = 0;
 constexpr int kUpstream = 1;
 
-// How a pair ended; mirrored by EndCode in src/native/relay.ts.
+// How a pair ended. JS reads these numbers from the `relayEndCodes` export (kEndNames below, set in InitRelay):
+// src/proxy/relay-thread.ts turns them into access-log results by name and mirrors none of them.
 enum EndCode : int {
   kFin = 0,          // both FINs relayed; aux = side whose FIN came first
   kReset = 1,        // ECONNRESET / EPIPE on side aux; the other side was reset
@@ -62,6 +63,27 @@ enum EndCode : int {
   kAborted = 7,      // closed on request from JS (drain, shutdown)
   kAdoptFailed = 8,  // the loop could not register the pair (errno); both peers were reset
 };
+
+struct EndName {
+  const char* name;
+  EndCode code;
+};
+// Every EndCode under the name JS uses for it (RelayEnd in src/native/addon.ts, which checks the two agree).
+constexpr EndName kEndNames[] = {
+    {"fin", kFin},
+    {"reset", kReset},
+    {"error", kError},
+    {"keepalive", kKeepalive},
+    {"idle", kIdle},
+    {"halfClose", kHalfClose},
+    {"maxDuration", kMaxDuration},
+    {"aborted", kAborted},
+    {"adoptFailed", kAdoptFailed},
+};
+
+// Numbers per end record in the Float64Array given to onEnded: id, bytes from client, bytes from upstream, end
+// code, side (0 client, 1 upstream), errno. Exported as `relayRecordFields`.
+constexpr size_t kRecordFields = 6;
 
 int64_t NowMs() {
   timespec ts;
@@ -284,15 +306,16 @@ class Core {
       signalled_ = false;
     }
     if (batch.empty() || env == nullptr || fn.IsEmpty()) return;
-    Napi::Float64Array out = Napi::Float64Array::New(env, batch.size() * 6);
+    Napi::Float64Array out = Napi::Float64Array::New(env, batch.size() * kRecordFields);
     for (size_t i = 0; i < batch.size(); i++) {
       const Record& r = batch[i];
-      out[i * 6 + 0] = r.id;
-      out[i * 6 + 1] = static_cast<double>(r.fromClient);
-      out[i * 6 + 2] = static_cast<double>(r.fromUpstream);
-      out[i * 6 + 3] = r.code;
-      out[i * 6 + 4] = r.aux;
-      out[i * 6 + 5] = r.err;
+      const size_t at = i * kRecordFields;
+      out[at + 0] = r.id;
+      out[at + 1] = static_cast<double>(r.fromClient);
+      out[at + 2] = static_cast<double>(r.fromUpstream);
+      out[at + 3] = r.code;
+      out[at + 4] = r.aux;
+      out[at + 5] = r.err;
     }
     fn.Call({out});
   }
@@ -775,6 +798,13 @@ class Relay : public Napi::ObjectWrap<Relay> {
 
 }  // namespace
 
-void InitRelay(Napi::Env env, Napi::Object exports) { exports.Set("Relay", Relay::Define(env)); }
+void InitRelay(Napi::Env env, Napi::Object exports) {
+  exports.Set("Relay", Relay::Define(env));
+  Napi::Object codes = Napi::Object::New(env);
+  for (const EndName& end : kEndNames) codes.Set(end.name, Napi::Number::New(env, end.code));
+  codes.Freeze();
+  exports.Set("relayEndCodes", codes);
+  exports.Set("relayRecordFields", Napi::Number::New(env, static_cast<double>(kRecordFields)));
+}
 
 }  // namespace meshctl

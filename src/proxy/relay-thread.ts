@@ -1,7 +1,7 @@
 // The worker's side of the addon's relay thread (src/native/relay.cc): gives each handed-off connection an id,
 // keeps the event loop alive while any is relayed, and turns the thread's end reports back into the
 // connections' results. Payload never crosses into JS; only one report per connection does, in batches.
-import { createRelay, errnoCode, withErrnoCode, type NativeRelay } from '../native/addon.js';
+import { createRelay, errnoCode, relayEndCodes, relayRecordFields, withErrnoCode, type NativeRelay, type RelayEnd } from '../native/addon.js';
 import type { EndResult } from './metrics.js';
 
 /** A connection the relay thread carries: told once how it ended. `result` null: ended on our own request. */
@@ -24,44 +24,43 @@ export interface RelaySnapshot {
   readonly halfClosed: boolean;
 }
 
-// Mirrors EndCode in src/native/relay.cc.
-const END_FIN = 0;
-const END_RESET = 1;
-const END_ERROR = 2;
-const END_KEEPALIVE = 3;
-const END_IDLE = 4;
-const END_HALF_CLOSE = 5;
-const END_MAX_DURATION = 6;
-const END_ABORTED = 7;
-const END_ADOPT_FAILED = 8;
-const RECORD_SIZE = 6;
-
 const SIDES = ['client', 'upstream'] as const;
 
-/** How a pair ended, in the words of the access log (the same results and details as the stream relay). */
+let endNames: ReadonlyMap<number, RelayEnd> | undefined;
+
+/** The end a code from the relay thread stands for, by the addon's own table (loaded on first use). */
+function endOf(code: number): RelayEnd | undefined {
+  endNames ??= new Map(Object.entries(relayEndCodes()).map(([name, value]) => [value, name as RelayEnd]));
+  return endNames.get(code);
+}
+
+/**
+ * How a pair ended, in the words of the access log (the same results and details as the stream relay); null for a
+ * pair ended on our own request. Throws ADDON_UNAVAILABLE (the codes come from the addon).
+ */
 export function describeEnd(code: number, side: number, errno: number): { result: EndResult; detail: string } | null {
   const who = SIDES[side === 1 ? 1 : 0];
-  switch (code) {
-    case END_FIN:
+  switch (endOf(code)) {
+    case 'fin':
       return { result: 'FIN', detail: `${who}-first` };
-    case END_RESET:
+    case 'reset':
       return { result: 'RST', detail: `${who}-reset` };
-    case END_ERROR:
+    case 'error':
       return { result: 'RST', detail: `${who}-${errnoCode(errno)}` };
-    case END_KEEPALIVE:
+    case 'keepalive':
       return { result: 'timeout', detail: `${who}-keepalive` };
-    case END_IDLE:
+    case 'idle':
       return { result: 'timeout', detail: 'idle' };
-    case END_HALF_CLOSE:
+    case 'halfClose':
       return { result: 'timeout', detail: 'half-close' };
-    case END_MAX_DURATION:
+    case 'maxDuration':
       return { result: 'timeout', detail: 'max-duration' };
-    case END_ABORTED:
+    case 'aborted':
       return null;
-    case END_ADOPT_FAILED:
+    case 'adoptFailed':
       // The thread could not watch the sockets (epoll_ctl: ENOMEM, ENOSPC at fs.epoll.max_user_watches).
       return { result: 'RST', detail: `relay-${errnoCode(errno)}` };
-    default:
+    case undefined:
       return { result: 'RST', detail: `relay-code-${code}` };
   }
 }
@@ -84,10 +83,13 @@ export class RelayThread {
   private readonly open = new Map<number, RelayedConnection>();
   private nextId = 0;
   private readonly counters = new Float64Array(3);
+  /** Numbers per end record, as the addon writes them. */
+  private readonly recordFields: number;
 
   /** Starts the thread; throws (ADDON_UNAVAILABLE, or a system error with `code`) when it cannot. */
   constructor(sweepMs: number) {
     this.relay = createRelay(this.onEnded, sweepMs);
+    this.recordFields = relayRecordFields();
   }
 
   /**
@@ -133,7 +135,7 @@ export class RelayThread {
   }
 
   private readonly onEnded = (records: Float64Array): void => {
-    for (let i = 0; i + RECORD_SIZE <= records.length; i += RECORD_SIZE) {
+    for (let i = 0; i + this.recordFields <= records.length; i += this.recordFields) {
       const id = records[i]!;
       const conn = this.open.get(id);
       if (conn === undefined) continue;

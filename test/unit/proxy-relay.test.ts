@@ -4,6 +4,7 @@
 // iptables.
 import { createHash, randomBytes } from 'node:crypto';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { constants } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { afterEach, describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
@@ -11,6 +12,8 @@ import type { ProxyConfig } from '../../src/config/types.js';
 import { ProxyMetrics } from '../../src/proxy/metrics.js';
 import { Connection, type ConnectionOwner } from '../../src/proxy/connection.js';
 import { describeEnd, relayBounds, RelayThread } from '../../src/proxy/relay-thread.js';
+import { checkEndCodes, RELAY_ENDS, relayEndCodes, relayRecordFields } from '../../src/native/addon.js';
+import { isMeshctlError } from '../../src/errors.js';
 import { waitUntil } from '../helpers/wait.js';
 
 type Engine = 'node' | 'native';
@@ -362,12 +365,53 @@ describe('relay thread only', () => {
   });
 
   it('names a pair the thread could not watch: RST with the errno', () => {
-    expect(describeEnd(8, 1, 12)).toEqual({ result: 'RST', detail: 'relay-ENOMEM' });
+    expect(describeEnd(relayEndCodes().adoptFailed, 1, 12)).toEqual({ result: 'RST', detail: 'relay-ENOMEM' });
   });
 
   it('rounds the remaining max duration up, so the thread never ends a connection before the bound', () => {
     const cfg = { maxConnectionDurationMs: 300, idleTimeoutMs: null, halfCloseTimeoutMs: 60_000, keepaliveDelayMs: 30_000 };
     expect(relayBounds(cfg, 0.6)).toEqual({ maxRemainingMs: 300, idleMs: -1, halfCloseMs: 60_000, keepaliveSec: 30 });
     expect(relayBounds(cfg, 400).maxRemainingMs).toBe(0);
+  });
+});
+
+describe('the relay end codes: one table, in the addon', () => {
+  it('names every end once with its own code, and relay-thread describes each by name', () => {
+    const codes = relayEndCodes();
+    expect(Object.keys(codes).sort()).toEqual([...RELAY_ENDS].sort());
+    expect(new Set(Object.values(codes)).size).toBe(RELAY_ENDS.length);
+    const ECONNRESET = constants.errno.ECONNRESET;
+    expect(RELAY_ENDS.map((end) => [end, describeEnd(codes[end], 1, ECONNRESET)])).toEqual([
+      ['fin', { result: 'FIN', detail: 'upstream-first' }],
+      ['reset', { result: 'RST', detail: 'upstream-reset' }],
+      ['error', { result: 'RST', detail: 'upstream-ECONNRESET' }],
+      ['keepalive', { result: 'timeout', detail: 'upstream-keepalive' }],
+      ['idle', { result: 'timeout', detail: 'idle' }],
+      ['halfClose', { result: 'timeout', detail: 'half-close' }],
+      ['maxDuration', { result: 'timeout', detail: 'max-duration' }],
+      ['aborted', null],
+      ['adoptFailed', { result: 'RST', detail: 'relay-ECONNRESET' }],
+    ]);
+    const unknown = Math.max(...Object.values(codes)) + 1;
+    expect(describeEnd(unknown, 0, 0)).toEqual({ result: 'RST', detail: `relay-code-${unknown}` });
+  });
+
+  it('writes records of the six fields the worker reads (id, bytes from client and upstream, code, side, errno)', () => {
+    expect(relayRecordFields()).toBe(6);
+  });
+
+  it('refuses an addon whose table differs from the ends this meshctl knows, naming each difference', () => {
+    const codes = relayEndCodes();
+    const { adoptFailed: _dropped, ...rest } = codes;
+    let caught: unknown;
+    try {
+      checkEndCodes({ ...rest, reset: codes.fin, renamed: 42, idle: 'four' }, '/x/meshctl_native.node');
+    } catch (error) {
+      caught = error;
+    }
+    expect(isMeshctlError(caught) && caught.code).toBe('ADDON_UNAVAILABLE');
+    expect((caught as Error).message).toBe('the relay end codes of the native addon at /x/meshctl_native.node do not match this meshctl: '
+      + 'no code for "adoptFailed"; an unknown end "renamed"; "idle" is four, not an integer; "reset" repeats code 0');
+    expect(checkEndCodes(codes, 'x')).toEqual(codes);
   });
 });

@@ -1,12 +1,12 @@
-// originalDst(fd, family): the destination a connection had before netfilter REDIRECT rewrote it;
-// transparentListen(family, address, port, backlog): a listening socket that TPROXY can deliver to;
-// isTransparent(fd, family): whether a socket (e.g. one systemd passed) has IP_TRANSPARENT set. No state. Arguments are validated in TypeScript (src/native/addon.ts); the checks here only
-// guarantee that a wrong call becomes a JS exception instead of undefined behaviour. Never aborts: every
-// failure is thrown as an Error carrying `errno` and `syscall`, like Node's own system errors.
+// The socket options of interception: originalDst(fd, family), the destination a connection had before netfilter
+// REDIRECT rewrote it; transparentListen(family, address, port, backlog), a listening socket that TPROXY can deliver
+// to; isTransparent(fd, family), whether a socket (e.g. one systemd passed) has IP_TRANSPARENT set. No state.
+// Arguments are validated in TypeScript (src/native/addon.ts); the checks here only guarantee that a wrong call
+// becomes a JS exception instead of undefined behaviour. Never aborts: every failure is thrown as an Error carrying
+// `errno` and `syscall`, like Node's own system errors.
 #include <napi.h>
 
-#include "relay.h"
-#include "socket_owner.h"
+#include "socket_options.h"
 #include "system_error.h"
 
 #include <arpa/inet.h>
@@ -34,9 +34,8 @@
 #define IPV6_TRANSPARENT 75
 #endif
 
+namespace meshctl {
 namespace {
-
-using meshctl::ThrowSystemError;
 
 Napi::Value ThrowTypeError(Napi::Env env, const char* message) {
   Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
@@ -155,15 +154,12 @@ Napi::Value IsTransparent(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, value != 0);
 }
 
-Napi::Object Init(Napi::Env env, Napi::Object exports) {
+}  // namespace
+
+void InitSocketOptions(Napi::Env env, Napi::Object exports) {
   exports.Set("originalDst", Napi::Function::New(env, OriginalDst, "originalDst"));
   exports.Set("transparentListen", Napi::Function::New(env, TransparentListen, "transparentListen"));
   exports.Set("isTransparent", Napi::Function::New(env, IsTransparent, "isTransparent"));
-  meshctl::InitRelay(env, exports);
-  meshctl::InitSocketOwner(env, exports);
-  return exports;
 }
 
-}  // namespace
-
-NODE_API_MODULE(meshctl_native, Init)
+}  // namespace meshctl
