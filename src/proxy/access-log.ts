@@ -82,6 +82,11 @@ export class AccessLog {
     this.logger.info(record, 'connection closed');
   }
 
+  /** Logs one DNS query the proxy answered (the DNS server samples them like connections). */
+  dnsQuery(record: object): void {
+    this.logger?.info(record, 'dns query');
+  }
+
   /** A progress line for a connection still open after periodicInterval. */
   progress(record: Omit<AccessRecord, 'result' | 'detail'> & { readonly state: string }): void {
     this.logger?.info(record, 'connection open');

@@ -15,8 +15,11 @@ import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isAddonAvailable, isTransparent, peerOwner } from '../native/addon.js';
 import { socketFd } from '../native/original-dst.js';
+import { DnsServer, planDnsListeners, type DnsQueryLog } from '../dns/server.js';
+import { renderDnsPrometheus } from '../dns/metrics.js';
 import { ControlPlanePoller, controlPlaneReadyDetail, renderControlPlanePrometheus } from '../policy/control-plane.js';
 import { mergePolicySnapshots, renderPolicyPrometheus } from '../policy/metrics.js';
+import { AccessLog } from './access-log.js';
 import { startAdminServer, type AdminAuthorizer, type AdminHandlers } from './admin.js';
 import { listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
 import { readListeningPorts, readProcessIds } from './live-contract.js';
@@ -79,6 +82,9 @@ export class ProxySupervisor {
   private activated = false;
   private pool: WorkerPool | null = null;
   private admin: Server | null = null;
+  /** The host's DNS server (capture.dns.enabled): in this process only, never in the workers. */
+  private dns: DnsServer | null = null;
+  private dnsAccessLog: AccessLog | null = null;
   private watcher: FSWatcher | null = null;
   private reloadTimer: NodeJS.Timeout | null = null;
   private reloading: Promise<boolean> | null = null;
@@ -133,9 +139,11 @@ export class ProxySupervisor {
     try {
       await this.pool.start(this.config, this.specs);
       this.admin = await startAdminServer(this.handlers(), this.config.proxy.adminAddress, this.config.proxy.adminPort, adminAuthorizer(this.log));
+      if (this.config.capture.dns.enabled) this.dns = await DnsServer.start(this.config, planDnsListeners(this.config), this.dnsQueryLog(this.config), this.log);
     } catch (error) {
       this.pool.forceStop();
       this.admin?.close();
+      this.dnsAccessLog?.close();
       throw error;
     }
     if (this.options.watchConfig ?? this.config.file !== null) this.watchConfigFile();
@@ -268,6 +276,7 @@ export class ProxySupervisor {
       this.version++;
       this.appliedAt = new Date().toISOString();
       this.reloads.ok++;
+      this.dns?.update(next, this.dnsQueryLog(next));
       this.log.info({ trigger, hash: next.hash, version: this.version }, 'config reloaded');
       if (JSON.stringify(previous.controlPlane) !== JSON.stringify(next.controlPlane)) this.restartPoller();
       return true;
@@ -279,6 +288,15 @@ export class ProxySupervisor {
       await this.pool!.reload(this.config, this.specs).catch(() => {});
       return false;
     }
+  }
+
+  /** The DNS server's access log: the proxy's, in this process (lines say `dns query`); null when it is off. */
+  private dnsQueryLog(config: Config): DnsQueryLog | null {
+    if (!config.proxy.accessLog.enabled) return null;
+    if (this.dnsAccessLog === null) this.dnsAccessLog = new AccessLog(config.proxy.accessLog, { component: 'dns' });
+    else this.dnsAccessLog.reconfigure(config.proxy.accessLog);
+    const log = this.dnsAccessLog;
+    return { sampleRatio: config.proxy.accessLog.sampleRatio, write: (record) => log.dnsQuery(record) };
   }
 
   private selfLoopRefused(event: SelfLoopEvent & { worker: number }): void {
@@ -361,6 +379,8 @@ export class ProxySupervisor {
   }
 
   private stop(forced: boolean): void {
+    void this.dns?.close();
+    this.dnsAccessLog?.close();
     this.watcher?.close();
     this.poller?.stop();
     this.admin?.close();
@@ -403,6 +423,7 @@ export class ProxySupervisor {
           },
           connectLatency: { outbound: totals.directions.outbound.connectLatency, inbound: totals.directions.inbound.connectLatency },
           policy: mergePolicySnapshots(workers.map((w) => w.policy)),
+          dns: this.dns?.snapshot() ?? null,
         };
       },
       metrics: async () => {
@@ -413,7 +434,7 @@ export class ProxySupervisor {
           workers: workers.length,
           reloads: this.reloads,
           uptimeSeconds: (performance.now() - this.startedAt) / 1000,
-        }) + renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) + renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy)));
+        }) + renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) + renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy))) + renderDnsPrometheus(this.dns?.snapshot() ?? null);
       },
       config: () => ({ version: this.version, appliedAt: this.appliedAt, ...this.config, controlPlaneStatus: this.poller?.status() ?? null }),
       contract: () => this.liveContract(),

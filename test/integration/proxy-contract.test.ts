@@ -1,6 +1,7 @@
 // The contract between capture and proxy, on the real kernel: a real proxy (nobody, uid 65534) in a client
 // namespace, `meshctl install` run against it through bin/meshctl. Install refuses rules that would exempt another
-// user or redirect DNS to a port the proxy does not serve, and changes nothing; rules installed anyway
+// user or redirect DNS to a port the proxy does not serve (and accepts DNS capture from a proxy started with DNS),
+// and changes nothing; rules installed anyway
 // (--without-proxy) make the proxy's own connections loop back, which it refuses at once, staying up with a few
 // fds and saying why on /ready and in `meshctl status`; status tells a stopped or differently-run proxy apart.
 import { readdirSync } from 'node:fs';
@@ -98,6 +99,28 @@ describe.skipIf(!integrationEnabled)('the capture contract between install and a
     expect(refused.stderr).toContain('dnsPort: the rules redirect every DNS query to port 15053, but the proxy does not serve DNS there on UDP (IPv4 and IPv6), TCP (IPv4 and IPv6): the host would have no name resolution');
     expect(normalizedRuleset(lab.client, 'iptables-nft')).toBe(before);
     expect(readLedger(scopeDir(stateDir, lab.client))).toBeNull();
+  });
+
+  it('accepts DNS capture from a proxy started with DNS, which listens on the DNS port over UDP and TCP in both families', async () => {
+    proxy.child.kill('SIGTERM');
+    await proxy.exited;
+    const withDns = await lab.startProxy(configFile, ['--dns']);
+    try {
+      await withDns.waitReady();
+      const contract = await withDns.adminJson('/contract');
+      expect(contract).toMatchObject({ udp: { ipv4: [15053], ipv6: [15053] }, expects: { dnsPort: 15053 } });
+      expect(contract.tcp.ipv4).toContain(15053);
+      expect(contract.tcp.ipv6).toContain(15053);
+      const accepted = install('--dns');
+      expect(accepted.status, accepted.stderr).toBe(0);
+      const uninstalled = meshctl(['uninstall', '--netns', lab.client, '--state-dir', stateDir]);
+      expect(uninstalled.status, uninstalled.stderr).toBe(0);
+    } finally {
+      withDns.child.kill('SIGTERM');
+      await withDns.exited;
+    }
+    proxy = await lab.startProxy(configFile);
+    await proxy.waitReady();
   });
 
   it('with the mismatch forced (--without-proxy), refuses its own looped connection at once and stays up with a few fds', async () => {
