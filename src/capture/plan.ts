@@ -12,9 +12,11 @@
 //              proxy uid/gid over lo to a non-127.0.0.1 address (an app called its own address) ⤸ inbound chain
 //              other lo traffic (not the proxy) → RETURN;  proxy uid / gid → RETURN (no loops);  127.0.0.1 → RETURN
 //              excluded uids / gids, groups outside includeGids → RETURN
-//              DNS over TCP → REDIRECT :dns
 //              excluded CIDRs / ports → RETURN
 //              included CIDRs × ports ⤸ MESHCTL_REDIRECT → REDIRECT :outbound
+//   dns      OUTPUT (UDP and TCP port 53, before outbound) ⤸ MESHCTL_DNS: proxy uid/gid, excluded owners → RETURN
+//              listed servers (any, loopback included) → REDIRECT :dns;  raw: conntrack zones keep the proxy's own
+//              queries and their replies (zone 1) apart from apps' redirected ones (zone 2)
 //   IPv6 block: filter OUTPUT/INPUT ⤸ MESHCTL_BLOCK_OUT/IN → REJECT tcp-reset for exactly what intercept would capture.
 //
 // The order follows istio-iptables (tools/istio-iptables/pkg/capture/run.go), which has carried it for years.
@@ -215,19 +217,16 @@ function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: strin
     b.add('nat', chain, [{ kind: 'outInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
   b.add('nat', chain, [{ kind: 'source', cidr: hostCidr(proxy.inboundPassthroughSource[b.family]) }, lo], { kind: 'return' }, 'skip-inbound-passthrough', 'built-in (proxy inbound passthrough source)');
   if (localInboundChain) {
-    b.add('nat', chain, [notLocalhost, lo, tcp, { kind: 'uidOwner', uid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
-    b.add('nat', chain, [notLocalhost, lo, tcp, { kind: 'gidOwner', gid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
+    // With DNS capture the proxy forwards queries itself, to a resolver that may listen on an own address.
+    const notDns: Match[] = cap.dns.enabled ? [dport([port(DNS_PORT)], true)] : [];
+    b.add('nat', chain, [notLocalhost, lo, tcp, ...notDns, { kind: 'uidOwner', uid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
+    b.add('nat', chain, [notLocalhost, lo, tcp, ...notDns, { kind: 'gidOwner', gid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
   }
   b.add('nat', chain, [lo, { kind: 'uidOwner', uid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
   b.add('nat', chain, [lo, { kind: 'gidOwner', gid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
   addProxyExemption(b, config, 'nat', chain, []);
   b.add('nat', chain, [{ kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]) }], { kind: 'return' }, 'skip-localhost', 'built-in (localhost)');
   addOwnerExemptions(b, config, 'nat', chain, []);
-  if (cap.dns.enabled) {
-    for (const server of dnsServers(b, config)) {
-      b.add('nat', chain, [tcp, ...server.matches, dport([port(DNS_PORT)])], { kind: 'redirect', toPort: cap.dns.port }, 'dns-tcp-to-proxy', server.origin);
-    }
-  }
   addOutboundExclusions(b, config, 'nat', chain);
   for (const include of outboundIncludes(b, config)) b.add('nat', chain, include.matches, { kind: 'jump', chain: redirect }, 'outbound-to-proxy', include.origin);
   b.add('nat', redirect, [tcp], { kind: 'redirect', toPort: proxy.outboundPort }, 'redirect-outbound', 'proxy.outboundPort');
@@ -240,7 +239,11 @@ function dnsServers(b: FamilyBuilder, config: Config): { matches: Match[]; origi
   return b.cidrs(servers).map(({ cidr, index }) => ({ matches: [{ kind: 'destination', cidr }], origin: `capture.dns.servers[${index}]` }));
 }
 
-/** UDP DNS redirect (nat) plus conntrack zones (raw) so the proxy's upstream queries never match apps' NAT entries. */
+/**
+ * DNS redirect (nat), UDP and TCP alike: its own chain, jumped to from OUTPUT before outbound capture, so that
+ * loopback and local destinations (a stub resolver on 127.0.0.53) are captured over TCP exactly as over UDP.
+ * Plus conntrack zones (raw) so the proxy's upstream queries never match apps' NAT entries.
+ */
 function planDns(b: FamilyBuilder, config: Config): void {
   const { dns } = config.capture;
   if (!dns.enabled) return;
@@ -250,7 +253,9 @@ function planDns(b: FamilyBuilder, config: Config): void {
   addProxyExemption(b, config, 'nat', chain, []);
   addOwnerExemptions(b, config, 'nat', chain, []);
   for (const server of servers) b.add('nat', chain, [udp, ...server.matches], { kind: 'redirect', toPort: dns.port }, 'dns-udp-to-proxy', server.origin);
+  for (const server of servers) b.add('nat', chain, [tcp, ...server.matches], { kind: 'redirect', toPort: dns.port }, 'dns-tcp-to-proxy', server.origin);
   b.add('nat', 'OUTPUT', [udp, dport([port(DNS_PORT)])], { kind: 'jump', chain }, 'dns-capture', 'capture.dns.enabled');
+  b.add('nat', 'OUTPUT', [tcp, dport([port(DNS_PORT)])], { kind: 'jump', chain }, 'dns-capture', 'capture.dns.enabled');
 
   const { uid, gid } = config.proxy.user;
   const zoneOut = b.chain('raw', CHAINS.dnsZoneOut);
@@ -263,7 +268,12 @@ function planDns(b: FamilyBuilder, config: Config): void {
   b.add('raw', zoneOut, [udp, dport([port(DNS_PORT)]), { kind: 'gidOwner', gid }], upstream, 'dns-zone-proxy-query', 'capture.dns.enabled');
   b.add('raw', zoneOut, [udp, { kind: 'sourcePort', ports: [port(dns.port)] }, { kind: 'gidOwner', gid }], app, 'dns-zone-proxy-reply', 'capture.dns.port');
   for (const server of servers) b.add('raw', zoneOut, [udp, ...server.matches, dport([port(DNS_PORT)])], app, 'dns-zone-app-query', server.origin);
-  b.add('raw', zonePre, [udp, { kind: 'sourcePort', ports: [port(DNS_PORT)] }], upstream, 'dns-zone-upstream-reply', 'capture.dns.enabled');
+  // Only replies from the captured servers: an app's query to another server stays in zone 0, and so must its reply
+  // (in zone 1 it would match no conntrack entry, and a stateful firewall would drop it).
+  for (const server of servers) {
+    const from: Match[] = server.matches.map((m) => (m.kind === 'destination' ? { kind: 'source', cidr: m.cidr } : m));
+    b.add('raw', zonePre, [udp, ...from, { kind: 'sourcePort', ports: [port(DNS_PORT)] }], upstream, 'dns-zone-upstream-reply', server.origin);
+  }
   b.add('raw', 'OUTPUT', [udp], { kind: 'jump', chain: zoneOut }, 'dns-zones', 'capture.dns.enabled');
   b.add('raw', 'PREROUTING', [udp], { kind: 'jump', chain: zonePre }, 'dns-zones', 'capture.dns.enabled');
 }

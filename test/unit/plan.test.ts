@@ -66,8 +66,32 @@ describe('planCapture', () => {
   it('separates DNS conntrack zones so the proxy\'s own queries come first', () => {
     const v4 = fam(planCapture(loadCase('t', { proxy: { user: 'meshproxy' }, capture: { dns: { enabled: true, port: 15053 } } })), 'ipv4');
     expect(purposes(v4, 'MESHCTL_DNS_ZONE_OUT')).toEqual(['dns-zone-proxy-query', 'dns-zone-proxy-reply', 'dns-zone-proxy-query', 'dns-zone-proxy-reply', 'dns-zone-app-query']);
-    expect(purposes(v4, 'MESHCTL_DNS')).toEqual(['skip-proxy-uid', 'skip-proxy-gid', 'dns-udp-to-proxy']);
+    expect(purposes(v4, 'MESHCTL_DNS')).toEqual(['skip-proxy-uid', 'skip-proxy-gid', 'dns-udp-to-proxy', 'dns-tcp-to-proxy']);
     expect(v4.rules.find((r) => r.purpose === 'dns-tcp-to-proxy')?.target).toEqual({ kind: 'redirect', toPort: 15053 });
+  });
+
+  it('captures DNS over TCP like UDP, loopback included (before skip-loopback), and never sends the proxy\'s own TCP DNS to the inbound port', () => {
+    const config = loadCase('t', { proxy: { user: 'meshproxy' }, capture: { dns: { enabled: true, port: 15053 } } });
+    const v4 = fam(planCapture(config), 'ipv4');
+    const jumps = v4.rules.filter((r) => r.table === 'nat' && r.chain === 'OUTPUT').map((r) => [r.purpose, r.matches.find((m) => m.kind === 'protocol')]);
+    expect(jumps).toEqual([
+      ['dns-capture', { kind: 'protocol', protocol: 'udp' }],
+      ['dns-capture', { kind: 'protocol', protocol: 'tcp' }],
+      ['outbound-capture', { kind: 'protocol', protocol: 'tcp' }],
+    ]);
+    expect(purposes(v4, 'MESHCTL_OUTPUT')).not.toContain('dns-tcp-to-proxy');
+    for (const rule of v4.rules.filter((r) => r.purpose === 'proxy-to-own-address-inbound')) {
+      expect(rule.matches).toContainEqual({ kind: 'destinationPort', ports: [{ from: 53, to: 53 }], negate: true });
+    }
+  });
+
+  it('puts only the listed DNS servers\' replies in the upstream conntrack zone', () => {
+    const v4 = fam(planCapture(loadCase('t', { proxy: { user: 'meshproxy' }, capture: { dns: { enabled: true, servers: ['10.0.0.53/32', '10.0.1.0/24'] } } })), 'ipv4');
+    const replies = v4.rules.filter((r) => r.purpose === 'dns-zone-upstream-reply');
+    expect(replies.map((r) => [r.matches.find((m) => m.kind === 'source'), r.origin])).toEqual([
+      [{ kind: 'source', cidr: { family: 'ipv4', address: '10.0.0.53', prefix: 32 } }, 'capture.dns.servers[0]'],
+      [{ kind: 'source', cidr: { family: 'ipv4', address: '10.0.1.0', prefix: 24 } }, 'capture.dns.servers[1]'],
+    ]);
   });
 
   it('never redirects the SSH ports inbound, and includes the current SSH session when known', () => {
