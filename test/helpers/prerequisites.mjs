@@ -18,15 +18,20 @@ export const TOOLS = {
   nft: 'nftables',
   setpriv: 'util-linux',
   nsenter: 'util-linux',
+  unshare: 'util-linux',
   prlimit: 'util-linux',
   taskset: 'util-linux',
   pgrep: 'procps',
+  ps: 'procps',
   sysctl: 'procps',
   'systemd-run': 'systemd',
   'systemd-socket-activate': 'systemd',
+  'systemd-sysusers': 'systemd',
   'systemd-nspawn': 'systemd-container',
   debootstrap: 'debootstrap',
   zstd: 'zstd',
+  'dpkg-deb': 'dpkg',
+  'dpkg-shlibdeps': 'dpkg-dev',
   vagrant: 'vagrant',
   haproxy: 'haproxy',
   iperf3: 'iperf3',
@@ -39,11 +44,11 @@ export const TOOLS = {
 };
 
 /** The one apt-get line for all of them (README, first screen). */
-export const APT_LINE = `apt-get install ${[...new Set(Object.values(TOOLS))].filter((p) => p !== 'util-linux' && p !== 'systemd').join(' ')}`;
+export const APT_LINE = `apt-get install ${[...new Set(Object.values(TOOLS))].filter((p) => !['util-linux', 'systemd', 'dpkg'].includes(p)).join(' ')}`;
 
-function have(command) {
+function have(command, env) {
   try {
-    execFileSync('sh', ['-c', 'command -v "$1"', 'sh', command], { stdio: 'ignore' });
+    execFileSync('/bin/sh', ['-c', 'command -v "$1"', 'sh', command], { stdio: 'ignore', env });
     return true;
   } catch {
     return false;
@@ -54,29 +59,29 @@ function have(command) {
  * Whether the integration tests run (same rule as test/helpers/integration.ts): as root on Linux, unless
  * MESHCTL_INTEGRATION=0; MESHCTL_INTEGRATION=1 insists.
  */
-export function integrationWanted(env = process.env) {
+export function integrationWanted(env = process.env, uid = process.getuid?.()) {
   if (env.MESHCTL_INTEGRATION === '0') return false;
-  return env.MESHCTL_INTEGRATION === '1' || (process.platform === 'linux' && process.getuid?.() === 0);
+  return env.MESHCTL_INTEGRATION === '1' || (process.platform === 'linux' && uid === 0);
 }
 
 /**
  * The one line saying what is missing, or null when nothing is. `requireRoot` (for `npm test`) also refuses a
  * non-root user, who would otherwise get the unit tests only.
  */
-export function missingPrerequisite({ env = process.env, requireRoot = false } = {}) {
+export function missingPrerequisite({ env = process.env, uid = process.getuid?.(), requireRoot = false } = {}) {
   const [major, minor] = process.versions.node.split('.').map(Number);
   if (major < 20 || (major === 20 && minor < 5)) {
     return `missing prerequisite: Node.js >= 20.5 (this is ${process.version}; see the README's first screen for Debian 12)`;
   }
   if (env.MESHCTL_INTEGRATION === '0') return null;
-  const root = process.platform === 'linux' && process.getuid?.() === 0;
+  const root = process.platform === 'linux' && uid === 0;
   if (!root && (requireRoot || env.MESHCTL_INTEGRATION === '1')) {
     return process.platform !== 'linux'
       ? `the integration tests need Linux (network namespaces, netfilter); run \`npm run test:unit\` for the unit tests alone`
       : `the integration tests need root (they create network namespaces): run \`sudo npm test\`, or \`npm run test:unit\` for the unit tests alone`;
   }
   if (!root) return null;
-  const missing = Object.keys(TOOLS).filter((command) => !have(command));
+  const missing = Object.keys(TOOLS).filter((command) => !have(command, env));
   if (missing.length === 0) return null;
   const packages = [...new Set(missing.map((command) => TOOLS[command]))].join(' ');
   return `missing prerequisite${missing.length > 1 ? 's' : ''}: ${missing.join(', ')} (apt-get install ${packages})`;
