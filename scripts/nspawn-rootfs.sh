@@ -25,6 +25,13 @@ if [ -z "$mirror" ]; then
 fi
 
 mkdir -p "$cache"
+# Test files run in parallel and several boot a container: one builds, the others wait for its tarball.
+exec 9>"$cache/.build.lock"
+flock 9
+if [ -s "$tarball" ]; then
+  echo "$tarball"
+  exit 0
+fi
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)

@@ -108,7 +108,11 @@ export async function runRandomCycles(backend: Backend, ns: string, cycles: numb
   return { seed, installs, actions };
 }
 
-export const RANDOM_CYCLES = Number(process.env.MESHCTL_RANDOM_CYCLES ?? 200);
+/**
+ * 25 cycles in `npm test` (every feature and the update path show up many times over; about 20 s per backend), 200 in
+ * `npm run test:soak` (MESHCTL_SOAK=1); MESHCTL_RANDOM_CYCLES sets any count.
+ */
+export const RANDOM_CYCLES = Number(process.env.MESHCTL_RANDOM_CYCLES ?? (process.env.MESHCTL_SOAK === '1' ? 200 : 25));
 
 /**
  * The whole test of one backend's file: RANDOM_CYCLES cycles in the namespace `ns`, which is deleted afterwards
