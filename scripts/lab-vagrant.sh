@@ -2,8 +2,9 @@
 # npm run lab:vagrant — the Vagrant lab end to end on this kind of machine (no KVM, no internet; LABS.md §3):
 # installs vagrant + vagrant-libvirt + libvirt + qemu (Debian packages) when missing, builds an offline bookworm box
 # (cached under $MESHCTL_TEST_CACHE), starts libvirtd by hand inside its own network namespace with /dev/kvm
-# hidden (TCG), runs the shipped vagrant/Vagrantfile with LAB_* overrides, runs vagrant/lab-test.sh, and tears
-# everything down (VMs, box, pool, daemons, namespace), also on failure. Needs root and a built tree (npm ci).
+# hidden (TCG), builds the Debian package (scripts/package-deb.sh) that provisioning installs, runs the shipped
+# vagrant/Vagrantfile with LAB_* overrides, runs vagrant/lab-test.sh, and tears everything down (VMs, box, pool,
+# daemons, namespace), also on failure. Needs root and an installed tree (npm ci: the package build uses its tools).
 # The root network namespace is never touched: libvirt's bridges, dnsmasq and NAT rules live in the lab namespace.
 set -euo pipefail
 started=$(date +%s)
@@ -18,7 +19,7 @@ export LAB_NET=${LAB_NET:-192.168.77}
 log() { printf '[lab:vagrant %4ss] %s\n' "$(( $(date +%s) - started ))" "$*"; }
 
 [ "$(id -u)" = 0 ] || { echo "lab:vagrant needs root (libvirtd, network namespaces): sudo npm run lab:vagrant" >&2; exit 1; }
-[ -f "$repo/dist/cli/main.js" ] && [ -d "$repo/node_modules" ] || { echo "lab:vagrant needs a built tree: run npm ci first" >&2; exit 1; }
+[ -d "$repo/node_modules/typescript" ] || { echo "lab:vagrant builds the .deb from this checkout: run npm ci first" >&2; exit 1; }
 
 packages=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu dnsmasq-base qemu-system-x86 qemu-utils debootstrap zstd openssh-client rsync)
 missing=()
@@ -123,6 +124,12 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT INT TERM
+
+# The app VM installs meshctl from this .deb (gzip: xz would cost a minute more here, for nothing).
+log "building the meshctl .deb"
+mkdir -p "$scratch/deb"
+bash "$repo/scripts/package-deb.sh" --out "$scratch/deb" --compression gzip --no-lintian >/dev/null
+export LAB_DEB_DIR="$scratch/deb"
 
 ip netns del "$ns" 2>/dev/null || true
 ip netns add "$ns"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Vagrant lab's checks, run from the host after `vagrant up` (in vagrant/): outbound and inbound interception on
-# the app VM, a proxy restart under load with no failed connection, a reboot (capture back and in sync), and a clean
-# `meshctl service uninstall` (ruleset exactly as before install). Prints PASS/FAIL per check and a summary; exit 1
-# on any failure. LAB_SSH_CONFIG (from `vagrant ssh-config`) makes each remote command a plain ssh (much faster).
+# the app VM (meshctl from its .deb), a proxy restart under load with no failed connection, a reboot (capture back
+# and in sync), `apt-get remove meshctl` (ruleset exactly as before install) and `apt-get purge meshctl` (nothing
+# left but the meshproxy user). Prints PASS/FAIL per check and a summary; exit 1 on any failure. LAB_SSH_CONFIG
+# (from `vagrant ssh-config`) makes each remote command a plain ssh (much faster).
 set -uo pipefail
 cd "$(dirname "$0")"
 net=${LAB_NET:-192.168.77}
@@ -68,13 +69,20 @@ greeting=$(on peer "lab-client $app_ip 8080")
 [ $rc = 0 ] && [ $rc2 = 0 ] && [ "$greeting" = "app saw 127.0.0.6" ]
 check "reboot: after a reboot of the app VM capture is back, in sync, and intercepting" $? "service status exit $rc, status exit $rc2, greeting '$greeting'"
 
-# Uninstall: everything gone, ruleset exactly as before install.
-out=$(on app 'sudo meshctl service uninstall'); rc=$?
+# Removal: the package's prerm stops capture (the ledger's rules go), then the proxy; ruleset exactly as before install.
+out=$(on app 'sudo DEBIAN_FRONTEND=noninteractive apt-get remove -y meshctl'); rc=$?
 diff=$(on app "{ sudo iptables-save; sudo ip6tables-save; } | grep -v '^#' | sed 's/ \\[[0-9]*:[0-9]*\\]\$//' | diff /var/lib/lab/rules-before.txt - && echo SAME")
 units=$(on app 'systemctl list-unit-files "meshctl*" --no-legend | wc -l')
 greeting=$(on peer "lab-client $app_ip 8080")
 [ $rc = 0 ] && [ "$(echo "$diff" | tail -n1)" = SAME ] && [ "$units" = 0 ] && [ "$greeting" = "app saw $peer_ip" ]
-check "uninstall: meshctl service uninstall leaves the ruleset exactly as before install, no units, traffic direct" $? "exit $rc, diff: $diff, units $units, greeting '$greeting'"
+check "remove: apt-get remove meshctl leaves the ruleset exactly as before install, no units, traffic direct" $? "exit $rc, diff: $diff, units $units, greeting '$greeting'"
+
+# Purge: the config and the state go; the meshproxy user stays (Debian policy).
+on app 'sudo DEBIAN_FRONTEND=noninteractive apt-get purge -y meshctl' >/dev/null; rc=$?
+left=$(on app 'sudo find /etc /usr /var /run -xdev -name "*meshctl*" | head -n 5')
+user=$(on app 'getent passwd meshproxy | cut -d: -f1')
+[ $rc = 0 ] && [ -z "$left" ] && [ "$user" = meshproxy ]
+check "purge: apt-get purge meshctl leaves no meshctl file or state, only the meshproxy user" $? "exit $rc, left: $left, user '$user'"
 
 echo "== summary"
 printf '%s\n' "${results[@]}"

@@ -1,21 +1,20 @@
 #!/bin/sh
-# Provisions one lab VM from the synced meshctl tree at /opt/meshctl.
-#   provision.sh app  APP_IP PEER_IP   meshctl as a systemd service, a server app on :8080, the client
+# Provisions one lab VM from the synced packages (/opt/meshctl-deb: meshctl_*.deb) and lab files (/opt/meshctl-lab).
+#   provision.sh app  APP_IP PEER_IP   meshctl from its .deb, run as a systemd service; a server app on :8080; the client
 #   provision.sh peer APP_IP PEER_IP   servers on :9000 and :9999, the client
 set -eu
 role=$1 app_ip=$2 peer_ip=$3
-tree=/opt/meshctl
+debs=/opt/meshctl-deb
+lab=/opt/meshctl-lab
+export DEBIAN_FRONTEND=noninteractive
 
-# Node >= 20: the box's (the offline lab box has it in /usr/local/bin), else Debian's when new enough.
-node_ok() { command -v node >/dev/null 2>&1 && [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ]; }
-if ! node_ok; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
-  node_ok || { echo "provision: meshctl needs Node.js >= 20; this box has $(node --version 2>/dev/null || echo none). Use a box with Node 20 (Debian trixie) or install it first." >&2; exit 1; }
+# node for the lab's own apps (any version: they use only node:net); meshctl brings its own runtime.
+if ! command -v node >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
 fi
-for tool in iptables ip; do command -v $tool >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null; break; }; done
 
 install -d /opt/lab
-install -m 0755 "$tree/vagrant/lab-apps.mjs" /opt/lab/lab-apps.mjs
+install -m 0755 "$lab/lab-apps.mjs" /opt/lab/lab-apps.mjs
 cat > /usr/local/bin/lab-client <<'SH'
 #!/bin/sh
 # lab-client HOST PORT [loop STOPFILE]: one connection (prints the server's greeting), or a loop (prints a JSON summary)
@@ -45,8 +44,15 @@ if [ "$role" = app ]; then
   # The ruleset before meshctl, for the uninstall check.
   install -d /var/lib/lab
   { iptables-save; ip6tables-save; } | grep -v '^#' | sed 's/ \[[0-9]*:[0-9]*\]$//' > /var/lib/lab/rules-before.txt
-  "$tree/bin/meshctl" service install --config "$tree/vagrant/app-config.yaml"
-  "$tree/bin/meshctl" service status
+  # The newest package (versions in sort -V order); apt brings any dependency the box lacks.
+  deb=$(for f in "$debs"/meshctl_*.deb; do [ -f "$f" ] && printf '%s %s\n' "$(dpkg-deb -f "$f" Version)" "$f"; done |
+    sort -k1,1V | tail -n1 | cut -d' ' -f2-)
+  [ -n "$deb" ] || { echo "provision: no meshctl_*.deb in LAB_DEB_DIR (synced to $debs): run npm run package first" >&2; exit 1; }
+  apt-get install -y -qq "$deb" >/dev/null
+  # The package's conffile takes the lab's config; `service install` then starts the packaged units.
+  install -m 0644 "$lab/app-config.yaml" /etc/meshctl/config.yaml
+  meshctl service install
+  meshctl service status
 else
   server_unit peer 9000
   server_unit unmanaged 9999
