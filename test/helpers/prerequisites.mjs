@@ -41,6 +41,7 @@ export const TOOLS = {
   'g++': 'g++',
   make: 'make',
   python3: 'python3',
+  dig: 'dnsutils',
 };
 
 /** The one apt-get line for all of them (README, first screen). */
