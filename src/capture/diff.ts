@@ -6,6 +6,10 @@ import { type Family } from '../values/ip.js';
 import { type PortRange } from '../values/ports.js';
 import { isOwnedRule, type SaveDump, type SavedRule, type SavedRuleShape } from './parse-save.js';
 
+/**
+ * One family's drift as rule objects (for the xtables driver and tests). Not a DriftReport: that is the
+ * backend-neutral text every driver produces (nftables compares listings and has no rule objects to hold).
+ */
 export interface FamilyDiff {
   readonly family: Family;
   readonly inSync: boolean;

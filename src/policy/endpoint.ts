@@ -5,7 +5,7 @@
 import type { Family } from '../values/ip.js';
 import { hostPortText } from '../values/addresses.js';
 
-/** What relay.ts connects to: created once per endpoint, so picking an endpoint allocates nothing. */
+/** What the proxy's Connection (src/proxy/connection.ts) connects to: created once per endpoint, so picking an endpoint allocates nothing. */
 export interface EndpointRoute {
   readonly kind: 'connect';
   readonly host: string;

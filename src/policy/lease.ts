@@ -1,9 +1,9 @@
-// The narrow contract between the proxy's connection (src/proxy/relay.ts) and the policy attached to it at accept:
+// The narrow contract between the proxy's connection (src/proxy/connection.ts) and the policy attached to it at accept:
 // the policy starts the upstream side, may retry a failed connect elsewhere, and is released exactly once when the
 // connection closes (giving back circuit-breaker, endpoint and inbound-limit counts).
 import type { RefusalReason } from './refusals.js';
 
-/** A route the connection can connect to (relay.ts's connect route). */
+/** A route the connection can connect to (the `connect` Route of src/proxy/routing.ts). */
 export interface LeaseRoute {
   readonly kind: 'connect';
   readonly host: string;

@@ -1,9 +1,9 @@
 // Decides where an accepted connection goes: outbound to its original destination, inbound to the local app
 // (from the passthrough source address), or nowhere when it was not redirected or points back at the proxy.
 // Under TPROXY (capture.inbound.mode tproxy) an inbound connection's destination is its own local endpoint.
-// Pure: the caller passes the host's local addresses; nothing here touches a socket.
+// Pure: the caller reads the host's interface addresses (worker.ts) and passes them in; nothing here touches a
+// socket or the host.
 import { isIPv4 } from 'node:net';
-import { networkInterfaces } from 'node:os';
 import type { ProxyConfig } from '../config/types.js';
 import type { Direction } from './metrics.js';
 import type { RefusalReason } from '../policy/refusals.js';
@@ -13,19 +13,12 @@ export type Route =
   | { readonly kind: 'connect'; readonly host: string; readonly port: number; readonly localAddress: string | null }
   | { readonly kind: 'refuse'; readonly reason: RefusalReason };
 
-/** The addresses that reach this host: every interface address plus the loopback and unspecified ranges. */
+/** The addresses that reach this host: the interface addresses the caller read, plus the loopback and unspecified ranges. */
 export class LocalAddresses {
   private set = new Set<string>();
 
   constructor(addresses: Iterable<string> = []) {
     for (const a of addresses) this.set.add(normalize(a));
-  }
-
-  /** Reads the current interface addresses (os.networkInterfaces); call again after an address change. */
-  static fromHost(): LocalAddresses {
-    const list: string[] = [];
-    for (const entries of Object.values(networkInterfaces())) for (const e of entries ?? []) list.push(e.address);
-    return new LocalAddresses(list);
   }
 
   has(address: string): boolean {

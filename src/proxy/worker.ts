@@ -1,6 +1,7 @@
 // The data plane of one process: listeners → accept → original destination → route → relay, with the
 // connection registry that the sweep, the admin tables, drain and reload work on.
 import type { Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/types.js';
 import { isMeshctlError } from '../errors.js';
@@ -35,6 +36,11 @@ export interface WorkerStats {
   readonly active: number;
   readonly metrics: MetricsSnapshot;
   readonly policy: PolicySnapshot;
+}
+
+/** The host's interface addresses now (os.networkInterfaces): read again per check, as addresses come and go. */
+export function hostAddresses(): string[] {
+  return Object.values(networkInterfaces()).flatMap((entries) => (entries ?? []).map((e) => e.address));
 }
 
 function specKey(spec: ListenerSpec): string {
@@ -197,7 +203,7 @@ export class ProxyWorker implements ConnectionOwner {
       this.onSelfLoop?.({ uid: this.ownUid, source: conn.source, originalDst: `${dst.family === 'ipv6' ? `[${dst.address}]` : dst.address}:${dst.port}`, count: this.selfLoops });
       return;
     }
-    if (this.ownPorts.has(dst.port)) this.local = LocalAddresses.fromHost();
+    if (this.ownPorts.has(dst.port)) this.local = new LocalAddresses(hostAddresses());
     const route = routeConnection(
       direction,
       dst,

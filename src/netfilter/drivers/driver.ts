@@ -17,7 +17,10 @@ export interface ApplyStep {
 /** Where a transition goes: the rules of a plan, objects recorded in the ledger, or nothing of ours at all. */
 export type TransitionTarget = { readonly kind: 'plan'; readonly plan: CapturePlan } | { readonly kind: 'objects'; readonly objects: OwnedObjects } | { readonly kind: 'none' };
 
-/** Drift of one family (or of `table inet meshctl`) against a plan, as display text. */
+/**
+ * Drift of one family (or of `table inet meshctl`) against a plan, as display text. Not a FamilyDiff (capture/diff.ts):
+ * this form is shared by both backends; xtables renders its FamilyDiff into it, nftables builds it from a listing diff.
+ */
 export interface DriftReport {
   readonly label: string;
   readonly inSync: boolean;

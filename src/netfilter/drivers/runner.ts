@@ -34,7 +34,11 @@ export interface NetfilterRunner {
   nft(script: string, options: { check: boolean }): Promise<void>;
   /** `nft list ruleset`. */
   list(): Promise<string>;
-  /** Any other read-only command in the namespace (ip, cat of a /proc/sys file). Never throws on exit status. */
+  /**
+   * Any other command in the namespace, reads and changes alike: `ip rule|route|addr` show and add/del (routes.ts),
+   * `nft -f -` deleting empty leftovers (nft-tidy.ts), `cat` of a /proc/sys file. Never throws on exit status: the
+   * caller checks `exitCode` and names what it was doing.
+   */
   exec(command: string, args: readonly string[], options?: { input?: string }): Promise<ExecResult>;
 }
 
