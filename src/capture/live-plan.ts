@@ -324,7 +324,7 @@ function formatValue(value: unknown): string {
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** Which rule-shaping config fields differ between the installed config (ledger) and the current one. */
-export function diffConfigFields(installed: Config, current: Config): FieldDifference[] {
+function diffConfigFields(installed: Config, current: Config): FieldDifference[] {
   const out: FieldDifference[] = [];
   const walk = (a: unknown, b: unknown, path: string) => {
     if (isRecord(a) && isRecord(b) && !('from' in a) && !('prefix' in a)) {

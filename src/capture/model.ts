@@ -84,7 +84,7 @@ export interface CapturePlan {
   readonly loopbackAddresses: readonly LoopbackAddress[];
 }
 
-export const CHAIN_PREFIX = 'MESHCTL_';
+const CHAIN_PREFIX = 'MESHCTL_';
 export const COMMENT_PREFIX = 'meshctl:';
 
 /** The built-in chains of each table (the ones a rule of ours may jump from). */

@@ -87,7 +87,7 @@ export function renderRule(rule: Rule, family: FamilyPlan['family']): string {
 }
 
 /** The tables a plan touches, in iptables-save order. */
-export function planTables(plan: FamilyPlan): Table[] {
+function planTables(plan: FamilyPlan): Table[] {
   return TABLES.filter((t) => plan.chains.some((c) => c.table === t) || plan.rules.some((r) => r.table === t));
 }
 

@@ -18,7 +18,7 @@ import { BUILTIN_CHAINS, COMMENT_PREFIX, TABLES, type CapturePlan, type CtState,
 import { type Family } from '../values/ip.js';
 
 export const NFT_TABLE = 'meshctl';
-export const NFT_FAMILY_TAG: Readonly<Record<Family, string>> = { ipv4: 'v4', ipv6: 'v6' };
+const NFT_FAMILY_TAG: Readonly<Record<Family, string>> = { ipv4: 'v4', ipv6: 'v6' };
 
 interface Hook {
   readonly type: 'filter' | 'nat' | 'route';
@@ -55,7 +55,7 @@ const HOOKS: Readonly<Record<Table, Readonly<Record<string, Hook>>>> = {
 };
 
 /** Name of the base chain for an iptables built-in chain: `nat_output`. */
-export function nftBaseChainName(table: Table, builtin: string): string {
+function nftBaseChainName(table: Table, builtin: string): string {
   return `${table}_${builtin.toLowerCase()}`;
 }
 

@@ -6,7 +6,7 @@ import { isMeshctlError } from '../errors.js';
 /** Exit statuses shared by all commands; documented in README.md. */
 export const EXIT = { ok: 0, error: 1, usage: 2, notInstalled: 3, drifted: 4, proxyNotReady: 5 } as const;
 
-export function formatError(error: unknown, debug: boolean): string {
+function formatError(error: unknown, debug: boolean): string {
   if (isMeshctlError(error)) {
     const lines = [`meshctl: ${error.code}: ${error.message}`];
     for (const detail of error.details) lines.push(`  ${detail}`);

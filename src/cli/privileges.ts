@@ -18,7 +18,7 @@ const NEEDS_ROOT: Readonly<Record<string, string>> = {
 };
 
 /** `install`, `service install`: the command's names below the program. */
-export function commandPath(command: Command): string {
+function commandPath(command: Command): string {
   const names: string[] = [];
   for (let c: Command | null = command; c?.parent; c = c.parent) names.unshift(c.name());
   return names.join(' ');

@@ -20,7 +20,7 @@ export function socketFd(socket: Socket): number {
 }
 
 /** The address family of the socket itself (an IPv4-mapped IPv6 address counts as IPv4). */
-export function socketFamily(socket: Socket): Family {
+function socketFamily(socket: Socket): Family {
   const local = socket.localAddress;
   return local !== undefined && isIPv6(local) && !local.startsWith('::ffff:') ? 'ipv6' : 'ipv4';
 }

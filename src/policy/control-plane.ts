@@ -16,7 +16,7 @@ import type { Logger } from '../log.js';
 const MAX_BODY_BYTES = 16 * 1024 * 1024;
 
 export type FetchResult = 'ok' | 'not-modified' | 'failed' | 'rejected';
-export const FETCH_RESULTS: readonly FetchResult[] = ['ok', 'not-modified', 'failed', 'rejected'];
+const FETCH_RESULTS: readonly FetchResult[] = ['ok', 'not-modified', 'failed', 'rejected'];
 
 export interface ControlPlaneStatus {
   readonly url: string;
@@ -33,7 +33,7 @@ export interface ControlPlaneStatus {
   readonly fetches: Readonly<Record<FetchResult, number>>;
 }
 
-export class ControlPlaneFetchError extends Error {}
+class ControlPlaneFetchError extends Error {}
 
 interface Fetched {
   readonly status: number;

@@ -15,7 +15,7 @@ export interface DnsServer {
   readonly port: number;
 }
 
-export class DnsQueryError extends Error {
+class DnsQueryError extends Error {
   constructor(
     message: string,
     /** Whether another server might answer (timeouts, SERVFAIL) rather than a definite answer. */

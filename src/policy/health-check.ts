@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import type { Endpoint } from './endpoint.js';
 
 /** One TCP connect check; resolves true when the connection was established within `timeoutMs`. */
-export function probeTcp(host: string, port: number, timeoutMs: number): Promise<boolean> {
+function probeTcp(host: string, port: number, timeoutMs: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect({ host, port });
     const finish = (ok: boolean) => {

@@ -12,7 +12,7 @@ export const INBOUND_REFUSALS = ['denied', 'rate-limited', 'over-capacity'] as c
 export type InboundRefusal = (typeof INBOUND_REFUSALS)[number];
 
 /** Counts of one inbound entry that outlive reloads (open connections release into them). */
-export class InboundPortState {
+class InboundPortState {
   active = 0;
   admitted = 0;
   readonly refused: Record<InboundRefusal, number> = { denied: 0, 'rate-limited': 0, 'over-capacity': 0 };

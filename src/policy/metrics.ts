@@ -45,7 +45,7 @@ export interface PolicySnapshot {
   discovery: WatchInfo[];
 }
 
-export function emptyPolicySnapshot(): PolicySnapshot {
+function emptyPolicySnapshot(): PolicySnapshot {
   return { services: {}, inbound: {}, discovery: [] };
 }
 

@@ -11,7 +11,7 @@ export type RegistryEntry<T> =
   | { readonly kind: 'cidr'; readonly cidr: Cidr; readonly port: number; readonly value: T };
 
 /** Canonical address text (RFC 5952 for IPv6) so that `fd00:0::1` and `fd00::1` are one key. */
-export function canonicalAddress(address: string): string {
+function canonicalAddress(address: string): string {
   const ip = parseIp(address);
   return ip ? formatIp(ip) : address;
 }

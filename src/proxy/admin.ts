@@ -11,7 +11,7 @@ import { parseSourceQuery } from './recent-connections.js';
  * /connections and /lookup (every app's peers and destinations), POST /drain. Read-only health and metrics
  * (/ready, /stats, /metrics, /contract) stay open to every local user, for probes and Prometheus.
  */
-export const PRIVILEGED_PATHS: ReadonlySet<string> = new Set(['/config', '/connections', '/lookup', '/drain']);
+const PRIVILEGED_PATHS: ReadonlySet<string> = new Set(['/config', '/connections', '/lookup', '/drain']);
 
 /** The uid owning the client's socket (its peer credentials), and whether that uid may use privileged paths. */
 export type AdminAuthorizer = (socket: Socket) => { readonly allowed: boolean; readonly uid: number; readonly who: string };

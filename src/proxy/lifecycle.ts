@@ -49,9 +49,9 @@ export interface ProxyExit {
 
 const RELOAD_DEBOUNCE_MS = 200;
 /** /ready stays not-ready this long after the last refused self-loop (they recur while the rules are wrong). */
-export const SELF_LOOP_UNREADY_MS = 10_000;
+const SELF_LOOP_UNREADY_MS = 10_000;
 
-export function workerCount(config: Config): number {
+function workerCount(config: Config): number {
   return config.proxy.workers === 'auto' ? availableParallelism() : config.proxy.workers;
 }
 
@@ -59,7 +59,7 @@ export function workerCount(config: Config): number {
  * Checks that this process's own connections are exempt from capture (its uid or gid is the proxy user's);
  * as root, switches to the proxy user first. Throws MeshctlError PROXY_USER_MISMATCH otherwise.
  */
-export function assumeProxyUser(config: Config, log: Logger): void {
+function assumeProxyUser(config: Config, log: Logger): void {
   const { uid, gid, name } = config.proxy.user;
   const who = name ? `${name} (uid ${uid}, gid ${gid})` : `uid ${uid}, gid ${gid}`;
   if (process.getuid?.() === 0 && uid !== 0) {
@@ -475,7 +475,7 @@ export function contractChanges(running: CaptureContract, next: CaptureContract)
  * mesh serves) may not. The client's uid comes from its socket, by the same sock_diag lookup as the self-loop
  * check: the client's socket sees the connection as going to our local address and port.
  */
-export function adminAuthorizer(log: Logger): AdminAuthorizer {
+function adminAuthorizer(log: Logger): AdminAuthorizer {
   const own = process.geteuid?.() ?? -1;
   const who = own === 0 ? 'root' : `root and the proxy's user (uid ${own})`;
   return (socket) => {

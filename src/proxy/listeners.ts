@@ -12,7 +12,7 @@ import { isTransparent, transparentListen } from '../native/addon.js';
 import type { Direction } from './metrics.js';
 
 export type ListenerName = 'outbound' | 'inbound' | 'outbound6' | 'inbound6';
-export const LISTENER_NAMES: readonly ListenerName[] = ['outbound', 'inbound', 'outbound6', 'inbound6'];
+const LISTENER_NAMES: readonly ListenerName[] = ['outbound', 'inbound', 'outbound6', 'inbound6'];
 
 export interface ListenerSpec {
   readonly name: ListenerName;

@@ -7,10 +7,10 @@ export const DIRECTIONS: readonly Direction[] = ['outbound', 'inbound'];
 
 /** How a connection ended (the access log's `result`). */
 export type EndResult = 'FIN' | 'RST' | 'timeout' | 'refused' | 'connect-failed' | 'drain';
-export const END_RESULTS: readonly EndResult[] = ['FIN', 'RST', 'timeout', 'refused', 'connect-failed', 'drain'];
+const END_RESULTS: readonly EndResult[] = ['FIN', 'RST', 'timeout', 'refused', 'connect-failed', 'drain'];
 
 /** Upper bounds (seconds) of the upstream connect latency histogram. */
-export const CONNECT_BUCKETS_S: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const CONNECT_BUCKETS_S: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 export interface Histogram {
   /** Cumulative-free counts per bucket of CONNECT_BUCKETS_S, plus one overflow slot at the end. */
@@ -45,7 +45,7 @@ function emptyDirection(): DirectionCounters {
   return { accepted: 0, active: 0, closed, bytesFromClient: 0, bytesFromUpstream: 0, connectLatency: emptyHistogram() };
 }
 
-export function emptySnapshot(): MetricsSnapshot {
+function emptySnapshot(): MetricsSnapshot {
   return {
     directions: { outbound: emptyDirection(), inbound: emptyDirection() },
     refusals: Object.fromEntries(REFUSAL_REASONS.map((r) => [r, 0])) as Record<RefusalReason, number>,

@@ -12,7 +12,7 @@ import { endpoint, type ConnState } from './connection.js';
 /** Closed connections kept per worker. */
 export const RECENT_CAPACITY = 256;
 
-/** What the ring reads from a connection at close (src/proxy/relay.ts Connection has these). */
+/** What the ring reads from a connection at close (src/proxy/connection.ts Connection has these). */
 export interface ClosedConnection {
   readonly id: string;
   readonly direction: Direction;
@@ -99,7 +99,7 @@ function dstText(dst: OriginalDst | null): string | null {
 }
 
 /** The lookup row of a connection still in the live table. */
-export function liveRow(conn: LiveConnection, now: number): SourceLookupRow {
+function liveRow(conn: LiveConnection, now: number): SourceLookupRow {
   return {
     id: conn.id,
     direction: conn.direction,

@@ -78,7 +78,7 @@ function writeIfChanged(path: string, text: string, mode = 0o644): FileAction {
 }
 
 /** The layout of this meshctl tree: the Debian package's when its build left the marker, else the default. */
-export function installedLayout(): ServiceLayout {
+function installedLayout(): ServiceLayout {
   let packagedBy: string | null = null;
   try {
     packagedBy = readFileSync(PACKAGED_MARKER, 'utf8').trim();

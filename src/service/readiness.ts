@@ -90,7 +90,7 @@ export async function waitReady(endpoint: AdminEndpoint, options: { timeoutMs: n
  * `ip netns exec NETNS node bin/meshctl proxy-ready`). Returns the probe; throws COMMAND_FAILED when the
  * helper cannot run at all (NETNS_NOT_FOUND when the namespace does not exist).
  */
-export async function waitReadyInNetns(netns: string, endpoint: AdminEndpoint, options: { timeoutMs: number; contract?: boolean }): Promise<ReadyProbe> {
+async function waitReadyInNetns(netns: string, endpoint: AdminEndpoint, options: { timeoutMs: number; contract?: boolean }): Promise<ReadyProbe> {
   const args = ['netns', 'exec', netns, process.execPath, MESHCTL_BIN, 'proxy-ready', '--admin', endpointText(endpoint), '--timeout', `${options.timeoutMs}ms`, '--json',
     ...(options.contract ? ['--contract'] : [])];
   const result = await execa('ip', args, { reject: false, timeout: options.timeoutMs + 15_000 });

@@ -20,10 +20,6 @@ export interface IpAddress {
 
 const BITS: Record<Family, number> = { ipv4: 32, ipv6: 128 };
 
-export function familyBits(family: Family): number {
-  return BITS[family];
-}
-
 /** Parses an IPv4 or IPv6 address (IPv4-mapped IPv6 stays IPv6); returns null when it is not one. */
 export function parseIp(text: string): IpAddress | null {
   if (isIPv4(text)) {

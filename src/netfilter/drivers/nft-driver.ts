@@ -3,7 +3,7 @@
 import type { CapturePlan } from '../../capture/model.js';
 import { NFT_TABLE, normalizeNftListing, renderNft, renderNftDelete, renderNftTable } from '../../capture/render-nft.js';
 import type { Logger } from '../../log.js';
-import type { ApplyStep, BackendDriver, DriftReport, KernelState, TransitionTarget } from './driver.js';
+import { inSyncReport, type ApplyStep, type BackendDriver, type DriftReport, type KernelState, type TransitionTarget } from './driver.js';
 import type { OwnedObjects, Snapshot } from './objects.js';
 import type { NetfilterRunner } from './runner.js';
 
@@ -16,7 +16,7 @@ interface NftState extends KernelState {
 const HEADER = `table inet ${NFT_TABLE} {`;
 
 /** Splits `nft list ruleset` into our table block and everything else. */
-export function splitRuleset(ruleset: string): { ours: string; rest: string } {
+function splitRuleset(ruleset: string): { ours: string; rest: string } {
   const ours: string[] = [];
   const rest: string[] = [];
   let inside = false;
@@ -94,7 +94,7 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
       if (plan.families.length === 0 && actualText === '') return [];
       const expected = plan.families.length > 0 ? normalizeNftListing(renderNftTable(plan)).split('\n') : [];
       const actual = actualText === '' ? [] : normalizeNftListing(actualText).split('\n');
-      if (expected.join('\n') === actual.join('\n')) return [{ label: 'inet', inSync: true, missingChains: [], extraChains: [], missing: [], extra: [], outOfOrder: [] }];
+      if (expected.join('\n') === actual.join('\n')) return [inSyncReport('inet')];
       const missing = linesMinus(expected, actual);
       const extra = linesMinus(actual, expected);
       const isChain = (l: string) => l.startsWith('chain ') || l.startsWith('table ');

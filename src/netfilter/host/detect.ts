@@ -8,7 +8,7 @@ import type { Backend, BackendChoice } from '../../config/types.js';
 import { MeshctlError } from '../../errors.js';
 import { xtablesBinary, type NetfilterRunner, type XtablesBackend } from '../drivers/runner.js';
 
-export const BACKENDS: readonly Backend[] = ['iptables-legacy', 'iptables-nft', 'nftables'];
+const BACKENDS: readonly Backend[] = ['iptables-legacy', 'iptables-nft', 'nftables'];
 
 /** Tables iptables-nft creates in nftables; any other table in `nft list tables` is native nftables. */
 const XTABLES_NFT_TABLES = new Set(['ip filter', 'ip nat', 'ip mangle', 'ip raw', 'ip security', 'ip6 filter', 'ip6 nat', 'ip6 mangle', 'ip6 raw', 'ip6 security']);

@@ -77,7 +77,7 @@ const FEATURES: readonly Feature[] = [
 ];
 
 /** Which features a config's plan uses (by the targets and matches it renders). */
-export function neededFeatures(config: Config | null): Set<string> {
+function neededFeatures(config: Config | null): Set<string> {
   const needed = new Set(['nat table', 'owner match', 'comment match', 'multiport match', 'REDIRECT target']);
   if (!config) return needed;
   const plan = planCapture(config);

@@ -25,7 +25,7 @@ function detailsOf(error: unknown): string[] {
  * Brings `labels` (families) back to the fallback. Returns what was restored; throws ROLLBACK_FAILED when the
  * kernel refuses, naming the families that may be half-changed.
  */
-export async function rollBack(driver: BackendDriver, fallback: TransitionTarget, labels: readonly string[], log: Logger, original: unknown): Promise<string[]> {
+async function rollBack(driver: BackendDriver, fallback: TransitionTarget, labels: readonly string[], log: Logger, original: unknown): Promise<string[]> {
   if (labels.length === 0) return [];
   try {
     const state = await driver.read();
