@@ -90,6 +90,9 @@ export function missingPrerequisite({ env = process.env, uid = process.getuid?.(
 
 /** vitest globalSetup: fails the whole run at once, in one line, when something is missing. */
 export default function setup() {
+  // Each vitest project runs the global setup; check and speak once per run.
+  if (process.env.MESHCTL_PREREQUISITES_CHECKED === '1') return;
+  process.env.MESHCTL_PREREQUISITES_CHECKED = '1';
   const problem = missingPrerequisite();
   if (problem !== null) {
     process.stderr.write(`${problem}\n`);
