@@ -77,8 +77,21 @@ strip --remove-section=.comment --remove-section=.note "$lib/node/bin/node"
 install -m 0644 "$runtime/LICENSE" "$lib/node/LICENSE"
 
 # ---- the program: dist/ compiled from src/, production dependencies, no lifecycle scripts ----------------------
-log "compiling src/ into the package (tsc)"
-(cd "$repo" && npx tsc -p tsconfig.build.json --outDir "$lib/dist" --sourceMap false >&2)
+# Cached by what tsc reads (a rebuild with only another --version, as the upgrade test makes, reuses it).
+dist_key=$( { cd "$repo" && find src -type f -name '*.ts' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum;
+  cat tsconfig.json tsconfig.build.json node_modules/typescript/package.json; } | sha256sum | cut -c1-16)
+dist_cached="$cache/dist-$dist_key"
+if [ -d "$dist_cached" ]; then
+  log "dist/: cached compile $dist_key"
+else
+  log "compiling src/ into the package (tsc)"
+  rm -rf "$work/dist"
+  (cd "$repo" && npx tsc -p tsconfig.build.json --outDir "$work/dist" --sourceMap false >&2)
+  mkdir -p "$cache"
+  rm -rf "$cache"/dist-*   # one compile kept: the tree changes with every edit
+  cp -r "$work/dist" "$dist_cached.tmp" && mv "$dist_cached.tmp" "$dist_cached"
+fi
+cp -r "$dist_cached" "$lib/dist"
 cp "$repo/package.json" "$repo/package-lock.json" "$lib/"
 log "installing production dependencies (npm ci --omit=dev)"
 (cd "$lib" && npm ci --omit=dev --ignore-scripts --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null)
@@ -104,6 +117,7 @@ else
   (cd "$work/addon" && PATH="$runtime/bin:$PATH" "$runtime/bin/node" "$node_gyp" rebuild --nodedir="$runtime" --loglevel=error >"$work/node-gyp.log" 2>&1) ||
     { tail -n 40 "$work/node-gyp.log" >&2; echo "package-deb: node-gyp failed (log above)" >&2; exit 1; }
   strip --remove-section=.comment --remove-section=.note --strip-unneeded "$work/addon/build/Release/meshctl_native.node"
+  rm -f "$cache"/meshctl_native-*.node
   cp "$work/addon/build/Release/meshctl_native.node" "$addon_cached.tmp" && mv "$addon_cached.tmp" "$addon_cached"
 fi
 install -D -m 0644 "$addon_cached" "$lib/build/Release/meshctl_native.node"
