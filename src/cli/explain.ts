@@ -11,6 +11,8 @@ import { DnsClient, resolveAddresses } from '../policy/dns-client.js';
 import { explainProxy, type ProxyExplanation } from '../policy/explain.js';
 import { readHostContext } from '../netfilter/host/host-context.js';
 import { readExplainRules, type ExplainRules } from '../netfilter/host/live-plan.js';
+import { explainDnsName, type DnsExplanation } from '../dns/explain.js';
+import { UpstreamServers } from '../dns/resolv-conf.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
 
 /** Parses `1.2.3.4:80`, `[fd00::1]:80` (port required) or, with `portOptional`, a bare address. */
@@ -140,6 +142,13 @@ export function formatExplanation(flow: Flow, e: Explanation & { proxy?: ProxyEx
   return `${lines.join('\n')}\n`;
 }
 
+function formatDnsExplanation(e: DnsExplanation): string {
+  const lines = [`${e.name}: ${e.answeredBy === 'mesh' ? 'ANSWERED BY THE PROXY (mesh name)' : 'FORWARDED'}`, `  why: ${e.reason}`];
+  if (e.answeredBy === 'mesh') lines.push(`  A:    ${e.ipv4.join(', ') || '(none)'}`, `  AAAA: ${e.ipv6.join(', ') || '(none)'}`);
+  if (!e.served) lines.push('  note: capture.dns.enabled is false in this config: the proxy serves no DNS and apps ask their resolvers directly');
+  return `${lines.join('\n')}\n`;
+}
+
 export function register(program: Command): void {
   addConfigOptions(
     program
@@ -147,7 +156,8 @@ export function register(program: Command): void {
       .description('show whether a connection is intercepted by the rules in the kernel (the config\'s plan when nothing is installed, or with --plan), every rule it meets, the config field that decides, and what the proxy would do with it (service, endpoint choice, limits)')
       .option('--out', 'an outbound connection made by a local process')
       .option('--in', 'an inbound connection arriving from a peer')
-      .requiredOption('--dst <address:port>', 'destination, e.g. 10.0.3.4:5432 or [fd00::4]:5432')
+      .argument('[name]', 'with --dns: a host name, to show how the proxy\'s DNS server would answer it')
+      .option('--dst <address:port>', 'destination, e.g. 10.0.3.4:5432 or [fd00::4]:5432 (required unless --dns NAME)')
       .option('--src <address[:port]>', 'source: the peer (inbound) or the local address (outbound)')
       .option('--uid <uid>', 'outbound socket owner uid (default: yours)')
       .option('--user <name>', 'outbound socket owner by name')
@@ -157,7 +167,19 @@ export function register(program: Command): void {
       .option('--netns <name>', 'read the installed rules, local addresses and routes inside this network namespace')
       .option('--plan', 'explain the current config\'s plan instead of the rules in the kernel (what the config would do)')
       .option('--json', 'print { intercepted, toPort, verdict, trace, source, installId, backend, differences, ... } as JSON'),
-  ).action(async (options: Record<string, unknown>) => {
+  ).action(async (name: string | undefined, options: Record<string, unknown>, command: Command) => {
+    if (name !== undefined) {
+      if (!options.dns) throw new MeshctlError('EXPLAIN_INPUT', `unexpected argument "${name}": a host name goes with --dns`, 'to explain how a name is resolved: `meshctl explain --dns NAME`; for a connection: --out or --in with --dst');
+      // `--dns NAME` asks about DNS; it does not switch DNS capture on in the config being explained.
+      const config = await loadConfigFromOptions({ ...options, dns: undefined });
+      const e = explainDnsName(config, name, new UpstreamServers(config.outbound.resolver.servers));
+      process.stdout.write(options.json ? `${JSON.stringify(e, null, 2)}\n` : formatDnsExplanation(e));
+      return;
+    }
+    if (options.dst === undefined) {
+      const dst = command.options.find((o) => o.long === '--dst')!;
+      (command as unknown as { missingMandatoryOptionValue(option: unknown): never }).missingMandatoryOptionValue(dst);
+    }
     if (Boolean(options.out) === Boolean(options.in)) {
       throw new MeshctlError('EXPLAIN_INPUT', 'say which direction: exactly one of --out or --in', 'e.g. `meshctl explain --in --dst 10.0.0.5:22`');
     }

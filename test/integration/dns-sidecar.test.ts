@@ -136,6 +136,9 @@ describe.skipIf(!integrationEnabled)('DNS in the sidecar (app → capture → pr
     // about the name in lower case; the app's mixed-case query would have been forwarded as it was written).
     expect(upstream.queries.filter((q) => q.name === 'Api.Mesh.Internal')).toEqual([]);
     expect((await dnsStats()).answeredFrom.mesh).toBeGreaterThanOrEqual(4);
+    const explained = meshctl(['explain', '--dns', 'api.mesh.internal', '--config', configFile]);
+    expect(explained.stdout, explained.stderr).toContain(`api.mesh.internal: ANSWERED BY THE PROXY (mesh name)\n`);
+    expect(explained.stdout).toContain(`  A:    ${VIP.ipv4}\n  AAAA: ${VIP.ipv6}\n`);
   });
 
   it('forwards an external name to the upstream (from the proxy, not looped), then answers from the cache with a lower TTL', async () => {
