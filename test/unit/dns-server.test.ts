@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
 import { DnsCache, cacheLifetime } from '../../src/dns/cache.js';
 import { parseResolvConf } from '../../src/dns/resolv-conf.js';
+import { renderDnsPrometheus } from '../../src/dns/metrics.js';
 import { MESH_TTL_S } from '../../src/dns/responder.js';
 import { DnsServer, type DnsQueryLog } from '../../src/dns/server.js';
 import type { DnsAnswerRecord } from '../../src/dns/responder.js';
@@ -130,6 +131,12 @@ describe('the DNS server', () => {
     expect([rcode(none.p), none.p.answers, none.p.flag_aa]).toEqual(['NOERROR', [], true]);
     expect(upstream!.queries).toEqual([]);
     expect(server!.snapshot().answeredFrom).toMatchObject({ mesh: 4, upstream: 0 });
+    const text = renderDnsPrometheus(server!.snapshot());
+    expect(text).toContain('meshctl_dns_server_answered_total{from="mesh"} 4\n');
+    expect(text).toContain('meshctl_dns_server_queries_total{type="A"} 2\n');
+    expect(text).toContain('meshctl_dns_server_queries_by_transport_total{transport="tcp"} 1\n');
+    // Discovery's own meshctl_dns_* families (src/policy/metrics.ts) are other names: no family twice.
+    expect(text).not.toMatch(/meshctl_dns_(queries|failures)_total/);
   });
 
   it('forwards other names, then answers from the cache with the TTL counted down (upstream asked once)', async () => {
