@@ -44,7 +44,7 @@ describe.skipIf(!integrationEnabled)('install --confirm-within', () => {
     // ledger says installed (with the revert armed), before the installer may even have printed its result.
     // 6 s: the status check below must come before the deadline also on a loaded 2-core machine (3 s was not always).
     const installer = meshctlDetached(['install', ...args(ns, stateDir), '--confirm-within', '6s'], labEnv);
-    await waitFor(() => { const l = readLedger(dir); return (l?.state === 'installed' && l.confirm != null) || installer.exitCode !== null; }, 30_000, 'the install to complete with its revert armed');
+    await waitFor(() => { const l = readLedger(dir); return (l?.state === 'installed' && l.confirm !== null && l.confirm !== undefined) || installer.exitCode !== null; }, 30_000, 'the install to complete with its revert armed');
     try {
       process.kill(-installer.pid!, 'SIGKILL');
     } catch {

@@ -106,7 +106,7 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
     const reply = randomBytes(1 << 20);
     let serverGot = '';
     const upstream = createServer({ allowHalfOpen: true }, (s) => {
-      readAll(s).then((data) => {
+      void readAll(s).then((data) => {
         serverGot = sha(data);
         s.end(reply);
       });
