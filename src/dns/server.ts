@@ -47,6 +47,19 @@ export function planDnsListeners(config: Pick<Config, 'capture'>): DnsListenerSp
   return specs;
 }
 
+/** First fd systemd passes (SD_LISTEN_FDS_START). */
+const LISTEN_FDS_START = 3;
+
+/**
+ * The DNS sockets systemd passed, or null when it passed none: the last `dnsCount` of LISTEN_FDS (the socket
+ * unit lists them after the proxy's TCP listeners: per family a stream, then a datagram socket; IPv4 first).
+ */
+export function activatedDnsListeners(config: Pick<Config, 'capture'>, env: NodeJS.ProcessEnv, pid: number, dnsCount: number): DnsListenerSpec[] | null {
+  if (dnsCount === 0 || env.LISTEN_FDS === undefined || Number(env.LISTEN_PID) !== pid) return null;
+  const first = LISTEN_FDS_START + Number(env.LISTEN_FDS) - dnsCount;
+  return planDnsListeners(config).map((spec, i) => ({ ...spec, tcpFd: first + i * 2, udpFd: first + i * 2 + 1 }));
+}
+
 function isError(r: DnsAnswerRecord): boolean {
   return r.answeredFrom === 'error' || r.rcode === 'SERVFAIL' || r.rcode === 'REFUSED' || r.rcode === 'FORMERR' || r.rcode === 'NOTIMP';
 }

@@ -15,13 +15,13 @@ import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isAddonAvailable, isTransparent, peerOwner } from '../native/addon.js';
 import { socketFd } from '../native/original-dst.js';
-import { DnsServer, planDnsListeners, type DnsQueryLog } from '../dns/server.js';
+import { DnsServer, activatedDnsListeners, planDnsListeners, type DnsQueryLog } from '../dns/server.js';
 import { renderDnsPrometheus } from '../dns/metrics.js';
 import { ControlPlanePoller, controlPlaneReadyDetail, renderControlPlanePrometheus } from '../policy/control-plane.js';
 import { mergePolicySnapshots, renderPolicyPrometheus } from '../policy/metrics.js';
 import { AccessLog } from './access-log.js';
 import { startAdminServer, type AdminAuthorizer, type AdminHandlers } from './admin.js';
-import { listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
+import { activatedDnsCount, listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
 import { readListeningPorts, readProcessIds } from './live-contract.js';
 import { mergeSnapshots, renderPrometheus } from './metrics.js';
 import { RECENT_CAPACITY } from './recent-connections.js';
@@ -139,7 +139,10 @@ export class ProxySupervisor {
     try {
       await this.pool.start(this.config, this.specs);
       this.admin = await startAdminServer(this.handlers(), this.config.proxy.adminAddress, this.config.proxy.adminPort, adminAuthorizer(this.log));
-      if (this.config.capture.dns.enabled) this.dns = await DnsServer.start(this.config, planDnsListeners(this.config), this.dnsQueryLog(this.config), this.log);
+      if (this.config.capture.dns.enabled) {
+        const activated = activatedDnsListeners(this.config, env, process.pid, activatedDnsCount(this.config, Number(env.LISTEN_FDS ?? 0)));
+        this.dns = await DnsServer.start(this.config, activated ?? planDnsListeners(this.config), this.dnsQueryLog(this.config), this.log);
+      }
     } catch (error) {
       this.pool.forceStop();
       this.admin?.close();

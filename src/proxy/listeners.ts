@@ -46,12 +46,13 @@ export function planListeners(config: Pick<Config, 'proxy' | 'capture'>, env: No
   const { proxy } = config;
   const portOf = (name: ListenerName) => (name.startsWith('outbound') ? proxy.outboundPort : proxy.inboundPort);
   if (env.LISTEN_FDS !== undefined && env.LISTEN_PID !== undefined && Number(env.LISTEN_PID) === pid) {
-    const count = Number(env.LISTEN_FDS);
+    // The DNS server's sockets, when the unit passes them, follow these (src/dns/server.ts activatedDnsListeners).
+    const count = Number(env.LISTEN_FDS) - activatedDnsCount(config, Number(env.LISTEN_FDS));
     if (!Number.isInteger(count) || count < 1 || count > LISTENER_NAMES.length) {
       throw new MeshctlError('LISTEN_FAILED', `LISTEN_FDS=${env.LISTEN_FDS} from systemd socket activation: expected 1 to ${LISTENER_NAMES.length} sockets`,
         'give the proxy socket unit one ListenStream= per listener (outbound, inbound, outbound6, inbound6)');
     }
-    const given = (env.LISTEN_FDNAMES ?? '').split(':').filter((n) => n !== '');
+    const given = (env.LISTEN_FDNAMES ?? '').split(':').filter((n) => n !== '').slice(0, count);
     const known = given.filter((n): n is ListenerName => (LISTENER_NAMES as readonly string[]).includes(n));
     let names: ListenerName[];
     if (known.length === 0) {
@@ -73,6 +74,17 @@ export function planListeners(config: Pick<Config, 'proxy' | 'capture'>, env: No
     specs.push({ name: 'inbound6', ...describe('inbound6'), host: '::', port: proxy.inboundPort, fd: null });
   }
   return specs;
+}
+
+/**
+ * How many of `total` activated fds are the DNS server's: with capture.dns.enabled, a socket unit rendered by
+ * `meshctl service install` passes the proxy's TCP listeners (2, or 4 with IPv6 intercept) and then the DNS
+ * stream and datagram sockets per family (2 or 4); any other count has no DNS sockets.
+ */
+export function activatedDnsCount(config: Pick<Config, 'capture'>, total: number): number {
+  if (!config.capture.dns.enabled) return 0;
+  const perFamily = config.capture.ipv6 === 'intercept' ? 4 : 2;
+  return total === perFamily * 2 ? perFamily : 0;
 }
 
 /** Whether two listener sets bind the same sockets (so a reload can keep them). */

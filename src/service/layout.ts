@@ -120,10 +120,23 @@ export function listenStreams(config: Pick<Config, 'proxy' | 'capture'>): string
   return streams;
 }
 
+/**
+ * The DNS server's sockets (capture.dns.enabled), after the listen streams: per family a stream, then a datagram
+ * socket, as `meshctl proxy` reads them (src/dns/server.ts activatedDnsListeners).
+ */
+export function dnsListeners(config: Pick<Config, 'capture'>): { readonly kind: 'ListenStream' | 'ListenDatagram'; readonly address: string }[] {
+  if (!config.capture.dns.enabled) return [];
+  const { port } = config.capture.dns;
+  const hosts = config.capture.ipv6 === 'intercept' ? ['127.0.0.1', '[::1]'] : ['127.0.0.1'];
+  return hosts.flatMap((h) => [{ kind: 'ListenStream' as const, address: `${h}:${port}` }, { kind: 'ListenDatagram' as const, address: `${h}:${port}` }]);
+}
+
 /** The drop-ins for `config` with meshctl's tree at `packageRoot`. */
 export function renderDropIns(config: Pick<Config, 'proxy' | 'capture' | 'safety'>, layout: ServiceLayout, packageRoot: string = PACKAGE_ROOT): DropIn[] {
   const at = (unit: string): string => join(layout.dropInDir ?? layout.unitDir, `${unit}.d`, DROP_IN_NAME);
   const socket = [HEADER, '[Socket]', '# proxy.outboundPort, proxy.inboundPort, capture.ipv6', 'ListenStream=', ...listenStreams(config).map((s) => `ListenStream=${s}`)];
+  const dns = dnsListeners(config);
+  if (dns.length > 0) socket.push('# capture.dns.enabled, capture.dns.port: the DNS server (TCP, then UDP, per family)', ...dns.map((l) => `${l.kind}=${l.address}`));
   const proxy = [HEADER, '[Service]', `# proxy.drainTimeout = ${config.proxy.drainTimeoutMs} ms: stop = drain, then 5 s to exit`, `TimeoutStopSec=${stopTimeoutSeconds(config)}s`];
   if (underHome(packageRoot)) {
     proxy.push(`# meshctl runs from ${packageRoot}, which ProtectHome=yes would hide`, 'ProtectHome=read-only');

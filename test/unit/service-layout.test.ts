@@ -5,8 +5,9 @@ import { join } from 'node:path';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
+import { activatedDnsListeners } from '../../src/dns/server.js';
 import type { HostFacts } from '../../src/config/host-facts.js';
-import { planListeners } from '../../src/proxy/listeners.js';
+import { activatedDnsCount, planListeners } from '../../src/proxy/listeners.js';
 import { DEFAULT_CONFIG_TEXT, DEFAULT_LAYOUT, PACKAGE_ROOT, SHIPPED_UNIT_DIR, UNITS, captureEnvText, listenStreams, renderDropIns, stopTimeoutSeconds } from '../../src/service/layout.js';
 
 const host: HostFacts = {
@@ -32,6 +33,21 @@ describe('service layout', () => {
     const socket = renderDropIns(c, DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!;
     expect(socket.path).toBe('/etc/systemd/system/meshctl-proxy.socket.d/10-meshctl-config.conf');
     expect(values(socket.text, 'ListenStream')).toEqual(['', '127.0.0.1:16001', '0.0.0.0:16006']);
+  });
+
+  it('adds the DNS server\'s stream and datagram sockets after the listeners when DNS is captured, where the proxy reads them', () => {
+    const c = config({ capture: { dns: { enabled: true, port: 15053 } } });
+    const text = renderDropIns(c, DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!.text;
+    const listens = text.split('\n').filter((l) => /^Listen(Stream|Datagram)=./.test(l));
+    expect(listens).toEqual([...listenStreams(c).map((s) => `ListenStream=${s}`),
+      'ListenStream=127.0.0.1:15053', 'ListenDatagram=127.0.0.1:15053', 'ListenStream=[::1]:15053', 'ListenDatagram=[::1]:15053']);
+    const env = { LISTEN_PID: '42', LISTEN_FDS: String(listens.length) };
+    expect(planListeners(c, env, 42).map((s) => [s.name, s.fd])).toEqual([['outbound', 3], ['inbound', 4], ['outbound6', 5], ['inbound6', 6]]);
+    expect(activatedDnsListeners(c, env, 42, activatedDnsCount(c, listens.length))).toEqual([
+      { family: 'ipv4', host: '127.0.0.1', port: 15053, tcpFd: 7, udpFd: 8 },
+      { family: 'ipv6', host: '::1', port: 15053, tcpFd: 9, udpFd: 10 },
+    ]);
+    expect(renderDropIns(config(), DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!.text).not.toContain('ListenDatagram');
   });
 
   it('binds capture to the proxy only in fail-open mode', () => {
