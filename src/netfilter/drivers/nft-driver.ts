@@ -2,6 +2,8 @@
 // transaction (add + delete + define), so both families change in one atomic step.
 import type { CapturePlan } from '../../capture/model.js';
 import { NFT_TABLE, normalizeNftListing, renderNft, renderNftDelete, renderNftTable } from '../../capture/render-nft.js';
+import { COMMENT_PREFIX } from '../../capture/model.js';
+import { MeshctlError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import { inSyncReport, type ApplyStep, type BackendDriver, type DriftReport, type KernelState, type TransitionTarget } from './driver.js';
 import type { OwnedObjects, Snapshot } from './objects.js';
@@ -50,6 +52,18 @@ function linesMinus(a: readonly string[], b: readonly string[]): string[] {
   });
 }
 
+/** Our table carries a `meshctl:` comment on its rules; one without any (empty, or someone else's rules) is not ours. */
+export function isMarkedTable(listing: string): boolean {
+  return listing.includes(`comment "${COMMENT_PREFIX}`);
+}
+
+function refuseForeignTable(listing: string, doing: string): void {
+  if (listing === '' || isMarkedTable(listing)) return;
+  const rules = listing.split('\n').filter((l) => /^\t\t(?!type |policy )\S/.test(l)).length;
+  throw new MeshctlError('NOT_OWNED', `table inet ${NFT_TABLE} exists (${rules} rule(s), none with a meshctl: comment) but meshctl did not create it; ${doing} would replace or delete it`,
+    `if it is not in use, delete it (nft delete table inet ${NFT_TABLE}); otherwise rename the table that uses the name; then run the command again`);
+}
+
 export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDriver {
   const dlog = log.child({ component: 'nftables' });
   const asNft = (state: KernelState): NftState => state as NftState;
@@ -64,6 +78,7 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
       return state;
     },
     stepsTo(state, target: TransitionTarget) {
+      refuseForeignTable(asNft(state).table, target.kind === 'plan' ? 'install' : 'this change');
       const exists = asNft(state).table !== '';
       if (target.kind === 'plan' && target.plan.families.length > 0) return step(renderNft(target.plan));
       if (target.kind === 'objects' && target.objects.kind === 'nftables' && target.objects.listing !== '') {
@@ -73,7 +88,10 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
       }
       return exists ? step(renderNftDelete()) : [];
     },
-    stepsRemoving(state) {
+    stepsRemoving(state, objects) {
+      // Only what the ledger lists is removed, and only while it still carries our markers.
+      if (objects.kind !== 'nftables' || objects.listing === '') return [];
+      refuseForeignTable(asNft(state).table, 'uninstall');
       return asNft(state).table !== '' ? step(renderNftDelete()) : [];
     },
     async check(s) {

@@ -4,6 +4,8 @@ import { FAMILIES, type Family } from '../../values/ip.js';
 import { type CapturePlan, type FamilyPlan } from '../../capture/model.js';
 import { diffFamily, foreignView } from '../../capture/diff.js';
 import { parseSave, tokenizeSaveLine, type SaveDump } from '../../capture/parse-save.js';
+import { COMMENT_PREFIX, isOwnedChain } from '../../capture/model.js';
+import { MeshctlError } from '../../errors.js';
 import { renderRule } from '../../capture/render-iptables.js';
 import type { Logger } from '../../log.js';
 import type { ApplyStep, BackendDriver, DriftReport, KernelState, TransitionTarget } from './driver.js';
@@ -103,7 +105,35 @@ async function readFamilies(backend: XtablesBackend, runner: NetfilterRunner, dl
   return { backend, texts, dumps, unreadable };
 }
 
+/** MESHCTL_ chains of a dump that carry none of our markers (empty, or only rules without a `meshctl:` comment). */
+export function unmarkedChains(dump: SaveDump): { table: string; chain: string; rules: number }[] {
+  return dump.tables.flatMap((t) =>
+    t.chains
+      .filter((c) => !c.builtin && isOwnedChain(c.name))
+      .map((c) => ({ table: t.table, chain: c.name, rules: t.rules.filter((r) => r.chain === c.name) }))
+      .filter((c) => !c.rules.some((r) => r.comment !== null && r.comment.startsWith(COMMENT_PREFIX)))
+      .map((c) => ({ table: c.table, chain: c.chain, rules: c.rules.length })),
+  );
+}
+
+function notOwned(backend: string, family: Family, found: readonly { table: string; chain: string; rules: number }[], doing: string): MeshctlError {
+  const tool = `${family === 'ipv6' ? 'ip6tables' : 'iptables'}${backend === 'iptables-legacy' ? '-legacy' : '-nft'}`;
+  const list = found.map((c) => `${family} ${c.table} chain ${c.chain} (${c.rules === 0 ? 'empty' : `${c.rules} rule(s)`}, no meshctl: comment)`).join(', ');
+  const first = found[0]!;
+  return new MeshctlError('NOT_OWNED', `${list} is named like meshctl's chains but meshctl did not create it; ${doing} would flush or delete it`,
+    `if it is not in use, remove it (${tool} -t ${first.table} -F ${first.chain} && ${tool} -t ${first.table} -X ${first.chain}, after deleting the rules that jump to it); otherwise rename it out of the MESHCTL_ prefix; then run the command again`);
+}
+
+/** Throws NOT_OWNED when a family holds a MESHCTL_ chain without our markers: we never flush or delete one. */
+function refuseUnmarked(state: KernelState, doing: string): void {
+  for (const family of FAMILIES) {
+    const found = unmarkedChains(dumpOf(state, family));
+    if (found.length > 0) throw notOwned(state.backend, family, found, doing);
+  }
+}
+
 function stepsTo(state: KernelState, target: TransitionTarget): ApplyStep[] {
+  refuseUnmarked(state, target.kind === 'plan' ? 'install' : 'this change');
   return FAMILIES.flatMap((family) => {
     const dump = dumpOf(state, family);
     const wanted =
@@ -176,7 +206,12 @@ export function createXtablesDriver(backend: XtablesBackend, runner: NetfilterRu
     stepsRemoving(state, objects) {
       return FAMILIES.flatMap((family) => {
         const dump = dumpOf(state, family);
-        return stepFor(family, buildTransition(dump, presentIn(dump, familyObjects(objects, family)), []));
+        const present = presentIn(dump, familyObjects(objects, family));
+        // Only what the ledger lists is removed; a listed chain that now holds only unmarked rules is someone else's.
+        const listed = new Set(present.flatMap((t) => t.chains.map((c) => `${t.table} ${c}`)));
+        const taken = unmarkedChains(dump).filter((c) => c.rules > 0 && listed.has(`${c.table} ${c.chain}`));
+        if (taken.length > 0) throw notOwned(backend, family, taken, 'uninstall');
+        return stepFor(family, buildTransition(dump, present, []));
       });
     },
     async check(step) {
