@@ -15,9 +15,16 @@ interface FlagSpec {
   readonly kind: FlagKind;
   readonly help: string;
   readonly choices?: readonly string[];
+  /** Offered by `meshctl proxy` only. */
+  readonly proxyOnly: boolean;
 }
 
-const helpOf = (path: string, flag: FlagDoc): string => (flag.showDefault ? `${flag.help} (${String(schemaDefault(path))})` : flag.help);
+/** The help text, with the schema's default when the flag shows it (null, for a path, is stdout: "-"). */
+function helpOf(path: string, flag: FlagDoc): string {
+  if (!flag.showDefault) return flag.help;
+  const value = schemaDefault(path);
+  return `${flag.help} (${value === null ? '-' : String(value)})`;
+}
 
 /** The flags of the field table (src/config/fields.ts), in its order; choices and shown defaults from the schema. */
 export const CONFIG_FLAGS: readonly FlagSpec[] = FIELD_TABLE.flatMap((entry) =>
@@ -27,22 +34,23 @@ export const CONFIG_FLAGS: readonly FlagSpec[] = FIELD_TABLE.flatMap((entry) =>
         path: entry.path,
         kind: entry.parser.flag,
         help: helpOf(entry.path, entry.flag),
+        proxyOnly: entry.flag.proxyOnly === true,
         ...(entry.parser.choices ? { choices: entry.parser.choices } : {}),
       }]
     : []);
 
 const camel = (flag: string): string => flag.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
-const numeric = (text: string): string | number => (/^\d+$/.test(text) ? Number(text) : text);
+const numeric = (text: string): string | number => (/^\d+(\.\d+)?$/.test(text) ? Number(text) : text);
 
 /**
- * Adds --config and the config flags to a command: all of them, or those whose config path is in `only` (a command
- * lists only the flags whose values it reads; the file may still set every field).
+ * Adds --config and the config flags to a command: all of them but the proxy's own, or those whose config path is
+ * in `only` (a command lists only the flags whose values it reads; the file may still set every field).
  */
 export function addConfigOptions(command: Command, select: { only?: readonly string[] } = {}): Command {
   const unknown = select.only?.filter((path) => !CONFIG_FLAGS.some((spec) => spec.path === path)) ?? [];
   if (unknown.length > 0) throw new Error(`addConfigOptions: no config flag for ${unknown.join(', ')}`);
   command.option('-c, --config <file>', 'config file (YAML or JSON; default /etc/meshctl/config.yaml if present)');
-  for (const spec of CONFIG_FLAGS.filter((s) => select.only === undefined || select.only.includes(s.path))) {
+  for (const spec of CONFIG_FLAGS.filter((s) => (select.only === undefined ? !s.proxyOnly : select.only.includes(s.path)))) {
     const option = new Option(spec.kind === 'true' ? `--${spec.flag}` : `--${spec.flag} <value>`, spec.help);
     if (spec.choices) option.choices(spec.choices);
     command.addOption(option);
@@ -72,6 +80,9 @@ export function configOverrides(options: Record<string, unknown>): FlagOverride[
         break;
       case 'string':
         value = text;
+        break;
+      case 'nullable':
+        value = text === '-' ? null : text;
         break;
     }
     overrides.push({ path: spec.path, value, flag });

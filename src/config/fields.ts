@@ -28,12 +28,19 @@ type At<T, P extends string> = P extends `${infer K}.${infer R}`
 /** The part of Config the table builds. */
 export type ConfigBody = Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir'>;
 
-/** A command-line flag mirroring the field (`--proxy-outbound-port`); `showDefault` appends the schema's default. */
+/**
+ * A command-line flag mirroring the field (`--proxy-outbound-port`); `showDefault` appends the schema's default.
+ * `proxyOnly` flags set what only the running proxy reads: `meshctl proxy` offers them, the other commands do not.
+ */
 export interface FlagDoc {
   readonly name: string;
   readonly help: string;
   readonly showDefault?: boolean;
+  readonly proxyOnly?: boolean;
 }
+
+/** A flag of `meshctl proxy` alone, its help ending in the schema's default. */
+const proxyFlag = (name: string, help: string): FlagDoc => ({ name, help, showDefault: true, proxyOnly: true });
 
 export interface FieldEntry<T = unknown, To extends string | null = string | null> {
   readonly kind: 'field';
@@ -103,18 +110,20 @@ export const FIELDS = [
   field('proxy.inboundPort', port, { flag: { name: 'proxy-inbound-port', help: 'inbound listener port', showDefault: true } }),
   field('proxy.adminPort', port, { flag: { name: 'proxy-admin-port', help: 'admin port on 127.0.0.1', showDefault: true } }),
   constant('proxy.adminAddress', '127.0.0.1'),
-  field('proxy.workers', workers),
-  field('proxy.connectTimeout', duration, { to: 'proxy.connectTimeoutMs' }),
-  field('proxy.idleTimeout', durationOrOff, { to: 'proxy.idleTimeoutMs' }),
-  field('proxy.maxConnectionDuration', durationOrOff, { to: 'proxy.maxConnectionDurationMs' }),
-  field('proxy.halfCloseTimeout', duration, { to: 'proxy.halfCloseTimeoutMs' }),
-  field('proxy.drainTimeout', duration, { to: 'proxy.drainTimeoutMs' }),
-  field('proxy.keepalive', durationOrOff, { to: 'proxy.keepaliveDelayMs' }),
-  field('proxy.relay', oneOf(RELAY_KINDS)),
+  field('proxy.workers', workers, { flag: proxyFlag('proxy-workers', 'worker processes, or "auto" (one per core)') }),
+  field('proxy.connectTimeout', duration, { to: 'proxy.connectTimeoutMs', flag: proxyFlag('proxy-connect-timeout', 'upstream connect timeout') }),
+  field('proxy.idleTimeout', durationOrOff, { to: 'proxy.idleTimeoutMs', flag: proxyFlag('proxy-idle-timeout', 'close connections idle this long, or "off"') }),
+  field('proxy.maxConnectionDuration', durationOrOff,
+    { to: 'proxy.maxConnectionDurationMs', flag: proxyFlag('proxy-max-connection-duration', 'close connections older than this, or "off"') }),
+  field('proxy.halfCloseTimeout', duration, { to: 'proxy.halfCloseTimeoutMs', flag: proxyFlag('proxy-half-close-timeout', 'close connections half-closed this long') }),
+  field('proxy.drainTimeout', duration, { to: 'proxy.drainTimeoutMs', flag: proxyFlag('proxy-drain-timeout', 'how long open connections may finish on SIGTERM') }),
+  field('proxy.keepalive', durationOrOff, { to: 'proxy.keepaliveDelayMs', flag: proxyFlag('proxy-keepalive', 'TCP keepalive delay on both legs, or "off"') }),
+  field('proxy.relay', oneOf(RELAY_KINDS), { flag: proxyFlag('proxy-relay', 'what relays established connections: "native" (addon thread) or "node" (streams)') }),
   field('proxy.accessLog.enabled', boolean),
-  field('proxy.accessLog.path', textOrNull),
-  field('proxy.accessLog.sampleRatio', number),
-  field('proxy.accessLog.periodicInterval', durationOrOff, { to: 'proxy.accessLog.periodicIntervalMs' }),
+  field('proxy.accessLog.path', textOrNull, { flag: proxyFlag('proxy-access-log-path', 'access log file, "-" for stdout') }),
+  field('proxy.accessLog.sampleRatio', number, { flag: proxyFlag('proxy-access-log-sample-ratio', 'share of successful connections logged (0..1)') }),
+  field('proxy.accessLog.periodicInterval', durationOrOff,
+    { to: 'proxy.accessLog.periodicIntervalMs', flag: proxyFlag('proxy-access-log-periodic-interval', 'progress line for long-lived connections, or "off"') }),
   constant('proxy.inboundPassthroughSource', { ipv4: '127.0.0.6', ipv6: '::6' }),
   field('capture.backend', oneOf(BACKEND_CHOICES), { flag: { name: 'backend', help: 'netfilter backend' } }),
   field('capture.ipv6', oneOf(IPV6_MODES), { flag: { name: 'ipv6', help: 'IPv6 handling' } }),

@@ -12,7 +12,7 @@ import { PROXY_GROUP, PROXY_USER, readField, resolveFields, SSH_PORTS, type Conf
 import { systemHostFacts, type HostFacts, type UserDb } from './host-facts.js';
 import { setPath, valueAt } from './paths.js';
 import { POLICY_SECTIONS, resolvePolicy, type ResolvedPolicy } from './policy.js';
-import { validateSchema } from './schema.js';
+import { configSchema, isNearKey, shownKey, validateSchema } from './schema.js';
 import type { Config, ProxyUser, SafetyConfig } from './types.js';
 
 export const DEFAULT_CONFIG_FILE = '/etc/meshctl/config.yaml';
@@ -106,10 +106,54 @@ interface Sources {
   where(path: string): string;
 }
 
+/** What a non-plain value the YAML parser built is called, for the message. */
+function yamlKind(value: object): string | null {
+  if (value instanceof Set) return 'a YAML !!set';
+  if (value instanceof Map) return 'a YAML ordered map (!!omap or !!pairs)';
+  if (value instanceof Date) return 'a YAML timestamp';
+  if (ArrayBuffer.isView(value)) return 'YAML !!binary data';
+  const proto: unknown = Object.getPrototypeOf(value);
+  return Array.isArray(value) || proto === Object.prototype || proto === null ? null : 'not plain data';
+}
+
+/**
+ * Refuses a value that is not plain data (a mapping, list, string, number, boolean or null) anywhere in `raw`: the
+ * schema would take a YAML !!set for an empty mapping. Walks with a stack, so deep nesting cannot overflow it.
+ */
+function refuseNonPlainData(raw: unknown, origin: string): void {
+  const stack: [unknown, string][] = [[raw, '']];
+  while (stack.length > 0) {
+    const [value, path] = stack.pop()!;
+    if (typeof value !== 'object' || value === null) continue;
+    const kind = yamlKind(value);
+    if (kind !== null) {
+      throw new MeshctlError('CONFIG_INVALID', `${path === '' ? '(top level)' : path} (${origin}): is ${kind}, which no config field accepts`,
+        path === '' || !path.includes('.') ? 'write the section as a mapping of its fields; `meshctl config schema` prints them' : 'write the value as a mapping, a list or a scalar; `meshctl config schema` prints what each field accepts');
+    }
+    if (Array.isArray(value)) value.forEach((item, i) => stack.push([item, `${path}[${i}]`]));
+    else for (const [key, item] of Object.entries(value)) stack.push([item, path === '' ? shownKey(key) : `${path}.${shownKey(key)}`]);
+  }
+}
+
+/**
+ * Refuses a file that is clearly not a meshctl config (/etc/shadow given to --config by mistake): a mapping none of
+ * whose top-level keys is a config section or a near miss of one. One line, and no key or value of it is shown.
+ */
+function refuseForeignFile(raw: unknown, file: string | null): void {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return;
+  const keys = Object.keys(raw);
+  const sections = Object.keys((configSchema.properties ?? {}) as object);
+  if (keys.length === 0 || keys.some((key) => isNearKey(key, sections))) return;
+  throw new MeshctlError('CONFIG_INVALID', `${file ?? 'config'} is not a meshctl config: none of its ${keys.length} top-level keys is a config section (${sections.join(', ')})`,
+    'check that --config names the meshctl config file (YAML or JSON); `meshctl config schema` prints what it holds');
+}
+
 const under = (path: string, prefix: string): boolean => path === prefix || path.startsWith(`${prefix}[`) || path.startsWith(`${prefix}.`);
 
 function mergeSources(raw: unknown, options: ResolveOptions): Sources {
   const sourceFile = options.file ?? null;
+  refuseNonPlainData(raw, sourceFile ?? 'config');
+  refuseForeignFile(raw, sourceFile);
   const merged: unknown = structuredClone(raw ?? {});
   if (typeof merged !== 'object' || merged === null || Array.isArray(merged)) {
     throw new MeshctlError('CONFIG_INVALID', `${sourceFile ?? 'config'}: the top level must be a mapping of sections (proxy, capture, safety)`, 'see `meshctl config schema`');
@@ -127,6 +171,7 @@ function mergeSources(raw: unknown, options: ResolveOptions): Sources {
       throw new MeshctlError('CONFIG_INVALID', `${overlay.origin}: a control-plane document may only hold ${POLICY_SECTIONS.join(', ')}; it has ${foreign.join(', ')}`,
         'serve only the policy sections; proxy, capture and safety settings stay in the local config file');
     }
+    refuseNonPlainData(overlay.raw, overlay.origin);
     for (const [key, value] of Object.entries(overlay.raw)) mapping[key] = structuredClone(value);
   }
   const where = (path: string): string => {

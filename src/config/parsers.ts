@@ -8,6 +8,8 @@ import type { CidrSelection, PortSelection } from './types.js';
 import { cidrText, parseCidr } from '../values/ip.js';
 import { parseDuration } from '../values/duration.js';
 import { parsePortRange } from '../values/ports.js';
+import { durationBoundProblem, MAX_TIMER_MS } from './limits.js';
+import { schemaNodeAt } from './schema.js';
 
 export interface ParseContext {
   /** The field's dotted path, for problems. */
@@ -17,8 +19,11 @@ export interface ParseContext {
   problem(path: string, message: string): void;
 }
 
-/** How a flag's text becomes a raw value: a number when it is digits, a comma list, a switch, or the text. */
-export type FlagKind = 'port' | 'id' | 'list' | 'true' | 'string';
+/**
+ * How a flag's text becomes a raw value: a number when it is one, a comma list, a switch, the text, or the text
+ * with "-" for null (`nullable`).
+ */
+export type FlagKind = 'port' | 'id' | 'list' | 'true' | 'string' | 'nullable';
 
 export interface Parser<T> {
   readonly flag: FlagKind;
@@ -57,7 +62,7 @@ export const text: Parser<string> = {
 };
 
 export const textOrNull: Parser<string | null> = {
-  flag: 'string',
+  flag: 'nullable',
   parse: (raw, context) => (raw === null || typeof raw === 'string' ? raw : unexpected(context, raw, 'a string or null')),
   render: (value) => value,
 };
@@ -137,9 +142,16 @@ export function durationText(ms: number | null): string {
   return `${ms / size}${unit}`;
 }
 
+/** Milliseconds, null for "off"; longer than the field's `maxDuration` (or a timer can wait) is a problem. */
 function parseMs(raw: unknown, context: ParseContext): number | null {
   const ms = parseDuration(String(raw));
-  return typeof ms === 'string' ? unexpected(context, raw, 'a duration') : ms;
+  if (typeof ms === 'string') return unexpected(context, raw, 'a duration');
+  if (ms === null) return null;
+  const bound = schemaNodeAt(context.path)?.maxDuration;
+  const tooLong = durationBoundProblem(ms, typeof bound === 'string' ? bound : undefined);
+  if (tooLong === null) return ms;
+  context.problem(context.path, `${JSON.stringify(raw)} is too long: ${tooLong}`);
+  return MAX_TIMER_MS;
 }
 
 /** A duration in milliseconds; "off" is a problem here (the field needs a bound). */

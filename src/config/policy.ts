@@ -24,6 +24,7 @@ import {
   type TokenBucketConfig,
 } from './types.js';
 import { parseDuration } from '../values/duration.js';
+import { durationBoundProblem, MAX_TIMER_MS } from './limits.js';
 import { parsePortRange, portText, rangesOverlap } from '../values/ports.js';
 import { hostPortText, parseHostPort, parseResolverServer, parseServiceAddress, parseSrvName } from '../values/addresses.js';
 import { schemaDefault, schemaDefinition } from './schema.js';
@@ -81,7 +82,12 @@ const parsed = <T>(result: T | string, text: unknown): T => (typeof result === '
 export function resolvePolicy(raw: RawPolicy, defaults: { connectTimeoutMs: number }, problems: PolicyProblem[]): ResolvedPolicy {
   const ms: Ms = (path, value) => {
     const duration = parseDuration(stringOf(value));
-    if (typeof duration === 'number') return duration;
+    if (typeof duration === 'number') {
+      // The schema bounds each duration (maxDuration); this holds every one to what a timer can wait.
+      const tooLong = durationBoundProblem(duration, undefined);
+      if (tooLong !== null) problems.push({ path, message: `${JSON.stringify(value)} is too long: ${tooLong}` });
+      return tooLong === null ? duration : MAX_TIMER_MS;
+    }
     if (duration === null) problems.push({ path, message: '"off" is not allowed here; give a duration such as "1s"' });
     else unexpected(value, 'a duration');
     return 0;

@@ -7,6 +7,7 @@ import { checkSrvName, parseHostPort, parseResolverServer, parseServiceAddress }
 import { checkHttpUrl } from '../values/http-url.js';
 import { parseDuration } from '../values/duration.js';
 import { parsePortRange } from '../values/ports.js';
+import { durationBoundProblem, interfaceNameProblem } from './limits.js';
 
 const schemaUrl = new URL('../../rules/meshctl.schema.json', import.meta.url);
 export const configSchema: Record<string, unknown> = JSON.parse(readFileSync(schemaUrl, 'utf8'));
@@ -14,7 +15,25 @@ export const configSchema: Record<string, unknown> = JSON.parse(readFileSync(sch
 const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true });
 ajv.addFormat('cidr', { type: 'string', validate: (s: string) => typeof parseCidr(s) !== 'string' });
 ajv.addFormat('port-range', { type: 'string', validate: (s: string) => typeof parsePortRange(s) !== 'string' });
-ajv.addFormat('duration', { type: 'string', validate: (s: string) => typeof parseDuration(s) !== 'string' });
+/** Why a duration text is refused anywhere in the config (not one, or longer than a timer can wait), or null. */
+function durationProblem(text: string): string | null {
+  const ms = parseDuration(text);
+  if (typeof ms === 'string') return ms;
+  return ms === null ? null : durationBoundProblem(ms, undefined);
+}
+
+ajv.addFormat('duration', { type: 'string', validate: (s: string) => durationProblem(s) === null });
+ajv.addFormat('interface-name', { type: 'string', validate: (s: string) => interfaceNameProblem(s) === null });
+// `maxDuration: "24h"` bounds a duration field ("off" is not bounded by it).
+ajv.addKeyword({
+  keyword: 'maxDuration',
+  schemaType: 'string',
+  validate: (bound: string, data: unknown) => {
+    if (typeof data !== 'string') return true;
+    const ms = parseDuration(data);
+    return typeof ms !== 'number' || durationBoundProblem(ms, bound) === null;
+  },
+});
 ajv.addFormat('service-address', { type: 'string', validate: (s: string) => typeof parseServiceAddress(s) !== 'string' });
 ajv.addFormat('endpoint-address', { type: 'string', validate: (s: string) => typeof parseHostPort(s) !== 'string' });
 ajv.addFormat('dns-name', { type: 'string', validate: (s: string) => checkSrvName(s) === null });
@@ -95,7 +114,24 @@ function editDistance(a: string, b: string): number {
   return d[a.length]![b.length]!;
 }
 
-function formatMessage(error: ErrorObject): string {
+/** Why an empty list is refused at `path`: the lists whose emptiness would silently undo what they are for. */
+function emptyListMessage(path: string): string {
+  if (path === 'safety.sshPorts') {
+    return 'is empty: an empty list would leave every SSH port capturable; omit safety.sshPorts (and --ssh-ports) to use the ports sshd listens on, or list the SSH ports';
+  }
+  const section = path.slice(0, path.lastIndexOf('.'));
+  if (/^capture\.(inbound\.includePorts|outbound\.(includeCidrs|includePorts|includeGids)|dns\.servers)$/.test(path)) {
+    return `is empty: an empty include list would capture nothing; give "*" for all, or set ${section}.enabled: false to turn this capture off`;
+  }
+  return 'must not be empty';
+}
+
+/** Whether `key` is one of `known` or a near miss of one (edit distance at most 2, case ignored). */
+export function isNearKey(key: string, known: readonly string[]): boolean {
+  return key.length <= 64 && known.some((k) => editDistance(k.toLowerCase(), key.toLowerCase()) <= 2);
+}
+
+function formatMessage(error: ErrorObject, path: string): string {
   const value = error.data;
   switch (error.keyword) {
     case 'additionalProperties': {
@@ -115,7 +151,8 @@ function formatMessage(error: ErrorObject): string {
       if (format === 'dns-name') return checkSrvName(text)!;
       if (format === 'resolver-server') return `${show(value)} is not a DNS server (${parseResolverServer(text) as string})`;
       if (format === 'http-url') return checkHttpUrl(text)!;
-      return `${show(value)} is not a duration (${parseDuration(text) as string})`;
+      if (format === 'interface-name') return `${show(value)} is not an interface name (${interfaceNameProblem(text)!})`;
+      return typeof parseDuration(text) === 'number' ? `${show(value)} is too long: ${durationProblem(text)!}` : `${show(value)} is not a duration (${durationProblem(text)!})`;
     }
     case 'enum':
       return `must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.map(show).join(', ')}; got ${show(value)}`;
@@ -125,6 +162,14 @@ function formatMessage(error: ErrorObject): string {
       const description = (error.parentSchema as { description?: string }).description;
       const expected = error.keyword === 'type' ? `must be ${(error.params as { type: string }).type}` : description ? `must be ${description.replace(/\.$/, '')}` : (error.message ?? 'is invalid');
       return `${expected}; got ${show(value)}`;
+    }
+    case 'minItems':
+      return (error.params as { limit: number }).limit === 1 ? emptyListMessage(path) : `${error.message ?? 'too few items'}, got ${show(value)}`;
+    case 'maxDuration':
+      return `${show(value)} is too long: ${durationBoundProblem(parseDuration(String(value)) as number, String(error.schema))}`;
+    case 'not': {
+      const description = ((error.schema ?? {}) as { description?: string }).description;
+      return description ? `${show(value)} is ${description}; choose another` : `${error.message ?? 'is invalid'}, got ${show(value)}`;
     }
     case 'minimum':
     case 'maximum':
@@ -138,7 +183,7 @@ function formatMessage(error: ErrorObject): string {
   }
 }
 
-const PRIORITY: Record<string, number> = { additionalProperties: 0, format: 1, minimum: 2, maximum: 2, pattern: 2, minLength: 2, minItems: 2, uniqueItems: 2, enum: 3, type: 4, const: 5, oneOf: 6 };
+const PRIORITY: Record<string, number> = { additionalProperties: 0, maxDuration: 0.5, format: 1, not: 2, minimum: 2, maximum: 2, pattern: 2, minLength: 2, minItems: 2, uniqueItems: 2, enum: 3, type: 4, const: 5, oneOf: 6 };
 
 /**
  * Validates raw config against the schema. Returns one problem per offending path, the most specific first:
@@ -166,7 +211,8 @@ export function validateSchema(raw: unknown): { path: string; message: string }[
     const group = best.keyword === 'additionalProperties' ? list.filter((e) => e.keyword === 'additionalProperties') : [best];
     for (const error of group) {
       const extra = error.keyword === 'additionalProperties' ? (error.params as { additionalProperty: string }).additionalProperty : undefined;
-      problems.push({ path: jsonPointerToPath(pointer, extra), message: formatMessage(error) });
+      const path = jsonPointerToPath(pointer, extra);
+      problems.push({ path, message: formatMessage(error, path) });
     }
   }
   return problems;
