@@ -30,6 +30,7 @@ export const ERROR_CODES = {
   PROXY_UNREADABLE: 'the proxy user cannot read meshctl\'s own files (worker entry, addon), so no worker process can start',
   STATE_UNSAFE: 'the state directory, or a file in it, is not what meshctl made: a symlink, another owner, writable by others, or not a regular file',
   PROXY_MISMATCH: 'the running proxy does not keep the contract the capture rules need (exempt user, ports per family, inbound mode, DNS)',
+  ROUTE_TABLE_IN_USE: 'the TPROXY routing table (capture.inbound.tproxyRouteTable) is already used by an ip rule or holds routes in the target namespace',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

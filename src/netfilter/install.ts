@@ -12,7 +12,7 @@ import { type ApplyStep, type BackendDriver, type DriftReport, type KernelState 
 import type { Snapshot } from './drivers/objects.js';
 import { newInstallId, readLedger, removeLedger, writeLedger, LEDGER_FORMAT, ledgerPath, type ConfirmArm, type Generation, type Ledger, type ProxyCheck } from './transaction/ledger.js';
 import { recoverInterrupted, type Recovery } from './transaction/recovery.js';
-import { NO_EXTRAS, missingExtras, reconcileExtras, type HostExtras } from './drivers/routes.js';
+import { NO_EXTRAS, missingExtras, reconcileExtras, refuseTablesInUse, type HostExtras } from './drivers/routes.js';
 import { openScope, toolVersion, withScopeLock, type Scope, type ScopeOptions } from './transaction/scope.js';
 import { runTransaction } from './transaction/transaction.js';
 
@@ -151,6 +151,8 @@ async function applyInstall(s: Survey, steps: readonly ApplyStep[]): Promise<Ins
   const installId = installed?.installId ?? newInstallId();
   const wantExtras: HostExtras = { routes: plan.routes, loopbackAddresses: plan.loopbackAddresses };
   const previousExtras = previous?.extras ?? NO_EXTRAS;
+  // A TPROXY table something else uses is refused before the first change (before a revert is armed or the ledger says in-progress).
+  await refuseTablesInUse(scope.runner, wantExtras, previousExtras, scope.netns === null ? 'the host namespace' : `namespace ${scope.netns}`);
   // Before the first change: record every object that may become ours, so a crash at any later point is undone.
   const pendingExtras: HostExtras = {
     routes: [...previousExtras.routes, ...wantExtras.routes],

@@ -18,6 +18,8 @@ export const NO_EXTRAS: HostExtras = { routes: [], loopbackAddresses: [] };
 
 const flag = (family: Family): string => (family === 'ipv4' ? '-4' : '-6');
 const hex = (n: number): string => `0x${(n >>> 0).toString(16)}`;
+// Tables are compared by number: `ip -N` prints numbers where iproute2 would print a name (253 default, 254 main,
+// 255 local, and any table named in /etc/iproute2/rt_tables), so uninstall's check of what is left is honest.
 
 function ruleSelector(route: PolicyRoute): string[] {
   const mark = route.mask >>> 0 === 0xffffffff ? hex(route.mark) : `${hex(route.mark)}/${hex(route.mask)}`;
@@ -41,13 +43,53 @@ async function ip(runner: NetfilterRunner, args: string[], what: string): Promis
   }
 }
 
+/** Whether an `ip rule` line looks up `table` (a whole number: `lookup 13` is not `lookup 133`). */
+const looksUp = (line: string, table: number): boolean => new RegExp(`\\blookup ${table}(\\s|$)`).test(line);
+
+/**
+ * The lines of a table's routes (asked for by number, which the lines do not repeat; not `-N`, which would print
+ * the route type `local` as a number). A table that has never held a route does not exist yet: no lines.
+ */
+async function tableRoutes(runner: NetfilterRunner, family: Family, table: number): Promise<string[]> {
+  const args = [flag(family), 'route', 'show', 'table', String(table)];
+  const shown = await runner.exec('ip', args);
+  if (shown.exitCode !== 0 && /table does not exist/i.test(shown.stderr)) return [];
+  if (shown.exitCode !== 0) await ip(runner, args, `read routing table ${table}`);
+  return shown.stdout.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+}
+
+/** Every `ip rule` of the family, numerically. */
+async function ruleLines(runner: NetfilterRunner, family: Family, selector: string[] = []): Promise<string[]> {
+  const args = ['-N', flag(family), 'rule', 'show', ...selector];
+  const shown = await runner.exec('ip', args);
+  if (shown.exitCode !== 0) await ip(runner, args, 'read the policy routing rules');
+  return shown.stdout.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+}
+
 async function routeExists(runner: NetfilterRunner, route: PolicyRoute): Promise<{ rule: boolean; local: boolean }> {
-  const rules = await runner.exec('ip', [flag(route.family), 'rule', 'show', 'priority', String(route.priority)]);
   const mark = route.mask >>> 0 === 0xffffffff ? hex(route.mark) : `${hex(route.mark)}/${hex(route.mask)}`;
-  const rule = rules.stdout.split('\n').some((l) => l.includes(`fwmark ${mark} lookup ${route.table}`));
-  const table = await runner.exec('ip', [flag(route.family), 'route', 'show', 'table', String(route.table)]);
-  const local = table.stdout.split('\n').some((l) => /^local default dev lo\b/.test(l.trim()));
+  const rules = await ruleLines(runner, route.family, ['priority', String(route.priority)]);
+  const rule = rules.some((l) => l.includes(`fwmark ${mark} lookup `) && looksUp(l, route.table));
+  const local = (await tableRoutes(runner, route.family, route.table)).some((l) => /^local default dev lo\b/.test(l));
   return { rule, local };
+}
+
+/**
+ * Refuses (ROUTE_TABLE_IN_USE) a policy route to a table that something else uses in the namespace: an `ip rule`
+ * looks it up, or it holds routes. meshctl's `local default` route would join that table and every lookup of it
+ * would see it. A table meshctl already owns (`owned`, from the ledger) is not checked. Changes nothing.
+ */
+export async function refuseTablesInUse(runner: NetfilterRunner, want: HostExtras, owned: HostExtras, where: string): Promise<void> {
+  for (const route of want.routes) {
+    if (owned.routes.some((o) => o.family === route.family && o.table === route.table)) continue;
+    const rules = (await ruleLines(runner, route.family)).filter((l) => looksUp(l, route.table));
+    const routes = await tableRoutes(runner, route.family, route.table);
+    if (rules.length === 0 && routes.length === 0) continue;
+    throw new MeshctlError('ROUTE_TABLE_IN_USE',
+      `capture.inbound.tproxyRouteTable: ${route.family} routing table ${route.table} is already in use in ${where} (${rules.length} ip rule(s) look it up, it holds ${routes.length} route(s)); nothing was changed`,
+      `choose a free table (no \`ip rule show\` line looks it up, \`ip route show table N\` is empty) and set capture.inbound.tproxyRouteTable to it`,
+      { details: [...rules.map((l) => `ip rule: ${l}`), ...routes.map((l) => `route in table ${route.table}: ${l}`)] });
+  }
 }
 
 async function addressExists(runner: NetfilterRunner, address: LoopbackAddress): Promise<boolean> {
