@@ -53,7 +53,7 @@ function describeUninstall(r: ServiceUninstallResult): string {
   else lines.push(`  capture: removed when ${UNITS.capture} stopped (meshctl uninstall, exactly the ledger's rules)`);
   for (const unit of r.stopped) lines.push(`  stopped: ${unit}`);
   for (const f of r.files.filter((x) => x.action === 'removed')) lines.push(`  removed: ${f.path}`);
-  if (r.keptConfig) lines.push(`  kept: ${r.keptConfig} (--purge removes it) and the meshproxy user`);
+  if (r.keptConfig) lines.push(`  kept: ${r.keptConfig} (${r.purgeHint}) and the meshproxy user`);
   for (const w of r.warnings) lines.push(`  warning: ${w}`);
   return `${lines.join('\n')}\n`;
 }

@@ -290,6 +290,8 @@ export interface ServiceUninstallResult {
   readonly capture: UninstallResult | { readonly action: 'stopped-unit' };
   readonly stopped: readonly string[];
   readonly keptConfig: string | null;
+  /** What removes the kept config: `--purge` for files meshctl placed, the package manager for the package's conffile. */
+  readonly purgeHint: string;
   readonly warnings: readonly string[];
 }
 
@@ -380,7 +382,8 @@ export async function uninstallService(options: ServiceUninstallOptions): Promis
     await systemd.systemctl(['daemon-reload']);
     await systemd.systemctl(['reset-failed', ...UNIT_ORDER.map((k) => UNITS[k])]).catch(() => undefined); // fails when none is failed
   }
-  return { files, capture, stopped, keptConfig: existsSync(configPath) ? configPath : null, warnings };
+  const purgeHint = ownFiles ? '--purge removes it' : '`apt-get purge meshctl` removes it';
+  return { files, capture, stopped, keptConfig: existsSync(configPath) ? configPath : null, purgeHint, warnings };
 }
 
 export { probeReady };
