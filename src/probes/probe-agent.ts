@@ -63,12 +63,38 @@ const start = (address, port, attempt) => {
 sourceAddress((address) => (address === null ? start(null, null, 0) : freePort(address, (port) => start(address, port, 0))));
 `;
 
+/** Runs in a child with dropped privileges: one DNS query (base64) over UDP or TCP; the answer (base64) as one JSON line. */
+const DNS_CLIENT_SOURCE = String.raw`
+const net = require('net');
+const dgram = require('dgram');
+const p = JSON.parse(process.env.MESHCTL_PROBE);
+const query = Buffer.from(p.query, 'base64');
+const done = (r) => { process.stdout.write(JSON.stringify(r) + '\n'); process.exit(0); };
+setTimeout(() => done({ error: 'ETIMEDOUT' }), p.timeoutMs);
+if (p.transport === 'udp') {
+  const u = dgram.createSocket(p.family === 'ipv6' ? 'udp6' : 'udp4');
+  u.on('error', (e) => done({ error: e.code || String(e) }));
+  u.on('message', (m) => done({ answer: m.toString('base64') }));
+  u.send(query, p.port, p.host);
+} else {
+  const s = net.connect({ host: p.host, port: p.port });
+  let data = Buffer.alloc(0);
+  s.on('connect', () => { const h = Buffer.alloc(2); h.writeUInt16BE(query.length, 0); s.write(Buffer.concat([h, query])); });
+  s.on('error', (e) => done({ error: e.code || String(e) }));
+  s.on('data', (d) => {
+    data = Buffer.concat([data, d]);
+    if (data.length >= 2 && data.length >= 2 + data.readUInt16BE(0)) done({ answer: data.subarray(2, 2 + data.readUInt16BE(0)).toString('base64') });
+  });
+}
+`;
+
 /** Runs as root in the namespace: listens on request (passing the server to the parent) and starts clients. */
 const AGENT_SOURCE = String.raw`
 const net = require('net');
 const http = require('http');
 const { spawn } = require('child_process');
 const CLIENT = ${JSON.stringify(CLIENT_SOURCE)};
+const DNS_CLIENT = ${JSON.stringify(DNS_CLIENT_SOURCE)};
 process.on('message', (m) => {
   if (m.type === 'listen') {
     const server = net.createServer({ pauseOnConnect: true });
@@ -92,6 +118,16 @@ process.on('message', (m) => {
     child.stderr.on('data', (d) => { err += d; });
     child.on('error', (e) => reply({ connected: false, error: 'spawn ' + (e.code || String(e)) }));
     child.on('close', () => reply({ connected: false, error: 'probe client failed: ' + err.trim().split('\n').pop() }));
+  } else if (m.type === 'dns') {
+    const child = spawn(process.execPath, ['-e', DNS_CLIENT], { uid: m.uid, gid: m.gid, stdio: ['ignore', 'pipe', 'pipe'], env: { MESHCTL_PROBE: JSON.stringify(m) } });
+    let out = '';
+    let err = '';
+    let sent = false;
+    const reply = (result) => { if (!sent) { sent = true; process.send({ type: 'answered', id: m.id, result }); } };
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('error', (e) => reply({ error: 'spawn ' + (e.code || String(e)) }));
+    child.on('close', () => { try { reply(JSON.parse(out)); } catch { reply({ error: 'dns probe client failed: ' + err.trim().split('\n').pop() }); } });
   } else if (m.type === 'get') {
     const req = http.get({ host: m.host, port: m.port, path: m.path, timeout: m.timeoutMs, agent: false }, (res) => {
       let body = '';
@@ -122,6 +158,8 @@ export interface ProbeAgent {
   listen(host: string, port: number): Promise<{ server: Server } | { error: string }>;
   /** One probe connection; the client holds it open until close(). */
   connect(probe: { host: string; port: number; family: 'ipv4' | 'ipv6'; uid: number; gid: number; timeoutMs: number }): Promise<ClientResult>;
+  /** One DNS query (a whole message) to host:port as uid/gid over UDP or TCP: the answer message, or the errno. */
+  dns(probe: { host: string; port: number; family: 'ipv4' | 'ipv6'; transport: 'udp' | 'tcp'; uid: number; gid: number; query: Buffer; timeoutMs: number }): Promise<{ answer: Buffer } | { error: string }>;
   /** An HTTP GET from inside the namespace (as root): the status and body, or the errno of a failed request. */
   get(host: string, port: number, path: string, timeoutMs: number): Promise<{ status: number; body: string } | { error: string }>;
   /** Ends the agent and with it every probe client still holding a connection. */
@@ -163,6 +201,10 @@ export async function startProbeAgent(netns: string | null, env: NodeJS.ProcessE
   return {
     listen: (host, port) => request({ type: 'listen', host, port }, (m, handle) => (m.error ? { error: m.error } : { server: handle as Server })),
     connect: (probe) => request({ type: 'connect', ...probe }, (m) => (m.result as ClientResult | undefined) ?? { connected: false, error: 'no result' }),
+    dns: (probe) => request({ type: 'dns', ...probe, query: probe.query.toString('base64') }, (m) => {
+      const r = m.result as { answer?: string; error?: string } | undefined;
+      return r?.answer !== undefined ? { answer: Buffer.from(r.answer, 'base64') } : { error: r?.error ?? m.error ?? 'no result' };
+    }),
     get: (host, port, path, timeoutMs) => request({ type: 'get', host, port, path, timeoutMs }, (m) => (m.error !== undefined || m.result === undefined ? { error: m.error ?? 'no result' } : (m.result as { status: number; body: string }))),
     close() {
       if (child.connected) child.send({ type: 'exit' });

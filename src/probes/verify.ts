@@ -20,6 +20,7 @@ import { readOriginalDst } from '../native/original-dst.js';
 import { parseSourceQuery, RECENT_CAPACITY, type SourceLookupRow } from '../proxy/recent-connections.js';
 import { createDriver } from '../netfilter/drivers/create-driver.js';
 import { readLedger, type Ledger } from '../netfilter/transaction/ledger.js';
+import { dnsProbes } from './dns-probes.js';
 import { startProbeAgent, type ClientResult, type ProbeAgent } from './probe-agent.js';
 import { recoverInterrupted } from '../netfilter/transaction/recovery.js';
 import type { NetfilterRunner } from '../netfilter/drivers/runner.js';
@@ -192,6 +193,8 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
         return { probe, client, seen };
       }));
       for (const { probe, client, seen } of outcomes) results.push(judge(probe, client, arrivals, busy, seen));
+      const dnsFamilies = plan.families.filter((f) => f.rules.some((r) => r.purpose === 'dns-capture') && !(f.family === 'ipv6' && facts.ipv6Disabled)).map((f) => f.family);
+      results.push(...(await dnsProbes(agent, config, dnsFamilies, Math.max(timeoutMs, 3000))));
     } finally {
       for (const server of servers) server.close();
       agent.close();

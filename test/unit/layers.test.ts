@@ -23,7 +23,7 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   policy: ['config', 'values', 'errors', 'log'],
   dns: ['policy', 'config', 'values', 'errors', 'log'],
   proxy: ['dns', 'policy', 'native', 'config', 'values', 'errors', 'log'],
-  probes: ['proxy', 'dns', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
+  probes: ['proxy', 'dns', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
   service: ['probes', 'proxy', 'dns', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
   demo: ['service', 'probes', 'proxy', 'dns', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
   cli: ['demo', 'service', 'probes', 'proxy', 'dns', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
