@@ -266,6 +266,34 @@ describe.skipIf(!integrationEnabled)('DNS in the sidecar (app → capture → pr
   });
 });
 
+describe.skipIf(!integrationEnabled)('the shipped example rules/examples/vm-tproxy-dns.json', () => {
+  it('works as shipped: the proxy (started as root, then nobody) serves DNS, install accepts it, and the app resolves through it', async () => {
+    const EXAMPLE = fileURLToPath(new URL('../../rules/examples/vm-tproxy-dns.json', import.meta.url));
+    const ns = 'hd-dx-c';
+    mkdirSync(`/etc/netns/${ns}`, { recursive: true });
+    const lab = await createProxyLab('dx', 232, null, 'hd');
+    let upstream: UpstreamProcess | null = null;
+    try {
+      writeFileSync(`/etc/netns/${ns}/resolv.conf`, `nameserver ${lab.addrs.b4}\n`);
+      inNs(ns, 'ip', ['route', 'add', 'default', 'dev', `${ns}-v`]);
+      upstream = await startUpstreamIn(lab.server, '0.0.0.0', zone);
+      const stateDir = join(lab.dir, 'state');
+      const flags = ['--proxy-user', 'nobody'];
+      const proxy = await lab.startProxy(EXAMPLE, flags, [], { uid: 0, gid: 0 });
+      await proxy.waitReady();
+      const installed = meshctl(['install', '--netns', ns, '--config', EXAMPLE, '--backend', 'iptables-nft', '--state-dir', stateDir, ...flags]);
+      expect(installed.status, installed.stderr).toBe(0);
+      const r = await run('ip', ['netns', 'exec', ns, 'setpriv', '--reuid=1000', '--regid=1000', '--clear-groups', 'dig', '+tries=1', '+time=3', 'www.example.test', 'A']);
+      expect(r.stdout).toMatch(/www\.example\.test\.\s+300\s+IN\s+A\s+192\.0\.2\.10/);
+      expect((await proxy.adminJson('/stats')).dns.answeredFrom.upstream).toBe(1);
+    } finally {
+      await upstream?.stop();
+      await lab.destroy();
+      rmSync(`/etc/netns/${ns}`, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
+
 function rssKb(pid: number): number {
   const m = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) : 0;
