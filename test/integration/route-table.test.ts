@@ -3,7 +3,7 @@
 // refused at load; and with the table named in rt_tables (iproute2 then prints the name, not the number), status
 // sees the route and uninstall leaves no ip rule behind, checked numerically (`ip -N`).
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -39,9 +39,19 @@ function hostState(ns: string): string {
 const rulesLookingUp = (ns: string, table: number): string[] =>
   (['-4', '-6'] as const).flatMap((f) => inNs(ns, 'ip', ['-N', f, 'rule', 'show']).split('\n').filter((l) => new RegExp(`lookup ${table}(\\s|$)`).test(l)));
 
+/** `meshctl status` says no capture is installed (exit 3, the ledger absent), or the test shows what it said. */
+function expectNotInstalled(ns: string, stateDir: string): void {
+  const status = meshctl(['status', '--netns', ns, '--state-dir', stateDir]);
+  expect({ status: status.status, stderr: status.stderr, said: status.stdout.split('\n')[0] })
+    .toEqual({ status: 3, stderr: '', said: expect.stringContaining(`not installed in namespace ${ns}`) as unknown });
+}
+
 describe.skipIf(!integrationEnabled)('the TPROXY route table', () => {
   beforeAll(() => builtCli());
-  afterAll(cleanup);
+  afterAll(() => {
+    cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  });
 
   it('refuses a table that holds a route, naming it, and changes nothing', () => {
     const ns = freshNs('hv2-rt-route');
@@ -53,7 +63,7 @@ describe.skipIf(!integrationEnabled)('the TPROXY route table', () => {
     expect(result.stderr).toContain('route in table 133: 10.77.0.0/16 dev lo');
     expect(result.status).toBe(1);
     expect(hostState(ns)).toBe(before);
-    expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(3);
+    expectNotInstalled(ns, stateDir);
   });
 
   it('refuses a table an ip rule of either family looks up, and changes nothing', () => {
@@ -66,7 +76,7 @@ describe.skipIf(!integrationEnabled)('the TPROXY route table', () => {
     expect(result.stderr).toMatch(/ip rule: 500:\s+from fd00:77::\/32 lookup 140/);
     expect(result.status).toBe(1);
     expect(hostState(ns)).toBe(before);
-    expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(3);
+    expectNotInstalled(ns, stateDir);
   });
 
   it('refuses the reserved table 255 (local) at load, before touching the namespace', () => {
