@@ -131,8 +131,11 @@ export function dnsListeners(config: Pick<Config, 'capture'>): { readonly kind: 
   return hosts.flatMap((h) => [{ kind: 'ListenStream' as const, address: `${h}:${port}` }, { kind: 'ListenDatagram' as const, address: `${h}:${port}` }]);
 }
 
+/** The state directory the capture unit's StateDirectory= makes writable under ProtectSystem=strict. */
+export const UNIT_STATE_DIR = '/var/lib/meshctl';
+
 /** The drop-ins for `config` with meshctl's tree at `packageRoot`. */
-export function renderDropIns(config: Pick<Config, 'proxy' | 'capture' | 'safety'>, layout: ServiceLayout, packageRoot: string = PACKAGE_ROOT): DropIn[] {
+export function renderDropIns(config: Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir'>, layout: ServiceLayout, packageRoot: string = PACKAGE_ROOT): DropIn[] {
   const at = (unit: string): string => join(layout.dropInDir ?? layout.unitDir, `${unit}.d`, DROP_IN_NAME);
   const socket = [HEADER, '[Socket]', '# proxy.outboundPort, proxy.inboundPort, capture.ipv6', 'ListenStream=', ...listenStreams(config).map((s) => `ListenStream=${s}`)];
   const dns = dnsListeners(config);
@@ -148,6 +151,14 @@ export function renderDropIns(config: Pick<Config, 'proxy' | 'capture' | 'safety
   } else {
     capture.push('# safety.onProxyDown = closed: capture stays while systemd restarts the proxy (connections wait in the socket backlog)');
   }
+  const captureService: string[] = [];
+  if (underHome(packageRoot)) captureService.push(`# meshctl runs from ${packageRoot}, which ProtectHome=yes would hide`, 'ProtectHome=read-only');
+  const stateDir = config.stateDir.replace(/(.)\/+$/, '$1');
+  if (stateDir !== UNIT_STATE_DIR) {
+    // ReadWritePaths= needs the directory to exist when the unit starts (else the start fails with 226/NAMESPACE).
+    captureService.push(`# stateDir = ${stateDir}: writable under ProtectSystem=strict (the unit's StateDirectory= is ${UNIT_STATE_DIR})`, `ReadWritePaths=${stateDir}`);
+  }
+  if (captureService.length > 0) capture.push('[Service]', ...captureService);
   return [
     { unit: UNITS.socket, path: at(UNITS.socket), text: `${socket.join('\n')}\n` },
     { unit: UNITS.proxy, path: at(UNITS.proxy), text: `${proxy.join('\n')}\n` },

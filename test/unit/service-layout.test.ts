@@ -75,6 +75,29 @@ describe('service layout', () => {
     expect(values(proxyDropIn('/homework/meshctl/'), 'ProtectHome')).toEqual([]);
   });
 
+  it('relaxes ProtectHome for capture too when meshctl lives under a home directory', () => {
+    const captureDropIn = (root: string) => renderDropIns(config(), DEFAULT_LAYOUT, root).find((d) => d.unit === UNITS.capture)!.text;
+    expect(values(shipped(UNITS.capture), 'ProtectHome')).toEqual(['yes']);
+    expect(values(captureDropIn('/home/ann/src/meshctl'), 'ProtectHome')).toEqual(['read-only']);
+    expect(captureDropIn('/home/ann/src/meshctl')).toMatch(/^\[Service\]$/m);
+    expect(captureDropIn('/opt/meshctl/')).not.toMatch(/^\[Service\]$/m);
+  });
+
+  it('sandboxes capture to what the firewall needs, with a stateDir elsewhere made writable by the drop-in', () => {
+    const unit = shipped(UNITS.capture);
+    expect(values(unit, 'CapabilityBoundingSet')).toEqual(['CAP_NET_ADMIN CAP_NET_RAW']);
+    expect(values(unit, 'ProtectSystem')).toEqual(['strict']);
+    expect(values(unit, 'StateDirectory')).toEqual(['meshctl']);
+    expect(`/var/lib/${values(unit, 'StateDirectory')[0]}`).toBe(config().stateDir);
+    expect(values(unit, 'ReadWritePaths')).toEqual(['-/run/xtables.lock']);
+    expect(values(unit, 'RestrictAddressFamilies')).toEqual(['AF_UNIX AF_NETLINK AF_INET AF_INET6']);
+    expect(values(unit, 'ProtectKernelTunables')).toEqual(['yes']);
+    const capture = (stateDir: string) => renderDropIns(config({ stateDir }), DEFAULT_LAYOUT, '/opt/meshctl/').find((d) => d.unit === UNITS.capture)!.text;
+    expect(values(capture('/var/lib/meshctl/'), 'ReadWritePaths')).toEqual([]);
+    expect(values(capture('/srv/meshctl-state'), 'ReadWritePaths')).toEqual(['/srv/meshctl-state']);
+    expect(capture('/srv/meshctl-state')).toMatch(/^\[Service\]\n# stateDir = \/srv\/meshctl-state: .*\nReadWritePaths=\/srv\/meshctl-state\n$/m);
+  });
+
   it('writes a default config that loads and names the sysusers user', () => {
     const c = configFromObject(parse(DEFAULT_CONFIG_TEXT), { host });
     expect(c.proxy.user.name).toBe('meshproxy');

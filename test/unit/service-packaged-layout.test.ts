@@ -28,7 +28,10 @@ describe('the packaged layout', () => {
       expect(rendered.replaceAll('/usr/bin/meshctl', '/usr/local/bin/meshctl')).toBe(text);
       expect(renderShipped(text, DEFAULT_LAYOUT)).toBe(text);
     }
-    expect(execLines(renderShipped(shipped(UNITS.capture), PACKAGED_LAYOUT))).toHaveLength(3);
+    // Capture: install, reload and uninstall run meshctl; the one other line creates iptables' lock (privileged "+").
+    const captureExec = execLines(renderShipped(shipped(UNITS.capture), PACKAGED_LAYOUT));
+    expect(captureExec.filter((l) => l.includes('/usr/bin/meshctl '))).toHaveLength(3);
+    expect(captureExec.filter((l) => !l.includes('/usr/bin/meshctl '))).toEqual(["ExecStartPre=+/bin/sh -c 'umask 077 && : >>/run/xtables.lock'"]);
   });
 
   it('names the package paths in the sysusers file and the default config, which still loads', () => {
