@@ -1,7 +1,7 @@
 // `meshctl install`: flags → Config → installCapture; prints what was done (or, with --dry-run, exactly the input
 // iptables-restore / nft would get).
 import { Option, type Command } from 'commander';
-import { parseDuration } from '../values/duration.js';
+import { parseFlagDuration } from '../values/duration.js';
 import { MeshctlError } from '../errors.js';
 import { installCapture, type InstallResult } from '../netfilter/install.js';
 import { contractOf } from '../config/contract.js';
@@ -13,10 +13,8 @@ import { cliLogger, recoveryLine, where } from './shared.js';
 
 function parseConfirmWithin(text: string | undefined): number | null {
   if (text === undefined) return null;
-  const ms = parseDuration(text);
-  if (typeof ms !== 'number') {
-    throw new MeshctlError('CONFIG_INVALID', `--confirm-within ${JSON.stringify(text)}: ${typeof ms === 'string' ? ms : '"off" is not allowed here'}`, 'give a duration such as 60s or 5m');
-  }
+  const ms = parseFlagDuration(text);
+  if (typeof ms === 'string') throw new MeshctlError('CONFIG_INVALID', `--confirm-within ${JSON.stringify(text)}: ${ms}`, 'give a duration such as 60s or 5m');
   return ms;
 }
 

@@ -2,7 +2,7 @@
 // unit's ExecStartPost: the unit becomes "active" only once /ready answers, so capture never starts before it).
 import { Option, type Command } from 'commander';
 import { loadConfig } from '../config/load.js';
-import { parseDuration } from '../values/duration.js';
+import { parseFlagDuration } from '../values/duration.js';
 import { MeshctlError } from '../errors.js';
 import { installService, uninstallService, type ServiceInstallResult, type ServiceUninstallResult } from '../service/install.js';
 import { UNITS } from '../service/layout.js';
@@ -13,10 +13,8 @@ import { cliLogger } from './shared.js';
 import { EXIT } from './output.js';
 
 function durationFlag(flag: string, text: string): number {
-  const ms = parseDuration(text);
-  if (typeof ms !== 'number') {
-    throw new MeshctlError('CONFIG_INVALID', `${flag} ${JSON.stringify(text)}: ${typeof ms === 'string' ? ms : '"off" is not allowed here'}`, 'give a duration such as 500ms, 10s or 5m');
-  }
+  const ms = parseFlagDuration(text);
+  if (typeof ms === 'string') throw new MeshctlError('CONFIG_INVALID', `${flag} ${JSON.stringify(text)}: ${ms}`, 'give a duration such as 500ms, 10s or 5m');
   return ms;
 }
 

@@ -12,3 +12,17 @@ export function parseDuration(text: string): number | null | string {
   if (ms <= 0) return 'must be greater than zero (use "off" to disable)';
   return ms;
 }
+
+/** The longest wait a Node timer honours (2^31-1 ms, about 24.8 days); a longer one fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * A duration given on the command line for something meshctl waits on (--confirm-within, --timeout): a positive
+ * number of milliseconds no longer than MAX_TIMER_MS, or a reason string naming what is wrong.
+ */
+export function parseFlagDuration(text: string): number | string {
+  const ms = parseDuration(text);
+  if (ms === null) return '"off" is not allowed here';
+  if (typeof ms === 'string') return ms;
+  return ms > MAX_TIMER_MS ? `${text} is longer than a timer can wait (at most ${MAX_TIMER_MS} ms, about 24.8 days)` : ms;
+}
