@@ -141,7 +141,7 @@ export class ProxySupervisor {
       this.admin = await startAdminServer(this.handlers(), this.config.proxy.adminAddress, this.config.proxy.adminPort, adminAuthorizer(this.log));
       if (this.config.capture.dns.enabled) {
         const activated = activatedDnsListeners(this.config, env, process.pid, activatedDnsCount(this.config, Number(env.LISTEN_FDS ?? 0)));
-        this.dns = await DnsServer.start(this.config, activated ?? planDnsListeners(this.config), this.dnsQueryLog(this.config), this.log);
+        this.dns = await DnsServer.start(this.config, activated ?? planDnsListeners(this.config), this.dnsQueryLog(this.config), this.options.log);
       }
     } catch (error) {
       this.pool.forceStop();

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { allocateVips } from '../../src/policy/mesh-names.js';
+import { dnsListeners, listenStreams } from '../../src/service/layout.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { builtCli, meshctl } from '../helpers/netfilter-lab.js';
 import { inNs } from '../helpers/netns.js';
@@ -282,6 +283,39 @@ describe.skipIf(!integrationEnabled)('DNS in the sidecar (app → capture → pr
       inNs(CLIENT, 'iptables-nft', ['-F', 'INPUT']);
     }
   });
+});
+
+describe.skipIf(!integrationEnabled)('DNS over systemd socket activation', () => {
+  it('serves DNS on the sockets the unit passes after the listeners (stream and datagram per family), and the workers do not take them', async () => {
+    const ACTIVATE = fileURLToPath(new URL('../helpers/socket-activate.py', import.meta.url));
+    const lab = await createProxyLab('da', 233, null, 'hd');
+    let upstream: UpstreamProcess | null = null;
+    try {
+      upstream = await startUpstreamIn(lab.server, '0.0.0.0', zone);
+      const raw = {
+        ...labConfigObject({ proxy: { workers: 2 }, capture: { dns: { enabled: true } } }, join(lab.dir, 'state')),
+        outbound: { resolver: { servers: [lab.addrs.b4] } },
+        services: [{ name: 'api', addresses: ['api.mesh.internal:80'], endpoints: [`${lab.addrs.b4}:8080`] }],
+      };
+      const { file, config } = lab.writeConfig(raw);
+      // The order `meshctl service install` writes the socket unit in (src/service/layout.ts).
+      const units = [...listenStreams(config).map((s) => `stream=${s}`), ...dnsListeners(config).map((l) => `${l.kind === 'ListenStream' ? 'stream' : 'datagram'}=${l.address}`)];
+      expect(units).toHaveLength(8);
+      const proxy = await lab.startProxy(file, [], ['/usr/bin/python3', ACTIVATE, ...units, '--']);
+      await proxy.waitReady();
+      const stats = await proxy.adminJson('/stats');
+      expect(stats.dns.listening).toEqual(['ipv4 udp fd 8, tcp fd 7', 'ipv6 udp fd 10, tcp fd 9']);
+      expect(stats.listeners).toEqual(['outbound (fd 3)', 'inbound (fd 4)', 'outbound6 (fd 5)', 'inbound6 (fd 6)']);
+      const udp = await run('ip', ['netns', 'exec', lab.client, 'dig', '+tries=1', '+time=3', '+short', '@127.0.0.1', '-p', '15053', 'api.mesh.internal', 'A']);
+      const tcp = await run('ip', ['netns', 'exec', lab.client, 'dig', '+tries=1', '+time=3', '+short', '+tcp', '@::1', '-p', '15053', 'www.example.test', 'A']);
+      expect([udp.stdout.trim(), tcp.stdout.trim()]).toEqual([VIP.ipv4, '192.0.2.10']);
+      const contract = await proxy.adminJson('/contract');
+      expect(contract).toMatchObject({ udp: { ipv4: [15053], ipv6: [15053] } });
+    } finally {
+      await upstream?.stop();
+      await lab.destroy();
+    }
+  }, 120_000);
 });
 
 describe.skipIf(!integrationEnabled)('the shipped example rules/examples/vm-tproxy-dns.json', () => {
