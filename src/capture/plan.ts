@@ -10,7 +10,9 @@
 //              excluded iface → RETURN
 //              src 127.0.0.6 over lo (proxy → local app, inbound passthrough) → RETURN
 //              proxy uid/gid over lo to a non-127.0.0.1 address (an app called its own address) ⤸ inbound chain
-//              other lo traffic (not the proxy) → RETURN;  proxy uid / gid → RETURN (no loops);  127.0.0.1 → RETURN
+//              other lo traffic (not the proxy) → RETURN;  proxy uid / gid → RETURN (no loops)
+//              (a loopback includeCidrs entry replaces the lo RETURNs by 127.0.0.1 → RETURN, or, when it holds
+//               127.0.0.1 itself, by 127.0.0.1 to the proxy's own ports → RETURN)
 //              excluded uids / gids, groups outside includeGids → RETURN
 //              excluded CIDRs / ports → RETURN
 //              included CIDRs × ports ⤸ MESHCTL_REDIRECT → REDIRECT :outbound
@@ -24,7 +26,7 @@ import type { Config } from '../config/types.js';
 import type { Cidr, Family } from '../values/ip.js';
 import type { ChainDecl, CapturePlan, FamilyPlan, Match, PolicyRoute, Rule, Table, Target, LoopbackAddress } from './model.js';
 import type { PortRange } from '../values/ports.js';
-import { hostCidr } from '../values/ip.js';
+import { cidrContains, hostCidr, isLoopback, parseIp } from '../values/ip.js';
 
 export const CHAINS = {
   inbound: 'MESHCTL_INBOUND',
@@ -107,7 +109,7 @@ function addSkipMidstream(b: FamilyBuilder, table: Table, chain: string): void {
 
 /** Rules shared by inbound capture in every mode: what is never captured, then what is. */
 function addInboundFilter(b: FamilyBuilder, config: Config, table: Table, chain: string, capture: Target, purpose: string): void {
-  const { capture: cap, safety, proxy } = config;
+  const { capture: cap, safety } = config;
   cap.excludeInterfaces.forEach((name, i) =>
     b.add(table, chain, [{ kind: 'inInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
   const peer = safety.sshPeer;
@@ -118,8 +120,7 @@ function addInboundFilter(b: FamilyBuilder, config: Config, table: Table, chain:
   if (!safety.unsafeCaptureSsh) {
     for (const chunk of chunkPorts(safety.sshPorts.map(port))) b.add(table, chain, [tcp, dport(chunk)], { kind: 'return' }, 'skip-ssh', `safety.sshPorts (${safety.sshPortsSource})`);
   }
-  const own = [proxy.adminPort, proxy.outboundPort, proxy.inboundPort, ...(cap.dns.enabled ? [cap.dns.port] : [])].sort((x, y) => x - y);
-  b.add(table, chain, [tcp, dport(own.map(port))], { kind: 'return' }, 'skip-proxy-ports', 'proxy.adminPort, proxy.outboundPort, proxy.inboundPort');
+  b.add(table, chain, [tcp, dport(ownPorts(config).map(port))], { kind: 'return' }, 'skip-proxy-ports', 'proxy.adminPort, proxy.outboundPort, proxy.inboundPort');
   cap.inbound.excludePorts.forEach((range, i) =>
     b.add(table, chain, [tcp, dport([range])], { kind: 'return' }, 'skip-inbound-port', `capture.inbound.excludePorts[${i}]`));
   if (cap.inbound.includePorts === 'all') {
@@ -181,13 +182,31 @@ function addProxyExemption(b: FamilyBuilder, config: Config, table: Table, chain
   b.add(table, chain, [...extra, { kind: 'gidOwner', gid }], { kind: 'return' }, 'skip-proxy-gid', config.proxy.user.name === null ? 'proxy.group' : 'proxy.user (primary group)');
 }
 
-/** Destinations and ports outbound capture applies to, as (matches, origin) pairs. */
-function outboundIncludes(b: FamilyBuilder, config: Config): { matches: Match[]; origin: string }[] {
+/** Listed include CIDRs of this family that lie inside loopback (127.0.0.0/8, ::1). */
+function loopbackIncludes(b: FamilyBuilder, config: Config): { cidr: Cidr; index: number }[] {
+  const list = config.capture.outbound.includeCidrs;
+  if (list === 'all') return [];
+  return b.cidrs(list).filter(({ cidr }) => isLoopback(parseIp(cidr.address)!) && cidr.prefix >= (cidr.family === 'ipv4' ? 8 : 128));
+}
+
+/** The proxy's listening ports, in order. */
+function ownPorts(config: Config): number[] {
+  const { proxy, capture: cap } = config;
+  return [proxy.adminPort, proxy.outboundPort, proxy.inboundPort, ...(cap.dns.enabled ? [cap.dns.port] : [])].sort((x, y) => x - y);
+}
+
+/**
+ * Destinations and ports outbound capture applies to, as (matches, origin) pairs. `withLoopback: false` leaves
+ * loopback includes out (IPv6 block: loopback traffic never leaves the host, and its REJECT would sit behind the
+ * lo RETURN, a rule that could never match).
+ */
+function outboundIncludes(b: FamilyBuilder, config: Config, withLoopback = true): { matches: Match[]; origin: string }[] {
   const out = config.capture.outbound;
+  const loopback = new Set(withLoopback ? [] : loopbackIncludes(b, config).map((l) => l.index));
   const cidrs: { matches: Match[]; origin: string }[] =
     out.includeCidrs === 'all'
       ? [{ matches: [], origin: 'capture.outbound.includeCidrs' }]
-      : b.cidrs(out.includeCidrs).map(({ cidr, index }) => ({ matches: [{ kind: 'destination', cidr }], origin: `capture.outbound.includeCidrs[${index}]` }));
+      : b.cidrs(out.includeCidrs).filter(({ index }) => !loopback.has(index)).map(({ cidr, index }) => ({ matches: [{ kind: 'destination', cidr }], origin: `capture.outbound.includeCidrs[${index}]` }));
   const ports: { matches: Match[]; origin: string }[] =
     out.includePorts === 'all'
       ? [{ matches: [], origin: '' }]
@@ -222,10 +241,27 @@ function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: strin
     b.add('nat', chain, [notLocalhost, lo, tcp, ...notDns, { kind: 'uidOwner', uid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
     b.add('nat', chain, [notLocalhost, lo, tcp, ...notDns, { kind: 'gidOwner', gid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
   }
-  b.add('nat', chain, [lo, { kind: 'uidOwner', uid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
-  b.add('nat', chain, [lo, { kind: 'gidOwner', gid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+  // Loopback in includeCidrs (127.0.0.0/8, ::1) means "capture it": like istio-iptables, the loopback RETURNs go, or
+  // the include's REDIRECT would sit behind them and never match. Then apps' lo traffic goes on to the exclusions
+  // and includes like any other (an app calling its own included address over lo is captured too). A listed
+  // include holding 127.0.0.1 / ::1 also drops the localhost RETURN, except for the proxy's own ports (apps still
+  // reach its admin and DNS ports directly). Without a loopback include the lo RETURNs and the proxy's exemption
+  // decide every packet to 127.0.0.1 / ::1, so the localhost RETURN istio-iptables adds would be dead: not rendered.
+  const loopback = loopbackIncludes(b, config);
+  if (loopback.length === 0) {
+    b.add('nat', chain, [lo, { kind: 'uidOwner', uid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+    b.add('nat', chain, [lo, { kind: 'gidOwner', gid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+  }
   addProxyExemption(b, config, 'nat', chain, []);
-  b.add('nat', chain, [{ kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]) }], { kind: 'return' }, 'skip-localhost', 'built-in (localhost)');
+  const localhost = hostCidr(LOCALHOST[b.family]);
+  const localhostIncluded = loopback.find((l) => cidrContains(l.cidr, parseIp(localhost.address)!));
+  if (localhostIncluded) {
+    b.add('nat', chain, [{ kind: 'destination', cidr: localhost }, tcp, dport(ownPorts(config).map(port))], { kind: 'return' }, 'skip-localhost-proxy-ports',
+      `capture.outbound.includeCidrs[${localhostIncluded.index}] (localhost included; the proxy's own ports stay direct)`);
+  } else if (loopback.length > 0) {
+    // Only here: with the lo RETURNs in place every packet to 127.0.0.1 / ::1 is already decided (a dead rule).
+    b.add('nat', chain, [{ kind: 'destination', cidr: localhost }], { kind: 'return' }, 'skip-localhost', 'built-in (localhost)');
+  }
   addOwnerExemptions(b, config, 'nat', chain, []);
   addOutboundExclusions(b, config, 'nat', chain);
   for (const include of outboundIncludes(b, config)) b.add('nat', chain, include.matches, { kind: 'jump', chain: redirect }, 'outbound-to-proxy', include.origin);
@@ -299,7 +335,7 @@ function planBlock(b: FamilyBuilder, config: Config): void {
     addProxyExemption(b, config, 'filter', chain, []);
     addOwnerExemptions(b, config, 'filter', chain, []);
     addOutboundExclusions(b, config, 'filter', chain);
-    for (const include of outboundIncludes(b, config)) b.add('filter', chain, include.matches, reject, 'ipv6-block-outbound', `capture.ipv6 (block) × ${include.origin}`);
+    for (const include of outboundIncludes(b, config, false)) b.add('filter', chain, include.matches, reject, 'ipv6-block-outbound', `capture.ipv6 (block) × ${include.origin}`);
     b.add('filter', 'OUTPUT', [tcp], { kind: 'jump', chain }, 'ipv6-block', 'capture.ipv6');
   }
   if (cap.inbound.enabled) {

@@ -72,11 +72,11 @@ describe.skipIf(!integrationEnabled)('rendered rule sets load into a real kernel
     try {
       restoreIptables(ns, 'ipv4', 'nft', renderIptablesRestore(family));
       const text = saveIptables(ns, 'ipv4', 'nft');
-      const victim = text.split('\n').find((l) => l.includes('meshctl:skip-localhost'))!;
+      const victim = text.split('\n').find((l) => l.includes('meshctl:skip-proxy-gid'))!;
       restoreIptables(ns, 'ipv4', 'nft', `*nat\n${victim.replace(/^-A /, '-D ')}\nCOMMIT\n`);
       const diff = diffFamily(family, parseSave(saveIptables(ns, 'ipv4', 'nft')));
       expect(diff.inSync).toBe(false);
-      expect(diff.missing.map((r) => r.purpose)).toEqual(['skip-localhost']);
+      expect(diff.missing.map((r) => r.purpose)).toEqual(['skip-proxy-gid']);
     } finally {
       deleteNs(ns);
     }

@@ -103,10 +103,10 @@ describe('diffFamily', () => {
   });
 
   it('reports a deleted rule as missing and a deleted chain as a missing chain', () => {
-    const text = asSave(restore).split('\n').filter((l) => !l.includes('meshctl:skip-localhost') && !l.includes('MESHCTL_IN_REDIRECT')).join('\n');
+    const text = asSave(restore).split('\n').filter((l) => !l.includes('meshctl:skip-proxy-gid') && !l.includes('MESHCTL_IN_REDIRECT')).join('\n');
     const diff = diffFamily(plan, parseSave(text));
     expect(diff.missingChains).toEqual([{ table: 'nat', name: 'MESHCTL_IN_REDIRECT' }]);
-    expect(diff.missing.map((r) => r.purpose).sort()).toEqual(['inbound-to-proxy', 'redirect-inbound', 'skip-localhost']);
+    expect(diff.missing.map((r) => r.purpose).sort()).toEqual(['inbound-to-proxy', 'redirect-inbound', 'skip-proxy-gid']);
     expect(diff.extra).toEqual([]);
     expect(diff.outOfOrder).toEqual([]);
   });

@@ -23,7 +23,6 @@ const MESHCTL_NAT = `
 -A MESHCTL_OUTPUT -o lo -m owner ! --gid-owner 65534 -m comment --comment "meshctl:skip-loopback" -j RETURN
 -A MESHCTL_OUTPUT -m owner --uid-owner 65534 -m comment --comment "meshctl:skip-proxy-uid" -j RETURN
 -A MESHCTL_OUTPUT -m owner --gid-owner 65534 -m comment --comment "meshctl:skip-proxy-gid" -j RETURN
--A MESHCTL_OUTPUT -d 127.0.0.1/32 -m comment --comment "meshctl:skip-localhost" -j RETURN
 -A MESHCTL_OUTPUT -p tcp -m tcp --dport 9999 -m comment --comment "meshctl:skip-port" -j RETURN
 -A MESHCTL_OUTPUT -p tcp -m comment --comment "meshctl:outbound-to-proxy" -j MESHCTL_REDIRECT
 -A MESHCTL_REDIRECT -p tcp -m comment --comment "meshctl:redirect-outbound" -j REDIRECT --to-ports 15001`;
@@ -69,7 +68,6 @@ table inet meshctl {
 		oifname "lo" meta skgid != 65534 return comment "meshctl:skip-loopback"
 		meta skuid 65534 return comment "meshctl:skip-proxy-uid"
 		meta skgid 65534 return comment "meshctl:skip-proxy-gid"
-		ip daddr 127.0.0.1 return comment "meshctl:skip-localhost"
 		tcp dport 9999 return comment "meshctl:skip-port"
 		meta l4proto tcp jump v4_nat_MESHCTL_REDIRECT comment "meshctl:outbound-to-proxy"
 	}
@@ -302,9 +300,9 @@ describe('describeDifferences', () => {
   });
 
   it('reports drift separately from config changes', () => {
-    const kernel = fromSave(save().replace(/-A MESHCTL_OUTPUT -d 127\.0\.0\.1.*\n/, ''));
+    const kernel = fromSave(save().replace(/-A MESHCTL_OUTPUT -m owner --gid-owner 65534 .*\n/, ''));
     const d = describeDifferences(kernel, RECORDED, RECORDED, SMALL, SMALL);
     expect(d).toMatchObject({ differs: true, configFields: [] });
-    expect(d.drift.recordedOnly).toEqual(['ipv4 nat MESHCTL_OUTPUT: meshctl:skip-localhost (built-in (localhost)) -d 127.0.0.1/32 -m comment --comment "meshctl:skip-localhost" -j RETURN']);
+    expect(d.drift.recordedOnly).toEqual(['ipv4 nat MESHCTL_OUTPUT: meshctl:skip-proxy-gid (proxy.user (primary group)) -m owner --gid-owner 65534 -m comment --comment "meshctl:skip-proxy-gid" -j RETURN']);
   });
 });
