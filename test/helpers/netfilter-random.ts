@@ -8,6 +8,7 @@ import { captureStatus } from '../../src/netfilter/status.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { loadCase } from '../cases.js';
 import { integrationEnabled } from './integration.js';
+import { soakCount } from './soak.js';
 import { createIsolatedNs, deleteNs, inNs } from './netns.js';
 import { addDockerLike, labEnv, meshctlResidue, normalizedRuleset, removeStateDirs, tempStateDir } from './netfilter-lab.js';
 
@@ -112,7 +113,7 @@ export async function runRandomCycles(backend: Backend, ns: string, cycles: numb
  * 25 cycles in `npm test` (every feature and the update path show up many times over; about 20 s per backend), 200 in
  * `npm run test:soak` (MESHCTL_SOAK=1); MESHCTL_RANDOM_CYCLES sets any count.
  */
-export const RANDOM_CYCLES = Number(process.env.MESHCTL_RANDOM_CYCLES ?? (process.env.MESHCTL_SOAK === '1' ? 200 : 25));
+export const RANDOM_CYCLES = Number(process.env.MESHCTL_RANDOM_CYCLES ?? soakCount(25, 200));
 
 /**
  * The whole test of one backend's file: RANDOM_CYCLES cycles in the namespace `ns`, which is deleted afterwards

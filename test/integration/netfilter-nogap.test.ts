@@ -1,6 +1,7 @@
 // No gap during re-install: while an ordinary uid opens connections in a loop (IPv4 and IPv6, one after the other),
-// the config is re-applied 50 times, alternating between two configs that both capture the destination. Every
-// connection must arrive at the (stand-in) proxy port: none may reach the real destination, none may fail.
+// the config is re-applied 20 times (50 in npm run test:soak), alternating between two configs that both capture
+// the destination. Every connection must arrive at the (stand-in) proxy port: none may reach the real destination,
+// none may fail.
 import { once } from 'node:events';
 import { afterAll, describe, expect, it } from 'vitest';
 import { installCapture } from '../../src/netfilter/install.js';
@@ -8,7 +9,10 @@ import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createVethPair, inNs, sh, spawnInNs } from '../helpers/netns.js';
 import { BACKEND_SHORT, BACKENDS, labConfig, labEnv, labNamespaces, tempStateDir } from '../helpers/netfilter-lab.js';
+import { soakCount } from '../helpers/soak.js';
 import { waitUntil } from '../helpers/wait.js';
+
+const REAPPLIES = soakCount(20, 50);
 import type { ChildProcess } from 'node:child_process';
 
 /** Listens on each host:port and answers every connection with one tag byte. Prints "ready" once listening. */
@@ -69,7 +73,7 @@ describe.skipIf(!integrationEnabled)('re-installing under load', () => {
     cleanup();
   });
 
-  it.each(BACKENDS.map((backend, i) => ({ backend, subnet: 181 + i })))('redirects every connection while $backend re-applies the config 50 times', async ({ backend, subnet }) => {
+  it.each(BACKENDS.map((backend, i) => ({ backend, subnet: 181 + i })))(`redirects every connection while $backend re-applies the config ${REAPPLIES} times`, async ({ backend, subnet }) => {
     const a = `mn-gap-${BACKEND_SHORT[backend]}`;
     const b = `mn-gap-${BACKEND_SHORT[backend]}-p`;
     track(a, b);
@@ -100,12 +104,12 @@ describe.skipIf(!integrationEnabled)('re-installing under load', () => {
     await waitUntil('the client loop to print "started"', () => output.includes('started') || client.exitCode !== null, 15_000, { seen: () => output });
 
     const actions: string[] = [];
-    for (let i = 1; i <= 50; i++) actions.push((await installCapture({ config: configs[i % 2]!, netns: a, env: labEnv })).action);
+    for (let i = 1; i <= REAPPLIES; i++) actions.push((await installCapture({ config: configs[i % 2]!, netns: a, env: labEnv })).action);
     client.stdin!.end();
     await once(client, 'exit');
     const result = JSON.parse(output.split('\n').find((l) => l.startsWith('{'))!) as { tags: Record<string, number>; errors: string[]; total: number };
 
-    expect(actions).toEqual(Array(50).fill('updated'));
+    expect(actions).toEqual(Array(REAPPLIES).fill('updated'));
     expect(result.errors).toEqual([]);
     expect(result.tags.D ?? 0).toBe(0);
     expect(result.tags.R).toBe(result.total);

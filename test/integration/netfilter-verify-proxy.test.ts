@@ -1,7 +1,7 @@
 // meshctl verify with the real proxy running (as nobody, two workers, access log off) and holding 15001/15006, so
 // verify cannot listen there and asks the proxy's /lookup instead. Nothing listens on the probe ports: the proxy
 // accepts each probe and fails to connect upstream (connect-failed ECONNREFUSED), which is a redirect all the
-// same. 50 runs in a row pass; a connection the proxy still holds (upstream SYNs dropped) is found live; rules
+// same. 10 runs in a row pass (50 in npm run test:soak); a connection the proxy still holds (upstream SYNs dropped) is found live; rules
 // removed by hand fail the right probes, saying the proxy never saw them.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,9 +12,10 @@ import { integrationEnabled } from '../helpers/integration.js';
 import { meshctl } from '../helpers/netfilter-lab.js';
 import { inNs } from '../helpers/netns.js';
 import { createProxyLab, labConfigObject, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
+import { soakCount } from '../helpers/soak.js';
 
 const SUBNET = 196;
-const RUNS = 50;
+const RUNS = soakCount(10, 50);
 
 function probe(report: VerifyReport, family: string, name: string): ProbeResult {
   const found = report.probes.find((p) => p.family === family && p.name === name);
