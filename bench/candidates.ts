@@ -4,7 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NOFILE, PORTS, waitListening, type Lab } from './lab.js';
+import { DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
 import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
 import { REPO_ROOT } from './tools.js';
 
@@ -49,6 +49,8 @@ export interface CandidateOptions {
  */
 export function policyServices(serverAddr: string, count: number): Record<string, unknown>[] {
   const own = [PORTS.echo, PORTS.http, PORTS.iperf].map((port) => ({ name: `bench-${port}`, addresses: [`${serverAddr}:${port}`], endpoints: [`${serverAddr}:${port}`] }));
+  // The echo service also has a hostname: the DNS workload's mesh name (answered with the service's fixed address).
+  own[0]!.addresses.push(`${DNS_NAMES.mesh}:${PORTS.echo}`);
   const others = Array.from({ length: count - own.length }, (_, i) => ({
     name: `svc-${i}`,
     addresses: i % 10 === 9 ? [`10.${200 + (i % 50)}.${i}.0/24:${8000 + (i % 7)}`] : [`10.254.${i >> 8}.${i & 255}:${80 + (i % 3)}`],
@@ -58,8 +60,10 @@ export function policyServices(serverAddr: string, count: number): Record<string
 }
 
 /** The raw config both proxies are measured with (and the capture rules are planned from). */
-export function benchRawConfig(options: CandidateOptions, stateDir: string, services: readonly Record<string, unknown>[] = [], relay: 'native' | 'node' = 'native'): Record<string, unknown> {
+export function benchRawConfig(options: CandidateOptions, stateDir: string, services: readonly Record<string, unknown>[] = [], relay: 'native' | 'node' = 'native', dnsServer: string | null = null): Record<string, unknown> {
   return {
+    // DNS capture (the dns-32 workload), forwarding to the server namespace's DNS server.
+    ...(dnsServer !== null ? { capture: { dns: { enabled: true } }, outbound: { resolver: { servers: [dnsServer] } } } : {}),
     proxy: {
       user: PROXY_USER.name,
       workers: options.workers,
@@ -142,7 +146,7 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
   const dir = join(lab.options.workDir, name);
   mkdirSync(dir, { recursive: true });
   const stateDir = join(dir, 'state');
-  const raw = benchRawConfig(options, stateDir, name === POLICY_CANDIDATE ? policyServices(lab.serverAddr, POLICY_SERVICES) : [], name === NODE_RELAY_CANDIDATE ? 'node' : 'native');
+  const raw = benchRawConfig(options, stateDir, name === POLICY_CANDIDATE ? policyServices(lab.serverAddr, POLICY_SERVICES) : [], name === NODE_RELAY_CANDIDATE ? 'node' : 'native', lab.serverAddr);
   const configFile = join(dir, 'meshctl.json');
   writeFileSync(configFile, `${JSON.stringify(raw, null, 2)}\n`);
   const pin = lab.options.pin.proxy;

@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sleep, startProc, stopProc, type Proc } from './procs.js';
+import { REPO_ROOT } from './tools.js';
 
 /** CPU lists (taskset) per role; a role without a list is not pinned. */
 export interface Pinning {
@@ -25,6 +26,11 @@ export interface LabOptions {
 }
 
 export const PORTS = { echo: 7000, http: 8080, iperf: 5201 } as const;
+/** The DNS workload's test server and load loop (plain JS helpers shared with the DNS integration tests). */
+export const DNS_UPSTREAM = join(REPO_ROOT, 'test', 'helpers', 'dns-upstream.mjs');
+export const DNS_LOAD = join(REPO_ROOT, 'test', 'helpers', 'dns-load.mjs');
+/** A name the server namespace's DNS server answers (cached by meshctl), and the mesh name of meshctl-policy100. */
+export const DNS_NAMES = { cached: 'www.bench.test', mesh: 'echo.mesh.internal' } as const;
 /**
  * Every bench process gets this fd limit (5,000 held connections are 10,000 sockets in the proxy): 65,536, or the
  * hard limit when lower (without CAP_SYS_RESOURCE, as in some containers, root cannot raise it).
@@ -180,6 +186,14 @@ export class Lab {
     });
     this.servers.push(nginx);
     await waitListening(this.serverNs, PORTS.http, nginx);
+
+    const zone = { names: { [DNS_NAMES.cached]: { ttl: 3600, A: ['192.0.2.10'] } }, negativeTtl: 300 };
+    const dns = startProc('dns server', [process.execPath, DNS_UPSTREAM, '0.0.0.0', '53', JSON.stringify(zone)], {
+      ns: this.serverNs,
+      ...(pin.servers ? { cpus: pin.servers } : {}),
+    });
+    this.servers.push(dns);
+    await waitListening(this.serverNs, 53, dns);
   }
 
   private removeNamespaces(): void {

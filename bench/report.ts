@@ -21,7 +21,7 @@ export function stat(values: readonly number[]): Stat | null {
   return { median, min: s[0]!, max: s[s.length - 1]!, n: s.length };
 }
 
-type Unit = 'Gbit/s' | 'ops/s' | 'conn/s' | 'req/s' | 'µs' | 'µs CPU/op' | 'CPU s/GB' | 'MiB' | 'bytes' | '% core';
+type Unit = 'Gbit/s' | 'ops/s' | 'conn/s' | 'req/s' | 'q/s' | 'µs' | 'µs CPU/op' | 'CPU s/GB' | 'MiB' | 'bytes' | '% core';
 
 interface Target {
   /** Against HAProxy's median (ratio meshctl ÷ HAProxy), or an absolute bound on meshctl's median. */
@@ -63,6 +63,11 @@ export const ROWS: readonly RowSpec[] = [
   { workload: 'http-32', metric: 'rate', label: 'HTTP/1.1 wrk → nginx, c=32', unit: 'req/s' },
   { workload: 'http-32', metric: 'p99', label: 'HTTP/1.1 wrk → nginx, c=32: p99', unit: 'µs' },
   { workload: 'http-32', metric: 'proxyCpuPerOp', label: 'HTTP/1.1: proxy CPU', unit: 'µs CPU/op', noDirect: true },
+  { workload: 'dns-32', metric: 'rate', label: 'DNS, c=32: cached name (direct: the DNS server itself)', unit: 'q/s' },
+  { workload: 'dns-32', metric: 'p99', label: 'DNS, c=32: cached name: p99', unit: 'µs' },
+  { workload: 'dns-32', metric: 'meshRate', label: 'DNS, c=32: mesh name (policy100: authoritative; meshctl: negative cache)', unit: 'q/s' },
+  { workload: 'dns-32', metric: 'meshP99', label: 'DNS, c=32: mesh name: p99', unit: 'µs' },
+  { workload: 'dns-32', metric: 'proxyCpuPerOp', label: 'DNS, cached name: proxy CPU', unit: 'µs CPU/op', noDirect: true },
   { workload: 'idle', metric: 'rssIdle', label: 'proxy RSS, idle', unit: 'MiB', noDirect: true },
   { workload: 'idle', metric: 'rssHeld', label: 'proxy RSS, N idle connections', unit: 'MiB', noDirect: true },
   { workload: 'idle', metric: 'bytesPerConn', label: 'RSS per idle proxied connection (both legs)', unit: 'bytes', noDirect: true, target: { kind: 'abs-max', value: 6144, text: '≤ 6 KiB' } },
@@ -198,7 +203,7 @@ export function policyChecks(measurements: readonly Measurement[], candidates: r
   return lines;
 }
 
-const RATE_METRIC: Partial<Record<WorkloadName, string>> = { 'bulk-1': 'gbps', 'bulk-8': 'gbps', 'rr-1': 'rate', 'rr-32': 'rate', paced: 'rate', 'connect-32': 'rate', 'http-32': 'rate' };
+const RATE_METRIC: Partial<Record<WorkloadName, string>> = { 'bulk-1': 'gbps', 'bulk-8': 'gbps', 'rr-1': 'rate', 'rr-32': 'rate', paced: 'rate', 'connect-32': 'rate', 'http-32': 'rate', 'dns-32': 'rate' };
 
 /**
  * The load generator is not the bottleneck of a proxied run when direct (same generator, no proxy) reaches a

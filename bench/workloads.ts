@@ -1,13 +1,13 @@
 // The workloads, each bounded in time: bulk throughput (iperf3, 1 and 8 streams), 64-byte ping-pong at
 // concurrency 1 and 32, the same paced at a fixed rate, connect + request + close, HTTP/1.1 (wrk → nginx), and the
 // proxy's memory with idle connections. Every run also reads the proxy's CPU time, so cost per GB / per op follows.
-import { NOFILE, PORTS, waitListening, type Lab } from './lab.js';
+import { DNS_LOAD, DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
 import type { RunningCandidate } from './candidates.js';
 import { runClient, sleep, startProc, stopProc, type Completed } from './procs.js';
 
-export type WorkloadName = 'idle' | 'bulk-1' | 'bulk-8' | 'rr-1' | 'rr-32' | 'paced' | 'connect-32' | 'http-32';
+export type WorkloadName = 'idle' | 'bulk-1' | 'bulk-8' | 'rr-1' | 'rr-32' | 'paced' | 'connect-32' | 'http-32' | 'dns-32';
 /** Run order inside one candidate session: idle first, so its baseline is a freshly started proxy. */
-export const WORKLOADS: readonly WorkloadName[] = ['idle', 'bulk-1', 'bulk-8', 'rr-1', 'rr-32', 'paced', 'connect-32', 'http-32'];
+export const WORKLOADS: readonly WorkloadName[] = ['idle', 'bulk-1', 'bulk-8', 'rr-1', 'rr-32', 'paced', 'connect-32', 'http-32', 'dns-32'];
 
 export interface Profile {
   /** Measured seconds per run. */
@@ -154,6 +154,36 @@ async function http(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
   return values;
 }
 
+interface DnsLoadResult {
+  answered: number;
+  lost: number;
+  qps: number;
+  perQuery: Record<string, { count: number; p50Ms: number; p99Ms: number }>;
+}
+
+/**
+ * DNS over UDP, 32 queries outstanding (test/helpers/dns-load.mjs): a cached name, then a mesh name. Direct asks the
+ * server namespace's DNS server itself; meshctl answers the captured queries (the mesh name authoritatively where a
+ * service names it, meshctl-policy100; elsewhere from its negative cache). HAProxy serves no DNS.
+ */
+async function dns(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values | null> {
+  if (candidate.name === 'haproxy') return null;
+  const count = Math.max(2000, Math.round(profile.secs * 8000));
+  const loop = async (name: string) => {
+    const argv = [process.execPath, DNS_LOAD, lab.serverAddr, '53', String(count), '32', JSON.stringify([[name, 'A']])];
+    const { result, proxyCpu } = await withProxyCpu(candidate, () => runClient('dns-load', argv, loadgenOptions(lab), 120_000));
+    const r = parseJsonLine<DnsLoadResult>('dns-load', result);
+    if (r.answered !== count || r.lost > 0) throw new Error(`dns-load against ${candidate.name}: ${r.answered} of ${count} answered, ${r.lost} lost\n${result.stderr.slice(-1000)}`);
+    const q = r.perQuery[`${name} A`]!;
+    return { qps: r.qps, p50: q.p50Ms * 1000, p99: q.p99Ms * 1000, proxyCpu, loadgenCpu: result.cpuSeconds / result.wallSeconds };
+  };
+  const cached = await loop(DNS_NAMES.cached);
+  const mesh = await loop(DNS_NAMES.mesh);
+  const values: Values = { rate: cached.qps, p50: cached.p50, p99: cached.p99, meshRate: mesh.qps, meshP50: mesh.p50, meshP99: mesh.p99, loadgenCpu: cached.loadgenCpu };
+  if (cached.proxyCpu !== null) values.proxyCpuPerOp = (cached.proxyCpu / count) * 1e6;
+  return values;
+}
+
 function median(values: number[]): number {
   const s = [...values].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
@@ -214,5 +244,7 @@ export async function runWorkload(name: WorkloadName, lab: Lab, candidate: Runni
       return tcpbench(lab, candidate, 'cc', { conns: 32 }, profile);
     case 'http-32':
       return http(lab, candidate, profile);
+    case 'dns-32':
+      return dns(lab, candidate, profile);
   }
 }
