@@ -57,7 +57,7 @@ function matchKey(match: Match): string | null {
     case 'uidOwner':
       return `${not}uidOwner=${match.uid}`;
     case 'gidOwner':
-      return `${not}gidOwner=${match.gid}`;
+      return `${not}gidOwner=${match.gid}${match.suppl ? '+suppl' : ''}`;
     case 'ctState':
       return `${not}ctState=${[...new Set(match.states)].sort().join(',')}`;
     case 'socketTransparent':

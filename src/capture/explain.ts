@@ -22,6 +22,8 @@ export interface Flow {
   /** Outbound only: the socket owner. */
   readonly uid?: number;
   readonly gid?: number;
+  /** Outbound only: the owner's supplementary groups (what `--suppl-groups` also matches). */
+  readonly groups?: readonly number[];
   /** Inbound: the interface the packet arrives on. */
   readonly inInterface?: string;
   /** Outbound: the interface the route picks (default: lo for local destinations, else HostContext). */
@@ -116,6 +118,7 @@ interface Packet {
   outInterface: string | null;
   uid: number | null;
   gid: number | null;
+  groups: readonly number[];
 }
 
 /** The built-in chain a new connection's first packet passes, per table, in hook order. */
@@ -156,7 +159,7 @@ function matches(match: Match, p: Packet): boolean {
       case 'uidOwner':
         return p.uid === match.uid;
       case 'gidOwner':
-        return p.gid === match.gid;
+        return p.gid === match.gid || (match.suppl === true && p.groups.includes(match.gid));
       case 'ctState':
         return match.states.includes('NEW');
       case 'socketTransparent':
@@ -375,6 +378,7 @@ function packetOf(flow: Flow, host: HostContext): { packet: Packet; assumptions:
     outInterface,
     uid: flow.direction === 'outbound' ? (flow.uid ?? null) : null,
     gid: flow.direction === 'outbound' ? (flow.gid ?? flow.uid ?? null) : null,
+    groups: flow.direction === 'outbound' ? (flow.groups ?? []) : [],
   };
   if (flow.direction === 'outbound' && flow.uid === undefined) assumptions.push('socket owner unknown; uid/gid rules cannot match — pass --uid/--gid');
   return { packet, assumptions };

@@ -19,7 +19,11 @@ export type Match =
   | { readonly kind: 'destinationPort'; readonly ports: readonly PortRange[]; readonly negate?: boolean }
   | { readonly kind: 'sourcePort'; readonly ports: readonly PortRange[]; readonly negate?: boolean }
   | { readonly kind: 'uidOwner'; readonly uid: number; readonly negate?: boolean }
-  | { readonly kind: 'gidOwner'; readonly gid: number; readonly negate?: boolean }
+  /**
+   * `suppl`: also the socket's supplementary groups (`--suppl-groups`). iptables only: nft's `meta skgid` sees the
+   * primary group alone, so render-nft refuses such a match rather than render one that means something else.
+   */
+  | { readonly kind: 'gidOwner'; readonly gid: number; readonly negate?: boolean; readonly suppl?: boolean }
   | { readonly kind: 'ctState'; readonly states: readonly CtState[]; readonly negate?: boolean }
   /** `-m socket --transparent`: an established transparent socket exists for the packet. */
   | { readonly kind: 'socketTransparent' }

@@ -234,6 +234,14 @@ const ownerOption: OptionParser = (args, option) => {
   args.matches.push(option === '--uid-owner' ? { kind: 'uidOwner', uid: id, ...args.neg() } : { kind: 'gidOwner', gid: id, ...args.neg() });
 };
 
+/** `--suppl-groups` widens the `--gid-owner` before it (same owner module) to supplementary groups. */
+const supplOption: OptionParser = (args, option) => {
+  args.requireModule(option, 'owner');
+  const last = args.matches.at(-1);
+  if (args.negate || last?.kind !== 'gidOwner') throw new Unsupported(`${option} without --gid-owner`);
+  args.matches[args.matches.length - 1] = { ...last, suppl: true };
+};
+
 const ctStateOption: OptionParser = (args, option) => {
   args.requireModule(option, 'conntrack');
   const states = args.next(option).split(',').map((s) => {
@@ -291,6 +299,7 @@ const OPTIONS: ReadonlyMap<string, OptionParser> = new Map(
     [portOption, '--dport', '--destination-port', '--sport', '--source-port'],
     [multiportOption, '--dports', '--destination-ports', '--sports', '--source-ports'],
     [ownerOption, '--uid-owner', '--gid-owner'],
+    [supplOption, '--suppl-groups'],
     [ctStateOption, '--ctstate'],
     [synOption, '--syn', '--tcp-flags'],
     [transparentOption, '--transparent'],

@@ -169,9 +169,10 @@ function planInbound(b: FamilyBuilder, config: Config): string | null {
 function addOwnerExemptions(b: FamilyBuilder, config: Config, table: Table, chain: string, extra: Match[]): void {
   const out = config.capture.outbound;
   out.excludeUids.forEach((uid, i) => b.add(table, chain, [...extra, { kind: 'uidOwner', uid }], { kind: 'return' }, 'skip-uid', `capture.outbound.excludeUids[${i}]`));
-  out.excludeGids.forEach((gid, i) => b.add(table, chain, [...extra, { kind: 'gidOwner', gid }], { kind: 'return' }, 'skip-gid', `capture.outbound.excludeGids[${i}]`));
+  // Group lists mean membership: the primary group or a supplementary one (a process started with setpriv --groups).
+  out.excludeGids.forEach((gid, i) => b.add(table, chain, [...extra, { kind: 'gidOwner', gid, suppl: true }], { kind: 'return' }, 'skip-gid', `capture.outbound.excludeGids[${i}]`));
   if (out.includeGids !== 'all') {
-    b.add(table, chain, [...extra, ...out.includeGids.map((gid): Match => ({ kind: 'gidOwner', gid, negate: true }))], { kind: 'return' },
+    b.add(table, chain, [...extra, ...out.includeGids.map((gid): Match => ({ kind: 'gidOwner', gid, negate: true, suppl: true }))], { kind: 'return' },
       'skip-gid-not-included', 'capture.outbound.includeGids');
   }
 }

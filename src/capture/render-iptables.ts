@@ -45,7 +45,7 @@ function renderMatch(match: Match): string {
     case 'uidOwner':
       return `-m owner ${not(match.negate)}--uid-owner ${match.uid}`;
     case 'gidOwner':
-      return `-m owner ${not(match.negate)}--gid-owner ${match.gid}`;
+      return `-m owner ${not(match.negate)}--gid-owner ${match.gid}${match.suppl ? ' --suppl-groups' : ''}`;
     case 'ctState':
       return `-m conntrack ${not(match.negate)}--ctstate ${match.states.join(',')}`;
     case 'socketTransparent':

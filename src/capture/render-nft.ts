@@ -173,7 +173,20 @@ function commentText(purpose: string): string {
 }
 
 /** One model rule as nft rule lines (TPROXY becomes two: nft's tproxy falls through where xt_TPROXY drops). */
+/**
+ * nftables cannot match supplementary groups (`meta skgid` is the primary group only): a group list there would
+ * silently leave out every process that holds the group as a supplementary one. Refused instead.
+ */
+export function refuseSupplementaryGroups(rule: Rule): void {
+  const gid = rule.matches.find((m): m is Extract<Match, { kind: 'gidOwner' }> => m.kind === 'gidOwner' && m.suppl === true);
+  if (!gid) return;
+  const field = rule.origin.replace(/\[\d+\]$/, '');
+  throw new MeshctlError('CONFIG_INVALID', `${rule.origin} (group ${gid.gid}) cannot be honoured by the nftables backend: nftables matches a socket's primary group only (meta skgid), so a process holding the group as a supplementary one would be treated as outside it`,
+    `use capture.backend: iptables-nft or iptables-legacy (both match supplementary groups with --suppl-groups), or remove ${field} from the config`);
+}
+
 export function renderNftRule(rule: Rule, family: Family): string[] {
+  refuseSupplementaryGroups(rule);
   const protocolMatch = rule.matches.find((m): m is Extract<Match, { kind: 'protocol' }> => m.kind === 'protocol' && !m.negate);
   const protocol = protocolMatch?.protocol ?? null;
   const impliedProtocol = rule.matches.some((m) => m.kind === 'destinationPort' || m.kind === 'sourcePort' || m.kind === 'tcpSyn');

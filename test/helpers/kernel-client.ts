@@ -16,6 +16,8 @@ export interface ClientFlow {
 export interface ClientSpec {
   readonly uid: number;
   readonly gid: number;
+  /** Supplementary groups (default none), as `setpriv --groups` would set them. */
+  readonly groups?: readonly number[];
   readonly flows: readonly ClientFlow[];
   readonly timeoutMs: number;
 }
@@ -78,7 +80,7 @@ function udpFlow(flow: ClientFlow, timeoutMs: number): Promise<ClientResult> {
 async function main(): Promise<void> {
   if (process.argv[2] === '--warm') return; // only loads the modules (fills the transpile cache)
   const spec = JSON.parse(process.argv[2] ?? '{}') as ClientSpec;
-  process.setgroups!([]);
+  process.setgroups!([...(spec.groups ?? [])]);
   process.setgid!(spec.gid);
   process.setuid!(spec.uid);
   const results = await Promise.all(spec.flows.map((f) => (f.protocol === 'tcp' ? tcpFlow(f, spec.timeoutMs) : udpFlow(f, spec.timeoutMs))));

@@ -54,6 +54,11 @@ describe.skipIf(!integrationEnabled)('explain agrees with the kernel', () => {
 
   it.concurrent.each(runs)('$name via $backend: every flow lands where explain says', async ({ config, backend, index }) => {
     const plan = planCapture(config);
+    if (backend === 'nftables' && plan.families.some((f) => f.rules.some((r) => r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true)))) {
+      // nftables cannot match supplementary groups: such a config is refused there (golden file), never half-honoured.
+      expect(() => renderNft(plan)).toThrow(/nftables backend/);
+      return;
+    }
     const lab = createLab(`mg-x${index}`, 20 + index, Object.values(REMOTE), WG_ROUTES);
     labs.add(lab);
     try {

@@ -6,12 +6,17 @@ import { diffFamily, foreignView } from '../../src/capture/diff.js';
 import { parseSave } from '../../src/capture/parse-save.js';
 import { renderIptablesRestore } from '../../src/capture/render-iptables.js';
 import { normalizeNftListing, renderNft, renderNftDelete } from '../../src/capture/render-nft.js';
+import type { CapturePlan } from '../../src/capture/model.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createIsolatedNs, deleteNs } from '../helpers/netns.js';
 import { unitPlans } from '../helpers/kernel-cases.js';
 import { IPTABLES_VARIANTS, applyNft, listNftTable, listNftTables, restoreIptables, saveIptables } from '../helpers/kernel-rules.js';
 
 const plans = unitPlans();
+
+function usesSupplementaryGroups(plan: CapturePlan): boolean {
+  return plan.families.some((f) => f.rules.some((r) => r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true)));
+}
 const created = new Set<string>();
 
 function freshNs(index: number, backend: string): string {
@@ -47,6 +52,11 @@ describe.skipIf(!integrationEnabled)('rendered rule sets load into a real kernel
     });
 
     it('loads through nft -c -f and nft -f, lists back exactly the rendering, replaces itself and deletes cleanly', () => {
+      if (usesSupplementaryGroups(plan)) {
+        // nftables cannot match supplementary groups: the renderer refuses, naming the field.
+        expect(() => renderNft(plan)).toThrow(/capture\.outbound\.(in|ex)cludeGids.*nftables backend/);
+        return;
+      }
       const ns = freshNs(index, 'nft');
       try {
         const script = renderNft(plan);

@@ -223,7 +223,8 @@ describe('parseNftRule', () => {
     let count = 0;
     for (const { name, plan } of unitPlans()) {
       for (const fp of plan.families) {
-        for (const rule of fp.rules) {
+        // Group lists (supplementary groups) are refused by render-nft: nothing to read back.
+        for (const rule of fp.rules.filter((r) => !r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true))) {
           const [first] = renderNftRule(rule, fp.family);
           const parsed = parseNftRule(first!, fp.family, (c) => c.replace(/^v[46]_[a-z]+_/, ''));
           expect(parsed.kind, `${name}: ${first}`).toBe('rule');
@@ -272,7 +273,8 @@ describe('round trip: explaining the rendered rules read back equals explaining 
     }
   });
 
-  it.each(cases)('$name via the nft listing', ({ config }) => {
+  const nftCases = cases.filter((c) => !planCapture(c.config).families.some((f) => f.rules.some((r) => r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true))));
+  it.each(nftCases)('$name via the nft listing', ({ config }) => {
     const planned = planCapture(config);
     const kernel = planFromNftRuleset(renderNftTable(planned), planned);
     expect(compareOwnRules(kernel, planned)).toEqual({ leftOnly: [], rightOnly: [] });

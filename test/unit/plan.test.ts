@@ -111,7 +111,7 @@ describe('planCapture', () => {
   it('restricts capture to included groups with one rule of negated owner matches', () => {
     const v4 = fam(planCapture(loadCase('t', { proxy: { user: 'meshproxy' }, capture: { outbound: { includeGids: ['apps', 2100] } } })), 'ipv4');
     const rule = v4.rules.find((r) => r.purpose === 'skip-gid-not-included');
-    expect(rule?.matches).toEqual([{ kind: 'gidOwner', gid: 2000, negate: true }, { kind: 'gidOwner', gid: 2100, negate: true }]);
+    expect(rule?.matches).toEqual([{ kind: 'gidOwner', gid: 2000, negate: true, suppl: true }, { kind: 'gidOwner', gid: 2100, negate: true, suppl: true }]);
   });
 
   it('lets only a SYN start capture, so connections older than the rules are never cut', () => {

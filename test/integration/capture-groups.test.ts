@@ -1,0 +1,89 @@
+// Group lists match supplementary groups on a real kernel: a process whose primary group is its own (1000) but whose
+// supplementary groups (set as `setpriv --groups` sets them) hold `apps` is captured under includeGids [apps], one
+// without is not; one holding `batch` is exempt under excludeGids [batch]; explain (given the groups) agrees. iptables-nft and iptables-legacy
+// (`--suppl-groups`); nftables cannot match supplementary groups, so install refuses the config there and changes
+// nothing. Namespaces only.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { explainFlow } from '../../src/capture/explain.js';
+import { planCapture } from '../../src/capture/plan.js';
+import { renderIptablesRestore } from '../../src/capture/render-iptables.js';
+import { isMeshctlError } from '../../src/errors.js';
+import { isAddonAvailable } from '../../src/native/addon.js';
+import { installCapture } from '../../src/netfilter/install.js';
+import { integrationEnabled } from '../helpers/integration.js';
+import { endpoint, hostContext, REMOTE, WG_ROUTES } from '../helpers/kernel-flows.js';
+import { createLab, destroyLab, runClient, startObserver, warmChildScripts, type Lab } from '../helpers/kernel-lab.js';
+import { restoreIptables } from '../helpers/kernel-rules.js';
+import type { ObservedConnection } from '../helpers/kernel-observer.js';
+import { labConfig, labEnv, labNamespaces, rulesetOf, tempStateDir } from '../helpers/netfilter-lab.js';
+
+const rawOf = (outbound: Record<string, unknown>) => ({ capture: { ipv6: 'off', inbound: { enabled: false }, outbound } });
+const INCLUDE = rawOf({ includeGids: ['apps'] });
+const EXCLUDE = rawOf({ excludeGids: ['batch'] });
+const APPS = 2000;
+const BATCH = 2100;
+const labs = new Set<Lab>();
+const { freshNs, cleanup } = labNamespaces();
+
+/** Where a connection from uid/gid 1000 with `groups` to the peer's port 80 lands: `redirected` or `direct`. */
+async function landing(lab: Lab, groups: number[]): Promise<string> {
+  const [result] = await runClient(lab.host, { uid: 1000, gid: 1000, groups, timeoutMs: 3000, flows: [{ id: 'f', protocol: 'tcp', address: lab.peer4, port: 80 }] });
+  if (result!.error) return `error ${result!.error}`;
+  const c = result!.answer as unknown as ObservedConnection;
+  return c.where === 'peer' ? 'direct' : c.orig ? `redirected to :${c.listener}, original ${endpoint(c.orig.address, c.orig.port)}` : `host ${c.local.port}`;
+}
+
+describe.skipIf(!integrationEnabled)('group lists match supplementary groups', () => {
+  beforeAll(() => {
+    if (!isAddonAvailable()) throw new Error('the native addon is not built (build/Release/meshctl_native.node): run `npm ci`');
+    warmChildScripts();
+  });
+  afterAll(() => {
+    for (const lab of labs) destroyLab(lab);
+    cleanup();
+  });
+
+  const runs = (['iptables-nft', 'iptables-legacy'] as const).flatMap((backend, b) => [
+    { backend, index: b * 2, name: 'includeGids [apps]', raw: INCLUDE, expect: [[[APPS], 'redirected'], [[], 'direct'], [[999, BATCH], 'direct']] as const },
+    { backend, index: b * 2 + 1, name: 'excludeGids [batch]', raw: EXCLUDE, expect: [[[BATCH], 'direct'], [[APPS, BATCH], 'direct'], [[], 'redirected'], [[APPS], 'redirected']] as const },
+  ]);
+
+  it.each(runs)('$backend, $name: a supplementary group decides as a primary one would', async ({ backend, index, raw, expect: table }) => {
+    const config = labConfig('/nonexistent', backend, raw);
+    const plan = planCapture(config);
+    const lab = createLab(`hk-gr${index}`, 150 + index, Object.values(REMOTE), WG_ROUTES);
+    labs.add(lab);
+    const observers = [
+      await startObserver(lab.host, { where: 'host', tcp: [config.proxy.outboundPort], udp: [], udpAddresses: [], runAs: { uid: config.proxy.user.uid, gid: config.proxy.user.gid } }),
+      await startObserver(lab.peer, { where: 'peer', tcp: [80], udp: [], udpAddresses: [] }),
+    ];
+    try {
+      for (const family of plan.families) restoreIptables(lab.host, family.family, backend === 'iptables-nft' ? 'nft' : 'legacy', renderIptablesRestore(family));
+      const context = hostContext(lab);
+      for (const [groups, verdict] of table) {
+        const expected = verdict === 'direct' ? 'direct' : `redirected to :${config.proxy.outboundPort}, original ${endpoint(lab.peer4, 80)}`;
+        expect(await landing(lab, [...groups]), `groups ${groups.join(',') || 'none'}`).toBe(expected);
+        const e = explainFlow(plan, { direction: 'outbound', protocol: 'tcp', destination: { address: lab.peer4, port: 80 }, uid: 1000, gid: 1000, groups }, context);
+        expect(e.verdict, `explain, groups ${groups.join(',') || 'none'}`).toBe(verdict === 'direct' ? 'bypassed' : 'redirected');
+      }
+    } finally {
+      for (const o of observers) o.stop();
+      destroyLab(lab);
+      labs.delete(lab);
+    }
+  });
+
+  it.each([['includeGids', INCLUDE], ['excludeGids', EXCLUDE]] as const)('nftables: install refuses %s (CONFIG_INVALID, naming the field and the backend) and changes nothing', async (field, raw) => {
+    const ns = freshNs(`hk-gr-nft-${field.slice(0, 2)}`);
+    const before = rulesetOf(ns, 'nftables');
+    let error: unknown = null;
+    try {
+      await installCapture({ config: labConfig(tempStateDir(), 'nftables', raw), netns: ns, env: labEnv });
+    } catch (e) {
+      error = e;
+    }
+    expect(isMeshctlError(error) && error.code).toBe('CONFIG_INVALID');
+    expect((error as Error).message).toMatch(new RegExp(`capture\\.outbound\\.${field}.*nftables backend`));
+    expect(rulesetOf(ns, 'nftables')).toBe(before);
+  });
+});
