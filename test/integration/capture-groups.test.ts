@@ -10,6 +10,7 @@ import { renderIptablesRestore } from '../../src/capture/render-iptables.js';
 import { isMeshctlError } from '../../src/errors.js';
 import { isAddonAvailable } from '../../src/native/addon.js';
 import { installCapture } from '../../src/netfilter/install.js';
+import { runDoctor } from '../../src/netfilter/host/doctor.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { endpoint, hostContext, REMOTE, WG_ROUTES } from '../helpers/kernel-flows.js';
 import { createLab, destroyLab, runClient, startObserver, warmChildScripts, type Lab } from '../helpers/kernel-lab.js';
@@ -85,5 +86,18 @@ describe.skipIf(!integrationEnabled)('group lists match supplementary groups', (
     expect(isMeshctlError(error) && error.code).toBe('CONFIG_INVALID');
     expect((error as Error).message).toMatch(new RegExp(`capture\\.outbound\\.${field}.*nftables backend`));
     expect(rulesetOf(ns, 'nftables')).toBe(before);
+  });
+
+  it('doctor says on nftables that group lists match the primary group only, and that this config is refused', async () => {
+    const ns = freshNs('hk-gr-doc');
+    const groups = (report: Awaited<ReturnType<typeof runDoctor>>) => report.findings.find((f) => f.id === 'backend-groups');
+    const refused = groups(await runDoctor({ config: labConfig(tempStateDir(), 'nftables', INCLUDE), netns: ns, env: labEnv }));
+    expect(refused).toMatchObject({ severity: 'error' });
+    expect(refused!.message).toContain('primary group only');
+    expect(refused!.message).toContain('capture.outbound.includeGids');
+    expect(refused!.fix).toContain('--backend iptables-nft');
+    const plain = groups(await runDoctor({ config: labConfig(tempStateDir(), 'nftables'), netns: ns, env: labEnv }));
+    expect(plain).toMatchObject({ severity: 'info', fix: null });
+    expect(groups(await runDoctor({ config: labConfig(tempStateDir(), 'iptables-nft', INCLUDE), netns: ns, env: labEnv }))).toBeUndefined();
   });
 });

@@ -187,6 +187,7 @@ async function backendFindings(runner: NetfilterRunner, env: NodeJS.ProcessEnv, 
       findings.push({ id: 'backend-other-rules', severity: 'warn', message: `meshctl will use ${decision.backend}, but ${otherName} holds ${other} rules; those run too and may catch traffic before or after meshctl's capture`,
         fix: `check them with \`${otherName}-save\`; move them to ${decision.backend}, or install with --backend ${otherName}` });
     }
+    if (decision.backend === 'nftables') findings.push(groupsFinding(config));
     if (decision.backend === 'nftables' && legacy + nft > 0) {
       findings.push({ id: 'backend-other-rules', severity: 'warn', message: `meshctl will use native nftables, but iptables holds ${legacy + nft} rules that also run on every packet`, fix: 'check that none of them redirects or drops what meshctl captures; or install with --backend iptables-nft' });
     }
@@ -211,6 +212,17 @@ async function backendFindings(runner: NetfilterRunner, env: NodeJS.ProcessEnv, 
     if (hits.length > 0) findings.push({ id: owner.id, severity: owner.severity, message: `${owner.name} rules present (${hits.slice(0, 5).join(', ')}${hits.length > 5 ? ', …' : ''})`, fix: owner.fix });
   }
   return { findings, inventory };
+}
+
+/** nftables' `meta skgid` sees a socket's primary group only: group lists would mean less there, so they are refused. */
+function groupsFinding(config: Config | null): Finding {
+  const out = config?.capture.outbound;
+  const lists = out ? [...(out.excludeGids.length > 0 ? ['capture.outbound.excludeGids'] : []), ...(out.includeGids !== 'all' ? ['capture.outbound.includeGids'] : [])] : [];
+  if (lists.length > 0) {
+    return { id: 'backend-groups', severity: 'error', message: `the nftables backend matches a socket's primary group only (meta skgid), not its supplementary groups: install refuses ${lists.join(' and ')} there`,
+      fix: 'install with --backend iptables-nft (or iptables-legacy), which match supplementary groups, or remove the group lists' };
+  }
+  return { id: 'backend-groups', severity: 'info', message: 'the nftables backend matches a socket\'s primary group only (meta skgid): group lists (capture.outbound.includeGids / excludeGids) are refused on it', fix: null };
 }
 
 async function ipv6Finding(runner: NetfilterRunner, config: Config | null): Promise<Finding> {
