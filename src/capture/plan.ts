@@ -21,7 +21,9 @@
 //              queries and their replies (zone 1) apart from apps' redirected ones (zone 2)
 //   IPv6 block: filter OUTPUT/INPUT ⤸ MESHCTL_BLOCK_OUT/IN → REJECT tcp-reset for exactly what intercept would capture.
 //
-// The order follows istio-iptables (tools/istio-iptables/pkg/capture/run.go), which has carried it for years.
+// The order follows istio-iptables (tools/istio-iptables/pkg/capture/run.go), which has carried it for years, except
+// where the README's comparison table says otherwise (Istio puts the outbound port exclusions first; here they come
+// after the own-address rule, so the proxy calling its own address always meets the inbound policy).
 import type { Config } from '../config/types.js';
 import type { Cidr, Family } from '../values/ip.js';
 import type { ChainDecl, CapturePlan, FamilyPlan, Match, PolicyRoute, Rule, Table, Target, LoopbackAddress } from './model.js';
