@@ -31,13 +31,23 @@ export function parseEndpoint(text: string, flag: string, portOptional = false):
 }
 
 /** A uid or gid given on the command line: a whole number the kernel can hold (0 to 2^32-2; -1 means "none"). */
-function parseId(raw: unknown, flag: '--uid' | '--gid'): number {
+function parseId(raw: unknown, flag: '--uid' | '--gid' | '--groups'): number {
   const text = String(raw);
   const id = /^\d{1,10}$/.test(text) ? Number(text) : NaN;
   if (!Number.isInteger(id) || id > 0xfffffffe) {
     throw new MeshctlError('EXPLAIN_INPUT', `${flag} "${text}" is not a ${flag === '--uid' ? 'uid' : 'gid'}`, 'give a whole number from 0 to 4294967294 (or --user NAME)');
   }
   return id;
+}
+
+/** `--groups a,b`: the socket owner's supplementary groups, by name or gid (what `--suppl-groups` rules also match). */
+function parseGroups(raw: unknown): number[] {
+  return String(raw).split(',').map((ref) => ref.trim()).filter((ref) => ref !== '').map((ref) => {
+    if (/^\d+$/.test(ref)) return parseId(ref, '--groups');
+    const entry = systemUserDb.group(ref);
+    if (!entry) throw new MeshctlError('EXPLAIN_INPUT', `--groups: group "${ref}" does not exist`, 'give existing group names or gids, comma-separated (e.g. --groups apps,2100)');
+    return entry.gid;
+  });
 }
 
 function resolveOwner(options: Record<string, unknown>): { uid: number; gid: number; note: string | null } {
@@ -162,6 +172,7 @@ export function register(program: Command): void {
       .option('--uid <uid>', 'outbound socket owner uid (default: yours)')
       .option('--user <name>', 'outbound socket owner by name')
       .option('--gid <gid>', 'outbound socket owner gid (default: the user\'s primary group)')
+      .option('--groups <list>', 'outbound socket owner\'s supplementary groups, names or gids, comma-separated (default: none)')
       .option('--iface <name>', 'interface: arrival (inbound) or egress (outbound); default from the routing table')
       .addOption(new Option('--proto <protocol>', 'protocol').choices(['tcp', 'udp']).default('tcp'))
       .option('--netns <name>', 'read the installed rules, local addresses and routes inside this network namespace')
@@ -196,7 +207,7 @@ export function register(program: Command): void {
       protocol: options.proto as 'tcp' | 'udp',
       destination: dst,
       ...(src ? { source: src } : {}),
-      ...(owner ? { uid: owner.uid, gid: owner.gid } : {}),
+      ...(owner ? { uid: owner.uid, gid: owner.gid, ...(options.groups !== undefined ? { groups: parseGroups(options.groups) } : {}) } : {}),
       ...(options.iface !== undefined ? (direction === 'outbound' ? { outInterface: String(options.iface) } : { inInterface: String(options.iface) }) : {}),
     };
     const netns = options.netns as string | undefined;

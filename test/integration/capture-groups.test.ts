@@ -3,6 +3,9 @@
 // without is not; one holding `batch` is exempt under excludeGids [batch]; explain (given the groups) agrees. iptables-nft and iptables-legacy
 // (`--suppl-groups`); nftables cannot match supplementary groups, so install refuses the config there and changes
 // nothing. Namespaces only.
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { explainFlow } from '../../src/capture/explain.js';
 import { planCapture } from '../../src/capture/plan.js';
@@ -16,7 +19,7 @@ import { endpoint, hostContext, REMOTE, WG_ROUTES } from '../helpers/kernel-flow
 import { createLab, destroyLab, runClient, startObserver, warmChildScripts, type Lab } from '../helpers/kernel-lab.js';
 import { restoreIptables } from '../helpers/kernel-rules.js';
 import type { ObservedConnection } from '../helpers/kernel-observer.js';
-import { labConfig, labEnv, labNamespaces, rulesetOf, tempStateDir } from '../helpers/netfilter-lab.js';
+import { ROOT, labConfig, labEnv, labNamespaces, rulesetOf, tempStateDir } from '../helpers/netfilter-lab.js';
 
 const rawOf = (outbound: Record<string, unknown>) => ({ capture: { ipv6: 'off', inbound: { enabled: false }, outbound } });
 const INCLUDE = rawOf({ includeGids: ['apps'] });
@@ -99,5 +102,25 @@ describe.skipIf(!integrationEnabled)('group lists match supplementary groups', (
     const plain = groups(await runDoctor({ config: labConfig(tempStateDir(), 'nftables'), netns: ns, env: labEnv }));
     expect(plain).toMatchObject({ severity: 'info', fix: null });
     expect(groups(await runDoctor({ config: labConfig(tempStateDir(), 'iptables-nft', INCLUDE), netns: ns, env: labEnv }))).toBeUndefined();
+  });
+
+  it('meshctl explain --groups takes the supplementary groups (names or gids) and the verdict follows them', () => {
+    const dir = tempStateDir();
+    const config = join(dir, 'groups.json');
+    writeFileSync(config, JSON.stringify({ proxy: { user: 'nobody' }, capture: { outbound: { includeGids: [65534] } } }));
+    // src/cli/main.ts through the test TS loader: this tests the source, not a possibly stale dist/.
+    const explain = (...extra: string[]) => spawnSync(process.execPath, ['--import', join(ROOT, 'test/helpers/kernel-ts-register.mjs'), join(ROOT, 'src/cli/main.ts'),
+      'explain', '--plan', '--json', '--out', '--dst', '10.1.2.3:80', '--uid', '1000', '--gid', '1000', '--config', config, '--ssh-ports', '22', '--state-dir', dir, ...extra],
+    { encoding: 'utf8', env: labEnv, timeout: 60_000 });
+    const verdict = (r: ReturnType<typeof explain>) => (JSON.parse(r.stdout) as { verdict: string; decidedBy: { purpose: string } | null });
+    const none = explain();
+    expect(none.status, none.stderr).toBe(0);
+    expect(verdict(none)).toMatchObject({ verdict: 'bypassed', decidedBy: { purpose: 'skip-gid-not-included' } });
+    const held = explain('--groups', 'root,65534');
+    expect(held.status, held.stderr).toBe(0);
+    expect(verdict(held).verdict).toBe('redirected');
+    const unknown = explain('--groups', 'hk-no-such-group');
+    expect(unknown.status).not.toBe(0);
+    expect(unknown.stderr).toContain('EXPLAIN_INPUT: --groups: group "hk-no-such-group" does not exist');
   });
 });
