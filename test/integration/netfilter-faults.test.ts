@@ -12,14 +12,38 @@ import { captureStatus } from '../../src/netfilter/status.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import {
-  BACKEND_SHORT, BACKENDS, addDockerLike, builtCli, faultBin, labConfig, labEnv, labNamespaces, meshctl, meshctlDetached,
-  meshctlResidue, normalizedRuleset, rulesetOf, tempStateDir, waitFor,
+  BACKEND_SHORT,
+  BACKENDS,
+  addDockerLike,
+  builtCli,
+  faultBin,
+  labConfig,
+  labEnv,
+  labNamespaces,
+  meshctl,
+  meshctlDetached,
+  meshctlResidue,
+  normalizedRuleset,
+  rulesetOf,
+  tempStateDir,
+  waitFor,
 } from '../helpers/netfilter-lab.js';
 
 const { freshNs, cleanup } = labNamespaces();
+// A kill loop runs some 25 meshctl processes one after another (the killed command, status, recover, status per
+// point): a minute on a quiet machine is plenty, not on a loaded one.
+const KILL_LOOP_TIMEOUT_MS = 300_000;
 /** The config the CLI builds from the flags in args() (proxy user nobody, sshd on 22), for in-process resets. */
 function cliConfig(stateDir: string, backend: Backend, excludePort: number) {
-  return configFromObject({ proxy: { user: 'nobody' }, safety: { sshPorts: [22] }, stateDir, capture: { backend, outbound: { excludePorts: [excludePort] } } }, { env: {} });
+  return configFromObject(
+    {
+      proxy: { user: 'nobody' },
+      safety: { sshPorts: [22] },
+      stateDir,
+      capture: { backend, outbound: { excludePorts: [excludePort] } },
+    },
+    { env: {} },
+  );
 }
 
 const ipv4Part = (ruleset: string): string => ruleset.slice(0, ruleset.indexOf('## ipv6'));
@@ -37,10 +61,16 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
       const before = rulesetOf(ns, backend);
       const beforeNormalized = normalizedRuleset(ns, backend);
       const bin = faultBin({ fail: `ip6tables-${variant(backend)}-restore` });
-      const error = await installCapture({ config: labConfig(stateDir, backend), netns: ns, env: bin.env }).catch((e: unknown) => e);
+      const error = await installCapture({ config: labConfig(stateDir, backend), netns: ns, env: bin.env }).catch(
+        (e: unknown) => e,
+      );
       expect(isMeshctlError(error, 'RESTORE_FAILED')).toBe(true);
-      expect((error as Error).message).toMatch(/^applying the ipv6 rules for install failed; restored ipv4 and ipv6 to the previous rules \(ipv4 had already been applied\)$/);
-      expect((error as { details: string[] }).details.join('\n')).toContain(`ip6tables-${variant(backend)}-restore: line 3 failed`);
+      expect((error as Error).message).toMatch(
+        /^applying the ipv6 rules for install failed; restored ipv4 and ipv6 to the previous rules \(ipv4 had already been applied\)$/,
+      );
+      expect((error as { details: string[] }).details.join('\n')).toContain(
+        `ip6tables-${variant(backend)}-restore: line 3 failed`,
+      );
       // IPv4 really was applied before the failure, then put back.
       expect(bin.calls()).toContain(`iptables-${variant(backend)}-restore --wait --noflush`);
       expect(ipv4Part(rulesetOf(ns, backend))).toBe(ipv4Part(before));
@@ -57,7 +87,11 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
       await installCapture({ config: first, netns: ns, env: labEnv });
       const installed = rulesetOf(ns, backend);
       const bin = faultBin({ fail: `ip6tables-${variant(backend)}-restore` });
-      const error = await installCapture({ config: labConfig(stateDir, backend, { capture: { outbound: { excludePorts: [6543] } } }), netns: ns, env: bin.env }).catch((e: unknown) => e);
+      const error = await installCapture({
+        config: labConfig(stateDir, backend, { capture: { outbound: { excludePorts: [6543] } } }),
+        netns: ns,
+        env: bin.env,
+      }).catch((e: unknown) => e);
       expect(isMeshctlError(error, 'RESTORE_FAILED')).toBe(true);
       expect((error as Error).message).toContain('applying the ipv6 rules for update failed; restored ipv4');
       expect(rulesetOf(ns, backend)).toBe(installed);
@@ -73,7 +107,9 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
     addDockerLike(ns, 'nftables');
     const before = rulesetOf(ns, 'nftables');
     const bin = faultBin({ fail: 'nft' });
-    const error = await installCapture({ config: labConfig(stateDir, 'nftables'), netns: ns, env: bin.env }).catch((e: unknown) => e);
+    const error = await installCapture({ config: labConfig(stateDir, 'nftables'), netns: ns, env: bin.env }).catch(
+      (e: unknown) => e,
+    );
     expect(isMeshctlError(error, 'RESTORE_FAILED')).toBe(true);
     expect(bin.calls()).toContain('nft -c -f -');
     expect(rulesetOf(ns, 'nftables')).toBe(before);
@@ -81,22 +117,42 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
   });
 
   describe.each(BACKENDS)('%s: kill -9', (backend) => {
-    const args = (ns: string, stateDir: string, ...extra: string[]) =>
-      ['--netns', ns, '--state-dir', stateDir, '--backend', backend, '--proxy-user', 'nobody', '--ssh-ports', '22', '--without-proxy', ...extra];
+    const args = (ns: string, stateDir: string, ...extra: string[]) => [
+      '--netns',
+      ns,
+      '--state-dir',
+      stateDir,
+      '--backend',
+      backend,
+      '--proxy-user',
+      'nobody',
+      '--ssh-ports',
+      '22',
+      '--without-proxy',
+      ...extra,
+    ];
 
     /**
      * Runs `command` paused at call `at`, kills its whole process group with SIGKILL, checks that `meshctl status`
      * changes nothing, runs `meshctl recover`, then `meshctl status` (0 never: no proxy runs, so 5 at best).
      */
-    async function killAt(command: string[], at: number, when: 'before' | 'after', ns: string, stateDir: string): Promise<{ status: number | null; reached: boolean }> {
+    async function killAt(
+      command: string[],
+      at: number,
+      when: 'before' | 'after',
+      ns: string,
+      stateDir: string,
+    ): Promise<{ status: number | null; reached: boolean }> {
       const bin = faultBin({ pauseAt: at, pauseWhen: when });
       const child = meshctlDetached(command, bin.env);
       let exited = false;
-      child.on('exit', () => { exited = true; });
+      child.on('exit', () => {
+        exited = true;
+      });
       await waitFor(() => existsSync(bin.paused) || exited, 30_000, `call ${at} of ${command[0]}`);
       const reached = existsSync(bin.paused);
       if (!exited) process.kill(-child.pid!, 'SIGKILL');
-      await waitFor(() => exited, 10_000, 'the killed meshctl to exit');
+      await waitFor(() => exited, 30_000, 'the killed meshctl to exit');
       // status changes nothing, even with a transaction left half-done: it names the command that finishes it.
       const killedState = normalizedRuleset(ns, backend);
       const interrupted = readLedger(scopeDir(stateDir, ns))?.state === 'in-progress';
@@ -113,87 +169,125 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
       return { status: status.status, reached };
     }
 
-    it('leaves the host fully before or fully after an install killed at any kernel call', async () => {
-      const ns = freshNs(`mn-ft-${BACKEND_SHORT[backend]}-kill`);
-      const stateDir = tempStateDir();
-      addDockerLike(ns, backend);
-      const before = normalizedRuleset(ns, backend);
-      const probe = faultBin();
-      expect(meshctl(['install', ...args(ns, stateDir)], probe.env).status).toBe(0);
-      const after = normalizedRuleset(ns, backend);
-      const calls = probe.calls();
-      expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
-      expect(normalizedRuleset(ns, backend)).toBe(before);
-
-      // The first read, the first check, every apply (killed before it ran and after it ran, before meshctl learned
-      // the result) and the first read-back: every state the transaction can be in.
-      const applies = calls.map((c, i) => ({ c, at: i + 1 })).filter(({ c }) => /-restore --wait --noflush$|^nft -f -$/.test(c)).map(({ at }) => at);
-      const firstCheck = calls.findIndex((c) => / --test| -c -f/.test(c)) + 1;
-      const readBack = applies.at(-1)! + 1;
-      expect(firstCheck).toBeGreaterThan(1);
-      expect(applies).toHaveLength(backend === 'nftables' ? 1 : 2);
-      expect(calls[readBack - 1]).toMatch(/-save|^nft list ruleset/);
-      const points: [number, 'before' | 'after'][] = [[1, 'before'], [firstCheck, 'before'], ...applies.flatMap((at): [number, 'before' | 'after'][] => [[at, 'before'], [at, 'after']]), [readBack, 'before']];
-      const outcomes: string[] = [];
-      for (const [at, when] of points) {
-        const { status, reached } = await killAt(['install', ...args(ns, stateDir)], at, when, ns, stateDir);
-        expect(reached, `pause point ${at} (${calls[at - 1]}) reached`).toBe(true);
-        const now = normalizedRuleset(ns, backend);
-        const where = now === before ? 'before' : now === after ? 'after' : 'BETWEEN';
-        outcomes.push(`${at} ${when} ${calls[at - 1]}: ${where}`);
-        expect(where, `killed ${when} call ${at} (${calls[at - 1]}):\n${now}`).not.toBe('BETWEEN');
-        // recover finished any interrupted transaction: "after" is installed and in sync (5: rules fine, no proxy),
-        // "before" has no ledger.
-        expect(status).toBe(where === 'after' ? 5 : 3);
-        expect(readLedger(scopeDir(stateDir, ns))?.state ?? 'none').toBe(where === 'after' ? 'installed' : 'none');
-        if (where === 'after') await uninstallCapture({ stateDir, netns: ns, env: labEnv });
-      }
-      // Killing after the last apply but before the ledger says installed must be rolled back, not kept half-known.
-      expect(outcomes.some((o) => o.endsWith('before'))).toBe(true);
-      expect(meshctlResidue(ns)).toEqual([]);
-    });
-
-    it('leaves the previous or the new generation when an update is killed, and installed-or-gone when an uninstall is', async () => {
-      const ns = freshNs(`mn-ft-${BACKEND_SHORT[backend]}-kup`);
-      const stateDir = tempStateDir();
-      addDockerLike(ns, backend);
-      const before = normalizedRuleset(ns, backend);
-      const firstConfig = cliConfig(stateDir, backend, 5432);
-      expect(meshctl(['install', ...args(ns, stateDir, '--outbound-exclude-ports', '5432')]).status).toBe(0);
-      const first = normalizedRuleset(ns, backend);
-      const probe = faultBin();
-      expect(meshctl(['install', ...args(ns, stateDir, '--outbound-exclude-ports', '6543')], probe.env).status).toBe(0);
-      const second = normalizedRuleset(ns, backend);
-      const updateCalls = probe.calls();
-      await installCapture({ config: firstConfig, netns: ns, env: labEnv });
-      expect(normalizedRuleset(ns, backend)).toBe(first);
-
-      const applies = updateCalls.map((c, i) => ({ c, at: i + 1 })).filter(({ c }) => /-restore --wait --noflush$|^nft -f -$/.test(c));
-      for (const { at } of applies) {
-        for (const when of ['before', 'after'] as const) {
-          const { status, reached } = await killAt(['install', ...args(ns, stateDir, '--outbound-exclude-ports', '6543')], at, when, ns, stateDir);
-          expect(reached).toBe(true);
-          const now = normalizedRuleset(ns, backend);
-          expect([first, second], `update killed ${when} call ${at}`).toContain(now);
-          expect(status).toBe(5);
-          if (now === second) await installCapture({ config: firstConfig, netns: ns, env: labEnv });
-        }
-      }
-
-      const uninstallProbe = faultBin();
-      expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir], uninstallProbe.env).status).toBe(0);
-      const removals = uninstallProbe.calls().map((c, i) => ({ c, at: i + 1 })).filter(({ c }) => /-restore --wait --noflush$|^nft -f -$/.test(c));
-      await installCapture({ config: firstConfig, netns: ns, env: labEnv });
-      for (const { at } of removals) {
-        const { status, reached } = await killAt(['uninstall', '--netns', ns, '--state-dir', stateDir], at, 'after', ns, stateDir);
-        expect(reached).toBe(true);
-        // The interrupted uninstall is completed by `meshctl recover`.
+    it(
+      'leaves the host fully before or fully after an install killed at any kernel call',
+      async () => {
+        const ns = freshNs(`mn-ft-${BACKEND_SHORT[backend]}-kill`);
+        const stateDir = tempStateDir();
+        addDockerLike(ns, backend);
+        const before = normalizedRuleset(ns, backend);
+        const probe = faultBin();
+        expect(meshctl(['install', ...args(ns, stateDir)], probe.env).status).toBe(0);
+        const after = normalizedRuleset(ns, backend);
+        const calls = probe.calls();
+        expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
         expect(normalizedRuleset(ns, backend)).toBe(before);
-        expect(status).toBe(3);
+
+        // The first read, the first check, every apply (killed before it ran and after it ran, before meshctl learned
+        // the result) and the first read-back: every state the transaction can be in.
+        const applies = calls
+          .map((c, i) => ({ c, at: i + 1 }))
+          .filter(({ c }) => /-restore --wait --noflush$|^nft -f -$/.test(c))
+          .map(({ at }) => at);
+        const firstCheck = calls.findIndex((c) => / --test| -c -f/.test(c)) + 1;
+        const readBack = applies.at(-1)! + 1;
+        expect(firstCheck).toBeGreaterThan(1);
+        expect(applies).toHaveLength(backend === 'nftables' ? 1 : 2);
+        expect(calls[readBack - 1]).toMatch(/-save|^nft list ruleset/);
+        const points: [number, 'before' | 'after'][] = [
+          [1, 'before'],
+          [firstCheck, 'before'],
+          ...applies.flatMap((at): [number, 'before' | 'after'][] => [
+            [at, 'before'],
+            [at, 'after'],
+          ]),
+          [readBack, 'before'],
+        ];
+        const outcomes: string[] = [];
+        for (const [at, when] of points) {
+          const { status, reached } = await killAt(['install', ...args(ns, stateDir)], at, when, ns, stateDir);
+          expect(reached, `pause point ${at} (${calls[at - 1]}) reached`).toBe(true);
+          const now = normalizedRuleset(ns, backend);
+          const where = now === before ? 'before' : now === after ? 'after' : 'BETWEEN';
+          outcomes.push(`${at} ${when} ${calls[at - 1]}: ${where}`);
+          expect(where, `killed ${when} call ${at} (${calls[at - 1]}):\n${now}`).not.toBe('BETWEEN');
+          // recover finished any interrupted transaction: "after" is installed and in sync (5: rules fine, no proxy),
+          // "before" has no ledger.
+          expect(status).toBe(where === 'after' ? 5 : 3);
+          expect(readLedger(scopeDir(stateDir, ns))?.state ?? 'none').toBe(where === 'after' ? 'installed' : 'none');
+          if (where === 'after') await uninstallCapture({ stateDir, netns: ns, env: labEnv });
+        }
+        // Killing after the last apply but before the ledger says installed must be rolled back, not kept half-known.
+        expect(outcomes.some((o) => o.endsWith('before'))).toBe(true);
+        expect(meshctlResidue(ns)).toEqual([]);
+      },
+      KILL_LOOP_TIMEOUT_MS,
+    );
+
+    it(
+      'leaves the previous or the new generation when an update is killed, and installed-or-gone when an uninstall is',
+      async () => {
+        const ns = freshNs(`mn-ft-${BACKEND_SHORT[backend]}-kup`);
+        const stateDir = tempStateDir();
+        addDockerLike(ns, backend);
+        const before = normalizedRuleset(ns, backend);
+        const firstConfig = cliConfig(stateDir, backend, 5432);
+        expect(meshctl(['install', ...args(ns, stateDir, '--outbound-exclude-ports', '5432')]).status).toBe(0);
+        const first = normalizedRuleset(ns, backend);
+        const probe = faultBin();
+        expect(meshctl(['install', ...args(ns, stateDir, '--outbound-exclude-ports', '6543')], probe.env).status).toBe(
+          0,
+        );
+        const second = normalizedRuleset(ns, backend);
+        const updateCalls = probe.calls();
         await installCapture({ config: firstConfig, netns: ns, env: labEnv });
-      }
-      expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
-      expect(normalizedRuleset(ns, backend)).toBe(before);
-    });
+        expect(normalizedRuleset(ns, backend)).toBe(first);
+
+        const applies = updateCalls
+          .map((c, i) => ({ c, at: i + 1 }))
+          .filter(({ c }) => /-restore --wait --noflush$|^nft -f -$/.test(c));
+        for (const { at } of applies) {
+          for (const when of ['before', 'after'] as const) {
+            const { status, reached } = await killAt(
+              ['install', ...args(ns, stateDir, '--outbound-exclude-ports', '6543')],
+              at,
+              when,
+              ns,
+              stateDir,
+            );
+            expect(reached).toBe(true);
+            const now = normalizedRuleset(ns, backend);
+            expect([first, second], `update killed ${when} call ${at}`).toContain(now);
+            expect(status).toBe(5);
+            if (now === second) await installCapture({ config: firstConfig, netns: ns, env: labEnv });
+          }
+        }
+
+        const uninstallProbe = faultBin();
+        expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir], uninstallProbe.env).status).toBe(0);
+        const removals = uninstallProbe
+          .calls()
+          .map((c, i) => ({ c, at: i + 1 }))
+          .filter(({ c }) => /-restore --wait --noflush$|^nft -f -$/.test(c));
+        await installCapture({ config: firstConfig, netns: ns, env: labEnv });
+        for (const { at } of removals) {
+          const { status, reached } = await killAt(
+            ['uninstall', '--netns', ns, '--state-dir', stateDir],
+            at,
+            'after',
+            ns,
+            stateDir,
+          );
+          expect(reached).toBe(true);
+          // The interrupted uninstall is completed by `meshctl recover`.
+          expect(normalizedRuleset(ns, backend)).toBe(before);
+          expect(status).toBe(3);
+          await installCapture({ config: firstConfig, netns: ns, env: labEnv });
+        }
+        expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
+        expect(normalizedRuleset(ns, backend)).toBe(before);
+      },
+      KILL_LOOP_TIMEOUT_MS,
+    );
   });
 });
