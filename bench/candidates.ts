@@ -48,22 +48,37 @@ export interface CandidateOptions {
  * addresses and CIDRs like a real registry.
  */
 export function policyServices(serverAddr: string, count: number): Record<string, unknown>[] {
-  const own = [PORTS.echo, PORTS.http, PORTS.iperf].map((port) => ({ name: `bench-${port}`, addresses: [`${serverAddr}:${port}`], endpoints: [`${serverAddr}:${port}`] }));
+  const own = [PORTS.echo, PORTS.http, PORTS.iperf].map((port) => ({
+    name: `bench-${port}`,
+    addresses: [`${serverAddr}:${port}`],
+    endpoints: [`${serverAddr}:${port}`],
+  }));
   // The echo service also has a hostname: the DNS workload's mesh name (answered with the service's fixed address).
   own[0]!.addresses.push(`${DNS_NAMES.mesh}:${PORTS.echo}`);
   const others = Array.from({ length: count - own.length }, (_, i) => ({
     name: `svc-${i}`,
-    addresses: i % 10 === 9 ? [`10.${200 + (i % 50)}.${i}.0/24:${8000 + (i % 7)}`] : [`10.254.${i >> 8}.${i & 255}:${80 + (i % 3)}`],
+    addresses:
+      i % 10 === 9
+        ? [`10.${200 + (i % 50)}.${i}.0/24:${8000 + (i % 7)}`]
+        : [`10.254.${i >> 8}.${i & 255}:${80 + (i % 3)}`],
     endpoints: [`10.253.${i >> 8}.${i & 255}:8080`, `10.253.${i >> 8}.${i & 255}:8081`],
   }));
   return [...own, ...others];
 }
 
 /** The raw config both proxies are measured with (and the capture rules are planned from). */
-export function benchRawConfig(options: CandidateOptions, stateDir: string, services: readonly Record<string, unknown>[] = [], relay: 'native' | 'node' = 'native', dnsServer: string | null = null): Record<string, unknown> {
+export function benchRawConfig(
+  options: CandidateOptions,
+  stateDir: string,
+  services: readonly Record<string, unknown>[] = [],
+  relay: 'native' | 'node' = 'native',
+  dnsServer: string | null = null,
+): Record<string, unknown> {
   return {
     // DNS capture (the dns-32 workload), forwarding to the server namespace's DNS server.
-    ...(dnsServer !== null ? { capture: { dns: { enabled: true } }, outbound: { resolver: { servers: [dnsServer] } } } : {}),
+    ...(dnsServer !== null
+      ? { capture: { dns: { enabled: true } }, outbound: { resolver: { servers: [dnsServer] } } }
+      : {}),
     proxy: {
       user: PROXY_USER.name,
       workers: options.workers,
@@ -81,7 +96,15 @@ export function benchRawConfig(options: CandidateOptions, stateDir: string, serv
  */
 export function installCapture(lab: Lab, configFile: string, proxy: 'meshctl' | 'other'): string {
   // install checks that a meshctl proxy answers on the admin port; HAProxy has none.
-  const argv = [join(REPO_ROOT, 'bin', 'meshctl'), 'install', '--netns', lab.clientNs, '--config', configFile, ...(proxy === 'other' ? ['--without-proxy'] : [])];
+  const argv = [
+    join(REPO_ROOT, 'bin', 'meshctl'),
+    'install',
+    '--netns',
+    lab.clientNs,
+    '--config',
+    configFile,
+    ...(proxy === 'other' ? ['--without-proxy'] : []),
+  ];
   try {
     return execFileSync(process.execPath, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (error) {
@@ -116,7 +139,8 @@ function haproxyConfig(workers: number): string {
   ].join('\n');
 }
 
-const READY_PROBE = "fetch('http://127.0.0.1:15000/ready', { signal: AbortSignal.timeout(1000) }).then((r) => r.text()).then((t) => process.stdout.write(t), () => {})";
+const READY_PROBE =
+  "fetch('http://127.0.0.1:15000/ready', { signal: AbortSignal.timeout(1000) }).then((r) => r.text()).then((t) => process.stdout.write(t), () => {})";
 
 /** Polls the meshctl admin /ready endpoint inside the namespace. */
 async function waitReady(lab: Lab, proc: Proc, timeoutMs = 20_000): Promise<void> {
@@ -124,7 +148,10 @@ async function waitReady(lab: Lab, proc: Proc, timeoutMs = 20_000): Promise<void
   while (Date.now() < deadline) {
     if (!proc.alive()) throw new Error(`meshctl proxy exited during start:\n${proc.output()}`);
     try {
-      const out = execFileSync('ip', ['netns', 'exec', lab.clientNs, process.execPath, '-e', READY_PROBE], { encoding: 'utf8', timeout: 5000 });
+      const out = execFileSync('ip', ['netns', 'exec', lab.clientNs, process.execPath, '-e', READY_PROBE], {
+        encoding: 'utf8',
+        timeout: 5000,
+      });
       if (out.startsWith('ready')) return;
     } catch {
       // not up yet
@@ -135,7 +162,11 @@ async function waitReady(lab: Lab, proc: Proc, timeoutMs = 20_000): Promise<void
 }
 
 /** Starts `name` in a fresh client namespace. */
-export async function startCandidate(name: CandidateName, lab: Lab, options: CandidateOptions): Promise<RunningCandidate> {
+export async function startCandidate(
+  name: CandidateName,
+  lab: Lab,
+  options: CandidateOptions,
+): Promise<RunningCandidate> {
   await lab.freshClient();
   if (name === 'direct') {
     const direct: RunningCandidate = { name, usage: () => null, output: () => '', stop: async () => {} };
@@ -146,7 +177,13 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
   const dir = join(lab.options.workDir, name);
   mkdirSync(dir, { recursive: true });
   const stateDir = join(dir, 'state');
-  const raw = benchRawConfig(options, stateDir, name === POLICY_CANDIDATE ? policyServices(lab.serverAddr, POLICY_SERVICES) : [], name === NODE_RELAY_CANDIDATE ? 'node' : 'native', lab.serverAddr);
+  const raw = benchRawConfig(
+    options,
+    stateDir,
+    name === POLICY_CANDIDATE ? policyServices(lab.serverAddr, POLICY_SERVICES) : [],
+    name === NODE_RELAY_CANDIDATE ? 'node' : 'native',
+    lab.serverAddr,
+  );
   const configFile = join(dir, 'meshctl.json');
   writeFileSync(configFile, `${JSON.stringify(raw, null, 2)}\n`);
   const pin = lab.options.pin.proxy;
@@ -155,15 +192,32 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
   if (name === 'haproxy') {
     const cfg = join(dir, 'haproxy.cfg');
     writeFileSync(cfg, haproxyConfig(options.workers));
-    proc = startProc('haproxy', ['haproxy', '-f', cfg, '-db'], { ns: lab.clientNs, nofile: NOFILE, ...(pin ? { cpus: pin } : {}) });
-  } else {
-    proc = startProc('meshctl proxy', [process.execPath, ...(options.nodeArgs ?? []), join(REPO_ROOT, 'bin', 'meshctl'), 'proxy', '--config', configFile, '--log-level', 'warn'], {
+    proc = startProc('haproxy', ['haproxy', '-f', cfg, '-db'], {
       ns: lab.clientNs,
       nofile: NOFILE,
-      user: PROXY_USER,
       ...(pin ? { cpus: pin } : {}),
-      ...(options.cwd ? { cwd: options.cwd } : {}),
     });
+  } else {
+    proc = startProc(
+      'meshctl proxy',
+      [
+        process.execPath,
+        ...(options.nodeArgs ?? []),
+        join(REPO_ROOT, 'bin', 'meshctl'),
+        'proxy',
+        '--config',
+        configFile,
+        '--log-level',
+        'warn',
+      ],
+      {
+        ns: lab.clientNs,
+        nofile: NOFILE,
+        user: PROXY_USER,
+        ...(pin ? { cpus: pin } : {}),
+        ...(options.cwd ? { cwd: options.cwd } : {}),
+      },
+    );
   }
   const running: RunningCandidate = {
     name,
@@ -191,18 +245,26 @@ export async function startCandidate(name: CandidateName, lab: Lab, options: Can
   return running;
 }
 
-const STATS_PROBE = "fetch('http://127.0.0.1:15000/stats', { signal: AbortSignal.timeout(2000) }).then((r) => r.text()).then((t) => process.stdout.write(t))";
+const STATS_PROBE =
+  "fetch('http://127.0.0.1:15000/stats', { signal: AbortSignal.timeout(2000) }).then((r) => r.text()).then((t) => process.stdout.write(t))";
 
 /**
  * For the policy variant: the proxy runs all the services, and the interception probe's connection to the echo
  * server went through the service path (matched `bench-<echo port>`), not passthrough.
  */
 function verifyPolicyPath(lab: Lab): void {
-  const stats = JSON.parse(execFileSync('ip', ['netns', 'exec', lab.clientNs, process.execPath, '-e', STATS_PROBE], { encoding: 'utf8', timeout: 5000 })) as { policy: { services: Record<string, { connections: number }> } };
+  const stats = JSON.parse(
+    execFileSync('ip', ['netns', 'exec', lab.clientNs, process.execPath, '-e', STATS_PROBE], {
+      encoding: 'utf8',
+      timeout: 5000,
+    }),
+  ) as { policy: { services: Record<string, { connections: number }> } };
   const services = Object.keys(stats.policy.services);
   const echo = stats.policy.services[`bench-${PORTS.echo}`];
   if (services.length !== POLICY_SERVICES || !echo || echo.connections < 1) {
-    throw new Error(`${POLICY_CANDIDATE}: expected ${POLICY_SERVICES} services with the echo probe routed through bench-${PORTS.echo}; /stats has ${services.length} services, bench-${PORTS.echo}: ${JSON.stringify(echo)}`);
+    throw new Error(
+      `${POLICY_CANDIDATE}: expected ${POLICY_SERVICES} services with the echo probe routed through bench-${PORTS.echo}; /stats has ${services.length} services, bench-${PORTS.echo}: ${JSON.stringify(echo)}`,
+    );
   }
 }
 
@@ -212,24 +274,37 @@ function verifyPolicyPath(lab: Lab): void {
  * the proxy's processes, while the load generator's socket is redirected to :15001.
  */
 export async function verifyIntercepted(lab: Lab, candidate: RunningCandidate): Promise<void> {
-  const hold = startProc('interception probe', [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, 'conns=1', 'size=64'], {
-    ns: lab.clientNs,
-    stdin: 'pipe',
-  });
+  const hold = startProc(
+    'interception probe',
+    [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, 'conns=1', 'size=64'],
+    {
+      ns: lab.clientNs,
+      stdin: 'pipe',
+    },
+  );
   try {
     const deadline = Date.now() + 10_000;
     while (!hold.output().includes('"held":1')) {
-      if (!hold.alive() || Date.now() > deadline) throw new Error(`interception probe failed for ${candidate.name}:\n${hold.output()}`);
+      if (!hold.alive() || Date.now() > deadline)
+        throw new Error(`interception probe failed for ${candidate.name}:\n${hold.output()}`);
       await sleep(20);
     }
-    const ss = execFileSync('ip', ['netns', 'exec', lab.clientNs, 'ss', '-Htnp', 'state', 'established', 'dst', `${lab.serverAddr}:${PORTS.echo}`], { encoding: 'utf8' });
+    const ss = execFileSync(
+      'ip',
+      ['netns', 'exec', lab.clientNs, 'ss', '-Htnp', 'state', 'established', 'dst', `${lab.serverAddr}:${PORTS.echo}`],
+      { encoding: 'utf8' },
+    );
     const owners = [...ss.matchAll(/pid=(\d+)/g)].map((m) => Number(m[1]));
     const proxyPids = candidate.usage()?.pids ?? [];
     // REDIRECT is invisible to the client socket (it still names the server as its peer), so through a proxy ss
     // lists two sockets: the load generator's and the proxy's own upstream connection.
-    const expected = candidate.name === 'direct' ? [hold.pid] : [hold.pid, owners.find((p) => proxyPids.includes(p)) ?? -1];
+    const expected =
+      candidate.name === 'direct' ? [hold.pid] : [hold.pid, owners.find((p) => proxyPids.includes(p)) ?? -1];
     if (owners.length !== expected.length || !expected.every((p) => owners.includes(p))) {
-      const who = candidate.name === 'direct' ? `only the load generator (pid ${hold.pid})` : `the load generator (pid ${hold.pid}) and the proxy (pids ${proxyPids.join(', ')})`;
+      const who =
+        candidate.name === 'direct'
+          ? `only the load generator (pid ${hold.pid})`
+          : `the load generator (pid ${hold.pid}) and the proxy (pids ${proxyPids.join(', ')})`;
       throw new Error(`${candidate.name}: expected connections to the echo server from ${who}; ss shows:\n${ss}`);
     }
   } finally {

@@ -59,7 +59,9 @@ function tryIp(...args: string[]): void {
 }
 
 export function nsExists(name: string): boolean {
-  return ip('netns', 'list').split('\n').some((line) => line.split(' ')[0] === name);
+  return ip('netns', 'list')
+    .split('\n')
+    .some((line) => line.split(' ')[0] === name);
 }
 
 /** Polls `ss` inside `ns` until something listens on TCP `port`; throws after `timeoutMs`. */
@@ -68,7 +70,8 @@ export async function waitListening(ns: string, port: number, what: Proc | strin
   while (Date.now() < deadline) {
     const out = ip('netns', 'exec', ns, 'ss', '-Hltn', `sport = :${port}`);
     if (out.trim() !== '') return;
-    if (typeof what !== 'string' && !what.alive()) throw new Error(`${what.name} exited before listening on :${port}:\n${what.output()}`);
+    if (typeof what !== 'string' && !what.alive())
+      throw new Error(`${what.name} exited before listening on :${port}:\n${what.output()}`);
     await sleep(50);
   }
   const detail = typeof what === 'string' ? what : `${what.name}:\n${what.output()}`;
@@ -118,17 +121,32 @@ export class Lab {
     // The kernel destroys a deleted namespace's devices asynchronously: wait for the server end of the old pair.
     const deadline = Date.now() + 10_000;
     while (this.serverHasVeth()) {
-      if (Date.now() > deadline) throw new Error(`${this.vethServer} still exists in ${this.serverNs} 10 s after deleting ${this.clientNs}`);
+      if (Date.now() > deadline)
+        throw new Error(`${this.vethServer} still exists in ${this.serverNs} 10 s after deleting ${this.clientNs}`);
       await sleep(20);
     }
     ip('netns', 'add', this.clientNs);
-    ip('link', 'add', this.vethClient, 'netns', this.clientNs, 'type', 'veth', 'peer', 'name', this.vethServer, 'netns', this.serverNs);
+    ip(
+      'link',
+      'add',
+      this.vethClient,
+      'netns',
+      this.clientNs,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      this.vethServer,
+      'netns',
+      this.serverNs,
+    );
     ip('-n', this.clientNs, 'link', 'set', 'lo', 'up');
     ip('-n', this.clientNs, 'addr', 'add', `${this.clientAddr}/24`, 'dev', this.vethClient);
     ip('-n', this.clientNs, 'link', 'set', this.vethClient, 'up');
     ip('-n', this.serverNs, 'addr', 'add', `${this.serverAddr}/24`, 'dev', this.vethServer);
     ip('-n', this.serverNs, 'link', 'set', this.vethServer, 'up');
-    const sysctl = (ns: string, ...settings: string[]) => execFileSync('ip', ['netns', 'exec', ns, 'sysctl', '-qw', ...settings], { stdio: 'ignore' });
+    const sysctl = (ns: string, ...settings: string[]) =>
+      execFileSync('ip', ['netns', 'exec', ns, 'sysctl', '-qw', ...settings], { stdio: 'ignore' });
     // Client sockets close first (TIME_WAIT on this side): reuse them, and use a wide port range that avoids 15000-15006.
     sysctl(this.clientNs, 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=20000 65000');
     // With capture rules, every connection is tracked; short TIME_WAIT entries keep the (host-wide) table small.
@@ -150,35 +168,42 @@ export class Lab {
 
   private async startServers(): Promise<void> {
     const { tcpbench, workDir, pin } = this.options;
-    const echo = startProc('echo server', [tcpbench, 'serve', `port=${PORTS.echo}`], { ns: this.serverNs, nofile: NOFILE, ...(pin.servers ? { cpus: pin.servers } : {}) });
+    const echo = startProc('echo server', [tcpbench, 'serve', `port=${PORTS.echo}`], {
+      ns: this.serverNs,
+      nofile: NOFILE,
+      ...(pin.servers ? { cpus: pin.servers } : {}),
+    });
     this.servers.push(echo);
     await waitListening(this.serverNs, PORTS.echo, echo);
 
     const nginxDir = join(workDir, 'nginx');
     mkdirSync(join(nginxDir, 'logs'), { recursive: true });
     const conf = join(nginxDir, 'nginx.conf');
-    writeFileSync(conf, [
-      'daemon off;',
-      'master_process on;',
-      'worker_processes 1;',
-      'user nobody nogroup;',
-      `pid ${join(nginxDir, 'nginx.pid')};`,
-      `error_log ${join(nginxDir, 'logs', 'error.log')} warn;`,
-      `worker_rlimit_nofile ${NOFILE};`,
-      `events { worker_connections ${Math.floor(NOFILE / 2)}; }`,
-      'http {',
-      '  access_log off;',
-      `  client_body_temp_path ${nginxDir}/body; proxy_temp_path ${nginxDir}/proxy; fastcgi_temp_path ${nginxDir}/fcgi;`,
-      `  uwsgi_temp_path ${nginxDir}/uwsgi; scgi_temp_path ${nginxDir}/scgi;`,
-      '  keepalive_requests 100000000;',
-      '  keepalive_timeout 300s;',
-      '  server {',
-      `    listen ${PORTS.http} reuseport backlog=4096;`,
-      `    location / { default_type text/plain; return 200 "${'x'.repeat(63)}\\n"; }`,
-      '  }',
-      '}',
-      '',
-    ].join('\n'));
+    writeFileSync(
+      conf,
+      [
+        'daemon off;',
+        'master_process on;',
+        'worker_processes 1;',
+        'user nobody nogroup;',
+        `pid ${join(nginxDir, 'nginx.pid')};`,
+        `error_log ${join(nginxDir, 'logs', 'error.log')} warn;`,
+        `worker_rlimit_nofile ${NOFILE};`,
+        `events { worker_connections ${Math.floor(NOFILE / 2)}; }`,
+        'http {',
+        '  access_log off;',
+        `  client_body_temp_path ${nginxDir}/body; proxy_temp_path ${nginxDir}/proxy; fastcgi_temp_path ${nginxDir}/fcgi;`,
+        `  uwsgi_temp_path ${nginxDir}/uwsgi; scgi_temp_path ${nginxDir}/scgi;`,
+        '  keepalive_requests 100000000;',
+        '  keepalive_timeout 300s;',
+        '  server {',
+        `    listen ${PORTS.http} reuseport backlog=4096;`,
+        `    location / { default_type text/plain; return 200 "${'x'.repeat(63)}\\n"; }`,
+        '  }',
+        '}',
+        '',
+      ].join('\n'),
+    );
     const nginx = startProc('nginx', ['nginx', '-p', nginxDir, '-c', conf, '-e', join(nginxDir, 'logs', 'error.log')], {
       ns: this.serverNs,
       nofile: NOFILE,

@@ -42,7 +42,11 @@ export interface Proc {
 
 const OUTPUT_KEEP = 64 * 1024;
 
-export function startProc(name: string, argv: readonly string[], options: LaunchOptions & { stdin?: 'pipe' | 'ignore' } = {}): Proc {
+export function startProc(
+  name: string,
+  argv: readonly string[],
+  options: LaunchOptions & { stdin?: 'pipe' | 'ignore' } = {},
+): Proc {
   const full = launchArgv(argv, options);
   const child = spawn(full[0]!, full.slice(1), {
     stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'],
@@ -110,7 +114,12 @@ const CLK_TCK = 100; // USER_HZ; fixed at 100 on every Linux ABI Node supports.
  * time it used. A shell wraps the program and prints its own /proc stat after the wait, whose cutime/cstime are
  * exactly the program's CPU time. Rejects on timeout or a non-zero exit, with the output in the message.
  */
-export async function runClient(name: string, argv: readonly string[], options: LaunchOptions, timeoutMs: number): Promise<Completed> {
+export async function runClient(
+  name: string,
+  argv: readonly string[],
+  options: LaunchOptions,
+  timeoutMs: number,
+): Promise<Completed> {
   const wrapped = ['sh', '-c', '"$@"; rc=$?; echo "MB_STAT $(cat /proc/$$/stat)" >&2; exit $rc', 'sh', ...argv];
   const full = launchArgv(wrapped, options);
   const started = process.hrtime.bigint();
@@ -131,9 +140,16 @@ export async function runClient(name: string, argv: readonly string[], options: 
   clearTimeout(timer);
   const wallSeconds = Number(process.hrtime.bigint() - started) / 1e9;
   const statLine = stderr.split('\n').find((l) => l.startsWith('MB_STAT '));
-  stderr = stderr.split('\n').filter((l) => !l.startsWith('MB_STAT ')).join('\n');
-  if (timedOut) throw new Error(`${name} did not finish within ${timeoutMs} ms (killed): ${full.join(' ')}\n${stderr.slice(-2000)}`);
-  if (code !== 0) throw new Error(`${name} exited with ${code}: ${full.join(' ')}\n${stderr.slice(-2000)}${stdout.slice(-1000)}`);
+  stderr = stderr
+    .split('\n')
+    .filter((l) => !l.startsWith('MB_STAT '))
+    .join('\n');
+  if (timedOut)
+    throw new Error(
+      `${name} did not finish within ${timeoutMs} ms (killed): ${full.join(' ')}\n${stderr.slice(-2000)}`,
+    );
+  if (code !== 0)
+    throw new Error(`${name} exited with ${code}: ${full.join(' ')}\n${stderr.slice(-2000)}${stdout.slice(-1000)}`);
   let cpuSeconds = Number.NaN;
   if (statLine) {
     const fields = statFields(statLine.slice('MB_STAT '.length));

@@ -21,7 +21,8 @@ export function stat(values: readonly number[]): Stat | null {
   return { median, min: s[0]!, max: s[s.length - 1]!, n: s.length };
 }
 
-type Unit = 'Gbit/s' | 'ops/s' | 'conn/s' | 'req/s' | 'q/s' | 'µs' | 'µs CPU/op' | 'CPU s/GB' | 'MiB' | 'bytes' | '% core';
+type Unit =
+  'Gbit/s' | 'ops/s' | 'conn/s' | 'req/s' | 'q/s' | 'µs' | 'µs CPU/op' | 'CPU s/GB' | 'MiB' | 'bytes' | '% core';
 
 interface Target {
   /** Against HAProxy's median (ratio meshctl ÷ HAProxy), or an absolute bound on meshctl's median. */
@@ -42,35 +43,104 @@ interface RowSpec {
 }
 
 export const ROWS: readonly RowSpec[] = [
-  { workload: 'bulk-1', metric: 'gbps', label: 'bulk, 1 stream (iperf3)', unit: 'Gbit/s', target: { kind: 'ratio-min', value: 0.9, text: '≥ 0.9× HAProxy' } },
+  {
+    workload: 'bulk-1',
+    metric: 'gbps',
+    label: 'bulk, 1 stream (iperf3)',
+    unit: 'Gbit/s',
+    target: { kind: 'ratio-min', value: 0.9, text: '≥ 0.9× HAProxy' },
+  },
   { workload: 'bulk-1', metric: 'proxyCpuPerGB', label: 'bulk, 1 stream: proxy CPU', unit: 'CPU s/GB', noDirect: true },
-  { workload: 'bulk-8', metric: 'gbps', label: 'bulk, 8 streams (iperf3)', unit: 'Gbit/s', target: { kind: 'ratio-min', value: 0.9, text: '≥ 0.9× HAProxy' } },
-  { workload: 'bulk-8', metric: 'proxyCpuPerGB', label: 'bulk, 8 streams: proxy CPU', unit: 'CPU s/GB', noDirect: true },
+  {
+    workload: 'bulk-8',
+    metric: 'gbps',
+    label: 'bulk, 8 streams (iperf3)',
+    unit: 'Gbit/s',
+    target: { kind: 'ratio-min', value: 0.9, text: '≥ 0.9× HAProxy' },
+  },
+  {
+    workload: 'bulk-8',
+    metric: 'proxyCpuPerGB',
+    label: 'bulk, 8 streams: proxy CPU',
+    unit: 'CPU s/GB',
+    noDirect: true,
+  },
   { workload: 'rr-1', metric: 'rate', label: 'RR 64 B, c=1', unit: 'ops/s' },
   { workload: 'rr-1', metric: 'p50', label: 'RR 64 B, c=1: p50', unit: 'µs' },
   { workload: 'rr-1', metric: 'p99', label: 'RR 64 B, c=1: p99', unit: 'µs' },
-  { workload: 'rr-32', metric: 'rate', label: 'RR 64 B, c=32', unit: 'ops/s', target: { kind: 'ratio-min', value: 0.8, text: '≥ 0.8× HAProxy' } },
+  {
+    workload: 'rr-32',
+    metric: 'rate',
+    label: 'RR 64 B, c=32',
+    unit: 'ops/s',
+    target: { kind: 'ratio-min', value: 0.8, text: '≥ 0.8× HAProxy' },
+  },
   { workload: 'rr-32', metric: 'p50', label: 'RR 64 B, c=32: p50', unit: 'µs' },
   { workload: 'rr-32', metric: 'p99', label: 'RR 64 B, c=32: p99', unit: 'µs' },
   { workload: 'rr-32', metric: 'proxyCpuPerOp', label: 'RR 64 B, c=32: proxy CPU', unit: 'µs CPU/op', noDirect: true },
   { workload: 'paced', metric: 'p50', label: 'paced: p50', unit: 'µs' },
   { workload: 'paced', metric: 'p99', label: 'paced: p99', unit: 'µs' },
-  { workload: 'paced', metric: 'p50', label: 'paced: p50 added over direct', unit: 'µs', addedOverDirect: true, noDirect: true },
-  { workload: 'paced', metric: 'p99', label: 'paced: p99 added over direct', unit: 'µs', addedOverDirect: true, noDirect: true, target: { kind: 'ratio-max', value: 1.5, text: '≤ 1.5× HAProxy' } },
-  { workload: 'connect-32', metric: 'rate', label: 'connect+request+close, c=32', unit: 'conn/s', target: { kind: 'ratio-min', value: 0.9, text: '≥ 0.9× HAProxy' } },
+  {
+    workload: 'paced',
+    metric: 'p50',
+    label: 'paced: p50 added over direct',
+    unit: 'µs',
+    addedOverDirect: true,
+    noDirect: true,
+  },
+  {
+    workload: 'paced',
+    metric: 'p99',
+    label: 'paced: p99 added over direct',
+    unit: 'µs',
+    addedOverDirect: true,
+    noDirect: true,
+    target: { kind: 'ratio-max', value: 1.5, text: '≤ 1.5× HAProxy' },
+  },
+  {
+    workload: 'connect-32',
+    metric: 'rate',
+    label: 'connect+request+close, c=32',
+    unit: 'conn/s',
+    target: { kind: 'ratio-min', value: 0.9, text: '≥ 0.9× HAProxy' },
+  },
   { workload: 'connect-32', metric: 'p99', label: 'connect+request+close, c=32: p99', unit: 'µs' },
-  { workload: 'connect-32', metric: 'proxyCpuPerOp', label: 'connect+request+close: proxy CPU', unit: 'µs CPU/op', noDirect: true },
+  {
+    workload: 'connect-32',
+    metric: 'proxyCpuPerOp',
+    label: 'connect+request+close: proxy CPU',
+    unit: 'µs CPU/op',
+    noDirect: true,
+  },
   { workload: 'http-32', metric: 'rate', label: 'HTTP/1.1 wrk → nginx, c=32', unit: 'req/s' },
   { workload: 'http-32', metric: 'p99', label: 'HTTP/1.1 wrk → nginx, c=32: p99', unit: 'µs' },
   { workload: 'http-32', metric: 'proxyCpuPerOp', label: 'HTTP/1.1: proxy CPU', unit: 'µs CPU/op', noDirect: true },
   { workload: 'dns-32', metric: 'rate', label: 'DNS, c=32: cached name (direct: the DNS server itself)', unit: 'q/s' },
   { workload: 'dns-32', metric: 'p99', label: 'DNS, c=32: cached name: p99', unit: 'µs' },
-  { workload: 'dns-32', metric: 'meshRate', label: 'DNS, c=32: mesh name (policy100: authoritative; meshctl: negative cache)', unit: 'q/s' },
+  {
+    workload: 'dns-32',
+    metric: 'meshRate',
+    label: 'DNS, c=32: mesh name (policy100: authoritative; meshctl: negative cache)',
+    unit: 'q/s',
+  },
   { workload: 'dns-32', metric: 'meshP99', label: 'DNS, c=32: mesh name: p99', unit: 'µs' },
-  { workload: 'dns-32', metric: 'proxyCpuPerOp', label: 'DNS, cached name: proxy CPU', unit: 'µs CPU/op', noDirect: true },
+  {
+    workload: 'dns-32',
+    metric: 'proxyCpuPerOp',
+    label: 'DNS, cached name: proxy CPU',
+    unit: 'µs CPU/op',
+    noDirect: true,
+  },
   { workload: 'idle', metric: 'rssIdle', label: 'proxy RSS, idle', unit: 'MiB', noDirect: true },
   { workload: 'idle', metric: 'rssHeld', label: 'proxy RSS, N idle connections', unit: 'MiB', noDirect: true },
-  { workload: 'idle', metric: 'bytesPerConn', label: 'RSS per idle proxied connection (both legs)', unit: 'bytes', noDirect: true, target: { kind: 'abs-max', value: 6144, text: '≤ 6 KiB' } },
+  {
+    workload: 'idle',
+    metric: 'bytesPerConn',
+    label: 'RSS per idle proxied connection (both legs)',
+    unit: 'bytes',
+    noDirect: true,
+    target: { kind: 'abs-max', value: 6144, text: '≤ 6 KiB' },
+  },
 ];
 
 function scale(unit: Unit, v: number): number {
@@ -105,8 +175,15 @@ export interface Summary {
   readonly met: boolean | null;
 }
 
-function valuesOf(ms: readonly Measurement[], workload: WorkloadName, candidate: CandidateName, metric: string): number[] {
-  return ms.filter((m) => m.workload === workload && m.candidate === candidate && m.values[metric] !== undefined).map((m) => m.values[metric]!);
+function valuesOf(
+  ms: readonly Measurement[],
+  workload: WorkloadName,
+  candidate: CandidateName,
+  metric: string,
+): number[] {
+  return ms
+    .filter((m) => m.workload === workload && m.candidate === candidate && m.values[metric] !== undefined)
+    .map((m) => m.values[metric]!);
 }
 
 /** One summary per row, from all repetitions. */
@@ -133,7 +210,17 @@ export function summarise(measurements: readonly Measurement[], candidates: read
       else if (row.target.kind === 'ratio-min') met = vsHaproxy === null ? null : vsHaproxy >= row.target.value;
       else if (mesh !== null && ha !== null) met = ha > 0 ? mesh / ha <= row.target.value : mesh <= ha;
     }
-    out.push({ workload: row.workload, metric: row.metric, label: row.label, unit: row.unit, stats, vsDirect, vsHaproxy, target: row.target?.text ?? null, met });
+    out.push({
+      workload: row.workload,
+      metric: row.metric,
+      label: row.label,
+      unit: row.unit,
+      stats,
+      vsDirect,
+      vsHaproxy,
+      target: row.target?.text ?? null,
+      met,
+    });
   }
   return out;
 }
@@ -147,7 +234,13 @@ export interface ReportInput {
   readonly notes?: readonly string[];
 }
 
-const NAMES: Record<CandidateName, string> = { direct: 'direct', haproxy: 'HAProxy', meshctl: 'meshctl', 'meshctl-policy100': 'meshctl, 100 services', 'meshctl-node': 'meshctl, Node streams relay' };
+const NAMES: Record<CandidateName, string> = {
+  direct: 'direct',
+  haproxy: 'HAProxy',
+  meshctl: 'meshctl',
+  'meshctl-policy100': 'meshctl, 100 services',
+  'meshctl-node': 'meshctl, Node streams relay',
+};
 
 export function renderReport(input: ReportInput): string {
   const { info, profile, candidates, measurements } = input;
@@ -155,17 +248,33 @@ export function renderReport(input: ReportInput): string {
   const lines: string[] = [];
   lines.push(`# meshctl benchmark — ${info.date.slice(0, 10)}`, '');
   lines.push(`- Machine: ${info.cpu}, ${info.cores} cores, ${info.memoryGiB} GiB, Linux ${info.kernel}`);
-  lines.push(`- Versions: meshctl ${info.commit}, Node ${info.node}, ${Object.entries(info.versions).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
-  lines.push(`- Run: ${profile.repetitions} repetition(s) × ${profile.secs} s measured (+${profile.warmup} s warm-up) per workload and candidate; candidates interleaved per repetition; cells are median (min–max).`);
+  lines.push(
+    `- Versions: meshctl ${info.commit}, Node ${info.node}, ${Object.entries(info.versions)
+      .map(([k, v]) => `${k}: ${v}`)
+      .join('; ')}`,
+  );
+  lines.push(
+    `- Run: ${profile.repetitions} repetition(s) × ${profile.secs} s measured (+${profile.warmup} s warm-up) per workload and candidate; candidates interleaved per repetition; cells are median (min–max).`,
+  );
   for (const s of input.setup) lines.push(`- ${s}`);
   lines.push('');
-  const head = ['workload', 'unit', ...candidates.map((c) => NAMES[c]), 'meshctl ÷ direct', 'meshctl ÷ HAProxy', 'target', ''];
+  const head = [
+    'workload',
+    'unit',
+    ...candidates.map((c) => NAMES[c]),
+    'meshctl ÷ direct',
+    'meshctl ÷ HAProxy',
+    'target',
+    '',
+  ];
   lines.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
   for (const s of summaries) {
     const unit = s.unit === 'MiB' || s.unit === 'bytes' ? s.unit : s.unit;
     const ratio = (r: number | null) => (r === null ? '–' : `${r.toFixed(2)}×`);
     const verdict = s.met === null ? '' : s.met ? 'met' : '**missed**';
-    lines.push(`| ${[s.label, unit, ...candidates.map((c) => (c in s.stats ? cell(s.stats[c] ?? null, s.unit as Unit) : '–')), ratio(s.vsDirect), ratio(s.vsHaproxy), s.target ?? '', verdict].join(' | ')} |`);
+    lines.push(
+      `| ${[s.label, unit, ...candidates.map((c) => (c in s.stats ? cell(s.stats[c] ?? null, s.unit as Unit) : '–')), ratio(s.vsDirect), ratio(s.vsHaproxy), s.target ?? '', verdict].join(' | ')} |`,
+    );
   }
   lines.push('');
   lines.push('## Checks', '');
@@ -190,43 +299,75 @@ export const POLICY_ROWS: readonly { workload: WorkloadName; metric: string; lab
  */
 export function policyChecks(measurements: readonly Measurement[], candidates: readonly CandidateName[]): string[] {
   if (!candidates.includes('meshctl') || !candidates.includes('meshctl-policy100')) return [];
-  const lines = ['Policy cost: meshctl with 100 services configured (the bench destinations among them, so every connection takes the service path) ÷ meshctl with none.', '',
-    '| row | meshctl | meshctl, 100 services | ratio | target | |', '|---|---|---|---|---|---|'];
+  const lines = [
+    'Policy cost: meshctl with 100 services configured (the bench destinations among them, so every connection takes the service path) ÷ meshctl with none.',
+    '',
+    '| row | meshctl | meshctl, 100 services | ratio | target | |',
+    '|---|---|---|---|---|---|',
+  ];
   for (const row of POLICY_ROWS) {
     const none = stat(valuesOf(measurements, row.workload, 'meshctl', row.metric))?.median;
     const hundred = stat(valuesOf(measurements, row.workload, 'meshctl-policy100', row.metric))?.median;
     if (none === undefined || hundred === undefined) continue;
     const ratio = none > 0 ? hundred / none : null;
     const verdict = ratio === null ? '' : ratio >= 0.95 ? 'met' : '**missed**';
-    lines.push(`| ${row.label} | ${fmt(none)} | ${fmt(hundred)} | ${ratio === null ? '–' : `${ratio.toFixed(3)}×`} | ≥ 0.95× | ${verdict} |`);
+    lines.push(
+      `| ${row.label} | ${fmt(none)} | ${fmt(hundred)} | ${ratio === null ? '–' : `${ratio.toFixed(3)}×`} | ≥ 0.95× | ${verdict} |`,
+    );
   }
   return lines;
 }
 
-const RATE_METRIC: Partial<Record<WorkloadName, string>> = { 'bulk-1': 'gbps', 'bulk-8': 'gbps', 'rr-1': 'rate', 'rr-32': 'rate', paced: 'rate', 'connect-32': 'rate', 'http-32': 'rate', 'dns-32': 'rate' };
+const RATE_METRIC: Partial<Record<WorkloadName, string>> = {
+  'bulk-1': 'gbps',
+  'bulk-8': 'gbps',
+  'rr-1': 'rate',
+  'rr-32': 'rate',
+  paced: 'rate',
+  'connect-32': 'rate',
+  'http-32': 'rate',
+  'dns-32': 'rate',
+};
 
 /**
  * The load generator is not the bottleneck of a proxied run when direct (same generator, no proxy) reaches a
  * higher rate: the generator could have gone faster. Its own CPU use is shown too (one core = 100 %).
  */
 export function loadgenChecks(measurements: readonly Measurement[], candidates: readonly CandidateName[]): string[] {
-  const lines = ['Load generator headroom: the same generator against direct vs against each proxy, and its CPU use (one thread = at most 100 % of a core; wrk and iperf3 also single-threaded).', '',
-    '| workload | direct rate ÷ best proxy rate | load generator CPU: ' + candidates.map((c) => NAMES[c]).join(' / ') + ' | verdict |', '|---|---|---|---|'];
+  const lines = [
+    'Load generator headroom: the same generator against direct vs against each proxy, and its CPU use (one thread = at most 100 % of a core; wrk and iperf3 also single-threaded).',
+    '',
+    '| workload | direct rate ÷ best proxy rate | load generator CPU: ' +
+      candidates.map((c) => NAMES[c]).join(' / ') +
+      ' | verdict |',
+    '|---|---|---|---|',
+  ];
   for (const [workload, metric] of Object.entries(RATE_METRIC) as [WorkloadName, string][]) {
     if (!measurements.some((m) => m.workload === workload)) continue;
     const direct = stat(valuesOf(measurements, workload, 'direct', metric))?.median;
-    const proxied = candidates.filter((c) => c !== 'direct').map((c) => stat(valuesOf(measurements, workload, c, metric))?.median ?? 0);
+    const proxied = candidates
+      .filter((c) => c !== 'direct')
+      .map((c) => stat(valuesOf(measurements, workload, c, metric))?.median ?? 0);
     const best = Math.max(0, ...proxied);
     const cpu = candidates.map((c) => {
       const s = stat(valuesOf(measurements, workload, c, 'loadgenCpu'));
       return s ? `${(s.median * 100).toFixed(0)} %` : '–';
     });
     const headroom = direct !== undefined && best > 0 ? direct / best : null;
-    const late = candidates.map((c) => stat(valuesOf(measurements, workload, c, 'generatorLateP99'))).map((s) => (s ? fmt(s.median) : '–'));
-    const verdict = workload === 'paced'
-      ? `fixed rate (open loop): rates equal by design; the generator's own send lateness p99 (this machine's wake-up latency, in every latency above): ${late.join(' / ')} µs`
-      : headroom === null ? '–' : headroom > 1.05 ? 'not the bottleneck' : '**generator may limit the proxies**';
-    lines.push(`| ${workload} | ${headroom === null ? '–' : `${headroom.toFixed(2)}×`} | ${cpu.join(' / ')} | ${verdict} |`);
+    const late = candidates
+      .map((c) => stat(valuesOf(measurements, workload, c, 'generatorLateP99')))
+      .map((s) => (s ? fmt(s.median) : '–'));
+    const verdict =
+      workload === 'paced'
+        ? `fixed rate (open loop): rates equal by design; the generator's own send lateness p99 (this machine's wake-up latency, in every latency above): ${late.join(' / ')} µs`
+        : headroom === null
+          ? '–'
+          : headroom > 1.05
+            ? 'not the bottleneck'
+            : '**generator may limit the proxies**';
+    lines.push(
+      `| ${workload} | ${headroom === null ? '–' : `${headroom.toFixed(2)}×`} | ${cpu.join(' / ')} | ${verdict} |`,
+    );
   }
   return lines;
 }

@@ -5,7 +5,14 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CANDIDATES, NODE_RELAY_CANDIDATE, POLICY_CANDIDATE, startCandidate, type CandidateName, type RunningCandidate } from './candidates.js';
+import {
+  CANDIDATES,
+  NODE_RELAY_CANDIDATE,
+  POLICY_CANDIDATE,
+  startCandidate,
+  type CandidateName,
+  type RunningCandidate,
+} from './candidates.js';
 import { Lab, nsExists, type Pinning } from './lab.js';
 import { renderReport } from './report.js';
 import { buildTcpbench, machineInfo, missingCommands, REPO_ROOT } from './tools.js';
@@ -44,7 +51,10 @@ export const DEFAULT_PIN: Pinning = {};
 /** Runs the whole benchmark; the lab (namespaces, servers, proxies) is torn down also on failure. */
 export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const missing = missingCommands();
-  if (missing.length > 0) throw new Error(`the bench needs ${missing.join(', ')}: apt-get install haproxy iperf3 wrk nginx util-linux iproute2 gcc (see .ci/run)`);
+  if (missing.length > 0)
+    throw new Error(
+      `the bench needs ${missing.join(', ')}: apt-get install haproxy iperf3 wrk nginx util-linux iproute2 gcc (see .ci/run)`,
+    );
   const say = options.progress ?? (() => {});
   const tcpbench = buildTcpbench();
   const info = machineInfo();
@@ -58,7 +68,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     workers: options.workers,
     accessLog: options.accessLog,
     cwd: workDir,
-    nodeArgs: [...(options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : []), ...(options.proxyNodeArgs ?? [])],
+    nodeArgs: [
+      ...(options.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`] : []),
+      ...(options.proxyNodeArgs ?? []),
+    ],
   };
   try {
     lab = await Lab.create({ prefix: options.prefix, subnet: options.subnet, workDir, pin: options.pin, tcpbench });
@@ -71,7 +84,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
           const values = await runWorkload(workload, lab, running, options.profile);
           if (values === null) continue;
           measurements.push({ workload, candidate, rep, values });
-          say(`  ${candidate} ${workload}: ${Object.entries(values).map(([k, v]) => `${k}=${Number(v.toPrecision(4))}`).join(' ')}`);
+          say(
+            `  ${candidate} ${workload}: ${Object.entries(values)
+              .map(([k, v]) => `${k}=${Number(v.toPrecision(4))}`)
+              .join(' ')}`,
+          );
         }
         await running.stop();
         running = null;
@@ -88,10 +105,21 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     `Lab: client netns (load generators, capture rules, proxy) ↔ veth ↔ server netns (C echo server, nginx 1 worker, iperf3 -s); a fresh client netns per candidate run.`,
     `Candidates: direct (no rules); HAProxy ${options.workers} threads (\`nbthread\`), transparent via \`server 0.0.0.0:0\`; meshctl proxy ${options.workers} workers (\`proxy.workers\`), access log ${options.accessLog ? 'on' : 'off'}. Both proxies run as nobody behind the same capture rules, installed by \`meshctl install --netns\` (default capture config, proxy.user nobody).`,
     `Load generators: bench/tcpbench.c (epoll, one thread; RR, paced open-loop with latency from the intended send time, connect+close, hold), iperf3, wrk -t1 -c32.`,
-    `CPU pinning (taskset): ${Object.entries(options.pin).map(([k, v]) => `${k} on CPU ${v}`).join(', ') || 'none — the kernel schedules load generator, servers and proxy across all cores'}.`,
+    `CPU pinning (taskset): ${
+      Object.entries(options.pin)
+        .map(([k, v]) => `${k} on CPU ${v}`)
+        .join(', ') || 'none — the kernel schedules load generator, servers and proxy across all cores'
+    }.`,
     `Proxy CPU per op/GB = the proxy's processes' utime+stime over the run ÷ operations (warm-up included) or GB moved.`,
   ];
-  const markdown = renderReport({ info, profile: options.profile, candidates: options.candidates, measurements, setup, notes: readNotes() });
+  const markdown = renderReport({
+    info,
+    profile: options.profile,
+    candidates: options.candidates,
+    measurements,
+    setup,
+    notes: readNotes(),
+  });
   const files: string[] = [];
   if (options.outDir) {
     mkdirSync(join(options.outDir, 'raw'), { recursive: true });
@@ -101,7 +129,10 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
       files.push(join(options.outDir, name));
     }
     const raw = join(options.outDir, 'raw', `${info.date.replace(/[:.]/g, '-')}.json`);
-    writeFileSync(raw, `${JSON.stringify({ info, options: { ...options, progress: undefined }, measurements }, null, 2)}\n`);
+    writeFileSync(
+      raw,
+      `${JSON.stringify({ info, options: { ...options, progress: undefined }, measurements }, null, 2)}\n`,
+    );
     files.push(raw);
   }
   return { measurements, markdown, files };
@@ -110,7 +141,9 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
 /** bench/notes.md: the profiling analysis (where meshctl's time goes, what would close the gaps), in every report. */
 function readNotes(): string[] {
   try {
-    return readFileSync(join(REPO_ROOT, 'bench', 'notes.md'), 'utf8').trimEnd().split('\n');
+    return readFileSync(join(REPO_ROOT, 'bench', 'notes.md'), 'utf8')
+      .trimEnd()
+      .split('\n');
   } catch {
     return [];
   }
@@ -122,7 +155,8 @@ function parseArgs(argv: readonly string[]): BenchOptions {
     return i >= 0 ? argv[i + 1] : undefined;
   };
   const profileName = get('--profile') ?? 'full';
-  if (!(profileName in PROFILES)) throw new Error(`--profile ${profileName}: expected one of ${Object.keys(PROFILES).join(', ')}`);
+  if (!(profileName in PROFILES))
+    throw new Error(`--profile ${profileName}: expected one of ${Object.keys(PROFILES).join(', ')}`);
   const base: Profile = PROFILES[profileName as keyof typeof PROFILES];
   const num = (flag: string, fallback: number) => {
     const v = get(flag);
@@ -154,7 +188,11 @@ function parseArgs(argv: readonly string[]): BenchOptions {
   const out = get('--out');
   return {
     profile,
-    candidates: list('--candidates', [...CANDIDATES, POLICY_CANDIDATE, NODE_RELAY_CANDIDATE], [...CANDIDATES, POLICY_CANDIDATE]),
+    candidates: list(
+      '--candidates',
+      [...CANDIDATES, POLICY_CANDIDATE, NODE_RELAY_CANDIDATE],
+      [...CANDIDATES, POLICY_CANDIDATE],
+    ),
     workloads: list('--workloads', WORKLOADS),
     workers: Math.round(num('--workers', 2)),
     pin: Object.keys(pin).length > 0 ? pin : DEFAULT_PIN,
@@ -178,9 +216,11 @@ async function main(): Promise<void> {
     process.stdout.write(`${USAGE}\n`);
     return;
   }
-  if (process.getuid?.() !== 0) throw new Error('the bench needs root: it creates network namespaces and installs capture rules inside them');
+  if (process.getuid?.() !== 0)
+    throw new Error('the bench needs root: it creates network namespaces and installs capture rules inside them');
   const options = parseArgs(argv);
-  if (nsExists(`${options.prefix}-cli`) || nsExists(`${options.prefix}-srv`)) process.stderr.write(`bench: removing namespaces left by an earlier run (${options.prefix}-*)\n`);
+  if (nsExists(`${options.prefix}-cli`) || nsExists(`${options.prefix}-srv`))
+    process.stderr.write(`bench: removing namespaces left by an earlier run (${options.prefix}-*)\n`);
   const started = Date.now();
   // Ctrl-C / SIGTERM: stop after the current workload; runBench's finally tears the lab down.
   const abort = new AbortController();
@@ -190,9 +230,15 @@ async function main(): Promise<void> {
       abort.abort(new Error(`interrupted by ${sig}`));
     });
   }
-  const result = await runBench({ ...options, signal: abort.signal, progress: (line) => process.stderr.write(`${line}\n`) });
+  const result = await runBench({
+    ...options,
+    signal: abort.signal,
+    progress: (line) => process.stderr.write(`${line}\n`),
+  });
   process.stdout.write(result.markdown);
-  process.stderr.write(`bench: done in ${Math.round((Date.now() - started) / 1000)} s; wrote ${result.files.join(', ') || 'nothing'}\n`);
+  process.stderr.write(
+    `bench: done in ${Math.round((Date.now() - started) / 1000)} s; wrote ${result.files.join(', ') || 'nothing'}\n`,
+  );
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

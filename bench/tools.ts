@@ -14,7 +14,8 @@ function findRepoRoot(start: string): string {
   let dir = start;
   for (let i = 0; i < 5; i++) {
     try {
-      if (statSync(join(dir, 'package.json')).isFile() && statSync(join(dir, 'bench', 'tcpbench.c')).isFile()) return dir;
+      if (statSync(join(dir, 'package.json')).isFile() && statSync(join(dir, 'bench', 'tcpbench.c')).isFile())
+        return dir;
     } catch {
       // keep looking upwards
     }
@@ -23,7 +24,19 @@ function findRepoRoot(start: string): string {
   throw new Error(`cannot find the repository root (package.json next to bench/tcpbench.c) above ${start}`);
 }
 
-export const REQUIRED_COMMANDS = ['ip', 'iptables-restore', 'ss', 'prlimit', 'setpriv', 'taskset', 'cc', 'haproxy', 'iperf3', 'wrk', 'nginx'] as const;
+export const REQUIRED_COMMANDS = [
+  'ip',
+  'iptables-restore',
+  'ss',
+  'prlimit',
+  'setpriv',
+  'taskset',
+  'cc',
+  'haproxy',
+  'iperf3',
+  'wrk',
+  'nginx',
+] as const;
 
 export function missingCommands(): string[] {
   return REQUIRED_COMMANDS.filter((c) => {
@@ -49,7 +62,9 @@ export function buildTcpbench(): string {
     fresh = false;
   }
   if (!fresh) {
-    execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-o', binary, source], { stdio: ['ignore', 'pipe', 'pipe'] });
+    execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-Werror', '-o', binary, source], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
   }
   return binary;
 }
@@ -75,7 +90,9 @@ export function machineInfo(): MachineInfo {
   let commit = 'unknown';
   try {
     commit = execFileSync('git', ['-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['-C', REPO_ROOT, 'status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['-C', REPO_ROOT, 'status', '--porcelain', '--', 'src'], {
+      encoding: 'utf8',
+    }).trim();
     if (dirty) commit += '+uncommitted src changes';
   } catch {
     // not a git checkout

@@ -5,9 +5,20 @@ import { DNS_LOAD, DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './l
 import type { RunningCandidate } from './candidates.js';
 import { runClient, sleep, startProc, stopProc, type Completed } from './procs.js';
 
-export type WorkloadName = 'idle' | 'bulk-1' | 'bulk-8' | 'rr-1' | 'rr-32' | 'paced' | 'connect-32' | 'http-32' | 'dns-32';
+export type WorkloadName =
+  'idle' | 'bulk-1' | 'bulk-8' | 'rr-1' | 'rr-32' | 'paced' | 'connect-32' | 'http-32' | 'dns-32';
 /** Run order inside one candidate session: idle first, so its baseline is a freshly started proxy. */
-export const WORKLOADS: readonly WorkloadName[] = ['idle', 'bulk-1', 'bulk-8', 'rr-1', 'rr-32', 'paced', 'connect-32', 'http-32', 'dns-32'];
+export const WORKLOADS: readonly WorkloadName[] = [
+  'idle',
+  'bulk-1',
+  'bulk-8',
+  'rr-1',
+  'rr-32',
+  'paced',
+  'connect-32',
+  'http-32',
+  'dns-32',
+];
 
 export interface Profile {
   /** Measured seconds per run. */
@@ -63,7 +74,10 @@ function parseJsonLine<T>(what: string, out: Completed): T {
 }
 
 /** Runs `fn` while reading the proxy's CPU time before and after. */
-async function withProxyCpu<T>(candidate: RunningCandidate, fn: () => Promise<T>): Promise<{ result: T; proxyCpu: number | null; wall: number }> {
+async function withProxyCpu<T>(
+  candidate: RunningCandidate,
+  fn: () => Promise<T>,
+): Promise<{ result: T; proxyCpu: number | null; wall: number }> {
   const before = candidate.usage();
   const started = performance.now();
   const result = await fn();
@@ -76,14 +90,32 @@ function loadgenOptions(lab: Lab) {
   return { ns: lab.clientNs, nofile: NOFILE, ...(lab.options.pin.loadgen ? { cpus: lab.options.pin.loadgen } : {}) };
 }
 
-async function tcpbench(lab: Lab, candidate: RunningCandidate, mode: 'rr' | 'paced' | 'cc', args: Record<string, number>, profile: Profile): Promise<Values> {
-  const argv = [lab.options.tcpbench, mode, `host=${lab.serverAddr}`, `port=${PORTS.echo}`, 'size=64', `secs=${profile.secs}`, `warmup=${profile.warmup}`,
-    ...Object.entries(args).map(([k, v]) => `${k}=${v}`)];
-  const { result, proxyCpu } = await withProxyCpu(candidate, () => runClient(`tcpbench ${mode}`, argv, loadgenOptions(lab), (profile.secs + profile.warmup) * 1000 + 20_000));
+async function tcpbench(
+  lab: Lab,
+  candidate: RunningCandidate,
+  mode: 'rr' | 'paced' | 'cc',
+  args: Record<string, number>,
+  profile: Profile,
+): Promise<Values> {
+  const argv = [
+    lab.options.tcpbench,
+    mode,
+    `host=${lab.serverAddr}`,
+    `port=${PORTS.echo}`,
+    'size=64',
+    `secs=${profile.secs}`,
+    `warmup=${profile.warmup}`,
+    ...Object.entries(args).map(([k, v]) => `${k}=${v}`),
+  ];
+  const { result, proxyCpu } = await withProxyCpu(candidate, () =>
+    runClient(`tcpbench ${mode}`, argv, loadgenOptions(lab), (profile.secs + profile.warmup) * 1000 + 20_000),
+  );
   const r = parseJsonLine<TcpbenchResult>(`tcpbench ${mode}`, result);
   if (r.errors > 0) {
     const proxy = candidate.output().slice(-2000);
-    throw new Error(`tcpbench ${mode} against ${candidate.name}: ${r.errors} connection errors\n${result.stderr.slice(-1000)}${proxy ? `\nproxy output:\n${proxy}` : ''}`);
+    throw new Error(
+      `tcpbench ${mode} against ${candidate.name}: ${r.errors} connection errors\n${result.stderr.slice(-1000)}${proxy ? `\nproxy output:\n${proxy}` : ''}`,
+    );
   }
   const values: Values = {
     rate: r.rate,
@@ -99,21 +131,41 @@ async function tcpbench(lab: Lab, candidate: RunningCandidate, mode: 'rr' | 'pac
 }
 
 interface IperfJson {
-  end?: { sum_received?: { bytes: number; seconds: number; bits_per_second: number }; sum_sent?: { retransmits?: number } };
+  end?: {
+    sum_received?: { bytes: number; seconds: number; bits_per_second: number };
+    sum_sent?: { retransmits?: number };
+  };
   error?: string;
 }
 
 async function bulk(lab: Lab, candidate: RunningCandidate, streams: number, profile: Profile): Promise<Values> {
   const pin = lab.options.pin.servers;
-  const server = startProc('iperf3 server', ['iperf3', '-s', '-1', '-p', String(PORTS.iperf)], { ns: lab.serverNs, ...(pin ? { cpus: pin } : {}) });
+  const server = startProc('iperf3 server', ['iperf3', '-s', '-1', '-p', String(PORTS.iperf)], {
+    ns: lab.serverNs,
+    ...(pin ? { cpus: pin } : {}),
+  });
   try {
     await waitListening(lab.serverNs, PORTS.iperf, server);
     const secs = Math.max(1, Math.round(profile.secs + profile.warmup));
-    const argv = ['iperf3', '-c', lab.serverAddr, '-p', String(PORTS.iperf), '-t', String(secs), '-P', String(streams), '-J'];
-    const { result, proxyCpu } = await withProxyCpu(candidate, () => runClient('iperf3', argv, loadgenOptions(lab), secs * 1000 + 20_000));
+    const argv = [
+      'iperf3',
+      '-c',
+      lab.serverAddr,
+      '-p',
+      String(PORTS.iperf),
+      '-t',
+      String(secs),
+      '-P',
+      String(streams),
+      '-J',
+    ];
+    const { result, proxyCpu } = await withProxyCpu(candidate, () =>
+      runClient('iperf3', argv, loadgenOptions(lab), secs * 1000 + 20_000),
+    );
     const json = JSON.parse(result.stdout) as IperfJson;
     const sum = json.end?.sum_received;
-    if (!sum || json.error) throw new Error(`iperf3 against ${candidate.name}: ${json.error ?? 'no sum_received in its JSON'}`);
+    if (!sum || json.error)
+      throw new Error(`iperf3 against ${candidate.name}: ${json.error ?? 'no sum_received in its JSON'}`);
     const values: Values = {
       gbps: sum.bits_per_second / 1e9,
       retransmits: json.end?.sum_sent?.retransmits ?? 0,
@@ -127,8 +179,15 @@ async function bulk(lab: Lab, candidate: RunningCandidate, streams: number, prof
 }
 
 /** Parses wrk's "--latency" report: Requests/sec, total requests and the 50/99th percentiles. */
-export function parseWrk(text: string): { reqPerSec: number; requests: number; p50: number; p99: number; errors: number } {
-  const unit = (value: string, u: string) => Number(value) * ({ us: 1, ms: 1000, s: 1e6 } as Record<string, number>)[u]!;
+export function parseWrk(text: string): {
+  reqPerSec: number;
+  requests: number;
+  p50: number;
+  p99: number;
+  errors: number;
+} {
+  const unit = (value: string, u: string) =>
+    Number(value) * ({ us: 1, ms: 1000, s: 1e6 } as Record<string, number>)[u]!;
   const pct = (p: string) => {
     const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(text);
     if (!m) throw new Error(`wrk output has no ${p}% latency line:\n${text}`);
@@ -139,17 +198,25 @@ export function parseWrk(text: string): { reqPerSec: number; requests: number; p
   if (!rps || !total) throw new Error(`cannot parse wrk output:\n${text}`);
   const socketErrors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(text);
   const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(text);
-  const errors = (socketErrors ? socketErrors.slice(1).reduce((n, v) => n + Number(v), 0) : 0) + (non2xx ? Number(non2xx[1]) : 0);
+  const errors =
+    (socketErrors ? socketErrors.slice(1).reduce((n, v) => n + Number(v), 0) : 0) + (non2xx ? Number(non2xx[1]) : 0);
   return { reqPerSec: Number(rps[1]), requests: Number(total[1]), p50: pct('50'), p99: pct('99'), errors };
 }
 
 async function http(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values> {
   const secs = Math.max(1, Math.round(profile.secs));
   const argv = ['wrk', '-t1', '-c32', `-d${secs}s`, '--latency', `http://${lab.serverAddr}:${PORTS.http}/`];
-  const { result, proxyCpu } = await withProxyCpu(candidate, () => runClient('wrk', argv, loadgenOptions(lab), secs * 1000 + 20_000));
+  const { result, proxyCpu } = await withProxyCpu(candidate, () =>
+    runClient('wrk', argv, loadgenOptions(lab), secs * 1000 + 20_000),
+  );
   const w = parseWrk(result.stdout);
   if (w.errors > 0) throw new Error(`wrk against ${candidate.name}: ${w.errors} errors\n${result.stdout}`);
-  const values: Values = { rate: w.reqPerSec, p50: w.p50, p99: w.p99, loadgenCpu: result.cpuSeconds / result.wallSeconds };
+  const values: Values = {
+    rate: w.reqPerSec,
+    p50: w.p50,
+    p99: w.p99,
+    loadgenCpu: result.cpuSeconds / result.wallSeconds,
+  };
   if (proxyCpu !== null && w.requests > 0) values.proxyCpuPerOp = (proxyCpu / w.requests) * 1e6;
   return values;
 }
@@ -171,15 +238,34 @@ async function dns(lab: Lab, candidate: RunningCandidate, profile: Profile): Pro
   const count = Math.max(2000, Math.round(profile.secs * 8000));
   const loop = async (name: string) => {
     const argv = [process.execPath, DNS_LOAD, lab.serverAddr, '53', String(count), '32', JSON.stringify([[name, 'A']])];
-    const { result, proxyCpu } = await withProxyCpu(candidate, () => runClient('dns-load', argv, loadgenOptions(lab), 120_000));
+    const { result, proxyCpu } = await withProxyCpu(candidate, () =>
+      runClient('dns-load', argv, loadgenOptions(lab), 120_000),
+    );
     const r = parseJsonLine<DnsLoadResult>('dns-load', result);
-    if (r.answered !== count || r.lost > 0) throw new Error(`dns-load against ${candidate.name}: ${r.answered} of ${count} answered, ${r.lost} lost\n${result.stderr.slice(-1000)}`);
+    if (r.answered !== count || r.lost > 0)
+      throw new Error(
+        `dns-load against ${candidate.name}: ${r.answered} of ${count} answered, ${r.lost} lost\n${result.stderr.slice(-1000)}`,
+      );
     const q = r.perQuery[`${name} A`]!;
-    return { qps: r.qps, p50: q.p50Ms * 1000, p99: q.p99Ms * 1000, proxyCpu, loadgenCpu: result.cpuSeconds / result.wallSeconds };
+    return {
+      qps: r.qps,
+      p50: q.p50Ms * 1000,
+      p99: q.p99Ms * 1000,
+      proxyCpu,
+      loadgenCpu: result.cpuSeconds / result.wallSeconds,
+    };
   };
   const cached = await loop(DNS_NAMES.cached);
   const mesh = await loop(DNS_NAMES.mesh);
-  const values: Values = { rate: cached.qps, p50: cached.p50, p99: cached.p99, meshRate: mesh.qps, meshP50: mesh.p50, meshP99: mesh.p99, loadgenCpu: cached.loadgenCpu };
+  const values: Values = {
+    rate: cached.qps,
+    p50: cached.p50,
+    p99: cached.p99,
+    meshRate: mesh.qps,
+    meshP50: mesh.p50,
+    meshP99: mesh.p99,
+    loadgenCpu: cached.loadgenCpu,
+  };
   if (cached.proxyCpu !== null) values.proxyCpuPerOp = (cached.proxyCpu / count) * 1e6;
   return values;
 }
@@ -204,15 +290,20 @@ async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
   if (candidate.usage() === null) return null; // direct: no proxy, nothing to weigh
   const rssIdle = await sampleRss(candidate);
   const n = profile.idleConns;
-  const hold = startProc('tcpbench hold', [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, `conns=${n}`, 'size=64'], {
-    ...loadgenOptions(lab),
-    stdin: 'pipe',
-  });
+  const hold = startProc(
+    'tcpbench hold',
+    [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, `conns=${n}`, 'size=64'],
+    {
+      ...loadgenOptions(lab),
+      stdin: 'pipe',
+    },
+  );
   try {
     const deadline = Date.now() + 60_000;
     while (!hold.output().includes(`"held":${n}`)) {
       if (!hold.alive()) throw new Error(`tcpbench hold against ${candidate.name} failed:\n${hold.output()}`);
-      if (Date.now() > deadline) throw new Error(`tcpbench hold: ${n} connections not established within 60 s:\n${hold.output()}`);
+      if (Date.now() > deadline)
+        throw new Error(`tcpbench hold: ${n} connections not established within 60 s:\n${hold.output()}`);
       await sleep(50);
     }
     await sleep(1000);
@@ -226,7 +317,12 @@ async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
 }
 
 /** Runs one workload once; null when it does not apply to the candidate (memory of `direct`). */
-export async function runWorkload(name: WorkloadName, lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values | null> {
+export async function runWorkload(
+  name: WorkloadName,
+  lab: Lab,
+  candidate: RunningCandidate,
+  profile: Profile,
+): Promise<Values | null> {
   switch (name) {
     case 'idle':
       return idle(lab, candidate, profile);

@@ -26,11 +26,16 @@ export const ERROR_CODES = {
   ADDON_UNAVAILABLE: 'the native addon is not built',
   INTERNAL: 'a bug in meshctl',
   LISTEN_FAILED: 'a proxy listener could not be opened (port in use, missing address, bad socket-activation fds)',
-  PROXY_USER_MISMATCH: 'the proxy runs as a uid/gid that the capture rules do not exempt, so its own connections would loop',
-  PROXY_UNREADABLE: 'the proxy user cannot read meshctl\'s own files (worker entry, addon), so no worker process can start',
-  STATE_UNSAFE: 'the state directory, or a file in it, is not what meshctl made: a symlink, another owner, writable by others, or not a regular file',
-  PROXY_MISMATCH: 'the running proxy does not keep the contract the capture rules need (exempt user, ports per family, inbound mode, DNS)',
-  ROUTE_TABLE_IN_USE: 'the TPROXY routing table (capture.inbound.tproxyRouteTable) is already used by an ip rule or holds routes in the target namespace',
+  PROXY_USER_MISMATCH:
+    'the proxy runs as a uid/gid that the capture rules do not exempt, so its own connections would loop',
+  PROXY_UNREADABLE:
+    "the proxy user cannot read meshctl's own files (worker entry, addon), so no worker process can start",
+  STATE_UNSAFE:
+    'the state directory, or a file in it, is not what meshctl made: a symlink, another owner, writable by others, or not a regular file',
+  PROXY_MISMATCH:
+    'the running proxy does not keep the contract the capture rules need (exempt user, ports per family, inbound mode, DNS)',
+  ROUTE_TABLE_IN_USE:
+    'the TPROXY routing table (capture.inbound.tproxyRouteTable) is already used by an ip rule or holds routes in the target namespace',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -1,7 +1,18 @@
 // Normalises rules and compares a planned family against what iptables-save reports: drift, status and verify.
 // Pure. Identity is semantic (match order, port lists, CIDR spelling and counters do not matter) plus the comment.
 import { cidrText } from '../values/ip.js';
-import { BUILTIN_CHAINS, COMMENT_PREFIX, TABLES, isOwnedChain, type ChainDecl, type FamilyPlan, type Match, type Rule, type Table, type Target } from './model.js';
+import {
+  BUILTIN_CHAINS,
+  COMMENT_PREFIX,
+  TABLES,
+  isOwnedChain,
+  type ChainDecl,
+  type FamilyPlan,
+  type Match,
+  type Rule,
+  type Table,
+  type Target,
+} from './model.js';
 import { type Family } from '../values/ip.js';
 import { type PortRange } from '../values/ports.js';
 import { isOwnedRule, type SaveDump, type SavedRule, type SavedRuleShape } from './parse-save.js';
@@ -20,7 +31,12 @@ export interface FamilyDiff {
   /** Ours in the kernel (MESHCTL_ chain, meshctl: comment, or a jump into our chain), not planned. */
   readonly extra: readonly SavedRule[];
   /** Per chain whose common rules appear in another order: the full planned and actual ruleKey lists. */
-  readonly outOfOrder: readonly { readonly table: Table; readonly chain: string; readonly expected: readonly string[]; readonly actual: readonly string[] }[];
+  readonly outOfOrder: readonly {
+    readonly table: Table;
+    readonly chain: string;
+    readonly expected: readonly string[];
+    readonly actual: readonly string[];
+  }[];
 }
 
 /** Sorts and merges overlapping or adjacent ranges: `80,81,8000:8080,8005` → `80:81,8000:8080`. */
@@ -36,7 +52,10 @@ export function normalizePorts(ports: readonly PortRange[]): PortRange[] {
 }
 
 const hex = (n: number): string => `0x${(n >>> 0).toString(16)}`;
-const portsText = (ports: readonly PortRange[]): string => normalizePorts(ports).map((r) => (r.from === r.to ? `${r.from}` : `${r.from}:${r.to}`)).join(',');
+const portsText = (ports: readonly PortRange[]): string =>
+  normalizePorts(ports)
+    .map((r) => (r.from === r.to ? `${r.from}` : `${r.from}:${r.to}`))
+    .join(',');
 
 /** One match as canonical text, or null when it matches everything (iptables-save drops `-d 0.0.0.0/0`). */
 function matchKey(match: Match): string | null {
@@ -94,7 +113,9 @@ function targetKey(target: Target): string {
 function sortedMatchKeys(matches: readonly Match[]): string[] {
   const keys = matches.map(matchKey).filter((k): k is string => k !== null);
   const bare = (k: string) => (k.startsWith('!') ? k.slice(1) : k);
-  return [...new Set(keys)].sort((a, b) => (bare(a) < bare(b) ? -1 : bare(a) > bare(b) ? 1 : a < b ? -1 : a > b ? 1 : 0));
+  return [...new Set(keys)].sort((a, b) =>
+    bare(a) < bare(b) ? -1 : bare(a) > bare(b) ? 1 : a < b ? -1 : a > b ? 1 : 0,
+  );
 }
 
 function keyOf(shape: Pick<SavedRuleShape, 'matches' | 'target'>, comment: string | null): string {
@@ -117,7 +138,8 @@ export function ownedObjects(dump: SaveDump): { chains: ChainDecl[]; rules: Save
   const chains: ChainDecl[] = [];
   const rules: SavedRule[] = [];
   for (const table of dump.tables) {
-    for (const chain of table.chains) if (isOwnedChain(chain.name)) chains.push({ table: table.table, name: chain.name });
+    for (const chain of table.chains)
+      if (isOwnedChain(chain.name)) chains.push({ table: table.table, name: chain.name });
     for (const rule of table.rules) if (isOwnedRule(rule)) rules.push(rule);
   }
   return { chains, rules };
@@ -176,10 +198,16 @@ export function diffFamily(plan: FamilyPlan, dump: SaveDump): FamilyDiff {
         extra.push(rule);
       }
     });
-    if (commonPlanned.some((key, i) => commonActual[i] !== key)) outOfOrder.push({ table: g.table, chain: g.chain, expected, actual });
+    if (commonPlanned.some((key, i) => commonActual[i] !== key))
+      outOfOrder.push({ table: g.table, chain: g.chain, expected, actual });
   }
 
-  const inSync = missingChains.length === 0 && extraChains.length === 0 && missing.length === 0 && extra.length === 0 && outOfOrder.length === 0;
+  const inSync =
+    missingChains.length === 0 &&
+    extraChains.length === 0 &&
+    missing.length === 0 &&
+    extra.length === 0 &&
+    outOfOrder.length === 0;
   return { family: plan.family, inSync, missingChains, extraChains, missing, extra, outOfOrder };
 }
 
@@ -197,12 +225,15 @@ export function foreignView(dump: SaveDump): string {
     const chains = table.chains.filter((c) => !isOwnedChain(c.name));
     const rules = table.rules.filter((r) => !isOwnedRule(r));
     const builtinOrder = BUILTIN_CHAINS[name];
-    const builtins = chains.filter((c) => c.builtin).sort((a, b) => builtinOrder.indexOf(a.name) - builtinOrder.indexOf(b.name));
+    const builtins = chains
+      .filter((c) => c.builtin)
+      .sort((a, b) => builtinOrder.indexOf(a.name) - builtinOrder.indexOf(b.name));
     const users = chains.filter((c) => !c.builtin).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     if (users.length === 0 && rules.length === 0 && builtins.every((c) => c.policy === 'ACCEPT')) continue;
     lines.push(`*${name}`);
     for (const c of [...builtins, ...users]) lines.push(`:${c.name} ${c.policy ?? '-'}`);
-    for (const c of [...builtins, ...users]) for (const r of rules) if (r.chain === c.name) lines.push(`-A ${c.name} ${r.raw}`.trimEnd());
+    for (const c of [...builtins, ...users])
+      for (const r of rules) if (r.chain === c.name) lines.push(`-A ${c.name} ${r.raw}`.trimEnd());
     lines.push('COMMIT');
   }
   for (const other of dump.otherTables ?? []) {

@@ -100,8 +100,24 @@ export interface Explanation {
   readonly verdict: Verdict;
   readonly family: Family;
   /** What the packet looked like to the rules (defaults filled in). */
-  readonly packet: { source: string | null; sourcePort: number | null; destination: string; destinationPort: number; inInterface: string | null; outInterface: string | null; uid: number | null; gid: number | null };
-  readonly decidedBy: { purpose: string; origin: string; table: Table; chain: string; rule: string; owner?: RuleOwner } | null;
+  readonly packet: {
+    source: string | null;
+    sourcePort: number | null;
+    destination: string;
+    destinationPort: number;
+    inInterface: string | null;
+    outInterface: string | null;
+    uid: number | null;
+    gid: number | null;
+  };
+  readonly decidedBy: {
+    purpose: string;
+    origin: string;
+    table: Table;
+    chain: string;
+    rule: string;
+    owner?: RuleOwner;
+  } | null;
   readonly reason: string;
   readonly assumptions: readonly string[];
   readonly trace: readonly TraceStep[];
@@ -123,8 +139,18 @@ interface Packet {
 
 /** The built-in chain a new connection's first packet passes, per table, in hook order. */
 export const PATHS: Record<Flow['direction'], readonly (readonly [Table, string])[]> = {
-  outbound: [['raw', 'OUTPUT'], ['mangle', 'OUTPUT'], ['nat', 'OUTPUT'], ['filter', 'OUTPUT']],
-  inbound: [['raw', 'PREROUTING'], ['mangle', 'PREROUTING'], ['nat', 'PREROUTING'], ['filter', 'INPUT']],
+  outbound: [
+    ['raw', 'OUTPUT'],
+    ['mangle', 'OUTPUT'],
+    ['nat', 'OUTPUT'],
+    ['filter', 'OUTPUT'],
+  ],
+  inbound: [
+    ['raw', 'PREROUTING'],
+    ['mangle', 'PREROUTING'],
+    ['nat', 'PREROUTING'],
+    ['filter', 'INPUT'],
+  ],
 };
 
 function ipOrThrow(text: string, what: string): IpAddress {
@@ -171,7 +197,8 @@ function matches(match: Match, p: Packet): boolean {
     }
   })();
   // Owner matches need a local socket; on the inbound path there is none, and negation does not make one.
-  const ownerWithoutSocket = (match.kind === 'uidOwner' && p.uid === null) || (match.kind === 'gidOwner' && p.gid === null);
+  const ownerWithoutSocket =
+    (match.kind === 'uidOwner' && p.uid === null) || (match.kind === 'gidOwner' && p.gid === null);
   if (ownerWithoutSocket) return false;
   return 'negate' in match && match.negate ? !result : result;
 }
@@ -199,7 +226,10 @@ class Walker {
   readonly unevaluated: ExplainRule[] = [];
   private readonly chains = new Map<string, ExplainRule[]>();
 
-  constructor(readonly plan: ExplainFamilyPlan, private readonly p: Packet) {
+  constructor(
+    readonly plan: ExplainFamilyPlan,
+    private readonly p: Packet,
+  ) {
     for (const rule of plan.rules) {
       const key = chainKey(rule.table, rule.chain);
       const list = this.chains.get(key);
@@ -276,7 +306,11 @@ function ruleText(rule: ExplainRule, plan: FamilyPlan): string {
 
 function step(rule: ExplainRule, plan: FamilyPlan): Omit<TraceStep, 'matched'> {
   return {
-    table: rule.table, chain: rule.chain, rule: ruleText(rule, plan), purpose: rule.purpose, origin: rule.origin,
+    table: rule.table,
+    chain: rule.chain,
+    rule: ruleText(rule, plan),
+    purpose: rule.purpose,
+    origin: rule.origin,
     ...(rule.kernel ? { owner: rule.kernel.owner, evaluated: true } : {}),
   };
 }
@@ -290,26 +324,38 @@ function decider(rule: ExplainRule, stack: ExplainRule[]): ExplainRule {
 
 function describe(rule: ExplainRule, plan: FamilyPlan): NonNullable<Explanation['decidedBy']> {
   return {
-    purpose: rule.purpose, origin: rule.origin, table: rule.table, chain: rule.chain, rule: ruleText(rule, plan),
+    purpose: rule.purpose,
+    origin: rule.origin,
+    table: rule.table,
+    chain: rule.chain,
+    rule: ruleText(rule, plan),
     ...(rule.kernel ? { owner: rule.kernel.owner } : {}),
   };
 }
 
 /** How a reason names a rule: `meshctl:<purpose> (<origin>)`, or a foreign rule by its place and text. */
 function nameRule(rule: ExplainRule, plan: FamilyPlan): string {
-  if (rule.kernel?.owner === 'foreign') return `a foreign rule in ${rule.table} ${rule.chain} (${ruleText(rule, plan)})`;
+  if (rule.kernel?.owner === 'foreign')
+    return `a foreign rule in ${rule.table} ${rule.chain} (${ruleText(rule, plan)})`;
   const unrecorded = rule.kernel?.owner === 'unrecorded' ? ', not recorded by the install' : '';
   return `meshctl:${rule.purpose} (${rule.origin}${unrecorded})`;
 }
 
 function entriesOf(plan: ExplainFamilyPlan, direction: Flow['direction']): readonly HookEntry[] {
-  return plan.entries?.[direction] ?? PATHS[direction].map(([table, chain]) => ({ table, chain, policy: 'accept' as const }));
+  return (
+    plan.entries?.[direction] ?? PATHS[direction].map(([table, chain]) => ({ table, chain, policy: 'accept' as const }))
+  );
 }
 
 /** A stand-in rule for a chain policy that decided, so decidedBy and the trace can name it. */
 function policyRule(entry: HookEntry): ExplainRule {
   return {
-    table: entry.table, chain: entry.chain, matches: [], target: { kind: 'drop' }, purpose: 'policy', origin: `the ${entry.chain} chain's policy`,
+    table: entry.table,
+    chain: entry.chain,
+    matches: [],
+    target: { kind: 'drop' },
+    purpose: 'policy',
+    origin: `the ${entry.chain} chain's policy`,
     kernel: { owner: 'foreign', text: `policy ${entry.policy}` },
   };
 }
@@ -330,21 +376,38 @@ export function explainFlow(plan: ExplainPlan, flow: Flow, host: HostContext): E
   const { packet, assumptions } = packetOf(flow, host);
   const family = packet.family;
   const explanation = (d: Decision, notes: readonly string[], trace: readonly TraceStep[]): Explanation => ({
-    intercepted: d.intercepted, toPort: d.toPort, verdict: d.verdict, family, packet: viewOf(packet), decidedBy: d.decidedBy, reason: d.reason,
-    assumptions: [...notes, ...(d.notes ?? [])], trace,
+    intercepted: d.intercepted,
+    toPort: d.toPort,
+    verdict: d.verdict,
+    family,
+    packet: viewOf(packet),
+    decidedBy: d.decidedBy,
+    reason: d.reason,
+    assumptions: [...notes, ...(d.notes ?? [])],
+    trace,
   });
   const familyPlan = plan.families.find((f) => f.family === family);
   if (!familyPlan) {
-    const reason = plan.source === 'kernel'
-      ? `the ${family} rules could not be read from the kernel: explain cannot say what happens to this connection`
-      : `there are no ${family} rules (capture.ipv6 is "off"): this connection goes direct`;
-    return explanation({ intercepted: false, toPort: null, verdict: 'bypassed', decidedBy: null, reason }, assumptions, []);
+    const reason =
+      plan.source === 'kernel'
+        ? `the ${family} rules could not be read from the kernel: explain cannot say what happens to this connection`
+        : `there are no ${family} rules (capture.ipv6 is "off"): this connection goes direct`;
+    return explanation(
+      { intercepted: false, toPort: null, verdict: 'bypassed', decidedBy: null, reason },
+      assumptions,
+      [],
+    );
   }
   const walker = new Walker(familyPlan, packet);
   const entries = entriesOf(familyPlan, flow.direction);
   const notes = (): string[] => [...assumptions, ...unevaluatedNotes(walker, familyPlan)];
   for (const [index, entry] of entries.entries()) {
-    const decided = decisionOf(walker.walk(entry.table, entry.chain, [], []), entry, entries.slice(index + 1), familyPlan);
+    const decided = decisionOf(
+      walker.walk(entry.table, entry.chain, [], []),
+      entry,
+      entries.slice(index + 1),
+      familyPlan,
+    );
     if (decided) return explanation(decided, notes(), walker.trace);
   }
   return explanation(undecided(walker, plan, familyPlan), notes(), walker.trace);
@@ -355,7 +418,10 @@ function packetOf(flow: Flow, host: HostContext): { packet: Packet; assumptions:
   const destination = ipOrThrow(flow.destination.address, 'destination');
   const family = destination.family;
   const given = flow.source ? ipOrThrow(flow.source.address, 'source') : null;
-  if (given && given.family !== family) throw new TypeError(`source ${flow.source!.address} and destination ${flow.destination.address} are of different address families`);
+  if (given && given.family !== family)
+    throw new TypeError(
+      `source ${flow.source!.address} and destination ${flow.destination.address} are of different address families`,
+    );
   const assumptions: string[] = [];
   let source = given;
   let inInterface: string | null = null;
@@ -380,23 +446,33 @@ function packetOf(flow: Flow, host: HostContext): { packet: Packet; assumptions:
     gid: flow.direction === 'outbound' ? (flow.gid ?? flow.uid ?? null) : null,
     groups: flow.direction === 'outbound' ? (flow.groups ?? []) : [],
   };
-  if (flow.direction === 'outbound' && flow.uid === undefined) assumptions.push('socket owner unknown; uid/gid rules cannot match — pass --uid/--gid');
+  if (flow.direction === 'outbound' && flow.uid === undefined)
+    assumptions.push('socket owner unknown; uid/gid rules cannot match — pass --uid/--gid');
   return { packet, assumptions };
 }
 
 /** Outbound: the interface and source address the kernel would pick (lo for local destinations), unless given. */
-function outboundRoute(flow: Flow, host: HostContext, destination: IpAddress, given: IpAddress | null, assumptions: string[]): { source: IpAddress | null; outInterface: string | null } {
+function outboundRoute(
+  flow: Flow,
+  host: HostContext,
+  destination: IpAddress,
+  given: IpAddress | null,
+  assumptions: string[],
+): { source: IpAddress | null; outInterface: string | null } {
   const local = host.localAddresses.map((a) => parseIp(a)).filter((a): a is IpAddress => a !== null);
-  const isLocal = isLoopback(destination) || local.some((a) => a.family === destination.family && a.value === destination.value);
+  const isLocal =
+    isLoopback(destination) || local.some((a) => a.family === destination.family && a.value === destination.value);
   const route = isLocal ? null : (host.route?.(flow.destination.address) ?? null);
   const outInterface = flow.outInterface ?? (isLocal ? 'lo' : (route?.interface ?? null));
-  if (!flow.outInterface && !isLocal && !route) assumptions.push('outgoing interface unknown (no route); interface rules cannot match — pass --iface');
+  if (!flow.outInterface && !isLocal && !route)
+    assumptions.push('outgoing interface unknown (no route); interface rules cannot match — pass --iface');
   let source = given;
   if (!source) {
     if (isLoopback(destination)) source = parseIp(destination.family === 'ipv4' ? '127.0.0.1' : '::1');
     else if (isLocal) source = destination;
     else if (route) source = parseIp(route.source);
-    if (source) assumptions.push(`source address ${formatIp(source)} (as the kernel would pick; pass --src to override)`);
+    if (source)
+      assumptions.push(`source address ${formatIp(source)} (as the kernel would pick; pass --src to override)`);
   }
   return { source, outInterface };
 }
@@ -417,12 +493,21 @@ function viewOf(packet: Packet): Explanation['packet'] {
 /** One note per rule outside the model that the walk met (each once): explain assumed it does not match. */
 function unevaluatedNotes(walker: Walker, plan: FamilyPlan): string[] {
   const seen = new Set<ExplainRule>();
-  return walker.unevaluated.filter((r) => !seen.has(r) && seen.add(r)).map((r) =>
-    `${r.kernel?.owner === 'foreign' ? 'foreign' : `meshctl:${r.purpose}`} rule in ${r.table} ${r.chain} could not be evaluated (${r.kernel?.effect?.why}); assumed not to match: ${ruleText(r, plan)}`);
+  return walker.unevaluated
+    .filter((r) => !seen.has(r) && seen.add(r))
+    .map(
+      (r) =>
+        `${r.kernel?.owner === 'foreign' ? 'foreign' : `meshctl:${r.purpose}`} rule in ${r.table} ${r.chain} could not be evaluated (${r.kernel?.effect?.why}); assumed not to match: ${ruleText(r, plan)}`,
+    );
 }
 
 /** What walking one hook chain decided: a verdict, someone's NAT, the chain's drop policy; null to go on. */
-function decisionOf(outcome: Outcome, entry: HookEntry, later: readonly HookEntry[], plan: ExplainFamilyPlan): Decision | null {
+function decisionOf(
+  outcome: Outcome,
+  entry: HookEntry,
+  later: readonly HookEntry[],
+  plan: ExplainFamilyPlan,
+): Decision | null {
   if (outcome.kind === 'terminal') {
     const intercepted = outcome.verdict === 'redirected' || outcome.verdict === 'tproxied';
     const reason = intercepted
@@ -431,21 +516,41 @@ function decisionOf(outcome: Outcome, entry: HookEntry, later: readonly HookEntr
     // After a NAT binding exists, later NAT chains on the hook are skipped; other chains still see the packet.
     const after = later
       .filter((e) => !(outcome.verdict === 'redirected' && e.table === 'nat'))
-      .filter((e) => e.policy === 'drop' || plan.rules.some((r) => r.table === e.table && r.chain === e.chain && r.kernel?.owner === 'foreign'));
-    const notes = intercepted && after.length > 0
-      ? [`foreign rules in ${after.map((e) => `${e.table} ${e.chain}`).join(', ')} run after the redirect (they see the proxy's port) and were not evaluated`]
-      : [];
-    return { intercepted, toPort: outcome.toPort, verdict: outcome.verdict, decidedBy: describe(outcome.rule, plan), reason, notes };
+      .filter(
+        (e) =>
+          e.policy === 'drop' ||
+          plan.rules.some((r) => r.table === e.table && r.chain === e.chain && r.kernel?.owner === 'foreign'),
+      );
+    const notes =
+      intercepted && after.length > 0
+        ? [
+            `foreign rules in ${after.map((e) => `${e.table} ${e.chain}`).join(', ')} run after the redirect (they see the proxy's port) and were not evaluated`,
+          ]
+        : [];
+    return {
+      intercepted,
+      toPort: outcome.toPort,
+      verdict: outcome.verdict,
+      decidedBy: describe(outcome.rule, plan),
+      reason,
+      notes,
+    };
   }
   if (outcome.kind === 'nat') {
     return {
-      intercepted: false, toPort: null, verdict: 'bypassed', decidedBy: describe(outcome.rule, plan),
+      intercepted: false,
+      toPort: null,
+      verdict: 'bypassed',
+      decidedBy: describe(outcome.rule, plan),
       reason: `not captured: ${nameRule(outcome.rule, plan)} rewrites the destination (${outcome.rule.kernel?.effect?.why}); it goes there instead`,
     };
   }
   if (outcome.kind === 'return' && entry.policy === 'drop') {
     return {
-      intercepted: false, toPort: null, verdict: 'dropped', decidedBy: describe(policyRule(entry), plan),
+      intercepted: false,
+      toPort: null,
+      verdict: 'dropped',
+      decidedBy: describe(policyRule(entry), plan),
       reason: `dropped by the policy of ${entry.table} ${entry.chain} (no rule in it accepted the connection)`,
     };
   }
@@ -458,14 +563,19 @@ function undecided(walker: Walker, plan: ExplainPlan, familyPlan: ExplainFamilyP
   if (preempted) {
     const verb = preempted.rule.target.kind === 'accept' ? 'accepted' : 'returned';
     return {
-      intercepted: false, toPort: null, verdict: 'bypassed', decidedBy: describe(preempted.rule, familyPlan),
+      intercepted: false,
+      toPort: null,
+      verdict: 'bypassed',
+      decidedBy: describe(preempted.rule, familyPlan),
       reason: `not captured: ${nameRule(preempted.rule, familyPlan)} ${verb} it before meshctl:${preempted.skipped.purpose} was reached; it goes direct`,
     };
   }
   const lastReturn = walker.returns.filter((r) => r.kernel?.owner !== 'foreign').at(-1) ?? null;
   const noneOfOurs = plan.source === 'kernel' && !walker.trace.some((t) => t.owner !== 'foreign');
   return {
-    intercepted: false, toPort: null, verdict: 'bypassed',
+    intercepted: false,
+    toPort: null,
+    verdict: 'bypassed',
     decidedBy: lastReturn ? describe(lastReturn, familyPlan) : null,
     reason: lastReturn
       ? `not captured: ${nameRule(lastReturn, familyPlan)} returned it; it goes direct`

@@ -10,8 +10,25 @@
 //             only its own base chain, so only drop/reject/NAT in a foreign chain changes what ours do
 import type { Config } from '../config/types.js';
 import { ruleKey } from './diff.js';
-import { PATHS, type ExplainFamilyPlan, type ExplainPlan, type ExplainRule, type HookEntry, type KernelRuleFacts } from './explain.js';
-import { COMMENT_PREFIX, isOwnedChain, type CapturePlan, type ChainDecl, type FamilyPlan, type Match, type Rule, type Table, type Target } from './model.js';
+import {
+  PATHS,
+  type ExplainFamilyPlan,
+  type ExplainPlan,
+  type ExplainRule,
+  type HookEntry,
+  type KernelRuleFacts,
+} from './explain.js';
+import {
+  COMMENT_PREFIX,
+  isOwnedChain,
+  type CapturePlan,
+  type ChainDecl,
+  type FamilyPlan,
+  type Match,
+  type Rule,
+  type Table,
+  type Target,
+} from './model.js';
 import { FAMILIES, type Family } from '../values/ip.js';
 import { parseNftRule, parseNftRuleset, type NftChain, type NftHook, type NftTable } from './parse-nft.js';
 import { isOwnedRule, parseSave, tokenizeSaveLine, type SaveDump, type SavedRule } from './parse-save.js';
@@ -35,7 +52,11 @@ function purposeOf(comment: string | null, owned: boolean): string {
  * Gives each meshctl rule the origin of the recorded rule it equals (same table, chain and ruleKey, first unused
  * one in order); a meshctl rule with no recorded twin is `unrecorded`. Foreign rules keep `origin: foreign`.
  */
-function withOrigins(pending: readonly Pending[], recorded: FamilyPlan | null, builtinOrigin: (p: Pending) => string | null): ExplainRule[] {
+function withOrigins(
+  pending: readonly Pending[],
+  recorded: FamilyPlan | null,
+  builtinOrigin: (p: Pending) => string | null,
+): ExplainRule[] {
   const pool = new Map<string, Rule[]>();
   for (const rule of recorded?.rules ?? []) {
     const key = `${rule.table} ${rule.chain} ${ruleKey(rule)}`;
@@ -43,7 +64,7 @@ function withOrigins(pending: readonly Pending[], recorded: FamilyPlan | null, b
   }
   return pending.map((p) => {
     const { comment: _comment, ...shape } = p;
-    if (shape.kernel.owner === 'foreign') return { ...shape, origin: 'foreign (not meshctl\'s)' };
+    if (shape.kernel.owner === 'foreign') return { ...shape, origin: "foreign (not meshctl's)" };
     const builtin = builtinOrigin(p);
     if (builtin !== null) return { ...shape, origin: builtin };
     const key = `${shape.table} ${shape.chain} ${shape.kernel.effect?.kind === 'unevaluable' ? `unparsed ${shape.kernel.text}` : ruleKey({ ...shape, origin: '' })}`;
@@ -57,8 +78,29 @@ function withOrigins(pending: readonly Pending[], recorded: FamilyPlan | null, b
 
 /** Targets that never end the walk of a chain (they change or log the packet and fall through). */
 const CONTINUING_TARGETS = new Set([
-  'LOG', 'NFLOG', 'ULOG', 'CONNMARK', 'MARK', 'TRACE', 'CT', 'NOTRACK', 'AUDIT', 'CLASSIFY', 'DSCP', 'TOS', 'TCPMSS',
-  'TTL', 'HL', 'CHECKSUM', 'SECMARK', 'CONNSECMARK', 'IDLETIMER', 'LED', 'RATEEST', 'SET', 'TEE',
+  'LOG',
+  'NFLOG',
+  'ULOG',
+  'CONNMARK',
+  'MARK',
+  'TRACE',
+  'CT',
+  'NOTRACK',
+  'AUDIT',
+  'CLASSIFY',
+  'DSCP',
+  'TOS',
+  'TCPMSS',
+  'TTL',
+  'HL',
+  'CHECKSUM',
+  'SECMARK',
+  'CONNSECMARK',
+  'IDLETIMER',
+  'LED',
+  'RATEEST',
+  'SET',
+  'TEE',
 ]);
 /** Targets that set up someone else's NAT binding: later NAT rules (ours) never see the connection. */
 const NAT_TARGETS = new Set(['DNAT', 'NETMAP', 'SNAT', 'MASQUERADE']);
@@ -78,13 +120,22 @@ function matchesOnly(table: Table, chain: string, tokens: readonly string[], bui
   } catch {
     // a meshctl comment on a rule outside the model: fall through to naming what is unknown
   }
-  for (let k = 0; k + 1 < tokens.length; k++) if ((tokens[k] === '-m' || tokens[k] === '--match') && !KNOWN_MODULES.has(tokens[k + 1]!)) return `-m ${tokens[k + 1]}`;
+  for (let k = 0; k + 1 < tokens.length; k++)
+    if ((tokens[k] === '-m' || tokens[k] === '--match') && !KNOWN_MODULES.has(tokens[k + 1]!))
+      return `-m ${tokens[k + 1]}`;
   return 'a match outside the model';
 }
 
 /** A kernel rule iptables-save printed but parse-save could not model: what explain can still say about it. */
-function fallback(saved: SavedRule, builtin: boolean): Pick<Pending, 'matches' | 'target'> & { effect?: KernelRuleFacts['effect'] } {
-  const unevaluable = (why: string) => ({ matches: [], target: PLACEHOLDER, effect: { kind: 'unevaluable' as const, why } });
+function fallback(
+  saved: SavedRule,
+  builtin: boolean,
+): Pick<Pending, 'matches' | 'target'> & { effect?: KernelRuleFacts['effect'] } {
+  const unevaluable = (why: string) => ({
+    matches: [],
+    target: PLACEHOLDER,
+    effect: { kind: 'unevaluable' as const, why },
+  });
   let tokens: string[];
   try {
     tokens = tokenizeSaveLine(saved.raw);
@@ -95,7 +146,8 @@ function fallback(saved: SavedRule, builtin: boolean): Pick<Pending, 'matches' |
   if (at < 0) return { matches: [], target: PLACEHOLDER, effect: { kind: 'continue', why: 'no target' } };
   const target = tokens[at + 1] ?? '';
   if (tokens[at] === '-g' || tokens[at] === '--goto') return unevaluable(`-g ${target}`);
-  if (CONTINUING_TARGETS.has(target)) return { matches: [], target: PLACEHOLDER, effect: { kind: 'continue', why: `-j ${target}` } };
+  if (CONTINUING_TARGETS.has(target))
+    return { matches: [], target: PLACEHOLDER, effect: { kind: 'continue', why: `-j ${target}` } };
   const matches = matchesOnly(saved.table, saved.chain, tokens.slice(0, at), builtin);
   if (typeof matches === 'string') return unevaluable(matches);
   if (target === 'REJECT') return { matches, target: { kind: 'reject', with: 'tcp-reset' } };
@@ -112,7 +164,12 @@ function xtablesFamily(family: Family, dump: SaveDump, recorded: FamilyPlan | nu
     for (const saved of table.rules) {
       const owned = isOwnedRule(saved);
       const facts = { owner: owned ? ('meshctl' as const) : ('foreign' as const), text: saved.raw };
-      const base = { table: saved.table, chain: saved.chain, purpose: purposeOf(saved.comment, owned), comment: saved.comment };
+      const base = {
+        table: saved.table,
+        chain: saved.chain,
+        purpose: purposeOf(saved.comment, owned),
+        comment: saved.comment,
+      };
       if (saved.rule) {
         pending.push({ ...base, matches: saved.rule.matches, target: saved.rule.target, kernel: facts });
       } else {
@@ -122,9 +179,17 @@ function xtablesFamily(family: Family, dump: SaveDump, recorded: FamilyPlan | nu
     }
   }
   const policy = (table: Table, chain: string): 'accept' | 'drop' =>
-    dump.tables.find((t) => t.table === table)?.chains.find((c) => c.name === chain)?.policy === 'DROP' ? 'drop' : 'accept';
-  const entries = (direction: 'outbound' | 'inbound'): HookEntry[] => PATHS[direction].map(([table, chain]) => ({ table, chain, policy: policy(table, chain) }));
-  return { family, chains, rules: withOrigins(pending, recorded, () => null), entries: { outbound: entries('outbound'), inbound: entries('inbound') } };
+    dump.tables.find((t) => t.table === table)?.chains.find((c) => c.name === chain)?.policy === 'DROP'
+      ? 'drop'
+      : 'accept';
+  const entries = (direction: 'outbound' | 'inbound'): HookEntry[] =>
+    PATHS[direction].map(([table, chain]) => ({ table, chain, policy: policy(table, chain) }));
+  return {
+    family,
+    chains,
+    rules: withOrigins(pending, recorded, () => null),
+    entries: { outbound: entries('outbound'), inbound: entries('inbound') },
+  };
 }
 
 /**
@@ -132,23 +197,38 @@ function xtablesFamily(family: Family, dump: SaveDump, recorded: FamilyPlan | nu
  * family could not be read, so it is left out and explain says so). `recorded` is the ledger's plan.
  * Throws PARSE_SAVE for malformed text or a meshctl rule outside the model (parse-save.ts).
  */
-export function planFromSave(families: readonly { family: Family; text: string | null }[], recorded: CapturePlan | null): ExplainPlan {
+export function planFromSave(
+  families: readonly { family: Family; text: string | null }[],
+  recorded: CapturePlan | null,
+): ExplainPlan {
   const out: ExplainFamilyPlan[] = [];
   for (const { family, text } of families) {
     if (text === null) continue;
     out.push(xtablesFamily(family, parseSave(text), recorded?.families.find((f) => f.family === family) ?? null));
   }
-  return { source: 'kernel', families: out, routes: recorded?.routes ?? [], loopbackAddresses: recorded?.loopbackAddresses ?? [] };
+  return {
+    source: 'kernel',
+    families: out,
+    routes: recorded?.routes ?? [],
+    loopbackAddresses: recorded?.loopbackAddresses ?? [],
+  };
 }
 
 // --- nftables --------------------------------------------------------------------------------------------------
 
 const OWN_CHAIN_RE = /^(v4|v6)_(raw|mangle|nat|filter)_(.+)$/;
 const FAMILY_TAG: Readonly<Record<Family, string>> = { ipv4: 'v4', ipv6: 'v6' };
-const HOOKS: Readonly<Record<'outbound' | 'inbound', readonly string[]>> = { outbound: ['output'], inbound: ['prerouting', 'input'] };
+const HOOKS: Readonly<Record<'outbound' | 'inbound', readonly string[]>> = {
+  outbound: ['output'],
+  inbound: ['prerouting', 'input'],
+};
 
 function appliesTo(table: NftTable, family: Family): boolean {
-  return table.family === 'inet' || (table.family === 'ip' && family === 'ipv4') || (table.family === 'ip6' && family === 'ipv6');
+  return (
+    table.family === 'inet' ||
+    (table.family === 'ip' && family === 'ipv4') ||
+    (table.family === 'ip6' && family === 'ipv6')
+  );
 }
 
 /** The iptables table a base chain stands in for (by hook type and priority): how explain labels and groups it. */
@@ -214,7 +294,13 @@ function nftFamily(family: Family, tables: readonly NftTable[], recorded: Family
       const id = chainId(table, chain.name);
       if (own && isOwnedChain(id)) chains.push({ table: own[2] as Table, name: id });
       for (const label of labels.get(chain.name) ?? []) {
-        if (chain.hook) entryList.push({ hook: chain.hook.hook, priority: chain.hook.priority, order: entryList.length, entry: { table: label, chain: id, policy: chain.policy } });
+        if (chain.hook)
+          entryList.push({
+            hook: chain.hook.hook,
+            priority: chain.hook.priority,
+            order: entryList.length,
+            entry: { table: label, chain: id, policy: chain.policy },
+          });
         let previous: Pending | null = null;
         for (const text of chain.rules) {
           const parsed = parseNftRule(text, family, (name) => chainId(table, name));
@@ -223,32 +309,63 @@ function nftFamily(family: Family, tables: readonly NftTable[], recorded: Family
           const owner = marked ? 'meshctl' : ours ? 'unrecorded' : 'foreign';
           const base = { table: label, chain: id, purpose: purposeOf(parsed.comment, ours), comment: parsed.comment };
           if (parsed.kind === 'unevaluable') {
-            pending.push({ ...base, matches: [], target: PLACEHOLDER, kernel: { owner, text, effect: { kind: 'unevaluable', why: parsed.why } } });
+            pending.push({
+              ...base,
+              matches: [],
+              target: PLACEHOLDER,
+              kernel: { owner, text, effect: { kind: 'unevaluable', why: parsed.why } },
+            });
             previous = null;
             continue;
           }
           // render-nft writes TPROXY as two rules (tproxy …, then the same matches with drop); they are one model rule.
-          if (previous && previous.target.kind === 'tproxy' && parsed.target.kind === 'drop' && parsed.comment === previous.comment
-            && JSON.stringify(parsed.matches) === JSON.stringify(previous.matches)) {
-            pending[pending.length - 1] = { ...previous, kernel: { ...previous.kernel, text: `${previous.kernel.text}; ${text}` } };
+          if (
+            previous &&
+            previous.target.kind === 'tproxy' &&
+            parsed.target.kind === 'drop' &&
+            parsed.comment === previous.comment &&
+            JSON.stringify(parsed.matches) === JSON.stringify(previous.matches)
+          ) {
+            pending[pending.length - 1] = {
+              ...previous,
+              kernel: { ...previous.kernel, text: `${previous.kernel.text}; ${text}` },
+            };
             previous = null;
             continue;
           }
-          const rule: Pending = { ...base, matches: parsed.matches, target: parsed.target, kernel: parsed.effect ? { owner, text, effect: parsed.effect } : { owner, text } };
+          const rule: Pending = {
+            ...base,
+            matches: parsed.matches,
+            target: parsed.target,
+            kernel: parsed.effect ? { owner, text, effect: parsed.effect } : { owner, text },
+          };
           pending.push(rule);
           previous = rule;
         }
       }
     }
   }
-  const dispatch = (p: Pending): string | null => (p.purpose.startsWith('dispatch-') && p.kernel.owner === 'meshctl' && !isOwnedChain(p.chain) && p.chain.includes('/') ? 'built-in (nftables per-family dispatch)' : null);
+  const dispatch = (p: Pending): string | null =>
+    p.purpose.startsWith('dispatch-') && p.kernel.owner === 'meshctl' && !isOwnedChain(p.chain) && p.chain.includes('/')
+      ? 'built-in (nftables per-family dispatch)'
+      : null;
   const entries = (direction: 'outbound' | 'inbound'): HookEntry[] =>
     entryList
       .filter((e) => HOOKS[direction].includes(e.hook))
       // Equal priorities run in registration order, which is the order nft lists the tables in.
-      .sort((a, b) => HOOKS[direction].indexOf(a.hook) - HOOKS[direction].indexOf(b.hook) || a.priority - b.priority || a.order - b.order)
+      .sort(
+        (a, b) =>
+          HOOKS[direction].indexOf(a.hook) - HOOKS[direction].indexOf(b.hook) ||
+          a.priority - b.priority ||
+          a.order - b.order,
+      )
       .map((e) => e.entry);
-  return { family, chains, rules: withOrigins(pending, recorded, dispatch), entries: { outbound: entries('outbound'), inbound: entries('inbound') } };
+  return {
+    family,
+    chains,
+    rules: withOrigins(pending, recorded, dispatch),
+    entries: { outbound: entries('outbound'), inbound: entries('inbound') },
+  };
 }
 
 /** The plan explain walks for the nftables backend, from `nft list ruleset`. `recorded` is the ledger's plan. */
@@ -256,7 +373,9 @@ export function planFromNftRuleset(ruleset: string, recorded: CapturePlan | null
   const tables = parseNftRuleset(ruleset);
   return {
     source: 'kernel',
-    families: FAMILIES.map((family) => nftFamily(family, tables, recorded?.families.find((f) => f.family === family) ?? null)),
+    families: FAMILIES.map((family) =>
+      nftFamily(family, tables, recorded?.families.find((f) => f.family === family) ?? null),
+    ),
     routes: recorded?.routes ?? [],
     loopbackAddresses: recorded?.loopbackAddresses ?? [],
   };
@@ -274,7 +393,10 @@ function ownRules(plan: ExplainPlan | CapturePlan): Map<string, string[]> {
       const unparsed = rule.kernel?.effect?.kind === 'unevaluable';
       const key = `${fp.family} ${rule.table} ${rule.chain} ${unparsed ? `unparsed ${rule.kernel!.text}` : ruleKey(rule)}`;
       const text = rule.kernel?.text ?? renderRule(rule, fp.family);
-      out.set(key, [...(out.get(key) ?? []), `${fp.family} ${rule.table} ${rule.chain}: meshctl:${rule.purpose} (${rule.origin}) ${text}`]);
+      out.set(key, [
+        ...(out.get(key) ?? []),
+        `${fp.family} ${rule.table} ${rule.chain}: meshctl:${rule.purpose} (${rule.origin}) ${text}`,
+      ]);
     }
   }
   return out;
@@ -287,7 +409,10 @@ function minus(a: Map<string, string[]>, b: Map<string, string[]>): string[] {
 }
 
 /** meshctl's rules in `left` that `right` lacks and the other way round (foreign rules are not compared). */
-export function compareOwnRules(left: ExplainPlan | CapturePlan, right: ExplainPlan | CapturePlan): { leftOnly: string[]; rightOnly: string[] } {
+export function compareOwnRules(
+  left: ExplainPlan | CapturePlan,
+  right: ExplainPlan | CapturePlan,
+): { leftOnly: string[]; rightOnly: string[] } {
   const a = ownRules(left);
   const b = ownRules(right);
   return { leftOnly: minus(a, b), rightOnly: minus(b, a) };
@@ -306,7 +431,11 @@ function planInputs(c: Config): unknown {
   const { sshPorts, unsafeCaptureSsh, sshPeer } = c.safety;
   // capture.backend picks where the rules go, not which rules: it is not a difference explain should report.
   const { backend: _backend, ...capture } = c.capture;
-  return { capture, proxy: { user, outboundPort, inboundPort, adminPort, inboundPassthroughSource }, safety: { sshPorts, unsafeCaptureSsh, sshPeer } };
+  return {
+    capture,
+    proxy: { user, outboundPort, inboundPort, adminPort, inboundPassthroughSource },
+    safety: { sshPorts, unsafeCaptureSsh, sshPeer },
+  };
 }
 
 function formatValue(value: unknown): string {
@@ -314,7 +443,8 @@ function formatValue(value: unknown): string {
   if (Array.isArray(value)) return value.length === 0 ? 'none' : value.map(formatValue).join(',');
   if (typeof value === 'object') {
     const v = value as Record<string, unknown>;
-    if (typeof v.from === 'number' && typeof v.to === 'number') return v.from === v.to ? `${v.from}` : `${v.from}-${v.to}`;
+    if (typeof v.from === 'number' && typeof v.to === 'number')
+      return v.from === v.to ? `${v.from}` : `${v.from}-${v.to}`;
     if (typeof v.address === 'string' && typeof v.prefix === 'number') return `${v.address}/${v.prefix}`;
     return JSON.stringify(value);
   }
@@ -328,7 +458,8 @@ function diffConfigFields(installed: Config, current: Config): FieldDifference[]
   const out: FieldDifference[] = [];
   const walk = (a: unknown, b: unknown, path: string) => {
     if (isRecord(a) && isRecord(b) && !('from' in a) && !('prefix' in a)) {
-      for (const key of new Set([...Object.keys(a), ...Object.keys(b)])) walk(a[key], b[key], path ? `${path}.${key}` : key);
+      for (const key of new Set([...Object.keys(a), ...Object.keys(b)]))
+        walk(a[key], b[key], path ? `${path}.${key}` : key);
       return;
     }
     if (JSON.stringify(a) !== JSON.stringify(b)) out.push({ path, installed: formatValue(a), config: formatValue(b) });
@@ -350,7 +481,13 @@ export interface RuleDifferences {
 }
 
 /** Compares the kernel's meshctl rules with the config's plan and with what the install recorded. */
-export function describeDifferences(kernel: ExplainPlan, configPlan: CapturePlan, recorded: CapturePlan, installed: Config, current: Config): RuleDifferences {
+export function describeDifferences(
+  kernel: ExplainPlan,
+  configPlan: CapturePlan,
+  recorded: CapturePlan,
+  installed: Config,
+  current: Config,
+): RuleDifferences {
   const vsConfig = compareOwnRules(kernel, configPlan);
   const vsRecorded = compareOwnRules(kernel, recorded);
   return {
@@ -361,4 +498,3 @@ export function describeDifferences(kernel: ExplainPlan, configPlan: CapturePlan
     drift: { kernelOnly: vsRecorded.leftOnly, recordedOnly: vsRecorded.rightOnly },
   };
 }
-

@@ -32,7 +32,14 @@ export interface NftTable {
 }
 
 /** nft's standard priority names for the ip, ip6 and inet families. */
-const PRIORITY_NAMES: Readonly<Record<string, number>> = { raw: -300, mangle: -150, dstnat: -100, filter: 0, security: 50, srcnat: 100 };
+const PRIORITY_NAMES: Readonly<Record<string, number>> = {
+  raw: -300,
+  mangle: -150,
+  dstnat: -100,
+  filter: 0,
+  security: 50,
+  srcnat: 100,
+};
 
 function parsePriority(text: string): number | null {
   const m = /^(-?\d+|[a-z]+)(?:\s*([+-])\s*(\d+))?$/.exec(text.trim());
@@ -105,7 +112,9 @@ export function parseNftRuleset(text: string): NftTable[] {
       chain = null;
       continue;
     }
-    const hook = /^type\s+(\S+)\s+hook\s+(\S+)(?:\s+device\s+\S+)?\s+priority\s+([^;]+);(?:\s*policy\s+(\w+);)?/.exec(line);
+    const hook = /^type\s+(\S+)\s+hook\s+(\S+)(?:\s+device\s+\S+)?\s+priority\s+([^;]+);(?:\s*policy\s+(\w+);)?/.exec(
+      line,
+    );
     if (hook) {
       const priority = parsePriority(hook[3]!);
       chain.hook = { type: hook[1]!, hook: hook[2]!, priority: priority ?? 0 };
@@ -139,7 +148,11 @@ function tokenize(text: string): Token[] {
     } else if (ch === '{') {
       const end = text.indexOf('}', i + 1);
       if (end < 0) throw new Outside('an unterminated set');
-      const set = text.slice(i + 1, end).split(',').map((e) => e.trim()).filter((e) => e !== '');
+      const set = text
+        .slice(i + 1, end)
+        .split(',')
+        .map((e) => e.trim())
+        .filter((e) => e !== '');
       tokens.push({ value: `{ ${set.join(', ')} }`, set });
       i = end + 1;
     } else {
@@ -159,7 +172,13 @@ export type NftRuleEffect = { readonly kind: 'continue' | 'nat' | 'unevaluable';
 
 export type NftRuleParse =
   /** `target` is the verdict (or the mark/zone statement); `effect` is set when the verdict is outside the model. */
-  | { readonly kind: 'rule'; readonly matches: readonly Match[]; readonly target: Target; readonly comment: string | null; readonly effect?: NftRuleEffect }
+  | {
+      readonly kind: 'rule';
+      readonly matches: readonly Match[];
+      readonly target: Target;
+      readonly comment: string | null;
+      readonly effect?: NftRuleEffect;
+    }
   /** The rule can never match a packet of this family (`meta nfproto ipv6`, `ip6 saddr` in an IPv4 view). */
   | { readonly kind: 'other-family' }
   | { readonly kind: 'unevaluable'; readonly why: string; readonly comment: string | null };
@@ -240,7 +259,11 @@ class NftRuleReader {
   effect: NftRuleEffect | null = null;
   i = 0;
 
-  constructor(readonly tokens: readonly Token[], readonly family: Family, readonly chainRef: (name: string) => string) {}
+  constructor(
+    readonly tokens: readonly Token[],
+    readonly family: Family,
+    readonly chainRef: (name: string) => string,
+  ) {}
 
   word(k = this.i): string {
     return this.tokens[k]?.value ?? '';
@@ -325,7 +348,11 @@ const metaStatement: StatementParser = (r) => {
     if ((value === r.family) === negate) throw new Outside(OTHER_FAMILY);
   } else if (what === 'skuid' || what === 'skgid') {
     const id = parseNumber(value, `meta ${what}`, 0xffffffff);
-    r.matches.push(what === 'skuid' ? { kind: 'uidOwner', uid: id, ...r.neg(negate) } : { kind: 'gidOwner', gid: id, ...r.neg(negate) });
+    r.matches.push(
+      what === 'skuid'
+        ? { kind: 'uidOwner', uid: id, ...r.neg(negate) }
+        : { kind: 'gidOwner', gid: id, ...r.neg(negate) },
+    );
   } else if (what === 'iifname' || what === 'oifname') {
     r.matches.push(interfaceMatch(what, value, negate));
   } else {
@@ -383,7 +410,15 @@ const transportStatement: StatementParser = (r, key) => {
   } else if (what === 'flags' && key === 'tcp') {
     const negate = r.op();
     const flags = r.single(r.expect('tcp flags'), 'tcp flags');
-    if (flags !== 'syn' || r.word() !== '/' || r.word(r.i + 1).split(',').sort().join(',') !== 'ack,fin,rst,syn') {
+    if (
+      flags !== 'syn' ||
+      r.word() !== '/' ||
+      r
+        .word(r.i + 1)
+        .split(',')
+        .sort()
+        .join(',') !== 'ack,fin,rst,syn'
+    ) {
       throw new Outside(`tcp flags ${flags} ${r.word()} ${r.word(r.i + 1)}`.trim());
     }
     r.i += 2;
@@ -416,7 +451,8 @@ const ctStatement: StatementParser = (r) => {
 };
 
 const socketStatement: StatementParser = (r) => {
-  if (r.word() !== 'transparent' || r.word(r.i + 1) !== '1') throw new Outside(`socket ${r.word()} ${r.word(r.i + 1)}`.trim());
+  if (r.word() !== 'transparent' || r.word(r.i + 1) !== '1')
+    throw new Outside(`socket ${r.word()} ${r.word(r.i + 1)}`.trim());
   r.i += 2;
   r.matches.push({ kind: 'socketTransparent' });
 };
@@ -471,22 +507,29 @@ const natStatement: StatementParser = (r, key) => {
 
 /** The first word of every statement the model covers. */
 const STATEMENTS: ReadonlyMap<string, StatementParser> = new Map(
-  ([
-    [metaStatement, 'meta'],
-    [ipHeaderStatement, 'ip', 'ip6'],
-    [interfaceStatement, 'iifname', 'oifname', 'iif', 'oif'],
-    [transportStatement, 'tcp', 'udp'],
-    [ctStatement, 'ct'],
-    [socketStatement, 'socket'],
-    [passiveStatement, 'counter', 'comment', 'log', 'notrack'],
-    [verdictStatement, 'accept', 'drop', 'return', 'jump', 'reject'],
-    [redirectStatement, 'redirect'],
-    [tproxyStatement, 'tproxy'],
-    [natStatement, 'dnat', 'snat', 'masquerade'],
-  ] as const).flatMap(([parse, ...keys]) => keys.map((k) => [k, parse] as const)),
+  (
+    [
+      [metaStatement, 'meta'],
+      [ipHeaderStatement, 'ip', 'ip6'],
+      [interfaceStatement, 'iifname', 'oifname', 'iif', 'oif'],
+      [transportStatement, 'tcp', 'udp'],
+      [ctStatement, 'ct'],
+      [socketStatement, 'socket'],
+      [passiveStatement, 'counter', 'comment', 'log', 'notrack'],
+      [verdictStatement, 'accept', 'drop', 'return', 'jump', 'reject'],
+      [redirectStatement, 'redirect'],
+      [tproxyStatement, 'tproxy'],
+      [natStatement, 'dnat', 'snat', 'masquerade'],
+    ] as const
+  ).flatMap(([parse, ...keys]) => keys.map((k) => [k, parse] as const)),
 );
 
-function parseTokens(tokens: readonly Token[], family: Family, chainRef: (name: string) => string, comment: string | null): NftRuleParse {
+function parseTokens(
+  tokens: readonly Token[],
+  family: Family,
+  chainRef: (name: string) => string,
+  comment: string | null,
+): NftRuleParse {
   const r = new NftRuleReader(tokens, family, chainRef);
   while (r.i < tokens.length) {
     const key = r.word();
@@ -514,7 +557,13 @@ function ruleOf(r: NftRuleReader, comment: string | null): NftRuleParse {
   } else if (r.ctZone !== null) {
     target = { kind: 'ctZone', zone: r.ctZone };
   } else {
-    return { kind: 'rule', matches, target: { kind: 'accept' }, comment, effect: effect ?? { kind: 'continue', why: 'no verdict' } };
+    return {
+      kind: 'rule',
+      matches,
+      target: { kind: 'accept' },
+      comment,
+      effect: effect ?? { kind: 'continue', why: 'no verdict' },
+    };
   }
   if (effect?.kind === 'nat') throw new Outside(`${effect.why} with a verdict`);
   return { kind: 'rule', matches, target, comment };

@@ -2,7 +2,17 @@
 // Strict about line shapes and about our own rules; foreign rules outside the model are kept as raw text.
 import { MeshctlError } from '../errors.js';
 import { parseCidr, parseIp } from '../values/ip.js';
-import { BUILTIN_CHAINS, COMMENT_PREFIX, TABLES, isOwnedChain, type CtState, type Match, type Rule, type Table, type Target } from './model.js';
+import {
+  BUILTIN_CHAINS,
+  COMMENT_PREFIX,
+  TABLES,
+  isOwnedChain,
+  type CtState,
+  type Match,
+  type Rule,
+  type Table,
+  type Target,
+} from './model.js';
 import { type Cidr } from '../values/ip.js';
 import { type PortRange } from '../values/ports.js';
 
@@ -85,7 +95,8 @@ const CT_STATES: readonly CtState[] = ['INVALID', 'NEW', 'ESTABLISHED', 'RELATED
 const MARK_RE = /^(0x[0-9a-fA-F]{1,8}|\d{1,10})(?:\/(0x[0-9a-fA-F]{1,8}|\d{1,10}))?$/;
 
 function parseNumber(text: string | undefined, what: string, max: number): number {
-  if (text === undefined || !/^(?:\d+|0x[0-9a-fA-F]+)$/.test(text)) throw new Unsupported(`${what} ${JSON.stringify(text ?? '')}`);
+  if (text === undefined || !/^(?:\d+|0x[0-9a-fA-F]+)$/.test(text))
+    throw new Unsupported(`${what} ${JSON.stringify(text ?? '')}`);
   const value = Number(text);
   if (!Number.isSafeInteger(value) || value > max) throw new Unsupported(`${what} ${text}`);
   return value;
@@ -150,7 +161,10 @@ class RuleArgs {
   negate = false;
   i = 0;
 
-  constructor(readonly tokens: readonly string[], readonly knownChains: ReadonlySet<string>) {}
+  constructor(
+    readonly tokens: readonly string[],
+    readonly knownChains: ReadonlySet<string>,
+  ) {}
 
   /** The value after `option`, moving past it. */
   next(option: string): string {
@@ -192,7 +206,11 @@ const addressOption: OptionParser = (args, option) => {
 
 const interfaceOption: OptionParser = (args, option) => {
   const name = args.next(option);
-  args.matches.push({ kind: option === '-i' || option === '--in-interface' ? 'inInterface' : 'outInterface', name, ...args.neg() });
+  args.matches.push({
+    kind: option === '-i' || option === '--in-interface' ? 'inInterface' : 'outInterface',
+    name,
+    ...args.neg(),
+  });
 };
 
 const protocolOption: OptionParser = (args, option) => {
@@ -209,7 +227,8 @@ const matchModule: OptionParser = (args, option) => {
   args.closeModule();
   const name = args.next(option);
   if (!MODULES.has(name)) throw new Unsupported(`-m ${name}`);
-  if ((name === 'tcp' || name === 'udp') && (args.protocol !== name || args.protocolNegated)) throw new Unsupported(`-m ${name} without -p ${name}`);
+  if ((name === 'tcp' || name === 'udp') && (args.protocol !== name || args.protocolNegated))
+    throw new Unsupported(`-m ${name} without -p ${name}`);
   args.module = name;
   if (name === 'socket') args.socketPending = true;
 };
@@ -218,7 +237,11 @@ const portOption: OptionParser = (args, option) => {
   args.requirePortModule(option);
   args.requireProtocol(option);
   const range = parsePortRangeText(args.next(option));
-  args.matches.push({ kind: option.startsWith('--d') ? 'destinationPort' : 'sourcePort', ports: [range], ...args.neg() });
+  args.matches.push({
+    kind: option.startsWith('--d') ? 'destinationPort' : 'sourcePort',
+    ports: [range],
+    ...args.neg(),
+  });
 };
 
 const multiportOption: OptionParser = (args, option) => {
@@ -231,7 +254,11 @@ const multiportOption: OptionParser = (args, option) => {
 const ownerOption: OptionParser = (args, option) => {
   args.requireModule(option, 'owner');
   const id = parseNumber(args.next(option), option, 0xffffffff);
-  args.matches.push(option === '--uid-owner' ? { kind: 'uidOwner', uid: id, ...args.neg() } : { kind: 'gidOwner', gid: id, ...args.neg() });
+  args.matches.push(
+    option === '--uid-owner'
+      ? { kind: 'uidOwner', uid: id, ...args.neg() }
+      : { kind: 'gidOwner', gid: id, ...args.neg() },
+  );
 };
 
 /** `--suppl-groups` widens the `--gid-owner` before it (same owner module) to supplementary groups. */
@@ -244,10 +271,13 @@ const supplOption: OptionParser = (args, option) => {
 
 const ctStateOption: OptionParser = (args, option) => {
   args.requireModule(option, 'conntrack');
-  const states = args.next(option).split(',').map((s) => {
-    if (!(CT_STATES as readonly string[]).includes(s)) throw new Unsupported(`--ctstate ${s}`);
-    return s as CtState;
-  });
+  const states = args
+    .next(option)
+    .split(',')
+    .map((s) => {
+      if (!(CT_STATES as readonly string[]).includes(s)) throw new Unsupported(`--ctstate ${s}`);
+      return s as CtState;
+    });
   args.matches.push({ kind: 'ctState', states, ...args.neg() });
 };
 
@@ -258,13 +288,15 @@ const synOption: OptionParser = (args, option) => {
   if (option === '--tcp-flags') {
     const mask = args.next(option);
     const comp = args.next(option);
-    if (mask.split(',').sort().join(',') !== 'ACK,FIN,RST,SYN' || comp !== 'SYN') throw new Unsupported(`--tcp-flags ${mask} ${comp}`);
+    if (mask.split(',').sort().join(',') !== 'ACK,FIN,RST,SYN' || comp !== 'SYN')
+      throw new Unsupported(`--tcp-flags ${mask} ${comp}`);
   }
   args.matches.push({ kind: 'tcpSyn', ...args.neg() });
 };
 
 const transparentOption: OptionParser = (args) => {
-  if (args.module !== 'socket' || args.negate) throw new Unsupported(args.negate ? '! --transparent' : '--transparent outside -m socket');
+  if (args.module !== 'socket' || args.negate)
+    throw new Unsupported(args.negate ? '! --transparent' : '--transparent outside -m socket');
   args.socketPending = false;
   args.matches.push({ kind: 'socketTransparent' });
 };
@@ -291,29 +323,36 @@ const jumpOption: OptionParser = (args, option) => {
 
 /** Every option of the model, under each spelling iptables-save or restore input may use. */
 const OPTIONS: ReadonlyMap<string, OptionParser> = new Map(
-  ([
-    [addressOption, '-s', '--source', '-d', '--destination'],
-    [interfaceOption, '-i', '--in-interface', '-o', '--out-interface'],
-    [protocolOption, '-p', '--protocol'],
-    [matchModule, '-m', '--match'],
-    [portOption, '--dport', '--destination-port', '--sport', '--source-port'],
-    [multiportOption, '--dports', '--destination-ports', '--sports', '--source-ports'],
-    [ownerOption, '--uid-owner', '--gid-owner'],
-    [supplOption, '--suppl-groups'],
-    [ctStateOption, '--ctstate'],
-    [synOption, '--syn', '--tcp-flags'],
-    [transparentOption, '--transparent'],
-    [markOption, '--mark'],
-    [commentOption, '--comment'],
-    [jumpOption, '-j', '--jump'],
-  ] as const).flatMap(([parse, ...spellings]) => spellings.map((s) => [s, parse] as const)),
+  (
+    [
+      [addressOption, '-s', '--source', '-d', '--destination'],
+      [interfaceOption, '-i', '--in-interface', '-o', '--out-interface'],
+      [protocolOption, '-p', '--protocol'],
+      [matchModule, '-m', '--match'],
+      [portOption, '--dport', '--destination-port', '--sport', '--source-port'],
+      [multiportOption, '--dports', '--destination-ports', '--sports', '--source-ports'],
+      [ownerOption, '--uid-owner', '--gid-owner'],
+      [supplOption, '--suppl-groups'],
+      [ctStateOption, '--ctstate'],
+      [synOption, '--syn', '--tcp-flags'],
+      [transparentOption, '--transparent'],
+      [markOption, '--mark'],
+      [commentOption, '--comment'],
+      [jumpOption, '-j', '--jump'],
+    ] as const
+  ).flatMap(([parse, ...spellings]) => spellings.map((s) => [s, parse] as const)),
 );
 
 /**
  * Parses the arguments of one rule (after `-A CHAIN`). Throws Unsupported naming the first token outside the model;
  * the comment is found even then (so ownership can be decided for foreign-looking rules).
  */
-function parseRuleArgs(table: Table, chain: string, tokens: readonly string[], knownChains: ReadonlySet<string>): RuleParse {
+function parseRuleArgs(
+  table: Table,
+  chain: string,
+  tokens: readonly string[],
+  knownChains: ReadonlySet<string>,
+): RuleParse {
   const args = new RuleArgs(tokens, knownChains);
   for (; args.i < tokens.length; args.i++) {
     const token = tokens[args.i]!;
@@ -356,7 +395,8 @@ function parseTarget(name: string, args: readonly string[], knownChains: Readonl
     case 'REJECT': {
       only('--reject-with');
       const with_ = options.get('--reject-with');
-      if (with_ !== 'tcp-reset' && with_ !== 'tcp-rst') throw new Unsupported(`-j REJECT --reject-with ${with_ ?? '(default)'}`);
+      if (with_ !== 'tcp-reset' && with_ !== 'tcp-rst')
+        throw new Unsupported(`-j REJECT --reject-with ${with_ ?? '(default)'}`);
       return { kind: 'reject', with: 'tcp-reset' };
     }
     case 'REDIRECT': {
@@ -375,12 +415,15 @@ function parseTarget(name: string, args: readonly string[], knownChains: Readonl
         // The model has no --on-ip: the packet's own destination address (0.0.0.0 / ::) is the only form we use.
         if (!ip || ip.value !== 0n) throw new Unsupported(`--on-ip ${onIp}`);
       }
-      const { value, mask } = options.has('--tproxy-mark') ? parseMark(options.get('--tproxy-mark'), '--tproxy-mark') : { value: 0, mask: 0 };
+      const { value, mask } = options.has('--tproxy-mark')
+        ? parseMark(options.get('--tproxy-mark'), '--tproxy-mark')
+        : { value: 0, mask: 0 };
       return { kind: 'tproxy', toPort: parseNumber(port, '--on-port', 65535), mark: value, mask };
     }
     case 'MARK': {
       only('--set-xmark', '--set-mark');
-      if (options.has('--set-xmark') === options.has('--set-mark')) throw new Unsupported('-j MARK without exactly one of --set-xmark/--set-mark');
+      if (options.has('--set-xmark') === options.has('--set-mark'))
+        throw new Unsupported('-j MARK without exactly one of --set-xmark/--set-mark');
       const xmark = options.get('--set-xmark');
       if (xmark !== undefined) {
         const { value, mask } = parseMark(xmark, '--set-xmark');
@@ -445,7 +488,8 @@ function fail(lineNo: number, line: string, problem: string, hint?: string): nev
   throw new MeshctlError(
     'PARSE_SAVE',
     `iptables-save output line ${lineNo}: ${problem}: ${JSON.stringify(line)}`,
-    hint ?? 'pass the unmodified output of iptables-save / ip6tables-save (v1.8); if it is, report this line as a meshctl bug',
+    hint ??
+      'pass the unmodified output of iptables-save / ip6tables-save (v1.8); if it is, report this line as a meshctl bug',
   );
 }
 
@@ -473,7 +517,8 @@ class SaveReader {
 
   /** `*nat`: starts a table; a table seen before (restore input may repeat one) continues where it was. */
   tableHeader(at: SaveLine): void {
-    if (this.current) fail(at.no, at.original, `table *${at.text.slice(1)} starts before COMMIT of *${this.current.name}`);
+    if (this.current)
+      fail(at.no, at.original, `table *${at.text.slice(1)} starts before COMMIT of *${this.current.name}`);
     const name = at.text.slice(1);
     if (!/^[a-z]+$/.test(name)) fail(at.no, at.original, 'not a table header');
     const table = (TABLES as readonly string[]).includes(name) ? (name as Table) : null;
@@ -512,7 +557,11 @@ class SaveReader {
     }
     const builtin = BUILTIN_CHAINS[current.table].includes(name);
     if (builtin === (policy === '-')) {
-      fail(at.no, at.original, builtin ? `built-in chain ${name} without a policy` : `user chain ${name} with policy ${policy}`);
+      fail(
+        at.no,
+        at.original,
+        builtin ? `built-in chain ${name} without a policy` : `user chain ${name} with policy ${policy}`,
+      );
     }
     if (policy !== '-' && !/^[A-Z]+$/.test(policy)) fail(at.no, at.original, `unknown policy ${policy}`);
     if (!current.chainNames.has(name)) {
@@ -552,8 +601,12 @@ class SaveReader {
     } catch (error) {
       if (!(error instanceof Unsupported)) throw error;
       if (isMarkedOurs(chain, comment)) {
-        fail(at.no, at.original, `meshctl rule uses ${error.message}, which meshctl never renders`,
-          'the rule was changed outside meshctl; run `meshctl status` to see the drift and re-install to repair it');
+        fail(
+          at.no,
+          at.original,
+          `meshctl rule uses ${error.message}, which meshctl never renders`,
+          'the rule was changed outside meshctl; run `meshctl status` to see the drift and re-install to repair it',
+        );
       }
       current.rules.push({ table: current.table, chain, raw, rule: null, comment });
     }
@@ -589,7 +642,8 @@ export function parseSave(text: string): SaveDump {
     else if (line === 'COMMIT') reader.commit(at);
     else if (line.startsWith(':')) reader.chainDeclaration(at);
     else if (ruleLine.startsWith('-A ')) reader.rule(at, ruleLine);
-    else fail(at.no, original, 'unknown line (expected #comment, *table, :CHAIN POLICY [p:b], -A CHAIN ..., or COMMIT)');
+    else
+      fail(at.no, original, 'unknown line (expected #comment, *table, :CHAIN POLICY [p:b], -A CHAIN ..., or COMMIT)');
   }
   return reader.finish({ no: lines.length, original: lines[lines.length - 1] ?? '', text: '' });
 }

@@ -26,7 +26,17 @@
 // after the own-address rule, so the proxy calling its own address always meets the inbound policy).
 import type { Config } from '../config/types.js';
 import type { Cidr, Family } from '../values/ip.js';
-import type { ChainDecl, CapturePlan, FamilyPlan, Match, PolicyRoute, Rule, Table, Target, LoopbackAddress } from './model.js';
+import type {
+  ChainDecl,
+  CapturePlan,
+  FamilyPlan,
+  Match,
+  PolicyRoute,
+  Rule,
+  Table,
+  Target,
+  LoopbackAddress,
+} from './model.js';
 import type { PortRange } from '../values/ports.js';
 import { cidrContains, hostCidr, isLoopback, parseIp } from '../values/ip.js';
 
@@ -56,7 +66,11 @@ const LOCALHOST: Record<Family, string> = { ipv4: '127.0.0.1', ipv6: '::1' };
 
 const tcp: Match = { kind: 'protocol', protocol: 'tcp' };
 const udp: Match = { kind: 'protocol', protocol: 'udp' };
-const dport = (ports: readonly PortRange[], negate = false): Match => ({ kind: 'destinationPort', ports, ...(negate ? { negate } : {}) });
+const dport = (ports: readonly PortRange[], negate = false): Match => ({
+  kind: 'destinationPort',
+  ports,
+  ...(negate ? { negate } : {}),
+});
 const port = (p: number): PortRange => ({ from: p, to: p });
 
 /** Splits port ranges into groups that each fit one multiport match. */
@@ -106,29 +120,81 @@ class FamilyBuilder {
  * conntrack was not loaded yet) is picked up mid-stream as "new" by conntrack; NATing or rejecting it would cut it.
  */
 function addSkipMidstream(b: FamilyBuilder, table: Table, chain: string): void {
-  b.add(table, chain, [tcp, { kind: 'tcpSyn', negate: true }], { kind: 'return' }, 'skip-midstream', 'built-in (connections older than the rules)');
+  b.add(
+    table,
+    chain,
+    [tcp, { kind: 'tcpSyn', negate: true }],
+    { kind: 'return' },
+    'skip-midstream',
+    'built-in (connections older than the rules)',
+  );
 }
 
 /** Rules shared by inbound capture in every mode: what is never captured, then what is. */
-function addInboundFilter(b: FamilyBuilder, config: Config, table: Table, chain: string, capture: Target, purpose: string): void {
+function addInboundFilter(
+  b: FamilyBuilder,
+  config: Config,
+  table: Table,
+  chain: string,
+  capture: Target,
+  purpose: string,
+): void {
   const { capture: cap, safety } = config;
   cap.excludeInterfaces.forEach((name, i) =>
-    b.add(table, chain, [{ kind: 'inInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
+    b.add(
+      table,
+      chain,
+      [{ kind: 'inInterface', name }],
+      { kind: 'return' },
+      'skip-interface',
+      `capture.excludeInterfaces[${i}]`,
+    ),
+  );
   const peer = safety.sshPeer;
   if (peer && hostCidr(peer.address).family === b.family) {
-    b.add(table, chain, [tcp, { kind: 'source', cidr: hostCidr(peer.address) }, { kind: 'sourcePort', ports: [port(peer.port)] }], { kind: 'return' },
-      'skip-ssh-session', 'safety.sshPeer (SSH_CONNECTION)');
+    b.add(
+      table,
+      chain,
+      [tcp, { kind: 'source', cidr: hostCidr(peer.address) }, { kind: 'sourcePort', ports: [port(peer.port)] }],
+      { kind: 'return' },
+      'skip-ssh-session',
+      'safety.sshPeer (SSH_CONNECTION)',
+    );
   }
   if (!safety.unsafeCaptureSsh) {
-    for (const chunk of chunkPorts(safety.sshPorts.map(port))) b.add(table, chain, [tcp, dport(chunk)], { kind: 'return' }, 'skip-ssh', `safety.sshPorts (${safety.sshPortsSource})`);
+    for (const chunk of chunkPorts(safety.sshPorts.map(port)))
+      b.add(
+        table,
+        chain,
+        [tcp, dport(chunk)],
+        { kind: 'return' },
+        'skip-ssh',
+        `safety.sshPorts (${safety.sshPortsSource})`,
+      );
   }
-  b.add(table, chain, [tcp, dport(ownPorts(config).map(port))], { kind: 'return' }, 'skip-proxy-ports', 'proxy.adminPort, proxy.outboundPort, proxy.inboundPort');
+  b.add(
+    table,
+    chain,
+    [tcp, dport(ownPorts(config).map(port))],
+    { kind: 'return' },
+    'skip-proxy-ports',
+    'proxy.adminPort, proxy.outboundPort, proxy.inboundPort',
+  );
   cap.inbound.excludePorts.forEach((range, i) =>
-    b.add(table, chain, [tcp, dport([range])], { kind: 'return' }, 'skip-inbound-port', `capture.inbound.excludePorts[${i}]`));
+    b.add(
+      table,
+      chain,
+      [tcp, dport([range])],
+      { kind: 'return' },
+      'skip-inbound-port',
+      `capture.inbound.excludePorts[${i}]`,
+    ),
+  );
   if (cap.inbound.includePorts === 'all') {
     b.add(table, chain, [tcp], capture, purpose, 'capture.inbound.includePorts');
   } else {
-    for (const chunk of chunkPorts(cap.inbound.includePorts)) b.add(table, chain, [tcp, dport(chunk)], capture, purpose, 'capture.inbound.includePorts');
+    for (const chunk of chunkPorts(cap.inbound.includePorts))
+      b.add(table, chain, [tcp, dport(chunk)], capture, purpose, 'capture.inbound.includePorts');
   }
 }
 
@@ -136,7 +202,14 @@ function planInbound(b: FamilyBuilder, config: Config): string | null {
   const { inbound } = config.capture;
   if (!inbound.enabled) return null;
   const inRedirect = b.chain('nat', CHAINS.inRedirect);
-  b.add('nat', inRedirect, [tcp], { kind: 'redirect', toPort: config.proxy.inboundPort }, 'redirect-inbound', 'proxy.inboundPort');
+  b.add(
+    'nat',
+    inRedirect,
+    [tcp],
+    { kind: 'redirect', toPort: config.proxy.inboundPort },
+    'redirect-inbound',
+    'proxy.inboundPort',
+  );
   if (inbound.mode === 'redirect') {
     const chain = b.chain('nat', CHAINS.inbound);
     addSkipMidstream(b, 'nat', chain);
@@ -149,16 +222,50 @@ function planInbound(b: FamilyBuilder, config: Config): string | null {
   const divert = b.chain('mangle', CHAINS.divert);
   const tproxy = b.chain('mangle', CHAINS.tproxy);
   const chain = b.chain('mangle', CHAINS.inbound);
-  b.add('mangle', divert, [], { kind: 'setMark', value: mark, mask: 0xffffffff }, 'tproxy-mark-established', 'capture.inbound.tproxyMark');
+  b.add(
+    'mangle',
+    divert,
+    [],
+    { kind: 'setMark', value: mark, mask: 0xffffffff },
+    'tproxy-mark-established',
+    'capture.inbound.tproxyMark',
+  );
   b.add('mangle', divert, [], { kind: 'accept' }, 'tproxy-accept-established', 'capture.inbound.mode');
-  b.add('mangle', tproxy, [tcp, { kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]), negate: true }],
-    { kind: 'tproxy', toPort: config.proxy.inboundPort, mark, mask: 0xffffffff }, 'tproxy-inbound', 'capture.inbound.mode');
-  b.add('mangle', chain, [tcp, { kind: 'socketTransparent' }], { kind: 'jump', chain: divert }, 'tproxy-established', 'capture.inbound.mode');
+  b.add(
+    'mangle',
+    tproxy,
+    [tcp, { kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]), negate: true }],
+    { kind: 'tproxy', toPort: config.proxy.inboundPort, mark, mask: 0xffffffff },
+    'tproxy-inbound',
+    'capture.inbound.mode',
+  );
+  b.add(
+    'mangle',
+    chain,
+    [tcp, { kind: 'socketTransparent' }],
+    { kind: 'jump', chain: divert },
+    'tproxy-established',
+    'capture.inbound.mode',
+  );
   // Replies to this host's own outbound connections also pass mangle PREROUTING; TPROXY would find their ordinary
   // socket and drop them. Loopback never needs TPROXY (the proxy's own-address calls take the nat path below).
-  b.add('mangle', chain, [{ kind: 'inInterface', name: 'lo' }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+  b.add(
+    'mangle',
+    chain,
+    [{ kind: 'inInterface', name: 'lo' }],
+    { kind: 'return' },
+    'skip-loopback',
+    'built-in (loopback)',
+  );
   addSkipMidstream(b, 'mangle', chain);
-  b.add('mangle', chain, [tcp, { kind: 'ctState', states: ['RELATED', 'ESTABLISHED'] }], { kind: 'jump', chain: divert }, 'tproxy-established', 'capture.inbound.mode');
+  b.add(
+    'mangle',
+    chain,
+    [tcp, { kind: 'ctState', states: ['RELATED', 'ESTABLISHED'] }],
+    { kind: 'jump', chain: divert },
+    'tproxy-established',
+    'capture.inbound.mode',
+  );
   addInboundFilter(b, config, 'mangle', chain, { kind: 'jump', chain: tproxy }, 'inbound-to-proxy');
   b.add('mangle', 'PREROUTING', [tcp], { kind: 'jump', chain }, 'inbound-capture', 'capture.inbound.enabled');
   // The proxy calling a local app's own address over lo still enters through the inbound listener (nat).
@@ -170,32 +277,67 @@ function planInbound(b: FamilyBuilder, config: Config): string | null {
 /** Exemptions by socket owner that outbound capture, DNS capture and IPv6 block share. */
 function addOwnerExemptions(b: FamilyBuilder, config: Config, table: Table, chain: string, extra: Match[]): void {
   const out = config.capture.outbound;
-  out.excludeUids.forEach((uid, i) => b.add(table, chain, [...extra, { kind: 'uidOwner', uid }], { kind: 'return' }, 'skip-uid', `capture.outbound.excludeUids[${i}]`));
+  out.excludeUids.forEach((uid, i) =>
+    b.add(
+      table,
+      chain,
+      [...extra, { kind: 'uidOwner', uid }],
+      { kind: 'return' },
+      'skip-uid',
+      `capture.outbound.excludeUids[${i}]`,
+    ),
+  );
   // Group lists mean membership: the primary group or a supplementary one (a process started with setpriv --groups).
-  out.excludeGids.forEach((gid, i) => b.add(table, chain, [...extra, { kind: 'gidOwner', gid, suppl: true }], { kind: 'return' }, 'skip-gid', `capture.outbound.excludeGids[${i}]`));
+  out.excludeGids.forEach((gid, i) =>
+    b.add(
+      table,
+      chain,
+      [...extra, { kind: 'gidOwner', gid, suppl: true }],
+      { kind: 'return' },
+      'skip-gid',
+      `capture.outbound.excludeGids[${i}]`,
+    ),
+  );
   if (out.includeGids !== 'all') {
-    b.add(table, chain, [...extra, ...out.includeGids.map((gid): Match => ({ kind: 'gidOwner', gid, negate: true, suppl: true }))], { kind: 'return' },
-      'skip-gid-not-included', 'capture.outbound.includeGids');
+    b.add(
+      table,
+      chain,
+      [...extra, ...out.includeGids.map((gid): Match => ({ kind: 'gidOwner', gid, negate: true, suppl: true }))],
+      { kind: 'return' },
+      'skip-gid-not-included',
+      'capture.outbound.includeGids',
+    );
   }
 }
 
 function addProxyExemption(b: FamilyBuilder, config: Config, table: Table, chain: string, extra: Match[]): void {
   const { uid, gid } = config.proxy.user;
   b.add(table, chain, [...extra, { kind: 'uidOwner', uid }], { kind: 'return' }, 'skip-proxy-uid', 'proxy.user');
-  b.add(table, chain, [...extra, { kind: 'gidOwner', gid }], { kind: 'return' }, 'skip-proxy-gid', config.proxy.user.name === null ? 'proxy.group' : 'proxy.user (primary group)');
+  b.add(
+    table,
+    chain,
+    [...extra, { kind: 'gidOwner', gid }],
+    { kind: 'return' },
+    'skip-proxy-gid',
+    config.proxy.user.name === null ? 'proxy.group' : 'proxy.user (primary group)',
+  );
 }
 
 /** Listed include CIDRs of this family that lie inside loopback (127.0.0.0/8, ::1). */
 function loopbackIncludes(b: FamilyBuilder, config: Config): { cidr: Cidr; index: number }[] {
   const list = config.capture.outbound.includeCidrs;
   if (list === 'all') return [];
-  return b.cidrs(list).filter(({ cidr }) => isLoopback(parseIp(cidr.address)!) && cidr.prefix >= (cidr.family === 'ipv4' ? 8 : 128));
+  return b
+    .cidrs(list)
+    .filter(({ cidr }) => isLoopback(parseIp(cidr.address)!) && cidr.prefix >= (cidr.family === 'ipv4' ? 8 : 128));
 }
 
 /** The proxy's listening ports, in order. */
 function ownPorts(config: Config): number[] {
   const { proxy, capture: cap } = config;
-  return [proxy.adminPort, proxy.outboundPort, proxy.inboundPort, ...(cap.dns.enabled ? [cap.dns.port] : [])].sort((x, y) => x - y);
+  return [proxy.adminPort, proxy.outboundPort, proxy.inboundPort, ...(cap.dns.enabled ? [cap.dns.port] : [])].sort(
+    (x, y) => x - y,
+  );
 }
 
 /**
@@ -203,26 +345,53 @@ function ownPorts(config: Config): number[] {
  * loopback includes out (IPv6 block: loopback traffic never leaves the host, and its REJECT would sit behind the
  * lo RETURN, a rule that could never match).
  */
-function outboundIncludes(b: FamilyBuilder, config: Config, withLoopback = true): { matches: Match[]; origin: string }[] {
+function outboundIncludes(
+  b: FamilyBuilder,
+  config: Config,
+  withLoopback = true,
+): { matches: Match[]; origin: string }[] {
   const out = config.capture.outbound;
   const loopback = new Set(withLoopback ? [] : loopbackIncludes(b, config).map((l) => l.index));
   const cidrs: { matches: Match[]; origin: string }[] =
     out.includeCidrs === 'all'
       ? [{ matches: [], origin: 'capture.outbound.includeCidrs' }]
-      : b.cidrs(out.includeCidrs).filter(({ index }) => !loopback.has(index)).map(({ cidr, index }) => ({ matches: [{ kind: 'destination', cidr }], origin: `capture.outbound.includeCidrs[${index}]` }));
+      : b
+          .cidrs(out.includeCidrs)
+          .filter(({ index }) => !loopback.has(index))
+          .map(({ cidr, index }) => ({
+            matches: [{ kind: 'destination', cidr }],
+            origin: `capture.outbound.includeCidrs[${index}]`,
+          }));
   const ports: { matches: Match[]; origin: string }[] =
     out.includePorts === 'all'
       ? [{ matches: [], origin: '' }]
-      : chunkPorts(out.includePorts).map((chunk) => ({ matches: [dport(chunk)], origin: 'capture.outbound.includePorts' }));
-  return cidrs.flatMap((c) => ports.map((p) => ({ matches: [tcp, ...c.matches, ...p.matches], origin: [c.origin, p.origin].filter(Boolean).join(' × ') })));
+      : chunkPorts(out.includePorts).map((chunk) => ({
+          matches: [dport(chunk)],
+          origin: 'capture.outbound.includePorts',
+        }));
+  return cidrs.flatMap((c) =>
+    ports.map((p) => ({
+      matches: [tcp, ...c.matches, ...p.matches],
+      origin: [c.origin, p.origin].filter(Boolean).join(' × '),
+    })),
+  );
 }
 
 function addOutboundExclusions(b: FamilyBuilder, config: Config, table: Table, chain: string): void {
   const out = config.capture.outbound;
   for (const { cidr, index } of b.cidrs(out.excludeCidrs)) {
-    b.add(table, chain, [{ kind: 'destination', cidr }], { kind: 'return' }, 'skip-cidr', `capture.outbound.excludeCidrs[${index}]`);
+    b.add(
+      table,
+      chain,
+      [{ kind: 'destination', cidr }],
+      { kind: 'return' },
+      'skip-cidr',
+      `capture.outbound.excludeCidrs[${index}]`,
+    );
   }
-  out.excludePorts.forEach((range, i) => b.add(table, chain, [tcp, dport([range])], { kind: 'return' }, 'skip-port', `capture.outbound.excludePorts[${i}]`));
+  out.excludePorts.forEach((range, i) =>
+    b.add(table, chain, [tcp, dport([range])], { kind: 'return' }, 'skip-port', `capture.outbound.excludePorts[${i}]`),
+  );
 }
 
 function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: string | null): void {
@@ -236,13 +405,42 @@ function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: strin
 
   addSkipMidstream(b, 'nat', chain);
   cap.excludeInterfaces.forEach((name, i) =>
-    b.add('nat', chain, [{ kind: 'outInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
-  b.add('nat', chain, [{ kind: 'source', cidr: hostCidr(proxy.inboundPassthroughSource[b.family]) }, lo], { kind: 'return' }, 'skip-inbound-passthrough', 'built-in (proxy inbound passthrough source)');
+    b.add(
+      'nat',
+      chain,
+      [{ kind: 'outInterface', name }],
+      { kind: 'return' },
+      'skip-interface',
+      `capture.excludeInterfaces[${i}]`,
+    ),
+  );
+  b.add(
+    'nat',
+    chain,
+    [{ kind: 'source', cidr: hostCidr(proxy.inboundPassthroughSource[b.family]) }, lo],
+    { kind: 'return' },
+    'skip-inbound-passthrough',
+    'built-in (proxy inbound passthrough source)',
+  );
   if (localInboundChain) {
     // With DNS capture the proxy forwards queries itself, to a resolver that may listen on an own address.
     const notDns: Match[] = cap.dns.enabled ? [dport([port(DNS_PORT)], true)] : [];
-    b.add('nat', chain, [notLocalhost, lo, tcp, ...notDns, { kind: 'uidOwner', uid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
-    b.add('nat', chain, [notLocalhost, lo, tcp, ...notDns, { kind: 'gidOwner', gid }], { kind: 'jump', chain: localInboundChain }, 'proxy-to-own-address-inbound', 'capture.inbound.enabled');
+    b.add(
+      'nat',
+      chain,
+      [notLocalhost, lo, tcp, ...notDns, { kind: 'uidOwner', uid }],
+      { kind: 'jump', chain: localInboundChain },
+      'proxy-to-own-address-inbound',
+      'capture.inbound.enabled',
+    );
+    b.add(
+      'nat',
+      chain,
+      [notLocalhost, lo, tcp, ...notDns, { kind: 'gidOwner', gid }],
+      { kind: 'jump', chain: localInboundChain },
+      'proxy-to-own-address-inbound',
+      'capture.inbound.enabled',
+    );
   }
   // Loopback in includeCidrs (127.0.0.0/8, ::1) means "capture it": like istio-iptables, the loopback RETURNs go, or
   // the include's REDIRECT would sit behind them and never match. Then apps' lo traffic goes on to the exclusions
@@ -252,30 +450,67 @@ function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: strin
   // decide every packet to 127.0.0.1 / ::1, so the localhost RETURN istio-iptables adds would be dead: not rendered.
   const loopback = loopbackIncludes(b, config);
   if (loopback.length === 0) {
-    b.add('nat', chain, [lo, { kind: 'uidOwner', uid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
-    b.add('nat', chain, [lo, { kind: 'gidOwner', gid, negate: true }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+    b.add(
+      'nat',
+      chain,
+      [lo, { kind: 'uidOwner', uid, negate: true }],
+      { kind: 'return' },
+      'skip-loopback',
+      'built-in (loopback)',
+    );
+    b.add(
+      'nat',
+      chain,
+      [lo, { kind: 'gidOwner', gid, negate: true }],
+      { kind: 'return' },
+      'skip-loopback',
+      'built-in (loopback)',
+    );
   }
   addProxyExemption(b, config, 'nat', chain, []);
   const localhost = hostCidr(LOCALHOST[b.family]);
   const localhostIncluded = loopback.find((l) => cidrContains(l.cidr, parseIp(localhost.address)!));
   if (localhostIncluded) {
-    b.add('nat', chain, [{ kind: 'destination', cidr: localhost }, tcp, dport(ownPorts(config).map(port))], { kind: 'return' }, 'skip-localhost-proxy-ports',
-      `capture.outbound.includeCidrs[${localhostIncluded.index}] (localhost included; the proxy's own ports stay direct)`);
+    b.add(
+      'nat',
+      chain,
+      [{ kind: 'destination', cidr: localhost }, tcp, dport(ownPorts(config).map(port))],
+      { kind: 'return' },
+      'skip-localhost-proxy-ports',
+      `capture.outbound.includeCidrs[${localhostIncluded.index}] (localhost included; the proxy's own ports stay direct)`,
+    );
   } else if (loopback.length > 0) {
     // Only here: with the lo RETURNs in place every packet to 127.0.0.1 / ::1 is already decided (a dead rule).
-    b.add('nat', chain, [{ kind: 'destination', cidr: localhost }], { kind: 'return' }, 'skip-localhost', 'built-in (localhost)');
+    b.add(
+      'nat',
+      chain,
+      [{ kind: 'destination', cidr: localhost }],
+      { kind: 'return' },
+      'skip-localhost',
+      'built-in (localhost)',
+    );
   }
   addOwnerExemptions(b, config, 'nat', chain, []);
   addOutboundExclusions(b, config, 'nat', chain);
-  for (const include of outboundIncludes(b, config)) b.add('nat', chain, include.matches, { kind: 'jump', chain: redirect }, 'outbound-to-proxy', include.origin);
-  b.add('nat', redirect, [tcp], { kind: 'redirect', toPort: proxy.outboundPort }, 'redirect-outbound', 'proxy.outboundPort');
+  for (const include of outboundIncludes(b, config))
+    b.add('nat', chain, include.matches, { kind: 'jump', chain: redirect }, 'outbound-to-proxy', include.origin);
+  b.add(
+    'nat',
+    redirect,
+    [tcp],
+    { kind: 'redirect', toPort: proxy.outboundPort },
+    'redirect-outbound',
+    'proxy.outboundPort',
+  );
   b.add('nat', 'OUTPUT', [tcp], { kind: 'jump', chain }, 'outbound-capture', 'capture.outbound.enabled');
 }
 
 function dnsServers(b: FamilyBuilder, config: Config): { matches: Match[]; origin: string }[] {
   const servers = config.capture.dns.servers;
   if (servers === 'all') return [{ matches: [], origin: 'capture.dns.enabled' }];
-  return b.cidrs(servers).map(({ cidr, index }) => ({ matches: [{ kind: 'destination', cidr }], origin: `capture.dns.servers[${index}]` }));
+  return b
+    .cidrs(servers)
+    .map(({ cidr, index }) => ({ matches: [{ kind: 'destination', cidr }], origin: `capture.dns.servers[${index}]` }));
 }
 
 /**
@@ -291,8 +526,24 @@ function planDns(b: FamilyBuilder, config: Config): void {
   const chain = b.chain('nat', CHAINS.dns);
   addProxyExemption(b, config, 'nat', chain, []);
   addOwnerExemptions(b, config, 'nat', chain, []);
-  for (const server of servers) b.add('nat', chain, [udp, ...server.matches], { kind: 'redirect', toPort: dns.port }, 'dns-udp-to-proxy', server.origin);
-  for (const server of servers) b.add('nat', chain, [tcp, ...server.matches], { kind: 'redirect', toPort: dns.port }, 'dns-tcp-to-proxy', server.origin);
+  for (const server of servers)
+    b.add(
+      'nat',
+      chain,
+      [udp, ...server.matches],
+      { kind: 'redirect', toPort: dns.port },
+      'dns-udp-to-proxy',
+      server.origin,
+    );
+  for (const server of servers)
+    b.add(
+      'nat',
+      chain,
+      [tcp, ...server.matches],
+      { kind: 'redirect', toPort: dns.port },
+      'dns-tcp-to-proxy',
+      server.origin,
+    );
   b.add('nat', 'OUTPUT', [udp, dport([port(DNS_PORT)])], { kind: 'jump', chain }, 'dns-capture', 'capture.dns.enabled');
   b.add('nat', 'OUTPUT', [tcp, dport([port(DNS_PORT)])], { kind: 'jump', chain }, 'dns-capture', 'capture.dns.enabled');
 
@@ -302,16 +553,52 @@ function planDns(b: FamilyBuilder, config: Config): void {
   const upstream: Target = { kind: 'ctZone', zone: DNS_ZONES.upstream };
   const app: Target = { kind: 'ctZone', zone: DNS_ZONES.app };
   // CT sets a packet's zone once; the first matching rule wins, so the proxy's own packets come first.
-  b.add('raw', zoneOut, [udp, dport([port(DNS_PORT)]), { kind: 'uidOwner', uid }], upstream, 'dns-zone-proxy-query', 'capture.dns.enabled');
-  b.add('raw', zoneOut, [udp, { kind: 'sourcePort', ports: [port(dns.port)] }, { kind: 'uidOwner', uid }], app, 'dns-zone-proxy-reply', 'capture.dns.port');
-  b.add('raw', zoneOut, [udp, dport([port(DNS_PORT)]), { kind: 'gidOwner', gid }], upstream, 'dns-zone-proxy-query', 'capture.dns.enabled');
-  b.add('raw', zoneOut, [udp, { kind: 'sourcePort', ports: [port(dns.port)] }, { kind: 'gidOwner', gid }], app, 'dns-zone-proxy-reply', 'capture.dns.port');
-  for (const server of servers) b.add('raw', zoneOut, [udp, ...server.matches, dport([port(DNS_PORT)])], app, 'dns-zone-app-query', server.origin);
+  b.add(
+    'raw',
+    zoneOut,
+    [udp, dport([port(DNS_PORT)]), { kind: 'uidOwner', uid }],
+    upstream,
+    'dns-zone-proxy-query',
+    'capture.dns.enabled',
+  );
+  b.add(
+    'raw',
+    zoneOut,
+    [udp, { kind: 'sourcePort', ports: [port(dns.port)] }, { kind: 'uidOwner', uid }],
+    app,
+    'dns-zone-proxy-reply',
+    'capture.dns.port',
+  );
+  b.add(
+    'raw',
+    zoneOut,
+    [udp, dport([port(DNS_PORT)]), { kind: 'gidOwner', gid }],
+    upstream,
+    'dns-zone-proxy-query',
+    'capture.dns.enabled',
+  );
+  b.add(
+    'raw',
+    zoneOut,
+    [udp, { kind: 'sourcePort', ports: [port(dns.port)] }, { kind: 'gidOwner', gid }],
+    app,
+    'dns-zone-proxy-reply',
+    'capture.dns.port',
+  );
+  for (const server of servers)
+    b.add('raw', zoneOut, [udp, ...server.matches, dport([port(DNS_PORT)])], app, 'dns-zone-app-query', server.origin);
   // Only replies from the captured servers: an app's query to another server stays in zone 0, and so must its reply
   // (in zone 1 it would match no conntrack entry, and a stateful firewall would drop it).
   for (const server of servers) {
     const from: Match[] = server.matches.map((m) => (m.kind === 'destination' ? { kind: 'source', cidr: m.cidr } : m));
-    b.add('raw', zonePre, [udp, ...from, { kind: 'sourcePort', ports: [port(DNS_PORT)] }], upstream, 'dns-zone-upstream-reply', server.origin);
+    b.add(
+      'raw',
+      zonePre,
+      [udp, ...from, { kind: 'sourcePort', ports: [port(DNS_PORT)] }],
+      upstream,
+      'dns-zone-upstream-reply',
+      server.origin,
+    );
   }
   b.add('raw', 'OUTPUT', [udp], { kind: 'jump', chain: zoneOut }, 'dns-zones', 'capture.dns.enabled');
   b.add('raw', 'PREROUTING', [udp], { kind: 'jump', chain: zonePre }, 'dns-zones', 'capture.dns.enabled');
@@ -320,7 +607,14 @@ function planDns(b: FamilyBuilder, config: Config): void {
 function planDropInvalid(b: FamilyBuilder, config: Config): void {
   if (!config.capture.dropInvalid) return;
   const chain = b.chain('mangle', CHAINS.dropInvalid);
-  b.add('mangle', chain, [{ kind: 'ctState', states: ['INVALID'] }], { kind: 'drop' }, 'drop-invalid', 'capture.dropInvalid');
+  b.add(
+    'mangle',
+    chain,
+    [{ kind: 'ctState', states: ['INVALID'] }],
+    { kind: 'drop' },
+    'drop-invalid',
+    'capture.dropInvalid',
+  );
   b.add('mangle', 'PREROUTING', [tcp], { kind: 'jump', chain }, 'drop-invalid', 'capture.dropInvalid');
 }
 
@@ -332,20 +626,51 @@ function planBlock(b: FamilyBuilder, config: Config): void {
   if (cap.outbound.enabled) {
     const chain = b.chain('filter', CHAINS.blockOut);
     addSkipMidstream(b, 'filter', chain);
-    cap.excludeInterfaces.forEach((name, i) => b.add('filter', chain, [{ kind: 'outInterface', name }], { kind: 'return' }, 'skip-interface', `capture.excludeInterfaces[${i}]`));
+    cap.excludeInterfaces.forEach((name, i) =>
+      b.add(
+        'filter',
+        chain,
+        [{ kind: 'outInterface', name }],
+        { kind: 'return' },
+        'skip-interface',
+        `capture.excludeInterfaces[${i}]`,
+      ),
+    );
     b.add('filter', chain, [notNew], { kind: 'return' }, 'skip-established', 'built-in (established connections)');
-    b.add('filter', chain, [{ kind: 'outInterface', name: 'lo' }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+    b.add(
+      'filter',
+      chain,
+      [{ kind: 'outInterface', name: 'lo' }],
+      { kind: 'return' },
+      'skip-loopback',
+      'built-in (loopback)',
+    );
     addProxyExemption(b, config, 'filter', chain, []);
     addOwnerExemptions(b, config, 'filter', chain, []);
     addOutboundExclusions(b, config, 'filter', chain);
-    for (const include of outboundIncludes(b, config, false)) b.add('filter', chain, include.matches, reject, 'ipv6-block-outbound', `capture.ipv6 (block) × ${include.origin}`);
+    for (const include of outboundIncludes(b, config, false))
+      b.add(
+        'filter',
+        chain,
+        include.matches,
+        reject,
+        'ipv6-block-outbound',
+        `capture.ipv6 (block) × ${include.origin}`,
+      );
     b.add('filter', 'OUTPUT', [tcp], { kind: 'jump', chain }, 'ipv6-block', 'capture.ipv6');
   }
   if (cap.inbound.enabled) {
     const chain = b.chain('filter', CHAINS.blockIn);
     addSkipMidstream(b, 'filter', chain);
     b.add('filter', chain, [notNew], { kind: 'return' }, 'skip-established', 'built-in (established connections)');
-    b.add('filter', chain, [{ kind: 'inInterface', name: 'lo' }], { kind: 'return' }, 'skip-loopback', 'built-in (loopback)');
+    b.add(
+      'filter',
+      chain,
+      [{ kind: 'inInterface', name: 'lo' }],
+      { kind: 'return' },
+      'skip-loopback',
+      'built-in (loopback)',
+    );
     addInboundFilter(b, config, 'filter', chain, reject, 'ipv6-block-inbound');
     b.add('filter', 'INPUT', [tcp], { kind: 'jump', chain }, 'ipv6-block', 'capture.ipv6');
   }
@@ -371,7 +696,13 @@ export function planCapture(config: Config): CapturePlan {
   const tproxy = config.capture.inbound.enabled && config.capture.inbound.mode === 'tproxy';
   const intercepting = families.filter((f) => f === 'ipv4' || config.capture.ipv6 === 'intercept');
   const routes: PolicyRoute[] = tproxy
-    ? intercepting.map((family) => ({ family, mark: config.capture.inbound.tproxyMark, mask: 0xffffffff, table: config.capture.inbound.tproxyRouteTable, priority: 32000 }))
+    ? intercepting.map((family) => ({
+        family,
+        mark: config.capture.inbound.tproxyMark,
+        mask: 0xffffffff,
+        table: config.capture.inbound.tproxyRouteTable,
+        priority: 32000,
+      }))
     : [];
   const loopbackAddresses: LoopbackAddress[] =
     config.capture.ipv6 === 'intercept' && config.capture.inbound.enabled

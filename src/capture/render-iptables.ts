@@ -17,13 +17,26 @@ function hex(n: number): string {
 
 function renderPorts(flag: 'dport' | 'sport', ranges: readonly PortRange[], negate: boolean | undefined): string {
   const single = ranges.length === 1 && ranges[0] !== undefined;
-  return single ? `${not(negate)}--${flag} ${portsText(ranges)}` : `-m multiport ${not(negate)}--${flag}s ${portsText(ranges)}`;
+  return single
+    ? `${not(negate)}--${flag} ${portsText(ranges)}`
+    : `-m multiport ${not(negate)}--${flag}s ${portsText(ranges)}`;
 }
 
 /** Matches that live in the fixed ipt_entry header come first, as iptables-save prints them. */
 const MATCH_ORDER: Record<Match['kind'], number> = {
-  source: 0, destination: 1, inInterface: 2, outInterface: 3, protocol: 4,
-  destinationPort: 5, sourcePort: 6, tcpSyn: 7, uidOwner: 8, gidOwner: 9, ctState: 10, socketTransparent: 11, mark: 12,
+  source: 0,
+  destination: 1,
+  inInterface: 2,
+  outInterface: 3,
+  protocol: 4,
+  destinationPort: 5,
+  sourcePort: 6,
+  tcpSyn: 7,
+  uidOwner: 8,
+  gidOwner: 9,
+  ctState: 10,
+  socketTransparent: 11,
+  mark: 12,
 };
 
 function renderMatch(match: Match): string {
@@ -83,7 +96,11 @@ function renderTarget(target: Target, family: FamilyPlan['family']): string {
 /** The arguments after `-A CHAIN`: matches, the ownership comment, the target. */
 export function renderRule(rule: Rule, family: FamilyPlan['family']): string {
   const matches = [...rule.matches].sort((a, b) => MATCH_ORDER[a.kind] - MATCH_ORDER[b.kind]).map(renderMatch);
-  return [...matches, `-m comment --comment "${COMMENT_PREFIX}${rule.purpose}"`, renderTarget(rule.target, family)].join(' ');
+  return [
+    ...matches,
+    `-m comment --comment "${COMMENT_PREFIX}${rule.purpose}"`,
+    renderTarget(rule.target, family),
+  ].join(' ');
 }
 
 /** The tables a plan touches, in iptables-save order. */
@@ -96,16 +113,22 @@ function planTables(plan: FamilyPlan): Table[] {
  * chain declarations, the rules of our chains, then the jumps appended to built-in chains.
  */
 export function renderIptablesRestore(plan: FamilyPlan): string {
-  const lines = [`# meshctl capture plan (${plan.family}); feed to ${plan.family === 'ipv4' ? 'iptables' : 'ip6tables'}-restore --noflush`];
+  const lines = [
+    `# meshctl capture plan (${plan.family}); feed to ${plan.family === 'ipv4' ? 'iptables' : 'ip6tables'}-restore --noflush`,
+  ];
   for (const table of planTables(plan)) {
     lines.push(`*${table}`);
     const chains = plan.chains.filter((c) => c.table === table);
     for (const chain of chains) lines.push(`:${chain.name} - [0:0]`);
     for (const chain of chains) {
-      for (const rule of plan.rules) if (rule.table === table && rule.chain === chain.name) lines.push(`-A ${rule.chain} ${renderRule(rule, plan.family)}`);
+      for (const rule of plan.rules)
+        if (rule.table === table && rule.chain === chain.name)
+          lines.push(`-A ${rule.chain} ${renderRule(rule, plan.family)}`);
     }
     for (const builtin of BUILTIN_CHAINS[table]) {
-      for (const rule of plan.rules) if (rule.table === table && rule.chain === builtin) lines.push(`-A ${rule.chain} ${renderRule(rule, plan.family)}`);
+      for (const rule of plan.rules)
+        if (rule.table === table && rule.chain === builtin)
+          lines.push(`-A ${rule.chain} ${renderRule(rule, plan.family)}`);
     }
     lines.push('COMMIT');
   }

@@ -14,7 +14,17 @@
 // normalizeNftListing(list) === normalizeNftListing(render).
 import { MeshctlError } from '../errors.js';
 import { normalizePorts } from './diff.js';
-import { BUILTIN_CHAINS, COMMENT_PREFIX, TABLES, type CapturePlan, type CtState, type Match, type Rule, type Table, type Target } from './model.js';
+import {
+  BUILTIN_CHAINS,
+  COMMENT_PREFIX,
+  TABLES,
+  type CapturePlan,
+  type CtState,
+  type Match,
+  type Rule,
+  type Table,
+  type Target,
+} from './model.js';
 import { type Family } from '../values/ip.js';
 
 export const NFT_TABLE = 'meshctl';
@@ -68,7 +78,11 @@ const CT_STATE_ORDER: readonly CtState[] = ['INVALID', 'ESTABLISHED', 'RELATED',
 const hex8 = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 
 function bug(message: string): never {
-  throw new MeshctlError('INTERNAL', `nft renderer: ${message}`, 'this plan cannot be expressed in nft; report it as a meshctl bug');
+  throw new MeshctlError(
+    'INTERNAL',
+    `nft renderer: ${message}`,
+    'this plan cannot be expressed in nft; report it as a meshctl bug',
+  );
 }
 
 function addressText(cidr: { address: string; prefix: number; family: Family }): string {
@@ -86,7 +100,12 @@ function setOrValue(values: readonly string[]): string {
   return values.length === 1 ? values[0]! : `{ ${values.join(', ')} }`;
 }
 
-function renderMatch(match: Match, family: Family, protocol: 'tcp' | 'udp' | null, impliedProtocol: boolean): string | null {
+function renderMatch(
+  match: Match,
+  family: Family,
+  protocol: 'tcp' | 'udp' | null,
+  impliedProtocol: boolean,
+): string | null {
   const op = 'negate' in match && match.negate ? '!= ' : '';
   const ipv = family === 'ipv4' ? 'ip' : 'ip6';
   switch (match.kind) {
@@ -138,7 +157,9 @@ function markSet(value: number, mask: number): string {
   if (v === 0) return `meta mark set meta mark & ${hex8(keep)}`;
   if ((v & keep) === 0) {
     const and = (keep | v) >>> 0;
-    return and === 0xffffffff ? `meta mark set meta mark | ${hex8(v)}` : `meta mark set meta mark & ${hex8(and)} | ${hex8(v)}`;
+    return and === 0xffffffff
+      ? `meta mark set meta mark | ${hex8(v)}`
+      : `meta mark set meta mark & ${hex8(and)} | ${hex8(v)}`;
   }
   return `meta mark set meta mark & ${hex8(keep)} ^ ${hex8(v)}`;
 }
@@ -158,7 +179,9 @@ function renderTarget(target: Target, family: Family, table: Table, protocolShow
       return [`redirect to :${target.toPort}`];
     case 'tproxy':
       if (!protocolShown) bug('TPROXY without a tcp/udp match');
-      return [`tproxy ${family === 'ipv4' ? 'ip' : 'ip6'} to :${target.toPort} ${markSet(target.mark, target.mask)} accept`];
+      return [
+        `tproxy ${family === 'ipv4' ? 'ip' : 'ip6'} to :${target.toPort} ${markSet(target.mark, target.mask)} accept`,
+      ];
     case 'setMark':
       return [markSet(target.value, target.mask)];
     case 'ctZone':
@@ -168,7 +191,8 @@ function renderTarget(target: Target, family: Family, table: Table, protocolShow
 
 function commentText(purpose: string): string {
   const text = `${COMMENT_PREFIX}${purpose}`;
-  if (text.includes('"') || text.includes('\\') || Buffer.byteLength(text) > 128) bug(`rule comment ${JSON.stringify(text)}`);
+  if (text.includes('"') || text.includes('\\') || Buffer.byteLength(text) > 128)
+    bug(`rule comment ${JSON.stringify(text)}`);
   return `comment "${text}"`;
 }
 
@@ -178,22 +202,35 @@ function commentText(purpose: string): string {
  * silently leave out every process that holds the group as a supplementary one. Refused instead.
  */
 export function refuseSupplementaryGroups(rule: Rule): void {
-  const gid = rule.matches.find((m): m is Extract<Match, { kind: 'gidOwner' }> => m.kind === 'gidOwner' && m.suppl === true);
+  const gid = rule.matches.find(
+    (m): m is Extract<Match, { kind: 'gidOwner' }> => m.kind === 'gidOwner' && m.suppl === true,
+  );
   if (!gid) return;
   const field = rule.origin.replace(/\[\d+\]$/, '');
-  throw new MeshctlError('CONFIG_INVALID', `${rule.origin} (group ${gid.gid}) cannot be honoured by the nftables backend: nftables matches a socket's primary group only (meta skgid), so a process holding the group as a supplementary one would be treated as outside it`,
-    `use capture.backend: iptables-nft or iptables-legacy (both match supplementary groups with --suppl-groups), or remove ${field} from the config`);
+  throw new MeshctlError(
+    'CONFIG_INVALID',
+    `${rule.origin} (group ${gid.gid}) cannot be honoured by the nftables backend: nftables matches a socket's primary group only (meta skgid), so a process holding the group as a supplementary one would be treated as outside it`,
+    `use capture.backend: iptables-nft or iptables-legacy (both match supplementary groups with --suppl-groups), or remove ${field} from the config`,
+  );
 }
 
 export function renderNftRule(rule: Rule, family: Family): string[] {
   refuseSupplementaryGroups(rule);
-  const protocolMatch = rule.matches.find((m): m is Extract<Match, { kind: 'protocol' }> => m.kind === 'protocol' && !m.negate);
+  const protocolMatch = rule.matches.find(
+    (m): m is Extract<Match, { kind: 'protocol' }> => m.kind === 'protocol' && !m.negate,
+  );
   const protocol = protocolMatch?.protocol ?? null;
-  const impliedProtocol = rule.matches.some((m) => m.kind === 'destinationPort' || m.kind === 'sourcePort' || m.kind === 'tcpSyn');
-  const matches = rule.matches.map((m) => renderMatch(m, family, protocol, impliedProtocol)).filter((t): t is string => t !== null);
+  const impliedProtocol = rule.matches.some(
+    (m) => m.kind === 'destinationPort' || m.kind === 'sourcePort' || m.kind === 'tcpSyn',
+  );
+  const matches = rule.matches
+    .map((m) => renderMatch(m, family, protocol, impliedProtocol))
+    .filter((t): t is string => t !== null);
   const protocolShown = protocol !== null;
   const comment = commentText(rule.purpose);
-  const lines = renderTarget(rule.target, family, rule.table, protocolShown).map((t) => [...matches, t, comment].join(' '));
+  const lines = renderTarget(rule.target, family, rule.table, protocolShown).map((t) =>
+    [...matches, t, comment].join(' '),
+  );
   if (rule.target.kind === 'tproxy') {
     // xt_TPROXY returns NF_DROP when no transparent socket listens; nft's tproxy only breaks the rule. The same
     // matches followed by drop keep iptables' behaviour (no silent pass when the proxy is down).
@@ -210,7 +247,8 @@ interface ChainBlock {
 
 function chainText(block: ChainBlock): string {
   const lines = [`\tchain ${block.name} {`];
-  if (block.hook) lines.push(`\t\ttype ${block.hook.type} hook ${block.hook.hook} priority ${block.hook.priority}; policy accept;`);
+  if (block.hook)
+    lines.push(`\t\ttype ${block.hook.type} hook ${block.hook.hook} priority ${block.hook.priority}; policy accept;`);
   for (const rule of block.rules) lines.push(`\t\t${rule}`);
   lines.push('\t}');
   return lines.join('\n');
@@ -229,7 +267,10 @@ export function renderNftTable(plan: CapturePlan): string {
       bases.push({
         name: nftBaseChainName(table, builtin),
         hook,
-        rules: families.map((f) => `meta nfproto ${f.family} jump ${nftChainName(f.family, table, builtin)} ${commentText(`dispatch-${f.family}`)}`),
+        rules: families.map(
+          (f) =>
+            `meta nfproto ${f.family} jump ${nftChainName(f.family, table, builtin)} ${commentText(`dispatch-${f.family}`)}`,
+        ),
       });
     }
   }
@@ -247,7 +288,9 @@ export function renderNftTable(plan: CapturePlan): string {
       }
     }
     for (const rule of fp.rules) {
-      const declared = (BUILTIN_CHAINS[rule.table] as readonly string[]).includes(rule.chain) || fp.chains.some((c) => c.table === rule.table && c.name === rule.chain);
+      const declared =
+        (BUILTIN_CHAINS[rule.table] as readonly string[]).includes(rule.chain) ||
+        fp.chains.some((c) => c.table === rule.table && c.name === rule.chain);
       if (!declared) bug(`rule in undeclared chain ${rule.table}/${rule.chain}`);
     }
   }

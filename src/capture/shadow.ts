@@ -24,7 +24,10 @@ export interface ShadowReport {
   readonly outOfModel: readonly RuleReach[];
 }
 
-const GENERIC: Record<Family, readonly string[]> = { ipv4: ['10.77.0.1', '127.0.0.1', '127.0.0.9'], ipv6: ['2001:db8:77::1', '::1'] };
+const GENERIC: Record<Family, readonly string[]> = {
+  ipv4: ['10.77.0.1', '127.0.0.1', '127.0.0.9'],
+  ipv6: ['2001:db8:77::1', '::1'],
+};
 const HOST: HostContext = { localAddresses: [], route: () => null };
 /** A rule that finds no witness within this many walks is reported unreachable. */
 const MAX_WALKS = 20_000;
@@ -76,13 +79,22 @@ const uniq = <T>(list: readonly T[]): T[] => [...new Set(list)];
 function domains(plan: FamilyPlan) {
   const all = plan.rules.flatMap((r) => r.matches);
   const cidrs = all.flatMap((m) => (m.kind === 'destination' || m.kind === 'source' ? [m.cidr.address] : []));
-  const ports = all.flatMap((m) => (m.kind === 'destinationPort' || m.kind === 'sourcePort' ? m.ports.flatMap((r) => [r.from, r.to]) : []));
+  const ports = all.flatMap((m) =>
+    m.kind === 'destinationPort' || m.kind === 'sourcePort' ? m.ports.flatMap((r) => [r.from, r.to]) : [],
+  );
   return {
     protocol: ['tcp', 'udp'] as const,
     address: uniq([...GENERIC[plan.family], ...cidrs]),
     port: uniq([80, ...ports, 40000]),
-    owner: uniq([1000, ...all.flatMap((m) => (m.kind === 'uidOwner' ? [m.uid] : m.kind === 'gidOwner' ? [m.gid] : []))]),
-    iface: uniq(['eth0', 'lo', ...all.flatMap((m) => (m.kind === 'inInterface' || m.kind === 'outInterface' ? [iface(m.name)] : []))]),
+    owner: uniq([
+      1000,
+      ...all.flatMap((m) => (m.kind === 'uidOwner' ? [m.uid] : m.kind === 'gidOwner' ? [m.gid] : [])),
+    ]),
+    iface: uniq([
+      'eth0',
+      'lo',
+      ...all.flatMap((m) => (m.kind === 'inInterface' || m.kind === 'outInterface' ? [iface(m.name)] : [])),
+    ]),
   };
 }
 
@@ -97,13 +109,16 @@ function pick<T>(positive: T | undefined, domain: readonly T[]): readonly T[] {
  */
 function constraintSets(rule: Rule, plan: FamilyPlan, inModel: ReadonlySet<Rule>, depth = 0): Match[][] {
   if (!rule.chain.startsWith('MESHCTL_') || depth > 8) return [[...rule.matches]];
-  const jumpers = plan.rules.filter((r) => inModel.has(r) && r.table === rule.table && r.target.kind === 'jump' && r.target.chain === rule.chain);
+  const jumpers = plan.rules.filter(
+    (r) => inModel.has(r) && r.table === rule.table && r.target.kind === 'jump' && r.target.chain === rule.chain,
+  );
   return jumpers.flatMap((j) => constraintSets(j, plan, inModel, depth + 1).map((set) => [...rule.matches, ...set]));
 }
 
 function* flowsFor(matches: readonly Match[], plan: FamilyPlan): Generator<Flow> {
   const d = domains(plan);
-  const first = <K extends Match['kind']>(kind: K) => matches.find((m): m is Extract<Match, { kind: K }> => m.kind === kind && !('negate' in m && m.negate));
+  const first = <K extends Match['kind']>(kind: K) =>
+    matches.find((m): m is Extract<Match, { kind: K }> => m.kind === kind && !('negate' in m && m.negate));
   const protocols = pick(first('protocol')?.protocol, d.protocol);
   const destinations = pick(first('destination')?.cidr.address, d.address);
   const sources: (string | undefined)[] = [undefined, ...pick(first('source')?.cidr.address, d.address)];
@@ -113,16 +128,24 @@ function* flowsFor(matches: readonly Match[], plan: FamilyPlan): Generator<Flow>
   const gids = pick(first('gidOwner')?.gid, d.owner);
   const oifs = pick(first('outInterface') ? iface(first('outInterface')!.name) : undefined, d.iface);
   const iifs = pick(first('inInterface') ? iface(first('inInterface')!.name) : undefined, d.iface);
-  for (const protocol of protocols) for (const address of destinations) for (const port of dports) {
-    for (const src of sources) for (const sport of src === undefined ? [undefined] : sports) {
-      const source = src === undefined ? undefined : { address: src, ...(sport === undefined ? {} : { port: sport }) };
-      const base = { protocol, destination: { address, port }, ...(source ? { source } : {}) };
-      // Loopback addresses only ever travel over lo: a packet to or from one on another interface does not exist.
-      const onLo = isLoopbackText(address) || (src !== undefined && isLoopbackText(src));
-      for (const inInterface of iifs) if (!onLo || inInterface === 'lo') yield { ...base, direction: 'inbound', inInterface };
-      for (const uid of uids) for (const gid of gids) for (const outInterface of oifs) if (!onLo || outInterface === 'lo') yield { ...base, direction: 'outbound', uid, gid, outInterface };
-    }
-  }
+  for (const protocol of protocols)
+    for (const address of destinations)
+      for (const port of dports) {
+        for (const src of sources)
+          for (const sport of src === undefined ? [undefined] : sports) {
+            const source =
+              src === undefined ? undefined : { address: src, ...(sport === undefined ? {} : { port: sport }) };
+            const base = { protocol, destination: { address, port }, ...(source ? { source } : {}) };
+            // Loopback addresses only ever travel over lo: a packet to or from one on another interface does not exist.
+            const onLo = isLoopbackText(address) || (src !== undefined && isLoopbackText(src));
+            for (const inInterface of iifs)
+              if (!onLo || inInterface === 'lo') yield { ...base, direction: 'inbound', inInterface };
+            for (const uid of uids)
+              for (const gid of gids)
+                for (const outInterface of oifs)
+                  if (!onLo || outInterface === 'lo') yield { ...base, direction: 'outbound', uid, gid, outInterface };
+          }
+      }
 }
 
 function* chained<T>(parts: readonly (() => Iterable<T>)[]): Generator<T> {
@@ -149,7 +172,17 @@ function reached(rule: Rule, plan: FamilyPlan, text: string, inModel: ReadonlySe
     } catch {
       continue; // an address pair of different families
     }
-    if (trace.some((t) => t.matched && t.table === rule.table && t.chain === rule.chain && t.rule === text && t.purpose === rule.purpose)) return true;
+    if (
+      trace.some(
+        (t) =>
+          t.matched &&
+          t.table === rule.table &&
+          t.chain === rule.chain &&
+          t.rule === text &&
+          t.purpose === rule.purpose,
+      )
+    )
+      return true;
   }
   return false;
 }

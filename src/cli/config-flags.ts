@@ -29,15 +29,18 @@ function helpOf(path: string, flag: FlagDoc): string {
 /** The flags of the field table (src/config/fields.ts), in its order; choices and shown defaults from the schema. */
 export const CONFIG_FLAGS: readonly FlagSpec[] = FIELD_TABLE.flatMap((entry) =>
   entry.kind === 'field' && entry.flag !== null
-    ? [{
-        flag: entry.flag.name,
-        path: entry.path,
-        kind: entry.parser.flag,
-        help: helpOf(entry.path, entry.flag),
-        proxyOnly: entry.flag.proxyOnly === true,
-        ...(entry.parser.choices ? { choices: entry.parser.choices } : {}),
-      }]
-    : []);
+    ? [
+        {
+          flag: entry.flag.name,
+          path: entry.path,
+          kind: entry.parser.flag,
+          help: helpOf(entry.path, entry.flag),
+          proxyOnly: entry.flag.proxyOnly === true,
+          ...(entry.parser.choices ? { choices: entry.parser.choices } : {}),
+        },
+      ]
+    : [],
+);
 
 const camel = (flag: string): string => flag.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 const numeric = (text: string): string | number => (/^\d+(\.\d+)?$/.test(text) ? Number(text) : text);
@@ -50,7 +53,9 @@ export function addConfigOptions(command: Command, select: { only?: readonly str
   const unknown = select.only?.filter((path) => !CONFIG_FLAGS.some((spec) => spec.path === path)) ?? [];
   if (unknown.length > 0) throw new Error(`addConfigOptions: no config flag for ${unknown.join(', ')}`);
   command.option('-c, --config <file>', 'config file (YAML or JSON; default /etc/meshctl/config.yaml if present)');
-  for (const spec of CONFIG_FLAGS.filter((s) => (select.only === undefined ? !s.proxyOnly : select.only.includes(s.path)))) {
+  for (const spec of CONFIG_FLAGS.filter((s) =>
+    select.only === undefined ? !s.proxyOnly : select.only.includes(s.path),
+  )) {
     const option = new Option(spec.kind === 'true' ? `--${spec.flag}` : `--${spec.flag} <value>`, spec.help);
     if (spec.choices) option.choices(spec.choices);
     command.addOption(option);
@@ -76,7 +81,14 @@ export function configOverrides(options: Record<string, unknown>): FlagOverride[
         value = numeric(text);
         break;
       case 'list':
-        value = text.trim() === '*' ? '*' : text.split(',').map((s) => s.trim()).filter(Boolean).map(numeric);
+        value =
+          text.trim() === '*'
+            ? '*'
+            : text
+                .split(',')
+                .map((s) => s.trim())
+                .filter(Boolean)
+                .map(numeric);
         break;
       case 'string':
         value = text;

@@ -15,9 +15,19 @@ export function register(program: Command): void {
     .addOption(new Option('--prefix <name>', 'namespace name prefix').default('mdemo').hideHelp())
     .addOption(new Option('--subnet <n>', 'lab subnet 10.<n>.77.0/24').default('250').hideHelp())
     .action(async (options: { proxyUser: string; quiet?: boolean; prefix: string; subnet: string }) => {
-      if (!/^[a-z][a-z0-9-]{0,9}$/.test(options.prefix)) throw new MeshctlError('CONFIG_INVALID', `--prefix ${options.prefix}: use 1 to 10 lowercase letters, digits or -`, 'for example --prefix mdemo');
+      if (!/^[a-z][a-z0-9-]{0,9}$/.test(options.prefix))
+        throw new MeshctlError(
+          'CONFIG_INVALID',
+          `--prefix ${options.prefix}: use 1 to 10 lowercase letters, digits or -`,
+          'for example --prefix mdemo',
+        );
       const subnet = Number(options.subnet);
-      if (!Number.isInteger(subnet) || subnet < 0 || subnet > 255) throw new MeshctlError('CONFIG_INVALID', `--subnet ${options.subnet}: must be 0 to 255`, 'for example --subnet 250');
+      if (!Number.isInteger(subnet) || subnet < 0 || subnet > 255)
+        throw new MeshctlError(
+          'CONFIG_INVALID',
+          `--subnet ${options.subnet}: must be 0 to 255`,
+          'for example --subnet 250',
+        );
       let lab: DemoLab | null = null;
       let interrupted = false;
       const onSignal = (signal: NodeJS.Signals) => {
@@ -25,7 +35,9 @@ export function register(program: Command): void {
         interrupted = true;
         process.stderr.write(`\n${signal}: tearing the demo lab down...\n`);
         void (lab?.teardown() ?? Promise.resolve([])).then((left) => {
-          process.stderr.write(left.length === 0 ? 'demo lab removed; nothing left behind\n' : `could not remove: ${left.join('; ')}\n`);
+          process.stderr.write(
+            left.length === 0 ? 'demo lab removed; nothing left behind\n' : `could not remove: ${left.join('; ')}\n`,
+          );
           process.exit(130);
         });
       };
@@ -34,11 +46,20 @@ export function register(program: Command): void {
       process.on('SIGHUP', onSignal);
       const progress = options.quiet ? () => {} : (line: string) => process.stderr.write(`  · ${line}\n`);
       const notice = (line: string) => process.stderr.write(`  · ${line}\n`);
-      const result = await runDemo({ prefix: options.prefix, subnet, proxyUser: options.proxyUser, progress, notice, onLab: (l) => (lab = l) });
+      const result = await runDemo({
+        prefix: options.prefix,
+        subnet,
+        proxyUser: options.proxyUser,
+        progress,
+        notice,
+        onLab: (l) => (lab = l),
+      });
       process.stdout.write(result.report);
-      process.stdout.write(result.leftovers.length === 0
-        ? 'Lab torn down: capture removed, proxy stopped, namespaces deleted. Nothing was left behind.\n'
-        : `Teardown could not undo: ${result.leftovers.join('; ')}\n`);
+      process.stdout.write(
+        result.leftovers.length === 0
+          ? 'Lab torn down: capture removed, proxy stopped, namespaces deleted. Nothing was left behind.\n'
+          : `Teardown could not undo: ${result.leftovers.join('; ')}\n`,
+      );
       if (!result.ok || result.leftovers.length > 0) process.exitCode = EXIT.error;
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);

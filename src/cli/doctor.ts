@@ -10,7 +10,9 @@ import { EXIT } from './output.js';
 const MARK = { ok: 'ok   ', info: 'info ', warn: 'WARN ', error: 'ERROR' } as const;
 
 function describe(report: DoctorReport): string {
-  const lines = [`meshctl doctor${where(report.netns)}: ${report.ok ? 'no blocking problems' : 'problems found that block a safe install'}`];
+  const lines = [
+    `meshctl doctor${where(report.netns)}: ${report.ok ? 'no blocking problems' : 'problems found that block a safe install'}`,
+  ];
   for (const f of report.findings) {
     lines.push(`${MARK[f.severity]} ${f.message}`);
     if (f.fix) lines.push(`      fix: ${f.fix}`);
@@ -19,9 +21,15 @@ function describe(report: DoctorReport): string {
 }
 
 export function register(program: Command): void {
-  const command = program.command('doctor').description('check privileges, backends, kernel features, IPv6, other rule owners and SSH safety; each finding with a fix');
+  const command = program
+    .command('doctor')
+    .description(
+      'check privileges, backends, kernel features, IPv6, other rule owners and SSH safety; each finding with a fix',
+    );
   addConfigOptions(command);
-  command.option('--netns <name>', 'check inside this network namespace (ip netns exec)').option('--json', 'print the findings as JSON');
+  command
+    .option('--netns <name>', 'check inside this network namespace (ip netns exec)')
+    .option('--json', 'print the findings as JSON');
   command.action(async (options: Record<string, unknown>) => {
     let config: Config | null = null;
     let configError: unknown;

@@ -16,7 +16,9 @@ function formatError(error: unknown, debug: boolean): string {
     return lines.join('\n');
   }
   if (error instanceof Error) {
-    return debug && error.stack ? `meshctl: INTERNAL: ${error.stack}` : `meshctl: INTERNAL: ${error.message}\n  hint:    re-run with --debug and report this as a bug`;
+    return debug && error.stack
+      ? `meshctl: INTERNAL: ${error.stack}`
+      : `meshctl: INTERNAL: ${error.message}\n  hint:    re-run with --debug and report this as a bug`;
   }
   return `meshctl: INTERNAL: ${String(error)}`;
 }

@@ -8,7 +8,8 @@ import { ledgerPath, readLedger, scopeDir } from '../netfilter/transaction/ledge
 
 /** The commands that change rules or state (by their path under `meshctl`), and what they do that needs root. */
 const NEEDS_ROOT: Readonly<Record<string, string>> = {
-  install: 'changes netfilter rules and writes the ledger (even --dry-run reads the current rules and takes the state lock; `meshctl render` prints the planned rules without root)',
+  install:
+    'changes netfilter rules and writes the ledger (even --dry-run reads the current rules and takes the state lock; `meshctl render` prints the planned rules without root)',
   uninstall: 'changes netfilter rules and the ledger',
   confirm: 'changes the ledger and stops the pending revert',
   recover: 'changes netfilter rules and the ledger to finish an interrupted transaction',
@@ -34,7 +35,11 @@ export function assertMayRun(command: Command): void {
   const why = NEEDS_ROOT[path];
   const uid = effectiveUid();
   if (why === undefined || uid === 0) return;
-  throw new MeshctlError('NOT_ROOT', `meshctl ${path} ${why}, which needs root (running as uid ${uid})`, `run it with sudo: sudo meshctl ${path} …`);
+  throw new MeshctlError(
+    'NOT_ROOT',
+    `meshctl ${path} ${why}, which needs root (running as uid ${uid})`,
+    `run it with sudo: sudo meshctl ${path} …`,
+  );
 }
 
 /**
@@ -53,11 +58,18 @@ export function assertUnprivilegedStatus(stateDir: string, netns: string | null)
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return;
-    throw new MeshctlError('NOT_ROOT', `meshctl status cannot read the ledger ${path} as uid ${uid} (${code ?? String(error)}): the state directory is root's`, hint, { cause: error });
+    throw new MeshctlError(
+      'NOT_ROOT',
+      `meshctl status cannot read the ledger ${path} as uid ${uid} (${code ?? String(error)}): the state directory is root's`,
+      hint,
+      { cause: error },
+    );
   }
   const ledger = readLedger(dir);
   if (ledger === null) return;
-  throw new MeshctlError('NOT_ROOT',
+  throw new MeshctlError(
+    'NOT_ROOT',
     `meshctl status read the ledger ${path} (install ${ledger.installId}, ${ledger.backend}, ${ledger.state === 'in-progress' ? `an interrupted ${ledger.operation} since ${ledger.updatedAt}` : `since ${ledger.createdAt}`}) but cannot read the netfilter rules to compare them as uid ${uid}`,
-    hint);
+    hint,
+  );
 }

@@ -15,8 +15,15 @@ import { EXIT } from './output.js';
  * the rules, which `meshctl install` applies.
  */
 export const PROXY_CONFIG_PATHS = [
-  'proxy.user', 'proxy.group', 'proxy.outboundPort', 'proxy.inboundPort', 'proxy.adminPort', 'capture.ipv6', 'capture.inbound.mode',
-  'capture.dns.enabled', 'capture.dns.port',
+  'proxy.user',
+  'proxy.group',
+  'proxy.outboundPort',
+  'proxy.inboundPort',
+  'proxy.adminPort',
+  'capture.ipv6',
+  'capture.inbound.mode',
+  'capture.dns.enabled',
+  'capture.dns.port',
 ] as const;
 
 /** The proxy's own flags (marked proxyOnly in the field table; their help shows the schema's defaults). */
@@ -24,7 +31,8 @@ const PROXY_ONLY_PATHS = CONFIG_FLAGS.filter((spec) => spec.proxyOnly).map((spec
 
 function proxyOverrides(options: Record<string, unknown>): FlagOverride[] {
   const overrides = configOverrides(options);
-  if (options.proxyAccessLog === false) overrides.push({ path: 'proxy.accessLog.enabled', value: false, flag: '--no-proxy-access-log' });
+  if (options.proxyAccessLog === false)
+    overrides.push({ path: 'proxy.accessLog.enabled', value: false, flag: '--no-proxy-access-log' });
   return overrides;
 }
 
@@ -33,16 +41,28 @@ const port = (name: string): string => String(schemaDefault(`proxy.${name}`));
 export function register(program: Command): void {
   const command = program
     .command('proxy')
-    .description(`run the transparent proxy: outbound :${port('outboundPort')}, inbound :${port('inboundPort')}, admin on 127.0.0.1:${port('adminPort')}`);
+    .description(
+      `run the transparent proxy: outbound :${port('outboundPort')}, inbound :${port('inboundPort')}, admin on 127.0.0.1:${port('adminPort')}`,
+    );
   addConfigOptions(command, { only: [...PROXY_CONFIG_PATHS, ...PROXY_ONLY_PATHS] });
   command
     .option('--no-proxy-access-log', 'disable the access log')
-    .addOption(new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
+    .addOption(
+      new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices([
+        'trace',
+        'debug',
+        'info',
+        'warn',
+        'error',
+        'fatal',
+      ]),
+    );
   command.action(async (options: Record<string, unknown>) => {
     const log = createLogger(options.logLevel !== undefined ? { level: String(options.logLevel) } : {});
     const file = options.config as string | undefined;
     const flags = proxyOverrides(options);
-    const load = (overlay: PolicyOverlay | null = null) => loadConfig({ ...(file !== undefined ? { file } : {}), flags, overlay });
+    const load = (overlay: PolicyOverlay | null = null) =>
+      loadConfig({ ...(file !== undefined ? { file } : {}), flags, overlay });
     const supervisor = new ProxySupervisor({ config: await load(), reloadConfig: load, log });
     await supervisor.start();
 

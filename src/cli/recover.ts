@@ -7,7 +7,11 @@ import { openScope, withScopeLock } from '../netfilter/transaction/scope.js';
 import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './shared.js';
 
 export function register(program: Command): void {
-  const command = program.command('recover').description('finish an interrupted install, update or uninstall (roll back or complete it) and change nothing else');
+  const command = program
+    .command('recover')
+    .description(
+      'finish an interrupted install, update or uninstall (roll back or complete it) and change nothing else',
+    );
   addScopeOptions(command, { stateDir: true, config: true }).option('--json', 'print the result as JSON');
   command.action(async (options: Record<string, unknown>) => {
     const netns = (options.netns as string | undefined) ?? null;
@@ -18,6 +22,8 @@ export function register(program: Command): void {
       return;
     }
     const lines = recoveryLine(recovered);
-    process.stdout.write(`${lines.length > 0 ? lines.join('\n') : `nothing to recover${where(netns)}: no interrupted transaction`}\n`);
+    process.stdout.write(
+      `${lines.length > 0 ? lines.join('\n') : `nothing to recover${where(netns)}: no interrupted transaction`}\n`,
+    );
   });
 }

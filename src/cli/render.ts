@@ -23,7 +23,9 @@ export function register(program: Command): void {
     program
       .command('render')
       .description('print the rules install would apply (iptables-restore input per family, or an nft script)')
-      .addOption(new Option('--family <family>', 'which address family').choices(['ipv4', 'ipv6', 'all']).default('all')),
+      .addOption(
+        new Option('--family <family>', 'which address family').choices(['ipv4', 'ipv6', 'all']).default('all'),
+      ),
   ).action(async (options: Record<string, unknown>) => {
     const config = await loadConfigFromOptions(options);
     process.stdout.write(renderForBackend(config, config.capture.backend, options.family as FamilyFilter));

@@ -10,9 +10,20 @@ import { DEFAULT_STATE_DIR } from '../netfilter/transaction/scope.js';
 /** --netns and --log-level, shared by every capture command. */
 export function addScopeOptions(command: Command, options: { stateDir: boolean; config: boolean }): Command {
   command.option('--netns <name>', 'run every kernel-facing command inside this network namespace (ip netns exec)');
-  if (options.stateDir) command.option('--state-dir <dir>', `ledger directory (${DEFAULT_STATE_DIR}; or stateDir from the config)`);
-  if (options.config) command.option('-c, --config <file>', `config file (default ${DEFAULT_CONFIG_FILE} if present), for its stateDir`);
-  command.addOption(new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']));
+  if (options.stateDir)
+    command.option('--state-dir <dir>', `ledger directory (${DEFAULT_STATE_DIR}; or stateDir from the config)`);
+  if (options.config)
+    command.option('-c, --config <file>', `config file (default ${DEFAULT_CONFIG_FILE} if present), for its stateDir`);
+  command.addOption(
+    new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices([
+      'trace',
+      'debug',
+      'info',
+      'warn',
+      'error',
+      'fatal',
+    ]),
+  );
   return command;
 }
 
@@ -36,7 +47,9 @@ export async function resolveStateDir(options: Record<string, unknown>): Promise
 
 export function recoveryLine(recovered: Recovery | null): string[] {
   if (!recovered) return [];
-  return [`recovered: an interrupted ${recovered.operation} of install ${recovered.installId} was ${recovered.outcome === 'completed' ? 'completed' : 'rolled back'} first (${recovered.changed.join(', ') || 'no rule changes needed'})`];
+  return [
+    `recovered: an interrupted ${recovered.operation} of install ${recovered.installId} was ${recovered.outcome === 'completed' ? 'completed' : 'rolled back'} first (${recovered.changed.join(', ') || 'no rule changes needed'})`,
+  ];
 }
 
 export function where(netns: string | null): string {

@@ -13,7 +13,14 @@ import { addScopeOptions, cliLogger, resolveStateDir, where } from './shared.js'
 import { EXIT } from './output.js';
 import { assertUnprivilegedStatus } from './privileges.js';
 
-export type StatusVerdict = 'protected' | 'not-installed' | 'rules-drifted' | 'interrupted' | 'proxy-not-ready' | 'proxy-unreachable' | 'proxy-mismatched';
+export type StatusVerdict =
+  | 'protected'
+  | 'not-installed'
+  | 'rules-drifted'
+  | 'interrupted'
+  | 'proxy-not-ready'
+  | 'proxy-unreachable'
+  | 'proxy-mismatched';
 
 export interface FullStatus {
   readonly verdict: StatusVerdict;
@@ -55,10 +62,10 @@ export function statusVerdict(rules: StatusReport, proxy: ProxyReport | null): S
 }
 
 const VERDICT_LINE: Record<StatusVerdict, string> = {
-  'protected': 'PROTECTED: the rules are as installed and a ready proxy keeps their contract',
+  protected: 'PROTECTED: the rules are as installed and a ready proxy keeps their contract',
   'not-installed': 'NOT PROTECTED: no capture is installed; traffic goes direct',
   'rules-drifted': 'NOT PROTECTED: the rules have drifted from what was installed (`meshctl install` repairs them)',
-  'interrupted': 'NOT PROTECTED: a transaction was interrupted; the rules may be half-changed',
+  interrupted: 'NOT PROTECTED: a transaction was interrupted; the rules may be half-changed',
   'proxy-not-ready': 'NOT PROTECTED: the rules are in place but the proxy is not ready, so captured connections fail',
   'proxy-unreachable': 'NOT PROTECTED: the rules are in place but no proxy answers, so every captured connection fails',
   'proxy-mismatched': 'NOT PROTECTED: the proxy does not keep the contract the installed rules need',
@@ -73,7 +80,9 @@ function proxyLines(report: StatusReport, proxy: ProxyReport | null): string[] {
   if (proxy === null) return [];
   const lines: string[] = [];
   const live = proxy.contract;
-  const who = live ? ` (pid ${live.pid}, uid ${live.uid}${live.user ? ` ${live.user}` : ''} gid ${live.gid}, config ${live.config.file ?? 'built-in defaults'} v${live.config.version})` : '';
+  const who = live
+    ? ` (pid ${live.pid}, uid ${live.uid}${live.user ? ` ${live.user}` : ''} gid ${live.gid}, config ${live.config.file ?? 'built-in defaults'} v${live.config.version})`
+    : '';
   switch (proxy.state) {
     case 'ready':
       lines.push(`  proxy: ready on ${proxy.admin}${who}, keeps the rules' contract`);
@@ -85,7 +94,9 @@ function proxyLines(report: StatusReport, proxy: ProxyReport | null): string[] {
       lines.push(`  proxy: UNREACHABLE on ${proxy.admin}: ${proxy.detail}`);
       break;
     case 'unknown-contract':
-      lines.push(`  proxy: answers on ${proxy.admin} (${proxy.detail}) but publishes no contract (GET /contract): restart it with this meshctl`);
+      lines.push(
+        `  proxy: answers on ${proxy.admin} (${proxy.detail}) but publishes no contract (GET /contract): restart it with this meshctl`,
+      );
       break;
     case 'mismatched':
       lines.push(`  proxy: MISMATCHED on ${proxy.admin}${who}`);
@@ -93,8 +104,10 @@ function proxyLines(report: StatusReport, proxy: ProxyReport | null): string[] {
       break;
   }
   const check = report.proxyCheck;
-  if (check?.kind === 'skipped' && check.reason === 'without-proxy') lines.push('    note: installed with --without-proxy: the proxy was not checked at install');
-  else if (check?.kind === 'checked' && live && live.pid !== check.pid) lines.push(`    note: the proxy restarted since install (pid ${check.pid} then, ${live.pid} now)`);
+  if (check?.kind === 'skipped' && check.reason === 'without-proxy')
+    lines.push('    note: installed with --without-proxy: the proxy was not checked at install');
+  else if (check?.kind === 'checked' && live && live.pid !== check.pid)
+    lines.push(`    note: the proxy restarted since install (pid ${check.pid} then, ${live.pid} now)`);
   return lines;
 }
 
@@ -105,13 +118,19 @@ function describe(status: FullStatus): string {
     lines.push(`not installed${where(report.netns)} (no ledger at ${report.ledgerPath})`);
   } else {
     lines.push(`installed${where(report.netns)}: install ${report.installId}, backend ${report.backend}`);
-    lines.push(`  config: sha256 ${report.configHash?.slice(0, 16)}… from ${configSource(report)}${report.configChanged === true ? ' (the current config differs: `meshctl install` would update)' : report.configChanged === false ? ' (same as the current config)' : ''}`);
+    lines.push(
+      `  config: sha256 ${report.configHash?.slice(0, 16)}… from ${configSource(report)}${report.configChanged === true ? ' (the current config differs: `meshctl install` would update)' : report.configChanged === false ? ' (same as the current config)' : ''}`,
+    );
     if (report.installedConfig) lines.push(`  contract: ${describeContract(contractOf(report.installedConfig))}`);
     lines.push(`  since: ${report.installedAt} (last change ${report.updatedAt}, meshctl ${report.toolVersion})`);
     if (report.interrupted) {
-      lines.push(`  rules: INTERRUPTED ${report.interrupted.operation} (since ${report.interrupted.since}); status changes nothing: run ${report.interrupted.command}`);
+      lines.push(
+        `  rules: INTERRUPTED ${report.interrupted.operation} (since ${report.interrupted.since}); status changes nothing: run ${report.interrupted.command}`,
+      );
     } else {
-      lines.push(`  rules: ${report.inSync ? 'in sync with the installed plan' : 'DRIFTED from the installed plan (`meshctl install` repairs it)'}`);
+      lines.push(
+        `  rules: ${report.inSync ? 'in sync with the installed plan' : 'DRIFTED from the installed plan (`meshctl install` repairs it)'}`,
+      );
     }
     for (const drift of report.drift.filter((d) => !d.inSync)) {
       for (const c of drift.missingChains) lines.push(`    ${drift.label}: missing chain ${c}`);
@@ -124,8 +143,16 @@ function describe(status: FullStatus): string {
     lines.push(...proxyLines(report, status.proxy));
     if (report.confirm) {
       const failed = report.confirm.revertFailed;
-      if (failed && !report.confirm.confirmedAt) lines.push(`  REVERT FAILED at ${failed.at} after ${failed.attempts} attempts: ${failed.error} (capture is still installed: \`meshctl uninstall\` removes it, \`meshctl confirm\` keeps it)`);
-      else lines.push(report.confirm.confirmedAt ? `  confirmed at ${report.confirm.confirmedAt}` : `  UNCONFIRMED: reverted at ${report.confirm.deadline} unless \`meshctl confirm\` runs first`);
+      if (failed && !report.confirm.confirmedAt)
+        lines.push(
+          `  REVERT FAILED at ${failed.at} after ${failed.attempts} attempts: ${failed.error} (capture is still installed: \`meshctl uninstall\` removes it, \`meshctl confirm\` keeps it)`,
+        );
+      else
+        lines.push(
+          report.confirm.confirmedAt
+            ? `  confirmed at ${report.confirm.confirmedAt}`
+            : `  UNCONFIRMED: reverted at ${report.confirm.deadline} unless \`meshctl confirm\` runs first`,
+        );
     }
   }
   for (const n of status.notes) lines.push(`  note: ${n}`);
@@ -136,7 +163,9 @@ function describe(status: FullStatus): string {
 export function register(program: Command): void {
   const command = program
     .command('status')
-    .description('both halves on one screen: rules and proxy, and a verdict (exit 0 protected, 3 not installed, 4 drifted, 5 proxy not ready/mismatched)');
+    .description(
+      'both halves on one screen: rules and proxy, and a verdict (exit 0 protected, 3 not installed, 4 drifted, 5 proxy not ready/mismatched)',
+    );
   addScopeOptions(command, { stateDir: true, config: true }).option('--json', 'print the report as JSON');
   command.action(async (options: Record<string, unknown>) => {
     let config: Config | undefined;
@@ -153,13 +182,19 @@ export function register(program: Command): void {
     // The proxy is held to the contract of the installed config (the ledger's), not to today's config file.
     const installed = rules.installedConfig;
     const proxy = installed
-      ? await inspectProxy(contractOf(installed), { address: installed.proxy.adminAddress, port: installed.proxy.adminPort }, { netns, timeoutMs: 1000 })
+      ? await inspectProxy(
+          contractOf(installed),
+          { address: installed.proxy.adminAddress, port: installed.proxy.adminPort },
+          { netns, timeoutMs: 1000 },
+        )
       : null;
     const status: FullStatus = { verdict: statusVerdict(rules, proxy), rules, proxy, notes: [] };
     const code = statusExitCode(status);
     if (options.json) {
       const { installedConfig: _omit, ...rulesJson } = rules;
-      process.stdout.write(`${JSON.stringify({ ...rulesJson, verdict: status.verdict, exitCode: code, proxy }, null, 2)}\n`);
+      process.stdout.write(
+        `${JSON.stringify({ ...rulesJson, verdict: status.verdict, exitCode: code, proxy }, null, 2)}\n`,
+      );
     } else {
       process.stdout.write(describe(status));
     }

@@ -7,7 +7,9 @@ import { addScopeOptions, cliLogger, resolveStateDir, where } from './shared.js'
 const MARK = { pass: 'pass', fail: 'FAIL', skip: 'skip' } as const;
 
 function describe(report: VerifyReport): string {
-  const lines = [`verify${where(report.netns)} (install ${report.installId}, ${report.backend}): ${report.ok ? 'every probe behaved as planned' : 'PROBES FAILED'}`];
+  const lines = [
+    `verify${where(report.netns)} (install ${report.installId}, ${report.backend}): ${report.ok ? 'every probe behaved as planned' : 'PROBES FAILED'}`,
+  ];
   for (const p of report.probes) {
     lines.push(`${MARK[p.status]} ${p.family} ${p.name}${p.flow !== '-' ? `: ${p.flow}` : ''}`);
     if (p.expected !== '-') lines.push(`       plan: ${p.expected}`);
@@ -18,10 +20,17 @@ function describe(report: VerifyReport): string {
 }
 
 export function register(program: Command): void {
-  const command = program.command('verify').description('probe the installed rules live: outbound capture with the right original destination, bypasses, inbound from a peer');
+  const command = program
+    .command('verify')
+    .description(
+      'probe the installed rules live: outbound capture with the right original destination, bypasses, inbound from a peer',
+    );
   addScopeOptions(command, { stateDir: true, config: true })
     .option('--peer-netns <name>', 'a namespace that can reach this one, to probe inbound capture from a peer')
-    .option('--peer-target <address>', 'the address the peer connects to (default: the first global address of each family)')
+    .option(
+      '--peer-target <address>',
+      'the address the peer connects to (default: the first global address of each family)',
+    )
     .option('--json', 'print the report as JSON');
   command.action(async (options: Record<string, unknown>) => {
     const report = await verifyCapture({

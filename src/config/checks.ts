@@ -39,33 +39,72 @@ function proxyPorts(config: ConfigBody): [string, number][] {
 /** Exempting uid 0 from capture would let every root process bypass the mesh. */
 function proxyUserNotRoot({ config }: CheckInput): CheckProblem[] {
   if (config.proxy.user.uid !== 0) return [];
-  return [{ path: 'proxy.user', message: 'the proxy must not run as root (uid 0): exempting uid 0 from capture would let every root process bypass the mesh; use a dedicated user such as "meshproxy"' }];
+  return [
+    {
+      path: 'proxy.user',
+      message:
+        'the proxy must not run as root (uid 0): exempting uid 0 from capture would let every root process bypass the mesh; use a dedicated user such as "meshproxy"',
+    },
+  ];
 }
 
 function proxyGroupNotRoot({ config, given }: CheckInput): CheckProblem[] {
   const { uid, gid } = config.proxy.user;
   if (gid !== 0 || uid === 0) return [];
-  return [{ path: given('proxy.group') ? 'proxy.group' : 'proxy.user', message: 'the proxy\'s group is root (gid 0): exempting gid 0 would let root-group processes bypass the mesh; give the proxy user its own group' }];
+  return [
+    {
+      path: given('proxy.group') ? 'proxy.group' : 'proxy.user',
+      message:
+        "the proxy's group is root (gid 0): exempting gid 0 would let root-group processes bypass the mesh; give the proxy user its own group",
+    },
+  ];
 }
 
 function portsDistinct({ config }: CheckInput): CheckProblem[] {
   const named = proxyPorts(config);
   return named.flatMap(([earlier, port], i) =>
-    named.slice(i + 1).filter(([, other]) => other === port).map(([path]) => ({ path, message: `port ${port} is also ${earlier}; each proxy port must be distinct` })));
+    named
+      .slice(i + 1)
+      .filter(([, other]) => other === port)
+      .map(([path]) => ({ path, message: `port ${port} is also ${earlier}; each proxy port must be distinct` })),
+  );
 }
 
-function portConflicts(includePath: string, include: PortSelection, excludePath: string, exclude: readonly PortRange[]): CheckProblem[] {
+function portConflicts(
+  includePath: string,
+  include: PortSelection,
+  excludePath: string,
+  exclude: readonly PortRange[],
+): CheckProblem[] {
   if (include === 'all') return [];
   return include.flatMap((inc, i) =>
-    exclude.flatMap((exc, j) => (rangesOverlap(inc, exc)
-      ? [{ path: `${includePath}[${i}]`, message: `port ${portText(inc)} is also excluded by ${excludePath}[${j}] (${portText(exc)}); a port cannot be both included and excluded` }]
-      : [])));
+    exclude.flatMap((exc, j) =>
+      rangesOverlap(inc, exc)
+        ? [
+            {
+              path: `${includePath}[${i}]`,
+              message: `port ${portText(inc)} is also excluded by ${excludePath}[${j}] (${portText(exc)}); a port cannot be both included and excluded`,
+            },
+          ]
+        : [],
+    ),
+  );
 }
 
 function includedPortsNotExcluded({ config: { capture } }: CheckInput): CheckProblem[] {
   return [
-    ...portConflicts('capture.inbound.includePorts', capture.inbound.includePorts, 'capture.inbound.excludePorts', capture.inbound.excludePorts),
-    ...portConflicts('capture.outbound.includePorts', capture.outbound.includePorts, 'capture.outbound.excludePorts', capture.outbound.excludePorts),
+    ...portConflicts(
+      'capture.inbound.includePorts',
+      capture.inbound.includePorts,
+      'capture.inbound.excludePorts',
+      capture.inbound.excludePorts,
+    ),
+    ...portConflicts(
+      'capture.outbound.includePorts',
+      capture.outbound.includePorts,
+      'capture.outbound.excludePorts',
+      capture.outbound.excludePorts,
+    ),
   ];
 }
 
@@ -73,14 +112,29 @@ function includedCidrsNotExcluded({ config: { capture } }: CheckInput): CheckPro
   const { includeCidrs, excludeCidrs } = capture.outbound;
   if (includeCidrs === 'all') return [];
   return includeCidrs.flatMap((inc, i) => {
-    const j = excludeCidrs.findIndex((exc) => exc.family === inc.family && exc.address === inc.address && exc.prefix === inc.prefix);
-    return j < 0 ? [] : [{ path: `capture.outbound.includeCidrs[${i}]`, message: `${cidrText(inc)} is also in capture.outbound.excludeCidrs[${j}]; a CIDR cannot be both included and excluded` }];
+    const j = excludeCidrs.findIndex(
+      (exc) => exc.family === inc.family && exc.address === inc.address && exc.prefix === inc.prefix,
+    );
+    return j < 0
+      ? []
+      : [
+          {
+            path: `capture.outbound.includeCidrs[${i}]`,
+            message: `${cidrText(inc)} is also in capture.outbound.excludeCidrs[${j}]; a CIDR cannot be both included and excluded`,
+          },
+        ];
   });
 }
 
 function groupAllowListAlone({ config: { capture } }: CheckInput): CheckProblem[] {
   if (capture.outbound.includeGids === 'all' || capture.outbound.excludeGids.length === 0) return [];
-  return [{ path: 'capture.outbound.includeGids', message: 'cannot be combined with capture.outbound.excludeGids: with an allow-list of groups, every other group is already excluded' }];
+  return [
+    {
+      path: 'capture.outbound.includeGids',
+      message:
+        'cannot be combined with capture.outbound.excludeGids: with an allow-list of groups, every other group is already excluded',
+    },
+  ];
 }
 
 function proxyPortsNotCaptured({ config }: CheckInput): CheckProblem[] {
@@ -89,7 +143,14 @@ function proxyPortsNotCaptured({ config }: CheckInput): CheckProblem[] {
   const named = proxyPorts(config);
   return include.flatMap((range, i) => {
     const hits = named.filter(([, port]) => portInRanges(port, [range])).map(([name, port]) => `${name} ${port}`);
-    return hits.length === 0 ? [] : [{ path: `capture.inbound.includePorts[${i}]`, message: `includes ${hits.join(', ')}: the proxy's own ports are never captured` }];
+    return hits.length === 0
+      ? []
+      : [
+          {
+            path: `capture.inbound.includePorts[${i}]`,
+            message: `includes ${hits.join(', ')}: the proxy's own ports are never captured`,
+          },
+        ];
   });
 }
 
@@ -100,11 +161,15 @@ function sshNotCaptured({ config: { capture, safety } }: CheckInput): CheckProbl
   return include.flatMap((range, i) => {
     const hit = safety.sshPorts.find((p) => portInRanges(p, [range]));
     if (hit === undefined) return [];
-    return [{
-      path: `capture.inbound.includePorts[${i}]`,
-      message: `${portText(range)} includes SSH port ${hit} (safety.sshPorts from ${safety.sshPortsSource}); capturing it can lock you out`,
-      unsafe: { hint: 'remove the SSH port from includePorts; only if you are sure, pass --unsafe-capture-ssh (safety.unsafeCaptureSsh: true)' },
-    }];
+    return [
+      {
+        path: `capture.inbound.includePorts[${i}]`,
+        message: `${portText(range)} includes SSH port ${hit} (safety.sshPorts from ${safety.sshPortsSource}); capturing it can lock you out`,
+        unsafe: {
+          hint: 'remove the SSH port from includePorts; only if you are sure, pass --unsafe-capture-ssh (safety.unsafeCaptureSsh: true)',
+        },
+      },
+    ];
   });
 }
 

@@ -120,21 +120,28 @@ export function compareContract(rules: CaptureContract, live: LiveContract): Con
     if (value === null) return;
     const missing = listensOn(live.tcp, value, rules.families);
     if (missing.length === 0) return;
-    const have = rules.families.map((f) => `${f === 'ipv4' ? 'IPv4' : 'IPv6'} ${live.tcp[f].length > 0 ? live.tcp[f].join(', ') : 'none'}`).join('; ');
+    const have = rules.families
+      .map((f) => `${f === 'ipv4' ? 'IPv4' : 'IPv6'} ${live.tcp[f].length > 0 ? live.tcp[f].join(', ') : 'none'}`)
+      .join('; ');
     const theirs = live.expects[field];
     out.push({
       field,
       rules: `${what} to TCP port ${value} (${familyText(rules.families)})`,
       proxy: `listens on TCP ${have}`,
       message: `the rules redirect ${what} to TCP port ${value} (${familyText(missing)}), but the proxy does not listen there (it listens on TCP ${have})`,
-      fix: theirs !== null && theirs !== value
-        ? `install with ${flag} ${theirs} (the proxy's ${field === 'outboundPort' ? 'proxy.outboundPort' : 'proxy.inboundPort'}), or restart the proxy with ${value}`
-        : `start the proxy with ${field === 'outboundPort' ? 'proxy.outboundPort' : 'proxy.inboundPort'} ${value}${missing.includes('ipv6') ? ' and capture.ipv6 intercept (so it opens IPv6 listeners)' : ''}, or install with ${flag}`,
+      fix:
+        theirs !== null && theirs !== value
+          ? `install with ${flag} ${theirs} (the proxy's ${field === 'outboundPort' ? 'proxy.outboundPort' : 'proxy.inboundPort'}), or restart the proxy with ${value}`
+          : `start the proxy with ${field === 'outboundPort' ? 'proxy.outboundPort' : 'proxy.inboundPort'} ${value}${missing.includes('ipv6') ? ' and capture.ipv6 intercept (so it opens IPv6 listeners)' : ''}, or install with ${flag}`,
     });
   };
   port('outboundPort', rules.outboundPort, '--proxy-outbound-port', 'outbound connections');
   port('inboundPort', rules.inboundPort, '--proxy-inbound-port', 'inbound connections');
-  if (rules.inboundMode === 'tproxy' && rules.inboundPort !== null && !live.transparentPorts.includes(rules.inboundPort)) {
+  if (
+    rules.inboundMode === 'tproxy' &&
+    rules.inboundPort !== null &&
+    !live.transparentPorts.includes(rules.inboundPort)
+  ) {
     out.push({
       field: 'inboundMode',
       rules: `TPROXY inbound to port ${rules.inboundPort}`,
@@ -147,15 +154,19 @@ export function compareContract(rules: CaptureContract, live: LiveContract): Con
     const udp = listensOn(live.udp, rules.dnsPort, rules.families);
     const tcp = listensOn(live.tcp, rules.dnsPort, rules.families);
     if (udp.length > 0 || tcp.length > 0) {
-      const gaps = [...(udp.length > 0 ? [`UDP (${familyText(udp)})`] : []), ...(tcp.length > 0 ? [`TCP (${familyText(tcp)})`] : [])].join(', ');
+      const gaps = [
+        ...(udp.length > 0 ? [`UDP (${familyText(udp)})`] : []),
+        ...(tcp.length > 0 ? [`TCP (${familyText(tcp)})`] : []),
+      ].join(', ');
       out.push({
         field: 'dnsPort',
         rules: `DNS queries (UDP and TCP 53) to port ${rules.dnsPort}`,
         proxy: `serves no DNS on ${gaps}`,
         message: `the rules redirect every DNS query to port ${rules.dnsPort}, but the proxy does not serve DNS there on ${gaps}: the host would have no name resolution`,
-        fix: live.expects.dnsPort !== null && live.expects.dnsPort !== rules.dnsPort
-          ? `install with --dns-port ${live.expects.dnsPort}, or restart the proxy with capture.dns.port ${rules.dnsPort}`
-          : 'install without DNS capture (capture.dns.enabled: false, and no --dns flag), or run a proxy that serves DNS on that port',
+        fix:
+          live.expects.dnsPort !== null && live.expects.dnsPort !== rules.dnsPort
+            ? `install with --dns-port ${live.expects.dnsPort}, or restart the proxy with capture.dns.port ${rules.dnsPort}`
+            : 'install without DNS capture (capture.dns.enabled: false, and no --dns flag), or run a proxy that serves DNS on that port',
       });
     }
   }

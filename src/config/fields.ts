@@ -14,16 +14,39 @@ import type { Config } from './types.js';
 import { BACKEND_CHOICES, INBOUND_MODES, IPV6_MODES, ON_PROXY_DOWN, RELAY_KINDS } from './types.js';
 import type { Parser } from './parsers.js';
 import {
-  boolean, cidrs, cidrSelection, duration, durationOrOff, groupIds, groupSelection, idName, idRef, number, oneOf, optional, port,
-  portNumbers, ports, portSelection, text, textOrNull, texts, userIds, workers,
+  boolean,
+  cidrs,
+  cidrSelection,
+  duration,
+  durationOrOff,
+  groupIds,
+  groupSelection,
+  idName,
+  idRef,
+  number,
+  oneOf,
+  optional,
+  port,
+  portNumbers,
+  ports,
+  portSelection,
+  text,
+  textOrNull,
+  texts,
+  userIds,
+  workers,
 } from './parsers.js';
 import { setPath, valueAt } from './paths.js';
 import { schemaDefault } from './schema.js';
 
 /** The type at a dotted path of T; never when T has no such path. */
 type At<T, P extends string> = P extends `${infer K}.${infer R}`
-  ? K extends keyof T ? At<T[K], R> : never
-  : P extends keyof T ? T[P] : never;
+  ? K extends keyof T
+    ? At<T[K], R>
+    : never
+  : P extends keyof T
+    ? T[P]
+    : never;
 
 /** The part of Config the table builds. */
 export type ConfigBody = Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir'>;
@@ -83,7 +106,12 @@ function field<const P extends string, const To extends string = P>(
 }
 
 /** A file field read by a later step instead of landing in Config as is. */
-function input<T>(path: string, parser: Parser<T>, renderFrom: (config: Config, names: UserDb | null) => unknown, flag?: FlagDoc): FieldEntry<T, null> {
+function input<T>(
+  path: string,
+  parser: Parser<T>,
+  renderFrom: (config: Config, names: UserDb | null) => unknown,
+  flag?: FlagDoc,
+): FieldEntry<T, null> {
   return { kind: 'field', path, to: null, parser, flag: flag ?? null, renderFrom };
 }
 
@@ -95,63 +123,122 @@ function constant<const To extends string>(to: To, value: At<Config, To>): Const
   return { kind: 'constant', to, value };
 }
 
-export const PROXY_USER = input('proxy.user', idRef, (c) => c.proxy.user.name ?? c.proxy.user.uid,
-  { name: 'proxy-user', help: 'user the proxy runs as (name or uid; exempt from capture)' });
-export const PROXY_GROUP = input('proxy.group', optional(idRef), (c, names) => idName('group', c.proxy.user.gid, names),
-  { name: 'proxy-group', help: 'group exempt from capture (default: the user\'s primary group)' });
-export const SSH_PORTS = input('safety.sshPorts', optional(portNumbers), (c) => [...c.safety.sshPorts],
-  { name: 'ssh-ports', help: 'SSH ports never captured (default: detected from sshd)' });
+export const PROXY_USER = input('proxy.user', idRef, (c) => c.proxy.user.name ?? c.proxy.user.uid, {
+  name: 'proxy-user',
+  help: 'user the proxy runs as (name or uid; exempt from capture)',
+});
+export const PROXY_GROUP = input(
+  'proxy.group',
+  optional(idRef),
+  (c, names) => idName('group', c.proxy.user.gid, names),
+  { name: 'proxy-group', help: "group exempt from capture (default: the user's primary group)" },
+);
+export const SSH_PORTS = input('safety.sshPorts', optional(portNumbers), (c) => [...c.safety.sshPorts], {
+  name: 'ssh-ports',
+  help: 'SSH ports never captured (default: detected from sshd)',
+});
 
 export const FIELDS = [
   PROXY_USER,
   PROXY_GROUP,
   derived('proxy.user'),
-  field('proxy.outboundPort', port, { flag: { name: 'proxy-outbound-port', help: 'outbound listener port', showDefault: true } }),
-  field('proxy.inboundPort', port, { flag: { name: 'proxy-inbound-port', help: 'inbound listener port', showDefault: true } }),
-  field('proxy.adminPort', port, { flag: { name: 'proxy-admin-port', help: 'admin port on 127.0.0.1', showDefault: true } }),
+  field('proxy.outboundPort', port, {
+    flag: { name: 'proxy-outbound-port', help: 'outbound listener port', showDefault: true },
+  }),
+  field('proxy.inboundPort', port, {
+    flag: { name: 'proxy-inbound-port', help: 'inbound listener port', showDefault: true },
+  }),
+  field('proxy.adminPort', port, {
+    flag: { name: 'proxy-admin-port', help: 'admin port on 127.0.0.1', showDefault: true },
+  }),
   constant('proxy.adminAddress', '127.0.0.1'),
   field('proxy.workers', workers, { flag: proxyFlag('proxy-workers', 'worker processes, or "auto" (one per core)') }),
-  field('proxy.connectTimeout', duration, { to: 'proxy.connectTimeoutMs', flag: proxyFlag('proxy-connect-timeout', 'upstream connect timeout') }),
-  field('proxy.idleTimeout', durationOrOff, { to: 'proxy.idleTimeoutMs', flag: proxyFlag('proxy-idle-timeout', 'close connections idle this long, or "off"') }),
-  field('proxy.maxConnectionDuration', durationOrOff,
-    { to: 'proxy.maxConnectionDurationMs', flag: proxyFlag('proxy-max-connection-duration', 'close connections older than this, or "off"') }),
-  field('proxy.halfCloseTimeout', duration, { to: 'proxy.halfCloseTimeoutMs', flag: proxyFlag('proxy-half-close-timeout', 'close connections half-closed this long') }),
-  field('proxy.drainTimeout', duration, { to: 'proxy.drainTimeoutMs', flag: proxyFlag('proxy-drain-timeout', 'how long open connections may finish on SIGTERM') }),
-  field('proxy.keepalive', durationOrOff, { to: 'proxy.keepaliveDelayMs', flag: proxyFlag('proxy-keepalive', 'TCP keepalive delay on both legs, or "off"') }),
-  field('proxy.relay', oneOf(RELAY_KINDS), { flag: proxyFlag('proxy-relay', 'what relays established connections: "native" (addon thread) or "node" (streams)') }),
+  field('proxy.connectTimeout', duration, {
+    to: 'proxy.connectTimeoutMs',
+    flag: proxyFlag('proxy-connect-timeout', 'upstream connect timeout'),
+  }),
+  field('proxy.idleTimeout', durationOrOff, {
+    to: 'proxy.idleTimeoutMs',
+    flag: proxyFlag('proxy-idle-timeout', 'close connections idle this long, or "off"'),
+  }),
+  field('proxy.maxConnectionDuration', durationOrOff, {
+    to: 'proxy.maxConnectionDurationMs',
+    flag: proxyFlag('proxy-max-connection-duration', 'close connections older than this, or "off"'),
+  }),
+  field('proxy.halfCloseTimeout', duration, {
+    to: 'proxy.halfCloseTimeoutMs',
+    flag: proxyFlag('proxy-half-close-timeout', 'close connections half-closed this long'),
+  }),
+  field('proxy.drainTimeout', duration, {
+    to: 'proxy.drainTimeoutMs',
+    flag: proxyFlag('proxy-drain-timeout', 'how long open connections may finish on SIGTERM'),
+  }),
+  field('proxy.keepalive', durationOrOff, {
+    to: 'proxy.keepaliveDelayMs',
+    flag: proxyFlag('proxy-keepalive', 'TCP keepalive delay on both legs, or "off"'),
+  }),
+  field('proxy.relay', oneOf(RELAY_KINDS), {
+    flag: proxyFlag('proxy-relay', 'what relays established connections: "native" (addon thread) or "node" (streams)'),
+  }),
   field('proxy.accessLog.enabled', boolean),
-  field('proxy.accessLog.path', textOrNull, { flag: proxyFlag('proxy-access-log-path', 'access log file, "-" for stdout') }),
-  field('proxy.accessLog.sampleRatio', number, { flag: proxyFlag('proxy-access-log-sample-ratio', 'share of successful connections logged (0..1)') }),
-  field('proxy.accessLog.periodicInterval', durationOrOff,
-    { to: 'proxy.accessLog.periodicIntervalMs', flag: proxyFlag('proxy-access-log-periodic-interval', 'progress line for long-lived connections, or "off"') }),
+  field('proxy.accessLog.path', textOrNull, {
+    flag: proxyFlag('proxy-access-log-path', 'access log file, "-" for stdout'),
+  }),
+  field('proxy.accessLog.sampleRatio', number, {
+    flag: proxyFlag('proxy-access-log-sample-ratio', 'share of successful connections logged (0..1)'),
+  }),
+  field('proxy.accessLog.periodicInterval', durationOrOff, {
+    to: 'proxy.accessLog.periodicIntervalMs',
+    flag: proxyFlag('proxy-access-log-periodic-interval', 'progress line for long-lived connections, or "off"'),
+  }),
   constant('proxy.inboundPassthroughSource', { ipv4: '127.0.0.6', ipv6: '::6' }),
   field('capture.backend', oneOf(BACKEND_CHOICES), { flag: { name: 'backend', help: 'netfilter backend' } }),
   field('capture.ipv6', oneOf(IPV6_MODES), { flag: { name: 'ipv6', help: 'IPv6 handling' } }),
   field('capture.dropInvalid', boolean, { flag: { name: 'drop-invalid', help: 'drop conntrack-INVALID TCP packets' } }),
-  field('capture.excludeInterfaces', texts, { flag: { name: 'exclude-interfaces', help: 'interfaces never captured' } }),
+  field('capture.excludeInterfaces', texts, {
+    flag: { name: 'exclude-interfaces', help: 'interfaces never captured' },
+  }),
   field('capture.inbound.enabled', boolean),
   field('capture.inbound.mode', oneOf(INBOUND_MODES), { flag: { name: 'inbound-mode', help: 'inbound capture mode' } }),
-  field('capture.inbound.includePorts', portSelection,
-    { flag: { name: 'inbound-include-ports', help: '"*" or ports/ranges captured inbound (comma-separated)' } }),
-  field('capture.inbound.excludePorts', ports, { flag: { name: 'inbound-exclude-ports', help: 'ports never captured inbound' } }),
+  field('capture.inbound.includePorts', portSelection, {
+    flag: { name: 'inbound-include-ports', help: '"*" or ports/ranges captured inbound (comma-separated)' },
+  }),
+  field('capture.inbound.excludePorts', ports, {
+    flag: { name: 'inbound-exclude-ports', help: 'ports never captured inbound' },
+  }),
   field('capture.inbound.tproxyMark', number),
   field('capture.inbound.tproxyRouteTable', number),
   field('capture.outbound.enabled', boolean),
-  field('capture.outbound.includeCidrs', cidrSelection, { flag: { name: 'outbound-include-cidrs', help: '"*" or destination CIDRs captured' } }),
-  field('capture.outbound.excludeCidrs', cidrs, { flag: { name: 'outbound-exclude-cidrs', help: 'destination CIDRs never captured' } }),
-  field('capture.outbound.includePorts', portSelection, { flag: { name: 'outbound-include-ports', help: '"*" or destination ports captured' } }),
-  field('capture.outbound.excludePorts', ports, { flag: { name: 'outbound-exclude-ports', help: 'destination ports never captured' } }),
-  field('capture.outbound.excludeUids', userIds, { flag: { name: 'exclude-uids', help: 'users (names or uids) never captured' } }),
+  field('capture.outbound.includeCidrs', cidrSelection, {
+    flag: { name: 'outbound-include-cidrs', help: '"*" or destination CIDRs captured' },
+  }),
+  field('capture.outbound.excludeCidrs', cidrs, {
+    flag: { name: 'outbound-exclude-cidrs', help: 'destination CIDRs never captured' },
+  }),
+  field('capture.outbound.includePorts', portSelection, {
+    flag: { name: 'outbound-include-ports', help: '"*" or destination ports captured' },
+  }),
+  field('capture.outbound.excludePorts', ports, {
+    flag: { name: 'outbound-exclude-ports', help: 'destination ports never captured' },
+  }),
+  field('capture.outbound.excludeUids', userIds, {
+    flag: { name: 'exclude-uids', help: 'users (names or uids) never captured' },
+  }),
   field('capture.outbound.excludeGids', groupIds, { flag: { name: 'exclude-gids', help: 'groups never captured' } }),
-  field('capture.outbound.includeGids', groupSelection, { flag: { name: 'include-gids', help: '"*" or the only groups captured' } }),
-  field('capture.dns.enabled', boolean, { flag: { name: 'dns', help: 'capture DNS (UDP/TCP 53) to the proxy DNS port' } }),
+  field('capture.outbound.includeGids', groupSelection, {
+    flag: { name: 'include-gids', help: '"*" or the only groups captured' },
+  }),
+  field('capture.dns.enabled', boolean, {
+    flag: { name: 'dns', help: 'capture DNS (UDP/TCP 53) to the proxy DNS port' },
+  }),
   field('capture.dns.port', port, { flag: { name: 'dns-port', help: 'proxy DNS port', showDefault: true } }),
   field('capture.dns.servers', cidrSelection),
   SSH_PORTS,
   derived('safety.sshPorts'),
   derived('safety.sshPortsSource'),
-  field('safety.unsafeCaptureSsh', boolean,
-    { flag: { name: 'unsafe-capture-ssh', help: 'DANGER: allow inbound capture of the SSH ports (can lock you out)' } }),
+  field('safety.unsafeCaptureSsh', boolean, {
+    flag: { name: 'unsafe-capture-ssh', help: 'DANGER: allow inbound capture of the SSH ports (can lock you out)' },
+  }),
   derived('safety.sshPeer'),
   field('safety.onProxyDown', oneOf(ON_PROXY_DOWN)),
   field('stateDir', text, { flag: { name: 'state-dir', help: 'ledger directory', showDefault: true } }),
@@ -179,7 +266,11 @@ export interface ReadContext {
 /** A field's typed value: the raw config's value at its path, else the schema's default, through its parser. */
 export function readField<T>(entry: FieldEntry<T>, raw: unknown, context: ReadContext): T {
   const value = valueAt(raw, entry.path) ?? schemaDefault(entry.path);
-  return entry.parser.parse(value, { path: entry.path, userDb: context.userDb, problem: (p, m) => context.problem(p, m) });
+  return entry.parser.parse(value, {
+    path: entry.path,
+    userDb: context.userDb,
+    problem: (p, m) => context.problem(p, m),
+  });
 }
 
 /** Builds the proxy, capture and safety sections and stateDir from a schema-valid raw config, entry by entry. */

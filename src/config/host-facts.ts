@@ -88,16 +88,25 @@ function readOr<T>(read: () => T, fallback: T): T {
  * names the owner wherever it runs.
  */
 function sshdListeningPorts(netns: string | null): number[] {
-  const target = readOr(() => (netns === null ? readlinkSync('/proc/self/ns/net') : `net:[${statSync(netnsPath(netns)).ino}]`), null);
+  const target = readOr(
+    () => (netns === null ? readlinkSync('/proc/self/ns/net') : `net:[${statSync(netnsPath(netns)).ino}]`),
+    null,
+  );
   if (target === null) return [];
   const pids = readdirSync('/proc').filter((d) => /^\d+$/.test(d));
   const sshd = pids.filter((pid) => readOr(() => readFileSync(`/proc/${pid}/comm`, 'utf8').trim(), '') === 'sshd');
   if (sshd.length === 0) return [];
-  const member = netns === null ? 'self' : [...sshd, ...pids].find((pid) => readOr(() => readlinkSync(`/proc/${pid}/ns/net`), '') === target);
+  const member =
+    netns === null
+      ? 'self'
+      : [...sshd, ...pids].find((pid) => readOr(() => readlinkSync(`/proc/${pid}/ns/net`), '') === target);
   if (member === undefined) return [];
   const inodeToPort = new Map<string, number>();
   for (const file of ['tcp', 'tcp6']) {
-    for (const [inode, port] of parseListeningSockets(readOr(() => readFileSync(`/proc/${member}/net/${file}`, 'utf8'), ''))) inodeToPort.set(inode, port);
+    for (const [inode, port] of parseListeningSockets(
+      readOr(() => readFileSync(`/proc/${member}/net/${file}`, 'utf8'), ''),
+    ))
+      inodeToPort.set(inode, port);
   }
   if (inodeToPort.size === 0) return [];
   const ports = new Set<number>();

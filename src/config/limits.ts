@@ -26,9 +26,11 @@ const MAX_INTERFACE_NAME_BYTES = 15;
 export function interfaceNameProblem(name: string): string | null {
   const bytes = Buffer.byteLength(name, 'utf8');
   if (bytes === 0) return 'an interface name is not empty';
-  if (bytes > MAX_INTERFACE_NAME_BYTES) return `an interface name is at most ${MAX_INTERFACE_NAME_BYTES} bytes (this one has ${bytes})`;
+  if (bytes > MAX_INTERFACE_NAME_BYTES)
+    return `an interface name is at most ${MAX_INTERFACE_NAME_BYTES} bytes (this one has ${bytes})`;
   if (name === '.' || name === '..') return 'an interface name is not "." or ".."';
   if (/[\s/:]/.test(name)) return 'an interface name has no whitespace, "/" or ":"';
-  if (/["\\]/.test(name) || /\p{Cc}/u.test(name)) return 'an interface name here has no double quote, backslash or control character';
+  if (/["\\]/.test(name) || /\p{Cc}/u.test(name))
+    return 'an interface name here has no double quote, backslash or control character';
   return null;
 }

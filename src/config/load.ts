@@ -8,7 +8,16 @@ import { parseDocument } from 'yaml';
 import { MeshctlError } from '../errors.js';
 import { parseCidr } from '../values/ip.js';
 import { runChecks } from './checks.js';
-import { PROXY_GROUP, PROXY_USER, readField, resolveFields, SSH_PORTS, type ConfigBody, type DerivedValues, type ReadContext } from './fields.js';
+import {
+  PROXY_GROUP,
+  PROXY_USER,
+  readField,
+  resolveFields,
+  SSH_PORTS,
+  type ConfigBody,
+  type DerivedValues,
+  type ReadContext,
+} from './fields.js';
 import { systemHostFacts, type HostFacts, type UserDb } from './host-facts.js';
 import { setPath, valueAt } from './paths.js';
 import { POLICY_SECTIONS, resolvePolicy, type ResolvedPolicy } from './policy.js';
@@ -63,32 +72,52 @@ function readRaw(file: string, explicit: boolean): unknown {
     // Only a regular file: a FIFO or a device (/dev/zero, /dev/urandom) would block or never end.
     const st = statSync(file);
     if (!st.isFile()) {
-      throw new MeshctlError('CONFIG_NOT_FOUND', `cannot read config file ${file}: it is not a regular file (${st.isFIFO() ? 'a FIFO' : st.isDirectory() ? 'a directory' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : st.isSocket() ? 'a socket' : 'not a file'})`,
-        'give --config the path of a YAML or JSON file');
+      throw new MeshctlError(
+        'CONFIG_NOT_FOUND',
+        `cannot read config file ${file}: it is not a regular file (${st.isFIFO() ? 'a FIFO' : st.isDirectory() ? 'a directory' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : st.isSocket() ? 'a socket' : 'not a file'})`,
+        'give --config the path of a YAML or JSON file',
+      );
     }
     if (st.size > MAX_CONFIG_BYTES) {
-      throw new MeshctlError('CONFIG_INVALID', `config file ${file} is ${st.size} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`, 'check that --config names the config file');
+      throw new MeshctlError(
+        'CONFIG_INVALID',
+        `config file ${file} is ${st.size} bytes; a config is at most ${MAX_CONFIG_BYTES} bytes`,
+        'check that --config names the config file',
+      );
     }
     text = readFileSync(file, 'utf8');
   } catch (error) {
     if (error instanceof MeshctlError) throw error;
     const code = (error as NodeJS.ErrnoException).code;
     if (!explicit && code === 'ENOENT') return undefined;
-    throw new MeshctlError('CONFIG_NOT_FOUND', `cannot read config file ${file}: ${code ?? String(error)}`,
-      code === 'ENOENT' ? 'check the path given to --config, or omit --config to use built-in defaults' : 'check the file permissions (meshctl reads it as the invoking user)',
-      { cause: error });
+    throw new MeshctlError(
+      'CONFIG_NOT_FOUND',
+      `cannot read config file ${file}: ${code ?? String(error)}`,
+      code === 'ENOENT'
+        ? 'check the path given to --config, or omit --config to use built-in defaults'
+        : 'check the file permissions (meshctl reads it as the invoking user)',
+      { cause: error },
+    );
   }
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
-    throw new MeshctlError('CONFIG_PARSE', `${file} is not valid YAML/JSON`, 'fix the syntax at the line shown; `meshctl config schema` prints what is allowed',
-      { details: doc.errors.map((e) => e.message.split('\n')[0] ?? e.message) });
+    throw new MeshctlError(
+      'CONFIG_PARSE',
+      `${file} is not valid YAML/JSON`,
+      'fix the syntax at the line shown; `meshctl config schema` prints what is allowed',
+      { details: doc.errors.map((e) => e.message.split('\n')[0] ?? e.message) },
+    );
   }
   try {
     // The yaml library bounds alias expansion (a "billion laughs" document throws instead of exhausting memory).
     return doc.toJS({ maxAliasCount: 100 }) ?? {};
   } catch (error) {
-    throw new MeshctlError('CONFIG_PARSE', `${file} is not a config meshctl can read: ${(error as Error).message}`,
-      'write the config without YAML aliases that expand into large structures', { cause: error });
+    throw new MeshctlError(
+      'CONFIG_PARSE',
+      `${file} is not a config meshctl can read: ${(error as Error).message}`,
+      'write the config without YAML aliases that expand into large structures',
+      { cause: error },
+    );
   }
 }
 
@@ -127,11 +156,18 @@ function refuseNonPlainData(raw: unknown, origin: string): void {
     if (typeof value !== 'object' || value === null) continue;
     const kind = yamlKind(value);
     if (kind !== null) {
-      throw new MeshctlError('CONFIG_INVALID', `${path === '' ? '(top level)' : path} (${origin}): is ${kind}, which no config field accepts`,
-        path === '' || !path.includes('.') ? 'write the section as a mapping of its fields; `meshctl config schema` prints them' : 'write the value as a mapping, a list or a scalar; `meshctl config schema` prints what each field accepts');
+      throw new MeshctlError(
+        'CONFIG_INVALID',
+        `${path === '' ? '(top level)' : path} (${origin}): is ${kind}, which no config field accepts`,
+        path === '' || !path.includes('.')
+          ? 'write the section as a mapping of its fields; `meshctl config schema` prints them'
+          : 'write the value as a mapping, a list or a scalar; `meshctl config schema` prints what each field accepts',
+      );
     }
     if (Array.isArray(value)) value.forEach((item, i) => stack.push([item, `${path}[${i}]`]));
-    else for (const [key, item] of Object.entries(value)) stack.push([item, path === '' ? shownKey(key) : `${path}.${shownKey(key)}`]);
+    else
+      for (const [key, item] of Object.entries(value))
+        stack.push([item, path === '' ? shownKey(key) : `${path}.${shownKey(key)}`]);
   }
 }
 
@@ -144,11 +180,15 @@ function refuseForeignFile(raw: unknown, file: string | null): void {
   const keys = Object.keys(raw);
   const sections = Object.keys((configSchema.properties ?? {}) as object);
   if (keys.length === 0 || keys.some((key) => isNearKey(key, sections))) return;
-  throw new MeshctlError('CONFIG_INVALID', `${file ?? 'config'} is not a meshctl config: none of its ${keys.length} top-level keys is a config section (${sections.join(', ')})`,
-    'check that --config names the meshctl config file (YAML or JSON); `meshctl config schema` prints what it holds');
+  throw new MeshctlError(
+    'CONFIG_INVALID',
+    `${file ?? 'config'} is not a meshctl config: none of its ${keys.length} top-level keys is a config section (${sections.join(', ')})`,
+    'check that --config names the meshctl config file (YAML or JSON); `meshctl config schema` prints what it holds',
+  );
 }
 
-const under = (path: string, prefix: string): boolean => path === prefix || path.startsWith(`${prefix}[`) || path.startsWith(`${prefix}.`);
+const under = (path: string, prefix: string): boolean =>
+  path === prefix || path.startsWith(`${prefix}[`) || path.startsWith(`${prefix}.`);
 
 function mergeSources(raw: unknown, options: ResolveOptions): Sources {
   const sourceFile = options.file ?? null;
@@ -156,7 +196,11 @@ function mergeSources(raw: unknown, options: ResolveOptions): Sources {
   refuseForeignFile(raw, sourceFile);
   const merged: unknown = structuredClone(raw ?? {});
   if (typeof merged !== 'object' || merged === null || Array.isArray(merged)) {
-    throw new MeshctlError('CONFIG_INVALID', `${sourceFile ?? 'config'}: the top level must be a mapping of sections (proxy, capture, safety)`, 'see `meshctl config schema`');
+    throw new MeshctlError(
+      'CONFIG_INVALID',
+      `${sourceFile ?? 'config'}: the top level must be a mapping of sections (proxy, capture, safety)`,
+      'see `meshctl config schema`',
+    );
   }
   const mapping = merged as Record<string, unknown>;
   const flagByPath = new Map<string, string>();
@@ -168,8 +212,11 @@ function mergeSources(raw: unknown, options: ResolveOptions): Sources {
   if (overlay) {
     const foreign = Object.keys(overlay.raw).filter((k) => !(POLICY_SECTIONS as readonly string[]).includes(k));
     if (foreign.length > 0) {
-      throw new MeshctlError('CONFIG_INVALID', `${overlay.origin}: a control-plane document may only hold ${POLICY_SECTIONS.join(', ')}; it has ${foreign.join(', ')}`,
-        'serve only the policy sections; proxy, capture and safety settings stay in the local config file');
+      throw new MeshctlError(
+        'CONFIG_INVALID',
+        `${overlay.origin}: a control-plane document may only hold ${POLICY_SECTIONS.join(', ')}; it has ${foreign.join(', ')}`,
+        'serve only the policy sections; proxy, capture and safety settings stay in the local config file',
+      );
     }
     refuseNonPlainData(overlay.raw, overlay.origin);
     for (const [key, value] of Object.entries(overlay.raw)) mapping[key] = structuredClone(value);
@@ -186,16 +233,24 @@ function mergeSources(raw: unknown, options: ResolveOptions): Sources {
 function failOnProblems(problems: readonly Problem[], where: (path: string) => string): void {
   if (problems.length === 0) return;
   const lines = problems.map((p) => `${p.path} (${where(p.path)}): ${p.message}`);
-  throw new MeshctlError('CONFIG_INVALID', problems.length === 1 ? lines[0]! : `${problems.length} problems in the config`,
+  throw new MeshctlError(
+    'CONFIG_INVALID',
+    problems.length === 1 ? lines[0]! : `${problems.length} problems in the config`,
     'fix the values named above; `meshctl config schema` prints every field with what it allows',
-    { details: problems.length === 1 ? [] : lines });
+    { details: problems.length === 1 ? [] : lines },
+  );
 }
 
 /**
  * The proxy user's uid and real primary gid (or proxy.group): both are exempt from capture, so both must be known.
  * Throws USER_NOT_FOUND for a name the database lacks, or a uid without passwd entry and no proxy.group.
  */
-function resolveProxyUser(userRef: string | number, groupRef: string | number | undefined, userDb: UserDb, where: (path: string) => string): ProxyUser {
+function resolveProxyUser(
+  userRef: string | number,
+  groupRef: string | number | undefined,
+  userDb: UserDb,
+  where: (path: string) => string,
+): ProxyUser {
   const userEntry = userDb.user(userRef);
   let uid = typeof userRef === 'number' ? userRef : -1;
   let gid = -1;
@@ -203,29 +258,53 @@ function resolveProxyUser(userRef: string | number, groupRef: string | number | 
   if (userEntry) {
     ({ uid, gid, name } = userEntry);
   } else if (typeof userRef === 'string') {
-    throw new MeshctlError('USER_NOT_FOUND', `proxy.user (${where('proxy.user')}): user "${userRef}" does not exist`,
-      userRef === 'meshproxy' ? 'create it (`meshctl service install` does, via sysusers.d) or set proxy.user to an existing non-root user' : 'create the user, or set proxy.user to an existing non-root user or uid');
+    throw new MeshctlError(
+      'USER_NOT_FOUND',
+      `proxy.user (${where('proxy.user')}): user "${userRef}" does not exist`,
+      userRef === 'meshproxy'
+        ? 'create it (`meshctl service install` does, via sysusers.d) or set proxy.user to an existing non-root user'
+        : 'create the user, or set proxy.user to an existing non-root user or uid',
+    );
   }
   if (groupRef !== undefined) {
     const groupEntry = typeof groupRef === 'number' ? { gid: groupRef } : userDb.group(groupRef);
     if (!groupEntry) {
-      throw new MeshctlError('USER_NOT_FOUND', `proxy.group (${where('proxy.group')}): group "${String(groupRef)}" does not exist`, 'create the group or give a numeric gid');
+      throw new MeshctlError(
+        'USER_NOT_FOUND',
+        `proxy.group (${where('proxy.group')}): group "${String(groupRef)}" does not exist`,
+        'create the group or give a numeric gid',
+      );
     }
     gid = groupEntry.gid;
   }
   if (gid < 0) {
-    throw new MeshctlError('USER_NOT_FOUND', `proxy.user (${where('proxy.user')}): uid ${uid} has no passwd entry, so its primary group is unknown`,
-      'set proxy.group to the gid the proxy runs with, or create the user');
+    throw new MeshctlError(
+      'USER_NOT_FOUND',
+      `proxy.user (${where('proxy.user')}): uid ${uid} has no passwd entry, so its primary group is unknown`,
+      'set proxy.group to the gid the proxy runs with, or create the user',
+    );
   }
   return { name, uid, gid };
 }
 
 /** The Config values no single field gives: the proxy user, the SSH ports (configured, else detected) and session. */
-function resolveDerived(sources: Sources, options: ResolveOptions, host: HostFacts, context: ReadContext): DerivedValues {
-  const user = resolveProxyUser(readField(PROXY_USER, sources.merged, context), readField(PROXY_GROUP, sources.merged, context), host.userDb, sources.where);
+function resolveDerived(
+  sources: Sources,
+  options: ResolveOptions,
+  host: HostFacts,
+  context: ReadContext,
+): DerivedValues {
+  const user = resolveProxyUser(
+    readField(PROXY_USER, sources.merged, context),
+    readField(PROXY_GROUP, sources.merged, context),
+    host.userDb,
+    sources.where,
+  );
   // The configured ports, else the ports sshd really listens on (in the namespace the rules go to).
   const configured = readField(SSH_PORTS, sources.merged, context);
-  const ssh = configured ? { ports: configured, source: 'config' as const } : host.detectSshPorts(options.netns ?? null);
+  const ssh = configured
+    ? { ports: configured, source: 'config' as const }
+    : host.detectSshPorts(options.netns ?? null);
   return {
     'proxy.user': user,
     'safety.sshPorts': [...ssh.ports],
@@ -239,7 +318,9 @@ function sealConfig(body: ConfigBody, policy: ResolvedPolicy, options: ResolveOp
   const full = { ...body, ...policy };
   const hash = createHash('sha256').update(JSON.stringify(full)).digest('hex');
   // The flags are where values came from, not values: two routes to the same config have the same hash.
-  const flags = (options.flags ?? []).map((f) => (f.value === true ? f.flag : `${f.flag} ${Array.isArray(f.value) ? f.value.join(',') : String(f.value)}`));
+  const flags = (options.flags ?? []).map((f) =>
+    f.value === true ? f.flag : `${f.flag} ${Array.isArray(f.value) ? f.value.join(',') : String(f.value)}`,
+  );
   return deepFreeze({ file: options.file ?? null, flags, hash, ...full });
 }
 
@@ -253,10 +334,19 @@ export function configFromObject(raw: unknown, options: ResolveOptions = {}): Co
   const body = resolveFields(sources.merged, resolveDerived(sources, options, host, context), context);
   const checked = runChecks({ config: body, given: (path) => valueAt(sources.merged, path) !== undefined });
   const unsafe = checked.find((p) => p.unsafe !== undefined);
-  if (unsafe?.unsafe) throw new MeshctlError('UNSAFE_CONFIG', `${unsafe.path} (${sources.where(unsafe.path)}): ${unsafe.message}`, unsafe.unsafe.hint);
+  if (unsafe?.unsafe)
+    throw new MeshctlError(
+      'UNSAFE_CONFIG',
+      `${unsafe.path} (${sources.where(unsafe.path)}): ${unsafe.message}`,
+      unsafe.unsafe.hint,
+    );
   problems.push(...checked);
   const { services, outbound, inbound, controlPlane } = sources.merged;
-  const policy = resolvePolicy({ services, outbound, inbound, controlPlane }, { connectTimeoutMs: body.proxy.connectTimeoutMs }, problems);
+  const policy = resolvePolicy(
+    { services, outbound, inbound, controlPlane },
+    { connectTimeoutMs: body.proxy.connectTimeoutMs },
+    problems,
+  );
   failOnProblems(problems, sources.where);
   return sealConfig(body, policy, options);
 }

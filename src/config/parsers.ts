@@ -39,7 +39,8 @@ function unexpected(context: ParseContext, raw: unknown, what: string): never {
   throw new Error(`${context.path}: the schema let through ${JSON.stringify(raw)}, which is not ${what}`);
 }
 
-const list = (raw: unknown, context: ParseContext): readonly unknown[] => (Array.isArray(raw) ? raw : unexpected(context, raw, 'a list'));
+const list = (raw: unknown, context: ParseContext): readonly unknown[] =>
+  Array.isArray(raw) ? raw : unexpected(context, raw, 'a list');
 
 export const number: Parser<number> = {
   flag: 'port',
@@ -63,7 +64,8 @@ export const text: Parser<string> = {
 
 export const textOrNull: Parser<string | null> = {
   flag: 'nullable',
-  parse: (raw, context) => (raw === null || typeof raw === 'string' ? raw : unexpected(context, raw, 'a string or null')),
+  parse: (raw, context) =>
+    raw === null || typeof raw === 'string' ? raw : unexpected(context, raw, 'a string or null'),
   render: (value) => value,
 };
 
@@ -85,7 +87,8 @@ export function oneOf<T extends string>(values: readonly T[]): Parser<T> {
 
 export const workers: Parser<number | 'auto'> = {
   flag: 'port',
-  parse: (raw, context) => (raw === 'auto' || typeof raw === 'number' ? raw : unexpected(context, raw, '"auto" or a number')),
+  parse: (raw, context) =>
+    raw === 'auto' || typeof raw === 'number' ? raw : unexpected(context, raw, '"auto" or a number'),
   render: (value) => value,
 };
 
@@ -96,7 +99,8 @@ function portRange(item: unknown, context: ParseContext): PortRange {
 }
 
 /** A port as the file writes it: 8080, or "8000-8100" for a range. */
-export const portRaw = (range: PortRange): number | string => (range.from === range.to ? range.from : `${range.from}-${range.to}`);
+export const portRaw = (range: PortRange): number | string =>
+  range.from === range.to ? range.from : `${range.from}-${range.to}`;
 
 export const ports: Parser<readonly PortRange[]> = {
   flag: 'list',
@@ -133,7 +137,11 @@ export const cidrs: Parser<readonly Cidr[]> = {
 
 export const cidrSelection: Parser<CidrSelection> = selection(cidrs);
 
-const UNIT_MS: readonly [string, number][] = [['h', 3_600_000], ['m', 60_000], ['s', 1000]];
+const UNIT_MS: readonly [string, number][] = [
+  ['h', 3_600_000],
+  ['m', 60_000],
+  ['s', 1000],
+];
 
 /** Milliseconds as the shortest exact duration text: 10000 → "10s", 1500 → "1500ms", null → "off". */
 export function durationText(ms: number | null): string {
@@ -189,10 +197,14 @@ function ids(kind: IdKind): Parser<readonly number[]> {
     parse: (raw, context) =>
       list(raw, context).flatMap((ref, i) => {
         if (typeof ref === 'number') return [ref];
-        const id = typeof ref === 'string' ? lookupId(kind, context.userDb, ref) : unexpected(context, ref, 'a name or id');
+        const id =
+          typeof ref === 'string' ? lookupId(kind, context.userDb, ref) : unexpected(context, ref, 'a name or id');
         if (id !== null) return [id];
         const database = kind === 'user' ? 'passwd' : 'group';
-        context.problem(`${context.path}[${i}]`, `${kind} "${String(ref)}" does not exist in the ${database} database; use a numeric id or create it`);
+        context.problem(
+          `${context.path}[${i}]`,
+          `${kind} "${String(ref)}" does not exist in the ${database} database; use a numeric id or create it`,
+        );
         return [];
       }),
     render: (value, names) => value.map((id) => idName(kind, id, names)),
@@ -206,7 +218,8 @@ export const groupSelection: Parser<'all' | readonly number[]> = selection(group
 /** A user or group as written (name or id); resolved by the step that needs it (the proxy user). */
 export const idRef: Parser<string | number> = {
   flag: 'id',
-  parse: (raw, context) => (typeof raw === 'string' || typeof raw === 'number' ? raw : unexpected(context, raw, 'a name or id')),
+  parse: (raw, context) =>
+    typeof raw === 'string' || typeof raw === 'number' ? raw : unexpected(context, raw, 'a name or id'),
   render: (value) => value,
 };
 

@@ -26,7 +26,13 @@ import {
 import { parseDuration } from '../values/duration.js';
 import { durationBoundProblem, MAX_TIMER_MS } from './limits.js';
 import { parsePortRange, portText, rangesOverlap } from '../values/ports.js';
-import { hostPortText, parseHostPort, parseResolverServer, parseServiceAddress, parseSrvName } from '../values/addresses.js';
+import {
+  hostPortText,
+  parseHostPort,
+  parseResolverServer,
+  parseServiceAddress,
+  parseSrvName,
+} from '../values/addresses.js';
 import { schemaDefault, schemaDefinition } from './schema.js';
 
 export interface PolicyProblem {
@@ -71,15 +77,22 @@ function unexpected(value: unknown, what: string): never {
   throw new Error(`policy config: the schema let through ${JSON.stringify(value)}, which is not ${what}`);
 }
 
-const listOf = (value: unknown): readonly unknown[] => (value === undefined ? [] : Array.isArray(value) ? value : unexpected(value, 'a list'));
+const listOf = (value: unknown): readonly unknown[] =>
+  value === undefined ? [] : Array.isArray(value) ? value : unexpected(value, 'a list');
 const stringOf = (value: unknown): string => (typeof value === 'string' ? value : unexpected(value, 'a string'));
 const numberOf = (value: unknown): number => (typeof value === 'number' ? value : unexpected(value, 'a number'));
 const numberOrNull = (value: unknown): number | null => (value === undefined ? null : numberOf(value));
 const booleanOf = (value: unknown): boolean => (typeof value === 'boolean' ? value : unexpected(value, 'a boolean'));
-const valueOf = <T extends string>(values: readonly T[], value: unknown): T => values.find((v) => v === value) ?? unexpected(value, values.join(' | '));
-const parsed = <T>(result: T | string, text: unknown): T => (typeof result === 'string' ? unexpected(text, 'valid') : result);
+const valueOf = <T extends string>(values: readonly T[], value: unknown): T =>
+  values.find((v) => v === value) ?? unexpected(value, values.join(' | '));
+const parsed = <T>(result: T | string, text: unknown): T =>
+  typeof result === 'string' ? unexpected(text, 'valid') : result;
 
-export function resolvePolicy(raw: RawPolicy, defaults: { connectTimeoutMs: number }, problems: PolicyProblem[]): ResolvedPolicy {
+export function resolvePolicy(
+  raw: RawPolicy,
+  defaults: { connectTimeoutMs: number },
+  problems: PolicyProblem[],
+): ResolvedPolicy {
   const ms: Ms = (path, value) => {
     const duration = parseDuration(stringOf(value));
     if (typeof duration === 'number') {
@@ -92,11 +105,14 @@ export function resolvePolicy(raw: RawPolicy, defaults: { connectTimeoutMs: numb
     else unexpected(value, 'a duration');
     return 0;
   };
-  const services = listOf(raw.services ?? schemaDefault('services')).map((s, i) => resolveService(asObj(s), `services[${i}]`, defaults, ms, problems));
+  const services = listOf(raw.services ?? schemaDefault('services')).map((s, i) =>
+    resolveService(asObj(s), `services[${i}]`, defaults, ms, problems),
+  );
   checkServiceUniqueness(services, problems);
   const outbound = resolveOutbound(asObj(raw.outbound), ms, problems);
   const inbound = resolveInbound(asObj(raw.inbound), ms, problems);
-  const controlPlane = raw.controlPlane === undefined ? null : resolveControlPlane(asObj(raw.controlPlane), ms, problems);
+  const controlPlane =
+    raw.controlPlane === undefined ? null : resolveControlPlane(asObj(raw.controlPlane), ms, problems);
   return { services, outbound, inbound, controlPlane };
 }
 
@@ -110,7 +126,10 @@ function resolveOutbound(out: Obj, ms: Ms, problems: PolicyProblem[]): OutboundP
     maxTtlMs: ms('outbound.resolver.maxTtl', at('maxTtl')),
   };
   if (resolver.minTtlMs > resolver.maxTtlMs) {
-    problems.push({ path: 'outbound.resolver.minTtl', message: `${String(at('minTtl'))} is longer than outbound.resolver.maxTtl (${String(at('maxTtl'))})` });
+    problems.push({
+      path: 'outbound.resolver.minTtl',
+      message: `${String(at('minTtl'))} is longer than outbound.resolver.maxTtl (${String(at('maxTtl'))})`,
+    });
   }
   return { policy: valueOf(OUTBOUND_POLICIES, out.policy ?? schemaDefault('outbound.policy')), resolver };
 }
@@ -123,18 +142,28 @@ function resolveControlPlane(cp: Obj, ms: Ms, problems: PolicyProblem[]): Contro
     caFile: cp.caFile === undefined ? null : stringOf(cp.caFile),
   };
   if (controlPlane.caFile !== null && !controlPlane.url.startsWith('https:')) {
-    problems.push({ path: 'controlPlane.caFile', message: `only applies to an https URL, but controlPlane.url is ${controlPlane.url}` });
+    problems.push({
+      path: 'controlPlane.caFile',
+      message: `only applies to an https URL, but controlPlane.url is ${controlPlane.url}`,
+    });
   }
   return controlPlane;
 }
 
-function resolveService(s: Obj, path: string, defaults: { connectTimeoutMs: number }, ms: Ms, problems: PolicyProblem[]): ServiceConfig {
+function resolveService(
+  s: Obj,
+  path: string,
+  defaults: { connectTimeoutMs: number },
+  ms: Ms,
+  problems: PolicyProblem[],
+): ServiceConfig {
   const name = stringOf(s.name);
   const endpoints = listOf(s.endpoints).map(resolveEndpoint);
   const subsets = resolveSubsets(s.subsets, path, name, endpoints, problems);
   const retries = resolveRetries(asObj(s.retries), `${path}.retries`, ms, problems);
   const outlierDetection = resolveOutlierDetection(asObj(s.outlierDetection), `${path}.outlierDetection`, ms);
-  const healthCheck = s.healthCheck === undefined ? null : resolveHealthCheck(asObj(s.healthCheck), `${path}.healthCheck`, ms, problems);
+  const healthCheck =
+    s.healthCheck === undefined ? null : resolveHealthCheck(asObj(s.healthCheck), `${path}.healthCheck`, ms, problems);
   return {
     name,
     addresses: listOf(s.addresses).map(resolveServiceAddress),
@@ -142,7 +171,8 @@ function resolveService(s: Obj, path: string, defaults: { connectTimeoutMs: numb
     loadBalancer: valueOf(LOAD_BALANCER_POLICIES, s.loadBalancer ?? schemaDefault('loadBalancer', SERVICE)),
     subsets,
     // The schema gives no literal default here: a service's connect timeout defaults to proxy.connectTimeout.
-    connectTimeoutMs: s.connectTimeout === undefined ? defaults.connectTimeoutMs : ms(`${path}.connectTimeout`, s.connectTimeout),
+    connectTimeoutMs:
+      s.connectTimeout === undefined ? defaults.connectTimeoutMs : ms(`${path}.connectTimeout`, s.connectTimeout),
     retries,
     outlierDetection,
     circuitBreaker: resolveCircuitBreaker(asObj(s.circuitBreaker)),
@@ -168,29 +198,56 @@ function resolveEndpoint(e: unknown): EndpointSource {
 }
 
 /** The subset weights, checked against the endpoints' labels: every subset has endpoints and every endpoint a subset. */
-function resolveSubsets(raw: unknown, path: string, name: string, endpoints: readonly EndpointSource[], problems: PolicyProblem[]): ServiceConfig['subsets'] {
+function resolveSubsets(
+  raw: unknown,
+  path: string,
+  name: string,
+  endpoints: readonly EndpointSource[],
+  problems: PolicyProblem[],
+): ServiceConfig['subsets'] {
   const weights = asObj(raw);
   const subsets = Object.entries(weights).map(([subset, weight]) => ({ name: subset, weight: numberOf(weight) }));
   if (raw === undefined) return subsets;
-  if (subsets.length === 0) problems.push({ path: `${path}.subsets`, message: 'is empty; leave it out to use every endpoint' });
-  else if (subsets.every((x) => x.weight === 0)) problems.push({ path: `${path}.subsets`, message: 'every weight is 0; at least one subset needs traffic' });
+  if (subsets.length === 0)
+    problems.push({ path: `${path}.subsets`, message: 'is empty; leave it out to use every endpoint' });
+  else if (subsets.every((x) => x.weight === 0))
+    problems.push({ path: `${path}.subsets`, message: 'every weight is 0; at least one subset needs traffic' });
   const labels = new Set(endpoints.map((e) => e.subset));
   for (const x of subsets) {
-    if (!labels.has(x.name)) problems.push({ path: `${path}.subsets.${x.name}`, message: `no endpoint of service "${name}" has subset "${x.name}"` });
+    if (!labels.has(x.name))
+      problems.push({
+        path: `${path}.subsets.${x.name}`,
+        message: `no endpoint of service "${name}" has subset "${x.name}"`,
+      });
   }
   const names = subsets.map((x) => x.name).join(', ');
   endpoints.forEach((e, j) => {
-    if (e.subset === null) problems.push({ path: `${path}.endpoints[${j}]`, message: `has no subset, but service "${name}" splits traffic by subsets (${names}); give it one` });
-    else if (!(e.subset in weights)) problems.push({ path: `${path}.endpoints[${j}].subset`, message: `"${e.subset}" is not in ${path}.subsets (${names}); it would never get traffic` });
+    if (e.subset === null)
+      problems.push({
+        path: `${path}.endpoints[${j}]`,
+        message: `has no subset, but service "${name}" splits traffic by subsets (${names}); give it one`,
+      });
+    else if (!(e.subset in weights))
+      problems.push({
+        path: `${path}.endpoints[${j}].subset`,
+        message: `"${e.subset}" is not in ${path}.subsets (${names}); it would never get traffic`,
+      });
   });
   return subsets;
 }
 
 function resolveRetries(raw: Obj, path: string, ms: Ms, problems: PolicyProblem[]): RetryPolicy {
   const at = (key: string): unknown => raw[key] ?? schemaDefault(`retries.${key}`, SERVICE);
-  const retries = { attempts: numberOf(at('attempts')), backoffMs: ms(`${path}.backoff`, at('backoff')), maxBackoffMs: ms(`${path}.maxBackoff`, at('maxBackoff')) };
+  const retries = {
+    attempts: numberOf(at('attempts')),
+    backoffMs: ms(`${path}.backoff`, at('backoff')),
+    maxBackoffMs: ms(`${path}.maxBackoff`, at('maxBackoff')),
+  };
   if (retries.backoffMs > retries.maxBackoffMs) {
-    problems.push({ path: `${path}.backoff`, message: `${String(at('backoff'))} is longer than ${path}.maxBackoff (${String(at('maxBackoff'))})` });
+    problems.push({
+      path: `${path}.backoff`,
+      message: `${String(at('backoff'))} is longer than ${path}.maxBackoff (${String(at('maxBackoff'))})`,
+    });
   }
   return retries;
 }
@@ -218,7 +275,10 @@ function resolveHealthCheck(raw: Obj, path: string, ms: Ms, problems: PolicyProb
     healthyThreshold: numberOf(at('healthyThreshold')),
   };
   if (healthCheck.timeoutMs > healthCheck.intervalMs) {
-    problems.push({ path: `${path}.timeout`, message: `${String(at('timeout'))} is longer than ${path}.interval (${String(at('interval'))})` });
+    problems.push({
+      path: `${path}.timeout`,
+      message: `${String(at('timeout'))} is longer than ${path}.interval (${String(at('interval'))})`,
+    });
   }
   return healthCheck;
 }
@@ -227,7 +287,10 @@ function resolveFaults(raw: Obj, path: string, ms: Ms): FaultPolicy {
   const delay = raw.delay === undefined ? null : asObj(raw.delay);
   const abort = raw.abort === undefined ? null : asObj(raw.abort);
   return {
-    delay: delay === null ? null : { percent: numberOf(delay.percent), durationMs: ms(`${path}.delay.duration`, delay.duration) },
+    delay:
+      delay === null
+        ? null
+        : { percent: numberOf(delay.percent), durationMs: ms(`${path}.delay.duration`, delay.duration) },
     abort: abort === null ? null : { percent: numberOf(abort.percent) },
   };
 }
@@ -248,13 +311,21 @@ function checkServiceUniqueness(services: readonly ServiceConfig[], problems: Po
   const owners = new Map<string, { service: string; path: string }>();
   services.forEach((s, i) => {
     const first = names.get(s.name);
-    if (first !== undefined) problems.push({ path: `services[${i}].name`, message: `"${s.name}" is also the name of services[${first}]; names must be unique` });
+    if (first !== undefined)
+      problems.push({
+        path: `services[${i}].name`,
+        message: `"${s.name}" is also the name of services[${first}]; names must be unique`,
+      });
     else names.set(s.name, i);
     s.addresses.forEach((a, j) => {
       const key = addressKey(a);
       const owner = owners.get(key);
       const path = `services[${i}].addresses[${j}]`;
-      if (owner) problems.push({ path, message: `${key} is also an address of service "${owner.service}" (${owner.path}); a destination belongs to one service` });
+      if (owner)
+        problems.push({
+          path,
+          message: `${key} is also an address of service "${owner.service}" (${owner.path}); a destination belongs to one service`,
+        });
       else owners.set(key, { service: s.name, path });
     });
   });
@@ -265,7 +336,11 @@ function resolveBucket(raw: unknown, path: string, ms: Ms): TokenBucketConfig | 
   const b = asObj(raw);
   const connections = numberOf(b.connections);
   // burst has no literal default: it defaults to `connections`.
-  return { connections, perMs: ms(`${path}.per`, b.per ?? schemaDefault('per', TOKEN_BUCKET)), burst: b.burst === undefined ? connections : numberOf(b.burst) };
+  return {
+    connections,
+    perMs: ms(`${path}.per`, b.per ?? schemaDefault('per', TOKEN_BUCKET)),
+    burst: b.burst === undefined ? connections : numberOf(b.burst),
+  };
 }
 
 const cidrsOf = (value: unknown): Cidr[] => listOf(value).map((c) => parsed(parseCidr(stringOf(c)), c));
@@ -274,7 +349,12 @@ function resolveInboundPort(e: unknown, i: number, ms: Ms): InboundPortPolicy {
   const p = asObj(e);
   const path = `inbound.ports[${i}]`;
   const port = p.port;
-  const ports: InboundPortPolicy['ports'] = port === '*' ? 'all' : typeof port === 'number' ? { from: port, to: port } : parsed<PortRange>(parsePortRange(stringOf(port)), port);
+  const ports: InboundPortPolicy['ports'] =
+    port === '*'
+      ? 'all'
+      : typeof port === 'number'
+        ? { from: port, to: port }
+        : parsed<PortRange>(parsePortRange(stringOf(port)), port);
   const allowRaw = p.allow ?? schemaDefault('allow', INBOUND_PORT);
   const allow: CidrSelection = allowRaw === '*' ? 'all' : cidrsOf(allowRaw);
   return {
@@ -292,14 +372,21 @@ function resolveInbound(raw: Obj, ms: Ms, problems: PolicyProblem[]): InboundPol
   let catchAll = -1;
   entries.forEach((e, i) => {
     if (e.ports === 'all') {
-      if (catchAll >= 0) problems.push({ path: `inbound.ports[${i}].port`, message: `"*" is also inbound.ports[${catchAll}].port; only one entry may cover every other port` });
+      if (catchAll >= 0)
+        problems.push({
+          path: `inbound.ports[${i}].port`,
+          message: `"*" is also inbound.ports[${catchAll}].port; only one entry may cover every other port`,
+        });
       else catchAll = i;
       return;
     }
     for (let j = 0; j < i; j++) {
       const other = entries[j]!.ports;
       if (other !== 'all' && rangesOverlap(other, e.ports)) {
-        problems.push({ path: `inbound.ports[${i}].port`, message: `${portText(e.ports)} overlaps inbound.ports[${j}].port (${portText(other)}); a port gets one policy` });
+        problems.push({
+          path: `inbound.ports[${i}].port`,
+          message: `${portText(e.ports)} overlaps inbound.ports[${j}].port (${portText(other)}); a port gets one policy`,
+        });
         break;
       }
     }

@@ -4,7 +4,14 @@
 // here; the policy sections are rendered below. Loading the output gives the same config (and hash), except that
 // SSH ports that were detected come back as configured.
 import type { UserDb } from './host-facts.js';
-import type { Config, EndpointSource, InboundPortPolicy, ServiceAddress, ServiceConfig, TokenBucketConfig } from './types.js';
+import type {
+  Config,
+  EndpointSource,
+  InboundPortPolicy,
+  ServiceAddress,
+  ServiceConfig,
+  TokenBucketConfig,
+} from './types.js';
 import { FIELD_TABLE } from './fields.js';
 import { cidrs, cidrSelection, durationText, portRaw } from './parsers.js';
 import { setPath, valueAt } from './paths.js';
@@ -16,7 +23,9 @@ export function renderConfig(config: Config, names: UserDb | null = null): Recor
   const file: Record<string, unknown> = {};
   for (const entry of FIELD_TABLE) {
     if (entry.kind !== 'field') continue;
-    const value = entry.renderFrom ? entry.renderFrom(config, names) : entry.parser.render(valueAt(config, entry.to ?? entry.path), names);
+    const value = entry.renderFrom
+      ? entry.renderFrom(config, names)
+      : entry.parser.render(valueAt(config, entry.to ?? entry.path), names);
     if (value !== undefined) setPath(file, entry.path, value);
   }
   return { ...file, ...renderPolicy(config) };
@@ -31,7 +40,9 @@ function renderPolicy(config: Config): Record<string, unknown> {
       policy: outbound.policy,
       resolver: {
         // No servers means the system's (/etc/resolv.conf): leave the field out, as its absence says that.
-        ...(resolver.servers.length > 0 ? { servers: resolver.servers.map((s) => (s.port === 53 ? s.address : hostPortText(s.address, s.port))) } : {}),
+        ...(resolver.servers.length > 0
+          ? { servers: resolver.servers.map((s) => (s.port === 53 ? s.address : hostPortText(s.address, s.port))) }
+          : {}),
         timeout: durationText(resolver.timeoutMs),
         minTtl: durationText(resolver.minTtlMs),
         maxTtl: durationText(resolver.maxTtlMs),
@@ -66,7 +77,9 @@ function renderEndpoint(e: EndpointSource): unknown {
   const subset = e.subset === null ? {} : { subset: e.subset };
   switch (e.kind) {
     case 'static':
-      return e.subset === null ? hostPortText(e.address, e.port) : { address: hostPortText(e.address, e.port), ...subset };
+      return e.subset === null
+        ? hostPortText(e.address, e.port)
+        : { address: hostPortText(e.address, e.port), ...subset };
     case 'dns':
       return { dns: `${e.hostname}:${e.port}`, ...subset };
     case 'srv':
@@ -84,14 +97,21 @@ function renderService(s: ServiceConfig): Record<string, unknown> {
     loadBalancer: s.loadBalancer,
     ...(s.subsets.length > 0 ? { subsets: Object.fromEntries(s.subsets.map((x) => [x.name, x.weight])) } : {}),
     connectTimeout: durationText(s.connectTimeoutMs),
-    retries: { attempts: s.retries.attempts, backoff: durationText(s.retries.backoffMs), maxBackoff: durationText(s.retries.maxBackoffMs) },
+    retries: {
+      attempts: s.retries.attempts,
+      backoff: durationText(s.retries.backoffMs),
+      maxBackoff: durationText(s.retries.maxBackoffMs),
+    },
     outlierDetection: {
       enabled: s.outlierDetection.enabled,
       consecutiveFailures: s.outlierDetection.consecutiveFailures,
       baseEjectionTime: durationText(s.outlierDetection.baseEjectionMs),
       maxEjectionPercent: s.outlierDetection.maxEjectionPercent,
     },
-    circuitBreaker: { ...(maxConnections === null ? {} : { maxConnections }), ...(maxPending === null ? {} : { maxPending }) },
+    circuitBreaker: {
+      ...(maxConnections === null ? {} : { maxConnections }),
+      ...(maxPending === null ? {} : { maxPending }),
+    },
     ...(s.healthCheck === null
       ? {}
       : {
@@ -109,7 +129,11 @@ function renderService(s: ServiceConfig): Record<string, unknown> {
   };
 }
 
-const renderBucket = (b: TokenBucketConfig): Record<string, unknown> => ({ connections: b.connections, per: durationText(b.perMs), burst: b.burst });
+const renderBucket = (b: TokenBucketConfig): Record<string, unknown> => ({
+  connections: b.connections,
+  per: durationText(b.perMs),
+  burst: b.burst,
+});
 
 function renderInboundPort(p: InboundPortPolicy): Record<string, unknown> {
   return {

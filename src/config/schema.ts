@@ -34,10 +34,16 @@ ajv.addKeyword({
     return typeof ms !== 'number' || durationBoundProblem(ms, bound) === null;
   },
 });
-ajv.addFormat('service-address', { type: 'string', validate: (s: string) => typeof parseServiceAddress(s) !== 'string' });
+ajv.addFormat('service-address', {
+  type: 'string',
+  validate: (s: string) => typeof parseServiceAddress(s) !== 'string',
+});
 ajv.addFormat('endpoint-address', { type: 'string', validate: (s: string) => typeof parseHostPort(s) !== 'string' });
 ajv.addFormat('dns-name', { type: 'string', validate: (s: string) => checkSrvName(s) === null });
-ajv.addFormat('resolver-server', { type: 'string', validate: (s: string) => typeof parseResolverServer(s) !== 'string' });
+ajv.addFormat('resolver-server', {
+  type: 'string',
+  validate: (s: string) => typeof parseResolverServer(s) !== 'string',
+});
 ajv.addFormat('http-url', { type: 'string', validate: (s: string) => checkHttpUrl(s) === null });
 // The schema's $id is a name, not a location: nothing is fetched.
 const validate = ajv.compile(configSchema);
@@ -86,7 +92,10 @@ export function schemaLeaves(from: SchemaNode = configSchema, prefix = ''): stri
 
 /** `/capture/outbound/excludeCidrs/2` → `capture.outbound.excludeCidrs[2]`. */
 export function jsonPointerToPath(pointer: string, extra?: string): string {
-  const parts = pointer.split('/').slice(1).map((p) => shownKey(p.replace(/~1/g, '/').replace(/~0/g, '~')));
+  const parts = pointer
+    .split('/')
+    .slice(1)
+    .map((p) => shownKey(p.replace(/~1/g, '/').replace(/~0/g, '~')));
   if (extra !== undefined) parts.push(shownKey(extra));
   let out = '';
   for (const part of parts) out += /^\d+$/.test(part) ? `[${part}]` : out === '' ? part : `.${part}`;
@@ -98,7 +107,9 @@ export function jsonPointerToPath(pointer: string, extra?: string): string {
  * given to --config by mistake, say) is described, never echoed.
  */
 export function shownKey(key: string): string {
-  return /^[A-Za-z0-9_-]{1,64}$/.test(key) ? key : `(a key of ${[...key].length} characters that is no config key, not shown)`;
+  return /^[A-Za-z0-9_-]{1,64}$/.test(key)
+    ? key
+    : `(a key of ${[...key].length} characters that is no config key, not shown)`;
 }
 
 function show(value: unknown): string {
@@ -136,7 +147,8 @@ function formatMessage(error: ErrorObject, path: string): string {
   switch (error.keyword) {
     case 'additionalProperties': {
       const key = (error.params as { additionalProperty: string }).additionalProperty;
-      if (shownKey(key) !== key) return `unknown key ${shownKey(key)}; allowed: ${Object.keys(((error.parentSchema as { properties?: object }).properties ?? {}) as object).join(', ')}`;
+      if (shownKey(key) !== key)
+        return `unknown key ${shownKey(key)}; allowed: ${Object.keys(((error.parentSchema as { properties?: object }).properties ?? {}) as object).join(', ')}`;
       const known = Object.keys(((error.parentSchema as { properties?: object }).properties ?? {}) as object);
       const near = known.filter((k) => editDistance(k.toLowerCase(), key.toLowerCase()) <= 2);
       return `unknown key "${key}"${near.length > 0 ? ` (did you mean "${near[0]}"?)` : ''}; allowed: ${known.join(', ')}`;
@@ -146,13 +158,18 @@ function formatMessage(error: ErrorObject, path: string): string {
       const text = String(value);
       if (format === 'cidr') return `${show(value)} is not a CIDR (${parseCidr(text) as string})`;
       if (format === 'port-range') return `${show(value)} is not a port range (${parsePortRange(text) as string})`;
-      if (format === 'service-address') return `${show(value)} is not a service address (${parseServiceAddress(text) as string})`;
+      if (format === 'service-address')
+        return `${show(value)} is not a service address (${parseServiceAddress(text) as string})`;
       if (format === 'endpoint-address') return `${show(value)} is not an endpoint (${parseHostPort(text) as string})`;
       if (format === 'dns-name') return checkSrvName(text)!;
-      if (format === 'resolver-server') return `${show(value)} is not a DNS server (${parseResolverServer(text) as string})`;
+      if (format === 'resolver-server')
+        return `${show(value)} is not a DNS server (${parseResolverServer(text) as string})`;
       if (format === 'http-url') return checkHttpUrl(text)!;
-      if (format === 'interface-name') return `${show(value)} is not an interface name (${interfaceNameProblem(text)!})`;
-      return typeof parseDuration(text) === 'number' ? `${show(value)} is too long: ${durationProblem(text)!}` : `${show(value)} is not a duration (${durationProblem(text)!})`;
+      if (format === 'interface-name')
+        return `${show(value)} is not an interface name (${interfaceNameProblem(text)!})`;
+      return typeof parseDuration(text) === 'number'
+        ? `${show(value)} is too long: ${durationProblem(text)!}`
+        : `${show(value)} is not a duration (${durationProblem(text)!})`;
     }
     case 'enum':
       return `must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.map(show).join(', ')}; got ${show(value)}`;
@@ -160,16 +177,25 @@ function formatMessage(error: ErrorObject, path: string): string {
     case 'const':
     case 'type': {
       const description = (error.parentSchema as { description?: string }).description;
-      const expected = error.keyword === 'type' ? `must be ${(error.params as { type: string }).type}` : description ? `must be ${description.replace(/\.$/, '')}` : (error.message ?? 'is invalid');
+      const expected =
+        error.keyword === 'type'
+          ? `must be ${(error.params as { type: string }).type}`
+          : description
+            ? `must be ${description.replace(/\.$/, '')}`
+            : (error.message ?? 'is invalid');
       return `${expected}; got ${show(value)}`;
     }
     case 'minItems':
-      return (error.params as { limit: number }).limit === 1 ? emptyListMessage(path) : `${error.message ?? 'too few items'}, got ${show(value)}`;
+      return (error.params as { limit: number }).limit === 1
+        ? emptyListMessage(path)
+        : `${error.message ?? 'too few items'}, got ${show(value)}`;
     case 'maxDuration':
       return `${show(value)} is too long: ${durationBoundProblem(parseDuration(String(value)) as number, String(error.schema))}`;
     case 'not': {
       const description = ((error.schema ?? {}) as { description?: string }).description;
-      return description ? `${show(value)} is ${description}; choose another` : `${error.message ?? 'is invalid'}, got ${show(value)}`;
+      return description
+        ? `${show(value)} is ${description}; choose another`
+        : `${error.message ?? 'is invalid'}, got ${show(value)}`;
     }
     case 'minimum':
     case 'maximum':
@@ -183,7 +209,22 @@ function formatMessage(error: ErrorObject, path: string): string {
   }
 }
 
-const PRIORITY: Record<string, number> = { additionalProperties: 0, maxDuration: 0.5, format: 1, not: 2, minimum: 2, maximum: 2, pattern: 2, minLength: 2, minItems: 2, uniqueItems: 2, enum: 3, type: 4, const: 5, oneOf: 6 };
+const PRIORITY: Record<string, number> = {
+  additionalProperties: 0,
+  maxDuration: 0.5,
+  format: 1,
+  not: 2,
+  minimum: 2,
+  maximum: 2,
+  pattern: 2,
+  minLength: 2,
+  minItems: 2,
+  uniqueItems: 2,
+  enum: 3,
+  type: 4,
+  const: 5,
+  oneOf: 6,
+};
 
 /**
  * Validates raw config against the schema. Returns one problem per offending path, the most specific first:
@@ -208,9 +249,13 @@ export function validateSchema(raw: unknown): { path: string; message: string }[
     const oneOf = list.find((e) => e.keyword === 'oneOf');
     // A type/const failure inside a oneOf branch says less than the oneOf's own description.
     const best = oneOf && (list[0]!.keyword === 'type' || list[0]!.keyword === 'const') ? oneOf : list[0]!;
-    const group = best.keyword === 'additionalProperties' ? list.filter((e) => e.keyword === 'additionalProperties') : [best];
+    const group =
+      best.keyword === 'additionalProperties' ? list.filter((e) => e.keyword === 'additionalProperties') : [best];
     for (const error of group) {
-      const extra = error.keyword === 'additionalProperties' ? (error.params as { additionalProperty: string }).additionalProperty : undefined;
+      const extra =
+        error.keyword === 'additionalProperties'
+          ? (error.params as { additionalProperty: string }).additionalProperty
+          : undefined;
       const path = jsonPointerToPath(pointer, extra);
       problems.push({ path, message: formatMessage(error, path) });
     }

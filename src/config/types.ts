@@ -108,13 +108,23 @@ export interface SafetyConfig {
   /** Loudly named opt-out: lets inbound capture include the SSH ports. */
   readonly unsafeCaptureSsh: boolean;
   /** The current SSH session's peer (from SSH_CONNECTION), exempted from inbound capture. */
-  readonly sshPeer: { readonly address: string; readonly port: number; readonly localAddress: string; readonly localPort: number } | null;
+  readonly sshPeer: {
+    readonly address: string;
+    readonly port: number;
+    readonly localAddress: string;
+    readonly localPort: number;
+  } | null;
   readonly onProxyDown: OnProxyDown;
 }
 
 /** How a service's connections are spread over its endpoints. */
 export type LoadBalancerPolicy = 'round-robin' | 'least-connections' | 'random' | 'source-hash';
-export const LOAD_BALANCER_POLICIES: readonly LoadBalancerPolicy[] = ['round-robin', 'least-connections', 'random', 'source-hash'];
+export const LOAD_BALANCER_POLICIES: readonly LoadBalancerPolicy[] = [
+  'round-robin',
+  'least-connections',
+  'random',
+  'source-hash',
+];
 
 /** One virtual address of a service: what an app dials (its original destination). */
 export type ServiceAddress =
@@ -125,7 +135,13 @@ export type ServiceAddress =
 
 /** Where a service's endpoints come from. `subset` labels endpoints for weighted subsets (canary). */
 export type EndpointSource =
-  | { readonly kind: 'static'; readonly address: string; readonly family: Family; readonly port: number; readonly subset: string | null }
+  | {
+      readonly kind: 'static';
+      readonly address: string;
+      readonly family: Family;
+      readonly port: number;
+      readonly subset: string | null;
+    }
   /** A/AAAA records of `hostname`, each address an endpoint on `port`. */
   | { readonly kind: 'dns'; readonly hostname: string; readonly port: number; readonly subset: string | null }
   /** SRV records of `name`: each target's A/AAAA addresses on the record's port. */

@@ -44,20 +44,29 @@ export interface ClientResult {
 function run(cmd: string, args: readonly string[], what: string): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 60_000 });
   if (r.status !== 0) {
-    throw new MeshctlError('COMMAND_FAILED', `${what}: ${cmd} ${args.join(' ')} failed (exit ${r.status ?? r.signal ?? r.error?.message})`,
-      'the demo needs iproute2 and a kernel with network namespaces and veth', { details: (r.stderr ?? '').trim() ? [`stderr:  ${(r.stderr ?? '').trim()}`] : [] });
+    throw new MeshctlError(
+      'COMMAND_FAILED',
+      `${what}: ${cmd} ${args.join(' ')} failed (exit ${r.status ?? r.signal ?? r.error?.message})`,
+      'the demo needs iproute2 and a kernel with network namespaces and veth',
+      { details: (r.stderr ?? '').trim() ? [`stderr:  ${(r.stderr ?? '').trim()}`] : [] },
+    );
   }
   return r.stdout;
 }
 
 function namespaceExists(name: string): boolean {
-  return spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n').some((l) => l.split(' ')[0] === name);
+  return spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .some((l) => l.split(' ')[0] === name);
 }
 
 /** Kills every process inside a namespace, then deletes it. */
 function destroyNamespace(name: string): void {
   if (!namespaceExists(name)) return;
-  const pids = spawnSync('ip', ['netns', 'pids', name], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
+  const pids = spawnSync('ip', ['netns', 'pids', name], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter(Boolean)
+    .map(Number);
   for (const pid of pids) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -81,7 +90,12 @@ export class DemoLab {
 
   constructor(private readonly options: LabOptions) {
     const { prefix, subnet } = options;
-    this.addresses = { appNs: `${prefix}-app`, peerNs: `${prefix}-peer`, app: `10.${subnet}.77.1`, peer: `10.${subnet}.77.2` };
+    this.addresses = {
+      appNs: `${prefix}-app`,
+      peerNs: `${prefix}-peer`,
+      app: `10.${subnet}.77.1`,
+      peer: `10.${subnet}.77.2`,
+    };
     this.dir = mkdtempSync(join(tmpdir(), 'meshctl-demo-'));
     chmodSync(this.dir, 0o755); // the proxy reads its config as the non-root user
     this.configFile = join(this.dir, 'config.json');
@@ -105,18 +119,37 @@ export class DemoLab {
     const { prefix } = this.options;
     writeFileSync(join(this.dir, 'server.mjs'), SERVER_SCRIPT);
     writeFileSync(join(this.dir, 'client.mjs'), CLIENT_SCRIPT);
-    writeFileSync(this.configFile, `${JSON.stringify({
-      proxy: { user: this.options.proxyUser, workers: 1, drainTimeout: '2s', accessLog: { enabled: true, path: null } },
-      capture: { ipv6: 'off', outbound: { excludePorts: [PORTS.excluded] } },
-      safety: { sshPorts: [22] },
-      stateDir: join(this.dir, 'state'),
-    }, null, 2)}\n`);
+    writeFileSync(
+      this.configFile,
+      `${JSON.stringify(
+        {
+          proxy: {
+            user: this.options.proxyUser,
+            workers: 1,
+            drainTimeout: '2s',
+            accessLog: { enabled: true, path: null },
+          },
+          capture: { ipv6: 'off', outbound: { excludePorts: [PORTS.excluded] } },
+          safety: { sshPorts: [22] },
+          stateDir: join(this.dir, 'state'),
+        },
+        null,
+        2,
+      )}\n`,
+    );
     for (const ns of [appNs, peerNs]) {
       run('ip', ['netns', 'add', ns], `creating namespace ${ns}`);
       run('ip', ['-n', ns, 'link', 'set', 'lo', 'up'], `bringing up lo in ${ns}`);
     }
-    run('ip', ['link', 'add', `${prefix}-a`, 'netns', appNs, 'type', 'veth', 'peer', 'name', `${prefix}-p`, 'netns', peerNs], 'creating the veth pair');
-    for (const [ns, dev, addr] of [[appNs, `${prefix}-a`, app], [peerNs, `${prefix}-p`, peer]] as const) {
+    run(
+      'ip',
+      ['link', 'add', `${prefix}-a`, 'netns', appNs, 'type', 'veth', 'peer', 'name', `${prefix}-p`, 'netns', peerNs],
+      'creating the veth pair',
+    );
+    for (const [ns, dev, addr] of [
+      [appNs, `${prefix}-a`, app],
+      [peerNs, `${prefix}-p`, peer],
+    ] as const) {
       run('ip', ['-n', ns, 'addr', 'add', `${addr}/24`, 'dev', dev], `addressing ${ns}`);
       run('ip', ['-n', ns, 'link', 'set', dev, 'up'], `bringing up ${dev}`);
     }
@@ -137,8 +170,12 @@ export class DemoLab {
     const deadline = Date.now() + timeoutMs;
     while (!pattern.test(out)) {
       if (child.exitCode !== null || Date.now() > deadline) {
-        throw new MeshctlError('COMMAND_FAILED', `${what} did not start (${child.exitCode !== null ? `exit ${child.exitCode}` : `no sign of life within ${timeoutMs} ms`})`,
-          're-run with --debug', { details: [...out.trim().split('\n').slice(-5), ...err.trim().split('\n').slice(-5)].filter(Boolean) });
+        throw new MeshctlError(
+          'COMMAND_FAILED',
+          `${what} did not start (${child.exitCode !== null ? `exit ${child.exitCode}` : `no sign of life within ${timeoutMs} ms`})`,
+          're-run with --debug',
+          { details: [...out.trim().split('\n').slice(-5), ...err.trim().split('\n').slice(-5)].filter(Boolean) },
+        );
       }
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
@@ -149,12 +186,20 @@ export class DemoLab {
     const server = join(this.dir, 'server.mjs');
     const starts: Array<[ChildProcess, string]> = [
       [this.spawnIn(peerNs, [server, 'http', peer, String(PORTS.http)]), `peer HTTP server ${peer}:${PORTS.http}`],
-      [this.spawnIn(peerNs, [server, 'banner', peer, String(PORTS.banner)]), `peer banner server ${peer}:${PORTS.banner}`],
-      [this.spawnIn(peerNs, [server, 'http', peer, String(PORTS.excluded)]), `peer unmanaged server ${peer}:${PORTS.excluded}`],
+      [
+        this.spawnIn(peerNs, [server, 'banner', peer, String(PORTS.banner)]),
+        `peer banner server ${peer}:${PORTS.banner}`,
+      ],
+      [
+        this.spawnIn(peerNs, [server, 'http', peer, String(PORTS.excluded)]),
+        `peer unmanaged server ${peer}:${PORTS.excluded}`,
+      ],
       [this.spawnIn(appNs, [server, 'whoami', app, String(PORTS.appService)]), `app server ${app}:${PORTS.appService}`],
     ];
     await Promise.all(starts.map(([child, what]) => this.waitFor(child, /listening/, what)));
-    this.options.progress(`started servers: peer :${PORTS.http} (HTTP), :${PORTS.banner} (speaks first), :${PORTS.excluded} (excluded from capture); app :${PORTS.appService}`);
+    this.options.progress(
+      `started servers: peer :${PORTS.http} (HTTP), :${PORTS.banner} (speaks first), :${PORTS.excluded} (excluded from capture); app :${PORTS.appService}`,
+    );
   }
 
   async startProxy(): Promise<void> {
@@ -162,19 +207,51 @@ export class DemoLab {
     this.proxy = child;
     child.stdout!.on('data', (d: Buffer) => (this.proxyOut += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (this.proxyErr += d.toString()));
-    const ready = spawnSync('ip', ['netns', 'exec', this.addresses.appNs, process.execPath, MESHCTL_BIN, 'proxy-ready', '--config', this.configFile, '--timeout', '15s'], { encoding: 'utf8' });
+    const ready = spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        this.addresses.appNs,
+        process.execPath,
+        MESHCTL_BIN,
+        'proxy-ready',
+        '--config',
+        this.configFile,
+        '--timeout',
+        '15s',
+      ],
+      { encoding: 'utf8' },
+    );
     if (ready.status !== 0) {
-      throw new MeshctlError('PROXY_NOT_READY', `the demo proxy in ${this.addresses.appNs} did not become ready`, 'build the native addon (`npm ci` runs node-gyp) and re-run with --debug',
-        { details: [...ready.stderr.trim().split('\n'), ...this.proxyErr.trim().split('\n').slice(-8)].filter(Boolean) });
+      throw new MeshctlError(
+        'PROXY_NOT_READY',
+        `the demo proxy in ${this.addresses.appNs} did not become ready`,
+        'build the native addon (`npm ci` runs node-gyp) and re-run with --debug',
+        {
+          details: [...ready.stderr.trim().split('\n'), ...this.proxyErr.trim().split('\n').slice(-8)].filter(Boolean),
+        },
+      );
     }
-    this.options.progress(`started the proxy in ${this.addresses.appNs} as user ${this.options.proxyUser}: outbound :15001, inbound :15006, admin 127.0.0.1:15000`);
+    this.options.progress(
+      `started the proxy in ${this.addresses.appNs} as user ${this.options.proxyUser}: outbound :15001, inbound :15006, admin 127.0.0.1:15000`,
+    );
   }
 
   /** `meshctl install --netns <app> --config <lab config>`; returns its output. */
   installCapture(): string {
-    const r = spawnSync(process.execPath, [MESHCTL_BIN, 'install', '--netns', this.addresses.appNs, '--config', this.configFile], { encoding: 'utf8', timeout: 60_000 });
+    const r = spawnSync(
+      process.execPath,
+      [MESHCTL_BIN, 'install', '--netns', this.addresses.appNs, '--config', this.configFile],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
     if (r.status !== 0) {
-      throw new MeshctlError('COMMAND_FAILED', `meshctl install --netns ${this.addresses.appNs} failed (exit ${r.status})`, 're-run with --debug', { details: r.stderr.trim().split('\n') });
+      throw new MeshctlError(
+        'COMMAND_FAILED',
+        `meshctl install --netns ${this.addresses.appNs} failed (exit ${r.status})`,
+        're-run with --debug',
+        { details: r.stderr.trim().split('\n') },
+      );
     }
     this.captureInstalled = true;
     this.options.progress(`installed capture: meshctl install --netns ${this.addresses.appNs}`);
@@ -184,23 +261,47 @@ export class DemoLab {
   /** One scripted connection from `from` (app or peer namespace). */
   connect(from: 'app' | 'peer', mode: 'http' | 'banner' | 'whoami', host: string, port: number): ClientResult {
     const ns = from === 'app' ? this.addresses.appNs : this.addresses.peerNs;
-    const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(this.dir, 'client.mjs'), mode, host, String(port)], { encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(
+      'ip',
+      ['netns', 'exec', ns, process.execPath, join(this.dir, 'client.mjs'), mode, host, String(port)],
+      { encoding: 'utf8', timeout: 30_000 },
+    );
     const line = r.stdout.trim().split('\n').pop() ?? '';
     try {
       return JSON.parse(line) as ClientResult;
     } catch {
-      return { ok: false, local: '?', sent: 0, received: 0, error: (r.stderr || `client exited ${r.status}`).trim().split('\n')[0] ?? 'client failed' };
+      return {
+        ok: false,
+        local: '?',
+        sent: 0,
+        received: 0,
+        error: (r.stderr || `client exited ${r.status}`).trim().split('\n')[0] ?? 'client failed',
+      };
     }
   }
 
   /** GET /stats from the proxy (inside the app namespace). */
   stats(): unknown {
     const code = "fetch('http://127.0.0.1:15000/stats').then((r) => r.text()).then((t) => process.stdout.write(t))";
-    return JSON.parse(run('ip', ['netns', 'exec', this.addresses.appNs, process.execPath, '-e', code], 'reading the proxy stats')) as unknown;
+    return JSON.parse(
+      run('ip', ['netns', 'exec', this.addresses.appNs, process.execPath, '-e', code], 'reading the proxy stats'),
+    ) as unknown;
   }
 
   explain(host: string, port: number): string {
-    const args = [MESHCTL_BIN, 'explain', '--out', '--dst', `${host}:${port}`, '--uid', '0', '--netns', this.addresses.appNs, '--config', this.configFile];
+    const args = [
+      MESHCTL_BIN,
+      'explain',
+      '--out',
+      '--dst',
+      `${host}:${port}`,
+      '--uid',
+      '0',
+      '--netns',
+      this.addresses.appNs,
+      '--config',
+      this.configFile,
+    ];
     const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 30_000 });
     return r.status === 0 ? r.stdout : `(meshctl explain failed: ${r.stderr.trim().split('\n')[0]})`;
   }
@@ -215,7 +316,10 @@ export class DemoLab {
     const problems: string[] = [];
     const { appNs, peerNs } = this.addresses;
     if (this.captureInstalled) {
-      const r = spawnSync(process.execPath, [MESHCTL_BIN, 'uninstall', '--netns', appNs, '--config', this.configFile], { encoding: 'utf8', timeout: 60_000 });
+      const r = spawnSync(process.execPath, [MESHCTL_BIN, 'uninstall', '--netns', appNs, '--config', this.configFile], {
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
       if (r.status !== 0) problems.push(`meshctl uninstall --netns ${appNs} failed: ${r.stderr.trim().split('\n')[0]}`);
       else this.options.progress(`removed capture: meshctl uninstall --netns ${appNs}`);
     }
@@ -223,7 +327,8 @@ export class DemoLab {
       const exited = new Promise((resolve) => this.proxy!.once('exit', resolve));
       this.proxy.kill('SIGTERM'); // ip netns exec execs node: the signal reaches the proxy, which drains and exits
       await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5000))]);
-      if (this.proxy.exitCode === null && this.proxy.signalCode === null) problems.push('the proxy did not stop within 5 s; killed it');
+      if (this.proxy.exitCode === null && this.proxy.signalCode === null)
+        problems.push('the proxy did not stop within 5 s; killed it');
       else this.options.progress('stopped the proxy (SIGTERM: drained, exit 0)');
     }
     for (const child of this.children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');

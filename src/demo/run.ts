@@ -2,7 +2,15 @@
 // connections, collect the access log and /stats, explain one flow, and always tear the lab down.
 import { MeshctlError } from '../errors.js';
 import { DemoLab, PORTS, type LabOptions } from './lab.js';
-import { formatReport, parseAccessLog, recordFor, stepOk, type AccessLine, type DemoStep, type StatsView } from './report.js';
+import {
+  formatReport,
+  parseAccessLog,
+  recordFor,
+  stepOk,
+  type AccessLine,
+  type DemoStep,
+  type StatsView,
+} from './report.js';
 
 export interface DemoOptions extends LabOptions {
   /** Register the lab's teardown so a signal handler can run it (Ctrl-C). */
@@ -31,9 +39,11 @@ async function awaitRecord(lab: DemoLab, local: string, expectRecord: boolean): 
 
 export function requireDemoRoot(): void {
   if (process.getuid?.() !== 0) {
-    throw new MeshctlError('NOT_ROOT',
+    throw new MeshctlError(
+      'NOT_ROOT',
       `meshctl demo needs root (running as uid ${process.getuid?.()}): it creates two network namespaces, starts the proxy in one of them and installs netfilter rules there. Nothing outside those namespaces is changed, and they are deleted at the end`,
-      'run it with sudo: `sudo npm run demo` or `sudo meshctl demo`');
+      'run it with sudo: `sudo npm run demo` or `sudo meshctl demo`',
+    );
   }
 }
 
@@ -55,11 +65,62 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const installOut = lab.installCapture();
     const backend = /with (iptables-legacy|iptables-nft|nftables)/.exec(installOut)?.[1] ?? 'the detected backend';
     const { app, peer } = lab.addresses;
-    const plan: Array<Omit<DemoStep, 'client' | 'record'> & { mode: 'http' | 'banner' | 'whoami'; host: string; port: number; fromNs: 'app' | 'peer' }> = [
-      { title: 'HTTP out', direction: 'outbound', from: 'app', to: `${peer}:${PORTS.http}`, expect: 'intercepted', why: 'every outbound TCP connection is captured by default (capture.outbound)', mode: 'http', host: peer, port: PORTS.http, fromNs: 'app' },
-      { title: 'banner out', direction: 'outbound', from: 'app', to: `${peer}:${PORTS.banner}`, expect: 'intercepted', why: 'the server spoke first and its greeting still came through the proxy', mode: 'banner', host: peer, port: PORTS.banner, fromNs: 'app' },
-      { title: 'inbound in', direction: 'inbound', from: 'peer', to: `${app}:${PORTS.appService}`, expect: 'intercepted', why: 'inbound connections to the app host are captured too (capture.inbound); the app saw the proxy, not the peer', mode: 'whoami', host: app, port: PORTS.appService, fromNs: 'peer' },
-      { title: 'excluded', direction: 'outbound', from: 'app', to: `${peer}:${PORTS.excluded}`, expect: 'direct', why: `capture.outbound.excludePorts lists ${PORTS.excluded}, so the kernel let it go direct`, mode: 'http', host: peer, port: PORTS.excluded, fromNs: 'app' },
+    const plan: Array<
+      Omit<DemoStep, 'client' | 'record'> & {
+        mode: 'http' | 'banner' | 'whoami';
+        host: string;
+        port: number;
+        fromNs: 'app' | 'peer';
+      }
+    > = [
+      {
+        title: 'HTTP out',
+        direction: 'outbound',
+        from: 'app',
+        to: `${peer}:${PORTS.http}`,
+        expect: 'intercepted',
+        why: 'every outbound TCP connection is captured by default (capture.outbound)',
+        mode: 'http',
+        host: peer,
+        port: PORTS.http,
+        fromNs: 'app',
+      },
+      {
+        title: 'banner out',
+        direction: 'outbound',
+        from: 'app',
+        to: `${peer}:${PORTS.banner}`,
+        expect: 'intercepted',
+        why: 'the server spoke first and its greeting still came through the proxy',
+        mode: 'banner',
+        host: peer,
+        port: PORTS.banner,
+        fromNs: 'app',
+      },
+      {
+        title: 'inbound in',
+        direction: 'inbound',
+        from: 'peer',
+        to: `${app}:${PORTS.appService}`,
+        expect: 'intercepted',
+        why: 'inbound connections to the app host are captured too (capture.inbound); the app saw the proxy, not the peer',
+        mode: 'whoami',
+        host: app,
+        port: PORTS.appService,
+        fromNs: 'peer',
+      },
+      {
+        title: 'excluded',
+        direction: 'outbound',
+        from: 'app',
+        to: `${peer}:${PORTS.excluded}`,
+        expect: 'direct',
+        why: `capture.outbound.excludePorts lists ${PORTS.excluded}, so the kernel let it go direct`,
+        mode: 'http',
+        host: peer,
+        port: PORTS.excluded,
+        fromNs: 'app',
+      },
     ];
     const steps: DemoStep[] = [];
     for (const p of plan) {
@@ -72,7 +133,12 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const stats = lab.stats() as StatsView;
     const explainTarget = `${peer}:${PORTS.http}`;
     const report = formatReport({
-      addresses: lab.addresses, proxyUser: options.proxyUser, steps, stats, explainTarget, explain: lab.explain(peer, PORTS.http),
+      addresses: lab.addresses,
+      proxyUser: options.proxyUser,
+      steps,
+      stats,
+      explainTarget,
+      explain: lab.explain(peer, PORTS.http),
       backendLine: `installed in ${lab.addresses.appNs} with ${backend}: outbound TCP → :15001, inbound TCP → :15006 (except :22 and the proxy's ports)`,
     });
     result = { report, ok: steps.every(stepOk), steps };
@@ -82,7 +148,10 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const leftovers = await lab.teardown();
   if (failure) {
     if (leftovers.length > 0 && failure instanceof MeshctlError) {
-      throw new MeshctlError(failure.code, failure.message, failure.hint, { cause: failure.cause, details: [...failure.details, ...leftovers.map((l) => `teardown: ${l}`)] });
+      throw new MeshctlError(failure.code, failure.message, failure.hint, {
+        cause: failure.cause,
+        details: [...failure.details, ...leftovers.map((l) => `teardown: ${l}`)],
+      });
     }
     throw failure;
   }

@@ -31,7 +31,13 @@ export function rcodeOf(p: packet.DecodedPacket): string {
   return RCODE_NAMES[code] ?? `RCODE${code}`;
 }
 
-export function cacheKey(name: string, type: string, klass: string, dnssecOk: boolean, checkingDisabled: boolean): string {
+export function cacheKey(
+  name: string,
+  type: string,
+  klass: string,
+  dnssecOk: boolean,
+  checkingDisabled: boolean,
+): string {
   return `${name.toLowerCase().replace(/\.$/, '')}|${type}|${klass}|${dnssecOk ? 'do' : ''}${checkingDisabled ? 'cd' : ''}`;
 }
 
@@ -48,7 +54,8 @@ export function cacheLifetime(p: packet.DecodedPacket): { ttlS: number; negative
   if (p.flag_tc) return null;
   const rcode = rcodeOf(p);
   const answers = (p.answers ?? []).filter((r) => r.type !== 'OPT');
-  if (rcode === 'NOERROR' && answers.length > 0) return { ttlS: Math.min(MAX_TTL_S, ...answers.map(ttlOf)), negative: false };
+  if (rcode === 'NOERROR' && answers.length > 0)
+    return { ttlS: Math.min(MAX_TTL_S, ...answers.map(ttlOf)), negative: false };
   if (rcode !== 'NXDOMAIN' && rcode !== 'NOERROR') return null;
   const soa = (p.authorities ?? []).find((r): r is packet.SoaAnswer => r.type === 'SOA');
   if (!soa) return null;

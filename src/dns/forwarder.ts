@@ -29,8 +29,16 @@ export function serverLabel(s: UpstreamServer): string {
 function answers(sent: Buffer, reply: packet.DecodedPacket, id: number, sentPacket: packet.DecodedPacket): boolean {
   const q = sentPacket.questions?.[0];
   const r = reply.questions?.[0];
-  return reply.type === 'response' && reply.id === id && sent.length >= 12 && q !== undefined && r !== undefined
-    && r.name === q.name && r.type === q.type && (r.class ?? 'IN') === (q.class ?? 'IN');
+  return (
+    reply.type === 'response' &&
+    reply.id === id &&
+    sent.length >= 12 &&
+    q !== undefined &&
+    r !== undefined &&
+    r.name === q.name &&
+    r.type === q.type &&
+    (r.class ?? 'IN') === (q.class ?? 'IN')
+  );
 }
 
 function withId(query: Buffer, id: number): Buffer {
@@ -43,8 +51,15 @@ export class Forwarder {
   constructor(private readonly timeoutMs: number) {}
 
   /** Asks each server in turn; throws ForwardError naming every server's failure when none answers. */
-  async forward(query: Buffer, parsed: packet.DecodedPacket, servers: readonly UpstreamServer[]): Promise<ForwardResult> {
-    if (servers.length === 0) throw new ForwardError('no upstream DNS server (outbound.resolver.servers is empty and /etc/resolv.conf names none)');
+  async forward(
+    query: Buffer,
+    parsed: packet.DecodedPacket,
+    servers: readonly UpstreamServer[],
+  ): Promise<ForwardResult> {
+    if (servers.length === 0)
+      throw new ForwardError(
+        'no upstream DNS server (outbound.resolver.servers is empty and /etc/resolv.conf names none)',
+      );
     const failures: string[] = [];
     let last: ForwardResult | null = null;
     for (const s of servers) {
@@ -71,7 +86,11 @@ export class Forwarder {
     throw new ForwardError(failures.join('; '));
   }
 
-  private udp(s: UpstreamServer, query: Buffer, parsed: packet.DecodedPacket): Promise<{ response: Buffer; packet: packet.DecodedPacket }> {
+  private udp(
+    s: UpstreamServer,
+    query: Buffer,
+    parsed: packet.DecodedPacket,
+  ): Promise<{ response: Buffer; packet: packet.DecodedPacket }> {
     const id = randomInt(0, 0x10000);
     const sent = withId(query, id);
     const socket = createSocket(isIPv6(s.address) ? 'udp6' : 'udp4');
@@ -100,7 +119,11 @@ export class Forwarder {
     });
   }
 
-  private tcp(s: UpstreamServer, query: Buffer, parsed: packet.DecodedPacket): Promise<{ response: Buffer; packet: packet.DecodedPacket }> {
+  private tcp(
+    s: UpstreamServer,
+    query: Buffer,
+    parsed: packet.DecodedPacket,
+  ): Promise<{ response: Buffer; packet: packet.DecodedPacket }> {
     const id = randomInt(0, 0x10000);
     const sent = withId(query, id);
     const framed = Buffer.alloc(sent.length + 2);

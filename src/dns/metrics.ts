@@ -7,14 +7,28 @@ export const LATENCY_BUCKETS_MS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 250
 export interface DnsSnapshot {
   readonly listening: readonly string[];
   readonly upstreams: { readonly source: string; readonly servers: readonly string[] };
-  readonly queries: { readonly total: number; readonly byType: Record<string, number>; readonly byTransport: { readonly udp: number; readonly tcp: number } };
+  readonly queries: {
+    readonly total: number;
+    readonly byType: Record<string, number>;
+    readonly byTransport: { readonly udp: number; readonly tcp: number };
+  };
   readonly rcodes: Record<string, number>;
   readonly answeredFrom: Record<AnsweredFrom, number>;
   readonly truncated: number;
   readonly dropped: number;
   readonly inFlight: number;
-  readonly upstreamLatencyMs: { readonly buckets: readonly { readonly le: number; readonly count: number }[]; readonly count: number; readonly sum: number };
-  readonly cache: { readonly entries: number; readonly maxEntries: number; readonly hits: number; readonly misses: number; readonly evictions: number };
+  readonly upstreamLatencyMs: {
+    readonly buckets: readonly { readonly le: number; readonly count: number }[];
+    readonly count: number;
+    readonly sum: number;
+  };
+  readonly cache: {
+    readonly entries: number;
+    readonly maxEntries: number;
+    readonly hits: number;
+    readonly misses: number;
+    readonly evictions: number;
+  };
   readonly meshNames: number;
 }
 
@@ -51,7 +65,11 @@ export class DnsMetrics {
   }
 
   latencySnapshot(): DnsSnapshot['upstreamLatencyMs'] {
-    return { buckets: LATENCY_BUCKETS_MS.map((le, i) => ({ le, count: this.latency[i]! })), count: this.latencyCount, sum: Math.round(this.latencySum * 1000) / 1000 };
+    return {
+      buckets: LATENCY_BUCKETS_MS.map((le, i) => ({ le, count: this.latency[i]! })),
+      count: this.latencyCount,
+      sum: Math.round(this.latencySum * 1000) / 1000,
+    };
   }
 }
 
@@ -59,24 +77,49 @@ export class DnsMetrics {
 export function renderDnsPrometheus(s: DnsSnapshot | null): string {
   if (s === null) return '';
   const lines: string[] = [];
-  const metric = (name: string, type: string, help: string) => lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+  const metric = (name: string, type: string, help: string) =>
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
   metric('meshctl_dns_server_queries_total', 'counter', 'DNS queries received, by query type and transport.');
-  for (const [type, n] of Object.entries(s.queries.byType)) lines.push(`meshctl_dns_server_queries_total{type="${type}"} ${n}`);
+  for (const [type, n] of Object.entries(s.queries.byType))
+    lines.push(`meshctl_dns_server_queries_total{type="${type}"} ${n}`);
   metric('meshctl_dns_server_queries_by_transport_total', 'counter', 'DNS queries received, by transport.');
-  for (const t of ['udp', 'tcp'] as const) lines.push(`meshctl_dns_server_queries_by_transport_total{transport="${t}"} ${s.queries.byTransport[t]}`);
+  for (const t of ['udp', 'tcp'] as const)
+    lines.push(`meshctl_dns_server_queries_by_transport_total{transport="${t}"} ${s.queries.byTransport[t]}`);
   metric('meshctl_dns_server_responses_total', 'counter', 'DNS responses sent, by rcode.');
-  for (const [rcode, n] of Object.entries(s.rcodes)) lines.push(`meshctl_dns_server_responses_total{rcode="${rcode}"} ${n}`);
-  metric('meshctl_dns_server_answered_total', 'counter', 'DNS responses by where the answer came from (mesh, cache, upstream, error).');
-  for (const [from, n] of Object.entries(s.answeredFrom)) lines.push(`meshctl_dns_server_answered_total{from="${from}"} ${n}`);
-  metric('meshctl_dns_server_truncated_total', 'counter', 'UDP responses sent truncated (TC) because the answer did not fit.');
+  for (const [rcode, n] of Object.entries(s.rcodes))
+    lines.push(`meshctl_dns_server_responses_total{rcode="${rcode}"} ${n}`);
+  metric(
+    'meshctl_dns_server_answered_total',
+    'counter',
+    'DNS responses by where the answer came from (mesh, cache, upstream, error).',
+  );
+  for (const [from, n] of Object.entries(s.answeredFrom))
+    lines.push(`meshctl_dns_server_answered_total{from="${from}"} ${n}`);
+  metric(
+    'meshctl_dns_server_truncated_total',
+    'counter',
+    'UDP responses sent truncated (TC) because the answer did not fit.',
+  );
   lines.push(`meshctl_dns_server_truncated_total ${s.truncated}`);
-  metric('meshctl_dns_server_dropped_total', 'counter', 'Datagrams not answered (not a DNS query, or over the in-flight bound).');
+  metric(
+    'meshctl_dns_server_dropped_total',
+    'counter',
+    'Datagrams not answered (not a DNS query, or over the in-flight bound).',
+  );
   lines.push(`meshctl_dns_server_dropped_total ${s.dropped}`);
   metric('meshctl_dns_server_cache_entries', 'gauge', 'Answers in the DNS cache.');
   lines.push(`meshctl_dns_server_cache_entries ${s.cache.entries}`);
-  metric('meshctl_dns_server_upstream_latency_ms', 'histogram', 'Latency of forwarded queries (all servers tried, TCP retry included).');
-  for (const b of s.upstreamLatencyMs.buckets) lines.push(`meshctl_dns_server_upstream_latency_ms_bucket{le="${b.le}"} ${b.count}`);
+  metric(
+    'meshctl_dns_server_upstream_latency_ms',
+    'histogram',
+    'Latency of forwarded queries (all servers tried, TCP retry included).',
+  );
+  for (const b of s.upstreamLatencyMs.buckets)
+    lines.push(`meshctl_dns_server_upstream_latency_ms_bucket{le="${b.le}"} ${b.count}`);
   lines.push(`meshctl_dns_server_upstream_latency_ms_bucket{le="+Inf"} ${s.upstreamLatencyMs.count}`);
-  lines.push(`meshctl_dns_server_upstream_latency_ms_sum ${s.upstreamLatencyMs.sum}`, `meshctl_dns_server_upstream_latency_ms_count ${s.upstreamLatencyMs.count}`);
+  lines.push(
+    `meshctl_dns_server_upstream_latency_ms_sum ${s.upstreamLatencyMs.sum}`,
+    `meshctl_dns_server_upstream_latency_ms_count ${s.upstreamLatencyMs.count}`,
+  );
   return `${lines.join('\n')}\n`;
 }

@@ -50,16 +50,40 @@ function optOf(p: packet.DecodedPacket): Opt | undefined {
 }
 
 function ourOpt(clientOpt: Opt): packet.Answer {
-  return { type: 'OPT', name: '.', udpPayloadSize: EDNS_PAYLOAD, extendedRcode: 0, ednsVersion: 0, flags: clientOpt.flags & packet.DNSSEC_OK, options: [] } as unknown as packet.Answer;
+  return {
+    type: 'OPT',
+    name: '.',
+    udpPayloadSize: EDNS_PAYLOAD,
+    extendedRcode: 0,
+    ednsVersion: 0,
+    flags: clientOpt.flags & packet.DNSSEC_OK,
+    options: [],
+  } as unknown as packet.Answer;
 }
 
 const RCODES: Record<string, number> = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 };
 
 /** An answer of our own (mesh, or an error) to `q`. */
-function ownAnswer(q: packet.DecodedPacket, rcode: string, answers: packet.Answer[], authoritative: boolean): packet.Packet {
+function ownAnswer(
+  q: packet.DecodedPacket,
+  rcode: string,
+  answers: packet.Answer[],
+  authoritative: boolean,
+): packet.Packet {
   const opt = optOf(q);
-  const flags = ((q.flags ?? 0) & packet.RECURSION_DESIRED) | packet.RECURSION_AVAILABLE | (authoritative ? packet.AUTHORITATIVE_ANSWER : 0) | (RCODES[rcode] ?? 2);
-  return { id: q.id ?? 0, type: 'response', flags, questions: q.questions ?? [], answers, additionals: opt ? [ourOpt(opt)] : [] } as packet.Packet;
+  const flags =
+    ((q.flags ?? 0) & packet.RECURSION_DESIRED) |
+    packet.RECURSION_AVAILABLE |
+    (authoritative ? packet.AUTHORITATIVE_ANSWER : 0) |
+    (RCODES[rcode] ?? 2);
+  return {
+    id: q.id ?? 0,
+    type: 'response',
+    flags,
+    questions: q.questions ?? [],
+    answers,
+    additionals: opt ? [ourOpt(opt)] : [],
+  } as packet.Packet;
 }
 
 export class DnsResponder {
@@ -92,8 +116,27 @@ export class DnsResponder {
     } catch {
       if (query.length < 12 || (query[2]! & 0x80) !== 0) return this.drop();
       // A header we can answer: FORMERR with the client's ID and no question.
-      const reply = packet.encode({ id: query.readUInt16BE(0), type: 'response', flags: packet.RECURSION_AVAILABLE | RCODES.FORMERR!, questions: [], answers: [] } as packet.Packet);
-      this.finish({ transport, source, id: query.readUInt16BE(0), name: '', type: '', rcode: 'FORMERR', answeredFrom: 'error', answers: 0, truncated: false, upstream: null, durationMs: performance.now() - started, detail: 'malformed query' });
+      const reply = packet.encode({
+        id: query.readUInt16BE(0),
+        type: 'response',
+        flags: packet.RECURSION_AVAILABLE | RCODES.FORMERR!,
+        questions: [],
+        answers: [],
+      } as packet.Packet);
+      this.finish({
+        transport,
+        source,
+        id: query.readUInt16BE(0),
+        name: '',
+        type: '',
+        rcode: 'FORMERR',
+        answeredFrom: 'error',
+        answers: 0,
+        truncated: false,
+        upstream: null,
+        durationMs: performance.now() - started,
+        detail: 'malformed query',
+      });
       return reply;
     }
     if (q.type !== 'query') return this.drop();
@@ -101,13 +144,26 @@ export class DnsResponder {
     this.metrics.query(question?.type ?? 'none', transport);
     const base = { transport, source, id: q.id ?? 0, name: question?.name ?? '', type: question?.type ?? '' };
     const own = (rcode: string, detail: string) => {
-      this.finish({ ...base, rcode, answeredFrom: 'error', answers: 0, truncated: false, upstream: null, durationMs: performance.now() - started, detail });
+      this.finish({
+        ...base,
+        rcode,
+        answeredFrom: 'error',
+        answers: 0,
+        truncated: false,
+        upstream: null,
+        durationMs: performance.now() - started,
+        detail,
+      });
       return packet.encode(ownAnswer(q, rcode, [], false));
     };
     const opcode = ((q.flags ?? 0) >> 11) & 0xf;
     if (opcode !== 0) return own('NOTIMP', `opcode ${opcode}`);
-    if (question === undefined || (q.questions ?? []).length !== 1) return own('FORMERR', `${(q.questions ?? []).length} questions`);
-    const mesh = (question.class ?? 'IN') === 'IN' ? this.options.meshNames.get(question.name.toLowerCase().replace(/\.$/, '')) : undefined;
+    if (question === undefined || (q.questions ?? []).length !== 1)
+      return own('FORMERR', `${(q.questions ?? []).length} questions`);
+    const mesh =
+      (question.class ?? 'IN') === 'IN'
+        ? this.options.meshNames.get(question.name.toLowerCase().replace(/\.$/, ''))
+        : undefined;
     let reply: { p: packet.Packet; from: AnsweredFrom; upstream: string | null; detail?: string };
     if (mesh !== undefined) {
       reply = { p: ownAnswer(q, 'NOERROR', meshRecords(question, mesh), true), from: 'mesh', upstream: null };
@@ -121,8 +177,14 @@ export class DnsResponder {
   }
 
   /** Encodes `reply`, truncating it for a UDP client that cannot take it whole, and records the answer. */
-  private send(reply: { p: packet.Packet; from: AnsweredFrom; upstream: string | null }, q: packet.DecodedPacket, transport: 'udp' | 'tcp',
-    base: Omit<DnsAnswerRecord, 'rcode' | 'answeredFrom' | 'answers' | 'truncated' | 'upstream' | 'durationMs'> & { started: number }): Buffer {
+  private send(
+    reply: { p: packet.Packet; from: AnsweredFrom; upstream: string | null },
+    q: packet.DecodedPacket,
+    transport: 'udp' | 'tcp',
+    base: Omit<DnsAnswerRecord, 'rcode' | 'answeredFrom' | 'answers' | 'truncated' | 'upstream' | 'durationMs'> & {
+      started: number;
+    },
+  ): Buffer {
     let out = packet.encode(reply.p);
     const opt = optOf(q);
     const limit = transport === 'tcp' ? 65535 : Math.max(512, Math.min(opt?.udpPayloadSize ?? 512, 65535));
@@ -130,18 +192,43 @@ export class DnsResponder {
     if (out.length > limit) {
       truncated = true;
       this.metrics.truncated++;
-      out = packet.encode({ ...reply.p, flags: (reply.p.flags ?? 0) | packet.TRUNCATED_RESPONSE, answers: [], authorities: [], additionals: opt ? [ourOpt(opt)] : [] } as packet.Packet);
+      out = packet.encode({
+        ...reply.p,
+        flags: (reply.p.flags ?? 0) | packet.TRUNCATED_RESPONSE,
+        answers: [],
+        authorities: [],
+        additionals: opt ? [ourOpt(opt)] : [],
+      } as packet.Packet);
     }
-    const rcode = Object.keys(RCODES).find((k) => RCODES[k] === ((reply.p.flags ?? 0) & 0xf)) ?? String((reply.p.flags ?? 0) & 0xf);
+    const rcode =
+      Object.keys(RCODES).find((k) => RCODES[k] === ((reply.p.flags ?? 0) & 0xf)) ?? String((reply.p.flags ?? 0) & 0xf);
     const { started, ...rest } = base;
-    this.finish({ ...rest, rcode, answeredFrom: reply.from, answers: truncated ? 0 : (reply.p.answers ?? []).length, truncated, upstream: reply.upstream, durationMs: performance.now() - started });
+    this.finish({
+      ...rest,
+      rcode,
+      answeredFrom: reply.from,
+      answers: truncated ? 0 : (reply.p.answers ?? []).length,
+      truncated,
+      upstream: reply.upstream,
+      durationMs: performance.now() - started,
+    });
     return out;
   }
 
   /** From the cache, or forwarded (one upstream query for identical ones in flight); null when over the bound. */
-  private async resolve(query: Buffer, q: packet.DecodedPacket, question: Question): Promise<{ p: packet.Packet; from: AnsweredFrom; upstream: string | null } | { error: string } | null> {
+  private async resolve(
+    query: Buffer,
+    q: packet.DecodedPacket,
+    question: Question,
+  ): Promise<{ p: packet.Packet; from: AnsweredFrom; upstream: string | null } | { error: string } | null> {
     const opt = optOf(q);
-    const key = cacheKey(question.name, question.type, question.class ?? 'IN', opt?.flag_do ?? false, ((q.flags ?? 0) & packet.CHECKING_DISABLED) !== 0);
+    const key = cacheKey(
+      question.name,
+      question.type,
+      question.class ?? 'IN',
+      opt?.flag_do ?? false,
+      ((q.flags ?? 0) & packet.CHECKING_DISABLED) !== 0,
+    );
     const hit = this.options.cache.get(key);
     if (hit !== null) return { p: adapt(hit.packet, hit.ageS, q), from: 'cache', upstream: null };
     let flight = this.pending.get(key);
@@ -153,10 +240,13 @@ export class DnsResponder {
         this.pending.delete(key);
       });
       this.pending.set(key, flight);
-      void flight.then((r) => {
-        this.metrics.upstreamLatency(r.latencyMs);
-        this.options.cache.put(key, r.packet);
-      }, () => {});
+      void flight.then(
+        (r) => {
+          this.metrics.upstreamLatency(r.latencyMs);
+          this.options.cache.put(key, r.packet);
+        },
+        () => {},
+      );
     }
     try {
       const r = await flight;
@@ -180,8 +270,11 @@ export class DnsResponder {
 /** The A/AAAA records of a mesh name for `question` (none for other types: NODATA). */
 function meshRecords(question: Question, mesh: MeshName): packet.Answer[] {
   const records: packet.Answer[] = [];
-  if (question.type === 'A' || (question.type as string) === 'ANY') for (const a of mesh.ipv4) records.push({ name: question.name, type: 'A', class: 'IN', ttl: MESH_TTL_S, data: a });
-  if (question.type === 'AAAA' || (question.type as string) === 'ANY') for (const a of mesh.ipv6) records.push({ name: question.name, type: 'AAAA', class: 'IN', ttl: MESH_TTL_S, data: a });
+  if (question.type === 'A' || (question.type as string) === 'ANY')
+    for (const a of mesh.ipv4) records.push({ name: question.name, type: 'A', class: 'IN', ttl: MESH_TTL_S, data: a });
+  if (question.type === 'AAAA' || (question.type as string) === 'ANY')
+    for (const a of mesh.ipv6)
+      records.push({ name: question.name, type: 'AAAA', class: 'IN', ttl: MESH_TTL_S, data: a });
   return records;
 }
 
@@ -192,13 +285,22 @@ function meshRecords(question: Question, mesh: MeshName): packet.Answer[] {
 function adapt(p: packet.DecodedPacket, ageS: number, q: packet.DecodedPacket): packet.Packet {
   const question = q.questions![0]!;
   const lower = question.name.toLowerCase();
-  const records = (list: readonly packet.Answer[] | undefined) => (list ?? []).filter((r) => r.type !== 'OPT').map((r) => {
-    const ttl = 'ttl' in r && typeof r.ttl === 'number' ? Math.max(0, r.ttl - ageS) : undefined;
-    return { ...r, name: r.name.toLowerCase() === lower ? question.name : r.name, ...(ttl === undefined ? {} : { ttl }) } as packet.Answer;
-  });
+  const records = (list: readonly packet.Answer[] | undefined) =>
+    (list ?? [])
+      .filter((r) => r.type !== 'OPT')
+      .map((r) => {
+        const ttl = 'ttl' in r && typeof r.ttl === 'number' ? Math.max(0, r.ttl - ageS) : undefined;
+        return {
+          ...r,
+          name: r.name.toLowerCase() === lower ? question.name : r.name,
+          ...(ttl === undefined ? {} : { ttl }),
+        } as packet.Answer;
+      });
   const clientOpt = optOf(q);
   const upstreamOpt = optOf(p);
-  const flags = ((p.flags ?? 0) & ~packet.RECURSION_DESIRED & ~packet.TRUNCATED_RESPONSE) | ((q.flags ?? 0) & packet.RECURSION_DESIRED);
+  const flags =
+    ((p.flags ?? 0) & ~packet.RECURSION_DESIRED & ~packet.TRUNCATED_RESPONSE) |
+    ((q.flags ?? 0) & packet.RECURSION_DESIRED);
   return {
     id: q.id ?? 0,
     type: 'response',

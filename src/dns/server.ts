@@ -54,14 +54,25 @@ const LISTEN_FDS_START = 3;
  * The DNS sockets systemd passed, or null when it passed none: the last `dnsCount` of LISTEN_FDS (the socket
  * unit lists them after the proxy's TCP listeners: per family a stream, then a datagram socket; IPv4 first).
  */
-export function activatedDnsListeners(config: Pick<Config, 'capture'>, env: NodeJS.ProcessEnv, pid: number, dnsCount: number): DnsListenerSpec[] | null {
+export function activatedDnsListeners(
+  config: Pick<Config, 'capture'>,
+  env: NodeJS.ProcessEnv,
+  pid: number,
+  dnsCount: number,
+): DnsListenerSpec[] | null {
   if (dnsCount === 0 || env.LISTEN_FDS === undefined || Number(env.LISTEN_PID) !== pid) return null;
   const first = LISTEN_FDS_START + Number(env.LISTEN_FDS) - dnsCount;
   return planDnsListeners(config).map((spec, i) => ({ ...spec, tcpFd: first + i * 2, udpFd: first + i * 2 + 1 }));
 }
 
 function isError(r: DnsAnswerRecord): boolean {
-  return r.answeredFrom === 'error' || r.rcode === 'SERVFAIL' || r.rcode === 'REFUSED' || r.rcode === 'FORMERR' || r.rcode === 'NOTIMP';
+  return (
+    r.answeredFrom === 'error' ||
+    r.rcode === 'SERVFAIL' ||
+    r.rcode === 'REFUSED' ||
+    r.rcode === 'FORMERR' ||
+    r.rcode === 'NOTIMP'
+  );
 }
 
 export class DnsServer {
@@ -73,7 +84,12 @@ export class DnsServer {
   private queryLog: DnsQueryLog | null;
   private names: number;
 
-  private constructor(config: DnsConfig, private readonly specs: readonly DnsListenerSpec[], queryLog: DnsQueryLog | null, private readonly log: Logger) {
+  private constructor(
+    config: DnsConfig,
+    private readonly specs: readonly DnsListenerSpec[],
+    queryLog: DnsQueryLog | null,
+    private readonly log: Logger,
+  ) {
     this.upstreams = new UpstreamServers(config.outbound.resolver.servers);
     this.queryLog = queryLog;
     const names = meshNames(config.services);
@@ -88,22 +104,42 @@ export class DnsServer {
   }
 
   /** Opens every listener; throws MeshctlError LISTEN_FAILED (after closing what it opened) when one fails. */
-  static async start(config: DnsConfig, specs: readonly DnsListenerSpec[], queryLog: DnsQueryLog | null, log: Logger): Promise<DnsServer> {
+  static async start(
+    config: DnsConfig,
+    specs: readonly DnsListenerSpec[],
+    queryLog: DnsQueryLog | null,
+    log: Logger,
+  ): Promise<DnsServer> {
     const server = new DnsServer(config, specs, queryLog, log.child({ component: 'dns' }));
     try {
       for (const spec of specs) await server.listen(spec);
     } catch (error) {
       await server.close();
-      const where = specs.map((s) => (s.udpFd !== null ? `fd ${s.udpFd}/${s.tcpFd}` : `${s.family === 'ipv6' ? `[${s.host}]` : s.host}:${s.port}`)).join(', ');
-      throw new MeshctlError('LISTEN_FAILED', `cannot open the DNS listeners (UDP and TCP ${where}, capture.dns.port): ${(error as Error).message}`,
-        'free the port (`ss -lunp sport = :PORT`, `ss -ltnp`), or set capture.dns.port to a free one and install again', { cause: error });
+      const where = specs
+        .map((s) =>
+          s.udpFd !== null ? `fd ${s.udpFd}/${s.tcpFd}` : `${s.family === 'ipv6' ? `[${s.host}]` : s.host}:${s.port}`,
+        )
+        .join(', ');
+      throw new MeshctlError(
+        'LISTEN_FAILED',
+        `cannot open the DNS listeners (UDP and TCP ${where}, capture.dns.port): ${(error as Error).message}`,
+        'free the port (`ss -lunp sport = :PORT`, `ss -ltnp`), or set capture.dns.port to a free one and install again',
+        { cause: error },
+      );
     }
-    server.log.info({ listeners: server.labels, upstreams: server.upstreamLabels, meshNames: server.names }, 'DNS server ready');
+    server.log.info(
+      { listeners: server.labels, upstreams: server.upstreamLabels, meshNames: server.names },
+      'DNS server ready',
+    );
     return server;
   }
 
   private get labels(): string[] {
-    return this.specs.map((s) => (s.udpFd !== null ? `${s.family} udp fd ${s.udpFd}, tcp fd ${s.tcpFd}` : `${s.family === 'ipv6' ? `[${s.host}]` : s.host}:${s.port} udp+tcp`));
+    return this.specs.map((s) =>
+      s.udpFd !== null
+        ? `${s.family} udp fd ${s.udpFd}, tcp fd ${s.tcpFd}`
+        : `${s.family === 'ipv6' ? `[${s.host}]` : s.host}:${s.port} udp+tcp`,
+    );
   }
 
   private get upstreamLabels(): string[] {
@@ -139,10 +175,15 @@ export class DnsServer {
   }
 
   private async onDatagram(udp: UdpSocket, msg: Buffer, address: string, port: number): Promise<void> {
-    const reply = await this.responder.answer(msg, 'udp', `${address.includes(':') ? `[${address}]` : address}:${port}`);
-    if (reply !== null) udp.send(reply, port, address, (error) => {
-      if (error) this.log.debug({ err: error }, 'DNS reply not sent');
-    });
+    const reply = await this.responder.answer(
+      msg,
+      'udp',
+      `${address.includes(':') ? `[${address}]` : address}:${port}`,
+    );
+    if (reply !== null)
+      udp.send(reply, port, address, (error) => {
+        if (error) this.log.debug({ err: error }, 'DNS reply not sent');
+      });
   }
 
   private onTcpClient(socket: Socket): void {
@@ -180,7 +221,11 @@ export class DnsServer {
     const names = meshNames(config.services);
     this.names = names.size;
     this.queryLog = queryLog;
-    this.responder.update({ meshNames: names, upstreams: this.upstreams, forwarder: new Forwarder(config.outbound.resolver.timeoutMs) });
+    this.responder.update({
+      meshNames: names,
+      upstreams: this.upstreams,
+      forwarder: new Forwarder(config.outbound.resolver.timeoutMs),
+    });
   }
 
   snapshot(): DnsSnapshot {
@@ -196,7 +241,13 @@ export class DnsServer {
       dropped: m.dropped,
       inFlight: this.responder.inFlightCount,
       upstreamLatencyMs: m.latencySnapshot(),
-      cache: { entries: cache.size, maxEntries: cache.maxEntries, hits: cache.hits, misses: cache.misses, evictions: cache.evictions },
+      cache: {
+        entries: cache.size,
+        maxEntries: cache.maxEntries,
+        hits: cache.hits,
+        misses: cache.misses,
+        evictions: cache.evictions,
+      },
       meshNames: this.names,
     };
   }
@@ -204,13 +255,16 @@ export class DnsServer {
   async close(): Promise<void> {
     for (const c of this.clients) c.destroy();
     await Promise.all([
-      ...this.udp.map((u) => new Promise<void>((resolve) => {
-        try {
-          u.close(() => resolve());
-        } catch {
-          resolve(); // never bound
-        }
-      })),
+      ...this.udp.map(
+        (u) =>
+          new Promise<void>((resolve) => {
+            try {
+              u.close(() => resolve());
+            } catch {
+              resolve(); // never bound
+            }
+          }),
+      ),
       ...this.tcp.map((t) => new Promise<void>((resolve) => (t.listening ? t.close(() => resolve()) : resolve()))),
     ]);
   }

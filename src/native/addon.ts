@@ -31,7 +31,15 @@ export interface NativeSystemError extends Error {
  */
 export interface NativeRelay {
   /** Takes duplicates of both fds (the caller closes its own); bounds in ms, -1 = none; keepalive in s, -1 = off. */
-  adopt(id: number, clientFd: number, upstreamFd: number, maxRemainingMs: number, idleMs: number, halfCloseMs: number, keepaliveSec: number): void;
+  adopt(
+    id: number,
+    clientFd: number,
+    upstreamFd: number,
+    maxRemainingMs: number,
+    idleMs: number,
+    halfCloseMs: number,
+    keepaliveSec: number,
+  ): void;
   /** Closes the pair now (RST to both peers when `reset`); false if it had already ended. */
   abort(id: number, reset: boolean): boolean;
   /** Fills `out` with [bytes from client, bytes from upstream, 1 if one direction ended]; false if it has ended. */
@@ -43,7 +51,17 @@ export interface NativeRelay {
 }
 
 /** How the relay thread says a pair ended. The names are the contract; the numbers come from the addon (relayEndCodes). */
-export const RELAY_ENDS = ['fin', 'reset', 'error', 'keepalive', 'idle', 'halfClose', 'maxDuration', 'aborted', 'adoptFailed'] as const;
+export const RELAY_ENDS = [
+  'fin',
+  'reset',
+  'error',
+  'keepalive',
+  'idle',
+  'halfClose',
+  'maxDuration',
+  'aborted',
+  'adoptFailed',
+] as const;
 export type RelayEnd = (typeof RELAY_ENDS)[number];
 
 interface NativeBinding {
@@ -192,20 +210,30 @@ export function checkEndCodes(table: unknown, source: string): Readonly<Record<R
   const codes = entries.map(([, code]) => code);
   const problems = [
     ...RELAY_ENDS.filter((name) => !names.includes(name)).map((name) => `no code for "${name}"`),
-    ...names.filter((name) => !(RELAY_ENDS as readonly string[]).includes(name)).map((name) => `an unknown end "${name}"`),
-    ...entries.filter(([, code]) => !Number.isInteger(code)).map(([name, code]) => `"${name}" is ${String(code)}, not an integer`),
-    ...entries.filter(([, code], i) => codes.indexOf(code) !== i).map(([name, code]) => `"${name}" repeats code ${String(code)}`),
+    ...names
+      .filter((name) => !(RELAY_ENDS as readonly string[]).includes(name))
+      .map((name) => `an unknown end "${name}"`),
+    ...entries
+      .filter(([, code]) => !Number.isInteger(code))
+      .map(([name, code]) => `"${name}" is ${String(code)}, not an integer`),
+    ...entries
+      .filter(([, code], i) => codes.indexOf(code) !== i)
+      .map(([name, code]) => `"${name}" repeats code ${String(code)}`),
   ];
   if (problems.length > 0) {
-    throw new MeshctlError('ADDON_UNAVAILABLE', `the relay end codes of the native addon at ${source} do not match this meshctl: ${problems.join('; ')}`,
-      'rebuild the addon from this checkout: `npx node-gyp rebuild` in the meshctl directory');
+    throw new MeshctlError(
+      'ADDON_UNAVAILABLE',
+      `the relay end codes of the native addon at ${source} do not match this meshctl: ${problems.join('; ')}`,
+      'rebuild the addon from this checkout: `npx node-gyp rebuild` in the meshctl directory',
+    );
   }
   return Object.fromEntries(entries) as Record<RelayEnd, number>;
 }
 
 /** Starts a relay thread; its system errors (epoll_create1, eventfd) carry `code` like Node's. */
 export function createRelay(onEnded: (records: Float64Array) => void, sweepMs: number): NativeRelay {
-  if (!Number.isInteger(sweepMs) || sweepMs < 1) throw new TypeError(`createRelay: sweepMs must be a positive integer, got ${String(sweepMs)}`);
+  if (!Number.isInteger(sweepMs) || sweepMs < 1)
+    throw new TypeError(`createRelay: sweepMs must be a positive integer, got ${String(sweepMs)}`);
   const Relay = loadBinding().Relay;
   return withErrnoCode(() => new Relay(onEnded, sweepMs));
 }

@@ -22,16 +22,37 @@ export async function confirmInstall(scope: Scope): Promise<ConfirmResult> {
     const recovered = await recoverInterrupted(scope);
     const ledger = readLedger(scope.dir);
     if (ledger === null) {
-      throw new MeshctlError('NOT_INSTALLED', `nothing is installed${scope.netns ? ` in namespace ${scope.netns}` : ''}, so there is nothing to confirm`,
-        `if you used --confirm-within, the deadline may have passed and the rules were reverted: see ${revertLogPath(scope.dir)}; install again`);
+      throw new MeshctlError(
+        'NOT_INSTALLED',
+        `nothing is installed${scope.netns ? ` in namespace ${scope.netns}` : ''}, so there is nothing to confirm`,
+        `if you used --confirm-within, the deadline may have passed and the rules were reverted: see ${revertLogPath(scope.dir)}; install again`,
+      );
     }
-    if (ledger.confirm === null) return { action: 'nothing-armed', installId: ledger.installId, deadline: null, recovered, revertFailed: null };
+    if (ledger.confirm === null)
+      return { action: 'nothing-armed', installId: ledger.installId, deadline: null, recovered, revertFailed: null };
     const revertFailed = ledger.confirm.revertFailed ?? null;
-    if (ledger.confirm.confirmedAt !== null) return { action: 'already-confirmed', installId: ledger.installId, deadline: ledger.confirm.deadline, recovered, revertFailed };
+    if (ledger.confirm.confirmedAt !== null)
+      return {
+        action: 'already-confirmed',
+        installId: ledger.installId,
+        deadline: ledger.confirm.deadline,
+        recovered,
+        revertFailed,
+      };
     disarmRevert(ledger.confirm, scope.log);
-    const next: Ledger = { ...ledger, updatedAt: new Date().toISOString(), confirm: { ...ledger.confirm, confirmedAt: new Date().toISOString() } };
+    const next: Ledger = {
+      ...ledger,
+      updatedAt: new Date().toISOString(),
+      confirm: { ...ledger.confirm, confirmedAt: new Date().toISOString() },
+    };
     writeLedger(scope.dir, next);
     scope.log.info({ installId: ledger.installId }, 'install confirmed; revert disarmed');
-    return { action: 'confirmed', installId: ledger.installId, deadline: ledger.confirm.deadline, recovered, revertFailed };
+    return {
+      action: 'confirmed',
+      installId: ledger.installId,
+      deadline: ledger.confirm.deadline,
+      recovered,
+      revertFailed,
+    };
   });
 }

@@ -10,7 +10,18 @@ import { chooseBackend, inspectBackends, type BackendDecision } from './host/det
 import { createDriver } from './drivers/create-driver.js';
 import { type ApplyStep, type BackendDriver, type DriftReport, type KernelState } from './drivers/driver.js';
 import type { Snapshot } from './drivers/objects.js';
-import { newInstallId, readLedger, removeLedger, writeLedger, LEDGER_FORMAT, ledgerPath, type ConfirmArm, type Generation, type Ledger, type ProxyCheck } from './transaction/ledger.js';
+import {
+  newInstallId,
+  readLedger,
+  removeLedger,
+  writeLedger,
+  LEDGER_FORMAT,
+  ledgerPath,
+  type ConfirmArm,
+  type Generation,
+  type Ledger,
+  type ProxyCheck,
+} from './transaction/ledger.js';
 import { recoverInterrupted, type Recovery } from './transaction/recovery.js';
 import { NO_EXTRAS, missingExtras, reconcileExtras, refuseTablesInUse, type HostExtras } from './drivers/routes.js';
 import { openScope, toolVersion, withScopeLock, type Scope, type ScopeOptions } from './transaction/scope.js';
@@ -75,12 +86,19 @@ export async function installCapture(options: InstallOptions): Promise<InstallRe
   const scope = openScope({ ...options, stateDir: options.config.stateDir });
   const log = scope.log.child({ component: 'install' });
   if (options.dryRun) return installIn(await survey(scope, options, log, null));
-  return withScopeLock(scope, 'install', async () => installIn(await survey(scope, options, log, await recoverInterrupted(scope))));
+  return withScopeLock(scope, 'install', async () =>
+    installIn(await survey(scope, options, log, await recoverInterrupted(scope))),
+  );
 }
 
 async function installIn(s: Survey): Promise<InstallResult> {
   const { installed, options } = s;
-  if (installed && installed.current.configHash === options.config.hash && s.driftBefore.every((d) => d.inSync) && (await missingExtras(s.scope.runner, installed.current.extras)).length === 0) {
+  if (
+    installed &&
+    installed.current.configHash === options.config.hash &&
+    s.driftBefore.every((d) => d.inSync) &&
+    (await missingExtras(s.scope.runner, installed.current.extras)).length === 0
+  ) {
     return keepInstalled(s, installed);
   }
   const steps = s.driver.stepsTo(s.state, { kind: 'plan', plan: s.plan });
@@ -93,7 +111,10 @@ async function survey(scope: Scope, options: InstallOptions, log: Logger, recove
   const { config } = options;
   const ledger = options.dryRun ? safeReadLedger(scope.dir) : readLedger(scope.dir);
   const warnings: string[] = [];
-  if (ledger?.state === 'in-progress') warnings.push(`an interrupted ${ledger.operation} is recorded in ${ledgerPath(scope.dir)}; the next command that changes rules finishes it first`);
+  if (ledger?.state === 'in-progress')
+    warnings.push(
+      `an interrupted ${ledger.operation} is recorded in ${ledgerPath(scope.dir)}; the next command that changes rules finishes it first`,
+    );
   // With a ledger the backend is fixed; counting every backend's rules again would only cost time.
   const inventory = await inspectBackends(scope.runner, scope.env, { countRules: ledger === null });
   const decision = chooseBackend(inventory, options.backend ?? config.capture.backend, ledger?.backend ?? null);
@@ -106,10 +127,25 @@ async function survey(scope: Scope, options: InstallOptions, log: Logger, recove
   return { scope, options, log, installed, decision, driver, plan, state, driftBefore, warnings, recovered };
 }
 
-function resultOf(s: Survey, action: InstallAction, steps: readonly ApplyStep[], installId: string | null, confirm: ConfirmArm | null): InstallResult {
+function resultOf(
+  s: Survey,
+  action: InstallAction,
+  steps: readonly ApplyStep[],
+  installId: string | null,
+  confirm: ConfirmArm | null,
+): InstallResult {
   return {
-    action, installId, backend: s.decision.backend, backendReasons: s.decision.reasons, warnings: s.warnings, netns: s.scope.netns, steps,
-    driftBefore: s.driftBefore, recovered: s.recovered, confirm, ledgerPath: ledgerPath(s.scope.dir),
+    action,
+    installId,
+    backend: s.decision.backend,
+    backendReasons: s.decision.reasons,
+    warnings: s.warnings,
+    netns: s.scope.netns,
+    steps,
+    driftBefore: s.driftBefore,
+    recovered: s.recovered,
+    confirm,
+    ledgerPath: ledgerPath(s.scope.dir),
   };
 }
 
@@ -119,8 +155,11 @@ function rearmRevert(s: Survey, installId: string, current: ConfirmArm | null): 
   if (!options.confirmWithinMs) return current;
   if (current && current.confirmedAt === null) disarmRevert(current, s.log);
   return armRevert({
-    scope: s.scope, installId, withinMs: options.confirmWithinMs,
-    ...(options.meshctlCommand ? { command: options.meshctlCommand } : {}), ...(options.confirmMechanism ? { mechanism: options.confirmMechanism } : {}),
+    scope: s.scope,
+    installId,
+    withinMs: options.confirmWithinMs,
+    ...(options.meshctlCommand ? { command: options.meshctlCommand } : {}),
+    ...(options.confirmMechanism ? { mechanism: options.confirmMechanism } : {}),
   });
 }
 
@@ -152,21 +191,44 @@ async function applyInstall(s: Survey, steps: readonly ApplyStep[]): Promise<Ins
   const wantExtras: HostExtras = { routes: plan.routes, loopbackAddresses: plan.loopbackAddresses };
   const previousExtras = previous?.extras ?? NO_EXTRAS;
   // A TPROXY table something else uses is refused before the first change (before a revert is armed or the ledger says in-progress).
-  await refuseTablesInUse(scope.runner, wantExtras, previousExtras, scope.netns === null ? 'the host namespace' : `namespace ${scope.netns}`);
+  await refuseTablesInUse(
+    scope.runner,
+    wantExtras,
+    previousExtras,
+    scope.netns === null ? 'the host namespace' : `namespace ${scope.netns}`,
+  );
   // Before the first change: record every object that may become ours, so a crash at any later point is undone.
   const pendingExtras: HostExtras = {
     routes: [...previousExtras.routes, ...wantExtras.routes],
     loopbackAddresses: [...previousExtras.loopbackAddresses, ...wantExtras.loopbackAddresses],
   };
   const generation: Generation = {
-    configHash: config.hash, configFile: config.file, config, plan, objects: null, extras: pendingExtras, ...(s.options.proxyCheck ? { proxyCheck: s.options.proxyCheck } : {}),
+    configHash: config.hash,
+    configFile: config.file,
+    config,
+    plan,
+    objects: null,
+    extras: pendingExtras,
+    ...(s.options.proxyCheck ? { proxyCheck: s.options.proxyCheck } : {}),
   };
   // --confirm-within is armed before the first change and recorded with it, so no crash can leave the new rules
   // without their revert: if meshctl dies before "installed", recovery rolls back and the reverter finds nothing.
   const confirm = rearmRevert(s, installId, installed?.confirm ?? null);
   const inProgress: Ledger = {
-    format: LEDGER_FORMAT, installId, state: 'in-progress', operation: installed ? 'reinstall' : 'install', backend: s.decision.backend, netns: scope.netns,
-    toolVersion: toolVersion(), createdAt: installed?.createdAt ?? now, updatedAt: now, current: generation, previous, before, snapshot, confirm,
+    format: LEDGER_FORMAT,
+    installId,
+    state: 'in-progress',
+    operation: installed ? 'reinstall' : 'install',
+    backend: s.decision.backend,
+    netns: scope.netns,
+    toolVersion: toolVersion(),
+    createdAt: installed?.createdAt ?? now,
+    updatedAt: now,
+    current: generation,
+    previous,
+    before,
+    snapshot,
+    confirm,
   };
   writeLedger(scope.dir, inProgress);
   const fallback = { kind: 'objects' as const, objects: previous?.objects ?? before };
@@ -176,24 +238,43 @@ async function applyInstall(s: Survey, steps: readonly ApplyStep[]): Promise<Ins
   let verified: KernelState;
   try {
     ownedExtras = await reconcileExtras(scope.runner, wantExtras, previousExtras, log);
-    verified = await runTransaction({ driver, steps, fallback, what, verify: (after) => driftProblems(driver.drift(after, plan)) }, log);
+    verified = await runTransaction(
+      { driver, steps, fallback, what, verify: (after) => driftProblems(driver.drift(after, plan)) },
+      log,
+    );
   } catch (error) {
     await undoInstall(s, { pendingExtras, confirm, snapshot });
     throw error;
   }
 
-  const done: Ledger = { ...inProgress, state: 'installed', operation: 'install', updatedAt: new Date().toISOString(), current: { ...generation, objects: driver.owned(verified), extras: ownedExtras }, previous: null, confirm };
+  const done: Ledger = {
+    ...inProgress,
+    state: 'installed',
+    operation: 'install',
+    updatedAt: new Date().toISOString(),
+    current: { ...generation, objects: driver.owned(verified), extras: ownedExtras },
+    previous: null,
+    confirm,
+  };
   writeLedger(scope.dir, done);
-  log.info({ installId, backend: s.decision.backend, action: what, families: steps.map((d) => d.label) }, `${what} done`);
+  log.info(
+    { installId, backend: s.decision.backend, action: what, families: steps.map((d) => d.label) },
+    `${what} done`,
+  );
   return resultOf(s, installed ? (what === 'repair' ? 'repaired' : 'updated') : 'installed', steps, installId, confirm);
 }
 
 /** Every way the rules read back differ from the plan, one line each (VERIFY_FAILED's details). */
 function driftProblems(drift: readonly DriftReport[]): string[] {
-  return drift.filter((d) => !d.inSync).flatMap((d) => [
-    ...d.missingChains.map((c) => `${d.label}: chain ${c} missing`), ...d.extraChains.map((c) => `${d.label}: unexpected chain ${c}`),
-    ...d.missing.map((r) => `${d.label}: missing ${r}`), ...d.extra.map((r) => `${d.label}: unexpected ${r}`), ...d.outOfOrder.map((o) => `${d.label}: out of order ${o}`),
-  ]);
+  return drift
+    .filter((d) => !d.inSync)
+    .flatMap((d) => [
+      ...d.missingChains.map((c) => `${d.label}: chain ${c} missing`),
+      ...d.extraChains.map((c) => `${d.label}: unexpected chain ${c}`),
+      ...d.missing.map((r) => `${d.label}: missing ${r}`),
+      ...d.extra.map((r) => `${d.label}: unexpected ${r}`),
+      ...d.outOfOrder.map((o) => `${d.label}: out of order ${o}`),
+    ]);
 }
 
 /**
@@ -201,7 +282,10 @@ function driftProblems(drift: readonly DriftReport[]): string[] {
  * the ledger as it was (the previous generation, or no ledger at all); a revert armed for this attempt has nothing
  * to revert.
  */
-async function undoInstall(s: Survey, attempt: { pendingExtras: HostExtras; confirm: ConfirmArm | null; snapshot: Snapshot }): Promise<void> {
+async function undoInstall(
+  s: Survey,
+  attempt: { pendingExtras: HostExtras; confirm: ConfirmArm | null; snapshot: Snapshot },
+): Promise<void> {
   const { installed, scope, log } = s;
   try {
     await reconcileExtras(scope.runner, installed?.current.extras ?? NO_EXTRAS, attempt.pendingExtras, log);

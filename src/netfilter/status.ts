@@ -63,13 +63,30 @@ export async function captureStatus(options: StatusOptions): Promise<StatusRepor
   const base = { netns: scope.netns, ledgerPath: ledgerPath(scope.dir) };
   if (ledger === null) {
     return {
-      ...base, installed: false, installId: null, backend: null, configHash: null, configFile: null, configFlags: [], installedConfig: null, installedAt: null,
-      updatedAt: null, toolVersion: null, inSync: false, drift: [], missingExtras: [], configChanged: null, confirm: null, proxyCheck: null, interrupted: null,
+      ...base,
+      installed: false,
+      installId: null,
+      backend: null,
+      configHash: null,
+      configFile: null,
+      configFlags: [],
+      installedConfig: null,
+      installedAt: null,
+      updatedAt: null,
+      toolVersion: null,
+      inSync: false,
+      drift: [],
+      missingExtras: [],
+      configChanged: null,
+      confirm: null,
+      proxyCheck: null,
+      interrupted: null,
     };
   }
-  const interrupted = ledger.state === 'in-progress'
-    ? { operation: ledger.operation, since: ledger.updatedAt, command: recoveringCommand(ledger, scope.netns) }
-    : null;
+  const interrupted =
+    ledger.state === 'in-progress'
+      ? { operation: ledger.operation, since: ledger.updatedAt, command: recoveringCommand(ledger, scope.netns) }
+      : null;
   const driver = createDriver(ledger.backend, scope.runner, scope.log);
   const state = await driver.read();
   // An interrupted transaction's plan may be half-applied: drift against it would say nothing useful.

@@ -115,10 +115,14 @@ function describeObjects(ledger: Ledger): string[] {
   const objects = ledger.current.objects;
   if (!objects) return [];
   if (objects.kind === 'nftables') return objects.listing ? ['table inet meshctl'] : [];
-  return objects.families.flatMap((f) => f.tables.flatMap((t) => [
-    ...t.chains.map((c) => `${f.family} ${t.table} chain ${c}`),
-    ...t.rules.filter((r) => !r.chain.startsWith('MESHCTL_')).map((r) => `${f.family} ${t.table} -A ${r.chain} ${r.raw}`),
-  ]));
+  return objects.families.flatMap((f) =>
+    f.tables.flatMap((t) => [
+      ...t.chains.map((c) => `${f.family} ${t.table} chain ${c}`),
+      ...t.rules
+        .filter((r) => !r.chain.startsWith('MESHCTL_'))
+        .map((r) => `${f.family} ${t.table} -A ${r.chain} ${r.raw}`),
+    ]),
+  );
 }
 
 /**
@@ -131,53 +135,90 @@ export async function uninstallCapture(options: UninstallOptions): Promise<Unins
   return withScopeLock(scope, options.ifUnconfirmed ? 'uninstall --if-unconfirmed' : 'uninstall', async () => {
     const recovered = await recoverInterrupted(scope);
     const ledger = readLedger(scope.dir);
-    const base = { netns: scope.netns, recovered, revertLog: revertLogPath(scope.dir), removed: [], foreignChanges: { added: [], removed: [] }, raced: { added: [], removed: [] }, leftovers: [] };
+    const base = {
+      netns: scope.netns,
+      recovered,
+      revertLog: revertLogPath(scope.dir),
+      removed: [],
+      foreignChanges: { added: [], removed: [] },
+      raced: { added: [], removed: [] },
+      leftovers: [],
+    };
     if (ledger === null) {
-      return { ...base, action: options.ifUnconfirmed ? 'skipped' : 'not-installed', reason: 'nothing is installed', installId: null, backend: null };
+      return {
+        ...base,
+        action: options.ifUnconfirmed ? 'skipped' : 'not-installed',
+        reason: 'nothing is installed',
+        installId: null,
+        backend: null,
+      };
     }
     if (options.ifUnconfirmed !== undefined) {
       const arm = ledger.confirm;
       const why =
-        ledger.installId !== options.ifUnconfirmed ? `install ${options.ifUnconfirmed} is gone (now installed: ${ledger.installId})`
-        : arm === null ? 'no revert is armed'
-        : arm.confirmedAt !== null ? `confirmed at ${arm.confirmedAt}`
-        : Date.parse(arm.deadline) > Date.now() + 500 ? `the revert deadline moved to ${arm.deadline}`
-        : null;
+        ledger.installId !== options.ifUnconfirmed
+          ? `install ${options.ifUnconfirmed} is gone (now installed: ${ledger.installId})`
+          : arm === null
+            ? 'no revert is armed'
+            : arm.confirmedAt !== null
+              ? `confirmed at ${arm.confirmedAt}`
+              : Date.parse(arm.deadline) > Date.now() + 500
+                ? `the revert deadline moved to ${arm.deadline}`
+                : null;
       if (why !== null) {
         log.info({ installId: options.ifUnconfirmed, why }, 'revert not needed');
         return { ...base, action: 'skipped', reason: why, installId: ledger.installId, backend: ledger.backend };
       }
-      log.warn({ installId: ledger.installId, deadline: arm!.deadline }, 'not confirmed before the deadline: reverting');
+      log.warn(
+        { installId: ledger.installId, deadline: arm!.deadline },
+        'not confirmed before the deadline: reverting',
+      );
     }
     const objects = ledger.current.objects;
     if (objects === null) {
-      throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${ledgerPath(scope.dir)} is installed but lists no objects`, 'remove MESHCTL_ chains by hand, then delete the ledger file');
+      throw new MeshctlError(
+        'LEDGER_CORRUPT',
+        `the ledger ${ledgerPath(scope.dir)} is installed but lists no objects`,
+        'remove MESHCTL_ chains by hand, then delete the ledger file',
+      );
     }
     const driver = createDriver(ledger.backend, scope.runner, log);
     const state = await driver.read();
     const foreignBefore = driver.foreign(state);
     const steps = driver.stepsRemoving(state, objects);
-    writeLedger(scope.dir, { ...ledger, state: 'in-progress', operation: 'uninstall', updatedAt: new Date().toISOString() });
+    writeLedger(scope.dir, {
+      ...ledger,
+      state: 'in-progress',
+      operation: 'uninstall',
+      updatedAt: new Date().toISOString(),
+    });
     let after;
     let raced: RacedChanges = { added: [], removed: [] };
     try {
-      after = await runTransaction({
-        driver, steps, what: 'uninstall', fallback: { kind: 'objects', objects },
-        verify: (now) => {
-          const problems = driver.remaining(now, objects).map((o) => `still present: ${o}`);
-          // Foreign rules: every one present before must still be there, unless another writer removed it while we
-          // ran (Docker, kube-proxy …). Our steps name only our own objects; a foreign line they could have removed
-          // and that is gone is our fault (VERIFY_FAILED, rolled back); any other foreign change is tolerated.
-          const was = foreignLines(foreignBefore);
-          const is = foreignLines(driver.foreign(now));
-          const gone = minus(was, is);
-          const ours = touchedBy(steps);
-          const lost = gone.filter(ours);
-          if (lost.length > 0) problems.push('foreign rules the uninstall steps touched are gone:', ...lost.map((l) => `  gone: ${l}`));
-          raced = { added: minus(is, was), removed: gone.filter((l) => !ours(l)) };
-          return problems;
+      after = await runTransaction(
+        {
+          driver,
+          steps,
+          what: 'uninstall',
+          fallback: { kind: 'objects', objects },
+          verify: (now) => {
+            const problems = driver.remaining(now, objects).map((o) => `still present: ${o}`);
+            // Foreign rules: every one present before must still be there, unless another writer removed it while we
+            // ran (Docker, kube-proxy …). Our steps name only our own objects; a foreign line they could have removed
+            // and that is gone is our fault (VERIFY_FAILED, rolled back); any other foreign change is tolerated.
+            const was = foreignLines(foreignBefore);
+            const is = foreignLines(driver.foreign(now));
+            const gone = minus(was, is);
+            const ours = touchedBy(steps);
+            const lost = gone.filter(ours);
+            if (lost.length > 0)
+              problems.push('foreign rules the uninstall steps touched are gone:', ...lost.map((l) => `  gone: ${l}`));
+            raced = { added: minus(is, was), removed: gone.filter((l) => !ours(l)) };
+            return problems;
+          },
         },
-      }, log);
+        log,
+      );
     } catch (error) {
       writeLedger(scope.dir, { ...ledger, updatedAt: new Date().toISOString() });
       throw error;
@@ -186,29 +227,64 @@ export async function uninstallCapture(options: UninstallOptions): Promise<Unins
     await reconcileExtras(scope.runner, NO_EXTRAS, ledger.current.extras, log);
     const extrasLeft = await remainingExtras(scope.runner, ledger.current.extras);
     if (extrasLeft.length > 0) {
-      throw new MeshctlError('VERIFY_FAILED', `the rules are gone but ${extrasLeft.join(', ')} could not be removed`, 'remove them by hand with `ip rule del` / `ip addr del`, then run `meshctl uninstall` again');
+      throw new MeshctlError(
+        'VERIFY_FAILED',
+        `the rules are gone but ${extrasLeft.join(', ')} could not be removed`,
+        'remove them by hand with `ip rule del` / `ip addr del`, then run `meshctl uninstall` again',
+      );
     }
-    if (ledger.confirm && ledger.confirm.confirmedAt === null && options.ifUnconfirmed === undefined) disarmRevert(ledger.confirm, log);
+    if (ledger.confirm && ledger.confirm.confirmedAt === null && options.ifUnconfirmed === undefined)
+      disarmRevert(ledger.confirm, log);
     removeLedger(scope.dir);
     const foreignNow = driver.foreign(after);
     const foreignThen = driver.foreignOfSnapshot(ledger.snapshot);
     const leftovers = describeLeftovers(driver.owned(after));
     if (raced.added.length + raced.removed.length > 0) {
-      log.warn({ added: raced.added, removed: raced.removed }, 'another writer changed foreign rules during the uninstall; tolerated (meshctl\'s objects are gone, every foreign rule it could touch is intact)');
+      log.warn(
+        { added: raced.added, removed: raced.removed },
+        "another writer changed foreign rules during the uninstall; tolerated (meshctl's objects are gone, every foreign rule it could touch is intact)",
+      );
     }
     const result: UninstallResult = {
-      ...base, raced, action: 'uninstalled', reason: options.ifUnconfirmed ? `not confirmed by ${ledger.confirm?.deadline ?? '?'}` : null,
-      installId: ledger.installId, backend: ledger.backend, removed: [...describeObjects(ledger), ...tidied.map((c) => `nft: ${c} (empty, created by iptables-nft at install)`)],
-      foreignChanges: { added: minus(lines(foreignNow), lines(foreignThen)), removed: minus(lines(foreignThen), lines(foreignNow)) }, leftovers,
+      ...base,
+      raced,
+      action: 'uninstalled',
+      reason: options.ifUnconfirmed ? `not confirmed by ${ledger.confirm?.deadline ?? '?'}` : null,
+      installId: ledger.installId,
+      backend: ledger.backend,
+      removed: [
+        ...describeObjects(ledger),
+        ...tidied.map((c) => `nft: ${c} (empty, created by iptables-nft at install)`),
+      ],
+      foreignChanges: {
+        added: minus(lines(foreignNow), lines(foreignThen)),
+        removed: minus(lines(foreignThen), lines(foreignNow)),
+      },
+      leftovers,
     };
-    log.info({ installId: ledger.installId, removed: result.removed.length, foreignAdded: result.foreignChanges.added.length, foreignRemoved: result.foreignChanges.removed.length }, options.ifUnconfirmed ? 'reverted (not confirmed)' : 'uninstalled');
+    log.info(
+      {
+        installId: ledger.installId,
+        removed: result.removed.length,
+        foreignAdded: result.foreignChanges.added.length,
+        foreignRemoved: result.foreignChanges.removed.length,
+      },
+      options.ifUnconfirmed ? 'reverted (not confirmed)' : 'uninstalled',
+    );
     return result;
   });
 }
 
 function describeLeftovers(owned: ReturnType<ReturnType<typeof createDriver>['owned']>): string[] {
   if (owned.kind === 'nftables') return owned.listing ? ['table inet meshctl'] : [];
-  return owned.families.flatMap((f) => f.tables.flatMap((t) => [...t.chains.map((c) => `${f.family} ${t.table} chain ${c}`), ...t.rules.filter((r) => !r.chain.startsWith('MESHCTL_')).map((r) => `${f.family} ${t.table} -A ${r.chain} ${r.raw}`)]));
+  return owned.families.flatMap((f) =>
+    f.tables.flatMap((t) => [
+      ...t.chains.map((c) => `${f.family} ${t.table} chain ${c}`),
+      ...t.rules
+        .filter((r) => !r.chain.startsWith('MESHCTL_'))
+        .map((r) => `${f.family} ${t.table} -A ${r.chain} ${r.raw}`),
+    ]),
+  );
 }
 
 /** How long past the confirm deadline the reverter keeps trying before it gives up and records REVERT FAILED. */
@@ -231,7 +307,8 @@ export interface RevertResult extends UninstallResult {
 }
 
 function errorLine(error: unknown): string {
-  if (isMeshctlError(error)) return [`${error.code}: ${error.message}`, ...error.details.slice(0, 6).map((d) => `  ${d}`)].join('\n');
+  if (isMeshctlError(error))
+    return [`${error.code}: ${error.message}`, ...error.details.slice(0, 6).map((d) => `  ${d}`)].join('\n');
   return `INTERNAL: ${error instanceof Error ? error.message : String(error)}`;
 }
 
@@ -244,12 +321,20 @@ function appendRevertLog(scope: Scope, text: string): void {
 }
 
 /** Records the failed revert in the ledger (if it still holds this install) for `status` and `confirm`. Best effort. */
-async function recordRevertFailure(scope: Scope, installId: string, failure: { at: string; attempts: number; error: string }): Promise<void> {
+async function recordRevertFailure(
+  scope: Scope,
+  installId: string,
+  failure: { at: string; attempts: number; error: string },
+): Promise<void> {
   try {
     await withScopeLock(scope, 'uninstall --if-unconfirmed (recording a failed revert)', async () => {
       const ledger = readLedger(scope.dir);
       if (ledger === null || ledger.installId !== installId || ledger.confirm === null) return;
-      writeLedger(scope.dir, { ...ledger, updatedAt: failure.at, confirm: { ...ledger.confirm, revertFailed: failure } });
+      writeLedger(scope.dir, {
+        ...ledger,
+        updatedAt: failure.at,
+        confirm: { ...ledger.confirm, revertFailed: failure },
+      });
     });
   } catch (error) {
     scope.log.error({ err: error }, 'cannot record the failed revert in the ledger');
@@ -279,8 +364,11 @@ export async function revertUnconfirmed(options: RevertOptions): Promise<RevertR
     try {
       const result = await uninstallCapture({ ...options, ifUnconfirmed: options.installId });
       if (attempt > 1 || result.raced.added.length + result.raced.removed.length > 0) {
-        appendRevertLog(scope, `revert attempt ${attempt} of install ${options.installId}: ${result.action}${result.reason ? ` (${result.reason})` : ''}; ` +
-          `${result.raced.added.length} foreign lines added and ${result.raced.removed.length} removed by another writer meanwhile (tolerated)`);
+        appendRevertLog(
+          scope,
+          `revert attempt ${attempt} of install ${options.installId}: ${result.action}${result.reason ? ` (${result.reason})` : ''}; ` +
+            `${result.raced.added.length} foreign lines added and ${result.raced.removed.length} removed by another writer meanwhile (tolerated)`,
+        );
       }
       return { ...result, attempts: attempt };
     } catch (error) {
@@ -289,14 +377,23 @@ export async function revertUnconfirmed(options: RevertOptions): Promise<RevertR
       log.warn({ attempt, err: error }, 'revert attempt failed');
       if (Date.now() + pause > hardDeadline) {
         const at = new Date().toISOString();
-        appendRevertLog(scope, `revert attempt ${attempt} of install ${options.installId} failed; giving up (hard deadline ${new Date(hardDeadline).toISOString()}): ${last}`);
+        appendRevertLog(
+          scope,
+          `revert attempt ${attempt} of install ${options.installId} failed; giving up (hard deadline ${new Date(hardDeadline).toISOString()}): ${last}`,
+        );
         const first = last.split('\n')[0]!;
         await recordRevertFailure(scope, options.installId, { at, attempts: attempt, error: first });
-        throw new MeshctlError('REVERT_FAILED', `the revert of install ${options.installId}${scope.netns ? ` in namespace ${scope.netns}` : ''} failed ${attempt} times until its hard deadline ${new Date(hardDeadline).toISOString()}; capture is still installed`,
+        throw new MeshctlError(
+          'REVERT_FAILED',
+          `the revert of install ${options.installId}${scope.netns ? ` in namespace ${scope.netns}` : ''} failed ${attempt} times until its hard deadline ${new Date(hardDeadline).toISOString()}; capture is still installed`,
           `see ${revertLogPath(scope.dir)} for every attempt; fix the error and run \`meshctl uninstall\`${scope.netns ? ` --netns ${scope.netns}` : ''}, or \`meshctl confirm\` to keep the rules`,
-          { cause: error, details: [`last error: ${first}`] });
+          { cause: error, details: [`last error: ${first}`] },
+        );
       }
-      appendRevertLog(scope, `revert attempt ${attempt} of install ${options.installId} failed; trying again in ${pause} ms: ${last}`);
+      appendRevertLog(
+        scope,
+        `revert attempt ${attempt} of install ${options.installId} failed; trying again in ${pause} ms: ${last}`,
+      );
       await sleep(pause);
     }
   }

@@ -44,21 +44,33 @@ interface Fetched {
 function get(url: URL, headers: Record<string, string>, timeoutMs: number, ca: string | undefined): Promise<Fetched> {
   const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
-    const req = request(url, { method: 'GET', headers, timeout: timeoutMs, agent: false, ...(ca !== undefined ? { ca } : {}) }, (res: IncomingMessage) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      res.on('data', (d: Buffer) => {
-        size += d.length;
-        if (size > MAX_BODY_BYTES) req.destroy(new ControlPlaneFetchError(`response larger than ${MAX_BODY_BYTES} bytes`));
-        else chunks.push(d);
-      });
-      res.on('end', () => {
-        const etag = res.headers.etag;
-        resolve({ status: res.statusCode ?? 0, etag: typeof etag === 'string' ? etag : null, body: Buffer.concat(chunks).toString('utf8') });
-      });
-      res.on('error', reject);
-    });
-    const deadline = setTimeout(() => req.destroy(new ControlPlaneFetchError(`no complete response within ${timeoutMs} ms`)), timeoutMs);
+    const req = request(
+      url,
+      { method: 'GET', headers, timeout: timeoutMs, agent: false, ...(ca !== undefined ? { ca } : {}) },
+      (res: IncomingMessage) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (d: Buffer) => {
+          size += d.length;
+          if (size > MAX_BODY_BYTES)
+            req.destroy(new ControlPlaneFetchError(`response larger than ${MAX_BODY_BYTES} bytes`));
+          else chunks.push(d);
+        });
+        res.on('end', () => {
+          const etag = res.headers.etag;
+          resolve({
+            status: res.statusCode ?? 0,
+            etag: typeof etag === 'string' ? etag : null,
+            body: Buffer.concat(chunks).toString('utf8'),
+          });
+        });
+        res.on('error', reject);
+      },
+    );
+    const deadline = setTimeout(
+      () => req.destroy(new ControlPlaneFetchError(`no complete response within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
     req.on('timeout', () => req.destroy(new ControlPlaneFetchError(`no response within ${timeoutMs} ms`)));
     req.on('error', (error) => {
       clearTimeout(deadline);
@@ -72,10 +84,13 @@ function get(url: URL, headers: Record<string, string>, timeoutMs: number, ca: s
 /** Parses a control-plane document (YAML or JSON): a mapping, or a ControlPlaneFetchError naming the line. */
 export function parsePolicyDocument(text: string, origin: string): Record<string, unknown> {
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
-  if (doc.errors.length > 0) throw new ControlPlaneFetchError(`${origin} is not valid YAML/JSON: ${doc.errors[0]!.message.split('\n')[0]}`);
+  if (doc.errors.length > 0)
+    throw new ControlPlaneFetchError(`${origin} is not valid YAML/JSON: ${doc.errors[0]!.message.split('\n')[0]}`);
   const value: unknown = doc.toJS();
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new ControlPlaneFetchError(`${origin}: the document must be a mapping with services, outbound and/or inbound`);
+    throw new ControlPlaneFetchError(
+      `${origin}: the document must be a mapping with services, outbound and/or inbound`,
+    );
   }
   return value as Record<string, unknown>;
 }
@@ -141,7 +156,10 @@ export class ControlPlanePoller {
     this.fetches[result]++;
     this.consecutiveFailures++;
     if (this.lastError !== message || this.state !== 'failing') {
-      this.log.error({ url: this.config.url, result, err: message, keeping: this.appliedEtag }, `control plane ${result === 'failed' ? 'fetch failed' : 'document rejected'}; keeping the last good policy`);
+      this.log.error(
+        { url: this.config.url, result, err: message, keeping: this.appliedEtag },
+        `control plane ${result === 'failed' ? 'fetch failed' : 'document rejected'}; keeping the last good policy`,
+      );
     }
     this.state = 'failing';
     this.lastError = message;
@@ -165,10 +183,16 @@ export class ControlPlanePoller {
       try {
         ca = readFileSync(this.config.caFile, 'utf8');
       } catch (error) {
-        return this.fail('failed', `cannot read controlPlane.caFile ${this.config.caFile}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+        return this.fail(
+          'failed',
+          `cannot read controlPlane.caFile ${this.config.caFile}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
+        );
       }
     }
-    const headers: Record<string, string> = { accept: 'application/json, application/yaml;q=0.9, */*;q=0.1', 'user-agent': 'meshctl-proxy' };
+    const headers: Record<string, string> = {
+      accept: 'application/json, application/yaml;q=0.9, */*;q=0.1',
+      'user-agent': 'meshctl-proxy',
+    };
     if (this.seenEtag !== null) headers['if-none-match'] = this.seenEtag;
     let fetched: Fetched;
     try {
@@ -179,11 +203,15 @@ export class ControlPlanePoller {
     }
     if (fetched.status === 304) {
       // Unchanged. If the document we last saw was rejected, it still is: the error stays.
-      if (this.seenEtag !== null && this.seenEtag !== this.appliedEtag && this.lastError !== null) return this.fail('rejected', this.lastError);
+      if (this.seenEtag !== null && this.seenEtag !== this.appliedEtag && this.lastError !== null)
+        return this.fail('rejected', this.lastError);
       return this.succeed('not-modified');
     }
     if (fetched.status < 200 || fetched.status > 299) {
-      return this.fail('failed', `GET ${this.config.url}: HTTP ${fetched.status}${fetched.body ? `: ${fetched.body.slice(0, 200).trim()}` : ''}`);
+      return this.fail(
+        'failed',
+        `GET ${this.config.url}: HTTP ${fetched.status}${fetched.body ? `: ${fetched.body.slice(0, 200).trim()}` : ''}`,
+      );
     }
     const origin = `control plane ${this.config.url}${fetched.etag ? ` (etag ${fetched.etag})` : ''}`;
     this.seenEtag = fetched.etag;
@@ -217,14 +245,19 @@ export class ControlPlanePoller {
 
 /** Lines for /ready's body describing the control plane (the proxy stays ready on the last good policy). */
 export function controlPlaneReadyDetail(s: ControlPlaneStatus, version: number): string[] {
-  const applied = s.appliedAt ? `policy from the control plane${s.appliedEtag ? ` (etag ${s.appliedEtag})` : ''} applied ${s.appliedAt}` : 'no policy from the control plane yet (using the file\'s)';
+  const applied = s.appliedAt
+    ? `policy from the control plane${s.appliedEtag ? ` (etag ${s.appliedEtag})` : ''} applied ${s.appliedAt}`
+    : "no policy from the control plane yet (using the file's)";
   switch (s.state) {
     case 'pending':
       return [`control plane ${s.url}: not fetched yet; config version ${version}`];
     case 'ok':
       return [`control plane ${s.url}: ok; ${applied}; config version ${version}`];
     case 'failing':
-      return [`control plane ${s.url}: FAILING (${s.consecutiveFailures} in a row): ${s.lastError}`, `keeping the last good config: ${applied}; config version ${version}`];
+      return [
+        `control plane ${s.url}: FAILING (${s.consecutiveFailures} in a row): ${s.lastError}`,
+        `keeping the last good config: ${applied}; config version ${version}`,
+      ];
   }
 }
 
@@ -236,10 +269,14 @@ export function renderControlPlanePrometheus(s: ControlPlaneStatus | null, versi
     `meshctl_proxy_config_version ${version}`,
   ];
   if (s !== null) {
-    out.push('# HELP meshctl_control_plane_up 1 when the last control-plane fetch succeeded (new or unchanged policy), 0 when it failed or was rejected.');
+    out.push(
+      '# HELP meshctl_control_plane_up 1 when the last control-plane fetch succeeded (new or unchanged policy), 0 when it failed or was rejected.',
+    );
     out.push('# TYPE meshctl_control_plane_up gauge');
     out.push(`meshctl_control_plane_up ${s.state === 'ok' ? 1 : 0}`);
-    out.push('# HELP meshctl_control_plane_fetches_total Control-plane polls by result: ok (new policy applied), not-modified (304), failed (network/HTTP), rejected (invalid document; the last good policy stays).');
+    out.push(
+      '# HELP meshctl_control_plane_fetches_total Control-plane polls by result: ok (new policy applied), not-modified (304), failed (network/HTTP), rejected (invalid document; the last good policy stays).',
+    );
     out.push('# TYPE meshctl_control_plane_fetches_total counter');
     for (const r of FETCH_RESULTS) out.push(`meshctl_control_plane_fetches_total{result="${r}"} ${s.fetches[r]}`);
     out.push('# HELP meshctl_control_plane_consecutive_failures Failed or rejected polls since the last success.');
@@ -248,7 +285,9 @@ export function renderControlPlanePrometheus(s: ControlPlaneStatus | null, versi
     if (s.lastSuccessAt !== null) {
       out.push('# HELP meshctl_control_plane_last_success_timestamp_seconds When a poll last succeeded.');
       out.push('# TYPE meshctl_control_plane_last_success_timestamp_seconds gauge');
-      out.push(`meshctl_control_plane_last_success_timestamp_seconds ${(Date.parse(s.lastSuccessAt) / 1000).toFixed(3)}`);
+      out.push(
+        `meshctl_control_plane_last_success_timestamp_seconds ${(Date.parse(s.lastSuccessAt) / 1000).toFixed(3)}`,
+      );
     }
   }
   return `${out.join('\n')}\n`;

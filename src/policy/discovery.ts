@@ -48,7 +48,12 @@ function watchKey(kind: WatchKind, name: string): string {
 }
 
 function resultText(result: readonly DiscoveredAddress[] | null): string {
-  return result === null ? '' : result.map((a) => `${a.address}:${a.port ?? ''}`).sort().join(',');
+  return result === null
+    ? ''
+    : result
+        .map((a) => `${a.address}:${a.port ?? ''}`)
+        .sort()
+        .join(',');
 }
 
 export class Discovery {
@@ -68,7 +73,17 @@ export class Discovery {
   watch(kind: WatchKind, name: string): void {
     const key = watchKey(kind, name);
     if (!this.watches.has(key)) {
-      this.watches.set(key, { kind, name, result: null, dueAt: 0, timer: null, lastError: null, queries: 0, failures: 0, streak: 0 });
+      this.watches.set(key, {
+        kind,
+        name,
+        result: null,
+        dueAt: 0,
+        timer: null,
+        lastError: null,
+        queries: 0,
+        failures: 0,
+        streak: 0,
+      });
     }
   }
 
@@ -91,7 +106,13 @@ export class Discovery {
     for (const [key, w] of this.watches) {
       const old = previous?.watches.get(key);
       if (old && old.result !== null) {
-        Object.assign(w, { result: old.result, lastError: old.lastError, queries: old.queries, failures: old.failures, streak: old.streak });
+        Object.assign(w, {
+          result: old.result,
+          lastError: old.lastError,
+          queries: old.queries,
+          failures: old.failures,
+          streak: old.streak,
+        });
         this.schedule(w, Math.max(0, old.dueAt - now));
       } else {
         fresh.push(w);
@@ -137,7 +158,11 @@ export class Discovery {
         ttl = answer.ttl;
       }
       if (this.stopped) return;
-      if (result.length === 0 && w.lastError === null) this.log.warn({ name: w.name, kind: w.kind }, 'DNS name has no records: its endpoints/addresses are empty until it has');
+      if (result.length === 0 && w.lastError === null)
+        this.log.warn(
+          { name: w.name, kind: w.kind },
+          'DNS name has no records: its endpoints/addresses are empty until it has',
+        );
       w.result = result;
       w.lastError = null;
       w.streak = 0;
@@ -149,7 +174,10 @@ export class Discovery {
       w.lastError = (error as Error).message;
       // Keep the last answer; retry sooner than its TTL would, with backoff.
       const retry = this.clamp(this.resolver.minTtlMs * 2 ** Math.min(10, w.streak - 1));
-      this.log.warn({ name: w.name, kind: w.kind, err: w.lastError, retryInMs: retry, keeping: w.result?.length ?? 0 }, 'DNS refresh failed; keeping the last answer');
+      this.log.warn(
+        { name: w.name, kind: w.kind, err: w.lastError, retryInMs: retry, keeping: w.result?.length ?? 0 },
+        'DNS refresh failed; keeping the last answer',
+      );
       this.schedule(w, retry);
     }
     if (resultText(w.result) !== before) this.onChange();
@@ -160,7 +188,9 @@ export class Discovery {
     return [...this.watches.values()].map((w) => ({
       kind: w.kind,
       name: w.name,
-      addresses: (w.result ?? []).map((a) => (a.port === null ? a.address : `${a.family === 'ipv6' ? `[${a.address}]` : a.address}:${a.port}`)),
+      addresses: (w.result ?? []).map((a) =>
+        a.port === null ? a.address : `${a.family === 'ipv6' ? `[${a.address}]` : a.address}:${a.port}`,
+      ),
       resolved: w.result !== null,
       nextRefreshInMs: w.timer ? Math.max(0, Math.round(w.dueAt - now)) : null,
       lastError: w.lastError,

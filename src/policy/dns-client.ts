@@ -7,7 +7,15 @@ import { connect as tcpConnect } from 'node:net';
 import { randomInt } from 'node:crypto';
 import { isIPv6 } from 'node:net';
 import { parseResolverServer } from '../values/addresses.js';
-import { RCODE, RR, decodeMessage, encodeQuery, normalizeDnsName, type Message, type ResourceRecord } from './dns-wire.js';
+import {
+  RCODE,
+  RR,
+  decodeMessage,
+  encodeQuery,
+  normalizeDnsName,
+  type Message,
+  type ResourceRecord,
+} from './dns-wire.js';
 import type { Family } from '../values/ip.js';
 
 export interface DnsServer {
@@ -49,7 +57,11 @@ export class DnsClient {
   /** Asks each server in turn until one answers (any rcode but SERVFAIL/REFUSED); throws DnsQueryError. */
   async query(name: string, type: number): Promise<Message> {
     const servers = this.servers;
-    if (servers.length === 0) throw new DnsQueryError('no DNS server configured (outbound.resolver.servers is empty and /etc/resolv.conf names none)', false);
+    if (servers.length === 0)
+      throw new DnsQueryError(
+        'no DNS server configured (outbound.resolver.servers is empty and /etc/resolv.conf names none)',
+        false,
+      );
     const failures: string[] = [];
     for (const s of servers) {
       try {
@@ -64,7 +76,10 @@ export class DnsClient {
         failures.push(`${server(s)}: ${(error as Error).message}`);
       }
     }
-    throw new DnsQueryError(`${name} ${type === RR.SRV ? 'SRV' : type === RR.AAAA ? 'AAAA' : 'A'}: ${failures.join('; ')}`, true);
+    throw new DnsQueryError(
+      `${name} ${type === RR.SRV ? 'SRV' : type === RR.AAAA ? 'AAAA' : 'A'}: ${failures.join('; ')}`,
+      true,
+    );
   }
 
   private udp(s: DnsServer, name: string, type: number): Promise<Message> {
@@ -87,7 +102,13 @@ export class DnsClient {
           return; // not a DNS answer; keep waiting
         }
         // Only the answer to this query (id and question) counts: anything else may be spoofed or stale.
-        if (message.id !== id || !message.response || message.questions[0]?.name !== normalizeDnsName(name) || message.questions[0]?.type !== type) return;
+        if (
+          message.id !== id ||
+          !message.response ||
+          message.questions[0]?.name !== normalizeDnsName(name) ||
+          message.questions[0]?.type !== type
+        )
+          return;
         done(null, message);
       });
       socket.send(encodeQuery(id, name, type), s.port, s.address, (error) => {
@@ -161,7 +182,7 @@ function minTtl(records: readonly ResourceRecord[]): number | null {
 function addressesIn(message: Message, name: string, type: number): ResourceRecord[] {
   const names = new Set([normalizeDnsName(name)]);
   const used: ResourceRecord[] = [];
-  for (let again = true; again; ) {
+  for (let again = true; again;) {
     again = false;
     for (const r of message.answers) {
       if (r.type === RR.CNAME && 'target' in r && names.has(r.name) && !names.has(r.target)) {
@@ -180,11 +201,15 @@ export async function resolveAddresses(client: DnsClient, name: string): Promise
   const [a, aaaa] = await Promise.allSettled([client.query(name, RR.A), client.query(name, RR.AAAA)]);
   if (a.status === 'rejected' && aaaa.status === 'rejected') throw a.reason;
   const records: ResourceRecord[] = [];
-  for (const [result, type] of [[a, RR.A], [aaaa, RR.AAAA]] as const) {
+  for (const [result, type] of [
+    [a, RR.A],
+    [aaaa, RR.AAAA],
+  ] as const) {
     if (result.status === 'fulfilled') records.push(...addressesIn(result.value, name, type));
   }
   const addresses = records.flatMap((r): ResolvedAddress[] =>
-    'address' in r ? [{ address: r.address, family: r.type === RR.AAAA ? 'ipv6' : 'ipv4' }] : []);
+    'address' in r ? [{ address: r.address, family: r.type === RR.AAAA ? 'ipv6' : 'ipv4' }] : [],
+  );
   return { addresses, ttl: addresses.length === 0 ? null : minTtl(records) };
 }
 
@@ -194,7 +219,9 @@ export async function resolveAddresses(client: DnsClient, name: string): Promise
  */
 export async function resolveSrv(client: DnsClient, name: string): Promise<SrvAnswer> {
   const message = await client.query(name, RR.SRV);
-  const srv = message.answers.filter((r): r is Extract<ResourceRecord, { port: number }> => r.type === RR.SRV && 'port' in r && r.target !== '');
+  const srv = message.answers.filter(
+    (r): r is Extract<ResourceRecord, { port: number }> => r.type === RR.SRV && 'port' in r && r.target !== '',
+  );
   if (srv.length === 0) return { targets: [], ttl: null };
   const best = Math.min(...srv.map((r) => r.priority));
   const chosen = srv.filter((r) => r.priority === best);
@@ -204,7 +231,9 @@ export async function resolveSrv(client: DnsClient, name: string): Promise<SrvAn
     const glue = [...addressesIn(message, record.target, RR.A), ...addressesIn(message, record.target, RR.AAAA)];
     let addresses: readonly ResolvedAddress[];
     if (glue.length > 0) {
-      addresses = glue.flatMap((r): ResolvedAddress[] => ('address' in r ? [{ address: r.address, family: r.type === RR.AAAA ? 'ipv6' : 'ipv4' }] : []));
+      addresses = glue.flatMap((r): ResolvedAddress[] =>
+        'address' in r ? [{ address: r.address, family: r.type === RR.AAAA ? 'ipv6' : 'ipv4' }] : [],
+      );
       ttls.push(minTtl(glue)!);
     } else {
       const answer = await resolveAddresses(client, record.target);

@@ -12,7 +12,10 @@ interface PacketInternals {
   record(type: string): { encode(data: unknown): Buffer };
 }
 /** dns-packet's type-number table (types.js; its typings leave it out). */
-const types = createRequire(import.meta.url)('dns-packet/types.js') as { toString(type: number): string; toType(name: string): number };
+const types = createRequire(import.meta.url)('dns-packet/types.js') as {
+  toString(type: number): string;
+  toType(name: string): number;
+};
 
 export const RR = { A: 1, NS: 2, CNAME: 5, SOA: 6, AAAA: 28, SRV: 33, OPT: 41 } as const;
 export type RecordType = (typeof RR)[keyof typeof RR];
@@ -28,7 +31,13 @@ export type RecordData =
   | { readonly type: typeof RR.A; readonly address: string }
   | { readonly type: typeof RR.AAAA; readonly address: string }
   | { readonly type: typeof RR.CNAME; readonly target: string }
-  | { readonly type: typeof RR.SRV; readonly priority: number; readonly weight: number; readonly port: number; readonly target: string }
+  | {
+      readonly type: typeof RR.SRV;
+      readonly priority: number;
+      readonly weight: number;
+      readonly port: number;
+      readonly target: string;
+    }
   | { readonly type: number; readonly raw: Buffer };
 
 export type ResourceRecord = { readonly name: string; readonly ttl: number } & RecordData;
@@ -69,8 +78,14 @@ function toPacketRecord(r: ResourceRecord): packet.Answer {
   const base = { name: normalizeDnsName(r.name), ttl: r.ttl, class: 'IN' as const };
   if (r.type === RR.A && 'address' in r) return { ...base, type: 'A', data: r.address };
   if (r.type === RR.AAAA && 'address' in r) return { ...base, type: 'AAAA', data: r.address };
-  if (r.type === RR.CNAME && 'target' in r && !('port' in r)) return { ...base, type: 'CNAME', data: normalizeDnsName(r.target) };
-  if (r.type === RR.SRV && 'port' in r) return { ...base, type: 'SRV', data: { priority: r.priority, weight: r.weight, port: r.port, target: normalizeDnsName(r.target) } };
+  if (r.type === RR.CNAME && 'target' in r && !('port' in r))
+    return { ...base, type: 'CNAME', data: normalizeDnsName(r.target) };
+  if (r.type === RR.SRV && 'port' in r)
+    return {
+      ...base,
+      type: 'SRV',
+      data: { priority: r.priority, weight: r.weight, port: r.port, target: normalizeDnsName(r.target) },
+    };
   if ('raw' in r) return { ...base, type: `UNKNOWN_${r.type}`, data: r.raw } as unknown as packet.Answer;
   throw new DnsWireError(`cannot encode a record of type ${r.type}`);
 }
@@ -87,7 +102,11 @@ export function encodeMessage(m: Partial<Message> & { readonly id: number }): Bu
       id: m.id & 0xffff,
       type: m.response ? 'response' : 'query',
       flags,
-      questions: (m.questions ?? []).map((q) => ({ name: normalizeDnsName(q.name), type: typeName(q.type) as packet.RecordType, class: 'IN' })),
+      questions: (m.questions ?? []).map((q) => ({
+        name: normalizeDnsName(q.name),
+        type: typeName(q.type) as packet.RecordType,
+        class: 'IN',
+      })),
       answers: (m.answers ?? []).map(toPacketRecord),
       authorities: (m.authorities ?? []).map(toPacketRecord),
       additionals: (m.additionals ?? []).map(toPacketRecord),
@@ -112,10 +131,20 @@ function fromPacketRecord(r: packet.Answer): ResourceRecord {
     return { ...base, type: RR.AAAA, address: ip ? formatIp(ip) : r.data };
   }
   if (r.type === 'CNAME') return { ...base, type: RR.CNAME, target: normalizeDnsName(r.data) };
-  if (r.type === 'SRV') return { ...base, type: RR.SRV, priority: r.data.priority ?? 0, weight: r.data.weight ?? 0, port: r.data.port, target: normalizeDnsName(r.data.target) };
+  if (r.type === 'SRV')
+    return {
+      ...base,
+      type: RR.SRV,
+      priority: r.data.priority ?? 0,
+      weight: r.data.weight ?? 0,
+      port: r.data.port,
+      target: normalizeDnsName(r.data.target),
+    };
   // Any other type keeps its rdata bytes (dns-packet decoded them; its encoder gives them back).
   const data = 'data' in r ? r.data : Buffer.alloc(0);
-  const raw = Buffer.isBuffer(data) ? Buffer.from(data) : (packet as unknown as PacketInternals).record(r.type).encode(data).subarray(2);
+  const raw = Buffer.isBuffer(data)
+    ? Buffer.from(data)
+    : (packet as unknown as PacketInternals).record(r.type).encode(data).subarray(2);
   return { ...base, type, raw };
 }
 
@@ -129,7 +158,8 @@ export function decodeMessage(buf: Buffer): Message {
     throw new DnsWireError(`malformed DNS message: ${(error as Error).message}`, { cause: error });
   }
   // dns-packet reads fixed-size rdata (A, AAAA) without a bounds check; a record cut short reads past the end.
-  if (packet.decode.bytes > buf.length) throw new DnsWireError(`malformed DNS message: records run past the end of its ${buf.length} bytes`);
+  if (packet.decode.bytes > buf.length)
+    throw new DnsWireError(`malformed DNS message: records run past the end of its ${buf.length} bytes`);
   const flags = p.flags ?? 0;
   return {
     id: p.id ?? 0,

@@ -93,19 +93,42 @@ function bucketText(b: TokenBucketConfig): string {
 }
 
 function describeService(s: ServiceExplanation): string[] {
-  const lines = [`service "${s.name}" (${s.path}), matched by ${s.matchedBy.address} (${s.matchedBy.path}${s.matchedBy.kind === 'cidr' ? ', CIDR' : s.matchedBy.kind === 'hostname' ? ', resolved hostname' : ''})`];
+  const lines = [
+    `service "${s.name}" (${s.path}), matched by ${s.matchedBy.address} (${s.matchedBy.path}${s.matchedBy.kind === 'cidr' ? ', CIDR' : s.matchedBy.kind === 'hostname' ? ', resolved hostname' : ''})`,
+  ];
   lines.push(`endpoints: ${s.endpoints.join(', ')}`);
-  const lb = { 'round-robin': 'round robin', 'least-connections': 'least connections (power of two choices)', random: 'random', 'source-hash': 'consistent hash of the source address (sticky)' }[s.loadBalancer];
-  lines.push(`choice: ${lb}${s.subsets.length > 0 ? `; subsets ${s.subsets.map((x) => `${x.name} ${x.weight}`).join(' / ')}` : ''}`);
+  const lb = {
+    'round-robin': 'round robin',
+    'least-connections': 'least connections (power of two choices)',
+    random: 'random',
+    'source-hash': 'consistent hash of the source address (sticky)',
+  }[s.loadBalancer];
+  lines.push(
+    `choice: ${lb}${s.subsets.length > 0 ? `; subsets ${s.subsets.map((x) => `${x.name} ${x.weight}`).join(' / ')}` : ''}`,
+  );
   const r = s.retries;
-  lines.push(`connect: timeout ${ms(s.connectTimeoutMs)} per attempt, ${r.attempts === 1 ? 'no retries' : `${r.attempts} attempts on different endpoints, backoff ${ms(r.backoffMs)} doubling to ${ms(r.maxBackoffMs)}`}`);
+  lines.push(
+    `connect: timeout ${ms(s.connectTimeoutMs)} per attempt, ${r.attempts === 1 ? 'no retries' : `${r.attempts} attempts on different endpoints, backoff ${ms(r.backoffMs)} doubling to ${ms(r.maxBackoffMs)}`}`,
+  );
   const od = s.outlierDetection;
-  lines.push(od.enabled ? `outlier detection: eject after ${od.consecutiveFailures} connect failures in a row for ${ms(od.baseEjectionMs)} × ejections, at most ${od.maxEjectionPercent} % of endpoints` : 'outlier detection: off');
+  lines.push(
+    od.enabled
+      ? `outlier detection: eject after ${od.consecutiveFailures} connect failures in a row for ${ms(od.baseEjectionMs)} × ejections, at most ${od.maxEjectionPercent} % of endpoints`
+      : 'outlier detection: off',
+  );
   const cb = s.circuitBreaker;
-  lines.push(`limits: ${cb.maxConnections === null ? 'unlimited connections' : `at most ${cb.maxConnections} connections`}, ${cb.maxPending === null ? 'unlimited pending' : `at most ${cb.maxPending} pending`} (beyond: reset at accept)`);
-  if (s.healthCheck) lines.push(`health checks: TCP connect every ${ms(s.healthCheck.intervalMs)} (timeout ${ms(s.healthCheck.timeoutMs)}), out after ${s.healthCheck.unhealthyThreshold} failures, back after ${s.healthCheck.healthyThreshold} passes`);
+  lines.push(
+    `limits: ${cb.maxConnections === null ? 'unlimited connections' : `at most ${cb.maxConnections} connections`}, ${cb.maxPending === null ? 'unlimited pending' : `at most ${cb.maxPending} pending`} (beyond: reset at accept)`,
+  );
+  if (s.healthCheck)
+    lines.push(
+      `health checks: TCP connect every ${ms(s.healthCheck.intervalMs)} (timeout ${ms(s.healthCheck.timeoutMs)}), out after ${s.healthCheck.unhealthyThreshold} failures, back after ${s.healthCheck.healthyThreshold} passes`,
+    );
   const f = s.faults;
-  if (f.abort || f.delay) lines.push(`faults: ${[f.abort ? `abort ${f.abort.percent} %` : '', f.delay ? `delay ${f.delay.percent} % by ${ms(f.delay.durationMs)}` : ''].filter(Boolean).join(', ')}`);
+  if (f.abort || f.delay)
+    lines.push(
+      `faults: ${[f.abort ? `abort ${f.abort.percent} %` : '', f.delay ? `delay ${f.delay.percent} % by ${ms(f.delay.durationMs)}` : ''].filter(Boolean).join(', ')}`,
+    );
   return lines;
 }
 
@@ -113,7 +136,11 @@ function describeService(s: ServiceExplanation): string[] {
  * What the proxy would do with `flow` under `config`. `resolved` maps hostname service addresses to the
  * addresses they resolve to now (unresolved hostnames cannot match and are listed in `assumptions`).
  */
-export function explainProxy(config: Pick<Config, 'services' | 'outbound' | 'inbound'>, flow: ProxyFlow, resolved: ReadonlyMap<string, readonly string[]> = new Map()): ProxyExplanation {
+export function explainProxy(
+  config: Pick<Config, 'services' | 'outbound' | 'inbound'>,
+  flow: ProxyFlow,
+  resolved: ReadonlyMap<string, readonly string[]> = new Map(),
+): ProxyExplanation {
   const assumptions: string[] = [];
   if (flow.direction === 'inbound') return explainInbound(config, flow, assumptions);
   const entries: RegistryEntry<Match>[] = [];
@@ -124,7 +151,10 @@ export function explainProxy(config: Pick<Config, 'services' | 'outbound' | 'inb
       else if (a.kind === 'cidr') entries.push({ kind: 'cidr', cidr: a.cidr, port: a.port, value });
       else {
         const addresses = resolved.get(a.hostname);
-        if (addresses === undefined) assumptions.push(`${a.hostname} (services[${index}].addresses[${addressIndex}]) was not resolved; a connection to its addresses would match service "${s.name}"`);
+        if (addresses === undefined)
+          assumptions.push(
+            `${a.hostname} (services[${index}].addresses[${addressIndex}]) was not resolved; a connection to its addresses would match service "${s.name}"`,
+          );
         for (const address of addresses ?? []) entries.push({ kind: 'ip', address, port: a.port, value });
       }
     });
@@ -133,15 +163,33 @@ export function explainProxy(config: Pick<Config, 'services' | 'outbound' | 'inb
   const dst = hostPortText(flow.destination.address, flow.destination.port);
   if (hit === null) {
     if (config.outbound.policy === 'registry-only') {
-      return { verdict: 'refused', reason: `no service matches ${dst} and outbound.policy is "registry-only": reset at accept (counted as registry-only, logged)`, service: null, inbound: null, summary: [], assumptions };
+      return {
+        verdict: 'refused',
+        reason: `no service matches ${dst} and outbound.policy is "registry-only": reset at accept (counted as registry-only, logged)`,
+        service: null,
+        inbound: null,
+        summary: [],
+        assumptions,
+      };
     }
-    return { verdict: 'passthrough', reason: `no service matches ${dst}; outbound.policy "passthrough": connects to ${dst} as dialled`, service: null, inbound: null, summary: [], assumptions };
+    return {
+      verdict: 'passthrough',
+      reason: `no service matches ${dst}; outbound.policy "passthrough": connects to ${dst} as dialled`,
+      service: null,
+      inbound: null,
+      summary: [],
+      assumptions,
+    };
   }
   const s = config.services[hit.index]!;
   const service: ServiceExplanation = {
     name: s.name,
     path: `services[${hit.index}]`,
-    matchedBy: { address: addressText(hit.address), path: `services[${hit.index}].addresses[${hit.addressIndex}]`, kind: hit.address.kind },
+    matchedBy: {
+      address: addressText(hit.address),
+      path: `services[${hit.index}].addresses[${hit.addressIndex}]`,
+      kind: hit.address.kind,
+    },
     loadBalancer: s.loadBalancer,
     endpoints: s.endpoints.map(endpointText),
     subsets: s.subsets,
@@ -152,14 +200,28 @@ export function explainProxy(config: Pick<Config, 'services' | 'outbound' | 'inb
     healthCheck: s.healthCheck,
     faults: s.faults,
   };
-  return { verdict: 'service', reason: `${dst} is an address of service "${s.name}": connects to one of its endpoints instead`, service, inbound: null, summary: describeService(service), assumptions };
+  return {
+    verdict: 'service',
+    reason: `${dst} is an address of service "${s.name}": connects to one of its endpoints instead`,
+    service,
+    inbound: null,
+    summary: describeService(service),
+    assumptions,
+  };
 }
 
 function explainInbound(config: Pick<Config, 'inbound'>, flow: ProxyFlow, assumptions: string[]): ProxyExplanation {
   const policy = new InboundPolicy(config.inbound, null, 0);
   const entry = policy.entryFor(flow.destination.port);
   if (entry === null) {
-    return { verdict: 'passthrough', reason: `no inbound.ports entry covers port ${flow.destination.port}: every source is admitted, no limits`, service: null, inbound: null, summary: [], assumptions };
+    return {
+      verdict: 'passthrough',
+      reason: `no inbound.ports entry covers port ${flow.destination.port}: every source is admitted, no limits`,
+      service: null,
+      inbound: null,
+      summary: [],
+      assumptions,
+    };
   }
   const c = entry.config;
   const inbound: InboundExplanation = {
@@ -178,13 +240,41 @@ function explainInbound(config: Pick<Config, 'inbound'>, flow: ProxyFlow, assump
   const source = flow.source?.address;
   if (source === undefined) {
     assumptions.push('peer address not given: the allow/deny lists cannot be evaluated — pass --src');
-    return { verdict: 'admitted', reason: `port ${flow.destination.port} has inbound policy ${inbound.path}; whether a peer is admitted depends on its address`, service: null, inbound, summary, assumptions };
+    return {
+      verdict: 'admitted',
+      reason: `port ${flow.destination.port} has inbound policy ${inbound.path}; whether a peer is admitted depends on its address`,
+      service: null,
+      inbound,
+      summary,
+      assumptions,
+    };
   }
   if (c.deny.length > 0 && new CidrSet(c.deny).has(source)) {
-    return { verdict: 'refused', reason: `source ${source} is denied by ${inbound.path}.deny (deny wins): reset at accept`, service: null, inbound, summary, assumptions };
+    return {
+      verdict: 'refused',
+      reason: `source ${source} is denied by ${inbound.path}.deny (deny wins): reset at accept`,
+      service: null,
+      inbound,
+      summary,
+      assumptions,
+    };
   }
   if (c.allow !== 'all' && !new CidrSet(c.allow).has(source)) {
-    return { verdict: 'refused', reason: `source ${source} is not in ${inbound.path}.allow: reset at accept`, service: null, inbound, summary, assumptions };
+    return {
+      verdict: 'refused',
+      reason: `source ${source} is not in ${inbound.path}.allow: reset at accept`,
+      service: null,
+      inbound,
+      summary,
+      assumptions,
+    };
   }
-  return { verdict: 'admitted', reason: `source ${source} is admitted by ${inbound.path} (subject to its limits), then connected to the local app`, service: null, inbound, summary, assumptions };
+  return {
+    verdict: 'admitted',
+    reason: `source ${source} is admitted by ${inbound.path} (subject to its limits), then connected to the local app`,
+    service: null,
+    inbound,
+    summary,
+    assumptions,
+  };
 }

@@ -6,6 +6,7 @@ import type { Random } from './load-balancer.js';
 /** -1 to abort the connection, otherwise the delay in ms before connecting (0 = none). */
 export function injectFault(faults: FaultPolicy, random: Random = Math.random): number {
   if (faults.abort !== null && faults.abort.percent > 0 && random() * 100 < faults.abort.percent) return -1;
-  if (faults.delay !== null && faults.delay.percent > 0 && random() * 100 < faults.delay.percent) return faults.delay.durationMs;
+  if (faults.delay !== null && faults.delay.percent > 0 && random() * 100 < faults.delay.percent)
+    return faults.delay.durationMs;
   return 0;
 }

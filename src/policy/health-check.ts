@@ -72,13 +72,20 @@ export class HealthChecker {
     if (this.running || this.stopped) return;
     this.running = true;
     try {
-      await Promise.all(this.endpoints().map(async (ep) => {
-        const ok = await probeTcp(ep.address, ep.port, this.policy.timeoutMs);
-        if (this.stopped) return;
-        if (recordCheck(ep, ok, this.policy)) {
-          this.log.warn({ service: this.service, endpoint: ep.text, healthy: ep.healthy }, ep.healthy ? 'endpoint passed its health checks: back in rotation' : 'endpoint failed its health checks: out of rotation');
-        }
-      }));
+      await Promise.all(
+        this.endpoints().map(async (ep) => {
+          const ok = await probeTcp(ep.address, ep.port, this.policy.timeoutMs);
+          if (this.stopped) return;
+          if (recordCheck(ep, ok, this.policy)) {
+            this.log.warn(
+              { service: this.service, endpoint: ep.text, healthy: ep.healthy },
+              ep.healthy
+                ? 'endpoint passed its health checks: back in rotation'
+                : 'endpoint failed its health checks: out of rotation',
+            );
+          }
+        }),
+      );
     } finally {
       this.running = false;
     }

@@ -30,7 +30,9 @@ export function normalizeHostname(name: string): string {
 }
 
 function slotOf(name: string, attempt: number): number {
-  const digest = createHash('sha256').update(attempt === 0 ? name : `${name}#${attempt}`).digest();
+  const digest = createHash('sha256')
+    .update(attempt === 0 ? name : `${name}#${attempt}`)
+    .digest();
   return (digest.readUInt32BE(0) % SLOTS) + 1;
 }
 
@@ -60,16 +62,22 @@ export function meshNames(services: readonly ServiceConfig[]): Map<string, MeshN
       if (!owners.has(name)) owners.set(name, s);
     }
   }
-  const fixed = (s: ServiceConfig, family: Family) =>
-    [...new Set(s.addresses.flatMap((a) => (a.kind === 'ip' && a.family === family ? [a.address] : [])))];
-  const needVip = [...owners].filter(([, s]) => fixed(s, 'ipv4').length === 0 && fixed(s, 'ipv6').length === 0).map(([n]) => n);
+  const fixed = (s: ServiceConfig, family: Family) => [
+    ...new Set(s.addresses.flatMap((a) => (a.kind === 'ip' && a.family === family ? [a.address] : []))),
+  ];
+  const needVip = [...owners]
+    .filter(([, s]) => fixed(s, 'ipv4').length === 0 && fixed(s, 'ipv6').length === 0)
+    .map(([n]) => n);
   const vips = allocateVips(needVip);
   const out = new Map<string, MeshName>();
   for (const [name, s] of owners) {
     const vip = vips.get(name);
-    out.set(name, vip
-      ? { name, service: s.name, ipv4: [vip.ipv4], ipv6: [vip.ipv6], vip: true }
-      : { name, service: s.name, ipv4: fixed(s, 'ipv4'), ipv6: fixed(s, 'ipv6'), vip: false });
+    out.set(
+      name,
+      vip
+        ? { name, service: s.name, ipv4: [vip.ipv4], ipv6: [vip.ipv6], vip: true }
+        : { name, service: s.name, ipv4: fixed(s, 'ipv4'), ipv6: fixed(s, 'ipv6'), vip: false },
+    );
   }
   return out;
 }

@@ -22,7 +22,12 @@ function settle(ep: Endpoint, now: number): void {
 }
 
 /** Records a failed connect; returns the ejection time in ms when this failure ejected the endpoint, else 0. */
-export function noteConnectFailure(ep: Endpoint, all: readonly Endpoint[], policy: OutlierDetectionPolicy, now: number): number {
+export function noteConnectFailure(
+  ep: Endpoint,
+  all: readonly Endpoint[],
+  policy: OutlierDetectionPolicy,
+  now: number,
+): number {
   ep.connectFailures++;
   if (!policy.enabled) return 0;
   settle(ep, now);

@@ -7,12 +7,26 @@
  * services); denied, rate-limited, over-capacity (inbound ports).
  */
 export type RefusalReason =
-  | 'not-redirected' | 'self-loop' | 'no-fd'
-  | 'registry-only' | 'circuit-open' | 'fault-abort' | 'no-endpoint'
-  | 'denied' | 'rate-limited' | 'over-capacity';
+  | 'not-redirected'
+  | 'self-loop'
+  | 'no-fd'
+  | 'registry-only'
+  | 'circuit-open'
+  | 'fault-abort'
+  | 'no-endpoint'
+  | 'denied'
+  | 'rate-limited'
+  | 'over-capacity';
 
 export const REFUSAL_REASONS: readonly RefusalReason[] = [
-  'not-redirected', 'self-loop', 'no-fd',
-  'registry-only', 'circuit-open', 'fault-abort', 'no-endpoint',
-  'denied', 'rate-limited', 'over-capacity',
+  'not-redirected',
+  'self-loop',
+  'no-fd',
+  'registry-only',
+  'circuit-open',
+  'fault-abort',
+  'no-endpoint',
+  'denied',
+  'rate-limited',
+  'over-capacity',
 ];

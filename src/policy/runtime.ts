@@ -78,10 +78,13 @@ export class PolicyRuntime implements EjectionListener {
     const deadline = performance.now() + START_WAIT_MS;
     const bounded = async (work: Promise<unknown>, what: string) => {
       let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), Math.max(0, deadline - performance.now()))));
+      const late = new Promise<'late'>(
+        (resolve) => (timer = setTimeout(() => resolve('late'), Math.max(0, deadline - performance.now()))),
+      );
       const outcome = await Promise.race([work.then(() => 'done' as const), late]);
       clearTimeout(timer);
-      if (outcome === 'late') this.log.warn({ waitedMs: START_WAIT_MS }, `${what} still running; continuing in the background`);
+      if (outcome === 'late')
+        this.log.warn({ waitedMs: START_WAIT_MS }, `${what} still running; continuing in the background`);
     };
     await bounded(this.discovery.start(this.previous?.discovery ?? null), 'first DNS resolution');
     this.rebuild();
@@ -114,9 +117,12 @@ export class PolicyRuntime implements EjectionListener {
         if (a.kind === 'ip') entries.push({ kind: 'ip', address: a.address, port: a.port, value: svc });
         else if (a.kind === 'cidr') entries.push({ kind: 'cidr', cidr: a.cidr, port: a.port, value: svc });
         else {
-          for (const r of this.discovery.get('addresses', a.hostname) ?? []) entries.push({ kind: 'ip', address: r.address, port: a.port, value: svc });
+          for (const r of this.discovery.get('addresses', a.hostname) ?? [])
+            entries.push({ kind: 'ip', address: r.address, port: a.port, value: svc });
           const mesh = this.meshNames.get(normalizeHostname(a.hostname));
-          if (mesh?.vip) for (const address of [...mesh.ipv4, ...mesh.ipv6]) entries.push({ kind: 'ip', address, port: a.port, value: svc });
+          if (mesh?.vip)
+            for (const address of [...mesh.ipv4, ...mesh.ipv6])
+              entries.push({ kind: 'ip', address, port: a.port, value: svc });
         }
       }
     }
@@ -127,8 +133,12 @@ export class PolicyRuntime implements EjectionListener {
     const specs: EndpointSpec[] = [];
     for (const e of config.endpoints) {
       if (e.kind === 'static') specs.push({ address: e.address, port: e.port, family: e.family, subset: e.subset });
-      else if (e.kind === 'dns') for (const r of this.discovery.get('addresses', e.hostname) ?? []) specs.push({ address: r.address, port: e.port, family: r.family, subset: e.subset });
-      else for (const r of this.discovery.get('srv', e.name) ?? []) specs.push({ address: r.address, port: r.port ?? 0, family: r.family, subset: e.subset });
+      else if (e.kind === 'dns')
+        for (const r of this.discovery.get('addresses', e.hostname) ?? [])
+          specs.push({ address: r.address, port: e.port, family: r.family, subset: e.subset });
+      else
+        for (const r of this.discovery.get('srv', e.name) ?? [])
+          specs.push({ address: r.address, port: r.port ?? 0, family: r.family, subset: e.subset });
     }
     return specs;
   }
@@ -143,16 +153,26 @@ export class PolicyRuntime implements EjectionListener {
    * balancing): null to connect as dialled (no service, passthrough), a refusal reason, or the lease that connects
    * it to one of the service's endpoints.
    */
-  outbound(address: string, port: number, client: { readonly remoteAddress?: string | undefined }): UpstreamLease | RefusalReason | null {
+  outbound(
+    address: string,
+    port: number,
+    client: { readonly remoteAddress?: string | undefined },
+  ): UpstreamLease | RefusalReason | null {
     const svc = this.matcher.lookup(address, port);
     if (svc === null) return this.registryOnly ? 'registry-only' : null;
     const state = svc.state;
     const cb = svc.config.circuitBreaker;
-    if ((cb.maxConnections !== null && state.active >= cb.maxConnections) || (cb.maxPending !== null && state.pending >= cb.maxPending)) {
+    if (
+      (cb.maxConnections !== null && state.active >= cb.maxConnections) ||
+      (cb.maxPending !== null && state.pending >= cb.maxPending)
+    ) {
       state.refused['circuit-open']++;
       return 'circuit-open';
     }
-    const fault = svc.config.faults.abort === null && svc.config.faults.delay === null ? 0 : injectFault(svc.config.faults, this.random);
+    const fault =
+      svc.config.faults.abort === null && svc.config.faults.delay === null
+        ? 0
+        : injectFault(svc.config.faults, this.random);
     if (fault < 0) {
       state.refused['fault-abort']++;
       return 'fault-abort';
@@ -170,8 +190,16 @@ export class PolicyRuntime implements EjectionListener {
   }
 
   ejected(svc: ServiceRuntime, ep: Endpoint, ms: number): void {
-    this.log.warn({ service: svc.config.name, endpoint: ep.text, consecutiveFailures: ep.consecutiveFailures, ejections: ep.ejections, ejectedForMs: ms },
-      'endpoint ejected by outlier detection');
+    this.log.warn(
+      {
+        service: svc.config.name,
+        endpoint: ep.text,
+        consecutiveFailures: ep.consecutiveFailures,
+        ejections: ep.ejections,
+        ejectedForMs: ms,
+      },
+      'endpoint ejected by outlier detection',
+    );
   }
 
   private maintain(): void {
@@ -208,7 +236,8 @@ export class PolicyRuntime implements EjectionListener {
       };
     }
     const inbound: PolicySnapshot['inbound'] = {};
-    for (const e of this.inboundPolicy.entries) inbound[e.state.label] = { active: e.state.active, admitted: e.state.admitted, refused: { ...e.state.refused } };
+    for (const e of this.inboundPolicy.entries)
+      inbound[e.state.label] = { active: e.state.active, admitted: e.state.admitted, refused: { ...e.state.refused } };
     return { services, inbound, discovery: this.discovery.info() };
   }
 }

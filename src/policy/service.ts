@@ -35,7 +35,13 @@ export class ServiceRuntime {
   ) {
     this.hashed = config.loadBalancer === 'source-hash';
     const groups = config.subsets.length > 0 ? config.subsets : [{ name: null, weight: 1 }];
-    this.subsets = groups.map((g) => ({ name: g.name, weight: g.weight, current: 0, endpoints: [], balancer: createBalancer(config.loadBalancer, random) }));
+    this.subsets = groups.map((g) => ({
+      name: g.name,
+      weight: g.weight,
+      current: 0,
+      endpoints: [],
+      balancer: createBalancer(config.loadBalancer, random),
+    }));
     if (previous) for (const ep of previous.known.values()) this.known.set(ep.key, ep);
   }
 

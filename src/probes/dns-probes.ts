@@ -38,7 +38,12 @@ function appIds(config: Config): { uid: number; gid: number } {
   return { uid, gid };
 }
 
-export async function dnsProbes(agent: ProbeAgent, config: Config, families: readonly Family[], timeoutMs: number): Promise<DnsProbeResult[]> {
+export async function dnsProbes(
+  agent: ProbeAgent,
+  config: Config,
+  families: readonly Family[],
+  timeoutMs: number,
+): Promise<DnsProbeResult[]> {
   if (!config.capture.dns.enabled) return [];
   const results: DnsProbeResult[] = [];
   const mesh = [...meshNames(config.services).values()][0] ?? null;
@@ -46,14 +51,26 @@ export async function dnsProbes(agent: ProbeAgent, config: Config, families: rea
   for (const family of families) {
     const host = target(config, family);
     if (host === null) {
-      results.push({ name: 'DNS capture', family, flow: '-', expected: '-', status: 'skip', detail: `capture.dns.servers lists no ${family === 'ipv4' ? 'IPv4' : 'IPv6'} server` });
+      results.push({
+        name: 'DNS capture',
+        family,
+        flow: '-',
+        expected: '-',
+        status: 'skip',
+        detail: `capture.dns.servers lists no ${family === 'ipv4' ? 'IPv4' : 'IPv6'} server`,
+      });
       continue;
     }
     for (const transport of ['udp', 'tcp'] as const) {
       const flow = `uid ${uid} gid ${gid} → ${family === 'ipv6' ? `[${host}]` : host}:53/${transport}`;
       const ask = async (name: string): Promise<{ p: packet.DecodedPacket } | { error: string }> => {
         const id = randomInt(0, 0x10000);
-        const query = packet.encode({ id, type: 'query', flags: packet.RECURSION_DESIRED, questions: [{ name, type: family === 'ipv6' ? 'AAAA' : 'A', class: 'IN' }] });
+        const query = packet.encode({
+          id,
+          type: 'query',
+          flags: packet.RECURSION_DESIRED,
+          questions: [{ name, type: family === 'ipv6' ? 'AAAA' : 'A', class: 'IN' }],
+        });
         const r = await agent.dns({ host, port: 53, family, transport, uid, gid, query, timeoutMs });
         if ('error' in r) return { error: r.error };
         try {
@@ -63,20 +80,44 @@ export async function dnsProbes(agent: ProbeAgent, config: Config, families: rea
           return { error: `a malformed answer (${(error as Error).message})` };
         }
       };
-      const unrouted = (e: string) => (e === 'ENETUNREACH' ? ` (no route to ${host} here: add a default route, the capture redirects after routing)` : ' (the query was not captured, or the proxy serves no DNS on capture.dns.port)');
+      const unrouted = (e: string) =>
+        e === 'ENETUNREACH'
+          ? ` (no route to ${host} here: add a default route, the capture redirects after routing)`
+          : ' (the query was not captured, or the proxy serves no DNS on capture.dns.port)';
       if (mesh !== null) {
         const want = family === 'ipv6' ? mesh.ipv6 : mesh.ipv4;
         const r = await ask(mesh.name);
-        const got = 'p' in r ? (r.p.answers ?? []).flatMap((a) => (a.type === 'A' || a.type === 'AAAA' ? [a.data] : [])) : [];
+        const got =
+          'p' in r ? (r.p.answers ?? []).flatMap((a) => (a.type === 'A' || a.type === 'AAAA' ? [a.data] : [])) : [];
         const ok = 'p' in r && r.p.flag_aa === true && got.join(',') === want.join(',');
-        results.push({ name: `DNS mesh name over ${transport.toUpperCase()}`, family, flow: `${flow} ${mesh.name}`, expected: `answered by the proxy: ${want.join(', ') || '(no address)'}`, status: ok ? 'pass' : 'fail',
-          detail: ok ? `the proxy answered ${got.join(', ') || '(no address)'} (authoritative)` : 'error' in r ? `no answer: ${r.error}${unrouted(r.error)}` : `answered ${got.join(', ') || 'nothing'}${r.p.flag_aa ? '' : ' (not authoritative: not the proxy)'}` });
+        results.push({
+          name: `DNS mesh name over ${transport.toUpperCase()}`,
+          family,
+          flow: `${flow} ${mesh.name}`,
+          expected: `answered by the proxy: ${want.join(', ') || '(no address)'}`,
+          status: ok ? 'pass' : 'fail',
+          detail: ok
+            ? `the proxy answered ${got.join(', ') || '(no address)'} (authoritative)`
+            : 'error' in r
+              ? `no answer: ${r.error}${unrouted(r.error)}`
+              : `answered ${got.join(', ') || 'nothing'}${r.p.flag_aa ? '' : ' (not authoritative: not the proxy)'}`,
+        });
       }
       const r = await ask(EXTERNAL);
       const rcode = 'p' in r ? (RCODES[(r.p.flags ?? 0) & 0xf] ?? 'RCODE?') : null;
       const ok = rcode === 'NXDOMAIN' || rcode === 'NOERROR';
-      results.push({ name: `DNS forwarded name over ${transport.toUpperCase()}`, family, flow: `${flow} ${EXTERNAL}`, expected: 'forwarded by the proxy to its upstream resolvers', status: ok ? 'pass' : 'fail',
-        detail: ok ? `answered ${rcode} through the proxy (nothing listens at ${host})` : rcode !== null ? `answered ${rcode}: captured, but the proxy's upstream resolvers failed (check /etc/resolv.conf or outbound.resolver.servers)` : `no answer: ${'error' in r ? `${r.error}${unrouted(r.error)}` : ''}` });
+      results.push({
+        name: `DNS forwarded name over ${transport.toUpperCase()}`,
+        family,
+        flow: `${flow} ${EXTERNAL}`,
+        expected: 'forwarded by the proxy to its upstream resolvers',
+        status: ok ? 'pass' : 'fail',
+        detail: ok
+          ? `answered ${rcode} through the proxy (nothing listens at ${host})`
+          : rcode !== null
+            ? `answered ${rcode}: captured, but the proxy's upstream resolvers failed (check /etc/resolv.conf or outbound.resolver.servers)`
+            : `no answer: ${'error' in r ? `${r.error}${unrouted(r.error)}` : ''}`,
+      });
     }
   }
   return results;

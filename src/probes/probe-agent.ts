@@ -157,11 +157,32 @@ export interface ProbeAgent {
   /** Listens on host:port inside the namespace; the server lives in this process. Null with the errno when busy. */
   listen(host: string, port: number): Promise<{ server: Server } | { error: string }>;
   /** One probe connection; the client holds it open until close(). */
-  connect(probe: { host: string; port: number; family: 'ipv4' | 'ipv6'; uid: number; gid: number; timeoutMs: number }): Promise<ClientResult>;
+  connect(probe: {
+    host: string;
+    port: number;
+    family: 'ipv4' | 'ipv6';
+    uid: number;
+    gid: number;
+    timeoutMs: number;
+  }): Promise<ClientResult>;
   /** One DNS query (a whole message) to host:port as uid/gid over UDP or TCP: the answer message, or the errno. */
-  dns(probe: { host: string; port: number; family: 'ipv4' | 'ipv6'; transport: 'udp' | 'tcp'; uid: number; gid: number; query: Buffer; timeoutMs: number }): Promise<{ answer: Buffer } | { error: string }>;
+  dns(probe: {
+    host: string;
+    port: number;
+    family: 'ipv4' | 'ipv6';
+    transport: 'udp' | 'tcp';
+    uid: number;
+    gid: number;
+    query: Buffer;
+    timeoutMs: number;
+  }): Promise<{ answer: Buffer } | { error: string }>;
   /** An HTTP GET from inside the namespace (as root): the status and body, or the errno of a failed request. */
-  get(host: string, port: number, path: string, timeoutMs: number): Promise<{ status: number; body: string } | { error: string }>;
+  get(
+    host: string,
+    port: number,
+    path: string,
+    timeoutMs: number,
+  ): Promise<{ status: number; body: string } | { error: string }>;
   /** Ends the agent and with it every probe client still holding a connection. */
   close(): void;
 }
@@ -169,11 +190,14 @@ export interface ProbeAgent {
 /** Starts the agent in `netns` (or here when null). Throws COMMAND_FAILED when it does not come up. */
 export async function startProbeAgent(netns: string | null, env: NodeJS.ProcessEnv): Promise<ProbeAgent> {
   const argv = [process.execPath, '-e', AGENT_SOURCE];
-  const child: ChildProcess = netns === null
-    ? spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], env })
-    : spawn('ip', ['netns', 'exec', netns, ...argv], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], env });
+  const child: ChildProcess =
+    netns === null
+      ? spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], env })
+      : spawn('ip', ['netns', 'exec', netns, ...argv], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], env });
   let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   type Reply = { result?: ClientResult | { status: number; body: string }; error?: string };
   const pending = new Map<number, (message: Reply, handle: unknown) => void>();
   let nextId = 1;
@@ -185,11 +209,20 @@ export async function startProbeAgent(netns: string | null, env: NodeJS.ProcessE
     }
   });
   await new Promise<void>((resolve, reject) => {
-    const fail = (why: string) => reject(new MeshctlError('COMMAND_FAILED', `the verify probe agent did not start${netns ? ` in namespace ${netns}` : ''}: ${why}`,
-      'check that node can run there (`ip netns exec NS node -v`)', { details: stderr ? [`stderr:  ${stderr.trim()}`] : [] }));
+    const fail = (why: string) =>
+      reject(
+        new MeshctlError(
+          'COMMAND_FAILED',
+          `the verify probe agent did not start${netns ? ` in namespace ${netns}` : ''}: ${why}`,
+          'check that node can run there (`ip netns exec NS node -v`)',
+          { details: stderr ? [`stderr:  ${stderr.trim()}`] : [] },
+        ),
+      );
     child.once('error', (e) => fail(e.message));
     child.once('exit', (code) => fail(`exited with ${code}`));
-    child.once('message', (m: { type: string }) => (m.type === 'ready' ? resolve() : fail(`unexpected message ${m.type}`)));
+    child.once('message', (m: { type: string }) =>
+      m.type === 'ready' ? resolve() : fail(`unexpected message ${m.type}`),
+    );
   });
   child.removeAllListeners('exit');
   const request = <T>(payload: Record<string, unknown>, map: (message: Reply, handle: unknown) => T): Promise<T> =>
@@ -199,13 +232,28 @@ export async function startProbeAgent(netns: string | null, env: NodeJS.ProcessE
       child.send({ ...payload, id });
     });
   return {
-    listen: (host, port) => request({ type: 'listen', host, port }, (m, handle) => (m.error ? { error: m.error } : { server: handle as Server })),
-    connect: (probe) => request({ type: 'connect', ...probe }, (m) => (m.result as ClientResult | undefined) ?? { connected: false, error: 'no result' }),
-    dns: (probe) => request({ type: 'dns', ...probe, query: probe.query.toString('base64') }, (m) => {
-      const r = m.result as { answer?: string; error?: string } | undefined;
-      return r?.answer !== undefined ? { answer: Buffer.from(r.answer, 'base64') } : { error: r?.error ?? m.error ?? 'no result' };
-    }),
-    get: (host, port, path, timeoutMs) => request({ type: 'get', host, port, path, timeoutMs }, (m) => (m.error !== undefined || m.result === undefined ? { error: m.error ?? 'no result' } : (m.result as { status: number; body: string }))),
+    listen: (host, port) =>
+      request({ type: 'listen', host, port }, (m, handle) =>
+        m.error ? { error: m.error } : { server: handle as Server },
+      ),
+    connect: (probe) =>
+      request(
+        { type: 'connect', ...probe },
+        (m) => (m.result as ClientResult | undefined) ?? { connected: false, error: 'no result' },
+      ),
+    dns: (probe) =>
+      request({ type: 'dns', ...probe, query: probe.query.toString('base64') }, (m) => {
+        const r = m.result as { answer?: string; error?: string } | undefined;
+        return r?.answer !== undefined
+          ? { answer: Buffer.from(r.answer, 'base64') }
+          : { error: r?.error ?? m.error ?? 'no result' };
+      }),
+    get: (host, port, path, timeoutMs) =>
+      request({ type: 'get', host, port, path, timeoutMs }, (m) =>
+        m.error !== undefined || m.result === undefined
+          ? { error: m.error ?? 'no result' }
+          : (m.result as { status: number; body: string }),
+      ),
     close() {
       if (child.connected) child.send({ type: 'exit' });
       setTimeout(() => child.kill('SIGKILL'), 2000).unref();

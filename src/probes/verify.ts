@@ -59,7 +59,10 @@ export interface VerifyReport {
   readonly drift: readonly string[];
 }
 
-const TEST_NET: Record<Family, readonly string[]> = { ipv4: ['192.0.2.10', '198.51.100.10', '203.0.113.10'], ipv6: ['2001:db8::10', '2001:db8:1::10'] };
+const TEST_NET: Record<Family, readonly string[]> = {
+  ipv4: ['192.0.2.10', '198.51.100.10', '203.0.113.10'],
+  ipv6: ['2001:db8::10', '2001:db8:1::10'],
+};
 const APP_IDS = [4242, 4343, 54321];
 const PORTS = [80, 443, 8080, 5000, 9];
 const MARKER = 'meshctl-verify';
@@ -88,12 +91,18 @@ async function nsFacts(runner: NetfilterRunner): Promise<NsFacts> {
   return { addresses, ipv6Disabled: v6.exitCode !== 0 || v6.stdout.trim() === '1' };
 }
 
-async function routeGet(runner: NetfilterRunner, family: Family, address: string): Promise<{ interface: string; source: string } | { error: string }> {
+async function routeGet(
+  runner: NetfilterRunner,
+  family: Family,
+  address: string,
+): Promise<{ interface: string; source: string } | { error: string }> {
   const result = await runner.exec('ip', [family === 'ipv4' ? '-4' : '-6', 'route', 'get', address]);
   if (result.exitCode !== 0) return { error: result.stderr.trim() || `exit ${result.exitCode}` };
   const dev = /\bdev\s+(\S+)/.exec(result.stdout)?.[1];
   const src = /\bsrc\s+(\S+)/.exec(result.stdout)?.[1];
-  return dev ? { interface: dev, source: src ?? '' } : { error: `unexpected \`ip route get\` output: ${result.stdout.trim()}` };
+  return dev
+    ? { interface: dev, source: src ?? '' }
+    : { error: `unexpected \`ip route get\` output: ${result.stdout.trim()}` };
 }
 
 /** The first address inside `cidr` (network + 1), for probing an excluded destination. */
@@ -106,7 +115,9 @@ function hostInside(cidrAddress: string, prefix: number): string | null {
 }
 
 function expectation(e: Explanation): string {
-  return e.intercepted ? `${e.verdict} to :${e.toPort} (${e.reason.replace(/^\w+ to the proxy's port \d+ by /, '')})` : e.reason;
+  return e.intercepted
+    ? `${e.verdict} to :${e.toPort} (${e.reason.replace(/^\w+ to the proxy's port \d+ by /, '')})`
+    : e.reason;
 }
 
 function hostPort(family: Family, address: string, port: number): string {
@@ -133,14 +144,23 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
     await recoverInterrupted(scope);
     const ledger = readLedger(scope.dir);
     if (ledger === null) {
-      throw new MeshctlError('NOT_INSTALLED', `nothing is installed${scope.netns ? ` in namespace ${scope.netns}` : ''}, so there is nothing to verify`, 'run `meshctl install` first');
+      throw new MeshctlError(
+        'NOT_INSTALLED',
+        `nothing is installed${scope.netns ? ` in namespace ${scope.netns}` : ''}, so there is nothing to verify`,
+        'run `meshctl install` first',
+      );
     }
     const { plan, config } = ledger.current;
     const driver = createDriver(ledger.backend, scope.runner, scope.log);
-    const drift = driver.drift(await driver.read(), plan).filter((d) => !d.inSync).flatMap((d) => [
-      ...d.missingChains.map((c) => `${d.label}: missing chain ${c}`), ...d.missing.map((r) => `${d.label}: missing rule ${r}`),
-      ...d.extra.map((r) => `${d.label}: extra rule ${r}`), ...d.outOfOrder.map((o) => `${d.label}: out of order ${o}`),
-    ]);
+    const drift = driver
+      .drift(await driver.read(), plan)
+      .filter((d) => !d.inSync)
+      .flatMap((d) => [
+        ...d.missingChains.map((c) => `${d.label}: missing chain ${c}`),
+        ...d.missing.map((r) => `${d.label}: missing rule ${r}`),
+        ...d.extra.map((r) => `${d.label}: extra rule ${r}`),
+        ...d.outOfOrder.map((o) => `${d.label}: out of order ${o}`),
+      ]);
     const facts = await nsFacts(scope.runner);
     const results: ProbeResult[] = [];
     const planned: PlannedProbe[] = [];
@@ -154,19 +174,36 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
     try {
       for (const family of plan.families.map((f) => f.family)) {
         if (family === 'ipv6' && facts.ipv6Disabled) {
-          results.push({ name: 'IPv6 probes', family, flow: '-', expected: '-', status: 'skip', detail: 'IPv6 is disabled in this namespace (net.ipv6.conf.all.disable_ipv6=1): no IPv6 connection can be made, so there is nothing to capture' });
+          results.push({
+            name: 'IPv6 probes',
+            family,
+            flow: '-',
+            expected: '-',
+            status: 'skip',
+            detail:
+              'IPv6 is disabled in this namespace (net.ipv6.conf.all.disable_ipv6=1): no IPv6 connection can be made, so there is nothing to capture',
+          });
           continue;
         }
         planned.push(...(await outboundProbes(scope.runner, agent, plan, config, family, facts, timeoutMs, results)));
         planned.push(...inboundProbes(peer, options, plan, config, family, facts, timeoutMs, results));
       }
-      const ports = new Set(planned.filter((p) => p.explanation.intercepted && p.explanation.toPort !== null).map((p) => p.explanation.toPort!));
+      const ports = new Set(
+        planned
+          .filter((p) => p.explanation.intercepted && p.explanation.toPort !== null)
+          .map((p) => p.explanation.toPort!),
+      );
       for (const port of ports) {
         for (const host of ['0.0.0.0', ...(facts.ipv6Disabled ? [] : ['::'])]) {
           const listened = await agent.listen(host, port);
           if ('error' in listened) {
             if (listened.error === 'EADDRINUSE') busy.add(`${host === '::' ? 'ipv6' : 'ipv4'}:${port}`);
-            else throw new MeshctlError('COMMAND_FAILED', `verify could not listen on ${host === '::' ? '[::]' : host}:${port}: ${listened.error}`, 'run verify as root');
+            else
+              throw new MeshctlError(
+                'COMMAND_FAILED',
+                `verify could not listen on ${host === '::' ? '[::]' : host}:${port}: ${listened.error}`,
+                'run verify as root',
+              );
             continue;
           }
           servers.push(listened.server);
@@ -177,7 +214,9 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
               const dst = readOriginalDst(socket);
               originalDst = hostPort(dst.family, dst.address, dst.port);
             } catch (error) {
-              note = isMeshctlError(error, 'ADDON_UNAVAILABLE') ? 'original destination not checked: the native addon is not built' : `no original destination: ${(error as Error).message}`;
+              note = isMeshctlError(error, 'ADDON_UNAVAILABLE')
+                ? 'original destination not checked: the native addon is not built'
+                : `no original destination: ${(error as Error).message}`;
             }
             arrivals.set(socket.remotePort ?? -1, { listenerPort: port, originalDst, note });
             socket.on('error', () => undefined);
@@ -185,15 +224,22 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
           });
         }
       }
-      const outcomes = await Promise.all(planned.map(async (probe) => {
-        const startedAt = performance.now();
-        const client = await probe.run();
-        // Asked while the client still holds its connection (the agent ends the clients at close()).
-        const seen = busy.size > 0 && arrivalOf(client, arrivals) === undefined ? await askProxy(agent, config, probe, client, startedAt) : null;
-        return { probe, client, seen };
-      }));
+      const outcomes = await Promise.all(
+        planned.map(async (probe) => {
+          const startedAt = performance.now();
+          const client = await probe.run();
+          // Asked while the client still holds its connection (the agent ends the clients at close()).
+          const seen =
+            busy.size > 0 && arrivalOf(client, arrivals) === undefined
+              ? await askProxy(agent, config, probe, client, startedAt)
+              : null;
+          return { probe, client, seen };
+        }),
+      );
       for (const { probe, client, seen } of outcomes) results.push(judge(probe, client, arrivals, busy, seen));
-      const dnsFamilies = plan.families.filter((f) => f.rules.some((r) => r.purpose === 'dns-capture') && !(f.family === 'ipv6' && facts.ipv6Disabled)).map((f) => f.family);
+      const dnsFamilies = plan.families
+        .filter((f) => f.rules.some((r) => r.purpose === 'dns-capture') && !(f.family === 'ipv6' && facts.ipv6Disabled))
+        .map((f) => f.family);
       results.push(...(await dnsProbes(agent, config, dnsFamilies, Math.max(timeoutMs, 3000))));
     } finally {
       for (const server of servers) server.close();
@@ -223,8 +269,15 @@ function sameEndpoint(a: string, b: string): boolean {
  * after the probe did. When the probe was captured and something accepted it, asks again for up to
  * LOOKUP_GRACE_MS while the proxy has not listed it yet.
  */
-async function askProxy(agent: ProbeAgent, config: Config, probe: PlannedProbe, client: ClientResult, startedAt: number): Promise<ProxyView> {
-  if (client.localAddress === undefined || client.localPort === undefined) return { unavailable: `the probe has no known source (${client.error ?? 'not bound'})` };
+async function askProxy(
+  agent: ProbeAgent,
+  config: Config,
+  probe: PlannedProbe,
+  client: ClientResult,
+  startedAt: number,
+): Promise<ProxyView> {
+  if (client.localAddress === undefined || client.localPort === undefined)
+    return { unavailable: `the probe has no known source (${client.error ?? 'not bound'})` };
   const source = hostPort(probe.family, client.localAddress, client.localPort);
   const { adminAddress, adminPort } = config.proxy;
   const host = adminAddress === '0.0.0.0' ? '127.0.0.1' : adminAddress === '::' ? '::1' : adminAddress;
@@ -234,7 +287,10 @@ async function askProxy(agent: ProbeAgent, config: Config, probe: PlannedProbe, 
   for (;;) {
     const answer = await agent.get(host, adminPort, `/lookup?source=${encodeURIComponent(source)}`, LOOKUP_GRACE_MS);
     if ('error' in answer) return { unavailable: `no meshctl proxy answered at ${where} (${answer.error})` };
-    if (answer.status === 404) return { unavailable: `the process answering at ${where} has no /lookup (a meshctl proxy older than this verify?)` };
+    if (answer.status === 404)
+      return {
+        unavailable: `the process answering at ${where} has no /lookup (a meshctl proxy older than this verify?)`,
+      };
     if (answer.status !== 200) return { unavailable: `${where} answered ${answer.status}: ${answer.body.trim()}` };
     let rows: SourceLookupRow[];
     try {
@@ -245,7 +301,8 @@ async function askProxy(agent: ProbeAgent, config: Config, probe: PlannedProbe, 
     // A connection of an earlier run from the same source port began before this probe: not ours.
     const elapsed = performance.now() - startedAt;
     const ours = rows.filter((r) => r.ageMs <= elapsed + 1);
-    if (ours.length > 0 || !(probe.explanation.intercepted && accepted) || performance.now() >= deadline) return { rows: ours };
+    if (ours.length > 0 || !(probe.explanation.intercepted && accepted) || performance.now() >= deadline)
+      return { rows: ours };
     await new Promise((resolve) => setTimeout(resolve, LOOKUP_POLL_MS));
   }
 }
@@ -256,45 +313,119 @@ function rowState(row: SourceLookupRow): string {
   return result ? `${row.state}, ${result}` : row.state;
 }
 
-function judgeByProxy(base: Omit<ProbeResult, 'status' | 'detail'>, probe: PlannedProbe, row: SourceLookupRow, wanted: string, port: number): ProbeResult {
+function judgeByProxy(
+  base: Omit<ProbeResult, 'status' | 'detail'>,
+  probe: PlannedProbe,
+  row: SourceLookupRow,
+  wanted: string,
+  port: number,
+): ProbeResult {
   const state = rowState(row);
-  if (row.direction !== probe.direction) return { ...base, status: 'fail', detail: `reached the proxy's ${row.direction} listener instead of :${port} (${state})` };
-  if (row.originalDst === null) return { ...base, status: 'fail', detail: `reached the proxy at :${port}, which found no original destination (${state}): it was not redirected by the rules` };
-  if (!sameEndpoint(row.originalDst, wanted)) return { ...base, status: 'fail', detail: `the proxy at :${port} saw original destination ${row.originalDst}, expected ${wanted} (${state})` };
-  return { ...base, status: 'pass', detail: `the proxy at :${port} accepted it with original destination ${row.originalDst} (${state})` };
+  if (row.direction !== probe.direction)
+    return {
+      ...base,
+      status: 'fail',
+      detail: `reached the proxy's ${row.direction} listener instead of :${port} (${state})`,
+    };
+  if (row.originalDst === null)
+    return {
+      ...base,
+      status: 'fail',
+      detail: `reached the proxy at :${port}, which found no original destination (${state}): it was not redirected by the rules`,
+    };
+  if (!sameEndpoint(row.originalDst, wanted))
+    return {
+      ...base,
+      status: 'fail',
+      detail: `the proxy at :${port} saw original destination ${row.originalDst}, expected ${wanted} (${state})`,
+    };
+  return {
+    ...base,
+    status: 'pass',
+    detail: `the proxy at :${port} accepted it with original destination ${row.originalDst} (${state})`,
+  };
 }
 
-function judge(probe: PlannedProbe, client: ClientResult, arrivals: ReadonlyMap<number, Arrival>, busy: ReadonlySet<string>, seen: ProxyView | null): ProbeResult {
+function judge(
+  probe: PlannedProbe,
+  client: ClientResult,
+  arrivals: ReadonlyMap<number, Arrival>,
+  busy: ReadonlySet<string>,
+  seen: ProxyView | null,
+): ProbeResult {
   const e = probe.explanation;
   const base = { name: probe.name, family: probe.family, flow: probe.flow, expected: expectation(e) };
   const arrival = arrivalOf(client, arrivals);
-  const how = client.connected ? (client.marker === MARKER ? 'reached verify\'s listener' : 'connected to something else') : `connect ${client.error ?? 'failed'}`;
+  const how = client.connected
+    ? client.marker === MARKER
+      ? "reached verify's listener"
+      : 'connected to something else'
+    : `connect ${client.error ?? 'failed'}`;
   const wanted = hostPort(probe.family, probe.destination, probe.port);
   const row = seen !== null && 'rows' in seen ? seen.rows[0] : undefined;
-  const source = client.localAddress !== undefined && client.localPort !== undefined ? hostPort(probe.family, client.localAddress, client.localPort) : 'the probe';
+  const source =
+    client.localAddress !== undefined && client.localPort !== undefined
+      ? hostPort(probe.family, client.localAddress, client.localPort)
+      : 'the probe';
   if (e.intercepted) {
     const port = e.toPort!;
     if (arrival) {
-      if (arrival.listenerPort !== port) return { ...base, status: 'fail', detail: `arrived at :${arrival.listenerPort} instead of :${port}` };
-      if (arrival.originalDst === null) return { ...base, status: 'pass', detail: `arrived at :${port} (${arrival.note})` };
-      if (arrival.originalDst !== wanted) return { ...base, status: 'fail', detail: `arrived at :${port} but SO_ORIGINAL_DST is ${arrival.originalDst}, expected ${wanted}` };
-      return { ...base, status: 'pass', detail: `arrived at :${port} with original destination ${arrival.originalDst}` };
+      if (arrival.listenerPort !== port)
+        return { ...base, status: 'fail', detail: `arrived at :${arrival.listenerPort} instead of :${port}` };
+      if (arrival.originalDst === null)
+        return { ...base, status: 'pass', detail: `arrived at :${port} (${arrival.note})` };
+      if (arrival.originalDst !== wanted)
+        return {
+          ...base,
+          status: 'fail',
+          detail: `arrived at :${port} but SO_ORIGINAL_DST is ${arrival.originalDst}, expected ${wanted}`,
+        };
+      return {
+        ...base,
+        status: 'pass',
+        detail: `arrived at :${port} with original destination ${arrival.originalDst}`,
+      };
     }
     if (row) return judgeByProxy(base, probe, row, wanted, port);
     if (busy.has(`${probe.family}:${port}`)) {
       if (seen !== null && 'rows' in seen) {
-        return { ...base, status: 'fail', detail: `the proxy holding :${port} has no connection from ${source}, open or among the last ${RECENT_CAPACITY} it closed per worker (${how}): it was not redirected` };
+        return {
+          ...base,
+          status: 'fail',
+          detail: `the proxy holding :${port} has no connection from ${source}, open or among the last ${RECENT_CAPACITY} it closed per worker (${how}): it was not redirected`,
+        };
       }
       const why = seen === null ? 'no proxy was asked' : seen.unavailable;
       return client.connected
-        ? { ...base, status: 'pass', detail: `connected, but port ${port} is held by another process and ${why}, so the original destination was not checked` }
-        : { ...base, status: 'fail', detail: `did not connect (${how}); port ${port} is held by another process and ${why}, so whether it was redirected is unknown` };
+        ? {
+            ...base,
+            status: 'pass',
+            detail: `connected, but port ${port} is held by another process and ${why}, so the original destination was not checked`,
+          }
+        : {
+            ...base,
+            status: 'fail',
+            detail: `did not connect (${how}); port ${port} is held by another process and ${why}, so whether it was redirected is unknown`,
+          };
     }
-    return { ...base, status: 'fail', detail: `expected to arrive at :${port}, but it did not (${how}): it was not redirected` };
+    return {
+      ...base,
+      status: 'fail',
+      detail: `expected to arrive at :${port}, but it did not (${how}): it was not redirected`,
+    };
   }
-  if (arrival) return { ...base, status: 'fail', detail: `expected to go direct, but it arrived at :${arrival.listenerPort} (original destination ${arrival.originalDst ?? '?'}): it was captured` };
+  if (arrival)
+    return {
+      ...base,
+      status: 'fail',
+      detail: `expected to go direct, but it arrived at :${arrival.listenerPort} (original destination ${arrival.originalDst ?? '?'}): it was captured`,
+    };
   if (row) {
-    return { ...base, status: 'fail', detail: `expected to ${e.verdict === 'rejected' ? 'be refused' : 'go direct'}, but the proxy's ${row.direction} listener accepted it (original destination ${row.originalDst ?? 'none'}, ${rowState(row)}): it was captured` };
+    return {
+      ...base,
+      status: 'fail',
+      detail: `expected to ${e.verdict === 'rejected' ? 'be refused' : 'go direct'}, but the proxy's ${row.direction} listener accepted it (original destination ${row.originalDst ?? 'none'}, ${rowState(row)}): it was captured`,
+    };
   }
   if (e.verdict === 'rejected') {
     return client.error === 'ECONNREFUSED'
@@ -304,15 +435,36 @@ function judge(probe: PlannedProbe, client: ClientResult, arrivals: ReadonlyMap<
   return { ...base, status: 'pass', detail: `went direct (${how})` };
 }
 
-async function outboundProbes(runner: NetfilterRunner, agent: ProbeAgent, plan: CapturePlan, config: Config, family: Family, facts: NsFacts, timeoutMs: number, results: ProbeResult[]): Promise<PlannedProbe[]> {
+async function outboundProbes(
+  runner: NetfilterRunner,
+  agent: ProbeAgent,
+  plan: CapturePlan,
+  config: Config,
+  family: Family,
+  facts: NsFacts,
+  timeoutMs: number,
+  results: ProbeResult[],
+): Promise<PlannedProbe[]> {
   const out = config.capture.outbound;
   if (!out.enabled) return [];
-  const candidates = [...TEST_NET[family], ...(out.includeCidrs === 'all' ? [] : out.includeCidrs.filter((c) => c.family === family).map((c) => hostInside(c.address, c.prefix)).filter((a): a is string => a !== null))];
+  const candidates = [
+    ...TEST_NET[family],
+    ...(out.includeCidrs === 'all'
+      ? []
+      : out.includeCidrs
+          .filter((c) => c.family === family)
+          .map((c) => hostInside(c.address, c.prefix))
+          .filter((a): a is string => a !== null)),
+  ];
   const routes = new Map<string, { interface: string; source: string }>();
   const first = await routeGet(runner, family, candidates[0]!);
   if ('error' in first) {
     results.push({
-      name: 'outbound capture', family, flow: `→ ${candidates[0]}`, expected: 'a route to the TEST-NET address', status: 'fail',
+      name: 'outbound capture',
+      family,
+      flow: `→ ${candidates[0]}`,
+      expected: 'a route to the TEST-NET address',
+      status: 'fail',
       detail: `${family === 'ipv4' ? 'IPv4' : 'IPv6'} has no route to ${candidates[0]} here (ip route get: ${first.error}), so connect() fails with ENETUNREACH before the nat OUTPUT hook and no probe can run; add a default route (e.g. \`ip${runner.netns ? ` -n ${runner.netns}` : ''} ${family === 'ipv6' ? '-6 ' : ''}route add default dev IFACE\`)`,
     });
     return [];
@@ -322,82 +474,183 @@ async function outboundProbes(runner: NetfilterRunner, agent: ProbeAgent, plan: 
     const r = await routeGet(runner, family, candidate);
     if (!('error' in r)) routes.set(candidate, r);
   }
-  const host: HostContext = { localAddresses: facts.addresses.map((a) => a.address), route: (d) => routes.get(d) ?? null };
+  const host: HostContext = {
+    localAddresses: facts.addresses.map((a) => a.address),
+    route: (d) => routes.get(d) ?? null,
+  };
   const explain = (address: string, port: number, uid: number, gid: number): Explanation =>
-    explainFlow(plan, { direction: 'outbound', protocol: 'tcp', destination: { address, port }, uid, gid } satisfies Flow, host);
+    explainFlow(
+      plan,
+      { direction: 'outbound', protocol: 'tcp', destination: { address, port }, uid, gid } satisfies Flow,
+      host,
+    );
   const gids = (uid: number): number[] => (out.includeGids === 'all' ? [uid] : [...out.includeGids]);
 
   let app: { address: string; port: number; uid: number; gid: number } | null = null;
-  search: for (const uid of APP_IDS) for (const gid of gids(uid)) for (const address of candidates.filter((c) => routes.has(c))) {
-    for (const port of [...PORTS, ...(out.includePorts === 'all' ? [] : out.includePorts.map((r) => r.from))]) {
-      const e = explain(address, port, uid, gid);
-      if (e.intercepted || e.verdict === 'rejected') {
-        app = { address, port, uid, gid };
-        break search;
+  search: for (const uid of APP_IDS)
+    for (const gid of gids(uid))
+      for (const address of candidates.filter((c) => routes.has(c))) {
+        for (const port of [...PORTS, ...(out.includePorts === 'all' ? [] : out.includePorts.map((r) => r.from))]) {
+          const e = explain(address, port, uid, gid);
+          if (e.intercepted || e.verdict === 'rejected') {
+            app = { address, port, uid, gid };
+            break search;
+          }
+        }
       }
-    }
-  }
   if (!app) {
-    results.push({ name: 'outbound capture', family, flow: '-', expected: '-', status: 'skip', detail: 'no TEST-NET flow from an ordinary uid is captured by the installed plan (include lists too narrow for a probe)' });
+    results.push({
+      name: 'outbound capture',
+      family,
+      flow: '-',
+      expected: '-',
+      status: 'skip',
+      detail:
+        'no TEST-NET flow from an ordinary uid is captured by the installed plan (include lists too narrow for a probe)',
+    });
     return [];
   }
   const probe = (name: string, address: string, port: number, uid: number, gid: number): PlannedProbe => ({
-    name, family, direction: 'outbound', destination: address, port,
+    name,
+    family,
+    direction: 'outbound',
+    destination: address,
+    port,
     flow: `uid ${uid} gid ${gid} → ${hostPort(family, address, port)}`,
     explanation: explain(address, port, uid, gid),
     run: () => agent.connect({ host: address, port, family, uid, gid, timeoutMs }),
   });
   const probes = [probe('outbound from an ordinary uid', app.address, app.port, app.uid, app.gid)];
-  probes.push(probe('outbound from the proxy\'s uid', app.address, app.port, config.proxy.user.uid, config.proxy.user.gid));
-  const excludedPort = out.excludePorts[0]?.from ?? (out.includePorts === 'all' ? null : [9, 7, 13, 19, 37].find((p) => explain(app!.address, p, app!.uid, app!.gid).verdict === 'bypassed') ?? null);
-  if (excludedPort !== null) probes.push(probe('outbound to an excluded port', app.address, excludedPort, app.uid, app.gid));
-  else results.push({ name: 'outbound to an excluded port', family, flow: '-', expected: '-', status: 'skip', detail: 'the config excludes no outbound port' });
+  probes.push(
+    probe("outbound from the proxy's uid", app.address, app.port, config.proxy.user.uid, config.proxy.user.gid),
+  );
+  const excludedPort =
+    out.excludePorts[0]?.from ??
+    (out.includePorts === 'all'
+      ? null
+      : ([9, 7, 13, 19, 37].find((p) => explain(app!.address, p, app!.uid, app!.gid).verdict === 'bypassed') ?? null));
+  if (excludedPort !== null)
+    probes.push(probe('outbound to an excluded port', app.address, excludedPort, app.uid, app.gid));
+  else
+    results.push({
+      name: 'outbound to an excluded port',
+      family,
+      flow: '-',
+      expected: '-',
+      status: 'skip',
+      detail: 'the config excludes no outbound port',
+    });
   const excludedCidr = out.excludeCidrs.find((c) => c.family === family);
   if (excludedCidr) {
     const address = hostInside(excludedCidr.address, excludedCidr.prefix);
     const r = address ? await routeGet(runner, family, address) : { error: 'no address' };
     if (address && !('error' in r)) {
       routes.set(address, r);
-      probes.push(probe(`outbound to an excluded CIDR (${cidrText(excludedCidr)})`, address, app.port, app.uid, app.gid));
+      probes.push(
+        probe(`outbound to an excluded CIDR (${cidrText(excludedCidr)})`, address, app.port, app.uid, app.gid),
+      );
     }
   }
   return probes;
 }
 
-function inboundProbes(peer: ProbeAgent | null, options: VerifyOptions, plan: CapturePlan, config: Config, family: Family, facts: NsFacts, timeoutMs: number, results: ProbeResult[]): PlannedProbe[] {
+function inboundProbes(
+  peer: ProbeAgent | null,
+  options: VerifyOptions,
+  plan: CapturePlan,
+  config: Config,
+  family: Family,
+  facts: NsFacts,
+  timeoutMs: number,
+  results: ProbeResult[],
+): PlannedProbe[] {
   const inbound = config.capture.inbound;
   if (!inbound.enabled) return [];
   if (!peer) {
-    results.push({ name: 'inbound capture', family, flow: '-', expected: '-', status: 'skip', detail: 'needs a peer: pass --peer-netns NAME (a namespace that can reach this one)' });
+    results.push({
+      name: 'inbound capture',
+      family,
+      flow: '-',
+      expected: '-',
+      status: 'skip',
+      detail: 'needs a peer: pass --peer-netns NAME (a namespace that can reach this one)',
+    });
     return [];
   }
   if (inbound.mode === 'tproxy') {
-    results.push({ name: 'inbound capture', family, flow: '-', expected: '-', status: 'skip', detail: 'TPROXY delivers only to a transparent (IP_TRANSPARENT) listener, which verify cannot open; run the proxy and use its /stats' });
+    results.push({
+      name: 'inbound capture',
+      family,
+      flow: '-',
+      expected: '-',
+      status: 'skip',
+      detail:
+        'TPROXY delivers only to a transparent (IP_TRANSPARENT) listener, which verify cannot open; run the proxy and use its /stats',
+    });
     return [];
   }
-  const target = options.peerTarget && parseIp(options.peerTarget)?.family === family
-    ? { address: options.peerTarget, iface: facts.addresses.find((a) => a.address === options.peerTarget)?.iface ?? null }
-    : (() => {
-      const a = facts.addresses.find((x) => x.family === family && x.iface !== 'lo' && !x.address.startsWith('fe80'));
-      return a ? { address: a.address, iface: a.iface } : null;
-    })();
+  const target =
+    options.peerTarget && parseIp(options.peerTarget)?.family === family
+      ? {
+          address: options.peerTarget,
+          iface: facts.addresses.find((a) => a.address === options.peerTarget)?.iface ?? null,
+        }
+      : (() => {
+          const a = facts.addresses.find(
+            (x) => x.family === family && x.iface !== 'lo' && !x.address.startsWith('fe80'),
+          );
+          return a ? { address: a.address, iface: a.iface } : null;
+        })();
   if (!target) {
-    results.push({ name: 'inbound capture', family, flow: '-', expected: '-', status: 'skip', detail: `this namespace has no global ${family} address a peer could connect to` });
+    results.push({
+      name: 'inbound capture',
+      family,
+      flow: '-',
+      expected: '-',
+      status: 'skip',
+      detail: `this namespace has no global ${family} address a peer could connect to`,
+    });
     return [];
   }
   const host: HostContext = { localAddresses: facts.addresses.map((a) => a.address) };
   const explain = (port: number): Explanation =>
-    explainFlow(plan, { direction: 'inbound', protocol: 'tcp', destination: { address: target.address, port }, ...(target.iface ? { inInterface: target.iface } : {}) }, host);
+    explainFlow(
+      plan,
+      {
+        direction: 'inbound',
+        protocol: 'tcp',
+        destination: { address: target.address, port },
+        ...(target.iface ? { inInterface: target.iface } : {}),
+      },
+      host,
+    );
   const probe = (name: string, port: number): PlannedProbe => ({
-    name, family, direction: 'inbound', destination: target.address, port,
+    name,
+    family,
+    direction: 'inbound',
+    destination: target.address,
+    port,
     flow: `peer ${options.peerNetns} → ${hostPort(family, target.address, port)}`,
     explanation: explain(port),
     run: () => peer.connect({ host: target.address, port, family, uid: 0, gid: 0, timeoutMs }),
   });
-  const captured = [8080, 80, 9090, ...(inbound.includePorts === 'all' ? [] : inbound.includePorts.map((r) => r.from))].find((p) => explain(p).intercepted);
+  const captured = [
+    8080,
+    80,
+    9090,
+    ...(inbound.includePorts === 'all' ? [] : inbound.includePorts.map((r) => r.from)),
+  ].find((p) => explain(p).intercepted);
   const probes: PlannedProbe[] = [];
   if (captured !== undefined) probes.push(probe('inbound from a peer', captured));
-  else results.push({ name: 'inbound from a peer', family, flow: '-', expected: '-', status: 'skip', detail: 'no probe port is captured inbound by the installed plan' });
+  else
+    results.push({
+      name: 'inbound from a peer',
+      family,
+      flow: '-',
+      expected: '-',
+      status: 'skip',
+      detail: 'no probe port is captured inbound by the installed plan',
+    });
   const ssh = config.safety.sshPorts[0];
   if (ssh !== undefined && !config.safety.unsafeCaptureSsh) probes.push(probe('inbound to the SSH port', ssh));
   return probes;
@@ -407,7 +660,17 @@ function inboundProbes(peer: ProbeAgent | null, options: VerifyOptions, plan: Ca
 export function assertVerified(report: VerifyReport): void {
   if (report.ok) return;
   const failed = report.probes.filter((p) => p.status === 'fail');
-  throw new MeshctlError('VERIFY_FAILED', `${failed.length} of ${report.probes.filter((p) => p.status !== 'skip').length} live probes failed${report.netns ? ` in namespace ${report.netns}` : ''}`,
-    report.drift.length > 0 ? 'the rules drifted from what was installed (see above); `meshctl install` repairs them' : 'compare `meshctl status` with the failed probes; `meshctl explain` shows what the plan does with a flow',
-    { details: [...failed.map((p) => `${p.family} ${p.name}: ${p.flow}: expected ${p.expected}; ${p.detail}`), ...report.drift.map((d) => `drift: ${d}`)] });
+  throw new MeshctlError(
+    'VERIFY_FAILED',
+    `${failed.length} of ${report.probes.filter((p) => p.status !== 'skip').length} live probes failed${report.netns ? ` in namespace ${report.netns}` : ''}`,
+    report.drift.length > 0
+      ? 'the rules drifted from what was installed (see above); `meshctl install` repairs them'
+      : 'compare `meshctl status` with the failed probes; `meshctl explain` shows what the plan does with a flow',
+    {
+      details: [
+        ...failed.map((p) => `${p.family} ${p.name}: ${p.flow}: expected ${p.expected}; ${p.detail}`),
+        ...report.drift.map((d) => `drift: ${d}`),
+      ],
+    },
+  );
 }

@@ -47,10 +47,11 @@ export class AccessLog {
     if (!this.config.enabled) return;
     // On stdout (a pipe or the journal's stream socket, shared by every worker) each write stays within
     // PIPE_BUF so lines of different workers never interleave; sonic-boom never splits a line across writes.
-    this.destination = this.config.path === null
-      ? pino.destination({ dest: 1, sync: false, maxWrite: 4096 })
-      // 0640: the log names every app's peers and destinations; it is no business of other local users.
-      : pino.destination({ dest: this.config.path, sync: false, mkdir: true, append: true, mode: 0o640 });
+    this.destination =
+      this.config.path === null
+        ? pino.destination({ dest: 1, sync: false, maxWrite: 4096 })
+        : // 0640: the log names every app's peers and destinations; it is no business of other local users.
+          pino.destination({ dest: this.config.path, sync: false, mkdir: true, append: true, mode: 0o640 });
     this.logger = pino(
       { base: this.base, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'msg' },
       this.destination,

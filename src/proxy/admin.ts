@@ -14,7 +14,11 @@ import { parseSourceQuery } from './recent-connections.js';
 const PRIVILEGED_PATHS: ReadonlySet<string> = new Set(['/config', '/connections', '/lookup', '/drain']);
 
 /** The uid owning the client's socket (its peer credentials), and whether that uid may use privileged paths. */
-export type AdminAuthorizer = (socket: Socket) => { readonly allowed: boolean; readonly uid: number; readonly who: string };
+export type AdminAuthorizer = (socket: Socket) => {
+  readonly allowed: boolean;
+  readonly uid: number;
+  readonly who: string;
+};
 
 export interface AdminHandlers {
   /** `detail`: extra lines after the first (e.g. the control plane's state), shown whether ready or not. */
@@ -45,13 +49,22 @@ function sendText(res: ServerResponse, status: number, text: string, type = 'tex
   res.end(text);
 }
 
-async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerResponse, authorize: AdminAuthorizer | null): Promise<void> {
+async function route(
+  handlers: AdminHandlers,
+  req: IncomingMessage,
+  res: ServerResponse,
+  authorize: AdminAuthorizer | null,
+): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://admin');
   const method = req.method ?? 'GET';
   if (authorize !== null && PRIVILEGED_PATHS.has(url.pathname)) {
     const peer = authorize(req.socket);
     if (!peer.allowed) {
-      sendText(res, 403, `${url.pathname} is only for ${peer.who}; this request came from ${peer.uid < 0 ? 'a socket whose owner is unknown' : `uid ${peer.uid}`} (ask as root, e.g. with sudo)\n`);
+      sendText(
+        res,
+        403,
+        `${url.pathname} is only for ${peer.who}; this request came from ${peer.uid < 0 ? 'a socket whose owner is unknown' : `uid ${peer.uid}`} (ask as root, e.g. with sudo)\n`,
+      );
       return;
     }
   }
@@ -65,7 +78,11 @@ async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerR
     case '/ready': {
       if (!only('GET')) return;
       const { ready, reason, detail = [] } = handlers.ready();
-      sendText(res, ready ? 200 : 503, [ready ? 'ready' : `not ready: ${reason}`, ...detail].map((l) => `${l}\n`).join(''));
+      sendText(
+        res,
+        ready ? 200 : 503,
+        [ready ? 'ready' : `not ready: ${reason}`, ...detail].map((l) => `${l}\n`).join(''),
+      );
       return;
     }
     case '/stats':
@@ -108,7 +125,12 @@ async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerR
       return;
     }
     case '/':
-      if (only('GET')) sendText(res, 200, 'meshctl proxy admin: /ready /stats /metrics /config /contract /connections /lookup?source=ADDR:PORT POST /drain\n');
+      if (only('GET'))
+        sendText(
+          res,
+          200,
+          'meshctl proxy admin: /ready /stats /metrics /config /contract /connections /lookup?source=ADDR:PORT POST /drain\n',
+        );
       return;
     default:
       sendText(res, 404, `no such admin endpoint: ${url.pathname}\n`);
@@ -119,7 +141,12 @@ async function route(handlers: AdminHandlers, req: IncomingMessage, res: ServerR
  * Starts the admin server; rejects with MeshctlError LISTEN_FAILED when the port is taken. With `authorize`, the
  * PRIVILEGED_PATHS answer 403 to a client whose socket the authorizer does not allow.
  */
-export function startAdminServer(handlers: AdminHandlers, address: string, port: number, authorize: AdminAuthorizer | null = null): Promise<Server> {
+export function startAdminServer(
+  handlers: AdminHandlers,
+  address: string,
+  port: number,
+  authorize: AdminAuthorizer | null = null,
+): Promise<Server> {
   const server = createServer((req, res) => {
     route(handlers, req, res, authorize).catch((error: unknown) => {
       if (!res.headersSent) sendText(res, 500, `admin handler failed: ${(error as Error).message}\n`);
@@ -129,8 +156,15 @@ export function startAdminServer(handlers: AdminHandlers, address: string, port:
   server.keepAliveTimeout = 5000;
   return new Promise((resolve, reject) => {
     server.once('error', (error: NodeJS.ErrnoException) =>
-      reject(new MeshctlError('LISTEN_FAILED', `cannot start the admin server on ${address}:${port}: ${error.code ?? error.message}`,
-        `another process holds port ${port}; stop it or change proxy.adminPort`, { cause: error })));
+      reject(
+        new MeshctlError(
+          'LISTEN_FAILED',
+          `cannot start the admin server on ${address}:${port}: ${error.code ?? error.message}`,
+          `another process holds port ${port}; stop it or change proxy.adminPort`,
+          { cause: error },
+        ),
+      ),
+    );
     server.listen({ host: address, port }, () => resolve(server));
   });
 }

@@ -148,7 +148,8 @@ export class Connection implements RelayedConnection {
 
   /** The client's address:port as the proxy saw it (read on first use; '?' if the socket was gone by then). */
   get source(): string {
-    this.sourceText ??= this.client === null || this.client.destroyed ? '?' : endpoint(this.client.remoteAddress, this.client.remotePort);
+    this.sourceText ??=
+      this.client === null || this.client.destroyed ? '?' : endpoint(this.client.remoteAddress, this.client.remotePort);
     return this.sourceText;
   }
 
@@ -245,7 +246,12 @@ export class Connection implements RelayedConnection {
     // Read now what the admin table and the access log may ask later: the socket will be gone.
     this.sourceText ??= endpoint(client.remoteAddress, client.remotePort);
     try {
-      this.relayId = thread.adopt(this, clientFd, upstreamFd, relayBounds(this.cfg, performance.now() - this.startedAt));
+      this.relayId = thread.adopt(
+        this,
+        clientFd,
+        upstreamFd,
+        relayBounds(this.cfg, performance.now() - this.startedAt),
+      );
     } catch (error) {
       this.owner.relayHandoffFailed(error);
       return false;
@@ -360,7 +366,8 @@ export class Connection implements RelayedConnection {
   socketClosed(side: 'client' | 'upstream'): void {
     this.openSockets--;
     // A client gone while the upstream is still connecting: nothing will ever use that upstream.
-    if (side === 'client' && this.upstream && this.upstream.connecting && !this.upstream.destroyed) this.upstream.destroy();
+    if (side === 'client' && this.upstream && this.upstream.connecting && !this.upstream.destroyed)
+      this.upstream.destroy();
     if (this.openSockets === 0) this.finish();
   }
 

@@ -21,7 +21,13 @@ import { ControlPlanePoller, controlPlaneReadyDetail, renderControlPlanePromethe
 import { mergePolicySnapshots, renderPolicyPrometheus } from '../policy/metrics.js';
 import { AccessLog } from './access-log.js';
 import { startAdminServer, type AdminAuthorizer, type AdminHandlers } from './admin.js';
-import { activatedDnsCount, listenerLabel, openTransparentListeners, planListeners, type ListenerSpec } from './listeners.js';
+import {
+  activatedDnsCount,
+  listenerLabel,
+  openTransparentListeners,
+  planListeners,
+  type ListenerSpec,
+} from './listeners.js';
 import { readListeningPorts, readProcessIds } from './live-contract.js';
 import { mergeSnapshots, renderPrometheus } from './metrics.js';
 import { RECENT_CAPACITY } from './recent-connections.js';
@@ -70,9 +76,11 @@ function assumeProxyUser(config: Config, log: Logger): void {
     return;
   }
   if (process.getuid?.() !== uid && process.getgid?.() !== gid) {
-    throw new MeshctlError('PROXY_USER_MISMATCH',
+    throw new MeshctlError(
+      'PROXY_USER_MISMATCH',
       `the proxy runs as uid ${process.getuid?.()} gid ${process.getgid?.()}, but proxy.user is ${who}: the capture rules would redirect the proxy's own upstream connections back to it`,
-      `run it as ${name ?? `uid ${uid}`} (systemd User=, or start it as root and it switches), or set proxy.user to the user it runs as`);
+      `run it as ${name ?? `uid ${uid}`} (systemd User=, or start it as root and it switches), or set proxy.user to the user it runs as`,
+    );
   }
 }
 
@@ -100,7 +108,8 @@ export class ProxySupervisor {
   private appliedAt = new Date().toISOString();
   private readonly startedAt = performance.now();
   /** The last refused self-loop (any worker), for /ready, /stats and one rate-limited error log. */
-  private selfLoop: { at: number; loggedAt: number; total: number; last: SelfLoopEvent & { worker: number } } | null = null;
+  private selfLoop: { at: number; loggedAt: number; total: number; last: SelfLoopEvent & { worker: number } } | null =
+    null;
   private readonly log: Logger;
   private resolveExit: (exit: ProxyExit) => void = () => {};
   /** Settles when the proxy has stopped (after a drain or a forced stop). */
@@ -114,14 +123,20 @@ export class ProxySupervisor {
   /** Starts everything; rejects (after cleaning up) if a listener, the admin server or the addon is unavailable. */
   async start(): Promise<void> {
     if (!isAddonAvailable()) {
-      throw new MeshctlError('ADDON_UNAVAILABLE', 'the native addon (build/Release/meshctl_native.node) is not built; the proxy cannot read original destinations',
-        'run `npm ci` (or `npx node-gyp rebuild`) in the meshctl directory');
+      throw new MeshctlError(
+        'ADDON_UNAVAILABLE',
+        'the native addon (build/Release/meshctl_native.node) is not built; the proxy cannot read original destinations',
+        'run `npm ci` (or `npx node-gyp rebuild`) in the meshctl directory',
+      );
     }
     const env = this.options.env ?? process.env;
     this.specs = planListeners(this.config, env, process.pid);
     this.activated = this.specs.some((s) => s.fd !== null);
     if (this.activated && this.config.capture.ipv6 === 'intercept' && !this.specs.some((s) => s.family === 'ipv6')) {
-      this.log.warn({ listeners: this.specs.map(listenerLabel) }, 'capture.ipv6 is "intercept" but socket activation passed no IPv6 listener (outbound6, inbound6): redirected IPv6 connections will be refused');
+      this.log.warn(
+        { listeners: this.specs.map(listenerLabel) },
+        'capture.ipv6 is "intercept" but socket activation passed no IPv6 listener (outbound6, inbound6): redirected IPv6 connections will be refused',
+      );
     }
     // Transparent (TPROXY) sockets need CAP_NET_ADMIN, which the proxy gives up with root right after.
     this.specs = openTransparentListeners(this.config, this.specs);
@@ -138,10 +153,25 @@ export class ProxySupervisor {
     this.pool.onSelfLoop = (event) => this.selfLoopRefused(event);
     try {
       await this.pool.start(this.config, this.specs);
-      this.admin = await startAdminServer(this.handlers(), this.config.proxy.adminAddress, this.config.proxy.adminPort, adminAuthorizer(this.log));
+      this.admin = await startAdminServer(
+        this.handlers(),
+        this.config.proxy.adminAddress,
+        this.config.proxy.adminPort,
+        adminAuthorizer(this.log),
+      );
       if (this.config.capture.dns.enabled) {
-        const activated = activatedDnsListeners(this.config, env, process.pid, activatedDnsCount(this.config, Number(env.LISTEN_FDS ?? 0)));
-        this.dns = await DnsServer.start(this.config, activated ?? planDnsListeners(this.config), this.dnsQueryLog(this.config), this.options.log);
+        const activated = activatedDnsListeners(
+          this.config,
+          env,
+          process.pid,
+          activatedDnsCount(this.config, Number(env.LISTEN_FDS ?? 0)),
+        );
+        this.dns = await DnsServer.start(
+          this.config,
+          activated ?? planDnsListeners(this.config),
+          this.dnsQueryLog(this.config),
+          this.options.log,
+        );
       }
     } catch (error) {
       this.pool.forceStop();
@@ -151,18 +181,25 @@ export class ProxySupervisor {
     }
     if (this.options.watchConfig ?? this.config.file !== null) this.watchConfigFile();
     this.poller?.startPolling();
-    this.log.info({
-      workers: count,
-      listeners: this.specs.map(listenerLabel),
-      admin: `${this.config.proxy.adminAddress}:${this.config.proxy.adminPort}`,
-      socketActivation: this.activated,
-      config: this.config.file,
-      hash: this.config.hash,
-    }, 'proxy ready');
+    this.log.info(
+      {
+        workers: count,
+        listeners: this.specs.map(listenerLabel),
+        admin: `${this.config.proxy.adminAddress}:${this.config.proxy.adminPort}`,
+        socketActivation: this.activated,
+        config: this.config.file,
+        hash: this.config.hash,
+      },
+      'proxy ready',
+    );
   }
 
   private createPoller(config: Config): ControlPlanePoller {
-    return new ControlPlanePoller(config.controlPlane!, (overlay) => this.applyOverlay(overlay), this.log.child({ component: 'control-plane' }));
+    return new ControlPlanePoller(
+      config.controlPlane!,
+      (overlay) => this.applyOverlay(overlay),
+      this.log.child({ component: 'control-plane' }),
+    );
   }
 
   /** Applies a control-plane document (validated like the file, applied like a reload); throws when rejected. */
@@ -195,7 +232,9 @@ export class ProxySupervisor {
         if (this.reloadTimer) clearTimeout(this.reloadTimer);
         this.reloadTimer = setTimeout(() => void this.reload('file-change'), RELOAD_DEBOUNCE_MS);
       });
-      this.watcher.on('error', (error) => this.log.warn({ err: error, file }, 'config watch failed; reload with SIGHUP'));
+      this.watcher.on('error', (error) =>
+        this.log.warn({ err: error, file }, 'config watch failed; reload with SIGHUP'),
+      );
     } catch (error) {
       this.log.warn({ err: error, file }, 'cannot watch the config file; reload with SIGHUP');
     }
@@ -233,7 +272,10 @@ export class ProxySupervisor {
       this.reloads.failed++;
       this.lastReloadError = error as Error;
       const e = error as MeshctlError;
-      this.log.error({ trigger, code: e.code, err: error, details: e.details }, `config reload rejected, keeping the running config: ${e.message}`);
+      this.log.error(
+        { trigger, code: e.code, err: error, details: e.details },
+        `config reload rejected, keeping the running config: ${e.message}`,
+      );
       return false;
     }
     if (next.hash === this.config.hash) {
@@ -244,19 +286,29 @@ export class ProxySupervisor {
     try {
       const current = this.config.proxy;
       if (next.proxy.user.uid !== current.user.uid || next.proxy.user.gid !== current.user.gid) {
-        throw new MeshctlError('CONFIG_INVALID', `proxy.user changed to uid ${next.proxy.user.uid} gid ${next.proxy.user.gid}; a running proxy cannot change its user`, 'restart the proxy to change proxy.user');
+        throw new MeshctlError(
+          'CONFIG_INVALID',
+          `proxy.user changed to uid ${next.proxy.user.uid} gid ${next.proxy.user.gid}; a running proxy cannot change its user`,
+          'restart the proxy to change proxy.user',
+        );
       }
       // The installed capture rules were checked against this proxy's contract (meshctl install); a reload that
       // moved a port or a family away from them would silently send traffic to nothing.
       const changed = contractChanges(contractOf(this.config), contractOf(next));
       if (changed.length > 0) {
-        throw new MeshctlError('CONFIG_INVALID', `the new config changes the capture contract (${changed.join('; ')}), which the installed rules depend on; a reload keeps it`,
-          'restart the proxy with the new config, then run `meshctl install` so the rules match it (`meshctl status` shows both)');
+        throw new MeshctlError(
+          'CONFIG_INVALID',
+          `the new config changes the capture contract (${changed.join('; ')}), which the installed rules depend on; a reload keeps it`,
+          'restart the proxy with the new config, then run `meshctl install` so the rules match it (`meshctl status` shows both)',
+        );
       }
       let specs = this.specs;
       if (this.activated) {
         if (next.proxy.outboundPort !== current.outboundPort || next.proxy.inboundPort !== current.inboundPort) {
-          this.log.warn({ trigger }, 'listener ports come from systemd socket activation; change them in the socket unit');
+          this.log.warn(
+            { trigger },
+            'listener ports come from systemd socket activation; change them in the socket unit',
+          );
         }
       } else {
         specs = planListeners(next, {}, process.pid);
@@ -266,7 +318,12 @@ export class ProxySupervisor {
       specs = openTransparentListeners(next, specs, this.specs);
       await this.pool!.reload(next, specs);
       if (next.proxy.adminPort !== current.adminPort || next.proxy.adminAddress !== current.adminAddress) {
-        const admin = await startAdminServer(this.handlers(), next.proxy.adminAddress, next.proxy.adminPort, adminAuthorizer(this.log));
+        const admin = await startAdminServer(
+          this.handlers(),
+          next.proxy.adminAddress,
+          next.proxy.adminPort,
+          adminAuthorizer(this.log),
+        );
         this.admin?.close();
         this.admin = admin;
       }
@@ -286,7 +343,10 @@ export class ProxySupervisor {
     } catch (error) {
       this.lastReloadError = error as Error;
       this.reloads.failed++;
-      this.log.error({ trigger, err: error }, `config reload failed, keeping the running config: ${(error as Error).message}`);
+      this.log.error(
+        { trigger, err: error },
+        `config reload failed, keeping the running config: ${(error as Error).message}`,
+      );
       // Workers that did apply it go back to the running config.
       await this.pool!.reload(this.config, this.specs).catch(() => {});
       return false;
@@ -310,10 +370,18 @@ export class ProxySupervisor {
     if (first || now - loggedAt >= SELF_LOOP_UNREADY_MS) {
       this.selfLoop.loggedAt = now;
       const expects = contractOf(this.config);
-      this.log.error({ uid: event.uid, source: event.source, originalDst: event.originalDst, worker: event.worker, expects: describeContract(expects) },
+      this.log.error(
+        {
+          uid: event.uid,
+          source: event.source,
+          originalDst: event.originalDst,
+          worker: event.worker,
+          expects: describeContract(expects),
+        },
         `refused the proxy's own connection to ${event.originalDst}: it came back to the proxy (its socket, uid ${event.uid}, was captured). ` +
-        `The capture rules do not exempt the user this proxy runs as (installed with another --proxy-user?), or a foreign rule or a second proxy redirects it. ` +
-        'Not ready until this stops; run `meshctl status` (logged at most every 10 s)');
+          `The capture rules do not exempt the user this proxy runs as (installed with another --proxy-user?), or a foreign rule or a second proxy redirects it. ` +
+          'Not ready until this stops; run `meshctl status` (logged at most every 10 s)',
+      );
     }
   }
 
@@ -331,8 +399,16 @@ export class ProxySupervisor {
     const processes = pids.map(readProcessIds).filter((p): p is NonNullable<typeof p> => p !== null);
     const self = processes[0] ?? { pid: process.pid, uid: process.geteuid?.() ?? -1, gid: process.getegid?.() ?? -1 };
     const { tcp, udp } = readListeningPorts(pids);
-    const transparentPorts = this.specs.filter((s) => s.direction === 'inbound' && s.fd !== null && (s.transparent === true || safeIsTransparent(s.fd, s.family))).map((s) => s.port);
-    const user = self.uid === this.config.proxy.user.uid ? this.config.proxy.user.name : (systemUserDb.user(self.uid)?.name ?? null);
+    const transparentPorts = this.specs
+      .filter(
+        (s) =>
+          s.direction === 'inbound' && s.fd !== null && (s.transparent === true || safeIsTransparent(s.fd, s.family)),
+      )
+      .map((s) => s.port);
+    const user =
+      self.uid === this.config.proxy.user.uid
+        ? this.config.proxy.user.name
+        : (systemUserDb.user(self.uid)?.name ?? null);
     return {
       pid: process.pid,
       processes,
@@ -412,37 +488,73 @@ export class ProxySupervisor {
           controlPlane: this.poller?.status() ?? null,
           reloads: this.reloads,
           listeners: this.specs.map(listenerLabel),
-          workers: workers.map((w) => ({ index: w.index, pid: w.pid, active: w.active, listening: w.listening, draining: w.draining })),
+          workers: workers.map((w) => ({
+            index: w.index,
+            pid: w.pid,
+            active: w.active,
+            listening: w.listening,
+            draining: w.draining,
+          })),
           connections: {
             active: { outbound: totals.directions.outbound.active, inbound: totals.directions.inbound.active },
             accepted: { outbound: totals.directions.outbound.accepted, inbound: totals.directions.inbound.accepted },
             closed: { outbound: totals.directions.outbound.closed, inbound: totals.directions.inbound.closed },
           },
           refusals: totals.refusals,
-          selfLoop: this.selfLoop === null ? null : { total: this.selfLoop.total, lastAt: new Date(this.selfLoop.at).toISOString(), last: this.selfLoop.last },
+          selfLoop:
+            this.selfLoop === null
+              ? null
+              : {
+                  total: this.selfLoop.total,
+                  lastAt: new Date(this.selfLoop.at).toISOString(),
+                  last: this.selfLoop.last,
+                },
           bytes: {
-            outbound: { clientToUpstream: totals.directions.outbound.bytesFromClient, upstreamToClient: totals.directions.outbound.bytesFromUpstream },
-            inbound: { clientToUpstream: totals.directions.inbound.bytesFromClient, upstreamToClient: totals.directions.inbound.bytesFromUpstream },
+            outbound: {
+              clientToUpstream: totals.directions.outbound.bytesFromClient,
+              upstreamToClient: totals.directions.outbound.bytesFromUpstream,
+            },
+            inbound: {
+              clientToUpstream: totals.directions.inbound.bytesFromClient,
+              upstreamToClient: totals.directions.inbound.bytesFromUpstream,
+            },
           },
-          connectLatency: { outbound: totals.directions.outbound.connectLatency, inbound: totals.directions.inbound.connectLatency },
+          connectLatency: {
+            outbound: totals.directions.outbound.connectLatency,
+            inbound: totals.directions.inbound.connectLatency,
+          },
           policy: mergePolicySnapshots(workers.map((w) => w.policy)),
           dns: this.dns?.snapshot() ?? null,
         };
       },
       metrics: async () => {
         const workers = await this.pool!.stats();
-        return renderPrometheus(mergeSnapshots(workers.map((w) => w.metrics)), {
-          ready: this.handlers().ready().ready,
-          draining: this.draining !== null,
-          workers: workers.length,
-          reloads: this.reloads,
-          uptimeSeconds: (performance.now() - this.startedAt) / 1000,
-        }) + renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) + renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy))) + renderDnsPrometheus(this.dns?.snapshot() ?? null);
+        return (
+          renderPrometheus(mergeSnapshots(workers.map((w) => w.metrics)), {
+            ready: this.handlers().ready().ready,
+            draining: this.draining !== null,
+            workers: workers.length,
+            reloads: this.reloads,
+            uptimeSeconds: (performance.now() - this.startedAt) / 1000,
+          }) +
+          renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) +
+          renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy))) +
+          renderDnsPrometheus(this.dns?.snapshot() ?? null)
+        );
       },
-      config: () => ({ version: this.version, appliedAt: this.appliedAt, ...this.config, controlPlaneStatus: this.poller?.status() ?? null }),
+      config: () => ({
+        version: this.version,
+        appliedAt: this.appliedAt,
+        ...this.config,
+        controlPlaneStatus: this.poller?.status() ?? null,
+      }),
       contract: () => this.liveContract(),
       connections: (limit) => this.pool!.connections(limit),
-      lookup: async (source) => ({ source, recentPerWorker: RECENT_CAPACITY, connections: await this.pool!.lookup(source) }),
+      lookup: async (source) => ({
+        source,
+        recentPerWorker: RECENT_CAPACITY,
+        connections: await this.pool!.lookup(source),
+      }),
       drain: () => {
         const alreadyDraining = this.draining !== null;
         void this.drain('admin', false);
@@ -465,8 +577,11 @@ export function contractChanges(running: CaptureContract, next: CaptureContract)
   const out: string[] = [];
   const text = (v: unknown) => (v === null ? 'off' : Array.isArray(v) ? v.join(',') : String(v));
   for (const [field, path] of [
-    ['outboundPort', 'proxy.outboundPort'], ['inboundPort', 'proxy.inboundPort'], ['inboundMode', 'capture.inbound.mode'],
-    ['dnsPort', 'capture.dns.port'], ['families', 'capture.ipv6'],
+    ['outboundPort', 'proxy.outboundPort'],
+    ['inboundPort', 'proxy.inboundPort'],
+    ['inboundMode', 'capture.inbound.mode'],
+    ['dnsPort', 'capture.dns.port'],
+    ['families', 'capture.ipv6'],
   ] as const) {
     if (text(running[field]) !== text(next[field])) out.push(`${path} ${text(running[field])} → ${text(next[field])}`);
   }
@@ -486,9 +601,15 @@ function adminAuthorizer(log: Logger): AdminAuthorizer {
     const local = socket.localAddress ?? '';
     let uid = -1;
     try {
-      if (fd >= 0 && local !== '') uid = peerOwner(fd, local.includes(':') && !local.startsWith('::ffff:') ? 6 : 4, local.replace(/^::ffff:/, ''), socket.localPort ?? 0);
+      if (fd >= 0 && local !== '')
+        uid = peerOwner(
+          fd,
+          local.includes(':') && !local.startsWith('::ffff:') ? 6 : 4,
+          local.replace(/^::ffff:/, ''),
+          socket.localPort ?? 0,
+        );
     } catch (error) {
-      log.warn({ err: error }, 'admin: could not read the client socket\'s owner; refusing the privileged request');
+      log.warn({ err: error }, "admin: could not read the client socket's owner; refusing the privileged request");
     }
     return { allowed: uid === 0 || (uid >= 0 && uid === own), uid, who };
   };

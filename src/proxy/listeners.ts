@@ -32,7 +32,10 @@ const LISTEN_FDS_START = 3;
 const BACKLOG = 4096;
 
 function describe(name: ListenerName): { direction: Direction; family: Family } {
-  return { direction: name.startsWith('outbound') ? 'outbound' : 'inbound', family: name.endsWith('6') ? 'ipv6' : 'ipv4' };
+  return {
+    direction: name.startsWith('outbound') ? 'outbound' : 'inbound',
+    family: name.endsWith('6') ? 'ipv6' : 'ipv4',
+  };
 }
 
 /**
@@ -42,17 +45,27 @@ function describe(name: ListenerName): { direction: Direction; family: Family } 
  * rewrites to 127.0.0.1 / ::1), inbound on all addresses; IPv6 only when capture.ipv6 is `intercept`.
  * Throws MeshctlError LISTEN_FAILED for inconsistent activation variables.
  */
-export function planListeners(config: Pick<Config, 'proxy' | 'capture'>, env: NodeJS.ProcessEnv, pid: number): ListenerSpec[] {
+export function planListeners(
+  config: Pick<Config, 'proxy' | 'capture'>,
+  env: NodeJS.ProcessEnv,
+  pid: number,
+): ListenerSpec[] {
   const { proxy } = config;
   const portOf = (name: ListenerName) => (name.startsWith('outbound') ? proxy.outboundPort : proxy.inboundPort);
   if (env.LISTEN_FDS !== undefined && env.LISTEN_PID !== undefined && Number(env.LISTEN_PID) === pid) {
     // The DNS server's sockets, when the unit passes them, follow these (src/dns/server.ts activatedDnsListeners).
     const count = Number(env.LISTEN_FDS) - activatedDnsCount(config, Number(env.LISTEN_FDS));
     if (!Number.isInteger(count) || count < 1 || count > LISTENER_NAMES.length) {
-      throw new MeshctlError('LISTEN_FAILED', `LISTEN_FDS=${env.LISTEN_FDS} from systemd socket activation: expected 1 to ${LISTENER_NAMES.length} sockets`,
-        'give the proxy socket unit one ListenStream= per listener (outbound, inbound, outbound6, inbound6)');
+      throw new MeshctlError(
+        'LISTEN_FAILED',
+        `LISTEN_FDS=${env.LISTEN_FDS} from systemd socket activation: expected 1 to ${LISTENER_NAMES.length} sockets`,
+        'give the proxy socket unit one ListenStream= per listener (outbound, inbound, outbound6, inbound6)',
+      );
     }
-    const given = (env.LISTEN_FDNAMES ?? '').split(':').filter((n) => n !== '').slice(0, count);
+    const given = (env.LISTEN_FDNAMES ?? '')
+      .split(':')
+      .filter((n) => n !== '')
+      .slice(0, count);
     const known = given.filter((n): n is ListenerName => (LISTENER_NAMES as readonly string[]).includes(n));
     let names: ListenerName[];
     if (known.length === 0) {
@@ -60,10 +73,19 @@ export function planListeners(config: Pick<Config, 'proxy' | 'capture'>, env: No
     } else if (known.length === count && given.length === count && new Set(known).size === count) {
       names = known;
     } else {
-      throw new MeshctlError('LISTEN_FAILED', `LISTEN_FDNAMES=${env.LISTEN_FDNAMES ?? ''} does not name ${count} distinct listeners`,
-        `set FileDescriptorName= to one of ${LISTENER_NAMES.join(', ')} on every socket, or to none of them (positional order)`);
+      throw new MeshctlError(
+        'LISTEN_FAILED',
+        `LISTEN_FDNAMES=${env.LISTEN_FDNAMES ?? ''} does not name ${count} distinct listeners`,
+        `set FileDescriptorName= to one of ${LISTENER_NAMES.join(', ')} on every socket, or to none of them (positional order)`,
+      );
     }
-    return names.map((name, i) => ({ name, ...describe(name), host: '', port: portOf(name), fd: LISTEN_FDS_START + i }));
+    return names.map((name, i) => ({
+      name,
+      ...describe(name),
+      host: '',
+      port: portOf(name),
+      fd: LISTEN_FDS_START + i,
+    }));
   }
   const specs: ListenerSpec[] = [
     { name: 'outbound', ...describe('outbound'), host: '127.0.0.1', port: proxy.outboundPort, fd: null },
@@ -89,7 +111,10 @@ export function activatedDnsCount(config: Pick<Config, 'capture'>, total: number
 
 /** Whether two listener sets bind the same sockets (so a reload can keep them). */
 export function sameListeners(a: readonly ListenerSpec[], b: readonly ListenerSpec[]): boolean {
-  return a.length === b.length && a.every((s, i) => s.name === b[i]!.name && s.host === b[i]!.host && s.port === b[i]!.port && s.fd === b[i]!.fd);
+  return (
+    a.length === b.length &&
+    a.every((s, i) => s.name === b[i]!.name && s.host === b[i]!.host && s.port === b[i]!.port && s.fd === b[i]!.fd)
+  );
 }
 
 export function listenerLabel(spec: ListenerSpec): string {
@@ -129,13 +154,17 @@ export function openTransparentListeners(
       const family = spec.family === 'ipv6' ? 6 : 4;
       if (spec.fd !== null) {
         if (tproxy && !ops.isTransparent(spec.fd, family)) {
-          throw new MeshctlError('LISTEN_FAILED',
+          throw new MeshctlError(
+            'LISTEN_FAILED',
             `the socket-activated ${listenerLabel(spec)} is not transparent, but capture.inbound.mode is "tproxy": TPROXY would drop every inbound connection`,
-            'add Transparent=yes to the [Socket] section of the proxy socket unit (meshctl-proxy.socket) and restart the socket');
+            'add Transparent=yes to the [Socket] section of the proxy socket unit (meshctl-proxy.socket) and restart the socket',
+          );
         }
         return spec;
       }
-      const kept = current.find((c) => c.transparent && c.name === spec.name && c.host === spec.host && c.port === spec.port);
+      const kept = current.find(
+        (c) => c.transparent && c.name === spec.name && c.host === spec.host && c.port === spec.port,
+      );
       if (kept) return kept;
       if (!tproxy) return spec;
       let fd: number;
@@ -145,12 +174,16 @@ export function openTransparentListeners(
         const e = error as NodeJS.ErrnoException;
         const code = e.code ?? e.message;
         const denied = code === 'EPERM' || code === 'EACCES';
-        throw new MeshctlError('LISTEN_FAILED',
+        throw new MeshctlError(
+          'LISTEN_FAILED',
           `cannot open the transparent inbound listener ${listenerLabel(spec)} for capture.inbound.mode "tproxy": ${e.syscall ?? 'socket'} ${code}`,
           denied
             ? 'IP_TRANSPARENT needs CAP_NET_ADMIN: start the proxy as root (it switches to proxy.user after opening its listeners), grant it AmbientCapabilities=CAP_NET_ADMIN, or use systemd socket activation with Transparent=yes; a running proxy cannot switch to tproxy on reload, restart it'
-            : code === 'EADDRINUSE' ? `another process holds port ${spec.port}; stop it or change proxy.inboundPort` : 'check that the address exists on this host',
-          { cause: error });
+            : code === 'EADDRINUSE'
+              ? `another process holds port ${spec.port}; stop it or change proxy.inboundPort`
+              : 'check that the address exists on this host',
+          { cause: error },
+        );
       }
       made.push(fd);
       return { ...spec, fd, transparent: true };
@@ -178,15 +211,27 @@ export interface OpenListener {
  * Opens one listener. Accepted sockets start paused (read nothing until the upstream is connected), half-open
  * allowed, Nagle off. Rejects with MeshctlError LISTEN_FAILED naming the address and errno.
  */
-export function openListener(spec: ListenerSpec, onConnection: (socket: Socket, spec: ListenerSpec) => void): Promise<OpenListener> {
-  const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => onConnection(socket, spec));
+export function openListener(
+  spec: ListenerSpec,
+  onConnection: (socket: Socket, spec: ListenerSpec) => void,
+): Promise<OpenListener> {
+  const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) =>
+    onConnection(socket, spec),
+  );
   return new Promise((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException) => {
-      reject(new MeshctlError('LISTEN_FAILED', `cannot listen on ${listenerLabel(spec)}: ${error.code ?? error.message}`,
-        error.code === 'EADDRINUSE'
-          ? `another process holds port ${spec.port}; stop it or change proxy.${spec.direction}Port`
-          : spec.fd !== null ? 'check the socket unit: the fd must be a listening TCP stream socket' : 'check that the address exists on this host',
-        { cause: error }));
+      reject(
+        new MeshctlError(
+          'LISTEN_FAILED',
+          `cannot listen on ${listenerLabel(spec)}: ${error.code ?? error.message}`,
+          error.code === 'EADDRINUSE'
+            ? `another process holds port ${spec.port}; stop it or change proxy.${spec.direction}Port`
+            : spec.fd !== null
+              ? 'check the socket unit: the fd must be a listening TCP stream socket'
+              : 'check that the address exists on this host',
+          { cause: error },
+        ),
+      );
     };
     server.once('error', onError);
     const ready = () => {

@@ -7,9 +7,16 @@ import type { Family } from '../values/ip.js';
 import type { ListeningPorts } from '../config/contract.js';
 
 /** The real, effective, saved and file-system ids of a `Uid:` or `Gid:` line of /proc/PID/status. */
-export function parseStatusIds(status: string, key: 'Uid' | 'Gid'): { real: number; effective: number; fs: number } | null {
+export function parseStatusIds(
+  status: string,
+  key: 'Uid' | 'Gid',
+): { real: number; effective: number; fs: number } | null {
   const line = status.split('\n').find((l) => l.startsWith(`${key}:`));
-  const ids = line?.slice(key.length + 1).trim().split(/\s+/).map(Number);
+  const ids = line
+    ?.slice(key.length + 1)
+    .trim()
+    .split(/\s+/)
+    .map(Number);
   if (!ids || ids.length < 4 || ids.some((n) => !Number.isInteger(n))) return null;
   return { real: ids[0]!, effective: ids[1]!, fs: ids[3]! };
 }
@@ -87,7 +94,8 @@ export function readProcessIds(pid: number): ProcessIds | null {
 export function readListeningPorts(pids: readonly number[]): { tcp: ListeningPorts; udp: ListeningPorts } {
   const inodes = new Set<number>();
   for (const pid of pids) for (const i of socketInodes(fdLinks(pid === process.pid ? 'self' : pid))) inodes.add(i);
-  const ports = (protocol: 'tcp' | 'udp', family: Family) => listeningPortsIn(readText(`/proc/self/net/${protocol}${family === 'ipv6' ? '6' : ''}`), protocol, inodes);
+  const ports = (protocol: 'tcp' | 'udp', family: Family) =>
+    listeningPortsIn(readText(`/proc/self/net/${protocol}${family === 'ipv6' ? '6' : ''}`), protocol, inodes);
   return {
     tcp: { ipv4: ports('tcp', 'ipv4'), ipv6: ports('tcp', 'ipv6') },
     udp: { ipv4: ports('udp', 'ipv4'), ipv6: ports('udp', 'ipv6') },

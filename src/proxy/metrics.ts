@@ -10,7 +10,9 @@ export type EndResult = 'FIN' | 'RST' | 'timeout' | 'refused' | 'connect-failed'
 const END_RESULTS: readonly EndResult[] = ['FIN', 'RST', 'timeout', 'refused', 'connect-failed', 'drain'];
 
 /** Upper bounds (seconds) of the upstream connect latency histogram. */
-const CONNECT_BUCKETS_S: readonly number[] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const CONNECT_BUCKETS_S: readonly number[] = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
 
 export interface Histogram {
   /** Cumulative-free counts per bucket of CONNECT_BUCKETS_S, plus one overflow slot at the end. */
@@ -139,18 +141,29 @@ export function renderPrometheus(s: MetricsSnapshot, gauges: ProcessGauges): str
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
   };
   family('meshctl_proxy_connections_accepted_total', 'counter', 'Connections accepted by the proxy listeners.');
-  for (const dir of DIRECTIONS) out.push(`meshctl_proxy_connections_accepted_total{direction="${dir}"} ${s.directions[dir].accepted}`);
+  for (const dir of DIRECTIONS)
+    out.push(`meshctl_proxy_connections_accepted_total{direction="${dir}"} ${s.directions[dir].accepted}`);
   family('meshctl_proxy_connections_total', 'counter', 'Closed connections by direction and how they ended.');
   for (const dir of DIRECTIONS)
-    for (const r of END_RESULTS) out.push(`meshctl_proxy_connections_total{direction="${dir}",result="${r}"} ${s.directions[dir].closed[r]}`);
+    for (const r of END_RESULTS)
+      out.push(`meshctl_proxy_connections_total{direction="${dir}",result="${r}"} ${s.directions[dir].closed[r]}`);
   family('meshctl_proxy_connections_active', 'gauge', 'Connections currently open.');
-  for (const dir of DIRECTIONS) out.push(`meshctl_proxy_connections_active{direction="${dir}"} ${s.directions[dir].active}`);
+  for (const dir of DIRECTIONS)
+    out.push(`meshctl_proxy_connections_active{direction="${dir}"} ${s.directions[dir].active}`);
   family('meshctl_proxy_bytes_total', 'counter', 'Bytes relayed; flow is client_to_upstream or upstream_to_client.');
   for (const dir of DIRECTIONS) {
-    out.push(`meshctl_proxy_bytes_total{direction="${dir}",flow="client_to_upstream"} ${s.directions[dir].bytesFromClient}`);
-    out.push(`meshctl_proxy_bytes_total{direction="${dir}",flow="upstream_to_client"} ${s.directions[dir].bytesFromUpstream}`);
+    out.push(
+      `meshctl_proxy_bytes_total{direction="${dir}",flow="client_to_upstream"} ${s.directions[dir].bytesFromClient}`,
+    );
+    out.push(
+      `meshctl_proxy_bytes_total{direction="${dir}",flow="upstream_to_client"} ${s.directions[dir].bytesFromUpstream}`,
+    );
   }
-  family('meshctl_proxy_upstream_connect_seconds', 'histogram', 'Time from accept to an established upstream connection.');
+  family(
+    'meshctl_proxy_upstream_connect_seconds',
+    'histogram',
+    'Time from accept to an established upstream connection.',
+  );
   for (const dir of DIRECTIONS) {
     const h = s.directions[dir].connectLatency;
     let cumulative = 0;
@@ -162,7 +175,11 @@ export function renderPrometheus(s: MetricsSnapshot, gauges: ProcessGauges): str
     out.push(`meshctl_proxy_upstream_connect_seconds_sum{direction="${dir}"} ${formatNumber(h.sum)}`);
     out.push(`meshctl_proxy_upstream_connect_seconds_count{direction="${dir}"} ${h.count}`);
   }
-  family('meshctl_proxy_refused_total', 'counter', 'Connections refused without an upstream (not redirected, aimed at the proxy itself, or refused by mesh policy).');
+  family(
+    'meshctl_proxy_refused_total',
+    'counter',
+    'Connections refused without an upstream (not redirected, aimed at the proxy itself, or refused by mesh policy).',
+  );
   for (const r of REFUSAL_REASONS) out.push(`meshctl_proxy_refused_total{reason="${r}"} ${s.refusals[r]}`);
   family('meshctl_proxy_ready', 'gauge', '1 when every listener accepts and the config is loaded.');
   out.push(`meshctl_proxy_ready ${gauges.ready ? 1 : 0}`);

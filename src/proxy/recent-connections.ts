@@ -77,7 +77,8 @@ export function parseSourceQuery(text: string): SourceQuery | string {
   const ip = parts ? parseIp(parts.host) : null;
   const port = parts ? Number(parts.port) : NaN;
   if (!parts || !ip) return `source must be ADDR:PORT or [IPV6]:PORT, got ${JSON.stringify(text)}`;
-  if (!Number.isInteger(port) || port < 1 || port > 65535) return `source port must be 1-65535, got ${parts.port} in ${JSON.stringify(text)}`;
+  if (!Number.isInteger(port) || port < 1 || port > 65535)
+    return `source port must be 1-65535, got ${parts.port} in ${JSON.stringify(text)}`;
   const address = unmapped(ip);
   return { address, port, text: endpoint(formatIp(address), port) };
 }
@@ -127,7 +128,8 @@ export class RecentConnections {
   private filled = 0;
 
   constructor(readonly capacity = RECENT_CAPACITY) {
-    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`ring capacity must be a positive integer, got ${capacity}`);
+    if (!Number.isInteger(capacity) || capacity < 1)
+      throw new RangeError(`ring capacity must be a positive integer, got ${capacity}`);
     this.ids = new Array<string>(capacity).fill('');
     this.directions = new Array<Direction>(capacity).fill('outbound');
     this.sources = new Array<string>(capacity).fill('');
@@ -181,7 +183,12 @@ export class RecentConnections {
 }
 
 /** The open and recently closed connections from `query`, newest (smallest age) first. */
-export function lookupRows(live: Iterable<LiveConnection>, ring: RecentConnections, query: SourceQuery, now: number): SourceLookupRow[] {
+export function lookupRows(
+  live: Iterable<LiveConnection>,
+  ring: RecentConnections,
+  query: SourceQuery,
+  now: number,
+): SourceLookupRow[] {
   const rows = ring.lookup(query, now);
   for (const conn of live) if (matchesSource(conn.source, query)) rows.push(liveRow(conn, now));
   return rows.sort((a, b) => a.ageMs - b.ageMs);

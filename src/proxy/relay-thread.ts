@@ -1,7 +1,15 @@
 // The worker's side of the addon's relay thread (src/native/relay.cc): gives each handed-off connection an id,
 // keeps the event loop alive while any is relayed, and turns the thread's end reports back into the
 // connections' results. Payload never crosses into JS; only one report per connection does, in batches.
-import { createRelay, errnoCode, relayEndCodes, relayRecordFields, withErrnoCode, type NativeRelay, type RelayEnd } from '../native/addon.js';
+import {
+  createRelay,
+  errnoCode,
+  relayEndCodes,
+  relayRecordFields,
+  withErrnoCode,
+  type NativeRelay,
+  type RelayEnd,
+} from '../native/addon.js';
 import type { EndResult } from './metrics.js';
 
 /** A connection the relay thread carries: told once how it ended. `result` null: ended on our own request. */
@@ -67,11 +75,17 @@ export function describeEnd(code: number, side: number, errno: number): { result
 
 /** Converts a configured bound to what the thread takes (rounded up: a bound never ends a connection early). */
 export function relayBounds(
-  cfg: { readonly maxConnectionDurationMs: number | null; readonly idleTimeoutMs: number | null; readonly halfCloseTimeoutMs: number; readonly keepaliveDelayMs: number | null },
+  cfg: {
+    readonly maxConnectionDurationMs: number | null;
+    readonly idleTimeoutMs: number | null;
+    readonly halfCloseTimeoutMs: number;
+    readonly keepaliveDelayMs: number | null;
+  },
   ageMs: number,
 ): RelayBounds {
   return {
-    maxRemainingMs: cfg.maxConnectionDurationMs === null ? -1 : Math.max(0, Math.ceil(cfg.maxConnectionDurationMs - ageMs)),
+    maxRemainingMs:
+      cfg.maxConnectionDurationMs === null ? -1 : Math.max(0, Math.ceil(cfg.maxConnectionDurationMs - ageMs)),
     idleMs: cfg.idleTimeoutMs ?? -1,
     halfCloseMs: cfg.halfCloseTimeoutMs,
     keepaliveSec: cfg.keepaliveDelayMs === null ? -1 : Math.max(1, Math.ceil(cfg.keepaliveDelayMs / 1000)),
@@ -101,7 +115,17 @@ export class RelayThread {
   adopt(conn: RelayedConnection, clientFd: number, upstreamFd: number, bounds: RelayBounds): number {
     let id = this.nextId;
     while (this.open.has(id)) id = (id + 1) >>> 0;
-    withErrnoCode(() => this.relay.adopt(id, clientFd, upstreamFd, bounds.maxRemainingMs, bounds.idleMs, bounds.halfCloseMs, bounds.keepaliveSec));
+    withErrnoCode(() =>
+      this.relay.adopt(
+        id,
+        clientFd,
+        upstreamFd,
+        bounds.maxRemainingMs,
+        bounds.idleMs,
+        bounds.halfCloseMs,
+        bounds.keepaliveSec,
+      ),
+    );
     this.nextId = (id + 1) >>> 0;
     if (this.open.size === 0) this.relay.ref();
     this.open.set(id, conn);

@@ -48,7 +48,11 @@ export interface AcceptedOn {
  * plan sends that through nat REDIRECT, so SO_ORIGINAL_DST answers) or a direct, uncaptured connection to the
  * listener (no NAT record: refused as not redirected, never looped). Outbound always uses SO_ORIGINAL_DST.
  */
-export function transparentDestination(acceptedOn: AcceptedOn, family: OriginalDst['family'], inboundPort: number): OriginalDst | null {
+export function transparentDestination(
+  acceptedOn: AcceptedOn,
+  family: OriginalDst['family'],
+  inboundPort: number,
+): OriginalDst | null {
   if (acceptedOn.localPort === inboundPort || acceptedOn.localAddress === '') return null;
   return { address: normalize(acceptedOn.localAddress), port: acceptedOn.localPort, family, via: 'tproxy' };
 }
@@ -67,7 +71,11 @@ export function routeConnection(
   local: LocalAddresses,
   proxy: Pick<ProxyConfig, 'inboundPassthroughSource'>,
 ): Route {
-  if (dst.via !== 'tproxy' && dst.port === acceptedOn.localPort && normalize(dst.address) === normalize(acceptedOn.localAddress)) {
+  if (
+    dst.via !== 'tproxy' &&
+    dst.port === acceptedOn.localPort &&
+    normalize(dst.address) === normalize(acceptedOn.localAddress)
+  ) {
     return { kind: 'refuse', reason: 'not-redirected' };
   }
   if (ownPorts.has(dst.port) && local.has(dst.address)) return { kind: 'refuse', reason: 'self-loop' };

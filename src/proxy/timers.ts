@@ -6,14 +6,22 @@ import type { EndResult } from './metrics.js';
 const MIN_SWEEP_MS = 25;
 const MAX_SWEEP_MS = 1000;
 
-export type TimerConfig = Pick<ProxyConfig, 'connectTimeoutMs' | 'idleTimeoutMs' | 'maxConnectionDurationMs' | 'halfCloseTimeoutMs'> & {
+export type TimerConfig = Pick<
+  ProxyConfig,
+  'connectTimeoutMs' | 'idleTimeoutMs' | 'maxConnectionDurationMs' | 'halfCloseTimeoutMs'
+> & {
   readonly accessLog: Pick<ProxyConfig['accessLog'], 'periodicIntervalMs'>;
 };
 
 /** How often to sweep: a quarter of the shortest enabled bound, between 25 ms and 1 s. */
 export function sweepIntervalMs(cfg: TimerConfig): number {
-  const bounds = [cfg.connectTimeoutMs, cfg.idleTimeoutMs, cfg.maxConnectionDurationMs, cfg.halfCloseTimeoutMs, cfg.accessLog.periodicIntervalMs]
-    .filter((n): n is number => n !== null && n > 0);
+  const bounds = [
+    cfg.connectTimeoutMs,
+    cfg.idleTimeoutMs,
+    cfg.maxConnectionDurationMs,
+    cfg.halfCloseTimeoutMs,
+    cfg.accessLog.periodicIntervalMs,
+  ].filter((n): n is number => n !== null && n > 0);
   const shortest = bounds.length === 0 ? MAX_SWEEP_MS * 4 : Math.min(...bounds);
   return Math.min(MAX_SWEEP_MS, Math.max(MIN_SWEEP_MS, Math.floor(shortest / 4)));
 }
@@ -39,7 +47,9 @@ export interface TimerVerdict {
 export function expiredTimer(view: TimerView, cfg: TimerConfig, now: number): TimerVerdict | null {
   if (view.state === 'closed') return null;
   if (view.state === 'connecting') {
-    return now - view.startedAt >= cfg.connectTimeoutMs ? { result: 'timeout', detail: 'connect', mode: 'reset' } : null;
+    return now - view.startedAt >= cfg.connectTimeoutMs
+      ? { result: 'timeout', detail: 'connect', mode: 'reset' }
+      : null;
   }
   if (cfg.maxConnectionDurationMs !== null && now - view.startedAt >= cfg.maxConnectionDurationMs) {
     return { result: 'timeout', detail: 'max-duration', mode: 'close' };

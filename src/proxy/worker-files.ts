@@ -16,16 +16,22 @@ export const WORKER_ENTRY = fileURLToPath(new URL('./worker-main.js', import.met
  * Opens each file a worker loads first (its entry, the addon) as this process, which has already become the proxy
  * user. Throws PROXY_UNREADABLE naming the first file it cannot open, the user and the fix.
  */
-export function assertWorkerFilesReadable(user: Config['proxy']['user'], files: readonly string[] = [WORKER_ENTRY, ADDON_PATH]): void {
+export function assertWorkerFilesReadable(
+  user: Config['proxy']['user'],
+  files: readonly string[] = [WORKER_ENTRY, ADDON_PATH],
+): void {
   for (const file of files) {
     try {
       closeSync(openSync(file, 'r'));
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code ?? String(error);
       const who = `${user.name ?? `uid ${user.uid}`} (uid ${process.getuid?.() ?? user.uid}, gid ${process.getgid?.() ?? user.gid})`;
-      throw new MeshctlError('PROXY_UNREADABLE', `the proxy runs its workers as ${who}, which cannot read ${file} (${code}): no worker could start`,
+      throw new MeshctlError(
+        'PROXY_UNREADABLE',
+        `the proxy runs its workers as ${who}, which cannot read ${file} (${code}): no worker could start`,
         'install meshctl where the proxy user can read it (e.g. under /opt or /usr/lib, with every directory above it searchable by others: chmod o+rx), or run one in-process worker with --proxy-workers 1',
-        { cause: error });
+        { cause: error },
+      );
     }
   }
 }

@@ -49,7 +49,12 @@ process.on('message', (message: ToWorker) => {
           send({ t: 'started' });
         } catch (error) {
           const e = error as Error;
-          send({ t: 'start-failed', code: isMeshctlError(error) ? error.code : 'INTERNAL', message: e.message, ...(isMeshctlError(error) && error.hint ? { hint: error.hint } : {}) });
+          send({
+            t: 'start-failed',
+            code: isMeshctlError(error) ? error.code : 'INTERNAL',
+            message: e.message,
+            ...(isMeshctlError(error) && error.hint ? { hint: error.hint } : {}),
+          });
           setTimeout(() => process.exit(1), 50);
         }
         return;

@@ -124,7 +124,10 @@ export class ProxyWorker implements ConnectionOwner {
     try {
       this.relay = new RelayThread(sweepMs);
     } catch (error) {
-      this.log.warn({ err: error }, 'the native relay thread could not start; relaying with Node streams (as with proxy.relay: node)');
+      this.log.warn(
+        { err: error },
+        'the native relay thread could not start; relaying with Node streams (as with proxy.relay: node)',
+      );
     }
   }
 
@@ -137,11 +140,19 @@ export class ProxyWorker implements ConnectionOwner {
     const key = typeof code === 'string' ? code : 'error';
     if (this.handoffFailures.has(key)) return;
     this.handoffFailures.add(key);
-    this.log.warn({ err: error, code: key }, 'a connection could not be handed to the relay thread; Node streams relay it (logged once per error code)');
+    this.log.warn(
+      { err: error, code: key },
+      'a connection could not be handed to the relay thread; Node streams relay it (logged once per error code)',
+    );
   }
 
   private portsOf(config: Config): Set<number> {
-    return new Set([config.proxy.outboundPort, config.proxy.inboundPort, config.proxy.adminPort, ...this.specs.map((s) => s.port)]);
+    return new Set([
+      config.proxy.outboundPort,
+      config.proxy.inboundPort,
+      config.proxy.adminPort,
+      ...this.specs.map((s) => s.port),
+    ]);
   }
 
   /** Opens every listener; on failure closes the ones already open and rethrows (MeshctlError LISTEN_FAILED). */
@@ -177,9 +188,10 @@ export class ProxyWorker implements ConnectionOwner {
     if (periodic !== null) conn.nextProgressAt = conn.startedAt + periodic;
     const acceptedOn = new AcceptedSocket(socket, spec);
     // TPROXY rewrites nothing: the local endpoint is the original destination (see transparentDestination).
-    let dst = direction === 'inbound' && this.config.capture.inbound.mode === 'tproxy'
-      ? transparentDestination(acceptedOn, spec.family, this.config.proxy.inboundPort)
-      : null;
+    let dst =
+      direction === 'inbound' && this.config.capture.inbound.mode === 'tproxy'
+        ? transparentDestination(acceptedOn, spec.family, this.config.proxy.inboundPort)
+        : null;
     if (dst === null) {
       try {
         // A bound listener is v4-only or v6-only, so its family is the socket's; an activated fd may be dual-stack.
@@ -200,7 +212,12 @@ export class ProxyWorker implements ConnectionOwner {
     if (direction === 'outbound' && dst.via === undefined && this.isOwnConnection(socket, dst)) {
       conn.refuse('self-loop', 'own-uid');
       this.selfLoops++;
-      this.onSelfLoop?.({ uid: this.ownUid, source: conn.source, originalDst: `${dst.family === 'ipv6' ? `[${dst.address}]` : dst.address}:${dst.port}`, count: this.selfLoops });
+      this.onSelfLoop?.({
+        uid: this.ownUid,
+        source: conn.source,
+        originalDst: `${dst.family === 'ipv6' ? `[${dst.address}]` : dst.address}:${dst.port}`,
+        count: this.selfLoops,
+      });
       return;
     }
     if (this.ownPorts.has(dst.port)) this.local = new LocalAddresses(hostAddresses());
@@ -220,7 +237,10 @@ export class ProxyWorker implements ConnectionOwner {
     if (policy.active) {
       // Mesh policy: a service's lease, a refusal, or null (connect as dialled).
       // The socket, not its peer address: only source-hash and inbound policy read it (one getpeername).
-      const decision = direction === 'outbound' ? policy.outbound(dst.address, dst.port, socket) : policy.admitInbound(dst.port, socket.remoteAddress);
+      const decision =
+        direction === 'outbound'
+          ? policy.outbound(dst.address, dst.port, socket)
+          : policy.admitInbound(dst.port, socket.remoteAddress);
       if (decision !== null) {
         if (typeof decision === 'string') {
           conn.refuse(decision);
@@ -266,7 +286,10 @@ export class ProxyWorker implements ConnectionOwner {
   passthroughSourceMissing(address: string, error: NodeJS.ErrnoException): void {
     if (this.warnedSources.has(address)) return;
     this.warnedSources.add(address);
-    this.log.warn({ address, code: error.code }, 'inbound passthrough source address is not assigned on this host; connecting to local apps without it (add it to lo, e.g. `ip -6 addr add ::6/128 dev lo`)');
+    this.log.warn(
+      { address, code: error.code },
+      'inbound passthrough source address is not assigned on this host; connecting to local apps without it (add it to lo, e.g. `ip -6 addr add ::6/128 dev lo`)',
+    );
   }
 
   private sweep(): void {
@@ -304,7 +327,10 @@ export class ProxyWorker implements ConnectionOwner {
     this.startRelay(config);
     if (!this.draining) this.sweeper.start(this.sweepInterval(config));
     if (added.length > 0 || removed.length > 0) {
-      this.log.info({ opened: added.map((l) => listenerLabel(l.spec)), closed: removed.map((l) => listenerLabel(l.spec)) }, 'listeners changed');
+      this.log.info(
+        { opened: added.map((l) => listenerLabel(l.spec)), closed: removed.map((l) => listenerLabel(l.spec)) },
+        'listeners changed',
+      );
     }
   }
 
@@ -352,7 +378,9 @@ export class ProxyWorker implements ConnectionOwner {
   }
 
   get isListening(): boolean {
-    return !this.draining && this.listeners.length === this.specs.length && this.listeners.every((l) => l.server.listening);
+    return (
+      !this.draining && this.listeners.length === this.specs.length && this.listeners.every((l) => l.server.listening)
+    );
   }
 
   stats(): WorkerStats {

@@ -70,7 +70,8 @@ export class LocalPool implements WorkerPool {
   }
 
   async resize(count: number): Promise<void> {
-    if (count !== 1) this.log.warn({ workers: count }, 'proxy.workers changed from 1: restart the proxy to run several processes');
+    if (count !== 1)
+      this.log.warn({ workers: count }, 'proxy.workers changed from 1: restart the proxy to run several processes');
   }
 
   async drain(timeoutMs: number): Promise<void> {
@@ -188,7 +189,12 @@ export class ClusterPool implements WorkerPool {
   private spawn(index: number): Promise<void> {
     // Flags follow the relay of the config this worker starts with (setupPrimary affects later forks only).
     const relay = this.config?.proxy.relay ?? 'native';
-    cluster.setupPrimary({ exec: WORKER_ENTRY, args: [], execArgv: workerExecArgv(process.execArgv, relay), silent: false });
+    cluster.setupPrimary({
+      exec: WORKER_ENTRY,
+      args: [],
+      execArgv: workerExecArgv(process.execArgv, relay),
+      silent: false,
+    });
     // LISTEN_* belong to the primary (it owns the activated fds); a worker must not interpret them.
     const worker = cluster.fork({
       MESHCTL_WORKER_INDEX: String(index),
@@ -209,7 +215,9 @@ export class ClusterPool implements WorkerPool {
           slot.started = true;
           resolve();
         } else if (message.t === 'start-failed') {
-          reject(new MeshctlError(message.code as 'LISTEN_FAILED', `worker ${index}: ${message.message}`, message.hint));
+          reject(
+            new MeshctlError(message.code as 'LISTEN_FAILED', `worker ${index}: ${message.message}`, message.hint),
+          );
         } else if (message.t === 'self-loop') {
           this.onSelfLoop?.({ ...message.event, worker: index });
         } else if (message.t === 'reply') {
@@ -224,11 +232,24 @@ export class ClusterPool implements WorkerPool {
       worker.on('exit', (code, signal) => {
         markExited();
         this.slots = this.slots.filter((s) => s !== slot);
-        if (!slot.started) reject(new MeshctlError('INTERNAL', `worker ${index} exited during start (code ${code}, signal ${signal ?? 'none'})`, 're-run with MESHCTL_LOG_LEVEL=debug'));
+        if (!slot.started)
+          reject(
+            new MeshctlError(
+              'INTERNAL',
+              `worker ${index} exited during start (code ${code}, signal ${signal ?? 'none'})`,
+              're-run with MESHCTL_LOG_LEVEL=debug',
+            ),
+          );
         if (!this.stopping) {
-          this.log.error({ worker: index, pid: worker.process.pid, code, signal }, 'worker exited unexpectedly; starting a new one');
+          this.log.error(
+            { worker: index, pid: worker.process.pid, code, signal },
+            'worker exited unexpectedly; starting a new one',
+          );
           setTimeout(() => {
-            if (!this.stopping) this.spawn(index).catch((error: unknown) => this.log.error({ err: error, worker: index }, 'worker restart failed'));
+            if (!this.stopping)
+              this.spawn(index).catch((error: unknown) =>
+                this.log.error({ err: error, worker: index }, 'worker restart failed'),
+              );
           }, RESPAWN_DELAY_MS).unref();
         }
       });
@@ -257,7 +278,11 @@ export class ClusterPool implements WorkerPool {
     const previous = { config: this.config, specs: this.specs };
     this.config = config;
     this.specs = specs;
-    const results = await Promise.allSettled(this.slots.filter((s) => s.started).map((s) => this.request(s, (seq) => ({ t: 'reload', seq, config, specs: [...specs] }))));
+    const results = await Promise.allSettled(
+      this.slots
+        .filter((s) => s.started)
+        .map((s) => this.request(s, (seq) => ({ t: 'reload', seq, config, specs: [...specs] }))),
+    );
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       this.config = previous.config;
@@ -303,29 +328,44 @@ export class ClusterPool implements WorkerPool {
     const outcome = await Promise.race([Promise.all(slots.map((s) => s.exited)).then(() => 'exited' as const), bound]);
     clearTimeout(timer);
     if (outcome === 'bound') {
-      this.log.warn({ workers: this.slots.map((s) => s.worker.process.pid) }, 'workers did not exit within the drain bound; killing them');
+      this.log.warn(
+        { workers: this.slots.map((s) => s.worker.process.pid) },
+        'workers did not exit within the drain bound; killing them',
+      );
       this.forceStop();
     }
   }
 
   async stats(): Promise<WorkerStats[]> {
-    const results = await Promise.allSettled(this.slots.filter((s) => s.started).map((s) => this.request<WorkerStats>(s, (seq) => ({ t: 'stats', seq }))));
+    const results = await Promise.allSettled(
+      this.slots.filter((s) => s.started).map((s) => this.request<WorkerStats>(s, (seq) => ({ t: 'stats', seq }))),
+    );
     return results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
   }
 
   async connections(limit: number): Promise<Array<ConnectionInfo & { worker: number }>> {
     const started = this.slots.filter((s) => s.started);
-    const results = await Promise.allSettled(started.map((s) => this.request<ConnectionInfo[]>(s, (seq) => ({ t: 'connections', seq, limit }))));
-    return results.flatMap((r, i) => (r.status === 'fulfilled' ? r.value.map((c) => ({ ...c, worker: started[i]!.index })) : [])).slice(0, limit);
+    const results = await Promise.allSettled(
+      started.map((s) => this.request<ConnectionInfo[]>(s, (seq) => ({ t: 'connections', seq, limit }))),
+    );
+    return results
+      .flatMap((r, i) => (r.status === 'fulfilled' ? r.value.map((c) => ({ ...c, worker: started[i]!.index })) : []))
+      .slice(0, limit);
   }
 
   async lookup(source: string): Promise<Array<SourceLookupRow & { worker: number }>> {
     const started = this.slots.filter((s) => s.started);
-    const results = await Promise.allSettled(started.map((s) => this.request<SourceLookupRow[]>(s, (seq) => ({ t: 'lookup', seq, source }))));
+    const results = await Promise.allSettled(
+      started.map((s) => this.request<SourceLookupRow[]>(s, (seq) => ({ t: 'lookup', seq, source }))),
+    );
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     // A worker that did not answer may hold the connection asked for: no partial answer.
     if (failed) throw failed.reason;
-    return newestFirst(results.flatMap((r, i) => (r.status === 'fulfilled' ? r.value.map((c) => ({ ...c, worker: started[i]!.index })) : [])));
+    return newestFirst(
+      results.flatMap((r, i) =>
+        r.status === 'fulfilled' ? r.value.map((c) => ({ ...c, worker: started[i]!.index })) : [],
+      ),
+    );
   }
 
   ready(): boolean {

@@ -2,7 +2,17 @@
 // place, then let systemd run socket → proxy (active once /ready answers) → capture; and the exact reverse.
 // In a tree the Debian package installed, the package already placed the units, the sysusers file, the launcher
 // and the config (PACKAGED_LAYOUT): only the drop-ins are written and removed here, never a second copy in /etc.
-import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, rmdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  rmdirSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
@@ -11,8 +21,21 @@ import type { Logger } from '../log.js';
 import { captureStatus } from '../netfilter/status.js';
 import { uninstallCapture, type UninstallResult } from '../netfilter/uninstall.js';
 import {
-  DEFAULT_CONFIG_TEXT, DROP_IN_NAME, PACKAGED_LAYOUT, PACKAGED_MARKER, PACKAGE_ROOT, SHIPPED_SYSUSERS, SHIPPED_UNIT_DIR, UNITS,
-  UNIT_ORDER, captureEnvText, layoutFor, onHost, renderDropIns, renderShipped, type ServiceLayout,
+  DEFAULT_CONFIG_TEXT,
+  DROP_IN_NAME,
+  PACKAGED_LAYOUT,
+  PACKAGED_MARKER,
+  PACKAGE_ROOT,
+  SHIPPED_SYSUSERS,
+  SHIPPED_UNIT_DIR,
+  UNITS,
+  UNIT_ORDER,
+  captureEnvText,
+  layoutFor,
+  onHost,
+  renderDropIns,
+  renderShipped,
+  type ServiceLayout,
 } from './layout.js';
 import { probeReady, waitReady, endpointText, type AdminEndpoint, type ReadyProbe } from './readiness.js';
 import { createSystemd, type Systemd, type UnitState } from './systemctl.js';
@@ -38,7 +61,11 @@ export interface ServiceInstallOptions {
 
 export interface ServiceInstallResult {
   readonly files: readonly FileChange[];
-  readonly config: { readonly path: string; readonly action: 'created-default' | 'copied' | 'kept' | 'kept-differs'; readonly source: string | null };
+  readonly config: {
+    readonly path: string;
+    readonly action: 'created-default' | 'copied' | 'kept' | 'kept-differs';
+    readonly source: string | null;
+  };
   readonly proxyUser: Config['proxy']['user'];
   readonly onProxyDown: Config['safety']['onProxyDown'];
   /** What was done to each unit: started, restarted (its files changed), reloaded (config re-read), already active. */
@@ -52,14 +79,21 @@ export interface ServiceInstallResult {
 
 function requireRoot(what: string): void {
   if (process.getuid?.() !== 0) {
-    throw new MeshctlError('NOT_ROOT', `meshctl ${what} writes to /etc/systemd/system and runs systemctl, which needs root (running as uid ${process.getuid?.()})`, `run it with sudo: sudo meshctl ${what}`);
+    throw new MeshctlError(
+      'NOT_ROOT',
+      `meshctl ${what} writes to /etc/systemd/system and runs systemctl, which needs root (running as uid ${process.getuid?.()})`,
+      `run it with sudo: sudo meshctl ${what}`,
+    );
   }
 }
 
 function requireSystemd(what: string): void {
   if (!existsSync('/run/systemd/system')) {
-    throw new MeshctlError('COMMAND_FAILED', `meshctl ${what} needs systemd as PID 1, and this system was not booted with systemd (/run/systemd/system is missing)`,
-      'run the proxy and capture by hand instead: `meshctl proxy --config F` and `meshctl install --config F`');
+    throw new MeshctlError(
+      'COMMAND_FAILED',
+      `meshctl ${what} needs systemd as PID 1, and this system was not booted with systemd (/run/systemd/system is missing)`,
+      'run the proxy and capture by hand instead: `meshctl proxy --config F` and `meshctl install --config F`',
+    );
   }
 }
 
@@ -93,15 +127,23 @@ function readShipped(path: string, layout: ServiceLayout): string {
   try {
     return renderShipped(readFileSync(path, 'utf8'), layout);
   } catch (error) {
-    throw new MeshctlError('INTERNAL', `the shipped unit file ${path} is missing from the meshctl package at ${PACKAGE_ROOT}`, 'reinstall meshctl (the systemd/ folder ships with it)', { cause: error });
+    throw new MeshctlError(
+      'INTERNAL',
+      `the shipped unit file ${path} is missing from the meshctl package at ${PACKAGE_ROOT}`,
+      'reinstall meshctl (the systemd/ folder ships with it)',
+      { cause: error },
+    );
   }
 }
 
 /** A file the package placed (a unit, the sysusers file): it must be there; meshctl never writes it. */
 function requirePackaged(path: string): FileChange {
   if (!existsSync(path)) {
-    throw new MeshctlError('INTERNAL', `${path} is missing, but the meshctl package installs it (this meshctl runs from ${PACKAGE_ROOT})`,
-      'reinstall the package: sudo apt-get install --reinstall meshctl');
+    throw new MeshctlError(
+      'INTERNAL',
+      `${path} is missing, but the meshctl package installs it (this meshctl runs from ${PACKAGE_ROOT})`,
+      'reinstall the package: sudo apt-get install --reinstall meshctl',
+    );
   }
   return { path, action: 'unchanged' };
 }
@@ -131,11 +173,18 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
 
   // The proxy user first: the config names it, and validating the config resolves it.
   const sysusers = onHost(layout, layout.sysusersFile);
-  files.push(ownFiles ? { path: sysusers, action: writeIfChanged(sysusers, readShipped(SHIPPED_SYSUSERS, layout)) } : requirePackaged(sysusers));
+  files.push(
+    ownFiles
+      ? { path: sysusers, action: writeIfChanged(sysusers, readShipped(SHIPPED_SYSUSERS, layout)) }
+      : requirePackaged(sysusers),
+  );
   await systemd.sysusers(sysusers);
 
   const { config, configPath, configAction } = await installConfig(layout, options, warnings);
-  files.push({ path: configPath, action: configAction === 'kept' || configAction === 'kept-differs' ? 'kept' : 'created' });
+  files.push({
+    path: configPath,
+    action: configAction === 'kept' || configAction === 'kept-differs' ? 'kept' : 'created',
+  });
   const unitFilesChanged = installUnitFiles(layout, config, files, warnings);
   installBinLink(layout, files, warnings);
 
@@ -152,13 +201,25 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
 
   const { admin, ready, units } = await checkStarted(systemd, config, options);
   return {
-    files, config: { path: configPath, action: configAction, source: options.configFile ?? null }, proxyUser: config.proxy.user,
-    onProxyDown: config.safety.onProxyDown, actions, units, ready, admin: endpointText(admin), confirmWithin: options.confirmWithin ?? null, warnings,
+    files,
+    config: { path: configPath, action: configAction, source: options.configFile ?? null },
+    proxyUser: config.proxy.user,
+    onProxyDown: config.safety.onProxyDown,
+    actions,
+    units,
+    ready,
+    admin: endpointText(admin),
+    confirmWithin: options.confirmWithin ?? null,
+    warnings,
   };
 }
 
 /** The config at layout.configFile: kept when there is one, else copied from --config, else the default; validated. */
-async function installConfig(layout: ServiceLayout, options: ServiceInstallOptions, warnings: string[]): Promise<{ config: Config; configPath: string; configAction: ServiceInstallResult['config']['action'] }> {
+async function installConfig(
+  layout: ServiceLayout,
+  options: ServiceInstallOptions,
+  warnings: string[],
+): Promise<{ config: Config; configPath: string; configAction: ServiceInstallResult['config']['action'] }> {
   const configPath = onHost(layout, layout.configFile);
   let configAction: ServiceInstallResult['config']['action'];
   let config: Config;
@@ -169,7 +230,9 @@ async function installConfig(layout: ServiceLayout, options: ServiceInstallOptio
       const given = readFileSync(options.configFile, 'utf8');
       if (given !== readFileSync(configPath, 'utf8')) {
         configAction = 'kept-differs';
-        warnings.push(`kept the existing ${configPath}; it differs from ${options.configFile}, which was NOT installed (edit ${configPath}, or remove it and run this again)`);
+        warnings.push(
+          `kept the existing ${configPath}; it differs from ${options.configFile}, which was NOT installed (edit ${configPath}, or remove it and run this again)`,
+        );
       }
     }
   } else if (options.configFile !== undefined) {
@@ -201,7 +264,10 @@ function installUnitFiles(layout: ServiceLayout, config: Config, files: FileChan
     files.push({ path, action });
     if (action !== 'unchanged') unitFilesChanged.add(unit);
     const packaged = onHost(layout, join(PACKAGED_LAYOUT.unitDir, unit));
-    if (existsSync(packaged)) warnings.push(`${path} now overrides the meshctl package's ${packaged}: these units run ${layout.binLink}, not the package's meshctl`);
+    if (existsSync(packaged))
+      warnings.push(
+        `${path} now overrides the meshctl package's ${packaged}: these units run ${layout.binLink}, not the package's meshctl`,
+      );
   }
   for (const dropIn of renderDropIns(config, layout)) {
     const path = onHost(layout, dropIn.path);
@@ -233,7 +299,11 @@ function installBinLink(layout: ServiceLayout, files: FileChange[], warnings: st
  * socket and proxy: a restart when their files changed (the socket keeps queueing while the proxy restarts);
  * otherwise a reload (SIGHUP: the proxy re-reads the config, open connections stay).
  */
-async function startUnits(systemd: Systemd, unitFilesChanged: ReadonlySet<string>, log: Logger): Promise<Record<string, 'started' | 'restarted' | 'reloaded'>> {
+async function startUnits(
+  systemd: Systemd,
+  unitFilesChanged: ReadonlySet<string>,
+  log: Logger,
+): Promise<Record<string, 'started' | 'restarted' | 'reloaded'>> {
   const actions: Record<string, 'started' | 'restarted' | 'reloaded'> = {};
   for (const key of UNIT_ORDER) {
     const unit = UNITS[key];
@@ -242,7 +312,8 @@ async function startUnits(systemd: Systemd, unitFilesChanged: ReadonlySet<string
     let verb: 'start' | 'restart' | 'reload';
     if (!active) verb = 'start';
     else if (key === 'socket') verb = unitFilesChanged.has(unit) ? 'restart' : 'start';
-    else if (key === 'proxy') verb = unitFilesChanged.has(unit) || unitFilesChanged.has(UNITS.socket) ? 'restart' : 'reload';
+    else if (key === 'proxy')
+      verb = unitFilesChanged.has(unit) || unitFilesChanged.has(UNITS.socket) ? 'restart' : 'reload';
     else verb = 'reload'; // capture: reload = `meshctl install` again, an atomic update (never a window without rules)
     if (key === 'socket' && verb === 'restart') {
       // Restarting a socket whose service runs fails ("Socket service already active"); restart them together.
@@ -260,18 +331,29 @@ async function startUnits(systemd: Systemd, unitFilesChanged: ReadonlySet<string
 }
 
 /** After starting: the proxy's /ready answers and every unit is active. Throws PROXY_NOT_READY, COMMAND_FAILED. */
-async function checkStarted(systemd: Systemd, config: Config, options: ServiceInstallOptions): Promise<{ admin: AdminEndpoint; ready: ReadyProbe; units: UnitState[] }> {
+async function checkStarted(
+  systemd: Systemd,
+  config: Config,
+  options: ServiceInstallOptions,
+): Promise<{ admin: AdminEndpoint; ready: ReadyProbe; units: UnitState[] }> {
   const admin = { address: config.proxy.adminAddress, port: config.proxy.adminPort };
   const ready = await waitReady(admin, { timeoutMs: options.readyTimeoutMs ?? 20_000 });
   if (!ready.ready) {
-    throw new MeshctlError('PROXY_NOT_READY', `${UNITS.proxy} is running, but the proxy admin port ${endpointText(admin)} does not report ready: ${ready.detail}`,
-      `see \`journalctl -u ${UNITS.proxy}\``, { details: (await systemd.journalTail(UNITS.proxy, 12)).map((l) => `journal: ${l}`) });
+    throw new MeshctlError(
+      'PROXY_NOT_READY',
+      `${UNITS.proxy} is running, but the proxy admin port ${endpointText(admin)} does not report ready: ${ready.detail}`,
+      `see \`journalctl -u ${UNITS.proxy}\``,
+      { details: (await systemd.journalTail(UNITS.proxy, 12)).map((l) => `journal: ${l}`) },
+    );
   }
   const units = await Promise.all(UNIT_ORDER.map((k) => systemd.show(UNITS[k])));
   const down = units.filter((u) => u.activeState !== 'active');
   if (down.length > 0) {
-    throw new MeshctlError('COMMAND_FAILED', `after starting, ${down.map((u) => `${u.unit} is ${u.activeState} (${u.subState})`).join(', ')}`,
-      `see \`systemctl status ${down.map((u) => u.unit).join(' ')}\``);
+    throw new MeshctlError(
+      'COMMAND_FAILED',
+      `after starting, ${down.map((u) => `${u.unit} is ${u.activeState} (${u.subState})`).join(', ')}`,
+      `see \`systemctl status ${down.map((u) => u.unit).join(' ')}\``,
+    );
   }
   return { admin, ready, units };
 }
@@ -301,7 +383,9 @@ async function tryLoadInstalledConfig(path: string, warnings: string[]): Promise
   try {
     return await loadConfig({ file: path });
   } catch (error) {
-    warnings.push(`could not load ${path} (${isMeshctlError(error) ? error.code : 'error'}: ${(error as Error).message}); used the default state directory`);
+    warnings.push(
+      `could not load ${path} (${isMeshctlError(error) ? error.code : 'error'}: ${(error as Error).message}); used the default state directory`,
+    );
     return null;
   }
 }
@@ -340,14 +424,18 @@ export async function uninstallService(options: ServiceUninstallOptions): Promis
   const left = await captureStatus({ ...(stateDir ? { stateDir } : {}), log });
   let capture: ServiceUninstallResult['capture'] = { action: 'stopped-unit' };
   if (left.installed) {
-    log.warn({ installId: left.installId }, 'capture still installed after stopping its unit; uninstalling it directly');
+    log.warn(
+      { installId: left.installId },
+      'capture still installed after stopping its unit; uninstalling it directly',
+    );
     capture = await uninstallCapture({ ...(stateDir ? { stateDir } : {}), log });
   }
 
   const files: FileChange[] = [];
   if (booted) {
     const present = [];
-    for (const key of UNIT_ORDER) if ((await systemd.show(UNITS[key])).loadState !== 'not-found') present.push(UNITS[key]);
+    for (const key of UNIT_ORDER)
+      if ((await systemd.show(UNITS[key])).loadState !== 'not-found') present.push(UNITS[key]);
     if (present.length > 0) await systemd.systemctl(['disable', ...present]);
   }
   const remove = (path: string, recursive = false): void => {
@@ -375,7 +463,8 @@ export async function uninstallService(options: ServiceUninstallOptions): Promis
   else if (existsSync(bin)) warnings.push(`kept ${bin}: it is not a link into ${PACKAGE_ROOT}`);
   if (options.purge) {
     if (ownFiles) remove(configPath);
-    else warnings.push(`kept ${configPath}: it is the meshctl package's conffile (\`apt-get purge meshctl\` removes it)`);
+    else
+      warnings.push(`kept ${configPath}: it is the meshctl package's conffile (\`apt-get purge meshctl\` removes it)`);
     if (stateDir) remove(stateDir, true);
   }
   if (booted) {

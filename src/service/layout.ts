@@ -80,7 +80,9 @@ export function layoutFor(packagedBy: string | null): ServiceLayout {
  * layout's launcher and sysusers paths, which become the layout's. Everything else stays as written.
  */
 export function renderShipped(text: string, layout: Pick<ServiceLayout, 'binLink' | 'sysusersFile'>): string {
-  return text.replaceAll(DEFAULT_LAYOUT.binLink, layout.binLink).replaceAll(DEFAULT_LAYOUT.sysusersFile, layout.sysusersFile);
+  return text
+    .replaceAll(DEFAULT_LAYOUT.binLink, layout.binLink)
+    .replaceAll(DEFAULT_LAYOUT.sysusersFile, layout.sysusersFile);
 }
 
 /** A path of the layout as seen from this process (prefixed by root). */
@@ -97,7 +99,8 @@ export interface DropIn {
   readonly text: string;
 }
 
-const HEADER = '# Written by `meshctl service install` from the config; it is rewritten on every install. Edit the config, not this file.\n';
+const HEADER =
+  '# Written by `meshctl service install` from the config; it is rewritten on every install. Edit the config, not this file.\n';
 
 /** Directories that ProtectHome=yes hides; a tree there needs ProtectHome=read-only to stay readable. */
 function underHome(dir: string): boolean {
@@ -124,39 +127,75 @@ export function listenStreams(config: Pick<Config, 'proxy' | 'capture'>): string
  * The DNS server's sockets (capture.dns.enabled), after the listen streams: per family a stream, then a datagram
  * socket, as `meshctl proxy` reads them (src/dns/server.ts activatedDnsListeners).
  */
-export function dnsListeners(config: Pick<Config, 'capture'>): { readonly kind: 'ListenStream' | 'ListenDatagram'; readonly address: string }[] {
+export function dnsListeners(
+  config: Pick<Config, 'capture'>,
+): { readonly kind: 'ListenStream' | 'ListenDatagram'; readonly address: string }[] {
   if (!config.capture.dns.enabled) return [];
   const { port } = config.capture.dns;
   const hosts = config.capture.ipv6 === 'intercept' ? ['127.0.0.1', '[::1]'] : ['127.0.0.1'];
-  return hosts.flatMap((h) => [{ kind: 'ListenStream' as const, address: `${h}:${port}` }, { kind: 'ListenDatagram' as const, address: `${h}:${port}` }]);
+  return hosts.flatMap((h) => [
+    { kind: 'ListenStream' as const, address: `${h}:${port}` },
+    { kind: 'ListenDatagram' as const, address: `${h}:${port}` },
+  ]);
 }
 
 /** The state directory the capture unit's StateDirectory= makes writable under ProtectSystem=strict. */
 export const UNIT_STATE_DIR = '/var/lib/meshctl';
 
 /** The drop-ins for `config` with meshctl's tree at `packageRoot`. */
-export function renderDropIns(config: Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir'>, layout: ServiceLayout, packageRoot: string = PACKAGE_ROOT): DropIn[] {
+export function renderDropIns(
+  config: Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir'>,
+  layout: ServiceLayout,
+  packageRoot: string = PACKAGE_ROOT,
+): DropIn[] {
   const at = (unit: string): string => join(layout.dropInDir ?? layout.unitDir, `${unit}.d`, DROP_IN_NAME);
-  const socket = [HEADER, '[Socket]', '# proxy.outboundPort, proxy.inboundPort, capture.ipv6', 'ListenStream=', ...listenStreams(config).map((s) => `ListenStream=${s}`)];
+  const socket = [
+    HEADER,
+    '[Socket]',
+    '# proxy.outboundPort, proxy.inboundPort, capture.ipv6',
+    'ListenStream=',
+    ...listenStreams(config).map((s) => `ListenStream=${s}`),
+  ];
   const dns = dnsListeners(config);
-  if (dns.length > 0) socket.push('# capture.dns.enabled, capture.dns.port: the DNS server (TCP, then UDP, per family)', ...dns.map((l) => `${l.kind}=${l.address}`));
-  const proxy = [HEADER, '[Service]', `# proxy.drainTimeout = ${config.proxy.drainTimeoutMs} ms: stop = drain, then 5 s to exit`, `TimeoutStopSec=${stopTimeoutSeconds(config)}s`];
+  if (dns.length > 0)
+    socket.push(
+      '# capture.dns.enabled, capture.dns.port: the DNS server (TCP, then UDP, per family)',
+      ...dns.map((l) => `${l.kind}=${l.address}`),
+    );
+  const proxy = [
+    HEADER,
+    '[Service]',
+    `# proxy.drainTimeout = ${config.proxy.drainTimeoutMs} ms: stop = drain, then 5 s to exit`,
+    `TimeoutStopSec=${stopTimeoutSeconds(config)}s`,
+  ];
   if (underHome(packageRoot)) {
     proxy.push(`# meshctl runs from ${packageRoot}, which ProtectHome=yes would hide`, 'ProtectHome=read-only');
   }
   const capture = [HEADER];
   if (config.safety.onProxyDown === 'open') {
-    capture.push('[Unit]', '# safety.onProxyDown = open: remove capture when the proxy is stopped or fails for good, so traffic flows direct',
-      `BindsTo=${UNITS.proxy}`);
+    capture.push(
+      '[Unit]',
+      '# safety.onProxyDown = open: remove capture when the proxy is stopped or fails for good, so traffic flows direct',
+      `BindsTo=${UNITS.proxy}`,
+    );
   } else {
-    capture.push('# safety.onProxyDown = closed: capture stays while systemd restarts the proxy (connections wait in the socket backlog)');
+    capture.push(
+      '# safety.onProxyDown = closed: capture stays while systemd restarts the proxy (connections wait in the socket backlog)',
+    );
   }
   const captureService: string[] = [];
-  if (underHome(packageRoot)) captureService.push(`# meshctl runs from ${packageRoot}, which ProtectHome=yes would hide`, 'ProtectHome=read-only');
+  if (underHome(packageRoot))
+    captureService.push(
+      `# meshctl runs from ${packageRoot}, which ProtectHome=yes would hide`,
+      'ProtectHome=read-only',
+    );
   const stateDir = config.stateDir.replace(/(.)\/+$/, '$1');
   if (stateDir !== UNIT_STATE_DIR) {
     // ReadWritePaths= needs the directory to exist when the unit starts (else the start fails with 226/NAMESPACE).
-    captureService.push(`# stateDir = ${stateDir}: writable under ProtectSystem=strict (the unit's StateDirectory= is ${UNIT_STATE_DIR})`, `ReadWritePaths=${stateDir}`);
+    captureService.push(
+      `# stateDir = ${stateDir}: writable under ProtectSystem=strict (the unit's StateDirectory= is ${UNIT_STATE_DIR})`,
+      `ReadWritePaths=${stateDir}`,
+    );
   }
   if (captureService.length > 0) capture.push('[Service]', ...captureService);
   return [

@@ -26,13 +26,23 @@ function notReadyOnlyForSelfLoop(detail: string): boolean {
  * Probes the proxy on `endpoint` (inside `netns` when given; waiting up to `timeoutMs` for /ready) and compares
  * its live contract with `rules`. Never throws for a proxy that is down: that is a state of the report.
  */
-export async function inspectProxy(rules: CaptureContract, endpoint: AdminEndpoint, options: { netns: string | null; timeoutMs: number }): Promise<ProxyReport> {
+export async function inspectProxy(
+  rules: CaptureContract,
+  endpoint: AdminEndpoint,
+  options: { netns: string | null; timeoutMs: number },
+): Promise<ProxyReport> {
   const probe = await probeProxy(endpoint, { ...options, contract: true });
   const admin = endpointText(endpoint);
   const contract = probe.contract ?? null;
   if (contract === null) {
     const answered = probe.ready || probe.detail.startsWith('HTTP ');
-    return { state: answered ? 'unknown-contract' : 'unreachable', admin, detail: probe.detail, contract, mismatches: [] };
+    return {
+      state: answered ? 'unknown-contract' : 'unreachable',
+      admin,
+      detail: probe.detail,
+      contract,
+      mismatches: [],
+    };
   }
   const mismatches = compareContract(rules, contract);
   if (mismatches.length > 0) return { state: 'mismatched', admin, detail: probe.detail, contract, mismatches };
@@ -44,23 +54,43 @@ export async function inspectProxy(rules: CaptureContract, endpoint: AdminEndpoi
  * published no contract), PROXY_MISMATCH naming every field that differs with both values and the fix. A proxy
  * that is not ready only because it refuses its own looped connections passes when this contract would fix it.
  */
-export async function requireProxyContract(rules: CaptureContract, endpoint: AdminEndpoint, options: { netns: string | null; timeoutMs?: number }): Promise<ProxyReport> {
+export async function requireProxyContract(
+  rules: CaptureContract,
+  endpoint: AdminEndpoint,
+  options: { netns: string | null; timeoutMs?: number },
+): Promise<ProxyReport> {
   const timeoutMs = options.timeoutMs ?? 2000;
   const report = await inspectProxy(rules, endpoint, { netns: options.netns, timeoutMs });
   const where = options.netns ? ` in network namespace ${options.netns}` : '';
   if (report.state === 'mismatched') {
-    throw new MeshctlError('PROXY_MISMATCH',
+    throw new MeshctlError(
+      'PROXY_MISMATCH',
       `the proxy on ${report.admin}${where} (pid ${report.contract!.pid}) does not keep the contract these rules need: ${report.mismatches.map((m) => m.field).join(', ')}`,
-      report.mismatches.length === 1 ? report.mismatches[0]!.fix : 'fix each field above (the proxy\'s config and the install flags must agree); `meshctl status` shows both halves',
-      { details: report.mismatches.flatMap((m) => [`${m.field}: ${m.message}`, `  rules: ${m.rules}`, `  proxy: ${m.proxy}`, ...(report.mismatches.length > 1 ? [`  fix:   ${m.fix}`] : [])]) });
+      report.mismatches.length === 1
+        ? report.mismatches[0]!.fix
+        : "fix each field above (the proxy's config and the install flags must agree); `meshctl status` shows both halves",
+      {
+        details: report.mismatches.flatMap((m) => [
+          `${m.field}: ${m.message}`,
+          `  rules: ${m.rules}`,
+          `  proxy: ${m.proxy}`,
+          ...(report.mismatches.length > 1 ? [`  fix:   ${m.fix}`] : []),
+        ]),
+      },
+    );
   }
-  if (report.state === 'ready' || (report.state === 'not-ready' && notReadyOnlyForSelfLoop(report.detail))) return report;
+  if (report.state === 'ready' || (report.state === 'not-ready' && notReadyOnlyForSelfLoop(report.detail)))
+    return report;
   if (report.state === 'unknown-contract') {
-    throw new MeshctlError('PROXY_NOT_READY',
+    throw new MeshctlError(
+      'PROXY_NOT_READY',
       `the proxy on ${report.admin}${where} answered /ready (${report.detail}) but not GET /contract, so install cannot check that it keeps these rules' contract`,
-      'restart the proxy with this version of meshctl (the contract endpoint is new); pass --without-proxy only for labs and tests');
+      'restart the proxy with this version of meshctl (the contract endpoint is new); pass --without-proxy only for labs and tests',
+    );
   }
-  throw new MeshctlError('PROXY_NOT_READY',
+  throw new MeshctlError(
+    'PROXY_NOT_READY',
     `no proxy is ready on the admin port ${report.admin}${where} (proxy.adminPort; waited ${timeoutMs} ms: ${report.detail}), so capture would redirect traffic to nothing`,
-    `start the proxy first (\`systemctl start meshctl-proxy\`, or \`meshctl proxy --config F\`${options.netns ? ` inside ${options.netns}` : ''}); pass --without-proxy only for labs and tests`);
+    `start the proxy first (\`systemctl start meshctl-proxy\`, or \`meshctl proxy --config F\`${options.netns ? ` inside ${options.netns}` : ''}); pass --without-proxy only for labs and tests`,
+  );
 }

@@ -30,7 +30,11 @@ export interface ServiceStatus {
   readonly captureError: string | null;
 }
 
-export async function serviceStatus(options: { layout?: ServiceLayout; systemd?: Systemd; log: Logger }): Promise<ServiceStatus> {
+export async function serviceStatus(options: {
+  layout?: ServiceLayout;
+  systemd?: Systemd;
+  log: Logger;
+}): Promise<ServiceStatus> {
   const layout = options.layout ?? DEFAULT_LAYOUT;
   const systemd = options.systemd ?? createSystemd();
   const booted = existsSync('/run/systemd/system');
@@ -62,21 +66,52 @@ export async function serviceStatus(options: { layout?: ServiceLayout; systemd?:
   const installed = units.some((u) => u.loadState === 'loaded');
   for (const u of units) {
     if (u.loadState !== 'loaded') problems.push(`${u.unit} is not installed (run \`sudo meshctl service install\`)`);
-    else if (u.activeState !== 'active') problems.push(`${u.unit} is ${u.activeState} (${u.subState}${u.result && u.result !== 'success' ? `, result ${u.result}` : ''})`);
+    else if (u.activeState !== 'active')
+      problems.push(
+        `${u.unit} is ${u.activeState} (${u.subState}${u.result && u.result !== 'success' ? `, result ${u.result}` : ''})`,
+      );
   }
   if (configError) problems.push(`config: ${configError}`);
   if (ready && !ready.ready) problems.push(`the proxy is not ready on ${endpointText(admin!)}: ${ready.detail}`);
   // The proxy must keep the contract of the rules that are installed (the ledger's config), not just answer.
   const installedConfig = capture?.installedConfig ?? null;
   if (ready?.ready && installedConfig) {
-    const proxy = await inspectProxy(contractOf(installedConfig), { address: installedConfig.proxy.adminAddress, port: installedConfig.proxy.adminPort }, { netns: null, timeoutMs: 2000 });
-    for (const m of proxy.mismatches) problems.push(`the proxy does not keep the installed rules' contract: ${m.message} (fix: ${m.fix})`);
+    const proxy = await inspectProxy(
+      contractOf(installedConfig),
+      { address: installedConfig.proxy.adminAddress, port: installedConfig.proxy.adminPort },
+      { netns: null, timeoutMs: 2000 },
+    );
+    for (const m of proxy.mismatches)
+      problems.push(`the proxy does not keep the installed rules' contract: ${m.message} (fix: ${m.fix})`);
   }
   if (captureError) problems.push(`capture: ${captureError}`);
   else if (capture && !capture.installed) problems.push('no capture rules are installed: traffic is not intercepted');
-  else if (capture && !capture.inSync) problems.push('the capture rules have DRIFTED from the installed plan (`systemctl reload meshctl-capture` repairs them)');
+  else if (capture && !capture.inSync)
+    problems.push(
+      'the capture rules have DRIFTED from the installed plan (`systemctl reload meshctl-capture` repairs them)',
+    );
   const notes: string[] = [];
-  if (capture?.configChanged) notes.push(`the installed rules come from an older config than ${configFile} (\`systemctl reload meshctl-capture\` applies it)`);
-  const verdict: Verdict = !installed && !(capture?.installed ?? false) ? 'not-installed' : problems.length === 0 ? 'protected' : 'not-protected';
-  return { verdict, problems, notes, units, configFile, configError, onProxyDown: config?.safety.onProxyDown ?? null, admin: admin ? endpointText(admin) : null, ready, capture, captureError };
+  if (capture?.configChanged)
+    notes.push(
+      `the installed rules come from an older config than ${configFile} (\`systemctl reload meshctl-capture\` applies it)`,
+    );
+  const verdict: Verdict =
+    !installed && !(capture?.installed ?? false)
+      ? 'not-installed'
+      : problems.length === 0
+        ? 'protected'
+        : 'not-protected';
+  return {
+    verdict,
+    problems,
+    notes,
+    units,
+    configFile,
+    configError,
+    onProxyDown: config?.safety.onProxyDown ?? null,
+    admin: admin ? endpointText(admin) : null,
+    ready,
+    capture,
+    captureError,
+  };
 }

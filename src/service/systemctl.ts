@@ -37,7 +37,11 @@ export function createSystemd(options: { root?: string; env?: NodeJS.ProcessEnv 
 
   const journalTail = async (unit: string, lines: number): Promise<string[]> => {
     if (offline) return [];
-    const result = await execa('journalctl', ['--no-pager', '-q', '-o', 'cat', '-n', String(lines), '-u', unit], { reject: false, env, timeout: 10_000 });
+    const result = await execa('journalctl', ['--no-pager', '-q', '-o', 'cat', '-n', String(lines), '-u', unit], {
+      reject: false,
+      env,
+      timeout: 10_000,
+    });
     return result.stdout.split('\n').filter((l) => l.trim() !== '');
   };
 
@@ -49,15 +53,40 @@ export function createSystemd(options: { root?: string; env?: NodeJS.ProcessEnv 
       const journal: string[] = [];
       for (const unit of context.units ?? []) {
         const tail = await journalTail(unit, 12);
-        if (tail.length > 0) journal.push(`journal of ${unit} (last ${tail.length} lines):`, ...tail.map((l) => `  ${l}`));
+        if (tail.length > 0)
+          journal.push(`journal of ${unit} (last ${tail.length} lines):`, ...tail.map((l) => `  ${l}`));
       }
-      throw new MeshctlError('COMMAND_FAILED', `systemctl ${full.join(' ')} failed (exit ${result.exitCode ?? result.signal ?? 'none'})`,
-        context.units?.length ? `see \`systemctl status ${context.units.join(' ')}\` and \`journalctl -u ${context.units[0]}\`` : 'see the stderr above',
-        { cause: result, details: [...(result.stderr.trim() ? [`stderr:  ${result.stderr.trim().split('\n').join('\n         ')}`] : []), ...journal] });
+      throw new MeshctlError(
+        'COMMAND_FAILED',
+        `systemctl ${full.join(' ')} failed (exit ${result.exitCode ?? result.signal ?? 'none'})`,
+        context.units?.length
+          ? `see \`systemctl status ${context.units.join(' ')}\` and \`journalctl -u ${context.units[0]}\``
+          : 'see the stderr above',
+        {
+          cause: result,
+          details: [
+            ...(result.stderr.trim() ? [`stderr:  ${result.stderr.trim().split('\n').join('\n         ')}`] : []),
+            ...journal,
+          ],
+        },
+      );
     },
     async show(unit) {
-      const props = ['ActiveState', 'SubState', 'UnitFileState', 'LoadState', 'MainPID', 'ActiveEnterTimestamp', 'NRestarts', 'Result'];
-      const result = await execa('systemctl', [...rootArgs, 'show', unit, ...props.map((p) => `--property=${p}`)], { reject: false, env, timeout: 15_000 });
+      const props = [
+        'ActiveState',
+        'SubState',
+        'UnitFileState',
+        'LoadState',
+        'MainPID',
+        'ActiveEnterTimestamp',
+        'NRestarts',
+        'Result',
+      ];
+      const result = await execa('systemctl', [...rootArgs, 'show', unit, ...props.map((p) => `--property=${p}`)], {
+        reject: false,
+        env,
+        timeout: 15_000,
+      });
       const map = new Map<string, string>();
       for (const line of result.stdout.split('\n')) {
         const eq = line.indexOf('=');
@@ -79,8 +108,12 @@ export function createSystemd(options: { root?: string; env?: NodeJS.ProcessEnv 
       const args = [...rootArgs, file];
       const result = await execa('systemd-sysusers', args, { reject: false, env, timeout: 30_000 });
       if (result.exitCode !== 0) {
-        throw new MeshctlError('COMMAND_FAILED', `systemd-sysusers ${args.join(' ')} failed (exit ${result.exitCode ?? 'none'}): the proxy user was not created`,
-          'check /etc/passwd and /etc/group are writable, or create the user by hand', { cause: result, details: result.stderr.trim() ? [`stderr:  ${result.stderr.trim()}`] : [] });
+        throw new MeshctlError(
+          'COMMAND_FAILED',
+          `systemd-sysusers ${args.join(' ')} failed (exit ${result.exitCode ?? 'none'}): the proxy user was not created`,
+          'check /etc/passwd and /etc/group are writable, or create the user by hand',
+          { cause: result, details: result.stderr.trim() ? [`stderr:  ${result.stderr.trim()}`] : [] },
+        );
       }
     },
     journalTail,

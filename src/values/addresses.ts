@@ -39,7 +39,8 @@ function split(text: string): { host: string; port: string | undefined; brackete
 /** `10.0.1.5:8080`, `[fd00::5]:8080` or `api.internal:8080`. */
 export function parseHostPort(text: string): HostPort | string {
   const { host, port: portText, bracketed } = split(text.trim());
-  if (!bracketed && host.split(':').length > 2) return `"${text}": write an IPv6 address in brackets, e.g. [fd00::5]:8080`;
+  if (!bracketed && host.split(':').length > 2)
+    return `"${text}": write an IPv6 address in brackets, e.g. [fd00::5]:8080`;
   const port = parsePort(portText);
   if (typeof port === 'string') return `"${text}" ${port}`;
   const ip = parseIp(host);

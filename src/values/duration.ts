@@ -24,5 +24,7 @@ export function parseFlagDuration(text: string): number | string {
   const ms = parseDuration(text);
   if (ms === null) return '"off" is not allowed here';
   if (typeof ms === 'string') return ms;
-  return ms > MAX_TIMER_MS ? `${text} is longer than a timer can wait (at most ${MAX_TIMER_MS} ms, about 24.8 days)` : ms;
+  return ms > MAX_TIMER_MS
+    ? `${text} is longer than a timer can wait (at most ${MAX_TIMER_MS} ms, about 24.8 days)`
+    : ms;
 }

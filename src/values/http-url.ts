@@ -8,8 +8,10 @@ export function checkHttpUrl(text: string): string | null {
   } catch {
     return `"${text}" is not a URL (e.g. https://mesh.example/policy.json)`;
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') return `"${text}" must be an http:// or https:// URL, got ${url.protocol}`;
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    return `"${text}" must be an http:// or https:// URL, got ${url.protocol}`;
   if (url.hostname === '') return `"${text}" has no host`;
-  if (url.username !== '' || url.password !== '') return `"${text}" must not carry credentials (they would show in /config and logs)`;
+  if (url.username !== '' || url.password !== '')
+    return `"${text}" must not carry credentials (they would show in /config and logs)`;
   return null;
 }

@@ -57,7 +57,7 @@ export function formatIp(ip: IpAddress): string {
   for (let i = 7; i >= 0; i--) groups.push(Number((ip.value >> BigInt(i * 16)) & 0xffffn));
   let bestStart = -1;
   let bestLen = 0;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (groups[i] !== 0) {
       i++;
       continue;
@@ -95,7 +95,11 @@ export function parseCidr(text: string): Cidr | string {
     if (!/^\d{1,3}$/.test(prefixText) || Number(prefixText) > bits) return `prefix "/${prefixText}" must be 0..${bits}`;
     prefix = Number(prefixText);
   }
-  return { family: ip.family, address: formatIp({ family: ip.family, value: ip.value & mask(ip.family, prefix) }), prefix };
+  return {
+    family: ip.family,
+    address: formatIp({ family: ip.family, value: ip.value & mask(ip.family, prefix) }),
+    prefix,
+  };
 }
 
 export function cidrText(cidr: Cidr): string {

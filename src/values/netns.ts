@@ -15,16 +15,25 @@ export function netnsPath(name: string): string {
  */
 export function assertNetnsName(name: string, flag = '--netns'): void {
   const problem =
-    name === '' ? 'it is empty'
-      : name === '.' || name === '..' ? `"${name}" names a directory, not a namespace`
-        : name.includes('/') ? 'it contains "/"'
-          : Buffer.byteLength(name) > 255 ? `it is ${Buffer.byteLength(name)} bytes long (at most 255)`
-            : name.startsWith('-') ? 'it starts with "-" (ip would read it as an option)'
-              : /[^A-Za-z0-9_.@+:-]/.test(name) ? `it contains ${JSON.stringify(/[^A-Za-z0-9_.@+:-]/.exec(name)![0])}`
+    name === ''
+      ? 'it is empty'
+      : name === '.' || name === '..'
+        ? `"${name}" names a directory, not a namespace`
+        : name.includes('/')
+          ? 'it contains "/"'
+          : Buffer.byteLength(name) > 255
+            ? `it is ${Buffer.byteLength(name)} bytes long (at most 255)`
+            : name.startsWith('-')
+              ? 'it starts with "-" (ip would read it as an option)'
+              : /[^A-Za-z0-9_.@+:-]/.test(name)
+                ? `it contains ${JSON.stringify(/[^A-Za-z0-9_.@+:-]/.exec(name)![0])}`
                 : null;
   if (problem !== null) {
-    throw new MeshctlError('CONFIG_INVALID', `${flag} ${JSON.stringify(name)} is not a network namespace name: ${problem}`,
-      'give the name as `ip netns list` shows it: letters, digits and _ . - @ + : (not "." or "..", no "/", not starting with "-")');
+    throw new MeshctlError(
+      'CONFIG_INVALID',
+      `${flag} ${JSON.stringify(name)} is not a network namespace name: ${problem}`,
+      'give the name as `ip netns list` shows it: letters, digits and _ . - @ + : (not "." or "..", no "/", not starting with "-")',
+    );
   }
 }
 
@@ -32,8 +41,11 @@ export function assertNetnsName(name: string, flag = '--netns'): void {
 export function assertNetnsExists(name: string, flag = '--netns'): void {
   assertNetnsName(name, flag);
   if (!existsSync(netnsPath(name))) {
-    throw new MeshctlError('NETNS_NOT_FOUND', `network namespace "${name}" (from ${flag}) does not exist: ${netnsPath(name)} is missing`,
-      'list namespaces with `ip netns list`, or create it with `ip netns add NAME`');
+    throw new MeshctlError(
+      'NETNS_NOT_FOUND',
+      `network namespace "${name}" (from ${flag}) does not exist: ${netnsPath(name)} is missing`,
+      'list namespaces with `ip netns list`, or create it with `ip netns add NAME`',
+    );
   }
   // `ip netns add` bind-mounts the namespace there (nsfs; procfs before Linux 3.19): a plain file of that name is
   // not a namespace, and `ip netns exec` would fail on it later, half-way through a command.
@@ -45,8 +57,11 @@ export function assertNetnsExists(name: string, flag = '--netns'): void {
     return;
   }
   if (type !== NSFS_MAGIC && type !== PROC_SUPER_MAGIC) {
-    throw new MeshctlError('NETNS_NOT_FOUND', `network namespace "${name}" (from ${flag}) does not exist: ${netnsPath(name)} is a file, not a namespace mount`,
-      `remove the stray file (\`rm ${netnsPath(name)}\`) or create the namespace with \`ip netns add ${name}\``);
+    throw new MeshctlError(
+      'NETNS_NOT_FOUND',
+      `network namespace "${name}" (from ${flag}) does not exist: ${netnsPath(name)} is a file, not a namespace mount`,
+      `remove the stray file (\`rm ${netnsPath(name)}\`) or create the namespace with \`ip netns add ${name}\``,
+    );
   }
 }
 

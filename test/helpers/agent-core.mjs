@@ -13,7 +13,9 @@ const coreOps = {
       const req = httpRequest({ host, port, path, method, agent: false, timeout: timeoutMs }, (res) => {
         let body = '';
         res.setEncoding('utf8');
-        res.on('data', (d) => { body += d; });
+        res.on('data', (d) => {
+          body += d;
+        });
         res.on('end', () => resolve({ status: res.statusCode, body, headers: res.headers }));
       });
       req.on('timeout', () => req.destroy(new Error(`http ${host}:${port}${path} timed out`)));

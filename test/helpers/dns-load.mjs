@@ -24,7 +24,11 @@ export async function runLoad({ host, port, count, concurrency, queries }) {
       const perQuery = {};
       for (const [key, list] of latencies) {
         list.sort((a, b) => a - b);
-        perQuery[key] = { count: list.length, p50Ms: list[Math.floor(list.length * 0.5)] ?? null, p99Ms: list[Math.min(list.length - 1, Math.floor(list.length * 0.99))] ?? null };
+        perQuery[key] = {
+          count: list.length,
+          p50Ms: list[Math.floor(list.length * 0.5)] ?? null,
+          p99Ms: list[Math.min(list.length - 1, Math.floor(list.length * 0.99))] ?? null,
+        };
       }
       const seconds = (performance.now() - started) / 1000;
       resolve({ sent, answered, lost, mismatched, rcodes, perQuery, qps: Math.round(answered / seconds) });
@@ -37,7 +41,16 @@ export async function runLoad({ host, port, count, concurrency, queries }) {
         while (outstanding.has(id)) id = (id % 65535) + 1;
         outstanding.set(id, { at: performance.now(), key: `${name} ${type}`, name });
         sent++;
-        socket.send(packet.encode({ id, type: 'query', flags: packet.RECURSION_DESIRED, questions: [{ name, type, class: 'IN' }] }), port, host);
+        socket.send(
+          packet.encode({
+            id,
+            type: 'query',
+            flags: packet.RECURSION_DESIRED,
+            questions: [{ name, type, class: 'IN' }],
+          }),
+          port,
+          host,
+        );
       }
       if (sent >= count && outstanding.size === 0) finish();
     };
@@ -79,6 +92,12 @@ export async function runLoad({ host, port, count, concurrency, queries }) {
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const [host, port, count, concurrency, queries] = process.argv.slice(2);
-  const result = await runLoad({ host, port: Number(port), count: Number(count), concurrency: Number(concurrency), queries: JSON.parse(queries) });
+  const result = await runLoad({
+    host,
+    port: Number(port),
+    count: Number(count),
+    concurrency: Number(concurrency),
+    queries: JSON.parse(queries),
+  });
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }

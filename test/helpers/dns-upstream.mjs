@@ -13,7 +13,13 @@ const RCODES = { NOERROR: 0, SERVFAIL: 2, NXDOMAIN: 3, REFUSED: 5 };
 
 function soa(zone) {
   const ttl = zone.negativeTtl ?? 60;
-  return { name: 'test', type: 'SOA', class: 'IN', ttl, data: { mname: 'ns.test', rname: 'admin.test', serial: 1, refresh: 60, retry: 60, expire: 60, minimum: ttl } };
+  return {
+    name: 'test',
+    type: 'SOA',
+    class: 'IN',
+    ttl,
+    data: { mname: 'ns.test', rname: 'admin.test', serial: 1, refresh: 60, retry: 60, expire: 60, minimum: ttl },
+  };
 }
 
 /** The answer to one query message for `zone`. */
@@ -24,15 +30,36 @@ export function answerFor(zone, buf, transport) {
   const entry = zone.names?.[key];
   const ttl = entry?.ttl ?? 60;
   const opt = (q.additionals ?? []).find((r) => r.type === 'OPT');
-  const base = { id: q.id, type: 'response', questions: q.questions, additionals: opt ? [{ type: 'OPT', name: '.', udpPayloadSize: 4096, flags: 0, options: [] }] : [] };
-  if (!entry) return packet.encode({ ...base, flags: packet.RECURSION_AVAILABLE | RCODES.NXDOMAIN, answers: [], authorities: [soa(zone)] });
-  if (entry.truncate && transport === 'udp') return packet.encode({ ...base, flags: packet.TRUNCATED_RESPONSE | packet.RECURSION_AVAILABLE, answers: [] });
+  const base = {
+    id: q.id,
+    type: 'response',
+    questions: q.questions,
+    additionals: opt ? [{ type: 'OPT', name: '.', udpPayloadSize: 4096, flags: 0, options: [] }] : [],
+  };
+  if (!entry)
+    return packet.encode({
+      ...base,
+      flags: packet.RECURSION_AVAILABLE | RCODES.NXDOMAIN,
+      answers: [],
+      authorities: [soa(zone)],
+    });
+  if (entry.truncate && transport === 'udp')
+    return packet.encode({ ...base, flags: packet.TRUNCATED_RESPONSE | packet.RECURSION_AVAILABLE, answers: [] });
   const answers = [];
-  if (question.type === 'A') for (const data of entry.A ?? []) answers.push({ name: question.name, type: 'A', class: 'IN', ttl, data });
-  if (question.type === 'AAAA') for (const data of entry.AAAA ?? []) answers.push({ name: question.name, type: 'AAAA', class: 'IN', ttl, data });
-  if (question.type === 'TXT') for (let i = 0; i < (entry.txt ?? 0); i++) answers.push({ name: question.name, type: 'TXT', class: 'IN', ttl, data: `${i}`.padEnd(200, 'x') });
+  if (question.type === 'A')
+    for (const data of entry.A ?? []) answers.push({ name: question.name, type: 'A', class: 'IN', ttl, data });
+  if (question.type === 'AAAA')
+    for (const data of entry.AAAA ?? []) answers.push({ name: question.name, type: 'AAAA', class: 'IN', ttl, data });
+  if (question.type === 'TXT')
+    for (let i = 0; i < (entry.txt ?? 0); i++)
+      answers.push({ name: question.name, type: 'TXT', class: 'IN', ttl, data: `${i}`.padEnd(200, 'x') });
   const rcode = RCODES[entry.rcode ?? 'NOERROR'];
-  return packet.encode({ ...base, flags: packet.RECURSION_AVAILABLE | rcode, answers, authorities: answers.length === 0 ? [soa(zone)] : [] });
+  return packet.encode({
+    ...base,
+    flags: packet.RECURSION_AVAILABLE | rcode,
+    answers,
+    authorities: answers.length === 0 ? [soa(zone)] : [],
+  });
 }
 
 /** Starts the server on host (port 0: a free one, the same for UDP and TCP). */
@@ -60,10 +87,11 @@ export async function startUpstream(zone, host = '127.0.0.1', port = 0) {
       zone,
       queries: [],
       onQuery: null,
-      close: () => new Promise((resolve) => {
-        udp.close();
-        tcp.close(() => resolve());
-      }),
+      close: () =>
+        new Promise((resolve) => {
+          udp.close();
+          tcp.close(() => resolve());
+        }),
     };
     const record = (buf, transport, from) => {
       const q = packet.decode(buf).questions[0];

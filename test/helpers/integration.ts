@@ -17,7 +17,20 @@ export const integrationEnabled = integrationWanted();
 export function unreadableByProxyUser(root = fileURLToPath(new URL('../..', import.meta.url))): string | null {
   const probes = ['bin/meshctl', 'package.json', 'test/helpers/proxy-agent.mjs'].map((p) => `${root}${p}`);
   try {
-    execFileSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'sh', '-c', 'for f in "$@"; do test -r "$f" || { echo "$f"; exit 1; }; done', 'sh', ...probes], { stdio: 'pipe' });
+    execFileSync(
+      'setpriv',
+      [
+        '--reuid=65534',
+        '--regid=65534',
+        '--clear-groups',
+        'sh',
+        '-c',
+        'for f in "$@"; do test -r "$f" || { echo "$f"; exit 1; }; done',
+        'sh',
+        ...probes,
+      ],
+      { stdio: 'pipe' },
+    );
     return null;
   } catch (error) {
     const out = String((error as { stdout?: Buffer }).stdout ?? '').trim();

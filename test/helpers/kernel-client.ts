@@ -42,7 +42,11 @@ function tcpFlow(flow: ClientFlow, timeoutMs: number): Promise<ClientResult> {
       socket.destroy();
       resolve(result);
     };
-    const socket = connect({ host: flow.address, port: flow.port, ...(flow.localAddress ? { localAddress: flow.localAddress } : {}) });
+    const socket = connect({
+      host: flow.address,
+      port: flow.port,
+      ...(flow.localAddress ? { localAddress: flow.localAddress } : {}),
+    });
     const timer = setTimeout(() => finish({ id: flow.id, error: data ? 'PARTIAL' : 'TIMEOUT' }), timeoutMs);
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => {
@@ -68,10 +72,20 @@ function udpFlow(flow: ClientFlow, timeoutMs: number): Promise<ClientResult> {
       resolve(result);
     };
     socket.on('message', (msg, rinfo) => {
-      finish({ id: flow.id, answer: JSON.parse(msg.toString('utf8').split('\n')[0]!) as Record<string, unknown>, from: { address: rinfo.address, port: rinfo.port } });
+      finish({
+        id: flow.id,
+        answer: JSON.parse(msg.toString('utf8').split('\n')[0]!) as Record<string, unknown>,
+        from: { address: rinfo.address, port: rinfo.port },
+      });
     });
     socket.on('error', (error: NodeJS.ErrnoException) => finish({ id: flow.id, error: error.code ?? error.message }));
-    const send = () => socket.send('query\n', flow.port, flow.address, (error) => error && finish({ id: flow.id, error: (error as NodeJS.ErrnoException).code ?? error.message }));
+    const send = () =>
+      socket.send(
+        'query\n',
+        flow.port,
+        flow.address,
+        (error) => error && finish({ id: flow.id, error: (error as NodeJS.ErrnoException).code ?? error.message }),
+      );
     if (flow.localAddress) socket.bind(0, flow.localAddress, send);
     else send();
   });
@@ -83,7 +97,9 @@ async function main(): Promise<void> {
   process.setgroups!([...(spec.groups ?? [])]);
   process.setgid!(spec.gid);
   process.setuid!(spec.uid);
-  const results = await Promise.all(spec.flows.map((f) => (f.protocol === 'tcp' ? tcpFlow(f, spec.timeoutMs) : udpFlow(f, spec.timeoutMs))));
+  const results = await Promise.all(
+    spec.flows.map((f) => (f.protocol === 'tcp' ? tcpFlow(f, spec.timeoutMs) : udpFlow(f, spec.timeoutMs))),
+  );
   process.stdout.write(`${JSON.stringify(results)}\n`);
 }
 

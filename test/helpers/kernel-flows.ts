@@ -71,14 +71,23 @@ export function flowTable(lab: Lab, config: Config): LabFlow[] {
   const o = owners(config);
   const flows: LabFlow[] = [];
   const out = (id: string, owner: Owner, address: string, port: number, extra: Partial<LabFlow> = {}) =>
-    flows.push({ id: `out ${id} as ${owner.name}`, direction: 'outbound', protocol: 'tcp', address, port, owner, ...extra });
+    flows.push({
+      id: `out ${id} as ${owner.name}`,
+      direction: 'outbound',
+      protocol: 'tcp',
+      address,
+      port,
+      owner,
+      ...extra,
+    });
   const inb = (id: string, address: string, port: number, link: 'main' | 'wg0' = 'main') =>
     flows.push({ id: `in ${id}`, direction: 'inbound', protocol: 'tcp', address, port, owner: o.root!, link });
   for (const f of ['4', '6'] as const) {
     const remote = f === '4' ? lab.peer4 : lab.peer6;
     const own = f === '4' ? lab.host4 : lab.host6;
     const localhost = f === '4' ? '127.0.0.1' : '::1';
-    const passthrough = f === '4' ? config.proxy.inboundPassthroughSource.ipv4 : config.proxy.inboundPassthroughSource.ipv6;
+    const passthrough =
+      f === '4' ? config.proxy.inboundPassthroughSource.ipv4 : config.proxy.inboundPassthroughSource.ipv6;
     const far = f === '4' ? REMOTE.far4 : REMOTE.far6;
     out(`v${f} remote:80`, o.app!, remote, 80);
     out(`v${f} remote:8080`, o.app!, remote, 8080);
@@ -100,7 +109,8 @@ export function flowTable(lab: Lab, config: Config): LabFlow[] {
     out(`v${f} remote:443`, o.apps!, remote, 443);
     out(`v${f} remote:8500`, o.batch!, remote, 8500);
     out(`v${f} remote:5432`, o.batch!, remote, 5432);
-    for (const port of [8080, 22, config.proxy.inboundPort, 9005, 80, 9050, 2222, 6010, 9100]) inb(`v${f} own-address:${port}`, own, port);
+    for (const port of [8080, 22, config.proxy.inboundPort, 9005, 80, 9050, 2222, 6010, 9100])
+      inb(`v${f} own-address:${port}`, own, port);
   }
   out('v4 metadata:80', o.app!, REMOTE.metadata4, 80);
   out('v4 metadata:80', o.root!, REMOTE.metadata4, 80);
@@ -121,7 +131,14 @@ export function flowTable(lab: Lab, config: Config): LabFlow[] {
   inb('v4 over wg0 own-address:8080', lab.wg!.host4, 8080, 'wg0');
   for (const port of [9105, 111, 2200, 8443, 9010, 9011]) inb(`v4 own-address:${port}`, lab.host4, port);
   const udp = (id: string, owner: Owner, address: string) =>
-    flows.push({ id: `out ${id} (udp) as ${owner.name}`, direction: 'outbound', protocol: 'udp', address, port: 53, owner });
+    flows.push({
+      id: `out ${id} (udp) as ${owner.name}`,
+      direction: 'outbound',
+      protocol: 'udp',
+      address,
+      port: 53,
+      owner,
+    });
   udp('v4 remote:53', o.app!, lab.peer4);
   udp('v4 remote:53', o.proxy!, lab.peer4);
   udp('v6 remote:53', o.app!, lab.peer6);
@@ -158,10 +175,20 @@ export function toExplainFlow(lab: Lab, flow: LabFlow): Flow {
   if (flow.direction === 'inbound') {
     const v4 = ip(flow.address).family === 'ipv4';
     const source = flow.link === 'wg0' ? lab.wg!.peer4 : v4 ? lab.peer4 : lab.peer6;
-    return { direction: 'inbound', protocol: flow.protocol, destination, source: { address: source }, inInterface: flow.link === 'wg0' ? 'wg0' : lab.hostIf };
+    return {
+      direction: 'inbound',
+      protocol: flow.protocol,
+      destination,
+      source: { address: source },
+      inInterface: flow.link === 'wg0' ? 'wg0' : lab.hostIf,
+    };
   }
   return {
-    direction: 'outbound', protocol: flow.protocol, destination, uid: flow.owner.uid, gid: flow.owner.gid,
+    direction: 'outbound',
+    protocol: flow.protocol,
+    destination,
+    uid: flow.owner.uid,
+    gid: flow.owner.gid,
     ...(flow.bind ? { source: { address: flow.bind } } : {}),
   };
 }
@@ -193,7 +220,8 @@ export function observed(flow: LabFlow, result: ClientResult): string {
   if (flow.protocol === 'udp') {
     const answer = result.answer as { where: string; listener: number };
     const from = endpoint(result.from!.address.replace(/^::ffff:/, ''), result.from!.port);
-    if (answer.where === 'host' && answer.listener !== flow.port) return `redirected to :${answer.listener}, original ${from}`;
+    if (answer.where === 'host' && answer.listener !== flow.port)
+      return `redirected to :${answer.listener}, original ${from}`;
     return `direct to ${answer.where} ${from}`;
   }
   const c = result.answer as unknown as ObservedConnection;
@@ -201,7 +229,8 @@ export function observed(flow: LabFlow, result: ClientResult): string {
   if (c.where === 'peer') return `direct to peer ${local}`;
   // TPROXY leaves the packet's destination alone: the accepted socket's local address is the original destination.
   if (c.transparent && c.local.port !== c.listener) return `tproxied to :${c.listener}, original ${local}`;
-  if (c.orig && endpoint(c.orig.address, c.orig.port) !== local) return `redirected to :${c.listener}, original ${endpoint(c.orig.address, c.orig.port)}`;
+  if (c.orig && endpoint(c.orig.address, c.orig.port) !== local)
+    return `redirected to :${c.listener}, original ${endpoint(c.orig.address, c.orig.port)}`;
   return `direct to host ${local}`;
 }
 
@@ -210,10 +239,19 @@ export function observed(flow: LabFlow, result: ClientResult): string {
  * `tproxy`) and one on the peer (`extraPeerTcp` added to its ports), one client per socket owner. Returns where
  * each flow landed, by flow id.
  */
-export async function runFlows(lab: Lab, config: Config, flows: readonly LabFlow[], options: { tproxy: boolean; extraPeerTcp?: readonly number[] }): Promise<Map<string, ClientResult>> {
+export async function runFlows(
+  lab: Lab,
+  config: Config,
+  flows: readonly LabFlow[],
+  options: { tproxy: boolean; extraPeerTcp?: readonly number[] },
+): Promise<Map<string, ClientResult>> {
   const observers: Observer[] = [];
   try {
-    const proxyPorts = [config.proxy.outboundPort, config.capture.dns.port, ...(options.tproxy ? [] : [config.proxy.inboundPort])];
+    const proxyPorts = [
+      config.proxy.outboundPort,
+      config.capture.dns.port,
+      ...(options.tproxy ? [] : [config.proxy.inboundPort]),
+    ];
     observers.push(
       await startObserver(lab.host, {
         where: 'host',
@@ -225,7 +263,12 @@ export async function runFlows(lab: Lab, config: Config, flows: readonly LabFlow
         ...(options.tproxy ? { transparentPort: config.proxy.inboundPort } : {}),
         runAs: { uid: config.proxy.user.uid, gid: config.proxy.user.gid },
       }),
-      await startObserver(lab.peer, { where: 'peer', tcp: [...new Set([...PEER_TCP, ...(options.extraPeerTcp ?? [])])], udp: [53], udpAddresses: [lab.peer4, lab.peer6, ...Object.values(REMOTE)] }),
+      await startObserver(lab.peer, {
+        where: 'peer',
+        tcp: [...new Set([...PEER_TCP, ...(options.extraPeerTcp ?? [])])],
+        udp: [53],
+        udpAddresses: [lab.peer4, lab.peer6, ...Object.values(REMOTE)],
+      }),
     );
     const groups = new Map<string, LabFlow[]>();
     for (const flow of flows) {
@@ -238,8 +281,16 @@ export async function runFlows(lab: Lab, config: Config, flows: readonly LabFlow
         const ns = key === 'peer' ? lab.peer : lab.host;
         const owner = key === 'peer' ? { uid: 0, gid: 0 } : group[0]!.owner;
         const out = await runClient(ns, {
-          uid: owner.uid, gid: owner.gid, timeoutMs: FLOW_TIMEOUT_MS,
-          flows: group.map((f) => ({ id: f.id, protocol: f.protocol, address: f.address, port: f.port, ...(f.bind ? { localAddress: f.bind } : {}) })),
+          uid: owner.uid,
+          gid: owner.gid,
+          timeoutMs: FLOW_TIMEOUT_MS,
+          flows: group.map((f) => ({
+            id: f.id,
+            protocol: f.protocol,
+            address: f.address,
+            port: f.port,
+            ...(f.bind ? { localAddress: f.bind } : {}),
+          })),
         });
         for (const r of out) results.set(r.id, r);
       }),

@@ -20,7 +20,8 @@ const childEnv = { ...process.env, MG_TS_CACHE: tsCache };
 
 /** Transpiles the child scripts once, so concurrent children start from the cache instead of loading typescript. */
 export function warmChildScripts(): void {
-  for (const script of [OBSERVER, CLIENT]) execFileSync(process.execPath, ['--import', REGISTER, script, '--warm'], { env: childEnv, stdio: 'pipe' });
+  for (const script of [OBSERVER, CLIENT])
+    execFileSync(process.execPath, ['--import', REGISTER, script, '--warm'], { env: childEnv, stdio: 'pipe' });
 }
 
 export interface Lab {
@@ -43,7 +44,12 @@ const ip = (ns: string, ...args: string[]) => sh('ip', ['-n', ns, ...args]);
  * everything else through the peer; `remote` addresses are put on the peer's lo so they answer as real servers.
  * `wgRoutes` (IPv4 CIDRs) go through a second link named wg0 instead.
  */
-export function createLab(prefix: string, subnet: number, remote: readonly string[], wgRoutes: readonly string[] = []): Lab {
+export function createLab(
+  prefix: string,
+  subnet: number,
+  remote: readonly string[],
+  wgRoutes: readonly string[] = [],
+): Lab {
   const host = `${prefix}h`;
   const peer = `${prefix}p`;
   const addrs = createVethPair(host, peer, subnet);
@@ -54,7 +60,16 @@ export function createLab(prefix: string, subnet: number, remote: readonly strin
   sh('ip', ['netns', 'exec', host, 'sysctl', '-q', '-w', 'net.ipv4.ip_unprivileged_port_start=0']);
   // The inbound passthrough source (::6) must exist on lo for the proxy to bind it; 127.0.0.6 is in 127/8 already.
   ip(host, '-6', 'addr', 'add', '::6/128', 'dev', 'lo');
-  for (const address of remote) ip(peer, address.includes(':') ? '-6' : '-4', 'addr', 'add', `${address}/${address.includes(':') ? 128 : 32}`, 'dev', 'lo');
+  for (const address of remote)
+    ip(
+      peer,
+      address.includes(':') ? '-6' : '-4',
+      'addr',
+      'add',
+      `${address}/${address.includes(':') ? 128 : 32}`,
+      'dev',
+      'lo',
+    );
   let wg: Lab['wg'] = null;
   if (wgRoutes.length > 0) {
     const w = { host4: `10.${subnet + 100}.0.1`, peer4: `10.${subnet + 100}.0.2` };
@@ -104,7 +119,10 @@ export interface Observer {
 /** Starts kernel-observer.ts in `ns` and resolves once every listener is up. */
 export function startObserver(ns: string, spec: ObserverSpec): Promise<Observer> {
   const node = [process.execPath, '--import', REGISTER, OBSERVER, JSON.stringify(spec)];
-  const args = spec.transparentPort !== undefined ? ['python3', '-c', TRANSPARENT_LISTENERS, String(spec.transparentPort), ...node] : node;
+  const args =
+    spec.transparentPort !== undefined
+      ? ['python3', '-c', TRANSPARENT_LISTENERS, String(spec.transparentPort), ...node]
+      : node;
   const child = spawn('ip', ['netns', 'exec', ns, ...args], { env: childEnv, stdio: ['pipe', 'pipe', 'pipe'] });
   return new Promise((resolve, reject) => {
     let out = '';
@@ -135,7 +153,11 @@ function stopChild(child: ChildProcess): void {
 
 /** Runs kernel-client.ts in `ns` as root (it drops to spec.uid/gid itself) and returns one result per flow. */
 export function runClient(ns: string, spec: ClientSpec): Promise<ClientResult[]> {
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '--import', REGISTER, CLIENT, JSON.stringify(spec)], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    'ip',
+    ['netns', 'exec', ns, process.execPath, '--import', REGISTER, CLIENT, JSON.stringify(spec)],
+    { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   return new Promise((resolve, reject) => {
     let out = '';
     let err = '';
@@ -152,7 +174,9 @@ export function runClient(ns: string, spec: ClientSpec): Promise<ClientResult[]>
       try {
         resolve(JSON.parse(out) as ClientResult[]);
       } catch (error) {
-        reject(new Error(`client in ${ns} (uid ${spec.uid}) printed no JSON (${(error as Error).message}): ${out} ${err}`));
+        reject(
+          new Error(`client in ${ns} (uid ${spec.uid}) printed no JSON (${(error as Error).message}): ${out} ${err}`),
+        );
       }
     });
   });

@@ -72,10 +72,12 @@ async function main(): Promise<void> {
   const sockets: UdpSocket[] = [];
   const listening: Promise<void>[] = [];
   const listen = (server: Server, options: object) =>
-    listening.push(new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(options, () => resolve());
-    }));
+    listening.push(
+      new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(options, () => resolve());
+      }),
+    );
 
   for (const port of spec.tcp) {
     for (const host of ['0.0.0.0', '::']) {
@@ -98,13 +100,20 @@ async function main(): Promise<void> {
       const socket = createSocket({ type, ipv6Only: type === 'udp6' });
       sockets.push(socket);
       socket.on('message', (_msg, rinfo) => {
-        const reply = JSON.stringify({ where: spec.where, listener: port, local: address, remote: { address: unmap(rinfo.address), port: rinfo.port } });
+        const reply = JSON.stringify({
+          where: spec.where,
+          listener: port,
+          local: address,
+          remote: { address: unmap(rinfo.address), port: rinfo.port },
+        });
         socket.send(`${reply}\n`, rinfo.port, rinfo.address);
       });
-      listening.push(new Promise((resolve, reject) => {
-        socket.once('error', reject);
-        socket.bind(port, address, () => resolve());
-      }));
+      listening.push(
+        new Promise((resolve, reject) => {
+          socket.once('error', reject);
+          socket.bind(port, address, () => resolve());
+        }),
+      );
     }
   }
   await Promise.all(listening);

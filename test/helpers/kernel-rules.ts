@@ -15,7 +15,12 @@ export const xtablesEnv = { ...process.env, XTABLES_LOCKFILE: join(lockDir, 'xta
 
 function run(ns: string, cmd: string, args: readonly string[], input?: string): string {
   try {
-    return execFileSync('ip', ['netns', 'exec', ns, cmd, ...args], { encoding: 'utf8', input, env: xtablesEnv, stdio: ['pipe', 'pipe', 'pipe'] });
+    return execFileSync('ip', ['netns', 'exec', ns, cmd, ...args], {
+      encoding: 'utf8',
+      input,
+      env: xtablesEnv,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
   } catch (error) {
     const e = error as { stderr?: string; status?: number };
     throw new Error(`${cmd} ${args.join(' ')} in ${ns} failed (exit ${e.status}): ${e.stderr ?? String(error)}`);

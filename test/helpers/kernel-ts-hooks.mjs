@@ -9,7 +9,11 @@ import { fileURLToPath } from 'node:url';
 let ts;
 
 export async function resolve(specifier, context, next) {
-  if (specifier.endsWith('.js') && context.parentURL?.startsWith('file:') && (specifier.startsWith('.') || specifier.startsWith('/'))) {
+  if (
+    specifier.endsWith('.js') &&
+    context.parentURL?.startsWith('file:') &&
+    (specifier.startsWith('.') || specifier.startsWith('/'))
+  ) {
     const url = new URL(specifier, context.parentURL);
     const tsUrl = new URL(url.href.replace(/\.js$/, '.ts'));
     if (!existsSync(url) && existsSync(tsUrl)) return { url: tsUrl.href, format: 'module', shortCircuit: true };
@@ -24,7 +28,8 @@ export async function load(url, context, next) {
   const cacheDir = process.env.MG_TS_CACHE;
   const key = createHash('sha256').update(`${file}:${stat.size}:${stat.mtimeMs}`).digest('hex');
   const cached = cacheDir ? join(cacheDir, `${key}.js`) : null;
-  if (cached && existsSync(cached)) return { format: 'module', source: readFileSync(cached, 'utf8'), shortCircuit: true };
+  if (cached && existsSync(cached))
+    return { format: 'module', source: readFileSync(cached, 'utf8'), shortCircuit: true };
   ts ??= (await import('typescript')).default;
   const { outputText } = ts.transpileModule(readFileSync(file, 'utf8'), {
     fileName: file,

@@ -37,7 +37,9 @@ export interface Agent {
 
 /** Starts the agent `script` (a .mjs built on agent-core.mjs) in `ns` (as `user` when given) and waits until it answers. */
 export async function startLabAgent(script: string, ns: string, user?: NsUser): Promise<Agent> {
-  const child = spawn('ip', nsCommand(ns, [process.execPath, script], user), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = spawn('ip', nsCommand(ns, [process.execPath, script], user), {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   let nextId = 1;
   let ready: () => void = () => {};
@@ -79,7 +81,10 @@ export async function startLabAgent(script: string, ns: string, user?: NsUser): 
 
 export function childPids(pid: number): number[] {
   try {
-    return execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' }).split('\n').map((s) => Number(s.trim())).filter((n) => n > 0);
+    return execFileSync('ps', ['-o', 'pid=', '--ppid', String(pid)], { encoding: 'utf8' })
+      .split('\n')
+      .map((s) => Number(s.trim()))
+      .filter((n) => n > 0);
   } catch {
     return [];
   }
@@ -108,11 +113,19 @@ export interface LabProxy<Line> {
  * Spawns `meshctl proxy ARGS` in `ns` as `user` (`prefix` runs before node, e.g. systemd-socket-activate), with
  * info-level logs; the admin API (127.0.0.1:15000) is reached through `adminVia`, an agent in the same namespace.
  */
-export function spawnLabProxy<Line>(ns: string, args: readonly string[], options: { user: NsUser; adminVia: Agent; prefix?: readonly string[] }): LabProxy<Line> {
-  const child = spawn('ip', nsCommand(ns, [...(options.prefix ?? []), process.execPath, MESHCTL, 'proxy', ...args], options.user), {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, MESHCTL_LOG_LEVEL: 'info' },
-  });
+export function spawnLabProxy<Line>(
+  ns: string,
+  args: readonly string[],
+  options: { user: NsUser; adminVia: Agent; prefix?: readonly string[] },
+): LabProxy<Line> {
+  const child = spawn(
+    'ip',
+    nsCommand(ns, [...(options.prefix ?? []), process.execPath, MESHCTL, 'proxy', ...args], options.user),
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, MESHCTL_LOG_LEVEL: 'info' },
+    },
+  );
   let out = '';
   let err = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -121,15 +134,23 @@ export function spawnLabProxy<Line>(ns: string, args: readonly string[], options
     child.on('exit', (code, signal) => resolve({ code, signal, atMs: performance.now() })),
   );
   const parse = (): Line[] =>
-    out.split('\n').filter((l) => l.startsWith('{')).flatMap((l) => {
-      try {
-        return [JSON.parse(l) as Line];
-      } catch {
-        return [];
-      }
-    });
+    out
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .flatMap((l) => {
+        try {
+          return [JSON.parse(l) as Line];
+        } catch {
+          return [];
+        }
+      });
   const admin = async (path: string, method = 'GET') => {
-    const r = await options.adminVia.call<{ status: number; body: string }>('http', { host: '127.0.0.1', port: 15000, path, method });
+    const r = await options.adminVia.call<{ status: number; body: string }>('http', {
+      host: '127.0.0.1',
+      port: 15000,
+      path,
+      method,
+    });
     return { status: r.status, body: r.body };
   };
   return {
@@ -143,14 +164,16 @@ export function spawnLabProxy<Line>(ns: string, args: readonly string[], options
       for (;;) {
         const hit = parse().find(match);
         if (hit) return hit;
-        if (performance.now() > deadline) throw new Error(`no matching access-log line within ${timeoutMs} ms; have:\n${out}`);
+        if (performance.now() > deadline)
+          throw new Error(`no matching access-log line within ${timeoutMs} ms; have:\n${out}`);
         await new Promise((r) => setTimeout(r, 25));
       }
     },
     async waitForStderr(pattern, timeoutMs = 5000) {
       const deadline = performance.now() + timeoutMs;
       while (!pattern.test(err)) {
-        if (performance.now() > deadline) throw new Error(`stderr did not match ${pattern} within ${timeoutMs} ms:\n${err}`);
+        if (performance.now() > deadline)
+          throw new Error(`stderr did not match ${pattern} within ${timeoutMs} ms:\n${err}`);
         await new Promise((r) => setTimeout(r, 25));
       }
     },
@@ -175,7 +198,8 @@ export function spawnLabProxy<Line>(ns: string, args: readonly string[], options
       for (;;) {
         const value = await check();
         if (value) return value;
-        if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; proxy stderr:\n${err.slice(-4000)}`);
+        if (performance.now() > deadline)
+          throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; proxy stderr:\n${err.slice(-4000)}`);
         await new Promise((r) => setTimeout(r, 50));
       }
     },
@@ -195,7 +219,12 @@ export function spawnLabProxy<Line>(ns: string, args: readonly string[], options
  * Tears a two-namespace lab down: SIGKILL to its proxies and agents, up to 2 s for the proxies to exit, then the
  * namespaces and the lab directory go.
  */
-export async function destroyLab(parts: { proxies: readonly LabProxy<unknown>[]; agents: readonly Agent[]; namespaces: readonly string[]; dir: string }): Promise<void> {
+export async function destroyLab(parts: {
+  proxies: readonly LabProxy<unknown>[];
+  agents: readonly Agent[];
+  namespaces: readonly string[];
+  dir: string;
+}): Promise<void> {
   for (const p of parts.proxies) p.kill();
   for (const a of parts.agents) a.stop();
   await Promise.all(parts.proxies.map((p) => Promise.race([p.exited, new Promise((r) => setTimeout(r, 2000))])));

@@ -34,7 +34,11 @@ export function removeStateDirs(): void {
 }
 
 /** Short backend names for namespace names (which, with a veth suffix, must fit in 15 characters). */
-export const BACKEND_SHORT = { 'iptables-legacy': 'leg', 'iptables-nft': 'ipn', nftables: 'nft' } as const satisfies Record<Backend, string>;
+export const BACKEND_SHORT = {
+  'iptables-legacy': 'leg',
+  'iptables-nft': 'ipn',
+  nftables: 'nft',
+} as const satisfies Record<Backend, string>;
 
 export interface LabNamespaces {
   /** Creates the isolated namespace `name` (see createIsolatedNs) and remembers it for cleanup. */
@@ -71,7 +75,12 @@ export function labConfig(stateDir: string, backend: Backend, raw: Record<string
 }
 
 function run(ns: string, cmd: string, args: readonly string[], input?: string): string {
-  return execFileSync('ip', ['netns', 'exec', ns, cmd, ...args], { encoding: 'utf8', input, env: labEnv, stdio: ['pipe', 'pipe', 'pipe'] });
+  return execFileSync('ip', ['netns', 'exec', ns, cmd, ...args], {
+    encoding: 'utf8',
+    input,
+    env: labEnv,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
 }
 
 const xt = (backend: Backend, family: 'ipv4' | 'ipv6', tool: 'save' | 'restore'): string =>
@@ -82,13 +91,19 @@ const xt = (backend: Backend, family: 'ipv4' | 'ipv6', tool: 'save' | 'restore')
  * families for the iptables backends, `nft list ruleset` (handles stripped) for nftables.
  */
 export function rulesetOf(ns: string, backend: Backend): string {
-  if (backend === 'nftables') return run(ns, 'nft', ['list', 'ruleset']).replace(/\s+# handle \d+/g, '').replace(/counter packets \d+ bytes \d+ ?/g, '');
+  if (backend === 'nftables')
+    return run(ns, 'nft', ['list', 'ruleset'])
+      .replace(/\s+# handle \d+/g, '')
+      .replace(/counter packets \d+ bytes \d+ ?/g, '');
   return (['ipv4', 'ipv6'] as const)
-    .map((family) => `## ${family}\n${run(ns, xt(backend, family, 'save'), [])
-      .split('\n')
-      .filter((l) => !l.startsWith('#'))
-      .map((l) => l.replace(/\s\[\d+:\d+\]$/, '').replace(/^\[\d+:\d+\]\s+/, ''))
-      .join('\n')}`)
+    .map(
+      (family) =>
+        `## ${family}\n${run(ns, xt(backend, family, 'save'), [])
+          .split('\n')
+          .filter((l) => !l.startsWith('#'))
+          .map((l) => l.replace(/\s\[\d+:\d+\]$/, '').replace(/^\[\d+:\d+\]\s+/, ''))
+          .join('\n')}`,
+    )
     .join('\n');
 }
 
@@ -97,10 +112,19 @@ export function meshctlResidue(ns: string): string[] {
   const lines: string[] = [];
   for (const backend of ['iptables-legacy', 'iptables-nft'] as const) {
     for (const family of ['ipv4', 'ipv6'] as const) {
-      lines.push(...run(ns, xt(backend, family, 'save'), []).split('\n').filter((l) => /MESHCTL|meshctl:/.test(l)).map((l) => `${backend} ${family}: ${l}`));
+      lines.push(
+        ...run(ns, xt(backend, family, 'save'), [])
+          .split('\n')
+          .filter((l) => /MESHCTL|meshctl:/.test(l))
+          .map((l) => `${backend} ${family}: ${l}`),
+      );
     }
   }
-  lines.push(...run(ns, 'nft', ['list', 'tables']).split('\n').filter((l) => /meshctl/.test(l)));
+  lines.push(
+    ...run(ns, 'nft', ['list', 'tables'])
+      .split('\n')
+      .filter((l) => /meshctl/.test(l)),
+  );
   return lines;
 }
 
@@ -117,44 +141,94 @@ export function nftForeign(ns: string, script: string): void {
 /** Docker-like foreign rules: a DOCKER chain in nat with jumps from PREROUTING and OUTPUT, and a filter rule. */
 export function addDockerLike(ns: string, backend: Backend): void {
   if (backend === 'nftables') {
-    nftForeign(ns, [
-      'table ip dockerish {',
-      '  chain DOCKER { tcp dport 8080 dnat to 172.17.0.2:80; }',
-      '  chain prerouting { type nat hook prerouting priority dstnat; policy accept; fib daddr type local jump DOCKER; }',
-      '  chain output { type nat hook output priority -100; policy accept; ip daddr != 127.0.0.0/8 fib daddr type local jump DOCKER; }',
-      '}',
-      'table inet hostfw { chain input { type filter hook input priority filter; policy accept; tcp dport 9999 drop; }; }',
-      '',
-    ].join('\n'));
+    nftForeign(
+      ns,
+      [
+        'table ip dockerish {',
+        '  chain DOCKER { tcp dport 8080 dnat to 172.17.0.2:80; }',
+        '  chain prerouting { type nat hook prerouting priority dstnat; policy accept; fib daddr type local jump DOCKER; }',
+        '  chain output { type nat hook output priority -100; policy accept; ip daddr != 127.0.0.0/8 fib daddr type local jump DOCKER; }',
+        '}',
+        'table inet hostfw { chain input { type filter hook input priority filter; policy accept; tcp dport 9999 drop; }; }',
+        '',
+      ].join('\n'),
+    );
     return;
   }
-  restoreForeign(ns, backend, 'ipv4', [
-    '*nat', ':DOCKER - [0:0]',
-    '-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER',
-    '-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER',
-    '-A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80',
-    'COMMIT',
-    '*filter', '-A INPUT -p tcp -m tcp --dport 9999 -j DROP', 'COMMIT', '',
-  ].join('\n'));
-  restoreForeign(ns, backend, 'ipv6', ['*filter', '-A INPUT -p tcp -m tcp --dport 9999 -j DROP', 'COMMIT', ''].join('\n'));
+  restoreForeign(
+    ns,
+    backend,
+    'ipv4',
+    [
+      '*nat',
+      ':DOCKER - [0:0]',
+      '-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER',
+      '-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER',
+      '-A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80',
+      'COMMIT',
+      '*filter',
+      '-A INPUT -p tcp -m tcp --dport 9999 -j DROP',
+      'COMMIT',
+      '',
+    ].join('\n'),
+  );
+  restoreForeign(
+    ns,
+    backend,
+    'ipv6',
+    ['*filter', '-A INPUT -p tcp -m tcp --dport 9999 -j DROP', 'COMMIT', ''].join('\n'),
+  );
 }
 
 /** Foreign rules added after install, in tables and chains we also use. */
 export function addForeignLater(ns: string, backend: Backend): void {
   if (backend === 'nftables') {
-    nftForeign(ns, 'add rule ip dockerish DOCKER tcp dport 8443 dnat to 172.17.0.3:443\ntable inet later { chain out { type nat hook output priority 50; policy accept; tcp dport 7777 redirect to :7778; }; }\n');
+    nftForeign(
+      ns,
+      'add rule ip dockerish DOCKER tcp dport 8443 dnat to 172.17.0.3:443\ntable inet later { chain out { type nat hook output priority 50; policy accept; tcp dport 7777 redirect to :7778; }; }\n',
+    );
     return;
   }
-  restoreForeign(ns, backend, 'ipv4', ['*nat', '-A OUTPUT -p tcp -m tcp --dport 7777 -j REDIRECT --to-ports 7778', '-A DOCKER -p tcp -m tcp --dport 8443 -j DNAT --to-destination 172.17.0.3:443', 'COMMIT', ''].join('\n'));
-  restoreForeign(ns, backend, 'ipv6', ['*nat', '-A PREROUTING -p tcp -m tcp --dport 7777 -j REDIRECT --to-ports 7778', 'COMMIT', '*filter', ':LATER - [0:0]', '-A LATER -j RETURN', '-A OUTPUT -j LATER', 'COMMIT', ''].join('\n'));
+  restoreForeign(
+    ns,
+    backend,
+    'ipv4',
+    [
+      '*nat',
+      '-A OUTPUT -p tcp -m tcp --dport 7777 -j REDIRECT --to-ports 7778',
+      '-A DOCKER -p tcp -m tcp --dport 8443 -j DNAT --to-destination 172.17.0.3:443',
+      'COMMIT',
+      '',
+    ].join('\n'),
+  );
+  restoreForeign(
+    ns,
+    backend,
+    'ipv6',
+    [
+      '*nat',
+      '-A PREROUTING -p tcp -m tcp --dport 7777 -j REDIRECT --to-ports 7778',
+      'COMMIT',
+      '*filter',
+      ':LATER - [0:0]',
+      '-A LATER -j RETURN',
+      '-A OUTPUT -j LATER',
+      'COMMIT',
+      '',
+    ].join('\n'),
+  );
 }
 
 export function builtCli(): void {
-  if (!existsSync(join(ROOT, 'dist/cli/main.js'))) throw new Error('dist/cli/main.js is missing: run `npm run build` before the integration tests');
+  if (!existsSync(join(ROOT, 'dist/cli/main.js')))
+    throw new Error('dist/cli/main.js is missing: run `npm run build` before the integration tests');
 }
 
 /** Runs bin/meshctl to completion. */
-export function meshctl(args: readonly string[], env: NodeJS.ProcessEnv = labEnv): { status: number | null; stdout: string; stderr: string } {
+export function meshctl(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = labEnv,
+): { status: number | null; stdout: string; stderr: string } {
   const result = spawnSync(process.execPath, [MESHCTL, ...args], { encoding: 'utf8', env, timeout: 60_000 });
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
@@ -175,7 +249,12 @@ export function nsSysctl(ns: string, key: string, value: string): void {
  */
 export function normalizedRuleset(ns: string, backend: Backend): string {
   const text = rulesetOf(ns, backend);
-  if (backend === 'nftables') return text.split('\n').map((l) => l.trimEnd()).filter((l) => l.trim() !== '').join('\n');
+  if (backend === 'nftables')
+    return text
+      .split('\n')
+      .map((l) => l.trimEnd())
+      .filter((l) => l.trim() !== '')
+      .join('\n');
   const out: string[] = [];
   let section: string[] = [];
   for (const line of text.split('\n')) {
@@ -192,7 +271,9 @@ export function normalizedRuleset(ns: string, backend: Backend): string {
   return out.join('\n');
 }
 
-const WRAPPED = ['iptables', 'ip6tables'].flatMap((base) => ['legacy', 'nft'].flatMap((v) => ['save', 'restore'].map((t) => `${base}-${v}-${t}`))).concat(['nft']);
+const WRAPPED = ['iptables', 'ip6tables']
+  .flatMap((base) => ['legacy', 'nft'].flatMap((v) => ['save', 'restore'].map((t) => `${base}-${v}-${t}`)))
+  .concat(['nft']);
 const WRAPPER = join(ROOT, 'test/fixtures/bin/fault-wrapper');
 
 export interface FaultBin {
@@ -217,7 +298,9 @@ export function faultBin(options: { fail?: string; pauseAt?: number; pauseWhen?:
     MESHCTL_FAKE_COUNTER: join(dir, 'counter'),
     MESHCTL_FAKE_PAUSED: paused,
     ...(options.fail ? { MESHCTL_FAKE_FAIL: options.fail } : {}),
-    ...(options.pauseAt !== undefined ? { MESHCTL_FAKE_PAUSE_AT: String(options.pauseAt), MESHCTL_FAKE_PAUSE_WHEN: options.pauseWhen ?? 'before' } : {}),
+    ...(options.pauseAt !== undefined
+      ? { MESHCTL_FAKE_PAUSE_AT: String(options.pauseAt), MESHCTL_FAKE_PAUSE_WHEN: options.pauseWhen ?? 'before' }
+      : {}),
   };
   return { env, paused, calls: () => (existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : []) };
 }
@@ -229,7 +312,8 @@ export function faultBin(options: { fail?: string; pauseAt?: number; pauseWhen?:
 export async function waitFor(predicate: () => boolean, ms: number, what: string | (() => string)): Promise<void> {
   const deadline = Date.now() + ms;
   while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${typeof what === 'function' ? what() : what}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${ms} ms waiting for ${typeof what === 'function' ? what() : what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
 }
@@ -240,15 +324,24 @@ function outputChain(backend: Backend, family: 'ipv4' | 'ipv6'): string {
 }
 
 /** Finds our rule with `comment` in the outbound chain: its raw text (xtables) or its listing line and handle (nft). */
-function findOurRule(ns: string, backend: Backend, family: 'ipv4' | 'ipv6', comment: string): { raw: string; handle: string | null } {
+function findOurRule(
+  ns: string,
+  backend: Backend,
+  family: 'ipv4' | 'ipv6',
+  comment: string,
+): { raw: string; handle: string | null } {
   const chain = outputChain(backend, family);
   if (backend === 'nftables') {
-    const line = run(ns, 'nft', ['-a', 'list', 'chain', 'inet', 'meshctl', chain]).split('\n').find((l) => l.includes(`"${comment}"`));
+    const line = run(ns, 'nft', ['-a', 'list', 'chain', 'inet', 'meshctl', chain])
+      .split('\n')
+      .find((l) => l.includes(`"${comment}"`));
     if (!line) throw new Error(`no rule ${comment} in ${chain}`);
     const handle = /# handle (\d+)/.exec(line)![1]!;
     return { raw: line.replace(/\s*# handle \d+\s*$/, '').trim(), handle };
   }
-  const line = run(ns, xt(backend, family, 'save'), ['-t', 'nat']).split('\n').find((l) => l.startsWith(`-A ${chain} `) && l.includes(`"${comment}"`));
+  const line = run(ns, xt(backend, family, 'save'), ['-t', 'nat'])
+    .split('\n')
+    .find((l) => l.startsWith(`-A ${chain} `) && l.includes(`"${comment}"`));
   if (!line) throw new Error(`no rule ${comment} in ${chain}`);
   return { raw: line.slice(`-A ${chain} `.length), handle: null };
 }
@@ -265,18 +358,32 @@ export function deleteOurRule(ns: string, backend: Backend, family: 'ipv4' | 'ip
 export function moveOurRuleToEnd(ns: string, backend: Backend, family: 'ipv4' | 'ipv6', comment: string): void {
   const rule = findOurRule(ns, backend, family, comment);
   const chain = outputChain(backend, family);
-  if (backend === 'nftables') nftForeign(ns, `delete rule inet meshctl ${chain} handle ${rule.handle!}\nadd rule inet meshctl ${chain} ${rule.raw}\n`);
-  else run(ns, xt(backend, family, 'restore'), ['--wait', '--noflush'], `*nat\n-D ${chain} ${rule.raw}\n-A ${chain} ${rule.raw}\nCOMMIT\n`);
+  if (backend === 'nftables')
+    nftForeign(
+      ns,
+      `delete rule inet meshctl ${chain} handle ${rule.handle!}\nadd rule inet meshctl ${chain} ${rule.raw}\n`,
+    );
+  else
+    run(
+      ns,
+      xt(backend, family, 'restore'),
+      ['--wait', '--noflush'],
+      `*nat\n-D ${chain} ${rule.raw}\n-A ${chain} ${rule.raw}\nCOMMIT\n`,
+    );
 }
 
 /** Deletes the jump from nat OUTPUT into our outbound chain (capture silently off). */
 export function deleteOutboundJump(ns: string, backend: Backend, family: 'ipv4' | 'ipv6'): void {
   if (backend === 'nftables') {
     const chain = `${family === 'ipv4' ? 'v4' : 'v6'}_nat_OUTPUT`;
-    const line = run(ns, 'nft', ['-a', 'list', 'chain', 'inet', 'meshctl', chain]).split('\n').find((l) => l.includes('"meshctl:outbound-capture"'))!;
+    const line = run(ns, 'nft', ['-a', 'list', 'chain', 'inet', 'meshctl', chain])
+      .split('\n')
+      .find((l) => l.includes('"meshctl:outbound-capture"'))!;
     run(ns, 'nft', ['delete', 'rule', 'inet', 'meshctl', chain, 'handle', /# handle (\d+)/.exec(line)![1]!]);
     return;
   }
-  const line = run(ns, xt(backend, family, 'save'), ['-t', 'nat']).split('\n').find((l) => l.startsWith('-A OUTPUT ') && l.includes('meshctl:outbound-capture'))!;
+  const line = run(ns, xt(backend, family, 'save'), ['-t', 'nat'])
+    .split('\n')
+    .find((l) => l.startsWith('-A OUTPUT ') && l.includes('meshctl:outbound-capture'))!;
   run(ns, xt(backend, family, 'restore'), ['--wait', '--noflush'], `*nat\n-D ${line.slice(3)}\nCOMMIT\n`);
 }

@@ -10,7 +10,14 @@ import { loadCase } from '../cases.js';
 import { integrationEnabled } from './integration.js';
 import { soakCount } from './soak.js';
 import { createIsolatedNs, deleteNs, inNs } from './netns.js';
-import { addDockerLike, labEnv, meshctlResidue, normalizedRuleset, removeStateDirs, tempStateDir } from './netfilter-lab.js';
+import {
+  addDockerLike,
+  labEnv,
+  meshctlResidue,
+  normalizedRuleset,
+  removeStateDirs,
+  tempStateDir,
+} from './netfilter-lab.js';
 
 /** mulberry32: a tiny seeded PRNG, so a failing run can be replayed with MESHCTL_RANDOM_SEED. */
 export function seededRandom(seed: number): () => number {
@@ -28,8 +35,12 @@ export function seededRandom(seed: number): () => number {
 export function randomRawConfig(rand: () => number, backend: Backend, stateDir: string): Record<string, unknown> {
   const int = (lo: number, hi: number) => lo + Math.floor(rand() * (hi - lo + 1));
   const pick = <T>(items: readonly T[]): T => items[int(0, items.length - 1)]!;
-  const some = <T>(max: number, make: () => T): T[] => [...new Set(Array.from({ length: int(0, max) }, make).map((x) => JSON.stringify(x)))].map((x) => JSON.parse(x) as T);
-  const ports = (lo: number, max: number) => some(max, () => (rand() < 0.25 ? `${int(lo, lo + 400)}-${int(lo + 401, lo + 999)}` : int(lo, lo + 999)));
+  const some = <T>(max: number, make: () => T): T[] =>
+    [...new Set(Array.from({ length: int(0, max) }, make).map((x) => JSON.stringify(x)))].map(
+      (x) => JSON.parse(x) as T,
+    );
+  const ports = (lo: number, max: number) =>
+    some(max, () => (rand() < 0.25 ? `${int(lo, lo + 400)}-${int(lo + 401, lo + 999)}` : int(lo, lo + 999)));
   const inboundOn = rand() < 0.8;
   const outboundOn = !inboundOn || rand() < 0.85;
   const groups = rand();
@@ -45,18 +56,39 @@ export function randomRawConfig(rand: () => number, backend: Backend, stateDir: 
       inbound: {
         enabled: inboundOn,
         mode: rand() < 0.25 ? 'tproxy' : 'redirect',
-        includePorts: rand() < 0.6 ? '*' : (() => { const p = ports(1000, 4); return p.length > 0 ? p : '*'; })(),
+        includePorts:
+          rand() < 0.6
+            ? '*'
+            : (() => {
+                const p = ports(1000, 4);
+                return p.length > 0 ? p : '*';
+              })(),
         excludePorts: ports(5000, 3),
       },
       outbound: {
         enabled: outboundOn,
-        includeCidrs: rand() < 0.6 ? '*' : [`10.${int(0, 255)}.${int(0, 255)}.0/24`, ...(rand() < 0.5 ? [`fd00:${int(1, 999)}::/48`] : [])],
+        includeCidrs:
+          rand() < 0.6
+            ? '*'
+            : [`10.${int(0, 255)}.${int(0, 255)}.0/24`, ...(rand() < 0.5 ? [`fd00:${int(1, 999)}::/48`] : [])],
         excludeCidrs: some(3, () => (rand() < 0.6 ? `172.16.${int(0, 255)}.0/24` : `fd10:${int(1, 999)}::/64`)),
-        includePorts: rand() < 0.6 ? '*' : (() => { const p = ports(3000, 4); return p.length > 0 ? p : '*'; })(),
+        includePorts:
+          rand() < 0.6
+            ? '*'
+            : (() => {
+                const p = ports(3000, 4);
+                return p.length > 0 ? p : '*';
+              })(),
         excludePorts: ports(7000, 3),
         excludeUids: some(2, () => int(2000, 2999)),
         // nftables refuses group lists (it cannot match supplementary groups).
-        ...(backend === 'nftables' ? {} : groups < 0.2 ? { includeGids: [int(3000, 3999)] } : groups < 0.5 ? { excludeGids: some(2, () => int(4000, 4999)) } : {}),
+        ...(backend === 'nftables'
+          ? {}
+          : groups < 0.2
+            ? { includeGids: [int(3000, 3999)] }
+            : groups < 0.5
+              ? { excludeGids: some(2, () => int(4000, 4999)) }
+              : {}),
       },
       dns: { enabled: rand() < 0.3 },
     },
@@ -69,14 +101,23 @@ function hostExtras(ns: string): string {
     inNs(ns, 'ip', ['-4', 'rule', 'show']),
     inNs(ns, 'ip', ['-6', 'rule', 'show']),
     inNs(ns, 'ip', ['-6', 'addr', 'show', 'dev', 'lo']),
-    inNs(ns, 'ip', ['-4', 'route', 'show', 'table', 'all']).split('\n').filter((l) => l.includes('table') && !/table (local|main)/.test(l)).join('\n'),
+    inNs(ns, 'ip', ['-4', 'route', 'show', 'table', 'all'])
+      .split('\n')
+      .filter((l) => l.includes('table') && !/table (local|main)/.test(l))
+      .join('\n'),
   ].join('\n--\n');
 }
 
 /** Runs `cycles` randomized cycles in one namespace; the seed is printed and named in every failure. */
-export async function runRandomCycles(backend: Backend, ns: string, cycles: number): Promise<{ seed: number; installs: number; actions: Record<string, number> }> {
+export async function runRandomCycles(
+  backend: Backend,
+  ns: string,
+  cycles: number,
+): Promise<{ seed: number; installs: number; actions: Record<string, number> }> {
   const seed = Number(process.env.MESHCTL_RANDOM_SEED ?? Date.now() % 2 ** 31);
-  process.stdout.write(`[netfilter-random] ${backend}: seed ${seed} (replay with MESHCTL_RANDOM_SEED=${seed}), ${cycles} cycles\n`);
+  process.stdout.write(
+    `[netfilter-random] ${backend}: seed ${seed} (replay with MESHCTL_RANDOM_SEED=${seed}), ${cycles} cycles\n`,
+  );
   const rand = seededRandom(seed);
   createIsolatedNs(ns);
   addDockerLike(ns, backend);
@@ -104,7 +145,9 @@ export async function runRandomCycles(backend: Backend, ns: string, cycles: numb
       expect(normalizedRuleset(ns, backend)).toBe(baseline);
       expect(hostExtras(ns)).toBe(baselineExtras);
     } catch (error) {
-      throw new Error(`randomized ${backend} cycle ${cycle} failed (seed ${seed}; replay with MESHCTL_RANDOM_SEED=${seed}); configs of this cycle:\n${JSON.stringify(history, null, 1)}\n${(error as Error).stack ?? String(error)}`);
+      throw new Error(
+        `randomized ${backend} cycle ${cycle} failed (seed ${seed}; replay with MESHCTL_RANDOM_SEED=${seed}); configs of this cycle:\n${JSON.stringify(history, null, 1)}\n${(error as Error).stack ?? String(error)}`,
+      );
     }
   }
   return { seed, installs, actions };

@@ -53,7 +53,11 @@ export function createIsolatedNs(name: string, addresses: { ipv4?: string; ipv6?
  * Two namespaces joined by a veth pair: `a` (10.x.0.1, fd00:x::1) and `b` (10.x.0.2, fd00:x::2), `x` = subnet.
  * Both get lo up; addresses are added with nodad so IPv6 is usable at once.
  */
-export function createVethPair(a: string, b: string, subnet: number): { a4: string; b4: string; a6: string; b6: string } {
+export function createVethPair(
+  a: string,
+  b: string,
+  subnet: number,
+): { a4: string; b4: string; a6: string; b6: string } {
   deleteNs(a);
   deleteNs(b);
   sh('ip', ['netns', 'add', a]);

@@ -15,7 +15,11 @@ const PATH_INSIDE = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 
 /** Path of the cached rootfs tarball, building it on first use (debootstrap, about 40 s). */
 export function rootfsTarball(): string {
-  const out = execFileSync(join(REPO_ROOT, 'scripts', 'nspawn-rootfs.sh'), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 600_000 });
+  const out = execFileSync(join(REPO_ROOT, 'scripts', 'nspawn-rootfs.sh'), {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    timeout: 600_000,
+  });
   return out.trim().split('\n').pop()!;
 }
 
@@ -38,7 +42,14 @@ export interface LabTopology {
 
 /** Container netns + client netns joined by veth (10.<subnet>.0.1 client, .2 container; fd00:<subnet>::1/::2). */
 export function createLabTopology(prefix: string, subnet: number): LabTopology {
-  const t: LabTopology = { ctNs: `${prefix}-ct`, clientNs: `${prefix}-cl`, client4: `10.${subnet}.0.1`, ct4: `10.${subnet}.0.2`, client6: `fd00:${subnet}::1`, ct6: `fd00:${subnet}::2` };
+  const t: LabTopology = {
+    ctNs: `${prefix}-ct`,
+    clientNs: `${prefix}-cl`,
+    client4: `10.${subnet}.0.1`,
+    ct4: `10.${subnet}.0.2`,
+    client6: `fd00:${subnet}::1`,
+    ct6: `fd00:${subnet}::2`,
+  };
   resetLabTopology(t, prefix);
   return t;
 }
@@ -54,8 +65,24 @@ export function resetLabTopology(t: LabTopology, prefix: string): void {
     // With --network-namespace-path nspawn leaves lo down; OUTPUT REDIRECT to 127.0.0.1 needs it up.
     sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
   }
-  sh('ip', ['link', 'add', `${prefix}-c0`, 'netns', t.clientNs, 'type', 'veth', 'peer', 'name', `${prefix}-c1`, 'netns', t.ctNs]);
-  for (const [ns, dev, v4, v6] of [[t.clientNs, `${prefix}-c0`, t.client4, t.client6], [t.ctNs, `${prefix}-c1`, t.ct4, t.ct6]] as const) {
+  sh('ip', [
+    'link',
+    'add',
+    `${prefix}-c0`,
+    'netns',
+    t.clientNs,
+    'type',
+    'veth',
+    'peer',
+    'name',
+    `${prefix}-c1`,
+    'netns',
+    t.ctNs,
+  ]);
+  for (const [ns, dev, v4, v6] of [
+    [t.clientNs, `${prefix}-c0`, t.client4, t.client6],
+    [t.ctNs, `${prefix}-c1`, t.ct4, t.ct6],
+  ] as const) {
     sh('ip', ['-n', ns, 'addr', 'add', `${v4}/24`, 'dev', dev]);
     sh('ip', ['-n', ns, '-6', 'addr', 'add', `${v6}/64`, 'dev', dev, 'nodad']);
     sh('ip', ['-n', ns, 'link', 'set', dev, 'up']);
@@ -89,10 +116,20 @@ export class Container {
   }
 
   async boot(timeoutMs = 120_000): Promise<void> {
-    const args = ['-q', '-D', this.options.root, '-M', this.options.name, '--register=no', '--keep-unit', '-b',
+    const args = [
+      '-q',
+      '-D',
+      this.options.root,
+      '-M',
+      this.options.name,
+      '--register=no',
+      '--keep-unit',
+      '-b',
       // nspawn keeps CAP_NET_ADMIN only with --private-network; the container owns its netns, so give it back.
-      '--capability=CAP_NET_ADMIN', `--network-namespace-path=/run/netns/${this.options.netns}`,
-      ...Object.entries(this.options.binds).map(([host, inside]) => `--bind-ro=${host}:${inside}`)];
+      '--capability=CAP_NET_ADMIN',
+      `--network-namespace-path=/run/netns/${this.options.netns}`,
+      ...Object.entries(this.options.binds).map(([host, inside]) => `--bind-ro=${host}:${inside}`),
+    ];
     const fd = openSync(this.consoleLog, 'a');
     const proc = spawn('systemd-nspawn', args, { stdio: ['ignore', fd, fd] });
     closeSync(fd);
@@ -103,14 +140,18 @@ export class Container {
     while (this.leader === 0) {
       if (proc.exitCode !== null) throw new Error(`systemd-nspawn exited with ${proc.exitCode}: ${this.console()}`);
       try {
-        const children = execFileSync('pgrep', ['-P', String(proc.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
-        this.leader = children.find((pid) => {
-          try {
-            return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'systemd';
-          } catch {
-            return false;
-          }
-        }) ?? 0;
+        const children = execFileSync('pgrep', ['-P', String(proc.pid)], { encoding: 'utf8' })
+          .trim()
+          .split('\n')
+          .map(Number);
+        this.leader =
+          children.find((pid) => {
+            try {
+              return readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'systemd';
+            } catch {
+              return false;
+            }
+          }) ?? 0;
       } catch {
         // no child yet
       }
@@ -122,7 +163,9 @@ export class Container {
       if (state === 'running' || state === 'degraded') return;
       if (Date.now() > deadline) {
         const failed = this.exec('systemctl', ['--failed', '--no-pager']);
-        throw new Error(`container ${this.options.name} stuck in state "${state}": ${failed.stdout}${failed.stderr}\nconsole:\n${this.console()}`);
+        throw new Error(
+          `container ${this.options.name} stuck in state "${state}": ${failed.stdout}${failed.stderr}\nconsole:\n${this.console()}`,
+        );
       }
       await sleep(100);
     }
@@ -138,13 +181,33 @@ export class Container {
 
   private nsenterArgs(cmd: string, args: readonly string[]): string[] {
     if (this.leader === 0) throw new Error('container is not running');
-    return ['-t', String(this.leader), '-m', '-u', '-i', '-n', '-p', '-C', '--', 'env', '-i', PATH_INSIDE, cmd, ...args];
+    return [
+      '-t',
+      String(this.leader),
+      '-m',
+      '-u',
+      '-i',
+      '-n',
+      '-p',
+      '-C',
+      '--',
+      'env',
+      '-i',
+      PATH_INSIDE,
+      cmd,
+      ...args,
+    ];
   }
 
   /** Runs a command inside (all namespaces of PID 1, a clean environment); never throws on exit status. */
   exec(cmd: string, args: readonly string[] = [], options: { input?: string; timeoutMs?: number } = {}): ExecResult {
     try {
-      const stdout = execFileSync('nsenter', this.nsenterArgs(cmd, args), { encoding: 'utf8', input: options.input ?? '', stdio: ['pipe', 'pipe', 'pipe'], timeout: options.timeoutMs ?? 120_000 });
+      const stdout = execFileSync('nsenter', this.nsenterArgs(cmd, args), {
+        encoding: 'utf8',
+        input: options.input ?? '',
+        stdio: ['pipe', 'pipe', 'pipe'],
+        timeout: options.timeoutMs ?? 120_000,
+      });
       return { stdout, stderr: '', status: 0 };
     } catch (error) {
       const e = error as { stdout?: string; stderr?: string; status?: number | null };
@@ -155,7 +218,10 @@ export class Container {
   /** Like exec, but throws with stdout and stderr when the command fails. */
   run(cmd: string, args: readonly string[] = [], options: { input?: string; timeoutMs?: number } = {}): string {
     const r = this.exec(cmd, args, options);
-    if (r.status !== 0) throw new Error(`in container: ${cmd} ${args.join(' ')} exited ${r.status}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+    if (r.status !== 0)
+      throw new Error(
+        `in container: ${cmd} ${args.join(' ')} exited ${r.status}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`,
+      );
     return r.stdout;
   }
 
@@ -211,7 +277,10 @@ export function unpackRootfs(tarball: string): string {
   const base = mkdtempSync(join(process.env.MESHCTL_TEST_TMP ?? '/var/tmp', 'ms-nspawn-'));
   const root = join(base, 'root');
   mkdirSync(root);
-  execFileSync('sh', ['-c', 'zstd -dc "$1" | tar -C "$2" --numeric-owner -xf -', 'sh', tarball, root], { stdio: 'inherit', timeout: 300_000 });
+  execFileSync('sh', ['-c', 'zstd -dc "$1" | tar -C "$2" --numeric-owner -xf -', 'sh', tarball, root], {
+    stdio: 'inherit',
+    timeout: 300_000,
+  });
   return root;
 }
 
@@ -288,8 +357,11 @@ process.stdout.write(JSON.stringify(r) + '\\n');
  * gets `quiesce()`, which pauses the loop between two connections and resolves once none is in flight, and
  * `resume()`, so an event (a kill -9) can be placed where no connection is open and every later one must succeed.
  */
-export async function loopDuring(start: (stopFile: string) => ChildProcess, stopFile: string,
-  during: (control: { quiesce(): Promise<void>; resume(): void }) => Promise<void>): Promise<LoopResult> {
+export async function loopDuring(
+  start: (stopFile: string) => ChildProcess,
+  stopFile: string,
+  during: (control: { quiesce(): Promise<void>; resume(): void }) => Promise<void>,
+): Promise<LoopResult> {
   rmSync(stopFile, { force: true });
   rmSync(`${stopFile}.pause`, { force: true });
   const child = start(stopFile);
@@ -300,7 +372,8 @@ export async function loopDuring(start: (stopFile: string) => ChildProcess, stop
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const deadline = Date.now() + 20_000;
   while (!/progress [1-9]/.test(out)) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`connection loop did not get going: ${out} ${err}`);
+    if (child.exitCode !== null || Date.now() > deadline)
+      throw new Error(`connection loop did not get going: ${out} ${err}`);
     await sleep(50);
   }
   const control = {
@@ -323,7 +396,12 @@ export async function loopDuring(start: (stopFile: string) => ChildProcess, stop
     control.resume();
     // Connections after the event, too: 20 more attempts (a progress line every 10), or the loop ended by itself.
     const until = progressLines() + 2;
-    await waitUntil('20 more connections in the loop after the event', () => progressLines() >= until || child.exitCode !== null, 60_000, { seen: () => out.slice(-300) });
+    await waitUntil(
+      '20 more connections in the loop after the event',
+      () => progressLines() >= until || child.exitCode !== null,
+      60_000,
+      { seen: () => out.slice(-300) },
+    );
   } finally {
     control.resume();
     writeFileSync(stopFile, 'stop');

@@ -62,10 +62,11 @@ const ops = {
     servers.set(name, {
       records,
       sockets,
-      close: () => new Promise((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
+      close: () =>
+        new Promise((resolve) => {
+          for (const s of sockets) s.destroy();
+          server.close(() => resolve());
+        }),
     });
     return { port: server.address().port };
   },
@@ -103,7 +104,9 @@ const ops = {
         results[i] = r.id ?? `ERR:${r.error}`;
         ms[i] = r.ms;
         if (r.socket) {
-          r.socket.on('error', (e) => { r.socket.heldError = e.code ?? e.message; });
+          r.socket.on('error', (e) => {
+            r.socket.heldError = e.code ?? e.message;
+          });
           set.add(r.socket);
         }
       }
@@ -117,36 +120,50 @@ const ops = {
     const set = held.get(tag) ?? new Set();
     let ok = 0;
     const failures = [];
-    await Promise.all([...set].map((socket) => new Promise((resolve) => {
-      if (socket.destroyed) {
-        failures.push(`closed:${socket.heldError ?? ''}`);
-        resolve();
-        return;
-      }
-      let buffer = '';
-      const onData = (d) => {
-        buffer += d;
-        if (buffer === payload) {
-          socket.off('data', onData);
-          clearTimeout(timer);
-          ok++;
-          resolve();
-        }
-      };
-      const timer = setTimeout(() => { socket.off('data', onData); failures.push('timeout'); resolve(); }, timeoutMs);
-      socket.on('data', onData);
-      socket.write(payload);
-    })));
+    await Promise.all(
+      [...set].map(
+        (socket) =>
+          new Promise((resolve) => {
+            if (socket.destroyed) {
+              failures.push(`closed:${socket.heldError ?? ''}`);
+              resolve();
+              return;
+            }
+            let buffer = '';
+            const onData = (d) => {
+              buffer += d;
+              if (buffer === payload) {
+                socket.off('data', onData);
+                clearTimeout(timer);
+                ok++;
+                resolve();
+              }
+            };
+            const timer = setTimeout(() => {
+              socket.off('data', onData);
+              failures.push('timeout');
+              resolve();
+            }, timeoutMs);
+            socket.on('data', onData);
+            socket.write(payload);
+          }),
+      ),
+    );
     return { ok, failures, held: set.size };
   },
 
   async closeHeld({ tag }) {
     const set = held.get(tag) ?? new Set();
-    await Promise.all([...set].map((socket) => new Promise((resolve) => {
-      if (socket.destroyed) return resolve();
-      socket.once('close', resolve);
-      socket.end();
-    })));
+    await Promise.all(
+      [...set].map(
+        (socket) =>
+          new Promise((resolve) => {
+            if (socket.destroyed) return resolve();
+            socket.once('close', resolve);
+            socket.end();
+          }),
+      ),
+    );
     held.delete(tag);
     return {};
   },
@@ -197,7 +214,16 @@ const ops = {
       server.once('error', reject);
       server.listen({ host, port }, resolve);
     });
-    servers.set(name, { records: state.requests, state, sockets: new Set(), close: () => new Promise((resolve) => { server.closeAllConnections?.(); server.close(() => resolve()); }) });
+    servers.set(name, {
+      records: state.requests,
+      state,
+      sockets: new Set(),
+      close: () =>
+        new Promise((resolve) => {
+          server.closeAllConnections?.();
+          server.close(() => resolve());
+        }),
+    });
     return {};
   },
 
@@ -214,7 +240,9 @@ const ops = {
    * weight, port, target }] } }; other names get NXDOMAIN. `setZone` replaces the zone; queries are recorded.
    */
   async serveDns({ name, host, port = 53, zone }) {
-    const { RR, RCODE, decodeMessage, encodeMessage } = await import(new URL('../../dist/policy/dns-wire.js', import.meta.url));
+    const { RR, RCODE, decodeMessage, encodeMessage } = await import(
+      new URL('../../dist/policy/dns-wire.js', import.meta.url)
+    );
     const state = { zone, queries: [] };
     const answer = (buf) => {
       const q = decodeMessage(buf);
@@ -224,11 +252,20 @@ const ops = {
       const records = [];
       if (entry) {
         const ttl = entry.ttl ?? 60;
-        if (question.type === RR.A) for (const address of entry.A ?? []) records.push({ name: question.name, ttl, type: RR.A, address });
-        if (question.type === RR.AAAA) for (const address of entry.AAAA ?? []) records.push({ name: question.name, ttl, type: RR.AAAA, address });
-        if (question.type === RR.SRV) for (const s of entry.SRV ?? []) records.push({ name: question.name, ttl, type: RR.SRV, ...s });
+        if (question.type === RR.A)
+          for (const address of entry.A ?? []) records.push({ name: question.name, ttl, type: RR.A, address });
+        if (question.type === RR.AAAA)
+          for (const address of entry.AAAA ?? []) records.push({ name: question.name, ttl, type: RR.AAAA, address });
+        if (question.type === RR.SRV)
+          for (const s of entry.SRV ?? []) records.push({ name: question.name, ttl, type: RR.SRV, ...s });
       }
-      return encodeMessage({ id: q.id, response: true, rcode: entry ? RCODE.NOERROR : RCODE.NXDOMAIN, questions: q.questions, answers: records });
+      return encodeMessage({
+        id: q.id,
+        response: true,
+        rcode: entry ? RCODE.NOERROR : RCODE.NXDOMAIN,
+        questions: q.questions,
+        answers: records,
+      });
     };
     const udp = createSocket(host.includes(':') ? 'udp6' : 'udp4');
     udp.on('message', (buf, rinfo) => {
@@ -261,7 +298,16 @@ const ops = {
       tcp.once('error', reject);
       tcp.listen({ host, port }, resolve);
     });
-    servers.set(name, { records: state.queries, state, sockets: new Set(), close: () => new Promise((resolve) => { udp.close(); tcp.close(() => resolve()); }) });
+    servers.set(name, {
+      records: state.queries,
+      state,
+      sockets: new Set(),
+      close: () =>
+        new Promise((resolve) => {
+          udp.close();
+          tcp.close(() => resolve());
+        }),
+    });
     return {};
   },
 

@@ -30,7 +30,8 @@ function answer(server: TestDnsServer, buf: Buffer, transport: 'udp' | 'tcp'): B
   const q = decodeMessage(buf);
   const question = q.questions[0]!;
   server.queries.push({ name: question.name, type: question.type, transport });
-  if (transport === 'udp' && server.truncateUdp) return encodeMessage({ id: q.id, response: true, truncated: true, questions: q.questions });
+  if (transport === 'udp' && server.truncateUdp)
+    return encodeMessage({ id: q.id, response: true, truncated: true, questions: q.questions });
   const entry = server.zone[question.name];
   const answers: ResourceRecord[] = [];
   const additionals: ResourceRecord[] = [];
@@ -39,16 +40,27 @@ function answer(server: TestDnsServer, buf: Buffer, transport: 'udp' | 'tcp'): B
     if (entry.CNAME) {
       answers.push({ name: question.name, ttl, type: RR.CNAME, target: entry.CNAME });
       const target = server.zone[entry.CNAME];
-      if (target && question.type === RR.A) for (const address of target.A ?? []) answers.push({ name: entry.CNAME, ttl: target.ttl ?? 60, type: RR.A, address });
+      if (target && question.type === RR.A)
+        for (const address of target.A ?? [])
+          answers.push({ name: entry.CNAME, ttl: target.ttl ?? 60, type: RR.A, address });
     }
-    if (question.type === RR.A) for (const address of entry.A ?? []) answers.push({ name: question.name, ttl, type: RR.A, address });
-    if (question.type === RR.AAAA) for (const address of entry.AAAA ?? []) answers.push({ name: question.name, ttl, type: RR.AAAA, address });
+    if (question.type === RR.A)
+      for (const address of entry.A ?? []) answers.push({ name: question.name, ttl, type: RR.A, address });
+    if (question.type === RR.AAAA)
+      for (const address of entry.AAAA ?? []) answers.push({ name: question.name, ttl, type: RR.AAAA, address });
     if (question.type === RR.SRV) {
       for (const s of entry.SRV ?? []) answers.push({ name: question.name, ttl, type: RR.SRV, ...s });
       additionals.push(...(entry.glue ?? []));
     }
   }
-  return encodeMessage({ id: q.id, response: true, rcode: entry ? (entry.rcode ?? RCODE.NOERROR) : RCODE.NXDOMAIN, questions: q.questions, answers, additionals });
+  return encodeMessage({
+    id: q.id,
+    response: true,
+    rcode: entry ? (entry.rcode ?? RCODE.NOERROR) : RCODE.NXDOMAIN,
+    questions: q.questions,
+    answers,
+    additionals,
+  });
 }
 
 export async function startDnsServer(zone: Record<string, ZoneEntry>): Promise<TestDnsServer> {
@@ -72,10 +84,11 @@ export async function startDnsServer(zone: Record<string, ZoneEntry>): Promise<T
       zone,
       truncateUdp: false,
       silent: false,
-      close: () => new Promise<void>((resolve) => {
-        udp.close();
-        tcp.close(() => resolve());
-      }),
+      close: () =>
+        new Promise<void>((resolve) => {
+          udp.close();
+          tcp.close(() => resolve());
+        }),
     };
     udp.on('message', (buf, rinfo) => {
       if (server.silent) return;

@@ -46,7 +46,10 @@ export interface PolicyLab {
 }
 
 /** The base config of a lab: the proxy as nobody, one worker (policy state is per process), SSH port 22 excluded. */
-export function policyConfig(lab: Pick<PolicyLab, 'dir'>, extra: Record<string, unknown> = {}): Record<string, unknown> {
+export function policyConfig(
+  lab: Pick<PolicyLab, 'dir'>,
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
   const { proxy, ...rest } = extra as { proxy?: Record<string, unknown> };
   return {
     proxy: { user: 'nobody', workers: 1, connectTimeout: '2s', ...proxy },
@@ -61,7 +64,11 @@ export function policyConfig(lab: Pick<PolicyLab, 'dir'>, extra: Record<string, 
  * Creates the lab: namespaces, `endpoints` extra server addresses, `clientSources` extra client addresses, the
  * capture rules (from the base config) in the client namespace, and an agent in each namespace.
  */
-export async function createPolicyLab(name: string, subnet: number, options: { endpoints?: number; clientSources?: number; peerSources?: number } = {}): Promise<PolicyLab> {
+export async function createPolicyLab(
+  name: string,
+  subnet: number,
+  options: { endpoints?: number; clientSources?: number; peerSources?: number } = {},
+): Promise<PolicyLab> {
   assertBuilt();
   const client = `mq-${name}-c`;
   const server = `mq-${name}-s`;
@@ -99,7 +106,10 @@ export async function createPolicyLab(name: string, subnet: number, options: { e
   const [app, peer, admin] = agents as [PolicyAgent, PolicyAgent, PolicyAgent];
 
   const startProxy = async (configFile: string): Promise<PolicyProxy> => {
-    const proxy = spawnLabProxy<PolicyAccessLine>(client, ['--config', configFile], { user: { uid: PROXY_UID, gid: PROXY_GID }, adminVia: admin });
+    const proxy = spawnLabProxy<PolicyAccessLine>(client, ['--config', configFile], {
+      user: { uid: PROXY_UID, gid: PROXY_GID },
+      adminVia: admin,
+    });
     proxies.push(proxy);
     return proxy;
   };

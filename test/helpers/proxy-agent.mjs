@@ -30,14 +30,26 @@ function sendRandom(socket, total, hash, done) {
 }
 
 function errorInfo(error) {
-  return { message: error.message, code: error.code, errno: error.errno, syscall: error.syscall, name: error.name, causeCode: error.cause?.code, causeErrno: error.cause?.errno, causeSyscall: error.cause?.syscall };
+  return {
+    message: error.message,
+    code: error.code,
+    errno: error.errno,
+    syscall: error.syscall,
+    name: error.name,
+    causeCode: error.cause?.code,
+    causeErrno: error.cause?.errno,
+    causeSyscall: error.cause?.syscall,
+  };
 }
 
 /** Counts and hashes what the client sends into `record`; `then` runs after the client's EOF. */
 function recordInbound(socket, record, then = () => {}) {
   const inHash = createHash('sha256');
   let received = 0;
-  socket.on('data', (d) => { received += d.length; inHash.update(d); });
+  socket.on('data', (d) => {
+    received += d.length;
+    inHash.update(d);
+  });
   socket.on('end', () => {
     record.received = received;
     record.receivedHash = inHash.digest('hex');
@@ -69,7 +81,9 @@ const serverKinds = {
   },
   // Sends sendBytes and shuts down its write side first; keeps reading until the client's EOF.
   'send-first'(socket, opts, record) {
-    recordInbound(socket, record, () => { record.clientEndedAt = performance.now(); });
+    recordInbound(socket, record, () => {
+      record.clientEndedAt = performance.now();
+    });
     sendRecorded(socket, opts.sendBytes, record);
   },
   // Both directions at once: sends sendBytes while reading everything the client sends.
@@ -94,7 +108,11 @@ const ops = {
       client.on('error', () => {});
       const socket = await accepted;
       try {
-        return { ok: true, dst: readOriginalDst(socket), local: { address: socket.localAddress, port: socket.localPort } };
+        return {
+          ok: true,
+          dst: readOriginalDst(socket),
+          local: { address: socket.localAddress, port: socket.localPort },
+        };
       } catch (error) {
         return { ok: false, error: errorInfo(error) };
       } finally {
@@ -121,7 +139,13 @@ const ops = {
     let server;
     if (kind === 'http') {
       server = createHttpServer((req, res) => {
-        const body = JSON.stringify({ path: req.url, remote: req.socket.remoteAddress, remotePort: req.socket.remotePort, local: req.socket.localAddress, localPort: req.socket.localPort });
+        const body = JSON.stringify({
+          path: req.url,
+          remote: req.socket.remoteAddress,
+          remotePort: req.socket.remotePort,
+          local: req.socket.localAddress,
+          localPort: req.socket.localPort,
+        });
         records.push({ remote: req.socket.remoteAddress, path: req.url });
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(body);
@@ -130,8 +154,12 @@ const ops = {
       server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
         const record = { remote: socket.remoteAddress, remotePort: socket.remotePort, at: performance.now() };
         records.push(record);
-        socket.on('error', (e) => { record.error = e.code ?? e.message; });
-        socket.on('close', () => { record.closed = true; });
+        socket.on('error', (e) => {
+          record.error = e.code ?? e.message;
+        });
+        socket.on('close', () => {
+          record.closed = true;
+        });
         serverKinds[kind](socket, opts, record);
       });
     }
@@ -159,15 +187,23 @@ const ops = {
     return new Promise((resolve, reject) => {
       const socket = connect({ host, port });
       let connectedAt = 0;
-      const timer = setTimeout(() => { socket.destroy(); reject(new Error('no banner within timeout')); }, timeoutMs);
-      socket.on('connect', () => { connectedAt = performance.now(); });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error('no banner within timeout'));
+      }, timeoutMs);
+      socket.on('connect', () => {
+        connectedAt = performance.now();
+      });
       socket.once('data', (d) => {
         const ms = performance.now() - connectedAt;
         clearTimeout(timer);
         socket.destroy();
         resolve({ banner: d.toString('utf8'), msAfterConnect: ms });
       });
-      socket.on('error', (e) => { clearTimeout(timer); reject(e); });
+      socket.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
     });
   },
 
@@ -189,18 +225,37 @@ const ops = {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        resolve({ sent: sentHash ? sendBytes : 0, sentHash, received, receivedHash, ms: performance.now() - started, ...extra });
+        resolve({
+          sent: sentHash ? sendBytes : 0,
+          sentHash,
+          received,
+          receivedHash,
+          ms: performance.now() - started,
+          ...extra,
+        });
       };
-      const timer = setTimeout(() => { finish({ error: 'timeout' }); socket.destroy(); }, timeoutMs);
-      const send = () => sendRandom(socket, sendBytes, outHash, () => { sentHash = outHash.digest('hex'); socket.end(); });
-      socket.on('data', (d) => { received += d.length; inHash.update(d); });
+      const timer = setTimeout(() => {
+        finish({ error: 'timeout' });
+        socket.destroy();
+      }, timeoutMs);
+      const send = () =>
+        sendRandom(socket, sendBytes, outHash, () => {
+          sentHash = outHash.digest('hex');
+          socket.end();
+        });
+      socket.on('data', (d) => {
+        received += d.length;
+        inHash.update(d);
+      });
       socket.on('end', () => {
         receivedHash = inHash.digest('hex');
         if (mode === 'read-then-send') send();
       });
       socket.on('error', (e) => finish({ error: e.code ?? e.message }));
       socket.on('close', () => finish({}));
-      socket.on('connect', () => { if (mode !== 'read-then-send') send(); });
+      socket.on('connect', () => {
+        if (mode !== 'read-then-send') send();
+      });
     });
   },
 
@@ -220,10 +275,17 @@ const ops = {
         resolve({ outcome, code, connected, bytes, ms: performance.now() - started });
       };
       const timer = setTimeout(() => done('timeout'), timeoutMs);
-      socket.on('connect', () => { connected = true; if (send) socket.write(send); });
-      socket.on('data', (d) => { bytes += d.length; });
+      socket.on('connect', () => {
+        connected = true;
+        if (send) socket.write(send);
+      });
+      socket.on('data', (d) => {
+        bytes += d.length;
+      });
       socket.on('end', () => done('end'));
-      socket.on('error', (e) => done(e.code === 'ECONNREFUSED' ? 'refused' : e.code === 'ECONNRESET' ? 'reset' : 'error', e.code));
+      socket.on('error', (e) =>
+        done(e.code === 'ECONNREFUSED' ? 'refused' : e.code === 'ECONNRESET' ? 'reset' : 'error', e.code),
+      );
       socket.on('close', () => done('closed'));
     });
   },
@@ -233,26 +295,41 @@ const ops = {
     const set = held.get(tag) ?? new Set();
     held.set(tag, set);
     const errors = [];
-    const one = () => new Promise((resolve) => {
-      const socket = connect({ host, port, family, noDelay: true });
-      let buffer = '';
-      const timer = setTimeout(() => { errors.push('timeout'); socket.destroy(); resolve(); }, timeoutMs);
-      socket.setEncoding('utf8');
-      socket.on('error', (e) => { socket.heldError = e.code ?? e.message; });
-      socket.on('close', () => { socket.closedAt = performance.now(); });
-      const onData = (d) => {
-        buffer += d;
-        if (buffer === 'hello\n') {
-          socket.off('data', onData);
-          clearTimeout(timer);
-          set.add(socket);
+    const one = () =>
+      new Promise((resolve) => {
+        const socket = connect({ host, port, family, noDelay: true });
+        let buffer = '';
+        const timer = setTimeout(() => {
+          errors.push('timeout');
+          socket.destroy();
           resolve();
-        }
-      };
-      socket.on('data', onData);
-      socket.on('connect', () => socket.write('hello\n'));
-      socket.once('close', () => { if (!set.has(socket)) { clearTimeout(timer); errors.push(socket.heldError ?? 'closed'); resolve(); } });
-    });
+        }, timeoutMs);
+        socket.setEncoding('utf8');
+        socket.on('error', (e) => {
+          socket.heldError = e.code ?? e.message;
+        });
+        socket.on('close', () => {
+          socket.closedAt = performance.now();
+        });
+        const onData = (d) => {
+          buffer += d;
+          if (buffer === 'hello\n') {
+            socket.off('data', onData);
+            clearTimeout(timer);
+            set.add(socket);
+            resolve();
+          }
+        };
+        socket.on('data', onData);
+        socket.on('connect', () => socket.write('hello\n'));
+        socket.once('close', () => {
+          if (!set.has(socket)) {
+            clearTimeout(timer);
+            errors.push(socket.heldError ?? 'closed');
+            resolve();
+          }
+        });
+      });
     await Promise.all(Array.from({ length: count }, one));
     return { open: set.size, errors };
   },
@@ -262,17 +339,35 @@ const ops = {
     const set = held.get(tag) ?? new Set();
     let ok = 0;
     const failures = [];
-    await Promise.all([...set].map((socket) => new Promise((resolve) => {
-      if (socket.destroyed) { failures.push(`closed:${socket.heldError ?? ''}`); resolve(); return; }
-      let buffer = '';
-      const timer = setTimeout(() => { socket.off('data', onData); failures.push('timeout'); resolve(); }, timeoutMs);
-      const onData = (d) => {
-        buffer += d;
-        if (buffer === payload) { socket.off('data', onData); clearTimeout(timer); ok++; resolve(); }
-      };
-      socket.on('data', onData);
-      socket.write(payload);
-    })));
+    await Promise.all(
+      [...set].map(
+        (socket) =>
+          new Promise((resolve) => {
+            if (socket.destroyed) {
+              failures.push(`closed:${socket.heldError ?? ''}`);
+              resolve();
+              return;
+            }
+            let buffer = '';
+            const timer = setTimeout(() => {
+              socket.off('data', onData);
+              failures.push('timeout');
+              resolve();
+            }, timeoutMs);
+            const onData = (d) => {
+              buffer += d;
+              if (buffer === payload) {
+                socket.off('data', onData);
+                clearTimeout(timer);
+                ok++;
+                resolve();
+              }
+            };
+            socket.on('data', onData);
+            socket.write(payload);
+          }),
+      ),
+    );
     return { ok, failures };
   },
 
@@ -280,11 +375,22 @@ const ops = {
   async closeHeld({ tag }) {
     const set = held.get(tag) ?? new Set();
     const errors = [];
-    await Promise.all([...set].map((socket) => new Promise((resolve) => {
-      if (socket.destroyed) { resolve(); return; }
-      socket.once('close', () => { if (socket.heldError) errors.push(socket.heldError); resolve(); });
-      socket.end();
-    })));
+    await Promise.all(
+      [...set].map(
+        (socket) =>
+          new Promise((resolve) => {
+            if (socket.destroyed) {
+              resolve();
+              return;
+            }
+            socket.once('close', () => {
+              if (socket.heldError) errors.push(socket.heldError);
+              resolve();
+            });
+            socket.end();
+          }),
+      ),
+    );
     held.delete(tag);
     return { errors };
   },
@@ -309,32 +415,47 @@ const ops = {
     let peakOpen = 0;
     let open = 0;
     let release;
-    const barrier = new Promise((resolve) => { release = resolve; });
-    const payload = randomBytes(bytes);
-    const one = () => new Promise((resolve) => {
-      const socket = connect({ host, port, family, noDelay: true });
-      sockets.push(socket);
-      let got = 0;
-      let failed = false;
-      const fail = (why) => { if (!failed) { failed = true; errors.push(why); } };
-      const timer = setTimeout(() => { fail('timeout'); socket.destroy(); }, timeoutMs);
-      socket.on('connect', () => { open++; peakOpen = Math.max(peakOpen, open); socket.write(payload); });
-      socket.on('data', (d) => {
-        got += d.length;
-        if (got === bytes) {
-          echoed++;
-          if (echoed === count) release();
-          barrier.then(() => socket.end());
-        }
-      });
-      socket.on('error', (e) => fail(e.code ?? e.message));
-      socket.on('close', () => {
-        clearTimeout(timer);
-        open--;
-        if (got !== bytes) fail(`short:${got}`);
-        resolve();
-      });
+    const barrier = new Promise((resolve) => {
+      release = resolve;
     });
+    const payload = randomBytes(bytes);
+    const one = () =>
+      new Promise((resolve) => {
+        const socket = connect({ host, port, family, noDelay: true });
+        sockets.push(socket);
+        let got = 0;
+        let failed = false;
+        const fail = (why) => {
+          if (!failed) {
+            failed = true;
+            errors.push(why);
+          }
+        };
+        const timer = setTimeout(() => {
+          fail('timeout');
+          socket.destroy();
+        }, timeoutMs);
+        socket.on('connect', () => {
+          open++;
+          peakOpen = Math.max(peakOpen, open);
+          socket.write(payload);
+        });
+        socket.on('data', (d) => {
+          got += d.length;
+          if (got === bytes) {
+            echoed++;
+            if (echoed === count) release();
+            barrier.then(() => socket.end());
+          }
+        });
+        socket.on('error', (e) => fail(e.code ?? e.message));
+        socket.on('close', () => {
+          clearTimeout(timer);
+          open--;
+          if (got !== bytes) fail(`short:${got}`);
+          resolve();
+        });
+      });
     const all = Promise.all(Array.from({ length: count }, one));
     // If some connection fails, the others must not wait forever at the barrier.
     const guard = setTimeout(() => release(), timeoutMs);
@@ -352,20 +473,27 @@ const ops = {
     const errors = [];
     let done = 0;
     let started = 0;
-    const one = () => new Promise((resolve) => {
-      const socket = connect({ host, port, family, noDelay: true });
-      let got = 0;
-      const timer = setTimeout(() => { errors.push('timeout'); socket.destroy(); }, timeoutMs);
-      socket.on('connect', () => socket.write(payload));
-      socket.on('data', (d) => { got += d.length; if (got >= bytes) socket.end(); });
-      socket.on('error', (e) => errors.push(e.code ?? e.message));
-      socket.on('close', () => {
-        clearTimeout(timer);
-        if (got === bytes) done++;
-        else errors.push(`short:${got}`);
-        resolve();
+    const one = () =>
+      new Promise((resolve) => {
+        const socket = connect({ host, port, family, noDelay: true });
+        let got = 0;
+        const timer = setTimeout(() => {
+          errors.push('timeout');
+          socket.destroy();
+        }, timeoutMs);
+        socket.on('connect', () => socket.write(payload));
+        socket.on('data', (d) => {
+          got += d.length;
+          if (got >= bytes) socket.end();
+        });
+        socket.on('error', (e) => errors.push(e.code ?? e.message));
+        socket.on('close', () => {
+          clearTimeout(timer);
+          if (got === bytes) done++;
+          else errors.push(`short:${got}`);
+          resolve();
+        });
       });
-    });
     const lane = async () => {
       while (started < count) {
         started++;

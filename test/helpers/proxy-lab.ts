@@ -21,7 +21,10 @@ export const APP_UID = 1000;
 /** Fails early, with the fix, when the integration tests would run a stale or missing build. */
 export function assertBuilt(): void {
   for (const file of ['dist/cli/main.js', 'dist/proxy/lifecycle.js', 'build/Release/meshctl_native.node']) {
-    if (!existsSync(join(ROOT, file))) throw new Error(`${file} is missing: run \`npm run build\` (and \`npm ci\` for the addon) before the proxy integration tests`);
+    if (!existsSync(join(ROOT, file)))
+      throw new Error(
+        `${file} is missing: run \`npm run build\` (and \`npm ci\` for the addon) before the proxy integration tests`,
+      );
   }
 }
 
@@ -33,7 +36,10 @@ export function startAgent(ns: string, user?: NsUser): Promise<Agent> {
 }
 
 /** A lab config object: the proxy runs as nobody; SSH port 22 is the only excluded port. */
-export function labConfigObject(overrides: { proxy?: Record<string, unknown>; capture?: Record<string, unknown> } = {}, stateDir = '/tmp/mp-state'): Record<string, unknown> {
+export function labConfigObject(
+  overrides: { proxy?: Record<string, unknown>; capture?: Record<string, unknown> } = {},
+  stateDir = '/tmp/mp-state',
+): Record<string, unknown> {
   return {
     proxy: { user: 'nobody', workers: 1, keepalive: '30s', ...overrides.proxy },
     capture: { ipv6: 'intercept', ...overrides.capture },
@@ -79,7 +85,12 @@ export interface ProxyLab {
   /** Builds the config, writes it to `name`.json, installs nothing (see installCapture). */
   writeConfig(raw: Record<string, unknown>, name?: string): { file: string; config: Config };
   /** Starts `meshctl proxy --config FILE` as nobody; `prefix` runs before node (e.g. systemd-socket-activate). */
-  startProxy(configFile: string, extraArgs?: readonly string[], prefix?: readonly string[], user?: { uid: number; gid: number }): Promise<RunningProxy>;
+  startProxy(
+    configFile: string,
+    extraArgs?: readonly string[],
+    prefix?: readonly string[],
+    user?: { uid: number; gid: number },
+  ): Promise<RunningProxy>;
   destroy(): Promise<void>;
 }
 
@@ -88,7 +99,12 @@ export interface ProxyLab {
  * (root) in the server namespace. `capture` installs the rules of the given lab config in the client namespace.
  * `prefix` replaces `mp` in the namespace and directory names (each test file owner has their own).
  */
-export async function createProxyLab(name: string, subnet: number, capture: Record<string, unknown> | null, prefix = 'mp'): Promise<ProxyLab> {
+export async function createProxyLab(
+  name: string,
+  subnet: number,
+  capture: Record<string, unknown> | null,
+  prefix = 'mp',
+): Promise<ProxyLab> {
   assertBuilt();
   const client = `${prefix}-${name}-c`;
   const server = `${prefix}-${name}-s`;
@@ -108,7 +124,12 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
   try {
     // The proxy's passthrough source for IPv6 inbound (IPv4's 127.0.0.6 is on lo already).
     inNs(client, 'ip', ['-6', 'addr', 'add', '::6/128', 'dev', 'lo']);
-    if (capture) await installLabCapture(client, writeConfig({ ...capture, stateDir: join(dir, 'state') }, 'capture').config, lockFile);
+    if (capture)
+      await installLabCapture(
+        client,
+        writeConfig({ ...capture, stateDir: join(dir, 'state') }, 'capture').config,
+        lockFile,
+      );
     agents.push(await startAgent(client, { uid: APP_UID, gid: APP_UID }));
     agents.push(await startAgent(server));
     // Root in the client namespace: the admin API's privileged paths (/config, /connections, /drain) answer only
@@ -126,7 +147,11 @@ export async function createProxyLab(name: string, subnet: number, capture: Reco
     prefix: readonly string[] = [],
     user: { uid: number; gid: number } = { uid: PROXY_UID, gid: PROXY_GID },
   ): Promise<RunningProxy> => {
-    const proxy = spawnLabProxy<AccessLine>(client, ['--config', configFile, ...extraArgs], { user, adminVia: admin, prefix });
+    const proxy = spawnLabProxy<AccessLine>(client, ['--config', configFile, ...extraArgs], {
+      user,
+      adminVia: admin,
+      prefix,
+    });
     proxies.push(proxy);
     return proxy;
   };

@@ -82,15 +82,26 @@ done
 
 /** Starts the writer in `ns` (with labEnv, so it shares the tests' xtables lock file with meshctl). */
 export function startRuleWriter(ns: string, backend: Backend, options: RuleWriterOptions = {}): RuleWriter {
-  const child: ChildProcess = spawn('ip', ['netns', 'exec', ns, 'bash', '-c', writerScript(backend, options.intervalMs ?? 20)], {
-    env: labEnv, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child: ChildProcess = spawn(
+    'ip',
+    ['netns', 'exec', ns, 'bash', '-c', writerScript(backend, options.intervalMs ?? 20)],
+    {
+      env: labEnv,
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let rounds = 0;
   const deleted = new Set<number>();
   const errors: string[] = [];
   let partial = '';
   let exited = false;
-  const exit = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
+  const exit = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      exited = true;
+      resolve();
+    }),
+  );
   child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
     const lines = (partial + chunk).split('\n');
     partial = lines.pop()!;
@@ -100,7 +111,14 @@ export function startRuleWriter(ns: string, backend: Backend, options: RuleWrite
       else if (line.trim() !== '') errors.push(line);
     }
   });
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => errors.push(...chunk.split('\n').filter((l) => l.trim() !== '').map((l) => `stderr: ${l}`)));
+  child.stderr!.setEncoding('utf8').on('data', (chunk: string) =>
+    errors.push(
+      ...chunk
+        .split('\n')
+        .filter((l) => l.trim() !== '')
+        .map((l) => `stderr: ${l}`),
+    ),
+  );
 
   const idOf = (line: string): number | null => {
     const m = /writer:(\d+)/.exec(line);
@@ -115,8 +133,11 @@ export function startRuleWriter(ns: string, backend: Backend, options: RuleWrite
       const missing = before.filter((l) => idOf(l) !== null && !now.has(l));
       const ids = [...new Set(missing.map((l) => idOf(l)!))];
       // The writer deletes round N at round N+2 and reports it right after: wait for those reports (bounded).
-      await waitFor(() => exited || ids.every((id) => deleted.has(id)), 5000, () => `the writer to report deleting rounds ${ids.filter((id) => !deleted.has(id)).join(', ')}`)
-        .catch(() => undefined);
+      await waitFor(
+        () => exited || ids.every((id) => deleted.has(id)),
+        5000,
+        () => `the writer to report deleting rounds ${ids.filter((id) => !deleted.has(id)).join(', ')}`,
+      ).catch(() => undefined);
       return missing.filter((l) => !deleted.has(idOf(l)!));
     },
     async stop() {
@@ -158,7 +179,8 @@ export function foreignRules(ns: string, backend: Backend): string[] {
   for (const line of text.split('\n')) {
     if (line.startsWith('## ')) family = line.slice(3);
     else if (line.startsWith('*')) table = line.slice(1);
-    else if (line.startsWith('-A ') || (line.startsWith(':') && / -$/.test(line))) out.push(`${family} ${table} ${line}`);
+    else if (line.startsWith('-A ') || (line.startsWith(':') && / -$/.test(line)))
+      out.push(`${family} ${table} ${line}`);
   }
   return out.filter((l) => !/MESHCTL|meshctl:/.test(l));
 }

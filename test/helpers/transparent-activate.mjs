@@ -22,7 +22,11 @@ for (const spec of process.argv.slice(2, separator)) {
     process.exit(2);
   }
   names.push(m[1]);
-  fds.push(m[2] !== undefined ? transparentListen(6, m[2], Number(m[4]), 4096) : transparentListen(4, m[3], Number(m[4]), 4096));
+  fds.push(
+    m[2] !== undefined
+      ? transparentListen(6, m[2], Number(m[4]), 4096)
+      : transparentListen(4, m[3], Number(m[4]), 4096),
+  );
 }
 
 const child = spawn('sh', ['-c', 'export LISTEN_PID=$$; exec "$@"', 'sh', ...process.argv.slice(separator + 1)], {

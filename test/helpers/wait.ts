@@ -14,7 +14,12 @@ export interface WaitOptions {
  * file exists, ECONNREFUSED before a server listens) counts as "not yet". After `timeoutMs` it throws
  * `timed out after N ms waiting for <what>; last seen: <value, error or options.seen()>`.
  */
-export async function waitUntil<T>(what: string, check: () => T | Promise<T>, timeoutMs = 10_000, options: WaitOptions = {}): Promise<NonNullable<T>> {
+export async function waitUntil<T>(
+  what: string,
+  check: () => T | Promise<T>,
+  timeoutMs = 10_000,
+  options: WaitOptions = {},
+): Promise<NonNullable<T>> {
   const interval = options.intervalMs ?? 20;
   const deadline = performance.now() + timeoutMs;
   let last: unknown = 'nothing (the check never completed)';
@@ -29,7 +34,9 @@ export async function waitUntil<T>(what: string, check: () => T | Promise<T>, ti
     if (performance.now() >= deadline) {
       const shown = options.seen ? safely(options.seen) : last;
       const text = typeof shown === 'string' ? shown : inspect(shown, { depth: 4, breakLength: 120 });
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last seen: ${text.length > 4000 ? `…${text.slice(-4000)}` : text}`);
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}; last seen: ${text.length > 4000 ? `…${text.slice(-4000)}` : text}`,
+      );
     }
     await new Promise((resolve) => setTimeout(resolve, interval));
   }

@@ -21,7 +21,8 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
 
   beforeAll(async () => {
     for (const file of ['dist/cli/main.js', 'build/Release/meshctl_native.node']) {
-      if (!existsSync(join(process.cwd(), file))) throw new Error(`${file} is missing: run \`npm run build\` (and \`npm ci\` for the addon) first`);
+      if (!existsSync(join(process.cwd(), file)))
+        throw new Error(`${file} is missing: run \`npm run build\` (and \`npm ci\` for the addon) first`);
     }
     outDir = mkdtempSync(join(tmpdir(), 'mb-smoke-'));
     result = await runBench({
@@ -48,7 +49,8 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
       for (const workload of WORKLOADS) {
         const found = result.measurements.filter((m) => m.candidate === candidate && m.workload === workload);
         // No memory for direct; no DNS for HAProxy (it serves none).
-        const none = (candidate === 'direct' && workload === 'idle') || (candidate === 'haproxy' && workload === 'dns-32');
+        const none =
+          (candidate === 'direct' && workload === 'idle') || (candidate === 'haproxy' && workload === 'dns-32');
         expect(found.length, `${candidate} ${workload}`).toBe(none ? 0 : 1);
       }
     }
@@ -88,7 +90,9 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
     const latest = readFileSync(join(outDir, 'latest.md'), 'utf8');
     expect(readFileSync(join(outDir, `${date}.md`), 'utf8')).toBe(latest);
     expect(latest).toBe(result.markdown);
-    expect(latest).toContain('| workload | unit | direct | HAProxy | meshctl | meshctl ÷ direct | meshctl ÷ HAProxy | target |');
+    expect(latest).toContain(
+      '| workload | unit | direct | HAProxy | meshctl | meshctl ÷ direct | meshctl ÷ HAProxy | target |',
+    );
     for (const row of ROWS) {
       const line = latest.split('\n').find((l) => l.startsWith(`| ${row.label} |`));
       expect(line, row.label).toBeDefined();
@@ -100,7 +104,9 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
   });
 
   it('leaves no namespace of the lab behind', () => {
-    const left = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n').filter((l) => l.startsWith(`${PREFIX}-`));
+    const left = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+      .split('\n')
+      .filter((l) => l.startsWith(`${PREFIX}-`));
     expect(left).toEqual([]);
   });
 });

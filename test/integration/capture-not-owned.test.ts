@@ -8,7 +8,17 @@ import { readLedger, scopeDir } from '../../src/netfilter/transaction/ledger.js'
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import type { Backend } from '../../src/config/types.js';
 import { integrationEnabled } from '../helpers/integration.js';
-import { BACKEND_SHORT, BACKENDS, labConfig, labEnv, labNamespaces, nftForeign, restoreForeign, rulesetOf, tempStateDir } from '../helpers/netfilter-lab.js';
+import {
+  BACKEND_SHORT,
+  BACKENDS,
+  labConfig,
+  labEnv,
+  labNamespaces,
+  nftForeign,
+  restoreForeign,
+  rulesetOf,
+  tempStateDir,
+} from '../helpers/netfilter-lab.js';
 
 const { freshNs, cleanup } = labNamespaces();
 
@@ -25,10 +35,25 @@ async function refusal(run: () => Promise<unknown>): Promise<MeshctlError> {
 /** A foreign object with our name, in the form each backend would adopt. */
 function addForeignNamesake(ns: string, backend: Backend): void {
   if (backend === 'nftables') {
-    nftForeign(ns, 'table inet meshctl {\n  chain MESHCTL_OUTPUT { tcp dport 9 return; }\n  chain out { type nat hook output priority -100; policy accept; jump MESHCTL_OUTPUT; }\n}\n');
+    nftForeign(
+      ns,
+      'table inet meshctl {\n  chain MESHCTL_OUTPUT { tcp dport 9 return; }\n  chain out { type nat hook output priority -100; policy accept; jump MESHCTL_OUTPUT; }\n}\n',
+    );
     return;
   }
-  restoreForeign(ns, backend, 'ipv4', ['*nat', ':MESHCTL_OUTPUT - [0:0]', '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 9 -j RETURN', '-A OUTPUT -p tcp -j MESHCTL_OUTPUT', 'COMMIT', ''].join('\n'));
+  restoreForeign(
+    ns,
+    backend,
+    'ipv4',
+    [
+      '*nat',
+      ':MESHCTL_OUTPUT - [0:0]',
+      '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 9 -j RETURN',
+      '-A OUTPUT -p tcp -j MESHCTL_OUTPUT',
+      'COMMIT',
+      '',
+    ].join('\n'),
+  );
   restoreForeign(ns, backend, 'ipv6', ['*nat', ':MESHCTL_OUTPUT - [0:0]', 'COMMIT', ''].join('\n'));
 }
 
@@ -42,7 +67,9 @@ describe.skipIf(!integrationEnabled)('objects named like ours that meshctl did n
       addForeignNamesake(ns, backend);
       const before = rulesetOf(ns, backend);
       const nftBefore = rulesetOf(ns, 'nftables');
-      const error = await refusal(() => installCapture({ config: labConfig(stateDir, backend), netns: ns, env: labEnv }));
+      const error = await refusal(() =>
+        installCapture({ config: labConfig(stateDir, backend), netns: ns, env: labEnv }),
+      );
       expect(error.code).toBe('NOT_OWNED');
       expect(error.message).toContain(backend === 'nftables' ? 'table inet meshctl' : 'nat chain MESHCTL_OUTPUT');
       expect(error.hint).toMatch(backend === 'nftables' ? /nft delete table inet meshctl/ : /-X MESHCTL_OUTPUT/);
@@ -57,7 +84,13 @@ describe.skipIf(!integrationEnabled)('objects named like ours that meshctl did n
         const stateDir = tempStateDir();
         restoreForeign(ns, backend, 'ipv6', ['*filter', ':MESHCTL_BLOCK_OUT - [0:0]', 'COMMIT', ''].join('\n'));
         const before = rulesetOf(ns, backend);
-        const error = await refusal(() => installCapture({ config: labConfig(stateDir, backend, { capture: { ipv6: 'block' } }), netns: ns, env: labEnv }));
+        const error = await refusal(() =>
+          installCapture({
+            config: labConfig(stateDir, backend, { capture: { ipv6: 'block' } }),
+            netns: ns,
+            env: labEnv,
+          }),
+        );
         expect(error.code).toBe('NOT_OWNED');
         expect(error.message).toContain('ipv6 filter chain MESHCTL_BLOCK_OUT (empty');
         expect(rulesetOf(ns, backend)).toBe(before);
@@ -72,14 +105,23 @@ describe.skipIf(!integrationEnabled)('objects named like ours that meshctl did n
       if (backend === 'nftables') {
         nftForeign(ns, 'delete table inet meshctl\n');
       } else {
-        restoreForeign(ns, backend, 'ipv4', ['*nat', ':MESHCTL_OUTPUT - [0:0]', '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 9 -j RETURN', 'COMMIT', ''].join('\n'));
+        restoreForeign(
+          ns,
+          backend,
+          'ipv4',
+          ['*nat', ':MESHCTL_OUTPUT - [0:0]', '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 9 -j RETURN', 'COMMIT', ''].join(
+            '\n',
+          ),
+        );
       }
       if (backend === 'nftables') addForeignNamesake(ns, backend);
       const before = rulesetOf(ns, backend);
       const error = await refusal(() => uninstallCapture({ stateDir, netns: ns, env: labEnv }));
       expect(error.code).toBe('NOT_OWNED');
       expect(rulesetOf(ns, backend)).toBe(before);
-      expect(rulesetOf(ns, backend)).toContain(backend === 'nftables' ? 'tcp dport 9 return' : '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 9 -j RETURN');
+      expect(rulesetOf(ns, backend)).toContain(
+        backend === 'nftables' ? 'tcp dport 9 return' : '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 9 -j RETURN',
+      );
     });
 
     if (backend !== 'nftables') {
@@ -87,7 +129,12 @@ describe.skipIf(!integrationEnabled)('objects named like ours that meshctl did n
         const ns = freshNs(`hk-nol-${BACKEND_SHORT[backend]}`);
         const stateDir = tempStateDir();
         await installCapture({ config: labConfig(stateDir, backend), netns: ns, env: labEnv });
-        restoreForeign(ns, backend, 'ipv6', ['*mangle', ':MESHCTL_THEIRS - [0:0]', '-A MESHCTL_THEIRS -j RETURN', 'COMMIT', ''].join('\n'));
+        restoreForeign(
+          ns,
+          backend,
+          'ipv6',
+          ['*mangle', ':MESHCTL_THEIRS - [0:0]', '-A MESHCTL_THEIRS -j RETURN', 'COMMIT', ''].join('\n'),
+        );
         const result = await uninstallCapture({ stateDir, netns: ns, env: labEnv });
         expect(result.action).toBe('uninstalled');
         const after = rulesetOf(ns, backend);

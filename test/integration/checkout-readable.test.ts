@@ -14,7 +14,8 @@ describe.skipIf(!integrationEnabled)('checkout readable by the proxy user', () =
     const root = join(base, `m${mode.toString(8)}`);
     mkdirSync(join(root, 'bin'), { recursive: true });
     mkdirSync(join(root, 'test', 'helpers'), { recursive: true });
-    for (const f of ['bin/meshctl', 'package.json', 'test/helpers/proxy-agent.mjs']) writeFileSync(join(root, f), 'x', { mode: 0o644 });
+    for (const f of ['bin/meshctl', 'package.json', 'test/helpers/proxy-agent.mjs'])
+      writeFileSync(join(root, f), 'x', { mode: 0o644 });
     chmodSync(base, 0o755);
     chmodSync(root, mode);
     return `${root}/`;

@@ -36,7 +36,9 @@ describe.skipIf(!integrationEnabled)('--netns through bin/meshctl', () => {
       const stateDir = join(scratch, `state-${args[0]}-bad`);
       const result = meshctl([...args, '--netns', '../hc-x', '--state-dir', stateDir]);
       expect(result.status).toBe(1);
-      expect(result.stderr).toContain('meshctl: CONFIG_INVALID: --netns "../hc-x" is not a network namespace name: it contains "/"');
+      expect(result.stderr).toContain(
+        'meshctl: CONFIG_INVALID: --netns "../hc-x" is not a network namespace name: it contains "/"',
+      );
       expect(result.stderr).toContain('hint:    give the name as `ip netns list` shows it');
       expect(existsSync(stateDir)).toBe(false);
     });
@@ -45,15 +47,25 @@ describe.skipIf(!integrationEnabled)('--netns through bin/meshctl', () => {
       const stateDir = join(scratch, `state-${args[0]}-missing`);
       const result = meshctl([...args, '--netns', 'hc-cli-missing', '--state-dir', stateDir]);
       expect(result.status).toBe(1);
-      expect(result.stderr).toContain('meshctl: NETNS_NOT_FOUND: network namespace "hc-cli-missing" (from --netns) does not exist: /run/netns/hc-cli-missing is missing');
+      expect(result.stderr).toContain(
+        'meshctl: NETNS_NOT_FOUND: network namespace "hc-cli-missing" (from --netns) does not exist: /run/netns/hc-cli-missing is missing',
+      );
       expect(existsSync(stateDir)).toBe(false);
     });
   });
 
   it('checks verify --peer-netns the same way, naming that flag', () => {
-    const result = meshctl(['verify', '--peer-netns', 'hc-cli-missing-peer', '--state-dir', join(scratch, 'state-peer')]);
+    const result = meshctl([
+      'verify',
+      '--peer-netns',
+      'hc-cli-missing-peer',
+      '--state-dir',
+      join(scratch, 'state-peer'),
+    ]);
     expect(result.status).toBe(1);
-    expect(result.stderr).toContain('NETNS_NOT_FOUND: network namespace "hc-cli-missing-peer" (from --peer-netns) does not exist');
+    expect(result.stderr).toContain(
+      'NETNS_NOT_FOUND: network namespace "hc-cli-missing-peer" (from --peer-netns) does not exist',
+    );
   });
 
   describe('an sshd inside the target namespace', () => {
@@ -72,7 +84,11 @@ describe.skipIf(!integrationEnabled)('--netns through bin/meshctl', () => {
       let out = '';
       child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
       child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-      await waitFor(() => out.includes('listening'), 10_000, () => `${argv0} listening on :${port} in ${ns} (output so far: ${JSON.stringify(out)})`);
+      await waitFor(
+        () => out.includes('listening'),
+        10_000,
+        () => `${argv0} listening on :${port} in ${ns} (output so far: ${JSON.stringify(out)})`,
+      );
     }
 
     /** Connects from the peer namespace; the greeting received, or the connect error code. */
@@ -100,22 +116,46 @@ describe.skipIf(!integrationEnabled)('--netns through bin/meshctl', () => {
     });
 
     it('is found there, not in the root namespace', () => {
-      const root = JSON.parse(meshctl(['config', 'validate', ...common()]).stdout.replace(/^config ok.*\n/, '')) as { safety: { sshPorts: number[] } };
+      const root = JSON.parse(meshctl(['config', 'validate', ...common()]).stdout.replace(/^config ok.*\n/, '')) as {
+        safety: { sshPorts: number[] };
+      };
       expect(root.safety.sshPorts).not.toContain(2222);
       const doctor = meshctl(['doctor', '--netns', ns, ...common(), '--json']);
-      const finding = (JSON.parse(doctor.stdout) as { findings: { id: string; message: string }[] }).findings.find((f) => f.id === 'ssh-ports');
-      expect(finding?.message).toBe(`SSH ports 2222 (from sshd-listening in namespace ${ns}) are never captured inbound`);
+      const finding = (JSON.parse(doctor.stdout) as { findings: { id: string; message: string }[] }).findings.find(
+        (f) => f.id === 'ssh-ports',
+      );
+      expect(finding?.message).toBe(
+        `SSH ports 2222 (from sshd-listening in namespace ${ns}) are never captured inbound`,
+      );
     });
 
     it('is exempt after install: explain says skip-ssh, the rule is there, and a peer reaches it directly', () => {
       const install = meshctl(['install', '--netns', ns, '--state-dir', stateDir, '--without-proxy', ...common()]);
       expect(install.stderr).toBe('');
       expect(install.status).toBe(0);
-      expect(inNs(ns, 'iptables-nft-save', ['-t', 'nat'])).toMatch(/-A MESHCTL_INBOUND -p tcp -m (tcp --dport|multiport --dports) 2222 -m comment --comment "meshctl:skip-ssh" -j RETURN/);
+      expect(inNs(ns, 'iptables-nft-save', ['-t', 'nat'])).toMatch(
+        /-A MESHCTL_INBOUND -p tcp -m (tcp --dport|multiport --dports) 2222 -m comment --comment "meshctl:skip-ssh" -j RETURN/,
+      );
 
-      const explain = (port: number) => JSON.parse(meshctl(['explain', '--netns', ns, '--in', '--dst', `${addrs.a4}:${port}`, '--src', addrs.b4, ...common(), '--json']).stdout) as
-        { verdict: string; decidedBy: { purpose: string; origin: string } | null };
-      expect(explain(2222)).toMatchObject({ verdict: 'bypassed', decidedBy: { purpose: 'skip-ssh', origin: expect.stringContaining('safety.sshPorts') } });
+      const explain = (port: number) =>
+        JSON.parse(
+          meshctl([
+            'explain',
+            '--netns',
+            ns,
+            '--in',
+            '--dst',
+            `${addrs.a4}:${port}`,
+            '--src',
+            addrs.b4,
+            ...common(),
+            '--json',
+          ]).stdout,
+        ) as { verdict: string; decidedBy: { purpose: string; origin: string } | null };
+      expect(explain(2222)).toMatchObject({
+        verdict: 'bypassed',
+        decidedBy: { purpose: 'skip-ssh', origin: expect.stringContaining('safety.sshPorts') },
+      });
       expect(explain(2300)).toMatchObject({ verdict: 'redirected', decidedBy: { purpose: 'inbound-to-proxy' } });
 
       expect(connectFromPeer(2222)).toBe('sshd-stand-in');

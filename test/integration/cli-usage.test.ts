@@ -25,11 +25,31 @@ describe('bin/meshctl exit statuses for its own arguments', () => {
     { name: 'an unknown command', args: ['nosuch'], stderr: "error: unknown command 'nosuch'" },
     { name: 'an unknown subcommand', args: ['service', 'nosuch'], stderr: "error: unknown command 'nosuch'" },
     { name: 'an unknown top-level option', args: ['--nosuch'], stderr: "error: unknown option '--nosuch'" },
-    { name: 'an unknown option of a command', args: ['install', '--nosuch'], stderr: "error: unknown option '--nosuch'" },
-    { name: 'an unknown option of a nested command', args: ['config', 'validate', '--nosuch'], stderr: "error: unknown option '--nosuch'" },
-    { name: 'a missing required option', args: ['explain', '--in'], stderr: "error: required option '--dst <address:port>' not specified" },
-    { name: 'a value outside the choices', args: ['render', '--family', 'ipv5'], stderr: "error: option '--family <family>' argument 'ipv5' is invalid" },
-    { name: 'an option without its value', args: ['status', '--netns'], stderr: "error: option '--netns <name>' argument missing" },
+    {
+      name: 'an unknown option of a command',
+      args: ['install', '--nosuch'],
+      stderr: "error: unknown option '--nosuch'",
+    },
+    {
+      name: 'an unknown option of a nested command',
+      args: ['config', 'validate', '--nosuch'],
+      stderr: "error: unknown option '--nosuch'",
+    },
+    {
+      name: 'a missing required option',
+      args: ['explain', '--in'],
+      stderr: "error: required option '--dst <address:port>' not specified",
+    },
+    {
+      name: 'a value outside the choices',
+      args: ['render', '--family', 'ipv5'],
+      stderr: "error: option '--family <family>' argument 'ipv5' is invalid",
+    },
+    {
+      name: 'an option without its value',
+      args: ['status', '--netns'],
+      stderr: "error: option '--netns <name>' argument missing",
+    },
     { name: 'no command at all', args: [], stderr: 'Usage: meshctl [options] [command]' },
   ])('exits 2 for $name', ({ args, stderr }) => {
     const result = meshctl(args);
@@ -41,10 +61,31 @@ describe('bin/meshctl exit statuses for its own arguments', () => {
     const help = meshctl(['proxy', '--help']);
     expect(help.status).toBe(0);
     const flags = [...help.stdout.matchAll(/^\s+(?:-\w, )?(--[\w-]+)/gm)].map((m) => m[1]);
-    for (const flag of ['--config', '--proxy-user', '--proxy-group', '--proxy-outbound-port', '--proxy-inbound-port', '--proxy-admin-port', '--ipv6', '--inbound-mode', '--dns', '--dns-port', '--proxy-workers']) {
+    for (const flag of [
+      '--config',
+      '--proxy-user',
+      '--proxy-group',
+      '--proxy-outbound-port',
+      '--proxy-inbound-port',
+      '--proxy-admin-port',
+      '--ipv6',
+      '--inbound-mode',
+      '--dns',
+      '--dns-port',
+      '--proxy-workers',
+    ]) {
       expect(flags).toContain(flag);
     }
-    for (const flag of ['--backend', '--outbound-exclude-ports', '--inbound-include-ports', '--exclude-uids', '--ssh-ports', '--unsafe-capture-ssh', '--state-dir', '--drop-invalid']) {
+    for (const flag of [
+      '--backend',
+      '--outbound-exclude-ports',
+      '--inbound-include-ports',
+      '--exclude-uids',
+      '--ssh-ports',
+      '--unsafe-capture-ssh',
+      '--state-dir',
+      '--drop-invalid',
+    ]) {
       expect(flags).not.toContain(flag);
     }
     const refused = meshctl(['proxy', '--outbound-exclude-ports', '22']);

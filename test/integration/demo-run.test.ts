@@ -14,10 +14,20 @@ const MESHCTL = join(REPO_ROOT, 'bin/meshctl');
 const PREFIX = 'ms-demo';
 const ARGS = ['demo', '--prefix', PREFIX, '--subnet', '214'];
 
-const labNamespaces = () => spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.startsWith(`${PREFIX}-`));
-const labProcesses = () => spawnSync('pgrep', ['-af', 'meshctl-demo-'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l && !l.includes('pgrep'));
+const labNamespaces = () =>
+  spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter((l) => l.startsWith(`${PREFIX}-`));
+const labProcesses = () =>
+  spawnSync('pgrep', ['-af', 'meshctl-demo-'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter((l) => l && !l.includes('pgrep'));
 const scratchDirs = () => readdirSync(tmpdir()).filter((d) => d.startsWith('meshctl-demo-'));
-const rootNat = () => spawnSync('iptables-save', ['-t', 'nat'], { encoding: 'utf8' }).stdout.split('\n').filter((l) => !l.startsWith('#')).join('\n');
+const rootNat = () =>
+  spawnSync('iptables-save', ['-t', 'nat'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .filter((l) => !l.startsWith('#'))
+    .join('\n');
 
 describe.skipIf(!integrationEnabled)('meshctl demo', () => {
   it('reports three intercepted connections and one direct, then leaves nothing behind', () => {
@@ -60,12 +70,16 @@ describe.skipIf(!integrationEnabled)('meshctl demo', () => {
   it('first removes what a killed earlier run left behind', async () => {
     spawnSync('ip', ['netns', 'add', `${PREFIX}-app`]);
     const stray = spawn('ip', ['netns', 'exec', `${PREFIX}-app`, 'sleep', '300'], { stdio: 'ignore' });
-    const strayExit = new Promise<string>((resolve) => stray.once('exit', (code, signal) => resolve(signal ?? String(code))));
+    const strayExit = new Promise<string>((resolve) =>
+      stray.once('exit', (code, signal) => resolve(signal ?? String(code))),
+    );
     try {
       const r = spawnSync(process.execPath, [MESHCTL, ...ARGS, '--quiet'], { encoding: 'utf8', timeout: 120_000 });
       expect(r.stderr).toContain('removing what an interrupted earlier demo left behind: ms-demo-app');
       expect(r.status, r.stdout + r.stderr).toBe(0);
-      expect(await Promise.race([strayExit, new Promise((resolve) => setTimeout(() => resolve('still running'), 5000))])).toBe('SIGKILL');
+      expect(
+        await Promise.race([strayExit, new Promise((resolve) => setTimeout(() => resolve('still running'), 5000))]),
+      ).toBe('SIGKILL');
       expect(labNamespaces()).toEqual([]);
     } finally {
       stray.kill('SIGKILL');
@@ -74,7 +88,11 @@ describe.skipIf(!integrationEnabled)('meshctl demo', () => {
   });
 
   it('says clearly that it needs root, and changes nothing, when run as another user', () => {
-    const r = spawnSync('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, MESHCTL, ...ARGS], { encoding: 'utf8', cwd: '/' });
+    const r = spawnSync(
+      'setpriv',
+      ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, MESHCTL, ...ARGS],
+      { encoding: 'utf8', cwd: '/' },
+    );
     expect(r.status).toBe(1);
     expect(r.stderr).toContain('meshctl: NOT_ROOT: meshctl demo needs root');
     expect(r.stderr).toContain('sudo npm run demo');

@@ -15,13 +15,62 @@ const RUNS = Number(process.env.MESHCTL_FUZZ_INSTALL_RUNS ?? 12);
 const { freshNs, cleanup } = labNamespaces();
 
 /** Values that are wrong in interesting ways for the fields they are planted in. */
-const hostile = fc.constantFrom<unknown>(null, 0, -1, 65536, 2 ** 31, '', '*', 'off', '600h', '10.0.0.0/33', '1-0', 'a"b', '$(id)', '\n-A OUTPUT -j ACCEPT',
-  'eth0"', 'lo', [], [''], ['22'], [22], [-1], { x: 1 }, 253, 255, 15001, 22,
+const hostile = fc.constantFrom<unknown>(
+  null,
+  0,
+  -1,
+  65536,
+  2 ** 31,
+  '',
+  '*',
+  'off',
+  '600h',
+  '10.0.0.0/33',
+  '1-0',
+  'a"b',
+  '$(id)',
+  '\n-A OUTPUT -j ACCEPT',
+  'eth0"',
+  'lo',
+  [],
+  [''],
+  ['22'],
+  [22],
+  [-1],
+  { x: 1 },
+  253,
+  255,
+  15001,
+  22,
   // and values that are fine, so that some configs install
-  [9999], ['8000-8100'], ['10.0.0.0/8'], ['192.0.2.0/24', '2001:db8::/32'], 'block', 'intercept', 'redirect', 16001, ['eth9']);
-const FIELDS = ['proxy.outboundPort', 'proxy.inboundPort', 'capture.ipv6', 'capture.excludeInterfaces', 'capture.inbound.includePorts', 'capture.inbound.excludePorts',
-  'capture.inbound.mode', 'capture.inbound.tproxyRouteTable', 'capture.outbound.includeCidrs', 'capture.outbound.excludeCidrs', 'capture.outbound.excludePorts',
-  'capture.outbound.excludeUids', 'capture.dns.enabled', 'capture.dns.servers', 'safety.sshPorts', 'safety.unsafeCaptureSsh'].map((p) => p.split('.'));
+  [9999],
+  ['8000-8100'],
+  ['10.0.0.0/8'],
+  ['192.0.2.0/24', '2001:db8::/32'],
+  'block',
+  'intercept',
+  'redirect',
+  16001,
+  ['eth9'],
+);
+const FIELDS = [
+  'proxy.outboundPort',
+  'proxy.inboundPort',
+  'capture.ipv6',
+  'capture.excludeInterfaces',
+  'capture.inbound.includePorts',
+  'capture.inbound.excludePorts',
+  'capture.inbound.mode',
+  'capture.inbound.tproxyRouteTable',
+  'capture.outbound.includeCidrs',
+  'capture.outbound.excludeCidrs',
+  'capture.outbound.excludePorts',
+  'capture.outbound.excludeUids',
+  'capture.dns.enabled',
+  'capture.dns.servers',
+  'safety.sshPorts',
+  'safety.unsafeCaptureSsh',
+].map((p) => p.split('.'));
 
 function setAt(root: unknown, path: readonly string[], value: unknown): unknown {
   const copy = structuredClone(root) as Record<string, unknown>;
@@ -47,31 +96,45 @@ describe.skipIf(!integrationEnabled)('hostile configs through install, property-
   });
   afterAll(cleanup);
 
-  it('refuses a hostile config without touching the rules, or installs and removes it cleanly', () => {
-    const stateDir = tempStateDir();
-    const file = join(stateDir, 'fuzz.json');
-    const before = normalizedRuleset(ns, 'iptables-nft');
-    const outcomes = new Map<string, number>();
-    fc.assert(
-      fc.property(fc.constantFrom(...cases.map((c) => c.raw)), fc.array(fc.tuple(fc.constantFrom(...FIELDS), hostile), { minLength: 0, maxLength: 2 }), (example, edits) => {
-        let raw = setAt(example, ['proxy', 'user'], 'nobody');
-        raw = setAt(raw, ['capture', 'backend'], 'iptables-nft');
-        for (const [path, value] of edits) raw = setAt(raw, path, value);
-        writeFileSync(file, JSON.stringify(raw));
-        const r = meshctl(['install', '--netns', ns, '--state-dir', stateDir, '--config', file, '--without-proxy']);
-        const code = r.status === 0 ? 'installed' : (/^meshctl: ([A-Z_]+):/m.exec(r.stderr)?.[1] ?? `uncoded exit ${r.status}: ${r.stderr}`);
-        outcomes.set(code, (outcomes.get(code) ?? 0) + 1);
-        expect(code, JSON.stringify(raw)).toMatch(/^(installed|[A-Z_]+)$/);
-        expect(code).not.toBe('INTERNAL');
-        if (r.status === 0) {
-          const removed = meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]);
-          expect(removed.status, removed.stderr).toBe(0);
-        }
-        expect(normalizedRuleset(ns, 'iptables-nft'), `${code} for ${JSON.stringify(raw)}`).toBe(before);
-      }),
-      { numRuns: RUNS },
-    );
-    // The property saw both kinds of outcome (a generator that only ever produced one would prove little).
-    expect(outcomes.has('installed') && [...outcomes.keys()].some((k) => k !== 'installed'), JSON.stringify([...outcomes])).toBe(true);
-  }, 60_000 + RUNS * 15_000);
+  it(
+    'refuses a hostile config without touching the rules, or installs and removes it cleanly',
+    () => {
+      const stateDir = tempStateDir();
+      const file = join(stateDir, 'fuzz.json');
+      const before = normalizedRuleset(ns, 'iptables-nft');
+      const outcomes = new Map<string, number>();
+      fc.assert(
+        fc.property(
+          fc.constantFrom(...cases.map((c) => c.raw)),
+          fc.array(fc.tuple(fc.constantFrom(...FIELDS), hostile), { minLength: 0, maxLength: 2 }),
+          (example, edits) => {
+            let raw = setAt(example, ['proxy', 'user'], 'nobody');
+            raw = setAt(raw, ['capture', 'backend'], 'iptables-nft');
+            for (const [path, value] of edits) raw = setAt(raw, path, value);
+            writeFileSync(file, JSON.stringify(raw));
+            const r = meshctl(['install', '--netns', ns, '--state-dir', stateDir, '--config', file, '--without-proxy']);
+            const code =
+              r.status === 0
+                ? 'installed'
+                : (/^meshctl: ([A-Z_]+):/m.exec(r.stderr)?.[1] ?? `uncoded exit ${r.status}: ${r.stderr}`);
+            outcomes.set(code, (outcomes.get(code) ?? 0) + 1);
+            expect(code, JSON.stringify(raw)).toMatch(/^(installed|[A-Z_]+)$/);
+            expect(code).not.toBe('INTERNAL');
+            if (r.status === 0) {
+              const removed = meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]);
+              expect(removed.status, removed.stderr).toBe(0);
+            }
+            expect(normalizedRuleset(ns, 'iptables-nft'), `${code} for ${JSON.stringify(raw)}`).toBe(before);
+          },
+        ),
+        { numRuns: RUNS },
+      );
+      // The property saw both kinds of outcome (a generator that only ever produced one would prove little).
+      expect(
+        outcomes.has('installed') && [...outcomes.keys()].some((k) => k !== 'installed'),
+        JSON.stringify([...outcomes]),
+      ).toBe(true);
+    },
+    60_000 + RUNS * 15_000,
+  );
 });

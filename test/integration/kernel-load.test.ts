@@ -10,12 +10,21 @@ import type { CapturePlan } from '../../src/capture/model.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createIsolatedNs, deleteNs } from '../helpers/netns.js';
 import { unitPlans } from '../helpers/kernel-cases.js';
-import { IPTABLES_VARIANTS, applyNft, listNftTable, listNftTables, restoreIptables, saveIptables } from '../helpers/kernel-rules.js';
+import {
+  IPTABLES_VARIANTS,
+  applyNft,
+  listNftTable,
+  listNftTables,
+  restoreIptables,
+  saveIptables,
+} from '../helpers/kernel-rules.js';
 
 const plans = unitPlans();
 
 function usesSupplementaryGroups(plan: CapturePlan): boolean {
-  return plan.families.some((f) => f.rules.some((r) => r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true)));
+  return plan.families.some((f) =>
+    f.rules.some((r) => r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true)),
+  );
 }
 const created = new Set<string>();
 
@@ -26,69 +35,80 @@ function freshNs(index: number, backend: string): string {
   return name;
 }
 
-describe.skipIf(!integrationEnabled)('rendered rule sets load into a real kernel and read back equal to the plan', () => {
-  afterAll(() => {
-    for (const ns of created) deleteNs(ns);
-  });
+describe.skipIf(!integrationEnabled)(
+  'rendered rule sets load into a real kernel and read back equal to the plan',
+  () => {
+    afterAll(() => {
+      for (const ns of created) deleteNs(ns);
+    });
 
-  describe.each(plans.map((p, index) => ({ ...p, index })))('$name', ({ plan, index }) => {
-    it.each(IPTABLES_VARIANTS)('loads through iptables-%s-restore for every family and parses back in sync', (variant) => {
-      const ns = freshNs(index, variant);
-      try {
-        for (const family of plan.families) {
-          const before = foreignView(parseSave(saveIptables(ns, family.family, variant)));
-          restoreIptables(ns, family.family, variant, renderIptablesRestore(family));
-          const saved = saveIptables(ns, family.family, variant);
-          const diff = diffFamily(family, parseSave(saved));
-          expect(diff, `${family.family} via iptables-${variant}:\n${saved}`).toMatchObject({
-            inSync: true, missingChains: [], extraChains: [], missing: [], extra: [], outOfOrder: [],
-          });
-          // Only our objects were added: the rest of the ruleset is what it was.
-          expect(foreignView(parseSave(saved))).toBe(before);
+    describe.each(plans.map((p, index) => ({ ...p, index })))('$name', ({ plan, index }) => {
+      it.each(IPTABLES_VARIANTS)(
+        'loads through iptables-%s-restore for every family and parses back in sync',
+        (variant) => {
+          const ns = freshNs(index, variant);
+          try {
+            for (const family of plan.families) {
+              const before = foreignView(parseSave(saveIptables(ns, family.family, variant)));
+              restoreIptables(ns, family.family, variant, renderIptablesRestore(family));
+              const saved = saveIptables(ns, family.family, variant);
+              const diff = diffFamily(family, parseSave(saved));
+              expect(diff, `${family.family} via iptables-${variant}:\n${saved}`).toMatchObject({
+                inSync: true,
+                missingChains: [],
+                extraChains: [],
+                missing: [],
+                extra: [],
+                outOfOrder: [],
+              });
+              // Only our objects were added: the rest of the ruleset is what it was.
+              expect(foreignView(parseSave(saved))).toBe(before);
+            }
+          } finally {
+            deleteNs(ns);
+          }
+        },
+      );
+
+      it('loads through nft -c -f and nft -f, lists back exactly the rendering, replaces itself and deletes cleanly', () => {
+        if (usesSupplementaryGroups(plan)) {
+          // nftables cannot match supplementary groups: the renderer refuses, naming the field.
+          expect(() => renderNft(plan)).toThrow(/capture\.outbound\.(in|ex)cludeGids.*nftables backend/);
+          return;
         }
-      } finally {
-        deleteNs(ns);
-      }
+        const ns = freshNs(index, 'nft');
+        try {
+          const script = renderNft(plan);
+          applyNft(ns, script);
+          expect(normalizeNftListing(listNftTable(ns))).toBe(normalizeNftListing(script));
+          // Applying again replaces the existing table in one transaction (no duplicate rules, no error).
+          applyNft(ns, script);
+          expect(normalizeNftListing(listNftTable(ns))).toBe(normalizeNftListing(script));
+          applyNft(ns, renderNftDelete());
+          expect(listNftTables(ns)).not.toContain('meshctl');
+          // Deleting when absent is fine too.
+          applyNft(ns, renderNftDelete());
+        } finally {
+          deleteNs(ns);
+        }
+      });
     });
 
-    it('loads through nft -c -f and nft -f, lists back exactly the rendering, replaces itself and deletes cleanly', () => {
-      if (usesSupplementaryGroups(plan)) {
-        // nftables cannot match supplementary groups: the renderer refuses, naming the field.
-        expect(() => renderNft(plan)).toThrow(/capture\.outbound\.(in|ex)cludeGids.*nftables backend/);
-        return;
-      }
-      const ns = freshNs(index, 'nft');
+    it('finds drift after a rule is deleted behind meshctl’s back', () => {
+      const { plan } = plans.find((p) => p.name === 'vm-default')!;
+      const family = plan.families.find((f) => f.family === 'ipv4')!;
+      const ns = freshNs(999, 'drift');
       try {
-        const script = renderNft(plan);
-        applyNft(ns, script);
-        expect(normalizeNftListing(listNftTable(ns))).toBe(normalizeNftListing(script));
-        // Applying again replaces the existing table in one transaction (no duplicate rules, no error).
-        applyNft(ns, script);
-        expect(normalizeNftListing(listNftTable(ns))).toBe(normalizeNftListing(script));
-        applyNft(ns, renderNftDelete());
-        expect(listNftTables(ns)).not.toContain('meshctl');
-        // Deleting when absent is fine too.
-        applyNft(ns, renderNftDelete());
+        restoreIptables(ns, 'ipv4', 'nft', renderIptablesRestore(family));
+        const text = saveIptables(ns, 'ipv4', 'nft');
+        const victim = text.split('\n').find((l) => l.includes('meshctl:skip-proxy-gid'))!;
+        restoreIptables(ns, 'ipv4', 'nft', `*nat\n${victim.replace(/^-A /, '-D ')}\nCOMMIT\n`);
+        const diff = diffFamily(family, parseSave(saveIptables(ns, 'ipv4', 'nft')));
+        expect(diff.inSync).toBe(false);
+        expect(diff.missing.map((r) => r.purpose)).toEqual(['skip-proxy-gid']);
       } finally {
         deleteNs(ns);
       }
     });
-  });
-
-  it('finds drift after a rule is deleted behind meshctl’s back', () => {
-    const { plan } = plans.find((p) => p.name === 'vm-default')!;
-    const family = plan.families.find((f) => f.family === 'ipv4')!;
-    const ns = freshNs(999, 'drift');
-    try {
-      restoreIptables(ns, 'ipv4', 'nft', renderIptablesRestore(family));
-      const text = saveIptables(ns, 'ipv4', 'nft');
-      const victim = text.split('\n').find((l) => l.includes('meshctl:skip-proxy-gid'))!;
-      restoreIptables(ns, 'ipv4', 'nft', `*nat\n${victim.replace(/^-A /, '-D ')}\nCOMMIT\n`);
-      const diff = diffFamily(family, parseSave(saveIptables(ns, 'ipv4', 'nft')));
-      expect(diff.inSync).toBe(false);
-      expect(diff.missing.map((r) => r.purpose)).toEqual(['skip-proxy-gid']);
-    } finally {
-      deleteNs(ns);
-    }
-  });
-});
+  },
+);

@@ -8,11 +8,31 @@ import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { inNs } from '../helpers/netns.js';
 import {
-  builtCli, deleteOurRule, labConfig, labEnv, labNamespaces, meshctl, meshctlResidue, normalizedRuleset, tempStateDir,
+  builtCli,
+  deleteOurRule,
+  labConfig,
+  labEnv,
+  labNamespaces,
+  meshctl,
+  meshctlResidue,
+  normalizedRuleset,
+  tempStateDir,
 } from '../helpers/netfilter-lab.js';
 
 const { freshNs, cleanup } = labNamespaces();
-const base = (ns: string, stateDir: string, backend = 'iptables-nft') => ['--netns', ns, '--state-dir', stateDir, '--backend', backend, '--proxy-user', 'nobody', '--ssh-ports', '22,2222', '--without-proxy'];
+const base = (ns: string, stateDir: string, backend = 'iptables-nft') => [
+  '--netns',
+  ns,
+  '--state-dir',
+  stateDir,
+  '--backend',
+  backend,
+  '--proxy-user',
+  'nobody',
+  '--ssh-ports',
+  '22,2222',
+  '--without-proxy',
+];
 
 describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () => {
   beforeAll(() => builtCli());
@@ -24,8 +44,12 @@ describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () 
     const env = { ...labEnv, SSH_CONNECTION: '203.0.113.7 51234 10.99.0.1 22' };
     expect(meshctl(['install', ...base(ns, stateDir)], env).status).toBe(0);
     const nat = inNs(ns, 'iptables-nft-save', ['-t', 'nat']);
-    expect(nat).toContain('-A MESHCTL_INBOUND -s 203.0.113.7/32 -p tcp -m tcp --sport 51234 -m comment --comment "meshctl:skip-ssh-session" -j RETURN');
-    expect(nat).toMatch(/-A MESHCTL_INBOUND -p tcp -m multiport --dports 22,2222 -m comment --comment "meshctl:skip-ssh" -j RETURN/);
+    expect(nat).toContain(
+      '-A MESHCTL_INBOUND -s 203.0.113.7/32 -p tcp -m tcp --sport 51234 -m comment --comment "meshctl:skip-ssh-session" -j RETURN',
+    );
+    expect(nat).toMatch(
+      /-A MESHCTL_INBOUND -p tcp -m multiport --dports 22,2222 -m comment --comment "meshctl:skip-ssh" -j RETURN/,
+    );
     // The exemption comes before the capture rule.
     expect(nat.indexOf('meshctl:skip-ssh-session')).toBeLessThan(nat.indexOf('meshctl:inbound-to-proxy'));
     expect(meshctl(['uninstall', '--netns', ns, '--state-dir', stateDir]).status).toBe(0);
@@ -37,7 +61,9 @@ describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () 
     const before = normalizedRuleset(ns, 'iptables-legacy');
     const dry = meshctl(['install', ...base(ns, stateDir, 'iptables-legacy'), '--dry-run']);
     expect(dry.status).toBe(0);
-    expect(dry.stdout).toMatch(/^# ipv4: ip netns exec mn-cli-dry iptables-legacy-restore --wait --noflush\n\*nat\n:MESHCTL_IN_REDIRECT - \[0:0\]/);
+    expect(dry.stdout).toMatch(
+      /^# ipv4: ip netns exec mn-cli-dry iptables-legacy-restore --wait --noflush\n\*nat\n:MESHCTL_IN_REDIRECT - \[0:0\]/,
+    );
     expect(dry.stdout).toContain('# ipv6: ip netns exec mn-cli-dry ip6tables-legacy-restore --wait --noflush\n*nat\n');
     expect(normalizedRuleset(ns, 'iptables-legacy')).toBe(before);
     expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(3);
@@ -55,7 +81,14 @@ describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () 
     expect(meshctl(['install', ...base(ns, stateDir)]).status).toBe(0);
     const ok = meshctl(['status', '--netns', ns, '--state-dir', stateDir, '--json']);
     expect(ok.status).toBe(5);
-    expect(JSON.parse(ok.stdout)).toMatchObject({ installed: true, inSync: true, backend: 'iptables-nft', exitCode: 5, verdict: 'proxy-unreachable', proxy: { state: 'unreachable' } });
+    expect(JSON.parse(ok.stdout)).toMatchObject({
+      installed: true,
+      inSync: true,
+      backend: 'iptables-nft',
+      exitCode: 5,
+      verdict: 'proxy-unreachable',
+      proxy: { state: 'unreachable' },
+    });
     const text = meshctl(['status', '--netns', ns, '--state-dir', stateDir]);
     expect(text.stdout).toContain('rules: in sync with the installed plan');
     expect(text.stdout).toMatch(/proxy: UNREACHABLE on 127\.0\.0\.1:15000: nothing listens there/);
@@ -65,7 +98,9 @@ describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () 
     const drifted = meshctl(['status', '--netns', ns, '--state-dir', stateDir]);
     expect(drifted.status).toBe(4);
     expect(drifted.stdout).toContain('rules: DRIFTED from the installed plan');
-    expect(drifted.stdout).toMatch(/ipv6: missing nat -A MESHCTL_OUTPUT -m owner --gid-owner 65534 -m comment --comment "meshctl:skip-proxy-gid" -j RETURN/);
+    expect(drifted.stdout).toMatch(
+      /ipv6: missing nat -A MESHCTL_OUTPUT -m owner --gid-owner 65534 -m comment --comment "meshctl:skip-proxy-gid" -j RETURN/,
+    );
     const repaired = meshctl(['install', ...base(ns, stateDir)]);
     expect(repaired.stdout).toContain('repaired drifted capture in namespace mn-cli-status');
     expect(meshctl(['status', '--netns', ns, '--state-dir', stateDir]).status).toBe(5);
@@ -76,7 +111,9 @@ describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () 
   it('names a missing namespace instead of touching anything', () => {
     const result = meshctl(['status', '--netns', 'mn-cli-nope', '--state-dir', tempStateDir()]);
     expect(result.status).toBe(1);
-    expect(result.stderr).toContain('meshctl: NETNS_NOT_FOUND: network namespace "mn-cli-nope" (from --netns) does not exist: /run/netns/mn-cli-nope is missing');
+    expect(result.stderr).toContain(
+      'meshctl: NETNS_NOT_FOUND: network namespace "mn-cli-nope" (from --netns) does not exist: /run/netns/mn-cli-nope is missing',
+    );
     expect(result.stderr).toContain('hint:    list namespaces with `ip netns list`');
   });
 
@@ -89,7 +126,9 @@ describe.skipIf(!integrationEnabled)('capture commands through bin/meshctl', () 
     expect(inNs(ns, 'ip', ['-6', 'rule', 'show'])).toContain('32000:\tfrom all fwmark 0x539 lookup 133');
     expect(inNs(ns, 'ip', ['-4', 'route', 'show', 'table', '133'])).toMatch(/^local default dev lo/);
     expect(inNs(ns, 'ip', ['-6', 'addr', 'show', 'dev', 'lo'])).toContain('inet6 ::6/128');
-    expect(inNs(ns, 'iptables-legacy-save', ['-t', 'mangle'])).toContain('-j TPROXY --on-port 15006 --on-ip 0.0.0.0 --tproxy-mark 0x539/0xffffffff');
+    expect(inNs(ns, 'iptables-legacy-save', ['-t', 'mangle'])).toContain(
+      '-j TPROXY --on-port 15006 --on-ip 0.0.0.0 --tproxy-mark 0x539/0xffffffff',
+    );
 
     inNs(ns, 'ip', ['-4', 'rule', 'del', 'fwmark', '0x539', 'lookup', '133', 'priority', '32000']);
     const status = await captureStatus({ stateDir, netns: ns, env: labEnv });

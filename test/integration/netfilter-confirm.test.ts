@@ -8,21 +8,33 @@ import { processStartTime } from '../../src/netfilter/transaction/lock.js';
 import { revertLogPath } from '../../src/netfilter/transaction/revert.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import {
-  addDockerLike, builtCli, faultBin, labEnv, labNamespaces, meshctl, meshctlDetached, meshctlResidue, normalizedRuleset,
-  tempStateDir, waitFor,
+  addDockerLike,
+  builtCli,
+  faultBin,
+  labEnv,
+  labNamespaces,
+  meshctl,
+  meshctlDetached,
+  meshctlResidue,
+  normalizedRuleset,
+  tempStateDir,
+  waitFor,
 } from '../helpers/netfilter-lab.js';
 
 const { freshNs, cleanup } = labNamespaces();
 /** Pids of processes running `uninstall --if-unconfirmed … --state-dir DIR`. */
 function reverters(stateDir: string): number[] {
-  return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((pid) => {
-    try {
-      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      return cmdline.includes('--if-unconfirmed\u0000') && cmdline.includes(`--state-dir\u0000${stateDir}\u0000`);
-    } catch {
-      return false;
-    }
-  }).map(Number);
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((pid) => {
+      try {
+        const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        return cmdline.includes('--if-unconfirmed\u0000') && cmdline.includes(`--state-dir\u0000${stateDir}\u0000`);
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
 }
 
 const alive = (pid: number, start: string | null): boolean => start !== null && processStartTime(pid) === start;
@@ -31,7 +43,19 @@ describe.skipIf(!integrationEnabled)('install --confirm-within', () => {
   beforeAll(() => builtCli());
   afterAll(cleanup);
 
-  const args = (ns: string, stateDir: string) => ['--netns', ns, '--state-dir', stateDir, '--backend', 'iptables-nft', '--proxy-user', 'nobody', '--ssh-ports', '22', '--without-proxy'];
+  const args = (ns: string, stateDir: string) => [
+    '--netns',
+    ns,
+    '--state-dir',
+    stateDir,
+    '--backend',
+    'iptables-nft',
+    '--proxy-user',
+    'nobody',
+    '--ssh-ports',
+    '22',
+    '--without-proxy',
+  ];
 
   it('removes the rules after the deadline although the installing process and its session were killed', async () => {
     const ns = freshNs('mn-cf-revert');
@@ -44,7 +68,16 @@ describe.skipIf(!integrationEnabled)('install --confirm-within', () => {
     // ledger says installed (with the revert armed), before the installer may even have printed its result.
     // 6 s: the status check below must come before the deadline also on a loaded 2-core machine (3 s was not always).
     const installer = meshctlDetached(['install', ...args(ns, stateDir), '--confirm-within', '6s'], labEnv);
-    await waitFor(() => { const l = readLedger(dir); return (l?.state === 'installed' && l.confirm !== null && l.confirm !== undefined) || installer.exitCode !== null; }, 30_000, 'the install to complete with its revert armed');
+    await waitFor(
+      () => {
+        const l = readLedger(dir);
+        return (
+          (l?.state === 'installed' && l.confirm !== null && l.confirm !== undefined) || installer.exitCode !== null
+        );
+      },
+      30_000,
+      'the install to complete with its revert armed',
+    );
     try {
       process.kill(-installer.pid!, 'SIGKILL');
     } catch {
@@ -60,13 +93,21 @@ describe.skipIf(!integrationEnabled)('install --confirm-within', () => {
     expect(status.status).toBe(5); // rules in sync, no proxy (--without-proxy)
     expect(status.stdout).toMatch(/UNCONFIRMED: reverted at \S+ unless `meshctl confirm` runs first/);
 
-    await waitFor(() => meshctlResidue(ns).length === 0, Date.parse(ledger.confirm!.deadline) - Date.now() + 15_000, 'the revert');
+    await waitFor(
+      () => meshctlResidue(ns).length === 0,
+      Date.parse(ledger.confirm!.deadline) - Date.now() + 15_000,
+      'the revert',
+    );
     await waitFor(() => !alive(reverter.pid, reverter.start), 10_000, 'the reverter to exit');
     expect(normalizedRuleset(ns, 'iptables-nft')).toBe(before);
     expect(readLedger(dir)).toBeNull();
     const log = readFileSync(revertLogPath(dir), 'utf8');
     expect(log).toContain(`revert armed for install ${ledger.installId} in namespace ${ns}`);
-    expect(log).toMatch(new RegExp(`reverted install ${ledger.installId} in namespace ${ns}: not confirmed by ${ledger.confirm!.deadline.replace(/[.]/g, '\\.')}; removed \\d+ objects`));
+    expect(log).toMatch(
+      new RegExp(
+        `reverted install ${ledger.installId} in namespace ${ns}: not confirmed by ${ledger.confirm!.deadline.replace(/[.]/g, '\\.')}; removed \\d+ objects`,
+      ),
+    );
   });
 
   it('keeps the rules when `meshctl confirm` arrives in time, and stops the reverter', async () => {
@@ -75,7 +116,9 @@ describe.skipIf(!integrationEnabled)('install --confirm-within', () => {
     const dir = scopeDir(stateDir, ns);
     const installed = meshctl(['install', ...args(ns, stateDir), '--confirm-within', '3s']);
     expect(installed.status).toBe(0);
-    expect(installed.stdout).toMatch(/confirm: run `meshctl confirm --netns mn-cf-keep` before \S+, or the rules are removed \(detached process \d+\)/);
+    expect(installed.stdout).toMatch(
+      /confirm: run `meshctl confirm --netns mn-cf-keep` before \S+, or the rules are removed \(detached process \d+\)/,
+    );
     const arm = readLedger(dir)!.confirm!;
     const rules = normalizedRuleset(ns, 'iptables-nft');
 

@@ -4,7 +4,17 @@ import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runDoctor, type DoctorReport } from '../../src/netfilter/host/doctor.js';
 import { integrationEnabled } from '../helpers/integration.js';
-import { MESHCTL, addDockerLike, builtCli, labConfig, labEnv, labNamespaces, nsSysctl, restoreForeign, tempStateDir } from '../helpers/netfilter-lab.js';
+import {
+  MESHCTL,
+  addDockerLike,
+  builtCli,
+  labConfig,
+  labEnv,
+  labNamespaces,
+  nsSysctl,
+  restoreForeign,
+  tempStateDir,
+} from '../helpers/netfilter-lab.js';
 
 const { freshNs, cleanup } = labNamespaces();
 function finding(report: DoctorReport, id: string) {
@@ -23,21 +33,40 @@ describe.skipIf(!integrationEnabled)('doctor', () => {
     expect(report.ok, JSON.stringify(report.findings, null, 1)).toBe(true);
     expect(finding(report, 'privileges')).toMatchObject({ severity: 'ok', fix: null });
     expect(finding(report, 'ipv6').severity).toBe('ok');
-    expect(finding(report, 'kernel-nat').message).toMatch(/^nat table: (registered in the kernel|built into the kernel|module|available)/);
+    expect(finding(report, 'kernel-nat').message).toMatch(
+      /^nat table: (registered in the kernel|built into the kernel|module|available)/,
+    );
     expect(finding(report, 'kernel-owner').severity).toBe('ok');
     expect(report.findings.some((f) => f.id === 'backend-mix' || f.id === 'backend-other-rules')).toBe(false);
   });
 
   it('reports missing privileges, with a fix, when run as a non-root uid', () => {
     const ns = freshNs('mn-dr-nonroot');
-    const result = spawnSync(process.execPath, [MESHCTL, 'doctor', '--netns', ns, '--proxy-user', 'nobody', '--ssh-ports', '22', '--state-dir', tempStateDir(), '--json'],
-      { encoding: 'utf8', uid: 65534, gid: 65534, env: labEnv, timeout: 60_000 });
+    const result = spawnSync(
+      process.execPath,
+      [
+        MESHCTL,
+        'doctor',
+        '--netns',
+        ns,
+        '--proxy-user',
+        'nobody',
+        '--ssh-ports',
+        '22',
+        '--state-dir',
+        tempStateDir(),
+        '--json',
+      ],
+      { encoding: 'utf8', uid: 65534, gid: 65534, env: labEnv, timeout: 60_000 },
+    );
     expect(result.status, result.stderr).toBe(1);
     const report = JSON.parse(result.stdout) as DoctorReport;
     expect(report.ok).toBe(false);
     const privileges = finding(report, 'privileges');
     expect(privileges.severity).toBe('error');
-    expect(privileges.message).toMatch(/^missing privileges: uid 65534 lacks CAP_NET_ADMIN and CAP_SYS_ADMIN \(to enter the namespace\)/);
+    expect(privileges.message).toMatch(
+      /^missing privileges: uid 65534 lacks CAP_NET_ADMIN and CAP_SYS_ADMIN \(to enter the namespace\)/,
+    );
     expect(privileges.fix).toContain('run meshctl as root');
     expect(finding(report, 'namespace')).toMatchObject({ severity: 'error', fix: 'run as root' });
   });
@@ -46,11 +75,23 @@ describe.skipIf(!integrationEnabled)('doctor', () => {
     const ns = freshNs('mn-dr-noipv6');
     nsSysctl(ns, 'net.ipv6.conf.all.disable_ipv6', '1');
     const stateDir = tempStateDir();
-    const intercept = finding(await runDoctor({ config: labConfig(stateDir, 'iptables-nft'), netns: ns, env: labEnv }), 'ipv6');
+    const intercept = finding(
+      await runDoctor({ config: labConfig(stateDir, 'iptables-nft'), netns: ns, env: labEnv }),
+      'ipv6',
+    );
     expect(intercept.severity).toBe('warn');
-    expect(intercept.message).toBe('IPv6 is disabled here (net.ipv6.conf.all.disable_ipv6=1) but capture.ipv6 is "intercept": IPv6 rules would be installed for traffic that cannot exist, and the proxy\'s ::6 passthrough address cannot be added');
+    expect(intercept.message).toBe(
+      'IPv6 is disabled here (net.ipv6.conf.all.disable_ipv6=1) but capture.ipv6 is "intercept": IPv6 rules would be installed for traffic that cannot exist, and the proxy\'s ::6 passthrough address cannot be added',
+    );
     expect(intercept.fix).toContain('set capture.ipv6: off');
-    const off = finding(await runDoctor({ config: labConfig(stateDir, 'iptables-nft', { capture: { ipv6: 'off' } }), netns: ns, env: labEnv }), 'ipv6');
+    const off = finding(
+      await runDoctor({
+        config: labConfig(stateDir, 'iptables-nft', { capture: { ipv6: 'off' } }),
+        netns: ns,
+        env: labEnv,
+      }),
+      'ipv6',
+    );
     expect(off).toMatchObject({ severity: 'info', fix: null });
   });
 
@@ -60,12 +101,16 @@ describe.skipIf(!integrationEnabled)('doctor', () => {
     const config = labConfig(tempStateDir(), 'iptables-nft');
     const other = finding(await runDoctor({ config, netns: ns, env: labEnv }), 'backend-other-rules');
     expect(other.severity).toBe('warn');
-    expect(other.message).toBe('meshctl will use iptables-nft, but iptables-legacy holds 1 rules; those run too and may catch traffic before or after meshctl\'s capture');
+    expect(other.message).toBe(
+      "meshctl will use iptables-nft, but iptables-legacy holds 1 rules; those run too and may catch traffic before or after meshctl's capture",
+    );
     expect(other.fix).toContain('iptables-legacy-save');
 
     restoreForeign(ns, 'iptables-nft', 'ipv4', '*filter\n-A OUTPUT -p tcp -m tcp --dport 9998 -j DROP\nCOMMIT\n');
     const mixed = await runDoctor({ config, netns: ns, env: labEnv });
-    expect(finding(mixed, 'backend-mix').message).toMatch(/^both iptables-legacy \(1 rules\) and iptables-nft \(1 rules\) hold rules/);
+    expect(finding(mixed, 'backend-mix').message).toMatch(
+      /^both iptables-legacy \(1 rules\) and iptables-nft \(1 rules\) hold rules/,
+    );
     expect(finding(mixed, 'backend-rules').message).toContain('rules held: iptables-legacy 1, iptables-nft 1');
   });
 
@@ -74,7 +119,10 @@ describe.skipIf(!integrationEnabled)('doctor', () => {
     addDockerLike(ns, 'iptables-nft');
     restoreForeign(ns, 'iptables-nft', 'ipv4', '*nat\n:ISTIO_OUTPUT - [0:0]\nCOMMIT\n');
     const report = await runDoctor({ config: labConfig(tempStateDir(), 'iptables-nft'), netns: ns, env: labEnv });
-    expect(finding(report, 'owner-docker')).toMatchObject({ severity: 'info', message: 'Docker rules present (DOCKER)' });
+    expect(finding(report, 'owner-docker')).toMatchObject({
+      severity: 'info',
+      message: 'Docker rules present (DOCKER)',
+    });
     expect(finding(report, 'owner-istio').severity).toBe('warn');
     expect(finding(report, 'owner-istio').fix).toContain('loop');
   });

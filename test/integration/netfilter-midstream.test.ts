@@ -74,50 +74,65 @@ describe.skipIf(!integrationEnabled)('connections older than the capture rules',
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it.each(['iptables-nft', 'iptables-legacy', 'nftables'] as const)('keep working after install with %s, in both directions', async (backend) => {
-    const host = `mn-mid-${backend.slice(-3)}-h`;
-    const peer = `mn-mid-${backend.slice(-3)}-p`;
-    namespaces.push(host, peer);
-    const subnet = { 'iptables-nft': 231, 'iptables-legacy': 232, nftables: 233 }[backend];
-    const addrs = createVethPair(host, peer, subnet);
+  it.each(['iptables-nft', 'iptables-legacy', 'nftables'] as const)(
+    'keep working after install with %s, in both directions',
+    async (backend) => {
+      const host = `mn-mid-${backend.slice(-3)}-h`;
+      const peer = `mn-mid-${backend.slice(-3)}-p`;
+      namespaces.push(host, peer);
+      const subnet = { 'iptables-nft': 231, 'iptables-legacy': 232, nftables: 233 }[backend];
+      const addrs = createVethPair(host, peer, subnet);
 
-    // An SSH-like session into the host (port 22, never captured) and an app connection into port 8080 (captured
-    // for new connections), plus an app's outbound connection to the peer (captured for new connections).
-    const hostServer = start(host, ECHO_SERVER, ['22', '8080']);
-    const peerServer = start(peer, ECHO_SERVER, ['9000']);
-    children.push(hostServer.child, peerServer.child);
-    expect([await hostServer.next(), await hostServer.next(), await peerServer.next()]).toHaveLength(3);
-    const ssh = start(peer, LINE_CLIENT);
-    const inbound = start(peer, LINE_CLIENT);
-    const outbound = start(host, LINE_CLIENT, [], 1000);
-    children.push(ssh.child, inbound.child, outbound.child);
-    ssh.send(`${addrs.a4} 22`);
-    inbound.send(`${addrs.a4} 8080`);
-    outbound.send(`${addrs.b4} 9000`);
-    for (const c of [ssh, inbound, outbound]) {
-      expect(await c.next()).toBe('connected');
-      c.send('before');
-      expect(await c.next()).toBe('echo before');
-    }
+      // An SSH-like session into the host (port 22, never captured) and an app connection into port 8080 (captured
+      // for new connections), plus an app's outbound connection to the peer (captured for new connections).
+      const hostServer = start(host, ECHO_SERVER, ['22', '8080']);
+      const peerServer = start(peer, ECHO_SERVER, ['9000']);
+      children.push(hostServer.child, peerServer.child);
+      expect([await hostServer.next(), await hostServer.next(), await peerServer.next()]).toHaveLength(3);
+      const ssh = start(peer, LINE_CLIENT);
+      const inbound = start(peer, LINE_CLIENT);
+      const outbound = start(host, LINE_CLIENT, [], 1000);
+      children.push(ssh.child, inbound.child, outbound.child);
+      ssh.send(`${addrs.a4} 22`);
+      inbound.send(`${addrs.a4} 8080`);
+      outbound.send(`${addrs.b4} 9000`);
+      for (const c of [ssh, inbound, outbound]) {
+        expect(await c.next()).toBe('connected');
+        c.send('before');
+        expect(await c.next()).toBe('echo before');
+      }
 
-    const config = configFromObject(
-      { proxy: { user: 'nobody' }, capture: { backend }, safety: { sshPorts: [22] }, stateDir: join(dir, backend) },
-      { env: {} },
-    );
-    const result = await installCapture({ config, netns: host, env: { ...process.env, XTABLES_LOCKFILE: join(dir, `${backend}.lock`) } });
-    expect(result.action).toBe('installed');
+      const config = configFromObject(
+        { proxy: { user: 'nobody' }, capture: { backend }, safety: { sshPorts: [22] }, stateDir: join(dir, backend) },
+        { env: {} },
+      );
+      const result = await installCapture({
+        config,
+        netns: host,
+        env: { ...process.env, XTABLES_LOCKFILE: join(dir, `${backend}.lock`) },
+      });
+      expect(result.action).toBe('installed');
 
-    for (const [name, c] of [['ssh', ssh], ['inbound', inbound], ['outbound', outbound]] as const) {
-      c.send(`after-${name}`);
-      expect(await c.next(), `${name} connection after install`).toBe(`echo after-${name}`);
-    }
+      for (const [name, c] of [
+        ['ssh', ssh],
+        ['inbound', inbound],
+        ['outbound', outbound],
+      ] as const) {
+        c.send(`after-${name}`);
+        expect(await c.next(), `${name} connection after install`).toBe(`echo after-${name}`);
+      }
 
-    // A new connection is still captured: nothing listens on the proxy ports here, so it is refused.
-    const fresh = start(host, LINE_CLIENT, [], 1000);
-    children.push(fresh.child);
-    fresh.send(`${addrs.b4} 9000`);
-    expect(await fresh.next()).toBe('error ECONNREFUSED');
+      // A new connection is still captured: nothing listens on the proxy ports here, so it is refused.
+      const fresh = start(host, LINE_CLIENT, [], 1000);
+      children.push(fresh.child);
+      fresh.send(`${addrs.b4} 9000`);
+      expect(await fresh.next()).toBe('error ECONNREFUSED');
 
-    await uninstallCapture({ stateDir: config.stateDir, netns: host, env: { ...process.env, XTABLES_LOCKFILE: join(dir, `${backend}.lock`) } });
-  });
+      await uninstallCapture({
+        stateDir: config.stateDir,
+        netns: host,
+        env: { ...process.env, XTABLES_LOCKFILE: join(dir, `${backend}.lock`) },
+      });
+    },
+  );
 });

@@ -73,49 +73,110 @@ describe.skipIf(!integrationEnabled)('re-installing under load', () => {
     cleanup();
   });
 
-  it.each(BACKENDS.map((backend, i) => ({ backend, subnet: 181 + i })))(`redirects every connection while $backend re-applies the config ${REAPPLIES} times`, async ({ backend, subnet }) => {
-    const a = `mn-gap-${BACKEND_SHORT[backend]}`;
-    const b = `mn-gap-${BACKEND_SHORT[backend]}-p`;
-    track(a, b);
-    const addrs = createVethPair(a, b, subnet);
-    const ifB = `${b}-v`.slice(0, 15);
-    sh('ip', ['-n', a, 'route', 'add', 'default', 'via', addrs.b4]);
-    sh('ip', ['-n', a, '-6', 'route', 'add', 'default', 'via', addrs.b6]);
-    sh('ip', ['-n', b, 'addr', 'add', '192.0.2.10/32', 'dev', ifB]);
-    sh('ip', ['-n', b, '-6', 'addr', 'add', '2001:db8::10/128', 'dev', ifB, 'nodad']);
+  it.each(BACKENDS.map((backend, i) => ({ backend, subnet: 181 + i })))(
+    `redirects every connection while $backend re-applies the config ${REAPPLIES} times`,
+    async ({ backend, subnet }) => {
+      const a = `mn-gap-${BACKEND_SHORT[backend]}`;
+      const b = `mn-gap-${BACKEND_SHORT[backend]}-p`;
+      track(a, b);
+      const addrs = createVethPair(a, b, subnet);
+      const ifB = `${b}-v`.slice(0, 15);
+      sh('ip', ['-n', a, 'route', 'add', 'default', 'via', addrs.b4]);
+      sh('ip', ['-n', a, '-6', 'route', 'add', 'default', 'via', addrs.b6]);
+      sh('ip', ['-n', b, 'addr', 'add', '192.0.2.10/32', 'dev', ifB]);
+      sh('ip', ['-n', b, '-6', 'addr', 'add', '2001:db8::10/128', 'dev', ifB, 'nodad']);
 
-    const direct = spawnInNs(b, process.execPath, ['-e', TAG_SERVER, JSON.stringify([{ host: '192.0.2.10', port: 80, tag: 'D' }, { host: '2001:db8::10', port: 80, tag: 'D' }])], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const proxy = spawnInNs(a, process.execPath, ['-e', TAG_SERVER, JSON.stringify([{ host: '0.0.0.0', port: 15001, tag: 'R' }, { host: '::', port: 15001, tag: 'R' }])], { stdio: ['ignore', 'pipe', 'inherit'] });
-    children.push(direct, proxy);
-    await Promise.all([waitLine(direct, 'ready'), waitLine(proxy, 'ready')]);
+      const direct = spawnInNs(
+        b,
+        process.execPath,
+        [
+          '-e',
+          TAG_SERVER,
+          JSON.stringify([
+            { host: '192.0.2.10', port: 80, tag: 'D' },
+            { host: '2001:db8::10', port: 80, tag: 'D' },
+          ]),
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      const proxy = spawnInNs(
+        a,
+        process.execPath,
+        [
+          '-e',
+          TAG_SERVER,
+          JSON.stringify([
+            { host: '0.0.0.0', port: 15001, tag: 'R' },
+            { host: '::', port: 15001, tag: 'R' },
+          ]),
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      children.push(direct, proxy);
+      await Promise.all([waitLine(direct, 'ready'), waitLine(proxy, 'ready')]);
 
-    // Before install the destination answers directly; after it, the stand-in proxy does.
-    expect(inNs(a, process.execPath, ['-e', 'require("net").connect(80,"192.0.2.10").on("data",d=>{process.stdout.write(d)})'])).toBe('D');
-    const stateDir = tempStateDir();
-    const configs = [5432, 5433].map((port) => labConfig(stateDir, backend, { capture: { outbound: { excludePorts: [port] } } }));
-    await installCapture({ config: configs[0]!, netns: a, env: labEnv });
+      // Before install the destination answers directly; after it, the stand-in proxy does.
+      expect(
+        inNs(a, process.execPath, [
+          '-e',
+          'require("net").connect(80,"192.0.2.10").on("data",d=>{process.stdout.write(d)})',
+        ]),
+      ).toBe('D');
+      const stateDir = tempStateDir();
+      const configs = [5432, 5433].map((port) =>
+        labConfig(stateDir, backend, { capture: { outbound: { excludePorts: [port] } } }),
+      );
+      await installCapture({ config: configs[0]!, netns: a, env: labEnv });
 
-    const client = spawnInNs(a, 'setpriv', ['--reuid=4242', '--regid=4242', '--clear-groups', process.execPath, '-e', CLIENT_LOOP,
-      JSON.stringify([{ host: '192.0.2.10', port: 80 }, { host: '2001:db8::10', port: 80 }])], { stdio: ['pipe', 'pipe', 'inherit'] });
-    children.push(client);
-    let output = '';
-    client.stdout!.setEncoding('utf8');
-    client.stdout!.on('data', (d: string) => { output += d; });
-    await waitUntil('the client loop to print "started"', () => output.includes('started') || client.exitCode !== null, 15_000, { seen: () => output });
+      const client = spawnInNs(
+        a,
+        'setpriv',
+        [
+          '--reuid=4242',
+          '--regid=4242',
+          '--clear-groups',
+          process.execPath,
+          '-e',
+          CLIENT_LOOP,
+          JSON.stringify([
+            { host: '192.0.2.10', port: 80 },
+            { host: '2001:db8::10', port: 80 },
+          ]),
+        ],
+        { stdio: ['pipe', 'pipe', 'inherit'] },
+      );
+      children.push(client);
+      let output = '';
+      client.stdout!.setEncoding('utf8');
+      client.stdout!.on('data', (d: string) => {
+        output += d;
+      });
+      await waitUntil(
+        'the client loop to print "started"',
+        () => output.includes('started') || client.exitCode !== null,
+        15_000,
+        { seen: () => output },
+      );
 
-    const actions: string[] = [];
-    for (let i = 1; i <= REAPPLIES; i++) actions.push((await installCapture({ config: configs[i % 2]!, netns: a, env: labEnv })).action);
-    client.stdin!.end();
-    await once(client, 'exit');
-    const result = JSON.parse(output.split('\n').find((l) => l.startsWith('{'))!) as { tags: Record<string, number>; errors: string[]; total: number };
+      const actions: string[] = [];
+      for (let i = 1; i <= REAPPLIES; i++)
+        actions.push((await installCapture({ config: configs[i % 2]!, netns: a, env: labEnv })).action);
+      client.stdin!.end();
+      await once(client, 'exit');
+      const result = JSON.parse(output.split('\n').find((l) => l.startsWith('{'))!) as {
+        tags: Record<string, number>;
+        errors: string[];
+        total: number;
+      };
 
-    expect(actions).toEqual(Array(REAPPLIES).fill('updated'));
-    expect(result.errors).toEqual([]);
-    expect(result.tags.D ?? 0).toBe(0);
-    expect(result.tags.R).toBe(result.total);
-    expect(result.total).toBeGreaterThanOrEqual(100);
-    await uninstallCapture({ stateDir, netns: a, env: labEnv });
-    direct.kill();
-    proxy.kill();
-  });
+      expect(actions).toEqual(Array(REAPPLIES).fill('updated'));
+      expect(result.errors).toEqual([]);
+      expect(result.tags.D ?? 0).toBe(0);
+      expect(result.tags.R).toBe(result.total);
+      expect(result.total).toBeGreaterThanOrEqual(100);
+      await uninstallCapture({ stateDir, netns: a, env: labEnv });
+      direct.kill();
+      proxy.kill();
+    },
+  );
 });

@@ -10,12 +10,24 @@ import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { inNs } from '../helpers/netns.js';
 import {
-  BACKEND_SHORT, BACKENDS, addDockerLike, addForeignLater, deleteOurRule, faultBin, labConfig, labEnv, labNamespaces,
-  meshctlResidue, moveOurRuleToEnd, normalizedRuleset, restoreForeign, rulesetOf, tempStateDir,
+  BACKEND_SHORT,
+  BACKENDS,
+  addDockerLike,
+  addForeignLater,
+  deleteOurRule,
+  faultBin,
+  labConfig,
+  labEnv,
+  labNamespaces,
+  meshctlResidue,
+  moveOurRuleToEnd,
+  normalizedRuleset,
+  restoreForeign,
+  rulesetOf,
+  tempStateDir,
 } from '../helpers/netfilter-lab.js';
 
 const { freshNs, cleanup } = labNamespaces();
-
 
 describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', () => {
   afterAll(cleanup);
@@ -29,14 +41,18 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
       addDockerLike(twin, backend);
       const before = normalizedRuleset(ns, backend);
 
-      const config = labConfig(stateDir, backend, { capture: { outbound: { excludePorts: [5432], excludeCidrs: ['10.0.0.0/8', 'fd00:1::/64'] } } });
+      const config = labConfig(stateDir, backend, {
+        capture: { outbound: { excludePorts: [5432], excludeCidrs: ['10.0.0.0/8', 'fd00:1::/64'] } },
+      });
       const installed = await installCapture({ config, netns: ns, env: labEnv });
       expect(installed.action).toBe('installed');
       expect(installed.backend).toBe(backend);
       expect(normalizedRuleset(ns, backend)).not.toBe(before);
       expect(meshctlResidue(ns).length).toBeGreaterThan(0);
       // The foreign rules are still in place while we are installed.
-      expect(rulesetOf(ns, backend)).toContain(backend === 'nftables' ? 'dnat to 172.17.0.2:80' : '--to-destination 172.17.0.2:80');
+      expect(rulesetOf(ns, backend)).toContain(
+        backend === 'nftables' ? 'dnat to 172.17.0.2:80' : '--to-destination 172.17.0.2:80',
+      );
 
       addForeignLater(ns, backend);
       addForeignLater(twin, backend);
@@ -74,13 +90,26 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
       const stateDir = tempStateDir();
       addDockerLike(ns, backend);
       addDockerLike(twin, backend);
-      await installCapture({ config: labConfig(stateDir, backend, { capture: { outbound: { excludePorts: [5432] } } }), netns: ns, env: labEnv });
-      const changed = labConfig(stateDir, backend, { capture: { ipv6: 'block', outbound: { excludePorts: [6543], excludeUids: [33] } } });
+      await installCapture({
+        config: labConfig(stateDir, backend, { capture: { outbound: { excludePorts: [5432] } } }),
+        netns: ns,
+        env: labEnv,
+      });
+      const changed = labConfig(stateDir, backend, {
+        capture: { ipv6: 'block', outbound: { excludePorts: [6543], excludeUids: [33] } },
+      });
       const bin = faultBin();
       const updated = await installCapture({ config: changed, netns: ns, env: bin.env });
       expect(updated.action).toBe('updated');
       const applies = bin.calls().filter((c) => /-restore --wait --noflush$|^nft -f -$/.test(c));
-      expect(applies).toEqual(backend === 'nftables' ? ['nft -f -'] : [`iptables-${BACKEND_SHORT[backend] === 'leg' ? 'legacy' : 'nft'}-restore --wait --noflush`, `ip6tables-${BACKEND_SHORT[backend] === 'leg' ? 'legacy' : 'nft'}-restore --wait --noflush`]);
+      expect(applies).toEqual(
+        backend === 'nftables'
+          ? ['nft -f -']
+          : [
+              `iptables-${BACKEND_SHORT[backend] === 'leg' ? 'legacy' : 'nft'}-restore --wait --noflush`,
+              `ip6tables-${BACKEND_SHORT[backend] === 'leg' ? 'legacy' : 'nft'}-restore --wait --noflush`,
+            ],
+      );
       if (backend !== 'nftables') {
         // IPv4 keeps its chains: they are redeclared (flushed and refilled) in the same COMMIT, never deleted.
         const v4 = updated.steps.find((s) => s.label === 'ipv4')!.text;
@@ -92,7 +121,13 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
         expect(v6.indexOf('-X MESHCTL_OUTPUT')).toBeGreaterThan(v6.indexOf('-D OUTPUT'));
       }
       // The result is exactly what a fresh install of the new config gives.
-      await installCapture({ config: labConfig(tempStateDir(), backend, { capture: { ipv6: 'block', outbound: { excludePorts: [6543], excludeUids: [33] } } }), netns: twin, env: labEnv });
+      await installCapture({
+        config: labConfig(tempStateDir(), backend, {
+          capture: { ipv6: 'block', outbound: { excludePorts: [6543], excludeUids: [33] } },
+        }),
+        netns: twin,
+        env: labEnv,
+      });
       expect(normalizedRuleset(ns, backend)).toBe(normalizedRuleset(twin, backend));
       expect((await captureStatus({ stateDir, netns: ns, env: labEnv })).inSync).toBe(true);
       await uninstallCapture({ stateDir, netns: ns, env: labEnv });
@@ -123,7 +158,9 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
       moveOurRuleToEnd(ns, backend, 'ipv6', 'meshctl:skip-port');
       const reordered = await captureStatus({ stateDir, netns: ns, env: labEnv });
       expect(reordered.inSync).toBe(false);
-      expect(reordered.drift.flatMap((d) => d.outOfOrder).join('\n')).toMatch(backend === 'nftables' ? /in another order/ : /MESHCTL_OUTPUT/);
+      expect(reordered.drift.flatMap((d) => d.outOfOrder).join('\n')).toMatch(
+        backend === 'nftables' ? /in another order/ : /MESHCTL_OUTPUT/,
+      );
       expect(reordered.drift.flatMap((d) => d.missing)).toEqual([]);
       expect((await installCapture({ config, netns: ns, env: labEnv })).action).toBe('repaired');
       expect((await captureStatus({ stateDir, netns: ns, env: labEnv })).inSync).toBe(true);
@@ -137,7 +174,12 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
       const ns = freshNs(`mn-rt-${BACKEND_SHORT[backend]}-own`);
       const stateDir = tempStateDir();
       await installCapture({ config: labConfig(stateDir, backend), netns: ns, env: labEnv });
-      restoreForeign(ns, backend, 'ipv4', '*filter\n:MESHCTL_SOMEONE_ELSE - [0:0]\n-A MESHCTL_SOMEONE_ELSE -j RETURN\nCOMMIT\n');
+      restoreForeign(
+        ns,
+        backend,
+        'ipv4',
+        '*filter\n:MESHCTL_SOMEONE_ELSE - [0:0]\n-A MESHCTL_SOMEONE_ELSE -j RETURN\nCOMMIT\n',
+      );
       const result = await uninstallCapture({ stateDir, netns: ns, env: labEnv });
       expect(result.leftovers).toEqual(['ipv4 filter chain MESHCTL_SOMEONE_ELSE']);
       expect(meshctlResidue(ns).every((l) => l.includes('MESHCTL_SOMEONE_ELSE'))).toBe(true);
@@ -159,7 +201,7 @@ describe.skipIf(!integrationEnabled)('install and uninstall on a real kernel', (
     });
   });
 
-  it('keeps the backend that holds the host\'s rules when detecting, and explains the choice', async () => {
+  it("keeps the backend that holds the host's rules when detecting, and explains the choice", async () => {
     const ns = freshNs('mn-rt-detect');
     const stateDir = tempStateDir();
     restoreForeign(ns, 'iptables-legacy', 'ipv4', '*filter\n-A INPUT -p tcp -m tcp --dport 9999 -j DROP\nCOMMIT\n');

@@ -10,20 +10,40 @@ import { waitUntil } from '../helpers/wait.js';
 
 const NS = 'mn-sd-ct';
 const MESHCTL = ['/usr/local/bin/node', '/opt/meshctl/bin/meshctl'];
-const INSTALL = ['install', '--backend', 'iptables-nft', '--proxy-user', 'nobody', '--ssh-ports', '22', '--without-proxy', '--confirm-within', '3s'];
+const INSTALL = [
+  'install',
+  '--backend',
+  'iptables-nft',
+  '--proxy-user',
+  'nobody',
+  '--ssh-ports',
+  '22',
+  '--without-proxy',
+  '--confirm-within',
+  '3s',
+];
 
 describe.skipIf(!integrationEnabled)('install --confirm-within with systemd as PID 1', () => {
   let root = '';
   let ct: Container;
   const meshctl = (...args: string[]) => ct.exec(MESHCTL[0]!, [...MESHCTL.slice(1), ...args]);
-  const ours = () => ct.run('iptables-nft-save', ['-t', 'nat']).split('\n').filter((l) => /MESHCTL|meshctl:/.test(l));
+  const ours = () =>
+    ct
+      .run('iptables-nft-save', ['-t', 'nat'])
+      .split('\n')
+      .filter((l) => /MESHCTL|meshctl:/.test(l));
   const installId = (stdout: string) => /\(install (\S+)\)/.exec(stdout)![1]!;
 
   beforeAll(async () => {
     builtCli();
     createIsolatedNs(NS);
     root = unpackRootfs(rootfsTarball());
-    ct = new Container({ name: NS, root, netns: NS, binds: { [process.execPath]: MESHCTL[0]!, [REPO_ROOT]: '/opt/meshctl' } });
+    ct = new Container({
+      name: NS,
+      root,
+      netns: NS,
+      binds: { [process.execPath]: MESHCTL[0]!, [REPO_ROOT]: '/opt/meshctl' },
+    });
     await ct.boot();
   }, 300_000);
 
@@ -44,7 +64,10 @@ describe.skipIf(!integrationEnabled)('install --confirm-within with systemd as P
     expect(installed.stdout).toContain(`(systemd timer meshctl-revert-${id}.timer)`);
     expect(ct.run('systemctl', ['is-active', `meshctl-revert-${id}.timer`]).trim()).toBe('active');
     expect(ours().length).toBeGreaterThan(0);
-    await waitUntil('the revert timer to remove the rules', () => ours().length === 0, 15_000, { seen: ours, intervalMs: 100 });
+    await waitUntil('the revert timer to remove the rules', () => ours().length === 0, 15_000, {
+      seen: ours,
+      intervalMs: 100,
+    });
     expect(meshctl('status').status).toBe(3);
     const journal = ct.run('journalctl', ['--no-pager', '-u', `meshctl-revert-${id}.service`]);
     expect(journal).toMatch(new RegExp(`reverted install ${id}: not confirmed by \\S+; removed \\d+ objects`));

@@ -10,8 +10,17 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import {
-  Container, REPO_ROOT, createLabTopology, deleteLabTopology, loopDuring, removeRootfs, rootfsTarball, sleep, unpackRootfs,
-  writeLabScripts, type LabTopology,
+  Container,
+  REPO_ROOT,
+  createLabTopology,
+  deleteLabTopology,
+  loopDuring,
+  removeRootfs,
+  rootfsTarball,
+  sleep,
+  unpackRootfs,
+  writeLabScripts,
+  type LabTopology,
 } from '../helpers/nspawn-lab.js';
 
 const PREFIX = 'hp-deb';
@@ -40,8 +49,20 @@ function haveCommand(name: string): boolean {
 /** Runs scripts/package-deb.sh into `out`; returns the .deb's path (the script's last line). */
 function buildDeb(out: string, version: string): string {
   // Uncompressed and without lintian: the same tree as a release build, minus the slow parts.
-  const stdout = execFileSync('bash', [join(REPO_ROOT, 'scripts/package-deb.sh'), '--out', out, '--version', version, '--compression', 'none', '--no-lintian'],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 300_000 });
+  const stdout = execFileSync(
+    'bash',
+    [
+      join(REPO_ROOT, 'scripts/package-deb.sh'),
+      '--out',
+      out,
+      '--version',
+      version,
+      '--compression',
+      'none',
+      '--no-lintian',
+    ],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 300_000 },
+  );
   return stdout.trim().split('\n').pop()!;
 }
 
@@ -59,23 +80,45 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
   let deb2 = '';
 
   const xtablesRules = (): string => {
-    const strip = (text: string) => text.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.replace(/\[\d+:\d+\]$/, '')).join('\n');
+    const strip = (text: string) =>
+      text
+        .split('\n')
+        .filter((l) => l && !l.startsWith('#'))
+        .map((l) => l.replace(/\[\d+:\d+\]$/, ''))
+        .join('\n');
     return ['iptables-save', 'ip6tables-save'].map((c) => strip(ct.run(c))).join('\n---\n');
   };
   const ruleset = (): string => `${xtablesRules()}\n---\n${ct.run('nft', ['list', 'ruleset'])}`;
-  const show = (unit: string, prop: string): string => ct.run('systemctl', ['show', unit, `--property=${prop}`, '--value']).trim();
-  const apt = (...args: string[]): string => ct.run(APT_ENV[0]!, [...APT_ENV.slice(1), 'apt-get', '-y', '--no-install-recommends', ...args], { timeoutMs: 180_000 });
+  const show = (unit: string, prop: string): string =>
+    ct.run('systemctl', ['show', unit, `--property=${prop}`, '--value']).trim();
+  const apt = (...args: string[]): string =>
+    ct.run(APT_ENV[0]!, [...APT_ENV.slice(1), 'apt-get', '-y', '--no-install-recommends', ...args], {
+      timeoutMs: 180_000,
+    });
   const inContainer = (deb: string): string => `/opt/debs/${deb.split('/').pop()}`;
-  const dpkgStatus = (): string => ct.exec('dpkg-query', ['-W', '-f=${db:Status-Abbrev}${Version}', 'meshctl']).stdout.trim();
+  const dpkgStatus = (): string =>
+    ct.exec('dpkg-query', ['-W', '-f=${db:Status-Abbrev}${Version}', 'meshctl']).stdout.trim();
   const startInboundServer = (): void => {
-    ct.run('systemd-run', ['--unit=lab-echo', '-p', 'DynamicUser=yes', LAB_NODE, '/opt/lab/echo-server.mjs', '::', '9090']);
-    for (let i = 0; i < 100 && !ct.run('ss', ['-Hltn', 'sport = :9090']).includes('9090'); i++) spawnSync('sleep', ['0.05']);
+    ct.run('systemd-run', [
+      '--unit=lab-echo',
+      '-p',
+      'DynamicUser=yes',
+      LAB_NODE,
+      '/opt/lab/echo-server.mjs',
+      '::',
+      '9090',
+    ]);
+    for (let i = 0; i < 100 && !ct.run('ss', ['-Hltn', 'sport = :9090']).includes('9090'); i++)
+      spawnSync('sleep', ['0.05']);
   };
   /** One connection from `where`; returns the greeting line (peer=… local=…). */
   const connectOnce = (where: 'client' | 'container', host: string, port: number): string => {
     const code = `const s=require('net').connect({host:'${host}',port:${port}});let b='';s.setTimeout(10000,()=>{console.error('timeout');process.exit(2)});s.on('data',d=>{b+=d;if(b.includes('\\n')){process.stdout.write(b.split('\\n')[0]);s.destroy()}});s.on('error',e=>{console.error(e.code||e.message);process.exit(1)})`;
     if (where === 'container') return ct.run(LAB_NODE, ['-e', code]);
-    const r = spawnSync('ip', ['netns', 'exec', topo.clientNs, process.execPath, '-e', code], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync('ip', ['netns', 'exec', topo.clientNs, process.execPath, '-e', code], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
     if (r.status !== 0) throw new Error(`client connect to ${host}:${port} failed: ${r.stderr}`);
     return r.stdout;
   };
@@ -85,11 +128,19 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
   const direct = (): RegExp => new RegExp(`^peer=(::ffff:)?${topo.client4.replace(/\./g, '\\.')} `);
   /** Access-log lines of outbound connections to the client's echo server (counted inside: the log grows large). */
   const outboundLogged = (): number =>
-    Number(ct.run('sh', ['-c', `journalctl -u meshctl-proxy -o cat --no-pager | grep -cF '"originalDst":"${topo.client4}:8080"' || true`]).trim());
+    Number(
+      ct
+        .run('sh', [
+          '-c',
+          `journalctl -u meshctl-proxy -o cat --no-pager | grep -cF '"originalDst":"${topo.client4}:8080"' || true`,
+        ])
+        .trim(),
+    );
 
   beforeAll(async () => {
     for (const tool of ['systemd-nspawn', 'debootstrap', 'zstd', 'nsenter', 'dpkg-deb', 'dpkg-shlibdeps']) {
-      if (!haveCommand(tool)) throw new Error(`${tool} is missing: install systemd-container, debootstrap, zstd and dpkg-dev (.ci/run does)`);
+      if (!haveCommand(tool))
+        throw new Error(`${tool} is missing: install systemd-container, debootstrap, zstd and dpkg-dev (.ci/run does)`);
     }
     debDir = mkdtempSync(join(process.env.MESHCTL_TEST_TMP ?? '/var/tmp', 'hp-debs-'));
     chmodSync(debDir, 0o755); // apt reads local .debs as its _apt user where it can
@@ -100,13 +151,25 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
     labDir = writeLabScripts();
     writeFileSync(join(root, 'etc/systemd/system/lab-foreign-rules.service'), FOREIGN_UNIT);
     mkdirSync(join(root, 'etc/systemd/system/multi-user.target.wants'), { recursive: true });
-    symlinkSync('/etc/systemd/system/lab-foreign-rules.service', join(root, 'etc/systemd/system/multi-user.target.wants/lab-foreign-rules.service'));
+    symlinkSync(
+      '/etc/systemd/system/lab-foreign-rules.service',
+      join(root, 'etc/systemd/system/multi-user.target.wants/lab-foreign-rules.service'),
+    );
     for (const dir of ['opt/lab', 'opt/debs', 'opt/lab-node']) mkdirSync(join(root, dir), { recursive: true });
     writeFileSync(join(root, LAB_NODE), '');
     topo = createLabTopology(PREFIX, SUBNET);
-    ct = new Container({ name: `${PREFIX}-ct`, root, netns: topo.ctNs, binds: { [process.execPath]: LAB_NODE, [labDir]: '/opt/lab', [debDir]: '/opt/debs' } });
+    ct = new Container({
+      name: `${PREFIX}-ct`,
+      root,
+      netns: topo.ctNs,
+      binds: { [process.execPath]: LAB_NODE, [labDir]: '/opt/lab', [debDir]: '/opt/debs' },
+    });
     await ct.boot();
-    outboundServer = spawn('ip', ['netns', 'exec', topo.clientNs, process.execPath, join(labDir, 'echo-server.mjs'), '::', '8080'], { stdio: 'ignore' });
+    outboundServer = spawn(
+      'ip',
+      ['netns', 'exec', topo.clientNs, process.execPath, join(labDir, 'echo-server.mjs'), '::', '8080'],
+      { stdio: 'ignore' },
+    );
     rulesBefore = ruleset();
   }, 600_000);
 
@@ -164,8 +227,11 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
       expect(show(unit, 'FragmentPath')).toMatch(packaged(unit));
       expect(ct.exec('test', ['-e', `/etc/systemd/system/${unit}`]).status).not.toBe(0);
     }
-    expect(show('meshctl-proxy.service', 'DropInPaths')).toBe('/etc/systemd/system/meshctl-proxy.service.d/10-meshctl-config.conf');
-    for (const path of ['/usr/local/bin/meshctl', '/etc/sysusers.d/meshctl.conf']) expect(ct.exec('test', ['-e', path]).status).not.toBe(0);
+    expect(show('meshctl-proxy.service', 'DropInPaths')).toBe(
+      '/etc/systemd/system/meshctl-proxy.service.d/10-meshctl-config.conf',
+    );
+    for (const path of ['/usr/local/bin/meshctl', '/etc/sysusers.d/meshctl.conf'])
+      expect(ct.exec('test', ['-e', path]).status).not.toBe(0);
     expect(ct.run('ps', ['-o', 'user=', '-p', show('meshctl-proxy.service', 'MainPID')]).trim()).toBe('meshproxy');
     expect(ct.exec('meshctl', ['service', 'status']).status).toBe(0);
     startInboundServer();
@@ -184,15 +250,45 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
     };
     let aptOut = '';
     const [inbound, outbound] = await Promise.all([
-      loopDuring((stop) => spawn('ip', ['netns', 'exec', topo.clientNs, process.execPath, join(labDir, 'conn-loop.mjs'), topo.ct4, '9090', stop, '5000', '120000'], { stdio: ['ignore', 'pipe', 'pipe'] }),
-        join(labDir, 'stop-in'), async () => {
+      loopDuring(
+        (stop) =>
+          spawn(
+            'ip',
+            [
+              'netns',
+              'exec',
+              topo.clientNs,
+              process.execPath,
+              join(labDir, 'conn-loop.mjs'),
+              topo.ct4,
+              '9090',
+              stop,
+              '5000',
+              '120000',
+            ],
+            { stdio: ['ignore', 'pipe', 'pipe'] },
+          ),
+        join(labDir, 'stop-in'),
+        async () => {
           await sleep(300);
           aptOut = apt('install', inContainer(deb2));
-        }),
-      loopDuring((stop) => ct.spawn(LAB_NODE, ['/opt/lab/conn-loop.mjs', topo.client4, '8080', `/opt/lab/${stop.split('/').pop()}`, '5000', '120000']),
-        join(labDir, 'stop-out'), async () => {
+        },
+      ),
+      loopDuring(
+        (stop) =>
+          ct.spawn(LAB_NODE, [
+            '/opt/lab/conn-loop.mjs',
+            topo.client4,
+            '8080',
+            `/opt/lab/${stop.split('/').pop()}`,
+            '5000',
+            '120000',
+          ]),
+        join(labDir, 'stop-out'),
+        async () => {
           for (let i = 0; i < 1200 && dpkgStatus() !== `ii ${version2}`; i++) await sleep(100);
-        }),
+        },
+      ),
     ]);
     expect(aptOut).toContain(`Unpacking meshctl (${version2}) over (${version1})`);
     for (const r of [inbound, outbound]) {
@@ -201,9 +297,12 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
       expect(r.ok).toBeGreaterThan(5);
     }
     // Inbound: every connection reached the server from the proxy's passthrough address, none directly.
-    expect(Object.keys(inbound.peers).every((peer) => peer.endsWith('127.0.0.6')), JSON.stringify(inbound.peers)).toBe(true);
+    expect(
+      Object.keys(inbound.peers).every((peer) => peer.endsWith('127.0.0.6')),
+      JSON.stringify(inbound.peers),
+    ).toBe(true);
     // Outbound: the access log (old and new proxy) has one line per connection the loop made.
-    expect(await settle(outboundLogged, (n) => n - before.logged >= outbound.ok) - before.logged).toBe(outbound.ok);
+    expect((await settle(outboundLogged, (n) => n - before.logged >= outbound.ok)) - before.logged).toBe(outbound.ok);
 
     expect(dpkgStatus()).toBe(`ii ${version2}`);
     expect(ct.run('meshctl', ['--version']).trim()).toBe(version2);
@@ -222,13 +321,21 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
 
   it('apt-get remove stops capture, then the proxy, and leaves the ruleset exactly as before install', () => {
     const out = apt('remove', 'meshctl');
-    const order = ['stopped: meshctl-capture.service', 'stopped: meshctl-proxy.service', 'stopped: meshctl-proxy.socket'].map((line) => out.indexOf(line));
-    expect(order.every((at) => at >= 0), out).toBe(true);
+    const order = [
+      'stopped: meshctl-capture.service',
+      'stopped: meshctl-proxy.service',
+      'stopped: meshctl-proxy.socket',
+    ].map((line) => out.indexOf(line));
+    expect(
+      order.every((at) => at >= 0),
+      out,
+    ).toBe(true);
     expect([...order].sort((a, b) => a - b)).toEqual(order);
     expect(ruleset()).toBe(rulesBefore);
     expect(dpkgStatus()).toBe(`rc ${version2}`);
     for (const unit of UNITS) expect(show(unit, 'LoadState')).toBe('not-found');
-    for (const path of ['/usr/bin/meshctl', '/usr/lib/meshctl', `/etc/systemd/system/${UNITS[1]}.d`]) expect(ct.exec('test', ['-e', path]).status).not.toBe(0);
+    for (const path of ['/usr/bin/meshctl', '/usr/lib/meshctl', `/etc/systemd/system/${UNITS[1]}.d`])
+      expect(ct.exec('test', ['-e', path]).status).not.toBe(0);
     expect(ct.run('cat', ['/etc/meshctl/config.yaml'])).toContain('user: meshproxy'); // a conffile stays until purge
     expect(connectOnce('client', topo.ct4, 9090)).toMatch(direct());
   });

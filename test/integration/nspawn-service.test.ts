@@ -8,8 +8,18 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import {
-  Container, REPO_ROOT, createLabTopology, deleteLabTopology, loopDuring, removeRootfs, resetLabTopology, rootfsTarball, sleep,
-  unpackRootfs, writeLabScripts, type LabTopology,
+  Container,
+  REPO_ROOT,
+  createLabTopology,
+  deleteLabTopology,
+  loopDuring,
+  removeRootfs,
+  resetLabTopology,
+  rootfsTarball,
+  sleep,
+  unpackRootfs,
+  writeLabScripts,
+  type LabTopology,
 } from '../helpers/nspawn-lab.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -57,39 +67,77 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
 
   /** What iptables-save and ip6tables-save show in the container's namespace, without counters and timestamps. */
   const xtablesRules = (): string => {
-    const strip = (text: string) => text.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.replace(/\[\d+:\d+\]$/, '')).join('\n');
+    const strip = (text: string) =>
+      text
+        .split('\n')
+        .filter((l) => l && !l.startsWith('#'))
+        .map((l) => l.replace(/\[\d+:\d+\]$/, ''))
+        .join('\n');
     return ['iptables-save', 'ip6tables-save'].map((c) => strip(ct.run(c))).join('\n---\n');
   };
   // Exact: uninstall also removes the empty base chains iptables-nft created for our rules (src/netfilter/nft-tidy.ts).
   const nftRules = (): string => ct.run('nft', ['list', 'ruleset']);
   const ruleset = (): string => `${xtablesRules()}\n---\n${nftRules()}`;
   const stats = (): { accepted: { outbound: number; inbound: number } } => {
-    const text = ct.run(NODE, ['-e', "fetch('http://127.0.0.1:15000/stats').then((r) => r.text()).then((t) => process.stdout.write(t))"]);
+    const text = ct.run(NODE, [
+      '-e',
+      "fetch('http://127.0.0.1:15000/stats').then((r) => r.text()).then((t) => process.stdout.write(t))",
+    ]);
     return (JSON.parse(text) as { connections: { accepted: { outbound: number; inbound: number } } }).connections;
   };
-  const show = (unit: string, prop: string): string => ct.run('systemctl', ['show', unit, `--property=${prop}`, '--value']).trim();
+  const show = (unit: string, prop: string): string =>
+    ct.run('systemctl', ['show', unit, `--property=${prop}`, '--value']).trim();
   const startInboundServer = (): void => {
     ct.run('systemd-run', ['--unit=lab-echo', '-p', 'DynamicUser=yes', NODE, '/opt/lab/echo-server.mjs', '::', '9090']);
     const listening = () => ct.run('ss', ['-Hltn', 'sport = :9090']);
     for (let i = 0; i < 200 && !listening().includes('9090'); i++) spawnSync('sleep', ['0.05']);
-    if (!listening().includes('9090')) throw new Error(`lab-echo not listening on :9090 after 10 s; ss shows: ${JSON.stringify(listening())}, unit: ${show('lab-echo.service', 'ActiveState')}`);
+    if (!listening().includes('9090'))
+      throw new Error(
+        `lab-echo not listening on :9090 after 10 s; ss shows: ${JSON.stringify(listening())}, unit: ${show('lab-echo.service', 'ActiveState')}`,
+      );
   };
   /** One connection from `where`; returns the greeting line (peer=… local=…). */
   const connectOnce = (where: 'client' | 'container', host: string, port: number): string => {
     const code = `const s=require('net').connect({host:'${host}',port:${port}});let b='';s.setTimeout(10000,()=>{console.error('timeout');process.exit(2)});s.on('data',d=>{b+=d;if(b.includes('\\n')){process.stdout.write(b.split('\\n')[0]);s.destroy()}});s.on('error',e=>{console.error(e.code||e.message);process.exit(1)})`;
     if (where === 'container') return ct.run(NODE, ['-e', code]);
-    const r = spawnSync('ip', ['netns', 'exec', topo.clientNs, process.execPath, '-e', code], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync('ip', ['netns', 'exec', topo.clientNs, process.execPath, '-e', code], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
     if (r.status !== 0) throw new Error(`client connect to ${host}:${port} failed: ${r.stderr}`);
     return r.stdout;
   };
   const clientLoop = (host: string, port: number) => (stopFile: string) =>
-    spawn('ip', ['netns', 'exec', topo.clientNs, process.execPath, join(labDir, 'conn-loop.mjs'), host, String(port), stopFile, '3000', '60000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        topo.clientNs,
+        process.execPath,
+        join(labDir, 'conn-loop.mjs'),
+        host,
+        String(port),
+        stopFile,
+        '3000',
+        '60000',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
   const containerLoop = (host: string, port: number) => (stopFile: string) =>
-    ct.spawn(NODE, ['/opt/lab/conn-loop.mjs', host, String(port), `/opt/lab/${stopFile.split('/').pop()}`, '3000', '60000']);
+    ct.spawn(NODE, [
+      '/opt/lab/conn-loop.mjs',
+      host,
+      String(port),
+      `/opt/lab/${stopFile.split('/').pop()}`,
+      '3000',
+      '60000',
+    ]);
 
   beforeAll(async () => {
     for (const tool of ['systemd-nspawn', 'debootstrap', 'zstd', 'nsenter']) {
-      if (!haveCommand(tool)) throw new Error(`${tool} is missing: install systemd-container, debootstrap and zstd (.ci/run does)`);
+      if (!haveCommand(tool))
+        throw new Error(`${tool} is missing: install systemd-container, debootstrap and zstd (.ci/run does)`);
     }
     const tarball = rootfsTarball();
     root = unpackRootfs(tarball);
@@ -97,13 +145,25 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     writeFileSync(join(labDir, 'config.yaml'), CONFIG);
     writeFileSync(join(root, 'etc/systemd/system/lab-foreign-rules.service'), FOREIGN_UNIT);
     mkdirSync(join(root, 'etc/systemd/system/multi-user.target.wants'), { recursive: true });
-    symlinkSync('/etc/systemd/system/lab-foreign-rules.service', join(root, 'etc/systemd/system/multi-user.target.wants/lab-foreign-rules.service'));
+    symlinkSync(
+      '/etc/systemd/system/lab-foreign-rules.service',
+      join(root, 'etc/systemd/system/multi-user.target.wants/lab-foreign-rules.service'),
+    );
     for (const dir of ['opt/meshctl', 'opt/lab']) mkdirSync(join(root, dir), { recursive: true });
     writeFileSync(join(root, 'usr/local/bin/node'), '');
     topo = createLabTopology(PREFIX, SUBNET);
-    ct = new Container({ name: `${PREFIX}-ct`, root, netns: topo.ctNs, binds: { [process.execPath]: NODE, [REPO_ROOT]: '/opt/meshctl', [labDir]: '/opt/lab' } });
+    ct = new Container({
+      name: `${PREFIX}-ct`,
+      root,
+      netns: topo.ctNs,
+      binds: { [process.execPath]: NODE, [REPO_ROOT]: '/opt/meshctl', [labDir]: '/opt/lab' },
+    });
     await ct.boot();
-    outboundServer = spawn('ip', ['netns', 'exec', topo.clientNs, process.execPath, join(labDir, 'echo-server.mjs'), '::', '8080'], { stdio: 'ignore' });
+    outboundServer = spawn(
+      'ip',
+      ['netns', 'exec', topo.clientNs, process.execPath, join(labDir, 'echo-server.mjs'), '::', '8080'],
+      { stdio: 'ignore' },
+    );
     rulesBefore = ruleset();
   }, 600_000);
 
@@ -144,7 +204,10 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
   });
 
   it('runs capture sandboxed: systemd-analyze security rates both units at most 2.0, capture with only CAP_NET_ADMIN and CAP_NET_RAW', () => {
-    for (const [unit, target] of [['meshctl-capture.service', 2.0], ['meshctl-proxy.service', 2.0]] as const) {
+    for (const [unit, target] of [
+      ['meshctl-capture.service', 2.0],
+      ['meshctl-proxy.service', 2.0],
+    ] as const) {
       // Exits non-zero only with --threshold; the verdict is the last line: "→ Overall exposure level for <unit>: X.Y OK …".
       const out = ct.run('systemd-analyze', ['security', '--no-pager', unit]);
       const last = out.trim().split('\n').pop() ?? '';
@@ -223,18 +286,29 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     // README). A worker no longer resets a connection it accepted while draining, which was one cause.
     ct.run('sed', ['-i', 's/workers: 2/workers: 1/', '/etc/meshctl/config.yaml']);
     ct.run('systemctl', ['restart', 'meshctl-proxy.service']);
-    expect(ct.run('journalctl', ['-u', 'meshctl-proxy', '-o', 'cat', '--no-pager', '-n', '5'])).toContain('"workers":1');
+    expect(ct.run('journalctl', ['-u', 'meshctl-proxy', '-o', 'cat', '--no-pager', '-n', '5'])).toContain(
+      '"workers":1',
+    );
     const captureSince = show('meshctl-capture.service', 'ActiveEnterTimestampMonotonic');
     const restartsBefore = Number(show('meshctl-proxy.service', 'NRestarts'));
     const pidBefore = show('meshctl-proxy.service', 'MainPID');
-    const result = await loopDuring(clientLoop(topo.ct4, 9090), join(labDir, 'stop-kill'), async ({ quiesce, resume }) => {
-      // No connection is in flight at the kill (one open through the killed process is lost, as with any crash);
-      // every connection after it is made while systemd brings the proxy back, and must wait and then succeed.
-      await quiesce();
-      ct.run('kill', ['-9', pidBefore]);
-      resume();
-      await waitUntil('meshctl-proxy active again after the kill', () => show('meshctl-proxy.service', 'ActiveState') === 'active', 20_000, { seen: () => show('meshctl-proxy.service', 'ActiveState'), intervalMs: 50 });
-    });
+    const result = await loopDuring(
+      clientLoop(topo.ct4, 9090),
+      join(labDir, 'stop-kill'),
+      async ({ quiesce, resume }) => {
+        // No connection is in flight at the kill (one open through the killed process is lost, as with any crash);
+        // every connection after it is made while systemd brings the proxy back, and must wait and then succeed.
+        await quiesce();
+        ct.run('kill', ['-9', pidBefore]);
+        resume();
+        await waitUntil(
+          'meshctl-proxy active again after the kill',
+          () => show('meshctl-proxy.service', 'ActiveState') === 'active',
+          20_000,
+          { seen: () => show('meshctl-proxy.service', 'ActiveState'), intervalMs: 50 },
+        );
+      },
+    );
     expect(Number(show('meshctl-proxy.service', 'NRestarts'))).toBe(restartsBefore + 1);
     expect(show('meshctl-proxy.service', 'MainPID')).not.toBe(pidBefore);
     const journal = () => ct.run('journalctl', ['-u', 'meshctl-proxy', '-o', 'cat', '--no-pager', '-n', '40']);
@@ -249,9 +323,18 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     await ct.poweroff();
     resetLabTopology(topo, PREFIX); // a reboot: the kernel's rules and conntrack are gone
     outboundServer?.kill('SIGKILL');
-    outboundServer = spawn('ip', ['netns', 'exec', topo.clientNs, process.execPath, join(labDir, 'echo-server.mjs'), '::', '8080'], { stdio: 'ignore' });
+    outboundServer = spawn(
+      'ip',
+      ['netns', 'exec', topo.clientNs, process.execPath, join(labDir, 'echo-server.mjs'), '::', '8080'],
+      { stdio: 'ignore' },
+    );
     await ct.boot();
-    await waitUntil('meshctl-capture active after the boot', () => show('meshctl-capture.service', 'ActiveState') === 'active', 20_000, { seen: () => show('meshctl-capture.service', 'ActiveState'), intervalMs: 100 });
+    await waitUntil(
+      'meshctl-capture active after the boot',
+      () => show('meshctl-capture.service', 'ActiveState') === 'active',
+      20_000,
+      { seen: () => show('meshctl-capture.service', 'ActiveState'), intervalMs: 100 },
+    );
     const status = ct.exec(MESHCTL, ['status', '--config', '/etc/meshctl/config.yaml']);
     expect(status.stdout).toContain('in sync');
     expect(status.status).toBe(0);
@@ -266,11 +349,15 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
   it('in open mode, stopping the proxy removes capture and traffic flows direct', () => {
     ct.run('sed', ['-i', 's/onProxyDown: closed/onProxyDown: open/', '/etc/meshctl/config.yaml']);
     ct.run(MESHCTL, ['service', 'install']);
-    expect(ct.run('cat', ['/etc/systemd/system/meshctl-capture.service.d/10-meshctl-config.conf'])).toContain('BindsTo=meshctl-proxy.service');
+    expect(ct.run('cat', ['/etc/systemd/system/meshctl-capture.service.d/10-meshctl-config.conf'])).toContain(
+      'BindsTo=meshctl-proxy.service',
+    );
     ct.run('systemctl', ['stop', 'meshctl-proxy.service']);
     expect(show('meshctl-capture.service', 'ActiveState')).toBe('inactive');
     expect(ct.run('iptables-save', ['-t', 'nat'])).not.toContain('MESHCTL');
-    expect(connectOnce('client', topo.ct4, 9090)).toMatch(new RegExp(`^peer=(::ffff:)?${topo.client4.replace(/\./g, '\\.')} `));
+    expect(connectOnce('client', topo.ct4, 9090)).toMatch(
+      new RegExp(`^peer=(::ffff:)?${topo.client4.replace(/\./g, '\\.')} `),
+    );
     expect(connectOnce('container', topo.client4, 8080)).toContain(`local=::ffff:${topo.client4}:8080`);
     expect(ct.exec(MESHCTL, ['service', 'status']).status).toBe(1);
     // Starting capture pulls the proxy up first (Wants= + After=), and interception is back.
@@ -291,7 +378,9 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     expect(ct.exec('test', ['-e', '/usr/local/bin/meshctl']).status).not.toBe(0);
     expect(ct.run('cat', ['/etc/meshctl/config.yaml'])).toContain('onProxyDown: open');
     expect(ct.exec(MESHCTL, ['service', 'status']).status).toBe(3);
-    expect(connectOnce('client', topo.ct4, 9090)).toMatch(new RegExp(`^peer=(::ffff:)?${topo.client4.replace(/\./g, '\\.')} `));
+    expect(connectOnce('client', topo.ct4, 9090)).toMatch(
+      new RegExp(`^peer=(::ffff:)?${topo.client4.replace(/\./g, '\\.')} `),
+    );
   });
 
   it('service install --confirm-within removes capture again unless meshctl confirm arrives', async () => {
@@ -299,7 +388,12 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     expect(out).toContain('run `meshctl confirm` within 3s');
     expect(ct.run('iptables-save', ['-t', 'nat'])).toContain('MESHCTL_OUTPUT');
     // Nobody confirms: the revert timer (a transient systemd timer) removes the rules.
-    await waitUntil('the revert timer to remove the rules', () => !ct.run('iptables-save', ['-t', 'nat']).includes('MESHCTL'), 20_000, { seen: () => ct.run('iptables-save', ['-t', 'nat']), intervalMs: 100 });
+    await waitUntil(
+      'the revert timer to remove the rules',
+      () => !ct.run('iptables-save', ['-t', 'nat']).includes('MESHCTL'),
+      20_000,
+      { seen: () => ct.run('iptables-save', ['-t', 'nat']), intervalMs: 100 },
+    );
     const status = ct.exec(MESHCTL, ['service', 'status']);
     expect(status.stdout).toContain('no capture rules are installed');
     expect(status.status).toBe(1);
@@ -315,15 +409,20 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     expect(ruleset()).toBe(rulesBefore);
   }, 60_000);
 
-  it('under the capture unit\'s sandbox, iptables-legacy can take the xtables lock and write rules (CAP_NET_RAW, /run/xtables.lock)', () => {
+  it("under the capture unit's sandbox, iptables-legacy can take the xtables lock and write rules (CAP_NET_RAW, /run/xtables.lock)", () => {
     // Last, so the legacy table it leaves in the container's namespace meets no other test. The bookworm rootfs runs
     // iptables-nft (no xtables lock), so this lab unit runs iptables-legacy under the shipped unit's hardening lines
     // as they are, including the ExecStartPre that creates the lock, removed here first.
     const unit = ct.run('cat', ['/opt/meshctl/systemd/meshctl-capture.service']);
     const hardening = unit.slice(unit.indexOf('# Hardening'), unit.indexOf('[Install]'));
     expect(hardening).toContain('ProtectSystem=strict');
-    const legacy = ['iptables-legacy', 'ip6tables-legacy'].flatMap((c) => [`ExecStart=/usr/sbin/${c} -w -t filter -N LAB_SANDBOX`, `ExecStart=/usr/sbin/${c} -w -t filter -X LAB_SANDBOX`]);
-    ct.run('sh', ['-c', 'cat >/etc/systemd/system/lab-sandbox-legacy.service'], { input: `[Service]\nType=oneshot\n${hardening}${legacy.join('\n')}\n` });
+    const legacy = ['iptables-legacy', 'ip6tables-legacy'].flatMap((c) => [
+      `ExecStart=/usr/sbin/${c} -w -t filter -N LAB_SANDBOX`,
+      `ExecStart=/usr/sbin/${c} -w -t filter -X LAB_SANDBOX`,
+    ]);
+    ct.run('sh', ['-c', 'cat >/etc/systemd/system/lab-sandbox-legacy.service'], {
+      input: `[Service]\nType=oneshot\n${hardening}${legacy.join('\n')}\n`,
+    });
     ct.run('rm', ['-f', '/run/xtables.lock']);
     ct.run('systemctl', ['daemon-reload']);
     const started = ct.exec('systemctl', ['start', 'lab-sandbox-legacy.service']);

@@ -18,13 +18,27 @@ describe.skipIf(!integrationEnabled)('load balancing and canary subsets', () => 
 
   const services = (overrides: { lcEndpoints?: string[]; canary?: Record<string, number> } = {}) => [
     { name: 'rr', addresses: [`${vip(100)}:80`], endpoints: [`${A}:${PORT}`, `${B}:${PORT}`, `${C}:${PORT}`] },
-    { name: 'lc', addresses: [`${vip(101)}:80`], loadBalancer: 'least-connections', endpoints: (overrides.lcEndpoints ?? [B, C]).map((e) => `${e}:${PORT}`) },
-    { name: 'sh', addresses: [`${vip(102)}:80`], loadBalancer: 'source-hash', endpoints: [`${A}:${PORT}`, `${B}:${PORT}`, `${C}:${PORT}`] },
+    {
+      name: 'lc',
+      addresses: [`${vip(101)}:80`],
+      loadBalancer: 'least-connections',
+      endpoints: (overrides.lcEndpoints ?? [B, C]).map((e) => `${e}:${PORT}`),
+    },
+    {
+      name: 'sh',
+      addresses: [`${vip(102)}:80`],
+      loadBalancer: 'source-hash',
+      endpoints: [`${A}:${PORT}`, `${B}:${PORT}`, `${C}:${PORT}`],
+    },
     {
       name: 'canary',
       addresses: [`${vip(103)}:80`],
       subsets: overrides.canary ?? { v1: 90, v2: 10 },
-      endpoints: [{ address: `${A}:${PORT}`, subset: 'v1' }, { address: `${B}:${PORT}`, subset: 'v1' }, { address: `${C}:${PORT}`, subset: 'v2' }],
+      endpoints: [
+        { address: `${A}:${PORT}`, subset: 'v1' },
+        { address: `${B}:${PORT}`, subset: 'v1' },
+        { address: `${C}:${PORT}`, subset: 'v2' },
+      ],
     },
   ];
 
@@ -87,18 +101,29 @@ describe.skipIf(!integrationEnabled)('load balancing and canary subsets', () => 
 
   it('sends new connections to the idle endpoint with least-connections (power of two choices)', async () => {
     // 120 long-lived connections on B and C only (two endpoints: P2C is exact, 60 each).
-    const busy = tally(await lab.app.call<{ ids: string[] }>('dial', { host: vip(101), port: 80, count: 120, concurrency: 1, hold: 'lc-busy' }).then((r) => r.ids));
+    const busy = tally(
+      await lab.app
+        .call<{ ids: string[] }>('dial', { host: vip(101), port: 80, count: 120, concurrency: 1, hold: 'lc-busy' })
+        .then((r) => r.ids),
+    );
     expect(busy).toEqual({ [B]: 60, [C]: 60 });
     const version = (await proxy.adminJson<{ version: number }>('/config')).version;
     await reconfigure(policyConfig(lab, { services: services({ lcEndpoints: [A, B, C] }) }), version);
     // A joins idle; B and C keep their 60 (endpoint state survives the reload). Each new connection compares two
     // random endpoints: A wins whenever it is one of them (2 in 3), so it takes about 40 of 60 (a uniform or
     // round-robin choice would give it 20).
-    const fresh = tally(await lab.app.call<{ ids: string[] }>('dial', { host: vip(101), port: 80, count: 60, concurrency: 1, hold: 'lc-new' }).then((r) => r.ids));
+    const fresh = tally(
+      await lab.app
+        .call<{ ids: string[] }>('dial', { host: vip(101), port: 80, count: 60, concurrency: 1, hold: 'lc-new' })
+        .then((r) => r.ids),
+    );
     expect(fresh[A] ?? 0).toBeGreaterThanOrEqual(28);
     expect(fresh[A] ?? 0).toBeGreaterThan(fresh[B] ?? 0);
     expect(fresh[A] ?? 0).toBeGreaterThan(fresh[C] ?? 0);
-    const endpoints = (await proxy.adminJson('/stats')).policy.services.lc.endpoints as { endpoint: string; active: number }[];
+    const endpoints = (await proxy.adminJson('/stats')).policy.services.lc.endpoints as {
+      endpoint: string;
+      active: number;
+    }[];
     expect(Object.fromEntries(endpoints.map((e) => [e.endpoint, e.active]))).toEqual({
       [`${A}:${PORT}`]: fresh[A] ?? 0,
       [`${B}:${PORT}`]: 60 + (fresh[B] ?? 0),
@@ -118,13 +143,23 @@ describe.skipIf(!integrationEnabled)('load balancing and canary subsets', () => 
     expect(Math.abs(v1 - 900)).toBeLessThanOrEqual(30);
 
     // 20 open connections on both subsets, then the canary moves all traffic to v2.
-    const held = tally(await lab.app.call<{ ids: string[] }>('dial', { host: vip(103), port: 80, count: 20, concurrency: 1, hold: 'canary' }).then((r) => r.ids));
+    const held = tally(
+      await lab.app
+        .call<{ ids: string[] }>('dial', { host: vip(103), port: 80, count: 20, concurrency: 1, hold: 'canary' })
+        .then((r) => r.ids),
+    );
     expect(held[C] ?? 0).toBeGreaterThanOrEqual(1);
     expect((held[A] ?? 0) + (held[B] ?? 0)).toBeGreaterThanOrEqual(15);
     const version = (await proxy.adminJson<{ version: number }>('/config')).version;
-    await reconfigure(policyConfig(lab, { services: services({ lcEndpoints: [A, B, C], canary: { v1: 0, v2: 100 } }) }), version);
+    await reconfigure(
+      policyConfig(lab, { services: services({ lcEndpoints: [A, B, C], canary: { v1: 0, v2: 100 } }) }),
+      version,
+    );
     const config = await proxy.adminJson('/config');
-    expect(config.services.find((s: { name: string }) => s.name === 'canary').subsets).toEqual([{ name: 'v1', weight: 0 }, { name: 'v2', weight: 100 }]);
+    expect(config.services.find((s: { name: string }) => s.name === 'canary').subsets).toEqual([
+      { name: 'v1', weight: 0 },
+      { name: 'v2', weight: 100 },
+    ]);
 
     expect(tally(await dial(vip(103), 50))).toEqual({ [C]: 50 });
     const ping = await lab.app.call<{ ok: number; failures: string[] }>('pingHeld', { tag: 'canary' });
@@ -133,6 +168,9 @@ describe.skipIf(!integrationEnabled)('load balancing and canary subsets', () => 
     expect(stats.policy.services.canary.active).toBe(20);
     expect(stats.reloads.failed).toBe(0);
     await lab.app.call('closeHeld', { tag: 'canary' });
-    await proxy.waitFor('canary connections closed', async () => (await proxy.adminJson('/stats')).policy.services.canary.active === 0);
+    await proxy.waitFor(
+      'canary connections closed',
+      async () => (await proxy.adminJson('/stats')).policy.services.canary.active === 0,
+    );
   });
 });

@@ -17,16 +17,26 @@ describe.skipIf(!integrationEnabled)('control plane: policy from an HTTP URL', (
   let url: string;
   const vip = '10.164.0.100';
 
-  const doc = (endpoint: string) => JSON.stringify({ services: [{ name: 'api', addresses: [`${vip}:80`], endpoints: [`${endpoint}:8080`] }] });
+  const doc = (endpoint: string) =>
+    JSON.stringify({ services: [{ name: 'api', addresses: [`${vip}:80`], endpoints: [`${endpoint}:8080`] }] });
   const dial = (count: number, extra: Record<string, unknown> = {}) =>
-    lab.app.call<{ ids: string[] }>('dial', { host: vip, port: 80, count, concurrency: 1, ...extra }).then((r) => r.ids);
-  const config = () => proxy.adminJson<{ version: number; services: { name: string }[]; controlPlaneStatus: Record<string, any> }>('/config');
+    lab.app
+      .call<{ ids: string[] }>('dial', { host: vip, port: 80, count, concurrency: 1, ...extra })
+      .then((r) => r.ids);
+  const config = () =>
+    proxy.adminJson<{ version: number; services: { name: string }[]; controlPlaneStatus: Record<string, any> }>(
+      '/config',
+    );
   const requests = () => lab.peer.call<{ at: number; ifNoneMatch: string | null }[]>('records', { name: 'cp' });
   const waitState = (state: string, minFailures = 1) =>
-    proxy.waitFor(`control plane ${state}`, async () => {
-      const s = (await config()).controlPlaneStatus;
-      return s.state === state && (state !== 'failing' || s.consecutiveFailures >= minFailures) ? s : null;
-    }, 5000);
+    proxy.waitFor(
+      `control plane ${state}`,
+      async () => {
+        const s = (await config()).controlPlaneStatus;
+        return s.state === state && (state !== 'failing' || s.consecutiveFailures >= minFailures) ? s : null;
+      },
+      5000,
+    );
 
   beforeAll(async () => {
     lab = await createPolicyLab('cp', 164, { endpoints: 2 });
@@ -51,15 +61,22 @@ describe.skipIf(!integrationEnabled)('control plane: policy from an HTTP URL', (
     expect(c.controlPlaneStatus).toMatchObject({ url, state: 'ok', appliedEtag: '"v1"', lastError: null });
     const ready = await proxy.admin('/ready');
     expect(ready.status).toBe(200);
-    expect(ready.body).toMatch(/^ready\ncontrol plane http:\S+: ok; policy from the control plane \(etag "v1"\) applied \S+; config version 1\n$/);
+    expect(ready.body).toMatch(
+      /^ready\ncontrol plane http:\S+: ok; policy from the control plane \(etag "v1"\) applied \S+; config version 1\n$/,
+    );
   });
 
   it('polls with If-None-Match and gets 304 while the document is unchanged', async () => {
     let fetches: Record<string, number> = {};
-    await waitUntil('two 304 answers counted by the proxy', async () => {
-      fetches = (await config()).controlPlaneStatus.fetches;
-      return (fetches['not-modified'] ?? 0) >= 2;
-    }, 10 * POLL_MS + 5000, { seen: () => fetches });
+    await waitUntil(
+      'two 304 answers counted by the proxy',
+      async () => {
+        fetches = (await config()).controlPlaneStatus.fetches;
+        return (fetches['not-modified'] ?? 0) >= 2;
+      },
+      10 * POLL_MS + 5000,
+      { seen: () => fetches },
+    );
     const seen = await requests();
     expect(seen[0]!.ifNoneMatch).toBeNull();
     expect(seen.length).toBeGreaterThanOrEqual(3);
@@ -100,39 +117,69 @@ describe.skipIf(!integrationEnabled)('control plane: policy from an HTTP URL', (
     // A 304 to the rejected ETag counts as rejected again (src/policy/control-plane.ts), so wait for one more.
     const rejected = status.fetches.rejected ?? 0;
     let fetches: Record<string, number> = status.fetches;
-    await waitUntil('a 304 answer to the rejected ETag', async () => {
-      fetches = (await config()).controlPlaneStatus.fetches;
-      return (fetches.rejected ?? 0) > rejected;
-    }, 10 * POLL_MS + 5000, { seen: () => fetches });
+    await waitUntil(
+      'a 304 answer to the rejected ETag',
+      async () => {
+        fetches = (await config()).controlPlaneStatus.fetches;
+        return (fetches.rejected ?? 0) > rejected;
+      },
+      10 * POLL_MS + 5000,
+      { seen: () => fetches },
+    );
     expect((await config()).controlPlaneStatus).toMatchObject({ state: 'failing', appliedEtag: '"v2"' });
   });
 
   it('rejects a document that fails validation, naming the field and the control plane', async () => {
-    await lab.peer.call('setDocument', { name: 'cp', body: JSON.stringify({ services: [{ name: 'api', addresses: [`${vip}`], endpoints: [`${A}:8080`] }] }), etag: '"v4"' });
-    await proxy.waitFor('the v4 rejection', async () => {
-      const s = (await config()).controlPlaneStatus;
-      return typeof s.lastError === 'string' && s.lastError.includes('"v4"') ? s : null;
-    }, 5000);
+    await lab.peer.call('setDocument', {
+      name: 'cp',
+      body: JSON.stringify({ services: [{ name: 'api', addresses: [`${vip}`], endpoints: [`${A}:8080`] }] }),
+      etag: '"v4"',
+    });
+    await proxy.waitFor(
+      'the v4 rejection',
+      async () => {
+        const s = (await config()).controlPlaneStatus;
+        return typeof s.lastError === 'string' && s.lastError.includes('"v4"') ? s : null;
+      },
+      5000,
+    );
     const { lastError } = (await config()).controlPlaneStatus;
-    expect(lastError).toContain(`services[0].addresses[0] (control plane ${url} (etag "v4")): "${vip}" is not a service address`);
+    expect(lastError).toContain(
+      `services[0].addresses[0] (control plane ${url} (etag "v4")): "${vip}" is not a service address`,
+    );
     expect(await dial(1)).toEqual([B]);
   });
 
   it('rejects a document that tries to change host-local settings', async () => {
-    await lab.peer.call('setDocument', { name: 'cp', body: JSON.stringify({ proxy: { user: 'root' }, services: [] }), etag: '"v5"' });
-    await proxy.waitFor('the v5 rejection', async () => {
-      const s = (await config()).controlPlaneStatus;
-      return typeof s.lastError === 'string' && s.lastError.includes('may only hold services, outbound, inbound; it has proxy') ? s : null;
-    }, 5000);
+    await lab.peer.call('setDocument', {
+      name: 'cp',
+      body: JSON.stringify({ proxy: { user: 'root' }, services: [] }),
+      etag: '"v5"',
+    });
+    await proxy.waitFor(
+      'the v5 rejection',
+      async () => {
+        const s = (await config()).controlPlaneStatus;
+        return typeof s.lastError === 'string' &&
+          s.lastError.includes('may only hold services, outbound, inbound; it has proxy')
+          ? s
+          : null;
+      },
+      5000,
+    );
     expect(await dial(1)).toEqual([B]);
   });
 
   it('reports a failing server and recovers when it serves a good document again', async () => {
     await lab.peer.call('setDocument', { name: 'cp', status: 503 });
-    const failing = await proxy.waitFor('HTTP 503 reported', async () => {
-      const s = (await config()).controlPlaneStatus;
-      return typeof s.lastError === 'string' && s.lastError.includes('HTTP 503') ? s : null;
-    }, 5000);
+    const failing = await proxy.waitFor(
+      'HTTP 503 reported',
+      async () => {
+        const s = (await config()).controlPlaneStatus;
+        return typeof s.lastError === 'string' && s.lastError.includes('HTTP 503') ? s : null;
+      },
+      5000,
+    );
     expect(failing.state).toBe('failing');
     expect(await dial(1)).toEqual([B]);
     await lab.peer.call('setDocument', { name: 'cp', status: 200, body: doc(A), etag: '"v6"' });

@@ -12,13 +12,20 @@ describe.skipIf(!integrationEnabled)('inbound policy: authorization, limits and 
   let P2: string;
 
   const dial = (port: number, count: number, extra: Record<string, unknown> = {}) =>
-    lab.peer.call<{ ids: string[]; ms: number[] }>('dial', { host: lab.addrs.a4, port, count, concurrency: 1, ...extra });
+    lab.peer.call<{ ids: string[]; ms: number[] }>('dial', {
+      host: lab.addrs.a4,
+      port,
+      count,
+      concurrency: 1,
+      ...extra,
+    });
   const inbound = async (label: string) => (await proxy.adminJson('/stats')).policy.inbound[label];
 
   beforeAll(async () => {
     lab = await createPolicyLab('in', 162, { endpoints: 0, peerSources: 2 });
     [P1, P2] = lab.peerSources as [string, string];
-    for (const port of [8080, 8081, 8082, 8083, 8084, 8090]) await lab.app.call('serve', { name: `app${port}`, host: '0.0.0.0', port, id: `app${port}` });
+    for (const port of [8080, 8081, 8082, 8083, 8084, 8090])
+      await lab.app.call('serve', { name: `app${port}`, host: '0.0.0.0', port, id: `app${port}` });
     await lab.app.call('serve', { name: 'app8081-6', host: '::', port: 8081, id: 'app8081-6' });
     const raw = policyConfig(lab, {
       inbound: {
@@ -45,7 +52,10 @@ describe.skipIf(!integrationEnabled)('inbound policy: authorization, limits and 
     expect((await dial(8080, 2)).ids).toEqual(['app8080', 'app8080']);
     expect(await inbound('8080')).toMatchObject({ admitted: 5, refused: { denied: 3 } });
     const line = await proxy.waitFor('the denied connection in the access log', async () =>
-      proxy.accessLog().find((l) => l.direction === 'inbound' && l.result === 'refused' && l.source.startsWith(`${P1}:`)));
+      proxy
+        .accessLog()
+        .find((l) => l.direction === 'inbound' && l.result === 'refused' && l.source.startsWith(`${P1}:`)),
+    );
     expect(line).toMatchObject({ detail: 'denied', originalDst: `${lab.addrs.a4}:8080`, upstream: null });
     expect((await proxy.adminJson('/stats')).refusals.denied).toBe(3);
   });
@@ -81,7 +91,12 @@ describe.skipIf(!integrationEnabled)('inbound policy: authorization, limits and 
 
   it('admits the configured connection rate within ±10 % over 5 s', async () => {
     // 40 connections/s with a burst of 5, offered 250/s for 5 s: 5 + 40 × 5 = 205 are admitted (rate × 5 s = 200).
-    const r = await lab.peer.call<{ attempts: number; served: number; errors: Record<string, number>; elapsedMs: number }>('rate', { host: lab.addrs.a4, port: 8082, durationMs: 5000, intervalMs: 4 });
+    const r = await lab.peer.call<{
+      attempts: number;
+      served: number;
+      errors: Record<string, number>;
+      elapsedMs: number;
+    }>('rate', { host: lab.addrs.a4, port: 8082, durationMs: 5000, intervalMs: 4 });
     expect(r.attempts).toBeGreaterThan(1000);
     expect(r.served).toBeGreaterThanOrEqual(180);
     expect(r.served).toBeLessThanOrEqual(220);
@@ -91,7 +106,9 @@ describe.skipIf(!integrationEnabled)('inbound policy: authorization, limits and 
     expect(stats.admitted).toBe(r.served);
     expect(stats.refused['rate-limited']).toBe(r.attempts - r.served);
     const metrics = (await proxy.admin('/metrics')).body;
-    expect(metrics).toContain(`meshctl_inbound_refused_total{ports="8082",reason="rate-limited"} ${r.attempts - r.served}`);
+    expect(metrics).toContain(
+      `meshctl_inbound_refused_total{ports="8082",reason="rate-limited"} ${r.attempts - r.served}`,
+    );
     expect(metrics).toContain(`meshctl_inbound_admitted_total{ports="8082"} ${r.served}`);
   });
 });

@@ -37,11 +37,26 @@ describe.skipIf(!integrationEnabled)('service registry: registry-only, CIDR serv
       await lab.peer.call('serve', { name: `${ep}:8081`, host: ep, port: 8081, id: `${ep}:8081` });
     }
     await lab.peer.call('serve', { name: 'direct', host: lab.addrs.b4, port: 8080, id: 'direct' });
-    await lab.peer.call('serveDns', { name: 'dns', host: lab.addrs.b4, port: 53, zone: zone([A], [{ priority: 10, target: 'ep-a.mesh.test', port: 8081 }, { priority: 20, target: 'ep-b.mesh.test', port: 8081 }], net('0.200')) });
+    await lab.peer.call('serveDns', {
+      name: 'dns',
+      host: lab.addrs.b4,
+      port: 53,
+      zone: zone(
+        [A],
+        [
+          { priority: 10, target: 'ep-a.mesh.test', port: 8081 },
+          { priority: 20, target: 'ep-b.mesh.test', port: 8081 },
+        ],
+        net('0.200'),
+      ),
+    });
     // Service addresses outside the client's subnet need a route for connect() to reach the OUTPUT hook.
     inNs(lab.client, 'ip', ['route', 'add', net('128.0/17'), 'dev', `${lab.client}-v`.slice(0, 15)]);
     const raw = policyConfig(lab, {
-      outbound: { policy: 'registry-only', resolver: { servers: [lab.addrs.b4], timeout: '300ms', minTtl: '500ms', maxTtl: '1m' } },
+      outbound: {
+        policy: 'registry-only',
+        resolver: { servers: [lab.addrs.b4], timeout: '300ms', minTtl: '500ms', maxTtl: '1m' },
+      },
       services: [
         { name: 'broad', addresses: [`${net('128.0')}/17:80`], endpoints: [`${A}:8080`] },
         { name: 'narrow', addresses: [`${net('200.0')}/24:80`], endpoints: [`${B}:8080`] },
@@ -64,7 +79,8 @@ describe.skipIf(!integrationEnabled)('service registry: registry-only, CIDR serv
     expect(await dial(lab.addrs.b4, 2, 8080)).toEqual(['direct', 'direct']);
     expect(await dial(lab.addrs.b4, 2, 8081)).toEqual(['ERR:ECONNRESET', 'ERR:ECONNRESET']);
     const line = await proxy.waitFor('the refusal in the access log', async () =>
-      proxy.accessLog().find((l) => l.originalDst === `${lab.addrs.b4}:8081`));
+      proxy.accessLog().find((l) => l.originalDst === `${lab.addrs.b4}:8081`),
+    );
     expect(line).toMatchObject({ result: 'refused', detail: 'registry-only', upstream: null });
     expect((await proxy.adminJson('/stats')).refusals['registry-only']).toBe(2);
     expect((await proxy.admin('/metrics')).body).toContain('meshctl_proxy_refused_total{reason="registry-only"} 2');
@@ -80,11 +96,27 @@ describe.skipIf(!integrationEnabled)('service registry: registry-only, CIDR serv
 
   it('takes endpoints from A records and follows a change after the TTL', async () => {
     expect(tally(await dial(net('0.100'), 4))).toEqual({ [`${A}:8080`]: 4 });
-    await lab.peer.call('setZone', { name: 'dns', zone: zone([B, C], [{ priority: 10, target: 'ep-a.mesh.test', port: 8081 }, { priority: 20, target: 'ep-b.mesh.test', port: 8081 }], net('0.200')) });
-    await proxy.waitFor('endpoints B and C', async () => {
-      const eps = (await proxy.adminJson('/stats')).policy.services.dns.endpoints.map((e: { endpoint: string }) => e.endpoint).sort();
-      return eps.join() === [`${B}:8080`, `${C}:8080`].join();
-    }, 5000);
+    await lab.peer.call('setZone', {
+      name: 'dns',
+      zone: zone(
+        [B, C],
+        [
+          { priority: 10, target: 'ep-a.mesh.test', port: 8081 },
+          { priority: 20, target: 'ep-b.mesh.test', port: 8081 },
+        ],
+        net('0.200'),
+      ),
+    });
+    await proxy.waitFor(
+      'endpoints B and C',
+      async () => {
+        const eps = (await proxy.adminJson('/stats')).policy.services.dns.endpoints
+          .map((e: { endpoint: string }) => e.endpoint)
+          .sort();
+        return eps.join() === [`${B}:8080`, `${C}:8080`].join();
+      },
+      5000,
+    );
     expect(tally(await dial(net('0.100'), 4))).toEqual({ [`${B}:8080`]: 2, [`${C}:8080`]: 2 });
     // Re-resolved on the 1 s TTL, not more often (the queries of one name are about a second apart).
     const times = (await queries()).filter((q) => q.name === 'backend.mesh.test' && q.type === RR_A).map((q) => q.at);
@@ -94,7 +126,17 @@ describe.skipIf(!integrationEnabled)('service registry: registry-only, CIDR serv
 
   it('takes endpoints from the best-priority SRV records, with their ports', async () => {
     expect(tally(await dial(net('0.101'), 3))).toEqual({ [`${A}:8081`]: 3 });
-    await lab.peer.call('setZone', { name: 'dns', zone: zone([B, C], [{ priority: 30, target: 'ep-a.mesh.test', port: 8081 }, { priority: 20, target: 'ep-b.mesh.test', port: 8080 }], net('0.200')) });
+    await lab.peer.call('setZone', {
+      name: 'dns',
+      zone: zone(
+        [B, C],
+        [
+          { priority: 30, target: 'ep-a.mesh.test', port: 8081 },
+          { priority: 20, target: 'ep-b.mesh.test', port: 8080 },
+        ],
+        net('0.200'),
+      ),
+    });
     await proxy.waitFor('the SRV change', async () => (await dial(net('0.101'), 1))[0] === `${B}:8080`, 5000);
     expect(tally(await dial(net('0.101'), 3))).toEqual({ [`${B}:8080`]: 3 });
   });
@@ -102,20 +144,37 @@ describe.skipIf(!integrationEnabled)('service registry: registry-only, CIDR serv
   it('matches a service address given as a hostname by its resolved addresses, and follows it when it moves', async () => {
     expect(await dial(net('0.200'), 2)).toEqual([`${C}:8081`, `${C}:8081`]);
     expect(await dial(net('0.201'), 1)).toEqual(['ERR:ECONNRESET']);
-    await lab.peer.call('setZone', { name: 'dns', zone: zone([B, C], [{ priority: 20, target: 'ep-b.mesh.test', port: 8080 }], net('0.201')) });
-    await proxy.waitFor('named.mesh.test moved to .201', async () => (await dial(net('0.201'), 1))[0] === `${C}:8081`, 5000);
+    await lab.peer.call('setZone', {
+      name: 'dns',
+      zone: zone([B, C], [{ priority: 20, target: 'ep-b.mesh.test', port: 8080 }], net('0.201')),
+    });
+    await proxy.waitFor(
+      'named.mesh.test moved to .201',
+      async () => (await dial(net('0.201'), 1))[0] === `${C}:8081`,
+      5000,
+    );
     expect(await dial(net('0.200'), 1)).toEqual(['ERR:ECONNRESET']);
   });
 
   it('keeps the last DNS answers when the DNS server stops answering, and reports the failures', async () => {
     await lab.peer.call('closeServer', { name: 'dns' });
-    await proxy.waitFor('a failed DNS refresh', async () => {
-      const d = (await proxy.adminJson('/stats')).policy.discovery as { name: string; lastError: string | null; failures: number }[];
-      return d.find((w) => w.name === 'backend.mesh.test' && w.lastError !== null && w.failures > 0);
-    }, 5000);
+    await proxy.waitFor(
+      'a failed DNS refresh',
+      async () => {
+        const d = (await proxy.adminJson('/stats')).policy.discovery as {
+          name: string;
+          lastError: string | null;
+          failures: number;
+        }[];
+        return d.find((w) => w.name === 'backend.mesh.test' && w.lastError !== null && w.failures > 0);
+      },
+      5000,
+    );
     expect(tally(await dial(net('0.100'), 4))).toEqual({ [`${B}:8080`]: 2, [`${C}:8080`]: 2 });
     expect(await dial(net('0.201'), 1)).toEqual([`${C}:8081`]);
-    expect((await proxy.admin('/metrics')).body).toMatch(/meshctl_dns_failures_total\{kind="addresses",name="backend.mesh.test"\} [1-9]/);
+    expect((await proxy.admin('/metrics')).body).toMatch(
+      /meshctl_dns_failures_total\{kind="addresses",name="backend.mesh.test"\} [1-9]/,
+    );
     expect(proxy.stderr()).toContain('DNS refresh failed; keeping the last answer');
   });
 });

@@ -23,7 +23,11 @@ describe.skipIf(!integrationEnabled)('inbound interception', () => {
 
   it('delivers a connection from the server namespace to the app, which sees the 127.0.0.6 passthrough source', async () => {
     const { addrs } = lab;
-    const r = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a4, port: 8080, path: '/in' });
+    const r = await lab.peer.call<{ status: number; body: string }>('http', {
+      host: addrs.a4,
+      port: 8080,
+      path: '/in',
+    });
     expect(r.status).toBe(200);
     const seen = JSON.parse(r.body) as { remote: string; local: string; localPort: number };
     expect(seen).toMatchObject({ remote: '127.0.0.6', local: addrs.a4, localPort: 8080 });
@@ -35,7 +39,11 @@ describe.skipIf(!integrationEnabled)('inbound interception', () => {
 
   it('delivers IPv6 inbound connections from ::6', async () => {
     const { addrs } = lab;
-    const r = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a6, port: 8086, path: '/in6' });
+    const r = await lab.peer.call<{ status: number; body: string }>('http', {
+      host: addrs.a6,
+      port: 8086,
+      path: '/in6',
+    });
     expect(r.status).toBe(200);
     expect(JSON.parse(r.body)).toMatchObject({ remote: '::6', local: addrs.a6 });
     const line = await proxy.waitForAccess((l) => l.direction === 'inbound' && l.originalDst === `[${addrs.a6}]:8086`);
@@ -43,7 +51,11 @@ describe.skipIf(!integrationEnabled)('inbound interception', () => {
   });
 
   it('resets the peer when no app listens on the port, and logs connect-failed', async () => {
-    const r = await lab.peer.call<{ outcome: string; ms: number }>('connectOutcome', { host: lab.addrs.a4, port: 8099, send: 'x' });
+    const r = await lab.peer.call<{ outcome: string; ms: number }>('connectOutcome', {
+      host: lab.addrs.a4,
+      port: 8099,
+      send: 'x',
+    });
     expect(r.outcome).toBe('reset');
     expect(r.ms).toBeLessThan(1000);
     const line = await proxy.waitForAccess((l) => l.originalDst === `${lab.addrs.a4}:8099`);

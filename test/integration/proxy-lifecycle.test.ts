@@ -29,7 +29,11 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     await lab?.destroy();
   });
 
-  async function start(proxy: Record<string, unknown>, name: string, prefix: readonly string[] = []): Promise<{ proxy: RunningProxy; file: string }> {
+  async function start(
+    proxy: Record<string, unknown>,
+    name: string,
+    prefix: readonly string[] = [],
+  ): Promise<{ proxy: RunningProxy; file: string }> {
     const { file } = lab.writeConfig(labConfigObject({ proxy }), name);
     const p = await lab.startProxy(file, [], prefix);
     await p.waitReady();
@@ -46,15 +50,31 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     await lab.app.call('hold', { tag: 'admin', host: lab.addrs.b4, port: ECHO, count: 3 });
     expect(await proxy.admin('/ready')).toEqual({ status: 200, body: 'ready\n' });
     const config = await proxy.adminJson('/config');
-    expect(config.proxy).toMatchObject({ outboundPort: 15001, inboundPort: 15006, workers: 2, user: { name: 'nobody', uid: 65534 } });
+    expect(config.proxy).toMatchObject({
+      outboundPort: 15001,
+      inboundPort: 15006,
+      workers: 2,
+      user: { name: 'nobody', uid: 65534 },
+    });
     const stats = await proxy.adminJson('/stats');
     expect(stats.workers).toHaveLength(2);
     expect(stats.connections.active.outbound).toBe(3);
-    expect(stats.listeners).toEqual(['outbound 127.0.0.1:15001', 'inbound 0.0.0.0:15006', 'outbound6 [::1]:15001', 'inbound6 [::]:15006']);
+    expect(stats.listeners).toEqual([
+      'outbound 127.0.0.1:15001',
+      'inbound 0.0.0.0:15006',
+      'outbound6 [::1]:15001',
+      'inbound6 [::]:15006',
+    ]);
     const table = await proxy.adminJson('/connections');
     expect(table).toHaveLength(3);
     for (const row of table) {
-      expect(row).toMatchObject({ direction: 'outbound', state: 'open', originalDst: `${lab.addrs.b4}:${ECHO}`, bytesFromClient: 6, bytesFromUpstream: 6 });
+      expect(row).toMatchObject({
+        direction: 'outbound',
+        state: 'open',
+        originalDst: `${lab.addrs.b4}:${ECHO}`,
+        bytesFromClient: 6,
+        bytesFromUpstream: 6,
+      });
       expect(row.ageMs).toBeGreaterThanOrEqual(0);
       expect([0, 1]).toContain(row.worker);
     }
@@ -70,16 +90,26 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
   });
 
   it('writes periodic lines for long-lived connections, keeps TCP keepalive on both legs, and takes flags', async () => {
-    const { file } = lab.writeConfig(labConfigObject({ proxy: { keepalive: '30s', accessLog: { periodicInterval: '200ms' } } }), 'periodic');
+    const { file } = lab.writeConfig(
+      labConfigObject({ proxy: { keepalive: '30s', accessLog: { periodicInterval: '200ms' } } }),
+      'periodic',
+    );
     const proxy = await lab.startProxy(file, ['--proxy-idle-timeout', '5m']);
     await proxy.waitReady();
-    expect((await proxy.adminJson('/config')).proxy).toMatchObject({ idleTimeoutMs: 300_000, keepaliveDelayMs: 30_000 });
+    expect((await proxy.adminJson('/config')).proxy).toMatchObject({
+      idleTimeoutMs: 300_000,
+      keepaliveDelayMs: 30_000,
+    });
     await lab.app.call('hold', { tag: 'periodic', host: lab.addrs.b4, port: ECHO, count: 2 });
-    const progress = await proxy.waitForAccess((l) => l.msg === 'connection open' && l.originalDst === `${lab.addrs.b4}:${ECHO}`);
+    const progress = await proxy.waitForAccess(
+      (l) => l.msg === 'connection open' && l.originalDst === `${lab.addrs.b4}:${ECHO}`,
+    );
     expect(progress).toMatchObject({ state: 'open', bytesFromClient: 6, bytesFromUpstream: 6 });
     expect(progress.durationMs).toBeGreaterThanOrEqual(150);
     // Both legs of both connections are the proxy's sockets (uid 65534), each with a keepalive timer.
-    const ss = inNs(lab.client, 'ss', ['-tnoeH', 'state', 'established']).split('\n').filter((l) => l.includes('uid:65534'));
+    const ss = inNs(lab.client, 'ss', ['-tnoeH', 'state', 'established'])
+      .split('\n')
+      .filter((l) => l.includes('uid:65534'));
     expect(ss).toHaveLength(4);
     for (const line of ss) expect(line).toContain('timer:(keepalive');
     await lab.app.call('closeHeld', { tag: 'periodic' });
@@ -91,15 +121,21 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     const before = await proxy.adminJson('/stats');
     // Workers run with small semi-spaces and, relaying natively, without V8's memory reducer (workerExecArgv).
     const flagsOf = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    for (const w of before.workers as { pid: number }[]) expect(flagsOf(w.pid)).toEqual(expect.arrayContaining(['--max-semi-space-size=1', '--no-memory-reducer']));
+    for (const w of before.workers as { pid: number }[])
+      expect(flagsOf(w.pid)).toEqual(expect.arrayContaining(['--max-semi-space-size=1', '--no-memory-reducer']));
     const victim = before.workers[0].pid as number;
     process.kill(victim, 'SIGKILL');
     await proxy.waitForStderr(/worker exited unexpectedly; starting a new one/);
     let seen: any;
-    const after = await waitUntil('ready again with 2 workers', async () => {
-      seen = await proxy.adminJson('/stats');
-      return seen.ready && seen.workers.length === 2 ? seen : null;
-    }, 15_000, { seen: () => ({ ready: seen?.ready, workers: seen?.workers }), intervalMs: 50 });
+    const after = await waitUntil(
+      'ready again with 2 workers',
+      async () => {
+        seen = await proxy.adminJson('/stats');
+        return seen.ready && seen.workers.length === 2 ? seen : null;
+      },
+      15_000,
+      { seen: () => ({ ready: seen?.ready, workers: seen?.workers }), intervalMs: 50 },
+    );
     expect(after.ready).toBe(true);
     expect(after.workers.map((w: { pid: number }) => w.pid)).not.toContain(victim);
     expect(after.workers).toHaveLength(2);
@@ -117,12 +153,19 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     await stop(first);
     const asApp = await lab.startProxy(file, [], [], { uid: 1000, gid: 1000 });
     expect((await asApp.exited).code).toBe(1);
-    expect(asApp.stderr()).toMatch(/meshctl: PROXY_USER_MISMATCH: the proxy runs as uid 1000 gid 1000, but proxy.user is nobody \(uid 65534/);
+    expect(asApp.stderr()).toMatch(
+      /meshctl: PROXY_USER_MISMATCH: the proxy runs as uid 1000 gid 1000, but proxy.user is nobody \(uid 65534/,
+    );
   });
 
   it('reloads a changed config while 100 connections are open and drops none of them', async () => {
     const { proxy, file } = await start({ workers: 2 }, 'reload');
-    const held = await lab.app.call<{ open: number; errors: string[] }>('hold', { tag: 'reload', host: lab.addrs.b4, port: ECHO, count: 100 });
+    const held = await lab.app.call<{ open: number; errors: string[] }>('hold', {
+      tag: 'reload',
+      host: lab.addrs.b4,
+      port: ECHO,
+      count: 100,
+    });
     expect(held).toEqual({ open: 100, errors: [] });
 
     // A changed file is picked up by the watcher.
@@ -131,7 +174,10 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     raw.proxy.accessLog = { sampleRatio: 0.5 };
     writeFileSync(file, JSON.stringify(raw));
     await proxy.waitForStderr(/"trigger":"file-change".*"msg":"config reloaded"/);
-    expect((await proxy.adminJson('/config')).proxy).toMatchObject({ idleTimeoutMs: 3_600_000, accessLog: { sampleRatio: 0.5 } });
+    expect((await proxy.adminJson('/config')).proxy).toMatchObject({
+      idleTimeoutMs: 3_600_000,
+      accessLog: { sampleRatio: 0.5 },
+    });
 
     // And SIGHUP reloads too: a new connection timeout for new connections.
     raw.proxy.connectTimeout = '3s';
@@ -234,7 +280,9 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
     expect(JSON.parse(r.body)).toMatchObject({ draining: true, alreadyDraining: false });
     await proxy.waitForStderr(/drain complete/);
     expect((await proxy.admin('/ready')).status).toBe(503);
-    expect(await lab.app.call<Outcome>('connectOutcome', { host: lab.addrs.b4, port: ECHO })).toMatchObject({ outcome: 'refused' });
+    expect(await lab.app.call<Outcome>('connectOutcome', { host: lab.addrs.b4, port: ECHO })).toMatchObject({
+      outcome: 'refused',
+    });
     expect(proxy.child.exitCode).toBeNull();
     proxy.child.kill('SIGTERM');
     expect(await proxy.exited).toMatchObject({ code: 0 });
@@ -243,11 +291,25 @@ describe.skipIf(!integrationEnabled)('proxy lifecycle', () => {
   it('serves listeners handed over by systemd socket activation (LISTEN_FDS, LISTEN_FDNAMES)', async () => {
     // systemd-socket-activate binds the sockets and execs the proxy on the first connection, as a socket unit
     // without the service enabled would: that first connection waits in the backlog and must be served.
-    const prefix = ['systemd-socket-activate', '-l', '0.0.0.0:15006', '-l', '127.0.0.1:15001', '--fdname=inbound:outbound', '-E', 'MESHCTL_LOG_LEVEL=info'];
+    const prefix = [
+      'systemd-socket-activate',
+      '-l',
+      '0.0.0.0:15006',
+      '-l',
+      '127.0.0.1:15001',
+      '--fdname=inbound:outbound',
+      '-E',
+      'MESHCTL_LOG_LEVEL=info',
+    ];
     const { file } = lab.writeConfig(labConfigObject({ proxy: { workers: 2 } }), 'activated');
     const proxy = await lab.startProxy(file, [], prefix);
     await proxy.waitForStderr(/Listening on 127\.0\.0\.1:15001/);
-    const first = await lab.app.call<{ status: number }>('http', { host: lab.addrs.b4, port: 8080, path: '/activated', timeoutMs: 15_000 });
+    const first = await lab.app.call<{ status: number }>('http', {
+      host: lab.addrs.b4,
+      port: 8080,
+      path: '/activated',
+      timeoutMs: 15_000,
+    });
     expect(first.status).toBe(200);
     await proxy.waitReady();
     const stats = await proxy.adminJson('/stats');

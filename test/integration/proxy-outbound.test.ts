@@ -4,7 +4,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import { inNs } from '../helpers/netns.js';
-import { createProxyLab, labConfigObject, type AccessLine, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
+import {
+  createProxyLab,
+  labConfigObject,
+  type AccessLine,
+  type ProxyLab,
+  type RunningProxy,
+} from '../helpers/proxy-lab.js';
 
 interface Outcome {
   outcome: 'reset' | 'end' | 'refused' | 'timeout' | 'closed' | 'error';
@@ -29,7 +35,13 @@ describe.skipIf(!integrationEnabled)('outbound interception', () => {
     inNs(lab.server, 'iptables', ['-w', '-A', 'INPUT', '-p', 'tcp', '--dport', '9999', '-j', 'DROP']);
     await lab.peer.call('serve', { name: 'http', kind: 'http', host: '0.0.0.0', port: 8080 });
     await lab.peer.call('serve', { name: 'http6', kind: 'http', host: '::', port: 8086 });
-    await lab.peer.call('serve', { name: 'smtp', kind: 'banner', host: '0.0.0.0', port: 2525, opts: { banner: '220 mp-out ESMTP ready\r\n' } });
+    await lab.peer.call('serve', {
+      name: 'smtp',
+      kind: 'banner',
+      host: '0.0.0.0',
+      port: 2525,
+      opts: { banner: '220 mp-out ESMTP ready\r\n' },
+    });
     proxy = await lab.startProxy(lab.writeConfig(raw).file);
     await proxy.waitReady();
   });
@@ -40,12 +52,21 @@ describe.skipIf(!integrationEnabled)('outbound interception', () => {
 
   it('intercepts an HTTP request and logs its original destination', async () => {
     const { addrs } = lab;
-    const r = await lab.app.call<{ status: number; body: string }>('http', { host: addrs.b4, port: 8080, path: '/hello' });
+    const r = await lab.app.call<{ status: number; body: string }>('http', {
+      host: addrs.b4,
+      port: 8080,
+      path: '/hello',
+    });
     expect(r.status).toBe(200);
     const seen = JSON.parse(r.body) as { path: string; remote: string; remotePort: number };
     expect(seen.path).toBe('/hello');
     const line = await proxy.waitForAccess((l) => l.originalDst === `${addrs.b4}:8080`);
-    expect(line).toMatchObject({ msg: 'connection closed', direction: 'outbound', upstream: `${addrs.b4}:8080`, result: 'FIN' });
+    expect(line).toMatchObject({
+      msg: 'connection closed',
+      direction: 'outbound',
+      upstream: `${addrs.b4}:8080`,
+      result: 'FIN',
+    });
     expect(line.source.startsWith(`${addrs.a4}:`)).toBe(true);
     // The server's peer is the proxy's upstream socket, not the app's.
     expect(line.upstreamLocal).toBe(`${seen.remote}:${seen.remotePort}`);
@@ -55,15 +76,22 @@ describe.skipIf(!integrationEnabled)('outbound interception', () => {
   });
 
   it('relays a server-first protocol: the banner arrives within 50 ms of connecting', async () => {
-    const r = await lab.app.call<{ banner: string; msAfterConnect: number }>('banner', { host: lab.addrs.b4, port: 2525 });
+    const r = await lab.app.call<{ banner: string; msAfterConnect: number }>('banner', {
+      host: lab.addrs.b4,
+      port: 2525,
+    });
     expect(r.banner).toBe('220 mp-out ESMTP ready\r\n');
     expect(r.msAfterConnect).toBeLessThan(50);
     await proxy.waitForAccess((l) => l.originalDst === `${lab.addrs.b4}:2525`);
   });
 
-  it('intercepts IPv6 outbound connections through ip6tables and the addon\'s IPv6 path', async () => {
+  it("intercepts IPv6 outbound connections through ip6tables and the addon's IPv6 path", async () => {
     const { addrs } = lab;
-    const r = await lab.app.call<{ status: number; body: string }>('http', { host: addrs.b6, port: 8086, path: '/six' });
+    const r = await lab.app.call<{ status: number; body: string }>('http', {
+      host: addrs.b6,
+      port: 8086,
+      path: '/six',
+    });
     expect(r.status).toBe(200);
     expect((JSON.parse(r.body) as { remote: string }).remote).toBe(addrs.a6);
     const line = await proxy.waitForAccess((l) => l.originalDst === `[${addrs.b6}]:8086`);
@@ -84,7 +112,8 @@ describe.skipIf(!integrationEnabled)('outbound interception', () => {
       proxy.waitForAccess((l) => l.originalDst === '127.0.0.1:15001'),
       proxy.waitForAccess((l) => l.originalDst === '[::1]:15001'),
     ]);
-    for (const l of lines) expect(l).toMatchObject({ result: 'refused', detail: 'not-redirected', upstream: null, bytesFromUpstream: 0 });
+    for (const l of lines)
+      expect(l).toMatchObject({ result: 'refused', detail: 'not-redirected', upstream: null, bytesFromUpstream: 0 });
     const after = await proxy.adminJson('/stats');
     expect(after.connections.accepted.outbound - before.connections.accepted.outbound).toBe(2);
     expect(after.refusals['not-redirected'] - before.refusals['not-redirected']).toBe(2);

@@ -32,9 +32,27 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
   beforeAll(async () => {
     const raw = labConfigObject({ proxy: { workers: 2 } });
     lab = await createProxyLab('rly', 212, raw);
-    await lab.peer.call('serve', { name: 'reply', kind: 'reply-after-eof', host: '0.0.0.0', port: 7001, opts: { replyBytes: MiB } });
-    await lab.peer.call('serve', { name: 'first', kind: 'send-first', host: '0.0.0.0', port: 7002, opts: { sendBytes: MiB } });
-    await lab.peer.call('serve', { name: 'stream', kind: 'stream', host: '0.0.0.0', port: 7003, opts: { sendBytes: 200 * MiB } });
+    await lab.peer.call('serve', {
+      name: 'reply',
+      kind: 'reply-after-eof',
+      host: '0.0.0.0',
+      port: 7001,
+      opts: { replyBytes: MiB },
+    });
+    await lab.peer.call('serve', {
+      name: 'first',
+      kind: 'send-first',
+      host: '0.0.0.0',
+      port: 7002,
+      opts: { sendBytes: MiB },
+    });
+    await lab.peer.call('serve', {
+      name: 'stream',
+      kind: 'stream',
+      host: '0.0.0.0',
+      port: 7003,
+      opts: { sendBytes: 200 * MiB },
+    });
     await lab.peer.call('serve', { name: 'echo', kind: 'echo', host: '0.0.0.0', port: 7004 });
     proxy = await lab.startProxy(lab.writeConfig(raw).file);
     await proxy.waitReady();
@@ -47,14 +65,24 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
   /** The server's record of its first connection, once it has seen the client's EOF (it may lag the client a little). */
   async function serverRecord(name: string): Promise<ServerRecord> {
     let last: ServerRecord | undefined;
-    return waitUntil(`server ${name}'s record of the client's EOF`, async () => {
-      [last] = await lab.peer.call<ServerRecord[]>('records', { name });
-      return last?.received !== undefined && last.sentHash !== undefined ? last : null;
-    }, 10_000, { seen: () => last, intervalMs: 50 });
+    return waitUntil(
+      `server ${name}'s record of the client's EOF`,
+      async () => {
+        [last] = await lab.peer.call<ServerRecord[]>('records', { name });
+        return last?.received !== undefined && last.sentHash !== undefined ? last : null;
+      },
+      10_000,
+      { seen: () => last, intervalMs: 50 },
+    );
   }
 
   it('delivers the full reply to a client that wrote 1 MiB and shut down its write side', async () => {
-    const r = await lab.app.call<Exchange>('exchange', { host: lab.addrs.b4, port: 7001, sendBytes: MiB, mode: 'send-then-read' });
+    const r = await lab.app.call<Exchange>('exchange', {
+      host: lab.addrs.b4,
+      port: 7001,
+      sendBytes: MiB,
+      mode: 'send-then-read',
+    });
     expect(r.error).toBeUndefined();
     const server = await serverRecord('reply');
     expect(server!.received).toBe(MiB);
@@ -66,7 +94,12 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
   });
 
   it('lets the client keep sending after the server shut down its write side first (mirror case)', async () => {
-    const r = await lab.app.call<Exchange>('exchange', { host: lab.addrs.b4, port: 7002, sendBytes: MiB, mode: 'read-then-send' });
+    const r = await lab.app.call<Exchange>('exchange', {
+      host: lab.addrs.b4,
+      port: 7002,
+      sendBytes: MiB,
+      mode: 'read-then-send',
+    });
     expect(r.error).toBeUndefined();
     expect(r.received).toBe(MiB);
     const line = await proxy.waitForAccess((l) => l.originalDst === `${lab.addrs.b4}:7002`);
@@ -74,11 +107,22 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
     expect(r.receivedHash).toBe(server!.sentHash);
     expect(server!.received).toBe(MiB);
     expect(server!.receivedHash).toBe(r.sentHash);
-    expect(line).toMatchObject({ result: 'FIN', detail: 'upstream-first', bytesFromClient: MiB, bytesFromUpstream: MiB });
+    expect(line).toMatchObject({
+      result: 'FIN',
+      detail: 'upstream-first',
+      bytesFromClient: MiB,
+      bytesFromUpstream: MiB,
+    });
   });
 
   it('relays 200 MiB each way at the same time with equal checksums', async () => {
-    const r = await lab.app.call<Exchange>('exchange', { host: lab.addrs.b4, port: 7003, sendBytes: 200 * MiB, mode: 'concurrent', timeoutMs: 90_000 });
+    const r = await lab.app.call<Exchange>('exchange', {
+      host: lab.addrs.b4,
+      port: 7003,
+      sendBytes: 200 * MiB,
+      mode: 'concurrent',
+      timeoutMs: 90_000,
+    });
     expect(r.error).toBeUndefined();
     const server = await serverRecord('stream');
     expect(r.received).toBe(200 * MiB);
@@ -92,17 +136,29 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
   /** /stats once no outbound connection is open any more. */
   async function statsOnceIdle(): Promise<any> {
     let stats: any;
-    return waitUntil('no open outbound connection in /stats', async () => {
-      stats = await proxy.adminJson('/stats');
-      return stats.connections.active.outbound === 0 ? stats : null;
-    }, 10_000, { seen: () => stats?.connections, intervalMs: 50 });
+    return waitUntil(
+      'no open outbound connection in /stats',
+      async () => {
+        stats = await proxy.adminJson('/stats');
+        return stats.connections.active.outbound === 0 ? stats : null;
+      },
+      10_000,
+      { seen: () => stats?.connections, intervalMs: 50 },
+    );
   }
 
   it('carries 2,000 connections open at the same time without an error', async () => {
     const before = await proxy.adminJson('/stats');
-    const r = await lab.app.call<{ count: number; echoed: number; errorCount: number; errors: string[] }>('concurrent', {
-      host: lab.addrs.b4, port: 7004, count: 2000, bytes: 2048, timeoutMs: 60_000,
-    });
+    const r = await lab.app.call<{ count: number; echoed: number; errorCount: number; errors: string[] }>(
+      'concurrent',
+      {
+        host: lab.addrs.b4,
+        port: 7004,
+        count: 2000,
+        bytes: 2048,
+        timeoutMs: 60_000,
+      },
+    );
     expect(r.errors).toEqual([]);
     expect(r.echoed).toBe(2000);
     // Every one of them went through the proxy and ended cleanly.
@@ -120,7 +176,12 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
     const before = await proxy.adminJson('/stats');
     const pidsBefore = before.workers.map((w: { pid: number }) => w.pid);
     const r = await lab.app.call<{ done: number; errorCount: number; errors: string[] }>('churn', {
-      host: lab.addrs.b4, port: 7004, count: 6000, parallel: 32, bytes: 64, timeoutMs: 60_000,
+      host: lab.addrs.b4,
+      port: 7004,
+      count: 6000,
+      parallel: 32,
+      bytes: 64,
+      timeoutMs: 60_000,
     });
     expect(r.errors).toEqual([]);
     expect(r.done).toBe(6000);

@@ -7,7 +7,16 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import { inNs } from '../helpers/netns.js';
-import { createProxyLab, labConfigObject, PROXY_GID, PROXY_UID, startAgent, type Agent, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
+import {
+  createProxyLab,
+  labConfigObject,
+  PROXY_GID,
+  PROXY_UID,
+  startAgent,
+  type Agent,
+  type ProxyLab,
+  type RunningProxy,
+} from '../helpers/proxy-lab.js';
 
 interface Seen {
   remote: string;
@@ -39,10 +48,13 @@ function tproxyConfig(proxy: Record<string, unknown> = {}): Record<string, unkno
 
 /** Established TCP sockets in `ns` as [local, peer, process] (ss -Htnp). */
 function establishedSockets(ns: string): Array<{ local: string; peer: string; users: string }> {
-  return inNs(ns, 'ss', ['-Htnp', 'state', 'established']).split('\n').filter((l) => l.trim() !== '').map((line) => {
-    const [, , local, peer, ...rest] = line.trim().split(/\s+/);
-    return { local: local!, peer: peer!, users: rest.join(' ') };
-  });
+  return inNs(ns, 'ss', ['-Htnp', 'state', 'established'])
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((line) => {
+      const [, , local, peer, ...rest] = line.trim().split(/\s+/);
+      return { local: local!, peer: peer!, users: rest.join(' ') };
+    });
 }
 
 describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
@@ -92,9 +104,13 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     expect(stats.workers).toHaveLength(2);
   });
 
-  it('delivers a peer\'s connection to the app from 127.0.0.6, and logs the peer\'s own address and the app port', async () => {
+  it("delivers a peer's connection to the app from 127.0.0.6, and logs the peer's own address and the app port", async () => {
     const { addrs } = lab;
-    const r = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a4, port: APP, path: '/tproxy' });
+    const r = await lab.peer.call<{ status: number; body: string }>('http', {
+      host: addrs.a4,
+      port: APP,
+      path: '/tproxy',
+    });
     expect(r.status).toBe(200);
     expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: '127.0.0.6', local: addrs.a4, localPort: APP });
     const line = await proxy.waitForAccess((l) => l.direction === 'inbound' && l.originalDst === `${addrs.a4}:${APP}`);
@@ -103,9 +119,14 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     expect(line.upstreamLocal?.startsWith('127.0.0.6:')).toBe(true);
   });
 
-  it('accepts the peer\'s connection on the app port itself, never rewritten to 15006 (TPROXY, not REDIRECT)', async () => {
+  it("accepts the peer's connection on the app port itself, never rewritten to 15006 (TPROXY, not REDIRECT)", async () => {
     const { addrs } = lab;
-    const held = await lab.peer.call<{ open: number; errors: string[] }>('hold', { tag: 'tp', host: addrs.a4, port: ECHO, count: 1 });
+    const held = await lab.peer.call<{ open: number; errors: string[] }>('hold', {
+      tag: 'tp',
+      host: addrs.a4,
+      port: ECHO,
+      count: 1,
+    });
     expect(held).toEqual({ open: 1, errors: [] });
     try {
       const sockets = establishedSockets(lab.client);
@@ -125,12 +146,18 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     expect(line).toMatchObject({ direction: 'inbound', result: 'FIN', bytesFromClient: 11, bytesFromUpstream: 11 });
   });
 
-  it('delivers IPv6 inbound connections from ::6 and logs the peer\'s IPv6 address', async () => {
+  it("delivers IPv6 inbound connections from ::6 and logs the peer's IPv6 address", async () => {
     const { addrs } = lab;
-    const r = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a6, port: APP6, path: '/tproxy6' });
+    const r = await lab.peer.call<{ status: number; body: string }>('http', {
+      host: addrs.a6,
+      port: APP6,
+      path: '/tproxy6',
+    });
     expect(r.status).toBe(200);
     expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: '::6', local: addrs.a6, localPort: APP6 });
-    const line = await proxy.waitForAccess((l) => l.direction === 'inbound' && l.originalDst === `[${addrs.a6}]:${APP6}`);
+    const line = await proxy.waitForAccess(
+      (l) => l.direction === 'inbound' && l.originalDst === `[${addrs.a6}]:${APP6}`,
+    );
     expect(line).toMatchObject({ upstream: `[${addrs.a6}]:${APP6}`, result: 'FIN' });
     expect(line.source.startsWith(`[${addrs.b6}]:`)).toBe(true);
     expect(line.upstreamLocal?.startsWith('[::6]:')).toBe(true);
@@ -139,7 +166,11 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
   it('lets a connection to an excluded inbound port bypass the proxy: the app sees the peer itself', async () => {
     const { addrs } = lab;
     const before = (await proxy.adminJson('/stats')).connections.accepted.inbound as number;
-    const r = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a4, port: EXCLUDED, path: '/bypass' });
+    const r = await lab.peer.call<{ status: number; body: string }>('http', {
+      host: addrs.a4,
+      port: EXCLUDED,
+      path: '/bypass',
+    });
     expect(r.status).toBe(200);
     expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: addrs.b4, localPort: EXCLUDED });
     expect((await proxy.adminJson('/stats')).connections.accepted.inbound).toBe(before);
@@ -151,7 +182,11 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     const r4 = await lab.app.call<{ status: number; body: string }>('http', { host: addrs.b4, port: 80, path: '/out' });
     expect(r4.status).toBe(200);
     expect((JSON.parse(r4.body) as Seen).remote).toBe(addrs.a4);
-    const r6 = await lab.app.call<{ status: number; body: string }>('http', { host: addrs.b6, port: 80, path: '/out6' });
+    const r6 = await lab.app.call<{ status: number; body: string }>('http', {
+      host: addrs.b6,
+      port: 80,
+      path: '/out6',
+    });
     expect(r6.status).toBe(200);
     expect((JSON.parse(r6.body) as Seen).remote).toBe(addrs.a6);
     const lines = await Promise.all([
@@ -162,22 +197,32 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     expect(lines[0].source.startsWith(`${addrs.a4}:`)).toBe(true);
   });
 
-  it('takes the nat path into the transparent listener when the proxy\'s uid calls this host\'s own address', async () => {
+  it("takes the nat path into the transparent listener when the proxy's uid calls this host's own address", async () => {
     // The capture plan sends the proxy user's own-address calls through nat REDIRECT to :15006 (no TPROXY on lo):
     // the connection arrives on the inbound port itself and its destination comes from SO_ORIGINAL_DST.
     const { addrs } = lab;
     asProxyUser = await startAgent(lab.client, { uid: PROXY_UID, gid: PROXY_GID });
-    const r = await asProxyUser.call<{ status: number; body: string }>('http', { host: addrs.a4, port: APP, path: '/own-address' });
+    const r = await asProxyUser.call<{ status: number; body: string }>('http', {
+      host: addrs.a4,
+      port: APP,
+      path: '/own-address',
+    });
     expect(r.status).toBe(200);
     expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: '127.0.0.6', local: addrs.a4, localPort: APP });
-    const line = await proxy.waitForAccess((l) => l.direction === 'inbound' && l.originalDst === `${addrs.a4}:${APP}` && l.source.startsWith(`${addrs.a4}:`));
+    const line = await proxy.waitForAccess(
+      (l) => l.direction === 'inbound' && l.originalDst === `${addrs.a4}:${APP}` && l.source.startsWith(`${addrs.a4}:`),
+    );
     expect(line).toMatchObject({ upstream: `${addrs.a4}:${APP}`, result: 'FIN' });
   });
 
   it('refuses a direct connection to the inbound port at once as not redirected, and never loops', async () => {
     const { addrs } = lab;
     const before = await proxy.adminJson('/stats');
-    const r = await lab.peer.call<Outcome>('connectOutcome', { host: addrs.a4, port: 15006, send: 'GET / HTTP/1.0\r\n\r\n' });
+    const r = await lab.peer.call<Outcome>('connectOutcome', {
+      host: addrs.a4,
+      port: 15006,
+      send: 'GET / HTTP/1.0\r\n\r\n',
+    });
     expect(['reset', 'end', 'closed']).toContain(r.outcome);
     expect(r.ms).toBeLessThan(1000);
     // Skipped by the capture (a proxy port), it reaches the listener itself: conntrack has the unchanged tuple.
@@ -190,10 +235,15 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
   });
 
   it('refuses to start in tproxy mode without the privilege for IP_TRANSPARENT, saying how to grant it', async () => {
-    const { file: other } = lab.writeConfig(tproxyConfig({ workers: 1, outboundPort: 16001, inboundPort: 16006, adminPort: 16000 }), 'unprivileged');
+    const { file: other } = lab.writeConfig(
+      tproxyConfig({ workers: 1, outboundPort: 16001, inboundPort: 16006, adminPort: 16000 }),
+      'unprivileged',
+    );
     const unprivileged = await lab.startProxy(other);
     expect((await unprivileged.exited).code).toBe(1);
-    expect(unprivileged.stderr()).toMatch(/meshctl: LISTEN_FAILED: cannot open the transparent inbound listener inbound 0\.0\.0\.0:16006 for capture\.inbound\.mode "tproxy": setsockopt\(IP_TRANSPARENT\) EPERM/);
+    expect(unprivileged.stderr()).toMatch(
+      /meshctl: LISTEN_FAILED: cannot open the transparent inbound listener inbound 0\.0\.0\.0:16006 for capture\.inbound\.mode "tproxy": setsockopt\(IP_TRANSPARENT\) EPERM/,
+    );
     expect(unprivileged.stderr()).toMatch(/CAP_NET_ADMIN/);
   });
 
@@ -202,15 +252,25 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     lab.writeConfig(tproxyConfig({ connectTimeout: '5s' }));
     await proxy.waitForStderr(/"trigger":"file-change".*"msg":"config reloaded"/);
     expect((await proxy.adminJson('/config')).proxy.connectTimeoutMs).toBe(5000);
-    const r = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a4, port: APP, path: '/after-reload' });
+    const r = await lab.peer.call<{ status: number; body: string }>('http', {
+      host: addrs.a4,
+      port: APP,
+      path: '/after-reload',
+    });
     expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: '127.0.0.6', localPort: APP });
 
     // Moving the inbound port would leave the installed TPROXY rule pointing at nothing (and need a new
     // IP_TRANSPARENT socket, which the proxy no longer has the privilege for): the capture contract refuses it.
     lab.writeConfig(tproxyConfig({ connectTimeout: '5s', inboundPort: 16006 }));
-    await proxy.waitForStderr(/config reload failed, keeping the running config: the new config changes the capture contract \(proxy\.inboundPort 15006 → 16006\)/);
+    await proxy.waitForStderr(
+      /config reload failed, keeping the running config: the new config changes the capture contract \(proxy\.inboundPort 15006 → 16006\)/,
+    );
     expect((await proxy.adminJson('/config')).proxy.inboundPort).toBe(15006);
-    const again = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a4, port: APP, path: '/after-failed-reload' });
+    const again = await lab.peer.call<{ status: number; body: string }>('http', {
+      host: addrs.a4,
+      port: APP,
+      path: '/after-failed-reload',
+    });
     expect(JSON.parse(again.body) as Seen).toMatchObject({ remote: '127.0.0.6', localPort: APP });
     const stats = await proxy.adminJson('/stats');
     expect(stats.listeners.filter((l: string) => l.includes('transparent'))).toHaveLength(2);
@@ -221,38 +281,84 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     proxy.child.kill('SIGTERM');
     expect((await proxy.exited).code).toBe(0);
     const { file: activatedFile } = lab.writeConfig(tproxyConfig({ workers: 1 }), 'activated-plain');
-    const prefix = ['systemd-socket-activate', '-l', '0.0.0.0:15006', '-l', '127.0.0.1:15001', '--fdname=inbound:outbound', '-E', 'MESHCTL_LOG_LEVEL=info'];
+    const prefix = [
+      'systemd-socket-activate',
+      '-l',
+      '0.0.0.0:15006',
+      '-l',
+      '127.0.0.1:15001',
+      '--fdname=inbound:outbound',
+      '-E',
+      'MESHCTL_LOG_LEVEL=info',
+    ];
     const plain = await lab.startProxy(activatedFile, [], prefix);
     await plain.waitForStderr(/Listening on 127\.0\.0\.1:15001/);
     // systemd-socket-activate execs the proxy on the first connection.
     await lab.app.call<Outcome>('connectOutcome', { host: '127.0.0.1', port: 15001, timeoutMs: 10_000 });
     expect((await plain.exited).code).toBe(1);
-    expect(plain.stderr()).toMatch(/meshctl: LISTEN_FAILED: the socket-activated inbound \(fd 3\) is not transparent, but capture\.inbound\.mode is "tproxy"/);
+    expect(plain.stderr()).toMatch(
+      /meshctl: LISTEN_FAILED: the socket-activated inbound \(fd 3\) is not transparent, but capture\.inbound\.mode is "tproxy"/,
+    );
     expect(plain.stderr()).toMatch(/Transparent=yes/);
   });
 
   it('serves transparent sockets handed over by socket activation, as nobody from the start (the systemd path)', async () => {
     const { addrs } = lab;
     const { file: activatedFile } = lab.writeConfig(tproxyConfig({ workers: 1 }), 'activated');
-    const sockets = ['outbound=127.0.0.1:15001', 'inbound=0.0.0.0:15006', 'outbound6=[::1]:15001', 'inbound6=[::]:15006'];
-    const prefix = [process.execPath, ACTIVATE, ...sockets, '--', 'setpriv', `--reuid=${PROXY_UID}`, `--regid=${PROXY_GID}`, '--clear-groups'];
+    const sockets = [
+      'outbound=127.0.0.1:15001',
+      'inbound=0.0.0.0:15006',
+      'outbound6=[::1]:15001',
+      'inbound6=[::]:15006',
+    ];
+    const prefix = [
+      process.execPath,
+      ACTIVATE,
+      ...sockets,
+      '--',
+      'setpriv',
+      `--reuid=${PROXY_UID}`,
+      `--regid=${PROXY_GID}`,
+      '--clear-groups',
+    ];
     const activated = await lab.startProxy(activatedFile, [], prefix, ROOT);
     await activated.waitReady();
-    expect((await activated.adminJson('/stats')).listeners).toEqual(['outbound (fd 3)', 'inbound (fd 4)', 'outbound6 (fd 5)', 'inbound6 (fd 6)']);
+    expect((await activated.adminJson('/stats')).listeners).toEqual([
+      'outbound (fd 3)',
+      'inbound (fd 4)',
+      'outbound6 (fd 5)',
+      'inbound6 (fd 6)',
+    ]);
     expect(activated.stderr()).not.toMatch(/dropped root/);
 
-    const r4 = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a4, port: APP, path: '/activated' });
+    const r4 = await lab.peer.call<{ status: number; body: string }>('http', {
+      host: addrs.a4,
+      port: APP,
+      path: '/activated',
+    });
     expect(JSON.parse(r4.body) as Seen).toMatchObject({ remote: '127.0.0.6', localPort: APP });
-    const r6 = await lab.peer.call<{ status: number; body: string }>('http', { host: addrs.a6, port: APP6, path: '/activated6' });
+    const r6 = await lab.peer.call<{ status: number; body: string }>('http', {
+      host: addrs.a6,
+      port: APP6,
+      path: '/activated6',
+    });
     expect(JSON.parse(r6.body) as Seen).toMatchObject({ remote: '::6', localPort: APP6 });
-    const out = await lab.app.call<{ status: number; body: string }>('http', { host: addrs.b4, port: 80, path: '/activated-out' });
+    const out = await lab.app.call<{ status: number; body: string }>('http', {
+      host: addrs.b4,
+      port: 80,
+      path: '/activated-out',
+    });
     expect(out.status).toBe(200);
     const lines = await Promise.all([
       activated.waitForAccess((l) => l.originalDst === `${addrs.a4}:${APP}`),
       activated.waitForAccess((l) => l.originalDst === `[${addrs.a6}]:${APP6}`),
       activated.waitForAccess((l) => l.originalDst === `${addrs.b4}:80`),
     ]);
-    expect(lines.map((l) => [l.direction, l.result])).toEqual([['inbound', 'FIN'], ['inbound', 'FIN'], ['outbound', 'FIN']]);
+    expect(lines.map((l) => [l.direction, l.result])).toEqual([
+      ['inbound', 'FIN'],
+      ['inbound', 'FIN'],
+      ['outbound', 'FIN'],
+    ]);
     expect(lines[0].source.startsWith(`${addrs.b4}:`)).toBe(true);
     expect(lines[1].source.startsWith(`[${addrs.b6}]:`)).toBe(true);
     activated.child.kill('SIGTERM');

@@ -20,7 +20,8 @@ describe.skipIf(!integrationEnabled)('meshctl proxy from a tree the proxy user c
     builtCli();
     chmodSync(base, 0o755);
     // The built tree as an install would ship it: launcher, dist/, the schema, package.json and the addon.
-    for (const part of ['bin', 'dist', 'rules', 'package.json']) cpSync(join(ROOT, part), join(tree, part), { recursive: true });
+    for (const part of ['bin', 'dist', 'rules', 'package.json'])
+      cpSync(join(ROOT, part), join(tree, part), { recursive: true });
     mkdirSync(join(tree, 'build/Release'), { recursive: true });
     cpSync(join(ROOT, 'build/Release/meshctl_native.node'), join(tree, 'build/Release/meshctl_native.node'));
     symlinkSync(join(ROOT, 'node_modules'), join(tree, 'node_modules'));
@@ -32,13 +33,28 @@ describe.skipIf(!integrationEnabled)('meshctl proxy from a tree the proxy user c
     rmSync(base, { recursive: true, force: true });
   });
 
-  const args = () => ['netns', 'exec', ns, process.execPath, join(tree, 'bin/meshctl'), 'proxy', '--proxy-user', 'nobody', '--proxy-workers', '2'];
+  const args = () => [
+    'netns',
+    'exec',
+    ns,
+    process.execPath,
+    join(tree, 'bin/meshctl'),
+    'proxy',
+    '--proxy-user',
+    'nobody',
+    '--proxy-workers',
+    '2',
+  ];
 
   it('fails once, naming the unreadable worker entry, the user and the fix', () => {
     chmodSync(tree, 0o700);
     const result = spawnSync('ip', args(), { encoding: 'utf8', timeout: 30_000 });
-    expect(result.stderr).toContain(`meshctl: PROXY_UNREADABLE: the proxy runs its workers as nobody (uid 65534, gid 65534), which cannot read ${tree}/dist/proxy/worker-main.js (EACCES): no worker could start`);
-    expect(result.stderr).toContain('hint:    install meshctl where the proxy user can read it (e.g. under /opt or /usr/lib');
+    expect(result.stderr).toContain(
+      `meshctl: PROXY_UNREADABLE: the proxy runs its workers as nobody (uid 65534, gid 65534), which cannot read ${tree}/dist/proxy/worker-main.js (EACCES): no worker could start`,
+    );
+    expect(result.stderr).toContain(
+      'hint:    install meshctl where the proxy user can read it (e.g. under /opt or /usr/lib',
+    );
     expect(result.stderr).not.toContain('Cannot find module');
     expect(result.stderr).not.toMatch(/^\s+at /m);
     expect(result.stderr.match(/^meshctl: /gm)).toHaveLength(1);
@@ -53,7 +69,11 @@ describe.skipIf(!integrationEnabled)('meshctl proxy from a tree the proxy user c
     child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
     try {
-      await waitFor(() => out.includes('"msg":"proxy ready"') || child.exitCode !== null, 20_000, () => `"proxy ready" from the proxy (output so far: ${out.slice(-2000)})`);
+      await waitFor(
+        () => out.includes('"msg":"proxy ready"') || child.exitCode !== null,
+        20_000,
+        () => `"proxy ready" from the proxy (output so far: ${out.slice(-2000)})`,
+      );
       expect(out).toContain('"msg":"proxy ready"');
     } finally {
       child.kill('SIGTERM');

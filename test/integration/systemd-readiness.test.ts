@@ -20,13 +20,21 @@ describe.skipIf(!integrationEnabled)('proxy readiness before capture', () => {
   let env: NodeJS.ProcessEnv = {};
   let proxy: ChildProcess | null = null;
 
-  const meshctl = (args: string[]) => spawnSync(process.execPath, [MESHCTL, ...args], { encoding: 'utf8', env, timeout: 60_000 });
+  const meshctl = (args: string[]) =>
+    spawnSync(process.execPath, [MESHCTL, ...args], { encoding: 'utf8', env, timeout: 60_000 });
   const natRules = () => inNs(NS, 'iptables-save', ['-t', 'nat']);
 
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'ms-ready-'));
     configFile = join(dir, 'config.json');
-    writeFileSync(configFile, JSON.stringify({ proxy: { user: 'nobody', workers: 1, drainTimeout: '1s' }, capture: { ipv6: 'block' }, stateDir: join(dir, 'state') }));
+    writeFileSync(
+      configFile,
+      JSON.stringify({
+        proxy: { user: 'nobody', workers: 1, drainTimeout: '1s' },
+        capture: { ipv6: 'block' },
+        stateDir: join(dir, 'state'),
+      }),
+    );
     env = { ...process.env, XTABLES_LOCKFILE: join(dir, 'xtables.lock') };
     createIsolatedNs(NS);
   });
@@ -62,8 +70,15 @@ describe.skipIf(!integrationEnabled)('proxy readiness before capture', () => {
   });
 
   it('installs once a proxy in the namespace reports ready', async () => {
-    proxy = spawn('ip', ['netns', 'exec', NS, process.execPath, MESHCTL, 'proxy', '--config', configFile], { stdio: 'ignore', env });
-    const inside = spawnSync('ip', ['netns', 'exec', NS, process.execPath, MESHCTL, 'proxy-ready', '--config', configFile, '--timeout', '20s'], { encoding: 'utf8', env });
+    proxy = spawn('ip', ['netns', 'exec', NS, process.execPath, MESHCTL, 'proxy', '--config', configFile], {
+      stdio: 'ignore',
+      env,
+    });
+    const inside = spawnSync(
+      'ip',
+      ['netns', 'exec', NS, process.execPath, MESHCTL, 'proxy-ready', '--config', configFile, '--timeout', '20s'],
+      { encoding: 'utf8', env },
+    );
     expect(inside.stdout).toContain('proxy ready on 127.0.0.1:15000');
     const r = meshctl(['install', '--netns', NS, '--config', configFile]);
     expect(r.stderr).toBe('');
@@ -75,10 +90,41 @@ describe.skipIf(!integrationEnabled)('proxy readiness before capture', () => {
   });
 
   it('proxy-ready fails with PROXY_NOT_READY after its timeout, and --json reports instead of failing', () => {
-    const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, MESHCTL, 'proxy-ready', '--admin', '127.0.0.1:15000', '--timeout', '300ms'], { encoding: 'utf8', env });
+    const r = spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        NS,
+        process.execPath,
+        MESHCTL,
+        'proxy-ready',
+        '--admin',
+        '127.0.0.1:15000',
+        '--timeout',
+        '300ms',
+      ],
+      { encoding: 'utf8', env },
+    );
     expect(r.status).toBe(1);
     expect(r.stderr).toContain('PROXY_NOT_READY: the proxy on 127.0.0.1:15000 did not report ready within 300ms');
-    const j = spawnSync('ip', ['netns', 'exec', NS, process.execPath, MESHCTL, 'proxy-ready', '--admin', '127.0.0.1:15000', '--timeout', '100ms', '--json'], { encoding: 'utf8', env });
+    const j = spawnSync(
+      'ip',
+      [
+        'netns',
+        'exec',
+        NS,
+        process.execPath,
+        MESHCTL,
+        'proxy-ready',
+        '--admin',
+        '127.0.0.1:15000',
+        '--timeout',
+        '100ms',
+        '--json',
+      ],
+      { encoding: 'utf8', env },
+    );
     expect(j.status).toBe(0);
     expect(JSON.parse(j.stdout)).toMatchObject({ ready: false, admin: '127.0.0.1:15000' });
   });

@@ -19,12 +19,27 @@ const SHIPPED = [UNITS.socket, UNITS.proxy, UNITS.capture];
 /** Runs a shell script with /usr/local/bin/meshctl → this tree's bin/meshctl, in a private mount namespace. */
 function withMeshctlOnPath(script: string, cwd: string): { out: string; status: number | null } {
   const setup = `mount -t tmpfs tmpfs /usr/local/bin && ln -s "${join(REPO_ROOT, 'bin/meshctl')}" /usr/local/bin/meshctl && ln -s "${process.execPath}" /usr/local/bin/node`;
-  const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `${setup} && cd "${cwd}" && ${script}`], { encoding: 'utf8', env: { ...process.env, SYSTEMD_LOG_COLOR: '0' } });
+  const r = spawnSync(
+    'unshare',
+    ['-m', '--propagation', 'private', 'sh', '-c', `${setup} && cd "${cwd}" && ${script}`],
+    { encoding: 'utf8', env: { ...process.env, SYSTEMD_LOG_COLOR: '0' } },
+  );
   return { out: `${r.stdout}${r.stderr}`, status: r.status };
 }
 
 const config = (raw: Record<string, unknown>) =>
-  configFromObject({ proxy: { user: 'nobody' }, ...raw }, { host: { userDb: { user: () => ({ name: 'nobody', uid: 65534, gid: 65534 }), group: () => ({ name: 'nogroup', gid: 65534 }) }, detectSshPorts: () => ({ ports: [22], source: 'default' }) } });
+  configFromObject(
+    { proxy: { user: 'nobody' }, ...raw },
+    {
+      host: {
+        userDb: {
+          user: () => ({ name: 'nobody', uid: 65534, gid: 65534 }),
+          group: () => ({ name: 'nogroup', gid: 65534 }),
+        },
+        detectSshPorts: () => ({ ports: [22], source: 'default' }),
+      },
+    },
+  );
 
 describe.skipIf(!integrationEnabled)('shipped systemd units', () => {
   let scratch = '';
@@ -41,7 +56,14 @@ describe.skipIf(!integrationEnabled)('shipped systemd units', () => {
 
   it.each([
     ['the defaults', {}],
-    ['fail-open, IPv6 blocked, other ports and a long drain', { proxy: { user: 'nobody', outboundPort: 16001, inboundPort: 16006, drainTimeout: '2m' }, capture: { ipv6: 'block' }, safety: { onProxyDown: 'open' } }],
+    [
+      'fail-open, IPv6 blocked, other ports and a long drain',
+      {
+        proxy: { user: 'nobody', outboundPort: 16001, inboundPort: 16006, drainTimeout: '2m' },
+        capture: { ipv6: 'block' },
+        safety: { onProxyDown: 'open' },
+      },
+    ],
   ])('pass systemd-analyze verify with the drop-ins service install writes for %s', (_name, raw) => {
     const dir = mkdtempSync(join(scratch, 'units-'));
     for (const unit of SHIPPED) copyFileSync(join(UNIT_DIR, unit), join(dir, unit));
@@ -56,7 +78,10 @@ describe.skipIf(!integrationEnabled)('shipped systemd units', () => {
 
   it('catches a broken unit (the lint is not blind)', () => {
     const dir = mkdtempSync(join(scratch, 'broken-'));
-    writeFileSync(join(dir, UNITS.proxy), readFileSync(join(UNIT_DIR, UNITS.proxy), 'utf8').replace('Restart=always', 'Restart=sometimes'));
+    writeFileSync(
+      join(dir, UNITS.proxy),
+      readFileSync(join(UNIT_DIR, UNITS.proxy), 'utf8').replace('Restart=always', 'Restart=sometimes'),
+    );
     copyFileSync(join(UNIT_DIR, UNITS.socket), join(dir, UNITS.socket));
     const r = withMeshctlOnPath(`systemd-analyze verify --man=no ./${UNITS.proxy}`, dir);
     expect(r.out).toContain('sometimes');
@@ -78,7 +103,9 @@ describe.skipIf(!integrationEnabled)('shipped systemd units', () => {
   it('creates the meshproxy system user and group from the sysusers.d file', () => {
     const root = mkdtempSync(join(scratch, 'root-'));
     mkdirSync(join(root, 'etc'));
-    const r = spawnSync('systemd-sysusers', [`--root=${root}`, join(UNIT_DIR, 'meshctl.sysusers.conf')], { encoding: 'utf8' });
+    const r = spawnSync('systemd-sysusers', [`--root=${root}`, join(UNIT_DIR, 'meshctl.sysusers.conf')], {
+      encoding: 'utf8',
+    });
     expect(r.status, r.stderr).toBe(0);
     const passwd = readFileSync(join(root, 'etc/passwd'), 'utf8');
     const m = /^meshproxy:x:(\d+):(\d+):meshctl transparent proxy:\/:\/usr\/sbin\/nologin$/m.exec(passwd);

@@ -16,11 +16,22 @@ const VAGRANT_DIR = join(REPO_ROOT, 'vagrant');
 const scratch = mkdtempSync(join(tmpdir(), 'ms-vagrant-'));
 
 function validate(extraEnv: Record<string, string>): { status: number | null; out: string } {
-  const env = { ...process.env, VAGRANT_HOME: join(scratch, 'home'), VAGRANT_DOTFILE_PATH: join(scratch, 'dot'), VAGRANT_CHECKPOINT_DISABLE: '1', ...extraEnv };
+  const env = {
+    ...process.env,
+    VAGRANT_HOME: join(scratch, 'home'),
+    VAGRANT_DOTFILE_PATH: join(scratch, 'dot'),
+    VAGRANT_CHECKPOINT_DISABLE: '1',
+    ...extraEnv,
+  };
   let r = spawnSync('vagrant', ['validate'], { cwd: VAGRANT_DIR, encoding: 'utf8', env, timeout: 120_000 });
   // Without the vagrant-libvirt plugin there is no usable provider; then the provider block is skipped.
   if (r.status !== 0 && /No usable default provider/.test(`${r.stdout}${r.stderr}`)) {
-    r = spawnSync('vagrant', ['validate', '--ignore-provider'], { cwd: VAGRANT_DIR, encoding: 'utf8', env, timeout: 120_000 });
+    r = spawnSync('vagrant', ['validate', '--ignore-provider'], {
+      cwd: VAGRANT_DIR,
+      encoding: 'utf8',
+      env,
+      timeout: 120_000,
+    });
   }
   return { status: r.status, out: `${r.stdout}${r.stderr}` };
 }
@@ -35,7 +46,18 @@ describe.skipIf(!integrationEnabled)('Vagrant lab files', () => {
   });
 
   it('vagrant validate accepts it with the TCG, direct-kernel and network overrides lab:vagrant uses', () => {
-    const r = validate({ LAB_BOX: 'meshctl-lab/bookworm', LAB_DRIVER: 'qemu', LAB_KERNEL: '/tmp/vmlinuz', LAB_INITRD: '/tmp/initrd.img', LAB_POOL: 'p', LAB_MGMT_NETWORK: 'm', LAB_PREFIX: 'x-', LAB_SERIAL_DIR: '/tmp', LAB_NET: '192.168.99', LAB_MEMORY: '768' });
+    const r = validate({
+      LAB_BOX: 'meshctl-lab/bookworm',
+      LAB_DRIVER: 'qemu',
+      LAB_KERNEL: '/tmp/vmlinuz',
+      LAB_INITRD: '/tmp/initrd.img',
+      LAB_POOL: 'p',
+      LAB_MGMT_NETWORK: 'm',
+      LAB_PREFIX: 'x-',
+      LAB_SERIAL_DIR: '/tmp',
+      LAB_NET: '192.168.99',
+      LAB_MEMORY: '768',
+    });
     expect(r.out).toContain('Vagrantfile validated successfully');
     expect(r.status).toBe(0);
   });
@@ -47,7 +69,12 @@ describe.skipIf(!integrationEnabled)('Vagrant lab files', () => {
   });
 
   it('has lab scripts that parse', () => {
-    for (const [cmd, args] of [['bash', ['-n', join(VAGRANT_DIR, 'lab-test.sh')]], ['bash', ['-n', join(REPO_ROOT, 'scripts/lab-vagrant.sh')]], ['sh', ['-n', join(VAGRANT_DIR, 'provision.sh')]], [process.execPath, ['--check', join(VAGRANT_DIR, 'lab-apps.mjs')]]] as const) {
+    for (const [cmd, args] of [
+      ['bash', ['-n', join(VAGRANT_DIR, 'lab-test.sh')]],
+      ['bash', ['-n', join(REPO_ROOT, 'scripts/lab-vagrant.sh')]],
+      ['sh', ['-n', join(VAGRANT_DIR, 'provision.sh')]],
+      [process.execPath, ['--check', join(VAGRANT_DIR, 'lab-apps.mjs')]],
+    ] as const) {
       const r = spawnSync(cmd, args, { encoding: 'utf8' });
       expect(r.status, `${cmd} ${args.join(' ')}: ${r.stderr}`).toBe(0);
     }
@@ -55,7 +82,15 @@ describe.skipIf(!integrationEnabled)('Vagrant lab files', () => {
 
   it('ships an app VM config that loads, excludes the unmanaged port and fails closed', () => {
     const raw = parse(readFileSync(join(VAGRANT_DIR, 'app-config.yaml'), 'utf8'));
-    const config = configFromObject(raw, { host: { userDb: { user: () => ({ name: 'meshproxy', uid: 997, gid: 997 }), group: () => ({ name: 'meshproxy', gid: 997 }) }, detectSshPorts: () => ({ ports: [22], source: 'default' }) } });
+    const config = configFromObject(raw, {
+      host: {
+        userDb: {
+          user: () => ({ name: 'meshproxy', uid: 997, gid: 997 }),
+          group: () => ({ name: 'meshproxy', gid: 997 }),
+        },
+        detectSshPorts: () => ({ ports: [22], source: 'default' }),
+      },
+    });
     expect(config.proxy.user.name).toBe('meshproxy');
     expect(config.capture.outbound.excludePorts).toEqual([{ from: 9999, to: 9999 }]);
     expect(config.safety.onProxyDown).toBe('closed');
@@ -68,12 +103,18 @@ describe.skipIf(!integrationEnabled)('Vagrant lab files', () => {
         s.close(() => resolve(p));
       });
     });
-    const server = spawn(process.execPath, [join(VAGRANT_DIR, 'lab-apps.mjs'), 'server', 'app', String(port)], { stdio: 'ignore' });
+    const server = spawn(process.execPath, [join(VAGRANT_DIR, 'lab-apps.mjs'), 'server', 'app', String(port)], {
+      stdio: 'ignore',
+    });
     try {
-      let r = spawnSync(process.execPath, [join(VAGRANT_DIR, 'lab-apps.mjs'), 'client', '127.0.0.1', String(port)], { encoding: 'utf8' });
+      let r = spawnSync(process.execPath, [join(VAGRANT_DIR, 'lab-apps.mjs'), 'client', '127.0.0.1', String(port)], {
+        encoding: 'utf8',
+      });
       for (let i = 0; i < 50 && r.status !== 0; i++) {
         await new Promise((resolve) => setTimeout(resolve, 100));
-        r = spawnSync(process.execPath, [join(VAGRANT_DIR, 'lab-apps.mjs'), 'client', '127.0.0.1', String(port)], { encoding: 'utf8' });
+        r = spawnSync(process.execPath, [join(VAGRANT_DIR, 'lab-apps.mjs'), 'client', '127.0.0.1', String(port)], {
+          encoding: 'utf8',
+        });
       }
       expect(r.stdout.trim()).toBe('app saw 127.0.0.1');
     } finally {

@@ -38,7 +38,9 @@ describe('bench summary', () => {
     expect(row.vsDirect).toBeCloseTo(0.405);
     expect(row.vsHaproxy).toBeCloseTo(0.81);
     expect(row.met).toBe(true);
-    const missed = summarise([...ms.slice(0, 2), m('rr-32', 'meshctl', 1, { rate: 79 })], all).find((s) => s.workload === 'rr-32' && s.metric === 'rate')!;
+    const missed = summarise([...ms.slice(0, 2), m('rr-32', 'meshctl', 1, { rate: 79 })], all).find(
+      (s) => s.workload === 'rr-32' && s.metric === 'rate',
+    )!;
     expect(missed.met).toBe(false);
   });
 
@@ -57,29 +59,53 @@ describe('bench summary', () => {
   });
 
   it('judges memory per connection against the absolute 6 KiB bound', () => {
-    const row = (bytes: number) => summarise([m('idle', 'haproxy', 1, { bytesPerConn: 9000 }), m('idle', 'meshctl', 1, { bytesPerConn: bytes })], all)
-      .find((s) => s.metric === 'bytesPerConn')!;
+    const row = (bytes: number) =>
+      summarise(
+        [m('idle', 'haproxy', 1, { bytesPerConn: 9000 }), m('idle', 'meshctl', 1, { bytesPerConn: bytes })],
+        all,
+      ).find((s) => s.metric === 'bytesPerConn')!;
     expect(row(6000).met).toBe(true);
     expect(row(7000).met).toBe(false);
   });
 
   it('flags a load generator that direct could not outrun', () => {
-    const lines = loadgenChecks([m('rr-1', 'direct', 1, { rate: 100, loadgenCpu: 1 }), m('rr-1', 'meshctl', 1, { rate: 99, loadgenCpu: 0.9 })], ['direct', 'meshctl']);
+    const lines = loadgenChecks(
+      [m('rr-1', 'direct', 1, { rate: 100, loadgenCpu: 1 }), m('rr-1', 'meshctl', 1, { rate: 99, loadgenCpu: 0.9 })],
+      ['direct', 'meshctl'],
+    );
     expect(lines.find((l) => l.startsWith('| rr-1 |'))).toContain('generator may limit');
-    const ok = loadgenChecks([m('rr-1', 'direct', 1, { rate: 300, loadgenCpu: 0.6 }), m('rr-1', 'meshctl', 1, { rate: 100, loadgenCpu: 0.3 })], ['direct', 'meshctl']);
+    const ok = loadgenChecks(
+      [m('rr-1', 'direct', 1, { rate: 300, loadgenCpu: 0.6 }), m('rr-1', 'meshctl', 1, { rate: 100, loadgenCpu: 0.3 })],
+      ['direct', 'meshctl'],
+    );
     expect(ok.find((l) => l.startsWith('| rr-1 |'))).toBe('| rr-1 | 3.00× | 60 % / 30 % | not the bottleneck |');
   });
 
   it('renders one table row per measured metric with the verdict', () => {
     const md = renderReport({
-      info: { date: '2025-01-02T03:04:05.000Z', kernel: '6.1', cpu: 'cpu', cores: 2, memoryGiB: 4, node: 'v20', versions: { haproxy: '2.6' }, commit: 'abc' },
+      info: {
+        date: '2025-01-02T03:04:05.000Z',
+        kernel: '6.1',
+        cpu: 'cpu',
+        cores: 2,
+        memoryGiB: 4,
+        node: 'v20',
+        versions: { haproxy: '2.6' },
+        commit: 'abc',
+      },
       profile: { secs: 1, warmup: 0, repetitions: 1, idleConns: 10, pacedRate: 100 },
       candidates: all,
-      measurements: [m('bulk-1', 'direct', 1, { gbps: 20 }), m('bulk-1', 'haproxy', 1, { gbps: 10, proxyCpuPerGB: 0.5 }), m('bulk-1', 'meshctl', 1, { gbps: 9.5, proxyCpuPerGB: 0.6 })],
+      measurements: [
+        m('bulk-1', 'direct', 1, { gbps: 20 }),
+        m('bulk-1', 'haproxy', 1, { gbps: 10, proxyCpuPerGB: 0.5 }),
+        m('bulk-1', 'meshctl', 1, { gbps: 9.5, proxyCpuPerGB: 0.6 }),
+      ],
       setup: ['lab'],
     });
     expect(md).toContain('# meshctl benchmark — 2025-01-02');
-    expect(md).toContain('| bulk, 1 stream (iperf3) | Gbit/s | 20.0 | 10.0 | 9.50 | 0.47× | 0.95× | ≥ 0.9× HAProxy | met |');
+    expect(md).toContain(
+      '| bulk, 1 stream (iperf3) | Gbit/s | 20.0 | 10.0 | 9.50 | 0.47× | 0.95× | ≥ 0.9× HAProxy | met |',
+    );
     expect(md).toContain('| bulk, 1 stream: proxy CPU | CPU s/GB | – | 0.50 | 0.60 | – | 1.20× |  |  |');
     expect(md).not.toContain('RR 64 B');
   });

@@ -11,7 +11,8 @@ import { renderConfig } from '../../src/config/render.js';
 import { cases, testHost } from '../cases.js';
 
 const fields = FIELD_TABLE.filter((e): e is FieldEntry => e.kind === 'field');
-const load = (raw: Record<string, unknown>) => configFromObject({ proxy: { user: 'meshproxy' }, ...raw }, { file: 'config.yaml', host: testHost, env: {} });
+const load = (raw: Record<string, unknown>) =>
+  configFromObject({ proxy: { user: 'meshproxy' }, ...raw }, { file: 'config.yaml', host: testHost, env: {} });
 
 /** Fields whose absence means something, so the schema gives no default (README says what happens instead). */
 const NO_DEFAULT: Record<string, string> = {
@@ -21,7 +22,8 @@ const NO_DEFAULT: Record<string, string> = {
 
 describe('the field table', () => {
   it('has an entry for every schema leaf outside the policy sections, and only for schema leaves', () => {
-    const isPolicy = (path: string) => POLICY_PATHS.some((section) => path === section || path.startsWith(`${section}.`));
+    const isPolicy = (path: string) =>
+      POLICY_PATHS.some((section) => path === section || path.startsWith(`${section}.`));
     expect(schemaLeaves().filter((leaf) => !isPolicy(leaf) && !fields.some((f) => f.path === leaf))).toEqual([]);
     expect(fields.map((f) => f.path).filter((path) => !schemaLeaves().includes(path) || isPolicy(path))).toEqual([]);
   });
@@ -41,7 +43,15 @@ describe('the field table', () => {
         continue;
       }
       expect(fallback, `${f.path} has no "default" in the schema`).not.toBeUndefined();
-      expect(() => f.parser.parse(fallback, { path: f.path, userDb: testHost.userDb, problem: (p, m) => expect.fail(`${p}: ${m}`) }), f.path).not.toThrow();
+      expect(
+        () =>
+          f.parser.parse(fallback, {
+            path: f.path,
+            userDb: testHost.userDb,
+            problem: (p, m) => expect.fail(`${p}: ${m}`),
+          }),
+        f.path,
+      ).not.toThrow();
     }
   });
 
@@ -61,9 +71,15 @@ describe('the field table', () => {
     expect(load({ ...raw, proxy: { ...(raw.proxy as object), user: 'meshproxy' } }).hash).toBe(load({}).hash);
   });
 
-  it('offers exactly the schema enum as each enum field\'s choices', () => {
+  it("offers exactly the schema enum as each enum field's choices", () => {
     const enums = fields.filter((f) => f.parser.choices !== undefined);
-    expect(enums.map((f) => f.path)).toEqual(['proxy.relay', 'capture.backend', 'capture.ipv6', 'capture.inbound.mode', 'safety.onProxyDown']);
+    expect(enums.map((f) => f.path)).toEqual([
+      'proxy.relay',
+      'capture.backend',
+      'capture.ipv6',
+      'capture.inbound.mode',
+      'safety.onProxyDown',
+    ]);
     for (const f of enums) expect(f.parser.choices, f.path).toEqual(schemaNodeAt(f.path)?.enum);
   });
 
@@ -76,7 +92,9 @@ describe('the field table', () => {
       'vm-default': '99004d0ab7fe9434f19dbbc4c4f5855fe6e69622f7d2d715bf8abf9c006ceb38',
       'vm-tproxy-dns': '85edd4e6c64f6ff205403c8ec3df35e67a6a7b73f1cedf239f949d31676d9107',
     };
-    expect(Object.fromEntries(cases.filter((c) => c.name in pinned).map((c) => [c.name, c.config.hash]))).toEqual(pinned);
+    expect(Object.fromEntries(cases.filter((c) => c.name in pinned).map((c) => [c.name, c.config.hash]))).toEqual(
+      pinned,
+    );
   });
 
   it('renders every field into the file form', () => {
@@ -95,7 +113,10 @@ describe('the schema', () => {
 
   it('states a default in a description only where it equals the "default" keyword', () => {
     const stated = nodes(configSchema, '#').flatMap(([path, node]) => {
-      const match = typeof node.description === 'string' ? /\bDefault ("[^"]*"|-?\d+(?:\.\d+)?|true|false|null|\[\])/.exec(node.description) : null;
+      const match =
+        typeof node.description === 'string'
+          ? /\bDefault ("[^"]*"|-?\d+(?:\.\d+)?|true|false|null|\[\])/.exec(node.description)
+          : null;
       return match ? [{ path, stated: JSON.parse(match[1]!) as unknown, default: node.default }] : [];
     });
     expect(stated.length).toBeGreaterThan(0);
@@ -110,7 +131,8 @@ describe('the named checks', () => {
     proxyUserNotRoot: (c) => Object.assign(c.proxy.user, { name: 'root', uid: 0 }),
     proxyGroupNotRoot: (c) => Object.assign(c.proxy.user, { gid: 0 }),
     portsDistinct: (c) => Object.assign(c.proxy, { adminPort: c.proxy.outboundPort }),
-    includedPortsNotExcluded: (c) => Object.assign(c.capture.outbound, { includePorts: [{ from: 80, to: 80 }], excludePorts: [{ from: 80, to: 90 }] }),
+    includedPortsNotExcluded: (c) =>
+      Object.assign(c.capture.outbound, { includePorts: [{ from: 80, to: 80 }], excludePorts: [{ from: 80, to: 90 }] }),
     includedCidrsNotExcluded: (c) => {
       const cidr = { family: 'ipv4', address: '10.0.0.0', prefix: 8 } as const;
       Object.assign(c.capture.outbound, { includeCidrs: [cidr], excludeCidrs: [cidr] });
@@ -128,7 +150,9 @@ describe('the named checks', () => {
   it.each(CHECKS.map((c) => c.name))('%s reports a config that breaks it, and no other check does', (name) => {
     const config = structuredClone(load({})) as Body;
     breaks[name]!(config);
-    const reporting = CHECKS.filter((check) => check.run({ config, given: () => true }).length > 0).map((check) => check.name);
+    const reporting = CHECKS.filter((check) => check.run({ config, given: () => true }).length > 0).map(
+      (check) => check.name,
+    );
     expect(reporting).toEqual([name]);
   });
 });

@@ -54,7 +54,9 @@ describe('README.md config field table', () => {
       if (stated === undefined && schema === undefined) return [];
       if (stated !== undefined && JSON.stringify(stated.literal) === JSON.stringify(schema)) return [];
       const readmeSays = stated === undefined ? 'states no literal default' : `says ${JSON.stringify(stated.literal)}`;
-      return [`${path}: README ${readmeSays}, schema ${schema === undefined ? 'has none' : `says ${JSON.stringify(schema)}`}`];
+      return [
+        `${path}: README ${readmeSays}, schema ${schema === undefined ? 'has none' : `says ${JSON.stringify(schema)}`}`,
+      ];
     });
     expect(disagree).toEqual([]);
   });

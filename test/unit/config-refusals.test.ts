@@ -14,7 +14,8 @@ import { MeshctlError } from '../../src/errors.js';
 import { testHost } from '../cases.js';
 
 type Flag = { path: string; value: unknown; flag: string };
-const load = (raw: unknown, flags: Flag[] = []) => configFromObject(raw, { file: 'config.yaml', host: testHost, env: {}, flags });
+const load = (raw: unknown, flags: Flag[] = []) =>
+  configFromObject(raw, { file: 'config.yaml', host: testHost, env: {}, flags });
 
 function failure(fn: () => unknown): MeshctlError {
   try {
@@ -28,10 +29,12 @@ function failure(fn: () => unknown): MeshctlError {
 const base = { proxy: { user: 'meshproxy' } };
 
 describe('safety values that would defeat themselves', () => {
-  it('refuses an empty safety.sshPorts, from the file or from --ssh-ports \'\'', () => {
+  it("refuses an empty safety.sshPorts, from the file or from --ssh-ports ''", () => {
     const file = failure(() => load({ ...base, safety: { sshPorts: [] } }));
     expect(file.code).toBe('CONFIG_INVALID');
-    expect(file.message).toBe('safety.sshPorts (config.yaml): is empty: an empty list would leave every SSH port capturable; omit safety.sshPorts (and --ssh-ports) to use the ports sshd listens on, or list the SSH ports');
+    expect(file.message).toBe(
+      'safety.sshPorts (config.yaml): is empty: an empty list would leave every SSH port capturable; omit safety.sshPorts (and --ssh-ports) to use the ports sshd listens on, or list the SSH ports',
+    );
     const flags = configOverrides({ sshPorts: '' });
     expect(flags).toEqual([{ path: 'safety.sshPorts', value: [], flag: '--ssh-ports' }]);
     const flag = failure(() => load(base, flags));
@@ -44,12 +47,18 @@ describe('safety values that would defeat themselves', () => {
   it.each([253, 254, 255])('refuses the reserved route table %i for TPROXY', (table) => {
     const e = failure(() => load({ ...base, capture: { inbound: { mode: 'tproxy', tproxyRouteTable: table } } }));
     expect(e.code).toBe('CONFIG_INVALID');
-    expect(e.message).toBe(`capture.inbound.tproxyRouteTable (config.yaml): ${table} is a reserved routing table (253 default, 254 main, 255 local); choose another`);
+    expect(e.message).toBe(
+      `capture.inbound.tproxyRouteTable (config.yaml): ${table} is a reserved routing table (253 default, 254 main, 255 local); choose another`,
+    );
   });
 
   it('refuses route table 0 and accepts an ordinary one', () => {
-    expect(failure(() => load({ ...base, capture: { inbound: { tproxyRouteTable: 0 } } })).message).toBe('capture.inbound.tproxyRouteTable (config.yaml): must be >= 1, got 0');
-    expect(load({ ...base, capture: { inbound: { tproxyRouteTable: 252 } } }).capture.inbound.tproxyRouteTable).toBe(252);
+    expect(failure(() => load({ ...base, capture: { inbound: { tproxyRouteTable: 0 } } })).message).toBe(
+      'capture.inbound.tproxyRouteTable (config.yaml): must be >= 1, got 0',
+    );
+    expect(load({ ...base, capture: { inbound: { tproxyRouteTable: 252 } } }).capture.inbound.tproxyRouteTable).toBe(
+      252,
+    );
   });
 });
 
@@ -59,10 +68,26 @@ describe('durations', () => {
     ['proxy.connectTimeout', { proxy: { connectTimeout: '6m' } }, '"6m" is too long: must be at most 5m'],
     ['proxy.idleTimeout', { proxy: { idleTimeout: '577h' } }, '"577h" is too long: must be at most 576h'],
     ['proxy.keepalive', { proxy: { keepalive: '10h' } }, '"10h" is too long: must be at most 9h'],
-    ['controlPlane.pollInterval', { controlPlane: { url: 'http://127.0.0.1:1/p', pollInterval: '600h' } }, '"600h" is too long: must be at most 24h'],
-    ['outbound.resolver.timeout', { outbound: { resolver: { timeout: '2m' } } }, '"2m" is too long: must be at most 1m'],
-    ['services[0].retries.backoff', { services: [{ name: 'a', addresses: ['10.0.0.1:80'], endpoints: ['10.0.0.2:80'], retries: { backoff: '2m' } }] }, '"2m" is too long: must be at most 1m'],
-    ['inbound.ports[0].rateLimit.per', { inbound: { ports: [{ port: 80, rateLimit: { connections: 1, per: '25h' } }] } }, '"25h" is too long: must be at most 24h'],
+    [
+      'controlPlane.pollInterval',
+      { controlPlane: { url: 'http://127.0.0.1:1/p', pollInterval: '600h' } },
+      '"600h" is too long: must be at most 24h',
+    ],
+    [
+      'outbound.resolver.timeout',
+      { outbound: { resolver: { timeout: '2m' } } },
+      '"2m" is too long: must be at most 1m',
+    ],
+    [
+      'services[0].retries.backoff',
+      { services: [{ name: 'a', addresses: ['10.0.0.1:80'], endpoints: ['10.0.0.2:80'], retries: { backoff: '2m' } }] },
+      '"2m" is too long: must be at most 1m',
+    ],
+    [
+      'inbound.ports[0].rateLimit.per',
+      { inbound: { ports: [{ port: 80, rateLimit: { connections: 1, per: '25h' } }] } },
+      '"25h" is too long: must be at most 24h',
+    ],
   ])('bounds %s', (path, raw, message) => {
     const e = failure(() => load({ ...base, ...raw }));
     expect(e.code).toBe('CONFIG_INVALID');
@@ -72,17 +97,30 @@ describe('durations', () => {
   it('refuses anywhere a duration longer than 2^31-1 ms, the longest timer Node keeps', () => {
     const e = failure(() => load({ ...base, proxy: { maxConnectionDuration: '600h' } }));
     expect(e.message).toBe('proxy.maxConnectionDuration (config.yaml): "600h" is too long: must be at most 576h');
-    const beyond = failure(() => load(base, [{ path: 'proxy.drainTimeout', value: `${MAX_TIMER_MS + 1}ms`, flag: '--proxy-drain-timeout' }]));
-    expect(beyond.message).toBe(`proxy.drainTimeout (flag --proxy-drain-timeout): "${MAX_TIMER_MS + 1}ms" is too long: must be at most 1h`);
+    const beyond = failure(() =>
+      load(base, [{ path: 'proxy.drainTimeout', value: `${MAX_TIMER_MS + 1}ms`, flag: '--proxy-drain-timeout' }]),
+    );
+    expect(beyond.message).toBe(
+      `proxy.drainTimeout (flag --proxy-drain-timeout): "${MAX_TIMER_MS + 1}ms" is too long: must be at most 1h`,
+    );
     // A control-plane document is held to the same bounds, whatever the length.
     const service = { name: 'a', addresses: ['10.0.0.1:80'], endpoints: ['10.0.0.2:80'] };
-    const overlay = { raw: { services: [{ ...service, faults: { delay: { percent: 1, duration: `${MAX_TIMER_MS + 1}ms` } } }] }, origin: 'control plane test' };
+    const overlay = {
+      raw: { services: [{ ...service, faults: { delay: { percent: 1, duration: `${MAX_TIMER_MS + 1}ms` } } }] },
+      origin: 'control plane test',
+    };
     const plane = failure(() => configFromObject(base, { file: 'config.yaml', host: testHost, env: {}, overlay }));
-    expect(plane.message).toBe(`services[0].faults.delay.duration (control plane test): "${MAX_TIMER_MS + 1}ms" is too long: must be at most 5m`);
+    expect(plane.message).toBe(
+      `services[0].faults.delay.duration (control plane test): "${MAX_TIMER_MS + 1}ms" is too long: must be at most 5m`,
+    );
     // The limit every duration is held to, whether or not its field has a maxDuration.
-    expect(durationBoundProblem(MAX_TIMER_MS + 1, undefined)).toBe(`must be at most ${MAX_TIMER_MS} ms (≈ 24.8 days, the longest timer Node keeps)`);
+    expect(durationBoundProblem(MAX_TIMER_MS + 1, undefined)).toBe(
+      `must be at most ${MAX_TIMER_MS} ms (≈ 24.8 days, the longest timer Node keeps)`,
+    );
     expect(durationBoundProblem(MAX_TIMER_MS, undefined)).toBeNull();
-    expect(load({ ...base, proxy: { idleTimeout: '576h', drainTimeout: '1h', keepalive: 'off' } }).proxy.idleTimeoutMs).toBe(576 * 3_600_000);
+    expect(
+      load({ ...base, proxy: { idleTimeout: '576h', drainTimeout: '1h', keepalive: 'off' } }).proxy.idleTimeoutMs,
+    ).toBe(576 * 3_600_000);
   });
 });
 
@@ -92,15 +130,18 @@ describe('include lists', () => {
     ['capture.outbound.includePorts', 'outbound-include-ports', 'outboundIncludePorts', 'capture.outbound'],
     ['capture.outbound.includeGids', 'include-gids', 'includeGids', 'capture.outbound'],
     ['capture.inbound.includePorts', 'inbound-include-ports', 'inboundIncludePorts', 'capture.inbound'],
-  ])('refuses an empty %s (--%s \'\')', (path, flag, key, section) => {
+  ])("refuses an empty %s (--%s '')", (path, flag, key, section) => {
     const e = failure(() => load(base, configOverrides({ [key]: '' })));
     expect(e.code).toBe('CONFIG_INVALID');
-    expect(e.message).toBe(`${path} (flag --${flag}): is empty: an empty include list would capture nothing; give "*" for all, or set ${section}.enabled: false to turn this capture off`);
+    expect(e.message).toBe(
+      `${path} (flag --${flag}): is empty: an empty include list would capture nothing; give "*" for all, or set ${section}.enabled: false to turn this capture off`,
+    );
   });
 
   it('refuses an empty capture.dns.servers', () => {
-    expect(failure(() => load({ ...base, capture: { dns: { enabled: true, servers: [] } } })).message)
-      .toBe('capture.dns.servers (config.yaml): is empty: an empty include list would capture nothing; give "*" for all, or set capture.dns.enabled: false to turn this capture off');
+    expect(failure(() => load({ ...base, capture: { dns: { enabled: true, servers: [] } } })).message).toBe(
+      'capture.dns.servers (config.yaml): is empty: an empty include list would capture nothing; give "*" for all, or set capture.dns.enabled: false to turn this capture off',
+    );
   });
 });
 
@@ -119,11 +160,16 @@ describe('interface names', () => {
   ])('refuses %j in capture.excludeInterfaces', (name, why) => {
     const e = failure(() => load({ ...base, capture: { excludeInterfaces: ['lo', name] } }));
     expect(e.code).toBe('CONFIG_INVALID');
-    expect(e.message).toBe(`capture.excludeInterfaces[1] (config.yaml): ${JSON.stringify(name)} is not an interface name (${why})`);
+    expect(e.message).toBe(
+      `capture.excludeInterfaces[1] (config.yaml): ${JSON.stringify(name)} is not an interface name (${why})`,
+    );
   });
 
   it('accepts names the kernel takes, wildcards included', () => {
-    expect(load({ ...base, capture: { excludeInterfaces: ['docker0', 'veth+', 'br-1a2b.100', 'abcdefghijklmno'] } }).capture.excludeInterfaces).toHaveLength(4);
+    expect(
+      load({ ...base, capture: { excludeInterfaces: ['docker0', 'veth+', 'br-1a2b.100', 'abcdefghijklmno'] } }).capture
+        .excludeInterfaces,
+    ).toHaveLength(4);
   });
 });
 
@@ -132,7 +178,12 @@ describe('files that are no config', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const loadFile = (name: string, text: string) => {
     writeFileSync(join(dir, name), text);
-    return loadConfig({ file: join(dir, name), host: testHost, env: {} }).then(() => { throw new Error('loaded'); }, (e: unknown) => e as MeshctlError);
+    return loadConfig({ file: join(dir, name), host: testHost, env: {} }).then(
+      () => {
+        throw new Error('loaded');
+      },
+      (e: unknown) => e as MeshctlError,
+    );
   };
 
   it('refuses a YAML !!set where a section belongs, naming the section', async () => {
@@ -140,7 +191,9 @@ describe('files that are no config', () => {
     expect(e.code).toBe('CONFIG_INVALID');
     expect(e.message).toBe(`proxy (${join(dir, 'set.yaml')}): is a YAML !!set, which no config field accepts`);
     const deeper = await loadFile('set2.yaml', 'capture:\n  outbound: !!set { a, b }\n');
-    expect(deeper.message).toBe(`capture.outbound (${join(dir, 'set2.yaml')}): is a YAML !!set, which no config field accepts`);
+    expect(deeper.message).toBe(
+      `capture.outbound (${join(dir, 'set2.yaml')}): is a YAML !!set, which no config field accepts`,
+    );
   });
 
   it('says in one line that a file like /etc/shadow is no meshctl config, without echoing it', async () => {
@@ -148,33 +201,52 @@ describe('files that are no config', () => {
     const shadow = `root:${secret}:19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\nbin:*:19700:0:99999:7:::\nmeshproxy:!:19700::::::\n`;
     const e = await loadFile('shadow', shadow);
     expect(e.code).toBe('CONFIG_INVALID');
-    expect(e.message).toBe(`${join(dir, 'shadow')} is not a meshctl config: none of its 4 top-level keys is a config section (proxy, capture, safety, stateDir, services, outbound, inbound, controlPlane)`);
+    expect(e.message).toBe(
+      `${join(dir, 'shadow')} is not a meshctl config: none of its 4 top-level keys is a config section (proxy, capture, safety, stateDir, services, outbound, inbound, controlPlane)`,
+    );
     expect(e.details).toEqual([]);
     const all = [e.message, e.hint ?? '', ...e.details].join('\n');
     for (const word of ['root', 'daemon', 'saltsalt', 'meshproxy']) expect(all).not.toContain(word);
   });
 
   it('still suggests the near section for a typo', () => {
-    expect(failure(() => load({ proxi: { user: 'meshproxy' } })).message).toContain('unknown key "proxi" (did you mean "proxy"?)');
+    expect(failure(() => load({ proxi: { user: 'meshproxy' } })).message).toContain(
+      'unknown key "proxi" (did you mean "proxy"?)',
+    );
   });
 });
 
-describe('the proxy\'s own flags', () => {
-  it('come from the field table with the schema\'s defaults, and only `meshctl proxy` offers them', () => {
+describe("the proxy's own flags", () => {
+  it("come from the field table with the schema's defaults, and only `meshctl proxy` offers them", () => {
     const proxyOnly = CONFIG_FLAGS.filter((s) => s.proxyOnly);
     expect(proxyOnly.map((s) => s.flag)).toEqual([
-      'proxy-workers', 'proxy-connect-timeout', 'proxy-idle-timeout', 'proxy-max-connection-duration', 'proxy-half-close-timeout',
-      'proxy-drain-timeout', 'proxy-keepalive', 'proxy-relay', 'proxy-access-log-path', 'proxy-access-log-sample-ratio',
+      'proxy-workers',
+      'proxy-connect-timeout',
+      'proxy-idle-timeout',
+      'proxy-max-connection-duration',
+      'proxy-half-close-timeout',
+      'proxy-drain-timeout',
+      'proxy-keepalive',
+      'proxy-relay',
+      'proxy-access-log-path',
+      'proxy-access-log-sample-ratio',
       'proxy-access-log-periodic-interval',
     ]);
     expect(proxyOnly.find((s) => s.flag === 'proxy-connect-timeout')?.help).toBe('upstream connect timeout (10s)');
-    expect(proxyOnly.find((s) => s.flag === 'proxy-half-close-timeout')?.help).toBe('close connections half-closed this long (60s)');
+    expect(proxyOnly.find((s) => s.flag === 'proxy-half-close-timeout')?.help).toBe(
+      'close connections half-closed this long (60s)',
+    );
     const install = addConfigOptions(new Command('install'));
     expect(install.options.map((o) => o.long)).not.toContain('--proxy-drain-timeout');
   });
 
   it('turn their text into the file\'s values ("-" is stdout, ratios are numbers)', () => {
-    const flags = configOverrides({ proxyAccessLogPath: '-', proxyAccessLogSampleRatio: '0.25', proxyWorkers: 'auto', proxyDrainTimeout: '5s' });
+    const flags = configOverrides({
+      proxyAccessLogPath: '-',
+      proxyAccessLogSampleRatio: '0.25',
+      proxyWorkers: 'auto',
+      proxyDrainTimeout: '5s',
+    });
     const c = load(base, flags);
     expect(c.proxy.accessLog.path).toBeNull();
     expect(c.proxy.accessLog.sampleRatio).toBe(0.25);

@@ -40,8 +40,14 @@ describe('configFromObject', () => {
   });
 
   it('parses ports, ranges and CIDRs into canonical values', () => {
-    const c = load({ proxy: { user: 'meshproxy' }, capture: { outbound: { excludePorts: [5432, '8000-8100'], excludeCidrs: ['10.1.2.3/8', 'FD00:0:0::1/64'] } } });
-    expect(c.capture.outbound.excludePorts).toEqual([{ from: 5432, to: 5432 }, { from: 8000, to: 8100 }]);
+    const c = load({
+      proxy: { user: 'meshproxy' },
+      capture: { outbound: { excludePorts: [5432, '8000-8100'], excludeCidrs: ['10.1.2.3/8', 'FD00:0:0::1/64'] } },
+    });
+    expect(c.capture.outbound.excludePorts).toEqual([
+      { from: 5432, to: 5432 },
+      { from: 8000, to: 8100 },
+    ]);
     expect(c.capture.outbound.excludeCidrs).toEqual([
       { family: 'ipv4', address: '10.0.0.0', prefix: 8 },
       { family: 'ipv6', address: 'fd00::', prefix: 64 },
@@ -49,8 +55,16 @@ describe('configFromObject', () => {
   });
 
   it('lets flags override the file and names the flag when a flag value is bad', () => {
-    expect(load({ proxy: { user: 'meshproxy', outboundPort: 15001 } }, [{ path: 'proxy.outboundPort', value: 17001, flag: '--proxy-outbound-port' }]).proxy.outboundPort).toBe(17001);
-    const e = failure(() => load({ proxy: { user: 'meshproxy' } }, [{ path: 'proxy.outboundPort', value: 70000, flag: '--proxy-outbound-port' }]));
+    expect(
+      load({ proxy: { user: 'meshproxy', outboundPort: 15001 } }, [
+        { path: 'proxy.outboundPort', value: 17001, flag: '--proxy-outbound-port' },
+      ]).proxy.outboundPort,
+    ).toBe(17001);
+    const e = failure(() =>
+      load({ proxy: { user: 'meshproxy' } }, [
+        { path: 'proxy.outboundPort', value: 70000, flag: '--proxy-outbound-port' },
+      ]),
+    );
     expect(e.code).toBe('CONFIG_INVALID');
     expect(e.message).toBe('proxy.outboundPort (flag --proxy-outbound-port): must be <= 65535, got 70000');
   });
@@ -63,9 +77,17 @@ describe('configFromObject', () => {
   });
 
   it('takes the current SSH session from SSH_CONNECTION', () => {
-    expect(parseSshConnection('203.0.113.9 51234 10.0.0.5 22')).toEqual({ address: '203.0.113.9', port: 51234, localAddress: '10.0.0.5', localPort: 22 });
+    expect(parseSshConnection('203.0.113.9 51234 10.0.0.5 22')).toEqual({
+      address: '203.0.113.9',
+      port: 51234,
+      localAddress: '10.0.0.5',
+      localPort: 22,
+    });
     expect(parseSshConnection('garbage')).toBeNull();
-    const c = configFromObject({ proxy: { user: 'meshproxy' } }, { host: testHost, env: { SSH_CONNECTION: '203.0.113.9 51234 10.0.0.5 22' } });
+    const c = configFromObject(
+      { proxy: { user: 'meshproxy' } },
+      { host: testHost, env: { SSH_CONNECTION: '203.0.113.9 51234 10.0.0.5 22' } },
+    );
     expect(c.safety.sshPeer?.address).toBe('203.0.113.9');
   });
 });
@@ -83,28 +105,53 @@ describe('bad config input', () => {
   });
 
   it('rejects an invalid CIDR naming the list index', () => {
-    const e = failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { excludeCidrs: ['10.0.0.0/8', '192.168.0.0/16', '10.0.0.300/8'] } } }));
-    expect(e.message).toBe('capture.outbound.excludeCidrs[2] (config.yaml): "10.0.0.300/8" is not a CIDR ("10.0.0.300" is not an IPv4 or IPv6 address)');
+    const e = failure(() =>
+      load({
+        proxy: { user: 'meshproxy' },
+        capture: { outbound: { excludeCidrs: ['10.0.0.0/8', '192.168.0.0/16', '10.0.0.300/8'] } },
+      }),
+    );
+    expect(e.message).toBe(
+      'capture.outbound.excludeCidrs[2] (config.yaml): "10.0.0.300/8" is not a CIDR ("10.0.0.300" is not an IPv4 or IPv6 address)',
+    );
   });
 
   it('rejects invalid ports and port ranges', () => {
-    expect(failure(() => load({ proxy: { user: 'meshproxy' }, capture: { inbound: { excludePorts: [0] } } })).message).toBe(
-      'capture.inbound.excludePorts[0] (config.yaml): must be >= 1, got 0');
-    expect(failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { excludePorts: ['9000-8000'] } } })).message).toBe(
-      'capture.outbound.excludePorts[0] (config.yaml): "9000-8000" is not a port range (range end 8000 is below its start 9000)');
-    expect(failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { includePorts: 80 } } })).message).toContain(
-      'capture.outbound.includePorts (config.yaml): must be "*" for every port, or a list of ports and ranges; got 80');
+    expect(
+      failure(() => load({ proxy: { user: 'meshproxy' }, capture: { inbound: { excludePorts: [0] } } })).message,
+    ).toBe('capture.inbound.excludePorts[0] (config.yaml): must be >= 1, got 0');
+    expect(
+      failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { excludePorts: ['9000-8000'] } } }))
+        .message,
+    ).toBe(
+      'capture.outbound.excludePorts[0] (config.yaml): "9000-8000" is not a port range (range end 8000 is below its start 9000)',
+    );
+    expect(
+      failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { includePorts: 80 } } })).message,
+    ).toContain(
+      'capture.outbound.includePorts (config.yaml): must be "*" for every port, or a list of ports and ranges; got 80',
+    );
   });
 
   it('rejects a bad duration and an enum value outside the allowed set', () => {
-    expect(failure(() => load({ proxy: { user: 'meshproxy', connectTimeout: '10 seconds' } })).message).toContain('proxy.connectTimeout (config.yaml): "10 seconds" is not a duration');
-    expect(failure(() => load({ proxy: { user: 'meshproxy', connectTimeout: 'off' } })).message).toContain('proxy.connectTimeout (config.yaml): "off" is not allowed here');
+    expect(failure(() => load({ proxy: { user: 'meshproxy', connectTimeout: '10 seconds' } })).message).toContain(
+      'proxy.connectTimeout (config.yaml): "10 seconds" is not a duration',
+    );
+    expect(failure(() => load({ proxy: { user: 'meshproxy', connectTimeout: 'off' } })).message).toContain(
+      'proxy.connectTimeout (config.yaml): "off" is not allowed here',
+    );
     expect(failure(() => load({ proxy: { user: 'meshproxy' }, capture: { ipv6: 'maybe' } })).message).toBe(
-      'capture.ipv6 (config.yaml): must be one of "intercept", "block", "off"; got "maybe"');
+      'capture.ipv6 (config.yaml): must be one of "intercept", "block", "off"; got "maybe"',
+    );
   });
 
   it('reports every problem at once', () => {
-    const e = failure(() => load({ proxy: { user: 'meshproxy', adminPort: 'x' }, capture: { ipv6: 1, outbound: { excludeCidrs: ['nope'] } } }));
+    const e = failure(() =>
+      load({
+        proxy: { user: 'meshproxy', adminPort: 'x' },
+        capture: { ipv6: 1, outbound: { excludeCidrs: ['nope'] } },
+      }),
+    );
     expect(e.message).toBe('3 problems in the config');
     expect(e.details).toHaveLength(3);
   });
@@ -123,27 +170,62 @@ describe('bad config input', () => {
     expect(e.hint).toContain('create the user');
     expect(failure(() => load({ proxy: { user: 4242 } })).message).toContain('uid 4242 has no passwd entry');
     expect(load({ proxy: { user: 4242, group: 4242 } }).proxy.user).toEqual({ name: null, uid: 4242, gid: 4242 });
-    expect(failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { excludeUids: ['nosuchuser'] } } })).message).toContain(
-      'capture.outbound.excludeUids[0] (config.yaml): user "nosuchuser" does not exist');
+    expect(
+      failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { excludeUids: ['nosuchuser'] } } }))
+        .message,
+    ).toContain('capture.outbound.excludeUids[0] (config.yaml): user "nosuchuser" does not exist');
   });
 
   it('refuses conflicting include and exclude lists', () => {
-    expect(failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { includePorts: [80, 443], excludePorts: ['400-500'] } } })).message).toContain(
-      'capture.outbound.includePorts[1] (config.yaml): port 443 is also excluded by capture.outbound.excludePorts[0] (400-500)');
-    expect(failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { includeCidrs: ['10.0.0.0/8'], excludeCidrs: ['10.1.0.0/8'] } } })).message).toContain(
-      'capture.outbound.includeCidrs[0] (config.yaml): 10.0.0.0/8 is also in capture.outbound.excludeCidrs[0]');
-    expect(failure(() => load({ proxy: { user: 'meshproxy' }, capture: { outbound: { includeGids: ['apps'], excludeGids: ['docker'] } } })).message).toContain(
-      'capture.outbound.includeGids (config.yaml): cannot be combined with capture.outbound.excludeGids');
-    expect(failure(() => load({ proxy: { user: 'meshproxy', inboundPort: 15001 } })).message).toContain('proxy.inboundPort (config.yaml): port 15001 is also proxy.outboundPort');
-    expect(failure(() => load({ proxy: { user: 'meshproxy' }, capture: { inbound: { includePorts: ['15000-15010'] } } })).message).toContain("the proxy's own ports are never captured");
+    expect(
+      failure(() =>
+        load({
+          proxy: { user: 'meshproxy' },
+          capture: { outbound: { includePorts: [80, 443], excludePorts: ['400-500'] } },
+        }),
+      ).message,
+    ).toContain(
+      'capture.outbound.includePorts[1] (config.yaml): port 443 is also excluded by capture.outbound.excludePorts[0] (400-500)',
+    );
+    expect(
+      failure(() =>
+        load({
+          proxy: { user: 'meshproxy' },
+          capture: { outbound: { includeCidrs: ['10.0.0.0/8'], excludeCidrs: ['10.1.0.0/8'] } },
+        }),
+      ).message,
+    ).toContain(
+      'capture.outbound.includeCidrs[0] (config.yaml): 10.0.0.0/8 is also in capture.outbound.excludeCidrs[0]',
+    );
+    expect(
+      failure(() =>
+        load({
+          proxy: { user: 'meshproxy' },
+          capture: { outbound: { includeGids: ['apps'], excludeGids: ['docker'] } },
+        }),
+      ).message,
+    ).toContain('capture.outbound.includeGids (config.yaml): cannot be combined with capture.outbound.excludeGids');
+    expect(failure(() => load({ proxy: { user: 'meshproxy', inboundPort: 15001 } })).message).toContain(
+      'proxy.inboundPort (config.yaml): port 15001 is also proxy.outboundPort',
+    );
+    expect(
+      failure(() => load({ proxy: { user: 'meshproxy' }, capture: { inbound: { includePorts: ['15000-15010'] } } }))
+        .message,
+    ).toContain("the proxy's own ports are never captured");
   });
 
   it('refuses inbound capture of the SSH ports unless the unsafe flag is set', () => {
-    const e = failure(() => load({ proxy: { user: 'meshproxy' }, capture: { inbound: { includePorts: [80, '20-30'] } } }));
+    const e = failure(() =>
+      load({ proxy: { user: 'meshproxy' }, capture: { inbound: { includePorts: [80, '20-30'] } } }),
+    );
     expect(e.code).toBe('UNSAFE_CONFIG');
     expect(e.message).toContain('capture.inbound.includePorts[1] (config.yaml): 20-30 includes SSH port 22');
     expect(e.hint).toContain('--unsafe-capture-ssh');
-    const c = load({ proxy: { user: 'meshproxy' }, capture: { inbound: { includePorts: [22] } }, safety: { unsafeCaptureSsh: true } });
+    const c = load({
+      proxy: { user: 'meshproxy' },
+      capture: { inbound: { includePorts: [22] } },
+      safety: { unsafeCaptureSsh: true },
+    });
     expect(c.safety.unsafeCaptureSsh).toBe(true);
   });
 });
@@ -160,18 +242,27 @@ describe('loadConfig', () => {
 
   it('names the file and line of a syntax error', async () => {
     writeFileSync(join(dir, 'bad.yaml'), 'proxy:\n  user: [meshproxy\n');
-    await expect(loadConfig({ file: join(dir, 'bad.yaml'), host: testHost })).rejects.toMatchObject({ code: 'CONFIG_PARSE' });
+    await expect(loadConfig({ file: join(dir, 'bad.yaml'), host: testHost })).rejects.toMatchObject({
+      code: 'CONFIG_PARSE',
+    });
     writeFileSync(join(dir, 'dup.yaml'), 'proxy:\n  user: a\n  user: b\n');
-    await expect(loadConfig({ file: join(dir, 'dup.yaml'), host: testHost })).rejects.toMatchObject({ code: 'CONFIG_PARSE' });
+    await expect(loadConfig({ file: join(dir, 'dup.yaml'), host: testHost })).rejects.toMatchObject({
+      code: 'CONFIG_PARSE',
+    });
   });
 
   it('fails clearly for a missing explicit file', async () => {
-    await expect(loadConfig({ file: join(dir, 'absent.yaml'), host: testHost })).rejects.toMatchObject({ code: 'CONFIG_NOT_FOUND', message: expect.stringContaining('absent.yaml: ENOENT') });
+    await expect(loadConfig({ file: join(dir, 'absent.yaml'), host: testHost })).rejects.toMatchObject({
+      code: 'CONFIG_NOT_FOUND',
+      message: expect.stringContaining('absent.yaml: ENOENT'),
+    });
   });
 
   it('errors name the file they came from', async () => {
     writeFileSync(join(dir, 'port.yaml'), 'proxy:\n  user: meshproxy\n  adminPort: 99999\n');
     const error = await loadConfig({ file: join(dir, 'port.yaml'), host: testHost, env: {} }).catch((e: unknown) => e);
-    expect(text(error as MeshctlError)).toBe(`proxy.adminPort (${join(dir, 'port.yaml')}): must be <= 65535, got 99999`);
+    expect(text(error as MeshctlError)).toBe(
+      `proxy.adminPort (${join(dir, 'port.yaml')}): must be <= 65535, got 99999`,
+    );
   });
 });

@@ -9,18 +9,32 @@ import { listeningPortsIn, parseStatusIds, socketInodes } from '../../src/proxy/
 
 const host: HostFacts = {
   userDb: {
-    user: (ref) => (ref === 'meshproxy' || ref === 998 ? { name: 'meshproxy', uid: 998, gid: 998 } : ref === 'nobody' || ref === 65534 ? { name: 'nobody', uid: 65534, gid: 65534 } : null),
-    group: (ref) => (ref === 998 || ref === 'meshproxy' ? { name: 'meshproxy', gid: 998 } : ref === 65534 || ref === 'nogroup' ? { name: 'nogroup', gid: 65534 } : null),
+    user: (ref) =>
+      ref === 'meshproxy' || ref === 998
+        ? { name: 'meshproxy', uid: 998, gid: 998 }
+        : ref === 'nobody' || ref === 65534
+          ? { name: 'nobody', uid: 65534, gid: 65534 }
+          : null,
+    group: (ref) =>
+      ref === 998 || ref === 'meshproxy'
+        ? { name: 'meshproxy', gid: 998 }
+        : ref === 65534 || ref === 'nogroup'
+          ? { name: 'nogroup', gid: 65534 }
+          : null,
   },
   detectSshPorts: () => ({ ports: [22], source: 'default' }),
 };
-const config = (raw: Record<string, unknown> = {}) => configFromObject({ proxy: { user: 'meshproxy' }, ...raw }, { host, env: {} });
+const config = (raw: Record<string, unknown> = {}) =>
+  configFromObject({ proxy: { user: 'meshproxy' }, ...raw }, { host, env: {} });
 
 function live(overrides: Partial<LiveContract> = {}): LiveContract {
   const c = config();
   return {
     pid: 4242,
-    processes: [{ pid: 4242, uid: 998, gid: 998 }, { pid: 4243, uid: 998, gid: 998 }],
+    processes: [
+      { pid: 4242, uid: 998, gid: 998 },
+      { pid: 4243, uid: 998, gid: 998 },
+    ],
     uid: 998,
     gid: 998,
     user: 'meshproxy',
@@ -63,24 +77,44 @@ describe('the capture contract', () => {
   });
 
   it('names a proxy that runs as another user, with both values and the fix', () => {
-    const [m, ...rest] = compareContract(contractOf(config()), live({ uid: 65534, gid: 65534, user: 'nobody', processes: [{ pid: 4242, uid: 65534, gid: 65534 }] }));
+    const [m, ...rest] = compareContract(
+      contractOf(config()),
+      live({ uid: 65534, gid: 65534, user: 'nobody', processes: [{ pid: 4242, uid: 65534, gid: 65534 }] }),
+    );
     expect(rest).toEqual([]);
     expect(m).toMatchObject({ field: 'user' });
-    expect(m!.message).toBe("the proxy runs as uid 65534 (nobody) gid 65534; the rules would exempt uid 998 (meshproxy) gid 998, so the proxy's own upstream connections would be captured and loop back to it");
+    expect(m!.message).toBe(
+      "the proxy runs as uid 65534 (nobody) gid 65534; the rules would exempt uid 998 (meshproxy) gid 998, so the proxy's own upstream connections would be captured and loop back to it",
+    );
     expect(m!.fix).toBe('run the proxy as meshproxy or install with --proxy-user nobody');
   });
 
   it('finds a worker that runs as another user even when the primary matches', () => {
-    const mismatches = compareContract(contractOf(config()), live({ processes: [{ pid: 4242, uid: 998, gid: 998 }, { pid: 4250, uid: 1000, gid: 1000 }] }));
+    const mismatches = compareContract(
+      contractOf(config()),
+      live({
+        processes: [
+          { pid: 4242, uid: 998, gid: 998 },
+          { pid: 4250, uid: 1000, gid: 1000 },
+        ],
+      }),
+    );
     expect(mismatches.map((m) => m.proxy)).toEqual(['uid 1000 gid 1000 (pid 4250)']);
   });
 
-  it('names ports the proxy does not listen on, per family, and points at the proxy\'s own port', () => {
+  it("names ports the proxy does not listen on, per family, and points at the proxy's own port", () => {
     const other = config({ proxy: { user: 'meshproxy', outboundPort: 16001 } });
-    const mismatches = compareContract(contractOf(config()), live({ tcp: { ipv4: [15006, 16001], ipv6: [15006] }, expects: contractOf(other) }));
+    const mismatches = compareContract(
+      contractOf(config()),
+      live({ tcp: { ipv4: [15006, 16001], ipv6: [15006] }, expects: contractOf(other) }),
+    );
     expect(mismatches).toHaveLength(1);
-    expect(mismatches[0]!.message).toBe('the rules redirect outbound connections to TCP port 15001 (IPv4 and IPv6), but the proxy does not listen there (it listens on TCP IPv4 15006, 16001; IPv6 15006)');
-    expect(mismatches[0]!.fix).toBe("install with --proxy-outbound-port 16001 (the proxy's proxy.outboundPort), or restart the proxy with 15001");
+    expect(mismatches[0]!.message).toBe(
+      'the rules redirect outbound connections to TCP port 15001 (IPv4 and IPv6), but the proxy does not listen there (it listens on TCP IPv4 15006, 16001; IPv6 15006)',
+    );
+    expect(mismatches[0]!.fix).toBe(
+      "install with --proxy-outbound-port 16001 (the proxy's proxy.outboundPort), or restart the proxy with 15001",
+    );
   });
 
   it('needs IPv6 listeners only when the rules intercept IPv6', () => {
@@ -93,8 +127,13 @@ describe('the capture contract', () => {
     const rules = contractOf(config({ capture: { dns: { enabled: true } } }));
     const [m] = compareContract(rules, live());
     expect(m).toMatchObject({ field: 'dnsPort' });
-    expect(m!.message).toBe('the rules redirect every DNS query to port 15053, but the proxy does not serve DNS there on UDP (IPv4 and IPv6), TCP (IPv4 and IPv6): the host would have no name resolution');
-    const serving = live({ tcp: { ipv4: [15001, 15006, 15053], ipv6: [15001, 15006, 15053] }, udp: { ipv4: [15053], ipv6: [15053] } });
+    expect(m!.message).toBe(
+      'the rules redirect every DNS query to port 15053, but the proxy does not serve DNS there on UDP (IPv4 and IPv6), TCP (IPv4 and IPv6): the host would have no name resolution',
+    );
+    const serving = live({
+      tcp: { ipv4: [15001, 15006, 15053], ipv6: [15001, 15006, 15053] },
+      udp: { ipv4: [15053], ipv6: [15053] },
+    });
     expect(compareContract(rules, serving)).toEqual([]);
   });
 
@@ -106,10 +145,15 @@ describe('the capture contract', () => {
 
   it('lists the contract fields a reload would change', () => {
     const running = contractOf(config());
-    expect(contractChanges(running, contractOf(config({ proxy: { user: 'meshproxy', connectTimeout: '5s' } })))).toEqual([]);
-    expect(contractChanges(running, contractOf(config({ proxy: { user: 'meshproxy', outboundPort: 16001 }, capture: { ipv6: 'off' } })))).toEqual([
-      'proxy.outboundPort 15001 → 16001', 'capture.ipv6 ipv4,ipv6 → ipv4',
-    ]);
+    expect(
+      contractChanges(running, contractOf(config({ proxy: { user: 'meshproxy', connectTimeout: '5s' } }))),
+    ).toEqual([]);
+    expect(
+      contractChanges(
+        running,
+        contractOf(config({ proxy: { user: 'meshproxy', outboundPort: 16001 }, capture: { ipv6: 'off' } })),
+      ),
+    ).toEqual(['proxy.outboundPort 15001 → 16001', 'capture.ipv6 ipv4,ipv6 → ipv4']);
   });
 });
 

@@ -9,7 +9,8 @@ import { cases } from '../cases.js';
 
 /** The single rule of a one-rule MESHCTL_X chain, as parsed. */
 function saved(args: string, table = 'nat'): SavedRule {
-  return parseSave(`*${table}\n:MESHCTL_X - [0:0]\n:MESHCTL_Y - [0:0]\n-A MESHCTL_X ${args}\nCOMMIT\n`).tables[0]!.rules[0]!;
+  return parseSave(`*${table}\n:MESHCTL_X - [0:0]\n:MESHCTL_Y - [0:0]\n-A MESHCTL_X ${args}\nCOMMIT\n`).tables[0]!
+    .rules[0]!;
 }
 const key = (args: string, table = 'nat') => ruleKey(saved(args, table));
 
@@ -26,28 +27,41 @@ function asSave(restore: string, foreign: { table: string; lines: string[] }[] =
     if (line.startsWith('*')) {
       out.push(line);
       const table = line.slice(1);
-      const builtins: Record<string, string[]> = { raw: ['PREROUTING', 'OUTPUT'], mangle: ['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING'], nat: ['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'], filter: ['INPUT', 'FORWARD', 'OUTPUT'] };
+      const builtins: Record<string, string[]> = {
+        raw: ['PREROUTING', 'OUTPUT'],
+        mangle: ['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING'],
+        nat: ['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'],
+        filter: ['INPUT', 'FORWARD', 'OUTPUT'],
+      };
       for (const b of builtins[table]!) out.push(`:${b} ACCEPT [12:3400]`);
       const extra = foreign.find((f) => f.table === table);
       if (extra) out.push(...extra.lines);
       continue;
     }
-    out.push(line.startsWith('-A') ? `[5:300] ${line.replace(/-p (tcp|udp) --([ds])port/g, '-p $1 -m $1 --$2port')}` : line);
+    out.push(
+      line.startsWith('-A') ? `[5:300] ${line.replace(/-p (tcp|udp) --([ds])port/g, '-p $1 -m $1 --$2port')}` : line,
+    );
   }
   return `${out.join('\n')}\n`;
 }
 
 describe('ruleKey', () => {
   it('ignores match order, -m tcp, port spelling, CIDR spelling and --to-port vs --to-ports', () => {
-    expect(key('-o lo -s 127.0.0.6/32 -m comment --comment "meshctl:a" -j RETURN')).toBe(key('-s 127.0.0.6 -o lo -m comment --comment "meshctl:a" -j RETURN'));
+    expect(key('-o lo -s 127.0.0.6/32 -m comment --comment "meshctl:a" -j RETURN')).toBe(
+      key('-s 127.0.0.6 -o lo -m comment --comment "meshctl:a" -j RETURN'),
+    );
     expect(key('-p tcp -m tcp --dport 22 -j RETURN')).toBe(key('-p tcp --dport 22 -j RETURN'));
-    expect(key('-p tcp -m multiport --dports 443,80,81 -j RETURN')).toBe(key('-p tcp -m multiport --dports 80:81,443 -j RETURN'));
+    expect(key('-p tcp -m multiport --dports 443,80,81 -j RETURN')).toBe(
+      key('-p tcp -m multiport --dports 80:81,443 -j RETURN'),
+    );
     expect(key('-p tcp -m multiport --dports 80 -j RETURN')).toBe(key('-p tcp -m tcp --dport 80 -j RETURN'));
     expect(key('-d fd00:0:0::/48 -j RETURN')).toBe(key('-d fd00::/48 -j RETURN'));
     expect(key('-p tcp -j REDIRECT --to-port 15001')).toBe(key('-p tcp -j REDIRECT --to-ports 15001'));
     expect(key('-m mark --mark 0x539 -j RETURN')).toBe(key('-m mark --mark 0x539/0xffffffff -j RETURN'));
     expect(key('-d 0.0.0.0/0 -p tcp -j RETURN')).toBe(key('-p tcp -j RETURN'));
-    expect(key('-m conntrack --ctstate NEW,INVALID -j RETURN')).toBe(key('-m conntrack --ctstate INVALID,NEW -j RETURN'));
+    expect(key('-m conntrack --ctstate NEW,INVALID -j RETURN')).toBe(
+      key('-m conntrack --ctstate INVALID,NEW -j RETURN'),
+    );
   });
 
   it('distinguishes negation, target, comment and values', () => {
@@ -69,7 +83,14 @@ describe('ruleKey', () => {
   });
 
   it('merges and sorts port ranges', () => {
-    expect(normalizePorts([{ from: 443, to: 443 }, { from: 80, to: 80 }, { from: 81, to: 90 }, { from: 85, to: 100 }])).toEqual([
+    expect(
+      normalizePorts([
+        { from: 443, to: 443 },
+        { from: 80, to: 80 },
+        { from: 81, to: 90 },
+        { from: 85, to: 100 },
+      ]),
+    ).toEqual([
       { from: 80, to: 100 },
       { from: 443, to: 443 },
     ]);
@@ -81,9 +102,26 @@ describe('diffFamily', () => {
   const restore = renderIptablesRestore(plan);
 
   it('reports an exact read-back as in sync even with counters, -m tcp and foreign rules around', () => {
-    const text = asSave(restore, [{ table: 'nat', lines: [':DOCKER - [0:0]', '-A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER', '-A DOCKER -i docker0 -j RETURN'] }]);
+    const text = asSave(restore, [
+      {
+        table: 'nat',
+        lines: [
+          ':DOCKER - [0:0]',
+          '-A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER',
+          '-A DOCKER -i docker0 -j RETURN',
+        ],
+      },
+    ]);
     const diff = diffFamily(plan, parseSave(text));
-    expect(diff).toEqual({ family: 'ipv4', inSync: true, missingChains: [], extraChains: [], missing: [], extra: [], outOfOrder: [] });
+    expect(diff).toEqual({
+      family: 'ipv4',
+      inSync: true,
+      missingChains: [],
+      extraChains: [],
+      missing: [],
+      extra: [],
+      outOfOrder: [],
+    });
   });
 
   it('reports reordered rules per chain with both key lists', () => {
@@ -98,22 +136,43 @@ describe('diffFamily', () => {
     expect(diff.outOfOrder).toHaveLength(1);
     const [ooo] = diff.outOfOrder;
     expect(ooo).toMatchObject({ table: 'nat', chain: 'MESHCTL_OUTPUT' });
-    expect(ooo!.expected.findIndex((k) => k.includes('skip-proxy-uid'))).toBeLessThan(ooo!.expected.findIndex((k) => k.includes('skip-proxy-gid')));
-    expect(ooo!.actual.findIndex((k) => k.includes('skip-proxy-uid'))).toBeGreaterThan(ooo!.actual.findIndex((k) => k.includes('skip-proxy-gid')));
+    expect(ooo!.expected.findIndex((k) => k.includes('skip-proxy-uid'))).toBeLessThan(
+      ooo!.expected.findIndex((k) => k.includes('skip-proxy-gid')),
+    );
+    expect(ooo!.actual.findIndex((k) => k.includes('skip-proxy-uid'))).toBeGreaterThan(
+      ooo!.actual.findIndex((k) => k.includes('skip-proxy-gid')),
+    );
   });
 
   it('reports a deleted rule as missing and a deleted chain as a missing chain', () => {
-    const text = asSave(restore).split('\n').filter((l) => !l.includes('meshctl:skip-proxy-gid') && !l.includes('MESHCTL_IN_REDIRECT')).join('\n');
+    const text = asSave(restore)
+      .split('\n')
+      .filter((l) => !l.includes('meshctl:skip-proxy-gid') && !l.includes('MESHCTL_IN_REDIRECT'))
+      .join('\n');
     const diff = diffFamily(plan, parseSave(text));
     expect(diff.missingChains).toEqual([{ table: 'nat', name: 'MESHCTL_IN_REDIRECT' }]);
-    expect(diff.missing.map((r) => r.purpose).sort()).toEqual(['inbound-to-proxy', 'redirect-inbound', 'skip-proxy-gid']);
+    expect(diff.missing.map((r) => r.purpose).sort()).toEqual([
+      'inbound-to-proxy',
+      'redirect-inbound',
+      'skip-proxy-gid',
+    ]);
     expect(diff.extra).toEqual([]);
     expect(diff.outOfOrder).toEqual([]);
   });
 
   it('reports our rules and chains that the plan does not have as extra, and leaves foreign ones alone', () => {
     const text = asSave(restore, [
-      { table: 'nat', lines: [':MESHCTL_OLD - [0:0]', ':KUBE - [0:0]', '-A MESHCTL_OLD -j RETURN', '-A OUTPUT -p tcp -m comment --comment "meshctl:stale" -j RETURN', '-A OUTPUT -p tcp -j KUBE', '-A PREROUTING -m addrtype --dst-type LOCAL -j MESHCTL_OUTPUT'] },
+      {
+        table: 'nat',
+        lines: [
+          ':MESHCTL_OLD - [0:0]',
+          ':KUBE - [0:0]',
+          '-A MESHCTL_OLD -j RETURN',
+          '-A OUTPUT -p tcp -m comment --comment "meshctl:stale" -j RETURN',
+          '-A OUTPUT -p tcp -j KUBE',
+          '-A PREROUTING -m addrtype --dst-type LOCAL -j MESHCTL_OUTPUT',
+        ],
+      },
     ]);
     const diff = diffFamily(plan, parseSave(text));
     expect(diff.extraChains).toEqual([{ table: 'nat', name: 'MESHCTL_OLD' }]);
@@ -145,7 +204,14 @@ describe('diffFamily', () => {
 
 describe('ownedObjects and foreignView', () => {
   const plan = v4Plan('vm-default');
-  const docker = { table: 'nat', lines: [':DOCKER - [0:0]', '-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER', '-A DOCKER -i docker0 -j RETURN'] };
+  const docker = {
+    table: 'nat',
+    lines: [
+      ':DOCKER - [0:0]',
+      '-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER',
+      '-A DOCKER -i docker0 -j RETURN',
+    ],
+  };
   const before = `*nat\n:PREROUTING ACCEPT [1:2]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n[9:9] -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER\n-A DOCKER -i docker0 -j RETURN\nCOMMIT\n`;
 
   it('lists exactly our chains and rules', () => {
@@ -165,11 +231,16 @@ describe('ownedObjects and foreignView', () => {
 
   it('drops tables that hold nothing but empty ACCEPT built-ins, and keeps a changed policy', () => {
     expect(foreignView(parseSave(asSave(renderIptablesRestore(plan))))).toBe('');
-    expect(foreignView(parseSave('*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n'))).toBe('*filter\n:INPUT ACCEPT\n:FORWARD DROP\n:OUTPUT ACCEPT\nCOMMIT\n');
+    expect(
+      foreignView(parseSave('*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n')),
+    ).toBe('*filter\n:INPUT ACCEPT\n:FORWARD DROP\n:OUTPUT ACCEPT\nCOMMIT\n');
   });
 
   it('shows a foreign change made after install', () => {
-    const changed = before.replace('-A DOCKER -i docker0 -j RETURN', '-A DOCKER -i docker0 -j RETURN\n-A DOCKER -i br0 -j RETURN');
+    const changed = before.replace(
+      '-A DOCKER -i docker0 -j RETURN',
+      '-A DOCKER -i docker0 -j RETURN\n-A DOCKER -i br0 -j RETURN',
+    );
     expect(foreignView(parseSave(changed))).not.toBe(foreignView(parseSave(before)));
     expect(foreignView(parseSave(changed))).toContain('-A DOCKER -i br0 -j RETURN');
   });

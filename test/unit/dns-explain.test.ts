@@ -9,14 +9,17 @@ import { UpstreamServers } from '../../src/dns/resolv-conf.js';
 import { allocateVips } from '../../src/policy/mesh-names.js';
 import { testHost } from '../cases.js';
 
-const config = configFromObject({
-  proxy: { user: 'meshproxy' },
-  capture: { dns: { enabled: true } },
-  services: [
-    { name: 'api', addresses: ['api.mesh.internal:80'], endpoints: ['10.0.1.1:8080'] },
-    { name: 'db', addresses: ['db.mesh.internal:5432', '10.96.0.20:5432'], endpoints: ['10.0.2.1:5432'] },
-  ],
-}, { file: 'mesh.yaml', host: testHost, env: {} });
+const config = configFromObject(
+  {
+    proxy: { user: 'meshproxy' },
+    capture: { dns: { enabled: true } },
+    services: [
+      { name: 'api', addresses: ['api.mesh.internal:80'], endpoints: ['10.0.1.1:8080'] },
+      { name: 'db', addresses: ['db.mesh.internal:5432', '10.96.0.20:5432'], endpoints: ['10.0.2.1:5432'] },
+    ],
+  },
+  { file: 'mesh.yaml', host: testHost, env: {} },
+);
 
 describe('explain --dns', () => {
   const dir = mkdtempSync(join(tmpdir(), 'hd-explain-'));
@@ -24,10 +27,23 @@ describe('explain --dns', () => {
   writeFileSync(resolv, 'nameserver 127.0.0.53\n');
   const upstreams = new UpstreamServers([], resolv);
 
-  it('says a mesh name is answered by the proxy with its VIP or its service\'s fixed address', () => {
+  it("says a mesh name is answered by the proxy with its VIP or its service's fixed address", () => {
     const vip = allocateVips(['api.mesh.internal']).get('api.mesh.internal')!;
-    expect(explainDnsName(config, 'API.mesh.internal.', upstreams)).toMatchObject({ name: 'api.mesh.internal', answeredBy: 'mesh', service: 'api', vip: true, ipv4: [vip.ipv4], ipv6: [vip.ipv6], served: true });
-    expect(explainDnsName(config, 'db.mesh.internal', upstreams)).toMatchObject({ answeredBy: 'mesh', vip: false, ipv4: ['10.96.0.20'], ipv6: [] });
+    expect(explainDnsName(config, 'API.mesh.internal.', upstreams)).toMatchObject({
+      name: 'api.mesh.internal',
+      answeredBy: 'mesh',
+      service: 'api',
+      vip: true,
+      ipv4: [vip.ipv4],
+      ipv6: [vip.ipv6],
+      served: true,
+    });
+    expect(explainDnsName(config, 'db.mesh.internal', upstreams)).toMatchObject({
+      answeredBy: 'mesh',
+      vip: false,
+      ipv4: ['10.96.0.20'],
+      ipv6: [],
+    });
   });
 
   it('says any other name is forwarded, to which servers and from where they come', () => {

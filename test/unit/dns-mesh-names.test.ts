@@ -10,18 +10,29 @@ import { UpstreamLease } from '../../src/policy/upstream.js';
 import { cidrContains, parseCidr, parseIp, type Cidr } from '../../src/values/ip.js';
 import { testHost } from '../cases.js';
 
-const load = (raw: Record<string, unknown>) => configFromObject({ proxy: { user: 'meshproxy' }, ...raw }, { file: 'mesh.yaml', host: testHost, env: {} });
+const load = (raw: Record<string, unknown>) =>
+  configFromObject({ proxy: { user: 'meshproxy' }, ...raw }, { file: 'mesh.yaml', host: testHost, env: {} });
 const services = [
   { name: 'api', addresses: ['API.Mesh.Internal.:80'], endpoints: ['10.0.1.1:8080'] },
-  { name: 'db', addresses: ['db.mesh.internal:5432', '10.96.0.20:5432', '[fd00::20]:5432'], endpoints: ['10.0.2.1:5432'] },
+  {
+    name: 'db',
+    addresses: ['db.mesh.internal:5432', '10.96.0.20:5432', '[fd00::20]:5432'],
+    endpoints: ['10.0.2.1:5432'],
+  },
   { name: 'shadow', addresses: ['api.mesh.internal:81'], endpoints: ['10.0.3.1:80'] },
 ];
 
 describe('mesh names', () => {
-  it('answers a hostname with its service\'s fixed addresses, or a VIP pair from the reserved ranges', () => {
+  it("answers a hostname with its service's fixed addresses, or a VIP pair from the reserved ranges", () => {
     const names = meshNames(load({ services }).services);
     expect([...names.keys()].sort()).toEqual(['api.mesh.internal', 'db.mesh.internal']);
-    expect(names.get('db.mesh.internal')).toEqual({ name: 'db.mesh.internal', service: 'db', ipv4: ['10.96.0.20'], ipv6: ['fd00::20'], vip: false });
+    expect(names.get('db.mesh.internal')).toEqual({
+      name: 'db.mesh.internal',
+      service: 'db',
+      ipv4: ['10.96.0.20'],
+      ipv6: ['fd00::20'],
+      vip: false,
+    });
     const api = names.get('api.mesh.internal')!;
     expect(api).toMatchObject({ service: 'api', vip: true });
     expect(cidrContains(parseCidr('240.240.0.0/16') as Cidr, parseIp(api.ipv4[0]!)!)).toBe(true);
@@ -38,7 +49,9 @@ describe('mesh names', () => {
     // Among 5001 names in 65534 slots collisions are certain (birthday bound): they were resolved, not repeated.
     expect(allocateVips([...many].reverse())).toEqual(allocateVips(many));
     // A name keeps its VIP unless a name sorted before it collides on its slot.
-    const moved = [...together].filter(([name, v]) => name !== 'api.mesh.internal' && allocateVips([name]).get(name)!.ipv4 !== v.ipv4);
+    const moved = [...together].filter(
+      ([name, v]) => name !== 'api.mesh.internal' && allocateVips([name]).get(name)!.ipv4 !== v.ipv4,
+    );
     expect(moved.length).toBeGreaterThan(0);
     expect(moved.length).toBeLessThan(500);
     expect(together.get('api.mesh.internal')).toEqual(alone);
@@ -59,7 +72,7 @@ describe('mesh names', () => {
     expect(both.get(pair[0])).toEqual(allocateVips([pair[0]]).get(pair[0]));
   });
 
-  it('matches a connection to a VIP (either family) to the hostname\'s service', async () => {
+  it("matches a connection to a VIP (either family) to the hostname's service", async () => {
     const config = load({ services });
     const rt = new PolicyRuntime(config, null, silentLogger);
     const vip = rt.meshNames.get('api.mesh.internal')!;

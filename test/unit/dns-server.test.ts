@@ -22,13 +22,21 @@ type Query = { name: string; type: packet.RecordType; id?: number; edns?: number
 
 function encodeQuery(q: Query): Buffer {
   return packet.encode({
-    id: q.id ?? 4321, type: 'query', flags: packet.RECURSION_DESIRED,
+    id: q.id ?? 4321,
+    type: 'query',
+    flags: packet.RECURSION_DESIRED,
     questions: [{ name: q.name, type: q.type, class: 'IN' }],
-    additionals: q.edns ? [{ type: 'OPT', name: '.', udpPayloadSize: q.edns, flags: 0, options: [] } as unknown as packet.Answer] : [],
+    additionals: q.edns
+      ? [{ type: 'OPT', name: '.', udpPayloadSize: q.edns, flags: 0, options: [] } as unknown as packet.Answer]
+      : [],
   } as packet.Packet);
 }
 
-export function udpQuery(port: number, q: Query, host = '127.0.0.1'): Promise<{ raw: Buffer; p: packet.DecodedPacket }> {
+export function udpQuery(
+  port: number,
+  q: Query,
+  host = '127.0.0.1',
+): Promise<{ raw: Buffer; p: packet.DecodedPacket }> {
   const socket = createSocket(host.includes(':') ? 'udp6' : 'udp4');
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -44,7 +52,11 @@ export function udpQuery(port: number, q: Query, host = '127.0.0.1'): Promise<{ 
   });
 }
 
-export function tcpQuery(port: number, q: Query, host = '127.0.0.1'): Promise<{ raw: Buffer; p: packet.DecodedPacket }> {
+export function tcpQuery(
+  port: number,
+  q: Query,
+  host = '127.0.0.1',
+): Promise<{ raw: Buffer; p: packet.DecodedPacket }> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host, port });
     let data = Buffer.alloc(0);
@@ -71,7 +83,8 @@ export function tcpQuery(port: number, q: Query, host = '127.0.0.1'): Promise<{ 
   });
 }
 
-const rcode = (p: packet.DecodedPacket) => ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'][(p.flags ?? 0) & 0xf];
+const rcode = (p: packet.DecodedPacket) =>
+  ['NOERROR', 'FORMERR', 'SERVFAIL', 'NXDOMAIN', 'NOTIMP', 'REFUSED'][(p.flags ?? 0) & 0xf];
 const ttls = (p: packet.DecodedPacket) => (p.answers ?? []).map((a) => (a as { ttl: number }).ttl);
 
 let upstream: TestUpstream | null = null;
@@ -97,17 +110,25 @@ async function start(log: DnsQueryLog | null = null, upstreamZone: Zone = zone()
   upstream = await startUpstream(upstreamZone);
   for (let attempt = 0; ; attempt++) {
     const port = 20000 + Math.floor(Math.random() * 20000);
-    const config = configFromObject({
-      proxy: { user: 'meshproxy' },
-      capture: { dns: { enabled: true, port } },
-      outbound: { resolver: { servers: [`127.0.0.1:${upstream.port}`], timeout: '500ms' } },
-      services: [
-        { name: 'api', addresses: ['api.mesh.internal:80'], endpoints: ['10.0.1.1:8080'] },
-        { name: 'db', addresses: ['db.mesh.internal:5432', '10.96.0.20:5432'], endpoints: ['10.0.2.1:5432'] },
-      ],
-    }, { file: 'mesh.yaml', host: testHost, env: {} });
+    const config = configFromObject(
+      {
+        proxy: { user: 'meshproxy' },
+        capture: { dns: { enabled: true, port } },
+        outbound: { resolver: { servers: [`127.0.0.1:${upstream.port}`], timeout: '500ms' } },
+        services: [
+          { name: 'api', addresses: ['api.mesh.internal:80'], endpoints: ['10.0.1.1:8080'] },
+          { name: 'db', addresses: ['db.mesh.internal:5432', '10.96.0.20:5432'], endpoints: ['10.0.2.1:5432'] },
+        ],
+      },
+      { file: 'mesh.yaml', host: testHost, env: {} },
+    );
     try {
-      server = await DnsServer.start(config, [{ family: 'ipv4', host: '127.0.0.1', port, udpFd: null, tcpFd: null }], log, silentLogger);
+      server = await DnsServer.start(
+        config,
+        [{ family: 'ipv4', host: '127.0.0.1', port, udpFd: null, tcpFd: null }],
+        log,
+        silentLogger,
+      );
       return { port, config };
     } catch (error) {
       if (attempt > 10) throw error;
@@ -120,8 +141,15 @@ describe('the DNS server', () => {
     const { port, config } = await start();
     const vip = meshNames(config.services).get('api.mesh.internal')!;
     const a = await udpQuery(port, { name: 'Api.MESH.internal', type: 'A', id: 777 });
-    expect(a.p).toMatchObject({ id: 777, flag_aa: true, flag_rd: true, questions: [{ name: 'Api.MESH.internal', type: 'A' }] });
-    expect(a.p.answers).toEqual([expect.objectContaining({ name: 'Api.MESH.internal', type: 'A', data: vip.ipv4[0], ttl: MESH_TTL_S })]);
+    expect(a.p).toMatchObject({
+      id: 777,
+      flag_aa: true,
+      flag_rd: true,
+      questions: [{ name: 'Api.MESH.internal', type: 'A' }],
+    });
+    expect(a.p.answers).toEqual([
+      expect.objectContaining({ name: 'Api.MESH.internal', type: 'A', data: vip.ipv4[0], ttl: MESH_TTL_S }),
+    ]);
     const aaaa = await tcpQuery(port, { name: 'api.mesh.internal', type: 'AAAA' });
     expect(aaaa.p.answers).toEqual([expect.objectContaining({ type: 'AAAA', data: vip.ipv6[0] })]);
     const db = await udpQuery(port, { name: 'db.mesh.internal', type: 'A' });
@@ -143,7 +171,9 @@ describe('the DNS server', () => {
     const { port } = await start();
     const first = await udpQuery(port, { name: 'WWW.example.test', type: 'A', id: 1 });
     expect(first.p).toMatchObject({ id: 1, flag_aa: false, questions: [{ name: 'WWW.example.test' }] });
-    expect(first.p.answers).toEqual([expect.objectContaining({ name: 'WWW.example.test', data: '192.0.2.10', ttl: 120 })]);
+    expect(first.p.answers).toEqual([
+      expect.objectContaining({ name: 'WWW.example.test', data: '192.0.2.10', ttl: 120 }),
+    ]);
     const second = await tcpQuery(port, { name: 'www.EXAMPLE.test', type: 'A', id: 2 });
     expect(second.p).toMatchObject({ id: 2, questions: [{ name: 'www.EXAMPLE.test' }] });
     expect(second.p.answers).toEqual([expect.objectContaining({ name: 'www.EXAMPLE.test', data: '192.0.2.10' })]);
@@ -151,14 +181,19 @@ describe('the DNS server', () => {
     expect(upstream!.queries.filter((q) => q.name.toLowerCase() === 'www.example.test')).toHaveLength(1);
     // The upstream saw the client's own letter case (0x20 passes through).
     expect(upstream!.queries[0]!.name).toBe('WWW.example.test');
-    expect(server!.snapshot()).toMatchObject({ answeredFrom: { upstream: 1, cache: 1 }, cache: { entries: 1, hits: 1 } });
+    expect(server!.snapshot()).toMatchObject({
+      answeredFrom: { upstream: 1, cache: 1 },
+      cache: { entries: 1, hits: 1 },
+    });
   });
 
-  it('caches NXDOMAIN for the SOA\'s negative TTL (RFC 2308) and does not cache SERVFAIL', async () => {
+  it("caches NXDOMAIN for the SOA's negative TTL (RFC 2308) and does not cache SERVFAIL", async () => {
     const { port } = await start();
-    for (let i = 0; i < 3; i++) expect(rcode((await udpQuery(port, { name: 'nope.example.test', type: 'A' })).p)).toBe('NXDOMAIN');
+    for (let i = 0; i < 3; i++)
+      expect(rcode((await udpQuery(port, { name: 'nope.example.test', type: 'A' })).p)).toBe('NXDOMAIN');
     expect(upstream!.queries.filter((q) => q.name === 'nope.example.test')).toHaveLength(1);
-    for (let i = 0; i < 2; i++) expect(rcode((await udpQuery(port, { name: 'broken.example.test', type: 'A' })).p)).toBe('SERVFAIL');
+    for (let i = 0; i < 2; i++)
+      expect(rcode((await udpQuery(port, { name: 'broken.example.test', type: 'A' })).p)).toBe('SERVFAIL');
     expect(upstream!.queries.filter((q) => q.name === 'broken.example.test')).toHaveLength(2);
   });
 
@@ -173,7 +208,10 @@ describe('the DNS server', () => {
     expect([edns.p.flag_tc, edns.p.answers?.length]).toEqual([false, 12]);
     const viaTcp = await udpQuery(port, { name: 'tc.example.test', type: 'A' });
     expect(viaTcp.p.answers).toEqual([expect.objectContaining({ data: '192.0.2.11' })]);
-    expect(upstream!.queries.filter((q) => q.name === 'tc.example.test').map((q) => q.transport)).toEqual(['udp', 'tcp']);
+    expect(upstream!.queries.filter((q) => q.name === 'tc.example.test').map((q) => q.transport)).toEqual([
+      'udp',
+      'tcp',
+    ]);
   });
 
   it('passes EDNS(0) through: an OPT record back only to a client that sent one', async () => {
@@ -193,7 +231,14 @@ describe('the DNS server', () => {
     expect(rcode(mesh.p)).toBe('NOERROR');
     const failed = await udpQuery(port, { name: 'www.example.test', type: 'A' });
     expect(rcode(failed.p)).toBe('SERVFAIL');
-    expect(records).toEqual([expect.objectContaining({ name: 'www.example.test', rcode: 'SERVFAIL', answeredFrom: 'error', detail: expect.stringContaining('no UDP answer within 500 ms') })]);
+    expect(records).toEqual([
+      expect.objectContaining({
+        name: 'www.example.test',
+        rcode: 'SERVFAIL',
+        answeredFrom: 'error',
+        detail: expect.stringContaining('no UDP answer within 500 ms'),
+      }),
+    ]);
   });
 
   it('drops what is not a query and answers FORMERR to a malformed one', async () => {
@@ -208,7 +253,16 @@ describe('the DNS server', () => {
 });
 
 describe('the DNS cache', () => {
-  const answer = (ttl: number): packet.DecodedPacket => packet.decode(packet.encode({ type: 'response', id: 1, flags: 0, questions: [{ name: 'a.test', type: 'A' }], answers: [{ name: 'a.test', type: 'A', ttl, data: '192.0.2.1' }] }));
+  const answer = (ttl: number): packet.DecodedPacket =>
+    packet.decode(
+      packet.encode({
+        type: 'response',
+        id: 1,
+        flags: 0,
+        questions: [{ name: 'a.test', type: 'A' }],
+        answers: [{ name: 'a.test', type: 'A', ttl, data: '192.0.2.1' }],
+      }),
+    );
   it('keeps an answer for its TTL, a negative one for min(SOA TTL, SOA minimum), and evicts the least recently used', () => {
     let now = 0;
     const cache = new DnsCache(2, () => now);
@@ -217,20 +271,48 @@ describe('the DNS cache', () => {
     expect(cache.get('a')).toMatchObject({ ageS: 4 });
     now = 10_000;
     expect(cache.get('a')).toBeNull();
-    const negative = packet.decode(packet.encode({ type: 'response', id: 1, flags: 3, questions: [{ name: 'n.test', type: 'A' }], answers: [],
-      authorities: [{ name: 'test', type: 'SOA', ttl: 900, data: { mname: 'ns', rname: 'r', serial: 1, refresh: 1, retry: 1, expire: 1, minimum: 20 } }] }));
+    const negative = packet.decode(
+      packet.encode({
+        type: 'response',
+        id: 1,
+        flags: 3,
+        questions: [{ name: 'n.test', type: 'A' }],
+        answers: [],
+        authorities: [
+          {
+            name: 'test',
+            type: 'SOA',
+            ttl: 900,
+            data: { mname: 'ns', rname: 'r', serial: 1, refresh: 1, retry: 1, expire: 1, minimum: 20 },
+          },
+        ],
+      }),
+    );
     expect(cacheLifetime(negative)).toEqual({ ttlS: 20, negative: true });
-    const noSoa = packet.decode(packet.encode({ type: 'response', id: 1, flags: 3, questions: [{ name: 'n.test', type: 'A' }], answers: [] }));
+    const noSoa = packet.decode(
+      packet.encode({ type: 'response', id: 1, flags: 3, questions: [{ name: 'n.test', type: 'A' }], answers: [] }),
+    );
     expect(cacheLifetime(noSoa)).toBeNull();
     cache.put('x', answer(60));
     cache.put('y', answer(60));
     cache.get('x');
     cache.put('z', answer(60));
-    expect([cache.get('x') !== null, cache.get('y'), cache.get('z') !== null, cache.evictions]).toEqual([true, null, true, 1]);
+    expect([cache.get('x') !== null, cache.get('y'), cache.get('z') !== null, cache.evictions]).toEqual([
+      true,
+      null,
+      true,
+      1,
+    ]);
   });
 
   it('reads nameservers from resolv.conf text', () => {
-    expect(parseResolvConf('# c\nsearch a.test\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n'))
-      .toEqual([{ address: '127.0.0.53', port: 53 }, { address: 'fe80::1', port: 53 }]);
+    expect(
+      parseResolvConf(
+        '# c\nsearch a.test\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n',
+      ),
+    ).toEqual([
+      { address: '127.0.0.53', port: 53 },
+      { address: 'fe80::1', port: 53 },
+    ]);
   });
 });

@@ -34,14 +34,23 @@ function nameOf(node: ts.FunctionLikeDeclaration, sf: ts.SourceFile): string {
   if (ts.isConstructorDeclaration(node)) return 'constructor';
   if (node.name) return node.name.getText(sf);
   const parent = node.parent;
-  if ((ts.isVariableDeclaration(parent) || ts.isPropertyAssignment(parent) || ts.isPropertyDeclaration(parent)) && parent.name) return parent.name.getText(sf);
+  if (
+    (ts.isVariableDeclaration(parent) || ts.isPropertyAssignment(parent) || ts.isPropertyDeclaration(parent)) &&
+    parent.name
+  )
+    return parent.name.getText(sf);
   return '<anonymous>';
 }
 
 /** The node whose comments describe the function: the whole `const x = () => …` statement, or the function itself. */
 function anchorOf(node: ts.FunctionLikeDeclaration): ts.Node {
   const parent = node.parent;
-  if (ts.isVariableDeclaration(parent) && ts.isVariableDeclarationList(parent.parent) && ts.isVariableStatement(parent.parent.parent)) return parent.parent.parent;
+  if (
+    ts.isVariableDeclaration(parent) &&
+    ts.isVariableDeclarationList(parent.parent) &&
+    ts.isVariableStatement(parent.parent.parent)
+  )
+    return parent.parent.parent;
   if (ts.isPropertyAssignment(parent) || ts.isPropertyDeclaration(parent)) return parent;
   return node;
 }
@@ -69,7 +78,12 @@ function longFunctions(text: string, file: string): LongFunction[] {
       if (count > MAX_LINES) {
         const name = nameOf(fn, sf);
         const anchorLine = sf.getLineAndCharacterOfPosition(anchorOf(fn).getStart(sf)).line;
-        found.push({ where: `${file}:${start + 1} ${name} (${count} lines)`, key: `${file} ${name}`, lines: count, reason: reasonAbove(lines, anchorLine) });
+        found.push({
+          where: `${file}:${start + 1} ${name} (${count} lines)`,
+          key: `${file} ${name}`,
+          lines: count,
+          reason: reasonAbove(lines, anchorLine),
+        });
       }
     }
     ts.forEachChild(node, visit);

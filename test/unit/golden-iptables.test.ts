@@ -9,7 +9,9 @@ describe('iptables-restore golden files', () => {
     const plan = planCapture(config);
     for (const family of ['ipv4', 'ipv6'] as const) {
       const familyPlan = plan.families.find((f) => f.family === family);
-      const text = familyPlan ? renderIptablesRestore(familyPlan) : `# no ${family} rules (capture.ipv6 is "${config.capture.ipv6}")\n`;
+      const text = familyPlan
+        ? renderIptablesRestore(familyPlan)
+        : `# no ${family} rules (capture.ipv6 is "${config.capture.ipv6}")\n`;
       await expect(text).toMatchFileSnapshot(`../golden/${name}.${family === 'ipv4' ? 'v4' : 'v6'}.rules`);
     }
   });

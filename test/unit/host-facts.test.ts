@@ -15,7 +15,10 @@ const TCP6 = `  sl  local_address                         remote_address        
 
 describe('parseListeningSockets', () => {
   it('maps the inode of each LISTEN socket to its local port and skips the header and other states', () => {
-    expect([...parseListeningSockets(TCP)]).toEqual([['41234', 2222], ['41300', 15000]]);
+    expect([...parseListeningSockets(TCP)]).toEqual([
+      ['41234', 2222],
+      ['41300', 15000],
+    ]);
   });
 
   it('reads IPv6 addresses the same way', () => {

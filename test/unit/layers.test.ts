@@ -19,14 +19,83 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   'netfilter/drivers': ['capture', 'config', 'values', 'errors', 'log'],
   'netfilter/transaction': ['netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
   'netfilter/host': ['netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
-  netfilter: ['netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
+  netfilter: [
+    'netfilter/host',
+    'netfilter/transaction',
+    'netfilter/drivers',
+    'capture',
+    'config',
+    'values',
+    'errors',
+    'log',
+  ],
   policy: ['config', 'values', 'errors', 'log'],
   dns: ['policy', 'config', 'values', 'errors', 'log'],
   proxy: ['dns', 'policy', 'native', 'config', 'values', 'errors', 'log'],
-  probes: ['proxy', 'dns', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
-  service: ['probes', 'proxy', 'dns', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
-  demo: ['service', 'probes', 'proxy', 'dns', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
-  cli: ['demo', 'service', 'probes', 'proxy', 'dns', 'policy', 'native', 'netfilter', 'netfilter/host', 'netfilter/transaction', 'netfilter/drivers', 'capture', 'config', 'values', 'errors', 'log'],
+  probes: [
+    'proxy',
+    'dns',
+    'policy',
+    'native',
+    'netfilter',
+    'netfilter/host',
+    'netfilter/transaction',
+    'netfilter/drivers',
+    'capture',
+    'config',
+    'values',
+    'errors',
+    'log',
+  ],
+  service: [
+    'probes',
+    'proxy',
+    'dns',
+    'netfilter',
+    'netfilter/host',
+    'netfilter/transaction',
+    'netfilter/drivers',
+    'capture',
+    'config',
+    'values',
+    'errors',
+    'log',
+  ],
+  demo: [
+    'service',
+    'probes',
+    'proxy',
+    'dns',
+    'policy',
+    'native',
+    'netfilter',
+    'netfilter/host',
+    'netfilter/transaction',
+    'netfilter/drivers',
+    'capture',
+    'config',
+    'values',
+    'errors',
+    'log',
+  ],
+  cli: [
+    'demo',
+    'service',
+    'probes',
+    'proxy',
+    'dns',
+    'policy',
+    'native',
+    'netfilter',
+    'netfilter/host',
+    'netfilter/transaction',
+    'netfilter/drivers',
+    'capture',
+    'config',
+    'values',
+    'errors',
+    'log',
+  ],
 };
 
 function sources(dir: string): string[] {
@@ -63,7 +132,8 @@ describe('the layers of src/', () => {
       const from = layerOf(file);
       for (const target of importsOf(file)) {
         const to = layerOf(target);
-        if (to !== from && !MAY_IMPORT[from]!.includes(to)) upward.push(`${relative(SRC, file)} (${from}) imports ${relative(SRC, target)} (${to})`);
+        if (to !== from && !MAY_IMPORT[from]!.includes(to))
+          upward.push(`${relative(SRC, file)} (${from}) imports ${relative(SRC, target)} (${to})`);
       }
     }
     expect(upward).toEqual([]);

@@ -16,11 +16,44 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 function sample(): Ledger {
   const config = loadCase('tproxy', { proxy: { user: 'meshproxy' }, capture: { inbound: { mode: 'tproxy' } } });
   return {
-    format: LEDGER_FORMAT, installId: 'id-1', state: 'installed', operation: 'install', backend: 'iptables-nft', netns: 'x', toolVersion: '0.1.0',
-    createdAt: '2026-01-01T00:00:00Z', updatedAt: '2026-01-01T00:00:00Z',
-    current: { configHash: config.hash, configFile: null, config, plan: planCapture(config), objects: { kind: 'xtables', families: [{ family: 'ipv4', tables: [{ table: 'nat', chains: ['MESHCTL_OUTPUT'], rules: [{ chain: 'OUTPUT', raw: '-j MESHCTL_OUTPUT' }] }] }] }, extras: { routes: [], loopbackAddresses: [] } },
-    previous: null, before: { kind: 'xtables', families: [] }, snapshot: { kind: 'xtables', families: [{ family: 'ipv4', tables: [{ table: 'nat', text: '*nat\nCOMMIT\n' }] }] },
-    confirm: { deadline: '2026-01-01T00:01:00Z', mechanism: 'detached-process', unit: null, pid: 1, pidStartTime: '1', confirmedAt: null },
+    format: LEDGER_FORMAT,
+    installId: 'id-1',
+    state: 'installed',
+    operation: 'install',
+    backend: 'iptables-nft',
+    netns: 'x',
+    toolVersion: '0.1.0',
+    createdAt: '2026-01-01T00:00:00Z',
+    updatedAt: '2026-01-01T00:00:00Z',
+    current: {
+      configHash: config.hash,
+      configFile: null,
+      config,
+      plan: planCapture(config),
+      objects: {
+        kind: 'xtables',
+        families: [
+          {
+            family: 'ipv4',
+            tables: [
+              { table: 'nat', chains: ['MESHCTL_OUTPUT'], rules: [{ chain: 'OUTPUT', raw: '-j MESHCTL_OUTPUT' }] },
+            ],
+          },
+        ],
+      },
+      extras: { routes: [], loopbackAddresses: [] },
+    },
+    previous: null,
+    before: { kind: 'xtables', families: [] },
+    snapshot: { kind: 'xtables', families: [{ family: 'ipv4', tables: [{ table: 'nat', text: '*nat\nCOMMIT\n' }] }] },
+    confirm: {
+      deadline: '2026-01-01T00:01:00Z',
+      mechanism: 'detached-process',
+      unit: null,
+      pid: 1,
+      pidStartTime: '1',
+      confirmedAt: null,
+    },
   };
 }
 
@@ -39,7 +72,10 @@ function outcome(content: string): string {
 function paths(value: unknown, depth: number, prefix: (string | number)[] = []): (string | number)[][] {
   if (depth === 0 || typeof value !== 'object' || value === null) return [];
   const keys: (string | number)[] = Array.isArray(value) ? (value.length > 0 ? [0] : []) : Object.keys(value);
-  return keys.flatMap((k) => [[...prefix, k], ...paths((value as Record<string | number, unknown>)[k], depth - 1, [...prefix, k])]);
+  return keys.flatMap((k) => [
+    [...prefix, k],
+    ...paths((value as Record<string | number, unknown>)[k], depth - 1, [...prefix, k]),
+  ]);
 }
 
 function mutate(root: unknown, path: (string | number)[], replacement: unknown | typeof DELETE): unknown {
@@ -70,7 +106,9 @@ describe('the ledger schema', () => {
 
   it('names the first problem and where it is', () => {
     writeFileSync(ledgerPath(dir), JSON.stringify({ ...sample(), current: {} }));
-    expect(() => readLedger(dir)).toThrow(/is not one meshctl wrote: \/current must have required property 'configHash'/);
+    expect(() => readLedger(dir)).toThrow(
+      /is not one meshctl wrote: \/current must have required property 'configHash'/,
+    );
   });
 
   it('ends every mutation of a real ledger in a ledger or LEDGER_CORRUPT, never an uncoded error', () => {
@@ -79,7 +117,10 @@ describe('the ledger schema', () => {
     for (const path of paths(base, 6)) {
       for (const replacement of [DELETE, null, 'x', 7, [], {}]) {
         const result = outcome(JSON.stringify(mutate(base, path, replacement)));
-        expect(result, `${path.join('.')} = ${String(replacement === DELETE ? 'deleted' : JSON.stringify(replacement))}`).toMatch(/^(ok|LEDGER_CORRUPT)$/);
+        expect(
+          result,
+          `${path.join('.')} = ${String(replacement === DELETE ? 'deleted' : JSON.stringify(replacement))}`,
+        ).toMatch(/^(ok|LEDGER_CORRUPT)$/);
         seen.add(result);
       }
     }

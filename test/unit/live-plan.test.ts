@@ -4,7 +4,13 @@
 // and nft 1.0.6 listings of `meshctl install --config` of SMALL below, with foreign rules added by hand.
 import { describe, expect, it } from 'vitest';
 import { explainFlow, type ExplainPlan, type Flow, type HostContext } from '../../src/capture/explain.js';
-import { compareOwnRules, describeDifferences, planFromNftRuleset, planFromSave, UNRECORDED_ORIGIN } from '../../src/capture/live-plan.js';
+import {
+  compareOwnRules,
+  describeDifferences,
+  planFromNftRuleset,
+  planFromSave,
+  UNRECORDED_ORIGIN,
+} from '../../src/capture/live-plan.js';
 import { ruleKey } from '../../src/capture/diff.js';
 import { parseNftRule, parseNftRuleset } from '../../src/capture/parse-nft.js';
 import { planCapture } from '../../src/capture/plan.js';
@@ -13,7 +19,10 @@ import { renderNftRule, renderNftTable } from '../../src/capture/render-nft.js';
 import { cases, loadCase } from '../cases.js';
 import { unitPlans } from '../helpers/kernel-cases.js';
 
-const SMALL = loadCase('small', { proxy: { user: 'nobody' }, capture: { ipv6: 'off', inbound: { enabled: false }, outbound: { excludePorts: [9999] } } });
+const SMALL = loadCase('small', {
+  proxy: { user: 'nobody' },
+  capture: { ipv6: 'off', inbound: { enabled: false }, outbound: { excludePorts: [9999] } },
+});
 const RECORDED = planCapture(SMALL);
 
 const MESHCTL_NAT = `
@@ -83,36 +92,76 @@ const host: HostContext = {
   localAddresses: ['127.0.0.1', '10.0.0.5', '::1', 'fd00::5'],
   route: (dst) => ({ interface: 'eth0', source: dst.includes(':') ? 'fd00::5' : '10.0.0.5' }),
 };
-const out = (address: string, port: number, uid = 1000): Flow => ({ direction: 'outbound', protocol: 'tcp', destination: { address, port }, uid, gid: uid });
-const fromSave = (text: string) => planFromSave([{ family: 'ipv4', text }, { family: 'ipv6', text: '' }], RECORDED);
+const out = (address: string, port: number, uid = 1000): Flow => ({
+  direction: 'outbound',
+  protocol: 'tcp',
+  destination: { address, port },
+  uid,
+  gid: uid,
+});
+const fromSave = (text: string) =>
+  planFromSave(
+    [
+      { family: 'ipv4', text },
+      { family: 'ipv6', text: '' },
+    ],
+    RECORDED,
+  );
 
 describe('planFromSave (xtables)', () => {
   it('gives each meshctl rule the config origin the install recorded', () => {
     const plan = fromSave(save());
     const e = explainFlow(plan, out('203.0.113.9', 9999), host);
-    expect(e).toMatchObject({ verdict: 'bypassed', decidedBy: { purpose: 'skip-port', origin: 'capture.outbound.excludePorts[0]', owner: 'meshctl' } });
-    expect(explainFlow(plan, out('203.0.113.9', 443), host)).toMatchObject({ intercepted: true, toPort: 15001, decidedBy: { purpose: 'outbound-to-proxy', origin: 'capture.outbound.includeCidrs' } });
+    expect(e).toMatchObject({
+      verdict: 'bypassed',
+      decidedBy: { purpose: 'skip-port', origin: 'capture.outbound.excludePorts[0]', owner: 'meshctl' },
+    });
+    expect(explainFlow(plan, out('203.0.113.9', 443), host)).toMatchObject({
+      intercepted: true,
+      toPort: 15001,
+      decidedBy: { purpose: 'outbound-to-proxy', origin: 'capture.outbound.includeCidrs' },
+    });
     const own = plan.families[0]!.rules.filter((r) => r.kernel?.owner !== 'foreign');
     expect(own.map((r) => r.origin)).not.toContain(UNRECORDED_ORIGIN);
     expect(compareOwnRules(plan, RECORDED)).toEqual({ leftOnly: [], rightOnly: [] });
   });
 
   it('marks a meshctl rule the ledger does not know, and lets it decide as the kernel would', () => {
-    const plan = fromSave(save({ extra: '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 7777 -m comment --comment "meshctl:skip-port" -j RETURN' }));
+    const plan = fromSave(
+      save({
+        extra: '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 7777 -m comment --comment "meshctl:skip-port" -j RETURN',
+      }),
+    );
     // Appended after outbound-to-proxy it never decides; the kernel agrees (the jump comes first).
     expect(explainFlow(plan, out('203.0.113.9', 7777), host).decidedBy?.purpose).toBe('outbound-to-proxy');
-    const before = fromSave(save().replace('-A MESHCTL_OUTPUT -p tcp -m tcp ! --tcp-flags', '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 7777 -m comment --comment "meshctl:skip-port" -j RETURN\n-A MESHCTL_OUTPUT -p tcp -m tcp ! --tcp-flags'));
+    const before = fromSave(
+      save().replace(
+        '-A MESHCTL_OUTPUT -p tcp -m tcp ! --tcp-flags',
+        '-A MESHCTL_OUTPUT -p tcp -m tcp --dport 7777 -m comment --comment "meshctl:skip-port" -j RETURN\n-A MESHCTL_OUTPUT -p tcp -m tcp ! --tcp-flags',
+      ),
+    );
     const e = explainFlow(before, out('203.0.113.9', 7777), host);
-    expect(e).toMatchObject({ verdict: 'bypassed', decidedBy: { purpose: 'skip-port', origin: UNRECORDED_ORIGIN, owner: 'unrecorded' } });
+    expect(e).toMatchObject({
+      verdict: 'bypassed',
+      decidedBy: { purpose: 'skip-port', origin: UNRECORDED_ORIGIN, owner: 'unrecorded' },
+    });
     expect(e.reason).toContain('not recorded by the install');
-    expect(compareOwnRules(before, RECORDED).leftOnly).toEqual([`ipv4 nat MESHCTL_OUTPUT: meshctl:skip-port (${UNRECORDED_ORIGIN}) -p tcp -m tcp --dport 7777 -m comment --comment "meshctl:skip-port" -j RETURN`]);
+    expect(compareOwnRules(before, RECORDED).leftOnly).toEqual([
+      `ipv4 nat MESHCTL_OUTPUT: meshctl:skip-port (${UNRECORDED_ORIGIN}) -p tcp -m tcp --dport 7777 -m comment --comment "meshctl:skip-port" -j RETURN`,
+    ]);
   });
 
   it('lets a foreign ACCEPT before the jump in nat OUTPUT decide, naming what it skipped', () => {
     const plan = fromSave(save({ foreign: '-A OUTPUT -p tcp -m tcp --dport 9092 -j ACCEPT' }));
     const e = explainFlow(plan, out('203.0.113.9', 9092), host);
-    expect(e).toMatchObject({ intercepted: false, verdict: 'bypassed', decidedBy: { owner: 'foreign', table: 'nat', chain: 'OUTPUT', rule: '-p tcp -m tcp --dport 9092 -j ACCEPT' } });
-    expect(e.reason).toBe('not captured: a foreign rule in nat OUTPUT (-p tcp -m tcp --dport 9092 -j ACCEPT) accepted it before meshctl:outbound-capture was reached; it goes direct');
+    expect(e).toMatchObject({
+      intercepted: false,
+      verdict: 'bypassed',
+      decidedBy: { owner: 'foreign', table: 'nat', chain: 'OUTPUT', rule: '-p tcp -m tcp --dport 9092 -j ACCEPT' },
+    });
+    expect(e.reason).toBe(
+      'not captured: a foreign rule in nat OUTPUT (-p tcp -m tcp --dport 9092 -j ACCEPT) accepted it before meshctl:outbound-capture was reached; it goes direct',
+    );
     expect(explainFlow(plan, out('203.0.113.9', 9093), host).intercepted).toBe(true);
   });
 
@@ -130,14 +179,24 @@ describe('planFromSave (xtables)', () => {
     const plan = fromSave(save({ foreign: '-A OUTPUT -m addrtype --dst-type LOCAL -j RETURN' }));
     const e = explainFlow(plan, out('203.0.113.9', 443), host);
     expect(e.intercepted).toBe(true);
-    expect(e.trace.find((t) => t.evaluated === false)).toMatchObject({ owner: 'foreign', matched: false, rule: '-m addrtype --dst-type LOCAL -j RETURN' });
-    expect(e.assumptions).toContain('foreign rule in nat OUTPUT could not be evaluated (-m addrtype); assumed not to match: -m addrtype --dst-type LOCAL -j RETURN');
+    expect(e.trace.find((t) => t.evaluated === false)).toMatchObject({
+      owner: 'foreign',
+      matched: false,
+      rule: '-m addrtype --dst-type LOCAL -j RETURN',
+    });
+    expect(e.assumptions).toContain(
+      'foreign rule in nat OUTPUT could not be evaluated (-m addrtype); assumed not to match: -m addrtype --dst-type LOCAL -j RETURN',
+    );
   });
 
   it('applies a DROP policy of a hook chain to what no rule accepts', () => {
-    const filter = '*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n-A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -p tcp -m tcp --dport 443 -j ACCEPT\nCOMMIT';
+    const filter =
+      '*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n-A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -p tcp -m tcp --dport 443 -j ACCEPT\nCOMMIT';
     const plan = fromSave(save({ filter }));
-    expect(explainFlow(plan, out('203.0.113.9', 9999), host)).toMatchObject({ verdict: 'dropped', decidedBy: { purpose: 'policy', chain: 'OUTPUT', table: 'filter' } });
+    expect(explainFlow(plan, out('203.0.113.9', 9999), host)).toMatchObject({
+      verdict: 'dropped',
+      decidedBy: { purpose: 'policy', chain: 'OUTPUT', table: 'filter' },
+    });
     expect(explainFlow(plan, out('203.0.113.9', 443), host).verdict).toBe('redirected');
   });
 });
@@ -146,11 +205,24 @@ describe('planFromNftRuleset', () => {
   it('walks our base chain through the per-family dispatch and recovers origins', () => {
     const plan = planFromNftRuleset(ruleset(), RECORDED);
     const e = explainFlow(plan, out('203.0.113.9', 9999), host);
-    expect(e).toMatchObject({ verdict: 'bypassed', decidedBy: { purpose: 'skip-port', origin: 'capture.outbound.excludePorts[0]', rule: 'tcp dport 9999 return comment "meshctl:skip-port"' } });
-    expect(e.trace.filter((t) => t.matched).map((t) => `${t.chain} ${t.purpose}`)).toEqual(['inet meshctl/nat_output dispatch-ipv4', 'OUTPUT outbound-capture', 'MESHCTL_OUTPUT skip-port']);
+    expect(e).toMatchObject({
+      verdict: 'bypassed',
+      decidedBy: {
+        purpose: 'skip-port',
+        origin: 'capture.outbound.excludePorts[0]',
+        rule: 'tcp dport 9999 return comment "meshctl:skip-port"',
+      },
+    });
+    expect(e.trace.filter((t) => t.matched).map((t) => `${t.chain} ${t.purpose}`)).toEqual([
+      'inet meshctl/nat_output dispatch-ipv4',
+      'OUTPUT outbound-capture',
+      'MESHCTL_OUTPUT skip-port',
+    ]);
     expect(compareOwnRules(plan, RECORDED)).toEqual({ leftOnly: [], rightOnly: [] });
     // Nothing of ours for IPv6: the family is there (read from the kernel) but has no meshctl rule.
-    expect(explainFlow(plan, out('2001:db8::1', 443), host).reason).toBe('not captured: no meshctl ipv6 rule in the kernel applies to it; it goes direct');
+    expect(explainFlow(plan, out('2001:db8::1', 443), host).reason).toBe(
+      'not captured: no meshctl ipv6 rule in the kernel applies to it; it goes direct',
+    );
   });
 
   it('orders base chains by priority: a foreign reject before ours decides, a foreign accept does not stop ours', () => {
@@ -169,26 +241,45 @@ table ip late {
 	}
 }`;
     const plan = planFromNftRuleset(ruleset(foreign), RECORDED);
-    expect(plan.families[0]!.entries!.outbound.map((e) => `${e.chain}/${e.policy}`)).toEqual(['ip guard/out/accept', 'inet meshctl/nat_output/accept', 'ip late/out/drop']);
-    expect(explainFlow(plan, out('203.0.113.9', 9092), host)).toMatchObject({ verdict: 'rejected', decidedBy: { owner: 'foreign', chain: 'ip guard/out' } });
+    expect(plan.families[0]!.entries!.outbound.map((e) => `${e.chain}/${e.policy}`)).toEqual([
+      'ip guard/out/accept',
+      'inet meshctl/nat_output/accept',
+      'ip late/out/drop',
+    ]);
+    expect(explainFlow(plan, out('203.0.113.9', 9092), host)).toMatchObject({
+      verdict: 'rejected',
+      decidedBy: { owner: 'foreign', chain: 'ip guard/out' },
+    });
     const accepted = explainFlow(plan, out('10.1.2.3', 443), host);
     expect(accepted).toMatchObject({ intercepted: true, toPort: 15001 });
-    expect(accepted.assumptions).toContain('foreign rules in filter ip late/out run after the redirect (they see the proxy\'s port) and were not evaluated');
+    expect(accepted.assumptions).toContain(
+      "foreign rules in filter ip late/out run after the redirect (they see the proxy's port) and were not evaluated",
+    );
     // Not captured (excluded port), then the late chain's drop policy decides.
-    expect(explainFlow(plan, out('203.0.113.9', 9999), host)).toMatchObject({ verdict: 'dropped', reason: 'dropped by the policy of filter ip late/out (no rule in it accepted the connection)' });
+    expect(explainFlow(plan, out('203.0.113.9', 9999), host)).toMatchObject({
+      verdict: 'dropped',
+      reason: 'dropped by the policy of filter ip late/out (no rule in it accepted the connection)',
+    });
     // The accept above ends the guard chain for that flow; another flow reaches the fib rule, which explain cannot read.
     expect(accepted.assumptions.join('\n')).not.toContain('(fib)');
     expect(explainFlow(plan, out('203.0.113.9', 80), host).assumptions).toContain(
-      'foreign rule in mangle ip guard/out could not be evaluated (fib); assumed not to match: fib daddr type local counter accept');
+      'foreign rule in mangle ip guard/out could not be evaluated (fib); assumed not to match: fib daddr type local counter accept',
+    );
   });
 
   it('skips the tables and rules of the other family', () => {
-    const foreign = 'table ip6 v6only {\n\tchain o {\n\t\ttype filter hook output priority -300; policy drop;\n\t}\n}\ntable inet mixed {\n\tchain o {\n\t\ttype filter hook output priority -250; policy accept;\n\t\tip6 daddr ::/0 drop\n\t\tmeta nfproto ipv6 drop\n\t\tmeta nfproto ipv4 tcp dport 25 drop\n\t}\n}';
+    const foreign =
+      'table ip6 v6only {\n\tchain o {\n\t\ttype filter hook output priority -300; policy drop;\n\t}\n}\ntable inet mixed {\n\tchain o {\n\t\ttype filter hook output priority -250; policy accept;\n\t\tip6 daddr ::/0 drop\n\t\tmeta nfproto ipv6 drop\n\t\tmeta nfproto ipv4 tcp dport 25 drop\n\t}\n}';
     const plan = planFromNftRuleset(ruleset(foreign), RECORDED);
-    expect(plan.families[0]!.rules.filter((r) => r.chain === 'inet mixed/o').map((r) => r.kernel?.text)).toEqual(['meta nfproto ipv4 tcp dport 25 drop']);
+    expect(plan.families[0]!.rules.filter((r) => r.chain === 'inet mixed/o').map((r) => r.kernel?.text)).toEqual([
+      'meta nfproto ipv4 tcp dport 25 drop',
+    ]);
     expect(explainFlow(plan, out('203.0.113.9', 25), host).verdict).toBe('dropped');
     expect(explainFlow(plan, out('203.0.113.9', 80), host).verdict).toBe('redirected');
-    expect(explainFlow(plan, out('2001:db8::1', 80), host)).toMatchObject({ verdict: 'dropped', decidedBy: { chain: 'ip6 v6only/o', purpose: 'policy' } });
+    expect(explainFlow(plan, out('2001:db8::1', 80), host)).toMatchObject({
+      verdict: 'dropped',
+      decidedBy: { chain: 'ip6 v6only/o', purpose: 'policy' },
+    });
   });
 
   it('reads chains, hooks, named priorities and policies, skipping sets and iptables-nft remarks', () => {
@@ -210,11 +301,21 @@ table ip nat {
 	}
 }
 # Warning: table ip nat is managed by iptables-nft, do not touch!`);
-    expect(tables.map((t) => [t.family, t.name, t.chains.map((c) => [c.name, c.hook?.hook, c.hook?.priority, c.policy, c.rules])])).toEqual([
+    expect(
+      tables.map((t) => [
+        t.family,
+        t.name,
+        t.chains.map((c) => [c.name, c.hook?.hook, c.hook?.priority, c.policy, c.rules]),
+      ]),
+    ).toEqual([
       ['inet', 'f', [['in', 'input', 10, 'drop', ['ip saddr @allowed accept']]]],
       ['ip', 'nat', [['OUTPUT', 'output', -100, 'accept', []]]],
     ]);
-    expect(parseNftRule('ip saddr @allowed accept', 'ipv4', (c) => c)).toEqual({ kind: 'unevaluable', why: 'ip saddr @allowed (a named set)', comment: null });
+    expect(parseNftRule('ip saddr @allowed accept', 'ipv4', (c) => c)).toEqual({
+      kind: 'unevaluable',
+      why: 'ip saddr @allowed (a named set)',
+      comment: null,
+    });
   });
 });
 
@@ -229,7 +330,9 @@ describe('parseNftRule', () => {
           const parsed = parseNftRule(first!, fp.family, (c) => c.replace(/^v[46]_[a-z]+_/, ''));
           expect(parsed.kind, `${name}: ${first}`).toBe('rule');
           if (parsed.kind !== 'rule') continue;
-          expect(ruleKey({ ...rule, matches: parsed.matches, target: parsed.target }), `${name}: ${first}`).toBe(ruleKey(rule));
+          expect(ruleKey({ ...rule, matches: parsed.matches, target: parsed.target }), `${name}: ${first}`).toBe(
+            ruleKey(rule),
+          );
           count++;
         }
       }
@@ -241,26 +344,66 @@ describe('parseNftRule', () => {
     const parse = (text: string) => parseNftRule(text, 'ipv4', (c) => c);
     expect(parse('tcp dport 80 goto somewhere')).toMatchObject({ kind: 'unevaluable', why: 'goto' });
     expect(parse('th dport 53 accept')).toMatchObject({ kind: 'unevaluable', why: 'th' });
-    expect(parse('meta l4proto { tcp, udp } accept comment "x"')).toEqual({ kind: 'unevaluable', why: 'meta l4proto { tcp, udp }', comment: 'x' });
-    expect(parse('tcp dport 80 log prefix "in: " counter')).toMatchObject({ kind: 'rule', effect: { kind: 'continue', why: 'log' } });
-    expect(parse('ip daddr 10.0.0.0/8 dnat to 10.1.1.1:80')).toMatchObject({ kind: 'rule', effect: { kind: 'nat', why: 'dnat' } });
+    expect(parse('meta l4proto { tcp, udp } accept comment "x"')).toEqual({
+      kind: 'unevaluable',
+      why: 'meta l4proto { tcp, udp }',
+      comment: 'x',
+    });
+    expect(parse('tcp dport 80 log prefix "in: " counter')).toMatchObject({
+      kind: 'rule',
+      effect: { kind: 'continue', why: 'log' },
+    });
+    expect(parse('ip daddr 10.0.0.0/8 dnat to 10.1.1.1:80')).toMatchObject({
+      kind: 'rule',
+      effect: { kind: 'nat', why: 'dnat' },
+    });
     expect(parse('ip6 daddr ::1 accept')).toEqual({ kind: 'other-family' });
-    expect(parse('oifname "eth*" reject')).toMatchObject({ kind: 'rule', matches: [{ kind: 'outInterface', name: 'eth+' }], target: { kind: 'reject' } });
+    expect(parse('oifname "eth*" reject')).toMatchObject({
+      kind: 'rule',
+      matches: [{ kind: 'outInterface', name: 'eth+' }],
+      target: { kind: 'reject' },
+    });
   });
 });
 
 describe('round trip: explaining the rendered rules read back equals explaining the plan', () => {
   const flows: Flow[] = [
-    ...[80, 443, 22, 53, 9092, 5432, 8080, 15001].flatMap((port) => [0, 34, 1000, 1337, 65534].map((uid) => out('203.0.113.9', port, uid))),
-    out('10.250.0.1', 80), out('169.254.169.254', 80), out('192.168.122.4', 80), out('127.0.0.1', 8080), out('10.0.0.5', 8080, 1337),
-    out('2001:db8::1', 443), out('fd00:dead::1', 80), out('::1', 8080),
-    { ...out('203.0.113.9', 80), gid: 2000 }, { ...out('203.0.113.9', 53), protocol: 'udp' },
-    ...[22, 80, 8080, 15006, 9005].map((port): Flow => ({ direction: 'inbound', protocol: 'tcp', destination: { address: '10.0.0.5', port }, source: { address: '203.0.113.1' }, inInterface: 'eth0' })),
-    { direction: 'inbound', protocol: 'tcp', destination: { address: 'fd00::5', port: 8080 }, source: { address: '2001:db8::9' }, inInterface: 'eth0' },
+    ...[80, 443, 22, 53, 9092, 5432, 8080, 15001].flatMap((port) =>
+      [0, 34, 1000, 1337, 65534].map((uid) => out('203.0.113.9', port, uid)),
+    ),
+    out('10.250.0.1', 80),
+    out('169.254.169.254', 80),
+    out('192.168.122.4', 80),
+    out('127.0.0.1', 8080),
+    out('10.0.0.5', 8080, 1337),
+    out('2001:db8::1', 443),
+    out('fd00:dead::1', 80),
+    out('::1', 8080),
+    { ...out('203.0.113.9', 80), gid: 2000 },
+    { ...out('203.0.113.9', 53), protocol: 'udp' },
+    ...[22, 80, 8080, 15006, 9005].map((port): Flow => ({
+      direction: 'inbound',
+      protocol: 'tcp',
+      destination: { address: '10.0.0.5', port },
+      source: { address: '203.0.113.1' },
+      inInterface: 'eth0',
+    })),
+    {
+      direction: 'inbound',
+      protocol: 'tcp',
+      destination: { address: 'fd00::5', port: 8080 },
+      source: { address: '2001:db8::9' },
+      inInterface: 'eth0',
+    },
   ];
   const summary = (plan: ExplainPlan, flow: Flow) => {
     const e = explainFlow(plan, flow, host);
-    return { verdict: e.verdict, toPort: e.toPort, purpose: e.decidedBy?.purpose ?? null, origin: e.decidedBy?.origin ?? null };
+    return {
+      verdict: e.verdict,
+      toPort: e.toPort,
+      purpose: e.decidedBy?.purpose ?? null,
+      origin: e.decidedBy?.origin ?? null,
+    };
   };
 
   it.each(cases)('$name via iptables-save text', ({ config }) => {
@@ -268,17 +411,26 @@ describe('round trip: explaining the rendered rules read back equals explaining 
     const texts = planned.families.map((f) => ({ family: f.family, text: renderIptablesRestore(f) }));
     const kernel = planFromSave(texts, planned);
     expect(compareOwnRules(kernel, planned)).toEqual({ leftOnly: [], rightOnly: [] });
-    for (const flow of flows.filter((f) => planned.families.some((p) => (p.family === 'ipv6') === f.destination.address.includes(':')))) {
+    for (const flow of flows.filter((f) =>
+      planned.families.some((p) => (p.family === 'ipv6') === f.destination.address.includes(':')),
+    )) {
       expect(summary(kernel, flow), JSON.stringify(flow)).toEqual(summary(planned, flow));
     }
   });
 
-  const nftCases = cases.filter((c) => !planCapture(c.config).families.some((f) => f.rules.some((r) => r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true))));
+  const nftCases = cases.filter(
+    (c) =>
+      !planCapture(c.config).families.some((f) =>
+        f.rules.some((r) => r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true)),
+      ),
+  );
   it.each(nftCases)('$name via the nft listing', ({ config }) => {
     const planned = planCapture(config);
     const kernel = planFromNftRuleset(renderNftTable(planned), planned);
     expect(compareOwnRules(kernel, planned)).toEqual({ leftOnly: [], rightOnly: [] });
-    for (const flow of flows.filter((f) => planned.families.some((p) => (p.family === 'ipv6') === f.destination.address.includes(':')))) {
+    for (const flow of flows.filter((f) =>
+      planned.families.some((p) => (p.family === 'ipv6') === f.destination.address.includes(':')),
+    )) {
       expect(summary(kernel, flow), JSON.stringify(flow)).toEqual(summary(planned, flow));
     }
   });
@@ -286,7 +438,10 @@ describe('round trip: explaining the rendered rules read back equals explaining 
 
 describe('describeDifferences', () => {
   it('names the config fields and the rules that make the installed rules differ from the current config', () => {
-    const current = loadCase('small', { proxy: { user: 'nobody' }, capture: { ipv6: 'off', inbound: { enabled: false }, outbound: { includeCidrs: ['198.51.100.0/24'] } } });
+    const current = loadCase('small', {
+      proxy: { user: 'nobody' },
+      capture: { ipv6: 'off', inbound: { enabled: false }, outbound: { includeCidrs: ['198.51.100.0/24'] } },
+    });
     const kernel = fromSave(save());
     const d = describeDifferences(kernel, planCapture(current), RECORDED, SMALL, current);
     expect(d.differs).toBe(true);
@@ -294,7 +449,9 @@ describe('describeDifferences', () => {
       { path: 'capture.outbound.includeCidrs', installed: 'all', config: '198.51.100.0/24' },
       { path: 'capture.outbound.excludePorts', installed: '9999', config: 'none' },
     ]);
-    expect(d.kernelOnly).toContain('ipv4 nat MESHCTL_OUTPUT: meshctl:skip-port (capture.outbound.excludePorts[0]) -p tcp -m tcp --dport 9999 -m comment --comment "meshctl:skip-port" -j RETURN');
+    expect(d.kernelOnly).toContain(
+      'ipv4 nat MESHCTL_OUTPUT: meshctl:skip-port (capture.outbound.excludePorts[0]) -p tcp -m tcp --dport 9999 -m comment --comment "meshctl:skip-port" -j RETURN',
+    );
     expect(d.configOnly.some((l) => l.includes('-d 198.51.100.0/24'))).toBe(true);
     expect(d.drift).toEqual({ kernelOnly: [], recordedOnly: [] });
     const same = describeDifferences(kernel, RECORDED, RECORDED, SMALL, SMALL);
@@ -305,6 +462,8 @@ describe('describeDifferences', () => {
     const kernel = fromSave(save().replace(/-A MESHCTL_OUTPUT -m owner --gid-owner 65534 .*\n/, ''));
     const d = describeDifferences(kernel, RECORDED, RECORDED, SMALL, SMALL);
     expect(d).toMatchObject({ differs: true, configFields: [] });
-    expect(d.drift.recordedOnly).toEqual(['ipv4 nat MESHCTL_OUTPUT: meshctl:skip-proxy-gid (proxy.user (primary group)) -m owner --gid-owner 65534 -m comment --comment "meshctl:skip-proxy-gid" -j RETURN']);
+    expect(d.drift.recordedOnly).toEqual([
+      'ipv4 nat MESHCTL_OUTPUT: meshctl:skip-proxy-gid (proxy.user (primary group)) -m owner --gid-owner 65534 -m comment --comment "meshctl:skip-proxy-gid" -j RETURN',
+    ]);
   });
 });

@@ -20,11 +20,14 @@ function fakeNft(failures: number, stderr: string): { env: NodeJS.ProcessEnv; ca
   dirs.push(dir);
   const counter = join(dir, 'calls');
   writeFileSync(counter, '0');
-  writeFileSync(join(dir, 'nft'), `#!/bin/sh
+  writeFileSync(
+    join(dir, 'nft'),
+    `#!/bin/sh
 n=$(( $(cat "${counter}") + 1 )); echo $n > "${counter}"
 if [ $n -le ${failures} ]; then echo '${stderr}' >&2; exit 1; fi
 echo ok
-`);
+`,
+  );
   chmodSync(join(dir, 'nft'), 0o755);
   return { env: { PATH: `${dir}:/usr/bin:/bin` }, calls: () => Number(readFileSync(counter, 'utf8')) };
 }
@@ -43,15 +46,21 @@ describe('the runner and transient conflicts', () => {
 
   it('gives up after TRANSIENT_RETRY.attempts, saying how many it made', async () => {
     const fake = fakeNft(100, 'Error: Could not process rule: Device or resource busy');
-    const error = await createRunner({ env: fake.env }).nft('add table ip x\n', { check: false }).catch((e: unknown) => e);
+    const error = await createRunner({ env: fake.env })
+      .nft('add table ip x\n', { check: false })
+      .catch((e: unknown) => e);
     expect(isMeshctlError(error, 'RESTORE_FAILED')).toBe(true);
     expect(fake.calls()).toBe(TRANSIENT_RETRY.attempts);
-    expect((error as { details: string[] }).details).toContain(`attempts: ${TRANSIENT_RETRY.attempts} (transient conflicts retried)`);
+    expect((error as { details: string[] }).details).toContain(
+      `attempts: ${TRANSIENT_RETRY.attempts} (transient conflicts retried)`,
+    );
   });
 
   it('does not retry an error that is not transient', async () => {
     const fake = fakeNft(100, 'Error: syntax error, unexpected junk');
-    const error = await createRunner({ env: fake.env }).nft('junk\n', { check: false }).catch((e: unknown) => e);
+    const error = await createRunner({ env: fake.env })
+      .nft('junk\n', { check: false })
+      .catch((e: unknown) => e);
     expect(isMeshctlError(error, 'RESTORE_FAILED')).toBe(true);
     expect(fake.calls()).toBe(1);
   });
@@ -66,22 +75,38 @@ describe('the runner and transient conflicts', () => {
   });
 });
 
-describe('uninstall\'s foreign check', () => {
-  const xtablesForeign = '# ipv4\n*nat\n:PREROUTING ACCEPT\n:DOCKER -\n-A DOCKER -p tcp -j RETURN\n-A OUTPUT -p tcp --dport 7 -j RETURN\nCOMMIT\n*filter\n-A OUTPUT -p tcp --dport 7 -j RETURN\nCOMMIT\n# ipv6\n';
+describe("uninstall's foreign check", () => {
+  const xtablesForeign =
+    '# ipv4\n*nat\n:PREROUTING ACCEPT\n:DOCKER -\n-A DOCKER -p tcp -j RETURN\n-A OUTPUT -p tcp --dport 7 -j RETURN\nCOMMIT\n*filter\n-A OUTPUT -p tcp --dport 7 -j RETURN\nCOMMIT\n# ipv6\n';
 
   it('names every foreign line with its family and table (the same rule in nat and filter stays two lines)', () => {
     expect(foreignLines(xtablesForeign)).toEqual([
-      'ipv4 > nat > :PREROUTING ACCEPT', 'ipv4 > nat > :DOCKER -', 'ipv4 > nat > -A DOCKER -p tcp -j RETURN', 'ipv4 > nat > -A OUTPUT -p tcp --dport 7 -j RETURN',
+      'ipv4 > nat > :PREROUTING ACCEPT',
+      'ipv4 > nat > :DOCKER -',
+      'ipv4 > nat > -A DOCKER -p tcp -j RETURN',
+      'ipv4 > nat > -A OUTPUT -p tcp --dport 7 -j RETURN',
       'ipv4 > filter > -A OUTPUT -p tcp --dport 7 -j RETURN',
     ]);
-    expect(foreignLines('table ip x {\nchain y {\ntype nat hook output priority 0; policy accept;\ntcp dport 1 drop\n}\n}\ntable inet z {\n}')).toEqual([
-      'table ip x', 'table ip x > chain y', 'table ip x > chain y > type nat hook output priority 0; policy accept;', 'table ip x > chain y > tcp dport 1 drop', 'table inet z',
+    expect(
+      foreignLines(
+        'table ip x {\nchain y {\ntype nat hook output priority 0; policy accept;\ntcp dport 1 drop\n}\n}\ntable inet z {\n}',
+      ),
+    ).toEqual([
+      'table ip x',
+      'table ip x > chain y',
+      'table ip x > chain y > type nat hook output priority 0; policy accept;',
+      'table ip x > chain y > tcp dport 1 drop',
+      'table inet z',
     ]);
   });
 
   it('blames a step only for lines it deletes, chains it declares or deletes, and nft tables it deletes', () => {
     const ours = touchedBy([
-      { label: 'ipv4', family: 'ipv4', text: '*nat\n:MESHCTL_OUTPUT - [0:0]\n-D OUTPUT -p tcp -m comment --comment "meshctl:x" -j MESHCTL_OUTPUT\n-X MESHCTL_OUTPUT\nCOMMIT\n' },
+      {
+        label: 'ipv4',
+        family: 'ipv4',
+        text: '*nat\n:MESHCTL_OUTPUT - [0:0]\n-D OUTPUT -p tcp -m comment --comment "meshctl:x" -j MESHCTL_OUTPUT\n-X MESHCTL_OUTPUT\nCOMMIT\n',
+      },
       { label: 'inet', family: null, text: 'add table inet meshctl\ndelete table inet meshctl\n' },
     ]);
     expect(ours('ipv4 > nat > -A OUTPUT -p tcp -m comment --comment "meshctl:x" -j MESHCTL_OUTPUT')).toBe(true);

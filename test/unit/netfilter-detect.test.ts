@@ -4,7 +4,14 @@ import { describe, expect, it } from 'vitest';
 import { chooseBackend, type BackendInventory } from '../../src/netfilter/host/detect.js';
 import { isMeshctlError } from '../../src/errors.js';
 
-function inventory(overrides: { legacy?: number; nft?: number; available?: Partial<BackendInventory['available']>; defaultIptables?: BackendInventory['defaultIptables'] } = {}): BackendInventory {
+function inventory(
+  overrides: {
+    legacy?: number;
+    nft?: number;
+    available?: Partial<BackendInventory['available']>;
+    defaultIptables?: BackendInventory['defaultIptables'];
+  } = {},
+): BackendInventory {
   const available = { 'iptables-legacy': true, 'iptables-nft': true, nftables: true, ...overrides.available };
   return {
     available,
@@ -13,7 +20,10 @@ function inventory(overrides: { legacy?: number; nft?: number; available?: Parti
       'iptables-nft': available['iptables-nft'] ? [] : ['iptables-nft-restore'],
       nftables: available.nftables ? [] : ['nft'],
     },
-    ruleCounts: { 'iptables-legacy': { ipv4: overrides.legacy ?? 0, ipv6: 0 }, 'iptables-nft': { ipv4: overrides.nft ?? 0, ipv6: 0 } },
+    ruleCounts: {
+      'iptables-legacy': { ipv4: overrides.legacy ?? 0, ipv6: 0 },
+      'iptables-nft': { ipv4: overrides.nft ?? 0, ipv6: 0 },
+    },
     nativeTables: [],
     defaultIptables: overrides.defaultIptables === undefined ? 'iptables-nft' : overrides.defaultIptables,
   };
@@ -38,9 +48,19 @@ describe('chooseBackend', () => {
   });
 
   it('follows the host default `iptables` when no backend holds rules', () => {
-    expect(chooseBackend(inventory({ defaultIptables: 'iptables-legacy' }), 'auto', null).backend).toBe('iptables-legacy');
-    expect(chooseBackend(inventory({ defaultIptables: null, available: { 'iptables-nft': false } }), 'auto', null).backend).toBe('iptables-legacy');
-    expect(chooseBackend(inventory({ defaultIptables: null, available: { 'iptables-nft': false, 'iptables-legacy': false } }), 'auto', null).backend).toBe('nftables');
+    expect(chooseBackend(inventory({ defaultIptables: 'iptables-legacy' }), 'auto', null).backend).toBe(
+      'iptables-legacy',
+    );
+    expect(
+      chooseBackend(inventory({ defaultIptables: null, available: { 'iptables-nft': false } }), 'auto', null).backend,
+    ).toBe('iptables-legacy');
+    expect(
+      chooseBackend(
+        inventory({ defaultIptables: null, available: { 'iptables-nft': false, 'iptables-legacy': false } }),
+        'auto',
+        null,
+      ).backend,
+    ).toBe('nftables');
   });
 
   it('honours an explicit request but warns when the other iptables backend holds rules', () => {
@@ -56,7 +76,9 @@ describe('chooseBackend', () => {
       expect.unreachable();
     } catch (error) {
       expect(isMeshctlError(error, 'BACKEND_UNAVAILABLE')).toBe(true);
-      expect((error as Error).message).toContain('installed here with iptables-nft (ledger), but nftables was requested');
+      expect((error as Error).message).toContain(
+        'installed here with iptables-nft (ledger), but nftables was requested',
+      );
     }
   });
 

@@ -5,7 +5,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isMeshctlError } from '../../src/errors.js';
-import { ensureStateDir, LEDGER_FORMAT, ledgerPath, readLedger, removeLedger, scopeDir, writeLedger, type Ledger } from '../../src/netfilter/transaction/ledger.js';
+import {
+  ensureStateDir,
+  LEDGER_FORMAT,
+  ledgerPath,
+  readLedger,
+  removeLedger,
+  scopeDir,
+  writeLedger,
+  type Ledger,
+} from '../../src/netfilter/transaction/ledger.js';
 import { acquireStateLock, processStartTime } from '../../src/netfilter/transaction/lock.js';
 import { planCapture } from '../../src/capture/plan.js';
 import { loadCase } from '../cases.js';
@@ -23,10 +32,27 @@ afterEach(() => {
 function sampleLedger(installId = 'id-1'): Ledger {
   const config = loadCase('ledger', { proxy: { user: 'meshproxy' } });
   return {
-    format: LEDGER_FORMAT, installId, state: 'installed', operation: 'install', backend: 'iptables-nft', netns: 'x', toolVersion: '0.1.0',
-    createdAt: '2026-01-01T00:00:00Z', updatedAt: '2026-01-01T00:00:00Z',
-    current: { configHash: config.hash, configFile: null, config, plan: planCapture(config), objects: { kind: 'xtables', families: [] }, extras: { routes: [], loopbackAddresses: [] } },
-    previous: null, before: { kind: 'xtables', families: [] }, snapshot: { kind: 'xtables', families: [] }, confirm: null,
+    format: LEDGER_FORMAT,
+    installId,
+    state: 'installed',
+    operation: 'install',
+    backend: 'iptables-nft',
+    netns: 'x',
+    toolVersion: '0.1.0',
+    createdAt: '2026-01-01T00:00:00Z',
+    updatedAt: '2026-01-01T00:00:00Z',
+    current: {
+      configHash: config.hash,
+      configFile: null,
+      config,
+      plan: planCapture(config),
+      objects: { kind: 'xtables', families: [] },
+      extras: { routes: [], loopbackAddresses: [] },
+    },
+    previous: null,
+    before: { kind: 'xtables', families: [] },
+    snapshot: { kind: 'xtables', families: [] },
+    confirm: null,
   };
 }
 
@@ -73,7 +99,9 @@ describe('state lock', () => {
     const dir = tempDir();
     const lock = await acquireStateLock(dir, 'install');
     try {
-      await expect(acquireStateLock(dir, 'status', 100)).rejects.toThrow(new RegExp(`pid ${process.pid} \\(\`install\``));
+      await expect(acquireStateLock(dir, 'status', 100)).rejects.toThrow(
+        new RegExp(`pid ${process.pid} \\(\`install\``),
+      );
     } finally {
       lock.release();
     }
@@ -94,7 +122,15 @@ describe('state lock', () => {
 
   it('tells a reused pid from the original owner by its start time', async () => {
     const dir = tempDir();
-    writeFileSync(join(dir, 'lock'), JSON.stringify({ pid: process.pid, startTime: `${processStartTime(process.pid)}0`, command: 'old', since: 'then' }));
+    writeFileSync(
+      join(dir, 'lock'),
+      JSON.stringify({
+        pid: process.pid,
+        startTime: `${processStartTime(process.pid)}0`,
+        command: 'old',
+        since: 'then',
+      }),
+    );
     const lock = await acquireStateLock(dir, 'status', 100);
     expect(lock.takenOverFrom?.command).toBe('old');
     lock.release();

@@ -12,14 +12,22 @@ type Values = Record<'ipv4' | 'ipv6', string>;
 class FakeDriver implements BackendDriver {
   readonly backend = 'iptables-nft' as const;
   readonly calls: string[] = [];
-  constructor(public values: Values, private readonly faults: { check?: string; apply?: string[]; rollback?: boolean } = {}) {}
+  constructor(
+    public values: Values,
+    private readonly faults: { check?: string; apply?: string[]; rollback?: boolean } = {},
+  ) {}
   async read(): Promise<KernelState> {
     this.calls.push('read');
     return { backend: this.backend, texts: new Map(Object.entries(this.values)) };
   }
   stepsTo(state: KernelState, target: TransitionTarget): ApplyStep[] {
-    const wanted = target.kind === 'objects' && target.objects.kind === 'nftables' ? (JSON.parse(target.objects.listing) as Values) : { ipv4: '', ipv6: '' };
-    return (['ipv4', 'ipv6'] as const).filter((f) => state.texts.get(f) !== wanted[f]).map((f) => ({ label: f, family: f, text: wanted[f] }));
+    const wanted =
+      target.kind === 'objects' && target.objects.kind === 'nftables'
+        ? (JSON.parse(target.objects.listing) as Values)
+        : { ipv4: '', ipv6: '' };
+    return (['ipv4', 'ipv6'] as const)
+      .filter((f) => state.texts.get(f) !== wanted[f])
+      .map((f) => ({ label: f, family: f, text: wanted[f] }));
   }
   stepsRemoving(): ApplyStep[] {
     return [];
@@ -35,17 +43,36 @@ class FakeDriver implements BackendDriver {
     if (failing) throw new Error(`${step.label} restore failed: line 3`);
     this.values = { ...this.values, [step.label]: step.text };
   }
-  owned() { return { kind: 'nftables' as const, listing: '' }; }
-  remaining() { return []; }
-  drift() { return []; }
-  foreign() { return ''; }
-  async snapshot() { return { kind: 'nftables' as const, ruleset: '' }; }
-  async tidy() { return []; }
-  foreignOfSnapshot() { return ''; }
-  ownedInSnapshot() { return { kind: 'nftables' as const, listing: '' }; }
+  owned() {
+    return { kind: 'nftables' as const, listing: '' };
+  }
+  remaining() {
+    return [];
+  }
+  drift() {
+    return [];
+  }
+  foreign() {
+    return '';
+  }
+  async snapshot() {
+    return { kind: 'nftables' as const, ruleset: '' };
+  }
+  async tidy() {
+    return [];
+  }
+  foreignOfSnapshot() {
+    return '';
+  }
+  ownedInSnapshot() {
+    return { kind: 'nftables' as const, listing: '' };
+  }
 }
 
-const target = (values: Values): TransitionTarget => ({ kind: 'objects', objects: { kind: 'nftables', listing: JSON.stringify(values) } });
+const target = (values: Values): TransitionTarget => ({
+  kind: 'objects',
+  objects: { kind: 'nftables', listing: JSON.stringify(values) },
+});
 const OLD: Values = { ipv4: 'old4', ipv6: 'old6' };
 const NEW: Values = { ipv4: 'new4', ipv6: 'new6' };
 
@@ -66,7 +93,9 @@ describe('runTransaction', () => {
 
   it('changes nothing when a check fails', async () => {
     const driver = new FakeDriver({ ...OLD }, { check: 'ipv6' });
-    await expect(run(driver)).rejects.toThrow(/ipv6 rules for install were rejected by the iptables-nft check; nothing was changed/);
+    await expect(run(driver)).rejects.toThrow(
+      /ipv6 rules for install were rejected by the iptables-nft check; nothing was changed/,
+    );
     expect(driver.calls.filter((c) => c.startsWith('apply'))).toEqual([]);
     expect(driver.values).toEqual(OLD);
   });
@@ -75,7 +104,9 @@ describe('runTransaction', () => {
     const driver = new FakeDriver({ ...OLD }, { apply: ['ipv6'] });
     const error = await run(driver).catch((e: unknown) => e);
     expect(isMeshctlError(error, 'RESTORE_FAILED')).toBe(true);
-    expect((error as Error).message).toBe('applying the ipv6 rules for install failed; restored ipv4 and ipv6 to the previous rules (ipv4 had already been applied)');
+    expect((error as Error).message).toBe(
+      'applying the ipv6 rules for install failed; restored ipv4 and ipv6 to the previous rules (ipv4 had already been applied)',
+    );
     expect((error as { details: string[] }).details.join('\n')).toContain('ipv6 restore failed: line 3');
     expect(driver.values).toEqual(OLD);
   });

@@ -45,7 +45,11 @@ describe('assertNetnsExists', () => {
 
   it('names a well-formed namespace that does not exist, and the flag it came from', () => {
     const error = failure(() => assertNetnsExists('hc-unit-no-such-ns', '--netns'));
-    expect(error).toEqual({ code: 'NETNS_NOT_FOUND', message: 'network namespace "hc-unit-no-such-ns" (from --netns) does not exist: /run/netns/hc-unit-no-such-ns is missing' });
+    expect(error).toEqual({
+      code: 'NETNS_NOT_FOUND',
+      message:
+        'network namespace "hc-unit-no-such-ns" (from --netns) does not exist: /run/netns/hc-unit-no-such-ns is missing',
+    });
   });
 });
 
@@ -57,7 +61,9 @@ describe('a stray file under /run/netns', () => {
     try {
       const error = failure(() => assertNetnsExists(name));
       expect(error.code).toBe('NETNS_NOT_FOUND');
-      expect(error.message).toBe(`network namespace "${name}" (from --netns) does not exist: /run/netns/${name} is a file, not a namespace mount`);
+      expect(error.message).toBe(
+        `network namespace "${name}" (from --netns) does not exist: /run/netns/${name} is a file, not a namespace mount`,
+      );
     } finally {
       rmSync(`/run/netns/${name}`, { force: true });
     }

@@ -25,14 +25,16 @@ function parseError(text: string): string {
 
 /** Parses a single-rule nat table and returns the rule. */
 function one(args: string, chain = 'MESHCTL_X', table = 'nat'): SavedRule {
-  const dump = parseSave(dedent(`
+  const dump = parseSave(
+    dedent(`
     *${table}
     :OUTPUT ACCEPT [0:0]
     :MESHCTL_X - [0:0]
     :MESHCTL_Y - [0:0]
     -A ${chain} ${args}
     COMMIT
-  `));
+  `),
+  );
   const rule = dump.tables[0]!.rules[0];
   if (!rule) throw new Error('no rule');
   return rule;
@@ -136,7 +138,9 @@ describe('parseSave on real iptables-save output', () => {
 
   it('keeps foreign rules outside the model as raw text with a null rule', () => {
     const nat = parseSave(NFT_SAVE_WITH_DOCKER).tables.find((t) => t.table === 'nat')!;
-    const docker = nat.rules.filter((r) => r.chain === 'DOCKER' || r.raw.includes('DOCKER') || r.raw.includes('MASQUERADE'));
+    const docker = nat.rules.filter(
+      (r) => r.chain === 'DOCKER' || r.raw.includes('DOCKER') || r.raw.includes('MASQUERADE'),
+    );
     expect(docker.map((r) => [r.chain, r.rule === null])).toEqual([
       ['PREROUTING', true],
       ['OUTPUT', true],
@@ -168,10 +172,19 @@ describe('parseSave on real iptables-save output', () => {
   it('parses the legacy TPROXY, MARK, CT zone, socket and conntrack rules', () => {
     const dump = parseSave(LEGACY_SAVE_TPROXY);
     const mangle = dump.tables.find((t) => t.table === 'mangle')!;
-    const byComment = (c: string) => mangle.rules.find((r) => r.chain !== 'PREROUTING' && r.comment === `meshctl:${c}`)!.rule!;
-    expect(byComment('tproxy-inbound').target).toEqual({ kind: 'tproxy', toPort: 15006, mark: 0x539, mask: 0xffffffff });
+    const byComment = (c: string) =>
+      mangle.rules.find((r) => r.chain !== 'PREROUTING' && r.comment === `meshctl:${c}`)!.rule!;
+    expect(byComment('tproxy-inbound').target).toEqual({
+      kind: 'tproxy',
+      toPort: 15006,
+      mark: 0x539,
+      mask: 0xffffffff,
+    });
     expect(byComment('tproxy-mark-established').target).toEqual({ kind: 'setMark', value: 0x539, mask: 0xffffffff });
-    expect(byComment('tproxy-established').matches).toEqual([{ kind: 'protocol', protocol: 'tcp' }, { kind: 'socketTransparent' }]);
+    expect(byComment('tproxy-established').matches).toEqual([
+      { kind: 'protocol', protocol: 'tcp' },
+      { kind: 'socketTransparent' },
+    ]);
     expect(byComment('drop-invalid').matches).toEqual([{ kind: 'ctState', states: ['INVALID'] }]);
     expect(byComment('skip-interface').matches).toEqual([{ kind: 'inInterface', name: 'docker+' }]);
     const raw = dump.tables.find((t) => t.table === 'raw')!;
@@ -198,12 +211,25 @@ describe('parseSave on the rewrites iptables-save makes', () => {
   });
 
   it('reads --dport ranges and multiport lists with ranges', () => {
-    expect(matchesOf('-p tcp -m tcp --dport 8000:8080 -j RETURN')[1]).toEqual({ kind: 'destinationPort', ports: [{ from: 8000, to: 8080 }] });
+    expect(matchesOf('-p tcp -m tcp --dport 8000:8080 -j RETURN')[1]).toEqual({
+      kind: 'destinationPort',
+      ports: [{ from: 8000, to: 8080 }],
+    });
     expect(matchesOf('-p tcp -m multiport --dports 80,443,8000:8080 -j RETURN')[1]).toEqual({
       kind: 'destinationPort',
-      ports: [{ from: 80, to: 80 }, { from: 443, to: 443 }, { from: 8000, to: 8080 }],
+      ports: [
+        { from: 80, to: 80 },
+        { from: 443, to: 443 },
+        { from: 8000, to: 8080 },
+      ],
     });
-    expect(matchesOf('-p tcp -m multiport --sports 1,2 -j RETURN')[1]).toEqual({ kind: 'sourcePort', ports: [{ from: 1, to: 1 }, { from: 2, to: 2 }] });
+    expect(matchesOf('-p tcp -m multiport --sports 1,2 -j RETURN')[1]).toEqual({
+      kind: 'sourcePort',
+      ports: [
+        { from: 1, to: 1 },
+        { from: 2, to: 2 },
+      ],
+    });
   });
 
   it('reads negations before an option and inside a module', () => {
@@ -212,28 +238,55 @@ describe('parseSave on the rewrites iptables-save makes', () => {
       { kind: 'outInterface', name: 'eth0', negate: true },
     ]);
     expect(matchesOf('-m owner ! --uid-owner 999 -j RETURN')).toEqual([{ kind: 'uidOwner', uid: 999, negate: true }]);
-    expect(matchesOf('-p tcp -m tcp ! --dport 22 -j RETURN')[1]).toEqual({ kind: 'destinationPort', ports: [{ from: 22, to: 22 }], negate: true });
+    expect(matchesOf('-p tcp -m tcp ! --dport 22 -j RETURN')[1]).toEqual({
+      kind: 'destinationPort',
+      ports: [{ from: 22, to: 22 }],
+      negate: true,
+    });
     expect(matchesOf('-p tcp -m multiport ! --dports 80,443 -j RETURN')[1]).toMatchObject({ negate: true });
-    expect(matchesOf('-m conntrack ! --ctstate INVALID,NEW -j RETURN')).toEqual([{ kind: 'ctState', states: ['INVALID', 'NEW'], negate: true }]);
-    expect(matchesOf('-m mark ! --mark 0x1/0x1 -j RETURN')).toEqual([{ kind: 'mark', value: 1, mask: 1, negate: true }]);
+    expect(matchesOf('-m conntrack ! --ctstate INVALID,NEW -j RETURN')).toEqual([
+      { kind: 'ctState', states: ['INVALID', 'NEW'], negate: true },
+    ]);
+    expect(matchesOf('-m mark ! --mark 0x1/0x1 -j RETURN')).toEqual([
+      { kind: 'mark', value: 1, mask: 1, negate: true },
+    ]);
   });
 
   it('canonicalises host and network addresses of both families', () => {
-    expect(matchesOf('-s 1.2.3.4/32 -j RETURN')[0]).toEqual({ kind: 'source', cidr: { family: 'ipv4', address: '1.2.3.4', prefix: 32 } });
-    expect(matchesOf('-s ::6/128 -o lo -j RETURN')[0]).toEqual({ kind: 'source', cidr: { family: 'ipv6', address: '::6', prefix: 128 } });
-    expect(matchesOf('-d fd00:0:0::/48 -j RETURN')[0]).toEqual({ kind: 'destination', cidr: { family: 'ipv6', address: 'fd00::', prefix: 48 } });
+    expect(matchesOf('-s 1.2.3.4/32 -j RETURN')[0]).toEqual({
+      kind: 'source',
+      cidr: { family: 'ipv4', address: '1.2.3.4', prefix: 32 },
+    });
+    expect(matchesOf('-s ::6/128 -o lo -j RETURN')[0]).toEqual({
+      kind: 'source',
+      cidr: { family: 'ipv6', address: '::6', prefix: 128 },
+    });
+    expect(matchesOf('-d fd00:0:0::/48 -j RETURN')[0]).toEqual({
+      kind: 'destination',
+      cidr: { family: 'ipv6', address: 'fd00::', prefix: 48 },
+    });
   });
 
   it('reads --to-ports and --to-port, marks with and without a mask, and TPROXY for both families', () => {
     expect(targetOf('-p tcp -j REDIRECT --to-ports 15001')).toEqual({ kind: 'redirect', toPort: 15001 });
     expect(targetOf('-p tcp -j REDIRECT --to-port 15001')).toEqual({ kind: 'redirect', toPort: 15001 });
     expect(matchesOf('-m mark --mark 0x539 -j RETURN')).toEqual([{ kind: 'mark', value: 0x539, mask: 0xffffffff }]);
-    expect(targetOf('-j MARK --set-xmark 0x539/0xffffffff', 'mangle')).toEqual({ kind: 'setMark', value: 0x539, mask: 0xffffffff });
+    expect(targetOf('-j MARK --set-xmark 0x539/0xffffffff', 'mangle')).toEqual({
+      kind: 'setMark',
+      value: 0x539,
+      mask: 0xffffffff,
+    });
     expect(targetOf('-j MARK --set-mark 0x1/0x3', 'mangle')).toEqual({ kind: 'setMark', value: 1, mask: 3 });
     expect(targetOf('-p tcp -j TPROXY --on-port 15006 --on-ip :: --tproxy-mark 0x539/0xffffffff', 'mangle')).toEqual({
-      kind: 'tproxy', toPort: 15006, mark: 0x539, mask: 0xffffffff,
+      kind: 'tproxy',
+      toPort: 15006,
+      mark: 0x539,
+      mask: 0xffffffff,
     });
-    expect(targetOf('-p tcp -j REJECT --reject-with tcp-reset', 'filter')).toEqual({ kind: 'reject', with: 'tcp-reset' });
+    expect(targetOf('-p tcp -j REJECT --reject-with tcp-reset', 'filter')).toEqual({
+      kind: 'reject',
+      with: 'tcp-reset',
+    });
     expect(targetOf('-p udp -j CT --zone 2', 'raw')).toEqual({ kind: 'ctZone', zone: 2 });
     expect(targetOf('-j MESHCTL_Y')).toEqual({ kind: 'jump', chain: 'MESHCTL_Y' });
   });
@@ -242,8 +295,22 @@ describe('parseSave on the rewrites iptables-save makes', () => {
     const rule = one('-p tcp -m comment --comment "meshctl:redirect \\"quoted\\" x" -j REDIRECT --to-ports 15001');
     expect(rule.comment).toBe('meshctl:redirect "quoted" x');
     expect(rule.rule!.matches).toEqual([{ kind: 'protocol', protocol: 'tcp' }]);
-    expect(tokenizeSaveLine('-m comment --comment "a \\\\ b" -j X')).toEqual(['-m', 'comment', '--comment', 'a \\ b', '-j', 'X']);
-    expect(tokenizeSaveLine('-m comment --comment plain -j X')).toEqual(['-m', 'comment', '--comment', 'plain', '-j', 'X']);
+    expect(tokenizeSaveLine('-m comment --comment "a \\\\ b" -j X')).toEqual([
+      '-m',
+      'comment',
+      '--comment',
+      'a \\ b',
+      '-j',
+      'X',
+    ]);
+    expect(tokenizeSaveLine('-m comment --comment plain -j X')).toEqual([
+      '-m',
+      'comment',
+      '--comment',
+      'plain',
+      '-j',
+      'X',
+    ]);
   });
 });
 
@@ -265,21 +332,41 @@ describe('parseSave rejects what it does not understand', () => {
   });
 
   it('names the token when one of our rules uses a feature outside the model', () => {
-    const ownChain = parseError('*nat\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -m addrtype --dst-type LOCAL -j RETURN\nCOMMIT\n');
+    const ownChain = parseError(
+      '*nat\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -m addrtype --dst-type LOCAL -j RETURN\nCOMMIT\n',
+    );
     expect(ownChain).toContain('line 3');
     expect(ownChain).toContain('-m addrtype');
-    const ownComment = parseError('*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p icmp -m comment --comment "meshctl:x" -j ACCEPT\nCOMMIT\n');
+    const ownComment = parseError(
+      '*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p icmp -m comment --comment "meshctl:x" -j ACCEPT\nCOMMIT\n',
+    );
     expect(ownComment).toContain('-p icmp');
-    expect(parseError('*nat\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -p tcp -j REDIRECT --to-ports 15001 --random\nCOMMIT\n')).toContain('--random');
-    expect(parseError('*mangle\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -p tcp -j TPROXY --on-port 1 --on-ip 10.0.0.1 --tproxy-mark 0x1/0x1\nCOMMIT\n')).toContain('--on-ip 10.0.0.1');
-    expect(parseError('*filter\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -j REJECT --reject-with icmp-port-unreachable\nCOMMIT\n')).toContain('icmp-port-unreachable');
-    expect(parseError('*mangle\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -m socket -j RETURN\nCOMMIT\n')).toContain('-m socket without --transparent');
-    expect(parseError('*nat\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -m owner --uid-owner 1-5 -j RETURN\nCOMMIT\n')).toContain('--uid-owner');
-    expect(parseError('*nat\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -m comment --comment "open\nCOMMIT\n')).toContain('unterminated double quote');
+    expect(
+      parseError('*nat\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -p tcp -j REDIRECT --to-ports 15001 --random\nCOMMIT\n'),
+    ).toContain('--random');
+    expect(
+      parseError(
+        '*mangle\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -p tcp -j TPROXY --on-port 1 --on-ip 10.0.0.1 --tproxy-mark 0x1/0x1\nCOMMIT\n',
+      ),
+    ).toContain('--on-ip 10.0.0.1');
+    expect(
+      parseError('*filter\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -j REJECT --reject-with icmp-port-unreachable\nCOMMIT\n'),
+    ).toContain('icmp-port-unreachable');
+    expect(parseError('*mangle\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -m socket -j RETURN\nCOMMIT\n')).toContain(
+      '-m socket without --transparent',
+    );
+    expect(parseError('*nat\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -m owner --uid-owner 1-5 -j RETURN\nCOMMIT\n')).toContain(
+      '--uid-owner',
+    );
+    expect(parseError('*nat\n:MESHCTL_X - [0:0]\n-A MESHCTL_X -m comment --comment "open\nCOMMIT\n')).toContain(
+      'unterminated double quote',
+    );
   });
 
   it('keeps an unmarked foreign jump into our chain as owned, so drift checks see it', () => {
-    const dump = parseSave('*nat\n:OUTPUT ACCEPT [0:0]\n:MESHCTL_X - [0:0]\n-A OUTPUT -m addrtype --dst-type LOCAL -j MESHCTL_X\nCOMMIT\n');
+    const dump = parseSave(
+      '*nat\n:OUTPUT ACCEPT [0:0]\n:MESHCTL_X - [0:0]\n-A OUTPUT -m addrtype --dst-type LOCAL -j MESHCTL_X\nCOMMIT\n',
+    );
     const rule = dump.tables[0]!.rules[0]!;
     expect(rule.rule).toBeNull();
     expect(isOwnedRule(rule)).toBe(true);
@@ -288,7 +375,9 @@ describe('parseSave rejects what it does not understand', () => {
   it('keeps tables outside the model verbatim', () => {
     const dump = parseSave('*security\n:INPUT ACCEPT [0:0]\n[1:2] -A INPUT -j CONNSECMARK --restore\nCOMMIT\n');
     expect(dump.tables).toEqual([]);
-    expect(dump.otherTables).toEqual([{ name: 'security', lines: [':INPUT ACCEPT', '-A INPUT -j CONNSECMARK --restore'] }]);
+    expect(dump.otherTables).toEqual([
+      { name: 'security', lines: [':INPUT ACCEPT', '-A INPUT -j CONNSECMARK --restore'] },
+    ]);
   });
 });
 

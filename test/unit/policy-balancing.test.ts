@@ -3,12 +3,19 @@
 import { describe, expect, it } from 'vitest';
 import type { ServiceConfig } from '../../src/config/types.js';
 import { Endpoint } from '../../src/policy/endpoint.js';
-import { hashString, LeastConnectionsBalancer, RandomBalancer, RoundRobinBalancer, SourceHashBalancer } from '../../src/policy/load-balancer.js';
+import {
+  hashString,
+  LeastConnectionsBalancer,
+  RandomBalancer,
+  RoundRobinBalancer,
+  SourceHashBalancer,
+} from '../../src/policy/load-balancer.js';
 import { ServiceRuntime } from '../../src/policy/service.js';
 import { ServiceState } from '../../src/policy/service-state.js';
 import { hashedSubset, nextSubset, type WeightedSubset } from '../../src/policy/subsets.js';
 
-const eps = (n: number, subset: string | null = null) => Array.from({ length: n }, (_, i) => new Endpoint(`10.0.0.${i + 1}`, 8080, 'ipv4', subset));
+const eps = (n: number, subset: string | null = null) =>
+  Array.from({ length: n }, (_, i) => new Endpoint(`10.0.0.${i + 1}`, 8080, 'ipv4', subset));
 /** A random source that replays `values` (each in [0, 1)). */
 const replay = (...values: number[]) => {
   let i = 0;
@@ -19,7 +26,12 @@ describe('RoundRobinBalancer', () => {
   it('rotates, skips unavailable and tried endpoints, and falls back to any untried one when none is available', () => {
     const list = eps(3);
     const rr = new RoundRobinBalancer();
-    expect([0, 1, 2, 3].map(() => rr.pick(list, 0, null, 0)!.address)).toEqual(['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.1']);
+    expect([0, 1, 2, 3].map(() => rr.pick(list, 0, null, 0)!.address)).toEqual([
+      '10.0.0.1',
+      '10.0.0.2',
+      '10.0.0.3',
+      '10.0.0.1',
+    ]);
     list[2]!.ejectedUntil = 1000;
     expect([0, 1, 2].map(() => rr.pick(list, 0, null, 500)!.address)).toEqual(['10.0.0.2', '10.0.0.1', '10.0.0.2']);
     expect(rr.pick(list, 0, null, 1000)!.address).toBe('10.0.0.3');
@@ -93,7 +105,7 @@ describe('SourceHashBalancer', () => {
       expect(ring.pick(list, hashString(s), null, 0)).toBe(ep);
       counts.set(ep, (counts.get(ep) ?? 0) + 1);
     }
-    for (const ep of list) expect(counts.get(ep)!).toBeGreaterThan(2000 / 4 * 0.7);
+    for (const ep of list) expect(counts.get(ep)!).toBeGreaterThan((2000 / 4) * 0.7);
   });
 
   it('moves only the sources of a removed endpoint, and skips an ejected one without moving the others', () => {
@@ -118,13 +130,19 @@ describe('SourceHashBalancer', () => {
 });
 
 describe('weighted subsets', () => {
-  const subset = (name: string, weight: number, n = 1): WeightedSubset => ({ name, weight, current: 0, endpoints: eps(n, name) });
+  const subset = (name: string, weight: number, n = 1): WeightedSubset => ({
+    name,
+    weight,
+    current: 0,
+    endpoints: eps(n, name),
+  });
 
   it('splits exactly by weight over every window of sum(weights), interleaved (smooth weighted round robin)', () => {
     const list = [subset('v1', 90), subset('v2', 10)];
     const picks = Array.from({ length: 1000 }, () => list[nextSubset(list, null)]!.name);
     expect(picks.filter((p) => p === 'v2')).toHaveLength(100);
-    for (let w = 0; w + 100 <= 1000; w += 100) expect(picks.slice(w, w + 100).filter((p) => p === 'v2')).toHaveLength(10);
+    for (let w = 0; w + 100 <= 1000; w += 100)
+      expect(picks.slice(w, w + 100).filter((p) => p === 'v2')).toHaveLength(10);
     const five = [subset('a', 5), subset('b', 1), subset('c', 1)];
     expect(Array.from({ length: 7 }, () => five[nextSubset(five, null)]!.name).join('')).toBe('aabacaa');
   });
@@ -165,10 +183,24 @@ describe('ServiceRuntime', () => {
     faults: { delay: null, abort: null },
     ...extra,
   });
-  const spec = (host: string, subset: string | null = null) => ({ address: host, port: 80, family: 'ipv4' as const, subset });
+  const spec = (host: string, subset: string | null = null) => ({
+    address: host,
+    port: 80,
+    family: 'ipv4' as const,
+    subset,
+  });
 
   it('retries in the subset of the failed endpoint before trying another subset', () => {
-    const svc = new ServiceRuntime(config({ subsets: [{ name: 'v1', weight: 1 }, { name: 'v2', weight: 1 }] }), new ServiceState('api'), null);
+    const svc = new ServiceRuntime(
+      config({
+        subsets: [
+          { name: 'v1', weight: 1 },
+          { name: 'v2', weight: 1 },
+        ],
+      }),
+      new ServiceState('api'),
+      null,
+    );
     svc.setEndpoints([spec('10.0.0.1', 'v1'), spec('10.0.0.2', 'v1'), spec('10.0.0.3', 'v2')]);
     const first = svc.pick(0, null, 0)!;
     expect(first.subset).toBe('v1');

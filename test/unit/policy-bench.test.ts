@@ -13,8 +13,15 @@ import { testHost } from '../cases.js';
 
 describe('bench policy100 variant', () => {
   it('configures 100 valid services that route the bench destinations to the same server', async () => {
-    const raw = benchRawConfig({ workers: 2, accessLog: false }, '/tmp/x', policyServices('10.77.0.2', POLICY_SERVICES));
-    const config = configFromObject({ ...raw, proxy: { ...(raw.proxy as object), user: 'meshproxy' } }, { host: testHost, env: {} });
+    const raw = benchRawConfig(
+      { workers: 2, accessLog: false },
+      '/tmp/x',
+      policyServices('10.77.0.2', POLICY_SERVICES),
+    );
+    const config = configFromObject(
+      { ...raw, proxy: { ...(raw.proxy as object), user: 'meshproxy' } },
+      { host: testHost, env: {} },
+    );
     expect(config.services).toHaveLength(100);
     expect(config.services.filter((s) => s.addresses[0]!.kind === 'cidr').length).toBeGreaterThan(5);
     const runtime = new PolicyRuntime(config, null, silentLogger);
@@ -30,12 +37,23 @@ describe('bench policy100 variant', () => {
   });
 
   it('reports the policy cost of the RR and connect rows against the 5 % target', () => {
-    const m = (candidate: Measurement['candidate'], workload: Measurement['workload'], rate: number): Measurement => ({ candidate, workload, rep: 1, values: { rate } });
-    const lines = policyChecks([
-      m('meshctl', 'rr-1', 10_000), m('meshctl-policy100', 'rr-1', 9_800),
-      m('meshctl', 'rr-32', 50_000), m('meshctl-policy100', 'rr-32', 45_000),
-      m('meshctl', 'connect-32', 8_000), m('meshctl-policy100', 'connect-32', 8_100),
-    ], ['meshctl', 'meshctl-policy100']);
+    const m = (candidate: Measurement['candidate'], workload: Measurement['workload'], rate: number): Measurement => ({
+      candidate,
+      workload,
+      rep: 1,
+      values: { rate },
+    });
+    const lines = policyChecks(
+      [
+        m('meshctl', 'rr-1', 10_000),
+        m('meshctl-policy100', 'rr-1', 9_800),
+        m('meshctl', 'rr-32', 50_000),
+        m('meshctl-policy100', 'rr-32', 45_000),
+        m('meshctl', 'connect-32', 8_000),
+        m('meshctl-policy100', 'connect-32', 8_100),
+      ],
+      ['meshctl', 'meshctl-policy100'],
+    );
     expect(lines.slice(2)).toEqual([
       '| row | meshctl | meshctl, 100 services | ratio | target | |',
       '|---|---|---|---|---|---|',

@@ -6,7 +6,10 @@ import { parseHostPort, parseResolverServer, parseServiceAddress } from '../../s
 import { testHost } from '../cases.js';
 
 const load = (raw: Record<string, unknown>, overlay?: { raw: Record<string, unknown>; origin: string }) =>
-  configFromObject({ proxy: { user: 'meshproxy' }, ...raw }, { file: 'mesh.yaml', host: testHost, env: {}, ...(overlay ? { overlay } : {}) });
+  configFromObject(
+    { proxy: { user: 'meshproxy' }, ...raw },
+    { file: 'mesh.yaml', host: testHost, env: {}, ...(overlay ? { overlay } : {}) },
+  );
 
 function problems(fn: () => unknown): string[] {
   try {
@@ -18,13 +21,21 @@ function problems(fn: () => unknown): string[] {
   throw new Error('expected a MeshctlError');
 }
 
-const svc = (extra: Record<string, unknown> = {}) => ({ name: 'api', addresses: ['10.96.0.10:80'], endpoints: ['10.0.1.1:8080'], ...extra });
+const svc = (extra: Record<string, unknown> = {}) => ({
+  name: 'api',
+  addresses: ['10.96.0.10:80'],
+  endpoints: ['10.0.1.1:8080'],
+  ...extra,
+});
 
 describe('policy config', () => {
   it('defaults to no services, passthrough, no inbound entries and no control plane', () => {
     const c = load({});
     expect(c.services).toEqual([]);
-    expect(c.outbound).toEqual({ policy: 'passthrough', resolver: { servers: [], timeoutMs: 2000, minTtlMs: 1000, maxTtlMs: 300_000 } });
+    expect(c.outbound).toEqual({
+      policy: 'passthrough',
+      resolver: { servers: [], timeoutMs: 2000, minTtlMs: 1000, maxTtlMs: 300_000 },
+    });
     expect(c.inbound).toEqual({ ports: [] });
     expect(c.controlPlane).toBeNull();
   });
@@ -48,11 +59,24 @@ describe('policy config', () => {
 
   it('reads every address and endpoint form', () => {
     const [s] = load({
-      services: [svc({
-        addresses: ['[FD00:96:0::10]:443', '10.96.0.0/16:80', '[fd00:97::/64]:80', '10.1.2.3/32:9', 'API.Mesh.Internal.:80'],
-        endpoints: ['[fd00::5]:8080', 'api-v1.internal:8080', { dns: '10.0.0.9:1' }, { srv: '_api._tcp.Mesh.internal.' }],
-        loadBalancer: 'source-hash',
-      })],
+      services: [
+        svc({
+          addresses: [
+            '[FD00:96:0::10]:443',
+            '10.96.0.0/16:80',
+            '[fd00:97::/64]:80',
+            '10.1.2.3/32:9',
+            'API.Mesh.Internal.:80',
+          ],
+          endpoints: [
+            '[fd00::5]:8080',
+            'api-v1.internal:8080',
+            { dns: '10.0.0.9:1' },
+            { srv: '_api._tcp.Mesh.internal.' },
+          ],
+          loadBalancer: 'source-hash',
+        }),
+      ],
     }).services;
     expect(s!.addresses).toEqual([
       { kind: 'ip', address: 'fd00:96::10', family: 'ipv6', port: 443 },
@@ -71,38 +95,89 @@ describe('policy config', () => {
 
   it('resolves subsets, resilience settings, inbound entries, the resolver and the control plane', () => {
     const c = load({
-      services: [svc({
-        endpoints: [{ address: '10.0.1.1:8080', subset: 'v1' }, { dns: 'canary.internal:8080', subset: 'v2' }],
-        subsets: { v1: 90, v2: 10 },
-        connectTimeout: '250ms',
-        retries: { attempts: 1 },
-        outlierDetection: { enabled: false },
-        circuitBreaker: { maxConnections: 10, maxPending: 2 },
-        healthCheck: { interval: '5s' },
-        faults: { delay: { percent: 12.5, duration: '100ms' }, abort: { percent: 1 } },
-      })],
+      services: [
+        svc({
+          endpoints: [
+            { address: '10.0.1.1:8080', subset: 'v1' },
+            { dns: 'canary.internal:8080', subset: 'v2' },
+          ],
+          subsets: { v1: 90, v2: 10 },
+          connectTimeout: '250ms',
+          retries: { attempts: 1 },
+          outlierDetection: { enabled: false },
+          circuitBreaker: { maxConnections: 10, maxPending: 2 },
+          healthCheck: { interval: '5s' },
+          faults: { delay: { percent: 12.5, duration: '100ms' }, abort: { percent: 1 } },
+        }),
+      ],
       outbound: { policy: 'registry-only', resolver: { servers: ['10.0.0.2', '[fd00::53]:5353'], minTtl: '2s' } },
-      inbound: { ports: [{ port: '8000-8100', rateLimit: { connections: 5, per: '10s' }, allow: ['10.0.0.0/8'], deny: ['10.9.0.0/16'] }, { port: '*', maxConnections: 100, sourceRateLimit: { connections: 2, burst: 4 } }] },
+      inbound: {
+        ports: [
+          {
+            port: '8000-8100',
+            rateLimit: { connections: 5, per: '10s' },
+            allow: ['10.0.0.0/8'],
+            deny: ['10.9.0.0/16'],
+          },
+          { port: '*', maxConnections: 100, sourceRateLimit: { connections: 2, burst: 4 } },
+        ],
+      },
       controlPlane: { url: 'https://cp.example/policy.yaml', caFile: '/etc/meshctl/ca.pem' },
     });
     const s = c.services[0]!;
-    expect(s.subsets).toEqual([{ name: 'v1', weight: 90 }, { name: 'v2', weight: 10 }]);
+    expect(s.subsets).toEqual([
+      { name: 'v1', weight: 90 },
+      { name: 'v2', weight: 10 },
+    ]);
     expect(s.connectTimeoutMs).toBe(250);
     expect(s.retries.attempts).toBe(1);
     expect(s.outlierDetection.enabled).toBe(false);
     expect(s.circuitBreaker).toEqual({ maxConnections: 10, maxPending: 2 });
     expect(s.healthCheck).toEqual({ intervalMs: 5000, timeoutMs: 1000, unhealthyThreshold: 2, healthyThreshold: 1 });
     expect(s.faults).toEqual({ delay: { percent: 12.5, durationMs: 100 }, abort: { percent: 1 } });
-    expect(c.outbound.resolver).toMatchObject({ servers: [{ address: '10.0.0.2', port: 53 }, { address: 'fd00::53', port: 5353 }], minTtlMs: 2000 });
+    expect(c.outbound.resolver).toMatchObject({
+      servers: [
+        { address: '10.0.0.2', port: 53 },
+        { address: 'fd00::53', port: 5353 },
+      ],
+      minTtlMs: 2000,
+    });
     expect(c.inbound.ports).toEqual([
-      { ports: { from: 8000, to: 8100 }, maxConnections: null, rateLimit: { connections: 5, perMs: 10_000, burst: 5 }, sourceRateLimit: null, allow: [{ family: 'ipv4', address: '10.0.0.0', prefix: 8 }], deny: [{ family: 'ipv4', address: '10.9.0.0', prefix: 16 }] },
-      { ports: 'all', maxConnections: 100, rateLimit: null, sourceRateLimit: { connections: 2, perMs: 1000, burst: 4 }, allow: 'all', deny: [] },
+      {
+        ports: { from: 8000, to: 8100 },
+        maxConnections: null,
+        rateLimit: { connections: 5, perMs: 10_000, burst: 5 },
+        sourceRateLimit: null,
+        allow: [{ family: 'ipv4', address: '10.0.0.0', prefix: 8 }],
+        deny: [{ family: 'ipv4', address: '10.9.0.0', prefix: 16 }],
+      },
+      {
+        ports: 'all',
+        maxConnections: 100,
+        rateLimit: null,
+        sourceRateLimit: { connections: 2, perMs: 1000, burst: 4 },
+        allow: 'all',
+        deny: [],
+      },
     ]);
-    expect(c.controlPlane).toEqual({ url: 'https://cp.example/policy.yaml', pollIntervalMs: 10_000, timeoutMs: 5000, caFile: '/etc/meshctl/ca.pem' });
+    expect(c.controlPlane).toEqual({
+      url: 'https://cp.example/policy.yaml',
+      pollIntervalMs: 10_000,
+      timeoutMs: 5000,
+      caFile: '/etc/meshctl/ca.pem',
+    });
   });
 
   it('names the path and the value of every malformed address', () => {
-    expect(problems(() => load({ services: [svc({ addresses: ['10.96.0.10', 'fd00::1:80', '10.0.0.0/33:80', 'bad_host!:80', '10.0.0.1:70000'] })] }))).toEqual([
+    expect(
+      problems(() =>
+        load({
+          services: [
+            svc({ addresses: ['10.96.0.10', 'fd00::1:80', '10.0.0.0/33:80', 'bad_host!:80', '10.0.0.1:70000'] }),
+          ],
+        }),
+      ),
+    ).toEqual([
       'services[0].addresses[0] (mesh.yaml): "10.96.0.10" is not a service address ("10.96.0.10" needs a port: write it as HOST:PORT, [IPv6]:PORT)',
       'services[0].addresses[1] (mesh.yaml): "fd00::1:80" is not a service address ("fd00::1:80": write an IPv6 address in brackets, e.g. [fd00::5]:8080)',
       'services[0].addresses[2] (mesh.yaml): "10.0.0.0/33:80" is not a service address ("10.0.0.0/33" is not a CIDR (prefix "/33" must be 0..32))',
@@ -115,13 +190,22 @@ describe('policy config', () => {
   });
 
   it('rejects duplicate names and addresses, unknown subsets and inverted bounds, all at once', () => {
-    expect(problems(() => load({
-      services: [
-        svc({ endpoints: [{ address: '10.0.0.1:80', subset: 'v1' }, '10.0.0.2:80'], subsets: { v1: 1, v3: 1 }, retries: { backoff: '1s' }, healthCheck: { interval: '1s', timeout: '2s' } }),
-        svc({ addresses: ['10.96.0.10:80'] }),
-      ],
-      controlPlane: { url: 'http://cp/x', caFile: '/ca.pem' },
-    }))).toEqual([
+    expect(
+      problems(() =>
+        load({
+          services: [
+            svc({
+              endpoints: [{ address: '10.0.0.1:80', subset: 'v1' }, '10.0.0.2:80'],
+              subsets: { v1: 1, v3: 1 },
+              retries: { backoff: '1s' },
+              healthCheck: { interval: '1s', timeout: '2s' },
+            }),
+            svc({ addresses: ['10.96.0.10:80'] }),
+          ],
+          controlPlane: { url: 'http://cp/x', caFile: '/ca.pem' },
+        }),
+      ),
+    ).toEqual([
       'services[0].subsets.v3 (mesh.yaml): no endpoint of service "api" has subset "v3"',
       'services[0].endpoints[1] (mesh.yaml): has no subset, but service "api" splits traffic by subsets (v1, v3); give it one',
       'services[0].retries.backoff (mesh.yaml): 1s is longer than services[0].retries.maxBackoff (250ms)',
@@ -130,33 +214,52 @@ describe('policy config', () => {
       'services[1].addresses[0] (mesh.yaml): 10.96.0.10:80 is also an address of service "api" (services[0].addresses[0]); a destination belongs to one service',
       'controlPlane.caFile (mesh.yaml): only applies to an https URL, but controlPlane.url is http://cp/x',
     ]);
-    expect(problems(() => load({ services: [svc({ subsets: { v1: 0 }, endpoints: [{ address: '10.0.0.1:80', subset: 'v1' }] })] }))).toEqual([
-      'services[0].subsets (mesh.yaml): every weight is 0; at least one subset needs traffic',
-    ]);
+    expect(
+      problems(() =>
+        load({ services: [svc({ subsets: { v1: 0 }, endpoints: [{ address: '10.0.0.1:80', subset: 'v1' }] })] }),
+      ),
+    ).toEqual(['services[0].subsets (mesh.yaml): every weight is 0; at least one subset needs traffic']);
   });
 
   it('rejects overlapping inbound port entries and a second catch-all', () => {
-    expect(problems(() => load({ inbound: { ports: [{ port: 8080 }, { port: '8000-8100' }, { port: '*' }, { port: '*' }] } }))).toEqual([
+    expect(
+      problems(() =>
+        load({ inbound: { ports: [{ port: 8080 }, { port: '8000-8100' }, { port: '*' }, { port: '*' }] } }),
+      ),
+    ).toEqual([
       'inbound.ports[1].port (mesh.yaml): 8000-8100 overlaps inbound.ports[0].port (8080); a port gets one policy',
       'inbound.ports[3].port (mesh.yaml): "*" is also inbound.ports[2].port; only one entry may cover every other port',
     ]);
-    expect(problems(() => load({ inbound: { ports: [{ port: 8080, allow: ['10.0.0.0/40'] }] } }))[0]).toContain('inbound.ports[0].allow');
+    expect(problems(() => load({ inbound: { ports: [{ port: 8080, allow: ['10.0.0.0/40'] }] } }))[0]).toContain(
+      'inbound.ports[0].allow',
+    );
   });
 
   it('rejects control-plane URLs that are not plain http(s)', () => {
-    expect(problems(() => load({ controlPlane: { url: 'ftp://x/p' } }))).toEqual(['controlPlane.url (mesh.yaml): "ftp://x/p" must be an http:// or https:// URL, got ftp:']);
-    expect(problems(() => load({ controlPlane: { url: 'https://user:pw@x/p' } }))[0]).toContain('must not carry credentials');
+    expect(problems(() => load({ controlPlane: { url: 'ftp://x/p' } }))).toEqual([
+      'controlPlane.url (mesh.yaml): "ftp://x/p" must be an http:// or https:// URL, got ftp:',
+    ]);
+    expect(problems(() => load({ controlPlane: { url: 'https://user:pw@x/p' } }))[0]).toContain(
+      'must not carry credentials',
+    );
     expect(problems(() => load({ controlPlane: { url: 'not a url' } }))[0]).toContain('is not a URL');
   });
 
   it('takes services, outbound and inbound from a control-plane overlay, naming it in errors', () => {
     const origin = 'control plane http://cp/p (etag "v2")';
-    const c = load({ services: [svc()] }, { raw: { services: [svc({ name: 'from-cp' })], outbound: { policy: 'registry-only' } }, origin });
+    const c = load(
+      { services: [svc()] },
+      { raw: { services: [svc({ name: 'from-cp' })], outbound: { policy: 'registry-only' } }, origin },
+    );
     expect(c.services.map((s) => s.name)).toEqual(['from-cp']);
     expect(c.outbound.policy).toBe('registry-only');
     expect(c.file).toBe('mesh.yaml');
-    expect(problems(() => load({}, { raw: { services: [svc({ addresses: ['x'] })] }, origin }))[0]).toBe(`services[0].addresses[0] (${origin}): "x" is not a service address ("x" needs a port: write it as HOST:PORT, [IPv6]:PORT)`);
-    expect(problems(() => load({}, { raw: { proxy: {}, stateDir: '/x' }, origin }))[0]).toBe(`${origin}: a control-plane document may only hold services, outbound, inbound; it has proxy, stateDir`);
+    expect(problems(() => load({}, { raw: { services: [svc({ addresses: ['x'] })] }, origin }))[0]).toBe(
+      `services[0].addresses[0] (${origin}): "x" is not a service address ("x" needs a port: write it as HOST:PORT, [IPv6]:PORT)`,
+    );
+    expect(problems(() => load({}, { raw: { proxy: {}, stateDir: '/x' }, origin }))[0]).toBe(
+      `${origin}: a control-plane document may only hold services, outbound, inbound; it has proxy, stateDir`,
+    );
   });
 
   it('changes the config hash when the policy changes, so a reload applies it', () => {
@@ -171,14 +274,25 @@ describe('policy config', () => {
 describe('address parsers', () => {
   it('parse host:port, [v6]:port, cidr:port and resolver servers', () => {
     expect(parseHostPort('10.0.0.1:80')).toEqual({ kind: 'ip', address: '10.0.0.1', family: 'ipv4', port: 80 });
-    expect(parseHostPort('[::ffff:10.0.0.1]:80')).toEqual({ kind: 'ip', address: '::ffff:a00:1', family: 'ipv6', port: 80 });
+    expect(parseHostPort('[::ffff:10.0.0.1]:80')).toEqual({
+      kind: 'ip',
+      address: '::ffff:a00:1',
+      family: 'ipv6',
+      port: 80,
+    });
     expect(parseHostPort('[10.0.0.1]:80')).toBe('"[10.0.0.1]:80": only IPv6 addresses go in brackets');
     expect(parseHostPort('db:5432')).toEqual({ kind: 'hostname', hostname: 'db', port: 5432 });
     expect(parseHostPort('1.2.3:80')).toBe('"1.2.3" is neither an IP address nor a hostname');
-    expect(parseServiceAddress('[fd00::/8]:80')).toEqual({ kind: 'cidr', cidr: { family: 'ipv6', address: 'fd00::', prefix: 8 }, port: 80 });
+    expect(parseServiceAddress('[fd00::/8]:80')).toEqual({
+      kind: 'cidr',
+      cidr: { family: 'ipv6', address: 'fd00::', prefix: 8 },
+      port: 80,
+    });
     expect(parseServiceAddress('10.0.0.0/8')).toBe('"10.0.0.0/8" needs a port: write it as HOST:PORT, [IPv6]:PORT');
     expect(parseResolverServer('fd00::53')).toEqual({ address: 'fd00::53', port: 53 });
     expect(parseResolverServer('10.0.0.2:5353')).toEqual({ address: '10.0.0.2', port: 5353 });
-    expect(parseResolverServer('dns.example:53')).toBe('"dns.example:53" must be an IP address (a resolver cannot be found by name)');
+    expect(parseResolverServer('dns.example:53')).toBe(
+      '"dns.example:53" must be an IP address (a resolver cannot be found by name)',
+    );
   });
 });

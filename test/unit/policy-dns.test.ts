@@ -37,7 +37,15 @@ describe('DNS wire codec', () => {
       ],
     };
     const decoded = decodeMessage(encodeMessage(message));
-    expect(decoded).toMatchObject({ id: 4242, response: true, truncated: false, rcode: 0, questions: message.questions, answers: message.answers, additionals: message.additionals });
+    expect(decoded).toMatchObject({
+      id: 4242,
+      response: true,
+      truncated: false,
+      rcode: 0,
+      questions: message.questions,
+      answers: message.answers,
+      additionals: message.additionals,
+    });
   });
 
   it('follows compression pointers and rejects malformed messages', () => {
@@ -49,23 +57,32 @@ describe('DNS wire codec', () => {
     const m = decodeMessage(Buffer.concat([header, question, answer]));
     expect(m.answers).toEqual([{ name: 'api.mesh', ttl: 60, type: RR.A, address: '192.0.2.7' }]);
     expect(() => decodeMessage(Buffer.from([1, 2, 3]))).toThrow(DnsWireError);
-    const loop = Buffer.concat([header.subarray(0, 4), Buffer.from([0, 1, 0, 0, 0, 0, 0, 0]), Buffer.from([0xc0, 12, 0, 1, 0, 1])]);
+    const loop = Buffer.concat([
+      header.subarray(0, 4),
+      Buffer.from([0, 1, 0, 0, 0, 0, 0, 0]),
+      Buffer.from([0xc0, 12, 0, 1, 0, 1]),
+    ]);
     expect(() => decodeMessage(loop)).toThrow(DnsWireError);
     expect(() => decodeMessage(loop)).toThrow('bad pointer');
     expect(() => decodeMessage(Buffer.concat([header, question, answer.subarray(0, 14)]))).toThrow(DnsWireError);
   });
 
-  it('is understood by Node\'s c-ares resolver, TTLs included', async () => {
+  it("is understood by Node's c-ares resolver, TTLs included", async () => {
     const dns = await server({
       'api.mesh.test': { ttl: 42, A: ['10.1.0.1', '10.1.0.2'], AAAA: ['fd00::7'] },
       '_api._tcp.mesh.test': { ttl: 9, SRV: [{ priority: 1, weight: 2, port: 8443, target: 'api.mesh.test' }] },
     });
     const resolver = new Resolver({ timeout: 1000, tries: 1 });
     resolver.setServers([`127.0.0.1:${dns.port}`]);
-    expect(await resolver.resolve4('api.mesh.test', { ttl: true })).toEqual([{ address: '10.1.0.1', ttl: 42 }, { address: '10.1.0.2', ttl: 42 }]);
+    expect(await resolver.resolve4('api.mesh.test', { ttl: true })).toEqual([
+      { address: '10.1.0.1', ttl: 42 },
+      { address: '10.1.0.2', ttl: 42 },
+    ]);
     expect(await resolver.resolve6('api.mesh.test')).toEqual(['fd00::7']);
     // Node 24 adds `type: 'SRV'` to each record; the fields we encode must match on every version.
-    expect(await resolver.resolveSrv('_api._tcp.mesh.test')).toEqual([expect.objectContaining({ priority: 1, weight: 2, port: 8443, name: 'api.mesh.test' })]);
+    expect(await resolver.resolveSrv('_api._tcp.mesh.test')).toEqual([
+      expect.objectContaining({ priority: 1, weight: 2, port: 8443, name: 'api.mesh.test' }),
+    ]);
     await expect(resolver.resolve4('nope.mesh.test')).rejects.toMatchObject({ code: 'ENOTFOUND' });
   });
 });
@@ -78,8 +95,17 @@ describe('DnsClient and resolvers', () => {
       'both.mesh': { ttl: 12, A: ['10.2.0.2'], AAAA: ['fd00::2'] },
     });
     const client = new DnsClient([{ address: '127.0.0.1', port: dns.port }], 500);
-    expect(await resolveAddresses(client, 'both.mesh')).toEqual({ addresses: [{ address: '10.2.0.2', family: 'ipv4' }, { address: 'fd00::2', family: 'ipv6' }], ttl: 12 });
-    expect(await resolveAddresses(client, 'alias.mesh')).toEqual({ addresses: [{ address: '10.2.0.1', family: 'ipv4' }], ttl: 5 });
+    expect(await resolveAddresses(client, 'both.mesh')).toEqual({
+      addresses: [
+        { address: '10.2.0.2', family: 'ipv4' },
+        { address: 'fd00::2', family: 'ipv6' },
+      ],
+      ttl: 12,
+    });
+    expect(await resolveAddresses(client, 'alias.mesh')).toEqual({
+      addresses: [{ address: '10.2.0.1', family: 'ipv4' }],
+      ttl: 5,
+    });
     expect(await resolveAddresses(client, 'missing.mesh')).toEqual({ addresses: [], ttl: null });
   });
 
@@ -88,7 +114,10 @@ describe('DnsClient and resolvers', () => {
     dns.truncateUdp = true;
     const answer = await resolveAddresses(new DnsClient([{ address: '127.0.0.1', port: dns.port }], 500), 'big.mesh');
     expect(answer.addresses).toHaveLength(40);
-    expect(dns.queries.filter((q) => q.name === 'big.mesh' && q.type === RR.A).map((q) => q.transport)).toEqual(['udp', 'tcp']);
+    expect(dns.queries.filter((q) => q.name === 'big.mesh' && q.type === RR.A).map((q) => q.transport)).toEqual([
+      'udp',
+      'tcp',
+    ]);
   });
 
   it('fails over to the next server when one times out or fails, and says why when all do', async () => {
@@ -96,17 +125,36 @@ describe('DnsClient and resolvers', () => {
     dead.silent = true;
     const good = await server({ 'x.mesh': { ttl: 3, A: ['10.4.0.1'] } });
     const failing = await server({ 'x.mesh': { rcode: 2 } });
-    const client = new DnsClient([{ address: '127.0.0.1', port: dead.port }, { address: '127.0.0.1', port: failing.port }, { address: '127.0.0.1', port: good.port }], 200);
+    const client = new DnsClient(
+      [
+        { address: '127.0.0.1', port: dead.port },
+        { address: '127.0.0.1', port: failing.port },
+        { address: '127.0.0.1', port: good.port },
+      ],
+      200,
+    );
     expect((await resolveAddresses(client, 'x.mesh')).addresses).toEqual([{ address: '10.4.0.1', family: 'ipv4' }]);
-    const none = new DnsClient([{ address: '127.0.0.1', port: dead.port }, { address: '127.0.0.1', port: failing.port }], 200);
-    await expect(none.query('x.mesh', RR.A)).rejects.toThrow(`x.mesh A: 127.0.0.1:${dead.port}: no answer within 200 ms; 127.0.0.1:${failing.port}: SERVFAIL`);
+    const none = new DnsClient(
+      [
+        { address: '127.0.0.1', port: dead.port },
+        { address: '127.0.0.1', port: failing.port },
+      ],
+      200,
+    );
+    await expect(none.query('x.mesh', RR.A)).rejects.toThrow(
+      `x.mesh A: 127.0.0.1:${dead.port}: no answer within 200 ms; 127.0.0.1:${failing.port}: SERVFAIL`,
+    );
   });
 
   it('resolves SRV targets of the best priority, from glue records or by asking', async () => {
     const dns = await server({
       '_svc._tcp.mesh': {
         ttl: 20,
-        SRV: [{ priority: 10, weight: 1, port: 8080, target: 'a.mesh' }, { priority: 10, weight: 1, port: 9090, target: 'b.mesh' }, { priority: 20, weight: 1, port: 1, target: 'backup.mesh' }],
+        SRV: [
+          { priority: 10, weight: 1, port: 8080, target: 'a.mesh' },
+          { priority: 10, weight: 1, port: 9090, target: 'b.mesh' },
+          { priority: 20, weight: 1, port: 1, target: 'backup.mesh' },
+        ],
         glue: [{ name: 'a.mesh', ttl: 4, type: RR.A, address: '10.5.0.1' }],
       },
       'b.mesh': { ttl: 15, A: ['10.5.0.2'], AAAA: ['fd00::5:2'] },
@@ -128,12 +176,22 @@ describe('DnsClient and resolvers', () => {
   it('keeps the rdata of record types it does not model (TXT, unknown types) through a round trip', () => {
     const txt = Buffer.from([5, 0x68, 0x65, 0x6c, 0x6c, 0x6f]);
     const raw = Buffer.from([1, 2, 3]);
-    const decoded = decodeMessage(encodeMessage({ id: 1, response: true, rcode: 3, answers: [
-      { name: 'T.mesh', ttl: 5, type: 16, raw: txt },
-      { name: 'u.mesh', ttl: 6, type: 65280, raw },
-    ] }));
+    const decoded = decodeMessage(
+      encodeMessage({
+        id: 1,
+        response: true,
+        rcode: 3,
+        answers: [
+          { name: 'T.mesh', ttl: 5, type: 16, raw: txt },
+          { name: 'u.mesh', ttl: 6, type: 65280, raw },
+        ],
+      }),
+    );
     expect(decoded.rcode).toBe(3);
-    expect(decoded.answers).toEqual([{ name: 't.mesh', ttl: 5, type: 16, raw: txt }, { name: 'u.mesh', ttl: 6, type: 65280, raw }]);
+    expect(decoded.answers).toEqual([
+      { name: 't.mesh', ttl: 5, type: 16, raw: txt },
+      { name: 'u.mesh', ttl: 6, type: 65280, raw },
+    ]);
   });
 
   it('encodes queries with the name normalized (lower case, no trailing dot)', async () => {
@@ -145,7 +203,12 @@ describe('DnsClient and resolvers', () => {
 });
 
 describe('Discovery', () => {
-  const resolver = (port: number) => ({ servers: [{ address: '127.0.0.1', port }], timeoutMs: 200, minTtlMs: 100, maxTtlMs: 60_000 });
+  const resolver = (port: number) => ({
+    servers: [{ address: '127.0.0.1', port }],
+    timeoutMs: 200,
+    minTtlMs: 100,
+    maxTtlMs: 60_000,
+  });
 
   it('resolves at start, re-resolves when the TTL runs out, and reports changes', async () => {
     const dns = await server({ 'svc.mesh': { ttl: 1, A: ['10.6.0.1'] } });
@@ -159,7 +222,9 @@ describe('Discovery', () => {
     expect(info.nextRefreshInMs).toBeGreaterThan(800);
     expect(info.nextRefreshInMs).toBeLessThanOrEqual(1000);
     dns.zone = { 'svc.mesh': { ttl: 1, A: ['10.6.0.2', '10.6.0.3'] } };
-    await waitUntil('the re-resolved answer after the 1 s TTL', () => changes === 2, 5000, { seen: () => ({ changes, info: d.info(), queries: dns.queries.length }) });
+    await waitUntil('the re-resolved answer after the 1 s TTL', () => changes === 2, 5000, {
+      seen: () => ({ changes, info: d.info(), queries: dns.queries.length }),
+    });
     expect(d.get('addresses', 'svc.mesh')!.map((a) => a.address)).toEqual(['10.6.0.2', '10.6.0.3']);
     expect(changes).toBe(2);
     expect(dns.queries.filter((q) => q.type === RR.A)).toHaveLength(2);
@@ -167,14 +232,22 @@ describe('Discovery', () => {
   });
 
   it('keeps the last answer when a refresh fails, retries sooner, and adopts answers across a reload', async () => {
-    const dns = await server({ 'svc.mesh': { ttl: 1, A: ['10.7.0.1'] }, '_s._tcp.mesh': { ttl: 1, SRV: [{ priority: 0, weight: 0, port: 81, target: 'svc.mesh' }] } });
+    const dns = await server({
+      'svc.mesh': { ttl: 1, A: ['10.7.0.1'] },
+      '_s._tcp.mesh': { ttl: 1, SRV: [{ priority: 0, weight: 0, port: 81, target: 'svc.mesh' }] },
+    });
     const d = new Discovery(resolver(dns.port), () => {}, silentLogger);
     d.watch('addresses', 'svc.mesh');
     d.watch('srv', '_s._tcp.mesh');
     await d.start(null);
     expect(d.get('srv', '_s._tcp.mesh')).toEqual([{ address: '10.7.0.1', family: 'ipv4', port: 81 }]);
     dns.silent = true;
-    await waitUntil('a failed refresh of svc.mesh', () => (d.info().find((w) => w.name === 'svc.mesh')?.failures ?? 0) >= 1, 5000, { seen: () => d.info() });
+    await waitUntil(
+      'a failed refresh of svc.mesh',
+      () => (d.info().find((w) => w.name === 'svc.mesh')?.failures ?? 0) >= 1,
+      5000,
+      { seen: () => d.info() },
+    );
     expect(d.get('addresses', 'svc.mesh')).toEqual([{ address: '10.7.0.1', family: 'ipv4', port: null }]);
     const failed = d.info().find((w) => w.name === 'svc.mesh')!;
     expect(failed.failures).toBeGreaterThanOrEqual(1);

@@ -14,7 +14,19 @@ describe('ipv4ToInt', () => {
     expect(ipv4ToInt('10.1.2.3')).toBe(0x0a010203);
     expect(ipv4ToInt('255.255.255.255')).toBe(0xffffffff);
     expect(ipv4ToInt('::ffff:192.168.1.1')).toBe(0xc0a80101);
-    for (const bad of ['', '1.2.3', '1.2.3.4.5', '256.0.0.1', '1..2.3', '1.2.3.', 'a.b.c.d', '1.2.3.4 ', 'fd00::1', '1234.1.1.1']) expect(ipv4ToInt(bad), bad).toBe(-1);
+    for (const bad of [
+      '',
+      '1.2.3',
+      '1.2.3.4.5',
+      '256.0.0.1',
+      '1..2.3',
+      '1.2.3.',
+      'a.b.c.d',
+      '1.2.3.4 ',
+      'fd00::1',
+      '1234.1.1.1',
+    ])
+      expect(ipv4ToInt(bad), bad).toBe(-1);
   });
 });
 
@@ -84,7 +96,14 @@ describe('ServiceMatcher', () => {
   });
 
   it('holds a hundred services at one lookup each (no scan)', () => {
-    const many = new ServiceMatcher(Array.from({ length: 100 }, (_, i): RegistryEntry<number> => ({ kind: 'ip', address: `10.200.${i}.1`, port: 80, value: i })));
+    const many = new ServiceMatcher(
+      Array.from({ length: 100 }, (_, i): RegistryEntry<number> => ({
+        kind: 'ip',
+        address: `10.200.${i}.1`,
+        port: 80,
+        value: i,
+      })),
+    );
     expect(many.size).toBe(100);
     expect(many.lookup('10.200.57.1', 80)).toBe(57);
     expect(many.lookup('10.200.57.2', 80)).toBeNull();

@@ -17,7 +17,13 @@ import { SourceBuckets, TokenBucket } from '../../src/policy/token-bucket.js';
 import { UpstreamLease } from '../../src/policy/upstream.js';
 import { waitUntil } from '../helpers/wait.js';
 
-const od = (extra: Partial<OutlierDetectionPolicy> = {}): OutlierDetectionPolicy => ({ enabled: true, consecutiveFailures: 3, baseEjectionMs: 1000, maxEjectionPercent: 50, ...extra });
+const od = (extra: Partial<OutlierDetectionPolicy> = {}): OutlierDetectionPolicy => ({
+  enabled: true,
+  consecutiveFailures: 3,
+  baseEjectionMs: 1000,
+  maxEjectionPercent: 50,
+  ...extra,
+});
 const eps = (n: number) => Array.from({ length: n }, (_, i) => new Endpoint(`10.0.0.${i + 1}`, 80, 'ipv4', null));
 
 describe('outlier detection', () => {
@@ -80,7 +86,16 @@ describe('backoff and faults', () => {
   it('aborts or delays the configured share of connections', () => {
     const faults = { abort: { percent: 10 }, delay: { percent: 50, durationMs: 300 } };
     expect(injectFault(faults, () => 0.05)).toBe(-1);
-    expect(injectFault(faults, (() => { const v = [0.5, 0.2]; let i = 0; return () => v[i++]!; })())).toBe(300);
+    expect(
+      injectFault(
+        faults,
+        (() => {
+          const v = [0.5, 0.2];
+          let i = 0;
+          return () => v[i++]!;
+        })(),
+      ),
+    ).toBe(300);
     expect(injectFault(faults, () => 0.9)).toBe(0);
     expect(injectFault({ abort: null, delay: null }, () => 0)).toBe(0);
   });
@@ -116,13 +131,21 @@ describe('UpstreamLease', () => {
   });
   const service = (extra: Partial<ServiceConfig> = {}, n = 3) => {
     const svc = new ServiceRuntime(config(extra), new ServiceState('api'), null);
-    svc.setEndpoints(Array.from({ length: n }, (_, i) => ({ address: `10.0.0.${i + 1}`, port: 80, family: 'ipv4' as const, subset: null })));
+    svc.setEndpoints(
+      Array.from({ length: n }, (_, i) => ({
+        address: `10.0.0.${i + 1}`,
+        port: 80,
+        family: 'ipv4' as const,
+        subset: null,
+      })),
+    );
     return svc;
   };
   const ejections: string[] = [];
   const listener = { ejected: (_s: ServiceRuntime, ep: Endpoint) => void ejections.push(ep.text) };
   /** The retry is scheduled after a backoff timer: wait for the connection's n-th route. */
-  const routed = (conn: FakeConnection, n: number) => waitUntil(`route ${n} after the backoff`, () => conn.routes.length >= n, 5000, { seen: () => conn.routes });
+  const routed = (conn: FakeConnection, n: number) =>
+    waitUntil(`route ${n} after the backoff`, () => conn.routes.length >= n, 5000, { seen: () => conn.routes });
 
   it('connects to an endpoint, retries failed attempts on other endpoints after a backoff, and gives back every count', async () => {
     const svc = service();
@@ -242,10 +265,22 @@ describe('token buckets', () => {
 
 describe('inbound admission', () => {
   const cidr = (t: string) => parseCidr(t) as Cidr;
-  const entry = (extra: Partial<InboundPortPolicy>): InboundPortPolicy => ({ ports: { from: 8080, to: 8080 }, maxConnections: null, rateLimit: null, sourceRateLimit: null, allow: 'all', deny: [], ...extra });
+  const entry = (extra: Partial<InboundPortPolicy>): InboundPortPolicy => ({
+    ports: { from: 8080, to: 8080 },
+    maxConnections: null,
+    rateLimit: null,
+    sourceRateLimit: null,
+    allow: 'all',
+    deny: [],
+    ...extra,
+  });
 
   it('finds the entry of a port, a range or the catch-all', () => {
-    const p = new InboundPolicy({ ports: [entry({}), entry({ ports: { from: 9000, to: 9010 } }), entry({ ports: 'all', maxConnections: 1 })] }, null, 0);
+    const p = new InboundPolicy(
+      { ports: [entry({}), entry({ ports: { from: 9000, to: 9010 } }), entry({ ports: 'all', maxConnections: 1 })] },
+      null,
+      0,
+    );
     expect(p.entryFor(8080)).toBe(p.entries[0]);
     expect(p.entryFor(9005)).toBe(p.entries[1]);
     expect(p.entryFor(22)).toBe(p.entries[2]);
@@ -253,7 +288,20 @@ describe('inbound admission', () => {
   });
 
   it('applies deny before allow, then max connections, then the buckets, and counts each refusal', () => {
-    const p = new InboundPolicy({ ports: [entry({ allow: [cidr('10.0.0.0/8')], deny: [cidr('10.9.0.0/16')], maxConnections: 2, rateLimit: { connections: 1, perMs: 1000, burst: 5 } })] }, null, 0);
+    const p = new InboundPolicy(
+      {
+        ports: [
+          entry({
+            allow: [cidr('10.0.0.0/8')],
+            deny: [cidr('10.9.0.0/16')],
+            maxConnections: 2,
+            rateLimit: { connections: 1, perMs: 1000, burst: 5 },
+          }),
+        ],
+      },
+      null,
+      0,
+    );
     const e = p.entries[0]!;
     expect(e.admit('10.9.1.1', 0)).toBe('denied');
     expect(e.admit('192.0.2.1', 0)).toBe('denied');
@@ -269,11 +317,26 @@ describe('inbound admission', () => {
     expect(e.admit('10.1.1.5', 0)).toBeNull();
     e.release();
     expect(e.admit('10.1.1.6', 0)).toBe('rate-limited');
-    expect(e.state).toMatchObject({ active: 0, admitted: 5, refused: { denied: 2, 'over-capacity': 1, 'rate-limited': 1 } });
+    expect(e.state).toMatchObject({
+      active: 0,
+      admitted: 5,
+      refused: { denied: 2, 'over-capacity': 1, 'rate-limited': 1 },
+    });
   });
 
   it('does not spend the global token of a connection its source bucket refuses', () => {
-    const p = new InboundPolicy({ ports: [entry({ rateLimit: { connections: 1, perMs: 1000, burst: 2 }, sourceRateLimit: { connections: 1, perMs: 1000, burst: 1 } })] }, null, 0);
+    const p = new InboundPolicy(
+      {
+        ports: [
+          entry({
+            rateLimit: { connections: 1, perMs: 1000, burst: 2 },
+            sourceRateLimit: { connections: 1, perMs: 1000, burst: 1 },
+          }),
+        ],
+      },
+      null,
+      0,
+    );
     const e = p.entries[0]!;
     expect(e.admit('a', 0)).toBeNull();
     expect(e.admit('a', 0)).toBe('rate-limited');

@@ -11,7 +11,9 @@ import { APT_LINE, integrationWanted, missingPrerequisite, TOOLS } from '../help
 describe('test prerequisites', () => {
   it('names every missing tool and its package in one line', () => {
     const line = missingPrerequisite({ env: { PATH: '/nonexistent' }, uid: 0 });
-    expect(line).toMatch(/^missing prerequisites: ip, ss, iptables-restore, .* \(apt-get install iproute2 iptables nftables .*\)$/);
+    expect(line).toMatch(
+      /^missing prerequisites: ip, ss, iptables-restore, .* \(apt-get install iproute2 iptables nftables .*\)$/,
+    );
     expect(line).not.toContain('\n');
     for (const command of Object.keys(TOOLS)) expect(line).toContain(command);
   });
@@ -22,7 +24,9 @@ describe('test prerequisites', () => {
     try {
       const missingHere: string[] = [];
       for (const command of Object.keys(TOOLS)) {
-        const found = spawnSync('/bin/sh', ['-c', 'command -v "$1"', 'sh', command], { encoding: 'utf8' }).stdout.trim();
+        const found = spawnSync('/bin/sh', ['-c', 'command -v "$1"', 'sh', command], {
+          encoding: 'utf8',
+        }).stdout.trim();
         if (found === '') missingHere.push(command);
         else if (command !== 'wrk') symlinkSync(found, join(dir, command));
       }
@@ -52,7 +56,7 @@ describe('test prerequisites', () => {
     expect(integrationWanted({ MESHCTL_INTEGRATION: '1' }, 1000)).toBe(true);
   });
 
-  it('is the README\'s one apt-get line', () => {
+  it("is the README's one apt-get line", () => {
     const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
     expect(readme).toContain(APT_LINE.replace('apt-get install ', 'apt-get install -y nodejs '));
   });

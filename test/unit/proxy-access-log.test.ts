@@ -19,8 +19,19 @@ function tempFile(name = 'access.log'): string {
 }
 
 const record = (over: Partial<AccessRecord>): AccessRecord => ({
-  id: '0.1', direction: 'outbound', source: '10.0.0.1:40000', originalDst: '10.0.0.2:80', upstream: '10.0.0.2:80', upstreamLocal: '10.0.0.1:40001',
-  bytesFromClient: 10, bytesFromUpstream: 20, durationMs: 3.5, connectMs: 0.4, result: 'FIN', detail: 'client-first', ...over,
+  id: '0.1',
+  direction: 'outbound',
+  source: '10.0.0.1:40000',
+  originalDst: '10.0.0.2:80',
+  upstream: '10.0.0.2:80',
+  upstreamLocal: '10.0.0.1:40001',
+  bytesFromClient: 10,
+  bytesFromUpstream: 20,
+  durationMs: 3.5,
+  connectMs: 0.4,
+  result: 'FIN',
+  detail: 'client-first',
+  ...over,
 });
 
 /**
@@ -30,10 +41,20 @@ const record = (over: Partial<AccessRecord>): AccessRecord => ({
 async function lines(file: string, log: AccessLog): Promise<Record<string, unknown>[]> {
   log.closed(record({ id: 'end-marker', result: 'RST', detail: 'end-marker' }));
   log.close();
-  const read = () => readFileSync(file, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-  const all = await waitUntil(`the end marker as the last line of ${file}`, () => (read().at(-1)?.id === 'end-marker' ? read() : null), 10_000, {
-    seen: () => (existsSync(file) ? readFileSync(file, 'utf8').slice(-500) : 'no file yet'),
-  });
+  const read = () =>
+    readFileSync(file, 'utf8')
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  const all = await waitUntil(
+    `the end marker as the last line of ${file}`,
+    () => (read().at(-1)?.id === 'end-marker' ? read() : null),
+    10_000,
+    {
+      seen: () => (existsSync(file) ? readFileSync(file, 'utf8').slice(-500) : 'no file yet'),
+    },
+  );
   return all.slice(0, -1);
 }
 
@@ -51,7 +72,8 @@ describe('AccessLog', () => {
     const file = tempFile();
     const log = new AccessLog({ enabled: true, path: file, sampleRatio: 0, periodicIntervalMs: null });
     for (let i = 0; i < 20; i++) log.closed(record({ id: `0.${i}` }));
-    for (const result of ['RST', 'timeout', 'refused', 'connect-failed', 'drain'] as const) log.closed(record({ result, detail: 'x' }));
+    for (const result of ['RST', 'timeout', 'refused', 'connect-failed', 'drain'] as const)
+      log.closed(record({ result, detail: 'x' }));
     const all = await lines(file, log);
     expect(all.map((l) => l.result)).toEqual(['RST', 'timeout', 'refused', 'connect-failed', 'drain']);
   });

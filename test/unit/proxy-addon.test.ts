@@ -59,7 +59,9 @@ describe('originalDst system errors', () => {
   it('reports a closed fd as EBADF', () => {
     const fd = openSync(new URL(import.meta.url), 'r');
     closeSync(fd);
-    expect(() => originalDst(fd, 4)).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'getsockopt' }) as Error);
+    expect(() => originalDst(fd, 4)).toThrow(
+      expect.objectContaining({ code: 'EBADF', syscall: 'getsockopt' }) as Error,
+    );
   });
 
   it('readOriginalDst refuses a socket that has no fd with NO_ORIGINAL_DST', () => {

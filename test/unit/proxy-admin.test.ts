@@ -70,17 +70,25 @@ describe('admin server', () => {
     expect(JSON.parse((await get('/connections')).body)).toEqual([{ id: '0.1' }]);
     await get('/connections?limit=5');
     expect(calls).toEqual(['connections:1000', 'connections:5']);
-    for (const bad of ['0', '-1', 'x', '1.5', '100001']) expect((await get(`/connections?limit=${bad}`)).status).toBe(400);
+    for (const bad of ['0', '-1', 'x', '1.5', '100001'])
+      expect((await get(`/connections?limit=${bad}`)).status).toBe(400);
   });
 
   it('looks a source up in its canonical spelling, and rejects a missing or malformed one with 400', async () => {
     const { get, calls } = await serve();
-    expect(JSON.parse((await get('/lookup?source=10.1.0.1:40000')).body)).toEqual({ source: '10.1.0.1:40000', connections: [] });
+    expect(JSON.parse((await get('/lookup?source=10.1.0.1:40000')).body)).toEqual({
+      source: '10.1.0.1:40000',
+      connections: [],
+    });
     await get(`/lookup?source=${encodeURIComponent('[2001:DB8:0::1]:40001')}`);
     await get(`/lookup?source=${encodeURIComponent('[::ffff:10.1.0.1]:40002')}`);
     expect(calls).toEqual(['lookup:10.1.0.1:40000', 'lookup:[2001:db8::1]:40001', 'lookup:10.1.0.1:40002']);
-    expect(await get('/lookup')).toMatchObject({ status: 400, body: 'source must be ADDR:PORT or [IPV6]:PORT, got "" (ask /lookup?source=ADDR:PORT)\n' });
-    for (const bad of ['10.1.0.1', '10.1.0.1:0', '10.1.0.1:70000', '2001:db8::1:80', 'host:80']) expect((await get(`/lookup?source=${encodeURIComponent(bad)}`)).status).toBe(400);
+    expect(await get('/lookup')).toMatchObject({
+      status: 400,
+      body: 'source must be ADDR:PORT or [IPV6]:PORT, got "" (ask /lookup?source=ADDR:PORT)\n',
+    });
+    for (const bad of ['10.1.0.1', '10.1.0.1:0', '10.1.0.1:70000', '2001:db8::1:80', 'host:80'])
+      expect((await get(`/lookup?source=${encodeURIComponent(bad)}`)).status).toBe(400);
     expect((await get('/lookup?source=10.1.0.1:1', 'POST')).status).toBe(405);
     expect(calls).toHaveLength(3);
   });
@@ -97,27 +105,35 @@ describe('admin server', () => {
 
   it('answers 403 on the privileged paths to a client the authorizer refuses, and never calls their handlers', async () => {
     const calls: string[] = [];
-    server = await startAdminServer({
-      ready: () => ({ ready: true, reason: '' }),
-      stats: async () => ({}),
-      metrics: async () => '',
-      config: () => calls.push('config'),
-      contract: async () => ({}),
-      connections: async () => calls.push('connections'),
-      lookup: async () => calls.push('lookup'),
-      drain: () => {
-        calls.push('drain');
-        return { alreadyDraining: false, timeoutMs: 1 };
+    server = await startAdminServer(
+      {
+        ready: () => ({ ready: true, reason: '' }),
+        stats: async () => ({}),
+        metrics: async () => '',
+        config: () => calls.push('config'),
+        contract: async () => ({}),
+        connections: async () => calls.push('connections'),
+        lookup: async () => calls.push('lookup'),
+        drain: () => {
+          calls.push('drain');
+          return { alreadyDraining: false, timeoutMs: 1 };
+        },
       },
-    }, '127.0.0.1', 0, () => ({ allowed: false, uid: 1000, who: 'root and the proxy\'s user (uid 998)' }));
+      '127.0.0.1',
+      0,
+      () => ({ allowed: false, uid: 1000, who: "root and the proxy's user (uid 998)" }),
+    );
     const port = (server.address() as AddressInfo).port;
-    const status = async (path: string, method = 'GET') => (await fetch(`http://127.0.0.1:${port}${path}`, { method })).status;
+    const status = async (path: string, method = 'GET') =>
+      (await fetch(`http://127.0.0.1:${port}${path}`, { method })).status;
     for (const path of ['/ready', '/stats', '/metrics', '/contract']) expect(await status(path), path).toBe(200);
     expect(await status('/config')).toBe(403);
     expect(await status('/connections')).toBe(403);
     expect(await status('/lookup?source=10.0.0.1:1')).toBe(403);
     expect(await status('/drain', 'POST')).toBe(403);
-    expect(await (await fetch(`http://127.0.0.1:${port}/config`)).text()).toBe("/config is only for root and the proxy's user (uid 998); this request came from uid 1000 (ask as root, e.g. with sudo)\n");
+    expect(await (await fetch(`http://127.0.0.1:${port}/config`)).text()).toBe(
+      "/config is only for root and the proxy's user (uid 998); this request came from uid 1000 (ask as root, e.g. with sudo)\n",
+    );
     expect(calls).toEqual([]);
   });
 

@@ -5,7 +5,11 @@ import { isMeshctlError } from '../../src/errors.js';
 import { planListeners, sameListeners } from '../../src/proxy/listeners.js';
 
 const config = configFromObject({ proxy: { user: 'nobody' }, safety: { sshPorts: [22] } });
-const v4only = configFromObject({ proxy: { user: 'nobody', outboundPort: 16001 }, capture: { ipv6: 'off' }, safety: { sshPorts: [22] } });
+const v4only = configFromObject({
+  proxy: { user: 'nobody', outboundPort: 16001 },
+  capture: { ipv6: 'off' },
+  safety: { sshPorts: [22] },
+});
 
 describe('planListeners', () => {
   it('binds outbound on loopback and inbound on all addresses, for both families', () => {
@@ -18,7 +22,10 @@ describe('planListeners', () => {
   });
 
   it('opens no IPv6 listeners when IPv6 is not intercepted', () => {
-    expect(planListeners(v4only, {}, 100).map((s) => `${s.name}:${s.port}`)).toEqual(['outbound:16001', 'inbound:15006']);
+    expect(planListeners(v4only, {}, 100).map((s) => `${s.name}:${s.port}`)).toEqual([
+      'outbound:16001',
+      'inbound:15006',
+    ]);
   });
 
   it('uses socket-activated fds by name when LISTEN_PID is this process', () => {
@@ -32,7 +39,10 @@ describe('planListeners', () => {
 
   it('takes activated fds in positional order when systemd gave no listener names', () => {
     const env = { LISTEN_PID: '7', LISTEN_FDS: '2', LISTEN_FDNAMES: 'meshctl-proxy.socket:meshctl-proxy.socket' };
-    expect(planListeners(config, env, 7).map((s) => [s.name, s.fd])).toEqual([['outbound', 3], ['inbound', 4]]);
+    expect(planListeners(config, env, 7).map((s) => [s.name, s.fd])).toEqual([
+      ['outbound', 3],
+      ['inbound', 4],
+    ]);
   });
 
   it('ignores LISTEN_FDS meant for another process', () => {

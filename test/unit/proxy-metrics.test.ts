@@ -14,7 +14,12 @@ describe('ProxyMetrics', () => {
     m.refused('not-redirected');
     m.closed('outbound', 'refused', 0, 0);
     const s = m.snapshot();
-    expect(s.directions.outbound).toMatchObject({ accepted: 2, active: 0, bytesFromClient: 100, bytesFromUpstream: 2000 });
+    expect(s.directions.outbound).toMatchObject({
+      accepted: 2,
+      active: 0,
+      bytesFromClient: 100,
+      bytesFromUpstream: 2000,
+    });
     expect(s.directions.outbound.closed).toMatchObject({ FIN: 1, refused: 1, RST: 0 });
     expect(s.directions.inbound.active).toBe(1);
     expect(s.refusals['not-redirected']).toBe(1);
@@ -65,7 +70,8 @@ describe('mergeSnapshots and renderPrometheus', () => {
     expect(text).toContain('meshctl_proxy_upstream_connect_seconds_bucket{direction="outbound",le="+Inf"} 2');
     expect(text).toContain('meshctl_proxy_workers 2');
     // Every sample line is `name{labels} value` or `name value`, and every family has HELP and TYPE.
-    for (const line of text.trim().split('\n')) expect(line).toMatch(/^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? [-+\d.e]+|\w+(\{[^}]*\})? \+Inf)$/);
+    for (const line of text.trim().split('\n'))
+      expect(line).toMatch(/^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? [-+\d.e]+|\w+(\{[^}]*\})? \+Inf)$/);
     const types = [...text.matchAll(/^# TYPE (\w+)/gm)].map((m) => m[1]);
     expect(new Set(types).size).toBe(types.length);
   });

@@ -16,8 +16,22 @@ function query(text: string): SourceQuery {
   return q;
 }
 
-function closed(id: string, source: string, startedAt: number, extra: Partial<ClosedConnection> = {}): ClosedConnection {
-  return { id, direction: 'outbound', source, dst: { family: 'ipv4', address: '192.0.2.10', port: 80 }, result: 'connect-failed', detail: 'ECONNREFUSED', startedAt, ...extra };
+function closed(
+  id: string,
+  source: string,
+  startedAt: number,
+  extra: Partial<ClosedConnection> = {},
+): ClosedConnection {
+  return {
+    id,
+    direction: 'outbound',
+    source,
+    dst: { family: 'ipv4', address: '192.0.2.10', port: 80 },
+    result: 'connect-failed',
+    detail: 'ECONNREFUSED',
+    startedAt,
+    ...extra,
+  };
 }
 
 describe('parseSourceQuery', () => {
@@ -61,18 +75,43 @@ describe('RecentConnections', () => {
     const rows = ring.lookup(query('10.1.0.1:40000'), 1000);
     expect(rows.map((r) => r.id)).toEqual(['0.6', '0.5', '0.4', '0.3']);
     expect(rows[0]).toEqual({
-      id: '0.6', direction: 'outbound', state: 'closed', source: '10.1.0.1:40000', originalDst: '192.0.2.10:80',
-      ageMs: 400, closedAgoMs: 390, result: 'connect-failed', detail: 'ECONNREFUSED',
+      id: '0.6',
+      direction: 'outbound',
+      state: 'closed',
+      source: '10.1.0.1:40000',
+      originalDst: '192.0.2.10:80',
+      ageMs: 400,
+      closedAgoMs: 390,
+      result: 'connect-failed',
+      detail: 'ECONNREFUSED',
     });
   });
 
   it('finds only the asked source, and keeps what a close said about it (refused, no original destination)', () => {
     const ring = new RecentConnections(8);
     ring.add(closed('0.1', '10.1.0.1:40000', 0), 1);
-    ring.add(closed('0.2', '[fd00::2]:40000', 0, { direction: 'inbound', dst: null, result: 'refused', detail: 'not-redirected' }), 2);
+    ring.add(
+      closed('0.2', '[fd00::2]:40000', 0, {
+        direction: 'inbound',
+        dst: null,
+        result: 'refused',
+        detail: 'not-redirected',
+      }),
+      2,
+    );
     ring.add(closed('0.3', '?', 0), 3);
     expect(ring.lookup(query('[fd00::2]:40000'), 10)).toEqual([
-      { id: '0.2', direction: 'inbound', state: 'closed', source: '[fd00::2]:40000', originalDst: null, ageMs: 10, closedAgoMs: 8, result: 'refused', detail: 'not-redirected' },
+      {
+        id: '0.2',
+        direction: 'inbound',
+        state: 'closed',
+        source: '[fd00::2]:40000',
+        originalDst: null,
+        ageMs: 10,
+        closedAgoMs: 8,
+        result: 'refused',
+        detail: 'not-redirected',
+      },
     ]);
     expect(ring.lookup(query('10.9.9.9:40000'), 10)).toEqual([]);
   });
@@ -89,7 +128,13 @@ describe('lookupRows', () => {
     const ring = new RecentConnections(4);
     ring.add(closed('0.1', '10.1.0.1:40000', 100), 150);
     const live: LiveConnection[] = [
-      { ...closed('0.3', '10.1.0.1:40000', 900), state: 'connecting', result: null, detail: '', dst: { family: 'ipv4', address: '192.0.2.10', port: 443 } },
+      {
+        ...closed('0.3', '10.1.0.1:40000', 900),
+        state: 'connecting',
+        result: null,
+        detail: '',
+        dst: { family: 'ipv4', address: '192.0.2.10', port: 443 },
+      },
       { ...closed('0.2', '10.1.0.9:40000', 800), state: 'open', result: null, detail: '' },
     ];
     const rows = lookupRows(live, ring, query('10.1.0.1:40000'), 1000);

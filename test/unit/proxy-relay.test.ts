@@ -44,7 +44,12 @@ function listen(server: Server): Promise<number> {
 }
 
 /** A proxy front door on loopback that relays every accepted socket to 127.0.0.1:upstreamPort. */
-async function makeHarness(upstreamPort: number, cfg: ProxyConfig, engine: Engine, thread?: RelayThread): Promise<Harness> {
+async function makeHarness(
+  upstreamPort: number,
+  cfg: ProxyConfig,
+  engine: Engine,
+  thread?: RelayThread,
+): Promise<Harness> {
   const metrics = new ProxyMetrics();
   const closed: Connection[] = [];
   const conns: Connection[] = [];
@@ -101,7 +106,7 @@ function readAll(socket: Socket): Promise<Buffer> {
 describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
   const harness = (port: number, cfg: ProxyConfig = base) => makeHarness(port, cfg, engine);
 
-  it('mirrors the client\'s FIN: the client shuts down writing and still receives the whole reply', async () => {
+  it("mirrors the client's FIN: the client shuts down writing and still receives the whole reply", async () => {
     const request = randomBytes(1 << 20);
     const reply = randomBytes(1 << 20);
     let serverGot = '';
@@ -120,10 +125,14 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
     const conn = await h.whenClosed();
     expect(conn.result).toBe('FIN');
     expect(conn.detail).toBe('client-first');
-    expect(conn.record()).toMatchObject({ bytesFromClient: request.length, bytesFromUpstream: reply.length, result: 'FIN' });
+    expect(conn.record()).toMatchObject({
+      bytesFromClient: request.length,
+      bytesFromUpstream: reply.length,
+      result: 'FIN',
+    });
   });
 
-  it('mirrors the server\'s FIN: the server closes first and the client can still send', async () => {
+  it("mirrors the server's FIN: the server closes first and the client can still send", async () => {
     const hello = randomBytes(300_000);
     const late = randomBytes(500_000);
     let serverGot: Promise<string> | undefined;
@@ -163,7 +172,9 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
     const h = await harness(await listen(upstream));
     const c = client(h.proxyPort);
     c.write('x');
-    await waitUntil('the client\'s byte at the upstream (the relay established)', () => upstreamGotData, 10_000, { seen: () => h.conns[0]?.state ?? 'no connection accepted' });
+    await waitUntil("the client's byte at the upstream (the relay established)", () => upstreamGotData, 10_000, {
+      seen: () => h.conns[0]?.state ?? 'no connection accepted',
+    });
     c.resetAndDestroy();
     const conn = await h.whenClosed();
     expect([conn.result, conn.detail]).toEqual(['RST', 'client-reset']);
@@ -195,7 +206,12 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
     // Queue 128 MiB at once: without backpressure the proxy would read all of it within the wait below.
     const chunk = Buffer.alloc(1 << 20);
     for (let i = 0; i < 128; i++) c.write(chunk);
-    const conn = await waitUntil('the proxy to relay the first bytes', () => (h.conns[0] && h.conns[0].bytesFromClient > 0 ? h.conns[0] : null), 10_000, { seen: () => h.conns[0]?.state ?? 'no connection accepted' });
+    const conn = await waitUntil(
+      'the proxy to relay the first bytes',
+      () => (h.conns[0] && h.conns[0].bytesFromClient > 0 ? h.conns[0] : null),
+      10_000,
+      { seen: () => h.conns[0]?.state ?? 'no connection accepted' },
+    );
     // A bound on a negative, so a fixed wait: in 500 ms more an unbounded reader would have taken all 128 MiB.
     await new Promise((r) => setTimeout(r, 500));
     // Kernel socket buffers plus one stream highWaterMark per leg; nowhere near what the client tried to send.
@@ -232,14 +248,21 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
 
   it('closes a connection left half-closed past halfCloseTimeout', async () => {
     let upstreamGotFin = false;
-    const upstream = createServer({ allowHalfOpen: true }, (s) => s.on('data', () => {}).on('end', () => (upstreamGotFin = true)));
+    const upstream = createServer({ allowHalfOpen: true }, (s) =>
+      s.on('data', () => {}).on('end', () => (upstreamGotFin = true)),
+    );
     const h = await harness(await listen(upstream), { ...base, halfCloseTimeoutMs: 100 });
     const c = client(h.proxyPort);
     c.end('bye');
-    await waitUntil('the client\'s FIN at the upstream', () => upstreamGotFin, 10_000, { seen: () => h.conns[0]?.state ?? 'no connection accepted' });
+    await waitUntil("the client's FIN at the upstream", () => upstreamGotFin, 10_000, {
+      seen: () => h.conns[0]?.state ?? 'no connection accepted',
+    });
     const conn = h.conns[0]!;
     // The relay thread may already have applied the bound on a loaded machine; until then it is half-closed.
-    if (engine === 'node' || conn.state !== 'closed') expect(conn.info(performance.now()).state).toMatch(engine === 'node' ? /^half-closed$/ : /^(half-closed|closed)$/);
+    if (engine === 'node' || conn.state !== 'closed')
+      expect(conn.info(performance.now()).state).toMatch(
+        engine === 'node' ? /^half-closed$/ : /^(half-closed|closed)$/,
+      );
     if (engine === 'node') expect(conn.sweep(performance.now() + 200)).toMatchObject({ detail: 'half-close' });
     const done = await h.whenClosed();
     expect([done.result, done.detail]).toEqual(['timeout', 'half-close']);
@@ -247,7 +270,7 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
 });
 
 describe('relay thread only', () => {
-  it('hands every established connection to the thread and closes Node\'s sockets', async () => {
+  it("hands every established connection to the thread and closes Node's sockets", async () => {
     const upstream = createServer({ allowHalfOpen: true }, (s) => s.pipe(s));
     const h = await makeHarness(await listen(upstream), base, 'native');
     const c = client(h.proxyPort);
@@ -256,19 +279,31 @@ describe('relay thread only', () => {
     const conn = h.conns[0]!;
     expect(conn.client).toBeNull();
     expect(conn.upstream).toBeNull();
-    expect(conn.info(performance.now())).toMatchObject({ state: 'open', bytesFromClient: 4, bytesFromUpstream: 4, source: `127.0.0.1:${c.localPort}` });
+    expect(conn.info(performance.now())).toMatchObject({
+      state: 'open',
+      bytesFromClient: 4,
+      bytesFromUpstream: 4,
+      source: `127.0.0.1:${c.localPort}`,
+    });
     c.end();
     const done = await h.whenClosed();
-    expect(done.record()).toMatchObject({ result: 'FIN', detail: 'client-first', bytesFromClient: 4, bytesFromUpstream: 4 });
+    expect(done.record()).toMatchObject({
+      result: 'FIN',
+      detail: 'client-first',
+      bytesFromClient: 4,
+      bytesFromUpstream: 4,
+    });
   });
 
   it('aborts on request: FIN to both peers for a drain, RST for a forced stop', async () => {
     const upstreamEnds: Promise<string>[] = [];
     const upstream = createServer({ allowHalfOpen: true }, (s) => {
-      upstreamEnds.push(new Promise((resolve) => {
-        s.on('end', () => resolve('FIN'));
-        s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
-      }));
+      upstreamEnds.push(
+        new Promise((resolve) => {
+          s.on('end', () => resolve('FIN'));
+          s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        }),
+      );
       s.pipe(s);
     });
     const h = await makeHarness(await listen(upstream), base, 'native');
@@ -287,7 +322,10 @@ describe('relay thread only', () => {
     expect(await upstreamEnds[0]).toBe('FIN');
     expect(await upstreamEnds[1]).toBe('ECONNRESET');
     await h.whenClosed(2);
-    expect(h.closed.map((c) => [c.result, c.detail]).sort()).toEqual([['drain', 'deadline'], ['drain', 'forced']]);
+    expect(h.closed.map((c) => [c.result, c.detail]).sort()).toEqual([
+      ['drain', 'deadline'],
+      ['drain', 'forced'],
+    ]);
   });
 
   it('ends a connection at maxConnectionDuration although it is busy', async () => {
@@ -346,11 +384,19 @@ describe('relay thread only', () => {
       const a = client(port);
       const b = client(port);
       await Promise.all([a, b].map((s) => new Promise((r) => s.once('connect', r))));
-      await waitUntil(`the server to accept pair ${i}`, () => accepted.length >= 2 * (i + 1), 10_000, { seen: () => `${accepted.length} accepted`, intervalMs: 1 });
+      await waitUntil(`the server to accept pair ${i}`, () => accepted.length >= 2 * (i + 1), 10_000, {
+        seen: () => `${accepted.length} accepted`,
+        intervalMs: 1,
+      });
       const [x, y] = accepted.slice(-2) as [Socket, Socket];
       const fd = (s: Socket) => (s as unknown as { _handle: { fd: number } })._handle.fd;
       const ended = new Promise<unknown[]>((resolve) => {
-        const id = thread.adopt({ relayEnded: (...args) => resolve(args) }, fd(x), fd(y), { maxRemainingMs: -1, idleMs: -1, halfCloseMs: -1, keepaliveSec: -1 });
+        const id = thread.adopt({ relayEnded: (...args) => resolve(args) }, fd(x), fd(y), {
+          maxRemainingMs: -1,
+          idleMs: -1,
+          halfCloseMs: -1,
+          keepaliveSec: -1,
+        });
         expect(thread.snapshot(id)).toEqual({ fromClient: 0, fromUpstream: 0, halfClosed: false });
         expect(thread.abort(id, true)).toBe(true);
         expect(thread.abort(id, true)).toBe(false);
@@ -359,7 +405,9 @@ describe('relay thread only', () => {
       y.destroy();
       const [, , result] = await ended;
       expect(result).toBeNull(); // ended on our own request
-      const reset = await Promise.all([a, b].map((s) => new Promise((r) => s.once('error', (e: NodeJS.ErrnoException) => r(e.code)))));
+      const reset = await Promise.all(
+        [a, b].map((s) => new Promise((r) => s.once('error', (e: NodeJS.ErrnoException) => r(e.code)))),
+      );
       expect(reset).toEqual(['ECONNRESET', 'ECONNRESET']);
     }
   });
@@ -369,7 +417,12 @@ describe('relay thread only', () => {
   });
 
   it('rounds the remaining max duration up, so the thread never ends a connection before the bound', () => {
-    const cfg = { maxConnectionDurationMs: 300, idleTimeoutMs: null, halfCloseTimeoutMs: 60_000, keepaliveDelayMs: 30_000 };
+    const cfg = {
+      maxConnectionDurationMs: 300,
+      idleTimeoutMs: null,
+      halfCloseTimeoutMs: 60_000,
+      keepaliveDelayMs: 30_000,
+    };
     expect(relayBounds(cfg, 0.6)).toEqual({ maxRemainingMs: 300, idleMs: -1, halfCloseMs: 60_000, keepaliveSec: 30 });
     expect(relayBounds(cfg, 400).maxRemainingMs).toBe(0);
   });
@@ -410,8 +463,10 @@ describe('the relay end codes: one table, in the addon', () => {
       caught = error;
     }
     expect(isMeshctlError(caught) && caught.code).toBe('ADDON_UNAVAILABLE');
-    expect((caught as Error).message).toBe('the relay end codes of the native addon at /x/meshctl_native.node do not match this meshctl: '
-      + 'no code for "adoptFailed"; an unknown end "renamed"; "idle" is four, not an integer; "reset" repeats code 0');
+    expect((caught as Error).message).toBe(
+      'the relay end codes of the native addon at /x/meshctl_native.node do not match this meshctl: ' +
+        'no code for "adoptFailed"; an unknown end "renamed"; "idle" is four, not an integer; "reset" repeats code 0',
+    );
     expect(checkEndCodes(codes, 'x')).toEqual(codes);
   });
 });

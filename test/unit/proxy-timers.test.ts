@@ -9,12 +9,22 @@ const cfg: TimerConfig = {
   halfCloseTimeoutMs: 60_000,
   accessLog: { periodicIntervalMs: null },
 };
-const view = (v: Partial<TimerView>): TimerView => ({ state: 'open', startedAt: 0, halfClosedAt: 0, lastActiveAt: 0, ...v });
+const view = (v: Partial<TimerView>): TimerView => ({
+  state: 'open',
+  startedAt: 0,
+  halfClosedAt: 0,
+  lastActiveAt: 0,
+  ...v,
+});
 
 describe('expiredTimer', () => {
   it('times out a connect that takes longer than connectTimeout, with a reset', () => {
     expect(expiredTimer(view({ state: 'connecting' }), cfg, 9_999)).toBeNull();
-    expect(expiredTimer(view({ state: 'connecting' }), cfg, 10_000)).toEqual({ result: 'timeout', detail: 'connect', mode: 'reset' });
+    expect(expiredTimer(view({ state: 'connecting' }), cfg, 10_000)).toEqual({
+      result: 'timeout',
+      detail: 'connect',
+      mode: 'reset',
+    });
   });
 
   it('never idles out by default, however long a connection is quiet', () => {
@@ -24,17 +34,31 @@ describe('expiredTimer', () => {
   it('closes a connection idle for idleTimeout when one is set', () => {
     const withIdle = { ...cfg, idleTimeoutMs: 5_000 };
     expect(expiredTimer(view({ lastActiveAt: 1_000 }), withIdle, 5_999)).toBeNull();
-    expect(expiredTimer(view({ lastActiveAt: 1_000 }), withIdle, 6_000)).toEqual({ result: 'timeout', detail: 'idle', mode: 'close' });
+    expect(expiredTimer(view({ lastActiveAt: 1_000 }), withIdle, 6_000)).toEqual({
+      result: 'timeout',
+      detail: 'idle',
+      mode: 'close',
+    });
   });
 
   it('closes a connection half-closed for longer than halfCloseTimeout', () => {
-    expect(expiredTimer(view({ state: 'half-closed', halfClosedAt: 100, lastActiveAt: 59_000 }), cfg, 60_099)).toBeNull();
-    expect(expiredTimer(view({ state: 'half-closed', halfClosedAt: 100, lastActiveAt: 59_000 }), cfg, 60_100)).toEqual({ result: 'timeout', detail: 'half-close', mode: 'close' });
+    expect(
+      expiredTimer(view({ state: 'half-closed', halfClosedAt: 100, lastActiveAt: 59_000 }), cfg, 60_099),
+    ).toBeNull();
+    expect(expiredTimer(view({ state: 'half-closed', halfClosedAt: 100, lastActiveAt: 59_000 }), cfg, 60_100)).toEqual({
+      result: 'timeout',
+      detail: 'half-close',
+      mode: 'close',
+    });
   });
 
   it('closes a connection older than maxConnectionDuration even while busy', () => {
     const withMax = { ...cfg, maxConnectionDurationMs: 30_000 };
-    expect(expiredTimer(view({ lastActiveAt: 29_999 }), withMax, 30_000)).toEqual({ result: 'timeout', detail: 'max-duration', mode: 'close' });
+    expect(expiredTimer(view({ lastActiveAt: 29_999 }), withMax, 30_000)).toEqual({
+      result: 'timeout',
+      detail: 'max-duration',
+      mode: 'close',
+    });
   });
 
   it('ignores closed connections', () => {

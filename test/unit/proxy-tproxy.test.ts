@@ -10,7 +10,12 @@ import { describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
 import { isMeshctlError, type MeshctlError } from '../../src/errors.js';
 import { isTransparent, transparentListen } from '../../src/native/addon.js';
-import { listenerLabel, openTransparentListeners, planListeners, type TransparentSocketOps } from '../../src/proxy/listeners.js';
+import {
+  listenerLabel,
+  openTransparentListeners,
+  planListeners,
+  type TransparentSocketOps,
+} from '../../src/proxy/listeners.js';
 import { LocalAddresses, routeConnection, transparentDestination } from '../../src/proxy/routing.js';
 
 const binding = createRequire(import.meta.url)('../../build/Release/meshctl_native.node') as {
@@ -45,7 +50,9 @@ function caught(fn: () => unknown): unknown {
 }
 
 /** Records what openTransparentListeners asks of the addon; `fail` makes listen() throw for one address. */
-function fakeOps(options: { fail?: { host: string; code: string; syscall: string }; transparentFds?: readonly number[] } = {}) {
+function fakeOps(
+  options: { fail?: { host: string; code: string; syscall: string }; transparentFds?: readonly number[] } = {},
+) {
   let next = 40;
   const calls: string[] = [];
   const closed: number[] = [];
@@ -53,7 +60,11 @@ function fakeOps(options: { fail?: { host: string; code: string; syscall: string
     listen(family, address, port, backlog) {
       calls.push(`listen ${family} ${address} ${port} ${backlog}`);
       if (options.fail?.host === address) {
-        throw Object.assign(new Error(`${options.fail.syscall} failed`), { code: options.fail.code, syscall: options.fail.syscall, errno: 1 });
+        throw Object.assign(new Error(`${options.fail.syscall} failed`), {
+          code: options.fail.code,
+          syscall: options.fail.syscall,
+          errno: 1,
+        });
       }
       return next++;
     },
@@ -105,7 +116,11 @@ describe('isTransparent on real sockets', () => {
   it('reports getsockopt on a file as ENOTSOCK with errno and syscall', () => {
     const fd = openSync(new URL(import.meta.url), 'r');
     try {
-      expect(caught(() => isTransparent(fd, 4))).toMatchObject({ errno: constants.errno.ENOTSOCK, code: 'ENOTSOCK', syscall: 'getsockopt' });
+      expect(caught(() => isTransparent(fd, 4))).toMatchObject({
+        errno: constants.errno.ENOTSOCK,
+        code: 'ENOTSOCK',
+        syscall: 'getsockopt',
+      });
     } finally {
       closeSync(fd);
     }
@@ -134,7 +149,11 @@ describe.skipIf(!isRoot)('transparentListen as root (an IP_TRANSPARENT listener 
       expect(port).toBeGreaterThan(0);
       const reply = await new Promise<string>((resolve, reject) => {
         let text = '';
-        connect({ host: '127.0.0.1', port }).setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => resolve(text)).on('error', reject);
+        connect({ host: '127.0.0.1', port })
+          .setEncoding('utf8')
+          .on('data', (d: string) => (text += d))
+          .on('end', () => resolve(text))
+          .on('error', reject);
       });
       expect(reply).toBe(String(port));
     } finally {
@@ -158,7 +177,11 @@ describe.skipIf(!isRoot)('transparentListen as root (an IP_TRANSPARENT listener 
       const { port } = server.address() as AddressInfo;
       // Sockets are only ever opened on this (main) thread, so the count cannot move under the test's feet.
       const before = socketFds();
-      expect(caught(() => transparentListen(4, '127.0.0.1', port, 16))).toMatchObject({ code: 'EADDRINUSE', syscall: 'bind', errno: constants.errno.EADDRINUSE });
+      expect(caught(() => transparentListen(4, '127.0.0.1', port, 16))).toMatchObject({
+        code: 'EADDRINUSE',
+        syscall: 'bind',
+        errno: constants.errno.EADDRINUSE,
+      });
       expect(socketFds()).toEqual(before);
     } finally {
       server.close();
@@ -213,9 +236,16 @@ describe('openTransparentListeners', () => {
   it('opens a new transparent socket when the inbound port moved', () => {
     const { ops } = fakeOps();
     const running = openTransparentListeners(tproxy, planListeners(tproxy, {}, 1), [], ops);
-    const moved = configFromObject({ ...base, proxy: { user: 'nobody', inboundPort: 16006 }, capture: { inbound: { mode: 'tproxy' } } });
+    const moved = configFromObject({
+      ...base,
+      proxy: { user: 'nobody', inboundPort: 16006 },
+      capture: { inbound: { mode: 'tproxy' } },
+    });
     const out = openTransparentListeners(moved, planListeners(moved, {}, 1), running, ops);
-    expect(out.filter((s) => s.transparent).map((s) => [s.port, s.fd])).toEqual([[16006, 42], [16006, 43]]);
+    expect(out.filter((s) => s.transparent).map((s) => [s.port, s.fd])).toEqual([
+      [16006, 42],
+      [16006, 43],
+    ]);
   });
 
   it('fails with LISTEN_FAILED naming IP_TRANSPARENT and CAP_NET_ADMIN without the privilege, closing what it made', () => {
@@ -260,11 +290,19 @@ describe('TPROXY destinations and routing', () => {
   const ownPorts = new Set([15000, 15001, 15006]);
   const local = new LocalAddresses(['10.1.0.5', 'fd00:1::5']);
 
-  it('takes the accepted socket\'s local endpoint as the original destination', () => {
-    expect(transparentDestination({ localAddress: '10.1.0.5', localPort: 8080 }, 'ipv4', 15006))
-      .toEqual({ address: '10.1.0.5', port: 8080, family: 'ipv4', via: 'tproxy' });
-    expect(transparentDestination({ localAddress: 'FD00:1::5', localPort: 443 }, 'ipv6', 15006))
-      .toEqual({ address: 'fd00:1::5', port: 443, family: 'ipv6', via: 'tproxy' });
+  it("takes the accepted socket's local endpoint as the original destination", () => {
+    expect(transparentDestination({ localAddress: '10.1.0.5', localPort: 8080 }, 'ipv4', 15006)).toEqual({
+      address: '10.1.0.5',
+      port: 8080,
+      family: 'ipv4',
+      via: 'tproxy',
+    });
+    expect(transparentDestination({ localAddress: 'FD00:1::5', localPort: 443 }, 'ipv6', 15006)).toEqual({
+      address: 'fd00:1::5',
+      port: 443,
+      family: 'ipv6',
+      via: 'tproxy',
+    });
   });
 
   it('leaves a connection on the inbound port itself to SO_ORIGINAL_DST (nat path, or a direct connection)', () => {
@@ -276,16 +314,38 @@ describe('TPROXY destinations and routing', () => {
   it('connects a TPROXY\'d connection to the local app from the passthrough source, not as "not redirected"', () => {
     const acceptedOn = { localAddress: '10.1.0.5', localPort: 8080 };
     const dst = transparentDestination(acceptedOn, 'ipv4', 15006)!;
-    expect(routeConnection('inbound', dst, acceptedOn, ownPorts, local, proxy)).toEqual({ kind: 'connect', host: '10.1.0.5', port: 8080, localAddress: '127.0.0.6' });
+    expect(routeConnection('inbound', dst, acceptedOn, ownPorts, local, proxy)).toEqual({
+      kind: 'connect',
+      host: '10.1.0.5',
+      port: 8080,
+      localAddress: '127.0.0.6',
+    });
     const acceptedOn6 = { localAddress: 'fd00:1::5', localPort: 8080 };
-    expect(routeConnection('inbound', transparentDestination(acceptedOn6, 'ipv6', 15006)!, acceptedOn6, ownPorts, local, proxy))
-      .toEqual({ kind: 'connect', host: 'fd00:1::5', port: 8080, localAddress: '::6' });
+    expect(
+      routeConnection(
+        'inbound',
+        transparentDestination(acceptedOn6, 'ipv6', 15006)!,
+        acceptedOn6,
+        ownPorts,
+        local,
+        proxy,
+      ),
+    ).toEqual({ kind: 'connect', host: 'fd00:1::5', port: 8080, localAddress: '::6' });
   });
 
-  it('refuses a TPROXY\'d connection aimed at another proxy port as a self-loop', () => {
+  it("refuses a TPROXY'd connection aimed at another proxy port as a self-loop", () => {
     for (const port of [15000, 15001]) {
       const acceptedOn = { localAddress: '10.1.0.5', localPort: port };
-      expect(routeConnection('inbound', transparentDestination(acceptedOn, 'ipv4', 15006)!, acceptedOn, ownPorts, local, proxy)).toEqual({ kind: 'refuse', reason: 'self-loop' });
+      expect(
+        routeConnection(
+          'inbound',
+          transparentDestination(acceptedOn, 'ipv4', 15006)!,
+          acceptedOn,
+          ownPorts,
+          local,
+          proxy,
+        ),
+      ).toEqual({ kind: 'refuse', reason: 'self-loop' });
     }
   });
 });

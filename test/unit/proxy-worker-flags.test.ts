@@ -4,7 +4,11 @@ import { workerExecArgv, workerMallocTunables } from '../../src/proxy/workers.js
 
 describe('worker node flags', () => {
   it('adds 1 MiB semi-spaces to the primary’s flags, and no memory reducer with the relay thread', () => {
-    expect(workerExecArgv(['--enable-source-maps'], 'native')).toEqual(['--enable-source-maps', '--max-semi-space-size=1', '--no-memory-reducer']);
+    expect(workerExecArgv(['--enable-source-maps'], 'native')).toEqual([
+      '--enable-source-maps',
+      '--max-semi-space-size=1',
+      '--no-memory-reducer',
+    ]);
   });
 
   it('keeps the memory reducer for the streams relay, whose heap churns', () => {
@@ -14,7 +18,10 @@ describe('worker node flags', () => {
   it('keeps an operator’s own semi-space size and memory reducer choice', () => {
     expect(workerExecArgv(['--max-semi-space-size=8'], 'node')).toEqual(['--max-semi-space-size=8']);
     expect(workerExecArgv(['--memory-reducer'], 'native')).toEqual(['--memory-reducer', '--max-semi-space-size=1']);
-    expect(workerExecArgv(['--no-memory-reducer', '--max-semi-space-size=2'], 'native')).toEqual(['--no-memory-reducer', '--max-semi-space-size=2']);
+    expect(workerExecArgv(['--no-memory-reducer', '--max-semi-space-size=2'], 'native')).toEqual([
+      '--no-memory-reducer',
+      '--max-semi-space-size=2',
+    ]);
   });
 });
 
@@ -24,9 +31,13 @@ describe('worker malloc tunables', () => {
   });
 
   it('leaves an operator’s GLIBC_TUNABLES alone', () => {
-    expect(workerMallocTunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }, 'node')).toBe('glibc.malloc.arena_max=2');
+    expect(workerMallocTunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }, 'node')).toBe(
+      'glibc.malloc.arena_max=2',
+    );
     // The relay thread reuses its own chunks: glibc keeps its defaults unless the operator set something.
     expect(workerMallocTunables({}, 'native')).toBeUndefined();
-    expect(workerMallocTunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }, 'native')).toBe('glibc.malloc.arena_max=2');
+    expect(workerMallocTunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }, 'native')).toBe(
+      'glibc.malloc.arena_max=2',
+    );
   });
 });

@@ -8,24 +8,57 @@ import { configFromObject } from '../../src/config/load.js';
 import { activatedDnsListeners } from '../../src/dns/server.js';
 import type { HostFacts } from '../../src/config/host-facts.js';
 import { activatedDnsCount, planListeners } from '../../src/proxy/listeners.js';
-import { DEFAULT_CONFIG_TEXT, DEFAULT_LAYOUT, PACKAGE_ROOT, SHIPPED_UNIT_DIR, UNITS, captureEnvText, listenStreams, renderDropIns, stopTimeoutSeconds } from '../../src/service/layout.js';
+import {
+  DEFAULT_CONFIG_TEXT,
+  DEFAULT_LAYOUT,
+  PACKAGE_ROOT,
+  SHIPPED_UNIT_DIR,
+  UNITS,
+  captureEnvText,
+  listenStreams,
+  renderDropIns,
+  stopTimeoutSeconds,
+} from '../../src/service/layout.js';
 
 const host: HostFacts = {
-  userDb: { user: (ref) => (ref === 'meshproxy' || ref === 997 ? { name: 'meshproxy', uid: 997, gid: 997 } : null), group: () => ({ name: 'meshproxy', gid: 997 }) },
+  userDb: {
+    user: (ref) => (ref === 'meshproxy' || ref === 997 ? { name: 'meshproxy', uid: 997, gid: 997 } : null),
+    group: () => ({ name: 'meshproxy', gid: 997 }),
+  },
   detectSshPorts: () => ({ ports: [22], source: 'default' }),
 };
-const config = (raw: Record<string, unknown> = {}) => configFromObject({ ...raw, proxy: { user: 'meshproxy', ...(raw.proxy as object | undefined) } }, { host });
+const config = (raw: Record<string, unknown> = {}) =>
+  configFromObject({ ...raw, proxy: { user: 'meshproxy', ...(raw.proxy as object | undefined) } }, { host });
 const shipped = (unit: string) => readFileSync(join(SHIPPED_UNIT_DIR, unit), 'utf8');
-const values = (text: string, key: string) => text.split('\n').filter((l) => l.startsWith(`${key}=`)).map((l) => l.slice(key.length + 1));
+const values = (text: string, key: string) =>
+  text
+    .split('\n')
+    .filter((l) => l.startsWith(`${key}=`))
+    .map((l) => l.slice(key.length + 1));
 
 describe('service layout', () => {
-  it('lists the shipped socket unit\'s listeners in the order the proxy reads them positionally', () => {
+  it("lists the shipped socket unit's listeners in the order the proxy reads them positionally", () => {
     const defaults = config();
     expect(values(shipped(UNITS.socket), 'ListenStream')).toEqual(listenStreams(defaults));
-    const specs = planListeners(defaults, { LISTEN_PID: '42', LISTEN_FDS: '4', LISTEN_FDNAMES: 'meshctl-proxy.socket:meshctl-proxy.socket:meshctl-proxy.socket:meshctl-proxy.socket' }, 42);
-    expect(specs.map((s) => `${s.name}:${s.port}:${s.fd}`)).toEqual(['outbound:15001:3', 'inbound:15006:4', 'outbound6:15001:5', 'inbound6:15006:6']);
+    const specs = planListeners(
+      defaults,
+      {
+        LISTEN_PID: '42',
+        LISTEN_FDS: '4',
+        LISTEN_FDNAMES: 'meshctl-proxy.socket:meshctl-proxy.socket:meshctl-proxy.socket:meshctl-proxy.socket',
+      },
+      42,
+    );
+    expect(specs.map((s) => `${s.name}:${s.port}:${s.fd}`)).toEqual([
+      'outbound:15001:3',
+      'inbound:15006:4',
+      'outbound6:15001:5',
+      'inbound6:15006:6',
+    ]);
     // Each ListenStream's port is the port of the listener at the same position.
-    expect(values(shipped(UNITS.socket), 'ListenStream').map((s) => Number(s.split(':').pop()))).toEqual(specs.map((s) => s.port));
+    expect(values(shipped(UNITS.socket), 'ListenStream').map((s) => Number(s.split(':').pop()))).toEqual(
+      specs.map((s) => s.port),
+    );
   });
 
   it('opens IPv4 listeners only when IPv6 is not intercepted, on the configured ports', () => {
@@ -35,23 +68,37 @@ describe('service layout', () => {
     expect(values(socket.text, 'ListenStream')).toEqual(['', '127.0.0.1:16001', '0.0.0.0:16006']);
   });
 
-  it('adds the DNS server\'s stream and datagram sockets after the listeners when DNS is captured, where the proxy reads them', () => {
+  it("adds the DNS server's stream and datagram sockets after the listeners when DNS is captured, where the proxy reads them", () => {
     const c = config({ capture: { dns: { enabled: true, port: 15053 } } });
     const text = renderDropIns(c, DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!.text;
     const listens = text.split('\n').filter((l) => /^Listen(Stream|Datagram)=./.test(l));
-    expect(listens).toEqual([...listenStreams(c).map((s) => `ListenStream=${s}`),
-      'ListenStream=127.0.0.1:15053', 'ListenDatagram=127.0.0.1:15053', 'ListenStream=[::1]:15053', 'ListenDatagram=[::1]:15053']);
+    expect(listens).toEqual([
+      ...listenStreams(c).map((s) => `ListenStream=${s}`),
+      'ListenStream=127.0.0.1:15053',
+      'ListenDatagram=127.0.0.1:15053',
+      'ListenStream=[::1]:15053',
+      'ListenDatagram=[::1]:15053',
+    ]);
     const env = { LISTEN_PID: '42', LISTEN_FDS: String(listens.length) };
-    expect(planListeners(c, env, 42).map((s) => [s.name, s.fd])).toEqual([['outbound', 3], ['inbound', 4], ['outbound6', 5], ['inbound6', 6]]);
+    expect(planListeners(c, env, 42).map((s) => [s.name, s.fd])).toEqual([
+      ['outbound', 3],
+      ['inbound', 4],
+      ['outbound6', 5],
+      ['inbound6', 6],
+    ]);
     expect(activatedDnsListeners(c, env, 42, activatedDnsCount(c, listens.length))).toEqual([
       { family: 'ipv4', host: '127.0.0.1', port: 15053, tcpFd: 7, udpFd: 8 },
       { family: 'ipv6', host: '::1', port: 15053, tcpFd: 9, udpFd: 10 },
     ]);
-    expect(renderDropIns(config(), DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!.text).not.toContain('ListenDatagram');
+    expect(renderDropIns(config(), DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!.text).not.toContain(
+      'ListenDatagram',
+    );
   });
 
   it('binds capture to the proxy only in fail-open mode', () => {
-    const capture = (mode: 'open' | 'closed') => renderDropIns(config({ safety: { onProxyDown: mode } }), DEFAULT_LAYOUT).find((d) => d.unit === UNITS.capture)!.text;
+    const capture = (mode: 'open' | 'closed') =>
+      renderDropIns(config({ safety: { onProxyDown: mode } }), DEFAULT_LAYOUT).find((d) => d.unit === UNITS.capture)!
+        .text;
     expect(values(capture('open'), 'BindsTo')).toEqual(['meshctl-proxy.service']);
     expect(capture('closed')).not.toMatch(/^(BindsTo|Requires|PartOf)=/m);
     // The shipped unit itself only Wants= the proxy, so a proxy restart never takes capture down in closed mode.
@@ -68,7 +115,8 @@ describe('service layout', () => {
   });
 
   it('relaxes ProtectHome only when meshctl itself lives under a home directory', () => {
-    const proxyDropIn = (root: string) => renderDropIns(config(), DEFAULT_LAYOUT, root).find((d) => d.unit === UNITS.proxy)!.text;
+    const proxyDropIn = (root: string) =>
+      renderDropIns(config(), DEFAULT_LAYOUT, root).find((d) => d.unit === UNITS.proxy)!.text;
     expect(values(proxyDropIn('/root/meshctl/'), 'ProtectHome')).toEqual(['read-only']);
     expect(values(proxyDropIn('/home/ann/src/meshctl'), 'ProtectHome')).toEqual(['read-only']);
     expect(values(proxyDropIn('/opt/meshctl/'), 'ProtectHome')).toEqual([]);
@@ -76,7 +124,8 @@ describe('service layout', () => {
   });
 
   it('relaxes ProtectHome for capture too when meshctl lives under a home directory', () => {
-    const captureDropIn = (root: string) => renderDropIns(config(), DEFAULT_LAYOUT, root).find((d) => d.unit === UNITS.capture)!.text;
+    const captureDropIn = (root: string) =>
+      renderDropIns(config(), DEFAULT_LAYOUT, root).find((d) => d.unit === UNITS.capture)!.text;
     expect(values(shipped(UNITS.capture), 'ProtectHome')).toEqual(['yes']);
     expect(values(captureDropIn('/home/ann/src/meshctl'), 'ProtectHome')).toEqual(['read-only']);
     expect(captureDropIn('/home/ann/src/meshctl')).toMatch(/^\[Service\]$/m);
@@ -92,10 +141,13 @@ describe('service layout', () => {
     expect(values(unit, 'ReadWritePaths')).toEqual(['-/run/xtables.lock']);
     expect(values(unit, 'RestrictAddressFamilies')).toEqual(['AF_UNIX AF_NETLINK AF_INET AF_INET6']);
     expect(values(unit, 'ProtectKernelTunables')).toEqual(['yes']);
-    const capture = (stateDir: string) => renderDropIns(config({ stateDir }), DEFAULT_LAYOUT, '/opt/meshctl/').find((d) => d.unit === UNITS.capture)!.text;
+    const capture = (stateDir: string) =>
+      renderDropIns(config({ stateDir }), DEFAULT_LAYOUT, '/opt/meshctl/').find((d) => d.unit === UNITS.capture)!.text;
     expect(values(capture('/var/lib/meshctl/'), 'ReadWritePaths')).toEqual([]);
     expect(values(capture('/srv/meshctl-state'), 'ReadWritePaths')).toEqual(['/srv/meshctl-state']);
-    expect(capture('/srv/meshctl-state')).toMatch(/^\[Service\]\n# stateDir = \/srv\/meshctl-state: .*\nReadWritePaths=\/srv\/meshctl-state\n$/m);
+    expect(capture('/srv/meshctl-state')).toMatch(
+      /^\[Service\]\n# stateDir = \/srv\/meshctl-state: .*\nReadWritePaths=\/srv\/meshctl-state\n$/m,
+    );
   });
 
   it('writes a default config that loads and names the sysusers user', () => {

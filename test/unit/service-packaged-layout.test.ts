@@ -7,12 +7,25 @@ import { describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
 import type { HostFacts } from '../../src/config/host-facts.js';
 import {
-  DEFAULT_CONFIG_TEXT, DEFAULT_LAYOUT, PACKAGED_LAYOUT, PACKAGED_MARKER, PACKAGE_ROOT, SHIPPED_SYSUSERS, SHIPPED_UNIT_DIR, UNITS, UNIT_ORDER,
-  layoutFor, renderDropIns, renderShipped,
+  DEFAULT_CONFIG_TEXT,
+  DEFAULT_LAYOUT,
+  PACKAGED_LAYOUT,
+  PACKAGED_MARKER,
+  PACKAGE_ROOT,
+  SHIPPED_SYSUSERS,
+  SHIPPED_UNIT_DIR,
+  UNITS,
+  UNIT_ORDER,
+  layoutFor,
+  renderDropIns,
+  renderShipped,
 } from '../../src/service/layout.js';
 
 const host: HostFacts = {
-  userDb: { user: (ref) => (ref === 'meshproxy' ? { name: 'meshproxy', uid: 997, gid: 997 } : null), group: () => ({ name: 'meshproxy', gid: 997 }) },
+  userDb: {
+    user: (ref) => (ref === 'meshproxy' ? { name: 'meshproxy', uid: 997, gid: 997 } : null),
+    group: () => ({ name: 'meshproxy', gid: 997 }),
+  },
   detectSshPorts: () => ({ ports: [22], source: 'default' }),
 };
 const shipped = (unit: string) => readFileSync(join(SHIPPED_UNIT_DIR, unit), 'utf8');
@@ -24,14 +37,17 @@ describe('the packaged layout', () => {
       const text = shipped(UNITS[key]);
       const rendered = renderShipped(text, PACKAGED_LAYOUT);
       expect(rendered).not.toContain('/usr/local/bin/meshctl');
-      for (const line of execLines(rendered).filter((l) => l.includes('meshctl '))) expect(line).toMatch(/^Exec\w+=\/usr\/bin\/meshctl /);
+      for (const line of execLines(rendered).filter((l) => l.includes('meshctl ')))
+        expect(line).toMatch(/^Exec\w+=\/usr\/bin\/meshctl /);
       expect(rendered.replaceAll('/usr/bin/meshctl', '/usr/local/bin/meshctl')).toBe(text);
       expect(renderShipped(text, DEFAULT_LAYOUT)).toBe(text);
     }
     // Capture: install, reload and uninstall run meshctl; the one other line creates iptables' lock (privileged "+").
     const captureExec = execLines(renderShipped(shipped(UNITS.capture), PACKAGED_LAYOUT));
     expect(captureExec.filter((l) => l.includes('/usr/bin/meshctl '))).toHaveLength(3);
-    expect(captureExec.filter((l) => !l.includes('/usr/bin/meshctl '))).toEqual(["ExecStartPre=+/bin/sh -c 'umask 077 && : >>/run/xtables.lock'"]);
+    expect(captureExec.filter((l) => !l.includes('/usr/bin/meshctl '))).toEqual([
+      "ExecStartPre=+/bin/sh -c 'umask 077 && : >>/run/xtables.lock'",
+    ]);
   });
 
   it('names the package paths in the sysusers file and the default config, which still loads', () => {
@@ -48,7 +64,9 @@ describe('the packaged layout', () => {
       expect(dropIn.path).toBe(`/etc/systemd/system/${dropIn.unit}.d/10-meshctl-config.conf`);
     }
     expect(PACKAGED_LAYOUT.unitDir).toBe('/usr/lib/systemd/system');
-    expect(renderDropIns(config, DEFAULT_LAYOUT).map((d) => d.path)).toEqual(renderDropIns(config, PACKAGED_LAYOUT).map((d) => d.path));
+    expect(renderDropIns(config, DEFAULT_LAYOUT).map((d) => d.path)).toEqual(
+      renderDropIns(config, PACKAGED_LAYOUT).map((d) => d.path),
+    );
   });
 
   it('applies when the package build left its marker in the tree, and only then', () => {

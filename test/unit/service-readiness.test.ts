@@ -24,31 +24,45 @@ function serve(handler: (path: string) => { status: number; body: string } | 'ha
 /** A port nothing listens on: bound once, then closed. */
 async function closedPort(): Promise<number> {
   const server = createServer();
-  const port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
+  const port = await new Promise<number>((resolve) =>
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)),
+  );
   await new Promise((resolve) => server.close(resolve));
   return port;
 }
 
 describe('proxy readiness', () => {
   it('is ready only on HTTP 200 from /ready', async () => {
-    const port = await serve((path) => (path === '/ready' ? { status: 200, body: 'ready\n' } : { status: 404, body: '' }));
+    const port = await serve((path) =>
+      path === '/ready' ? { status: 200, body: 'ready\n' } : { status: 404, body: '' },
+    );
     expect(await probeReady({ address: '127.0.0.1', port })).toEqual({ ready: true, detail: 'ready' });
   });
 
   it('reports a draining proxy as not ready with what it said', async () => {
     const port = await serve(() => ({ status: 503, body: 'not ready: draining\n' }));
-    expect(await probeReady({ address: '127.0.0.1', port })).toEqual({ ready: false, detail: 'HTTP 503: not ready: draining' });
+    expect(await probeReady({ address: '127.0.0.1', port })).toEqual({
+      ready: false,
+      detail: 'HTTP 503: not ready: draining',
+    });
   });
 
   it('says when nothing listens, and when the port does not answer in time', async () => {
-    expect(await probeReady({ address: '127.0.0.1', port: await closedPort() })).toEqual({ ready: false, detail: 'nothing listens there (ECONNREFUSED)' });
+    expect(await probeReady({ address: '127.0.0.1', port: await closedPort() })).toEqual({
+      ready: false,
+      detail: 'nothing listens there (ECONNREFUSED)',
+    });
     const port = await serve(() => 'hang');
-    expect((await probeReady({ address: '127.0.0.1', port }, 200)).detail).toMatch(/no answer within 200 ms|ECONNRESET/);
+    expect((await probeReady({ address: '127.0.0.1', port }, 200)).detail).toMatch(
+      /no answer within 200 ms|ECONNRESET/,
+    );
   });
 
   it('waits until the proxy becomes ready', async () => {
     let calls = 0;
-    const port = await serve(() => (++calls < 3 ? { status: 503, body: 'not ready: starting' } : { status: 200, body: 'ready' }));
+    const port = await serve(() =>
+      ++calls < 3 ? { status: 503, body: 'not ready: starting' } : { status: 200, body: 'ready' },
+    );
     expect((await waitReady({ address: '127.0.0.1', port }, { timeoutMs: 5000, intervalMs: 20 })).ready).toBe(true);
     expect(calls).toBe(3);
   });

@@ -43,18 +43,24 @@ describe('the state directory', () => {
     const open = join(parent, 'open');
     mkdirSync(open, { mode: 0o700 });
     chmodSync(open, 0o777);
-    expect(codeOf(() => ensureStateDir(join(open, 'host'), open))).toMatch(/^STATE_UNSAFE: the state directory .*open is writable by every user \(mode 777\)/);
+    expect(codeOf(() => ensureStateDir(join(open, 'host'), open))).toMatch(
+      /^STATE_UNSAFE: the state directory .*open is writable by every user \(mode 777\)/,
+    );
     const link = join(parent, 'link');
     mkdirSync(join(parent, 'real'), { mode: 0o700 });
     symlinkSync(join(parent, 'real'), link);
-    expect(codeOf(() => ensureStateDir(join(link, 'host'), link))).toMatch(/^STATE_UNSAFE: the state directory .*link is a symlink \(not followed\)/);
+    expect(codeOf(() => ensureStateDir(join(link, 'host'), link))).toMatch(
+      /^STATE_UNSAFE: the state directory .*link is a symlink \(not followed\)/,
+    );
   });
 
   it.skipIf(process.getuid?.() !== 0)('is refused when another user owns it', () => {
     const theirs = join(base(), 'theirs');
     mkdirSync(theirs, { mode: 0o700 });
     chownSync(theirs, 65534, 65534);
-    expect(codeOf(() => ensureStateDir(join(theirs, 'host'), theirs))).toMatch(/^STATE_UNSAFE: the state directory .*theirs is owned by uid 65534, not by uid 0 who runs meshctl/);
+    expect(codeOf(() => ensureStateDir(join(theirs, 'host'), theirs))).toMatch(
+      /^STATE_UNSAFE: the state directory .*theirs is owned by uid 65534, not by uid 0 who runs meshctl/,
+    );
   });
 });
 
@@ -63,9 +69,14 @@ describe('the state lock', () => {
     const dir = base();
     mkdirSync(join(dir, 'lock'));
     const started = Date.now();
-    const error = await acquireStateLock(dir, 'test', 2000).then(() => null, (e: unknown) => e);
+    const error = await acquireStateLock(dir, 'test', 2000).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(isMeshctlError(error, 'STATE_UNSAFE')).toBe(true);
-    expect((error as Error).message).toBe(`the state lock ${join(dir, 'lock')} is a directory, not a lock file meshctl made`);
+    expect((error as Error).message).toBe(
+      `the state lock ${join(dir, 'lock')} is a directory, not a lock file meshctl made`,
+    );
     // Refused on sight, not after the wait bound.
     expect(Date.now() - started).toBeLessThan(2000);
   });

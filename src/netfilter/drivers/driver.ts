@@ -15,7 +15,10 @@ export interface ApplyStep {
 }
 
 /** Where a transition goes: the rules of a plan, objects recorded in the ledger, or nothing of ours at all. */
-export type TransitionTarget = { readonly kind: 'plan'; readonly plan: CapturePlan } | { readonly kind: 'objects'; readonly objects: OwnedObjects } | { readonly kind: 'none' };
+export type TransitionTarget =
+  | { readonly kind: 'plan'; readonly plan: CapturePlan }
+  | { readonly kind: 'objects'; readonly objects: OwnedObjects }
+  | { readonly kind: 'none' };
 
 /**
  * Drift of one family (or of `table inet meshctl`) against a plan, as display text. Not a FamilyDiff (capture/diff.ts):

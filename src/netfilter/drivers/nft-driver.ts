@@ -1,11 +1,24 @@
 // The native nftables backend: everything of ours is `table inet meshctl`, replaced or deleted by one `nft -f`
 // transaction (add + delete + define), so both families change in one atomic step.
 import type { CapturePlan } from '../../capture/model.js';
-import { NFT_TABLE, normalizeNftListing, renderNft, renderNftDelete, renderNftTable } from '../../capture/render-nft.js';
+import {
+  NFT_TABLE,
+  normalizeNftListing,
+  renderNft,
+  renderNftDelete,
+  renderNftTable,
+} from '../../capture/render-nft.js';
 import { COMMENT_PREFIX } from '../../capture/model.js';
 import { MeshctlError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import { inSyncReport, type ApplyStep, type BackendDriver, type DriftReport, type KernelState, type TransitionTarget } from './driver.js';
+import {
+  inSyncReport,
+  type ApplyStep,
+  type BackendDriver,
+  type DriftReport,
+  type KernelState,
+  type TransitionTarget,
+} from './driver.js';
 import type { OwnedObjects, Snapshot } from './objects.js';
 import type { NetfilterRunner } from './runner.js';
 
@@ -60,8 +73,11 @@ export function isMarkedTable(listing: string): boolean {
 function refuseForeignTable(listing: string, doing: string): void {
   if (listing === '' || isMarkedTable(listing)) return;
   const rules = listing.split('\n').filter((l) => /^\t\t(?!type |policy )\S/.test(l)).length;
-  throw new MeshctlError('NOT_OWNED', `table inet ${NFT_TABLE} exists (${rules} rule(s), none with a meshctl: comment) but meshctl did not create it; ${doing} would replace or delete it`,
-    `if it is not in use, delete it (nft delete table inet ${NFT_TABLE}); otherwise rename the table that uses the name; then run the command again`);
+  throw new MeshctlError(
+    'NOT_OWNED',
+    `table inet ${NFT_TABLE} exists (${rules} rule(s), none with a meshctl: comment) but meshctl did not create it; ${doing} would replace or delete it`,
+    `if it is not in use, delete it (nft delete table inet ${NFT_TABLE}); otherwise rename the table that uses the name; then run the command again`,
+  );
 }
 
 export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDriver {
@@ -74,7 +90,12 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
     backend: 'nftables',
     async read() {
       const ruleset = await runner.list();
-      const state: NftState = { backend: 'nftables', texts: new Map([['inet', ruleset]]), ruleset, table: splitRuleset(ruleset).ours };
+      const state: NftState = {
+        backend: 'nftables',
+        texts: new Map([['inet', ruleset]]),
+        ruleset,
+        table: splitRuleset(ruleset).ours,
+      };
       return state;
     },
     stepsTo(state, target: TransitionTarget) {
@@ -105,7 +126,9 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
       return { kind: 'nftables', listing: asNft(state).table };
     },
     remaining(state, objects) {
-      return objects.kind === 'nftables' && objects.listing !== '' && asNft(state).table !== '' ? [`table inet ${NFT_TABLE}`] : [];
+      return objects.kind === 'nftables' && objects.listing !== '' && asNft(state).table !== ''
+        ? [`table inet ${NFT_TABLE}`]
+        : [];
     },
     drift(state, plan: CapturePlan): DriftReport[] {
       const actualText = asNft(state).table;
@@ -116,15 +139,20 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
       const missing = linesMinus(expected, actual);
       const extra = linesMinus(actual, expected);
       const isChain = (l: string) => l.startsWith('chain ') || l.startsWith('table ');
-      return [{
-        label: 'inet',
-        inSync: false,
-        missingChains: missing.filter(isChain),
-        extraChains: extra.filter(isChain),
-        missing: missing.filter((l) => !isChain(l) && l !== '}'),
-        extra: extra.filter((l) => !isChain(l) && l !== '}'),
-        outOfOrder: missing.length === 0 && extra.length === 0 ? [`table inet ${NFT_TABLE}: the rules are all there but in another order`] : [],
-      }];
+      return [
+        {
+          label: 'inet',
+          inSync: false,
+          missingChains: missing.filter(isChain),
+          extraChains: extra.filter(isChain),
+          missing: missing.filter((l) => !isChain(l) && l !== '}'),
+          extra: extra.filter((l) => !isChain(l) && l !== '}'),
+          outOfOrder:
+            missing.length === 0 && extra.length === 0
+              ? [`table inet ${NFT_TABLE}: the rules are all there but in another order`]
+              : [],
+        },
+      ];
     },
     foreign(state) {
       return normalizeNftListing(splitRuleset(asNft(state).ruleset).rest);

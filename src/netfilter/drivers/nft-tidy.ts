@@ -61,7 +61,10 @@ export function parseXtablesNftTables(ruleset: string): NftTable[] {
 export async function xtablesNftInventory(runner: NetfilterRunner): Promise<string[] | null> {
   const listed = await runner.exec('nft', ['list', 'ruleset']);
   if (listed.exitCode !== 0) return null;
-  return parseXtablesNftTables(listed.stdout).flatMap((t) => [`${t.family} ${t.name}`, ...t.chains.filter((c) => c.base).map((c) => `${t.family} ${t.name} ${c.name}`)]);
+  return parseXtablesNftTables(listed.stdout).flatMap((t) => [
+    `${t.family} ${t.name}`,
+    ...t.chains.filter((c) => c.base).map((c) => `${t.family} ${t.name} ${c.name}`),
+  ]);
 }
 
 /** The `nft` commands deleting what `tidyXtablesNft` may delete in `ruleset`: chains first, so that a table is only ever deleted empty. */
@@ -70,7 +73,9 @@ export function tidyCommands(ruleset: string, before: readonly string[]): string
   const commands: string[] = [];
   for (const table of parseXtablesNftTables(ruleset)) {
     const id = `${table.family} ${table.name}`;
-    const removable = table.chains.filter((c) => c.base && c.policyAccept && c.rules === 0 && !existed.has(`${id} ${c.name}`));
+    const removable = table.chains.filter(
+      (c) => c.base && c.policyAccept && c.rules === 0 && !existed.has(`${id} ${c.name}`),
+    );
     for (const chain of removable) commands.push(`delete chain ${id} ${chain.name}`);
     if (!existed.has(id) && removable.length === table.chains.length) commands.push(`delete table ${id}`);
   }
@@ -86,7 +91,11 @@ export const TIDY_ATTEMPTS = 3;
  * writer racing it cannot lose a rule: every chain is deleted by name (the kernel refuses a chain that is not empty,
  * EBUSY, and the whole batch with it) before its table, so a table is only deleted once it has nothing in it.
  */
-export async function tidyXtablesNft(runner: NetfilterRunner, before: readonly string[], log: Logger): Promise<string[]> {
+export async function tidyXtablesNft(
+  runner: NetfilterRunner,
+  before: readonly string[],
+  log: Logger,
+): Promise<string[]> {
   let last = '';
   for (let attempt = 1; attempt <= TIDY_ATTEMPTS; attempt++) {
     const listed = await runner.exec('nft', ['list', 'ruleset']);
@@ -99,7 +108,10 @@ export async function tidyXtablesNft(runner: NetfilterRunner, before: readonly s
       return commands;
     }
     last = result.stderr.trim();
-    log.info({ commands, attempt, stderr: last }, 'deleting empty iptables-nft tables/base chains was refused (another writer changed them?); listing again');
+    log.info(
+      { commands, attempt, stderr: last },
+      'deleting empty iptables-nft tables/base chains was refused (another writer changed them?); listing again',
+    );
   }
   log.warn({ stderr: last }, 'could not delete the empty iptables-nft tables/base chains install created');
   return [];

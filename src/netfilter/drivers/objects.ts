@@ -27,9 +27,12 @@ export type OwnedObjects =
 /** The tables as they were before the first install: iptables-save text per family and table, or the nft ruleset. */
 export type Snapshot =
   | {
-    readonly kind: 'xtables';
-    readonly families: readonly { readonly family: Family; readonly tables: readonly { readonly table: string; readonly text: string }[] }[];
-    /** iptables-nft only: the nftables tables and base chains (`ip nat`, `ip nat OUTPUT`) that existed (nft-tidy.ts). */
-    readonly nftInventory?: readonly string[] | null;
-  }
+      readonly kind: 'xtables';
+      readonly families: readonly {
+        readonly family: Family;
+        readonly tables: readonly { readonly table: string; readonly text: string }[];
+      }[];
+      /** iptables-nft only: the nftables tables and base chains (`ip nat`, `ip nat OUTPUT`) that existed (nft-tidy.ts). */
+      readonly nftInventory?: readonly string[] | null;
+    }
   | { readonly kind: 'nftables'; readonly ruleset: string };

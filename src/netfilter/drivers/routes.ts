@@ -27,7 +27,9 @@ function ruleSelector(route: PolicyRoute): string[] {
 }
 
 function sameRoute(a: PolicyRoute, b: PolicyRoute): boolean {
-  return a.family === b.family && a.mark === b.mark && a.mask === b.mask && a.table === b.table && a.priority === b.priority;
+  return (
+    a.family === b.family && a.mark === b.mark && a.mask === b.mask && a.table === b.table && a.priority === b.priority
+  );
 }
 
 function sameAddress(a: LoopbackAddress, b: LoopbackAddress): boolean {
@@ -37,9 +39,12 @@ function sameAddress(a: LoopbackAddress, b: LoopbackAddress): boolean {
 async function ip(runner: NetfilterRunner, args: string[], what: string): Promise<void> {
   const result = await runner.exec('ip', args);
   if (result.exitCode !== 0) {
-    throw new MeshctlError('COMMAND_FAILED', `ip ${args.join(' ')} failed while meshctl tried to ${what} (exit ${result.exitCode})`,
+    throw new MeshctlError(
+      'COMMAND_FAILED',
+      `ip ${args.join(' ')} failed while meshctl tried to ${what} (exit ${result.exitCode})`,
       'check the stderr shown above; `meshctl doctor` reports missing privileges and disabled IPv6',
-      { details: [`command: ip ${args.join(' ')}`, `stderr:  ${result.stderr.trim()}`] });
+      { details: [`command: ip ${args.join(' ')}`, `stderr:  ${result.stderr.trim()}`] },
+    );
   }
 }
 
@@ -55,7 +60,10 @@ async function tableRoutes(runner: NetfilterRunner, family: Family, table: numbe
   const shown = await runner.exec('ip', args);
   if (shown.exitCode !== 0 && /table does not exist/i.test(shown.stderr)) return [];
   if (shown.exitCode !== 0) await ip(runner, args, `read routing table ${table}`);
-  return shown.stdout.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  return shown.stdout
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
 }
 
 /** Every `ip rule` of the family, numerically. */
@@ -63,7 +71,10 @@ async function ruleLines(runner: NetfilterRunner, family: Family, selector: stri
   const args = ['-N', flag(family), 'rule', 'show', ...selector];
   const shown = await runner.exec('ip', args);
   if (shown.exitCode !== 0) await ip(runner, args, 'read the policy routing rules');
-  return shown.stdout.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  return shown.stdout
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
 }
 
 async function routeExists(runner: NetfilterRunner, route: PolicyRoute): Promise<{ rule: boolean; local: boolean }> {
@@ -79,16 +90,23 @@ async function routeExists(runner: NetfilterRunner, route: PolicyRoute): Promise
  * looks it up, or it holds routes. meshctl's `local default` route would join that table and every lookup of it
  * would see it. A table meshctl already owns (`owned`, from the ledger) is not checked. Changes nothing.
  */
-export async function refuseTablesInUse(runner: NetfilterRunner, want: HostExtras, owned: HostExtras, where: string): Promise<void> {
+export async function refuseTablesInUse(
+  runner: NetfilterRunner,
+  want: HostExtras,
+  owned: HostExtras,
+  where: string,
+): Promise<void> {
   for (const route of want.routes) {
     if (owned.routes.some((o) => o.family === route.family && o.table === route.table)) continue;
     const rules = (await ruleLines(runner, route.family)).filter((l) => looksUp(l, route.table));
     const routes = await tableRoutes(runner, route.family, route.table);
     if (rules.length === 0 && routes.length === 0) continue;
-    throw new MeshctlError('ROUTE_TABLE_IN_USE',
+    throw new MeshctlError(
+      'ROUTE_TABLE_IN_USE',
       `capture.inbound.tproxyRouteTable: ${route.family} routing table ${route.table} is already in use in ${where} (${rules.length} ip rule(s) look it up, it holds ${routes.length} route(s)); nothing was changed`,
       `choose a free table (no \`ip rule show\` line looks it up, \`ip route show table N\` is empty) and set capture.inbound.tproxyRouteTable to it`,
-      { details: [...rules.map((l) => `ip rule: ${l}`), ...routes.map((l) => `route in table ${route.table}: ${l}`)] });
+      { details: [...rules.map((l) => `ip rule: ${l}`), ...routes.map((l) => `route in table ${route.table}: ${l}`)] },
+    );
   }
 }
 
@@ -106,7 +124,12 @@ async function ipv6Disabled(runner: NetfilterRunner): Promise<boolean> {
  * Removes what `owned` has and `want` lacks, adds what `want` has and the host lacks; returns what meshctl owns
  * afterwards. Throws COMMAND_FAILED (the caller rolls back).
  */
-export async function reconcileExtras(runner: NetfilterRunner, want: HostExtras, owned: HostExtras, log: Logger): Promise<HostExtras> {
+export async function reconcileExtras(
+  runner: NetfilterRunner,
+  want: HostExtras,
+  owned: HostExtras,
+  log: Logger,
+): Promise<HostExtras> {
   const rlog = log.child({ component: 'routes' });
   const routes: PolicyRoute[] = [];
   const loopbackAddresses: LoopbackAddress[] = [];
@@ -123,8 +146,18 @@ export async function reconcileExtras(runner: NetfilterRunner, want: HostExtras,
   for (const route of want.routes) {
     const ours = owned.routes.some((o) => sameRoute(o, route));
     const exists = await routeExists(runner, route);
-    if (!exists.rule) await ip(runner, [flag(route.family), 'rule', 'add', ...ruleSelector(route)], `add the TPROXY policy rule for mark ${hex(route.mark)}`);
-    if (!exists.local) await ip(runner, [flag(route.family), 'route', 'add', 'local', 'default', 'dev', 'lo', 'table', String(route.table)], `add the TPROXY local route in table ${route.table}`);
+    if (!exists.rule)
+      await ip(
+        runner,
+        [flag(route.family), 'rule', 'add', ...ruleSelector(route)],
+        `add the TPROXY policy rule for mark ${hex(route.mark)}`,
+      );
+    if (!exists.local)
+      await ip(
+        runner,
+        [flag(route.family), 'route', 'add', 'local', 'default', 'dev', 'lo', 'table', String(route.table)],
+        `add the TPROXY local route in table ${route.table}`,
+      );
     if (ours || !exists.rule || !exists.local) routes.push(route);
   }
   for (const address of want.loopbackAddresses) {
@@ -134,10 +167,17 @@ export async function reconcileExtras(runner: NetfilterRunner, want: HostExtras,
       continue;
     }
     if (address.family === 'ipv6' && (await ipv6Disabled(runner))) {
-      rlog.warn({ address: cidrText(address.cidr) }, 'IPv6 is disabled here; not adding the IPv6 inbound passthrough address');
+      rlog.warn(
+        { address: cidrText(address.cidr) },
+        'IPv6 is disabled here; not adding the IPv6 inbound passthrough address',
+      );
       continue;
     }
-    await ip(runner, [flag(address.family), 'addr', 'add', `${cidrText(address.cidr)}`, 'dev', 'lo'], `add the inbound passthrough address ${cidrText(address.cidr)} to lo`);
+    await ip(
+      runner,
+      [flag(address.family), 'addr', 'add', `${cidrText(address.cidr)}`, 'dev', 'lo'],
+      `add the inbound passthrough address ${cidrText(address.cidr)} to lo`,
+    );
     loopbackAddresses.push(address);
   }
   return { routes, loopbackAddresses };
@@ -145,16 +185,31 @@ export async function reconcileExtras(runner: NetfilterRunner, want: HostExtras,
 
 async function removeRoute(runner: NetfilterRunner, route: PolicyRoute): Promise<void> {
   const exists = await routeExists(runner, route);
-  if (exists.rule) await ip(runner, [flag(route.family), 'rule', 'del', ...ruleSelector(route)], `remove the TPROXY policy rule for mark ${hex(route.mark)}`);
-  if (exists.local) await ip(runner, [flag(route.family), 'route', 'del', 'local', 'default', 'dev', 'lo', 'table', String(route.table)], `remove the TPROXY local route in table ${route.table}`);
+  if (exists.rule)
+    await ip(
+      runner,
+      [flag(route.family), 'rule', 'del', ...ruleSelector(route)],
+      `remove the TPROXY policy rule for mark ${hex(route.mark)}`,
+    );
+  if (exists.local)
+    await ip(
+      runner,
+      [flag(route.family), 'route', 'del', 'local', 'default', 'dev', 'lo', 'table', String(route.table)],
+      `remove the TPROXY local route in table ${route.table}`,
+    );
 }
 
 async function removeAddress(runner: NetfilterRunner, address: LoopbackAddress): Promise<void> {
   if (!(await addressExists(runner, address))) return;
-  await ip(runner, [flag(address.family), 'addr', 'del', cidrText(address.cidr), 'dev', 'lo'], `remove ${cidrText(address.cidr)} from lo`);
+  await ip(
+    runner,
+    [flag(address.family), 'addr', 'del', cidrText(address.cidr), 'dev', 'lo'],
+    `remove ${cidrText(address.cidr)} from lo`,
+  );
 }
 
-const describeRoute = (route: PolicyRoute): string => `${route.family} policy route fwmark ${hex(route.mark)} table ${route.table}`;
+const describeRoute = (route: PolicyRoute): string =>
+  `${route.family} policy route fwmark ${hex(route.mark)} table ${route.table}`;
 const describeAddress = (address: LoopbackAddress): string => `address ${cidrText(address.cidr)} on lo`;
 
 /** What of `extras` is still on the host, even partly (after uninstall: must be nothing). */
@@ -164,7 +219,8 @@ export async function remainingExtras(runner: NetfilterRunner, extras: HostExtra
     const exists = await routeExists(runner, route);
     if (exists.rule || exists.local) left.push(describeRoute(route));
   }
-  for (const address of extras.loopbackAddresses) if (await addressExists(runner, address)) left.push(describeAddress(address));
+  for (const address of extras.loopbackAddresses)
+    if (await addressExists(runner, address)) left.push(describeAddress(address));
   return left;
 }
 
@@ -175,6 +231,7 @@ export async function missingExtras(runner: NetfilterRunner, extras: HostExtras)
     const exists = await routeExists(runner, route);
     if (!exists.rule || !exists.local) missing.push(describeRoute(route));
   }
-  for (const address of extras.loopbackAddresses) if (!(await addressExists(runner, address))) missing.push(describeAddress(address));
+  for (const address of extras.loopbackAddresses)
+    if (!(await addressExists(runner, address))) missing.push(describeAddress(address));
   return missing;
 }

@@ -60,7 +60,10 @@ function commandLine(command: string, args: readonly string[]): string {
 }
 
 function firstLines(text: string, max: number): string[] {
-  const lines = text.trim().split('\n').filter((l) => l.length > 0);
+  const lines = text
+    .trim()
+    .split('\n')
+    .filter((l) => l.length > 0);
   return lines.length > max ? [...lines.slice(0, max), `… ${lines.length - max} more lines`] : lines;
 }
 
@@ -72,10 +75,14 @@ function firstLines(text: string, max: number): string[] {
 export const TRANSIENT_RETRY = { attempts: 8, firstDelayMs: 25, maxDelayMs: 800 } as const;
 
 /** stderr of a command that another writer's concurrent update made fail; running it again may succeed. */
-export const TRANSIENT_STDERR = /Another app is currently holding the xtables lock|Resource temporarily unavailable|Device or resource busy|Interrupted system call|\bEAGAIN\b|\bEBUSY\b|\bERESTART\b|generation ID|changed by another/i;
+export const TRANSIENT_STDERR =
+  /Another app is currently holding the xtables lock|Resource temporarily unavailable|Device or resource busy|Interrupted system call|\bEAGAIN\b|\bEBUSY\b|\bERESTART\b|generation ID|changed by another/i;
 
 /** The pause before retry number `retry` (1-based): doubling from firstDelayMs, capped, with jitter. */
-export function transientDelayMs(retry: number, policy: { firstDelayMs: number; maxDelayMs: number } = TRANSIENT_RETRY): number {
+export function transientDelayMs(
+  retry: number,
+  policy: { firstDelayMs: number; maxDelayMs: number } = TRANSIENT_RETRY,
+): number {
   const base = Math.min(policy.maxDelayMs, policy.firstDelayMs * 2 ** (retry - 1));
   return Math.round(base / 2 + Math.random() * (base / 2));
 }
@@ -90,7 +97,13 @@ export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
   const wrap = (command: string, args: readonly string[]): [string, string[]] =>
     netns === null ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]];
 
-  async function run(command: string, args: readonly string[], input: string | undefined, failCode: 'RESTORE_FAILED' | 'COMMAND_FAILED', what: string): Promise<string> {
+  async function run(
+    command: string,
+    args: readonly string[],
+    input: string | undefined,
+    failCode: 'RESTORE_FAILED' | 'COMMAND_FAILED',
+    what: string,
+  ): Promise<string> {
     const [file, argv] = wrap(command, args);
     const started = Date.now();
     for (let attempt = 1; ; attempt++) {
@@ -103,22 +116,39 @@ export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
         const stderr = typeof error.stderr === 'string' ? error.stderr : '';
         if (attempt < TRANSIENT_RETRY.attempts && error.exitCode !== undefined && TRANSIENT_STDERR.test(stderr)) {
           const pause = transientDelayMs(attempt);
-          log.warn({ command: commandLine(command, args), attempt, pauseMs: pause, stderr: stderr.trim() }, 'transient conflict with another netfilter writer; retrying');
+          log.warn(
+            { command: commandLine(command, args), attempt, pauseMs: pause, stderr: stderr.trim() },
+            'transient conflict with another netfilter writer; retrying',
+          );
           await sleep(pause);
           continue;
         }
         // The binary itself is missing: execa could not spawn it, or `ip netns exec` could not exec it.
         const missing = error.code === 'ENOENT' || /^exec of ".*" failed: No such file or directory/m.test(stderr);
         log.debug({ command: commandLine(command, args), exitCode: error.exitCode, stderr }, 'command failed');
-        const details = [`command: ${commandLine(file, argv)}`, ...firstLines(stderr, 12).map((l, i) => `${i === 0 ? 'stderr:  ' : '         '}${l}`)];
+        const details = [
+          `command: ${commandLine(file, argv)}`,
+          ...firstLines(stderr, 12).map((l, i) => `${i === 0 ? 'stderr:  ' : '         '}${l}`),
+        ];
         if (missing) {
-          throw new MeshctlError('BACKEND_UNAVAILABLE', `${command} is not installed${netns ? ` (looked up on PATH for namespace ${netns})` : ''}, so meshctl cannot ${what}`,
+          throw new MeshctlError(
+            'BACKEND_UNAVAILABLE',
+            `${command} is not installed${netns ? ` (looked up on PATH for namespace ${netns})` : ''}, so meshctl cannot ${what}`,
             `install it (Debian/Ubuntu: apt-get install ${command.startsWith('nft') ? 'nftables' : 'iptables'}) or choose another backend with --backend`,
-            { cause: error, details });
+            { cause: error, details },
+          );
         }
-        throw new MeshctlError(failCode, `${command} failed while meshctl tried to ${what} (${error.exitCode === undefined ? error.shortMessage : `exit ${error.exitCode}`})`,
-          failCode === 'RESTORE_FAILED' ? 'run `meshctl install --dry-run` and check the line named in stderr' : 'check the stderr shown above; `meshctl doctor` lists missing privileges and kernel features',
-          { cause: error, details: attempt > 1 ? [...details, `attempts: ${attempt} (transient conflicts retried)`] : details });
+        throw new MeshctlError(
+          failCode,
+          `${command} failed while meshctl tried to ${what} (${error.exitCode === undefined ? error.shortMessage : `exit ${error.exitCode}`})`,
+          failCode === 'RESTORE_FAILED'
+            ? 'run `meshctl install --dry-run` and check the line named in stderr'
+            : 'check the stderr shown above; `meshctl doctor` lists missing privileges and kernel features',
+          {
+            cause: error,
+            details: attempt > 1 ? [...details, `attempts: ${attempt} (transient conflicts retried)`] : details,
+          },
+        );
       }
     }
   }
@@ -127,7 +157,13 @@ export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
     netns,
     async save(backend, family, table) {
       const bin = xtablesBinary(backend, family, 'save');
-      return run(bin, table ? ['-t', table] : [], undefined, 'COMMAND_FAILED', `read the ${family} ${table ?? ''} rules`.replace('  ', ' '));
+      return run(
+        bin,
+        table ? ['-t', table] : [],
+        undefined,
+        'COMMAND_FAILED',
+        `read the ${family} ${table ?? ''} rules`.replace('  ', ' '),
+      );
     },
     async restore(backend, family, text, { mode }) {
       const bin = xtablesBinary(backend, family, 'restore');
@@ -138,16 +174,32 @@ export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
       await run(bin, args, text, 'RESTORE_FAILED', `${verb} the ${family} rules`);
     },
     async nft(script, { check }) {
-      await run('nft', check ? ['-c', '-f', '-'] : ['-f', '-'], script, 'RESTORE_FAILED', check ? 'check the nftables script' : 'apply the nftables script');
+      await run(
+        'nft',
+        check ? ['-c', '-f', '-'] : ['-f', '-'],
+        script,
+        'RESTORE_FAILED',
+        check ? 'check the nftables script' : 'apply the nftables script',
+      );
     },
     async list() {
       return run('nft', ['list', 'ruleset'], undefined, 'COMMAND_FAILED', 'list the nftables ruleset');
     },
     async exec(command, args, execOptions = {}) {
       const [file, argv] = wrap(command, args);
-      const result = await execa(file, argv, { input: execOptions.input ?? '', env, extendEnv: false, reject: false, stripFinalNewline: false });
+      const result = await execa(file, argv, {
+        input: execOptions.input ?? '',
+        env,
+        extendEnv: false,
+        reject: false,
+        stripFinalNewline: false,
+      });
       const text = (v: unknown): string => (typeof v === 'string' ? v : '');
-      return { stdout: text(result.stdout), stderr: text(result.stderr), exitCode: result.exitCode ?? (result.failed ? 127 : 0) };
+      return {
+        stdout: text(result.stdout),
+        stderr: text(result.stderr),
+        exitCode: result.exitCode ?? (result.failed ? 127 : 0),
+      };
     },
   };
 }

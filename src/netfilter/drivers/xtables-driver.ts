@@ -53,7 +53,11 @@ function canonicalObjects(tables: readonly TableObjects[]): string {
       return raw;
     }
   };
-  return JSON.stringify(tables.filter((t) => t.chains.length + t.rules.length > 0).map((t) => [t.table, [...t.chains].sort(), t.rules.map((r) => [r.chain, canon(r.raw)])]));
+  return JSON.stringify(
+    tables
+      .filter((t) => t.chains.length + t.rules.length > 0)
+      .map((t) => [t.table, [...t.chains].sort(), t.rules.map((r) => [r.chain, canon(r.raw)])]),
+  );
 }
 
 function sameObjects(a: readonly TableObjects[], b: readonly TableObjects[]): boolean {
@@ -66,7 +70,10 @@ function familyObjects(objects: OwnedObjects, family: Family): readonly TableObj
 }
 
 function describe(family: Family, tables: readonly TableObjects[]): string[] {
-  return tables.flatMap((t) => [...t.chains.map((c) => `${family} ${t.table} chain ${c}`), ...t.rules.map((r) => `${family} ${t.table} -A ${r.chain} ${r.raw}`)]);
+  return tables.flatMap((t) => [
+    ...t.chains.map((c) => `${family} ${t.table} chain ${c}`),
+    ...t.rules.map((r) => `${family} ${t.table} -A ${r.chain} ${r.raw}`),
+  ]);
 }
 
 const emptyPlan = (family: Family): FamilyPlan => ({ family, chains: [], rules: [] });
@@ -116,12 +123,25 @@ export function unmarkedChains(dump: SaveDump): { table: string; chain: string; 
   );
 }
 
-function notOwned(backend: string, family: Family, found: readonly { table: string; chain: string; rules: number }[], doing: string): MeshctlError {
+function notOwned(
+  backend: string,
+  family: Family,
+  found: readonly { table: string; chain: string; rules: number }[],
+  doing: string,
+): MeshctlError {
   const tool = `${family === 'ipv6' ? 'ip6tables' : 'iptables'}${backend === 'iptables-legacy' ? '-legacy' : '-nft'}`;
-  const list = found.map((c) => `${family} ${c.table} chain ${c.chain} (${c.rules === 0 ? 'empty' : `${c.rules} rule(s)`}, no meshctl: comment)`).join(', ');
+  const list = found
+    .map(
+      (c) =>
+        `${family} ${c.table} chain ${c.chain} (${c.rules === 0 ? 'empty' : `${c.rules} rule(s)`}, no meshctl: comment)`,
+    )
+    .join(', ');
   const first = found[0]!;
-  return new MeshctlError('NOT_OWNED', `${list} is named like meshctl's chains but meshctl did not create it; ${doing} would flush or delete it`,
-    `if it is not in use, remove it (${tool} -t ${first.table} -F ${first.chain} && ${tool} -t ${first.table} -X ${first.chain}, after deleting the rules that jump to it); otherwise rename it out of the MESHCTL_ prefix; then run the command again`);
+  return new MeshctlError(
+    'NOT_OWNED',
+    `${list} is named like meshctl's chains but meshctl did not create it; ${doing} would flush or delete it`,
+    `if it is not in use, remove it (${tool} -t ${first.table} -F ${first.chain} && ${tool} -t ${first.table} -X ${first.chain}, after deleting the rules that jump to it); otherwise rename it out of the MESHCTL_ prefix; then run the command again`,
+  );
 }
 
 /** Throws NOT_OWNED when a family holds a MESHCTL_ chain without our markers: we never flush or delete one. */
@@ -137,9 +157,11 @@ function stepsTo(state: KernelState, target: TransitionTarget): ApplyStep[] {
   return FAMILIES.flatMap((family) => {
     const dump = dumpOf(state, family);
     const wanted =
-      target.kind === 'plan' ? planObjects(target.plan.families.find((f) => f.family === family) ?? emptyPlan(family))
-      : target.kind === 'objects' ? familyObjects(target.objects, family)
-      : [];
+      target.kind === 'plan'
+        ? planObjects(target.plan.families.find((f) => f.family === family) ?? emptyPlan(family))
+        : target.kind === 'objects'
+          ? familyObjects(target.objects, family)
+          : [];
     if (wanted.length > 0) requireReadable(state, family);
     const current = ownedInDump(dump);
     // Going back to recorded objects that are already there is nothing to do (a rollback of an untouched family).
@@ -163,7 +185,9 @@ function driftReports(state: KernelState, plan: CapturePlan): DriftReport[] {
       extraChains: diff.extraChains.map((c) => `${c.table} ${c.name}`),
       missing: diff.missing.map((r) => `${r.table} -A ${r.chain} ${renderRule(r, family)}`),
       extra: diff.extra.map((r) => `${r.table} -A ${r.chain} ${r.raw}`),
-      outOfOrder: diff.outOfOrder.map((o) => `${o.table} ${o.chain}: expected [${o.expected.join(' | ')}], found [${o.actual.join(' | ')}]`),
+      outOfOrder: diff.outOfOrder.map(
+        (o) => `${o.table} ${o.chain}: expected [${o.expected.join(' | ')}], found [${o.actual.join(' | ')}]`,
+      ),
     });
   }
   return reports;
@@ -184,7 +208,11 @@ async function snapshotOf(backend: XtablesBackend, runner: NetfilterRunner, stat
 function foreignOfSnapshot(snapshot: Snapshot): string {
   if (snapshot.kind !== 'xtables') return '';
   return FAMILIES.map((family) => {
-    const text = snapshot.families.find((f) => f.family === family)?.tables.map((t) => t.text).join('') ?? '';
+    const text =
+      snapshot.families
+        .find((f) => f.family === family)
+        ?.tables.map((t) => t.text)
+        .join('') ?? '';
     return `# ${family}\n${foreignView(parseSave(text))}`;
   }).join('');
 }
@@ -193,7 +221,10 @@ function ownedInSnapshot(snapshot: Snapshot): OwnedObjects {
   if (snapshot.kind !== 'xtables') return { kind: 'xtables', families: [] };
   return {
     kind: 'xtables',
-    families: snapshot.families.map((f) => ({ family: f.family, tables: ownedInDump(parseSave(f.tables.map((t) => t.text).join(''))) })),
+    families: snapshot.families.map((f) => ({
+      family: f.family,
+      tables: ownedInDump(parseSave(f.tables.map((t) => t.text).join(''))),
+    })),
   };
 }
 
@@ -222,11 +253,16 @@ export function createXtablesDriver(backend: XtablesBackend, runner: NetfilterRu
       dlog.info({ family: step.family, lines: step.text.split('\n').length - 1 }, 'applied');
     },
     owned(state) {
-      const families: FamilyObjects[] = FAMILIES.map((family) => ({ family, tables: ownedInDump(dumpOf(state, family)) }));
+      const families: FamilyObjects[] = FAMILIES.map((family) => ({
+        family,
+        tables: ownedInDump(dumpOf(state, family)),
+      }));
       return { kind: 'xtables', families };
     },
     remaining(state, objects) {
-      return FAMILIES.flatMap((family) => describe(family, presentIn(dumpOf(state, family), familyObjects(objects, family))));
+      return FAMILIES.flatMap((family) =>
+        describe(family, presentIn(dumpOf(state, family), familyObjects(objects, family))),
+      );
     },
     drift: driftReports,
     foreign(state) {

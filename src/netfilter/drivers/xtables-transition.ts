@@ -13,7 +13,9 @@ import type { RuleLine, TableObjects } from './objects.js';
 export function planObjects(plan: FamilyPlan): TableObjects[] {
   return TABLES.flatMap((table) => {
     const chains = plan.chains.filter((c) => c.table === table).map((c) => c.name);
-    const rules = plan.rules.filter((r) => r.table === table).map((r) => ({ chain: r.chain, raw: renderRule(r, plan.family) }));
+    const rules = plan.rules
+      .filter((r) => r.table === table)
+      .map((r) => ({ chain: r.chain, raw: renderRule(r, plan.family) }));
     return chains.length > 0 || rules.length > 0 ? [{ table, chains, rules }] : [];
   });
 }
@@ -79,19 +81,26 @@ function jumpTarget(raw: string): string | null {
  * The restore text turning `remove` (objects present in `dump`) into `target`, or '' when there is nothing to do.
  * Throws NOT_OWNED when a rule that stays (one we do not own) jumps to a chain this would delete.
  */
-export function buildTransition(dump: SaveDump, remove: readonly TableObjects[], target: readonly TableObjects[]): string {
+export function buildTransition(
+  dump: SaveDump,
+  remove: readonly TableObjects[],
+  target: readonly TableObjects[],
+): string {
   const sections: string[] = [];
   for (const table of TABLES) {
     const cur = remove.find((o) => o.table === table) ?? { table, chains: [], rules: [] };
     const tgt = target.find((o) => o.table === table) ?? { table, chains: [], rules: [] };
-    if (cur.chains.length === 0 && cur.rules.length === 0 && tgt.chains.length === 0 && tgt.rules.length === 0) continue;
+    if (cur.chains.length === 0 && cur.rules.length === 0 && tgt.chains.length === 0 && tgt.rules.length === 0)
+      continue;
     const saved = dump.tables.find((t) => t.table === table);
     const lines: string[] = [`*${table}`];
     const dropped = cur.chains.filter((c) => !tgt.chains.includes(c));
     for (const chain of [...tgt.chains, ...dropped]) lines.push(`:${chain} - [0:0]`);
 
     // Built-in chains (the jumps into ours): delete ours, then insert the wanted ones where the first of ours was.
-    const builtinChains = new Set([...cur.rules, ...tgt.rules].filter((r) => !isOwnedChain(r.chain)).map((r) => r.chain));
+    const builtinChains = new Set(
+      [...cur.rules, ...tgt.rules].filter((r) => !isOwnedChain(r.chain)).map((r) => r.chain),
+    );
     const removedKeys: string[] = [];
     for (const chain of builtinChains) {
       const ours = cur.rules.filter((r) => r.chain === chain);
@@ -111,7 +120,10 @@ export function buildTransition(dump: SaveDump, remove: readonly TableObjects[],
           foreignBefore++;
         }
       }
-      const unchanged = sequence.length === wanted.length && sequence.every((s, i) => s === canonical(wanted[i]!.raw)) && firstOurs >= 0 === wanted.length > 0;
+      const unchanged =
+        sequence.length === wanted.length &&
+        sequence.every((s, i) => s === canonical(wanted[i]!.raw)) &&
+        firstOurs >= 0 === wanted.length > 0;
       if (unchanged) continue;
       for (const rule of ours) {
         lines.push(`-D ${chain} ${rule.raw}`);
@@ -137,8 +149,11 @@ export function buildTransition(dump: SaveDump, remove: readonly TableObjects[],
       }
       const jump = jumpTarget(rule.raw);
       if (jump !== null && dropped.includes(jump)) {
-        throw new MeshctlError('NOT_OWNED', `${table} rule "-A ${rule.chain} ${rule.raw}" jumps to ${jump}, which meshctl is about to delete, but meshctl did not create that rule`,
-          `remove or change that rule first (iptables -t ${table} -D ${rule.chain} …), then run the command again`);
+        throw new MeshctlError(
+          'NOT_OWNED',
+          `${table} rule "-A ${rule.chain} ${rule.raw}" jumps to ${jump}, which meshctl is about to delete, but meshctl did not create that rule`,
+          `remove or change that rule first (iptables -t ${table} -D ${rule.chain} …), then run the command again`,
+        );
       }
     }
     sections.push(lines.join('\n'));

@@ -42,7 +42,9 @@ const CAP_SYS_ADMIN = 21;
 
 function effectiveCaps(): bigint | null {
   try {
-    const line = readFileSync('/proc/self/status', 'utf8').split('\n').find((l) => l.startsWith('CapEff:'));
+    const line = readFileSync('/proc/self/status', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('CapEff:'));
     return line ? BigInt(`0x${line.split(/\s+/)[1]}`) : null;
   } catch {
     return null;
@@ -81,7 +83,8 @@ function neededFeatures(config: Config | null): Set<string> {
   const needed = new Set(['nat table', 'owner match', 'comment match', 'multiport match', 'REDIRECT target']);
   if (!config) return needed;
   const plan = planCapture(config);
-  if (plan.families.some((f) => f.family === 'ipv6' && f.rules.some((r) => r.table === 'nat'))) needed.add('ip6 nat table');
+  if (plan.families.some((f) => f.family === 'ipv6' && f.rules.some((r) => r.table === 'nat')))
+    needed.add('ip6 nat table');
   for (const rule of plan.families.flatMap((f) => f.rules)) {
     if (rule.target.kind === 'tproxy') needed.add('TPROXY target');
     if (rule.target.kind === 'setMark') needed.add('MARK target');
@@ -95,7 +98,10 @@ function neededFeatures(config: Config | null): Set<string> {
 function moduleIndex(): { builtin: string; dep: string } | null {
   const dir = `/lib/modules/${release()}`;
   try {
-    return { builtin: existsSync(`${dir}/modules.builtin`) ? readFileSync(`${dir}/modules.builtin`, 'utf8') : '', dep: readFileSync(`${dir}/modules.dep`, 'utf8') };
+    return {
+      builtin: existsSync(`${dir}/modules.builtin`) ? readFileSync(`${dir}/modules.builtin`, 'utf8') : '',
+      dep: readFileSync(`${dir}/modules.dep`, 'utf8'),
+    };
   } catch {
     return null;
   }
@@ -125,17 +131,36 @@ async function kernelFindings(runner: NetfilterRunner, config: Config | null): P
     const asModule = new RegExp(`(^|/)${feature.module}\\.ko`, 'm');
     const builtinTable = feature.kind === 'names' && new RegExp(` ${feature.module}_table_init$`, 'm').test(kallsyms);
     const loaded = new RegExp(`^${feature.module}\\s`, 'm').test(loadedModules);
-    const available = listed || builtinTable || loaded || (modules !== null && (asModule.test(modules.builtin) || asModule.test(modules.dep)));
+    const available =
+      listed ||
+      builtinTable ||
+      loaded ||
+      (modules !== null && (asModule.test(modules.builtin) || asModule.test(modules.dep)));
     const isNeeded = needed.has(feature.name);
-    const how = listed ? 'registered in the kernel' : builtinTable ? 'built into the kernel (created on first use)' : loaded ? `module ${feature.module} loaded` : available ? `available as module ${feature.module} (loaded on first use)` : null;
+    const how = listed
+      ? 'registered in the kernel'
+      : builtinTable
+        ? 'built into the kernel (created on first use)'
+        : loaded
+          ? `module ${feature.module} loaded`
+          : available
+            ? `available as module ${feature.module} (loaded on first use)`
+            : null;
     if (how) {
-      findings.push({ id: `kernel-${feature.xt.toLowerCase()}${feature.family === 'ip6' ? '6' : ''}`, severity: 'ok', message: `${feature.name}: ${how}${isNeeded ? '' : ' (not needed by this config)'}`, fix: null });
+      findings.push({
+        id: `kernel-${feature.xt.toLowerCase()}${feature.family === 'ip6' ? '6' : ''}`,
+        severity: 'ok',
+        message: `${feature.name}: ${how}${isNeeded ? '' : ' (not needed by this config)'}`,
+        fix: null,
+      });
     } else {
       findings.push({
         id: `kernel-${feature.xt.toLowerCase()}${feature.family === 'ip6' ? '6' : ''}`,
         severity: isNeeded && modules === null ? 'warn' : isNeeded ? 'error' : 'info',
         message: `${feature.name}: not registered in the kernel${modules === null ? ' and no module index to check (/lib/modules missing)' : ` and no ${feature.module} module found`}${isNeeded ? '; the plan needs it' : ' (not needed by this config)'}`,
-        fix: isNeeded ? `load it (modprobe ${feature.module}) or use a kernel with CONFIG_${feature.kind === 'names' ? 'IP_NF_NAT' : feature.kind === 'matches' ? 'NETFILTER_XT_MATCH_' + feature.xt.toUpperCase() : 'NETFILTER_XT_TARGET_' + feature.xt.toUpperCase()}` : null,
+        fix: isNeeded
+          ? `load it (modprobe ${feature.module}) or use a kernel with CONFIG_${feature.kind === 'names' ? 'IP_NF_NAT' : feature.kind === 'matches' ? 'NETFILTER_XT_MATCH_' + feature.xt.toUpperCase() : 'NETFILTER_XT_TARGET_' + feature.xt.toUpperCase()}`
+          : null,
       });
     }
   }
@@ -144,55 +169,150 @@ async function kernelFindings(runner: NetfilterRunner, config: Config | null): P
 
 /** Chain or table name patterns of other rule owners, with what meshctl does about them. */
 const OWNERS: readonly { id: string; name: string; pattern: RegExp; severity: Severity; fix: string }[] = [
-  { id: 'owner-docker', name: 'Docker', pattern: /^(DOCKER|DOCKER-USER|DOCKER-ISOLATION.*)$/, severity: 'info',
-    fix: 'nothing: meshctl never touches these rules; container traffic leaves through docker0 (add it to capture.excludeInterfaces to keep it out of capture)' },
-  { id: 'owner-kubernetes', name: 'Kubernetes (kube-proxy)', pattern: /^KUBE-/, severity: 'info', fix: 'nothing: meshctl never touches these rules; exclude the cluster CIDRs with capture.outbound.excludeCidrs if pods run here' },
-  { id: 'owner-firewalld', name: 'firewalld', pattern: /^(firewalld|INPUT_direct|OUTPUT_direct|IN_public.*|FWDI_.*)$/, severity: 'info', fix: 'nothing: meshctl never touches these rules; a firewalld reload keeps them (meshctl uses its own chains)' },
-  { id: 'owner-ufw', name: 'ufw', pattern: /^ufw6?-/, severity: 'info', fix: 'nothing: meshctl never touches these rules; allow the proxy\'s inbound port if ufw filters INPUT' },
-  { id: 'owner-istio', name: 'another mesh (Istio)', pattern: /^ISTIO_/, severity: 'warn', fix: 'two meshes capturing the same traffic redirect it in a loop: remove Istio\'s capture here, or do not install meshctl on this host' },
-  { id: 'owner-linkerd', name: 'another mesh (Linkerd)', pattern: /^PROXY_INIT_/, severity: 'warn', fix: 'two meshes capturing the same traffic redirect it in a loop: remove Linkerd\'s capture here' },
-  { id: 'owner-kuma', name: 'another mesh (Kuma/Consul)', pattern: /^(KUMA_|MESH_|CONSUL_)/, severity: 'warn', fix: 'two meshes capturing the same traffic redirect it in a loop: remove the other mesh\'s capture here' },
+  {
+    id: 'owner-docker',
+    name: 'Docker',
+    pattern: /^(DOCKER|DOCKER-USER|DOCKER-ISOLATION.*)$/,
+    severity: 'info',
+    fix: 'nothing: meshctl never touches these rules; container traffic leaves through docker0 (add it to capture.excludeInterfaces to keep it out of capture)',
+  },
+  {
+    id: 'owner-kubernetes',
+    name: 'Kubernetes (kube-proxy)',
+    pattern: /^KUBE-/,
+    severity: 'info',
+    fix: 'nothing: meshctl never touches these rules; exclude the cluster CIDRs with capture.outbound.excludeCidrs if pods run here',
+  },
+  {
+    id: 'owner-firewalld',
+    name: 'firewalld',
+    pattern: /^(firewalld|INPUT_direct|OUTPUT_direct|IN_public.*|FWDI_.*)$/,
+    severity: 'info',
+    fix: 'nothing: meshctl never touches these rules; a firewalld reload keeps them (meshctl uses its own chains)',
+  },
+  {
+    id: 'owner-ufw',
+    name: 'ufw',
+    pattern: /^ufw6?-/,
+    severity: 'info',
+    fix: "nothing: meshctl never touches these rules; allow the proxy's inbound port if ufw filters INPUT",
+  },
+  {
+    id: 'owner-istio',
+    name: 'another mesh (Istio)',
+    pattern: /^ISTIO_/,
+    severity: 'warn',
+    fix: "two meshes capturing the same traffic redirect it in a loop: remove Istio's capture here, or do not install meshctl on this host",
+  },
+  {
+    id: 'owner-linkerd',
+    name: 'another mesh (Linkerd)',
+    pattern: /^PROXY_INIT_/,
+    severity: 'warn',
+    fix: "two meshes capturing the same traffic redirect it in a loop: remove Linkerd's capture here",
+  },
+  {
+    id: 'owner-kuma',
+    name: 'another mesh (Kuma/Consul)',
+    pattern: /^(KUMA_|MESH_|CONSUL_)/,
+    severity: 'warn',
+    fix: "two meshes capturing the same traffic redirect it in a loop: remove the other mesh's capture here",
+  },
 ];
 
 function chainsIn(save: string): string[] {
-  return save.split('\n').filter((l) => l.startsWith(':')).map((l) => l.slice(1).split(/\s/)[0]!);
+  return save
+    .split('\n')
+    .filter((l) => l.startsWith(':'))
+    .map((l) => l.slice(1).split(/\s/)[0]!);
 }
 
-async function backendFindings(runner: NetfilterRunner, env: NodeJS.ProcessEnv, config: Config | null, ledger: Ledger | null): Promise<{ findings: Finding[]; inventory: BackendInventory | null }> {
+async function backendFindings(
+  runner: NetfilterRunner,
+  env: NodeJS.ProcessEnv,
+  config: Config | null,
+  ledger: Ledger | null,
+): Promise<{ findings: Finding[]; inventory: BackendInventory | null }> {
   const findings: Finding[] = [];
   let inventory: BackendInventory;
   try {
     inventory = await inspectBackends(runner, env);
   } catch (error) {
-    return { findings: [{ id: 'backends', severity: 'error', message: `could not inspect the netfilter backends: ${(error as Error).message}`, fix: 'run as root; see the privileges finding' }], inventory: null };
+    return {
+      findings: [
+        {
+          id: 'backends',
+          severity: 'error',
+          message: `could not inspect the netfilter backends: ${(error as Error).message}`,
+          fix: 'run as root; see the privileges finding',
+        },
+      ],
+      inventory: null,
+    };
   }
   for (const backend of ['iptables-legacy', 'iptables-nft', 'nftables'] as const) {
-    findings.push(inventory.available[backend]
-      ? { id: `backend-${backend}`, severity: 'ok', message: `${backend}: installed`, fix: null }
-      : { id: `backend-${backend}`, severity: 'info', message: `${backend}: not installed (missing ${inventory.missingBinaries[backend].join(', ')})`, fix: null });
+    findings.push(
+      inventory.available[backend]
+        ? { id: `backend-${backend}`, severity: 'ok', message: `${backend}: installed`, fix: null }
+        : {
+            id: `backend-${backend}`,
+            severity: 'info',
+            message: `${backend}: not installed (missing ${inventory.missingBinaries[backend].join(', ')})`,
+            fix: null,
+          },
+    );
   }
-  const legacy = (inventory.ruleCounts['iptables-legacy'].ipv4 ?? 0) + (inventory.ruleCounts['iptables-legacy'].ipv6 ?? 0);
+  const legacy =
+    (inventory.ruleCounts['iptables-legacy'].ipv4 ?? 0) + (inventory.ruleCounts['iptables-legacy'].ipv6 ?? 0);
   const nft = (inventory.ruleCounts['iptables-nft'].ipv4 ?? 0) + (inventory.ruleCounts['iptables-nft'].ipv6 ?? 0);
-  findings.push({ id: 'backend-rules', severity: 'info', message: `rules held: iptables-legacy ${legacy}, iptables-nft ${nft}; native nftables tables: ${inventory.nativeTables === null ? 'unknown' : inventory.nativeTables.join(', ') || 'none'}`, fix: null });
+  findings.push({
+    id: 'backend-rules',
+    severity: 'info',
+    message: `rules held: iptables-legacy ${legacy}, iptables-nft ${nft}; native nftables tables: ${inventory.nativeTables === null ? 'unknown' : inventory.nativeTables.join(', ') || 'none'}`,
+    fix: null,
+  });
   if (legacy > 0 && nft > 0) {
-    findings.push({ id: 'backend-mix', severity: 'warn', message: `both iptables-legacy (${legacy} rules) and iptables-nft (${nft} rules) hold rules: packets pass both rule sets and neither \`iptables\` shows the other's`,
-      fix: 'move every rule to one backend (iptables-legacy-save | iptables-nft-restore, then flush legacy) and let meshctl use that one' });
+    findings.push({
+      id: 'backend-mix',
+      severity: 'warn',
+      message: `both iptables-legacy (${legacy} rules) and iptables-nft (${nft} rules) hold rules: packets pass both rule sets and neither \`iptables\` shows the other's`,
+      fix: 'move every rule to one backend (iptables-legacy-save | iptables-nft-restore, then flush legacy) and let meshctl use that one',
+    });
   }
   try {
     const decision = chooseBackend(inventory, config?.capture.backend ?? 'auto', ledger?.backend ?? null);
-    findings.push({ id: 'backend-choice', severity: 'ok', message: decision.reasons[decision.reasons.length - 1] ?? `chose ${decision.backend}`, fix: null });
+    findings.push({
+      id: 'backend-choice',
+      severity: 'ok',
+      message: decision.reasons[decision.reasons.length - 1] ?? `chose ${decision.backend}`,
+      fix: null,
+    });
     const other = decision.backend === 'iptables-legacy' ? nft : decision.backend === 'iptables-nft' ? legacy : 0;
     const otherName = decision.backend === 'iptables-legacy' ? 'iptables-nft' : 'iptables-legacy';
     if (other > 0 && decision.backend !== 'nftables') {
-      findings.push({ id: 'backend-other-rules', severity: 'warn', message: `meshctl will use ${decision.backend}, but ${otherName} holds ${other} rules; those run too and may catch traffic before or after meshctl's capture`,
-        fix: `check them with \`${otherName}-save\`; move them to ${decision.backend}, or install with --backend ${otherName}` });
+      findings.push({
+        id: 'backend-other-rules',
+        severity: 'warn',
+        message: `meshctl will use ${decision.backend}, but ${otherName} holds ${other} rules; those run too and may catch traffic before or after meshctl's capture`,
+        fix: `check them with \`${otherName}-save\`; move them to ${decision.backend}, or install with --backend ${otherName}`,
+      });
     }
     if (decision.backend === 'nftables') findings.push(groupsFinding(config));
     if (decision.backend === 'nftables' && legacy + nft > 0) {
-      findings.push({ id: 'backend-other-rules', severity: 'warn', message: `meshctl will use native nftables, but iptables holds ${legacy + nft} rules that also run on every packet`, fix: 'check that none of them redirects or drops what meshctl captures; or install with --backend iptables-nft' });
+      findings.push({
+        id: 'backend-other-rules',
+        severity: 'warn',
+        message: `meshctl will use native nftables, but iptables holds ${legacy + nft} rules that also run on every packet`,
+        fix: 'check that none of them redirects or drops what meshctl captures; or install with --backend iptables-nft',
+      });
     }
   } catch (error) {
-    findings.push({ id: 'backend-choice', severity: 'error', message: isMeshctlError(error) ? error.message : String(error), fix: isMeshctlError(error) ? (error.hint ?? null) : null });
+    findings.push({
+      id: 'backend-choice',
+      severity: 'error',
+      message: isMeshctlError(error) ? error.message : String(error),
+      fix: isMeshctlError(error) ? (error.hint ?? null) : null,
+    });
   }
   // Other owners, from chain names in every readable save and the native nft tables.
   const names = new Set<string>();
@@ -209,7 +329,13 @@ async function backendFindings(runner: NetfilterRunner, env: NodeJS.ProcessEnv, 
   for (const table of inventory.nativeTables ?? []) names.add(table.split(' ')[1] ?? table);
   for (const owner of OWNERS) {
     const hits = [...names].filter((n) => owner.pattern.test(n));
-    if (hits.length > 0) findings.push({ id: owner.id, severity: owner.severity, message: `${owner.name} rules present (${hits.slice(0, 5).join(', ')}${hits.length > 5 ? ', …' : ''})`, fix: owner.fix });
+    if (hits.length > 0)
+      findings.push({
+        id: owner.id,
+        severity: owner.severity,
+        message: `${owner.name} rules present (${hits.slice(0, 5).join(', ')}${hits.length > 5 ? ', …' : ''})`,
+        fix: owner.fix,
+      });
   }
   return { findings, inventory };
 }
@@ -217,23 +343,50 @@ async function backendFindings(runner: NetfilterRunner, env: NodeJS.ProcessEnv, 
 /** nftables' `meta skgid` sees a socket's primary group only: group lists would mean less there, so they are refused. */
 function groupsFinding(config: Config | null): Finding {
   const out = config?.capture.outbound;
-  const lists = out ? [...(out.excludeGids.length > 0 ? ['capture.outbound.excludeGids'] : []), ...(out.includeGids !== 'all' ? ['capture.outbound.includeGids'] : [])] : [];
+  const lists = out
+    ? [
+        ...(out.excludeGids.length > 0 ? ['capture.outbound.excludeGids'] : []),
+        ...(out.includeGids !== 'all' ? ['capture.outbound.includeGids'] : []),
+      ]
+    : [];
   if (lists.length > 0) {
-    return { id: 'backend-groups', severity: 'error', message: `the nftables backend matches a socket's primary group only (meta skgid), not its supplementary groups: install refuses ${lists.join(' and ')} there`,
-      fix: 'install with --backend iptables-nft (or iptables-legacy), which match supplementary groups, or remove the group lists' };
+    return {
+      id: 'backend-groups',
+      severity: 'error',
+      message: `the nftables backend matches a socket's primary group only (meta skgid), not its supplementary groups: install refuses ${lists.join(' and ')} there`,
+      fix: 'install with --backend iptables-nft (or iptables-legacy), which match supplementary groups, or remove the group lists',
+    };
   }
-  return { id: 'backend-groups', severity: 'info', message: 'the nftables backend matches a socket\'s primary group only (meta skgid): group lists (capture.outbound.includeGids / excludeGids) are refused on it', fix: null };
+  return {
+    id: 'backend-groups',
+    severity: 'info',
+    message:
+      "the nftables backend matches a socket's primary group only (meta skgid): group lists (capture.outbound.includeGids / excludeGids) are refused on it",
+    fix: null,
+  };
 }
 
 async function ipv6Finding(runner: NetfilterRunner, config: Config | null): Promise<Finding> {
   const all = await runner.exec('cat', ['/proc/sys/net/ipv6/conf/all/disable_ipv6']);
   const mode = config?.capture.ipv6 ?? 'intercept';
   if (all.exitCode !== 0) {
-    return { id: 'ipv6', severity: mode === 'off' ? 'info' : 'warn', message: 'IPv6 is not available in this kernel (no /proc/sys/net/ipv6)', fix: mode === 'off' ? null : 'set capture.ipv6: off (there is no IPv6 traffic to capture)' };
+    return {
+      id: 'ipv6',
+      severity: mode === 'off' ? 'info' : 'warn',
+      message: 'IPv6 is not available in this kernel (no /proc/sys/net/ipv6)',
+      fix: mode === 'off' ? null : 'set capture.ipv6: off (there is no IPv6 traffic to capture)',
+    };
   }
   if (all.stdout.trim() === '1') {
-    return { id: 'ipv6', severity: mode === 'off' ? 'info' : 'warn', message: `IPv6 is disabled here (net.ipv6.conf.all.disable_ipv6=1) but capture.ipv6 is "${mode}": IPv6 rules would be installed for traffic that cannot exist, and the proxy's ::6 passthrough address cannot be added`,
-      fix: mode === 'off' ? null : 'set capture.ipv6: off, or enable IPv6 (sysctl -w net.ipv6.conf.all.disable_ipv6=0) if it is meant to be used' };
+    return {
+      id: 'ipv6',
+      severity: mode === 'off' ? 'info' : 'warn',
+      message: `IPv6 is disabled here (net.ipv6.conf.all.disable_ipv6=1) but capture.ipv6 is "${mode}": IPv6 rules would be installed for traffic that cannot exist, and the proxy's ::6 passthrough address cannot be added`,
+      fix:
+        mode === 'off'
+          ? null
+          : 'set capture.ipv6: off, or enable IPv6 (sysctl -w net.ipv6.conf.all.disable_ipv6=0) if it is meant to be used',
+    };
   }
   return { id: 'ipv6', severity: 'ok', message: `IPv6 is enabled; capture.ipv6 is "${mode}"`, fix: null };
 }
@@ -244,31 +397,71 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
   const findings: Finding[] = [];
   const caps = effectiveCaps();
   const uid = process.getuid?.() ?? -1;
-  const missing = [hasCap(caps, CAP_NET_ADMIN) ? null : 'CAP_NET_ADMIN', scope.netns && !hasCap(caps, CAP_SYS_ADMIN) ? 'CAP_SYS_ADMIN (to enter the namespace)' : null].filter((c): c is string => c !== null);
-  findings.push(missing.length === 0
-    ? { id: 'privileges', severity: 'ok', message: `running as uid ${uid} with CAP_NET_ADMIN${scope.netns ? ' and CAP_SYS_ADMIN' : ''}`, fix: null }
-    : { id: 'privileges', severity: 'error', message: `missing privileges: uid ${uid} lacks ${missing.join(' and ')} (effective capabilities 0x${caps?.toString(16) ?? '?'}); install, uninstall and status cannot read or change netfilter rules`,
-      fix: 'run meshctl as root (sudo meshctl …), or give it CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN)' });
+  const missing = [
+    hasCap(caps, CAP_NET_ADMIN) ? null : 'CAP_NET_ADMIN',
+    scope.netns && !hasCap(caps, CAP_SYS_ADMIN) ? 'CAP_SYS_ADMIN (to enter the namespace)' : null,
+  ].filter((c): c is string => c !== null);
+  findings.push(
+    missing.length === 0
+      ? {
+          id: 'privileges',
+          severity: 'ok',
+          message: `running as uid ${uid} with CAP_NET_ADMIN${scope.netns ? ' and CAP_SYS_ADMIN' : ''}`,
+          fix: null,
+        }
+      : {
+          id: 'privileges',
+          severity: 'error',
+          message: `missing privileges: uid ${uid} lacks ${missing.join(' and ')} (effective capabilities 0x${caps?.toString(16) ?? '?'}); install, uninstall and status cannot read or change netfilter rules`,
+          fix: 'run meshctl as root (sudo meshctl …), or give it CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN)',
+        },
+  );
 
   if (options.config === null) {
-    findings.push({ id: 'config', severity: 'error', message: `the config cannot be loaded: ${isMeshctlError(options.configError) ? `${options.configError.code}: ${options.configError.message}` : String(options.configError)}`,
-      fix: isMeshctlError(options.configError) ? (options.configError.hint ?? 'fix the config') : 'fix the config' });
+    findings.push({
+      id: 'config',
+      severity: 'error',
+      message: `the config cannot be loaded: ${isMeshctlError(options.configError) ? `${options.configError.code}: ${options.configError.message}` : String(options.configError)}`,
+      fix: isMeshctlError(options.configError) ? (options.configError.hint ?? 'fix the config') : 'fix the config',
+    });
   }
   let ledger: Ledger | null = null;
   try {
     ledger = readLedger(scope.dir);
-    findings.push(ledger === null
-      ? { id: 'ledger', severity: 'info', message: `not installed here (no ledger in ${scope.dir})`, fix: null }
-      : ledger.state === 'in-progress'
-        ? { id: 'ledger', severity: 'warn', message: `an interrupted ${ledger.operation} of install ${ledger.installId} is recorded (${ledger.updatedAt})`, fix: 'run `meshctl status`: it finishes the interrupted transaction first' }
-        : { id: 'ledger', severity: 'ok', message: `installed: ${ledger.installId} with ${ledger.backend} since ${ledger.createdAt}`, fix: null });
+    findings.push(
+      ledger === null
+        ? { id: 'ledger', severity: 'info', message: `not installed here (no ledger in ${scope.dir})`, fix: null }
+        : ledger.state === 'in-progress'
+          ? {
+              id: 'ledger',
+              severity: 'warn',
+              message: `an interrupted ${ledger.operation} of install ${ledger.installId} is recorded (${ledger.updatedAt})`,
+              fix: 'run `meshctl status`: it finishes the interrupted transaction first',
+            }
+          : {
+              id: 'ledger',
+              severity: 'ok',
+              message: `installed: ${ledger.installId} with ${ledger.backend} since ${ledger.createdAt}`,
+              fix: null,
+            },
+    );
   } catch (error) {
-    findings.push({ id: 'ledger', severity: 'warn', message: `cannot read the ledger in ${scope.dir}: ${(error as Error).message}`, fix: isMeshctlError(error) ? (error.hint ?? null) : null });
+    findings.push({
+      id: 'ledger',
+      severity: 'warn',
+      message: `cannot read the ledger in ${scope.dir}: ${(error as Error).message}`,
+      fix: isMeshctlError(error) ? (error.hint ?? null) : null,
+    });
   }
 
   const probe = await scope.runner.exec('true', []);
   if (probe.exitCode !== 0) {
-    findings.push({ id: 'namespace', severity: 'error', message: `cannot run commands${scope.netns ? ` in namespace ${scope.netns}` : ''}: ${probe.stderr.trim() || `exit ${probe.exitCode}`}`, fix: 'run as root' });
+    findings.push({
+      id: 'namespace',
+      severity: 'error',
+      message: `cannot run commands${scope.netns ? ` in namespace ${scope.netns}` : ''}: ${probe.stderr.trim() || `exit ${probe.exitCode}`}`,
+      fix: 'run as root',
+    });
   } else {
     findings.push(...(await backendFindings(scope.runner, scope.env, options.config, ledger)).findings);
     findings.push(...(await kernelFindings(scope.runner, options.config)));
@@ -277,13 +470,44 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
 
   const safety = options.config?.safety;
   if (safety) {
-    findings.push(safety.sshPortsSource === 'default'
-      ? { id: 'ssh-ports', severity: 'warn', message: `no listening sshd found${scope.netns ? ` in namespace ${scope.netns}` : ''}; assuming SSH on port ${safety.sshPorts.join(', ')} (never captured inbound)`, fix: 'if sshd listens elsewhere, set safety.sshPorts (or --ssh-ports) before installing' }
-      : { id: 'ssh-ports', severity: 'ok', message: `SSH ports ${safety.sshPorts.join(', ')} (from ${safety.sshPortsSource}${safety.sshPortsSource === 'sshd-listening' && scope.netns ? ` in namespace ${scope.netns}` : ''}) are never captured inbound${safety.unsafeCaptureSsh ? ' — EXCEPT: safety.unsafeCaptureSsh is set' : ''}`, fix: safety.unsafeCaptureSsh ? 'unset safety.unsafeCaptureSsh unless you have console access' : null });
-    if (safety.sshPeer) findings.push({ id: 'ssh-session', severity: 'ok', message: `this SSH session (${safety.sshPeer.address}:${safety.sshPeer.port}) is exempt from capture`, fix: null });
+    findings.push(
+      safety.sshPortsSource === 'default'
+        ? {
+            id: 'ssh-ports',
+            severity: 'warn',
+            message: `no listening sshd found${scope.netns ? ` in namespace ${scope.netns}` : ''}; assuming SSH on port ${safety.sshPorts.join(', ')} (never captured inbound)`,
+            fix: 'if sshd listens elsewhere, set safety.sshPorts (or --ssh-ports) before installing',
+          }
+        : {
+            id: 'ssh-ports',
+            severity: 'ok',
+            message: `SSH ports ${safety.sshPorts.join(', ')} (from ${safety.sshPortsSource}${safety.sshPortsSource === 'sshd-listening' && scope.netns ? ` in namespace ${scope.netns}` : ''}) are never captured inbound${safety.unsafeCaptureSsh ? ' — EXCEPT: safety.unsafeCaptureSsh is set' : ''}`,
+            fix: safety.unsafeCaptureSsh ? 'unset safety.unsafeCaptureSsh unless you have console access' : null,
+          },
+    );
+    if (safety.sshPeer)
+      findings.push({
+        id: 'ssh-session',
+        severity: 'ok',
+        message: `this SSH session (${safety.sshPeer.address}:${safety.sshPeer.port}) is exempt from capture`,
+        fix: null,
+      });
   }
-  findings.push(systemdAvailable(scope.env)
-    ? { id: 'confirm-mechanism', severity: 'ok', message: '--confirm-within uses a transient systemd timer', fix: null }
-    : { id: 'confirm-mechanism', severity: 'info', message: '--confirm-within uses a detached process (systemd is not PID 1 here); it survives the session but not a reboot', fix: null });
+  findings.push(
+    systemdAvailable(scope.env)
+      ? {
+          id: 'confirm-mechanism',
+          severity: 'ok',
+          message: '--confirm-within uses a transient systemd timer',
+          fix: null,
+        }
+      : {
+          id: 'confirm-mechanism',
+          severity: 'info',
+          message:
+            '--confirm-within uses a detached process (systemd is not PID 1 here); it survives the session but not a reboot',
+          fix: null,
+        },
+  );
   return { netns: scope.netns, ok: findings.every((f) => f.severity !== 'error'), findings };
 }

@@ -17,7 +17,9 @@ function ipJson(netns: string | undefined, args: string[]): unknown {
 /** Local addresses and route lookups as `ip` reports them (in `netns` when given). */
 export function readHostContext(netns?: string): HostContext {
   const links = (ipJson(netns, ['addr', 'show']) ?? []) as { addr_info?: { local?: string }[] }[];
-  const localAddresses = links.flatMap((l) => (l.addr_info ?? []).map((a) => a.local).filter((a): a is string => typeof a === 'string'));
+  const localAddresses = links.flatMap((l) =>
+    (l.addr_info ?? []).map((a) => a.local).filter((a): a is string => typeof a === 'string'),
+  );
   return {
     localAddresses,
     route(destination) {

@@ -1,7 +1,12 @@
 // Where `meshctl explain` gets its rules: the kernel (read through the installed backend's driver, origins from the
 // ledger's recorded plan) or the config. Read-only: no state lock, no recovery, no state directory created; an
 // interrupted transaction is reported, not finished.
-import { describeDifferences, planFromNftRuleset, planFromSave, type RuleDifferences } from '../../capture/live-plan.js';
+import {
+  describeDifferences,
+  planFromNftRuleset,
+  planFromSave,
+  type RuleDifferences,
+} from '../../capture/live-plan.js';
 import type { ExplainPlan } from '../../capture/explain.js';
 import { FAMILIES } from '../../values/ip.js';
 import { type CapturePlan } from '../../capture/model.js';
@@ -54,11 +59,20 @@ function readLedgerReadOnly(dir: string): Ledger | null | { denied: string } {
  * The rules in the kernel of `backend` as the plan explain walks, with origins from `recorded` (the ledger's plan).
  * Throws COMMAND_FAILED, BACKEND_UNAVAILABLE, PARSE_SAVE.
  */
-export async function readKernelPlan(backend: Backend, runner: NetfilterRunner, recorded: CapturePlan | null, log: Logger = silentLogger): Promise<{ plan: ExplainPlan; notes: string[] }> {
+export async function readKernelPlan(
+  backend: Backend,
+  runner: NetfilterRunner,
+  recorded: CapturePlan | null,
+  log: Logger = silentLogger,
+): Promise<{ plan: ExplainPlan; notes: string[] }> {
   const state = await createDriver(backend, runner, log).read();
   if (backend === 'nftables') return { plan: planFromNftRuleset(state.texts.get('inet') ?? '', recorded), notes: [] };
   const families = FAMILIES.map((family) => ({ family, text: state.texts.get(family) ?? null }));
-  const notes = families.filter((f) => f.text === null).map((f) => `the ${f.family} rules could not be read (${backend}); explain cannot evaluate ${f.family} connections`);
+  const notes = families
+    .filter((f) => f.text === null)
+    .map(
+      (f) => `the ${f.family} rules could not be read (${backend}); explain cannot evaluate ${f.family} connections`,
+    );
   return { plan: planFromSave(families, recorded), notes };
 }
 
@@ -75,24 +89,53 @@ export async function readExplainRules(options: ExplainRulesOptions): Promise<Ex
   const dir = scopeDir(stateDir, netns);
   const path = ledgerPath(dir);
   const fromConfig = (notes: string[]): ExplainRules => ({
-    source: 'config', plan: { ...planCapture(config), source: 'config' }, installId: null, backend: null, netns, ledgerPath: path, notes, differences: null,
+    source: 'config',
+    plan: { ...planCapture(config), source: 'config' },
+    installId: null,
+    backend: null,
+    netns,
+    ledgerPath: path,
+    notes,
+    differences: null,
   });
-  if (options.from === 'config') return fromConfig(['explaining the current config\'s plan (--plan), not the rules in the kernel']);
+  if (options.from === 'config')
+    return fromConfig(["explaining the current config's plan (--plan), not the rules in the kernel"]);
 
   const ledger = readLedgerReadOnly(dir);
   if (ledger === null) {
-    return fromConfig([`no capture is installed${netns ? ` in namespace ${netns}` : ''} (no ledger at ${path}): explaining the current config's plan instead`]);
+    return fromConfig([
+      `no capture is installed${netns ? ` in namespace ${netns}` : ''} (no ledger at ${path}): explaining the current config's plan instead`,
+    ]);
   }
   if ('denied' in ledger) {
-    return fromConfig([`${ledger.denied}: explaining the current config's plan instead; run as root to explain the installed rules`]);
+    return fromConfig([
+      `${ledger.denied}: explaining the current config's plan instead; run as root to explain the installed rules`,
+    ]);
   }
 
   const log = (options.log ?? silentLogger).child({ component: 'explain', netns });
   const runner = options.runner ?? createRunner({ netns, env: options.env ?? process.env, log });
   const { plan, notes } = await readKernelPlan(ledger.backend, runner, ledger.current.plan, log);
   if (ledger.state === 'in-progress') {
-    notes.unshift(`an interrupted ${ledger.operation} is recorded in ${path}; these are the rules as the kernel holds them now (the next meshctl command that changes rules finishes it)`);
+    notes.unshift(
+      `an interrupted ${ledger.operation} is recorded in ${path}; these are the rules as the kernel holds them now (the next meshctl command that changes rules finishes it)`,
+    );
   }
-  const differences = describeDifferences(plan, planCapture(config), ledger.current.plan, ledger.current.config, config);
-  return { source: 'kernel', plan, installId: ledger.installId, backend: ledger.backend, netns, ledgerPath: path, notes, differences };
+  const differences = describeDifferences(
+    plan,
+    planCapture(config),
+    ledger.current.plan,
+    ledger.current.config,
+    config,
+  );
+  return {
+    source: 'kernel',
+    plan,
+    installId: ledger.installId,
+    backend: ledger.backend,
+    netns,
+    ledgerPath: path,
+    notes,
+    differences,
+  };
 }

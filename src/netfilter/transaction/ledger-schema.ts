@@ -7,12 +7,23 @@ const family = { enum: ['ipv4', 'ipv6'] };
 const table = { enum: ['raw', 'mangle', 'nat', 'filter'] };
 const text = { type: 'string' };
 const nullableText = { type: ['string', 'null'] };
-const cidr = { type: 'object', required: ['family', 'address', 'prefix'], properties: { family, address: text, prefix: { type: 'integer', minimum: 0, maximum: 128 } } };
+const cidr = {
+  type: 'object',
+  required: ['family', 'address', 'prefix'],
+  properties: { family, address: text, prefix: { type: 'integer', minimum: 0, maximum: 128 } },
+};
 
 const rule = {
   type: 'object',
   required: ['table', 'chain', 'matches', 'target', 'purpose', 'origin'],
-  properties: { table, chain: text, matches: { type: 'array', items: { type: 'object', required: ['kind'], properties: { kind: text } } }, target: { type: 'object', required: ['kind'] }, purpose: text, origin: text },
+  properties: {
+    table,
+    chain: text,
+    matches: { type: 'array', items: { type: 'object', required: ['kind'], properties: { kind: text } } },
+    target: { type: 'object', required: ['kind'] },
+    purpose: text,
+    origin: text,
+  },
 };
 const plan = {
   type: 'object',
@@ -23,11 +34,34 @@ const plan = {
       items: {
         type: 'object',
         required: ['family', 'chains', 'rules'],
-        properties: { family, chains: { type: 'array', items: { type: 'object', required: ['table', 'name'], properties: { table, name: text } } }, rules: { type: 'array', items: rule } },
+        properties: {
+          family,
+          chains: {
+            type: 'array',
+            items: { type: 'object', required: ['table', 'name'], properties: { table, name: text } },
+          },
+          rules: { type: 'array', items: rule },
+        },
       },
     },
-    routes: { type: 'array', items: { type: 'object', required: ['family', 'mark', 'mask', 'table', 'priority'], properties: { family, mark: { type: 'integer' }, mask: { type: 'integer' }, table: { type: 'integer' }, priority: { type: 'integer' } } } },
-    loopbackAddresses: { type: 'array', items: { type: 'object', required: ['family', 'cidr'], properties: { family, cidr } } },
+    routes: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['family', 'mark', 'mask', 'table', 'priority'],
+        properties: {
+          family,
+          mark: { type: 'integer' },
+          mask: { type: 'integer' },
+          table: { type: 'integer' },
+          priority: { type: 'integer' },
+        },
+      },
+    },
+    loopbackAddresses: {
+      type: 'array',
+      items: { type: 'object', required: ['family', 'cidr'], properties: { family, cidr } },
+    },
   },
 };
 const owned = {
@@ -44,7 +78,21 @@ const owned = {
             required: ['family', 'tables'],
             properties: {
               family,
-              tables: { type: 'array', items: { type: 'object', required: ['table', 'chains', 'rules'], properties: { table, chains: { type: 'array', items: text }, rules: { type: 'array', items: { type: 'object', required: ['chain', 'raw'], properties: { chain: text, raw: text } } } } } },
+              tables: {
+                type: 'array',
+                items: {
+                  type: 'object',
+                  required: ['table', 'chains', 'rules'],
+                  properties: {
+                    table,
+                    chains: { type: 'array', items: text },
+                    rules: {
+                      type: 'array',
+                      items: { type: 'object', required: ['chain', 'raw'], properties: { chain: text, raw: text } },
+                    },
+                  },
+                },
+              },
             },
           },
         },
@@ -60,21 +108,50 @@ const snapshot = {
       required: ['kind', 'families'],
       properties: {
         kind: { const: 'xtables' },
-        families: { type: 'array', items: { type: 'object', required: ['family', 'tables'], properties: { family, tables: { type: 'array', items: { type: 'object', required: ['table', 'text'], properties: { table: text, text } } } } } },
+        families: {
+          type: 'array',
+          items: {
+            type: 'object',
+            required: ['family', 'tables'],
+            properties: {
+              family,
+              tables: {
+                type: 'array',
+                items: { type: 'object', required: ['table', 'text'], properties: { table: text, text } },
+              },
+            },
+          },
+        },
         nftInventory: { type: ['array', 'null'], items: text },
       },
     },
     { type: 'object', required: ['kind', 'ruleset'], properties: { kind: { const: 'nftables' }, ruleset: text } },
   ],
 };
-const extras = { type: 'object', required: ['routes', 'loopbackAddresses'], properties: { routes: { type: 'array' }, loopbackAddresses: { type: 'array' } } };
+const extras = {
+  type: 'object',
+  required: ['routes', 'loopbackAddresses'],
+  properties: { routes: { type: 'array' }, loopbackAddresses: { type: 'array' } },
+};
 const config = {
   type: 'object',
   required: ['hash', 'proxy', 'capture', 'safety', 'stateDir'],
   properties: {
     hash: text,
     flags: { type: 'array', items: text },
-    proxy: { type: 'object', required: ['user', 'outboundPort', 'inboundPort', 'adminPort', 'adminAddress'], properties: { user: { type: 'object', required: ['uid', 'gid'], properties: { uid: { type: 'integer' }, gid: { type: 'integer' } } }, adminAddress: text, adminPort: { type: 'integer' } } },
+    proxy: {
+      type: 'object',
+      required: ['user', 'outboundPort', 'inboundPort', 'adminPort', 'adminAddress'],
+      properties: {
+        user: {
+          type: 'object',
+          required: ['uid', 'gid'],
+          properties: { uid: { type: 'integer' }, gid: { type: 'integer' } },
+        },
+        adminAddress: text,
+        adminPort: { type: 'integer' },
+      },
+    },
     capture: { type: 'object', required: ['ipv6', 'inbound', 'outbound', 'dns'] },
     safety: { type: 'object' },
     stateDir: text,
@@ -83,18 +160,57 @@ const config = {
 const generation = {
   type: 'object',
   required: ['configHash', 'configFile', 'config', 'plan', 'objects', 'extras'],
-  properties: { configHash: text, configFile: nullableText, config, plan, objects: { oneOf: [{ type: 'null' }, owned] }, extras, proxyCheck: { type: 'object', required: ['kind'] } },
+  properties: {
+    configHash: text,
+    configFile: nullableText,
+    config,
+    plan,
+    objects: { oneOf: [{ type: 'null' }, owned] },
+    extras,
+    proxyCheck: { type: 'object', required: ['kind'] },
+  },
 };
 const confirm = {
   type: 'object',
   required: ['deadline', 'mechanism', 'unit', 'pid', 'pidStartTime', 'confirmedAt'],
-  properties: { deadline: text, mechanism: { enum: ['systemd-timer', 'detached-process'] }, unit: nullableText, pid: { type: ['integer', 'null'] }, pidStartTime: nullableText, confirmedAt: nullableText,
-    revertFailed: { oneOf: [{ type: 'null' }, { type: 'object', required: ['at', 'attempts', 'error'], properties: { at: text, attempts: { type: 'integer' }, error: text } }] } },
+  properties: {
+    deadline: text,
+    mechanism: { enum: ['systemd-timer', 'detached-process'] },
+    unit: nullableText,
+    pid: { type: ['integer', 'null'] },
+    pidStartTime: nullableText,
+    confirmedAt: nullableText,
+    revertFailed: {
+      oneOf: [
+        { type: 'null' },
+        {
+          type: 'object',
+          required: ['at', 'attempts', 'error'],
+          properties: { at: text, attempts: { type: 'integer' }, error: text },
+        },
+      ],
+    },
+  },
 };
 
 export const LEDGER_SCHEMA = {
   type: 'object',
-  required: ['format', 'installId', 'state', 'operation', 'backend', 'netns', 'toolVersion', 'createdAt', 'updatedAt', 'current', 'previous', 'before', 'snapshot', 'confirm'],
+  required: [
+    'format',
+    'installId',
+    'state',
+    'operation',
+    'backend',
+    'netns',
+    'toolVersion',
+    'createdAt',
+    'updatedAt',
+    'current',
+    'previous',
+    'before',
+    'snapshot',
+    'confirm',
+  ],
   properties: {
     format: { type: 'integer' },
     installId: text,

@@ -3,7 +3,19 @@
 // directory), mode 0600 in a 0700 directory. `in-progress` means a transaction did not finish; the next command
 // completes or rolls it back before doing anything else.
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  fsyncSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { CapturePlan } from '../../capture/model.js';
 import type { Backend, Config } from '../../config/types.js';
@@ -33,7 +45,14 @@ export interface Generation {
 
 /** What install knew of the proxy when it applied a generation: the live contract it checked, or that it was told not to. */
 export type ProxyCheck =
-  | { readonly kind: 'checked'; readonly at: string; readonly pid: number; readonly uid: number; readonly gid: number; readonly configHash: string }
+  | {
+      readonly kind: 'checked';
+      readonly at: string;
+      readonly pid: number;
+      readonly uid: number;
+      readonly gid: number;
+      readonly configHash: string;
+    }
   | { readonly kind: 'skipped'; readonly reason: 'without-proxy' | 'dry-run' };
 
 export interface ConfirmArm {
@@ -96,8 +115,12 @@ export function ensureStateDir(dir: string, stateDir: string): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (error) {
-    throw new MeshctlError('COMMAND_FAILED', `cannot create the state directory ${dir}: ${(error as Error).message}`,
-      'run as root, or pass --state-dir pointing to a writable directory', { cause: error });
+    throw new MeshctlError(
+      'COMMAND_FAILED',
+      `cannot create the state directory ${dir}: ${(error as Error).message}`,
+      'run as root, or pass --state-dir pointing to a writable directory',
+      { cause: error },
+    );
   }
   const me = process.geteuid?.() ?? 0;
   const chain: string[] = [];
@@ -107,14 +130,21 @@ export function ensureStateDir(dir: string, stateDir: string): void {
   }
   for (const d of chain) {
     const st = lstatSync(d);
-    const problem = st.isSymbolicLink() ? 'is a symlink (not followed)'
-      : !st.isDirectory() ? 'is not a directory'
-        : st.uid !== me ? `is owned by uid ${st.uid}, not by uid ${me} who runs meshctl`
-          : (st.mode & 0o022) !== 0 ? `is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode ${(st.mode & 0o777).toString(8)})`
+    const problem = st.isSymbolicLink()
+      ? 'is a symlink (not followed)'
+      : !st.isDirectory()
+        ? 'is not a directory'
+        : st.uid !== me
+          ? `is owned by uid ${st.uid}, not by uid ${me} who runs meshctl`
+          : (st.mode & 0o022) !== 0
+            ? `is writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'} (mode ${(st.mode & 0o777).toString(8)})`
             : null;
     if (problem !== null) {
-      throw new MeshctlError('STATE_UNSAFE', `the state directory ${d} ${problem}: another user could change the ledger meshctl trusts`,
-        `use a directory only root controls (the default /var/lib/meshctl), or fix it: \`chown root:root ${d} && chmod 0700 ${d}\``);
+      throw new MeshctlError(
+        'STATE_UNSAFE',
+        `the state directory ${d} ${problem}: another user could change the ledger meshctl trusts`,
+        `use a directory only root controls (the default /var/lib/meshctl), or fix it: \`chown root:root ${d} && chmod 0700 ${d}\``,
+      );
     }
     if ((st.mode & 0o077) !== 0) chmodSync(d, 0o700);
   }
@@ -135,26 +165,46 @@ export function readLedger(dir: string): Ledger | null {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return null;
     if (code === 'EACCES' || code === 'EPERM') {
-      throw new MeshctlError('NOT_ROOT', `cannot read the ledger ${path} as uid ${process.getuid?.() ?? '?'} (${code}): it is readable by root only`, 'run it with sudo', { cause: error });
+      throw new MeshctlError(
+        'NOT_ROOT',
+        `cannot read the ledger ${path} as uid ${process.getuid?.() ?? '?'} (${code}): it is readable by root only`,
+        'run it with sudo',
+        { cause: error },
+      );
     }
-    throw new MeshctlError('LEDGER_CORRUPT', `cannot read the ledger ${path}: ${(error as Error).message}`, 'check the file and the state directory (--state-dir)', { cause: error });
+    throw new MeshctlError(
+      'LEDGER_CORRUPT',
+      `cannot read the ledger ${path}: ${(error as Error).message}`,
+      'check the file and the state directory (--state-dir)',
+      { cause: error },
+    );
   }
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (error) {
-    throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${path} is not valid JSON (${(error as Error).message})`,
-      'it was written atomically, so this means it was edited by hand; restore it from a backup, or remove it and clean up MESHCTL_ chains by hand', { cause: error });
+    throw new MeshctlError(
+      'LEDGER_CORRUPT',
+      `the ledger ${path} is not valid JSON (${(error as Error).message})`,
+      'it was written atomically, so this means it was edited by hand; restore it from a backup, or remove it and clean up MESHCTL_ chains by hand',
+      { cause: error },
+    );
   }
   const format = typeof parsed === 'object' && parsed !== null ? (parsed as { format?: unknown }).format : undefined;
   if (format !== LEDGER_FORMAT) {
-    throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${path} has format ${JSON.stringify(format) ?? 'none'}, not ${LEDGER_FORMAT}`,
-      `this meshctl reads ledger format ${LEDGER_FORMAT}; use the meshctl version that wrote it (toolVersion in the file) to uninstall`);
+    throw new MeshctlError(
+      'LEDGER_CORRUPT',
+      `the ledger ${path} has format ${JSON.stringify(format) ?? 'none'}, not ${LEDGER_FORMAT}`,
+      `this meshctl reads ledger format ${LEDGER_FORMAT}; use the meshctl version that wrote it (toolVersion in the file) to uninstall`,
+    );
   }
   const problem = ledgerProblem(parsed);
   if (problem !== null) {
-    throw new MeshctlError('LEDGER_CORRUPT', `the ledger ${path} is not one meshctl wrote: ${problem}`,
-      'it was written atomically, so this means it was edited by hand; restore it from a backup, or move it away and remove MESHCTL_ chains (or the meshctl nft table) by hand');
+    throw new MeshctlError(
+      'LEDGER_CORRUPT',
+      `the ledger ${path} is not one meshctl wrote: ${problem}`,
+      'it was written atomically, so this means it was edited by hand; restore it from a backup, or move it away and remove MESHCTL_ chains (or the meshctl nft table) by hand',
+    );
   }
   const ledger = parsed as Ledger;
   return ledger as Ledger;
@@ -185,8 +235,12 @@ export function writeLedger(dir: string, ledger: Ledger): void {
     } catch {
       // not created
     }
-    throw new MeshctlError('COMMAND_FAILED', `cannot write the ledger ${path}: ${(error as Error).message}`,
-      'check free space and permissions of the state directory', { cause: error });
+    throw new MeshctlError(
+      'COMMAND_FAILED',
+      `cannot write the ledger ${path}: ${(error as Error).message}`,
+      'check free space and permissions of the state directory',
+      { cause: error },
+    );
   }
 }
 

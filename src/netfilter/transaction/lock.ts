@@ -45,7 +45,13 @@ function readOwner(path: string): LockOwner | null {
 function lockKind(path: string): 'file' | 'gone' | 'a directory' | 'a symlink' | 'not a regular file' {
   try {
     const st = lstatSync(path);
-    return st.isSymbolicLink() ? 'a symlink' : st.isDirectory() ? 'a directory' : st.isFile() ? 'file' : 'not a regular file';
+    return st.isSymbolicLink()
+      ? 'a symlink'
+      : st.isDirectory()
+        ? 'a directory'
+        : st.isFile()
+          ? 'file'
+          : 'not a regular file';
   } catch {
     return 'gone';
   }
@@ -61,7 +67,12 @@ function ownerAlive(owner: LockOwner): boolean {
  */
 export async function acquireStateLock(dir: string, command: string, waitMs = 15_000): Promise<StateLock> {
   const path = join(dir, 'lock');
-  const me: LockOwner = { pid: process.pid, startTime: processStartTime(process.pid) ?? '?', command, since: new Date().toISOString() };
+  const me: LockOwner = {
+    pid: process.pid,
+    startTime: processStartTime(process.pid) ?? '?',
+    command,
+    since: new Date().toISOString(),
+  };
   const deadline = Date.now() + waitMs;
   let takenOverFrom: LockOwner | null = null;
   for (;;) {
@@ -82,15 +93,22 @@ export async function acquireStateLock(dir: string, command: string, waitMs = 15
       };
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') {
-        throw new MeshctlError('COMMAND_FAILED', `cannot create the state lock ${path}: ${(error as Error).message}`,
-          'check that the state directory is writable by the invoking user (root)', { cause: error });
+        throw new MeshctlError(
+          'COMMAND_FAILED',
+          `cannot create the state lock ${path}: ${(error as Error).message}`,
+          'check that the state directory is writable by the invoking user (root)',
+          { cause: error },
+        );
       }
     }
     // Only a regular file is a lock (a directory or symlink there would otherwise be retried forever).
     const kind = lockKind(path);
     if (kind !== 'file' && kind !== 'gone') {
-      throw new MeshctlError('STATE_UNSAFE', `the state lock ${path} is ${kind}, not a lock file meshctl made`,
-        `remove it (\`rm -r ${path}\`) if nothing of yours is there; meshctl creates a regular file`);
+      throw new MeshctlError(
+        'STATE_UNSAFE',
+        `the state lock ${path} is ${kind}, not a lock file meshctl made`,
+        `remove it (\`rm -r ${path}\`) if nothing of yours is there; meshctl creates a regular file`,
+      );
     }
     const owner = readOwner(path);
     if (owner === null || !ownerAlive(owner)) {
@@ -102,7 +120,12 @@ export async function acquireStateLock(dir: string, command: string, waitMs = 15
           unlinkSync(path);
         } catch {
           // someone else took it over first; loop and look again (after a pause, bounded by the deadline)
-          if (Date.now() >= deadline) throw new MeshctlError('LOCKED', `cannot take over the stale state lock ${path}`, 'remove the file by hand if no meshctl command runs');
+          if (Date.now() >= deadline)
+            throw new MeshctlError(
+              'LOCKED',
+              `cannot take over the stale state lock ${path}`,
+              'remove the file by hand if no meshctl command runs',
+            );
           await sleep(50);
         }
         if (owner) takenOverFrom = owner;
@@ -110,8 +133,11 @@ export async function acquireStateLock(dir: string, command: string, waitMs = 15
       continue;
     }
     if (Date.now() >= deadline) {
-      throw new MeshctlError('LOCKED', `another meshctl command holds ${path}: pid ${owner.pid} (\`${owner.command}\`, since ${owner.since})`,
-        'wait for it to finish; if that process is hung, stop it (kill PID) and run your command again: a lock whose process is gone is taken over automatically');
+      throw new MeshctlError(
+        'LOCKED',
+        `another meshctl command holds ${path}: pid ${owner.pid} (\`${owner.command}\`, since ${owner.since})`,
+        'wait for it to finish; if that process is hung, stop it (kill PID) and run your command again: a lock whose process is gone is taken over automatically',
+      );
     }
     await sleep(50);
   }

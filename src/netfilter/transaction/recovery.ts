@@ -25,7 +25,10 @@ export async function recoverInterrupted(scope: Scope): Promise<Recovery | null>
   const ledger = readLedger(scope.dir);
   if (ledger === null || ledger.state === 'installed') return null;
   const log = scope.log.child({ component: 'recovery', installId: ledger.installId });
-  log.warn({ operation: ledger.operation, since: ledger.updatedAt }, 'found an interrupted transaction; finishing it first');
+  log.warn(
+    { operation: ledger.operation, since: ledger.updatedAt },
+    'found an interrupted transaction; finishing it first',
+  );
   const driver = createDriver(ledger.backend, scope.runner, log);
   try {
     const state = await driver.read();
@@ -38,25 +41,56 @@ export async function recoverInterrupted(scope: Scope): Promise<Recovery | null>
       if (ledger.confirm && ledger.confirm.confirmedAt === null) disarmRevert(ledger.confirm, log);
       removeLedger(scope.dir);
       log.warn({ families: steps.map((s) => s.label) }, 'completed the interrupted uninstall');
-      return { installId: ledger.installId, operation: ledger.operation, outcome: 'completed', backend: ledger.backend, changed: steps.map((s) => s.label) };
+      return {
+        installId: ledger.installId,
+        operation: ledger.operation,
+        outcome: 'completed',
+        backend: ledger.backend,
+        changed: steps.map((s) => s.label),
+      };
     }
     const previous = ledger.previous;
-    const target: TransitionTarget = previous?.objects ? { kind: 'objects', objects: previous.objects } : { kind: 'objects', objects: ledger.before };
+    const target: TransitionTarget = previous?.objects
+      ? { kind: 'objects', objects: previous.objects }
+      : { kind: 'objects', objects: ledger.before };
     const steps = driver.stepsTo(state, target);
     for (const step of steps) await driver.apply(step);
     await reconcileExtras(scope.runner, previous?.extras ?? NO_EXTRAS, ledger.current.extras, log);
     if (previous) {
-      writeLedger(scope.dir, { ...ledger, state: 'installed', operation: 'install', current: previous, previous: null, updatedAt: new Date().toISOString() });
+      writeLedger(scope.dir, {
+        ...ledger,
+        state: 'installed',
+        operation: 'install',
+        current: previous,
+        previous: null,
+        updatedAt: new Date().toISOString(),
+      });
     } else {
       await driver.tidy(ledger.snapshot);
       if (ledger.confirm && ledger.confirm.confirmedAt === null) disarmRevert(ledger.confirm, log);
       removeLedger(scope.dir);
     }
-    log.warn({ families: steps.map((s) => s.label), to: previous ? 'previous generation' : 'not installed' }, 'rolled back the interrupted transaction');
-    return { installId: ledger.installId, operation: ledger.operation, outcome: 'rolled-back', backend: ledger.backend, changed: steps.map((s) => s.label) };
+    log.warn(
+      { families: steps.map((s) => s.label), to: previous ? 'previous generation' : 'not installed' },
+      'rolled back the interrupted transaction',
+    );
+    return {
+      installId: ledger.installId,
+      operation: ledger.operation,
+      outcome: 'rolled-back',
+      backend: ledger.backend,
+      changed: steps.map((s) => s.label),
+    };
   } catch (error) {
-    throw new MeshctlError('ROLLBACK_FAILED', `could not finish the interrupted ${ledger.operation} of install ${ledger.installId} (ledger in ${scope.dir})`,
+    throw new MeshctlError(
+      'ROLLBACK_FAILED',
+      `could not finish the interrupted ${ledger.operation} of install ${ledger.installId} (ledger in ${scope.dir})`,
       'run `meshctl status` to see the rules; fix the error below and run any meshctl command again: it retries the recovery',
-      { cause: error, details: error instanceof MeshctlError ? [`${error.code}: ${error.message}`, ...error.details] : [String(error)] });
+      {
+        cause: error,
+        details:
+          error instanceof MeshctlError ? [`${error.code}: ${error.message}`, ...error.details] : [String(error)],
+      },
+    );
   }
 }

@@ -39,7 +39,14 @@ export interface ArmOptions {
 }
 
 function revertArgs(scope: Scope, installId: string): string[] {
-  return ['uninstall', '--if-unconfirmed', installId, '--state-dir', scope.stateDir, ...(scope.netns ? ['--netns', scope.netns] : [])];
+  return [
+    'uninstall',
+    '--if-unconfirmed',
+    installId,
+    '--state-dir',
+    scope.stateDir,
+    ...(scope.netns ? ['--netns', scope.netns] : []),
+  ];
 }
 
 /** Arms the revert. Throws COMMAND_FAILED when neither mechanism can be started (the caller rolls back). */
@@ -52,15 +59,37 @@ export function armRevert(options: ArmOptions): ConfirmArm {
   if (mechanism === 'systemd-timer') {
     const unit = `meshctl-revert-${installId}`;
     const seconds = Math.max(1, Math.ceil(withinMs / 1000));
-    const args = [`--unit=${unit}`, `--description=meshctl: revert install ${installId} unless confirmed`, `--on-active=${seconds}s`,
-      '--timer-property=AccuracySec=1s', '--collect', '--', ...command, ...revertArgs(scope, installId)];
+    const args = [
+      `--unit=${unit}`,
+      `--description=meshctl: revert install ${installId} unless confirmed`,
+      `--on-active=${seconds}s`,
+      '--timer-property=AccuracySec=1s',
+      '--collect',
+      '--',
+      ...command,
+      ...revertArgs(scope, installId),
+    ];
     const result = spawnSync('systemd-run', args, { encoding: 'utf8', env: scope.env, timeout: 15_000 });
     if (result.status !== 0) {
-      throw new MeshctlError('COMMAND_FAILED', `systemd-run could not arm the revert timer ${unit}.timer (exit ${result.status ?? 'none'})`,
-        'check `systemctl status`; or run without --confirm-within', { details: [`command: systemd-run ${args.join(' ')}`, `stderr:  ${(result.stderr ?? '').trim()}`] });
+      throw new MeshctlError(
+        'COMMAND_FAILED',
+        `systemd-run could not arm the revert timer ${unit}.timer (exit ${result.status ?? 'none'})`,
+        'check `systemctl status`; or run without --confirm-within',
+        { details: [`command: systemd-run ${args.join(' ')}`, `stderr:  ${(result.stderr ?? '').trim()}`] },
+      );
     }
-    log.warn({ unit: `${unit}.timer`, deadline: deadline.toISOString() }, 'armed revert timer; run `meshctl confirm` to keep the rules');
-    return { deadline: deadline.toISOString(), mechanism, unit: `${unit}.timer`, pid: null, pidStartTime: null, confirmedAt: null };
+    log.warn(
+      { unit: `${unit}.timer`, deadline: deadline.toISOString() },
+      'armed revert timer; run `meshctl confirm` to keep the rules',
+    );
+    return {
+      deadline: deadline.toISOString(),
+      mechanism,
+      unit: `${unit}.timer`,
+      pid: null,
+      pidStartTime: null,
+      confirmedAt: null,
+    };
   }
   const logFd = openSync(revertLogPath(scope.dir), 'a', 0o600);
   try {
@@ -71,11 +100,25 @@ export function armRevert(options: ArmOptions): ConfirmArm {
       env: scope.env,
     });
     if (child.pid === undefined) {
-      throw new MeshctlError('COMMAND_FAILED', `could not start the detached revert process (${file})`, 'run without --confirm-within, or check that node can be spawned');
+      throw new MeshctlError(
+        'COMMAND_FAILED',
+        `could not start the detached revert process (${file})`,
+        'run without --confirm-within, or check that node can be spawned',
+      );
     }
     child.unref();
-    log.warn({ pid: child.pid, deadline: deadline.toISOString(), log: revertLogPath(scope.dir) }, 'armed detached revert process; run `meshctl confirm` to keep the rules');
-    return { deadline: deadline.toISOString(), mechanism, unit: null, pid: child.pid, pidStartTime: processStartTime(child.pid), confirmedAt: null };
+    log.warn(
+      { pid: child.pid, deadline: deadline.toISOString(), log: revertLogPath(scope.dir) },
+      'armed detached revert process; run `meshctl confirm` to keep the rules',
+    );
+    return {
+      deadline: deadline.toISOString(),
+      mechanism,
+      unit: null,
+      pid: child.pid,
+      pidStartTime: processStartTime(child.pid),
+      confirmedAt: null,
+    };
   } finally {
     closeSync(logFd);
   }
@@ -88,7 +131,12 @@ export function disarmRevert(arm: ConfirmArm, log: Logger): void {
     log.info({ unit: arm.unit }, 'stopped revert timer');
     return;
   }
-  if (arm.pid !== null && arm.pidStartTime !== null && processStartTime(arm.pid) === arm.pidStartTime && arm.pid !== process.pid) {
+  if (
+    arm.pid !== null &&
+    arm.pidStartTime !== null &&
+    processStartTime(arm.pid) === arm.pidStartTime &&
+    arm.pid !== process.pid
+  ) {
     try {
       process.kill(arm.pid, 'SIGTERM');
       log.info({ pid: arm.pid }, 'stopped detached revert process');

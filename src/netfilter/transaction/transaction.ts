@@ -25,7 +25,13 @@ function detailsOf(error: unknown): string[] {
  * Brings `labels` (families) back to the fallback. Returns what was restored; throws ROLLBACK_FAILED when the
  * kernel refuses, naming the families that may be half-changed.
  */
-async function rollBack(driver: BackendDriver, fallback: TransitionTarget, labels: readonly string[], log: Logger, original: unknown): Promise<string[]> {
+async function rollBack(
+  driver: BackendDriver,
+  fallback: TransitionTarget,
+  labels: readonly string[],
+  log: Logger,
+  original: unknown,
+): Promise<string[]> {
   if (labels.length === 0) return [];
   try {
     const state = await driver.read();
@@ -35,9 +41,18 @@ async function rollBack(driver: BackendDriver, fallback: TransitionTarget, label
     return labels.slice();
   } catch (error) {
     log.error({ err: error, families: labels }, 'rollback failed');
-    throw new MeshctlError('ROLLBACK_FAILED', `restoring the previous ${labels.join(' and ')} rules failed after an error; those families may be half-changed`,
+    throw new MeshctlError(
+      'ROLLBACK_FAILED',
+      `restoring the previous ${labels.join(' and ')} rules failed after an error; those families may be half-changed`,
       'run `meshctl status` to see what is there; `meshctl uninstall` removes what the ledger lists; the pre-install snapshot is in the ledger file',
-      { cause: error, details: [...detailsOf(original).map((l) => `first error: ${l}`), ...detailsOf(error).map((l) => `rollback error: ${l}`)] });
+      {
+        cause: error,
+        details: [
+          ...detailsOf(original).map((l) => `first error: ${l}`),
+          ...detailsOf(error).map((l) => `rollback error: ${l}`),
+        ],
+      },
+    );
   }
 }
 
@@ -50,8 +65,12 @@ export async function runTransaction(spec: TransactionSpec, log: Logger): Promis
       await driver.check(step);
     } catch (error) {
       tlog.error({ err: error, family: step.label }, 'check failed; nothing changed');
-      throw new MeshctlError('RESTORE_FAILED', `the ${step.label} rules for ${spec.what} were rejected by the ${driver.backend} check; nothing was changed`,
-        'run `meshctl install --dry-run` to see the input and compare with the line named in stderr', { cause: error, details: detailsOf(error) });
+      throw new MeshctlError(
+        'RESTORE_FAILED',
+        `the ${step.label} rules for ${spec.what} were rejected by the ${driver.backend} check; nothing was changed`,
+        'run `meshctl install --dry-run` to see the input and compare with the line named in stderr',
+        { cause: error, details: detailsOf(error) },
+      );
     }
   }
   const touched: string[] = [];
@@ -63,8 +82,12 @@ export async function runTransaction(spec: TransactionSpec, log: Logger): Promis
       tlog.error({ err: error, family: step.label }, 'apply failed; rolling back');
       const restored = await rollBack(driver, spec.fallback, touched, tlog, error);
       const others = restored.filter((l) => l !== step.label);
-      throw new MeshctlError('RESTORE_FAILED', `applying the ${step.label} rules for ${spec.what} failed; ${restored.length > 0 ? `restored ${restored.join(' and ')} to the previous rules` : 'nothing had changed'}${others.length > 0 ? ` (${others.join(', ')} had already been applied)` : ''}`,
-        'check the stderr shown below; `meshctl doctor` names missing kernel features and privileges', { cause: error, details: detailsOf(error) });
+      throw new MeshctlError(
+        'RESTORE_FAILED',
+        `applying the ${step.label} rules for ${spec.what} failed; ${restored.length > 0 ? `restored ${restored.join(' and ')} to the previous rules` : 'nothing had changed'}${others.length > 0 ? ` (${others.join(', ')} had already been applied)` : ''}`,
+        'check the stderr shown below; `meshctl doctor` names missing kernel features and privileges',
+        { cause: error, details: detailsOf(error) },
+      );
     }
   }
   const state = await driver.read();
@@ -72,9 +95,12 @@ export async function runTransaction(spec: TransactionSpec, log: Logger): Promis
   if (problems.length > 0) {
     tlog.error({ problems }, 'read-back differs; rolling back');
     const restored = await rollBack(driver, spec.fallback, touched, tlog, new Error(problems.join('; ')));
-    throw new MeshctlError('VERIFY_FAILED', `after ${spec.what}, the rules read back from the kernel differ from what was applied; restored ${restored.join(' and ') || 'nothing'} to the previous rules`,
+    throw new MeshctlError(
+      'VERIFY_FAILED',
+      `after ${spec.what}, the rules read back from the kernel differ from what was applied; restored ${restored.join(' and ') || 'nothing'} to the previous rules`,
       'something else changed the rules at the same moment, or the kernel rewrote a rule; run the command again, and report it if it repeats',
-      { details: problems });
+      { details: problems },
+    );
   }
   return state;
 }
