@@ -281,10 +281,82 @@ function chainLabels(table: NftTable, family: Family): Map<string, Set<Table>> {
   return labels;
 }
 
+interface EntryAt {
+  readonly hook: string;
+  readonly priority: number;
+  readonly order: number;
+  readonly entry: HookEntry;
+}
+
+/** One nft chain's rules, read under one table label, as model rules (a TPROXY pair folded into one). */
+function chainRules(table: NftTable, chain: NftChain, label: Table, family: Family): Pending[] {
+  const ours = isOurs(table);
+  const id = chainId(table, chain.name);
+  const pending: Pending[] = [];
+  let previous: Pending | null = null;
+  for (const text of chain.rules) {
+    const parsed = parseNftRule(text, family, (name) => chainId(table, name));
+    if (parsed.kind === 'other-family') continue;
+    const marked = parsed.comment?.startsWith(COMMENT_PREFIX) ?? false;
+    const owner = marked ? 'meshctl' : ours ? 'unrecorded' : 'foreign';
+    const base = { table: label, chain: id, purpose: purposeOf(parsed.comment, ours), comment: parsed.comment };
+    if (parsed.kind === 'unevaluable') {
+      pending.push({
+        ...base,
+        matches: [],
+        target: PLACEHOLDER,
+        kernel: { owner, text, effect: { kind: 'unevaluable', why: parsed.why } },
+      });
+      previous = null;
+      continue;
+    }
+    // render-nft writes TPROXY as two rules (tproxy …, then the same matches with drop); they are one model rule.
+    if (
+      previous &&
+      previous.target.kind === 'tproxy' &&
+      parsed.target.kind === 'drop' &&
+      parsed.comment === previous.comment &&
+      JSON.stringify(parsed.matches) === JSON.stringify(previous.matches)
+    ) {
+      pending[pending.length - 1] = {
+        ...previous,
+        kernel: { ...previous.kernel, text: `${previous.kernel.text}; ${text}` },
+      };
+      previous = null;
+      continue;
+    }
+    const rule: Pending = {
+      ...base,
+      matches: parsed.matches,
+      target: parsed.target,
+      kernel: parsed.effect ? { owner, text, effect: parsed.effect } : { owner, text },
+    };
+    pending.push(rule);
+    previous = rule;
+  }
+  return pending;
+}
+
+/** The base chains a packet going `direction` enters, in the order the kernel runs them. */
+function hookEntries(entryList: readonly EntryAt[], direction: 'outbound' | 'inbound'): HookEntry[] {
+  return (
+    entryList
+      .filter((e) => HOOKS[direction].includes(e.hook))
+      // Equal priorities run in registration order, which is the order nft lists the tables in.
+      .sort(
+        (a, b) =>
+          HOOKS[direction].indexOf(a.hook) - HOOKS[direction].indexOf(b.hook) ||
+          a.priority - b.priority ||
+          a.order - b.order,
+      )
+      .map((e) => e.entry)
+  );
+}
+
 function nftFamily(family: Family, tables: readonly NftTable[], recorded: FamilyPlan | null): ExplainFamilyPlan {
   const pending: Pending[] = [];
   const chains: ChainDecl[] = [];
-  const entryList: { hook: string; priority: number; order: number; entry: HookEntry }[] = [];
+  const entryList: EntryAt[] = [];
   for (const table of tables.filter((t) => appliesTo(t, family))) {
     const ours = isOurs(table);
     const labels = chainLabels(table, family);
@@ -301,47 +373,7 @@ function nftFamily(family: Family, tables: readonly NftTable[], recorded: Family
             order: entryList.length,
             entry: { table: label, chain: id, policy: chain.policy },
           });
-        let previous: Pending | null = null;
-        for (const text of chain.rules) {
-          const parsed = parseNftRule(text, family, (name) => chainId(table, name));
-          if (parsed.kind === 'other-family') continue;
-          const marked = parsed.comment?.startsWith(COMMENT_PREFIX) ?? false;
-          const owner = marked ? 'meshctl' : ours ? 'unrecorded' : 'foreign';
-          const base = { table: label, chain: id, purpose: purposeOf(parsed.comment, ours), comment: parsed.comment };
-          if (parsed.kind === 'unevaluable') {
-            pending.push({
-              ...base,
-              matches: [],
-              target: PLACEHOLDER,
-              kernel: { owner, text, effect: { kind: 'unevaluable', why: parsed.why } },
-            });
-            previous = null;
-            continue;
-          }
-          // render-nft writes TPROXY as two rules (tproxy …, then the same matches with drop); they are one model rule.
-          if (
-            previous &&
-            previous.target.kind === 'tproxy' &&
-            parsed.target.kind === 'drop' &&
-            parsed.comment === previous.comment &&
-            JSON.stringify(parsed.matches) === JSON.stringify(previous.matches)
-          ) {
-            pending[pending.length - 1] = {
-              ...previous,
-              kernel: { ...previous.kernel, text: `${previous.kernel.text}; ${text}` },
-            };
-            previous = null;
-            continue;
-          }
-          const rule: Pending = {
-            ...base,
-            matches: parsed.matches,
-            target: parsed.target,
-            kernel: parsed.effect ? { owner, text, effect: parsed.effect } : { owner, text },
-          };
-          pending.push(rule);
-          previous = rule;
-        }
+        pending.push(...chainRules(table, chain, label, family));
       }
     }
   }
@@ -349,22 +381,11 @@ function nftFamily(family: Family, tables: readonly NftTable[], recorded: Family
     p.purpose.startsWith('dispatch-') && p.kernel.owner === 'meshctl' && !isOwnedChain(p.chain) && p.chain.includes('/')
       ? 'built-in (nftables per-family dispatch)'
       : null;
-  const entries = (direction: 'outbound' | 'inbound'): HookEntry[] =>
-    entryList
-      .filter((e) => HOOKS[direction].includes(e.hook))
-      // Equal priorities run in registration order, which is the order nft lists the tables in.
-      .sort(
-        (a, b) =>
-          HOOKS[direction].indexOf(a.hook) - HOOKS[direction].indexOf(b.hook) ||
-          a.priority - b.priority ||
-          a.order - b.order,
-      )
-      .map((e) => e.entry);
   return {
     family,
     chains,
     rules: withOrigins(pending, recorded, dispatch),
-    entries: { outbound: entries('outbound'), inbound: entries('inbound') },
+    entries: { outbound: hookEntries(entryList, 'outbound'), inbound: hookEntries(entryList, 'inbound') },
   };
 }
 

@@ -394,11 +394,10 @@ function addOutboundExclusions(b: FamilyBuilder, config: Config, table: Table, c
   );
 }
 
-function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: string | null): void {
+/** The outbound chain's first RETURNs and jumps: mid-stream flows, excluded interfaces, the inbound passthrough
+ * source, and the proxy's own connections to a local address that inbound capture handles. */
+function addOutboundSkips(b: FamilyBuilder, config: Config, chain: string, localInboundChain: string | null): void {
   const { capture: cap, proxy } = config;
-  if (!cap.outbound.enabled) return;
-  const chain = b.chain('nat', CHAINS.output);
-  const redirect = b.chain('nat', CHAINS.redirect);
   const lo: Match = { kind: 'outInterface', name: 'lo' };
   const notLocalhost: Match = { kind: 'destination', cidr: hostCidr(LOCALHOST[b.family]), negate: true };
   const { uid, gid } = proxy.user;
@@ -442,6 +441,12 @@ function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: strin
       'capture.inbound.enabled',
     );
   }
+}
+
+/** What loopback and localhost traffic does: RETURNed on lo unless an include lists loopback, the proxy exempt. */
+function addLoopbackRules(b: FamilyBuilder, config: Config, chain: string): void {
+  const lo: Match = { kind: 'outInterface', name: 'lo' };
+  const { uid, gid } = config.proxy.user;
   // Loopback in includeCidrs (127.0.0.0/8, ::1) means "capture it": like istio-iptables, the loopback RETURNs go, or
   // the include's REDIRECT would sit behind them and never match. Then apps' lo traffic goes on to the exclusions
   // and includes like any other (an app calling its own included address over lo is captured too). A listed
@@ -490,6 +495,15 @@ function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: strin
       'built-in (localhost)',
     );
   }
+}
+
+function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: string | null): void {
+  const { capture: cap, proxy } = config;
+  if (!cap.outbound.enabled) return;
+  const chain = b.chain('nat', CHAINS.output);
+  const redirect = b.chain('nat', CHAINS.redirect);
+  addOutboundSkips(b, config, chain, localInboundChain);
+  addLoopbackRules(b, config, chain);
   addOwnerExemptions(b, config, 'nat', chain, []);
   addOutboundExclusions(b, config, 'nat', chain);
   for (const include of outboundIncludes(b, config))
@@ -505,7 +519,12 @@ function planOutbound(b: FamilyBuilder, config: Config, localInboundChain: strin
   b.add('nat', 'OUTPUT', [tcp], { kind: 'jump', chain }, 'outbound-capture', 'capture.outbound.enabled');
 }
 
-function dnsServers(b: FamilyBuilder, config: Config): { matches: Match[]; origin: string }[] {
+interface DnsServer {
+  readonly matches: Match[];
+  readonly origin: string;
+}
+
+function dnsServers(b: FamilyBuilder, config: Config): DnsServer[] {
   const servers = config.capture.dns.servers;
   if (servers === 'all') return [{ matches: [], origin: 'capture.dns.enabled' }];
   return b
@@ -523,6 +542,13 @@ function planDns(b: FamilyBuilder, config: Config): void {
   if (!dns.enabled) return;
   const servers = dnsServers(b, config);
   if (servers.length === 0) return;
+  planDnsRedirect(b, config, servers);
+  planDnsZones(b, config, servers);
+}
+
+/** The nat chain that redirects DNS queries (UDP and TCP) to the captured servers to the proxy's DNS port. */
+function planDnsRedirect(b: FamilyBuilder, config: Config, servers: readonly DnsServer[]): void {
+  const { dns } = config.capture;
   const chain = b.chain('nat', CHAINS.dns);
   addProxyExemption(b, config, 'nat', chain, []);
   addOwnerExemptions(b, config, 'nat', chain, []);
@@ -546,7 +572,11 @@ function planDns(b: FamilyBuilder, config: Config): void {
     );
   b.add('nat', 'OUTPUT', [udp, dport([port(DNS_PORT)])], { kind: 'jump', chain }, 'dns-capture', 'capture.dns.enabled');
   b.add('nat', 'OUTPUT', [tcp, dport([port(DNS_PORT)])], { kind: 'jump', chain }, 'dns-capture', 'capture.dns.enabled');
+}
 
+/** Conntrack zones (raw): the proxy's upstream queries and their replies in one zone, apps' queries in another. */
+function planDnsZones(b: FamilyBuilder, config: Config, servers: readonly DnsServer[]): void {
+  const { dns } = config.capture;
   const { uid, gid } = config.proxy.user;
   const zoneOut = b.chain('raw', CHAINS.dnsZoneOut);
   const zonePre = b.chain('raw', CHAINS.dnsZonePre);
