@@ -274,87 +274,122 @@ export function register(program: Command): void {
         '--json',
         'print { intercepted, toPort, verdict, trace, source, installId, backend, differences, ... } as JSON',
       ),
-  ).action(async (name: string | undefined, options: Record<string, unknown>, command: Command) => {
-    if (name !== undefined) {
-      if (!options.dns)
-        throw new MeshctlError(
-          'EXPLAIN_INPUT',
-          `unexpected argument "${name}": a host name goes with --dns`,
-          'to explain how a name is resolved: `meshctl explain --dns NAME`; for a connection: --out or --in with --dst',
-        );
-      // `--dns NAME` asks about DNS; it does not switch DNS capture on in the config being explained.
-      const config = await loadConfigFromOptions({ ...options, dns: undefined });
-      const e = explainDnsName(config, name, new UpstreamServers(config.outbound.resolver.servers));
-      process.stdout.write(options.json ? `${JSON.stringify(e, null, 2)}\n` : formatDnsExplanation(e));
-      return;
-    }
-    if (options.dst === undefined) {
-      const dst = command.options.find((o) => o.long === '--dst')!;
-      (command as unknown as { missingMandatoryOptionValue(option: unknown): never }).missingMandatoryOptionValue(dst);
-    }
-    if (Boolean(options.out) === Boolean(options.in)) {
-      throw new MeshctlError(
-        'EXPLAIN_INPUT',
-        'say which direction: exactly one of --out or --in',
-        'e.g. `meshctl explain --in --dst 10.0.0.5:22`',
-      );
-    }
-    const direction = options.out ? 'outbound' : 'inbound';
-    const dst = parseEndpoint(String(options.dst), '--dst') as { address: string; port: number };
-    const src = options.src !== undefined ? parseEndpoint(String(options.src), '--src', true) : undefined;
-    if (src && parseIp(src.address)!.family !== parseIp(dst.address)!.family) {
-      throw new MeshctlError(
-        'EXPLAIN_INPUT',
-        `--src ${String(options.src)} and --dst ${String(options.dst)} are of different address families`,
-        'use two IPv4 or two IPv6 endpoints',
-      );
-    }
-    const owner = direction === 'outbound' ? resolveOwner(options) : null;
-    const config = await loadConfigFromOptions(options);
-    const flow: Flow = {
-      direction,
-      protocol: options.proto as 'tcp' | 'udp',
-      destination: dst,
-      ...(src ? { source: src } : {}),
-      ...(owner
-        ? {
-            uid: owner.uid,
-            gid: owner.gid,
-            ...(options.groups !== undefined ? { groups: parseGroups(options.groups) } : {}),
-          }
-        : {}),
-      ...(options.iface !== undefined
-        ? direction === 'outbound'
-          ? { outInterface: String(options.iface) }
-          : { inInterface: String(options.iface) }
-        : {}),
-    };
-    const netns = options.netns as string | undefined;
-    const rules = await readExplainRules({ config, netns: netns ?? null, from: options.plan ? 'config' : 'kernel' });
-    const explanation = explainFlow(rules.plan, flow, readHostContext(netns));
-    let proxy: ProxyExplanation | undefined;
-    if (flow.protocol === 'tcp') {
-      const { resolved, notes } = await resolveServiceHostnames(config);
-      const p = explainProxy(config, { direction, destination: dst, source: src }, resolved);
-      proxy = { ...p, assumptions: [...notes, ...p.assumptions] };
-    }
-    const notes = [...rules.notes, ...(owner?.note ? [owner.note] : [])];
-    const summary: RulesSummary = {
-      source: rules.source,
-      installId: rules.installId,
-      backend: rules.backend,
-      netns: rules.netns,
-      differences: rules.differences,
-    };
-    const withNote = {
-      ...explanation,
-      assumptions: [...notes, ...explanation.assumptions],
-      ...(proxy ? { proxy } : {}),
-    };
-    process.stdout.write(
-      options.json
-        ? `${JSON.stringify({ ...withNote, ...summary }, null, 2)}\n`
-        : formatExplanation(flow, { ...withNote, rules: summary }),
+  ).action(explainAction);
+}
+
+type Endpoint = { address: string; port?: number };
+
+/** `meshctl explain`: a host name with --dns, else a connection. */
+async function explainAction(
+  name: string | undefined,
+  options: Record<string, unknown>,
+  command: Command,
+): Promise<void> {
+  if (name !== undefined) await explainDns(name, options);
+  else await explainConnection(options, command);
+}
+
+/** `--dns NAME`: how the proxy's DNS server would answer NAME. */
+async function explainDns(name: string, options: Record<string, unknown>): Promise<void> {
+  if (!options.dns)
+    throw new MeshctlError(
+      'EXPLAIN_INPUT',
+      `unexpected argument "${name}": a host name goes with --dns`,
+      'to explain how a name is resolved: `meshctl explain --dns NAME`; for a connection: --out or --in with --dst',
     );
-  });
+  // `--dns NAME` asks about DNS; it does not switch DNS capture on in the config being explained.
+  const config = await loadConfigFromOptions({ ...options, dns: undefined });
+  const e = explainDnsName(config, name, new UpstreamServers(config.outbound.resolver.servers));
+  process.stdout.write(options.json ? `${JSON.stringify(e, null, 2)}\n` : formatDnsExplanation(e));
+}
+
+/** The direction and endpoints --out/--in, --dst and --src name, checked. */
+function connectionEndpoints(
+  options: Record<string, unknown>,
+  command: Command,
+): { direction: 'outbound' | 'inbound'; dst: { address: string; port: number }; src: Endpoint | undefined } {
+  if (options.dst === undefined) {
+    const dst = command.options.find((o) => o.long === '--dst')!;
+    (command as unknown as { missingMandatoryOptionValue(option: unknown): never }).missingMandatoryOptionValue(dst);
+  }
+  if (Boolean(options.out) === Boolean(options.in)) {
+    throw new MeshctlError(
+      'EXPLAIN_INPUT',
+      'say which direction: exactly one of --out or --in',
+      'e.g. `meshctl explain --in --dst 10.0.0.5:22`',
+    );
+  }
+  const direction = options.out ? 'outbound' : 'inbound';
+  const dst = parseEndpoint(String(options.dst), '--dst') as { address: string; port: number };
+  const src = options.src !== undefined ? parseEndpoint(String(options.src), '--src', true) : undefined;
+  if (src && parseIp(src.address)!.family !== parseIp(dst.address)!.family) {
+    throw new MeshctlError(
+      'EXPLAIN_INPUT',
+      `--src ${String(options.src)} and --dst ${String(options.dst)} are of different address families`,
+      'use two IPv4 or two IPv6 endpoints',
+    );
+  }
+  return { direction, dst, src };
+}
+
+/** The flow explained: the endpoints plus --proto, the owner (outbound), --groups and --iface. */
+function flowFromOptions(
+  options: Record<string, unknown>,
+  { direction, dst, src }: ReturnType<typeof connectionEndpoints>,
+  owner: ReturnType<typeof resolveOwner> | null,
+): Flow {
+  return {
+    direction,
+    protocol: options.proto as 'tcp' | 'udp',
+    destination: dst,
+    ...(src ? { source: src } : {}),
+    ...(owner
+      ? {
+          uid: owner.uid,
+          gid: owner.gid,
+          ...(options.groups !== undefined ? { groups: parseGroups(options.groups) } : {}),
+        }
+      : {}),
+    ...(options.iface !== undefined
+      ? direction === 'outbound'
+        ? { outInterface: String(options.iface) }
+        : { inInterface: String(options.iface) }
+      : {}),
+  };
+}
+
+/** `--out` / `--in --dst …`: the rules the connection meets and what the proxy would do with it. */
+async function explainConnection(options: Record<string, unknown>, command: Command): Promise<void> {
+  const endpoints = connectionEndpoints(options, command);
+  const { direction, dst, src } = endpoints;
+  const owner = direction === 'outbound' ? resolveOwner(options) : null;
+  const config = await loadConfigFromOptions(options);
+  const flow = flowFromOptions(options, endpoints, owner);
+  const netns = options.netns as string | undefined;
+  const rules = await readExplainRules({ config, netns: netns ?? null, from: options.plan ? 'config' : 'kernel' });
+  const explanation = explainFlow(rules.plan, flow, readHostContext(netns));
+  let proxy: ProxyExplanation | undefined;
+  if (flow.protocol === 'tcp') {
+    const { resolved, notes } = await resolveServiceHostnames(config);
+    const p = explainProxy(config, { direction, destination: dst, source: src }, resolved);
+    proxy = { ...p, assumptions: [...notes, ...p.assumptions] };
+  }
+  const notes = [...rules.notes, ...(owner?.note ? [owner.note] : [])];
+  const summary: RulesSummary = {
+    source: rules.source,
+    installId: rules.installId,
+    backend: rules.backend,
+    netns: rules.netns,
+    differences: rules.differences,
+  };
+  const withNote = {
+    ...explanation,
+    assumptions: [...notes, ...explanation.assumptions],
+    ...(proxy ? { proxy } : {}),
+  };
+  process.stdout.write(
+    options.json
+      ? `${JSON.stringify({ ...withNote, ...summary }, null, 2)}\n`
+      : formatExplanation(flow, { ...withNote, rules: summary }),
+  );
 }

@@ -116,7 +116,14 @@ export function register(program: Command): void {
   const service = program
     .command('service')
     .description('run meshctl under systemd: units for the proxy, its sockets and capture');
+  registerServiceInstall(service);
+  registerServiceUninstall(service);
+  registerServiceStatus(service);
+  registerProxyReady(program);
+}
 
+/** `meshctl service install`. */
+function registerServiceInstall(service: Command): void {
   service
     .command('install')
     .description(
@@ -150,7 +157,10 @@ export function register(program: Command): void {
       });
       process.stdout.write(options.json ? `${JSON.stringify(result, null, 2)}\n` : describeInstall(result));
     });
+}
 
+/** `meshctl service uninstall`. */
+function registerServiceUninstall(service: Command): void {
   service
     .command('uninstall')
     .description('stop capture (removing exactly its rules), the proxy and its sockets; remove the units')
@@ -170,7 +180,10 @@ export function register(program: Command): void {
       const result = await uninstallService({ purge: options.purge === true, log: cliLogger(options) });
       process.stdout.write(options.json ? `${JSON.stringify(result, null, 2)}\n` : describeUninstall(result));
     });
+}
 
+/** `meshctl service status`. */
+function registerServiceStatus(service: Command): void {
   service
     .command('status')
     .description('one screen: is this host protected? (exit 0 protected, 1 not protected, 3 not installed)')
@@ -181,7 +194,10 @@ export function register(program: Command): void {
       process.exitCode =
         status.verdict === 'protected' ? EXIT.ok : status.verdict === 'not-installed' ? EXIT.notInstalled : EXIT.error;
     });
+}
 
+/** `meshctl proxy-ready`: the proxy unit's ExecStartPost. */
+function registerProxyReady(program: Command): void {
   program
     .command('proxy-ready')
     .description(

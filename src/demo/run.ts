@@ -47,6 +47,104 @@ export function requireDemoRoot(): void {
   }
 }
 
+/** A connection the demo makes, and what it should show. */
+type PlannedStep = Omit<DemoStep, 'client' | 'record'> & {
+  mode: 'http' | 'banner' | 'whoami';
+  host: string;
+  port: number;
+  fromNs: 'app' | 'peer';
+};
+
+/** The demo's four connections: HTTP and a server-first banner out, one in, and one to an excluded port. */
+function demoPlan({ app, peer }: DemoLab['addresses']): PlannedStep[] {
+  return [
+    {
+      title: 'HTTP out',
+      direction: 'outbound',
+      from: 'app',
+      to: `${peer}:${PORTS.http}`,
+      expect: 'intercepted',
+      why: 'every outbound TCP connection is captured by default (capture.outbound)',
+      mode: 'http',
+      host: peer,
+      port: PORTS.http,
+      fromNs: 'app',
+    },
+    {
+      title: 'banner out',
+      direction: 'outbound',
+      from: 'app',
+      to: `${peer}:${PORTS.banner}`,
+      expect: 'intercepted',
+      why: 'the server spoke first and its greeting still came through the proxy',
+      mode: 'banner',
+      host: peer,
+      port: PORTS.banner,
+      fromNs: 'app',
+    },
+    {
+      title: 'inbound in',
+      direction: 'inbound',
+      from: 'peer',
+      to: `${app}:${PORTS.appService}`,
+      expect: 'intercepted',
+      why: 'inbound connections to the app host are captured too (capture.inbound); the app saw the proxy, not the peer',
+      mode: 'whoami',
+      host: app,
+      port: PORTS.appService,
+      fromNs: 'peer',
+    },
+    {
+      title: 'excluded',
+      direction: 'outbound',
+      from: 'app',
+      to: `${peer}:${PORTS.excluded}`,
+      expect: 'direct',
+      why: `capture.outbound.excludePorts lists ${PORTS.excluded}, so the kernel let it go direct`,
+      mode: 'http',
+      host: peer,
+      port: PORTS.excluded,
+      fromNs: 'app',
+    },
+  ];
+}
+
+/** Makes each planned connection and finds the proxy's record of it (if it was intercepted). */
+async function connectAll(lab: DemoLab, plan: readonly PlannedStep[], options: DemoOptions): Promise<DemoStep[]> {
+  const steps: DemoStep[] = [];
+  for (const p of plan) {
+    const client = lab.connect(p.fromNs, p.mode, p.host, p.port);
+    const record = client.ok ? await awaitRecord(lab, client.local, p.expect === 'intercepted') : null;
+    const { mode: _m, host: _h, port: _p, fromNs: _f, ...rest } = p;
+    steps.push({ ...rest, from: p.fromNs === 'app' ? lab.addresses.appNs : lab.addresses.peerNs, client, record });
+    options.progress(`connection ${steps.length}/${plan.length} done: ${p.title}`);
+  }
+  return steps;
+}
+
+/** Builds the lab, makes the connections and writes the report; the caller tears the lab down. */
+async function runInLab(lab: DemoLab, options: DemoOptions): Promise<Omit<DemoResult, 'leftovers'>> {
+  lab.build();
+  await lab.startServers();
+  await lab.startProxy();
+  const installOut = lab.installCapture();
+  const backend = /with (iptables-legacy|iptables-nft|nftables)/.exec(installOut)?.[1] ?? 'the detected backend';
+  const { peer } = lab.addresses;
+  const steps = await connectAll(lab, demoPlan(lab.addresses), options);
+  const stats = lab.stats() as StatsView;
+  const explainTarget = `${peer}:${PORTS.http}`;
+  const report = formatReport({
+    addresses: lab.addresses,
+    proxyUser: options.proxyUser,
+    steps,
+    stats,
+    explainTarget,
+    explain: lab.explain(peer, PORTS.http),
+    backendLine: `installed in ${lab.addresses.appNs} with ${backend}: outbound TCP → :15001, inbound TCP → :15006 (except :22 and the proxy's ports)`,
+  });
+  return { report, ok: steps.every(stepOk), steps };
+}
+
 export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   requireDemoRoot();
   const stale = DemoLab.leftovers(options.prefix);
@@ -59,89 +157,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   let failure: unknown = null;
   let result: Omit<DemoResult, 'leftovers'> | null = null;
   try {
-    lab.build();
-    await lab.startServers();
-    await lab.startProxy();
-    const installOut = lab.installCapture();
-    const backend = /with (iptables-legacy|iptables-nft|nftables)/.exec(installOut)?.[1] ?? 'the detected backend';
-    const { app, peer } = lab.addresses;
-    const plan: Array<
-      Omit<DemoStep, 'client' | 'record'> & {
-        mode: 'http' | 'banner' | 'whoami';
-        host: string;
-        port: number;
-        fromNs: 'app' | 'peer';
-      }
-    > = [
-      {
-        title: 'HTTP out',
-        direction: 'outbound',
-        from: 'app',
-        to: `${peer}:${PORTS.http}`,
-        expect: 'intercepted',
-        why: 'every outbound TCP connection is captured by default (capture.outbound)',
-        mode: 'http',
-        host: peer,
-        port: PORTS.http,
-        fromNs: 'app',
-      },
-      {
-        title: 'banner out',
-        direction: 'outbound',
-        from: 'app',
-        to: `${peer}:${PORTS.banner}`,
-        expect: 'intercepted',
-        why: 'the server spoke first and its greeting still came through the proxy',
-        mode: 'banner',
-        host: peer,
-        port: PORTS.banner,
-        fromNs: 'app',
-      },
-      {
-        title: 'inbound in',
-        direction: 'inbound',
-        from: 'peer',
-        to: `${app}:${PORTS.appService}`,
-        expect: 'intercepted',
-        why: 'inbound connections to the app host are captured too (capture.inbound); the app saw the proxy, not the peer',
-        mode: 'whoami',
-        host: app,
-        port: PORTS.appService,
-        fromNs: 'peer',
-      },
-      {
-        title: 'excluded',
-        direction: 'outbound',
-        from: 'app',
-        to: `${peer}:${PORTS.excluded}`,
-        expect: 'direct',
-        why: `capture.outbound.excludePorts lists ${PORTS.excluded}, so the kernel let it go direct`,
-        mode: 'http',
-        host: peer,
-        port: PORTS.excluded,
-        fromNs: 'app',
-      },
-    ];
-    const steps: DemoStep[] = [];
-    for (const p of plan) {
-      const client = lab.connect(p.fromNs, p.mode, p.host, p.port);
-      const record = client.ok ? await awaitRecord(lab, client.local, p.expect === 'intercepted') : null;
-      const { mode: _m, host: _h, port: _p, fromNs: _f, ...rest } = p;
-      steps.push({ ...rest, from: p.fromNs === 'app' ? lab.addresses.appNs : lab.addresses.peerNs, client, record });
-      options.progress(`connection ${steps.length}/${plan.length} done: ${p.title}`);
-    }
-    const stats = lab.stats() as StatsView;
-    const explainTarget = `${peer}:${PORTS.http}`;
-    const report = formatReport({
-      addresses: lab.addresses,
-      proxyUser: options.proxyUser,
-      steps,
-      stats,
-      explainTarget,
-      explain: lab.explain(peer, PORTS.http),
-      backendLine: `installed in ${lab.addresses.appNs} with ${backend}: outbound TCP → :15001, inbound TCP → :15006 (except :22 and the proxy's ports)`,
-    });
-    result = { report, ok: steps.every(stepOk), steps };
+    result = await runInLab(lab, options);
   } catch (error) {
     failure = error;
   }
