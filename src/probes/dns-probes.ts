@@ -38,6 +38,29 @@ function appIds(config: Config): { uid: number; gid: number } {
   return { uid, gid };
 }
 
+/** Sends one A (IPv4) or AAAA (IPv6) query for `name` through the agent; the decoded answer, or why there is none. */
+async function askDns(
+  agent: ProbeAgent,
+  via: Omit<Parameters<ProbeAgent['dns']>[0], 'query'>,
+  name: string,
+): Promise<{ p: packet.DecodedPacket } | { error: string }> {
+  const id = randomInt(0, 0x10000);
+  const query = packet.encode({
+    id,
+    type: 'query',
+    flags: packet.RECURSION_DESIRED,
+    questions: [{ name, type: via.family === 'ipv6' ? 'AAAA' : 'A', class: 'IN' }],
+  });
+  const r = await agent.dns({ ...via, query });
+  if ('error' in r) return { error: r.error };
+  try {
+    const p = packet.decode(r.answer);
+    return p.id === id ? { p } : { error: `an answer with another ID (${p.id})` };
+  } catch (error) {
+    return { error: `a malformed answer (${(error as Error).message})` };
+  }
+}
+
 export async function dnsProbes(
   agent: ProbeAgent,
   config: Config,
@@ -63,23 +86,7 @@ export async function dnsProbes(
     }
     for (const transport of ['udp', 'tcp'] as const) {
       const flow = `uid ${uid} gid ${gid} → ${family === 'ipv6' ? `[${host}]` : host}:53/${transport}`;
-      const ask = async (name: string): Promise<{ p: packet.DecodedPacket } | { error: string }> => {
-        const id = randomInt(0, 0x10000);
-        const query = packet.encode({
-          id,
-          type: 'query',
-          flags: packet.RECURSION_DESIRED,
-          questions: [{ name, type: family === 'ipv6' ? 'AAAA' : 'A', class: 'IN' }],
-        });
-        const r = await agent.dns({ host, port: 53, family, transport, uid, gid, query, timeoutMs });
-        if ('error' in r) return { error: r.error };
-        try {
-          const p = packet.decode(r.answer);
-          return p.id === id ? { p } : { error: `an answer with another ID (${p.id})` };
-        } catch (error) {
-          return { error: `a malformed answer (${(error as Error).message})` };
-        }
-      };
+      const ask = (name: string) => askDns(agent, { host, port: 53, family, transport, uid, gid, timeoutMs }, name);
       const unrouted = (e: string) =>
         e === 'ENETUNREACH'
           ? ` (no route to ${host} here: add a default route, the capture redirects after routing)`

@@ -25,7 +25,7 @@ import { startProbeAgent, type ClientResult, type ProbeAgent } from './probe-age
 import { recoverInterrupted } from '../netfilter/transaction/recovery.js';
 import type { NetfilterRunner } from '../netfilter/drivers/runner.js';
 import { assertNetnsExists } from '../values/netns.js';
-import { openScope, withScopeLock, type ScopeOptions } from '../netfilter/transaction/scope.js';
+import { openScope, withScopeLock, type Scope, type ScopeOptions } from '../netfilter/transaction/scope.js';
 
 export interface VerifyOptions extends ScopeOptions {
   /** A namespace that can reach this one, to probe inbound capture from a peer. */
@@ -135,6 +135,11 @@ interface PlannedProbe {
   readonly port: number;
 }
 
+/** A probe that could not run here, and why. */
+function skipped(name: string, family: Family, detail: string): ProbeResult {
+  return { name, family, flow: '-', expected: '-', status: 'skip', detail };
+}
+
 /** Runs the probes. Returns the report (ok false when a probe failed). Throws NOT_INSTALLED, LOCKED, NETNS_NOT_FOUND. */
 export async function verifyCapture(options: VerifyOptions): Promise<VerifyReport> {
   const scope = openScope(options);
@@ -142,25 +147,9 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
   const timeoutMs = options.timeoutMs ?? 1000;
   return withScopeLock(scope, 'verify', async () => {
     await recoverInterrupted(scope);
-    const ledger = readLedger(scope.dir);
-    if (ledger === null) {
-      throw new MeshctlError(
-        'NOT_INSTALLED',
-        `nothing is installed${scope.netns ? ` in namespace ${scope.netns}` : ''}, so there is nothing to verify`,
-        'run `meshctl install` first',
-      );
-    }
+    const ledger = installedLedger(scope);
     const { plan, config } = ledger.current;
-    const driver = createDriver(ledger.backend, scope.runner, scope.log);
-    const drift = driver
-      .drift(await driver.read(), plan)
-      .filter((d) => !d.inSync)
-      .flatMap((d) => [
-        ...d.missingChains.map((c) => `${d.label}: missing chain ${c}`),
-        ...d.missing.map((r) => `${d.label}: missing rule ${r}`),
-        ...d.extra.map((r) => `${d.label}: extra rule ${r}`),
-        ...d.outOfOrder.map((o) => `${d.label}: out of order ${o}`),
-      ]);
+    const drift = await driftLines(scope, ledger);
     const facts = await nsFacts(scope.runner);
     const results: ProbeResult[] = [];
     const planned: PlannedProbe[] = [];
@@ -174,69 +163,20 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
     try {
       for (const family of plan.families.map((f) => f.family)) {
         if (family === 'ipv6' && facts.ipv6Disabled) {
-          results.push({
-            name: 'IPv6 probes',
-            family,
-            flow: '-',
-            expected: '-',
-            status: 'skip',
-            detail:
+          results.push(
+            skipped(
+              'IPv6 probes',
+              family,
               'IPv6 is disabled in this namespace (net.ipv6.conf.all.disable_ipv6=1): no IPv6 connection can be made, so there is nothing to capture',
-          });
+            ),
+          );
           continue;
         }
         planned.push(...(await outboundProbes(scope.runner, agent, plan, config, family, facts, timeoutMs, results)));
         planned.push(...inboundProbes(peer, options, plan, config, family, facts, timeoutMs, results));
       }
-      const ports = new Set(
-        planned
-          .filter((p) => p.explanation.intercepted && p.explanation.toPort !== null)
-          .map((p) => p.explanation.toPort!),
-      );
-      for (const port of ports) {
-        for (const host of ['0.0.0.0', ...(facts.ipv6Disabled ? [] : ['::'])]) {
-          const listened = await agent.listen(host, port);
-          if ('error' in listened) {
-            if (listened.error === 'EADDRINUSE') busy.add(`${host === '::' ? 'ipv6' : 'ipv4'}:${port}`);
-            else
-              throw new MeshctlError(
-                'COMMAND_FAILED',
-                `verify could not listen on ${host === '::' ? '[::]' : host}:${port}: ${listened.error}`,
-                'run verify as root',
-              );
-            continue;
-          }
-          servers.push(listened.server);
-          listened.server.on('connection', (socket: Socket) => {
-            let originalDst: string | null = null;
-            let note: string | null = null;
-            try {
-              const dst = readOriginalDst(socket);
-              originalDst = hostPort(dst.family, dst.address, dst.port);
-            } catch (error) {
-              note = isMeshctlError(error, 'ADDON_UNAVAILABLE')
-                ? 'original destination not checked: the native addon is not built'
-                : `no original destination: ${(error as Error).message}`;
-            }
-            arrivals.set(socket.remotePort ?? -1, { listenerPort: port, originalDst, note });
-            socket.on('error', () => undefined);
-            socket.end(MARKER);
-          });
-        }
-      }
-      const outcomes = await Promise.all(
-        planned.map(async (probe) => {
-          const startedAt = performance.now();
-          const client = await probe.run();
-          // Asked while the client still holds its connection (the agent ends the clients at close()).
-          const seen =
-            busy.size > 0 && arrivalOf(client, arrivals) === undefined
-              ? await askProxy(agent, config, probe, client, startedAt)
-              : null;
-          return { probe, client, seen };
-        }),
-      );
-      for (const { probe, client, seen } of outcomes) results.push(judge(probe, client, arrivals, busy, seen));
+      await listenOnProxyPorts(agent, planned, facts, { servers, arrivals, busy });
+      results.push(...(await runPlannedProbes(agent, config, planned, arrivals, busy)));
       const dnsFamilies = plan.families
         .filter((f) => f.rules.some((r) => r.purpose === 'dns-capture') && !(f.family === 'ipv6' && facts.ipv6Disabled))
         .map((f) => f.family);
@@ -249,6 +189,108 @@ export async function verifyCapture(options: VerifyOptions): Promise<VerifyRepor
     const ok = results.every((r) => r.status !== 'fail');
     return { ok, installId: ledger.installId, backend: ledger.backend, netns: scope.netns, probes: results, drift };
   });
+}
+
+/** The ledger of what is installed in `scope`; throws NOT_INSTALLED when nothing is. */
+function installedLedger(scope: Scope): Ledger {
+  const ledger = readLedger(scope.dir);
+  if (ledger === null) {
+    throw new MeshctlError(
+      'NOT_INSTALLED',
+      `nothing is installed${scope.netns ? ` in namespace ${scope.netns}` : ''}, so there is nothing to verify`,
+      'run `meshctl install` first',
+    );
+  }
+  return ledger;
+}
+
+/** How the live rules differ from the installed plan, one line per missing, extra or misplaced chain or rule. */
+async function driftLines(scope: Scope, ledger: Ledger): Promise<string[]> {
+  const driver = createDriver(ledger.backend, scope.runner, scope.log);
+  return driver
+    .drift(await driver.read(), ledger.current.plan)
+    .filter((d) => !d.inSync)
+    .flatMap((d) => [
+      ...d.missingChains.map((c) => `${d.label}: missing chain ${c}`),
+      ...d.missing.map((r) => `${d.label}: missing rule ${r}`),
+      ...d.extra.map((r) => `${d.label}: extra rule ${r}`),
+      ...d.outOfOrder.map((o) => `${d.label}: out of order ${o}`),
+    ]);
+}
+
+/**
+ * Listens, on IPv4 and (unless disabled) IPv6, on every proxy port a planned probe should be redirected to. A port
+ * another process holds (normally the proxy) goes into `busy`; any other listen error throws COMMAND_FAILED.
+ */
+async function listenOnProxyPorts(
+  agent: ProbeAgent,
+  planned: readonly PlannedProbe[],
+  facts: NsFacts,
+  into: { servers: Server[]; arrivals: Map<number, Arrival>; busy: Set<string> },
+): Promise<void> {
+  const ports = new Set(
+    planned.filter((p) => p.explanation.intercepted && p.explanation.toPort !== null).map((p) => p.explanation.toPort!),
+  );
+  for (const port of ports) {
+    for (const host of ['0.0.0.0', ...(facts.ipv6Disabled ? [] : ['::'])]) {
+      const listened = await agent.listen(host, port);
+      if ('error' in listened) {
+        if (listened.error === 'EADDRINUSE') into.busy.add(`${host === '::' ? 'ipv6' : 'ipv4'}:${port}`);
+        else
+          throw new MeshctlError(
+            'COMMAND_FAILED',
+            `verify could not listen on ${host === '::' ? '[::]' : host}:${port}: ${listened.error}`,
+            'run verify as root',
+          );
+        continue;
+      }
+      into.servers.push(listened.server);
+      listened.server.on('connection', (socket: Socket) => recordArrival(socket, port, into.arrivals));
+    }
+  }
+}
+
+/** Notes where a connection to verify's listener on `port` arrived and its SO_ORIGINAL_DST, then answers MARKER. */
+function recordArrival(socket: Socket, port: number, arrivals: Map<number, Arrival>): void {
+  let originalDst: string | null = null;
+  let note: string | null = null;
+  try {
+    const dst = readOriginalDst(socket);
+    originalDst = hostPort(dst.family, dst.address, dst.port);
+  } catch (error) {
+    note = isMeshctlError(error, 'ADDON_UNAVAILABLE')
+      ? 'original destination not checked: the native addon is not built'
+      : `no original destination: ${(error as Error).message}`;
+  }
+  arrivals.set(socket.remotePort ?? -1, { listenerPort: port, originalDst, note });
+  socket.on('error', () => undefined);
+  socket.end(MARKER);
+}
+
+/**
+ * Runs the planned probes at once and judges each: by verify's own listener, or, when a proxy holds the port and
+ * the connection did not reach verify, by asking that proxy.
+ */
+async function runPlannedProbes(
+  agent: ProbeAgent,
+  config: Config,
+  planned: readonly PlannedProbe[],
+  arrivals: ReadonlyMap<number, Arrival>,
+  busy: ReadonlySet<string>,
+): Promise<ProbeResult[]> {
+  const outcomes = await Promise.all(
+    planned.map(async (probe) => {
+      const startedAt = performance.now();
+      const client = await probe.run();
+      // Asked while the client still holds its connection (the agent ends the clients at close()).
+      const seen =
+        busy.size > 0 && arrivalOf(client, arrivals) === undefined
+          ? await askProxy(agent, config, probe, client, startedAt)
+          : null;
+      return { probe, client, seen };
+    }),
+  );
+  return outcomes.map(({ probe, client, seen }) => judge(probe, client, arrivals, busy, seen));
 }
 
 /** What the proxy holding a port says about a probe's connection: its connections from the probe's source. */
@@ -346,6 +388,61 @@ function judgeByProxy(
   };
 }
 
+/** A redirected probe that reached verify's own listener: at the right port, with the right original destination? */
+function judgeArrival(
+  base: Omit<ProbeResult, 'status' | 'detail'>,
+  arrival: Arrival,
+  port: number,
+  wanted: string,
+): ProbeResult {
+  if (arrival.listenerPort !== port)
+    return { ...base, status: 'fail', detail: `arrived at :${arrival.listenerPort} instead of :${port}` };
+  if (arrival.originalDst === null) return { ...base, status: 'pass', detail: `arrived at :${port} (${arrival.note})` };
+  if (arrival.originalDst !== wanted)
+    return {
+      ...base,
+      status: 'fail',
+      detail: `arrived at :${port} but SO_ORIGINAL_DST is ${arrival.originalDst}, expected ${wanted}`,
+    };
+  return { ...base, status: 'pass', detail: `arrived at :${port} with original destination ${arrival.originalDst}` };
+}
+
+/**
+ * A probe that should have been redirected to `port`, which another process holds, and that this process does not
+ * list: not redirected when the proxy answered; otherwise unknown (a pass only when it connected).
+ */
+function judgeUnseenByProxy(
+  base: Omit<ProbeResult, 'status' | 'detail'>,
+  client: ClientResult,
+  seen: ProxyView | null,
+  port: number,
+  how: string,
+): ProbeResult {
+  if (seen !== null && 'rows' in seen) {
+    const source =
+      client.localAddress !== undefined && client.localPort !== undefined
+        ? hostPort(base.family, client.localAddress, client.localPort)
+        : 'the probe';
+    return {
+      ...base,
+      status: 'fail',
+      detail: `the proxy holding :${port} has no connection from ${source}, open or among the last ${RECENT_CAPACITY} it closed per worker (${how}): it was not redirected`,
+    };
+  }
+  const why = seen === null ? 'no proxy was asked' : seen.unavailable;
+  return client.connected
+    ? {
+        ...base,
+        status: 'pass',
+        detail: `connected, but port ${port} is held by another process and ${why}, so the original destination was not checked`,
+      }
+    : {
+        ...base,
+        status: 'fail',
+        detail: `did not connect (${how}); port ${port} is held by another process and ${why}, so whether it was redirected is unknown`,
+      };
+}
+
 function judge(
   probe: PlannedProbe,
   client: ClientResult,
@@ -363,51 +460,11 @@ function judge(
     : `connect ${client.error ?? 'failed'}`;
   const wanted = hostPort(probe.family, probe.destination, probe.port);
   const row = seen !== null && 'rows' in seen ? seen.rows[0] : undefined;
-  const source =
-    client.localAddress !== undefined && client.localPort !== undefined
-      ? hostPort(probe.family, client.localAddress, client.localPort)
-      : 'the probe';
   if (e.intercepted) {
     const port = e.toPort!;
-    if (arrival) {
-      if (arrival.listenerPort !== port)
-        return { ...base, status: 'fail', detail: `arrived at :${arrival.listenerPort} instead of :${port}` };
-      if (arrival.originalDst === null)
-        return { ...base, status: 'pass', detail: `arrived at :${port} (${arrival.note})` };
-      if (arrival.originalDst !== wanted)
-        return {
-          ...base,
-          status: 'fail',
-          detail: `arrived at :${port} but SO_ORIGINAL_DST is ${arrival.originalDst}, expected ${wanted}`,
-        };
-      return {
-        ...base,
-        status: 'pass',
-        detail: `arrived at :${port} with original destination ${arrival.originalDst}`,
-      };
-    }
+    if (arrival) return judgeArrival(base, arrival, port, wanted);
     if (row) return judgeByProxy(base, probe, row, wanted, port);
-    if (busy.has(`${probe.family}:${port}`)) {
-      if (seen !== null && 'rows' in seen) {
-        return {
-          ...base,
-          status: 'fail',
-          detail: `the proxy holding :${port} has no connection from ${source}, open or among the last ${RECENT_CAPACITY} it closed per worker (${how}): it was not redirected`,
-        };
-      }
-      const why = seen === null ? 'no proxy was asked' : seen.unavailable;
-      return client.connected
-        ? {
-            ...base,
-            status: 'pass',
-            detail: `connected, but port ${port} is held by another process and ${why}, so the original destination was not checked`,
-          }
-        : {
-            ...base,
-            status: 'fail',
-            detail: `did not connect (${how}); port ${port} is held by another process and ${why}, so whether it was redirected is unknown`,
-          };
-    }
+    if (busy.has(`${probe.family}:${port}`)) return judgeUnseenByProxy(base, client, seen, port, how);
     return {
       ...base,
       status: 'fail',
@@ -435,6 +492,68 @@ function judge(
   return { ...base, status: 'pass', detail: `went direct (${how})` };
 }
 
+/** The outbound probe destinations of `family`: the TEST-NET addresses, then one inside each included CIDR. */
+function outboundCandidates(config: Config, family: Family): string[] {
+  const out = config.capture.outbound;
+  return [
+    ...TEST_NET[family],
+    ...(out.includeCidrs === 'all'
+      ? []
+      : out.includeCidrs
+          .filter((c) => c.family === family)
+          .map((c) => hostInside(c.address, c.prefix))
+          .filter((a): a is string => a !== null)),
+  ];
+}
+
+/**
+ * The route to each candidate that has one. Null, with a failed result saying how to add a default route, when the
+ * first (a TEST-NET address) has none: connect() would fail before the capture rules and no probe could run.
+ */
+async function candidateRoutes(
+  runner: NetfilterRunner,
+  family: Family,
+  candidates: readonly string[],
+  results: ProbeResult[],
+): Promise<Map<string, { interface: string; source: string }> | null> {
+  const routes = new Map<string, { interface: string; source: string }>();
+  const first = await routeGet(runner, family, candidates[0]!);
+  if ('error' in first) {
+    results.push({
+      name: 'outbound capture',
+      family,
+      flow: `→ ${candidates[0]}`,
+      expected: 'a route to the TEST-NET address',
+      status: 'fail',
+      detail: `${family === 'ipv4' ? 'IPv4' : 'IPv6'} has no route to ${candidates[0]} here (ip route get: ${first.error}), so connect() fails with ENETUNREACH before the nat OUTPUT hook and no probe can run; add a default route (e.g. \`ip${runner.netns ? ` -n ${runner.netns}` : ''} ${family === 'ipv6' ? '-6 ' : ''}route add default dev IFACE\`)`,
+    });
+    return null;
+  }
+  routes.set(candidates[0]!, first);
+  for (const candidate of candidates.slice(1)) {
+    const r = await routeGet(runner, family, candidate);
+    if (!('error' in r)) routes.set(candidate, r);
+  }
+  return routes;
+}
+
+/** The first flow from an ordinary uid (APP_IDS) that the plan captures or rejects, or null when none is. */
+function firstCapturedAppFlow(
+  addresses: readonly string[],
+  includeGids: 'all' | readonly number[],
+  ports: readonly number[],
+  explain: (address: string, port: number, uid: number, gid: number) => Explanation,
+): { address: string; port: number; uid: number; gid: number } | null {
+  for (const uid of APP_IDS)
+    for (const gid of includeGids === 'all' ? [uid] : includeGids)
+      for (const address of addresses)
+        for (const port of ports) {
+          const e = explain(address, port, uid, gid);
+          if (e.intercepted || e.verdict === 'rejected') return { address, port, uid, gid };
+        }
+  return null;
+}
+
 async function outboundProbes(
   runner: NetfilterRunner,
   agent: ProbeAgent,
@@ -447,33 +566,9 @@ async function outboundProbes(
 ): Promise<PlannedProbe[]> {
   const out = config.capture.outbound;
   if (!out.enabled) return [];
-  const candidates = [
-    ...TEST_NET[family],
-    ...(out.includeCidrs === 'all'
-      ? []
-      : out.includeCidrs
-          .filter((c) => c.family === family)
-          .map((c) => hostInside(c.address, c.prefix))
-          .filter((a): a is string => a !== null)),
-  ];
-  const routes = new Map<string, { interface: string; source: string }>();
-  const first = await routeGet(runner, family, candidates[0]!);
-  if ('error' in first) {
-    results.push({
-      name: 'outbound capture',
-      family,
-      flow: `→ ${candidates[0]}`,
-      expected: 'a route to the TEST-NET address',
-      status: 'fail',
-      detail: `${family === 'ipv4' ? 'IPv4' : 'IPv6'} has no route to ${candidates[0]} here (ip route get: ${first.error}), so connect() fails with ENETUNREACH before the nat OUTPUT hook and no probe can run; add a default route (e.g. \`ip${runner.netns ? ` -n ${runner.netns}` : ''} ${family === 'ipv6' ? '-6 ' : ''}route add default dev IFACE\`)`,
-    });
-    return [];
-  }
-  routes.set(candidates[0]!, first);
-  for (const candidate of candidates.slice(1)) {
-    const r = await routeGet(runner, family, candidate);
-    if (!('error' in r)) routes.set(candidate, r);
-  }
+  const candidates = outboundCandidates(config, family);
+  const routes = await candidateRoutes(runner, family, candidates, results);
+  if (routes === null) return [];
   const host: HostContext = {
     localAddresses: facts.addresses.map((a) => a.address),
     route: (d) => routes.get(d) ?? null,
@@ -484,30 +579,21 @@ async function outboundProbes(
       { direction: 'outbound', protocol: 'tcp', destination: { address, port }, uid, gid } satisfies Flow,
       host,
     );
-  const gids = (uid: number): number[] => (out.includeGids === 'all' ? [uid] : [...out.includeGids]);
 
-  let app: { address: string; port: number; uid: number; gid: number } | null = null;
-  search: for (const uid of APP_IDS)
-    for (const gid of gids(uid))
-      for (const address of candidates.filter((c) => routes.has(c))) {
-        for (const port of [...PORTS, ...(out.includePorts === 'all' ? [] : out.includePorts.map((r) => r.from))]) {
-          const e = explain(address, port, uid, gid);
-          if (e.intercepted || e.verdict === 'rejected') {
-            app = { address, port, uid, gid };
-            break search;
-          }
-        }
-      }
+  const app = firstCapturedAppFlow(
+    candidates.filter((c) => routes.has(c)),
+    out.includeGids === 'all' ? 'all' : [...out.includeGids],
+    [...PORTS, ...(out.includePorts === 'all' ? [] : out.includePorts.map((r) => r.from))],
+    explain,
+  );
   if (!app) {
-    results.push({
-      name: 'outbound capture',
-      family,
-      flow: '-',
-      expected: '-',
-      status: 'skip',
-      detail:
+    results.push(
+      skipped(
+        'outbound capture',
+        family,
         'no TEST-NET flow from an ordinary uid is captured by the installed plan (include lists too narrow for a probe)',
-    });
+      ),
+    );
     return [];
   }
   const probe = (name: string, address: string, port: number, uid: number, gid: number): PlannedProbe => ({
@@ -531,15 +617,7 @@ async function outboundProbes(
       : ([9, 7, 13, 19, 37].find((p) => explain(app!.address, p, app!.uid, app!.gid).verdict === 'bypassed') ?? null));
   if (excludedPort !== null)
     probes.push(probe('outbound to an excluded port', app.address, excludedPort, app.uid, app.gid));
-  else
-    results.push({
-      name: 'outbound to an excluded port',
-      family,
-      flow: '-',
-      expected: '-',
-      status: 'skip',
-      detail: 'the config excludes no outbound port',
-    });
+  else results.push(skipped('outbound to an excluded port', family, 'the config excludes no outbound port'));
   const excludedCidr = out.excludeCidrs.find((c) => c.family === family);
   if (excludedCidr) {
     const address = hostInside(excludedCidr.address, excludedCidr.prefix);
@@ -552,6 +630,21 @@ async function outboundProbes(
     }
   }
   return probes;
+}
+
+/** The address of this namespace a peer connects to: --peer-target when of `family`, else the first global one. */
+function inboundTarget(
+  options: VerifyOptions,
+  facts: NsFacts,
+  family: Family,
+): { address: string; iface: string | null } | null {
+  if (options.peerTarget && parseIp(options.peerTarget)?.family === family)
+    return {
+      address: options.peerTarget,
+      iface: facts.addresses.find((a) => a.address === options.peerTarget)?.iface ?? null,
+    };
+  const a = facts.addresses.find((x) => x.family === family && x.iface !== 'lo' && !x.address.startsWith('fe80'));
+  return a ? { address: a.address, iface: a.iface } : null;
 }
 
 function inboundProbes(
@@ -567,49 +660,26 @@ function inboundProbes(
   const inbound = config.capture.inbound;
   if (!inbound.enabled) return [];
   if (!peer) {
-    results.push({
-      name: 'inbound capture',
-      family,
-      flow: '-',
-      expected: '-',
-      status: 'skip',
-      detail: 'needs a peer: pass --peer-netns NAME (a namespace that can reach this one)',
-    });
+    results.push(
+      skipped('inbound capture', family, 'needs a peer: pass --peer-netns NAME (a namespace that can reach this one)'),
+    );
     return [];
   }
   if (inbound.mode === 'tproxy') {
-    results.push({
-      name: 'inbound capture',
-      family,
-      flow: '-',
-      expected: '-',
-      status: 'skip',
-      detail:
+    results.push(
+      skipped(
+        'inbound capture',
+        family,
         'TPROXY delivers only to a transparent (IP_TRANSPARENT) listener, which verify cannot open; run the proxy and use its /stats',
-    });
+      ),
+    );
     return [];
   }
-  const target =
-    options.peerTarget && parseIp(options.peerTarget)?.family === family
-      ? {
-          address: options.peerTarget,
-          iface: facts.addresses.find((a) => a.address === options.peerTarget)?.iface ?? null,
-        }
-      : (() => {
-          const a = facts.addresses.find(
-            (x) => x.family === family && x.iface !== 'lo' && !x.address.startsWith('fe80'),
-          );
-          return a ? { address: a.address, iface: a.iface } : null;
-        })();
+  const target = inboundTarget(options, facts, family);
   if (!target) {
-    results.push({
-      name: 'inbound capture',
-      family,
-      flow: '-',
-      expected: '-',
-      status: 'skip',
-      detail: `this namespace has no global ${family} address a peer could connect to`,
-    });
+    results.push(
+      skipped('inbound capture', family, `this namespace has no global ${family} address a peer could connect to`),
+    );
     return [];
   }
   const host: HostContext = { localAddresses: facts.addresses.map((a) => a.address) };
@@ -642,15 +712,7 @@ function inboundProbes(
   ].find((p) => explain(p).intercepted);
   const probes: PlannedProbe[] = [];
   if (captured !== undefined) probes.push(probe('inbound from a peer', captured));
-  else
-    results.push({
-      name: 'inbound from a peer',
-      family,
-      flow: '-',
-      expected: '-',
-      status: 'skip',
-      detail: 'no probe port is captured inbound by the installed plan',
-    });
+  else results.push(skipped('inbound from a peer', family, 'no probe port is captured inbound by the installed plan'));
   const ssh = config.safety.sshPorts[0];
   if (ssh !== undefined && !config.safety.unsafeCaptureSsh) probes.push(probe('inbound to the SSH port', ssh));
   return probes;

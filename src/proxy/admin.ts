@@ -49,6 +49,24 @@ function sendText(res: ServerResponse, status: number, text: string, type = 'tex
   res.end(text);
 }
 
+/** Answers 403 and returns true when `pathname` is privileged and `authorize` does not allow the client's socket. */
+function refusedPrivileged(
+  pathname: string,
+  req: IncomingMessage,
+  res: ServerResponse,
+  authorize: AdminAuthorizer | null,
+): boolean {
+  if (authorize === null || !PRIVILEGED_PATHS.has(pathname)) return false;
+  const peer = authorize(req.socket);
+  if (peer.allowed) return false;
+  sendText(
+    res,
+    403,
+    `${pathname} is only for ${peer.who}; this request came from ${peer.uid < 0 ? 'a socket whose owner is unknown' : `uid ${peer.uid}`} (ask as root, e.g. with sudo)\n`,
+  );
+  return true;
+}
+
 async function route(
   handlers: AdminHandlers,
   req: IncomingMessage,
@@ -57,17 +75,7 @@ async function route(
 ): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://admin');
   const method = req.method ?? 'GET';
-  if (authorize !== null && PRIVILEGED_PATHS.has(url.pathname)) {
-    const peer = authorize(req.socket);
-    if (!peer.allowed) {
-      sendText(
-        res,
-        403,
-        `${url.pathname} is only for ${peer.who}; this request came from ${peer.uid < 0 ? 'a socket whose owner is unknown' : `uid ${peer.uid}`} (ask as root, e.g. with sudo)\n`,
-      );
-      return;
-    }
-  }
+  if (refusedPrivileged(url.pathname, req, res, authorize)) return;
   const only = (allowed: string): boolean => {
     if (method === allowed || (allowed === 'GET' && method === 'HEAD')) return true;
     res.setHeader('allow', allowed);

@@ -258,50 +258,18 @@ export class ProxySupervisor {
   }
 
   private async doReload(trigger: string, overlay?: PolicyOverlay): Promise<boolean> {
-    let next: Config;
-    let candidate = overlay ?? this.overlay;
     this.lastReloadError = null;
-    try {
-      next = await this.options.reloadConfig(candidate);
-      if (next.controlPlane === null && candidate !== null) {
-        // The file no longer names a control plane: its policy no longer applies.
-        candidate = null;
-        next = await this.options.reloadConfig(null);
-      }
-    } catch (error) {
-      this.reloads.failed++;
-      this.lastReloadError = error as Error;
-      const e = error as MeshctlError;
-      this.log.error(
-        { trigger, code: e.code, err: error, details: e.details },
-        `config reload rejected, keeping the running config: ${e.message}`,
-      );
-      return false;
-    }
+    const loaded = await this.loadReloadedConfig(trigger, overlay ?? this.overlay);
+    if (loaded === null) return false;
+    const { next, candidate } = loaded;
     if (next.hash === this.config.hash) {
       this.overlay = candidate;
       this.log.info({ trigger, hash: next.hash }, 'config unchanged');
       return true;
     }
     try {
+      this.assertReloadable(next);
       const current = this.config.proxy;
-      if (next.proxy.user.uid !== current.user.uid || next.proxy.user.gid !== current.user.gid) {
-        throw new MeshctlError(
-          'CONFIG_INVALID',
-          `proxy.user changed to uid ${next.proxy.user.uid} gid ${next.proxy.user.gid}; a running proxy cannot change its user`,
-          'restart the proxy to change proxy.user',
-        );
-      }
-      // The installed capture rules were checked against this proxy's contract (meshctl install); a reload that
-      // moved a port or a family away from them would silently send traffic to nothing.
-      const changed = contractChanges(contractOf(this.config), contractOf(next));
-      if (changed.length > 0) {
-        throw new MeshctlError(
-          'CONFIG_INVALID',
-          `the new config changes the capture contract (${changed.join('; ')}), which the installed rules depend on; a reload keeps it`,
-          'restart the proxy with the new config, then run `meshctl install` so the rules match it (`meshctl status` shows both)',
-        );
-      }
       let specs = this.specs;
       if (this.activated) {
         if (next.proxy.outboundPort !== current.outboundPort || next.proxy.inboundPort !== current.inboundPort) {
@@ -329,16 +297,7 @@ export class ProxySupervisor {
       }
       const workers = workerCount(next);
       if (workers !== workerCount(this.config)) await this.pool!.resize(workers);
-      this.specs = specs;
-      const previous = this.config;
-      this.config = next;
-      this.overlay = candidate;
-      this.version++;
-      this.appliedAt = new Date().toISOString();
-      this.reloads.ok++;
-      this.dns?.update(next, this.dnsQueryLog(next));
-      this.log.info({ trigger, hash: next.hash, version: this.version }, 'config reloaded');
-      if (JSON.stringify(previous.controlPlane) !== JSON.stringify(next.controlPlane)) this.restartPoller();
+      this.adoptReloaded(trigger, next, candidate, specs);
       return true;
     } catch (error) {
       this.lastReloadError = error as Error;
@@ -351,6 +310,71 @@ export class ProxySupervisor {
       await this.pool!.reload(this.config, this.specs).catch(() => {});
       return false;
     }
+  }
+
+  /**
+   * Reads the config again with the policy overlay `candidate` (dropped when the file no longer names a control
+   * plane); null, logged and counted as a failed reload, when the config is rejected.
+   */
+  private async loadReloadedConfig(
+    trigger: string,
+    overlay: PolicyOverlay | null,
+  ): Promise<{ next: Config; candidate: PolicyOverlay | null } | null> {
+    let candidate = overlay;
+    try {
+      let next = await this.options.reloadConfig(candidate);
+      if (next.controlPlane === null && candidate !== null) {
+        // The file no longer names a control plane: its policy no longer applies.
+        candidate = null;
+        next = await this.options.reloadConfig(null);
+      }
+      return { next, candidate };
+    } catch (error) {
+      this.reloads.failed++;
+      this.lastReloadError = error as Error;
+      const e = error as MeshctlError;
+      this.log.error(
+        { trigger, code: e.code, err: error, details: e.details },
+        `config reload rejected, keeping the running config: ${e.message}`,
+      );
+      return null;
+    }
+  }
+
+  /** Throws CONFIG_INVALID when `next` changes what a running proxy cannot: its user, or the capture contract. */
+  private assertReloadable(next: Config): void {
+    const current = this.config.proxy;
+    if (next.proxy.user.uid !== current.user.uid || next.proxy.user.gid !== current.user.gid) {
+      throw new MeshctlError(
+        'CONFIG_INVALID',
+        `proxy.user changed to uid ${next.proxy.user.uid} gid ${next.proxy.user.gid}; a running proxy cannot change its user`,
+        'restart the proxy to change proxy.user',
+      );
+    }
+    // The installed capture rules were checked against this proxy's contract (meshctl install); a reload that
+    // moved a port or a family away from them would silently send traffic to nothing.
+    const changed = contractChanges(contractOf(this.config), contractOf(next));
+    if (changed.length > 0) {
+      throw new MeshctlError(
+        'CONFIG_INVALID',
+        `the new config changes the capture contract (${changed.join('; ')}), which the installed rules depend on; a reload keeps it`,
+        'restart the proxy with the new config, then run `meshctl install` so the rules match it (`meshctl status` shows both)',
+      );
+    }
+  }
+
+  /** Makes `next` the running config once the workers run it: version, DNS server, control-plane poller. */
+  private adoptReloaded(trigger: string, next: Config, candidate: PolicyOverlay | null, specs: ListenerSpec[]): void {
+    this.specs = specs;
+    const previous = this.config;
+    this.config = next;
+    this.overlay = candidate;
+    this.version++;
+    this.appliedAt = new Date().toISOString();
+    this.reloads.ok++;
+    this.dns?.update(next, this.dnsQueryLog(next));
+    this.log.info({ trigger, hash: next.hash, version: this.version }, 'config reloaded');
+    if (JSON.stringify(previous.controlPlane) !== JSON.stringify(next.controlPlane)) this.restartPoller();
   }
 
   /** The DNS server's access log: the proxy's, in this process (lines say `dns query`); null when it is off. */
@@ -477,71 +501,8 @@ export class ProxySupervisor {
         if (loop !== null) return { ready: false, reason: loop, detail };
         return { ready: true, reason: '', detail };
       },
-      stats: async () => {
-        const workers = await this.pool!.stats();
-        const totals = mergeSnapshots(workers.map((w) => w.metrics));
-        return {
-          ready: this.handlers().ready().ready,
-          draining: this.draining !== null,
-          uptimeSeconds: Math.round(performance.now() - this.startedAt) / 1000,
-          config: { file: this.config.file, hash: this.config.hash, version: this.version, appliedAt: this.appliedAt },
-          controlPlane: this.poller?.status() ?? null,
-          reloads: this.reloads,
-          listeners: this.specs.map(listenerLabel),
-          workers: workers.map((w) => ({
-            index: w.index,
-            pid: w.pid,
-            active: w.active,
-            listening: w.listening,
-            draining: w.draining,
-          })),
-          connections: {
-            active: { outbound: totals.directions.outbound.active, inbound: totals.directions.inbound.active },
-            accepted: { outbound: totals.directions.outbound.accepted, inbound: totals.directions.inbound.accepted },
-            closed: { outbound: totals.directions.outbound.closed, inbound: totals.directions.inbound.closed },
-          },
-          refusals: totals.refusals,
-          selfLoop:
-            this.selfLoop === null
-              ? null
-              : {
-                  total: this.selfLoop.total,
-                  lastAt: new Date(this.selfLoop.at).toISOString(),
-                  last: this.selfLoop.last,
-                },
-          bytes: {
-            outbound: {
-              clientToUpstream: totals.directions.outbound.bytesFromClient,
-              upstreamToClient: totals.directions.outbound.bytesFromUpstream,
-            },
-            inbound: {
-              clientToUpstream: totals.directions.inbound.bytesFromClient,
-              upstreamToClient: totals.directions.inbound.bytesFromUpstream,
-            },
-          },
-          connectLatency: {
-            outbound: totals.directions.outbound.connectLatency,
-            inbound: totals.directions.inbound.connectLatency,
-          },
-          policy: mergePolicySnapshots(workers.map((w) => w.policy)),
-          dns: this.dns?.snapshot() ?? null,
-        };
-      },
-      metrics: async () => {
-        const workers = await this.pool!.stats();
-        return (
-          renderPrometheus(mergeSnapshots(workers.map((w) => w.metrics)), {
-            ready: this.handlers().ready().ready,
-            draining: this.draining !== null,
-            workers: workers.length,
-            reloads: this.reloads,
-            uptimeSeconds: (performance.now() - this.startedAt) / 1000,
-          }) +
-          renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) +
-          renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy))) +
-          renderDnsPrometheus(this.dns?.snapshot() ?? null)
-        );
-      },
+      stats: () => this.statsReport(),
+      metrics: () => this.metricsText(),
       config: () => ({
         version: this.version,
         appliedAt: this.appliedAt,
@@ -561,6 +522,75 @@ export class ProxySupervisor {
         return { alreadyDraining, timeoutMs: this.config.proxy.drainTimeoutMs };
       },
     };
+  }
+
+  /** The /stats body: readiness, config, reloads, listeners, workers, and the workers' merged counters. */
+  private async statsReport(): Promise<unknown> {
+    const workers = await this.pool!.stats();
+    const totals = mergeSnapshots(workers.map((w) => w.metrics));
+    return {
+      ready: this.handlers().ready().ready,
+      draining: this.draining !== null,
+      uptimeSeconds: Math.round(performance.now() - this.startedAt) / 1000,
+      config: { file: this.config.file, hash: this.config.hash, version: this.version, appliedAt: this.appliedAt },
+      controlPlane: this.poller?.status() ?? null,
+      reloads: this.reloads,
+      listeners: this.specs.map(listenerLabel),
+      workers: workers.map((w) => ({
+        index: w.index,
+        pid: w.pid,
+        active: w.active,
+        listening: w.listening,
+        draining: w.draining,
+      })),
+      connections: {
+        active: { outbound: totals.directions.outbound.active, inbound: totals.directions.inbound.active },
+        accepted: { outbound: totals.directions.outbound.accepted, inbound: totals.directions.inbound.accepted },
+        closed: { outbound: totals.directions.outbound.closed, inbound: totals.directions.inbound.closed },
+      },
+      refusals: totals.refusals,
+      selfLoop:
+        this.selfLoop === null
+          ? null
+          : {
+              total: this.selfLoop.total,
+              lastAt: new Date(this.selfLoop.at).toISOString(),
+              last: this.selfLoop.last,
+            },
+      bytes: {
+        outbound: {
+          clientToUpstream: totals.directions.outbound.bytesFromClient,
+          upstreamToClient: totals.directions.outbound.bytesFromUpstream,
+        },
+        inbound: {
+          clientToUpstream: totals.directions.inbound.bytesFromClient,
+          upstreamToClient: totals.directions.inbound.bytesFromUpstream,
+        },
+      },
+      connectLatency: {
+        outbound: totals.directions.outbound.connectLatency,
+        inbound: totals.directions.inbound.connectLatency,
+      },
+      policy: mergePolicySnapshots(workers.map((w) => w.policy)),
+      dns: this.dns?.snapshot() ?? null,
+    };
+  }
+
+  /** The /metrics body: the workers' merged counters, control plane, policy and DNS in Prometheus text. */
+  private async metricsText(): Promise<string> {
+    const workers = await this.pool!.stats();
+    return (
+      renderPrometheus(mergeSnapshots(workers.map((w) => w.metrics)), {
+        ready: this.handlers().ready().ready,
+        draining: this.draining !== null,
+        workers: workers.length,
+        reloads: this.reloads,
+        uptimeSeconds: (performance.now() - this.startedAt) / 1000,
+      }) +
+      renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) +
+      renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy))) +
+      renderDnsPrometheus(this.dns?.snapshot() ?? null)
+    );
   }
 }
 

@@ -30,6 +30,34 @@ export interface ServiceStatus {
   readonly captureError: string | null;
 }
 
+/** `error` as a status line: `CODE: message` for a MeshctlError. */
+function errorLine(error: unknown): string {
+  return isMeshctlError(error) ? `${error.code}: ${error.message}` : String(error);
+}
+
+/** The host's config, or why it cannot be read (missing file, invalid config). */
+async function readServiceConfig(configFile: string): Promise<{ config: Config | null; configError: string | null }> {
+  if (!existsSync(configFile)) return { config: null, configError: `${configFile} does not exist` };
+  try {
+    return { config: await loadConfig({ file: configFile }), configError: null };
+  } catch (error) {
+    return { config: null, configError: errorLine(error) };
+  }
+}
+
+/** The capture ledger against the kernel (under the config's stateDir when there is a config), or why not. */
+async function readCaptureStatus(
+  config: Config | null,
+  log: Logger,
+): Promise<{ capture: StatusReport | null; captureError: string | null }> {
+  try {
+    const capture = await captureStatus({ ...(config ? { stateDir: config.stateDir, config } : {}), log });
+    return { capture, captureError: null };
+  } catch (error) {
+    return { capture: null, captureError: errorLine(error) };
+  }
+}
+
 export async function serviceStatus(options: {
   layout?: ServiceLayout;
   systemd?: Systemd;
@@ -40,26 +68,10 @@ export async function serviceStatus(options: {
   const booted = existsSync('/run/systemd/system');
   const units = booted ? await Promise.all(UNIT_ORDER.map((k) => systemd.show(UNITS[k]))) : [];
   const configFile = onHost(layout, layout.configFile);
-  let config: Config | null = null;
-  let configError: string | null = null;
-  if (existsSync(configFile)) {
-    try {
-      config = await loadConfig({ file: configFile });
-    } catch (error) {
-      configError = isMeshctlError(error) ? `${error.code}: ${error.message}` : String(error);
-    }
-  } else {
-    configError = `${configFile} does not exist`;
-  }
+  const { config, configError } = await readServiceConfig(configFile);
   const admin = config ? { address: config.proxy.adminAddress, port: config.proxy.adminPort } : null;
   const ready = admin ? await probeReady(admin, 2000) : null;
-  let capture: StatusReport | null = null;
-  let captureError: string | null = null;
-  try {
-    capture = await captureStatus({ ...(config ? { stateDir: config.stateDir, config } : {}), log: options.log });
-  } catch (error) {
-    captureError = isMeshctlError(error) ? `${error.code}: ${error.message}` : String(error);
-  }
+  const { capture, captureError } = await readCaptureStatus(config, options.log);
 
   const problems: string[] = [];
   if (!booted) problems.push('systemd is not PID 1 here: the meshctl units cannot run');

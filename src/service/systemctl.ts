@@ -29,6 +29,38 @@ export interface Systemd {
 /** True when systemd is PID 1 here (sd_booted(): /run/systemd/system exists). */
 export { systemdAvailable } from '../netfilter/transaction/revert.js';
 
+/** The properties `show` asks `systemctl show` for. */
+const SHOWN_PROPERTIES = [
+  'ActiveState',
+  'SubState',
+  'UnitFileState',
+  'LoadState',
+  'MainPID',
+  'ActiveEnterTimestamp',
+  'NRestarts',
+  'Result',
+];
+
+/** The unit's state from `systemctl show`'s KEY=VALUE lines (a property it did not print gets its "unknown" value). */
+function parseUnitState(unit: string, stdout: string): UnitState {
+  const map = new Map<string, string>();
+  for (const line of stdout.split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0) map.set(line.slice(0, eq), line.slice(eq + 1));
+  }
+  return {
+    unit,
+    activeState: map.get('ActiveState') ?? 'unknown',
+    subState: map.get('SubState') ?? 'unknown',
+    unitFileState: map.get('UnitFileState') ?? '',
+    loadState: map.get('LoadState') ?? 'unknown',
+    mainPid: Number(map.get('MainPID') ?? 0) || 0,
+    since: map.get('ActiveEnterTimestamp') ?? '',
+    restarts: Number(map.get('NRestarts') ?? 0) || 0,
+    result: map.get('Result') ?? '',
+  };
+}
+
 /** systemctl and friends for the running system, or with `root` for an offline image (`systemctl --root`). */
 export function createSystemd(options: { root?: string; env?: NodeJS.ProcessEnv } = {}): Systemd {
   const offline = options.root !== undefined && options.root !== '/';
@@ -72,37 +104,12 @@ export function createSystemd(options: { root?: string; env?: NodeJS.ProcessEnv 
       );
     },
     async show(unit) {
-      const props = [
-        'ActiveState',
-        'SubState',
-        'UnitFileState',
-        'LoadState',
-        'MainPID',
-        'ActiveEnterTimestamp',
-        'NRestarts',
-        'Result',
-      ];
-      const result = await execa('systemctl', [...rootArgs, 'show', unit, ...props.map((p) => `--property=${p}`)], {
-        reject: false,
-        env,
-        timeout: 15_000,
-      });
-      const map = new Map<string, string>();
-      for (const line of result.stdout.split('\n')) {
-        const eq = line.indexOf('=');
-        if (eq > 0) map.set(line.slice(0, eq), line.slice(eq + 1));
-      }
-      return {
-        unit,
-        activeState: map.get('ActiveState') ?? 'unknown',
-        subState: map.get('SubState') ?? 'unknown',
-        unitFileState: map.get('UnitFileState') ?? '',
-        loadState: map.get('LoadState') ?? 'unknown',
-        mainPid: Number(map.get('MainPID') ?? 0) || 0,
-        since: map.get('ActiveEnterTimestamp') ?? '',
-        restarts: Number(map.get('NRestarts') ?? 0) || 0,
-        result: map.get('Result') ?? '',
-      };
+      const result = await execa(
+        'systemctl',
+        [...rootArgs, 'show', unit, ...SHOWN_PROPERTIES.map((p) => `--property=${p}`)],
+        { reject: false, env, timeout: 15_000 },
+      );
+      return parseUnitState(unit, result.stdout);
     },
     async sysusers(file) {
       const args = [...rootArgs, file];
