@@ -176,6 +176,20 @@ function keepInstalled(s: Survey, installed: Ledger): InstallResult {
   return resultOf(s, options.dryRun ? 'dry-run' : 'unchanged', [], installed.installId, confirm);
 }
 
+/** The generation the in-progress ledger records: the config and plan, no objects yet, `extras` that may become ours. */
+function pendingGeneration(s: Survey, extras: HostExtras): Generation {
+  const { config } = s.options;
+  return {
+    configHash: config.hash,
+    configFile: config.file,
+    config,
+    plan: s.plan,
+    objects: null,
+    extras,
+    ...(s.options.proxyCheck ? { proxyCheck: s.options.proxyCheck } : {}),
+  };
+}
+
 /**
  * Applies `steps` as one transaction between two ledger writes: in-progress (recording every object that may
  * become ours) before the first change, installed (with the objects read back) after the verified read-back.
@@ -202,15 +216,7 @@ async function applyInstall(s: Survey, steps: readonly ApplyStep[]): Promise<Ins
     routes: [...previousExtras.routes, ...wantExtras.routes],
     loopbackAddresses: [...previousExtras.loopbackAddresses, ...wantExtras.loopbackAddresses],
   };
-  const generation: Generation = {
-    configHash: config.hash,
-    configFile: config.file,
-    config,
-    plan,
-    objects: null,
-    extras: pendingExtras,
-    ...(s.options.proxyCheck ? { proxyCheck: s.options.proxyCheck } : {}),
-  };
+  const generation = pendingGeneration(s, pendingExtras);
   // --confirm-within is armed before the first change and recorded with it, so no crash can leave the new rules
   // without their revert: if meshctl dies before "installed", recovery rolls back and the reverter finds nothing.
   const confirm = rearmRevert(s, installId, installed?.confirm ?? null);

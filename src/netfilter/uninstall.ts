@@ -13,7 +13,8 @@ import { recoverInterrupted, type Recovery } from './transaction/recovery.js';
 import { NO_EXTRAS, reconcileExtras, remainingExtras } from './drivers/routes.js';
 import { openScope, withScopeLock, type Scope, type ScopeOptions } from './transaction/scope.js';
 import { runTransaction } from './transaction/transaction.js';
-import type { ApplyStep } from './drivers/driver.js';
+import type { ApplyStep, BackendDriver, KernelState } from './drivers/driver.js';
+import type { OwnedObjects } from './drivers/objects.js';
 
 export interface UninstallOptions extends ScopeOptions {
   /** Act only if this install is still installed and its --confirm-within revert is armed, unconfirmed and due. */
@@ -125,6 +126,114 @@ function describeObjects(ledger: Ledger): string[] {
   );
 }
 
+/** Why `uninstall --if-unconfirmed ID` has nothing to revert, or null when the install is past its deadline unconfirmed. */
+function unconfirmedSkipReason(ledger: Ledger, ifUnconfirmed: string): string | null {
+  const arm = ledger.confirm;
+  return ledger.installId !== ifUnconfirmed
+    ? `install ${ifUnconfirmed} is gone (now installed: ${ledger.installId})`
+    : arm === null
+      ? 'no revert is armed'
+      : arm.confirmedAt !== null
+        ? `confirmed at ${arm.confirmedAt}`
+        : Date.parse(arm.deadline) > Date.now() + 500
+          ? `the revert deadline moved to ${arm.deadline}`
+          : null;
+}
+
+/**
+ * Removes the objects the ledger lists in one transaction (ledger in-progress meanwhile), verifying that every
+ * foreign rule the steps could touch is intact; other writers' concurrent changes are returned as `raced`.
+ */
+async function removeOwnedRules(
+  scope: Scope,
+  ledger: Ledger,
+  objects: OwnedObjects,
+  log: Scope['log'],
+): Promise<{ driver: BackendDriver; after: KernelState; raced: RacedChanges }> {
+  const driver = createDriver(ledger.backend, scope.runner, log);
+  const state = await driver.read();
+  const foreignBefore = driver.foreign(state);
+  const steps = driver.stepsRemoving(state, objects);
+  writeLedger(scope.dir, {
+    ...ledger,
+    state: 'in-progress',
+    operation: 'uninstall',
+    updatedAt: new Date().toISOString(),
+  });
+  let after;
+  let raced: RacedChanges = { added: [], removed: [] };
+  try {
+    after = await runTransaction(
+      {
+        driver,
+        steps,
+        what: 'uninstall',
+        fallback: { kind: 'objects', objects },
+        verify: (now) => {
+          const problems = driver.remaining(now, objects).map((o) => `still present: ${o}`);
+          // Foreign rules: every one present before must still be there, unless another writer removed it while we
+          // ran (Docker, kube-proxy …). Our steps name only our own objects; a foreign line they could have removed
+          // and that is gone is our fault (VERIFY_FAILED, rolled back); any other foreign change is tolerated.
+          const was = foreignLines(foreignBefore);
+          const is = foreignLines(driver.foreign(now));
+          const gone = minus(was, is);
+          const ours = touchedBy(steps);
+          const lost = gone.filter(ours);
+          if (lost.length > 0)
+            problems.push('foreign rules the uninstall steps touched are gone:', ...lost.map((l) => `  gone: ${l}`));
+          raced = { added: minus(is, was), removed: gone.filter((l) => !ours(l)) };
+          return problems;
+        },
+      },
+      log,
+    );
+  } catch (error) {
+    writeLedger(scope.dir, { ...ledger, updatedAt: new Date().toISOString() });
+    throw error;
+  }
+  return { driver, after, raced };
+}
+
+/** Removes the routes and loopback addresses the ledger lists; VERIFY_FAILED if any stays. */
+async function removeExtras(scope: Scope, ledger: Ledger, log: Scope['log']): Promise<void> {
+  await reconcileExtras(scope.runner, NO_EXTRAS, ledger.current.extras, log);
+  const extrasLeft = await remainingExtras(scope.runner, ledger.current.extras);
+  if (extrasLeft.length > 0) {
+    throw new MeshctlError(
+      'VERIFY_FAILED',
+      `the rules are gone but ${extrasLeft.join(', ')} could not be removed`,
+      'remove them by hand with `ip rule del` / `ip addr del`, then run `meshctl uninstall` again',
+    );
+  }
+}
+
+/** The objects an installed ledger lists; LEDGER_CORRUPT when it lists none. */
+function recordedObjects(ledger: Ledger, dir: string): OwnedObjects {
+  const objects = ledger.current.objects;
+  if (objects === null) {
+    throw new MeshctlError(
+      'LEDGER_CORRUPT',
+      `the ledger ${ledgerPath(dir)} is installed but lists no objects`,
+      'remove MESHCTL_ chains by hand, then delete the ledger file',
+    );
+  }
+  return objects;
+}
+
+/** Foreign rules added and removed since the install's snapshot (others' changes, reported not undone). */
+function foreignChangesSince(
+  driver: BackendDriver,
+  after: KernelState,
+  ledger: Ledger,
+): { added: string[]; removed: string[] } {
+  const foreignNow = driver.foreign(after);
+  const foreignThen = driver.foreignOfSnapshot(ledger.snapshot);
+  return {
+    added: minus(lines(foreignNow), lines(foreignThen)),
+    removed: minus(lines(foreignThen), lines(foreignNow)),
+  };
+}
+
 /**
  * Uninstalls what the ledger lists. Throws RESTORE_FAILED / VERIFY_FAILED (after putting the rules back),
  * ROLLBACK_FAILED, NOT_OWNED (a foreign rule jumps into our chain), LOCKED, NETNS_NOT_FOUND.
@@ -154,90 +263,23 @@ export async function uninstallCapture(options: UninstallOptions): Promise<Unins
       };
     }
     if (options.ifUnconfirmed !== undefined) {
-      const arm = ledger.confirm;
-      const why =
-        ledger.installId !== options.ifUnconfirmed
-          ? `install ${options.ifUnconfirmed} is gone (now installed: ${ledger.installId})`
-          : arm === null
-            ? 'no revert is armed'
-            : arm.confirmedAt !== null
-              ? `confirmed at ${arm.confirmedAt}`
-              : Date.parse(arm.deadline) > Date.now() + 500
-                ? `the revert deadline moved to ${arm.deadline}`
-                : null;
+      const why = unconfirmedSkipReason(ledger, options.ifUnconfirmed);
       if (why !== null) {
         log.info({ installId: options.ifUnconfirmed, why }, 'revert not needed');
         return { ...base, action: 'skipped', reason: why, installId: ledger.installId, backend: ledger.backend };
       }
       log.warn(
-        { installId: ledger.installId, deadline: arm!.deadline },
+        { installId: ledger.installId, deadline: ledger.confirm!.deadline },
         'not confirmed before the deadline: reverting',
       );
     }
-    const objects = ledger.current.objects;
-    if (objects === null) {
-      throw new MeshctlError(
-        'LEDGER_CORRUPT',
-        `the ledger ${ledgerPath(scope.dir)} is installed but lists no objects`,
-        'remove MESHCTL_ chains by hand, then delete the ledger file',
-      );
-    }
-    const driver = createDriver(ledger.backend, scope.runner, log);
-    const state = await driver.read();
-    const foreignBefore = driver.foreign(state);
-    const steps = driver.stepsRemoving(state, objects);
-    writeLedger(scope.dir, {
-      ...ledger,
-      state: 'in-progress',
-      operation: 'uninstall',
-      updatedAt: new Date().toISOString(),
-    });
-    let after;
-    let raced: RacedChanges = { added: [], removed: [] };
-    try {
-      after = await runTransaction(
-        {
-          driver,
-          steps,
-          what: 'uninstall',
-          fallback: { kind: 'objects', objects },
-          verify: (now) => {
-            const problems = driver.remaining(now, objects).map((o) => `still present: ${o}`);
-            // Foreign rules: every one present before must still be there, unless another writer removed it while we
-            // ran (Docker, kube-proxy …). Our steps name only our own objects; a foreign line they could have removed
-            // and that is gone is our fault (VERIFY_FAILED, rolled back); any other foreign change is tolerated.
-            const was = foreignLines(foreignBefore);
-            const is = foreignLines(driver.foreign(now));
-            const gone = minus(was, is);
-            const ours = touchedBy(steps);
-            const lost = gone.filter(ours);
-            if (lost.length > 0)
-              problems.push('foreign rules the uninstall steps touched are gone:', ...lost.map((l) => `  gone: ${l}`));
-            raced = { added: minus(is, was), removed: gone.filter((l) => !ours(l)) };
-            return problems;
-          },
-        },
-        log,
-      );
-    } catch (error) {
-      writeLedger(scope.dir, { ...ledger, updatedAt: new Date().toISOString() });
-      throw error;
-    }
+    const objects = recordedObjects(ledger, scope.dir);
+    const { driver, after, raced } = await removeOwnedRules(scope, ledger, objects, log);
     const tidied = await driver.tidy(ledger.snapshot);
-    await reconcileExtras(scope.runner, NO_EXTRAS, ledger.current.extras, log);
-    const extrasLeft = await remainingExtras(scope.runner, ledger.current.extras);
-    if (extrasLeft.length > 0) {
-      throw new MeshctlError(
-        'VERIFY_FAILED',
-        `the rules are gone but ${extrasLeft.join(', ')} could not be removed`,
-        'remove them by hand with `ip rule del` / `ip addr del`, then run `meshctl uninstall` again',
-      );
-    }
+    await removeExtras(scope, ledger, log);
     if (ledger.confirm && ledger.confirm.confirmedAt === null && options.ifUnconfirmed === undefined)
       disarmRevert(ledger.confirm, log);
     removeLedger(scope.dir);
-    const foreignNow = driver.foreign(after);
-    const foreignThen = driver.foreignOfSnapshot(ledger.snapshot);
     const leftovers = describeLeftovers(driver.owned(after));
     if (raced.added.length + raced.removed.length > 0) {
       log.warn(
@@ -256,10 +298,7 @@ export async function uninstallCapture(options: UninstallOptions): Promise<Unins
         ...describeObjects(ledger),
         ...tidied.map((c) => `nft: ${c} (empty, created by iptables-nft at install)`),
       ],
-      foreignChanges: {
-        added: minus(lines(foreignNow), lines(foreignThen)),
-        removed: minus(lines(foreignThen), lines(foreignNow)),
-      },
+      foreignChanges: foreignChangesSince(driver, after, ledger),
       leftovers,
     };
     log.info(

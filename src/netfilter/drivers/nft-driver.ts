@@ -80,11 +80,49 @@ function refuseForeignTable(listing: string, doing: string): void {
   );
 }
 
+const nftStep = (text: string): ApplyStep[] => [{ label: 'inet', family: null, text }];
+
+/** The nft scripts that take our table (`table`, '' when absent) to `target`. */
+function nftStepsTo(table: string, target: TransitionTarget): ApplyStep[] {
+  refuseForeignTable(table, target.kind === 'plan' ? 'install' : 'this change');
+  const exists = table !== '';
+  if (target.kind === 'plan' && target.plan.families.length > 0) return nftStep(renderNft(target.plan));
+  if (target.kind === 'objects' && target.objects.kind === 'nftables' && target.objects.listing !== '') {
+    // Already exactly the recorded table (a rollback of an untouched table): nothing to do.
+    if (normalizeNftListing(table) === normalizeNftListing(target.objects.listing)) return [];
+    return nftStep(`${renderNftDelete()}${target.objects.listing}`);
+  }
+  return exists ? nftStep(renderNftDelete()) : [];
+}
+
+/** How our table in the kernel (`actualText`, '' when absent) differs from the one `plan` renders. */
+function nftDrift(actualText: string, plan: CapturePlan): DriftReport[] {
+  if (plan.families.length === 0 && actualText === '') return [];
+  const expected = plan.families.length > 0 ? normalizeNftListing(renderNftTable(plan)).split('\n') : [];
+  const actual = actualText === '' ? [] : normalizeNftListing(actualText).split('\n');
+  if (expected.join('\n') === actual.join('\n')) return [inSyncReport('inet')];
+  const missing = linesMinus(expected, actual);
+  const extra = linesMinus(actual, expected);
+  const isChain = (l: string) => l.startsWith('chain ') || l.startsWith('table ');
+  return [
+    {
+      label: 'inet',
+      inSync: false,
+      missingChains: missing.filter(isChain),
+      extraChains: extra.filter(isChain),
+      missing: missing.filter((l) => !isChain(l) && l !== '}'),
+      extra: extra.filter((l) => !isChain(l) && l !== '}'),
+      outOfOrder:
+        missing.length === 0 && extra.length === 0
+          ? [`table inet ${NFT_TABLE}: the rules are all there but in another order`]
+          : [],
+    },
+  ];
+}
+
 export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDriver {
   const dlog = log.child({ component: 'nftables' });
   const asNft = (state: KernelState): NftState => state as NftState;
-  const replaceWith = (table: string): string => `${renderNftDelete()}${table}`;
-  const step = (text: string): ApplyStep[] => [{ label: 'inet', family: null, text }];
 
   return {
     backend: 'nftables',
@@ -99,21 +137,13 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
       return state;
     },
     stepsTo(state, target: TransitionTarget) {
-      refuseForeignTable(asNft(state).table, target.kind === 'plan' ? 'install' : 'this change');
-      const exists = asNft(state).table !== '';
-      if (target.kind === 'plan' && target.plan.families.length > 0) return step(renderNft(target.plan));
-      if (target.kind === 'objects' && target.objects.kind === 'nftables' && target.objects.listing !== '') {
-        // Already exactly the recorded table (a rollback of an untouched table): nothing to do.
-        if (normalizeNftListing(asNft(state).table) === normalizeNftListing(target.objects.listing)) return [];
-        return step(replaceWith(target.objects.listing));
-      }
-      return exists ? step(renderNftDelete()) : [];
+      return nftStepsTo(asNft(state).table, target);
     },
     stepsRemoving(state, objects) {
       // Only what the ledger lists is removed, and only while it still carries our markers.
       if (objects.kind !== 'nftables' || objects.listing === '') return [];
       refuseForeignTable(asNft(state).table, 'uninstall');
-      return asNft(state).table !== '' ? step(renderNftDelete()) : [];
+      return asNft(state).table !== '' ? nftStep(renderNftDelete()) : [];
     },
     async check(s) {
       await runner.nft(s.text, { check: true });
@@ -131,28 +161,7 @@ export function createNftDriver(runner: NetfilterRunner, log: Logger): BackendDr
         : [];
     },
     drift(state, plan: CapturePlan): DriftReport[] {
-      const actualText = asNft(state).table;
-      if (plan.families.length === 0 && actualText === '') return [];
-      const expected = plan.families.length > 0 ? normalizeNftListing(renderNftTable(plan)).split('\n') : [];
-      const actual = actualText === '' ? [] : normalizeNftListing(actualText).split('\n');
-      if (expected.join('\n') === actual.join('\n')) return [inSyncReport('inet')];
-      const missing = linesMinus(expected, actual);
-      const extra = linesMinus(actual, expected);
-      const isChain = (l: string) => l.startsWith('chain ') || l.startsWith('table ');
-      return [
-        {
-          label: 'inet',
-          inSync: false,
-          missingChains: missing.filter(isChain),
-          extraChains: extra.filter(isChain),
-          missing: missing.filter((l) => !isChain(l) && l !== '}'),
-          extra: extra.filter((l) => !isChain(l) && l !== '}'),
-          outOfOrder:
-            missing.length === 0 && extra.length === 0
-              ? [`table inet ${NFT_TABLE}: the rules are all there but in another order`]
-              : [],
-        },
-      ];
+      return nftDrift(asNft(state).table, plan);
     },
     foreign(state) {
       return normalizeNftListing(splitRuleset(asNft(state).ruleset).rest);

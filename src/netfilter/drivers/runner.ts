@@ -87,17 +87,56 @@ export function transientDelayMs(
   return Math.round(base / 2 + Math.random() * (base / 2));
 }
 
-/** Creates the execa-backed runner. Throws NETNS_NOT_FOUND when `netns` is given and does not exist. */
-export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
-  const netns = options.netns ?? null;
-  if (netns !== null) assertNetnsExists(netns);
-  const env = options.env ?? process.env;
-  const log = (options.log ?? silentLogger).child({ component: 'runner', netns });
+/** What `run` throws when a command fails for good: BACKEND_UNAVAILABLE when the binary is missing, else `failCode`. */
+function commandFailure(
+  error: ExecaError,
+  c: {
+    command: string;
+    file: string;
+    argv: readonly string[];
+    netns: string | null;
+    failCode: 'RESTORE_FAILED' | 'COMMAND_FAILED';
+    what: string;
+    attempt: number;
+  },
+): MeshctlError {
+  const { command, file, argv, netns, failCode, what, attempt } = c;
+  const stderr = typeof error.stderr === 'string' ? error.stderr : '';
+  // The binary itself is missing: execa could not spawn it, or `ip netns exec` could not exec it.
+  const missing = error.code === 'ENOENT' || /^exec of ".*" failed: No such file or directory/m.test(stderr);
+  const details = [
+    `command: ${commandLine(file, argv)}`,
+    ...firstLines(stderr, 12).map((l, i) => `${i === 0 ? 'stderr:  ' : '         '}${l}`),
+  ];
+  if (missing) {
+    return new MeshctlError(
+      'BACKEND_UNAVAILABLE',
+      `${command} is not installed${netns ? ` (looked up on PATH for namespace ${netns})` : ''}, so meshctl cannot ${what}`,
+      `install it (Debian/Ubuntu: apt-get install ${command.startsWith('nft') ? 'nftables' : 'iptables'}) or choose another backend with --backend`,
+      { cause: error, details },
+    );
+  }
+  return new MeshctlError(
+    failCode,
+    `${command} failed while meshctl tried to ${what} (${error.exitCode === undefined ? error.shortMessage : `exit ${error.exitCode}`})`,
+    failCode === 'RESTORE_FAILED'
+      ? 'run `meshctl install --dry-run` and check the line named in stderr'
+      : 'check the stderr shown above; `meshctl doctor` lists missing privileges and kernel features',
+    {
+      cause: error,
+      details: attempt > 1 ? [...details, `attempts: ${attempt} (transient conflicts retried)`] : details,
+    },
+  );
+}
 
-  const wrap = (command: string, args: readonly string[]): [string, string[]] =>
-    netns === null ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]];
-
-  async function run(
+/** `run(command, args, input, failCode, what)`: runs it (in `netns`), retrying transient conflicts with other writers. */
+function commandRunner(
+  netns: string | null,
+  env: NodeJS.ProcessEnv,
+  log: Logger,
+  wrap: (command: string, args: readonly string[]) => [string, string[]],
+) {
+  return async function run(
     command: string,
     args: readonly string[],
     input: string | undefined,
@@ -123,35 +162,24 @@ export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
           await sleep(pause);
           continue;
         }
-        // The binary itself is missing: execa could not spawn it, or `ip netns exec` could not exec it.
-        const missing = error.code === 'ENOENT' || /^exec of ".*" failed: No such file or directory/m.test(stderr);
         log.debug({ command: commandLine(command, args), exitCode: error.exitCode, stderr }, 'command failed');
-        const details = [
-          `command: ${commandLine(file, argv)}`,
-          ...firstLines(stderr, 12).map((l, i) => `${i === 0 ? 'stderr:  ' : '         '}${l}`),
-        ];
-        if (missing) {
-          throw new MeshctlError(
-            'BACKEND_UNAVAILABLE',
-            `${command} is not installed${netns ? ` (looked up on PATH for namespace ${netns})` : ''}, so meshctl cannot ${what}`,
-            `install it (Debian/Ubuntu: apt-get install ${command.startsWith('nft') ? 'nftables' : 'iptables'}) or choose another backend with --backend`,
-            { cause: error, details },
-          );
-        }
-        throw new MeshctlError(
-          failCode,
-          `${command} failed while meshctl tried to ${what} (${error.exitCode === undefined ? error.shortMessage : `exit ${error.exitCode}`})`,
-          failCode === 'RESTORE_FAILED'
-            ? 'run `meshctl install --dry-run` and check the line named in stderr'
-            : 'check the stderr shown above; `meshctl doctor` lists missing privileges and kernel features',
-          {
-            cause: error,
-            details: attempt > 1 ? [...details, `attempts: ${attempt} (transient conflicts retried)`] : details,
-          },
-        );
+        throw commandFailure(error, { command, file, argv, netns, failCode, what, attempt });
       }
     }
-  }
+  };
+}
+
+/** Creates the execa-backed runner. Throws NETNS_NOT_FOUND when `netns` is given and does not exist. */
+export function createRunner(options: RunnerOptions = {}): NetfilterRunner {
+  const netns = options.netns ?? null;
+  if (netns !== null) assertNetnsExists(netns);
+  const env = options.env ?? process.env;
+  const log = (options.log ?? silentLogger).child({ component: 'runner', netns });
+
+  const wrap = (command: string, args: readonly string[]): [string, string[]] =>
+    netns === null ? [command, [...args]] : ['ip', ['netns', 'exec', netns, command, ...args]];
+
+  const run = commandRunner(netns, env, log, wrap);
 
   return {
     netns,

@@ -227,6 +227,80 @@ function chainsIn(save: string): string[] {
     .map((l) => l.slice(1).split(/\s/)[0]!);
 }
 
+/** Which backend meshctl would use here, and the rules on the others that would run beside its capture. */
+function backendChoiceFindings(
+  inventory: BackendInventory,
+  config: Config | null,
+  ledger: Ledger | null,
+  { legacy, nft }: { legacy: number; nft: number },
+): Finding[] {
+  const findings: Finding[] = [];
+  try {
+    const decision = chooseBackend(inventory, config?.capture.backend ?? 'auto', ledger?.backend ?? null);
+    findings.push({
+      id: 'backend-choice',
+      severity: 'ok',
+      message: decision.reasons[decision.reasons.length - 1] ?? `chose ${decision.backend}`,
+      fix: null,
+    });
+    const other = decision.backend === 'iptables-legacy' ? nft : decision.backend === 'iptables-nft' ? legacy : 0;
+    const otherName = decision.backend === 'iptables-legacy' ? 'iptables-nft' : 'iptables-legacy';
+    if (other > 0 && decision.backend !== 'nftables') {
+      findings.push({
+        id: 'backend-other-rules',
+        severity: 'warn',
+        message: `meshctl will use ${decision.backend}, but ${otherName} holds ${other} rules; those run too and may catch traffic before or after meshctl's capture`,
+        fix: `check them with \`${otherName}-save\`; move them to ${decision.backend}, or install with --backend ${otherName}`,
+      });
+    }
+    if (decision.backend === 'nftables') findings.push(groupsFinding(config));
+    if (decision.backend === 'nftables' && legacy + nft > 0) {
+      findings.push({
+        id: 'backend-other-rules',
+        severity: 'warn',
+        message: `meshctl will use native nftables, but iptables holds ${legacy + nft} rules that also run on every packet`,
+        fix: 'check that none of them redirects or drops what meshctl captures; or install with --backend iptables-nft',
+      });
+    }
+  } catch (error) {
+    findings.push({
+      id: 'backend-choice',
+      severity: 'error',
+      message: isMeshctlError(error) ? error.message : String(error),
+      fix: isMeshctlError(error) ? (error.hint ?? null) : null,
+    });
+  }
+  return findings;
+}
+
+/** Other owners of netfilter rules (kube-proxy, docker, …), from chain names in every readable save and the native nft tables. */
+async function ownerFindings(runner: NetfilterRunner, inventory: BackendInventory): Promise<Finding[]> {
+  const findings: Finding[] = [];
+  const names = new Set<string>();
+  for (const backend of ['iptables-legacy', 'iptables-nft'] as const) {
+    if (!inventory.available[backend]) continue;
+    for (const family of ['ipv4', 'ipv6'] as const) {
+      try {
+        for (const chain of chainsIn(await runner.save(backend, family))) names.add(chain);
+      } catch {
+        // counted as unreadable above
+      }
+    }
+  }
+  for (const table of inventory.nativeTables ?? []) names.add(table.split(' ')[1] ?? table);
+  for (const owner of OWNERS) {
+    const hits = [...names].filter((n) => owner.pattern.test(n));
+    if (hits.length > 0)
+      findings.push({
+        id: owner.id,
+        severity: owner.severity,
+        message: `${owner.name} rules present (${hits.slice(0, 5).join(', ')}${hits.length > 5 ? ', …' : ''})`,
+        fix: owner.fix,
+      });
+  }
+  return findings;
+}
+
 async function backendFindings(
   runner: NetfilterRunner,
   env: NodeJS.ProcessEnv,
@@ -279,64 +353,8 @@ async function backendFindings(
       fix: 'move every rule to one backend (iptables-legacy-save | iptables-nft-restore, then flush legacy) and let meshctl use that one',
     });
   }
-  try {
-    const decision = chooseBackend(inventory, config?.capture.backend ?? 'auto', ledger?.backend ?? null);
-    findings.push({
-      id: 'backend-choice',
-      severity: 'ok',
-      message: decision.reasons[decision.reasons.length - 1] ?? `chose ${decision.backend}`,
-      fix: null,
-    });
-    const other = decision.backend === 'iptables-legacy' ? nft : decision.backend === 'iptables-nft' ? legacy : 0;
-    const otherName = decision.backend === 'iptables-legacy' ? 'iptables-nft' : 'iptables-legacy';
-    if (other > 0 && decision.backend !== 'nftables') {
-      findings.push({
-        id: 'backend-other-rules',
-        severity: 'warn',
-        message: `meshctl will use ${decision.backend}, but ${otherName} holds ${other} rules; those run too and may catch traffic before or after meshctl's capture`,
-        fix: `check them with \`${otherName}-save\`; move them to ${decision.backend}, or install with --backend ${otherName}`,
-      });
-    }
-    if (decision.backend === 'nftables') findings.push(groupsFinding(config));
-    if (decision.backend === 'nftables' && legacy + nft > 0) {
-      findings.push({
-        id: 'backend-other-rules',
-        severity: 'warn',
-        message: `meshctl will use native nftables, but iptables holds ${legacy + nft} rules that also run on every packet`,
-        fix: 'check that none of them redirects or drops what meshctl captures; or install with --backend iptables-nft',
-      });
-    }
-  } catch (error) {
-    findings.push({
-      id: 'backend-choice',
-      severity: 'error',
-      message: isMeshctlError(error) ? error.message : String(error),
-      fix: isMeshctlError(error) ? (error.hint ?? null) : null,
-    });
-  }
-  // Other owners, from chain names in every readable save and the native nft tables.
-  const names = new Set<string>();
-  for (const backend of ['iptables-legacy', 'iptables-nft'] as const) {
-    if (!inventory.available[backend]) continue;
-    for (const family of ['ipv4', 'ipv6'] as const) {
-      try {
-        for (const chain of chainsIn(await runner.save(backend, family))) names.add(chain);
-      } catch {
-        // counted as unreadable above
-      }
-    }
-  }
-  for (const table of inventory.nativeTables ?? []) names.add(table.split(' ')[1] ?? table);
-  for (const owner of OWNERS) {
-    const hits = [...names].filter((n) => owner.pattern.test(n));
-    if (hits.length > 0)
-      findings.push({
-        id: owner.id,
-        severity: owner.severity,
-        message: `${owner.name} rules present (${hits.slice(0, 5).join(', ')}${hits.length > 5 ? ', …' : ''})`,
-        fix: owner.fix,
-      });
-  }
+  findings.push(...backendChoiceFindings(inventory, config, ledger, { legacy, nft }));
+  findings.push(...(await ownerFindings(runner, inventory)));
   return { findings, inventory };
 }
 
@@ -391,46 +409,36 @@ async function ipv6Finding(runner: NetfilterRunner, config: Config | null): Prom
   return { id: 'ipv6', severity: 'ok', message: `IPv6 is enabled; capture.ipv6 is "${mode}"`, fix: null };
 }
 
-/** Runs every check. Never throws for a failing check (it becomes a finding); throws NETNS_NOT_FOUND. */
-export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
-  const scope = openScope({ ...options, stateDir: options.config?.stateDir ?? options.stateDir });
-  const findings: Finding[] = [];
+/** Whether this process may read and change netfilter rules (and enter `netns`). */
+function privilegesFinding(netns: string | null): Finding {
   const caps = effectiveCaps();
   const uid = process.getuid?.() ?? -1;
   const missing = [
     hasCap(caps, CAP_NET_ADMIN) ? null : 'CAP_NET_ADMIN',
-    scope.netns && !hasCap(caps, CAP_SYS_ADMIN) ? 'CAP_SYS_ADMIN (to enter the namespace)' : null,
+    netns && !hasCap(caps, CAP_SYS_ADMIN) ? 'CAP_SYS_ADMIN (to enter the namespace)' : null,
   ].filter((c): c is string => c !== null);
-  findings.push(
-    missing.length === 0
-      ? {
-          id: 'privileges',
-          severity: 'ok',
-          message: `running as uid ${uid} with CAP_NET_ADMIN${scope.netns ? ' and CAP_SYS_ADMIN' : ''}`,
-          fix: null,
-        }
-      : {
-          id: 'privileges',
-          severity: 'error',
-          message: `missing privileges: uid ${uid} lacks ${missing.join(' and ')} (effective capabilities 0x${caps?.toString(16) ?? '?'}); install, uninstall and status cannot read or change netfilter rules`,
-          fix: 'run meshctl as root (sudo meshctl …), or give it CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN)',
-        },
-  );
+  return missing.length === 0
+    ? {
+        id: 'privileges',
+        severity: 'ok',
+        message: `running as uid ${uid} with CAP_NET_ADMIN${netns ? ' and CAP_SYS_ADMIN' : ''}`,
+        fix: null,
+      }
+    : {
+        id: 'privileges',
+        severity: 'error',
+        message: `missing privileges: uid ${uid} lacks ${missing.join(' and ')} (effective capabilities 0x${caps?.toString(16) ?? '?'}); install, uninstall and status cannot read or change netfilter rules`,
+        fix: 'run meshctl as root (sudo meshctl …), or give it CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN)',
+      };
+}
 
-  if (options.config === null) {
-    findings.push({
-      id: 'config',
-      severity: 'error',
-      message: `the config cannot be loaded: ${isMeshctlError(options.configError) ? `${options.configError.code}: ${options.configError.message}` : String(options.configError)}`,
-      fix: isMeshctlError(options.configError) ? (options.configError.hint ?? 'fix the config') : 'fix the config',
-    });
-  }
-  let ledger: Ledger | null = null;
+/** The ledger in `dir` (null when absent or unreadable) and what it says about this host. */
+function readLedgerFinding(dir: string): { ledger: Ledger | null; finding: Finding } {
   try {
-    ledger = readLedger(scope.dir);
-    findings.push(
+    const ledger = readLedger(dir);
+    const finding: Finding =
       ledger === null
-        ? { id: 'ledger', severity: 'info', message: `not installed here (no ledger in ${scope.dir})`, fix: null }
+        ? { id: 'ledger', severity: 'info', message: `not installed here (no ledger in ${dir})`, fix: null }
         : ledger.state === 'in-progress'
           ? {
               id: 'ledger',
@@ -443,16 +451,65 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
               severity: 'ok',
               message: `installed: ${ledger.installId} with ${ledger.backend} since ${ledger.createdAt}`,
               fix: null,
-            },
-    );
+            };
+    return { ledger, finding };
   } catch (error) {
+    return {
+      ledger: null,
+      finding: {
+        id: 'ledger',
+        severity: 'warn',
+        message: `cannot read the ledger in ${dir}: ${(error as Error).message}`,
+        fix: isMeshctlError(error) ? (error.hint ?? null) : null,
+      },
+    };
+  }
+}
+
+/** Which SSH ports and session are kept out of capture. */
+function sshFindings(safety: NonNullable<Config['safety']>, netns: string | null): Finding[] {
+  const findings: Finding[] = [];
+  findings.push(
+    safety.sshPortsSource === 'default'
+      ? {
+          id: 'ssh-ports',
+          severity: 'warn',
+          message: `no listening sshd found${netns ? ` in namespace ${netns}` : ''}; assuming SSH on port ${safety.sshPorts.join(', ')} (never captured inbound)`,
+          fix: 'if sshd listens elsewhere, set safety.sshPorts (or --ssh-ports) before installing',
+        }
+      : {
+          id: 'ssh-ports',
+          severity: 'ok',
+          message: `SSH ports ${safety.sshPorts.join(', ')} (from ${safety.sshPortsSource}${safety.sshPortsSource === 'sshd-listening' && netns ? ` in namespace ${netns}` : ''}) are never captured inbound${safety.unsafeCaptureSsh ? ' — EXCEPT: safety.unsafeCaptureSsh is set' : ''}`,
+          fix: safety.unsafeCaptureSsh ? 'unset safety.unsafeCaptureSsh unless you have console access' : null,
+        },
+  );
+  if (safety.sshPeer)
     findings.push({
-      id: 'ledger',
-      severity: 'warn',
-      message: `cannot read the ledger in ${scope.dir}: ${(error as Error).message}`,
-      fix: isMeshctlError(error) ? (error.hint ?? null) : null,
+      id: 'ssh-session',
+      severity: 'ok',
+      message: `this SSH session (${safety.sshPeer.address}:${safety.sshPeer.port}) is exempt from capture`,
+      fix: null,
+    });
+  return findings;
+}
+
+/** Runs every check. Never throws for a failing check (it becomes a finding); throws NETNS_NOT_FOUND. */
+export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
+  const scope = openScope({ ...options, stateDir: options.config?.stateDir ?? options.stateDir });
+  const findings: Finding[] = [];
+  findings.push(privilegesFinding(scope.netns));
+
+  if (options.config === null) {
+    findings.push({
+      id: 'config',
+      severity: 'error',
+      message: `the config cannot be loaded: ${isMeshctlError(options.configError) ? `${options.configError.code}: ${options.configError.message}` : String(options.configError)}`,
+      fix: isMeshctlError(options.configError) ? (options.configError.hint ?? 'fix the config') : 'fix the config',
     });
   }
+  const { ledger, finding: ledgerFinding } = readLedgerFinding(scope.dir);
+  findings.push(ledgerFinding);
 
   const probe = await scope.runner.exec('true', []);
   if (probe.exitCode !== 0) {
@@ -469,30 +526,7 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
   }
 
   const safety = options.config?.safety;
-  if (safety) {
-    findings.push(
-      safety.sshPortsSource === 'default'
-        ? {
-            id: 'ssh-ports',
-            severity: 'warn',
-            message: `no listening sshd found${scope.netns ? ` in namespace ${scope.netns}` : ''}; assuming SSH on port ${safety.sshPorts.join(', ')} (never captured inbound)`,
-            fix: 'if sshd listens elsewhere, set safety.sshPorts (or --ssh-ports) before installing',
-          }
-        : {
-            id: 'ssh-ports',
-            severity: 'ok',
-            message: `SSH ports ${safety.sshPorts.join(', ')} (from ${safety.sshPortsSource}${safety.sshPortsSource === 'sshd-listening' && scope.netns ? ` in namespace ${scope.netns}` : ''}) are never captured inbound${safety.unsafeCaptureSsh ? ' — EXCEPT: safety.unsafeCaptureSsh is set' : ''}`,
-            fix: safety.unsafeCaptureSsh ? 'unset safety.unsafeCaptureSsh unless you have console access' : null,
-          },
-    );
-    if (safety.sshPeer)
-      findings.push({
-        id: 'ssh-session',
-        severity: 'ok',
-        message: `this SSH session (${safety.sshPeer.address}:${safety.sshPeer.port}) is exempt from capture`,
-        fix: null,
-      });
-  }
+  if (safety) findings.push(...sshFindings(safety, scope.netns));
   findings.push(
     systemdAvailable(scope.env)
       ? {
