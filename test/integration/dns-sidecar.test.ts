@@ -324,8 +324,11 @@ describe.skipIf(!integrationEnabled)(
       const stats = await dnsStats();
       expect(stats.inFlight).toBe(0);
       expect(stats.cache.entries).toBeLessThan(70);
+      // The DNS server runs in the primary, which keeps V8's default young generation (up to 2 × 16 MiB of
+      // semi-spaces, grown lazily under load): 32 MiB was inside GC noise (35 MiB seen under load). A leak of even
+      // 1.3 KiB per query would pass 64 MiB over these 50,000; the cache and in-flight bounds are checked above.
       const grown = rssKb(proxy.pid) - rssBefore;
-      expect(grown, `proxy RSS ${rssBefore} → ${rssBefore + grown} kB`).toBeLessThan(32 * 1024);
+      expect(grown, `proxy RSS ${rssBefore} → ${rssBefore + grown} kB`).toBeLessThan(64 * 1024);
     }, 180_000);
 
     it('measures mesh and cached answers against a direct query to the upstream (qps, p99), without loss', async () => {

@@ -249,6 +249,9 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
       logged: outboundLogged(),
     };
     let aptOut = '';
+    // The upgrade starts once both loops are going (loopDuring calls `during` only after its loop's first progress).
+    let outboundGoing: () => void = () => {};
+    const outboundStarted = new Promise<void>((resolve) => (outboundGoing = resolve));
     const [inbound, outbound] = await Promise.all([
       loopDuring(
         (stop) =>
@@ -270,7 +273,7 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
           ),
         join(labDir, 'stop-in'),
         async () => {
-          await sleep(300);
+          await outboundStarted;
           aptOut = apt('install', inContainer(deb2));
         },
       ),
@@ -286,6 +289,7 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
           ]),
         join(labDir, 'stop-out'),
         async () => {
+          outboundGoing();
           for (let i = 0; i < 1200 && dpkgStatus() !== `ii ${version2}`; i++) await sleep(100);
         },
       ),
