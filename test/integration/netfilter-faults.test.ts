@@ -11,6 +11,7 @@ import { readLedger, scopeDir } from '../../src/netfilter/transaction/ledger.js'
 import { captureStatus } from '../../src/netfilter/status.js';
 import { uninstallCapture } from '../../src/netfilter/uninstall.js';
 import { integrationEnabled } from '../helpers/integration.js';
+import { SOAK } from '../helpers/soak.js';
 import {
   BACKEND_SHORT,
   BACKENDS,
@@ -194,8 +195,10 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
         expect(firstCheck).toBeGreaterThan(1);
         expect(applies).toHaveLength(backend === 'nftables' ? 1 : 2);
         expect(calls[readBack - 1]).toMatch(/-save|^nft list ruleset/);
+        // The first read changes nothing and writes no ledger (the same outcome as the first check, which does
+        // write an in-progress ledger): npm test skips it, npm run test:soak kills there too.
         const points: [number, 'before' | 'after'][] = [
-          [1, 'before'],
+          ...(SOAK ? [[1, 'before'] as [number, 'before']] : []),
           [firstCheck, 'before'],
           ...applies.flatMap((at): [number, 'before' | 'after'][] => [
             [at, 'before'],
@@ -247,7 +250,9 @@ describe.skipIf(!integrationEnabled)('fault injection', () => {
           .map((c, i) => ({ c, at: i + 1 }))
           .filter(({ c }) => /-restore --wait --noflush$|^nft -f -$/.test(c));
         for (const { at } of applies) {
-          for (const when of ['before', 'after'] as const) {
+          // Killed before an apply, an update leaves the previous generation (as the install test shows for a first
+          // install); npm test kills after each apply only, npm run test:soak both ways.
+          for (const when of SOAK ? (['before', 'after'] as const) : (['after'] as const)) {
             const { status, reached } = await killAt(
               ['install', ...args(ns, stateDir, '--outbound-exclude-ports', '6543')],
               at,
