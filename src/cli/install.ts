@@ -1,6 +1,6 @@
 // `meshctl install`: flags → Config → installCapture; prints what was done (or, with --dry-run, exactly the input
 // iptables-restore / nft would get).
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import { parseFlagDuration } from '../values/duration.js';
 import { MeshctlError } from '../errors.js';
 import { installCapture, type InstallResult } from '../netfilter/install.js';
@@ -9,7 +9,7 @@ import type { ProxyCheck } from '../netfilter/transaction/ledger.js';
 import { requireProxyContract } from '../service/proxy-contract.js';
 import { xtablesBinary } from '../netfilter/drivers/runner.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
-import { cliLogger, recoveryLine, where } from './shared.js';
+import { cliLogger, recoveryLine, where, logLevelOption } from './shared.js';
 
 function parseConfirmWithin(text: string | undefined): number | null {
   if (text === undefined) return null;
@@ -84,16 +84,7 @@ export function register(program: Command): void {
       'remove the rules again unless `meshctl confirm` arrives within this time (e.g. 60s)',
     )
     .option('--json', 'print the result as JSON')
-    .addOption(
-      new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices([
-        'trace',
-        'debug',
-        'info',
-        'warn',
-        'error',
-        'fatal',
-      ]),
-    );
+    .addOption(logLevelOption());
   command.action(async (options: Record<string, unknown>) => {
     const confirmWithinMs = parseConfirmWithin(options.confirmWithin as string | undefined);
     // The loader reads SSH_CONNECTION from this environment, so the current SSH session is exempt from capture.

@@ -1,12 +1,13 @@
 // `meshctl proxy`: runs the transparent proxy (the data plane the capture rules redirect to) until SIGTERM.
 // Signals: SIGTERM/SIGINT drain and exit 0 (a second one stops at once, exit 1); SIGHUP reloads the config.
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import { loadConfig, type FlagOverride, type PolicyOverlay } from '../config/load.js';
 import { schemaDefault } from '../config/schema.js';
 import { createLogger } from '../log.js';
 import { ProxySupervisor } from '../proxy/lifecycle.js';
 import { addConfigOptions, CONFIG_FLAGS, configOverrides } from './config-flags.js';
 import { EXIT } from './output.js';
+import { logLevelOption } from './shared.js';
 
 /**
  * The config flags whose values the proxy reads: its user and ports, which families it listens on (capture.ipv6),
@@ -45,18 +46,7 @@ export function register(program: Command): void {
       `run the transparent proxy: outbound :${port('outboundPort')}, inbound :${port('inboundPort')}, admin on 127.0.0.1:${port('adminPort')}`,
     );
   addConfigOptions(command, { only: [...PROXY_CONFIG_PATHS, ...PROXY_ONLY_PATHS] });
-  command
-    .option('--no-proxy-access-log', 'disable the access log')
-    .addOption(
-      new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices([
-        'trace',
-        'debug',
-        'info',
-        'warn',
-        'error',
-        'fatal',
-      ]),
-    );
+  command.option('--no-proxy-access-log', 'disable the access log').addOption(logLevelOption());
   command.action(async (options: Record<string, unknown>) => {
     const log = createLogger(options.logLevel !== undefined ? { level: String(options.logLevel) } : {});
     const file = options.config as string | undefined;

@@ -1,6 +1,6 @@
 // `meshctl service install|uninstall|status` (systemd-managed operation) and `meshctl proxy-ready` (the proxy
 // unit's ExecStartPost: the unit becomes "active" only once /ready answers, so capture never starts before it).
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import { parseFlagDuration } from '../values/duration.js';
 import { MeshctlError } from '../errors.js';
@@ -14,7 +14,7 @@ import { UNITS } from '../service/layout.js';
 import { endpointText, fetchContract, waitReady, type AdminEndpoint } from '../service/readiness.js';
 import { serviceStatus, type ServiceStatus } from '../service/status.js';
 import type { UnitState } from '../service/systemctl.js';
-import { cliLogger } from './shared.js';
+import { cliLogger, logLevelOption } from './shared.js';
 import { EXIT } from './output.js';
 
 function durationFlag(flag: string, text: string): number {
@@ -136,16 +136,7 @@ function registerServiceInstall(service: Command): void {
     )
     .option('--ready-timeout <duration>', 'how long to wait for the proxy to report ready', '20s')
     .option('--json', 'print the result as JSON')
-    .addOption(
-      new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices([
-        'trace',
-        'debug',
-        'info',
-        'warn',
-        'error',
-        'fatal',
-      ]),
-    )
+    .addOption(logLevelOption())
     .action(async (options: Record<string, unknown>) => {
       const confirmWithin = options.confirmWithin as string | undefined;
       if (confirmWithin !== undefined) durationFlag('--confirm-within', confirmWithin);
@@ -166,16 +157,7 @@ function registerServiceUninstall(service: Command): void {
     .description('stop capture (removing exactly its rules), the proxy and its sockets; remove the units')
     .option('--purge', 'also remove /etc/meshctl/config.yaml and the state directory')
     .option('--json', 'print the result as JSON')
-    .addOption(
-      new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices([
-        'trace',
-        'debug',
-        'info',
-        'warn',
-        'error',
-        'fatal',
-      ]),
-    )
+    .addOption(logLevelOption())
     .action(async (options: Record<string, unknown>) => {
       const result = await uninstallService({ purge: options.purge === true, log: cliLogger(options) });
       process.stdout.write(options.json ? `${JSON.stringify(result, null, 2)}\n` : describeUninstall(result));

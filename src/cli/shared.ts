@@ -8,22 +8,25 @@ import type { Recovery } from '../netfilter/transaction/recovery.js';
 import { DEFAULT_STATE_DIR } from '../netfilter/transaction/scope.js';
 
 /** --netns and --log-level, shared by every capture command. */
+/** --log-level: the operational log's level (JSON lines on stderr), the same choices for every command. */
+export function logLevelOption(): Option {
+  return new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices([
+    'trace',
+    'debug',
+    'info',
+    'warn',
+    'error',
+    'fatal',
+  ]);
+}
+
 export function addScopeOptions(command: Command, options: { stateDir: boolean; config: boolean }): Command {
   command.option('--netns <name>', 'run every kernel-facing command inside this network namespace (ip netns exec)');
   if (options.stateDir)
     command.option('--state-dir <dir>', `ledger directory (${DEFAULT_STATE_DIR}; or stateDir from the config)`);
   if (options.config)
     command.option('-c, --config <file>', `config file (default ${DEFAULT_CONFIG_FILE} if present), for its stateDir`);
-  command.addOption(
-    new Option('--log-level <level>', 'operational log level (JSON on stderr)').choices([
-      'trace',
-      'debug',
-      'info',
-      'warn',
-      'error',
-      'fatal',
-    ]),
-  );
+  command.addOption(logLevelOption());
   return command;
 }
 
