@@ -212,8 +212,21 @@ describe.each<[Engine]>([['node'], ['native']])('relay with %s', (engine) => {
       10_000,
       { seen: () => h.conns[0]?.state ?? 'no connection accepted' },
     );
-    // A bound on a negative, so a fixed wait: in 500 ms more an unbounded reader would have taken all 128 MiB.
-    await new Promise((r) => setTimeout(r, 500));
+    // Wait for the proxy's reading to stall (the same count on 5 polls in a row): with backpressure it stops at the
+    // buffers' size; an unbounded reader would only stop once it had all 128 MiB, which the bound below refuses.
+    let last = -1;
+    let steady = 0;
+    await waitUntil(
+      'the proxy to stop reading from the client',
+      () => {
+        const now = conn.bytesFromClient;
+        steady = now === last ? steady + 1 : 0;
+        last = now;
+        return steady >= 5;
+      },
+      10_000,
+      { intervalMs: 50, seen: () => `${last} bytes read from the client` },
+    );
     // Kernel socket buffers plus one stream highWaterMark per leg; nowhere near what the client tried to send.
     expect(conn.bytesFromClient).toBeGreaterThan(0);
     expect(conn.bytesFromClient).toBeLessThan(32 << 20);
