@@ -178,7 +178,7 @@ function addInboundFilter(
     [tcp, dport(ownPorts(config).map(port))],
     { kind: 'return' },
     'skip-proxy-ports',
-    'proxy.adminPort, proxy.outboundPort, proxy.inboundPort',
+    `proxy.adminPort, proxy.outboundPort, proxy.inboundPort${config.mtls.inbound !== 'disable' ? ', mtls.tunnelPort' : ''}`,
   );
   cap.inbound.excludePorts.forEach((range, i) =>
     b.add(
@@ -332,12 +332,16 @@ function loopbackIncludes(b: FamilyBuilder, config: Config): { cidr: Cidr; index
     .filter(({ cidr }) => isLoopback(parseIp(cidr.address)!) && cidr.prefix >= (cidr.family === 'ipv4' ? 8 : 128));
 }
 
-/** The proxy's listening ports, in order. */
+/** The proxy's listening ports, in order (the mTLS tunnel port while mtls.inbound is not disable). */
 function ownPorts(config: Config): number[] {
-  const { proxy, capture: cap } = config;
-  return [proxy.adminPort, proxy.outboundPort, proxy.inboundPort, ...(cap.dns.enabled ? [cap.dns.port] : [])].sort(
-    (x, y) => x - y,
-  );
+  const { proxy, capture: cap, mtls } = config;
+  return [
+    proxy.adminPort,
+    proxy.outboundPort,
+    proxy.inboundPort,
+    ...(cap.dns.enabled ? [cap.dns.port] : []),
+    ...(mtls.inbound !== 'disable' ? [mtls.tunnelPort] : []),
+  ].sort((x, y) => x - y);
 }
 
 /**

@@ -33,6 +33,7 @@ function proxyPorts(config: ConfigBody): [string, number][] {
     ['proxy.adminPort', config.proxy.adminPort],
   ];
   if (config.capture.dns.enabled) named.push(['capture.dns.port', config.capture.dns.port]);
+  if (config.mtls.inbound !== 'disable') named.push(['mtls.tunnelPort', config.mtls.tunnelPort]);
   return named;
 }
 
@@ -173,6 +174,31 @@ function sshNotCaptured({ config: { capture, safety } }: CheckInput): CheckProbl
   });
 }
 
+/** An mTLS inbound mode or mesh peers need this proxy's identity: all three files, or none. */
+function mtlsIdentityComplete({ config: { mtls } }: CheckInput): CheckProblem[] {
+  const files = Object.entries(mtls.identity);
+  const given = files.filter(([, f]) => f !== null);
+  if (given.length > 0 && given.length < files.length) {
+    return files
+      .filter(([, f]) => f === null)
+      .map(([name]) => ({
+        path: `mtls.identity.${name}`,
+        message: `is not set, but mtls.identity has ${given.map(([n]) => n).join(' and ')}: give the certificate, key and bundle files together`,
+      }));
+  }
+  if (given.length > 0) return [];
+  const needs: [string, boolean][] = [
+    ['mtls.inbound', mtls.inbound !== 'disable'],
+    ['mtls.peers', mtls.peers.length > 0],
+  ];
+  return needs
+    .filter(([, needed]) => needed)
+    .map(([path]) => ({
+      path,
+      message: `${path === 'mtls.inbound' ? `"${mtls.inbound}"` : 'mesh peers'} needs this proxy's identity: set mtls.identity.certificate, key and bundle (meshctl ca issue writes them)`,
+    }));
+}
+
 export const CHECKS: readonly Check[] = [
   { name: 'proxyUserNotRoot', run: proxyUserNotRoot },
   { name: 'proxyGroupNotRoot', run: proxyGroupNotRoot },
@@ -182,6 +208,7 @@ export const CHECKS: readonly Check[] = [
   { name: 'groupAllowListAlone', run: groupAllowListAlone },
   { name: 'proxyPortsNotCaptured', run: proxyPortsNotCaptured },
   { name: 'sshNotCaptured', run: sshNotCaptured },
+  { name: 'mtlsIdentityComplete', run: mtlsIdentityComplete },
 ];
 
 /** Runs every check in order and returns all their problems. */

@@ -25,11 +25,13 @@ export interface CaptureContract {
   readonly inboundMode: InboundMode | null;
   /** UDP and TCP port DNS queries are redirected to, or null when DNS capture is off. */
   readonly dnsPort: number | null;
+  /** The mTLS tunnel listener's port, never captured on either side; null while mtls.inbound is disable. */
+  readonly tunnelPort: number | null;
 }
 
 /** The contract the rules of `config` need the proxy to keep. */
-export function contractOf(config: Pick<Config, 'proxy' | 'capture'>): CaptureContract {
-  const { proxy, capture } = config;
+export function contractOf(config: Pick<Config, 'proxy' | 'capture' | 'mtls'>): CaptureContract {
+  const { proxy, capture, mtls } = config;
   const user = proxy.user;
   return {
     proxyUser: { name: user.name, uid: user.uid, gid: user.gid },
@@ -41,6 +43,7 @@ export function contractOf(config: Pick<Config, 'proxy' | 'capture'>): CaptureCo
     inboundPort: capture.inbound.enabled ? proxy.inboundPort : null,
     inboundMode: capture.inbound.enabled ? capture.inbound.mode : null,
     dnsPort: capture.dns.enabled ? capture.dns.port : null,
+    tunnelPort: mtls.inbound !== 'disable' ? mtls.tunnelPort : null,
   };
 }
 
@@ -179,6 +182,7 @@ export function describeContract(c: CaptureContract): string {
   if (c.outboundPort !== null) parts.push(`outbound :${c.outboundPort}`);
   if (c.inboundPort !== null) parts.push(`inbound :${c.inboundPort}${c.inboundMode === 'tproxy' ? ' (tproxy)' : ''}`);
   if (c.dnsPort !== null) parts.push(`dns :${c.dnsPort}`);
+  if (c.tunnelPort !== null) parts.push(`mtls tunnel :${c.tunnelPort}`);
   parts.push(familyText(c.families));
   return parts.join(', ');
 }

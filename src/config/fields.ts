@@ -11,7 +11,7 @@
 // test/unit/config-fields.test.ts holds the table to the schema.
 import type { UserDb } from './host-facts.js';
 import type { Config } from './types.js';
-import { BACKEND_CHOICES, INBOUND_MODES, IPV6_MODES, ON_PROXY_DOWN, RELAY_KINDS } from './types.js';
+import { BACKEND_CHOICES, INBOUND_MODES, IPV6_MODES, MTLS_INBOUND_MODES, ON_PROXY_DOWN, RELAY_KINDS } from './types.js';
 import type { Parser } from './parsers.js';
 import {
   boolean,
@@ -49,7 +49,7 @@ type At<T, P extends string> = P extends `${infer K}.${infer R}`
     : never;
 
 /** The part of Config the table builds. */
-export type ConfigBody = Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir'>;
+export type ConfigBody = Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir' | 'mtls'>;
 
 /**
  * A command-line flag mirroring the field (`--proxy-outbound-port`); `showDefault` appends the schema's default.
@@ -242,6 +242,23 @@ export const FIELDS = [
   derived('safety.sshPeer'),
   field('safety.onProxyDown', oneOf(ON_PROXY_DOWN)),
   field('stateDir', text, { flag: { name: 'state-dir', help: 'ledger directory', showDefault: true } }),
+  field('mtls.identity.certificate', textOrNull, {
+    flag: proxyFlag('mtls-identity-certificate', "PEM file: this proxy's certificate chain (SPIFFE ID)"),
+  }),
+  field('mtls.identity.key', textOrNull, { flag: proxyFlag('mtls-identity-key', "PEM file: the certificate's key") }),
+  field('mtls.identity.bundle', textOrNull, {
+    flag: proxyFlag('mtls-identity-bundle', "PEM file: the trust domain's CA certificates"),
+  }),
+  field('mtls.inbound', oneOf(MTLS_INBOUND_MODES), {
+    flag: { name: 'mtls-inbound', help: 'mTLS inbound mode (disable, permissive, strict)', showDefault: true },
+  }),
+  field('mtls.tunnelPort', port, {
+    flag: { name: 'mtls-tunnel-port', help: 'mTLS tunnel listener port (never captured)', showDefault: true },
+  }),
+  field('mtls.peers', cidrs, { flag: proxyFlag('mtls-peers', 'addresses of hosts running meshctl (tunneled)') }),
+  field('mtls.allowPlaintextFallback', boolean, {
+    flag: proxyFlag('mtls-allow-plaintext-fallback', "connect in plaintext when a peer's tunnel port does not answer"),
+  }),
 ] as const;
 
 /** The table without its literal types, for code that walks it. */

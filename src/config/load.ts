@@ -313,10 +313,32 @@ function resolveDerived(
   };
 }
 
+/**
+ * What the hash is taken over: the config without the mTLS settings while they are all at their defaults (mTLS
+ * off), so that configs written before mTLS existed keep the hash their ledgers hold.
+ */
+function hashView(full: ConfigBody & ResolvedPolicy): unknown {
+  const { mtls, services } = full;
+  const off =
+    mtls.inbound === 'disable' &&
+    mtls.peers.length === 0 &&
+    !mtls.allowPlaintextFallback &&
+    mtls.tunnelPort === 15008 &&
+    Object.values(mtls.identity).every((f) => f === null);
+  const allPlain = services.every((s) => !s.mtls && s.identities.length === 0);
+  const view: Record<string, unknown> = {};
+  // In the config's own key order: the hash is over JSON text.
+  for (const [key, value] of Object.entries(full)) {
+    if (key === 'mtls' && off) continue;
+    view[key] = key === 'services' && allPlain ? services.map(({ mtls: _on, identities: _ids, ...s }) => s) : value;
+  }
+  return view;
+}
+
 /** Freezes the resolved config and adds its hash (over the values, not where they came from). */
 function sealConfig(body: ConfigBody, policy: ResolvedPolicy, options: ResolveOptions): Config {
   const full = { ...body, ...policy };
-  const hash = createHash('sha256').update(JSON.stringify(full)).digest('hex');
+  const hash = createHash('sha256').update(JSON.stringify(hashView(full))).digest('hex');
   // The flags are where values came from, not values: two routes to the same config have the same hash.
   const flags = (options.flags ?? []).map((f) =>
     f.value === true ? f.flag : `${f.flag} ${Array.isArray(f.value) ? f.value.join(',') : String(f.value)}`,

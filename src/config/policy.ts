@@ -34,6 +34,7 @@ import {
   parseSrvName,
 } from '../values/addresses.js';
 import { schemaDefault, schemaDefinition } from './schema.js';
+import { isPrincipalText, parsePrincipal, type PrincipalPattern } from '../values/spiffe-id.js';
 
 export interface PolicyProblem {
   readonly path: string;
@@ -178,6 +179,8 @@ function resolveService(
     circuitBreaker: resolveCircuitBreaker(asObj(s.circuitBreaker)),
     healthCheck,
     faults: resolveFaults(asObj(s.faults), `${path}.faults`, ms),
+    mtls: booleanOf(s.mtls ?? schemaDefault('mtls', SERVICE)),
+    identities: principalsOf(s.identities),
   };
 }
 
@@ -344,6 +347,16 @@ function resolveBucket(raw: unknown, path: string, ms: Ms): TokenBucketConfig | 
 }
 
 const cidrsOf = (value: unknown): Cidr[] => listOf(value).map((c) => parsed(parseCidr(stringOf(c)), c));
+const principalsOf = (value: unknown): PrincipalPattern[] =>
+  listOf(value).map((p) => parsed(parsePrincipal(stringOf(p)), p));
+/** A source list's CIDRs and principals (spiffe://...), apart. */
+const sourcesOf = (value: unknown): { cidrs: Cidr[]; principals: PrincipalPattern[] } => {
+  const items = listOf(value).map(stringOf);
+  return {
+    cidrs: cidrsOf(items.filter((t) => !isPrincipalText(t))),
+    principals: principalsOf(items.filter(isPrincipalText)),
+  };
+};
 
 function resolveInboundPort(e: unknown, i: number, ms: Ms): InboundPortPolicy {
   const p = asObj(e);
@@ -356,14 +369,18 @@ function resolveInboundPort(e: unknown, i: number, ms: Ms): InboundPortPolicy {
         ? { from: port, to: port }
         : parsed<PortRange>(parsePortRange(stringOf(port)), port);
   const allowRaw = p.allow ?? schemaDefault('allow', INBOUND_PORT);
-  const allow: CidrSelection = allowRaw === '*' ? 'all' : cidrsOf(allowRaw);
+  const allowed = allowRaw === '*' ? null : sourcesOf(allowRaw);
+  const allow: CidrSelection = allowed === null ? 'all' : allowed.cidrs;
+  const denied = sourcesOf(p.deny ?? schemaDefault('deny', INBOUND_PORT));
   return {
     ports,
     maxConnections: numberOrNull(p.maxConnections),
     rateLimit: resolveBucket(p.rateLimit, `${path}.rateLimit`, ms),
     sourceRateLimit: resolveBucket(p.sourceRateLimit, `${path}.sourceRateLimit`, ms),
     allow,
-    deny: cidrsOf(p.deny ?? schemaDefault('deny', INBOUND_PORT)),
+    deny: denied.cidrs,
+    allowPrincipals: allowed?.principals ?? [],
+    denyPrincipals: denied.principals,
   };
 }
 

@@ -13,10 +13,11 @@ import type {
   TokenBucketConfig,
 } from './types.js';
 import { FIELD_TABLE } from './fields.js';
-import { cidrs, cidrSelection, durationText, portRaw } from './parsers.js';
+import { cidrs, durationText, portRaw } from './parsers.js';
 import { setPath, valueAt } from './paths.js';
 import { cidrText } from '../values/ip.js';
 import { hostPortText } from '../values/addresses.js';
+import { principalText } from '../values/spiffe-id.js';
 
 /** The config as a file would write it; `names` turns uids and gids back into names (null: numbers). */
 export function renderConfig(config: Config, names: UserDb | null = null): Record<string, unknown> {
@@ -126,6 +127,8 @@ function renderService(s: ServiceConfig): Record<string, unknown> {
       ...(delay === null ? {} : { delay: { percent: delay.percent, duration: durationText(delay.durationMs) } }),
       ...(abort === null ? {} : { abort: { percent: abort.percent } }),
     },
+    mtls: s.mtls,
+    ...(s.identities.length > 0 ? { identities: s.identities.map(principalText) } : {}),
   };
 }
 
@@ -141,7 +144,8 @@ function renderInboundPort(p: InboundPortPolicy): Record<string, unknown> {
     ...(p.maxConnections === null ? {} : { maxConnections: p.maxConnections }),
     ...(p.rateLimit === null ? {} : { rateLimit: renderBucket(p.rateLimit) }),
     ...(p.sourceRateLimit === null ? {} : { sourceRateLimit: renderBucket(p.sourceRateLimit) }),
-    allow: cidrSelection.render(p.allow, null),
-    deny: cidrs.render(p.deny, null),
+    allow:
+      p.allow === 'all' ? '*' : [...(cidrs.render(p.allow, null) as string[]), ...p.allowPrincipals.map(principalText)],
+    deny: [...(cidrs.render(p.deny, null) as string[]), ...p.denyPrincipals.map(principalText)],
   };
 }

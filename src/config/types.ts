@@ -2,6 +2,7 @@
 // Raw input (YAML/JSON + flags) has other types (RawConfig); nothing downstream re-parses strings.
 import type { Cidr, Family } from '../values/ip.js';
 import type { PortRange } from '../values/ports.js';
+import type { PrincipalPattern } from '../values/spiffe-id.js';
 
 export type Backend = 'iptables-legacy' | 'iptables-nft' | 'nftables';
 export type BackendChoice = 'auto' | Backend;
@@ -18,6 +19,9 @@ export const INBOUND_MODES: readonly InboundMode[] = ['redirect', 'tproxy'];
 export const RELAY_KINDS: readonly RelayKind[] = ['native', 'node'];
 export const ON_PROXY_DOWN: readonly OnProxyDown[] = ['closed', 'open'];
 export const OUTBOUND_POLICIES: readonly OutboundPolicy[] = ['passthrough', 'registry-only'];
+/** What the inbound side does with mTLS (Istio's PeerAuthentication modes). */
+export type MtlsInboundMode = 'disable' | 'permissive' | 'strict';
+export const MTLS_INBOUND_MODES: readonly MtlsInboundMode[] = ['disable', 'permissive', 'strict'];
 /** `all` means no restriction; a list restricts to its members. */
 export type PortSelection = 'all' | readonly PortRange[];
 export type CidrSelection = 'all' | readonly Cidr[];
@@ -98,6 +102,25 @@ export interface CaptureConfig {
   readonly inbound: InboundCapture;
   readonly outbound: OutboundCapture;
   readonly dns: DnsCapture;
+}
+
+/** The files of this proxy's X.509 identity (PEM); null while mTLS is not configured. */
+export interface MtlsIdentityFiles {
+  readonly certificate: string | null;
+  readonly key: string | null;
+  readonly bundle: string | null;
+}
+
+export interface MtlsConfig {
+  readonly identity: MtlsIdentityFiles;
+  /** disable: no tunnel listener; permissive: tunnel and plaintext; strict: captured plaintext is refused. */
+  readonly inbound: MtlsInboundMode;
+  /** The tunnel listener's port (HTTP/2 CONNECT over TLS 1.3), excluded from capture. */
+  readonly tunnelPort: number;
+  /** Hosts that run meshctl: connections to these addresses go through the tunnel. */
+  readonly peers: readonly Cidr[];
+  /** A mesh member whose tunnel port does not answer is connected in plaintext instead of failing. */
+  readonly allowPlaintextFallback: boolean;
 }
 
 export type SshPortsSource = 'config' | 'sshd-listening' | 'sshd-config' | 'default';
@@ -198,6 +221,10 @@ export interface ServiceConfig {
   readonly circuitBreaker: CircuitBreakerPolicy;
   readonly healthCheck: HealthCheckPolicy | null;
   readonly faults: FaultPolicy;
+  /** The endpoints run meshctl: connections go through the mTLS tunnel. */
+  readonly mtls: boolean;
+  /** SPIFFE IDs the endpoints may present; empty = any ID of this proxy's trust domain. */
+  readonly identities: readonly PrincipalPattern[];
 }
 
 export interface ResolverConfig {
@@ -228,9 +255,12 @@ export interface InboundPortPolicy {
   readonly maxConnections: number | null;
   readonly rateLimit: TokenBucketConfig | null;
   readonly sourceRateLimit: TokenBucketConfig | null;
-  /** Sources allowed ('all' = any); deny wins over allow. */
+  /** Source addresses allowed ('all' = any); deny wins over allow. */
   readonly allow: CidrSelection;
   readonly deny: readonly Cidr[];
+  /** Principals (peer SPIFFE IDs through the tunnel) allowed besides `allow`'s addresses, and refused. */
+  readonly allowPrincipals: readonly PrincipalPattern[];
+  readonly denyPrincipals: readonly PrincipalPattern[];
 }
 
 export interface InboundPolicyConfig {
@@ -256,6 +286,7 @@ export interface Config {
   readonly capture: CaptureConfig;
   readonly safety: SafetyConfig;
   readonly stateDir: string;
+  readonly mtls: MtlsConfig;
   /** The mesh's services (outbound policy); empty when none are configured. */
   readonly services: readonly ServiceConfig[];
   readonly outbound: OutboundPolicyConfig;

@@ -79,6 +79,7 @@ describe('the field table', () => {
       'capture.ipv6',
       'capture.inbound.mode',
       'safety.onProxyDown',
+      'mtls.inbound',
     ]);
     for (const f of enums) expect(f.parser.choices, f.path).toEqual(schemaNodeAt(f.path)?.enum);
   });
@@ -140,6 +141,7 @@ describe('the named checks', () => {
     groupAllowListAlone: (c) => Object.assign(c.capture.outbound, { includeGids: [2000], excludeGids: [999] }),
     proxyPortsNotCaptured: (c) => Object.assign(c.capture.inbound, { includePorts: [{ from: 15006, to: 15006 }] }),
     sshNotCaptured: (c) => Object.assign(c.capture.inbound, { includePorts: [{ from: 22, to: 22 }] }),
+    mtlsIdentityComplete: (c) => Object.assign(c.mtls, { inbound: 'strict' }),
   };
 
   it('has a name for each rule, and a valid config passes them all', () => {

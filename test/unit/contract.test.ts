@@ -59,6 +59,7 @@ describe('the capture contract', () => {
       inboundPort: 15006,
       inboundMode: 'redirect',
       dnsPort: null,
+      tunnelPort: null,
     });
     const c = contractOf(config({ capture: { ipv6: 'block', inbound: { enabled: false }, dns: { enabled: true } } }));
     expect(c).toMatchObject({ families: ['ipv4'], inboundPort: null, inboundMode: null, dnsPort: 15053 });

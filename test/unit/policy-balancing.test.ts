@@ -181,6 +181,8 @@ describe('ServiceRuntime', () => {
     circuitBreaker: { maxConnections: null, maxPending: null },
     healthCheck: null,
     faults: { delay: null, abort: null },
+    mtls: false,
+    identities: [],
     ...extra,
   });
   const spec = (host: string, subset: string | null = null) => ({

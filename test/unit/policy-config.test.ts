@@ -54,6 +54,8 @@ describe('policy config', () => {
       circuitBreaker: { maxConnections: null, maxPending: null },
       healthCheck: null,
       faults: { delay: null, abort: null },
+      mtls: false,
+      identities: [],
     });
   });
 
@@ -150,6 +152,8 @@ describe('policy config', () => {
         sourceRateLimit: null,
         allow: [{ family: 'ipv4', address: '10.0.0.0', prefix: 8 }],
         deny: [{ family: 'ipv4', address: '10.9.0.0', prefix: 16 }],
+        allowPrincipals: [],
+        denyPrincipals: [],
       },
       {
         ports: 'all',
@@ -158,6 +162,8 @@ describe('policy config', () => {
         sourceRateLimit: { connections: 2, perMs: 1000, burst: 4 },
         allow: 'all',
         deny: [],
+        allowPrincipals: [],
+        denyPrincipals: [],
       },
     ]);
     expect(c.controlPlane).toEqual({

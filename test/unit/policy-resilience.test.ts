@@ -127,6 +127,8 @@ describe('UpstreamLease', () => {
     circuitBreaker: { maxConnections: null, maxPending: null },
     healthCheck: null,
     faults: { delay: null, abort: null },
+    mtls: false,
+    identities: [],
     ...extra,
   });
   const service = (extra: Partial<ServiceConfig> = {}, n = 3) => {
@@ -272,6 +274,8 @@ describe('inbound admission', () => {
     sourceRateLimit: null,
     allow: 'all',
     deny: [],
+    allowPrincipals: [],
+    denyPrincipals: [],
     ...extra,
   });
 
