@@ -36,6 +36,13 @@ export const ERROR_CODES = {
     'the running proxy does not keep the contract the capture rules need (exempt user, ports per family, inbound mode, DNS)',
   ROUTE_TABLE_IN_USE:
     'the TPROXY routing table (capture.inbound.tproxyRouteTable) is already used by an ip rule or holds routes in the target namespace',
+  CA_EXISTS: '`meshctl ca init` found a CA (certificate or key) already in the directory and changed nothing',
+  CA_INVALID:
+    "the CA directory given to `meshctl ca` holds no usable CA (missing, unreadable, expired, or a key that is not the certificate's)",
+  SPIFFE_ID_INVALID: 'a SPIFFE ID or trust domain is malformed, or outside the trust domain it must be in',
+  IDENTITY_INVALID:
+    "the mTLS identity files (certificate chain, key, bundle) cannot be used: unreadable, malformed, key not the certificate's, no single SPIFFE ID, or a chain the bundle does not trust",
+  IDENTITY_EXPIRED: 'the mTLS identity certificate (or a certificate of its chain) has expired or is not yet valid',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
