@@ -338,7 +338,9 @@ function hashView(full: ConfigBody & ResolvedPolicy): unknown {
 /** Freezes the resolved config and adds its hash (over the values, not where they came from). */
 function sealConfig(body: ConfigBody, policy: ResolvedPolicy, options: ResolveOptions): Config {
   const full = { ...body, ...policy };
-  const hash = createHash('sha256').update(JSON.stringify(hashView(full))).digest('hex');
+  const hash = createHash('sha256')
+    .update(JSON.stringify(hashView(full)))
+    .digest('hex');
   // The flags are where values came from, not values: two routes to the same config have the same hash.
   const flags = (options.flags ?? []).map((f) =>
     f.value === true ? f.flag : `${f.flag} ${Array.isArray(f.value) ? f.value.join(',') : String(f.value)}`,

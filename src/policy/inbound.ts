@@ -1,4 +1,5 @@
-// Inbound admission per local port: L4 authorization by source CIDR (deny wins, default allow), then the port's
+// Inbound admission per local port: L4 authorization by source CIDR and by principal (the peer's SPIFFE ID through
+// the mTLS tunnel; plaintext has none) — deny wins, default allow — then the port's
 // limit on concurrent connections, then its token buckets (all sources, and per source). A port's entry is found
 // through a 64 Ki table of entry indexes (one typed-array read); refusals allocate nothing.
 import { performance } from 'node:perf_hooks';
@@ -7,6 +8,7 @@ import { portText } from '../values/ports.js';
 import { CidrSet } from './cidr-table.js';
 import type { ConnectionLease, LeasedConnection, LeaseRoute } from './lease.js';
 import { SourceBuckets, TokenBucket } from './token-bucket.js';
+import { anyPrincipalMatches } from '../values/spiffe-id.js';
 
 export const INBOUND_REFUSALS = ['denied', 'rate-limited', 'over-capacity'] as const;
 export type InboundRefusal = (typeof INBOUND_REFUSALS)[number];
@@ -48,10 +50,10 @@ export class InboundEntry implements ConnectionLease {
     this.sources = config.sourceRateLimit ? new SourceBuckets(config.sourceRateLimit) : null;
   }
 
-  /** Null when `source` may connect now (and counts it), otherwise why not. */
-  admit(source: string, now: number): InboundRefusal | null {
+  /** Null when `source` (with `principal`, its SPIFFE ID, or null) may connect now (and counts it), otherwise why not. */
+  admit(source: string, now: number, principal: string | null = null): InboundRefusal | null {
     const state = this.state;
-    if ((this.deny !== null && this.deny.has(source)) || (this.allow !== null && !this.allow.has(source))) {
+    if (!this.authorized(source, principal)) {
       state.refused.denied++;
       return 'denied';
     }
@@ -70,6 +72,15 @@ export class InboundEntry implements ConnectionLease {
     state.active++;
     state.admitted++;
     return null;
+  }
+
+  /** Deny (by address or principal) wins; then allowed by address or by principal, or by an allow of "*". */
+  private authorized(source: string, principal: string | null): boolean {
+    const c = this.config;
+    if (this.deny !== null && this.deny.has(source)) return false;
+    if (c.denyPrincipals.length > 0 && anyPrincipalMatches(c.denyPrincipals, principal)) return false;
+    if (this.allow === null) return true;
+    return this.allow.has(source) || anyPrincipalMatches(c.allowPrincipals, principal);
   }
 
   begin(conn: LeasedConnection, route: LeaseRoute): void {

@@ -4,7 +4,8 @@
 /**
  * Why a connection was refused without connecting anywhere: not redirected, aimed at the proxy itself, no fd, or
  * by mesh policy (src/policy): registry-only (no service matched), circuit-open, fault-abort, no-endpoint (outbound
- * services); denied, rate-limited, over-capacity (inbound ports).
+ * services); denied, rate-limited, over-capacity (inbound ports); plaintext-refused (mtls.inbound strict: a
+ * plaintext connection arrived through capture).
  */
 export type RefusalReason =
   | 'not-redirected'
@@ -16,7 +17,8 @@ export type RefusalReason =
   | 'no-endpoint'
   | 'denied'
   | 'rate-limited'
-  | 'over-capacity';
+  | 'over-capacity'
+  | 'plaintext-refused';
 
 export const REFUSAL_REASONS: readonly RefusalReason[] = [
   'not-redirected',
@@ -29,4 +31,5 @@ export const REFUSAL_REASONS: readonly RefusalReason[] = [
   'denied',
   'rate-limited',
   'over-capacity',
+  'plaintext-refused',
 ];

@@ -182,10 +182,15 @@ export class PolicyRuntime implements EjectionListener {
   }
 
   /** Admission of an inbound connection to local port `port` from `source`: null (no entry), refusal, or the entry. */
-  admitInbound(port: number, source: string | undefined): InboundEntry | RefusalReason | null {
+  /** `principal`: the peer's SPIFFE ID through the mTLS tunnel, null for plaintext. */
+  admitInbound(
+    port: number,
+    source: string | undefined,
+    principal: string | null = null,
+  ): InboundEntry | RefusalReason | null {
     const entry = this.inboundPolicy.entryFor(port);
     if (entry === null) return null;
-    const refusal = entry.admit(source ?? '', performance.now());
+    const refusal = entry.admit(source ?? '', performance.now(), principal);
     return refusal ?? entry;
   }
 

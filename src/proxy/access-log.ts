@@ -26,6 +26,10 @@ export interface AccessRecord {
   /** The mesh service the connection matched (src/policy), and its upstream connect attempts; absent otherwise. */
   readonly service?: string | undefined;
   readonly attempts?: number | undefined;
+  /** With mTLS configured: `mtls` through the tunnel, else `plaintext`; the peer proxy's SPIFFE ID; the handshake (ms) of the session the connection opened, absent when it reused one. */
+  readonly tls?: 'mtls' | 'plaintext';
+  readonly peerIdentity?: string;
+  readonly handshakeMs?: number;
 }
 
 type Destination = ReturnType<typeof pino.destination>;

@@ -16,6 +16,7 @@ import { socketFd, type OriginalDst } from '../native/original-dst.js';
 import { relayBounds, type RelayedConnection, type RelayThread } from './relay-thread.js';
 import type { Route } from './routing.js';
 import { expiredTimer, type TimerVerdict } from './timers.js';
+import { isTunnelLeg, legEstablished, tunnelInfoOf, type TunnelInfo } from './tunnel-leg.js';
 
 /** The per-attempt connect timeout of a leased connection (its retries are the lease's business). */
 const ATTEMPT_TIMEOUT: TimerVerdict = { result: 'timeout', detail: 'connect', mode: 'reset' };
@@ -37,6 +38,13 @@ export interface ConnectionOwner {
   readonly relayThread: RelayThread | null;
   /** A handoff to the relay thread failed (e.g. EMFILE); the connection stays on Node streams. */
   relayHandoffFailed(error: unknown): void;
+  /**
+   * The mTLS tunnel's stream to `host:port` when it is a mesh member (src/proxy/tunnel-runtime.ts), else null.
+   * Absent or null: the upstream leg is a plain TCP connect.
+   */
+  openTunnel?(host: string, port: number, service: string | null): Socket | null;
+  /** Whether mTLS is configured: the access log then says `tls` and `peerIdentity` for every connection. */
+  readonly mtlsActive?: boolean;
 }
 
 /** A row of the admin `/connections` table. */
@@ -52,6 +60,8 @@ export interface ConnectionInfo {
   readonly bytesFromUpstream: number;
   /** The mesh service the connection was routed to, when it matched one. */
   readonly service?: string;
+  /** The peer proxy's SPIFFE ID, for a connection through the mTLS tunnel. */
+  readonly peerIdentity?: string;
 }
 
 const kConn = Symbol('meshctl.connection');
@@ -130,6 +140,10 @@ export class Connection implements RelayedConnection {
   /** Bytes per direction as last read from the relay thread (final once it reported the end). */
   private relayedFromClient = 0;
   private relayedFromUpstream = 0;
+  /** Set once established through the mTLS tunnel (either leg a tunnel stream). */
+  private tunnel: TunnelInfo | null = null;
+  /** A tunnel port that did not answer and the config allows plaintext: later attempts connect directly. */
+  private plaintextOnly = false;
 
   constructor(
     readonly id: string,
@@ -189,13 +203,19 @@ export class Connection implements RelayedConnection {
     this.attemptStartedAt = performance.now();
     let upstream: Socket;
     try {
-      upstream = connect({
-        host: route.host,
-        port: route.port,
-        ...(route.localAddress !== null ? { localAddress: route.localAddress } : {}),
-        allowHalfOpen: true,
-        noDelay: true,
-      });
+      const tunneled =
+        this.direction === 'outbound' && !this.plaintextOnly
+          ? (this.owner.openTunnel?.(route.host, route.port, this.lease?.service ?? null) ?? null)
+          : null;
+      upstream =
+        tunneled ??
+        connect({
+          host: route.host,
+          port: route.port,
+          ...(route.localAddress !== null ? { localAddress: route.localAddress } : {}),
+          allowHalfOpen: true,
+          noDelay: true,
+        });
     } catch (error) {
       this.setResult('connect-failed', (error as NodeJS.ErrnoException).code ?? 'error');
       this.keepSource();
@@ -224,8 +244,14 @@ export class Connection implements RelayedConnection {
       return;
     }
     this.state = 'open';
-    const thread = this.owner.relayThread;
-    if (thread !== null && this.handOff(thread, client, upstream)) return;
+    this.tunnel = tunnelInfoOf(upstream) ?? tunnelInfoOf(client);
+    if (this.tunnel !== null) {
+      // A tunnel stream has no fd for the relay thread (TLS is done here): Node streams relay it.
+      legEstablished(client);
+    } else {
+      const thread = this.owner.relayThread;
+      if (thread !== null && this.handOff(thread, client, upstream)) return;
+    }
     client.on('data', onClientData);
     client.on('end', onClientEnd);
     client.on('drain', onClientDrain);
@@ -301,7 +327,8 @@ export class Connection implements RelayedConnection {
       // The second FIN: `other` has sent its own and we read it to the end, so its receive queue is empty and
       // close() ends it with a FIN after the bytes already handed to the kernel; end() would first add a
       // shutdown() and another trip through the stream machinery.
-      if (this.clientEnded && this.upstreamEnded && other.writableLength === 0) other.destroy();
+      // A tunnel stream ends with END_STREAM: destroy() would send RST_STREAM, which may overtake queued data.
+      if (this.clientEnded && this.upstreamEnded && other.writableLength === 0 && !isTunnelLeg(other)) other.destroy();
       else other.end();
     }
     if (!(this.clientEnded && this.upstreamEnded)) {
@@ -315,6 +342,13 @@ export class Connection implements RelayedConnection {
     this.keepSource();
     if (side === 'upstream' && this.state === 'connecting') {
       if (code === 'EADDRNOTAVAIL' && this.route?.localAddress && this.retryWithoutSource(error)) return;
+      if ((error as { fallback?: boolean }).fallback === true) {
+        // mtls.allowPlaintextFallback: the member's tunnel port did not answer; connect to it directly.
+        this.plaintextOnly = true;
+        this.discardUpstream();
+        this.connect(this.route!);
+        return;
+      }
       if (this.lease !== null && this.lease.connectFailed(this, code)) {
         this.discardUpstream();
         return;
@@ -473,6 +507,7 @@ export class Connection implements RelayedConnection {
       bytesFromClient: bytes.fromClient,
       bytesFromUpstream: bytes.fromUpstream,
       ...(this.lease?.service ? { service: this.lease.service } : {}),
+      ...(this.tunnel !== null ? { peerIdentity: this.tunnel.peerIdentity } : {}),
     };
   }
 
@@ -494,6 +529,18 @@ export class Connection implements RelayedConnection {
       detail: this.detail,
       service: this.lease?.service ?? undefined,
       attempts: this.lease?.service ? this.lease.attempts : undefined,
+      ...(this.owner.mtlsActive === true ? this.tlsFields() : {}),
+    };
+  }
+
+  /** The access log's mTLS fields: `tls`, the peer's SPIFFE ID and the session's handshake time (ms). */
+  private tlsFields(): Pick<AccessRecord, 'tls' | 'peerIdentity' | 'handshakeMs'> {
+    const t = this.tunnel ?? tunnelInfoOf(this.client) ?? tunnelInfoOf(this.upstream);
+    if (t === null) return { tls: 'plaintext' };
+    return {
+      tls: 'mtls',
+      peerIdentity: t.peerIdentity,
+      ...(t.handshakeMs !== null ? { handshakeMs: Math.round(t.handshakeMs * 1000) / 1000 } : {}),
     };
   }
 }

@@ -30,6 +30,7 @@ import {
 } from './listeners.js';
 import { readListeningPorts, readProcessIds } from './live-contract.js';
 import { mergeSnapshots, renderPrometheus } from './metrics.js';
+import { mergeTunnelStats, renderMtlsPrometheus } from './tunnel-runtime.js';
 import { RECENT_CAPACITY } from './recent-connections.js';
 import type { SelfLoopEvent } from './worker.js';
 import { ClusterPool, LocalPool, type WorkerPool } from './workers.js';
@@ -573,6 +574,7 @@ export class ProxySupervisor {
       },
       policy: mergePolicySnapshots(workers.map((w) => w.policy)),
       dns: this.dns?.snapshot() ?? null,
+      mtls: mergeTunnelStats(workers.map((w) => w.mtls ?? null)),
     };
   }
 
@@ -589,7 +591,8 @@ export class ProxySupervisor {
       }) +
       renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) +
       renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy))) +
-      renderDnsPrometheus(this.dns?.snapshot() ?? null)
+      renderDnsPrometheus(this.dns?.snapshot() ?? null) +
+      renderMtlsPrometheus(mergeTunnelStats(workers.map((w) => w.mtls ?? null)))
     );
   }
 }

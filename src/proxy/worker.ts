@@ -18,6 +18,10 @@ import { RelayThread } from './relay-thread.js';
 import { lookupRows, parseSourceQuery, RecentConnections, type SourceLookupRow } from './recent-connections.js';
 import { LocalAddresses, routeConnection, transparentDestination, type AcceptedOn } from './routing.js';
 import { Sweeper, sweepIntervalMs } from './timers.js';
+import { serverLeg } from './tunnel-leg.js';
+import { TunnelRuntime, type TunnelStats } from './tunnel-runtime.js';
+import type { TunnelStreamHandler } from './tunnel-server.js';
+import type { Family } from '../values/ip.js';
 
 /** One of the proxy's own connections came back to it (the capture rules did not exempt its uid). */
 export interface SelfLoopEvent {
@@ -36,6 +40,8 @@ export interface WorkerStats {
   readonly active: number;
   readonly metrics: MetricsSnapshot;
   readonly policy: PolicySnapshot;
+  /** The mTLS tunnel's counters and identity; null without mTLS. */
+  readonly mtls: TunnelStats | null;
 }
 
 /** The host's interface addresses now (os.networkInterfaces): read again per check, as addresses come and go. */
@@ -92,6 +98,8 @@ export class ProxyWorker implements ConnectionOwner {
   private selfLoops = 0;
   /** Told about every refused self-loop (the primary turns /ready not-ready and logs the likely cause). */
   onSelfLoop: ((event: SelfLoopEvent) => void) | null = null;
+  /** The mTLS tunnel (identity, dialer, listener), when mtls.identity is configured. */
+  private tunnel: TunnelRuntime | null = null;
 
   constructor(
     config: Config,
@@ -151,8 +159,25 @@ export class ProxyWorker implements ConnectionOwner {
       config.proxy.outboundPort,
       config.proxy.inboundPort,
       config.proxy.adminPort,
+      ...(config.mtls.inbound !== 'disable' ? [config.mtls.tunnelPort] : []),
       ...this.specs.map((s) => s.port),
     ]);
+  }
+
+  /** The outbound leg through the mTLS tunnel when `host` is a mesh member (ConnectionOwner.openTunnel). */
+  openTunnel(host: string, port: number, service: string | null): Socket | null {
+    const tunnel = this.tunnel;
+    const target = tunnel?.targetFor(host, port, service) ?? null;
+    return target === null ? null : tunnel!.dial(target);
+  }
+
+  get mtlsActive(): boolean {
+    return this.tunnel !== null;
+  }
+
+  /** The families the tunnel listener serves: those of the inbound listeners. */
+  private tunnelFamilies(): Family[] {
+    return this.config.capture.ipv6 === 'intercept' ? ['ipv4', 'ipv6'] : ['ipv4'];
   }
 
   /** Opens every listener; on failure closes the ones already open and rethrows (MeshctlError LISTEN_FAILED). */
@@ -160,6 +185,8 @@ export class ProxyWorker implements ConnectionOwner {
     // Endpoints resolved and first health checks done before the first connection is accepted.
     await this.policy.start();
     this.startRelay(this.config);
+    this.tunnel = TunnelRuntime.create(this.config, this.onTunnelStream, this.log);
+    await this.tunnel?.start(this.tunnelFamilies());
     this.listeners = await this.openAll(this.specs);
     this.sweeper.start(this.sweepInterval(this.config));
     this.log.info({ listeners: this.listeners.map((l) => listenerLabel(l.spec)) }, 'listening');
@@ -233,6 +260,53 @@ export class ProxyWorker implements ConnectionOwner {
       conn.refuse(route.reason);
       return;
     }
+    if (direction === 'inbound' && this.config.mtls.inbound === 'strict') {
+      // Peers must come through the tunnel (its own listener); plaintext through capture is refused.
+      conn.refuse('plaintext-refused');
+      return;
+    }
+    this.dispatch(conn, dst, socket, route, null);
+  };
+
+  /**
+   * A tunnel CONNECT from a verified peer: the carried destination must be this host (not loopback, not one of
+   * the proxy's ports); then inbound policy with the peer's SPIFFE ID as principal, and the connect to the local
+   * app from the passthrough source, exactly as for the inbound listener.
+   */
+  private readonly onTunnelStream: TunnelStreamHandler = (stream, carried, peer) => {
+    let conn: Connection | null = null;
+    const info = { ...peer, localIdentity: this.tunnel?.localIdentity ?? '' };
+    const leg = serverLeg(stream, info, () => conn?.detail || 'refused');
+    this.metrics.accepted('inbound');
+    conn = new Connection(`${this.index}.${++this.nextId}`, 'inbound', leg, this.config.proxy, this);
+    this.connections.add(conn);
+    const periodic = this.accessLog.periodicIntervalMs;
+    if (periodic !== null) conn.nextProgressAt = conn.startedAt + periodic;
+    const dst: OriginalDst = { address: carried.address, port: carried.port, family: carried.family };
+    conn.dst = dst;
+    this.local = new LocalAddresses(hostAddresses());
+    if (!this.local.has(dst.address) || /^(127\.|::1$|0\.0\.0\.0$|::$)/.test(dst.address)) {
+      conn.refuse('denied', 'not-local');
+      return;
+    }
+    const acceptedOn = { localAddress: leg.localAddress ?? '', localPort: this.config.mtls.tunnelPort };
+    const route = routeConnection('inbound', dst, acceptedOn, this.ownPorts, this.local, this.config.proxy);
+    if (route.kind === 'refuse') {
+      conn.refuse(route.reason);
+      return;
+    }
+    this.dispatch(conn, dst, leg, route, peer.peerIdentity);
+  };
+
+  /** Mesh policy, then the upstream connect. `principal`: the peer's SPIFFE ID (tunnel), null for plaintext. */
+  private dispatch(
+    conn: Connection,
+    dst: OriginalDst,
+    socket: Socket,
+    route: Extract<ReturnType<typeof routeConnection>, { kind: 'connect' }>,
+    principal: string | null,
+  ): void {
+    const direction = conn.direction;
     const policy = this.policy;
     if (policy.active) {
       // Mesh policy: a service's lease, a refusal, or null (connect as dialled).
@@ -240,7 +314,7 @@ export class ProxyWorker implements ConnectionOwner {
       const decision =
         direction === 'outbound'
           ? policy.outbound(dst.address, dst.port, socket)
-          : policy.admitInbound(dst.port, socket.remoteAddress);
+          : policy.admitInbound(dst.port, socket.remoteAddress, principal);
       if (decision !== null) {
         if (typeof decision === 'string') {
           conn.refuse(decision);
@@ -252,7 +326,7 @@ export class ProxyWorker implements ConnectionOwner {
       }
     }
     conn.connect(route);
-  };
+  }
 
   /**
    * Whether the socket that made this redirected connection is owned by this proxy's own uid: then the capture
@@ -323,6 +397,7 @@ export class ProxyWorker implements ConnectionOwner {
     this.specs = specs;
     this.config = config;
     this.ownPorts = this.portsOf(config);
+    this.tunnel?.reconfigure(config);
     this.accessLog.reconfigure(config.proxy.accessLog);
     this.startRelay(config);
     if (!this.draining) this.sweeper.start(this.sweepInterval(config));
@@ -342,6 +417,7 @@ export class ProxyWorker implements ConnectionOwner {
     if (!this.draining) {
       this.draining = true;
       for (const l of this.listeners) l.server.close();
+      this.tunnel?.stopListening();
       this.log.info({ open: this.connections.size, timeoutMs }, 'draining: listeners closed');
     }
     if (this.connections.size === 0) return { cut: 0 };
@@ -370,6 +446,7 @@ export class ProxyWorker implements ConnectionOwner {
     this.policy.stop();
     for (const l of this.listeners) l.server.close();
     for (const conn of [...this.connections]) conn.abort('drain', 'forced', 'reset');
+    this.tunnel?.close();
     this.accessLog.close();
   }
 
@@ -399,6 +476,7 @@ export class ProxyWorker implements ConnectionOwner {
       active: DIRECTIONS.reduce((n, d) => n + metrics.directions[d].active, 0),
       metrics,
       policy: this.policy.snapshot(),
+      mtls: this.tunnel?.stats() ?? null,
     };
   }
 

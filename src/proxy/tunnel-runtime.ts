@@ -1,0 +1,179 @@
+// The mTLS tunnel of one worker: this proxy's identity (loaded at start, reloaded by the watcher when its files
+// change: new sessions use it, open ones keep theirs), the dialer for outbound connections to mesh members, the
+// tunnel listener (unless mtls.inbound is disable), which destinations are mesh members (services[].mtls, and
+// mtls.peers), and the tunnel's counters and the certificate's expiry for /stats and /metrics.
+import type { Socket } from 'node:net';
+import type { Config, ServiceConfig } from '../config/types.js';
+import type { Logger } from '../log.js';
+import { expiryJson, identityExpiry, renderExpiryMetrics } from '../mtls/expiry.js';
+import { loadIdentity, type Identity, type IdentityPaths } from '../mtls/identity.js';
+import { watchIdentity, type IdentityWatcher } from '../mtls/watch.js';
+import { CidrSet } from '../policy/cidr-table.js';
+import type { Family } from '../values/ip.js';
+import { TunnelDialer, type DialTarget } from './tunnel-client.js';
+import { mergeTunnelSnapshots, renderTunnelPrometheus, TunnelMetrics, type TunnelSnapshot } from './tunnel-metrics.js';
+import { TunnelServer, type TunnelStreamHandler } from './tunnel-server.js';
+import { authorityOf } from './tunnel-wire.js';
+
+/** A worker's report on its tunnel. */
+export interface TunnelStats {
+  readonly counters: TunnelSnapshot;
+  /** This proxy's identity and its expiry (src/mtls/expiry.ts expiryJson). */
+  readonly identity: Record<string, string | number>;
+  readonly listening: readonly string[];
+}
+
+/** The identity files of `config`, or null while mTLS has none. */
+export function identityPathsOf(config: Pick<Config, 'mtls'>): IdentityPaths | null {
+  const { certificate, key, bundle } = config.mtls.identity;
+  return certificate !== null && key !== null && bundle !== null ? { certificate, key, bundle } : null;
+}
+
+export class TunnelRuntime {
+  readonly metrics = new TunnelMetrics();
+  private readonly dialer: TunnelDialer;
+  private server: TunnelServer | null = null;
+  private readonly watcher: IdentityWatcher;
+  private peers: CidrSet;
+  private services: Map<string, ServiceConfig>;
+
+  private constructor(
+    private config: Config,
+    private readonly paths: IdentityPaths,
+    identity: Identity,
+    private readonly onStream: TunnelStreamHandler,
+    private readonly log: Logger,
+  ) {
+    this.dialer = new TunnelDialer(identity, this.metrics, log);
+    this.peers = new CidrSet(config.mtls.peers);
+    this.services = new Map(config.services.map((s) => [s.name, s]));
+    this.watcher = watchIdentity(paths, identity, {
+      log,
+      onReload: (next, previous) => this.rotate(next, previous),
+    });
+  }
+
+  /**
+   * The tunnel for `config`, or null when it has no identity. Throws IDENTITY_INVALID / IDENTITY_EXPIRED (the
+   * proxy does not start with an identity it would refuse in a peer).
+   */
+  static create(config: Config, onStream: TunnelStreamHandler, log: Logger): TunnelRuntime | null {
+    const paths = identityPathsOf(config);
+    if (paths === null) return null;
+    const identity = loadIdentity(paths);
+    log.info(
+      { spiffeId: identity.spiffeId.text, notAfter: identity.notAfter.toISOString(), inbound: config.mtls.inbound },
+      'mTLS identity loaded',
+    );
+    return new TunnelRuntime(config, paths, identity, onStream, log.child({ component: 'mtls' }));
+  }
+
+  get identity(): Identity {
+    return this.watcher.current();
+  }
+
+  /** Opens the tunnel listener (both families of the inbound listeners) unless mtls.inbound is disable. */
+  async start(families: readonly Family[]): Promise<void> {
+    if (this.config.mtls.inbound === 'disable') return;
+    const server = new TunnelServer(this.identity, this.onStream, this.metrics, this.log);
+    await server.listen(this.config.mtls.tunnelPort, families);
+    this.server = server;
+  }
+
+  /** The new config's peers and services; the listener and identity files stay (a change needs a restart). */
+  reconfigure(config: Config): void {
+    const p = identityPathsOf(config);
+    if (
+      p === null ||
+      p.certificate !== this.paths.certificate ||
+      p.key !== this.paths.key ||
+      p.bundle !== this.paths.bundle ||
+      config.mtls.tunnelPort !== this.config.mtls.tunnelPort ||
+      config.mtls.inbound !== this.config.mtls.inbound
+    )
+      this.log.warn('mtls.identity, mtls.tunnelPort or mtls.inbound changed: they take effect when the proxy restarts');
+    this.config = config;
+    this.peers = new CidrSet(config.mtls.peers);
+    this.services = new Map(config.services.map((s) => [s.name, s]));
+  }
+
+  private rotate(next: Identity, previous: Identity): void {
+    this.dialer.setIdentity(next);
+    this.server?.setIdentity(next);
+    this.log.info(
+      { spiffeId: next.spiffeId.text, previous: previous.spiffeId.text, notAfter: next.notAfter.toISOString() },
+      'mTLS identity rotated: new connections use it, open ones keep theirs',
+    );
+  }
+
+  /**
+   * Where a connection to `host:port` goes through the tunnel: when it was routed to a service with `mtls`, or
+   * `host` is in mtls.peers. Null: a plaintext connect.
+   */
+  targetFor(host: string, port: number, service: string | null): DialTarget | null {
+    const svc = service === null ? undefined : this.services.get(service);
+    if (!(svc?.mtls ?? false) && !this.peers.has(host)) return null;
+    return {
+      host,
+      tunnelPort: this.config.mtls.tunnelPort,
+      authority: authorityOf(host, port),
+      allowed: svc?.identities ?? [],
+      fallback: this.config.mtls.allowPlaintextFallback,
+    };
+  }
+
+  dial(target: DialTarget): Socket {
+    return this.dialer.dial(target);
+  }
+
+  /** This proxy's own SPIFFE ID now. */
+  get localIdentity(): string {
+    return this.identity.spiffeId.text;
+  }
+
+  stats(): TunnelStats {
+    return {
+      counters: this.metrics.snapshot(),
+      identity: expiryJson(identityExpiry(this.identity)),
+      listening: this.server?.listening ?? [],
+    };
+  }
+
+  close(): void {
+    this.watcher.close();
+    this.server?.close();
+    this.server?.destroySessions();
+    this.dialer.close();
+  }
+
+  /** Stops the listener (drain): open sessions and their streams finish. */
+  stopListening(): void {
+    this.server?.close();
+  }
+}
+
+/** The /stats `mtls` section: the workers' tunnel counters added up, the identity as the first worker has it. */
+export function mergeTunnelStats(stats: readonly (TunnelStats | null)[]): TunnelStats | null {
+  const present = stats.filter((s): s is TunnelStats => s !== null);
+  if (present.length === 0) return null;
+  return {
+    counters: mergeTunnelSnapshots(present.map((s) => s.counters))!,
+    identity: present[0]!.identity,
+    listening: present.flatMap((s) => s.listening).filter((l, i, all) => all.indexOf(l) === i),
+  };
+}
+
+/** The tunnel's metrics and the certificate expiry (`meshctl_mtls_certificate_expiry_seconds`) in Prometheus text. */
+export function renderMtlsPrometheus(merged: TunnelStats | null): string {
+  if (merged === null) return '';
+  const id = merged.identity;
+  const expiry = identityExpiry(
+    {
+      spiffeId: { text: String(id.spiffeId) } as Identity['spiffeId'],
+      notBefore: new Date(String(id.notBefore)),
+      notAfter: new Date(String(id.notAfter)),
+    },
+    new Date(),
+  );
+  return renderTunnelPrometheus(merged.counters) + renderExpiryMetrics(expiry);
+}
