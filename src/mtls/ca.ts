@@ -11,7 +11,7 @@ import { MeshctlError } from '../errors.js';
 import { describeCertificate, parsePemCertificates, uriSansOf, validityAt, validityOf } from './certificate.js';
 import { writeFileAtomic, writeFileExclusive } from './files.js';
 import { identityPathsIn, type IdentityPaths } from './identity.js';
-import { parseSpiffeId, trustDomainId, trustDomainProblem, type SpiffeId } from './spiffe-id.js';
+import { DEFAULT_TRUST_DOMAIN, parseSpiffeId, trustDomainId, trustDomainProblem, type SpiffeId } from './spiffe-id.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 
@@ -19,7 +19,6 @@ const ALGORITHM = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as con
 
 /** The files of a CA directory. */
 export const CA_FILE_NAMES = { certificate: 'ca.pem', key: 'ca_key.pem' } as const;
-export const DEFAULT_TRUST_DOMAIN = 'meshctl.internal';
 export const DEFAULT_CA_TTL_MS = 10 * 365 * 24 * 3600_000;
 export const DEFAULT_WORKLOAD_TTL_MS = 24 * 3600_000;
 /** A workload certificate's notBefore lies this far back, for peers whose clocks run a little behind (SPIRE: 10 s). */

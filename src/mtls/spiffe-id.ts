@@ -9,6 +9,9 @@ export interface SpiffeId {
   readonly path: string;
 }
 
+/** The trust domain `meshctl ca init` creates without --trust-domain (`.internal` is reserved for private use). */
+export const DEFAULT_TRUST_DOMAIN = 'meshctl.internal';
+
 /** SPIFFE ID §2.3: IDs up to 2048 bytes must work; longer ones are refused here. */
 export const MAX_SPIFFE_ID_BYTES = 2048;
 /** SPIFFE ID §2.1: a trust domain name is at most 255 characters. */
