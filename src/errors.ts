@@ -36,6 +36,8 @@ export const ERROR_CODES = {
     'the running proxy does not keep the contract the capture rules need (exempt user, ports per family, inbound mode, DNS)',
   ROUTE_TABLE_IN_USE:
     'the TPROXY routing table (capture.inbound.tproxyRouteTable) is already used by an ip rule or holds routes in the target namespace',
+  UNIT_DROPIN_FAILED:
+    'the drop-in that keeps a systemd unit of excludeUnits/includeUnits in step (ExecStartPre= units refresh) could not be written or removed',
   CA_EXISTS: '`meshctl ca init` found a CA (certificate or key) already in the directory and changed nothing',
   CA_INVALID:
     "the CA directory given to `meshctl ca` holds no usable CA (missing, unreadable, expired, or a key that is not the certificate's)",

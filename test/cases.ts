@@ -22,13 +22,24 @@ const groups = [
   { name: 'nogroup', gid: 65534 },
 ];
 
-/** A host with a fixed user database and sshd on port 22 only. */
+/** systemd units of the scenarios, in a slice of their own (`Slice=meshtest.slice`); the kernel tests create them. */
+export const TEST_UNITS: Readonly<Record<string, string>> = {
+  'app.service': '/meshtest.slice/app.service',
+  'backup.service': '/meshtest.slice/backup.service',
+  'metrics.service': '/meshtest.slice/metrics.service',
+};
+
+/** A host with a fixed user database, sshd on port 22 only, and the units of TEST_UNITS. */
 export const testHost: HostFacts = {
   userDb: {
     user: (ref) => users.find((u) => u.name === ref || u.uid === ref || String(u.uid) === ref) ?? null,
     group: (ref) => groups.find((g) => g.name === ref || g.gid === ref || String(g.gid) === ref) ?? null,
   },
   detectSshPorts: () => ({ ports: [22], source: 'default' }),
+  unitCgroup: (name) => {
+    const cgroup = TEST_UNITS[name];
+    return cgroup ? { cgroup, source: 'systemd' } : { problem: `unit "${name}" is not known to the test host` };
+  },
 };
 
 export interface Case {

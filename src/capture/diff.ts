@@ -1,6 +1,7 @@
 // Normalises rules and compares a planned family against what iptables-save reports: drift, status and verify.
 // Pure. Identity is semantic (match order, port lists, CIDR spelling and counters do not matter) plus the comment.
 import { cidrText } from '../values/ip.js';
+import { normalCgroupPath } from '../values/systemd-unit.js';
 import {
   BUILTIN_CHAINS,
   COMMENT_PREFIX,
@@ -81,6 +82,8 @@ function matchKey(match: Match): string | null {
       return `${not}ctState=${[...new Set(match.states)].sort().join(',')}`;
     case 'socketTransparent':
       return 'socketTransparent';
+    case 'cgroup':
+      return match.id !== undefined ? `${not}cgroupId=${match.id}` : `${not}cgroup=${normalCgroupPath(match.path)}`;
     case 'tcpSyn':
       return `${not}tcpSyn`;
     case 'mark':

@@ -7,6 +7,7 @@ import type { Family } from '../values/ip.js';
 import { cidrContains, formatIp, isLoopback, parseIp, type IpAddress } from '../values/ip.js';
 import { renderRule } from './render-iptables.js';
 import { portInRanges } from '../values/ports.js';
+import { cgroupWithin } from '../values/systemd-unit.js';
 
 export interface Endpoint {
   readonly address: string;
@@ -24,6 +25,8 @@ export interface Flow {
   readonly gid?: number;
   /** Outbound only: the owner's supplementary groups (what `--suppl-groups` also matches). */
   readonly groups?: readonly number[];
+  /** Outbound only: the cgroup v2 path of the process that made the socket (a unit's, for `explain --unit`). */
+  readonly cgroup?: string;
   /** Inbound: the interface the packet arrives on. */
   readonly inInterface?: string;
   /** Outbound: the interface the route picks (default: lo for local destinations, else HostContext). */
@@ -109,6 +112,8 @@ export interface Explanation {
     outInterface: string | null;
     uid: number | null;
     gid: number | null;
+    /** The socket's cgroup (a unit's), when the flow gives one. */
+    cgroup?: string;
   };
   readonly decidedBy: {
     purpose: string;
@@ -135,6 +140,7 @@ interface Packet {
   uid: number | null;
   gid: number | null;
   groups: readonly number[];
+  cgroup: string | null;
 }
 
 /** The built-in chain a new connection's first packet passes, per table, in hook order. */
@@ -190,6 +196,9 @@ function matches(match: Match, p: Packet): boolean {
         return match.states.includes('NEW');
       case 'socketTransparent':
         return false; // a new connection has no established socket yet
+      case 'cgroup':
+        // A rule read back with only a cgroup id names a cgroup that no longer exists: no socket is in it.
+        return p.cgroup !== null && match.id === undefined && cgroupWithin(p.cgroup, match.path);
       case 'tcpSyn':
         return p.protocol === 'tcp'; // the first packet of a new TCP connection is its SYN
       case 'mark':
@@ -198,7 +207,9 @@ function matches(match: Match, p: Packet): boolean {
   })();
   // Owner matches need a local socket; on the inbound path there is none, and negation does not make one.
   const ownerWithoutSocket =
-    (match.kind === 'uidOwner' && p.uid === null) || (match.kind === 'gidOwner' && p.gid === null);
+    (match.kind === 'uidOwner' && p.uid === null) ||
+    (match.kind === 'gidOwner' && p.gid === null) ||
+    (match.kind === 'cgroup' && p.cgroup === null);
   if (ownerWithoutSocket) return false;
   return 'negate' in match && match.negate ? !result : result;
 }
@@ -445,6 +456,7 @@ function packetOf(flow: Flow, host: HostContext): { packet: Packet; assumptions:
     uid: flow.direction === 'outbound' ? (flow.uid ?? null) : null,
     gid: flow.direction === 'outbound' ? (flow.gid ?? flow.uid ?? null) : null,
     groups: flow.direction === 'outbound' ? (flow.groups ?? []) : [],
+    cgroup: flow.direction === 'outbound' ? (flow.cgroup ?? null) : null,
   };
   if (flow.direction === 'outbound' && flow.uid === undefined)
     assumptions.push('socket owner unknown; uid/gid rules cannot match — pass --uid/--gid');
@@ -487,6 +499,7 @@ function viewOf(packet: Packet): Explanation['packet'] {
     outInterface: packet.outInterface,
     uid: packet.uid,
     gid: packet.gid,
+    ...(packet.cgroup !== null ? { cgroup: packet.cgroup } : {}),
   };
 }
 

@@ -29,6 +29,20 @@ export type Match =
   | { readonly kind: 'socketTransparent' }
   /** `--syn` (`--tcp-flags FIN,SYN,RST,ACK SYN`): the packet opens a TCP connection. Needs `protocol: tcp`. */
   | { readonly kind: 'tcpSyn'; readonly negate?: boolean }
+  /**
+   * The socket was created by a process in this cgroup v2 (or below it): `-m cgroup --path`, nft `socket cgroupv2
+   * level N`. Both backends resolve the path to a cgroup when the rule is loaded, so a unit that restarts (a new
+   * cgroup at the same path) needs the rule loaded again (src/netfilter/host/unit-cgroups.ts). `path` keeps the
+   * leading slash; `unit` names the systemd unit it came from. `id` only in a rule read back from an nft listing
+   * that shows a cgroup id instead of a path (the cgroup no longer exists, or nft could not see the hierarchy).
+   */
+  | {
+      readonly kind: 'cgroup';
+      readonly path: string;
+      readonly unit?: string;
+      readonly id?: number;
+      readonly negate?: boolean;
+    }
   | { readonly kind: 'mark'; readonly value: number; readonly mask: number; readonly negate?: boolean };
 
 export type Target =

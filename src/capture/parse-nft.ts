@@ -5,6 +5,7 @@ import { parseCidr } from '../values/ip.js';
 import type { CtState, Match, Target } from './model.js';
 import type { Family } from '../values/ip.js';
 import type { PortRange } from '../values/ports.js';
+import { cgroupLevel, normalCgroupPath } from '../values/systemd-unit.js';
 
 export interface NftHook {
   /** `filter`, `nat` or `route`. */
@@ -450,7 +451,28 @@ const ctStatement: StatementParser = (r) => {
   }
 };
 
+/**
+ * `socket cgroupv2 level N [!=] "PATH"`: nft prints the path relative to /sys/fs/cgroup when it can find the id
+ * there, else the bare cgroup id (the cgroup is gone, e.g. its unit restarted, or nft could not see the hierarchy).
+ */
+function socketCgroupMatch(r: NftRuleReader): void {
+  r.i++;
+  if (r.word() !== 'level') throw new Outside(`socket cgroupv2 ${r.word()}`);
+  r.i++;
+  const level = parseNumber(r.expect('socket cgroupv2 level').value, 'cgroupv2 level', 255);
+  const negate = r.op();
+  const value = r.single(r.expect('socket cgroupv2'), 'socket cgroupv2');
+  if (/^\d+$/.test(value)) {
+    r.matches.push({ kind: 'cgroup', path: '', id: Number(value), ...r.neg(negate) });
+    return;
+  }
+  const path = normalCgroupPath(value);
+  if (cgroupLevel(path) !== level) throw new Outside(`socket cgroupv2 level ${level} "${value}" (another level)`);
+  r.matches.push({ kind: 'cgroup', path, ...r.neg(negate) });
+}
+
 const socketStatement: StatementParser = (r) => {
+  if (r.word() === 'cgroupv2') return socketCgroupMatch(r);
   if (r.word() !== 'transparent' || r.word(r.i + 1) !== '1')
     throw new Outside(`socket ${r.word()} ${r.word(r.i + 1)}`.trim());
   r.i += 2;

@@ -15,6 +15,7 @@ import {
 } from './model.js';
 import { type Cidr } from '../values/ip.js';
 import { type PortRange } from '../values/ports.js';
+import { normalCgroupPath } from '../values/systemd-unit.js';
 
 export interface SavedChain {
   readonly name: string;
@@ -139,7 +140,7 @@ function parseAddress(text: string, option: string): Cidr {
 }
 
 /** The matching modules the model covers, and the options each accepts. */
-const MODULES = new Set(['tcp', 'udp', 'multiport', 'owner', 'conntrack', 'socket', 'mark', 'comment']);
+const MODULES = new Set(['tcp', 'udp', 'multiport', 'owner', 'conntrack', 'socket', 'mark', 'comment', 'cgroup']);
 
 interface RuleParse {
   readonly rule: SavedRuleShape;
@@ -307,6 +308,14 @@ const markOption: OptionParser = (args, option) => {
   args.matches.push({ kind: 'mark', value, mask, ...args.neg() });
 };
 
+/** `-m cgroup --path P` (cgroup v2; the v1 `--cgroup CLASSID` is outside the model). */
+const cgroupPathOption: OptionParser = (args, option) => {
+  args.requireModule(option, 'cgroup');
+  const path = args.next(option);
+  if (path === '') throw new Unsupported(`${option} ""`);
+  args.matches.push({ kind: 'cgroup', path: normalCgroupPath(path), ...args.neg() });
+};
+
 const commentOption: OptionParser = (args, option) => {
   if (args.module !== 'comment' || args.negate) throw new Unsupported(option);
   args.comment = args.next(option);
@@ -337,6 +346,7 @@ const OPTIONS: ReadonlyMap<string, OptionParser> = new Map(
       [synOption, '--syn', '--tcp-flags'],
       [transparentOption, '--transparent'],
       [markOption, '--mark'],
+      [cgroupPathOption, '--path'],
       [commentOption, '--comment'],
       [jumpOption, '-j', '--jump'],
     ] as const

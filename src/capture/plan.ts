@@ -95,7 +95,10 @@ export function chunkPorts(ranges: readonly PortRange[]): PortRange[][] {
 class FamilyBuilder {
   readonly chains: ChainDecl[] = [];
   readonly rules: Rule[] = [];
-  constructor(readonly family: Family) {}
+  constructor(
+    readonly family: Family,
+    readonly missingUnits: ReadonlySet<string> = new Set(),
+  ) {}
 
   chain(table: Table, name: string): string {
     if (!this.chains.some((c) => c.table === table && c.name === name)) this.chains.push({ table, name });
@@ -274,8 +277,46 @@ function planInbound(b: FamilyBuilder, config: Config): string | null {
   return local;
 }
 
+/**
+ * Exemptions by systemd unit (the socket's cgroup). A unit whose cgroup does not exist now (`missingUnits`: not
+ * running at install) gets no rule, because the kernel refuses to load one for a path that does not exist; its
+ * drop-in re-applies the capture when it starts, before its main process runs.
+ */
+function addUnitExemptions(b: FamilyBuilder, config: Config, table: Table, chain: string, extra: Match[]): void {
+  const out = config.capture.outbound;
+  const present = (name: string): boolean => !b.missingUnits.has(name);
+  out.excludeUnits.forEach((unit, i) => {
+    if (!present(unit.name)) return;
+    b.add(
+      table,
+      chain,
+      [...extra, { kind: 'cgroup', path: unit.cgroup, unit: unit.name }],
+      { kind: 'return' },
+      'skip-unit',
+      `capture.outbound.excludeUnits[${i}] (${unit.name})`,
+    );
+  });
+  if (out.includeUnits !== 'all') {
+    // With none of the listed units running, nothing is theirs to capture: every socket returns.
+    b.add(
+      table,
+      chain,
+      [
+        ...extra,
+        ...out.includeUnits
+          .filter((unit) => present(unit.name))
+          .map((unit): Match => ({ kind: 'cgroup', path: unit.cgroup, unit: unit.name, negate: true })),
+      ],
+      { kind: 'return' },
+      'skip-unit-not-included',
+      'capture.outbound.includeUnits',
+    );
+  }
+}
+
 /** Exemptions by socket owner that outbound capture, DNS capture and IPv6 block share. */
 function addOwnerExemptions(b: FamilyBuilder, config: Config, table: Table, chain: string, extra: Match[]): void {
+  addUnitExemptions(b, config, table, chain, extra);
   const out = config.capture.outbound;
   out.excludeUids.forEach((uid, i) =>
     b.add(
@@ -710,8 +751,14 @@ function planBlock(b: FamilyBuilder, config: Config): void {
   }
 }
 
-function planFamily(config: Config, family: Family): FamilyPlan {
-  const b = new FamilyBuilder(family);
+/** What the plan depends on besides the config: the live host's units. */
+export interface PlanOptions {
+  /** Units of excludeUnits/includeUnits whose cgroup does not exist now (not running): their rules are left out. */
+  readonly missingUnits?: ReadonlySet<string>;
+}
+
+function planFamily(config: Config, family: Family, options: PlanOptions): FamilyPlan {
+  const b = new FamilyBuilder(family, options.missingUnits);
   if (family === 'ipv6' && config.capture.ipv6 === 'block') {
     planBlock(b, config);
     return b.plan();
@@ -723,10 +770,13 @@ function planFamily(config: Config, family: Family): FamilyPlan {
   return b.plan();
 }
 
-/** Plans every rule, chain, policy route and loopback address the config needs. Pure; never throws for a valid Config. */
-export function planCapture(config: Config): CapturePlan {
+/**
+ * Plans every rule, chain, policy route and loopback address the config needs (with every unit running, unless
+ * `options.missingUnits` says otherwise). Pure; never throws for a valid Config.
+ */
+export function planCapture(config: Config, options: PlanOptions = {}): CapturePlan {
   const families: Family[] = config.capture.ipv6 === 'off' ? ['ipv4'] : ['ipv4', 'ipv6'];
-  const plans = families.map((family) => planFamily(config, family));
+  const plans = families.map((family) => planFamily(config, family, options));
   const tproxy = config.capture.inbound.enabled && config.capture.inbound.mode === 'tproxy';
   const intercepting = families.filter((f) => f === 'ipv4' || config.capture.ipv6 === 'intercept');
   const routes: PolicyRoute[] = tproxy

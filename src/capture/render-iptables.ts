@@ -34,6 +34,7 @@ const MATCH_ORDER: Record<Match['kind'], number> = {
   tcpSyn: 7,
   uidOwner: 8,
   gidOwner: 9,
+  cgroup: 9.5,
   ctState: 10,
   socketTransparent: 11,
   mark: 12,
@@ -63,6 +64,9 @@ function renderMatch(match: Match): string {
       return `-m conntrack ${not(match.negate)}--ctstate ${match.states.join(',')}`;
     case 'socketTransparent':
       return '-m socket --transparent';
+    case 'cgroup':
+      // Quoted as iptables-save prints it; unit names (src/values/systemd-unit.ts) never hold a quote or a space.
+      return `-m cgroup ${not(match.negate)}--path "${match.path}"`;
     case 'tcpSyn':
       return `${not(match.negate)}--syn`;
     case 'mark':

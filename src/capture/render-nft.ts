@@ -26,6 +26,7 @@ import {
   type Target,
 } from './model.js';
 import { type Family } from '../values/ip.js';
+import { cgroupLevel, normalCgroupPath } from '../values/systemd-unit.js';
 
 export const NFT_TABLE = 'meshctl';
 const NFT_FAMILY_TAG: Readonly<Record<Family, string>> = { ipv4: 'v4', ipv6: 'v6' };
@@ -137,6 +138,9 @@ function renderMatch(
     }
     case 'socketTransparent':
       return 'socket transparent 1';
+    case 'cgroup':
+      // nft resolves the path itself, relative to /sys/fs/cgroup (where the cgroup v2 hierarchy must be mounted).
+      return `socket cgroupv2 level ${cgroupLevel(match.path)} ${op}"${normalCgroupPath(match.path).slice(1)}"`;
     case 'tcpSyn':
       return `tcp flags ${op}syn / fin,syn,rst,ack`;
     case 'mark':

@@ -95,6 +95,8 @@ function domains(plan: FamilyPlan) {
       'lo',
       ...all.flatMap((m) => (m.kind === 'inInterface' || m.kind === 'outInterface' ? [iface(m.name)] : [])),
     ]),
+    // A process in no listed unit, then each unit's own cgroup.
+    cgroup: uniq(['/user.slice/session-1.scope', ...all.flatMap((m) => (m.kind === 'cgroup' ? [m.path] : []))]),
   };
 }
 
@@ -128,6 +130,7 @@ function* flowsFor(matches: readonly Match[], plan: FamilyPlan): Generator<Flow>
   const gids = pick(first('gidOwner')?.gid, d.owner);
   const oifs = pick(first('outInterface') ? iface(first('outInterface')!.name) : undefined, d.iface);
   const iifs = pick(first('inInterface') ? iface(first('inInterface')!.name) : undefined, d.iface);
+  const cgroups = pick(first('cgroup')?.path, d.cgroup);
   for (const protocol of protocols)
     for (const address of destinations)
       for (const port of dports) {
@@ -143,7 +146,9 @@ function* flowsFor(matches: readonly Match[], plan: FamilyPlan): Generator<Flow>
             for (const uid of uids)
               for (const gid of gids)
                 for (const outInterface of oifs)
-                  if (!onLo || outInterface === 'lo') yield { ...base, direction: 'outbound', uid, gid, outInterface };
+                  for (const cgroup of cgroups)
+                    if (!onLo || outInterface === 'lo')
+                      yield { ...base, direction: 'outbound', uid, gid, outInterface, cgroup };
           }
       }
 }

@@ -14,6 +14,8 @@ import { readExplainRules, type ExplainRules } from '../netfilter/host/live-plan
 import { explainDnsName, type DnsExplanation } from '../dns/explain.js';
 import { UpstreamServers } from '../dns/resolv-conf.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
+import { systemUnitCgroup } from '../config/unit-cgroups.js';
+import { unitNameProblem } from '../values/systemd-unit.js';
 
 /** Parses `1.2.3.4:80`, `[fd00::1]:80` (port required) or, with `portOptional`, a bare address. */
 export function parseEndpoint(text: string, flag: string, portOptional = false): { address: string; port?: number } {
@@ -200,7 +202,7 @@ export function formatExplanation(
 ): string {
   const p = e.packet;
   const src = p.source ? `${p.source}${p.sourcePort ? `:${p.sourcePort}` : ''}` : '?';
-  const who = p.uid !== null ? `  uid ${p.uid} gid ${p.gid}` : '';
+  const who = `${p.uid !== null ? `  uid ${p.uid} gid ${p.gid}` : ''}${p.cgroup !== undefined ? `  cgroup ${p.cgroup}` : ''}`;
   const iface =
     flow.direction === 'outbound'
       ? p.outInterface
@@ -264,6 +266,7 @@ export function register(program: Command): void {
         "outbound socket owner's supplementary groups, names or gids, comma-separated (default: none)",
       )
       .option('--iface <name>', 'interface: arrival (inbound) or egress (outbound); default from the routing table')
+      .option('--unit <name>', 'outbound: the connection is made by a process of this systemd unit (its cgroup)')
       .addOption(new Option('--proto <protocol>', 'protocol').choices(['tcp', 'udp']).default('tcp'))
       .option('--netns <name>', 'read the installed rules, local addresses and routes inside this network namespace')
       .option(
@@ -358,13 +361,48 @@ function flowFromOptions(
   };
 }
 
+/**
+ * `--unit NAME`: the socket's cgroup is the unit's, as the config resolved it (a unit it names) or as systemd says.
+ * Throws EXPLAIN_INPUT for a name outside the unit grammar or a unit with no cgroup, and for --unit with --in.
+ */
+function unitOfFlow(
+  options: Record<string, unknown>,
+  config: Config,
+  direction: Flow['direction'],
+): { cgroup?: string } {
+  if (options.unit === undefined) return {};
+  const name = String(options.unit);
+  if (direction !== 'outbound')
+    throw new MeshctlError('EXPLAIN_INPUT', `--unit ${name} with --in`, 'a unit owns local sockets: use it with --out');
+  const problem = unitNameProblem(name);
+  if (problem !== null)
+    throw new MeshctlError(
+      'EXPLAIN_INPUT',
+      `--unit ${JSON.stringify(name)} ${problem}`,
+      'give a unit name such as app.service (see `systemctl list-units`)',
+    );
+  const out = config.capture.outbound;
+  const listed = [...out.excludeUnits, ...(out.includeUnits === 'all' ? [] : out.includeUnits)].find(
+    (u) => u.name === name,
+  );
+  if (listed) return { cgroup: listed.cgroup };
+  const found = systemUnitCgroup(name);
+  if ('problem' in found)
+    throw new MeshctlError(
+      'EXPLAIN_INPUT',
+      `--unit ${name}: ${found.problem}`,
+      'check the name with `systemctl status`',
+    );
+  return { cgroup: found.cgroup };
+}
+
 /** `--out` / `--in --dst …`: the rules the connection meets and what the proxy would do with it. */
 async function explainConnection(options: Record<string, unknown>, command: Command): Promise<void> {
   const endpoints = connectionEndpoints(options, command);
   const { direction, dst, src } = endpoints;
   const owner = direction === 'outbound' ? resolveOwner(options) : null;
   const config = await loadConfigFromOptions(options);
-  const flow = flowFromOptions(options, endpoints, owner);
+  const flow = { ...flowFromOptions(options, endpoints, owner), ...unitOfFlow(options, config, direction) };
   const netns = options.netns as string | undefined;
   const rules = await readExplainRules({ config, netns: netns ?? null, from: options.plan ? 'config' : 'kernel' });
   const explanation = explainFlow(rules.plan, flow, readHostContext(netns));

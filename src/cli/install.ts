@@ -10,6 +10,9 @@ import { requireProxyContract } from '../service/proxy-contract.js';
 import { xtablesBinary } from '../netfilter/drivers/runner.js';
 import { addConfigOptions, loadConfigFromOptions } from './config-flags.js';
 import { cliLogger, recoveryLine, where, logLevelOption } from './shared.js';
+import { syncUnitDropins, systemdRunning } from '../service/unit-dropins.js';
+import { configUnits } from '../netfilter/host/unit-cgroups.js';
+import { MESHCTL_BIN } from '../netfilter/transaction/revert.js';
 
 function parseConfirmWithin(text: string | undefined): number | null {
   if (text === undefined) return null;
@@ -108,6 +111,16 @@ export function register(program: Command): void {
         configHash: live.config.hash,
       };
     }
+    // Before the rules: each named unit's drop-in, so no restart can slip between the rules and their refresh.
+    if (options.dryRun !== true && systemdRunning())
+      syncUnitDropins(
+        configUnits(config).map((u) => u.name),
+        {
+          stateDir: config.stateDir,
+          netns: (options.netns as string | undefined) ?? null,
+          command: [process.execPath, MESHCTL_BIN],
+        },
+      );
     const result = await installCapture({
       proxyCheck,
       config,

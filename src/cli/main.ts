@@ -36,6 +36,7 @@ const modules = await Promise.all([
   import('./verify.js'),
   import('./service.js'),
   import('./demo.js'),
+  import('./units.js'),
   import('./ca.js'),
 ]);
 for (const mod of modules) mod.register(program);

@@ -16,6 +16,7 @@ const NEEDS_ROOT: Readonly<Record<string, string>> = {
   verify: 'probes the installed rules as other users inside the scope and takes the state lock',
   'service install': 'writes systemd units and runs systemctl',
   'service uninstall': 'stops and removes systemd units and the capture rules',
+  'units refresh': 'reads the cgroup hierarchy and may re-apply the netfilter rules and rewrite the ledger',
 };
 
 /** `install`, `service install`: the command's names below the program. */

@@ -8,6 +8,7 @@ import { contractOf, describeContract } from '../config/contract.js';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { captureStatus, type StatusReport } from '../netfilter/status.js';
+import { describeUnit } from '../netfilter/host/unit-cgroups.js';
 import { inspectProxy, type ProxyReport } from '../service/proxy-contract.js';
 import { addScopeOptions, cliLogger, resolveStateDir, where } from './shared.js';
 import { EXIT } from './output.js';
@@ -128,8 +129,12 @@ function describe(status: FullStatus): string {
         `  rules: INTERRUPTED ${report.interrupted.operation} (since ${report.interrupted.since}); status changes nothing: run ${report.interrupted.command}`,
       );
     } else {
+      const staleOnly =
+        report.drift.every((d) => d.inSync) &&
+        report.missingExtras.length === 0 &&
+        report.units.some((u) => u.step === 'stale');
       lines.push(
-        `  rules: ${report.inSync ? 'in sync with the installed plan' : 'DRIFTED from the installed plan (`meshctl install` repairs it)'}`,
+        `  rules: ${report.inSync ? 'in sync with the installed plan' : staleOnly ? 'STALE: as installed, but a unit below runs in a cgroup they do not match (`meshctl units refresh` re-applies them)' : 'DRIFTED from the installed plan (`meshctl install` repairs it)'}`,
       );
     }
     for (const drift of report.drift.filter((d) => !d.inSync)) {
@@ -140,6 +145,7 @@ function describe(status: FullStatus): string {
       for (const o of drift.outOfOrder) lines.push(`    ${drift.label}: out of order: ${o}`);
     }
     for (const e of report.missingExtras) lines.push(`    missing ${e}`);
+    for (const unit of report.units) lines.push(`  unit ${describeUnit(unit)}`);
     lines.push(...proxyLines(report, status.proxy));
     if (report.confirm) {
       const failed = report.confirm.revertFailed;

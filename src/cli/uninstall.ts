@@ -5,6 +5,7 @@ import { Option, type Command } from 'commander';
 import { MeshctlError } from '../errors.js';
 import { revertUnconfirmed, uninstallCapture, type UninstallResult } from '../netfilter/uninstall.js';
 import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './shared.js';
+import { removeUnitDropins, systemdRunning } from '../service/unit-dropins.js';
 
 function describe(result: UninstallResult & { attempts?: number }, revert: boolean): string {
   const stamp = revert ? `${new Date().toISOString()} ` : '';
@@ -85,6 +86,8 @@ export function register(program: Command): void {
     const result = revert
       ? await revertUnconfirmed({ ...scope, installId: options.ifUnconfirmed as string })
       : await uninstallCapture(scope);
+    // After the rules: the units' drop-ins would only find nothing installed.
+    if (systemdRunning()) removeUnitDropins({ netns: scope.netns });
     if (options.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     else process.stdout.write(describe(result, revert));
   });

@@ -138,6 +138,17 @@ function groupAllowListAlone({ config: { capture } }: CheckInput): CheckProblem[
   ];
 }
 
+function unitAllowListAlone({ config: { capture } }: CheckInput): CheckProblem[] {
+  if (capture.outbound.includeUnits === 'all' || capture.outbound.excludeUnits.length === 0) return [];
+  return [
+    {
+      path: 'capture.outbound.includeUnits',
+      message:
+        'cannot be combined with capture.outbound.excludeUnits: with an allow-list of units, every other unit is already excluded',
+    },
+  ];
+}
+
 function proxyPortsNotCaptured({ config }: CheckInput): CheckProblem[] {
   const include = config.capture.inbound.includePorts;
   if (include === 'all') return [];
@@ -206,6 +217,7 @@ export const CHECKS: readonly Check[] = [
   { name: 'includedPortsNotExcluded', run: includedPortsNotExcluded },
   { name: 'includedCidrsNotExcluded', run: includedCidrsNotExcluded },
   { name: 'groupAllowListAlone', run: groupAllowListAlone },
+  { name: 'unitAllowListAlone', run: unitAllowListAlone },
   { name: 'proxyPortsNotCaptured', run: proxyPortsNotCaptured },
   { name: 'sshNotCaptured', run: sshNotCaptured },
   { name: 'mtlsIdentityComplete', run: mtlsIdentityComplete },

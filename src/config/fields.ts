@@ -10,6 +10,7 @@
 // The compiler holds each entry's parser to the Config type at its path, and every Config leaf to an entry;
 // test/unit/config-fields.test.ts holds the table to the schema.
 import type { UserDb } from './host-facts.js';
+import type { UnitCgroupResolver } from './unit-cgroups.js';
 import type { Config } from './types.js';
 import { BACKEND_CHOICES, INBOUND_MODES, IPV6_MODES, MTLS_INBOUND_MODES, ON_PROXY_DOWN, RELAY_KINDS } from './types.js';
 import type { Parser } from './parsers.js';
@@ -33,6 +34,8 @@ import {
   text,
   textOrNull,
   texts,
+  units,
+  unitSelection,
   userIds,
   workers,
 } from './parsers.js';
@@ -228,6 +231,12 @@ export const FIELDS = [
   field('capture.outbound.includeGids', groupSelection, {
     flag: { name: 'include-gids', help: '"*" or the only groups captured' },
   }),
+  field('capture.outbound.excludeUnits', units, {
+    flag: { name: 'exclude-units', help: 'systemd units (app.service) never captured' },
+  }),
+  field('capture.outbound.includeUnits', unitSelection, {
+    flag: { name: 'include-units', help: '"*" or the only systemd units captured' },
+  }),
   field('capture.dns.enabled', boolean, {
     flag: { name: 'dns', help: 'capture DNS (UDP/TCP 53) to the proxy DNS port' },
   }),
@@ -278,6 +287,7 @@ everyLeafHasAnEntry<Uncovered>();
 export interface ReadContext {
   readonly userDb: UserDb;
   problem(path: string, message: string): void;
+  readonly unitCgroup?: UnitCgroupResolver;
 }
 
 /** A field's typed value: the raw config's value at its path, else the schema's default, through its parser. */
@@ -287,6 +297,7 @@ export function readField<T>(entry: FieldEntry<T>, raw: unknown, context: ReadCo
     path: entry.path,
     userDb: context.userDb,
     problem: (p, m) => context.problem(p, m),
+    ...(context.unitCgroup ? { unitCgroup: context.unitCgroup } : {}),
   });
 }
 

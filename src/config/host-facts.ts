@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { netnsPath } from '../values/netns.js';
 import type { SshPortsSource } from './types.js';
+import type { UnitCgroupResolver } from './unit-cgroups.js';
 
 export interface UserEntry {
   readonly name: string;
@@ -30,6 +31,8 @@ export interface HostFacts {
   readonly userDb: UserDb;
   /** SSH ports as seen in the network namespace the rules go to (`ip netns` name; null: the current one). */
   detectSshPorts(netns?: string | null): SshPorts;
+  /** Where a systemd unit's cgroup is (absent: ask systemctl, ./unit-cgroups.ts). */
+  readonly unitCgroup?: UnitCgroupResolver;
 }
 
 function getent(database: 'passwd' | 'group', key: string): string[] | null {

@@ -354,7 +354,11 @@ export function configFromObject(raw: unknown, options: ResolveOptions = {}): Co
   failOnProblems(validateSchema(sources.merged), sources.where);
   const host = options.host ?? systemHostFacts;
   const problems: Problem[] = [];
-  const context: ReadContext = { userDb: host.userDb, problem: (path, message) => problems.push({ path, message }) };
+  const context: ReadContext = {
+    userDb: host.userDb,
+    problem: (path, message) => problems.push({ path, message }),
+    ...(host.unitCgroup ? { unitCgroup: host.unitCgroup } : {}),
+  };
   const body = resolveFields(sources.merged, resolveDerived(sources, options, host, context), context);
   const checked = runChecks({ config: body, given: (path) => valueAt(sources.merged, path) !== undefined });
   const unsafe = checked.find((p) => p.unsafe !== undefined);

@@ -10,6 +10,9 @@ import { parseDuration } from '../values/duration.js';
 import { parsePortRange } from '../values/ports.js';
 import { durationBoundProblem, MAX_TIMER_MS } from './limits.js';
 import { schemaNodeAt } from './schema.js';
+import { systemUnitCgroup, type UnitCgroupResolver } from './unit-cgroups.js';
+import type { SystemdUnit } from './types.js';
+import { unitNameProblem } from '../values/systemd-unit.js';
 
 export interface ParseContext {
   /** The field's dotted path, for problems. */
@@ -17,6 +20,8 @@ export interface ParseContext {
   readonly userDb: UserDb;
   /** Records a problem with the value (the load fails after every field and check has run). */
   problem(path: string, message: string): void;
+  /** Where a systemd unit's cgroup is (default: ask systemctl, ./unit-cgroups.ts). */
+  readonly unitCgroup?: UnitCgroupResolver;
 }
 
 /**
@@ -214,6 +219,32 @@ function ids(kind: IdKind): Parser<readonly number[]> {
 export const userIds: Parser<readonly number[]> = ids('user');
 export const groupIds: Parser<readonly number[]> = ids('group');
 export const groupSelection: Parser<'all' | readonly number[]> = selection(groupIds);
+
+/**
+ * systemd units by name, each resolved to its cgroup v2 path on the live host. A name outside the unit name grammar
+ * (or of a unit that owns no cgroup) and a unit systemd cannot run are problems naming the value.
+ */
+export const units: Parser<readonly SystemdUnit[]> = {
+  flag: 'list',
+  parse: (raw, context) =>
+    list(raw, context).flatMap((item, i) => {
+      const name = typeof item === 'string' ? item : unexpected(context, item, 'a unit name');
+      const problem = unitNameProblem(name);
+      if (problem !== null) {
+        context.problem(`${context.path}[${i}]`, `${JSON.stringify(name)} ${problem}`);
+        return [];
+      }
+      const found = (context.unitCgroup ?? systemUnitCgroup)(name);
+      if ('problem' in found) {
+        context.problem(`${context.path}[${i}]`, found.problem);
+        return [];
+      }
+      return [{ name, cgroup: found.cgroup }];
+    }),
+  render: (value) => value.map((unit) => unit.name),
+};
+
+export const unitSelection: Parser<'all' | readonly SystemdUnit[]> = selection(units);
 
 /** A user or group as written (name or id); resolved by the step that needs it (the proxy user). */
 export const idRef: Parser<string | number> = {

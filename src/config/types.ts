@@ -84,6 +84,16 @@ export interface OutboundCapture {
   readonly excludeGids: readonly number[];
   /** Capture only sockets owned by these gids ('all' = no restriction). */
   readonly includeGids: 'all' | readonly number[];
+  /** systemd units whose processes' sockets are never captured (matched by the unit's cgroup v2 path). */
+  readonly excludeUnits: readonly SystemdUnit[];
+  /** Capture only sockets of processes in these units ('all' = no restriction). */
+  readonly includeUnits: 'all' | readonly SystemdUnit[];
+}
+
+/** A systemd unit named in the config and the cgroup v2 path its processes live in (src/config/unit-cgroups.ts). */
+export interface SystemdUnit {
+  readonly name: string;
+  readonly cgroup: string;
 }
 
 export interface DnsCapture {

@@ -26,6 +26,8 @@ import { recoverInterrupted, type Recovery } from './transaction/recovery.js';
 import { NO_EXTRAS, missingExtras, reconcileExtras, refuseTablesInUse, type HostExtras } from './drivers/routes.js';
 import { openScope, toolVersion, withScopeLock, type Scope, type ScopeOptions } from './transaction/scope.js';
 import { runTransaction } from './transaction/transaction.js';
+import { configUnits, missingUnits, readUnitCgroups, refuseNftUnits, sameUnitCgroups } from './host/unit-cgroups.js';
+import type { UnitCgroupState } from './transaction/ledger.js';
 
 export interface InstallOptions extends Omit<ScopeOptions, 'stateDir'> {
   readonly config: Config;
@@ -75,6 +77,8 @@ interface Survey {
   readonly driftBefore: readonly DriftReport[];
   readonly warnings: string[];
   readonly recovered: Recovery | null;
+  /** The config's units and their cgroup ids now (the plan leaves out those not running). */
+  readonly units: readonly UnitCgroupState[];
 }
 
 /**
@@ -97,6 +101,8 @@ async function installIn(s: Survey): Promise<InstallResult> {
     installed &&
     installed.current.configHash === options.config.hash &&
     s.driftBefore.every((d) => d.inSync) &&
+    // A unit that restarted has a new cgroup at the same path: the rules read back equal, yet match the old one.
+    sameUnitCgroups(installed.current.units ?? [], s.units) &&
     (await missingExtras(s.scope.runner, installed.current.extras)).length === 0
   ) {
     return keepInstalled(s, installed);
@@ -119,12 +125,14 @@ async function survey(scope: Scope, options: InstallOptions, log: Logger, recove
   const inventory = await inspectBackends(scope.runner, scope.env, { countRules: ledger === null });
   const decision = chooseBackend(inventory, options.backend ?? config.capture.backend, ledger?.backend ?? null);
   warnings.push(...decision.warnings);
+  if (decision.backend === 'nftables') refuseNftUnits(config, scope.netns);
   const driver = createDriver(decision.backend, scope.runner, log);
-  const plan = planCapture(config);
+  const units = readUnitCgroups(configUnits(config));
+  const plan = planCapture(config, { missingUnits: missingUnits(units) });
   const state = await driver.read();
   const driftBefore = driver.drift(state, plan);
   const installed = ledger?.state === 'installed' ? ledger : null;
-  return { scope, options, log, installed, decision, driver, plan, state, driftBefore, warnings, recovered };
+  return { scope, options, log, installed, decision, driver, plan, state, driftBefore, warnings, recovered, units };
 }
 
 function resultOf(
@@ -187,6 +195,7 @@ function pendingGeneration(s: Survey, extras: HostExtras): Generation {
     objects: null,
     extras,
     ...(s.options.proxyCheck ? { proxyCheck: s.options.proxyCheck } : {}),
+    ...(s.units.length > 0 ? { units: s.units } : {}),
   };
 }
 

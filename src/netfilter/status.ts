@@ -9,6 +9,7 @@ import { type DriftReport } from './drivers/driver.js';
 import { readLedger, ledgerPath, type ConfirmArm, type Ledger, type ProxyCheck } from './transaction/ledger.js';
 import { missingExtras } from './drivers/routes.js';
 import { openScope, type ScopeOptions } from './transaction/scope.js';
+import { compareUnits, configUnits, readUnitCgroups, type UnitReport } from './host/unit-cgroups.js';
 
 /** A transaction that did not finish: what it was, and the command that finishes or rolls it back. */
 export interface Interrupted {
@@ -43,6 +44,11 @@ export interface StatusReport {
   /** What install checked of the proxy (null in ledgers older than the contract). */
   readonly proxyCheck: ProxyCheck | null;
   readonly interrupted: Interrupted | null;
+  /**
+   * Each systemd unit of the installed config: its cgroup now against the one its rule was loaded for (stale: the
+   * unit restarted or started without a refresh, so the rules match an old cgroup or none; counts as drift).
+   */
+  readonly units: readonly UnitReport[];
 }
 
 export interface StatusOptions extends ScopeOptions {
@@ -81,6 +87,7 @@ export async function captureStatus(options: StatusOptions): Promise<StatusRepor
       confirm: null,
       proxyCheck: null,
       interrupted: null,
+      units: [],
     };
   }
   const interrupted =
@@ -92,6 +99,8 @@ export async function captureStatus(options: StatusOptions): Promise<StatusRepor
   // An interrupted transaction's plan may be half-applied: drift against it would say nothing useful.
   const drift = interrupted ? [] : driver.drift(state, ledger.current.plan);
   const missing = interrupted ? [] : await missingExtras(scope.runner, ledger.current.extras);
+  const loadedUnits = ledger.current.units ?? [];
+  const units = compareUnits(loadedUnits, readUnitCgroups(configUnits(ledger.current.config)));
   return {
     ...base,
     installed: true,
@@ -104,12 +113,17 @@ export async function captureStatus(options: StatusOptions): Promise<StatusRepor
     installedAt: ledger.createdAt,
     updatedAt: ledger.updatedAt,
     toolVersion: ledger.toolVersion,
-    inSync: interrupted === null && drift.every((d) => d.inSync) && missing.length === 0,
+    inSync:
+      interrupted === null &&
+      drift.every((d) => d.inSync) &&
+      missing.length === 0 &&
+      units.every((u) => u.step !== 'stale'),
     drift,
     missingExtras: missing,
     configChanged: options.config ? options.config.hash !== ledger.current.configHash : null,
     confirm: ledger.confirm,
     proxyCheck: ledger.current.proxyCheck ?? null,
     interrupted,
+    units,
   };
 }

@@ -139,6 +139,11 @@ describe('the named checks', () => {
       Object.assign(c.capture.outbound, { includeCidrs: [cidr], excludeCidrs: [cidr] });
     },
     groupAllowListAlone: (c) => Object.assign(c.capture.outbound, { includeGids: [2000], excludeGids: [999] }),
+    unitAllowListAlone: (c) =>
+      Object.assign(c.capture.outbound, {
+        includeUnits: [{ name: 'app.service', cgroup: '/system.slice/app.service' }],
+        excludeUnits: [{ name: 'backup.service', cgroup: '/system.slice/backup.service' }],
+      }),
     proxyPortsNotCaptured: (c) => Object.assign(c.capture.inbound, { includePorts: [{ from: 15006, to: 15006 }] }),
     sshNotCaptured: (c) => Object.assign(c.capture.inbound, { includePorts: [{ from: 22, to: 22 }] }),
     mtlsIdentityComplete: (c) => Object.assign(c.mtls, { inbound: 'strict' }),

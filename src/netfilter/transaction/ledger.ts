@@ -41,6 +41,15 @@ export interface Generation {
   readonly extras: HostExtras;
   /** The proxy check install made (absent in ledgers written before the contract existed). */
   readonly proxyCheck?: ProxyCheck;
+  /** The config's systemd units and the cgroup id each rule was loaded for (src/netfilter/host/unit-cgroups.ts). */
+  readonly units?: readonly UnitCgroupState[];
+}
+
+/** A unit of the config and the cgroup its rule was (or would be) loaded for; id null: no such cgroup (not running). */
+export interface UnitCgroupState {
+  readonly name: string;
+  readonly cgroup: string;
+  readonly id: number | null;
 }
 
 /** What install knew of the proxy when it applied a generation: the live contract it checked, or that it was told not to. */
