@@ -51,6 +51,7 @@ class PeerSession {
   handshakeMs: number | null = null;
   /** Why the session cannot carry streams (refused server, GOAWAY reason), once known. */
   failure: string | null = null;
+  private failureDetail = '';
   /** Whether the next established stream is the session's first (it reports the handshake time). */
   fresh = true;
   handshakeDone = false;
@@ -75,10 +76,9 @@ class PeerSession {
         checkServerIdentity: () => undefined,
       });
       socket.setNoDelay(true);
-      // Before HTTP/2's own listener, so the verdict is known before any answer is read. HTTP/2 may still send the
-      // queued CONNECT headers (the destination, which is that same host's address) but no byte of the client's
-      // until a 200 from a verified server; a refused session is destroyed on the next turn (destroying the
-      // socket under HTTP/2's setup would abort the process).
+      // Before HTTP/2's own listener, so the verdict is known before HTTP/2 sets the session up. A refused session
+      // is destroyed by the first 'connect' listener (below), before the queued CONNECTs are submitted: destroying
+      // the socket here, under HTTP/2's setup, would abort the process.
       socket.once('secureConnect', () => this.verify(socket, identity, target, performance.now() - started));
       return socket;
     };
@@ -87,7 +87,11 @@ class PeerSession {
       createConnection,
       settings: TUNNEL_SETTINGS,
     });
-    this.session.on('connect', () => this.session.setLocalWindowSize(SESSION_WINDOW));
+    // Registered before any request(): runs before HTTP/2 submits the streams queued while connecting.
+    this.session.on('connect', () => {
+      if (this.failure !== null) this.refuse();
+      else this.session.setLocalWindowSize(SESSION_WINDOW);
+    });
     this.session.on('goaway', (_code: number, _last: number, data?: Buffer) => {
       const reason = data && data.length > 0 ? data.toString('latin1') : '';
       if (/^[a-z0-9-]{1,40}$/.test(reason)) this.failure ??= `remote-${reason}`;
@@ -117,7 +121,12 @@ class PeerSession {
       'mTLS tunnel: the server certificate is refused',
     );
     this.owner.drop(this);
-    setImmediate(() => this.session.destroy(Object.assign(new Error(verdict.detail), { code: failure })));
+    this.failureDetail = verdict.detail;
+  }
+
+  /** Destroys a session whose server was refused: its streams fail with the reason, none was sent. */
+  private refuse(): void {
+    this.session.destroy(Object.assign(new Error(this.failureDetail), { code: this.failure }));
   }
 }
 
