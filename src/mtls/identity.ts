@@ -41,35 +41,65 @@ export function identityPathsIn(dir: string): IdentityPaths {
 export const CREDENTIAL_PREFIX = 'credential:';
 
 /**
- * The file a configured key path names: itself, or for `credential:NAME` the file NAME in the directory systemd
- * passes as $CREDENTIALS_DIRECTORY (LoadCredential=NAME:/path/to/key). Throws IDENTITY_INVALID (`unreadable`) for
- * a credential when the variable is unset or NAME is not a plain file name, and for a relative path.
+ * Where the key comes from: a file, or a systemd credential NAME with the file systemd loads it from (`source`:
+ * `credential:NAME:/path/to/key`), or null for `credential:NAME`, which systemd looks up in its credential stores
+ * (/etc/credstore/NAME, /run/credstore/NAME, /usr/lib/credstore/NAME; systemd ≥ 250).
  */
-export function resolveKeyPath(configured: string, env: NodeJS.ProcessEnv = process.env): string {
+export type KeySource =
+  | { readonly kind: 'file'; readonly path: string }
+  | { readonly kind: 'credential'; readonly name: string; readonly source: string | null };
+
+function keyRefused(configured: string, why: string, hint: string): IdentityError {
+  return new IdentityError('unreadable', `mtls.identity.key ${JSON.stringify(configured)}: ${why}`, hint);
+}
+
+/** The configured key (`mtls.identity.key`) as a KeySource. Throws IDENTITY_INVALID (`unreadable`) when malformed. */
+export function parseKeySource(configured: string): KeySource {
   if (!configured.startsWith(CREDENTIAL_PREFIX)) {
     if (!isAbsolute(configured))
-      throw new IdentityError(
-        'unreadable',
-        `mtls.identity.key ${JSON.stringify(configured)} is a relative path`,
-        `give an absolute path, or ${CREDENTIAL_PREFIX}NAME for a systemd credential (LoadCredential=NAME:/path/to/key)`,
+      throw keyRefused(
+        configured,
+        'a relative path',
+        `give an absolute path, or ${CREDENTIAL_PREFIX}NAME for a systemd credential (LoadCredential=NAME)`,
       );
-    return configured;
+    return { kind: 'file', path: configured };
   }
-  const name = configured.slice(CREDENTIAL_PREFIX.length);
-  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0'))
-    throw new IdentityError(
-      'unreadable',
-      `mtls.identity.key ${JSON.stringify(configured)}: ${JSON.stringify(name)} is not a credential name`,
-      `write ${CREDENTIAL_PREFIX}NAME with NAME a plain file name, as in LoadCredential=NAME:/path/to/key`,
+  const rest = configured.slice(CREDENTIAL_PREFIX.length);
+  const colon = rest.indexOf(':');
+  const name = colon === -1 ? rest : rest.slice(0, colon);
+  const source = colon === -1 ? null : rest.slice(colon + 1);
+  // systemd's credential names: a valid file name, no "/" (and no ":", which separates the source here).
+  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0') || name.length > 255)
+    throw keyRefused(
+      configured,
+      `${JSON.stringify(name)} is not a credential name`,
+      `write ${CREDENTIAL_PREFIX}NAME or ${CREDENTIAL_PREFIX}NAME:/path/to/key, NAME a plain file name`,
     );
+  if (source !== null && (!isAbsolute(source) || /[\s\0]/.test(source)))
+    throw keyRefused(
+      configured,
+      `the credential's source ${JSON.stringify(source)} is not an absolute path without spaces`,
+      `write ${CREDENTIAL_PREFIX}${name}:/path/to/key`,
+    );
+  return { kind: 'credential', name, source };
+}
+
+/**
+ * The file a configured key names: its path, or for a credential the file NAME in the directory systemd passes as
+ * $CREDENTIALS_DIRECTORY. Throws IDENTITY_INVALID (`unreadable`) for a malformed key (parseKeySource), and for a
+ * credential when the variable is unset.
+ */
+export function resolveKeyPath(configured: string, env: NodeJS.ProcessEnv = process.env): string {
+  const key = parseKeySource(configured);
+  if (key.kind === 'file') return key.path;
   const dir = env.CREDENTIALS_DIRECTORY;
   if (dir === undefined || dir === '')
-    throw new IdentityError(
-      'unreadable',
-      `mtls.identity.key ${configured} names a systemd credential, but $CREDENTIALS_DIRECTORY is not set (not started by systemd with LoadCredential=)`,
-      `run the proxy from a unit with LoadCredential=${name}:/path/to/key (meshctl service install adds it), or give the key's path`,
+    throw keyRefused(
+      configured,
+      'names a systemd credential, but $CREDENTIALS_DIRECTORY is not set (not started by systemd with LoadCredential=)',
+      `run the proxy from its unit (meshctl service install writes LoadCredential=${key.name}${key.source === null ? '' : `:${key.source}`}), or give the key's path`,
     );
-  return join(dir, name);
+  return join(dir, key.name);
 }
 
 /** A loaded, checked identity. Immutable; a rotation makes a new one. */

@@ -10,7 +10,14 @@ import { dirname } from 'node:path';
 import { isMeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { identityExpiry, type ExpiryState } from './expiry.js';
-import { checkIdentity, readIdentityFiles, resolveKeyPath, type Identity, type IdentityPaths } from './identity.js';
+import {
+  checkIdentity,
+  CREDENTIAL_PREFIX,
+  readIdentityFiles,
+  resolveKeyPath,
+  type Identity,
+  type IdentityPaths,
+} from './identity.js';
 import { IdentityError } from './reasons.js';
 
 export interface IdentityWatchOptions {
@@ -70,8 +77,18 @@ export function watchIdentity(paths: IdentityPaths, initial: Identity, options: 
       const key = `${refused.reason}:${refused.message}`;
       if (key !== rejectedDigest) {
         rejectedDigest = key;
+        // systemd copies a credential when the unit starts: a certificate rotated with a new key meets the old key.
+        const fromCredential = paths.key.startsWith(CREDENTIAL_PREFIX) && refused.reason === 'key-mismatch';
         log.error(
-          { reason: refused.reason, code: refused.code, err: refused.message, keeping: current.spiffeId.text },
+          {
+            reason: refused.reason,
+            code: refused.code,
+            err: refused.message,
+            keeping: current.spiffeId.text,
+            hint: fromCredential
+              ? 'the key is a systemd credential, copied when the proxy started: restart it to load a rotated key'
+              : refused.hint,
+          },
           'identity files changed but were refused; keeping the current identity',
         );
         options.onReject?.(refused);

@@ -8,7 +8,13 @@ import { connect, createServer, type TLSSocket } from 'node:tls';
 import { afterAll, describe, expect, it } from 'vitest';
 import { caBundle, initCa, issueIdentity } from '../../src/mtls/ca.js';
 import { identityExpiry, renderExpiryMetrics } from '../../src/mtls/expiry.js';
-import { identityPathsIn, loadIdentity, resolveKeyPath, type Identity } from '../../src/mtls/identity.js';
+import {
+  identityPathsIn,
+  loadIdentity,
+  parseKeySource,
+  resolveKeyPath,
+  type Identity,
+} from '../../src/mtls/identity.js';
 import { IdentityError } from '../../src/mtls/reasons.js';
 import { verifyPeer, verifyTlsPeer, type PeerVerdict } from '../../src/mtls/verify.js';
 import { makeCert, removeTempDirs, tempDir } from '../helpers/mtls-certs.js';
@@ -180,7 +186,25 @@ describe('loading an identity', () => {
     expect(refusal(() => resolveKeyPath('credential:mtls-key', {})).message).toContain(
       'CREDENTIALS_DIRECTORY is not set',
     );
-    for (const bad of ['credential:', 'credential:../x', 'credential:a/b', 'credential:..'])
+    // With the file systemd loads it from (for `meshctl service install`'s LoadCredential=NAME:PATH): same credential.
+    expect(loadIdentity({ ...paths, key: `credential:mtls-key:${paths.key}` }, { env }).paths.key).toBe(
+      join(credentials, 'mtls-key'),
+    );
+    expect(parseKeySource(`credential:mtls-key:${paths.key}`)).toEqual({
+      kind: 'credential',
+      name: 'mtls-key',
+      source: paths.key,
+    });
+    expect(parseKeySource('credential:mtls-key')).toEqual({ kind: 'credential', name: 'mtls-key', source: null });
+    expect(parseKeySource('/etc/k.pem')).toEqual({ kind: 'file', path: '/etc/k.pem' });
+    for (const bad of [
+      'credential:',
+      'credential:../x',
+      'credential:a/b',
+      'credential:..',
+      'credential:k:rel/key',
+      'credential:k:/a b',
+    ])
       expect(refusal(() => resolveKeyPath(bad, env)).reason, bad).toBe('unreadable');
   });
 
