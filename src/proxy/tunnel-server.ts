@@ -124,8 +124,9 @@ export class TunnelServer {
       this.metrics.sessionClosed('server');
     });
     session.on('error', (error) => this.log.debug({ err: error }, 'mTLS tunnel session error'));
-    const socket = session.socket as TLSSocket & { [kAcceptedAt]?: number };
-    const acceptedAt = socket[kAcceptedAt];
+    const socket = session.socket as TLSSocket & { _parent?: { [kAcceptedAt]?: number } };
+    // The TCP socket the TLS socket wraps (Node's `_parent`) was stamped at accept.
+    const acceptedAt = socket._parent?.[kAcceptedAt];
     const handshakeMs = acceptedAt === undefined ? null : performance.now() - acceptedAt;
     if (handshakeMs !== null) this.metrics.handshake(handshakeMs);
     const verdict = verifyTlsPeer(socket, this.identity.bundle, { role: 'client' });

@@ -49,8 +49,13 @@ export function refusalCode(status: number, reason: string | string[] | undefine
  * refused or was unreachable (`tunnel-unreachable`, the only one a plaintext fallback may follow), the TLS
  * handshake failed (`tunnel-handshake-failed`), or the session closed under the stream (`tunnel-closed`).
  */
-export function tunnelFailureCode(error: { code?: string } | undefined, handshakeDone: boolean): string {
-  const code = error?.code ?? '';
+export function tunnelFailureCode(
+  error: { code?: string; cause?: unknown } | undefined,
+  handshakeDone: boolean,
+): string {
+  // A stream cancelled by its session's socket error carries that error as its cause.
+  const cause = (error?.cause as { code?: unknown } | undefined)?.code;
+  const code = typeof cause === 'string' ? cause : (error?.code ?? '');
   if (!handshakeDone) {
     if (['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'EHOSTDOWN', 'EADDRNOTAVAIL'].includes(code))
       return 'tunnel-unreachable';

@@ -25,6 +25,7 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
   let idA: IdentityFiles;
   let idB: IdentityFiles;
   let configB: (inbound: 'strict' | 'permissive') => Record<string, unknown>;
+  let configA: (allowPlaintextFallback: boolean) => Record<string, unknown>;
   let A: MtlsLab['hosts']['a'];
   let B: MtlsLab['hosts']['b'];
   let C: MtlsLab['hosts']['c'];
@@ -60,19 +61,23 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
       opts: { sendBytes: 200_000 },
     });
     await A.app.call('serve', { name: 'a8080', kind: 'echo', host: '0.0.0.0', port: 8080 });
-    const configA = mtlsConfig(lab.dir, idA, {
-      mtls: { peers: [`${B.v4}/32`, `${B.v6}/128`] },
-      services: [
-        {
-          name: 'b-wrong-id',
-          addresses: [`${B.v4}:8085`],
-          endpoints: [`${B.v4}:8085`],
-          mtls: true,
-          identities: ['spiffe://mesh.test/not-b'],
-          retries: { attempts: 1 },
-        },
-      ],
-    });
+    await C.app.call('serve', { name: 'c8080', kind: 'echo', host: '0.0.0.0', port: 8080 });
+    await B.app.call('serve', { name: 'b8080-6', kind: 'echo', host: '::', port: 8080 });
+    configA = (allowPlaintextFallback) =>
+      mtlsConfig(lab.dir, idA, {
+        // c runs no meshctl: listed as a peer, its tunnel port does not answer.
+        mtls: { peers: [`${B.v4}/32`, `${B.v6}/128`, `${C.v4}/32`], allowPlaintextFallback },
+        services: [
+          {
+            name: 'b-wrong-id',
+            addresses: [`${B.v4}:8085`],
+            endpoints: [`${B.v4}:8085`],
+            mtls: true,
+            identities: ['spiffe://mesh.test/not-b'],
+            retries: { attempts: 1 },
+          },
+        ],
+      });
     configB = (inbound) =>
       mtlsConfig(lab.dir, idB, {
         mtls: { peers: [`${A.v4}/32`], inbound },
@@ -85,9 +90,9 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
           ],
         },
       });
-    await lab.installCapture('a', configA);
+    await lab.installCapture('a', configA(false));
     await lab.installCapture('b', configB('permissive'));
-    proxyA = await lab.startProxy('a', lab.writeConfig('a', configA));
+    proxyA = await lab.startProxy('a', lab.writeConfig('a', configA(false)));
     proxyB = await lab.startProxy('b', lab.writeConfig('b', configB('permissive')));
     await proxyA.waitReady();
     await proxyB.waitReady();
@@ -122,6 +127,24 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
     expect(atB.source).toMatch(new RegExp(`^${A.v4.replace(/\./g, '\\.')}:`));
     const atA = await proxyA.waitForAccess((l) => l.direction === 'outbound' && l.originalDst === `${B.v4}:8080`);
     expect(atA).toMatchObject({ tls: 'mtls', peerIdentity: 'spiffe://mesh.test/b', result: 'FIN' });
+    // The first connection opened the session: both ends timed its handshake.
+    expect(atA.handshakeMs).toBeGreaterThan(0);
+    expect(atB.handshakeMs).toBeGreaterThan(0);
+    const metrics = (await proxyB.admin('/metrics')).body;
+    expect(metrics).toMatch(/meshctl_mtls_tunnel_streams_total\{side="server"\} [1-9]/);
+    expect(metrics).toMatch(/meshctl_mtls_handshake_seconds_count [1-9]/);
+    expect(metrics).toMatch(/meshctl_mtls_certificate_expiry_seconds\{spiffe_id="spiffe:\/\/mesh.test\/b"\} \d{4,}/);
+    const stats = await proxyB.adminJson<{ mtls: { identity: { spiffeId: string }; listening: string[] } }>('/stats');
+    expect(stats.mtls.identity.spiffeId).toBe('spiffe://mesh.test/b');
+    expect(stats.mtls.listening).toEqual(['tunnel 0.0.0.0:15008', 'tunnel [::]:15008']);
+  });
+
+  it('carries IPv6 through the tunnel too', async () => {
+    expect(await A.app.call('hold', { tag: 'ab6', host: B.v6, port: 8080, count: 1 })).toEqual({ open: 1, errors: [] });
+    await A.app.call('closeHeld', { tag: 'ab6' });
+    const line = await inboundLine(proxyB, 8080, (l) => l.originalDst === `[${B.v6}]:8080`);
+    expect(line).toMatchObject({ tls: 'mtls', peerIdentity: 'spiffe://mesh.test/a', result: 'FIN' });
+    expect(line.upstreamLocal).toMatch(/^\[::6\]:/);
   });
 
   it('shows the same marker in plaintext when a host without meshctl sends it (the sniffer would see a leak)', async () => {
@@ -203,6 +226,26 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
     expect((await B.app.call<unknown[]>('records', { name: 'b8085' })).length).toBe(0);
     const metrics = (await proxyA.admin('/metrics')).body;
     expect(metrics).toMatch(/meshctl_mtls_handshake_failures_total\{reason="identity-mismatch"\} [1-9]/);
+  });
+
+  it('fails a peer whose tunnel port does not answer (tunnel-unreachable), and falls back to plaintext only when allowed', async () => {
+    expect(await outcome('a', C.v4, 8080)).toMatchObject({ outcome: 'reset' });
+    expect(
+      await proxyA.waitForAccess((l) => l.direction === 'outbound' && l.originalDst === `${C.v4}:8080`),
+    ).toMatchObject({ result: 'connect-failed', detail: 'tunnel-unreachable' });
+    lab.writeConfig('a', configA(true));
+    let tries = 0;
+    await proxyA.waitFor(
+      'a to fall back to plaintext for c after the config reload',
+      async () =>
+        (await A.app.call<{ open: number }>('hold', { tag: `fb-${++tries}`, host: C.v4, port: 8080, count: 1 }))
+          .open === 1,
+    );
+    expect(
+      await proxyA.waitForAccess(
+        (l) => l.direction === 'outbound' && l.originalDst === `${C.v4}:8080` && l.tls === 'plaintext',
+      ),
+    ).toMatchObject({ upstream: `${C.v4}:8080` });
   });
 
   it('refuses client certificates of another trust domain and expired ones, by reason', async () => {

@@ -177,6 +177,9 @@ describe('dialer and tunnel server on loopback', () => {
       () => got.ended,
       () => got,
     );
+    // The server timed the session's handshake.
+    expect(serverMetrics.data.handshake.count).toBe(1);
+    expect(serverMetrics.data.sessions.server.opened).toBe(1);
     dialer.close();
   });
 
@@ -252,6 +255,34 @@ describe('dialer and tunnel server on loopback', () => {
     );
     expect(got.error).toBe('ECONNRESET');
     dialer.close();
+  });
+
+  it('fails with tunnel-unreachable when the tunnel port does not answer, marked for fallback only when allowed', async () => {
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const deadPort = (closed.address() as { port: number }).port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    for (const fallback of [false, true]) {
+      const dialer = new TunnelDialer(a, new TunnelMetrics(), silentLogger);
+      const leg = dialer.dial({
+        host: '127.0.0.1',
+        tunnelPort: deadPort,
+        authority: '127.0.0.1:1',
+        allowed: [],
+        fallback,
+      });
+      const seen: { code?: string; fallback?: boolean }[] = [];
+      leg.on('error', (e: NodeJS.ErrnoException & { fallback?: boolean }) =>
+        seen.push({ code: e.code, fallback: e.fallback }),
+      );
+      await until(
+        'the failure',
+        () => seen.length > 0,
+        () => seen,
+      );
+      expect(seen[0]).toEqual({ code: 'tunnel-unreachable', fallback: fallback ? true : undefined });
+      dialer.close();
+    }
   });
 
   it('reuses one session for many streams', async () => {
