@@ -102,6 +102,17 @@ export function resolveKeyPath(configured: string, env: NodeJS.ProcessEnv = proc
   return join(dir, key.name);
 }
 
+/**
+ * The `LoadCredential=` line a unit needs for a configured key, or null for a key file (or none): `NAME` (systemd
+ * looks it up in its credential stores) or `NAME:/path/to/key`. Throws like parseKeySource.
+ */
+export function loadCredentialSetting(configured: string | null): string | null {
+  if (configured === null) return null;
+  const key = parseKeySource(configured);
+  if (key.kind === 'file') return null;
+  return `LoadCredential=${key.name}${key.source === null ? '' : `:${key.source}`}`;
+}
+
 /** A loaded, checked identity. Immutable; a rotation makes a new one. */
 export interface Identity {
   readonly spiffeId: SpiffeId;

@@ -7,6 +7,7 @@
 import { isAbsolute, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/types.js';
+import { loadCredentialSetting } from '../mtls/identity.js';
 
 export const UNITS = {
   socket: 'meshctl-proxy.socket',
@@ -144,7 +145,7 @@ export const UNIT_STATE_DIR = '/var/lib/meshctl';
 
 /** The drop-ins for `config` with meshctl's tree at `packageRoot`. */
 export function renderDropIns(
-  config: Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir'>,
+  config: Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir' | 'mtls'>,
   layout: ServiceLayout,
   packageRoot: string = PACKAGE_ROOT,
 ): DropIn[] {
@@ -171,6 +172,12 @@ export function renderDropIns(
   if (underHome(packageRoot)) {
     proxy.push(`# meshctl runs from ${packageRoot}, which ProtectHome=yes would hide`, 'ProtectHome=read-only');
   }
+  const credential = loadCredentialSetting(config.mtls.identity.key);
+  if (credential !== null)
+    proxy.push(
+      `# mtls.identity.key = ${config.mtls.identity.key}: systemd hands the proxy the key in $CREDENTIALS_DIRECTORY, so its user needs no access to the key file`,
+      credential,
+    );
   const capture = [HEADER];
   if (config.safety.onProxyDown === 'open') {
     capture.push(
