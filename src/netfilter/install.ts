@@ -26,8 +26,6 @@ import { recoverInterrupted, type Recovery } from './transaction/recovery.js';
 import { NO_EXTRAS, missingExtras, reconcileExtras, refuseTablesInUse, type HostExtras } from './drivers/routes.js';
 import { openScope, toolVersion, withScopeLock, type Scope, type ScopeOptions } from './transaction/scope.js';
 import { runTransaction } from './transaction/transaction.js';
-import { configUnits, missingUnits, readUnitCgroups, sameUnitCgroups } from './host/unit-cgroups.js';
-import type { UnitCgroupState } from './transaction/ledger.js';
 import { configUnits, missingUnits, readUnitCgroups, refuseNftUnits, sameUnitCgroups } from './host/unit-cgroups.js';
 import type { UnitCgroupState } from './transaction/ledger.js';
 
