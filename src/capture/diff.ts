@@ -88,6 +88,8 @@ function matchKey(match: Match): string | null {
       return `${not}tcpSyn`;
     case 'mark':
       return `${not}mark=${hex(match.value & match.mask)}/${hex(match.mask)}`;
+    case 'connmark':
+      return `${not}connmark=${hex(match.value & match.mask)}/${hex(match.mask)}`;
   }
 }
 
@@ -107,6 +109,8 @@ function targetKey(target: Target): string {
       return `tproxy:${target.toPort}:${hex(target.mark)}/${hex(target.mask)}`;
     case 'setMark':
       return `setMark:${hex(target.value)}/${hex(target.mask)}`;
+    case 'setConnmark':
+      return `setConnmark:${hex(target.value)}/${hex(target.mask)}`;
     case 'ctZone':
       return `ctZone:${target.zone}`;
   }

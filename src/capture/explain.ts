@@ -202,7 +202,8 @@ function matches(match: Match, p: Packet): boolean {
       case 'tcpSyn':
         return p.protocol === 'tcp'; // the first packet of a new TCP connection is its SYN
       case 'mark':
-        return (0 & match.mask) === match.value;
+      case 'connmark':
+        return (0 & match.mask) === match.value; // a new connection's packet and its conntrack entry carry no mark
     }
   })();
   // Owner matches need a local socket; on the inbound path there is none, and negation does not make one.
@@ -289,6 +290,7 @@ class Walker {
         case 'tproxy':
           return { kind: 'terminal', verdict: 'tproxied', toPort: t.toPort, rule: decider(rule, stack) };
         case 'setMark':
+        case 'setConnmark':
         case 'ctZone':
           continue; // non-terminating targets
       }

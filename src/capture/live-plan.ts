@@ -105,7 +105,17 @@ const CONTINUING_TARGETS = new Set([
 /** Targets that set up someone else's NAT binding: later NAT rules (ours) never see the connection. */
 const NAT_TARGETS = new Set(['DNAT', 'NETMAP', 'SNAT', 'MASQUERADE']);
 /** The matching modules parse-save understands; any other `-m` is why a foreign rule cannot be evaluated. */
-const KNOWN_MODULES = new Set(['tcp', 'udp', 'multiport', 'owner', 'conntrack', 'socket', 'mark', 'comment']);
+const KNOWN_MODULES = new Set([
+  'tcp',
+  'udp',
+  'multiport',
+  'owner',
+  'conntrack',
+  'socket',
+  'mark',
+  'connmark',
+  'comment',
+]);
 
 function quoteToken(token: string): string {
   return /^[^\s"\\]+$/.test(token) ? token : `"${token.replace(/["\\]/g, '\\$&')}"`;

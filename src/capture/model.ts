@@ -43,7 +43,9 @@ export type Match =
       readonly id?: number;
       readonly negate?: boolean;
     }
-  | { readonly kind: 'mark'; readonly value: number; readonly mask: number; readonly negate?: boolean };
+  | { readonly kind: 'mark'; readonly value: number; readonly mask: number; readonly negate?: boolean }
+  /** `-m connmark --mark V/M` (nft `ct mark`): the mark of the packet's conntrack entry. */
+  | { readonly kind: 'connmark'; readonly value: number; readonly mask: number; readonly negate?: boolean };
 
 export type Target =
   | { readonly kind: 'jump'; readonly chain: string }
@@ -54,6 +56,8 @@ export type Target =
   | { readonly kind: 'redirect'; readonly toPort: number }
   | { readonly kind: 'tproxy'; readonly toPort: number; readonly mark: number; readonly mask: number }
   | { readonly kind: 'setMark'; readonly value: number; readonly mask: number }
+  /** `-j CONNMARK --set-xmark V/M` (nft `ct mark set`): marks the packet's conntrack entry, (ctmark & ~M) ^ V. */
+  | { readonly kind: 'setConnmark'; readonly value: number; readonly mask: number }
   | { readonly kind: 'ctZone'; readonly zone: number };
 
 export interface Rule {
@@ -80,7 +84,11 @@ export interface FamilyPlan {
   readonly rules: readonly Rule[];
 }
 
-/** Policy routing that TPROXY needs: `ip rule add fwmark M/MASK lookup T` + `ip route add local default dev lo table T`. */
+/**
+ * Policy routing that TPROXY needs: `ip rule add fwmark M/MASK lookup T` + `ip route add local default dev lo table T`.
+ * It carries both the peer's packets to the proxy's transparent listener and the app's replies to the proxy's
+ * transparent inbound leg (marked by MESHCTL_TPROXY_REPLY).
+ */
 export interface PolicyRoute {
   readonly family: Family;
   readonly mark: number;

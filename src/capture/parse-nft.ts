@@ -202,17 +202,21 @@ function parsePortText(text: string): PortRange {
   return { from, to };
 }
 
-/** Inverts render-nft's markSet: the xmark value/mask that `meta mark set …` applies. */
-function parseMarkSet(tokens: readonly Token[], at: number): { value: number; mask: number; next: number } {
+/** Inverts render-nft's markSet: the xmark value/mask that `meta mark set …` (or `ct mark set …`) applies. */
+function parseMarkSet(
+  tokens: readonly Token[],
+  at: number,
+  key: 'meta' | 'ct' = 'meta',
+): { value: number; mask: number; next: number } {
   const word = (k: number) => tokens[k]?.value;
   const hex = (k: number) => parseNumber(word(k) ?? '', 'mark', 0xffffffff);
-  if (word(at) !== 'meta' || word(at + 1) !== 'mark') return { value: hex(at), mask: 0xffffffff, next: at + 1 };
+  if (word(at) !== key || word(at + 1) !== 'mark') return { value: hex(at), mask: 0xffffffff, next: at + 1 };
   // meta mark set meta mark & K [| V | ^ V], or meta mark set meta mark | V
   if (word(at + 2) === '|') {
     const v = hex(at + 3);
     return { value: v, mask: v, next: at + 4 };
   }
-  if (word(at + 2) !== '&') throw new Outside(`meta mark set meta mark ${word(at + 2) ?? ''}`);
+  if (word(at + 2) !== '&') throw new Outside(`${key} mark set ${key} mark ${word(at + 2) ?? ''}`);
   const and = hex(at + 3);
   if (word(at + 4) === '|') {
     const v = hex(at + 5);
@@ -256,6 +260,7 @@ class NftRuleReader {
   verdict: Target | null = null;
   tproxyPort: number | null = null;
   setMark: { value: number; mask: number } | null = null;
+  setConnmark: { value: number; mask: number } | null = null;
   ctZone: number | null = null;
   effect: NftRuleEffect | null = null;
   i = 0;
@@ -361,15 +366,16 @@ const metaStatement: StatementParser = (r) => {
   }
 };
 
-function metaMarkMatch(r: NftRuleReader): void {
+/** `meta mark [& M] [!=] V` (the packet's mark) or `ct mark …` (its connection's). */
+function metaMarkMatch(r: NftRuleReader, key: 'meta' | 'ct' = 'meta'): void {
   let mask = 0xffffffff;
   if (r.word() === '&') {
     r.i++;
-    mask = parseNumber(r.single(r.expect('meta mark &'), 'meta mark &'), 'mark mask', 0xffffffff);
+    mask = parseNumber(r.single(r.expect(`${key} mark &`), `${key} mark &`), 'mark mask', 0xffffffff);
   }
   const negate = r.op();
-  const value = parseNumber(r.single(r.expect('meta mark'), 'meta mark'), 'mark', 0xffffffff);
-  r.matches.push({ kind: 'mark', value, mask, ...r.neg(negate) });
+  const value = parseNumber(r.single(r.expect(`${key} mark`), `${key} mark`), 'mark', 0xffffffff);
+  r.matches.push({ kind: key === 'meta' ? 'mark' : 'connmark', value, mask, ...r.neg(negate) });
 }
 
 /** `ip|ip6 saddr|daddr [!=] CIDR`, `ip protocol` / `ip6 nexthdr tcp|udp`; the other family's header never matches. */
@@ -430,7 +436,7 @@ const transportStatement: StatementParser = (r, key) => {
   }
 };
 
-/** `ct state [!=] STATES`, `ct zone set N`. */
+/** `ct state [!=] STATES`, `ct mark [& M] [!=] V`, `ct mark set …`, `ct zone set N`. */
 const ctStatement: StatementParser = (r) => {
   const what = r.word();
   r.i++;
@@ -443,6 +449,13 @@ const ctStatement: StatementParser = (r) => {
       return state as CtState;
     });
     r.matches.push({ kind: 'ctState', states, ...r.neg(negate) });
+  } else if (what === 'mark' && r.word() === 'set') {
+    r.i++;
+    const m = parseMarkSet(r.tokens, r.i, 'ct');
+    r.setConnmark = { value: m.value, mask: m.mask };
+    r.i = m.next;
+  } else if (what === 'mark') {
+    metaMarkMatch(r, 'ct');
   } else if (what === 'zone' && r.word() === 'set') {
     r.i++;
     r.ctZone = parseNumber(r.expect('ct zone set').value, 'ct zone', 65535);
@@ -575,7 +588,10 @@ function ruleOf(r: NftRuleReader, comment: string | null): NftRuleParse {
   } else if (effect?.kind === 'nat') {
     return { kind: 'rule', matches, target: { kind: 'accept' }, comment, effect };
   } else if (setMark !== null) {
+    if (r.setConnmark !== null) throw new Outside('meta mark set and ct mark set in one rule');
     target = { kind: 'setMark', value: setMark.value, mask: setMark.mask };
+  } else if (r.setConnmark !== null) {
+    target = { kind: 'setConnmark', value: r.setConnmark.value, mask: r.setConnmark.mask };
   } else if (r.ctZone !== null) {
     target = { kind: 'ctZone', zone: r.ctZone };
   } else {

@@ -140,7 +140,18 @@ function parseAddress(text: string, option: string): Cidr {
 }
 
 /** The matching modules the model covers, and the options each accepts. */
-const MODULES = new Set(['tcp', 'udp', 'multiport', 'owner', 'conntrack', 'socket', 'mark', 'comment', 'cgroup']);
+const MODULES = new Set([
+  'tcp',
+  'udp',
+  'multiport',
+  'owner',
+  'conntrack',
+  'socket',
+  'mark',
+  'connmark',
+  'comment',
+  'cgroup',
+]);
 
 interface RuleParse {
   readonly rule: SavedRuleShape;
@@ -302,10 +313,11 @@ const transparentOption: OptionParser = (args) => {
   args.matches.push({ kind: 'socketTransparent' });
 };
 
+/** `--mark` of `-m mark` (the packet's mark) or `-m connmark` (its connection's). */
 const markOption: OptionParser = (args, option) => {
-  args.requireModule(option, 'mark');
+  if (args.module !== 'connmark') args.requireModule(option, 'mark');
   const { value, mask } = parseMark(args.next(option), '--mark');
-  args.matches.push({ kind: 'mark', value, mask, ...args.neg() });
+  args.matches.push({ kind: args.module === 'connmark' ? 'connmark' : 'mark', value, mask, ...args.neg() });
 };
 
 /** `-m cgroup --path P` (cgroup v2; the v1 `--cgroup CLASSID` is outside the model). */
@@ -430,18 +442,20 @@ function parseTarget(name: string, args: readonly string[], knownChains: Readonl
         : { value: 0, mask: 0 };
       return { kind: 'tproxy', toPort: parseNumber(port, '--on-port', 65535), mark: value, mask };
     }
-    case 'MARK': {
+    case 'MARK':
+    case 'CONNMARK': {
+      const kind = name === 'MARK' ? 'setMark' : 'setConnmark';
       only('--set-xmark', '--set-mark');
       if (options.has('--set-xmark') === options.has('--set-mark'))
-        throw new Unsupported('-j MARK without exactly one of --set-xmark/--set-mark');
+        throw new Unsupported(`-j ${name} without exactly one of --set-xmark/--set-mark`);
       const xmark = options.get('--set-xmark');
       if (xmark !== undefined) {
         const { value, mask } = parseMark(xmark, '--set-xmark');
-        return { kind: 'setMark', value, mask };
+        return { kind, value, mask };
       }
-      // --set-mark V/M is (mark & ~M) | V, which libxt_MARK stores as xmark V/(V|M).
+      // --set-mark V/M is (mark & ~M) | V, which libxt_MARK and libxt_CONNMARK store as xmark V/(V|M).
       const { value, mask } = parseMark(options.get('--set-mark'), '--set-mark');
-      return { kind: 'setMark', value, mask: (value | mask) >>> 0 };
+      return { kind, value, mask: (value | mask) >>> 0 };
     }
     case 'CT': {
       only('--zone');

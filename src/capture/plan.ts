@@ -5,10 +5,14 @@
 //   inbound  PREROUTING ⤸ MESHCTL_INBOUND: excluded iface / SSH session / SSH ports / proxy ports / excluded ports → RETURN
 //                          └─ included ports ⤸ MESHCTL_IN_REDIRECT → REDIRECT :inbound
 //            (tproxy mode: mangle PREROUTING ⤸ MESHCTL_INBOUND ... ⤸ MESHCTL_TPROXY → TPROXY :inbound, mark;
-//             established transparent sockets ⤸ MESHCTL_DIVERT → mark, ACCEPT)
+//             established transparent sockets ⤸ MESHCTL_DIVERT → mark, ACCEPT;
+//             the proxy's leg to the app leaves from the peer's address with the mark (SO_MARK):
+//             mangle OUTPUT ⤸ MESHCTL_TPROXY_REPLY: marked packet → connmark; the app's replies (connmark) → mark,
+//             so the fwmark policy route (local default dev lo) brings them back to the proxy)
 //   outbound OUTPUT ⤸ MESHCTL_OUTPUT:
 //              excluded iface → RETURN
 //              src 127.0.0.6 over lo (proxy → local app, inbound passthrough) → RETURN
+//              (tproxy mode: the tproxy mark over lo, the proxy → local app from the peer's address → RETURN)
 //              proxy uid/gid over lo to a non-127.0.0.1 address (an app called its own address) ⤸ inbound chain
 //              other lo traffic (not the proxy) → RETURN;  proxy uid / gid → RETURN (no loops)
 //              (a loopback includeCidrs entry replaces the lo RETURNs by 127.0.0.1 → RETURN, or, when it holds
@@ -45,6 +49,7 @@ export const CHAINS = {
   localInbound: 'MESHCTL_LOCAL_INBOUND',
   inRedirect: 'MESHCTL_IN_REDIRECT',
   tproxy: 'MESHCTL_TPROXY',
+  tproxyReply: 'MESHCTL_TPROXY_REPLY',
   divert: 'MESHCTL_DIVERT',
   output: 'MESHCTL_OUTPUT',
   redirect: 'MESHCTL_REDIRECT',
@@ -271,10 +276,41 @@ function planInbound(b: FamilyBuilder, config: Config): string | null {
   );
   addInboundFilter(b, config, 'mangle', chain, { kind: 'jump', chain: tproxy }, 'inbound-to-proxy');
   b.add('mangle', 'PREROUTING', [tcp], { kind: 'jump', chain }, 'inbound-capture', 'capture.inbound.enabled');
+  addTransparentReplies(b, config);
   // The proxy calling a local app's own address over lo still enters through the inbound listener (nat).
   const local = b.chain('nat', CHAINS.localInbound);
   addInboundFilter(b, config, 'nat', local, { kind: 'jump', chain: inRedirect }, 'inbound-to-proxy');
   return local;
+}
+
+/**
+ * TPROXY's inbound leg leaves from the peer's own address (an IP_TRANSPARENT socket bound to it, marked with
+ * tproxyMark by SO_MARK), so the app sees the peer. The app's replies go to that address, which is not local: left
+ * alone they would be routed out to the peer. The mark of the proxy's first packet is stored on the connection, and
+ * every later packet of that connection leaving this host (the app's replies among them) gets it back, so the
+ * fwmark policy route (`local default dev lo`, the one TPROXY already uses) delivers them to the proxy's socket.
+ * iptables' mangle OUTPUT (nft: `type route`) re-routes a packet whose mark changed.
+ */
+function addTransparentReplies(b: FamilyBuilder, config: Config): void {
+  const mark = config.capture.inbound.tproxyMark;
+  const chain = b.chain('mangle', CHAINS.tproxyReply);
+  b.add(
+    'mangle',
+    chain,
+    [tcp, { kind: 'mark', value: mark, mask: 0xffffffff }],
+    { kind: 'setConnmark', value: mark, mask: 0xffffffff },
+    'tproxy-mark-upstream-connection',
+    'capture.inbound.tproxyMark',
+  );
+  b.add(
+    'mangle',
+    chain,
+    [tcp, { kind: 'connmark', value: mark, mask: 0xffffffff }],
+    { kind: 'setMark', value: mark, mask: 0xffffffff },
+    'tproxy-reply-to-proxy',
+    'capture.inbound.tproxyMark',
+  );
+  b.add('mangle', 'OUTPUT', [tcp], { kind: 'jump', chain }, 'tproxy-replies', 'capture.inbound.mode');
 }
 
 /**
@@ -466,6 +502,16 @@ function addOutboundSkips(b: FamilyBuilder, config: Config, chain: string, local
     'skip-inbound-passthrough',
     'built-in (proxy inbound passthrough source)',
   );
+  if (cap.inbound.enabled && cap.inbound.mode === 'tproxy') {
+    b.add(
+      'nat',
+      chain,
+      [{ kind: 'mark', value: cap.inbound.tproxyMark, mask: 0xffffffff }, lo],
+      { kind: 'return' },
+      'skip-inbound-transparent',
+      'capture.inbound.tproxyMark (the proxy → local app from the peer address)',
+    );
+  }
   if (localInboundChain) {
     // With DNS capture the proxy forwards queries itself, to a resolver that may listen on an own address.
     const notDns: Match[] = cap.dns.enabled ? [dport([port(DNS_PORT)], true)] : [];

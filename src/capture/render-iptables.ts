@@ -38,6 +38,7 @@ const MATCH_ORDER: Record<Match['kind'], number> = {
   ctState: 10,
   socketTransparent: 11,
   mark: 12,
+  connmark: 13,
 };
 
 function renderMatch(match: Match): string {
@@ -71,6 +72,8 @@ function renderMatch(match: Match): string {
       return `${not(match.negate)}--syn`;
     case 'mark':
       return `-m mark ${not(match.negate)}--mark ${hex(match.value)}/${hex(match.mask)}`;
+    case 'connmark':
+      return `-m connmark ${not(match.negate)}--mark ${hex(match.value)}/${hex(match.mask)}`;
   }
 }
 
@@ -92,6 +95,8 @@ function renderTarget(target: Target, family: FamilyPlan['family']): string {
       return `-j TPROXY --on-port ${target.toPort} --on-ip ${family === 'ipv4' ? '0.0.0.0' : '::'} --tproxy-mark ${hex(target.mark)}/${hex(target.mask)}`;
     case 'setMark':
       return `-j MARK --set-xmark ${hex(target.value)}/${hex(target.mask)}`;
+    case 'setConnmark':
+      return `-j CONNMARK --set-xmark ${hex(target.value)}/${hex(target.mask)}`;
     case 'ctZone':
       return `-j CT --zone ${target.zone}`;
   }

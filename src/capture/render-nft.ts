@@ -144,28 +144,30 @@ function renderMatch(
     case 'tcpSyn':
       return `tcp flags ${op}syn / fin,syn,rst,ack`;
     case 'mark':
-      if (match.mask >>> 0 === 0xffffffff) return `meta mark ${op}${hex8(match.value)}`;
-      return `meta mark & ${hex8(match.mask)} ${op ? '!=' : '=='} ${hex8(match.value & match.mask)}`;
+    case 'connmark': {
+      const key = match.kind === 'mark' ? 'meta mark' : 'ct mark';
+      if (match.mask >>> 0 === 0xffffffff) return `${key} ${op}${hex8(match.value)}`;
+      return `${key} & ${hex8(match.mask)} ${op ? '!=' : '=='} ${hex8(match.value & match.mask)}`;
+    }
   }
 }
 
 /**
- * `meta mark set` for iptables' xmark V/M, (mark & ~M) ^ V, in the form nft prints back: the kernel keeps
- * (mark & A) ^ X with A = ~M, X = V and nft shows `& (A|X) | X` when X lies in the cleared bits, else `& A ^ X`.
+ * `meta mark set` (or `ct mark set`) for iptables' xmark V/M, (mark & ~M) ^ V, in the form nft prints back: the
+ * kernel keeps (mark & A) ^ X with A = ~M, X = V and nft shows `& (A|X) | X` when X lies in the cleared bits, else
+ * `& A ^ X`.
  */
-function markSet(value: number, mask: number): string {
+function markSet(value: number, mask: number, key: 'meta mark' | 'ct mark' = 'meta mark'): string {
   const v = value >>> 0;
   const m = mask >>> 0;
-  if (m === 0xffffffff) return `meta mark set ${hex8(v)}`;
+  if (m === 0xffffffff) return `${key} set ${hex8(v)}`;
   const keep = ~m >>> 0;
-  if (v === 0) return `meta mark set meta mark & ${hex8(keep)}`;
+  if (v === 0) return `${key} set ${key} & ${hex8(keep)}`;
   if ((v & keep) === 0) {
     const and = (keep | v) >>> 0;
-    return and === 0xffffffff
-      ? `meta mark set meta mark | ${hex8(v)}`
-      : `meta mark set meta mark & ${hex8(and)} | ${hex8(v)}`;
+    return and === 0xffffffff ? `${key} set ${key} | ${hex8(v)}` : `${key} set ${key} & ${hex8(and)} | ${hex8(v)}`;
   }
-  return `meta mark set meta mark & ${hex8(keep)} ^ ${hex8(v)}`;
+  return `${key} set ${key} & ${hex8(keep)} ^ ${hex8(v)}`;
 }
 
 function renderTarget(target: Target, family: Family, table: Table, protocolShown: boolean): string[] {
@@ -188,6 +190,8 @@ function renderTarget(target: Target, family: Family, table: Table, protocolShow
       ];
     case 'setMark':
       return [markSet(target.value, target.mask)];
+    case 'setConnmark':
+      return [markSet(target.value, target.mask, 'ct mark')];
     case 'ctZone':
       return [`ct zone set ${target.zone}`];
   }

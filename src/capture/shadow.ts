@@ -42,6 +42,7 @@ function laterPacketOnly(m: Match): boolean {
     case 'tcpSyn':
       return m.negate === true;
     case 'mark':
+    case 'connmark':
       return m.negate ? m.value === 0 : m.value !== 0;
     default:
       return false;

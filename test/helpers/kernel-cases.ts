@@ -80,6 +80,22 @@ export function featurePlan(family: 'ipv4' | 'ipv6'): FamilyPlan {
     rule(
       'mangle',
       'MESHCTL_F_MANGLE',
+      [{ kind: 'connmark', value: 0x539, mask: 0xffffffff }],
+      { kind: 'setMark', value: 0x539, mask: 0xffffffff },
+      'f-connmark',
+    ),
+    rule(
+      'mangle',
+      'MESHCTL_F_MANGLE',
+      [{ kind: 'connmark', value: 2, mask: 3, negate: true }],
+      { kind: 'return' },
+      'f-connmark-masked-not',
+    ),
+    rule('mangle', 'MESHCTL_F_MANGLE', [], { kind: 'setConnmark', value: 0x539, mask: 0xffffffff }, 'f-set-connmark'),
+    rule('mangle', 'MESHCTL_F_MANGLE', [], { kind: 'setConnmark', value: 1, mask: 3 }, 'f-set-connmark-partial'),
+    rule(
+      'mangle',
+      'MESHCTL_F_MANGLE',
       [{ kind: 'ctState', states: ['NEW', 'INVALID'] }],
       { kind: 'drop' },
       'f-ctstate-set',

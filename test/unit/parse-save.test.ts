@@ -267,6 +267,21 @@ describe('parseSave on the rewrites iptables-save makes', () => {
     });
   });
 
+  it("reads the connection's mark: -m connmark --mark and -j CONNMARK --set-xmark / --set-mark", () => {
+    expect(matchesOf('-m connmark --mark 0x539 -j RETURN')).toEqual([
+      { kind: 'connmark', value: 0x539, mask: 0xffffffff },
+    ]);
+    expect(matchesOf('-m connmark ! --mark 0x1/0x3 -j RETURN')).toEqual([
+      { kind: 'connmark', value: 1, mask: 3, negate: true },
+    ]);
+    expect(targetOf('-j CONNMARK --set-xmark 0x539/0xffffffff', 'mangle')).toEqual({
+      kind: 'setConnmark',
+      value: 0x539,
+      mask: 0xffffffff,
+    });
+    expect(targetOf('-j CONNMARK --set-mark 0x1/0x3', 'mangle')).toEqual({ kind: 'setConnmark', value: 1, mask: 3 });
+  });
+
   it('reads --to-ports and --to-port, marks with and without a mask, and TPROXY for both families', () => {
     expect(targetOf('-p tcp -j REDIRECT --to-ports 15001')).toEqual({ kind: 'redirect', toPort: 15001 });
     expect(targetOf('-p tcp -j REDIRECT --to-port 15001')).toEqual({ kind: 'redirect', toPort: 15001 });

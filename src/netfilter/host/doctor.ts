@@ -76,6 +76,9 @@ const FEATURES: readonly Feature[] = [
   { name: 'socket match', kind: 'matches', xt: 'socket', module: 'xt_socket', family: 'ip' },
   { name: 'MARK target', kind: 'targets', xt: 'MARK', module: 'xt_mark', family: 'ip' },
   { name: 'CT target', kind: 'targets', xt: 'CT', module: 'xt_CT', family: 'ip' },
+  { name: 'mark match', kind: 'matches', xt: 'mark', module: 'xt_mark', family: 'ip' },
+  { name: 'connmark match', kind: 'matches', xt: 'connmark', module: 'xt_connmark', family: 'ip' },
+  { name: 'CONNMARK target', kind: 'targets', xt: 'CONNMARK', module: 'xt_connmark', family: 'ip' },
 ];
 
 /** Which features a config's plan uses (by the targets and matches it renders). */
@@ -89,6 +92,9 @@ function neededFeatures(config: Config | null): Set<string> {
     if (rule.target.kind === 'tproxy') needed.add('TPROXY target');
     if (rule.target.kind === 'setMark') needed.add('MARK target');
     if (rule.target.kind === 'ctZone') needed.add('CT target');
+    if (rule.target.kind === 'setConnmark') needed.add('CONNMARK target');
+    if (rule.matches.some((m) => m.kind === 'mark')) needed.add('mark match');
+    if (rule.matches.some((m) => m.kind === 'connmark')) needed.add('connmark match');
     if (rule.matches.some((m) => m.kind === 'ctState')) needed.add('conntrack match');
     if (rule.matches.some((m) => m.kind === 'socketTransparent')) needed.add('socket match');
   }
