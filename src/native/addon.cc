@@ -1,7 +1,9 @@
 // The addon's entry point: meshctl_native exports what each part adds through its Init<Part> (the socket options of
-// interception, the relay thread, the sock_diag owner lookup). Loaded and typed by src/native/addon.ts.
+// interception, the relay thread, the sock_diag owner lookup, keeping CAP_NET_ADMIN for TPROXY). Loaded and typed by
+// src/native/addon.ts.
 #include <napi.h>
 
+#include "capabilities.h"
 #include "relay.h"
 #include "socket_options.h"
 #include "socket_owner.h"
@@ -12,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   meshctl::InitSocketOptions(env, exports);
   meshctl::InitRelay(env, exports);
   meshctl::InitSocketOwner(env, exports);
+  meshctl::InitCapabilities(env, exports);
   return exports;
 }
 

@@ -1,6 +1,8 @@
 // Typed loader for the native addon (build/Release/meshctl_native.node, built by `npm ci` through node-gyp):
 // originalDst for REDIRECTed connections, transparentListen / isTransparent for TPROXY's inbound listeners,
-// peerOwner (who made a connection: the proxy's self-loop check), and the Relay thread (src/native/relay.cc)
+// transparentSocket (TPROXY's inbound leg from the peer's address) with keepCapabilities / retainNetAdmin (the
+// capability it needs, kept across the switch to proxy.user), peerOwner (who made a connection: the proxy's
+// self-loop check), and the Relay thread (src/native/relay.cc)
 // that moves the bytes of established connections, with its table of end codes.
 // All argument validation happens here, before the C++ side sees a value; the addon's own errors carry
 // `errno` and `syscall`, and this module adds Node's usual `code` ('ENOENT', ...) to them.
@@ -72,6 +74,9 @@ interface NativeBinding {
   originalDst(fd: number, family: AddonFamily): OriginalDstResult;
   transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
   isTransparent(fd: number, family: AddonFamily): boolean;
+  transparentSocket(family: AddonFamily, address: string, avoidPort: number, mark: number): number;
+  keepCapabilities(): void;
+  retainNetAdmin(): void;
   peerOwner(fd: number, family: AddonFamily, dstAddress: string, dstPort: number): number;
 }
 
@@ -145,6 +150,46 @@ export function isTransparent(fd: number, family: AddonFamily): boolean {
   checkFd('isTransparent', fd);
   checkFamily('isTransparent', family);
   return withErrnoCode(() => loadBinding().isTransparent(fd, family));
+}
+
+/**
+ * An unconnected TCP socket bound to `address` (a peer's, not local: IP_TRANSPARENT / IPV6_TRANSPARENT) on a port
+ * the kernel chooses other than `avoidPort`, with SO_MARK `mark` (0: none); non-blocking, close-on-exec. Returns the
+ * fd for `new net.Socket({ fd })`, which Node then connects; the caller owns it. Needs CAP_NET_ADMIN. Throws
+ * TypeError for bad arguments and the system error otherwise (`syscall` 'setsockopt(IP_TRANSPARENT)' or
+ * 'setsockopt(SO_MARK)' with EPERM without the capability, 'bind' with EADDRINUSE when no port is free).
+ */
+export function transparentSocket(family: AddonFamily, address: string, avoidPort: number, mark: number): number {
+  checkFamily('transparentSocket', family);
+  if (typeof address !== 'string' || !(family === 4 ? isIPv4(address) : isIPv6(address))) {
+    throw new TypeError(`transparentSocket: address must be an IPv${family} address, got ${String(address)}`);
+  }
+  if (typeof avoidPort !== 'number' || !Number.isInteger(avoidPort) || avoidPort < 0 || avoidPort > 65535) {
+    throw new TypeError(
+      `transparentSocket: avoidPort must be an integer between 0 and 65535, got ${String(avoidPort)}`,
+    );
+  }
+  if (typeof mark !== 'number' || !Number.isInteger(mark) || mark < 0 || mark > 0xffffffff) {
+    throw new TypeError(`transparentSocket: mark must be an integer between 0 and 0xffffffff, got ${String(mark)}`);
+  }
+  return withErrnoCode(() => loadBinding().transparentSocket(family, address, avoidPort, mark));
+}
+
+/**
+ * Before a root process switches uid: keep the permitted capabilities across it (prctl PR_SET_KEEPCAPS, this
+ * thread). Follow the switch with retainNetAdmin(). Throws the system error.
+ */
+export function keepCapabilities(): void {
+  withErrnoCode(() => loadBinding().keepCapabilities());
+}
+
+/**
+ * After the switch: CAP_NET_ADMIN becomes this thread's only permitted, effective, inheritable and ambient
+ * capability (ambient: processes it starts, such as node:cluster workers, have it too). Throws the system error,
+ * EPERM with `syscall` 'capget' when CAP_NET_ADMIN was not kept.
+ */
+export function retainNetAdmin(): void {
+  withErrnoCode(() => loadBinding().retainNetAdmin());
 }
 
 /**

@@ -1,6 +1,8 @@
 // The socket options of interception: originalDst(fd, family), the destination a connection had before netfilter
 // REDIRECT rewrote it; transparentListen(family, address, port, backlog), a listening socket that TPROXY can deliver
-// to; isTransparent(fd, family), whether a socket (e.g. one systemd passed) has IP_TRANSPARENT set. No state.
+// to; isTransparent(fd, family), whether a socket (e.g. one systemd passed) has IP_TRANSPARENT set;
+// transparentSocket(family, address, avoidPort, mark), an unconnected socket bound to a peer's (non-local) address,
+// which Node then connects (TPROXY's inbound leg from the peer's own address). No state.
 // Arguments are validated in TypeScript (src/native/addon.ts); the checks here only guarantee that a wrong call
 // becomes a JS exception instead of undefined behaviour. Never aborts: every failure is thrown as an Error carrying
 // `errno` and `syscall`, like Node's own system errors.
@@ -154,12 +156,101 @@ Napi::Value IsTransparent(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, value != 0);
 }
 
+// Binds `fd` to address:0 and returns the port the kernel chose, or -1 with errno set.
+int BindAnyPort(int fd, const sockaddr_storage& base, socklen_t len) {
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&base), len) != 0) return -1;
+  sockaddr_storage bound;
+  socklen_t boundLen = sizeof(bound);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &boundLen) != 0) return -1;
+  return bound.ss_family == AF_INET ? ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port)
+                                    : ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+}
+
+// One attempt of TransparentSocket: a socket with IP_TRANSPARENT, SO_MARK and a bound port, or -1 with `failed`.
+int OpenTransparent(int family, const sockaddr_storage& addr, socklen_t len, uint32_t mark, int* port, const char** failed) {
+  const int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) {
+    *failed = "socket";
+    return -1;
+  }
+  const int on = 1;
+  if (family == 4 && setsockopt(fd, SOL_IP, IP_TRANSPARENT, &on, sizeof(on)) != 0) {
+    *failed = "setsockopt(IP_TRANSPARENT)";
+  } else if (family == 6 && setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &on, sizeof(on)) != 0) {
+    *failed = "setsockopt(IPV6_TRANSPARENT)";
+  } else if (mark != 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+    *failed = "setsockopt(SO_MARK)";
+  } else if ((*port = BindAnyPort(fd, addr, len)) < 0) {
+    *failed = "bind";
+  } else {
+    return fd;
+  }
+  const int err = errno;
+  close(fd);
+  errno = err;
+  return -1;
+}
+
+// transparentSocket(family: 4 | 6, address: string, avoidPort: 0..65535, mark: uint32) -> fd
+// An unconnected TCP socket (non-blocking, close-on-exec) with IP_TRANSPARENT / IPV6_TRANSPARENT (so it may bind a
+// non-local address: needs CAP_NET_ADMIN or CAP_NET_RAW), SO_MARK = mark when non-zero (CAP_NET_ADMIN), bound to
+// address with a port the kernel chooses, never `avoidPort`: the peer's own connection has that port, and a second
+// connection from the same address and port to the same app would share its conntrack entry. The caller owns the
+// fd (Node wraps it with new net.Socket({ fd }) and connects it). On failure nothing is left open.
+Napi::Value TransparentSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 4 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsNumber()) {
+    return ThrowTypeError(env, "transparentSocket(family, address, avoidPort, mark) expects a number, a string and two numbers");
+  }
+  const int family = info[0].As<Napi::Number>().Int32Value();
+  const std::string address = info[1].As<Napi::String>().Utf8Value();
+  const int avoidPort = info[2].As<Napi::Number>().Int32Value();
+  const uint32_t mark = info[3].As<Napi::Number>().Uint32Value();
+  if (family != 4 && family != 6) return ThrowTypeError(env, "transparentSocket: family must be 4 or 6");
+  if (avoidPort < 0 || avoidPort > 65535) return ThrowTypeError(env, "transparentSocket: avoidPort must be between 0 and 65535");
+
+  sockaddr_storage storage;
+  std::memset(&storage, 0, sizeof(storage));
+  socklen_t addrLen = 0;
+  if (family == 4) {
+    sockaddr_in* addr = reinterpret_cast<sockaddr_in*>(&storage);
+    addr->sin_family = AF_INET;
+    if (inet_pton(AF_INET, address.c_str(), &addr->sin_addr) != 1) return ThrowTypeError(env, "transparentSocket: address is not an IPv4 address");
+    addrLen = sizeof(sockaddr_in);
+  } else {
+    sockaddr_in6* addr = reinterpret_cast<sockaddr_in6*>(&storage);
+    addr->sin6_family = AF_INET6;
+    if (inet_pton(AF_INET6, address.c_str(), &addr->sin6_addr) != 1) return ThrowTypeError(env, "transparentSocket: address is not an IPv6 address");
+    addrLen = sizeof(sockaddr_in6);
+  }
+  // A socket that got avoidPort stays open while the next one binds, so the kernel cannot hand out that port again.
+  int held = -1;
+  int fd = -1;
+  const char* failed = nullptr;
+  for (int attempt = 0; attempt < 2 && fd < 0 && failed == nullptr; attempt++) {
+    int port = 0;
+    const int made = OpenTransparent(family, storage, addrLen, mark, &port, &failed);
+    if (made >= 0 && attempt == 0 && port == avoidPort && avoidPort != 0) {
+      held = made;
+    } else {
+      fd = made;
+    }
+  }
+  const int err = errno;
+  if (held >= 0) close(held);
+  if (fd < 0) {
+    return ThrowSystemError(env, failed != nullptr ? err : EADDRINUSE, failed != nullptr ? failed : "bind");
+  }
+  return Napi::Number::New(env, fd);
+}
+
 }  // namespace
 
 void InitSocketOptions(Napi::Env env, Napi::Object exports) {
   exports.Set("originalDst", Napi::Function::New(env, OriginalDst, "originalDst"));
   exports.Set("transparentListen", Napi::Function::New(env, TransparentListen, "transparentListen"));
   exports.Set("isTransparent", Napi::Function::New(env, IsTransparent, "isTransparent"));
+  exports.Set("transparentSocket", Napi::Function::New(env, TransparentSocket, "transparentSocket"));
 }
 
 }  // namespace meshctl

@@ -1,5 +1,5 @@
-// The socket options of interception into the addon's exports: originalDst, transparentListen, isTransparent
-// (src/native/socket_options.cc).
+// The socket options of interception into the addon's exports: originalDst, transparentListen, isTransparent,
+// transparentSocket (src/native/socket_options.cc).
 #pragma once
 
 #include <napi.h>

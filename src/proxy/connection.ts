@@ -5,7 +5,8 @@
 // pause/resume, FIN mirrored per direction (allowHalfOpen on both legs), RST mirrored with resetAndDestroy.
 // The event handlers are module-level functions that find their Connection through a symbol on the
 // socket, so a connection costs no closures; byte counts come from the sockets at close, never per chunk.
-import { connect, type Socket } from 'node:net';
+import { closeSync } from 'node:fs';
+import { connect, isIPv6, Socket, type SocketConstructorOpts } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { ProxyConfig } from '../config/types.js';
 import type { ConnectionLease } from '../policy/lease.js';
@@ -13,8 +14,9 @@ import type { AccessRecord } from './access-log.js';
 import type { Direction, EndResult, ProxyMetrics } from './metrics.js';
 import type { RefusalReason } from '../policy/refusals.js';
 import { socketFd, type OriginalDst } from '../native/original-dst.js';
+import { transparentSocket } from '../native/addon.js';
 import { relayBounds, type RelayedConnection, type RelayThread } from './relay-thread.js';
-import type { Route } from './routing.js';
+import type { Route, TransparentSource } from './routing.js';
 import { expiredTimer, type TimerVerdict } from './timers.js';
 import { isTunnelLeg, legEstablished, tunnelInfoOf, type TunnelInfo } from './tunnel-leg.js';
 
@@ -38,6 +40,8 @@ export interface ConnectionOwner {
   readonly relayThread: RelayThread | null;
   /** A handoff to the relay thread failed (e.g. EMFILE); the connection stays on Node streams. */
   relayHandoffFailed(error: unknown): void;
+  /** TPROXY's transparent socket from the peer's address could not be made (EPERM: no CAP_NET_ADMIN). */
+  transparentSourceFailed?(address: string, error: NodeJS.ErrnoException): void;
   /**
    * The mTLS tunnel's stream to `host:port` when it is a mesh member (src/proxy/tunnel-runtime.ts), else null.
    * Absent or null: the upstream leg is a plain TCP connect.
@@ -106,6 +110,23 @@ function onUpstreamConnect(this: Tagged): void {
   this[kConn].upstreamConnected();
 }
 function ignoreError(): void {}
+
+/**
+ * Connects from the peer's own address (TPROXY's inbound leg): the addon makes the bound IP_TRANSPARENT socket,
+ * which Node cannot, and Node connects it. `manualStart`: Node would otherwise start reading the unconnected fd at
+ * once and take its hang-up for EOF; once connected it reads as any socket does. Throws the addon's system error.
+ */
+function connectTransparent(host: string, port: number, source: TransparentSource): Socket {
+  const fd = transparentSocket(isIPv6(source.address) ? 6 : 4, source.address, source.avoidPort, source.mark);
+  let socket: Socket;
+  try {
+    socket = new Socket({ fd, allowHalfOpen: true, noDelay: true, manualStart: true } as SocketConstructorOpts);
+  } catch (error) {
+    closeSync(fd);
+    throw error;
+  }
+  return socket.connect({ host, port });
+}
 
 export class Connection implements RelayedConnection {
   /** Node's sockets; both null once the relay thread has the connection (or, for the upstream, before connect). */
@@ -209,14 +230,18 @@ export class Connection implements RelayedConnection {
           : null;
       upstream =
         tunneled ??
-        connect({
-          host: route.host,
-          port: route.port,
-          ...(route.localAddress !== null ? { localAddress: route.localAddress } : {}),
-          allowHalfOpen: true,
-          noDelay: true,
-        });
+        (route.transparentSource !== undefined
+          ? connectTransparent(route.host, route.port, route.transparentSource)
+          : connect({
+              host: route.host,
+              port: route.port,
+              ...(route.localAddress !== null ? { localAddress: route.localAddress } : {}),
+              allowHalfOpen: true,
+              noDelay: true,
+            }));
     } catch (error) {
+      if (route.transparentSource !== undefined)
+        this.owner.transparentSourceFailed?.(route.transparentSource.address, error as NodeJS.ErrnoException);
       this.setResult('connect-failed', (error as NodeJS.ErrnoException).code ?? 'error');
       this.keepSource();
       this.client?.resetAndDestroy();

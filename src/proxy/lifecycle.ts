@@ -13,7 +13,7 @@ import { systemUserDb } from '../config/host-facts.js';
 import type { Config } from '../config/types.js';
 import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { isAddonAvailable, isTransparent, peerOwner } from '../native/addon.js';
+import { isAddonAvailable, isTransparent, keepCapabilities, peerOwner, retainNetAdmin } from '../native/addon.js';
 import { socketFd } from '../native/original-dst.js';
 import { DnsServer, activatedDnsListeners, planDnsListeners, type DnsQueryLog } from '../dns/server.js';
 import { renderDnsPrometheus } from '../dns/metrics.js';
@@ -64,16 +64,20 @@ function workerCount(config: Config): number {
 
 /**
  * Checks that this process's own connections are exempt from capture (its uid or gid is the proxy user's);
- * as root, switches to the proxy user first. Throws MeshctlError PROXY_USER_MISMATCH otherwise.
+ * as root, switches to the proxy user first, keeping CAP_NET_ADMIN alone in tproxy mode (each inbound connection
+ * to the app needs a new IP_TRANSPARENT socket). Throws MeshctlError PROXY_USER_MISMATCH otherwise.
  */
 function assumeProxyUser(config: Config, log: Logger): void {
   const { uid, gid, name } = config.proxy.user;
   const who = name ? `${name} (uid ${uid}, gid ${gid})` : `uid ${uid}, gid ${gid}`;
   if (process.getuid?.() === 0 && uid !== 0) {
+    const tproxy = config.capture.inbound.enabled && config.capture.inbound.mode === 'tproxy';
+    if (tproxy) keepCapabilities();
     process.setgroups?.([]);
     process.setgid?.(gid);
     process.setuid?.(uid);
-    log.info({ uid, gid }, `dropped root: running as ${who}`);
+    if (tproxy) retainNetAdmin();
+    log.info({ uid, gid }, `dropped root: running as ${who}${tproxy ? ', keeping CAP_NET_ADMIN for TPROXY' : ''}`);
     return;
   }
   if (process.getuid?.() !== uid && process.getgid?.() !== gid) {

@@ -1,6 +1,7 @@
 // Decides where an accepted connection goes: outbound to its original destination, inbound to the local app
 // (from the passthrough source address), or nowhere when it was not redirected or points back at the proxy.
-// Under TPROXY (capture.inbound.mode tproxy) an inbound connection's destination is its own local endpoint.
+// Under TPROXY (capture.inbound.mode tproxy) an inbound connection's destination is its own local endpoint, and
+// the proxy connects to the app from the peer's own address.
 // Pure: the caller reads the host's interface addresses (worker.ts) and passes them in; nothing here touches a
 // socket or the host.
 import { isIPv4 } from 'node:net';
@@ -9,8 +10,24 @@ import type { Direction } from './metrics.js';
 import type { RefusalReason } from '../policy/refusals.js';
 import type { OriginalDst } from '../native/original-dst.js';
 
+/**
+ * TPROXY's inbound leg leaves from the peer's own address: an IP_TRANSPARENT socket bound to `address` (any port but
+ * `avoidPort`, the peer's), marked `mark` so the capture rules route the app's replies back to the proxy.
+ */
+export interface TransparentSource {
+  readonly address: string;
+  readonly avoidPort: number;
+  readonly mark: number;
+}
+
 export type Route =
-  | { readonly kind: 'connect'; readonly host: string; readonly port: number; readonly localAddress: string | null }
+  | {
+      readonly kind: 'connect';
+      readonly host: string;
+      readonly port: number;
+      readonly localAddress: string | null;
+      readonly transparentSource?: TransparentSource;
+    }
   | { readonly kind: 'refuse'; readonly reason: RefusalReason };
 
 /** The addresses that reach this host: the interface addresses the caller read, plus the loopback and unspecified ranges. */
@@ -57,11 +74,19 @@ export function transparentDestination(
   return { address: normalize(acceptedOn.localAddress), port: acceptedOn.localPort, family, via: 'tproxy' };
 }
 
+/** The peer of a TPROXY'd connection and the mark the capture plan routes the app's replies by. */
+export interface TransparentPeer {
+  readonly address: string;
+  readonly port: number;
+  readonly mark: number;
+}
+
 /**
  * Where to connect a redirected connection. `ownPorts` are every port the proxy listens on (outbound, inbound,
  * admin); a destination on one of them at a local address is the proxy itself and is refused, never looped.
  * A destination equal to the socket's own local endpoint means netfilter did not rewrite it (not redirected),
- * unless it came from TPROXY, where that is the rule (transparentDestination).
+ * unless it came from TPROXY, where that is the rule (transparentDestination). A TPROXY'd inbound connection with
+ * its `peer` connects from the peer's own address; every other inbound one from the passthrough source.
  */
 export function routeConnection(
   direction: Direction,
@@ -70,6 +95,7 @@ export function routeConnection(
   ownPorts: ReadonlySet<number>,
   local: LocalAddresses,
   proxy: Pick<ProxyConfig, 'inboundPassthroughSource'>,
+  peer: TransparentPeer | null = null,
 ): Route {
   if (
     dst.via !== 'tproxy' &&
@@ -79,6 +105,10 @@ export function routeConnection(
     return { kind: 'refuse', reason: 'not-redirected' };
   }
   if (ownPorts.has(dst.port) && local.has(dst.address)) return { kind: 'refuse', reason: 'self-loop' };
+  if (direction === 'inbound' && dst.via === 'tproxy' && peer !== null) {
+    const transparentSource = { address: normalize(peer.address), avoidPort: peer.port, mark: peer.mark };
+    return { kind: 'connect', host: dst.address, port: dst.port, localAddress: null, transparentSource };
+  }
   if (direction === 'inbound') {
     // The app sees 127.0.0.6 / ::6 as the peer; the capture plan lets that source through on lo (DESIGN.md §3).
     const source = dst.family === 'ipv6' ? proxy.inboundPassthroughSource.ipv6 : proxy.inboundPassthroughSource.ipv4;

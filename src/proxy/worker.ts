@@ -255,6 +255,9 @@ export class ProxyWorker implements ConnectionOwner {
       this.ownPorts,
       this.local ?? new LocalAddresses(),
       this.config.proxy,
+      dst.via === 'tproxy' && socket.remoteAddress !== undefined
+        ? { address: socket.remoteAddress, port: socket.remotePort ?? 0, mark: this.config.capture.inbound.tproxyMark }
+        : null,
     );
     if (route.kind === 'refuse') {
       conn.refuse(route.reason);
@@ -363,6 +366,18 @@ export class ProxyWorker implements ConnectionOwner {
     this.log.warn(
       { address, code: error.code },
       'inbound passthrough source address is not assigned on this host; connecting to local apps without it (add it to lo, e.g. `ip -6 addr add ::6/128 dev lo`)',
+    );
+  }
+
+  transparentSourceFailed(address: string, error: NodeJS.ErrnoException): void {
+    const key = `transparent|${error.code ?? 'error'}`;
+    if (this.warnedSources.has(key)) return;
+    this.warnedSources.add(key);
+    this.log.warn(
+      { address, code: error.code, syscall: error.syscall },
+      error.code === 'EPERM'
+        ? "cannot connect to the local app from the peer's address: IP_TRANSPARENT needs CAP_NET_ADMIN, which this process lacks, so TPROXY'd connections are reset; start the proxy as root (it keeps CAP_NET_ADMIN when it switches to proxy.user) or grant AmbientCapabilities=CAP_NET_ADMIN (meshctl service install does in tproxy mode)"
+        : "cannot connect to the local app from the peer's address; the connection is reset (logged once per error code)",
     );
   }
 

@@ -1,6 +1,7 @@
 // TPROXY inbound end to end: meshctl installs the tproxy capture (mangle TPROXY with a mark, `ip rule fwmark` +
 // `ip route local` policy routing) in the client namespace; the real proxy starts as root, opens its inbound
-// listeners with IP_TRANSPARENT, drops to nobody, and reads each connection's destination from its local endpoint.
+// listeners with IP_TRANSPARENT, drops to nobody keeping CAP_NET_ADMIN alone, reads each connection's destination
+// from its local endpoint and connects to the app from the peer's own address.
 // A peer in the server namespace dials apps in the client namespace.
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -93,7 +94,18 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     const status = readFileSync(`/proc/${proxy.pid}/status`, 'utf8');
     expect(status).toMatch(new RegExp(`^Uid:\\s+${PROXY_UID}\\s+${PROXY_UID}\\s+${PROXY_UID}\\s+${PROXY_UID}$`, 'm'));
     expect(status).toMatch(new RegExp(`^Gid:\\s+${PROXY_GID}\\s+${PROXY_GID}\\s+${PROXY_GID}\\s+${PROXY_GID}$`, 'm'));
-    expect(proxy.stderr()).toMatch(/dropped root: running as nobody/);
+    expect(proxy.stderr()).toMatch(/dropped root: running as nobody.*keeping CAP_NET_ADMIN for TPROXY/);
+    // CAP_NET_ADMIN alone (each connection to the app is a new IP_TRANSPARENT socket), ambient so the cluster
+    // workers have it too.
+    const caps = (text: string, key: string) => new RegExp(`^${key}:\\s+([0-9a-f]+)$`, 'm').exec(text)?.[1];
+    for (const key of ['CapEff', 'CapPrm', 'CapAmb']) expect(caps(status, key), key).toBe('0000000000001000');
+    const workers = readFileSync(`/proc/${proxy.pid}/task/${proxy.pid}/children`, 'utf8').trim().split(/\s+/);
+    expect(workers).toHaveLength(2);
+    for (const pid of workers) {
+      const worker = readFileSync(`/proc/${pid}/status`, 'utf8');
+      expect(worker).toMatch(new RegExp(`^Uid:\\s+${PROXY_UID}\\s+${PROXY_UID}\\s+${PROXY_UID}\\s+${PROXY_UID}$`, 'm'));
+      expect(caps(worker, 'CapEff'), `worker ${pid}`).toBe('0000000000001000');
+    }
     const stats = await proxy.adminJson('/stats');
     expect(stats.listeners).toEqual([
       'outbound 127.0.0.1:15001',
@@ -104,7 +116,7 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     expect(stats.workers).toHaveLength(2);
   });
 
-  it("delivers a peer's connection to the app from 127.0.0.6, and logs the peer's own address and the app port", async () => {
+  it("delivers a peer's connection to the app from the peer's own address, and logs it and the app port", async () => {
     const { addrs } = lab;
     const r = await lab.peer.call<{ status: number; body: string }>('http', {
       host: addrs.a4,
@@ -112,11 +124,11 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
       path: '/tproxy',
     });
     expect(r.status).toBe(200);
-    expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: '127.0.0.6', local: addrs.a4, localPort: APP });
+    expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: addrs.b4, local: addrs.a4, localPort: APP });
     const line = await proxy.waitForAccess((l) => l.direction === 'inbound' && l.originalDst === `${addrs.a4}:${APP}`);
     expect(line).toMatchObject({ upstream: `${addrs.a4}:${APP}`, result: 'FIN' });
     expect(line.source.startsWith(`${addrs.b4}:`)).toBe(true);
-    expect(line.upstreamLocal?.startsWith('127.0.0.6:')).toBe(true);
+    expect(line.upstreamLocal?.startsWith(`${addrs.b4}:`)).toBe(true);
   });
 
   it("accepts the peer's connection on the app port itself, never rewritten to 15006 (TPROXY, not REDIRECT)", async () => {
@@ -130,12 +142,14 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     expect(held).toEqual({ open: 1, errors: [] });
     try {
       const sockets = establishedSockets(lab.client);
-      // The proxy's accepted socket: local a4:7070 with the peer's real address on the other end.
-      const accepted = sockets.filter((s) => s.local === `${addrs.a4}:${ECHO}` && s.peer.startsWith(`${addrs.b4}:`));
-      expect(accepted, JSON.stringify(sockets)).toHaveLength(1);
-      expect(accepted[0]!.users).toMatch(/"node"/);
-      // The app's socket: the same local endpoint, from the passthrough source.
-      expect(sockets.some((s) => s.local === `${addrs.a4}:${ECHO}` && s.peer.startsWith('127.0.0.6:'))).toBe(true);
+      // The proxy's leg to the app: from the peer's address (a port of its own) to a4:7070.
+      const leg = sockets.filter((s) => s.local.startsWith(`${addrs.b4}:`) && s.peer === `${addrs.a4}:${ECHO}`);
+      expect(leg, JSON.stringify(sockets)).toHaveLength(1);
+      expect(leg[0]!.users).toMatch(/"node"/);
+      // Local a4:7070 with the peer's address on the other end: the proxy's accepted socket and the app's (from the leg).
+      const fromPeer = sockets.filter((s) => s.local === `${addrs.a4}:${ECHO}` && s.peer.startsWith(`${addrs.b4}:`));
+      expect(fromPeer, JSON.stringify(sockets)).toHaveLength(2);
+      expect(fromPeer.filter((s) => s.peer === leg[0]!.local)).toHaveLength(1);
       expect(sockets.some((s) => s.local.endsWith(':15006') && s.peer.startsWith(`${addrs.b4}:`))).toBe(false);
       const ping = await lab.peer.call<{ ok: number; failures: string[] }>('pingHeld', { tag: 'tp' });
       expect(ping).toEqual({ ok: 1, failures: [] });
@@ -146,7 +160,7 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
     expect(line).toMatchObject({ direction: 'inbound', result: 'FIN', bytesFromClient: 11, bytesFromUpstream: 11 });
   });
 
-  it("delivers IPv6 inbound connections from ::6 and logs the peer's IPv6 address", async () => {
+  it("delivers IPv6 inbound connections from the peer's own IPv6 address and logs it", async () => {
     const { addrs } = lab;
     const r = await lab.peer.call<{ status: number; body: string }>('http', {
       host: addrs.a6,
@@ -154,13 +168,13 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
       path: '/tproxy6',
     });
     expect(r.status).toBe(200);
-    expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: '::6', local: addrs.a6, localPort: APP6 });
+    expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: addrs.b6, local: addrs.a6, localPort: APP6 });
     const line = await proxy.waitForAccess(
       (l) => l.direction === 'inbound' && l.originalDst === `[${addrs.a6}]:${APP6}`,
     );
     expect(line).toMatchObject({ upstream: `[${addrs.a6}]:${APP6}`, result: 'FIN' });
     expect(line.source.startsWith(`[${addrs.b6}]:`)).toBe(true);
-    expect(line.upstreamLocal?.startsWith('[::6]:')).toBe(true);
+    expect(line.upstreamLocal?.startsWith(`[${addrs.b6}]:`)).toBe(true);
   });
 
   it('lets a connection to an excluded inbound port bypass the proxy: the app sees the peer itself', async () => {
@@ -257,7 +271,7 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
       port: APP,
       path: '/after-reload',
     });
-    expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: '127.0.0.6', localPort: APP });
+    expect(JSON.parse(r.body) as Seen).toMatchObject({ remote: addrs.b4, localPort: APP });
 
     // Moving the inbound port would leave the installed TPROXY rule pointing at nothing (and need a new
     // IP_TRANSPARENT socket, which the proxy no longer has the privilege for): the capture contract refuses it.
@@ -271,7 +285,7 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
       port: APP,
       path: '/after-failed-reload',
     });
-    expect(JSON.parse(again.body) as Seen).toMatchObject({ remote: '127.0.0.6', localPort: APP });
+    expect(JSON.parse(again.body) as Seen).toMatchObject({ remote: addrs.b4, localPort: APP });
     const stats = await proxy.adminJson('/stats');
     expect(stats.listeners.filter((l: string) => l.includes('transparent'))).toHaveLength(2);
     expect(stats.ready).toBe(true);
@@ -320,6 +334,9 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
       `--reuid=${PROXY_UID}`,
       `--regid=${PROXY_GID}`,
       '--clear-groups',
+      // What the tproxy drop-in of `meshctl service install` grants (AmbientCapabilities=CAP_NET_ADMIN).
+      '--inh-caps=+net_admin',
+      '--ambient-caps=+net_admin',
     ];
     const activated = await lab.startProxy(activatedFile, [], prefix, ROOT);
     await activated.waitReady();
@@ -336,13 +353,13 @@ describe.skipIf(!integrationEnabled)('TPROXY inbound through the proxy', () => {
       port: APP,
       path: '/activated',
     });
-    expect(JSON.parse(r4.body) as Seen).toMatchObject({ remote: '127.0.0.6', localPort: APP });
+    expect(JSON.parse(r4.body) as Seen).toMatchObject({ remote: addrs.b4, localPort: APP });
     const r6 = await lab.peer.call<{ status: number; body: string }>('http', {
       host: addrs.a6,
       port: APP6,
       path: '/activated6',
     });
-    expect(JSON.parse(r6.body) as Seen).toMatchObject({ remote: '::6', localPort: APP6 });
+    expect(JSON.parse(r6.body) as Seen).toMatchObject({ remote: addrs.b6, localPort: APP6 });
     const out = await lab.app.call<{ status: number; body: string }>('http', {
       host: addrs.b4,
       port: 80,

@@ -4,12 +4,12 @@
 // test/integration/proxy-tproxy.test.ts.
 import { closeSync, openSync, readdirSync, readlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { connect, createServer, type AddressInfo, type Server } from 'node:net';
+import { connect, createServer, Socket, type AddressInfo, type Server, type SocketConstructorOpts } from 'node:net';
 import { constants } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
 import { isMeshctlError, type MeshctlError } from '../../src/errors.js';
-import { isTransparent, transparentListen } from '../../src/native/addon.js';
+import { isTransparent, transparentListen, transparentSocket } from '../../src/native/addon.js';
 import {
   listenerLabel,
   openTransparentListeners,
@@ -21,6 +21,7 @@ import { LocalAddresses, routeConnection, transparentDestination } from '../../s
 const binding = createRequire(import.meta.url)('../../build/Release/meshctl_native.node') as {
   transparentListen: (...args: unknown[]) => unknown;
   isTransparent: (...args: unknown[]) => unknown;
+  transparentSocket: (...args: unknown[]) => unknown;
 };
 
 const base = { proxy: { user: 'nobody' }, safety: { sshPorts: [22] } };
@@ -110,6 +111,50 @@ describe('transparentListen and isTransparent argument validation', () => {
     expect(() => binding.isTransparent(-3, 4)).toThrow(TypeError);
     expect(() => binding.isTransparent(3, 7)).toThrow(TypeError);
   });
+});
+
+describe('transparentSocket (the inbound leg from the peer address)', () => {
+  it.each([
+    ['family 5', [5, '192.0.2.7', 0, 0]],
+    ['an IPv6 address for family 4', [4, '::1', 0, 0]],
+    ['a host name', [6, 'localhost', 0, 0]],
+    ['avoidPort 65536', [4, '192.0.2.7', 65536, 0]],
+    ['a negative mark', [4, '192.0.2.7', 0, -1]],
+    ['a mark above 32 bits', [4, '192.0.2.7', 0, 2 ** 32]],
+  ])('rejects %s with a TypeError before reaching the addon', (_name, args) => {
+    expect(() => (transparentSocket as (...a: unknown[]) => number)(...args)).toThrow(TypeError);
+  });
+
+  it('the addon itself rejects wrong arguments with a TypeError instead of aborting', () => {
+    expect(() => binding.transparentSocket()).toThrow(TypeError);
+    expect(() => binding.transparentSocket(4, 'nope', 0, 0)).toThrow(TypeError);
+    expect(() => binding.transparentSocket(6, '192.0.2.7', 0, 0)).toThrow(TypeError);
+    expect(() => binding.transparentSocket(4, '192.0.2.7', 70000, 0)).toThrow(TypeError);
+  });
+
+  it.skipIf(!isRoot).each([
+    [4, '192.0.2.77'],
+    [6, '2001:db8::77'],
+  ] as const)(
+    'binds IPv%s to an address this host does not have, on a port of its own, for Node to connect',
+    (family, address) => {
+      const fd = transparentSocket(family, address, 0, 0x539);
+      const socket = new Socket({ fd, manualStart: true } as SocketConstructorOpts);
+      try {
+        expect(isTransparent(fd, family)).toBe(true);
+        const bound = socket.address() as AddressInfo;
+        expect(bound.address).toBe(address);
+        expect(bound.port).toBeGreaterThan(0);
+        // The port handed out is never the one to avoid (the peer's): asked to avoid it, the next socket differs.
+        const next = transparentSocket(family, address, bound.port, 0x539);
+        const nextSocket = new Socket({ fd: next, manualStart: true } as SocketConstructorOpts);
+        expect((nextSocket.address() as AddressInfo).port).not.toBe(bound.port);
+        nextSocket.destroy();
+      } finally {
+        socket.destroy();
+      }
+    },
+  );
 });
 
 describe('isTransparent on real sockets', () => {
@@ -331,6 +376,43 @@ describe('TPROXY destinations and routing', () => {
         proxy,
       ),
     ).toEqual({ kind: 'connect', host: 'fd00:1::5', port: 8080, localAddress: '::6' });
+  });
+
+  it("connects a TPROXY'd connection from the peer's own address when the peer is known", () => {
+    const acceptedOn = { localAddress: '10.1.0.5', localPort: 8080 };
+    const dst = transparentDestination(acceptedOn, 'ipv4', 15006)!;
+    const peer = { address: '::ffff:10.9.0.2', port: 40123, mark: 0x539 };
+    expect(routeConnection('inbound', dst, acceptedOn, ownPorts, local, proxy, peer)).toEqual({
+      kind: 'connect',
+      host: '10.1.0.5',
+      port: 8080,
+      localAddress: null,
+      transparentSource: { address: '10.9.0.2', avoidPort: 40123, mark: 0x539 },
+    });
+    // A connection that came through nat REDIRECT (the proxy calling its own address) keeps the passthrough source.
+    const redirected = { address: '10.1.0.5', port: 8080, family: 'ipv4' as const };
+    expect(
+      routeConnection(
+        'inbound',
+        redirected,
+        { localAddress: '127.0.0.1', localPort: 15006 },
+        ownPorts,
+        local,
+        proxy,
+        peer,
+      ),
+    ).toMatchObject({ localAddress: '127.0.0.6' });
+    expect(
+      routeConnection(
+        'inbound',
+        redirected,
+        { localAddress: '127.0.0.1', localPort: 15006 },
+        ownPorts,
+        local,
+        proxy,
+        peer,
+      ),
+    ).not.toHaveProperty('transparentSource');
   });
 
   it("refuses a TPROXY'd connection aimed at another proxy port as a self-loop", () => {
