@@ -9,6 +9,7 @@ import { systemUserDb } from '../config/host-facts.js';
 import type { Config } from '../config/types.js';
 import { DnsClient, resolveAddresses } from '../policy/dns-client.js';
 import { explainProxy, type ProxyExplanation } from '../policy/explain.js';
+import { parseSpiffeId } from '../mtls/spiffe-id.js';
 import { readHostContext } from '../netfilter/host/host-context.js';
 import { readExplainRules, type ExplainRules } from '../netfilter/host/live-plan.js';
 import { explainDnsName, type DnsExplanation } from '../dns/explain.js';
@@ -258,6 +259,7 @@ export function register(program: Command): void {
       .argument('[name]', "with --dns: a host name, to show how the proxy's DNS server would answer it")
       .option('--dst <address:port>', 'destination, e.g. 10.0.3.4:5432 or [fd00::4]:5432 (required unless --dns NAME)')
       .option('--src <address[:port]>', 'source: the peer (inbound) or the local address (outbound)')
+      .option('--src-id <spiffe-id>', "inbound: the peer's SPIFFE ID, for a connection through the mTLS tunnel")
       .option('--uid <uid>', 'outbound socket owner uid (default: yours)')
       .option('--user <name>', 'outbound socket owner by name')
       .option('--gid <gid>', "outbound socket owner gid (default: the user's primary group)")
@@ -396,6 +398,22 @@ function unitOfFlow(
   return { cgroup: found.cgroup };
 }
 
+/** `--src-id`: a SPIFFE ID, for --in only. Throws EXPLAIN_INPUT otherwise. */
+function sourceIdOf(options: Record<string, unknown>, direction: Flow['direction']): string | undefined {
+  if (options.srcId === undefined) return undefined;
+  const text = String(options.srcId);
+  if (direction !== 'inbound')
+    throw new MeshctlError('EXPLAIN_INPUT', `--src-id ${text} with --out`, 'the peer identity is for --in');
+  const id = parseSpiffeId(text);
+  if (typeof id === 'string' || id.path === '')
+    throw new MeshctlError(
+      'EXPLAIN_INPUT',
+      `--src-id ${JSON.stringify(text)}: ${typeof id === 'string' ? id : 'a trust domain, not a workload ID'}`,
+      'give a SPIFFE ID such as spiffe://prod.example.com/web',
+    );
+  return id.text;
+}
+
 /** `--out` / `--in --dst …`: the rules the connection meets and what the proxy would do with it. */
 async function explainConnection(options: Record<string, unknown>, command: Command): Promise<void> {
   const endpoints = connectionEndpoints(options, command);
@@ -409,7 +427,8 @@ async function explainConnection(options: Record<string, unknown>, command: Comm
   let proxy: ProxyExplanation | undefined;
   if (flow.protocol === 'tcp') {
     const { resolved, notes } = await resolveServiceHostnames(config);
-    const p = explainProxy(config, { direction, destination: dst, source: src }, resolved);
+    const sourceId = sourceIdOf(options, direction);
+    const p = explainProxy(config, { direction, destination: dst, source: src, sourceId }, resolved);
     proxy = { ...p, assumptions: [...notes, ...p.assumptions] };
   }
   const notes = [...rules.notes, ...(owner?.note ? [owner.note] : [])];

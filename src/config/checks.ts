@@ -223,6 +223,27 @@ export const CHECKS: readonly Check[] = [
   { name: 'mtlsIdentityComplete', run: mtlsIdentityComplete },
 ];
 
+/**
+ * A service marked `mtls` on a proxy without an identity would silently go in plaintext: refused, naming the
+ * service (services may come from the control plane, so this runs once the policy sections are resolved).
+ */
+export function mtlsServicesHaveIdentity(
+  config: Pick<ConfigBody, 'mtls'>,
+  services: readonly { readonly name: string; readonly mtls: boolean }[],
+): CheckProblem[] {
+  if (config.mtls.identity.certificate !== null) return [];
+  return services.flatMap((s, i) =>
+    s.mtls
+      ? [
+          {
+            path: `services[${i}].mtls`,
+            message: `service "${s.name}" goes through the mTLS tunnel, but this proxy has no identity: set mtls.identity.certificate, key and bundle`,
+          },
+        ]
+      : [],
+  );
+}
+
 /** Runs every check in order and returns all their problems. */
 export function runChecks(input: CheckInput): CheckProblem[] {
   return CHECKS.flatMap((check) => check.run(input));

@@ -7,7 +7,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { MeshctlError } from '../errors.js';
 import { parseCidr } from '../values/ip.js';
-import { runChecks } from './checks.js';
+import { mtlsServicesHaveIdentity, runChecks } from './checks.js';
 import {
   PROXY_GROUP,
   PROXY_USER,
@@ -375,6 +375,7 @@ export function configFromObject(raw: unknown, options: ResolveOptions = {}): Co
     { connectTimeoutMs: body.proxy.connectTimeoutMs },
     problems,
   );
+  problems.push(...mtlsServicesHaveIdentity(body, policy.services));
   failOnProblems(problems, sources.where);
   return sealConfig(body, policy, options);
 }

@@ -3,8 +3,7 @@
 
 /** An exact SPIFFE ID, or every ID under `prefix` (the pattern `prefix/*`). */
 export type PrincipalPattern =
-  | { readonly kind: 'exact'; readonly id: string }
-  | { readonly kind: 'prefix'; readonly prefix: string };
+  { readonly kind: 'exact'; readonly id: string } | { readonly kind: 'prefix'; readonly prefix: string };
 
 const ID = /^spiffe:\/\/([a-z0-9._-]+)((?:\/[A-Za-z0-9._~%!$&'()+,;=:@-]+)*)$/;
 
@@ -35,7 +34,9 @@ export function principalText(p: PrincipalPattern): string {
 /** Whether the peer's SPIFFE ID `id` matches `pattern`; a null id (plaintext) matches nothing. */
 export function principalMatches(pattern: PrincipalPattern, id: string | null): boolean {
   if (id === null) return false;
-  return pattern.kind === 'exact' ? id === pattern.id : id.startsWith(pattern.prefix) && id.length > pattern.prefix.length;
+  return pattern.kind === 'exact'
+    ? id === pattern.id
+    : id.startsWith(pattern.prefix) && id.length > pattern.prefix.length;
 }
 
 /** Whether any of `patterns` matches `id`. */

@@ -5,6 +5,9 @@
 // through the tunnel; strict mode refusing c's plaintext and permissive accepting it; principals in inbound.ports
 // (denied, wildcard, deny wins); a server identity outside services[].identities; client certificates of another
 // trust domain and expired ones refused by reason; and a rotation of a's files under a long connection.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
 import {
@@ -17,6 +20,26 @@ import {
 } from '../helpers/mtls-lab.js';
 
 const MARKER = 'MESHCTL-MTLS-MARKER-7f3a9c';
+const MESHCTL = fileURLToPath(new URL('../../bin/meshctl', import.meta.url));
+
+interface ProxyVerdict {
+  proxy: {
+    verdict: string;
+    reason: string;
+    tunnel?: { via: string; to: string; identities: string[] | string } | null;
+  };
+}
+
+/** `meshctl explain --plan --json` with `args` against config file `config`. */
+function explain(config: string, stateDir: string, ...args: string[]): ProxyVerdict {
+  const r = spawnSync(
+    process.execPath,
+    [MESHCTL, 'explain', '--plan', '--json', '--config', config, '--state-dir', stateDir, ...args],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
+  if (r.status !== 0) throw new Error(`explain ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as ProxyVerdict;
+}
 
 describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', () => {
   let lab: MtlsLab;
@@ -327,5 +350,43 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
         l.bytesFromClient >= 'hello\nstill here\n'.length,
     );
     expect(long.result).toBe('FIN');
+  });
+
+  it('explains whether a flow is tunneled and to which identity, and evaluates --src-id against principals', () => {
+    const state = join(lab.dir, 'explain-state');
+    const fileA = lab.writeConfig('a-explain', configA(false));
+    const fileB = lab.writeConfig('b-explain', configB('permissive'));
+    expect(explain(fileA, state, '--out', '--dst', `${B.v4}:8080`).proxy.tunnel).toEqual({
+      via: `mtls.peers[0] (${B.v4}/32)`,
+      to: `${B.v4}:15008`,
+      identities: 'trust-domain',
+      plaintextFallback: false,
+    });
+    expect(explain(fileA, state, '--out', '--dst', `${B.v4}:8085`).proxy.tunnel).toMatchObject({
+      via: 'services[0].mtls',
+      identities: ['spiffe://mesh.test/not-b'],
+    });
+    expect(explain(fileA, state, '--out', '--dst', '10.181.0.77:80').proxy.tunnel).toBeNull();
+    const inbound = (port: number, ...extra: string[]) =>
+      explain(fileB, state, '--in', '--dst', `${B.v4}:${port}`, '--src', A.v4, ...extra).proxy;
+    expect(inbound(8082, '--src-id', 'spiffe://mesh.test/a')).toMatchObject({
+      verdict: 'refused',
+      reason: expect.stringContaining('is not in inbound.ports[1].allow'),
+    });
+    expect(inbound(8083, '--src-id', 'spiffe://mesh.test/a').verdict).toBe('admitted');
+    expect(inbound(8084, '--src-id', 'spiffe://mesh.test/a')).toMatchObject({
+      verdict: 'refused',
+      reason: expect.stringContaining('deny wins'),
+    });
+    expect(inbound(8081).verdict).toBe('refused');
+    const strict = lab.writeConfig('b-explain-strict', configB('strict'));
+    expect(explain(strict, state, '--in', '--dst', `${B.v4}:8080`, '--src', C.v4).proxy).toMatchObject({
+      verdict: 'refused',
+      reason: expect.stringContaining('plaintext-refused'),
+    });
+    expect(
+      explain(strict, state, '--in', '--dst', `${B.v4}:8080`, '--src', A.v4, '--src-id', 'spiffe://mesh.test/a').proxy
+        .verdict,
+    ).toBe('passthrough');
   });
 });

@@ -72,10 +72,16 @@ describe('mtls config', () => {
       /mtls\.tunnelPort.*port 15006 is also proxy\.inboundPort/,
     );
     expect(problems(() => load({ mtls: { inbound: 'sometimes' } }))[0]).toBe('CONFIG_INVALID');
+    expect(
+      problems(() =>
+        load({ services: [{ name: 'api', addresses: ['10.96.0.1:80'], endpoints: ['10.0.0.1:80'], mtls: true }] }),
+      )[1],
+    ).toMatch(/services\[0\]\.mtls.*service "api" goes through the mTLS tunnel, but this proxy has no identity/);
   });
 
   it('takes principals next to CIDRs in inbound allow/deny and SPIFFE patterns in services[].identities', () => {
     const c = load({
+      mtls: { identity },
       inbound: {
         ports: [{ port: 8080, allow: ['10.0.0.0/8', 'spiffe://td/web/*'], deny: ['spiffe://td/web/old'] }],
       },
