@@ -157,6 +157,9 @@ export function renderDropIns(
     'ListenStream=',
     ...listenStreams(config).map((s) => `ListenStream=${s}`),
   ];
+  const tproxy = config.capture.inbound.enabled && config.capture.inbound.mode === 'tproxy';
+  if (tproxy)
+    socket.push('# capture.inbound.mode = tproxy: TPROXY delivers only to IP_TRANSPARENT sockets', 'Transparent=yes');
   const dns = dnsListeners(config);
   if (dns.length > 0)
     socket.push(
@@ -171,6 +174,16 @@ export function renderDropIns(
   ];
   if (underHome(packageRoot)) {
     proxy.push(`# meshctl runs from ${packageRoot}, which ProtectHome=yes would hide`, 'ProtectHome=read-only');
+  }
+  if (tproxy) {
+    // The only capability the proxy ever gets, and only in this mode. A private user namespace would confine it
+    // there: the host's network namespace would still refuse IP_TRANSPARENT.
+    proxy.push(
+      "# capture.inbound.mode = tproxy: each connection to the app leaves from the peer's address (IP_TRANSPARENT, SO_MARK)",
+      'CapabilityBoundingSet=CAP_NET_ADMIN',
+      'AmbientCapabilities=CAP_NET_ADMIN',
+      'PrivateUsers=no',
+    );
   }
   const credential = loadCredentialSetting(config.mtls.identity.key);
   if (credential !== null)

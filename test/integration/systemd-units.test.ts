@@ -64,6 +64,7 @@ describe.skipIf(!integrationEnabled)('shipped systemd units', () => {
         safety: { onProxyDown: 'open' },
       },
     ],
+    ['TPROXY inbound (transparent sockets, CAP_NET_ADMIN)', { capture: { inbound: { mode: 'tproxy' } } }],
   ])('pass systemd-analyze verify with the drop-ins service install writes for %s', (_name, raw) => {
     const dir = mkdtempSync(join(scratch, 'units-'));
     for (const unit of SHIPPED) copyFileSync(join(UNIT_DIR, unit), join(dir, unit));
@@ -98,6 +99,27 @@ describe.skipIf(!integrationEnabled)('shipped systemd units', () => {
     expect(Number(m![1])).toBeLessThanOrEqual(2.0);
     // V8 needs W+X pages: MemoryDenyWriteExecute must stay off, and it is the one big item left open.
     expect(readFileSync(join(UNIT_DIR, UNITS.proxy), 'utf8')).not.toMatch(/^MemoryDenyWriteExecute=yes/m);
+  });
+
+  it('keeps the proxy unit rated at most 2.0 with the tproxy drop-in, whose one capability is CAP_NET_ADMIN', () => {
+    const dir = mkdtempSync(join(scratch, 'tproxy-'));
+    for (const unit of SHIPPED) copyFileSync(join(UNIT_DIR, unit), join(dir, unit));
+    const dropIns = renderDropIns(config({ capture: { inbound: { mode: 'tproxy' } } }), {
+      ...DEFAULT_LAYOUT,
+      unitDir: dir,
+    });
+    for (const dropIn of dropIns) {
+      mkdirSync(dirname(dropIn.path), { recursive: true });
+      writeFileSync(dropIn.path, dropIn.text);
+    }
+    const r = withMeshctlOnPath(`systemd-analyze security --offline=yes --no-pager ./${UNITS.proxy}`, dir);
+    const m = /Overall exposure level for meshctl-proxy\.service: (\d+\.\d+)/.exec(r.out);
+    expect(m, r.out).not.toBeNull();
+    expect(Number(m![1])).toBeLessThanOrEqual(2.0);
+    // Every capability but CAP_NET_ADMIN is still dropped from the bounding set.
+    expect(r.out).toMatch(/✓ CapabilityBoundingSet=~CAP_SYS_ADMIN/);
+    expect(r.out).toMatch(/✗ CapabilityBoundingSet=~CAP_NET_ADMIN\s/);
+    expect(r.out).toMatch(/✗ AmbientCapabilities=\s/);
   });
 
   it('creates the meshproxy system user and group from the sysusers.d file', () => {

@@ -150,6 +150,37 @@ describe('service layout', () => {
     );
   });
 
+  it('grants the proxy CAP_NET_ADMIN and transparent sockets only in tproxy mode; every other mode stays capability-free', () => {
+    const dropIns = (raw: Record<string, unknown>) => {
+      const all = renderDropIns(config(raw), DEFAULT_LAYOUT, '/opt/meshctl/');
+      return {
+        proxy: all.find((d) => d.unit === UNITS.proxy)!.text,
+        socket: all.find((d) => d.unit === UNITS.socket)!.text,
+      };
+    };
+    const tproxy = dropIns({ capture: { inbound: { mode: 'tproxy' } } });
+    expect(values(tproxy.proxy, 'AmbientCapabilities')).toEqual(['CAP_NET_ADMIN']);
+    expect(values(tproxy.proxy, 'CapabilityBoundingSet')).toEqual(['CAP_NET_ADMIN']);
+    // A private user namespace would keep the capability away from the host's network namespace.
+    expect(values(tproxy.proxy, 'PrivateUsers')).toEqual(['no']);
+    expect(values(tproxy.socket, 'Transparent')).toEqual(['yes']);
+    for (const raw of [
+      {},
+      { capture: { inbound: { mode: 'redirect' } } },
+      { capture: { inbound: { mode: 'tproxy', enabled: false } } },
+      { capture: { ipv6: 'block', dns: { enabled: true } } },
+    ]) {
+      const other = dropIns(raw);
+      expect(other.proxy, JSON.stringify(raw)).not.toMatch(
+        /^(AmbientCapabilities|CapabilityBoundingSet|PrivateUsers)=/m,
+      );
+      expect(other.socket, JSON.stringify(raw)).not.toMatch(/^Transparent=/m);
+    }
+    // The shipped unit grants nothing; only the tproxy drop-in above overrides that.
+    expect(values(shipped(UNITS.proxy), 'AmbientCapabilities')).toEqual(['']);
+    expect(values(shipped(UNITS.proxy), 'CapabilityBoundingSet')).toEqual(['']);
+  });
+
   it('writes a default config that loads and names the sysusers user', () => {
     const c = configFromObject(parse(DEFAULT_CONFIG_TEXT), { host });
     expect(c.proxy.user.name).toBe('meshproxy');
