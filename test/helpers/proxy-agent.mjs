@@ -86,6 +86,13 @@ const serverKinds = {
     });
     sendRecorded(socket, opts.sendBytes, record);
   },
+  // Answers the client's first bytes with a reset (RST, not FIN).
+  'reset-on-data'(socket, opts, record) {
+    socket.once('data', (d) => {
+      record.received = d.length;
+      socket.resetAndDestroy();
+    });
+  },
   // Both directions at once: sends sendBytes while reading everything the client sends.
   stream(socket, opts, record) {
     recordInbound(socket, record);
