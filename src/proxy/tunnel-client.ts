@@ -36,6 +36,9 @@ export interface DialTarget {
   readonly fallback: boolean;
 }
 
+/** How long a session to a peer may carry nothing before it is closed. */
+const SESSION_IDLE_MS = 5 * 60_000;
+
 /** A connect failure of the tunnel, with the code the Connection and the lease see. */
 export type TunnelError = NodeJS.ErrnoException & { fallback?: boolean };
 
@@ -102,6 +105,11 @@ class PeerSession {
       this.owner.drop(this);
     });
     this.session.on('close', () => this.owner.closed(this));
+    // A session idle this long closes (GOAWAY; streams still open finish): the next connection opens a new one.
+    this.session.setTimeout(SESSION_IDLE_MS, () => {
+      this.owner.drop(this);
+      this.session.close();
+    });
   }
 
   private verify(socket: TLSSocket, identity: Identity, target: DialTarget, ms: number): void {

@@ -89,9 +89,11 @@ export class TunnelRuntime {
       p.key !== this.paths.key ||
       p.bundle !== this.paths.bundle ||
       config.mtls.tunnelPort !== this.config.mtls.tunnelPort ||
-      config.mtls.inbound !== this.config.mtls.inbound
+      (config.mtls.inbound === 'disable') !== (this.config.mtls.inbound === 'disable')
     )
-      this.log.warn('mtls.identity, mtls.tunnelPort or mtls.inbound changed: they take effect when the proxy restarts');
+      this.log.warn(
+        'mtls.identity, mtls.tunnelPort, or mtls.inbound to or from disable changed: the tunnel listener and identity files change when the proxy restarts (strict and permissive apply at once)',
+      );
     this.config = config;
     this.peers = new CidrSet(config.mtls.peers);
     this.services = new Map(config.services.map((s) => [s.name, s]));

@@ -166,10 +166,11 @@ export class TunnelServer {
     peer.fresh = false;
   }
 
-  /** Stops listening; open sessions end (as the worker's connections do). */
+  /** Stops listening; open sessions take no new streams (GOAWAY) and end as their streams do. */
   close(): void {
     for (const s of this.servers) s.close();
     this.servers.length = 0;
+    for (const s of this.sessions) if (!s.closed) s.close();
   }
 
   /** Destroys every open session (the worker's forced close). */
