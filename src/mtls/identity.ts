@@ -188,6 +188,17 @@ function bundleTrustDomain(path: string, certs: readonly X509Certificate[], fall
   return declared.size === 1 ? [...declared][0]! : fallback;
 }
 
+/** sha256 over the three files' bytes (Identity.digest). */
+export function identityDigest(files: { certificate: string; key: string; bundle: string }): string {
+  return createHash('sha256')
+    .update(files.certificate)
+    .update('\0')
+    .update(files.key)
+    .update('\0')
+    .update(files.bundle)
+    .digest('hex');
+}
+
 /**
  * Parses and checks identity files already read: the key is the leaf certificate's, the leaf carries exactly one
  * SPIFFE workload ID, its chain leads to a CA of the bundle, and every certificate of it is valid at `now`.
@@ -231,13 +242,7 @@ export function checkIdentity(
   }
   const spiffeId = claimed!;
   const { notBefore, notAfter } = validityOf(leaf);
-  const digest = createHash('sha256')
-    .update(files.certificate)
-    .update('\0')
-    .update(files.key)
-    .update('\0')
-    .update(files.bundle)
-    .digest('hex');
+  const digest = identityDigest(files);
   return {
     spiffeId,
     trustDomain,

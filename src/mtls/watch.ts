@@ -13,6 +13,7 @@ import { identityExpiry, type ExpiryState } from './expiry.js';
 import {
   checkIdentity,
   CREDENTIAL_PREFIX,
+  identityDigest,
   readIdentityFiles,
   resolveKeyPath,
   type Identity,
@@ -46,61 +47,51 @@ export interface IdentityWatcher {
 export const DEFAULT_DEBOUNCE_MS = 200;
 export const DEFAULT_POLL_MS = 60_000;
 
-/**
- * Watches the files of `initial` (configured as `paths`; the key's `credential:NAME` is resolved again on each
- * read) and keeps the current identity, as described above. Never throws after it has started.
- */
-export function watchIdentity(paths: IdentityPaths, initial: Identity, options: IdentityWatchOptions): IdentityWatcher {
-  const log = options.log.child({ component: 'mtls-identity' });
-  const now = options.now ?? (() => new Date());
-  const debounceMs = options.debounceMs ?? DEFAULT_DEBOUNCE_MS;
-  let current = initial;
-  let rejectedDigest: string | null = null;
-  let lastState: ExpiryState = identityExpiry(initial, now()).state;
-  let timer: NodeJS.Timeout | null = null;
-  let closed = false;
-  let running: Promise<void> = Promise.resolve();
+/** Reads, checks and swaps the identity; logs refusals (once per distinct refusal) and expiry state changes. */
+class IdentityReloader {
+  private currentIdentity: Identity;
+  private lastRefusal: string | null = null;
+  private lastState: ExpiryState;
 
-  const reload = (): void => {
-    let resolved: IdentityPaths;
+  constructor(
+    private readonly paths: IdentityPaths,
+    initial: Identity,
+    private readonly options: IdentityWatchOptions,
+    private readonly log: Logger,
+    private readonly now: () => Date,
+  ) {
+    this.currentIdentity = initial;
+    this.lastState = identityExpiry(initial, now()).state;
+  }
+
+  get current(): Identity {
+    return this.currentIdentity;
+  }
+
+  reload(): void {
     let next: Identity;
     try {
-      resolved = { ...paths, key: resolveKeyPath(paths.key, options.env) };
+      const resolved = { ...this.paths, key: resolveKeyPath(this.paths.key, this.options.env) };
       const files = readIdentityFiles(resolved);
-      next = checkIdentity(files, resolved, now());
+      // Unchanged files are not checked again: their expiry is checkExpiry's to report, not a refused reload.
+      if (identityDigest(files) === this.currentIdentity.digest) {
+        this.lastRefusal = null;
+        return;
+      }
+      next = checkIdentity(files, resolved, this.now());
     } catch (error) {
-      const refused =
+      this.refused(
         error instanceof IdentityError
           ? error
-          : new IdentityError('malformed', `identity files: ${String(error)}`, 'check the files', { cause: error });
-      // The same refused files are logged once, not at every poll.
-      const key = `${refused.reason}:${refused.message}`;
-      if (key !== rejectedDigest) {
-        rejectedDigest = key;
-        // systemd copies a credential when the unit starts: a certificate rotated with a new key meets the old key.
-        const fromCredential = paths.key.startsWith(CREDENTIAL_PREFIX) && refused.reason === 'key-mismatch';
-        log.error(
-          {
-            reason: refused.reason,
-            code: refused.code,
-            err: refused.message,
-            keeping: current.spiffeId.text,
-            hint: fromCredential
-              ? 'the key is a systemd credential, copied when the proxy started: restart it to load a rotated key'
-              : refused.hint,
-          },
-          'identity files changed but were refused; keeping the current identity',
-        );
-        options.onReject?.(refused);
-      }
+          : new IdentityError('malformed', `identity files: ${String(error)}`, 'check the files', { cause: error }),
+      );
       return;
     }
-    rejectedDigest = null;
-    if (next.digest === current.digest) return;
-    const previous = current;
-    current = next;
-    lastState = identityExpiry(next, now()).state;
-    log.info(
+    this.lastRefusal = null;
+    const previous = this.currentIdentity;
+    this.currentIdentity = next;
+    this.lastState = identityExpiry(next, this.now()).state;
+    this.log.info(
       {
         spiffeId: next.spiffeId.text,
         serial: next.certificate.serialNumber,
@@ -109,55 +100,92 @@ export function watchIdentity(paths: IdentityPaths, initial: Identity, options: 
       },
       'identity reloaded',
     );
-    options.onReload(next, previous);
-  };
+    this.options.onReload(next, previous);
+  }
 
-  const run = (): Promise<void> => {
-    running = running.then(() => {
-      if (!closed) reload();
-    });
-    return running;
-  };
+  private refused(refused: IdentityError): void {
+    // The same refused files are logged once, not at every poll.
+    const key = `${refused.reason}:${refused.message}`;
+    if (key === this.lastRefusal) return;
+    this.lastRefusal = key;
+    // systemd copies a credential when the unit starts: a certificate rotated with a new key meets the old key.
+    const fromCredential = this.paths.key.startsWith(CREDENTIAL_PREFIX) && refused.reason === 'key-mismatch';
+    this.log.error(
+      {
+        reason: refused.reason,
+        code: refused.code,
+        err: refused.message,
+        keeping: this.currentIdentity.spiffeId.text,
+        hint: fromCredential
+          ? 'the key is a systemd credential, copied when the proxy started: restart it to load a rotated key'
+          : refused.hint,
+      },
+      'identity files changed but were refused; keeping the current identity',
+    );
+    this.options.onReject?.(refused);
+  }
 
-  const schedule = (): void => {
-    if (closed) return;
-    if (timer !== null) clearTimeout(timer);
-    timer = setTimeout(() => {
-      timer = null;
-      void run();
-    }, debounceMs);
-  };
+  /** Logs the current identity's passage into warning or expired. */
+  checkExpiry(): void {
+    const expiry = identityExpiry(this.currentIdentity, this.now());
+    if (expiry.state === this.lastState) return;
+    this.lastState = expiry.state;
+    const fields = {
+      spiffeId: expiry.spiffeId,
+      notAfter: expiry.notAfter.toISOString(),
+      secondsLeft: expiry.secondsLeft,
+    };
+    if (expiry.state === 'warning') this.log.warn(fields, 'identity certificate expires soon and has not been rotated');
+    else if (expiry.state === 'expired') this.log.error(fields, 'identity certificate has expired');
+  }
+}
 
+/** A watch on each directory; a directory that cannot be watched is left to the poll. */
+function watchDirectories(dirs: ReadonlySet<string>, onEvent: () => void, log: Logger): FSWatcher[] {
   const watchers: FSWatcher[] = [];
-  const dirs = new Set([paths.certificate, paths.bundle, initial.paths.key].map((p) => dirname(p)));
   for (const dir of dirs) {
     try {
-      const w = watch(dir, { persistent: false }, schedule);
+      const w = watch(dir, { persistent: false }, onEvent);
       w.on('error', (error) => log.warn({ dir, err: error.message }, 'identity directory watch failed; polling only'));
       watchers.push(w);
     } catch (error) {
       log.warn({ dir, err: (error as Error).message }, 'cannot watch the identity directory; polling only');
     }
   }
+  return watchers;
+}
 
-  const poll = setInterval(() => {
-    void run().then(() => {
-      const expiry = identityExpiry(current, now());
-      if (expiry.state === lastState) return;
-      lastState = expiry.state;
-      const fields = {
-        spiffeId: expiry.spiffeId,
-        notAfter: expiry.notAfter.toISOString(),
-        secondsLeft: expiry.secondsLeft,
-      };
-      if (expiry.state === 'warning') log.warn(fields, 'identity certificate expires soon and has not been rotated');
-      else if (expiry.state === 'expired') log.error(fields, 'identity certificate has expired');
+/**
+ * Watches the files of `initial` (configured as `paths`; the key's `credential:NAME` is resolved again on each
+ * read) and keeps the current identity, as described above. Never throws after it has started.
+ */
+export function watchIdentity(paths: IdentityPaths, initial: Identity, options: IdentityWatchOptions): IdentityWatcher {
+  const log = options.log.child({ component: 'mtls-identity' });
+  const reloader = new IdentityReloader(paths, initial, options, log, options.now ?? (() => new Date()));
+  let timer: NodeJS.Timeout | null = null;
+  let closed = false;
+  let running: Promise<void> = Promise.resolve();
+  // One read at a time, in order: an event during a read is handled after it.
+  const run = (): Promise<void> => {
+    running = running.then(() => {
+      if (!closed) reloader.reload();
     });
-  }, options.pollMs ?? DEFAULT_POLL_MS);
+    return running;
+  };
+  const schedule = (): void => {
+    if (closed) return;
+    if (timer !== null) clearTimeout(timer);
+    timer = setTimeout(() => {
+      timer = null;
+      void run();
+    }, options.debounceMs ?? DEFAULT_DEBOUNCE_MS);
+  };
+  const dirs = new Set([paths.certificate, paths.bundle, initial.paths.key].map((p) => dirname(p)));
+  const watchers = watchDirectories(dirs, schedule, log);
+  const poll = setInterval(() => void run().then(() => reloader.checkExpiry()), options.pollMs ?? DEFAULT_POLL_MS);
   poll.unref();
-
   return {
-    current: () => current,
+    current: () => reloader.current,
     check: run,
     close: () => {
       closed = true;

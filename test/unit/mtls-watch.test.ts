@@ -3,6 +3,7 @@
 // invalid (expired, a key of another certificate) is refused with its reason and the old identity stays.
 import { mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/log.js';
 import { initCa, issueIdentity } from '../../src/mtls/ca.js';
@@ -123,5 +124,39 @@ describe('the identity watcher', () => {
     });
     expect(watcher.current().certificate.serialNumber).toBe(issued.serialNumber.toUpperCase());
     expect(watcher.current().certificate.serialNumber).not.toBe(initial.certificate.serialNumber);
+  });
+  it('logs, on its poll, when the certificate enters its warning third and when it expires', async () => {
+    const caDir = join(tempDir(), 'ca');
+    await initCa(caDir, { trustDomain: 'example.org' });
+    const dir = tempDir();
+    await issueIdentity({ caDir, id: 'spiffe://example.org/clock', outDir: dir });
+    const paths = identityPathsIn(dir);
+    const initial = loadIdentity(paths);
+    const lines: { msg: string; secondsLeft?: number }[] = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as (typeof lines)[0]) });
+    let clock = initial.notBefore.getTime() + 1000;
+    const watcher = watchIdentity(paths, initial, {
+      log,
+      onReload: () => undefined,
+      pollMs: 20,
+      now: () => new Date(clock),
+    });
+    watchers.push(watcher);
+    const messages = () => lines.map((l) => l.msg);
+    clock = initial.notAfter.getTime() - 3600_000; // an hour left of 24: past the warning point (8 h left)
+    await waitUntil(
+      'the warning',
+      () => messages().includes('identity certificate expires soon and has not been rotated'),
+      10_000,
+      { seen: messages },
+    );
+    expect(lines.find((l) => l.msg.includes('expires soon'))!.secondsLeft).toBe(3600);
+    clock = initial.notAfter.getTime() + 1000;
+    await waitUntil('the expiry', () => messages().includes('identity certificate has expired'), 10_000, {
+      seen: messages,
+    });
+    // Unchanged files are no reload to refuse: the expiry is reported once, and the identity stays what it was.
+    expect(messages().filter((m) => m.includes('refused'))).toEqual([]);
+    expect(watcher.current()).toBe(initial);
   });
 });
