@@ -5,7 +5,9 @@
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, createServer, type TLSSocket } from 'node:tls';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
+import { uriSansOf } from '../../src/mtls/certificate.js';
 import { caBundle, initCa, issueIdentity } from '../../src/mtls/ca.js';
 import { identityExpiry, renderExpiryMetrics } from '../../src/mtls/expiry.js';
 import {
@@ -392,5 +394,22 @@ describe('expiry', () => {
       'meshctl_mtls_certificate_expiry_warning{spiffe_id="spiffe://example.org/a"} 1',
     );
     expect(renderExpiryMetrics(null)).toBe('');
+  });
+});
+
+describe('reading URI SANs', () => {
+  it('reads back any printable URI value, however it imitates a list (commas, quotes, "URI:")', async () => {
+    const piece = fc.constantFrom(',', ', ', '"', '\\', 'URI:', 'spiffe://td/a', ':', ' ', '\\u002c', 'DNS:x');
+    const value = fc.oneof(
+      fc.string({ unit: fc.constantFrom(...' !"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~aZ09'), minLength: 1, maxLength: 40 }),
+      fc.array(piece, { minLength: 1, maxLength: 8 }).map((p) => p.join('')),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(value, { minLength: 1, maxLength: 3 }), async (uris) => {
+        const { cert } = await makeCert({ uris });
+        expect(uriSansOf(cert)).toEqual(uris);
+      }),
+      { numRuns: Number(process.env.MESHCTL_FUZZ_RUNS ?? 60) },
+    );
   });
 });
