@@ -99,6 +99,16 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
             identities: ['spiffe://mesh.test/not-b'],
             retries: { attempts: 1 },
           },
+          {
+            // c first: its tunnel port does not answer, so a connection's attempt there fails and is retried on b
+            // (10.181.0.50 is on the link's subnet, so the app's connect is routed and captured).
+            name: 'c-then-b',
+            addresses: ['10.181.0.50:80'],
+            endpoints: [`${C.v4}:8080`, `${B.v4}:8080`],
+            mtls: true,
+            retries: { attempts: 2, backoff: '1ms', maxBackoff: '2ms' },
+            outlierDetection: { enabled: false },
+          },
         ],
       });
     configB = (inbound) =>
@@ -249,6 +259,30 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
     expect((await B.app.call<unknown[]>('records', { name: 'b8085' })).length).toBe(0);
     const metrics = (await proxyA.admin('/metrics')).body;
     expect(metrics).toMatch(/meshctl_mtls_handshake_failures_total\{reason="identity-mismatch"\} [1-9]/);
+  });
+
+  it('retries a tunnel failure on another endpoint, as any connect failure', async () => {
+    const held = await A.app.call<{ open: number; errors: string[] }>('hold', {
+      tag: 'retry',
+      host: '10.181.0.50',
+      port: 80,
+      count: 4,
+    });
+    expect(held).toEqual({ open: 4, errors: [] });
+    await A.app.call('closeHeld', { tag: 'retry' });
+    type Svc = { connectFailures: number; retries: number };
+    const stats = (await proxyA.adminJson<{ policy: { services: Record<string, Svc> } }>('/stats')).policy.services[
+      'c-then-b'
+    ]!;
+    expect(stats.connectFailures).toBeGreaterThan(0);
+    expect(stats.retries).toBe(stats.connectFailures);
+    const lines = await proxyA.waitFor('the four connections in a’s log', async () => {
+      const l = proxyA.accessLog().filter((x) => x.service === 'c-then-b');
+      return l.length === 4 ? l : null;
+    });
+    for (const l of lines)
+      expect(l).toMatchObject({ result: 'FIN', tls: 'mtls', peerIdentity: 'spiffe://mesh.test/b' });
+    expect(lines.some((l) => (l as { attempts?: number }).attempts === 2)).toBe(true);
   });
 
   it('fails a peer whose tunnel port does not answer (tunnel-unreachable), and falls back to plaintext only when allowed', async () => {
