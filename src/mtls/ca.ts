@@ -5,11 +5,11 @@
 import 'reflect-metadata'; // @peculiar/x509 resolves its parsers through tsyringe, which needs it loaded first
 import * as x509 from '@peculiar/x509';
 import { createPrivateKey, randomBytes, webcrypto, X509Certificate, type KeyObject } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { MeshctlError } from '../errors.js';
 import { describeCertificate, parsePemCertificates, uriSansOf, validityAt, validityOf } from './certificate.js';
-import { writeFileAtomic, writeFileExclusive } from './files.js';
+import { writeFileAtomic, writeFileExclusive, writing } from './files.js';
 import { identityPathsIn, type IdentityPaths } from './identity.js';
 import { DEFAULT_TRUST_DOMAIN, parseSpiffeId, trustDomainId, trustDomainProblem, type SpiffeId } from './spiffe-id.js';
 
@@ -59,8 +59,8 @@ async function generateKeys(): Promise<CryptoKeyPair> {
 
 /**
  * Creates a trust domain's CA in `dir` (made 0700 if missing): ca.pem (the self-signed certificate, URI SAN
- * spiffe://TD) and ca_key.pem (mode 0600). Throws SPIFFE_ID_INVALID for a malformed trust domain and CA_EXISTS,
- * writing nothing, when either file exists.
+ * spiffe://TD) and ca_key.pem (mode 0600). Throws SPIFFE_ID_INVALID for a malformed trust domain, CA_EXISTS,
+ * writing nothing, when either file exists, and WRITE_FAILED when the files cannot be written (leaving no half CA).
  */
 export async function initCa(
   dir: string,
@@ -77,7 +77,7 @@ export async function initCa(
   const paths = { certificate: join(dir, CA_FILE_NAMES.certificate), key: join(dir, CA_FILE_NAMES.key) };
   const existing = Object.values(paths).filter((p) => existsSync(p));
   if (existing.length > 0) throw caExists(dir, existing);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writing(`creating the CA directory ${dir}`, () => mkdirSync(dir, { recursive: true, mode: 0o700 }));
   const now = options.now ?? new Date();
   const validity = options.validity ?? {
     notBefore: new Date(now.getTime() - BACKDATE_MS),
@@ -98,11 +98,20 @@ export async function initCa(
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
+  const key = await keyPem(keys.privateKey);
   try {
-    writeFileExclusive(paths.key, await keyPem(keys.privateKey), 0o600);
-    writeFileExclusive(paths.certificate, cert.toString('pem') + '\n', 0o644);
+    writing(`writing ${paths.key}`, () => writeFileExclusive(paths.key, key, 0o600));
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw caExists(dir, [paths.key, paths.certificate]);
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw caExists(dir, [paths.key]);
+    throw error;
+  }
+  try {
+    writing(`writing ${paths.certificate}`, () =>
+      writeFileExclusive(paths.certificate, cert.toString('pem') + '\n', 0o644),
+    );
+  } catch (error) {
+    rmSync(paths.key, { force: true }); // ours, written just now: a half CA would block the next init
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw caExists(dir, [paths.certificate]);
     throw error;
   }
   return { dir, trustDomain, ...paths, ...validity };
@@ -214,7 +223,7 @@ export interface IssuedIdentity {
  * Issues a workload certificate for `id` from the CA in `caDir` with a new P-256 key, and writes it to `outDir`
  * (made if missing) as svid.pem, svid_key.pem (0600) and svid_bundle.pem, each replaced atomically (a watcher sees
  * old or new files, never a partial one). Throws SPIFFE_ID_INVALID for a malformed id, one without a path or outside
- * the CA's trust domain; CA_INVALID when the CA is unusable or would expire before the certificate.
+ * the CA's trust domain; CA_INVALID when the CA is unusable or would expire before the certificate; WRITE_FAILED.
  */
 export async function issueIdentity(options: {
   readonly caDir: string;
@@ -276,12 +285,15 @@ export async function issueIdentity(options: {
       await x509.AuthorityKeyIdentifierExtension.create(caPeculiar.publicKey),
     ],
   });
-  mkdirSync(options.outDir, { recursive: true, mode: 0o755 });
   const paths = identityPathsIn(options.outDir);
+  const key = await keyPem(keys.privateKey);
   // Bundle and key first, the certificate last: a watcher reloading between two renames finds a key that is not the
   // certificate's, keeps the old identity, and loads the new one on the certificate's rename.
-  writeFileAtomic(paths.bundle, ca.certificatePem, 0o644);
-  writeFileAtomic(paths.key, await keyPem(keys.privateKey), 0o600);
-  writeFileAtomic(paths.certificate, cert.toString('pem') + '\n', 0o644);
+  writing(`writing the identity into ${options.outDir}`, () => {
+    mkdirSync(options.outDir, { recursive: true, mode: 0o755 });
+    writeFileAtomic(paths.bundle, ca.certificatePem, 0o644);
+    writeFileAtomic(paths.key, key, 0o600);
+    writeFileAtomic(paths.certificate, cert.toString('pem') + '\n', 0o644);
+  });
   return { spiffeId, paths, serialNumber: serial, ...validity };
 }

@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, fsyncSync, linkSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { MeshctlError } from '../errors.js';
 
 function writeTemp(path: string, data: string, mode: number): string {
   const temp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
@@ -50,4 +51,20 @@ export function writeFileExclusive(path: string, data: string, mode: number): vo
     rmSync(temp, { force: true });
   }
   syncDir(dirname(path));
+}
+
+/** Runs file writes for `what`; a system error (EACCES, ENOTDIR, ENOSPC, EROFS...) becomes WRITE_FAILED naming it. */
+export function writing<T>(what: string, write: () => T): T {
+  try {
+    return write();
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException;
+    if (typeof e.code !== 'string' || e.code === 'EEXIST') throw error;
+    throw new MeshctlError(
+      'WRITE_FAILED',
+      `${what}: ${e.code} (${e.message})`,
+      'give a directory this user can create and write, on a writable file system with free space',
+      { cause: error },
+    );
+  }
 }

@@ -2,7 +2,7 @@
 // certificates checked by a verifier that is not meshctl's (`openssl verify`, `openssl x509 -text`).
 import { spawnSync } from 'node:child_process';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { builtCli, meshctl } from '../helpers/netfilter-lab.js';
@@ -119,6 +119,32 @@ describe('meshctl ca', () => {
     expect([bundle.status, bundle.stderr]).toEqual([1, expect.stringContaining('meshctl: CA_INVALID:')]);
     expect(meshctl(['ca', 'issue', '--ca', empty, '--out', empty]).status).toBe(2);
     expect(meshctl(['ca', 'bundle']).status).toBe(2);
+  });
+
+  it('says WRITE_FAILED, exit 1, when the directory cannot be made', () => {
+    const file = join(tempDir(), 'a-file');
+    writeFileSync(file, '');
+    const init = meshctl(['ca', 'init', join(file, 'ca')]);
+    expect([init.status, init.stderr]).toEqual([
+      1,
+      expect.stringContaining(`meshctl: WRITE_FAILED: creating the CA directory ${join(file, 'ca')}: ENOTDIR`),
+    ]);
+    const ca = join(tempDir(), 'ca');
+    expect(meshctl(['ca', 'init', ca]).status).toBe(0);
+    const issue = meshctl([
+      'ca',
+      'issue',
+      '--ca',
+      ca,
+      '--id',
+      'spiffe://meshctl.internal/w',
+      '--out',
+      join(file, 'out'),
+    ]);
+    expect([issue.status, issue.stderr]).toEqual([
+      1,
+      expect.stringContaining('meshctl: WRITE_FAILED: writing the identity into'),
+    ]);
   });
 
   it('bundle prints the CA certificate', () => {
