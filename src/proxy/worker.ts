@@ -285,7 +285,14 @@ export class ProxyWorker implements ConnectionOwner {
     this.connections.add(conn);
     const periodic = this.accessLog.periodicIntervalMs;
     if (periodic !== null) conn.nextProgressAt = conn.startedAt + periodic;
-    const dst: OriginalDst = { address: carried.address, port: carried.port, family: carried.family };
+    // In tproxy mode the app sees the peer host's address, as for a TPROXY'd plaintext connection.
+    const tproxy = this.config.capture.inbound.mode === 'tproxy';
+    const dst: OriginalDst = {
+      address: carried.address,
+      port: carried.port,
+      family: carried.family,
+      ...(tproxy ? { via: 'tproxy' as const } : {}),
+    };
     conn.dst = dst;
     this.local = new LocalAddresses(hostAddresses());
     if (!this.local.has(dst.address) || /^(127\.|::1$|0\.0\.0\.0$|::$)/.test(dst.address)) {
@@ -293,7 +300,11 @@ export class ProxyWorker implements ConnectionOwner {
       return;
     }
     const acceptedOn = { localAddress: leg.localAddress ?? '', localPort: this.config.mtls.tunnelPort };
-    const route = routeConnection('inbound', dst, acceptedOn, this.ownPorts, this.local, this.config.proxy);
+    const source =
+      tproxy && leg.remoteAddress !== undefined
+        ? { address: leg.remoteAddress, port: leg.remotePort ?? 0, mark: this.config.capture.inbound.tproxyMark }
+        : null;
+    const route = routeConnection('inbound', dst, acceptedOn, this.ownPorts, this.local, this.config.proxy, source);
     if (route.kind === 'refuse') {
       conn.refuse(route.reason);
       return;

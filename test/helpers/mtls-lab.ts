@@ -60,7 +60,8 @@ export interface MtlsLab {
   writeConfig(name: string, raw: Record<string, unknown>): string;
   /** Installs the capture rules of config file `file`'s settings in host `host`. */
   installCapture(host: 'a' | 'b', raw: Record<string, unknown>): Promise<void>;
-  startProxy(host: 'a' | 'b', configFile: string): Promise<MtlsProxy>;
+  /** Starts `meshctl proxy` as nobody, or as root (it switches to proxy.user, keeping CAP_NET_ADMIN for TPROXY). */
+  startProxy(host: 'a' | 'b', configFile: string, options?: { asRoot?: boolean }): Promise<MtlsProxy>;
   /** Starts the sniffer on `host`'s link; the returned function stops it and resolves with its counts. */
   sniff(host: HostName, marker: string): Promise<() => Promise<SniffStats>>;
   /** Runs the bare tunnel client in `host` against `target`'s tunnel port with `files`. */
@@ -205,9 +206,9 @@ export async function createMtlsLab(prefix: string, subnet: number): Promise<Mtl
       const config = configFromObject({ ...raw, stateDir: join(dir, `state-${name}`) }, { file: join(dir, 'x.json') });
       await installLabCapture(hosts[name].ns, config, join(dir, `xtables-${name}.lock`));
     },
-    async startProxy(name, configFile) {
+    async startProxy(name, configFile, options = {}) {
       const proxy = spawnLabProxy<MtlsLine>(hosts[name].ns, ['--config', configFile], {
-        user: { uid: PROXY_UID, gid: PROXY_GID },
+        user: options.asRoot ? { uid: 0, gid: 0 } : { uid: PROXY_UID, gid: PROXY_GID },
         adminVia: hosts[name].admin,
       });
       proxies.push(proxy);

@@ -424,3 +424,42 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
     ).toBe('passthrough');
   });
 });
+
+describe.skipIf(!integrationEnabled)('mTLS tunnel into a host with TPROXY inbound capture', () => {
+  let lab: MtlsLab;
+  let proxyB: MtlsProxy;
+
+  beforeAll(async () => {
+    lab = await createMtlsLab('mt-tp', 182);
+    const { b: B } = lab.hosts;
+    const idA = await lab.issue('spiffe://mesh.test/a', 'id-a');
+    const idB = await lab.issue('spiffe://mesh.test/b', 'id-b');
+    await B.app.call('serve', { name: 'b-http', kind: 'http', host: '0.0.0.0', port: 8080 });
+    const configA = mtlsConfig(lab.dir, idA, { mtls: { peers: [`${B.v4}/32`] } });
+    const configB = mtlsConfig(lab.dir, idB, {
+      capture: { ipv6: 'intercept', inbound: { mode: 'tproxy' } },
+      mtls: { inbound: 'strict' },
+    });
+    await lab.installCapture('a', configA);
+    await lab.installCapture('b', configB);
+    const proxyA = await lab.startProxy('a', lab.writeConfig('a', configA));
+    // Started as root: it keeps CAP_NET_ADMIN (IP_TRANSPARENT) when it switches to nobody.
+    proxyB = await lab.startProxy('b', lab.writeConfig('b', configB), { asRoot: true });
+    await proxyA.waitReady();
+    await proxyB.waitReady();
+  });
+
+  afterAll(async () => {
+    await lab?.destroy();
+  });
+
+  it("connects to the local app from the peer host's own address, as TPROXY does for plaintext", async () => {
+    const { a: A, b: B } = lab.hosts;
+    const r = await A.app.call<{ status: number; body: string }>('http', { host: B.v4, port: 8080, path: '/tunnel' });
+    expect(r.status).toBe(200);
+    expect(JSON.parse(r.body)).toMatchObject({ remote: A.v4, local: B.v4, localPort: 8080 });
+    const line = await proxyB.waitForAccess((l) => l.direction === 'inbound' && l.originalDst === `${B.v4}:8080`);
+    expect(line).toMatchObject({ tls: 'mtls', peerIdentity: 'spiffe://mesh.test/a', result: 'FIN' });
+    expect(line.upstreamLocal).toMatch(new RegExp(`^${A.v4.replace(/\./g, '\\.')}:`));
+  });
+});
