@@ -11,7 +11,8 @@ import { MeshctlError } from '../errors.js';
 import { describeCertificate, parsePemCertificates, uriSansOf, validityAt, validityOf } from './certificate.js';
 import { writeFileAtomic, writeFileExclusive, writing } from './files.js';
 import { identityPathsIn, type IdentityPaths } from './identity.js';
-import { DEFAULT_TRUST_DOMAIN, parseSpiffeId, trustDomainId, trustDomainProblem, type SpiffeId } from './spiffe-id.js';
+import { parseSpiffeId, trustDomainProblem, type SpiffeId } from '../values/spiffe-id.js';
+import { DEFAULT_TRUST_DOMAIN, trustDomainId } from './spiffe-id.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 

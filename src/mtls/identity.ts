@@ -8,7 +8,7 @@ import { isAbsolute, join } from 'node:path';
 import type { SecureContextOptions } from 'node:tls';
 import { describeCertificate, parsePemCertificates, uriSansOf, validityOf } from './certificate.js';
 import { IdentityError } from './reasons.js';
-import { parseSpiffeId, type SpiffeId } from './spiffe-id.js';
+import { parseSpiffeId, type SpiffeId } from '../values/spiffe-id.js';
 import { verifyPeer, type TrustBundle } from './verify.js';
 
 /** Where the identity's files are, as configured (`mtls.identity.certificate|key|bundle`). */

@@ -6,7 +6,8 @@ import { X509Certificate } from 'node:crypto';
 import type { DetailedPeerCertificate, PeerCertificate, TLSSocket } from 'node:tls';
 import { buildChain, describeCertificate, uriSansOf, validityAt } from './certificate.js';
 import type { PeerReason } from './reasons.js';
-import { identityAllowed, parseSpiffeId, type IdentityPattern, type SpiffeId } from './spiffe-id.js';
+import { parseSpiffeId, type SpiffeId } from '../values/spiffe-id.js';
+import { identityAllowed, type IdentityPattern } from './spiffe-id.js';
 
 /** Which side the peer is on: a `server` must allow serverAuth, a `client` clientAuth (when it lists usages). */
 export type PeerRole = 'server' | 'client';

@@ -4,15 +4,15 @@
 // patterns: exact, a trailing /* below a path, nothing for plaintext.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { identityAllowed } from '../../src/mtls/spiffe-id.js';
 import {
-  identityAllowed,
-  identityMatches,
-  identityPatternText,
-  parseIdentityPattern,
+  parsePrincipal as parseIdentityPattern,
   parseSpiffeId,
+  principalMatches as identityMatches,
+  principalText as identityPatternText,
   spiffeIdProblem,
-  type IdentityPattern,
-} from '../../src/mtls/spiffe-id.js';
+  type PrincipalPattern as IdentityPattern,
+} from '../../src/values/spiffe-id.js';
 
 const RUNS = Number(process.env.MESHCTL_FUZZ_RUNS ?? 300);
 /** The spec's grammar, written independently of the parser. */
