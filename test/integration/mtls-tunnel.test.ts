@@ -425,7 +425,7 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
   });
 });
 
-describe.skipIf(!integrationEnabled)('mTLS tunnel into a host with TPROXY inbound capture', () => {
+describe.skipIf(!integrationEnabled)('mTLS tunnel into a host with TPROXY inbound capture and two workers', () => {
   let lab: MtlsLab;
   let proxyB: MtlsProxy;
 
@@ -437,6 +437,8 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel into a host with TPROXY inboun
     await B.app.call('serve', { name: 'b-http', kind: 'http', host: '0.0.0.0', port: 8080 });
     const configA = mtlsConfig(lab.dir, idA, { mtls: { peers: [`${B.v4}/32`] } });
     const configB = mtlsConfig(lab.dir, idB, {
+      // Two workers: the tunnel listener is shared through node:cluster, each worker with its own identity watcher.
+      proxy: { user: 'nobody', workers: 2, connectTimeout: '2s' },
       capture: { ipv6: 'intercept', inbound: { mode: 'tproxy' } },
       mtls: { inbound: 'strict' },
     });
@@ -461,5 +463,12 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel into a host with TPROXY inboun
     const line = await proxyB.waitForAccess((l) => l.direction === 'inbound' && l.originalDst === `${B.v4}:8080`);
     expect(line).toMatchObject({ tls: 'mtls', peerIdentity: 'spiffe://mesh.test/a', result: 'FIN' });
     expect(line.upstreamLocal).toMatch(new RegExp(`^${A.v4.replace(/\./g, '\\.')}:`));
+    // More connections: streams of a's one session, on the worker that accepted it; /stats adds the workers up.
+    for (let i = 0; i < 6; i++)
+      expect((await A.app.call<{ status: number }>('http', { host: B.v4, port: 8080, path: `/n${i}` })).status).toBe(
+        200,
+      );
+    const stats = await proxyB.adminJson<{ mtls: { counters: { streams: { server: { opened: number } } } } }>('/stats');
+    expect(stats.mtls.counters.streams.server.opened).toBe(7);
   });
 });
