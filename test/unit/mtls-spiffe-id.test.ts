@@ -2,8 +2,10 @@
 // (all accepted, parts read back), mutates them with one forbidden thing (all refused, with a reason naming it), and
 // throws arbitrary strings at the parser (never an exception, and acceptance implies the grammar). Then the identity
 // patterns: exact, a trailing /* below a path, nothing for plaintext.
+import { Ajv } from 'ajv';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { configSchema } from '../../src/config/schema.js';
 import { identityAllowed } from '../../src/mtls/spiffe-id.js';
 import {
   parsePrincipal as parseIdentityPattern,
@@ -137,6 +139,53 @@ describe('identity patterns', () => {
         expect(identityPatternText(pattern(text))).toBe(text);
       }),
       { numRuns: RUNS },
+    );
+  });
+});
+
+describe('the schema and the parser agree on principals', () => {
+  // The schema checks the config's shape first and the resolver trusts it: a principal the schema let through and
+  // the parser refused would be an INTERNAL error, one the schema refused and the parser took a needless refusal.
+  const definitions = (configSchema as { definitions: Record<string, object> }).definitions;
+  const schemaAccepts = new Ajv({ strict: true }).compile(definitions.principal!);
+
+  it('accepts and refuses the same strings, valid, mutated or arbitrary', () => {
+    const mutated = fc
+      .tuple(validId, fc.boolean(), fc.string({ unit: 'grapheme-ascii', maxLength: 4 }), fc.nat(80))
+      .map(([{ td, path }, wildcard, junk, at]) => {
+        const text = `spiffe://${td}${path}${wildcard ? '/*' : ''}`;
+        const i = Math.min(at, text.length);
+        return text.slice(0, i) + junk + text.slice(i);
+      });
+    const edges = fc.constantFrom(
+      'spiffe://td/*',
+      'spiffe://td/a/*',
+      'spiffe://td/*/a',
+      'spiffe://td/./a',
+      'spiffe://td/../*',
+      'spiffe://td/.../a',
+      'spiffe://td/a/..',
+      'spiffe://td/a.',
+      `spiffe://${'a'.repeat(255)}/x`,
+      `spiffe://${'a'.repeat(256)}/x`,
+      `spiffe://td/${'a'.repeat(2036)}`,
+      `spiffe://td/${'a'.repeat(2036)}/*`,
+      `spiffe://td/${'a'.repeat(2037)}`,
+      'spiffe://td',
+      'spiffe://',
+    );
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          mutated,
+          edges,
+          fc.string({ maxLength: 40 }).map((t) => `spiffe://${t}`),
+        ),
+        (text) => {
+          expect(schemaAccepts(text), text).toBe(typeof parseIdentityPattern(text) !== 'string');
+        },
+      ),
+      { numRuns: RUNS * 3 },
     );
   });
 });
