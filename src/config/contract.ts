@@ -73,7 +73,7 @@ export interface LiveContract {
 
 /** One field where the rules and the proxy disagree, with both values and the fix. */
 export interface ContractMismatch {
-  readonly field: 'user' | 'outboundPort' | 'inboundPort' | 'inboundMode' | 'dnsPort';
+  readonly field: 'user' | 'outboundPort' | 'inboundPort' | 'inboundMode' | 'dnsPort' | 'tunnelPort';
   readonly rules: string;
   readonly proxy: string;
   readonly message: string;
@@ -152,6 +152,20 @@ export function compareContract(rules: CaptureContract, live: LiveContract): Con
       message: `the rules deliver inbound connections by TPROXY to port ${rules.inboundPort}, which needs an IP_TRANSPARENT listener, and the proxy has none there (its capture.inbound.mode is ${live.expects.inboundMode ?? 'off'})`,
       fix: 'start the proxy with capture.inbound.mode tproxy (it makes transparent listeners), or install with --inbound-mode redirect',
     });
+  }
+  if (rules.tunnelPort !== null) {
+    const missing = listensOn(live.tcp, rules.tunnelPort, rules.families);
+    if (missing.length > 0)
+      out.push({
+        field: 'tunnelPort',
+        rules: `mTLS tunnel port ${rules.tunnelPort} left uncaptured (${familyText(rules.families)})`,
+        proxy: `does not listen on TCP ${rules.tunnelPort} (${familyText(missing)})`,
+        message: `the rules leave the mTLS tunnel port ${rules.tunnelPort} to the proxy, but it does not listen there (${familyText(missing)}): peers' tunneled connections are refused`,
+        fix:
+          live.expects.tunnelPort !== null && live.expects.tunnelPort !== rules.tunnelPort
+            ? `install with --mtls-tunnel-port ${live.expects.tunnelPort}, or restart the proxy with mtls.tunnelPort ${rules.tunnelPort}`
+            : 'start the proxy with mtls.inbound permissive or strict and an mtls.identity, or install with --mtls-inbound disable',
+      });
   }
   if (rules.dnsPort !== null) {
     const udp = listensOn(live.udp, rules.dnsPort, rules.families);

@@ -619,6 +619,7 @@ export function contractChanges(running: CaptureContract, next: CaptureContract)
     ['inboundMode', 'capture.inbound.mode'],
     ['dnsPort', 'capture.dns.port'],
     ['families', 'capture.ipv6'],
+    ['tunnelPort', 'mtls.tunnelPort (mtls.inbound)'],
   ] as const) {
     if (text(running[field]) !== text(next[field])) out.push(`${path} ${text(running[field])} → ${text(next[field])}`);
   }

@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { planCapture } from '../../src/capture/plan.js';
 import { renderIptablesRestore } from '../../src/capture/render-iptables.js';
-import { contractOf } from '../../src/config/contract.js';
+import { compareContract, contractOf, type LiveContract } from '../../src/config/contract.js';
 import { configFromObject } from '../../src/config/load.js';
 import { renderConfig } from '../../src/config/render.js';
 import { MeshctlError } from '../../src/errors.js';
@@ -134,6 +134,32 @@ describe('the tunnel port in the capture rules', () => {
     expect(inboundSkip({ mtls: { identity, inbound: 'strict', tunnelPort: 15100 } })).toContain('15100');
     // An identity with inbound disable: outbound tunnels only, nothing listens.
     expect(inboundSkip({ mtls: { identity } })).not.toContain('15008');
+  });
+});
+
+describe('the tunnel port in the capture contract', () => {
+  it('is a mismatch when the rules leave it to a proxy that does not listen there', () => {
+    const rules = contractOf(load({ mtls: { identity, inbound: 'strict' } }));
+    const live = (tcp: number[], expects = rules): LiveContract => ({
+      pid: 1,
+      processes: [{ pid: 1, uid: rules.proxyUser.uid, gid: rules.proxyUser.gid }],
+      uid: rules.proxyUser.uid,
+      gid: rules.proxyUser.gid,
+      user: 'meshproxy',
+      tcp: { ipv4: tcp, ipv6: tcp },
+      udp: { ipv4: [], ipv6: [] },
+      transparentPorts: [],
+      config: { file: null, hash: '', version: 1 },
+      expects,
+    });
+    expect(compareContract(rules, live([15000, 15001, 15006, 15008]))).toEqual([]);
+    const off = contractOf(load({ mtls: { identity } }));
+    expect(compareContract(rules, live([15000, 15001, 15006], off))).toEqual([
+      expect.objectContaining({
+        field: 'tunnelPort',
+        fix: 'start the proxy with mtls.inbound permissive or strict and an mtls.identity, or install with --mtls-inbound disable',
+      }),
+    ]);
   });
 });
 
