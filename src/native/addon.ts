@@ -74,7 +74,7 @@ interface NativeBinding {
   originalDst(fd: number, family: AddonFamily): OriginalDstResult;
   transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
   isTransparent(fd: number, family: AddonFamily): boolean;
-  transparentSocket(family: AddonFamily, address: string, avoidPort: number, mark: number): number;
+  transparentSocket(family: AddonFamily, address: string, mark: number, dstAddress: string, dstPort: number): number;
   keepCapabilities(): void;
   retainNetAdmin(): void;
   peerOwner(fd: number, family: AddonFamily, dstAddress: string, dstPort: number): number;
@@ -153,26 +153,37 @@ export function isTransparent(fd: number, family: AddonFamily): boolean {
 }
 
 /**
- * An unconnected TCP socket bound to `address` (a peer's, not local: IP_TRANSPARENT / IPV6_TRANSPARENT) on a port
- * the kernel chooses other than `avoidPort`, with SO_MARK `mark` (0: none); non-blocking, close-on-exec. Returns the
- * fd for `new net.Socket({ fd })`, which Node then connects; the caller owns it. Needs CAP_NET_ADMIN. Throws
- * TypeError for bad arguments and the system error otherwise (`syscall` 'setsockopt(IP_TRANSPARENT)' or
- * 'setsockopt(SO_MARK)' with EPERM without the capability, 'bind' with EADDRINUSE when no port is free).
+ * An unconnected TCP socket bound to `address` (a peer's, not local: IP_TRANSPARENT / IPV6_TRANSPARENT), with
+ * SO_MARK `mark` (0: none), for a connection to dstAddress:dstPort; non-blocking, close-on-exec. The kernel picks
+ * the port, and a port some TCP socket of this namespace already joins to dstAddress:dstPort (the peer's own
+ * connection, or another from that address and port) is refused and another taken: the two would share one
+ * conntrack entry. Returns the fd for `new net.Socket({ fd })`, which Node then connects; the caller owns it. Needs
+ * CAP_NET_ADMIN. Throws TypeError for bad arguments and the system error otherwise (`syscall`
+ * 'setsockopt(IP_TRANSPARENT)' or 'setsockopt(SO_MARK)' with EPERM without the capability, 'bind' with EADDRINUSE
+ * when no free port was found).
  */
-export function transparentSocket(family: AddonFamily, address: string, avoidPort: number, mark: number): number {
+export function transparentSocket(
+  family: AddonFamily,
+  address: string,
+  mark: number,
+  dstAddress: string,
+  dstPort: number,
+): number {
   checkFamily('transparentSocket', family);
-  if (typeof address !== 'string' || !(family === 4 ? isIPv4(address) : isIPv6(address))) {
-    throw new TypeError(`transparentSocket: address must be an IPv${family} address, got ${String(address)}`);
-  }
-  if (typeof avoidPort !== 'number' || !Number.isInteger(avoidPort) || avoidPort < 0 || avoidPort > 65535) {
-    throw new TypeError(
-      `transparentSocket: avoidPort must be an integer between 0 and 65535, got ${String(avoidPort)}`,
-    );
+  for (const [name, value] of [
+    ['address', address],
+    ['dstAddress', dstAddress],
+  ] as const) {
+    if (typeof value !== 'string' || !(family === 4 ? isIPv4(value) : isIPv6(value)))
+      throw new TypeError(`transparentSocket: ${name} must be an IPv${family} address, got ${String(value)}`);
   }
   if (typeof mark !== 'number' || !Number.isInteger(mark) || mark < 0 || mark > 0xffffffff) {
     throw new TypeError(`transparentSocket: mark must be an integer between 0 and 0xffffffff, got ${String(mark)}`);
   }
-  return withErrnoCode(() => loadBinding().transparentSocket(family, address, avoidPort, mark));
+  if (typeof dstPort !== 'number' || !Number.isInteger(dstPort) || dstPort < 1 || dstPort > 65535) {
+    throw new TypeError(`transparentSocket: dstPort must be an integer between 1 and 65535, got ${String(dstPort)}`);
+  }
+  return withErrnoCode(() => loadBinding().transparentSocket(family, address, mark, dstAddress, dstPort));
 }
 
 /**

@@ -1,14 +1,15 @@
 // The socket options of interception: originalDst(fd, family), the destination a connection had before netfilter
 // REDIRECT rewrote it; transparentListen(family, address, port, backlog), a listening socket that TPROXY can deliver
 // to; isTransparent(fd, family), whether a socket (e.g. one systemd passed) has IP_TRANSPARENT set;
-// transparentSocket(family, address, avoidPort, mark), an unconnected socket bound to a peer's (non-local) address,
-// which Node then connects (TPROXY's inbound leg from the peer's own address). No state.
+// transparentSocket(family, address, mark, dstAddress, dstPort), an unconnected socket bound to a peer's (non-local)
+// address, which Node then connects (TPROXY's inbound leg from the peer's own address). No state.
 // Arguments are validated in TypeScript (src/native/addon.ts); the checks here only guarantee that a wrong call
 // becomes a JS exception instead of undefined behaviour. Never aborts: every failure is thrown as an Error carrying
 // `errno` and `syscall`, like Node's own system errors.
 #include <napi.h>
 
 #include "socket_options.h"
+#include "socket_owner.h"
 #include "system_error.h"
 
 #include <arpa/inet.h>
@@ -191,57 +192,84 @@ int OpenTransparent(int family, const sockaddr_storage& addr, socklen_t len, uin
   return -1;
 }
 
-// transparentSocket(family: 4 | 6, address: string, avoidPort: 0..65535, mark: uint32) -> fd
+// Parses `text` as an address of `family` into `out` (sockaddr_in / sockaddr_in6 with port 0); false if it is not.
+bool ParseAddress(int family, const std::string& text, sockaddr_storage* out, socklen_t* len) {
+  std::memset(out, 0, sizeof(*out));
+  if (family == 4) {
+    sockaddr_in* addr = reinterpret_cast<sockaddr_in*>(out);
+    addr->sin_family = AF_INET;
+    *len = sizeof(sockaddr_in);
+    return inet_pton(AF_INET, text.c_str(), &addr->sin_addr) == 1;
+  }
+  sockaddr_in6* addr = reinterpret_cast<sockaddr_in6*>(out);
+  addr->sin6_family = AF_INET6;
+  *len = sizeof(sockaddr_in6);
+  return inet_pton(AF_INET6, text.c_str(), &addr->sin6_addr) == 1;
+}
+
+const void* AddressBytes(int family, const sockaddr_storage& addr) {
+  return family == 4 ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(&addr)->sin_addr)
+                     : static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(&addr)->sin6_addr);
+}
+
+// Bound ports tried before giving up: each one taken is held open, so the kernel hands out a new one every time.
+constexpr int kTransparentAttempts = 8;
+
+// transparentSocket(family: 4 | 6, address: string, mark: uint32, dstAddress: string, dstPort: 1..65535) -> fd
 // An unconnected TCP socket (non-blocking, close-on-exec) with IP_TRANSPARENT / IPV6_TRANSPARENT (so it may bind a
 // non-local address: needs CAP_NET_ADMIN or CAP_NET_RAW), SO_MARK = mark when non-zero (CAP_NET_ADMIN), bound to
-// address with a port the kernel chooses, never `avoidPort`: the peer's own connection has that port, and a second
-// connection from the same address and port to the same app would share its conntrack entry. The caller owns the
-// fd (Node wraps it with new net.Socket({ fd }) and connects it). On failure nothing is left open.
+// `address` on a port the kernel chooses, for a connection to dstAddress:dstPort. A port is refused when a TCP
+// socket of this namespace already joins dstAddress:dstPort to address:port (the peer's own connection being
+// served, or another one from the same address and port, in any state): both would share one conntrack entry, and
+// the app's replies to one would be routed to the other. One exact sock_diag lookup per port tried. The caller
+// owns the fd (Node wraps it with new net.Socket({ fd }) and connects it). On failure nothing is left open.
 Napi::Value TransparentSocket(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() != 4 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsNumber()) {
-    return ThrowTypeError(env, "transparentSocket(family, address, avoidPort, mark) expects a number, a string and two numbers");
+  if (info.Length() != 5 || !info[0].IsNumber() || !info[1].IsString() || !info[2].IsNumber() || !info[3].IsString() ||
+      !info[4].IsNumber()) {
+    return ThrowTypeError(env, "transparentSocket(family, address, mark, dstAddress, dstPort) expects a number, a string, a number, a string and a number");
   }
   const int family = info[0].As<Napi::Number>().Int32Value();
   const std::string address = info[1].As<Napi::String>().Utf8Value();
-  const int avoidPort = info[2].As<Napi::Number>().Int32Value();
-  const uint32_t mark = info[3].As<Napi::Number>().Uint32Value();
+  const uint32_t mark = info[2].As<Napi::Number>().Uint32Value();
+  const std::string dstAddress = info[3].As<Napi::String>().Utf8Value();
+  const int dstPort = info[4].As<Napi::Number>().Int32Value();
   if (family != 4 && family != 6) return ThrowTypeError(env, "transparentSocket: family must be 4 or 6");
-  if (avoidPort < 0 || avoidPort > 65535) return ThrowTypeError(env, "transparentSocket: avoidPort must be between 0 and 65535");
+  if (dstPort < 1 || dstPort > 65535) return ThrowTypeError(env, "transparentSocket: dstPort must be between 1 and 65535");
+  sockaddr_storage source;
+  sockaddr_storage target;
+  socklen_t sourceLen = 0;
+  socklen_t targetLen = 0;
+  if (!ParseAddress(family, address, &source, &sourceLen)) return ThrowTypeError(env, "transparentSocket: address is not an address of the family");
+  if (!ParseAddress(family, dstAddress, &target, &targetLen)) return ThrowTypeError(env, "transparentSocket: dstAddress is not an address of the family");
 
-  sockaddr_storage storage;
-  std::memset(&storage, 0, sizeof(storage));
-  socklen_t addrLen = 0;
-  if (family == 4) {
-    sockaddr_in* addr = reinterpret_cast<sockaddr_in*>(&storage);
-    addr->sin_family = AF_INET;
-    if (inet_pton(AF_INET, address.c_str(), &addr->sin_addr) != 1) return ThrowTypeError(env, "transparentSocket: address is not an IPv4 address");
-    addrLen = sizeof(sockaddr_in);
-  } else {
-    sockaddr_in6* addr = reinterpret_cast<sockaddr_in6*>(&storage);
-    addr->sin6_family = AF_INET6;
-    if (inet_pton(AF_INET6, address.c_str(), &addr->sin6_addr) != 1) return ThrowTypeError(env, "transparentSocket: address is not an IPv6 address");
-    addrLen = sizeof(sockaddr_in6);
-  }
-  // A socket that got avoidPort stays open while the next one binds, so the kernel cannot hand out that port again.
-  int held = -1;
+  int held[kTransparentAttempts];
+  int heldCount = 0;
   int fd = -1;
   const char* failed = nullptr;
-  for (int attempt = 0; attempt < 2 && fd < 0 && failed == nullptr; attempt++) {
+  int err = 0;
+  while (fd < 0 && failed == nullptr && heldCount < kTransparentAttempts) {
     int port = 0;
-    const int made = OpenTransparent(family, storage, addrLen, mark, &port, &failed);
-    if (made >= 0 && attempt == 0 && port == avoidPort && avoidPort != 0) {
-      held = made;
+    const int made = OpenTransparent(family, source, sourceLen, mark, &port, &failed);
+    if (made < 0) {
+      err = errno;
+      break;
+    }
+    const int owner = LookupSocketUid(family, AddressBytes(family, target), htons(static_cast<uint16_t>(dstPort)),
+                                      AddressBytes(family, source), htons(static_cast<uint16_t>(port)), &failed);
+    if (owner == -2) {
+      err = errno;
+      close(made);
+    } else if (owner >= 0) {
+      held[heldCount++] = made;
     } else {
       fd = made;
     }
   }
-  const int err = errno;
-  if (held >= 0) close(held);
-  if (fd < 0) {
-    return ThrowSystemError(env, failed != nullptr ? err : EADDRINUSE, failed != nullptr ? failed : "bind");
-  }
-  return Napi::Number::New(env, fd);
+  for (int i = 0; i < heldCount; i++) close(held[i]);
+  if (fd >= 0) return Napi::Number::New(env, fd);
+  if (failed == nullptr) return ThrowSystemError(env, EADDRINUSE, "bind");
+  return ThrowSystemError(env, err, failed);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // peerOwner(fd, family, dstAddress, dstPort): the uid that owns the local socket at the other end of an accepted
 // connection, found with one exact sock_diag (NETLINK_SOCK_DIAG, inet_diag) lookup, or -1 when the other end is
-// not a socket of this host's network namespace (a remote peer) or is already gone.
+// not a socket of this host's network namespace (a remote peer) or is already gone. The lookup itself
+// (LookupSocketUid) also serves transparentSocket (src/native/socket_options.cc), which must not reuse a peer's port.
 //
 // Why: a connection REDIRECTed to the proxy has, as its peer, the socket that made it. When that socket belongs
 // to the proxy's own uid, the capture rules sent the proxy's own upstream connection back to it (a mismatched
@@ -26,6 +27,8 @@
 namespace meshctl {
 namespace {
 
+/** TCP_LISTEN from the kernel's tcp_states.h (not a uapi header). */
+constexpr uint8_t kTcpListen = 10;
 int diagFd = -1;
 uint32_t diagSeq = 0;
 
@@ -53,6 +56,35 @@ Napi::Value PeerOwner(const Napi::CallbackInfo& info) {
   if (family != 4 && family != 6) return ThrowTypeError(env, "peerOwner: family must be 4 or 6");
   if (dstPort < 1 || dstPort > 65535) return ThrowTypeError(env, "peerOwner: dstPort must be between 1 and 65535");
 
+  sockaddr_storage peer;
+  std::memset(&peer, 0, sizeof(peer));
+  socklen_t peerLen = sizeof(peer);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peerLen) != 0) return ThrowSystemError(env, errno, "getpeername");
+  unsigned char dstAddr[16] = {0};
+  const void* src = nullptr;
+  uint16_t srcPort = 0;
+  if (family == 4) {
+    if (peer.ss_family != AF_INET) return ThrowTypeError(env, "peerOwner: the socket is not IPv4");
+    const sockaddr_in* p = reinterpret_cast<const sockaddr_in*>(&peer);
+    src = &p->sin_addr;
+    srcPort = p->sin_port;
+    if (inet_pton(AF_INET, dst.c_str(), dstAddr) != 1) return ThrowTypeError(env, "peerOwner: dstAddress is not an IPv4 address");
+  } else {
+    if (peer.ss_family != AF_INET6) return ThrowTypeError(env, "peerOwner: the socket is not IPv6");
+    const sockaddr_in6* p = reinterpret_cast<const sockaddr_in6*>(&peer);
+    src = &p->sin6_addr;
+    srcPort = p->sin6_port;
+    if (inet_pton(AF_INET6, dst.c_str(), dstAddr) != 1) return ThrowTypeError(env, "peerOwner: dstAddress is not an IPv6 address");
+  }
+  const char* failed = nullptr;
+  const int uid = LookupSocketUid(family, src, srcPort, dstAddr, htons(static_cast<uint16_t>(dstPort)), &failed);
+  if (uid == -2) return ThrowSystemError(env, errno, failed);
+  return Napi::Number::New(env, uid);
+}
+
+}  // namespace
+
+int LookupSocketUid(int family, const void* src, uint16_t srcPort, const void* dst, uint16_t dstPort, const char** syscall) {
   DiagRequest req;
   std::memset(&req, 0, sizeof(req));
   req.header.nlmsg_len = sizeof(req);
@@ -64,29 +96,18 @@ Napi::Value PeerOwner(const Napi::CallbackInfo& info) {
   req.body.idiag_states = ~0U;
   req.body.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
   req.body.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
-  req.body.id.idiag_dport = htons(static_cast<uint16_t>(dstPort));
-
-  sockaddr_storage peer;
-  std::memset(&peer, 0, sizeof(peer));
-  socklen_t peerLen = sizeof(peer);
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peerLen) != 0) return ThrowSystemError(env, errno, "getpeername");
-  if (family == 4) {
-    if (peer.ss_family != AF_INET) return ThrowTypeError(env, "peerOwner: the socket is not IPv4");
-    const sockaddr_in* p = reinterpret_cast<const sockaddr_in*>(&peer);
-    req.body.id.idiag_sport = p->sin_port;
-    std::memcpy(req.body.id.idiag_src, &p->sin_addr, sizeof(p->sin_addr));
-    if (inet_pton(AF_INET, dst.c_str(), req.body.id.idiag_dst) != 1) return ThrowTypeError(env, "peerOwner: dstAddress is not an IPv4 address");
-  } else {
-    if (peer.ss_family != AF_INET6) return ThrowTypeError(env, "peerOwner: the socket is not IPv6");
-    const sockaddr_in6* p = reinterpret_cast<const sockaddr_in6*>(&peer);
-    req.body.id.idiag_sport = p->sin6_port;
-    std::memcpy(req.body.id.idiag_src, &p->sin6_addr, sizeof(p->sin6_addr));
-    if (inet_pton(AF_INET6, dst.c_str(), req.body.id.idiag_dst) != 1) return ThrowTypeError(env, "peerOwner: dstAddress is not an IPv6 address");
-  }
+  req.body.id.idiag_sport = srcPort;
+  req.body.id.idiag_dport = dstPort;
+  const size_t addrLen = family == 4 ? sizeof(in_addr) : sizeof(in6_addr);
+  std::memcpy(req.body.id.idiag_src, src, addrLen);
+  std::memcpy(req.body.id.idiag_dst, dst, addrLen);
 
   if (diagFd < 0) {
     diagFd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-    if (diagFd < 0) return ThrowSystemError(env, errno, "socket(NETLINK_SOCK_DIAG)");
+    if (diagFd < 0) {
+      *syscall = "socket(NETLINK_SOCK_DIAG)";
+      return -2;
+    }
   }
   sockaddr_nl kernel;
   std::memset(&kernel, 0, sizeof(kernel));
@@ -95,7 +116,10 @@ Napi::Value PeerOwner(const Napi::CallbackInfo& info) {
   do {
     sent = sendto(diagFd, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel));
   } while (sent < 0 && errno == EINTR);
-  if (sent < 0) return ThrowSystemError(env, errno, "sendto(NETLINK_SOCK_DIAG)");
+  if (sent < 0) {
+    *syscall = "sendto(NETLINK_SOCK_DIAG)";
+    return -2;
+  }
 
   // Replies to earlier requests that were never read (none should be) are skipped by their sequence number.
   alignas(nlmsghdr) char buffer[1024];
@@ -103,23 +127,24 @@ Napi::Value PeerOwner(const Napi::CallbackInfo& info) {
     const ssize_t got = recv(diagFd, buffer, sizeof(buffer), MSG_DONTWAIT);
     if (got < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, -1);
-      return ThrowSystemError(env, errno, "recv(NETLINK_SOCK_DIAG)");
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return -1;
+      *syscall = "recv(NETLINK_SOCK_DIAG)";
+      return -2;
     }
     int left = static_cast<int>(got);
     for (nlmsghdr* msg = reinterpret_cast<nlmsghdr*>(buffer); NLMSG_OK(msg, left); msg = NLMSG_NEXT(msg, left)) {
       if (msg->nlmsg_seq != req.header.nlmsg_seq) continue;
-      if (msg->nlmsg_type == NLMSG_ERROR) return Napi::Number::New(env, -1);  // ENOENT: no such local socket
+      if (msg->nlmsg_type == NLMSG_ERROR) return -1;  // ENOENT: no such local socket
       if (msg->nlmsg_type == SOCK_DIAG_BY_FAMILY && msg->nlmsg_len >= NLMSG_LENGTH(sizeof(inet_diag_msg))) {
         const inet_diag_msg* found = reinterpret_cast<const inet_diag_msg*>(NLMSG_DATA(msg));
-        return Napi::Number::New(env, found->idiag_uid);
+        // The exact lookup falls back to a listener on the local end (inet_lookup): that is no connection.
+        if (found->idiag_state == kTcpListen) return -1;
+        return static_cast<int>(found->idiag_uid);
       }
-      return Napi::Number::New(env, -1);
+      return -1;
     }
   }
 }
-
-}  // namespace
 
 void InitSocketOwner(Napi::Env env, Napi::Object exports) {
   exports.Set("peerOwner", Napi::Function::New(env, PeerOwner, "peerOwner"));

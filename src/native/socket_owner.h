@@ -1,8 +1,16 @@
-// The sock_diag lookup of a connection's local peer socket owner (src/native/socket_owner.cc).
+// The sock_diag lookup of a connection's local peer socket owner (src/native/socket_owner.cc), and the exact
+// lookup itself for the other parts of the addon.
 #pragma once
 
 #include <napi.h>
 
+#include <cstdint>
+
 namespace meshctl {
 void InitSocketOwner(Napi::Env env, Napi::Object exports);
+
+// The uid owning the TCP socket of this network namespace whose local end is src:srcPort and remote end
+// dst:dstPort (addresses as in6_addr / in_addr bytes, ports in network order), in any state; -1 when there is
+// none; -2 on failure with errno set and *syscall naming the call. One exact NETLINK_SOCK_DIAG request.
+int LookupSocketUid(int family, const void* src, uint16_t srcPort, const void* dst, uint16_t dstPort, const char** syscall);
 }  // namespace meshctl

@@ -117,7 +117,7 @@ function ignoreError(): void {}
  * once and take its hang-up for EOF; once connected it reads as any socket does. Throws the addon's system error.
  */
 function connectTransparent(host: string, port: number, source: TransparentSource): Socket {
-  const fd = transparentSocket(isIPv6(source.address) ? 6 : 4, source.address, source.avoidPort, source.mark);
+  const fd = transparentSocket(isIPv6(source.address) ? 6 : 4, source.address, source.mark, host, port);
   let socket: Socket;
   try {
     socket = new Socket({ fd, allowHalfOpen: true, noDelay: true, manualStart: true } as SocketConstructorOpts);

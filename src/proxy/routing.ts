@@ -11,12 +11,12 @@ import type { RefusalReason } from '../policy/refusals.js';
 import type { OriginalDst } from '../native/original-dst.js';
 
 /**
- * TPROXY's inbound leg leaves from the peer's own address: an IP_TRANSPARENT socket bound to `address` (any port but
- * `avoidPort`, the peer's), marked `mark` so the capture rules route the app's replies back to the proxy.
+ * TPROXY's inbound leg leaves from the peer's own address: an IP_TRANSPARENT socket bound to `address` (on a port no
+ * other connection of that address to the app uses), marked `mark` so the capture rules route the app's replies
+ * back to the proxy.
  */
 export interface TransparentSource {
   readonly address: string;
-  readonly avoidPort: number;
   readonly mark: number;
 }
 
@@ -74,10 +74,9 @@ export function transparentDestination(
   return { address: normalize(acceptedOn.localAddress), port: acceptedOn.localPort, family, via: 'tproxy' };
 }
 
-/** The peer of a TPROXY'd connection and the mark the capture plan routes the app's replies by. */
+/** The peer address of a TPROXY'd connection and the mark the capture plan routes the app's replies by. */
 export interface TransparentPeer {
   readonly address: string;
-  readonly port: number;
   readonly mark: number;
 }
 
@@ -106,7 +105,7 @@ export function routeConnection(
   }
   if (ownPorts.has(dst.port) && local.has(dst.address)) return { kind: 'refuse', reason: 'self-loop' };
   if (direction === 'inbound' && dst.via === 'tproxy' && peer !== null) {
-    const transparentSource = { address: normalize(peer.address), avoidPort: peer.port, mark: peer.mark };
+    const transparentSource = { address: normalize(peer.address), mark: peer.mark };
     return { kind: 'connect', host: dst.address, port: dst.port, localAddress: null, transparentSource };
   }
   if (direction === 'inbound') {

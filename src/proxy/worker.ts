@@ -256,7 +256,7 @@ export class ProxyWorker implements ConnectionOwner {
       this.local ?? new LocalAddresses(),
       this.config.proxy,
       dst.via === 'tproxy' && socket.remoteAddress !== undefined
-        ? { address: socket.remoteAddress, port: socket.remotePort ?? 0, mark: this.config.capture.inbound.tproxyMark }
+        ? { address: socket.remoteAddress, mark: this.config.capture.inbound.tproxyMark }
         : null,
     );
     if (route.kind === 'refuse') {

@@ -297,14 +297,17 @@ const ops = {
     });
   },
 
-  /** Opens `count` connections to an echo server at once and keeps them; each has echoed `hello` before this resolves. */
-  async hold({ tag, host, port, family, count, timeoutMs = 30000 }) {
+  /**
+   * Opens `count` connections to an echo server at once and keeps them; each has echoed `hello` before this resolves.
+   * `localPort` binds the (single) connection's source port.
+   */
+  async hold({ tag, host, port, family, count, localPort, timeoutMs = 30000 }) {
     const set = held.get(tag) ?? new Set();
     held.set(tag, set);
     const errors = [];
     const one = () =>
       new Promise((resolve) => {
-        const socket = connect({ host, port, family, noDelay: true });
+        const socket = connect({ host, port, family, noDelay: true, ...(localPort ? { localPort } : {}) });
         let buffer = '';
         const timer = setTimeout(() => {
           errors.push('timeout');

@@ -17,6 +17,7 @@ const HTTP = 8080;
 const HTTP6 = 8086;
 const HALF_CLOSE = 7071;
 const RESET = 7072;
+const ECHO = 7073;
 const ROOT = { uid: 0, gid: 0 };
 /** How systemd starts the proxy in tproxy mode (User=, AmbientCapabilities=CAP_NET_ADMIN): nobody, one capability. */
 const AS_UNIT = [
@@ -122,6 +123,7 @@ describe.skipIf(!integrationEnabled).each([
       opts: { replyBytes: 300_000 },
     });
     await lab.app.call('serve', { name: 'reset', kind: 'reset-on-data', host: '0.0.0.0', port: RESET });
+    await lab.app.call('serve', { name: 'echo', kind: 'echo', host: '0.0.0.0', port: ECHO });
     // As the units order it: the proxy first (install refuses to capture into nothing), then the rules.
     proxy = await lab.startProxy(file, [], AS_UNIT, ROOT);
     await proxy.waitReady();
@@ -212,6 +214,42 @@ describe.skipIf(!integrationEnabled).each([
       (l) => l.direction === 'inbound' && l.originalDst === `${addrs.a4}:${RESET}`,
     );
     expect(line.result).toBe('RST');
+  });
+
+  it('never gives its leg the port of another live connection from the same peer to the app (one conntrack entry each)', async () => {
+    const { addrs } = lab;
+    const range = inNs(lab.client, 'sysctl', ['-n', 'net.ipv4.ip_local_port_range']).trim();
+    // Two ports for the proxy's legs. Connection A comes from the peer's port 40000, so its leg takes 40001; for
+    // connection B the kernel can then offer only 40000, A's port: B's leg would share A's conntrack entry (and the
+    // app's replies to A would go to B's socket), so the proxy refuses it and resets B, and A goes on unharmed.
+    inNs(lab.client, 'sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=40000 40001']);
+    try {
+      const held = await lab.peer.call('hold', {
+        tag: 'ports',
+        host: addrs.a4,
+        port: ECHO,
+        count: 1,
+        localPort: 40000,
+      });
+      expect(held).toEqual({ open: 1, errors: [] });
+      const legs = inNs(lab.client, 'ss', ['-Htn', 'state', 'established', `dst ${addrs.a4}:${ECHO}`]);
+      expect(legs).toContain(`${addrs.b4}:40001`);
+      expect(legs).not.toContain(`${addrs.b4}:40000 `);
+      const b = await lab.peer.call<{ outcome: string; code?: string }>('connectOutcome', {
+        host: addrs.a4,
+        port: ECHO,
+        send: 'hello\n',
+      });
+      expect(b.outcome).toBe('reset');
+      const refused = await proxy.waitForAccess(
+        (l) => l.originalDst === `${addrs.a4}:${ECHO}` && l.result === 'connect-failed',
+      );
+      expect(refused.detail).toBe('EADDRINUSE');
+      expect(await lab.peer.call('pingHeld', { tag: 'ports' })).toEqual({ ok: 1, failures: [] });
+    } finally {
+      await lab.peer.call('closeHeld', { tag: 'ports' });
+      inNs(lab.client, 'sysctl', ['-q', '-w', `net.ipv4.ip_local_port_range=${range.replace(/\s+/, ' ')}`]);
+    }
   });
 
   it('leaves the rules, the policy rules and the routes exactly as before on uninstall', async () => {

@@ -115,41 +115,37 @@ describe('transparentListen and isTransparent argument validation', () => {
 
 describe('transparentSocket (the inbound leg from the peer address)', () => {
   it.each([
-    ['family 5', [5, '192.0.2.7', 0, 0]],
-    ['an IPv6 address for family 4', [4, '::1', 0, 0]],
-    ['a host name', [6, 'localhost', 0, 0]],
-    ['avoidPort 65536', [4, '192.0.2.7', 65536, 0]],
-    ['a negative mark', [4, '192.0.2.7', 0, -1]],
-    ['a mark above 32 bits', [4, '192.0.2.7', 0, 2 ** 32]],
+    ['family 5', [5, '192.0.2.7', 0, '192.0.2.1', 80]],
+    ['an IPv6 address for family 4', [4, '::1', 0, '192.0.2.1', 80]],
+    ['a destination of the other family', [4, '192.0.2.7', 0, '::1', 80]],
+    ['a host name', [6, 'localhost', 0, '::1', 80]],
+    ['a negative mark', [4, '192.0.2.7', -1, '192.0.2.1', 80]],
+    ['a mark above 32 bits', [4, '192.0.2.7', 2 ** 32, '192.0.2.1', 80]],
+    ['destination port 0', [4, '192.0.2.7', 0, '192.0.2.1', 0]],
   ])('rejects %s with a TypeError before reaching the addon', (_name, args) => {
     expect(() => (transparentSocket as (...a: unknown[]) => number)(...args)).toThrow(TypeError);
   });
 
   it('the addon itself rejects wrong arguments with a TypeError instead of aborting', () => {
     expect(() => binding.transparentSocket()).toThrow(TypeError);
-    expect(() => binding.transparentSocket(4, 'nope', 0, 0)).toThrow(TypeError);
-    expect(() => binding.transparentSocket(6, '192.0.2.7', 0, 0)).toThrow(TypeError);
-    expect(() => binding.transparentSocket(4, '192.0.2.7', 70000, 0)).toThrow(TypeError);
+    expect(() => binding.transparentSocket(4, 'nope', 0, '192.0.2.1', 80)).toThrow(TypeError);
+    expect(() => binding.transparentSocket(6, '192.0.2.7', 0, '::1', 80)).toThrow(TypeError);
+    expect(() => binding.transparentSocket(4, '192.0.2.7', 0, '192.0.2.1', 70000)).toThrow(TypeError);
   });
 
   it.skipIf(!isRoot).each([
-    [4, '192.0.2.77'],
-    [6, '2001:db8::77'],
+    [4, '192.0.2.77', '127.0.0.1'],
+    [6, '2001:db8::77', '::1'],
   ] as const)(
     'binds IPv%s to an address this host does not have, on a port of its own, for Node to connect',
-    (family, address) => {
-      const fd = transparentSocket(family, address, 0, 0x539);
+    (family, address, dst) => {
+      const fd = transparentSocket(family, address, 0x539, dst, 9);
       const socket = new Socket({ fd, manualStart: true } as SocketConstructorOpts);
       try {
         expect(isTransparent(fd, family)).toBe(true);
         const bound = socket.address() as AddressInfo;
         expect(bound.address).toBe(address);
         expect(bound.port).toBeGreaterThan(0);
-        // The port handed out is never the one to avoid (the peer's): asked to avoid it, the next socket differs.
-        const next = transparentSocket(family, address, bound.port, 0x539);
-        const nextSocket = new Socket({ fd: next, manualStart: true } as SocketConstructorOpts);
-        expect((nextSocket.address() as AddressInfo).port).not.toBe(bound.port);
-        nextSocket.destroy();
       } finally {
         socket.destroy();
       }
@@ -381,13 +377,13 @@ describe('TPROXY destinations and routing', () => {
   it("connects a TPROXY'd connection from the peer's own address when the peer is known", () => {
     const acceptedOn = { localAddress: '10.1.0.5', localPort: 8080 };
     const dst = transparentDestination(acceptedOn, 'ipv4', 15006)!;
-    const peer = { address: '::ffff:10.9.0.2', port: 40123, mark: 0x539 };
+    const peer = { address: '::ffff:10.9.0.2', mark: 0x539 };
     expect(routeConnection('inbound', dst, acceptedOn, ownPorts, local, proxy, peer)).toEqual({
       kind: 'connect',
       host: '10.1.0.5',
       port: 8080,
       localAddress: null,
-      transparentSource: { address: '10.9.0.2', avoidPort: 40123, mark: 0x539 },
+      transparentSource: { address: '10.9.0.2', mark: 0x539 },
     });
     // A connection that came through nat REDIRECT (the proxy calling its own address) keeps the passthrough source.
     const redirected = { address: '10.1.0.5', port: 8080, family: 'ipv4' as const };
