@@ -222,8 +222,27 @@ export function refuseSupplementaryGroups(rule: Rule): void {
   );
 }
 
+/**
+ * nft's `socket cgroupv2 level N` looks at the socket's ancestor N levels below the root, and a socket whose cgroup is
+ * shallower has none: the expression then ends the rule, with `!=` as with `==`. So "not in the unit" would not match
+ * a process of systemd itself (/init.scope) or of the root cgroup, and an includeUnits allow-list would capture them.
+ * Refused instead; iptables' `! --path` is a plain negation.
+ */
+export function refuseNegatedCgroup(rule: Rule): void {
+  const unit = rule.matches.find(
+    (m): m is Extract<Match, { kind: 'cgroup' }> => m.kind === 'cgroup' && m.negate === true,
+  );
+  if (!unit) return;
+  throw new MeshctlError(
+    'CONFIG_INVALID',
+    `${rule.origin} (${unit.unit ?? unit.path}) cannot be honoured by the nftables backend: nft's socket cgroupv2 match never matches a socket whose cgroup lies above the unit's level, also when negated, so processes of /init.scope or the root cgroup would be captured as if they were in the unit`,
+    'use capture.backend: iptables-nft or iptables-legacy (`-m cgroup ! --path` is a plain negation), or excludeUnits instead of includeUnits',
+  );
+}
+
 export function renderNftRule(rule: Rule, family: Family): string[] {
   refuseSupplementaryGroups(rule);
+  refuseNegatedCgroup(rule);
   const protocolMatch = rule.matches.find(
     (m): m is Extract<Match, { kind: 'protocol' }> => m.kind === 'protocol' && !m.negate,
   );

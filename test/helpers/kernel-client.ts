@@ -18,6 +18,11 @@ export interface ClientSpec {
   readonly gid: number;
   /** Supplementary groups (default none), as `setpriv --groups` would set them. */
   readonly groups?: readonly number[];
+  /**
+   * The cgroup.procs file of the cgroup v2 to run in (a systemd unit's): runClient joins it before `ip netns exec`,
+   * which mounts a /sys without cgroups.
+   */
+  readonly cgroupProcs?: string;
   readonly flows: readonly ClientFlow[];
   readonly timeoutMs: number;
 }

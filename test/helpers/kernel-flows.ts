@@ -9,6 +9,8 @@ import type { Config } from '../../src/config/types.js';
 import type { ClientResult } from './kernel-client.js';
 import { runClient, startObserver, type Lab, type Observer } from './kernel-lab.js';
 import type { ObservedConnection } from './kernel-observer.js';
+import { cgroupProcsFile, ownCgroup } from './unit-cgroups.js';
+import { TEST_UNITS } from '../cases.js';
 
 /** Servers on the peer's lo (routed from the host through the peer): inside and outside the examples' CIDR lists. */
 export const REMOTE = {
@@ -35,6 +37,8 @@ export interface Owner {
   readonly name: string;
   readonly uid: number;
   readonly gid: number;
+  /** The cgroup v2 path the client runs in (a systemd unit's); default: this process's own. */
+  readonly cgroup?: string;
 }
 
 export interface LabFlow {
@@ -63,6 +67,8 @@ export function owners(config: Config): Record<string, Owner> {
     dockerGid: { name: 'app-with-docker-gid', uid: 1000, gid: 999 },
     apps: { name: 'app-in-apps', uid: 1000, gid: 2000 },
     batch: { name: 'app-in-batch', uid: 1000, gid: 2100 },
+    appUnit: { name: 'app-in-app.service', uid: 1000, gid: 1000, cgroup: TEST_UNITS['app.service']! },
+    backupUnit: { name: 'app-in-backup.service', uid: 1000, gid: 1000, cgroup: TEST_UNITS['backup.service']! },
   };
 }
 
@@ -108,6 +114,8 @@ export function flowTable(lab: Lab, config: Config): LabFlow[] {
     out(`v${f} remote:22`, o.apps!, remote, 22);
     out(`v${f} remote:443`, o.apps!, remote, 443);
     out(`v${f} remote:8500`, o.batch!, remote, 8500);
+    out(`v${f} remote:80`, o.appUnit!, remote, 80);
+    out(`v${f} remote:80`, o.backupUnit!, remote, 80);
     out(`v${f} remote:5432`, o.batch!, remote, 5432);
     for (const port of [8080, 22, config.proxy.inboundPort, 9005, 80, 9050, 2222, 6010, 9100])
       inb(`v${f} own-address:${port}`, own, port);
@@ -189,6 +197,8 @@ export function toExplainFlow(lab: Lab, flow: LabFlow): Flow {
     destination,
     uid: flow.owner.uid,
     gid: flow.owner.gid,
+    // The client runs in its owner's unit, else in this process's cgroup (children inherit it).
+    cgroup: flow.owner.cgroup ?? ownCgroup(),
     ...(flow.bind ? { source: { address: flow.bind } } : {}),
   };
 }
@@ -272,17 +282,19 @@ export async function runFlows(
     );
     const groups = new Map<string, LabFlow[]>();
     for (const flow of flows) {
-      const key = flow.direction === 'inbound' ? 'peer' : `host ${flow.owner.uid}:${flow.owner.gid}`;
+      const key =
+        flow.direction === 'inbound' ? 'peer' : `host ${flow.owner.uid}:${flow.owner.gid}:${flow.owner.cgroup ?? ''}`;
       groups.set(key, [...(groups.get(key) ?? []), flow]);
     }
     const results = new Map<string, ClientResult>();
     await Promise.all(
       [...groups].map(async ([key, group]) => {
         const ns = key === 'peer' ? lab.peer : lab.host;
-        const owner = key === 'peer' ? { uid: 0, gid: 0 } : group[0]!.owner;
+        const owner: Owner = key === 'peer' ? { name: 'root', uid: 0, gid: 0 } : group[0]!.owner;
         const out = await runClient(ns, {
           uid: owner.uid,
           gid: owner.gid,
+          ...(owner.cgroup ? { cgroupProcs: cgroupProcsFile(owner.cgroup) } : {}),
           timeoutMs: FLOW_TIMEOUT_MS,
           flows: group.map((f) => ({
             id: f.id,

@@ -153,11 +153,12 @@ function stopChild(child: ChildProcess): void {
 
 /** Runs kernel-client.ts in `ns` as root (it drops to spec.uid/gid itself) and returns one result per flow. */
 export function runClient(ns: string, spec: ClientSpec): Promise<ClientResult[]> {
-  const child = spawn(
-    'ip',
-    ['netns', 'exec', ns, process.execPath, '--import', REGISTER, CLIENT, JSON.stringify(spec)],
-    { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const argv = ['ip', 'netns', 'exec', ns, process.execPath, '--import', REGISTER, CLIENT, JSON.stringify(spec)];
+  // A unit's cgroup is joined first (children inherit it): inside `ip netns exec` /sys has no cgroup hierarchy.
+  const [command, ...args] = spec.cgroupProcs
+    ? ['sh', '-c', 'echo $$ > "$0" && exec "$@"', spec.cgroupProcs, ...argv]
+    : argv;
+  const child = spawn(command!, args, { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   return new Promise((resolve, reject) => {
     let out = '';
     let err = '';

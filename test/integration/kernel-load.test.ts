@@ -1,7 +1,7 @@
 // Every rendered rule set loads into a real kernel and reads back equal to the plan: iptables-nft, iptables-legacy
 // (both families, --test then --noflush, compared through parseSave + diffFamily) and native nft (nft -c, nft -f,
 // nft list compared after normalisation). One fresh namespace per case and backend; nothing touches the root netns.
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { diffFamily, foreignView } from '../../src/capture/diff.js';
 import { parseSave } from '../../src/capture/parse-save.js';
 import { renderIptablesRestore } from '../../src/capture/render-iptables.js';
@@ -10,6 +10,12 @@ import type { CapturePlan } from '../../src/capture/model.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createIsolatedNs, deleteNs } from '../helpers/netns.js';
 import { unitPlans } from '../helpers/kernel-cases.js';
+import {
+  applyNftWithCgroups,
+  createTestUnitCgroups,
+  nftWithCgroups,
+  planMatchesCgroups,
+} from '../helpers/unit-cgroups.js';
 import {
   IPTABLES_VARIANTS,
   applyNft,
@@ -26,6 +32,11 @@ function usesSupplementaryGroups(plan: CapturePlan): boolean {
     f.rules.some((r) => r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true)),
   );
 }
+function negatesCgroup(plan: CapturePlan): boolean {
+  return plan.families.some((f) =>
+    f.rules.some((r) => r.matches.some((m) => m.kind === 'cgroup' && m.negate === true)),
+  );
+}
 const created = new Set<string>();
 
 function freshNs(index: number, backend: string): string {
@@ -38,8 +49,14 @@ function freshNs(index: number, backend: string): string {
 describe.skipIf(!integrationEnabled)(
   'rendered rule sets load into a real kernel and read back equal to the plan',
   () => {
+    // Both backends refuse a rule for a cgroup that does not exist: the scenarios' units get theirs.
+    let removeUnitCgroups = (): void => {};
+    beforeAll(() => {
+      removeUnitCgroups = createTestUnitCgroups();
+    });
     afterAll(() => {
       for (const ns of created) deleteNs(ns);
+      removeUnitCgroups();
     });
 
     describe.each(plans.map((p, index) => ({ ...p, index })))('$name', ({ plan, index }) => {
@@ -76,15 +93,24 @@ describe.skipIf(!integrationEnabled)(
           expect(() => renderNft(plan)).toThrow(/capture\.outbound\.(in|ex)cludeGids.*nftables backend/);
           return;
         }
+        if (negatesCgroup(plan)) {
+          // nft's cgroupv2 match cannot negate for shallower cgroups: includeUnits is refused, naming the field.
+          expect(() => renderNft(plan)).toThrow(/capture\.outbound\.includeUnits.*nftables backend/);
+          return;
+        }
         const ns = freshNs(index, 'nft');
+        // Unit rules: nft resolves their cgroup paths itself, so it must see the hierarchy (helpers/unit-cgroups.ts).
+        const units = planMatchesCgroups(plan);
+        const apply = (text: string) => (units ? applyNftWithCgroups : applyNft)(ns, text);
+        const list = () => (units ? nftWithCgroups(ns, ['list', 'table', 'inet', 'meshctl']) : listNftTable(ns));
         try {
           const script = renderNft(plan);
-          applyNft(ns, script);
-          expect(normalizeNftListing(listNftTable(ns))).toBe(normalizeNftListing(script));
+          apply(script);
+          expect(normalizeNftListing(list())).toBe(normalizeNftListing(script));
           // Applying again replaces the existing table in one transaction (no duplicate rules, no error).
-          applyNft(ns, script);
-          expect(normalizeNftListing(listNftTable(ns))).toBe(normalizeNftListing(script));
-          applyNft(ns, renderNftDelete());
+          apply(script);
+          expect(normalizeNftListing(list())).toBe(normalizeNftListing(script));
+          apply(renderNftDelete());
           expect(listNftTables(ns)).not.toContain('meshctl');
           // Deleting when absent is fine too.
           applyNft(ns, renderNftDelete());

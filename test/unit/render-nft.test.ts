@@ -38,10 +38,15 @@ function internalError(fn: () => unknown): string {
   throw new Error('expected INTERNAL');
 }
 
-/** A plan or rule with a group list (matching supplementary groups), which nftables cannot express. */
-function hasSupplementaryGroups(x: CapturePlan | Rule): boolean {
+/**
+ * A plan or rule nftables cannot express, so render-nft refuses it: a group list (matching supplementary groups), or
+ * includeUnits (a negated unit match).
+ */
+function nftRefuses(x: CapturePlan | Rule): boolean {
   const rules = 'families' in x ? x.families.flatMap((f) => f.rules) : [x];
-  return rules.some((r) => r.matches.some((m) => m.kind === 'gidOwner' && m.suppl === true));
+  return rules.some((r) =>
+    r.matches.some((m) => (m.kind === 'gidOwner' && m.suppl === true) || (m.kind === 'cgroup' && m.negate === true)),
+  );
 }
 
 describe('renderNft script shape', () => {
@@ -80,7 +85,7 @@ describe('renderNft script shape', () => {
 
   it('mirrors every planned chain per family and puts a meshctl comment on every rule', () => {
     // Plans with group lists are refused by nftables (supplementary groups), see below.
-    for (const c of cases.filter((x) => !hasSupplementaryGroups(planCapture(x.config)))) {
+    for (const c of cases.filter((x) => !nftRefuses(planCapture(x.config)))) {
       const plan = planCapture(c.config);
       const table = renderNftTable(plan);
       for (const fp of plan.families)
@@ -101,7 +106,7 @@ describe('renderNftRule translations', () => {
   it('translates owner, interface, address and port matches like nft prints them', () => {
     const plan = planOf('owner-group-allowlist');
     const out = plan.families.find((f) => f.family === 'ipv4')!;
-    const rendered = out.rules.filter((r) => !hasSupplementaryGroups(r)).flatMap((r) => renderNftRule(r, 'ipv4'));
+    const rendered = out.rules.filter((r) => !nftRefuses(r)).flatMap((r) => renderNftRule(r, 'ipv4'));
     const groups = out.rules.find((r) => r.purpose === 'skip-gid-not-included')!;
     expect(() => renderNftRule(groups, 'ipv4')).toThrow(
       /capture\.outbound\.includeGids \(group 2000\) cannot be honoured by the nftables backend/,
@@ -116,7 +121,7 @@ describe('renderNftRule translations', () => {
     ).toBe(true);
     const v6 = plan.families
       .find((f) => f.family === 'ipv6')!
-      .rules.filter((r) => !hasSupplementaryGroups(r))
+      .rules.filter((r) => !nftRefuses(r))
       .flatMap((r) => renderNftRule(r, 'ipv6'));
     expect(v6).toContain('ip6 saddr ::6 oifname "lo" return comment "meshctl:skip-inbound-passthrough"');
   });

@@ -18,6 +18,7 @@ import { createDriver } from '../drivers/create-driver.js';
 import { ledgerPath, readLedger, scopeDir, type Ledger } from '../transaction/ledger.js';
 import { assertNetnsExists } from '../../values/netns.js';
 import { createRunner, type NetfilterRunner } from '../drivers/runner.js';
+import { resolveNftCgroupIds } from './unit-cgroups.js';
 
 export interface ExplainRules {
   /** `kernel`: the rules installed now; `config`: the plan of the current config (nothing installed, or asked for). */
@@ -66,7 +67,11 @@ export async function readKernelPlan(
   log: Logger = silentLogger,
 ): Promise<{ plan: ExplainPlan; notes: string[] }> {
   const state = await createDriver(backend, runner, log).read();
-  if (backend === 'nftables') return { plan: planFromNftRuleset(state.texts.get('inet') ?? '', recorded), notes: [] };
+  if (backend === 'nftables') {
+    // nft shows a unit rule's cgroup by its id where it cannot see the hierarchy: put the path back (unit-cgroups.ts).
+    const listing = resolveNftCgroupIds(state.texts.get('inet') ?? '');
+    return { plan: planFromNftRuleset(listing, recorded), notes: [] };
+  }
   const families = FAMILIES.map((family) => ({ family, text: state.texts.get(family) ?? null }));
   const notes = families
     .filter((f) => f.text === null)

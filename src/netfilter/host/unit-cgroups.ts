@@ -6,7 +6,7 @@
 // hierarchy, which is the id the kernel matches on) when it loads the rules, and `status` compares it with the id
 // at the same path now. `meshctl units refresh` (run by each named unit's drop-in, ExecStartPre=, so before the
 // unit's main process starts) re-applies the capture through the ordinary transaction when they differ.
-import { readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
 import type { Config, SystemdUnit } from '../../config/types.js';
 import { MeshctlError } from '../../errors.js';
@@ -135,4 +135,50 @@ export function refuseNftUnits(config: Config, netns: string | null, mount = cgr
     `capture.outbound.${field} (${units.map((u) => u.name).join(', ')}) cannot be honoured by the nftables backend here: nft looks a unit's cgroup path up under /sys/fs/cgroup itself, and ${why}`,
     "use capture.backend: iptables-nft or iptables-legacy (the kernel resolves `-m cgroup --path` itself), or the nftables backend in the host namespace of a host with the unified cgroup hierarchy (systemd's default)",
   );
+}
+
+/**
+ * An nft listing with each `socket cgroupv2 level N <id>` that nft could only show by its id (it runs through
+ * `ip netns exec`, whose /sys has no cgroup hierarchy) written with the path of the cgroup that has that id now, as
+ * nft shows it where it can see the hierarchy. An id no cgroup has any more (a unit restarted) stays an id: its rule
+ * matches nothing, and explain says so.
+ */
+export function resolveNftCgroupIds(listing: string, mount = cgroup2Mount()): string {
+  if (mount === null || !/socket cgroupv2 level \d+ (?:!= )?\d+/.test(listing)) return listing;
+  const byLevel = new Map<number, Map<number, string>>();
+  const pathsAt = (level: number): Map<number, string> => {
+    let found = byLevel.get(level);
+    if (!found) byLevel.set(level, (found = cgroupsAtLevel(mount, level)));
+    return found;
+  };
+  return listing.replace(
+    /socket cgroupv2 level (\d+) (!= )?(\d+)\b/g,
+    (whole, level: string, not: string | undefined, id: string) => {
+      const path = pathsAt(Number(level)).get(Number(id));
+      return path === undefined ? whole : `socket cgroupv2 level ${level} ${not ?? ''}"${path}"`;
+    },
+  );
+}
+
+/** Every cgroup exactly `level` below the root: inode (the cgroup id) → path without the leading slash. */
+function cgroupsAtLevel(mount: string, level: number): Map<number, string> {
+  const found = new Map<number, string>();
+  const walk = (relative: string, depth: number): void => {
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(join(mount, relative), { withFileTypes: true });
+    } catch {
+      return; // removed meanwhile
+    }
+    for (const entry of entries.filter((e) => e.isDirectory())) {
+      const path = relative === '' ? entry.name : `${relative}/${entry.name}`;
+      if (depth + 1 < level) walk(path, depth + 1);
+      else {
+        const id = cgroupId(path, mount);
+        if (id !== null) found.set(id, path);
+      }
+    }
+  };
+  if (level > 0) walk('', 0);
+  return found;
 }
