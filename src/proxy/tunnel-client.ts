@@ -79,6 +79,7 @@ class PeerSession {
         checkServerIdentity: () => undefined,
       });
       socket.setNoDelay(true);
+      if (owner.keepaliveDelayMs !== null) socket.setKeepAlive(true, owner.keepaliveDelayMs);
       // Before HTTP/2's own listener, so the verdict is known before HTTP/2 sets the session up. A refused session
       // is destroyed by the first 'connect' listener (below), before the queued CONNECTs are submitted: destroying
       // the socket here, under HTTP/2's setup, would abort the process.
@@ -146,6 +147,8 @@ export class TunnelDialer {
     private identity: Identity,
     readonly metrics: TunnelMetrics,
     readonly log: Logger,
+    /** TCP keepalive of the sessions' sockets (proxy.keepalive), or null. */
+    readonly keepaliveDelayMs: number | null = null,
   ) {
     this.context = TunnelDialer.contextOf(identity);
   }

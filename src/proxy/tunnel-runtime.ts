@@ -44,7 +44,7 @@ export class TunnelRuntime {
     private readonly onStream: TunnelStreamHandler,
     private readonly log: Logger,
   ) {
-    this.dialer = new TunnelDialer(identity, this.metrics, log);
+    this.dialer = new TunnelDialer(identity, this.metrics, log, config.proxy.keepaliveDelayMs);
     this.peers = new CidrSet(config.mtls.peers);
     this.services = new Map(config.services.map((s) => [s.name, s]));
     this.watcher = watchIdentity(paths, identity, {
@@ -75,7 +75,13 @@ export class TunnelRuntime {
   /** Opens the tunnel listener (both families of the inbound listeners) unless mtls.inbound is disable. */
   async start(families: readonly Family[]): Promise<void> {
     if (this.config.mtls.inbound === 'disable') return;
-    const server = new TunnelServer(this.identity, this.onStream, this.metrics, this.log);
+    const server = new TunnelServer(
+      this.identity,
+      this.onStream,
+      this.metrics,
+      this.log,
+      this.config.proxy.keepaliveDelayMs,
+    );
     await server.listen(this.config.mtls.tunnelPort, families);
     this.server = server;
   }

@@ -63,6 +63,8 @@ export class TunnelServer {
     private readonly onStream: TunnelStreamHandler,
     private readonly metrics: TunnelMetrics,
     private readonly log: Logger,
+    /** TCP keepalive of the sessions' sockets (proxy.keepalive), or null. */
+    private readonly keepaliveDelayMs: number | null = null,
   ) {}
 
   /** Listens on `port` for each family; throws MeshctlError LISTEN_FAILED (closing what it opened) on failure. */
@@ -71,6 +73,8 @@ export class TunnelServer {
       const server = createSecureServer(serverOptions(this.identity));
       server.on('connection', (socket: Socket) => {
         (socket as Socket & { [kAcceptedAt]?: number })[kAcceptedAt] = performance.now();
+        socket.setNoDelay(true);
+        if (this.keepaliveDelayMs !== null) socket.setKeepAlive(true, this.keepaliveDelayMs);
       });
       server.on('session', (session: ServerHttp2Session) => this.sessionOpened(session));
       server.on('stream', (stream: ServerHttp2Stream, headers) => this.streamOpened(stream, headers));
