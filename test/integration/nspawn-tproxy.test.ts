@@ -84,7 +84,10 @@ describe.skipIf(!integrationEnabled)('meshctl service with TPROXY inbound in a s
       encoding: 'utf8',
       timeout: 20_000,
     });
-    if (r.status !== 0) throw new Error(`client connect to ${host}:${port} failed: ${r.stderr}`);
+    if (r.status !== 0) {
+      const journal = ct.run('journalctl', ['-u', 'meshctl-proxy', '-o', 'cat', '--no-pager', '-n', '15']);
+      throw new Error(`client connect to ${host}:${port} failed: ${r.stderr}\nthe proxy's last log lines:\n${journal}`);
+    }
     return r.stdout;
   };
 

@@ -163,6 +163,9 @@ describe('service layout', () => {
     expect(values(tproxy.proxy, 'CapabilityBoundingSet')).toEqual(['CAP_NET_ADMIN']);
     // A private user namespace would keep the capability away from the host's network namespace.
     expect(values(tproxy.proxy, 'PrivateUsers')).toEqual(['no']);
+    // Added to the shipped unit's allow-list (systemd merges RestrictAddressFamilies= lines): sock_diag is netlink.
+    expect(values(tproxy.proxy, 'RestrictAddressFamilies')).toEqual(['AF_NETLINK']);
+    expect(values(shipped(UNITS.proxy), 'RestrictAddressFamilies')).toEqual(['AF_INET AF_INET6 AF_UNIX']);
     expect(values(tproxy.socket, 'Transparent')).toEqual(['yes']);
     for (const raw of [
       {},
@@ -172,7 +175,7 @@ describe('service layout', () => {
     ]) {
       const other = dropIns(raw);
       expect(other.proxy, JSON.stringify(raw)).not.toMatch(
-        /^(AmbientCapabilities|CapabilityBoundingSet|PrivateUsers)=/m,
+        /^(AmbientCapabilities|CapabilityBoundingSet|PrivateUsers|RestrictAddressFamilies)=/m,
       );
       expect(other.socket, JSON.stringify(raw)).not.toMatch(/^Transparent=/m);
     }
