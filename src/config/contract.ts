@@ -98,6 +98,23 @@ function familyText(families: readonly Family[]): string {
   return families.map((f) => (f === 'ipv4' ? 'IPv4' : 'IPv6')).join(' and ');
 }
 
+/** The rules leave the mTLS tunnel port to the proxy (never captured), which must listen there for its peers. */
+function tunnelPortMismatch(rules: CaptureContract, live: LiveContract): ContractMismatch | null {
+  if (rules.tunnelPort === null) return null;
+  const missing = listensOn(live.tcp, rules.tunnelPort, rules.families);
+  if (missing.length === 0) return null;
+  return {
+    field: 'tunnelPort',
+    rules: `mTLS tunnel port ${rules.tunnelPort} left uncaptured (${familyText(rules.families)})`,
+    proxy: `does not listen on TCP ${rules.tunnelPort} (${familyText(missing)})`,
+    message: `the rules leave the mTLS tunnel port ${rules.tunnelPort} to the proxy, but it does not listen there (${familyText(missing)}): peers' tunneled connections are refused`,
+    fix:
+      live.expects.tunnelPort !== null && live.expects.tunnelPort !== rules.tunnelPort
+        ? `install with --mtls-tunnel-port ${live.expects.tunnelPort}, or restart the proxy with mtls.tunnelPort ${rules.tunnelPort}`
+        : 'start the proxy with mtls.inbound permissive or strict and an mtls.identity, or install with --mtls-inbound disable',
+  };
+}
+
 /**
  * Every way the live proxy fails the contract the rules need: its sockets would be captured (a loop), or a port
  * the rules redirect to is not one it listens on (per family, and for DNS both UDP and TCP), or the inbound mode
@@ -153,20 +170,8 @@ export function compareContract(rules: CaptureContract, live: LiveContract): Con
       fix: 'start the proxy with capture.inbound.mode tproxy (it makes transparent listeners), or install with --inbound-mode redirect',
     });
   }
-  if (rules.tunnelPort !== null) {
-    const missing = listensOn(live.tcp, rules.tunnelPort, rules.families);
-    if (missing.length > 0)
-      out.push({
-        field: 'tunnelPort',
-        rules: `mTLS tunnel port ${rules.tunnelPort} left uncaptured (${familyText(rules.families)})`,
-        proxy: `does not listen on TCP ${rules.tunnelPort} (${familyText(missing)})`,
-        message: `the rules leave the mTLS tunnel port ${rules.tunnelPort} to the proxy, but it does not listen there (${familyText(missing)}): peers' tunneled connections are refused`,
-        fix:
-          live.expects.tunnelPort !== null && live.expects.tunnelPort !== rules.tunnelPort
-            ? `install with --mtls-tunnel-port ${live.expects.tunnelPort}, or restart the proxy with mtls.tunnelPort ${rules.tunnelPort}`
-            : 'start the proxy with mtls.inbound permissive or strict and an mtls.identity, or install with --mtls-inbound disable',
-      });
-  }
+  const tunnel = tunnelPortMismatch(rules, live);
+  if (tunnel !== null) out.push(tunnel);
   if (rules.dnsPort !== null) {
     const udp = listensOn(live.udp, rules.dnsPort, rules.families);
     const tcp = listensOn(live.tcp, rules.dnsPort, rules.families);
