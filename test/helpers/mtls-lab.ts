@@ -61,7 +61,7 @@ export interface MtlsLab {
   /** Installs the capture rules of config file `file`'s settings in host `host`. */
   installCapture(host: 'a' | 'b', raw: Record<string, unknown>): Promise<void>;
   /** Starts `meshctl proxy` as nobody, or as root (it switches to proxy.user, keeping CAP_NET_ADMIN for TPROXY). */
-  startProxy(host: 'a' | 'b', configFile: string, options?: { asRoot?: boolean }): Promise<MtlsProxy>;
+  startProxy(host: HostName, configFile: string, options?: { asRoot?: boolean }): Promise<MtlsProxy>;
   /** Starts the sniffer on `host`'s link; the returned function stops it and resolves with its counts. */
   sniff(host: HostName, marker: string): Promise<() => Promise<SniffStats>>;
   /** Runs the bare tunnel client in `host` against `target`'s tunnel port with `files`. */

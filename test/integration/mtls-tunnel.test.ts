@@ -386,6 +386,18 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
     expect(long.result).toBe('FIN');
   });
 
+  it('refuses to start with an expired identity, saying why', async () => {
+    const past = Date.now() - 3 * 86400_000;
+    const expired = await lab.issue('spiffe://mesh.test/c-old', 'id-c-old', {
+      validity: { notBefore: new Date(past), notAfter: new Date(past + 3600_000) },
+    });
+    // On c (no capture): only the identity is at stake.
+    const proxy = await lab.startProxy('c', lab.writeConfig('c-expired', mtlsConfig(lab.dir, expired)));
+    const exit = await proxy.exited;
+    expect(exit.code).not.toBe(0);
+    expect(proxy.stderr()).toMatch(/IDENTITY_EXPIRED: .*spiffe:\/\/mesh\.test\/c-old.*expired/);
+  });
+
   it('explains whether a flow is tunneled and to which identity, and evaluates --src-id against principals', () => {
     const state = join(lab.dir, 'explain-state');
     const fileA = lab.writeConfig('a-explain', configA(false));
