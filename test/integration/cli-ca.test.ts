@@ -117,8 +117,10 @@ describe('meshctl ca', () => {
     expect([issue.status, issue.stderr]).toEqual([1, expect.stringContaining('meshctl: CA_INVALID:')]);
     const bundle = meshctl(['ca', 'bundle', '--ca', empty]);
     expect([bundle.status, bundle.stderr]).toEqual([1, expect.stringContaining('meshctl: CA_INVALID:')]);
-    expect(meshctl(['ca', 'issue', '--ca', empty, '--out', empty]).status).toBe(2);
-    expect(meshctl(['ca', 'bundle']).status).toBe(2);
+    const noId = meshctl(['ca', 'issue', '--ca', empty, '--out', empty]);
+    expect([noId.status, noId.stderr]).toEqual([2, expect.stringContaining("required option '--id <spiffe-id>'")]);
+    const noCa = meshctl(['ca', 'bundle']);
+    expect([noCa.status, noCa.stderr]).toEqual([2, expect.stringContaining("required option '--ca <dir>'")]);
   });
 
   it('says WRITE_FAILED, exit 1, when the directory cannot be made', () => {
