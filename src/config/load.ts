@@ -21,7 +21,7 @@ import {
 import { systemHostFacts, type HostFacts, type UserDb } from './host-facts.js';
 import { setPath, valueAt } from './paths.js';
 import { POLICY_SECTIONS, resolvePolicy, type ResolvedPolicy } from './policy.js';
-import { configSchema, isNearKey, shownKey, validateSchema } from './schema.js';
+import { configSchema, isNearKey, schemaDefault, shownKey, validateSchema } from './schema.js';
 import type { Config, ProxyUser, SafetyConfig } from './types.js';
 
 export const DEFAULT_CONFIG_FILE = '/etc/meshctl/config.yaml';
@@ -323,7 +323,7 @@ function hashView(full: ConfigBody & ResolvedPolicy): unknown {
     mtls.inbound === 'disable' &&
     mtls.peers.length === 0 &&
     !mtls.allowPlaintextFallback &&
-    mtls.tunnelPort === 15008 &&
+    mtls.tunnelPort === schemaDefault('mtls.tunnelPort') &&
     Object.values(mtls.identity).every((f) => f === null);
   const allPlain = services.every((s) => !s.mtls && s.identities.length === 0);
   const view: Record<string, unknown> = {};
