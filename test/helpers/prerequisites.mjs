@@ -42,6 +42,7 @@ export const TOOLS = {
   make: 'make',
   python3: 'python3',
   dig: 'dnsutils',
+  openssl: 'openssl',
 };
 
 /** The one apt-get line for all of them (README, first screen). */
