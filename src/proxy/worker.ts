@@ -96,6 +96,9 @@ export class ProxyWorker implements ConnectionOwner {
   /** The uid this process's sockets are owned by: a connection whose peer socket has it is our own, looped. */
   private readonly ownUid = process.geteuid?.() ?? -1;
   private selfLoops = 0;
+  /** sock_diag lookups of the self-loop check that failed, and when that was last logged. */
+  private ownerLookupFailures = 0;
+  private ownerLookupWarnedAt = -Infinity;
   /** Told about every refused self-loop (the primary turns /ready not-ready and logs the likely cause). */
   onSelfLoop: ((event: SelfLoopEvent) => void) | null = null;
   /** The mTLS tunnel (identity, dialer, listener), when mtls.identity is configured. */
@@ -345,14 +348,25 @@ export class ProxyWorker implements ConnectionOwner {
   /**
    * Whether the socket that made this redirected connection is owned by this proxy's own uid: then the capture
    * rules sent one of the proxy's upstream connections back to it, and proxying it again would loop until fds run
-   * out. One sock_diag lookup (src/native/socket_owner.cc); a lookup that fails counts as not ours.
+   * out. One sock_diag lookup (src/native/socket_owner.cc). A lookup that fails counts as not ours (refusing every
+   * connection would cut the host off), but never silently: the first failure and one per 10 s after are logged
+   * with the cause (e.g. EAFNOSUPPORT where a sandbox forbids netlink sockets).
    */
   private isOwnConnection(socket: Socket, dst: OriginalDst): boolean {
     const fd = socketFd(socket);
     if (fd < 0 || this.ownUid < 0) return false;
     try {
       return peerOwner(fd, dst.family === 'ipv6' ? 6 : 4, dst.address, dst.port) === this.ownUid;
-    } catch {
+    } catch (error) {
+      this.ownerLookupFailures++;
+      const now = performance.now();
+      if (now - this.ownerLookupWarnedAt >= 10_000) {
+        this.ownerLookupWarnedAt = now;
+        this.log.warn(
+          { err: error, failures: this.ownerLookupFailures },
+          "self-loop check: cannot ask the kernel who owns a connection's socket (sock_diag); a capture loop through this proxy would not be refused. Allow AF_NETLINK sockets for the proxy",
+        );
+      }
       return false;
     }
   }

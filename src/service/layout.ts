@@ -177,15 +177,13 @@ export function renderDropIns(
   }
   if (tproxy) {
     // The only capability the proxy ever gets, and only in this mode. A private user namespace would confine it
-    // there: the host's network namespace would still refuse IP_TRANSPARENT. The leg's port is checked against
-    // the peer's other connections with sock_diag, a netlink socket (added to the unit's allow-list).
+    // there: the host's network namespace would still refuse IP_TRANSPARENT. (The leg's port check, sock_diag, is
+    // netlink: the shipped unit allows AF_NETLINK in every mode.)
     proxy.push(
       "# capture.inbound.mode = tproxy: each connection to the app leaves from the peer's address (IP_TRANSPARENT, SO_MARK)",
       'CapabilityBoundingSet=CAP_NET_ADMIN',
       'AmbientCapabilities=CAP_NET_ADMIN',
       'PrivateUsers=no',
-      "# and takes a port none of the peer's connections to the app holds (sock_diag)",
-      'RestrictAddressFamilies=AF_NETLINK',
     );
   }
   const credential = loadCredentialSetting(config.mtls.identity.key);
