@@ -202,7 +202,7 @@ describe('files that are no config', () => {
     const e = await loadFile('shadow', shadow);
     expect(e.code).toBe('CONFIG_INVALID');
     expect(e.message).toBe(
-      `${join(dir, 'shadow')} is not a meshctl config: none of its 4 top-level keys is a config section (proxy, capture, safety, stateDir, services, outbound, inbound, controlPlane)`,
+      `${join(dir, 'shadow')} is not a meshctl config: none of its 4 top-level keys is a config section (proxy, capture, safety, stateDir, mtls, services, outbound, inbound, controlPlane)`,
     );
     expect(e.details).toEqual([]);
     const all = [e.message, e.hint ?? '', ...e.details].join('\n');
@@ -231,6 +231,12 @@ describe("the proxy's own flags", () => {
       'proxy-access-log-path',
       'proxy-access-log-sample-ratio',
       'proxy-access-log-periodic-interval',
+      // The identity and the peers matter to the proxy only; mtls.inbound and the tunnel port shape capture too.
+      'mtls-identity-certificate',
+      'mtls-identity-key',
+      'mtls-identity-bundle',
+      'mtls-peers',
+      'mtls-allow-plaintext-fallback',
     ]);
     expect(proxyOnly.find((s) => s.flag === 'proxy-connect-timeout')?.help).toBe('upstream connect timeout (10s)');
     expect(proxyOnly.find((s) => s.flag === 'proxy-half-close-timeout')?.help).toBe(
