@@ -23,6 +23,7 @@ import { AccessLog } from './access-log.js';
 import { startAdminServer, type AdminAuthorizer, type AdminHandlers } from './admin.js';
 import {
   activatedDnsCount,
+  isTunnelListener,
   listenerLabel,
   openTransparentListeners,
   planListeners,
@@ -431,7 +432,10 @@ export class ProxySupervisor {
     const transparentPorts = this.specs
       .filter(
         (s) =>
-          s.direction === 'inbound' && s.fd !== null && (s.transparent === true || safeIsTransparent(s.fd, s.family)),
+          s.direction === 'inbound' &&
+          !isTunnelListener(s) &&
+          s.fd !== null &&
+          (s.transparent === true || safeIsTransparent(s.fd, s.family)),
       )
       .map((s) => s.port);
     const user =

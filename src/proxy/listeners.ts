@@ -2,7 +2,9 @@
 // activation) and opening them. Under node:cluster a worker's listen() is served by the primary, which binds
 // the port (or wraps the inherited fd) once and shares it, so the same code runs with 1 or N processes.
 // TPROXY inbound needs IP_TRANSPARENT listeners, which Node cannot make: the addon makes them (as root, before
-// the proxy drops to proxy.user) and they travel as fds, exactly like socket-activated ones.
+// the proxy drops to proxy.user) and they travel as fds, exactly like socket-activated ones. The mTLS tunnel's
+// listeners (`tunnel`, `tunnel6`) travel in the same list when systemd passed them; the worker hands them to the
+// tunnel server instead of the plaintext accept path (a tunnel listener the proxy binds itself is not listed).
 import { closeSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Config } from '../config/types.js';
@@ -11,8 +13,15 @@ import { MeshctlError } from '../errors.js';
 import { isTransparent, transparentListen } from '../native/addon.js';
 import type { Direction } from './metrics.js';
 
-export type ListenerName = 'outbound' | 'inbound' | 'outbound6' | 'inbound6';
+export type ListenerName = 'outbound' | 'inbound' | 'outbound6' | 'inbound6' | 'tunnel' | 'tunnel6';
 const LISTENER_NAMES: readonly ListenerName[] = ['outbound', 'inbound', 'outbound6', 'inbound6'];
+const TUNNEL_NAMES: readonly ListenerName[] = ['tunnel', 'tunnel6'];
+const ALL_NAMES: readonly ListenerName[] = [...LISTENER_NAMES, ...TUNNEL_NAMES];
+
+/** Whether `spec` is an activated mTLS tunnel listener (served by the tunnel server, not the plaintext path). */
+export function isTunnelListener(spec: Pick<ListenerSpec, 'name'>): boolean {
+  return spec.name === 'tunnel' || spec.name === 'tunnel6';
+}
 
 export interface ListenerSpec {
   readonly name: ListenerName;
@@ -33,50 +42,96 @@ const BACKLOG = 4096;
 
 function describe(name: ListenerName): { direction: Direction; family: Family } {
   return {
+    // The tunnel serves inbound connections from peers.
     direction: name.startsWith('outbound') ? 'outbound' : 'inbound',
     family: name.endsWith('6') ? 'ipv6' : 'ipv4',
   };
 }
 
+/** How many of the activated fds are the proxy's listeners, the mTLS tunnel's and the DNS server's. */
+export interface ActivatedSplit {
+  readonly listeners: number;
+  readonly tunnel: number;
+  readonly dns: number;
+}
+
+/**
+ * How `total` activated fds divide, in the order a socket unit rendered by `meshctl service install` lists them
+ * (src/service/layout.ts): the proxy's TCP listeners (outbound, inbound, then outbound6, inbound6 with IPv6
+ * intercept), the mTLS tunnel's (tunnel, then tunnel6; while mtls.inbound is not disable), the DNS server's
+ * (capture.dns.enabled: per family a stream and a datagram socket). A unit without the tunnel's or the DNS
+ * server's sockets is recognised by its count (the tunnel listener then binds its port itself); any other count
+ * is taken as the proxy's listeners alone.
+ */
+export function splitActivatedFds(config: Pick<Config, 'capture' | 'mtls'>, total: number): ActivatedSplit {
+  const families = config.capture.ipv6 === 'intercept' ? 2 : 1;
+  const listeners = families * 2;
+  const tunnel = config.mtls.inbound !== 'disable' ? families : 0;
+  const dns = config.capture.dns.enabled ? families * 2 : 0;
+  for (const split of [
+    { listeners, tunnel, dns },
+    { listeners, tunnel, dns: 0 },
+    { listeners, tunnel: 0, dns },
+  ]) {
+    if (split.listeners + split.tunnel + split.dns === total) return split;
+  }
+  return { listeners: total, tunnel: 0, dns: 0 };
+}
+
 /**
  * The listeners for `config`. With systemd socket activation (LISTEN_PID = this process, LISTEN_FDS = n) the
- * fds 3..3+n-1 are used, named by LISTEN_FDNAMES (`outbound`, `inbound`, `outbound6`, `inbound6`), or taken
- * in that order when systemd gave no such names. Otherwise: outbound on loopback (REDIRECT from OUTPUT
- * rewrites to 127.0.0.1 / ::1), inbound on all addresses; IPv6 only when capture.ipv6 is `intercept`.
+ * fds 3..3+n-1 are used, named by LISTEN_FDNAMES (`outbound`, `inbound`, `outbound6`, `inbound6`, `tunnel`,
+ * `tunnel6`), or taken in the order of splitActivatedFds when systemd gave no such names. Otherwise: outbound on
+ * loopback (REDIRECT from OUTPUT rewrites to 127.0.0.1 / ::1), inbound on all addresses; IPv6 only when
+ * capture.ipv6 is `intercept`; the tunnel listener binds mtls.tunnelPort itself (not listed).
  * Throws MeshctlError LISTEN_FAILED for inconsistent activation variables.
  */
 export function planListeners(
-  config: Pick<Config, 'proxy' | 'capture'>,
+  config: Pick<Config, 'proxy' | 'capture' | 'mtls'>,
   env: NodeJS.ProcessEnv,
   pid: number,
 ): ListenerSpec[] {
   const { proxy } = config;
-  const portOf = (name: ListenerName) => (name.startsWith('outbound') ? proxy.outboundPort : proxy.inboundPort);
+  const portOf = (name: ListenerName) =>
+    name.startsWith('outbound')
+      ? proxy.outboundPort
+      : name.startsWith('tunnel')
+        ? config.mtls.tunnelPort
+        : proxy.inboundPort;
   if (env.LISTEN_FDS !== undefined && env.LISTEN_PID !== undefined && Number(env.LISTEN_PID) === pid) {
     // The DNS server's sockets, when the unit passes them, follow these (src/dns/server.ts activatedDnsListeners).
-    const count = Number(env.LISTEN_FDS) - activatedDnsCount(config, Number(env.LISTEN_FDS));
-    if (!Number.isInteger(count) || count < 1 || count > LISTENER_NAMES.length) {
+    const total = Number(env.LISTEN_FDS);
+    const split = splitActivatedFds(config, total);
+    const count = split.listeners + split.tunnel;
+    if (!Number.isInteger(count) || split.listeners < 1 || split.listeners > LISTENER_NAMES.length) {
       throw new MeshctlError(
         'LISTEN_FAILED',
-        `LISTEN_FDS=${env.LISTEN_FDS} from systemd socket activation: expected 1 to ${LISTENER_NAMES.length} sockets`,
-        'give the proxy socket unit one ListenStream= per listener (outbound, inbound, outbound6, inbound6)',
+        `LISTEN_FDS=${env.LISTEN_FDS} from systemd socket activation: expected 1 to ${LISTENER_NAMES.length} sockets, plus the mTLS tunnel's (${TUNNEL_NAMES.join(', ')}) and the DNS server's`,
+        'give the proxy socket unit one ListenStream= per listener (outbound, inbound, outbound6, inbound6), then the tunnel port per family; `meshctl service install` writes them',
       );
     }
     const given = (env.LISTEN_FDNAMES ?? '')
       .split(':')
       .filter((n) => n !== '')
       .slice(0, count);
-    const known = given.filter((n): n is ListenerName => (LISTENER_NAMES as readonly string[]).includes(n));
+    const known = given.filter((n): n is ListenerName => (ALL_NAMES as readonly string[]).includes(n));
     let names: ListenerName[];
     if (known.length === 0) {
-      names = LISTENER_NAMES.slice(0, count);
+      names = [...LISTENER_NAMES.slice(0, split.listeners), ...TUNNEL_NAMES.slice(0, split.tunnel)];
     } else if (known.length === count && given.length === count && new Set(known).size === count) {
       names = known;
     } else {
       throw new MeshctlError(
         'LISTEN_FAILED',
         `LISTEN_FDNAMES=${env.LISTEN_FDNAMES ?? ''} does not name ${count} distinct listeners`,
-        `set FileDescriptorName= to one of ${LISTENER_NAMES.join(', ')} on every socket, or to none of them (positional order)`,
+        `set FileDescriptorName= to one of ${ALL_NAMES.join(', ')} on every socket, or to none of them (positional order)`,
+      );
+    }
+    if (names.some((n) => TUNNEL_NAMES.includes(n)) && config.mtls.inbound === 'disable') {
+      throw new MeshctlError(
+        'LISTEN_FAILED',
+        `systemd passed the mTLS tunnel listener (LISTEN_FDNAMES=${env.LISTEN_FDNAMES ?? ''}), but mtls.inbound is "disable"`,
+        'remove the tunnel port from the proxy socket unit (`meshctl service install` rewrites it), or set mtls.inbound',
       );
     }
     return names.map((name, i) => ({
@@ -98,15 +153,9 @@ export function planListeners(
   return specs;
 }
 
-/**
- * How many of `total` activated fds are the DNS server's: with capture.dns.enabled, a socket unit rendered by
- * `meshctl service install` passes the proxy's TCP listeners (2, or 4 with IPv6 intercept) and then the DNS
- * stream and datagram sockets per family (2 or 4); any other count has no DNS sockets.
- */
-export function activatedDnsCount(config: Pick<Config, 'capture'>, total: number): number {
-  if (!config.capture.dns.enabled) return 0;
-  const perFamily = config.capture.ipv6 === 'intercept' ? 4 : 2;
-  return total === perFamily * 2 ? perFamily : 0;
+/** How many of `total` activated fds are the DNS server's (the last ones; splitActivatedFds). */
+export function activatedDnsCount(config: Pick<Config, 'capture' | 'mtls'>, total: number): number {
+  return splitActivatedFds(config, total).dns;
 }
 
 /** Whether two listener sets bind the same sockets (so a reload can keep them). */
@@ -141,7 +190,7 @@ export interface TransparentSocketOps {
  * be made or an activated one is not transparent.
  */
 export function openTransparentListeners(
-  config: Pick<Config, 'proxy' | 'capture'>,
+  config: Pick<Config, 'proxy' | 'capture' | 'mtls'>,
   specs: readonly ListenerSpec[],
   current: readonly ListenerSpec[] = [],
   ops: TransparentSocketOps = { listen: transparentListen, isTransparent, close: closeFd },
@@ -150,7 +199,8 @@ export function openTransparentListeners(
   const made: number[] = [];
   try {
     return specs.map((spec) => {
-      if (spec.direction !== 'inbound') return spec;
+      // The tunnel port is never captured: its listener needs no IP_TRANSPARENT.
+      if (spec.direction !== 'inbound' || isTunnelListener(spec)) return spec;
       const family = spec.family === 'ipv6' ? 6 : 4;
       if (spec.fd !== null) {
         if (tproxy && !ops.isTransparent(spec.fd, family)) {

@@ -9,10 +9,9 @@ import { expiryJson, identityExpiry, renderExpiryMetrics } from '../mtls/expiry.
 import { loadIdentity, type Identity, type IdentityPaths } from '../mtls/identity.js';
 import { watchIdentity, type IdentityWatcher } from '../mtls/watch.js';
 import { CidrSet } from '../policy/cidr-table.js';
-import type { Family } from '../values/ip.js';
 import { TunnelDialer, type DialTarget } from './tunnel-client.js';
 import { mergeTunnelSnapshots, renderTunnelPrometheus, TunnelMetrics, type TunnelSnapshot } from './tunnel-metrics.js';
-import { TunnelServer, type TunnelStreamHandler } from './tunnel-server.js';
+import { TunnelServer, type TunnelSocket, type TunnelStreamHandler } from './tunnel-server.js';
 import { authorityOf } from './tunnel-wire.js';
 
 /** A worker's report on its tunnel. */
@@ -72,8 +71,11 @@ export class TunnelRuntime {
     return this.watcher.current();
   }
 
-  /** Opens the tunnel listener (both families of the inbound listeners) unless mtls.inbound is disable. */
-  async start(families: readonly Family[]): Promise<void> {
+  /**
+   * Opens the tunnel listener unless mtls.inbound is disable: per family, the fd systemd passed (socket
+   * activation) or mtls.tunnelPort bound here (fd null).
+   */
+  async start(sockets: readonly TunnelSocket[]): Promise<void> {
     if (this.config.mtls.inbound === 'disable') return;
     const server = new TunnelServer(
       this.identity,
@@ -82,7 +84,7 @@ export class TunnelRuntime {
       this.log,
       this.config.proxy.keepaliveDelayMs,
     );
-    await server.listen(this.config.mtls.tunnelPort, families);
+    await server.listen(this.config.mtls.tunnelPort, sockets);
     this.server = server;
   }
 

@@ -35,6 +35,12 @@ interface SessionPeer {
   fresh: boolean;
 }
 
+/** One listening socket of the tunnel: a family's port bound here, or an fd systemd passed (socket activation). */
+export interface TunnelSocket {
+  readonly family: Family;
+  readonly fd: number | null;
+}
+
 const kAcceptedAt = Symbol('meshctl.tunnelAcceptedAt');
 
 /** How long a refused client may keep its session before it is destroyed (its GOAWAY has been sent by then). */
@@ -67,9 +73,12 @@ export class TunnelServer {
     private readonly keepaliveDelayMs: number | null = null,
   ) {}
 
-  /** Listens on `port` for each family; throws MeshctlError LISTEN_FAILED (closing what it opened) on failure. */
-  async listen(port: number, families: readonly Family[]): Promise<void> {
-    for (const family of families) {
+  /**
+   * Listens on `port` for each socket's family, or on its activated fd; throws MeshctlError LISTEN_FAILED
+   * (closing what it opened) on failure.
+   */
+  async listen(port: number, sockets: readonly TunnelSocket[]): Promise<void> {
+    for (const { family, fd } of sockets) {
       const server = createSecureServer(serverOptions(this.identity));
       server.on('connection', (socket: Socket) => {
         (socket as Socket & { [kAcceptedAt]?: number })[kAcceptedAt] = performance.now();
@@ -86,17 +95,23 @@ export class TunnelServer {
       try {
         await new Promise<void>((resolve, reject) => {
           server.once('error', reject);
-          server.listen({ host, port, ipv6Only: family === 'ipv6', backlog: 4096 }, () => {
+          const done = () => {
             server.removeListener('error', reject);
             resolve();
-          });
+          };
+          if (fd !== null) server.listen({ fd, backlog: 4096 }, done);
+          else server.listen({ host, port, ipv6Only: family === 'ipv6', backlog: 4096 }, done);
         });
       } catch (error) {
         this.close();
         throw new MeshctlError(
           'LISTEN_FAILED',
-          `the mTLS tunnel listener could not listen on ${host === '::' ? `[::]` : host}:${port} (mtls.tunnelPort): ${(error as Error).message}`,
-          'free the port or set another mtls.tunnelPort (on every host of the mesh)',
+          fd !== null
+            ? `the mTLS tunnel listener could not use the socket-activated fd ${fd} (${family}, mtls.tunnelPort ${port}): ${(error as Error).message}`
+            : `the mTLS tunnel listener could not listen on ${host === '::' ? `[::]` : host}:${port} (mtls.tunnelPort): ${(error as Error).message}`,
+          fd !== null
+            ? 'check the proxy socket unit: the tunnel fds must be listening TCP stream sockets (`meshctl service install` writes them)'
+            : 'free the port or set another mtls.tunnelPort (on every host of the mesh)',
           { cause: error },
         );
       }

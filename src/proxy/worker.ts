@@ -9,7 +9,7 @@ import type { Logger } from '../log.js';
 import type { PolicySnapshot } from '../policy/metrics.js';
 import { PolicyRuntime } from '../policy/runtime.js';
 import { AccessLog } from './access-log.js';
-import { listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
+import { isTunnelListener, listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
 import { readOriginalDst, socketFd, type OriginalDst } from '../native/original-dst.js';
 import { peerOwner } from '../native/addon.js';
@@ -103,14 +103,19 @@ export class ProxyWorker implements ConnectionOwner {
   onSelfLoop: ((event: SelfLoopEvent) => void) | null = null;
   /** The mTLS tunnel (identity, dialer, listener), when mtls.identity is configured. */
   private tunnel: TunnelRuntime | null = null;
+  private specs: readonly ListenerSpec[];
+  /** The tunnel's socket-activated listeners (empty: the tunnel binds mtls.tunnelPort itself). */
+  private readonly tunnelSpecs: readonly ListenerSpec[];
 
   constructor(
     config: Config,
-    private specs: readonly ListenerSpec[],
+    specs: readonly ListenerSpec[],
     private readonly log: Logger,
     readonly index = 0,
   ) {
     this.config = config;
+    this.specs = specs.filter((s) => !isTunnelListener(s));
+    this.tunnelSpecs = specs.filter(isTunnelListener);
     this.ownPorts = this.portsOf(config);
     this.accessLog = new AccessLog(config.proxy.accessLog, { worker: index });
     this.sweeper = new Sweeper(() => this.sweep());
@@ -189,7 +194,11 @@ export class ProxyWorker implements ConnectionOwner {
     await this.policy.start();
     this.startRelay(this.config);
     this.tunnel = TunnelRuntime.create(this.config, this.onTunnelStream, this.log);
-    await this.tunnel?.start(this.tunnelFamilies());
+    await this.tunnel?.start(
+      this.tunnelSpecs.length > 0
+        ? this.tunnelSpecs.map((s) => ({ family: s.family, fd: s.fd }))
+        : this.tunnelFamilies().map((family) => ({ family, fd: null })),
+    );
     this.listeners = await this.openAll(this.specs);
     this.sweeper.start(this.sweepInterval(this.config));
     this.log.info({ listeners: this.listeners.map((l) => listenerLabel(l.spec)) }, 'listening');
@@ -423,7 +432,9 @@ export class ProxyWorker implements ConnectionOwner {
    * listeners are opened/closed only where the set changed. Throws (and keeps the old state) if a new
    * listener cannot be opened.
    */
-  async reload(config: Config, specs: readonly ListenerSpec[]): Promise<void> {
+  async reload(config: Config, all: readonly ListenerSpec[]): Promise<void> {
+    // The tunnel's listeners stay as they started (a change needs a restart; TunnelRuntime.reconfigure says so).
+    const specs = all.filter((s) => !isTunnelListener(s));
     const keep = new Set(specs.map(specKey));
     const have = new Set(this.listeners.map((l) => specKey(l.spec)));
     const added = await this.openAll(specs.filter((s) => !have.has(specKey(s))));

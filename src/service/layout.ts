@@ -125,7 +125,17 @@ export function listenStreams(config: Pick<Config, 'proxy' | 'capture'>): string
 }
 
 /**
- * The DNS server's sockets (capture.dns.enabled), after the listen streams: per family a stream, then a datagram
+ * The mTLS tunnel listener's sockets (while mtls.inbound is not disable), after the listen streams: all addresses,
+ * per captured family, as `meshctl proxy` reads them (src/proxy/listeners.ts splitActivatedFds).
+ */
+export function tunnelListenStreams(config: Pick<Config, 'capture' | 'mtls'>): string[] {
+  if (config.mtls.inbound === 'disable') return [];
+  const port = config.mtls.tunnelPort;
+  return config.capture.ipv6 === 'intercept' ? [`0.0.0.0:${port}`, `[::]:${port}`] : [`0.0.0.0:${port}`];
+}
+
+/**
+ * The DNS server's sockets (capture.dns.enabled), after the tunnel's: per family a stream, then a datagram
  * socket, as `meshctl proxy` reads them (src/dns/server.ts activatedDnsListeners).
  */
 export function dnsListeners(
@@ -157,6 +167,12 @@ export function renderDropIns(
     'ListenStream=',
     ...listenStreams(config).map((s) => `ListenStream=${s}`),
   ];
+  const tunnel = tunnelListenStreams(config);
+  if (tunnel.length > 0)
+    socket.push(
+      `# mtls.inbound = ${config.mtls.inbound}, mtls.tunnelPort: the mTLS tunnel listener (peers' connections queue here while the proxy restarts)`,
+      ...tunnel.map((s) => `ListenStream=${s}`),
+    );
   const tproxy = config.capture.inbound.enabled && config.capture.inbound.mode === 'tproxy';
   if (tproxy)
     socket.push('# capture.inbound.mode = tproxy: TPROXY delivers only to IP_TRANSPARENT sockets', 'Transparent=yes');

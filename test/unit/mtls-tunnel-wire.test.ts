@@ -125,7 +125,7 @@ describe('dialer and tunnel server on loopback', () => {
       serverMetrics,
       silentLogger,
     );
-    await server.listen(0, ['ipv4']);
+    await server.listen(0, [{ family: 'ipv4', fd: null }]);
     port = Number(/:(\d+)$/.exec(server.listening[0]!)![1]);
   });
 

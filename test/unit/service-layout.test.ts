@@ -95,6 +95,56 @@ describe('service layout', () => {
     );
   });
 
+  it('adds the mTLS tunnel port per family after the listeners (before DNS) while mtls.inbound is not disable, where the proxy reads it', () => {
+    const identity = {
+      certificate: '/etc/meshctl/id/cert.pem',
+      key: 'credential:mtls-key',
+      bundle: '/etc/meshctl/id/b.pem',
+    };
+    const c = config({
+      mtls: { inbound: 'strict', tunnelPort: 15108, identity },
+      capture: { dns: { enabled: true, port: 15053 } },
+    });
+    const text = renderDropIns(c, DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!.text;
+    const listens = text.split('\n').filter((l) => /^Listen(Stream|Datagram)=./.test(l));
+    expect(listens).toEqual([
+      ...listenStreams(c).map((s) => `ListenStream=${s}`),
+      'ListenStream=0.0.0.0:15108',
+      'ListenStream=[::]:15108',
+      'ListenStream=127.0.0.1:15053',
+      'ListenDatagram=127.0.0.1:15053',
+      'ListenStream=[::1]:15053',
+      'ListenDatagram=[::1]:15053',
+    ]);
+    const names = listens.map(() => 'meshctl-proxy.socket').join(':');
+    const env = { LISTEN_PID: '42', LISTEN_FDS: String(listens.length), LISTEN_FDNAMES: names };
+    expect(planListeners(c, env, 42).map((s) => [s.name, s.direction, s.family, s.port, s.fd])).toEqual([
+      ['outbound', 'outbound', 'ipv4', 15001, 3],
+      ['inbound', 'inbound', 'ipv4', 15006, 4],
+      ['outbound6', 'outbound', 'ipv6', 15001, 5],
+      ['inbound6', 'inbound', 'ipv6', 15006, 6],
+      ['tunnel', 'inbound', 'ipv4', 15108, 7],
+      ['tunnel6', 'inbound', 'ipv6', 15108, 8],
+    ]);
+    expect(activatedDnsListeners(c, env, 42, activatedDnsCount(c, listens.length))).toEqual([
+      { family: 'ipv4', host: '127.0.0.1', port: 15053, tcpFd: 9, udpFd: 10 },
+      { family: 'ipv6', host: '::1', port: 15053, tcpFd: 11, udpFd: 12 },
+    ]);
+    // IPv4 only: one tunnel socket; permissive opens it as strict does.
+    const v4 = config({ mtls: { inbound: 'permissive', identity }, capture: { ipv6: 'block' } });
+    const v4Listens = values(
+      renderDropIns(v4, DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!.text,
+      'ListenStream',
+    );
+    expect(v4Listens).toEqual(['', '127.0.0.1:15001', '0.0.0.0:15006', '0.0.0.0:15008']);
+    expect(
+      planListeners(v4, { LISTEN_PID: '9', LISTEN_FDS: '3' }, 9).map((s) => `${s.name}:${s.port}:${s.fd}`),
+    ).toEqual(['outbound:15001:3', 'inbound:15006:4', 'tunnel:15008:5']);
+    // mtls.inbound disable: no tunnel listener, so no tunnel socket.
+    const off = config({ mtls: { inbound: 'disable', identity } });
+    expect(renderDropIns(off, DEFAULT_LAYOUT).find((d) => d.unit === UNITS.socket)!.text).not.toContain('15008');
+  });
+
   it('binds capture to the proxy only in fail-open mode', () => {
     const capture = (mode: 'open' | 'closed') =>
       renderDropIns(config({ safety: { onProxyDown: mode } }), DEFAULT_LAYOUT).find((d) => d.unit === UNITS.capture)!
