@@ -2,7 +2,7 @@
 // --confirm-within reverter: it waits for the deadline (--wait-until), then acts only if nobody confirmed.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Option, type Command } from 'commander';
-import { MeshctlError } from '../errors.js';
+import { MeshctlError, isMeshctlError } from '../errors.js';
 import { revertUnconfirmed, uninstallCapture, type UninstallResult } from '../netfilter/uninstall.js';
 import { addScopeOptions, cliLogger, recoveryLine, resolveStateDir, where } from './shared.js';
 import { removeUnitDropins, systemdRunning } from '../service/unit-dropins.js';
@@ -86,8 +86,16 @@ export function register(program: Command): void {
     const result = revert
       ? await revertUnconfirmed({ ...scope, installId: options.ifUnconfirmed as string })
       : await uninstallCapture(scope);
-    // After the rules: the units' drop-ins would only find nothing installed.
-    if (systemdRunning()) removeUnitDropins({ netns: scope.netns });
+    // After the rules: the units' drop-ins would only find nothing installed. Where /etc is read-only (the capture
+    // unit's sandbox) they stay, harmless, until `meshctl service uninstall` removes them.
+    if (systemdRunning()) {
+      try {
+        removeUnitDropins({ netns: scope.netns });
+      } catch (error) {
+        if (!isMeshctlError(error, 'UNIT_DROPIN_FAILED')) throw error;
+        process.stderr.write(`note: ${error.message}; it only finds nothing installed now\n`);
+      }
+    }
     if (options.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     else process.stdout.write(describe(result, revert));
   });

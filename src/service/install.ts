@@ -39,6 +39,8 @@ import {
 } from './layout.js';
 import { probeReady, waitReady, endpointText, type AdminEndpoint, type ReadyProbe } from './readiness.js';
 import { createSystemd, type Systemd, type UnitState } from './systemctl.js';
+import { removeUnitDropins, syncUnitDropins } from './unit-dropins.js';
+import { MESHCTL_BIN } from '../netfilter/transaction/revert.js';
 
 export type FileAction = 'created' | 'updated' | 'unchanged' | 'removed' | 'absent' | 'kept';
 
@@ -187,6 +189,7 @@ export async function installService(options: ServiceInstallOptions): Promise<Se
   });
   const unitFilesChanged = installUnitFiles(layout, config, files, warnings);
   installBinLink(layout, files, warnings);
+  installUnitsDropins(layout, config, files);
 
   const envFile = onHost(layout, layout.captureEnvFile);
   writeIfChanged(envFile, captureEnvText(options.confirmWithin ?? null));
@@ -247,6 +250,24 @@ async function installConfig(
     configAction = 'created-default';
   }
   return { config, configPath, configAction };
+}
+
+/**
+ * The drop-ins that keep the units of excludeUnits/includeUnits in step (src/service/unit-dropins.ts), written here
+ * because the capture unit's sandbox keeps /etc read-only: its `meshctl install` then finds them in place.
+ */
+function installUnitsDropins(layout: ServiceLayout, config: Config, files: FileChange[]): void {
+  const out = config.capture.outbound;
+  const units = [...out.excludeUnits, ...(out.includeUnits === 'all' ? [] : out.includeUnits)].map((u) => u.name);
+  const root = onHost(layout, layout.dropInDir ?? layout.unitDir);
+  const change = syncUnitDropins(units, {
+    stateDir: config.stateDir,
+    netns: null,
+    command: [process.execPath, MESHCTL_BIN],
+    root,
+  });
+  for (const path of change.written) files.push({ path, action: 'created' });
+  for (const path of change.removed) files.push({ path, action: 'removed' });
 }
 
 /** The units (ours, or the package's checked in place) and the drop-ins for `config`; returns the units whose files changed. */
@@ -454,6 +475,9 @@ export async function uninstallService(options: ServiceUninstallOptions): Promis
       // not empty or absent
     }
   }
+  // The units' drop-ins (excludeUnits/includeUnits): the capture unit's sandbox could not remove them.
+  const unitsDropins = removeUnitDropins({ netns: null, root: onHost(layout, layout.dropInDir ?? layout.unitDir) });
+  for (const path of unitsDropins.removed) files.push({ path, action: 'removed' });
   if (ownFiles) remove(onHost(layout, layout.sysusersFile));
   remove(onHost(layout, layout.captureEnvFile));
   const bin = onHost(layout, layout.binLink);

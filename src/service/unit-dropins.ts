@@ -13,6 +13,8 @@
 //
 // `meshctl install` writes them before it loads the rules (and removes those of units no longer named);
 // `meshctl uninstall` removes them after the rules are gone. Only where systemd runs (/run/systemd/system exists).
+// Under `meshctl service install` the capture unit's sandbox keeps /etc read-only, so `service install` writes them
+// before it starts that unit (whose install then finds them in place) and `service uninstall` removes them.
 import {
   existsSync,
   mkdirSync,
@@ -86,7 +88,7 @@ export function syncUnitDropins(units: readonly string[], options: DropinOptions
   const text = renderUnitDropin(options);
   for (const unit of units) {
     const path = unitDropinPath(unit, options);
-    if (readOr(path) === text) continue;
+    if (sameRefresh(readOr(path), text)) continue;
     guard(path, 'write', () => {
       mkdirSync(join(path, '..'), { recursive: true, mode: 0o755 });
       writeFileSync(`${path}.tmp`, text, { mode: 0o644 });
@@ -142,6 +144,16 @@ function reloadSystemd(options: Pick<DropinOptions, 'root'>): void {
   guard(DEFAULT_ROOT, 'reload systemd for', () =>
     execFileSync('systemctl', ['daemon-reload'], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 60_000 }),
   );
+}
+
+/**
+ * Whether a drop-in already runs the same refresh (same scope and state directory) as `text`, whatever path of
+ * meshctl it names: `meshctl service install` writes them outside the capture unit's sandbox, where /etc is
+ * read-only, and the install that unit runs then finds them in place.
+ */
+function sameRefresh(existing: string | null, text: string): boolean {
+  const refresh = (t: string) => / units refresh (.*)$/m.exec(t)?.[1];
+  return existing !== null && existing.startsWith(DROPIN_MARKER) && refresh(existing) === refresh(text);
 }
 
 function readOr(path: string): string | null {

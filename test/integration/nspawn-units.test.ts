@@ -200,4 +200,34 @@ describe.skipIf(!integrationEnabled)('excludeUnits with a real systemd unit that
     expect(ct.run('systemctl', ['cat', 'lab-backup.service'])).not.toContain('units refresh');
     expect(await startAndConnect('lab-app.service', 'restart')).toContain(direct);
   }, 300_000);
+
+  it('under `meshctl service install` (capture sandboxed, /etc read-only) the units’ drop-ins still keep them in step', async () => {
+    ct.run('systemctl', ['stop', 'lab-proxy.service']); // the real proxy's socket unit takes 127.0.0.1:15001
+    writeFileSync(
+      join(labDir, 'units.yaml'),
+      'proxy:\n  user: meshproxy\ncapture:\n  ipv6: off\n  outbound:\n    excludeUnits: [lab-backup.service]\n',
+    );
+    const out = ct.run(MESHCTL, ['service', 'install', '--config', '/opt/lab/units.yaml']);
+    expect(out).toContain(DROPIN);
+    const accepted = (): number => {
+      const text = ct.run(NODE, [
+        '-e',
+        "fetch('http://127.0.0.1:15000/stats').then((r) => r.text()).then((t) => process.stdout.write(t))",
+      ]);
+      return (JSON.parse(text) as { connections: { accepted: { outbound: number } } }).connections.accepted.outbound;
+    };
+    const before = accepted();
+    // The proxy connects to the peer from this host too, so the proxy's count tells captured from direct.
+    await startAndConnect('lab-app.service', 'restart');
+    expect(accepted()).toBe(before + 1);
+    for (let restart = 1; restart <= 2; restart++) {
+      expect(await startAndConnect('lab-backup.service', 'restart'), `restart ${restart}`).toMatch(/^peer=/);
+      expect(accepted(), `restart ${restart}`).toBe(before + 1);
+    }
+    const status = JSON.parse(ct.exec(MESHCTL, ['status', '--json']).stdout) as { units: { step: string }[] };
+    expect(status.units.map((u) => u.step)).toEqual(['in-step']);
+    const removed = ct.run(MESHCTL, ['service', 'uninstall']);
+    expect(removed).toContain(DROPIN);
+    expect(ct.exec('test', ['-e', DROPIN]).status).not.toBe(0);
+  }, 300_000);
 });
