@@ -300,6 +300,8 @@ describe.skipIf(!integrationEnabled)(
         recreateCgroup(backup, inBackup.pid);
         moveInto(inBackup.pid, backup);
         expect(await connectFrom(inBackup, lab.peer4, 80)).toBe('proxy');
+        // explain agrees with the kernel: the loaded rule matches the old cgroup, not the unit's new one.
+        expect(explainUnit(lab, 'backup.service', env)).toBe('redirected');
         const stale = unitsStatus(lab, env);
         expect(stale.step, stale.text).toEqual({ 'backup.service': 'stale' });
         expect(stale.exit).toBe(4);
@@ -312,6 +314,7 @@ describe.skipIf(!integrationEnabled)(
         expect(refreshed.stdout).toMatch(/refreshed in namespace/);
         expect(await connectFrom(inBackup, lab.peer4, 80)).toBe('peer');
         expect(await connectFrom(inOther, lab.peer4, 80)).toBe('proxy');
+        expect(explainUnit(lab, 'backup.service', env)).toBe('bypassed');
         expect(unitsStatus(lab, env).step).toEqual({ 'backup.service': 'in-step' });
         // Nothing stale: a second refresh changes nothing.
         expect(cli(['units', 'refresh', ...lab.scope], env).stdout).toMatch(/every unit is in step/);

@@ -18,7 +18,7 @@ import { createDriver } from '../drivers/create-driver.js';
 import { ledgerPath, readLedger, scopeDir, type Ledger } from '../transaction/ledger.js';
 import { assertNetnsExists } from '../../values/netns.js';
 import { createRunner, type NetfilterRunner } from '../drivers/runner.js';
-import { resolveNftCgroupIds } from './unit-cgroups.js';
+import { resolveNftCgroupIds, withStaleUnits } from './unit-cgroups.js';
 
 export interface ExplainRules {
   /** `kernel`: the rules installed now; `config`: the plan of the current config (nothing installed, or asked for). */
@@ -126,6 +126,9 @@ export async function readExplainRules(options: ExplainRulesOptions): Promise<Ex
       `an interrupted ${ledger.operation} is recorded in ${path}; these are the rules as the kernel holds them now (the next meshctl command that changes rules finishes it)`,
     );
   }
+  // A unit rule loaded for a cgroup its unit has left matches that old cgroup only (differences are about the rules).
+  const current = withStaleUnits(plan, ledger.current.units ?? [], ledger.current.config);
+  notes.push(...current.notes);
   const differences = describeDifferences(
     plan,
     planCapture(config),
@@ -135,7 +138,7 @@ export async function readExplainRules(options: ExplainRulesOptions): Promise<Ex
   );
   return {
     source: 'kernel',
-    plan,
+    plan: current.plan,
     installId: ledger.installId,
     backend: ledger.backend,
     netns,

@@ -9,6 +9,8 @@
 import { readdirSync, readFileSync, statSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
 import type { Config, SystemdUnit } from '../../config/types.js';
+import type { ExplainPlan } from '../../capture/explain.js';
+import type { Match } from '../../capture/model.js';
 import { MeshctlError } from '../../errors.js';
 import type { UnitCgroupState } from '../transaction/ledger.js';
 
@@ -181,4 +183,34 @@ function cgroupsAtLevel(mount: string, level: number): Map<number, string> {
   };
   if (level > 0) walk('', 0);
   return found;
+}
+
+/**
+ * The kernel's rules as they match now: a unit rule loaded for a cgroup the unit has since left (it restarted without
+ * a refresh) matches only that old, empty cgroup, so explain sees it by the id it was loaded for (which no socket is
+ * in) instead of the path; one note per stale unit says so.
+ */
+export function withStaleUnits(
+  plan: ExplainPlan,
+  loaded: readonly UnitCgroupState[],
+  config: Config,
+): { plan: ExplainPlan; notes: string[] } {
+  const stale = compareUnits(loaded, readUnitCgroups(configUnits(config))).filter((u) => u.step === 'stale');
+  const oldIds = new Map(stale.filter((u) => u.loadedId !== null).map((u) => [u.cgroup, u.loadedId!]));
+  const notes = stale.map(
+    (u) => `unit ${describeUnit(u)}: a connection from it now meets rules that no longer match it`,
+  );
+  if (oldIds.size === 0) return { plan, notes };
+  const families = plan.families.map((f) => ({
+    ...f,
+    rules: f.rules.map((r) => ({
+      ...r,
+      matches: r.matches.map((m): Match => {
+        if (m.kind !== 'cgroup' || m.id !== undefined) return m;
+        const id = oldIds.get(m.path);
+        return id === undefined ? m : { ...m, id };
+      }),
+    })),
+  }));
+  return { plan: { ...plan, families }, notes };
 }
