@@ -8,7 +8,16 @@ import { DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
 import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
 import { REPO_ROOT } from './tools.js';
 
-export type CandidateName = 'direct' | 'haproxy' | 'meshctl' | 'meshctl-policy100' | 'meshctl-node';
+export type CandidateName =
+  | 'direct'
+  | 'haproxy'
+  | 'meshctl'
+  | 'meshctl-policy100'
+  | 'meshctl-node'
+  // Two sidecars in a row (bench/pair.ts), on request only.
+  | 'meshctl-mtls'
+  | 'meshctl-pair'
+  | 'haproxy-tls';
 export const CANDIDATES: readonly CandidateName[] = ['direct', 'haproxy', 'meshctl'];
 /**
  * meshctl with 100 services configured, the bench's own destinations among them (so every connection takes the
@@ -26,7 +35,9 @@ export const PROXY_USER = { name: 'nobody', uid: 65534, gid: 65534 } as const;
 /** What the bench needs from a running candidate. */
 export interface RunningCandidate {
   readonly name: CandidateName;
-  /** CPU and RSS of the proxy's processes (all workers/threads); null for direct. */
+  /** The lab the candidate runs on when it is not the bench's main lab (the two-sidecar candidates of bench/pair.ts). */
+  readonly lab?: Lab;
+  /** CPU and RSS of the proxy's processes (all workers/threads; both sidecars' for a pair); null for direct. */
   usage(): TreeUsage | null;
   /** The tail of the proxy's own output (empty for direct), for errors. */
   output(): string;
@@ -94,13 +105,18 @@ export function benchRawConfig(
  * Installs the capture rules in the lab's client namespace with the real CLI: `meshctl install --netns` (one
  * transaction, verified, with a ledger under the candidate's state directory). Throws with the CLI's output.
  */
-export function installCapture(lab: Lab, configFile: string, proxy: 'meshctl' | 'other'): string {
+export function installCapture(
+  lab: Lab,
+  configFile: string,
+  proxy: 'meshctl' | 'other',
+  ns: string = lab.clientNs,
+): string {
   // install checks that a meshctl proxy answers on the admin port; HAProxy has none.
   const argv = [
     join(REPO_ROOT, 'bin', 'meshctl'),
     'install',
     '--netns',
-    lab.clientNs,
+    ns,
     '--config',
     configFile,
     ...(proxy === 'other' ? ['--without-proxy'] : []),
@@ -109,7 +125,7 @@ export function installCapture(lab: Lab, configFile: string, proxy: 'meshctl' | 
     return execFileSync(process.execPath, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (error) {
     const e = error as { stdout?: string; stderr?: string; message: string };
-    throw new Error(`meshctl install --netns ${lab.clientNs} failed: ${e.stderr || e.stdout || e.message}`);
+    throw new Error(`meshctl install --netns ${ns} failed: ${e.stderr || e.stdout || e.message}`);
   }
 }
 
@@ -142,13 +158,13 @@ function haproxyConfig(workers: number): string {
 const READY_PROBE =
   "fetch('http://127.0.0.1:15000/ready', { signal: AbortSignal.timeout(1000) }).then((r) => r.text()).then((t) => process.stdout.write(t), () => {})";
 
-/** Polls the meshctl admin /ready endpoint inside the namespace. */
-async function waitReady(lab: Lab, proc: Proc, timeoutMs = 20_000): Promise<void> {
+/** Polls the meshctl admin /ready endpoint inside the namespace (the lab's client namespace unless `ns` is given). */
+export async function waitReady(lab: Lab, proc: Proc, timeoutMs = 20_000, ns: string = lab.clientNs): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (!proc.alive()) throw new Error(`meshctl proxy exited during start:\n${proc.output()}`);
     try {
-      const out = execFileSync('ip', ['netns', 'exec', lab.clientNs, process.execPath, '-e', READY_PROBE], {
+      const out = execFileSync('ip', ['netns', 'exec', ns, process.execPath, '-e', READY_PROBE], {
         encoding: 'utf8',
         timeout: 5000,
       });
@@ -167,6 +183,8 @@ export async function startCandidate(
   lab: Lab,
   options: CandidateOptions,
 ): Promise<RunningCandidate> {
+  if (name === 'meshctl-mtls' || name === 'meshctl-pair' || name === 'haproxy-tls')
+    throw new Error(`${name} runs on the two-sidecar lab: start it with startPairCandidate (bench/pair.ts)`);
   await lab.freshClient();
   if (name === 'direct') {
     const direct: RunningCandidate = { name, usage: () => null, output: () => '', stop: async () => {} };

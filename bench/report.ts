@@ -2,6 +2,7 @@
 // (min–max) over repetitions for each candidate, the ratios meshctl ÷ direct and meshctl ÷ HAProxy, the issue's
 // targets with a verdict, and the checks that the load generator was not the bottleneck.
 import type { CandidateName } from './candidates.js';
+import { isPairCandidate } from './pair.js';
 import type { MachineInfo } from './tools.js';
 import type { Measurement, Profile, WorkloadName } from './workloads.js';
 
@@ -240,11 +241,16 @@ const NAMES: Record<CandidateName, string> = {
   meshctl: 'meshctl',
   'meshctl-policy100': 'meshctl, 100 services',
   'meshctl-node': 'meshctl, Node streams relay',
+  'meshctl-mtls': 'meshctl ×2, mTLS tunnel',
+  'meshctl-pair': 'meshctl ×2, plaintext',
+  'haproxy-tls': 'HAProxy ×2, TLS 1.3',
 };
 
 export function renderReport(input: ReportInput): string {
-  const { info, profile, candidates, measurements } = input;
-  const summaries = summarise(measurements, candidates);
+  const { info, profile, measurements } = input;
+  // The main table compares single-sidecar candidates; the two-sidecar ones get their own section.
+  const candidates = input.candidates.filter((c) => !isPairCandidate(c));
+  const summaries = candidates.length > 0 ? summarise(measurements, candidates) : [];
   const lines: string[] = [];
   lines.push(`# meshctl benchmark — ${info.date.slice(0, 10)}`, '');
   lines.push(`- Machine: ${info.cpu}, ${info.cores} cores, ${info.memoryGiB} GiB, Linux ${info.kernel}`);
@@ -258,27 +264,31 @@ export function renderReport(input: ReportInput): string {
   );
   for (const s of input.setup) lines.push(`- ${s}`);
   lines.push('');
-  const head = [
-    'workload',
-    'unit',
-    ...candidates.map((c) => NAMES[c]),
-    'meshctl ÷ direct',
-    'meshctl ÷ HAProxy',
-    'target',
-    '',
-  ];
-  lines.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
-  for (const s of summaries) {
-    const unit = s.unit === 'MiB' || s.unit === 'bytes' ? s.unit : s.unit;
-    const ratio = (r: number | null) => (r === null ? '–' : `${r.toFixed(2)}×`);
-    const verdict = s.met === null ? '' : s.met ? 'met' : '**missed**';
-    lines.push(
-      `| ${[s.label, unit, ...candidates.map((c) => (c in s.stats ? cell(s.stats[c] ?? null, s.unit as Unit) : '–')), ratio(s.vsDirect), ratio(s.vsHaproxy), s.target ?? '', verdict].join(' | ')} |`,
-    );
+  if (candidates.length > 0) {
+    const head = [
+      'workload',
+      'unit',
+      ...candidates.map((c) => NAMES[c]),
+      'meshctl ÷ direct',
+      'meshctl ÷ HAProxy',
+      'target',
+      '',
+    ];
+    lines.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
+    for (const s of summaries) {
+      const unit = s.unit === 'MiB' || s.unit === 'bytes' ? s.unit : s.unit;
+      const ratio = (r: number | null) => (r === null ? '–' : `${r.toFixed(2)}×`);
+      const verdict = s.met === null ? '' : s.met ? 'met' : '**missed**';
+      lines.push(
+        `| ${[s.label, unit, ...candidates.map((c) => (c in s.stats ? cell(s.stats[c] ?? null, s.unit as Unit) : '–')), ratio(s.vsDirect), ratio(s.vsHaproxy), s.target ?? '', verdict].join(' | ')} |`,
+      );
+    }
+    lines.push('');
   }
-  lines.push('');
+  const pair = pairSection(measurements, input.candidates);
+  if (pair.length > 0) lines.push(...pair, '');
   lines.push('## Checks', '');
-  lines.push(...loadgenChecks(measurements, candidates));
+  lines.push(...loadgenChecks(measurements, input.candidates));
   const policy = policyChecks(measurements, candidates);
   if (policy.length > 0) lines.push('', ...policy);
   if (input.notes && input.notes.length > 0) lines.push('', '## Notes', '', ...input.notes);
@@ -315,6 +325,165 @@ export function policyChecks(measurements: readonly Measurement[], candidates: r
       `| ${row.label} | ${fmt(none)} | ${fmt(hundred)} | ${ratio === null ? '–' : `${ratio.toFixed(3)}×`} | ≥ 0.95× | ${verdict} |`,
     );
   }
+  return lines;
+}
+
+/** A row of the two-sidecar section: which way is better decides how the ratio is read against the target. */
+export interface PairRowSpec {
+  readonly workload: WorkloadName;
+  readonly metric: string;
+  readonly label: string;
+  readonly unit: Unit;
+  readonly better: 'higher' | 'lower';
+  readonly addedOverDirect?: boolean;
+  /** The issue's bound: meshctl-mtls at least 0.8× as good as haproxy-tls (rates ≥ 0.8×, latencies ≤ 1.25×). */
+  readonly target?: boolean;
+}
+
+/** The issue-18 bound: meshctl's mTLS tunnel at least 0.8× HAProxy-TLS. */
+export const PAIR_TARGET = 0.8;
+
+export const PAIR_ROWS: readonly PairRowSpec[] = [
+  { workload: 'bulk-1', metric: 'gbps', label: 'bulk, 1 stream', unit: 'Gbit/s', better: 'higher', target: true },
+  {
+    workload: 'bulk-1',
+    metric: 'proxyCpuPerGB',
+    label: 'bulk, 1 stream: CPU of the sidecar(s)',
+    unit: 'CPU s/GB',
+    better: 'lower',
+  },
+  { workload: 'bulk-8', metric: 'gbps', label: 'bulk, 8 streams', unit: 'Gbit/s', better: 'higher', target: true },
+  {
+    workload: 'bulk-8',
+    metric: 'proxyCpuPerGB',
+    label: 'bulk, 8 streams: CPU of the sidecar(s)',
+    unit: 'CPU s/GB',
+    better: 'lower',
+  },
+  { workload: 'rr-1', metric: 'rate', label: 'RR 64 B, c=1', unit: 'ops/s', better: 'higher' },
+  { workload: 'rr-1', metric: 'p50', label: 'RR 64 B, c=1: p50', unit: 'µs', better: 'lower' },
+  { workload: 'rr-32', metric: 'rate', label: 'RR 64 B, c=32', unit: 'ops/s', better: 'higher', target: true },
+  { workload: 'rr-32', metric: 'p99', label: 'RR 64 B, c=32: p99', unit: 'µs', better: 'lower' },
+  {
+    workload: 'rr-32',
+    metric: 'proxyCpuPerOp',
+    label: 'RR 64 B, c=32: CPU of the sidecar(s)',
+    unit: 'µs CPU/op',
+    better: 'lower',
+  },
+  { workload: 'paced', metric: 'p99', label: 'paced: p99', unit: 'µs', better: 'lower' },
+  {
+    workload: 'paced',
+    metric: 'p99',
+    label: 'paced: p99 added over direct',
+    unit: 'µs',
+    better: 'lower',
+    addedOverDirect: true,
+    target: true,
+  },
+  {
+    workload: 'paced',
+    metric: 'proxyCpuPerOp',
+    label: 'paced: CPU of the sidecar(s)',
+    unit: 'µs CPU/op',
+    better: 'lower',
+  },
+  {
+    workload: 'connect-32',
+    metric: 'rate',
+    label: 'connect+request+close, c=32',
+    unit: 'conn/s',
+    better: 'higher',
+    target: true,
+  },
+  { workload: 'connect-32', metric: 'p99', label: 'connect+request+close, c=32: p99', unit: 'µs', better: 'lower' },
+  {
+    workload: 'connect-32',
+    metric: 'proxyCpuPerOp',
+    label: 'connect+request+close: CPU of the sidecar(s)',
+    unit: 'µs CPU/op',
+    better: 'lower',
+  },
+];
+
+export interface PairSummary {
+  readonly row: PairRowSpec;
+  readonly stats: Partial<Record<CandidateName, Stat | null>>;
+  /** meshctl-mtls ÷ haproxy-tls (medians). */
+  readonly mtlsVsHaproxyTls: number | null;
+  /** meshctl-pair ÷ meshctl (the single sidecar). */
+  readonly pairVsSingle: number | null;
+  /** true = met, false = missed, null = no target or not measurable. */
+  readonly met: boolean | null;
+}
+
+const PAIR_COLUMNS: readonly CandidateName[] = ['meshctl', 'haproxy', 'meshctl-pair', 'meshctl-mtls', 'haproxy-tls'];
+
+/** One summary per two-sidecar row that has a measurement of a two-sidecar candidate. */
+export function summarisePairs(measurements: readonly Measurement[]): PairSummary[] {
+  const out: PairSummary[] = [];
+  for (const row of PAIR_ROWS) {
+    if (!measurements.some((m) => m.workload === row.workload && isPairCandidate(m.candidate))) continue;
+    const directMedian = stat(valuesOf(measurements, row.workload, 'direct', row.metric))?.median ?? null;
+    const stats: Partial<Record<CandidateName, Stat | null>> = {};
+    for (const c of PAIR_COLUMNS) {
+      let values = valuesOf(measurements, row.workload, c, row.metric);
+      if (row.addedOverDirect) values = directMedian === null ? [] : values.map((v) => v - directMedian);
+      stats[c] = stat(values);
+    }
+    const ratio = (a: CandidateName, b: CandidateName) => {
+      const x = stats[a]?.median ?? null;
+      const y = stats[b]?.median ?? null;
+      return x !== null && y !== null && y !== 0 ? x / y : null;
+    };
+    const mtlsVsHaproxyTls = ratio('meshctl-mtls', 'haproxy-tls');
+    let met: boolean | null = null;
+    if (row.target) {
+      const mesh = stats['meshctl-mtls']?.median ?? null;
+      const ha = stats['haproxy-tls']?.median ?? null;
+      if (row.better === 'higher') met = mtlsVsHaproxyTls === null ? null : mtlsVsHaproxyTls >= PAIR_TARGET;
+      // Lower is better (added latency): at least 0.8× as fast = at most 1 / 0.8 = 1.25× the latency.
+      else if (mesh !== null && ha !== null) met = ha > 0 ? mesh / ha <= 1 / PAIR_TARGET : mesh <= ha;
+    }
+    out.push({ row, stats, mtlsVsHaproxyTls, pairVsSingle: ratio('meshctl-pair', 'meshctl'), met });
+  }
+  return out;
+}
+
+/**
+ * The two-sidecar section (issue 18's "Speed"): meshctl-mtls against haproxy-tls with the 0.8× target, and the
+ * plaintext pair next to the single-sidecar meshctl and HAProxy. Empty unless a two-sidecar candidate ran.
+ */
+export function pairSection(measurements: readonly Measurement[], candidates: readonly CandidateName[]): string[] {
+  if (!candidates.some(isPairCandidate)) return [];
+  const summaries = summarisePairs(measurements);
+  const columns = PAIR_COLUMNS.filter((c) => candidates.includes(c));
+  const lines = [
+    '## Two sidecars: mTLS tunnel (issue 18)',
+    '',
+    'Client netns (generator, capture, sidecar A) → sidecar B in the server netns → server. meshctl ×2, mTLS tunnel: A tunnels to B (HTTP/2 CONNECT over TLS 1.3, client and server certificates from `meshctl ca`, EC P-256), B `mtls.inbound: strict`; meshctl ×2, plaintext: the same sidecars without mTLS (B takes A’s connection through inbound capture); HAProxy ×2, TLS 1.3: A originates TLS 1.3 with a client certificate (`verify required`) and a PROXY v2 header, B terminates it verifying A’s certificate. CPU rows are both sidecars’ processes summed (the single-sidecar columns: the one proxy). Target: mTLS ÷ HAProxy-TLS ≥ 0.8× for rates, ≤ 1.25× (= 0.8× as fast) for the added latency.',
+    '',
+  ];
+  const head = [
+    'workload',
+    'unit',
+    ...columns.map((c) => NAMES[c]),
+    'mTLS ÷ HAProxy-TLS',
+    'target',
+    '',
+    'plaintext ×2 ÷ meshctl',
+  ];
+  lines.push(`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`);
+  const ratio = (r: number | null) => (r === null ? '–' : `${r.toFixed(2)}×`);
+  for (const s of summaries) {
+    const target = s.row.target ? (s.row.better === 'higher' ? `≥ ${PAIR_TARGET}×` : `≤ ${1 / PAIR_TARGET}×`) : '';
+    const verdict = s.met === null ? '' : s.met ? 'met' : '**missed**';
+    lines.push(
+      `| ${[s.row.label, s.row.unit, ...columns.map((c) => cell(s.stats[c] ?? null, s.row.unit)), ratio(s.mtlsVsHaproxyTls), target, verdict, ratio(s.pairVsSingle)].join(' | ')} |`,
+    );
+  }
+  const judged = summaries.filter((s) => s.met !== null);
+  if (judged.length > 0) lines.push('', `Target rows met: ${judged.filter((s) => s.met).length} of ${judged.length}.`);
   return lines;
 }
 

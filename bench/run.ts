@@ -14,6 +14,7 @@ import {
   type RunningCandidate,
 } from './candidates.js';
 import { Lab, nsExists, type Pinning } from './lab.js';
+import { isPairCandidate, pairPrefix, PAIR_CANDIDATES, startPairCandidate } from './pair.js';
 import { renderReport } from './report.js';
 import { buildTcpbench, machineInfo, missingCommands, REPO_ROOT } from './tools.js';
 import { PROFILES, WORKLOADS, runWorkload, type Measurement, type Profile, type WorkloadName } from './workloads.js';
@@ -78,10 +79,12 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     for (let rep = 1; rep <= options.profile.repetitions; rep++) {
       for (const candidate of options.candidates) {
         say(`rep ${rep}/${options.profile.repetitions}: starting ${candidate}`);
-        running = await startCandidate(candidate, lab, candidateOptions);
+        running = isPairCandidate(candidate)
+          ? await startPairCandidate(candidate, lab, candidateOptions)
+          : await startCandidate(candidate, lab, candidateOptions);
         for (const workload of options.workloads) {
           options.signal?.throwIfAborted();
-          const values = await runWorkload(workload, lab, running, options.profile);
+          const values = await runWorkload(workload, running.lab ?? lab, running, options.profile);
           if (values === null) continue;
           measurements.push({ workload, candidate, rep, values });
           say(
@@ -111,6 +114,11 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
         .join(', ') || 'none — the kernel schedules load generator, servers and proxy across all cores'
     }.`,
     `Proxy CPU per op/GB = the proxy's processes' utime+stime over the run ÷ operations (warm-up included) or GB moved.`,
+    ...(options.candidates.some(isPairCandidate)
+      ? [
+          `Two-sidecar lab (${options.candidates.filter(isPairCandidate).join(', ')}): client netns (load generators, capture rules, sidecar A) ↔ veth ↔ server netns (sidecar B next to its own echo server, nginx and iperf3), both namespaces and the servers fresh per candidate run; CPU per op/GB is A's and B's processes summed. See the two-sidecar section below.`,
+        ]
+      : []),
   ];
   const markdown = renderReport({
     info,
@@ -190,15 +198,15 @@ function parseArgs(argv: readonly string[]): BenchOptions {
     profile,
     candidates: list(
       '--candidates',
-      [...CANDIDATES, POLICY_CANDIDATE, NODE_RELAY_CANDIDATE],
+      [...CANDIDATES, POLICY_CANDIDATE, NODE_RELAY_CANDIDATE, ...PAIR_CANDIDATES],
       [...CANDIDATES, POLICY_CANDIDATE],
     ),
     workloads: list('--workloads', WORKLOADS),
     workers: Math.round(num('--workers', 2)),
     pin: Object.keys(pin).length > 0 ? pin : DEFAULT_PIN,
     outDir: out === '-' ? null : (out ?? join(REPO_ROOT, 'bench', 'results')),
-    prefix: 'mb-b',
-    subnet: 77,
+    prefix: get('--prefix') ?? 'mb-b',
+    subnet: Math.round(num('--subnet', 77)),
     accessLog: argv.includes('--access-log'),
     ...(get('--cpu-prof') ? { cpuProfDir: get('--cpu-prof')! } : {}),
     ...(get('--proxy-node-args') ? { proxyNodeArgs: get('--proxy-node-args')!.split(' ').filter(Boolean) } : {}),
@@ -206,9 +214,12 @@ function parseArgs(argv: readonly string[]): BenchOptions {
 }
 
 const USAGE = `usage: npm run bench -- [--profile full|smoke] [--reps N] [--secs S] [--warmup S] [--idle-conns N] [--paced-rate R]
-  [--candidates direct,haproxy,meshctl,meshctl-policy100[,meshctl-node]] [--workloads ${WORKLOADS.join(',')}] [--workers N]
+  [--candidates direct,haproxy,meshctl,meshctl-policy100[,meshctl-node][,meshctl-mtls,meshctl-pair,haproxy-tls]]
+  [--workloads ${WORKLOADS.join(',')}] [--workers N]
   [--pin-loadgen CPUS] [--pin-servers CPUS] [--pin-proxy CPUS] [--access-log] [--cpu-prof DIR] [--proxy-node-args "FLAGS"] [--out DIR|-]
-Runs as root (network namespaces). Writes bench/results/<date>.md and latest.md.`;
+  [--prefix NAME] [--subnet N]
+Runs as root (network namespaces NAME-cli, NAME-srv, and NAME + "p-cli"/"p-srv" for the two-sidecar candidates;
+NAME defaults to mb-b, addresses 10.N.0.1/2 with N = 77). Writes bench/results/<date>.md and latest.md.`;
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
@@ -219,8 +230,9 @@ async function main(): Promise<void> {
   if (process.getuid?.() !== 0)
     throw new Error('the bench needs root: it creates network namespaces and installs capture rules inside them');
   const options = parseArgs(argv);
-  if (nsExists(`${options.prefix}-cli`) || nsExists(`${options.prefix}-srv`))
-    process.stderr.write(`bench: removing namespaces left by an earlier run (${options.prefix}-*)\n`);
+  const pair = pairPrefix(options.prefix);
+  if ([`${options.prefix}-cli`, `${options.prefix}-srv`, `${pair}-cli`, `${pair}-srv`].some(nsExists))
+    process.stderr.write(`bench: removing namespaces left by an earlier run (${options.prefix}-*, ${pair}-*)\n`);
   const started = Date.now();
   // Ctrl-C / SIGTERM: stop after the current workload; runBench's finally tears the lab down.
   const abort = new AbortController();

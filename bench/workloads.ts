@@ -3,6 +3,7 @@
 // proxy's memory with idle connections. Every run also reads the proxy's CPU time, so cost per GB / per op follows.
 import { DNS_LOAD, DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
 import type { RunningCandidate } from './candidates.js';
+import { isPairCandidate } from './pair.js';
 import { runClient, sleep, startProc, stopProc, type Completed } from './procs.js';
 
 export type WorkloadName =
@@ -234,7 +235,8 @@ interface DnsLoadResult {
  * service names it, meshctl-policy100; elsewhere from its negative cache). HAProxy serves no DNS.
  */
 async function dns(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values | null> {
-  if (candidate.name === 'haproxy') return null;
+  // HAProxy serves no DNS; the two-sidecar candidates measure TCP only (their client namespace captures no DNS).
+  if (candidate.name === 'haproxy' || isPairCandidate(candidate.name)) return null;
   const count = Math.max(2000, Math.round(profile.secs * 8000));
   const loop = async (name: string) => {
     const argv = [process.execPath, DNS_LOAD, lab.serverAddr, '53', String(count), '32', JSON.stringify([[name, 'A']])];
