@@ -11,7 +11,7 @@ import {
   type ServiceUninstallResult,
 } from '../service/install.js';
 import { UNITS } from '../service/layout.js';
-import { endpointText, fetchContract, waitReady, type AdminEndpoint } from '../service/readiness.js';
+import { endpointText, fetchContract, fetchIdentity, waitReady, type AdminEndpoint } from '../service/readiness.js';
 import { serviceStatus, type ServiceStatus } from '../service/status.js';
 import type { UnitState } from '../service/systemctl.js';
 import { cliLogger, logLevelOption } from './shared.js';
@@ -192,7 +192,10 @@ function registerProxyReady(program: Command): void {
     .option('--admin <host:port>', "probe this admin endpoint instead of the config's")
     .option('--timeout <duration>', 'how long to wait', '10s')
     .option('--json', 'print {"ready": …, "detail": …} and exit 0 either way')
-    .option('--contract', 'with --json: also fetch the proxy\'s live contract (GET /contract) as "contract"')
+    .option(
+      '--contract',
+      'with --json: also fetch the proxy\'s live contract (GET /contract) as "contract" and its mTLS identity (GET /stats) as "identity"',
+    )
     .action(async (options: Record<string, unknown>) => {
       const timeoutMs = durationFlag('--timeout', String(options.timeout));
       let endpoint: AdminEndpoint;
@@ -203,7 +206,10 @@ function registerProxyReady(program: Command): void {
       }
       const probe = await waitReady(endpoint, { timeoutMs });
       if (options.json) {
-        const contract = options.contract === true ? { contract: await fetchContract(endpoint) } : {};
+        const contract =
+          options.contract === true
+            ? { contract: await fetchContract(endpoint), identity: await fetchIdentity(endpoint) }
+            : {};
         process.stdout.write(`${JSON.stringify({ ...probe, admin: endpointText(endpoint), ...contract })}\n`);
         return;
       }

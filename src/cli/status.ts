@@ -9,6 +9,7 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { captureStatus, type StatusReport } from '../netfilter/status.js';
 import { describeUnit } from '../netfilter/host/unit-cgroups.js';
+import { describeExpiry } from '../mtls/expiry.js';
 import { inspectProxy, type ProxyReport } from '../service/proxy-contract.js';
 import { addScopeOptions, cliLogger, resolveStateDir, where } from './shared.js';
 import { EXIT } from './output.js';
@@ -77,7 +78,7 @@ function configSource(report: StatusReport): string {
   return `${report.configFile ?? 'built-in defaults'}${flags}`;
 }
 
-function proxyLines(report: StatusReport, proxy: ProxyReport | null): string[] {
+export function proxyLines(report: StatusReport, proxy: ProxyReport | null): string[] {
   if (proxy === null) return [];
   const lines: string[] = [];
   const live = proxy.contract;
@@ -104,6 +105,7 @@ function proxyLines(report: StatusReport, proxy: ProxyReport | null): string[] {
       for (const m of proxy.mismatches) lines.push(`    ${m.field}: ${m.message}`, `      fix: ${m.fix}`);
       break;
   }
+  if (proxy.identity) lines.push(`  mtls: ${describeExpiry(proxy.identity)}`);
   const check = report.proxyCheck;
   if (check?.kind === 'skipped' && check.reason === 'without-proxy')
     lines.push('    note: installed with --without-proxy: the proxy was not checked at install');

@@ -79,3 +79,58 @@ export function renderExpiryMetrics(expiry: Expiry | null): string {
     '',
   ].join('\n');
 }
+
+/** An expiry as a proxy reports it (expiryJson, the `mtls.identity` of GET /stats), read back by `meshctl status`. */
+export interface ExpiryView {
+  readonly spiffeId: string;
+  readonly notBefore: string;
+  readonly notAfter: string;
+  readonly secondsLeft: number;
+  readonly warnAt: string;
+  readonly state: ExpiryState;
+}
+
+const STATES: readonly ExpiryState[] = ['valid', 'warning', 'expired', 'not-yet-valid'];
+
+/** `value` as an ExpiryView, or null when it is not one (an older proxy, no mTLS). */
+export function parseExpiryView(value: unknown): ExpiryView | null {
+  if (typeof value !== 'object' || value === null) return null;
+  const v = value as Record<string, unknown>;
+  const texts = ['spiffeId', 'notBefore', 'notAfter', 'warnAt'].every((k) => typeof v[k] === 'string');
+  if (!texts || typeof v.secondsLeft !== 'number' || !STATES.includes(v.state as ExpiryState)) return null;
+  return {
+    spiffeId: v.spiffeId as string,
+    notBefore: v.notBefore as string,
+    notAfter: v.notAfter as string,
+    secondsLeft: v.secondsLeft,
+    warnAt: v.warnAt as string,
+    state: v.state as ExpiryState,
+  };
+}
+
+/** A span of seconds for people: `2d 3h`, `7h 59m`, `12m 5s`, `42s`. */
+export function formatSpan(seconds: number): string {
+  const s = Math.max(0, Math.floor(Math.abs(seconds)));
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  if (d > 0) return `${d}d ${h}h`;
+  if (h > 0) return `${h}h ${m}m`;
+  if (m > 0) return `${m}m ${s % 60}s`;
+  return `${s}s`;
+}
+
+/** One line on the identity and its expiry (`meshctl status`): the state in capitals when it needs action. */
+export function describeExpiry(v: ExpiryView): string {
+  const left = `${v.secondsLeft} s`;
+  switch (v.state) {
+    case 'valid':
+      return `identity ${v.spiffeId}, certificate valid for ${formatSpan(v.secondsLeft)} (${left} left, until ${v.notAfter}; warning from ${v.warnAt})`;
+    case 'warning':
+      return `identity ${v.spiffeId}, WARNING: the certificate expires in ${formatSpan(v.secondsLeft)} (${left} left, at ${v.notAfter}): renew it (\`meshctl ca issue\`, or your CA's agent); the proxy reloads the files`;
+    case 'expired':
+      return `identity ${v.spiffeId}, EXPIRED ${formatSpan(v.secondsLeft)} ago (at ${v.notAfter}): peers refuse it; renew it (\`meshctl ca issue\`, or your CA's agent)`;
+    case 'not-yet-valid':
+      return `identity ${v.spiffeId}, NOT YET VALID (from ${v.notBefore}): peers refuse it until then; check the clocks`;
+  }
+}

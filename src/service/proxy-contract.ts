@@ -3,6 +3,7 @@
 // proxy half of the host (ready, not ready, unreachable, mismatched) from the same comparison.
 import { compareContract, type CaptureContract, type ContractMismatch, type LiveContract } from '../config/contract.js';
 import { MeshctlError } from '../errors.js';
+import type { ExpiryView } from '../mtls/expiry.js';
 import { endpointText, probeProxy, type AdminEndpoint } from './readiness.js';
 
 export type ProxyState = 'ready' | 'not-ready' | 'unreachable' | 'mismatched' | 'unknown-contract';
@@ -15,6 +16,8 @@ export interface ProxyReport {
   readonly detail: string;
   readonly contract: LiveContract | null;
   readonly mismatches: readonly ContractMismatch[];
+  /** The proxy's mTLS identity and certificate expiry (GET /stats), null without mTLS or an answer. */
+  readonly identity?: ExpiryView | null;
 }
 
 /** /ready answers 503 for a proxy refusing its own looped connections; the contract check says why, so it may go on. */
@@ -34,6 +37,7 @@ export async function inspectProxy(
   const probe = await probeProxy(endpoint, { ...options, contract: true });
   const admin = endpointText(endpoint);
   const contract = probe.contract ?? null;
+  const identity = probe.identity ?? null;
   if (contract === null) {
     const answered = probe.ready || probe.detail.startsWith('HTTP ');
     return {
@@ -42,11 +46,13 @@ export async function inspectProxy(
       detail: probe.detail,
       contract,
       mismatches: [],
+      identity,
     };
   }
   const mismatches = compareContract(rules, contract);
-  if (mismatches.length > 0) return { state: 'mismatched', admin, detail: probe.detail, contract, mismatches };
-  return { state: probe.ready ? 'ready' : 'not-ready', admin, detail: probe.detail, contract, mismatches };
+  if (mismatches.length > 0)
+    return { state: 'mismatched', admin, detail: probe.detail, contract, mismatches, identity };
+  return { state: probe.ready ? 'ready' : 'not-ready', admin, detail: probe.detail, contract, mismatches, identity };
 }
 
 /**

@@ -5,6 +5,7 @@ import { request } from 'node:http';
 import { execa } from 'execa';
 import type { LiveContract } from '../config/contract.js';
 import { MeshctlError } from '../errors.js';
+import { parseExpiryView, type ExpiryView } from '../mtls/expiry.js';
 import { MESHCTL_BIN } from '../netfilter/transaction/revert.js';
 
 export interface AdminEndpoint {
@@ -18,6 +19,8 @@ export interface ReadyProbe {
   readonly detail: string;
   /** The proxy's live contract (GET /contract), when asked for and it answered. */
   readonly contract?: LiveContract | null;
+  /** With the contract: the proxy's mTLS identity and its expiry (GET /stats `mtls.identity`), null without mTLS. */
+  readonly identity?: ExpiryView | null;
 }
 
 export function endpointText(endpoint: AdminEndpoint): string {
@@ -55,14 +58,14 @@ export function probeReady(endpoint: AdminEndpoint, timeoutMs = 1000): Promise<R
   });
 }
 
-/** GET /contract: the running proxy as the kernel sees it; null when nothing answers or the answer is not one. */
-export function fetchContract(endpoint: AdminEndpoint, timeoutMs = 2000): Promise<LiveContract | null> {
+/** GET `path` as JSON; null when nothing answers, the status is not 200 or the body is not JSON. */
+function fetchAdminJson(endpoint: AdminEndpoint, path: string, timeoutMs: number): Promise<unknown> {
   return new Promise((resolve) => {
     const req = request(
       {
         host: endpoint.address,
         port: endpoint.port,
-        path: '/contract',
+        path,
         method: 'GET',
         timeout: timeoutMs,
         agent: false,
@@ -75,15 +78,7 @@ export function fetchContract(endpoint: AdminEndpoint, timeoutMs = 2000): Promis
         });
         res.on('end', () => {
           try {
-            const parsed = JSON.parse(body) as Partial<LiveContract>;
-            resolve(
-              res.statusCode === 200 &&
-                typeof parsed.uid === 'number' &&
-                parsed.tcp !== undefined &&
-                parsed.expects !== undefined
-                ? (parsed as LiveContract)
-                : null,
-            );
+            resolve(res.statusCode === 200 ? (JSON.parse(body) as unknown) : null);
           } catch {
             resolve(null);
           }
@@ -95,6 +90,26 @@ export function fetchContract(endpoint: AdminEndpoint, timeoutMs = 2000): Promis
     req.on('error', () => resolve(null));
     req.end();
   });
+}
+
+/** GET /contract: the running proxy as the kernel sees it; null when nothing answers or the answer is not one. */
+export async function fetchContract(endpoint: AdminEndpoint, timeoutMs = 2000): Promise<LiveContract | null> {
+  const parsed = (await fetchAdminJson(endpoint, '/contract', timeoutMs)) as Partial<LiveContract> | null;
+  return parsed !== null &&
+    typeof parsed === 'object' &&
+    typeof parsed.uid === 'number' &&
+    parsed.tcp !== undefined &&
+    parsed.expects !== undefined
+    ? (parsed as LiveContract)
+    : null;
+}
+
+/** GET /stats `mtls.identity`: the proxy's SPIFFE ID and certificate expiry; null without mTLS or an answer. */
+export async function fetchIdentity(endpoint: AdminEndpoint, timeoutMs = 2000): Promise<ExpiryView | null> {
+  const stats = (await fetchAdminJson(endpoint, '/stats', timeoutMs)) as {
+    mtls?: { identity?: unknown } | null;
+  } | null;
+  return parseExpiryView(stats?.mtls?.identity);
 }
 
 /** Polls /ready until it answers 200 or `timeoutMs` passes; returns the last probe (ready or not). */
@@ -139,12 +154,17 @@ async function waitReadyInNetns(
   const result = await execa('ip', args, { reject: false, timeout: options.timeoutMs + 15_000 });
   const line = result.stdout.trim().split('\n').pop() ?? '';
   try {
-    const parsed = JSON.parse(line) as { ready?: unknown; detail?: unknown; contract?: LiveContract | null };
+    const parsed = JSON.parse(line) as {
+      ready?: unknown;
+      detail?: unknown;
+      contract?: LiveContract | null;
+      identity?: unknown;
+    };
     if (typeof parsed.ready === 'boolean' && typeof parsed.detail === 'string') {
       return {
         ready: parsed.ready,
         detail: parsed.detail,
-        ...(options.contract ? { contract: parsed.contract ?? null } : {}),
+        ...(options.contract ? { contract: parsed.contract ?? null, identity: parseExpiryView(parsed.identity) } : {}),
       };
     }
   } catch {
@@ -175,7 +195,9 @@ export async function probeProxy(
     return waitReadyInNetns(options.netns, endpoint, { timeoutMs: options.timeoutMs, contract: options.contract });
   const probe = await waitReady(endpoint, { timeoutMs: options.timeoutMs });
   if (!options.contract) return probe;
-  return { ...probe, contract: probe.detail.startsWith('nothing listens') ? null : await fetchContract(endpoint) };
+  if (probe.detail.startsWith('nothing listens')) return { ...probe, contract: null, identity: null };
+  const [contract, identity] = await Promise.all([fetchContract(endpoint), fetchIdentity(endpoint)]);
+  return { ...probe, contract, identity };
 }
 
 /**

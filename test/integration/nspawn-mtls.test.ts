@@ -189,6 +189,10 @@ describe.skipIf(!integrationEnabled)('one mTLS connection into meshctl under sys
     const journal = ct.run('journalctl', ['-u', 'meshctl-proxy', '-o', 'cat', '--no-pager']);
     expect(journal).toMatch(/"socketActivation":true/);
     expect(journal).toContain('tunnel (fd 7)');
+    // status reads the live proxy's identity and its expiry (24 h from meshctl ca issue).
+    expect(ct.run(MESHCTL, ['status'])).toMatch(
+      /^ {2}mtls: identity spiffe:\/\/lab\.test\/host\/ct, certificate valid for 23h \d+m \(\d+ s left, until /m,
+    );
   });
 
   it("carries the peer host's app through the tunnel to the container's app; the journal names the peer's SPIFFE ID", async () => {
