@@ -42,11 +42,6 @@ const SESSION_IDLE_MS = 5 * 60_000;
 /** A connect failure of the tunnel, with the code the Connection and the lease see. */
 export type TunnelError = NodeJS.ErrnoException & { fallback?: boolean };
 
-/** The verdict on a server certificate's identity: `identity-not-allowed` is the client's `identity-mismatch`. */
-export function serverRefusalCode(reason: string): string {
-  return reason === 'identity-not-allowed' ? 'identity-mismatch' : reason;
-}
-
 class PeerSession {
   readonly session: ClientHttp2Session;
   /** The server's SPIFFE ID once verified. */
@@ -122,7 +117,8 @@ class PeerSession {
       this.peerId = verdict.spiffeId.text;
       return;
     }
-    const failure = serverRefusalCode(verdict.reason);
+    // src/mtls's reason as it is (`identity-not-allowed`, `wrong-trust-domain`, …): one name in logs and metrics.
+    const failure = verdict.reason;
     this.failure = failure;
     this.owner.metrics.handshakeFailed(failure);
     this.owner.log.warn(

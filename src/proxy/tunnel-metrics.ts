@@ -15,7 +15,7 @@ export interface TunnelSnapshot {
   streams: Record<TunnelSide, { opened: number; active: number }>;
   /** Handshake latency: counts per bucket of HANDSHAKE_BUCKETS_S plus an overflow slot, sum (s) and count. */
   handshake: { counts: number[]; sum: number; count: number };
-  /** Handshakes refused or failed, by reason (`wrong-trust-domain`, `expired`, `identity-mismatch`, `tls-error`...). */
+  /** Handshakes refused or failed, by reason (`wrong-trust-domain`, `expired`, `identity-not-allowed`, `tls-error`...). */
   handshakeFailures: Record<string, number>;
 }
 

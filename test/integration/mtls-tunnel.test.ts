@@ -251,14 +251,14 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
     expect(await inboundLine(proxyB, 8081, (l) => l.tls === 'plaintext')).toMatchObject({ detail: 'denied' });
   });
 
-  it('fails the connect when the server identity is not in services[].identities (identity-mismatch)', async () => {
+  it('fails the connect when the server identity is not in services[].identities (identity-not-allowed)', async () => {
     expect(await outcome('a', B.v4, 8085)).toMatchObject({ outcome: 'reset' });
     expect(
       await proxyA.waitForAccess((l) => l.direction === 'outbound' && l.originalDst === `${B.v4}:8085`),
-    ).toMatchObject({ result: 'connect-failed', detail: 'identity-mismatch', service: 'b-wrong-id' });
+    ).toMatchObject({ result: 'connect-failed', detail: 'identity-not-allowed', service: 'b-wrong-id' });
     expect((await B.app.call<unknown[]>('records', { name: 'b8085' })).length).toBe(0);
     const metrics = (await proxyA.admin('/metrics')).body;
-    expect(metrics).toMatch(/meshctl_mtls_handshake_failures_total\{reason="identity-mismatch"\} [1-9]/);
+    expect(metrics).toMatch(/meshctl_mtls_handshake_failures_total\{reason="identity-not-allowed"\} [1-9]/);
   });
 
   it('retries a tunnel failure on another endpoint, as any connect failure', async () => {
