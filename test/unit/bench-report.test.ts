@@ -1,7 +1,9 @@
 // The benchmark's pure parts: statistics, target verdicts, the added-latency rows, the generator checks and the
-// wrk parser (bench/report.ts, bench/workloads.ts).
+// wrk parser (bench/report.ts, bench/workloads.ts); the two-sidecar section and configs (bench/report.ts, bench/pair.ts).
 import { describe, expect, it } from 'vitest';
-import { loadgenChecks, renderReport, stat, summarise } from '../../bench/report.js';
+import { loadgenChecks, renderReport, stat, summarise, summarisePairs } from '../../bench/report.js';
+import { haproxyTlsClientConfig, haproxyTlsServerConfig, pairMeshctlConfig } from '../../bench/pair.js';
+import { configFromObject } from '../../src/config/load.js';
 import type { Measurement, WorkloadName } from '../../bench/workloads.js';
 import { parseWrk } from '../../bench/workloads.js';
 import type { CandidateName } from '../../bench/candidates.js';
@@ -138,5 +140,122 @@ Transfer/sec:     15.00MB
 
   it('refuses output without a latency distribution', () => {
     expect(() => parseWrk('Requests/sec: 1\n1 requests in 1s')).toThrow(/no 50% latency line/);
+  });
+});
+
+describe('bench two-sidecar section (issue 18)', () => {
+  const info = {
+    date: '2025-01-02T03:04:05.000Z',
+    kernel: '6.1',
+    cpu: 'cpu',
+    cores: 2,
+    memoryGiB: 4,
+    node: 'v20',
+    versions: { haproxy: '2.6' },
+    commit: 'abc',
+  };
+  const profile = { secs: 1, warmup: 0, repetitions: 1, idleConns: 10, pacedRate: 100 };
+
+  it('judges mTLS ÷ HAProxy-TLS against 0.8× for rates and compares the plaintext pair with one meshctl', () => {
+    const rr = (mtls: number) =>
+      summarisePairs([
+        m('rr-32', 'meshctl', 1, { rate: 100 }),
+        m('rr-32', 'meshctl-pair', 1, { rate: 60 }),
+        m('rr-32', 'haproxy-tls', 1, { rate: 50 }),
+        m('rr-32', 'meshctl-mtls', 1, { rate: mtls }),
+      ]).find((s) => s.row.workload === 'rr-32' && s.row.metric === 'rate')!;
+    expect(rr(40).mtlsVsHaproxyTls).toBeCloseTo(0.8);
+    expect(rr(40).met).toBe(true);
+    expect(rr(39).met).toBe(false);
+    expect(rr(40).pairVsSingle).toBeCloseTo(0.6);
+  });
+
+  it('allows 1.25× HAProxy-TLS’s added latency (0.8× as fast) and gives CPU rows no verdict', () => {
+    const rows = (mtlsP99: number) =>
+      summarisePairs([
+        m('paced', 'direct', 1, { p99: 100 }),
+        m('paced', 'haproxy-tls', 1, { p99: 300, proxyCpuPerOp: 20 }),
+        m('paced', 'meshctl-mtls', 1, { p99: mtlsP99, proxyCpuPerOp: 30 }),
+      ]);
+    const added = (p99: number) => rows(p99).find((s) => s.row.label === 'paced: p99 added over direct')!;
+    expect(added(350).stats['haproxy-tls']?.median).toBe(200);
+    expect(added(350).mtlsVsHaproxyTls).toBeCloseTo(1.25);
+    expect(added(350).met).toBe(true);
+    expect(added(351).met).toBe(false);
+    const cpu = rows(350).find((s) => s.row.metric === 'proxyCpuPerOp')!;
+    expect(cpu.mtlsVsHaproxyTls).toBeCloseTo(1.5);
+    expect(cpu.met).toBeNull();
+  });
+
+  it('keeps the two-sidecar candidates out of the main table and renders their own section', () => {
+    const md = renderReport({
+      info,
+      profile,
+      candidates: ['direct', 'haproxy', 'meshctl', 'meshctl-pair', 'meshctl-mtls', 'haproxy-tls'],
+      measurements: [
+        m('bulk-1', 'direct', 1, { gbps: 20 }),
+        m('bulk-1', 'haproxy', 1, { gbps: 10, proxyCpuPerGB: 0.5 }),
+        m('bulk-1', 'meshctl', 1, { gbps: 9.5, proxyCpuPerGB: 0.6 }),
+        m('bulk-1', 'meshctl-pair', 1, { gbps: 5, proxyCpuPerGB: 1.2 }),
+        m('bulk-1', 'meshctl-mtls', 1, { gbps: 2, proxyCpuPerGB: 3 }),
+        m('bulk-1', 'haproxy-tls', 1, { gbps: 4, proxyCpuPerGB: 2 }),
+      ],
+      setup: ['lab'],
+    });
+    expect(md).toContain(
+      '| bulk, 1 stream (iperf3) | Gbit/s | 20.0 | 10.0 | 9.50 | 0.47× | 0.95× | ≥ 0.9× HAProxy | met |',
+    );
+    expect(md).toContain('## Two sidecars: mTLS tunnel (issue 18)');
+    expect(md).toContain(
+      '| workload | unit | meshctl | HAProxy | meshctl ×2, plaintext | meshctl ×2, mTLS tunnel | HAProxy ×2, TLS 1.3 | mTLS ÷ HAProxy-TLS | target |  | plaintext ×2 ÷ meshctl |',
+    );
+    expect(md).toContain(
+      '| bulk, 1 stream | Gbit/s | 9.50 | 10.0 | 5.00 | 2.00 | 4.00 | 0.50× | ≥ 0.8× | **missed** | 0.53× |',
+    );
+    expect(md).toContain(
+      '| bulk, 1 stream: CPU of the sidecar(s) | CPU s/GB | 0.60 | 0.50 | 1.20 | 3.00 | 2.00 | 1.50× |  |  | 2.00× |',
+    );
+    expect(md).toContain('Target rows met: 0 of 1.');
+    expect(md.indexOf('## Two sidecars')).toBeLessThan(md.indexOf('## Checks'));
+  });
+
+  it('has no two-sidecar section when no two-sidecar candidate ran', () => {
+    const md = renderReport({
+      info,
+      profile,
+      candidates: all,
+      measurements: [m('rr-32', 'haproxy', 1, { rate: 10 }), m('rr-32', 'meshctl', 1, { rate: 10 })],
+      setup: [],
+    });
+    expect(md).not.toContain('Two sidecars');
+  });
+});
+
+describe('bench two-sidecar configs', () => {
+  const id = { certificate: '/pki/a/svid.pem', key: '/pki/a/svid_key.pem', bundle: '/pki/a/svid_bundle.pem' };
+  const options = { workers: 2, accessLog: false };
+
+  it('gives meshctl-mtls’s A the server host as a mesh peer and B strict inbound, and passes meshctl’s validation', () => {
+    const a = pairMeshctlConfig('meshctl-mtls', 'a', options, '/state-a', '10.9.0.2', { ...id, haproxyPem: '' });
+    const b = pairMeshctlConfig('meshctl-mtls', 'b', options, '/state-b', '10.9.0.2', { ...id, haproxyPem: '' });
+    expect(configFromObject(a).mtls).toMatchObject({
+      peers: [{ address: '10.9.0.2', prefix: 32 }],
+      inbound: 'disable',
+      tunnelPort: 15008,
+    });
+    expect(configFromObject(b).mtls).toMatchObject({ peers: [], inbound: 'strict' });
+    const plain = pairMeshctlConfig('meshctl-pair', 'a', options, '/state-a', '10.9.0.2', null);
+    expect(plain).not.toHaveProperty('mtls');
+    expect(configFromObject(plain).proxy.workers).toBe(2);
+  });
+
+  it('has HAProxy A originate TLS 1.3 with a client certificate and B require and verify it', () => {
+    const files = { ...id, haproxyPem: '/pki/haproxy-a.pem' };
+    expect(haproxyTlsClientConfig(2, '10.9.0.2', files)).toContain(
+      'server b 10.9.0.2:15008 ssl ssl-min-ver TLSv1.3 crt /pki/haproxy-a.pem ca-file /pki/a/svid_bundle.pem verify required send-proxy-v2',
+    );
+    expect(haproxyTlsServerConfig(2, files)).toMatch(
+      /bind 0\.0\.0\.0:15008 accept-proxy ssl ssl-min-ver TLSv1\.3 crt \S+ ca-file \S+ verify required\n/,
+    );
   });
 });
