@@ -37,6 +37,11 @@ export function register(program: Command): void {
       case 'not-installed':
         lines.push(`nothing to refresh${where(netns)}: no capture is installed (install resolves the units itself)`);
         break;
+      case 'not-loaded':
+        lines.push(
+          `nothing to refresh${where(netns)}: the kernel holds none of the installed rules (after a reboot, meshctl-capture.service installs them, units included)`,
+        );
+        break;
       case 'no-units':
         lines.push(`nothing to refresh${where(netns)}: the installed config names no systemd units`);
         break;

@@ -10,8 +10,10 @@ import { installCapture, type InstallResult } from './install.js';
 import { compareUnits, configUnits, readUnitCgroups, type UnitReport } from './host/unit-cgroups.js';
 import { readLedger, ledgerPath } from './transaction/ledger.js';
 import { openScope, type ScopeOptions } from './transaction/scope.js';
+import { createDriver } from './drivers/create-driver.js';
 
-export type RefreshAction = 'not-installed' | 'no-units' | 'in-step' | 'refreshed';
+/** not-loaded: a ledger, but none of its rules in the kernel (a reboot before meshctl-capture.service ran). */
+export type RefreshAction = 'not-installed' | 'not-loaded' | 'no-units' | 'in-step' | 'refreshed';
 
 export interface RefreshResult {
   readonly action: RefreshAction;
@@ -43,6 +45,12 @@ export async function refreshUnits(options: RefreshOptions): Promise<RefreshResu
   if (units.length === 0) return { ...base, action: 'no-units', before: [], install: null };
   const before = compareUnits(ledger.current.units ?? [], readUnitCgroups(units));
   if (before.every((u) => u.step !== 'stale')) return { ...base, action: 'in-step', before, install: null };
+  // After a reboot the ledger is there but the kernel holds none of its rules until meshctl-capture.service installs
+  // them (it resolves the units itself): a unit starting first must not load capture ahead of the proxy.
+  const driver = createDriver(ledger.backend, scope.runner, scope.log);
+  const objects = ledger.current.objects;
+  if (objects !== null && driver.remaining(await driver.read(), objects).length === 0)
+    return { ...base, action: 'not-loaded', before, install: null };
   const install = await installCapture({
     config,
     netns: scope.netns,

@@ -10,12 +10,22 @@
 // This host has no systemd as PID 1, so `systemctl show` is answered by a script on PATH that maps unit names to the
 // cgroups made here (MESHCTL_TEST_UNITS); everything else — meshctl, the kernel, the cgroups — is real.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cgroup2Mount } from '../../src/netfilter/host/unit-cgroups.js';
+import { scopeDir } from '../../src/netfilter/transaction/ledger.js';
 import type { Backend } from '../../src/config/types.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { createVethPair } from '../helpers/netns.js';
@@ -332,6 +342,26 @@ describe.skipIf(!integrationEnabled)(
         expect(removed.status, removed.stderr).toBe(0);
         expect(meshctlResidue(lab.host)).toEqual([]);
         expect(await connectFrom(inOther, lab.peer4, 80)).toBe('peer');
+
+        // A reboot: the ledger says installed, the kernel holds none of its rules. A unit that starts before
+        // meshctl-capture.service must not load capture ahead of the proxy: its refresh changes nothing, and the
+        // capture unit's install then loads the rules with the unit's new cgroup.
+        const ledger = join(scopeDir(lab.stateDir, lab.host), 'ledger.json');
+        expect(cli(installArgs(lab, backend, ['--exclude-units', 'backup.service']), env).status).toBe(0);
+        const kept = readFileSync(ledger);
+        expect(cli(['uninstall', ...lab.scope], env).status).toBe(0);
+        writeFileSync(ledger, kept, { mode: 0o600 });
+        recreateCgroup(backup, inBackup.pid);
+        const early = refreshInside(backup, lab.scope, env);
+        expect(early.status, early.stderr).toBe(0);
+        expect(early.stdout).toMatch(/nothing to refresh .*the kernel holds none of the installed rules/);
+        expect(meshctlResidue(lab.host)).toEqual([]);
+        const boot = cli(installArgs(lab, backend, ['--exclude-units', 'backup.service']), env);
+        expect(boot.status, boot.stderr).toBe(0);
+        moveInto(inBackup.pid, backup);
+        expect(await connectFrom(inBackup, lab.peer4, 80)).toBe('peer');
+        expect(unitsStatus(lab, env).step).toEqual({ 'backup.service': 'in-step' });
+        expect(cli(['uninstall', ...lab.scope], env).status).toBe(0);
       },
       180_000,
     );
