@@ -20,7 +20,7 @@ import {
 } from './fields.js';
 import { systemHostFacts, type HostFacts, type UserDb } from './host-facts.js';
 import { setPath, valueAt } from './paths.js';
-import { POLICY_SECTIONS, resolvePolicy, type ResolvedPolicy } from './policy.js';
+import { OVERLAY_MTLS_FIELDS, POLICY_SECTIONS, resolvePolicy, type ResolvedPolicy } from './policy.js';
 import { configSchema, isNearKey, schemaDefault, shownKey, validateSchema } from './schema.js';
 import type { Config, ProxyUser, SafetyConfig } from './types.js';
 
@@ -51,7 +51,7 @@ export interface LoadOptions extends Omit<ResolveOptions, 'file'> {
   readonly file?: string;
 }
 
-/** A control-plane document: only the policy sections (services, outbound, inbound), and where it came from. */
+/** A control-plane document: only the policy sections (services, outbound, inbound, mtls.peers), and where it came from. */
 export interface PolicyOverlay {
   readonly raw: Readonly<Record<string, unknown>>;
   /** Named in error messages instead of the file, e.g. `control plane http://10.0.0.2/policy (etag "v7")`. */
@@ -209,24 +209,63 @@ function mergeSources(raw: unknown, options: ResolveOptions): Sources {
     flagByPath.set(flag.path, flag.flag);
   }
   const overlay = options.overlay ?? null;
+  /** The paths the overlay sets: its sections, and mtls.peers rather than the whole mtls section. */
+  const overlaid: string[] = [];
   if (overlay) {
-    const foreign = Object.keys(overlay.raw).filter((k) => !(POLICY_SECTIONS as readonly string[]).includes(k));
+    const allowed = [...POLICY_SECTIONS, 'mtls'];
+    const foreign = Object.keys(overlay.raw).filter((k) => !allowed.includes(k));
     if (foreign.length > 0) {
       throw new MeshctlError(
         'CONFIG_INVALID',
-        `${overlay.origin}: a control-plane document may only hold ${POLICY_SECTIONS.join(', ')}; it has ${foreign.join(', ')}`,
+        `${overlay.origin}: a control-plane document may only hold ${POLICY_SECTIONS.join(', ')} and mtls.peers; it has ${foreign.join(', ')}`,
         'serve only the policy sections; proxy, capture and safety settings stay in the local config file',
       );
     }
     refuseNonPlainData(overlay.raw, overlay.origin);
-    for (const [key, value] of Object.entries(overlay.raw)) mapping[key] = structuredClone(value);
+    for (const [key, value] of Object.entries(overlay.raw)) {
+      if (key !== 'mtls') {
+        mapping[key] = structuredClone(value);
+        overlaid.push(key);
+        continue;
+      }
+      for (const field of overlayMtlsFields(value, overlay.origin)) {
+        const local = mapping.mtls;
+        const mtls = typeof local === 'object' && local !== null && !Array.isArray(local) ? local : {};
+        mapping.mtls = { ...mtls, [field]: structuredClone((value as Record<string, unknown>)[field]) };
+        overlaid.push(`mtls.${field}`);
+      }
+    }
   }
   const where = (path: string): string => {
     for (const [flagPath, flag] of flagByPath) if (under(path, flagPath)) return `flag ${flag}`;
-    if (overlay) for (const key of Object.keys(overlay.raw)) if (under(path, key)) return overlay.origin;
+    if (overlay) for (const key of overlaid) if (under(path, key)) return overlay.origin;
     return sourceFile ?? 'built-in defaults';
   };
   return { merged: mapping, where };
+}
+
+/**
+ * The fields of a control-plane document's `mtls` (a mapping holding only OVERLAY_MTLS_FIELDS); CONFIG_INVALID
+ * naming the origin and what it holds otherwise (identity, inbound and tunnelPort stay in the local file).
+ */
+function overlayMtlsFields(value: unknown, origin: string): string[] {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new MeshctlError(
+      'CONFIG_INVALID',
+      `mtls (${origin}): must be a mapping holding peers, got ${JSON.stringify(value)}`,
+      'serve mtls: { peers: [CIDR, …] }, or leave mtls out of the document',
+    );
+  }
+  const keys = Object.keys(value);
+  const foreign = keys.filter((k) => !(OVERLAY_MTLS_FIELDS as readonly string[]).includes(k));
+  if (foreign.length > 0) {
+    throw new MeshctlError(
+      'CONFIG_INVALID',
+      `mtls (${origin}): a control-plane document may only hold mtls.${OVERLAY_MTLS_FIELDS.join(', mtls.')}; it has ${foreign.map((k) => `mtls.${shownKey(k)}`).join(', ')}`,
+      "this proxy's identity, inbound mode and tunnel port stay in the local config file",
+    );
+  }
+  return keys;
 }
 
 /** Throws CONFIG_INVALID naming every problem with its origin; returns when there are none. */

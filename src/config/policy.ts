@@ -59,6 +59,9 @@ export interface ResolvedPolicy {
 /** The sections a control-plane document may hold (everything else is host-local). */
 export const POLICY_SECTIONS = ['services', 'outbound', 'inbound'] as const;
 
+/** What a control-plane document may hold of the `mtls` section: the mesh members (the rest is host-local). */
+export const OVERLAY_MTLS_FIELDS = ['peers'] as const;
+
 /** The top-level sections this module resolves; the field table (./fields.ts) resolves the others. */
 export const POLICY_PATHS = [...POLICY_SECTIONS, 'controlPlane'] as const;
 

@@ -1,5 +1,5 @@
 // The control plane client: polls an HTTP(S) URL for the mesh policy (a YAML or JSON document holding services,
-// outbound, inbound) with ETag/If-None-Match, so any web server or object store can distribute policy. A new
+// outbound, inbound and mtls.peers) with ETag/If-None-Match, so any web server or object store can distribute policy. A new
 // document is handed to `apply` (validate, then apply atomically); a failed fetch or a rejected document keeps the
 // last good policy and is reported (status for /ready and /config, counters for /metrics). Never on the
 // connection path: the proxy only ever uses the last applied config.
@@ -89,7 +89,7 @@ export function parsePolicyDocument(text: string, origin: string): Record<string
   const value: unknown = doc.toJS();
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new ControlPlaneFetchError(
-      `${origin}: the document must be a mapping with services, outbound and/or inbound`,
+      `${origin}: the document must be a mapping with services, outbound, inbound and/or mtls.peers`,
     );
   }
   return value as Record<string, unknown>;

@@ -264,7 +264,36 @@ describe('policy config', () => {
       `services[0].addresses[0] (${origin}): "x" is not a service address ("x" needs a port: write it as HOST:PORT, [IPv6]:PORT)`,
     );
     expect(problems(() => load({}, { raw: { proxy: {}, stateDir: '/x' }, origin }))[0]).toBe(
-      `${origin}: a control-plane document may only hold services, outbound, inbound; it has proxy, stateDir`,
+      `${origin}: a control-plane document may only hold services, outbound, inbound and mtls.peers; it has proxy, stateDir`,
+    );
+  });
+
+  it("takes mtls.peers from a control-plane overlay, keeping the file's identity, mode and port", () => {
+    const origin = 'control plane http://cp/p (etag "v3")';
+    const identity = { certificate: '/id/cert.pem', key: '/id/key.pem', bundle: '/id/bundle.pem' };
+    const file = { mtls: { identity, inbound: 'strict', tunnelPort: 15108, peers: ['10.0.0.0/24'] } };
+    const c = load(file, { raw: { mtls: { peers: ['10.1.0.0/16', 'fd00:1::/64'] } }, origin });
+    expect(c.mtls.peers.map((p) => `${p.address}/${p.prefix}`)).toEqual(['10.1.0.0/16', 'fd00:1::/64']);
+    expect(c.mtls).toMatchObject({ identity, inbound: 'strict', tunnelPort: 15108 });
+    // Without mtls in the document, the file's peers stand; an empty list clears them.
+    expect(load(file, { raw: { services: [] }, origin }).mtls.peers.map((p) => `${p.address}/${p.prefix}`)).toEqual([
+      '10.0.0.0/24',
+    ]);
+    expect(load(file, { raw: { mtls: { peers: [] } }, origin }).mtls.peers).toEqual([]);
+    // A value that is not a CIDR is refused naming the document and the value.
+    const bad = problems(() => load(file, { raw: { mtls: { peers: ['10.1.0.0/16', '10.2.0.0/33'] } }, origin }));
+    expect(bad).toHaveLength(1);
+    expect(bad[0]).toBe(`mtls.peers[1] (${origin}): "10.2.0.0/33" is not a CIDR (prefix "/33" must be 0..32)`);
+    // The rest of mtls is host-local, and mtls must be a mapping.
+    expect(problems(() => load(file, { raw: { mtls: { peers: [], inbound: 'disable' } }, origin }))[0]).toBe(
+      `mtls (${origin}): a control-plane document may only hold mtls.peers; it has mtls.inbound`,
+    );
+    expect(problems(() => load(file, { raw: { mtls: ['10.1.0.0/16'] }, origin }))[0]).toBe(
+      `mtls (${origin}): must be a mapping holding peers, got ["10.1.0.0/16"]`,
+    );
+    // Peers need this proxy's identity: a host without one refuses the document, naming where the peers came from.
+    expect(problems(() => load({}, { raw: { mtls: { peers: ['10.1.0.0/16'] } }, origin }))[0]).toBe(
+      `mtls.peers (${origin}): mesh peers needs this proxy's identity: set mtls.identity.certificate, key and bundle (meshctl ca issue writes them)`,
     );
   });
 

@@ -127,7 +127,7 @@ describe('ControlPlanePoller', () => {
     mode = 'list';
     expect(await poller.poll()).toBe('rejected');
     expect(poller.status().lastError).toContain(
-      'the document must be a mapping with services, outbound and/or inbound',
+      'the document must be a mapping with services, outbound, inbound and/or mtls.peers',
     );
     mode = 'error';
     expect(await poller.poll()).toBe('failed');
