@@ -12,6 +12,7 @@ import { chooseBackend, inspectBackends, type BackendInventory } from './detect.
 import { readLedger, type Ledger } from '../transaction/ledger.js';
 import type { NetfilterRunner } from '../drivers/runner.js';
 import { openScope, type ScopeOptions } from '../transaction/scope.js';
+import { refuseNftUnits } from './unit-cgroups.js';
 
 export type Severity = 'ok' | 'info' | 'warn' | 'error';
 
@@ -260,6 +261,7 @@ function backendChoiceFindings(
       });
     }
     if (decision.backend === 'nftables') findings.push(groupsFinding(config));
+    if (decision.backend === 'nftables') findings.push(...unitsFindings(config));
     if (decision.backend === 'nftables' && legacy + nft > 0) {
       findings.push({
         id: 'backend-other-rules',
@@ -388,6 +390,40 @@ function groupsFinding(config: Config | null): Finding {
       "the nftables backend matches a socket's primary group only (meta skgid): group lists (capture.outbound.includeGids / excludeGids) are refused on it",
     fix: null,
   };
+}
+
+/**
+ * Unit lists on nftables: includeUnits never (a negated `socket cgroupv2` misses sockets above the unit's level),
+ * excludeUnits only where nft sees the cgroup v2 hierarchy at /sys/fs/cgroup (./unit-cgroups.ts refuseNftUnits).
+ */
+function unitsFindings(config: Config | null): Finding[] {
+  const out = config?.capture.outbound;
+  if (!config || !out || (out.excludeUnits.length === 0 && out.includeUnits === 'all')) return [];
+  if (out.includeUnits !== 'all')
+    return [
+      {
+        id: 'backend-units',
+        severity: 'error',
+        message:
+          "the nftables backend cannot match a socket outside a unit when its cgroup lies above the unit's level (socket cgroupv2): install refuses capture.outbound.includeUnits there",
+        fix: 'install with --backend iptables-nft (or iptables-legacy), or list the units to leave alone in excludeUnits instead',
+      },
+    ];
+  try {
+    refuseNftUnits(config, null);
+  } catch (error) {
+    if (!isMeshctlError(error)) throw error;
+    return [{ id: 'backend-units', severity: 'error', message: error.message, fix: error.hint ?? null }];
+  }
+  return [
+    {
+      id: 'backend-units',
+      severity: 'info',
+      message:
+        'nft looks capture.outbound.excludeUnits up under /sys/fs/cgroup itself: install works in the host namespace, and refuses unit lists in a --netns scope',
+      fix: null,
+    },
+  ];
 }
 
 async function ipv6Finding(runner: NetfilterRunner, config: Config | null): Promise<Finding> {
