@@ -100,6 +100,11 @@ describe('the ledger schema', () => {
     ['a generation without its fields', JSON.stringify({ ...sample(), current: {} })],
     ['a plan without families', JSON.stringify({ ...sample(), current: { ...sample().current, plan: {} } })],
     ['an unknown state', JSON.stringify({ ...sample(), state: 'half' })],
+    ['units that are not a list', JSON.stringify({ ...sample(), current: { ...sample().current, units: 'x' } })],
+    [
+      'a unit without its cgroup id',
+      JSON.stringify({ ...sample(), current: { ...sample().current, units: [{ name: 'a.service', cgroup: '/a' }] } }),
+    ],
   ])('refuses %s as LEDGER_CORRUPT', (_, text) => {
     expect(outcome(text)).toBe('LEDGER_CORRUPT');
   });

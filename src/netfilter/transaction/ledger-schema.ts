@@ -168,6 +168,14 @@ const generation = {
     objects: { oneOf: [{ type: 'null' }, owned] },
     extras,
     proxyCheck: { type: 'object', required: ['kind'] },
+    units: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['name', 'cgroup', 'id'],
+        properties: { name: text, cgroup: text, id: { type: ['integer', 'null'] } },
+      },
+    },
   },
 };
 const confirm = {
