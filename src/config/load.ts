@@ -371,6 +371,12 @@ function hashView(full: ConfigBody & ResolvedPolicy): unknown {
     if (key === 'mtls' && off) continue;
     view[key] = key === 'services' && allPlain ? services.map(({ mtls: _on, identities: _ids, ...s }) => s) : value;
   }
+  // Likewise the unit lists while they are at their defaults (no unit named), which older configs could not set.
+  const out = full.capture.outbound;
+  if (out.excludeUnits.length === 0 && out.includeUnits === 'all') {
+    const { excludeUnits: _none, includeUnits: _all, ...outbound } = out;
+    view.capture = { ...full.capture, outbound };
+  }
   return view;
 }
 

@@ -270,6 +270,12 @@ function installUnitsDropins(layout: ServiceLayout, config: Config, files: FileC
   for (const path of change.removed) files.push({ path, action: 'removed' });
 }
 
+/** Removes the units' drop-ins (service uninstall); returns what it removed. */
+function uninstallUnitsDropins(layout: ServiceLayout): FileChange[] {
+  const root = onHost(layout, layout.dropInDir ?? layout.unitDir);
+  return removeUnitDropins({ netns: null, root }).removed.map((path) => ({ path, action: 'removed' as const }));
+}
+
 /** The units (ours, or the package's checked in place) and the drop-ins for `config`; returns the units whose files changed. */
 function installUnitFiles(layout: ServiceLayout, config: Config, files: FileChange[], warnings: string[]): Set<string> {
   const ownFiles = layout.owner === 'meshctl';
@@ -476,8 +482,7 @@ export async function uninstallService(options: ServiceUninstallOptions): Promis
     }
   }
   // The units' drop-ins (excludeUnits/includeUnits): the capture unit's sandbox could not remove them.
-  const unitsDropins = removeUnitDropins({ netns: null, root: onHost(layout, layout.dropInDir ?? layout.unitDir) });
-  for (const path of unitsDropins.removed) files.push({ path, action: 'removed' });
+  files.push(...uninstallUnitsDropins(layout));
   if (ownFiles) remove(onHost(layout, layout.sysusersFile));
   remove(onHost(layout, layout.captureEnvFile));
   const bin = onHost(layout, layout.binLink);
