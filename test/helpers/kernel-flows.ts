@@ -72,7 +72,13 @@ export function owners(config: Config): Record<string, Owner> {
   };
 }
 
-/** The flow table: the same ~80 flows for every example (each example decides differently about them). */
+function namesUnits(config: Config): boolean {
+  const out = config.capture.outbound;
+  return out.excludeUnits.length > 0 || out.includeUnits !== 'all';
+}
+
+/** The flow table: the same ~80 flows for every example (each example decides differently about them), plus flows
+ * from processes inside units where the example names units. */
 export function flowTable(lab: Lab, config: Config): LabFlow[] {
   const o = owners(config);
   const flows: LabFlow[] = [];
@@ -114,8 +120,12 @@ export function flowTable(lab: Lab, config: Config): LabFlow[] {
     out(`v${f} remote:22`, o.apps!, remote, 22);
     out(`v${f} remote:443`, o.apps!, remote, 443);
     out(`v${f} remote:8500`, o.batch!, remote, 8500);
-    out(`v${f} remote:80`, o.appUnit!, remote, 80);
-    out(`v${f} remote:80`, o.backupUnit!, remote, 80);
+    // Processes inside the scenarios' units, only where the config names units: their cgroups must exist first
+    // (test/helpers/unit-cgroups.ts createTestUnitCgroups).
+    if (namesUnits(config)) {
+      out(`v${f} remote:80`, o.appUnit!, remote, 80);
+      out(`v${f} remote:80`, o.backupUnit!, remote, 80);
+    }
     out(`v${f} remote:5432`, o.batch!, remote, 5432);
     for (const port of [8080, 22, config.proxy.inboundPort, 9005, 80, 9050, 2222, 6010, 9100])
       inb(`v${f} own-address:${port}`, own, port);
