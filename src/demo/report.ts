@@ -17,7 +17,18 @@ export type AccessLine = Pick<
   | 'durationMs'
   | 'result'
   | 'detail'
+  | 'tls'
+  | 'peerIdentity'
 >;
+
+/** A connection through the mTLS tunnel: the identities both proxies should show, and the far proxy's record. */
+export interface TunnelView {
+  /** This (the app host's) proxy's SPIFFE ID: the far proxy's record names it as the peer. */
+  readonly local: string;
+  /** The far (mesh host's) proxy's SPIFFE ID: this proxy's record names it as the peer. */
+  readonly remote: string;
+  readonly remoteRecord: AccessLine | null;
+}
 
 export interface DemoStep {
   readonly title: string;
@@ -29,6 +40,8 @@ export interface DemoStep {
   readonly why: string;
   readonly client: ClientResult;
   readonly record: AccessLine | null;
+  /** Set for a connection that should go through the mTLS tunnel. */
+  readonly tunnel?: TunnelView;
 }
 
 /** Parses the proxy's stdout into access-log records (other lines are ignored). */
@@ -62,11 +75,25 @@ export function intercepted(step: DemoStep): boolean {
   return step.record !== null && step.record.originalDst !== null;
 }
 
+/** Whether a tunneled step showed both identities: each proxy's record names the other's SPIFFE ID. */
+function tunnelOk(step: DemoStep): boolean {
+  const t = step.tunnel;
+  if (t === undefined) return true;
+  return (
+    step.record?.tls === 'mtls' &&
+    step.record.peerIdentity === t.remote &&
+    t.remoteRecord?.tls === 'mtls' &&
+    t.remoteRecord.peerIdentity === t.local
+  );
+}
+
 /** Whether every step did what the config says, and every connection worked. */
 export function stepOk(step: DemoStep): boolean {
   return (
     step.client.ok &&
-    (step.expect === 'intercepted' ? intercepted(step) && step.record!.originalDst === step.to : step.record === null)
+    (step.expect === 'intercepted'
+      ? intercepted(step) && step.record!.originalDst === step.to && tunnelOk(step)
+      : step.record === null)
   );
 }
 
@@ -84,8 +111,19 @@ function stepLines(step: DemoStep, index: number): string[] {
       `   The proxy has no record of it; the server answered ${quote(step.client.firstLine)} all the same.`,
     ];
   }
-  const lines = [`${head} INTERCEPTED`, `   ${step.why}.`];
-  if (step.direction === 'outbound') {
+  const lines = [`${head} ${step.tunnel ? 'INTERCEPTED, mTLS' : 'INTERCEPTED'}`, `   ${step.why}.`];
+  if (step.tunnel) {
+    const far = step.tunnel.remoteRecord;
+    lines.push(
+      `   the kernel redirected it to the proxy (:15001), which read the original destination ${r.originalDst}: a mesh`,
+      `   member, so it went through the mTLS tunnel (TLS 1.3 with both certificates, HTTP/2 CONNECT to :15008).`,
+      `   This proxy is ${step.tunnel.local}; the server's proxy proved ${r.peerIdentity ?? '(none)'} (tls ${r.tls ?? '?'}).`,
+      far
+        ? `   The mesh host's proxy logged the client as ${far.peerIdentity ?? '(none)'} (tls ${far.tls ?? '?'}) and passed it to its app from ${far.upstreamLocal ?? '?'}.`
+        : `   The mesh host's proxy has no record of it.`,
+      `   ${r.bytesFromClient} B out, ${r.bytesFromUpstream} B back, closed by ${r.result} after ${Math.round(r.durationMs)} ms.`,
+    );
+  } else if (step.direction === 'outbound') {
     lines.push(
       `   the kernel redirected it to the proxy (:15001); the proxy read the original destination ${r.originalDst}`,
       `   (SO_ORIGINAL_DST) and connected there itself: ${r.bytesFromClient} B out, ${r.bytesFromUpstream} B back, closed by ${r.result} after ${Math.round(r.durationMs)} ms.`,
@@ -125,6 +163,9 @@ export function formatReport(input: {
   );
   out.push(
     `  peer host  ${a.peerNs.padEnd(14)} ${a.peer.padEnd(12)} runs servers on :80 (HTTP), :25 (speaks first), :9999 (not captured)`,
+  );
+  out.push(
+    `  mesh host  ${a.meshNs.padEnd(14)} ${a.mesh.padEnd(12)} runs meshctl too (capture, a proxy with its own identity, strict mTLS) and an app on :80`,
   );
   out.push(`  capture    ${input.backendLine}`, '');
   out.push("What happened to each connection (from the proxy's live access log):", '');

@@ -1,7 +1,7 @@
 // `meshctl demo` as a library call: build the lab, start servers and the proxy, install capture, run the scripted
 // connections, collect the access log and /stats, explain one flow, and always tear the lab down.
 import { MeshctlError } from '../errors.js';
-import { DemoLab, PORTS, type LabOptions } from './lab.js';
+import { DemoLab, IDENTITIES, PORTS, type LabOptions } from './lab.js';
 import {
   formatReport,
   parseAccessLog,
@@ -27,11 +27,11 @@ export interface DemoResult {
   readonly leftovers: readonly string[];
 }
 
-async function awaitRecord(lab: DemoLab, local: string, expectRecord: boolean): Promise<AccessLine | null> {
+async function awaitRecord(find: () => AccessLine | null, expectRecord: boolean): Promise<AccessLine | null> {
   // Access-log lines are written asynchronously at close; give them a moment (only when one is expected).
   const deadline = Date.now() + (expectRecord ? 5000 : 500);
   for (;;) {
-    const record = recordFor(parseAccessLog(lab.proxyStdout), local);
+    const record = find();
     if (record || Date.now() > deadline) return record;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
@@ -48,15 +48,19 @@ export function requireDemoRoot(): void {
 }
 
 /** A connection the demo makes, and what it should show. */
-type PlannedStep = Omit<DemoStep, 'client' | 'record'> & {
+type PlannedStep = Omit<DemoStep, 'client' | 'record' | 'tunnel'> & {
   mode: 'http' | 'banner' | 'whoami';
   host: string;
   port: number;
   fromNs: 'app' | 'peer';
+  tunneled?: boolean;
 };
 
-/** The demo's four connections: HTTP and a server-first banner out, one in, and one to an excluded port. */
-function demoPlan({ app, peer }: DemoLab['addresses']): PlannedStep[] {
+/**
+ * The demo's five connections: HTTP and a server-first banner out, one in, one to an excluded port, and one to the
+ * mesh host through the mTLS tunnel.
+ */
+function demoPlan({ app, peer, mesh }: DemoLab['addresses']): PlannedStep[] {
   return [
     {
       title: 'HTTP out',
@@ -106,6 +110,19 @@ function demoPlan({ app, peer }: DemoLab['addresses']): PlannedStep[] {
       port: PORTS.excluded,
       fromNs: 'app',
     },
+    {
+      title: 'mTLS out',
+      direction: 'outbound',
+      from: 'app',
+      to: `${mesh}:${PORTS.meshService}`,
+      expect: 'intercepted',
+      why: `mtls.peers lists ${mesh}/32, a host that runs meshctl, so the connection goes through its tunnel`,
+      mode: 'http',
+      host: mesh,
+      port: PORTS.meshService,
+      fromNs: 'app',
+      tunneled: true,
+    },
   ];
 }
 
@@ -114,9 +131,25 @@ async function connectAll(lab: DemoLab, plan: readonly PlannedStep[], options: D
   const steps: DemoStep[] = [];
   for (const p of plan) {
     const client = lab.connect(p.fromNs, p.mode, p.host, p.port);
-    const record = client.ok ? await awaitRecord(lab, client.local, p.expect === 'intercepted') : null;
-    const { mode: _m, host: _h, port: _p, fromNs: _f, ...rest } = p;
-    steps.push({ ...rest, from: p.fromNs === 'app' ? lab.addresses.appNs : lab.addresses.peerNs, client, record });
+    const mine = () => recordFor(parseAccessLog(lab.proxyStdout), client.local);
+    const record = client.ok ? await awaitRecord(mine, p.expect === 'intercepted') : null;
+    const { mode: _m, host: _h, port: _p, fromNs: _f, tunneled, ...rest } = p;
+    const from = p.fromNs === 'app' ? lab.addresses.appNs : lab.addresses.peerNs;
+    if (!tunneled) {
+      steps.push({ ...rest, from, client, record });
+    } else {
+      // The mesh host's proxy sees the stream inside the tunnel: its inbound record for the carried destination.
+      const theirs = () =>
+        parseAccessLog(lab.meshProxyStdout).find((r) => r.direction === 'inbound' && r.originalDst === p.to) ?? null;
+      const remoteRecord = client.ok ? await awaitRecord(theirs, true) : null;
+      steps.push({
+        ...rest,
+        from,
+        client,
+        record,
+        tunnel: { local: IDENTITIES.app, remote: IDENTITIES.mesh, remoteRecord },
+      });
+    }
     options.progress(`connection ${steps.length}/${plan.length} done: ${p.title}`);
   }
   return steps;
@@ -125,6 +158,7 @@ async function connectAll(lab: DemoLab, plan: readonly PlannedStep[], options: D
 /** Builds the lab, makes the connections and writes the report; the caller tears the lab down. */
 async function runInLab(lab: DemoLab, options: DemoOptions): Promise<Omit<DemoResult, 'leftovers'>> {
   lab.build();
+  await lab.issueIdentities();
   await lab.startServers();
   await lab.startProxy();
   const installOut = lab.installCapture();

@@ -2,9 +2,9 @@
 // namespaces. Each client prints one JSON line: what it sent and received, and its own address, so the report can
 // match it to the proxy's access-log record for the same connection.
 
-/** `node server.mjs <http|banner|whoami> <host> <port>`: prints "listening" once bound. */
+/** `node server.mjs <http|banner|whoami> <host> <port> [host name]`: prints "listening" once bound. */
 export const SERVER_SCRIPT = `import net from 'node:net';
-const [mode, host, port] = [process.argv[2], process.argv[3], Number(process.argv[4])];
+const [mode, host, port, name] = [process.argv[2], process.argv[3], Number(process.argv[4]), process.argv[5] ?? 'peer'];
 const server = net.createServer((s) => {
   s.on('error', () => {});
   if (mode === 'banner') {
@@ -21,7 +21,7 @@ const server = net.createServer((s) => {
   s.on('data', (d) => {
     buf += d;
     if (!buf.includes('\\r\\n\\r\\n')) return;
-    const body = 'hello from the peer host\\n';
+    const body = 'hello from the ' + name + ' host\\n';
     s.end('HTTP/1.1 200 OK\\r\\ncontent-type: text/plain\\r\\ncontent-length: ' + body.length + '\\r\\nconnection: close\\r\\n\\r\\n' + body);
   });
 });

@@ -1,5 +1,5 @@
-// `meshctl demo` end to end, as a user runs it: the report shows three intercepted connections and one direct,
-// and afterwards no namespace, process, rule or scratch directory of the lab is left, also after Ctrl-C and after
+// `meshctl demo` end to end, as a user runs it: the report shows three intercepted connections, one direct and one
+// through the mTLS tunnel to the mesh host with both proxies' identities, and afterwards no namespace, process, rule or scratch directory of the lab is left, also after Ctrl-C and after
 // an earlier run was killed. Without root it says so and touches nothing.
 import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -30,20 +30,28 @@ const rootNat = () =>
     .join('\n');
 
 describe.skipIf(!integrationEnabled)('meshctl demo', () => {
-  it('reports three intercepted connections and one direct, then leaves nothing behind', () => {
+  it('reports three intercepted connections, one direct and one tunneled with both identities, then leaves nothing behind', () => {
     const scratchBefore = scratchDirs();
     const natBefore = rootNat();
     const r = spawnSync(process.execPath, [MESHCTL, ...ARGS], { encoding: 'utf8', timeout: 120_000 });
     expect(r.stderr).toContain('installed capture: meshctl install --netns ms-demo-app');
     expect(r.status, r.stdout + r.stderr).toBe(0);
     expect(r.stdout.match(/ INTERCEPTED$/gm)).toHaveLength(3);
+    expect(r.stdout).toMatch(/^5\. mTLS out .* INTERCEPTED, mTLS$/m);
+    expect(r.stdout).toContain(
+      "This proxy is spiffe://demo.test/app; the server's proxy proved spiffe://demo.test/mesh (tls mtls)",
+    );
+    expect(r.stdout).toMatch(
+      /The mesh host's proxy logged the client as spiffe:\/\/demo\.test\/app \(tls mtls\) and passed it to its app from 127\.0\.0\.6:\d+\./,
+    );
+    expect(r.stdout).toContain('The client got "HTTP/1.1 200 OK"');
     expect(r.stdout).toMatch(/^4\. excluded .* DIRECT \(not intercepted\)$/m);
     expect(r.stdout).toContain('the proxy read the original destination 10.214.77.2:80');
     expect(r.stdout).toContain('The client got "220 peer.demo ESMTP ready"');
     expect(r.stdout).toContain('The client got "you reached the app host from 127.0.0.6:');
-    expect(r.stdout).toMatch(/Proxy \/stats: 2 outbound and 1 inbound connections accepted/);
+    expect(r.stdout).toMatch(/Proxy \/stats: 3 outbound and 1 inbound connections accepted/);
     expect(r.stdout).toContain('verdict: INTERCEPTED → proxy port 15001');
-    expect(r.stdout).toContain('All 4 connections behaved as the config says.');
+    expect(r.stdout).toContain('All 5 connections behaved as the config says.');
     expect(r.stdout).toContain('Nothing was left behind.');
     expect(labNamespaces()).toEqual([]);
     expect(labProcesses()).toEqual([]);
