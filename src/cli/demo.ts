@@ -9,7 +9,9 @@ import { EXIT } from './output.js';
 export function register(program: Command): void {
   program
     .command('demo')
-    .description('show meshctl at work in a throwaway namespace lab (two meshctl hosts talking mTLS, and a plain peer) (needs root; leaves nothing behind)')
+    .description(
+      'show meshctl at work in a throwaway namespace lab (two meshctl hosts talking mTLS, and a plain peer) (needs root; leaves nothing behind)',
+    )
     .option('--proxy-user <name>', 'non-root user the lab proxy runs as', 'nobody')
     .option('--quiet', 'print only the report, not each setup step')
     .addOption(new Option('--prefix <name>', 'namespace name prefix').default('mdemo').hideHelp())
