@@ -6,7 +6,7 @@
 // rules for it before its main process connects: still excluded, every time. A stand-in for the proxy (the lab's echo
 // server on 127.0.0.1:15001) tells a captured connection from a direct one (the peer's echo server in a client
 // namespace) by the address it greets with. With the drop-in moved away, a restart is captured and status says STALE:
-// the drop-in is what keeps the unit excluded.
+// the drop-in is what keeps the unit excluded. A refresh that fails (an unreadable ledger) fails the unit's start.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -187,6 +187,17 @@ describe.skipIf(!integrationEnabled)('excludeUnits with a real systemd unit that
     ct.run('systemctl', ['daemon-reload']);
     expect(ct.run(MESHCTL, ['units', 'refresh'])).toMatch(/lab-backup\.service: STALE[\s\S]*refreshed: install/);
     expect(await startAndConnect('lab-backup.service', 'restart')).toContain(direct);
+
+    // A refresh that fails (here: a ledger meshctl cannot read) fails the unit's start: it never runs captured.
+    const ledger = '/var/lib/meshctl/host/ledger.json';
+    ct.run('cp', [ledger, `${ledger}.keep`]);
+    ct.run('sh', ['-c', `echo null > ${ledger}`]);
+    const failed = ct.exec('systemctl', ['restart', 'lab-backup.service']);
+    expect(failed.status).not.toBe(0);
+    expect(show('lab-backup.service', 'ActiveState')).toBe('failed');
+    expect(ct.run('journalctl', ['-u', 'lab-backup.service', '-o', 'cat', '--no-pager'])).toContain('LEDGER_CORRUPT');
+    ct.run('mv', [`${ledger}.keep`, ledger]);
+    expect(await startAndConnect('lab-backup.service', 'start')).toContain(direct);
 
     // Stopped, the unit is reported as not running; started again, it is excluded from its first connection.
     ct.run('systemctl', ['stop', 'lab-backup.service']);
