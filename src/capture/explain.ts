@@ -412,6 +412,10 @@ export function explainFlow(plan: ExplainPlan, flow: Flow, host: HostContext): E
     );
   }
   const walker = new Walker(familyPlan, packet);
+  if (packet.cgroup === null && familyPlan.rules.some((r) => r.matches.some((m) => m.kind === 'cgroup')))
+    assumptions.push(
+      "the socket's cgroup is unknown; unit rules (excludeUnits/includeUnits) cannot match — pass --unit",
+    );
   const entries = entriesOf(familyPlan, flow.direction);
   const notes = (): string[] => [...assumptions, ...unevaluatedNotes(walker, familyPlan)];
   for (const [index, entry] of entries.entries()) {

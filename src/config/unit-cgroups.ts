@@ -46,6 +46,19 @@ export function unitCgroupFromShow(name: string, show: Map<string, string>): Uni
   return { problem: `systemd names no cgroup for unit "${name}" (no ControlGroup= and no Slice=)` };
 }
 
+/**
+ * Where systemd puts a unit that has no `Slice=` line: a slice in its own place, an instance of a template in the
+ * template's slice (`getty@tty1.service` in `/system.slice/system-getty.slice`; a template name with a dash would be
+ * escaped there, so it keeps the plain guess), every other unit in `/system.slice`.
+ */
+export function conventionalCgroup(name: string): string {
+  if (name.endsWith('.slice')) return slicePath(name) || '/';
+  const at = name.indexOf('@');
+  const template = at > 0 ? name.slice(0, at) : '';
+  if (template !== '' && !template.includes('-')) return `/system.slice/system-${template}.slice/${name}`;
+  return `/system.slice/${name}`;
+}
+
 /** The host's answer through `systemctl show`; the convention when systemd is not there to ask. */
 export const systemUnitCgroup: UnitCgroupResolver = (name) => {
   let text: string;
@@ -57,7 +70,7 @@ export const systemUnitCgroup: UnitCgroupResolver = (name) => {
     });
   } catch {
     // No systemctl, or "System has not been booted with systemd as init system": nobody to ask.
-    return { cgroup: name.endsWith('.slice') ? slicePath(name) || '/' : `/system.slice/${name}`, source: 'convention' };
+    return { cgroup: conventionalCgroup(name), source: 'convention' };
   }
   return unitCgroupFromShow(name, parseSystemctlShow(text));
 };

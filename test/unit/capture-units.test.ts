@@ -14,7 +14,7 @@ import { parseSave } from '../../src/capture/parse-save.js';
 import { renderIptablesRestore } from '../../src/capture/render-iptables.js';
 import { renderNft } from '../../src/capture/render-nft.js';
 import { renderConfig } from '../../src/config/render.js';
-import { parseSystemctlShow, unitCgroupFromShow } from '../../src/config/unit-cgroups.js';
+import { conventionalCgroup, parseSystemctlShow, unitCgroupFromShow } from '../../src/config/unit-cgroups.js';
 import { isMeshctlError } from '../../src/errors.js';
 import {
   cgroup2Mount,
@@ -131,6 +131,14 @@ describe('unit → cgroup path (systemctl show)', () => {
     expect(
       unitCgroupFromShow('backup.service', show('LoadState=loaded\nControlGroup=\nSlice=batch-nightly.slice')),
     ).toEqual({ cgroup: '/batch.slice/batch-nightly.slice/backup.service', source: 'slice' });
+  });
+
+  it('guesses where systemd puts a unit only where there is no systemd to ask', () => {
+    expect(conventionalCgroup('backup.service')).toBe('/system.slice/backup.service');
+    expect(conventionalCgroup('getty@tty1.service')).toBe('/system.slice/system-getty.slice/getty@tty1.service');
+    expect(conventionalCgroup('my-app@1.service')).toBe('/system.slice/my-app@1.service');
+    expect(conventionalCgroup('batch-nightly.slice')).toBe('/batch.slice/batch-nightly.slice');
+    expect(conventionalCgroup('-.slice')).toBe('/');
   });
 
   it.each(['not-found', 'masked', 'bad-setting', 'error'])(
@@ -282,6 +290,15 @@ describe('explain with a unit', () => {
     expect(other.verdict).toBe('bypassed');
     expect(other.decidedBy).toMatchObject({ purpose: 'skip-unit-not-included' });
     expect(verdict('units-include', '/').verdict).toBe('bypassed');
+  });
+
+  it('says when the flow gives no cgroup, so unit rules could not match', () => {
+    const e = verdict('units-include');
+    expect(e.verdict).toBe('redirected');
+    expect(e.assumptions).toContain(
+      "the socket's cgroup is unknown; unit rules (excludeUnits/includeUnits) cannot match — pass --unit",
+    );
+    expect(verdict('units-include', TEST_UNITS['app.service']).assumptions.join('\n')).not.toMatch(/cgroup is unknown/);
   });
 });
 
