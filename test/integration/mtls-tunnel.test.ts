@@ -172,6 +172,30 @@ describe.skipIf(!integrationEnabled)('mTLS tunnel between two meshctl hosts', ()
     expect(stats.mtls.listening).toEqual(['tunnel 0.0.0.0:15008', 'tunnel [::]:15008']);
   });
 
+  it('status --netns shows the proxy’s identity and its certificate’s time left (from its /stats)', () => {
+    const r = spawnSync(
+      process.execPath,
+      [MESHCTL, 'status', '--netns', A.ns, '--state-dir', join(lab.dir, 'state-a'), '--json'],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    const report = JSON.parse(r.stdout) as {
+      proxy?: { identity?: { spiffeId: string; state: string; secondsLeft: number } };
+    };
+    expect(report.proxy?.identity, r.stdout + r.stderr).toMatchObject({
+      spiffeId: 'spiffe://mesh.test/a',
+      state: 'valid',
+    });
+    expect(report.proxy!.identity!.secondsLeft).toBeGreaterThan(3600);
+    const text = spawnSync(
+      process.execPath,
+      [MESHCTL, 'status', '--netns', A.ns, '--state-dir', join(lab.dir, 'state-a')],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    expect(text.stdout).toMatch(
+      /^ {2}mtls: identity spiffe:\/\/mesh\.test\/a, certificate valid for \S+ \S+ \(\d+ s left, until /m,
+    );
+  });
+
   it('carries IPv6 through the tunnel too', async () => {
     expect(await A.app.call('hold', { tag: 'ab6', host: B.v6, port: 8080, count: 1 })).toEqual({ open: 1, errors: [] });
     await A.app.call('closeHeld', { tag: 'ab6' });
