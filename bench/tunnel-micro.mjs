@@ -3,17 +3,23 @@
 // server leg → sink or echo), in two processes measured with process.cpuUsage(). No namespaces, no capture, no
 // relay of TCP sockets: only the tunnel. Run `npm run build` first. Usage:
 //   node bench/tunnel-micro.mjs [--workloads bulk,rr] [--secs 3] [--warmup 1] [--reps 5] [--conns 32] [--chunk 65536]
-//     [--cpu-prof DIR]
+//     [--legs tunnel|tcp] [--dist DIR] [--cpu-prof DIR]
+// --legs tcp adds the TCP legs of both proxies (a generator → client end → tunnel → server end → app, the generator
+// and app in the parent, whose CPU is not counted), relayed as src/proxy/connection.ts relays a tunnel stream.
+// --dist DIR uses another build of src/ than dist/ (to compare variants side by side).
 // Prints one line per repetition and a median (min–max) summary per workload; --json prints the raw results.
-import { fork } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { fork, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { connect, createServer } from 'node:net';
 
 const here = fileURLToPath(import.meta.url);
-const dist = new URL('../dist/', import.meta.url);
+// --dist DIR: another build of src/ (e.g. a variant to compare); children inherit it through the argv.
+const distArg = process.argv.indexOf('--dist');
+const dist =
+  distArg >= 0 ? new URL(`${pathToFileURL(process.argv[distArg + 1]).href}/`) : new URL('../dist/', import.meta.url);
 const load = (path) => import(new URL(path, dist).href);
 
 function arg(argv, flag, fallback) {
@@ -173,7 +179,11 @@ async function clientMain(argv) {
 
 function child(role, args, profDir) {
   const execArgv = profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [];
-  const proc = fork(here, ['--role', role, ...args], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const distArgs = process.argv.includes('--dist') ? ['--dist', process.argv[process.argv.indexOf('--dist') + 1]] : [];
+  const proc = fork(here, ['--role', role, ...args, ...distArgs], {
+    execArgv,
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   const next = (pred) =>
     new Promise((resolve, reject) => {
       const onMessage = (m) => {
@@ -196,15 +206,17 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function appServer(workload) {
   const server = createServer({ noDelay: true }, (socket) => {
     socket.on('error', () => {});
-    if (workload === 'bulk') socket.resume();
+    if (workload === 'bulk') socket.on('data', (chunk) => app.counted(chunk.length));
     else socket.on('data', (chunk) => socket.write(chunk));
   });
+  const app = server;
+  app.counted = () => {};
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   return server;
 }
 
 /** The load generator, here in the parent: one connection writing `chunk`s, or `conns` 64 B ping-pongs. */
-function generate(workload, port, opts) {
+function generate(workload, port, opts, counted = () => {}) {
   const sockets = [];
   const chunk = Buffer.alloc(opts.chunk, 0x61);
   const request = Buffer.alloc(64, 0x62);
@@ -219,14 +231,107 @@ function generate(workload, port, opts) {
       socket.on('drain', pump);
       socket.once('connect', pump);
     } else {
-      socket.on('data', () => socket.write(request));
+      socket.on('data', () => {
+        counted(1);
+        socket.write(request);
+      });
       socket.once('connect', () => socket.write(request));
     }
   }
   return () => sockets.forEach((s) => s.destroy());
 }
 
+/** A free loopback port (bound and released). */
+async function freePort() {
+  const server = createServer();
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address();
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+/** utime + stime of `pid` (all threads), in µs, from /proc. */
+function procCpuUs(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100;
+}
+
+/**
+ * --candidate haproxy: the same path through two HAProxy (one thread each) doing what bench/pair.ts's haproxy-tls
+ * does (TLS 1.3, client certificate, both verified against the bundle), for a ratio on the same machine and minute.
+ */
+async function haproxyRepetition(workload, dirs, opts) {
+  const app = await appServer(workload);
+  const [portA, portB] = [await freePort(), await freePort()];
+  const global = ['global', '  nbthread 1', 'defaults', '  mode tcp', '  timeout connect 10s', '  timeout client 1h'];
+  global.push('  timeout server 1h');
+  const pem = (d) => join(d, 'haproxy.pem');
+  for (const d of [dirs.a, dirs.b])
+    writeFileSync(pem(d), readFileSync(join(d, 'svid.pem'), 'utf8') + readFileSync(join(d, 'svid_key.pem'), 'utf8'));
+  const tls = (d) => `ssl ssl-min-ver TLSv1.3 crt ${pem(d)} ca-file ${join(d, 'svid_bundle.pem')} verify required`;
+  const cfgB = [...global, 'frontend tunnel', `  bind 127.0.0.1:${portB} ${tls(dirs.b)}`, '  default_backend app'];
+  cfgB.push('backend app', `  server app 127.0.0.1:${app.address().port}`, '');
+  const cfgA = [...global, 'frontend outbound', `  bind 127.0.0.1:${portA}`, '  default_backend b'];
+  cfgA.push('backend b', `  server b 127.0.0.1:${portB} ${tls(dirs.a)}`, '');
+  writeFileSync(join(dirs.b, 'haproxy.cfg'), cfgB.join('\n'));
+  writeFileSync(join(dirs.a, 'haproxy.cfg'), cfgA.join('\n'));
+  const procs = [dirs.b, dirs.a].map((d) =>
+    spawn('haproxy', ['-f', join(d, 'haproxy.cfg'), '-db'], { stdio: ['ignore', 'ignore', 'inherit'] }),
+  );
+  let stop = () => {};
+  try {
+    for (const port of [portB, portA])
+      for (let i = 0; ; i++) {
+        const ok = await new Promise((r) => {
+          const s = connect({ host: '127.0.0.1', port }, () => r(s.destroy() ?? true)).on('error', () => r(false));
+        });
+        if (ok) break;
+        if (i > 100) throw new Error(`haproxy did not listen on 127.0.0.1:${port} within 5 s`);
+        await sleep(50);
+      }
+    let count = 0;
+    const counted = (n) => (count += n);
+    app.counted = counted;
+    stop = generate(workload, portA, opts, counted);
+    await sleep(opts.warmup * 1000);
+    const count0 = count;
+    const cpu0 = procs.map((p) => procCpuUs(p.pid));
+    const t0 = process.hrtime.bigint();
+    await sleep(opts.secs * 1000);
+    const [b, a] = procs.map((p, i) => procCpuUs(p.pid) - cpu0[i]);
+    const n = count - count0;
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    return result(workload, secs, n, a, b);
+  } finally {
+    stop();
+    app.close();
+    for (const p of procs) p.kill();
+  }
+}
+
+/** One repetition's numbers: `n` bytes (bulk) or ops (rr) in `secs`, with the CPU µs of each end. */
+function result(workload, secs, n, clientUs, serverUs) {
+  if (workload === 'bulk') {
+    const gb = n / 1e9;
+    return {
+      workload,
+      gbitPerS: (n * 8) / 1e9 / secs,
+      cpuSPerGb: (clientUs + serverUs) / 1e6 / gb,
+      clientCpuSPerGb: clientUs / 1e6 / gb,
+      serverCpuSPerGb: serverUs / 1e6 / gb,
+    };
+  }
+  return {
+    workload,
+    opsPerS: n / secs,
+    cpuUsPerOp: (clientUs + serverUs) / n,
+    clientCpuUsPerOp: clientUs / n,
+    serverCpuUsPerOp: serverUs / n,
+  };
+}
+
 async function repetition(workload, dirs, opts) {
+  if (opts.candidate === 'haproxy') return haproxyRepetition(workload, dirs, opts);
   const app = opts.legs === 'tcp' ? await appServer(workload) : null;
   const appArgs = app === null ? [] : ['--app-port', String(app.address().port)];
   const server = child('server', ['--workload', workload, '--identity', dirs.b, ...appArgs], opts.profDir);
@@ -253,25 +358,7 @@ async function repetition(workload, dirs, opts) {
     for (const c of [server, client]) c.proc.send({ cmd: 'stop' });
     const [s, c] = await Promise.all(answers);
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-    const cpuUs = s.cpuUs + c.cpuUs;
-    if (workload === 'bulk') {
-      const gb = s.count / 1e9;
-      return {
-        workload,
-        gbitPerS: (s.count * 8) / 1e9 / secs,
-        cpuSPerGb: cpuUs / 1e6 / gb,
-        clientCpuSPerGb: c.cpuUs / 1e6 / gb,
-        serverCpuSPerGb: s.cpuUs / 1e6 / gb,
-      };
-    }
-    const ops = c.count;
-    return {
-      workload,
-      opsPerS: ops / secs,
-      cpuUsPerOp: cpuUs / ops,
-      clientCpuUsPerOp: c.cpuUs / ops,
-      serverCpuUsPerOp: s.cpuUs / ops,
-    };
+    return result(workload, secs, workload === 'bulk' ? s.count : c.count, c.cpuUs, s.cpuUs);
   } finally {
     stop();
     app?.close();
@@ -298,7 +385,8 @@ async function main(argv) {
     reps: Number(arg(argv, '--reps', '5')),
     conns: Number(arg(argv, '--conns', '32')),
     chunk: Number(arg(argv, '--chunk', '65536')),
-    legs: arg(argv, '--legs', 'tunnel'),
+    candidate: arg(argv, '--candidate', 'meshctl'),
+    legs: argv.includes('--candidate') ? 'tcp' : arg(argv, '--legs', 'tunnel'),
     profDir: arg(argv, '--cpu-prof'),
   };
   const root = mkdtempSync(join(tmpdir(), 'meshctl-tunnel-micro-'));
@@ -319,13 +407,13 @@ async function main(argv) {
       const rs = results.filter((r) => r.workload === workload);
       if (workload === 'bulk')
         console.log(
-          `${opts.legs} legs, bulk (${opts.chunk} B writes, 1 stream): ${summary(rs.map((r) => r.gbitPerS))} Gbit/s; ` +
+          `${opts.legs} legs, ${opts.candidate}, bulk (${opts.chunk} B writes, 1 stream): ${summary(rs.map((r) => r.gbitPerS))} Gbit/s; ` +
             `CPU ${summary(rs.map((r) => r.cpuSPerGb))} s/GB (client ${summary(rs.map((r) => r.clientCpuSPerGb))}, ` +
             `server ${summary(rs.map((r) => r.serverCpuSPerGb))})`,
         );
       else
         console.log(
-          `${opts.legs} legs, rr (64 B, ${opts.conns} streams): ${summary(rs.map((r) => r.opsPerS))} ops/s; ` +
+          `${opts.legs} legs, ${opts.candidate}, rr (64 B, ${opts.conns} streams): ${summary(rs.map((r) => r.opsPerS))} ops/s; ` +
             `CPU ${summary(rs.map((r) => r.cpuUsPerOp))} µs/op (client ${summary(rs.map((r) => r.clientCpuUsPerOp))}, ` +
             `server ${summary(rs.map((r) => r.serverCpuUsPerOp))})`,
         );
