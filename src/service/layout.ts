@@ -153,13 +153,29 @@ export function dnsListeners(
 /** The state directory the capture unit's StateDirectory= makes writable under ProtectSystem=strict. */
 export const UNIT_STATE_DIR = '/var/lib/meshctl';
 
+type DropInConfig = Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir' | 'mtls'>;
+
 /** The drop-ins for `config` with meshctl's tree at `packageRoot`. */
 export function renderDropIns(
-  config: Pick<Config, 'proxy' | 'capture' | 'safety' | 'stateDir' | 'mtls'>,
+  config: DropInConfig,
   layout: ServiceLayout,
   packageRoot: string = PACKAGE_ROOT,
 ): DropIn[] {
   const at = (unit: string): string => join(layout.dropInDir ?? layout.unitDir, `${unit}.d`, DROP_IN_NAME);
+  const text = (lines: readonly string[]): string => `${lines.join('\n')}\n`;
+  return [
+    { unit: UNITS.socket, path: at(UNITS.socket), text: text(socketDropIn(config)) },
+    { unit: UNITS.proxy, path: at(UNITS.proxy), text: text(proxyDropIn(config, packageRoot)) },
+    { unit: UNITS.capture, path: at(UNITS.capture), text: text(captureDropIn(config, packageRoot)) },
+  ];
+}
+
+function isTproxy(config: DropInConfig): boolean {
+  return config.capture.inbound.enabled && config.capture.inbound.mode === 'tproxy';
+}
+
+/** The socket unit's listeners: the proxy's ports, the tunnel port, TPROXY's transparency, the DNS server. */
+function socketDropIn(config: DropInConfig): string[] {
   const socket = [
     HEADER,
     '[Socket]',
@@ -173,8 +189,7 @@ export function renderDropIns(
       `# mtls.inbound = ${config.mtls.inbound}, mtls.tunnelPort: the mTLS tunnel listener (peers' connections queue here while the proxy restarts)`,
       ...tunnel.map((s) => `ListenStream=${s}`),
     );
-  const tproxy = config.capture.inbound.enabled && config.capture.inbound.mode === 'tproxy';
-  if (tproxy)
+  if (isTproxy(config))
     socket.push('# capture.inbound.mode = tproxy: TPROXY delivers only to IP_TRANSPARENT sockets', 'Transparent=yes');
   const dns = dnsListeners(config);
   if (dns.length > 0)
@@ -182,6 +197,11 @@ export function renderDropIns(
       '# capture.dns.enabled, capture.dns.port: the DNS server (TCP, then UDP, per family)',
       ...dns.map((l) => `${l.kind}=${l.address}`),
     );
+  return socket;
+}
+
+/** The proxy's stop timeout, and what it needs beyond the shipped sandbox (home, TPROXY's capability, the key). */
+function proxyDropIn(config: DropInConfig, packageRoot: string): string[] {
   const proxy = [
     HEADER,
     '[Service]',
@@ -191,7 +211,7 @@ export function renderDropIns(
   if (underHome(packageRoot)) {
     proxy.push(`# meshctl runs from ${packageRoot}, which ProtectHome=yes would hide`, 'ProtectHome=read-only');
   }
-  if (tproxy) {
+  if (isTproxy(config)) {
     // The only capability the proxy ever gets, and only in this mode. A private user namespace would confine it
     // there: the host's network namespace would still refuse IP_TRANSPARENT. (The leg's port check, sock_diag, is
     // netlink: the shipped unit allows AF_NETLINK in every mode.)
@@ -208,6 +228,11 @@ export function renderDropIns(
       `# mtls.identity.key = ${config.mtls.identity.key}: systemd hands the proxy the key in $CREDENTIALS_DIRECTORY, so its user needs no access to the key file`,
       credential,
     );
+  return proxy;
+}
+
+/** Capture's tie to the proxy (safety.onProxyDown) and the paths its sandbox must let it write. */
+function captureDropIn(config: DropInConfig, packageRoot: string): string[] {
   const capture = [HEADER];
   if (config.safety.onProxyDown === 'open') {
     capture.push(
@@ -235,11 +260,7 @@ export function renderDropIns(
     );
   }
   if (captureService.length > 0) capture.push('[Service]', ...captureService);
-  return [
-    { unit: UNITS.socket, path: at(UNITS.socket), text: `${socket.join('\n')}\n` },
-    { unit: UNITS.proxy, path: at(UNITS.proxy), text: `${proxy.join('\n')}\n` },
-    { unit: UNITS.capture, path: at(UNITS.capture), text: `${capture.join('\n')}\n` },
-  ];
+  return capture;
 }
 
 /** The config written when none exists and none was given: the defaults, spelled out where a newcomer looks first. */
