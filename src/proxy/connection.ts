@@ -18,7 +18,7 @@ import { transparentSocket } from '../native/addon.js';
 import { relayBounds, type RelayedConnection, type RelayThread } from './relay-thread.js';
 import type { Route, TransparentSource } from './routing.js';
 import { expiredTimer, type TimerVerdict } from './timers.js';
-import { isTunnelLeg, legEstablished, tunnelInfoOf, type TunnelInfo } from './tunnel-leg.js';
+import { isTunnelLeg, legEstablished, tunnelInfoOf, writeFromLeg, type TunnelInfo } from './tunnel-leg.js';
 
 /** The per-attempt connect timeout of a leased connection (its retries are the lease's business). */
 const ATTEMPT_TIMEOUT: TimerVerdict = { result: 'timeout', detail: 'connect', mode: 'reset' };
@@ -81,6 +81,13 @@ function onClientData(this: Tagged, chunk: Buffer): void {
 }
 function onUpstreamData(this: Tagged, chunk: Buffer): void {
   if (!this[kConn].client!.write(chunk)) this.pause();
+}
+// A tunnel leg's data into a TCP socket: coalesced (./tunnel-leg.ts writeFromLeg).
+function onClientLegData(this: Tagged, chunk: Buffer): void {
+  if (!writeFromLeg(this[kConn].upstream!, chunk)) this.pause();
+}
+function onUpstreamLegData(this: Tagged, chunk: Buffer): void {
+  if (!writeFromLeg(this[kConn].client!, chunk)) this.pause();
 }
 function onClientDrain(this: Tagged): void {
   this[kConn].upstream?.resume();
@@ -277,10 +284,10 @@ export class Connection implements RelayedConnection {
       const thread = this.owner.relayThread;
       if (thread !== null && this.handOff(thread, client, upstream)) return;
     }
-    client.on('data', onClientData);
+    client.on('data', isTunnelLeg(client) ? onClientLegData : onClientData);
     client.on('end', onClientEnd);
     client.on('drain', onClientDrain);
-    upstream.on('data', onUpstreamData);
+    upstream.on('data', isTunnelLeg(upstream) ? onUpstreamLegData : onUpstreamData);
     upstream.on('end', onUpstreamEnd);
     upstream.on('drain', onUpstreamDrain);
     client.resume();

@@ -19,6 +19,30 @@ export interface TunnelInfo {
 
 const kLeg = Symbol('meshctl.tunnelLeg');
 
+/** Bytes a leg queues before write() asks the relay to pause its reader (Node's default is 16 KiB). */
+const LEG_HIGH_WATER_MARK = 1024 * 1024;
+/** Chunks at least this large from a leg are coalesced into the TCP socket they are relayed to (bulk, not RR). */
+const COALESCE_MIN = 4096;
+
+function uncork(socket: Socket): void {
+  socket.uncork();
+}
+
+/**
+ * Writes a chunk read from a tunnel leg to the TCP socket it is relayed to. A TLS record holds 16 KiB and an HTTP/2
+ * DATA frame 16 KiB plus its 9-byte header, so bulk arrives as pairs of pieces (~16 KiB, then a few bytes), each a
+ * 'data' event: written one by one they cost a write() each. A large chunk corks the socket until the loop has
+ * delivered what this read brought (setImmediate), so those pieces leave in one writev(); small chunks (RR) are
+ * written at once.
+ */
+export function writeFromLeg(socket: Socket, chunk: Buffer): boolean {
+  if (chunk.length >= COALESCE_MIN && socket.writableCorked === 0) {
+    socket.cork();
+    setImmediate(uncork, socket);
+  }
+  return socket.write(chunk);
+}
+
 interface LegState {
   /** The server's end of the CONNECT (the inbound side), which answers it. */
   readonly server: boolean;
@@ -80,6 +104,10 @@ function dress(stream: Http2Stream, server: boolean): Leg {
     reason: () => 'refused',
   };
   leg[kLeg] = state;
+  // A stream's writes complete asynchronously (HTTP/2 sends on the next turn of the loop), so with the 16 KiB default
+  // every 64 KiB chunk the relay writes returns false: the reading socket would be paused and resumed per chunk
+  // (two epoll_ctl and a 'drain' each). Flow control still bounds what is in flight; this bounds what is queued.
+  (leg as unknown as { _writableState: { highWaterMark: number } })._writableState.highWaterMark = LEG_HIGH_WATER_MARK;
   const socket = () => stream.session?.socket;
   Object.defineProperties(leg, {
     bytesRead: { get: () => state.bytesRead },
