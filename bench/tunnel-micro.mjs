@@ -1,13 +1,17 @@
-// The mTLS tunnel alone, over loopback: CPU seconds per GB (bulk) and CPU µs per 64 B request/response (rr) of
-// meshctl's own tunnel code (dist/: TunnelDialer and its client leg → TLS 1.3 + HTTP/2 CONNECT → TunnelServer and its
-// server leg → sink or echo), in two processes measured with process.cpuUsage(). No namespaces, no capture, no
-// relay of TCP sockets: only the tunnel. Run `npm run build` first. Usage:
+// The mTLS tunnel over loopback, without namespaces or capture: CPU seconds per GB (bulk) and CPU µs per 64 B
+// request/response (rr) of meshctl's tunnel code (a build of src/: TunnelDialer and its client leg → TLS 1.3 + HTTP/2
+// CONNECT → TunnelServer and its server leg), in two processes, each measured with process.cpuUsage(). Run
+// `npm run build` first (or pass --dist). Usage:
 //   node bench/tunnel-micro.mjs [--workloads bulk,rr] [--secs 3] [--warmup 1] [--reps 5] [--conns 32] [--chunk 65536]
-//     [--legs tunnel|tcp] [--dist DIR] [--cpu-prof DIR]
-// --legs tcp adds the TCP legs of both proxies (a generator → client end → tunnel → server end → app, the generator
-// and app in the parent, whose CPU is not counted), relayed as src/proxy/connection.ts relays a tunnel stream.
-// --dist DIR uses another build of src/ than dist/ (to compare variants side by side).
-// Prints one line per repetition and a median (min–max) summary per workload; --json prints the raw results.
+//     [--legs tunnel|tcp] [--candidate meshctl|haproxy] [--dist DIR] [--cpu-prof DIR] [--json]
+// --legs tunnel (default): the client process writes into its legs itself, the server's legs sink (bulk) or echo (rr):
+//   the tunnel alone. --legs tcp: a generator → TCP → client end → tunnel → server end → TCP → app, relayed as
+//   src/proxy/connection.ts relays a tunnel stream (the generator and the app run in the parent; their CPU is not
+//   counted): what one connection costs both sidecars, as in bench/pair.ts, without the namespaces.
+// --candidate haproxy: the same TCP path through two HAProxy (nbthread 1 each) doing TLS 1.3 with client certificates
+//   verified both ways, as bench/pair.ts's haproxy-tls; CPU from /proc. Compare within one run: the machine is shared.
+// --dist DIR: another build of src/ than dist/ (e.g. a variant compiled with tsc --outDir), to compare side by side.
+// Prints a line per repetition (stderr) and median (min–max) per workload (stdout); --json also prints the raw results.
 import { fork, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,14 +33,19 @@ function arg(argv, flag, fallback) {
 
 // ---------------------------------------------------------------- child processes: one tunnel end each
 
-/** Relays a and b as src/proxy/connection.ts does (write; pause the reader while the writer is over its mark). */
-function relay(a, b, counted) {
+/**
+ * Relays a and b as src/proxy/connection.ts does: write, pause the reader while the writer is over its mark; what a
+ * tunnel leg delivers goes through tunnel-leg's writeFromLeg when the build has it (older builds: plain writes).
+ */
+function relay(a, b, counted, writeFromLeg) {
+  const toB = writeFromLeg && isLeg(a) ? (chunk) => writeFromLeg(b, chunk) : (chunk) => b.write(chunk);
+  const toA = writeFromLeg && isLeg(b) ? (chunk) => writeFromLeg(a, chunk) : (chunk) => a.write(chunk);
   a.on('data', (chunk) => {
     counted(chunk.length);
-    if (!b.write(chunk)) a.pause();
+    if (!toB(chunk)) a.pause();
   });
   b.on('data', (chunk) => {
-    if (!a.write(chunk)) b.pause();
+    if (!toA(chunk)) b.pause();
   });
   a.on('drain', () => b.resume());
   b.on('drain', () => a.resume());
@@ -45,6 +54,8 @@ function relay(a, b, counted) {
   a.resume();
   b.resume();
 }
+
+const isLeg = (socket) => typeof socket.respond === 'function' || typeof socket.session === 'object';
 
 async function identityOf(dir) {
   const { loadIdentity, identityPathsIn } = await load('mtls/identity.js');
@@ -70,7 +81,7 @@ async function serverMain(argv) {
   const { silentLogger } = await load('log.js');
   const { TunnelServer } = await load('proxy/tunnel-server.js');
   const { TunnelMetrics } = await load('proxy/tunnel-metrics.js');
-  const { serverLeg, legEstablished } = await load('proxy/tunnel-leg.js');
+  const { serverLeg, legEstablished, writeFromLeg } = await load('proxy/tunnel-leg.js');
   const workload = arg(argv, '--workload');
   const identity = await identityOf(arg(argv, '--identity'));
   let bytes = 0;
@@ -86,7 +97,7 @@ async function serverMain(argv) {
       app.on('error', () => {});
       app.once('connect', () => {
         legEstablished(leg);
-        relay(leg, app, (n) => (workload === 'bulk' ? (bytes += n) : (ops += 1)));
+        relay(leg, app, (n) => (workload === 'bulk' ? (bytes += n) : (ops += 1)), writeFromLeg);
       });
       return;
     }
@@ -112,6 +123,7 @@ async function serverMain(argv) {
 async function clientMain(argv) {
   const { silentLogger } = await load('log.js');
   const { TunnelDialer } = await load('proxy/tunnel-client.js');
+  const legModule = await load('proxy/tunnel-leg.js');
   const { TunnelMetrics } = await load('proxy/tunnel-metrics.js');
   const workload = arg(argv, '--workload');
   const conns = Number(arg(argv, '--conns', '32'));
@@ -144,7 +156,9 @@ async function clientMain(argv) {
     // As the proxy's outbound side: accept the generator's connections, dial the tunnel, relay.
     const listener = createServer({ pauseOnConnect: true, noDelay: true }, (socket) => {
       socket.on('error', () => {});
-      open((leg) => relay(socket, leg, () => (ops += 1))).catch((e) => process.send({ error: String(e) }));
+      open((leg) => relay(socket, leg, () => (ops += 1), legModule.writeFromLeg)).catch((e) =>
+        process.send({ error: String(e) }),
+      );
     });
     await new Promise((r) => listener.listen(0, '127.0.0.1', r));
     measured(() => ops);
