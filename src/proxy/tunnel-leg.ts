@@ -107,7 +107,8 @@ function dress(stream: Http2Stream, server: boolean): Leg {
   // A stream's writes complete asynchronously (HTTP/2 sends on the next turn of the loop), so with the 16 KiB default
   // every 64 KiB chunk the relay writes returns false: the reading socket would be paused and resumed per chunk
   // (two epoll_ctl and a 'drain' each). Flow control still bounds what is in flight; this bounds what is queued.
-  (leg as unknown as { _writableState: { highWaterMark: number } })._writableState.highWaterMark = LEG_HIGH_WATER_MARK;
+  const writable = (leg as unknown as { _writableState?: { highWaterMark: number } })._writableState;
+  if (writable !== undefined) writable.highWaterMark = LEG_HIGH_WATER_MARK;
   const socket = () => stream.session?.socket;
   Object.defineProperties(leg, {
     bytesRead: { get: () => state.bytesRead },
