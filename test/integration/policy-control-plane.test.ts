@@ -161,7 +161,7 @@ describe.skipIf(!integrationEnabled)('control plane: policy from an HTTP URL', (
       async () => {
         const s = (await config()).controlPlaneStatus;
         return typeof s.lastError === 'string' &&
-          s.lastError.includes('may only hold services, outbound, inbound; it has proxy')
+          s.lastError.includes('may only hold services, outbound, inbound and mtls.peers; it has proxy')
           ? s
           : null;
       },
