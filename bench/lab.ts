@@ -145,13 +145,18 @@ export class Lab {
     ip('-n', this.clientNs, 'link', 'set', this.vethClient, 'up');
     ip('-n', this.serverNs, 'addr', 'add', `${this.serverAddr}/24`, 'dev', this.vethServer);
     ip('-n', this.serverNs, 'link', 'set', this.vethServer, 'up');
-    const sysctl = (ns: string, ...settings: string[]) =>
+    this.tuneForChurn(this.clientNs);
+  }
+
+  /** Sysctls in `ns` for connection churn: the side that closes first holds TIME_WAIT and burns its ports. */
+  tuneForChurn(ns: string): void {
+    const sysctl = (...settings: string[]) =>
       execFileSync('ip', ['netns', 'exec', ns, 'sysctl', '-qw', ...settings], { stdio: 'ignore' });
-    // Client sockets close first (TIME_WAIT on this side): reuse them, and use a wide port range that avoids 15000-15006.
-    sysctl(this.clientNs, 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=20000 65000');
+    // Client sockets close first (TIME_WAIT on this side): reuse them, and use a wide port range that avoids 15000-15008.
+    sysctl('net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=20000 65000');
     // With capture rules, every connection is tracked; short TIME_WAIT entries keep the (host-wide) table small.
     try {
-      sysctl(this.clientNs, 'net.netfilter.nf_conntrack_tcp_timeout_time_wait=5');
+      sysctl('net.netfilter.nf_conntrack_tcp_timeout_time_wait=5');
     } catch {
       // nf_conntrack is loaded lazily with the first nat rule; the default then applies (120 s).
     }

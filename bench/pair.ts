@@ -226,6 +226,10 @@ export async function startPairCandidate(
     prefix: pairPrefix(mainLab.options.prefix),
     workDir: join(workDir, 'pair-lab'),
   });
+  // Sidecar B runs beside the server: its legs to the app close first there, so the server namespace needs what
+  // the client namespace has (Lab.freshClient): TIME_WAIT reuse and a wide port range, else connect + close runs
+  // out of ports within seconds and caps every candidate alike (~1.4k conn/s).
+  lab.tuneForChurn(lab.serverNs);
   const procs: { a: Proc | null; b: Proc | null } = { a: null, b: null };
   const usageOf = (p: Proc | null) => (p ? treeUsage(p.pid) : { cpuSeconds: 0, rssBytes: 0, pids: [] });
   const running: RunningCandidate = {
