@@ -21,24 +21,38 @@ program.hook('preAction', (_program, command) => {
   if (typeof options.peerNetns === 'string') assertNetnsExists(options.peerNetns, '--peer-netns');
 });
 
-// One line per command module; each exports `register(program)`.
-const modules = await Promise.all([
-  import('./render.js'),
-  import('./explain.js'),
-  import('./config.js'),
-  import('./proxy.js'),
-  import('./install.js'),
-  import('./uninstall.js'),
-  import('./confirm.js'),
-  import('./recover.js'),
-  import('./status.js'),
-  import('./doctor.js'),
-  import('./verify.js'),
-  import('./service.js'),
-  import('./demo.js'),
-  import('./units.js'),
-  import('./ca.js'),
-]);
-for (const mod of modules) mod.register(program);
+// One line per command module (each exports `register(program)`), keyed by the top-level commands it registers.
+type CommandModule = { register(program: Command): void };
+const MODULES: ReadonlyArray<readonly [readonly string[], () => Promise<CommandModule>]> = [
+  [['render'], () => import('./render.js')],
+  [['explain'], () => import('./explain.js')],
+  [['config'], () => import('./config.js')],
+  [['proxy'], () => import('./proxy.js')],
+  [['install'], () => import('./install.js')],
+  [['uninstall'], () => import('./uninstall.js')],
+  [['confirm'], () => import('./confirm.js')],
+  [['recover'], () => import('./recover.js')],
+  [['status'], () => import('./status.js')],
+  [['doctor'], () => import('./doctor.js')],
+  [['verify'], () => import('./verify.js')],
+  [['service', 'proxy-ready'], () => import('./service.js')],
+  [['demo'], () => import('./demo.js')],
+  [['units'], () => import('./units.js')],
+  [['ca'], () => import('./ca.js')],
+];
+
+/**
+ * The modules to load for this invocation: only the named command's when argv names one (a command's whole import
+ * graph, e.g. the proxy's or the CA's X.509 library, costs every other command ~0.3 s of start-up, and the tests and
+ * systemd's ExecStartPost= run many short commands), every module for help, --version or an unknown command
+ * (commander then lists them all, or suggests the nearest).
+ */
+function modulesFor(argv: readonly string[]): Array<() => Promise<CommandModule>> {
+  const name = argv.slice(2).find((arg) => !arg.startsWith('-'));
+  const named = MODULES.find(([names]) => name !== undefined && names.includes(name));
+  return named ? [named[1]] : MODULES.map(([, load]) => load);
+}
+
+for (const mod of await Promise.all(modulesFor(process.argv).map((load) => load()))) mod.register(program);
 
 await runMain(program);
