@@ -6,6 +6,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SOAK } from '../helpers/soak.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { deleteNs } from '../helpers/netns.js';
 import { CANDIDATES } from '../../bench/candidates.js';
@@ -117,55 +118,59 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
 // stays complete. About 20 s.
 const PAIR_PREFIX = 'mb2s';
 
-describe.skipIf(!integrationEnabled)('bench smoke: two sidecars (meshctl-mtls, meshctl-pair, haproxy-tls)', () => {
-  let result: BenchResult;
-  const namespaces = [PAIR_PREFIX, pairPrefix(PAIR_PREFIX)].flatMap((p) => [`${p}-cli`, `${p}-srv`]);
+// The two-sidecar lab checks the bench's own wiring (both proxies on the path), not meshctl: npm run test:soak.
+describe.skipIf(!integrationEnabled || !SOAK)(
+  'bench smoke: two sidecars (meshctl-mtls, meshctl-pair, haproxy-tls)',
+  () => {
+    let result: BenchResult;
+    const namespaces = [PAIR_PREFIX, pairPrefix(PAIR_PREFIX)].flatMap((p) => [`${p}-cli`, `${p}-srv`]);
 
-  beforeAll(async () => {
-    result = await runBench({
-      profile: PROFILES.smoke,
-      candidates: PAIR_CANDIDATES,
-      workloads: ['rr-32'],
-      workers: 2,
-      pin: {},
-      outDir: null,
-      prefix: PAIR_PREFIX,
-      subnet: 79,
-      accessLog: false,
+    beforeAll(async () => {
+      result = await runBench({
+        profile: PROFILES.smoke,
+        candidates: PAIR_CANDIDATES,
+        workloads: ['rr-32'],
+        workers: 2,
+        pin: {},
+        outDir: null,
+        prefix: PAIR_PREFIX,
+        subnet: 79,
+        accessLog: false,
+      });
+    }, 120_000);
+
+    afterAll(() => {
+      for (const ns of namespaces) deleteNs(ns);
     });
-  }, 120_000);
 
-  afterAll(() => {
-    for (const ns of namespaces) deleteNs(ns);
-  });
+    it('measures RR through both sidecars for each candidate, with their summed CPU per op', () => {
+      for (const candidate of PAIR_CANDIDATES) {
+        const found = result.measurements.filter((m) => m.candidate === candidate);
+        expect(
+          found.map((m) => m.workload),
+          candidate,
+        ).toEqual(['rr-32']);
+        const v = found[0]!.values;
+        expect(v.rate, candidate).toBeGreaterThan(10);
+        expect(v.p99, candidate).toBeGreaterThanOrEqual(v.p50!);
+        expect(v.proxyCpuPerOp, candidate).toBeGreaterThan(0);
+      }
+    });
 
-  it('measures RR through both sidecars for each candidate, with their summed CPU per op', () => {
-    for (const candidate of PAIR_CANDIDATES) {
-      const found = result.measurements.filter((m) => m.candidate === candidate);
-      expect(
-        found.map((m) => m.workload),
-        candidate,
-      ).toEqual(['rr-32']);
-      const v = found[0]!.values;
-      expect(v.rate, candidate).toBeGreaterThan(10);
-      expect(v.p99, candidate).toBeGreaterThanOrEqual(v.p50!);
-      expect(v.proxyCpuPerOp, candidate).toBeGreaterThan(0);
-    }
-  });
+    it('reports the two-sidecar section with the mTLS ÷ HAProxy-TLS ratio and its verdict', () => {
+      const md = result.markdown;
+      expect(md).toContain('## Two sidecars: mTLS tunnel (issue 18)');
+      expect(md).not.toContain('| workload | unit | direct |');
+      const row = md.split('\n').find((l) => l.startsWith('| RR 64 B, c=32 |'));
+      expect(row).toMatch(/ \d+\.\d\d× \| ≥ 0\.8× \| (met|\*\*missed\*\*) \| – \|$/);
+    });
 
-  it('reports the two-sidecar section with the mTLS ÷ HAProxy-TLS ratio and its verdict', () => {
-    const md = result.markdown;
-    expect(md).toContain('## Two sidecars: mTLS tunnel (issue 18)');
-    expect(md).not.toContain('| workload | unit | direct |');
-    const row = md.split('\n').find((l) => l.startsWith('| RR 64 B, c=32 |'));
-    expect(row).toMatch(/ \d+\.\d\d× \| ≥ 0\.8× \| (met|\*\*missed\*\*) \| – \|$/);
-  });
-
-  it('leaves no namespace of either lab behind', () => {
-    const left = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
-      .split('\n')
-      .map((l) => l.split(' ')[0])
-      .filter((n) => namespaces.includes(n!));
-    expect(left).toEqual([]);
-  });
-});
+    it('leaves no namespace of either lab behind', () => {
+      const left = execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+        .split('\n')
+        .map((l) => l.split(' ')[0])
+        .filter((n) => namespaces.includes(n!));
+      expect(left).toEqual([]);
+    });
+  },
+);
