@@ -2,7 +2,7 @@
 // system tests of the units and `meshctl service` (LABS.md §1). The rootfs comes from scripts/nspawn-rootfs.sh
 // (cached tarball, unpacked fresh per test file); node and the built meshctl tree are the host's, bind-mounted
 // (same libc). Commands run inside through `nsenter -t <container PID 1>`: there is no machined on the host.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -423,4 +423,47 @@ export interface LoopResult {
   readonly errors: readonly string[];
   readonly peers: Readonly<Record<string, number>>;
   readonly slowestMs: number;
+}
+
+/** Fails in one line naming the package to install when a tool the nspawn system tests use is missing. */
+export function requireNspawnTools(extra: readonly { tool: string; pkg: string }[] = []): void {
+  const tools = [
+    { tool: 'systemd-nspawn', pkg: 'systemd-container' },
+    { tool: 'debootstrap', pkg: 'debootstrap' },
+    { tool: 'zstd', pkg: 'zstd' },
+    { tool: 'nsenter', pkg: 'util-linux' },
+    ...extra,
+  ];
+  for (const { tool, pkg } of tools) {
+    if (spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status !== 0)
+      throw new Error(`${tool} is missing: install ${pkg} (.ci/run does)`);
+  }
+}
+
+/** What an nspawn test file made; each part may be absent when its setup failed before making it. */
+export interface NspawnLabParts {
+  readonly ct?: Container | undefined;
+  readonly topo?: LabTopology | undefined;
+  readonly root?: string | undefined;
+  /** Scratch directories of the host side (lab scripts, packages, peer configs). */
+  readonly dirs?: readonly (string | undefined)[];
+}
+
+/**
+ * Stops the container (a clean poweroff, else SIGKILL and up to 10 s for it to exit) and removes the namespaces,
+ * the rootfs and the scratch directories: every nspawn test's afterAll.
+ */
+export async function tearDownNspawnLab(parts: NspawnLabParts): Promise<void> {
+  const { ct, topo, root, dirs = [] } = parts;
+  if (ct) {
+    try {
+      await ct.poweroff(30_000);
+    } catch {
+      ct.kill();
+      await Promise.race([ct.waitExit(), sleep(10_000)]);
+    }
+  }
+  if (topo) deleteLabTopology(topo);
+  if (root) removeRootfs(root);
+  for (const dir of dirs) if (dir) rmSync(dir, { recursive: true, force: true });
 }

@@ -5,7 +5,7 @@
 // intercepted, an upgrade under connection loops loses and bypasses nothing, `apt-get remove` leaves the ruleset
 // exactly as before and `apt-get purge` leaves nothing but the meshproxy user.
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
@@ -13,9 +13,9 @@ import {
   Container,
   REPO_ROOT,
   createLabTopology,
-  deleteLabTopology,
+  tearDownNspawnLab,
+  requireNspawnTools,
   loopDuring,
-  removeRootfs,
   rootfsTarball,
   sleep,
   unpackRootfs,
@@ -41,10 +41,6 @@ ExecStart=/usr/sbin/ip6tables -t nat -A PREROUTING -p tcp --dport 9997 -j RETURN
 [Install]
 WantedBy=multi-user.target
 `;
-
-function haveCommand(name: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
-}
 
 /** Runs scripts/package-deb.sh into `out`; returns the .deb's path (the script's last line). */
 function buildDeb(out: string, version: string): string {
@@ -138,10 +134,10 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
     );
 
   beforeAll(async () => {
-    for (const tool of ['systemd-nspawn', 'debootstrap', 'zstd', 'nsenter', 'dpkg-deb', 'dpkg-shlibdeps']) {
-      if (!haveCommand(tool))
-        throw new Error(`${tool} is missing: install systemd-container, debootstrap, zstd and dpkg-dev (.ci/run does)`);
-    }
+    requireNspawnTools([
+      { tool: 'dpkg-deb', pkg: 'dpkg-dev' },
+      { tool: 'dpkg-shlibdeps', pkg: 'dpkg-dev' },
+    ]);
     debDir = mkdtempSync(join(process.env.MESHCTL_TEST_TMP ?? '/var/tmp', 'hp-debs-'));
     chmodSync(debDir, 0o755); // apt reads local .debs as its _apt user where it can
     deb1 = buildDeb(debDir, version1);
@@ -175,17 +171,7 @@ describe.skipIf(!integrationEnabled)('the meshctl .deb in a systemd-nspawn conta
 
   afterAll(async () => {
     outboundServer?.kill('SIGKILL');
-    if (ct) {
-      try {
-        await ct.poweroff(30_000);
-      } catch {
-        ct.kill();
-        await Promise.race([ct.waitExit(), sleep(10_000)]);
-      }
-    }
-    if (topo) deleteLabTopology(topo);
-    if (root) removeRootfs(root);
-    for (const dir of [labDir, debDir]) if (dir) rmSync(dir, { recursive: true, force: true });
+    await tearDownNspawnLab({ ct, topo, root, dirs: [labDir, debDir] });
   }, 120_000);
 
   it('installs with apt-get from the .deb alone: its own runtime, the units, the user and the conffile; nothing starts', () => {

@@ -3,8 +3,7 @@
 // `mtls.identity.key: credential:NAME` writes LoadCredential=NAME into the proxy's drop-in. The proxy, running as
 // meshproxy, which cannot read the key file, loads the identity from $CREDENTIALS_DIRECTORY (its /stats shows the
 // SPIFFE ID and expiry); `credential:NAME:PATH` loads it from a path the same way.
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SOAK } from '../helpers/soak.js';
@@ -13,10 +12,9 @@ import {
   Container,
   REPO_ROOT,
   createLabTopology,
-  deleteLabTopology,
-  removeRootfs,
+  tearDownNspawnLab,
+  requireNspawnTools,
   rootfsTarball,
-  sleep,
   unpackRootfs,
   writeLabScripts,
   type LabTopology,
@@ -40,10 +38,6 @@ mtls:
     bundle: /etc/meshctl/identity/svid_bundle.pem
 `;
 
-function haveCommand(name: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
-}
-
 // npm test has LoadCredential=NAME under systemd in nspawn-mtls (and credential:NAME:PATH's drop-in in a unit test);
 // this second container boot, with the key under /etc/credstore and a restart, runs in npm run test:soak.
 describe.skipIf(!integrationEnabled || !SOAK)('the mTLS key as a systemd credential (systemd-nspawn)', () => {
@@ -65,10 +59,7 @@ describe.skipIf(!integrationEnabled || !SOAK)('the mTLS key as a systemd credent
   const journal = () => ct.run('journalctl', ['-u', 'meshctl-proxy', '-o', 'cat', '--no-pager']);
 
   beforeAll(async () => {
-    for (const tool of ['systemd-nspawn', 'debootstrap', 'zstd', 'nsenter']) {
-      if (!haveCommand(tool))
-        throw new Error(`${tool} is missing: install systemd-container, debootstrap and zstd (.ci/run does)`);
-    }
+    requireNspawnTools();
     root = unpackRootfs(rootfsTarball());
     labDir = writeLabScripts();
     writeFileSync(join(labDir, 'config-credstore.yaml'), config('credential:meshctl-mtls-key'));
@@ -89,17 +80,7 @@ describe.skipIf(!integrationEnabled || !SOAK)('the mTLS key as a systemd credent
   }, 600_000);
 
   afterAll(async () => {
-    if (ct) {
-      try {
-        await ct.poweroff(30_000);
-      } catch {
-        ct.kill();
-        await Promise.race([ct.waitExit(), sleep(10_000)]);
-      }
-    }
-    if (topo) deleteLabTopology(topo);
-    if (root) removeRootfs(root);
-    if (labDir) rmSync(labDir, { recursive: true, force: true });
+    await tearDownNspawnLab({ ct, topo, root, dirs: [labDir] });
   }, 120_000);
 
   it('loads the key from the credential store while meshproxy cannot read the key file', () => {

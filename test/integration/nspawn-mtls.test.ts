@@ -8,7 +8,7 @@
 // meshctl-proxy` a new tunnel connection works; with the proxy stopped, the connection waits in the socket's backlog
 // and starts the proxy.
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,10 +19,9 @@ import {
   Container,
   REPO_ROOT,
   createLabTopology,
-  deleteLabTopology,
-  removeRootfs,
+  tearDownNspawnLab,
+  requireNspawnTools,
   rootfsTarball,
-  sleep,
   unpackRootfs,
   writeLabScripts,
   type LabTopology,
@@ -61,10 +60,6 @@ mtls:
     key: credential:meshctl-mtls-key
     bundle: /etc/meshctl/identity/svid_bundle.pem
 `;
-
-function haveCommand(name: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
-}
 
 interface ProxyAccess {
   tls?: string;
@@ -120,10 +115,7 @@ describe.skipIf(!integrationEnabled)('one mTLS connection into meshctl under sys
   };
 
   beforeAll(async () => {
-    for (const tool of ['systemd-nspawn', 'debootstrap', 'zstd', 'nsenter']) {
-      if (!haveCommand(tool))
-        throw new Error(`${tool} is missing: install systemd-container, debootstrap and zstd (.ci/run does)`);
-    }
+    requireNspawnTools();
     assertBuilt();
     root = unpackRootfs(rootfsTarball());
     labDir = writeLabScripts();
@@ -149,18 +141,7 @@ describe.skipIf(!integrationEnabled)('one mTLS connection into meshctl under sys
   afterAll(async () => {
     peer?.kill();
     admin?.stop();
-    if (ct) {
-      try {
-        await ct.poweroff(30_000);
-      } catch {
-        ct.kill();
-        await Promise.race([ct.waitExit(), sleep(10_000)]);
-      }
-    }
-    if (topo) deleteLabTopology(topo);
-    if (root) removeRootfs(root);
-    if (labDir) rmSync(labDir, { recursive: true, force: true });
-    if (peerDir) rmSync(peerDir, { recursive: true, force: true });
+    await tearDownNspawnLab({ ct, topo, root, dirs: [labDir, peerDir] });
   }, 120_000);
 
   it('installs with the tunnel port in the socket unit and the key as a credential meshproxy cannot read', () => {

@@ -3,7 +3,7 @@
 // `meshctl service install`. A separate client namespace plays the peer. Checks interception both ways, proxy
 // restarts under load (systemctl restart, kill -9), fail-open, a reboot, and an exact uninstall.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
@@ -11,9 +11,9 @@ import {
   Container,
   REPO_ROOT,
   createLabTopology,
-  deleteLabTopology,
+  tearDownNspawnLab,
+  requireNspawnTools,
   loopDuring,
-  removeRootfs,
   resetLabTopology,
   rootfsTarball,
   sleep,
@@ -52,10 +52,6 @@ ExecStart=/usr/sbin/ip6tables -t nat -A PREROUTING -p tcp --dport 9997 -j RETURN
 [Install]
 WantedBy=multi-user.target
 `;
-
-function haveCommand(name: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
-}
 
 describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn container', () => {
   let topo: LabTopology;
@@ -135,10 +131,7 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
     ]);
 
   beforeAll(async () => {
-    for (const tool of ['systemd-nspawn', 'debootstrap', 'zstd', 'nsenter']) {
-      if (!haveCommand(tool))
-        throw new Error(`${tool} is missing: install systemd-container, debootstrap and zstd (.ci/run does)`);
-    }
+    requireNspawnTools();
     const tarball = rootfsTarball();
     root = unpackRootfs(tarball);
     labDir = writeLabScripts();
@@ -169,17 +162,7 @@ describe.skipIf(!integrationEnabled)('meshctl service in a systemd-nspawn contai
 
   afterAll(async () => {
     outboundServer?.kill('SIGKILL');
-    if (ct) {
-      try {
-        await ct.poweroff(30_000);
-      } catch {
-        ct.kill();
-        await Promise.race([ct.waitExit(), sleep(10_000)]);
-      }
-    }
-    if (topo) deleteLabTopology(topo);
-    if (root) removeRootfs(root);
-    if (labDir) rmSync(labDir, { recursive: true, force: true });
+    await tearDownNspawnLab({ ct, topo, root, dirs: [labDir] });
   }, 120_000);
 
   it('installs the units, the meshproxy user and the config, and reports the host protected', () => {

@@ -4,7 +4,7 @@
 // the hardened proxy unit to connect to the app from the client's own address; a client namespace plays the peer.
 // Uninstall leaves the ruleset and the policy routing exactly as before.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
@@ -12,8 +12,8 @@ import {
   Container,
   REPO_ROOT,
   createLabTopology,
-  deleteLabTopology,
-  removeRootfs,
+  tearDownNspawnLab,
+  requireNspawnTools,
   rootfsTarball,
   sleep,
   unpackRootfs,
@@ -37,10 +37,6 @@ capture:
   inbound:
     mode: tproxy
 `;
-
-function haveCommand(name: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
-}
 
 describe.skipIf(!integrationEnabled)('meshctl service with TPROXY inbound in a systemd-nspawn container', () => {
   let topo: LabTopology;
@@ -92,10 +88,7 @@ describe.skipIf(!integrationEnabled)('meshctl service with TPROXY inbound in a s
   };
 
   beforeAll(async () => {
-    for (const tool of ['systemd-nspawn', 'debootstrap', 'zstd', 'nsenter']) {
-      if (!haveCommand(tool))
-        throw new Error(`${tool} is missing: install systemd-container, debootstrap and zstd (.ci/run does)`);
-    }
+    requireNspawnTools();
     root = unpackRootfs(rootfsTarball());
     labDir = writeLabScripts();
     writeFileSync(join(labDir, 'config.yaml'), CONFIG);
@@ -117,17 +110,7 @@ describe.skipIf(!integrationEnabled)('meshctl service with TPROXY inbound in a s
   }, 600_000);
 
   afterAll(async () => {
-    if (ct) {
-      try {
-        await ct.poweroff(30_000);
-      } catch {
-        ct.kill();
-        await Promise.race([ct.waitExit(), sleep(10_000)]);
-      }
-    }
-    if (topo) deleteLabTopology(topo);
-    if (root) removeRootfs(root);
-    if (labDir) rmSync(labDir, { recursive: true, force: true });
+    await tearDownNspawnLab({ ct, topo, root, dirs: [labDir] });
   }, 120_000);
 
   it('installs with transparent sockets and a proxy holding CAP_NET_ADMIN alone, as meshproxy', () => {

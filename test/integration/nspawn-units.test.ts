@@ -8,7 +8,7 @@
 // namespace) by the address it greets with. With the drop-in moved away, a restart is captured and status says STALE:
 // the drop-in is what keeps the unit excluded. A refresh that fails (an unreadable ledger) fails the unit's start.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
@@ -16,10 +16,9 @@ import {
   Container,
   REPO_ROOT,
   createLabTopology,
-  deleteLabTopology,
-  removeRootfs,
+  tearDownNspawnLab,
+  requireNspawnTools,
   rootfsTarball,
-  sleep,
   unpackRootfs,
   writeLabScripts,
   type LabTopology,
@@ -52,10 +51,6 @@ Type=simple
 ExecStart=${NODE} /opt/lab/unit-client.mjs ${peer} 8080 /run/${name}.out
 `;
 
-function haveCommand(name: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
-}
-
 describe.skipIf(!integrationEnabled)('excludeUnits with a real systemd unit that restarts (systemd-nspawn)', () => {
   let topo: LabTopology;
   let root = '';
@@ -86,10 +81,7 @@ describe.skipIf(!integrationEnabled)('excludeUnits with a real systemd unit that
   }
 
   beforeAll(async () => {
-    for (const tool of ['systemd-nspawn', 'debootstrap', 'zstd', 'nsenter']) {
-      if (!haveCommand(tool))
-        throw new Error(`${tool} is missing: install systemd-container, debootstrap and zstd (.ci/run does)`);
-    }
+    requireNspawnTools();
     root = unpackRootfs(rootfsTarball());
     labDir = writeLabScripts();
     writeFileSync(join(labDir, 'unit-client.mjs'), UNIT_CLIENT);
@@ -124,17 +116,7 @@ describe.skipIf(!integrationEnabled)('excludeUnits with a real systemd unit that
 
   afterAll(async () => {
     peerServer?.kill('SIGKILL');
-    if (ct) {
-      try {
-        await ct.poweroff(30_000);
-      } catch {
-        ct.kill();
-        await Promise.race([ct.waitExit(), sleep(10_000)]);
-      }
-    }
-    if (topo) deleteLabTopology(topo);
-    if (root) removeRootfs(root);
-    if (labDir) rmSync(labDir, { recursive: true, force: true });
+    await tearDownNspawnLab({ ct, topo, root, dirs: [labDir] });
   }, 120_000);
 
   it('keeps lab-backup.service excluded across restarts while lab-app.service is captured', async () => {
