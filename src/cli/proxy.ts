@@ -54,16 +54,31 @@ export function register(program: Command): void {
     const load = (overlay: PolicyOverlay | null = null) =>
       loadConfig({ ...(file !== undefined ? { file } : {}), flags, overlay });
     const supervisor = new ProxySupervisor({ config: await load(), reloadConfig: load, log });
-    await supervisor.start();
 
+    // The handlers come before start(): a signal in the moment after "proxy ready" (systemd stopping a unit it just
+    // started, a test) would otherwise meet the default action and end the process without a drain. One that
+    // arrives while starting is acted on once started.
+    let started = false;
     let signals = 0;
+    let stopSignal: NodeJS.Signals | null = null;
+    let reloadPending = false;
     const onStop = (signal: NodeJS.Signals) => {
-      if (++signals === 1) void supervisor.drain(signal, true);
+      signals++;
+      if (!started) stopSignal ??= signal;
+      else if (signals === 1) void supervisor.drain(signal, true);
       else supervisor.forceStop();
     };
     process.on('SIGTERM', onStop);
     process.on('SIGINT', onStop);
-    process.on('SIGHUP', () => void supervisor.reload('SIGHUP'));
+    process.on('SIGHUP', () => {
+      if (started) void supervisor.reload('SIGHUP');
+      else reloadPending = true;
+    });
+    await supervisor.start();
+    started = true;
+    if (signals > 1) supervisor.forceStop();
+    else if (stopSignal !== null) void supervisor.drain(stopSignal, true);
+    else if (reloadPending) void supervisor.reload('SIGHUP');
 
     const exit = await supervisor.exited;
     log.info({ forced: exit.forced }, 'proxy stopped');

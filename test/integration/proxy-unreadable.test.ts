@@ -80,4 +80,32 @@ describe.skipIf(!integrationEnabled)('meshctl proxy from a tree the proxy user c
     }
     expect(await exited).toBe(0);
   });
+
+  it('drains and exits 0 on a SIGTERM sent at its first log line, before it is ready', async () => {
+    chmodSync(tree, 0o755);
+    const child = spawn('ip', args(), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let signalled = false;
+    const onOutput = (d: Buffer) => {
+      out += d.toString();
+      // The earliest moment the process shows it runs: its handlers must already be in place.
+      if (!signalled && out.includes('"msg":')) {
+        signalled = true;
+        child.kill('SIGTERM');
+      }
+    };
+    child.stdout!.on('data', onOutput);
+    child.stderr!.on('data', onOutput);
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.on('exit', (code, signal) => resolve({ code, signal })),
+    );
+    await waitFor(
+      () => child.exitCode !== null || child.signalCode !== null,
+      30_000,
+      () => `the proxy to exit after SIGTERM (signalled: ${signalled}; output so far: ${out.slice(-2000)})`,
+    );
+    expect(await exited, out.slice(-2000)).toEqual({ code: 0, signal: null });
+    expect(signalled).toBe(true);
+    expect(out).toContain('"msg":"proxy stopped"');
+  });
 });
