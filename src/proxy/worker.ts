@@ -306,7 +306,9 @@ export class ProxyWorker implements ConnectionOwner {
       ...(tproxy ? { via: 'tproxy' as const } : {}),
     };
     conn.dst = dst;
-    this.local = new LocalAddresses(hostAddresses());
+    // The host's addresses are read again only when the cached set lacks the carried one (an address added since),
+    // not on every tunneled connection: os.networkInterfaces() is a system call and an allocation per interface.
+    if (this.local === null || !this.local.has(dst.address)) this.local = new LocalAddresses(hostAddresses());
     if (!this.local.has(dst.address) || /^(127\.|::1$|0\.0\.0\.0$|::$)/.test(dst.address)) {
       conn.refuse('denied', 'not-local');
       return;
