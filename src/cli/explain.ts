@@ -9,7 +9,7 @@ import { systemUserDb } from '../config/host-facts.js';
 import type { Config } from '../config/types.js';
 import { DnsClient, resolveAddresses } from '../policy/dns-client.js';
 import { explainProxy, type ProxyExplanation } from '../policy/explain.js';
-import { parseSpiffeId } from '../mtls/spiffe-id.js';
+import { parseSpiffeId } from '../values/spiffe-id.js';
 import { readHostContext } from '../netfilter/host/host-context.js';
 import { readExplainRules, type ExplainRules } from '../netfilter/host/live-plan.js';
 import { explainDnsName, type DnsExplanation } from '../dns/explain.js';

@@ -2,9 +2,6 @@
 // domain of `meshctl ca`, the trust domain's own ID, and the default of `services[].identities`.
 import { anyPrincipalMatches, type PrincipalPattern } from '../values/spiffe-id.js';
 
-// Re-exported for callers written against this module before the grammar moved to values/ (explain, tunnel tests).
-export { parsePrincipal as parseIdentityPattern, parseSpiffeId } from '../values/spiffe-id.js';
-
 /** The trust domain `meshctl ca init` creates without --trust-domain (`.internal` is reserved for private use). */
 export const DEFAULT_TRUST_DOMAIN = 'meshctl.internal';
 
