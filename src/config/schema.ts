@@ -1,52 +1,19 @@
-// The JSON Schema (rules/meshctl.schema.json, the single source of truth) compiled with ajv, plus the custom
-// formats it uses and the translation of ajv errors into messages that name the path, the value and the source.
+// The JSON Schema (rules/meshctl.schema.json, the single source of truth), its validator (ajv's standalone code,
+// generated from the schema at build time: no ajv compiler runs when meshctl starts), and the translation of ajv
+// errors into messages that name the path, the value and the source.
 import { readFileSync } from 'node:fs';
-import { Ajv, type ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import { parseCidr } from '../values/ip.js';
 import { checkSrvName, parseHostPort, parseResolverServer, parseServiceAddress } from '../values/addresses.js';
 import { checkHttpUrl } from '../values/http-url.js';
 import { parseDuration } from '../values/duration.js';
 import { parsePortRange } from '../values/ports.js';
+import { durationProblem } from './config-formats.js';
+import { validate } from './config-validator.js';
 import { durationBoundProblem, interfaceNameProblem } from './limits.js';
 
 const schemaUrl = new URL('../../rules/meshctl.schema.json', import.meta.url);
 export const configSchema: Record<string, unknown> = JSON.parse(readFileSync(schemaUrl, 'utf8'));
-
-const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true });
-ajv.addFormat('cidr', { type: 'string', validate: (s: string) => typeof parseCidr(s) !== 'string' });
-ajv.addFormat('port-range', { type: 'string', validate: (s: string) => typeof parsePortRange(s) !== 'string' });
-/** Why a duration text is refused anywhere in the config (not one, or longer than a timer can wait), or null. */
-function durationProblem(text: string): string | null {
-  const ms = parseDuration(text);
-  if (typeof ms === 'string') return ms;
-  return ms === null ? null : durationBoundProblem(ms, undefined);
-}
-
-ajv.addFormat('duration', { type: 'string', validate: (s: string) => durationProblem(s) === null });
-ajv.addFormat('interface-name', { type: 'string', validate: (s: string) => interfaceNameProblem(s) === null });
-// `maxDuration: "24h"` bounds a duration field ("off" is not bounded by it).
-ajv.addKeyword({
-  keyword: 'maxDuration',
-  schemaType: 'string',
-  validate: (bound: string, data: unknown) => {
-    if (typeof data !== 'string') return true;
-    const ms = parseDuration(data);
-    return typeof ms !== 'number' || durationBoundProblem(ms, bound) === null;
-  },
-});
-ajv.addFormat('service-address', {
-  type: 'string',
-  validate: (s: string) => typeof parseServiceAddress(s) !== 'string',
-});
-ajv.addFormat('endpoint-address', { type: 'string', validate: (s: string) => typeof parseHostPort(s) !== 'string' });
-ajv.addFormat('dns-name', { type: 'string', validate: (s: string) => checkSrvName(s) === null });
-ajv.addFormat('resolver-server', {
-  type: 'string',
-  validate: (s: string) => typeof parseResolverServer(s) !== 'string',
-});
-ajv.addFormat('http-url', { type: 'string', validate: (s: string) => checkHttpUrl(s) === null });
-// The schema's $id is a name, not a location: nothing is fetched.
-const validate = ajv.compile(configSchema);
 
 /** One object of the schema (a property, a definition). */
 export type SchemaNode = Readonly<Record<string, unknown>>;
