@@ -1,7 +1,7 @@
 // CLI entry: builds the commander program from one module per command. Only src/cli prints or exits.
 import { Command } from 'commander';
 import { assertNetnsExists } from '../values/netns.js';
-import { toolVersion } from '../netfilter/transaction/scope.js';
+import { toolVersion } from '../netfilter/transaction/scope-defaults.js';
 import { runMain } from './output.js';
 import { assertMayRun } from './privileges.js';
 

@@ -5,7 +5,7 @@ import { Option, type Command } from 'commander';
 import { DEFAULT_CONFIG_FILE, loadConfig } from '../config/load.js';
 import { createLogger, type Logger } from '../log.js';
 import type { Recovery } from '../netfilter/transaction/recovery.js';
-import { DEFAULT_STATE_DIR } from '../netfilter/transaction/scope.js';
+import { DEFAULT_STATE_DIR } from '../netfilter/transaction/scope-defaults.js';
 
 /** --netns and --log-level, shared by every capture command. */
 /** --log-level: the operational log's level (JSON lines on stderr), the same choices for every command. */

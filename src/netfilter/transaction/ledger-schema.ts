@@ -1,7 +1,8 @@
 // The shape a ledger must have before meshctl acts on it, checked with ajv like the config: a ledger edited by
 // hand or truncated to `null` is LEDGER_CORRUPT naming what is wrong, never a TypeError deep inside uninstall.
 // It requires what the code reads (and allows fields it does not know, so a newer meshctl's ledger still loads).
-import { Ajv, type ErrorObject } from 'ajv';
+import { createRequire } from 'node:module';
+import type { ErrorObject, ValidateFunction } from 'ajv';
 
 const family = { enum: ['ipv4', 'ipv6'] };
 const table = { enum: ['raw', 'mangle', 'nat', 'filter'] };
@@ -237,10 +238,23 @@ export const LEDGER_SCHEMA = {
   },
 };
 
-const validate = new Ajv({ allErrors: false, strict: false }).compile(LEDGER_SCHEMA);
+let compiled: ValidateFunction | undefined;
+
+/**
+ * The ledger schema, compiled on first use: ajv and the compile (~10 MiB of short-lived heap) are loaded only by
+ * commands that read a ledger, not by every command that imports the ledger's paths (the proxy, through the CLI).
+ */
+function validator(): ValidateFunction {
+  compiled ??= new (createRequire(import.meta.url)('ajv') as typeof import('ajv')).Ajv({
+    allErrors: false,
+    strict: false,
+  }).compile(LEDGER_SCHEMA);
+  return compiled;
+}
 
 /** The first problem of a parsed ledger, as `path: message`, or null when it has the shape meshctl needs. */
 export function ledgerProblem(value: unknown): string | null {
+  const validate = validator();
   if (validate(value)) return null;
   const error = (validate.errors ?? [])[0] as ErrorObject | undefined;
   if (!error) return 'it does not have the shape of a ledger';

@@ -1,14 +1,14 @@
 // A state scope: the host, or one named network namespace. Bundles the runner, the state directory of the scope
 // and the logger every command in src/netfilter works with, and runs a command under the scope's lock.
-import { createRequire } from 'node:module';
 import type { Logger } from '../../log.js';
 import { silentLogger } from '../../log.js';
 import { ensureStateDir, scopeDir } from './ledger.js';
 import { acquireStateLock, type LockOwner } from './lock.js';
 import { assertNetnsExists } from '../../values/netns.js';
 import { createRunner, type NetfilterRunner } from '../drivers/runner.js';
+import { DEFAULT_STATE_DIR } from './scope-defaults.js';
 
-export const DEFAULT_STATE_DIR = '/var/lib/meshctl';
+export { DEFAULT_STATE_DIR, toolVersion } from './scope-defaults.js';
 
 export interface ScopeOptions {
   /** State directory root (config `stateDir`, flag --state-dir); default /var/lib/meshctl. */
@@ -56,19 +56,4 @@ export async function withScopeLock<T>(scope: Scope, command: string, fn: () => 
 
 function warnTakenOver(log: Logger, owner: LockOwner): void {
   log.warn({ owner }, `took over the state lock of pid ${owner.pid} (\`${owner.command}\`), which is gone`);
-}
-
-let version: string | undefined;
-
-/** meshctl's own version (package.json), recorded in the ledger. */
-export function toolVersion(): string {
-  if (version === undefined) {
-    try {
-      // Same relative path from src/netfilter/transaction (vitest) and dist/netfilter/transaction (the built CLI).
-      version = (createRequire(import.meta.url)('../../../package.json') as { version?: string }).version ?? 'unknown';
-    } catch {
-      version = 'unknown';
-    }
-  }
-  return version;
 }
