@@ -5,12 +5,17 @@
 //   dist  AccessLog from a build of src/ (dist/, or --dist DIR): what the proxy runs today.
 //   pino  the access log as it was before issue 19 (pino + pino.destination, async sonic-boom, one info() per line),
 //         kept here so the "before" row stays measurable.
+//   none  the driver alone (see below).
 // Lines are handed over `--per-turn` at a time per event-loop turn (a worker closes a few connections per turn).
 // Run `npm run build` first. Usage:
-//   node bench/access-log-micro.mjs [--lines 200000] [--per-turn 32] [--reps 5] [--candidates dist,pino]
-//     [--dist DIR] [--dir /dev/shm] [--semi-space 1] [--cpu-prof DIR] [--json]
+//   node bench/access-log-micro.mjs [--lines 200000] [--per-turn 32 | --rate N] [--reps 5] [--candidates none,dist,pino]
+//     [--dist DIR] [--flush-ms N] [--dir /dev/shm] [--semi-space 1] [--cpu-prof DIR] [--json]
 // --semi-space MiB: V8's semi-space of the child (default 1, as the proxy's cluster workers run).
 // --per-turn 1: one line per turn, the worst case for writing (nothing to batch with unless a write is in flight).
+// --rate N: instead of back-to-back turns, N lines/s paced by a 1 ms timer, the loop idle in between (as a worker's at
+//   5k connections/s): each write's completion then wakes the loop on its own, as it does in the proxy.
+// --flush-ms N: the dist candidate's writer waits up to N ms to batch lines into a write (default: its own default).
+// Candidate `none` builds the records and discards them: the driver's own cost, to subtract from the others.
 // Prints a line per repetition (stderr) and median (min–max) per candidate (stdout); --json also prints raw results.
 import { fork } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
@@ -50,9 +55,21 @@ async function pinoAccessLog(path, base) {
   };
 }
 
-async function distAccessLog(path, base, dist) {
+/** The driver alone (records built, then discarded): subtract it to get the access log's own cost. */
+function noAccessLog() {
+  let sink = 0;
+  return {
+    closed(record) {
+      sink += record.bytesFromClient;
+    },
+    close: () => Promise.resolve(sink),
+  };
+}
+
+async function distAccessLog(path, base, dist, flushMs) {
   const { AccessLog } = await import(new URL('proxy/access-log.js', dist).href);
-  const log = new AccessLog({ enabled: true, path, sampleRatio: 1, periodicIntervalMs: null }, base);
+  const options = flushMs === '' ? {} : { flushIntervalMs: Number(flushMs) };
+  const log = new AccessLog({ enabled: true, path, sampleRatio: 1, periodicIntervalMs: null }, base, options);
   return {
     closed: (record) => log.closed(record),
     close() {
@@ -90,18 +107,37 @@ async function child() {
   const path = arg(process.argv, '--path', '');
   const dist = new URL(arg(process.argv, '--dist-url', ''));
   const base = { worker: 0 };
-  const log = candidate === 'pino' ? await pinoAccessLog(path, base) : await distAccessLog(path, base, dist);
+  const rate = Number(arg(process.argv, '--rate', '0'));
+  const log =
+    candidate === 'pino'
+      ? await pinoAccessLog(path, base)
+      : candidate === 'none'
+        ? noAccessLog()
+        : await distAccessLog(path, base, dist, arg(process.argv, '--flush-ms', ''));
   // No warm-up: at 200k lines the first turns' compile time is noise, and a proxy's first lines are cold too.
   const t0 = performance.now();
   const cpu0 = process.cpuUsage();
   let i = 0;
+  const emit = (end) => {
+    for (; i < end; i++) {
+      const startedAt = performance.now() - 1.5;
+      log.closed(makeRecord(i, startedAt, startedAt + 0.2, performance.now()));
+    }
+  };
   await new Promise((resolve) => {
+    if (rate > 0) {
+      // Paced: every millisecond the lines due by then; the loop sleeps in between, as a proxy's does under load.
+      const timer = setInterval(() => {
+        emit(Math.min(lines, Math.floor(((performance.now() - t0) * rate) / 1000)));
+        if (i >= lines) {
+          clearInterval(timer);
+          resolve();
+        }
+      }, 1);
+      return;
+    }
     const turn = () => {
-      const end = Math.min(lines, i + perTurn);
-      for (; i < end; i++) {
-        const startedAt = performance.now() - 1.5;
-        log.closed(makeRecord(i, startedAt, startedAt + 0.2, performance.now()));
-      }
+      emit(Math.min(lines, i + perTurn));
       if (i < lines) setImmediate(turn);
       else resolve();
     };
@@ -110,7 +146,7 @@ async function child() {
   await log.close();
   const cpu = process.cpuUsage(cpu0);
   const wallMs = performance.now() - t0;
-  const size = statSync(path).size;
+  const size = candidate === 'none' ? 0 : statSync(path).size;
   process.send({
     candidate,
     lines,
@@ -130,7 +166,13 @@ function runOnce(candidate, opts, rep) {
   // As a cluster worker runs (src/proxy/workers.ts): 1 MiB semi-spaces, so per-line garbage costs what it costs there.
   const execArgv = [`--max-semi-space-size=${opts.semiSpace}`];
   if (opts.cpuProf)
-    execArgv.push('--cpu-prof', '--cpu-prof-dir', opts.cpuProf, '--cpu-prof-name', `access-log-${candidate}-${rep}.cpuprofile`);
+    execArgv.push(
+      '--cpu-prof',
+      '--cpu-prof-dir',
+      opts.cpuProf,
+      '--cpu-prof-name',
+      `access-log-${candidate}-${rep}.cpuprofile`,
+    );
   const child = fork(
     here,
     [
@@ -145,6 +187,9 @@ function runOnce(candidate, opts, rep) {
       path,
       '--dist-url',
       opts.dist.href,
+      '--rate',
+      String(opts.rate),
+      ...(opts.flushMs === null ? [] : ['--flush-ms', opts.flushMs]),
     ],
     { execArgv },
   );
@@ -170,10 +215,12 @@ async function parent() {
     lines: Number(arg(argv, '--lines', '200000')),
     perTurn: Number(arg(argv, '--per-turn', '32')),
     reps: Number(arg(argv, '--reps', '5')),
-    candidates: arg(argv, '--candidates', 'dist,pino').split(','),
+    candidates: arg(argv, '--candidates', 'none,dist,pino').split(','),
     dist: distArg ? new URL(`${pathToFileURL(distArg).href}/`) : new URL('../dist/', import.meta.url),
     cpuProf: arg(argv, '--cpu-prof', null),
     semiSpace: Number(arg(argv, '--semi-space', '1')),
+    rate: Number(arg(argv, '--rate', '0')),
+    flushMs: arg(argv, '--flush-ms', null),
     dir: null,
   };
   const root = arg(argv, '--dir', existsSync('/dev/shm') ? '/dev/shm' : '/tmp');
@@ -195,7 +242,7 @@ async function parent() {
     rmSync(opts.dir, { recursive: true, force: true });
   }
   console.log(
-    `access log, ${opts.lines} lines, ${opts.perTurn} per turn, semi-space ${opts.semiSpace} MiB, ${opts.reps} reps: median (min–max)`,
+    `access log, ${opts.lines} lines, ${opts.rate > 0 ? `${opts.rate}/s paced` : `${opts.perTurn} per turn`}, semi-space ${opts.semiSpace} MiB, ${opts.reps} reps: median (min–max)`,
   );
   console.log('| candidate | CPU µs/line | user µs/line | sys µs/line | lines/s | dropped |');
   console.log('|---|---:|---:|---:|---:|---:|');

@@ -44,7 +44,7 @@ export const ERROR_CODES = {
   SPIFFE_ID_INVALID: 'a SPIFFE ID or trust domain is malformed, or outside the trust domain it must be in',
   IDENTITY_INVALID:
     "the mTLS identity files (certificate chain, key, bundle) cannot be used: unreadable, malformed, key not the certificate's, no single SPIFFE ID, or a chain the bundle does not trust",
-  WRITE_FAILED: 'a file meshctl was asked to write (a CA, an identity) could not be written',
+  WRITE_FAILED: 'a file meshctl was asked to write (a CA, an identity, the access log) could not be written',
   IDENTITY_EXPIRED: 'the mTLS identity certificate (or a certificate of its chain) has expired or is not yet valid',
 } as const;
 

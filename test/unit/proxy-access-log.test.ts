@@ -1,10 +1,20 @@
 // The access log writes one JSON line per connection to its file, samples only successful ones, and can move to
-// another file on reload.
+// another file on reload; its lines are the ones pino wrote (golden, and compared with pino itself), and hostile
+// strings stay inside their JSON value.
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { AccessLog, type AccessRecord } from '../../src/proxy/access-log.js';
+import { pino } from 'pino';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import {
+  ACCESS_RECORD_KEYS,
+  AccessLog,
+  isoNow,
+  quote,
+  serializeFields,
+  serializeRecord,
+  type AccessRecord,
+} from '../../src/proxy/access-log.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const dirs: string[] = [];
@@ -98,5 +108,125 @@ describe('AccessLog', () => {
     const all = await lines(second, log);
     expect(all.map((l) => l.id)).toEqual(['kept']);
     expect(existsSync(first)).toBe(false);
+  });
+});
+
+describe('access-log lines', () => {
+  // The lines pino wrote before (same options as the old AccessLog), at a frozen clock: the format must not move.
+  function pinoLine(base: Record<string, unknown>, record: object, msg: string): string {
+    let out = '';
+    const logger = pino(
+      { base, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'msg' },
+      { write: (s: string) => (out += s) },
+    );
+    logger.info(record, msg);
+    return out;
+  }
+  const at = new Date('2026-12-05T00:25:42.007Z');
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(at);
+  });
+  afterEach(() => vi.useRealTimers());
+
+  const full = record({
+    service: 'payments',
+    attempts: 2,
+    tls: 'mtls',
+    peerIdentity: 'spiffe://mesh.example/ns/a/sa/b',
+    handshakeMs: 1.25,
+  });
+  const cases: { name: string; record: AccessRecord }[] = [
+    { name: 'a plain FIN', record: record({}) },
+    { name: 'a mesh service over mTLS', record: full },
+    {
+      name: 'a refusal that never connected',
+      record: record({ result: 'refused', detail: 'denied', upstream: null, upstreamLocal: null, connectMs: null }),
+    },
+    { name: 'no original destination', record: record({ originalDst: null, service: undefined, attempts: undefined }) },
+    { name: 'plaintext with mTLS configured', record: record({ tls: 'plaintext' }) },
+    { name: 'a non-finite number', record: record({ durationMs: Number.NaN, bytesFromClient: Infinity }) },
+  ];
+
+  it.each(cases)('writes $name as pino wrote it', ({ record: r }) => {
+    expect(serializeRecord(serializeFields({ worker: 3 }), r, null, ',"msg":"connection closed"}\n')).toBe(
+      pinoLine({ worker: 3 }, r, 'connection closed'),
+    );
+  });
+
+  it('writes the golden line of a closed connection', () => {
+    expect(serializeRecord(serializeFields({ worker: 1 }), full, null, ',"msg":"connection closed"}\n')).toBe(
+      '{"level":30,"time":"2026-12-05T00:25:42.007Z","worker":1,"id":"0.1","direction":"outbound",' +
+        '"source":"10.0.0.1:40000","originalDst":"10.0.0.2:80","upstream":"10.0.0.2:80",' +
+        '"upstreamLocal":"10.0.0.1:40001","bytesFromClient":10,"bytesFromUpstream":20,"durationMs":3.5,' +
+        '"connectMs":0.4,"result":"FIN","detail":"client-first","service":"payments","attempts":2,"tls":"mtls",' +
+        '"peerIdentity":"spiffe://mesh.example/ns/a/sa/b","handshakeMs":1.25,"msg":"connection closed"}\n',
+    );
+  });
+
+  it('writes progress lines with the state after the record, as the worker spread them', () => {
+    const { result: _r, detail: _d, ...open } = record({ service: 'payments', attempts: 1 });
+    const progress = { ...open, state: 'relaying' };
+    expect(serializeRecord(serializeFields({ worker: 0 }), progress, 'relaying', ',"msg":"connection open"}\n')).toBe(
+      pinoLine({ worker: 0 }, progress, 'connection open'),
+    );
+  });
+
+  it('writes DNS query records (any fields, nested answers) as pino wrote them', () => {
+    const q = {
+      transport: 'udp',
+      source: '127.0.0.1:5353',
+      id: 4242,
+      name: 'payments.mesh.',
+      type: 'A',
+      rcode: 'NOERROR',
+      answeredFrom: 'mesh',
+      answers: ['10.96.0.10', { ttl: 5 }],
+      truncated: false,
+      upstream: null,
+      durationMs: 0.25,
+      detail: undefined,
+    };
+    const line = `{"level":30,"time":"${isoNow()}"${serializeFields({ component: 'dns' })}${serializeFields(q)},"msg":"dns query"}\n`;
+    expect(line).toBe(pinoLine({ component: 'dns' }, q, 'dns query'));
+  });
+
+  const hostile = [
+    'quote " and backslash \\ and both \\"',
+    'newline \n tab \t carriage \r nul \u0000 escape \u001b del \u007f',
+    'non-ASCII: grüße, 日本語, emoji 🚀, line separator \u2028',
+    'lone high surrogate \ud800 then text',
+    'lone low surrogate \udc00',
+    'reversed pair \udc00\ud800',
+    '"}\n{"level":60,"msg":"forged"',
+  ];
+
+  it.each(hostile)('keeps a hostile string one valid JSON value: %j', (s) => {
+    const r = record({ detail: s, service: s, peerIdentity: s, tls: 'mtls' });
+    const line = serializeRecord('', r, null, ',"msg":"connection closed"}\n');
+    expect(line.indexOf('\n')).toBe(line.length - 1);
+    // bytes on disk are UTF-8: a lone surrogate must be an escape, not a raw code unit (written as U+FFFD)
+    const parsed = JSON.parse(Buffer.from(line, 'utf8').toString('utf8')) as Record<string, unknown>;
+    expect(parsed).toMatchObject({ detail: s, service: s, peerIdentity: s, msg: 'connection closed' });
+    expect(parsed.level).toBe(30); // the forged line's level stayed inside detail
+  });
+
+  it('escapes lone surrogates as \\uXXXX and passes other non-ASCII through as UTF-8', () => {
+    expect(quote('a\ud800b')).toBe('"a\\ud800b"');
+    expect(quote('🚀é')).toBe('"🚀é"');
+    expect(quote('plain')).toBe('"plain"');
+  });
+
+  it('formats the time as toISOString does, across seconds and when the clock steps back', () => {
+    const base = Date.UTC(2026, 11, 31, 23, 59, 58, 990);
+    for (const t of [base, base + 9, base + 10, base + 1010, base + 2000, base - 5000, base + 123_456_789, 0, 999])
+      expect(isoNow(t)).toBe(new Date(t).toISOString());
+  });
+
+  it('lists every AccessRecord field in the order of the line', () => {
+    const line = JSON.parse(serializeRecord('', full, null, ',"msg":"m"}\n')) as Record<string, unknown>;
+    expect(Object.keys(line).filter((k) => k !== 'level' && k !== 'time' && k !== 'msg')).toEqual([
+      ...ACCESS_RECORD_KEYS,
+    ]);
   });
 });
