@@ -15,7 +15,8 @@ import { MeshctlError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { isAddonAvailable, isTransparent, keepCapabilities, peerOwner, retainNetAdmin } from '../native/addon.js';
 import { socketFd } from '../native/original-dst.js';
-import { DnsServer, activatedDnsListeners, planDnsListeners, type DnsQueryLog } from '../dns/server.js';
+// The DNS server's code is imported by start() when capture.dns is on: a proxy without DNS capture never loads it.
+import type { DnsServer, DnsQueryLog } from '../dns/server.js';
 import { renderDnsPrometheus } from '../dns/metrics.js';
 import { ControlPlanePoller, controlPlaneReadyDetail, renderControlPlanePrometheus } from '../policy/control-plane.js';
 import { mergePolicySnapshots, renderPolicyPrometheus } from '../policy/metrics.js';
@@ -166,6 +167,7 @@ export class ProxySupervisor {
         adminAuthorizer(this.log),
       );
       if (this.config.capture.dns.enabled) {
+        const { DnsServer, activatedDnsListeners, planDnsListeners } = await import('../dns/server.js');
         const activated = activatedDnsListeners(
           this.config,
           env,

@@ -6,12 +6,14 @@ import type { Socket } from 'node:net';
 import type { Config, ServiceConfig } from '../config/types.js';
 import type { Logger } from '../log.js';
 import { expiryJson, identityExpiry, renderExpiryMetrics } from '../mtls/expiry.js';
-import { loadIdentity, type Identity, type IdentityPaths } from '../mtls/identity.js';
-import { watchIdentity, type IdentityWatcher } from '../mtls/watch.js';
+// The identity (X.509 parsing and verification), its watcher, the dialer and the listener (TLS, HTTP/2 sessions)
+// are imported by start(), so a proxy without an mTLS identity never loads them.
+import type { Identity, IdentityPaths } from '../mtls/identity.js';
+import type { IdentityWatcher } from '../mtls/watch.js';
 import { CidrSet } from '../policy/cidr-table.js';
-import { TunnelDialer, type DialTarget } from './tunnel-client.js';
+import type { DialTarget, TunnelDialer } from './tunnel-client.js';
 import { mergeTunnelSnapshots, renderTunnelPrometheus, TunnelMetrics, type TunnelSnapshot } from './tunnel-metrics.js';
-import { TunnelServer, type TunnelSocket, type TunnelStreamHandler } from './tunnel-server.js';
+import type { TunnelServer, TunnelSocket, TunnelStreamHandler } from './tunnel-server.js';
 import { authorityOf } from './tunnel-wire.js';
 
 /** A worker's report on its tunnel. */
@@ -30,55 +32,66 @@ export function identityPathsOf(config: Pick<Config, 'mtls'>): IdentityPaths | n
 
 export class TunnelRuntime {
   readonly metrics = new TunnelMetrics();
-  private readonly dialer: TunnelDialer;
+  /** Set by start(), which the worker awaits before it uses the runtime (close() may come after a failed start). */
+  private dialer: TunnelDialer | null = null;
   private server: TunnelServer | null = null;
-  private readonly watcher: IdentityWatcher;
+  private watcher: IdentityWatcher | null = null;
   private peers: CidrSet;
   private services: Map<string, ServiceConfig>;
+  private readonly log: Logger;
 
   private constructor(
     private config: Config,
     private readonly paths: IdentityPaths,
-    identity: Identity,
     private readonly onStream: TunnelStreamHandler,
-    private readonly log: Logger,
+    /** The worker's logger (for the identity's first line); `log` is the tunnel's own. */
+    private readonly workerLog: Logger,
   ) {
-    this.dialer = new TunnelDialer(identity, this.metrics, log, config.proxy.keepaliveDelayMs);
+    this.log = workerLog.child({ component: 'mtls' });
     this.peers = new CidrSet(config.mtls.peers);
     this.services = new Map(config.services.map((s) => [s.name, s]));
-    this.watcher = watchIdentity(paths, identity, {
-      log,
-      onReload: (next, previous) => this.rotate(next, previous),
-    });
   }
 
-  /**
-   * The tunnel for `config`, or null when it has no identity. Throws IDENTITY_INVALID / IDENTITY_EXPIRED (the
-   * proxy does not start with an identity it would refuse in a peer).
-   */
+  /** The tunnel for `config`, or null when it has no identity; start() loads the identity. */
   static create(config: Config, onStream: TunnelStreamHandler, log: Logger): TunnelRuntime | null {
     const paths = identityPathsOf(config);
     if (paths === null) return null;
-    const identity = loadIdentity(paths);
-    log.info(
-      { spiffeId: identity.spiffeId.text, notAfter: identity.notAfter.toISOString(), inbound: config.mtls.inbound },
-      'mTLS identity loaded',
-    );
-    return new TunnelRuntime(config, paths, identity, onStream, log.child({ component: 'mtls' }));
+    return new TunnelRuntime(config, paths, onStream, log);
   }
 
   get identity(): Identity {
-    return this.watcher.current();
+    return this.watcher!.current();
   }
 
   /**
-   * Opens the tunnel listener unless mtls.inbound is disable: per family, the fd systemd passed (socket
-   * activation) or mtls.tunnelPort bound here (fd null).
+   * Loads the identity (throws IDENTITY_INVALID / IDENTITY_EXPIRED: the proxy does not start with an identity it
+   * would refuse in a peer), then opens the tunnel listener unless mtls.inbound is disable: per family, the fd
+   * systemd passed (socket activation) or mtls.tunnelPort bound here (fd null).
    */
   async start(sockets: readonly TunnelSocket[]): Promise<void> {
+    const [{ loadIdentity }, { watchIdentity }, { TunnelDialer }] = await Promise.all([
+      import('../mtls/identity.js'),
+      import('../mtls/watch.js'),
+      import('./tunnel-client.js'),
+    ]);
+    const identity = loadIdentity(this.paths);
+    this.workerLog.info(
+      {
+        spiffeId: identity.spiffeId.text,
+        notAfter: identity.notAfter.toISOString(),
+        inbound: this.config.mtls.inbound,
+      },
+      'mTLS identity loaded',
+    );
+    this.dialer = new TunnelDialer(identity, this.metrics, this.log, this.config.proxy.keepaliveDelayMs);
+    this.watcher = watchIdentity(this.paths, identity, {
+      log: this.log,
+      onReload: (next, previous) => this.rotate(next, previous),
+    });
     if (this.config.mtls.inbound === 'disable') return;
+    const { TunnelServer } = await import('./tunnel-server.js');
     const server = new TunnelServer(
-      this.identity,
+      identity,
       this.onStream,
       this.metrics,
       this.log,
@@ -108,7 +121,7 @@ export class TunnelRuntime {
   }
 
   private rotate(next: Identity, previous: Identity): void {
-    this.dialer.setIdentity(next);
+    this.dialer!.setIdentity(next);
     this.server?.setIdentity(next);
     this.log.info(
       { spiffeId: next.spiffeId.text, previous: previous.spiffeId.text, notAfter: next.notAfter.toISOString() },
@@ -133,7 +146,7 @@ export class TunnelRuntime {
   }
 
   dial(target: DialTarget): Socket {
-    return this.dialer.dial(target);
+    return this.dialer!.dial(target);
   }
 
   /** This proxy's own SPIFFE ID now. */
@@ -150,10 +163,10 @@ export class TunnelRuntime {
   }
 
   close(): void {
-    this.watcher.close();
+    this.watcher?.close();
     this.server?.close();
     this.server?.destroySessions();
-    this.dialer.close();
+    this.dialer?.close();
   }
 
   /** Stops the listener (drain): open sessions and their streams finish. */
