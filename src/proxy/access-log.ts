@@ -119,7 +119,10 @@ export class AccessLog {
     return this.droppedBefore + (this.writer?.dropped ?? 0);
   }
 
-  /** Whether a closed connection with this result is logged: FIN ones are sampled by sampleRatio, others always. */
+  /**
+   * Whether a closed connection with this result is logged: FIN ones are sampled by sampleRatio, others always.
+   * Asked before building the record (then `writeClosed`), a sampled-out connection costs no record at all.
+   */
   sampled(result: EndResult): boolean {
     return (
       this.writer !== null &&
@@ -131,6 +134,11 @@ export class AccessLog {
   closed(record: AccessRecord): void {
     if (!this.sampled(record.result)) return;
     this.writer!.append(serializeRecord(this.baseText, record, null, CLOSED_MSG));
+  }
+
+  /** Logs a closed connection already sampled in by `sampled(record.result)` (no second draw). */
+  writeClosed(record: AccessRecord): void {
+    this.writer?.append(serializeRecord(this.baseText, record, null, CLOSED_MSG));
   }
 
   /** Logs one DNS query the proxy answered (the DNS server samples them like connections). */

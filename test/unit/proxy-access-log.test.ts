@@ -97,6 +97,20 @@ describe('AccessLog', () => {
     expect(n).toBeLessThan(1200);
   });
 
+  it('lets a caller sample before building the record (sampled, then writeClosed)', async () => {
+    const file = tempFile();
+    const log = new AccessLog({ enabled: true, path: file, sampleRatio: 0, periodicIntervalMs: null });
+    let built = 0;
+    const build = (result: AccessRecord['result']) => (built++, record({ id: result, result }));
+    for (const result of ['FIN', 'FIN', 'RST', 'FIN', 'timeout'] as const)
+      if (log.sampled(result)) log.writeClosed(build(result));
+    expect(built).toBe(2);
+    expect((await lines(file, log)).map((l) => l.id)).toEqual(['RST', 'timeout']);
+    expect(new AccessLog({ enabled: false, path: file, sampleRatio: 1, periodicIntervalMs: null }).sampled('RST')).toBe(
+      false,
+    );
+  });
+
   it('writes nothing when disabled, and moves to a new file on reconfigure', async () => {
     const first = tempFile('first.log');
     const second = join(first, '..', 'second.log');
