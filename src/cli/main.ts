@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { assertNetnsExists } from '../values/netns.js';
 import { toolVersion } from '../netfilter/transaction/scope-defaults.js';
+import { tuneProxyHeap } from '../proxy/heap-flags.js';
 import { runMain } from './output.js';
 import { assertMayRun } from './privileges.js';
 
@@ -41,6 +42,11 @@ const MODULES: ReadonlyArray<readonly [readonly string[], () => Promise<CommandM
   [['ca'], () => import('./ca.js')],
 ];
 
+/** The command argv names (its first argument that is no option), if any. */
+function commandName(argv: readonly string[]): string | undefined {
+  return argv.slice(2).find((arg) => !arg.startsWith('-'));
+}
+
 /**
  * The modules to load for this invocation: only the named command's when argv names one (a command's whole import
  * graph, e.g. the proxy's or the CA's X.509 library, costs every other command ~0.3 s of start-up, and the tests and
@@ -48,11 +54,13 @@ const MODULES: ReadonlyArray<readonly [readonly string[], () => Promise<CommandM
  * (commander then lists them all, or suggests the nearest).
  */
 function modulesFor(argv: readonly string[]): Array<() => Promise<CommandModule>> {
-  const name = argv.slice(2).find((arg) => !arg.startsWith('-'));
+  const name = commandName(argv);
   const named = MODULES.find(([names]) => name !== undefined && names.includes(name));
   return named ? [named[1]] : MODULES.map(([, load]) => load);
 }
 
+// The proxy's V8 settings go in before its modules load and allocate (src/proxy/heap-flags.ts).
+if (commandName(process.argv) === 'proxy') tuneProxyHeap();
 for (const mod of await Promise.all(modulesFor(process.argv).map((load) => load()))) mod.register(program);
 
 await runMain(program);

@@ -1,0 +1,18 @@
+// The proxy process's own V8 setting (src/proxy/heap-flags.ts): the young generation stays at its initial size,
+// unless the operator sized it on the command line or in NODE_OPTIONS.
+import { describe, expect, it } from 'vitest';
+import { proxyHeapFlag } from '../../src/proxy/heap-flags.js';
+
+describe('proxy heap flags', () => {
+  it('keeps the semi-spaces from growing by default', () => {
+    expect(proxyHeapFlag([], undefined)).toBe('--semi-space-growth-factor=1');
+    expect(proxyHeapFlag(['--enable-source-maps'], '--max-old-space-size=256')).toBe('--semi-space-growth-factor=1');
+  });
+
+  it('leaves the young generation to an operator who sized it, on the command line or in NODE_OPTIONS', () => {
+    expect(proxyHeapFlag(['--max-semi-space-size=8'], undefined)).toBeNull();
+    expect(proxyHeapFlag(['--semi-space-growth-factor=4'], undefined)).toBeNull();
+    expect(proxyHeapFlag([], '--enable-source-maps --max-semi-space-size=16')).toBeNull();
+    expect(proxyHeapFlag([], '--min-semi-space-size=2')).toBeNull();
+  });
+});
