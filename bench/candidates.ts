@@ -1,8 +1,8 @@
-// The three candidates measured on the same lab: direct (no rules, the physical limit), HAProxy transparent
-// behind the same iptables REDIRECT rules, and meshctl (capture installed by meshctl, `meshctl proxy` with the
-// native SO_ORIGINAL_DST addon). HAProxy gets as many threads as the proxy has workers.
+// The candidates measured on the same lab: direct (no rules, the physical limit), HAProxy at 1 and at 2 threads
+// transparent behind the same iptables REDIRECT rules, and meshctl (capture installed by meshctl, `meshctl proxy`
+// with the native SO_ORIGINAL_DST addon) at its default worker settings, with and without its access log.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { chownSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
 import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
@@ -10,15 +10,26 @@ import { REPO_ROOT } from './tools.js';
 
 export type CandidateName =
   | 'direct'
-  | 'haproxy'
+  | 'haproxy-1t'
+  | 'haproxy-2t'
   | 'meshctl'
+  | 'meshctl-log'
   | 'meshctl-policy100'
   | 'meshctl-node'
   // Two sidecars in a row (bench/pair.ts), on request only.
   | 'meshctl-mtls'
   | 'meshctl-pair'
   | 'haproxy-tls';
-export const CANDIDATES: readonly CandidateName[] = ['direct', 'haproxy', 'meshctl'];
+export const CANDIDATES: readonly CandidateName[] = ['direct', 'haproxy-1t', 'haproxy-2t', 'meshctl', 'meshctl-log'];
+/** HAProxy's candidates and their `nbthread`. */
+export const HAPROXY_THREADS: Readonly<Partial<Record<CandidateName, number>>> = { 'haproxy-1t': 1, 'haproxy-2t': 2 };
+export const HAPROXY_CANDIDATES = Object.keys(HAPROXY_THREADS) as CandidateName[];
+/** meshctl with its access log on (default settings, to a file in the run's scratch directory). */
+export const ACCESS_LOG_CANDIDATE: CandidateName = 'meshctl-log';
+
+export function isHaproxy(name: CandidateName): boolean {
+  return HAPROXY_THREADS[name] !== undefined;
+}
 /**
  * meshctl with 100 services configured, the bench's own destinations among them (so every connection takes the
  * service path: registry lookup, balancer, lease): the issue's "within 5 % of none" check. Opt-in for the smoke
@@ -41,11 +52,14 @@ export interface RunningCandidate {
   usage(): TreeUsage | null;
   /** The tail of the proxy's own output (empty for direct), for errors. */
   output(): string;
+  /** meshctl-log: the access log file (the workloads count its lines per connection). */
+  readonly accessLogFile?: string;
   stop(): Promise<void>;
 }
 
 export interface CandidateOptions {
-  readonly workers: number;
+  /** meshctl's `proxy.workers` (HAProxy-TLS's threads in the two-sidecar lab); null = meshctl's default ("auto"). */
+  readonly workers: number | null;
   /** meshctl's access log: off by default so that both proxies do the same work (HAProxy logs nothing here). */
   readonly accessLog: boolean;
   /** Extra node flags for the meshctl proxy (e.g. --cpu-prof; cluster workers inherit them). */
@@ -84,6 +98,7 @@ export function benchRawConfig(
   services: readonly Record<string, unknown>[] = [],
   relay: 'native' | 'node' = 'native',
   dnsServer: string | null = null,
+  accessLogFile: string | null = null,
 ): Record<string, unknown> {
   return {
     // DNS capture (the dns-32 workload), forwarding to the server namespace's DNS server.
@@ -92,8 +107,8 @@ export function benchRawConfig(
       : {}),
     proxy: {
       user: PROXY_USER.name,
-      workers: options.workers,
-      accessLog: { enabled: options.accessLog },
+      ...(options.workers !== null ? { workers: options.workers } : {}),
+      accessLog: accessLogFile !== null ? { enabled: true, path: accessLogFile } : { enabled: options.accessLog },
       relay,
     },
     stateDir,
@@ -129,14 +144,14 @@ export function installCapture(
   }
 }
 
-function haproxyConfig(workers: number): string {
+export function haproxyConfig(threads: number): string {
   // Each proxied connection is two fds; HAProxy refuses to start when maxconn needs more than RLIMIT_NOFILE.
   const maxconn = Math.floor(NOFILE / 2) - 100;
   return [
     '# HAProxy as a transparent L4 proxy behind iptables REDIRECT: `server 0.0.0.0:0` connects to the',
     '# original destination (SO_ORIGINAL_DST). It drops to nobody after binding, so the capture rules exempt it.',
     'global',
-    `  nbthread ${workers}`,
+    `  nbthread ${threads}`,
     `  maxconn ${maxconn}`,
     `  uid ${PROXY_USER.uid}`,
     `  gid ${PROXY_USER.gid}`,
@@ -195,21 +210,31 @@ export async function startCandidate(
   const dir = join(lab.options.workDir, name);
   mkdirSync(dir, { recursive: true });
   const stateDir = join(dir, 'state');
+  // meshctl-log's access log: a file in the run's scratch directory (a directory the proxy user owns).
+  let accessLogFile: string | null = null;
+  if (name === ACCESS_LOG_CANDIDATE) {
+    const logDir = join(dir, 'log');
+    mkdirSync(logDir, { recursive: true });
+    chownSync(logDir, PROXY_USER.uid, PROXY_USER.gid);
+    accessLogFile = join(logDir, 'access.log');
+  }
   const raw = benchRawConfig(
     options,
     stateDir,
     name === POLICY_CANDIDATE ? policyServices(lab.serverAddr, POLICY_SERVICES) : [],
     name === NODE_RELAY_CANDIDATE ? 'node' : 'native',
     lab.serverAddr,
+    accessLogFile,
   );
   const configFile = join(dir, 'meshctl.json');
   writeFileSync(configFile, `${JSON.stringify(raw, null, 2)}\n`);
   const pin = lab.options.pin.proxy;
 
   let proc: Proc;
-  if (name === 'haproxy') {
+  const haproxyThreads = HAPROXY_THREADS[name];
+  if (haproxyThreads !== undefined) {
     const cfg = join(dir, 'haproxy.cfg');
-    writeFileSync(cfg, haproxyConfig(options.workers));
+    writeFileSync(cfg, haproxyConfig(haproxyThreads));
     proc = startProc('haproxy', ['haproxy', '-f', cfg, '-db'], {
       ns: lab.clientNs,
       nofile: NOFILE,
@@ -241,12 +266,13 @@ export async function startCandidate(
     name,
     usage: () => treeUsage(proc.pid),
     output: () => proc.output(),
+    ...(accessLogFile !== null ? { accessLogFile } : {}),
     stop: async () => {
       await stopProc(proc, 5000);
     },
   };
   try {
-    if (name === 'haproxy') {
+    if (haproxyThreads !== undefined) {
       await waitListening(lab.clientNs, 15001, proc);
       installCapture(lab, configFile, 'other');
     } else {

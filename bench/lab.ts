@@ -103,6 +103,7 @@ export class Lab {
       lab.removeNamespaces();
       ip('netns', 'add', lab.serverNs);
       ip('-n', lab.serverNs, 'link', 'set', 'lo', 'up');
+      lab.tuneForChurn(lab.serverNs);
       await lab.freshClient();
       await lab.startServers();
     } catch (error) {
@@ -148,13 +149,24 @@ export class Lab {
     this.tuneForChurn(this.clientNs);
   }
 
-  /** Sysctls in `ns` for connection churn: the side that closes first holds TIME_WAIT and burns its ports. */
+  /**
+   * Sysctls in `ns` (namespace-scoped: the root namespace is never touched) so that connection churn measures the
+   * candidates, not the lab. Applied to every namespace of both labs, identically for every candidate:
+   * - `tcp_max_tw_buckets=0`: a closed connection keeps no TIME_WAIT socket (the FIN handshake still runs; only the
+   *   2×MSL state is dropped). Every connection of the lab goes from one address to one server port, so TIME_WAIT
+   *   sockets pile up on one (source, destination, port) tuple: in the client namespace the generator's and the
+   *   proxy's upstream sockets share it (two legs per proxied connection), and connect() searches past ports whose
+   *   TIME_WAIT is younger than the 1 s `tcp_tw_reuse` needs; in the two-sidecar lab sidecar B binds 127.0.0.6 before
+   *   connecting to the app, a bind() that cannot reuse TIME_WAIT ports at all and scans the bind table (a third of
+   *   B's CPU at 14k TIME_WAIT sockets, and the rate collapses as they accumulate). bench/notes.md has the evidence.
+   * - `tcp_tw_reuse=1` (in case a TIME_WAIT socket exists) and a wide local port range that avoids the proxy's ports
+   *   15000-15008, with a start and an end of different parity (the kernel's connect() port search prefers that).
+   * - conntrack entries of closed connections expire after 5 s (the capture's REDIRECT tracks every connection).
+   */
   tuneForChurn(ns: string): void {
     const sysctl = (...settings: string[]) =>
       execFileSync('ip', ['netns', 'exec', ns, 'sysctl', '-qw', ...settings], { stdio: 'ignore' });
-    // Client sockets close first (TIME_WAIT on this side): reuse them, and use a wide port range that avoids 15000-15008.
-    sysctl('net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=20000 65000');
-    // With capture rules, every connection is tracked; short TIME_WAIT entries keep the (host-wide) table small.
+    sysctl('net.ipv4.tcp_max_tw_buckets=0', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=20000 64999');
     try {
       sysctl('net.netfilter.nf_conntrack_tcp_timeout_time_wait=5');
     } catch {

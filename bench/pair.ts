@@ -32,6 +32,9 @@ export function isPairCandidate(name: CandidateName): name is PairCandidateName 
   return (PAIR_CANDIDATES as readonly string[]).includes(name);
 }
 
+/** HAProxy-TLS's threads per sidecar unless `--workers` says otherwise (meshctl's sidecars: its default, one worker per core). */
+export const PAIR_HAPROXY_THREADS = 2;
+
 /** B's tunnel port: meshctl's default `mtls.tunnelPort`, and HAProxy B's TLS listener. */
 export const TUNNEL_PORT = 15008;
 export const TRUST_DOMAIN = 'bench.test';
@@ -175,6 +178,7 @@ function sumUsage(a: TreeUsage, b: TreeUsage): TreeUsage {
     cpuSeconds: a.cpuSeconds + b.cpuSeconds,
     rssBytes: a.rssBytes + b.rssBytes,
     pids: [...a.pids, ...b.pids],
+    threads: a.threads + b.threads,
   };
 }
 
@@ -226,12 +230,10 @@ export async function startPairCandidate(
     prefix: pairPrefix(mainLab.options.prefix),
     workDir: join(workDir, 'pair-lab'),
   });
-  // Sidecar B runs beside the server: its legs to the app close first there, so the server namespace needs what
-  // the client namespace has (Lab.freshClient): TIME_WAIT reuse and a wide port range, else connect + close runs
-  // out of ports within seconds and caps every candidate alike (~1.4k conn/s).
-  lab.tuneForChurn(lab.serverNs);
+  // Sidecar B runs beside the server and closes its legs to the app first: the server namespace keeps no TIME_WAIT
+  // (Lab.create tunes both namespaces, Lab.tuneForChurn), else B's bind() to 127.0.0.6 searches ever longer for a port.
   const procs: { a: Proc | null; b: Proc | null } = { a: null, b: null };
-  const usageOf = (p: Proc | null) => (p ? treeUsage(p.pid) : { cpuSeconds: 0, rssBytes: 0, pids: [] });
+  const usageOf = (p: Proc | null) => (p ? treeUsage(p.pid) : { cpuSeconds: 0, rssBytes: 0, pids: [], threads: 0 });
   const running: RunningCandidate = {
     name,
     lab,
@@ -251,7 +253,7 @@ export async function startPairCandidate(
   try {
     if (name === 'haproxy-tls') {
       const cfgB = join(dir, 'haproxy-b.cfg');
-      writeFileSync(cfgB, haproxyTlsServerConfig(options.workers, ids!.b));
+      writeFileSync(cfgB, haproxyTlsServerConfig(options.workers ?? PAIR_HAPROXY_THREADS, ids!.b));
       procs.b = startProc('haproxy B', ['haproxy', '-f', cfgB, '-db'], {
         ns: lab.serverNs,
         nofile: NOFILE,
@@ -259,7 +261,7 @@ export async function startPairCandidate(
       });
       await waitListening(lab.serverNs, TUNNEL_PORT, procs.b);
       const cfgA = join(dir, 'haproxy-a.cfg');
-      writeFileSync(cfgA, haproxyTlsClientConfig(options.workers, lab.serverAddr, ids!.a));
+      writeFileSync(cfgA, haproxyTlsClientConfig(options.workers ?? PAIR_HAPROXY_THREADS, lab.serverAddr, ids!.a));
       procs.a = startProc('haproxy A', ['haproxy', '-f', cfgA, '-db'], {
         ns: lab.clientNs,
         nofile: NOFILE,

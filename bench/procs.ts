@@ -190,9 +190,11 @@ export function descendants(pid: number): number[] {
 export interface TreeUsage {
   /** user + system CPU seconds of the processes alive now (all their threads). */
   readonly cpuSeconds: number;
-  /** Sum of VmRSS, bytes. */
+  /** Sum of VmRSS, bytes (each process's RSS counts all its threads). */
   readonly rssBytes: number;
   readonly pids: readonly number[];
+  /** Threads of all those processes (`Threads:` in /proc/PID/status, summed). */
+  readonly threads: number;
 }
 
 /** CPU time and RSS of `pid` and its descendants. */
@@ -200,6 +202,7 @@ export function treeUsage(pid: number): TreeUsage {
   const pids = [pid, ...descendants(pid)];
   let ticks = 0;
   let rss = 0;
+  let threads = 0;
   const alive: number[] = [];
   for (const p of pids) {
     try {
@@ -208,12 +211,13 @@ export function treeUsage(pid: number): TreeUsage {
       ticks += Number(fields[11]) + Number(fields[12]); // utime, stime
       const m = /^VmRSS:\s+(\d+) kB/m.exec(status);
       rss += m ? Number(m[1]) * 1024 : 0;
+      threads += Number(/^Threads:\s+(\d+)/m.exec(status)?.[1] ?? 1);
       alive.push(p);
     } catch {
       // exited meanwhile
     }
   }
-  return { cpuSeconds: ticks / CLK_TCK, rssBytes: rss, pids: alive };
+  return { cpuSeconds: ticks / CLK_TCK, rssBytes: rss, pids: alive, threads };
 }
 
 export function sleep(ms: number): Promise<void> {

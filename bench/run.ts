@@ -23,8 +23,11 @@ export interface BenchOptions {
   readonly profile: Profile;
   readonly candidates: readonly CandidateName[];
   readonly workloads: readonly WorkloadName[];
-  /** Proxy workers = HAProxy threads. */
-  readonly workers: number;
+  /**
+   * meshctl's `proxy.workers` when given (and HAProxy-TLS's threads in the two-sidecar lab); null: meshctl runs at its
+   * default (one worker per core). The single-sidecar HAProxy candidates have their own thread counts (1 and 2).
+   */
+  readonly workers: number | null;
   readonly pin: Pinning;
   /** Where the report goes; null = do not write files. */
   readonly outDir: string | null;
@@ -106,8 +109,9 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const setup = [
     `Machine load (1/5/15-min load average) at start: ${loadStart}; at end: ${loadEnd}. Other work on the machine shares its ${info.cores} cores with the lab: compare rows within one run, not across runs.`,
     `Lab: client netns (load generators, capture rules, proxy) ↔ veth ↔ server netns (C echo server, nginx 1 worker, iperf3 -s); a fresh client netns per candidate run.`,
-    `Candidates: direct (no rules); HAProxy ${options.workers} threads (\`nbthread\`), transparent via \`server 0.0.0.0:0\`; meshctl proxy ${options.workers} workers (\`proxy.workers\`), access log ${options.accessLog ? 'on' : 'off'}. Both proxies run as nobody behind the same capture rules, installed by \`meshctl install --netns\` (default capture config, proxy.user nobody).`,
-    `Load generators: bench/tcpbench.c (epoll, one thread; RR, paced open-loop with latency from the intended send time, connect+close, hold), iperf3, wrk -t1 -c32.`,
+    `Candidates: direct (no rules); HAProxy at 1 and at 2 threads (\`nbthread\`), transparent via \`server 0.0.0.0:0\`; meshctl proxy ${options.workers === null ? 'at its default worker settings (`proxy.workers` unset: one worker per core)' : `with ${options.workers} workers (\`proxy.workers\`)`}, access log ${options.accessLog ? 'on' : 'off'}; meshctl-log: the same with its access log on (default settings, to a file in the run's scratch directory). The proxies run as nobody behind the same capture rules, installed by \`meshctl install --netns\` (default capture config, proxy.user nobody). What ran (processes, threads) is in the idle-footprint rows.`,
+    `Load generators: bench/tcpbench.c (epoll, one thread; RR, paced open-loop with latency from the intended send time, connect+close with two processes of 16 connections, hold), iperf3, wrk -t1 -c32.`,
+    `Lab sysctls (every lab namespace, every candidate alike; Lab.tuneForChurn): no TIME_WAIT retention (tcp_max_tw_buckets=0), tcp_tw_reuse=1, local ports 20000-64999, conntrack TIME_WAIT 5 s. The lab checks itself: on connect-32, direct must reach ≥ 2× the best proxy's rate, else the connect rows are marked CAPPED.`,
     `CPU pinning (taskset): ${
       Object.entries(options.pin)
         .map(([k, v]) => `${k} on CPU ${v}`)
@@ -202,7 +206,7 @@ function parseArgs(argv: readonly string[]): BenchOptions {
       [...CANDIDATES, POLICY_CANDIDATE],
     ),
     workloads: list('--workloads', WORKLOADS),
-    workers: Math.round(num('--workers', 2)),
+    workers: get('--workers') === undefined ? null : Math.round(num('--workers', 2)),
     pin: Object.keys(pin).length > 0 ? pin : DEFAULT_PIN,
     outDir: out === '-' ? null : (out ?? join(REPO_ROOT, 'bench', 'results')),
     prefix: get('--prefix') ?? 'mb-b',
@@ -214,7 +218,7 @@ function parseArgs(argv: readonly string[]): BenchOptions {
 }
 
 const USAGE = `usage: npm run bench -- [--profile full|smoke] [--reps N] [--secs S] [--warmup S] [--idle-conns N] [--paced-rate R]
-  [--candidates direct,haproxy,meshctl,meshctl-policy100[,meshctl-node][,meshctl-mtls,meshctl-pair,haproxy-tls]]
+  [--candidates direct,haproxy-1t,haproxy-2t,meshctl,meshctl-log,meshctl-policy100[,meshctl-node][,meshctl-mtls,meshctl-pair,haproxy-tls]]
   [--workloads ${WORKLOADS.join(',')}] [--workers N]
   [--pin-loadgen CPUS] [--pin-servers CPUS] [--pin-proxy CPUS] [--access-log] [--cpu-prof DIR] [--proxy-node-args "FLAGS"] [--out DIR|-]
   [--prefix NAME] [--subnet N]

@@ -4,7 +4,10 @@
 //   tcpbench serve port=P [threads=N]                          echo server (N processes sharing the port via SO_REUSEPORT)
 //   tcpbench rr    host=H port=P conns=C secs=S size=B [warmup=W]   closed-loop ping-pong on persistent connections
 //   tcpbench paced host=H port=P conns=C rate=R secs=S size=B [warmup=W]  open loop at R requests/s
-//   tcpbench cc    host=H port=P conns=C secs=S size=B [warmup=W]   connect + request + response + close, C at a time
+//   tcpbench cc    host=H port=P conns=C secs=S size=B [warmup=W] [procs=N]
+//                                                              connect + request + response + close, C at a time
+//                                                              (procs=N: N processes of C/N connections each, one
+//                                                              result: one generator thread must not cap direct)
 //   tcpbench hold  host=H port=P conns=N size=B                 N connections, one ping-pong each, held until stdin closes
 //
 // Every client mode prints one JSON line on stdout. Latency is measured with CLOCK_MONOTONIC:
@@ -454,13 +457,80 @@ static int run_paced(void) {
 }
 
 /* ---- cc: connect + request + close ---- */
+
+/* What a cc child process hands its parent through a pipe: its counters, then its latency samples. */
+struct cc_part {
+  long ops, errors, total_ops, active;
+  double cpu;
+  size_t nsamples;
+};
+
+static void write_all(int fd, const void *buf, size_t len) {
+  const char *p = buf;
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) die("write to parent");
+    p += n;
+    len -= (size_t)n;
+  }
+}
+
+static void read_all(int fd, void *buf, size_t len) {
+  char *p = buf;
+  while (len > 0) {
+    ssize_t n = read(fd, p, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      fprintf(stderr, "tcpbench: cc: a generator process ended without its result\n");
+      exit(3);
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+}
+
 static int run_cc(void) {
   double secs = num("secs", NULL), warmup = num("warmup", "0");
+  long procs = (long)num("procs", "1");
+  if (procs < 1 || procs > 64 || procs > nconns) {
+    fprintf(stderr, "tcpbench: procs=%ld out of range 1..min(64, conns)\n", procs);
+    exit(2);
+  }
+  /* procs > 1: children take the first slices of the connections, this process the last; each has its own epoll. */
+  long first = 0, count = nconns;
+  int to_parent = -1, from_child[64];
+  for (long p = 0; p < procs - 1; p++) {
+    int fds[2];
+    if (pipe(fds) < 0) die("pipe");
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      for (long q = 0; q < p; q++) close(from_child[q]);
+      close(fds[0]);
+      to_parent = fds[1];
+      first = nconns * p / procs;
+      count = nconns * (p + 1) / procs - first;
+      break;
+    }
+    close(fds[1]);
+    from_child[p] = fds[0];
+  }
+  if (to_parent < 0 && procs > 1) {
+    first = nconns * (procs - 1) / procs;
+    count = nconns - first;
+  }
+  if (procs > 1) {
+    close(ep);
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) die("epoll_create1");
+  }
   uint64_t t0 = now_ns(), t_measure = t0 + (uint64_t)(warmup * 1e9), t_end = t_measure + (uint64_t)(secs * 1e9);
   long ops = 0, active = 0;
   double cpu0 = 0;
   int measuring = 0;
-  for (long i = 0; i < nconns; i++) {
+  for (long i = first; i < first + count; i++) {
     conns[i].t_start = now_ns();
     if (open_conn(&conns[i]) == 0) active++;
   }
@@ -494,6 +564,30 @@ static int run_cc(void) {
     if (now > t_end + 2000000000ull) break;
   }
   double cpu = cpu_seconds() - cpu0;
+  if (to_parent >= 0) {
+    struct cc_part part = {ops, errors, total_ops, active, cpu, nsamples};
+    write_all(to_parent, &part, sizeof part);
+    write_all(to_parent, samples, nsamples * sizeof *samples);
+    close(to_parent);
+    return 0;
+  }
+  for (long p = 0; p < procs - 1; p++) {
+    struct cc_part part;
+    read_all(from_child[p], &part, sizeof part);
+    for (size_t i = 0; i < part.nsamples; i++) {
+      uint32_t v;
+      read_all(from_child[p], &v, sizeof v);
+      record(v);
+    }
+    close(from_child[p]);
+    ops += part.ops;
+    errors += part.errors;
+    total_ops += part.total_ops;
+    active += part.active;
+    cpu += part.cpu;
+  }
+  while (wait(NULL) > 0) {
+  }
   print_result("cc", secs, cpu, ops, active);
   return 0;
 }

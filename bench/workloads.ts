@@ -1,8 +1,10 @@
 // The workloads, each bounded in time: bulk throughput (iperf3, 1 and 8 streams), 64-byte ping-pong at
 // concurrency 1 and 32, the same paced at a fixed rate, connect + request + close, HTTP/1.1 (wrk → nginx), and the
 // proxy's memory with idle connections. Every run also reads the proxy's CPU time, so cost per GB / per op follows.
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { DNS_LOAD, DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
-import type { RunningCandidate } from './candidates.js';
+import { isHaproxy, type RunningCandidate } from './candidates.js';
 import { isPairCandidate } from './pair.js';
 import { runClient, sleep, startProc, stopProc, type Completed } from './procs.js';
 
@@ -125,6 +127,7 @@ async function tcpbench(
     p999: r.p999_us,
     unfinished: r.unfinished,
     loadgenCpu: r.cpu_s / r.secs,
+    totalOps: r.total_ops,
   };
   if (proxyCpu !== null && r.total_ops > 0) values.proxyCpuPerOp = (proxyCpu / r.total_ops) * 1e6; // µs of CPU per op
   if (mode === 'paced') values.generatorLateP99 = r.late_p99_us;
@@ -236,7 +239,7 @@ interface DnsLoadResult {
  */
 async function dns(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values | null> {
   // HAProxy serves no DNS; the two-sidecar candidates measure TCP only (their client namespace captures no DNS).
-  if (candidate.name === 'haproxy' || isPairCandidate(candidate.name)) return null;
+  if (isHaproxy(candidate.name) || isPairCandidate(candidate.name)) return null;
   const count = Math.max(2000, Math.round(profile.secs * 8000));
   const loop = async (name: string) => {
     const argv = [process.execPath, DNS_LOAD, lab.serverAddr, '53', String(count), '32', JSON.stringify([[name, 'A']])];
@@ -287,11 +290,53 @@ async function sampleRss(candidate: RunningCandidate): Promise<number> {
   return median(samples);
 }
 
-/** RSS of the proxy idle and while N connections (one ping-pong each, so both legs are open) are held. */
+/** Established TCP connections in the client namespace whose peer is the echo server (the generator's and the proxy's). */
+function echoConnections(lab: Lab): number {
+  const out = execFileSync(
+    'ip',
+    ['netns', 'exec', lab.clientNs, 'ss', '-Htn', 'state', 'established', 'dst', `${lab.serverAddr}:${PORTS.echo}`],
+    { encoding: 'utf8' },
+  );
+  return out.split('\n').filter((l) => l.trim() !== '').length;
+}
+
+/** Polls until no connection to the echo server is left in the client namespace (both legs closed); throws after `timeoutMs`. */
+async function waitNoConnections(lab: Lab, candidate: RunningCandidate, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let left = echoConnections(lab);
+  while (left > 0) {
+    if (Date.now() > deadline)
+      throw new Error(
+        `${candidate.name}: ${left} connections to the echo server still open ${timeoutMs} ms after the generator closed its own`,
+      );
+    await sleep(50);
+    left = echoConnections(lab);
+  }
+}
+
+/**
+ * The proxy's memory: its idle footprint (RSS summed over every process of the proxy, each with all its threads)
+ * after start-up and a short warm-up (one second of connect + close at c=4, then every connection closed), and the
+ * RSS per idle proxied connection: N connections (one ping-pong each, so both legs are open) held, the RSS delta ÷ N.
+ * Processes and threads of the proxy are reported with it (what ran).
+ */
 async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values | null> {
   if (candidate.usage() === null) return null; // direct: no proxy, nothing to weigh
+  const warm = [
+    lab.options.tcpbench,
+    'cc',
+    `host=${lab.serverAddr}`,
+    `port=${PORTS.echo}`,
+    'conns=4',
+    'size=64',
+    `secs=${Math.min(1, profile.secs)}`,
+  ];
+  await runClient('tcpbench cc (warm-up)', warm, loadgenOptions(lab), 30_000);
+  await waitNoConnections(lab, candidate);
   const rssIdle = await sampleRss(candidate);
+  const what = candidate.usage()!;
   const n = profile.idleConns;
+  let values: Values;
   const hold = startProc(
     'tcpbench hold',
     [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, `conns=${n}`, 'size=64'],
@@ -308,14 +353,62 @@ async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
         throw new Error(`tcpbench hold: ${n} connections not established within 60 s:\n${hold.output()}`);
       await sleep(50);
     }
-    await sleep(1000);
+    // Every held connection had its echo: both legs are open through the proxy.
     const rssHeld = await sampleRss(candidate);
-    return { rssIdle, rssHeld, bytesPerConn: (rssHeld - rssIdle) / n };
+    values = {
+      rssIdle,
+      rssHeld,
+      bytesPerConn: (rssHeld - rssIdle) / n,
+      processes: what.pids.length,
+      threads: what.threads,
+    };
   } finally {
     hold.child.stdin?.end();
     await stopProc(hold, 5000);
-    await sleep(500); // let the proxy close both legs before the next workload
   }
+  await waitNoConnections(lab, candidate); // the proxy closed both legs before the next workload
+  return values;
+}
+
+/**
+ * Generator processes of the connect workload (16 connections each). One was not enough: against direct, its
+ * single thread ran at 97 % of a core (connect, close and, on veth, the server side's receive path all run in the
+ * sending process's context), so direct measured the generator, not the lab.
+ */
+export const CONNECT_GENERATORS = 2;
+
+/** Lines in the candidate's access log file (0 when it does not exist yet). */
+function logLines(file: string): number {
+  try {
+    const text = readFileSync(file, 'utf8');
+    let n = 0;
+    for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) n++;
+    return n;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * connect + request + close; for a candidate with an access log, also the lines it wrote per connection (the log
+ * is written asynchronously in batches: polled until it stops growing).
+ */
+async function connect(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values> {
+  const file = candidate.accessLogFile;
+  const before = file ? logLines(file) : 0;
+  const values = await tcpbench(lab, candidate, 'cc', { conns: 32, procs: CONNECT_GENERATORS }, profile);
+  if (file) {
+    let lines = logLines(file);
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      await sleep(100);
+      const now = logLines(file);
+      if (now === lines || Date.now() > deadline) break;
+      lines = now;
+    }
+    values.logLinesPerConn = (lines - before) / values.totalOps!;
+  }
+  return values;
 }
 
 /** Runs one workload once; null when it does not apply to the candidate (memory of `direct`). */
@@ -339,7 +432,7 @@ export async function runWorkload(
     case 'paced':
       return tcpbench(lab, candidate, 'paced', { conns: 32, rate: profile.pacedRate }, profile);
     case 'connect-32':
-      return tcpbench(lab, candidate, 'cc', { conns: 32 }, profile);
+      return connect(lab, candidate, profile);
     case 'http-32':
       return http(lab, candidate, profile);
     case 'dns-32':

@@ -1,21 +1,24 @@
-// CI smoke of the benchmark harness (issue 6): every workload for about a second against every candidate, on the
-// real lab (namespaces mb-s-*), so `npm run bench` keeps working. Numbers are not judged here, only that each
-// candidate was really measured (interception is verified inside the harness) and the report is complete.
+// CI smoke of the benchmark harness (issue 6): every workload for about a second against each kind of candidate
+// (direct, HAProxy, meshctl, meshctl with its access log), on the real lab (namespaces mb-s-*), so `npm run bench`
+// keeps working. Numbers are not judged here, only that each candidate was really measured (interception is verified
+// inside the harness) and the report is complete, with the lab's own check and the access-log and footprint rows.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SOAK } from '../helpers/soak.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import { deleteNs } from '../helpers/netns.js';
-import { CANDIDATES } from '../../bench/candidates.js';
+import { isHaproxy, type CandidateName } from '../../bench/candidates.js';
 import { PAIR_CANDIDATES, pairPrefix } from '../../bench/pair.js';
 import { runBench, type BenchResult } from '../../bench/run.js';
 import { ROWS } from '../../bench/report.js';
 import { PROFILES, WORKLOADS } from '../../bench/workloads.js';
 
 const PREFIX = 'mb-s';
+// HAProxy at 2 threads differs from 1 thread only by `nbthread`: the smoke runs one of them (time).
+const CANDIDATES: readonly CandidateName[] = ['direct', 'haproxy-1t', 'meshctl', 'meshctl-log'];
 
 describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () => {
   let outDir = '';
@@ -31,7 +34,7 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
       profile: PROFILES.smoke,
       candidates: CANDIDATES,
       workloads: WORKLOADS,
-      workers: 2,
+      workers: null,
       pin: {},
       outDir,
       prefix: PREFIX,
@@ -51,8 +54,7 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
       for (const workload of WORKLOADS) {
         const found = result.measurements.filter((m) => m.candidate === candidate && m.workload === workload);
         // No memory for direct; no DNS for HAProxy (it serves none).
-        const none =
-          (candidate === 'direct' && workload === 'idle') || (candidate === 'haproxy' && workload === 'dns-32');
+        const none = (candidate === 'direct' && workload === 'idle') || (isHaproxy(candidate) && workload === 'dns-32');
         expect(found.length, `${candidate} ${workload}`).toBe(none ? 0 : 1);
       }
     }
@@ -64,6 +66,8 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
       if (m.workload === 'idle') {
         expect(v.rssIdle, `${m.candidate} idle RSS`).toBeGreaterThan(1 << 20);
         expect(v.rssHeld, `${m.candidate} RSS with connections`).toBeGreaterThan(v.rssIdle! * 0.9);
+        expect(v.processes, `${m.candidate} processes`).toBeGreaterThanOrEqual(1);
+        expect(v.threads, `${m.candidate} threads`).toBeGreaterThanOrEqual(v.processes!);
         continue;
       }
       if (m.workload.startsWith('bulk')) {
@@ -80,6 +84,18 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
     }
   });
 
+  it('runs meshctl at its default worker settings (a primary and its workers) and reads meshctl-log’s log', () => {
+    for (const candidate of ['meshctl', 'meshctl-log'] as const) {
+      const idle = result.measurements.find((m) => m.candidate === candidate && m.workload === 'idle')!;
+      // "auto": one worker per core, plus the primary when there is more than one.
+      expect(idle.values.processes, candidate).toBeGreaterThanOrEqual(cpus().length > 1 ? 2 : 1);
+    }
+    const logged = result.measurements.find((m) => m.candidate === 'meshctl-log' && m.workload === 'connect-32')!;
+    expect(logged.values.logLinesPerConn).toBeGreaterThan(0);
+    const plain = result.measurements.find((m) => m.candidate === 'meshctl' && m.workload === 'connect-32')!;
+    expect(plain.values.logLinesPerConn).toBeUndefined();
+  });
+
   it('paces the fixed-rate workload at the requested rate for every candidate', () => {
     for (const m of result.measurements.filter((x) => x.workload === 'paced')) {
       expect(m.values.rate, m.candidate).toBeGreaterThan(PROFILES.smoke.pacedRate * 0.9);
@@ -93,8 +109,12 @@ describe.skipIf(!integrationEnabled)('bench smoke (a second per workload)', () =
     expect(readFileSync(join(outDir, `${date}.md`), 'utf8')).toBe(latest);
     expect(latest).toBe(result.markdown);
     expect(latest).toContain(
-      '| workload | unit | direct | HAProxy | meshctl | meshctl ÷ direct | meshctl ÷ HAProxy | target |',
+      '| workload | unit | direct | HAProxy 1 thread | meshctl | meshctl, access log on | meshctl ÷ direct | meshctl ÷ best HAProxy | target |',
     );
+    expect(latest).toMatch(/^Lab check \(connect \+ close\): (ok|\*\*CAPPED\*\*) — direct \d/m);
+    expect(latest).toContain('## Access log (issue 19)');
+    expect(latest).toMatch(/^\| access log: CPU µs per logged connection \|/m);
+    expect(latest).toMatch(/^\| access log: rate cost % \|/m);
     for (const row of ROWS) {
       const line = latest.split('\n').find((l) => l.startsWith(`| ${row.label} |`));
       expect(line, row.label).toBeDefined();

@@ -1,14 +1,38 @@
 // The benchmark's pure parts: statistics, target verdicts, the added-latency rows, the generator checks and the
-// wrk parser (bench/report.ts, bench/workloads.ts); the two-sidecar section and configs (bench/report.ts, bench/pair.ts).
+// wrk parser (bench/report.ts, bench/workloads.ts); the two-sidecar section and configs (bench/report.ts, bench/pair.ts);
+// the lab's own uncapped check, the best of HAProxy's candidates, the access-log cost (issue 19).
 import { describe, expect, it } from 'vitest';
-import { loadgenChecks, renderReport, stat, summarise, summarisePairs } from '../../bench/report.js';
+import {
+  accessLogCost,
+  accessLogSection,
+  CAPPED_VERDICT,
+  labCheck,
+  labCheckLine,
+  loadgenChecks,
+  pairSection,
+  renderReport,
+  stat,
+  summarise,
+  summarisePairs,
+} from '../../bench/report.js';
 import { haproxyTlsClientConfig, haproxyTlsServerConfig, pairMeshctlConfig } from '../../bench/pair.js';
 import { configFromObject } from '../../src/config/load.js';
 import type { Measurement, WorkloadName } from '../../bench/workloads.js';
 import { parseWrk } from '../../bench/workloads.js';
 import type { CandidateName } from '../../bench/candidates.js';
 
-const all: CandidateName[] = ['direct', 'haproxy', 'meshctl'];
+const all: CandidateName[] = ['direct', 'haproxy-2t', 'meshctl'];
+const info = {
+  date: '2025-01-02T03:04:05.000Z',
+  kernel: '6.1',
+  cpu: 'cpu',
+  cores: 2,
+  memoryGiB: 4,
+  node: 'v20',
+  versions: { haproxy: '2.6' },
+  commit: 'abc',
+};
+const profile = { secs: 1, warmup: 0, repetitions: 1, idleConns: 10, pacedRate: 100 };
 
 function m(workload: WorkloadName, candidate: CandidateName, rep: number, values: Record<string, number>): Measurement {
   return { workload, candidate, rep, values };
@@ -30,7 +54,7 @@ describe('bench summary', () => {
   it('computes both ratios from medians and judges a throughput target against HAProxy', () => {
     const ms = [
       m('rr-32', 'direct', 1, { rate: 200 }),
-      m('rr-32', 'haproxy', 1, { rate: 100 }),
+      m('rr-32', 'haproxy-2t', 1, { rate: 100 }),
       m('rr-32', 'meshctl', 1, { rate: 79 }),
       m('rr-32', 'meshctl', 2, { rate: 85 }),
       m('rr-32', 'meshctl', 3, { rate: 81 }),
@@ -49,25 +73,48 @@ describe('bench summary', () => {
   it('subtracts direct’s median latency for the added-latency rows and compares the proxies on that', () => {
     const ms = [
       m('paced', 'direct', 1, { p50: 50, p99: 100, rate: 10 }),
-      m('paced', 'haproxy', 1, { p50: 70, p99: 140, rate: 10 }),
+      m('paced', 'haproxy-2t', 1, { p50: 70, p99: 140, rate: 10 }),
       m('paced', 'meshctl', 1, { p50: 80, p99: 170, rate: 10 }),
     ];
     const added = summarise(ms, all).find((s) => s.label === 'paced: p99 added over direct')!;
-    expect(added.stats.haproxy?.median).toBe(40);
+    expect(added.stats['haproxy-2t']?.median).toBe(40);
     expect(added.stats.meshctl?.median).toBe(70);
     expect(added.stats.direct).toBeUndefined();
     expect(added.vsHaproxy).toBeCloseTo(1.75);
     expect(added.met).toBe(false);
   });
 
-  it('judges memory per connection against the absolute 6 KiB bound', () => {
-    const row = (bytes: number) =>
+  it('judges memory per connection against the absolute 4 KiB bound and the idle footprint against 60 MB', () => {
+    const rows = (bytes: number, rss: number) =>
       summarise(
-        [m('idle', 'haproxy', 1, { bytesPerConn: 9000 }), m('idle', 'meshctl', 1, { bytesPerConn: bytes })],
+        [
+          m('idle', 'haproxy-2t', 1, { bytesPerConn: 9000, rssIdle: 15e6 }),
+          m('idle', 'meshctl', 1, { bytesPerConn: bytes, rssIdle: rss }),
+        ],
         all,
-      ).find((s) => s.metric === 'bytesPerConn')!;
-    expect(row(6000).met).toBe(true);
-    expect(row(7000).met).toBe(false);
+      );
+    const perConn = (bytes: number) => rows(bytes, 1).find((s) => s.metric === 'bytesPerConn')!;
+    expect(perConn(4096).met).toBe(true);
+    expect(perConn(4097).met).toBe(false);
+    const footprint = (rss: number) => rows(1, rss).find((s) => s.metric === 'rssIdle')!;
+    expect(footprint(60e6).met).toBe(true);
+    expect(footprint(60e6 + 1).met).toBe(false);
+    expect(footprint(60e6).label).toBe('idle footprint: RSS of all proxy processes');
+  });
+
+  it('compares meshctl with the better HAProxy of the row: the higher rate, the lower CPU', () => {
+    const ms = [
+      m('rr-32', 'haproxy-1t', 1, { rate: 100, proxyCpuPerOp: 8 }),
+      m('rr-32', 'haproxy-2t', 1, { rate: 120, proxyCpuPerOp: 10 }),
+      m('rr-32', 'meshctl', 1, { rate: 108, proxyCpuPerOp: 12 }),
+    ];
+    const candidates: CandidateName[] = ['haproxy-1t', 'haproxy-2t', 'meshctl'];
+    const rate = summarise(ms, candidates).find((s) => s.workload === 'rr-32' && s.metric === 'rate')!;
+    expect(rate.bestHaproxy).toBe('haproxy-2t');
+    expect(rate.vsHaproxy).toBeCloseTo(0.9);
+    const cpu = summarise(ms, candidates).find((s) => s.workload === 'rr-32' && s.metric === 'proxyCpuPerOp')!;
+    expect(cpu.bestHaproxy).toBe('haproxy-1t');
+    expect(cpu.vsHaproxy).toBeCloseTo(1.5);
   });
 
   it('flags a load generator that direct could not outrun', () => {
@@ -85,21 +132,12 @@ describe('bench summary', () => {
 
   it('renders one table row per measured metric with the verdict', () => {
     const md = renderReport({
-      info: {
-        date: '2025-01-02T03:04:05.000Z',
-        kernel: '6.1',
-        cpu: 'cpu',
-        cores: 2,
-        memoryGiB: 4,
-        node: 'v20',
-        versions: { haproxy: '2.6' },
-        commit: 'abc',
-      },
-      profile: { secs: 1, warmup: 0, repetitions: 1, idleConns: 10, pacedRate: 100 },
+      info,
+      profile,
       candidates: all,
       measurements: [
         m('bulk-1', 'direct', 1, { gbps: 20 }),
-        m('bulk-1', 'haproxy', 1, { gbps: 10, proxyCpuPerGB: 0.5 }),
+        m('bulk-1', 'haproxy-2t', 1, { gbps: 10, proxyCpuPerGB: 0.5 }),
         m('bulk-1', 'meshctl', 1, { gbps: 9.5, proxyCpuPerGB: 0.6 }),
       ],
       setup: ['lab'],
@@ -144,18 +182,6 @@ Transfer/sec:     15.00MB
 });
 
 describe('bench two-sidecar section (issue 18)', () => {
-  const info = {
-    date: '2025-01-02T03:04:05.000Z',
-    kernel: '6.1',
-    cpu: 'cpu',
-    cores: 2,
-    memoryGiB: 4,
-    node: 'v20',
-    versions: { haproxy: '2.6' },
-    commit: 'abc',
-  };
-  const profile = { secs: 1, warmup: 0, repetitions: 1, idleConns: 10, pacedRate: 100 };
-
   it('judges mTLS ÷ HAProxy-TLS against 0.8× for rates and compares the plaintext pair with one meshctl', () => {
     const rr = (mtls: number) =>
       summarisePairs([
@@ -191,10 +217,10 @@ describe('bench two-sidecar section (issue 18)', () => {
     const md = renderReport({
       info,
       profile,
-      candidates: ['direct', 'haproxy', 'meshctl', 'meshctl-pair', 'meshctl-mtls', 'haproxy-tls'],
+      candidates: ['direct', 'haproxy-2t', 'meshctl', 'meshctl-pair', 'meshctl-mtls', 'haproxy-tls'],
       measurements: [
         m('bulk-1', 'direct', 1, { gbps: 20 }),
-        m('bulk-1', 'haproxy', 1, { gbps: 10, proxyCpuPerGB: 0.5 }),
+        m('bulk-1', 'haproxy-2t', 1, { gbps: 10, proxyCpuPerGB: 0.5 }),
         m('bulk-1', 'meshctl', 1, { gbps: 9.5, proxyCpuPerGB: 0.6 }),
         m('bulk-1', 'meshctl-pair', 1, { gbps: 5, proxyCpuPerGB: 1.2 }),
         m('bulk-1', 'meshctl-mtls', 1, { gbps: 2, proxyCpuPerGB: 3 }),
@@ -207,13 +233,13 @@ describe('bench two-sidecar section (issue 18)', () => {
     );
     expect(md).toContain('## Two sidecars: mTLS tunnel (issue 18)');
     expect(md).toContain(
-      '| workload | unit | meshctl | HAProxy | meshctl ×2, plaintext | meshctl ×2, mTLS tunnel | HAProxy ×2, TLS 1.3 | mTLS ÷ HAProxy-TLS | target |  | plaintext ×2 ÷ meshctl |',
+      '| workload | unit | direct | meshctl | HAProxy 2 threads | meshctl ×2, plaintext | meshctl ×2, mTLS tunnel | HAProxy ×2, TLS 1.3 | mTLS ÷ HAProxy-TLS | target |  | plaintext ×2 ÷ meshctl |',
     );
     expect(md).toContain(
-      '| bulk, 1 stream | Gbit/s | 9.50 | 10.0 | 5.00 | 2.00 | 4.00 | 0.50× | ≥ 0.8× | **missed** | 0.53× |',
+      '| bulk, 1 stream | Gbit/s | 20.0 | 9.50 | 10.0 | 5.00 | 2.00 | 4.00 | 0.50× | ≥ 0.8× | **missed** | 0.53× |',
     );
     expect(md).toContain(
-      '| bulk, 1 stream: CPU of the sidecar(s) | CPU s/GB | 0.60 | 0.50 | 1.20 | 3.00 | 2.00 | 1.50× |  |  | 2.00× |',
+      '| bulk, 1 stream: CPU of the sidecar(s) | CPU s/GB | – | 0.60 | 0.50 | 1.20 | 3.00 | 2.00 | 1.50× |  |  | 2.00× |',
     );
     expect(md).toContain('Target rows met: 0 of 1.');
     expect(md.indexOf('## Two sidecars')).toBeLessThan(md.indexOf('## Checks'));
@@ -224,7 +250,7 @@ describe('bench two-sidecar section (issue 18)', () => {
       info,
       profile,
       candidates: all,
-      measurements: [m('rr-32', 'haproxy', 1, { rate: 10 }), m('rr-32', 'meshctl', 1, { rate: 10 })],
+      measurements: [m('rr-32', 'haproxy-2t', 1, { rate: 10 }), m('rr-32', 'meshctl', 1, { rate: 10 })],
       setup: [],
     });
     expect(md).not.toContain('Two sidecars');
@@ -257,5 +283,109 @@ describe('bench two-sidecar configs', () => {
     expect(haproxyTlsServerConfig(2, files)).toMatch(
       /bind 0\.0\.0\.0:15008 accept-proxy ssl ssl-min-ver TLSv1\.3 crt \S+ ca-file \S+ verify required\n/,
     );
+  });
+});
+
+describe('bench lab check: connection setup uncapped (issue 19)', () => {
+  const connect = (direct: number, haproxy: number, meshctl: number) => [
+    m('connect-32', 'direct', 1, { rate: direct, p99: 1000 }),
+    m('connect-32', 'haproxy-1t', 1, { rate: haproxy, p99: 2000, proxyCpuPerOp: 50 }),
+    m('connect-32', 'meshctl', 1, { rate: meshctl, p99: 3000, proxyCpuPerOp: 55 }),
+  ];
+  const candidates: CandidateName[] = ['direct', 'haproxy-1t', 'meshctl'];
+
+  it('is ok when direct reaches twice the best proxy, CAPPED below, and says so with the numbers', () => {
+    const ok = labCheck(connect(40_000, 20_000, 12_000), candidates)!;
+    expect(ok).toMatchObject({ direct: 40_000, bestProxy: 'haproxy-1t', bestProxyRate: 20_000, ok: true });
+    expect(ok.ratio).toBeCloseTo(2);
+    expect(labCheckLine(ok, 'connect + close')).toBe(
+      'Lab check (connect + close): ok — direct 40.0k conn/s ÷ best proxy (HAProxy 1 thread) 20.0k conn/s = 2.00× (≥ 2×): the lab does not cap connection setup.',
+    );
+    const capped = labCheck(connect(22_600, 11_300, 11_400), candidates)!;
+    expect(capped).toMatchObject({ bestProxy: 'meshctl', ok: false });
+    expect(labCheckLine(capped, 'connect + close')).toBe(
+      "Lab check (connect + close): **CAPPED** — direct 22.6k conn/s ÷ best proxy (meshctl) 11.4k conn/s = 1.98× (< 2×): the lab limits every candidate's connection setup; the connect rows do not count.",
+    );
+  });
+
+  it('needs direct and a proxy on connect-32', () => {
+    expect(labCheck(connect(40_000, 20_000, 12_000).slice(1), candidates)).toBeNull();
+    expect(labCheck(connect(40_000, 20_000, 12_000).slice(0, 1), candidates)).toBeNull();
+    expect(labCheckLine(null, 'x')).toContain('not measured');
+  });
+
+  it('gives the connect rows no verdict when capped, and keeps the other rows judged', () => {
+    const rr = [m('rr-32', 'haproxy-1t', 1, { rate: 100 }), m('rr-32', 'meshctl', 1, { rate: 50 })];
+    const rows = (direct: number) => summarise([...connect(direct, 10_000, 11_000), ...rr], candidates);
+    const capped = rows(21_000);
+    const rate = capped.find((s) => s.workload === 'connect-32' && s.metric === 'rate')!;
+    expect(rate.capped).toBe(true);
+    expect(rate.met).toBeNull();
+    expect(capped.find((s) => s.workload === 'connect-32' && s.metric === 'proxyCpuPerOp')!.capped).toBe(true);
+    expect(capped.find((s) => s.workload === 'rr-32')!).toMatchObject({ capped: false, met: false });
+    const uncapped = rows(22_000).find((s) => s.workload === 'connect-32' && s.metric === 'rate')!;
+    expect(uncapped).toMatchObject({ capped: false, met: true });
+  });
+
+  it('prints the check above the table and in the checks, and marks the capped rows in the table', () => {
+    const md = renderReport({ info, profile, candidates, measurements: connect(15_000, 10_000, 9_000), setup: [] });
+    const line = md.split('\n').find((l) => l.startsWith('| connect+request+close, c=32 |'))!;
+    expect(line).toBe(
+      `| connect+request+close, c=32 | conn/s | 15.0k | 10.0k | 9000 | 0.60× | 0.90× | ≥ 1.0× best HAProxy | ${CAPPED_VERDICT} |`,
+    );
+    expect(md.match(/Lab check \(connect \+ close\): \*\*CAPPED\*\* — direct 15\.0k conn\/s/g)).toHaveLength(2);
+    expect(md.indexOf('Lab check')).toBeLessThan(md.indexOf('| workload |'));
+  });
+
+  it('checks the two-sidecar rows against direct too, showing direct beside the pairs', () => {
+    const pairs = (direct: number) => [
+      m('connect-32', 'direct', 1, { rate: direct }),
+      m('connect-32', 'meshctl-pair', 1, { rate: 2000, proxyCpuPerOp: 300 }),
+      m('connect-32', 'haproxy-tls', 1, { rate: 1500, proxyCpuPerOp: 900 }),
+      m('connect-32', 'meshctl-mtls', 1, { rate: 1900, proxyCpuPerOp: 400 }),
+    ];
+    const row = (direct: number) =>
+      summarisePairs(pairs(direct)).find((s) => s.row.workload === 'connect-32' && s.row.metric === 'rate')!;
+    expect(row(3999)).toMatchObject({ capped: true, met: null });
+    expect(row(4000)).toMatchObject({ capped: false, met: true });
+    const md = pairSection(pairs(3000), ['direct', 'meshctl-pair', 'meshctl-mtls', 'haproxy-tls']).join('\n');
+    expect(md).toContain('Lab check (two sidecars, connect + close): **CAPPED** — direct 3000 conn/s ÷ best proxy');
+    expect(md).toContain(
+      `| connect+request+close, c=32 | conn/s | 3000 | 2000 | 1900 | 1500 | 1.27× | ≥ 0.8× | ${CAPPED_VERDICT} | – |`,
+    );
+  });
+});
+
+describe('bench access log cost (issue 19)', () => {
+  const ms = (logged: { rate: number; cpu: number; lines: number }) => [
+    m('connect-32', 'meshctl', 1, { rate: 10_000, proxyCpuPerOp: 100 }),
+    m('connect-32', 'meshctl', 2, { rate: 12_000, proxyCpuPerOp: 110 }),
+    m('connect-32', 'meshctl-log', 1, { rate: logged.rate, proxyCpuPerOp: logged.cpu, logLinesPerConn: logged.lines }),
+  ];
+
+  it('is the CPU per logged connection and the rate lost, from medians', () => {
+    const cost = accessLogCost(ms({ rate: 9900, cpu: 113, lines: 1 }));
+    expect(cost.rate!.costPercent).toBeCloseTo(10);
+    expect(cost.cpu!.perLoggedConn).toBeCloseTo(8);
+    // Sampled logging: the CPU it costs is divided over the connections it logged.
+    expect(accessLogCost(ms({ rate: 9900, cpu: 113, lines: 0.5 })).cpu!.perLoggedConn).toBeCloseTo(16);
+  });
+
+  it('has no CPU row without logged lines and no section without both candidates', () => {
+    expect(accessLogCost(ms({ rate: 9900, cpu: 113, lines: 0 })).cpu).toBeNull();
+    expect(accessLogSection(ms({ rate: 9900, cpu: 113, lines: 1 }), ['meshctl'], false)).toEqual([]);
+  });
+
+  it('judges both rows against issue 19’s targets unless the lab is capped', () => {
+    const section = (capped: boolean, cpu: number) =>
+      accessLogSection(ms({ rate: 9800, cpu, lines: 1 }), ['meshctl', 'meshctl-log'], capped).join('\n');
+    expect(section(false, 115)).toContain(
+      '| access log: CPU µs per logged connection | 105 µs/conn | 115 µs/conn (1.00 lines/conn) | 10.0 µs | ≤ 10 µs | met |',
+    );
+    expect(section(false, 116)).toContain('| 11.0 µs | ≤ 10 µs | **missed** |');
+    expect(section(false, 115)).toContain(
+      '| access log: rate cost % | 11.0k conn/s | 9800 conn/s | 10.9 % | ≤ 10 % | **missed** |',
+    );
+    expect(section(true, 115)).toContain(`| 10.0 µs | ≤ 10 µs | ${CAPPED_VERDICT} |`);
   });
 });
