@@ -5,7 +5,6 @@
 // connection path: the proxy only ever uses the last applied config.
 import { readFileSync } from 'node:fs';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import { parseDocument } from 'yaml';
 import type { ControlPlaneConfig } from '../config/types.js';
 import type { PolicyOverlay } from '../config/load.js';
@@ -41,8 +40,14 @@ interface Fetched {
   readonly body: string;
 }
 
-function get(url: URL, headers: Record<string, string>, timeoutMs: number, ca: string | undefined): Promise<Fetched> {
-  const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
+async function get(
+  url: URL,
+  headers: Record<string, string>,
+  timeoutMs: number,
+  ca: string | undefined,
+): Promise<Fetched> {
+  // node:https (and TLS with it) only for an https control plane: a proxy without one never loads them.
+  const request = url.protocol === 'https:' ? (await import('node:https')).request : httpRequest;
   return new Promise((resolve, reject) => {
     const req = request(
       url,

@@ -2,15 +2,18 @@
 // connection (RFC 9113 §8.5) whose `:authority` is the original destination `addr:port`; the server answers 200
 // once the local app accepted, or a 4xx/5xx with a `meshctl-reason` header naming why it refused. A stream's
 // END_STREAM is the TCP FIN of its direction; RST_STREAM CONNECT_ERROR is a TCP RST (RFC 9113 §8.5).
-import { constants } from 'node:http2';
 import { hostPortText, parseHostPort } from '../values/addresses.js';
 import type { Family } from '../values/ip.js';
 
 export const TUNNEL_ALPN = 'h2';
 /** The header of a refusal answer naming its reason (`denied`, `connect-failed`, ...). */
 export const REASON_HEADER = 'meshctl-reason';
-/** RST_STREAM code mirroring a TCP RST (RFC 9113 §8.5: CONNECT_ERROR). */
-export const RST_CODE = constants.NGHTTP2_CONNECT_ERROR;
+/**
+ * RST_STREAM code mirroring a TCP RST (RFC 9113 §8.5: CONNECT_ERROR, 0xa in §7; node:http2's
+ * NGHTTP2_CONNECT_ERROR). Written as the number: importing node:http2 for it loaded HTTP/2 and TLS into every
+ * proxy, also one without mTLS (the data plane imports this file).
+ */
+export const RST_CODE = 0x0a;
 
 /** The `:authority` of a CONNECT to `address:port` (IPv6 in brackets). */
 export function authorityOf(address: string, port: number): string {

@@ -26,7 +26,10 @@ const out = process.env.FP_TRACE_FILE;
 register(new URL('./trace-hooks.mjs', import.meta.url), { data: { out } });
 process.on('SIGUSR2', () => {
   const cjs = Object.keys(createRequire(import.meta.url).cache).map((file) => 'cjs ' + file + '\\n');
-  appendFileSync(out, cjs.join('') + 'end\\n');
+  const builtins = process.moduleLoadList
+    .filter((m) => m.startsWith('NativeModule '))
+    .map((m) => 'builtin ' + m.slice(13) + '\\n');
+  appendFileSync(out, cjs.join('') + builtins.join('') + 'end\\n');
 });
 `;
 
@@ -42,8 +45,12 @@ export async function load(url, context, next) {
 }
 `;
 
-/** What an idle proxy without mTLS or DNS capture must not load, each with the pattern of its files. */
+/**
+ * What an idle proxy without mTLS or DNS capture must not load, each with the pattern of its files (Node's own
+ * modules as `node:NAME`).
+ */
 const LEAN: ReadonlyArray<readonly [string, RegExp]> = [
+  ['TLS and HTTP/2 (the tunnel, an https control plane)', /^node:(tls|_tls_wrap|https|http2|internal\/http2\/core)$/],
   [
     'the mTLS identity and tunnel (X.509, TLS and HTTP/2 sessions)',
     /\/dist\/mtls\/(identity|verify|certificate|watch|ca)\.js$|\/dist\/proxy\/tunnel-(client|server)\.js$|\/node_modules\/(@peculiar|reflect-metadata|tsyringe)\//,
@@ -105,8 +112,14 @@ describe.skipIf(!integrationEnabled)('proxy footprint', () => {
     );
     const files = text
       .split('\n')
-      .filter((l) => l.startsWith('esm file://') || l.startsWith('cjs /'))
-      .map((l) => (l.startsWith('esm ') ? decodeURIComponent(new URL(l.slice(4)).pathname) : l.slice(4)));
+      .filter((l) => l.startsWith('esm file://') || l.startsWith('cjs /') || l.startsWith('builtin '))
+      .map((l) =>
+        l.startsWith('esm ')
+          ? decodeURIComponent(new URL(l.slice(4)).pathname)
+          : l.startsWith('builtin ')
+            ? `node:${l.slice(8)}`
+            : l.slice(4),
+      );
     return { proxy, files: [...new Set(files)] };
   }
 
@@ -116,14 +129,16 @@ describe.skipIf(!integrationEnabled)('proxy footprint', () => {
     expect(exit.code, proxy.stderr()).toBe(0);
   }
 
-  it('loads neither the mTLS, DNS server, ajv compiler nor netfilter code when the config needs none', async () => {
+  it("loads neither TLS, HTTP/2, the mTLS and DNS server code, ajv's compiler nor execa when the config needs none", async () => {
     const { proxy, files } = await loadedBy(labConfigObject({ proxy: { workers: 1 } }, join(lab.dir, 'state')), 'lean');
-    // The trace sees both kinds of module: the data plane (ES modules), the generated validator, pino (CommonJS).
+    // The trace sees every kind of module: the data plane (ES modules), the generated validator, pino (CommonJS),
+    // Node's own.
     expect(files).toEqual(
       expect.arrayContaining([
         expect.stringMatching(/\/dist\/proxy\/worker\.js$/),
         expect.stringMatching(/\/dist\/config\/config-validator\.js$/),
         expect.stringMatching(/\/node_modules\/pino\/pino\.js$/),
+        'node:net',
       ]),
     );
     for (const [what, pattern] of LEAN)
@@ -148,7 +163,8 @@ describe.skipIf(!integrationEnabled)('proxy footprint', () => {
     const { proxy, files } = await loadedBy(raw, 'full');
     for (const module of ['mtls/identity', 'mtls/verify', 'proxy/tunnel-client', 'proxy/tunnel-server', 'dns/server'])
       expect(files, module).toContainEqual(expect.stringMatching(new RegExp(`/dist/${module}\\.js$`)));
-    for (const [what, pattern] of LEAN.slice(2))
+    expect(files).toEqual(expect.arrayContaining(['node:tls', 'node:http2']));
+    for (const [what, pattern] of LEAN.slice(3))
       expect(
         files.filter((f) => pattern.test(f)),
         what,
