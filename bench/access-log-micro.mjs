@@ -10,7 +10,8 @@
 // Run `npm run build` first. Usage:
 //   node bench/access-log-micro.mjs [--lines 200000] [--per-turn 32 | --rate N] [--reps 5] [--candidates none,dist,pino]
 //     [--dist DIR] [--flush-ms N] [--dir /dev/shm] [--semi-space 1] [--cpu-prof DIR] [--json]
-// --semi-space MiB: V8's semi-space of the child (default 1, as the proxy's cluster workers run).
+// --semi-space MiB: V8's semi-space of the child (default 1, as the proxy's cluster workers run; also
+//   --no-memory-reducer, as they run with the relay thread).
 // --per-turn 1: one line per turn, the worst case for writing (nothing to batch with unless a write is in flight).
 // --rate N: instead of back-to-back turns, N lines/s paced by a 1 ms timer, the loop idle in between (as a worker's at
 //   5k connections/s): each write's completion then wakes the loop on its own, as it does in the proxy.
@@ -163,8 +164,9 @@ async function child() {
 
 function runOnce(candidate, opts, rep) {
   const path = join(opts.dir, `${candidate}-${rep}.log`);
-  // As a cluster worker runs (src/proxy/workers.ts): 1 MiB semi-spaces, so per-line garbage costs what it costs there.
-  const execArgv = [`--max-semi-space-size=${opts.semiSpace}`];
+  // As a cluster worker runs with the relay thread (src/proxy/workers.ts workerExecArgv): 1 MiB semi-spaces, so
+  // per-line garbage costs what it costs there, and no memory reducer (its idle-time GCs would land on the paced runs).
+  const execArgv = [`--max-semi-space-size=${opts.semiSpace}`, '--no-memory-reducer'];
   if (opts.cpuProf)
     execArgv.push(
       '--cpu-prof',

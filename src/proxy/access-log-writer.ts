@@ -2,11 +2,12 @@
 // waits on the disk or a pipe; memory is bounded: a line that does not fit while the destination lags is dropped
 // and counted, never queued without end.
 //
-// Lines wait in one string until their write: up to `flushIntervalMs` (default 100 ms, as Envoy's file access log
+// Each line is encoded to UTF-8 once, into a 64 KiB chunk that becomes the write (no joined string to flatten and
+// encode again). Lines wait for their write up to `flushIntervalMs` (default 100 ms; Envoy's file access log also
 // batches by time and size), or until `batchBytes` (64 KiB) are pending. One fs.write is in flight at a time, through
 // libuv's threadpool; lines appended meanwhile join the next write. Each write costs a threadpool hand-off and a
-// wake-up of the event loop when it returns (~40 µs of CPU on a 2-core VM: bench/notes.md), so a write per turn, at
-// a few lines per turn, cost more than the lines themselves. The string becomes bytes once, when its write starts.
+// wake-up of the event loop when it returns (~30 µs of CPU on a 2-core VM: bench/notes.md), so a write per turn, at
+// a few lines per turn, cost as much as pino's write per line did.
 // On a pipe or a stream socket (stdout, the journal), every worker of the proxy writes to the same file description:
 // each write() is cut at a line end within PIPE_BUF (4096 bytes), which the kernel writes whole, so lines of
 // different workers never interleave (a single longer line goes out alone, as it must). A non-blocking stdout (libuv
@@ -23,9 +24,9 @@ export type LineDestination =
   | { readonly kind: 'fd'; readonly fd: number };
 
 export interface LineWriterOptions {
-  /** Lines held (sealed, in flight or not yet sealed) at most, in UTF-16 units; beyond it lines are dropped. */
+  /** Bytes held at most (pending and in flight); beyond it lines are dropped. */
   readonly maxBuffered?: number;
-  /** A write starts at once when this much (UTF-16 units) is pending. */
+  /** A write starts at once when this many bytes are pending. */
   readonly batchBytes?: number;
   /** Lines wait at most this long for their write (0: until the end of the event-loop turn); default 100 ms. */
   readonly flushIntervalMs?: number;
@@ -37,6 +38,8 @@ export interface LineWriterOptions {
 const PIPE_BUF = 4096;
 const DEFAULT_MAX_BUFFERED = 4 * 1024 * 1024;
 const DEFAULT_BATCH = 64 * 1024;
+/** Lines are encoded into chunks this large (a batch's worth), so a typical write is one chunk, not a copy. */
+const CHUNK_BYTES = 64 * 1024;
 const DEFAULT_FLUSH_INTERVAL_MS = 100;
 /** flushSync gives a destination that answers EAGAIN this long before it drops what is left (exit must not hang). */
 const FLUSH_SYNC_PATIENCE_MS = 1000;
@@ -54,14 +57,17 @@ export class LineWriter {
   private readonly dropWarning: LineWriterOptions['dropWarning'];
   private readonly warnIntervalMs: number;
 
-  /** Lines appended since the last write started. */
-  private pending = '';
+  /** Lines appended since the last write started, as UTF-8: earlier chunks, then the one being filled. */
+  private readonly filled: Buffer[] = [];
+  private chunk: Buffer = Buffer.alloc(0);
+  private chunkUsed = 0;
+  private pendingBytes = 0;
   private pendingLines = 0;
   private flushScheduled = false;
   /** A flush came due while a write was in flight: the next write starts as soon as that one returns. */
   private due = false;
   /** The batch being written: its bytes, how far they went out, and what it counts for. */
-  private current: { bytes: Buffer; offset: number; lines: number; units: number } | null = null;
+  private current: { bytes: Buffer; offset: number; lines: number } | null = null;
   private writing = false;
   /** Set by flushSync while a write is in flight: that write is accounted for; its callback only resumes (or closes). */
   private inFlightAccounted = false;
@@ -119,8 +125,8 @@ export class LineWriter {
     }
   }
 
-  /** Units held: appended and not yet written (in flight included). */
-  get bufferedUnits(): number {
+  /** Bytes held: appended and not yet written (in flight included). */
+  get bufferedBytes(): number {
     return this.buffered;
   }
 
@@ -131,16 +137,43 @@ export class LineWriter {
       this.drop(1);
       return false;
     }
-    this.buffered += line.length;
-    this.pending += line;
-    this.pendingLines++;
-    if (this.pending.length >= this.batchBytes) this.flushAsync();
+    this.put(line);
+    if (this.pendingBytes >= this.batchBytes) this.flushAsync();
     else if (!this.flushScheduled) {
       this.flushScheduled = true;
       if (this.flushIntervalMs > 0) setTimeout(this.flushWhenDue, this.flushIntervalMs);
       else setImmediate(this.flushWhenDue);
     }
     return true;
+  }
+
+  /** Encodes `line` once, into the chunk being filled (a fresh one when it might not fit). */
+  private put(line: string): void {
+    const worst = line.length * 3; // UTF-8 bytes per UTF-16 unit, at most
+    if (this.chunkUsed + worst > this.chunk.length) {
+      if (this.chunkUsed > 0) this.filled.push(this.chunk.subarray(0, this.chunkUsed));
+      this.chunk = Buffer.allocUnsafe(Math.max(CHUNK_BYTES, worst));
+      this.chunkUsed = 0;
+    }
+    const n = this.chunk.write(line, this.chunkUsed);
+    this.chunkUsed += n;
+    this.pendingBytes += n;
+    this.pendingLines++;
+    this.buffered += n;
+  }
+
+  /** The pending bytes as one buffer; the chunk's unused rest stays to be filled (what was taken is never touched). */
+  private takePending(): Buffer {
+    if (this.chunkUsed > 0) {
+      this.filled.push(this.chunk.subarray(0, this.chunkUsed));
+      this.chunk = this.chunk.subarray(this.chunkUsed);
+      this.chunkUsed = 0;
+    }
+    const bytes = this.filled.length === 1 ? this.filled[0]! : Buffer.concat(this.filled);
+    this.filled.length = 0;
+    this.pendingBytes = 0;
+    this.pendingLines = 0;
+    return bytes;
   }
 
   private readonly flushWhenDue = (): void => {
@@ -156,14 +189,8 @@ export class LineWriter {
       return;
     }
     this.due = false;
-    this.current = {
-      bytes: Buffer.from(this.pending, 'utf8'),
-      offset: 0,
-      lines: this.pendingLines,
-      units: this.pending.length,
-    };
-    this.pending = '';
-    this.pendingLines = 0;
+    const lines = this.pendingLines;
+    this.current = { bytes: this.takePending(), offset: 0, lines };
     this.writeCurrent();
   }
 
@@ -217,7 +244,7 @@ export class LineWriter {
   private next(): void {
     if (this.writing) return; // the drop warning may have started one
     if (this.current !== null) this.writeCurrent();
-    else if (this.due || this.pending.length >= this.batchBytes) this.flushAsync();
+    else if (this.due || this.pendingBytes >= this.batchBytes) this.flushAsync();
   }
 
   private readonly retry = (): void => {
@@ -228,7 +255,7 @@ export class LineWriter {
 
   private finishCurrent(current: NonNullable<LineWriter['current']>, ok: boolean): void {
     this.current = null;
-    this.buffered -= current.units;
+    this.buffered -= current.bytes.length;
     if (ok) this.written += current.lines;
     else this.drop(current.lines);
     if (this.droppedSinceWarn > 0) this.warnWhenDue();
@@ -250,9 +277,7 @@ export class LineWriter {
       const line = this.dropWarning(this.droppedSinceWarn, this.dropped);
       this.lastWarnAt = now;
       this.droppedSinceWarn = 0;
-      this.buffered += line.length;
-      this.pending += line;
-      this.pendingLines++;
+      this.put(line);
       this.flushAsync();
       return;
     }
@@ -280,28 +305,26 @@ export class LineWriter {
     }
     const parts: Buffer[] = [];
     let lines = 0;
-    let units = 0;
+    let held = 0;
     if (this.current !== null) {
       const { bytes, offset } = this.current;
       // What is in flight is [offset, cut): the kernel gets it from the threadpool; the rest is ours.
       const from = this.writing ? this.cut(bytes, offset) : offset;
       if (from < bytes.length) parts.push(bytes.subarray(from));
       lines += this.current.lines;
-      units += this.current.units;
+      held += bytes.length;
       this.current = null;
       if (this.writing) this.inFlightAccounted = true;
     }
     if (this.pendingLines > 0) {
-      parts.push(Buffer.from(this.pending, 'utf8'));
       lines += this.pendingLines;
-      units += this.pending.length;
-      this.pending = '';
-      this.pendingLines = 0;
+      held += this.pendingBytes;
+      parts.push(this.takePending());
     }
     this.due = false;
     if (lines === 0) return;
     const ok = this.writeAllSync(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
-    this.buffered -= units;
+    this.buffered -= held;
     if (ok) this.written += lines;
     else this.drop(lines);
   }

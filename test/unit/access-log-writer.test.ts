@@ -95,6 +95,21 @@ describe('LineWriter', () => {
     expect(readFileSync(path, 'utf8').split('\n').filter(Boolean)).toHaveLength(400);
   });
 
+  it('writes multi-byte lines across chunk boundaries, and a line larger than a chunk, byte for byte', async () => {
+    const path = join(tempDir(), 'a.log');
+    const w = new LineWriter({ kind: 'file', path }, { flushIntervalMs: 0 });
+    const lines = [
+      ...Array.from({ length: 300 }, (_, i) => `{"i":${i},"s":"grüße 日本語 🚀 ${'é'.repeat(i)}"}\n`),
+      `{"big":"${'🚀'.repeat(40_000)}"}\n`, // 160 KB of UTF-8
+      '{"after":true}\n',
+    ];
+    for (const l of lines) w.append(l);
+    await waitUntil('all lines written', () => w.written === lines.length, 5000, { seen: () => `${w.written}` });
+    w.close();
+    expect(readFileSync(path, 'utf8')).toBe(lines.join(''));
+    expect(w.bufferedBytes).toBe(0);
+  });
+
   it('cuts writes to a pipe at line ends within PIPE_BUF (4096 bytes)', async () => {
     const { reader, writer } = fifo();
     const w = new LineWriter({ kind: 'fd', fd: writer }, { flushIntervalMs: 0 });
@@ -137,7 +152,7 @@ describe('LineWriter', () => {
         if (w.append(line(appended + refused))) appended++;
         else refused++;
       }
-      expect(w.bufferedUnits).toBeLessThanOrEqual(maxBuffered);
+      expect(w.bufferedBytes).toBeLessThanOrEqual(maxBuffered);
       await nextTurn();
     }
     expect(refused).toBeGreaterThan(4000);
