@@ -375,8 +375,7 @@ export function renderReport(input: ReportInput): string {
   for (const s of input.setup) lines.push(`- ${s}`);
   lines.push('');
   const check = candidates.length > 0 ? labCheck(measurements, candidates) : null;
-  if (candidates.length > 0 && measurements.some((m) => m.workload === 'connect-32'))
-    lines.push(labCheckLine(check, 'connect + close'), '');
+  if (check !== null) lines.push(labCheckLine(check, 'connect + close'), '');
   if (candidates.length > 0) {
     const head = [
       'workload',
