@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { loadConfig, type FlagOverride, type PolicyOverlay } from '../config/load.js';
 import { schemaDefault } from '../config/schema.js';
 import { createLogger } from '../log.js';
+import { trimMalloc } from '../native/addon.js';
 import { ProxySupervisor } from '../proxy/lifecycle.js';
 import { addConfigOptions, CONFIG_FLAGS, configOverrides } from './config-flags.js';
 import { EXIT } from './output.js';
@@ -76,6 +77,9 @@ export function register(program: Command): void {
     });
     await supervisor.start();
     started = true;
+    // What starting allocated and freed again (module compiles, config parsing, V8's background jobs) goes back to
+    // the kernel instead of staying resident in malloc's arenas for the proxy's whole life (src/native/memory.cc).
+    trimMalloc();
     if (signals > 1) supervisor.forceStop();
     else if (stopSignal !== null) void supervisor.drain(stopSignal, true);
     else if (reloadPending) void supervisor.reload('SIGHUP');

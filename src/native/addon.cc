@@ -1,9 +1,10 @@
 // The addon's entry point: meshctl_native exports what each part adds through its Init<Part> (the socket options of
-// interception, the relay thread, the sock_diag owner lookup, keeping CAP_NET_ADMIN for TPROXY). Loaded and typed by
-// src/native/addon.ts.
+// interception, the relay thread, the sock_diag owner lookup, keeping CAP_NET_ADMIN for TPROXY, trimming malloc's
+// arenas). Loaded and typed by src/native/addon.ts.
 #include <napi.h>
 
 #include "capabilities.h"
+#include "memory.h"
 #include "relay.h"
 #include "socket_options.h"
 #include "socket_owner.h"
@@ -15,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   meshctl::InitRelay(env, exports);
   meshctl::InitSocketOwner(env, exports);
   meshctl::InitCapabilities(env, exports);
+  meshctl::InitMemory(env, exports);
   return exports;
 }
 

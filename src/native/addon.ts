@@ -2,7 +2,7 @@
 // originalDst for REDIRECTed connections, transparentListen / isTransparent for TPROXY's inbound listeners,
 // transparentSocket (TPROXY's inbound leg from the peer's address) with keepCapabilities / retainNetAdmin (the
 // capability it needs, kept across the switch to proxy.user), peerOwner (who made a connection: the proxy's
-// self-loop check), and the Relay thread (src/native/relay.cc)
+// self-loop check), trimMalloc (freed memory back to the kernel), and the Relay thread (src/native/relay.cc)
 // that moves the bytes of established connections, with its table of end codes.
 // All argument validation happens here, before the C++ side sees a value; the addon's own errors carry
 // `errno` and `syscall`, and this module adds Node's usual `code` ('ENOENT', ...) to them.
@@ -78,6 +78,8 @@ interface NativeBinding {
   keepCapabilities(): void;
   retainNetAdmin(): void;
   peerOwner(fd: number, family: AddonFamily, dstAddress: string, dstPort: number): number;
+  /** Absent from an addon built before it. */
+  trimMalloc?(): boolean;
 }
 
 // Same relative path from src/native (vitest) and dist/native (built CLI): both sit two levels below the root.
@@ -201,6 +203,19 @@ export function keepCapabilities(): void {
  */
 export function retainNetAdmin(): void {
   withErrnoCode(() => loadBinding().retainNetAdmin());
+}
+
+/**
+ * Gives the memory malloc holds freed back to the kernel (glibc's malloc_trim(0), every thread's arena; see
+ * src/native/memory.cc). False when nothing was released, the C library has no such call, or the addon is missing
+ * or predates it. Never throws.
+ */
+export function trimMalloc(): boolean {
+  try {
+    return loadBinding().trimMalloc?.() ?? false;
+  } catch {
+    return false;
+  }
 }
 
 /**
