@@ -66,7 +66,7 @@ const everyKeyListed: Exclude<keyof AccessRecord, (typeof ACCESS_RECORD_KEYS)[nu
   true;
 void everyKeyListed;
 
-/** One process's access log. Swappable on reload; `flush` before exit. */
+/** One process's access log. Swappable on reload; `flush` before exit. Throws WRITE_FAILED when its file cannot be opened. */
 export class AccessLog {
   private writer: LineWriter | null = null;
   private config: AccessLogConfig;
@@ -85,24 +85,31 @@ export class AccessLog {
         '"msg":"access log lines dropped: the destination did not keep up"}\n',
       ...options,
     };
-    this.open();
+    this.writer = this.open(config);
   }
 
-  private open(): void {
-    if (!this.config.enabled) return;
-    this.writer = new LineWriter(
-      this.config.path === null ? { kind: 'stdout' } : { kind: 'file', path: this.config.path },
+  private open(config: AccessLogConfig): LineWriter | null {
+    if (!config.enabled) return null;
+    return new LineWriter(
+      config.path === null ? { kind: 'stdout' } : { kind: 'file', path: config.path },
       this.writerOptions,
     );
   }
 
-  /** Applies a new access-log config; reopens the destination only when the target changed. */
+  /**
+   * Applies a new access-log config; reopens the destination only when the target changed. Throws WRITE_FAILED
+   * when the new file cannot be opened, and then keeps writing where it did.
+   */
   reconfigure(next: AccessLogConfig): void {
     const reopen = next.enabled !== this.config.enabled || next.path !== this.config.path;
-    this.config = next;
-    if (!reopen) return;
+    if (!reopen) {
+      this.config = next;
+      return;
+    }
+    const writer = this.open(next);
     this.close();
-    this.open();
+    this.writer = writer;
+    this.config = next;
   }
 
   /** Whether records are written (callers skip building them otherwise). */

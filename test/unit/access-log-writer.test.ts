@@ -212,6 +212,19 @@ describe('LineWriter', () => {
     expect((caught as Error).message).toContain(path);
   });
 
+  it('keeps writing to the old file when a reload names one it cannot open', () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'file'), '');
+    const old = join(dir, 'a.log');
+    const log = new AccessLog({ enabled: true, path: old, sampleRatio: 1, periodicIntervalMs: null });
+    const bad = { enabled: true, path: join(dir, 'file', 'b.log'), sampleRatio: 1, periodicIntervalMs: null };
+    expect(() => log.reconfigure(bad)).toThrow(/proxy\.accessLog\.path/);
+    expect(log.enabled).toBe(true);
+    log.dnsQuery({ name: 'kept.' });
+    log.close();
+    expect(JSON.parse(readFileSync(old, 'utf8'))).toMatchObject({ name: 'kept.', msg: 'dns query' });
+  });
+
   it('exposes the lines dropped for metrics, across a reopen', async () => {
     const dir = tempDir();
     const log = new AccessLog(
