@@ -128,6 +128,37 @@ describe('LineWriter', () => {
     w.close();
   });
 
+  it('keeps the lines of two writers on one pipe whole while both write at once (threadpool writes in parallel)', async () => {
+    const { reader, writer } = fifo();
+    const writers = [0, 1].map(() => new LineWriter({ kind: 'fd', fd: writer }, { flushIntervalMs: 0 }));
+    const perWriter = 2000;
+    let got = '';
+    for (let turn = 0; turn < 20; turn++) {
+      for (const [k, w] of writers.entries())
+        for (let i = 0; i < perWriter / 20; i++)
+          w.append(`{"w":${k},"i":${turn * 100 + i},"pad":"${'x'.repeat(900)}"}\n`);
+      got += drain(reader);
+      await nextTurn();
+    }
+    await waitUntil(
+      'every line of both writers',
+      () => {
+        got += drain(reader);
+        return got.split('\n').length - 1 >= 2 * perWriter;
+      },
+      10_000,
+      { seen: () => `${got.split('\n').length - 1} lines read; written ${writers.map((w) => w.written)}` },
+    );
+    const parsed = got
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { w: number; i: number });
+    for (const k of [0, 1])
+      expect(parsed.filter((p) => p.w === k).map((p) => p.i)).toEqual(Array.from({ length: perWriter }, (_, i) => i));
+    expect(writers.map((w) => w.dropped)).toEqual([0, 0]);
+    for (const w of writers) w.close();
+  });
+
   it('holds no more than its bound when the destination never drains: drops, counts, then warns', async () => {
     const { reader, writer } = fifo();
     const maxBuffered = 32 * 1024;
