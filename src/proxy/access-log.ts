@@ -1,9 +1,10 @@
 // The access log: one JSON line per connection at close (plus optional progress lines for long-lived ones), each
 // serialized once, straight to a string, and handed to a batched writer that never blocks the event loop.
 //
-// The lines are what pino wrote before (issue 19 measured pino's object walk and per-line writes at ~41 µs of the
-// proxy's CPU per connection): `level`, `time` (ISO), the base fields (`worker` or `component`), the record's fields
-// in AccessRecord's order (absent when undefined), then `msg`. A string is copied as it is unless it holds a
+// The lines are what pino wrote before (issue 19 measured that access log at ~41 µs of the proxy's CPU per
+// connection, most of it a write per line: bench/notes.md; pino stays the operational logger, src/log.ts): `level`,
+// `time` (ISO), the base fields (`worker` or `component`), the record's fields in AccessRecord's order (absent when
+// undefined), then `msg`. A string is copied as it is unless it holds a
 // character JSON must escape (or a lone surrogate, which JSON.stringify writes as \uXXXX): those go through
 // JSON.stringify, so a hostile SNI or SPIFFE ID cannot break a line.
 import type { AccessLogConfig } from '../config/types.js';
