@@ -92,6 +92,9 @@ else
   cp -r "$work/dist" "$dist_cached.tmp" && mv "$dist_cached.tmp" "$dist_cached"
 fi
 cp -r "$dist_cached" "$lib/dist"
+# The config validator is generated JavaScript (npm run build writes it from the schema; a unit test keeps the
+# committed copy fresh), which tsc does not compile or copy.
+install -m 0644 "$repo/src/config/config-validator.js" "$lib/dist/config/config-validator.js"
 cp "$repo/package.json" "$repo/package-lock.json" "$lib/"
 log "installing production dependencies (npm ci --omit=dev)"
 (cd "$lib" && npm ci --omit=dev --ignore-scripts --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null)
