@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { DNS_LOAD, DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
 import { isHaproxy, type RunningCandidate } from './candidates.js';
 import { isPairCandidate } from './pair.js';
-import { runClient, sleep, startProc, stopProc, type Completed } from './procs.js';
+import { runClient, sleep, startProc, stopProc, type Completed, type Proc } from './procs.js';
 
 export type WorkloadName =
   'idle' | 'bulk-1' | 'bulk-8' | 'rr-1' | 'rr-32' | 'paced' | 'connect-32' | 'http-32' | 'dns-32';
@@ -314,11 +314,33 @@ async function waitNoConnections(lab: Lab, candidate: RunningCandidate, timeoutM
   }
 }
 
+/** Starts `tcpbench hold` with `n` connections and waits until each had its echo (both legs open through the proxy). */
+async function holdConnections(lab: Lab, candidate: RunningCandidate, n: number): Promise<Proc> {
+  const hold = startProc(
+    'tcpbench hold',
+    [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, `conns=${n}`, 'size=64'],
+    { ...loadgenOptions(lab), stdin: 'pipe' },
+  );
+  const deadline = Date.now() + 60_000;
+  while (!hold.output().includes(`"held":${n}`)) {
+    if (!hold.alive() || Date.now() > deadline) {
+      hold.child.stdin?.end();
+      await stopProc(hold, 5000);
+      throw new Error(
+        `tcpbench hold: ${n} connections through ${candidate.name} not established within 60 s:\n${hold.output()}`,
+      );
+    }
+    await sleep(50);
+  }
+  return hold;
+}
+
 /**
  * The proxy's memory: its idle footprint (RSS summed over every process of the proxy, each with all its threads)
- * after start-up and a short warm-up (one second of connect + close at c=4, then every connection closed), and the
- * RSS per idle proxied connection: N connections (one ping-pong each, so both legs are open) held, the RSS delta ÷ N.
- * Processes and threads of the proxy are reported with it (what ran).
+ * after start-up and a short warm-up (one second of connect + close at c=4, then every connection closed), with the
+ * processes and threads that ran; then the RSS per idle proxied connection: the marginal cost of connections held
+ * open (one ping-pong each, so both legs are open), measured between N/5 and N held connections, so that memory the
+ * proxy had committed but not used (heap pages, allocator arenas) does not make the first connections look free.
  */
 async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values | null> {
   if (candidate.usage() === null) return null; // direct: no proxy, nothing to weigh
@@ -336,35 +358,26 @@ async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
   const rssIdle = await sampleRss(candidate);
   const what = candidate.usage()!;
   const n = profile.idleConns;
+  const first = Math.max(1, Math.round(n / 5));
+  const holds: Proc[] = [];
   let values: Values;
-  const hold = startProc(
-    'tcpbench hold',
-    [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, `conns=${n}`, 'size=64'],
-    {
-      ...loadgenOptions(lab),
-      stdin: 'pipe',
-    },
-  );
   try {
-    const deadline = Date.now() + 60_000;
-    while (!hold.output().includes(`"held":${n}`)) {
-      if (!hold.alive()) throw new Error(`tcpbench hold against ${candidate.name} failed:\n${hold.output()}`);
-      if (Date.now() > deadline)
-        throw new Error(`tcpbench hold: ${n} connections not established within 60 s:\n${hold.output()}`);
-      await sleep(50);
-    }
-    // Every held connection had its echo: both legs are open through the proxy.
+    holds.push(await holdConnections(lab, candidate, first));
+    const rssFirst = await sampleRss(candidate);
+    holds.push(await holdConnections(lab, candidate, n - first));
     const rssHeld = await sampleRss(candidate);
     values = {
       rssIdle,
       rssHeld,
-      bytesPerConn: (rssHeld - rssIdle) / n,
+      bytesPerConn: (rssHeld - rssFirst) / (n - first),
       processes: what.pids.length,
       threads: what.threads,
     };
   } finally {
-    hold.child.stdin?.end();
-    await stopProc(hold, 5000);
+    for (const hold of holds) {
+      hold.child.stdin?.end();
+      await stopProc(hold, 5000);
+    }
   }
   await waitNoConnections(lab, candidate); // the proxy closed both legs before the next workload
   return values;
