@@ -1,7 +1,7 @@
 // The data plane of one process: listeners → accept → original destination → route → relay, with the
 // connection registry that the sweep, the admin tables, drain and reload work on.
 import type { Socket } from 'node:net';
-import { networkInterfaces } from 'node:os';
+import { availableParallelism, networkInterfaces } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/types.js';
 import { isMeshctlError } from '../errors.js';
@@ -49,6 +49,12 @@ export function hostAddresses(): string[] {
   return Object.values(networkInterfaces()).flatMap((entries) => (entries ?? []).map((e) => e.address));
 }
 
+/** Relay threads per worker: proxy.relayThreads, "auto" being one per core. */
+export function relayThreadCount(config: Pick<Config, 'proxy'>): number {
+  const n = config.proxy.relayThreads;
+  return n === 'auto' ? availableParallelism() : n;
+}
+
 function specKey(spec: ListenerSpec): string {
   return `${spec.name}|${spec.host}|${spec.port}|${spec.fd ?? ''}`;
 }
@@ -88,8 +94,11 @@ export class ProxyWorker implements ConnectionOwner {
   private emptyWaiters: (() => void)[] = [];
   private readonly warnedSources = new Set<string>();
   private policy: PolicyRuntime;
-  /** Started when the config asks for the native relay; kept across reloads for the connections it carries. */
-  private relay: RelayThread | null = null;
+  /** Started when the config asks for the native relay; kept across reloads for the connections they carry. */
+  private readonly relays: RelayThread[] = [];
+  /** How many of `relays` take new connections (proxy.relayThreads, as far as they started). */
+  private activeRelays = 0;
+  private nextRelay = 0;
   private readonly handoffFailures = new Set<string>();
   /** The last closed connections, for the admin /lookup (fixed size; see recent-connections.ts). */
   private readonly recent = new RecentConnections();
@@ -129,26 +138,38 @@ export class ProxyWorker implements ConnectionOwner {
     return attempt === null ? base : Math.min(base, Math.max(25, Math.floor(attempt / 4)));
   }
 
-  /** The relay thread, when the config asks for it (proxy.relay: native); otherwise Node streams relay. */
+  /**
+   * The relay threads, when the config asks for them (proxy.relay: native); otherwise Node streams relay. A reload
+   * that raises proxy.relayThreads starts more; one that lowers it stops handing new connections to the surplus,
+   * which keep relaying the ones they have (closing a thread would cut them).
+   */
   private startRelay(config: Config): void {
     if (config.proxy.relay !== 'native') return;
     const sweepMs = sweepIntervalMs(config.proxy);
-    if (this.relay !== null) {
-      this.relay.setSweepInterval(sweepMs);
-      return;
-    }
+    for (const relay of this.relays) relay.setSweepInterval(sweepMs);
+    const want = relayThreadCount(config);
     try {
-      this.relay = new RelayThread(sweepMs);
+      while (this.relays.length < want) this.relays.push(new RelayThread(sweepMs));
     } catch (error) {
       this.log.warn(
-        { err: error },
-        'the native relay thread could not start; relaying with Node streams (as with proxy.relay: node)',
+        { err: error, started: this.relays.length, wanted: want },
+        this.relays.length === 0
+          ? 'the native relay thread could not start; relaying with Node streams (as with proxy.relay: node)'
+          : 'not every native relay thread could start; relaying with the ones that did',
       );
     }
+    this.activeRelays = Math.min(want, this.relays.length);
   }
 
+  /**
+   * The relay thread for the next handoff: the active threads in turn (round-robin), so that established pairs
+   * spread over the cores; null with proxy.relay node or when no thread could start.
+   */
   get relayThread(): RelayThread | null {
-    return this.config.proxy.relay === 'native' ? this.relay : null;
+    if (this.config.proxy.relay !== 'native' || this.activeRelays === 0) return null;
+    const relay = this.relays[this.nextRelay % this.activeRelays]!;
+    this.nextRelay = (this.nextRelay + 1) % this.activeRelays;
+    return relay;
   }
 
   relayHandoffFailed(error: unknown): void {
