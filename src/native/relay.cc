@@ -420,8 +420,9 @@ void Core::Pump(Pair* p, int s) {
       p->firstFin = s;
       p->halfClosedAt = NowMs();
     }
-    SetInterest(p, s);
+    // The FIN first: when it is the second one the pair closes, and re-arming s (an epoll_ctl) would be wasted.
     PassFin(p, s);
+    if (!p->closed) SetInterest(p, s);
     return;
   }
   if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
@@ -502,8 +503,9 @@ void Core::ClosePair(Pair* p, int code, int aux, int err, bool reset) {
     if (reset) SetLingerZero(p->fd[s]);
     // Deregister before close: close() alone leaves the registration in place while another descriptor of the
     // same socket is open (Node's own, in the moment between adopt and Node closing it), and a later wait
-    // would then report an event for a pair already freed.
-    if (!p->parked[s]) epoll_ctl(epfd_, EPOLL_CTL_DEL, p->fd[s], nullptr);
+    // would then report an event for a pair already freed. A front-door pair's sockets never had another
+    // descriptor (accept4 / socket here, close-on-exec), so their close() ends the registration itself.
+    if (!p->parked[s] && !p->front) epoll_ctl(epfd_, EPOLL_CTL_DEL, p->fd[s], nullptr);
     close(p->fd[s]);
     p->fd[s] = -1;
     if (p->flow[s].buf != nullptr) {

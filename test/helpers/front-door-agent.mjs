@@ -192,6 +192,18 @@ const ops = {
 
   exchange,
 
+  /** Connects and keeps the connection as `tag`, resolving once connected (nothing is sent). */
+  async open({ host, port, tag }) {
+    const socket = connect({ host, port, allowHalfOpen: true });
+    socket.on('error', () => {});
+    await new Promise((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    held.set(tag, socket);
+    return `${socket.localAddress}:${socket.localPort}`;
+  },
+
   /** Sends `send` on a held connection and returns what comes back first. */
   async heldSend({ tag, send }) {
     const socket = held.get(tag);
@@ -216,16 +228,26 @@ const ops = {
     });
   },
 
-  /** Waits for the held connection to close on its own (e.g. aborted by the relay). */
+  /** Waits for the held connection to be closed or reset by the other end (answering a FIN with ours). */
   async heldClosed({ tag }) {
     const socket = held.get(tag);
     held.delete(tag);
     if (socket.closed) return { error: socket.errored ? errorInfo(socket.errored) : undefined };
     return new Promise((resolve) => {
       let error;
+      let ended = false;
       socket.on('error', (e) => (error = errorInfo(e)));
-      socket.on('close', () => resolve({ error }));
+      socket.on('end', () => {
+        ended = true;
+        socket.end();
+      });
+      socket.on('close', () => resolve({ error, ended }));
       socket.resume();
+      // The FIN may have come (and 'end' gone by, with nothing buffered) before anyone listened.
+      if (socket.readableEnded) {
+        ended = true;
+        socket.end();
+      }
     });
   },
 

@@ -18,6 +18,7 @@ const AGENT = fileURLToPath(new URL('../helpers/front-door-agent.mjs', import.me
 const LOCK = `/tmp/${NS}.xtables.lock`;
 const SERVER = '10.61.0.1';
 const BLACKHOLE = '10.61.0.99';
+const SERVER6 = 'fd00:61::1';
 const CLIENT_UID = 4243;
 const LOOP_UID = 4242;
 
@@ -46,16 +47,23 @@ interface Exchange {
 }
 
 // The relays run as root, which the rules exempt (the proxy's own uid); the clients (uid 4243 and 4242) are
-// redirected: port 7003 to the shared listener, 7004 to the unlisten test's, everything else in 10.61.0.0/24 to
-// 15001. The relays' own connects to the blackhole are dropped.
+// redirected: port 7003 to the shared listener, 7004 to the unlisten test's, 7005 to the shutdown test's,
+// everything else in 10.61.0.0/24 to 15001 (IPv6: fd00:61::/64 to 15006). The relays' own connects to the blackhole
+// are dropped.
 const RULES = `*nat
 -A OUTPUT -p tcp -m owner --uid-owner 0 -j RETURN
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7003 -j REDIRECT --to-ports 15002
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7004 -j REDIRECT --to-ports 15003
+-A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7005 -j REDIRECT --to-ports 15004
 -A OUTPUT -p tcp -d 10.61.0.0/24 -j REDIRECT --to-ports 15001
 COMMIT
 *filter
 -A OUTPUT -d ${BLACKHOLE}/32 -j DROP
+COMMIT
+`;
+const RULES6 = `*nat
+-A OUTPUT -p tcp -m owner --uid-owner 0 -j RETURN
+-A OUTPUT -p tcp -d fd00:61::/64 -j REDIRECT --to-ports 15006
 COMMIT
 `;
 
@@ -96,17 +104,23 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
 
   beforeAll(async () => {
     createIsolatedNs(NS, { ipv4: `${SERVER}/24`, ipv6: 'fd00:61::1/64' });
-    execFileSync('ip', ['netns', 'exec', NS, 'iptables-restore'], {
-      input: RULES,
-      stdio: ['pipe', 'pipe', 'pipe'],
-      env: { ...process.env, XTABLES_LOCKFILE: LOCK },
-    });
+    for (const [tool, input] of [
+      ['iptables-restore', RULES],
+      ['ip6tables-restore', RULES6],
+    ] as const) {
+      execFileSync('ip', ['netns', 'exec', NS, tool], {
+        input,
+        stdio: ['pipe', 'pipe', 'pipe'],
+        env: { ...process.env, XTABLES_LOCKFILE: LOCK },
+      });
+    }
     relayAgent = await startLabAgent(AGENT, NS);
     client = await startLabAgent(AGENT, NS, { uid: CLIENT_UID, gid: CLIENT_UID });
     looper = await startLabAgent(AGENT, NS, { uid: LOOP_UID, gid: LOOP_UID });
-    for (const port of [7001, 7003, 7004]) {
+    for (const port of [7001, 7003, 7004, 7005]) {
       await client.call('serveEcho', { name: `echo${port}`, host: SERVER, port });
     }
+    await client.call('serveEcho', { name: 'echo6', host: SERVER6, port: 7001 });
     await relayAgent.call('createRelay', { name: 'main' });
     await relayAgent.call('openListener', { name: 'l1', host: '127.0.0.1', port: 15001 });
     await relayAgent.call('listen', {
@@ -279,5 +293,117 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     expect(after.filter((x) => x.end !== 'fin')).toEqual([]);
     const stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'main' });
     expect(stats).toMatchObject({ open: 0, connecting: 0, acceptBackoffs: 0, acceptErrors: 0 });
+  }, 60_000);
+  it('relays IPv6 (IP6T_SO_ORIGINAL_DST) with bracketed strings in the record', async () => {
+    await relayAgent.call('openListener', { name: 'l6', host: '::1', port: 15006 });
+    await relayAgent.call('listen', {
+      relay: 'main',
+      listenerId: 6,
+      listener: 'l6',
+      options: { ...baseOptions, family: 6 },
+    });
+    await relayAgent.call('closeListener', { name: 'l6' });
+    const r = await client.call<Exchange>('exchange', { host: SERVER6, port: 7001, send: 'six' });
+    expect(r.error).toBeUndefined();
+    expect(r.received).toBe('six');
+    const rec = await recordFor('main', (x) => x.listenerId === 6, 'the IPv6 client');
+    expect(rec).toMatchObject({
+      end: 'fin',
+      fromClient: 3,
+      fromUpstream: 3,
+      source: `[${SERVER6}]:${r.local!.split(':').pop()}`,
+      originalDst: `[${SERVER6}]:7001`,
+    });
+    expect(await client.call<string[]>('peers', { name: 'echo6' })).toContain(
+      rec.upstreamLocal!.replace(/^\[(.*)\]:(\d+)$/, '$1:$2'),
+    );
+  });
+
+  it("replaces a listener's options atomically with listen() on the same id (and keeps its socket)", async () => {
+    const asked = { ...baseOptions, selfLoopUid: LOOP_UID, passthrough: false };
+    const original = { ...baseOptions, selfLoopUid: LOOP_UID, ask: [{ address: SERVER, prefix: 32, port: 7002 }] };
+    // fd 0 is not a listening socket: for an id that listens already it is not looked at.
+    await relayAgent.call('listen', { relay: 'main', listenerId: 1, fd: 0, options: asked });
+    const viaJs = await client.call<Exchange>('exchange', { host: SERVER, port: 7001, send: 'j' });
+    expect(viaJs.received).toBe(`asked ${SERVER}:7001 family 4 listener 1\nj`);
+    await relayAgent.call('listen', { relay: 'main', listenerId: 1, fd: 0, options: original });
+    const native = await client.call<Exchange>('exchange', { host: SERVER, port: 7001, send: 'n' });
+    expect(native.received).toBe('n');
+  });
+
+  it('backs off on EMFILE (listener deregistered for a sweep, counted) and accepts the waiting client after', async () => {
+    await relayAgent.call('createRelay', { name: 'c', withAccepted: false });
+    const before = await relayAgent.call<number>('fdCount');
+    await relayAgent.call('openListener', { name: 'l4', host: '127.0.0.1', port: 15004 });
+    await relayAgent.call('listen', { relay: 'c', listenerId: 4, listener: 'l4', options: baseOptions });
+    await relayAgent.call('closeListener', { name: 'l4' });
+    const { pid } = await relayAgent.call<{ pid: number }>('ping');
+    const limit = execFileSync(
+      'prlimit',
+      ['--pid', String(pid), '--nofile', '--raw', '--noheadings', '--output=SOFT,HARD'],
+      {
+        encoding: 'utf8',
+      },
+    )
+      .trim()
+      .split(/\s+/);
+    // fds 0-4 are all taken (stdio, libuv): with a limit of 5 no new one can be made.
+    execFileSync('prlimit', ['--pid', String(pid), `--nofile=5:${limit[1]}`]);
+    let stats: Record<string, number> = {};
+    const waiting = client.call<Exchange>('exchange', { host: SERVER, port: 7005, send: 'late', timeoutMs: 20_000 });
+    try {
+      await waitUntil(
+        "relay c's accept backoff",
+        async () => {
+          stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'c' });
+          return stats.acceptBackoffs! >= 1;
+        },
+        10_000,
+        { seen: () => stats },
+      );
+      expect(stats.lastAcceptErrno).toBe(24); // EMFILE
+    } finally {
+      execFileSync('prlimit', ['--pid', String(pid), `--nofile=${limit[0]}:${limit[1]}`]);
+    }
+    const r = await waiting;
+    expect(r.error).toBeUndefined();
+    expect(r.received).toBe('late');
+    stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'c' });
+    expect(stats).toMatchObject({ accepted: 1, connected: 1, connectFailed: 0 });
+
+    // Shutdown with a listener, an open pair and a connect in progress: every fd goes.
+    const opened = await client.call<string>('open', { host: SERVER, port: 7005, tag: 'open' });
+    expect(opened).toMatch(/^10\.61\.0\.1:/);
+    await client.call<string>('open', { host: BLACKHOLE, port: 7005, tag: 'connecting' });
+    let live: { state: string }[] = [];
+    await waitUntil(
+      "relay c's open and connecting pairs",
+      async () => {
+        live = await relayAgent.call<{ state: string }[]>('list', { relay: 'c' });
+        return (
+          live
+            .map((c) => c.state)
+            .sort()
+            .join() === 'connecting,open'
+        );
+      },
+      10_000,
+      { seen: () => live },
+    );
+    await relayAgent.call('closeRelay', { relay: 'c' });
+    let fds = 0;
+    await waitUntil(
+      `the relay process back at ${before} fds after closing relay c`,
+      async () => {
+        fds = await relayAgent.call<number>('fdCount');
+        return fds <= before;
+      },
+      10_000,
+      { seen: () => fds, intervalMs: 50 },
+    );
+    for (const tag of ['open', 'connecting']) {
+      // Closed by the thread's shutdown (a plain close: FIN), not left hanging.
+      expect(await client.call('heldClosed', { tag })).toMatchObject({ ended: true });
+    }
   }, 60_000);
 });
