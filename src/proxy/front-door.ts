@@ -1,6 +1,6 @@
 // The front door's decision table: which connections a relay thread may accept, connect and relay on its own
 // (passthrough), and which it must hand to JavaScript (onAccepted) because something there decides them. Pure:
-// config, the policy the worker runs and the listener in, FrontDoorOptions (src/native, /work api contract) out.
+// config, the policy the worker runs and the listener in, FrontDoorOptions (src/native/addon.ts) out.
 //
 // The rule it keeps: a destination the table lets through natively is one for which the JavaScript path would
 // have connected to the original destination as dialled, with no lease, no tunnel and no refusal (the property
@@ -13,34 +13,12 @@
 //             strict mTLS (plaintext refused), TPROXY (transparent upstream), "*" entries or periodic lines:
 //             everything.
 import type { Config } from '../config/types.js';
+import type { FrontDoorOptions } from '../native/addon.js';
 import type { Cidr, Family } from '../values/ip.js';
 import type { Direction } from './metrics.js';
 import { relayBounds } from './relay-thread.js';
 
-/** One destination JavaScript decides: address/prefix, and port (0 = any). */
-export interface FrontDoorAsk {
-  readonly address: string;
-  readonly prefix: number;
-  readonly port: number;
-}
-
-/** What a relay thread's `listen()` takes (the native side's contract; see src/native/addon.ts). */
-export interface FrontDoorOptions {
-  readonly direction: Direction;
-  readonly family: 4 | 6;
-  /** false: every accepted connection goes to JS (onAccepted); true: connect natively unless `ask` matches. */
-  readonly passthrough: boolean;
-  readonly ask: readonly FrontDoorAsk[];
-  /** bind() the upstream socket to this address first (inbound passthrough source); null = no bind. */
-  readonly sourceAddress: string | null;
-  /** Outbound: reset a connection whose peer socket this uid owns (the proxy's own, looped); -1 = off. */
-  readonly selfLoopUid: number;
-  readonly connectTimeoutMs: number;
-  readonly maxDurationMs: number;
-  readonly idleMs: number;
-  readonly halfCloseMs: number;
-  readonly keepaliveSec: number;
-}
+export type { FrontDoorOptions };
 
 /** The compiled table and, for people (goldens, logs), why each part of it is there. */
 export interface FrontDoorPlan {
@@ -76,7 +54,7 @@ export function compileFrontDoor(input: FrontDoorInput): FrontDoorPlan {
   const { config, policy, listener } = input;
   const family = listener.family;
   const everything: string[] = [];
-  const asks = new Map<string, { ask: FrontDoorAsk; why: string }>();
+  const asks = new Map<string, { ask: FrontDoorOptions['ask'][number]; why: string }>();
   const ask = (address: string, prefix: number, port: number, why: string) => {
     const key = `${address}/${prefix}:${port}`;
     if (!asks.has(key)) asks.set(key, { ask: { address, prefix, port }, why });

@@ -9,13 +9,21 @@ import type { Logger } from '../log.js';
 import type { PolicySnapshot } from '../policy/metrics.js';
 import { PolicyRuntime } from '../policy/runtime.js';
 import { AccessLog } from './access-log.js';
+import { compileFrontDoor, type FrontDoorOptions } from './front-door.js';
+import { FrontDoor, type FrontDoorHost } from './front-door-runtime.js';
 import { isTunnelListener, listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
 import { readOriginalDst, socketFd, type OriginalDst } from '../native/original-dst.js';
 import { peerOwner } from '../native/addon.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './connection.js';
 import { RelayThread } from './relay-thread.js';
-import { lookupRows, parseSourceQuery, RecentConnections, type SourceLookupRow } from './recent-connections.js';
+import {
+  lookupRows,
+  newestFirst,
+  parseSourceQuery,
+  RecentConnections,
+  type SourceLookupRow,
+} from './recent-connections.js';
 import { LocalAddresses, routeConnection, transparentDestination, type AcceptedOn } from './routing.js';
 import { Sweeper, sweepIntervalMs } from './timers.js';
 import { serverLeg } from './tunnel-leg.js';
@@ -80,12 +88,12 @@ class AcceptedSocket implements AcceptedOn {
   }
 }
 
-export class ProxyWorker implements ConnectionOwner {
+export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
   readonly metrics = new ProxyMetrics();
   private config: Config;
   private listeners: OpenListener[] = [];
   private readonly connections = new Set<Connection>();
-  private readonly accessLog: AccessLog;
+  readonly accessLog: AccessLog;
   private readonly sweeper: Sweeper;
   private ownPorts: Set<number>;
   private local: LocalAddresses | null = null;
@@ -101,7 +109,9 @@ export class ProxyWorker implements ConnectionOwner {
   private nextRelay = 0;
   private readonly handoffFailures = new Set<string>();
   /** The last closed connections, for the admin /lookup (fixed size; see recent-connections.ts). */
-  private readonly recent = new RecentConnections();
+  readonly recent = new RecentConnections();
+  /** The relay threads' accepting (proxy.relay native and an addon that has it); Node accepts otherwise. */
+  private readonly frontDoor = new FrontDoor(this);
   /** The uid this process's sockets are owned by: a connection whose peer socket has it is our own, looped. */
   private readonly ownUid = process.geteuid?.() ?? -1;
   private selfLoops = 0;
@@ -149,7 +159,7 @@ export class ProxyWorker implements ConnectionOwner {
     for (const relay of this.relays) relay.setSweepInterval(sweepMs);
     const want = relayThreadCount(config);
     try {
-      while (this.relays.length < want) this.relays.push(new RelayThread(sweepMs));
+      while (this.relays.length < want) this.relays.push(new RelayThread(sweepMs, this.frontDoor));
     } catch (error) {
       this.log.warn(
         { err: error, started: this.relays.length, wanted: want },
@@ -221,8 +231,15 @@ export class ProxyWorker implements ConnectionOwner {
         : this.tunnelFamilies().map((family) => ({ family, fd: null })),
     );
     this.listeners = await this.openAll(this.specs);
+    this.handOver(this.listeners);
     this.sweeper.start(this.sweepInterval(this.config));
-    this.log.info({ listeners: this.listeners.map((l) => listenerLabel(l.spec)) }, 'listening');
+    this.log.info(
+      {
+        listeners: this.listeners.map((l) => listenerLabel(l.spec)),
+        frontDoor: this.listeners.filter((l) => this.frontDoor.holds(specKey(l.spec))).map((l) => l.spec.name),
+      },
+      'listening',
+    );
   }
 
   private async openAll(specs: readonly ListenerSpec[]): Promise<OpenListener[]> {
@@ -236,7 +253,69 @@ export class ProxyWorker implements ConnectionOwner {
     return opened;
   }
 
-  private readonly onConnection = (socket: Socket, spec: ListenerSpec): void => {
+  /** The relay threads' decision table for `spec` under the running config and policy (./front-door.ts). */
+  private frontDoorOptions(spec: ListenerSpec): FrontDoorOptions {
+    const plan = compileFrontDoor({
+      config: this.config,
+      policy: this.policy.config,
+      listener: spec,
+      ownPorts: this.ownPorts,
+      ownUid: this.ownUid,
+    });
+    if (plan.everything.length > 0)
+      this.log.debug({ listener: spec.name, why: plan.everything }, 'front door: every connection goes to JavaScript');
+    return plan.options;
+  }
+
+  /**
+   * Lets the relay threads accept on `listeners` (proxy.relay native, an addon with the front door); where they
+   * cannot, Node keeps accepting, and that is logged once per listener.
+   */
+  private handOver(listeners: readonly OpenListener[]): void {
+    if (this.relayThread === null) return;
+    for (const l of listeners) {
+      try {
+        if (this.frontDoor.take(specKey(l.spec), l, this.relays, this.frontDoorOptions(l.spec))) continue;
+      } catch (error) {
+        this.log.warn(
+          { err: error, listener: listenerLabel(l.spec) },
+          'the relay threads cannot accept here; Node does',
+        );
+        continue;
+      }
+      this.log.debug(
+        { listener: listenerLabel(l.spec) },
+        'the relay threads cannot accept here (no front door in the addon, or no fd); Node does',
+      );
+    }
+  }
+
+  acceptAsked(socket: Socket, spec: ListenerSpec, dst: OriginalDst): void {
+    this.onConnection(socket, spec, dst);
+  }
+
+  selfLoop(source: string, originalDst: string): void {
+    this.selfLoops++;
+    this.onSelfLoop?.({ uid: this.ownUid, source, originalDst, count: this.selfLoops });
+  }
+
+  sourceFallback(family: OriginalDst['family']): void {
+    const source = this.config.proxy.inboundPassthroughSource;
+    const address = family === 'ipv6' ? source.ipv6 : source.ipv4;
+    this.passthroughSourceMissing(address, Object.assign(new Error('EADDRNOTAVAIL'), { code: 'EADDRNOTAVAIL' }));
+  }
+
+  frontDoorEnded(): void {
+    if (this.emptyWaiters.length > 0 && this.isEmpty()) for (const resolve of this.emptyWaiters.splice(0)) resolve();
+  }
+
+  /** No connection left: none in JavaScript, none carried by a relay thread's front door. */
+  private isEmpty(): boolean {
+    return this.connections.size === 0 && this.frontDoor.rows(this.relays, 1).length === 0;
+  }
+
+  /** `given`: the original destination a relay thread already read (an asked front-door connection). */
+  private readonly onConnection = (socket: Socket, spec: ListenerSpec, given: OriginalDst | null = null): void => {
     const direction: Direction = spec.direction;
     this.metrics.accepted(direction);
     const conn = new Connection(`${this.index}.${++this.nextId}`, direction, socket, this.config.proxy, this);
@@ -249,9 +328,10 @@ export class ProxyWorker implements ConnectionOwner {
     const acceptedOn = new AcceptedSocket(socket, spec);
     // TPROXY rewrites nothing: the local endpoint is the original destination (see transparentDestination).
     let dst =
-      direction === 'inbound' && this.config.capture.inbound.mode === 'tproxy'
+      given ??
+      (direction === 'inbound' && this.config.capture.inbound.mode === 'tproxy'
         ? transparentDestination(acceptedOn, spec.family, this.config.proxy.inboundPort)
-        : null;
+        : null);
     if (dst === null) {
       try {
         // A bound listener is v4-only or v6-only, so its family is the socket's; an activated fd may be dual-stack.
@@ -269,15 +349,10 @@ export class ProxyWorker implements ConnectionOwner {
       }
     }
     conn.dst = dst;
-    if (direction === 'outbound' && dst.via === undefined && this.isOwnConnection(socket, dst)) {
+    // The thread checked the owner of an asked connection before asking (FrontDoorOptions.selfLoopUid).
+    if (direction === 'outbound' && dst.via === undefined && given === null && this.isOwnConnection(socket, dst)) {
       conn.refuse('self-loop', 'own-uid');
-      this.selfLoops++;
-      this.onSelfLoop?.({
-        uid: this.ownUid,
-        source: conn.source,
-        originalDst: `${dst.family === 'ipv6' ? `[${dst.address}]` : dst.address}:${dst.port}`,
-        count: this.selfLoops,
-      });
+      this.selfLoop(conn.source, `${dst.family === 'ipv6' ? `[${dst.address}]` : dst.address}:${dst.port}`);
       return;
     }
     if (this.ownPorts.has(dst.port)) this.local = new LocalAddresses(hostAddresses());
@@ -408,9 +483,7 @@ export class ProxyWorker implements ConnectionOwner {
     this.recent.add(conn, performance.now());
     this.metrics.closed(conn.direction, conn.result!, conn.bytesFromClient, conn.bytesFromUpstream);
     if (this.accessLog.enabled) this.accessLog.closed(conn.record());
-    if (this.connections.size === 0 && this.emptyWaiters.length > 0) {
-      for (const resolve of this.emptyWaiters.splice(0)) resolve();
-    }
+    if (this.connections.size === 0) this.frontDoorEnded();
   }
 
   get recordsAccess(): boolean {
@@ -466,14 +539,18 @@ export class ProxyWorker implements ConnectionOwner {
     await policy.start();
     this.policy = policy;
     const removed = this.listeners.filter((l) => !keep.has(specKey(l.spec)));
-    for (const l of removed) l.server.close();
-    this.listeners = [...this.listeners.filter((l) => keep.has(specKey(l.spec))), ...added];
+    for (const l of removed) this.closeListener(l);
+    const kept = this.listeners.filter((l) => keep.has(specKey(l.spec)));
+    this.listeners = [...kept, ...added];
     this.specs = specs;
     this.config = config;
     this.ownPorts = this.portsOf(config);
     this.tunnel?.reconfigure(config);
     this.accessLog.reconfigure(config.proxy.accessLog);
     this.startRelay(config);
+    // The threads take the recompiled table for their next accepts (and threads started now take the listener).
+    for (const l of kept) this.frontDoor.relisten(specKey(l.spec), this.relays, this.frontDoorOptions(l.spec));
+    if (!this.draining) this.handOver(added);
     if (!this.draining) this.sweeper.start(this.sweepInterval(config));
     if (added.length > 0 || removed.length > 0) {
       this.log.info(
@@ -490,11 +567,11 @@ export class ProxyWorker implements ConnectionOwner {
   async drain(timeoutMs: number): Promise<{ cut: number }> {
     if (!this.draining) {
       this.draining = true;
-      for (const l of this.listeners) l.server.close();
+      for (const l of this.listeners) this.closeListener(l);
       this.tunnel?.stopListening();
       this.log.info({ open: this.connections.size, timeoutMs }, 'draining: listeners closed');
     }
-    if (this.connections.size === 0) return { cut: 0 };
+    if (this.isEmpty()) return { cut: 0 };
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'deadline'>((resolve) => {
       timer = setTimeout(() => resolve('deadline'), timeoutMs);
@@ -502,15 +579,23 @@ export class ProxyWorker implements ConnectionOwner {
     const outcome = await Promise.race([this.whenEmpty().then(() => 'empty' as const), deadline]);
     clearTimeout(timer);
     if (outcome === 'empty') return { cut: 0 };
-    const cut = this.connections.size;
-    this.log.warn({ open: cut }, 'drain bound reached: closing the remaining connections');
+    const open = this.connections.size;
     for (const conn of [...this.connections]) conn.abort('drain', 'deadline', 'close');
+    const cut = open + this.frontDoor.abortAll(this.relays, 'deadline', false);
+    this.log.warn({ open: cut }, 'drain bound reached: closing the remaining connections');
     await this.whenEmpty();
     return { cut };
   }
 
+  /** Stops accepting on `l`: the relay threads let go of it, or Node's server closes. */
+  private closeListener(l: OpenListener): void {
+    const key = specKey(l.spec);
+    if (this.frontDoor.holds(key)) this.frontDoor.release(key, this.relays);
+    else l.server.close();
+  }
+
   private whenEmpty(): Promise<void> {
-    if (this.connections.size === 0) return Promise.resolve();
+    if (this.isEmpty()) return Promise.resolve();
     return new Promise((resolve) => this.emptyWaiters.push(resolve));
   }
 
@@ -518,8 +603,9 @@ export class ProxyWorker implements ConnectionOwner {
   close(): void {
     this.sweeper.stop();
     this.policy.stop();
-    for (const l of this.listeners) l.server.close();
+    for (const l of this.listeners) this.closeListener(l);
     for (const conn of [...this.connections]) conn.abort('drain', 'forced', 'reset');
+    this.frontDoor.abortAll(this.relays, 'forced', true);
     this.tunnel?.close();
     this.accessLog.close();
   }
@@ -530,7 +616,9 @@ export class ProxyWorker implements ConnectionOwner {
 
   get isListening(): boolean {
     return (
-      !this.draining && this.listeners.length === this.specs.length && this.listeners.every((l) => l.server.listening)
+      !this.draining &&
+      this.listeners.length === this.specs.length &&
+      this.listeners.every((l) => l.server.listening || this.frontDoor.holds(specKey(l.spec)))
     );
   }
 
@@ -542,6 +630,14 @@ export class ProxyWorker implements ConnectionOwner {
       live[c.direction].fromUpstream += bytes.fromUpstream;
     }
     const metrics = this.metrics.snapshot(live);
+    // The front door's live connections are counted at their end record; until then, from the threads' lists.
+    for (const row of this.frontDoor.rows(this.relays, Number.MAX_SAFE_INTEGER)) {
+      const d = metrics.directions[this.frontDoor.directionOf(row.listenerId) ?? 'outbound'];
+      d.accepted++;
+      d.active++;
+      d.bytesFromClient += row.fromClient;
+      d.bytesFromUpstream += row.fromUpstream;
+    }
     return {
       index: this.index,
       pid: process.pid,
@@ -557,7 +653,10 @@ export class ProxyWorker implements ConnectionOwner {
   /** The open and recently closed connections from `source` (canonical ADDR:PORT, as the admin API checked it). */
   lookupSource(source: string): SourceLookupRow[] {
     const query = parseSourceQuery(source);
-    return typeof query === 'string' ? [] : lookupRows(this.connections, this.recent, query, performance.now());
+    if (typeof query === 'string') return [];
+    const rows = lookupRows(this.connections, this.recent, query, performance.now());
+    const front = this.frontDoor.lookupRows(this.frontDoor.rows(this.relays, Number.MAX_SAFE_INTEGER), query);
+    return front.length === 0 ? rows : newestFirst([...rows, ...front]);
   }
 
   connectionTable(limit: number): ConnectionInfo[] {
@@ -567,6 +666,8 @@ export class ProxyWorker implements ConnectionOwner {
       if (rows.length >= limit) break;
       rows.push(c.info(now));
     }
+    for (const row of this.frontDoor.rows(this.relays, limit - rows.length))
+      rows.push(this.frontDoor.connectionInfo(row));
     return rows;
   }
 }

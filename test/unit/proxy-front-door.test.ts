@@ -15,7 +15,11 @@ import { LocalAddresses, routeConnection } from '../../src/proxy/routing.js';
 import { cidrContains, parseIp, type Family } from '../../src/values/ip.js';
 import { testHost } from '../cases.js';
 
-const identity = { certificate: '/etc/meshctl/svid.pem', key: '/etc/meshctl/svid_key.pem', bundle: '/etc/meshctl/b.pem' };
+const identity = {
+  certificate: '/etc/meshctl/svid.pem',
+  key: '/etc/meshctl/svid_key.pem',
+  bundle: '/etc/meshctl/b.pem',
+};
 const load = (raw: Record<string, unknown>): Config =>
   configFromObject(
     { ...raw, proxy: { user: 'meshproxy', ...((raw.proxy as object | undefined) ?? {}) } },
@@ -60,14 +64,21 @@ const scenarios: Record<string, Record<string, unknown>> = {
     outbound: { policy: 'registry-only' },
   },
   'inbound-policy': {
-    inbound: { ports: [{ port: 8080, deny: ['192.0.2.0/24'] }, { port: '9000-9003', rateLimit: { connections: 5 } }] },
+    inbound: {
+      ports: [
+        { port: 8080, deny: ['192.0.2.0/24'] },
+        { port: '9000-9003', rateLimit: { connections: 5 } },
+      ],
+    },
   },
   'inbound-catch-all': { inbound: { ports: [{ port: '*', maxConnections: 100 }] } },
   'mtls-strict': { mtls: { identity, inbound: 'strict', peers: ['10.98.0.0/16', 'fd98::/64'] } },
   'mtls-permissive': { mtls: { identity, inbound: 'permissive', peers: ['10.98.0.0/16'] } },
   tproxy: { capture: { inbound: { mode: 'tproxy' } } },
   'periodic-access-log': { proxy: { accessLog: { periodicInterval: '30s' } } },
-  'bounded-timers': { proxy: { idleTimeout: '5m', maxConnectionDuration: '1h', keepalive: 'off', connectTimeout: '2s' } },
+  'bounded-timers': {
+    proxy: { idleTimeout: '5m', maxConnectionDuration: '1h', keepalive: 'off', connectTimeout: '2s' },
+  },
 };
 
 describe('compileFrontDoor goldens', () => {
@@ -131,7 +142,11 @@ function randomRaw(r: () => number): Record<string, unknown> {
     ])();
   const mtls =
     r() < 0.4
-      ? { identity, inbound: pick(r, ['disable', 'permissive', 'strict']), peers: some(r, ['10.98.0.0/16', 'fd98::/64'], 2) }
+      ? {
+          identity,
+          inbound: pick(r, ['disable', 'permissive', 'strict']),
+          peers: some(r, ['10.98.0.0/16', 'fd98::/64'], 2),
+        }
       : undefined;
   // A destination (and a hostname) belongs to one service: each is drawn once.
   const used = new Set<string>();
