@@ -124,12 +124,14 @@ int Core::Listen(int32_t id, int fd, FrontDoorOptions opts, const char** syscall
   socklen_t len = sizeof(accepting);
   *syscall = "getsockopt(SO_ACCEPTCONN)";
   if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0) return errno;
-  if (!accepting) return EINVAL;
   Endpoint local{};
   len = sizeof(local);
   *syscall = "getsockname";
   if (getsockname(fd, &local.sa, &len) != 0) return errno;
-  if ((local.sa.sa_family == AF_INET6 ? 6 : 4) != opts.family || (local.sa.sa_family != AF_INET && local.sa.sa_family != AF_INET6)) return EAFNOSUPPORT;
+  *syscall = "listen";
+  if (!accepting) return EINVAL;
+  const int family = local.sa.sa_family == AF_INET6 ? 6 : local.sa.sa_family == AF_INET ? 4 : 0;
+  if (family != opts.family) return EAFNOSUPPORT;
   *syscall = "fcntl(F_DUPFD_CLOEXEC)";
   const int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup < 0) return errno;

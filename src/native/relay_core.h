@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <mutex>
 #include <netinet/in.h>
@@ -182,6 +183,68 @@ struct LiveConnection {
   const char* state;
 };
 
+// The id map's node allocator: single nodes come from a per-thread free list (bounded), so a churning relay
+// allocates nothing per connection once warm; anything bigger (the bucket array) goes to operator new. Per thread,
+// because the map is used from the loop thread and (for abort/snapshot) the JS thread, each under Core::mu_, and
+// several Cores share the node type.
+template <typename T>
+struct NodePool {
+  using value_type = T;
+  NodePool() = default;
+  template <typename U>
+  NodePool(const NodePool<U>&) {}  // NOLINT: rebinding copies nothing
+  T* allocate(size_t n) {
+    FreeList& list = Free();
+    if (n == 1 && list.head != nullptr) {
+      Slot* s = list.head;
+      list.head = s->next;
+      list.size--;
+      return reinterpret_cast<T*>(s);
+    }
+    return static_cast<T*>(::operator new(n * Size()));
+  }
+  void deallocate(T* p, size_t n) {
+    FreeList& list = Free();
+    if (n == 1 && list.size < kMax) {
+      Slot* s = reinterpret_cast<Slot*>(p);
+      s->next = list.head;
+      list.head = s;
+      list.size++;
+      return;
+    }
+    ::operator delete(p);
+  }
+  template <typename U>
+  bool operator==(const NodePool<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const NodePool<U>&) const { return false; }
+
+ private:
+  struct Slot {
+    Slot* next;
+  };
+  struct FreeList {
+    Slot* head = nullptr;
+    size_t size = 0;
+    ~FreeList() {
+      while (head != nullptr) {
+        Slot* s = head;
+        head = s->next;
+        ::operator delete(s);
+      }
+    }
+  };
+  static constexpr size_t kMax = 4096;
+  static constexpr size_t Size() { return sizeof(T) < sizeof(Slot) ? sizeof(Slot) : sizeof(T); }
+  static FreeList& Free() {
+    thread_local FreeList list;
+    return list;
+  }
+};
+
+using PairsById = std::unordered_map<uint64_t, Pair*, std::hash<uint64_t>, std::equal_to<uint64_t>,
+                                     NodePool<std::pair<const uint64_t, Pair*>>>;
+
 class Core {
  public:
   Core() = default;
@@ -264,7 +327,7 @@ class Core {
   int64_t sweepMs_ = 1000;
   int64_t nextSweep_ = 0;
   Pair* head_ = nullptr;
-  std::unordered_map<uint64_t, Pair*> byId_;
+  PairsById byId_;
   std::vector<Record> records_;
   std::vector<Accepted> handed_;  // this pass's onAccepted entries, moved to accepted_ with the records
   std::vector<Pair*> graveyard_;

@@ -47,7 +47,8 @@ interface Exchange {
 }
 
 // The relays run as root, which the rules exempt (the proxy's own uid); the clients (uid 4243 and 4242) are
-// redirected: port 7003 to the shared listener, 7004 to the unlisten test's, 7005 to the shutdown test's,
+// redirected: port 7003 to the shared listener, 7004 to the unlisten test's, 7005 to the shutdown test's, 7006 to
+// the inbound one's,
 // everything else in 10.61.0.0/24 to 15001 (IPv6: fd00:61::/64 to 15006). The relays' own connects to the blackhole
 // are dropped.
 const RULES = `*nat
@@ -55,6 +56,7 @@ const RULES = `*nat
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7003 -j REDIRECT --to-ports 15002
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7004 -j REDIRECT --to-ports 15003
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7005 -j REDIRECT --to-ports 15004
+-A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7006 -j REDIRECT --to-ports 15007
 -A OUTPUT -p tcp -d 10.61.0.0/24 -j REDIRECT --to-ports 15001
 COMMIT
 *filter
@@ -117,7 +119,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     relayAgent = await startLabAgent(AGENT, NS);
     client = await startLabAgent(AGENT, NS, { uid: CLIENT_UID, gid: CLIENT_UID });
     looper = await startLabAgent(AGENT, NS, { uid: LOOP_UID, gid: LOOP_UID });
-    for (const port of [7001, 7003, 7004, 7005]) {
+    for (const port of [7001, 7003, 7004, 7005, 7006]) {
       await client.call('serveEcho', { name: `echo${port}`, host: SERVER, port });
     }
     await client.call('serveEcho', { name: 'echo6', host: SERVER6, port: 7001 });
@@ -329,6 +331,29 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     await relayAgent.call('listen', { relay: 'main', listenerId: 1, fd: 0, options: original });
     const native = await client.call<Exchange>('exchange', { host: SERVER, port: 7001, send: 'n' });
     expect(native.received).toBe('n');
+  });
+
+  it('binds an inbound upstream to sourceAddress, and connects without it (flagged, counted) on EADDRNOTAVAIL', async () => {
+    const inbound = { ...baseOptions, direction: 'inbound', sourceAddress: '127.0.0.6' };
+    await relayAgent.call('openListener', { name: 'l7', host: '127.0.0.1', port: 15007 });
+    await relayAgent.call('listen', { relay: 'main', listenerId: 7, listener: 'l7', options: inbound });
+    await relayAgent.call('closeListener', { name: 'l7' });
+    const bound = await client.call<Exchange>('exchange', { host: SERVER, port: 7006, send: 'in' });
+    expect(bound.received).toBe('in');
+    const first = await recordFor('main', (x) => x.listenerId === 7, 'the inbound client');
+    expect(first).toMatchObject({ end: 'fin', flags: 0 });
+    expect(first.upstreamLocal).toMatch(/^127\.0\.0\.6:\d+$/);
+    expect(await client.call<string[]>('peers', { name: 'echo7006' })).toContain(first.upstreamLocal);
+
+    const fallback = { ...inbound, sourceAddress: '10.9.9.9' }; // not an address of this namespace
+    await relayAgent.call('listen', { relay: 'main', listenerId: 7, fd: 0, options: fallback });
+    const unbound = await client.call<Exchange>('exchange', { host: SERVER, port: 7006, send: 'in2' });
+    expect(unbound.received).toBe('in2');
+    const second = await recordFor('main', (x) => x.listenerId === 7 && x.id !== first.id, 'the second inbound client');
+    expect(second).toMatchObject({ end: 'fin', flags: 1 });
+    expect(second.upstreamLocal).toMatch(/^10\.61\.0\.1:\d+$/);
+    expect(await relayAgent.call('stats', { relay: 'main' })).toMatchObject({ sourceFallbacks: 1 });
+    await relayAgent.call('unlisten', { relay: 'main', listenerId: 7 });
   });
 
   it('backs off on EMFILE (listener deregistered for a sweep, counted) and accepts the waiting client after', async () => {
