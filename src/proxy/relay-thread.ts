@@ -159,6 +159,9 @@ export class RelayThread {
   private readonly listening = new Set<number>();
   /** Whether the event loop is held (ref) for open pairs or listeners. */
   private held = false;
+  /** Front-door connections whose end record, or whose hand-off to JS, has reached JS. */
+  private frontEnded = 0;
+  private askedSeen = 0;
 
   /**
    * Starts the thread; throws (ADDON_UNAVAILABLE, or a system error with `code`) when it cannot. With `frontDoor`,
@@ -203,6 +206,15 @@ export class RelayThread {
   /** The live front-door connections, at most `limit`. */
   list(limit: number): FrontDoorRow[] {
     return this.relay.list(limit);
+  }
+
+  /**
+   * Front-door connections the thread accepted whose end record or hand-off has not reached JS yet (a drain
+   * waits for none to be left: a record still in the thread's outbox would be lost at exit). One native call.
+   */
+  get frontDoorPending(): number {
+    if (!this.canListen) return 0;
+    return this.relay.stats().accepted - this.frontEnded - this.askedSeen;
   }
 
   /** Holds the event loop while pairs are open or the thread listens (its reports must reach JS), else lets go. */
@@ -268,12 +280,14 @@ export class RelayThread {
   }
 
   private readonly onAccepted = (batch: FrontDoorAccepted[]): void => {
+    this.askedSeen += batch.length;
     this.frontDoor?.accepted(batch);
   };
 
   private readonly onEnded = (records: Float64Array, details?: EndDetails): void => {
     for (let i = 0, r = 0; i + this.recordFields <= records.length; i += this.recordFields, r++) {
       if (details !== undefined && details.numbers[r * this.detailFields] === 1) {
+        this.frontEnded++;
         this.frontDoor?.ended(frontDoorEnd(records, i, details, r * this.detailFields, r));
         continue;
       }

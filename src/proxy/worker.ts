@@ -311,7 +311,7 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
 
   /** No connection left: none in JavaScript, none carried by a relay thread's front door. */
   private isEmpty(): boolean {
-    return this.connections.size === 0 && this.frontDoor.rows(this.relays, 1).length === 0;
+    return this.connections.size === 0 && this.relays.every((r) => r.frontDoorPending === 0);
   }
 
   /** `given`: the original destination a relay thread already read (an asked front-door connection). */
