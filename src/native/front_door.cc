@@ -64,15 +64,28 @@ bool PrefixMatches(const uint8_t* a, const uint8_t* b, int bits) {
   return (a[whole] & mask) == (b[whole] & mask);
 }
 
-bool Asked(const std::vector<AskEntry>& ask, const Endpoint& dst) {
-  const int family = dst.sa.sa_family == AF_INET6 ? 6 : 4;
-  const uint16_t port = ntohs(PortOf(dst));
-  const uint8_t* addr = static_cast<const uint8_t*>(AddressBytes(dst));
-  for (const AskEntry& a : ask) {
-    if (a.family != family || (a.port != 0 && a.port != port)) continue;
-    if (PrefixMatches(addr, a.addr, a.prefix)) return true;
+bool MatchesAny(const std::vector<AskEntry>& entries, int family, const uint8_t* addr) {
+  for (const AskEntry& a : entries) {
+    if (a.family == family && PrefixMatches(addr, a.addr, a.prefix)) return true;
   }
   return false;
+}
+
+bool Asked(const FrontDoorOptions& o, const Endpoint& dst) {
+  const int family = dst.sa.sa_family == AF_INET6 ? 6 : 4;
+  const uint8_t* addr = static_cast<const uint8_t*>(AddressBytes(dst));
+  if (MatchesAny(o.askAnyPort, family, addr)) return true;
+  if (o.askByPort.empty()) return false;
+  auto it = o.askByPort.find(ntohs(PortOf(dst)));
+  return it != o.askByPort.end() && MatchesAny(it->second, family, addr);
+}
+
+// Splits `ask` into the index Asked() reads (on the JS thread, before the options reach the loop).
+void IndexAsk(FrontDoorOptions* o) {
+  for (const AskEntry& a : o->ask) {
+    if (a.port == 0) o->askAnyPort.push_back(a);
+    else o->askByPort[a.port].push_back(a);
+  }
 }
 
 // Whether the original destination is the listener itself: conntrack, active in a namespace with NAT rules, gives
@@ -112,6 +125,7 @@ int Core::Listen(int32_t id, int fd, FrontDoorOptions opts, const char** syscall
   *syscall = "listen";
   // A table that sends connections to JS needs the callback that takes them.
   if (!hasOnAccepted_ && (!opts.passthrough || !opts.ask.empty())) return EINVAL;
+  IndexAsk(&opts);
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return EBADF;
   auto it = listeners_.find(id);
@@ -238,7 +252,7 @@ void Core::Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs) 
     Refuse(l, fd, peer, &dst, kSelfLoop, 0, acceptedUs);
     return;
   }
-  if (!o.passthrough || Asked(o.ask, dst)) {
+  if (!o.passthrough || Asked(o, dst)) {
     HandToJs(l, fd, dst);
     return;
   }

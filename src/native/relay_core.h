@@ -128,6 +128,10 @@ struct FrontDoorOptions {
   int family = 4;
   bool passthrough = false;
   std::vector<AskEntry> ask;
+  // `ask` indexed for the per-connection match (built by IndexAsk when listen() takes the options): the entries for
+  // any port, and the others by port, so a table of many services costs one hash lookup and a short scan.
+  std::vector<AskEntry> askAnyPort;
+  std::unordered_map<uint16_t, std::vector<AskEntry>> askByPort;
   bool hasSource = false;
   Endpoint source{};
   int64_t selfLoopUid = -1;

@@ -322,15 +322,29 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
   });
 
   it("replaces a listener's options atomically with listen() on the same id (and keeps its socket)", async () => {
-    const asked = { ...baseOptions, selfLoopUid: LOOP_UID, passthrough: false };
-    const original = { ...baseOptions, selfLoopUid: LOOP_UID, ask: [{ address: SERVER, prefix: 32, port: 7002 }] };
-    // fd 0 is not a listening socket: for an id that listens already it is not looked at.
-    await relayAgent.call('listen', { relay: 'main', listenerId: 1, fd: 0, options: asked });
-    const viaJs = await client.call<Exchange>('exchange', { host: SERVER, port: 7001, send: 'j' });
-    expect(viaJs.received).toBe(`asked ${SERVER}:7001 family 4 listener 1\nj`);
-    await relayAgent.call('listen', { relay: 'main', listenerId: 1, fd: 0, options: original });
-    const native = await client.call<Exchange>('exchange', { host: SERVER, port: 7001, send: 'n' });
-    expect(native.received).toBe('n');
+    const own = { ...baseOptions, selfLoopUid: LOOP_UID };
+    const original = { ...own, ask: [{ address: SERVER, prefix: 32, port: 7002 }] };
+    const via = async (options: typeof baseOptions, send: string): Promise<string> => {
+      // fd 0 is not a listening socket: for an id that listens already it is not looked at.
+      await relayAgent.call('listen', { relay: 'main', listenerId: 1, fd: 0, options });
+      const r = await client.call<Exchange>('exchange', { host: SERVER, port: 7001, send });
+      expect(r.error).toBeUndefined();
+      if (r.received === `asked ${SERVER}:7001 family 4 listener 1\n${send}`) return 'js';
+      return r.received === send ? 'native' : r.received;
+    };
+    expect(await via({ ...own, passthrough: false }, 'a')).toBe('js');
+    // A network on any port; then entries that miss by network and by port; then the exact one.
+    expect(await via({ ...own, ask: [{ address: '10.61.0.0', prefix: 24, port: 0 }] }, 'b')).toBe('js');
+    const misses = [
+      { address: '10.61.0.128', prefix: 25, port: 0 },
+      { address: SERVER, prefix: 32, port: 7999 },
+      { address: 'fd00:61::', prefix: 64, port: 7001 },
+    ];
+    expect(await via({ ...own, ask: misses }, 'c')).toBe('native');
+    expect(await via({ ...own, ask: [...misses, { address: '10.61.0.0', prefix: 31, port: 7001 }] }, 'd')).toBe('js');
+    expect(await via(original, 'e')).toBe('native');
+    const accepted = await relayAgent.call<{ port: number }[]>('accepted', { relay: 'main' });
+    expect(accepted.filter((a) => a.port === 7001)).toHaveLength(3);
   });
 
   it('binds an inbound upstream to sourceAddress, and connects without it (flagged, counted) on EADDRNOTAVAIL', async () => {
