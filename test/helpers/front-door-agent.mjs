@@ -152,6 +152,11 @@ const ops = {
     return relays.get(relay).relay.abort(id, reset);
   },
 
+  async snapshot({ relay, id }) {
+    const out = new Float64Array(3);
+    return relays.get(relay).relay.snapshot(id, out) ? Array.from(out) : null;
+  },
+
   async records({ relay }) {
     return relays.get(relay).records;
   },

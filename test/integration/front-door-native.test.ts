@@ -48,7 +48,7 @@ interface Exchange {
 
 // The relays run as root, which the rules exempt (the proxy's own uid); the clients (uid 4243 and 4242) are
 // redirected: port 7003 to the shared listener, 7004 to the unlisten test's, 7005 to the shutdown test's, 7006 to
-// the inbound one's,
+// the inbound one's, 7007 to the one unlistened while connecting,
 // everything else in 10.61.0.0/24 to 15001 (IPv6: fd00:61::/64 to 15006). The relays' own connects to the blackhole
 // are dropped.
 const RULES = `*nat
@@ -57,6 +57,7 @@ const RULES = `*nat
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7004 -j REDIRECT --to-ports 15003
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7005 -j REDIRECT --to-ports 15004
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7006 -j REDIRECT --to-ports 15007
+-A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7007 -j REDIRECT --to-ports 15008
 -A OUTPUT -p tcp -d 10.61.0.0/24 -j REDIRECT --to-ports 15001
 COMMIT
 *filter
@@ -227,11 +228,44 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     });
     const mine = live.find((c) => c.source === first.local);
     expect(mine).toMatchObject({ originalDst: `${SERVER}:7004`, state: 'open', listenerId: 3, fromClient: 11 });
+    expect(await relayAgent.call('snapshot', { relay: 'main', id: mine!.id })).toEqual([11, 11, 0]);
     expect(await relayAgent.call('abort', { relay: 'main', id: mine!.id, reset: true })).toBe(true);
     const closed = await client.call<{ error?: { code: string } }>('heldClosed', { tag: 'h' });
     expect(closed.error?.code).toBe('ECONNRESET');
     const rec = await recordFor('main', (x) => x.id === mine!.id, `pair ${mine!.id}`);
     expect(rec).toMatchObject({ end: 'aborted', fromClient: 11, fromUpstream: 11, listenerId: 3 });
+  });
+
+  it('lets a connect in progress finish (here: time out) after its listener is unlistened, leaving no fd', async () => {
+    const before = await relayAgent.call<number>('fdCount');
+    await relayAgent.call('openListener', { name: 'l8', host: '127.0.0.1', port: 15008 });
+    await relayAgent.call('listen', { relay: 'main', listenerId: 8, listener: 'l8', options: baseOptions });
+    await relayAgent.call('closeListener', { name: 'l8' });
+    const pending = client.call<Exchange>('exchange', { host: BLACKHOLE, port: 7007, send: 'x' });
+    let live: { listenerId: number; state: string }[] = [];
+    await waitUntil(
+      'the connect in progress in list()',
+      async () => {
+        live = await relayAgent.call<{ listenerId: number; state: string }[]>('list', { relay: 'main' });
+        return live.some((c) => c.listenerId === 8 && c.state === 'connecting');
+      },
+      10_000,
+      { seen: () => live },
+    );
+    expect(await relayAgent.call('unlisten', { relay: 'main', listenerId: 8 })).toBe(true);
+    expect((await pending).error?.code).toBe('ECONNRESET');
+    const rec = await recordFor('main', (x) => x.listenerId === 8, 'the connect on listener 8');
+    expect(rec).toMatchObject({ end: 'connectTimeout', originalDst: `${BLACKHOLE}:7007` });
+    let fds = 0;
+    await waitUntil(
+      `the relay process back at ${before} fds`,
+      async () => {
+        fds = await relayAgent.call<number>('fdCount');
+        return fds <= before;
+      },
+      10_000,
+      { seen: () => fds, intervalMs: 50 },
+    );
   });
 
   it('shares one listening socket between two relays: both accept, none of 200 connections is lost', async () => {
