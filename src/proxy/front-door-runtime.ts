@@ -107,11 +107,15 @@ export class FrontDoor implements FrontDoorSink {
     return true;
   }
 
-  /** New options for a listener the threads hold (reload); threads started since take it too. */
+  /**
+   * New options for a listener the threads hold (reload). Only the threads that listen on it already: Node's fd
+   * is closed since the hand-over (its number may be another file's now), so a thread started by a reload that
+   * raised proxy.relayThreads relays handed-off pairs but accepts only on listeners opened after it.
+   */
   relisten(key: string, threads: readonly RelayThread[], options: FrontDoorOptions): void {
     const entry = this.taken.get(key);
     if (entry === undefined) return;
-    for (const t of threads) t.listen(entry.id, entry.fd, options);
+    for (const t of threads) if (t.listenerIds.has(entry.id)) t.listen(entry.id, entry.fd, options);
   }
 
   /** Whether the threads accept on the listener `key`. */

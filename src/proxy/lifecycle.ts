@@ -557,6 +557,7 @@ export class ProxySupervisor {
         active: w.active,
         listening: w.listening,
         draining: w.draining,
+        frontDoor: w.frontDoor,
       })),
       connections: {
         active: { outbound: totals.directions.outbound.active, inbound: totals.directions.inbound.active },

@@ -14,6 +14,7 @@ import {
   type EndDetails,
   type FrontDoorEnd as FrontDoorEndName,
   type FrontDoorOptions,
+  type FrontDoorStats,
   type LiveFrontConnection,
   type NativeRelay,
   type RelayEnd,
@@ -215,6 +216,11 @@ export class RelayThread {
   get frontDoorPending(): number {
     if (!this.canListen) return 0;
     return this.relay.stats().accepted - this.frontEnded - this.askedSeen;
+  }
+
+  /** The front door's counters (null: an addon without it, or no sink). */
+  frontDoorStats(): FrontDoorStats | null {
+    return this.canListen ? this.relay.stats() : null;
   }
 
   /** Holds the event loop while pairs are open or the thread listens (its reports must reach JS), else lets go. */

@@ -14,7 +14,7 @@ import { FrontDoor, type FrontDoorHost } from './front-door-runtime.js';
 import { isTunnelListener, listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
 import { readOriginalDst, socketFd, type OriginalDst } from '../native/original-dst.js';
-import { peerOwner } from '../native/addon.js';
+import { peerOwner, type FrontDoorStats } from '../native/addon.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './connection.js';
 import { RelayThread } from './relay-thread.js';
 import {
@@ -50,6 +50,8 @@ export interface WorkerStats {
   readonly policy: PolicySnapshot;
   /** The mTLS tunnel's counters and identity; null without mTLS. */
   readonly mtls: TunnelStats | null;
+  /** The relay threads' front door: its counters over every thread, and the listeners it accepts on; null when Node accepts. */
+  readonly frontDoor: (Record<keyof FrontDoorStats, number> & { threads: number; listening: string[] }) | null;
 }
 
 /** The host's interface addresses now (os.networkInterfaces): read again per check, as addresses come and go. */
@@ -274,6 +276,10 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
   private handOver(listeners: readonly OpenListener[]): void {
     if (this.relayThread === null) return;
     for (const l of listeners) {
+      // TPROXY'd connections have no NAT record: a thread reads the original destination with SO_ORIGINAL_DST
+      // and would refuse every one as not redirected; Node accepts them (transparentDestination).
+      if (l.spec.direction === 'inbound' && (l.spec.transparent || this.config.capture.inbound.mode === 'tproxy'))
+        continue;
       try {
         if (this.frontDoor.take(specKey(l.spec), l, this.relays, this.frontDoorOptions(l.spec))) continue;
       } catch (error) {
@@ -647,7 +653,20 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
       metrics,
       policy: this.policy.snapshot(),
       mtls: this.tunnel?.stats() ?? null,
+      frontDoor: this.frontDoorReport(),
     };
+  }
+
+  private frontDoorReport(): WorkerStats['frontDoor'] {
+    const listening = this.listeners.filter((l) => this.frontDoor.holds(specKey(l.spec))).map((l) => l.spec.name);
+    const all = this.relays.map((r) => r.frontDoorStats()).filter((s) => s !== null);
+    if (listening.length === 0 || all.length === 0) return null;
+    const sum = Object.fromEntries(Object.keys(all[0]!).map((k) => [k, 0])) as Record<keyof FrontDoorStats, number>;
+    // Counters add up; a `last…Errno` is any thread's that has one.
+    for (const s of all)
+      for (const k of Object.keys(sum) as (keyof FrontDoorStats)[])
+        sum[k] = k.startsWith('last') ? Math.max(sum[k], s[k]) : sum[k] + s[k];
+    return { ...sum, threads: all.length, listening };
   }
 
   /** The open and recently closed connections from `source` (canonical ADDR:PORT, as the admin API checked it). */
