@@ -14,7 +14,7 @@ import { FrontDoor, type FrontDoorHost } from './front-door-runtime.js';
 import { isTunnelListener, listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
 import { readOriginalDst, socketFd, type OriginalDst } from '../native/original-dst.js';
-import { peerOwner, type FrontDoorStats } from '../native/addon.js';
+import { errnoCode, peerOwner, type FrontDoorStats } from '../native/addon.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './connection.js';
 import { RelayThread } from './relay-thread.js';
 import {
@@ -120,6 +120,9 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
   /** sock_diag lookups of the self-loop check that failed, and when that was last logged. */
   private ownerLookupFailures = 0;
   private ownerLookupWarnedAt = -Infinity;
+  /** When the front door's counters were last checked for trouble, and what they said then. */
+  private frontDoorCheckedAt = -Infinity;
+  private frontDoorSeen = { ownerLookupFailures: 0, acceptPauses: 0 };
   /** Told about every refused self-loop (the primary turns /ready not-ready and logs the likely cause). */
   onSelfLoop: ((event: SelfLoopEvent) => void) | null = null;
   /** The mTLS tunnel (identity, dialer, listener), when mtls.identity is configured. */
@@ -517,8 +520,35 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
     );
   }
 
+  /**
+   * What the threads' front door cannot log itself, at most once per 10 s: sock_diag lookups that failed (a
+   * capture loop would not be refused, as isOwnConnection warns) and accept pauses (out of fds or memory).
+   */
+  private checkFrontDoor(now: number): void {
+    if (now - this.frontDoorCheckedAt < 10_000) return;
+    this.frontDoorCheckedAt = now;
+    const r = this.frontDoorReport();
+    if (r === null) return;
+    const seen = this.frontDoorSeen;
+    if (r.ownerLookupFailures > seen.ownerLookupFailures)
+      this.log.warn(
+        { failures: r.ownerLookupFailures, code: errnoCode(r.lastOwnerLookupErrno) },
+        "self-loop check in the relay threads: cannot ask the kernel who owns a connection's socket (sock_diag); a capture loop through this proxy would not be refused. Allow AF_NETLINK sockets for the proxy",
+      );
+    if (r.acceptBackoffs + r.acceptErrors > seen.acceptPauses)
+      this.log.warn(
+        { backoffs: r.acceptBackoffs, errors: r.acceptErrors, code: errnoCode(r.lastAcceptErrno) },
+        'the relay threads paused accepting (EMFILE, ENFILE, ENOMEM or another accept error; connections wait in the backlog): raise the fd limit (LimitNOFILE=) or lower the load',
+      );
+    this.frontDoorSeen = {
+      ownerLookupFailures: r.ownerLookupFailures,
+      acceptPauses: r.acceptBackoffs + r.acceptErrors,
+    };
+  }
+
   private sweep(): void {
     const now = performance.now();
+    this.checkFrontDoor(now);
     for (const conn of this.connections) {
       if (conn.sweep(now)) continue;
       if (conn.nextProgressAt > 0 && now >= conn.nextProgressAt && conn.state !== 'closed') {

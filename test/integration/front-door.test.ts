@@ -129,6 +129,17 @@ describe.skipIf(!integrationEnabled)('the front door: relay threads accept, Java
       expect(l).toMatchObject({ service: 'svc', upstream: `${b4}:${ECHO}`, result: 'FIN' });
     }
     expect(served.map((l) => l.attempts).sort()).toEqual([1, 2]);
+    // /stats: the threads accept on every listener; they handed the two service connections to JavaScript.
+    const stats = await proxy.adminJson('/stats');
+    expect(stats.workers).toHaveLength(1);
+    expect(stats.workers[0].frontDoor).toMatchObject({
+      threads: 2,
+      listening: ['outbound', 'inbound', 'outbound6', 'inbound6'],
+      asked: 2,
+      connected: 1,
+      connectFailed: 0,
+      open: 0,
+    });
     const metrics = await proxy.admin('/metrics');
     expect(metrics.body).toMatch(/meshctl_proxy_connections_total\{direction="outbound",result="FIN"\} [3-9]/);
   });
