@@ -77,6 +77,7 @@ describe.skipIf(!integrationEnabled)('the front door: relay threads accept, Java
     file = lab.writeConfig(raw, 'door').file;
     proxy = await lab.startProxy(file);
     await proxy.waitReady();
+    console.log(`front door: proxy RSS at ready ${(rssBytes(proxy.pid) / 2 ** 20).toFixed(1)} MiB (one process)`);
   });
 
   afterAll(async () => {
@@ -197,7 +198,9 @@ describe.skipIf(!integrationEnabled)('the front door: relay threads accept, Java
     });
     expect(stats.connections.active.outbound).toBe(count);
     const perConnection = (rssBytes(proxy.pid) - baseline) / count;
-    console.log(`front door: proxy RSS per idle connection ${(perConnection / 1024).toFixed(2)} KiB (${count} held)`);
+    console.log(
+      `front door: proxy RSS ${(baseline / 2 ** 20).toFixed(1)} MiB before, ${(perConnection / 1024).toFixed(2)} KiB per idle connection (${count} held)`,
+    );
     expect(perConnection).toBeLessThanOrEqual(4096);
     expect(await lab.app.call('pingHeld', { tag: 'idle', timeoutMs: 60_000 })).toEqual({ ok: count, failures: [] });
     expect((await lab.app.call<{ errors: string[] }>('closeHeld', { tag: 'idle' })).errors).toEqual([]);
