@@ -4,7 +4,8 @@ import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { configFromObject } from '../../src/config/load.js';
 import { workerCount } from '../../src/proxy/lifecycle.js';
-import { relayThreadCount } from '../../src/proxy/worker.js';
+import { ProxyWorker, relayThreadCount } from '../../src/proxy/worker.js';
+import { silentLogger } from '../../src/log.js';
 import { testHost } from '../cases.js';
 
 const load = (proxy: Record<string, unknown>) =>
@@ -34,5 +35,18 @@ describe('proxy.relayThreads', () => {
   it('leaves the config hash of configs that do not set it unchanged, and changes it when set', () => {
     expect(load({ relayThreads: 'auto' }).hash).toBe(load({}).hash);
     expect(load({ relayThreads: 2 }).hash).not.toBe(load({}).hash);
+  });
+
+  it('starts that many relay threads in a worker and hands established pairs to them in turn', () => {
+    const worker = new ProxyWorker(load({ relayThreads: 3 }), [], silentLogger);
+    // start() would also open listeners; the threads alone are what is checked here.
+    (worker as unknown as { startRelay(c: unknown): void }).startRelay(load({ relayThreads: 3 }));
+    try {
+      const picked = Array.from({ length: 6 }, () => worker.relayThread);
+      expect(new Set(picked).size).toBe(3);
+      expect(picked.slice(3)).toEqual(picked.slice(0, 3));
+    } finally {
+      for (const t of (worker as unknown as { relays: { close(): void }[] }).relays) t.close();
+    }
   });
 });
