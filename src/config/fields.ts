@@ -155,7 +155,9 @@ export const FIELDS = [
     flag: { name: 'proxy-admin-port', help: 'admin port on 127.0.0.1', showDefault: true },
   }),
   constant('proxy.adminAddress', '127.0.0.1'),
-  field('proxy.workers', workers, { flag: proxyFlag('proxy-workers', 'worker processes, or "auto" (one per core)') }),
+  field('proxy.workers', workers, {
+    flag: proxyFlag('proxy-workers', 'worker processes, or "auto" (1 with the native relay, else one per core)'),
+  }),
   field('proxy.connectTimeout', duration, {
     to: 'proxy.connectTimeoutMs',
     flag: proxyFlag('proxy-connect-timeout', 'upstream connect timeout'),
@@ -182,6 +184,9 @@ export const FIELDS = [
   }),
   field('proxy.relay', oneOf(RELAY_KINDS), {
     flag: proxyFlag('proxy-relay', 'what relays established connections: "native" (addon thread) or "node" (streams)'),
+  }),
+  field('proxy.relayThreads', workers, {
+    flag: proxyFlag('proxy-relay-threads', 'relay threads per worker with --proxy-relay native, or "auto" (one per core)'),
   }),
   field('proxy.accessLog.enabled', boolean),
   field('proxy.accessLog.path', textOrNull, {

@@ -371,6 +371,11 @@ function hashView(full: ConfigBody & ResolvedPolicy): unknown {
     if (key === 'mtls' && off) continue;
     view[key] = key === 'services' && allPlain ? services.map(({ mtls: _on, identities: _ids, ...s }) => s) : value;
   }
+  // Likewise proxy.relayThreads at its default, which older configs could not set.
+  if (full.proxy.relayThreads === 'auto') {
+    const { relayThreads: _auto, ...proxy } = full.proxy;
+    view.proxy = proxy;
+  }
   // Likewise the unit lists while they are at their defaults (no unit named), which older configs could not set.
   const out = full.capture.outbound;
   if (out.excludeUnits.length === 0 && out.includeUnits === 'all') {

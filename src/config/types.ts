@@ -51,7 +51,7 @@ export interface ProxyConfig {
   readonly adminPort: number;
   /** Admin server bind address; always loopback (it is excluded from capture). */
   readonly adminAddress: string;
-  /** Worker processes; 'auto' = number of cores. */
+  /** Worker processes; 'auto' = number of cores with relay node, 1 with relay native (src/proxy/lifecycle.ts). */
   readonly workers: number | 'auto';
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number | null;
@@ -60,6 +60,8 @@ export interface ProxyConfig {
   readonly drainTimeoutMs: number;
   readonly keepaliveDelayMs: number | null;
   readonly relay: RelayKind;
+  /** Relay threads per worker (proxy.relay native); 'auto' = os.availableParallelism(). */
+  readonly relayThreads: number | 'auto';
   readonly accessLog: AccessLogConfig;
   /** Source address for inbound connections handed to local apps over lo (Istio's 127.0.0.6 / ::6). */
   readonly inboundPassthroughSource: { readonly ipv4: string; readonly ipv6: string };

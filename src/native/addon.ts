@@ -3,7 +3,8 @@
 // transparentSocket (TPROXY's inbound leg from the peer's address) with keepCapabilities / retainNetAdmin (the
 // capability it needs, kept across the switch to proxy.user), peerOwner (who made a connection: the proxy's
 // self-loop check), trimMalloc (freed memory back to the kernel), and the Relay thread (src/native/relay.cc)
-// that moves the bytes of established connections, with its table of end codes.
+// that moves the bytes of established connections, with its tables of end codes, and its front door
+// (src/native/front_door.cc) that accepts, reads the original destination and connects natively.
 // All argument validation happens here, before the C++ side sees a value; the addon's own errors carry
 // `errno` and `syscall`, and this module adds Node's usual `code` ('ENOENT', ...) to them.
 import { createRequire } from 'node:module';
@@ -29,7 +30,7 @@ export interface NativeSystemError extends Error {
 /**
  * The addon's relay thread (src/native/relay.cc). `onEnded` receives finished pairs as a flat Float64Array,
  * relayRecordFields() numbers each: id, bytes from client, bytes from upstream, end code, side (0 client,
- * 1 upstream), errno.
+ * 1 upstream), errno; when the batch holds a front-door connection, also their details (EndDetails).
  */
 export interface NativeRelay {
   /** Takes duplicates of both fds (the caller closes its own); bounds in ms, -1 = none; keepalive in s, -1 = off. */
@@ -42,15 +43,120 @@ export interface NativeRelay {
     halfCloseMs: number,
     keepaliveSec: number,
   ): void;
-  /** Closes the pair now (RST to both peers when `reset`); false if it had already ended. */
+  /** Closes the pair now (RST to both peers when `reset`); false if it had already ended. Front-door ids too. */
   abort(id: number, reset: boolean): boolean;
   /** Fills `out` with [bytes from client, bytes from upstream, 1 if one direction ended]; false if it has ended. */
   snapshot(id: number, out: Float64Array): boolean;
+  /**
+   * The front door: the thread accepts on a dup of the listening socket `fd` (the caller keeps its own; the open
+   * file becomes non-blocking), registered with EPOLLEXCLUSIVE so several relays can share one socket. The same
+   * listenerId again replaces the options for the next accepts and keeps the first fd. Throws TypeError for bad
+   * options and the system error (EINVAL: not a listening socket, or options that send connections to JS without
+   * an onAccepted; EAFNOSUPPORT: `family` is not the socket's).
+   */
+  listen(listenerId: number, fd: number, options: FrontDoorOptions): void;
+  /** Stops accepting on it (its dup is closed); connections it accepted go on. False if it was not listening. */
+  unlisten(listenerId: number): boolean;
+  /** The live front-door connections (at most `limit`, newest first). */
+  list(limit: number): LiveFrontConnection[];
+  /** The front door's counters since the relay started, and its connections open now. */
+  stats(): FrontDoorStats;
   setSweepInterval(ms: number): void;
   ref(): void;
   unref(): void;
   close(): void;
 }
+
+/** One destination JavaScript decides: address/prefix (an IPv4 or IPv6 network) and port (0 = any). */
+export interface FrontDoorAsk {
+  readonly address: string;
+  readonly prefix: number;
+  readonly port: number;
+}
+
+/** What a relay's front door does with the connections one listener accepts (src/native/front_door.cc). */
+export interface FrontDoorOptions {
+  readonly direction: 'outbound' | 'inbound';
+  /** The listener's family (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST). */
+  readonly family: 4 | 6;
+  /** false: every accepted connection goes to JS (onAccepted); true: connect natively unless `ask` matches. */
+  readonly passthrough: boolean;
+  readonly ask: ReadonlyArray<FrontDoorAsk>;
+  /** bind() the upstream socket to this address first (IP_BIND_ADDRESS_NO_PORT); null = none. EADDRNOTAVAIL:
+   *  connects without it, flagged in the end record (FRONT_FLAG_SOURCE_FALLBACK) and counted (sourceFallbacks). */
+  readonly sourceAddress: string | null;
+  /** Outbound: reset a connection whose peer socket this uid owns (sock_diag); -1 = off. */
+  readonly selfLoopUid: number;
+  /** Bounds in ms, -1 = none (enforced by the sweep, so to its interval); keepalive in s, -1 = off. */
+  readonly connectTimeoutMs: number;
+  readonly maxDurationMs: number;
+  readonly idleMs: number;
+  readonly halfCloseMs: number;
+  readonly keepaliveSec: number;
+}
+
+/** A connection the front door hands to JS: JS owns `fd` from here (wrap it in a net.Socket). */
+export interface AcceptedConnection {
+  readonly fd: number;
+  readonly listenerId: number;
+  /** The original destination. */
+  readonly address: string;
+  readonly port: number;
+  readonly family: 4 | 6;
+}
+
+/**
+ * onEnded's second argument, present when the batch holds a front-door record; aligned with the records by index i:
+ * numbers[i * relayDetailFields() + k], k = 0 front (1 | 0), 1 listenerId (-1 adopted), 2 duration µs (accept to
+ * end), 3 connect µs (accept to established; -1 never), 4 flags (FRONT_FLAG_*); strings[i * 3 + 0..2] = source
+ * `a:p` / `[a]:p`, original destination, upstream local address ('' unknown or adopted).
+ */
+export interface EndDetails {
+  readonly numbers: Float64Array;
+  readonly strings: readonly string[];
+}
+
+/** Bit in EndDetails' flags: bind(sourceAddress) gave EADDRNOTAVAIL and the upstream connected without it. */
+export const FRONT_FLAG_SOURCE_FALLBACK = 1;
+
+export interface LiveFrontConnection {
+  /** Front-door ids start at 2 ** 32 (one counter per process): they never equal an adopt() id. */
+  readonly id: number;
+  readonly listenerId: number;
+  readonly source: string;
+  readonly originalDst: string;
+  readonly upstreamLocal: string;
+  readonly ageMs: number;
+  readonly fromClient: number;
+  readonly fromUpstream: number;
+  readonly state: 'connecting' | 'open' | 'half-closed';
+}
+
+export interface FrontDoorStats {
+  readonly accepted: number;
+  /** Handed to JS (onAccepted). */
+  readonly asked: number;
+  readonly connected: number;
+  readonly connectFailed: number;
+  readonly connectTimeout: number;
+  readonly selfLoop: number;
+  readonly notRedirected: number;
+  /** accept4 errors other than EMFILE & co; each deregistered the listener until the next sweep. */
+  readonly acceptErrors: number;
+  /** EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener was deregistered until the next sweep. */
+  readonly acceptBackoffs: number;
+  readonly lastAcceptErrno: number;
+  readonly sourceFallbacks: number;
+  /** sock_diag lookups that failed (counted as not the proxy's own, as in the JS path). */
+  readonly ownerLookupFailures: number;
+  readonly lastOwnerLookupErrno: number;
+  /** Front-door pairs open now, and of those still connecting. */
+  readonly open: number;
+  readonly connecting: number;
+}
+
+export type OnEnded = (records: Float64Array, details?: EndDetails) => void;
+export type OnAccepted = (batch: AcceptedConnection[]) => void;
 
 /** How the relay thread says a pair ended. The names are the contract; the numbers come from the addon (relayEndCodes). */
 export const RELAY_ENDS = [
@@ -66,11 +172,17 @@ export const RELAY_ENDS = [
 ] as const;
 export type RelayEnd = (typeof RELAY_ENDS)[number];
 
+/** The ends only front-door connections have (the addon's frontDoorEndCodes). */
+export const FRONT_DOOR_ENDS = ['connectFailed', 'connectTimeout', 'selfLoop', 'notRedirected'] as const;
+export type FrontDoorEnd = (typeof FRONT_DOOR_ENDS)[number];
+
 interface NativeBinding {
-  Relay: new (onEnded: (records: Float64Array) => void, sweepMs: number) => NativeRelay;
-  /** relay.cc's EndCode by name. */
+  Relay: new (onEnded: OnEnded, sweepMs: number, onAccepted?: OnAccepted) => NativeRelay;
+  /** relay_binding.cc's EndCode by name: adopted pairs' ends, and the front door's own. */
   relayEndCodes: unknown;
+  frontDoorEndCodes: unknown;
   relayRecordFields: number;
+  relayDetailFields: number;
   originalDst(fd: number, family: AddonFamily): OriginalDstResult;
   transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
   isTransparent(fd: number, family: AddonFamily): boolean;
@@ -269,20 +381,34 @@ export function relayEndCodes(): Readonly<Record<RelayEnd, number>> {
   return checkEndCodes(loadBinding().relayEndCodes, ADDON_PATH);
 }
 
+/** The front door's own end codes by name; ADDON_UNAVAILABLE as for relayEndCodes. */
+export function frontDoorEndCodes(): Readonly<Record<FrontDoorEnd, number>> {
+  return checkEndCodes(loadBinding().frontDoorEndCodes, ADDON_PATH, FRONT_DOOR_ENDS);
+}
+
 /** Numbers per end record that the relay thread hands to `onEnded`. Throws ADDON_UNAVAILABLE. */
 export function relayRecordFields(): number {
   return loadBinding().relayRecordFields;
 }
 
-/** `table` as end codes by name, or ADDON_UNAVAILABLE naming what differs from RELAY_ENDS. */
-export function checkEndCodes(table: unknown, source: string): Readonly<Record<RelayEnd, number>> {
+/** Numbers per record in onEnded's EndDetails. Throws ADDON_UNAVAILABLE. */
+export function relayDetailFields(): number {
+  return loadBinding().relayDetailFields;
+}
+
+/** `table` as end codes by name, or ADDON_UNAVAILABLE naming what differs from `expected` (RELAY_ENDS by default). */
+export function checkEndCodes<E extends string = RelayEnd>(
+  table: unknown,
+  source: string,
+  expected: readonly E[] = RELAY_ENDS as unknown as readonly E[],
+): Readonly<Record<E, number>> {
   const entries = table !== null && typeof table === 'object' ? Object.entries(table) : [];
   const names = entries.map(([name]) => name);
   const codes = entries.map(([, code]) => code);
   const problems = [
-    ...RELAY_ENDS.filter((name) => !names.includes(name)).map((name) => `no code for "${name}"`),
+    ...expected.filter((name) => !names.includes(name)).map((name) => `no code for "${name}"`),
     ...names
-      .filter((name) => !(RELAY_ENDS as readonly string[]).includes(name))
+      .filter((name) => !(expected as readonly string[]).includes(name))
       .map((name) => `an unknown end "${name}"`),
     ...entries
       .filter(([, code]) => !Number.isInteger(code))
@@ -298,15 +424,71 @@ export function checkEndCodes(table: unknown, source: string): Readonly<Record<R
       'rebuild the addon from this checkout: `npx node-gyp rebuild` in the meshctl directory',
     );
   }
-  return Object.fromEntries(entries) as Record<RelayEnd, number>;
+  return Object.fromEntries(entries) as Record<E, number>;
 }
 
-/** Starts a relay thread; its system errors (epoll_create1, eventfd) carry `code` like Node's. */
-export function createRelay(onEnded: (records: Float64Array) => void, sweepMs: number): NativeRelay {
+/**
+ * Starts a relay thread; its system errors (epoll_create1, eventfd) carry `code` like Node's. `onAccepted` takes
+ * the connections its front door hands to JS; without it, listen() takes only options that never do.
+ * listen()'s options are checked here (TypeError naming the field) and its system errors get `code` too.
+ */
+export function createRelay(onEnded: OnEnded, sweepMs: number, onAccepted?: OnAccepted): NativeRelay {
   if (!Number.isInteger(sweepMs) || sweepMs < 1)
     throw new TypeError(`createRelay: sweepMs must be a positive integer, got ${String(sweepMs)}`);
+  if (onAccepted !== undefined && typeof onAccepted !== 'function')
+    throw new TypeError(`createRelay: onAccepted must be a function, got ${typeof onAccepted}`);
   const Relay = loadBinding().Relay;
-  return withErrnoCode(() => new Relay(onEnded, sweepMs));
+  const relay = withErrnoCode(() =>
+    onAccepted === undefined ? new Relay(onEnded, sweepMs) : new Relay(onEnded, sweepMs, onAccepted),
+  );
+  const listen = relay.listen.bind(relay);
+  // The class's methods are read-only properties of its prototype: the checked one is defined on the instance.
+  Object.defineProperty(relay, 'listen', {
+    value: (listenerId: number, fd: number, options: FrontDoorOptions): void => {
+      checkListenerId('listen', listenerId);
+      checkFd('listen', fd);
+      checkFrontDoorOptions(options);
+      withErrnoCode(() => listen(listenerId, fd, options));
+    },
+  });
+  return relay;
+}
+
+function checkListenerId(fn: string, id: number): void {
+  if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id > 0x7fffffff) {
+    throw new TypeError(`${fn}: listenerId must be an integer between 0 and 2147483647, got ${String(id)}`);
+  }
+}
+
+const BOUNDS = ['connectTimeoutMs', 'maxDurationMs', 'idleMs', 'halfCloseMs', 'keepaliveSec'] as const;
+
+/** TypeError naming the first field of `o` that is not a FrontDoorOptions value. */
+export function checkFrontDoorOptions(o: FrontDoorOptions): void {
+  const bad = (field: string, want: string, got: unknown): never => {
+    throw new TypeError(`listen: options.${field} must be ${want}, got ${String(got)}`);
+  };
+  if (o === null || typeof o !== 'object') bad('', 'an object', o);
+  if (o.direction !== 'outbound' && o.direction !== 'inbound') bad('direction', "'outbound' or 'inbound'", o.direction);
+  if (o.family !== 4 && o.family !== 6) bad('family', '4 or 6', o.family);
+  if (typeof o.passthrough !== 'boolean') bad('passthrough', 'a boolean', o.passthrough);
+  if (!Array.isArray(o.ask)) bad('ask', 'an array', o.ask);
+  o.ask.forEach((a, i) => {
+    const family = isIPv4(a?.address) ? 4 : isIPv6(a?.address) ? 6 : 0;
+    if (family === 0) bad(`ask[${i}].address`, 'an IPv4 or IPv6 address', a?.address);
+    if (!Number.isInteger(a.prefix) || a.prefix < 0 || a.prefix > (family === 4 ? 32 : 128))
+      bad(`ask[${i}].prefix`, `an integer between 0 and ${family === 4 ? 32 : 128}`, a.prefix);
+    if (!Number.isInteger(a.port) || a.port < 0 || a.port > 65535)
+      bad(`ask[${i}].port`, 'an integer between 0 and 65535 (0 = any)', a.port);
+  });
+  if (o.sourceAddress !== null && !(isIPv4(o.sourceAddress) || isIPv6(o.sourceAddress)))
+    bad('sourceAddress', 'an IP address or null', o.sourceAddress);
+  if (!Number.isInteger(o.selfLoopUid) || o.selfLoopUid < -1 || o.selfLoopUid > 0xffffffff)
+    bad('selfLoopUid', 'a uid or -1', o.selfLoopUid);
+  for (const field of BOUNDS) {
+    const v = o[field];
+    if (!Number.isInteger(v) || v < -1 || v > (field === 'keepaliveSec' ? 0x7fffffff : 2 ** 52))
+      bad(field, 'a non-negative integer or -1', v);
+  }
 }
 
 /** Node's name for an errno value ('ECONNRESET', ...), or `E<n>` when this platform has none. */

@@ -7,8 +7,9 @@
 // to the proxy's own uid, the capture rules sent the proxy's own upstream connection back to it (a mismatched
 // exemption, a foreign rule, a second proxy), and proxying it again would loop until fds run out. The peer socket
 // sees the connection as (its local = our remote) -> (the original destination), so that is the 4-tuple looked up.
-// The netlink socket is opened once per process and used from the JS thread only; replies are read with
-// MSG_DONTWAIT (the kernel answers a non-dump request before sendmsg returns), so this never blocks.
+// peerOwner's netlink socket is opened once per process and used from the JS thread only; each relay thread's front
+// door has its own (LookupSocketUidOn), as the sequence numbers and replies of one socket are not shared safely.
+// Replies are read with MSG_DONTWAIT (the kernel answers a non-dump request before sendmsg returns), so this never blocks.
 #include "socket_owner.h"
 
 #include "system_error.h"
@@ -85,12 +86,17 @@ Napi::Value PeerOwner(const Napi::CallbackInfo& info) {
 }  // namespace
 
 int LookupSocketUid(int family, const void* src, uint16_t srcPort, const void* dst, uint16_t dstPort, const char** syscall) {
+  return LookupSocketUidOn(&diagFd, &diagSeq, family, src, srcPort, dst, dstPort, syscall);
+}
+
+int LookupSocketUidOn(int* fd, uint32_t* seq, int family, const void* src, uint16_t srcPort, const void* dst,
+                      uint16_t dstPort, const char** syscall) {
   DiagRequest req;
   std::memset(&req, 0, sizeof(req));
   req.header.nlmsg_len = sizeof(req);
   req.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
   req.header.nlmsg_flags = NLM_F_REQUEST;
-  req.header.nlmsg_seq = ++diagSeq;
+  req.header.nlmsg_seq = ++*seq;
   req.body.sdiag_family = family == 4 ? AF_INET : AF_INET6;
   req.body.sdiag_protocol = IPPROTO_TCP;
   req.body.idiag_states = ~0U;
@@ -102,9 +108,9 @@ int LookupSocketUid(int family, const void* src, uint16_t srcPort, const void* d
   std::memcpy(req.body.id.idiag_src, src, addrLen);
   std::memcpy(req.body.id.idiag_dst, dst, addrLen);
 
-  if (diagFd < 0) {
-    diagFd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-    if (diagFd < 0) {
+  if (*fd < 0) {
+    *fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (*fd < 0) {
       *syscall = "socket(NETLINK_SOCK_DIAG)";
       return -2;
     }
@@ -114,7 +120,7 @@ int LookupSocketUid(int family, const void* src, uint16_t srcPort, const void* d
   kernel.nl_family = AF_NETLINK;
   ssize_t sent;
   do {
-    sent = sendto(diagFd, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel));
+    sent = sendto(*fd, &req, sizeof(req), 0, reinterpret_cast<sockaddr*>(&kernel), sizeof(kernel));
   } while (sent < 0 && errno == EINTR);
   if (sent < 0) {
     *syscall = "sendto(NETLINK_SOCK_DIAG)";
@@ -124,7 +130,7 @@ int LookupSocketUid(int family, const void* src, uint16_t srcPort, const void* d
   // Replies to earlier requests that were never read (none should be) are skipped by their sequence number.
   alignas(nlmsghdr) char buffer[1024];
   for (;;) {
-    const ssize_t got = recv(diagFd, buffer, sizeof(buffer), MSG_DONTWAIT);
+    const ssize_t got = recv(*fd, buffer, sizeof(buffer), MSG_DONTWAIT);
     if (got < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return -1;

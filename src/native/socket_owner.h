@@ -13,4 +13,9 @@ void InitSocketOwner(Napi::Env env, Napi::Object exports);
 // dst:dstPort (addresses as in6_addr / in_addr bytes, ports in network order), in any state; -1 when there is
 // none; -2 on failure with errno set and *syscall naming the call. One exact NETLINK_SOCK_DIAG request.
 int LookupSocketUid(int family, const void* src, uint16_t srcPort, const void* dst, uint16_t dstPort, const char** syscall);
+
+// The same lookup on the caller's own netlink socket (*fd, opened on first use when < 0; the caller closes it) and
+// sequence counter: for a thread other than JS's.
+int LookupSocketUidOn(int* fd, uint32_t* seq, int family, const void* src, uint16_t srcPort, const void* dst,
+                      uint16_t dstPort, const char** syscall);
 }  // namespace meshctl

@@ -60,8 +60,14 @@ const RELOAD_DEBOUNCE_MS = 200;
 /** /ready stays not-ready this long after the last refused self-loop (they recur while the rules are wrong). */
 const SELF_LOOP_UNREADY_MS = 10_000;
 
-function workerCount(config: Config): number {
-  return config.proxy.workers === 'auto' ? availableParallelism() : config.proxy.workers;
+/**
+ * Worker processes. "auto" is one per core with the streams relay, but one process with the native relay: its
+ * proxy.relayThreads threads already use every core, and each further Node process would add its whole heap
+ * (~45 MiB idle) for JavaScript work that the front door has made small (src/proxy/front-door.ts).
+ */
+export function workerCount(config: Config): number {
+  if (config.proxy.workers !== 'auto') return config.proxy.workers;
+  return config.proxy.relay === 'native' ? 1 : availableParallelism();
 }
 
 /**
@@ -553,6 +559,7 @@ export class ProxySupervisor {
         active: w.active,
         listening: w.listening,
         draining: w.draining,
+        frontDoor: w.frontDoor,
       })),
       connections: {
         active: { outbound: totals.directions.outbound.active, inbound: totals.directions.inbound.active },

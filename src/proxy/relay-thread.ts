@@ -4,9 +4,18 @@
 import {
   createRelay,
   errnoCode,
+  FRONT_FLAG_SOURCE_FALLBACK,
+  frontDoorEndCodes,
+  relayDetailFields,
   relayEndCodes,
   relayRecordFields,
   withErrnoCode,
+  type AcceptedConnection,
+  type EndDetails,
+  type FrontDoorEnd as FrontDoorEndName,
+  type FrontDoorOptions,
+  type FrontDoorStats,
+  type LiveFrontConnection,
   type NativeRelay,
   type RelayEnd,
 } from '../native/addon.js';
@@ -34,17 +43,23 @@ export interface RelaySnapshot {
 
 const SIDES = ['client', 'upstream'] as const;
 
-let endNames: ReadonlyMap<number, RelayEnd> | undefined;
+let endNames: ReadonlyMap<number, RelayEnd | FrontDoorEndName> | undefined;
 
-/** The end a code from the relay thread stands for, by the addon's own table (loaded on first use). */
-function endOf(code: number): RelayEnd | undefined {
-  endNames ??= new Map(Object.entries(relayEndCodes()).map(([name, value]) => [value, name as RelayEnd]));
+/** The end a code from the relay thread stands for, by the addon's own tables (loaded on first use). */
+function endOf(code: number): RelayEnd | FrontDoorEndName | undefined {
+  endNames ??= new Map(
+    [...Object.entries(relayEndCodes()), ...Object.entries(frontDoorEndCodes())].map(([name, value]) => [
+      value,
+      name as RelayEnd | FrontDoorEndName,
+    ]),
+  );
   return endNames.get(code);
 }
 
 /**
- * How a pair ended, in the words of the access log (the same results and details as the stream relay); null for a
- * pair ended on our own request. Throws ADDON_UNAVAILABLE (the codes come from the addon).
+ * How a pair ended, in the words of the access log (the same results and details as the stream relay and, for the
+ * front door's own ends, the JavaScript accept path); null for a pair ended on our own request. Throws
+ * ADDON_UNAVAILABLE (the codes come from the addon).
  */
 export function describeEnd(code: number, side: number, errno: number): { result: EndResult; detail: string } | null {
   const who = SIDES[side === 1 ? 1 : 0];
@@ -68,9 +83,50 @@ export function describeEnd(code: number, side: number, errno: number): { result
     case 'adoptFailed':
       // The thread could not watch the sockets (epoll_ctl: ENOMEM, ENOSPC at fs.epoll.max_user_watches).
       return { result: 'RST', detail: `relay-${errnoCode(errno)}` };
+    case 'connectFailed':
+      return { result: 'connect-failed', detail: errnoCode(errno) };
+    case 'connectTimeout':
+      return { result: 'timeout', detail: 'connect' };
+    case 'selfLoop':
+      return { result: 'refused', detail: 'own-uid' };
+    case 'notRedirected':
+      // ENOENT: no NAT record (as the JavaScript path says it); 0: the destination was the listener itself.
+      return { result: 'refused', detail: errno > 0 ? errnoCode(errno) : 'not-redirected' };
     case undefined:
       return { result: 'RST', detail: `relay-code-${code}` };
   }
+}
+
+/** A connection the front door handed to JavaScript (its destination matched `ask`): JS owns the fd now. */
+export type FrontDoorAccepted = AcceptedConnection;
+
+/** How a connection the front door accepted and carried ended, from its end record. */
+export interface FrontDoorEnd {
+  readonly id: number;
+  readonly listenerId: number;
+  readonly fromClient: number;
+  readonly fromUpstream: number;
+  /** null: ended on our own request (abort); the caller knows why. */
+  readonly result: EndResult | null;
+  readonly detail: string;
+  readonly durationMs: number;
+  /** Accept to upstream established; null if it never was. */
+  readonly connectMs: number | null;
+  /** `a:p` / `[a]:p`, '' when unknown. */
+  readonly source: string;
+  readonly originalDst: string;
+  readonly upstreamLocal: string;
+  /** The bind to the passthrough source gave EADDRNOTAVAIL; the upstream connected without it. */
+  readonly sourceFallback: boolean;
+}
+
+/** A live front-door connection (the thread's list()). */
+export type FrontDoorRow = LiveFrontConnection;
+
+/** Where a relay thread's front door reports: asked connections and the ends of the ones it carried. */
+export interface FrontDoorSink {
+  accepted(batch: readonly FrontDoorAccepted[]): void;
+  ended(end: FrontDoorEnd): void;
 }
 
 /** Converts a configured bound to what the thread takes (rounded up: a bound never ends a connection early). */
@@ -97,13 +153,83 @@ export class RelayThread {
   private readonly open = new Map<number, RelayedConnection>();
   private nextId = 0;
   private readonly counters = new Float64Array(3);
-  /** Numbers per end record, as the addon writes them. */
+  /** Numbers per end record, and per record of a batch's front-door details, as the addon writes them. */
   private readonly recordFields: number;
+  private readonly detailFields: number;
+  /** The listeners this thread accepts on (front door), by id. */
+  private readonly listening = new Set<number>();
+  /** Whether the event loop is held (ref) for open pairs or listeners. */
+  private held = false;
+  /** Front-door connections whose end record, or whose hand-off to JS, has reached JS. */
+  private frontEnded = 0;
+  private askedSeen = 0;
 
-  /** Starts the thread; throws (ADDON_UNAVAILABLE, or a system error with `code`) when it cannot. */
-  constructor(sweepMs: number) {
-    this.relay = createRelay(this.onEnded, sweepMs);
+  /**
+   * Starts the thread; throws (ADDON_UNAVAILABLE, or a system error with `code`) when it cannot. With `frontDoor`,
+   * the thread can also accept (listen) and reports there.
+   */
+  constructor(
+    sweepMs: number,
+    private readonly frontDoor: FrontDoorSink | null = null,
+  ) {
+    this.relay =
+      frontDoor === null ? createRelay(this.onEnded, sweepMs) : createRelay(this.onEnded, sweepMs, this.onAccepted);
     this.recordFields = relayRecordFields();
+    this.detailFields = relayDetailFields();
+  }
+
+  /** Whether this thread can accept on listening sockets (it was given a sink, and the addon has listen()). */
+  get canListen(): boolean {
+    return this.frontDoor !== null && typeof (this.relay as Partial<NativeRelay>).listen === 'function';
+  }
+
+  /**
+   * Accepts on the listening socket `fd` (the thread takes a duplicate; the caller may close its own) with
+   * `options`; again with the same id, replaces the options for the next accepts. Throws the system error.
+   */
+  listen(listenerId: number, fd: number, options: FrontDoorOptions): void {
+    withErrnoCode(() => this.relay.listen(listenerId, fd, options));
+    this.listening.add(listenerId);
+    this.hold();
+  }
+
+  /** Stops accepting on the listener (its duplicate is closed); accepted connections go on. */
+  unlisten(listenerId: number): void {
+    if (!this.listening.delete(listenerId)) return;
+    this.relay.unlisten(listenerId);
+    this.hold();
+  }
+
+  get listenerIds(): ReadonlySet<number> {
+    return this.listening;
+  }
+
+  /** The live front-door connections, at most `limit`. */
+  list(limit: number): FrontDoorRow[] {
+    return this.relay.list(limit);
+  }
+
+  /**
+   * Front-door connections the thread accepted whose end record or hand-off has not reached JS yet (a drain
+   * waits for none to be left: a record still in the thread's outbox would be lost at exit). One native call.
+   */
+  get frontDoorPending(): number {
+    if (!this.canListen) return 0;
+    return this.relay.stats().accepted - this.frontEnded - this.askedSeen;
+  }
+
+  /** The front door's counters (null: an addon without it, or no sink). */
+  frontDoorStats(): FrontDoorStats | null {
+    return this.canListen ? this.relay.stats() : null;
+  }
+
+  /** Holds the event loop while pairs are open or the thread listens (its reports must reach JS), else lets go. */
+  private hold(): void {
+    const want = this.open.size > 0 || this.listening.size > 0;
+    if (want === this.held) return;
+    this.held = want;
+    if (want) this.relay.ref();
+    else this.relay.unref();
   }
 
   /**
@@ -127,8 +253,8 @@ export class RelayThread {
       ),
     );
     this.nextId = (id + 1) >>> 0;
-    if (this.open.size === 0) this.relay.ref();
     this.open.set(id, conn);
+    this.hold();
     return id;
   }
 
@@ -156,10 +282,21 @@ export class RelayThread {
   close(): void {
     this.relay.close();
     this.open.clear();
+    this.listening.clear();
   }
 
-  private readonly onEnded = (records: Float64Array): void => {
-    for (let i = 0; i + this.recordFields <= records.length; i += this.recordFields) {
+  private readonly onAccepted = (batch: FrontDoorAccepted[]): void => {
+    this.askedSeen += batch.length;
+    this.frontDoor?.accepted(batch);
+  };
+
+  private readonly onEnded = (records: Float64Array, details?: EndDetails): void => {
+    for (let i = 0, r = 0; i + this.recordFields <= records.length; i += this.recordFields, r++) {
+      if (details !== undefined && details.numbers[r * this.detailFields] === 1) {
+        this.frontEnded++;
+        this.frontDoor?.ended(frontDoorEnd(records, i, details, r * this.detailFields, r));
+        continue;
+      }
       const id = records[i]!;
       const conn = this.open.get(id);
       if (conn === undefined) continue;
@@ -167,6 +304,27 @@ export class RelayThread {
       const end = describeEnd(records[i + 3]!, records[i + 4]!, records[i + 5]!);
       conn.relayEnded(records[i + 1]!, records[i + 2]!, end?.result ?? null, end?.detail ?? '');
     }
-    if (this.open.size === 0) this.relay.unref();
+    this.hold();
+  };
+}
+
+/** The front-door record at `i` (its extras at `at` of the numbers, its strings the `r`th three). */
+function frontDoorEnd(records: Float64Array, i: number, details: EndDetails, at: number, r: number): FrontDoorEnd {
+  const n = details.numbers;
+  const end = describeEnd(records[i + 3]!, records[i + 4]!, records[i + 5]!);
+  const connectUs = n[at + 3]!;
+  return {
+    id: records[i]!,
+    listenerId: n[at + 1]!,
+    fromClient: records[i + 1]!,
+    fromUpstream: records[i + 2]!,
+    result: end?.result ?? null,
+    detail: end?.detail ?? '',
+    durationMs: n[at + 2]! / 1000,
+    connectMs: connectUs < 0 ? null : connectUs / 1000,
+    source: details.strings[r * 3] ?? '',
+    originalDst: details.strings[r * 3 + 1] ?? '',
+    upstreamLocal: details.strings[r * 3 + 2] ?? '',
+    sourceFallback: ((n[at + 4] ?? 0) & FRONT_FLAG_SOURCE_FALLBACK) !== 0,
   };
 }

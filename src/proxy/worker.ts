@@ -1,7 +1,7 @@
 // The data plane of one process: listeners → accept → original destination → route → relay, with the
 // connection registry that the sweep, the admin tables, drain and reload work on.
 import type { Socket } from 'node:net';
-import { networkInterfaces } from 'node:os';
+import { availableParallelism, networkInterfaces } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { Config } from '../config/types.js';
 import { isMeshctlError } from '../errors.js';
@@ -9,13 +9,21 @@ import type { Logger } from '../log.js';
 import type { PolicySnapshot } from '../policy/metrics.js';
 import { PolicyRuntime } from '../policy/runtime.js';
 import { AccessLog } from './access-log.js';
+import { compileFrontDoor, type FrontDoorOptions } from './front-door.js';
+import { FrontDoor, type FrontDoorHost } from './front-door-runtime.js';
 import { isTunnelListener, listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
 import { readOriginalDst, socketFd, type OriginalDst } from '../native/original-dst.js';
-import { peerOwner } from '../native/addon.js';
+import { errnoCode, peerOwner, type FrontDoorStats } from '../native/addon.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './connection.js';
 import { RelayThread } from './relay-thread.js';
-import { lookupRows, parseSourceQuery, RecentConnections, type SourceLookupRow } from './recent-connections.js';
+import {
+  lookupRows,
+  newestFirst,
+  parseSourceQuery,
+  RecentConnections,
+  type SourceLookupRow,
+} from './recent-connections.js';
 import { LocalAddresses, routeConnection, transparentDestination, type AcceptedOn } from './routing.js';
 import { Sweeper, sweepIntervalMs } from './timers.js';
 import { serverLeg } from './tunnel-leg.js';
@@ -42,11 +50,19 @@ export interface WorkerStats {
   readonly policy: PolicySnapshot;
   /** The mTLS tunnel's counters and identity; null without mTLS. */
   readonly mtls: TunnelStats | null;
+  /** The relay threads' front door: its counters over every thread, and the listeners it accepts on; null when Node accepts. */
+  readonly frontDoor: (Record<keyof FrontDoorStats, number> & { threads: number; listening: string[] }) | null;
 }
 
 /** The host's interface addresses now (os.networkInterfaces): read again per check, as addresses come and go. */
 export function hostAddresses(): string[] {
   return Object.values(networkInterfaces()).flatMap((entries) => (entries ?? []).map((e) => e.address));
+}
+
+/** Relay threads per worker: proxy.relayThreads, "auto" being one per core. */
+export function relayThreadCount(config: Pick<Config, 'proxy'>): number {
+  const n = config.proxy.relayThreads;
+  return n === 'auto' ? availableParallelism() : n;
 }
 
 function specKey(spec: ListenerSpec): string {
@@ -74,12 +90,12 @@ class AcceptedSocket implements AcceptedOn {
   }
 }
 
-export class ProxyWorker implements ConnectionOwner {
+export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
   readonly metrics = new ProxyMetrics();
   private config: Config;
   private listeners: OpenListener[] = [];
   private readonly connections = new Set<Connection>();
-  private readonly accessLog: AccessLog;
+  readonly accessLog: AccessLog;
   private readonly sweeper: Sweeper;
   private ownPorts: Set<number>;
   private local: LocalAddresses | null = null;
@@ -88,17 +104,25 @@ export class ProxyWorker implements ConnectionOwner {
   private emptyWaiters: (() => void)[] = [];
   private readonly warnedSources = new Set<string>();
   private policy: PolicyRuntime;
-  /** Started when the config asks for the native relay; kept across reloads for the connections it carries. */
-  private relay: RelayThread | null = null;
+  /** Started when the config asks for the native relay; kept across reloads for the connections they carry. */
+  private readonly relays: RelayThread[] = [];
+  /** How many of `relays` take new connections (proxy.relayThreads, as far as they started). */
+  private activeRelays = 0;
+  private nextRelay = 0;
   private readonly handoffFailures = new Set<string>();
   /** The last closed connections, for the admin /lookup (fixed size; see recent-connections.ts). */
-  private readonly recent = new RecentConnections();
+  readonly recent = new RecentConnections();
+  /** The relay threads' accepting (proxy.relay native and an addon that has it); Node accepts otherwise. */
+  private readonly frontDoor = new FrontDoor(this);
   /** The uid this process's sockets are owned by: a connection whose peer socket has it is our own, looped. */
   private readonly ownUid = process.geteuid?.() ?? -1;
   private selfLoops = 0;
   /** sock_diag lookups of the self-loop check that failed, and when that was last logged. */
   private ownerLookupFailures = 0;
   private ownerLookupWarnedAt = -Infinity;
+  /** When the front door's counters were last checked for trouble, and what they said then. */
+  private frontDoorCheckedAt = -Infinity;
+  private frontDoorSeen = { ownerLookupFailures: 0, acceptPauses: 0 };
   /** Told about every refused self-loop (the primary turns /ready not-ready and logs the likely cause). */
   onSelfLoop: ((event: SelfLoopEvent) => void) | null = null;
   /** The mTLS tunnel (identity, dialer, listener), when mtls.identity is configured. */
@@ -129,26 +153,38 @@ export class ProxyWorker implements ConnectionOwner {
     return attempt === null ? base : Math.min(base, Math.max(25, Math.floor(attempt / 4)));
   }
 
-  /** The relay thread, when the config asks for it (proxy.relay: native); otherwise Node streams relay. */
+  /**
+   * The relay threads, when the config asks for them (proxy.relay: native); otherwise Node streams relay. A reload
+   * that raises proxy.relayThreads starts more; one that lowers it stops handing new connections to the surplus,
+   * which keep relaying the ones they have (closing a thread would cut them).
+   */
   private startRelay(config: Config): void {
     if (config.proxy.relay !== 'native') return;
     const sweepMs = sweepIntervalMs(config.proxy);
-    if (this.relay !== null) {
-      this.relay.setSweepInterval(sweepMs);
-      return;
-    }
+    for (const relay of this.relays) relay.setSweepInterval(sweepMs);
+    const want = relayThreadCount(config);
     try {
-      this.relay = new RelayThread(sweepMs);
+      while (this.relays.length < want) this.relays.push(new RelayThread(sweepMs, this.frontDoor));
     } catch (error) {
       this.log.warn(
-        { err: error },
-        'the native relay thread could not start; relaying with Node streams (as with proxy.relay: node)',
+        { err: error, started: this.relays.length, wanted: want },
+        this.relays.length === 0
+          ? 'the native relay thread could not start; relaying with Node streams (as with proxy.relay: node)'
+          : 'not every native relay thread could start; relaying with the ones that did',
       );
     }
+    this.activeRelays = Math.min(want, this.relays.length);
   }
 
+  /**
+   * The relay thread for the next handoff: the active threads in turn (round-robin), so that established pairs
+   * spread over the cores; null with proxy.relay node or when no thread could start.
+   */
   get relayThread(): RelayThread | null {
-    return this.config.proxy.relay === 'native' ? this.relay : null;
+    if (this.config.proxy.relay !== 'native' || this.activeRelays === 0) return null;
+    const relay = this.relays[this.nextRelay % this.activeRelays]!;
+    this.nextRelay = (this.nextRelay + 1) % this.activeRelays;
+    return relay;
   }
 
   relayHandoffFailed(error: unknown): void {
@@ -200,8 +236,15 @@ export class ProxyWorker implements ConnectionOwner {
         : this.tunnelFamilies().map((family) => ({ family, fd: null })),
     );
     this.listeners = await this.openAll(this.specs);
+    this.handOver(this.listeners);
     this.sweeper.start(this.sweepInterval(this.config));
-    this.log.info({ listeners: this.listeners.map((l) => listenerLabel(l.spec)) }, 'listening');
+    this.log.info(
+      {
+        listeners: this.listeners.map((l) => listenerLabel(l.spec)),
+        frontDoor: this.listeners.filter((l) => this.frontDoor.holds(specKey(l.spec))).map((l) => l.spec.name),
+      },
+      'listening',
+    );
   }
 
   private async openAll(specs: readonly ListenerSpec[]): Promise<OpenListener[]> {
@@ -215,7 +258,73 @@ export class ProxyWorker implements ConnectionOwner {
     return opened;
   }
 
-  private readonly onConnection = (socket: Socket, spec: ListenerSpec): void => {
+  /** The relay threads' decision table for `spec` under the running config and policy (./front-door.ts). */
+  private frontDoorOptions(spec: ListenerSpec): FrontDoorOptions {
+    const plan = compileFrontDoor({
+      config: this.config,
+      policy: this.policy.config,
+      listener: spec,
+      ownPorts: this.ownPorts,
+      ownUid: this.ownUid,
+    });
+    if (plan.everything.length > 0)
+      this.log.debug({ listener: spec.name, why: plan.everything }, 'front door: every connection goes to JavaScript');
+    return plan.options;
+  }
+
+  /**
+   * Lets the relay threads accept on `listeners` (proxy.relay native, an addon with the front door); where they
+   * cannot, Node keeps accepting, and that is logged once per listener.
+   */
+  private handOver(listeners: readonly OpenListener[]): void {
+    if (this.relayThread === null) return;
+    for (const l of listeners) {
+      // TPROXY'd connections have no NAT record: a thread reads the original destination with SO_ORIGINAL_DST
+      // and would refuse every one as not redirected; Node accepts them (transparentDestination).
+      if (l.spec.direction === 'inbound' && (l.spec.transparent || this.config.capture.inbound.mode === 'tproxy'))
+        continue;
+      try {
+        if (this.frontDoor.take(specKey(l.spec), l, this.relays, this.frontDoorOptions(l.spec))) continue;
+      } catch (error) {
+        this.log.warn(
+          { err: error, listener: listenerLabel(l.spec) },
+          'the relay threads cannot accept here; Node does',
+        );
+        continue;
+      }
+      this.log.debug(
+        { listener: listenerLabel(l.spec) },
+        'the relay threads cannot accept here (no front door in the addon, or no fd); Node does',
+      );
+    }
+  }
+
+  acceptAsked(socket: Socket, spec: ListenerSpec, dst: OriginalDst): void {
+    this.onConnection(socket, spec, dst);
+  }
+
+  selfLoop(source: string, originalDst: string): void {
+    this.selfLoops++;
+    this.onSelfLoop?.({ uid: this.ownUid, source, originalDst, count: this.selfLoops });
+  }
+
+  sourceFallback(family: OriginalDst['family']): void {
+    const source = this.config.proxy.inboundPassthroughSource;
+    const address = family === 'ipv6' ? source.ipv6 : source.ipv4;
+    this.passthroughSourceMissing(address, Object.assign(new Error('EADDRNOTAVAIL'), { code: 'EADDRNOTAVAIL' }));
+  }
+
+  frontDoorEnded(): void {
+    if (this.emptyWaiters.length > 0 && this.isEmpty()) for (const resolve of this.emptyWaiters.splice(0)) resolve();
+  }
+
+  /** No connection left: none in JavaScript, none carried by a relay thread's front door. */
+  private isEmpty(): boolean {
+    return this.connections.size === 0 && this.relays.every((r) => r.frontDoorPending === 0);
+  }
+
+  /** `given`: the original destination a relay thread already read (an asked front-door connection). */
+  private readonly onConnection = (socket: Socket, spec: ListenerSpec, given: OriginalDst | null = null): void => {
     const direction: Direction = spec.direction;
     this.metrics.accepted(direction);
     const conn = new Connection(`${this.index}.${++this.nextId}`, direction, socket, this.config.proxy, this);
@@ -228,9 +337,10 @@ export class ProxyWorker implements ConnectionOwner {
     const acceptedOn = new AcceptedSocket(socket, spec);
     // TPROXY rewrites nothing: the local endpoint is the original destination (see transparentDestination).
     let dst =
-      direction === 'inbound' && this.config.capture.inbound.mode === 'tproxy'
+      given ??
+      (direction === 'inbound' && this.config.capture.inbound.mode === 'tproxy'
         ? transparentDestination(acceptedOn, spec.family, this.config.proxy.inboundPort)
-        : null;
+        : null);
     if (dst === null) {
       try {
         // A bound listener is v4-only or v6-only, so its family is the socket's; an activated fd may be dual-stack.
@@ -248,15 +358,10 @@ export class ProxyWorker implements ConnectionOwner {
       }
     }
     conn.dst = dst;
-    if (direction === 'outbound' && dst.via === undefined && this.isOwnConnection(socket, dst)) {
+    // The thread checked the owner of an asked connection before asking (FrontDoorOptions.selfLoopUid).
+    if (direction === 'outbound' && dst.via === undefined && given === null && this.isOwnConnection(socket, dst)) {
       conn.refuse('self-loop', 'own-uid');
-      this.selfLoops++;
-      this.onSelfLoop?.({
-        uid: this.ownUid,
-        source: conn.source,
-        originalDst: `${dst.family === 'ipv6' ? `[${dst.address}]` : dst.address}:${dst.port}`,
-        count: this.selfLoops,
-      });
+      this.selfLoop(conn.source, `${dst.family === 'ipv6' ? `[${dst.address}]` : dst.address}:${dst.port}`);
       return;
     }
     if (this.ownPorts.has(dst.port)) this.local = new LocalAddresses(hostAddresses());
@@ -387,9 +492,7 @@ export class ProxyWorker implements ConnectionOwner {
     this.recent.add(conn, performance.now());
     this.metrics.closed(conn.direction, conn.result!, conn.bytesFromClient, conn.bytesFromUpstream);
     if (this.accessLog.enabled) this.accessLog.closed(conn.record());
-    if (this.connections.size === 0 && this.emptyWaiters.length > 0) {
-      for (const resolve of this.emptyWaiters.splice(0)) resolve();
-    }
+    if (this.connections.size === 0) this.frontDoorEnded();
   }
 
   get recordsAccess(): boolean {
@@ -417,8 +520,35 @@ export class ProxyWorker implements ConnectionOwner {
     );
   }
 
+  /**
+   * What the threads' front door cannot log itself, at most once per 10 s: sock_diag lookups that failed (a
+   * capture loop would not be refused, as isOwnConnection warns) and accept pauses (out of fds or memory).
+   */
+  private checkFrontDoor(now: number): void {
+    if (now - this.frontDoorCheckedAt < 10_000) return;
+    this.frontDoorCheckedAt = now;
+    const r = this.frontDoorReport();
+    if (r === null) return;
+    const seen = this.frontDoorSeen;
+    if (r.ownerLookupFailures > seen.ownerLookupFailures)
+      this.log.warn(
+        { failures: r.ownerLookupFailures, code: errnoCode(r.lastOwnerLookupErrno) },
+        "self-loop check in the relay threads: cannot ask the kernel who owns a connection's socket (sock_diag); a capture loop through this proxy would not be refused. Allow AF_NETLINK sockets for the proxy",
+      );
+    if (r.acceptBackoffs + r.acceptErrors > seen.acceptPauses)
+      this.log.warn(
+        { backoffs: r.acceptBackoffs, errors: r.acceptErrors, code: errnoCode(r.lastAcceptErrno) },
+        'the relay threads paused accepting (EMFILE, ENFILE, ENOMEM or another accept error; connections wait in the backlog): raise the fd limit (LimitNOFILE=) or lower the load',
+      );
+    this.frontDoorSeen = {
+      ownerLookupFailures: r.ownerLookupFailures,
+      acceptPauses: r.acceptBackoffs + r.acceptErrors,
+    };
+  }
+
   private sweep(): void {
     const now = performance.now();
+    this.checkFrontDoor(now);
     for (const conn of this.connections) {
       if (conn.sweep(now)) continue;
       if (conn.nextProgressAt > 0 && now >= conn.nextProgressAt && conn.state !== 'closed') {
@@ -445,14 +575,18 @@ export class ProxyWorker implements ConnectionOwner {
     await policy.start();
     this.policy = policy;
     const removed = this.listeners.filter((l) => !keep.has(specKey(l.spec)));
-    for (const l of removed) l.server.close();
-    this.listeners = [...this.listeners.filter((l) => keep.has(specKey(l.spec))), ...added];
+    for (const l of removed) this.closeListener(l);
+    const kept = this.listeners.filter((l) => keep.has(specKey(l.spec)));
+    this.listeners = [...kept, ...added];
     this.specs = specs;
     this.config = config;
     this.ownPorts = this.portsOf(config);
     this.tunnel?.reconfigure(config);
     this.accessLog.reconfigure(config.proxy.accessLog);
     this.startRelay(config);
+    // The threads take the recompiled table for their next accepts (and threads started now take the listener).
+    for (const l of kept) this.frontDoor.relisten(specKey(l.spec), this.relays, this.frontDoorOptions(l.spec));
+    if (!this.draining) this.handOver(added);
     if (!this.draining) this.sweeper.start(this.sweepInterval(config));
     if (added.length > 0 || removed.length > 0) {
       this.log.info(
@@ -469,11 +603,11 @@ export class ProxyWorker implements ConnectionOwner {
   async drain(timeoutMs: number): Promise<{ cut: number }> {
     if (!this.draining) {
       this.draining = true;
-      for (const l of this.listeners) l.server.close();
+      for (const l of this.listeners) this.closeListener(l);
       this.tunnel?.stopListening();
       this.log.info({ open: this.connections.size, timeoutMs }, 'draining: listeners closed');
     }
-    if (this.connections.size === 0) return { cut: 0 };
+    if (this.isEmpty()) return { cut: 0 };
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'deadline'>((resolve) => {
       timer = setTimeout(() => resolve('deadline'), timeoutMs);
@@ -481,15 +615,23 @@ export class ProxyWorker implements ConnectionOwner {
     const outcome = await Promise.race([this.whenEmpty().then(() => 'empty' as const), deadline]);
     clearTimeout(timer);
     if (outcome === 'empty') return { cut: 0 };
-    const cut = this.connections.size;
-    this.log.warn({ open: cut }, 'drain bound reached: closing the remaining connections');
+    const open = this.connections.size;
     for (const conn of [...this.connections]) conn.abort('drain', 'deadline', 'close');
+    const cut = open + this.frontDoor.abortAll(this.relays, 'deadline', false);
+    this.log.warn({ open: cut }, 'drain bound reached: closing the remaining connections');
     await this.whenEmpty();
     return { cut };
   }
 
+  /** Stops accepting on `l`: the relay threads let go of it, or Node's server closes. */
+  private closeListener(l: OpenListener): void {
+    const key = specKey(l.spec);
+    if (this.frontDoor.holds(key)) this.frontDoor.release(key, this.relays);
+    else l.server.close();
+  }
+
   private whenEmpty(): Promise<void> {
-    if (this.connections.size === 0) return Promise.resolve();
+    if (this.isEmpty()) return Promise.resolve();
     return new Promise((resolve) => this.emptyWaiters.push(resolve));
   }
 
@@ -497,8 +639,9 @@ export class ProxyWorker implements ConnectionOwner {
   close(): void {
     this.sweeper.stop();
     this.policy.stop();
-    for (const l of this.listeners) l.server.close();
+    for (const l of this.listeners) this.closeListener(l);
     for (const conn of [...this.connections]) conn.abort('drain', 'forced', 'reset');
+    this.frontDoor.abortAll(this.relays, 'forced', true);
     this.tunnel?.close();
     this.accessLog.close();
   }
@@ -509,7 +652,9 @@ export class ProxyWorker implements ConnectionOwner {
 
   get isListening(): boolean {
     return (
-      !this.draining && this.listeners.length === this.specs.length && this.listeners.every((l) => l.server.listening)
+      !this.draining &&
+      this.listeners.length === this.specs.length &&
+      this.listeners.every((l) => l.server.listening || this.frontDoor.holds(specKey(l.spec)))
     );
   }
 
@@ -521,6 +666,14 @@ export class ProxyWorker implements ConnectionOwner {
       live[c.direction].fromUpstream += bytes.fromUpstream;
     }
     const metrics = this.metrics.snapshot(live);
+    // The front door's live connections are counted at their end record; until then, from the threads' lists.
+    for (const row of this.frontDoor.rows(this.relays, Number.MAX_SAFE_INTEGER)) {
+      const d = metrics.directions[this.frontDoor.directionOf(row.listenerId) ?? 'outbound'];
+      d.accepted++;
+      d.active++;
+      d.bytesFromClient += row.fromClient;
+      d.bytesFromUpstream += row.fromUpstream;
+    }
     return {
       index: this.index,
       pid: process.pid,
@@ -530,13 +683,29 @@ export class ProxyWorker implements ConnectionOwner {
       metrics,
       policy: this.policy.snapshot(),
       mtls: this.tunnel?.stats() ?? null,
+      frontDoor: this.frontDoorReport(),
     };
+  }
+
+  private frontDoorReport(): WorkerStats['frontDoor'] {
+    const listening = this.listeners.filter((l) => this.frontDoor.holds(specKey(l.spec))).map((l) => l.spec.name);
+    const all = this.relays.map((r) => r.frontDoorStats()).filter((s) => s !== null);
+    if (listening.length === 0 || all.length === 0) return null;
+    const sum = Object.fromEntries(Object.keys(all[0]!).map((k) => [k, 0])) as Record<keyof FrontDoorStats, number>;
+    // Counters add up; a `last…Errno` is any thread's that has one.
+    for (const s of all)
+      for (const k of Object.keys(sum) as (keyof FrontDoorStats)[])
+        sum[k] = k.startsWith('last') ? Math.max(sum[k], s[k]) : sum[k] + s[k];
+    return { ...sum, threads: all.length, listening };
   }
 
   /** The open and recently closed connections from `source` (canonical ADDR:PORT, as the admin API checked it). */
   lookupSource(source: string): SourceLookupRow[] {
     const query = parseSourceQuery(source);
-    return typeof query === 'string' ? [] : lookupRows(this.connections, this.recent, query, performance.now());
+    if (typeof query === 'string') return [];
+    const rows = lookupRows(this.connections, this.recent, query, performance.now());
+    const front = this.frontDoor.lookupRows(this.frontDoor.rows(this.relays, Number.MAX_SAFE_INTEGER), query);
+    return front.length === 0 ? rows : newestFirst([...rows, ...front]);
   }
 
   connectionTable(limit: number): ConnectionInfo[] {
@@ -546,6 +715,8 @@ export class ProxyWorker implements ConnectionOwner {
       if (rows.length >= limit) break;
       rows.push(c.info(now));
     }
+    for (const row of this.frontDoor.rows(this.relays, limit - rows.length))
+      rows.push(this.frontDoor.connectionInfo(row));
     return rows;
   }
 }

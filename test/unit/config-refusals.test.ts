@@ -228,6 +228,7 @@ describe("the proxy's own flags", () => {
       'proxy-drain-timeout',
       'proxy-keepalive',
       'proxy-relay',
+      'proxy-relay-threads',
       'proxy-access-log-path',
       'proxy-access-log-sample-ratio',
       'proxy-access-log-periodic-interval',

@@ -12,7 +12,14 @@ import type { ProxyConfig } from '../../src/config/types.js';
 import { ProxyMetrics } from '../../src/proxy/metrics.js';
 import { Connection, type ConnectionOwner } from '../../src/proxy/connection.js';
 import { describeEnd, relayBounds, RelayThread } from '../../src/proxy/relay-thread.js';
-import { checkEndCodes, RELAY_ENDS, relayEndCodes, relayRecordFields } from '../../src/native/addon.js';
+import {
+  checkEndCodes,
+  FRONT_DOOR_ENDS,
+  frontDoorEndCodes,
+  RELAY_ENDS,
+  relayEndCodes,
+  relayRecordFields,
+} from '../../src/native/addon.js';
 import { isMeshctlError } from '../../src/errors.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -446,7 +453,7 @@ describe('the relay end codes: one table, in the addon', () => {
     const codes = relayEndCodes();
     expect(Object.keys(codes).sort()).toEqual([...RELAY_ENDS].sort());
     expect(new Set(Object.values(codes)).size).toBe(RELAY_ENDS.length);
-    const ECONNRESET = constants.errno.ECONNRESET;
+    const { ECONNRESET, ECONNREFUSED } = constants.errno;
     expect(RELAY_ENDS.map((end) => [end, describeEnd(codes[end], 1, ECONNRESET)])).toEqual([
       ['fin', { result: 'FIN', detail: 'upstream-first' }],
       ['reset', { result: 'RST', detail: 'upstream-reset' }],
@@ -458,7 +465,16 @@ describe('the relay end codes: one table, in the addon', () => {
       ['aborted', null],
       ['adoptFailed', { result: 'RST', detail: 'relay-ECONNRESET' }],
     ]);
-    const unknown = Math.max(...Object.values(codes)) + 1;
+    // The front door's own ends, in the words the JavaScript accept path uses for the same outcomes.
+    const front = frontDoorEndCodes();
+    expect(FRONT_DOOR_ENDS.map((end) => [end, describeEnd(front[end], 1, ECONNREFUSED)])).toEqual([
+      ['connectFailed', { result: 'connect-failed', detail: 'ECONNREFUSED' }],
+      ['connectTimeout', { result: 'timeout', detail: 'connect' }],
+      ['selfLoop', { result: 'refused', detail: 'own-uid' }],
+      ['notRedirected', { result: 'refused', detail: 'ECONNREFUSED' }],
+    ]);
+    expect(describeEnd(front.notRedirected, 0, 0)).toEqual({ result: 'refused', detail: 'not-redirected' });
+    const unknown = Math.max(...Object.values(codes), ...Object.values(front)) + 1;
     expect(describeEnd(unknown, 0, 0)).toEqual({ result: 'RST', detail: `relay-code-${unknown}` });
   });
 

@@ -1,0 +1,486 @@
+// The front door: the relay thread accepts on listening sockets JS gave it (listen), reads each connection's original
+// destination, refuses what must not be proxied (not redirected, the proxy's own socket looped back), hands the
+// destinations JS decides to it in batches (onAccepted), and for everything else connects upstream itself and relays
+// the pair like an adopted one (relay.cc). This takes JavaScript off the common connection path: two net.Sockets,
+// policy and the connect cost ~47 µs per connection there, and the thread needs accept4, getsockopt, one sock_diag
+// lookup (outbound), socket, two setsockopt(TCP_NODELAY), connect, epoll_ctl and getsockopt(SO_ERROR).
+//
+// Several relay threads of one process listen on the same socket: each registers its own dup with EPOLLEXCLUSIVE,
+// so the kernel wakes one of them per connection instead of all. Everything here runs with Core::mu_ held: the loop
+// thread's accept/connect path, and JS's rare calls (listen, unlisten, list, stats).
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <linux/netfilter_ipv4.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "relay_core.h"
+#include "socket_owner.h"
+
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80
+#endif
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+namespace meshctl {
+
+namespace {
+// Connections accepted per listener wake-up before the loop serves the pairs again (fairness under a flood).
+constexpr int kAcceptBurst = 64;
+constexpr uint64_t kListenerTag = 2;
+
+// Front-door ids: one counter for the whole process (every relay thread), above the uint32 range of the ids JS
+// picks for adopt(), so the two never meet in an end record or in abort().
+std::atomic<uint64_t> frontIds{0};
+uint64_t NextFrontId() { return (uint64_t{1} << 32) + frontIds.fetch_add(1, std::memory_order_relaxed); }
+
+const void* AddressBytes(const Endpoint& e) {
+  return e.sa.sa_family == AF_INET6 ? static_cast<const void*>(&e.v6.sin6_addr) : static_cast<const void*>(&e.v4.sin_addr);
+}
+
+uint16_t PortOf(const Endpoint& e) { return e.sa.sa_family == AF_INET6 ? e.v6.sin6_port : e.v4.sin_port; }
+
+// SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST: 0 or the errno (ENOENT: conntrack has no NAT entry for it).
+int ReadOriginalDst(int fd, int family, Endpoint* dst) {
+  socklen_t len = family == 4 ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+  const int level = family == 4 ? SOL_IP : SOL_IPV6;
+  const int name = family == 4 ? SO_ORIGINAL_DST : IP6T_SO_ORIGINAL_DST;
+  if (getsockopt(fd, level, name, &dst->sa, &len) != 0) return errno;
+  return 0;
+}
+
+bool PrefixMatches(const uint8_t* a, const uint8_t* b, int bits) {
+  const int whole = bits / 8;
+  if (std::memcmp(a, b, static_cast<size_t>(whole)) != 0) return false;
+  const int rest = bits % 8;
+  if (rest == 0) return true;
+  const uint8_t mask = static_cast<uint8_t>(0xff << (8 - rest));
+  return (a[whole] & mask) == (b[whole] & mask);
+}
+
+bool MatchesAny(const std::vector<AskEntry>& entries, int family, const uint8_t* addr) {
+  for (const AskEntry& a : entries) {
+    if (a.family == family && PrefixMatches(addr, a.addr, a.prefix)) return true;
+  }
+  return false;
+}
+
+bool Asked(const FrontDoorOptions& o, const Endpoint& dst) {
+  const int family = dst.sa.sa_family == AF_INET6 ? 6 : 4;
+  const uint8_t* addr = static_cast<const uint8_t*>(AddressBytes(dst));
+  if (MatchesAny(o.askAnyPort, family, addr)) return true;
+  if (o.askByPort.empty()) return false;
+  auto it = o.askByPort.find(ntohs(PortOf(dst)));
+  return it != o.askByPort.end() && MatchesAny(it->second, family, addr);
+}
+
+// Splits `ask` into the index Asked() reads (on the JS thread, before the options reach the loop).
+void IndexAsk(FrontDoorOptions* o) {
+  for (const AskEntry& a : o->ask) {
+    if (a.port == 0) o->askAnyPort.push_back(a);
+    else o->askByPort[a.port].push_back(a);
+  }
+}
+
+// Whether the original destination is the listener itself: conntrack, active in a namespace with NAT rules, gives
+// a connection made straight to the listener its own address instead of ENOENT, and connecting there would loop.
+bool IsListenerItself(const Endpoint& local, const Endpoint& dst) {
+  if (local.sa.sa_family != dst.sa.sa_family || PortOf(local) != PortOf(dst)) return false;
+  if (local.sa.sa_family == AF_INET) {
+    return local.v4.sin_addr.s_addr == INADDR_ANY || local.v4.sin_addr.s_addr == dst.v4.sin_addr.s_addr;
+  }
+  return IN6_IS_ADDR_UNSPECIFIED(&local.v6.sin6_addr) || IN6_ARE_ADDR_EQUAL(&local.v6.sin6_addr, &dst.v6.sin6_addr);
+}
+
+void SetNoDelay(int fd) {
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+bool AcceptIsTransient(int err) { return err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM; }
+}  // namespace
+
+socklen_t EndpointLen(const Endpoint& e) {
+  return e.sa.sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+}
+
+void FormatEndpoint(const Endpoint& e, char* out) {
+  out[0] = '\0';
+  if (e.sa.sa_family != AF_INET && e.sa.sa_family != AF_INET6) return;
+  char addr[INET6_ADDRSTRLEN];
+  if (inet_ntop(e.sa.sa_family, AddressBytes(e), addr, sizeof(addr)) == nullptr) return;
+  const unsigned port = ntohs(PortOf(e));
+  if (e.sa.sa_family == AF_INET6) std::snprintf(out, kEndpointText, "[%s]:%u", addr, port);
+  else std::snprintf(out, kEndpointText, "%s:%u", addr, port);
+}
+
+// Starts accepting on a dup of `fd`, or (same id again) replaces the options for the next accepts and keeps the fd.
+int Core::Listen(int32_t id, int fd, FrontDoorOptions opts, const char** syscall) {
+  *syscall = "listen";
+  // A table that sends connections to JS needs the callback that takes them.
+  if (!hasOnAccepted_ && (!opts.passthrough || !opts.ask.empty())) return EINVAL;
+  IndexAsk(&opts);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return EBADF;
+  auto it = listeners_.find(id);
+  if (it != listeners_.end()) {
+    if ((it->second->local.sa.sa_family == AF_INET6 ? 6 : 4) != opts.family) return EAFNOSUPPORT;
+    it->second->opts = std::move(opts);
+    return 0;
+  }
+  int accepting = 0;
+  socklen_t len = sizeof(accepting);
+  *syscall = "getsockopt(SO_ACCEPTCONN)";
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) != 0) return errno;
+  Endpoint local{};
+  len = sizeof(local);
+  *syscall = "getsockname";
+  if (getsockname(fd, &local.sa, &len) != 0) return errno;
+  *syscall = "listen";
+  if (!accepting) return EINVAL;
+  const int family = local.sa.sa_family == AF_INET6 ? 6 : local.sa.sa_family == AF_INET ? 4 : 0;
+  if (family != opts.family) return EAFNOSUPPORT;
+  *syscall = "fcntl(F_DUPFD_CLOEXEC)";
+  const int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return errno;
+  // O_NONBLOCK is on the open file, which the caller's fd shares (Node's listeners are non-blocking anyway): a
+  // thread woken for a connection another thread took must get EAGAIN, not block.
+  const int flags = fcntl(dup, F_GETFL);
+  Listener* l = new Listener();
+  l->id = id;
+  l->fd = dup;
+  l->local = local;
+  l->opts = std::move(opts);
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+  ev.data.u64 = reinterpret_cast<uintptr_t>(l) | kListenerTag;
+  *syscall = "epoll_ctl";
+  if (flags < 0 || fcntl(dup, F_SETFL, flags | O_NONBLOCK) != 0 || epoll_ctl(epfd_, EPOLL_CTL_ADD, dup, &ev) != 0) {
+    const int err = errno;
+    close(dup);
+    delete l;
+    return err;
+  }
+  listeners_.emplace(id, l);
+  return 0;
+}
+
+// Stops accepting: the dup is deregistered and closed now; the Listener is freed by the loop (an event for it may
+// have been harvested already). Pairs it accepted go on.
+bool Core::Unlisten(int32_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = listeners_.find(id);
+  if (it == listeners_.end()) return false;
+  Listener* l = it->second;
+  listeners_.erase(it);
+  if (!l->backedOff) epoll_ctl(epfd_, EPOLL_CTL_DEL, l->fd, nullptr);
+  close(l->fd);
+  l->fd = -1;
+  l->closed = true;
+  deadListeners_.push_back(l);
+  return true;
+}
+
+// Stop(), mu_ held, loop joined: every listener and every connection not yet delivered to JS is closed.
+void Core::CloseListeners() {
+  for (auto& entry : listeners_) {
+    close(entry.second->fd);
+    delete entry.second;
+  }
+  listeners_.clear();
+  std::lock_guard<std::mutex> out(outMu_);
+  for (const Accepted& a : accepted_) close(a.fd);
+  accepted_.clear();
+  for (const Accepted& a : handed_) close(a.fd);
+  handed_.clear();
+}
+
+void Core::AcceptBurst(Listener* l) {
+  for (int i = 0; i < kAcceptBurst; i++) {
+    Endpoint peer{};
+    socklen_t len = sizeof(peer);
+    const int fd = accept4(l->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (AcceptFailed(l, errno)) continue;
+      return;
+    }
+    stats_.accepted++;
+    Admit(l, fd, peer, NowUs());
+  }
+}
+
+// Whether to go on accepting. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) or an unexpected
+// error: the level-triggered listener would wake the loop at once again, so it is deregistered until the next
+// sweep (the backlog waits in the kernel meanwhile) and counted (stats: acceptBackoffs, lastAcceptErrno).
+bool Core::AcceptFailed(Listener* l, int err) {
+  if (err == EAGAIN || err == EWOULDBLOCK) return false;
+  if (AcceptIsTransient(err)) return true;
+  if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) stats_.acceptBackoffs++;
+  else stats_.acceptErrors++;
+  stats_.lastAcceptErrno = err;
+  if (epoll_ctl(epfd_, EPOLL_CTL_DEL, l->fd, nullptr) == 0) l->backedOff = true;
+  return false;
+}
+
+void Core::RearmListeners() {
+  for (auto& entry : listeners_) {
+    Listener* l = entry.second;
+    if (!l->backedOff) continue;
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    ev.data.u64 = reinterpret_cast<uintptr_t>(l) | kListenerTag;
+    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, l->fd, &ev) == 0) l->backedOff = false;
+  }
+}
+
+// One accepted connection: refuse, hand to JS, or connect natively, in the order the JS path decides.
+void Core::Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs) {
+  const FrontDoorOptions& o = l->opts;
+  Endpoint dst{};
+  const int err = ReadOriginalDst(fd, o.family, &dst);
+  if (err != 0) {
+    Refuse(l, fd, peer, nullptr, kNotRedirected, err, acceptedUs);
+    return;
+  }
+  if (o.outbound && o.selfLoopUid >= 0 && IsOwnPeer(peer, dst, o.selfLoopUid)) {
+    Refuse(l, fd, peer, &dst, kSelfLoop, 0, acceptedUs);
+    return;
+  }
+  if (!o.passthrough || Asked(o, dst)) {
+    HandToJs(l, fd, dst);
+    return;
+  }
+  if (IsListenerItself(l->local, dst)) {
+    Refuse(l, fd, peer, &dst, kNotRedirected, 0, acceptedUs);
+    return;
+  }
+  ConnectUpstream(l, fd, peer, dst, acceptedUs);
+}
+
+// The client socket seen from its own end is (peer) -> (original destination): one exact sock_diag lookup. A failed
+// lookup counts as not ours, as in the JS path (refusing everything would cut the host off), and is counted.
+bool Core::IsOwnPeer(const Endpoint& peer, const Endpoint& dst, int64_t uid) {
+  if (peer.sa.sa_family != dst.sa.sa_family) return false;
+  const char* failed = nullptr;
+  const int family = dst.sa.sa_family == AF_INET6 ? 6 : 4;
+  const int owner = LookupSocketUidOn(&diagFd_, &diagSeq_, family, AddressBytes(peer), PortOf(peer),
+                                      AddressBytes(dst), PortOf(dst), &failed);
+  if (owner == -2) {
+    stats_.ownerLookupFailures++;
+    stats_.lastOwnerLookupErrno = errno;
+    return false;
+  }
+  return owner == uid;
+}
+
+// RST (SO_LINGER 0) and an end record of its own: the connection never became a pair.
+void Core::Refuse(Listener* l, int fd, const Endpoint& peer, const Endpoint* dst, int code, int err,
+                  int64_t acceptedUs) {
+  SetLingerZero(fd);
+  close(fd);
+  if (code == kSelfLoop) stats_.selfLoop++;
+  else stats_.notRedirected++;
+  Record r{};
+  r.id = NextFrontId();
+  r.code = code;
+  r.aux = kClient;
+  r.err = err;
+  r.front = true;
+  r.listenerId = l->id;
+  r.durationUs = NowUs() - acceptedUs;
+  r.connectUs = -1;
+  FormatEndpoint(peer, r.source);
+  if (dst != nullptr) FormatEndpoint(*dst, r.dst);
+  records_.push_back(r);
+}
+
+// JS decides this one: the fd is queued for the next onAccepted batch and is JS's from then on.
+void Core::HandToJs(Listener* l, int fd, const Endpoint& dst) {
+  stats_.asked++;
+  handed_.push_back(Accepted{fd, l->id, dst});
+}
+
+// The native path: the upstream socket, then the pair waits for the connect in the sweep's list like any pair.
+// Until the upstream answers only it is registered (EPOLLOUT); what the client sends meanwhile waits in its socket.
+void Core::ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs) {
+  const FrontDoorOptions& o = l->opts;
+  Pair* p = NewPair();
+  p->id = NextFrontId();
+  p->front = true;
+  p->listenerId = l->id;
+  p->acceptedUs = acceptedUs;
+  p->source = peer;
+  p->dst = dst;
+  p->fd[kClient] = fd;
+  p->parked[kClient] = p->parked[kUpstream] = true;
+  const int64_t now = acceptedUs / 1000;  // NowMs()'s clock, read once
+  p->lastActive = now;
+  p->maxDeadline = o.maxDurationMs < 0 ? -1 : now + o.maxDurationMs;
+  p->connectDeadline = o.connectTimeoutMs < 0 ? -1 : now + o.connectTimeoutMs;
+  p->idleMs = o.idleMs;
+  p->halfCloseMs = o.halfCloseMs;
+  p->keepaliveSec = o.keepaliveSec;
+  Link(p);
+  frontOpen_++;
+  const int rc = OpenUpstream(p, o);
+  if (rc == 0) {
+    Established(p);
+    return;
+  }
+  if (rc != EINPROGRESS) {
+    ConnectFailed(p, kConnectFailed, rc);
+    return;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLOUT;
+  ev.data.u64 = reinterpret_cast<uintptr_t>(p) | kUpstream;
+  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, p->fd[kUpstream], &ev) != 0) {
+    ConnectFailed(p, kAdoptFailed, errno);
+    return;
+  }
+  p->parked[kUpstream] = false;
+  p->events[kUpstream] = EPOLLOUT;
+  p->connecting = true;
+  connecting_++;
+}
+
+// socket, TCP_NODELAY on both legs, the optional source bind, connect: 0 (connected), EINPROGRESS, or the errno.
+int Core::OpenUpstream(Pair* p, const FrontDoorOptions& o) {
+  const int family = p->dst.sa.sa_family;
+  const int up = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (up < 0) return errno;
+  p->fd[kUpstream] = up;
+  SetNoDelay(p->fd[kClient]);
+  SetNoDelay(up);
+  if (o.hasSource && o.source.sa.sa_family == family) {
+    // The port is then picked at connect() with the whole 4-tuple known (not by bind() alone, which would use up
+    // the source address's ports under churn).
+    const int one = 1;
+    setsockopt(up, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+    if (bind(up, &o.source.sa, EndpointLen(o.source)) != 0) {
+      if (errno != EADDRNOTAVAIL) return errno;
+      p->flags |= kFlagSourceFallback;
+      stats_.sourceFallbacks++;
+    }
+  }
+  if (connect(up, &p->dst.sa, EndpointLen(p->dst)) == 0) return 0;
+  return errno;
+}
+
+// EPOLLOUT (or an error) on a connecting upstream: SO_ERROR says which.
+void Core::FinishConnect(Pair* p) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(p->fd[kUpstream], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err != 0) {
+    ConnectFailed(p, kConnectFailed, err);
+    return;
+  }
+  p->connecting = false;
+  connecting_--;
+  Established(p);
+}
+
+// The upstream is connected: both legs are watched for reading, and from here the pair is an ordinary one.
+void Core::Established(Pair* p) {
+  socklen_t len = sizeof(p->upstreamLocal);
+  if (getsockname(p->fd[kUpstream], &p->upstreamLocal.sa, &len) != 0) p->upstreamLocal.sa.sa_family = AF_UNSPEC;
+  p->connectUs = NowUs() - p->acceptedUs;
+  stats_.connected++;
+  for (int s = kUpstream; s >= kClient; s--) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = reinterpret_cast<uintptr_t>(p) | static_cast<uintptr_t>(s);
+    if (epoll_ctl(epfd_, p->parked[s] ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, p->fd[s], &ev) != 0) {
+      ClosePair(p, kAdoptFailed, s, errno, true);
+      return;
+    }
+    p->parked[s] = false;
+    p->events[s] = EPOLLIN;
+  }
+}
+
+// The connect failed or timed out: the client is reset (it sees what a refused direct connect would show).
+void Core::ConnectFailed(Pair* p, int code, int err) {
+  if (code == kConnectFailed) stats_.connectFailed++;
+  else if (code == kConnectTimeout) stats_.connectTimeout++;
+  SetLingerZero(p->fd[kClient]);
+  ClosePair(p, code, kUpstream, err, false);
+}
+
+// With mu_ held: this pass's connections for JS go to the shared queue, with one onAccepted call per batch.
+void Core::SignalAccepted() {
+  if (handed_.empty() || stopping_) return;
+  bool call = false;
+  {
+    std::lock_guard<std::mutex> out(outMu_);
+    accepted_.insert(accepted_.end(), handed_.begin(), handed_.end());
+    call = !acceptSignalled_;
+    acceptSignalled_ = true;
+  }
+  handed_.clear();
+  if (!call) return;
+  Core* self = this;
+  tsfn_.NonBlockingCall([self](Napi::Env env, Napi::Function) { self->DeliverAccepted(env); });
+}
+
+// On the JS thread: [{ fd, listenerId, address, port, family }]; JS owns the fds from here. Without a JS
+// environment (teardown) they are closed instead.
+void Core::DeliverAccepted(Napi::Env env) {
+  std::vector<Accepted> batch;
+  {
+    std::lock_guard<std::mutex> out(outMu_);
+    batch.swap(accepted_);
+    acceptSignalled_ = false;
+  }
+  if (batch.empty()) return;
+  if (env == nullptr || onAccepted_.IsEmpty()) {
+    for (const Accepted& a : batch) close(a.fd);
+    return;
+  }
+  Napi::Array list = Napi::Array::New(env, batch.size());
+  for (size_t i = 0; i < batch.size(); i++) {
+    const Accepted& a = batch[i];
+    char addr[INET6_ADDRSTRLEN] = "";
+    inet_ntop(a.dst.sa.sa_family, AddressBytes(a.dst), addr, sizeof(addr));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("fd", Napi::Number::New(env, a.fd));
+    o.Set("listenerId", Napi::Number::New(env, a.listenerId));
+    o.Set("address", Napi::String::New(env, addr));
+    o.Set("port", Napi::Number::New(env, ntohs(PortOf(a.dst))));
+    o.Set("family", Napi::Number::New(env, a.dst.sa.sa_family == AF_INET6 ? 6 : 4));
+    list[i] = o;
+  }
+  onAccepted_.Call({list});
+}
+
+// The live front-door connections, newest first, at most `limit`.
+std::vector<LiveConnection> Core::List(size_t limit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<LiveConnection> out;
+  const int64_t nowUs = NowUs();
+  for (Pair* p = head_; p != nullptr && out.size() < limit; p = p->next) {
+    if (!p->front) continue;
+    const char* state = p->connecting ? "connecting" : "open";
+    if (!p->connecting && (p->flow[kClient].eof || p->flow[kUpstream].eof)) state = "half-closed";
+    out.push_back(LiveConnection{p->id, p->listenerId, p->source, p->dst, p->upstreamLocal,
+                                 (nowUs - p->acceptedUs) / 1000, p->flow[kClient].bytes, p->flow[kUpstream].bytes,
+                                 state});
+  }
+  return out;
+}
+
+FrontDoorStats Core::Stats(uint64_t* open, uint64_t* connecting) {
+  std::lock_guard<std::mutex> lock(mu_);
+  *open = frontOpen_;
+  *connecting = connecting_;
+  return stats_;
+}
+
+}  // namespace meshctl

@@ -1,0 +1,482 @@
+// The relay thread's front door on a real kernel (src/native/front_door.cc): in a namespace whose nat OUTPUT rules
+// REDIRECT the clients' connections to listening sockets the relays took with listen(), the thread accepts, reads
+// the original destination and connects natively (FIN both ways, byte counts and the record's strings), hands asked
+// destinations to JS as working fds, refuses connect failures, blackholed destinations, unredirected connections
+// and self-loops with their own end records, keeps an open pair after unlisten, shares one socket between two relays
+// (EPOLLEXCLUSIVE) without losing a connection, and leaves no fd behind after 1,000 connections.
+import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { integrationEnabled } from '../helpers/integration.js';
+import { startLabAgent, type Agent } from '../helpers/lab-process.js';
+import { createIsolatedNs, deleteNs } from '../helpers/netns.js';
+import { waitUntil } from '../helpers/wait.js';
+
+const NS = 'fn-front-door';
+const AGENT = fileURLToPath(new URL('../helpers/front-door-agent.mjs', import.meta.url));
+const LOCK = `/tmp/${NS}.xtables.lock`;
+const SERVER = '10.61.0.1';
+const BLACKHOLE = '10.61.0.99';
+const SERVER6 = 'fd00:61::1';
+const CLIENT_UID = 4243;
+const LOOP_UID = 4242;
+
+interface EndRecord {
+  relay: string;
+  id: number;
+  fromClient: number;
+  fromUpstream: number;
+  end: string;
+  side: number;
+  errno: number;
+  front?: number;
+  listenerId?: number;
+  durationUs?: number;
+  connectUs?: number;
+  flags?: number;
+  source?: string;
+  originalDst?: string;
+  upstreamLocal?: string;
+}
+
+interface Exchange {
+  local: string | null;
+  received: string;
+  error?: { code?: string; message: string };
+}
+
+// The relays run as root, which the rules exempt (the proxy's own uid); the clients (uid 4243 and 4242) are
+// redirected: port 7003 to the shared listener, 7004 to the unlisten test's, 7005 to the shutdown test's, 7006 to
+// the inbound one's, 7007 to the one unlistened while connecting,
+// everything else in 10.61.0.0/24 to 15001 (IPv6: fd00:61::/64 to 15006). The relays' own connects to the blackhole
+// are dropped.
+const RULES = `*nat
+-A OUTPUT -p tcp -m owner --uid-owner 0 -j RETURN
+-A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7003 -j REDIRECT --to-ports 15002
+-A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7004 -j REDIRECT --to-ports 15003
+-A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7005 -j REDIRECT --to-ports 15004
+-A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7006 -j REDIRECT --to-ports 15007
+-A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7007 -j REDIRECT --to-ports 15008
+-A OUTPUT -p tcp -d 10.61.0.0/24 -j REDIRECT --to-ports 15001
+COMMIT
+*filter
+-A OUTPUT -d ${BLACKHOLE}/32 -j DROP
+COMMIT
+`;
+const RULES6 = `*nat
+-A OUTPUT -p tcp -m owner --uid-owner 0 -j RETURN
+-A OUTPUT -p tcp -d fd00:61::/64 -j REDIRECT --to-ports 15006
+COMMIT
+`;
+
+const baseOptions = {
+  direction: 'outbound',
+  family: 4,
+  passthrough: true,
+  ask: [] as { address: string; prefix: number; port: number }[],
+  sourceAddress: null,
+  selfLoopUid: -1,
+  connectTimeoutMs: 300,
+  maxDurationMs: -1,
+  idleMs: -1,
+  halfCloseMs: -1,
+  keepaliveSec: -1,
+};
+
+describe.skipIf(!integrationEnabled)('the native front door', () => {
+  let relayAgent: Agent;
+  let client: Agent;
+  let looper: Agent;
+
+  const records = (relay: string) => relayAgent.call<EndRecord[]>('records', { relay });
+
+  /** The end record of relay's connection whose originalDst (or source) matches, once it is there. */
+  async function recordFor(relay: string, match: (r: EndRecord) => boolean, what: string): Promise<EndRecord> {
+    let seen: EndRecord[] = [];
+    return waitUntil(
+      `${relay}'s end record for ${what}`,
+      async () => {
+        seen = await records(relay);
+        return seen.find(match);
+      },
+      10_000,
+      { seen: () => seen.slice(-5) },
+    );
+  }
+
+  beforeAll(async () => {
+    createIsolatedNs(NS, { ipv4: `${SERVER}/24`, ipv6: 'fd00:61::1/64' });
+    for (const [tool, input] of [
+      ['iptables-restore', RULES],
+      ['ip6tables-restore', RULES6],
+    ] as const) {
+      execFileSync('ip', ['netns', 'exec', NS, tool], {
+        input,
+        stdio: ['pipe', 'pipe', 'pipe'],
+        env: { ...process.env, XTABLES_LOCKFILE: LOCK },
+      });
+    }
+    relayAgent = await startLabAgent(AGENT, NS);
+    client = await startLabAgent(AGENT, NS, { uid: CLIENT_UID, gid: CLIENT_UID });
+    looper = await startLabAgent(AGENT, NS, { uid: LOOP_UID, gid: LOOP_UID });
+    for (const port of [7001, 7003, 7004, 7005, 7006]) {
+      await client.call('serveEcho', { name: `echo${port}`, host: SERVER, port });
+    }
+    await client.call('serveEcho', { name: 'echo6', host: SERVER6, port: 7001 });
+    await relayAgent.call('createRelay', { name: 'main' });
+    await relayAgent.call('openListener', { name: 'l1', host: '127.0.0.1', port: 15001 });
+    await relayAgent.call('listen', {
+      relay: 'main',
+      listenerId: 1,
+      listener: 'l1',
+      options: { ...baseOptions, selfLoopUid: LOOP_UID, ask: [{ address: SERVER, prefix: 32, port: 7002 }] },
+    });
+    await relayAgent.call('closeListener', { name: 'l1' });
+  }, 60_000);
+
+  afterAll(() => {
+    relayAgent?.stop();
+    client?.stop();
+    looper?.stop();
+    deleteNs(NS);
+    rmSync(LOCK, { force: true });
+  });
+
+  it('connects a passthrough destination natively and relays FIN both ways, with bytes and strings in the record', async () => {
+    const payload = 'p'.repeat(1000);
+    const r = await client.call<Exchange>('exchange', { host: SERVER, port: 7001, send: payload });
+    expect(r.error).toBeUndefined();
+    expect(r.received).toBe(payload);
+    const rec = await recordFor('main', (x) => x.source === r.local, `the client ${r.local}`);
+    expect(rec).toMatchObject({
+      end: 'fin',
+      side: 0,
+      errno: 0,
+      fromClient: 1000,
+      fromUpstream: 1000,
+      front: 1,
+      listenerId: 1,
+      originalDst: `${SERVER}:7001`,
+      flags: 0,
+    });
+    expect(rec.id).toBeGreaterThanOrEqual(2 ** 32);
+    // The upstream leg is the one the echo server saw.
+    const peers = await client.call<string[]>('peers', { name: 'echo7001' });
+    expect(peers).toContain(rec.upstreamLocal);
+    expect(rec.connectUs).toBeGreaterThanOrEqual(0);
+    expect(rec.durationUs).toBeGreaterThanOrEqual(rec.connectUs!);
+  });
+
+  it('hands an asked destination to JS (onAccepted) with its original destination, and the fd works there', async () => {
+    const r = await client.call<Exchange>('exchange', { host: SERVER, port: 7002, send: 'hello' });
+    expect(r.error).toBeUndefined();
+    expect(r.received).toBe(`asked ${SERVER}:7002 family 4 listener 1\nhello`);
+    const accepted = await relayAgent.call<{ address: string; port: number }[]>('accepted', { relay: 'main' });
+    expect(accepted).toEqual([expect.objectContaining({ address: SERVER, port: 7002, family: 4, listenerId: 1 })]);
+    const stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'main' });
+    expect(stats.asked).toBe(1);
+  });
+
+  it('resets the client and records connectFailed with ECONNREFUSED when the upstream refuses', async () => {
+    const r = await client.call<Exchange>('exchange', { host: SERVER, port: 7999, send: 'x' });
+    expect(r.error?.code).toBe('ECONNRESET');
+    const rec = await recordFor('main', (x) => x.originalDst === `${SERVER}:7999`, 'port 7999');
+    expect(rec).toMatchObject({ end: 'connectFailed', side: 1, errno: 111, connectUs: -1, upstreamLocal: '' });
+  });
+
+  it('resets the client and records connectTimeout for a blackholed destination', async () => {
+    const r = await client.call<Exchange>('exchange', { host: BLACKHOLE, port: 9, send: 'x' });
+    expect(r.error?.code).toBe('ECONNRESET');
+    const rec = await recordFor('main', (x) => x.originalDst === `${BLACKHOLE}:9`, 'the blackhole');
+    expect(rec).toMatchObject({ end: 'connectTimeout', side: 1, connectUs: -1 });
+    // Bounded by connectTimeoutMs (300) plus a sweep (50), never ended before the bound.
+    expect(rec.durationUs).toBeGreaterThanOrEqual(300_000);
+  });
+
+  it('refuses a connection made straight to the listener (not redirected)', async () => {
+    const r = await client.call<Exchange>('exchange', { host: '127.0.0.1', port: 15001, send: 'x' });
+    expect(r.error?.code).toBe('ECONNRESET');
+    // (The reset can beat Node's 'connect' event, so the record is found by its end, not the client's port.)
+    const rec = await recordFor('main', (x) => x.end === 'notRedirected', 'the direct client');
+    expect(rec).toMatchObject({ front: 1, listenerId: 1, fromClient: 0, originalDst: '127.0.0.1:15001' });
+    expect(rec.source).toMatch(/^127\.0\.0\.1:\d+$/);
+  });
+
+  it("refuses a self-loop: a connection whose client socket is selfLoopUid's", async () => {
+    const r = await looper.call<Exchange>('exchange', { host: SERVER, port: 7001, send: 'x' });
+    expect(r.error?.code).toBe('ECONNRESET');
+    const rec = await recordFor('main', (x) => x.end === 'selfLoop', 'the looping client');
+    expect(rec).toMatchObject({ originalDst: `${SERVER}:7001`, fromClient: 0, listenerId: 1 });
+    expect(rec.source).toMatch(/^10\.61\.0\.1:\d+$/);
+    const stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'main' });
+    expect(stats).toMatchObject({ selfLoop: 1, connectFailed: 1, connectTimeout: 1, notRedirected: 1 });
+  });
+
+  it('stops accepting on unlisten while a pair it accepted goes on; list() shows it and abort() ends it', async () => {
+    await relayAgent.call('openListener', { name: 'l3', host: '127.0.0.1', port: 15003 });
+    await relayAgent.call('listen', { relay: 'main', listenerId: 3, listener: 'l3', options: baseOptions });
+    await relayAgent.call('closeListener', { name: 'l3' });
+    const first = await client.call<Exchange>('exchange', { host: SERVER, port: 7004, send: 'a', holdTag: 'h' });
+    expect(first.received).toBe('a');
+    expect(await relayAgent.call('unlisten', { relay: 'main', listenerId: 3 })).toBe(true);
+    const refused = await client.call<Exchange>('exchange', { host: SERVER, port: 7004, send: 'b' });
+    expect(refused.error?.code).toBe('ECONNREFUSED');
+    expect(await client.call('heldSend', { tag: 'h', send: 'still here' })).toEqual({ received: 'still here' });
+    const live = await relayAgent.call<{ id: number; originalDst: string; state: string; source: string }[]>('list', {
+      relay: 'main',
+    });
+    const mine = live.find((c) => c.source === first.local);
+    expect(mine).toMatchObject({ originalDst: `${SERVER}:7004`, state: 'open', listenerId: 3, fromClient: 11 });
+    expect(await relayAgent.call('snapshot', { relay: 'main', id: mine!.id })).toEqual([11, 11, 0]);
+    expect(await relayAgent.call('abort', { relay: 'main', id: mine!.id, reset: true })).toBe(true);
+    const closed = await client.call<{ error?: { code: string } }>('heldClosed', { tag: 'h' });
+    expect(closed.error?.code).toBe('ECONNRESET');
+    const rec = await recordFor('main', (x) => x.id === mine!.id, `pair ${mine!.id}`);
+    expect(rec).toMatchObject({ end: 'aborted', fromClient: 11, fromUpstream: 11, listenerId: 3 });
+  });
+
+  it('lets a connect in progress finish (here: time out) after its listener is unlistened, leaving no fd', async () => {
+    const before = await relayAgent.call<number>('fdCount');
+    await relayAgent.call('openListener', { name: 'l8', host: '127.0.0.1', port: 15008 });
+    await relayAgent.call('listen', { relay: 'main', listenerId: 8, listener: 'l8', options: baseOptions });
+    await relayAgent.call('closeListener', { name: 'l8' });
+    const pending = client.call<Exchange>('exchange', { host: BLACKHOLE, port: 7007, send: 'x' });
+    let live: { listenerId: number; state: string }[] = [];
+    await waitUntil(
+      'the connect in progress in list()',
+      async () => {
+        live = await relayAgent.call<{ listenerId: number; state: string }[]>('list', { relay: 'main' });
+        return live.some((c) => c.listenerId === 8 && c.state === 'connecting');
+      },
+      10_000,
+      { seen: () => live },
+    );
+    expect(await relayAgent.call('unlisten', { relay: 'main', listenerId: 8 })).toBe(true);
+    expect((await pending).error?.code).toBe('ECONNRESET');
+    const rec = await recordFor('main', (x) => x.listenerId === 8, 'the connect on listener 8');
+    expect(rec).toMatchObject({ end: 'connectTimeout', originalDst: `${BLACKHOLE}:7007` });
+    let fds = 0;
+    await waitUntil(
+      `the relay process back at ${before} fds`,
+      async () => {
+        fds = await relayAgent.call<number>('fdCount');
+        return fds <= before;
+      },
+      10_000,
+      { seen: () => fds, intervalMs: 50 },
+    );
+  });
+
+  it('shares one listening socket between two relays: both accept, none of 200 connections is lost', async () => {
+    await relayAgent.call('createRelay', { name: 'a', withAccepted: false });
+    await relayAgent.call('createRelay', { name: 'b', withAccepted: false });
+    await relayAgent.call('openListener', { name: 'l2', host: '127.0.0.1', port: 15002 });
+    for (const relay of ['a', 'b']) {
+      await relayAgent.call('listen', { relay, listenerId: 2, listener: 'l2', options: baseOptions });
+    }
+    await relayAgent.call('closeListener', { name: 'l2' });
+    const r = await client.call<{ done: number; errors: string[] }>('churn', {
+      host: SERVER,
+      port: 7003,
+      count: 200,
+      parallel: 32,
+    });
+    expect(r.errors).toEqual([]);
+    expect(r.done).toBe(200);
+    let a: EndRecord[] = [];
+    let b: EndRecord[] = [];
+    await waitUntil(
+      'end records of all 200 connections from relays a and b',
+      async () => {
+        [a, b] = [await records('a'), await records('b')];
+        return a.length + b.length === 200;
+      },
+      10_000,
+      { seen: () => ({ a: a.length, b: b.length }) },
+    );
+    expect([...a, ...b].filter((x) => x.end !== 'fin')).toEqual([]);
+    expect(a.length).toBeGreaterThan(0);
+    expect(b.length).toBeGreaterThan(0);
+    for (const relay of ['a', 'b']) await relayAgent.call('closeRelay', { relay });
+  });
+
+  it('leaves no fd behind after 1,000 connect + 64 B + close cycles', async () => {
+    const before = await relayAgent.call<number>('fdCount');
+    const recordsBefore = (await records('main')).length;
+    const r = await client.call<{ done: number; errors: string[] }>('churn', {
+      host: SERVER,
+      port: 7001,
+      count: 1000,
+      parallel: 16,
+    });
+    expect(r.errors).toEqual([]);
+    expect(r.done).toBe(1000);
+    let fds = 0;
+    await waitUntil(
+      `the relay process back at ${before} fds`,
+      async () => {
+        fds = await relayAgent.call<number>('fdCount');
+        return fds <= before;
+      },
+      10_000,
+      { seen: () => fds, intervalMs: 50 },
+    );
+    const after = await waitUntil('1,000 more end records', async () => {
+      const all = await records('main');
+      return all.length - recordsBefore >= 1000 ? all.slice(recordsBefore) : null;
+    });
+    expect(after.filter((x) => x.end !== 'fin')).toEqual([]);
+    const stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'main' });
+    expect(stats).toMatchObject({ open: 0, connecting: 0, acceptBackoffs: 0, acceptErrors: 0 });
+  }, 60_000);
+  it('relays IPv6 (IP6T_SO_ORIGINAL_DST) with bracketed strings in the record', async () => {
+    await relayAgent.call('openListener', { name: 'l6', host: '::1', port: 15006 });
+    await relayAgent.call('listen', {
+      relay: 'main',
+      listenerId: 6,
+      listener: 'l6',
+      options: { ...baseOptions, family: 6 },
+    });
+    await relayAgent.call('closeListener', { name: 'l6' });
+    const r = await client.call<Exchange>('exchange', { host: SERVER6, port: 7001, send: 'six' });
+    expect(r.error).toBeUndefined();
+    expect(r.received).toBe('six');
+    const rec = await recordFor('main', (x) => x.listenerId === 6, 'the IPv6 client');
+    expect(rec).toMatchObject({
+      end: 'fin',
+      fromClient: 3,
+      fromUpstream: 3,
+      source: `[${SERVER6}]:${r.local!.split(':').pop()}`,
+      originalDst: `[${SERVER6}]:7001`,
+    });
+    expect(await client.call<string[]>('peers', { name: 'echo6' })).toContain(
+      rec.upstreamLocal!.replace(/^\[(.*)\]:(\d+)$/, '$1:$2'),
+    );
+  });
+
+  it("replaces a listener's options atomically with listen() on the same id (and keeps its socket)", async () => {
+    const own = { ...baseOptions, selfLoopUid: LOOP_UID };
+    const original = { ...own, ask: [{ address: SERVER, prefix: 32, port: 7002 }] };
+    const via = async (options: typeof baseOptions, send: string): Promise<string> => {
+      // fd 0 is not a listening socket: for an id that listens already it is not looked at.
+      await relayAgent.call('listen', { relay: 'main', listenerId: 1, fd: 0, options });
+      const r = await client.call<Exchange>('exchange', { host: SERVER, port: 7001, send });
+      expect(r.error).toBeUndefined();
+      if (r.received === `asked ${SERVER}:7001 family 4 listener 1\n${send}`) return 'js';
+      return r.received === send ? 'native' : r.received;
+    };
+    expect(await via({ ...own, passthrough: false }, 'a')).toBe('js');
+    // A network on any port; then entries that miss by network and by port; then the exact one.
+    expect(await via({ ...own, ask: [{ address: '10.61.0.0', prefix: 24, port: 0 }] }, 'b')).toBe('js');
+    const misses = [
+      { address: '10.61.0.128', prefix: 25, port: 0 },
+      { address: SERVER, prefix: 32, port: 7999 },
+      { address: 'fd00:61::', prefix: 64, port: 7001 },
+    ];
+    expect(await via({ ...own, ask: misses }, 'c')).toBe('native');
+    expect(await via({ ...own, ask: [...misses, { address: '10.61.0.0', prefix: 31, port: 7001 }] }, 'd')).toBe('js');
+    expect(await via(original, 'e')).toBe('native');
+    const accepted = await relayAgent.call<{ port: number }[]>('accepted', { relay: 'main' });
+    expect(accepted.filter((a) => a.port === 7001)).toHaveLength(3);
+  });
+
+  it('binds an inbound upstream to sourceAddress, and connects without it (flagged, counted) on EADDRNOTAVAIL', async () => {
+    const inbound = { ...baseOptions, direction: 'inbound', sourceAddress: '127.0.0.6' };
+    await relayAgent.call('openListener', { name: 'l7', host: '127.0.0.1', port: 15007 });
+    await relayAgent.call('listen', { relay: 'main', listenerId: 7, listener: 'l7', options: inbound });
+    await relayAgent.call('closeListener', { name: 'l7' });
+    const bound = await client.call<Exchange>('exchange', { host: SERVER, port: 7006, send: 'in' });
+    expect(bound.received).toBe('in');
+    const first = await recordFor('main', (x) => x.listenerId === 7, 'the inbound client');
+    expect(first).toMatchObject({ end: 'fin', flags: 0 });
+    expect(first.upstreamLocal).toMatch(/^127\.0\.0\.6:\d+$/);
+    expect(await client.call<string[]>('peers', { name: 'echo7006' })).toContain(first.upstreamLocal);
+
+    const fallback = { ...inbound, sourceAddress: '10.9.9.9' }; // not an address of this namespace
+    await relayAgent.call('listen', { relay: 'main', listenerId: 7, fd: 0, options: fallback });
+    const unbound = await client.call<Exchange>('exchange', { host: SERVER, port: 7006, send: 'in2' });
+    expect(unbound.received).toBe('in2');
+    const second = await recordFor('main', (x) => x.listenerId === 7 && x.id !== first.id, 'the second inbound client');
+    expect(second).toMatchObject({ end: 'fin', flags: 1 });
+    expect(second.upstreamLocal).toMatch(/^10\.61\.0\.1:\d+$/);
+    expect(await relayAgent.call('stats', { relay: 'main' })).toMatchObject({ sourceFallbacks: 1 });
+    await relayAgent.call('unlisten', { relay: 'main', listenerId: 7 });
+  });
+
+  it('backs off on EMFILE (listener deregistered for a sweep, counted) and accepts the waiting client after', async () => {
+    await relayAgent.call('createRelay', { name: 'c', withAccepted: false });
+    const before = await relayAgent.call<number>('fdCount');
+    await relayAgent.call('openListener', { name: 'l4', host: '127.0.0.1', port: 15004 });
+    await relayAgent.call('listen', { relay: 'c', listenerId: 4, listener: 'l4', options: baseOptions });
+    await relayAgent.call('closeListener', { name: 'l4' });
+    const { pid } = await relayAgent.call<{ pid: number }>('ping');
+    const limit = execFileSync(
+      'prlimit',
+      ['--pid', String(pid), '--nofile', '--raw', '--noheadings', '--output=SOFT,HARD'],
+      {
+        encoding: 'utf8',
+      },
+    )
+      .trim()
+      .split(/\s+/);
+    // fds 0-4 are all taken (stdio, libuv): with a limit of 5 no new one can be made.
+    execFileSync('prlimit', ['--pid', String(pid), `--nofile=5:${limit[1]}`]);
+    let stats: Record<string, number> = {};
+    const waiting = client.call<Exchange>('exchange', { host: SERVER, port: 7005, send: 'late', timeoutMs: 20_000 });
+    try {
+      await waitUntil(
+        "relay c's accept backoff",
+        async () => {
+          stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'c' });
+          return stats.acceptBackoffs! >= 1;
+        },
+        10_000,
+        { seen: () => stats },
+      );
+      expect(stats.lastAcceptErrno).toBe(24); // EMFILE
+    } finally {
+      execFileSync('prlimit', ['--pid', String(pid), `--nofile=${limit[0]}:${limit[1]}`]);
+    }
+    const r = await waiting;
+    expect(r.error).toBeUndefined();
+    expect(r.received).toBe('late');
+    stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'c' });
+    expect(stats).toMatchObject({ accepted: 1, connected: 1, connectFailed: 0 });
+
+    // Shutdown with a listener, an open pair and a connect in progress: every fd goes.
+    const opened = await client.call<string>('open', { host: SERVER, port: 7005, tag: 'open' });
+    expect(opened).toMatch(/^10\.61\.0\.1:/);
+    await client.call<string>('open', { host: BLACKHOLE, port: 7005, tag: 'connecting' });
+    let live: { state: string }[] = [];
+    await waitUntil(
+      "relay c's open and connecting pairs",
+      async () => {
+        live = await relayAgent.call<{ state: string }[]>('list', { relay: 'c' });
+        return (
+          live
+            .map((c) => c.state)
+            .sort()
+            .join() === 'connecting,open'
+        );
+      },
+      10_000,
+      { seen: () => live },
+    );
+    await relayAgent.call('closeRelay', { relay: 'c' });
+    let fds = 0;
+    await waitUntil(
+      `the relay process back at ${before} fds after closing relay c`,
+      async () => {
+        fds = await relayAgent.call<number>('fdCount');
+        return fds <= before;
+      },
+      10_000,
+      { seen: () => fds, intervalMs: 50 },
+    );
+    for (const tag of ['open', 'connecting']) {
+      // Closed by the thread's shutdown (a plain close: FIN), not left hanging.
+      expect(await client.call('heldClosed', { tag })).toMatchObject({ ended: true });
+    }
+  }, 60_000);
+});

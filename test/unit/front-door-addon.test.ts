@@ -1,0 +1,152 @@
+// The front door's contract without a namespace (src/native/front_door.cc through createRelay in addon.ts): options
+// checked field by field before the addon sees them, system errors with `code` for a socket that does not listen,
+// a family that is not the socket's and a table that needs JS without an onAccepted; the end-code tables; and a
+// loopback listener with no NAT, whose connections have no original destination and are refused with a record.
+import { closeSync, openSync } from 'node:fs';
+import { connect, createServer, type AddressInfo, type Server } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  createRelay,
+  FRONT_DOOR_ENDS,
+  frontDoorEndCodes,
+  relayDetailFields,
+  relayEndCodes,
+  type EndDetails,
+  type FrontDoorOptions,
+  type NativeRelay,
+} from '../../src/native/addon.js';
+import { waitUntil } from '../helpers/wait.js';
+
+const options: FrontDoorOptions = {
+  direction: 'outbound',
+  family: 4,
+  passthrough: true,
+  ask: [],
+  sourceAddress: null,
+  selfLoopUid: -1,
+  connectTimeoutMs: 1000,
+  maxDurationMs: -1,
+  idleMs: -1,
+  halfCloseMs: -1,
+  keepaliveSec: -1,
+};
+
+const relays: NativeRelay[] = [];
+const servers: Server[] = [];
+afterEach(() => {
+  for (const r of relays.splice(0)) r.close();
+  for (const s of servers.splice(0)) s.close();
+});
+
+function relay(onAccepted?: () => void): NativeRelay {
+  const r = createRelay(() => {}, 50, onAccepted);
+  relays.push(r);
+  return r;
+}
+
+async function listening(host = '127.0.0.1'): Promise<{ server: Server; fd: number; port: number }> {
+  const server = createServer({ pauseOnConnect: true });
+  servers.push(server);
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
+  const fd = (server as unknown as { _handle: { fd: number } })._handle.fd;
+  return { server, fd, port: (server.address() as AddressInfo).port };
+}
+
+describe('front door options', () => {
+  it.each([
+    ['direction', { direction: 'sideways' }, 'options.direction'],
+    ['family', { family: 5 }, 'options.family'],
+    ['passthrough', { passthrough: 'yes' }, 'options.passthrough'],
+    ['ask', { ask: 'all' }, 'options.ask'],
+    ['an ask address', { ask: [{ address: 'example.com', prefix: 32, port: 0 }] }, 'options.ask[0].address'],
+    ['an ask prefix', { ask: [{ address: '10.0.0.0', prefix: 33, port: 0 }] }, 'options.ask[0].prefix'],
+    ['an ask port', { ask: [{ address: '::', prefix: 0, port: 70000 }] }, 'options.ask[0].port'],
+    ['sourceAddress', { sourceAddress: '127.0.0.6:1' }, 'options.sourceAddress'],
+    ['selfLoopUid', { selfLoopUid: -2 }, 'options.selfLoopUid'],
+    ['connectTimeoutMs', { connectTimeoutMs: 1.5 }, 'options.connectTimeoutMs'],
+    ['keepaliveSec', { keepaliveSec: -3 }, 'options.keepaliveSec'],
+  ])('rejects a bad %s with a TypeError naming it', async (_name, change, field) => {
+    const { fd } = await listening();
+    expect(() => relay().listen(1, fd, { ...options, ...change } as unknown as FrontDoorOptions)).toThrow(
+      new RegExp(`^listen: ${field.replace(/[[\].]/g, '\\$&')} must be`),
+    );
+  });
+
+  it('rejects bad ids and fds before the addon', () => {
+    expect(() => relay().listen(-1, 3, options)).toThrow(TypeError);
+    expect(() => relay().listen(1, 1.5, options)).toThrow(TypeError);
+  });
+
+  it('gives EINVAL for a TCP socket that does not listen, ENOTSOCK for a file', async () => {
+    const { port } = await listening();
+    const socket = connect({ port, host: '127.0.0.1' });
+    await new Promise((resolve) => socket.once('connect', resolve));
+    const socketFd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
+    expect(() => relay().listen(1, socketFd, options)).toThrow(
+      expect.objectContaining({ code: 'EINVAL', syscall: 'listen' }),
+    );
+    socket.destroy();
+    const file = openSync('/dev/null', 'r');
+    try {
+      expect(() => relay().listen(1, file, options)).toThrow(expect.objectContaining({ code: 'ENOTSOCK' }));
+    } finally {
+      closeSync(file);
+    }
+  });
+
+  it('gives EAFNOSUPPORT when family is not the socket\u2019s, and EINVAL when the table needs JS but there is no onAccepted', async () => {
+    const { fd } = await listening();
+    expect(() => relay().listen(1, fd, { ...options, family: 6 })).toThrow(
+      expect.objectContaining({ code: 'EAFNOSUPPORT' }),
+    );
+    expect(() => relay().listen(1, fd, { ...options, passthrough: false })).toThrow(
+      expect.objectContaining({ code: 'EINVAL' }),
+    );
+    expect(() => relay(() => {}).listen(1, fd, { ...options, passthrough: false })).not.toThrow();
+  });
+
+  it('unlisten says whether the id was listening; stats and list start empty', async () => {
+    const { fd } = await listening();
+    const r = relay();
+    expect(r.unlisten(1)).toBe(false);
+    r.listen(1, fd, options);
+    expect(r.unlisten(1)).toBe(true);
+    expect(r.unlisten(1)).toBe(false);
+    expect(r.list(10)).toEqual([]);
+    expect(r.stats()).toMatchObject({ accepted: 0, asked: 0, connected: 0, open: 0, connecting: 0 });
+  });
+});
+
+describe('front door end codes', () => {
+  it('are a table of their own, distinct from the adopted pairs\u2019 codes', () => {
+    const front = frontDoorEndCodes();
+    expect(Object.keys(front).sort()).toEqual([...FRONT_DOOR_ENDS].sort());
+    const adopted = new Set(Object.values(relayEndCodes()));
+    expect(Object.values(front).filter((code) => adopted.has(code))).toEqual([]);
+  });
+});
+
+describe('front door on loopback without NAT', () => {
+  it('refuses a connection that has no original destination, with a notRedirected record', async () => {
+    const { server, fd, port } = await listening();
+    const seen: { records: number[]; details?: EndDetails }[] = [];
+    const r = createRelay((records, details) => seen.push({ records: Array.from(records), details }), 20);
+    relays.push(r);
+    r.ref();
+    r.listen(7, fd, options);
+    server.close();
+    const error = await new Promise<NodeJS.ErrnoException | null>((resolve) => {
+      const c = connect({ port, host: '127.0.0.1' });
+      c.on('error', resolve);
+      c.on('close', () => resolve(null));
+    });
+    expect(error?.code).toBe('ECONNRESET');
+    const batch = await waitUntil('the notRedirected record', () => seen[0], 5000, { seen: () => seen });
+    const codes = frontDoorEndCodes();
+    expect(batch.records.slice(3, 6)[0]).toBe(codes.notRedirected);
+    const d = batch.details!;
+    expect(Array.from(d.numbers.slice(0, relayDetailFields()))).toEqual([1, 7, expect.any(Number), -1, 0]);
+    expect(d.strings[0]).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(r.stats()).toMatchObject({ accepted: 1, notRedirected: 1 });
+  });
+});
