@@ -186,7 +186,10 @@ export const FIELDS = [
     flag: proxyFlag('proxy-relay', 'what relays established connections: "native" (addon thread) or "node" (streams)'),
   }),
   field('proxy.relayThreads', workers, {
-    flag: proxyFlag('proxy-relay-threads', 'relay threads per worker with --proxy-relay native, or "auto" (one per core)'),
+    flag: proxyFlag(
+      'proxy-relay-threads',
+      'relay threads per worker with --proxy-relay native, or "auto" (one per core)',
+    ),
   }),
   field('proxy.accessLog.enabled', boolean),
   field('proxy.accessLog.path', textOrNull, {
