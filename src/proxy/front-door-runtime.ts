@@ -243,7 +243,7 @@ export class FrontDoor implements FrontDoorSink {
     );
     if (detail === 'own-uid') host.selfLoop(end.source, end.originalDst);
     if (end.sourceFallback && dst !== null) host.sourceFallback(dst.family);
-    if (host.accessLog.enabled) host.accessLog.closed(this.record(end, id, direction, result, detail));
+    if (host.accessLog.sampled(result)) host.accessLog.writeClosed(this.record(end, id, direction, result, detail));
     host.frontDoorEnded();
   };
 

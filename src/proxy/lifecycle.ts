@@ -605,6 +605,7 @@ export class ProxySupervisor {
         workers: workers.length,
         reloads: this.reloads,
         uptimeSeconds: (performance.now() - this.startedAt) / 1000,
+        accessLogDropped: workers.reduce((n, w) => n + (w.accessLogDropped ?? 0), 0),
       }) +
       renderControlPlanePrometheus(this.poller?.status() ?? null, this.version) +
       renderPolicyPrometheus(mergePolicySnapshots(workers.map((w) => w.policy))) +

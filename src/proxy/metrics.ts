@@ -128,6 +128,8 @@ export interface ProcessGauges {
   readonly workers: number;
   readonly reloads: { readonly ok: number; readonly failed: number };
   readonly uptimeSeconds: number;
+  /** Access-log lines dropped over every worker (a destination that did not keep up). */
+  readonly accessLogDropped: number;
 }
 
 function formatNumber(n: number): string {
@@ -190,6 +192,12 @@ export function renderPrometheus(s: MetricsSnapshot, gauges: ProcessGauges): str
   family('meshctl_proxy_config_reloads_total', 'counter', 'Config reloads by result.');
   out.push(`meshctl_proxy_config_reloads_total{result="ok"} ${gauges.reloads.ok}`);
   out.push(`meshctl_proxy_config_reloads_total{result="failed"} ${gauges.reloads.failed}`);
+  family(
+    'meshctl_proxy_access_log_dropped_total',
+    'counter',
+    'Access-log lines dropped because the destination did not keep up (the buffer is bounded).',
+  );
+  out.push(`meshctl_proxy_access_log_dropped_total ${gauges.accessLogDropped}`);
   family('meshctl_proxy_uptime_seconds', 'gauge', 'Seconds since the proxy started.');
   out.push(`meshctl_proxy_uptime_seconds ${gauges.uptimeSeconds.toFixed(3)}`);
   return `${out.join('\n')}\n`;

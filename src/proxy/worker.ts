@@ -52,6 +52,8 @@ export interface WorkerStats {
   readonly mtls: TunnelStats | null;
   /** The relay threads' front door: its counters over every thread, and the listeners it accepts on; null when Node accepts. */
   readonly frontDoor: (Record<keyof FrontDoorStats, number> & { threads: number; listening: string[] }) | null;
+  /** Access-log lines dropped because the destination did not keep up (the log's memory is bounded). */
+  readonly accessLogDropped: number;
 }
 
 /** The host's interface addresses now (os.networkInterfaces): read again per check, as addresses come and go. */
@@ -491,7 +493,8 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
     this.connections.delete(conn);
     this.recent.add(conn, performance.now());
     this.metrics.closed(conn.direction, conn.result!, conn.bytesFromClient, conn.bytesFromUpstream);
-    if (this.accessLog.enabled) this.accessLog.closed(conn.record());
+    // The sample is drawn before the record is built: a sampled-out connection costs no record at all.
+    if (this.accessLog.sampled(conn.result!)) this.accessLog.writeClosed(conn.record());
     if (this.connections.size === 0) this.frontDoorEnded();
   }
 
@@ -684,6 +687,7 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
       policy: this.policy.snapshot(),
       mtls: this.tunnel?.stats() ?? null,
       frontDoor: this.frontDoorReport(),
+      accessLogDropped: this.accessLog.dropped,
     };
   }
 

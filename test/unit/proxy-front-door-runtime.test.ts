@@ -15,7 +15,11 @@ function host(mtlsActive = false) {
   const h: FrontDoorHost = {
     index: 3,
     metrics: new ProxyMetrics(),
-    accessLog: { enabled: true, closed: (r: AccessRecord) => logged.push(r) } as unknown as AccessLog,
+    accessLog: {
+      enabled: true,
+      sampled: () => true,
+      writeClosed: (r: AccessRecord) => logged.push(r),
+    } as unknown as AccessLog,
     recent: new RecentConnections(8),
     mtlsActive,
     acceptAsked: (_s: Socket) => events.push('asked'),

@@ -2,7 +2,14 @@
 import { describe, expect, it } from 'vitest';
 import { mergeSnapshots, ProxyMetrics, renderPrometheus } from '../../src/proxy/metrics.js';
 
-const gauges = { ready: true, draining: false, workers: 2, reloads: { ok: 1, failed: 0 }, uptimeSeconds: 12.5 };
+const gauges = {
+  ready: true,
+  draining: false,
+  workers: 2,
+  reloads: { ok: 1, failed: 0 },
+  uptimeSeconds: 12.5,
+  accessLogDropped: 3,
+};
 
 describe('ProxyMetrics', () => {
   it('counts accepted, active and closed connections by direction and result', () => {
@@ -69,6 +76,7 @@ describe('mergeSnapshots and renderPrometheus', () => {
     expect(text).toContain('meshctl_proxy_upstream_connect_seconds_bucket{direction="outbound",le="0.005"} 2');
     expect(text).toContain('meshctl_proxy_upstream_connect_seconds_bucket{direction="outbound",le="+Inf"} 2');
     expect(text).toContain('meshctl_proxy_workers 2');
+    expect(text).toContain('meshctl_proxy_access_log_dropped_total 3');
     // Every sample line is `name{labels} value` or `name value`, and every family has HELP and TYPE.
     for (const line of text.trim().split('\n'))
       expect(line).toMatch(/^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? [-+\d.e]+|\w+(\{[^}]*\})? \+Inf)$/);
