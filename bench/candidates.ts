@@ -68,12 +68,12 @@ export interface CandidateOptions {
 }
 
 /**
- * `count` services: one per bench destination (the echo, HTTP and iperf3 ports of the server, each its own only
+ * `count` services: one per bench destination (the two echo, the HTTP and the iperf3 ports of the server, each its own only
  * endpoint, so traffic still reaches the same server), the rest on addresses nothing dials, spread over exact
  * addresses and CIDRs like a real registry.
  */
 export function policyServices(serverAddr: string, count: number): Record<string, unknown>[] {
-  const own = [PORTS.echo, PORTS.http, PORTS.iperf].map((port) => ({
+  const own = [PORTS.echo, PORTS.connect, PORTS.http, PORTS.iperf].map((port) => ({
     name: `bench-${port}`,
     addresses: [`${serverAddr}:${port}`],
     endpoints: [`${serverAddr}:${port}`],

@@ -25,7 +25,13 @@ export interface LabOptions {
   readonly tcpbench: string;
 }
 
-export const PORTS = { echo: 7000, http: 8080, iperf: 5201 } as const;
+/**
+ * Server ports. `connect` is a second echo server of two processes (SO_REUSEPORT) for the connect workload: with
+ * one, the echo server's single thread left 15-20 % of the 2 cores idle while direct ran connect + close.
+ */
+export const PORTS = { echo: 7000, connect: 7001, http: 8080, iperf: 5201 } as const;
+/** Processes of the connect workload's echo server. */
+export const CONNECT_SERVERS = 2;
 /** The DNS workload's test server and load loop (plain JS helpers shared with the DNS integration tests). */
 export const DNS_UPSTREAM = join(REPO_ROOT, 'test', 'helpers', 'dns-upstream.mjs');
 export const DNS_LOAD = join(REPO_ROOT, 'test', 'helpers', 'dns-load.mjs');
@@ -192,6 +198,13 @@ export class Lab {
     });
     this.servers.push(echo);
     await waitListening(this.serverNs, PORTS.echo, echo);
+    const churn = startProc(
+      'echo server (connect)',
+      [tcpbench, 'serve', `port=${PORTS.connect}`, `threads=${CONNECT_SERVERS}`],
+      { ns: this.serverNs, nofile: NOFILE, ...(pin.servers ? { cpus: pin.servers } : {}) },
+    );
+    this.servers.push(churn);
+    await waitListening(this.serverNs, PORTS.connect, churn);
 
     const nginxDir = join(workDir, 'nginx');
     mkdirSync(join(nginxDir, 'logs'), { recursive: true });

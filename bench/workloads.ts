@@ -99,12 +99,13 @@ async function tcpbench(
   mode: 'rr' | 'paced' | 'cc',
   args: Record<string, number>,
   profile: Profile,
+  port: number = PORTS.echo,
 ): Promise<Values> {
   const argv = [
     lab.options.tcpbench,
     mode,
     `host=${lab.serverAddr}`,
-    `port=${PORTS.echo}`,
+    `port=${port}`,
     'size=64',
     `secs=${profile.secs}`,
     `warmup=${profile.warmup}`,
@@ -409,7 +410,7 @@ function logLines(file: string): number {
 async function connect(lab: Lab, candidate: RunningCandidate, profile: Profile): Promise<Values> {
   const file = candidate.accessLogFile;
   const before = file ? logLines(file) : 0;
-  const values = await tcpbench(lab, candidate, 'cc', { conns: 32, procs: CONNECT_GENERATORS }, profile);
+  const values = await tcpbench(lab, candidate, 'cc', { conns: 32, procs: CONNECT_GENERATORS }, profile, PORTS.connect);
   if (file) {
     let lines = logLines(file);
     const deadline = Date.now() + 5000;
