@@ -320,7 +320,15 @@ function verifyPolicyPath(lab: Lab): void {
 export async function verifyIntercepted(lab: Lab, candidate: RunningCandidate): Promise<void> {
   const hold = startProc(
     'interception probe',
-    [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, 'conns=1', 'size=64'],
+    [
+      lab.options.tcpbench,
+      'hold',
+      `host=${lab.serverAddr}`,
+      `port=${PORTS.echo}`,
+      `src=${lab.generatorAddr}`,
+      'conns=1',
+      'size=64',
+    ],
     {
       ns: lab.clientNs,
       stdin: 'pipe',

@@ -88,6 +88,12 @@ export class Lab {
   readonly clientNs: string;
   readonly serverNs: string;
   readonly clientAddr: string;
+  /**
+   * The load generators' own source address (10.<subnet>.0.3, a second address of the client namespace; tcpbench
+   * `src=`): the proxies connect upstream from clientAddr, so the generator's captured connections and the proxy's
+   * upstream ones never share a port tuple (see tuneForChurn).
+   */
+  readonly generatorAddr: string;
   readonly serverAddr: string;
   private readonly vethClient: string;
   private readonly vethServer: string;
@@ -99,6 +105,7 @@ export class Lab {
     this.vethClient = `${options.prefix}-c`.slice(0, 15);
     this.vethServer = `${options.prefix}-s`.slice(0, 15);
     this.clientAddr = `10.${options.subnet}.0.1`;
+    this.generatorAddr = `10.${options.subnet}.0.3`;
     this.serverAddr = `10.${options.subnet}.0.2`;
   }
 
@@ -149,6 +156,7 @@ export class Lab {
     );
     ip('-n', this.clientNs, 'link', 'set', 'lo', 'up');
     ip('-n', this.clientNs, 'addr', 'add', `${this.clientAddr}/24`, 'dev', this.vethClient);
+    ip('-n', this.clientNs, 'addr', 'add', `${this.generatorAddr}/24`, 'dev', this.vethClient); // secondary
     ip('-n', this.clientNs, 'link', 'set', this.vethClient, 'up');
     ip('-n', this.serverNs, 'addr', 'add', `${this.serverAddr}/24`, 'dev', this.vethServer);
     ip('-n', this.serverNs, 'link', 'set', this.vethServer, 'up');
@@ -161,10 +169,15 @@ export class Lab {
    * - `tcp_max_tw_buckets=0`: a closed connection keeps no TIME_WAIT socket (the FIN handshake still runs; only the
    *   2×MSL state is dropped). Every connection of the lab goes from one address to one server port, so TIME_WAIT
    *   sockets pile up on one (source, destination, port) tuple: in the client namespace the generator's and the
-   *   proxy's upstream sockets share it (two legs per proxied connection), and connect() searches past ports whose
+   *   proxy's upstream sockets shared it (two legs per proxied connection), and connect() searched past ports whose
    *   TIME_WAIT is younger than the 1 s `tcp_tw_reuse` needs; in the two-sidecar lab sidecar B binds 127.0.0.6 before
    *   connecting to the app, a bind() that cannot reuse TIME_WAIT ports at all and scans the bind table (a third of
    *   B's CPU at 14k TIME_WAIT sockets, and the rate collapses as they accumulate). bench/notes.md has the evidence.
+   *   Without TIME_WAIT a port comes back at once, while conntrack may still track its last connection as open (a
+   *   FIN_WAIT2 orphan is dropped too): a new SYN on that tuple is then ignored by conntrack and takes the old
+   *   connection's NAT binding. So no tuple may pass between a captured (REDIRECTed) connection and an uncaptured one:
+   *   the generators connect from their own address (generatorAddr), the proxies from clientAddr, sidecar B from
+   *   127.0.0.6; each of those only ever makes one kind.
    * - `tcp_tw_reuse=1` (in case a TIME_WAIT socket exists) and a wide local port range that avoids the proxy's ports
    *   15000-15008, with a start and an end of different parity (the kernel's connect() port search prefers that).
    * - conntrack entries of closed connections expire after 5 s (the capture's REDIRECT tracks every connection).

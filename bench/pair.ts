@@ -340,7 +340,15 @@ async function verifyPairPath(lab: Lab, candidate: RunningCandidate, a: Proc | n
   if (!a || !b) throw new Error(`${candidate.name}: both sidecars must run before the path check`);
   const hold = startProc(
     'interception probe',
-    [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, 'conns=1', 'size=64'],
+    [
+      lab.options.tcpbench,
+      'hold',
+      `host=${lab.serverAddr}`,
+      `port=${PORTS.echo}`,
+      `src=${lab.generatorAddr}`,
+      'conns=1',
+      'size=64',
+    ],
     { ns: lab.clientNs, stdin: 'pipe' },
   );
   try {
@@ -358,12 +366,13 @@ async function verifyPairPath(lab: Lab, candidate: RunningCandidate, a: Proc | n
     const viaA = client.some((s) => s.pids.some((p) => aPids.includes(p)) && portOf(s.peer) === upstreamPort);
     const server = established(lab.serverNs);
     const viaB = server.some((s) => s.pids.some((p) => bPids.includes(p)) && portOf(s.peer) === PORTS.echo);
-    const bypass = server.filter((s) => portOf(s.local) === PORTS.echo && hostOf(s.peer) === lab.clientAddr);
+    const clientHost = [lab.clientAddr, lab.generatorAddr];
+    const bypass = server.filter((s) => portOf(s.local) === PORTS.echo && clientHost.includes(hostOf(s.peer)));
     if (!generator || !viaA || !viaB || bypass.length > 0) {
       const show = (ss: SsSocket[]) => ss.map((s) => `  ${s.local} → ${s.peer} pids ${s.pids.join(',')}`).join('\n');
       throw new Error(
         `${candidate.name}: expected the generator (pid ${hold.pid}) → A (pids ${aPids.join(', ')}) → :${upstreamPort}, ` +
-          `B (pids ${bPids.join(', ')}) → :${PORTS.echo}, and no echo-server socket from ${lab.clientAddr}; ` +
+          `B (pids ${bPids.join(', ')}) → :${PORTS.echo}, and no echo-server socket from ${clientHost.join(' or ')}; ` +
           `generator ${generator}, A ${viaA}, B ${viaB}, bypass ${bypass.length}.\n` +
           `client namespace:\n${show(established(lab.clientNs))}\nserver namespace:\n${show(server)}`,
       );

@@ -9,6 +9,7 @@
 //                                                              (procs=N: N processes of C/N connections each, one
 //                                                              result: one generator thread must not cap direct)
 //   tcpbench hold  host=H port=P conns=N size=B                 N connections, one ping-pong each, held until stdin closes
+//   (every client mode: [src=A] binds that source address, the port still chosen by connect())
 //
 // Every client mode prints one JSON line on stdout. Latency is measured with CLOCK_MONOTONIC:
 //   rr:    from the request's first write to the last byte of its echo;
@@ -126,6 +127,10 @@ static double pct_us(double p) {
 /* ---- sockets ---- */
 static int ep;
 static struct sockaddr_in target;
+/* src=ADDR: the source address of every client connection (bound with IP_BIND_ADDRESS_NO_PORT, so connect() still
+ * picks the port), so that the generator's connections never share a port tuple with anyone else's. */
+static struct sockaddr_in source;
+static int have_source;
 static char *payload;
 static size_t size;
 
@@ -156,6 +161,10 @@ static int open_conn(struct conn *c) {
   if (c->fd < 0) die("socket");
   int one = 1;
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (have_source) {
+    setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    if (bind(c->fd, (struct sockaddr *)&source, sizeof source) < 0) die("bind src");
+  }
   c->sent = c->rcvd = 0;
   if (connect(c->fd, (struct sockaddr *)&target, sizeof target) < 0 && errno != EINPROGRESS) {
     close(c->fd);
@@ -253,6 +262,16 @@ static void setup_client(void) {
   if (inet_pton(AF_INET, host, &target.sin_addr) != 1) {
     fprintf(stderr, "tcpbench: host=%s is not an IPv4 address\n", host);
     exit(2);
+  }
+  const char *src = arg("src", "");
+  if (*src) {
+    memset(&source, 0, sizeof source);
+    source.sin_family = AF_INET;
+    if (inet_pton(AF_INET, src, &source.sin_addr) != 1) {
+      fprintf(stderr, "tcpbench: src=%s is not an IPv4 address\n", src);
+      exit(2);
+    }
+    have_source = 1;
   }
   size = (size_t)num("size", "64");
   if (size < 1 || size > MAX_SIZE) {

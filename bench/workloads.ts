@@ -106,6 +106,7 @@ async function tcpbench(
     mode,
     `host=${lab.serverAddr}`,
     `port=${port}`,
+    `src=${lab.generatorAddr}`,
     'size=64',
     `secs=${profile.secs}`,
     `warmup=${profile.warmup}`,
@@ -319,7 +320,15 @@ async function waitNoConnections(lab: Lab, candidate: RunningCandidate, timeoutM
 async function holdConnections(lab: Lab, candidate: RunningCandidate, n: number): Promise<Proc> {
   const hold = startProc(
     'tcpbench hold',
-    [lab.options.tcpbench, 'hold', `host=${lab.serverAddr}`, `port=${PORTS.echo}`, `conns=${n}`, 'size=64'],
+    [
+      lab.options.tcpbench,
+      'hold',
+      `host=${lab.serverAddr}`,
+      `port=${PORTS.echo}`,
+      `src=${lab.generatorAddr}`,
+      `conns=${n}`,
+      'size=64',
+    ],
     { ...loadgenOptions(lab), stdin: 'pipe' },
   );
   const deadline = Date.now() + 60_000;
@@ -350,6 +359,7 @@ async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
     'cc',
     `host=${lab.serverAddr}`,
     `port=${PORTS.echo}`,
+    `src=${lab.generatorAddr}`,
     'conns=4',
     'size=64',
     `secs=${Math.min(1, profile.secs)}`,
