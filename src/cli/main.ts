@@ -1,8 +1,9 @@
 // CLI entry: builds the commander program from one module per command. Only src/cli prints or exits.
+// First: for `meshctl proxy` it sets the proxy's V8 flags as it loads, before the other imports allocate.
+import '../proxy/heap-flags.js';
 import { Command } from 'commander';
 import { assertNetnsExists } from '../values/netns.js';
 import { toolVersion } from '../netfilter/transaction/scope-defaults.js';
-import { tuneProxyHeap } from '../proxy/heap-flags.js';
 import { runMain } from './output.js';
 import { assertMayRun } from './privileges.js';
 
@@ -59,8 +60,6 @@ function modulesFor(argv: readonly string[]): Array<() => Promise<CommandModule>
   return named ? [named[1]] : MODULES.map(([, load]) => load);
 }
 
-// The proxy's V8 settings go in before its modules load and allocate (src/proxy/heap-flags.ts).
-if (commandName(process.argv) === 'proxy') tuneProxyHeap();
 for (const mod of await Promise.all(modulesFor(process.argv).map((load) => load()))) mod.register(program);
 
 await runMain(program);

@@ -6,6 +6,14 @@
 // --max-semi-space-size=1 does for the workers: startup garbage no longer grows them to 4–16 MiB that stay
 // resident (idle proxy, 5 starts each: 67.0 → 64.3 MiB RSS), and the in-process data plane has the young
 // generation whose RSS per idle connection workerExecArgv's comment measures.
+//
+// The same applies to the workers' --no-memory-reducer: in one process, V8's memory reducer is on, and its start-up
+// trigger (the old generation grew by 1 MiB before any full GC: module loading) runs two or three compacting GCs
+// ~8 s after start, in every sidecar of a host at about the same moment, while the relay threads carry traffic
+// (bench/notes.md, "The paced tail through two sidecars"). --memory-reducer itself is read only when the heap is set
+// up, but --memory-reducer-for-small-heaps, which gates that trigger, is read when it fires: turning it off before
+// the modules load removes those GCs. The reducer still runs after a full GC that grew the heap (a burst of mTLS
+// streams, the streams relay), and then shrinks it back as before.
 import { setFlagsFromString } from 'node:v8';
 
 /** The young-generation flags an operator may give (command line or NODE_OPTIONS); any of them wins over ours. */
@@ -20,9 +28,30 @@ export function proxyHeapFlag(execArgv: readonly string[], nodeOptions: string |
   return '--semi-space-growth-factor=1';
 }
 
-/** Applies proxyHeapFlag to this process (call it before the proxy's modules load); returns what it set. */
-export function tuneProxyHeap(): string | null {
-  const flag = proxyHeapFlag(process.execArgv, process.env.NODE_OPTIONS);
-  if (flag !== null) setFlagsFromString(flag);
-  return flag;
+/** The memory-reducer flags an operator may give; any of them wins over ours. */
+const OPERATOR_REDUCER_CHOICE = /(^|\s)--(no-)?memory-reducer\b/;
+
+/**
+ * The V8 flag that keeps the memory reducer's start-up GCs out of the proxy process, or null when the operator
+ * chose about the memory reducer themselves (command line or NODE_OPTIONS).
+ */
+export function proxyReducerFlag(execArgv: readonly string[], nodeOptions: string | undefined): string | null {
+  if (execArgv.some((arg) => OPERATOR_REDUCER_CHOICE.test(arg)) || OPERATOR_REDUCER_CHOICE.test(nodeOptions ?? ''))
+    return null;
+  return '--no-memory-reducer-for-small-heaps';
 }
+
+/** Applies proxyHeapFlag and proxyReducerFlag to this process (before the proxy's modules load); returns them. */
+export function tuneProxyHeap(): string[] {
+  const flags = [
+    proxyHeapFlag(process.execArgv, process.env.NODE_OPTIONS),
+    proxyReducerFlag(process.execArgv, process.env.NODE_OPTIONS),
+  ].filter((flag): flag is string => flag !== null);
+  for (const flag of flags) setFlagsFromString(flag);
+  return flags;
+}
+
+// Applied when this module is evaluated, for `meshctl proxy`: the CLI imports it first (src/cli/main.ts), because
+// the memory reducer's start-up trigger fires while the CLI's other imports load (the flag set after them came too
+// late: the reducer's GCs still ran ~8 s after start).
+if (process.argv.slice(2).find((arg) => !arg.startsWith('-')) === 'proxy') tuneProxyHeap();

@@ -1,7 +1,7 @@
 // The proxy process's own V8 setting (src/proxy/heap-flags.ts): the young generation stays at its initial size,
 // unless the operator sized it on the command line or in NODE_OPTIONS.
 import { describe, expect, it } from 'vitest';
-import { proxyHeapFlag } from '../../src/proxy/heap-flags.js';
+import { proxyHeapFlag, proxyReducerFlag } from '../../src/proxy/heap-flags.js';
 
 describe('proxy heap flags', () => {
   it('keeps the semi-spaces from growing by default', () => {
@@ -14,5 +14,16 @@ describe('proxy heap flags', () => {
     expect(proxyHeapFlag(['--semi-space-growth-factor=4'], undefined)).toBeNull();
     expect(proxyHeapFlag([], '--enable-source-maps --max-semi-space-size=16')).toBeNull();
     expect(proxyHeapFlag([], '--min-semi-space-size=2')).toBeNull();
+  });
+
+  it("turns off the memory reducer's start-up trigger unless the operator chose about the reducer", () => {
+    expect(proxyReducerFlag([], undefined)).toBe('--no-memory-reducer-for-small-heaps');
+    expect(proxyReducerFlag(['--max-semi-space-size=8'], '--max-old-space-size=256')).toBe(
+      '--no-memory-reducer-for-small-heaps',
+    );
+    expect(proxyReducerFlag(['--memory-reducer'], undefined)).toBeNull();
+    expect(proxyReducerFlag(['--no-memory-reducer'], undefined)).toBeNull();
+    expect(proxyReducerFlag(['--memory-reducer-for-small-heaps'], undefined)).toBeNull();
+    expect(proxyReducerFlag([], '--enable-source-maps --memory-reducer-for-small-heaps')).toBeNull();
   });
 });
