@@ -187,6 +187,7 @@ interface NativeBinding {
   transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
   isTransparent(fd: number, family: AddonFamily): boolean;
   transparentSocket(family: AddonFamily, address: string, mark: number, dstAddress: string, dstPort: number): number;
+  sourceSocket(family: AddonFamily, address: string): number;
   keepCapabilities(): void;
   retainNetAdmin(): void;
   peerOwner(fd: number, family: AddonFamily, dstAddress: string, dstPort: number): number;
@@ -298,6 +299,18 @@ export function transparentSocket(
     throw new TypeError(`transparentSocket: dstPort must be an integer between 1 and 65535, got ${String(dstPort)}`);
   }
   return withErrnoCode(() => loadBinding().transparentSocket(family, address, mark, dstAddress, dstPort));
+}
+
+/**
+ * An unconnected socket bound to a local `address` whose port the kernel picks only at connect(), for the whole
+ * 4-tuple (IP_BIND_ADDRESS_NO_PORT): the inbound passthrough leg from 127.0.0.6 / ::6 under churn. Node connects it.
+ * Throws the system error of socket() or bind() (EADDRNOTAVAIL: the address is not on this host), with `code`.
+ */
+export function sourceSocket(family: AddonFamily, address: string): number {
+  checkFamily('sourceSocket', family);
+  if (typeof address !== 'string' || !(family === 4 ? isIPv4(address) : isIPv6(address)))
+    throw new TypeError(`sourceSocket: address must be an IPv${family} address, got ${String(address)}`);
+  return withErrnoCode(() => loadBinding().sourceSocket(family, address));
 }
 
 /**

@@ -26,6 +26,9 @@
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST 80
 #endif
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80
 #endif
@@ -272,6 +275,37 @@ Napi::Value TransparentSocket(const Napi::CallbackInfo& info) {
   return ThrowSystemError(env, err, failed);
 }
 
+// sourceSocket(family: 4 | 6, address: string) -> fd
+// An unconnected TCP socket (non-blocking, close-on-exec) bound to a local `address` with IP_BIND_ADDRESS_NO_PORT, for
+// the inbound passthrough leg from 127.0.0.6 / ::6 that JavaScript connects. Node's connect({ localAddress }) binds
+// with port 0, which picks the port at bind() without the destination: a bound port cannot be reused while any socket
+// on it is in TIME_WAIT, so sustained churn to one app (about 750 connections/s here) exhausts the source address's
+// ports and bind() scans ever longer. With the flag the port is picked at connect() for the whole 4-tuple, as for an
+// unbound socket. The caller owns the fd (Node wraps it with new net.Socket({ fd }) and connects it).
+Napi::Value SourceSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 2 || !info[0].IsNumber() || !info[1].IsString()) {
+    return ThrowTypeError(env, "sourceSocket(family, address) expects a number and a string");
+  }
+  const int family = info[0].As<Napi::Number>().Int32Value();
+  const std::string address = info[1].As<Napi::String>().Utf8Value();
+  if (family != 4 && family != 6) return ThrowTypeError(env, "sourceSocket: family must be 4 or 6");
+  sockaddr_storage source;
+  socklen_t sourceLen = 0;
+  if (!ParseAddress(family, address, &source, &sourceLen)) return ThrowTypeError(env, "sourceSocket: address is not an address of the family");
+  const int fd = socket(family == 6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ThrowSystemError(env, errno, "socket");
+  const int one = 1;
+  // SOL_IP also for an AF_INET6 socket: the kernel keeps the flag on the inet socket both families share.
+  if (setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) != 0 ||
+      bind(fd, reinterpret_cast<sockaddr*>(&source), sourceLen) != 0) {
+    const int err = errno;
+    close(fd);
+    return ThrowSystemError(env, err, "bind");
+  }
+  return Napi::Number::New(env, fd);
+}
+
 }  // namespace
 
 void InitSocketOptions(Napi::Env env, Napi::Object exports) {
@@ -279,6 +313,7 @@ void InitSocketOptions(Napi::Env env, Napi::Object exports) {
   exports.Set("transparentListen", Napi::Function::New(env, TransparentListen, "transparentListen"));
   exports.Set("isTransparent", Napi::Function::New(env, IsTransparent, "isTransparent"));
   exports.Set("transparentSocket", Napi::Function::New(env, TransparentSocket, "transparentSocket"));
+  exports.Set("sourceSocket", Napi::Function::New(env, SourceSocket, "sourceSocket"));
 }
 
 }  // namespace meshctl

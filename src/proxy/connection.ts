@@ -14,7 +14,8 @@ import type { AccessRecord } from './access-log.js';
 import type { Direction, EndResult, ProxyMetrics } from './metrics.js';
 import type { RefusalReason } from '../policy/refusals.js';
 import { socketFd, type OriginalDst } from '../native/original-dst.js';
-import { transparentSocket } from '../native/addon.js';
+import { sourceSocket, transparentSocket } from '../native/addon.js';
+import { isMeshctlError } from '../errors.js';
 import { relayBounds, type RelayedConnection, type RelayThread } from './relay-thread.js';
 import type { Route, TransparentSource } from './routing.js';
 import { expiredTimer, type TimerVerdict } from './timers.js';
@@ -124,7 +125,33 @@ function ignoreError(): void {}
  * once and take its hang-up for EOF; once connected it reads as any socket does. Throws the addon's system error.
  */
 function connectTransparent(host: string, port: number, source: TransparentSource): Socket {
-  const fd = transparentSocket(isIPv6(source.address) ? 6 : 4, source.address, source.mark, host, port);
+  return connectFd(
+    transparentSocket(isIPv6(source.address) ? 6 : 4, source.address, source.mark, host, port),
+    host,
+    port,
+  );
+}
+
+/**
+ * Connects from a local source address (the inbound passthrough 127.0.0.6 / ::6). The addon binds it with
+ * IP_BIND_ADDRESS_NO_PORT, so the port is picked at connect() for the whole 4-tuple: Node's own
+ * connect({ localAddress }) picks it at bind(), where no port in TIME_WAIT can be reused, and sustained churn to one
+ * app exhausts the address's ports. Without the addon, Node binds. Throws the bind's system error (EADDRNOTAVAIL:
+ * the address is not on this host).
+ */
+function connectFromSource(host: string, port: number, localAddress: string): Socket {
+  let fd: number;
+  try {
+    fd = sourceSocket(isIPv6(localAddress) ? 6 : 4, localAddress);
+  } catch (error) {
+    if (!isMeshctlError(error, 'ADDON_UNAVAILABLE')) throw error;
+    return connect({ host, port, localAddress, allowHalfOpen: true, noDelay: true });
+  }
+  return connectFd(fd, host, port);
+}
+
+/** Node connects a socket the addon made (it owns `fd` from here; closed if Node cannot wrap it). */
+function connectFd(fd: number, host: string, port: number): Socket {
   let socket: Socket;
   try {
     socket = new Socket({ fd, allowHalfOpen: true, noDelay: true, manualStart: true } as SocketConstructorOpts);
@@ -239,14 +266,16 @@ export class Connection implements RelayedConnection {
         tunneled ??
         (route.transparentSource !== undefined
           ? connectTransparent(route.host, route.port, route.transparentSource)
-          : connect({
-              host: route.host,
-              port: route.port,
-              ...(route.localAddress !== null ? { localAddress: route.localAddress } : {}),
-              allowHalfOpen: true,
-              noDelay: true,
-            }));
+          : route.localAddress !== null
+            ? connectFromSource(route.host, route.port, route.localAddress)
+            : connect({ host: route.host, port: route.port, allowHalfOpen: true, noDelay: true }));
     } catch (error) {
+      if (route.localAddress !== null && (error as NodeJS.ErrnoException).code === 'EADDRNOTAVAIL') {
+        // The passthrough source is not on this host: said once, then connect without it (as for Node's own bind).
+        this.owner.passthroughSourceMissing(route.localAddress, error as NodeJS.ErrnoException);
+        this.connect({ ...route, localAddress: null });
+        return;
+      }
       if (route.transparentSource !== undefined)
         this.owner.transparentSourceFailed?.(route.transparentSource.address, error as NodeJS.ErrnoException);
       this.setResult('connect-failed', (error as NodeJS.ErrnoException).code ?? 'error');
