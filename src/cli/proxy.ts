@@ -40,6 +40,9 @@ function proxyOverrides(options: Record<string, unknown>): FlagOverride[] {
 
 const port = (name: string): string => String(schemaDefault(`proxy.${name}`));
 
+/** How often the running proxy hands malloc's freed memory back to the kernel (trimMalloc). */
+const TRIM_INTERVAL_MS = 10_000;
+
 export function register(program: Command): void {
   const command = program
     .command('proxy')
@@ -80,11 +83,17 @@ export function register(program: Command): void {
     // What starting allocated and freed again (module compiles, config parsing, V8's background jobs) goes back to
     // the kernel instead of staying resident in malloc's arenas for the proxy's whole life (src/native/memory.cc).
     trimMalloc();
+    // And again every 10 s while it runs: connections that came and went leave their freed handles and buffers
+    // resident in the arenas just the same (idle after 1,000 connections, 5 starts: 56.3 -> 55.1 MiB RSS, median).
+    // malloc_trim over the unit's two arenas (MALLOC_ARENA_MAX) took 0.8-1.0 ms when it released that memory,
+    // less when there is nothing to release; at worst a busy proxy faults its free chunks' pages back once a period.
+    const trimmer = setInterval(trimMalloc, TRIM_INTERVAL_MS).unref();
     if (signals > 1) supervisor.forceStop();
     else if (stopSignal !== null) void supervisor.drain(stopSignal, true);
     else if (reloadPending) void supervisor.reload('SIGHUP');
 
     const exit = await supervisor.exited;
+    clearInterval(trimmer);
     log.info({ forced: exit.forced }, 'proxy stopped');
     log.flush();
     // Stragglers (a stuck upstream socket) must not keep a stopped proxy alive past its drain bound.
