@@ -3,7 +3,7 @@
 // "as shipped" outside systemd (the bench). Node flags travel in NODE_OPTIONS, so ExecStart keeps naming the
 // launcher and no node path is written into the unit. Idle footprint on 2 cores (issue 19; one process with its
 // relay threads, 5 starts each, RSS after /ready + 2 s and after 1,000 connections have come and gone, medians):
-// 59.4 / 61.3 MiB without these, 57.9 / 59.7 MiB with them; connect + request + close through the proxy not slower.
+// 59.8 / 61.4 MiB without these, 57.9 / 59.8 MiB with them; proxy CPU per connection unchanged within noise.
 // - MALLOC_ARENA_MAX=2: glibc gives every thread that calls malloc an arena of its own, up to 8 per core (the
 //   Node thread, V8's and libuv's helpers, the relay threads); each keeps what it once held mapped. Two arenas
 //   serve them all: the relay threads allocate their buffers once and reuse them, so there is no contention to
