@@ -5,10 +5,12 @@
 // capture configured the same trace must show them, so the check can see what it looks for. Memory itself is
 // measured by the bench, not asserted here.
 import { chmodSync, chownSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initCa, issueIdentity } from '../../src/mtls/ca.js';
+import { PROXY_UNIT_ENVIRONMENT } from '../../src/service/proxy-process.js';
 import { integrationEnabled } from '../helpers/integration.js';
 import {
   createProxyLab,
@@ -173,5 +175,28 @@ describe.skipIf(!integrationEnabled)('proxy footprint', () => {
     expect(stats.mtls.identity.spiffeId).toBe('spiffe://mesh.test/footprint');
     expect(stats.dns).not.toBeNull();
     await stop(proxy);
+  });
+
+  it("runs with the proxy unit's environment, whose NODE_OPTIONS node accepts and V8 applies (fewer GC threads)", async () => {
+    const { file } = lab.writeConfig(labConfigObject({}, join(lab.dir, 'state')), 'unit-env');
+    const threads = (pid: number) => Number(/^Threads:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+    const plain = await lab.startProxy(file);
+    await plain.waitReady();
+    const plainThreads = threads(plain.pid);
+    await stop(plain);
+    const unitEnv = Object.entries(PROXY_UNIT_ENVIRONMENT).map(([name, value]) => `${name}=${value}`);
+    const shipped = await lab.startProxy(file, [], ['env', ...unitEnv]);
+    await shipped.waitReady();
+    const environ = readFileSync(`/proc/${shipped.pid}/environ`, 'utf8').split('\0');
+    expect(environ).toEqual(expect.arrayContaining(unitEnv));
+    // --v8-pool-size=0: V8's platform runs max(1, cores - 1) worker threads instead of its default 4.
+    const fewer = 4 - Math.max(1, availableParallelism() - 1);
+    await waitUntil(
+      `the proxy with the unit's environment to run ${plainThreads - fewer} threads (${plainThreads} without it)`,
+      () => threads(shipped.pid) === plainThreads - fewer || null,
+      5_000,
+      { seen: () => ({ threads: threads(shipped.pid), stderr: shipped.stderr().slice(-1500) }) },
+    );
+    await stop(shipped);
   });
 });
