@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
 import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
 import { REPO_ROOT } from './tools.js';
+import { proxyUnitEnvironment } from '../src/service/proxy-process.js';
 
 export type CandidateName =
   | 'direct'
@@ -257,6 +258,8 @@ export async function startCandidate(
         ns: lab.clientNs,
         nofile: NOFILE,
         user: PROXY_USER,
+        // As shipped: the proxy unit's environment (malloc arenas, V8's thread pool), from the one source it has.
+        env: proxyUnitEnvironment(process.env),
         ...(pin ? { cpus: pin } : {}),
         ...(options.cwd ? { cwd: options.cwd } : {}),
       },

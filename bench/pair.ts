@@ -24,6 +24,7 @@ import {
 import { Lab, NOFILE, PORTS, waitListening } from './lab.js';
 import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
 import { REPO_ROOT } from './tools.js';
+import { proxyUnitEnvironment } from '../src/service/proxy-process.js';
 
 export type PairCandidateName = 'meshctl-mtls' | 'meshctl-pair' | 'haproxy-tls';
 export const PAIR_CANDIDATES: readonly PairCandidateName[] = ['meshctl-mtls', 'meshctl-pair', 'haproxy-tls'];
@@ -205,6 +206,8 @@ function startMeshctl(
       ns,
       nofile: NOFILE,
       user: PROXY_USER,
+      // As shipped: the proxy unit's environment (malloc arenas, V8's thread pool), from the one source it has.
+      env: proxyUnitEnvironment(process.env),
       ...(pin ? { cpus: pin } : {}),
       ...(options.cwd ? { cwd: options.cwd } : {}),
     },
