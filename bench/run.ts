@@ -196,6 +196,7 @@ function parseArgs(argv: readonly string[]): BenchOptions {
     repetitions: Math.round(num('--reps', base.repetitions)),
     idleConns: Math.round(num('--idle-conns', base.idleConns)),
     pacedRate: num('--paced-rate', base.pacedRate),
+    idleSettleSecs: num('--idle-settle', base.idleSettleSecs),
   };
   const out = get('--out');
   return {
@@ -217,7 +218,7 @@ function parseArgs(argv: readonly string[]): BenchOptions {
   };
 }
 
-const USAGE = `usage: npm run bench -- [--profile full|smoke] [--reps N] [--secs S] [--warmup S] [--idle-conns N] [--paced-rate R]
+const USAGE = `usage: npm run bench -- [--profile full|smoke] [--reps N] [--secs S] [--warmup S] [--idle-conns N] [--idle-settle S] [--paced-rate R]
   [--candidates direct,haproxy-1t,haproxy-2t,meshctl,meshctl-log,meshctl-policy100[,meshctl-node][,meshctl-mtls,meshctl-pair,haproxy-tls]]
   [--workloads ${WORKLOADS.join(',')}] [--workers N]
   [--pin-loadgen CPUS] [--pin-servers CPUS] [--pin-proxy CPUS] [--access-log] [--cpu-prof DIR] [--proxy-node-args "FLAGS"] [--out DIR|-]

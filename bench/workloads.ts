@@ -33,11 +33,17 @@ export interface Profile {
   readonly idleConns: number;
   /** Requests per second of the paced workload (10,000 in the full run). */
   readonly pacedRate: number;
+  /**
+   * Seconds the proxy then stays idle before its settled footprint is read (0: not read). A proxy just out of a
+   * warm-up still holds that work's garbage and freed heap; an idle one gives it back (meshctl trims malloc every
+   * 10 s), so "idle footprint" is read after the proxy has had that long with nothing to do.
+   */
+  readonly idleSettleSecs: number;
 }
 
 export const PROFILES = {
-  full: { secs: 5, warmup: 1, repetitions: 5, idleConns: 5000, pacedRate: 10_000 },
-  smoke: { secs: 1, warmup: 0.2, repetitions: 1, idleConns: 200, pacedRate: 2000 },
+  full: { secs: 5, warmup: 1, repetitions: 5, idleConns: 5000, pacedRate: 10_000, idleSettleSecs: 12 },
+  smoke: { secs: 1, warmup: 0.2, repetitions: 1, idleConns: 200, pacedRate: 2000, idleSettleSecs: 0 },
 } as const satisfies Record<string, Profile>;
 
 /** Named numbers from one run of one workload against one candidate. Latencies in µs, CPU in seconds. */
@@ -347,7 +353,8 @@ async function holdConnections(lab: Lab, candidate: RunningCandidate, n: number)
 
 /**
  * The proxy's memory: its idle footprint (RSS summed over every process of the proxy, each with all its threads)
- * after start-up and a short warm-up (one second of connect + close at c=4, then every connection closed), with the
+ * after start-up and a short warm-up (one second of connect + close at c=4, then every connection closed), and again
+ * once it has been idle for `idleSettleSecs` (the settled footprint, the one judged), with the
  * processes and threads that ran; then the RSS per idle proxied connection: the marginal cost of connections held
  * open (one ping-pong each, so both legs are open), measured between N/5 and N held connections, so that memory the
  * proxy had committed but not used (heap pages, allocator arenas) does not make the first connections look free.
@@ -367,6 +374,11 @@ async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
   await runClient('tcpbench cc (warm-up)', warm, loadgenOptions(lab), 30_000);
   await waitNoConnections(lab, candidate);
   const rssIdle = await sampleRss(candidate);
+  let rssSettled: number | null = null;
+  if (profile.idleSettleSecs > 0) {
+    await sleep(profile.idleSettleSecs * 1000);
+    rssSettled = await sampleRss(candidate);
+  }
   const what = candidate.usage()!;
   const n = profile.idleConns;
   const first = Math.max(1, Math.round(n / 5));
@@ -379,6 +391,7 @@ async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
     const rssHeld = await sampleRss(candidate);
     values = {
       rssIdle,
+      ...(rssSettled !== null ? { rssSettled } : {}),
       rssHeld,
       bytesPerConn: (rssHeld - rssFirst) / (n - first),
       processes: what.pids.length,
