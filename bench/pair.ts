@@ -33,7 +33,7 @@ export function isPairCandidate(name: CandidateName): name is PairCandidateName 
   return (PAIR_CANDIDATES as readonly string[]).includes(name);
 }
 
-/** HAProxy-TLS's threads per sidecar unless `--workers` says otherwise (meshctl's sidecars: its default, one worker per core). */
+/** HAProxy-TLS's threads per sidecar unless `--workers` says otherwise (meshctl's sidecars: its default, one process with a relay thread per core). */
 export const PAIR_HAPROXY_THREADS = 2;
 
 /** B's tunnel port: meshctl's default `mtls.tunnelPort`, and HAProxy B's TLS listener. */

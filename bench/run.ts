@@ -25,7 +25,7 @@ export interface BenchOptions {
   readonly workloads: readonly WorkloadName[];
   /**
    * meshctl's `proxy.workers` when given (and HAProxy-TLS's threads in the two-sidecar lab); null: meshctl runs at its
-   * default (one worker per core). The single-sidecar HAProxy candidates have their own thread counts (1 and 2).
+   * default (one process with a relay thread per core). The single-sidecar HAProxy candidates have their own thread counts (1 and 2).
    */
   readonly workers: number | null;
   readonly pin: Pinning;
@@ -109,7 +109,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
   const setup = [
     `Machine load (1/5/15-min load average) at start: ${loadStart}; at end: ${loadEnd}. Other work on the machine shares its ${info.cores} cores with the lab: compare rows within one run, not across runs.`,
     `Lab: client netns (load generators, capture rules, proxy) ↔ veth ↔ server netns (C echo server, nginx 1 worker, iperf3 -s); a fresh client netns per candidate run.`,
-    `Candidates: direct (no rules); HAProxy at 1 and at 2 threads (\`nbthread\`), transparent via \`server 0.0.0.0:0\`; meshctl proxy ${options.workers === null ? 'at its default worker settings (`proxy.workers` unset: one worker per core)' : `with ${options.workers} workers (\`proxy.workers\`)`}, access log ${options.accessLog ? 'on' : 'off'}; meshctl-log: the same with its access log on (default settings, to a file in the run's scratch directory). The proxies run as nobody behind the same capture rules, installed by \`meshctl install --netns\` (default capture config, proxy.user nobody). What ran (processes, threads) is in the idle-footprint rows.`,
+    `Candidates: direct (no rules); HAProxy at 1 and at 2 threads (\`nbthread\`), transparent via \`server 0.0.0.0:0\`; meshctl proxy ${options.workers === null ? 'at its default settings (`proxy.workers` and `proxy.relayThreads` unset: one process with a relay thread per core; the proxy unit's environment)' : `with ${options.workers} workers (\`proxy.workers\`)`}, access log ${options.accessLog ? 'on' : 'off'}; meshctl-log: the same with its access log on (default settings, to a file in the run's scratch directory). The proxies run as nobody behind the same capture rules, installed by \`meshctl install --netns\` (default capture config, proxy.user nobody). What ran (processes, threads) is in the idle-footprint rows.`,
     `Load generators: bench/tcpbench.c (epoll, one thread; RR, paced open-loop with latency from the intended send time, connect+close with two processes of 16 connections, hold), iperf3, wrk -t1 -c32.`,
     `Lab sysctls (every lab namespace, every candidate alike; Lab.tuneForChurn): no TIME_WAIT retention (tcp_max_tw_buckets=0), tcp_tw_reuse=1, local ports 20000-64999, conntrack TIME_WAIT 5 s. The lab checks itself: on connect-32, direct must reach ≥ 2× the best proxy's rate, else the connect rows are marked CAPPED.`,
     `CPU pinning (taskset): ${

@@ -385,9 +385,14 @@ async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
   const holds: Proc[] = [];
   let values: Values;
   try {
+    // Each reading after the proxy has settled too (idleSettleSecs): meshctl hands freed memory back every 10 s, so
+    // unsettled readings taken on either side of a trim made the marginal cost negative (2026-12-05 run).
+    const settle = () => (profile.idleSettleSecs > 0 ? sleep(profile.idleSettleSecs * 1000) : Promise.resolve());
     holds.push(await holdConnections(lab, candidate, first));
+    await settle();
     const rssFirst = await sampleRss(candidate);
     holds.push(await holdConnections(lab, candidate, n - first));
+    await settle();
     const rssHeld = await sampleRss(candidate);
     values = {
       rssIdle,
