@@ -143,10 +143,19 @@ describe.skipIf(!integrationEnabled)('meshctl service with TPROXY inbound in a s
     const v4 = new RegExp(`^peer=(::ffff:)?${topo.client4.replace(/\./g, '\\.')} `);
     expect(connectOnce(topo.ct4, 9090)).toMatch(v4);
     expect(connectOnce(topo.ct6, 9090)).toMatch(new RegExp(`^peer=${topo.client6} `));
-    // Through the proxy, not around it: both are in its access log, with the client as the leg's source.
-    const journal = ct.run('journalctl', ['-u', 'meshctl-proxy', '-o', 'cat', '--no-pager']);
-    expect(journal).toMatch(new RegExp(`"upstreamLocal":"${topo.client4.replace(/\./g, '\\.')}:\\d+"`));
-    expect(journal).toMatch(new RegExp(`"upstreamLocal":"\\[${topo.client6}\\]:\\d+"`));
+    // Through the proxy, not around it: both are in its access log, with the client as the leg's source. The log is
+    // written in batches (at most 100 ms apart) and then reaches the journal: polled, with a bound.
+    const wanted = [
+      new RegExp(`"upstreamLocal":"${topo.client4.replace(/\./g, '\\.')}:\\d+"`),
+      new RegExp(`"upstreamLocal":"\\[${topo.client6}\\]:\\d+"`),
+    ];
+    let journal = '';
+    for (let i = 0; i < 100; i++) {
+      journal = ct.run('journalctl', ['-u', 'meshctl-proxy', '-o', 'cat', '--no-pager']);
+      if (wanted.every((re) => re.test(journal))) break;
+      spawnSync('sleep', ['0.1']);
+    }
+    for (const re of wanted) expect(journal).toMatch(re);
   });
 
   it('meshctl service uninstall leaves the ruleset and the policy routing exactly as before', () => {
