@@ -1,7 +1,7 @@
 // The access log writes one JSON line per connection to its file, samples only successful ones, and can move to
 // another file on reload; its lines are the ones pino wrote (golden, and compared with pino itself), and hostile
 // strings stay inside their JSON value.
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -44,9 +44,23 @@ const record = (over: Partial<AccessRecord>): AccessRecord => ({
   ...over,
 });
 
+/** Whether this process still has `file` open (the writer closes it once its last write has completed). */
+function stillOpen(file: string): boolean {
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === file) return true;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return false;
+}
+
 /**
- * Closes the log and returns its lines once all are on disk. The destination opens and writes asynchronously, so
- * a last record that is always kept (an RST, never sampled out) marks the end: wait for it, then drop it.
+ * Closes the log and returns its lines once all are on disk. The destination opens and writes asynchronously: a
+ * last record that is always kept (an RST, never sampled out) marks the end, and the writer closes the file only
+ * after a write still in flight at close() has completed. That write may land after the rest, which close() writes
+ * at once, so the marker need not be the last line: wait for both, then drop the marker wherever it is.
  */
 async function lines(file: string, log: AccessLog): Promise<Record<string, unknown>[]> {
   log.closed(record({ id: 'end-marker', result: 'RST', detail: 'end-marker' }));
@@ -58,14 +72,14 @@ async function lines(file: string, log: AccessLog): Promise<Record<string, unkno
       .filter(Boolean)
       .map((l) => JSON.parse(l) as Record<string, unknown>);
   const all = await waitUntil(
-    `the end marker as the last line of ${file}`,
-    () => (read().at(-1)?.id === 'end-marker' ? read() : null),
+    `the end marker in ${file} and the file closed by the writer`,
+    () => (!stillOpen(file) && existsSync(file) && read().some((l) => l.id === 'end-marker') ? read() : null),
     10_000,
     {
       seen: () => (existsSync(file) ? readFileSync(file, 'utf8').slice(-500) : 'no file yet'),
     },
   );
-  return all.slice(0, -1);
+  return all.filter((l) => l.id !== 'end-marker');
 }
 
 describe('AccessLog', () => {
