@@ -91,6 +91,20 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
 
   const records = (relay: string) => relayAgent.call<EndRecord[]>('records', { relay });
 
+  /** Waits until the relay process holds no more fds than `before` (what a test opened is all closed again). */
+  async function fdsBackTo(before: number, when = ''): Promise<void> {
+    let fds = 0;
+    await waitUntil(
+      `the relay process back at ${before} fds${when}`,
+      async () => {
+        fds = await relayAgent.call<number>('fdCount');
+        return fds <= before;
+      },
+      10_000,
+      { seen: () => fds, intervalMs: 50 },
+    );
+  }
+
   /** The end record of relay's connection whose originalDst (or source) matches, once it is there. */
   async function recordFor(relay: string, match: (r: EndRecord) => boolean, what: string): Promise<EndRecord> {
     let seen: EndRecord[] = [];
@@ -256,16 +270,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     expect((await pending).error?.code).toBe('ECONNRESET');
     const rec = await recordFor('main', (x) => x.listenerId === 8, 'the connect on listener 8');
     expect(rec).toMatchObject({ end: 'connectTimeout', originalDst: `${BLACKHOLE}:7007` });
-    let fds = 0;
-    await waitUntil(
-      `the relay process back at ${before} fds`,
-      async () => {
-        fds = await relayAgent.call<number>('fdCount');
-        return fds <= before;
-      },
-      10_000,
-      { seen: () => fds, intervalMs: 50 },
-    );
+    await fdsBackTo(before);
   });
 
   it('shares one listening socket between two relays: both accept, none of 200 connections is lost', async () => {
@@ -312,16 +317,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     });
     expect(r.errors).toEqual([]);
     expect(r.done).toBe(1000);
-    let fds = 0;
-    await waitUntil(
-      `the relay process back at ${before} fds`,
-      async () => {
-        fds = await relayAgent.call<number>('fdCount');
-        return fds <= before;
-      },
-      10_000,
-      { seen: () => fds, intervalMs: 50 },
-    );
+    await fdsBackTo(before);
     const after = await waitUntil('1,000 more end records', async () => {
       const all = await records('main');
       return all.length - recordsBefore >= 1000 ? all.slice(recordsBefore) : null;
@@ -464,16 +460,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
       { seen: () => live },
     );
     await relayAgent.call('closeRelay', { relay: 'c' });
-    let fds = 0;
-    await waitUntil(
-      `the relay process back at ${before} fds after closing relay c`,
-      async () => {
-        fds = await relayAgent.call<number>('fdCount');
-        return fds <= before;
-      },
-      10_000,
-      { seen: () => fds, intervalMs: 50 },
-    );
+    await fdsBackTo(before, ' after closing relay c');
     for (const tag of ['open', 'connecting']) {
       // Closed by the thread's shutdown (a plain close: FIN), not left hanging.
       expect(await client.call('heldClosed', { tag })).toMatchObject({ ended: true });
