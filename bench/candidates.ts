@@ -4,7 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import { chownSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
+import { DNS_NAMES, NOFILE, PORTS, holdEchoConnections, waitListening, type Lab } from './lab.js';
 import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
 import { REPO_ROOT } from './tools.js';
 import { proxyUnitEnvironment } from '../src/service/proxy-process.js';
@@ -321,29 +321,8 @@ function verifyPolicyPath(lab: Lab): void {
  * the proxy's processes, while the load generator's socket is redirected to :15001.
  */
 export async function verifyIntercepted(lab: Lab, candidate: RunningCandidate): Promise<void> {
-  const hold = startProc(
-    'interception probe',
-    [
-      lab.options.tcpbench,
-      'hold',
-      `host=${lab.serverAddr}`,
-      `port=${PORTS.echo}`,
-      `src=${lab.generatorAddr}`,
-      'conns=1',
-      'size=64',
-    ],
-    {
-      ns: lab.clientNs,
-      stdin: 'pipe',
-    },
-  );
+  const hold = await holdEchoConnections(lab, 1, `interception probe for ${candidate.name}`, 10_000);
   try {
-    const deadline = Date.now() + 10_000;
-    while (!hold.output().includes('"held":1')) {
-      if (!hold.alive() || Date.now() > deadline)
-        throw new Error(`interception probe failed for ${candidate.name}:\n${hold.output()}`);
-      await sleep(20);
-    }
     const ss = execFileSync(
       'ip',
       ['netns', 'exec', lab.clientNs, 'ss', '-Htnp', 'state', 'established', 'dst', `${lab.serverAddr}:${PORTS.echo}`],

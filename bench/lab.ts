@@ -70,6 +70,51 @@ export function nsExists(name: string): boolean {
     .some((line) => line.split(' ')[0] === name);
 }
 
+/** How the load generators run: in the client namespace, with the lab's fd limit and their CPUs when pinned. */
+export function loadgenOptions(lab: Lab): { ns: string; nofile: number; cpus?: string } {
+  return { ns: lab.clientNs, nofile: NOFILE, ...(lab.options.pin.loadgen ? { cpus: lab.options.pin.loadgen } : {}) };
+}
+
+/**
+ * Starts `tcpbench hold` with `n` connections to the echo server (from the generators' address) and waits until
+ * each had its echo, so both legs are open through whatever is in the path. Stop it with its stdin closed and
+ * stopProc. On failure (it exited, or `timeoutMs` passed) it is stopped and the error names `what` and its output,
+ * plus `context()` when given (e.g. a proxy's own output).
+ */
+export async function holdEchoConnections(
+  lab: Lab,
+  n: number,
+  what: string,
+  timeoutMs: number,
+  context: () => string = () => '',
+): Promise<Proc> {
+  const hold = startProc(
+    'tcpbench hold',
+    [
+      lab.options.tcpbench,
+      'hold',
+      `host=${lab.serverAddr}`,
+      `port=${PORTS.echo}`,
+      `src=${lab.generatorAddr}`,
+      `conns=${n}`,
+      'size=64',
+    ],
+    { ...loadgenOptions(lab), stdin: 'pipe' },
+  );
+  const deadline = Date.now() + timeoutMs;
+  while (!hold.output().includes(`"held":${n}`)) {
+    if (!hold.alive() || Date.now() > deadline) {
+      hold.child.stdin?.end();
+      await stopProc(hold, 5000);
+      throw new Error(
+        `${what}: ${n} held connections not established within ${timeoutMs} ms:\n${hold.output()}\n${context()}`,
+      );
+    }
+    await sleep(20);
+  }
+  return hold;
+}
+
 /** Polls `ss` inside `ns` until something listens on TCP `port`; throws after `timeoutMs`. */
 export async function waitListening(ns: string, port: number, what: Proc | string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

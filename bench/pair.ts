@@ -21,8 +21,8 @@ import {
   type CandidateOptions,
   type RunningCandidate,
 } from './candidates.js';
-import { Lab, NOFILE, PORTS, waitListening } from './lab.js';
-import { sleep, startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
+import { Lab, NOFILE, PORTS, holdEchoConnections, waitListening } from './lab.js';
+import { startProc, stopProc, treeUsage, type Proc, type TreeUsage } from './procs.js';
 import { REPO_ROOT } from './tools.js';
 import { proxyUnitEnvironment } from '../src/service/proxy-process.js';
 
@@ -341,26 +341,10 @@ const hostOf = (addr: string) => addr.slice(0, addr.lastIndexOf(':'));
  */
 async function verifyPairPath(lab: Lab, candidate: RunningCandidate, a: Proc | null, b: Proc | null): Promise<void> {
   if (!a || !b) throw new Error(`${candidate.name}: both sidecars must run before the path check`);
-  const hold = startProc(
-    'interception probe',
-    [
-      lab.options.tcpbench,
-      'hold',
-      `host=${lab.serverAddr}`,
-      `port=${PORTS.echo}`,
-      `src=${lab.generatorAddr}`,
-      'conns=1',
-      'size=64',
-    ],
-    { ns: lab.clientNs, stdin: 'pipe' },
+  const hold = await holdEchoConnections(lab, 1, `interception probe for ${candidate.name}`, 10_000, () =>
+    candidate.output(),
   );
   try {
-    const deadline = Date.now() + 10_000;
-    while (!hold.output().includes('"held":1')) {
-      if (!hold.alive() || Date.now() > deadline)
-        throw new Error(`interception probe failed for ${candidate.name}:\n${hold.output()}\n${candidate.output()}`);
-      await sleep(20);
-    }
     const aPids = treeUsage(a.pid).pids;
     const bPids = treeUsage(b.pid).pids;
     const upstreamPort = candidate.name === 'meshctl-pair' ? PORTS.echo : TUNNEL_PORT;

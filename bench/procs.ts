@@ -22,7 +22,10 @@ export function launchArgv(argv: readonly string[], options: LaunchOptions): str
   if (options.ns) out.push('ip', 'netns', 'exec', options.ns);
   if (options.nofile) out.push('prlimit', `--nofile=${options.nofile}:${options.nofile}`);
   if (options.cpus) out.push('taskset', '-c', options.cpus);
-  if (options.user) out.push('setpriv', `--reuid=${options.user.uid}`, `--regid=${options.user.gid}`, '--clear-groups');
+  // Every process the bench starts dies with the bench (the parent-death signal survives the execs above): a bench
+  // killed with SIGKILL, or by a timeout, otherwise left its proxies and servers running with their namespaces gone.
+  out.push('setpriv', '--pdeathsig', 'SIGKILL');
+  if (options.user) out.push(`--reuid=${options.user.uid}`, `--regid=${options.user.gid}`, '--clear-groups');
   out.push(...argv);
   return out;
 }

@@ -3,7 +3,7 @@
 // proxy's memory with idle connections. Every run also reads the proxy's CPU time, so cost per GB / per op follows.
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { DNS_LOAD, DNS_NAMES, NOFILE, PORTS, waitListening, type Lab } from './lab.js';
+import { DNS_LOAD, DNS_NAMES, PORTS, holdEchoConnections, loadgenOptions, waitListening, type Lab } from './lab.js';
 import { isHaproxy, type RunningCandidate } from './candidates.js';
 import { isPairCandidate } from './pair.js';
 import { runClient, sleep, startProc, stopProc, type Completed, type Proc } from './procs.js';
@@ -93,10 +93,6 @@ async function withProxyCpu<T>(
   const wall = (performance.now() - started) / 1000;
   const after = candidate.usage();
   return { result, proxyCpu: before && after ? after.cpuSeconds - before.cpuSeconds : null, wall };
-}
-
-function loadgenOptions(lab: Lab) {
-  return { ns: lab.clientNs, nofile: NOFILE, ...(lab.options.pin.loadgen ? { cpus: lab.options.pin.loadgen } : {}) };
 }
 
 async function tcpbench(
@@ -322,35 +318,6 @@ async function waitNoConnections(lab: Lab, candidate: RunningCandidate, timeoutM
   }
 }
 
-/** Starts `tcpbench hold` with `n` connections and waits until each had its echo (both legs open through the proxy). */
-async function holdConnections(lab: Lab, candidate: RunningCandidate, n: number): Promise<Proc> {
-  const hold = startProc(
-    'tcpbench hold',
-    [
-      lab.options.tcpbench,
-      'hold',
-      `host=${lab.serverAddr}`,
-      `port=${PORTS.echo}`,
-      `src=${lab.generatorAddr}`,
-      `conns=${n}`,
-      'size=64',
-    ],
-    { ...loadgenOptions(lab), stdin: 'pipe' },
-  );
-  const deadline = Date.now() + 60_000;
-  while (!hold.output().includes(`"held":${n}`)) {
-    if (!hold.alive() || Date.now() > deadline) {
-      hold.child.stdin?.end();
-      await stopProc(hold, 5000);
-      throw new Error(
-        `tcpbench hold: ${n} connections through ${candidate.name} not established within 60 s:\n${hold.output()}`,
-      );
-    }
-    await sleep(50);
-  }
-  return hold;
-}
-
 /**
  * The proxy's memory: its idle footprint (RSS summed over every process of the proxy, each with all its threads)
  * after start-up and a short warm-up (one second of connect + close at c=4, then every connection closed), and again
@@ -388,10 +355,10 @@ async function idle(lab: Lab, candidate: RunningCandidate, profile: Profile): Pr
     // Each reading after the proxy has settled too (idleSettleSecs): meshctl hands freed memory back every 10 s, so
     // unsettled readings taken on either side of a trim made the marginal cost negative (2026-12-05 run).
     const settle = () => (profile.idleSettleSecs > 0 ? sleep(profile.idleSettleSecs * 1000) : Promise.resolve());
-    holds.push(await holdConnections(lab, candidate, first));
+    holds.push(await holdEchoConnections(lab, first, `tcpbench hold through ${candidate.name}`, 60_000));
     await settle();
     const rssFirst = await sampleRss(candidate);
-    holds.push(await holdConnections(lab, candidate, n - first));
+    holds.push(await holdEchoConnections(lab, n - first, `tcpbench hold through ${candidate.name}`, 60_000));
     await settle();
     const rssHeld = await sampleRss(candidate);
     values = {
