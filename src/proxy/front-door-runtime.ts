@@ -67,13 +67,6 @@ function closeNodeHandle(server: Server): void {
   close?.call(handle);
 }
 
-/** `a:p` or `[a]:p` as an OriginalDst; null for '' or anything else. */
-export function endpointDst(text: string): OriginalDst | null {
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:[\]]+):(\d+)$/.exec(text);
-  if (m === null) return null;
-  return { address: m[1]!, port: Number(m[2]), family: text.startsWith('[') ? 'ipv6' : 'ipv4' };
-}
-
 export class FrontDoor implements FrontDoorSink {
   private readonly taken = new Map<string, Taken>();
   private readonly byId = new Map<number, Taken>();
@@ -235,14 +228,17 @@ export class FrontDoor implements FrontDoorSink {
     if (result === 'refused') host.metrics.refused(detail === 'own-uid' ? 'self-loop' : 'not-redirected');
     host.metrics.closed(direction, result, end.fromClient, end.fromUpstream);
     const id = `${host.index}.${end.id}`;
-    const dst = endpointDst(end.originalDst);
     const now = performance.now();
+    // The ring keeps the destination as the thread wrote it: parsing it back per connection only to print it again
+    // at a /lookup was work for nothing.
+    const dst = end.originalDst || null;
     host.recent.add(
       { id, direction, source: end.source || '?', dst, result, detail, startedAt: now - end.durationMs },
       now,
     );
     if (detail === 'own-uid') host.selfLoop(end.source, end.originalDst);
-    if (end.sourceFallback && dst !== null) host.sourceFallback(dst.family);
+    // The passthrough source has the destination's family; the thread brackets IPv6 addresses.
+    if (end.sourceFallback && dst !== null) host.sourceFallback(dst.startsWith('[') ? 'ipv6' : 'ipv4');
     if (host.accessLog.sampled(result)) host.accessLog.writeClosed(this.record(end, id, direction, result, detail));
     host.frontDoorEnded();
   };

@@ -18,7 +18,8 @@ export interface ClosedConnection {
   readonly direction: Direction;
   /** address:port of the client, '?' when it was never read (see Connection.source). */
   readonly source: string;
-  readonly dst: OriginalDst | null;
+  /** A JavaScript connection's destination (printed only when looked up), or a relay thread's as it printed it. */
+  readonly dst: OriginalDst | string | null;
   readonly result: EndResult | null;
   readonly detail: string;
   /** performance.now() at accept. */
@@ -95,8 +96,8 @@ export function matchesSource(source: string, query: SourceQuery): boolean {
   return address.family === query.address.family && address.value === query.address.value;
 }
 
-function dstText(dst: OriginalDst | null): string | null {
-  return dst === null ? null : endpoint(dst.address, dst.port);
+function dstText(dst: OriginalDst | string | null): string | null {
+  return dst === null || typeof dst === 'string' ? dst : endpoint(dst.address, dst.port);
 }
 
 /** The lookup row of a connection still in the live table. */
@@ -118,7 +119,7 @@ export class RecentConnections {
   private readonly ids: string[];
   private readonly directions: Direction[];
   private readonly sources: string[];
-  private readonly dsts: (OriginalDst | null)[];
+  private readonly dsts: (OriginalDst | string | null)[];
   private readonly results: (EndResult | null)[];
   private readonly details: string[];
   private readonly startedAt: Float64Array;
@@ -133,7 +134,7 @@ export class RecentConnections {
     this.ids = new Array<string>(capacity).fill('');
     this.directions = new Array<Direction>(capacity).fill('outbound');
     this.sources = new Array<string>(capacity).fill('');
-    this.dsts = new Array<OriginalDst | null>(capacity).fill(null);
+    this.dsts = new Array<OriginalDst | string | null>(capacity).fill(null);
     this.results = new Array<EndResult | null>(capacity).fill(null);
     this.details = new Array<string>(capacity).fill('');
     this.startedAt = new Float64Array(capacity);

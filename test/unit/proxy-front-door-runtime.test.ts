@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import type { Socket } from 'node:net';
 import type { AccessLog, AccessRecord } from '../../src/proxy/access-log.js';
-import { endpointDst, FrontDoor, type FrontDoorHost } from '../../src/proxy/front-door-runtime.js';
+import { FrontDoor, type FrontDoorHost } from '../../src/proxy/front-door-runtime.js';
 import { ProxyMetrics } from '../../src/proxy/metrics.js';
 import { parseSourceQuery, RecentConnections, type SourceQuery } from '../../src/proxy/recent-connections.js';
 import type { FrontDoorEnd } from '../../src/proxy/relay-thread.js';
@@ -104,14 +104,5 @@ describe('FrontDoor end records', () => {
     new FrontDoor(h).ended({ ...base, result: null, detail: '' });
     expect(logged[0]).toMatchObject({ result: 'drain', detail: 'forced' });
     expect(h.metrics.data.directions.outbound.closed.drain).toBe(1);
-  });
-});
-
-describe('endpointDst', () => {
-  it("reads the records' address text, IPv4 and bracketed IPv6, and nothing else", () => {
-    expect(endpointDst('10.0.0.2:80')).toEqual({ address: '10.0.0.2', port: 80, family: 'ipv4' });
-    expect(endpointDst('[fd00::2]:443')).toEqual({ address: 'fd00::2', port: 443, family: 'ipv6' });
-    expect(endpointDst('')).toBeNull();
-    expect(endpointDst('fd00::2:443')).toBeNull();
   });
 });
