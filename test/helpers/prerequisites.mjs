@@ -3,7 +3,7 @@
 // Plain JS: `npm test` runs it with node before the typecheck and the build (`node test/helpers/prerequisites.mjs`),
 // and vitest loads it as its globalSetup (vitest.config.ts) for every run, `npx vitest run FILE` included.
 import { execFileSync } from 'node:child_process';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /** Command → the Debian 12 package that ships it, for every command the tests (and the bench smoke) run. */
 export const TOOLS = {
@@ -58,6 +58,35 @@ function have(command, env) {
 }
 
 /**
+ * The first file of this checkout the proxy user (nobody, uid 65534) cannot read, or null. The integration tests run
+ * the proxy as nobody from this checkout, so a checkout under a 0700 directory (e.g. `mktemp -d`) would fail every
+ * proxy with "Cannot find module". Checked here, before the typecheck and the build, so `npm test` stops in one line.
+ */
+export function unreadableByProxyUser(root = fileURLToPath(new URL('../..', import.meta.url))) {
+  const probes = ['bin/meshctl', 'package.json', 'test/helpers/proxy-agent.mjs'].map((p) => `${root}${p}`);
+  try {
+    execFileSync(
+      'setpriv',
+      [
+        '--reuid=65534',
+        '--regid=65534',
+        '--clear-groups',
+        'sh',
+        '-c',
+        'for f in "$@"; do test -r "$f" || { echo "$f"; exit 1; }; done',
+        'sh',
+        ...probes,
+      ],
+      { stdio: 'pipe' },
+    );
+    return null;
+  } catch (error) {
+    const out = String(error?.stdout ?? '').trim();
+    return out === '' ? root : out;
+  }
+}
+
+/**
  * Whether the integration tests run (same rule as test/helpers/integration.ts): as root on Linux, unless
  * MESHCTL_INTEGRATION=0; MESHCTL_INTEGRATION=1 insists.
  */
@@ -84,9 +113,17 @@ export function missingPrerequisite({ env = process.env, uid = process.getuid?.(
   }
   if (!root) return null;
   const missing = Object.keys(TOOLS).filter((command) => !have(command, env));
-  if (missing.length === 0) return null;
-  const packages = [...new Set(missing.map((command) => TOOLS[command]))].join(' ');
-  return `missing prerequisite${missing.length > 1 ? 's' : ''}: ${missing.join(', ')} (apt-get install ${packages})`;
+  if (missing.length > 0) {
+    const packages = [...new Set(missing.map((command) => TOOLS[command]))].join(' ');
+    return `missing prerequisite${missing.length > 1 ? 's' : ''}: ${missing.join(', ')} (apt-get install ${packages})`;
+  }
+  const blocked = unreadableByProxyUser();
+  if (blocked === null) return null;
+  return (
+    `the integration tests run the proxy as nobody (uid 65534), which cannot read ${blocked}: ` +
+    'make the checkout and every directory above it readable and searchable by others (e.g. `chmod 755` on a ' +
+    '`mktemp -d` directory), or run `.ci/run`, which copies an unreadable checkout to a readable place first'
+  );
 }
 
 /** vitest globalSetup: fails the whole run at once, in one line, when something is missing. */
