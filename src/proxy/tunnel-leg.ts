@@ -24,6 +24,13 @@ const LEG_HIGH_WATER_MARK = 1024 * 1024;
 /** Chunks at least this large from a leg are coalesced into the TCP socket they are relayed to (bulk, not RR). */
 const COALESCE_MIN = 4096;
 
+/**
+ * Bytes a corked TCP socket may hold from a leg before the relay is told to pause the leg. Node's 16 KiB mark
+ * stopped every turn after one TLS record: the leg was paused, the socket uncorked on the next turn, 'drain' resumed
+ * the leg for one more record (a writev, an epoll_wait, a pause and a resume per 16 KiB).
+ */
+const COALESCE_MAX = LEG_HIGH_WATER_MARK;
+
 function uncork(socket: Socket): void {
   socket.uncork();
 }
@@ -33,14 +40,16 @@ function uncork(socket: Socket): void {
  * DATA frame 16 KiB plus its 9-byte header, so bulk arrives as pairs of pieces (~16 KiB, then a few bytes), each a
  * 'data' event: written one by one they cost a write() each. A large chunk corks the socket until the loop has
  * delivered what this read brought (setImmediate), so those pieces leave in one writev(); small chunks (RR) are
- * written at once.
+ * written at once. While corked nothing reaches the kernel, so backpressure (false: pause the leg) starts only
+ * once COALESCE_MAX bytes wait; a socket that cannot take them then still stops the leg, and its 'drain' (due
+ * since write() returned false) resumes it.
  */
 export function writeFromLeg(socket: Socket, chunk: Buffer): boolean {
   if (chunk.length >= COALESCE_MIN && socket.writableCorked === 0) {
     socket.cork();
     setImmediate(uncork, socket);
   }
-  return socket.write(chunk);
+  return socket.write(chunk) || (socket.writableCorked > 0 && socket.writableLength < COALESCE_MAX);
 }
 
 interface LegState {
