@@ -3,7 +3,7 @@
 // CONNECT → TunnelServer and its server leg), in two processes, each measured with process.cpuUsage(). Run
 // `npm run build` first (or pass --dist). Usage:
 //   node bench/tunnel-micro.mjs [--workloads bulk,rr] [--secs 3] [--warmup 1] [--reps 5] [--conns 32] [--chunk 65536]
-//     [--legs tunnel|tcp] [--candidate meshctl|haproxy] [--dist DIR] [--cpu-prof DIR] [--json]
+//     [--legs tunnel|tcp] [--candidate meshctl|haproxy] [--dist DIR] [--cpu-prof DIR] [--node-flags FLAGS] [--json]
 // --legs tunnel (default): the client process writes into its legs itself, the server's legs sink (bulk) or echo (rr):
 //   the tunnel alone. --legs tcp: a generator → TCP → client end → tunnel → server end → TCP → app, relayed as
 //   src/proxy/connection.ts relays a tunnel stream (the generator and the app run in the parent; their CPU is not
@@ -11,6 +11,8 @@
 // --candidate haproxy: the same TCP path through two HAProxy (nbthread 1 each) doing TLS 1.3 with client certificates
 //   verified both ways, as bench/pair.ts's haproxy-tls; CPU from /proc. Compare within one run: the machine is shared.
 // --dist DIR: another build of src/ than dist/ (e.g. a variant compiled with tsc --outDir), to compare side by side.
+// --node-flags "FLAGS": Node/V8 flags for both ends (space-separated), e.g. "--max-semi-space-size=1", the young
+//   generation the proxy runs with (src/proxy/heap-flags.ts keeps it at 1 MiB), or "--trace-gc".
 // Prints a line per repetition (stderr) and median (min–max) per workload (stdout); --json also prints the raw results.
 import { fork, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -193,6 +195,9 @@ async function clientMain(argv) {
 
 function child(role, args, profDir) {
   const execArgv = profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [];
+  // --node-flags "...": Node/V8 flags of both ends, e.g. the proxy's young generation (--max-semi-space-size=1).
+  const nodeFlags = arg(process.argv, '--node-flags', '');
+  if (nodeFlags !== '') execArgv.push(...nodeFlags.split(/\s+/));
   const distArgs = process.argv.includes('--dist') ? ['--dist', process.argv[process.argv.indexOf('--dist') + 1]] : [];
   const proc = fork(here, ['--role', role, ...args, ...distArgs], {
     execArgv,
