@@ -106,14 +106,16 @@ export interface AcceptedConnection {
 }
 
 /**
- * onEnded's second argument, present when the batch holds a front-door record; aligned with the records by index i:
+ * onEnded's second argument, present when the batch holds a front-door record: two views of the batch's one
+ * ArrayBuffer (the records' Float64Array is the third), aligned with the records by index i:
  * numbers[i * relayDetailFields() + k], k = 0 front (1 | 0), 1 listenerId (-1 adopted), 2 duration µs (accept to
- * end), 3 connect µs (accept to established; -1 never), 4 flags (FRONT_FLAG_*); strings[i * 3 + 0..2] = source
- * `a:p` / `[a]:p`, original destination, upstream local address ('' unknown or adopted).
+ * end), 3 connect µs (accept to established; -1 never), 4 flags (FRONT_FLAG_*); endpoints from byte
+ * i * 3 * relayEndpointBytes(): source, original destination, upstream local address, each packed as byte 0 the
+ * family (0 none or adopted, 4, 6), bytes 2-3 the port and 4.. the address (4 or 16 bytes), both in network order.
  */
 export interface EndDetails {
   readonly numbers: Float64Array;
-  readonly strings: readonly string[];
+  readonly endpoints: Uint8Array;
 }
 
 /** Bit in EndDetails' flags: bind(sourceAddress) gave EADDRNOTAVAIL and the upstream connected without it. */
@@ -183,6 +185,7 @@ interface NativeBinding {
   frontDoorEndCodes: unknown;
   relayRecordFields: number;
   relayDetailFields: number;
+  relayEndpointBytes: number;
   originalDst(fd: number, family: AddonFamily): OriginalDstResult;
   transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
   isTransparent(fd: number, family: AddonFamily): boolean;
@@ -407,6 +410,11 @@ export function relayRecordFields(): number {
 /** Numbers per record in onEnded's EndDetails. Throws ADDON_UNAVAILABLE. */
 export function relayDetailFields(): number {
   return loadBinding().relayDetailFields;
+}
+
+/** Bytes per packed endpoint in onEnded's EndDetails. Throws ADDON_UNAVAILABLE. */
+export function relayEndpointBytes(): number {
+  return loadBinding().relayEndpointBytes;
 }
 
 /** `table` as end codes by name, or ADDON_UNAVAILABLE naming what differs from `expected` (RELAY_ENDS by default). */

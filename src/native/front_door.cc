@@ -295,8 +295,8 @@ void Core::Refuse(Listener* l, int fd, const Endpoint& peer, const Endpoint* dst
   r.listenerId = l->id;
   r.durationUs = NowUs() - acceptedUs;
   r.connectUs = -1;
-  FormatEndpoint(peer, r.source);
-  if (dst != nullptr) FormatEndpoint(*dst, r.dst);
+  r.source = peer;
+  if (dst != nullptr) r.dst = *dst;
   records_.push_back(r);
 }
 

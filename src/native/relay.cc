@@ -470,7 +470,7 @@ void Core::Fail(Pair* p, int s, int err) {
   ClosePair(p, code, s, err, false);
 }
 
-// The end record; a front-door pair's strings are formatted here, once, on the loop thread.
+// The end record; a front-door pair's endpoints are copied as they are (JS formats them only when it needs the text).
 static Record RecordOf(const Pair* p, int code, int aux, int err) {
   Record r{};
   r.id = p->id;
@@ -485,9 +485,9 @@ static Record RecordOf(const Pair* p, int code, int aux, int err) {
   r.flags = p->flags;
   r.durationUs = NowUs() - p->acceptedUs;
   r.connectUs = p->connectUs;
-  FormatEndpoint(p->source, r.source);
-  FormatEndpoint(p->dst, r.dst);
-  FormatEndpoint(p->upstreamLocal, r.upstreamLocal);
+  r.source = p->source;
+  r.dst = p->dst;
+  r.upstreamLocal = p->upstreamLocal;
   return r;
 }
 

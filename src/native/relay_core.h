@@ -109,9 +109,10 @@ struct Record {
   uint32_t flags;
   int64_t durationUs;
   int64_t connectUs;
-  char source[kEndpointText];
-  char dst[kEndpointText];
-  char upstreamLocal[kEndpointText];
+  // Binary (copied, not formatted): JS prints them only when something asks (relay_binding.cc's Deliver packs them).
+  Endpoint source;
+  Endpoint dst;  // AF_UNSPEC when there was none (notRedirected)
+  Endpoint upstreamLocal;
 };
 
 // One destination JS decides: family, address bytes (network order), prefix length, port (0 = any).

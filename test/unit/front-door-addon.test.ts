@@ -10,11 +10,13 @@ import {
   FRONT_DOOR_ENDS,
   frontDoorEndCodes,
   relayDetailFields,
+  relayEndpointBytes,
   relayEndCodes,
   type EndDetails,
   type FrontDoorOptions,
   type NativeRelay,
 } from '../../src/native/addon.js';
+import { formatPackedEndpoint } from '../../src/proxy/packed-endpoint.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const options: FrontDoorOptions = {
@@ -146,7 +148,21 @@ describe('front door on loopback without NAT', () => {
     expect(batch.records.slice(3, 6)[0]).toBe(codes.notRedirected);
     const d = batch.details!;
     expect(Array.from(d.numbers.slice(0, relayDetailFields()))).toEqual([1, 7, expect.any(Number), -1, 0]);
-    expect(d.strings[0]).toMatch(/^127\.0\.0\.1:\d+$/);
+    // Packed endpoints: the source (127.0.0.1 and the client's port), then no original destination (family 0).
+    const bytes = relayEndpointBytes();
+    expect(d.endpoints.length).toBe(3 * bytes);
+    expect(formatPackedEndpoint(d.endpoints, 0)).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(Array.from(d.endpoints.subarray(0, 8))).toEqual([
+      4,
+      0,
+      expect.any(Number),
+      expect.any(Number),
+      127,
+      0,
+      0,
+      1,
+    ]);
+    expect(formatPackedEndpoint(d.endpoints, bytes)).toBe('');
     expect(r.stats()).toMatchObject({ accepted: 1, notRedirected: 1 });
   });
 });
