@@ -117,6 +117,9 @@ void Core::Stop() {
   Wake();
   if (thread_.joinable()) thread_.join();
   std::lock_guard<std::mutex> lock(mu_);
+  // The records of pairs that ended before the stop and still wait for their batch's tick: delivered (the thread-safe
+  // function runs queued calls before its release completes); the pairs closed below are closed without one.
+  if (!records_.empty()) QueueRecords();
   {
     std::lock_guard<std::mutex> in(inboxMu_);
     for (Pair* p : inbox_) {
@@ -237,7 +240,7 @@ bool Core::Abort(uint64_t id, bool reset) {
   auto it = byId_.find(id);
   if (it == byId_.end()) return false;
   ClosePair(it->second, kAborted, 0, 0, reset);
-  SignalRecords();
+  SignalRecords(true);
   return true;
 }
 
@@ -266,8 +269,13 @@ void Core::Loop() {
   while (!stopping_) {
     FreeGraveyard();
     DrainInbox();
-    SignalRecords();  // ends found while registering
+    SignalRecords(false);  // ends found while registering
     int64_t wait = nextSweep_ - NowMs();
+    if (recordsDueUs_ != 0) {
+      // Wake for the batch's tick (rounded up: epoll_wait counts whole ms).
+      const int64_t due = (recordsDueUs_ - NowUs() + 999) / 1000;
+      if (due < wait) wait = due;
+    }
     lock.unlock();
     sleeping_.store(true);
     if (inboxPending_.load()) wait = 0;
@@ -281,7 +289,7 @@ void Core::Loop() {
       Sweep(now);
       nextSweep_ = now + sweepMs_;
     }
-    SignalRecords();
+    SignalRecords(false);
     SignalAccepted();
   }
 }
@@ -304,9 +312,24 @@ void Core::Dispatch(uint64_t tag, uint32_t events) {
   else Handle(p, static_cast<int>(tag & 1), events);
 }
 
-// With mu_ held: moves this pass's end records to the outbox and asks JS for one delivery per batch.
-void Core::SignalRecords() {
+// With mu_ held: moves the end records to the outbox and asks JS for one delivery per batch. Not on every loop
+// pass: a batch leaves at the next whole millisecond of the monotonic clock after its first record (so the relay
+// threads of a process, on the same clock, wake the JS thread together), or at once when it holds kBatchRecords,
+// or when `force` (JS's own abort, which it waits to see). The loop sleeps no longer than to that tick, so the last
+// records of a quiet moment arrive within ~1 ms too; Stop() hands over whatever is left.
+void Core::SignalRecords(bool force) {
   if (records_.empty() || stopping_) return;
+  if (!force && records_.size() < kBatchRecords) {
+    const int64_t now = NowUs();
+    if (recordsDueUs_ == 0) recordsDueUs_ = (now / kBatchUs + 1) * kBatchUs;
+    if (now < recordsDueUs_) return;
+  }
+  recordsDueUs_ = 0;
+  QueueRecords();
+}
+
+// With mu_ held: records_ to the outbox, and a delivery call unless one is queued already.
+void Core::QueueRecords() {
   bool call = false;
   {
     std::lock_guard<std::mutex> out(outMu_);

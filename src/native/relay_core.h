@@ -18,6 +18,11 @@
 
 namespace meshctl {
 
+// End records go to JS in batches: at the next whole kBatchUs of the monotonic clock after the first, or at once at
+// kBatchRecords (Core::SignalRecords). This bounds how far `/connections`, metrics and the access log lag.
+constexpr int64_t kBatchUs = 1000;
+constexpr size_t kBatchRecords = 64;
+
 constexpr int kClient = 0;
 constexpr int kUpstream = 1;
 
@@ -279,7 +284,8 @@ class Core {
   void Dispatch(uint64_t tag, uint32_t events);
   void DrainInbox();
   void Register(Pair* p);
-  void SignalRecords();
+  void SignalRecords(bool force);
+  void QueueRecords();
   void SignalAccepted();
   bool WantsRead(const Pair* p, int s) const { return !p->flow[s].eof && p->flow[s].buf == nullptr; }
   void SetInterest(Pair* p, int s);
@@ -334,6 +340,7 @@ class Core {
   Pair* head_ = nullptr;
   PairsById byId_;
   std::vector<Record> records_;
+  int64_t recordsDueUs_ = 0;  // when records_ leaves for JS (NowUs); 0 while it is empty
   std::vector<Accepted> handed_;  // this pass's onAccepted entries, moved to accepted_ with the records
   std::vector<Pair*> graveyard_;
   std::vector<Pair*> pairPool_;
