@@ -3,7 +3,7 @@
 // destinations JS decides to it in batches (onAccepted), and for everything else connects upstream itself and relays
 // the pair like an adopted one (relay.cc). This takes JavaScript off the common connection path: two net.Sockets,
 // policy and the connect cost ~47 µs per connection there, and the thread needs accept4, getsockopt, one sock_diag
-// lookup (outbound), socket, two setsockopt(TCP_NODELAY), connect, epoll_ctl and getsockopt(SO_ERROR).
+// lookup (outbound), socket, two setsockopt(TCP_NODELAY), connect and epoll_ctl (and SO_ERROR for a failed connect).
 //
 // Several relay threads of one process listen on the same socket: each registers its own dup with EPOLLEXCLUSIVE,
 // so the kernel wakes one of them per connection instead of all. Everything here runs with Core::mu_ held: the loop
@@ -307,7 +307,7 @@ void Core::HandToJs(Listener* l, int fd, const Endpoint& dst) {
 }
 
 // The native path: the upstream socket, then the pair waits for the connect in the sweep's list like any pair.
-// Until the upstream answers only it is registered (EPOLLOUT); what the client sends meanwhile waits in its socket.
+// Until the upstream answers only it is registered; what the client sends meanwhile waits in its socket.
 void Core::ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs) {
   const FrontDoorOptions& o = l->opts;
   Pair* p = NewPair();
@@ -337,15 +337,17 @@ void Core::ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endp
     ConnectFailed(p, kConnectFailed, rc);
     return;
   }
+  // EPOLLIN too: the registration Established() then changes is the one the relay keeps (EPOLLIN), and an answer
+  // that comes with its first bytes is one event.
   epoll_event ev{};
-  ev.events = EPOLLOUT;
+  ev.events = EPOLLIN | EPOLLOUT;
   ev.data.u64 = reinterpret_cast<uintptr_t>(p) | kUpstream;
   if (epoll_ctl(epfd_, EPOLL_CTL_ADD, p->fd[kUpstream], &ev) != 0) {
     ConnectFailed(p, kAdoptFailed, errno);
     return;
   }
   p->parked[kUpstream] = false;
-  p->events[kUpstream] = EPOLLOUT;
+  p->events[kUpstream] = EPOLLIN | EPOLLOUT;
   p->connecting = true;
   connecting_++;
 }
@@ -373,14 +375,19 @@ int Core::OpenUpstream(Pair* p, const FrontDoorOptions& o) {
   return errno;
 }
 
-// EPOLLOUT (or an error) on a connecting upstream: SO_ERROR says which.
-void Core::FinishConnect(Pair* p) {
-  int err = 0;
-  socklen_t len = sizeof(err);
-  if (getsockopt(p->fd[kUpstream], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-  if (err != 0) {
-    ConnectFailed(p, kConnectFailed, err);
-    return;
+// An event on a connecting upstream. EPOLLOUT (or EPOLLIN) alone means connected: a failed connect always raises
+// EPOLLERR (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT...), so SO_ERROR is read only then, or on EPOLLHUP.
+// SO_ERROR 0 on one of those (a connection that succeeded and was hung up at once) counts as connected: the relay
+// sees the hang-up on the next wait, as for any pair.
+void Core::FinishConnect(Pair* p, uint32_t events) {
+  if (events & (EPOLLERR | EPOLLHUP)) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(p->fd[kUpstream], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err != 0) {
+      ConnectFailed(p, kConnectFailed, err);
+      return;
+    }
   }
   p->connecting = false;
   connecting_--;

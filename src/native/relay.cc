@@ -308,7 +308,7 @@ void Core::Dispatch(uint64_t tag, uint32_t events) {
   }
   Pair* p = reinterpret_cast<Pair*>(tag & ~kTagMask);
   if (p->closed) return;
-  if (p->connecting) FinishConnect(p);
+  if (p->connecting) FinishConnect(p, events);
   else Handle(p, static_cast<int>(tag & 1), events);
 }
 

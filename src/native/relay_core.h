@@ -90,7 +90,7 @@ struct Pair {
   Pair* next = nullptr;
   // Front door only (front = true): accepted by the thread itself rather than adopted from JS.
   bool front = false;
-  bool connecting = false;  // upstream connect in progress: only fd[kUpstream] is registered, for EPOLLOUT
+  bool connecting = false;  // upstream connect in progress: only fd[kUpstream] is registered (EPOLLIN | EPOLLOUT)
   uint32_t flags = 0;
   int32_t listenerId = -1;
   int64_t acceptedUs = 0;
@@ -312,7 +312,7 @@ class Core {
   void HandToJs(Listener* l, int fd, const Endpoint& dst);
   void ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs);
   int OpenUpstream(Pair* p, const FrontDoorOptions& o);
-  void FinishConnect(Pair* p);
+  void FinishConnect(Pair* p, uint32_t events);
   void Established(Pair* p);
   void ConnectFailed(Pair* p, int code, int err);
   void RearmListeners();

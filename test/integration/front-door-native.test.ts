@@ -18,6 +18,7 @@ const AGENT = fileURLToPath(new URL('../helpers/front-door-agent.mjs', import.me
 const LOCK = `/tmp/${NS}.xtables.lock`;
 const SERVER = '10.61.0.1';
 const BLACKHOLE = '10.61.0.99';
+const UNREACHABLE = '10.61.0.98';
 const SERVER6 = 'fd00:61::1';
 const CLIENT_UID = 4243;
 const LOOP_UID = 4242;
@@ -50,7 +51,7 @@ interface Exchange {
 // redirected: port 7003 to the shared listener, 7004 to the unlisten test's, 7005 to the shutdown test's, 7006 to
 // the inbound one's, 7007 to the one unlistened while connecting,
 // everything else in 10.61.0.0/24 to 15001 (IPv6: fd00:61::/64 to 15006). The relays' own connects to the blackhole
-// are dropped.
+// are dropped; to the unreachable address they are answered by an ICMP host-unreachable.
 const RULES = `*nat
 -A OUTPUT -p tcp -m owner --uid-owner 0 -j RETURN
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7003 -j REDIRECT --to-ports 15002
@@ -62,6 +63,7 @@ const RULES = `*nat
 COMMIT
 *filter
 -A OUTPUT -d ${BLACKHOLE}/32 -j DROP
+-A OUTPUT -d ${UNREACHABLE}/32 -p tcp --syn -j REJECT --reject-with icmp-host-unreachable
 COMMIT
 `;
 const RULES6 = `*nat
@@ -199,6 +201,15 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     expect(rec).toMatchObject({ end: 'connectFailed', side: 1, errno: 111, connectUs: -1, upstreamLocal: '' });
   });
 
+  it('resets the client and records connectFailed with EHOSTUNREACH when an ICMP error ends the connect', async () => {
+    // The error arrives after connect() returned EINPROGRESS, as EPOLLERR alone: the thread reads SO_ERROR for it.
+    const r = await client.call<Exchange>('exchange', { host: UNREACHABLE, port: 80, send: 'x' });
+    expect(r.error?.code).toBe('ECONNRESET');
+    const rec = await recordFor('main', (x) => x.originalDst === `${UNREACHABLE}:80`, 'the unreachable host');
+    expect(rec).toMatchObject({ end: 'connectFailed', side: 1, errno: 113, connectUs: -1, upstreamLocal: '' });
+    expect(await relayAgent.call('stats', { relay: 'main' })).toMatchObject({ connecting: 0 });
+  });
+
   it('resets the client and records connectTimeout for a blackholed destination', async () => {
     const r = await client.call<Exchange>('exchange', { host: BLACKHOLE, port: 9, send: 'x' });
     expect(r.error?.code).toBe('ECONNRESET');
@@ -224,7 +235,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     expect(rec).toMatchObject({ originalDst: `${SERVER}:7001`, fromClient: 0, listenerId: 1 });
     expect(rec.source).toMatch(/^10\.61\.0\.1:\d+$/);
     const stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'main' });
-    expect(stats).toMatchObject({ selfLoop: 1, connectFailed: 1, connectTimeout: 1, notRedirected: 1 });
+    expect(stats).toMatchObject({ selfLoop: 1, connectFailed: 2, connectTimeout: 1, notRedirected: 1 });
   });
 
   it('stops accepting on unlisten while a pair it accepted goes on; list() shows it and abort() ends it', async () => {
