@@ -85,8 +85,17 @@ export interface FrontDoorOptions {
   /** bind() the upstream socket to this address first (IP_BIND_ADDRESS_NO_PORT); null = none. EADDRNOTAVAIL:
    *  connects without it, flagged in the end record (FRONT_FLAG_SOURCE_FALLBACK) and counted (sourceFallbacks). */
   readonly sourceAddress: string | null;
-  /** Outbound: reset a connection whose peer socket this uid owns (sock_diag); -1 = off. */
+  /**
+   * Outbound: reset a connection whose peer socket this uid owns; -1 = off. The relay threads' own upstream sockets
+   * are found in a process-wide set (no system call); other sockets by sock_diag, unless `selfLoopOwnSet`.
+   */
   readonly selfLoopUid: number;
+  /**
+   * Whether the threads' own upstream sockets are the only sockets of selfLoopUid that can loop into this listener
+   * (one proxy process): then a passthrough connection not in their set is not checked with sock_diag. Asked
+   * connections always are. Absent = false.
+   */
+  readonly selfLoopOwnSet?: boolean;
   /** Bounds in ms, -1 = none (enforced by the sweep, so to its interval); keepalive in s, -1 = off. */
   readonly connectTimeoutMs: number;
   readonly maxDurationMs: number;
@@ -152,6 +161,10 @@ export interface FrontDoorStats {
   /** sock_diag lookups that failed (counted as not the proxy's own, as in the JS path). */
   readonly ownerLookupFailures: number;
   readonly lastOwnerLookupErrno: number;
+  /** sock_diag lookups made for the self-loop check (the own-socket set answered the others). */
+  readonly ownerLookups: number;
+  /** Self-loops found in the threads' own-socket set. */
+  readonly selfLoopByOwnSet: number;
   /** Front-door pairs open now, and of those still connecting. */
   readonly open: number;
   readonly connecting: number;
@@ -505,6 +518,8 @@ export function checkFrontDoorOptions(o: FrontDoorOptions): void {
     bad('sourceAddress', 'an IP address or null', o.sourceAddress);
   if (!Number.isInteger(o.selfLoopUid) || o.selfLoopUid < -1 || o.selfLoopUid > 0xffffffff)
     bad('selfLoopUid', 'a uid or -1', o.selfLoopUid);
+  if (o.selfLoopOwnSet !== undefined && typeof o.selfLoopOwnSet !== 'boolean')
+    bad('selfLoopOwnSet', 'a boolean', o.selfLoopOwnSet);
   for (const field of BOUNDS) {
     const v = o[field];
     if (!Number.isInteger(v) || v < -1 || v > (field === 'keepaliveSec' ? 0x7fffffff : 2 ** 52))

@@ -94,6 +94,7 @@ int Core::Open() {
     close(epfd_);
     return err;
   }
+  TakeOwnSlot();
   return 0;
 }
 
@@ -131,6 +132,7 @@ void Core::Stop() {
   }
   CloseListeners();
   while (head_ != nullptr) ClosePair(head_, kAborted, 0, 0, false);
+  ReleaseOwnSlot();
   FreeGraveyard();
   for (Pair* p : pairPool_) delete p;
   pairPool_.clear();
@@ -510,7 +512,8 @@ static Record RecordOf(const Pair* p, int code, int aux, int err) {
   r.connectUs = p->connectUs;
   r.source = p->source;
   r.dst = p->dst;
-  r.upstreamLocal = p->upstreamLocal;
+  // Known from connect() on, reported once the upstream answered (a failed connect has no upstream to speak of).
+  if (p->connectUs >= 0) r.upstreamLocal = p->upstreamLocal;
   return r;
 }
 
@@ -521,6 +524,7 @@ void Core::ClosePair(Pair* p, int code, int aux, int err, bool reset) {
     if (p->connecting) connecting_--;
     frontOpen_--;
   }
+  if (p->ownListed) UnlistOwn(p);
   for (int s = 0; s < 2; s++) {
     if (p->fd[s] < 0) continue;
     if (reset) SetLingerZero(p->fd[s]);

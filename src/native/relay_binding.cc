@@ -148,6 +148,13 @@ bool ParseOptions(Napi::Object o, FrontDoorOptions* opts, std::string* error) {
     *error = "listen: options.sourceAddress must be a string or null";
     return false;
   }
+  Napi::Value ownSet = o.Get("selfLoopOwnSet");
+  if (ownSet.IsBoolean()) {
+    opts->selfLoopOwnSet = ownSet.As<Napi::Boolean>().Value();
+  } else if (!ownSet.IsUndefined()) {
+    *error = "listen: options.selfLoopOwnSet must be a boolean";
+    return false;
+  }
   int64_t keepalive = 0;
   const int64_t kMax = int64_t{1} << 52;
   if (!IntField(o, "selfLoopUid", -1, 0xffffffffLL, &opts->selfLoopUid, error) ||
@@ -473,6 +480,8 @@ class Relay : public Napi::ObjectWrap<Relay> {
     set("sourceFallbacks", static_cast<double>(s.sourceFallbacks));
     set("ownerLookupFailures", static_cast<double>(s.ownerLookupFailures));
     set("lastOwnerLookupErrno", s.lastOwnerLookupErrno);
+    set("ownerLookups", static_cast<double>(s.ownerLookups));
+    set("selfLoopByOwnSet", static_cast<double>(s.selfLoopByOwnSet));
     set("open", static_cast<double>(open));
     set("connecting", static_cast<double>(connecting));
     return o;

@@ -99,6 +99,7 @@ struct Pair {
   Endpoint source{};
   Endpoint dst{};
   Endpoint upstreamLocal{};
+  bool ownListed = false;  // (upstreamLocal, dst) is in the process's set of own upstream sockets (front_door.cc)
 };
 
 struct Record {
@@ -141,6 +142,9 @@ struct FrontDoorOptions {
   bool hasSource = false;
   Endpoint source{};
   int64_t selfLoopUid = -1;
+  // The relay threads' own upstream sockets are the only sockets of selfLoopUid that can loop into this listener
+  // natively (one proxy process): a passthrough connection absent from their set is final, without sock_diag.
+  bool selfLoopOwnSet = false;
   int64_t connectTimeoutMs = -1;
   int64_t maxDurationMs = -1;
   int64_t idleMs = -1;
@@ -178,6 +182,8 @@ struct FrontDoorStats {
   uint64_t sourceFallbacks = 0;
   uint64_t ownerLookupFailures = 0;
   int lastOwnerLookupErrno = 0;
+  uint64_t ownerLookups = 0;  // sock_diag lookups made (the own-socket set answers the rest)
+  uint64_t selfLoopByOwnSet = 0;  // self-loops found in the set
 };
 
 // A live front-door connection for list().
@@ -308,6 +314,9 @@ class Core {
   bool AcceptFailed(Listener* l, int err);
   void Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs);
   bool IsOwnPeer(const Endpoint& peer, const Endpoint& dst, int64_t uid);
+  bool IsSelfLoop(const FrontDoorOptions& o, const Endpoint& peer, const Endpoint& dst, bool asked);
+  void ListOwn(Pair* p);
+  void UnlistOwn(Pair* p);
   void Refuse(Listener* l, int fd, const Endpoint& peer, const Endpoint* dst, int code, int err, int64_t acceptedUs);
   void HandToJs(Listener* l, int fd, const Endpoint& dst);
   void ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs);
@@ -317,6 +326,8 @@ class Core {
   void ConnectFailed(Pair* p, int code, int err);
   void RearmListeners();
   void CloseListeners();
+  void TakeOwnSlot();
+  void ReleaseOwnSlot();
 
   std::mutex mu_;
   std::mutex inboxMu_;  // guards inbox_
@@ -348,6 +359,7 @@ class Core {
   char* scratch_ = nullptr;
   std::unordered_map<int32_t, Listener*> listeners_;
   std::vector<Listener*> deadListeners_;
+  int ownSlot_ = -1;  // this thread's in-connect slot in the own-socket registry (front_door.cc); -1: none
   int diagFd_ = -1;
   uint32_t diagSeq_ = 0;
   FrontDoorStats stats_;
