@@ -85,8 +85,17 @@ export interface FrontDoorOptions {
   /** bind() the upstream socket to this address first (IP_BIND_ADDRESS_NO_PORT); null = none. EADDRNOTAVAIL:
    *  connects without it, flagged in the end record (FRONT_FLAG_SOURCE_FALLBACK) and counted (sourceFallbacks). */
   readonly sourceAddress: string | null;
-  /** Outbound: reset a connection whose peer socket this uid owns (sock_diag); -1 = off. */
+  /**
+   * Outbound: reset a connection whose peer socket this uid owns; -1 = off. The relay threads' own upstream sockets
+   * are found in a process-wide set (no system call); other sockets by sock_diag, unless `selfLoopOwnSet`.
+   */
   readonly selfLoopUid: number;
+  /**
+   * Whether the threads' own upstream sockets are the only sockets of selfLoopUid that can loop into this listener
+   * (one proxy process): then a passthrough connection not in their set is not checked with sock_diag. Asked
+   * connections always are. Absent = false.
+   */
+  readonly selfLoopOwnSet?: boolean;
   /** Bounds in ms, -1 = none (enforced by the sweep, so to its interval); keepalive in s, -1 = off. */
   readonly connectTimeoutMs: number;
   readonly maxDurationMs: number;
@@ -106,14 +115,16 @@ export interface AcceptedConnection {
 }
 
 /**
- * onEnded's second argument, present when the batch holds a front-door record; aligned with the records by index i:
+ * onEnded's second argument, present when the batch holds a front-door record: two views of the batch's one
+ * ArrayBuffer (the records' Float64Array is the third), aligned with the records by index i:
  * numbers[i * relayDetailFields() + k], k = 0 front (1 | 0), 1 listenerId (-1 adopted), 2 duration µs (accept to
- * end), 3 connect µs (accept to established; -1 never), 4 flags (FRONT_FLAG_*); strings[i * 3 + 0..2] = source
- * `a:p` / `[a]:p`, original destination, upstream local address ('' unknown or adopted).
+ * end), 3 connect µs (accept to established; -1 never), 4 flags (FRONT_FLAG_*); endpoints from byte
+ * i * 3 * relayEndpointBytes(): source, original destination, upstream local address, each packed as byte 0 the
+ * family (0 none or adopted, 4, 6), bytes 2-3 the port and 4.. the address (4 or 16 bytes), both in network order.
  */
 export interface EndDetails {
   readonly numbers: Float64Array;
-  readonly strings: readonly string[];
+  readonly endpoints: Uint8Array;
 }
 
 /** Bit in EndDetails' flags: bind(sourceAddress) gave EADDRNOTAVAIL and the upstream connected without it. */
@@ -150,6 +161,10 @@ export interface FrontDoorStats {
   /** sock_diag lookups that failed (counted as not the proxy's own, as in the JS path). */
   readonly ownerLookupFailures: number;
   readonly lastOwnerLookupErrno: number;
+  /** sock_diag lookups made for the self-loop check (the own-socket set answered the others). */
+  readonly ownerLookups: number;
+  /** Self-loops found in the threads' own-socket set. */
+  readonly selfLoopByOwnSet: number;
   /** Front-door pairs open now, and of those still connecting. */
   readonly open: number;
   readonly connecting: number;
@@ -183,6 +198,7 @@ interface NativeBinding {
   frontDoorEndCodes: unknown;
   relayRecordFields: number;
   relayDetailFields: number;
+  relayEndpointBytes: number;
   originalDst(fd: number, family: AddonFamily): OriginalDstResult;
   transparentListen(family: AddonFamily, address: string, port: number, backlog: number): number;
   isTransparent(fd: number, family: AddonFamily): boolean;
@@ -409,6 +425,11 @@ export function relayDetailFields(): number {
   return loadBinding().relayDetailFields;
 }
 
+/** Bytes per packed endpoint in onEnded's EndDetails. Throws ADDON_UNAVAILABLE. */
+export function relayEndpointBytes(): number {
+  return loadBinding().relayEndpointBytes;
+}
+
 /** `table` as end codes by name, or ADDON_UNAVAILABLE naming what differs from `expected` (RELAY_ENDS by default). */
 export function checkEndCodes<E extends string = RelayEnd>(
   table: unknown,
@@ -497,6 +518,8 @@ export function checkFrontDoorOptions(o: FrontDoorOptions): void {
     bad('sourceAddress', 'an IP address or null', o.sourceAddress);
   if (!Number.isInteger(o.selfLoopUid) || o.selfLoopUid < -1 || o.selfLoopUid > 0xffffffff)
     bad('selfLoopUid', 'a uid or -1', o.selfLoopUid);
+  if (o.selfLoopOwnSet !== undefined && typeof o.selfLoopOwnSet !== 'boolean')
+    bad('selfLoopOwnSet', 'a boolean', o.selfLoopOwnSet);
   for (const field of BOUNDS) {
     const v = o[field];
     if (!Number.isInteger(v) || v < -1 || v > (field === 'keepaliveSec' ? 0x7fffffff : 2 ** 52))

@@ -2,8 +2,9 @@
 // destination, refuses what must not be proxied (not redirected, the proxy's own socket looped back), hands the
 // destinations JS decides to it in batches (onAccepted), and for everything else connects upstream itself and relays
 // the pair like an adopted one (relay.cc). This takes JavaScript off the common connection path: two net.Sockets,
-// policy and the connect cost ~47 µs per connection there, and the thread needs accept4, getsockopt, one sock_diag
-// lookup (outbound), socket, two setsockopt(TCP_NODELAY), connect, epoll_ctl and getsockopt(SO_ERROR).
+// policy and the connect cost ~47 µs per connection there, and the thread needs accept4, getsockopt, socket, two
+// setsockopt(TCP_NODELAY), connect, getsockname and epoll_ctl (SO_ERROR only for a failed connect; the self-loop check
+// asks sock_diag only where the set of the threads' own upstream sockets cannot answer: OwnRegistry below).
 //
 // Several relay threads of one process listen on the same socket: each registers its own dup with EPOLLEXCLUSIVE,
 // so the kernel wakes one of them per connection instead of all. Everything here runs with Core::mu_ held: the loop
@@ -17,6 +18,8 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <unistd.h>
+
+#include <unordered_set>
 
 #include "relay_core.h"
 #include "socket_owner.h"
@@ -104,7 +107,158 @@ void SetNoDelay(int fd) {
 }
 
 bool AcceptIsTransient(int err) { return err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM; }
+
+// The relay threads' own upstream sockets, process-wide: a connection that loops back (the proxy's own upstream
+// connection redirected to its listener) has that socket's local endpoint as its peer and that socket's
+// destination as its original destination (REDIRECT changes only the destination), so the 4-tuple finds it
+// without asking the kernel (sock_diag: a netlink sendto + recvfrom, ~3 µs). Entries go in right after connect()
+// (the port is chosen by then; getsockname there is the one the end record needed anyway) and out before close().
+//
+// The race: on loopback the looped SYN can be accepted by another thread before connect() has even returned. So a
+// thread sets its slot's sequence odd before connect() and even after the insert; an accepting thread reads every
+// slot before it looks the 4-tuple up, and on a miss with a slot that was odd (a connect under way somewhere) it
+// asks sock_diag instead. If a slot was even, that thread's connects so far are all in the set already (inserted
+// before the sequence moved; seq_cst), and a connect started later cannot be the one that made the looped SYN it
+// already accepted.
+//
+// Where the set cannot answer, sock_diag still does: asked connections (JavaScript decides them), listeners whose
+// options do not say the set is final (FrontDoorOptions.selfLoopOwnSet: false with more than one proxy process),
+// and a thread without a slot (more than kOwnSlots relay threads). Not in the set at all: sockets JavaScript
+// connects (the Node streams path: services, the mTLS tunnel) and other processes' — see selfLoopOwnSet.
+struct OwnKey {
+  uint8_t family;
+  uint16_t localPort;
+  uint16_t remotePort;
+  uint8_t local[16];
+  uint8_t remote[16];
+  bool operator==(const OwnKey& o) const {
+    return family == o.family && localPort == o.localPort && remotePort == o.remotePort &&
+           std::memcmp(local, o.local, 16) == 0 && std::memcmp(remote, o.remote, 16) == 0;
+  }
+};
+
+struct OwnKeyHash {
+  size_t operator()(const OwnKey& k) const {
+    uint64_t h = 1469598103934665603ULL;
+    const auto mix = [&h](const uint8_t* b, size_t n) {
+      for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ULL;
+    };
+    mix(k.local, k.family == 4 ? 4 : 16);
+    mix(k.remote, k.family == 4 ? 4 : 16);
+    h ^= (static_cast<uint64_t>(k.localPort) << 16) | k.remotePort;
+    return static_cast<size_t>(h * 0x9E3779B97F4A7C15ULL);
+  }
+};
+
+constexpr int kOwnSlots = 64;
+
+struct OwnRegistry {
+  std::mutex mu;
+  std::unordered_set<OwnKey, OwnKeyHash> set;
+  std::atomic<uint64_t> seq[kOwnSlots];  // odd while that slot's thread is between connect() and its insert
+  std::atomic<bool> used[kOwnSlots];
+  std::atomic<int> unslotted{0};  // threads that could not take a slot: their connects are not flagged
+  OwnRegistry() {
+    for (int i = 0; i < kOwnSlots; i++) {
+      seq[i].store(0);
+      used[i].store(false);
+    }
+  }
+};
+
+OwnRegistry& Own() {
+  static OwnRegistry* registry = new OwnRegistry();  // never destroyed: threads may outlive static destructors
+  return *registry;
+}
+
+bool OwnKeyOf(const Endpoint& local, const Endpoint& remote, OwnKey* k) {
+  std::memset(k, 0, sizeof(*k));
+  if (local.sa.sa_family != remote.sa.sa_family) return false;
+  if (local.sa.sa_family == AF_INET) {
+    k->family = 4;
+    std::memcpy(k->local, &local.v4.sin_addr, 4);
+    std::memcpy(k->remote, &remote.v4.sin_addr, 4);
+  } else if (local.sa.sa_family == AF_INET6) {
+    k->family = 6;
+    std::memcpy(k->local, &local.v6.sin6_addr, 16);
+    std::memcpy(k->remote, &remote.v6.sin6_addr, 16);
+  } else {
+    return false;
+  }
+  k->localPort = PortOf(local);
+  k->remotePort = PortOf(remote);
+  return true;
+}
 }  // namespace
+
+void Core::TakeOwnSlot() {
+  OwnRegistry& r = Own();
+  for (int i = 0; i < kOwnSlots; i++) {
+    bool expected = false;
+    if (r.used[i].compare_exchange_strong(expected, true)) {
+      ownSlot_ = i;
+      return;
+    }
+  }
+  r.unslotted.fetch_add(1);
+}
+
+void Core::ReleaseOwnSlot() {
+  OwnRegistry& r = Own();
+  if (ownSlot_ < 0) {
+    r.unslotted.fetch_sub(1);
+    return;
+  }
+  r.used[ownSlot_].store(false);
+  ownSlot_ = -1;
+}
+
+// The upstream's local endpoint, and (with the pair's destination) its entry in the own-socket set. Right after
+// connect(): the kernel has chosen the port.
+void Core::ListOwn(Pair* p) {
+  socklen_t len = sizeof(p->upstreamLocal);
+  if (getsockname(p->fd[kUpstream], &p->upstreamLocal.sa, &len) != 0) {
+    p->upstreamLocal.sa.sa_family = AF_UNSPEC;
+    return;
+  }
+  OwnKey k;
+  if (!OwnKeyOf(p->upstreamLocal, p->dst, &k)) return;
+  OwnRegistry& r = Own();
+  std::lock_guard<std::mutex> lock(r.mu);
+  p->ownListed = r.set.insert(k).second;
+}
+
+// Before the upstream's close(): once closed its port may go to any socket.
+void Core::UnlistOwn(Pair* p) {
+  if (!p->ownListed) return;
+  p->ownListed = false;
+  OwnKey k;
+  if (!OwnKeyOf(p->upstreamLocal, p->dst, &k)) return;
+  OwnRegistry& r = Own();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.set.erase(k);
+}
+
+// Whether an accepted outbound connection is the proxy's own, looped back: the own-socket set first, then
+// sock_diag where the set cannot answer (see OwnRegistry).
+bool Core::IsSelfLoop(const FrontDoorOptions& o, const Endpoint& peer, const Endpoint& dst, bool asked) {
+  OwnRegistry& r = Own();
+  bool connecting = r.unslotted.load() > 0;
+  for (int i = 0; i < kOwnSlots && !connecting; i++) {
+    if (r.used[i].load() && (r.seq[i].load() & 1) != 0) connecting = true;
+  }
+  OwnKey k;
+  if (OwnKeyOf(peer, dst, &k)) {
+    std::lock_guard<std::mutex> lock(r.mu);
+    if (r.set.count(k) != 0) {
+      stats_.selfLoopByOwnSet++;
+      return true;
+    }
+  }
+  if (o.selfLoopOwnSet && !asked && !connecting) return false;
+  stats_.ownerLookups++;
+  return IsOwnPeer(peer, dst, o.selfLoopUid);
+}
 
 socklen_t EndpointLen(const Endpoint& e) {
   return e.sa.sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
@@ -248,11 +402,12 @@ void Core::Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs) 
     Refuse(l, fd, peer, nullptr, kNotRedirected, err, acceptedUs);
     return;
   }
-  if (o.outbound && o.selfLoopUid >= 0 && IsOwnPeer(peer, dst, o.selfLoopUid)) {
+  const bool asked = !o.passthrough || Asked(o, dst);
+  if (o.outbound && o.selfLoopUid >= 0 && IsSelfLoop(o, peer, dst, asked)) {
     Refuse(l, fd, peer, &dst, kSelfLoop, 0, acceptedUs);
     return;
   }
-  if (!o.passthrough || Asked(o, dst)) {
+  if (asked) {
     HandToJs(l, fd, dst);
     return;
   }
@@ -295,8 +450,8 @@ void Core::Refuse(Listener* l, int fd, const Endpoint& peer, const Endpoint* dst
   r.listenerId = l->id;
   r.durationUs = NowUs() - acceptedUs;
   r.connectUs = -1;
-  FormatEndpoint(peer, r.source);
-  if (dst != nullptr) FormatEndpoint(*dst, r.dst);
+  r.source = peer;
+  if (dst != nullptr) r.dst = *dst;
   records_.push_back(r);
 }
 
@@ -307,7 +462,7 @@ void Core::HandToJs(Listener* l, int fd, const Endpoint& dst) {
 }
 
 // The native path: the upstream socket, then the pair waits for the connect in the sweep's list like any pair.
-// Until the upstream answers only it is registered (EPOLLOUT); what the client sends meanwhile waits in its socket.
+// Until the upstream answers only it is registered; what the client sends meanwhile waits in its socket.
 void Core::ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs) {
   const FrontDoorOptions& o = l->opts;
   Pair* p = NewPair();
@@ -337,15 +492,17 @@ void Core::ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endp
     ConnectFailed(p, kConnectFailed, rc);
     return;
   }
+  // EPOLLIN too: the registration Established() then changes is the one the relay keeps (EPOLLIN), and an answer
+  // that comes with its first bytes is one event.
   epoll_event ev{};
-  ev.events = EPOLLOUT;
+  ev.events = EPOLLIN | EPOLLOUT;
   ev.data.u64 = reinterpret_cast<uintptr_t>(p) | kUpstream;
   if (epoll_ctl(epfd_, EPOLL_CTL_ADD, p->fd[kUpstream], &ev) != 0) {
     ConnectFailed(p, kAdoptFailed, errno);
     return;
   }
   p->parked[kUpstream] = false;
-  p->events[kUpstream] = EPOLLOUT;
+  p->events[kUpstream] = EPOLLIN | EPOLLOUT;
   p->connecting = true;
   connecting_++;
 }
@@ -369,18 +526,28 @@ int Core::OpenUpstream(Pair* p, const FrontDoorOptions& o) {
       stats_.sourceFallbacks++;
     }
   }
-  if (connect(up, &p->dst.sa, EndpointLen(p->dst)) == 0) return 0;
-  return errno;
+  // The slot is odd from before connect() until the 4-tuple is in the own-socket set (see OwnRegistry).
+  std::atomic<uint64_t>* seq = ownSlot_ >= 0 ? &Own().seq[ownSlot_] : nullptr;
+  if (seq != nullptr) seq->fetch_add(1);
+  int rc = connect(up, &p->dst.sa, EndpointLen(p->dst)) == 0 ? 0 : errno;
+  if (rc == 0 || rc == EINPROGRESS) ListOwn(p);
+  if (seq != nullptr) seq->fetch_add(1);
+  return rc;
 }
 
-// EPOLLOUT (or an error) on a connecting upstream: SO_ERROR says which.
-void Core::FinishConnect(Pair* p) {
-  int err = 0;
-  socklen_t len = sizeof(err);
-  if (getsockopt(p->fd[kUpstream], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-  if (err != 0) {
-    ConnectFailed(p, kConnectFailed, err);
-    return;
+// An event on a connecting upstream. EPOLLOUT (or EPOLLIN) alone means connected: a failed connect always raises
+// EPOLLERR (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT...), so SO_ERROR is read only then, or on EPOLLHUP.
+// SO_ERROR 0 on one of those (a connection that succeeded and was hung up at once) counts as connected: the relay
+// sees the hang-up on the next wait, as for any pair.
+void Core::FinishConnect(Pair* p, uint32_t events) {
+  if (events & (EPOLLERR | EPOLLHUP)) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(p->fd[kUpstream], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err != 0) {
+      ConnectFailed(p, kConnectFailed, err);
+      return;
+    }
   }
   p->connecting = false;
   connecting_--;
@@ -389,8 +556,6 @@ void Core::FinishConnect(Pair* p) {
 
 // The upstream is connected: both legs are watched for reading, and from here the pair is an ordinary one.
 void Core::Established(Pair* p) {
-  socklen_t len = sizeof(p->upstreamLocal);
-  if (getsockname(p->fd[kUpstream], &p->upstreamLocal.sa, &len) != 0) p->upstreamLocal.sa.sa_family = AF_UNSPEC;
   p->connectUs = NowUs() - p->acceptedUs;
   stats_.connected++;
   for (int s = kUpstream; s >= kClient; s--) {

@@ -94,6 +94,7 @@ int Core::Open() {
     close(epfd_);
     return err;
   }
+  TakeOwnSlot();
   return 0;
 }
 
@@ -117,6 +118,9 @@ void Core::Stop() {
   Wake();
   if (thread_.joinable()) thread_.join();
   std::lock_guard<std::mutex> lock(mu_);
+  // The records of pairs that ended before the stop and still wait for their batch's tick: delivered (the thread-safe
+  // function runs queued calls before its release completes); the pairs closed below are closed without one.
+  if (!records_.empty()) QueueRecords();
   {
     std::lock_guard<std::mutex> in(inboxMu_);
     for (Pair* p : inbox_) {
@@ -128,6 +132,7 @@ void Core::Stop() {
   }
   CloseListeners();
   while (head_ != nullptr) ClosePair(head_, kAborted, 0, 0, false);
+  ReleaseOwnSlot();
   FreeGraveyard();
   for (Pair* p : pairPool_) delete p;
   pairPool_.clear();
@@ -237,7 +242,7 @@ bool Core::Abort(uint64_t id, bool reset) {
   auto it = byId_.find(id);
   if (it == byId_.end()) return false;
   ClosePair(it->second, kAborted, 0, 0, reset);
-  SignalRecords();
+  SignalRecords(true);
   return true;
 }
 
@@ -266,8 +271,13 @@ void Core::Loop() {
   while (!stopping_) {
     FreeGraveyard();
     DrainInbox();
-    SignalRecords();  // ends found while registering
+    SignalRecords(false);  // ends found while registering
     int64_t wait = nextSweep_ - NowMs();
+    if (recordsDueUs_ != 0) {
+      // Wake for the batch's tick (rounded up: epoll_wait counts whole ms).
+      const int64_t due = (recordsDueUs_ - NowUs() + 999) / 1000;
+      if (due < wait) wait = due;
+    }
     lock.unlock();
     sleeping_.store(true);
     if (inboxPending_.load()) wait = 0;
@@ -281,7 +291,7 @@ void Core::Loop() {
       Sweep(now);
       nextSweep_ = now + sweepMs_;
     }
-    SignalRecords();
+    SignalRecords(false);
     SignalAccepted();
   }
 }
@@ -300,13 +310,28 @@ void Core::Dispatch(uint64_t tag, uint32_t events) {
   }
   Pair* p = reinterpret_cast<Pair*>(tag & ~kTagMask);
   if (p->closed) return;
-  if (p->connecting) FinishConnect(p);
+  if (p->connecting) FinishConnect(p, events);
   else Handle(p, static_cast<int>(tag & 1), events);
 }
 
-// With mu_ held: moves this pass's end records to the outbox and asks JS for one delivery per batch.
-void Core::SignalRecords() {
+// With mu_ held: moves the end records to the outbox and asks JS for one delivery per batch. Not on every loop
+// pass: a batch leaves at the next whole millisecond of the monotonic clock after its first record (so the relay
+// threads of a process, on the same clock, wake the JS thread together), or at once when it holds kBatchRecords,
+// or when `force` (JS's own abort, which it waits to see). The loop sleeps no longer than to that tick, so the last
+// records of a quiet moment arrive within ~1 ms too; Stop() hands over whatever is left.
+void Core::SignalRecords(bool force) {
   if (records_.empty() || stopping_) return;
+  if (!force && records_.size() < kBatchRecords) {
+    const int64_t now = NowUs();
+    if (recordsDueUs_ == 0) recordsDueUs_ = (now / kBatchUs + 1) * kBatchUs;
+    if (now < recordsDueUs_) return;
+  }
+  recordsDueUs_ = 0;
+  QueueRecords();
+}
+
+// With mu_ held: records_ to the outbox, and a delivery call unless one is queued already.
+void Core::QueueRecords() {
   bool call = false;
   {
     std::lock_guard<std::mutex> out(outMu_);
@@ -470,7 +495,7 @@ void Core::Fail(Pair* p, int s, int err) {
   ClosePair(p, code, s, err, false);
 }
 
-// The end record; a front-door pair's strings are formatted here, once, on the loop thread.
+// The end record; a front-door pair's endpoints are copied as they are (JS formats them only when it needs the text).
 static Record RecordOf(const Pair* p, int code, int aux, int err) {
   Record r{};
   r.id = p->id;
@@ -485,9 +510,10 @@ static Record RecordOf(const Pair* p, int code, int aux, int err) {
   r.flags = p->flags;
   r.durationUs = NowUs() - p->acceptedUs;
   r.connectUs = p->connectUs;
-  FormatEndpoint(p->source, r.source);
-  FormatEndpoint(p->dst, r.dst);
-  FormatEndpoint(p->upstreamLocal, r.upstreamLocal);
+  r.source = p->source;
+  r.dst = p->dst;
+  // Known from connect() on, reported once the upstream answered (a failed connect has no upstream to speak of).
+  if (p->connectUs >= 0) r.upstreamLocal = p->upstreamLocal;
   return r;
 }
 
@@ -498,6 +524,7 @@ void Core::ClosePair(Pair* p, int code, int aux, int err, bool reset) {
     if (p->connecting) connecting_--;
     frontOpen_--;
   }
+  if (p->ownListed) UnlistOwn(p);
   for (int s = 0; s < 2; s++) {
     if (p->fd[s] < 0) continue;
     if (reset) SetLingerZero(p->fd[s]);

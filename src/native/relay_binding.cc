@@ -43,8 +43,10 @@ constexpr EndName kFrontDoorEndNames[] = {
 // code, side (0 client, 1 upstream), errno. Exported as `relayRecordFields`.
 constexpr size_t kRecordFields = 6;
 // Numbers per record in onEnded's second argument (only for a batch with a front-door record): front (0 | 1),
-// listenerId, duration µs, connect µs (-1 never), flags. Exported as `relayDetailFields`; 3 strings per record.
+// listenerId, duration µs, connect µs (-1 never), flags. Exported as `relayDetailFields`; 3 endpoints per record.
 constexpr size_t kDetailFields = 5;
+// Bytes per packed endpoint in the details (PackEndpoint). Exported as `relayEndpointBytes`.
+constexpr size_t kEndpointBytes = 20;
 
 Napi::Value ThrowType(Napi::Env env, const std::string& message) {
   Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
@@ -146,6 +148,13 @@ bool ParseOptions(Napi::Object o, FrontDoorOptions* opts, std::string* error) {
     *error = "listen: options.sourceAddress must be a string or null";
     return false;
   }
+  Napi::Value ownSet = o.Get("selfLoopOwnSet");
+  if (ownSet.IsBoolean()) {
+    opts->selfLoopOwnSet = ownSet.As<Napi::Boolean>().Value();
+  } else if (!ownSet.IsUndefined()) {
+    *error = "listen: options.selfLoopOwnSet must be a boolean";
+    return false;
+  }
   int64_t keepalive = 0;
   const int64_t kMax = int64_t{1} << 52;
   if (!IntField(o, "selfLoopUid", -1, 0xffffffffLL, &opts->selfLoopUid, error) ||
@@ -168,8 +177,26 @@ Napi::String EndpointString(Napi::Env env, const Endpoint& e) {
 
 }  // namespace
 
-// On the JS thread: hands the finished pairs to `fn` as one flat Float64Array (kRecordFields numbers per pair), and
-// when any of them came through the front door, its details as a second argument ({ numbers, strings }).
+// One endpoint as onEnded's EndDetails carries it (kEndpointBytes): family (0 none, 4, 6), 0, the port in network
+// order, the address (4 or 16 bytes, network order).
+static void PackEndpoint(const Endpoint& e, uint8_t* out) {
+  std::memset(out, 0, kEndpointBytes);
+  if (e.sa.sa_family == AF_INET) {
+    out[0] = 4;
+    std::memcpy(out + 2, &e.v4.sin_port, 2);
+    std::memcpy(out + 4, &e.v4.sin_addr, 4);
+  } else if (e.sa.sa_family == AF_INET6) {
+    out[0] = 6;
+    std::memcpy(out + 2, &e.v6.sin6_port, 2);
+    std::memcpy(out + 4, &e.v6.sin6_addr, 16);
+  }
+}
+
+// On the JS thread: hands the finished pairs to `fn` as one ArrayBuffer per batch: a Float64Array view of
+// kRecordFields numbers per pair, and when any of them came through the front door, a second argument with two more
+// views of the same buffer: kDetailFields numbers and three packed endpoints (source, original destination, upstream
+// local; kEndpointBytes each) per record. No string and no object per record: JS formats an address only when a
+// consumer prints it.
 void Core::Deliver(Napi::Env env, Napi::Function fn) {
   std::vector<Record> batch;
   {
@@ -178,42 +205,53 @@ void Core::Deliver(Napi::Env env, Napi::Function fn) {
     signalled_ = false;
   }
   if (batch.empty() || env == nullptr || fn.IsEmpty()) return;
-  Napi::Float64Array out = Napi::Float64Array::New(env, batch.size() * kRecordFields);
+  const size_t n = batch.size();
   bool anyFront = false;
-  for (size_t i = 0; i < batch.size(); i++) {
+  for (const Record& r : batch) anyFront = anyFront || r.front;
+  const size_t recordBytes = n * kRecordFields * sizeof(double);
+  const size_t detailBytes = anyFront ? n * kDetailFields * sizeof(double) : 0;
+  const size_t endpointBytes = anyFront ? n * 3 * kEndpointBytes : 0;
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, recordBytes + detailBytes + endpointBytes);
+  uint8_t* base = static_cast<uint8_t*>(buffer.Data());
+  double* out = reinterpret_cast<double*>(base);
+  for (size_t i = 0; i < n; i++) {
     const Record& r = batch[i];
-    const size_t at = i * kRecordFields;
-    out[at + 0] = static_cast<double>(r.id);
-    out[at + 1] = static_cast<double>(r.fromClient);
-    out[at + 2] = static_cast<double>(r.fromUpstream);
-    out[at + 3] = r.code;
-    out[at + 4] = r.aux;
-    out[at + 5] = r.err;
-    anyFront = anyFront || r.front;
+    double* at = out + i * kRecordFields;
+    at[0] = static_cast<double>(r.id);
+    at[1] = static_cast<double>(r.fromClient);
+    at[2] = static_cast<double>(r.fromUpstream);
+    at[3] = r.code;
+    at[4] = r.aux;
+    at[5] = r.err;
   }
+  Napi::Float64Array records = Napi::Float64Array::New(env, n * kRecordFields, buffer, 0);
   if (!anyFront) {
-    fn.Call({out});
+    fn.Call({records});
     return;
   }
-  Napi::Float64Array numbers = Napi::Float64Array::New(env, batch.size() * kDetailFields);
-  Napi::Array strings = Napi::Array::New(env, batch.size() * 3);
-  Napi::String empty = Napi::String::New(env, "");
-  for (size_t i = 0; i < batch.size(); i++) {
+  double* numbers = reinterpret_cast<double*>(base + recordBytes);
+  uint8_t* endpoints = base + recordBytes + detailBytes;
+  for (size_t i = 0; i < n; i++) {
     const Record& r = batch[i];
-    const size_t at = i * kDetailFields;
-    numbers[at + 0] = r.front ? 1 : 0;
-    numbers[at + 1] = r.front ? r.listenerId : -1;
-    numbers[at + 2] = r.front ? static_cast<double>(r.durationUs) : -1;
-    numbers[at + 3] = r.front ? static_cast<double>(r.connectUs) : -1;
-    numbers[at + 4] = r.front ? r.flags : 0;
-    strings[i * 3 + 0] = r.front ? Napi::String::New(env, r.source) : empty;
-    strings[i * 3 + 1] = r.front ? Napi::String::New(env, r.dst) : empty;
-    strings[i * 3 + 2] = r.front ? Napi::String::New(env, r.upstreamLocal) : empty;
+    double* at = numbers + i * kDetailFields;
+    at[0] = r.front ? 1 : 0;
+    at[1] = r.front ? r.listenerId : -1;
+    at[2] = r.front ? static_cast<double>(r.durationUs) : -1;
+    at[3] = r.front ? static_cast<double>(r.connectUs) : -1;
+    at[4] = r.front ? r.flags : 0;
+    uint8_t* e = endpoints + i * 3 * kEndpointBytes;
+    if (!r.front) {
+      std::memset(e, 0, 3 * kEndpointBytes);
+      continue;
+    }
+    PackEndpoint(r.source, e);
+    PackEndpoint(r.dst, e + kEndpointBytes);
+    PackEndpoint(r.upstreamLocal, e + 2 * kEndpointBytes);
   }
   Napi::Object details = Napi::Object::New(env);
-  details.Set("numbers", numbers);
-  details.Set("strings", strings);
-  fn.Call({out, details});
+  details.Set("numbers", Napi::Float64Array::New(env, n * kDetailFields, buffer, recordBytes));
+  details.Set("endpoints", Napi::Uint8Array::New(env, endpointBytes, buffer, recordBytes + detailBytes));
+  fn.Call({records, details});
 }
 
 namespace {
@@ -442,6 +480,8 @@ class Relay : public Napi::ObjectWrap<Relay> {
     set("sourceFallbacks", static_cast<double>(s.sourceFallbacks));
     set("ownerLookupFailures", static_cast<double>(s.ownerLookupFailures));
     set("lastOwnerLookupErrno", s.lastOwnerLookupErrno);
+    set("ownerLookups", static_cast<double>(s.ownerLookups));
+    set("selfLoopByOwnSet", static_cast<double>(s.selfLoopByOwnSet));
     set("open", static_cast<double>(open));
     set("connecting", static_cast<double>(connecting));
     return o;
@@ -483,6 +523,7 @@ void InitRelay(Napi::Env env, Napi::Object exports) {
   exports.Set("frontDoorEndCodes", frontCodes);
   exports.Set("relayRecordFields", Napi::Number::New(env, static_cast<double>(kRecordFields)));
   exports.Set("relayDetailFields", Napi::Number::New(env, static_cast<double>(kDetailFields)));
+  exports.Set("relayEndpointBytes", Napi::Number::New(env, static_cast<double>(kEndpointBytes)));
 }
 
 }  // namespace meshctl

@@ -18,6 +18,11 @@
 
 namespace meshctl {
 
+// End records go to JS in batches: at the next whole kBatchUs of the monotonic clock after the first, or at once at
+// kBatchRecords (Core::SignalRecords). This bounds how far `/connections`, metrics and the access log lag.
+constexpr int64_t kBatchUs = 1000;
+constexpr size_t kBatchRecords = 64;
+
 constexpr int kClient = 0;
 constexpr int kUpstream = 1;
 
@@ -85,7 +90,7 @@ struct Pair {
   Pair* next = nullptr;
   // Front door only (front = true): accepted by the thread itself rather than adopted from JS.
   bool front = false;
-  bool connecting = false;  // upstream connect in progress: only fd[kUpstream] is registered, for EPOLLOUT
+  bool connecting = false;  // upstream connect in progress: only fd[kUpstream] is registered (EPOLLIN | EPOLLOUT)
   uint32_t flags = 0;
   int32_t listenerId = -1;
   int64_t acceptedUs = 0;
@@ -94,6 +99,7 @@ struct Pair {
   Endpoint source{};
   Endpoint dst{};
   Endpoint upstreamLocal{};
+  bool ownListed = false;  // (upstreamLocal, dst) is in the process's set of own upstream sockets (front_door.cc)
 };
 
 struct Record {
@@ -109,9 +115,10 @@ struct Record {
   uint32_t flags;
   int64_t durationUs;
   int64_t connectUs;
-  char source[kEndpointText];
-  char dst[kEndpointText];
-  char upstreamLocal[kEndpointText];
+  // Binary (copied, not formatted): JS prints them only when something asks (relay_binding.cc's Deliver packs them).
+  Endpoint source;
+  Endpoint dst;  // AF_UNSPEC when there was none (notRedirected)
+  Endpoint upstreamLocal;
 };
 
 // One destination JS decides: family, address bytes (network order), prefix length, port (0 = any).
@@ -135,6 +142,9 @@ struct FrontDoorOptions {
   bool hasSource = false;
   Endpoint source{};
   int64_t selfLoopUid = -1;
+  // The relay threads' own upstream sockets are the only sockets of selfLoopUid that can loop into this listener
+  // natively (one proxy process): a passthrough connection absent from their set is final, without sock_diag.
+  bool selfLoopOwnSet = false;
   int64_t connectTimeoutMs = -1;
   int64_t maxDurationMs = -1;
   int64_t idleMs = -1;
@@ -172,6 +182,8 @@ struct FrontDoorStats {
   uint64_t sourceFallbacks = 0;
   uint64_t ownerLookupFailures = 0;
   int lastOwnerLookupErrno = 0;
+  uint64_t ownerLookups = 0;  // sock_diag lookups made (the own-socket set answers the rest)
+  uint64_t selfLoopByOwnSet = 0;  // self-loops found in the set
 };
 
 // A live front-door connection for list().
@@ -278,7 +290,8 @@ class Core {
   void Dispatch(uint64_t tag, uint32_t events);
   void DrainInbox();
   void Register(Pair* p);
-  void SignalRecords();
+  void SignalRecords(bool force);
+  void QueueRecords();
   void SignalAccepted();
   bool WantsRead(const Pair* p, int s) const { return !p->flow[s].eof && p->flow[s].buf == nullptr; }
   void SetInterest(Pair* p, int s);
@@ -301,15 +314,20 @@ class Core {
   bool AcceptFailed(Listener* l, int err);
   void Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs);
   bool IsOwnPeer(const Endpoint& peer, const Endpoint& dst, int64_t uid);
+  bool IsSelfLoop(const FrontDoorOptions& o, const Endpoint& peer, const Endpoint& dst, bool asked);
+  void ListOwn(Pair* p);
+  void UnlistOwn(Pair* p);
   void Refuse(Listener* l, int fd, const Endpoint& peer, const Endpoint* dst, int code, int err, int64_t acceptedUs);
   void HandToJs(Listener* l, int fd, const Endpoint& dst);
   void ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs);
   int OpenUpstream(Pair* p, const FrontDoorOptions& o);
-  void FinishConnect(Pair* p);
+  void FinishConnect(Pair* p, uint32_t events);
   void Established(Pair* p);
   void ConnectFailed(Pair* p, int code, int err);
   void RearmListeners();
   void CloseListeners();
+  void TakeOwnSlot();
+  void ReleaseOwnSlot();
 
   std::mutex mu_;
   std::mutex inboxMu_;  // guards inbox_
@@ -333,6 +351,7 @@ class Core {
   Pair* head_ = nullptr;
   PairsById byId_;
   std::vector<Record> records_;
+  int64_t recordsDueUs_ = 0;  // when records_ leaves for JS (NowUs); 0 while it is empty
   std::vector<Accepted> handed_;  // this pass's onAccepted entries, moved to accepted_ with the records
   std::vector<Pair*> graveyard_;
   std::vector<Pair*> pairPool_;
@@ -340,6 +359,7 @@ class Core {
   char* scratch_ = nullptr;
   std::unordered_map<int32_t, Listener*> listeners_;
   std::vector<Listener*> deadListeners_;
+  int ownSlot_ = -1;  // this thread's in-connect slot in the own-socket registry (front_door.cc); -1: none
   int diagFd_ = -1;
   uint32_t diagSeq_ = 0;
   FrontDoorStats stats_;

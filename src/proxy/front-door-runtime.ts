@@ -21,8 +21,16 @@ import type { ConnectionInfo } from './connection.js';
 import type { FrontDoorOptions } from './front-door.js';
 import type { ListenerSpec, OpenListener } from './listeners.js';
 import type { Direction, ProxyMetrics } from './metrics.js';
-import { matchesSource, type RecentConnections, type SourceLookupRow, type SourceQuery } from './recent-connections.js';
+import {
+  matchesSource,
+  type PackedClose,
+  type RecentConnections,
+  type SourceLookupRow,
+  type SourceQuery,
+} from './recent-connections.js';
 import type { FrontDoorAccepted, FrontDoorEnd, FrontDoorRow, FrontDoorSink, RelayThread } from './relay-thread.js';
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
 /** What the front door needs from its worker. */
 export interface FrontDoorHost {
@@ -73,8 +81,21 @@ export class FrontDoor implements FrontDoorSink {
   private nextListenerId = 1;
   /** Connections ended by our own abort, and the result to give them (the thread reports them as aborted). */
   private readonly aborted = new Map<number, { result: 'drain'; detail: string }>();
+  /** What ended() hands the recent ring for a packed record: one object, refilled per record (the ring copies it). */
+  private readonly packedClose: Mutable<PackedClose>;
 
-  constructor(private readonly host: FrontDoorHost) {}
+  constructor(private readonly host: FrontDoorHost) {
+    this.packedClose = {
+      idPrefix: `${host.index}.`,
+      id: 0,
+      direction: 'outbound',
+      bytes: new Uint8Array(0),
+      at: 0,
+      result: null,
+      detail: '',
+      startedAt: 0,
+    };
+  }
 
   /**
    * Lets every thread accept on `listener` with `options`, then closes Node's server. False (Node keeps
@@ -216,10 +237,14 @@ export class FrontDoor implements FrontDoorSink {
     }
   };
 
+  /**
+   * A record from a thread. Nothing here keeps `end` (the thread's cursor moves on) or prints an address unless a
+   * consumer needs the text: the ring copies the packed endpoints, the access log and a self-loop event format them.
+   */
   readonly ended = (end: FrontDoorEnd): void => {
     const host = this.host;
     const direction = this.directionOf(end.listenerId) ?? 'outbound';
-    const ours = this.aborted.get(end.id);
+    const ours = this.aborted.size === 0 ? undefined : this.aborted.get(end.id);
     if (ours !== undefined) this.aborted.delete(end.id);
     const result = end.result ?? ours?.result ?? 'drain';
     const detail = end.result !== null ? end.detail : (ours?.detail ?? 'forced');
@@ -227,19 +252,37 @@ export class FrontDoor implements FrontDoorSink {
     if (end.connectMs !== null) host.metrics.connected(direction, end.connectMs);
     if (result === 'refused') host.metrics.refused(detail === 'own-uid' ? 'self-loop' : 'not-redirected');
     host.metrics.closed(direction, result, end.fromClient, end.fromUpstream);
-    const id = `${host.index}.${end.id}`;
     const now = performance.now();
-    // The ring keeps the destination as the thread wrote it: parsing it back per connection only to print it again
-    // at a /lookup was work for nothing.
-    const dst = end.originalDst || null;
-    host.recent.add(
-      { id, direction, source: end.source || '?', dst, result, detail, startedAt: now - end.durationMs },
-      now,
-    );
+    const startedAt = now - end.durationMs;
+    const packed = end.packed;
+    let id: string | null = null;
+    if (packed !== undefined) {
+      const c = this.packedClose;
+      c.id = end.id;
+      c.direction = direction;
+      c.bytes = packed.bytes;
+      c.at = packed.at;
+      c.result = result;
+      c.detail = detail;
+      c.startedAt = startedAt;
+      host.recent.addPacked(c, now);
+    } else {
+      id = `${host.index}.${end.id}`;
+      // A record built in JavaScript (tests): its text as it is.
+      host.recent.add(
+        { id, direction, source: end.source || '?', dst: end.originalDst || null, result, detail, startedAt },
+        now,
+      );
+    }
     if (detail === 'own-uid') host.selfLoop(end.source, end.originalDst);
-    // The passthrough source has the destination's family; the thread brackets IPv6 addresses.
-    if (end.sourceFallback && dst !== null) host.sourceFallback(dst.startsWith('[') ? 'ipv6' : 'ipv4');
-    if (host.accessLog.sampled(result)) host.accessLog.writeClosed(this.record(end, id, direction, result, detail));
+    if (end.sourceFallback) {
+      // The passthrough source has the destination's family; the thread brackets IPv6 addresses.
+      const dst = end.originalDst;
+      if (dst !== '') host.sourceFallback(dst.startsWith('[') ? 'ipv6' : 'ipv4');
+    }
+    if (host.accessLog.sampled(result)) {
+      host.accessLog.writeClosed(this.record(end, id ?? `${host.index}.${end.id}`, direction, result, detail));
+    }
     host.frontDoorEnded();
   };
 
@@ -251,14 +294,16 @@ export class FrontDoor implements FrontDoorSink {
     detail: string,
   ): AccessRecord {
     const connected = end.connectMs !== null;
+    const dst = end.originalDst || null;
+    const upstreamLocal = connected ? end.upstreamLocal : '';
     return {
       id,
       direction,
       source: end.source || '?',
-      originalDst: end.originalDst || null,
+      originalDst: dst,
       // The front door connects only as dialled: the upstream is the original destination, once it tried.
-      upstream: result === 'refused' ? null : end.originalDst || null,
-      upstreamLocal: connected && end.upstreamLocal !== '' ? end.upstreamLocal : null,
+      upstream: result === 'refused' ? null : dst,
+      upstreamLocal: upstreamLocal !== '' ? upstreamLocal : null,
       bytesFromClient: end.fromClient,
       bytesFromUpstream: end.fromUpstream,
       durationMs: Math.round(end.durationMs * 1000) / 1000,

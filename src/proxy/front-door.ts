@@ -49,6 +49,11 @@ export const MAX_ASKED_INBOUND_PORTS = 1024;
 const ANY: Record<Family, string> = { ipv4: '0.0.0.0', ipv6: '::' };
 const HOST_PREFIX: Record<Family, number> = { ipv4: 32, ipv6: 128 };
 
+/** Whether the proxy runs as one process (workerCount in ./lifecycle.ts: "auto" is 1 with the native relay). */
+function soleProcess(proxy: Pick<Config['proxy'], 'workers' | 'relay'>): boolean {
+  return proxy.workers === 1 || (proxy.workers === 'auto' && proxy.relay === 'native');
+}
+
 /** Builds the front door's table for one listener. Pure; never throws for a valid Config. */
 export function compileFrontDoor(input: FrontDoorInput): FrontDoorPlan {
   const { config, policy, listener } = input;
@@ -114,6 +119,9 @@ export function compileFrontDoor(input: FrontDoorInput): FrontDoorPlan {
       ask: entries.map((e) => e.ask),
       sourceAddress: listener.direction === 'inbound' ? (family === 'ipv6' ? source.ipv6 : source.ipv4) : null,
       selfLoopUid: listener.direction === 'outbound' ? input.ownUid : -1,
+      // With one proxy process the relay threads' own upstream sockets are the ones that can loop natively: a
+      // passthrough connection absent from their set skips sock_diag (src/native/front_door.cc, OwnRegistry).
+      selfLoopOwnSet: listener.direction === 'outbound' && input.ownUid >= 0 && soleProcess(config.proxy),
       connectTimeoutMs: config.proxy.connectTimeoutMs,
       maxDurationMs: bounds.maxRemainingMs,
       idleMs: bounds.idleMs,

@@ -8,6 +8,7 @@ import { formatIp, parseIp, type IpAddress } from '../values/ip.js';
 import type { Direction, EndResult } from './metrics.js';
 import type { OriginalDst } from '../native/original-dst.js';
 import { endpoint, type ConnState } from './connection.js';
+import { formatPackedEndpoint, PACKED_ENDPOINT_BYTES, packedPort } from './packed-endpoint.js';
 
 /** Closed connections kept per worker. */
 export const RECENT_CAPACITY = 256;
@@ -114,6 +115,23 @@ function liveRow(conn: LiveConnection, now: number): SourceLookupRow {
   };
 }
 
+/**
+ * A relay thread's close as the front door hands it over (src/proxy/front-door-runtime.ts): its id as a number
+ * after the worker's prefix, and its source and original destination as packed bytes (src/proxy/packed-endpoint.ts),
+ * copied into the ring and printed only by a lookup that matches them.
+ */
+export interface PackedClose {
+  readonly idPrefix: string;
+  readonly id: number;
+  readonly direction: Direction;
+  readonly bytes: Uint8Array;
+  /** Offset of the source; the original destination follows it. */
+  readonly at: number;
+  readonly result: EndResult | null;
+  readonly detail: string;
+  readonly startedAt: number;
+}
+
 /** The last `capacity` closed connections of a worker, newest overwriting oldest. */
 export class RecentConnections {
   private readonly ids: string[];
@@ -124,6 +142,11 @@ export class RecentConnections {
   private readonly details: string[];
   private readonly startedAt: Float64Array;
   private readonly closedAt: Float64Array;
+  /** Per slot: 1 when it came from addPacked (id = ids[i] + numIds[i], endpoints in `endpoints`). */
+  private readonly packed: Uint8Array;
+  private readonly numIds: Float64Array;
+  /** Source and original destination of packed slots, PACKED_ENDPOINT_BYTES each. */
+  private readonly endpoints: Uint8Array;
   /** The slot the next close goes to. */
   private next = 0;
   private filled = 0;
@@ -139,6 +162,9 @@ export class RecentConnections {
     this.details = new Array<string>(capacity).fill('');
     this.startedAt = new Float64Array(capacity);
     this.closedAt = new Float64Array(capacity);
+    this.packed = new Uint8Array(capacity);
+    this.numIds = new Float64Array(capacity);
+    this.endpoints = new Uint8Array(capacity * 2 * PACKED_ENDPOINT_BYTES);
   }
 
   /** How many closes the ring holds (at most `capacity`). */
@@ -157,8 +183,39 @@ export class RecentConnections {
     this.details[i] = conn.detail;
     this.startedAt[i] = conn.startedAt;
     this.closedAt[i] = closedAt;
-    this.next = i + 1 === this.capacity ? 0 : i + 1;
+    this.packed[i] = 0;
+    this.advance();
+  }
+
+  /** Records a relay thread's close (at `closedAt`): a few stores and a 40-byte copy, no string made. */
+  addPacked(conn: PackedClose, closedAt: number): void {
+    const i = this.next;
+    this.ids[i] = conn.idPrefix;
+    this.numIds[i] = conn.id;
+    this.directions[i] = conn.direction;
+    this.endpoints.set(
+      conn.bytes.subarray(conn.at, conn.at + 2 * PACKED_ENDPOINT_BYTES),
+      i * 2 * PACKED_ENDPOINT_BYTES,
+    );
+    this.results[i] = conn.result;
+    this.details[i] = conn.detail;
+    this.startedAt[i] = conn.startedAt;
+    this.closedAt[i] = closedAt;
+    this.packed[i] = 1;
+    this.advance();
+  }
+
+  private advance(): void {
+    this.next = this.next + 1 === this.capacity ? 0 : this.next + 1;
     if (this.filled < this.capacity) this.filled++;
+  }
+
+  /** Slot i's source text, or null when a packed slot's port already rules it out for `query`. */
+  private sourceOf(i: number, query: SourceQuery | null): string | null {
+    if (this.packed[i] === 0) return this.sources[i]!;
+    const at = i * 2 * PACKED_ENDPOINT_BYTES;
+    if (query !== null && packedPort(this.endpoints, at) !== query.port) return null;
+    return formatPackedEndpoint(this.endpoints, at) || '?';
   }
 
   /** The closed connections from `query`, newest first. */
@@ -166,13 +223,18 @@ export class RecentConnections {
     const rows: SourceLookupRow[] = [];
     for (let k = 1; k <= this.filled; k++) {
       const i = (this.next - k + this.capacity) % this.capacity;
-      if (!matchesSource(this.sources[i]!, query)) continue;
+      const source = this.sourceOf(i, query);
+      if (source === null || !matchesSource(source, query)) continue;
+      const packed = this.packed[i] === 1;
+      const dst = packed
+        ? formatPackedEndpoint(this.endpoints, i * 2 * PACKED_ENDPOINT_BYTES + PACKED_ENDPOINT_BYTES) || null
+        : dstText(this.dsts[i]!);
       rows.push({
-        id: this.ids[i]!,
+        id: packed ? `${this.ids[i]!}${this.numIds[i]!}` : this.ids[i]!,
         direction: this.directions[i]!,
         state: 'closed',
-        source: this.sources[i]!,
-        originalDst: dstText(this.dsts[i]!),
+        source,
+        originalDst: dst,
         ageMs: Math.round(now - this.startedAt[i]!),
         closedAgoMs: Math.round(now - this.closedAt[i]!),
         result: this.results[i]!,

@@ -8,6 +8,7 @@ import {
   frontDoorEndCodes,
   relayDetailFields,
   relayEndCodes,
+  relayEndpointBytes,
   relayRecordFields,
   withErrnoCode,
   type AcceptedConnection,
@@ -20,6 +21,7 @@ import {
   type RelayEnd,
 } from '../native/addon.js';
 import type { EndResult } from './metrics.js';
+import { formatPackedEndpoint } from './packed-endpoint.js';
 
 /** A connection the relay thread carries: told once how it ended. `result` null: ended on our own request. */
 export interface RelayedConnection {
@@ -112,12 +114,68 @@ export interface FrontDoorEnd {
   readonly durationMs: number;
   /** Accept to upstream established; null if it never was. */
   readonly connectMs: number | null;
-  /** `a:p` / `[a]:p`, '' when unknown. */
+  /** `a:p` / `[a]:p`, '' when unknown (formatted when read, from `packed` when there is one). */
   readonly source: string;
   readonly originalDst: string;
   readonly upstreamLocal: string;
   /** The bind to the passthrough source gave EADDRNOTAVAIL; the upstream connected without it. */
   readonly sourceFallback: boolean;
+  /**
+   * The endpoints as the thread packed them (src/proxy/packed-endpoint.ts): source at `at`, original destination
+   * at `at + PACKED_ENDPOINT_BYTES`, upstream local after it. Absent for a record built in JavaScript.
+   */
+  readonly packed?: { readonly bytes: Uint8Array; readonly at: number };
+}
+
+/**
+ * The front-door record under a cursor over one delivered batch: one object per thread, moved from record to record,
+ * so a batch allocates nothing per connection until something reads an address (formatted then, from the bytes).
+ * A sink must not keep it past its ended() call.
+ */
+class PackedFrontDoorEnd implements FrontDoorEnd {
+  id = 0;
+  listenerId = 0;
+  fromClient = 0;
+  fromUpstream = 0;
+  result: EndResult | null = null;
+  detail = '';
+  durationMs = 0;
+  connectMs: number | null = null;
+  sourceFallback = false;
+  readonly packed: { bytes: Uint8Array; at: number } = { bytes: new Uint8Array(0), at: 0 };
+
+  constructor(private readonly endpointBytes: number) {}
+
+  get source(): string {
+    return formatPackedEndpoint(this.packed.bytes, this.packed.at);
+  }
+
+  get originalDst(): string {
+    return formatPackedEndpoint(this.packed.bytes, this.packed.at + this.endpointBytes);
+  }
+
+  get upstreamLocal(): string {
+    return formatPackedEndpoint(this.packed.bytes, this.packed.at + 2 * this.endpointBytes);
+  }
+
+  /** Points the cursor at record `r` of the batch (its numbers at `i` of records, at `at` of details.numbers). */
+  load(records: Float64Array, i: number, details: EndDetails, at: number, r: number): this {
+    const n = details.numbers;
+    const end = describeEnd(records[i + 3]!, records[i + 4]!, records[i + 5]!);
+    const connectUs = n[at + 3]!;
+    this.id = records[i]!;
+    this.listenerId = n[at + 1]!;
+    this.fromClient = records[i + 1]!;
+    this.fromUpstream = records[i + 2]!;
+    this.result = end?.result ?? null;
+    this.detail = end?.detail ?? '';
+    this.durationMs = n[at + 2]! / 1000;
+    this.connectMs = connectUs < 0 ? null : connectUs / 1000;
+    this.sourceFallback = ((n[at + 4] ?? 0) & FRONT_FLAG_SOURCE_FALLBACK) !== 0;
+    this.packed.bytes = details.endpoints;
+    this.packed.at = r * 3 * this.endpointBytes;
+    return this;
+  }
 }
 
 /** A live front-door connection (the thread's list()). */
@@ -156,6 +214,8 @@ export class RelayThread {
   /** Numbers per end record, and per record of a batch's front-door details, as the addon writes them. */
   private readonly recordFields: number;
   private readonly detailFields: number;
+  /** The cursor the front-door records of a batch are read through (see PackedFrontDoorEnd). */
+  private readonly frontCursor: PackedFrontDoorEnd;
   /** The listeners this thread accepts on (front door), by id. */
   private readonly listening = new Set<number>();
   /** Whether the event loop is held (ref) for open pairs or listeners. */
@@ -176,6 +236,7 @@ export class RelayThread {
       frontDoor === null ? createRelay(this.onEnded, sweepMs) : createRelay(this.onEnded, sweepMs, this.onAccepted);
     this.recordFields = relayRecordFields();
     this.detailFields = relayDetailFields();
+    this.frontCursor = new PackedFrontDoorEnd(relayEndpointBytes());
   }
 
   /** Whether this thread can accept on listening sockets (it was given a sink, and the addon has listen()). */
@@ -294,7 +355,7 @@ export class RelayThread {
     for (let i = 0, r = 0; i + this.recordFields <= records.length; i += this.recordFields, r++) {
       if (details !== undefined && details.numbers[r * this.detailFields] === 1) {
         this.frontEnded++;
-        this.frontDoor?.ended(frontDoorEnd(records, i, details, r * this.detailFields, r));
+        this.frontDoor?.ended(this.frontCursor.load(records, i, details, r * this.detailFields, r));
         continue;
       }
       const id = records[i]!;
@@ -305,26 +366,5 @@ export class RelayThread {
       conn.relayEnded(records[i + 1]!, records[i + 2]!, end?.result ?? null, end?.detail ?? '');
     }
     this.hold();
-  };
-}
-
-/** The front-door record at `i` (its extras at `at` of the numbers, its strings the `r`th three). */
-function frontDoorEnd(records: Float64Array, i: number, details: EndDetails, at: number, r: number): FrontDoorEnd {
-  const n = details.numbers;
-  const end = describeEnd(records[i + 3]!, records[i + 4]!, records[i + 5]!);
-  const connectUs = n[at + 3]!;
-  return {
-    id: records[i]!,
-    listenerId: n[at + 1]!,
-    fromClient: records[i + 1]!,
-    fromUpstream: records[i + 2]!,
-    result: end?.result ?? null,
-    detail: end?.detail ?? '',
-    durationMs: n[at + 2]! / 1000,
-    connectMs: connectUs < 0 ? null : connectUs / 1000,
-    source: details.strings[r * 3] ?? '',
-    originalDst: details.strings[r * 3 + 1] ?? '',
-    upstreamLocal: details.strings[r * 3 + 2] ?? '',
-    sourceFallback: ((n[at + 4] ?? 0) & FRONT_FLAG_SOURCE_FALLBACK) !== 0,
   };
 }

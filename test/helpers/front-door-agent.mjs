@@ -9,6 +9,7 @@ import { runAgent } from './agent-core.mjs';
 
 register('./kernel-ts-hooks.mjs', import.meta.url);
 const addon = await import('../../src/native/addon.ts');
+const { formatPackedEndpoint } = await import('../../src/proxy/packed-endpoint.ts');
 
 const relays = new Map(); // name -> { relay, records: [], accepted: [] }
 const listeners = new Map(); // name -> net.Server whose fd the relays listen on
@@ -47,9 +48,10 @@ function decode(name, records, details) {
         durationUs: d[2],
         connectUs: d[3],
         flags: d[4],
-        source: details.strings[i * 3],
-        originalDst: details.strings[i * 3 + 1],
-        upstreamLocal: details.strings[i * 3 + 2],
+        // The endpoints come packed (EndDetails.endpoints): printed as the proxy prints them.
+        source: formatPackedEndpoint(details.endpoints, i * 3 * addon.relayEndpointBytes()),
+        originalDst: formatPackedEndpoint(details.endpoints, (i * 3 + 1) * addon.relayEndpointBytes()),
+        upstreamLocal: formatPackedEndpoint(details.endpoints, (i * 3 + 2) * addon.relayEndpointBytes()),
       });
     }
     out.push(rec);

@@ -18,6 +18,8 @@ const AGENT = fileURLToPath(new URL('../helpers/front-door-agent.mjs', import.me
 const LOCK = `/tmp/${NS}.xtables.lock`;
 const SERVER = '10.61.0.1';
 const BLACKHOLE = '10.61.0.99';
+const UNREACHABLE = '10.61.0.98';
+const LOOP = '10.61.0.97';
 const SERVER6 = 'fd00:61::1';
 const CLIENT_UID = 4243;
 const LOOP_UID = 4242;
@@ -50,8 +52,10 @@ interface Exchange {
 // redirected: port 7003 to the shared listener, 7004 to the unlisten test's, 7005 to the shutdown test's, 7006 to
 // the inbound one's, 7007 to the one unlistened while connecting,
 // everything else in 10.61.0.0/24 to 15001 (IPv6: fd00:61::/64 to 15006). The relays' own connects to the blackhole
-// are dropped.
+// are dropped; to the unreachable address they are answered by an ICMP host-unreachable. LOOP:7010 goes to 15009
+// for everyone, the relays too: their own upstream connections there loop back into the listener.
 const RULES = `*nat
+-A OUTPUT -p tcp -d ${LOOP} --dport 7010 -j REDIRECT --to-ports 15009
 -A OUTPUT -p tcp -m owner --uid-owner 0 -j RETURN
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7003 -j REDIRECT --to-ports 15002
 -A OUTPUT -p tcp -d 10.61.0.0/24 --dport 7004 -j REDIRECT --to-ports 15003
@@ -62,6 +66,7 @@ const RULES = `*nat
 COMMIT
 *filter
 -A OUTPUT -d ${BLACKHOLE}/32 -j DROP
+-A OUTPUT -d ${UNREACHABLE}/32 -p tcp --syn -j REJECT --reject-with icmp-host-unreachable
 COMMIT
 `;
 const RULES6 = `*nat
@@ -199,6 +204,15 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     expect(rec).toMatchObject({ end: 'connectFailed', side: 1, errno: 111, connectUs: -1, upstreamLocal: '' });
   });
 
+  it('resets the client and records connectFailed with EHOSTUNREACH when an ICMP error ends the connect', async () => {
+    // The error arrives after connect() returned EINPROGRESS, as EPOLLERR alone: the thread reads SO_ERROR for it.
+    const r = await client.call<Exchange>('exchange', { host: UNREACHABLE, port: 80, send: 'x' });
+    expect(r.error?.code).toBe('ECONNRESET');
+    const rec = await recordFor('main', (x) => x.originalDst === `${UNREACHABLE}:80`, 'the unreachable host');
+    expect(rec).toMatchObject({ end: 'connectFailed', side: 1, errno: 113, connectUs: -1, upstreamLocal: '' });
+    expect(await relayAgent.call('stats', { relay: 'main' })).toMatchObject({ connecting: 0 });
+  });
+
   it('resets the client and records connectTimeout for a blackholed destination', async () => {
     const r = await client.call<Exchange>('exchange', { host: BLACKHOLE, port: 9, send: 'x' });
     expect(r.error?.code).toBe('ECONNRESET');
@@ -224,7 +238,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     expect(rec).toMatchObject({ originalDst: `${SERVER}:7001`, fromClient: 0, listenerId: 1 });
     expect(rec.source).toMatch(/^10\.61\.0\.1:\d+$/);
     const stats = await relayAgent.call<Record<string, number>>('stats', { relay: 'main' });
-    expect(stats).toMatchObject({ selfLoop: 1, connectFailed: 1, connectTimeout: 1, notRedirected: 1 });
+    expect(stats).toMatchObject({ selfLoop: 1, connectFailed: 2, connectTimeout: 1, notRedirected: 1 });
   });
 
   it('stops accepting on unlisten while a pair it accepted goes on; list() shows it and abort() ends it', async () => {
@@ -271,6 +285,60 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     const rec = await recordFor('main', (x) => x.listenerId === 8, 'the connect on listener 8');
     expect(rec).toMatchObject({ end: 'connectTimeout', originalDst: `${BLACKHOLE}:7007` });
     await fdsBackTo(before);
+  });
+
+  it('refuses real self-loops under load from the own-socket set, each at its first hop, two relays on one listener', async () => {
+    // Every client connection to LOOP:7010 is accepted by a relay, whose upstream connect there is redirected back to
+    // the same listener (the relays run as root, selfLoopUid 0): on loopback the looped SYN is often accepted by the
+    // other relay before the connecting one's connect() has returned. A loop missed would be connected again, and
+    // again: the counts below hold only if every loop is refused at its first hop.
+    const N = 300;
+    const loopOptions = { ...baseOptions, selfLoopUid: 0, selfLoopOwnSet: true };
+    for (const relay of ['la', 'lb']) await relayAgent.call('createRelay', { name: relay, withAccepted: false });
+    await relayAgent.call('openListener', { name: 'l9', host: '127.0.0.1', port: 15009 });
+    for (const relay of ['la', 'lb'])
+      await relayAgent.call('listen', { relay, listenerId: 9, listener: 'l9', options: loopOptions });
+    await relayAgent.call('closeListener', { name: 'l9' });
+    const r = await client.call<{ done: number; errorCount: number; errors: string[] }>('churn', {
+      host: LOOP,
+      port: 7010,
+      count: N,
+      parallel: 32,
+    });
+    expect(r.done, JSON.stringify(r)).toBe(0);
+    expect(r.errorCount).toBe(N);
+    let all: EndRecord[] = [];
+    await waitUntil(
+      `end records of ${N} client connections and their ${N} loops`,
+      async () => {
+        all = [...(await records('la')), ...(await records('lb'))];
+        return all.length >= 2 * N;
+      },
+      15_000,
+      { seen: () => all.length },
+    );
+    const stats = [
+      await relayAgent.call<Record<string, number>>('stats', { relay: 'la' }),
+      await relayAgent.call<Record<string, number>>('stats', { relay: 'lb' }),
+    ];
+    const sum = (k: string) => stats[0]![k]! + stats[1]![k]!;
+    const loops = all.filter((x) => x.end === 'selfLoop');
+    expect(loops).toHaveLength(N);
+    expect(all).toHaveLength(2 * N);
+    expect(sum('accepted')).toBe(2 * N);
+    expect(sum('selfLoop')).toBe(N);
+    // Each loop's peer is an upstream socket of a relay, toward the loop address.
+    for (const x of loops)
+      expect(x).toMatchObject({ originalDst: `${LOOP}:7010`, source: expect.stringMatching(/^10\.61\.0\.1:\d+$/) });
+    // The set found the loops (sock_diag only where a connect was under way: the client connections and the
+    // loops of that race); the client connections it answered (not ours) cost no lookup.
+    expect(sum('selfLoopByOwnSet') + sum('ownerLookups')).toBeGreaterThanOrEqual(N);
+    expect(sum('ownerLookups')).toBeLessThan(2 * N);
+    expect(sum('ownerLookupFailures')).toBe(0);
+    console.log(
+      `self-loops: ${N} by the set ${sum('selfLoopByOwnSet')}, by sock_diag ${N - sum('selfLoopByOwnSet')}; sock_diag lookups ${sum('ownerLookups')} for ${2 * N} accepts`,
+    );
+    for (const relay of ['la', 'lb']) await relayAgent.call('closeRelay', { relay });
   });
 
   it('shares one listening socket between two relays: both accept, none of 200 connections is lost', async () => {
