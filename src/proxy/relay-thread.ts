@@ -279,6 +279,22 @@ export class RelayThread {
     return this.relay.stats().accepted - this.frontEnded - this.askedSeen;
   }
 
+  /**
+   * The count of front-door records (end records and hand-offs) JS will have seen once everything that has left
+   * the thread's pairs by now has arrived: what was accepted less what is still open. Compared with frontDoorSeen
+   * by a reader that must not miss a connection that just ended (records leave a thread once per millisecond).
+   */
+  frontDoorDue(): number {
+    if (!this.canListen) return 0;
+    const stats = this.relay.stats();
+    return stats.accepted - stats.open;
+  }
+
+  /** Front-door records JS has seen: end records and hand-offs. */
+  get frontDoorSeen(): number {
+    return this.frontEnded + this.askedSeen;
+  }
+
   /** The front door's counters (null: an addon without it, or no sink). */
   frontDoorStats(): FrontDoorStats | null {
     return this.canListen ? this.relay.stats() : null;

@@ -75,7 +75,7 @@ process.on('message', (message: ToWorker) => {
         send({ t: 'reply', seq: message.seq, ok: true, data: worker?.connectionTable(message.limit) ?? [] });
         return;
       case 'lookup':
-        send({ t: 'reply', seq: message.seq, ok: true, data: worker?.lookupSource(message.source) ?? [] });
+        send({ t: 'reply', seq: message.seq, ok: true, data: (await worker?.lookupSource(message.source)) ?? [] });
         return;
       case 'drain':
         await drainAndExit(message.timeoutMs);

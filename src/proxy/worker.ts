@@ -31,6 +31,9 @@ import { TunnelRuntime, type TunnelStats } from './tunnel-runtime.js';
 import type { TunnelStreamHandler } from './tunnel-server.js';
 import type { Family } from '../values/ip.js';
 
+/** How long a /lookup that found nothing waits for the front door's end records due at the question. */
+const LOOKUP_RECORDS_WAIT_MS = 100;
+
 /** One of the proxy's own connections came back to it (the capture rules did not exempt its uid). */
 export interface SelfLoopEvent {
   readonly uid: number;
@@ -703,10 +706,26 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
     return { ...sum, threads: all.length, listening };
   }
 
-  /** The open and recently closed connections from `source` (canonical ADDR:PORT, as the admin API checked it). */
-  lookupSource(source: string): SourceLookupRow[] {
+  /**
+   * The open and recently closed connections from `source` (canonical ADDR:PORT, as the admin API checked it). A
+   * front-door connection that ended just before the question is in neither place while its end record waits in
+   * its thread's outbox (records leave once per millisecond): with nothing found, the answer waits until the
+   * records due at the question have arrived (a few ms; at most LOOKUP_RECORDS_WAIT_MS) and looks again.
+   */
+  async lookupSource(source: string): Promise<SourceLookupRow[]> {
     const query = parseSourceQuery(source);
     if (typeof query === 'string') return [];
+    const found = this.lookupNow(query);
+    if (found.length > 0) return found;
+    const due = this.relays.map((r) => r.frontDoorDue());
+    const arrived = () => this.relays.every((r, i) => r.frontDoorSeen >= due[i]!);
+    const deadline = performance.now() + LOOKUP_RECORDS_WAIT_MS;
+    if (arrived()) return found;
+    while (!arrived() && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 1));
+    return this.lookupNow(query);
+  }
+
+  private lookupNow(query: Exclude<ReturnType<typeof parseSourceQuery>, string>): SourceLookupRow[] {
     const rows = lookupRows(this.connections, this.recent, query, performance.now());
     const front = this.frontDoor.lookupRows(this.frontDoor.rows(this.relays, Number.MAX_SAFE_INTEGER), query);
     return front.length === 0 ? rows : newestFirst([...rows, ...front]);

@@ -89,7 +89,7 @@ export class LocalPool implements WorkerPool {
   }
 
   async lookup(source: string): Promise<Array<SourceLookupRow & { worker: number }>> {
-    return (this.worker?.lookupSource(source) ?? []).map((c) => ({ ...c, worker: 0 }));
+    return ((await this.worker?.lookupSource(source)) ?? []).map((c) => ({ ...c, worker: 0 }));
   }
 
   ready(): boolean {

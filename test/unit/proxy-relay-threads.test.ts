@@ -50,3 +50,55 @@ describe('proxy.relayThreads', () => {
     }
   });
 });
+
+describe('/lookup and the front door records still in flight', () => {
+  // A relay thread that ended a connection but has not sent its end record yet (records leave once per ms): the
+  // connection is neither live (list) nor in the recent ring. `deliverAfter` record deliveries arrive on timers.
+  function fakeThread(worker: ProxyWorker, deliverAfter: number) {
+    const thread = {
+      due: 1,
+      seen: 0,
+      frontDoorDue: () => thread.due,
+      get frontDoorSeen() {
+        return thread.seen;
+      },
+      list: () => [],
+      close: () => undefined,
+    };
+    const deliver = () => {
+      worker.recent.add(
+        {
+          id: '0.7',
+          direction: 'outbound',
+          source: '10.0.0.1:40000',
+          dst: '10.0.0.2:80',
+          result: 'FIN',
+          detail: '',
+          startedAt: performance.now(),
+        },
+        performance.now(),
+      );
+      thread.seen = 1;
+    };
+    setTimeout(deliver, deliverAfter);
+    return thread;
+  }
+
+  it('waits for the records due at the question before it answers that nothing came from a source', async () => {
+    const worker = new ProxyWorker(load({ relayThreads: 1 }), [], silentLogger);
+    (worker as unknown as { relays: unknown[] }).relays = [fakeThread(worker, 5)];
+    const rows = await worker.lookupSource('10.0.0.1:40000');
+    expect(rows).toEqual([expect.objectContaining({ id: '0.7', source: '10.0.0.1:40000', state: 'closed' })]);
+  });
+
+  it('answers at once when no record is due, and gives up on a record that never comes within its bound', async () => {
+    const worker = new ProxyWorker(load({ relayThreads: 1 }), [], silentLogger);
+    const idle = { frontDoorDue: () => 3, frontDoorSeen: 3, list: () => [] };
+    (worker as unknown as { relays: unknown[] }).relays = [idle];
+    expect(await worker.lookupSource('10.0.0.1:40001')).toEqual([]);
+    const stuck = { frontDoorDue: () => 1, frontDoorSeen: 0, list: () => [] };
+    (worker as unknown as { relays: unknown[] }).relays = [stuck];
+    // Bounded: a thread whose outbox never empties does not hold the answer (the test's timeout would).
+    expect(await worker.lookupSource('10.0.0.1:40001')).toEqual([]);
+  });
+});
