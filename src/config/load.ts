@@ -4,10 +4,10 @@
 // All problems are reported at once.
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
-import { parseDocument } from 'yaml';
 import { MeshctlError } from '../errors.js';
 import { parseCidr } from '../values/ip.js';
 import { mtlsServicesHaveIdentity, runChecks } from './checks.js';
+import { NOT_JSON, readJson, yaml } from './document.js';
 import {
   PROXY_GROUP,
   PROXY_USER,
@@ -99,7 +99,9 @@ function readRaw(file: string, explicit: boolean): unknown {
       { cause: error },
     );
   }
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  const json = readJson(text);
+  if (json !== NOT_JSON) return json ?? {};
+  const doc = yaml().parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new MeshctlError(
       'CONFIG_PARSE',
