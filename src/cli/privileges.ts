@@ -1,10 +1,8 @@
 // Who may run which command. Commands that change rules or meshctl's state need root and say so before they touch
 // anything (NOT_ROOT, naming the command); read commands (status, doctor, explain, render, config) run as any user,
 // create nothing, and say what such a user cannot see instead of guessing.
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { MeshctlError } from '../errors.js';
-import { ledgerPath, readLedger, scopeDir } from '../netfilter/transaction/ledger.js';
 
 /** The commands that change rules or state (by their path under `meshctl`), and what they do that needs root. */
 const NEEDS_ROOT: Readonly<Record<string, string>> = {
@@ -26,7 +24,7 @@ function commandPath(command: Command): string {
   return names.join(' ');
 }
 
-function effectiveUid(): number {
+export function effectiveUid(): number {
   return process.geteuid?.() ?? 0;
 }
 
@@ -40,37 +38,5 @@ export function assertMayRun(command: Command): void {
     'NOT_ROOT',
     `meshctl ${path} ${why}, which needs root (running as uid ${uid})`,
     `run it with sudo: sudo meshctl ${path} …`,
-  );
-}
-
-/**
- * For `meshctl status` run by a non-root user: passes when there is no ledger (status then says "not installed",
- * reading nothing else); otherwise throws NOT_ROOT saying what it could read — nothing when the state directory is
- * root's, or the install the ledger records — and that comparing with the kernel's rules needs root.
- */
-export function assertUnprivilegedStatus(stateDir: string, netns: string | null): void {
-  const uid = effectiveUid();
-  if (uid === 0) return;
-  const dir = scopeDir(stateDir, netns);
-  const path = ledgerPath(dir);
-  const hint = `run it with sudo: sudo meshctl status${netns ? ` --netns ${netns}` : ''}`;
-  try {
-    readFileSync(path);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return;
-    throw new MeshctlError(
-      'NOT_ROOT',
-      `meshctl status cannot read the ledger ${path} as uid ${uid} (${code ?? String(error)}): the state directory is root's`,
-      hint,
-      { cause: error },
-    );
-  }
-  const ledger = readLedger(dir);
-  if (ledger === null) return;
-  throw new MeshctlError(
-    'NOT_ROOT',
-    `meshctl status read the ledger ${path} (install ${ledger.installId}, ${ledger.backend}, ${ledger.state === 'in-progress' ? `an interrupted ${ledger.operation} since ${ledger.updatedAt}` : `since ${ledger.createdAt}`}) but cannot read the netfilter rules to compare them as uid ${uid}`,
-    hint,
   );
 }

@@ -5,6 +5,7 @@ import { loadConfig, type FlagOverride, type PolicyOverlay } from '../config/loa
 import { schemaDefault } from '../config/schema.js';
 import { createLogger } from '../log.js';
 import { trimMalloc } from '../native/addon.js';
+import { startIdleRelease } from '../proxy/idle-release.js';
 import { ProxySupervisor } from '../proxy/lifecycle.js';
 import { addConfigOptions, CONFIG_FLAGS, configOverrides } from './config-flags.js';
 import { EXIT } from './output.js';
@@ -39,9 +40,6 @@ function proxyOverrides(options: Record<string, unknown>): FlagOverride[] {
 }
 
 const port = (name: string): string => String(schemaDefault(`proxy.${name}`));
-
-/** How often the running proxy hands malloc's freed memory back to the kernel (trimMalloc). */
-const TRIM_INTERVAL_MS = 10_000;
 
 export function register(program: Command): void {
   const command = program
@@ -87,13 +85,14 @@ export function register(program: Command): void {
     // resident in the arenas just the same (idle after 1,000 connections, 5 starts: 56.3 -> 55.1 MiB RSS, median).
     // malloc_trim over the unit's two arenas (MALLOC_ARENA_MAX) took 0.8-1.0 ms when it released that memory,
     // less when there is nothing to release; at worst a busy proxy faults its free chunks' pages back once a period.
-    const trimmer = setInterval(trimMalloc, TRIM_INTERVAL_MS).unref();
+    // Once a burst of work is over, the JavaScript heap's garbage goes too (src/proxy/idle-release.ts).
+    const stopIdleRelease = startIdleRelease();
     if (signals > 1) supervisor.forceStop();
     else if (stopSignal !== null) void supervisor.drain(stopSignal, true);
     else if (reloadPending) void supervisor.reload('SIGHUP');
 
     const exit = await supervisor.exited;
-    clearInterval(trimmer);
+    stopIdleRelease();
     log.info({ forced: exit.forced }, 'proxy stopped');
     log.flush();
     // Stragglers (a stuck upstream socket) must not keep a stopped proxy alive past its drain bound.

@@ -13,7 +13,7 @@ import { describeExpiry } from '../mtls/expiry.js';
 import { inspectProxy, type ProxyReport } from '../service/proxy-contract.js';
 import { addScopeOptions, cliLogger, resolveStateDir, where } from './shared.js';
 import { EXIT } from './output.js';
-import { assertUnprivilegedStatus } from './privileges.js';
+import { assertUnprivilegedStatus } from './status-privileges.js';
 
 export type StatusVerdict =
   | 'protected'

@@ -2,7 +2,7 @@
 // originalDst for REDIRECTed connections, transparentListen / isTransparent for TPROXY's inbound listeners,
 // transparentSocket (TPROXY's inbound leg from the peer's address) with keepCapabilities / retainNetAdmin (the
 // capability it needs, kept across the switch to proxy.user), peerOwner (who made a connection: the proxy's
-// self-loop check), trimMalloc (freed memory back to the kernel), and the Relay thread (src/native/relay.cc)
+// self-loop check), trimMalloc / releaseMemory (freed memory back to the kernel), and the Relay thread (src/native/relay.cc)
 // that moves the bytes of established connections, with its tables of end codes, and its front door
 // (src/native/front_door.cc) that accepts, reads the original destination and connects natively.
 // All argument validation happens here, before the C++ side sees a value; the addon's own errors carry
@@ -209,6 +209,8 @@ interface NativeBinding {
   peerOwner(fd: number, family: AddonFamily, dstAddress: string, dstPort: number): number;
   /** Absent from an addon built before it. */
   trimMalloc?(): boolean;
+  /** Absent from an addon built before it. */
+  releaseMemory?(): void;
 }
 
 // Same relative path from src/native (vitest) and dist/native (built CLI): both sit two levels below the root.
@@ -356,6 +358,21 @@ export function trimMalloc(): boolean {
     return loadBinding().trimMalloc?.() ?? false;
   } catch {
     return false;
+  }
+}
+
+/**
+ * Collects the JavaScript heap as V8 does when the system is low on memory (full, compacting collections, free pages
+ * unmapped), then trims malloc (src/native/memory.cc): for a process that has just become idle. Only trims when the
+ * addon predates it; does nothing without the addon. Never throws.
+ */
+export function releaseMemory(): void {
+  try {
+    const binding = loadBinding();
+    if (binding.releaseMemory) binding.releaseMemory();
+    else binding.trimMalloc?.();
+  } catch {
+    // no addon: nothing to release through it
   }
 }
 

@@ -1,4 +1,4 @@
-// Handing freed heap memory back to the kernel into the addon's exports: trimMalloc (src/native/memory.cc).
+// Handing freed heap memory back to the kernel into the addon's exports: trimMalloc, releaseMemory (src/native/memory.cc).
 #pragma once
 
 #include <napi.h>

@@ -4,6 +4,7 @@
 import { createLogger } from '../log.js';
 import { isMeshctlError } from '../errors.js';
 import type { FromWorker, ToWorker } from './workers.js';
+import { startIdleRelease } from './idle-release.js';
 import { ProxyWorker } from './worker.js';
 
 const index = Number(process.env.MESHCTL_WORKER_INDEX ?? '0');
@@ -46,6 +47,8 @@ process.on('message', (message: ToWorker) => {
         try {
           await w.start();
           worker = w;
+          // Like the primary (src/cli/proxy.ts): garbage and freed malloc chunks go back once a burst is over.
+          startIdleRelease();
           send({ t: 'started' });
         } catch (error) {
           const e = error as Error;

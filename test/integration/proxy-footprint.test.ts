@@ -2,8 +2,10 @@
 // with a preload (NODE_OPTIONS=--import) that records every ES module Node loads (a module.register load hook)
 // and, on SIGUSR2 once it is ready, every CommonJS module in require.cache. With defaults (one worker) the mTLS
 // identity and tunnel code, the DNS server, ajv's compiler and execa must be absent; with an identity and DNS
-// capture configured the same trace must show them, so the check can see what it looks for. Memory itself is
-// measured by the bench, not asserted here.
+// capture configured the same trace must show them, so the check can see what it looks for. And the idle footprint
+// itself as the bench's idle row reads it (bench/README.md): the proxy as shipped (the unit's environment, default
+// workers, DNS capture as the bench configures it), a connect + close warm-up through the capture rules, then the
+// RSS summed over its processes must settle to issue 19's 60 MB within the bench's 12 s.
 import { chmodSync, chownSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +22,7 @@ import {
   type ProxyLab,
   type RunningProxy,
 } from '../helpers/proxy-lab.js';
+import { childPids } from '../helpers/lab-process.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const PRELOAD = `import { appendFileSync } from 'node:fs';
@@ -52,10 +55,15 @@ export async function load(url, context, next) {
  * modules as `node:NAME`).
  */
 const LEAN: ReadonlyArray<readonly [string, RegExp]> = [
+  // The first four only without mTLS and DNS capture; the rest with any config.
   ['TLS and HTTP/2 (the tunnel, an https control plane)', /^node:(tls|_tls_wrap|https|http2|internal\/http2\/core)$/],
   [
     'the mTLS identity and tunnel (X.509, TLS and HTTP/2 sessions)',
     /\/dist\/mtls\/(identity|verify|certificate|watch|ca)\.js$|\/dist\/proxy\/tunnel-(client|server)\.js$|\/node_modules\/(@peculiar|reflect-metadata|tsyringe)\//,
+  ],
+  [
+    "node:crypto (OpenSSL's JavaScript layer; the proxy hashes and draws DNS ids without it)",
+    /^node:(internal\/)?crypto\b/,
   ],
   ['the DNS server', /\/dist\/dns\/(server|responder|forwarder|cache|resolv-conf)\.js$/],
   [
@@ -70,6 +78,7 @@ const LEAN: ReadonlyArray<readonly [string, RegExp]> = [
     'the modules of other commands',
     /\/dist\/cli\/(install|uninstall|status|verify|doctor|ca|demo|explain|render)\.js$/,
   ],
+  ['the yaml library (a JSON config is read with JSON.parse)', /\/node_modules\/yaml\//],
 ];
 
 describe.skipIf(!integrationEnabled)('proxy footprint', () => {
@@ -165,8 +174,8 @@ describe.skipIf(!integrationEnabled)('proxy footprint', () => {
     const { proxy, files } = await loadedBy(raw, 'full');
     for (const module of ['mtls/identity', 'mtls/verify', 'proxy/tunnel-client', 'proxy/tunnel-server', 'dns/server'])
       expect(files, module).toContainEqual(expect.stringMatching(new RegExp(`/dist/${module}\\.js$`)));
-    expect(files).toEqual(expect.arrayContaining(['node:tls', 'node:http2']));
-    for (const [what, pattern] of LEAN.slice(3))
+    expect(files).toEqual(expect.arrayContaining(['node:tls', 'node:http2', 'node:crypto']));
+    for (const [what, pattern] of LEAN.slice(4))
       expect(
         files.filter((f) => pattern.test(f)),
         what,
@@ -199,4 +208,86 @@ describe.skipIf(!integrationEnabled)('proxy footprint', () => {
     );
     await stop(shipped);
   });
+});
+
+/** Issue 19's target for the idle proxy: 60 MB (57.2 MiB) of RSS over all its processes. */
+const IDLE_TARGET_BYTES = 60_000_000;
+/** How long the bench lets the proxy idle before its settled reading (bench/workloads.ts idleSettleSecs). */
+const SETTLE_MS = 12_000;
+
+/** VmRSS of `pid` and its child processes (cluster workers), summed as the bench's treeUsage does. */
+function treeRss(pid: number): number {
+  let bytes = 0;
+  for (const p of [pid, ...childPids(pid)]) {
+    try {
+      bytes += Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${p}/status`, 'utf8'))?.[1] ?? 0) * 1024;
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return bytes;
+}
+
+describe.skipIf(!integrationEnabled)('proxy idle footprint', () => {
+  let lab: ProxyLab;
+  let raw: Record<string, unknown>;
+
+  beforeAll(async () => {
+    // The bench's meshctl candidate (bench/candidates.ts benchRawConfig): default workers and relay, access log off,
+    // DNS capture forwarding to the server namespace; the rules from the same config.
+    raw = {
+      proxy: { user: 'nobody', accessLog: { enabled: false } },
+      capture: { dns: { enabled: true } },
+      safety: { sshPorts: [22] },
+    };
+    lab = await createProxyLab('idle', 253, raw, 'fp');
+    await lab.peer.call('serve', { name: 'echo', kind: 'echo', host: '0.0.0.0', port: 7004 });
+  });
+
+  afterAll(async () => {
+    await lab?.destroy();
+  });
+
+  it('settles to at most 60 MB of RSS within 12 s of a connect + close warm-up, as shipped', async () => {
+    const { file } = lab.writeConfig(
+      { ...raw, outbound: { resolver: { servers: [lab.addrs.b4] } }, stateDir: join(lab.dir, 'state-idle') },
+      'idle',
+    );
+    const unitEnv = Object.entries(PROXY_UNIT_ENVIRONMENT).map(([name, value]) => `${name}=${value}`);
+    const proxy = await lab.startProxy(file, [], ['env', ...unitEnv]);
+    await proxy.waitReady();
+    // The bench's warm-up is 1 s of connect + 64 B echo + close at c=4; the same kind of churn, counted.
+    const warm = await lab.app.call<{ done: number; errorCount: number; errors: string[] }>('churn', {
+      host: lab.addrs.b4,
+      port: 7004,
+      count: 2000,
+      parallel: 4,
+      bytes: 64,
+      timeoutMs: 60_000,
+    });
+    expect(warm.errors).toEqual([]);
+    const stats = await proxy.waitFor(
+      'the warm-up connections to be closed in the proxy',
+      async () => {
+        const s = await proxy.adminJson('/stats');
+        return s.connections.active.outbound === 0 ? s : null;
+      },
+      10_000,
+    );
+    expect(stats.connections.accepted.outbound).toBeGreaterThanOrEqual(2000);
+    const afterWarmUp = treeRss(proxy.pid);
+    const readings: string[] = [];
+    await waitUntil(
+      `the idle proxy's RSS (all its processes) to settle to ${IDLE_TARGET_BYTES / 1e6} MB (${(afterWarmUp / 2 ** 20).toFixed(1)} MiB right after the warm-up)`,
+      () => {
+        const rss = treeRss(proxy.pid);
+        readings.push((rss / 2 ** 20).toFixed(1));
+        return rss <= IDLE_TARGET_BYTES || null;
+      },
+      SETTLE_MS,
+      { intervalMs: 250, seen: () => ({ mib: readings.slice(-8), stderr: proxy.stderr().slice(-1500) }) },
+    );
+    proxy.child.kill('SIGTERM');
+    expect((await proxy.exited).code, proxy.stderr()).toBe(0);
+  }, 120_000);
 });
