@@ -2,9 +2,9 @@
 // validation → the field table (./fields.ts: defaults from the schema, users, groups, CIDRs, ports, durations) →
 // the named cross-field checks (./checks.ts) → the policy sections (./policy.ts) → a frozen Config with its hash.
 // All problems are reported at once.
+import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { MeshctlError } from '../errors.js';
-import { sha256Hex } from '../values/digest.js';
 import { parseCidr } from '../values/ip.js';
 import { mtlsServicesHaveIdentity, runChecks } from './checks.js';
 import { NOT_JSON, readJson, yaml } from './document.js';
@@ -390,7 +390,9 @@ function hashView(full: ConfigBody & ResolvedPolicy): unknown {
 /** Freezes the resolved config and adds its hash (over the values, not where they came from). */
 function sealConfig(body: ConfigBody, policy: ResolvedPolicy, options: ResolveOptions): Config {
   const full = { ...body, ...policy };
-  const hash = sha256Hex(JSON.stringify(hashView(full)));
+  const hash = createHash('sha256')
+    .update(JSON.stringify(hashView(full)))
+    .digest('hex');
   // The flags are where values came from, not values: two routes to the same config have the same hash.
   const flags = (options.flags ?? []).map((f) =>
     f.value === true ? f.flag : `${f.flag} ${Array.isArray(f.value) ? f.value.join(',') : String(f.value)}`,

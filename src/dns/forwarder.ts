@@ -5,10 +5,10 @@
 // The proxy's sockets are exempt from capture (its uid), so these queries reach the servers, never the proxy.
 import { createSocket } from 'node:dgram';
 import { connect as tcpConnect, isIPv6 } from 'node:net';
+import { randomInt } from 'node:crypto';
 import * as packet from 'dns-packet';
 import { rcodeOf } from './cache.js';
 import type { UpstreamServer } from './resolv-conf.js';
-import { randomId16 } from '../values/digest.js';
 
 export interface ForwardResult {
   readonly response: Buffer;
@@ -91,7 +91,7 @@ export class Forwarder {
     query: Buffer,
     parsed: packet.DecodedPacket,
   ): Promise<{ response: Buffer; packet: packet.DecodedPacket }> {
-    const id = randomId16();
+    const id = randomInt(0, 0x10000);
     const sent = withId(query, id);
     const socket = createSocket(isIPv6(s.address) ? 'udp6' : 'udp4');
     return new Promise((resolve, reject) => {
@@ -124,7 +124,7 @@ export class Forwarder {
     query: Buffer,
     parsed: packet.DecodedPacket,
   ): Promise<{ response: Buffer; packet: packet.DecodedPacket }> {
-    const id = randomId16();
+    const id = randomInt(0, 0x10000);
     const sent = withId(query, id);
     const framed = Buffer.alloc(sent.length + 2);
     framed.writeUInt16BE(sent.length, 0);

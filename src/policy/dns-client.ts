@@ -4,6 +4,7 @@
 import { createSocket } from 'node:dgram';
 import { getServers } from 'node:dns';
 import { connect as tcpConnect } from 'node:net';
+import { randomInt } from 'node:crypto';
 import { isIPv6 } from 'node:net';
 import { parseResolverServer } from '../values/addresses.js';
 import {
@@ -16,7 +17,6 @@ import {
   type ResourceRecord,
 } from './dns-wire.js';
 import type { Family } from '../values/ip.js';
-import { randomId16 } from '../values/digest.js';
 
 export interface DnsServer {
   readonly address: string;
@@ -83,7 +83,7 @@ export class DnsClient {
   }
 
   private udp(s: DnsServer, name: string, type: number): Promise<Message> {
-    const id = randomId16();
+    const id = randomInt(0, 0x10000);
     const socket = createSocket(isIPv6(s.address) ? 'udp6' : 'udp4');
     return new Promise<Message>((resolve, reject) => {
       const timer = setTimeout(() => done(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
@@ -118,7 +118,7 @@ export class DnsClient {
   }
 
   private tcp(s: DnsServer, name: string, type: number): Promise<Message> {
-    const id = randomId16();
+    const id = randomInt(0, 0x10000);
     const query = encodeQuery(id, name, type);
     const framed = Buffer.alloc(query.length + 2);
     framed.writeUInt16BE(query.length, 0);

@@ -8,8 +8,8 @@
 // 2001:2::/48 (RFC 5180 benchmarking, not globally routed). Slot n (1..65534) is 240.240.(n>>8).(n&255) and
 // 2001:2::n. A name's slot is the first free one of sha256(name), sha256(name#1), ... with the names taken in
 // sorted order, so a name keeps its VIP unless a name sorted before it newly collides on its slot (p ≈ names/65534).
+import { createHash } from 'node:crypto';
 import type { ServiceConfig } from '../config/types.js';
-import { sha256 } from '../values/digest.js';
 import type { Family } from '../values/ip.js';
 
 export const VIP_RANGES: Readonly<Record<Family, string>> = { ipv4: '240.240.0.0/16', ipv6: '2001:2::/48' };
@@ -30,7 +30,9 @@ export function normalizeHostname(name: string): string {
 }
 
 function slotOf(name: string, attempt: number): number {
-  const digest = sha256(attempt === 0 ? name : `${name}#${attempt}`);
+  const digest = createHash('sha256')
+    .update(attempt === 0 ? name : `${name}#${attempt}`)
+    .digest();
   return (digest.readUInt32BE(0) % SLOTS) + 1;
 }
 
