@@ -1,17 +1,28 @@
-// Reads a config or policy document, YAML or JSON. JSON (what `meshctl install`, the bench and most generators
-// write) is read with JSON.parse; YAML, and JSON that JSON.parse refuses or that repeats a key, goes to the yaml
-// library, loaded on first use: its 72 modules stayed resident in every proxy (~0.9 MiB of an idle one's RSS,
-// issue 19) although a JSON config never needs them.
+// Reads a config or policy document, YAML or JSON. JSON (what the bench and most generators write) is read with
+// JSON.parse; YAML (the default /etc/meshctl/config.yaml), and JSON that JSON.parse refuses or that repeats a key,
+// goes to the yaml library, loaded for that one read and unloaded after it: its 72 modules stayed resident in every
+// proxy (~0.9 MiB of an idle one's RSS, issue 19) although the proxy reads its config only at start and reload.
 import { createRequire } from 'node:module';
+import { dirname } from 'node:path';
 
 type YamlModule = typeof import('yaml');
 
-let yamlModule: YamlModule | null = null;
-
-/** The yaml library, loaded on the first call. */
-export function yaml(): YamlModule {
-  yamlModule ??= createRequire(import.meta.url)('yaml') as YamlModule;
-  return yamlModule;
+/**
+ * Runs `read` with the yaml library, then drops the library's modules from the require cache (and from the loader
+ * that required them) so that nothing keeps their code alive: the next read loads it again (~20 ms, at a start or a
+ * reload). Only plain values may leave `read` (toJS), never the library's objects.
+ */
+export function withYaml<T>(read: (yaml: YamlModule) => T): T {
+  const require = createRequire(import.meta.url);
+  const entry = require.resolve('yaml');
+  const root = `${dirname(dirname(entry))}/`; // node_modules/yaml/ (the entry is dist/index.js)
+  const wasLoaded = require.cache[entry] !== undefined;
+  try {
+    return read(require('yaml') as YamlModule);
+  } finally {
+    // Something else that loaded yaml on its own (a test, a tool) keeps it; only what this read loaded goes.
+    if (!wasLoaded) for (const key of Object.keys(require.cache)) if (key.startsWith(root)) delete require.cache[key];
+  }
 }
 
 /** Whether `text`, valid JSON, has an object that names a key twice (the yaml path then reports it). */

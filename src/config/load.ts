@@ -7,7 +7,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { MeshctlError } from '../errors.js';
 import { parseCidr } from '../values/ip.js';
 import { mtlsServicesHaveIdentity, runChecks } from './checks.js';
-import { NOT_JSON, readJson, yaml } from './document.js';
+import { NOT_JSON, readJson, withYaml } from './document.js';
 import {
   PROXY_GROUP,
   PROXY_USER,
@@ -101,26 +101,28 @@ function readRaw(file: string, explicit: boolean): unknown {
   }
   const json = readJson(text);
   if (json !== NOT_JSON) return json ?? {};
-  const doc = yaml().parseDocument(text, { prettyErrors: true, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    throw new MeshctlError(
-      'CONFIG_PARSE',
-      `${file} is not valid YAML/JSON`,
-      'fix the syntax at the line shown; `meshctl config schema` prints what is allowed',
-      { details: doc.errors.map((e) => e.message.split('\n')[0] ?? e.message) },
-    );
-  }
-  try {
-    // The yaml library bounds alias expansion (a "billion laughs" document throws instead of exhausting memory).
-    return doc.toJS({ maxAliasCount: 100 }) ?? {};
-  } catch (error) {
-    throw new MeshctlError(
-      'CONFIG_PARSE',
-      `${file} is not a config meshctl can read: ${(error as Error).message}`,
-      'write the config without YAML aliases that expand into large structures',
-      { cause: error },
-    );
-  }
+  return withYaml((yaml) => {
+    const doc = yaml.parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+    if (doc.errors.length > 0) {
+      throw new MeshctlError(
+        'CONFIG_PARSE',
+        `${file} is not valid YAML/JSON`,
+        'fix the syntax at the line shown; `meshctl config schema` prints what is allowed',
+        { details: doc.errors.map((e) => e.message.split('\n')[0] ?? e.message) },
+      );
+    }
+    try {
+      // The yaml library bounds alias expansion (a "billion laughs" document throws instead of exhausting memory).
+      return (doc.toJS({ maxAliasCount: 100 }) as unknown) ?? {};
+    } catch (error) {
+      throw new MeshctlError(
+        'CONFIG_PARSE',
+        `${file} is not a config meshctl can read: ${(error as Error).message}`,
+        'write the config without YAML aliases that expand into large structures',
+        { cause: error },
+      );
+    }
+  });
 }
 
 function deepFreeze<T>(value: T): T {

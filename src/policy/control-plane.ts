@@ -5,7 +5,7 @@
 // connection path: the proxy only ever uses the last applied config.
 import { readFileSync } from 'node:fs';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { NOT_JSON, readJson, yaml } from '../config/document.js';
+import { NOT_JSON, readJson, withYaml } from '../config/document.js';
 import type { ControlPlaneConfig } from '../config/types.js';
 import type { PolicyOverlay } from '../config/load.js';
 import { isMeshctlError } from '../errors.js';
@@ -89,10 +89,17 @@ async function get(
 /** Parses a control-plane document (YAML or JSON): a mapping, or a ControlPlaneFetchError naming the line. */
 export function parsePolicyDocument(text: string, origin: string): Record<string, unknown> {
   const json = readJson(text);
-  const doc = json === NOT_JSON ? yaml().parseDocument(text, { prettyErrors: true, uniqueKeys: true }) : null;
-  if (doc && doc.errors.length > 0)
-    throw new ControlPlaneFetchError(`${origin} is not valid YAML/JSON: ${doc.errors[0]!.message.split('\n')[0]}`);
-  const value: unknown = doc ? doc.toJS() : json;
+  const value: unknown =
+    json !== NOT_JSON
+      ? json
+      : withYaml((yaml) => {
+          const doc = yaml.parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+          if (doc.errors.length > 0)
+            throw new ControlPlaneFetchError(
+              `${origin} is not valid YAML/JSON: ${doc.errors[0]!.message.split('\n')[0]}`,
+            );
+          return doc.toJS() as unknown;
+        });
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new ControlPlaneFetchError(
       `${origin}: the document must be a mapping with services, outbound, inbound and/or mtls.peers`,

@@ -55,15 +55,11 @@ export async function load(url, context, next) {
  * modules as `node:NAME`).
  */
 const LEAN: ReadonlyArray<readonly [string, RegExp]> = [
-  // The first four only without mTLS and DNS capture; the rest with any config.
+  // The first three only without mTLS and DNS capture; the rest with any config.
   ['TLS and HTTP/2 (the tunnel, an https control plane)', /^node:(tls|_tls_wrap|https|http2|internal\/http2\/core)$/],
   [
     'the mTLS identity and tunnel (X.509, TLS and HTTP/2 sessions)',
     /\/dist\/mtls\/(identity|verify|certificate|watch|ca)\.js$|\/dist\/proxy\/tunnel-(client|server)\.js$|\/node_modules\/(@peculiar|reflect-metadata|tsyringe)\//,
-  ],
-  [
-    "node:crypto (OpenSSL's JavaScript layer; the proxy hashes and draws DNS ids without it)",
-    /^node:(internal\/)?crypto\b/,
   ],
   ['the DNS server', /\/dist\/dns\/(server|responder|forwarder|cache|resolv-conf)\.js$/],
   [
@@ -174,8 +170,8 @@ describe.skipIf(!integrationEnabled)('proxy footprint', () => {
     const { proxy, files } = await loadedBy(raw, 'full');
     for (const module of ['mtls/identity', 'mtls/verify', 'proxy/tunnel-client', 'proxy/tunnel-server', 'dns/server'])
       expect(files, module).toContainEqual(expect.stringMatching(new RegExp(`/dist/${module}\\.js$`)));
-    expect(files).toEqual(expect.arrayContaining(['node:tls', 'node:http2', 'node:crypto']));
-    for (const [what, pattern] of LEAN.slice(4))
+    expect(files).toEqual(expect.arrayContaining(['node:tls', 'node:http2']));
+    for (const [what, pattern] of LEAN.slice(3))
       expect(
         files.filter((f) => pattern.test(f)),
         what,

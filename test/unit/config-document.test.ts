@@ -1,7 +1,8 @@
 // Reading a config or policy document (src/config/document.ts): plain JSON without the yaml library, everything
 // else (YAML, invalid JSON, a repeated key) left to it, so its errors and its unique-key check still apply.
+import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
-import { NOT_JSON, readJson, yaml } from '../../src/config/document.js';
+import { NOT_JSON, readJson, withYaml } from '../../src/config/document.js';
 
 describe('config document', () => {
   it('reads JSON objects and arrays as JSON.parse does', () => {
@@ -18,7 +19,7 @@ describe('config document', () => {
       '[]',
       '{}',
     ])
-      expect(readJson(text)).toEqual(yaml().parse(text));
+      expect(readJson(text)).toEqual(withYaml((yaml) => yaml.parse(text)));
   });
 
   it('leaves repeated keys to the yaml library, at any depth, also when escaped differently', () => {
@@ -27,7 +28,7 @@ describe('config document', () => {
     expect(readJson('{"kA": 1, "k\\u0041": 2}')).toBe(NOT_JSON);
     // The same key in sibling objects, or as a value, is no repetition.
     expect(readJson('{"a": {"b": 1}, "c": {"b": "a"}}')).toEqual({ a: { b: 1 }, c: { b: 'a' } });
-    expect(yaml().parseDocument('{"a": 1, "a": 2}', { uniqueKeys: true }).errors).not.toEqual([]);
+    expect(withYaml((yaml) => yaml.parseDocument('{"a": 1, "a": 2}', { uniqueKeys: true }).errors.length)).not.toBe(0);
   });
 
   it('leaves YAML and invalid JSON to the yaml library', () => {
@@ -36,5 +37,17 @@ describe('config document', () => {
     expect(readJson('{a: 1}')).toBe(NOT_JSON);
     expect(readJson('"text"')).toBe(NOT_JSON);
     expect(readJson('')).toBe(NOT_JSON);
+  });
+
+  it('unloads the yaml library after each read, so a proxy that read a YAML config keeps none of it', () => {
+    const cache = createRequire(import.meta.url).cache;
+    const yamlModules = () => Object.keys(cache).filter((k) => k.includes('/node_modules/yaml/')).length;
+    expect(yamlModules()).toBe(0);
+    const value = withYaml((yaml) => {
+      expect(yamlModules()).toBeGreaterThan(10);
+      return yaml.parse('proxy:\n  user: nobody\n') as unknown;
+    });
+    expect(value).toEqual({ proxy: { user: 'nobody' } });
+    expect(yamlModules()).toBe(0);
   });
 });
