@@ -158,13 +158,19 @@ struct OwnRegistry {
   std::atomic<uint64_t> seq[kOwnSlots];  // odd while that slot's thread is between connect() and its insert
   std::atomic<bool> used[kOwnSlots];
   std::atomic<int> unslotted{0};  // threads that could not take a slot: their connects are not flagged
+  std::atomic<uint64_t> open[kOwnSlots];  // each slot's open front-door pairs (Core::RotateIfBusier)
   OwnRegistry() {
     for (int i = 0; i < kOwnSlots; i++) {
       seq[i].store(0);
       used[i].store(false);
+      open[i].store(0);
     }
   }
 };
+
+// A thread that carries more than this many front-door pairs beyond another's goes to the back of the listeners'
+// wait queues (Core::RotateIfBusier).
+constexpr uint64_t kBalanceSlack = 1;
 
 OwnRegistry& Own() {
   static OwnRegistry* registry = new OwnRegistry();  // never destroyed: threads may outlive static destructors
@@ -209,8 +215,39 @@ void Core::ReleaseOwnSlot() {
     r.unslotted.fetch_sub(1);
     return;
   }
+  r.open[ownSlot_].store(0);
   r.used[ownSlot_].store(false);
   ownSlot_ = -1;
+}
+
+void Core::PublishOpen() {
+  if (ownSlot_ >= 0) Own().open[ownSlot_].store(frontOpen_, std::memory_order_relaxed);
+}
+
+// After an accept burst: when another relay thread carries more than kBalanceSlack fewer front-door pairs, this
+// thread's registration on the listener moves to the back of the kernel's wait queue (EPOLL_CTL_DEL, then ADD).
+// EPOLLEXCLUSIVE wakes the first waiter in queue order whose thread sleeps, so without this the thread registered
+// first took every connection that arrived while both slept: iperf3 -P 8 put all eight streams on one relay thread,
+// one core's worth of bulk (bench bulk-8). Balanced threads make no extra call. No wake-up is lost: ADD reports a
+// listener that is readable already, and the other threads stay registered meanwhile.
+void Core::RotateIfBusier(Listener* l) {
+  if (ownSlot_ < 0 || l->backedOff || l->closed) return;
+  OwnRegistry& r = Own();
+  bool busier = false;
+  for (int i = 0; i < kOwnSlots && !busier; i++) {
+    if (i == ownSlot_ || !r.used[i].load(std::memory_order_relaxed)) continue;
+    busier = r.open[i].load(std::memory_order_relaxed) + kBalanceSlack < frontOpen_;
+  }
+  if (!busier) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+  ev.data.u64 = reinterpret_cast<uintptr_t>(l) | kListenerTag;
+  if (epoll_ctl(epfd_, EPOLL_CTL_DEL, l->fd, nullptr) != 0) return;
+  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, l->fd, &ev) != 0) {
+    l->backedOff = true;  // re-added by the next sweep (RearmListeners), as after an accept error
+    return;
+  }
+  stats_.acceptRotations++;
 }
 
 // The upstream's local endpoint, and (with the pair's destination) its entry in the own-socket set. Right after
@@ -356,6 +393,11 @@ void Core::CloseListeners() {
 }
 
 void Core::AcceptBurst(Listener* l) {
+  AcceptSome(l);
+  RotateIfBusier(l);
+}
+
+void Core::AcceptSome(Listener* l) {
   for (int i = 0; i < kAcceptBurst; i++) {
     Endpoint peer{};
     socklen_t len = sizeof(peer);
@@ -483,6 +525,7 @@ void Core::ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endp
   p->keepaliveSec = o.keepaliveSec;
   Link(p);
   frontOpen_++;
+  PublishOpen();
   const int rc = OpenUpstream(p, o);
   if (rc == 0) {
     Established(p);

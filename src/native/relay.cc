@@ -523,6 +523,7 @@ void Core::ClosePair(Pair* p, int code, int aux, int err, bool reset) {
   if (p->front) {
     if (p->connecting) connecting_--;
     frontOpen_--;
+    PublishOpen();
   }
   if (p->ownListed) UnlistOwn(p);
   for (int s = 0; s < 2; s++) {

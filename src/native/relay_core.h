@@ -184,6 +184,7 @@ struct FrontDoorStats {
   int lastOwnerLookupErrno = 0;
   uint64_t ownerLookups = 0;  // sock_diag lookups made (the own-socket set answers the rest)
   uint64_t selfLoopByOwnSet = 0;  // self-loops found in the set
+  uint64_t acceptRotations = 0;  // moves to the back of a listener's wait queue (RotateIfBusier)
 };
 
 // A live front-door connection for list().
@@ -359,6 +360,9 @@ class Core {
   char* scratch_ = nullptr;
   std::unordered_map<int32_t, Listener*> listeners_;
   std::vector<Listener*> deadListeners_;
+  void PublishOpen();
+  void RotateIfBusier(Listener* l);
+  void AcceptSome(Listener* l);
   int ownSlot_ = -1;  // this thread's in-connect slot in the own-socket registry (front_door.cc); -1: none
   int diagFd_ = -1;
   uint32_t diagSeq_ = 0;

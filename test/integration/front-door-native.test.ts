@@ -374,6 +374,43 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     for (const relay of ['a', 'b']) await relayAgent.call('closeRelay', { relay });
   });
 
+  it('spreads connections that arrive one at a time over both relays: the busier one goes to the back of the queue', async () => {
+    // iperf3 -P 8 connects its streams one after another while both relays sleep: EPOLLEXCLUSIVE wakes the waiter
+    // first in the listener's queue, so without the rotation one relay took all eight (bench bulk-8: one core).
+    for (const relay of ['sa', 'sb']) await relayAgent.call('createRelay', { name: relay, withAccepted: false });
+    await relayAgent.call('openListener', { name: 'l12', host: '127.0.0.1', port: 15002 });
+    for (const relay of ['sa', 'sb'])
+      await relayAgent.call('listen', { relay, listenerId: 12, listener: 'l12', options: baseOptions });
+    await relayAgent.call('closeListener', { name: 'l12' });
+    // One at a time: each connected and echoed through its relay before the next is made.
+    for (let i = 0; i < 8; i++) {
+      await client.call('open', { host: SERVER, port: 7003, tag: `spread${i}` });
+      expect(await client.call('heldSend', { tag: `spread${i}`, send: 'hello\n' })).toEqual({ received: 'hello\n' });
+    }
+    const live = [
+      (await relayAgent.call<unknown[]>('list', { relay: 'sa' })).length,
+      (await relayAgent.call<unknown[]>('list', { relay: 'sb' })).length,
+    ];
+    const rotations = [
+      (await relayAgent.call<Record<string, number>>('stats', { relay: 'sa' })).acceptRotations,
+      (await relayAgent.call<Record<string, number>>('stats', { relay: 'sb' })).acceptRotations,
+    ];
+    expect(live[0]! + live[1]!, JSON.stringify({ live, rotations })).toBe(8);
+    expect(Math.min(...live), JSON.stringify({ live, rotations })).toBeGreaterThanOrEqual(3);
+    for (let i = 0; i < 8; i++) expect(await client.call('heldEnd', { tag: `spread${i}` })).toEqual({});
+    let ended = 0;
+    await waitUntil(
+      'end records of the 8 held connections',
+      async () => {
+        ended = (await records('sa')).length + (await records('sb')).length;
+        return ended === 8;
+      },
+      10_000,
+      { seen: () => ended },
+    );
+    for (const relay of ['sa', 'sb']) await relayAgent.call('closeRelay', { relay });
+  });
+
   it('leaves no fd behind after 1,000 connect + 64 B + close cycles', async () => {
     const before = await relayAgent.call<number>('fdCount');
     const recordsBefore = (await records('main')).length;
