@@ -584,9 +584,7 @@ int Core::OpenUpstream(Pair* p, const FrontDoorOptions& o) {
 // sees the hang-up on the next wait, as for any pair.
 void Core::FinishConnect(Pair* p, uint32_t events) {
   if (events & (EPOLLERR | EPOLLHUP)) {
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (getsockopt(p->fd[kUpstream], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    const int err = SocketError(p->fd[kUpstream]);
     if (err != 0) {
       ConnectFailed(p, kConnectFailed, err);
       return;

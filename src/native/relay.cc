@@ -75,6 +75,12 @@ void SetLingerZero(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
 }
 
+int SocketError(int fd) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 ? errno : err;
+}
+
 // Returns 0 or an errno; on failure nothing is left open.
 int Core::Open() {
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -373,9 +379,7 @@ void Core::SetInterest(Pair* p, int s) {
 
 void Core::Handle(Pair* p, int s, uint32_t ev) {
   if (ev & EPOLLERR) {
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (getsockopt(p->fd[s], SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    const int err = SocketError(p->fd[s]);
     if (err != 0) {
       Fail(p, s, err);
       return;

@@ -374,5 +374,7 @@ class Core {
 int64_t NowMs();
 int64_t NowUs();
 void SetLingerZero(int fd);
+// A socket's pending error (SO_ERROR), or getsockopt's own errno when it fails.
+int SocketError(int fd);
 
 }  // namespace meshctl

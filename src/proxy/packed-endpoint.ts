@@ -2,6 +2,7 @@
 // the family (0 none, 4, 6), bytes 2-3 the port and 4.. the address, in network order. The text is made only when
 // something prints it (an access-log line, a `/lookup` row, a self-loop event), the way inet_ntop would print it,
 // so it reads exactly as the text the thread used to send with every record.
+import { formatIpv6Groups } from '../values/ip.js';
 
 /** Bytes per packed endpoint (the addon's relayEndpointBytes). */
 export const PACKED_ENDPOINT_BYTES = 20;
@@ -19,32 +20,15 @@ function ipv4Text(bytes: Uint8Array, at: number): string {
   return `${bytes[at]}.${bytes[at + 1]}.${bytes[at + 2]}.${bytes[at + 3]}`;
 }
 
-/** glibc's inet_ntop for AF_INET6: the first longest run of ≥ 2 zero groups as `::`, IPv4-mapped and -compatible dotted. */
+/** glibc's inet_ntop for AF_INET6: RFC 5952 text, but IPv4-mapped and -compatible addresses dotted. */
 function ipv6Text(bytes: Uint8Array, at: number): string {
   const words: number[] = [];
   for (let i = 0; i < 8; i++) words.push((bytes[at + 2 * i]! << 8) | bytes[at + 2 * i + 1]!);
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (words[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && words[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
+  const leadingZeros = words.findIndex((w) => w !== 0);
+  if (leadingZeros === 6 || (leadingZeros === 5 && words[5] === 0xffff)) {
+    return `::${leadingZeros === 5 ? 'ffff:' : ''}${ipv4Text(bytes, at + 12)}`;
   }
-  if (bestLen < 2) bestStart = -1;
-  if (bestStart === 0 && (bestLen === 6 || (bestLen === 5 && words[5] === 0xffff))) {
-    return `::${bestLen === 5 ? 'ffff:' : ''}${ipv4Text(bytes, at + 12)}`;
-  }
-  const hex = words.map((w) => w.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+  return formatIpv6Groups(words);
 }
 
 /** The address alone (`10.0.0.1`, `fd00::1`), '' when none. */

@@ -55,6 +55,11 @@ export function formatIp(ip: IpAddress): string {
   }
   const groups: number[] = [];
   for (let i = 7; i >= 0; i--) groups.push(Number((ip.value >> BigInt(i * 16)) & 0xffffn));
+  return formatIpv6Groups(groups);
+}
+
+/** Eight 16-bit groups as RFC 5952 text: lowercase hex, the first longest run of two or more zero groups as `::`. */
+export function formatIpv6Groups(groups: readonly number[]): string {
   let bestStart = -1;
   let bestLen = 0;
   for (let i = 0; i < 8;) {
