@@ -72,7 +72,7 @@ process.on('message', (message: ToWorker) => {
         }
         return;
       case 'stats':
-        send({ t: 'reply', seq: message.seq, ok: true, data: worker?.stats() });
+        send({ t: 'reply', seq: message.seq, ok: true, data: await worker?.settledStats() });
         return;
       case 'connections':
         send({ t: 'reply', seq: message.seq, ok: true, data: worker?.connectionTable(message.limit) ?? [] });

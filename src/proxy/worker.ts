@@ -31,8 +31,11 @@ import { TunnelRuntime, type TunnelStats } from './tunnel-runtime.js';
 import type { TunnelStreamHandler } from './tunnel-server.js';
 import type { Family } from '../values/ip.js';
 
-/** How long a /lookup that found nothing waits for the front door's end records due at the question. */
-const LOOKUP_RECORDS_WAIT_MS = 100;
+/**
+ * How long a /lookup that found nothing, or a /stats, waits for the front door's records due at the question (they
+ * leave a relay thread once per millisecond; this bound only matters on a starved machine).
+ */
+const RECORDS_DUE_WAIT_MS = 100;
 
 /** One of the proxy's own connections came back to it (the capture rules did not exempt its uid). */
 export interface SelfLoopEvent {
@@ -664,6 +667,16 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
     );
   }
 
+  /**
+   * stats() once the front door's records due at the question have arrived (at most RECORDS_DUE_WAIT_MS). A
+   * connection that ended on a relay thread just before is in neither the thread's list nor the counters while its
+   * end record waits in the thread's outbox: without the wait, /stats would count it neither accepted nor closed.
+   */
+  async settledStats(): Promise<WorkerStats> {
+    await this.frontDoorRecordsDue();
+    return this.stats();
+  }
+
   stats(): WorkerStats {
     const live = { outbound: { fromClient: 0, fromUpstream: 0 }, inbound: { fromClient: 0, fromUpstream: 0 } };
     for (const c of this.connections) {
@@ -710,19 +723,28 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
    * The open and recently closed connections from `source` (canonical ADDR:PORT, as the admin API checked it). A
    * front-door connection that ended just before the question is in neither place while its end record waits in
    * its thread's outbox (records leave once per millisecond): with nothing found, the answer waits until the
-   * records due at the question have arrived (a few ms; at most LOOKUP_RECORDS_WAIT_MS) and looks again.
+   * records due at the question have arrived (a few ms; at most RECORDS_DUE_WAIT_MS) and looks again.
    */
   async lookupSource(source: string): Promise<SourceLookupRow[]> {
     const query = parseSourceQuery(source);
     if (typeof query === 'string') return [];
     const found = this.lookupNow(query);
     if (found.length > 0) return found;
+    if (await this.frontDoorRecordsDue()) return this.lookupNow(query);
+    return found;
+  }
+
+  /**
+   * Waits until every front-door record due now (what left the threads' pairs before this call) has reached JS, at
+   * most RECORDS_DUE_WAIT_MS. Resolves whether it had to wait (false: they were all here already).
+   */
+  private async frontDoorRecordsDue(): Promise<boolean> {
     const due = this.relays.map((r) => r.frontDoorDue());
     const arrived = () => this.relays.every((r, i) => r.frontDoorSeen >= due[i]!);
-    const deadline = performance.now() + LOOKUP_RECORDS_WAIT_MS;
-    if (arrived()) return found;
+    if (arrived()) return false;
+    const deadline = performance.now() + RECORDS_DUE_WAIT_MS;
     while (!arrived() && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 1));
-    return this.lookupNow(query);
+    return true;
   }
 
   private lookupNow(query: Exclude<ReturnType<typeof parseSourceQuery>, string>): SourceLookupRow[] {

@@ -81,7 +81,7 @@ export class LocalPool implements WorkerPool {
   }
 
   async stats(): Promise<WorkerStats[]> {
-    return this.worker ? [this.worker.stats()] : [];
+    return this.worker ? [await this.worker.settledStats()] : [];
   }
 
   async connections(limit: number): Promise<Array<ConnectionInfo & { worker: number }>> {

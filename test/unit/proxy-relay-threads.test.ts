@@ -102,3 +102,45 @@ describe('/lookup and the front door records still in flight', () => {
     expect(await worker.lookupSource('10.0.0.1:40001')).toEqual([]);
   });
 });
+
+describe('/stats and the front door records still in flight', () => {
+  // A connection that ended on a relay thread, its end record not delivered yet: no thread lists it and no counter
+  // has it. /stats once counted it neither accepted nor closed (proxy-relay's counts came up short under load).
+  function endedOnThread(worker: ProxyWorker, deliverAfter: number | null) {
+    const metrics = (worker as unknown as { metrics: { accepted(d: string): void; closed(...a: unknown[]): void } })
+      .metrics;
+    const thread = {
+      seen: 0,
+      frontDoorDue: () => 1,
+      get frontDoorSeen() {
+        return thread.seen;
+      },
+      frontDoorStats: () => null,
+      list: () => [],
+      close: () => undefined,
+    };
+    if (deliverAfter !== null)
+      setTimeout(() => {
+        metrics.accepted('outbound');
+        metrics.closed('outbound', 'FIN', 10, 20);
+        thread.seen = 1;
+      }, deliverAfter);
+    return thread;
+  }
+
+  it('counts a connection whose end record was due at the question', async () => {
+    const worker = new ProxyWorker(load({ relayThreads: 1 }), [], silentLogger);
+    (worker as unknown as { relays: unknown[] }).relays = [endedOnThread(worker, 5)];
+    expect(worker.stats().metrics.directions.outbound.accepted).toBe(0);
+    const settled = await worker.settledStats();
+    expect(settled.metrics.directions.outbound).toMatchObject({ accepted: 1, active: 0 });
+    expect(settled.metrics.directions.outbound.closed.FIN).toBe(1);
+  });
+
+  it('answers within its bound when a thread never delivers', async () => {
+    const worker = new ProxyWorker(load({ relayThreads: 1 }), [], silentLogger);
+    (worker as unknown as { relays: unknown[] }).relays = [endedOnThread(worker, null)];
+    const settled = await worker.settledStats();
+    expect(settled.metrics.directions.outbound.accepted).toBe(0);
+  });
+});
