@@ -165,8 +165,8 @@ export interface FrontDoorStats {
   readonly ownerLookups: number;
   /** Self-loops found in the threads' own-socket set. */
   readonly selfLoopByOwnSet: number;
-  /** Times this thread went to the back of a listener's wait queue because it carried more pairs than another. */
-  readonly acceptRotations: number;
+  /** Times this thread left accepting to a less busy one because it carried more than its share of pairs. */
+  readonly acceptYields: number;
   /** Front-door pairs open now, and of those still connecting. */
   readonly open: number;
   readonly connecting: number;

@@ -158,19 +158,28 @@ struct OwnRegistry {
   std::atomic<uint64_t> seq[kOwnSlots];  // odd while that slot's thread is between connect() and its insert
   std::atomic<bool> used[kOwnSlots];
   std::atomic<int> unslotted{0};  // threads that could not take a slot: their connects are not flagged
-  std::atomic<uint64_t> open[kOwnSlots];  // each slot's open front-door pairs (Core::RotateIfBusier)
+  // Balance (Core::Busier): each slot's open front-door pairs, and the listener ids it accepts on (bit id % 64).
+  std::atomic<uint64_t> open[kOwnSlots];
+  std::atomic<uint64_t> listening[kOwnSlots];
+  std::atomic<int> slots{0};  // one past the highest slot ever taken: Busier looks no further
+  Core* core[kOwnSlots];      // guarded by mu: Core::Yield wakes the thread it leaves accepting to
   OwnRegistry() {
     for (int i = 0; i < kOwnSlots; i++) {
       seq[i].store(0);
       used[i].store(false);
       open[i].store(0);
+      listening[i].store(0);
+      core[i] = nullptr;
     }
   }
 };
 
-// A thread that carries more than this many front-door pairs beyond another's goes to the back of the listeners'
-// wait queues (Core::RotateIfBusier).
+// A thread leaves accepting to another once it carries more than this many front-door pairs beyond it, plus 1/16
+// of its own (Core::Busier): eight bulk streams spread 4 / 4 or 5 / 3; a large count need not match pair for pair.
 constexpr uint64_t kBalanceSlack = 1;
+constexpr uint64_t kBalanceShareDivisor = 16;
+
+uint64_t ListenerBit(int32_t id) { return uint64_t{1} << (static_cast<uint32_t>(id) % 64); }
 
 OwnRegistry& Own() {
   static OwnRegistry* registry = new OwnRegistry();  // never destroyed: threads may outlive static destructors
@@ -203,6 +212,13 @@ void Core::TakeOwnSlot() {
     bool expected = false;
     if (r.used[i].compare_exchange_strong(expected, true)) {
       ownSlot_ = i;
+      {
+        std::lock_guard<std::mutex> lock(r.mu);
+        r.core[i] = this;
+      }
+      int seen = r.slots.load();
+      while (seen < i + 1 && !r.slots.compare_exchange_weak(seen, i + 1)) {
+      }
       return;
     }
   }
@@ -215,7 +231,12 @@ void Core::ReleaseOwnSlot() {
     r.unslotted.fetch_sub(1);
     return;
   }
+  {
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.core[ownSlot_] = nullptr;  // after this no Yield wakes the thread: its wake fd closes next
+  }
   r.open[ownSlot_].store(0);
+  r.listening[ownSlot_].store(0);
   r.used[ownSlot_].store(false);
   ownSlot_ = -1;
 }
@@ -224,30 +245,81 @@ void Core::PublishOpen() {
   if (ownSlot_ >= 0) Own().open[ownSlot_].store(frontOpen_, std::memory_order_relaxed);
 }
 
-// After an accept burst: when another relay thread carries more than kBalanceSlack fewer front-door pairs, this
-// thread's registration on the listener moves to the back of the kernel's wait queue (EPOLL_CTL_DEL, then ADD).
-// EPOLLEXCLUSIVE wakes the first waiter in queue order whose thread sleeps, so without this the thread registered
-// first took every connection that arrived while both slept: iperf3 -P 8 put all eight streams on one relay thread,
-// one core's worth of bulk (bench bulk-8). Balanced threads make no extra call. No wake-up is lost: ADD reports a
-// listener that is readable already, and the other threads stay registered meanwhile.
-void Core::RotateIfBusier(Listener* l) {
-  if (ownSlot_ < 0 || l->backedOff || l->closed) return;
+// With mu_ held, after listeners_ changed.
+void Core::PublishListening() {
+  if (ownSlot_ < 0) return;
+  uint64_t bits = 0;
+  for (const auto& entry : listeners_) bits |= ListenerBit(entry.first);
+  Own().listening[ownSlot_].store(bits, std::memory_order_relaxed);
+}
+
+// Balance. EPOLLEXCLUSIVE wakes one thread per arrival, the first in the listener's wait queue that sleeps; and a
+// woken thread accepts what the backlog holds. So one thread could take every connection of a burst (32 RR
+// connections opened at once: RR c=32 ran on one core, 42.7k-57.3k op/s between runs) or of a slow series
+// (iperf3 -P 8 connects its streams one by one while both threads sleep: bulk-8 on one core). Before each accept a
+// thread asks whether it carries more than its share (Busier); if so it deregisters from the listener (Yield) and
+// wakes the least busy thread that accepts on it, which accepts what is waiting and is the one woken for new
+// arrivals. A yielded thread registers again (Rebalance) once it no longer carries more, when woken by a thread
+// that yields to it, and at every sweep whatever it carries (so nothing waits on a thread that could not accept).
+// Balanced threads pay one relaxed load per other thread per accept.
+bool Core::Busier(int32_t listenerId, int* least) const {
+  if (ownSlot_ < 0) return false;
   OwnRegistry& r = Own();
-  bool busier = false;
-  for (int i = 0; i < kOwnSlots && !busier; i++) {
-    if (i == ownSlot_ || !r.used[i].load(std::memory_order_relaxed)) continue;
-    busier = r.open[i].load(std::memory_order_relaxed) + kBalanceSlack < frontOpen_;
+  const uint64_t bit = ListenerBit(listenerId);
+  const int slots = r.slots.load(std::memory_order_relaxed);
+  uint64_t fewest = UINT64_MAX;
+  for (int i = 0; i < slots; i++) {
+    if (i == ownSlot_ || (r.listening[i].load(std::memory_order_relaxed) & bit) == 0) continue;
+    const uint64_t n = r.open[i].load(std::memory_order_relaxed);
+    if (n < fewest) {
+      fewest = n;
+      *least = i;
+    }
   }
-  if (!busier) return;
+  return fewest != UINT64_MAX && fewest + kBalanceSlack + frontOpen_ / kBalanceShareDivisor < frontOpen_;
+}
+
+// Deregisters l and wakes the thread in slot `least`. False (go on accepting) if the listener stays registered.
+bool Core::Yield(Listener* l, int least) {
+  if (epoll_ctl(epfd_, EPOLL_CTL_DEL, l->fd, nullptr) != 0) return false;
+  l->yielded = true;
+  yieldedCount_++;
+  stats_.acceptYields++;
+  OwnRegistry& r = Own();
+  std::lock_guard<std::mutex> lock(r.mu);
+  if (r.core[least] != nullptr) r.core[least]->Poke(ListenerBit(l->id));
+  return true;
+}
+
+void Core::Poke(uint64_t listenerBits) {
+  pokedMask_.fetch_or(listenerBits);
+  Wake();
+}
+
+// Loop, mu_ held, after the events of a pass: what another thread left to this one is accepted now (its arrivals
+// may all be in the backlog already, with no wake-up left to come), and a yielded listener is registered again
+// once this thread no longer carries more than its share.
+void Core::Rebalance() {
+  const uint64_t poked = pokedMask_.exchange(0);
+  if (poked == 0 && yieldedCount_ == 0) return;
+  for (auto& entry : listeners_) {
+    Listener* l = entry.second;
+    if (l->closed || l->backedOff) continue;
+    int least;
+    if (l->yielded && !Busier(l->id, &least)) Rearm(l);
+    if (!l->yielded && (poked & ListenerBit(l->id)) != 0) AcceptSome(l);
+  }
+}
+
+// A deregistered listener (yielded or backed off) back in this thread's epoll, at the back of its wait queue.
+void Core::Rearm(Listener* l) {
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLEXCLUSIVE;
   ev.data.u64 = reinterpret_cast<uintptr_t>(l) | kListenerTag;
-  if (epoll_ctl(epfd_, EPOLL_CTL_DEL, l->fd, nullptr) != 0) return;
-  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, l->fd, &ev) != 0) {
-    l->backedOff = true;  // re-added by the next sweep (RearmListeners), as after an accept error
-    return;
-  }
-  stats_.acceptRotations++;
+  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, l->fd, &ev) != 0) return;
+  if (l->yielded) yieldedCount_--;
+  l->yielded = false;
+  l->backedOff = false;
 }
 
 // The upstream's local endpoint, and (with the pair's destination) its entry in the own-socket set. Right after
@@ -359,6 +431,7 @@ int Core::Listen(int32_t id, int fd, FrontDoorOptions opts, const char** syscall
     return err;
   }
   listeners_.emplace(id, l);
+  PublishListening();
   return 0;
 }
 
@@ -370,7 +443,9 @@ bool Core::Unlisten(int32_t id) {
   if (it == listeners_.end()) return false;
   Listener* l = it->second;
   listeners_.erase(it);
-  if (!l->backedOff) epoll_ctl(epfd_, EPOLL_CTL_DEL, l->fd, nullptr);
+  PublishListening();
+  if (l->yielded) yieldedCount_--;
+  if (!l->backedOff && !l->yielded) epoll_ctl(epfd_, EPOLL_CTL_DEL, l->fd, nullptr);
   close(l->fd);
   l->fd = -1;
   l->closed = true;
@@ -385,6 +460,7 @@ void Core::CloseListeners() {
     delete entry.second;
   }
   listeners_.clear();
+  yieldedCount_ = 0;
   std::lock_guard<std::mutex> out(outMu_);
   for (const Accepted& a : accepted_) close(a.fd);
   accepted_.clear();
@@ -392,13 +468,10 @@ void Core::CloseListeners() {
   handed_.clear();
 }
 
-void Core::AcceptBurst(Listener* l) {
-  AcceptSome(l);
-  RotateIfBusier(l);
-}
-
 void Core::AcceptSome(Listener* l) {
   for (int i = 0; i < kAcceptBurst; i++) {
+    int least;
+    if (Busier(l->id, &least) && Yield(l, least)) return;
     Endpoint peer{};
     socklen_t len = sizeof(peer);
     const int fd = accept4(l->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -424,15 +497,10 @@ bool Core::AcceptFailed(Listener* l, int err) {
   return false;
 }
 
+// Every sweep: listeners backed off after an accept error, and yielded ones whatever this thread carries.
 void Core::RearmListeners() {
-  for (auto& entry : listeners_) {
-    Listener* l = entry.second;
-    if (!l->backedOff) continue;
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
-    ev.data.u64 = reinterpret_cast<uintptr_t>(l) | kListenerTag;
-    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, l->fd, &ev) == 0) l->backedOff = false;
-  }
+  for (auto& entry : listeners_)
+    if (entry.second->backedOff || entry.second->yielded) Rearm(entry.second);
 }
 
 // One accepted connection: refuse, hand to JS, or connect natively, in the order the JS path decides.

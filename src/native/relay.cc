@@ -292,6 +292,7 @@ void Core::Loop() {
     lock.lock();
     if (stopping_) break;
     for (int i = 0; i < n; i++) Dispatch(events[i].data.u64, events[i].events);
+    Rebalance();
     const int64_t now = NowMs();
     if (now >= nextSweep_) {
       Sweep(now);
@@ -311,7 +312,7 @@ void Core::Dispatch(uint64_t tag, uint32_t events) {
   }
   if ((tag & kTagMask) == kListenerTag) {
     Listener* l = reinterpret_cast<Listener*>(tag & ~kTagMask);
-    if (!l->closed) AcceptBurst(l);
+    if (!l->closed) AcceptSome(l);
     return;
   }
   Pair* p = reinterpret_cast<Pair*>(tag & ~kTagMask);

@@ -157,6 +157,7 @@ struct Listener {
   int fd = -1;               // the thread's own dup of JS's listening socket
   bool closed = false;
   bool backedOff = false;    // deregistered after EMFILE & co. until the next sweep
+  bool yielded = false;      // deregistered while this thread carries more than its share (Core::Yield)
   Endpoint local{};
   FrontDoorOptions opts;
 };
@@ -184,7 +185,7 @@ struct FrontDoorStats {
   int lastOwnerLookupErrno = 0;
   uint64_t ownerLookups = 0;  // sock_diag lookups made (the own-socket set answers the rest)
   uint64_t selfLoopByOwnSet = 0;  // self-loops found in the set
-  uint64_t acceptRotations = 0;  // moves to the back of a listener's wait queue (RotateIfBusier)
+  uint64_t acceptYields = 0;  // accepting left to a less busy thread (Core::Yield)
 };
 
 // A live front-door connection for list().
@@ -284,6 +285,8 @@ class Core {
   bool Unlisten(int32_t id);
   std::vector<LiveConnection> List(size_t limit);
   FrontDoorStats Stats(uint64_t* open, uint64_t* connecting);
+  // Any thread: another relay thread left accepting on the listeners in `listenerBits` to this one (Core::Yield).
+  void Poke(uint64_t listenerBits);
 
  private:
   void Wake();
@@ -311,7 +314,6 @@ class Core {
   void Link(Pair* p);
 
   // Front door (front_door.cc), loop thread with mu_ held.
-  void AcceptBurst(Listener* l);
   bool AcceptFailed(Listener* l, int err);
   void Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs);
   bool IsOwnPeer(const Endpoint& peer, const Endpoint& dst, int64_t uid);
@@ -361,8 +363,14 @@ class Core {
   std::unordered_map<int32_t, Listener*> listeners_;
   std::vector<Listener*> deadListeners_;
   void PublishOpen();
-  void RotateIfBusier(Listener* l);
+  void PublishListening();
+  bool Busier(int32_t listenerId, int* least) const;
+  bool Yield(Listener* l, int least);
+  void Rebalance();
+  void Rearm(Listener* l);
   void AcceptSome(Listener* l);
+  std::atomic<uint64_t> pokedMask_{0};  // listener-id bits another thread yielded to this one (Core::Yield)
+  int yieldedCount_ = 0;                 // listeners_ deregistered by Yield
   int ownSlot_ = -1;  // this thread's in-connect slot in the own-socket registry (front_door.cc); -1: none
   int diagFd_ = -1;
   uint32_t diagSeq_ = 0;

@@ -5,6 +5,7 @@
 import { register } from 'node:module';
 import { connect, createServer, Socket } from 'node:net';
 import { readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { runAgent } from './agent-core.mjs';
 
 register('./kernel-ts-hooks.mjs', import.meta.url);
@@ -209,6 +210,17 @@ const ops = {
     });
     held.set(tag, socket);
     return `${socket.localAddress}:${socket.localPort}`;
+  },
+
+  /** Opens one held connection per tag, all at once (a burst: every connect() in the same tick). */
+  async openMany({ host, port, tags }) {
+    return Promise.all(tags.map((tag) => ops.open({ host, port, tag })));
+  },
+
+  /** Pins every thread of this process to one CPU: its relay threads then take turns, as on a busy machine. */
+  async pin({ cpu }) {
+    execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(process.pid)], { stdio: 'ignore' });
+    return true;
   },
 
   /** Sends `send` on a held connection and returns what comes back first. */
