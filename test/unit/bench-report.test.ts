@@ -84,6 +84,22 @@ describe('bench summary', () => {
     expect(added.met).toBe(false);
   });
 
+  it('judges an added-latency row on the raw latencies when HAProxy adds nothing over direct', () => {
+    // HAProxy's p99 at or under direct's (this machine's wake-up noise): 1.5× of "nothing" judges nothing.
+    const run = (meshP99: number) =>
+      summarise(
+        [
+          m('paced', 'direct', 1, { p50: 50, p99: 300, rate: 10 }),
+          m('paced', 'haproxy-2t', 1, { p50: 70, p99: 280, rate: 10 }),
+          m('paced', 'meshctl', 1, { p50: 80, p99: meshP99, rate: 10 }),
+        ],
+        all,
+      ).find((s) => s.label === 'paced: p99 added over direct')!;
+    expect(run(400).stats['haproxy-2t']?.median).toBe(-20);
+    expect(run(400).met).toBe(true); // 400 ÷ 280 = 1.43
+    expect(run(450).met).toBe(false); // 1.61
+  });
+
   it('judges memory per connection against the absolute 4 KiB bound and the settled idle footprint against 60 MB', () => {
     const rows = (bytes: number, rss: number) =>
       summarise(
