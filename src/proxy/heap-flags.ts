@@ -41,6 +41,25 @@ export function proxyReducerFlag(execArgv: readonly string[], nodeOptions: strin
   return '--no-memory-reducer-for-small-heaps';
 }
 
+/**
+ * The young generation's growth for a proxy that runs the mTLS tunnel (V8's default factor, 2), or null when the
+ * operator sized it. The tunnel's TLS and HTTP/2 run on the JS thread and allocate per record and frame: with
+ * 1 MiB semi-spaces that was a 0.15-0.7 ms scavenge every ~36 ms at 10k req/s, which the paced tail through two
+ * sidecars felt (bench/notes.md, "The tunnel's young generation"). Grown, the semi-spaces cost up to a few tens of
+ * MiB under load; the idle release's full collections shrink them again. Read by V8 whenever it grows them, so
+ * setting it when the tunnel starts is in time; cluster workers keep --max-semi-space-size=1 regardless.
+ */
+export function tunnelHeapFlag(execArgv: readonly string[], nodeOptions: string | undefined): string | null {
+  return proxyHeapFlag(execArgv, nodeOptions) === null ? null : '--semi-space-growth-factor=2';
+}
+
+/** Applies tunnelHeapFlag to this process (when the mTLS tunnel starts); returns it. */
+export function tuneHeapForTunnel(): string | null {
+  const flag = tunnelHeapFlag(process.execArgv, process.env.NODE_OPTIONS);
+  if (flag !== null) setFlagsFromString(flag);
+  return flag;
+}
+
 /** Applies proxyHeapFlag and proxyReducerFlag to this process (before the proxy's modules load); returns them. */
 export function tuneProxyHeap(): string[] {
   const flags = [

@@ -25,6 +25,7 @@ import {
   type SourceLookupRow,
 } from './recent-connections.js';
 import { LocalAddresses, routeConnection, transparentDestination, type AcceptedOn } from './routing.js';
+import { tuneHeapForTunnel } from './heap-flags.js';
 import { Sweeper, sweepIntervalMs } from './timers.js';
 import { serverLeg } from './tunnel-leg.js';
 import { TunnelRuntime, type TunnelStats } from './tunnel-runtime.js';
@@ -238,6 +239,7 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
     await this.policy.start();
     this.startRelay(this.config);
     this.tunnel = TunnelRuntime.create(this.config, this.onTunnelStream, this.log);
+    if (this.tunnel !== null) tuneHeapForTunnel();
     await this.tunnel?.start(
       this.tunnelSpecs.length > 0
         ? this.tunnelSpecs.map((s) => ({ family: s.family, fd: s.fd }))

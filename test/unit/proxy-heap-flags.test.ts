@@ -1,7 +1,7 @@
 // The proxy process's own V8 setting (src/proxy/heap-flags.ts): the young generation stays at its initial size,
 // unless the operator sized it on the command line or in NODE_OPTIONS.
 import { describe, expect, it } from 'vitest';
-import { proxyHeapFlag, proxyReducerFlag } from '../../src/proxy/heap-flags.js';
+import { proxyHeapFlag, proxyReducerFlag, tunnelHeapFlag } from '../../src/proxy/heap-flags.js';
 
 describe('proxy heap flags', () => {
   it('keeps the semi-spaces from growing by default', () => {
@@ -14,6 +14,13 @@ describe('proxy heap flags', () => {
     expect(proxyHeapFlag(['--semi-space-growth-factor=4'], undefined)).toBeNull();
     expect(proxyHeapFlag([], '--enable-source-maps --max-semi-space-size=16')).toBeNull();
     expect(proxyHeapFlag([], '--min-semi-space-size=2')).toBeNull();
+  });
+
+  it('lets the young generation grow again (V8’s factor 2) in a proxy that runs the mTLS tunnel, unless sized by the operator', () => {
+    expect(tunnelHeapFlag([], undefined)).toBe('--semi-space-growth-factor=2');
+    expect(tunnelHeapFlag(['--enable-source-maps'], '--max-old-space-size=256')).toBe('--semi-space-growth-factor=2');
+    expect(tunnelHeapFlag(['--max-semi-space-size=8'], undefined)).toBeNull();
+    expect(tunnelHeapFlag([], '--semi-space-growth-factor=1')).toBeNull();
   });
 
   it("turns off the memory reducer's start-up trigger unless the operator chose about the reducer", () => {
