@@ -300,8 +300,9 @@ void Core::Poke(uint64_t listenerBits) {
 // may all be in the backlog already, with no wake-up left to come), and a yielded listener is registered again
 // once this thread no longer carries more than its share.
 void Core::Rebalance() {
+  // Every loop pass comes here: a plain load first, the exchange only when a thread did poke.
+  if (yieldedCount_ == 0 && pokedMask_.load(std::memory_order_relaxed) == 0) return;
   const uint64_t poked = pokedMask_.exchange(0);
-  if (poked == 0 && yieldedCount_ == 0) return;
   for (auto& entry : listeners_) {
     Listener* l = entry.second;
     if (l->closed || l->backedOff) continue;

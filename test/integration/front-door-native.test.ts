@@ -374,41 +374,56 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     for (const relay of ['a', 'b']) await relayAgent.call('closeRelay', { relay });
   });
 
-  it('spreads connections that arrive one at a time over both relays: the busier one leaves accepting to the other', async () => {
-    // iperf3 -P 8 connects its streams one after another while both relays sleep: EPOLLEXCLUSIVE wakes the waiter
-    // first in the listener's queue, so without the balance one relay took all eight (bench bulk-8: one core).
-    for (const relay of ['sa', 'sb']) await relayAgent.call('createRelay', { name: relay, withAccepted: false });
-    await relayAgent.call('openListener', { name: 'l12', host: '127.0.0.1', port: 15002 });
-    for (const relay of ['sa', 'sb'])
-      await relayAgent.call('listen', { relay, listenerId: 12, listener: 'l12', options: baseOptions });
-    await relayAgent.call('closeListener', { name: 'l12' });
-    // One at a time: each connected and echoed through its relay before the next is made.
-    for (let i = 0; i < 8; i++) {
-      await client.call('open', { host: SERVER, port: 7003, tag: `spread${i}` });
-      expect(await client.call('heldSend', { tag: `spread${i}`, send: 'hello\n' })).toEqual({ received: 'hello\n' });
+  /** Two relays on one shared listener (the front door's threads), Node's own copy closed. */
+  async function relaysSharing(names: readonly [string, string], listener: string, listenerId: number): Promise<void> {
+    for (const relay of names) await relayAgent.call('createRelay', { name: relay, withAccepted: false });
+    await relayAgent.call('openListener', { name: listener, host: '127.0.0.1', port: 15002 });
+    for (const relay of names) await relayAgent.call('listen', { relay, listenerId, listener, options: baseOptions });
+    await relayAgent.call('closeListener', { name: listener });
+  }
+
+  /** Each relay's live connections, and (for the failure message) its yields. */
+  async function spread(names: readonly [string, string]): Promise<{ live: number[]; why: string }> {
+    const live: number[] = [];
+    const yields: number[] = [];
+    for (const relay of names) {
+      live.push((await relayAgent.call<unknown[]>('list', { relay })).length);
+      yields.push((await relayAgent.call<Record<string, number>>('stats', { relay })).acceptYields!);
     }
-    const live = [
-      (await relayAgent.call<unknown[]>('list', { relay: 'sa' })).length,
-      (await relayAgent.call<unknown[]>('list', { relay: 'sb' })).length,
-    ];
-    const yields = [
-      (await relayAgent.call<Record<string, number>>('stats', { relay: 'sa' })).acceptYields,
-      (await relayAgent.call<Record<string, number>>('stats', { relay: 'sb' })).acceptYields,
-    ];
-    expect(live[0]! + live[1]!, JSON.stringify({ live, yields })).toBe(8);
-    expect(Math.min(...live), JSON.stringify({ live, yields })).toBeGreaterThanOrEqual(3);
-    for (let i = 0; i < 8; i++) expect(await client.call('heldEnd', { tag: `spread${i}` })).toEqual({});
+    return { live, why: JSON.stringify({ live, yields }) };
+  }
+
+  /** Ends the held connections, waits for all their end records, and closes the relays. */
+  async function endHeld(tags: readonly string[], names: readonly [string, string]): Promise<void> {
+    for (const tag of tags) expect(await client.call('heldEnd', { tag })).toEqual({});
     let ended = 0;
     await waitUntil(
-      'end records of the 8 held connections',
+      `end records of the ${tags.length} held connections`,
       async () => {
-        ended = (await records('sa')).length + (await records('sb')).length;
-        return ended === 8;
+        ended = (await records(names[0])).length + (await records(names[1])).length;
+        return ended === tags.length;
       },
       10_000,
       { seen: () => ended },
     );
-    for (const relay of ['sa', 'sb']) await relayAgent.call('closeRelay', { relay });
+    for (const relay of names) await relayAgent.call('closeRelay', { relay });
+  }
+
+  it('spreads connections that arrive one at a time over both relays: the busier one leaves accepting to the other', async () => {
+    // iperf3 -P 8 connects its streams one after another while both relays sleep: EPOLLEXCLUSIVE wakes the waiter
+    // first in the listener's queue, so without the balance one relay took all eight (bench bulk-8: one core).
+    const names = ['sa', 'sb'] as const;
+    await relaysSharing(names, 'l12', 12);
+    const tags = Array.from({ length: 8 }, (_, i) => `spread${i}`);
+    // One at a time: each connected and echoed through its relay before the next is made.
+    for (const tag of tags) {
+      await client.call('open', { host: SERVER, port: 7003, tag });
+      expect(await client.call('heldSend', { tag, send: 'hello\n' })).toEqual({ received: 'hello\n' });
+    }
+    const { live, why } = await spread(names);
+    expect(live[0]! + live[1]!, why).toBe(8);
+    expect(Math.min(...live), why).toBeGreaterThanOrEqual(3);
+    await endHeld(tags, names);
   });
 
   it('spreads a burst of 32 connections over both relays although they share one CPU', async () => {
@@ -416,43 +431,22 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     // in the backlog and took them in one burst (one core for all 32: RR c=32 ran at 42.7k-57.3k op/s between runs).
     // Pinned to one CPU, the two relays take turns like that; each accept now asks first whether its thread
     // carries more than its share.
-    for (const relay of ['ba', 'bb']) await relayAgent.call('createRelay', { name: relay, withAccepted: false });
-    await relayAgent.call('openListener', { name: 'l14', host: '127.0.0.1', port: 15002 });
-    for (const relay of ['ba', 'bb'])
-      await relayAgent.call('listen', { relay, listenerId: 14, listener: 'l14', options: baseOptions });
-    await relayAgent.call('closeListener', { name: 'l14' });
+    const names = ['ba', 'bb'] as const;
+    await relaysSharing(names, 'l14', 14);
     await relayAgent.call('pin', { cpu: 0 });
     const tags = Array.from({ length: 32 }, (_, i) => `burst${i}`);
     try {
       await client.call('openMany', { host: SERVER, port: 7003, tags });
       for (const tag of tags)
         expect(await client.call('heldSend', { tag, send: 'hello\n' })).toEqual({ received: 'hello\n' });
-      const live = [
-        (await relayAgent.call<unknown[]>('list', { relay: 'ba' })).length,
-        (await relayAgent.call<unknown[]>('list', { relay: 'bb' })).length,
-      ];
-      const yields = [
-        (await relayAgent.call<Record<string, number>>('stats', { relay: 'ba' })).acceptYields,
-        (await relayAgent.call<Record<string, number>>('stats', { relay: 'bb' })).acceptYields,
-      ];
-      expect(live[0]! + live[1]!, JSON.stringify({ live, yields })).toBe(32);
+      const { live, why } = await spread(names);
+      expect(live[0]! + live[1]!, why).toBe(32);
       // Within the slack: one pair plus 1/16 of the busier thread's, and a burst in flight while counts move.
-      expect(Math.min(...live), JSON.stringify({ live, yields })).toBeGreaterThanOrEqual(13);
+      expect(Math.min(...live), why).toBeGreaterThanOrEqual(13);
     } finally {
       await relayAgent.call('pin', { cpu: '0-1023' }).catch(() => undefined);
     }
-    for (const tag of tags) expect(await client.call('heldEnd', { tag })).toEqual({});
-    let ended = 0;
-    await waitUntil(
-      'end records of the 32 held connections',
-      async () => {
-        ended = (await records('ba')).length + (await records('bb')).length;
-        return ended === 32;
-      },
-      10_000,
-      { seen: () => ended },
-    );
-    for (const relay of ['ba', 'bb']) await relayAgent.call('closeRelay', { relay });
+    await endHeld(tags, names);
   });
 
   it('leaves no fd behind after 1,000 connect + 64 B + close cycles', async () => {
