@@ -166,12 +166,6 @@ export class ProxySupervisor {
     this.pool.onSelfLoop = (event) => this.selfLoopRefused(event);
     try {
       await this.pool.start(this.config, this.specs);
-      this.admin = await startAdminServer(
-        this.handlers(),
-        this.config.proxy.adminAddress,
-        this.config.proxy.adminPort,
-        adminAuthorizer(this.log),
-      );
       if (this.config.capture.dns.enabled) {
         const { DnsServer, activatedDnsListeners, planDnsListeners } = await import('../dns/server.js');
         const activated = activatedDnsListeners(
@@ -187,9 +181,19 @@ export class ProxySupervisor {
           this.options.log,
         );
       }
+      // The admin server comes last: its first answer (/ready, /contract) must already see every listener,
+      // the DNS server's included, or `meshctl install --dns` can read a contract without the DNS port.
+      this.admin = await startAdminServer(
+        this.handlers(),
+        this.config.proxy.adminAddress,
+        this.config.proxy.adminPort,
+        adminAuthorizer(this.log),
+      );
     } catch (error) {
       this.pool.forceStop();
       this.admin?.close();
+      void this.dns?.close();
+      this.dns = null;
       this.dnsAccessLog?.close();
       throw error;
     }

@@ -142,8 +142,16 @@ describe.skipIf(!integrationEnabled)('the capture contract between install and a
     await proxy.exited;
     const withDns = await lab.startProxy(configFile, ['--dns']);
     try {
+      // The admin port's very first answer must already include the DNS listeners (the admin server starts
+      // last): asked without pause from the moment the process exists, bounded by a deadline.
+      let contract: any = null;
+      const deadline = performance.now() + 15_000;
+      while (contract === null) {
+        if (withDns.child.exitCode !== null) throw new Error(`proxy exited:\n${withDns.stderr()}`);
+        if (performance.now() > deadline) throw new Error(`/contract never answered:\n${withDns.stderr()}`);
+        contract = await withDns.adminJson('/contract').catch(() => null);
+      }
       await withDns.waitReady();
-      const contract = await withDns.adminJson('/contract');
       expect(contract).toMatchObject({ udp: { ipv4: [15053], ipv6: [15053] }, expects: { dnsPort: 15053 } });
       expect(contract.tcp.ipv4).toContain(15053);
       expect(contract.tcp.ipv6).toContain(15053);
