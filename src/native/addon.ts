@@ -150,6 +150,8 @@ export interface FrontDoorStats {
   readonly connected: number;
   readonly connectFailed: number;
   readonly connectTimeout: number;
+  /** Connects past their bound when the thread swept, which the kernel had answered in time (not timeouts). */
+  readonly connectAnsweredLate: number;
   readonly selfLoop: number;
   readonly notRedirected: number;
   /** accept4 errors other than EMFILE & co; each deregistered the listener until the next sweep. */

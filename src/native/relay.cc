@@ -23,6 +23,7 @@
 #include <ctime>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -565,6 +566,18 @@ void Core::FreeGraveyard() {
   deadListeners_.clear();
 }
 
+// The epoll events a connecting socket has pending now (writable: connected; error or hang-up: refused), or 0
+// while its handshake is still unanswered.
+static uint32_t ConnectAnswer(int fd) {
+  pollfd pfd{fd, POLLOUT, 0};
+  if (poll(&pfd, 1, 0) <= 0) return 0;
+  uint32_t events = 0;
+  if (pfd.revents & POLLOUT) events |= EPOLLOUT;
+  if (pfd.revents & POLLERR) events |= EPOLLERR;
+  if (pfd.revents & POLLHUP) events |= EPOLLHUP;
+  return events;
+}
+
 // The coarse timer pass over every pair, then the listeners that backed off since the last one.
 void Core::Sweep(int64_t now) {
   Pair* p = head_;
@@ -583,8 +596,17 @@ void Core::SweepPair(Pair* p, int64_t now) {
   // Strict comparisons: the clock is whole milliseconds (truncated), so a difference of exactly the bound can be
   // up to 1 ms short of it, and a bound must never end a connection early.
   if (p->connecting) {
-    if (p->connectDeadline >= 0 && now > p->connectDeadline) ConnectFailed(p, kConnectTimeout, ETIMEDOUT);
-    else if (p->maxDeadline >= 0 && now > p->maxDeadline) ConnectFailed(p, kMaxDuration, 0);
+    if (p->connectDeadline >= 0 && now > p->connectDeadline) {
+      // The bound is on the kernel's answer, not on this thread's turn: a thread that lost the CPU between its
+      // connect() and this sweep (a loaded host) has not harvested a completion that came in time. Ask the socket.
+      const uint32_t answered = ConnectAnswer(p->fd[kUpstream]);
+      if (answered != 0) {
+        stats_.connectAnsweredLate++;
+        FinishConnect(p, answered);
+      } else {
+        ConnectFailed(p, kConnectTimeout, ETIMEDOUT);
+      }
+    } else if (p->maxDeadline >= 0 && now > p->maxDeadline) ConnectFailed(p, kMaxDuration, 0);
     return;
   }
   if (!p->keepaliveArmed) {

@@ -472,6 +472,7 @@ class Relay : public Napi::ObjectWrap<Relay> {
     set("connected", static_cast<double>(s.connected));
     set("connectFailed", static_cast<double>(s.connectFailed));
     set("connectTimeout", static_cast<double>(s.connectTimeout));
+    set("connectAnsweredLate", static_cast<double>(s.connectAnsweredLate));
     set("selfLoop", static_cast<double>(s.selfLoop));
     set("notRedirected", static_cast<double>(s.notRedirected));
     set("acceptErrors", static_cast<double>(s.acceptErrors));

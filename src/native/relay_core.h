@@ -175,6 +175,7 @@ struct FrontDoorStats {
   uint64_t connected = 0;
   uint64_t connectFailed = 0;
   uint64_t connectTimeout = 0;
+  uint64_t connectAnsweredLate = 0;  // past the bound at the sweep, but the kernel had answered: not a timeout
   uint64_t selfLoop = 0;
   uint64_t notRedirected = 0;
   uint64_t acceptErrors = 0;

@@ -70,11 +70,18 @@ export class Sweeper {
 
   constructor(private readonly tick: () => void) {}
 
+  // The tick runs in the check phase after the event loop's next poll, not in the timers phase: libuv runs expired
+  // timers before it polls for I/O, so a loop that ran late (a loaded host) would judge a bound before it has seen
+  // the connect, or the bytes, that arrived in time (the relay thread asks the socket for the same reason).
+  private readonly afterPoll = (): void => {
+    if (this.timer !== null) this.tick();
+  };
+
   start(intervalMs: number): void {
     if (this.timer && intervalMs === this.interval) return;
     this.stop();
     this.interval = intervalMs;
-    this.timer = setInterval(this.tick, intervalMs);
+    this.timer = setInterval(() => setImmediate(this.afterPoll), intervalMs);
     this.timer.unref();
   }
 

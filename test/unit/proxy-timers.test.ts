@@ -1,6 +1,8 @@
 // The sweep's decisions: which bound a connection crossed, and how often to look.
+import { once } from 'node:events';
+import { createServer, connect, type AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { expiredTimer, sweepIntervalMs, type TimerConfig, type TimerView } from '../../src/proxy/timers.js';
+import { expiredTimer, Sweeper, sweepIntervalMs, type TimerConfig, type TimerView } from '../../src/proxy/timers.js';
 
 const cfg: TimerConfig = {
   connectTimeoutMs: 10_000,
@@ -75,5 +77,32 @@ describe('sweepIntervalMs', () => {
     expect(sweepIntervalMs({ ...cfg, connectTimeoutMs: 400 })).toBe(100);
     expect(sweepIntervalMs({ ...cfg, idleTimeoutMs: 20 })).toBe(25);
     expect(sweepIntervalMs({ ...cfg, accessLog: { periodicIntervalMs: 1000 } })).toBe(250);
+  });
+});
+
+describe('Sweeper', () => {
+  it('sweeps after the I/O that arrived while the event loop ran late, not before it', async () => {
+    const server = createServer((s) => s.destroy());
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    try {
+      const socket = connect((server.address() as AddressInfo).port, '127.0.0.1');
+      socket.on('error', () => {});
+      const seen: boolean[] = [];
+      const sweeper = new Sweeper(() => {
+        seen.push(socket.connecting);
+        sweeper.stop();
+      });
+      sweeper.start(5);
+      // The loop runs late: the connect completes in the kernel and the interval expires while it is blocked.
+      const until = performance.now() + 30;
+      while (performance.now() < until);
+      await once(socket, 'connect');
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(seen).toEqual([false]);
+      socket.destroy();
+    } finally {
+      server.close();
+    }
   });
 });
