@@ -14,10 +14,18 @@ export interface NsUser {
   gid: number;
 }
 
+/**
+ * The fd limit the lab asks for, as the proxy unit's LimitNOFILE= would give: room for both legs of the 10,000
+ * idle connections of the stress test. Raising the hard limit needs CAP_SYS_RESOURCE; without it (a container) the
+ * hard limit stays, and the soft one is raised to it.
+ */
+const LAB_NOFILE = 65536;
+const RAISE_FD_LIMIT = `h=$(ulimit -Hn); if [ "$h" != unlimited ] && [ "$h" -lt ${LAB_NOFILE} ]; then ulimit -Hn ${LAB_NOFILE} 2>/dev/null; fi; ulimit -n "$(ulimit -Hn)" && exec "$@"`;
+
 /** Runs `argv` inside `ns` with a raised fd limit, optionally as uid/gid (setpriv drops root after ulimit). */
 export function nsCommand(ns: string, argv: readonly string[], user?: NsUser): string[] {
   const drop = user ? ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups'] : [];
-  return ['netns', 'exec', ns, 'sh', '-c', 'ulimit -n "$(ulimit -Hn)" && exec "$@"', 'sh', ...drop, ...argv];
+  return ['netns', 'exec', ns, 'sh', '-c', RAISE_FD_LIMIT, 'sh', ...drop, ...argv];
 }
 
 export interface AgentError {

@@ -189,7 +189,8 @@ describe.skipIf(!integrationEnabled)('the front door: relay threads accept, Java
   });
 
   it('holds 10,000 idle connections (as many as its fd limit allows); reports the RSS each costs the proxy', async () => {
-    // Two fds per connection: where the hard limit is 20,000 (and cannot be raised), a few less than 10,000.
+    // Two fds per connection. The lab asks for 65,536 fds (test/helpers/lab-process.ts); where the hard limit is
+    // 20,000 and cannot be raised (no CAP_SYS_RESOURCE: a container), a few less than 10,000.
     const count = Math.min(10_000, Math.floor((fdLimit(proxy.pid) - fdCount(proxy.pid) - 64) / 2 / 100) * 100);
     const baseline = rssBytes(proxy.pid);
     for (let held = 0; held < count; held += 1000) {
