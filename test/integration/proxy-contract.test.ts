@@ -162,9 +162,10 @@ describe.skipIf(!integrationEnabled)('the capture contract between install and a
     } finally {
       withDns.child.kill('SIGTERM');
       await withDns.exited;
+      // The tests after this one need the plain proxy back, whatever happened here.
+      proxy = await lab.startProxy(configFile);
+      await proxy.waitReady();
     }
-    proxy = await lab.startProxy(configFile);
-    await proxy.waitReady();
   });
 
   it('with the mismatch forced (--without-proxy), refuses its own looped connection at once and stays up with a few fds', async () => {
