@@ -164,8 +164,11 @@ describe.skipIf(!integrationEnabled)('load balancing and canary subsets', () => 
     expect(tally(await dial(vip(103), 50))).toEqual({ [C]: 50 });
     const ping = await lab.app.call<{ ok: number; failures: string[] }>('pingHeld', { tag: 'canary' });
     expect(ping).toMatchObject({ ok: 20, failures: [] });
-    const stats = await proxy.adminJson('/stats');
-    expect(stats.policy.services.canary.active).toBe(20);
+    // The 50 dialed just before end as they are answered: wait until only the 20 held are active.
+    const stats = await proxy.waitFor('the 20 held canary connections as the only active ones', async () => {
+      const s = await proxy.adminJson('/stats');
+      return s.policy.services.canary.active === 20 ? s : null;
+    });
     expect(stats.reloads.failed).toBe(0);
     await lab.app.call('closeHeld', { tag: 'canary' });
     await proxy.waitFor(
