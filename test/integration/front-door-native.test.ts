@@ -97,6 +97,14 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
 
   const records = (relay: string) => relayAgent.call<EndRecord[]>('records', { relay });
 
+  /** A socket listening on host:port that `relay` accepts on as `listenerId` (the relay keeps its own fd of it). */
+  async function listenOn(relay: string, listenerId: number, host: string, port: number, options: object) {
+    const listener = `l${listenerId}`;
+    await relayAgent.call('openListener', { name: listener, host, port });
+    await relayAgent.call('listen', { relay, listenerId, listener, options });
+    await relayAgent.call('closeListener', { name: listener });
+  }
+
   /** Waits until the relay process holds no more fds than `before` (what a test opened is all closed again). */
   async function fdsBackTo(before: number, when = ''): Promise<void> {
     let fds = 0;
@@ -145,14 +153,11 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     }
     await client.call('serveEcho', { name: 'echo6', host: SERVER6, port: 7001 });
     await relayAgent.call('createRelay', { name: 'main' });
-    await relayAgent.call('openListener', { name: 'l1', host: '127.0.0.1', port: 15001 });
-    await relayAgent.call('listen', {
-      relay: 'main',
-      listenerId: 1,
-      listener: 'l1',
-      options: { ...baseOptions, selfLoopUid: LOOP_UID, ask: [{ address: SERVER, prefix: 32, port: 7002 }] },
+    await listenOn('main', 1, '127.0.0.1', 15001, {
+      ...baseOptions,
+      selfLoopUid: LOOP_UID,
+      ask: [{ address: SERVER, prefix: 32, port: 7002 }],
     });
-    await relayAgent.call('closeListener', { name: 'l1' });
   }, 60_000);
 
   afterAll(() => {
@@ -243,9 +248,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
   });
 
   it('stops accepting on unlisten while a pair it accepted goes on; list() shows it and abort() ends it', async () => {
-    await relayAgent.call('openListener', { name: 'l3', host: '127.0.0.1', port: 15003 });
-    await relayAgent.call('listen', { relay: 'main', listenerId: 3, listener: 'l3', options: baseOptions });
-    await relayAgent.call('closeListener', { name: 'l3' });
+    await listenOn('main', 3, '127.0.0.1', 15003, baseOptions);
     const first = await client.call<Exchange>('exchange', { host: SERVER, port: 7004, send: 'a', holdTag: 'h' });
     expect(first.received).toBe('a');
     expect(await relayAgent.call('unlisten', { relay: 'main', listenerId: 3 })).toBe(true);
@@ -267,9 +270,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
 
   it('lets a connect in progress finish (here: time out) after its listener is unlistened, leaving no fd', async () => {
     const before = await relayAgent.call<number>('fdCount');
-    await relayAgent.call('openListener', { name: 'l8', host: '127.0.0.1', port: 15008 });
-    await relayAgent.call('listen', { relay: 'main', listenerId: 8, listener: 'l8', options: baseOptions });
-    await relayAgent.call('closeListener', { name: 'l8' });
+    await listenOn('main', 8, '127.0.0.1', 15008, baseOptions);
     const pending = client.call<Exchange>('exchange', { host: BLACKHOLE, port: 7007, send: 'x' });
     let live: { listenerId: number; state: string }[] = [];
     await waitUntil(
@@ -456,14 +457,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     // thread's turn: the sweep asks the socket before it resets the client. A 0 ms bound and a 1 ms sweep make
     // every pass whose clock ticked over a late sweep; the destination is local, answered within connect() itself.
     await relayAgent.call('createRelay', { name: 'late', sweepMs: 1 });
-    await relayAgent.call('openListener', { name: 'l10', host: '127.0.0.1', port: 15010 });
-    await relayAgent.call('listen', {
-      relay: 'late',
-      listenerId: 10,
-      listener: 'l10',
-      options: { ...baseOptions, connectTimeoutMs: 0 },
-    });
-    await relayAgent.call('closeListener', { name: 'l10' });
+    await listenOn('late', 10, '127.0.0.1', 15010, { ...baseOptions, connectTimeoutMs: 0 });
     const r = await client.call<{ done: number; errors: string[]; errorCount: number }>('churn', {
       host: SERVER,
       port: 7008,
@@ -530,14 +524,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
     expect(stats).toMatchObject({ open: 0, connecting: 0, acceptBackoffs: 0, acceptErrors: 0 });
   }, 60_000);
   it('relays IPv6 (IP6T_SO_ORIGINAL_DST) with bracketed strings in the record', async () => {
-    await relayAgent.call('openListener', { name: 'l6', host: '::1', port: 15006 });
-    await relayAgent.call('listen', {
-      relay: 'main',
-      listenerId: 6,
-      listener: 'l6',
-      options: { ...baseOptions, family: 6 },
-    });
-    await relayAgent.call('closeListener', { name: 'l6' });
+    await listenOn('main', 6, '::1', 15006, { ...baseOptions, family: 6 });
     const r = await client.call<Exchange>('exchange', { host: SERVER6, port: 7001, send: 'six' });
     expect(r.error).toBeUndefined();
     expect(r.received).toBe('six');
@@ -582,9 +569,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
 
   it('binds an inbound upstream to sourceAddress, and connects without it (flagged, counted) on EADDRNOTAVAIL', async () => {
     const inbound = { ...baseOptions, direction: 'inbound', sourceAddress: '127.0.0.6' };
-    await relayAgent.call('openListener', { name: 'l7', host: '127.0.0.1', port: 15007 });
-    await relayAgent.call('listen', { relay: 'main', listenerId: 7, listener: 'l7', options: inbound });
-    await relayAgent.call('closeListener', { name: 'l7' });
+    await listenOn('main', 7, '127.0.0.1', 15007, inbound);
     const bound = await client.call<Exchange>('exchange', { host: SERVER, port: 7006, send: 'in' });
     expect(bound.received).toBe('in');
     const first = await recordFor('main', (x) => x.listenerId === 7, 'the inbound client');
@@ -606,9 +591,7 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
   it('backs off on EMFILE (listener deregistered for a sweep, counted) and accepts the waiting client after', async () => {
     await relayAgent.call('createRelay', { name: 'c', withAccepted: false });
     const before = await relayAgent.call<number>('fdCount');
-    await relayAgent.call('openListener', { name: 'l4', host: '127.0.0.1', port: 15004 });
-    await relayAgent.call('listen', { relay: 'c', listenerId: 4, listener: 'l4', options: baseOptions });
-    await relayAgent.call('closeListener', { name: 'l4' });
+    await listenOn('c', 4, '127.0.0.1', 15004, baseOptions);
     const { pid } = await relayAgent.call<{ pid: number }>('ping');
     const limit = execFileSync(
       'prlimit',
