@@ -129,6 +129,8 @@ export interface EndDetails {
 
 /** Bit in EndDetails' flags: bind(sourceAddress) gave EADDRNOTAVAIL and the upstream connected without it. */
 export const FRONT_FLAG_SOURCE_FALLBACK = 1;
+/** Bit in EndDetails' flags: the client's peer matched an own upstream socket (FrontDoorStats.loopSuspects). */
+export const FRONT_FLAG_LOOP_SUSPECT = 2;
 
 export interface LiveFrontConnection {
   /** Front-door ids start at 2 ** 32 (one counter per process): they never equal an adopt() id. */
@@ -165,8 +167,13 @@ export interface FrontDoorStats {
   readonly lastOwnerLookupErrno: number;
   /** sock_diag lookups made for the self-loop check (the own-socket set answered the others). */
   readonly ownerLookups: number;
-  /** Self-loops found in the threads' own-socket set. */
+  /** Self-loops found in the threads' own-socket set (a match with a loop suspect's upstream). */
   readonly selfLoopByOwnSet: number;
+  /**
+   * Connections whose peer matched an own upstream socket that was no suspect's: relayed, their upstream marked
+   * (FRONT_FLAG_LOOP_SUSPECT). A loop is refused at its next hop; a NAT source-port remap stops here.
+   */
+  readonly loopSuspects: number;
   /** Times this thread left accepting to a less busy one because it carried more than its share of pairs. */
   readonly acceptYields: number;
   /** Front-door pairs open now, and of those still connecting. */

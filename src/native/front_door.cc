@@ -16,10 +16,11 @@
 #include <fcntl.h>
 #include <linux/netfilter_ipv4.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#include <unordered_set>
+#include <unordered_map>
 
 #include "relay_core.h"
 #include "socket_owner.h"
@@ -106,12 +107,44 @@ void SetNoDelay(int fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+// The congestion control algorithm that marks a loop suspect's upstream (IsSelfLoop): one a new socket does not
+// get by default ("reno", or "cubic" where reno is the default), so sock_diag tells a marked socket from any other
+// of the proxy's, in any of its processes. Chosen once, with a socket it was set on; null when there is none (then
+// no suspect is relayed). It is only ever set on the rare suspects' upstreams; `ss -ti` shows it.
+const char* LoopMarker() {
+  static const char* const marker = []() -> const char* {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return nullptr;
+    char name[kCongestionNameMax] = {0};
+    socklen_t len = sizeof(name) - 1;
+    const char* chosen = nullptr;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &len) == 0) {
+      chosen = std::strcmp(name, "reno") == 0 ? "cubic" : "reno";
+      // Usable by this process (cubic may not be allowed to it)?
+      if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, chosen, std::strlen(chosen)) != 0) chosen = nullptr;
+    }
+    close(fd);
+    return chosen;
+  }();
+  return marker;
+}
+
+// False (errno set) when the marker cannot be set.
+bool MarkLoopSuspect(int fd) {
+  const char* marker = LoopMarker();
+  if (marker == nullptr) {
+    errno = EOPNOTSUPP;
+    return false;
+  }
+  return setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, marker, std::strlen(marker)) == 0;
+}
+
 bool AcceptIsTransient(int err) { return err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM; }
 
 // The relay threads' own upstream sockets, process-wide: a connection that loops back (the proxy's own upstream
 // connection redirected to its listener) has that socket's local endpoint as its peer and that socket's
-// destination as its original destination (REDIRECT changes only the destination), so the 4-tuple finds it
-// without asking the kernel (sock_diag: a netlink sendto + recvfrom, ~3 µs). Entries go in right after connect()
+// destination as its original destination (REDIRECT changes only the destination, unless conntrack must also
+// change the source port: IsSelfLoop), so the 4-tuple finds it without asking the kernel (sock_diag: a netlink sendto + recvfrom, ~3 µs). Entries go in right after connect()
 // (the port is chosen by then; getsockname there is the one the end record needed anyway) and out before close().
 //
 // The race: on loopback the looped SYN can be accepted by another thread before connect() has even returned. So a
@@ -154,7 +187,7 @@ constexpr int kOwnSlots = 64;
 
 struct OwnRegistry {
   std::mutex mu;
-  std::unordered_set<OwnKey, OwnKeyHash> set;
+  std::unordered_map<OwnKey, bool, OwnKeyHash> set;  // value: the socket is a loop suspect's upstream
   std::atomic<uint64_t> seq[kOwnSlots];  // odd while that slot's thread is between connect() and its insert
   std::atomic<bool> used[kOwnSlots];
   std::atomic<int> unslotted{0};  // threads that could not take a slot: their connects are not flagged
@@ -335,7 +368,7 @@ void Core::ListOwn(Pair* p) {
   if (!OwnKeyOf(p->upstreamLocal, p->dst, &k)) return;
   OwnRegistry& r = Own();
   std::lock_guard<std::mutex> lock(r.mu);
-  p->ownListed = r.set.insert(k).second;
+  p->ownListed = r.set.emplace(k, (p->flags & kFlagLoopSuspect) != 0).second;
 }
 
 // Before the upstream's close(): once closed its port may go to any socket.
@@ -349,25 +382,78 @@ void Core::UnlistOwn(Pair* p) {
   r.set.erase(k);
 }
 
-// Whether an accepted outbound connection is the proxy's own, looped back: the own-socket set first, then
-// sock_diag where the set cannot answer (see OwnRegistry).
-bool Core::IsSelfLoop(const FrontDoorOptions& o, const Endpoint& peer, const Endpoint& dst, bool asked) {
-  OwnRegistry& r = Own();
-  bool connecting = r.unslotted.load() > 0;
-  for (int i = 0; i < kOwnSlots && !connecting; i++) {
-    if (r.used[i].load() && (r.seq[i].load() & 1) != 0) connecting = true;
+namespace {
+// What the set says of (peer, destination), or kNone when it does not hold it.
+OwnPeer ListedOwn(OwnRegistry& r, const OwnKey& k) {
+  std::lock_guard<std::mutex> lock(r.mu);
+  auto it = r.set.find(k);
+  if (it == r.set.end()) return OwnPeer::kNone;
+  return it->second ? OwnPeer::kLoop : OwnPeer::kSuspect;
+}
+
+bool AnyOwnConnect(OwnRegistry& r) {
+  if (r.unslotted.load() > 0) return true;
+  for (int i = 0; i < kOwnSlots; i++) {
+    if (r.used[i].load() && (r.seq[i].load() & 1) != 0) return true;
   }
+  return false;
+}
+
+// Waits (at most kOwnConnectWaitUs, yielding the CPU) until every connect under way has listed its socket. False
+// when one has not by then, or a thread without a slot may be connecting (its connects are not flagged).
+constexpr int64_t kOwnConnectWaitUs = 2000;
+bool WaitForOwnConnects(OwnRegistry& r) {
+  if (r.unslotted.load() > 0) return false;
+  uint64_t odd[kOwnSlots];
+  for (int i = 0; i < kOwnSlots; i++) odd[i] = r.used[i].load() ? r.seq[i].load() : 0;
+  const int64_t deadline = NowUs() + kOwnConnectWaitUs;
+  for (;;) {
+    bool waiting = false;
+    for (int i = 0; i < kOwnSlots && !waiting; i++) waiting = (odd[i] & 1) != 0 && r.seq[i].load() == odd[i];
+    if (!waiting) return true;
+    if (NowUs() > deadline) return false;
+    sched_yield();
+  }
+}
+}  // namespace
+
+// Whether an accepted outbound connection is one of the proxy's own, looped back (see OwnRegistry).
+//
+// Its peer endpoint alone does not prove it. conntrack gives a redirected connection a new source port when the
+// tuple it would have after REDIRECT (the client's address and port -> the listener) is taken, as it is while an
+// earlier connection from the same address and port to another destination is still tracked (TIME_WAIT: 2
+// minutes). The port is then the kernel's random pick, and can be the port of one of the proxy's own upstream
+// sockets to the same destination: the set and sock_diag then name the proxy's socket for an app's connection.
+// So a first match with an own socket is a suspect: the connection is relayed, and its upstream is marked as a
+// suspect's, in the set (same process) and with a congestion control algorithm other than the default
+// (LoopMarker: what sock_diag shows of any process's socket, without a privilege). A real loop comes straight back
+// through that upstream, and a match with a marked socket is refused: a loop always matches twice in a row, a
+// remap would have to pick an own socket's port twice. A loop costs one more hop than a refusal at the first (two
+// fds while its SYNs go round); its client sees the same reset, as every hop's reset runs back down the chain.
+// A suspect is refused at once where its upstream could not be marked: an asked destination (JavaScript connects
+// it), or no marker on this host.
+// sock_diag answers where the set cannot: asked connections, listeners whose options do not say the set is final,
+// connects under way (after which the set is asked again once they have listed their sockets: a bounded wait).
+OwnPeer Core::IsSelfLoop(const FrontDoorOptions& o, const Endpoint& peer, const Endpoint& dst, bool asked) {
+  OwnRegistry& r = Own();
+  const bool connecting = AnyOwnConnect(r);
   OwnKey k;
-  if (OwnKeyOf(peer, dst, &k)) {
-    std::lock_guard<std::mutex> lock(r.mu);
-    if (r.set.count(k) != 0) {
-      stats_.selfLoopByOwnSet++;
-      return true;
+  const bool keyed = OwnKeyOf(peer, dst, &k);
+  OwnPeer found = keyed ? ListedOwn(r, k) : OwnPeer::kNone;
+  bool listed = found != OwnPeer::kNone;
+  if (!listed && (asked || !o.selfLoopOwnSet || connecting)) {
+    stats_.ownerLookups++;
+    found = OwnerOf(peer, dst, o.selfLoopUid);
+    if (found == OwnPeer::kSuspect && keyed && WaitForOwnConnects(r)) {
+      const OwnPeer again = ListedOwn(r, k);
+      listed = again != OwnPeer::kNone;
+      if (listed) found = again;
     }
   }
-  if (o.selfLoopOwnSet && !asked && !connecting) return false;
-  stats_.ownerLookups++;
-  return IsOwnPeer(peer, dst, o.selfLoopUid);
+  if (found == OwnPeer::kSuspect && (asked || LoopMarker() == nullptr)) found = OwnPeer::kLoop;
+  if (found == OwnPeer::kLoop && listed) stats_.selfLoopByOwnSet++;
+  if (found == OwnPeer::kSuspect) stats_.loopSuspects++;
+  return found;
 }
 
 socklen_t EndpointLen(const Endpoint& e) {
@@ -514,7 +600,8 @@ void Core::Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs) 
     return;
   }
   const bool asked = !o.passthrough || Asked(o, dst);
-  if (o.outbound && o.selfLoopUid >= 0 && IsSelfLoop(o, peer, dst, asked)) {
+  const OwnPeer own = o.outbound && o.selfLoopUid >= 0 ? IsSelfLoop(o, peer, dst, asked) : OwnPeer::kNone;
+  if (own == OwnPeer::kLoop) {
     Refuse(l, fd, peer, &dst, kSelfLoop, 0, acceptedUs);
     return;
   }
@@ -526,23 +613,28 @@ void Core::Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs) 
     Refuse(l, fd, peer, &dst, kNotRedirected, 0, acceptedUs);
     return;
   }
-  ConnectUpstream(l, fd, peer, dst, acceptedUs);
+  ConnectUpstream(l, fd, peer, dst, acceptedUs, own == OwnPeer::kSuspect ? kFlagLoopSuspect : 0);
 }
 
 // The client socket seen from its own end is (peer) -> (original destination): one exact sock_diag lookup. A failed
 // lookup counts as not ours, as in the JS path (refusing everything would cut the host off), and is counted.
-bool Core::IsOwnPeer(const Endpoint& peer, const Endpoint& dst, int64_t uid) {
-  if (peer.sa.sa_family != dst.sa.sa_family) return false;
+// sock_diag's answer: the socket at the other end is not `uid`'s (or the lookup failed: counted, and taken as not
+// ours, as in the JS path), is `uid`'s (a suspect), or is `uid`'s and carries the loop marker (a loop).
+OwnPeer Core::OwnerOf(const Endpoint& peer, const Endpoint& dst, int64_t uid) {
+  if (peer.sa.sa_family != dst.sa.sa_family) return OwnPeer::kNone;
   const char* failed = nullptr;
   const int family = dst.sa.sa_family == AF_INET6 ? 6 : 4;
-  const int owner = LookupSocketUidOn(&diagFd_, &diagSeq_, family, AddressBytes(peer), PortOf(peer),
-                                      AddressBytes(dst), PortOf(dst), &failed);
+  char congestion[kCongestionNameMax];
+  const int owner = LookupSocketOn(&diagFd_, &diagSeq_, family, AddressBytes(peer), PortOf(peer), AddressBytes(dst),
+                                   PortOf(dst), congestion, &failed);
   if (owner == -2) {
     stats_.ownerLookupFailures++;
     stats_.lastOwnerLookupErrno = errno;
-    return false;
+    return OwnPeer::kNone;
   }
-  return owner == uid;
+  if (owner != uid) return OwnPeer::kNone;
+  const char* marker = LoopMarker();
+  return marker != nullptr && std::strcmp(congestion, marker) == 0 ? OwnPeer::kLoop : OwnPeer::kSuspect;
 }
 
 // RST (SO_LINGER 0) and an end record of its own: the connection never became a pair.
@@ -574,9 +666,11 @@ void Core::HandToJs(Listener* l, int fd, const Endpoint& dst) {
 
 // The native path: the upstream socket, then the pair waits for the connect in the sweep's list like any pair.
 // Until the upstream answers only it is registered; what the client sends meanwhile waits in its socket.
-void Core::ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs) {
+void Core::ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs,
+                           uint32_t flags) {
   const FrontDoorOptions& o = l->opts;
   Pair* p = NewPair();
+  p->flags = flags;
   p->id = NextFrontId();
   p->front = true;
   p->listenerId = l->id;
@@ -627,6 +721,7 @@ int Core::OpenUpstream(Pair* p, const FrontDoorOptions& o) {
   p->fd[kUpstream] = up;
   SetNoDelay(p->fd[kClient]);
   SetNoDelay(up);
+  if ((p->flags & kFlagLoopSuspect) != 0 && !MarkLoopSuspect(up)) return errno;
   if (o.hasSource && o.source.sa.sa_family == family) {
     // The port is then picked at connect() with the whole 4-tuple known (not by bind() alone, which would use up
     // the source address's ports under churn).

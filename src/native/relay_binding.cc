@@ -483,6 +483,7 @@ class Relay : public Napi::ObjectWrap<Relay> {
     set("lastOwnerLookupErrno", s.lastOwnerLookupErrno);
     set("ownerLookups", static_cast<double>(s.ownerLookups));
     set("selfLoopByOwnSet", static_cast<double>(s.selfLoopByOwnSet));
+    set("loopSuspects", static_cast<double>(s.loopSuspects));
     set("acceptYields", static_cast<double>(s.acceptYields));
     set("open", static_cast<double>(open));
     set("connecting", static_cast<double>(connecting));

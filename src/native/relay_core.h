@@ -46,6 +46,10 @@ enum EndCode : int {
 
 // Record flag bits (details.flags).
 constexpr uint32_t kFlagSourceFallback = 1;  // bind(sourceAddress) gave EADDRNOTAVAIL; connected without it
+// The client's peer endpoint matched one of the relay's own upstream sockets that is no loop suspect itself; the
+// pair was connected, and its own upstream is marked so that a loop is refused at the next hop (front_door.cc's
+// IsSelfLoop: a NAT source-port remap can give a client connection the endpoint of an own socket).
+constexpr uint32_t kFlagLoopSuspect = 2;
 
 // An IPv4 or IPv6 socket address in the space of a sockaddr_in6 (no allocation, no sockaddr_storage's 128 bytes).
 union Endpoint {
@@ -169,6 +173,13 @@ struct Accepted {
   Endpoint dst;
 };
 
+// What the self-loop check found at the other end of an accepted outbound connection (Core::IsSelfLoop).
+enum class OwnPeer {
+  kNone,     // not one of the proxy's own sockets
+  kSuspect,  // an own upstream socket not itself suspect: connect, and mark the new upstream (kFlagLoopSuspect)
+  kLoop,     // a loop: refuse
+};
+
 struct FrontDoorStats {
   uint64_t accepted = 0;
   uint64_t asked = 0;
@@ -186,6 +197,7 @@ struct FrontDoorStats {
   int lastOwnerLookupErrno = 0;
   uint64_t ownerLookups = 0;  // sock_diag lookups made (the own-socket set answers the rest)
   uint64_t selfLoopByOwnSet = 0;  // self-loops found in the set
+  uint64_t loopSuspects = 0;  // peers that matched an own socket not itself suspect: connected, marked (kFlagLoopSuspect)
   uint64_t acceptYields = 0;  // accepting left to a less busy thread (Core::Yield)
 };
 
@@ -317,13 +329,14 @@ class Core {
   // Front door (front_door.cc), loop thread with mu_ held.
   bool AcceptFailed(Listener* l, int err);
   void Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs);
-  bool IsOwnPeer(const Endpoint& peer, const Endpoint& dst, int64_t uid);
-  bool IsSelfLoop(const FrontDoorOptions& o, const Endpoint& peer, const Endpoint& dst, bool asked);
+  OwnPeer OwnerOf(const Endpoint& peer, const Endpoint& dst, int64_t uid);
+  OwnPeer IsSelfLoop(const FrontDoorOptions& o, const Endpoint& peer, const Endpoint& dst, bool asked);
   void ListOwn(Pair* p);
   void UnlistOwn(Pair* p);
   void Refuse(Listener* l, int fd, const Endpoint& peer, const Endpoint* dst, int code, int err, int64_t acceptedUs);
   void HandToJs(Listener* l, int fd, const Endpoint& dst);
-  void ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs);
+  void ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs,
+                       uint32_t flags);
   int OpenUpstream(Pair* p, const FrontDoorOptions& o);
   void FinishConnect(Pair* p, uint32_t events);
   void Established(Pair* p);

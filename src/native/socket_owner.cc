@@ -14,11 +14,13 @@
 
 #include "system_error.h"
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <cstring>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <string>
@@ -91,6 +93,27 @@ int LookupSocketUid(int family, const void* src, uint16_t srcPort, const void* d
 
 int LookupSocketUidOn(int* fd, uint32_t* seq, int family, const void* src, uint16_t srcPort, const void* dst,
                       uint16_t dstPort, const char** syscall) {
+  return LookupSocketOn(fd, seq, family, src, srcPort, dst, dstPort, nullptr, syscall);
+}
+
+namespace {
+// The INET_DIAG_CONG attribute after the message, if any, into `out` (kCongestionNameMax bytes).
+void CopyCongestion(const nlmsghdr* msg, const inet_diag_msg* found, char* out) {
+  int left = static_cast<int>(msg->nlmsg_len) - static_cast<int>(NLMSG_LENGTH(sizeof(*found)));
+  for (const rtattr* attr = reinterpret_cast<const rtattr*>(found + 1); RTA_OK(attr, left);
+       attr = RTA_NEXT(attr, left)) {
+    if (attr->rta_type != INET_DIAG_CONG) continue;
+    const size_t n = std::min(static_cast<size_t>(RTA_PAYLOAD(attr)), kCongestionNameMax - 1);
+    std::memcpy(out, RTA_DATA(attr), n);
+    out[n] = '\0';
+    return;
+  }
+}
+}  // namespace
+
+int LookupSocketOn(int* fd, uint32_t* seq, int family, const void* src, uint16_t srcPort, const void* dst,
+                   uint16_t dstPort, char* congestion, const char** syscall) {
+  if (congestion != nullptr) congestion[0] = '\0';
   DiagRequest req;
   std::memset(&req, 0, sizeof(req));
   req.header.nlmsg_len = sizeof(req);
@@ -100,6 +123,7 @@ int LookupSocketUidOn(int* fd, uint32_t* seq, int family, const void* src, uint1
   req.body.sdiag_family = family == 4 ? AF_INET : AF_INET6;
   req.body.sdiag_protocol = IPPROTO_TCP;
   req.body.idiag_states = ~0U;
+  if (congestion != nullptr) req.body.idiag_ext = 1 << (INET_DIAG_CONG - 1);
   req.body.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
   req.body.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
   req.body.id.idiag_sport = srcPort;
@@ -145,6 +169,7 @@ int LookupSocketUidOn(int* fd, uint32_t* seq, int family, const void* src, uint1
         const inet_diag_msg* found = reinterpret_cast<const inet_diag_msg*>(NLMSG_DATA(msg));
         // The exact lookup falls back to a listener on the local end (inet_lookup): that is no connection.
         if (found->idiag_state == kTcpListen) return -1;
+        if (congestion != nullptr) CopyCongestion(msg, found, congestion);
         return static_cast<int>(found->idiag_uid);
       }
       return -1;

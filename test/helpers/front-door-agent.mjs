@@ -74,10 +74,10 @@ function errorInfo(error) {
   return { message: error.message, code: error.code, errno: error.errno, syscall: error.syscall, name: error.name };
 }
 
-/** One client exchange: connect, send `send`, half-close, read to the end (or an error). */
-function exchange({ host, port, send = '', holdTag, timeoutMs = 10_000 }) {
+/** One client exchange: connect (from `localPort` if given), send `send`, half-close, read to the end (or an error). */
+function exchange({ host, port, send = '', holdTag, localPort, timeoutMs = 10_000 }) {
   return new Promise((resolve) => {
-    const socket = connect({ host, port, allowHalfOpen: true });
+    const socket = connect({ host, port, allowHalfOpen: true, ...(localPort ? { localPort } : {}) });
     const parts = [];
     let local = null;
     const timer = setTimeout(() => socket.destroy(new Error('timed out')), timeoutMs);
@@ -200,9 +200,9 @@ const ops = {
 
   exchange,
 
-  /** Connects and keeps the connection as `tag`, resolving once connected (nothing is sent). */
-  async open({ host, port, tag }) {
-    const socket = connect({ host, port, allowHalfOpen: true });
+  /** Connects (from `localPort` if given) and keeps the connection as `tag`, resolving once connected (nothing is sent). */
+  async open({ host, port, tag, localPort }) {
+    const socket = connect({ host, port, allowHalfOpen: true, ...(localPort ? { localPort } : {}) });
     socket.on('error', () => {});
     await new Promise((resolve, reject) => {
       socket.once('connect', resolve);

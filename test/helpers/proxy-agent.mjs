@@ -439,6 +439,8 @@ const ops = {
           if (!failed) {
             failed = true;
             errors.push(why);
+            // The others need not wait at the barrier for an echo that will never come: the error is the result.
+            release();
           }
         };
         const timer = setTimeout(() => {

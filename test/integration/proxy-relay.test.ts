@@ -193,7 +193,7 @@ describe.skipIf(!integrationEnabled)('relay through the proxy', () => {
 
   it('carries 6,000 short connections, 32 at a time, without an error or a worker lost', async () => {
     // Pairs end on the relay thread while new ones are handed over: the churn that once crashed a worker.
-    const before = await proxy.adminJson('/stats');
+    const before = await statsOnceIdle();
     const pidsBefore = before.workers.map((w: { pid: number }) => w.pid);
     const r = await lab.app.call<{ done: number; errorCount: number; errors: string[] }>('churn', {
       host: lab.addrs.b4,
