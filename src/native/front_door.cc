@@ -624,9 +624,15 @@ OwnPeer Core::OwnerOf(const Endpoint& peer, const Endpoint& dst, int64_t uid) {
   if (peer.sa.sa_family != dst.sa.sa_family) return OwnPeer::kNone;
   const char* failed = nullptr;
   const int family = dst.sa.sa_family == AF_INET6 ? 6 : 4;
+  // The congestion control is asked only of the proxy's own sockets (rare): a second lookup, so the common one
+  // stays the plain request it always was.
   char congestion[kCongestionNameMax];
-  const int owner = LookupSocketOn(&diagFd_, &diagSeq_, family, AddressBytes(peer), PortOf(peer), AddressBytes(dst),
-                                   PortOf(dst), congestion, &failed);
+  int owner = LookupSocketOn(&diagFd_, &diagSeq_, family, AddressBytes(peer), PortOf(peer), AddressBytes(dst),
+                             PortOf(dst), nullptr, &failed);
+  if (owner == uid) {
+    owner = LookupSocketOn(&diagFd_, &diagSeq_, family, AddressBytes(peer), PortOf(peer), AddressBytes(dst),
+                           PortOf(dst), congestion, &failed);
+  }
   if (owner == -2) {
     stats_.ownerLookupFailures++;
     stats_.lastOwnerLookupErrno = errno;

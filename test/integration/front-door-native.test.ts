@@ -490,22 +490,25 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
       });
       expect(r).toMatchObject({ done: 0, errorCount: N });
       let stats: Record<string, number>[] = [];
+      let suspects: EndRecord[] = [];
       await waitUntil(
-        `${N} loops refused by B and nothing left open`,
+        `${N} loops refused by B, nothing left open, and A's ${N} suspects' end records`,
         async () => {
           stats = [
             await relayAgent.call<Record<string, number>>('stats', { relay: 'xa' }),
             await relayAgent2.call<Record<string, number>>('stats', { relay: 'xb' }),
           ];
-          return stats[1]!.selfLoop === N && stats[0]!.open === 0 && stats[1]!.open === 0;
+          suspects = (await relayAgent.call<EndRecord[]>('records', { relay: 'xa' })).filter(
+            (x) => x.flags === FRONT_FLAG_LOOP_SUSPECT,
+          );
+          return stats[1]!.selfLoop === N && stats[0]!.open === 0 && stats[1]!.open === 0 && suspects.length >= N;
         },
         15_000,
-        { seen: () => stats },
+        { seen: () => ({ stats, suspects: suspects.length }) },
       );
       expect(stats[0]).toMatchObject({ accepted: N, loopSuspects: N, selfLoop: 0 });
       expect(stats[1]).toMatchObject({ accepted: 2 * N, loopSuspects: 0, selfLoop: N, selfLoopByOwnSet: 0 });
-      const suspects = await relayAgent.call<EndRecord[]>('records', { relay: 'xa' });
-      expect(suspects.filter((x) => x.flags === FRONT_FLAG_LOOP_SUSPECT)).toHaveLength(N);
+      expect(suspects).toHaveLength(N);
     } finally {
       for (const rule of rules) nsIptables(['-t', 'nat', '-D', 'OUTPUT', ...rule]);
       await relayAgent.call('closeRelay', { relay: 'xa' });
