@@ -112,6 +112,8 @@ export interface AcceptedConnection {
   readonly address: string;
   readonly port: number;
   readonly family: 4 | 6;
+  /** The client's socket is the proxy uid's but unmarked: connect the upstream with markedSocket (IsSelfLoop). */
+  readonly loopSuspect?: true;
 }
 
 /**
@@ -218,6 +220,8 @@ interface NativeBinding {
   keepCapabilities(): void;
   retainNetAdmin(): void;
   peerOwner(fd: number, family: AddonFamily, dstAddress: string, dstPort: number): number;
+  loopPeer(fd: number, family: AddonFamily, dstAddress: string, dstPort: number, uid: number): number;
+  markedSocket(family: AddonFamily): number;
   /** Absent from an addon built before it. */
   trimMalloc?(): boolean;
   /** Absent from an addon built before it. */
@@ -394,15 +398,41 @@ export function releaseMemory(): void {
  * system error otherwise (getpeername ENOTCONN for a connection already reset).
  */
 export function peerOwner(fd: number, family: AddonFamily, dstAddress: string, dstPort: number): number {
-  checkFd('peerOwner', fd);
-  checkFamily('peerOwner', family);
+  checkPeerKey('peerOwner', fd, family, dstAddress, dstPort);
+  return withErrnoCode(() => loadBinding().peerOwner(fd, family, dstAddress, dstPort));
+}
+
+/** What the self-loop check found at the other end of a redirected connection (loopPeer). */
+export type LoopPeer = 'not-own' | 'suspect' | 'loop';
+
+/**
+ * The JS path's self-loop check: whether the socket at the other end of the redirected connection on `fd` (its peer
+ * -> dstAddress:dstPort) is `uid`'s ('suspect': relay it, with a marked upstream, markedSocket) and carries the loop
+ * marker ('loop': refuse). See src/native/front_door.cc, IsSelfLoop. Throws the lookup's system error.
+ */
+export function loopPeer(fd: number, family: AddonFamily, dstAddress: string, dstPort: number, uid: number): LoopPeer {
+  checkPeerKey('loopPeer', fd, family, dstAddress, dstPort);
+  if (!Number.isInteger(uid) || uid < 0)
+    throw new TypeError(`loopPeer: uid must be a non-negative integer, got ${uid}`);
+  const answer = withErrnoCode(() => loadBinding().loopPeer(fd, family, dstAddress, dstPort, uid));
+  return answer === 2 ? 'loop' : answer === 1 ? 'suspect' : 'not-own';
+}
+
+/** An unconnected TCP socket carrying the loop marker, for a loop suspect's upstream (connection.ts connects it). */
+export function markedSocket(family: AddonFamily): number {
+  checkFamily('markedSocket', family);
+  return withErrnoCode(() => loadBinding().markedSocket(family));
+}
+
+function checkPeerKey(fn: string, fd: number, family: AddonFamily, dstAddress: string, dstPort: number): void {
+  checkFd(fn, fd);
+  checkFamily(fn, family);
   if (typeof dstAddress !== 'string' || !(family === 4 ? isIPv4(dstAddress) : isIPv6(dstAddress))) {
-    throw new TypeError(`peerOwner: dstAddress must be an IPv${family} address, got ${String(dstAddress)}`);
+    throw new TypeError(`${fn}: dstAddress must be an IPv${family} address, got ${String(dstAddress)}`);
   }
   if (typeof dstPort !== 'number' || !Number.isInteger(dstPort) || dstPort < 1 || dstPort > 65535) {
-    throw new TypeError(`peerOwner: dstPort must be an integer between 1 and 65535, got ${String(dstPort)}`);
+    throw new TypeError(`${fn}: dstPort must be an integer between 1 and 65535, got ${String(dstPort)}`);
   }
-  return withErrnoCode(() => loadBinding().peerOwner(fd, family, dstAddress, dstPort));
 }
 
 function checkFd(fn: string, fd: number): void {

@@ -107,38 +107,6 @@ void SetNoDelay(int fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-// The congestion control algorithm that marks a loop suspect's upstream (IsSelfLoop): one a new socket does not
-// get by default ("reno", or "cubic" where reno is the default), so sock_diag tells a marked socket from any other
-// of the proxy's, in any of its processes. Chosen once, with a socket it was set on; null when there is none (then
-// no suspect is relayed). It is only ever set on the rare suspects' upstreams; `ss -ti` shows it.
-const char* LoopMarker() {
-  static const char* const marker = []() -> const char* {
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return nullptr;
-    char name[kCongestionNameMax] = {0};
-    socklen_t len = sizeof(name) - 1;
-    const char* chosen = nullptr;
-    if (getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &len) == 0) {
-      chosen = std::strcmp(name, "reno") == 0 ? "cubic" : "reno";
-      // Usable by this process (cubic may not be allowed to it)?
-      if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, chosen, std::strlen(chosen)) != 0) chosen = nullptr;
-    }
-    close(fd);
-    return chosen;
-  }();
-  return marker;
-}
-
-// False (errno set) when the marker cannot be set.
-bool MarkLoopSuspect(int fd) {
-  const char* marker = LoopMarker();
-  if (marker == nullptr) {
-    errno = EOPNOTSUPP;
-    return false;
-  }
-  return setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, marker, std::strlen(marker)) == 0;
-}
-
 bool AcceptIsTransient(int err) { return err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM; }
 
 // The relay threads' own upstream sockets, process-wide: a connection that loops back (the proxy's own upstream
@@ -430,8 +398,8 @@ bool WaitForOwnConnects(OwnRegistry& r) {
 // through that upstream, and a match with a marked socket is refused: a loop always matches twice in a row, a
 // remap would have to pick an own socket's port twice. A loop costs one more hop than a refusal at the first (two
 // fds while its SYNs go round); its client sees the same reset, as every hop's reset runs back down the chain.
-// A suspect is refused at once where its upstream could not be marked: an asked destination (JavaScript connects
-// it), or no marker on this host.
+// A suspect is refused at once where its upstream could not be marked (no marker on this host). An asked suspect
+// goes to JavaScript with the bit (Accepted.loopSuspect), which connects its upstream marked (connection.ts).
 // sock_diag answers where the set cannot: asked connections, listeners whose options do not say the set is final,
 // connects under way (after which the set is asked again once they have listed their sockets: a bounded wait).
 OwnPeer Core::IsSelfLoop(const FrontDoorOptions& o, const Endpoint& peer, const Endpoint& dst, bool asked) {
@@ -450,7 +418,7 @@ OwnPeer Core::IsSelfLoop(const FrontDoorOptions& o, const Endpoint& peer, const 
       if (listed) found = again;
     }
   }
-  if (found == OwnPeer::kSuspect && (asked || LoopMarker() == nullptr)) found = OwnPeer::kLoop;
+  if (found == OwnPeer::kSuspect && LoopMarker() == nullptr) found = OwnPeer::kLoop;
   if (found == OwnPeer::kLoop && listed) stats_.selfLoopByOwnSet++;
   if (found == OwnPeer::kSuspect) stats_.loopSuspects++;
   return found;
@@ -606,7 +574,7 @@ void Core::Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs) 
     return;
   }
   if (asked) {
-    HandToJs(l, fd, dst);
+    HandToJs(l, fd, dst, own == OwnPeer::kSuspect);
     return;
   }
   if (IsListenerItself(l->local, dst)) {
@@ -624,23 +592,14 @@ OwnPeer Core::OwnerOf(const Endpoint& peer, const Endpoint& dst, int64_t uid) {
   if (peer.sa.sa_family != dst.sa.sa_family) return OwnPeer::kNone;
   const char* failed = nullptr;
   const int family = dst.sa.sa_family == AF_INET6 ? 6 : 4;
-  // The congestion control is asked only of the proxy's own sockets (rare): a second lookup, so the common one
-  // stays the plain request it always was.
-  char congestion[kCongestionNameMax];
-  int owner = LookupSocketOn(&diagFd_, &diagSeq_, family, AddressBytes(peer), PortOf(peer), AddressBytes(dst),
-                             PortOf(dst), nullptr, &failed);
-  if (owner == uid) {
-    owner = LookupSocketOn(&diagFd_, &diagSeq_, family, AddressBytes(peer), PortOf(peer), AddressBytes(dst),
-                           PortOf(dst), congestion, &failed);
-  }
-  if (owner == -2) {
+  const int answer = LookupLoopPeerOn(&diagFd_, &diagSeq_, family, AddressBytes(peer), PortOf(peer),
+                                      AddressBytes(dst), PortOf(dst), uid, &failed);
+  if (answer == -2) {
     stats_.ownerLookupFailures++;
     stats_.lastOwnerLookupErrno = errno;
     return OwnPeer::kNone;
   }
-  if (owner != uid) return OwnPeer::kNone;
-  const char* marker = LoopMarker();
-  return marker != nullptr && std::strcmp(congestion, marker) == 0 ? OwnPeer::kLoop : OwnPeer::kSuspect;
+  return answer == kPeerMarked ? OwnPeer::kLoop : answer == kPeerOwn ? OwnPeer::kSuspect : OwnPeer::kNone;
 }
 
 // RST (SO_LINGER 0) and an end record of its own: the connection never became a pair.
@@ -665,9 +624,9 @@ void Core::Refuse(Listener* l, int fd, const Endpoint& peer, const Endpoint* dst
 }
 
 // JS decides this one: the fd is queued for the next onAccepted batch and is JS's from then on.
-void Core::HandToJs(Listener* l, int fd, const Endpoint& dst) {
+void Core::HandToJs(Listener* l, int fd, const Endpoint& dst, bool loopSuspect) {
   stats_.asked++;
-  handed_.push_back(Accepted{fd, l->id, dst});
+  handed_.push_back(Accepted{fd, l->id, dst, loopSuspect});
 }
 
 // The native path: the upstream socket, then the pair waits for the connect in the sweep's list like any pair.
@@ -831,6 +790,7 @@ void Core::DeliverAccepted(Napi::Env env) {
     o.Set("address", Napi::String::New(env, addr));
     o.Set("port", Napi::Number::New(env, ntohs(PortOf(a.dst))));
     o.Set("family", Napi::Number::New(env, a.dst.sa.sa_family == AF_INET6 ? 6 : 4));
+    if (a.loopSuspect) o.Set("loopSuspect", Napi::Boolean::New(env, true));
     list[i] = o;
   }
   onAccepted_.Call({list});

@@ -171,6 +171,7 @@ struct Accepted {
   int fd;
   int32_t listenerId;
   Endpoint dst;
+  bool loopSuspect;  // IsSelfLoop: JavaScript connects its upstream with the loop marker
 };
 
 // What the self-loop check found at the other end of an accepted outbound connection (Core::IsSelfLoop).
@@ -334,7 +335,7 @@ class Core {
   void ListOwn(Pair* p);
   void UnlistOwn(Pair* p);
   void Refuse(Listener* l, int fd, const Endpoint& peer, const Endpoint* dst, int code, int err, int64_t acceptedUs);
-  void HandToJs(Listener* l, int fd, const Endpoint& dst);
+  void HandToJs(Listener* l, int fd, const Endpoint& dst, bool loopSuspect);
   void ConnectUpstream(Listener* l, int fd, const Endpoint& peer, const Endpoint& dst, int64_t acceptedUs,
                        uint32_t flags);
   int OpenUpstream(Pair* p, const FrontDoorOptions& o);

@@ -22,6 +22,7 @@
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
+#include <netinet/tcp.h>
 #include <netinet/in.h>
 #include <string>
 #include <sys/socket.h>
@@ -45,44 +46,103 @@ struct DiagRequest {
   inet_diag_req_v2 body;
 };
 
+// The connection's key for a lookup: the peer of `fd` (its address bytes and port) and the destination given as
+// (family, dstAddress, dstPort) in info[1..3]. Null (with a JS exception pending) when an argument is wrong.
+struct PeerKey {
+  int family = 0;
+  sockaddr_storage peer{};
+  const void* src = nullptr;
+  uint16_t srcPort = 0;
+  unsigned char dst[16] = {0};
+  uint16_t dstPort = 0;
+};
+
+bool ReadPeerKey(const Napi::CallbackInfo& info, const char* name, PeerKey* k) {
+  Napi::Env env = info.Env();
+  const std::string fn(name);
+  if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsString() || !info[3].IsNumber()) {
+    ThrowTypeError(env, (fn + "(fd, family, dstAddress, dstPort) expects a number, a number, a string and a number").c_str());
+    return false;
+  }
+  const int fd = info[0].As<Napi::Number>().Int32Value();
+  k->family = info[1].As<Napi::Number>().Int32Value();
+  const std::string dst = info[2].As<Napi::String>().Utf8Value();
+  const int dstPort = info[3].As<Napi::Number>().Int32Value();
+  if (fd < 0) return ThrowTypeError(env, (fn + ": fd must be a non-negative integer").c_str()), false;
+  if (k->family != 4 && k->family != 6) return ThrowTypeError(env, (fn + ": family must be 4 or 6").c_str()), false;
+  if (dstPort < 1 || dstPort > 65535) {
+    ThrowTypeError(env, (fn + ": dstPort must be between 1 and 65535").c_str());
+    return false;
+  }
+  k->dstPort = htons(static_cast<uint16_t>(dstPort));
+  socklen_t peerLen = sizeof(k->peer);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&k->peer), &peerLen) != 0) {
+    ThrowSystemError(env, errno, "getpeername");
+    return false;
+  }
+  const int af = k->family == 4 ? AF_INET : AF_INET6;
+  if (k->peer.ss_family != af) {
+    ThrowTypeError(env, (fn + (k->family == 4 ? ": the socket is not IPv4" : ": the socket is not IPv6")).c_str());
+    return false;
+  }
+  if (k->family == 4) {
+    const sockaddr_in* p = reinterpret_cast<const sockaddr_in*>(&k->peer);
+    k->src = &p->sin_addr;
+    k->srcPort = p->sin_port;
+  } else {
+    const sockaddr_in6* p = reinterpret_cast<const sockaddr_in6*>(&k->peer);
+    k->src = &p->sin6_addr;
+    k->srcPort = p->sin6_port;
+  }
+  if (inet_pton(af, dst.c_str(), k->dst) != 1) {
+    ThrowTypeError(env, (fn + (k->family == 4 ? ": dstAddress is not an IPv4 address" : ": dstAddress is not an IPv6 address")).c_str());
+    return false;
+  }
+  return true;
+}
+
 // peerOwner(fd: int32 >= 0, family: 4 | 6, dstAddress: string, dstPort: 1..65535) -> uid | -1
 Napi::Value PeerOwner(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() != 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsString() || !info[3].IsNumber()) {
-    return ThrowTypeError(env, "peerOwner(fd, family, dstAddress, dstPort) expects a number, a number, a string and a number");
-  }
-  const int fd = info[0].As<Napi::Number>().Int32Value();
-  const int family = info[1].As<Napi::Number>().Int32Value();
-  const std::string dst = info[2].As<Napi::String>().Utf8Value();
-  const int dstPort = info[3].As<Napi::Number>().Int32Value();
-  if (fd < 0) return ThrowTypeError(env, "peerOwner: fd must be a non-negative integer");
-  if (family != 4 && family != 6) return ThrowTypeError(env, "peerOwner: family must be 4 or 6");
-  if (dstPort < 1 || dstPort > 65535) return ThrowTypeError(env, "peerOwner: dstPort must be between 1 and 65535");
-
-  sockaddr_storage peer;
-  std::memset(&peer, 0, sizeof(peer));
-  socklen_t peerLen = sizeof(peer);
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peerLen) != 0) return ThrowSystemError(env, errno, "getpeername");
-  unsigned char dstAddr[16] = {0};
-  const void* src = nullptr;
-  uint16_t srcPort = 0;
-  if (family == 4) {
-    if (peer.ss_family != AF_INET) return ThrowTypeError(env, "peerOwner: the socket is not IPv4");
-    const sockaddr_in* p = reinterpret_cast<const sockaddr_in*>(&peer);
-    src = &p->sin_addr;
-    srcPort = p->sin_port;
-    if (inet_pton(AF_INET, dst.c_str(), dstAddr) != 1) return ThrowTypeError(env, "peerOwner: dstAddress is not an IPv4 address");
-  } else {
-    if (peer.ss_family != AF_INET6) return ThrowTypeError(env, "peerOwner: the socket is not IPv6");
-    const sockaddr_in6* p = reinterpret_cast<const sockaddr_in6*>(&peer);
-    src = &p->sin6_addr;
-    srcPort = p->sin6_port;
-    if (inet_pton(AF_INET6, dst.c_str(), dstAddr) != 1) return ThrowTypeError(env, "peerOwner: dstAddress is not an IPv6 address");
-  }
+  PeerKey k;
+  if (!ReadPeerKey(info, "peerOwner", &k)) return env.Undefined();
   const char* failed = nullptr;
-  const int uid = LookupSocketUid(family, src, srcPort, dstAddr, htons(static_cast<uint16_t>(dstPort)), &failed);
+  const int uid = LookupSocketUid(k.family, k.src, k.srcPort, k.dst, k.dstPort, &failed);
   if (uid == -2) return ThrowSystemError(env, errno, failed);
   return Napi::Number::New(env, uid);
+}
+
+// loopPeer(fd, family, dstAddress, dstPort, uid: int32 >= 0) -> 0 not uid's | 1 uid's (a loop suspect) | 2 uid's and
+// marked (a loop): the JS path's self-loop check (LookupLoopPeerOn).
+Napi::Value LoopPeer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PeerKey k;
+  if (!ReadPeerKey(info, "loopPeer", &k)) return env.Undefined();
+  if (info.Length() != 5 || !info[4].IsNumber() || info[4].As<Napi::Number>().Int64Value() < 0) {
+    return ThrowTypeError(env, "loopPeer: uid must be a non-negative integer");
+  }
+  const char* failed = nullptr;
+  const int answer = LookupLoopPeerOn(&diagFd, &diagSeq, k.family, k.src, k.srcPort, k.dst, k.dstPort,
+                                      info[4].As<Napi::Number>().Int64Value(), &failed);
+  if (answer == -2) return ThrowSystemError(env, errno, failed);
+  return Napi::Number::New(env, answer);
+}
+
+// markedSocket(family: 4 | 6) -> fd: an unconnected TCP socket (non-blocking, close-on-exec) carrying the loop marker,
+// for a loop suspect's upstream that JavaScript connects. Throws the system error (ENOPROTOOPT: no marker here).
+Napi::Value MarkedSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsNumber()) return ThrowTypeError(env, "markedSocket(family) expects a number");
+  const int family = info[0].As<Napi::Number>().Int32Value();
+  if (family != 4 && family != 6) return ThrowTypeError(env, "markedSocket: family must be 4 or 6");
+  const int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ThrowSystemError(env, errno, "socket");
+  if (!MarkLoopSuspect(fd)) {
+    const int err = errno;
+    close(fd);
+    return ThrowSystemError(env, err, "setsockopt(TCP_CONGESTION)");
+  }
+  return Napi::Number::New(env, fd);
 }
 
 }  // namespace
@@ -177,8 +237,50 @@ int LookupSocketOn(int* fd, uint32_t* seq, int family, const void* src, uint16_t
   }
 }
 
+const char* LoopMarker() {
+  static const char* const marker = []() -> const char* {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return nullptr;
+    char name[kCongestionNameMax] = {0};
+    socklen_t len = sizeof(name) - 1;
+    const char* chosen = nullptr;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &len) == 0) {
+      chosen = std::strcmp(name, "reno") == 0 ? "cubic" : "reno";
+      // Usable by this process (cubic may not be allowed to it)?
+      if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, chosen, std::strlen(chosen)) != 0) chosen = nullptr;
+    }
+    close(fd);
+    return chosen;
+  }();
+  return marker;
+}
+
+bool MarkLoopSuspect(int fd) {
+  const char* marker = LoopMarker();
+  if (marker == nullptr) {
+    errno = EOPNOTSUPP;
+    return false;
+  }
+  return setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, marker, std::strlen(marker)) == 0;
+}
+
+
+int LookupLoopPeerOn(int* fd, uint32_t* seq, int family, const void* src, uint16_t srcPort, const void* dst,
+                     uint16_t dstPort, int64_t uid, const char** syscall) {
+  int owner = LookupSocketOn(fd, seq, family, src, srcPort, dst, dstPort, nullptr, syscall);
+  if (owner < 0 || owner != uid) return owner == -2 ? -2 : kPeerNotOwn;
+  char congestion[kCongestionNameMax];
+  owner = LookupSocketOn(fd, seq, family, src, srcPort, dst, dstPort, congestion, syscall);
+  if (owner == -2) return -2;
+  if (owner != uid) return kPeerNotOwn;  // gone (or another socket) between the two lookups
+  const char* marker = LoopMarker();
+  return marker != nullptr && std::strcmp(congestion, marker) == 0 ? kPeerMarked : kPeerOwn;
+}
+
 void InitSocketOwner(Napi::Env env, Napi::Object exports) {
   exports.Set("peerOwner", Napi::Function::New(env, PeerOwner, "peerOwner"));
+  exports.Set("loopPeer", Napi::Function::New(env, LoopPeer, "loopPeer"));
+  exports.Set("markedSocket", Napi::Function::New(env, MarkedSocket, "markedSocket"));
 }
 
 }  // namespace meshctl

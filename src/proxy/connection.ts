@@ -14,7 +14,7 @@ import type { AccessRecord } from './access-log.js';
 import type { Direction, EndResult, ProxyMetrics } from './metrics.js';
 import type { RefusalReason } from '../policy/refusals.js';
 import { socketFd, type OriginalDst } from '../native/original-dst.js';
-import { sourceSocket, transparentSocket } from '../native/addon.js';
+import { markedSocket, sourceSocket, transparentSocket } from '../native/addon.js';
 import { isMeshctlError } from '../errors.js';
 import { relayBounds, type RelayedConnection, type RelayThread } from './relay-thread.js';
 import type { Route, TransparentSource } from './routing.js';
@@ -150,6 +150,14 @@ function connectFromSource(host: string, port: number, localAddress: string): So
   return connectFd(fd, host, port);
 }
 
+/**
+ * Connects a loop suspect's upstream (Connection.loopSuspect) from a socket carrying the loop marker, which sock_diag
+ * shows: were the suspect a real loop, this connection comes straight back and is refused there.
+ */
+function connectMarked(host: string, port: number): Socket {
+  return connectFd(markedSocket(isIPv6(host) ? 6 : 4), host, port);
+}
+
 /** Node connects a socket the addon made (it owns `fd` from here; closed if Node cannot wrap it). */
 function connectFd(fd: number, host: string, port: number): Socket {
   let socket: Socket;
@@ -167,6 +175,8 @@ export class Connection implements RelayedConnection {
   client: Socket | null;
   upstream: Socket | null = null;
   dst: OriginalDst | null = null;
+  /** The client's socket is the proxy uid's but unmarked (Worker.ownPeer): the upstream carries the loop marker. */
+  loopSuspect = false;
   state: ConnState = 'connecting';
   readonly startedAt = performance.now();
   connectedAt = 0;
@@ -268,7 +278,9 @@ export class Connection implements RelayedConnection {
           ? connectTransparent(route.host, route.port, route.transparentSource)
           : route.localAddress !== null
             ? connectFromSource(route.host, route.port, route.localAddress)
-            : connect({ host: route.host, port: route.port, allowHalfOpen: true, noDelay: true }));
+            : this.loopSuspect
+              ? connectMarked(route.host, route.port)
+              : connect({ host: route.host, port: route.port, allowHalfOpen: true, noDelay: true }));
     } catch (error) {
       if (route.localAddress !== null && (error as NodeJS.ErrnoException).code === 'EADDRNOTAVAIL') {
         // The passthrough source is not on this host: said once, then connect without it (as for Node's own bind).

@@ -40,7 +40,7 @@ export interface FrontDoorHost {
   readonly recent: RecentConnections;
   readonly mtlsActive: boolean;
   /** An asked connection: the JavaScript accept path with the destination the thread read. */
-  acceptAsked(socket: Socket, spec: ListenerSpec, dst: OriginalDst): void;
+  acceptAsked(socket: Socket, spec: ListenerSpec, dst: OriginalDst, loopSuspect: boolean): void;
   /** A thread refused one of the proxy's own connections (selfLoop). */
   selfLoop(source: string, originalDst: string): void;
   /** A thread connected to a local app without the passthrough source (its bind gave EADDRNOTAVAIL). */
@@ -233,7 +233,7 @@ export class FrontDoor implements FrontDoorSink {
       }
       socket.setNoDelay(true);
       const dst: OriginalDst = { address: a.address, port: a.port, family: a.family === 6 ? 'ipv6' : 'ipv4' };
-      this.host.acceptAsked(socket, entry.spec, dst);
+      this.host.acceptAsked(socket, entry.spec, dst, a.loopSuspect === true);
     }
   };
 

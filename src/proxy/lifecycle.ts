@@ -571,6 +571,7 @@ export class ProxySupervisor {
         closed: { outbound: totals.directions.outbound.closed, inbound: totals.directions.inbound.closed },
       },
       refusals: totals.refusals,
+      loopSuspects: workers.reduce((n, w) => n + w.loopSuspects, 0),
       selfLoop:
         this.selfLoop === null
           ? null

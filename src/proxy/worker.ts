@@ -14,7 +14,7 @@ import { FrontDoor, type FrontDoorHost } from './front-door-runtime.js';
 import { isTunnelListener, listenerLabel, openListener, type ListenerSpec, type OpenListener } from './listeners.js';
 import { DIRECTIONS, ProxyMetrics, type Direction, type MetricsSnapshot } from './metrics.js';
 import { readOriginalDst, socketFd, type OriginalDst } from '../native/original-dst.js';
-import { errnoCode, peerOwner, type FrontDoorStats } from '../native/addon.js';
+import { errnoCode, loopPeer, type FrontDoorStats, type LoopPeer } from '../native/addon.js';
 import { Connection, type ConnectionInfo, type ConnectionOwner } from './connection.js';
 import { RelayThread } from './relay-thread.js';
 import {
@@ -61,6 +61,8 @@ export interface WorkerStats {
   readonly frontDoor: (Record<keyof FrontDoorStats, number> & { threads: number; listening: string[] }) | null;
   /** Access-log lines dropped because the destination did not keep up (the log's memory is bounded). */
   readonly accessLogDropped: number;
+  /** Connections relayed as loop suspects (the proxy's uid, unmarked), by JS and by the relay threads' front door. */
+  readonly loopSuspects: number;
 }
 
 /** The host's interface addresses now (os.networkInterfaces): read again per check, as addresses come and go. */
@@ -126,6 +128,8 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
   /** The uid this process's sockets are owned by: a connection whose peer socket has it is our own, looped. */
   private readonly ownUid = process.geteuid?.() ?? -1;
   private selfLoops = 0;
+  /** Connections the JS path relayed as loop suspects (ownPeer). */
+  private loopSuspects = 0;
   /** sock_diag lookups of the self-loop check that failed, and when that was last logged. */
   private ownerLookupFailures = 0;
   private ownerLookupWarnedAt = -Infinity;
@@ -309,8 +313,8 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
     }
   }
 
-  acceptAsked(socket: Socket, spec: ListenerSpec, dst: OriginalDst): void {
-    this.onConnection(socket, spec, dst);
+  acceptAsked(socket: Socket, spec: ListenerSpec, dst: OriginalDst, loopSuspect: boolean): void {
+    this.onConnection(socket, spec, dst, loopSuspect);
   }
 
   selfLoop(source: string, originalDst: string): void {
@@ -333,8 +337,16 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
     return this.connections.size === 0 && this.relays.every((r) => r.frontDoorPending === 0);
   }
 
-  /** `given`: the original destination a relay thread already read (an asked front-door connection). */
-  private readonly onConnection = (socket: Socket, spec: ListenerSpec, given: OriginalDst | null = null): void => {
+  /**
+   * `given`: the original destination a relay thread already read (an asked front-door connection), and whether its
+   * self-loop check found a suspect there (`givenSuspect`).
+   */
+  private readonly onConnection = (
+    socket: Socket,
+    spec: ListenerSpec,
+    given: OriginalDst | null = null,
+    givenSuspect = false,
+  ): void => {
     const direction: Direction = spec.direction;
     this.metrics.accepted(direction);
     const conn = new Connection(`${this.index}.${++this.nextId}`, direction, socket, this.config.proxy, this);
@@ -369,10 +381,20 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
     }
     conn.dst = dst;
     // The thread checked the owner of an asked connection before asking (FrontDoorOptions.selfLoopUid).
-    if (direction === 'outbound' && dst.via === undefined && given === null && this.isOwnConnection(socket, dst)) {
+    const own =
+      direction === 'outbound' && dst.via === undefined && given === null
+        ? this.ownPeer(socket, dst)
+        : givenSuspect
+          ? 'suspect'
+          : null;
+    if (own === 'loop') {
       conn.refuse('self-loop', 'own-uid');
       this.selfLoop(conn.source, `${dst.family === 'ipv6' ? `[${dst.address}]` : dst.address}:${dst.port}`);
       return;
+    }
+    if (own === 'suspect') {
+      conn.loopSuspect = true;
+      if (given === null) this.loopSuspects++; // the relay threads counted theirs (frontDoor.loopSuspects)
     }
     if (this.ownPorts.has(dst.port)) this.local = new LocalAddresses(hostAddresses());
     const route = routeConnection(
@@ -473,16 +495,19 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
 
   /**
    * Whether the socket that made this redirected connection is owned by this proxy's own uid: then the capture
-   * rules sent one of the proxy's upstream connections back to it, and proxying it again would loop until fds run
-   * out. One sock_diag lookup (src/native/socket_owner.cc). A lookup that fails counts as not ours (refusing every
-   * connection would cut the host off), but never silently: the first failure and one per 10 s after are logged
-   * with the cause (e.g. EAFNOSUPPORT where a sandbox forbids netlink sockets).
+   * rules may have sent one of the proxy's upstream connections back to it, and proxying it again would loop until
+   * fds run out. A first match is a suspect ('suspect': relayed, its upstream marked), a match with a marked socket
+   * a loop ('loop': refused): a NAT source-port remap can show an app's connection with the endpoint of a proxy
+   * socket (src/native/front_door.cc, IsSelfLoop). One sock_diag lookup (two for the proxy's own sockets). A lookup
+   * that fails counts as not ours (refusing every connection would cut the host off), but never silently: the first
+   * failure and one per 10 s after are logged with the cause (e.g. EAFNOSUPPORT where a sandbox forbids netlink
+   * sockets).
    */
-  private isOwnConnection(socket: Socket, dst: OriginalDst): boolean {
+  private ownPeer(socket: Socket, dst: OriginalDst): LoopPeer | null {
     const fd = socketFd(socket);
-    if (fd < 0 || this.ownUid < 0) return false;
+    if (fd < 0 || this.ownUid < 0) return null;
     try {
-      return peerOwner(fd, dst.family === 'ipv6' ? 6 : 4, dst.address, dst.port) === this.ownUid;
+      return loopPeer(fd, dst.family === 'ipv6' ? 6 : 4, dst.address, dst.port, this.ownUid);
     } catch (error) {
       this.ownerLookupFailures++;
       const now = performance.now();
@@ -493,7 +518,7 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
           "self-loop check: cannot ask the kernel who owns a connection's socket (sock_diag); a capture loop through this proxy would not be refused. Allow AF_NETLINK sockets for the proxy",
         );
       }
-      return false;
+      return null;
     }
   }
 
@@ -695,6 +720,7 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
       d.bytesFromClient += row.fromClient;
       d.bytesFromUpstream += row.fromUpstream;
     }
+    const frontDoor = this.frontDoorReport();
     return {
       index: this.index,
       pid: process.pid,
@@ -704,8 +730,9 @@ export class ProxyWorker implements ConnectionOwner, FrontDoorHost {
       metrics,
       policy: this.policy.snapshot(),
       mtls: this.tunnel?.stats() ?? null,
-      frontDoor: this.frontDoorReport(),
+      frontDoor,
       accessLogDropped: this.accessLog.dropped,
+      loopSuspects: this.loopSuspects + (frontDoor?.loopSuspects ?? 0),
     };
   }
 

@@ -268,6 +268,13 @@ describe.skipIf(!integrationEnabled)('the native front door', () => {
       connectTimeout: 1,
       notRedirected: 1,
     });
+    // An asked destination goes to JS with the bit: JavaScript connects its upstream with the marker.
+    const asked = await looper.call<Exchange>('exchange', { host: SERVER, port: 7002, send: 'y' });
+    expect(asked.received).toBe(`asked ${SERVER}:7002 family 4 listener 1\ny`);
+    const handed = await relayAgent.call<{ port: number; loopSuspect?: boolean }[]>('accepted', { relay: 'main' });
+    expect(handed.at(-1)).toMatchObject({ port: 7002, loopSuspect: true });
+    expect(handed.filter((a) => a.loopSuspect === true)).toHaveLength(1);
+    expect(await relayAgent.call('stats', { relay: 'main' })).toMatchObject({ selfLoop: 0, loopSuspects: 2 });
   });
 
   it('stops accepting on unlisten while a pair it accepted goes on; list() shows it and abort() ends it', async () => {
