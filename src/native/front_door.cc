@@ -112,8 +112,9 @@ bool AcceptIsTransient(int err) { return err == EINTR || err == ECONNABORTED || 
 // The relay threads' own upstream sockets, process-wide: a connection that loops back (the proxy's own upstream
 // connection redirected to its listener) has that socket's local endpoint as its peer and that socket's
 // destination as its original destination (REDIRECT changes only the destination, unless conntrack must also
-// change the source port: IsSelfLoop), so the 4-tuple finds it without asking the kernel (sock_diag: a netlink sendto + recvfrom, ~3 µs). Entries go in right after connect()
-// (the port is chosen by then; getsockname there is the one the end record needed anyway) and out before close().
+// change the source port: IsSelfLoop), so the 4-tuple finds it without asking the kernel (sock_diag: a netlink
+// sendto + recvfrom, ~3 µs). Entries go in right after connect() (the port is chosen by then; getsockname there is
+// the one the end record needed anyway) and out before close().
 //
 // The race: on loopback the looped SYN can be accepted by another thread before connect() has even returned. So a
 // thread sets its slot's sequence odd before connect() and even after the insert; an accepting thread reads every
@@ -584,10 +585,10 @@ void Core::Admit(Listener* l, int fd, const Endpoint& peer, int64_t acceptedUs) 
   ConnectUpstream(l, fd, peer, dst, acceptedUs, own == OwnPeer::kSuspect ? kFlagLoopSuspect : 0);
 }
 
-// The client socket seen from its own end is (peer) -> (original destination): one exact sock_diag lookup. A failed
-// lookup counts as not ours, as in the JS path (refusing everything would cut the host off), and is counted.
-// sock_diag's answer: the socket at the other end is not `uid`'s (or the lookup failed: counted, and taken as not
-// ours, as in the JS path), is `uid`'s (a suspect), or is `uid`'s and carries the loop marker (a loop).
+// The client socket seen from its own end is (peer) -> (original destination): one exact sock_diag lookup (two for
+// the proxy's own sockets, LookupLoopPeerOn). It is not `uid`'s, is `uid`'s (a suspect), or is `uid`'s and carries
+// the loop marker (a loop). A failed lookup counts as not ours, as in the JS path (refusing everything would cut the
+// host off), and is counted.
 OwnPeer Core::OwnerOf(const Endpoint& peer, const Endpoint& dst, int64_t uid) {
   if (peer.sa.sa_family != dst.sa.sa_family) return OwnPeer::kNone;
   const char* failed = nullptr;

@@ -61,15 +61,23 @@ bool ReadPeerKey(const Napi::CallbackInfo& info, const char* name, PeerKey* k) {
   Napi::Env env = info.Env();
   const std::string fn(name);
   if (info.Length() < 4 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsString() || !info[3].IsNumber()) {
-    ThrowTypeError(env, (fn + "(fd, family, dstAddress, dstPort) expects a number, a number, a string and a number").c_str());
+    const std::string message =
+        fn + "(fd, family, dstAddress, dstPort) expects a number, a number, a string and a number";
+    ThrowTypeError(env, message.c_str());
     return false;
   }
   const int fd = info[0].As<Napi::Number>().Int32Value();
   k->family = info[1].As<Napi::Number>().Int32Value();
   const std::string dst = info[2].As<Napi::String>().Utf8Value();
   const int dstPort = info[3].As<Napi::Number>().Int32Value();
-  if (fd < 0) return ThrowTypeError(env, (fn + ": fd must be a non-negative integer").c_str()), false;
-  if (k->family != 4 && k->family != 6) return ThrowTypeError(env, (fn + ": family must be 4 or 6").c_str()), false;
+  if (fd < 0) {
+    ThrowTypeError(env, (fn + ": fd must be a non-negative integer").c_str());
+    return false;
+  }
+  if (k->family != 4 && k->family != 6) {
+    ThrowTypeError(env, (fn + ": family must be 4 or 6").c_str());
+    return false;
+  }
   if (dstPort < 1 || dstPort > 65535) {
     ThrowTypeError(env, (fn + ": dstPort must be between 1 and 65535").c_str());
     return false;
@@ -95,7 +103,8 @@ bool ReadPeerKey(const Napi::CallbackInfo& info, const char* name, PeerKey* k) {
     k->srcPort = p->sin6_port;
   }
   if (inet_pton(af, dst.c_str(), k->dst) != 1) {
-    ThrowTypeError(env, (fn + (k->family == 4 ? ": dstAddress is not an IPv4 address" : ": dstAddress is not an IPv6 address")).c_str());
+    const char* what = k->family == 4 ? ": dstAddress is not an IPv4 address" : ": dstAddress is not an IPv6 address";
+    ThrowTypeError(env, (fn + what).c_str());
     return false;
   }
   return true;
@@ -273,8 +282,9 @@ int LookupLoopPeerOn(int* fd, uint32_t* seq, int family, const void* src, uint16
   owner = LookupSocketOn(fd, seq, family, src, srcPort, dst, dstPort, congestion, syscall);
   if (owner == -2) return -2;
   if (owner != uid) return kPeerNotOwn;  // gone (or another socket) between the two lookups
+  // Without a marker no suspect's upstream could be told from a first hop: every own socket is then a loop.
   const char* marker = LoopMarker();
-  return marker != nullptr && std::strcmp(congestion, marker) == 0 ? kPeerMarked : kPeerOwn;
+  return marker == nullptr || std::strcmp(congestion, marker) == 0 ? kPeerMarked : kPeerOwn;
 }
 
 void InitSocketOwner(Napi::Env env, Napi::Object exports) {

@@ -28,8 +28,8 @@ bool MarkLoopSuspect(int fd);
 
 // What sock_diag says of the socket at the other end of a redirected connection (peer -> original destination):
 // kPeerNotOwn (not `uid`'s, or the lookup failed: -2 with *syscall), kPeerOwn (`uid`'s, unmarked: a loop suspect),
-// kPeerMarked (`uid`'s and marked: a loop). The congestion control is asked only of `uid`'s sockets (rare): a
-// second lookup, so the common one stays a plain request.
+// kPeerMarked (`uid`'s and marked, or any of `uid`'s where this host has no marker: a loop). The congestion control
+// is asked only of `uid`'s sockets (rare): a second lookup, so the common one stays a plain request.
 constexpr int kPeerNotOwn = 0;
 constexpr int kPeerOwn = 1;
 constexpr int kPeerMarked = 2;
