@@ -12,13 +12,17 @@
 //   compiles) number one per core less one instead of a fixed 4, so with a heap of ~10 MiB nothing waits for
 //   them, and they no longer compete with the relay threads for the cores (−0.5 MiB: three threads' stacks and
 //   arenas fewer on 2 cores). `--single-threaded-gc` saved nothing more and is not allowed in NODE_OPTIONS.
+// - NODE_OPTIONS=--max-semi-space-size=32: the ceiling of the young generation once the mTLS tunnel lets it grow (a
+//   proxy without the tunnel keeps it at 1 MiB whatever the ceiling; src/proxy/heap-flags.ts,
+//   TUNNEL_MAX_SEMI_SPACE_FLAG, says why and what it measured).
 // An operator's drop-in that sets NODE_OPTIONS or MALLOC_ARENA_MAX replaces ours (systemd: the last one wins).
+import { TUNNEL_MAX_SEMI_SPACE_FLAG } from '../proxy/heap-flags.js';
 
 /** The proxy unit's Environment= settings, in the unit's order. */
 export const PROXY_UNIT_ENVIRONMENT: Readonly<Record<string, string>> = Object.freeze({
   NODE_ENV: 'production',
   MALLOC_ARENA_MAX: '2',
-  NODE_OPTIONS: '--v8-pool-size=0',
+  NODE_OPTIONS: `--v8-pool-size=0 ${TUNNEL_MAX_SEMI_SPACE_FLAG}`,
 });
 
 /** The environment to run `meshctl proxy` with as the unit does: `base` (e.g. process.env) overlaid by the unit's. */
@@ -26,7 +30,12 @@ export function proxyUnitEnvironment(base: NodeJS.ProcessEnv = {}): NodeJS.Proce
   return { ...base, ...PROXY_UNIT_ENVIRONMENT };
 }
 
-/** The unit file's `Environment=` lines for PROXY_UNIT_ENVIRONMENT (what systemd/meshctl-proxy.service holds). */
+/**
+ * The unit file's `Environment=` lines for PROXY_UNIT_ENVIRONMENT (what systemd/meshctl-proxy.service holds); a value
+ * with a space is quoted whole, as systemd splits the line at spaces otherwise.
+ */
 export function renderProxyUnitEnvironment(): string[] {
-  return Object.entries(PROXY_UNIT_ENVIRONMENT).map(([name, value]) => `Environment=${name}=${value}`);
+  return Object.entries(PROXY_UNIT_ENVIRONMENT).map(([name, value]) =>
+    value.includes(' ') ? `Environment="${name}=${value}"` : `Environment=${name}=${value}`,
+  );
 }

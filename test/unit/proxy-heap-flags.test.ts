@@ -2,10 +2,13 @@
 // unless the operator sized it on the command line or in NODE_OPTIONS.
 import { describe, expect, it } from 'vitest';
 import { proxyHeapFlag, proxyReducerFlag, tunnelHeapFlag } from '../../src/proxy/heap-flags.js';
+import { PROXY_UNIT_ENVIRONMENT } from '../../src/service/proxy-process.js';
 
 describe('proxy heap flags', () => {
-  it('keeps the semi-spaces from growing by default', () => {
+  it("keeps the semi-spaces from growing by default, and with the shipped unit's ceiling", () => {
     expect(proxyHeapFlag([], undefined)).toBe('--semi-space-growth-factor=1');
+    expect(proxyHeapFlag([], PROXY_UNIT_ENVIRONMENT.NODE_OPTIONS)).toBe('--semi-space-growth-factor=1');
+    expect(tunnelHeapFlag([], PROXY_UNIT_ENVIRONMENT.NODE_OPTIONS)).toBe('--semi-space-growth-factor=2');
     expect(proxyHeapFlag(['--enable-source-maps'], '--max-old-space-size=256')).toBe('--semi-space-growth-factor=1');
   });
 
@@ -14,6 +17,7 @@ describe('proxy heap flags', () => {
     expect(proxyHeapFlag(['--semi-space-growth-factor=4'], undefined)).toBeNull();
     expect(proxyHeapFlag([], '--enable-source-maps --max-semi-space-size=16')).toBeNull();
     expect(proxyHeapFlag([], '--min-semi-space-size=2')).toBeNull();
+    expect(proxyHeapFlag([], '--v8-pool-size=0 --max-semi-space-size=64')).toBeNull();
   });
 
   it('lets the young generation grow again (V8’s factor 2) in a proxy that runs the mTLS tunnel, unless sized by the operator', () => {

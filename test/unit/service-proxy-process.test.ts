@@ -21,7 +21,7 @@ describe('proxy process settings', () => {
     expect(renderProxyUnitEnvironment()).toEqual([
       'Environment=NODE_ENV=production',
       'Environment=MALLOC_ARENA_MAX=2',
-      'Environment=NODE_OPTIONS=--v8-pool-size=0',
+      'Environment="NODE_OPTIONS=--v8-pool-size=0 --max-semi-space-size=32"',
     ]);
   });
 
@@ -32,7 +32,7 @@ describe('proxy process settings', () => {
       PATH: '/usr/bin',
       NODE_ENV: 'production',
       MALLOC_ARENA_MAX: '2',
-      NODE_OPTIONS: '--v8-pool-size=0',
+      NODE_OPTIONS: '--v8-pool-size=0 --max-semi-space-size=32',
     });
     expect(base.MALLOC_ARENA_MAX).toBe('8');
     expect(Object.isFrozen(PROXY_UNIT_ENVIRONMENT)).toBe(true);
