@@ -47,7 +47,7 @@ struct DiagRequest {
 };
 
 // The connection's key for a lookup: the peer of `fd` (its address bytes and port) and the destination given as
-// (family, dstAddress, dstPort) in info[1..3]. Null (with a JS exception pending) when an argument is wrong.
+// (family, dstAddress, dstPort) in info[1..3].
 struct PeerKey {
   int family = 0;
   sockaddr_storage peer{};
@@ -57,6 +57,7 @@ struct PeerKey {
   uint16_t dstPort = 0;
 };
 
+// Reads info[0..3] of `name` into *k; false, with a JS exception pending, when an argument is wrong.
 bool ReadPeerKey(const Napi::CallbackInfo& info, const char* name, PeerKey* k) {
   Napi::Env env = info.Env();
   const std::string fn(name);
@@ -273,11 +274,11 @@ bool MarkLoopSuspect(int fd) {
   return setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, marker, std::strlen(marker)) == 0;
 }
 
-
 int LookupLoopPeerOn(int* fd, uint32_t* seq, int family, const void* src, uint16_t srcPort, const void* dst,
                      uint16_t dstPort, int64_t uid, const char** syscall) {
   int owner = LookupSocketOn(fd, seq, family, src, srcPort, dst, dstPort, nullptr, syscall);
-  if (owner < 0 || owner != uid) return owner == -2 ? -2 : kPeerNotOwn;
+  if (owner == -2) return -2;
+  if (owner != uid) return kPeerNotOwn;
   char congestion[kCongestionNameMax];
   owner = LookupSocketOn(fd, seq, family, src, srcPort, dst, dstPort, congestion, syscall);
   if (owner == -2) return -2;

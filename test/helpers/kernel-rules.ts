@@ -27,6 +27,11 @@ function run(ns: string, cmd: string, args: readonly string[], input?: string): 
   }
 }
 
+/** One `iptables -w` command in `ns` (a rule a test adds or deletes beside the lab's own), with the private lock. */
+export function iptablesIn(ns: string, args: readonly string[]): void {
+  run(ns, 'iptables', ['-w', ...args]);
+}
+
 export function iptablesTool(family: Family, variant: IptablesVariant, tool: 'restore' | 'save'): string {
   return `${family === 'ipv4' ? 'iptables' : 'ip6tables'}-${variant}-${tool}`;
 }

@@ -9,6 +9,7 @@ import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
+import { iptablesIn } from '../helpers/kernel-rules.js';
 import { startLabAgent, type Agent } from '../helpers/lab-process.js';
 import { createIsolatedNs, deleteNs } from '../helpers/netns.js';
 import { waitUntil } from '../helpers/wait.js';
@@ -80,12 +81,7 @@ COMMIT
 `;
 
 /** One iptables change in the lab namespace. */
-function nsIptables(args: string[]): void {
-  execFileSync('ip', ['netns', 'exec', NS, 'iptables', '-w', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, XTABLES_LOCKFILE: LOCK },
-  });
-}
+const nsIptables = (args: readonly string[]) => iptablesIn(NS, args);
 
 const baseOptions = {
   direction: 'outbound',

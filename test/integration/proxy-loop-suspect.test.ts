@@ -4,9 +4,9 @@
 // conntrack shows with the endpoint of one of the proxy's own upstreams (a NAT source-port remap, here forced by an
 // SNAT rule) is relayed as a loop suspect, not refused; a real loop (the proxy's own upstream captured again by a
 // rule that does not exempt it) is refused one hop later, at the suspect's marked upstream.
-import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { integrationEnabled } from '../helpers/integration.js';
+import { iptablesIn } from '../helpers/kernel-rules.js';
 import { createProxyLab, labConfigObject, type ProxyLab, type RunningProxy } from '../helpers/proxy-lab.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -34,12 +34,17 @@ describe.skipIf(!integrationEnabled).each(VARIANTS)(
     let proxy: RunningProxy;
 
     /** One iptables change in the client namespace (the lab's own rules stay as they are). */
-    function clientIptables(args: readonly string[]): void {
-      execFileSync('ip', ['netns', 'exec', lab.client, 'iptables', '-w', ...args], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-        env: { ...process.env, XTABLES_LOCKFILE: `${lab.dir}/xtables.lock` },
+    const clientIptables = (args: readonly string[]) => iptablesIn(lab.client, args);
+
+    /** One app connection to the echo server from `localPort`, held as `tag` once it echoed. */
+    const holdFrom = (tag: string, localPort: number) =>
+      lab.app.call<{ open: number; errors: string[] }>('hold', {
+        tag,
+        host: lab.addrs.b4,
+        port: 7004,
+        count: 1,
+        localPort,
       });
-    }
 
     beforeAll(async () => {
       const raw = labConfigObject({ proxy: variant.proxy });
@@ -55,13 +60,7 @@ describe.skipIf(!integrationEnabled).each(VARIANTS)(
     });
 
     it("relays an app whose NATed source is the endpoint of one of the proxy's upstreams, refusing nothing", async () => {
-      const own = await lab.app.call<{ open: number; errors: string[] }>('hold', {
-        tag: 'own',
-        host: lab.addrs.b4,
-        port: 7004,
-        count: 1,
-        localPort: 40112,
-      });
+      const own = await holdFrom('own', 40112);
       expect(own).toEqual({ open: 1, errors: [] });
       // The echo server saw the proxy's upstream for it: that endpoint is what the app's next connection will show.
       const records = await lab.peer.call<{ remote: string; remotePort: number }[]>('records', { name: 'echo' });
@@ -71,13 +70,7 @@ describe.skipIf(!integrationEnabled).each(VARIANTS)(
       snat.push('-j', 'SNAT', '--to-source', upstream);
       clientIptables(['-t', 'nat', '-A', 'POSTROUTING', ...snat]);
       try {
-        const remapped = await lab.app.call<{ open: number; errors: string[] }>('hold', {
-          tag: 'remapped',
-          host: lab.addrs.b4,
-          port: 7004,
-          count: 1,
-          localPort: 40111,
-        });
+        const remapped = await holdFrom('remapped', 40111);
         expect(remapped).toEqual({ open: 1, errors: [] });
         const seen = await lab.peer.call<{ remote: string; remotePort: number }[]>('records', { name: 'echo' });
         expect(seen).toHaveLength(2);
